@@ -1,0 +1,68 @@
+# dispatchkit developer entry points. Everything runs from a local .venv
+# that this Makefile creates and fills from the package registries.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.deps-stamp
+BUILD := build
+
+.PHONY: all demo test test-c test-python bench check lint install clean
+
+all: install
+
+$(STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+# The C core, tests and benchmarks (not the extension).
+$(BUILD)/c/build.ninja: $(STAMP)
+	$(VENV)/bin/meson setup $(BUILD)/c -Dpython=disabled -Dbuildtype=debugoptimized
+
+build-c: $(BUILD)/c/build.ninja
+	$(VENV)/bin/ninja -C $(BUILD)/c
+
+# The Python package, installed into .venv as a user would (pip install .).
+install: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PIP) install -q --no-build-isolation --no-deps \
+	    -Cbuild-dir=$(BUILD)/py .
+
+test-c: build-c
+	$(BUILD)/c/dk-tests
+
+test-python: install
+	$(PY) -m pytest tests/python
+
+test: test-c test-python
+
+demo: install build-c
+	$(PY) examples/python/demo.py
+
+bench: install build-c
+	$(PY) bench/run.py
+
+# C tests under ASan+UBSan, then under TSan.
+check: $(STAMP)
+	$(VENV)/bin/meson setup --reconfigure $(BUILD)/asan -Dpython=disabled \
+	    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug \
+	    || $(VENV)/bin/meson setup $(BUILD)/asan -Dpython=disabled \
+	    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+	$(VENV)/bin/ninja -C $(BUILD)/asan
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    ASAN_OPTIONS=detect_leaks=1 $(BUILD)/asan/dk-tests
+	$(VENV)/bin/meson setup --reconfigure $(BUILD)/tsan -Dpython=disabled \
+	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug \
+	    || $(VENV)/bin/meson setup $(BUILD)/tsan -Dpython=disabled \
+	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
+	$(VENV)/bin/ninja -C $(BUILD)/tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(BUILD)/tsan/dk-tests
+
+lint:
+	@command -v clang-format >/dev/null || { echo "lint needs clang-format and clang-tidy: apt-get install clang-format clang-tidy"; exit 1; }
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+	clang-tidy $$(git ls-files 'src/*.c') -- -Iinclude -Isrc -D_GNU_SOURCE -std=c11
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,36 @@
+"""dispatchkit: Grand Central Dispatch for Python on Linux, plus futex
+synchronisation (dispatchkit.sync), atomics on buffers (dispatchkit.atomics)
+and zero-copy shared-memory frame IPC (dispatchkit.zerobuffer), all in one
+C library."""
+
+from dispatchkit._dk import (  # noqa: F401
+    DISPATCH_TIME_FOREVER,
+    DISPATCH_TIME_NOW,
+    NSEC_PER_MSEC,
+    NSEC_PER_SEC,
+    NSEC_PER_USEC,
+    USEC_PER_SEC,
+    MSEC_PER_SEC,
+    QUEUE_PRIORITY_HIGH,
+    QUEUE_PRIORITY_DEFAULT,
+    QUEUE_PRIORITY_LOW,
+    QUEUE_PRIORITY_BACKGROUND,
+    QOS_CLASS_USER_INTERACTIVE,
+    QOS_CLASS_USER_INITIATED,
+    QOS_CLASS_DEFAULT,
+    QOS_CLASS_UTILITY,
+    QOS_CLASS_BACKGROUND,
+    QOS_CLASS_UNSPECIFIED,
+    PROC_EXIT,
+    PROC_FORK,
+    PROC_EXEC,
+    PROC_SIGNAL,
+    IO_STREAM,
+    IO_RANDOM,
+    IO_STOP,
+    AUTORELEASE_FREQUENCY_INHERIT,
+    AUTORELEASE_FREQUENCY_WORK_ITEM,
+    AUTORELEASE_FREQUENCY_NEVER,
+)
+
+__version__ = "0.1.0"

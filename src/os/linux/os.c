@@ -1,0 +1,289 @@
+/*
+ * Linux implementation of os.h: the only file in the core that issues
+ * futex, eventfd, timerfd, epoll and thread syscalls. Errors a correct
+ * caller can meet are returned as -errno; anything else is a bug in the
+ * core and aborts with a message naming the call.
+ */
+#include "os/linux/os.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+static void
+os_abort(const char *what, int err)
+{
+    fprintf(stderr, "dispatchkit: fatal: %s failed: %s\n", what,
+            strerror(err));
+    abort();
+}
+
+uint64_t
+dk__os_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t
+dk__os_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int
+dk__os_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline,
+                  bool shared)
+{
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout, so a
+     * retry after EINTR never stretches the wait. */
+    struct timespec ts;
+    struct timespec *tsp = NULL;
+    int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
+    if (deadline != DK_OS_FOREVER) {
+        ts.tv_sec = (time_t)(deadline / 1000000000u);
+        ts.tv_nsec = (long)(deadline % 1000000000u);
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex, word, op, expected, tsp, NULL,
+                      FUTEX_BITSET_MATCH_ANY);
+    if (rc == 0) {
+        return 0;
+    }
+    switch (errno) {
+    case EAGAIN:
+    case ETIMEDOUT:
+    case EINTR:
+        return -errno;
+    case EFAULT:
+    case EINVAL:
+    case ENOSYS:
+    default:
+        os_abort("futex wait", errno);
+    }
+    return 0;
+}
+
+int
+dk__os_futex_wake(uint32_t *word, int n, bool shared)
+{
+    int op = FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG);
+    long rc = syscall(SYS_futex, word, op, n, NULL, NULL, 0);
+    if (rc < 0) {
+        if (errno == EFAULT) {
+            /* The word's mapping is gone (a peer unmapped shared memory
+             * under us); nobody can be waiting on it here. */
+            return 0;
+        }
+        os_abort("futex wake", errno);
+    }
+    return (int)rc;
+}
+
+int
+dk__os_ncpu(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) {
+            return n;
+        }
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static __thread int cached_tid;
+
+int
+dk__os_tid(void)
+{
+    if (cached_tid == 0) {
+        cached_tid = (int)syscall(SYS_gettid);
+    }
+    return cached_tid;
+}
+
+struct thread_start {
+    void *(*fn)(void *);
+    void *arg;
+    char name[16];
+};
+
+static void *
+thread_trampoline(void *p)
+{
+    struct thread_start st = *(struct thread_start *)p;
+    free(p);
+    cached_tid = 0;
+    if (st.name[0] != '\0') {
+        prctl(PR_SET_NAME, st.name, 0, 0, 0);
+    }
+    return st.fn(st.arg);
+}
+
+int
+dk__os_thread_start(void *(*fn)(void *), void *arg, const char *name)
+{
+    struct thread_start *st = malloc(sizeof *st);
+    if (st == NULL) {
+        return -ENOMEM;
+    }
+    st->fn = fn;
+    st->arg = arg;
+    snprintf(st->name, sizeof st->name, "%s", name ? name : "");
+
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 512 * 1024);
+
+    /* The new thread inherits this mask: every asynchronous signal is
+     * blocked so that it goes to the application's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGABRT);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, thread_trampoline, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        free(st);
+        return -rc;
+    }
+    return 0;
+}
+
+void
+dk__os_thread_precise_timers(void)
+{
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+}
+
+int
+dk__os_eventfd_create(void)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void
+dk__os_eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+        n = write(fd, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);
+    /* EAGAIN means the counter is saturated: it is readable anyway. */
+    if (n < 0 && errno != EAGAIN) {
+        os_abort("eventfd write", errno);
+    }
+}
+
+void
+dk__os_eventfd_drain(int fd)
+{
+    uint64_t v;
+    ssize_t n;
+    do {
+        n = read(fd, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) {
+        os_abort("eventfd read", errno);
+    }
+}
+
+int
+dk__os_epoll_create(void)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int
+dk__os_epoll_add(int epfd, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = {.events = events, .data.u64 = data};
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int
+dk__os_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event ev = {.events = events, .data.u64 = data};
+    return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int
+dk__os_epoll_del(int epfd, int fd)
+{
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0;
+}
+
+int
+dk__os_epoll_wait(int epfd, void *events, int max, int timeout_ms)
+{
+    for (;;) {
+        int n = epoll_wait(epfd, events, max, timeout_ms);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno != EINTR) {
+            os_abort("epoll_wait", errno);
+        }
+    }
+}
+
+int
+dk__os_timerfd_create(void)
+{
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void
+dk__os_timerfd_arm(int fd, uint64_t deadline)
+{
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    if (deadline != DK_OS_FOREVER) {
+        if (deadline == 0) {
+            deadline = 1; /* zero would disarm */
+        }
+        its.it_value.tv_sec = (time_t)(deadline / 1000000000u);
+        its.it_value.tv_nsec = (long)(deadline % 1000000000u);
+    }
+    if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) < 0) {
+        os_abort("timerfd_settime", errno);
+    }
+}
+
+void
+dk__os_close(int fd)
+{
+    if (fd >= 0) {
+        close(fd);
+    }
+}

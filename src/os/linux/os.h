@@ -1,0 +1,69 @@
+/*
+ * The written contract between the core and Linux. Every futex, eventfd,
+ * timerfd, epoll, pidfd, signal and mmap syscall the core makes goes
+ * through here. The wrappers return what a correct program can see (0,
+ * -ETIMEDOUT, -EINTR, -EAGAIN, ...) and abort on errors that only a bug
+ * can cause. Deadlines are absolute CLOCK_MONOTONIC nanoseconds, so a retry
+ * after EINTR never stretches a wait; DK_OS_FOREVER waits without limit.
+ */
+#ifndef DK_SRC_OS_LINUX_OS_H
+#define DK_SRC_OS_LINUX_OS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DK_OS_FOREVER UINT64_MAX
+
+/* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. Both use the vDSO: no syscall. */
+uint64_t dk__os_monotonic_ns(void);
+uint64_t dk__os_realtime_ns(void);
+
+/*
+ * Sleep while *word == expected, until woken or deadline (absolute
+ * CLOCK_MONOTONIC ns, DK_OS_FOREVER for none). `shared` selects a futex
+ * usable across processes (the word may live in shared memory).
+ * Returns 0 when woken (possibly spuriously), -EAGAIN if *word != expected
+ * on entry, -ETIMEDOUT past the deadline, -EINTR on a signal.
+ */
+int dk__os_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline,
+                      bool shared);
+
+/* Wake up to n waiters on word; returns how many were woken (>= 0). */
+int dk__os_futex_wake(uint32_t *word, int n, bool shared);
+
+/* Number of CPUs this process may run on (>= 1). */
+int dk__os_ncpu(void);
+
+/* The kernel's id of the calling thread (cached per thread). */
+int dk__os_tid(void);
+
+/*
+ * Start a detached thread running fn(arg) with all asynchronous signals
+ * blocked, so that SIGINT and friends are delivered to the application's
+ * own threads. Returns 0 or -errno (-EAGAIN when out of threads).
+ */
+int dk__os_thread_start(void *(*fn)(void *), void *arg, const char *name);
+
+/* Lower the calling thread's timer slack to 1 ns (for the timer thread). */
+void dk__os_thread_precise_timers(void);
+
+/* eventfd used as a wake-up signal: create (nonblocking, cloexec),
+ * signal (add 1), drain (read and discard). */
+int dk__os_eventfd_create(void);
+void dk__os_eventfd_signal(int fd);
+void dk__os_eventfd_drain(int fd);
+
+/* epoll and timerfd for the event thread. */
+int dk__os_epoll_create(void);
+int dk__os_epoll_add(int epfd, int fd, uint32_t events, uint64_t data);
+int dk__os_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data);
+int dk__os_epoll_del(int epfd, int fd);
+/* Returns the number of events (>= 0); -EINTR is retried internally. */
+int dk__os_epoll_wait(int epfd, void *events, int max, int timeout_ms);
+int dk__os_timerfd_create(void);
+/* Arm for an absolute CLOCK_MONOTONIC deadline; DK_OS_FOREVER disarms. */
+void dk__os_timerfd_arm(int fd, uint64_t deadline);
+void dk__os_close(int fd);
+
+#endif /* DK_SRC_OS_LINUX_OS_H */

@@ -1,0 +1,21 @@
+/*
+ * Shared declarations of the CPython binding. Each subsystem's binding
+ * file defines one exec function that adds its types, functions and
+ * constants to the single extension module dispatchkit._dk; module.c calls
+ * them in order. Error mapping is in one place: dkpy_raise_errno().
+ */
+#ifndef DK_SRC_PYTHON_BINDING_H
+#define DK_SRC_PYTHON_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* Raise the Python exception for a negative errno from the core:
+ * -ENOMEM -> MemoryError, -EINVAL -> ValueError, -ETIMEDOUT ->
+ * TimeoutError, anything else -> OSError. Returns NULL. */
+PyObject *dkpy_raise_errno(int neg_errno);
+
+/* Subsystem exec functions; each returns 0 or -1 with an exception set. */
+int dkpy_dispatch_exec(PyObject *m);
+
+#endif /* DK_SRC_PYTHON_BINDING_H */

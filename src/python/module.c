@@ -1,0 +1,62 @@
+/*
+ * The extension module dispatchkit._dk: multi-phase initialisation that
+ * hands the module to each subsystem's exec function. The dispatch runtime
+ * is process-wide, so the module refuses to load in a subinterpreter.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+
+PyObject *
+dkpy_raise_errno(int neg_errno)
+{
+    int err = -neg_errno;
+    switch (err) {
+    case ENOMEM:
+        return PyErr_NoMemory();
+    case EINVAL:
+        PyErr_SetString(PyExc_ValueError, "invalid argument");
+        return NULL;
+    case ETIMEDOUT:
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+        return NULL;
+    default:
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+}
+
+static int
+module_exec(PyObject *m)
+{
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    if (interp != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "dispatchkit._dk cannot be loaded in a "
+                        "subinterpreter: its runtime is process-wide");
+        return -1;
+    }
+    if (dkpy_dispatch_exec(m) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dispatchkit._dk",
+    .m_doc = "dispatchkit's C extension: one module for every subsystem.",
+    .m_size = 0,
+    .m_slots = module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__dk(void)
+{
+    return PyModuleDef_Init(&module_def);
+}
