@@ -44,6 +44,8 @@
     __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
 #define dk_atomic_sub_relaxed(p, v) \
     __atomic_fetch_sub((p), (v), __ATOMIC_RELAXED)
+#define dk_atomic_sub_acquire(p, v) \
+    __atomic_fetch_sub((p), (v), __ATOMIC_ACQUIRE)
 #define dk_atomic_sub_release(p, v) \
     __atomic_fetch_sub((p), (v), __ATOMIC_RELEASE)
 #define dk_atomic_sub_acq_rel(p, v) \

@@ -24,3 +24,17 @@
 typedef void (*dk_function_t)(void *ctx);
 
 #endif /* DK_BASE_H */
+
+DK_BEGIN_DECLS
+
+/*
+ * Reference counting shared by every heap object of the dispatch runtime
+ * (queues, groups, semaphores). Global queues and the main queue are
+ * immortal: retain and release do nothing to them. Releasing the last
+ * reference to a suspended or inactive queue, or to a group with
+ * outstanding enters, is a client bug and aborts with a message naming it.
+ */
+DK_EXPORT void dk_retain(void *object);
+DK_EXPORT void dk_release(void *object);
+
+DK_END_DECLS

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -286,4 +287,50 @@ dk__os_close(int fd)
     if (fd >= 0) {
         close(fd);
     }
+}
+
+int
+dk__os_poll_readable(int fd, uint64_t deadline)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int timeout_ms = -1;
+    if (deadline != DK_OS_FOREVER) {
+        uint64_t now = dk__os_monotonic_ns();
+        uint64_t left = deadline > now ? deadline - now : 0;
+        /* Round up so we never return before the deadline. */
+        uint64_t ms = (left + 999999u) / 1000000u;
+        timeout_ms = ms > 86400000u ? 86400000 : (int)ms;
+    }
+    int n = poll(&p, 1, timeout_ms);
+    if (n > 0) {
+        return 0;
+    }
+    if (n == 0) {
+        return dk__os_monotonic_ns() >= deadline ? -ETIMEDOUT : -EAGAIN;
+    }
+    if (errno == EINTR) {
+        return -EINTR;
+    }
+    os_abort("poll", errno);
+    return 0;
+}
+
+static int cached_pid;
+
+int
+dk__os_pid(void)
+{
+    int pid = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+    if (pid == 0) {
+        pid = (int)getpid();
+        __atomic_store_n(&cached_pid, pid, __ATOMIC_RELAXED);
+    }
+    return pid;
+}
+
+void
+dk__os_fork_child(void)
+{
+    cached_tid = 0;
+    __atomic_store_n(&cached_pid, 0, __ATOMIC_RELAXED);
 }

@@ -66,4 +66,14 @@ int dk__os_timerfd_create(void);
 void dk__os_timerfd_arm(int fd, uint64_t deadline);
 void dk__os_close(int fd);
 
+/* Wait until fd is readable or the deadline passes. Returns 0, -ETIMEDOUT
+ * or -EINTR (a signal handler ran). */
+int dk__os_poll_readable(int fd, uint64_t deadline);
+
+/* Reset per-thread caches in a forked child (the calling thread). */
+void dk__os_fork_child(void);
+
+/* The process id, cached (no syscall); refreshed by dk__os_fork_child. */
+int dk__os_pid(void);
+
 #endif /* DK_SRC_OS_LINUX_OS_H */

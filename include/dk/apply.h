@@ -1,0 +1,28 @@
+/*
+ * Parallel loops. dk_apply_f calls fn(ctx, i) for every i in [0, n) and
+ * returns when all calls have returned; the calls run concurrently on the
+ * worker pool and the calling thread. On a serial queue they run one after
+ * another on that queue. dk_apply_range_f hands out contiguous ranges
+ * instead, fn(ctx, begin, end), for callers with per-call setup costs.
+ */
+#ifndef DK_APPLY_H
+#define DK_APPLY_H
+
+#include "dk/queue.h"
+
+DK_BEGIN_DECLS
+
+typedef void (*dk_apply_function_t)(void *ctx, size_t index);
+typedef void (*dk_apply_range_function_t)(void *ctx, size_t begin,
+                                          size_t end);
+
+/* q NULL means the default global queue. Returns 0, -EDEADLK (q is a serial
+ * queue the caller is running on), or -ENOMEM. */
+DK_EXPORT int dk_apply_f(size_t n, dk_queue_t *q, void *ctx,
+                         dk_apply_function_t fn);
+DK_EXPORT int dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
+                               dk_apply_range_function_t fn);
+
+DK_END_DECLS
+
+#endif /* DK_APPLY_H */

@@ -1,0 +1,180 @@
+/*
+ * Dispatch queues. A serial queue runs its work items one at a time in
+ * FIFO order; a concurrent queue may run them in parallel, except that a
+ * barrier item waits for everything before it and runs alone. Every queue
+ * has a target queue (by default the global queue of its QoS class); work
+ * reaches the worker pool through that hierarchy, so a serial queue that
+ * targets another serial queue is also mutually exclusive with it.
+ *
+ * Threads: every function may be called from any thread. Work items run on
+ * the runtime's worker threads, except that dk_queue_sync_f on an idle
+ * queue runs the item on the calling thread (as GCD does) and the main
+ * queue is drained only by the main thread (dk_main_drain).
+ */
+#ifndef DK_QUEUE_H
+#define DK_QUEUE_H
+
+#include "dk/base.h"
+#include "dk/time.h"
+
+DK_BEGIN_DECLS
+
+typedef struct dk_queue_s dk_queue_t;
+
+/* QoS classes, with Apple's values. */
+enum {
+    DK_QOS_UNSPECIFIED = 0x00,
+    DK_QOS_BACKGROUND = 0x09,
+    DK_QOS_UTILITY = 0x11,
+    DK_QOS_DEFAULT = 0x15,
+    DK_QOS_USER_INITIATED = 0x19,
+    DK_QOS_USER_INTERACTIVE = 0x21,
+};
+
+/* Legacy global-queue priorities, with GCD's values. */
+enum {
+    DK_PRIORITY_HIGH = 2,
+    DK_PRIORITY_DEFAULT = 0,
+    DK_PRIORITY_LOW = -2,
+    DK_PRIORITY_BACKGROUND = -32768,
+};
+
+/* Attributes for dk_queue_create. */
+#define DK_QUEUE_CONCURRENT 0x1u
+#define DK_QUEUE_INACTIVE 0x2u
+
+/*
+ * Create a queue. `label` is copied (NULL means ""). `qos` is a DK_QOS_*
+ * value or 0; `relpri` in [-15, 0] (other values ignore the QoS request, as
+ * in GCD). `target` may be NULL (the global queue of the QoS class).
+ * Returns NULL with errno = ENOMEM, or EINVAL for an unknown attribute.
+ */
+DK_EXPORT dk_queue_t *dk_queue_create(const char *label, unsigned attrs,
+                                      int qos, int relpri,
+                                      dk_queue_t *target);
+
+/* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
+ * NULL (errno = EINVAL) for any other value. Immortal. */
+DK_EXPORT dk_queue_t *dk_queue_global(long priority);
+
+/* The main queue: a serial queue drained by the main thread. Immortal. */
+DK_EXPORT dk_queue_t *dk_queue_main(void);
+
+DK_EXPORT const char *dk_queue_label(const dk_queue_t *q);
+DK_EXPORT bool dk_queue_is_concurrent(const dk_queue_t *q);
+DK_EXPORT bool dk_queue_is_global(const dk_queue_t *q);
+DK_EXPORT bool dk_queue_is_inactive(const dk_queue_t *q);
+/* The number of outstanding dk_queue_suspend calls. */
+DK_EXPORT unsigned dk_queue_suspend_count(const dk_queue_t *q);
+
+/* Submit fn(ctx). Returns 0, or -ENOMEM (nothing was submitted). */
+DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_barrier_async_f(dk_queue_t *q, void *ctx,
+                                       dk_function_t fn);
+
+/*
+ * Run fn(ctx) on q and wait for it. Returns 0, or -EDEADLK when the calling
+ * thread is itself running on q (or on a serial queue q depends on) so the
+ * call could never finish; nothing runs then.
+ */
+DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_barrier_sync_f(dk_queue_t *q, void *ctx,
+                                      dk_function_t fn);
+
+/* True when a sync (or barrier sync) on q from this thread would
+ * deadlock. */
+DK_EXPORT bool dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier);
+
+/*
+ * Try to take q for running one synchronous item on the calling thread
+ * right now: succeeds (returns 0) only when q is active, not suspended,
+ * idle and its target is a global queue. The caller then runs its item and
+ * must call dk_queue_sync_exit. Returns -EAGAIN otherwise. This is how
+ * language bindings run a sync item without leaving the calling thread.
+ */
+typedef struct dk_sync_frame {
+    void *opaque[4];
+} dk_sync_frame_t;
+DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, bool barrier,
+                                  dk_sync_frame_t *frame);
+DK_EXPORT void dk_queue_sync_exit(dk_queue_t *q, dk_sync_frame_t *frame);
+
+/* Submit fn(ctx) to q at time `when` (see time.h). FOREVER never runs it.
+ * Returns 0 or -ENOMEM. */
+DK_EXPORT int dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx,
+                               dk_function_t fn);
+
+/*
+ * Suspension: a suspended queue accepts work but starts none (an item
+ * already running completes). Counts nest. Resume returns -EOVERFLOW when
+ * the queue is not suspended (over-resume). Both do nothing on global
+ * queues and the main queue.
+ */
+DK_EXPORT void dk_queue_suspend(dk_queue_t *q);
+DK_EXPORT int dk_queue_resume(dk_queue_t *q);
+
+/* Activate a queue created with DK_QUEUE_INACTIVE. Returns -EALREADY if it
+ * is already active. */
+DK_EXPORT int dk_queue_activate(dk_queue_t *q);
+
+/*
+ * Change q's target (NULL = default). Allowed while q is inactive, or on a
+ * queue created active while it has no work. Returns -EPERM for global and
+ * main queues and for a queue created inactive after its activation,
+ * -EBUSY when q has work queued or running, -ELOOP if the target's
+ * hierarchy contains q.
+ */
+DK_EXPORT int dk_queue_set_target(dk_queue_t *q, dk_queue_t *target);
+/* The current target (NULL for global queues). Borrowed. */
+DK_EXPORT dk_queue_t *dk_queue_target(const dk_queue_t *q);
+
+/* Context pointer and finalizer, run on the target queue when q is
+ * destroyed with a non-NULL context. Ignored on global queues. */
+DK_EXPORT void dk_queue_set_context(dk_queue_t *q, void *ctx);
+DK_EXPORT void *dk_queue_get_context(const dk_queue_t *q);
+DK_EXPORT void dk_queue_set_finalizer_f(dk_queue_t *q, dk_function_t fn);
+
+/*
+ * Queue-specific values, keyed by address. Setting NULL removes the key.
+ * A replaced or removed value's destructor runs asynchronously on the
+ * default global queue. Returns 0 or -ENOMEM.
+ */
+DK_EXPORT int dk_queue_set_specific(dk_queue_t *q, const void *key,
+                                    void *value, dk_function_t destructor);
+DK_EXPORT void *dk_queue_get_specific(dk_queue_t *q, const void *key);
+/* Value for key on the queue the caller is running on, then its target
+ * chain; NULL off any queue. */
+DK_EXPORT void *dk_get_specific(const void *key);
+
+/* The queue the calling thread is running a work item of, or NULL. */
+DK_EXPORT dk_queue_t *dk_queue_current(void);
+
+/*
+ * The main queue. dk_main_drain runs the main queue's ready items on the
+ * calling thread, which must be the main thread, waiting until `deadline`
+ * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, UINT64_MAX = forever)
+ * for the first one. Returns the number of items run, -ETIMEDOUT, -EINTR
+ * if interrupted by a signal handler while waiting, or -EPERM off the main
+ * thread. dk_main_fd is an fd that is readable while work is pending.
+ */
+DK_EXPORT long dk_main_drain(uint64_t deadline);
+DK_EXPORT int dk_main_fd(void);
+/* True on the thread that drains the main queue. */
+DK_EXPORT bool dk_is_main_thread(void);
+
+/*
+ * Hooks for language runtimes whose callbacks need a global lock (the
+ * CPython GIL): `idle` runs on a worker thread before it waits for work or
+ * blocks in the runtime; `exit` runs on a worker thread before it ends.
+ */
+struct dk_thread_hooks {
+    void (*idle)(void);
+    void (*exit)(void);
+};
+DK_EXPORT void dk_set_thread_hooks(const struct dk_thread_hooks *hooks);
+/* True on the runtime's own worker threads. */
+DK_EXPORT bool dk_is_worker_thread(void);
+
+DK_END_DECLS
+
+#endif /* DK_QUEUE_H */

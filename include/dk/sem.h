@@ -1,0 +1,32 @@
+/*
+ * Dispatch semaphores (process-local counting semaphores, GCD semantics):
+ * wait decrements and blocks while the value is negative; signal
+ * increments and wakes one waiter. Uncontended operations are one atomic
+ * instruction.
+ */
+#ifndef DK_SEM_H
+#define DK_SEM_H
+
+#include "dk/base.h"
+
+DK_BEGIN_DECLS
+
+typedef struct dk_semaphore_s dk_semaphore_t;
+
+/* Returns NULL with errno = EINVAL for a negative value, ENOMEM. */
+DK_EXPORT dk_semaphore_t *dk_semaphore_create(long value);
+/* Wait until a unit is available or `deadline` (absolute CLOCK_MONOTONIC
+ * ns; 0 polls; UINT64_MAX waits forever). Returns 0 or -ETIMEDOUT; the
+ * _interruptible variant also returns -EINTR when a signal handler ran
+ * (the unit is not taken then). */
+DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s, uint64_t deadline);
+DK_EXPORT int dk_semaphore_wait_interruptible(dk_semaphore_t *s,
+                                              uint64_t deadline);
+/* Returns true if a waiting thread was woken. */
+DK_EXPORT bool dk_semaphore_signal(dk_semaphore_t *s);
+/* The current value (a snapshot; negative: that many waiters). */
+DK_EXPORT long dk_semaphore_value(const dk_semaphore_t *s);
+
+DK_END_DECLS
+
+#endif /* DK_SEM_H */

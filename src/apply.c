@@ -1,0 +1,150 @@
+/*
+ * Parallel loops. The caller and up to ncpu-1 helper items claim chunks of
+ * the index space with fetch_add on `next`; each finished chunk adds its
+ * length to `completed`, and the chunk that completes the loop wakes the
+ * caller. The shared state is reference counted, so a helper that starts
+ * after the loop is done (it sat behind other work) finds nothing to claim
+ * and only drops its reference: the caller never waits for helpers that
+ * have not started.
+ */
+#include "internal.h"
+
+#include <errno.h>
+
+struct apply {
+    uint32_t refcnt;
+    uint32_t done; /* futex word: 1 when completed == n */
+    size_t n;
+    size_t chunk;
+    size_t next DK_CACHE_ALIGNED;
+    size_t completed DK_CACHE_ALIGNED;
+    void *ctx;
+    dk_apply_function_t fn;
+    dk_apply_range_function_t range_fn;
+};
+
+static void
+apply_unref(struct apply *a)
+{
+    if (dk_atomic_sub_acq_rel(&a->refcnt, 1) == 1) {
+        free(a);
+    }
+}
+
+static void
+apply_work(struct apply *a)
+{
+    for (;;) {
+        size_t begin = dk_atomic_add_relaxed(&a->next, a->chunk);
+        if (begin >= a->n) {
+            return;
+        }
+        size_t end = begin + a->chunk < a->n ? begin + a->chunk : a->n;
+        if (a->range_fn != NULL) {
+            a->range_fn(a->ctx, begin, end);
+        } else {
+            for (size_t i = begin; i < end; i++) {
+                a->fn(a->ctx, i);
+            }
+        }
+        /* Release: the iterations happen before the caller's return. */
+        size_t done = dk_atomic_add_acq_rel(&a->completed, end - begin);
+        if (done + (end - begin) == a->n) {
+            dk_atomic_store_release(&a->done, 1);
+            dk__os_futex_wake(&a->done, 1, false);
+        }
+    }
+}
+
+static void
+apply_helper(void *p)
+{
+    struct apply *a = p;
+    apply_work(a);
+    apply_unref(a);
+}
+
+struct serial_apply {
+    size_t n;
+    void *ctx;
+    dk_apply_function_t fn;
+    dk_apply_range_function_t range_fn;
+};
+
+static void
+serial_apply_run(void *p)
+{
+    struct serial_apply *s = p;
+    if (s->range_fn != NULL) {
+        s->range_fn(s->ctx, 0, s->n);
+        return;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        s->fn(s->ctx, i);
+    }
+}
+
+static int
+apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
+             dk_apply_range_function_t range_fn)
+{
+    if (n == 0) {
+        return 0;
+    }
+    if (q == NULL) {
+        q = dk__default_root();
+    }
+    if (q->type == DK_Q_SERIAL || q->type == DK_Q_MAIN) {
+        struct serial_apply s = {n, ctx, fn, range_fn};
+        return dk_queue_sync_f(q, &s, serial_apply_run);
+    }
+    unsigned ncpu = dk__pool_ncpu();
+    struct apply *a = malloc(sizeof *a);
+    if (a == NULL) {
+        return -ENOMEM;
+    }
+    /* Several chunks per thread balance uneven iterations; the cap keeps
+     * claims rare when iterations are tiny. */
+    size_t chunk = n / ((size_t)ncpu * 8);
+    if (chunk == 0) {
+        chunk = 1;
+    } else if (chunk > 4096) {
+        chunk = 4096;
+    }
+    size_t nchunks = (n + chunk - 1) / chunk;
+    size_t helpers = ncpu > 1 ? ncpu - 1 : 0;
+    if (helpers > nchunks - 1) {
+        helpers = nchunks - 1;
+    }
+    a->refcnt = 1 + (uint32_t)helpers;
+    a->done = 0;
+    a->n = n;
+    a->chunk = chunk;
+    a->next = 0;
+    a->completed = 0;
+    a->ctx = ctx;
+    a->fn = fn;
+    a->range_fn = range_fn;
+    for (size_t i = 0; i < helpers; i++) {
+        if (dk_queue_async_f(q, a, apply_helper) < 0) {
+            apply_unref(a); /* the caller does that helper's share */
+        }
+    }
+    apply_work(a);
+    dk__wait_word(&a->done, 0, DK_OS_FOREVER);
+    apply_unref(a);
+    return 0;
+}
+
+int
+dk_apply_f(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn)
+{
+    return apply_common(n, q, ctx, fn, NULL);
+}
+
+int
+dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
+                 dk_apply_range_function_t fn)
+{
+    return apply_common(n, q, ctx, NULL, fn);
+}

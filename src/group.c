@@ -1,0 +1,215 @@
+/*
+ * Dispatch groups. The count is changed with atomics; waiters sleep on a
+ * generation word bumped on every transition to zero; notify items sit in
+ * a list under a mutex and are submitted on the transition.
+ *
+ *   waiter                                leave (count 1 -> 0)
+ *   g = gen                               count -= 1           (L1)
+ *   waiters += 1              (W1)        gen += 1
+ *   count == 0? -> return     (W2)        waiters > 0? -> wake (L2)
+ *   futex_wait(&gen, g)
+ *
+ * W1/W2 and L1/L2 are sequentially consistent, so the waiter sees the zero
+ * or the leaver sees the waiter; a waiter that has not slept yet finds the
+ * generation changed and returns from futex_wait at once.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+
+struct notify {
+    struct notify *next;
+    dk_queue_t *queue;
+    void *ctx;
+    dk_function_t fn;
+};
+
+struct dk_group_s {
+    struct dk__object obj;
+    long count;
+    uint32_t gen;
+    uint32_t waiters;
+    pthread_mutex_t lock;
+    struct notify *notify_head, *notify_tail;
+};
+
+dk_group_t *
+dk_group_create(void)
+{
+    dk__runtime_ensure();
+    dk_group_t *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    g->obj.refcnt = 1;
+    g->obj.kind = DK_KIND_GROUP;
+    pthread_mutex_init(&g->lock, NULL);
+    return g;
+}
+
+void dk__group_destroy(dk_group_t *g);
+void
+dk__group_destroy(dk_group_t *g)
+{
+    if (dk_atomic_load_acquire(&g->count) != 0) {
+        DK_CLIENT_CRASH("Group object deallocated while in use");
+    }
+    for (struct notify *n = g->notify_head, *next; n != NULL; n = next) {
+        next = n->next;
+        dk_release(n->queue);
+        free(n);
+    }
+    if (g->obj.finalizer != NULL && g->obj.context != NULL) {
+        dk_queue_async_f(dk__default_root(), g->obj.context,
+                         g->obj.finalizer);
+    }
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+void
+dk_group_enter(dk_group_t *g)
+{
+    dk_atomic_add_acq_rel(&g->count, 1);
+}
+
+static void
+group_became_empty(dk_group_t *g)
+{
+    dk_atomic_add_seq_cst(&g->gen, 1);
+    if (dk_atomic_load_seq_cst(&g->waiters) > 0) { /* (L2) */
+        dk__os_futex_wake(&g->gen, INT_MAX, false);
+    }
+    pthread_mutex_lock(&g->lock);
+    struct notify *n = g->notify_head;
+    g->notify_head = g->notify_tail = NULL;
+    pthread_mutex_unlock(&g->lock);
+    while (n != NULL) {
+        struct notify *next = n->next;
+        if (dk_queue_async_f(n->queue, n->ctx, n->fn) < 0) {
+            n->fn(n->ctx); /* out of memory: run it here, never lose it */
+        }
+        dk_release(n->queue);
+        free(n);
+        n = next;
+    }
+}
+
+int
+dk_group_leave(dk_group_t *g)
+{
+    long old = dk_atomic_load_relaxed(&g->count);
+    do {
+        if (old <= 0) {
+            return -EOVERFLOW;
+        }
+    } while (!dk_atomic_cas_seq_cst(&g->count, &old, old - 1)); /* (L1) */
+    if (old == 1) {
+        group_became_empty(g);
+    }
+    return 0;
+}
+
+void dk__group_leave_item(dk_group_t *g);
+void
+dk__group_leave_item(dk_group_t *g)
+{
+    if (dk_group_leave(g) < 0) {
+        DK_INTERNAL_CRASH("group count underflow on item completion");
+    }
+    dk_release(g); /* the item's reference */
+}
+
+int
+dk_group_async_f(dk_group_t *g, dk_queue_t *q, void *ctx, dk_function_t fn)
+{
+    struct dk__item *it = dk__item_alloc();
+    if (it == NULL) {
+        return -ENOMEM;
+    }
+    it->fn = fn;
+    it->ctx = ctx;
+    it->flags = DK_ITEM_GROUP;
+    it->group = g;
+    dk_retain(g);
+    dk_group_enter(g);
+    dk__queue_push(q, it);
+    return 0;
+}
+
+static int
+group_wait(dk_group_t *g, uint64_t deadline, bool interruptible)
+{
+    for (;;) {
+        uint32_t gen = dk_atomic_load_acquire(&g->gen);
+        if (dk_atomic_load_acquire(&g->count) == 0) {
+            return 0;
+        }
+        if (deadline == 0) {
+            return -ETIMEDOUT;
+        }
+        dk_atomic_add_seq_cst(&g->waiters, 1); /* (W1) */
+        if (dk_atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
+            dk_atomic_sub_relaxed(&g->waiters, 1);
+            return 0;
+        }
+        int rc = dk__os_futex_wait(&g->gen, gen, deadline, false);
+        dk_atomic_sub_relaxed(&g->waiters, 1);
+        if (rc == -ETIMEDOUT) {
+            return dk_atomic_load_acquire(&g->count) == 0 ? 0 : -ETIMEDOUT;
+        }
+        if (rc == -EINTR && interruptible) {
+            return -EINTR;
+        }
+    }
+}
+
+int
+dk_group_wait(dk_group_t *g, uint64_t deadline)
+{
+    return group_wait(g, deadline, false);
+}
+
+int
+dk_group_wait_interruptible(dk_group_t *g, uint64_t deadline)
+{
+    return group_wait(g, deadline, true);
+}
+
+int
+dk_group_notify_f(dk_group_t *g, dk_queue_t *q, void *ctx, dk_function_t fn)
+{
+    struct notify *n = malloc(sizeof *n);
+    if (n == NULL) {
+        return -ENOMEM;
+    }
+    n->next = NULL;
+    n->queue = q;
+    n->ctx = ctx;
+    n->fn = fn;
+    dk_retain(q);
+    pthread_mutex_lock(&g->lock);
+    if (dk_atomic_load_acquire(&g->count) == 0) {
+        pthread_mutex_unlock(&g->lock);
+        int rc = dk_queue_async_f(q, ctx, fn);
+        dk_release(q);
+        free(n);
+        return rc;
+    }
+    if (g->notify_tail != NULL) {
+        g->notify_tail->next = n;
+    } else {
+        g->notify_head = n;
+    }
+    g->notify_tail = n;
+    pthread_mutex_unlock(&g->lock);
+    return 0;
+}
+
+long
+dk_group_count(const dk_group_t *g)
+{
+    return dk_atomic_load_acquire(&g->count);
+}

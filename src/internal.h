@@ -1,0 +1,187 @@
+/*
+ * Internal structures of the dispatch runtime shared across src/ files:
+ * objects, work items, the intrusive MPSC list, queue state and the
+ * thread-local frame stack.
+ */
+#ifndef DK_SRC_INTERNAL_H
+#define DK_SRC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "atomic.h"
+#include "dk/apply.h"
+#include "dk/group.h"
+#include "dk/once.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+#include "os/linux/os.h"
+
+/* Abort with a message naming a client's misuse (from C). */
+#define DK_CLIENT_CRASH(msg)                                                \
+    do {                                                                   \
+        fprintf(stderr, "dispatchkit: BUG IN CLIENT: %s\n", (msg));        \
+        abort();                                                           \
+    } while (0)
+#define DK_INTERNAL_CRASH(msg)                                              \
+    do {                                                                   \
+        fprintf(stderr, "dispatchkit: internal error: %s\n", (msg));       \
+        abort();                                                           \
+    } while (0)
+
+enum dk__kind {
+    DK_KIND_QUEUE = 0x51554555,
+    DK_KIND_GROUP = 0x47525550,
+    DK_KIND_SEMAPHORE = 0x53454d41,
+};
+
+#define DK_REFCNT_IMMORTAL 0x80000000u
+
+struct dk__object {
+    uint32_t refcnt;
+    uint32_t kind;
+    void *context;
+    dk_function_t finalizer;
+};
+
+/* Work item flags. */
+#define DK_ITEM_BARRIER 0x1u   /* exclusive on a concurrent queue */
+#define DK_ITEM_DRAIN 0x2u     /* a serial queue's drain request */
+#define DK_ITEM_CQ 0x4u        /* from a concurrent queue: complete after */
+#define DK_ITEM_SYNC 0x8u      /* a waiter's item: signal when done */
+#define DK_ITEM_GROUP 0x10u    /* leave item->group after running */
+#define DK_ITEM_EMBEDDED 0x20u /* not malloc'ed: never freed */
+
+struct dk__item {
+    struct dk__item *next;
+    dk_function_t fn;
+    void *ctx;
+    dk_queue_t *queue; /* DRAIN: the queue to drain */
+    dk_queue_t *cq;    /* CQ: the concurrent queue it belongs to */
+    dk_group_t *group;
+    uint32_t flags;
+    uint32_t done; /* SYNC: futex word set to 1 when finished */
+};
+
+/* Vyukov's intrusive multi-producer single-consumer list. Producers only
+ * exchange `tail`; the single consumer owns `head`. */
+struct dk__mpsc {
+    struct dk__item *head;
+    struct dk__item stub;
+    struct dk__item *tail DK_CACHE_ALIGNED;
+};
+
+void dk__mpsc_init(struct dk__mpsc *l);
+/* Returns true if the list may have been empty before the push. */
+void dk__mpsc_push(struct dk__mpsc *l, struct dk__item *it);
+/* Pop the oldest item: NULL when empty. Spins while a producer is between
+ * its two steps (a few instructions). Single consumer only. */
+struct dk__item *dk__mpsc_pop(struct dk__mpsc *l);
+bool dk__mpsc_empty(struct dk__mpsc *l);
+
+/*
+ * Queue state word (serial and concurrent queues):
+ *
+ *   bit 0      SCHEDULED  a drain request is on the target or running
+ *   bit 1      INACTIVE   created inactive and not yet activated
+ *   bit 2      WAS_INACTIVE  created inactive (target now frozen)
+ *   bits 8..   suspend count
+ */
+#define DK_QS_SCHEDULED 0x1ull
+#define DK_QS_INACTIVE 0x2ull
+#define DK_QS_WAS_INACTIVE 0x4ull
+#define DK_QS_SUSPEND_ONE 0x100ull
+#define DK_QS_SUSPEND_SHIFT 8
+
+enum dk__qtype {
+    DK_Q_SERIAL,
+    DK_Q_CONCURRENT,
+    DK_Q_ROOT,
+    DK_Q_MAIN,
+};
+
+struct dk__specific {
+    struct dk__specific *next;
+    const void *key;
+    void *value;
+    dk_function_t destructor;
+};
+
+struct dk_queue_s {
+    struct dk__object obj;
+    enum dk__qtype type;
+    int qos;
+    uint64_t state;
+    dk_queue_t *target;
+    char *label;
+    void *context;
+    dk_function_t finalizer;
+    pthread_mutex_t lock; /* specifics, retired targets; CQ list */
+    struct dk__specific *specifics;
+    dk_queue_t **retired_targets;
+    size_t nretired;
+
+    /* Serial and main queues, and root queues: the item list. */
+    struct dk__mpsc items;
+    struct dk__item drain_item; /* the one outstanding drain request */
+
+    /* Concurrent queues, under `lock`. */
+    struct dk__item *cq_head, *cq_tail;
+    uint32_t cq_running;
+    bool cq_barrier_running;
+
+    /* Root queues: consumers serialise their pops on this lock. */
+    uint32_t pop_lock;
+    int root_index;
+
+    /* Registry of live queues (for fork). */
+    dk_queue_t *reg_next, *reg_prev;
+};
+
+/* Thread-local stack of the queues this thread is running items of. */
+struct dk__frame {
+    dk_queue_t *queue;
+    struct dk__frame *prev;
+    bool barrier;
+};
+extern __thread struct dk__frame *dk__current_frame;
+
+/* pool.c */
+#define DK_NUM_ROOTS 5
+extern struct dk_queue_s dk__roots[DK_NUM_ROOTS];
+void dk__pool_push(dk_queue_t *root, struct dk__item *it);
+void dk__runtime_init(void);
+void dk__runtime_ensure(void);
+void dk__pool_thread_idle(void); /* run the idle hook if registered */
+bool dk__pool_tick(void);
+bool dk__pool_start_watch(void);
+bool dk__pool_watching(void);
+unsigned dk__pool_ncpu(void);
+extern const struct dk_thread_hooks *dk__hooks;
+
+/* queue.c */
+void dk__queue_push(dk_queue_t *q, struct dk__item *it);
+/* Run an item popped from `from` (the queue whose list held it). */
+void dk__item_run(struct dk__item *it, dk_queue_t *from);
+struct dk__item *dk__item_alloc(void);
+void dk__item_free(struct dk__item *it);
+void dk__queue_fork_child(void);
+void dk__main_queue_init(void);
+dk_queue_t *dk__default_root(void);
+
+/* timer.c */
+int dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
+                    dk_function_t fn);
+void dk__timer_fork_child(void);
+/* Ask the timer thread to watch the pool for starvation. */
+void dk__timer_watch_pool(void);
+
+/* group.c */
+void dk__group_leave_item(dk_group_t *g);
+
+/* Internal waiting on a 32-bit word with the pool told we block. */
+int dk__wait_word(uint32_t *word, uint32_t expected, uint64_t deadline);
+
+#endif /* DK_SRC_INTERNAL_H */

@@ -1,0 +1,713 @@
+/* Tests of the dispatch runtime through its dk_ API: ordering, mutual
+ * exclusion, barriers, hierarchies, suspension, groups, semaphores, once,
+ * apply, after, pool growth, sync deadlock detection, main queue, fork. */
+#include "runner.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "atomic.h"
+#include "dk/apply.h"
+#include "dk/group.h"
+#include "dk/once.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+
+static uint64_t
+in_ns(uint64_t ns)
+{
+    return dk_now() + ns;
+}
+
+#define SECONDS(s) ((uint64_t)(s) * DK_NSEC_PER_SEC)
+
+/* ---- serial FIFO and exclusion ---- */
+
+struct fifo {
+    long next;
+    long errors;
+    int inside;
+};
+
+static void
+fifo_item(void *p)
+{
+    struct fifo *f = p;
+    /* Exclusion: nobody else may be inside. */
+    if (__atomic_exchange_n(&f->inside, 1, __ATOMIC_ACQ_REL) != 0) {
+        f->errors++;
+    }
+    f->next++;
+    __atomic_store_n(&f->inside, 0, __ATOMIC_RELEASE);
+}
+
+struct tagged {
+    struct fifo *f;
+    long tag;
+};
+
+static void
+tagged_item(void *p)
+{
+    struct tagged *t = p;
+    if (t->f->next != t->tag) {
+        t->f->errors++;
+    }
+    fifo_item(t->f);
+    free(t);
+}
+
+static void
+noop(void *p)
+{
+    (void)p;
+}
+
+DK_TEST(serial_queue_is_fifo_and_exclusive)
+{
+    dk_queue_t *q = dk_queue_create("fifo", 0, 0, 0, NULL);
+    CHECK(q != NULL);
+    struct fifo f = {0};
+    for (long i = 0; i < 100000; i++) {
+        struct tagged *t = malloc(sizeof *t);
+        t->f = &f;
+        t->tag = i;
+        CHECK_EQ(dk_queue_async_f(q, t, tagged_item), 0);
+    }
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
+    CHECK_EQ(f.next, 100000);
+    CHECK_EQ(f.errors, 0);
+    dk_release(q);
+}
+
+struct producer_arg {
+    dk_queue_t *q;
+    struct fifo *f;
+};
+
+static void *
+producer(void *p)
+{
+    struct producer_arg *a = p;
+    for (int i = 0; i < 20000; i++) {
+        dk_queue_async_f(a->q, a->f, fifo_item);
+    }
+    return NULL;
+}
+
+DK_TEST(serial_queue_many_producers_lose_nothing)
+{
+    dk_queue_t *q = dk_queue_create("mp", 0, 0, 0, NULL);
+    struct fifo f = {0};
+    pthread_t t[4];
+    struct producer_arg a = {q, &f};
+    for (int i = 0; i < 4; i++) {
+        pthread_create(&t[i], NULL, producer, &a);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+    }
+    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(f.next, 80000);
+    CHECK_EQ(f.errors, 0);
+    dk_release(q);
+}
+
+/* ---- hierarchy: two serial queues targeting one serial queue ---- */
+
+DK_TEST(queues_targeting_a_serial_queue_are_mutually_exclusive)
+{
+    dk_queue_t *parent = dk_queue_create("parent", 0, 0, 0, NULL);
+    dk_queue_t *a = dk_queue_create("a", 0, 0, 0, parent);
+    dk_queue_t *b = dk_queue_create("b", DK_QUEUE_CONCURRENT, 0, 0, parent);
+    CHECK_EQ(dk_queue_target(a) == parent, 1);
+    struct fifo f = {0};
+    for (int i = 0; i < 20000; i++) {
+        dk_queue_async_f(a, &f, fifo_item);
+        dk_queue_async_f(b, &f, fifo_item);
+    }
+    dk_queue_sync_f(a, NULL, noop);
+    dk_queue_barrier_sync_f(b, NULL, noop);
+    dk_queue_sync_f(parent, NULL, noop);
+    CHECK_EQ(f.next, 40000);
+    CHECK_EQ(f.errors, 0);
+    dk_release(a);
+    dk_release(b);
+    dk_release(parent);
+}
+
+/* ---- concurrent queue and barriers ---- */
+
+struct rw {
+    int readers;
+    int max_readers;
+    int writer;
+    long errors;
+    long writes;
+    long reads;
+};
+
+static void
+reader(void *p)
+{
+    struct rw *rw = p;
+    int r = __atomic_add_fetch(&rw->readers, 1, __ATOMIC_ACQ_REL);
+    if (__atomic_load_n(&rw->writer, __ATOMIC_ACQUIRE)) {
+        __atomic_add_fetch(&rw->errors, 1, __ATOMIC_RELAXED);
+    }
+    int m = __atomic_load_n(&rw->max_readers, __ATOMIC_RELAXED);
+    while (r > m && !__atomic_compare_exchange_n(&rw->max_readers, &m, r,
+                                                 false, __ATOMIC_RELAXED,
+                                                 __ATOMIC_RELAXED)) {
+    }
+    usleep(200);
+    __atomic_add_fetch(&rw->reads, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&rw->readers, 1, __ATOMIC_ACQ_REL);
+}
+
+static void
+writer(void *p)
+{
+    struct rw *rw = p;
+    __atomic_store_n(&rw->writer, 1, __ATOMIC_RELEASE);
+    if (__atomic_load_n(&rw->readers, __ATOMIC_ACQUIRE) != 0) {
+        __atomic_add_fetch(&rw->errors, 1, __ATOMIC_RELAXED);
+    }
+    usleep(200);
+    rw->writes++;
+    __atomic_store_n(&rw->writer, 0, __ATOMIC_RELEASE);
+}
+
+DK_TEST(barrier_is_exclusive_on_concurrent_queue)
+{
+    dk_queue_t *q = dk_queue_create("rw", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct rw rw = {0};
+    for (int round = 0; round < 50; round++) {
+        for (int i = 0; i < 8; i++) {
+            dk_queue_async_f(q, &rw, reader);
+        }
+        dk_queue_barrier_async_f(q, &rw, writer);
+    }
+    dk_queue_barrier_sync_f(q, NULL, noop);
+    CHECK_EQ(rw.errors, 0);
+    CHECK_EQ(rw.writes, 50);
+    CHECK_EQ(rw.reads, 400);
+    CHECK(rw.max_readers >= 2); /* readers really ran concurrently */
+    dk_release(q);
+}
+
+/* ---- suspend / resume / activate ---- */
+
+static void
+count_item(void *p)
+{
+    __atomic_add_fetch((long *)p, 1, __ATOMIC_ACQ_REL);
+}
+
+DK_TEST(suspended_queue_runs_nothing_until_resumed)
+{
+    dk_queue_t *q = dk_queue_create("susp", 0, 0, 0, NULL);
+    long n = 0;
+    dk_queue_suspend(q);
+    dk_queue_suspend(q);
+    CHECK_EQ(dk_queue_suspend_count(q), 2);
+    for (int i = 0; i < 10; i++) {
+        dk_queue_async_f(q, &n, count_item);
+    }
+    usleep(20000);
+    CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
+    CHECK_EQ(dk_queue_resume(q), 0);
+    usleep(20000);
+    CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
+    CHECK_EQ(dk_queue_resume(q), 0);
+    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(n, 10);
+    CHECK_EQ(dk_queue_resume(q), -EOVERFLOW);
+    dk_release(q);
+}
+
+DK_TEST(inactive_queue_runs_after_activate)
+{
+    dk_queue_t *q = dk_queue_create("lazy", DK_QUEUE_INACTIVE, 0, 0, NULL);
+    CHECK(dk_queue_is_inactive(q));
+    long n = 0;
+    dk_queue_async_f(q, &n, count_item);
+    CHECK_EQ(dk_queue_set_target(q, dk_queue_global(DK_QOS_UTILITY)), 0);
+    usleep(10000);
+    CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
+    CHECK_EQ(dk_queue_activate(q), 0);
+    CHECK(!dk_queue_is_inactive(q));
+    CHECK_EQ(dk_queue_activate(q), -EALREADY);
+    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(n, 1);
+    CHECK_EQ(dk_queue_set_target(q, NULL), -EPERM);
+    dk_release(q);
+}
+
+DK_TEST(set_target_rejects_cycles)
+{
+    dk_queue_t *a = dk_queue_create("a", DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *b = dk_queue_create("b", 0, 0, 0, a);
+    CHECK_EQ(dk_queue_set_target(a, b), -ELOOP);
+    CHECK_EQ(dk_queue_set_target(a, a), -ELOOP);
+    dk_queue_activate(a);
+    dk_release(b);
+    dk_release(a);
+}
+
+/* ---- sync ---- */
+
+struct sync_ctx {
+    dk_queue_t *q;
+    int rc;
+    bool barrier;
+};
+
+static void
+sync_inside(void *p)
+{
+    struct sync_ctx *c = p;
+    c->rc = c->barrier ? dk_queue_barrier_sync_f(c->q, NULL, noop)
+                       : dk_queue_sync_f(c->q, NULL, noop);
+}
+
+DK_TEST(sync_on_own_serial_queue_is_detected)
+{
+    dk_queue_t *q = dk_queue_create("self", 0, 0, 0, NULL);
+    struct sync_ctx c = {q, 1, false};
+    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(c.rc, -EDEADLK);
+    c.rc = 1;
+    dk_queue_async_f(q, &c, sync_inside);
+    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(c.rc, -EDEADLK);
+    /* A queue that targets q also deadlocks when called from q. */
+    dk_queue_t *child = dk_queue_create("child", 0, 0, 0, q);
+    struct sync_ctx c2 = {child, 1, false};
+    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(c2.rc, -EDEADLK);
+    dk_release(child);
+    dk_release(q);
+}
+
+DK_TEST(sync_inside_concurrent_queue_allowed_barrier_detected)
+{
+    dk_queue_t *q = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct sync_ctx c = {q, 1, false};
+    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(c.rc, 0);
+    struct sync_ctx c2 = {q, 1, true};
+    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(c2.rc, -EDEADLK);
+    dk_release(q);
+}
+
+struct thread_id_ctx {
+    pthread_t self;
+    bool same;
+};
+
+static void
+record_thread(void *p)
+{
+    struct thread_id_ctx *c = p;
+    c->same = pthread_equal(c->self, pthread_self());
+}
+
+DK_TEST(sync_on_idle_queue_runs_on_calling_thread)
+{
+    dk_queue_t *q = dk_queue_create("idle", 0, 0, 0, NULL);
+    struct thread_id_ctx c = {pthread_self(), false};
+    dk_queue_sync_f(q, &c, record_thread);
+    CHECK(c.same);
+    dk_release(q);
+}
+
+/* ---- groups ---- */
+
+static void
+finalize(void *p)
+{
+    dk_semaphore_signal(p);
+}
+
+
+DK_TEST(group_wait_and_notify)
+{
+    dk_group_t *g = dk_group_create();
+    dk_queue_t *q = dk_queue_global(0);
+    long n = 0;
+    for (int i = 0; i < 10000; i++) {
+        dk_group_async_f(g, q, &n, count_item);
+    }
+    CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(20))), 0);
+    CHECK_EQ(n, 10000);
+    dk_semaphore_t *s = dk_semaphore_create(0);
+    dk_group_notify_f(g, q, s, finalize);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
+    dk_group_enter(g);
+    CHECK_EQ(dk_group_wait(g, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_group_wait(g, in_ns(1000000)), -ETIMEDOUT);
+    dk_group_notify_f(g, q, s, finalize);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(5000000)), -ETIMEDOUT);
+    CHECK_EQ(dk_group_leave(g), 0);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
+    CHECK_EQ(dk_group_leave(g), -EOVERFLOW);
+    CHECK_EQ(dk_group_count(g), 0);
+    dk_release(g);
+    dk_release(s);
+}
+
+/* ---- semaphores ---- */
+
+DK_TEST(semaphore_counts_and_times_out)
+{
+    CHECK(dk_semaphore_create(-1) == NULL);
+    dk_semaphore_t *s = dk_semaphore_create(2);
+    CHECK_EQ(dk_semaphore_wait(s, 0), 0);
+    CHECK_EQ(dk_semaphore_wait(s, 0), 0);
+    CHECK_EQ(dk_semaphore_wait(s, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_semaphore_value(s), 0);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(2000000)), -ETIMEDOUT);
+    CHECK_EQ(dk_semaphore_value(s), 0); /* the timed-out unit was returned */
+    CHECK_EQ(dk_semaphore_signal(s), false);
+    CHECK_EQ(dk_semaphore_wait(s, 0), 0);
+    dk_release(s);
+}
+
+static void *
+sem_waiter(void *p)
+{
+    dk_semaphore_wait(p, UINT64_MAX);
+    return NULL;
+}
+
+DK_TEST(semaphore_signal_wakes_exactly_one_waiter)
+{
+    dk_semaphore_t *s = dk_semaphore_create(0);
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&t[i], NULL, sem_waiter, s);
+    }
+    while (dk_semaphore_value(s) != -3) {
+        usleep(1000);
+    }
+    CHECK(dk_semaphore_signal(s));
+    CHECK(dk_semaphore_signal(s));
+    CHECK(dk_semaphore_signal(s));
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(dk_semaphore_value(s), 0);
+    dk_release(s);
+}
+
+/* ---- once ---- */
+
+static dk_once_t once_pred;
+static int once_calls;
+static int once_seen_unfinished;
+
+static void
+slow_init(void *p)
+{
+    (void)p;
+    __atomic_add_fetch(&once_calls, 1, __ATOMIC_ACQ_REL);
+    usleep(20000);
+    __atomic_store_n((int *)p, 42, __ATOMIC_RELEASE);
+}
+
+static int once_value;
+
+static void *
+once_caller(void *p)
+{
+    (void)p;
+    dk_once_f(&once_pred, &once_value, slow_init);
+    if (__atomic_load_n(&once_value, __ATOMIC_ACQUIRE) != 42) {
+        __atomic_add_fetch(&once_seen_unfinished, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+DK_TEST(once_runs_once_and_everyone_waits)
+{
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+        pthread_create(&t[i], NULL, once_caller, NULL);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(once_calls, 1);
+    CHECK_EQ(once_seen_unfinished, 0);
+    CHECK(dk_once_done(&once_pred));
+}
+
+/* ---- apply ---- */
+
+static void
+apply_mark(void *p, size_t i)
+{
+    __atomic_add_fetch(&((uint8_t *)p)[i], 1, __ATOMIC_RELAXED);
+}
+
+DK_TEST(apply_runs_every_index_exactly_once)
+{
+    size_t sizes[] = {1, 2, 7, 1000, 123457};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        uint8_t *marks = calloc(n, 1);
+        CHECK_EQ(dk_apply_f(n, NULL, marks, apply_mark), 0);
+        for (size_t i = 0; i < n; i++) {
+            CHECK_EQ(marks[i], 1);
+        }
+        dk_queue_t *q = dk_queue_create("s", 0, 0, 0, NULL);
+        CHECK_EQ(dk_apply_f(n, q, marks, apply_mark), 0);
+        for (size_t i = 0; i < n; i++) {
+            CHECK_EQ(marks[i], 2);
+        }
+        dk_release(q);
+        free(marks);
+    }
+    CHECK_EQ(dk_apply_f(0, NULL, NULL, apply_mark), 0);
+}
+
+/* ---- after ---- */
+
+struct after_ctx {
+    uint64_t due;
+    uint64_t ran_at;
+    dk_semaphore_t *s;
+};
+
+static void
+after_item(void *p)
+{
+    struct after_ctx *c = p;
+    c->ran_at = dk_now();
+    dk_semaphore_signal(c->s);
+}
+
+DK_TEST(after_runs_no_earlier_than_due_and_in_order)
+{
+    dk_queue_t *q = dk_queue_create("after", 0, 0, 0, NULL);
+    dk_semaphore_t *s = dk_semaphore_create(0);
+    struct after_ctx c[3];
+    uint64_t delays[3] = {30000000, 10000000, 20000000};
+    for (int i = 0; i < 3; i++) {
+        c[i].s = s;
+        c[i].due = dk_now() + delays[i];
+        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW,
+                                             (int64_t)delays[i]),
+                                  &c[i], after_item),
+                 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK(c[i].ran_at >= c[i].due);
+    }
+    CHECK(c[1].ran_at <= c[2].ran_at);
+    CHECK(c[2].ran_at <= c[0].ran_at);
+    /* FOREVER never runs; a wall-clock time in the past runs now. */
+    CHECK_EQ(dk_queue_after_f(q, DK_TIME_FOREVER, &c[0], after_item), 0);
+    struct after_ctx w = {dk_now(), 0, s};
+    CHECK_EQ(dk_queue_after_f(q, dk_walltime(0, -1000000), &w, after_item),
+             0);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
+    CHECK(w.ran_at != 0);
+    dk_release(q);
+    dk_release(s);
+}
+
+DK_TEST(time_encoding_matches_gcd)
+{
+    CHECK_EQ(dk_time(DK_TIME_FOREVER, 5) == DK_TIME_FOREVER, 1);
+    dk_time_t t = dk_time(DK_TIME_NOW, 1000);
+    CHECK(t > 0 && t != DK_TIME_FOREVER);
+    CHECK((int64_t)dk_walltime(0, 0) < 0);
+    CHECK(dk_walltime(0, 0) != DK_TIME_FOREVER);
+    /* Wall times decrease as they get later. */
+    CHECK(dk_walltime(1000000000ull, 1) < dk_walltime(1000000000ull, 0));
+    CHECK(dk_time_deadline(DK_TIME_FOREVER) == UINT64_MAX);
+    CHECK(dk_time(dk_time(DK_TIME_NOW, 0), INT64_MIN) >= 1);
+    CHECK(dk_time(1, INT64_MAX) == (uint64_t)INT64_MAX);
+}
+
+/* ---- pool growth: consumer submitted before producer ---- */
+
+static dk_semaphore_t *pc_items;
+static long pc_consumed;
+
+static void
+consumer(void *p)
+{
+    (void)p;
+    for (int i = 0; i < 5; i++) {
+        dk_semaphore_wait(pc_items, UINT64_MAX);
+        __atomic_add_fetch(&pc_consumed, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void
+pc_producer(void *p)
+{
+    (void)p;
+    for (int i = 0; i < 5; i++) {
+        dk_semaphore_signal(pc_items);
+    }
+}
+
+DK_TEST(pool_grows_when_workers_block)
+{
+    /* More blocked consumers than CPUs: producers must still get a
+     * thread. */
+    pc_items = dk_semaphore_create(0);
+    dk_group_t *g = dk_group_create();
+    dk_queue_t *q = dk_queue_global(0);
+    int n = 8;
+    for (int i = 0; i < n; i++) {
+        dk_group_async_f(g, q, NULL, consumer);
+    }
+    for (int i = 0; i < n; i++) {
+        dk_group_async_f(g, q, NULL, pc_producer);
+    }
+    CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(30))), 0);
+    CHECK_EQ(pc_consumed, 5 * n);
+    dk_release(g);
+}
+
+/* ---- specifics and context ---- */
+
+static int key_a, key_b;
+
+static void
+get_specific_into(void *p)
+{
+    ((void **)p)[0] = dk_get_specific(&key_a);
+    ((void **)p)[1] = dk_get_specific(&key_b);
+}
+
+DK_TEST(specific_values_follow_the_target_chain)
+{
+    dk_queue_t *parent = dk_queue_create("p", 0, 0, 0, NULL);
+    dk_queue_t *child = dk_queue_create("c", 0, 0, 0, parent);
+    dk_queue_set_specific(parent, &key_a, (void *)"pa", NULL);
+    dk_queue_set_specific(parent, &key_b, (void *)"pb", NULL);
+    dk_queue_set_specific(child, &key_a, (void *)"ca", NULL);
+    void *got[2];
+    dk_queue_sync_f(child, got, get_specific_into);
+    CHECK(got[0] == (void *)"ca");
+    CHECK(got[1] == (void *)"pb");
+    CHECK(dk_get_specific(&key_a) == NULL);
+    dk_queue_set_specific(child, &key_a, NULL, NULL);
+    CHECK(dk_queue_get_specific(child, &key_a) == NULL);
+    dk_release(child);
+    dk_release(parent);
+}
+
+DK_TEST(context_finalizer_runs_after_release)
+{
+    dk_semaphore_t *s = dk_semaphore_create(0);
+    dk_queue_t *q = dk_queue_create("ctx", 0, 0, 0, NULL);
+    dk_queue_set_context(q, s);
+    dk_queue_set_finalizer_f(q, finalize);
+    CHECK(dk_queue_get_context(q) == s);
+    dk_release(q);
+    CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
+    dk_release(s);
+}
+
+/* ---- main queue ---- */
+
+DK_TEST(main_queue_drained_only_by_main_thread)
+{
+    dk_queue_t *m = dk_queue_main();
+    CHECK(strcmp(dk_queue_label(m), "com.apple.main-thread") == 0);
+    CHECK(dk_is_main_thread());
+    long n = 0;
+    for (int i = 0; i < 5; i++) {
+        dk_queue_async_f(m, &n, count_item);
+    }
+    usleep(10000);
+    CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
+    CHECK_EQ(dk_main_drain(0), 5);
+    CHECK_EQ(n, 5);
+    CHECK_EQ(dk_main_drain(0), 0);
+    CHECK_EQ(dk_main_drain(in_ns(1000000)), -ETIMEDOUT);
+    /* sync from the main thread drains through to its own item */
+    dk_queue_async_f(m, &n, count_item);
+    dk_queue_sync_f(m, &n, count_item);
+    CHECK_EQ(n, 7);
+}
+
+static void *
+main_from_other_thread(void *p)
+{
+    long *rc = p;
+    *rc = dk_main_drain(0);
+    return NULL;
+}
+
+DK_TEST(main_drain_refused_off_main_thread)
+{
+    pthread_t t;
+    long rc = 0;
+    pthread_create(&t, NULL, main_from_other_thread, &rc);
+    pthread_join(t, NULL);
+    CHECK_EQ(rc, -EPERM);
+}
+
+/* ---- global queues ---- */
+
+DK_TEST(global_queues_by_priority_and_qos)
+{
+    CHECK(dk_queue_global(DK_PRIORITY_HIGH) ==
+          dk_queue_global(DK_QOS_USER_INITIATED));
+    CHECK(dk_queue_global(0) == dk_queue_global(DK_QOS_DEFAULT));
+    CHECK(strcmp(dk_queue_label(dk_queue_global(0)),
+                 "com.apple.root.default-qos") == 0);
+    CHECK(strcmp(dk_queue_label(dk_queue_global(DK_PRIORITY_BACKGROUND)),
+                 "com.apple.root.background-qos") == 0);
+    CHECK(dk_queue_global(12345) == NULL);
+    CHECK(dk_queue_is_global(dk_queue_global(DK_PRIORITY_LOW)));
+}
+
+/* ---- fork ---- */
+
+DK_TEST(forked_child_gets_a_working_runtime)
+{
+    dk_queue_t *q = dk_queue_create("pre-fork", 0, 0, 0, NULL);
+    long n = 0;
+    for (int i = 0; i < 1000; i++) {
+        dk_queue_async_f(q, &n, count_item);
+    }
+    dk_group_t *warm = dk_group_create();
+    dk_group_async_f(warm, dk_queue_global(0), &n, noop);
+    dk_group_wait(warm, UINT64_MAX);
+    pid_t pid = fork();
+    if (pid == 0) {
+        long m = 0;
+        dk_group_t *g = dk_group_create();
+        for (int i = 0; i < 100; i++) {
+            dk_group_async_f(g, dk_queue_global(0), &m, count_item);
+            dk_group_async_f(g, q, &m, count_item);
+        }
+        int rc = dk_group_wait(g, in_ns(SECONDS(20)));
+        _exit(rc == 0 && m == 200 ? 0 : 1);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(n, 1000);
+    dk_release(warm);
+    dk_release(q);
+}
