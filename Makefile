@@ -57,7 +57,7 @@ check: $(STAMP)
 	    || $(VENV)/bin/meson setup $(BUILD)/tsan -Dpython=disabled \
 	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 	$(VENV)/bin/ninja -C $(BUILD)/tsan
-	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(BUILD)/tsan/dk-tests
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
 
 lint:
 	@command -v clang-format >/dev/null || { echo "lint needs clang-format and clang-tidy: apt-get install clang-format clang-tidy"; exit 1; }

@@ -8,19 +8,21 @@
  * CPU count retire after a few idle seconds.
  *
  * Parking protocol. A producer must never leave an item behind while every
- * worker sleeps, and must not pay a syscall when nobody sleeps:
+ * worker sleeps, and must not pay a syscall when nobody sleeps. Each idle
+ * worker sleeps on its own futex word, listed on an idle stack; a waker
+ * takes one worker off the stack and wakes exactly that one, so a burst of
+ * pushes costs one wake-up per sleeping worker, never one per push:
  *
  *   worker (about to sleep)              producer
- *   e = epoch                             push(item)            (P1)
- *   nidle += 1                  (W1)      if nidle > 0:         (P2)
- *   if !empty: nidle -= 1, retry              epoch += 1, wake
- *   futex_wait(&epoch, e)
+ *   word = 0; onto idle stack            push(item)             (P1)
+ *   nidle += 1                  (W1)     if nidle > 0:          (P2)
+ *   if !empty: off the stack, retry        pop a worker off the stack,
+ *   while word == 0: futex_wait(word)      word = 1, wake it
  *
  * W1 and P1/P2 are sequentially consistent, so either the worker's
- * emptiness check sees the item or the producer sees nidle > 0; in the
- * second case the epoch changes before the wake, so a worker that has not
- * yet slept returns from futex_wait at once. `wake_pending` keeps a burst
- * of pushes to one wake-up syscall until the woken worker runs.
+ * emptiness check sees the item or the producer sees nidle > 0. A worker
+ * is taken off the stack by exactly one thread (itself or a waker), under
+ * the idle lock, so nidle never drifts.
  */
 #include "internal.h"
 
@@ -53,21 +55,27 @@ struct dk_queue_s dk__roots[DK_NUM_ROOTS] = {
 
 struct worker_slot {
     uint64_t progress DK_CACHE_ALIGNED; /* items started, by this worker */
+    uint32_t word;                      /* futex: 1 = woken */
     bool used;
+    bool idle; /* on the idle stack (under idle_lock) */
 };
 
 static struct {
     uint32_t nthreads;
     uint32_t nidle;
-    uint32_t epoch;
-    uint32_t wake_pending;
     uint32_t watching;
+    pthread_mutex_t idle_lock;
+    struct worker_slot *idle_stack[DK_MAX_THREADS];
+    uint32_t nstack;
     uint32_t ncpu;
     uint64_t last_progress;
     uint32_t stalled_ticks;
     pthread_mutex_t slots_lock;
     struct worker_slot slots[DK_MAX_THREADS];
-} pool = {.slots_lock = PTHREAD_MUTEX_INITIALIZER};
+} pool = {
+    .slots_lock = PTHREAD_MUTEX_INITIALIZER,
+    .idle_lock = PTHREAD_MUTEX_INITIALIZER,
+};
 
 static __thread struct worker_slot *my_slot;
 const struct dk_thread_hooks *dk__hooks;
@@ -166,12 +174,37 @@ pool_spawn(bool extra)
     return true;
 }
 
+/* Take `w` off the idle stack if it is still there (under idle_lock). */
+static bool
+idle_remove_locked(struct worker_slot *w)
+{
+    if (!w->idle) {
+        return false;
+    }
+    for (uint32_t i = 0; i < pool.nstack; i++) {
+        if (pool.idle_stack[i] == w) {
+            pool.idle_stack[i] = pool.idle_stack[--pool.nstack];
+            break;
+        }
+    }
+    w->idle = false;
+    dk_atomic_sub_acq_rel(&pool.nidle, 1);
+    return true;
+}
+
 static void
 pool_wake_one(void)
 {
-    if (dk_atomic_xchg_acq_rel(&pool.wake_pending, 1) == 0) {
-        dk_atomic_add_release(&pool.epoch, 1);
-        dk__os_futex_wake(&pool.epoch, 1, false);
+    pthread_mutex_lock(&pool.idle_lock);
+    struct worker_slot *w = NULL;
+    if (pool.nstack > 0) {
+        w = pool.idle_stack[pool.nstack - 1];
+        idle_remove_locked(w);
+    }
+    pthread_mutex_unlock(&pool.idle_lock);
+    if (w != NULL) {
+        dk_atomic_store_release(&w->word, 1); /* pairs with worker_park */
+        dk__os_futex_wake(&w->word, 1, false);
     }
 }
 
@@ -258,6 +291,45 @@ worker_exit(struct worker_slot *slot)
     my_slot = NULL;
 }
 
+/* Sleep until woken for work. Returns false if this (extra) thread
+ * should retire instead. */
+static bool
+worker_park(struct worker_slot *w)
+{
+    dk_atomic_store_relaxed(&w->word, 0);
+    pthread_mutex_lock(&pool.idle_lock);
+    w->idle = true;
+    pool.idle_stack[pool.nstack++] = w;
+    dk_atomic_add_seq_cst(&pool.nidle, 1); /* (W1) */
+    pthread_mutex_unlock(&pool.idle_lock);
+    if (!pool_empty()) {
+        pthread_mutex_lock(&pool.idle_lock);
+        idle_remove_locked(w); /* or a waker already did */
+        pthread_mutex_unlock(&pool.idle_lock);
+        return true;
+    }
+    bool extra = dk_atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
+    uint64_t deadline = extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS
+                              : DK_OS_FOREVER;
+    while (dk_atomic_load_acquire(&w->word) == 0) {
+        int rc = dk__os_futex_wait(&w->word, 0, deadline, false);
+        if (rc != -ETIMEDOUT) {
+            continue;
+        }
+        pthread_mutex_lock(&pool.idle_lock);
+        bool removed = idle_remove_locked(w);
+        bool retire = false;
+        if (removed && pool_empty()) {
+            uint32_t n = dk_atomic_load_relaxed(&pool.nthreads);
+            retire = n > pool.ncpu &&
+                     dk_atomic_cas_acq_rel(&pool.nthreads, &n, n - 1);
+        }
+        pthread_mutex_unlock(&pool.idle_lock);
+        return !retire;
+    }
+    return true;
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -288,26 +360,9 @@ worker_main(void *arg)
         if (found) {
             continue;
         }
-        uint32_t e = dk_atomic_load_acquire(&pool.epoch);
-        dk_atomic_add_seq_cst(&pool.nidle, 1); /* (W1) */
-        if (!pool_empty()) {
-            dk_atomic_sub_acq_rel(&pool.nidle, 1);
-            continue;
-        }
-        bool extra =
-            dk_atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
-        uint64_t deadline = extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS
-                                  : DK_OS_FOREVER;
-        int rc = dk__os_futex_wait(&pool.epoch, e, deadline, false);
-        dk_atomic_sub_acq_rel(&pool.nidle, 1);
-        dk_atomic_store_release(&pool.wake_pending, 0);
-        if (rc == -ETIMEDOUT && extra && pool_empty()) {
-            uint32_t n = dk_atomic_load_relaxed(&pool.nthreads);
-            if (n > pool.ncpu &&
-                dk_atomic_cas_acq_rel(&pool.nthreads, &n, n - 1)) {
-                worker_exit(slot);
-                return NULL;
-            }
+        if (!worker_park(slot)) {
+            worker_exit(slot);
+            return NULL;
         }
     }
 }
@@ -320,12 +375,14 @@ atfork_child(void)
      * here (it runs in the parent). */
     pool.nthreads = 0;
     pool.nidle = 0;
-    pool.wake_pending = 0;
+    pool.nstack = 0;
     pool.watching = 0;
+    pthread_mutex_init(&pool.idle_lock, NULL);
     pool.stalled_ticks = 0;
     pthread_mutex_init(&pool.slots_lock, NULL);
     for (int i = 0; i < DK_MAX_THREADS; i++) {
         pool.slots[i].used = false;
+        pool.slots[i].idle = false;
         pool.slots[i].progress = 0;
     }
     pool.last_progress = 0;

@@ -175,8 +175,7 @@ serial_wakeup(dk_queue_t *q)
 static void
 serial_release(dk_queue_t *q)
 {
-    dk_atomic_and_acq_rel(&q->state, ~DK_QS_SCHEDULED);
-    dk_atomic_fence_seq_cst(); /* (C) before (D) */
+    dk_atomic_and_seq_cst(&q->state, ~DK_QS_SCHEDULED); /* (C) */
     if (!dk__mpsc_empty(&q->items)) { /* (D) */
         serial_wakeup(q);
     }
@@ -681,16 +680,15 @@ dk_release(void *object)
                       DK_REFCNT_IMMORTAL)) {
         return;
     }
-    /* Release then acquire on the last reference: every use by other
-     * owners happens before the destruction. */
-    uint32_t old = dk_atomic_sub_release(&o->refcnt, 1);
+    /* Acquire-release: every use by other owners happens before the
+     * destruction by whoever drops the last reference. */
+    uint32_t old = dk_atomic_sub_acq_rel(&o->refcnt, 1);
     if (old > 1) {
         return;
     }
     if (old == 0) {
         DK_CLIENT_CRASH("Over-release of an object");
     }
-    dk_atomic_fence_acquire();
     switch (o->kind) {
     case DK_KIND_QUEUE:
         queue_destroy((dk_queue_t *)o);

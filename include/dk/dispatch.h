@@ -1,0 +1,386 @@
+/*
+ * libdispatch's function-pointer API on top of dispatchkit, so that a C
+ * program written against <dispatch/dispatch.h> (the _f variants, no
+ * blocks) compiles and runs unchanged with `#include <dk/dispatch.h>`.
+ *
+ * Client misuse that libdispatch traps on (over-resume, unbalanced group
+ * leave, dispatch_sync on the queue you are running on) aborts here with a
+ * "BUG IN CLIENT" message naming it, as libdispatch does.
+ */
+#ifndef DK_DISPATCH_H
+#define DK_DISPATCH_H
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "dk/apply.h"
+#include "dk/group.h"
+#include "dk/once.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+
+DK_BEGIN_DECLS
+
+typedef dk_queue_t *dispatch_queue_t;
+typedef dk_queue_t *dispatch_queue_global_t;
+typedef dk_queue_t *dispatch_queue_main_t;
+typedef dk_queue_t *dispatch_queue_serial_t;
+typedef dk_queue_t *dispatch_queue_concurrent_t;
+typedef dk_group_t *dispatch_group_t;
+typedef dk_semaphore_t *dispatch_semaphore_t;
+typedef void *dispatch_object_t;
+typedef dk_function_t dispatch_function_t;
+typedef dk_time_t dispatch_time_t;
+typedef long dispatch_once_t;
+typedef long dispatch_queue_priority_t;
+
+/* Queue attributes are small integers in pointer clothing: bit 0
+ * concurrent, bit 1 inactive, bits 8-15 QoS class, bits 16-23 the
+ * relative priority's magnitude. */
+typedef const struct dispatch_queue_attr_s *dispatch_queue_attr_t;
+#define DISPATCH_QUEUE_SERIAL ((dispatch_queue_attr_t)0)
+#define DISPATCH_QUEUE_CONCURRENT ((dispatch_queue_attr_t)(uintptr_t)1)
+#define DISPATCH_QUEUE_SERIAL_INACTIVE ((dispatch_queue_attr_t)(uintptr_t)2)
+#define DISPATCH_QUEUE_CONCURRENT_INACTIVE                                  \
+    ((dispatch_queue_attr_t)(uintptr_t)3)
+
+#define DISPATCH_TIME_NOW DK_TIME_NOW
+#define DISPATCH_TIME_FOREVER DK_TIME_FOREVER
+#ifndef NSEC_PER_SEC
+#define NSEC_PER_SEC 1000000000ull
+#define NSEC_PER_MSEC 1000000ull
+#define NSEC_PER_USEC 1000ull
+#define USEC_PER_SEC 1000000ull
+#define MSEC_PER_SEC 1000ull
+#endif
+
+#define DISPATCH_QUEUE_PRIORITY_HIGH 2
+#define DISPATCH_QUEUE_PRIORITY_DEFAULT 0
+#define DISPATCH_QUEUE_PRIORITY_LOW (-2)
+#define DISPATCH_QUEUE_PRIORITY_BACKGROUND INT16_MIN
+#ifndef QOS_CLASS_USER_INTERACTIVE
+typedef unsigned int qos_class_t;
+#define QOS_CLASS_USER_INTERACTIVE 0x21u
+#define QOS_CLASS_USER_INITIATED 0x19u
+#define QOS_CLASS_DEFAULT 0x15u
+#define QOS_CLASS_UTILITY 0x11u
+#define QOS_CLASS_BACKGROUND 0x09u
+#define QOS_CLASS_UNSPECIFIED 0x00u
+#endif
+
+#define DISPATCH_APPLY_AUTO ((dispatch_queue_t)0)
+#define DISPATCH_CURRENT_QUEUE_LABEL ((dispatch_queue_t)0)
+
+static inline void
+dispatch__client_crash(const char *msg)
+{
+    fprintf(stderr, "dispatchkit: BUG IN CLIENT OF LIBDISPATCH: %s\n", msg);
+    abort();
+}
+
+static inline dispatch_queue_attr_t
+dispatch_queue_attr_make_initially_inactive(dispatch_queue_attr_t attr)
+{
+    return (dispatch_queue_attr_t)((uintptr_t)attr | 2u);
+}
+
+static inline dispatch_queue_attr_t
+dispatch_queue_attr_make_with_qos_class(dispatch_queue_attr_t attr,
+                                        qos_class_t qos, int relpri)
+{
+    uintptr_t a = (uintptr_t)attr & 3u;
+    uintptr_t mag = relpri < 0 ? (uintptr_t)(-relpri) & 0xffu : 0;
+    if (relpri > 0) {
+        mag = 0xffu; /* out of range: the QoS request is ignored */
+    }
+    return (dispatch_queue_attr_t)(a | ((uintptr_t)(qos & 0xffu) << 8) |
+                                   (mag << 16));
+}
+
+static inline dispatch_queue_t
+dispatch_queue_create(const char *label, dispatch_queue_attr_t attr)
+{
+    uintptr_t a = (uintptr_t)attr;
+    unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
+                     ((a & 2u) ? DK_QUEUE_INACTIVE : 0);
+    return dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
+                           -(int)((a >> 16) & 0xffu), NULL);
+}
+
+static inline dispatch_queue_t
+dispatch_queue_create_with_target(const char *label,
+                                  dispatch_queue_attr_t attr,
+                                  dispatch_queue_t target)
+{
+    uintptr_t a = (uintptr_t)attr;
+    unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
+                     ((a & 2u) ? DK_QUEUE_INACTIVE : 0);
+    return dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
+                           -(int)((a >> 16) & 0xffu), target);
+}
+
+static inline dispatch_queue_global_t
+dispatch_get_global_queue(long identifier, unsigned long flags)
+{
+    (void)flags;
+    return dk_queue_global(identifier);
+}
+
+static inline dispatch_queue_main_t
+dispatch_get_main_queue(void)
+{
+    return dk_queue_main();
+}
+
+static inline const char *
+dispatch_queue_get_label(dispatch_queue_t q)
+{
+    if (q == DISPATCH_CURRENT_QUEUE_LABEL) {
+        q = dk_queue_current();
+        return q != NULL ? dk_queue_label(q) : "";
+    }
+    return dk_queue_label(q);
+}
+
+/* Drain the main queue on the calling (main) thread forever. */
+static inline void
+dispatch_main(void)
+{
+    for (;;) {
+        dk_main_drain(UINT64_MAX);
+    }
+}
+
+static inline void
+dispatch_async_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
+{
+    if (dk_queue_async_f(q, ctx, fn) < 0) {
+        dispatch__client_crash("out of memory in dispatch_async_f");
+    }
+}
+
+static inline void
+dispatch_barrier_async_f(dispatch_queue_t q, void *ctx,
+                         dispatch_function_t fn)
+{
+    if (dk_queue_barrier_async_f(q, ctx, fn) < 0) {
+        dispatch__client_crash("out of memory in dispatch_barrier_async_f");
+    }
+}
+
+static inline void
+dispatch_sync_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
+{
+    if (dk_queue_sync_f(q, ctx, fn) < 0) {
+        dispatch__client_crash(
+            "dispatch_sync called on queue already owned by current thread");
+    }
+}
+
+static inline void
+dispatch_barrier_sync_f(dispatch_queue_t q, void *ctx,
+                        dispatch_function_t fn)
+{
+    if (dk_queue_barrier_sync_f(q, ctx, fn) < 0) {
+        dispatch__client_crash("dispatch_barrier_sync called on queue "
+                               "already owned by current thread");
+    }
+}
+
+static inline void
+dispatch_after_f(dispatch_time_t when, dispatch_queue_t q, void *ctx,
+                 dispatch_function_t fn)
+{
+    if (dk_queue_after_f(q, when, ctx, fn) < 0) {
+        dispatch__client_crash("dispatch_after_f failed (out of memory)");
+    }
+}
+
+static inline void
+dispatch_apply_f(size_t iterations, dispatch_queue_t q, void *ctx,
+                 void (*work)(void *, size_t))
+{
+    if (dk_apply_f(iterations, q, ctx, work) < 0) {
+        dispatch__client_crash(
+            "dispatch_apply_f on a queue owned by the current thread");
+    }
+}
+
+static inline dispatch_group_t
+dispatch_group_create(void)
+{
+    return dk_group_create();
+}
+
+static inline void
+dispatch_group_async_f(dispatch_group_t g, dispatch_queue_t q, void *ctx,
+                       dispatch_function_t fn)
+{
+    if (dk_group_async_f(g, q, ctx, fn) < 0) {
+        dispatch__client_crash("out of memory in dispatch_group_async_f");
+    }
+}
+
+static inline long
+dispatch_group_wait(dispatch_group_t g, dispatch_time_t timeout)
+{
+    return dk_group_wait(g, dk_time_deadline(timeout)) == 0 ? 0 : 1;
+}
+
+static inline void
+dispatch_group_notify_f(dispatch_group_t g, dispatch_queue_t q, void *ctx,
+                        dispatch_function_t fn)
+{
+    if (dk_group_notify_f(g, q, ctx, fn) < 0) {
+        dispatch__client_crash("out of memory in dispatch_group_notify_f");
+    }
+}
+
+static inline void
+dispatch_group_enter(dispatch_group_t g)
+{
+    dk_group_enter(g);
+}
+
+static inline void
+dispatch_group_leave(dispatch_group_t g)
+{
+    if (dk_group_leave(g) < 0) {
+        dispatch__client_crash("Unbalanced call to dispatch_group_leave()");
+    }
+}
+
+static inline dispatch_semaphore_t
+dispatch_semaphore_create(long value)
+{
+    return dk_semaphore_create(value); /* NULL for value < 0, as GCD */
+}
+
+static inline long
+dispatch_semaphore_wait(dispatch_semaphore_t s, dispatch_time_t timeout)
+{
+    return dk_semaphore_wait(s, timeout == DISPATCH_TIME_NOW
+                                    ? 0
+                                    : dk_time_deadline(timeout)) == 0
+               ? 0
+               : 1;
+}
+
+static inline long
+dispatch_semaphore_signal(dispatch_semaphore_t s)
+{
+    return dk_semaphore_signal(s) ? 1 : 0;
+}
+
+static inline void
+dispatch_once_f(dispatch_once_t *predicate, void *ctx,
+                dispatch_function_t fn)
+{
+    _Static_assert(sizeof(dispatch_once_t) == sizeof(dk_once_t),
+                   "dispatch_once_t layout");
+    dk_once_f((dk_once_t *)predicate, ctx, fn);
+}
+
+static inline dispatch_time_t
+dispatch_time(dispatch_time_t when, int64_t delta)
+{
+    return dk_time(when, delta);
+}
+
+static inline dispatch_time_t
+dispatch_walltime(const struct timespec *when, int64_t delta)
+{
+    uint64_t ns = 0;
+    if (when != NULL) {
+        ns = (uint64_t)when->tv_sec * 1000000000ull +
+             (uint64_t)when->tv_nsec;
+    }
+    return dk_walltime(ns, delta);
+}
+
+static inline void
+dispatch_retain(dispatch_object_t object)
+{
+    dk_retain(object);
+}
+
+static inline void
+dispatch_release(dispatch_object_t object)
+{
+    dk_release(object);
+}
+
+/* Contexts and finalizers are supported on queues. */
+static inline void
+dispatch_set_context(dispatch_object_t object, void *ctx)
+{
+    dk_queue_set_context((dispatch_queue_t)object, ctx);
+}
+
+static inline void *
+dispatch_get_context(dispatch_object_t object)
+{
+    return dk_queue_get_context((dispatch_queue_t)object);
+}
+
+static inline void
+dispatch_set_finalizer_f(dispatch_object_t object, dispatch_function_t fn)
+{
+    dk_queue_set_finalizer_f((dispatch_queue_t)object, fn);
+}
+
+static inline void
+dispatch_suspend(dispatch_object_t object)
+{
+    dk_queue_suspend((dispatch_queue_t)object);
+}
+
+static inline void
+dispatch_resume(dispatch_object_t object)
+{
+    if (dk_queue_resume((dispatch_queue_t)object) < 0) {
+        dispatch__client_crash("Over-resume of an object");
+    }
+}
+
+static inline void
+dispatch_activate(dispatch_object_t object)
+{
+    (void)dk_queue_activate((dispatch_queue_t)object);
+}
+
+static inline void
+dispatch_set_target_queue(dispatch_object_t object, dispatch_queue_t target)
+{
+    int rc = dk_queue_set_target((dispatch_queue_t)object, target);
+    if (rc == -EPERM) {
+        dispatch__client_crash("Cannot change the target of this object "
+                               "after it has been activated");
+    }
+}
+
+static inline void
+dispatch_queue_set_specific(dispatch_queue_t q, const void *key,
+                            void *context, dispatch_function_t destructor)
+{
+    (void)dk_queue_set_specific(q, key, context, destructor);
+}
+
+static inline void *
+dispatch_queue_get_specific(dispatch_queue_t q, const void *key)
+{
+    return dk_queue_get_specific(q, key);
+}
+
+static inline void *
+dispatch_get_specific(const void *key)
+{
+    return dk_get_specific(key);
+}
+
+DK_END_DECLS
+
+#endif /* DK_DISPATCH_H */

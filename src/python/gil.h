@@ -1,0 +1,38 @@
+/*
+ * Running Python callbacks from the runtime's threads.
+ *
+ * A worker thread gets one Python thread state for its whole life (so
+ * threading.local values persist between callbacks) and keeps the GIL
+ * across consecutive callbacks for up to DKPY_GIL_SLICE_NS, so tiny
+ * callbacks do not pay a GIL hand-off each; the pool's idle hook drops it
+ * before the worker waits for work. Any other thread (a Python thread
+ * running a sync item inline, the main thread draining the main queue, a
+ * foreign C thread) takes the GIL per callback with PyGILState_Ensure.
+ *
+ * Once the interpreter starts finalizing, no thread enters Python again:
+ * dkpy_enter returns false and the callback is dropped (its references
+ * are leaked on purpose; the process is exiting).
+ */
+#ifndef DK_SRC_PYTHON_GIL_H
+#define DK_SRC_PYTHON_GIL_H
+
+#include "python/binding.h"
+
+#include <stdbool.h>
+
+typedef struct {
+    int kind; /* 0: worker batch, 1: PyGILState */
+    PyGILState_STATE gstate;
+} dkpy_gil_t;
+
+/* Take the GIL for one callback; false if Python is finalizing. */
+bool dkpy_enter(dkpy_gil_t *g);
+/* Give it back (a worker may keep it for the next callback). */
+void dkpy_leave(dkpy_gil_t *g);
+/* Install the pool hooks; call once from module exec. */
+void dkpy_gil_init(void);
+/* Mark the interpreter as finalizing (atexit). */
+void dkpy_gil_shutdown(void);
+bool dkpy_finalizing(void);
+
+#endif /* DK_SRC_PYTHON_GIL_H */
