@@ -33,7 +33,7 @@ test-c: build-c
 	$(BUILD)/c/dk-tests
 
 test-python: install
-	$(PY) -m pytest tests/python
+	$(PY) -m pytest tests/python -o addopts="-p no:cacheprovider"
 
 test: test-c test-python
 

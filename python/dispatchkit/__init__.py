@@ -1,9 +1,24 @@
-"""dispatchkit: Grand Central Dispatch for Python on Linux, plus futex
-synchronisation (dispatchkit.sync), atomics on buffers (dispatchkit.atomics)
-and zero-copy shared-memory frame IPC (dispatchkit.zerobuffer), all in one
-C library."""
+"""dispatchkit: Grand Central Dispatch for Python on Linux (the cygcd API),
+plus futex synchronisation (dispatchkit.sync), atomics on buffers
+(dispatchkit.atomics) and zero-copy shared-memory frame IPC
+(dispatchkit.zerobuffer), all in one C library.
+
+Code written for cygcd runs unchanged with ``import dispatchkit as cygcd``.
+"""
+import atexit as _atexit
 
 from dispatchkit._dk import (  # noqa: F401
+    Queue,
+    Group,
+    Semaphore,
+    Once,
+    apply,
+    time_from_now,
+    walltime,
+    get_specific,
+    main,
+    drain_main_queue,
+    main_queue_fd,
     DISPATCH_TIME_FOREVER,
     DISPATCH_TIME_NOW,
     NSEC_PER_MSEC,
@@ -32,5 +47,9 @@ from dispatchkit._dk import (  # noqa: F401
     AUTORELEASE_FREQUENCY_WORK_ITEM,
     AUTORELEASE_FREQUENCY_NEVER,
 )
+from dispatchkit import _dk
+
+# Pending callbacks must not enter Python while it finalizes.
+_atexit.register(_dk._shutdown)
 
 __version__ = "0.1.0"

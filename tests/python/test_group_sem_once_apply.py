@@ -1,0 +1,264 @@
+"""Group, Semaphore, Once, apply and the time functions."""
+import threading
+import time
+
+import pytest
+
+import dispatchkit as dk
+
+
+def test_group_sample_from_seed():
+    g = dk.Group()
+    q = dk.Queue.global_queue()
+    results = []
+    lock = threading.Lock()
+    for i in range(5):
+        g.run_async(q, lambda i=i: (lock.acquire(), results.append(i),
+                                    lock.release()))
+    assert g.wait() is True
+    assert sorted(results) == [0, 1, 2, 3, 4]
+    done = dk.Semaphore(0)
+    g.notify(q, done.signal)
+    assert done.wait(5)
+
+
+def test_group_wait_timeout_forms():
+    g = dk.Group()
+    g.enter()
+    assert g.wait(0) is False
+    assert g.wait(timeout=0.01) is False
+    assert g.wait(timeout_seconds=0.01) is False
+    with pytest.raises(TypeError):
+        g.wait(timeout=1, timeout_seconds=1)
+    threading.Timer(0.05, g.leave).start()
+    assert g.wait(-1) is True
+    assert g.wait() is True
+
+
+def test_group_notify_fires_on_transition_to_zero():
+    g = dk.Group()
+    q = dk.Queue("n")
+    fired = dk.Semaphore(0)
+    g.enter()
+    g.notify(q, fired.signal)
+    assert fired.wait(0.05) is False
+    g.leave()
+    assert fired.wait(5)
+
+
+def test_group_fan_out_across_queue_kinds():
+    g = dk.Group()
+    queues = [dk.Queue("s"), dk.Queue("c", concurrent=True),
+              dk.Queue.global_queue()]
+    count = [0]
+    lock = threading.Lock()
+
+    def inc():
+        with lock:
+            count[0] += 1
+
+    for i in range(3000):
+        g.run_async(queues[i % 3], inc)
+    assert g.wait(30)
+    assert count[0] == 3000
+
+
+def test_semaphore_rate_limiting_pattern():
+    sem = dk.Semaphore(2)
+    q = dk.Queue.global_queue()
+    g = dk.Group()
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def limited():
+        sem.wait()
+        try:
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.02)
+            with lock:
+                active[0] -= 1
+        finally:
+            sem.signal()
+
+    for _ in range(6):
+        g.run_async(q, limited)
+    assert g.wait(20)
+    assert peak[0] == 2
+
+
+def test_semaphore_wait_and_signal_results():
+    s = dk.Semaphore(1)
+    assert s.wait(0) is True
+    assert s.wait(0) is False
+    assert s.wait(timeout=0.01) is False
+    assert s.wait(timeout_seconds=0.01) is False
+    assert s.signal() is False  # nobody waiting
+    assert s.wait() is True
+    t = threading.Thread(target=lambda: s.wait(5))
+    t.start()
+    while s.value != -1:
+        time.sleep(0.001)
+    assert s.signal() is True  # woke the waiter
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_semaphore_default_value_and_bad_values():
+    assert dk.Semaphore().wait(0) is False
+    assert dk.Semaphore(value=3).value == 3
+    with pytest.raises(ValueError):
+        dk.Semaphore(-1)
+    with pytest.raises(TypeError):
+        dk.Semaphore("3")
+    with pytest.raises(ValueError):
+        dk.Semaphore(1).wait(float("nan"))
+
+
+def test_producer_consumer_consumer_first_does_not_deadlock():
+    # The seed's producer/consumer: consumers are submitted before the
+    # producer and block in wait(); the pool must grow to run the producer.
+    items = dk.Semaphore(0)
+    q = dk.Queue.global_queue()
+    g = dk.Group()
+    consumed = []
+    lock = threading.Lock()
+    ncons = 6
+
+    def consumer():
+        for _ in range(3):
+            assert items.wait(30)
+            with lock:
+                consumed.append(1)
+
+    def producer():
+        for _ in range(3 * ncons):
+            items.signal()
+
+    for _ in range(ncons):
+        g.run_async(q, consumer)
+    g.run_async(q, producer)
+    assert g.wait(60)
+    assert len(consumed) == 3 * ncons
+
+
+def test_once_runs_exactly_once():
+    once = dk.Once()
+    calls = []
+    for _ in range(3):
+        once(lambda: calls.append(1))
+    assert calls == [1]
+    assert once.done
+
+
+def test_once_concurrent_callers_wait_for_completion():
+    once = dk.Once()
+    state = {"ready": False}
+    observed = []
+
+    def init():
+        time.sleep(0.05)
+        state["ready"] = True
+
+    def caller():
+        once(init)
+        observed.append(state["ready"])
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert observed == [True] * 8
+
+
+def test_once_exception_propagates_and_consumes():
+    once = dk.Once()
+
+    def boom():
+        raise ValueError("init failed")
+
+    with pytest.raises(ValueError):
+        once(boom)
+    calls = []
+    once(lambda: calls.append(1))
+    assert calls == []
+
+
+def test_once_recursive_call_raises():
+    once = dk.Once()
+    errors = []
+
+    def init():
+        try:
+            once(init)
+        except RuntimeError as e:
+            errors.append(e)
+
+    once(init)
+    assert len(errors) == 1
+
+
+def test_apply_sample_from_seed():
+    results = []
+    lock = threading.Lock()
+
+    def process(index):
+        with lock:
+            results.append(index * index)
+
+    dk.apply(10, process)
+    assert sorted(results) == [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 1000, 20000])
+def test_apply_every_index_once(n):
+    seen = [0] * n
+    dk.apply(n, lambda i: seen.__setitem__(i, seen[i] + 1))
+    assert seen == [1] * n
+
+
+def test_apply_on_serial_queue_is_sequential():
+    q = dk.Queue("s")
+    seen = []
+    dk.apply(100, seen.append, queue=q)
+    assert seen == list(range(100))
+    seen.clear()
+    dk.apply(100, seen.append, dk.Queue("c", concurrent=True))
+    assert sorted(seen) == list(range(100))
+
+
+def test_apply_reraises_first_exception():
+    def f(i):
+        if i == 50:
+            raise IndexError(i)
+
+    with pytest.raises(IndexError):
+        dk.apply(1000, f)
+
+
+def test_apply_bad_arguments():
+    with pytest.raises(OverflowError):
+        dk.apply(-1, lambda i: None)
+    with pytest.raises(TypeError):
+        dk.apply(1.5, lambda i: None)
+    with pytest.raises(TypeError):
+        dk.apply(3, None)
+    with pytest.raises(TypeError):
+        dk.apply(3, lambda i: None, queue="q")
+
+
+def test_time_functions():
+    t = dk.time_from_now(1.0)
+    assert 0 < t < dk.DISPATCH_TIME_FOREVER
+    assert dk.time_from_now(2.0) > t
+    w = dk.walltime()
+    assert w > 0 and w != dk.DISPATCH_TIME_FOREVER
+    assert dk.walltime() != dk.walltime(delta_seconds=1)
+    # Wall times are encoded as negated ns, so later means smaller.
+    assert dk.walltime(timestamp=time.time() + 3600) < dk.walltime()
+    with pytest.raises(ValueError):
+        dk.time_from_now(float("inf"))
+    with pytest.raises(ValueError):
+        dk.walltime(timestamp=float("nan"))
