@@ -1,0 +1,38 @@
+"""Each of the seed's samples, as an example program, runs and prints
+what the seed says it prints."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"
+
+EXPECTED = {
+    "serial_queue.py": "[0, 1, 2, 3, 4, 'sync']",
+    "concurrent_queue.py": "Read: 0\nRead: 0\nWrite: 1\nRead: 1",
+    "semaphore.py": "max concurrent: 2",
+    "dispatch_once.py": "Initialized!\ninitialized=True",
+    "gcd_groups.py": "Completed: [0, 1, 2, 3, 4]\nAll done!",
+    "parallel_apply.py": "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+    "producer_consumer.py": "consumed: [0, 1, 2, 3, 4]",
+    "delayed_execution.py": "order: [1, 2], elapsed >= 0.2s: True",
+    "inactive_queue.py": "True\nFalse\nWaiting to run...",
+    "main_queue.py": "ran on the main thread\nvia asyncio",
+}
+
+UNORDERED = {"inactive_queue.py"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example(name):
+    r = subprocess.run([sys.executable, str(EXAMPLES / name)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    if name in UNORDERED:
+        # The task may print before or after the main thread's print.
+        assert sorted(r.stdout.split("\n")) == \
+            sorted((EXPECTED[name] + "\n").split("\n"))
+    else:
+        assert r.stdout.strip() == EXPECTED[name]
+    assert r.stderr == ""
