@@ -41,6 +41,7 @@ demo: install build-c
 	$(PY) examples/python/demo.py
 
 bench: install build-c
+	test ! -f requirements-bench.txt || $(PIP) install -q -r requirements-bench.txt
 	$(PY) bench/run.py
 
 # C tests under ASan+UBSan, then under TSan.
