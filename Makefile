@@ -61,7 +61,8 @@ check: $(STAMP)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
 
 lint:
-	@command -v clang-format >/dev/null || { echo "lint needs clang-format and clang-tidy: apt-get install clang-format clang-tidy"; exit 1; }
+	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
+	    { apt-get update -qq && apt-get install -y -qq clang-format clang-tidy; }
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 	clang-tidy $$(git ls-files 'src/*.c') -- -Iinclude -Isrc -D_GNU_SOURCE -std=c11
 
