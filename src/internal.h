@@ -16,6 +16,7 @@
 #include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
+#include "dk/source.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
 
@@ -35,6 +36,7 @@ enum dk__kind {
     DK_KIND_QUEUE = 0x51554555,
     DK_KIND_GROUP = 0x47525550,
     DK_KIND_SEMAPHORE = 0x53454d41,
+    DK_KIND_SOURCE = 0x534f5552,
 };
 
 #define DK_REFCNT_IMMORTAL 0x80000000u
@@ -171,12 +173,43 @@ void dk__queue_fork_child(void);
 void dk__main_queue_init(void);
 dk_queue_t *dk__default_root(void);
 
-/* timer.c */
+/* event.c: the event thread, its timer heap and epoll registrations. */
+struct dk__timer {
+    uint64_t deadline; /* absolute CLOCK_MONOTONIC ns */
+    uint64_t interval; /* 0 or DK_TIME_FOREVER: one-shot */
+    uint64_t leeway;
+    uint64_t seq;
+    size_t heap_index;
+    struct dk__object *owner; /* retained while in the heap; may be NULL */
+    void (*fire)(struct dk__timer *t, uint64_t fires);
+    bool dead; /* killed: never inserted again (under the heap lock) */
+};
+struct dk__event_handler {
+    void (*on_event)(struct dk__event_handler *h, uint32_t events);
+};
+int dk__event_ensure(void);
+void dk__timer_init(struct dk__timer *t, struct dk__object *owner,
+                    void (*fire)(struct dk__timer *t, uint64_t fires));
+/* Insert or move. Returns 0 (also when killed: nothing happens) or -errno. */
+int dk__timer_set(struct dk__timer *t, uint64_t deadline, uint64_t interval,
+                  uint64_t leeway);
+void dk__timer_disarm(struct dk__timer *t);
+void dk__timer_kill(struct dk__timer *t);
 int dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
                     dk_function_t fn);
+int dk__event_add(int fd, uint32_t events, struct dk__event_handler *h);
+int dk__event_mod(int fd, uint32_t events, struct dk__event_handler *h);
+void dk__event_del(int fd);
+/* Run fn(arg) on the event thread after its current batch of events. */
+void dk__event_defer(void (*fn)(void *), void *arg);
+int dk__event_signal_fd(void);
 void dk__timer_fork_child(void);
-/* Ask the timer thread to watch the pool for starvation. */
+/* Ask the event thread to watch the pool for starvation. */
 void dk__timer_watch_pool(void);
+
+/* source.c */
+void dk__source_signals_pending(void);
+void dk__source_fork_child(void);
 
 /* group.c */
 void dk__group_leave_item(dk_group_t *g);

@@ -398,6 +398,7 @@ atfork_child(void)
     dk__os_fork_child();
     dk__queue_fork_child();
     dk__timer_fork_child();
+    dk__source_fork_child();
 }
 
 void

@@ -658,6 +658,7 @@ queue_destroy(dk_queue_t *q)
 
 void dk__group_destroy(dk_group_t *g);
 void dk__semaphore_destroy(dk_semaphore_t *s);
+void dk__source_destroy(dk_source_t *s);
 
 void
 dk_retain(void *object)
@@ -698,6 +699,9 @@ dk_release(void *object)
         break;
     case DK_KIND_SEMAPHORE:
         dk__semaphore_destroy((dk_semaphore_t *)o);
+        break;
+    case DK_KIND_SOURCE:
+        dk__source_destroy((dk_source_t *)o);
         break;
     default:
         DK_CLIENT_CRASH("dk_release of something that is not an object");

@@ -16,6 +16,11 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -333,4 +338,113 @@ dk__os_fork_child(void)
 {
     cached_tid = 0;
     __atomic_store_n(&cached_pid, 0, __ATOMIC_RELAXED);
+}
+
+int
+dk__os_pidfd_open(int pid)
+{
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+    long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd < 0) {
+        return -errno;
+    }
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    return (int)fd;
+}
+
+int
+dk__os_fd_check(int fd, bool *regular)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        return -EBADF;
+    }
+    *regular = S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
+               S_ISBLK(st.st_mode);
+    return 0;
+}
+
+long
+dk__os_fd_readable(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        return pos >= 0 && st.st_size > pos ? (long)(st.st_size - pos) : 0;
+    }
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) == 0 && n >= 0) {
+        return n;
+    }
+    return 0;
+}
+
+long
+dk__os_fd_writable(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return 0;
+    }
+    if (S_ISFIFO(st.st_mode)) {
+        int size = fcntl(fd, F_GETPIPE_SZ);
+        int used = 0;
+        if (size > 0 && ioctl(fd, FIONREAD, &used) == 0) {
+            return size > used ? size - used : 0;
+        }
+        return 0;
+    }
+    if (S_ISSOCK(st.st_mode)) {
+        int sndbuf = 0, queued = 0;
+        socklen_t len = sizeof sndbuf;
+        if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0 &&
+            ioctl(fd, SIOCOUTQ, &queued) == 0) {
+            return sndbuf > queued ? sndbuf - queued : 0;
+        }
+        return 0;
+    }
+    if (S_ISREG(st.st_mode)) {
+        return 1L << 30; /* a regular file is always writable */
+    }
+    return 0;
+}
+
+_Static_assert(sizeof(struct sigaction) <= DK_OS_SIGACTION_SIZE,
+               "DK_OS_SIGACTION_SIZE too small");
+
+int
+dk__os_signal_install(int sig, dk__os_sighandler handler, void *old_action)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, (struct sigaction *)old_action) < 0 ? -errno
+                                                                   : 0;
+}
+
+void
+dk__os_signal_restore(int sig, const void *old_action)
+{
+    sigaction(sig, (const struct sigaction *)old_action, NULL);
+}
+
+void
+dk__os_signal_chain(const void *old_action, int sig, siginfo_t *info,
+                    void *uctx)
+{
+    const struct sigaction *old = old_action;
+    /* sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN are
+     * recognised through sa_handler either way. */
+    if (old->sa_handler == SIG_DFL || old->sa_handler == SIG_IGN) {
+        return;
+    }
+    if (old->sa_flags & SA_SIGINFO) {
+        old->sa_sigaction(sig, info, uctx);
+    } else {
+        old->sa_handler(sig);
+    }
 }

@@ -9,6 +9,7 @@
 #ifndef DK_SRC_OS_LINUX_OS_H
 #define DK_SRC_OS_LINUX_OS_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,5 +76,30 @@ void dk__os_fork_child(void);
 
 /* The process id, cached (no syscall); refreshed by dk__os_fork_child. */
 int dk__os_pid(void);
+
+/* pidfd_open: an fd readable once the process exits. Returns the fd or
+ * -ESRCH (no such process), -EINVAL, -EMFILE, -ENOSYS. */
+int dk__os_pidfd_open(int pid);
+
+/* 0 if fd is open (*regular set for regular files), else -EBADF. */
+int dk__os_fd_check(int fd, bool *regular);
+/* Estimated bytes readable now (0 if unknown). */
+long dk__os_fd_readable(int fd);
+/* Estimated bytes writable without blocking (0 if unknown). */
+long dk__os_fd_writable(int fd);
+
+/* Signals: install `handler` (SA_SIGINFO|SA_RESTART|SA_ONSTACK) for sig,
+ * storing the previous action in *old_action (a struct sigaction); restore
+ * it later. Returns 0 or -EINVAL. */
+typedef void (*dk__os_sighandler)(int sig, siginfo_t *info, void *uctx);
+int dk__os_signal_install(int sig, dk__os_sighandler handler,
+                          void *old_action);
+void dk__os_signal_restore(int sig, const void *old_action);
+/* Call a saved action's handler function, if it is one (not SIG_DFL or
+ * SIG_IGN). Async-signal-safe. */
+void dk__os_signal_chain(const void *old_action, int sig, siginfo_t *info,
+                         void *uctx);
+/* Size of a saved action, for storage. */
+#define DK_OS_SIGACTION_SIZE 256
 
 #endif /* DK_SRC_OS_LINUX_OS_H */

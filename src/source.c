@@ -1,0 +1,723 @@
+/*
+ * Dispatch sources. Events from the event thread (timer fires, signals,
+ * fd readiness, process exit) are merged into `pending`; a source whose
+ * handler is not already queued or running then submits its one embedded
+ * item to the target queue. The item takes all pending data at once, so
+ * events coalesce and the handler never runs concurrently with itself.
+ *
+ * State word:
+ *   bit 0   SCHEDULED    the handler item is queued or running
+ *   bit 1   CANCELLED    dk_source_cancel was called
+ *   bit 2   CANCEL_DONE  the cancel handler has run (or is running)
+ *   bit 3   REGISTERED   watched by the event thread (after first resume)
+ *   bits 8- suspend count (a new source starts at one)
+ *
+ * The wake-up race is the same as a serial queue's:
+ *
+ *   event thread                          handler item (ending)
+ *   pending += n                 (A)      state &= ~SCHEDULED     (C)
+ *   SCHEDULED set? no: CAS, push (B)      pending != 0? wake up   (D)
+ *
+ * A-D are sequentially consistent, so an event is never left pending with
+ * nobody scheduled; the CAS lets only one side submit the item.
+ *
+ * Read and write sources share one epoll registration per fd (an fd can be
+ * registered once), in one-shot mode: after an event the fd is re-armed
+ * when a handler finishes, which gives level-triggered delivery without a
+ * busy loop while a handler is queued. Regular files cannot be polled and
+ * are always ready.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#define SS_SCHEDULED 0x1ull
+#define SS_CANCELLED 0x2ull
+#define SS_CANCEL_DONE 0x4ull
+#define SS_REGISTERED 0x8ull
+#define SS_SUSPEND_ONE 0x100ull
+#define SS_SUSPEND_SHIFT 8
+
+struct fdnote;
+
+struct dk_source_s {
+    struct dk__object obj;
+    dk_source_type_t type;
+    uintptr_t handle;
+    unsigned long mask;
+    dk_queue_t *queue;
+    dk_function_t handler;
+    dk_function_t cancel_handler;
+    uint64_t state;
+    uintptr_t pending;
+    uintptr_t data;
+    struct dk__item item;
+    /* TIMER */
+    struct dk__timer timer;
+    dk_time_t t_start;
+    uint64_t t_interval, t_leeway;
+    bool t_configured;
+    /* READ / WRITE */
+    struct fdnote *note;
+    dk_source_t *note_next;
+    /* SIGNAL */
+    dk_source_t *sig_next;
+    /* PROC */
+    int pidfd;
+    struct dk__event_handler proc_h;
+};
+
+static void source_wakeup(dk_source_t *s);
+static void fd_rearm(struct fdnote *n);
+
+static bool
+is_suspended(uint64_t st)
+{
+    return (st >> SS_SUSPEND_SHIFT) != 0;
+}
+
+static void
+source_merge_add(dk_source_t *s, uintptr_t n)
+{
+    dk_atomic_add_seq_cst(&s->pending, n); /* (A) */
+    source_wakeup(s);
+}
+
+static void
+source_merge_or(dk_source_t *s, uintptr_t bits)
+{
+    __atomic_fetch_or(&s->pending, bits, __ATOMIC_SEQ_CST); /* (A) */
+    source_wakeup(s);
+}
+
+static void
+source_invoke(void *p)
+{
+    dk_source_t *s = p;
+    uint64_t st = dk_atomic_load_acquire(&s->state);
+    if (!(st & SS_CANCELLED) && !is_suspended(st)) {
+        uintptr_t data = dk_atomic_xchg_acq_rel(&s->pending, 0);
+        if (data != 0) {
+            if (s->type == DK_SOURCE_READ) {
+                long n = dk__os_fd_readable((int)s->handle);
+                data = n > 0 ? (uintptr_t)n : 0;
+            } else if (s->type == DK_SOURCE_WRITE) {
+                long n = dk__os_fd_writable((int)s->handle);
+                data = n > 0 ? (uintptr_t)n : 0;
+            }
+            dk_atomic_store_relaxed(&s->data, data);
+            dk_function_t h = dk_atomic_load_acquire(&s->handler);
+            if (h != NULL) {
+                h(s->obj.context);
+            }
+        }
+    }
+    st = dk_atomic_load_acquire(&s->state);
+    if ((st & SS_CANCELLED) && !(st & SS_CANCEL_DONE)) {
+        dk_atomic_or_acq_rel(&s->state, SS_CANCEL_DONE);
+        dk_function_t ch = dk_atomic_load_acquire(&s->cancel_handler);
+        if (ch != NULL) {
+            ch(s->obj.context);
+        }
+    }
+    dk_atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
+    if (dk_atomic_load_seq_cst(&s->pending) != 0) {  /* (D) */
+        source_wakeup(s);
+    }
+    if ((s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) &&
+        s->note != NULL) {
+        fd_rearm(s->note);
+    }
+    dk_release(s); /* the item's reference */
+}
+
+static bool
+wants_item(uint64_t st, uintptr_t pending)
+{
+    if (st & SS_SCHEDULED) {
+        return false;
+    }
+    if (st & SS_CANCELLED) {
+        return !(st & SS_CANCEL_DONE);
+    }
+    return !is_suspended(st) && pending != 0;
+}
+
+static void
+source_wakeup(dk_source_t *s)
+{
+    uint64_t st = dk_atomic_load_seq_cst(&s->state); /* (B) */
+    do {
+        if (!wants_item(st, dk_atomic_load_seq_cst(&s->pending))) {
+            return;
+        }
+    } while (!dk_atomic_cas_seq_cst(&s->state, &st, st | SS_SCHEDULED));
+    dk_retain(s);
+    s->item.fn = source_invoke;
+    s->item.ctx = s;
+    s->item.flags = DK_ITEM_EMBEDDED;
+    s->item.group = NULL;
+    dk__queue_push(s->queue, &s->item);
+}
+
+/* ---- timers --------------------------------------------------------- */
+
+static void
+timer_fire(struct dk__timer *t, uint64_t fires)
+{
+    dk_source_t *s =
+        (dk_source_t *)((char *)t - offsetof(struct dk_source_s, timer));
+    source_merge_add(s, (uintptr_t)fires);
+}
+
+static void
+timer_arm(dk_source_t *s)
+{
+    uint64_t interval = s->t_interval;
+    uint64_t leeway = s->t_leeway;
+    if (interval != DK_TIME_FOREVER && leeway > interval / 2) {
+        leeway = interval / 2;
+    }
+    (void)dk__timer_set(&s->timer, dk_time_deadline(s->t_start),
+                        interval, leeway);
+}
+
+int
+dk_source_set_timer(dk_source_t *s, dk_time_t start, uint64_t interval_ns,
+                    uint64_t leeway_ns)
+{
+    if (s->type != DK_SOURCE_TIMER || interval_ns == 0) {
+        return -EINVAL;
+    }
+    s->t_start = start == DK_TIME_NOW ? dk_time(DK_TIME_NOW, 0) : start;
+    s->t_interval = interval_ns;
+    s->t_leeway = leeway_ns;
+    s->t_configured = true;
+    dk_atomic_store_release(&s->pending, 0);
+    uint64_t st = dk_atomic_load_acquire(&s->state);
+    if (st & SS_CANCELLED) {
+        return 0;
+    }
+    if (st & SS_REGISTERED) {
+        if (start == DK_TIME_FOREVER) {
+            dk__timer_disarm(&s->timer);
+        } else {
+            timer_arm(s);
+        }
+    }
+    return 0;
+}
+
+/* ---- file descriptors ----------------------------------------------- */
+
+struct fdnote {
+    struct dk__event_handler h;
+    int fd;
+    bool regular; /* cannot be polled: always ready */
+    bool in_epoll;
+    dk_source_t *sources;
+    struct fdnote *next;
+};
+
+static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fdnote *notes;
+
+static bool
+source_armed(dk_source_t *s)
+{
+    uint64_t st = dk_atomic_load_acquire(&s->state);
+    return (st & SS_REGISTERED) && !(st & (SS_SCHEDULED | SS_CANCELLED)) &&
+           !is_suspended(st);
+}
+
+/* Compute the interest of a note and (re-)arm it. fd_lock held. */
+static void
+fd_rearm_locked(struct fdnote *n)
+{
+    uint32_t events = 0;
+    for (dk_source_t *s = n->sources; s != NULL; s = s->note_next) {
+        if (source_armed(s)) {
+            events |= s->type == DK_SOURCE_READ ? EPOLLIN : EPOLLOUT;
+        }
+    }
+    if (n->regular) {
+        for (dk_source_t *s = n->sources; s != NULL; s = s->note_next) {
+            if (source_armed(s)) {
+                source_merge_add(s, 1);
+            }
+        }
+        return;
+    }
+    if (events == 0) {
+        return; /* stays disarmed (one-shot) until a handler finishes */
+    }
+    events |= EPOLLONESHOT;
+    if (n->in_epoll) {
+        dk__event_mod(n->fd, events, &n->h);
+    } else if (dk__event_add(n->fd, events, &n->h) == 0) {
+        n->in_epoll = true;
+    }
+}
+
+static void
+fd_rearm(struct fdnote *n)
+{
+    pthread_mutex_lock(&fd_lock);
+    fd_rearm_locked(n);
+    pthread_mutex_unlock(&fd_lock);
+}
+
+static void
+fd_on_event(struct dk__event_handler *h, uint32_t events)
+{
+    struct fdnote *n = (struct fdnote *)h;
+    pthread_mutex_lock(&fd_lock);
+    bool readable = events & (EPOLLIN | EPOLLHUP | EPOLLERR);
+    bool writable = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
+    for (dk_source_t *s = n->sources; s != NULL; s = s->note_next) {
+        if (!source_armed(s)) {
+            continue;
+        }
+        if ((s->type == DK_SOURCE_READ && readable) ||
+            (s->type == DK_SOURCE_WRITE && writable)) {
+            source_merge_add(s, 1);
+        }
+    }
+    /* Sources that were not due keep the fd armed for their event. */
+    fd_rearm_locked(n);
+    pthread_mutex_unlock(&fd_lock);
+}
+
+static int
+fd_register(dk_source_t *s)
+{
+    pthread_mutex_lock(&fd_lock);
+    struct fdnote *n = notes;
+    while (n != NULL && n->fd != (int)s->handle) {
+        n = n->next;
+    }
+    if (n == NULL) {
+        n = calloc(1, sizeof *n);
+        if (n == NULL) {
+            pthread_mutex_unlock(&fd_lock);
+            return -ENOMEM;
+        }
+        n->h.on_event = fd_on_event;
+        n->fd = (int)s->handle;
+        if (dk__os_fd_check(n->fd, &n->regular) < 0) {
+            free(n);
+            pthread_mutex_unlock(&fd_lock);
+            return -EBADF;
+        }
+        n->next = notes;
+        notes = n;
+    }
+    s->note = n;
+    s->note_next = n->sources;
+    n->sources = s;
+    dk_retain(s); /* the note's reference */
+    pthread_mutex_unlock(&fd_lock);
+    return 0;
+}
+
+static void
+free_note(void *p)
+{
+    free(p);
+}
+
+static void
+fd_unregister(dk_source_t *s)
+{
+    pthread_mutex_lock(&fd_lock);
+    struct fdnote *n = s->note;
+    if (n == NULL) {
+        pthread_mutex_unlock(&fd_lock);
+        return;
+    }
+    for (dk_source_t **pp = &n->sources; *pp != NULL;
+         pp = &(*pp)->note_next) {
+        if (*pp == s) {
+            *pp = s->note_next;
+            break;
+        }
+    }
+    s->note = NULL;
+    if (n->sources == NULL) {
+        if (n->in_epoll) {
+            dk__event_del(n->fd);
+        }
+        for (struct fdnote **pp = &notes; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == n) {
+                *pp = n->next;
+                break;
+            }
+        }
+        /* The event thread may hold an event for it in its batch. */
+        dk__event_defer(free_note, n);
+    } else {
+        fd_rearm_locked(n);
+    }
+    pthread_mutex_unlock(&fd_lock);
+    dk_release(s);
+}
+
+/* ---- signals -------------------------------------------------------- */
+
+#define DK_NSIG 65
+
+static struct {
+    uint32_t count; /* raised by the handler, taken by the event thread */
+    bool installed;
+    dk_source_t *sources;
+    _Alignas(16) unsigned char old[DK_OS_SIGACTION_SIZE];
+} sigs[DK_NSIG];
+static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+on_signal(int sig, siginfo_t *info, void *uctx)
+{
+    /* Async-signal-safe: an atomic add, a write(2), the chained handler. */
+    if (sig > 0 && sig < DK_NSIG) {
+        __atomic_add_fetch(&sigs[sig].count, 1, __ATOMIC_RELEASE);
+        int fd = dk__event_signal_fd();
+        if (fd >= 0) {
+            dk__os_eventfd_signal(fd);
+        }
+        dk__os_signal_chain(sigs[sig].old, sig, info, uctx);
+    }
+}
+
+void
+dk__source_signals_pending(void)
+{
+    for (int sig = 1; sig < DK_NSIG; sig++) {
+        uint32_t n = __atomic_exchange_n(&sigs[sig].count, 0,
+                                         __ATOMIC_ACQUIRE);
+        if (n == 0) {
+            continue;
+        }
+        pthread_mutex_lock(&sig_lock);
+        for (dk_source_t *s = sigs[sig].sources; s != NULL;
+             s = s->sig_next) {
+            source_merge_add(s, n);
+        }
+        pthread_mutex_unlock(&sig_lock);
+    }
+}
+
+static bool
+valid_signal(uintptr_t sig)
+{
+    return sig > 0 && sig < DK_NSIG && sig != SIGKILL && sig != SIGSTOP;
+}
+
+static int
+signal_register(dk_source_t *s)
+{
+    int sig = (int)s->handle;
+    int rc = dk__event_ensure();
+    if (rc < 0) {
+        return rc;
+    }
+    pthread_mutex_lock(&sig_lock);
+    if (!sigs[sig].installed) {
+        rc = dk__os_signal_install(sig, on_signal, sigs[sig].old);
+        if (rc < 0) {
+            pthread_mutex_unlock(&sig_lock);
+            return rc;
+        }
+        sigs[sig].installed = true;
+    }
+    s->sig_next = sigs[sig].sources;
+    sigs[sig].sources = s;
+    dk_retain(s);
+    pthread_mutex_unlock(&sig_lock);
+    return 0;
+}
+
+static void
+signal_unregister(dk_source_t *s)
+{
+    int sig = (int)s->handle;
+    bool found = false;
+    pthread_mutex_lock(&sig_lock);
+    for (dk_source_t **pp = &sigs[sig].sources; *pp != NULL;
+         pp = &(*pp)->sig_next) {
+        if (*pp == s) {
+            *pp = s->sig_next;
+            found = true;
+            break;
+        }
+    }
+    if (found && sigs[sig].sources == NULL && sigs[sig].installed) {
+        /* The last source for this signal: give the old action back. */
+        dk__os_signal_restore(sig, sigs[sig].old);
+        sigs[sig].installed = false;
+    }
+    pthread_mutex_unlock(&sig_lock);
+    if (found) {
+        dk_release(s);
+    }
+}
+
+/* ---- processes ------------------------------------------------------ */
+
+static void
+proc_on_event(struct dk__event_handler *h, uint32_t events)
+{
+    (void)events;
+    dk_source_t *s =
+        (dk_source_t *)((char *)h - offsetof(struct dk_source_s, proc_h));
+    dk__event_del(s->pidfd); /* an exit happens once */
+    if (s->mask & DK_PROC_EXIT) {
+        source_merge_or(s, DK_PROC_EXIT);
+    }
+}
+
+static void
+release_deferred(void *p)
+{
+    dk_release(p);
+}
+
+static int
+proc_register(dk_source_t *s)
+{
+    s->proc_h.on_event = proc_on_event;
+    dk_retain(s); /* the registration's reference */
+    int rc = dk__event_add(s->pidfd, EPOLLIN, &s->proc_h);
+    if (rc < 0) {
+        dk_release(s);
+    }
+    return rc;
+}
+
+static void
+proc_unregister(dk_source_t *s)
+{
+    dk__event_del(s->pidfd);
+    /* The current batch may still hold an event for proc_h. */
+    dk__event_defer(release_deferred, s);
+}
+
+/* ---- the object ----------------------------------------------------- */
+
+dk_source_t *
+dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
+                 dk_queue_t *q)
+{
+    dk__runtime_ensure();
+    int pidfd = -1;
+    switch (type) {
+    case DK_SOURCE_TIMER:
+        break;
+    case DK_SOURCE_SIGNAL:
+        if (!valid_signal(handle)) {
+            errno = EINVAL;
+            return NULL;
+        }
+        break;
+    case DK_SOURCE_READ:
+    case DK_SOURCE_WRITE: {
+        bool regular;
+        if (handle > INT32_MAX || dk__os_fd_check((int)handle, &regular) < 0) {
+            errno = EBADF;
+            return NULL;
+        }
+        break;
+    }
+    case DK_SOURCE_PROC: {
+        unsigned long all =
+            DK_PROC_EXIT | DK_PROC_FORK | DK_PROC_EXEC | DK_PROC_SIGNAL;
+        if ((mask & ~all) != 0 || handle == 0 || handle > INT32_MAX) {
+            errno = handle == 0 || handle > INT32_MAX ? ESRCH : EINVAL;
+            return NULL;
+        }
+        pidfd = dk__os_pidfd_open((int)handle);
+        if (pidfd < 0) {
+            errno = -pidfd;
+            return NULL;
+        }
+        break;
+    }
+    default:
+        errno = EINVAL;
+        return NULL;
+    }
+    dk_source_t *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        dk__os_close(pidfd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->obj.refcnt = 1;
+    s->obj.kind = DK_KIND_SOURCE;
+    s->type = type;
+    s->handle = handle;
+    s->mask = mask;
+    s->queue = q != NULL ? q : dk__default_root();
+    dk_retain(s->queue);
+    s->state = SS_SUSPEND_ONE;
+    s->pidfd = pidfd;
+    dk__timer_init(&s->timer, &s->obj, timer_fire);
+    return s;
+}
+
+void dk__source_destroy(dk_source_t *s);
+void
+dk__source_destroy(dk_source_t *s)
+{
+    /* Every registration holds a reference, so none is left here. */
+    dk__os_close(s->pidfd);
+    dk_release(s->queue);
+    free(s);
+}
+
+void
+dk_source_set_context(dk_source_t *s, void *ctx)
+{
+    dk_atomic_store_release(&s->obj.context, ctx);
+}
+
+void *
+dk_source_get_context(const dk_source_t *s)
+{
+    return dk_atomic_load_acquire(&s->obj.context);
+}
+
+void
+dk_source_set_event_handler_f(dk_source_t *s, dk_function_t handler)
+{
+    dk_atomic_store_release(&s->handler, handler);
+}
+
+void
+dk_source_set_cancel_handler_f(dk_source_t *s, dk_function_t handler)
+{
+    dk_atomic_store_release(&s->cancel_handler, handler);
+}
+
+static int
+source_register(dk_source_t *s)
+{
+    switch (s->type) {
+    case DK_SOURCE_TIMER:
+        if (s->t_configured && s->t_start != DK_TIME_FOREVER) {
+            timer_arm(s);
+        }
+        return 0;
+    case DK_SOURCE_SIGNAL:
+        return signal_register(s);
+    case DK_SOURCE_READ:
+    case DK_SOURCE_WRITE:
+        return fd_register(s);
+    case DK_SOURCE_PROC:
+        return proc_register(s);
+    }
+    return -EINVAL;
+}
+
+void
+dk_source_suspend(dk_source_t *s)
+{
+    dk_atomic_add_acq_rel(&s->state, SS_SUSPEND_ONE);
+}
+
+int
+dk_source_resume(dk_source_t *s)
+{
+    uint64_t st = dk_atomic_load_relaxed(&s->state);
+    do {
+        if (!is_suspended(st)) {
+            return -EOVERFLOW;
+        }
+    } while (!dk_atomic_cas_acq_rel(&s->state, &st, st - SS_SUSPEND_ONE));
+    st -= SS_SUSPEND_ONE;
+    if (is_suspended(st) || (st & SS_CANCELLED)) {
+        return 0;
+    }
+    if (!(st & SS_REGISTERED)) {
+        uint64_t prev = dk_atomic_or_acq_rel(&s->state, SS_REGISTERED);
+        if (!(prev & SS_REGISTERED)) {
+            int rc = source_register(s);
+            if (rc < 0) {
+                dk_atomic_and_acq_rel(&s->state, ~SS_REGISTERED);
+                return rc;
+            }
+        }
+    }
+    if (s->note != NULL) {
+        fd_rearm(s->note);
+    }
+    source_wakeup(s); /* deliver what accumulated while suspended */
+    return 0;
+}
+
+void
+dk_source_cancel(dk_source_t *s)
+{
+    uint64_t prev = dk_atomic_or_acq_rel(&s->state, SS_CANCELLED);
+    if (prev & SS_CANCELLED) {
+        return;
+    }
+    dk__timer_kill(&s->timer);
+    if (prev & SS_REGISTERED) {
+        switch (s->type) {
+        case DK_SOURCE_SIGNAL:
+            signal_unregister(s);
+            break;
+        case DK_SOURCE_READ:
+        case DK_SOURCE_WRITE:
+            fd_unregister(s);
+            break;
+        case DK_SOURCE_PROC:
+            proc_unregister(s);
+            break;
+        case DK_SOURCE_TIMER:
+            break;
+        }
+    }
+    source_wakeup(s); /* run the cancel handler */
+}
+
+bool
+dk_source_testcancel(const dk_source_t *s)
+{
+    return (dk_atomic_load_acquire(&s->state) & SS_CANCELLED) != 0;
+}
+
+uintptr_t
+dk_source_get_data(const dk_source_t *s)
+{
+    return dk_atomic_load_relaxed(&s->data);
+}
+
+uintptr_t
+dk_source_get_handle(const dk_source_t *s)
+{
+    return s->handle;
+}
+
+unsigned long
+dk_source_get_mask(const dk_source_t *s)
+{
+    return s->mask;
+}
+
+dk_source_type_t
+dk_source_get_type(const dk_source_t *s)
+{
+    return s->type;
+}
+
+void
+dk__source_fork_child(void)
+{
+    pthread_mutex_init(&fd_lock, NULL);
+    pthread_mutex_init(&sig_lock, NULL);
+    notes = NULL; /* the registrations were the parent's */
+}

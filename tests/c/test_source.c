@@ -1,0 +1,317 @@
+/* Tests of dispatch sources: timers, signals, fds, processes. */
+#include "runner.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/source.h"
+#include "dk/time.h"
+
+#define MS (1000000ull)
+
+static uint64_t
+in_ms(uint64_t ms)
+{
+    return dk_now() + ms * MS;
+}
+
+struct counter {
+    dk_source_t *s;
+    dk_semaphore_t *sem;
+    long calls;
+    uintptr_t data_sum;
+    int inside;
+    int overlaps;
+    unsigned sleep_us;
+};
+
+static void
+count_handler(void *p)
+{
+    struct counter *c = p;
+    if (__atomic_exchange_n(&c->inside, 1, __ATOMIC_ACQ_REL)) {
+        c->overlaps++;
+    }
+    c->calls++;
+    c->data_sum += dk_source_get_data(c->s);
+    if (c->sleep_us) {
+        usleep(c->sleep_us);
+    }
+    __atomic_store_n(&c->inside, 0, __ATOMIC_RELEASE);
+    dk_semaphore_signal(c->sem);
+}
+
+static void
+cancel_handler(void *p)
+{
+    struct counter *c = p;
+    c->calls += 1000;
+    dk_semaphore_signal(c->sem);
+}
+
+static struct counter *
+counter_new(dk_source_t *s)
+{
+    struct counter *c = calloc(1, sizeof *c);
+    c->s = s;
+    c->sem = dk_semaphore_create(0);
+    dk_source_set_context(s, c);
+    dk_source_set_event_handler_f(s, count_handler);
+    dk_source_set_cancel_handler_f(s, cancel_handler);
+    return c;
+}
+
+DK_TEST(timer_repeats_and_cancel_handler_runs_once)
+{
+    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    CHECK(s != NULL);
+    struct counter *c = counter_new(s);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 5 * MS, 0), 0);
+    CHECK_EQ(dk_source_resume(s), 0);
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    }
+    dk_source_cancel(s);
+    CHECK(dk_source_testcancel(s));
+    /* The cancel handler's signal may follow more event signals. */
+    while (c->calls < 1000) {
+        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    }
+    long calls = c->calls;
+    usleep(30000);
+    CHECK_EQ(c->calls, calls); /* nothing after the cancel handler */
+    CHECK(calls >= 1003);
+    CHECK(c->data_sum >= 3);
+    dk_source_cancel(s); /* idempotent */
+    dk_release(s);
+}
+
+DK_TEST(one_shot_timer_fires_once)
+{
+    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    struct counter *c = counter_new(s);
+    dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * MS)),
+                        DK_TIME_FOREVER, 0);
+    dk_source_resume(s);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(60)), -ETIMEDOUT);
+    CHECK_EQ(c->calls, 1);
+    CHECK(!dk_source_testcancel(s));
+    dk_source_cancel(s);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    dk_release(s);
+}
+
+DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
+{
+    dk_queue_t *cq = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, cq);
+    struct counter *c = counter_new(s);
+    c->sleep_us = 20000; /* much longer than the interval */
+    dk_source_set_timer(s, DK_TIME_NOW, 1 * MS, 0);
+    dk_source_resume(s);
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    }
+    dk_source_cancel(s);
+    while (c->calls < 1000) {
+        dk_semaphore_wait(c->sem, in_ms(5000));
+    }
+    CHECK_EQ(c->overlaps, 0);
+    /* Fires that happened during a handler were counted, not lost. */
+    CHECK(c->data_sum > (uintptr_t)(c->calls - 1000));
+    dk_release(s);
+    dk_release(cq);
+}
+
+DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
+{
+    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    struct counter *c = counter_new(s);
+    dk_source_set_timer(s, DK_TIME_NOW, 2 * MS, 0);
+    dk_source_resume(s);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    dk_source_suspend(s);
+    long before = __atomic_load_n(&c->calls, __ATOMIC_ACQUIRE);
+    usleep(40000);
+    CHECK(__atomic_load_n(&c->calls, __ATOMIC_ACQUIRE) <= before + 1);
+    uintptr_t sum_before = c->data_sum;
+    CHECK_EQ(dk_source_resume(s), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK(c->data_sum - sum_before >= 5); /* ~20 fires coalesced */
+    CHECK_EQ(dk_source_resume(s), 0 - EOVERFLOW);
+    dk_source_cancel(s);
+    dk_release(s);
+}
+
+static struct counter *sig_c1, *sig_c2;
+
+DK_TEST(signal_source_sees_ignored_signal_and_restores_disposition)
+{
+    signal(SIGUSR1, SIG_IGN);
+    dk_source_t *a = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
+    dk_source_t *b = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
+    sig_c1 = counter_new(a);
+    sig_c2 = counter_new(b);
+    dk_source_resume(a);
+    dk_source_resume(b);
+    kill(getpid(), SIGUSR1);
+    CHECK_EQ(dk_semaphore_wait(sig_c1->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(sig_c2->sem, in_ms(5000)), 0);
+    CHECK(sig_c1->data_sum >= 1 && sig_c2->data_sum >= 1);
+    dk_source_cancel(a);
+    struct sigaction sa;
+    sigaction(SIGUSR1, NULL, &sa);
+    CHECK(sa.sa_handler != SIG_IGN); /* b still holds it */
+    dk_source_cancel(b);
+    sigaction(SIGUSR1, NULL, &sa);
+    CHECK(sa.sa_handler == SIG_IGN); /* restored */
+    dk_release(a);
+    dk_release(b);
+}
+
+static volatile sig_atomic_t chained;
+
+static void
+user_handler(int sig)
+{
+    (void)sig;
+    chained++;
+}
+
+DK_TEST(signal_source_chains_to_existing_handler)
+{
+    signal(SIGUSR2, user_handler);
+    dk_source_t *s = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR2, 0, NULL);
+    struct counter *c = counter_new(s);
+    dk_source_resume(s);
+    kill(getpid(), SIGUSR2);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(chained, 1);
+    dk_source_cancel(s);
+    dk_release(s);
+}
+
+DK_TEST(source_creation_rejects_bad_input)
+{
+    errno = 0;
+    CHECK(dk_source_create(DK_SOURCE_SIGNAL, SIGKILL, 0, NULL) == NULL);
+    CHECK_EQ(errno, EINVAL);
+    CHECK(dk_source_create(DK_SOURCE_SIGNAL, 0, 0, NULL) == NULL);
+    CHECK(dk_source_create(DK_SOURCE_SIGNAL, 999, 0, NULL) == NULL);
+    CHECK(dk_source_create(DK_SOURCE_READ, 987, 0, NULL) == NULL);
+    CHECK_EQ(errno, EBADF);
+    CHECK(dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL) ==
+          NULL);
+    CHECK_EQ(errno, ESRCH);
+    CHECK(dk_source_create(DK_SOURCE_PROC, (uintptr_t)getpid(), 0x1, NULL) ==
+          NULL);
+    CHECK_EQ(errno, EINVAL);
+    CHECK(dk_source_create((dk_source_type_t)42, 0, 0, NULL) == NULL);
+    dk_source_t *t = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    CHECK_EQ(dk_source_set_timer(t, DK_TIME_NOW, 0, 0), -EINVAL);
+    dk_source_cancel(t);
+    dk_release(t);
+}
+
+DK_TEST(read_and_write_sources_on_a_pipe)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r = dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    dk_source_t *w = dk_source_create(DK_SOURCE_WRITE, (uintptr_t)p[1], 0,
+                                      NULL);
+    struct counter *rc = counter_new(r);
+    struct counter *wc = counter_new(w);
+    dk_source_resume(r);
+    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(50)), -ETIMEDOUT);
+    CHECK_EQ(write(p[1], "hello", 5), 5);
+    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
+    CHECK_EQ(rc->data_sum, 5); /* bytes available */
+    /* Level-triggered: still readable, so it fires again. */
+    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
+    char buf[8];
+    CHECK_EQ(read(p[0], buf, sizeof buf), 5);
+    dk_source_resume(w);
+    CHECK_EQ(dk_semaphore_wait(wc->sem, in_ms(5000)), 0);
+    CHECK(wc->data_sum > 0); /* buffer space */
+    dk_source_cancel(w);
+    dk_source_cancel(r);
+    while (rc->calls < 1000 || wc->calls < 1000) {
+        usleep(1000);
+    }
+    long n = rc->calls;
+    CHECK_EQ(write(p[1], "x", 1), 1);
+    usleep(20000);
+    CHECK_EQ(rc->calls, n);
+    dk_release(r);
+    dk_release(w);
+    close(p[0]);
+    close(p[1]);
+}
+
+DK_TEST(proc_source_sees_child_exit)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep(50000);
+        _exit(3);
+    }
+    dk_source_t *s = dk_source_create(DK_SOURCE_PROC, (uintptr_t)pid,
+                                      DK_PROC_EXIT, NULL);
+    CHECK(s != NULL);
+    struct counter *c = counter_new(s);
+    dk_source_resume(s);
+    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(c->data_sum, DK_PROC_EXIT);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK_EQ(WEXITSTATUS(status), 3);
+    dk_source_cancel(s);
+    dk_release(s);
+}
+
+struct coalesce {
+    dk_semaphore_t *sem;
+    uint64_t fired_at;
+};
+
+static void
+stamp(void *p)
+{
+    struct coalesce *c = p;
+    c->fired_at = dk_now();
+    dk_semaphore_signal(c->sem);
+}
+
+DK_TEST(timers_with_leeway_fire_within_their_window)
+{
+    struct coalesce a = {dk_semaphore_create(0), 0};
+    struct coalesce b = {a.sem, 0};
+    dk_source_t *sa = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *sb = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_set_context(sa, &a);
+    dk_source_set_context(sb, &b);
+    dk_source_set_event_handler_f(sa, stamp);
+    dk_source_set_event_handler_f(sb, stamp);
+    uint64_t t0 = dk_now();
+    dk_source_set_timer(sa, dk_time(DK_TIME_NOW, (int64_t)(20 * MS)),
+                        DK_TIME_FOREVER, 30 * MS);
+    dk_source_set_timer(sb, dk_time(DK_TIME_NOW, (int64_t)(40 * MS)),
+                        DK_TIME_FOREVER, 0);
+    dk_source_resume(sa);
+    dk_source_resume(sb);
+    CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
+    /* a may be late by its leeway (to share b's wake-up), never early. */
+    CHECK(a.fired_at >= t0 + 20 * MS);
+    CHECK(b.fired_at >= t0 + 40 * MS);
+    dk_source_cancel(sa);
+    dk_source_cancel(sb);
+    dk_release(sa);
+    dk_release(sb);
+}
