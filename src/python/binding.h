@@ -15,7 +15,13 @@
  * TimeoutError, anything else -> OSError. Returns NULL. */
 PyObject *dkpy_raise_errno(int neg_errno);
 
+struct dk_queue_s;
+/* Convert a `queue=` argument: a Queue or None (-> NULL). Returns 0, or -1
+ * with TypeError set. */
+int dkpy_queue_arg(PyObject *obj, const char *what, struct dk_queue_s **out);
+
 /* Subsystem exec functions; each returns 0 or -1 with an exception set. */
 int dkpy_dispatch_exec(PyObject *m);
+int dkpy_source_exec(PyObject *m);
 
 #endif /* DK_SRC_PYTHON_BINDING_H */

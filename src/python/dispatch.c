@@ -898,6 +898,22 @@ static PyType_Spec Queue_spec = {
     .slots = Queue_slots,
 };
 
+int
+dkpy_queue_arg(PyObject *obj, const char *what, dk_queue_t **out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(obj, the_state->queue_type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a Queue or None, not %.100s",
+                     what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = ((QueueObject *)obj)->q;
+    return 0;
+}
+
 static QueueObject *
 as_queue(PyObject *obj, const char *what)
 {

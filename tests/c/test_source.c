@@ -12,6 +12,7 @@
 #include "dk/time.h"
 
 #define MS (1000000ull)
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
 
 static uint64_t
 in_ms(uint64_t ms)
@@ -34,10 +35,11 @@ count_handler(void *p)
 {
     struct counter *c = p;
     if (__atomic_exchange_n(&c->inside, 1, __ATOMIC_ACQ_REL)) {
-        c->overlaps++;
+        __atomic_add_fetch(&c->overlaps, 1, __ATOMIC_RELAXED);
     }
-    c->calls++;
-    c->data_sum += dk_source_get_data(c->s);
+    __atomic_add_fetch(&c->calls, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&c->data_sum, dk_source_get_data(c->s),
+                       __ATOMIC_RELEASE);
     if (c->sleep_us) {
         usleep(c->sleep_us);
     }
@@ -49,7 +51,7 @@ static void
 cancel_handler(void *p)
 {
     struct counter *c = p;
-    c->calls += 1000;
+    __atomic_add_fetch(&c->calls, 1000, __ATOMIC_RELEASE);
     dk_semaphore_signal(c->sem);
 }
 
@@ -78,14 +80,14 @@ DK_TEST(timer_repeats_and_cancel_handler_runs_once)
     dk_source_cancel(s);
     CHECK(dk_source_testcancel(s));
     /* The cancel handler's signal may follow more event signals. */
-    while (c->calls < 1000) {
+    while (LOAD(c->calls) < 1000) {
         CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     }
-    long calls = c->calls;
+    long calls = LOAD(c->calls);
     usleep(30000);
-    CHECK_EQ(c->calls, calls); /* nothing after the cancel handler */
+    CHECK_EQ(LOAD(c->calls), calls); /* nothing after the cancel handler */
     CHECK(calls >= 1003);
-    CHECK(c->data_sum >= 3);
+    CHECK(LOAD(c->data_sum) >= 3);
     dk_source_cancel(s); /* idempotent */
     dk_release(s);
 }
@@ -99,7 +101,7 @@ DK_TEST(one_shot_timer_fires_once)
     dk_source_resume(s);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(60)), -ETIMEDOUT);
-    CHECK_EQ(c->calls, 1);
+    CHECK_EQ(LOAD(c->calls), 1);
     CHECK(!dk_source_testcancel(s));
     dk_source_cancel(s);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
@@ -118,12 +120,12 @@ DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
         CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     }
     dk_source_cancel(s);
-    while (c->calls < 1000) {
+    while (LOAD(c->calls) < 1000) {
         dk_semaphore_wait(c->sem, in_ms(5000));
     }
-    CHECK_EQ(c->overlaps, 0);
+    CHECK_EQ(LOAD(c->overlaps), 0);
     /* Fires that happened during a handler were counted, not lost. */
-    CHECK(c->data_sum > (uintptr_t)(c->calls - 1000));
+    CHECK(LOAD(c->data_sum) > (uintptr_t)(LOAD(c->calls) - 1000));
     dk_release(s);
     dk_release(cq);
 }
@@ -139,10 +141,10 @@ DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
     long before = __atomic_load_n(&c->calls, __ATOMIC_ACQUIRE);
     usleep(40000);
     CHECK(__atomic_load_n(&c->calls, __ATOMIC_ACQUIRE) <= before + 1);
-    uintptr_t sum_before = c->data_sum;
+    uintptr_t sum_before = LOAD(c->data_sum);
     CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
-    CHECK(c->data_sum - sum_before >= 5); /* ~20 fires coalesced */
+    CHECK(LOAD(c->data_sum) - sum_before >= 5); /* ~20 fires coalesced */
     CHECK_EQ(dk_source_resume(s), 0 - EOVERFLOW);
     dk_source_cancel(s);
     dk_release(s);
@@ -162,7 +164,7 @@ DK_TEST(signal_source_sees_ignored_signal_and_restores_disposition)
     kill(getpid(), SIGUSR1);
     CHECK_EQ(dk_semaphore_wait(sig_c1->sem, in_ms(5000)), 0);
     CHECK_EQ(dk_semaphore_wait(sig_c2->sem, in_ms(5000)), 0);
-    CHECK(sig_c1->data_sum >= 1 && sig_c2->data_sum >= 1);
+    CHECK(LOAD(sig_c1->data_sum) >= 1 && LOAD(sig_c2->data_sum) >= 1);
     dk_source_cancel(a);
     struct sigaction sa;
     sigaction(SIGUSR1, NULL, &sa);
@@ -231,23 +233,23 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(50)), -ETIMEDOUT);
     CHECK_EQ(write(p[1], "hello", 5), 5);
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
-    CHECK_EQ(rc->data_sum, 5); /* bytes available */
+    CHECK_EQ(LOAD(rc->data_sum), 5); /* bytes available */
     /* Level-triggered: still readable, so it fires again. */
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
     char buf[8];
     CHECK_EQ(read(p[0], buf, sizeof buf), 5);
     dk_source_resume(w);
     CHECK_EQ(dk_semaphore_wait(wc->sem, in_ms(5000)), 0);
-    CHECK(wc->data_sum > 0); /* buffer space */
+    CHECK(LOAD(wc->data_sum) > 0); /* buffer space */
     dk_source_cancel(w);
     dk_source_cancel(r);
-    while (rc->calls < 1000 || wc->calls < 1000) {
+    while (LOAD(rc->calls) < 1000 || LOAD(wc->calls) < 1000) {
         usleep(1000);
     }
-    long n = rc->calls;
+    long n = LOAD(rc->calls);
     CHECK_EQ(write(p[1], "x", 1), 1);
     usleep(20000);
-    CHECK_EQ(rc->calls, n);
+    CHECK_EQ(LOAD(rc->calls), n);
     dk_release(r);
     dk_release(w);
     close(p[0]);
@@ -267,7 +269,7 @@ DK_TEST(proc_source_sees_child_exit)
     struct counter *c = counter_new(s);
     dk_source_resume(s);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
-    CHECK_EQ(c->data_sum, DK_PROC_EXIT);
+    CHECK_EQ(LOAD(c->data_sum), DK_PROC_EXIT);
     int status;
     waitpid(pid, &status, 0);
     CHECK_EQ(WEXITSTATUS(status), 3);

@@ -19,6 +19,10 @@ EXPECTED = {
     "delayed_execution.py": "order: [1, 2], elapsed >= 0.2s: True",
     "inactive_queue.py": "True\nFalse\nWaiting to run...",
     "main_queue.py": "ran on the main thread\nvia asyncio",
+    "timer.py": "Tick 1\nTick 2\nTick 3\nDone!",
+    "signal_source.py": "Received SIGUSR1!",
+    "fd_source.py": "Received: b'Hello!'",
+    "process_source.py": "Child process exited!",
 }
 
 UNORDERED = {"inactive_queue.py"}

@@ -1,0 +1,545 @@
+/*
+ * Binding of dispatch sources: Timer, SignalSource, ReadSource,
+ * WriteSource and ProcessSource. One C struct serves all five; each type
+ * has its own constructor and properties.
+ *
+ * Lifetime: a started source holds a reference to its Python object until
+ * its cancel handler has run, so it stays active until cancel() (as in
+ * GCD) whether or not the program keeps a reference. The source's context
+ * is the Python object itself.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+
+#include "dk/source.h"
+#include "dk/time.h"
+#include "python/gil.h"
+
+typedef struct {
+    PyObject_HEAD
+    dk_source_t *s;
+    PyObject *handler;
+    bool started;
+    bool holds_self; /* the started-source reference to this object */
+    const char *what; /* "timer", "signal source", ... */
+    /* Timer configuration, applied at start() and by set_timer(). */
+    double interval, start_delay, leeway;
+    bool repeating;
+} SourceObject;
+
+static void
+source_event(void *ctx)
+{
+    SourceObject *self = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    PyObject *handler = self->handler;
+    if (handler != NULL) {
+        Py_INCREF(handler);
+        PyObject *r = PyObject_CallNoArgs(handler);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(handler);
+        } else {
+            Py_DECREF(r);
+        }
+        Py_DECREF(handler);
+    }
+    dkpy_leave(&g);
+}
+
+static void
+source_cancelled(void *ctx)
+{
+    SourceObject *self = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    if (self->holds_self) {
+        self->holds_self = false;
+        Py_DECREF(self); /* may deallocate it */
+    }
+    dkpy_leave(&g);
+}
+
+static PyObject *
+source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
+              unsigned long mask, PyObject *handler, PyObject *queue,
+              const char *what)
+{
+    if (!PyCallable_Check(handler)) {
+        PyErr_Format(PyExc_TypeError, "handler must be callable, not %.100s",
+                     Py_TYPE(handler)->tp_name);
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    SourceObject *self = (SourceObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->what = what;
+    self->s = dk_source_create(kind, handle, mask, q);
+    if (self->s == NULL) {
+        int err = errno;
+        Py_DECREF(self);
+        switch (err) {
+        case EBADF:
+            PyErr_Format(PyExc_OSError, "%s: fd %zu is not open", what,
+                         (size_t)handle);
+            break;
+        case ESRCH:
+            PyErr_Format(PyExc_ProcessLookupError,
+                         "no process with pid %zu", (size_t)handle);
+            break;
+        case EINVAL:
+            PyErr_Format(PyExc_ValueError, "invalid argument for %s", what);
+            break;
+        default:
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return NULL;
+    }
+    self->handler = Py_NewRef(handler);
+    dk_source_set_context(self->s, self);
+    dk_source_set_event_handler_f(self->s, source_event);
+    dk_source_set_cancel_handler_f(self->s, source_cancelled);
+    return (PyObject *)self;
+}
+
+static int
+Source_traverse(SourceObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->handler);
+    return 0;
+}
+
+static int
+Source_clear(SourceObject *self)
+{
+    Py_CLEAR(self->handler);
+    return 0;
+}
+
+static void
+Source_dealloc(SourceObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->s != NULL) {
+        /* Only a never-started source or one whose cancel handler has run
+         * gets here: nothing will call back into this object. */
+        dk_source_set_event_handler_f(self->s, NULL);
+        dk_source_set_cancel_handler_f(self->s, NULL);
+        dk_source_cancel(self->s);
+        dk_release(self->s);
+        self->s = NULL;
+    }
+    Source_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+apply_timer(SourceObject *self)
+{
+    double first = self->start_delay + (self->repeating ? 0 : self->interval);
+    int64_t start_ns = first * 1e9 >= 9.2e18 ? INT64_MAX
+                                             : (int64_t)(first * 1e9);
+    uint64_t interval = self->repeating ? (uint64_t)(self->interval * 1e9)
+                                        : DK_TIME_FOREVER;
+    if (interval == 0) {
+        interval = 1;
+    }
+    uint64_t leeway = (uint64_t)(self->leeway * 1e9);
+    int rc = dk_source_set_timer(self->s, dk_time(DK_TIME_NOW, start_ns),
+                                 interval, leeway);
+    if (rc < 0) {
+        dkpy_raise_errno(rc);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Source_start(SourceObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_source_testcancel(self->s)) {
+        PyErr_Format(PyExc_RuntimeError, "Cannot start a cancelled %s",
+                     self->what);
+        return NULL;
+    }
+    if (self->started) {
+        Py_RETURN_NONE; /* idempotent */
+    }
+    if (dk_source_get_type(self->s) == DK_SOURCE_TIMER &&
+        apply_timer(self) < 0) {
+        return NULL;
+    }
+    self->started = true;
+    self->holds_self = true;
+    Py_INCREF(self);
+    int rc = dk_source_resume(self->s);
+    if (rc < 0) {
+        self->started = false;
+        self->holds_self = false;
+        Py_DECREF(self);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Source_cancel(SourceObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_source_cancel(self->s); /* idempotent; the cancel handler drops
+                                  the started-source reference */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Source_get_is_cancelled(SourceObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(dk_source_testcancel(self->s));
+}
+
+static PyObject *
+Source_get_data(SourceObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dk_source_get_data(self->s));
+}
+
+static PyObject *
+Source_get_handle(SourceObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dk_source_get_handle(self->s));
+}
+
+static PyObject *
+Source_repr(SourceObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.%s %s%s>",
+                                _PyType_Name(Py_TYPE(self)),
+                                dk_source_testcancel(self->s) ? "cancelled"
+                                : self->started ? "started"
+                                                : "not started",
+                                "");
+}
+
+static PyMethodDef Source_methods[] = {
+    {"start", (PyCFunction)Source_start, METH_NOARGS,
+     "start()\n\nStart delivering events. Idempotent; RuntimeError after "
+     "cancel()."},
+    {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
+     "cancel()\n\nStop delivering events (a handler already running "
+     "completes). Idempotent."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- Timer ---------------------------------------------------------- */
+
+static int
+parse_seconds(double v, const char *what, bool positive)
+{
+    if (!isfinite(v) || v < 0 || (positive && v == 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a finite number %s", what,
+                     positive ? "> 0" : ">= 0");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+timer_params(SourceObject *self, double interval, double start_delay,
+             double leeway, int repeating)
+{
+    if (parse_seconds(interval, "interval", repeating != 0) < 0 ||
+        parse_seconds(start_delay, "start_delay", false) < 0 ||
+        parse_seconds(leeway, "leeway", false) < 0) {
+        return -1;
+    }
+    self->interval = interval;
+    self->start_delay = start_delay;
+    self->leeway = leeway;
+    self->repeating = repeating != 0;
+    return 0;
+}
+
+static PyObject *
+Timer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"interval", "handler", "queue", "start_delay",
+                             "leeway",   "repeating", NULL};
+    double interval, start_delay = 0, leeway = 0;
+    PyObject *handler, *queue = Py_None;
+    int repeating = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|Oddp:Timer", kwlist,
+                                     &interval, &handler, &queue,
+                                     &start_delay, &leeway, &repeating)) {
+        return NULL;
+    }
+    SourceObject probe = {.interval = 0};
+    if (timer_params(&probe, interval, start_delay, leeway, repeating) < 0) {
+        return NULL;
+    }
+    SourceObject *self = (SourceObject *)source_create(
+        type, DK_SOURCE_TIMER, 0, 0, handler, queue, "timer");
+    if (self != NULL) {
+        timer_params(self, interval, start_delay, leeway, repeating);
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"interval", "start_delay", "leeway", "repeating",
+                             NULL};
+    double interval, start_delay = 0, leeway = 0;
+    int repeating = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|ddp:set_timer", kwlist,
+                                     &interval, &start_delay, &leeway,
+                                     &repeating)) {
+        return NULL;
+    }
+    if (timer_params(self, interval, start_delay, leeway, repeating) < 0) {
+        return NULL;
+    }
+    if (self->started && !dk_source_testcancel(self->s) &&
+        apply_timer(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Timer_methods[] = {
+    {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_timer(interval, start_delay=0, leeway=0, repeating=True)\n\n"
+     "Reconfigure the timer (from now, if it is started)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Timer_getset[] = {
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ---- SignalSource --------------------------------------------------- */
+
+static PyObject *
+SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"signum", "handler", "queue", NULL};
+    int signum;
+    PyObject *handler, *queue = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|O:SignalSource",
+                                     kwlist, &signum, &handler, &queue)) {
+        return NULL;
+    }
+    if (signum == SIGKILL || signum == SIGSTOP) {
+        PyErr_Format(PyExc_ValueError,
+                     "signal %d (%s) cannot be caught", signum,
+                     signum == SIGKILL ? "SIGKILL" : "SIGSTOP");
+        return NULL;
+    }
+    if (signum <= 0 || signum >= NSIG) {
+        PyErr_Format(PyExc_ValueError, "signal number %d out of range "
+                     "[1, %d]", signum, NSIG - 1);
+        return NULL;
+    }
+    return source_create(type, DK_SOURCE_SIGNAL, (uintptr_t)signum, 0,
+                         handler, queue, "signal source");
+}
+
+static PyGetSetDef SignalSource_getset[] = {
+    {"signal", (getter)Source_get_handle, NULL, "The signal number.", NULL},
+    {"count", (getter)Source_get_data, NULL,
+     "Signals received since the previous handler call (read it in the "
+     "handler).", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ---- ReadSource / WriteSource --------------------------------------- */
+
+static PyObject *
+fd_source_new(PyTypeObject *type, PyObject *args, PyObject *kwargs,
+              dk_source_type_t kind, const char *name)
+{
+    static char *kwlist[] = {"fd", "handler", "queue", NULL};
+    PyObject *fdobj, *handler, *queue = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O", kwlist, &fdobj,
+                                     &handler, &queue)) {
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(fdobj); /* ints and objects with
+                                                  fileno() */
+    if (fd < 0) {
+        return NULL;
+    }
+    return source_create(type, kind, (uintptr_t)fd, 0, handler, queue, name);
+}
+
+static PyObject *
+ReadSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    return fd_source_new(type, args, kwargs, DK_SOURCE_READ, "read source");
+}
+
+static PyObject *
+WriteSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    return fd_source_new(type, args, kwargs, DK_SOURCE_WRITE,
+                         "write source");
+}
+
+static PyGetSetDef ReadSource_getset[] = {
+    {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
+    {"bytes_available", (getter)Source_get_data, NULL,
+     "Estimated bytes available at the last handler call.", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef WriteSource_getset[] = {
+    {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
+    {"buffer_space", (getter)Source_get_data, NULL,
+     "Estimated buffer space at the last handler call.", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ---- ProcessSource -------------------------------------------------- */
+
+static PyObject *
+ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"pid", "handler", "events", "queue", NULL};
+    long pid;
+    unsigned long events = DK_PROC_EXIT;
+    PyObject *handler, *queue = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lO|kO:ProcessSource",
+                                     kwlist, &pid, &handler, &events,
+                                     &queue)) {
+        return NULL;
+    }
+    if (pid <= 0 || pid > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "pid must be a positive process id, "
+                     "not %ld", pid);
+        return NULL;
+    }
+    unsigned long all =
+        DK_PROC_EXIT | DK_PROC_FORK | DK_PROC_EXEC | DK_PROC_SIGNAL;
+    if (events == 0 || (events & ~all) != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "events must combine PROC_EXIT, PROC_FORK, "
+                        "PROC_EXEC and PROC_SIGNAL");
+        return NULL;
+    }
+    return source_create(type, DK_SOURCE_PROC, (uintptr_t)pid, events,
+                         handler, queue, "process source");
+}
+
+static PyGetSetDef ProcessSource_getset[] = {
+    {"pid", (getter)Source_get_handle, NULL, "The process id.", NULL},
+    {"events_pending", (getter)Source_get_data, NULL,
+     "PROC_* events seen at the last handler call (only PROC_EXIT is "
+     "observable on Linux).", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ---- types ---------------------------------------------------------- */
+
+#define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                             \
+    {                                                                      \
+        {Py_tp_new, NEW}, {Py_tp_dealloc, Source_dealloc},                 \
+            {Py_tp_traverse, Source_traverse},                             \
+            {Py_tp_clear, Source_clear}, {Py_tp_methods, METHODS},         \
+            {Py_tp_getset, GETSET}, {Py_tp_repr, Source_repr},             \
+            {Py_tp_doc, DOC}, {0, NULL},                                   \
+    }
+
+static PyMethodDef Timer_all_methods[4];
+
+static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
+    Timer_new, Timer_all_methods, Timer_getset,
+    "Timer(interval, handler, queue=None, start_delay=0, leeway=0, "
+    "repeating=True)\n\nA repeating timer fires start_delay seconds after "
+    "start(), then every interval seconds; a one-shot timer fires once, "
+    "start_delay + interval seconds after start(). Missed fires coalesce.");
+static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
+    SignalSource_new, Source_methods, SignalSource_getset,
+    "SignalSource(signum, handler, queue=None)\n\nCall handler on a queue "
+    "when the process receives signum (also when it was set to SIG_IGN).");
+static PyType_Slot ReadSource_slots[] = SOURCE_SLOTS(
+    ReadSource_new, Source_methods, ReadSource_getset,
+    "ReadSource(fd, handler, queue=None)\n\nCall handler while fd is "
+    "readable (level-triggered).");
+static PyType_Slot WriteSource_slots[] = SOURCE_SLOTS(
+    WriteSource_new, Source_methods, WriteSource_getset,
+    "WriteSource(fd, handler, queue=None)\n\nCall handler while fd is "
+    "writable (level-triggered).");
+static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
+    ProcessSource_new, Source_methods, ProcessSource_getset,
+    "ProcessSource(pid, handler, events=PROC_EXIT, queue=None)\n\nCall "
+    "handler when the process exits.");
+
+#define SOURCE_SPEC(NAME, SLOTS)                                            \
+    {                                                                      \
+        .name = "dispatchkit." NAME, .basicsize = sizeof(SourceObject),    \
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE |                \
+                 Py_TPFLAGS_HAVE_GC,                                       \
+        .slots = SLOTS,                                                    \
+    }
+
+static PyType_Spec source_specs[] = {
+    SOURCE_SPEC("Timer", Timer_slots),
+    SOURCE_SPEC("SignalSource", SignalSource_slots),
+    SOURCE_SPEC("ReadSource", ReadSource_slots),
+    SOURCE_SPEC("WriteSource", WriteSource_slots),
+    SOURCE_SPEC("ProcessSource", ProcessSource_slots),
+};
+
+int
+dkpy_source_exec(PyObject *m)
+{
+    Timer_all_methods[0] = Source_methods[0];
+    Timer_all_methods[1] = Source_methods[1];
+    Timer_all_methods[2] = Timer_methods[0];
+    Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
+    for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0];
+         i++) {
+        PyObject *t = PyType_FromModuleAndSpec(m, &source_specs[i], NULL);
+        if (t == NULL) {
+            return -1;
+        }
+        const char *name = strrchr(source_specs[i].name, '.') + 1;
+        int rc = PyModule_AddObjectRef(m, name, t);
+        Py_DECREF(t);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
