@@ -264,8 +264,13 @@ def test_write_source_on_pipe_and_socket():
         for fd in (w, a.fileno()):
             got = dk.Semaphore(0)
             space = []
-            src = dk.WriteSource(fd, lambda: (space.append(src.buffer_space),
-                                              got.signal()))
+            holder = {}
+
+            def handler(space=space, got=got, holder=holder):
+                space.append(holder["src"].buffer_space)
+                got.signal()
+
+            holder["src"] = src = dk.WriteSource(fd, handler)
             src.start()
             assert got.wait(5)
             src.cancel()
