@@ -1,0 +1,86 @@
+/*
+ * Asynchronous I/O on file descriptors, never blocking a worker: an fd
+ * that is not a regular file is read or written only once a read or write
+ * source says it is ready, and the operation waits for that without a
+ * thread.
+ *
+ * dk_read_f reads once (up to `length` bytes; for a regular file, until
+ * `length` or end of file) as soon as data is available. dk_write_f writes
+ * all of `len` bytes, continuing partial writes as the fd becomes
+ * writable. Their handlers run once on `q`.
+ *
+ * A channel (dk_io_t) runs its operations one after another in submission
+ * order. A read delivers the data in chunks of at most the high-water mark
+ * and at least the low-water mark (except the last), each as one handler
+ * call; the final call has done = true. Handler calls of one operation run
+ * in order and never concurrently. A barrier runs after every earlier
+ * operation has finished and before any later one starts. Closing with
+ * DK_IO_STOP ends pending operations with ECANCELED; the cleanup handler
+ * runs once, after the last operation, with 0 or the first error. The fd
+ * is never closed by the channel.
+ */
+#ifndef DK_IO_H
+#define DK_IO_H
+
+#include <sys/types.h>
+
+#include "dk/queue.h"
+
+DK_BEGIN_DECLS
+
+/* error is 0 or an errno value. */
+typedef void (*dk_read_handler_t)(void *ctx, const void *data, size_t len,
+                                  int error);
+/* remaining: the bytes not written (empty on success). */
+typedef void (*dk_write_handler_t)(void *ctx, const void *remaining,
+                                   size_t len, int error);
+
+/* Returns 0, -EBADF (fd not open) or -ENOMEM. The data passed to a handler
+ * is valid only during the call. q NULL: the default global queue. */
+DK_EXPORT int dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
+                        dk_read_handler_t handler);
+DK_EXPORT int dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q,
+                         void *ctx, dk_write_handler_t handler);
+
+typedef struct dk_io_s dk_io_t;
+
+#define DK_IO_STREAM 0
+#define DK_IO_RANDOM 1
+#define DK_IO_STOP 0x1u
+#define DK_IO_STRICT_INTERVAL 0x1u
+
+/* Called with done, the data (read: bytes read; write: bytes remaining),
+ * and 0 or an errno value. */
+typedef void (*dk_io_handler_t)(void *ctx, bool done, const void *data,
+                                size_t len, int error);
+
+/* Returns NULL with errno EBADF, EINVAL (type; or RANDOM on an fd that
+ * cannot seek: ESPIPE), ENOMEM. cleanup(cleanup_ctx, error) runs on q when
+ * the channel is closed and its operations have finished. */
+DK_EXPORT dk_io_t *dk_io_create(int type, int fd, dk_queue_t *q,
+                                void *cleanup_ctx,
+                                void (*cleanup)(void *ctx, int error));
+/* Operations. `offset` is used by RANDOM channels only (relative to the
+ * file position when the channel was created). Returns 0, -EPIPE if the
+ * channel is closed, -ENOMEM. */
+DK_EXPORT int dk_io_read(dk_io_t *io, off_t offset, size_t length,
+                         dk_queue_t *q, void *ctx, dk_io_handler_t handler);
+DK_EXPORT int dk_io_write(dk_io_t *io, off_t offset, const void *data,
+                          size_t len, dk_queue_t *q, void *ctx,
+                          dk_io_handler_t handler);
+DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn);
+DK_EXPORT void dk_io_close(dk_io_t *io, unsigned flags);
+DK_EXPORT bool dk_io_is_closed(const dk_io_t *io);
+DK_EXPORT int dk_io_get_fd(const dk_io_t *io);
+DK_EXPORT void dk_io_set_high_water(dk_io_t *io, size_t size);
+DK_EXPORT void dk_io_set_low_water(dk_io_t *io, size_t size);
+/* Deliver partial data (below the low-water mark) at least every
+ * interval_ns. */
+DK_EXPORT void dk_io_set_interval(dk_io_t *io, uint64_t interval_ns,
+                                  unsigned flags);
+DK_EXPORT void dk_io_retain(dk_io_t *io);
+DK_EXPORT void dk_io_release(dk_io_t *io);
+
+DK_END_DECLS
+
+#endif /* DK_IO_H */

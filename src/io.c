@@ -1,0 +1,697 @@
+/*
+ * Channels and one-shot asynchronous reads and writes.
+ *
+ * A channel's operations wait in a FIFO list; one "process" item at a
+ * time runs them on the channel's private serial queue. An operation on an
+ * fd that is not a regular file reads or writes only after a one-shot
+ * read/write source reports readiness, so a slow pipe parks no thread: the
+ * process item returns and the source's handler submits it again. The
+ * `running` flag (under the lock) says a process item is queued, running
+ * or waiting for readiness; it holds a reference to the channel.
+ *
+ * Handler calls go through a serial delivery queue per operation that
+ * targets the caller's queue, so the calls of one operation run in order
+ * and never concurrently, even on a concurrent queue.
+ */
+#include "internal.h"
+
+#include "dk/io.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+enum op_kind { OP_READ, OP_WRITE, OP_BARRIER };
+
+struct io_op {
+    struct io_op *next;
+    enum op_kind kind;
+    bool once;      /* read: finish after the first successful read */
+    off_t offset;
+    size_t length;  /* read: requested; write: total */
+    size_t pos;     /* bytes read (delivered or buffered) or written */
+    unsigned char *wbuf;
+    unsigned char *rbuf;
+    size_t rlen, rcap;
+    uint64_t last_delivery;
+    dk_queue_t *dq;
+    void *ctx;
+    dk_io_handler_t handler;
+    dk_function_t barrier_fn;
+};
+
+struct dk_io_s {
+    uint32_t refcnt;
+    int type;
+    int fd;
+    bool regular;
+    off_t base;
+    dk_queue_t *opq;
+    dk_queue_t *cleanup_q;
+    void *cleanup_ctx;
+    void (*cleanup)(void *ctx, int error);
+    pthread_mutex_t lock;
+    struct io_op *head, *tail;
+    bool closed, stop, cleaned, running, ready;
+    int first_error;
+    size_t high, low;
+    uint64_t interval;
+    dk_source_t *wait_src;
+};
+
+#define DEFAULT_CHUNK (1024 * 1024)
+
+/* ---- delivery ------------------------------------------------------- */
+
+struct delivery {
+    dk_io_handler_t handler;
+    void *ctx;
+    bool done;
+    int error;
+    dk_queue_t *dq; /* released after the final call */
+    size_t len;
+    unsigned char data[];
+};
+
+static void
+deliver_run(void *p)
+{
+    struct delivery *d = p;
+    d->handler(d->ctx, d->done, d->data, d->len, d->error);
+    if (d->done) {
+        dk_release(d->dq);
+    }
+    free(d);
+}
+
+static void
+deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
+{
+    struct delivery *d = malloc(sizeof *d + len);
+    if (d == NULL) {
+        /* Out of memory: report the failure without the data. */
+        if (done) {
+            op->handler(op->ctx, true, NULL, 0, ENOMEM);
+            dk_release(op->dq);
+        }
+        return;
+    }
+    d->handler = op->handler;
+    d->ctx = op->ctx;
+    d->done = done;
+    d->error = error;
+    d->dq = op->dq;
+    d->len = len;
+    if (len > 0) {
+        memcpy(d->data, data, len);
+    }
+    /* The final call releases dq, possibly before dk_queue_async_f has
+     * returned: hold our own reference across the push. */
+    dk_queue_t *dq = op->dq;
+    dk_retain(dq);
+    if (dk_queue_async_f(dq, d, deliver_run) < 0) {
+        free(d);
+    }
+    dk_release(dq);
+    op->last_delivery = dk__os_monotonic_ns();
+}
+
+/* ---- channel lifetime ----------------------------------------------- */
+
+void
+dk_io_retain(dk_io_t *io)
+{
+    dk_atomic_add_relaxed(&io->refcnt, 1);
+}
+
+void
+dk_io_release(dk_io_t *io)
+{
+    if (dk_atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
+        return;
+    }
+    dk_release(io->opq);
+    dk_release(io->cleanup_q);
+    pthread_mutex_destroy(&io->lock);
+    free(io);
+}
+
+dk_io_t *
+dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
+             void (*cleanup)(void *ctx, int error))
+{
+    bool regular;
+    if (type != DK_IO_STREAM && type != DK_IO_RANDOM) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (dk__os_fd_check(fd, &regular) < 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    off_t base = 0;
+    if (type == DK_IO_RANDOM) {
+        base = lseek(fd, 0, SEEK_CUR);
+        if (base < 0) {
+            errno = ESPIPE;
+            return NULL;
+        }
+    }
+    dk_io_t *io = calloc(1, sizeof *io);
+    if (io == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    io->opq = dk_queue_create("dk.io", 0, 0, 0, NULL);
+    if (io->opq == NULL) {
+        free(io);
+        errno = ENOMEM;
+        return NULL;
+    }
+    io->refcnt = 1;
+    io->type = type;
+    io->fd = fd;
+    io->regular = regular;
+    io->base = base;
+    io->cleanup_q = q != NULL ? q : dk__default_root();
+    dk_retain(io->cleanup_q);
+    io->cleanup_ctx = cleanup_ctx;
+    io->cleanup = cleanup;
+    io->high = SIZE_MAX;
+    io->low = 0;
+    pthread_mutex_init(&io->lock, NULL);
+    return io;
+}
+
+static void process(void *p);
+
+/* Make sure a process item will look at the list. Lock held. */
+static void
+kick_locked(dk_io_t *io)
+{
+    if (io->running || io->head == NULL) {
+        return;
+    }
+    io->running = true;
+    dk_io_retain(io); /* the running reference */
+    dk_queue_async_f(io->opq, io, process);
+}
+
+static int
+enqueue(dk_io_t *io, struct io_op *op)
+{
+    pthread_mutex_lock(&io->lock);
+    if (io->closed) {
+        pthread_mutex_unlock(&io->lock);
+        return -EPIPE;
+    }
+    op->next = NULL;
+    if (io->tail != NULL) {
+        io->tail->next = op;
+    } else {
+        io->head = op;
+    }
+    io->tail = op;
+    kick_locked(io);
+    pthread_mutex_unlock(&io->lock);
+    return 0;
+}
+
+static struct io_op *
+op_new(enum op_kind kind, dk_queue_t *q, void *ctx, dk_io_handler_t h)
+{
+    struct io_op *op = calloc(1, sizeof *op);
+    if (op == NULL) {
+        return NULL;
+    }
+    op->kind = kind;
+    op->ctx = ctx;
+    op->handler = h;
+    if (kind != OP_BARRIER) {
+        op->dq = dk_queue_create("dk.io.delivery", 0, 0, 0,
+                                 q != NULL ? q : dk__default_root());
+        if (op->dq == NULL) {
+            free(op);
+            return NULL;
+        }
+    }
+    return op;
+}
+
+static void
+op_free(struct io_op *op)
+{
+    free(op->wbuf);
+    free(op->rbuf);
+    free(op);
+}
+
+int
+dk_io_read(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q,
+           void *ctx, dk_io_handler_t handler)
+{
+    struct io_op *op = op_new(OP_READ, q, ctx, handler);
+    if (op == NULL) {
+        return -ENOMEM;
+    }
+    op->offset = offset;
+    op->length = length;
+    int rc = enqueue(io, op);
+    if (rc < 0) {
+        dk_release(op->dq);
+        op_free(op);
+    }
+    return rc;
+}
+
+int
+dk_io_write(dk_io_t *io, off_t offset, const void *data, size_t len,
+            dk_queue_t *q, void *ctx, dk_io_handler_t handler)
+{
+    struct io_op *op = op_new(OP_WRITE, q, ctx, handler);
+    if (op == NULL) {
+        return -ENOMEM;
+    }
+    op->wbuf = malloc(len > 0 ? len : 1);
+    if (op->wbuf == NULL) {
+        dk_release(op->dq);
+        op_free(op);
+        return -ENOMEM;
+    }
+    memcpy(op->wbuf, data, len);
+    op->offset = offset;
+    op->length = len;
+    int rc = enqueue(io, op);
+    if (rc < 0) {
+        dk_release(op->dq);
+        op_free(op);
+    }
+    return rc;
+}
+
+int
+dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn)
+{
+    struct io_op *op = op_new(OP_BARRIER, NULL, ctx, NULL);
+    if (op == NULL) {
+        return -ENOMEM;
+    }
+    op->barrier_fn = fn;
+    int rc = enqueue(io, op);
+    if (rc < 0) {
+        op_free(op);
+    }
+    return rc;
+}
+
+void
+dk_io_close(dk_io_t *io, unsigned flags)
+{
+    dk_source_t *wait = NULL;
+    pthread_mutex_lock(&io->lock);
+    dk_atomic_store_release(&io->closed, true);
+    if (flags & DK_IO_STOP) {
+        dk_atomic_store_release(&io->stop, true);
+        wait = io->wait_src; /* interrupt a wait for readiness */
+        io->wait_src = NULL;
+    }
+    if (!io->running) {
+        /* Nothing is running: run the cleanup through a process item. */
+        io->running = true;
+        dk_io_retain(io);
+        dk_queue_async_f(io->opq, io, process);
+    } else if (wait != NULL) {
+        dk_queue_async_f(io->opq, io, process); /* running ref kept */
+    }
+    pthread_mutex_unlock(&io->lock);
+    if (wait != NULL) {
+        dk_source_cancel(wait);
+        dk_release(wait);
+    }
+}
+
+bool
+dk_io_is_closed(const dk_io_t *io)
+{
+    return dk_atomic_load_acquire(&io->closed);
+}
+
+int
+dk_io_get_fd(const dk_io_t *io)
+{
+    return io->fd;
+}
+
+void
+dk_io_set_high_water(dk_io_t *io, size_t size)
+{
+    pthread_mutex_lock(&io->lock);
+    io->high = size > 0 ? size : 1;
+    if (io->low > io->high) {
+        io->low = io->high;
+    }
+    pthread_mutex_unlock(&io->lock);
+}
+
+void
+dk_io_set_low_water(dk_io_t *io, size_t size)
+{
+    pthread_mutex_lock(&io->lock);
+    io->low = size;
+    if (io->high < io->low) {
+        io->high = io->low;
+    }
+    pthread_mutex_unlock(&io->lock);
+}
+
+void
+dk_io_set_interval(dk_io_t *io, uint64_t interval_ns, unsigned flags)
+{
+    (void)flags;
+    pthread_mutex_lock(&io->lock);
+    io->interval = interval_ns;
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* ---- waiting for readiness ------------------------------------------ */
+
+static void
+ready_handler(void *p)
+{
+    dk_io_t *io = p;
+    pthread_mutex_lock(&io->lock);
+    dk_source_t *s = io->wait_src;
+    io->wait_src = NULL;
+    io->ready = true;
+    pthread_mutex_unlock(&io->lock);
+    if (s != NULL) {
+        dk_source_cancel(s);
+        dk_release(s);
+        dk_queue_async_f(io->opq, io, process); /* running ref kept */
+    }
+}
+
+/* Arm a one-shot readiness wait. Returns false if it could not (then the
+ * caller proceeds as if ready: a blocking call beats a hang). */
+static bool
+wait_ready(dk_io_t *io, bool for_write)
+{
+    dk_source_t *s = dk_source_create(
+        for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ, (uintptr_t)io->fd, 0,
+        dk__default_root());
+    if (s == NULL) {
+        return false;
+    }
+    dk_source_set_context(s, io);
+    dk_source_set_event_handler_f(s, ready_handler);
+    pthread_mutex_lock(&io->lock);
+    if (io->stop) {
+        pthread_mutex_unlock(&io->lock);
+        dk_source_cancel(s);
+        dk_release(s);
+        return false;
+    }
+    io->ready = false;
+    io->wait_src = s;
+    pthread_mutex_unlock(&io->lock);
+    if (dk_source_resume(s) < 0) {
+        pthread_mutex_lock(&io->lock);
+        io->wait_src = NULL;
+        pthread_mutex_unlock(&io->lock);
+        dk_source_cancel(s);
+        dk_release(s);
+        return false;
+    }
+    return true;
+}
+
+/* ---- the operations ------------------------------------------------- */
+
+enum step { STEP_DONE, STEP_WAIT };
+
+static void
+flush_read(dk_io_t *io, struct io_op *op, bool done, int error)
+{
+    size_t off = 0;
+    /* Chunks of at most the high-water mark; the last one carries done. */
+    while (op->rlen - off > io->high) {
+        deliver(op, false, op->rbuf + off, io->high, 0);
+        off += io->high;
+    }
+    size_t rest = op->rlen - off;
+    if (done) {
+        deliver(op, true, op->rbuf + off, rest, error);
+        op->rlen = 0;
+        return;
+    }
+    if (rest > 0 && rest >= io->low) {
+        deliver(op, false, op->rbuf + off, rest, 0);
+        off += rest;
+    }
+    memmove(op->rbuf, op->rbuf + off, op->rlen - off);
+    op->rlen -= off;
+}
+
+static enum step
+step_read(dk_io_t *io, struct io_op *op)
+{
+    for (;;) {
+        bool stop = dk_atomic_load_acquire(&io->stop);
+        if (stop) {
+            flush_read(io, op, true, ECANCELED);
+            return STEP_DONE;
+        }
+        if (op->pos >= op->length) {
+            flush_read(io, op, true, 0);
+            return STEP_DONE;
+        }
+        if (!io->regular && !io->ready) {
+            if (io->interval != 0 && op->rlen > 0 &&
+                dk__os_monotonic_ns() - op->last_delivery >= io->interval) {
+                deliver(op, false, op->rbuf, op->rlen, 0);
+                op->rlen = 0;
+            }
+            if (wait_ready(io, false)) {
+                return STEP_WAIT;
+            }
+        }
+        size_t want = op->length - op->pos;
+        size_t chunk = io->high != SIZE_MAX ? io->high : DEFAULT_CHUNK;
+        if (want > chunk) {
+            want = chunk;
+        }
+        if (op->rcap - op->rlen < want) {
+            size_t cap = op->rlen + want;
+            unsigned char *b = realloc(op->rbuf, cap);
+            if (b == NULL) {
+                flush_read(io, op, true, ENOMEM);
+                return STEP_DONE;
+            }
+            op->rbuf = b;
+            op->rcap = cap;
+        }
+        ssize_t n;
+        do {
+            n = io->type == DK_IO_RANDOM
+                    ? pread(io->fd, op->rbuf + op->rlen, want,
+                            io->base + op->offset + (off_t)op->pos)
+                    : read(io->fd, op->rbuf + op->rlen, want);
+        } while (n < 0 && errno == EINTR);
+        io->ready = false;
+        if (n < 0) {
+            int err = errno;
+            flush_read(io, op, true, err);
+            return STEP_DONE;
+        }
+        if (n == 0) {
+            flush_read(io, op, true, 0); /* end of file */
+            return STEP_DONE;
+        }
+        op->rlen += (size_t)n;
+        op->pos += (size_t)n;
+        if (op->once || op->pos >= op->length) {
+            flush_read(io, op, true, 0);
+            return STEP_DONE;
+        }
+        flush_read(io, op, false, 0);
+    }
+}
+
+static enum step
+step_write(dk_io_t *io, struct io_op *op)
+{
+    for (;;) {
+        if (dk_atomic_load_acquire(&io->stop)) {
+            deliver(op, true, op->wbuf + op->pos, op->length - op->pos,
+                    ECANCELED);
+            return STEP_DONE;
+        }
+        if (op->pos >= op->length) {
+            deliver(op, true, NULL, 0, 0);
+            return STEP_DONE;
+        }
+        if (!io->regular && !io->ready && wait_ready(io, true)) {
+            return STEP_WAIT;
+        }
+        size_t want = op->length - op->pos;
+        ssize_t n;
+        do {
+            n = io->type == DK_IO_RANDOM
+                    ? pwrite(io->fd, op->wbuf + op->pos, want,
+                             io->base + op->offset + (off_t)op->pos)
+                    : write(io->fd, op->wbuf + op->pos, want);
+        } while (n < 0 && errno == EINTR);
+        io->ready = false;
+        if (n < 0) {
+            int err = errno;
+            deliver(op, true, op->wbuf + op->pos, op->length - op->pos, err);
+            return STEP_DONE;
+        }
+        op->pos += (size_t)n;
+    }
+}
+
+struct cleanup_call {
+    void (*fn)(void *, int);
+    void *ctx;
+    int error;
+};
+
+static void
+cleanup_run(void *p)
+{
+    struct cleanup_call *c = p;
+    c->fn(c->ctx, c->error);
+    free(c);
+}
+
+static void
+process(void *p)
+{
+    dk_io_t *io = p;
+    for (;;) {
+        pthread_mutex_lock(&io->lock);
+        struct io_op *op = io->head;
+        if (op == NULL) {
+            bool cleanup = io->closed && !io->cleaned;
+            if (cleanup) {
+                io->cleaned = true;
+            }
+            io->running = false;
+            pthread_mutex_unlock(&io->lock);
+            if (cleanup && io->cleanup != NULL) {
+                struct cleanup_call *c = malloc(sizeof *c);
+                if (c != NULL) {
+                    *c = (struct cleanup_call){io->cleanup, io->cleanup_ctx,
+                                               io->first_error};
+                    dk_queue_async_f(io->cleanup_q, c, cleanup_run);
+                }
+            }
+            dk_io_release(io); /* the running reference */
+            return;
+        }
+        pthread_mutex_unlock(&io->lock);
+        enum step st = STEP_DONE;
+        switch (op->kind) {
+        case OP_BARRIER:
+            if (!dk_atomic_load_acquire(&io->stop)) {
+                op->barrier_fn(op->ctx);
+            }
+            break;
+        case OP_READ:
+            st = step_read(io, op);
+            break;
+        case OP_WRITE:
+            st = step_write(io, op);
+            break;
+        }
+        if (st == STEP_WAIT) {
+            return; /* the readiness handler submits us again */
+        }
+        pthread_mutex_lock(&io->lock);
+        io->head = op->next;
+        if (io->head == NULL) {
+            io->tail = NULL;
+        }
+        pthread_mutex_unlock(&io->lock);
+        op_free(op);
+    }
+}
+
+/* ---- one-shot reads and writes -------------------------------------- */
+
+struct simple {
+    void *ctx;
+    dk_read_handler_t rh;
+    dk_write_handler_t wh;
+};
+
+static void
+simple_read_done(void *p, bool done, const void *data, size_t len, int err)
+{
+    struct simple *s = p;
+    if (done) {
+        s->rh(s->ctx, data, len, err);
+        free(s);
+    }
+}
+
+static void
+simple_write_done(void *p, bool done, const void *data, size_t len, int err)
+{
+    struct simple *s = p;
+    if (done) {
+        s->wh(s->ctx, data, len, err);
+        free(s);
+    }
+}
+
+int
+dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
+          dk_read_handler_t handler)
+{
+    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
+    if (io == NULL) {
+        return -errno;
+    }
+    struct simple *s = malloc(sizeof *s);
+    struct io_op *op = s != NULL ? op_new(OP_READ, q, s, simple_read_done)
+                                 : NULL;
+    if (op == NULL) {
+        free(s);
+        dk_io_release(io);
+        return -ENOMEM;
+    }
+    s->ctx = ctx;
+    s->rh = handler;
+    op->length = length;
+    op->once = !io->regular; /* files: until length or end of file */
+    enqueue(io, op);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    return 0;
+}
+
+int
+dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
+           dk_write_handler_t handler)
+{
+    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
+    if (io == NULL) {
+        return -errno;
+    }
+    struct simple *s = malloc(sizeof *s);
+    if (s == NULL) {
+        dk_io_release(io);
+        return -ENOMEM;
+    }
+    s->ctx = ctx;
+    s->wh = handler;
+    int rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
+    if (rc < 0) {
+        free(s);
+    }
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    return rc;
+}

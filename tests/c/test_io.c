@@ -1,0 +1,300 @@
+/* Tests of asynchronous reads, writes and channels. */
+#include "runner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dk/io.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+
+static uint64_t
+in_ms(uint64_t ms)
+{
+    return dk_now() + ms * 1000000ull;
+}
+
+struct result {
+    dk_semaphore_t *sem;
+    unsigned char buf[1 << 20];
+    size_t len;
+    int error;
+    int calls;
+    int done_calls;
+    int inside;
+    int overlaps;
+};
+
+static void
+on_read(void *p, const void *data, size_t len, int error)
+{
+    struct result *r = p;
+    memcpy(r->buf, data, len);
+    r->len = len;
+    r->error = error;
+    dk_semaphore_signal(r->sem);
+}
+
+static void
+on_write(void *p, const void *data, size_t len, int error)
+{
+    struct result *r = p;
+    (void)data;
+    r->len = len;
+    r->error = error;
+    dk_semaphore_signal(r->sem);
+}
+
+DK_TEST(read_f_waits_for_data_without_blocking_a_worker)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    struct result *r = calloc(1, sizeof *r);
+    r->sem = dk_semaphore_create(0);
+    /* More pending reads on empty pipes than there are CPUs: none may park
+     * a worker, so other work still runs. */
+    int q[8][2];
+    struct result *rs[8];
+    for (int i = 0; i < 8; i++) {
+        CHECK_EQ(pipe(q[i]), 0);
+        rs[i] = calloc(1, sizeof *rs[i]);
+        rs[i]->sem = dk_semaphore_create(0);
+        CHECK_EQ(dk_read_f(q[i][0], 100, NULL, rs[i], on_read), 0);
+    }
+    CHECK_EQ(dk_read_f(p[0], 100, NULL, r, on_read), 0);
+    CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(50)), -ETIMEDOUT);
+    CHECK_EQ(write(p[1], "hello", 5), 5);
+    CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(5000)), 0);
+    CHECK_EQ(r->len, 5);
+    CHECK_EQ(r->error, 0);
+    CHECK(memcmp(r->buf, "hello", 5) == 0);
+    for (int i = 0; i < 8; i++) {
+        close(q[i][1]); /* EOF */
+        CHECK_EQ(dk_semaphore_wait(rs[i]->sem, in_ms(5000)), 0);
+        CHECK_EQ(rs[i]->len, 0);
+        close(q[i][0]);
+    }
+    close(p[0]);
+    close(p[1]);
+}
+
+DK_TEST(write_f_continues_partial_writes)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    size_t n = 1 << 20; /* far more than the pipe holds */
+    unsigned char *data = malloc(n);
+    for (size_t i = 0; i < n; i++) {
+        data[i] = (unsigned char)(i * 7);
+    }
+    struct result *w = calloc(1, sizeof *w);
+    w->sem = dk_semaphore_create(0);
+    w->len = 12345;
+    CHECK_EQ(dk_write_f(p[1], data, n, NULL, w, on_write), 0);
+    unsigned char *got = malloc(n);
+    size_t have = 0;
+    while (have < n) {
+        ssize_t k = read(p[0], got + have, n - have);
+        CHECK(k > 0);
+        have += (size_t)k;
+    }
+    CHECK_EQ(dk_semaphore_wait(w->sem, in_ms(5000)), 0);
+    CHECK_EQ(w->error, 0);
+    CHECK_EQ(w->len, 0);
+    CHECK(memcmp(got, data, n) == 0);
+    close(p[0]);
+    close(p[1]);
+}
+
+DK_TEST(read_f_and_channel_reject_bad_fds)
+{
+    CHECK_EQ(dk_read_f(9999, 10, NULL, NULL, on_read), -EBADF);
+    CHECK_EQ(dk_write_f(9999, "x", 1, NULL, NULL, on_write), -EBADF);
+    errno = 0;
+    CHECK(dk_io_create(DK_IO_STREAM, 9999, NULL, NULL, NULL) == NULL);
+    CHECK_EQ(errno, EBADF);
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    CHECK(dk_io_create(DK_IO_RANDOM, p[0], NULL, NULL, NULL) == NULL);
+    CHECK_EQ(errno, ESPIPE);
+    CHECK(dk_io_create(7, p[0], NULL, NULL, NULL) == NULL);
+    CHECK_EQ(errno, EINVAL);
+    close(p[0]);
+    close(p[1]);
+}
+
+struct chunks {
+    dk_semaphore_t *done;
+    size_t total;
+    size_t max_chunk;
+    int calls;
+    int inside;
+    int overlaps;
+    int error;
+    bool final_seen;
+    bool after_final;
+    unsigned char *copy;
+};
+
+static void
+on_chunk(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct chunks *c = p;
+    if (__atomic_exchange_n(&c->inside, 1, __ATOMIC_ACQ_REL)) {
+        c->overlaps++;
+    }
+    if (c->final_seen) {
+        c->after_final = true;
+    }
+    if (c->copy != NULL) {
+        memcpy(c->copy + c->total, data, len);
+    }
+    c->total += len;
+    c->max_chunk = len > c->max_chunk ? len : c->max_chunk;
+    c->calls++;
+    usleep(100);
+    __atomic_store_n(&c->inside, 0, __ATOMIC_RELEASE);
+    if (done) {
+        c->final_seen = true;
+        c->error = error;
+        dk_semaphore_signal(c->done);
+    }
+}
+
+static char tmpl[] = "/tmp/dk-io-XXXXXX";
+
+static int
+make_file(size_t n, unsigned char **contents)
+{
+    char path[sizeof tmpl];
+    memcpy(path, tmpl, sizeof tmpl);
+    int fd = mkstemp(path);
+    unlink(path);
+    unsigned char *buf = malloc(n);
+    for (size_t i = 0; i < n; i++) {
+        buf[i] = (unsigned char)(i * 13 + 1);
+    }
+    CHECK_EQ(write(fd, buf, n), (ssize_t)n);
+    lseek(fd, 0, SEEK_SET);
+    *contents = buf;
+    return fd;
+}
+
+static void
+cleanup_cb(void *p, int error)
+{
+    struct result *r = p;
+    r->error = error;
+    r->calls++;
+    dk_semaphore_signal(r->sem);
+}
+
+DK_TEST(channel_reads_file_in_high_water_chunks_in_order)
+{
+    unsigned char *contents;
+    size_t n = 100000;
+    int fd = make_file(n, &contents);
+    struct result *cl = calloc(1, sizeof *cl);
+    cl->sem = dk_semaphore_create(0);
+    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, cl, cleanup_cb);
+    CHECK(io != NULL);
+    dk_io_set_high_water(io, 1024);
+    dk_queue_t *cq = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct chunks c = {.done = dk_semaphore_create(0)};
+    c.copy = malloc(n);
+    CHECK_EQ(dk_io_read(io, 0, SIZE_MAX, cq, &c, on_chunk), 0);
+    CHECK_EQ(dk_semaphore_wait(c.done, in_ms(10000)), 0);
+    CHECK_EQ(c.total, n);
+    CHECK(c.max_chunk <= 1024);
+    CHECK(c.calls >= 98);
+    CHECK_EQ(c.overlaps, 0);
+    CHECK(!c.after_final);
+    CHECK(memcmp(c.copy, contents, n) == 0);
+    dk_io_close(io, 0);
+    CHECK(dk_io_is_closed(io));
+    CHECK_EQ(dk_io_read(io, 0, 10, NULL, &c, on_chunk), -EPIPE);
+    CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
+    CHECK_EQ(cl->calls, 1);
+    dk_io_release(io);
+    close(fd);
+}
+
+DK_TEST(random_channel_reads_and_writes_at_offsets)
+{
+    unsigned char *contents;
+    int fd = make_file(10000, &contents);
+    lseek(fd, 100, SEEK_SET); /* offsets are relative to this */
+    dk_io_t *io = dk_io_create(DK_IO_RANDOM, fd, NULL, NULL, NULL);
+    struct chunks w = {.done = dk_semaphore_create(0)};
+    CHECK_EQ(dk_io_write(io, 5000, "ABCDEF", 6, NULL, &w, on_chunk), 0);
+    CHECK_EQ(dk_semaphore_wait(w.done, in_ms(5000)), 0);
+    CHECK_EQ(w.error, 0);
+    struct chunks r = {.done = dk_semaphore_create(0)};
+    r.copy = malloc(16);
+    CHECK_EQ(dk_io_read(io, 4998, 10, NULL, &r, on_chunk), 0);
+    CHECK_EQ(dk_semaphore_wait(r.done, in_ms(5000)), 0);
+    CHECK_EQ(r.total, 10);
+    CHECK_EQ(r.copy[0], contents[5098]);
+    CHECK(memcmp(r.copy + 2, "ABCDEF", 6) == 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    close(fd);
+}
+
+static void
+barrier_fn(void *p)
+{
+    struct chunks *c = p;
+    c->calls += 1000;
+    dk_semaphore_signal(c->done);
+}
+
+DK_TEST(channel_close_stop_cancels_pending_reads_on_pipe)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    struct result *cl = calloc(1, sizeof *cl);
+    cl->sem = dk_semaphore_create(0);
+    dk_io_t *io = dk_io_create(DK_IO_STREAM, p[0], NULL, cl, cleanup_cb);
+    struct chunks a = {.done = dk_semaphore_create(0)};
+    struct chunks b = {.done = dk_semaphore_create(0)};
+    struct chunks bar = {.done = dk_semaphore_create(0)};
+    CHECK_EQ(dk_io_read(io, 0, 100, NULL, &a, on_chunk), 0);
+    CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
+    CHECK_EQ(dk_io_read(io, 0, 100, NULL, &b, on_chunk), 0);
+    usleep(20000); /* the first read waits for data */
+    dk_io_close(io, DK_IO_STOP);
+    CHECK_EQ(dk_semaphore_wait(a.done, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(b.done, in_ms(5000)), 0);
+    CHECK_EQ(a.error, ECANCELED);
+    CHECK_EQ(b.error, ECANCELED);
+    CHECK_EQ(bar.calls, 0); /* stopped barriers do not run */
+    CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
+    dk_io_release(io);
+    close(p[0]);
+    close(p[1]);
+}
+
+DK_TEST(channel_barrier_runs_after_earlier_writes)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_io_t *io = dk_io_create(DK_IO_STREAM, p[1], NULL, NULL, NULL);
+    struct chunks w = {.done = dk_semaphore_create(0)};
+    struct chunks bar = {.done = dk_semaphore_create(0)};
+    CHECK_EQ(dk_io_write(io, 0, "one", 3, NULL, &w, on_chunk), 0);
+    CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
+    CHECK_EQ(dk_semaphore_wait(bar.done, in_ms(5000)), 0);
+    char buf[8];
+    CHECK_EQ(read(p[0], buf, sizeof buf), 3); /* written before the barrier */
+    CHECK_EQ(dk_semaphore_wait(w.done, in_ms(5000)), 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    close(p[0]);
+    close(p[1]);
+}
