@@ -664,6 +664,7 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
     }
     s->ctx = ctx;
     s->rh = handler;
+    io->low = SIZE_MAX; /* one delivery with everything read */
     op->length = length;
     op->once = !io->regular; /* files: until length or end of file */
     enqueue(io, op);

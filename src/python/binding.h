@@ -23,5 +23,6 @@ int dkpy_queue_arg(PyObject *obj, const char *what, struct dk_queue_s **out);
 /* Subsystem exec functions; each returns 0 or -1 with an exception set. */
 int dkpy_dispatch_exec(PyObject *m);
 int dkpy_source_exec(PyObject *m);
+int dkpy_io_exec(PyObject *m);
 
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -36,7 +36,8 @@ module_exec(PyObject *m)
                         "subinterpreter: its runtime is process-wide");
         return -1;
     }
-    if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0) {
+    if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||
+        dkpy_io_exec(m) < 0) {
         return -1;
     }
     return 0;

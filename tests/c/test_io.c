@@ -298,3 +298,16 @@ DK_TEST(channel_barrier_runs_after_earlier_writes)
     close(p[0]);
     close(p[1]);
 }
+
+DK_TEST(read_f_reads_whole_small_file_in_one_delivery)
+{
+    unsigned char *contents;
+    int fd = make_file(3000, &contents);
+    struct result *r = calloc(1, sizeof *r);
+    r->sem = dk_semaphore_create(0);
+    CHECK_EQ(dk_read_f(fd, 100000, NULL, r, on_read), 0);
+    CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(5000)), 0);
+    CHECK_EQ(r->len, 3000);
+    CHECK(memcmp(r->buf, contents, 3000) == 0);
+    close(fd);
+}

@@ -23,6 +23,10 @@ EXPECTED = {
     "signal_source.py": "Received SIGUSR1!",
     "fd_source.py": "Received: b'Hello!'",
     "process_source.py": "Child process exited!",
+    "async_io.py": "Read 17 bytes: b'Hello from a file'\nWrite complete\n"
+                   "b'Hello!'",
+    "io_channel.py": "4 chunks, 200000 bytes, largest 65536\n"
+                     "All I/O complete",
 }
 
 UNORDERED = {"inactive_queue.py"}

@@ -1,0 +1,585 @@
+/*
+ * Binding of asynchronous I/O: read_async, write_async and IOChannel.
+ * Each operation's Python handler is owned by the operation and released
+ * after its final (done) call.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+
+#include "dk/io.h"
+#include "dk/queue.h"
+#include "python/gil.h"
+
+static void
+call_handler(PyObject *handler, PyObject *args)
+{
+    if (args == NULL) {
+        PyErr_WriteUnraisable(handler);
+        return;
+    }
+    PyObject *r = PyObject_Call(handler, args, NULL);
+    Py_DECREF(args);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(handler);
+    } else {
+        Py_DECREF(r);
+    }
+}
+
+/* ---- read_async / write_async ---------------------------------------- */
+
+static void
+read_done(void *ctx, const void *data, size_t len, int error)
+{
+    PyObject *handler = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    call_handler(handler,
+                 Py_BuildValue("(y#i)", (const char *)data, (Py_ssize_t)len,
+                               error));
+    Py_DECREF(handler);
+    dkpy_leave(&g);
+}
+
+static void
+write_done(void *ctx, const void *data, size_t len, int error)
+{
+    read_done(ctx, data, len, error); /* same shape: (bytes, error) */
+}
+
+static int
+parse_fd(PyObject *obj, int *fd)
+{
+    *fd = PyObject_AsFileDescriptor(obj);
+    return *fd < 0 ? -1 : 0;
+}
+
+static int
+check_callable(PyObject *f, const char *what)
+{
+    if (!PyCallable_Check(f)) {
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
+                     Py_TYPE(f)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+raise_io(int rc, int fd)
+{
+    if (rc == -EBADF) {
+        errno = EBADF;
+        PyErr_Format(PyExc_OSError, "fd %d is not open", fd);
+        return NULL;
+    }
+    return dkpy_raise_errno(rc);
+}
+
+/* handler may be given as callback= (the stub's name) or handler=. */
+static PyObject *
+pick_handler(PyObject *callback, PyObject *handler)
+{
+    if (callback != NULL && handler != NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "give callback or handler, not both");
+        return NULL;
+    }
+    PyObject *h = callback != NULL ? callback : handler;
+    if (h == NULL) {
+        PyErr_SetString(PyExc_TypeError, "missing callback");
+        return NULL;
+    }
+    return h;
+}
+
+static PyObject *
+dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *kwlist[] = {"fd", "length", "callback", "queue", "handler",
+                             NULL};
+    PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
+    Py_ssize_t length;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "On|OOO:read_async",
+                                     kwlist, &fdobj, &length, &callback,
+                                     &queue, &handler)) {
+        return NULL;
+    }
+    int fd;
+    PyObject *h = pick_handler(callback, handler);
+    dk_queue_t *q;
+    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
+        check_callable(h, "callback") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    if (length < 0) {
+        PyErr_SetString(PyExc_ValueError, "length must be >= 0");
+        return NULL;
+    }
+    Py_INCREF(h);
+    int rc = dk_read_f(fd, (size_t)length, q, h, read_done);
+    if (rc < 0) {
+        Py_DECREF(h);
+        return raise_io(rc, fd);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *kwlist[] = {"fd", "data", "callback", "queue", "handler",
+                             NULL};
+    PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
+    Py_buffer data;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oy*|OOO:write_async",
+                                     kwlist, &fdobj, &data, &callback,
+                                     &queue, &handler)) {
+        return NULL;
+    }
+    int fd;
+    PyObject *h = pick_handler(callback, handler);
+    dk_queue_t *q;
+    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
+        check_callable(h, "callback") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    Py_INCREF(h);
+    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, write_done);
+    PyBuffer_Release(&data);
+    if (rc < 0) {
+        Py_DECREF(h);
+        return raise_io(rc, fd);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- IOChannel ------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    dk_io_t *io;
+    int fd;
+} ChannelObject;
+
+static void
+op_handler(void *ctx, bool done, const void *data, size_t len, int error)
+{
+    PyObject *handler = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    call_handler(handler, Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
+                                        (const char *)data, (Py_ssize_t)len,
+                                        error));
+    if (done) {
+        Py_DECREF(handler);
+    }
+    dkpy_leave(&g);
+}
+
+static void
+cleanup_handler(void *ctx, int error)
+{
+    PyObject *handler = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    call_handler(handler, Py_BuildValue("(i)", error));
+    Py_DECREF(handler);
+    dkpy_leave(&g);
+}
+
+struct barrier_call {
+    PyObject *handler;
+    dk_queue_t *queue; /* run there, synchronously, if not NULL */
+};
+
+static void
+barrier_python(void *ctx)
+{
+    PyObject *handler = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    PyObject *r = PyObject_CallNoArgs(handler);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(handler);
+    } else {
+        Py_DECREF(r);
+    }
+    dkpy_leave(&g);
+}
+
+static void
+barrier_run(void *ctx)
+{
+    struct barrier_call *b = ctx;
+    if (b->queue != NULL) {
+        dk_queue_sync_f(b->queue, b->handler, barrier_python);
+        dk_release(b->queue);
+    } else {
+        barrier_python(b->handler);
+    }
+    dkpy_gil_t g;
+    if (dkpy_enter(&g)) {
+        Py_DECREF(b->handler);
+        dkpy_leave(&g);
+    }
+    PyMem_RawFree(b);
+}
+
+static PyObject *
+Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"fd", "io_type", "queue", "cleanup_handler",
+                             NULL};
+    PyObject *fdobj, *queue = Py_None, *cleanup = Py_None;
+    int io_type = DK_IO_STREAM;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|iOO:IOChannel", kwlist,
+                                     &fdobj, &io_type, &queue, &cleanup)) {
+        return NULL;
+    }
+    int fd;
+    dk_queue_t *q;
+    if (parse_fd(fdobj, &fd) < 0 || dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    if (cleanup != Py_None && check_callable(cleanup, "cleanup_handler") < 0) {
+        return NULL;
+    }
+    if (io_type != DK_IO_STREAM && io_type != DK_IO_RANDOM) {
+        PyErr_Format(PyExc_ValueError,
+                     "io_type must be IO_STREAM or IO_RANDOM, not %d",
+                     io_type);
+        return NULL;
+    }
+    ChannelObject *self = (ChannelObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
+    self->fd = fd;
+    self->io = dk_io_create(io_type, fd, q, ch,
+                            ch != NULL ? cleanup_handler : NULL);
+    if (self->io == NULL) {
+        int err = errno;
+        Py_XDECREF(ch);
+        Py_DECREF(self);
+        if (err == ESPIPE) {
+            errno = ESPIPE;
+            PyErr_Format(PyExc_OSError, "IO_RANDOM needs a seekable fd; "
+                         "fd %d cannot seek", fd);
+            return NULL;
+        }
+        return raise_io(-err, fd);
+    }
+    return (PyObject *)self;
+}
+
+static void
+Channel_dealloc(ChannelObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->io != NULL) {
+        if (!dk_io_is_closed(self->io)) {
+            dk_io_close(self->io, 0); /* pending operations complete */
+        }
+        dk_io_release(self->io);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+check_open(ChannelObject *self)
+{
+    if (dk_io_is_closed(self->io)) {
+        PyErr_SetString(PyExc_RuntimeError, "Channel is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"length", "handler", "offset", "queue", NULL};
+    Py_ssize_t length;
+    long long offset = 0;
+    PyObject *handler, *queue = Py_None;
+    if (check_open(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "nO|LO:read", kwlist,
+                                     &length, &handler, &offset, &queue)) {
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (check_callable(handler, "handler") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    if (length < 0 || offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "length and offset must be >= 0");
+        return NULL;
+    }
+    Py_INCREF(handler);
+    int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, handler,
+                        op_handler);
+    if (rc < 0) {
+        Py_DECREF(handler);
+        if (rc == -EPIPE) {
+            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
+        }
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"data", "handler", "offset", "queue", NULL};
+    Py_buffer data;
+    long long offset = 0;
+    PyObject *handler, *queue = Py_None;
+    if (check_open(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "y*O|LO:write", kwlist,
+                                     &data, &handler, &offset, &queue)) {
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (check_callable(handler, "handler") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (offset < 0) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
+        return NULL;
+    }
+    Py_INCREF(handler);
+    int rc = dk_io_write(self->io, (off_t)offset, data.buf, (size_t)data.len,
+                         q, handler, op_handler);
+    PyBuffer_Release(&data);
+    if (rc < 0) {
+        Py_DECREF(handler);
+        if (rc == -EPIPE) {
+            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
+        }
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_close(ChannelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"stop", NULL};
+    int stop = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:close", kwlist,
+                                     &stop)) {
+        return NULL;
+    }
+    if (!dk_io_is_closed(self->io) || stop) {
+        dk_io_close(self->io, stop ? DK_IO_STOP : 0);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+parse_size(PyObject *arg, size_t *out)
+{
+    Py_ssize_t v = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static PyObject *
+Channel_set_high_water(ChannelObject *self, PyObject *arg)
+{
+    size_t v;
+    if (check_open(self) < 0 || parse_size(arg, &v) < 0) {
+        return NULL;
+    }
+    dk_io_set_high_water(self->io, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_set_low_water(ChannelObject *self, PyObject *arg)
+{
+    size_t v;
+    if (check_open(self) < 0 || parse_size(arg, &v) < 0) {
+        return NULL;
+    }
+    dk_io_set_low_water(self->io, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_set_interval(ChannelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"interval_ns", "flags", "strict", NULL};
+    unsigned long long interval;
+    unsigned int flags = 0;
+    int strict = 0;
+    if (check_open(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|Ip:set_interval",
+                                     kwlist, &interval, &flags, &strict)) {
+        return NULL;
+    }
+    dk_io_set_interval(self->io, interval,
+                       flags | (strict ? DK_IO_STRICT_INTERVAL : 0));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"handler", "queue", NULL};
+    PyObject *handler, *queue = Py_None;
+    if (check_open(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:barrier", kwlist,
+                                     &handler, &queue)) {
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (check_callable(handler, "handler") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    struct barrier_call *b = PyMem_RawMalloc(sizeof *b);
+    if (b == NULL) {
+        return PyErr_NoMemory();
+    }
+    b->handler = Py_NewRef(handler);
+    b->queue = q;
+    if (q != NULL) {
+        dk_retain(q);
+    }
+    int rc = dk_io_barrier_f(self->io, b, barrier_run);
+    if (rc < 0) {
+        Py_DECREF(handler);
+        if (q != NULL) {
+            dk_release(q);
+        }
+        PyMem_RawFree(b);
+        return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Channel_get_fd(ChannelObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->fd);
+}
+
+static PyObject *
+Channel_get_is_closed(ChannelObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(dk_io_is_closed(self->io));
+}
+
+static PyMethodDef Channel_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Channel_read,
+     METH_VARARGS | METH_KEYWORDS,
+     "read(length, handler, offset=0, queue=None)\n\nRead up to length "
+     "bytes; handler(done, data, error) per chunk, in order."},
+    {"write", (PyCFunction)(void (*)(void))Channel_write,
+     METH_VARARGS | METH_KEYWORDS,
+     "write(data, handler, offset=0, queue=None)\n\nWrite all of data; "
+     "handler(done, remaining, error)."},
+    {"close", (PyCFunction)(void (*)(void))Channel_close,
+     METH_VARARGS | METH_KEYWORDS,
+     "close(stop=False)\n\nClose; stop=True ends pending operations with "
+     "ECANCELED."},
+    {"set_high_water", (PyCFunction)Channel_set_high_water, METH_O,
+     "set_high_water(size)\n\nAt most size bytes per handler call."},
+    {"set_low_water", (PyCFunction)Channel_set_low_water, METH_O,
+     "set_low_water(size)\n\nAt least size bytes per handler call (except "
+     "the last)."},
+    {"set_interval", (PyCFunction)(void (*)(void))Channel_set_interval,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_interval(interval_ns, flags=0)\n\nDeliver partial data at least "
+     "this often."},
+    {"barrier", (PyCFunction)(void (*)(void))Channel_barrier,
+     METH_VARARGS | METH_KEYWORDS,
+     "barrier(handler, queue=None)\n\nRun handler after every earlier "
+     "operation; later ones wait for it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Channel_getset[] = {
+    {"fd", (getter)Channel_get_fd, NULL, "The file descriptor.", NULL},
+    {"is_closed", (getter)Channel_get_is_closed, NULL, "True after close().",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Channel_slots[] = {
+    {Py_tp_new, Channel_new},
+    {Py_tp_dealloc, Channel_dealloc},
+    {Py_tp_methods, Channel_methods},
+    {Py_tp_getset, Channel_getset},
+    {Py_tp_doc, "IOChannel(fd, io_type=IO_STREAM, queue=None, "
+                "cleanup_handler=None)\n\nChunked asynchronous I/O on fd "
+                "(never closed by the channel)."},
+    {0, NULL},
+};
+
+static PyType_Spec Channel_spec = {
+    .name = "dispatchkit.IOChannel",
+    .basicsize = sizeof(ChannelObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Channel_slots,
+};
+
+static PyMethodDef io_functions[] = {
+    {"read_async", (PyCFunction)(void (*)(void))dk_py_read_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_async(fd, length, callback, queue=None)\n\nRead once, as soon "
+     "as data is available (a regular file: until length or end of file); "
+     "callback(data, error)."},
+    {"write_async", (PyCFunction)(void (*)(void))dk_py_write_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "write_async(fd, data, callback, queue=None)\n\nWrite all of data; "
+     "callback(remaining, error)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+dkpy_io_exec(PyObject *m)
+{
+    PyObject *t = PyType_FromModuleAndSpec(m, &Channel_spec, NULL);
+    if (t == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "IOChannel", t);
+    Py_DECREF(t);
+    if (rc < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(m, io_functions);
+}

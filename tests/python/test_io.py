@@ -1,0 +1,268 @@
+"""read_async, write_async and IOChannel with real pipes and files."""
+import errno
+import os
+import threading
+
+import pytest
+
+import dispatchkit as dk
+
+
+def collect():
+    """A handler for channel reads, returning (handler, result dict)."""
+    res = {"chunks": [], "error": None, "done": threading.Event(),
+           "calls": 0, "inside": 0, "overlap": 0, "after_done": False}
+    lock = threading.Lock()
+
+    def handler(done, data, error):
+        with lock:
+            res["inside"] += 1
+            if res["inside"] > 1:
+                res["overlap"] += 1
+        if res["done"].is_set():
+            res["after_done"] = True
+        res["calls"] += 1
+        if data:
+            res["chunks"].append(data)
+        if done:
+            res["error"] = error
+            res["done"].set()
+        with lock:
+            res["inside"] -= 1
+
+    return handler, res
+
+
+def test_read_async_from_file(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 5000)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        got = []
+        done = dk.Semaphore(0)
+        dk.read_async(fd, 1024, lambda d, e: (got.append((d, e)),
+                                              done.signal()))
+        assert done.wait(5)
+        assert got == [(b"x" * 1024, 0)]
+    finally:
+        os.close(fd)
+
+
+def test_read_async_on_empty_pipes_does_not_park_workers():
+    pipes = [os.pipe() for _ in range(8)]  # more than there are workers
+    try:
+        results = []
+        done = dk.Semaphore(0)
+        for r, _ in pipes:
+            dk.read_async(r, 100, lambda d, e: (results.append(d),
+                                                done.signal()))
+        # Workers are free: other work still runs promptly.
+        ran = dk.Semaphore(0)
+        for _ in range(4):
+            dk.Queue.global_queue().run_async(ran.signal)
+        for _ in range(4):
+            assert ran.wait(5)
+        for i, (_, w) in enumerate(pipes):
+            os.write(w, b"msg%d" % i)
+        for _ in pipes:
+            assert done.wait(5)
+        assert sorted(results) == sorted(b"msg%d" % i for i in range(8))
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def test_write_async_continues_partial_writes():
+    r, w = os.pipe()
+    try:
+        payload = os.urandom(1 << 20)  # far more than a pipe holds
+        done = dk.Semaphore(0)
+        result = []
+        dk.write_async(w, payload, lambda rem, e: (result.append((rem, e)),
+                                                   done.signal()),
+                       queue=dk.Queue("w"))
+        got = bytearray()
+        while len(got) < len(payload):
+            got += os.read(r, 1 << 16)
+        assert done.wait(5)
+        assert result == [(b"", 0)]
+        assert bytes(got) == payload
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_write_async_error_reports_remaining():
+    r, w = os.pipe()
+    os.close(r)  # EPIPE on write
+    import signal
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        done = dk.Semaphore(0)
+        result = []
+        dk.write_async(w, bytearray(b"abc"), handler=lambda rem, e: (
+            result.append((rem, e)), done.signal()))
+        assert done.wait(5)
+        assert result == [(b"abc", errno.EPIPE)]
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+        os.close(w)
+
+
+def test_async_io_bad_input():
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError):
+        dk.read_async(r, 10, lambda d, e: None)
+    with pytest.raises(OSError):
+        dk.write_async(w, b"x", lambda d, e: None)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError):
+            dk.read_async(r, -1, lambda d, e: None)
+        with pytest.raises(TypeError, match="callable"):
+            dk.read_async(r, 10, None)
+        with pytest.raises(TypeError):
+            dk.write_async(w, "text", lambda d, e: None)
+        with pytest.raises(TypeError):
+            dk.read_async(r, 10, lambda d, e: None, queue=5)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_channel_reads_in_high_water_chunks_in_order(tmp_path):
+    data = os.urandom(10_000)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        ch = dk.IOChannel(fd, dk.IO_STREAM)
+        assert ch.fd == fd and ch.is_closed is False
+        ch.set_high_water(1024)
+        handler, res = collect()
+        ch.read(len(data) + 100, handler,
+                queue=dk.Queue("c", concurrent=True))
+        assert res["done"].wait(5)
+        assert res["error"] == 0
+        assert len(res["chunks"]) >= 10
+        assert max(map(len, res["chunks"])) <= 1024
+        assert b"".join(res["chunks"]) == data
+        assert res["overlap"] == 0 and not res["after_done"]
+        ch.close()
+        assert ch.is_closed
+    finally:
+        os.close(fd)
+
+
+def test_channel_low_water_batches_small_pipe_writes():
+    r, w = os.pipe()
+    try:
+        ch = dk.IOChannel(r)
+        ch.set_low_water(6)
+        handler, res = collect()
+        ch.read(12, handler)
+        os.write(w, b"abc")
+        threading.Timer(0.05, lambda: os.write(w, b"def")).start()
+        threading.Timer(0.10, lambda: os.write(w, b"ghijkl")).start()
+        assert res["done"].wait(5)
+        assert b"".join(res["chunks"]) == b"abcdefghijkl"
+        assert all(len(c) >= 6 for c in res["chunks"])
+        ch.close()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_channel_random_access(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(bytes(range(256)) * 40)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        ch = dk.IOChannel(fd, dk.IO_RANDOM)
+        wh, wres = collect()
+        ch.write(b"WXYZ", wh, offset=8192)
+        assert wres["done"].wait(5) and wres["error"] == 0
+        rh, rres = collect()
+        ch.read(8, rh, offset=8190)
+        assert rres["done"].wait(5)
+        assert b"".join(rres["chunks"]) == bytes([254, 255]) + b"WXYZ" + \
+            bytes([4, 5])
+        ch.close()
+    finally:
+        os.close(fd)
+
+
+def test_channel_barrier_and_cleanup(tmp_path):
+    r, w = os.pipe()
+    try:
+        cleaned = []
+        cdone = dk.Semaphore(0)
+        ch = dk.IOChannel(w, cleanup_handler=lambda e: (cleaned.append(e),
+                                                        cdone.signal()))
+        order = []
+        wh, wres = collect()
+        ch.write(b"first", lambda d, rem, e: (order.append("write"),
+                                              wh(d, rem, e)))
+        bdone = dk.Semaphore(0)
+        ch.barrier(lambda: (order.append(os.read(r, 100)), bdone.signal()))
+        assert bdone.wait(5)
+        assert order[-1] == b"first"  # the write finished before
+        ch.close()
+        assert cdone.wait(5)
+        assert cleaned == [0]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_channel_close_stop_cancels_pending():
+    r, w = os.pipe()
+    try:
+        ch = dk.IOChannel(r)
+        h1, res1 = collect()
+        h2, res2 = collect()
+        ch.read(100, h1)
+        ch.read(100, h2)
+        ch.close(stop=True)
+        assert res1["done"].wait(5) and res2["done"].wait(5)
+        assert res1["error"] == errno.ECANCELED
+        assert res2["error"] == errno.ECANCELED
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_channel_misuse():
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError):
+            dk.IOChannel(r, dk.IO_RANDOM)  # a pipe cannot seek
+        with pytest.raises(ValueError):
+            dk.IOChannel(r, 7)
+        with pytest.raises(TypeError, match="callable"):
+            dk.IOChannel(r, cleanup_handler=42)
+        ch = dk.IOChannel(r)
+        with pytest.raises(TypeError, match="callable"):
+            ch.read(10, None)
+        with pytest.raises(ValueError):
+            ch.read(-1, lambda d, x, e: None)
+        with pytest.raises(ValueError):
+            ch.set_high_water(-1)
+        ch.close()
+        ch.close()  # idempotent
+        for call in (lambda: ch.read(10, lambda *a: None),
+                     lambda: ch.write(b"x", lambda *a: None),
+                     lambda: ch.barrier(lambda: None),
+                     lambda: ch.set_high_water(10),
+                     lambda: ch.set_low_water(10),
+                     lambda: ch.set_interval(1000)):
+            with pytest.raises(RuntimeError, match="Channel is closed"):
+                call()
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(OSError):
+        dk.IOChannel(r)  # closed fd
