@@ -1,0 +1,196 @@
+"""Timer lateness, read-source wake-up latency and IOChannel throughput,
+against asyncio, threading and plain reads, in one run."""
+import asyncio
+import os
+import selectors
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import dispatchkit as dk
+
+SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+
+
+def emit(workload, impl, value, unit):
+    print(f"{workload}\t{impl}\t{value:.1f}\t{unit}", flush=True)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def lateness_ours(delay, n):
+    late = []
+    done = dk.Semaphore(0)
+    q = dk.Queue("timer-bench")
+    for _ in range(n):
+        due = time.perf_counter() + delay
+        t = dk.Timer(delay, lambda due=due: (late.append(
+            time.perf_counter() - due), done.signal()), queue=q,
+            repeating=False)
+        t.start()
+        done.wait()
+        t.cancel()
+    return late
+
+
+def lateness_asyncio(delay, n):
+    late = []
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        for _ in range(n):
+            fut = loop.create_future()
+            due = time.perf_counter() + delay
+            loop.call_later(delay, lambda due=due: (late.append(
+                time.perf_counter() - due), fut.set_result(None)))
+            await fut
+
+    asyncio.run(run())
+    return late
+
+
+def lateness_threading(delay, n):
+    late = []
+    for _ in range(n):
+        ev = threading.Event()
+        due = time.perf_counter() + delay
+        t = threading.Timer(delay, lambda due=due: (late.append(
+            time.perf_counter() - due), ev.set()))
+        t.start()
+        ev.wait()
+        t.join()
+    return late
+
+
+def bench_timers():
+    for delay, n in ((0.001, 300 // SCALE), (0.010, 60 // SCALE)):
+        name = f"timer_{int(delay * 1000)}ms_lateness"
+        for impl, fn in (("dispatchkit", lateness_ours),
+                         ("asyncio call_later", lateness_asyncio),
+                         ("threading.Timer", lateness_threading)):
+            late = fn(delay, n)
+            emit(name + "_p50", impl, pct(late, 50) * 1e6, "us")
+            emit(name + "_p99", impl, pct(late, 99) * 1e6, "us")
+
+
+def bench_read_wakeup():
+    n = 2000 // SCALE
+    r, w = os.pipe()
+    lat = []
+    got = dk.Semaphore(0)
+    stamp = [0.0]
+
+    def on_read():
+        os.read(r, 1)
+        lat.append(time.perf_counter() - stamp[0])
+        got.signal()
+
+    src = dk.ReadSource(r, on_read)
+    src.start()
+    for _ in range(n):
+        stamp[0] = time.perf_counter()
+        os.write(w, b"x")
+        got.wait()
+    src.cancel()
+    emit("read_wakeup_latency_p50", "dispatchkit",
+         statistics.median(lat) * 1e6, "us")
+
+    lat2 = []
+    ready = threading.Event()
+    stop = [False]
+
+    def selector_thread():
+        sel = selectors.DefaultSelector()
+        sel.register(r, selectors.EVENT_READ)
+        while not stop[0]:
+            for _ in sel.select(0.1):
+                os.read(r, 1)
+                lat2.append(time.perf_counter() - stamp[0])
+                ready.set()
+        sel.close()
+
+    th = threading.Thread(target=selector_thread)
+    th.start()
+    for _ in range(n):
+        ready.clear()
+        stamp[0] = time.perf_counter()
+        os.write(w, b"x")
+        ready.wait()
+    stop[0] = True
+    th.join()
+    emit("read_wakeup_latency_p50", "selectors in a thread",
+         statistics.median(lat2) * 1e6, "us")
+    os.close(r)
+    os.close(w)
+
+
+def bench_iochannel():
+    size = (256 << 20) // SCALE
+    fd, path = tempfile.mkstemp()
+    block = os.urandom(1 << 20)
+    for _ in range(size >> 20):
+        os.write(fd, block)
+    os.close(fd)
+    try:
+        def ours():
+            fd = os.open(path, os.O_RDONLY)
+            ch = dk.IOChannel(fd)
+            ch.set_high_water(1 << 20)
+            total = [0]
+            done = threading.Event()
+
+            def h(d, data, err):
+                total[0] += len(data)
+                if d:
+                    done.set()
+
+            t = time.perf_counter()
+            ch.read(size, h)
+            done.wait()
+            el = time.perf_counter() - t
+            ch.close()
+            os.close(fd)
+            assert total[0] == size
+            return size / el / 1e9
+
+        def os_read():
+            fd = os.open(path, os.O_RDONLY)
+            t = time.perf_counter()
+            total = 0
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                total += len(b)
+            el = time.perf_counter() - t
+            os.close(fd)
+            return size / el / 1e9
+
+        def readinto():
+            buf = bytearray(1 << 20)
+            with open(path, "rb", buffering=0) as f:
+                t = time.perf_counter()
+                while f.readinto(buf):
+                    pass
+                el = time.perf_counter() - t
+            return size / el / 1e9
+
+        emit("iochannel_read_256MiB", "dispatchkit",
+             max(ours() for _ in range(3)), "GB/s")
+        emit("iochannel_read_256MiB", "os.read loop",
+             max(os_read() for _ in range(3)), "GB/s")
+        emit("iochannel_read_256MiB", "readinto one buffer",
+             max(readinto() for _ in range(3)), "GB/s")
+    finally:
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    bench_timers()
+    bench_read_wakeup()
+    bench_iochannel()
