@@ -47,23 +47,125 @@ static struct dk_queue_s main_queue = {
 static int main_fd = -1;
 static int main_tid;
 
-/* ---- items ---------------------------------------------------------- */
+/* ---- items ----------------------------------------------------------
+ *
+ * Work items are allocated by producers and freed by workers, usually on
+ * other threads, which is malloc's slowest case. Each thread keeps a free
+ * list; items move between threads in batches of ITEM_BATCH through a
+ * global list of batches under a mutex, so the lock is taken once per
+ * ITEM_BATCH items and an item is reused while still warm.
+ */
+
+#define ITEM_BATCH 128
+
+/* A batch is its first item: `next` links its ITEM_BATCH items, `ctx`
+ * links the batches. */
+static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dk__item *full_batches;
+static unsigned long nfull_batches;
+
+struct item_cache {
+    struct dk__item *free;
+    unsigned n;
+};
+static __thread struct item_cache item_cache;
+static pthread_key_t cache_key;
+static pthread_once_t cache_key_once = PTHREAD_ONCE_INIT;
+
+static void
+give_batch(struct dk__item *batch)
+{
+    pthread_mutex_lock(&batch_lock);
+    if (nfull_batches >= 1024) {
+        pthread_mutex_unlock(&batch_lock);
+        /* Enough spare items: give these back to malloc. */
+        while (batch != NULL) {
+            struct dk__item *next = batch->next;
+            free(batch);
+            batch = next;
+        }
+        return;
+    }
+    batch->ctx = full_batches;
+    full_batches = batch;
+    nfull_batches++;
+    pthread_mutex_unlock(&batch_lock);
+}
+
+static void
+cache_flush(void *unused)
+{
+    (void)unused;
+    struct dk__item *it = item_cache.free;
+    item_cache.free = NULL;
+    item_cache.n = 0;
+    while (it != NULL) {
+        struct dk__item *next = it->next;
+        free(it);
+        it = next;
+    }
+}
+
+static void
+cache_key_create(void)
+{
+    pthread_key_create(&cache_key, cache_flush);
+}
 
 struct dk__item *
 dk__item_alloc(void)
 {
-    struct dk__item *it = malloc(sizeof *it);
-    if (it != NULL) {
-        it->group = NULL;
-        it->flags = 0;
+    struct item_cache *c = &item_cache;
+    struct dk__item *it = c->free;
+    if (dk_unlikely(it == NULL)) {
+        pthread_mutex_lock(&batch_lock);
+        struct dk__item *b = full_batches;
+        if (b != NULL) {
+            full_batches = b->ctx;
+            nfull_batches--;
+        }
+        pthread_mutex_unlock(&batch_lock);
+        if (b == NULL) {
+            it = malloc(sizeof *it);
+            if (it != NULL) {
+                it->group = NULL;
+                it->flags = 0;
+            }
+            return it;
+        }
+        c->free = b;
+        c->n = ITEM_BATCH;
+        it = b;
     }
+    c->free = it->next;
+    c->n--;
+    it->group = NULL;
+    it->flags = 0;
     return it;
 }
 
 void
 dk__item_free(struct dk__item *it)
 {
-    free(it);
+    struct item_cache *c = &item_cache;
+    if (dk_unlikely(c->n == 0 && c->free == NULL)) {
+        /* First use on this thread: free what is cached at thread exit. */
+        pthread_once(&cache_key_once, cache_key_create);
+        pthread_setspecific(cache_key, c);
+    }
+    it->next = c->free;
+    c->free = it;
+    if (++c->n == 2 * ITEM_BATCH) {
+        /* Hand the older half to the threads that allocate. */
+        struct dk__item *cut = c->free;
+        for (unsigned i = 1; i < ITEM_BATCH; i++) {
+            cut = cut->next;
+        }
+        struct dk__item *batch = cut->next;
+        cut->next = NULL;
+        c->n = ITEM_BATCH;
+        give_batch(batch);
+    }
 }
 
 static void serial_drain(dk_queue_t *q);
@@ -1032,6 +1134,7 @@ dk__queue_fork_child(void)
     /* Only this thread survives. Drop work queued in the parent; keep
      * suspension and activation state. */
     pthread_mutex_init(&registry_lock, NULL);
+    pthread_mutex_init(&batch_lock, NULL);
     for (dk_queue_t *q = registry; q != NULL; q = q->reg_next) {
         pthread_mutex_init(&q->lock, NULL);
         dk__mpsc_init(&q->items);

@@ -71,7 +71,7 @@ struct dk_source_s {
 };
 
 static void source_wakeup(dk_source_t *s);
-static void fd_rearm(struct fdnote *n);
+static void fd_rearm(dk_source_t *s);
 
 static bool
 is_suspended(uint64_t st)
@@ -127,9 +127,8 @@ source_invoke(void *p)
     if (dk_atomic_load_seq_cst(&s->pending) != 0) {  /* (D) */
         source_wakeup(s);
     }
-    if ((s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) &&
-        s->note != NULL) {
-        fd_rearm(s->note);
+    if (s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) {
+        fd_rearm(s);
     }
     dk_release(s); /* the item's reference */
 }
@@ -262,11 +261,15 @@ fd_rearm_locked(struct fdnote *n)
     }
 }
 
+/* Re-arm the note of s, if it still has one: read s->note under the lock,
+ * since a cancel clears it and frees the note. */
 static void
-fd_rearm(struct fdnote *n)
+fd_rearm(dk_source_t *s)
 {
     pthread_mutex_lock(&fd_lock);
-    fd_rearm_locked(n);
+    if (s->note != NULL) {
+        fd_rearm_locked(s->note);
+    }
     pthread_mutex_unlock(&fd_lock);
 }
 
@@ -650,8 +653,8 @@ dk_source_resume(dk_source_t *s)
             }
         }
     }
-    if (s->note != NULL) {
-        fd_rearm(s->note);
+    if (s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) {
+        fd_rearm(s);
     }
     source_wakeup(s); /* deliver what accumulated while suspended */
     return 0;
