@@ -38,6 +38,7 @@ struct io_op {
     void *ctx;
     dk_io_handler_t handler;
     dk_function_t barrier_fn;
+    dk_io_t *io; /* the channel (not retained: it outlives its ops) */
 };
 
 struct dk_io_s {
@@ -57,6 +58,9 @@ struct dk_io_s {
     size_t high, low;
     uint64_t interval;
     dk_source_t *wait_src;
+    void *(*alloc)(void *actx, size_t size);
+    void (*free_fn)(void *actx, void *buf);
+    void *actx;
 };
 
 #define DEFAULT_CHUNK (1024 * 1024)
@@ -70,7 +74,8 @@ struct delivery {
     int error;
     dk_queue_t *dq; /* released after the final call */
     size_t len;
-    unsigned char data[];
+    const void *data; /* `inline_data`, or an allocator's buffer */
+    unsigned char inline_data[];
 };
 
 static void
@@ -84,9 +89,51 @@ deliver_run(void *p)
     free(d);
 }
 
+/* Deliver an allocator's buffer as is (no copy); it passes to the
+ * handler. */
+static void
+deliver_owned(struct io_op *op, bool done, void *buf, size_t len, int error)
+{
+    struct delivery *d = malloc(sizeof *d);
+    if (d == NULL) {
+        return; /* cannot happen often enough to matter; data is lost */
+    }
+    d->handler = op->handler;
+    d->ctx = op->ctx;
+    d->done = done;
+    d->error = error;
+    d->dq = op->dq;
+    d->len = len;
+    d->data = buf;
+    dk_queue_t *dq = op->dq;
+    dk_retain(dq); /* see deliver() */
+    if (dk_queue_async_f(dq, d, deliver_run) < 0) {
+        free(d);
+    }
+    dk_release(dq);
+    op->last_delivery = dk__os_monotonic_ns();
+}
+
+static dk_io_t *
+op_channel(struct io_op *op)
+{
+    return op->io;
+}
+
 static void
 deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 {
+    dk_io_t *io = op_channel(op);
+    if (io != NULL && io->alloc != NULL && op->kind == OP_READ) {
+        void *buf = io->alloc(io->actx, len);
+        if (buf != NULL) {
+            memcpy(buf, data, len);
+            deliver_owned(op, done, buf, len, error);
+            return;
+        }
+        error = error != 0 ? error : ENOMEM;
+        len = 0;
+    }
     struct delivery *d = malloc(sizeof *d + len);
     if (d == NULL) {
         /* Out of memory: report the failure without the data. */
@@ -102,8 +149,9 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
     d->error = error;
     d->dq = op->dq;
     d->len = len;
+    d->data = d->inline_data;
     if (len > 0) {
-        memcpy(d->data, data, len);
+        memcpy(d->inline_data, data, len);
     }
     /* The final call releases dq, possibly before dk_queue_async_f has
      * returned: hold our own reference across the push. */
@@ -200,6 +248,7 @@ kick_locked(dk_io_t *io)
 static int
 enqueue(dk_io_t *io, struct io_op *op)
 {
+    op->io = io;
     pthread_mutex_lock(&io->lock);
     if (io->closed) {
         pthread_mutex_unlock(&io->lock);
@@ -365,6 +414,17 @@ dk_io_set_low_water(dk_io_t *io, size_t size)
 }
 
 void
+dk_io_set_allocator(dk_io_t *io, void *(*alloc)(void *actx, size_t size),
+                    void (*free_fn)(void *actx, void *buf), void *actx)
+{
+    pthread_mutex_lock(&io->lock);
+    io->alloc = alloc;
+    io->free_fn = free_fn;
+    io->actx = actx;
+    pthread_mutex_unlock(&io->lock);
+}
+
+void
 dk_io_set_interval(dk_io_t *io, uint64_t interval_ns, unsigned flags)
 {
     (void)flags;
@@ -479,6 +539,51 @@ step_read(dk_io_t *io, struct io_op *op)
         size_t chunk = io->high != SIZE_MAX ? io->high : DEFAULT_CHUNK;
         if (want > chunk) {
             want = chunk;
+        }
+        if (io->alloc != NULL && op->rlen == 0 && !op->once) {
+            /* Zero copy: read into the buffer the handler will own. */
+            void *buf = io->alloc(io->actx, want);
+            if (buf != NULL) {
+                ssize_t n;
+                do {
+                    n = io->type == DK_IO_RANDOM
+                            ? pread(io->fd, buf, want,
+                                    io->base + op->offset + (off_t)op->pos)
+                            : read(io->fd, buf, want);
+                } while (n < 0 && errno == EINTR);
+                io->ready = false;
+                if (n > 0 && (size_t)n >= io->low) {
+                    op->pos += (size_t)n;
+                    bool done = op->pos >= op->length;
+                    deliver_owned(op, done, buf, (size_t)n, 0);
+                    if (done) {
+                        return STEP_DONE;
+                    }
+                    continue;
+                }
+                if (n > 0) {
+                    /* Below the low-water mark: buffer it. */
+                    if (op->rcap < (size_t)n) {
+                        unsigned char *b = realloc(op->rbuf, (size_t)n);
+                        if (b == NULL) {
+                            io->free_fn(io->actx, buf);
+                            flush_read(io, op, true, ENOMEM);
+                            return STEP_DONE;
+                        }
+                        op->rbuf = b;
+                        op->rcap = (size_t)n;
+                    }
+                    memcpy(op->rbuf, buf, (size_t)n);
+                    op->rlen = (size_t)n;
+                    op->pos += (size_t)n;
+                    io->free_fn(io->actx, buf);
+                    continue;
+                }
+                int err = n < 0 ? errno : 0;
+                io->free_fn(io->actx, buf);
+                flush_read(io, op, true, err); /* error or end of file */
+                return STEP_DONE;
+            }
         }
         if (op->rcap - op->rlen < want) {
             size_t cap = op->rlen + want;

@@ -78,6 +78,18 @@ DK_EXPORT void dk_io_set_low_water(dk_io_t *io, size_t size);
  * interval_ns. */
 DK_EXPORT void dk_io_set_interval(dk_io_t *io, uint64_t interval_ns,
                                   unsigned flags);
+/*
+ * Delivery buffers. By default the data passed to a read handler is valid
+ * only during the call. With an allocator, every buffer passed to a
+ * handler comes from alloc(actx, size) (size >= the data's length), reads
+ * go straight into it when they can, and the handler owns it: no copy is
+ * made between the kernel and the handler. free(actx, buf) is called for
+ * buffers that are not delivered. Set it before the first read.
+ */
+DK_EXPORT void dk_io_set_allocator(dk_io_t *io,
+                                   void *(*alloc)(void *actx, size_t size),
+                                   void (*free_fn)(void *actx, void *buf),
+                                   void *actx);
 DK_EXPORT void dk_io_retain(dk_io_t *io);
 DK_EXPORT void dk_io_release(dk_io_t *io);
 

@@ -94,6 +94,14 @@ dkpy_leave(dkpy_gil_t *g)
     }
 }
 
+void
+dkpy_release_batch(void)
+{
+    if (dk_is_worker_thread()) {
+        worker_release();
+    }
+}
+
 static void
 hook_idle(void)
 {

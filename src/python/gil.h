@@ -29,6 +29,9 @@ typedef struct {
 bool dkpy_enter(dkpy_gil_t *g);
 /* Give it back (a worker may keep it for the next callback). */
 void dkpy_leave(dkpy_gil_t *g);
+/* On a worker holding the GIL across callbacks, drop it now (before a
+ * blocking call made outside any callback). */
+void dkpy_release_batch(void);
 /* Install the pool hooks; call once from module exec. */
 void dkpy_gil_init(void);
 /* Mark the interpreter as finalizing (atexit). */

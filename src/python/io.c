@@ -200,6 +200,75 @@ cleanup_handler(void *ctx, int error)
     dkpy_leave(&g);
 }
 
+/* Channel reads deliver bytes objects that the core read straight into:
+ * the allocator hands out a new bytes object's storage, and the handler
+ * recovers the object from the data pointer. */
+static PyObject *
+bytes_of(const void *data)
+{
+    return (PyObject *)((char *)data - offsetof(PyBytesObject, ob_sval));
+}
+
+static void *
+bytes_alloc(void *actx, size_t size)
+{
+    (void)actx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return NULL;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (b == NULL) {
+        PyErr_Clear();
+    }
+    dkpy_leave(&g);
+    dkpy_release_batch(); /* the caller is about to read(2) */
+    return b != NULL ? PyBytes_AS_STRING(b) : NULL;
+}
+
+static void
+bytes_free(void *actx, void *buf)
+{
+    (void)actx;
+    dkpy_gil_t g;
+    if (dkpy_enter(&g)) {
+        Py_DECREF(bytes_of(buf));
+        dkpy_leave(&g);
+    }
+}
+
+static void
+read_op_handler(void *ctx, bool done, const void *data, size_t len,
+                int error)
+{
+    PyObject *handler = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    PyObject *b = bytes_of(data);
+    if ((size_t)PyBytes_GET_SIZE(b) != len) {
+        if (Py_REFCNT(b) == 1) {
+            if (_PyBytes_Resize(&b, (Py_ssize_t)len) < 0) {
+                PyErr_WriteUnraisable(handler);
+                b = NULL;
+            }
+        } else {
+            PyObject *copy = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+            Py_DECREF(b);
+            b = copy;
+        }
+    }
+    if (b != NULL) {
+        call_handler(handler, Py_BuildValue("(ONi)", done ? Py_True : Py_False,
+                                            b, error));
+    }
+    if (done) {
+        Py_DECREF(handler);
+    }
+    dkpy_leave(&g);
+}
+
 struct barrier_call {
     PyObject *handler;
     dk_queue_t *queue; /* run there, synchronously, if not NULL */
@@ -285,6 +354,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         return raise_io(-err, fd);
     }
+    dk_io_set_allocator(self->io, bytes_alloc, bytes_free, NULL);
     return (PyObject *)self;
 }
 
@@ -335,7 +405,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
     }
     Py_INCREF(handler);
     int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, handler,
-                        op_handler);
+                        read_op_handler);
     if (rc < 0) {
         Py_DECREF(handler);
         if (rc == -EPIPE) {
