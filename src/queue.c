@@ -1151,3 +1151,71 @@ dk__queue_fork_child(void)
     main_tid = dk__os_pid();
     dk__current_frame = NULL;
 }
+
+/* ---- generic object operations -------------------------------------- */
+
+void
+dk_object_suspend(void *object)
+{
+    struct dk__object *o = object;
+    if (o->kind == DK_KIND_QUEUE) {
+        dk_queue_suspend(object);
+    } else if (o->kind == DK_KIND_SOURCE) {
+        dk_source_suspend(object);
+    }
+}
+
+int
+dk_object_resume(void *object)
+{
+    struct dk__object *o = object;
+    if (o->kind == DK_KIND_QUEUE) {
+        return dk_queue_resume(object);
+    }
+    if (o->kind == DK_KIND_SOURCE) {
+        return dk_source_resume(object);
+    }
+    return -EINVAL;
+}
+
+int
+dk_object_activate(void *object)
+{
+    struct dk__object *o = object;
+    if (o->kind == DK_KIND_QUEUE) {
+        return dk_queue_activate(object);
+    }
+    if (o->kind == DK_KIND_SOURCE) {
+        /* Activating a source starts it once (GCD's dispatch_activate). */
+        return dk_source_testcancel(object) ? 0 : (dk_source_resume(object),
+                                                   0);
+    }
+    return -EINVAL;
+}
+
+void
+dk_object_set_context(void *object, void *ctx)
+{
+    struct dk__object *o = object;
+    if (o->refcnt & DK_REFCNT_IMMORTAL) {
+        return; /* global queues ignore contexts, as in GCD */
+    }
+    dk_atomic_store_release(&o->context, ctx);
+}
+
+void *
+dk_object_get_context(const void *object)
+{
+    const struct dk__object *o = object;
+    return dk_atomic_load_acquire(&o->context);
+}
+
+void
+dk_object_set_finalizer_f(void *object, dk_function_t fn)
+{
+    struct dk__object *o = object;
+    if (o->refcnt & DK_REFCNT_IMMORTAL) {
+        return;
+    }
+    dk_atomic_store_release(&o->finalizer, fn);
+}

@@ -575,6 +575,9 @@ void
 dk__source_destroy(dk_source_t *s)
 {
     /* Every registration holds a reference, so none is left here. */
+    if (s->obj.finalizer != NULL && s->obj.context != NULL) {
+        dk_queue_async_f(s->queue, s->obj.context, s->obj.finalizer);
+    }
     dk__os_close(s->pidfd);
     dk_release(s->queue);
     free(s);
@@ -583,13 +586,13 @@ dk__source_destroy(dk_source_t *s)
 void
 dk_source_set_context(dk_source_t *s, void *ctx)
 {
-    dk_atomic_store_release(&s->obj.context, ctx);
+    dk_object_set_context(s, ctx);
 }
 
 void *
 dk_source_get_context(const dk_source_t *s)
 {
-    return dk_atomic_load_acquire(&s->obj.context);
+    return dk_object_get_context(s);
 }
 
 void

@@ -37,4 +37,19 @@ DK_BEGIN_DECLS
 DK_EXPORT void dk_retain(void *object);
 DK_EXPORT void dk_release(void *object);
 
+/*
+ * Operations on any object, as libdispatch's dispatch_suspend etc.:
+ * suspend/resume apply to queues and sources (resume returns -EOVERFLOW
+ * when not suspended, -EINVAL for other objects); activate to queues
+ * (-EALREADY when active); contexts and finalizers to every object (a
+ * finalizer runs asynchronously with the context once the object is
+ * destroyed, if the context is not NULL).
+ */
+DK_EXPORT void dk_object_suspend(void *object);
+DK_EXPORT int dk_object_resume(void *object);
+DK_EXPORT int dk_object_activate(void *object);
+DK_EXPORT void dk_object_set_context(void *object, void *ctx);
+DK_EXPORT void *dk_object_get_context(const void *object);
+DK_EXPORT void dk_object_set_finalizer_f(void *object, dk_function_t fn);
+
 DK_END_DECLS

@@ -20,6 +20,7 @@
 #include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
+#include "dk/source.h"
 #include "dk/time.h"
 
 DK_BEGIN_DECLS
@@ -313,35 +314,34 @@ dispatch_release(dispatch_object_t object)
     dk_release(object);
 }
 
-/* Contexts and finalizers are supported on queues. */
 static inline void
 dispatch_set_context(dispatch_object_t object, void *ctx)
 {
-    dk_queue_set_context((dispatch_queue_t)object, ctx);
+    dk_object_set_context(object, ctx);
 }
 
 static inline void *
 dispatch_get_context(dispatch_object_t object)
 {
-    return dk_queue_get_context((dispatch_queue_t)object);
+    return dk_object_get_context(object);
 }
 
 static inline void
 dispatch_set_finalizer_f(dispatch_object_t object, dispatch_function_t fn)
 {
-    dk_queue_set_finalizer_f((dispatch_queue_t)object, fn);
+    dk_object_set_finalizer_f(object, fn);
 }
 
 static inline void
 dispatch_suspend(dispatch_object_t object)
 {
-    dk_queue_suspend((dispatch_queue_t)object);
+    dk_object_suspend(object);
 }
 
 static inline void
 dispatch_resume(dispatch_object_t object)
 {
-    if (dk_queue_resume((dispatch_queue_t)object) < 0) {
+    if (dk_object_resume(object) == -EOVERFLOW) {
         dispatch__client_crash("Over-resume of an object");
     }
 }
@@ -349,7 +349,7 @@ dispatch_resume(dispatch_object_t object)
 static inline void
 dispatch_activate(dispatch_object_t object)
 {
-    (void)dk_queue_activate((dispatch_queue_t)object);
+    (void)dk_object_activate(object);
 }
 
 static inline void
@@ -379,6 +379,89 @@ static inline void *
 dispatch_get_specific(const void *key)
 {
     return dk_get_specific(key);
+}
+
+/* ---- dispatch sources ----------------------------------------------- */
+
+typedef dk_source_t *dispatch_source_t;
+typedef const struct dispatch_source_type_s *dispatch_source_type_t;
+#define DISPATCH_SOURCE_TYPE_TIMER                                          \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_TIMER)
+#define DISPATCH_SOURCE_TYPE_SIGNAL                                         \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_SIGNAL)
+#define DISPATCH_SOURCE_TYPE_READ                                           \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_READ)
+#define DISPATCH_SOURCE_TYPE_WRITE                                          \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_WRITE)
+#define DISPATCH_SOURCE_TYPE_PROC                                           \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_PROC)
+#define DISPATCH_PROC_EXIT DK_PROC_EXIT
+#define DISPATCH_PROC_FORK DK_PROC_FORK
+#define DISPATCH_PROC_EXEC DK_PROC_EXEC
+#define DISPATCH_PROC_SIGNAL DK_PROC_SIGNAL
+#define DISPATCH_TIMER_STRICT 0x1ul
+
+/* NULL for an invalid type, handle or mask (as libdispatch). */
+static inline dispatch_source_t
+dispatch_source_create(dispatch_source_type_t type, uintptr_t handle,
+                       unsigned long mask, dispatch_queue_t queue)
+{
+    return dk_source_create((dk_source_type_t)(uintptr_t)type, handle,
+                            mask & ~DISPATCH_TIMER_STRICT, queue);
+}
+
+static inline void
+dispatch_source_set_event_handler_f(dispatch_source_t s,
+                                    dispatch_function_t handler)
+{
+    dk_source_set_event_handler_f(s, handler);
+}
+
+static inline void
+dispatch_source_set_cancel_handler_f(dispatch_source_t s,
+                                     dispatch_function_t handler)
+{
+    dk_source_set_cancel_handler_f(s, handler);
+}
+
+static inline void
+dispatch_source_set_timer(dispatch_source_t s, dispatch_time_t start,
+                          uint64_t interval, uint64_t leeway)
+{
+    if (dk_source_set_timer(s, start, interval, leeway) < 0) {
+        dispatch__client_crash("dispatch_source_set_timer on a source that "
+                               "is not a timer, or with interval 0");
+    }
+}
+
+static inline void
+dispatch_source_cancel(dispatch_source_t s)
+{
+    dk_source_cancel(s);
+}
+
+static inline long
+dispatch_source_testcancel(dispatch_source_t s)
+{
+    return dk_source_testcancel(s) ? 1 : 0;
+}
+
+static inline uintptr_t
+dispatch_source_get_data(dispatch_source_t s)
+{
+    return dk_source_get_data(s);
+}
+
+static inline uintptr_t
+dispatch_source_get_handle(dispatch_source_t s)
+{
+    return dk_source_get_handle(s);
+}
+
+static inline unsigned long
+dispatch_source_get_mask(dispatch_source_t s)
+{
+    return dk_source_get_mask(s);
 }
 
 DK_END_DECLS
