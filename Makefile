@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILD := build
 
-.PHONY: all demo test test-c test-python bench check lint install clean
+.PHONY: all demo test test-c test-python bench check stress lint install clean build-c
 
 all: install
 
@@ -53,12 +53,18 @@ check: $(STAMP)
 	$(VENV)/bin/ninja -C $(BUILD)/asan
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    ASAN_OPTIONS=detect_leaks=1 $(BUILD)/asan/dk-tests
+	DK_STRESS_ITERS=20000 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/dk-stress
 	$(VENV)/bin/meson setup --reconfigure $(BUILD)/tsan -Dpython=disabled \
 	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug \
 	    || $(VENV)/bin/meson setup $(BUILD)/tsan -Dpython=disabled \
 	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 	$(VENV)/bin/ninja -C $(BUILD)/tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
+	DK_STRESS_ITERS=5000 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/dk-stress
+
+# Long randomized stress runs (DK_STRESS_ITERS per producer thread).
+stress: build-c
+	DK_STRESS_ITERS=$${DK_STRESS_ITERS:-2000000} $(BUILD)/c/dk-stress
 
 lint:
 	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
