@@ -1197,7 +1197,7 @@ void
 dk_object_set_context(void *object, void *ctx)
 {
     struct dk__object *o = object;
-    if (o->refcnt & DK_REFCNT_IMMORTAL) {
+    if (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
         return; /* global queues ignore contexts, as in GCD */
     }
     dk_atomic_store_release(&o->context, ctx);
@@ -1214,7 +1214,7 @@ void
 dk_object_set_finalizer_f(void *object, dk_function_t fn)
 {
     struct dk__object *o = object;
-    if (o->refcnt & DK_REFCNT_IMMORTAL) {
+    if (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
         return;
     }
     dk_atomic_store_release(&o->finalizer, fn);
