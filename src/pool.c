@@ -63,6 +63,7 @@ struct worker_slot {
 static struct {
     uint32_t nthreads;
     uint32_t nidle;
+    uint32_t nlockwait; /* workers waiting for a language lock */
     uint32_t watching;
     pthread_mutex_t idle_lock;
     struct worker_slot *idle_stack[DK_MAX_THREADS];
@@ -91,6 +92,22 @@ void
 dk_set_thread_hooks(const struct dk_thread_hooks *hooks)
 {
     dk_atomic_store_release(&dk__hooks, hooks);
+}
+
+void
+dk_worker_lock_wait_begin(void)
+{
+    if (my_slot != NULL) {
+        dk_atomic_add_acq_rel(&pool.nlockwait, 1);
+    }
+}
+
+void
+dk_worker_lock_wait_end(void)
+{
+    if (my_slot != NULL) {
+        dk_atomic_sub_acq_rel(&pool.nlockwait, 1);
+    }
 }
 
 bool
@@ -251,9 +268,11 @@ dk__pool_tick(void)
     for (int i = 0; i < DK_MAX_THREADS; i++) {
         progress += dk_atomic_load_relaxed(&pool.slots[i].progress);
     }
-    if (progress == pool.last_progress) {
-        /* Work is waiting, every worker is busy, and none has started an
-         * item since the last tick: they are blocked. Add a thread. */
+    if (progress == pool.last_progress &&
+        dk_atomic_load_acquire(&pool.nlockwait) == 0) {
+        /* Work is waiting, every worker is busy, none has started an item
+         * since the last tick, and none is merely queued for a language
+         * lock: they are blocked. Add a thread. */
         pool_spawn(true);
     }
     pool.last_progress = progress;
@@ -375,6 +394,7 @@ atfork_child(void)
      * here (it runs in the parent). */
     pool.nthreads = 0;
     pool.nidle = 0;
+    pool.nlockwait = 0;
     pool.nstack = 0;
     pool.watching = 0;
     pthread_mutex_init(&pool.idle_lock, NULL);

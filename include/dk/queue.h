@@ -172,6 +172,13 @@ struct dk_thread_hooks {
     void (*exit)(void);
 };
 DK_EXPORT void dk_set_thread_hooks(const struct dk_thread_hooks *hooks);
+/*
+ * A worker about to wait for a language runtime's lock (the GIL) says so:
+ * the pool does not add threads while any worker waits for it, since a
+ * new thread would only queue for the same lock.
+ */
+DK_EXPORT void dk_worker_lock_wait_begin(void);
+DK_EXPORT void dk_worker_lock_wait_end(void);
 /* True on the runtime's own worker threads. */
 DK_EXPORT bool dk_is_worker_thread(void);
 

@@ -56,12 +56,14 @@ dkpy_enter(dkpy_gil_t *g)
             g->gstate = PyGILState_Ensure();
             return true;
         }
+        dk_worker_lock_wait_begin();
         if (!worker_has_tstate) {
             worker_gstate = PyGILState_Ensure();
             worker_has_tstate = true;
         } else {
             PyEval_RestoreThread(worker_tstate);
         }
+        dk_worker_lock_wait_end();
         worker_holds_gil = true;
         worker_since = dk_now();
         worker_batch = 0;
