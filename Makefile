@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILD := build
 
-.PHONY: all demo test test-c test-python bench check stress lint install clean build-c
+.PHONY: all demo test test-c test-python bench check check-python-asan stress soak lint install clean build-c
 
 all: install
 
@@ -61,6 +61,29 @@ check: $(STAMP)
 	$(VENV)/bin/ninja -C $(BUILD)/tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
 	DK_STRESS_ITERS=5000 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/dk-stress
+
+	$(MAKE) check-python-asan
+
+# The Python suite against an ASan+UBSan build of the extension, with the
+# interpreter's allocator set to malloc so ASan sees Python objects.
+ASAN_RT = $$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)
+check-python-asan: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PIP) install -q --no-build-isolation --no-deps \
+	    --upgrade --target $(BUILD)/asan-site -Cbuild-dir=$(BUILD)/py-asan \
+	    -Csetup-args=-Db_sanitize=address,undefined -Csetup-args=-Db_lundef=false \
+	    -Csetup-args=-Dbuildtype=debug .
+	rm -f $(BUILD)/asan-py.log*
+	cd $(BUILD) && DK_SANITIZER_RUN=1 LD_PRELOAD="$(ASAN_RT)" PYTHONMALLOC=malloc \
+	    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$(BUILD)/asan-py.log \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(BUILD)/asan-py.log \
+	    PYTHONPATH=$(CURDIR)/$(BUILD)/asan-site $(CURDIR)/$(PY) -m pytest $(CURDIR)/tests/python \
+	    -p no:cacheprovider -q
+	@if ls $(BUILD)/asan-py.log* >/dev/null 2>&1; then cat $(BUILD)/asan-py.log*; \
+	    echo "sanitizer reports above"; exit 1; fi
+
+# 10 million dispatched tasks with resident memory sampled.
+soak: install
+	$(PY) tests/soak/soak_dispatch.py
 
 # Long randomized stress runs (DK_STRESS_ITERS per producer thread).
 stress: build-c

@@ -127,7 +127,9 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
     if (io != NULL && io->alloc != NULL && op->kind == OP_READ) {
         void *buf = io->alloc(io->actx, len);
         if (buf != NULL) {
-            memcpy(buf, data, len);
+            if (len > 0) {
+                memcpy(buf, data, len);
+            }
             deliver_owned(op, done, buf, len, error);
             return;
         }
@@ -327,7 +329,9 @@ dk_io_write(dk_io_t *io, off_t offset, const void *data, size_t len,
         op_free(op);
         return -ENOMEM;
     }
-    memcpy(op->wbuf, data, len);
+    if (len > 0) {
+        memcpy(op->wbuf, data, len);
+    }
     op->offset = offset;
     op->length = len;
     int rc = enqueue(io, op);
@@ -472,16 +476,27 @@ wait_ready(dk_io_t *io, bool for_write)
         return false;
     }
     io->ready = false;
+    /* io->wait_src gets its own reference: the source may fire, and its
+     * handler drop that reference, before dk_source_resume returns. */
+    dk_retain(s);
     io->wait_src = s;
     pthread_mutex_unlock(&io->lock);
-    if (dk_source_resume(s) < 0) {
+    int rc = dk_source_resume(s);
+    if (rc < 0) {
         pthread_mutex_lock(&io->lock);
-        io->wait_src = NULL;
+        bool still_ours = io->wait_src == s;
+        if (still_ours) {
+            io->wait_src = NULL;
+        }
         pthread_mutex_unlock(&io->lock);
         dk_source_cancel(s);
+        if (still_ours) {
+            dk_release(s);
+        }
         dk_release(s);
         return false;
     }
+    dk_release(s); /* ours; io->wait_src or the handler holds the other */
     return true;
 }
 

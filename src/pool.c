@@ -98,7 +98,7 @@ void
 dk_worker_lock_wait_begin(void)
 {
     if (my_slot != NULL) {
-        dk_atomic_add_acq_rel(&pool.nlockwait, 1);
+        dk_atomic_add_seq_cst(&pool.nlockwait, 1);
     }
 }
 
@@ -108,6 +108,12 @@ dk_worker_lock_wait_end(void)
     if (my_slot != NULL) {
         dk_atomic_sub_acq_rel(&pool.nlockwait, 1);
     }
+}
+
+unsigned
+dk_worker_lock_waiters(void)
+{
+    return dk_atomic_load_seq_cst(&pool.nlockwait);
 }
 
 bool

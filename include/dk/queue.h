@@ -179,6 +179,8 @@ DK_EXPORT void dk_set_thread_hooks(const struct dk_thread_hooks *hooks);
  */
 DK_EXPORT void dk_worker_lock_wait_begin(void);
 DK_EXPORT void dk_worker_lock_wait_end(void);
+/* How many workers are between those two calls (a snapshot). */
+DK_EXPORT unsigned dk_worker_lock_waiters(void);
 /* True on the runtime's own worker threads. */
 DK_EXPORT bool dk_is_worker_thread(void);
 

@@ -6,8 +6,23 @@
 #include "dk/queue.h"
 #include "dk/time.h"
 
+#include <time.h>
+
 #define DKPY_GIL_SLICE_NS 5000000ull /* as sys.getswitchinterval() */
 
+/*
+ * Exit. A worker queued for the GIL when the interpreter finalizes would be
+ * terminated by CPython inside PyEval_RestoreThread. So shutdown sets
+ * `finalizing`, releases the GIL and waits until no worker is queued:
+ *
+ *   worker                                 shutdown (atexit)
+ *   lock_wait_begin (waiters += 1)  (W1)   finalizing = 1          (S1)
+ *   finalizing? -> end, drop item   (W2)   release the GIL; wait
+ *   take the GIL, end, re-check            until waiters == 0      (S2)
+ *
+ * W1/W2 and S1/S2 are sequentially consistent: either the worker sees the
+ * flag and never queues, or shutdown sees it queued and waits for it.
+ */
 static int finalizing;
 
 static __thread PyThreadState *worker_tstate; /* saved while GIL dropped */
@@ -20,13 +35,20 @@ static __thread unsigned worker_batch;
 bool
 dkpy_finalizing(void)
 {
-    return __atomic_load_n(&finalizing, __ATOMIC_ACQUIRE) != 0;
+    return __atomic_load_n(&finalizing, __ATOMIC_SEQ_CST) != 0;
 }
 
 void
 dkpy_gil_shutdown(void)
 {
-    __atomic_store_n(&finalizing, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&finalizing, 1, __ATOMIC_SEQ_CST); /* (S1) */
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t deadline = dk_now() + 2 * DK_NSEC_PER_SEC;
+    while (dk_worker_lock_waiters() > 0 && dk_now() < deadline) { /* (S2) */
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    Py_END_ALLOW_THREADS
 }
 
 static void
@@ -56,7 +78,11 @@ dkpy_enter(dkpy_gil_t *g)
             g->gstate = PyGILState_Ensure();
             return true;
         }
-        dk_worker_lock_wait_begin();
+        dk_worker_lock_wait_begin(); /* (W1) */
+        if (dkpy_finalizing()) {     /* (W2) */
+            dk_worker_lock_wait_end();
+            return false;
+        }
         if (!worker_has_tstate) {
             worker_gstate = PyGILState_Ensure();
             worker_has_tstate = true;

@@ -111,7 +111,9 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
     self->handler = Py_NewRef(handler);
     dk_source_set_context(self->s, self);
     dk_source_set_event_handler_f(self->s, source_event);
-    dk_source_set_cancel_handler_f(self->s, source_cancelled);
+    /* The cancel handler is installed by start(), with the reference it
+     * drops: a never-started source must not call back into an object
+     * that may be gone by the time its cancellation is processed. */
     return (PyObject *)self;
 }
 
@@ -189,8 +191,10 @@ Source_start(SourceObject *self, PyObject *unused)
     self->started = true;
     self->holds_self = true;
     Py_INCREF(self);
+    dk_source_set_cancel_handler_f(self->s, source_cancelled);
     int rc = dk_source_resume(self->s);
     if (rc < 0) {
+        dk_source_set_cancel_handler_f(self->s, NULL);
         self->started = false;
         self->holds_self = false;
         Py_DECREF(self);

@@ -89,6 +89,11 @@ def test_main_forever_interrupted_by_signal():
     assert r.stdout.split() == ["tick", "interrupted"]
 
 
+@pytest.mark.skipif(
+    os.environ.get("DK_SANITIZER_RUN") == "1",
+    reason="CPython ends a thread that wakes up in Python during "
+           "finalization with pthread_exit; ASan misreports that unwinding "
+           "as stack-buffer-underflow (any such thread, not only ours)")
 def test_exit_with_pending_work_neither_crashes_nor_hangs():
     r = run_python("""
         import time
