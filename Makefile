@@ -61,7 +61,6 @@ check: $(STAMP)
 	$(VENV)/bin/ninja -C $(BUILD)/tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
 	DK_STRESS_ITERS=5000 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/dk-stress
-
 	$(MAKE) check-python-asan
 
 # The Python suite against an ASan+UBSan build of the extension, with the
