@@ -76,7 +76,7 @@ check-python-asan: $(STAMP)
 	    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$(BUILD)/asan-py.log \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(BUILD)/asan-py.log \
 	    PYTHONPATH=$(CURDIR)/$(BUILD)/asan-site $(CURDIR)/$(PY) -m pytest $(CURDIR)/tests/python \
-	    -p no:cacheprovider -q
+	    -o addopts="-p no:cacheprovider" -q
 	@if ls $(BUILD)/asan-py.log* >/dev/null 2>&1; then cat $(BUILD)/asan-py.log*; \
 	    echo "sanitizer reports above"; exit 1; fi
 
