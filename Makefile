@@ -92,7 +92,10 @@ lint:
 	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
 	    { apt-get update -qq && apt-get install -y -qq clang-format clang-tidy; }
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
-	clang-tidy $$(git ls-files 'src/*.c') -- -Iinclude -Isrc -D_GNU_SOURCE -std=c11
+	clang-tidy --quiet $$(git ls-files 'src/*.c' | grep -v '^src/python/') -- \
+	    -Iinclude -Isrc -D_GNU_SOURCE -std=c11
+	clang-tidy --quiet $$(git ls-files 'src/python/*.c') -- -Iinclude -Isrc \
+	    -D_GNU_SOURCE -std=c11 -I$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 
 clean:
 	rm -rf $(BUILD)

@@ -127,7 +127,9 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
     a->range_fn = range_fn;
     for (size_t i = 0; i < helpers; i++) {
         if (dk_queue_async_f(q, a, apply_helper) < 0) {
-            apply_unref(a); /* the caller does that helper's share */
+            /* The caller does that helper's share. Its own reference keeps
+             * the count above zero, so this never frees. */
+            dk_atomic_sub_relaxed(&a->refcnt, 1);
         }
     }
     apply_work(a);

@@ -310,16 +310,15 @@ after_fire(struct dk__timer *t, uint64_t fires)
 {
     (void)fires;
     struct after_entry *e =
-        (struct after_entry *)((char *)t - offsetof(struct after_entry,
-                                                    timer));
+        (struct after_entry *)((char *)t -
+                               offsetof(struct after_entry, timer));
     dk_queue_t *q = e->queue;
     dk__queue_push(q, &e->item);
     dk_release(q);
 }
 
 int
-dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
-                dk_function_t fn)
+dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx, dk_function_t fn)
 {
     struct after_entry *e = malloc(sizeof *e);
     if (e == NULL) {
@@ -423,9 +422,9 @@ int
 dk__event_add(int fd, uint32_t events, struct dk__event_handler *h)
 {
     int rc = dk__event_ensure();
-    return rc < 0 ? rc
-                  : dk__os_epoll_add(ev.epfd, fd, events,
-                                     (uint64_t)(uintptr_t)h);
+    return rc < 0
+               ? rc
+               : dk__os_epoll_add(ev.epfd, fd, events, (uint64_t)(uintptr_t)h);
 }
 
 int

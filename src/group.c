@@ -62,8 +62,7 @@ dk__group_destroy(dk_group_t *g)
         free(n);
     }
     if (g->obj.finalizer != NULL && g->obj.context != NULL) {
-        dk_queue_async_f(dk__default_root(), g->obj.context,
-                         g->obj.finalizer);
+        dk_queue_async_f(dk__default_root(), g->obj.context, g->obj.finalizer);
     }
     pthread_mutex_destroy(&g->lock);
     free(g);
@@ -150,7 +149,7 @@ group_wait(dk_group_t *g, uint64_t deadline, bool interruptible)
         if (deadline == 0) {
             return -ETIMEDOUT;
         }
-        dk_atomic_add_seq_cst(&g->waiters, 1); /* (W1) */
+        dk_atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
         if (dk_atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
             dk_atomic_sub_relaxed(&g->waiters, 1);
             return 0;

@@ -21,15 +21,15 @@
 #include "os/linux/os.h"
 
 /* Abort with a message naming a client's misuse (from C). */
-#define DK_CLIENT_CRASH(msg)                                                \
-    do {                                                                   \
-        fprintf(stderr, "dispatchkit: BUG IN CLIENT: %s\n", (msg));        \
-        abort();                                                           \
+#define DK_CLIENT_CRASH(msg)                                                  \
+    do {                                                                      \
+        fprintf(stderr, "dispatchkit: BUG IN CLIENT: %s\n", (msg));           \
+        abort();                                                              \
     } while (0)
-#define DK_INTERNAL_CRASH(msg)                                              \
-    do {                                                                   \
-        fprintf(stderr, "dispatchkit: internal error: %s\n", (msg));       \
-        abort();                                                           \
+#define DK_INTERNAL_CRASH(msg)                                                \
+    do {                                                                      \
+        fprintf(stderr, "dispatchkit: internal error: %s\n", (msg));          \
+        abort();                                                              \
     } while (0)
 
 enum dk__kind {

@@ -26,10 +26,10 @@ enum op_kind { OP_READ, OP_WRITE, OP_BARRIER };
 struct io_op {
     struct io_op *next;
     enum op_kind kind;
-    bool once;      /* read: finish after the first successful read */
+    bool once; /* read: finish after the first successful read */
     off_t offset;
-    size_t length;  /* read: requested; write: total */
-    size_t pos;     /* bytes read (delivered or buffered) or written */
+    size_t length; /* read: requested; write: total */
+    size_t pos;    /* bytes read (delivered or buffered) or written */
     unsigned char *wbuf;
     unsigned char *rbuf;
     size_t rlen, rcap;
@@ -63,7 +63,7 @@ struct dk_io_s {
     void *actx;
 };
 
-#define DEFAULT_CHUNK (1024 * 1024)
+#define DEFAULT_CHUNK ((size_t)1 << 20)
 
 /* ---- delivery ------------------------------------------------------- */
 
@@ -298,8 +298,8 @@ op_free(struct io_op *op)
 }
 
 int
-dk_io_read(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q,
-           void *ctx, dk_io_handler_t handler)
+dk_io_read(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q, void *ctx,
+           dk_io_handler_t handler)
 {
     struct io_op *op = op_new(OP_READ, q, ctx, handler);
     if (op == NULL) {
@@ -460,9 +460,9 @@ ready_handler(void *p)
 static bool
 wait_ready(dk_io_t *io, bool for_write)
 {
-    dk_source_t *s = dk_source_create(
-        for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ, (uintptr_t)io->fd, 0,
-        dk__default_root());
+    dk_source_t *s =
+        dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
+                         (uintptr_t)io->fd, 0, dk__default_root());
     if (s == NULL) {
         return false;
     }
@@ -775,8 +775,8 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
         return -errno;
     }
     struct simple *s = malloc(sizeof *s);
-    struct io_op *op = s != NULL ? op_new(OP_READ, q, s, simple_read_done)
-                                 : NULL;
+    struct io_op *op =
+        s != NULL ? op_new(OP_READ, q, s, simple_read_done) : NULL;
     if (op == NULL) {
         free(s);
         dk_io_release(io);
@@ -787,10 +787,15 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
     io->low = SIZE_MAX; /* one delivery with everything read */
     op->length = length;
     op->once = !io->regular; /* files: until length or end of file */
-    enqueue(io, op);
+    int rc = enqueue(io, op);
+    if (rc < 0) {
+        dk_release(op->dq);
+        op_free(op);
+        free(s);
+    }
     dk_io_close(io, 0);
     dk_io_release(io);
-    return 0;
+    return rc;
 }
 
 int

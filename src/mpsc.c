@@ -86,7 +86,6 @@ dk__mpsc_empty(struct dk__mpsc *l)
 {
     /* Sequentially consistent: pairs with (A) in queue wake-up logic. */
     struct dk__item *tail = dk_atomic_load_seq_cst(&l->tail);
-    return tail == &l->stub &&
-           dk_atomic_load_relaxed(&l->head) == &l->stub &&
+    return tail == &l->stub && dk_atomic_load_relaxed(&l->head) == &l->stub &&
            dk_atomic_load_acquire(&l->stub.next) == NULL;
 }

@@ -47,7 +47,7 @@ dk_once_f(dk_once_t *predicate, void *ctx, dk_function_t fn)
         if (dk_once_done(predicate)) {
             return;
         }
-        dk_atomic_add_seq_cst(&once_waiters, 1); /* (W1) */
+        dk_atomic_add_seq_cst(&once_waiters, 1);              /* (W1) */
         if (dk_atomic_load_seq_cst(predicate) == ONCE_DONE) { /* (W2) */
             dk_atomic_sub_relaxed(&once_waiters, 1);
             return;

@@ -34,20 +34,21 @@
 #define DK_SPIN_ITERATIONS 400
 #define DK_EXTRA_IDLE_NS (5ull * DK_NSEC_PER_SEC)
 
-#define DK_ROOT_INIT(idx, q, name)                                          \
-    {                                                                      \
-        .obj = {DK_REFCNT_IMMORTAL, DK_KIND_QUEUE}, .type = DK_Q_ROOT,     \
-        .qos = (q), .label = (char *)(name), .root_index = (idx),          \
-        .lock = PTHREAD_MUTEX_INITIALIZER,                                 \
-        .items = {.head = &dk__roots[idx].items.stub,                      \
-                  .tail = &dk__roots[idx].items.stub},                     \
+#define DK_ROOT_INIT(idx, q, name)                                            \
+    {                                                                         \
+        .obj = {DK_REFCNT_IMMORTAL, DK_KIND_QUEUE}, .type = DK_Q_ROOT,        \
+        .qos = (q), .label = (char *)(name), .root_index = (idx),             \
+        .lock = PTHREAD_MUTEX_INITIALIZER,                                    \
+        .items = {.head = &dk__roots[idx].items.stub,                         \
+                  .tail = &dk__roots[idx].items.stub},                        \
     }
 
 /* In priority order: workers scan from index 0. */
 struct dk_queue_s dk__roots[DK_NUM_ROOTS] = {
     DK_ROOT_INIT(0, DK_QOS_USER_INTERACTIVE,
                  "com.apple.root.user-interactive-qos"),
-    DK_ROOT_INIT(1, DK_QOS_USER_INITIATED, "com.apple.root.user-initiated-qos"),
+    DK_ROOT_INIT(1, DK_QOS_USER_INITIATED,
+                 "com.apple.root.user-initiated-qos"),
     DK_ROOT_INIT(2, DK_QOS_DEFAULT, "com.apple.root.default-qos"),
     DK_ROOT_INIT(3, DK_QOS_UTILITY, "com.apple.root.utility-qos"),
     DK_ROOT_INIT(4, DK_QOS_BACKGROUND, "com.apple.root.background-qos"),
@@ -334,8 +335,8 @@ worker_park(struct worker_slot *w)
         return true;
     }
     bool extra = dk_atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
-    uint64_t deadline = extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS
-                              : DK_OS_FOREVER;
+    uint64_t deadline =
+        extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS : DK_OS_FOREVER;
     while (dk_atomic_load_acquire(&w->word) == 0) {
         int rc = dk__os_futex_wait(&w->word, 0, deadline, false);
         if (rc != -ETIMEDOUT) {

@@ -278,7 +278,7 @@ static void
 serial_release(dk_queue_t *q)
 {
     dk_atomic_and_seq_cst(&q->state, ~DK_QS_SCHEDULED); /* (C) */
-    if (!dk__mpsc_empty(&q->items)) { /* (D) */
+    if (!dk__mpsc_empty(&q->items)) {                   /* (D) */
         serial_wakeup(q);
     }
 }
@@ -558,8 +558,8 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
     struct dk__item it = {
         .fn = fn,
         .ctx = ctx,
-        .flags = DK_ITEM_SYNC | DK_ITEM_EMBEDDED |
-                 (barrier ? DK_ITEM_BARRIER : 0),
+        .flags =
+            DK_ITEM_SYNC | DK_ITEM_EMBEDDED | (barrier ? DK_ITEM_BARRIER : 0),
     };
     dk__queue_push(q, &it);
     if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
@@ -766,8 +766,8 @@ void
 dk_retain(void *object)
 {
     struct dk__object *o = object;
-    if (o == NULL || (dk_atomic_load_relaxed(&o->refcnt) &
-                      DK_REFCNT_IMMORTAL)) {
+    if (o == NULL ||
+        (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
         return;
     }
     if (dk_atomic_add_relaxed(&o->refcnt, 1) == 0) {
@@ -779,8 +779,8 @@ void
 dk_release(void *object)
 {
     struct dk__object *o = object;
-    if (o == NULL || (dk_atomic_load_relaxed(&o->refcnt) &
-                      DK_REFCNT_IMMORTAL)) {
+    if (o == NULL ||
+        (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
         return;
     }
     /* Acquire-release: every use by other owners happens before the
@@ -930,8 +930,8 @@ dk_queue_set_target(dk_queue_t *q, dk_queue_t *target)
         if (old->type != DK_Q_ROOT) {
             /* Another thread may still be reading the old target (a
              * concurrent sync check): keep it alive with q. */
-            dk_queue_t **r = realloc(q->retired_targets,
-                                     (q->nretired + 1) * sizeof *r);
+            dk_queue_t **r =
+                realloc(q->retired_targets, (q->nretired + 1) * sizeof *r);
             if (r == NULL) {
                 if (target->type != DK_Q_ROOT) {
                     dk_release(target);
@@ -1187,8 +1187,8 @@ dk_object_activate(void *object)
     }
     if (o->kind == DK_KIND_SOURCE) {
         /* Activating a source starts it once (GCD's dispatch_activate). */
-        return dk_source_testcancel(object) ? 0 : (dk_source_resume(object),
-                                                   0);
+        return dk_source_testcancel(object) ? 0
+                                            : (dk_source_resume(object), 0);
     }
     return -EINVAL;
 }

@@ -51,8 +51,7 @@ void
 dk__semaphore_destroy(dk_semaphore_t *s)
 {
     if (s->obj.finalizer != NULL && s->obj.context != NULL) {
-        dk_queue_async_f(dk__default_root(), s->obj.context,
-                         s->obj.finalizer);
+        dk_queue_async_f(dk__default_root(), s->obj.context, s->obj.finalizer);
     }
     free(s);
 }
@@ -91,9 +90,9 @@ semaphore_wait(dk_semaphore_t *s, uint64_t deadline, bool interruptible)
         if (take_token(s)) {
             return 0;
         }
-        int rc = deadline == 0 ? -ETIMEDOUT
-                               : dk__os_futex_wait(&s->wakeups, 0, deadline,
-                                                   false);
+        int rc = deadline == 0
+                     ? -ETIMEDOUT
+                     : dk__os_futex_wait(&s->wakeups, 0, deadline, false);
         if (rc == -ETIMEDOUT || (rc == -EINTR && interruptible)) {
             long v = dk_atomic_load_relaxed(&s->value);
             while (v < 0) {

@@ -180,8 +180,8 @@ timer_arm(dk_source_t *s)
     if (interval != DK_TIME_FOREVER && leeway > interval / 2) {
         leeway = interval / 2;
     }
-    (void)dk__timer_set(&s->timer, dk_time_deadline(s->t_start),
-                        interval, leeway);
+    (void)dk__timer_set(&s->timer, dk_time_deadline(s->t_start), interval,
+                        leeway);
 }
 
 int
@@ -341,8 +341,7 @@ fd_unregister(dk_source_t *s)
         pthread_mutex_unlock(&fd_lock);
         return;
     }
-    for (dk_source_t **pp = &n->sources; *pp != NULL;
-         pp = &(*pp)->note_next) {
+    for (dk_source_t **pp = &n->sources; *pp != NULL; pp = &(*pp)->note_next) {
         if (*pp == s) {
             *pp = s->note_next;
             break;
@@ -398,14 +397,13 @@ void
 dk__source_signals_pending(void)
 {
     for (int sig = 1; sig < DK_NSIG; sig++) {
-        uint32_t n = __atomic_exchange_n(&sigs[sig].count, 0,
-                                         __ATOMIC_ACQUIRE);
+        uint32_t n =
+            __atomic_exchange_n(&sigs[sig].count, 0, __ATOMIC_ACQUIRE);
         if (n == 0) {
             continue;
         }
         pthread_mutex_lock(&sig_lock);
-        for (dk_source_t *s = sigs[sig].sources; s != NULL;
-             s = s->sig_next) {
+        for (dk_source_t *s = sigs[sig].sources; s != NULL; s = s->sig_next) {
             source_merge_add(s, n);
         }
         pthread_mutex_unlock(&sig_lock);

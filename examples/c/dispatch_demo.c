@@ -37,8 +37,8 @@ signal_sem(void *ctx)
 int
 main(void)
 {
-    dispatch_queue_t serial = dispatch_queue_create("demo.serial",
-                                                    DISPATCH_QUEUE_SERIAL);
+    dispatch_queue_t serial =
+        dispatch_queue_create("demo.serial", DISPATCH_QUEUE_SERIAL);
     for (int i = 0; i < 1000; i++) {
         dispatch_async_f(serial, NULL, increment);
     }
@@ -50,13 +50,13 @@ main(void)
     printf("apply: squares[9] = %ld\n", squares[9]);
 
     dispatch_group_t group = dispatch_group_create();
-    dispatch_queue_t global = dispatch_get_global_queue(
-        DISPATCH_QUEUE_PRIORITY_DEFAULT, 0);
+    dispatch_queue_t global =
+        dispatch_get_global_queue(DISPATCH_QUEUE_PRIORITY_DEFAULT, 0);
     dispatch_group_async_f(group, global, "group task ran", say);
     dispatch_group_wait(group, DISPATCH_TIME_FOREVER);
 
-    dispatch_queue_t rw = dispatch_queue_create("demo.rw",
-                                                DISPATCH_QUEUE_CONCURRENT);
+    dispatch_queue_t rw =
+        dispatch_queue_create("demo.rw", DISPATCH_QUEUE_CONCURRENT);
     dispatch_async_f(rw, "reader", say);
     dispatch_barrier_sync_f(rw, "barrier (exclusive)", say);
 

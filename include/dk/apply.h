@@ -13,8 +13,7 @@
 DK_BEGIN_DECLS
 
 typedef void (*dk_apply_function_t)(void *ctx, size_t index);
-typedef void (*dk_apply_range_function_t)(void *ctx, size_t begin,
-                                          size_t end);
+typedef void (*dk_apply_range_function_t)(void *ctx, size_t begin, size_t end);
 
 /* q NULL means the default global queue. Returns 0, -EDEADLK (q is a serial
  * queue the caller is running on), or -ENOMEM. */

@@ -45,7 +45,7 @@ typedef const struct dispatch_queue_attr_s *dispatch_queue_attr_t;
 #define DISPATCH_QUEUE_SERIAL ((dispatch_queue_attr_t)0)
 #define DISPATCH_QUEUE_CONCURRENT ((dispatch_queue_attr_t)(uintptr_t)1)
 #define DISPATCH_QUEUE_SERIAL_INACTIVE ((dispatch_queue_attr_t)(uintptr_t)2)
-#define DISPATCH_QUEUE_CONCURRENT_INACTIVE                                  \
+#define DISPATCH_QUEUE_CONCURRENT_INACTIVE                                    \
     ((dispatch_queue_attr_t)(uintptr_t)3)
 
 #define DISPATCH_TIME_NOW DK_TIME_NOW
@@ -164,8 +164,7 @@ dispatch_async_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
 }
 
 static inline void
-dispatch_barrier_async_f(dispatch_queue_t q, void *ctx,
-                         dispatch_function_t fn)
+dispatch_barrier_async_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
 {
     if (dk_queue_barrier_async_f(q, ctx, fn) < 0) {
         dispatch__client_crash("out of memory in dispatch_barrier_async_f");
@@ -182,8 +181,7 @@ dispatch_sync_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
 }
 
 static inline void
-dispatch_barrier_sync_f(dispatch_queue_t q, void *ctx,
-                        dispatch_function_t fn)
+dispatch_barrier_sync_f(dispatch_queue_t q, void *ctx, dispatch_function_t fn)
 {
     if (dk_queue_barrier_sync_f(q, ctx, fn) < 0) {
         dispatch__client_crash("dispatch_barrier_sync called on queue "
@@ -277,8 +275,7 @@ dispatch_semaphore_signal(dispatch_semaphore_t s)
 }
 
 static inline void
-dispatch_once_f(dispatch_once_t *predicate, void *ctx,
-                dispatch_function_t fn)
+dispatch_once_f(dispatch_once_t *predicate, void *ctx, dispatch_function_t fn)
 {
     _Static_assert(sizeof(dispatch_once_t) == sizeof(dk_once_t),
                    "dispatch_once_t layout");
@@ -296,8 +293,7 @@ dispatch_walltime(const struct timespec *when, int64_t delta)
 {
     uint64_t ns = 0;
     if (when != NULL) {
-        ns = (uint64_t)when->tv_sec * 1000000000ull +
-             (uint64_t)when->tv_nsec;
+        ns = (uint64_t)when->tv_sec * 1000000000ull + (uint64_t)when->tv_nsec;
     }
     return dk_walltime(ns, delta);
 }
@@ -363,8 +359,8 @@ dispatch_set_target_queue(dispatch_object_t object, dispatch_queue_t target)
 }
 
 static inline void
-dispatch_queue_set_specific(dispatch_queue_t q, const void *key,
-                            void *context, dispatch_function_t destructor)
+dispatch_queue_set_specific(dispatch_queue_t q, const void *key, void *context,
+                            dispatch_function_t destructor)
 {
     (void)dk_queue_set_specific(q, key, context, destructor);
 }
@@ -385,15 +381,15 @@ dispatch_get_specific(const void *key)
 
 typedef dk_source_t *dispatch_source_t;
 typedef const struct dispatch_source_type_s *dispatch_source_type_t;
-#define DISPATCH_SOURCE_TYPE_TIMER                                          \
+#define DISPATCH_SOURCE_TYPE_TIMER                                            \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_TIMER)
-#define DISPATCH_SOURCE_TYPE_SIGNAL                                         \
+#define DISPATCH_SOURCE_TYPE_SIGNAL                                           \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_SIGNAL)
-#define DISPATCH_SOURCE_TYPE_READ                                           \
+#define DISPATCH_SOURCE_TYPE_READ                                             \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_READ)
-#define DISPATCH_SOURCE_TYPE_WRITE                                          \
+#define DISPATCH_SOURCE_TYPE_WRITE                                            \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_WRITE)
-#define DISPATCH_SOURCE_TYPE_PROC                                           \
+#define DISPATCH_SOURCE_TYPE_PROC                                             \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_PROC)
 #define DISPATCH_PROC_EXIT DK_PROC_EXIT
 #define DISPATCH_PROC_FORK DK_PROC_FORK

@@ -86,8 +86,8 @@ static int
 check_callable(PyObject *func, const char *what)
 {
     if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s",
-                     what, Py_TYPE(func)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
+                     Py_TYPE(func)->tp_name);
         return -1;
     }
     return 0;
@@ -119,9 +119,8 @@ timeout_deadline(PyObject *timeout, uint64_t *deadline)
     } else {
         double ns = t * 1e9;
         uint64_t now = dk_now();
-        *deadline = ns >= (double)(UINT64_MAX - now - 1)
-                        ? UINT64_MAX
-                        : now + (uint64_t)ns;
+        *deadline = ns >= (double)(UINT64_MAX - now - 1) ? UINT64_MAX
+                                                         : now + (uint64_t)ns;
     }
     return 0;
 }
@@ -166,8 +165,7 @@ seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
 /* ---- Queue ---------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    dk_queue_t *q;
+    PyObject_HEAD dk_queue_t *q;
     PyObject *context;
     PyObject *finalizer;
     PyObject *specifics; /* dict, or NULL */
@@ -221,8 +219,9 @@ valid_qos(long qos)
 static PyObject *
 Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"label",  "concurrent", "qos", "relative_priority",
-                             "target", "inactive",   NULL};
+    static char *kwlist[] = {
+        "label",  "concurrent", "qos", "relative_priority",
+        "target", "inactive",   NULL};
     PyObject *label = Py_None, *target = Py_None;
     int concurrent = 0, inactive = 0;
     long qos = 0, relpri = 0;
@@ -234,8 +233,10 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     const char *clabel = NULL;
     if (label != Py_None) {
         if (!PyUnicode_Check(label)) {
-            PyErr_Format(PyExc_TypeError, "label must be str or None, not "
-                         "%.100s", Py_TYPE(label)->tp_name);
+            PyErr_Format(PyExc_TypeError,
+                         "label must be str or None, not "
+                         "%.100s",
+                         Py_TYPE(label)->tp_name);
             return NULL;
         }
         clabel = PyUnicode_AsUTF8(label);
@@ -309,9 +310,8 @@ Queue_dealloc(QueueObject *self)
             /* As in GCD: the finalizer runs asynchronously once the queue
              * is gone; here on the default global queue. */
             PyObject *pair = PyTuple_Pack(2, self->finalizer, self->context);
-            if (pair == NULL ||
-                dk_queue_async_f(dk_queue_global(0), pair,
-                                 call_async_with_arg) < 0) {
+            if (pair == NULL || dk_queue_async_f(dk_queue_global(0), pair,
+                                                 call_async_with_arg) < 0) {
                 Py_XDECREF(pair);
                 PyErr_Clear();
             }
@@ -338,7 +338,8 @@ Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
     if (q == NULL) {
         PyErr_Format(PyExc_ValueError,
                      "unknown priority %ld: use a QUEUE_PRIORITY_* or "
-                     "QOS_CLASS_* constant", priority);
+                     "QOS_CLASS_* constant",
+                     priority);
         return NULL;
     }
     static const long order[5] = {0x21, 0x19, 0x15, 0x11, 0x09};
@@ -457,18 +458,20 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
     bool drain_main = q == dk_queue_main() && dk_is_main_thread();
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS
-        if (drain_main) {
+        Py_BEGIN_ALLOW_THREADS if (drain_main)
+        {
             long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
             rc = dk_semaphore_wait(c->done, 0);
             if (rc != 0 && n == -EINTR) {
                 rc = -EINTR;
             }
-        } else {
+        }
+        else
+        {
             rc = dk_semaphore_wait_interruptible(c->done, UINT64_MAX);
         }
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
+        Py_END_ALLOW_THREADS if (rc == 0)
+        {
             break;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -499,14 +502,13 @@ run_sync(QueueObject *self, PyObject *func, bool barrier)
         return NULL;
     }
     dk_queue_t *q = self->q;
-    bool cq_barrier = barrier && dk_queue_is_concurrent(q) &&
-                      !dk_queue_is_global(q);
+    bool cq_barrier =
+        barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
     if (dk_queue_sync_would_deadlock(q, cq_barrier)) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s() on queue '%s' from a task running on it (or on "
                      "a queue it targets) would deadlock",
-                     barrier ? "barrier_sync" : "run_sync",
-                     dk_queue_label(q));
+                     barrier ? "barrier_sync" : "run_sync", dk_queue_label(q));
         return NULL;
     }
     dk_sync_frame_t frame;
@@ -578,8 +580,10 @@ Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
             }
         }
         if (slot < 0 || vals[slot] != NULL) {
-            PyErr_Format(PyExc_TypeError, "after() got an unexpected or "
-                         "repeated keyword argument '%s'", k ? k : "?");
+            PyErr_Format(PyExc_TypeError,
+                         "after() got an unexpected or "
+                         "repeated keyword argument '%s'",
+                         k ? k : "?");
             return NULL;
         }
         vals[slot] = args[nargs + i];
@@ -808,12 +812,10 @@ Queue_get_is_concurrent(QueueObject *self, void *closure)
 static PyObject *
 Queue_repr(QueueObject *self)
 {
-    return PyUnicode_FromFormat("<dispatchkit.Queue '%s' %s%s>",
-                                dk_queue_label(self->q),
-                                dk_queue_is_concurrent(self->q) ? "concurrent"
-                                                                : "serial",
-                                dk_queue_is_inactive(self->q) ? " inactive"
-                                                              : "");
+    return PyUnicode_FromFormat(
+        "<dispatchkit.Queue '%s' %s%s>", dk_queue_label(self->q),
+        dk_queue_is_concurrent(self->q) ? "concurrent" : "serial",
+        dk_queue_is_inactive(self->q) ? " inactive" : "");
 }
 
 static PyMethodDef Queue_methods[] = {
@@ -928,8 +930,7 @@ as_queue(PyObject *obj, const char *what)
 /* ---- Group ---------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    dk_group_t *g;
+    PyObject_HEAD dk_group_t *g;
 } GroupObject;
 
 static PyObject *
@@ -963,7 +964,8 @@ Group_dealloc(GroupObject *self)
              * crashes here; we report it and keep the group alive. */
             PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
                              "Group deallocated with %ld unmatched enter() "
-                             "call(s)", n);
+                             "call(s)",
+                             n);
             if (PyErr_Occurred()) {
                 PyErr_WriteUnraisable((PyObject *)self);
             }
@@ -1030,10 +1032,10 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     }
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_group_wait_interruptible(self->g, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
+        Py_BEGIN_ALLOW_THREADS rc =
+            dk_group_wait_interruptible(self->g, deadline);
+        Py_END_ALLOW_THREADS if (rc == 0)
+        {
             Py_RETURN_TRUE;
         }
         if (rc == -ETIMEDOUT) {
@@ -1090,8 +1092,8 @@ static PyMethodDef Group_methods[] = {
 };
 
 static PyGetSetDef Group_getset[] = {
-    {"count", (getter)Group_get_count, NULL,
-     "Outstanding tasks (a snapshot).", NULL},
+    {"count", (getter)Group_get_count, NULL, "Outstanding tasks (a snapshot).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1114,8 +1116,7 @@ static PyType_Spec Group_spec = {
 /* ---- Semaphore ------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD
-    dk_semaphore_t *s;
+    PyObject_HEAD dk_semaphore_t *s;
 } SemaphoreObject;
 
 static PyObject *
@@ -1128,8 +1129,7 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (value < 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "Semaphore value must be >= 0");
+        PyErr_SetString(PyExc_ValueError, "Semaphore value must be >= 0");
         return NULL;
     }
     SemaphoreObject *self = (SemaphoreObject *)type->tp_alloc(type, 0);
@@ -1171,10 +1171,10 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     }
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_semaphore_wait_interruptible(self->s, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
+        Py_BEGIN_ALLOW_THREADS rc =
+            dk_semaphore_wait_interruptible(self->s, deadline);
+        Py_END_ALLOW_THREADS if (rc == 0)
+        {
             Py_RETURN_TRUE;
         }
         if (rc == -ETIMEDOUT) {
@@ -1236,8 +1236,7 @@ static PyType_Spec Semaphore_spec = {
 /* ---- Once ----------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    dk_once_t pred;
+    PyObject_HEAD dk_once_t pred;
     unsigned long owner; /* thread running the function (GIL held) */
 } OnceObject;
 
@@ -1303,10 +1302,8 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
     }
     struct once_call c = {func, NULL, NULL, NULL, self};
     Py_INCREF(self);
-    Py_BEGIN_ALLOW_THREADS
-    dk_once_f(&self->pred, &c, once_trampoline);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(self);
+    Py_BEGIN_ALLOW_THREADS dk_once_f(&self->pred, &c, once_trampoline);
+    Py_END_ALLOW_THREADS Py_DECREF(self);
     if (c.exc_type != NULL) {
         PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
         return NULL;
@@ -1322,8 +1319,8 @@ Once_get_done(OnceObject *self, void *closure)
 }
 
 static PyGetSetDef Once_getset[] = {
-    {"done", (getter)Once_get_done, NULL,
-     "True once the function has run.", NULL},
+    {"done", (getter)Once_get_done, NULL, "True once the function has run.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1413,10 +1410,9 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     struct apply_call c = {func, NULL, NULL, NULL, 0};
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = dk_apply_range_f(n, q, &c, apply_range);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
+    Py_BEGIN_ALLOW_THREADS rc = dk_apply_range_f(n, q, &c, apply_range);
+    Py_END_ALLOW_THREADS if (rc < 0)
+    {
         return dkpy_raise_errno(rc);
     }
     if (c.exc_type != NULL) {
@@ -1439,8 +1435,9 @@ dk_py_time_from_now(PyObject *module, PyObject *seconds)
         return NULL;
     }
     double ns = s * 1e9;
-    int64_t d = ns >= 9.2e18 ? INT64_MAX : ns <= -9.2e18 ? INT64_MIN
-                                                          : (int64_t)ns;
+    int64_t d = ns >= 9.2e18    ? INT64_MAX
+                : ns <= -9.2e18 ? INT64_MIN
+                                : (int64_t)ns;
     return PyLong_FromUnsignedLongLong(dk_time(DK_TIME_NOW, d));
 }
 
@@ -1450,8 +1447,8 @@ dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
     (void)module;
     static char *kwlist[] = {"timestamp", "delta_seconds", NULL};
     double ts = 0, delta = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dd:walltime", kwlist,
-                                     &ts, &delta)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dd:walltime", kwlist, &ts,
+                                     &delta)) {
         return NULL;
     }
     if (!isfinite(ts) || !isfinite(delta) || ts < 0) {
@@ -1461,8 +1458,9 @@ dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     double dns = delta * 1e9;
-    int64_t d = dns >= 9.2e18 ? INT64_MAX : dns <= -9.2e18 ? INT64_MIN
-                                                            : (int64_t)dns;
+    int64_t d = dns >= 9.2e18    ? INT64_MAX
+                : dns <= -9.2e18 ? INT64_MIN
+                                 : (int64_t)dns;
     double tns = ts * 1e9;
     uint64_t base = tns >= 9.2e18 ? (uint64_t)INT64_MAX : (uint64_t)tns;
     if (ts != 0 && base == 0) {
@@ -1475,8 +1473,8 @@ static PyObject *
 dk_py_get_specific(PyObject *module, PyObject *key)
 {
     (void)module;
-    for (dk_queue_t *x = dk_queue_current(); x != NULL && !dk_queue_is_global(x);
-         x = dk_queue_target(x)) {
+    for (dk_queue_t *x = dk_queue_current();
+         x != NULL && !dk_queue_is_global(x); x = dk_queue_target(x)) {
         PyObject *dict = dk_queue_get_specific(x, &specifics_key);
         if (dict == NULL) {
             continue;
@@ -1514,10 +1512,9 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(deadline);
-        Py_END_ALLOW_THREADS
-        if (n >= 0) {
+        Py_BEGIN_ALLOW_THREADS n = dk_main_drain(deadline);
+        Py_END_ALLOW_THREADS if (n >= 0)
+        {
             return PyLong_FromLong(n);
         }
         if (n == -ETIMEDOUT) {
@@ -1547,10 +1544,9 @@ dk_py_main(PyObject *module, PyObject *unused)
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(UINT64_MAX);
-        Py_END_ALLOW_THREADS
-        if (n == -EDEADLK) {
+        Py_BEGIN_ALLOW_THREADS n = dk_main_drain(UINT64_MAX);
+        Py_END_ALLOW_THREADS if (n == -EDEADLK)
+        {
             PyErr_SetString(PyExc_RuntimeError,
                             "dispatchkit.main() called from a main-queue "
                             "task");
@@ -1676,8 +1672,7 @@ dkpy_dispatch_exec(PyObject *m)
     }
     for (size_t i = 0; i < sizeof int_consts / sizeof int_consts[0]; i++) {
         if (PyModule_AddObject(m, int_consts[i].name,
-                               PyLong_FromLongLong(int_consts[i].value)) <
-            0) {
+                               PyLong_FromLongLong(int_consts[i].value)) < 0) {
             return -1;
         }
     }

@@ -37,9 +37,8 @@ read_done(void *ctx, const void *data, size_t len, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    call_handler(handler,
-                 Py_BuildValue("(y#i)", (const char *)data, (Py_ssize_t)len,
-                               error));
+    call_handler(handler, Py_BuildValue("(y#i)", (const char *)data,
+                                        (Py_ssize_t)len, error));
     Py_DECREF(handler);
     dkpy_leave(&g);
 }
@@ -84,8 +83,7 @@ static PyObject *
 pick_handler(PyObject *callback, PyObject *handler)
 {
     if (callback != NULL && handler != NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "give callback or handler, not both");
+        PyErr_SetString(PyExc_TypeError, "give callback or handler, not both");
         return NULL;
     }
     PyObject *h = callback != NULL ? callback : handler;
@@ -100,13 +98,13 @@ static PyObject *
 dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *kwlist[] = {"fd", "length", "callback", "queue", "handler",
-                             NULL};
+    static char *kwlist[] = {"fd",    "length",  "callback",
+                             "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
     Py_ssize_t length;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "On|OOO:read_async",
-                                     kwlist, &fdobj, &length, &callback,
-                                     &queue, &handler)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "On|OOO:read_async", kwlist,
+                                     &fdobj, &length, &callback, &queue,
+                                     &handler)) {
         return NULL;
     }
     int fd;
@@ -134,13 +132,13 @@ static PyObject *
 dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *kwlist[] = {"fd", "data", "callback", "queue", "handler",
-                             NULL};
+    static char *kwlist[] = {"fd",    "data",    "callback",
+                             "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
     Py_buffer data;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oy*|OOO:write_async",
-                                     kwlist, &fdobj, &data, &callback,
-                                     &queue, &handler)) {
+                                     kwlist, &fdobj, &data, &callback, &queue,
+                                     &handler)) {
         return NULL;
     }
     int fd;
@@ -165,8 +163,7 @@ dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
 /* ---- IOChannel ------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    dk_io_t *io;
+    PyObject_HEAD dk_io_t *io;
     int fd;
 } ChannelObject;
 
@@ -178,9 +175,9 @@ op_handler(void *ctx, bool done, const void *data, size_t len, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    call_handler(handler, Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
-                                        (const char *)data, (Py_ssize_t)len,
-                                        error));
+    call_handler(handler,
+                 Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
+                               (const char *)data, (Py_ssize_t)len, error));
     if (done) {
         Py_DECREF(handler);
     }
@@ -238,8 +235,7 @@ bytes_free(void *actx, void *buf)
 }
 
 static void
-read_op_handler(void *ctx, bool done, const void *data, size_t len,
-                int error)
+read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
 {
     PyObject *handler = ctx;
     dkpy_gil_t g;
@@ -340,16 +336,18 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
-    self->io = dk_io_create(io_type, fd, q, ch,
-                            ch != NULL ? cleanup_handler : NULL);
+    self->io =
+        dk_io_create(io_type, fd, q, ch, ch != NULL ? cleanup_handler : NULL);
     if (self->io == NULL) {
         int err = errno;
         Py_XDECREF(ch);
         Py_DECREF(self);
         if (err == ESPIPE) {
             errno = ESPIPE;
-            PyErr_Format(PyExc_OSError, "IO_RANDOM needs a seekable fd; "
-                         "fd %d cannot seek", fd);
+            PyErr_Format(PyExc_OSError,
+                         "IO_RANDOM needs a seekable fd; "
+                         "fd %d cannot seek",
+                         fd);
             return NULL;
         }
         return raise_io(-err, fd);
@@ -513,8 +511,8 @@ Channel_set_interval(ChannelObject *self, PyObject *args, PyObject *kwargs)
     unsigned int flags = 0;
     int strict = 0;
     if (check_open(self) < 0 ||
-        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|Ip:set_interval",
-                                     kwlist, &interval, &flags, &strict)) {
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|Ip:set_interval", kwlist,
+                                     &interval, &flags, &strict)) {
         return NULL;
     }
     dk_io_set_interval(self->io, interval,

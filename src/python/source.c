@@ -19,11 +19,10 @@
 #include "python/gil.h"
 
 typedef struct {
-    PyObject_HEAD
-    dk_source_t *s;
+    PyObject_HEAD dk_source_t *s;
     PyObject *handler;
     bool started;
-    bool holds_self; /* the started-source reference to this object */
+    bool holds_self;  /* the started-source reference to this object */
     const char *what; /* "timer", "signal source", ... */
     /* Timer configuration, applied at start() and by set_timer(). */
     double interval, start_delay, leeway;
@@ -96,8 +95,8 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
                          (size_t)handle);
             break;
         case ESRCH:
-            PyErr_Format(PyExc_ProcessLookupError,
-                         "no process with pid %zu", (size_t)handle);
+            PyErr_Format(PyExc_ProcessLookupError, "no process with pid %zu",
+                         (size_t)handle);
             break;
         case EINVAL:
             PyErr_Format(PyExc_ValueError, "invalid argument for %s", what);
@@ -155,10 +154,10 @@ static int
 apply_timer(SourceObject *self)
 {
     double first = self->start_delay + (self->repeating ? 0 : self->interval);
-    int64_t start_ns = first * 1e9 >= 9.2e18 ? INT64_MAX
-                                             : (int64_t)(first * 1e9);
-    uint64_t interval = self->repeating ? (uint64_t)(self->interval * 1e9)
-                                        : DK_TIME_FOREVER;
+    int64_t start_ns =
+        first * 1e9 >= 9.2e18 ? INT64_MAX : (int64_t)(first * 1e9);
+    uint64_t interval =
+        self->repeating ? (uint64_t)(self->interval * 1e9) : DK_TIME_FOREVER;
     if (interval == 0) {
         interval = 1;
     }
@@ -239,8 +238,8 @@ Source_repr(SourceObject *self)
     return PyUnicode_FromFormat("<dispatchkit.%s %s%s>",
                                 _PyType_Name(Py_TYPE(self)),
                                 dk_source_testcancel(self->s) ? "cancelled"
-                                : self->started ? "started"
-                                                : "not started",
+                                : self->started               ? "started"
+                                                              : "not started",
                                 "");
 }
 
@@ -286,14 +285,14 @@ timer_params(SourceObject *self, double interval, double start_delay,
 static PyObject *
 Timer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"interval", "handler", "queue", "start_delay",
+    static char *kwlist[] = {"interval", "handler",   "queue", "start_delay",
                              "leeway",   "repeating", NULL};
     double interval, start_delay = 0, leeway = 0;
     PyObject *handler, *queue = Py_None;
     int repeating = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|Oddp:Timer", kwlist,
-                                     &interval, &handler, &queue,
-                                     &start_delay, &leeway, &repeating)) {
+                                     &interval, &handler, &queue, &start_delay,
+                                     &leeway, &repeating)) {
         return NULL;
     }
     SourceObject probe = {.interval = 0};
@@ -352,30 +351,32 @@ SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"signum", "handler", "queue", NULL};
     int signum;
     PyObject *handler, *queue = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|O:SignalSource",
-                                     kwlist, &signum, &handler, &queue)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|O:SignalSource", kwlist,
+                                     &signum, &handler, &queue)) {
         return NULL;
     }
     if (signum == SIGKILL || signum == SIGSTOP) {
-        PyErr_Format(PyExc_ValueError,
-                     "signal %d (%s) cannot be caught", signum,
-                     signum == SIGKILL ? "SIGKILL" : "SIGSTOP");
+        PyErr_Format(PyExc_ValueError, "signal %d (%s) cannot be caught",
+                     signum, signum == SIGKILL ? "SIGKILL" : "SIGSTOP");
         return NULL;
     }
     if (signum <= 0 || signum >= NSIG) {
-        PyErr_Format(PyExc_ValueError, "signal number %d out of range "
-                     "[1, %d]", signum, NSIG - 1);
+        PyErr_Format(PyExc_ValueError,
+                     "signal number %d out of range "
+                     "[1, %d]",
+                     signum, NSIG - 1);
         return NULL;
     }
-    return source_create(type, DK_SOURCE_SIGNAL, (uintptr_t)signum, 0,
-                         handler, queue, "signal source");
+    return source_create(type, DK_SOURCE_SIGNAL, (uintptr_t)signum, 0, handler,
+                         queue, "signal source");
 }
 
 static PyGetSetDef SignalSource_getset[] = {
     {"signal", (getter)Source_get_handle, NULL, "The signal number.", NULL},
     {"count", (getter)Source_get_data, NULL,
      "Signals received since the previous handler call (read it in the "
-     "handler).", NULL},
+     "handler).",
+     NULL},
     {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
      "True after cancel().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -410,8 +411,7 @@ ReadSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static PyObject *
 WriteSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    return fd_source_new(type, args, kwargs, DK_SOURCE_WRITE,
-                         "write source");
+    return fd_source_new(type, args, kwargs, DK_SOURCE_WRITE, "write source");
 }
 
 static PyGetSetDef ReadSource_getset[] = {
@@ -447,8 +447,10 @@ ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (pid <= 0 || pid > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "pid must be a positive process id, "
-                     "not %ld", pid);
+        PyErr_Format(PyExc_ValueError,
+                     "pid must be a positive process id, "
+                     "not %ld",
+                     pid);
         return NULL;
     }
     unsigned long all =
@@ -459,15 +461,16 @@ ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                         "PROC_EXEC and PROC_SIGNAL");
         return NULL;
     }
-    return source_create(type, DK_SOURCE_PROC, (uintptr_t)pid, events,
-                         handler, queue, "process source");
+    return source_create(type, DK_SOURCE_PROC, (uintptr_t)pid, events, handler,
+                         queue, "process source");
 }
 
 static PyGetSetDef ProcessSource_getset[] = {
     {"pid", (getter)Source_get_handle, NULL, "The process id.", NULL},
     {"events_pending", (getter)Source_get_data, NULL,
      "PROC_* events seen at the last handler call (only PROC_EXIT is "
-     "observable on Linux).", NULL},
+     "observable on Linux).",
+     NULL},
     {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
      "True after cancel().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -475,13 +478,12 @@ static PyGetSetDef ProcessSource_getset[] = {
 
 /* ---- types ---------------------------------------------------------- */
 
-#define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                             \
-    {                                                                      \
-        {Py_tp_new, NEW}, {Py_tp_dealloc, Source_dealloc},                 \
-            {Py_tp_traverse, Source_traverse},                             \
-            {Py_tp_clear, Source_clear}, {Py_tp_methods, METHODS},         \
-            {Py_tp_getset, GETSET}, {Py_tp_repr, Source_repr},             \
-            {Py_tp_doc, DOC}, {0, NULL},                                   \
+#define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                               \
+    {                                                                         \
+        {Py_tp_new, NEW}, {Py_tp_dealloc, Source_dealloc},                    \
+            {Py_tp_traverse, Source_traverse}, {Py_tp_clear, Source_clear},   \
+            {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET},                 \
+            {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC}, {0, NULL},           \
     }
 
 static PyMethodDef Timer_all_methods[4];
@@ -509,12 +511,12 @@ static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
     "ProcessSource(pid, handler, events=PROC_EXIT, queue=None)\n\nCall "
     "handler when the process exits.");
 
-#define SOURCE_SPEC(NAME, SLOTS)                                            \
-    {                                                                      \
-        .name = "dispatchkit." NAME, .basicsize = sizeof(SourceObject),    \
-        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE |                \
-                 Py_TPFLAGS_HAVE_GC,                                       \
-        .slots = SLOTS,                                                    \
+#define SOURCE_SPEC(NAME, SLOTS)                                              \
+    {                                                                         \
+        .name = "dispatchkit." NAME, .basicsize = sizeof(SourceObject),       \
+        .flags =                                                              \
+            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,    \
+        .slots = SLOTS,                                                       \
     }
 
 static PyType_Spec source_specs[] = {
@@ -532,8 +534,7 @@ dkpy_source_exec(PyObject *m)
     Timer_all_methods[1] = Source_methods[1];
     Timer_all_methods[2] = Timer_methods[0];
     Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
-    for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0];
-         i++) {
+    for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
         PyObject *t = PyType_FromModuleAndSpec(m, &source_specs[i], NULL);
         if (t == NULL) {
             return -1;

@@ -16,33 +16,35 @@ typedef void (*dk_test_fn)(void);
 
 void dk_test_register(const char *name, dk_test_fn fn, unsigned timeout_s);
 
-#define DK_TEST_T(name, timeout_s)                                          \
-    static void dk_test_##name(void);                                      \
-    __attribute__((constructor)) static void dk_test_reg_##name(void)     \
-    {                                                                      \
-        dk_test_register(#name, dk_test_##name, (timeout_s));              \
-    }                                                                      \
+#define DK_TEST_T(name, timeout_s)                                            \
+    static void dk_test_##name(void);                                         \
+    __attribute__((constructor)) static void dk_test_reg_##name(void)         \
+    {                                                                         \
+        dk_test_register(#name, dk_test_##name, (timeout_s));                 \
+    }                                                                         \
     static void dk_test_##name(void)
 
 #define DK_TEST(name) DK_TEST_T(name, 60)
 
-#define CHECK(cond)                                                         \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            abort();                                                       \
-        }                                                                  \
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                   \
+            abort();                                                          \
+        }                                                                     \
     } while (0)
 
-#define CHECK_EQ(a, b)                                                      \
-    do {                                                                   \
-        long long dk_a_ = (long long)(a), dk_b_ = (long long)(b);          \
-        if (dk_a_ != dk_b_) {                                              \
-            fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %s (%lld vs "   \
-                    "%lld)\n", __FILE__, __LINE__, #a, #b, dk_a_, dk_b_);  \
-            abort();                                                       \
-        }                                                                  \
+#define CHECK_EQ(a, b)                                                        \
+    do {                                                                      \
+        long long dk_a_ = (long long)(a), dk_b_ = (long long)(b);             \
+        if (dk_a_ != dk_b_) {                                                 \
+            fprintf(stderr,                                                   \
+                    "%s:%d: CHECK_EQ failed: %s == %s (%lld vs "              \
+                    "%lld)\n",                                                \
+                    __FILE__, __LINE__, #a, #b, dk_a_, dk_b_);                \
+            abort();                                                          \
+        }                                                                     \
     } while (0)
 
 #endif /* DK_TESTS_RUNNER_H */

@@ -30,7 +30,8 @@ signal_done(void *ctx)
 
 DK_TEST(compat_timer_source_and_object_context)
 {
-    dispatch_queue_t q = dispatch_queue_create("compat", DISPATCH_QUEUE_SERIAL);
+    dispatch_queue_t q =
+        dispatch_queue_create("compat", DISPATCH_QUEUE_SERIAL);
     dispatch_source_t t =
         dispatch_source_create(DISPATCH_SOURCE_TYPE_TIMER, 0, 0, q);
     CHECK(t != NULL);
@@ -49,8 +50,8 @@ DK_TEST(compat_timer_source_and_object_context)
     dispatch_set_finalizer_f(q, signal_done);
     dispatch_release(q);
     dispatch_release(t); /* the source held the queue too */
-    CHECK_EQ(dispatch_semaphore_wait(done, dispatch_time(DISPATCH_TIME_NOW,
-                                                         5 * NSEC_PER_SEC)),
+    CHECK_EQ(dispatch_semaphore_wait(
+                 done, dispatch_time(DISPATCH_TIME_NOW, 5 * NSEC_PER_SEC)),
              0);
     dispatch_release(done);
 }
@@ -65,15 +66,15 @@ DK_TEST(compat_signal_source_and_bad_types)
 {
     signal(SIGUSR1, SIG_IGN);
     dispatch_semaphore_t got = dispatch_semaphore_create(0);
-    dispatch_source_t s = dispatch_source_create(
-        DISPATCH_SOURCE_TYPE_SIGNAL, SIGUSR1, 0,
-        dispatch_get_global_queue(0, 0));
+    dispatch_source_t s =
+        dispatch_source_create(DISPATCH_SOURCE_TYPE_SIGNAL, SIGUSR1, 0,
+                               dispatch_get_global_queue(0, 0));
     dispatch_set_context(s, got);
     dispatch_source_set_event_handler_f(s, on_sig);
     dispatch_activate(s);
     kill(getpid(), SIGUSR1);
-    CHECK_EQ(dispatch_semaphore_wait(got, dispatch_time(DISPATCH_TIME_NOW,
-                                                        5 * NSEC_PER_SEC)),
+    CHECK_EQ(dispatch_semaphore_wait(
+                 got, dispatch_time(DISPATCH_TIME_NOW, 5 * NSEC_PER_SEC)),
              0);
     CHECK(dispatch_source_get_handle(s) == SIGUSR1);
     dispatch_source_cancel(s);

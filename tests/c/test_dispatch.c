@@ -23,7 +23,7 @@ in_ns(uint64_t ns)
     return dk_now() + ns;
 }
 
-#define SECONDS(s) ((uint64_t)(s) * DK_NSEC_PER_SEC)
+#define SECONDS(s) ((uint64_t)(s)*DK_NSEC_PER_SEC)
 
 /* ---- serial FIFO and exclusion ---- */
 
@@ -160,9 +160,9 @@ reader(void *p)
         __atomic_add_fetch(&rw->errors, 1, __ATOMIC_RELAXED);
     }
     int m = __atomic_load_n(&rw->max_readers, __ATOMIC_RELAXED);
-    while (r > m && !__atomic_compare_exchange_n(&rw->max_readers, &m, r,
-                                                 false, __ATOMIC_RELAXED,
-                                                 __ATOMIC_RELAXED)) {
+    while (r > m &&
+           !__atomic_compare_exchange_n(&rw->max_readers, &m, r, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }
     usleep(200);
     __atomic_add_fetch(&rw->reads, 1, __ATOMIC_RELAXED);
@@ -335,7 +335,6 @@ finalize(void *p)
     dk_semaphore_signal(p);
 }
 
-
 DK_TEST(group_wait_and_notify)
 {
     dk_group_t *g = dk_group_create();
@@ -502,8 +501,7 @@ DK_TEST(after_runs_no_earlier_than_due_and_in_order)
     for (int i = 0; i < 3; i++) {
         c[i].s = s;
         c[i].due = dk_now() + delays[i];
-        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW,
-                                             (int64_t)delays[i]),
+        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)delays[i]),
                                   &c[i], after_item),
                  0);
     }
@@ -518,8 +516,7 @@ DK_TEST(after_runs_no_earlier_than_due_and_in_order)
     /* FOREVER never runs; a wall-clock time in the past runs now. */
     CHECK_EQ(dk_queue_after_f(q, DK_TIME_FOREVER, &c[0], after_item), 0);
     struct after_ctx w = {dk_now(), 0, s};
-    CHECK_EQ(dk_queue_after_f(q, dk_walltime(0, -1000000), &w, after_item),
-             0);
+    CHECK_EQ(dk_queue_after_f(q, dk_walltime(0, -1000000), &w, after_item), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
     CHECK(w.ran_at != 0);
     dk_release(q);

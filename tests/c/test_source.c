@@ -224,9 +224,10 @@ DK_TEST(read_and_write_sources_on_a_pipe)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    dk_source_t *r = dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    dk_source_t *w = dk_source_create(DK_SOURCE_WRITE, (uintptr_t)p[1], 0,
-                                      NULL);
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    dk_source_t *w =
+        dk_source_create(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
     struct counter *rc = counter_new(r);
     struct counter *wc = counter_new(w);
     dk_source_resume(r);
@@ -263,8 +264,8 @@ DK_TEST(proc_source_sees_child_exit)
         usleep(50000);
         _exit(3);
     }
-    dk_source_t *s = dk_source_create(DK_SOURCE_PROC, (uintptr_t)pid,
-                                      DK_PROC_EXIT, NULL);
+    dk_source_t *s =
+        dk_source_create(DK_SOURCE_PROC, (uintptr_t)pid, DK_PROC_EXIT, NULL);
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
     dk_source_resume(s);

@@ -7,22 +7,22 @@
 #include "os/linux/os.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/sockios.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <fcntl.h>
-#include <linux/sockios.h>
-#include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -158,7 +158,7 @@ dk__os_thread_start(void *(*fn)(void *), void *arg, const char *name)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 512 * 1024);
+    pthread_attr_setstacksize(&attr, (size_t)512 * 1024);
 
     /* The new thread inherits this mask: every asynchronous signal is
      * blocked so that it goes to the application's threads. */
@@ -361,8 +361,8 @@ dk__os_fd_check(int fd, bool *regular)
     if (fd < 0 || fstat(fd, &st) < 0) {
         return -EBADF;
     }
-    *regular = S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
-               S_ISBLK(st.st_mode);
+    *regular =
+        S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISBLK(st.st_mode);
     return 0;
 }
 
