@@ -12,6 +12,7 @@
 
 #include "atomic.h"
 #include "dk/apply.h"
+#include "dk/data.h"
 #include "dk/group.h"
 #include "dk/once.h"
 #include "dk/queue.h"
@@ -37,6 +38,7 @@ enum dk__kind {
     DK_KIND_GROUP = 0x47525550,
     DK_KIND_SEMAPHORE = 0x53454d41,
     DK_KIND_SOURCE = 0x534f5552,
+    DK_KIND_DATA = 0x44415441,
 };
 
 #define DK_REFCNT_IMMORTAL 0x80000000u
@@ -55,6 +57,8 @@ struct dk__object {
 #define DK_ITEM_SYNC 0x8u      /* a waiter's item: signal when done */
 #define DK_ITEM_GROUP 0x10u    /* leave item->group after running */
 #define DK_ITEM_EMBEDDED 0x20u /* not malloc'ed: never freed */
+#define DK_ITEM_QOS 0x40u      /* workloops: bits 24-26 hold a QoS band */
+#define DK_ITEM_BAND_SHIFT 24
 
 struct dk__item {
     struct dk__item *next;
@@ -102,7 +106,10 @@ enum dk__qtype {
     DK_Q_CONCURRENT,
     DK_Q_ROOT,
     DK_Q_MAIN,
+    DK_Q_WORKLOOP,
 };
+
+#define DK_WL_BANDS 5
 
 struct dk__specific {
     struct dk__specific *next;
@@ -133,6 +140,10 @@ struct dk_queue_s {
     struct dk__item *cq_head, *cq_tail;
     uint32_t cq_running;
     bool cq_barrier_running;
+
+    /* Workloops, under `lock`: one FIFO per QoS band, highest first. */
+    struct dk__item *wl_head[DK_WL_BANDS], *wl_tail[DK_WL_BANDS];
+    uint64_t wl_count; /* items in the bands (atomic, for emptiness) */
 
     /* Root queues: consumers serialise their pops on this lock. */
     uint32_t pop_lock;

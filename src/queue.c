@@ -273,12 +273,79 @@ serial_wakeup(dk_queue_t *q)
     schedule_drain(q);
 }
 
+static bool
+queue_empty(dk_queue_t *q)
+{
+    if (q->type == DK_Q_WORKLOOP) {
+        return dk_atomic_load_seq_cst(&q->wl_count) == 0;
+    }
+    return dk__mpsc_empty(&q->items);
+}
+
+static int
+qos_band(int qos)
+{
+    switch (qos) {
+    case DK_QOS_USER_INTERACTIVE:
+        return 0;
+    case DK_QOS_USER_INITIATED:
+        return 1;
+    case DK_QOS_UTILITY:
+        return 3;
+    case DK_QOS_BACKGROUND:
+        return 4;
+    default:
+        return 2;
+    }
+}
+
+static void
+workloop_push(dk_queue_t *q, struct dk__item *it)
+{
+    int band = (it->flags & DK_ITEM_QOS)
+                   ? (int)((it->flags >> DK_ITEM_BAND_SHIFT) & 7u)
+                   : qos_band(DK_QOS_DEFAULT);
+    it->next = NULL;
+    pthread_mutex_lock(&q->lock);
+    if (q->wl_tail[band] != NULL) {
+        q->wl_tail[band]->next = it;
+    } else {
+        q->wl_head[band] = it;
+    }
+    q->wl_tail[band] = it;
+    dk_atomic_add_seq_cst(&q->wl_count, 1); /* as (A) */
+    pthread_mutex_unlock(&q->lock);
+}
+
+static struct dk__item *
+queue_pop(dk_queue_t *q)
+{
+    if (q->type != DK_Q_WORKLOOP) {
+        return dk__mpsc_pop(&q->items);
+    }
+    struct dk__item *it = NULL;
+    pthread_mutex_lock(&q->lock);
+    for (int b = 0; b < DK_WL_BANDS; b++) {
+        if (q->wl_head[b] != NULL) {
+            it = q->wl_head[b];
+            q->wl_head[b] = it->next;
+            if (q->wl_head[b] == NULL) {
+                q->wl_tail[b] = NULL;
+            }
+            dk_atomic_sub_relaxed(&q->wl_count, 1);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&q->lock);
+    return it;
+}
+
 /* Give up ownership (C), then look again (D). */
 static void
 serial_release(dk_queue_t *q)
 {
     dk_atomic_and_seq_cst(&q->state, ~DK_QS_SCHEDULED); /* (C) */
-    if (!dk__mpsc_empty(&q->items)) {                   /* (D) */
+    if (!queue_empty(q)) {                              /* (D) */
         serial_wakeup(q);
     }
 }
@@ -297,7 +364,7 @@ serial_drain_count(dk_queue_t *q, long budget)
             break;
         }
         if (ran == budget) {
-            if (dk__mpsc_empty(&q->items)) {
+            if (queue_empty(q)) {
                 break;
             }
             /* Yield to other queues of the target: go to the back of it,
@@ -306,7 +373,7 @@ serial_drain_count(dk_queue_t *q, long budget)
             schedule_drain(q);
             return ran;
         }
-        struct dk__item *it = dk__mpsc_pop(&q->items);
+        struct dk__item *it = queue_pop(q);
         if (it == NULL) {
             break;
         }
@@ -407,7 +474,37 @@ dk__queue_push(dk_queue_t *q, struct dk__item *it)
         dk__mpsc_push(&q->items, it); /* (A) */
         serial_wakeup(q);
         break;
+    case DK_Q_WORKLOOP:
+        workloop_push(q, it);
+        serial_wakeup(q);
+        break;
     }
+}
+
+static bool
+valid_qos(int qos);
+
+int
+dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx, dk_function_t fn)
+{
+    if (!valid_qos(qos)) {
+        return -EINVAL;
+    }
+    struct dk__item *it = dk__item_alloc();
+    if (it == NULL) {
+        return -ENOMEM;
+    }
+    it->fn = fn;
+    it->ctx = ctx;
+    it->flags = DK_ITEM_QOS | (uint32_t)qos_band(qos) << DK_ITEM_BAND_SHIFT;
+    dk__queue_push(q, it);
+    return 0;
+}
+
+bool
+dk_queue_is_workloop(const dk_queue_t *q)
+{
+    return q->type == DK_Q_WORKLOOP;
 }
 
 static int
@@ -472,7 +569,8 @@ dk_queue_sync_enter(dk_queue_t *q, bool barrier, dk_sync_frame_t *frame)
         return 0;
     case DK_Q_MAIN:
         return -EAGAIN;
-    case DK_Q_SERIAL: {
+    case DK_Q_SERIAL:
+    case DK_Q_WORKLOOP: {
         if (q->target->type != DK_Q_ROOT) {
             return -EAGAIN;
         }
@@ -521,6 +619,7 @@ dk_queue_sync_exit(dk_queue_t *q, dk_sync_frame_t *frame)
     case DK_Q_MAIN:
         break;
     case DK_Q_SERIAL:
+    case DK_Q_WORKLOOP:
         serial_release(q);
         break;
     case DK_Q_CONCURRENT:
@@ -676,7 +775,10 @@ dk_queue_t *
 dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
                 dk_queue_t *target)
 {
-    if ((attrs & ~(DK_QUEUE_CONCURRENT | DK_QUEUE_INACTIVE)) != 0) {
+    if ((attrs & ~(DK_QUEUE_CONCURRENT | DK_QUEUE_INACTIVE |
+                   DK_QUEUE_WORKLOOP)) != 0 ||
+        (attrs & (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) ==
+            (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) {
         errno = EINVAL;
         return NULL;
     }
@@ -694,7 +796,9 @@ dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
     }
     q->obj.refcnt = 1;
     q->obj.kind = DK_KIND_QUEUE;
-    q->type = (attrs & DK_QUEUE_CONCURRENT) ? DK_Q_CONCURRENT : DK_Q_SERIAL;
+    q->type = (attrs & DK_QUEUE_CONCURRENT)  ? DK_Q_CONCURRENT
+              : (attrs & DK_QUEUE_WORKLOOP) ? DK_Q_WORKLOOP
+                                            : DK_Q_SERIAL;
     /* As in GCD, a relative priority outside [-15, 0] or an unknown class
      * drops the QoS request. */
     q->qos = (valid_qos(qos) && relpri <= 0 && relpri >= -15) ? qos : 0;
@@ -761,6 +865,7 @@ queue_destroy(dk_queue_t *q)
 void dk__group_destroy(dk_group_t *g);
 void dk__semaphore_destroy(dk_semaphore_t *s);
 void dk__source_destroy(dk_source_t *s);
+void dk__data_destroy(dk_data_t *d);
 
 void
 dk_retain(void *object)
@@ -804,6 +909,9 @@ dk_release(void *object)
         break;
     case DK_KIND_SOURCE:
         dk__source_destroy((dk_source_t *)o);
+        break;
+    case DK_KIND_DATA:
+        dk__data_destroy((dk_data_t *)o);
         break;
     default:
         DK_CLIENT_CRASH("dk_release of something that is not an object");
@@ -916,7 +1024,7 @@ dk_queue_set_target(dk_queue_t *q, dk_queue_t *target)
     if (!(s & DK_QS_INACTIVE)) {
         if (s & DK_QS_WAS_INACTIVE) {
             rc = -EPERM;
-        } else if ((s & DK_QS_SCHEDULED) || !dk__mpsc_empty(&q->items) ||
+        } else if ((s & DK_QS_SCHEDULED) || !queue_empty(q) ||
                    q->cq_head != NULL || q->cq_running > 0 ||
                    q->cq_barrier_running) {
             rc = -EBUSY;
@@ -1139,6 +1247,10 @@ dk__queue_fork_child(void)
         pthread_mutex_init(&q->lock, NULL);
         dk__mpsc_init(&q->items);
         q->cq_head = q->cq_tail = NULL;
+        for (int b = 0; b < DK_WL_BANDS; b++) {
+            q->wl_head[b] = q->wl_tail[b] = NULL;
+        }
+        q->wl_count = 0;
         q->cq_running = 0;
         q->cq_barrier_running = false;
         q->state &= ~DK_QS_SCHEDULED;

@@ -39,9 +39,12 @@ enum {
     DK_PRIORITY_BACKGROUND = -32768,
 };
 
-/* Attributes for dk_queue_create. */
+/* Attributes for dk_queue_create. A workloop is a serial queue whose
+ * pending items run highest QoS first (FIFO within a QoS class): submit
+ * with dk_queue_async_qos_f. */
 #define DK_QUEUE_CONCURRENT 0x1u
 #define DK_QUEUE_INACTIVE 0x2u
+#define DK_QUEUE_WORKLOOP 0x4u
 
 /*
  * Create a queue. `label` is copied (NULL means ""). `qos` is a DK_QOS_*
@@ -70,6 +73,12 @@ DK_EXPORT unsigned dk_queue_suspend_count(const dk_queue_t *q);
 DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx, dk_function_t fn);
 DK_EXPORT int dk_queue_barrier_async_f(dk_queue_t *q, void *ctx,
                                        dk_function_t fn);
+/* Submit with a QoS class (DK_QOS_*; 0 = default). Only workloops order by
+ * it; other queues treat this as dk_queue_async_f. -EINVAL for an unknown
+ * class. */
+DK_EXPORT int dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx,
+                                   dk_function_t fn);
+DK_EXPORT bool dk_queue_is_workloop(const dk_queue_t *q);
 
 /*
  * Run fn(ctx) on q and wait for it. Returns 0, or -EDEADLK when the calling

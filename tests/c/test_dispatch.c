@@ -708,3 +708,69 @@ DK_TEST(forked_child_gets_a_working_runtime)
     dk_release(warm);
     dk_release(q);
 }
+
+/* ---- workloops ---- */
+
+struct order_log {
+    int seen[16];
+    int n;
+};
+
+struct order_item {
+    struct order_log *log;
+    int tag;
+};
+
+static void
+log_tag(void *p)
+{
+    struct order_item *it = p;
+    it->log->seen[it->log->n++] = it->tag;
+}
+
+static void
+wait_gate(void *p)
+{
+    dk_semaphore_wait(p, UINT64_MAX);
+}
+
+DK_TEST(workloop_runs_higher_qos_first_fifo_within)
+{
+    dk_queue_t *wl =
+        dk_queue_create("wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
+    CHECK(dk_queue_is_workloop(wl));
+    CHECK(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0,
+                          0, NULL) == NULL);
+    dk_semaphore_t *gate = dk_semaphore_create(0);
+    struct order_log log = {{0}, 0};
+    struct order_item items[6] = {
+        {&log, 1}, {&log, 2}, {&log, 3}, {&log, 4}, {&log, 5}, {&log, 6},
+    };
+    dk_queue_activate(wl);
+    dk_queue_async_f(wl, gate, wait_gate); /* holds the workloop */
+    usleep(10000);
+    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, &items[0], log_tag);
+    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[1], log_tag);
+    dk_queue_async_f(wl, &items[2], log_tag); /* default QoS */
+    dk_queue_async_qos_f(wl, DK_QOS_USER_INTERACTIVE, &items[3], log_tag);
+    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[4], log_tag);
+    dk_queue_async_qos_f(wl, DK_QOS_USER_INITIATED, &items[5], log_tag);
+    CHECK_EQ(dk_queue_async_qos_f(wl, 0x42, &items[0], log_tag), -EINVAL);
+    /* A background item submitted last runs last (FIFO within its class);
+     * a sync item would run at default QoS, before the lower classes. */
+    dk_semaphore_t *done = dk_semaphore_create(0);
+    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, done, finalize);
+    dk_semaphore_signal(gate);
+    CHECK_EQ(dk_semaphore_wait(done, dk_now() + 5 * DK_NSEC_PER_SEC), 0);
+    CHECK_EQ(log.n, 6);
+    int want[6] = {4, 6, 3, 2, 5, 1};
+    for (int i = 0; i < 6; i++) {
+        CHECK_EQ(log.seen[i], want[i]);
+    }
+    struct sync_ctx c = {wl, 1, false};
+    dk_queue_sync_f(wl, &c, sync_inside);
+    CHECK_EQ(c.rc, -EDEADLK);
+    dk_release(wl);
+    dk_release(gate);
+    dk_release(done);
+}
