@@ -481,8 +481,7 @@ dk__queue_push(dk_queue_t *q, struct dk__item *it)
     }
 }
 
-static bool
-valid_qos(int qos);
+static bool valid_qos(int qos);
 
 int
 dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx, dk_function_t fn)
@@ -796,7 +795,7 @@ dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
     }
     q->obj.refcnt = 1;
     q->obj.kind = DK_KIND_QUEUE;
-    q->type = (attrs & DK_QUEUE_CONCURRENT)  ? DK_Q_CONCURRENT
+    q->type = (attrs & DK_QUEUE_CONCURRENT) ? DK_Q_CONCURRENT
               : (attrs & DK_QUEUE_WORKLOOP) ? DK_Q_WORKLOOP
                                             : DK_Q_SERIAL;
     /* As in GCD, a relative priority outside [-15, 0] or an unknown class

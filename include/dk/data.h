@@ -22,10 +22,9 @@ DK_EXPORT dk_data_t *dk_data_create(const void *bytes, size_t size);
 
 /* Take `buffer` without copying; destructor(ctx, buffer) runs when the last
  * data object using it goes away (NULL: free(buffer)). */
-DK_EXPORT dk_data_t *dk_data_create_nocopy(void *buffer, size_t size,
-                                           void (*destructor)(void *ctx,
-                                                              void *buffer),
-                                           void *ctx);
+DK_EXPORT dk_data_t *
+dk_data_create_nocopy(void *buffer, size_t size,
+                      void (*destructor)(void *ctx, void *buffer), void *ctx);
 
 DK_EXPORT size_t dk_data_get_size(const dk_data_t *d);
 /* Number of regions (contiguous pieces). */

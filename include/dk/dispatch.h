@@ -16,7 +16,9 @@
 #include <time.h>
 
 #include "dk/apply.h"
+#include "dk/data.h"
 #include "dk/group.h"
+#include "dk/io.h"
 #include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
@@ -458,6 +460,224 @@ static inline unsigned long
 dispatch_source_get_mask(dispatch_source_t s)
 {
     return dk_source_get_mask(s);
+}
+
+/* ---- dispatch data -------------------------------------------------- */
+
+typedef dk_data_t *dispatch_data_t;
+#define dispatch_data_empty (dk_data_empty())
+/* libdispatch's destructors are blocks; here they are function pointers:
+ * DEFAULT copies the buffer, FREE takes it and free()s it later, any other
+ * function is called with the buffer once the data is gone. */
+typedef void (*dispatch_data_destructor_t)(void *buffer);
+#define DISPATCH_DATA_DESTRUCTOR_DEFAULT ((dispatch_data_destructor_t)0)
+#define DISPATCH_DATA_DESTRUCTOR_FREE ((dispatch_data_destructor_t)free)
+
+static inline void
+dispatch__data_destroy(void *ctx, void *buffer)
+{
+    union {
+        void *p;
+        dispatch_data_destructor_t f;
+    } u = {ctx};
+    u.f(buffer);
+}
+
+/* dispatch_data_create with a function-pointer destructor (the queue is
+ * accepted for compatibility; destructors run on the releasing thread). */
+static inline dispatch_data_t
+dispatch_data_create_f(const void *buffer, size_t size, dispatch_queue_t queue,
+                       dispatch_data_destructor_t destructor)
+{
+    (void)queue;
+    if (destructor == DISPATCH_DATA_DESTRUCTOR_DEFAULT) {
+        return dk_data_create(buffer, size);
+    }
+    union {
+        dispatch_data_destructor_t f;
+        void *p;
+    } u = {destructor};
+    return dk_data_create_nocopy((void *)buffer, size, dispatch__data_destroy,
+                                 u.p);
+}
+
+static inline size_t
+dispatch_data_get_size(dispatch_data_t d)
+{
+    return dk_data_get_size(d);
+}
+
+static inline dispatch_data_t
+dispatch_data_create_map(dispatch_data_t d, const void **buffer, size_t *size)
+{
+    const void *b;
+    size_t n;
+    dispatch_data_t m = dk_data_create_map(d, &b, &n);
+    if (buffer != NULL) {
+        *buffer = b;
+    }
+    if (size != NULL) {
+        *size = n;
+    }
+    return m;
+}
+
+static inline dispatch_data_t
+dispatch_data_create_concat(dispatch_data_t a, dispatch_data_t b)
+{
+    return dk_data_create_concat(a, b);
+}
+
+static inline dispatch_data_t
+dispatch_data_create_subrange(dispatch_data_t d, size_t offset, size_t length)
+{
+    return dk_data_create_subrange(d, offset, length);
+}
+
+static inline dispatch_data_t
+dispatch_data_copy_region(dispatch_data_t d, size_t location, size_t *offset)
+{
+    return dk_data_copy_region(d, location, offset);
+}
+
+/* The applier gets each region's bytes; the region object argument of
+ * libdispatch's block is not provided (NULL). */
+typedef bool (*dispatch_data_applier_function_t)(void *ctx,
+                                                 dispatch_data_t region,
+                                                 size_t offset,
+                                                 const void *buffer,
+                                                 size_t size);
+struct dispatch__apply_ctx {
+    void *ctx;
+    dispatch_data_applier_function_t fn;
+};
+
+static inline bool
+dispatch__data_apply_tramp(void *p, size_t offset, const void *bytes,
+                           size_t len)
+{
+    struct dispatch__apply_ctx *a = (struct dispatch__apply_ctx *)p;
+    return a->fn(a->ctx, NULL, offset, bytes, len);
+}
+
+static inline bool
+dispatch_data_apply_f(dispatch_data_t d, void *ctx,
+                      dispatch_data_applier_function_t applier)
+{
+    struct dispatch__apply_ctx a = {ctx, applier};
+    return dk_data_apply(d, &a, dispatch__data_apply_tramp);
+}
+
+/* ---- dispatch I/O ---------------------------------------------------- */
+
+typedef dk_io_t *dispatch_io_t;
+typedef unsigned long dispatch_io_type_t;
+typedef unsigned long dispatch_io_close_flags_t;
+typedef unsigned long dispatch_io_interval_flags_t;
+typedef int dispatch_fd_t;
+#define DISPATCH_IO_STREAM 0
+#define DISPATCH_IO_RANDOM 1
+#define DISPATCH_IO_STOP 0x1
+#define DISPATCH_IO_STRICT_INTERVAL 0x1
+typedef void (*dispatch_io_handler_function_t)(void *ctx, bool done,
+                                               dispatch_data_t data,
+                                               int error);
+
+static inline dispatch_io_t
+dispatch_io_create_f(dispatch_io_type_t type, dispatch_fd_t fd,
+                     dispatch_queue_t queue, void *ctx,
+                     void (*cleanup_handler)(void *ctx, int error))
+{
+    return dk_io_create((int)type, fd, queue, ctx, cleanup_handler);
+}
+
+static inline void
+dispatch_io_read_f(dispatch_io_t channel, off_t offset, size_t length,
+                   dispatch_queue_t queue, void *ctx,
+                   dispatch_io_handler_function_t handler)
+{
+    if (dk_io_read_data(channel, offset, length, queue, ctx, handler) < 0) {
+        handler(ctx, true, dk_data_empty(), ECANCELED);
+    }
+}
+
+static inline void
+dispatch_io_write_f(dispatch_io_t channel, off_t offset, dispatch_data_t data,
+                    dispatch_queue_t queue, void *ctx,
+                    dispatch_io_handler_function_t handler)
+{
+    if (dk_io_write_data(channel, offset, data, queue, ctx, handler) < 0) {
+        handler(ctx, true, data, ECANCELED);
+    }
+}
+
+static inline void
+dispatch_io_close(dispatch_io_t channel, dispatch_io_close_flags_t flags)
+{
+    dk_io_close(channel, (unsigned)flags);
+}
+
+static inline void
+dispatch_io_barrier_f(dispatch_io_t channel, void *ctx,
+                      dispatch_function_t barrier)
+{
+    (void)dk_io_barrier_f(channel, ctx, barrier);
+}
+
+static inline dispatch_fd_t
+dispatch_io_get_descriptor(dispatch_io_t channel)
+{
+    return dk_io_is_closed(channel) ? -1 : dk_io_get_fd(channel);
+}
+
+static inline void
+dispatch_io_set_high_water(dispatch_io_t channel, size_t high_water)
+{
+    dk_io_set_high_water(channel, high_water);
+}
+
+static inline void
+dispatch_io_set_low_water(dispatch_io_t channel, size_t low_water)
+{
+    dk_io_set_low_water(channel, low_water);
+}
+
+static inline void
+dispatch_io_set_interval(dispatch_io_t channel, uint64_t interval,
+                         dispatch_io_interval_flags_t flags)
+{
+    dk_io_set_interval(channel, interval, (unsigned)flags);
+}
+
+/* Channels are released with dispatch_io_release (they are not dk
+ * objects, so dispatch_release does not apply to them). */
+static inline void
+dispatch_io_release(dispatch_io_t channel)
+{
+    dk_io_release(channel);
+}
+
+static inline void
+dispatch_read_f(dispatch_fd_t fd, size_t length, dispatch_queue_t queue,
+                void *ctx,
+                void (*handler)(void *ctx, dispatch_data_t data, int error))
+{
+    int rc = dk_read_data(fd, length, queue, ctx, handler);
+    if (rc < 0) {
+        handler(ctx, dk_data_empty(), -rc);
+    }
+}
+
+static inline void
+dispatch_write_f(dispatch_fd_t fd, dispatch_data_t data,
+                 dispatch_queue_t queue, void *ctx,
+                 void (*handler)(void *ctx, dispatch_data_t remaining,
+                                 int error))
+{
+    int rc = dk_write_data(fd, data, queue, ctx, handler);
+    if (rc < 0) {
+        handler(ctx, data, -rc);
+    }
 }
 
 DK_END_DECLS

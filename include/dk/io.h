@@ -24,6 +24,7 @@
 
 #include <sys/types.h>
 
+#include "dk/data.h"
 #include "dk/queue.h"
 
 DK_BEGIN_DECLS
@@ -90,6 +91,26 @@ DK_EXPORT void dk_io_set_allocator(dk_io_t *io,
                                    void *(*alloc)(void *actx, size_t size),
                                    void (*free_fn)(void *actx, void *buf),
                                    void *actx);
+/*
+ * The same operations with data objects instead of byte pointers (as
+ * libdispatch's dispatch_io_* and dispatch_read/write): the handler gets a
+ * data object it may retain (a read's chunk; a write's unwritten rest).
+ * Data to write is copied when the operation is submitted.
+ */
+typedef void (*dk_io_data_handler_t)(void *ctx, bool done, dk_data_t *data,
+                                     int error);
+DK_EXPORT int dk_io_read_data(dk_io_t *io, off_t offset, size_t length,
+                              dk_queue_t *q, void *ctx,
+                              dk_io_data_handler_t handler);
+DK_EXPORT int dk_io_write_data(dk_io_t *io, off_t offset, dk_data_t *data,
+                               dk_queue_t *q, void *ctx,
+                               dk_io_data_handler_t handler);
+DK_EXPORT int dk_read_data(int fd, size_t length, dk_queue_t *q, void *ctx,
+                           void (*handler)(void *ctx, dk_data_t *data,
+                                           int error));
+DK_EXPORT int dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
+                            void (*handler)(void *ctx, dk_data_t *remaining,
+                                            int error));
 DK_EXPORT void dk_io_retain(dk_io_t *io);
 DK_EXPORT void dk_io_release(dk_io_t *io);
 

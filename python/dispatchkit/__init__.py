@@ -9,6 +9,7 @@ import atexit as _atexit
 
 from dispatchkit._dk import (  # noqa: F401
     Queue,
+    Workloop,
     Group,
     Semaphore,
     Once,
@@ -18,6 +19,7 @@ from dispatchkit._dk import (  # noqa: F401
     WriteSource,
     ProcessSource,
     IOChannel,
+    Data,
     read_async,
     write_async,
     apply,

@@ -24,5 +24,6 @@ int dkpy_queue_arg(PyObject *obj, const char *what, struct dk_queue_s **out);
 int dkpy_dispatch_exec(PyObject *m);
 int dkpy_source_exec(PyObject *m);
 int dkpy_io_exec(PyObject *m);
+int dkpy_data_exec(PyObject *m);
 
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -25,6 +25,7 @@
 
 typedef struct {
     PyTypeObject *queue_type;
+    PyTypeObject *workloop_type;
     PyTypeObject *group_type;
     PyTypeObject *semaphore_type;
     PyTypeObject *once_type;
@@ -170,7 +171,9 @@ typedef struct {
     PyObject *finalizer;
     PyObject *specifics; /* dict, or NULL */
     PyObject *weakreflist;
-    bool immortal; /* global or main queue */
+    bool immortal;         /* global or main queue */
+    bool created_inactive; /* workloops: for activate's error */
+    unsigned autorelease;  /* workloops: accepted, no effect on Linux */
 } QueueObject;
 
 /* The per-queue specifics dict is registered in the core under this key,
@@ -495,8 +498,18 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
     Py_RETURN_NONE;
 }
 
+static PyObject *run_sync_qos(QueueObject *self, PyObject *func, bool barrier,
+                              int qos);
+
 static PyObject *
 run_sync(QueueObject *self, PyObject *func, bool barrier)
+{
+    return run_sync_qos(self, func, barrier, -1);
+}
+
+/* qos >= 0: submit with that QoS class when the call cannot run inline. */
+static PyObject *
+run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
 {
     if (check_callable(func, "func") < 0) {
         return NULL;
@@ -506,8 +519,8 @@ run_sync(QueueObject *self, PyObject *func, bool barrier)
         barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
     if (dk_queue_sync_would_deadlock(q, cq_barrier)) {
         PyErr_Format(PyExc_RuntimeError,
-                     "%s() on queue '%s' from a task running on it (or on "
-                     "a queue it targets) would deadlock",
+                     "%s() on '%s' from a task running on it (or on a queue "
+                     "it targets) would deadlock",
                      barrier ? "barrier_sync" : "run_sync", dk_queue_label(q));
         return NULL;
     }
@@ -534,6 +547,7 @@ run_sync(QueueObject *self, PyObject *func, bool barrier)
     c->func = Py_NewRef(func);
     c->refs = 2;
     int rc = cq_barrier ? dk_queue_barrier_async_f(q, c, call_sync)
+             : qos >= 0 ? dk_queue_async_qos_f(q, qos, c, call_sync)
                         : dk_queue_async_f(q, c, call_sync);
     if (rc < 0) {
         Py_DECREF(func);
@@ -926,6 +940,193 @@ as_queue(PyObject *obj, const char *what)
     }
     return (QueueObject *)obj;
 }
+
+/* ---- Workloop ------------------------------------------------------- */
+
+static PyObject *
+Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"label", "inactive", NULL};
+    PyObject *label;
+    int inactive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Workloop", kwlist,
+                                     &label, &inactive)) {
+        return NULL;
+    }
+    const char *clabel = NULL;
+    if (label != Py_None) {
+        if (!PyUnicode_Check(label)) {
+            PyErr_Format(PyExc_TypeError,
+                         "label must be str or None, not %.100s",
+                         Py_TYPE(label)->tp_name);
+            return NULL;
+        }
+        clabel = PyUnicode_AsUTF8(label);
+        if (clabel == NULL) {
+            return NULL;
+        }
+    }
+    dk_queue_t *q = dk_queue_create(
+        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
+        NULL);
+    if (q == NULL) {
+        return PyErr_NoMemory();
+    }
+    QueueObject *self = (QueueObject *)queue_wrap(type, q, false);
+    if (self != NULL) {
+        self->created_inactive = inactive != 0;
+    }
+    return (PyObject *)self;
+}
+
+static int
+workloop_submit_args(QueueObject *self, PyObject *args, PyObject *kwargs,
+                     const char *name, PyObject **func, int *qos)
+{
+    static char *kwlist[] = {"func", "qos", NULL};
+    long q = 0x15;
+    if (dk_queue_is_inactive(self->q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Cannot submit work to an inactive workloop");
+        return -1;
+    }
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "O|l:%s", name);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, func, &q)) {
+        return -1;
+    }
+    if (check_callable(*func, "func") < 0) {
+        return -1;
+    }
+    if (!valid_qos(q)) {
+        PyErr_Format(PyExc_ValueError,
+                     "qos must be one of the QOS_CLASS_* constants, not %ld",
+                     q);
+        return -1;
+    }
+    *qos = (int)q;
+    return 0;
+}
+
+static PyObject *
+Workloop_run_async(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    int qos;
+    if (workloop_submit_args(self, args, kwargs, "run_async", &func, &qos) <
+        0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = dk_queue_async_qos_f(self->q, qos, func, call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    int qos;
+    if (workloop_submit_args(self, args, kwargs, "run_sync", &func, &qos) <
+        0) {
+        return NULL;
+    }
+    return run_sync_qos(self, func, false, qos);
+}
+
+static PyObject *
+Workloop_activate(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->created_inactive || dk_queue_activate(self->q) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Workloop was not created as inactive");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_set_autorelease_frequency(QueueObject *self, PyObject *arg)
+{
+    long freq = PyLong_AsLong(arg);
+    if (freq == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!dk_queue_is_inactive(self->q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Autorelease frequency can only be set on inactive "
+                        "workloops");
+        return NULL;
+    }
+    if (freq < 0 || freq > 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "frequency must be an AUTORELEASE_FREQUENCY_* constant, "
+                     "not %ld",
+                     freq);
+        return NULL;
+    }
+    self->autorelease = (unsigned)freq; /* no autorelease pools on Linux */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_repr(QueueObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.Workloop '%s'%s>", dk_queue_label(self->q),
+        dk_queue_is_inactive(self->q) ? " inactive" : "");
+}
+
+static PyMethodDef Workloop_methods[] = {
+    {"run_async", (PyCFunction)(void (*)(void))Workloop_run_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "run_async(func, qos=QOS_CLASS_DEFAULT)\n\nSubmit func; pending work "
+     "runs highest QoS first (qos is a dispatchkit extension)."},
+    {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
+     METH_VARARGS | METH_KEYWORDS,
+     "run_sync(func, qos=QOS_CLASS_DEFAULT)\n\nRun func on the workloop and "
+     "wait; re-raises its exception."},
+    {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,
+     "activate()\n\nActivate a workloop created with inactive=True."},
+    {"set_autorelease_frequency",
+     (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
+     "set_autorelease_frequency(freq)\n\nAccepted before activate() (there "
+     "are no autorelease pools on Linux)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Workloop_getset[] = {
+    {"label", (getter)Queue_get_label, NULL, "The workloop's label.", NULL},
+    {"is_inactive", (getter)Queue_get_is_inactive, NULL,
+     "True until an inactive workloop is activated.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Workloop_slots[] = {
+    {Py_tp_new, Workloop_new},
+    {Py_tp_dealloc, Queue_dealloc},
+    {Py_tp_traverse, Queue_traverse},
+    {Py_tp_clear, Queue_clear},
+    {Py_tp_methods, Workloop_methods},
+    {Py_tp_getset, Workloop_getset},
+    {Py_tp_members, Queue_members},
+    {Py_tp_repr, Workloop_repr},
+    {Py_tp_doc, "Workloop(label, inactive=False)\n\nA serial queue whose "
+                "pending work runs highest QoS first."},
+    {0, NULL},
+};
+
+static PyType_Spec Workloop_spec = {
+    .name = "dispatchkit.Workloop",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Workloop_slots,
+};
 
 /* ---- Group ---------------------------------------------------------- */
 
@@ -1662,6 +1863,7 @@ dkpy_dispatch_exec(PyObject *m)
 {
     the_state = &state_storage;
     if (add_type(m, &Queue_spec, &the_state->queue_type) < 0 ||
+        add_type(m, &Workloop_spec, &the_state->workloop_type) < 0 ||
         add_type(m, &Group_spec, &the_state->group_type) < 0 ||
         add_type(m, &Semaphore_spec, &the_state->semaphore_type) < 0 ||
         add_type(m, &Once_spec, &the_state->once_type) < 0) {

@@ -736,11 +736,11 @@ wait_gate(void *p)
 
 DK_TEST(workloop_runs_higher_qos_first_fifo_within)
 {
-    dk_queue_t *wl =
-        dk_queue_create("wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *wl = dk_queue_create(
+        "wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
     CHECK(dk_queue_is_workloop(wl));
-    CHECK(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0,
-                          0, NULL) == NULL);
+    CHECK(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0, 0,
+                          NULL) == NULL);
     dk_semaphore_t *gate = dk_semaphore_create(0);
     struct order_log log = {{0}, 0};
     struct order_item items[6] = {

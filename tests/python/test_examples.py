@@ -27,6 +27,9 @@ EXPECTED = {
                    "b'Hello!'",
     "io_channel.py": "4 chunks, 200000 bytes, largest 65536\n"
                      "All I/O complete",
+    "dispatch_data.py": "13\nb'Hello, World!'\nb'Hello, World!' 2\n"
+                        "b'quick'\nb'World!' 7\n0 b'Hello, '\n7 b'World!'",
+    "workloop.py": "Async task\nSync task\nRunning!",
 }
 
 UNORDERED = {"inactive_queue.py"}

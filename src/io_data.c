@@ -1,0 +1,144 @@
+/*
+ * Data-object variants of the I/O calls (dk/io.h), for libdispatch's
+ * dispatch_io_* and dispatch_read/dispatch_write: small adapters that turn
+ * byte deliveries into data objects and back.
+ */
+#include "internal.h"
+
+#include "dk/io.h"
+
+#include <errno.h>
+
+struct adapter {
+    void *ctx;
+    dk_io_data_handler_t io_handler;
+    void (*simple)(void *ctx, dk_data_t *data, int error);
+};
+
+static struct adapter *
+adapter_new(void *ctx, dk_io_data_handler_t io_handler,
+            void (*simple)(void *ctx, dk_data_t *data, int error))
+{
+    struct adapter *a = malloc(sizeof *a);
+    if (a != NULL) {
+        a->ctx = ctx;
+        a->io_handler = io_handler;
+        a->simple = simple;
+    }
+    return a;
+}
+
+static dk_data_t *
+wrap(const void *bytes, size_t len)
+{
+    dk_data_t *d = dk_data_create(bytes, len);
+    return d != NULL ? d : dk_data_empty(); /* out of memory: no data */
+}
+
+static void
+on_io(void *p, bool done, const void *bytes, size_t len, int error)
+{
+    struct adapter *a = p;
+    dk_data_t *d = wrap(bytes, len);
+    a->io_handler(a->ctx, done, d, error);
+    dk_release(d);
+    if (done) {
+        free(a);
+    }
+}
+
+static void
+on_simple(void *p, const void *bytes, size_t len, int error)
+{
+    struct adapter *a = p;
+    dk_data_t *d = wrap(bytes, len);
+    a->simple(a->ctx, d, error);
+    dk_release(d);
+    free(a);
+}
+
+int
+dk_io_read_data(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q,
+                void *ctx, dk_io_data_handler_t handler)
+{
+    struct adapter *a = adapter_new(ctx, handler, NULL);
+    if (a == NULL) {
+        return -ENOMEM;
+    }
+    int rc = dk_io_read(io, offset, length, q, a, on_io);
+    if (rc < 0) {
+        free(a);
+    }
+    return rc;
+}
+
+/* Flatten a data object for writing (no copy when it has one region). */
+static int
+flatten(dk_data_t *data, dk_data_t **map, const void **bytes, size_t *len)
+{
+    *map = dk_data_create_map(data, bytes, len);
+    return *map == NULL ? -ENOMEM : 0;
+}
+
+int
+dk_io_write_data(dk_io_t *io, off_t offset, dk_data_t *data, dk_queue_t *q,
+                 void *ctx, dk_io_data_handler_t handler)
+{
+    dk_data_t *map;
+    const void *bytes;
+    size_t len;
+    int rc = flatten(data, &map, &bytes, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    struct adapter *a = adapter_new(ctx, handler, NULL);
+    if (a == NULL) {
+        dk_release(map);
+        return -ENOMEM;
+    }
+    rc = dk_io_write(io, offset, bytes, len, q, a, on_io);
+    dk_release(map); /* dk_io_write kept its own copy */
+    if (rc < 0) {
+        free(a);
+    }
+    return rc;
+}
+
+int
+dk_read_data(int fd, size_t length, dk_queue_t *q, void *ctx,
+             void (*handler)(void *ctx, dk_data_t *data, int error))
+{
+    struct adapter *a = adapter_new(ctx, NULL, handler);
+    if (a == NULL) {
+        return -ENOMEM;
+    }
+    int rc = dk_read_f(fd, length, q, a, on_simple);
+    if (rc < 0) {
+        free(a);
+    }
+    return rc;
+}
+
+int
+dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
+              void (*handler)(void *ctx, dk_data_t *remaining, int error))
+{
+    dk_data_t *map;
+    const void *bytes;
+    size_t len;
+    int rc = flatten(data, &map, &bytes, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    struct adapter *a = adapter_new(ctx, NULL, handler);
+    if (a == NULL) {
+        dk_release(map);
+        return -ENOMEM;
+    }
+    rc = dk_write_f(fd, bytes, len, q, a, on_simple);
+    dk_release(map);
+    if (rc < 0) {
+        free(a);
+    }
+    return rc;
+}

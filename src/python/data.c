@@ -1,0 +1,359 @@
+/*
+ * Binding of data objects: dispatchkit.Data. Immutable; concat and
+ * subrange share memory; the buffer protocol exposes a single-region Data
+ * without copying (a multi-region one is flattened once and cached).
+ */
+#include "python/binding.h"
+
+#include "dk/data.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD dk_data_t *d;
+    dk_data_t *flat; /* cached contiguous copy for the buffer protocol */
+    const void *flat_bytes;
+} DataObject;
+
+static PyTypeObject *data_type;
+
+static PyObject *
+data_wrap(dk_data_t *d)
+{
+    if (d == NULL) {
+        return PyErr_NoMemory();
+    }
+    DataObject *self = (DataObject *)data_type->tp_alloc(data_type, 0);
+    if (self == NULL) {
+        dk_release(d);
+        return NULL;
+    }
+    self->d = d;
+    return (PyObject *)self;
+}
+
+static PyObject *
+Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"bytes", "data", NULL};
+    PyObject *src = Py_None, *alt = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:Data", kwlist, &src,
+                                     &alt)) {
+        return NULL;
+    }
+    if (alt != NULL) {
+        if (src != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "give bytes or data, not both");
+            return NULL;
+        }
+        src = alt;
+    }
+    DataObject *self = (DataObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (src == Py_None) {
+        self->d = dk_data_empty();
+        return (PyObject *)self;
+    }
+    if (PyUnicode_Check(src) || !PyObject_CheckBuffer(src)) {
+        Py_DECREF(self);
+        PyErr_Format(PyExc_TypeError,
+                     "Data() needs a bytes-like object, not %.100s",
+                     Py_TYPE(src)->tp_name);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(src, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    dk_data_t *d;
+    if (view.len >= (1 << 20)) {
+        Py_BEGIN_ALLOW_THREADS d = dk_data_create(view.buf, (size_t)view.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        d = dk_data_create(view.buf, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    if (d == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->d = d;
+    return (PyObject *)self;
+}
+
+static void
+Data_dealloc(DataObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->flat != NULL) {
+        dk_release(self->flat);
+    }
+    if (self->d != NULL) {
+        dk_release(self->d);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static DataObject *
+as_data(PyObject *obj, const char *what)
+{
+    if (!PyObject_TypeCheck(obj, data_type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a Data, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return (DataObject *)obj;
+}
+
+static int
+to_size(PyObject *obj, const char *what, size_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    size_t v = PyLong_AsSize_t(obj);
+    if (v == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError,
+                     "%s must be >= 0 and fit in "
+                     "size_t",
+                     what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+Data_concat(DataObject *self, PyObject *other)
+{
+    DataObject *o = as_data(other, "other");
+    if (o == NULL) {
+        return NULL;
+    }
+    return data_wrap(dk_data_create_concat(self->d, o->d));
+}
+
+static PyObject *
+Data_subrange(DataObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"offset", "length", NULL};
+    PyObject *off, *len;
+    size_t o, n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:subrange", kwlist, &off,
+                                     &len) ||
+        to_size(off, "offset", &o) < 0 || to_size(len, "length", &n) < 0) {
+        return NULL;
+    }
+    return data_wrap(dk_data_create_subrange(self->d, o, n));
+}
+
+static PyObject *
+Data_copy_region(DataObject *self, PyObject *arg)
+{
+    size_t loc, off;
+    if (to_size(arg, "location", &loc) < 0) {
+        return NULL;
+    }
+    if (dk_data_get_size(self->d) == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "location out of bounds for empty data");
+        return NULL;
+    }
+    PyObject *r = data_wrap(dk_data_copy_region(self->d, loc, &off));
+    if (r == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", r, (Py_ssize_t)off);
+}
+
+struct apply_ctx {
+    PyObject *func;
+    int error;
+};
+
+static bool
+apply_region(void *p, size_t offset, const void *bytes, size_t len)
+{
+    struct apply_ctx *c = p;
+    PyObject *r = PyObject_CallFunction(c->func, "ny#", (Py_ssize_t)offset,
+                                        (const char *)bytes, (Py_ssize_t)len);
+    if (r == NULL) {
+        c->error = 1;
+        return false;
+    }
+    int keep = r == Py_None ? 1 : PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (keep < 0) {
+        c->error = 1;
+        return false;
+    }
+    return keep != 0;
+}
+
+static PyObject *
+Data_apply(DataObject *self, PyObject *func)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "func must be callable, not %.100s",
+                     Py_TYPE(func)->tp_name);
+        return NULL;
+    }
+    struct apply_ctx c = {func, 0};
+    bool all = dk_data_apply(self->d, &c, apply_region);
+    if (c.error) {
+        return NULL;
+    }
+    return PyBool_FromLong(all);
+}
+
+static bool
+copy_out(void *p, size_t offset, const void *bytes, size_t len)
+{
+    memcpy((char *)p + offset, bytes, len);
+    return true;
+}
+
+static PyObject *
+Data_bytes(DataObject *self, PyObject *unused)
+{
+    (void)unused;
+    size_t n = dk_data_get_size(self->d);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (b != NULL) {
+        dk_data_apply(self->d, PyBytes_AS_STRING(b), copy_out);
+    }
+    return b;
+}
+
+static Py_ssize_t
+Data_len(DataObject *self)
+{
+    return (Py_ssize_t)dk_data_get_size(self->d);
+}
+
+static PyObject *
+Data_get_size(DataObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dk_data_get_size(self->d));
+}
+
+static PyObject *
+Data_get_regions(DataObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dk_data_region_count(self->d));
+}
+
+static int
+Data_getbuffer(DataObject *self, Py_buffer *view, int flags)
+{
+    if (self->flat == NULL) {
+        size_t size;
+        self->flat = dk_data_create_map(self->d, &self->flat_bytes, &size);
+        if (self->flat == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->flat_bytes,
+                             (Py_ssize_t)dk_data_get_size(self->d), 1, flags);
+}
+
+static PyObject *
+Data_richcompare(DataObject *self, PyObject *other, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) ||
+        !PyObject_TypeCheck(other, data_type)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *a = Data_bytes(self, NULL);
+    PyObject *b = a ? Data_bytes((DataObject *)other, NULL) : NULL;
+    PyObject *r = b ? PyObject_RichCompare(a, b, op) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return r;
+}
+
+static Py_hash_t
+Data_hash(DataObject *self)
+{
+    PyObject *b = Data_bytes(self, NULL);
+    if (b == NULL) {
+        return -1;
+    }
+    Py_hash_t h = PyObject_Hash(b);
+    Py_DECREF(b);
+    return h;
+}
+
+static PyObject *
+Data_repr(DataObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Data size=%zu regions=%zu>",
+                                dk_data_get_size(self->d),
+                                dk_data_region_count(self->d));
+}
+
+static PyMethodDef Data_methods[] = {
+    {"concat", (PyCFunction)Data_concat, METH_O,
+     "concat(other) -> Data\n\nThis data followed by other (no copy)."},
+    {"subrange", (PyCFunction)(void (*)(void))Data_subrange,
+     METH_VARARGS | METH_KEYWORDS,
+     "subrange(offset, length) -> Data\n\nA clipped slice (no copy)."},
+    {"copy_region", (PyCFunction)Data_copy_region, METH_O,
+     "copy_region(location) -> (Data, offset)\n\nThe contiguous region "
+     "containing location, and its start offset in this data."},
+    {"apply", (PyCFunction)Data_apply, METH_O,
+     "apply(func) -> bool\n\nfunc(offset, chunk) once per region; stops and "
+     "returns False when func returns a false value (None continues)."},
+    {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS, "A bytes copy."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Data_getset[] = {
+    {"size", (getter)Data_get_size, NULL, "Size in bytes.", NULL},
+    {"regions", (getter)Data_get_regions, NULL,
+     "Number of contiguous regions.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Data_slots[] = {
+    {Py_tp_new, Data_new},
+    {Py_tp_dealloc, Data_dealloc},
+    {Py_tp_methods, Data_methods},
+    {Py_tp_getset, Data_getset},
+    {Py_sq_length, Data_len},
+    {Py_mp_length, Data_len},
+    {Py_bf_getbuffer, Data_getbuffer},
+    {Py_tp_richcompare, Data_richcompare},
+    {Py_tp_hash, Data_hash},
+    {Py_tp_repr, Data_repr},
+    {Py_tp_doc, "Data(bytes=None)\n\nAn immutable buffer made of regions; "
+                "concat and subrange share memory."},
+    {0, NULL},
+};
+
+static PyType_Spec Data_spec = {
+    .name = "dispatchkit.Data",
+    .basicsize = sizeof(DataObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Data_slots,
+};
+
+int
+dkpy_data_exec(PyObject *m)
+{
+    PyObject *t = PyType_FromModuleAndSpec(m, &Data_spec, NULL);
+    if (t == NULL) {
+        return -1;
+    }
+    data_type = (PyTypeObject *)t;
+    return PyModule_AddObjectRef(m, "Data", t);
+}
