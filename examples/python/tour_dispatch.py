@@ -61,6 +61,53 @@ def tour():
     except RuntimeError as e:
         print(f"  misuse raises:               RuntimeError({e})")
 
+    ticks = dk.Semaphore(0)
+    t = dk.Timer(0.01, ticks.signal)
+    t.start()
+    for _ in range(3):
+        ticks.wait()
+    t.cancel()
+    print("  Timer:                       3 ticks, then cancelled")
+
+    import os
+    import signal
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    got = dk.Semaphore(0)
+    src = dk.SignalSource(signal.SIGUSR1, got.signal)
+    src.start()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    got.wait()
+    src.cancel()
+    print("  SignalSource:                saw SIGUSR1 set to SIG_IGN")
+
+    r, w = os.pipe()
+    done = dk.Semaphore(0)
+    result = []
+    dk.read_async(r, 100, lambda data, err: (result.append(data),
+                                             done.signal()))
+    os.write(w, b"hello through a pipe")
+    done.wait()
+    os.close(r)
+    os.close(w)
+    print(f"  read_async:                  {result[0]!r}")
+
+    d = dk.Data(b"hello ").concat(dk.Data(b"world"))
+    print(f"  Data.concat (no copy):       {bytes(d)!r}, {d.regions} regions")
+
+    wl = dk.Workloop("tour.workloop")
+    order = []
+    gate = dk.Semaphore(0)
+    wl.run_async(lambda: gate.wait())
+    wl.run_async(lambda: order.append("background"),
+                 qos=dk.QOS_CLASS_BACKGROUND)
+    wl.run_async(lambda: order.append("interactive"),
+                 qos=dk.QOS_CLASS_USER_INTERACTIVE)
+    gate.signal()
+    fin = dk.Semaphore(0)
+    wl.run_async(fin.signal, qos=dk.QOS_CLASS_BACKGROUND)
+    fin.wait()
+    print(f"  Workloop, by QoS:            {order}")
+
     dk.Queue.main_queue().run_async(
         lambda: print("  main queue:                  drained on main thread"))
     dk.drain_main_queue()

@@ -47,3 +47,12 @@ def test_example(name):
     else:
         assert r.stdout.strip() == EXPECTED[name]
     assert r.stderr == ""
+
+
+def test_demo_tour_runs():
+    r = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "== dispatchkit (GCD dispatch) ==" in r.stdout
+    assert "peer/ours" in r.stdout  # the side-by-side table
+    assert "Traceback" not in r.stderr
