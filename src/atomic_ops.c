@@ -120,3 +120,166 @@ store_order(dk_memory_order mo)
 
 DK_DEFINE_ATOMICS(32, uint32_t)
 DK_DEFINE_ATOMICS(64, uint64_t)
+
+/* ---- width-generic operations -------------------------------------- */
+
+bool
+dk_atomic_width_supported(unsigned width)
+{
+    return width == 1 || width == 2 || width == 4 || width == 8 ||
+           (width == 16 && dk_atomic16_supported());
+}
+
+#define DK_LOAD_AS(T, p, mo)                                                  \
+    ((mo) == DK_MO_RELAXED                                                    \
+         ? __atomic_load_n((const T *)(p), __ATOMIC_RELAXED)                  \
+     : ((mo) == DK_MO_ACQUIRE || (mo) == DK_MO_CONSUME)                       \
+         ? __atomic_load_n((const T *)(p), __ATOMIC_ACQUIRE)                  \
+         : __atomic_load_n((const T *)(p), __ATOMIC_SEQ_CST))
+
+uint64_t
+dk_atomic_load_w(const void *p, unsigned width, dk_memory_order mo)
+{
+    switch (width) {
+    case 1:
+        return DK_LOAD_AS(uint8_t, p, mo);
+    case 2:
+        return DK_LOAD_AS(uint16_t, p, mo);
+    case 4:
+        return DK_LOAD_AS(uint32_t, p, mo);
+    default:
+        return DK_LOAD_AS(uint64_t, p, mo);
+    }
+}
+
+#define DK_STORE_AS(T, p, v, mo)                                              \
+    do {                                                                      \
+        if ((mo) == DK_MO_RELAXED) {                                          \
+            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_RELAXED);             \
+        } else if ((mo) == DK_MO_RELEASE) {                                   \
+            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_RELEASE);             \
+        } else {                                                              \
+            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_SEQ_CST);             \
+        }                                                                     \
+    } while (0)
+
+void
+dk_atomic_store_w(void *p, unsigned width, uint64_t v, dk_memory_order mo)
+{
+    switch (width) {
+    case 1:
+        DK_STORE_AS(uint8_t, p, v, mo);
+        break;
+    case 2:
+        DK_STORE_AS(uint16_t, p, v, mo);
+        break;
+    case 4:
+        DK_STORE_AS(uint32_t, p, v, mo);
+        break;
+    default:
+        DK_STORE_AS(uint64_t, p, v, mo);
+        break;
+    }
+}
+
+/* One RMW at type T with a constant order o_. */
+#define DK_RMW_AS(T, p, op, arg, o_)                                          \
+    switch (op) {                                                             \
+    case DK_AOP_EXCHANGE:                                                     \
+        return __atomic_exchange_n((T *)(p), (T)(arg), o_);                   \
+    case DK_AOP_ADD:                                                          \
+        return __atomic_fetch_add((T *)(p), (T)(arg), o_);                    \
+    case DK_AOP_SUB:                                                          \
+        return __atomic_fetch_sub((T *)(p), (T)(arg), o_);                    \
+    case DK_AOP_AND:                                                          \
+        return __atomic_fetch_and((T *)(p), (T)(arg), o_);                    \
+    case DK_AOP_OR:                                                           \
+        return __atomic_fetch_or((T *)(p), (T)(arg), o_);                     \
+    case DK_AOP_XOR:                                                          \
+        return __atomic_fetch_xor((T *)(p), (T)(arg), o_);                    \
+    case DK_AOP_NOT:                                                          \
+        return __atomic_fetch_xor((T *)(p), (T) ~(T)0, o_);                   \
+    case DK_AOP_NEG: {                                                        \
+        T old_ = __atomic_load_n((T *)(p), __ATOMIC_RELAXED);                 \
+        while (!__atomic_compare_exchange_n((T *)(p), &old_, (T)(0 - old_),   \
+                                            true, o_, __ATOMIC_RELAXED)) {    \
+        }                                                                     \
+        return old_;                                                          \
+    }                                                                         \
+    }                                                                         \
+    return 0
+
+#define DK_RMW_WIDTH(T)                                                       \
+    static uint64_t rmw_##T(void *p, dk_atomic_op_t op, uint64_t arg,         \
+                            dk_memory_order mo)                               \
+    {                                                                         \
+        switch (mo) {                                                         \
+        case DK_MO_RELAXED: {                                                 \
+            DK_RMW_AS(T, p, op, arg, __ATOMIC_RELAXED);                       \
+        }                                                                     \
+        case DK_MO_CONSUME:                                                   \
+        case DK_MO_ACQUIRE: {                                                 \
+            DK_RMW_AS(T, p, op, arg, __ATOMIC_ACQUIRE);                       \
+        }                                                                     \
+        case DK_MO_RELEASE: {                                                 \
+            DK_RMW_AS(T, p, op, arg, __ATOMIC_RELEASE);                       \
+        }                                                                     \
+        case DK_MO_ACQ_REL: {                                                 \
+            DK_RMW_AS(T, p, op, arg, __ATOMIC_ACQ_REL);                       \
+        }                                                                     \
+        default: {                                                            \
+            DK_RMW_AS(T, p, op, arg, __ATOMIC_SEQ_CST);                       \
+        }                                                                     \
+        }                                                                     \
+    }
+
+DK_RMW_WIDTH(uint8_t)
+DK_RMW_WIDTH(uint16_t)
+DK_RMW_WIDTH(uint32_t)
+DK_RMW_WIDTH(uint64_t)
+
+uint64_t
+dk_atomic_rmw_w(void *p, unsigned width, dk_atomic_op_t op, uint64_t arg,
+                dk_memory_order mo)
+{
+    switch (width) {
+    case 1:
+        return rmw_uint8_t(p, op, arg, mo);
+    case 2:
+        return rmw_uint16_t(p, op, arg, mo);
+    case 4:
+        return rmw_uint32_t(p, op, arg, mo);
+    default:
+        return rmw_uint64_t(p, op, arg, mo);
+    }
+}
+
+#define DK_CAS_AS(T, p, exp, des, weak)                                       \
+    do {                                                                      \
+        T e_ = (T) * (exp);                                                   \
+        bool ok_ =                                                            \
+            __atomic_compare_exchange_n((T *)(p), &e_, (T)(des), weak,        \
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);  \
+        *(exp) = e_;                                                          \
+        return ok_;                                                           \
+    } while (0)
+
+bool
+dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected, uint64_t desired,
+                bool weak, dk_memory_order succ, dk_memory_order fail)
+{
+    /* Sequentially consistent is valid for every requested pair and costs
+     * the same single instruction on x86; callers validate the orders. */
+    (void)succ;
+    (void)fail;
+    switch (width) {
+    case 1:
+        DK_CAS_AS(uint8_t, p, expected, desired, weak);
+    case 2:
+        DK_CAS_AS(uint16_t, p, expected, desired, weak);
+    case 4:
+        DK_CAS_AS(uint32_t, p, expected, desired, weak);
+    default:
+        DK_CAS_AS(uint64_t, p, expected, desired, weak);
+    }
+}

@@ -53,6 +53,47 @@ DK_EXPORT bool dk_atomic_u64_cas(uint64_t *p, uint64_t *expected,
 DK_EXPORT uint64_t dk_atomic_u64_fetch_add(uint64_t *p, uint64_t v,
                                            dk_memory_order mo);
 
+/*
+ * Width-generic operations for widths 1, 2, 4 and 8 on naturally aligned
+ * memory, on values held in a uint64_t (the low `width` bytes, native
+ * byte order). Every read-modify-write returns the previous value.
+ */
+typedef enum dk_atomic_op {
+    DK_AOP_EXCHANGE,
+    DK_AOP_ADD,
+    DK_AOP_SUB,
+    DK_AOP_AND,
+    DK_AOP_OR,
+    DK_AOP_XOR,
+    DK_AOP_NOT, /* arg ignored */
+    DK_AOP_NEG, /* arg ignored; two's complement, wraps */
+} dk_atomic_op_t;
+
+DK_EXPORT bool dk_atomic_width_supported(unsigned width);
+DK_EXPORT uint64_t dk_atomic_load_w(const void *p, unsigned width,
+                                    dk_memory_order mo);
+DK_EXPORT void dk_atomic_store_w(void *p, unsigned width, uint64_t v,
+                                 dk_memory_order mo);
+DK_EXPORT uint64_t dk_atomic_rmw_w(void *p, unsigned width, dk_atomic_op_t op,
+                                   uint64_t arg, dk_memory_order mo);
+DK_EXPORT bool dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected,
+                               uint64_t desired, bool weak,
+                               dk_memory_order succ, dk_memory_order fail);
+
+/*
+ * 16-byte operations through the CPU's 16-byte compare-and-swap
+ * (cmpxchg16b on x86_64, ldaxp/stlxp on aarch64), always sequentially
+ * consistent. Values are 16 bytes in native byte order. The memory must be
+ * 16-byte aligned and writable: even a load is a compare-and-swap.
+ * dk_atomic16_supported says whether this CPU has the instruction.
+ */
+DK_EXPORT bool dk_atomic16_supported(void);
+DK_EXPORT void dk_atomic16_load(void *p, void *out);
+DK_EXPORT void dk_atomic16_store(void *p, const void *v);
+DK_EXPORT void dk_atomic16_rmw(void *p, dk_atomic_op_t op, const void *arg,
+                               void *old);
+DK_EXPORT bool dk_atomic16_cas(void *p, void *expected, const void *desired);
+
 DK_END_DECLS
 
 #endif /* DK_ATOMIC_H */

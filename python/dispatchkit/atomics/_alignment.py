@@ -1,0 +1,40 @@
+"""Alignment requirements: natural alignment for every supported width.
+Misaligned atomics are not guaranteed to be atomic across cache lines, so
+the minimum alignment equals the recommended one here (the atomics
+package's patomic backend reported 1)."""
+from dispatchkit._dk import _ATOMIC16, _buffer_address
+from dispatchkit.atomics.exc import UnsupportedWidthException
+
+_WIDTHS = (1, 2, 4, 8) + ((16,) if _ATOMIC16 else ())
+
+
+class Alignment:
+    def __init__(self, width: int):
+        if width not in _WIDTHS:
+            raise UnsupportedWidthException(width)
+        self.width = width
+        self.recommended = width
+        self.minimum = width
+        self.size_within = 0
+
+    def _address(self, buffer) -> int:
+        address, length = _buffer_address(buffer)  # TypeError if no buffer
+        if length != self.width:
+            raise ValueError(f"buffer has width {length}, expected "
+                             f"{self.width}")
+        return address
+
+    def is_valid_recommended(self, buffer) -> bool:
+        return self._address(buffer) % self.recommended == 0
+
+    def is_valid_minimum(self, buffer) -> bool:
+        return self._address(buffer) % self.minimum == 0
+
+    def is_valid(self, buffer, *, using_recommended: bool = True) -> bool:
+        if using_recommended:
+            return self.is_valid_recommended(buffer)
+        return self.is_valid_minimum(buffer)
+
+    def __repr__(self):
+        return (f"Alignment(width={self.width}, recommended="
+                f"{self.recommended}, minimum={self.minimum})")

@@ -1,0 +1,1335 @@
+/*
+ * Binding of dispatchkit.atomics: three C base types carrying every
+ * operation as a direct C method (no Python wrapper on the hot path):
+ * _AtomicAny (properties only), _AtomicBytes (byte operations, values as
+ * bytes) and _AtomicIntegral (byte operations plus arithmetic, values as
+ * int). The seed's class hierarchy is built in Python on top of them.
+ * The exception classes, OpType and MemoryOrder live in Python and are
+ * handed to us by dispatchkit.atomics at import (_atomics_setup).
+ */
+#include "python/binding.h"
+
+#include <string.h>
+
+#include "dk/atomic.h"
+
+typedef struct {
+    PyObject_HEAD void *addr;
+    Py_buffer view;
+    unsigned width;
+    bool has_view;
+    bool readonly;
+    bool integral;
+    bool is_signed;
+    unsigned char kind; /* KIND_*: which operations the class exposes */
+} AtomicObject;
+
+enum { KIND_ANY, KIND_BYTES, KIND_INTEGRAL };
+
+/* OpType values, as the atomics package numbers them. */
+enum {
+    OP_STORE = 1,
+    OP_LOAD,
+    OP_EXCHANGE,
+    OP_CMPXCHG_WEAK,
+    OP_CMPXCHG_STRONG,
+    OP_BIT_TEST,
+    OP_BIT_TEST_COMPL,
+    OP_BIT_TEST_SET,
+    OP_BIT_TEST_RESET,
+    OP_OR,
+    OP_XOR,
+    OP_AND,
+    OP_NOT,
+    OP_FETCH_OR,
+    OP_FETCH_XOR,
+    OP_FETCH_AND,
+    OP_FETCH_NOT,
+    OP_ADD,
+    OP_SUB,
+    OP_INC,
+    OP_DEC,
+    OP_NEG,
+    OP_FETCH_ADD,
+    OP_FETCH_SUB,
+    OP_FETCH_INC,
+    OP_FETCH_DEC,
+    OP_FETCH_NEG,
+};
+
+static struct {
+    PyObject *alignment_error, *memory_order_error, *width_error,
+        *operation_error, *optype, *cmpxchg_type;
+} ax;
+
+static PyTypeObject *any_type, *bytes_type, *integral_type;
+
+static void
+raise_cls(PyObject *cls, PyObject *args, PyObject *kwargs)
+{
+    if (args == NULL) {
+        return;
+    }
+    PyObject *e = PyObject_Call(cls, args, kwargs);
+    Py_DECREF(args);
+    Py_XDECREF(kwargs);
+    if (e != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
+    }
+}
+
+static PyObject *
+optype_obj(int op)
+{
+    return PyObject_CallFunction(ax.optype, "i", op);
+}
+
+static int
+check_live(AtomicObject *self)
+{
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Operation forbidden on released AtomicCore object.");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_write(AtomicObject *self, int op)
+{
+    if (check_live(self) < 0) {
+        return -1;
+    }
+    if (self->readonly) {
+        PyObject *o = optype_obj(op);
+        if (o != NULL) {
+            raise_cls(ax.operation_error,
+                      Py_BuildValue("(NI)", o, self->width),
+                      Py_BuildValue("{s:O}", "readonly", Py_True));
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- argument parsing: (positional..., keywords) -> slots ----------- */
+
+static int
+parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+      const char *const *names, const char *const *aliases, int n,
+      PyObject **out, const char *fname)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = NULL;
+    }
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname,
+                     n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+        int slot = -1;
+        for (int i = 0; key != NULL && i < n; i++) {
+            if (strcmp(key, names[i]) == 0 ||
+                (aliases != NULL && aliases[i] != NULL &&
+                 strcmp(key, aliases[i]) == 0)) {
+                slot = i;
+            }
+        }
+        if (slot < 0 || out[slot] != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected or repeated keyword "
+                         "argument '%s'",
+                         fname, key ? key : "?");
+            return -1;
+        }
+        out[slot] = args[nargs + k];
+    }
+    return 0;
+}
+
+static int
+order_of(PyObject *obj, int *mo)
+{
+    if (obj == NULL) {
+        *mo = DK_MO_SEQ_CST;
+        return 0;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v < 0 || v > 5 || v == DK_MO_CONSUME) {
+        PyErr_Format(PyExc_ValueError, "%ld is not a valid MemoryOrder", v);
+        return -1;
+    }
+    *mo = (int)v;
+    return 0;
+}
+
+static int
+order_error(int op, int mo, bool is_fail)
+{
+    PyObject *o = optype_obj(op);
+    if (o == NULL) {
+        return -1;
+    }
+    PyObject *mcls = PyObject_GetAttrString(
+        PyImport_AddModule("dispatchkit.atomics"), "MemoryOrder");
+    PyObject *m = mcls ? PyObject_CallFunction(mcls, "i", mo) : NULL;
+    Py_XDECREF(mcls);
+    if (m == NULL) {
+        Py_DECREF(o);
+        return -1;
+    }
+    raise_cls(ax.memory_order_error, Py_BuildValue("(NN)", o, m),
+              Py_BuildValue("{s:O}", "is_fail", is_fail ? Py_True : Py_False));
+    return -1;
+}
+
+/* ---- values ---------------------------------------------------------- */
+
+static int
+to_value(AtomicObject *self, PyObject *v, uint64_t *out)
+{
+    unsigned bits = self->width * 8;
+    if (self->integral) {
+        if (!PyLong_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "value must be int, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return -1;
+        }
+        if (self->is_signed) {
+            long long x = PyLong_AsLongLong(v);
+            if (x == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            if (bits < 64) {
+                long long lim = 1LL << (bits - 1);
+                if (x < -lim || x >= lim) {
+                    PyErr_Format(PyExc_OverflowError,
+                                 "int too big to convert to a signed "
+                                 "%u-byte value",
+                                 self->width);
+                    return -1;
+                }
+            }
+            *out = (uint64_t)x;
+        } else {
+            unsigned long long x = PyLong_AsUnsignedLongLong(v);
+            if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+                return -1;
+            }
+            if (bits < 64 && x >> bits) {
+                PyErr_Format(PyExc_OverflowError,
+                             "int too big to convert to an unsigned "
+                             "%u-byte value",
+                             self->width);
+                return -1;
+            }
+            *out = x;
+        }
+        return 0;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if ((size_t)b.len != self->width) {
+        PyBuffer_Release(&b);
+        PyErr_Format(PyExc_ValueError, "value must be %u bytes long",
+                     self->width);
+        return -1;
+    }
+    uint64_t x = 0;
+    switch (self->width) {
+    case 1: {
+        uint8_t t;
+        memcpy(&t, b.buf, 1);
+        x = t;
+        break;
+    }
+    case 2: {
+        uint16_t t;
+        memcpy(&t, b.buf, 2);
+        x = t;
+        break;
+    }
+    case 4: {
+        uint32_t t;
+        memcpy(&t, b.buf, 4);
+        x = t;
+        break;
+    }
+    default:
+        memcpy(&x, b.buf, 8);
+    }
+    PyBuffer_Release(&b);
+    *out = x;
+    return 0;
+}
+
+static PyObject *
+from_value(AtomicObject *self, uint64_t x)
+{
+    if (self->integral) {
+        if (self->is_signed) {
+            unsigned shift = 64 - self->width * 8;
+            return PyLong_FromLongLong((long long)(x << shift) >> shift);
+        }
+        return PyLong_FromUnsignedLongLong(x);
+    }
+    char buf[8];
+    switch (self->width) {
+    case 1: {
+        uint8_t t = (uint8_t)x;
+        memcpy(buf, &t, 1);
+        break;
+    }
+    case 2: {
+        uint16_t t = (uint16_t)x;
+        memcpy(buf, &t, 2);
+        break;
+    }
+    case 4: {
+        uint32_t t = (uint32_t)x;
+        memcpy(buf, &t, 4);
+        break;
+    }
+    default:
+        memcpy(buf, &x, 8);
+    }
+    return PyBytes_FromStringAndSize(buf, self->width);
+}
+
+/* 16-byte values: 16 native-order bytes. */
+static int
+to_value16(AtomicObject *self, PyObject *v, unsigned char out[16])
+{
+    if (self->integral) {
+        if (!PyLong_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "value must be int, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return -1;
+        }
+        return _PyLong_AsByteArray((PyLongObject *)v, out, 16,
+                                   PY_LITTLE_ENDIAN, self->is_signed);
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (b.len != 16) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "value must be 16 bytes long");
+        return -1;
+    }
+    memcpy(out, b.buf, 16);
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+static PyObject *
+from_value16(AtomicObject *self, const unsigned char v[16])
+{
+    if (self->integral) {
+        return _PyLong_FromByteArray(v, 16, PY_LITTLE_ENDIAN, self->is_signed);
+    }
+    return PyBytes_FromStringAndSize((const char *)v, 16);
+}
+
+/* ---- construction ---------------------------------------------------- */
+
+static PyObject *
+Atomic_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "integral", "signed", NULL};
+    PyObject *buffer;
+    int integral = 0, is_signed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pp", kwlist, &buffer,
+                                     &integral, &is_signed)) {
+        return NULL;
+    }
+    AtomicObject *self = (AtomicObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view,
+                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
+        self->readonly = false;
+    } else if (PyErr_ExceptionMatches(PyExc_BufferError) ||
+               PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        if (PyObject_GetBuffer(buffer, &self->view, PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->readonly = true;
+    } else {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->has_view = true;
+    self->addr = self->view.buf;
+    /* The class's operations decide its kind (classes are made by
+     * _atomic_class, with the base types' method tables). */
+    self->kind =
+        PyObject_HasAttrString((PyObject *)type, "fetch_neg") ? KIND_INTEGRAL
+        : PyObject_HasAttrString((PyObject *)type, "load")    ? KIND_BYTES
+                                                              : KIND_ANY;
+    self->width = (unsigned)self->view.len;
+    self->integral = integral != 0;
+    self->is_signed = is_signed != 0;
+    size_t w = (size_t)self->view.len;
+    bool ok = w == 1 || w == 2 || w == 4 || w == 8 ||
+              (w == 16 && dk_atomic16_supported() && !self->readonly);
+    if (!ok) {
+        raise_cls(ax.width_error, Py_BuildValue("(n)", self->view.len),
+                  Py_BuildValue("{s:O}", "readonly",
+                                self->readonly ? Py_True : Py_False));
+        Py_DECREF(self);
+        return NULL;
+    }
+    if ((uintptr_t)self->addr % w != 0) {
+        raise_cls(ax.alignment_error,
+                  Py_BuildValue("(nK)", self->view.len,
+                                (unsigned long long)(uintptr_t)self->addr),
+                  Py_BuildValue("{s:O}", "using_recommended", Py_True));
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+Atomic_dealloc(AtomicObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->has_view) {
+        self->has_view = false;
+        PyBuffer_Release(&self->view);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+Atomic_traverse(AtomicObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    if (self->has_view) {
+        Py_VISIT(self->view.obj);
+    }
+    return 0;
+}
+
+static PyObject *
+Atomic_release(AtomicObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->has_view) {
+        self->has_view = false;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- operations ------------------------------------------------------ */
+
+static PyObject *
+do_load(AtomicObject *self, int op, int mo)
+{
+    if (check_live(self) < 0) {
+        return NULL;
+    }
+    if (!dk_memory_order_valid_load(mo)) {
+        order_error(op, mo, false);
+        return NULL;
+    }
+    if (self->width == 16) {
+        unsigned char v[16];
+        dk_atomic16_load(self->addr, v);
+        return from_value16(self, v);
+    }
+    return from_value(self, dk_atomic_load_w(self->addr, self->width, mo));
+}
+
+static PyObject *
+Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    int mo = DK_MO_SEQ_CST;
+    if (nargs != 0 || kwnames != NULL) {
+        static const char *const names[] = {"order"};
+        PyObject *a[1];
+        if (parse(args, nargs, kwnames, names, NULL, 1, a, "load") < 0 ||
+            order_of(a[0], &mo) < 0) {
+            return NULL;
+        }
+    }
+    return do_load(self, OP_LOAD, mo);
+}
+
+static PyObject *
+Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    static const char *const names[] = {"desired", "order"};
+    PyObject *a[2];
+    int mo;
+    if (parse(args, nargs, kwnames, names, NULL, 2, a, "store") < 0 ||
+        order_of(a[1], &mo) < 0 || check_write(self, OP_STORE) < 0) {
+        return NULL;
+    }
+    if (a[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "store() missing 'desired'");
+        return NULL;
+    }
+    if (!dk_memory_order_valid_store(mo)) {
+        order_error(OP_STORE, mo, false);
+        return NULL;
+    }
+    if (self->width == 16) {
+        unsigned char v[16];
+        if (to_value16(self, a[0], v) < 0) {
+            return NULL;
+        }
+        dk_atomic16_store(self->addr, v);
+        Py_RETURN_NONE;
+    }
+    uint64_t v;
+    if (to_value(self, a[0], &v) < 0) {
+        return NULL;
+    }
+    dk_atomic_store_w(self->addr, self->width, v, mo);
+    Py_RETURN_NONE;
+}
+
+/* A read-modify-write with an optional value argument. fetch: return the
+ * previous value (else None). */
+static PyObject *
+rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
+    PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value,
+    uint64_t implicit, bool fetch, const char *name)
+{
+    PyObject *a[2];
+    int mo;
+    if (has_value) {
+        static const char *const names[] = {"value", "order"};
+        static const char *const aliases[] = {"desired", NULL};
+        if (parse(args, nargs, kwnames, names, aliases, 2, a, name) < 0) {
+            return NULL;
+        }
+        if (a[0] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing its value", name);
+            return NULL;
+        }
+    } else if (nargs != 0 || kwnames != NULL) {
+        static const char *const names[] = {"order"};
+        if (parse(args, nargs, kwnames, names, NULL, 1, a + 1, name) < 0) {
+            return NULL;
+        }
+    } else {
+        a[1] = NULL;
+    }
+    if (order_of(a[1], &mo) < 0 || check_write(self, op) < 0) {
+        return NULL;
+    }
+    if (self->width == 16) {
+        unsigned char v[16] = {0}, old[16];
+        if (has_value) {
+            if (to_value16(self, a[0], v) < 0) {
+                return NULL;
+            }
+        } else if (implicit == 1) {
+            v[PY_LITTLE_ENDIAN ? 0 : 15] = 1;
+        }
+        dk_atomic16_rmw(self->addr, aop, v, old);
+        if (!fetch) {
+            Py_RETURN_NONE;
+        }
+        return from_value16(self, old);
+    }
+    uint64_t v = implicit;
+    if (has_value && to_value(self, a[0], &v) < 0) {
+        return NULL;
+    }
+    uint64_t old = dk_atomic_rmw_w(self->addr, self->width, aop, v, mo);
+    if (!fetch) {
+        Py_RETURN_NONE;
+    }
+    return from_value(self, old);
+}
+
+#define RMW_METHOD(NAME, OP, AOP, HASVAL, IMPLICIT, FETCH)                    \
+    static PyObject *Atomic_##NAME(AtomicObject *self, PyObject *const *args, \
+                                   Py_ssize_t nargs, PyObject *kwnames)       \
+    {                                                                         \
+        return rmw(self, args, nargs, kwnames, OP, AOP, HASVAL, IMPLICIT,     \
+                   FETCH, #NAME);                                             \
+    }
+
+RMW_METHOD(exchange, OP_EXCHANGE, DK_AOP_EXCHANGE, true, 0, true)
+RMW_METHOD(bin_or, OP_OR, DK_AOP_OR, true, 0, false)
+RMW_METHOD(bin_xor, OP_XOR, DK_AOP_XOR, true, 0, false)
+RMW_METHOD(bin_and, OP_AND, DK_AOP_AND, true, 0, false)
+RMW_METHOD(bin_not, OP_NOT, DK_AOP_NOT, false, 0, false)
+RMW_METHOD(bin_fetch_or, OP_FETCH_OR, DK_AOP_OR, true, 0, true)
+RMW_METHOD(bin_fetch_xor, OP_FETCH_XOR, DK_AOP_XOR, true, 0, true)
+RMW_METHOD(bin_fetch_and, OP_FETCH_AND, DK_AOP_AND, true, 0, true)
+RMW_METHOD(bin_fetch_not, OP_FETCH_NOT, DK_AOP_NOT, false, 0, true)
+RMW_METHOD(add, OP_ADD, DK_AOP_ADD, true, 0, false)
+RMW_METHOD(sub, OP_SUB, DK_AOP_SUB, true, 0, false)
+RMW_METHOD(inc, OP_INC, DK_AOP_ADD, false, 1, false)
+RMW_METHOD(dec, OP_DEC, DK_AOP_SUB, false, 1, false)
+RMW_METHOD(neg, OP_NEG, DK_AOP_NEG, false, 0, false)
+RMW_METHOD(fetch_add, OP_FETCH_ADD, DK_AOP_ADD, true, 0, true)
+RMW_METHOD(fetch_sub, OP_FETCH_SUB, DK_AOP_SUB, true, 0, true)
+RMW_METHOD(fetch_inc, OP_FETCH_INC, DK_AOP_ADD, false, 1, true)
+RMW_METHOD(fetch_dec, OP_FETCH_DEC, DK_AOP_SUB, false, 1, true)
+RMW_METHOD(fetch_neg, OP_FETCH_NEG, DK_AOP_NEG, false, 0, true)
+
+/* Integral add/sub with a negative operand on unsigned objects: the seed
+ * package raises OverflowError (inputs do not wrap); so do we, through
+ * to_value. */
+
+static PyObject *
+bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
+       PyObject *kwnames, int op, const char *name)
+{
+    static const char *const names[] = {"index", "order"};
+    PyObject *a[2];
+    int mo;
+    if (parse(args, nargs, kwnames, names, NULL, 2, a, name) < 0 ||
+        order_of(a[1], &mo) < 0) {
+        return NULL;
+    }
+    if (a[0] == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing 'index'", name);
+        return NULL;
+    }
+    if (op == OP_BIT_TEST ? check_live(self) < 0 : check_write(self, op) < 0) {
+        return NULL;
+    }
+    long index = PyLong_AsLong(a[0]);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (index < 0 || (unsigned long)index >= self->width * 8u) {
+        PyErr_Format(PyExc_ValueError,
+                     "bit index %ld out of range for a "
+                     "%u-byte object",
+                     index, self->width);
+        return NULL;
+    }
+    if (op == OP_BIT_TEST && !dk_memory_order_valid_load(mo)) {
+        order_error(op, mo, false); /* a test is a load (atomics: A2) */
+        return NULL;
+    }
+    if (self->width == 16) {
+        unsigned char mask[16] = {0}, old[16];
+        int byte = PY_LITTLE_ENDIAN ? (int)(index / 8) : 15 - (int)(index / 8);
+        mask[byte] = (unsigned char)(1u << (index % 8));
+        if (op == OP_BIT_TEST) {
+            dk_atomic16_load(self->addr, old);
+        } else if (op == OP_BIT_TEST_RESET) {
+            unsigned char inv[16];
+            for (int i = 0; i < 16; i++) {
+                inv[i] = (unsigned char)~mask[i];
+            }
+            dk_atomic16_rmw(self->addr, DK_AOP_AND, inv, old);
+        } else {
+            dk_atomic16_rmw(self->addr,
+                            op == OP_BIT_TEST_SET ? DK_AOP_OR : DK_AOP_XOR,
+                            mask, old);
+        }
+        return PyBool_FromLong((old[byte] & mask[byte]) != 0);
+    }
+    uint64_t mask = (uint64_t)1 << index, old;
+    switch (op) {
+    case OP_BIT_TEST:
+        old = dk_atomic_load_w(self->addr, self->width, mo);
+        break;
+    case OP_BIT_TEST_SET:
+        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_OR, mask, mo);
+        break;
+    case OP_BIT_TEST_RESET:
+        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_AND, ~mask, mo);
+        break;
+    default:
+        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_XOR, mask, mo);
+        break;
+    }
+    return PyBool_FromLong((old & mask) != 0);
+}
+
+#define BIT_METHOD(NAME, OP)                                                  \
+    static PyObject *Atomic_##NAME(AtomicObject *self, PyObject *const *args, \
+                                   Py_ssize_t nargs, PyObject *kwnames)       \
+    {                                                                         \
+        return bit_op(self, args, nargs, kwnames, OP, #NAME);                 \
+    }
+
+BIT_METHOD(bit_test, OP_BIT_TEST)
+BIT_METHOD(bit_test_compl, OP_BIT_TEST_COMPL)
+BIT_METHOD(bit_test_set, OP_BIT_TEST_SET)
+BIT_METHOD(bit_test_reset, OP_BIT_TEST_RESET)
+
+static PyObject *result_new(bool ok, PyObject *expected);
+
+static PyObject *
+cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
+        PyObject *kwnames, bool weak)
+{
+    static const char *const names[] = {"expected", "desired", "success",
+                                        "failure"};
+    static const char *const aliases[] = {NULL, NULL, "succ", "fail"};
+    int op = weak ? OP_CMPXCHG_WEAK : OP_CMPXCHG_STRONG;
+    PyObject *a[4];
+    int succ, fail;
+    if (parse(args, nargs, kwnames, names, aliases, 4, a,
+              weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
+        order_of(a[2], &succ) < 0 || order_of(a[3], &fail) < 0 ||
+        check_write(self, op) < 0) {
+        return NULL;
+    }
+    if (a[0] == NULL || a[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cmpxchg needs expected and desired");
+        return NULL;
+    }
+    if (!dk_memory_order_valid_fail(fail, succ)) {
+        order_error(op, fail, true);
+        return NULL;
+    }
+    PyObject *seen;
+    bool ok;
+    if (self->width == 16) {
+        unsigned char e[16], d[16];
+        if (to_value16(self, a[0], e) < 0 || to_value16(self, a[1], d) < 0) {
+            return NULL;
+        }
+        ok = dk_atomic16_cas(self->addr, e, d);
+        seen = from_value16(self, e);
+    } else {
+        uint64_t e, d;
+        if (to_value(self, a[0], &e) < 0 || to_value(self, a[1], &d) < 0) {
+            return NULL;
+        }
+        ok = dk_atomic_cas_w(self->addr, self->width, &e, d, weak, succ, fail);
+        /* Success: the expected value is what was there (the caller's). */
+        seen = ok ? Py_NewRef(a[0]) : from_value(self, e);
+    }
+    if (seen == NULL) {
+        return NULL;
+    }
+    return result_new(ok, seen);
+}
+
+static PyObject *
+Atomic_cmpxchg_weak(AtomicObject *self, PyObject *const *args,
+                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    return cmpxchg(self, args, nargs, kwnames, true);
+}
+
+static PyObject *
+Atomic_cmpxchg_strong(AtomicObject *self, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    return cmpxchg(self, args, nargs, kwnames, false);
+}
+
+/* ---- properties and conversions -------------------------------------- */
+
+static PyObject *
+Atomic_get_width(AtomicObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->width);
+}
+
+static PyObject *
+Atomic_get_readonly(AtomicObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->readonly);
+}
+
+static PyObject *
+Atomic_get_signed(AtomicObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->is_signed);
+}
+
+static PyObject *
+Atomic_get_address(AtomicObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromVoidPtr(self->addr);
+}
+
+static PyObject *
+Atomic_get_ops_supported(AtomicObject *self, void *closure)
+{
+    (void)closure;
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    int last = self->kind == KIND_INTEGRAL ? OP_FETCH_NEG
+               : self->kind == KIND_BYTES  ? OP_FETCH_NOT
+                                           : 0;
+    for (int op = 1; op <= last; op++) {
+        if (self->readonly && op != OP_LOAD && op != OP_BIT_TEST) {
+            continue;
+        }
+        PyObject *o = optype_obj(op);
+        if (o == NULL || PyList_Append(list, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return list;
+}
+
+static PyObject *
+Atomic_int(AtomicObject *self)
+{
+    return do_load(self, OP_LOAD, DK_MO_SEQ_CST);
+}
+
+static PyObject *
+Atomic_bytes(AtomicObject *self, PyObject *unused)
+{
+    (void)unused;
+    return do_load(self, OP_LOAD, DK_MO_SEQ_CST);
+}
+
+static PyObject *
+Atomic_str(AtomicObject *self)
+{
+    const char *name = _PyType_Name(Py_TYPE(self));
+    if (!self->has_view) {
+        return PyUnicode_FromFormat("%s(<released>)", name);
+    }
+    if (self->kind == KIND_ANY) {
+        return PyUnicode_FromFormat("%s(width=%u, readonly=%s)", name,
+                                    self->width,
+                                    self->readonly ? "True" : "False");
+    }
+    PyObject *v = do_load(self, OP_LOAD, DK_MO_SEQ_CST);
+    if (v == NULL) {
+        return NULL;
+    }
+    PyObject *s;
+    if (self->kind == KIND_INTEGRAL) {
+        s = PyUnicode_FromFormat("%s(value=%R, width=%u, readonly=%s, "
+                                 "signed=%s)",
+                                 name, v, self->width,
+                                 self->readonly ? "True" : "False",
+                                 self->is_signed ? "True" : "False");
+    } else {
+        s = PyUnicode_FromFormat("%s(value=%R, width=%u, readonly=%s)", name,
+                                 v, self->width,
+                                 self->readonly ? "True" : "False");
+    }
+    Py_DECREF(v);
+    return s;
+}
+
+#define FAST(NAME, DOC)                                                       \
+    {                                                                         \
+#NAME, (PyCFunction)(void (*)(void))Atomic_##NAME,                    \
+            METH_FASTCALL | METH_KEYWORDS, DOC                                \
+    }
+
+static PyMethodDef Any_methods[] = {
+    {"_release", (PyCFunction)Atomic_release, METH_NOARGS,
+     "Release the buffer (views)."},
+    {NULL, NULL, 0, NULL},
+};
+
+#define BYTE_METHODS                                                          \
+    FAST(load, "load(order=SEQ_CST)"),                                        \
+        FAST(store, "store(desired, order=SEQ_CST)"),                         \
+        FAST(exchange, "exchange(desired, order=SEQ_CST) -> old"),            \
+        FAST(cmpxchg_weak, "cmpxchg_weak(expected, desired, success=, "       \
+                           "failure=) -> CmpxchgResult"),                     \
+        FAST(cmpxchg_strong, "cmpxchg_strong(expected, desired, success=, "   \
+                             "failure=) -> CmpxchgResult"),                   \
+        FAST(bit_test, "bit_test(index, order=SEQ_CST) -> bool"),             \
+        FAST(bit_test_compl, "bit_test_compl(index, order) -> old bit"),      \
+        FAST(bit_test_set, "bit_test_set(index, order) -> old bit"),          \
+        FAST(bit_test_reset, "bit_test_reset(index, order) -> old bit"),      \
+        {"bit_compl", (PyCFunction)(void (*)(void))Atomic_bit_test_compl,     \
+         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_compl."},          \
+        {"bit_set", (PyCFunction)(void (*)(void))Atomic_bit_test_set,         \
+         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_set."},            \
+        {"bit_reset", (PyCFunction)(void (*)(void))Atomic_bit_test_reset,     \
+         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_reset."},          \
+        FAST(bin_or, "bin_or(value, order)"),                                 \
+        FAST(bin_xor, "bin_xor(value, order)"),                               \
+        FAST(bin_and, "bin_and(value, order)"),                               \
+        FAST(bin_not, "bin_not(order)"),                                      \
+        FAST(bin_fetch_or, "bin_fetch_or(value, order) -> old"),              \
+        FAST(bin_fetch_xor, "bin_fetch_xor(value, order) -> old"),            \
+        FAST(bin_fetch_and, "bin_fetch_and(value, order) -> old"),            \
+        FAST(bin_fetch_not, "bin_fetch_not(order) -> old")
+
+static PyMethodDef Bytes_methods[] = {
+    BYTE_METHODS,
+    {"__bytes__", (PyCFunction)Atomic_bytes, METH_NOARGS, "The value."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef Integral_methods[] = {
+    BYTE_METHODS,
+    FAST(add, "add(value, order)"),
+    FAST(sub, "sub(value, order)"),
+    FAST(inc, "inc(order)"),
+    FAST(dec, "dec(order)"),
+    FAST(neg, "neg(order)"),
+    FAST(fetch_add, "fetch_add(value, order) -> old"),
+    FAST(fetch_sub, "fetch_sub(value, order) -> old"),
+    FAST(fetch_inc, "fetch_inc(order) -> old"),
+    FAST(fetch_dec, "fetch_dec(order) -> old"),
+    FAST(fetch_neg, "fetch_neg(order) -> old"),
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Any_getset[] = {
+    {"width", (getter)Atomic_get_width, NULL, "Width in bytes.", NULL},
+    {"readonly", (getter)Atomic_get_readonly, NULL,
+     "Whether modifying operations are supported.", NULL},
+    {"ops_supported", (getter)Atomic_get_ops_supported, NULL,
+     "Sorted list of supported OpType values.", NULL},
+    {"_address", (getter)Atomic_get_address, NULL, "Buffer address.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef Integral_getset[] = {
+    {"signed", (getter)Atomic_get_signed, NULL,
+     "Whether arithmetic is signed.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Any_slots[] = {
+    {Py_tp_new, Atomic_new},
+    {Py_tp_dealloc, Atomic_dealloc},
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Any_methods},
+    {Py_tp_getset, Any_getset},
+    {Py_tp_str, Atomic_str},
+    {0, NULL},
+};
+
+static PyType_Slot Bytes_slots[] = {
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Bytes_methods},
+    {0, NULL},
+};
+
+static PyType_Slot Integral_slots[] = {
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Integral_methods},
+    {Py_tp_getset, Integral_getset},
+    {Py_nb_int, Atomic_int},
+    {0, NULL},
+};
+
+#define ATOMIC_FLAGS                                                          \
+    (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
+
+static PyType_Spec Any_spec = {"dispatchkit._dk._AtomicAny",
+                               sizeof(AtomicObject), 0, ATOMIC_FLAGS,
+                               Any_slots};
+static PyType_Spec Bytes_spec = {"dispatchkit._dk._AtomicBytes",
+                                 sizeof(AtomicObject), 0, ATOMIC_FLAGS,
+                                 Bytes_slots};
+static PyType_Spec Integral_spec = {"dispatchkit._dk._AtomicIntegral",
+                                    sizeof(AtomicObject), 0, ATOMIC_FLAGS,
+                                    Integral_slots};
+
+/* ---- concrete classes ------------------------------------------------
+ *
+ * CPython 3.11 specializes a method call only when the method was defined
+ * by the object's exact type, so a Python subclass of our base types would
+ * pay the generic call path on every operation. The seed's concrete
+ * classes (AtomicInt, AtomicUintView, ...) are therefore created here, each
+ * with its own method table, on bases that include the Python mixins
+ * (ANY, INT, ...) so isinstance checks work as in the atomics package.
+ *
+ * mode: "any", "bytes", "integral" (is_signed given), "int", "uint" for
+ * classes constructed with width=; "view" for view classes, which cannot
+ * be constructed directly.
+ */
+
+static int
+mode_of(PyTypeObject *type, char *out, size_t n)
+{
+    PyObject *m = PyObject_GetAttrString((PyObject *)type, "_dk_mode");
+    if (m == NULL) {
+        return -1;
+    }
+    const char *c = PyUnicode_AsUTF8(m);
+    if (c == NULL) {
+        Py_DECREF(m);
+        return -1;
+    }
+    snprintf(out, n, "%s", c);
+    Py_DECREF(m);
+    return 0;
+}
+
+static PyObject *
+owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    char mode[16];
+    if (mode_of(type, mode, sizeof mode) < 0) {
+        return NULL;
+    }
+    if (strcmp(mode, "view") == 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s objects are obtained from an atomicview() context, "
+                     "not constructed directly",
+                     _PyType_Name(type));
+        return NULL;
+    }
+    static char *kw_any[] = {"width", "is_integral", "is_signed", NULL};
+    static char *kw_integral[] = {"width", "is_signed", NULL};
+    static char *kw_width[] = {"width", NULL};
+    Py_ssize_t width;
+    int integral = 0, is_signed = 0, ok;
+    if (PyTuple_GET_SIZE(args) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes keyword arguments only",
+                     _PyType_Name(type));
+        return NULL;
+    }
+    if (strcmp(mode, "any") == 0) {
+        ok = PyArg_ParseTupleAndKeywords(args, kwargs, "n|pp", kw_any, &width,
+                                         &integral, &is_signed);
+    } else if (strcmp(mode, "integral") == 0) {
+        integral = 1;
+        ok = PyArg_ParseTupleAndKeywords(args, kwargs, "np", kw_integral,
+                                         &width, &is_signed);
+    } else {
+        integral = strcmp(mode, "bytes") != 0;
+        is_signed = strcmp(mode, "int") == 0;
+        ok = PyArg_ParseTupleAndKeywords(args, kwargs, "n", kw_width, &width);
+    }
+    if (!ok) {
+        return NULL;
+    }
+    if (width < 0) {
+        PyErr_SetString(PyExc_ValueError, "width must be >= 0");
+        return NULL;
+    }
+    /* A bytearray's storage is malloc'ed: aligned for every width. */
+    PyObject *buf = PyByteArray_FromStringAndSize(NULL, width);
+    if (buf == NULL) {
+        return NULL;
+    }
+    if (width > 0) {
+        memset(PyByteArray_AS_STRING(buf), 0, (size_t)width);
+    }
+    PyObject *a = Py_BuildValue("(Oii)", buf, integral, is_signed);
+    Py_DECREF(buf);
+    if (a == NULL) {
+        return NULL;
+    }
+    PyObject *self = Atomic_new(type, a, NULL);
+    Py_DECREF(a);
+    return self;
+}
+
+static PyObject *
+atomic_view_new(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyTypeObject *cls;
+    PyObject *buffer;
+    int integral, is_signed;
+    if (!PyArg_ParseTuple(args, "O!Opp", &PyType_Type, &cls, &buffer,
+                          &integral, &is_signed)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(cls, any_type)) {
+        PyErr_SetString(PyExc_TypeError, "not an atomic class");
+        return NULL;
+    }
+    PyObject *a = Py_BuildValue("(Oii)", buffer, integral, is_signed);
+    if (a == NULL) {
+        return NULL;
+    }
+    PyObject *self = Atomic_new(cls, a, NULL);
+    Py_DECREF(a);
+    return self;
+}
+
+static PyType_Slot class_any_slots[] = {
+    {Py_tp_new, owned_new},
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Any_methods},
+    {0, NULL},
+};
+static PyType_Slot class_bytes_slots[] = {
+    {Py_tp_new, owned_new},
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Bytes_methods},
+    {0, NULL},
+};
+static PyType_Slot class_integral_slots[] = {
+    {Py_tp_new, owned_new},
+    {Py_tp_traverse, Atomic_traverse},
+    {Py_tp_methods, Integral_methods},
+    {Py_tp_getset, Integral_getset},
+    {Py_nb_int, Atomic_int},
+    {0, NULL},
+};
+
+static PyObject *
+atomic_class(PyObject *module, PyObject *args)
+{
+    const char *name, *kind, *mode, *qualmod;
+    PyObject *bases;
+    if (!PyArg_ParseTuple(args, "sssO!s", &name, &kind, &mode, &PyTuple_Type,
+                          &bases, &qualmod)) {
+        return NULL;
+    }
+    PyType_Slot *slots = strcmp(kind, "integral") == 0 ? class_integral_slots
+                         : strcmp(kind, "bytes") == 0  ? class_bytes_slots
+                                                       : class_any_slots;
+    /* The spec's name must outlive the type: keep one copy per class. */
+    size_t len = strlen(qualmod) + strlen(name) + 2;
+    char *full = PyMem_RawMalloc(len);
+    if (full == NULL) {
+        return PyErr_NoMemory();
+    }
+    snprintf(full, len, "%s.%s", qualmod, name);
+    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, slots};
+    PyObject *t = PyType_FromModuleAndSpec(module, &spec, bases);
+    if (t == NULL) {
+        PyMem_RawFree(full);
+        return NULL;
+    }
+    PyObject *m = PyUnicode_FromString(mode);
+    if (m == NULL || PyObject_SetAttrString(t, "_dk_mode", m) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_DECREF(m);
+    return t;
+}
+
+/* ---- CmpxchgResult --------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD PyObject *success;
+    PyObject *expected;
+} ResultObject;
+
+static PyObject *
+Result_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"success", "expected", NULL};
+    PyObject *success, *expected;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:CmpxchgResult", kwlist,
+                                     &success, &expected)) {
+        return NULL;
+    }
+    int ok = PyObject_IsTrue(success);
+    if (ok < 0) {
+        return NULL;
+    }
+    ResultObject *self = (ResultObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->success = Py_NewRef(ok ? Py_True : Py_False);
+        self->expected = Py_NewRef(expected);
+    }
+    return (PyObject *)self;
+}
+
+/* Build a result without argument parsing (the hot path); steals
+ * `expected`. */
+static PyObject *
+result_new(bool ok, PyObject *expected)
+{
+    PyTypeObject *type = (PyTypeObject *)ax.cmpxchg_type;
+    ResultObject *r = (ResultObject *)type->tp_alloc(type, 0);
+    if (r == NULL) {
+        Py_DECREF(expected);
+        return NULL;
+    }
+    r->success = Py_NewRef(ok ? Py_True : Py_False);
+    r->expected = expected;
+    return (PyObject *)r;
+}
+
+static void
+Result_dealloc(ResultObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->success);
+    Py_XDECREF(self->expected);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+Result_bool(ResultObject *self)
+{
+    return self->success == Py_True;
+}
+
+static PyObject *
+Result_iter(ResultObject *self)
+{
+    PyObject *t = PyTuple_Pack(2, self->success, self->expected);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(t);
+    Py_DECREF(t);
+    return it;
+}
+
+static PyObject *
+Result_repr(ResultObject *self)
+{
+    return PyUnicode_FromFormat("CmpxchgResult(success=%R, expected=%R)",
+                                self->success, self->expected);
+}
+
+static PyObject *
+Result_get_success(ResultObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->success);
+}
+
+static PyObject *
+Result_get_expected(ResultObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->expected);
+}
+
+static PyGetSetDef Result_getset[] = {
+    {"success", (getter)Result_get_success, NULL, "Whether it exchanged.",
+     NULL},
+    {"expected", (getter)Result_get_expected, NULL,
+     "The value the object held.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Result_methods[] = {
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "CmpxchgResult[T]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Result_slots[] = {
+    {Py_tp_new, Result_new},
+    {Py_tp_dealloc, Result_dealloc},
+    {Py_nb_bool, Result_bool},
+    {Py_tp_iter, Result_iter},
+    {Py_tp_repr, Result_repr},
+    {Py_tp_getset, Result_getset},
+    {Py_tp_methods, Result_methods},
+    {Py_tp_doc, "CmpxchgResult(success, expected)"},
+    {0, NULL},
+};
+
+static PyType_Spec Result_spec = {"dispatchkit.atomics.CmpxchgResult",
+                                  sizeof(ResultObject), 0, Py_TPFLAGS_DEFAULT,
+                                  Result_slots};
+
+/* ---- setup ----------------------------------------------------------- */
+
+static PyObject *
+atomics_setup(PyObject *module, PyObject *args)
+{
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OOOOO", &ax.alignment_error,
+                          &ax.memory_order_error, &ax.width_error,
+                          &ax.operation_error, &ax.optype)) {
+        return NULL;
+    }
+    Py_INCREF(ax.alignment_error);
+    Py_INCREF(ax.memory_order_error);
+    Py_INCREF(ax.width_error);
+    Py_INCREF(ax.operation_error);
+    Py_INCREF(ax.optype);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+buffer_address(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *r =
+        Py_BuildValue("(Kn)", (unsigned long long)(uintptr_t)b.buf, b.len);
+    PyBuffer_Release(&b);
+    return r;
+}
+
+static PyMethodDef atomics_functions[] = {
+    {"_atomic_class", atomic_class, METH_VARARGS,
+     "_atomic_class(name, kind, mode, bases, module) -> type"},
+    {"_atomic_view", atomic_view_new, METH_VARARGS,
+     "_atomic_view(cls, buffer, integral, signed) -> view object"},
+    {"_buffer_address", buffer_address, METH_O,
+     "(address, length) of a buffer."},
+    {"_atomics_setup", atomics_setup, METH_VARARGS,
+     "Hand the atomics exception classes and OpType to the extension."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+dkpy_atomics_exec(PyObject *m)
+{
+    any_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Any_spec, NULL);
+    if (any_type == NULL) {
+        return -1;
+    }
+    bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &Bytes_spec, (PyObject *)any_type);
+    if (bytes_type == NULL) {
+        return -1;
+    }
+    integral_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &Integral_spec, (PyObject *)bytes_type);
+    PyObject *result = PyType_FromModuleAndSpec(m, &Result_spec, NULL);
+    if (integral_type == NULL || result == NULL) {
+        return -1;
+    }
+    ax.cmpxchg_type = result;
+    if (PyModule_AddObjectRef(m, "_AtomicAny", (PyObject *)any_type) < 0 ||
+        PyModule_AddObjectRef(m, "_AtomicBytes", (PyObject *)bytes_type) < 0 ||
+        PyModule_AddObjectRef(m, "_AtomicIntegral",
+                              (PyObject *)integral_type) < 0 ||
+        PyModule_AddObjectRef(m, "CmpxchgResult", result) < 0) {
+        return -1;
+    }
+    if (PyModule_AddFunctions(m, atomics_functions) < 0) {
+        return -1;
+    }
+    return PyModule_AddObject(m, "_ATOMIC16",
+                              PyBool_FromLong(dk_atomic16_supported()));
+}

@@ -1,0 +1,455 @@
+"""dispatchkit.atomics against the atomics package's documented API:
+every operation at every width and signedness against a Python reference,
+wrap-around, errors, the view contract, the seed's samples, processes."""
+import multiprocessing as mp
+import sys
+import threading
+from multiprocessing import shared_memory
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import dispatchkit.atomics as atomics
+from dispatchkit.atomics import MemoryOrder, OpType
+from dispatchkit.atomics.exc import (AlignmentError, MemoryOrderError,
+                                     UnsupportedOperationException,
+                                     UnsupportedWidthException)
+
+WIDTHS = [1, 2, 4, 8, 16]
+
+
+def bounds(width, signed):
+    bits = width * 8
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed \
+        else (0, (1 << bits) - 1)
+
+
+def wrap(v, width, signed):
+    bits = width * 8
+    v &= (1 << bits) - 1
+    if signed and v >> (bits - 1):
+        v -= 1 << bits
+    return v
+
+
+# ---- construction, types, properties ---------------------------------
+
+def test_seed_construction_examples():
+    a = atomics.atomic(width=4, atype=atomics.INT)
+    assert str(a) == "AtomicInt(value=0, width=4, readonly=False, signed=True)"
+    buf = bytearray(2)
+    with atomics.atomicview(buffer=buf, atype=atomics.BYTES) as b:
+        assert str(b) == ("AtomicBytesView(value=b'\\x00\\x00', width=2, "
+                          "readonly=False)")
+
+
+def test_class_hierarchy_and_submodules():
+    import dispatchkit.atomics.base as base
+    import dispatchkit.atomics.ctx as ctx
+    import dispatchkit.atomics.view as view
+    a = atomics.atomic(width=8, atype=atomics.UINT)
+    assert type(a) is base.AtomicUint
+    assert isinstance(a, (base.Atomic, base.AtomicIntegral, atomics.UINT,
+                          atomics.INTEGRAL, atomics.ANY))
+    assert not isinstance(a, atomics.BYTES) and not isinstance(a, atomics.INT)
+    b = atomics.atomic(width=2, atype=atomics.BYTES)
+    assert isinstance(b, base.AtomicBytes) and isinstance(b, atomics.BYTES)
+    assert not hasattr(b, "add")
+    c = atomics.atomicview(buffer=bytearray(4), atype=atomics.INT)
+    assert isinstance(c, ctx.AtomicIntViewContext)
+    with c as v:
+        assert isinstance(v, view.AtomicIntView) and isinstance(v, atomics.INT)
+    with pytest.raises(TypeError):
+        view.AtomicIntView()
+    anyobj = atomics.atomic(width=4, atype=atomics.ANY)
+    assert anyobj.ops_supported == [] and not hasattr(anyobj, "load")
+    integral = atomics.atomic(width=2, atype=atomics.INTEGRAL,
+                              is_signed=False)
+    assert integral.signed is False
+    with pytest.raises(TypeError, match="must be one of"):
+        atomics.atomic(width=4, atype=int)
+    with pytest.raises(TypeError):
+        atomics.atomicview(buffer=bytearray(4), atype="INT")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_properties(width):
+    for atype, signed in ((atomics.INT, True), (atomics.UINT, False)):
+        a = atomics.atomic(width=width, atype=atype)
+        assert a.width == width and a.readonly is False
+        assert a.signed is signed
+        assert a.ops_supported == sorted(OpType)
+    b = atomics.atomic(width=width, atype=atomics.BYTES)
+    assert b.ops_supported == [op for op in OpType if op <= OpType.FETCH_NOT]
+    assert bytes(b) == bytes(width)
+
+
+def test_int_and_bytes_special_methods_and_no_index():
+    a = atomics.atomic(width=4, atype=atomics.INT)
+    a.store(-5)
+    assert int(a) == -5
+    with pytest.raises(TypeError):
+        [0, 1][a]  # no __index__
+    b = atomics.atomic(width=4, atype=atomics.BYTES)
+    b.store(b"abcd")
+    assert bytes(b) == b"abcd"
+
+
+# ---- operations against a reference -----------------------------------
+
+OPS = ["store", "exchange", "add", "sub", "inc", "dec", "neg", "fetch_add",
+       "fetch_sub", "fetch_inc", "fetch_dec", "fetch_neg", "bin_or",
+       "bin_xor", "bin_and", "bin_not", "bin_fetch_or", "bin_fetch_xor",
+       "bin_fetch_and", "bin_fetch_not", "bit_test", "bit_test_set",
+       "bit_test_reset", "bit_test_compl", "cmpxchg_strong", "cmpxchg_weak"]
+
+
+def reference(op, cur, arg, width, signed):
+    """(new value, return value) of op on cur."""
+    mask = (1 << (width * 8)) - 1
+    w = lambda v: wrap(v, width, signed)  # noqa: E731
+    u = cur & mask
+    if op == "store":
+        return arg, None
+    if op == "exchange":
+        return arg, cur
+    table = {
+        "add": lambda: w(cur + arg), "sub": lambda: w(cur - arg),
+        "inc": lambda: w(cur + 1), "dec": lambda: w(cur - 1),
+        "neg": lambda: w(-cur), "bin_or": lambda: w(u | (arg & mask)),
+        "bin_xor": lambda: w(u ^ (arg & mask)),
+        "bin_and": lambda: w(u & (arg & mask)), "bin_not": lambda: w(~u),
+    }
+    base = op.replace("fetch_", "").replace("bin_fetch_", "bin_")
+    if op.startswith("bit_"):
+        bit = arg
+        old = bool((u >> bit) & 1)
+        if op == "bit_test":
+            return cur, old
+        new = {"bit_test_set": u | (1 << bit),
+               "bit_test_reset": u & ~(1 << bit),
+               "bit_test_compl": u ^ (1 << bit)}[op]
+        return w(new), old
+    if op.startswith("cmpxchg"):
+        expected, desired = arg
+        if expected == cur:
+            return desired, (True, expected)
+        return cur, (False, cur)
+    new = table[base]()
+    fetch = op.startswith("fetch_") or op.startswith("bin_fetch_")
+    return new, (cur if fetch else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(WIDTHS), st.booleans(), st.sampled_from(OPS),
+       st.data())
+def test_every_operation_matches_reference(width, signed, op, data):
+    lo, hi = bounds(width, signed)
+    start = data.draw(st.integers(lo, hi))
+    a = atomics.atomic(width=width, atype=atomics.INT if signed
+                       else atomics.UINT)
+    a.store(start)
+    if op.startswith("bit_"):
+        arg = data.draw(st.integers(0, width * 8 - 1))
+        result = getattr(a, op)(arg)
+    elif op.startswith("cmpxchg"):
+        expected = data.draw(st.one_of(st.just(start), st.integers(lo, hi)))
+        desired = data.draw(st.integers(lo, hi))
+        arg = (expected, desired)
+        r = getattr(a, op)(expected=expected, desired=desired)
+        if op == "cmpxchg_weak" and not r.success and expected == start:
+            r = a.cmpxchg_strong(expected, desired)  # spurious failure
+        result = (r.success, r.expected)
+    elif op in ("inc", "dec", "neg", "fetch_inc", "fetch_dec", "fetch_neg",
+                "bin_not", "bin_fetch_not"):
+        arg = None
+        result = getattr(a, op)()
+    else:
+        arg = data.draw(st.integers(0 if op.startswith("bin") or not signed
+                                    else lo, hi))
+        if op in ("add", "sub", "fetch_add", "fetch_sub") and signed:
+            arg = data.draw(st.integers(lo, hi))
+        result = getattr(a, op)(arg)
+    new, expect = reference(op, start, arg, width, signed)
+    assert a.load() == new
+    assert result == expect
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(WIDTHS), st.binary(min_size=16, max_size=16),
+       st.binary(min_size=16, max_size=16))
+def test_bytes_operations(width, x, y):
+    x, y = x[:width], y[:width]
+    b = atomics.atomic(width=width, atype=atomics.BYTES)
+    b.store(x)
+    assert b.load() == x
+    assert b.exchange(y) == x
+    b.bin_or(x)
+    want = bytes(p | q for p, q in zip(x, y))
+    assert b.load() == want
+    assert b.bin_fetch_not() == want
+    assert b.load() == bytes((~p) & 0xFF for p in want)
+    r = b.cmpxchg_strong(expected=x, desired=y, succ=MemoryOrder.SEQ_CST,
+                         fail=MemoryOrder.RELAXED)
+    assert bool(r) == (b.load() == y and r.success)
+    success, expected = r  # iterable
+    assert success is r.success and expected == r.expected
+
+
+def test_wraparound_boundaries():
+    u8 = atomics.atomic(width=1, atype=atomics.UINT)
+    u8.store(255)
+    u8.inc()
+    assert u8.load() == 0
+    i8 = atomics.atomic(width=1, atype=atomics.INT)
+    i8.store(127)
+    i8.inc()
+    assert i8.load() == -128
+    i8.neg()
+    assert i8.load() == -128
+    u16 = atomics.atomic(width=2, atype=atomics.UINT)
+    u16.dec()
+    assert u16.load() == 65535
+    u128 = atomics.atomic(width=16, atype=atomics.UINT)
+    u128.dec()
+    assert u128.load() == 2**128 - 1
+    i128 = atomics.atomic(width=16, atype=atomics.INT)
+    i128.store(2**127 - 1)
+    assert i128.fetch_inc() == 2**127 - 1
+    assert i128.load() == -2**127
+
+
+def test_inputs_do_not_wrap():
+    u8 = atomics.atomic(width=1, atype=atomics.UINT)
+    for bad in (256, -1):
+        with pytest.raises(OverflowError):
+            u8.store(bad)
+    with pytest.raises(OverflowError):
+        u8.add(-1)
+    i8 = atomics.atomic(width=1, atype=atomics.INT)
+    with pytest.raises(OverflowError):
+        i8.store(128)
+    i8.fetch_sub(-1)
+    assert i8.load() == 1
+    with pytest.raises(OverflowError):
+        atomics.atomic(width=16, atype=atomics.UINT).store(2**128)
+    with pytest.raises(TypeError):
+        u8.store("1")
+    b = atomics.atomic(width=2, atype=atomics.BYTES)
+    with pytest.raises(ValueError):
+        b.store(b"abc")
+
+
+# ---- memory orders ------------------------------------------------------
+
+def test_memory_order_validators():
+    M = MemoryOrder
+    assert [m for m in M if m.is_valid_store_order()] == \
+        [M.RELAXED, M.RELEASE, M.SEQ_CST]
+    assert [m for m in M if m.is_valid_load_order()] == \
+        [M.RELAXED, M.ACQUIRE, M.SEQ_CST]
+    assert M.ACQUIRE.is_valid_fail_order(M.SEQ_CST)
+    assert not M.SEQ_CST.is_valid_fail_order(M.ACQUIRE)
+    assert not M.RELEASE.is_valid_fail_order(M.SEQ_CST)
+
+
+def test_invalid_orders_raise():
+    a = atomics.atomic(width=4, atype=atomics.INT)
+    with pytest.raises(MemoryOrderError):
+        a.load(order=MemoryOrder.RELEASE)
+    with pytest.raises(MemoryOrderError):
+        a.store(1, order=MemoryOrder.ACQUIRE)
+    with pytest.raises(MemoryOrderError):
+        a.bit_test(0, order=MemoryOrder.RELEASE)  # a test is a load
+    with pytest.raises(MemoryOrderError) as e:
+        a.cmpxchg_strong(0, 1, success=MemoryOrder.ACQUIRE,
+                         failure=MemoryOrder.SEQ_CST)
+    assert e.value.is_fail is True
+    a.load(order=MemoryOrder.ACQUIRE)
+    a.store(1, MemoryOrder.RELEASE)
+    a.fetch_add(1, order=MemoryOrder.RELAXED)
+    assert a.load(MemoryOrder.RELAXED) == 2
+
+
+# ---- errors, alignment, views --------------------------------------------
+
+@pytest.mark.parametrize("width", [0, 3, 5, 7, 9, 17, 32])
+def test_unsupported_widths(width):
+    with pytest.raises(UnsupportedWidthException):
+        atomics.atomic(width=width, atype=atomics.INT)
+    with pytest.raises(UnsupportedWidthException):
+        atomics.atomicview(buffer=bytearray(width), atype=atomics.BYTES)
+    with pytest.raises(UnsupportedWidthException):
+        atomics.Alignment(width)
+
+
+def test_alignment():
+    buf = bytearray(16)
+    mv = memoryview(buf)
+    align = atomics.Alignment(8)
+    assert align.is_valid(mv[:8]) and align.is_valid_recommended(mv[:8])
+    assert not align.is_valid(mv[1:9])
+    assert not align.is_valid_minimum(mv[1:9])
+    with pytest.raises(ValueError):
+        align.is_valid(mv[:4])
+    with pytest.raises(TypeError):
+        align.is_valid(42)
+    with pytest.raises(AlignmentError):
+        atomics.atomicview(buffer=mv[1:9], atype=atomics.INT)
+
+
+def test_readonly_buffers_give_readonly_views():
+    with atomics.atomicview(buffer=b"\x05\x00\x00\x00",
+                            atype=atomics.UINT) as a:
+        assert a.readonly is True
+        assert a.ops_supported == [OpType.LOAD, OpType.BIT_TEST]
+        assert a.load() == 5 and a.bit_test(0) is True
+        with pytest.raises(UnsupportedOperationException):
+            a.store(1)
+        with pytest.raises(UnsupportedOperationException):
+            a.inc()
+    with pytest.raises(UnsupportedWidthException):
+        atomics.atomicview(buffer=bytes(16), atype=atomics.UINT)
+
+
+def test_view_contract_messages():
+    buf = bytearray(4)
+    ctx = atomics.atomicview(buffer=buf, atype=atomics.INT)
+    with pytest.raises(BufferError):
+        buf.extend(b"x")  # pinned until release
+    with ctx as a:
+        with pytest.raises(ValueError, match="Cannot call 'release' while "
+                                             "context is open."):
+            ctx.release()
+        with pytest.raises(ValueError, match="Cannot open context multiple "
+                                             "times."):
+            ctx.__enter__()
+        a.store(7)
+    assert int.from_bytes(buf, sys.byteorder) == 7
+    with pytest.raises(ValueError, match="released"):
+        a.load()
+    with pytest.raises(ValueError, match="after calling 'release'"):
+        ctx.__enter__()
+    buf.extend(b"x")  # no longer pinned
+    ctx2 = atomics.atomicview(buffer=bytearray(4), atype=atomics.INT)
+    ctx2.release()
+    ctx2.release()  # repeatable
+    with pytest.raises(ValueError, match="Cannot open context after calling "
+                                         "'release'."):
+        ctx2.__enter__()
+    ctx2.__exit__(None, None, None)
+
+
+def test_cmpxchg_result_and_seed_atomic_mul():
+    def atomic_mul(a, operand):
+        res = atomics.CmpxchgResult(success=False, expected=a.load())
+        while not res:
+            desired = res.expected * operand
+            res = a.cmpxchg_weak(expected=res.expected, desired=desired)
+
+    a = atomics.atomic(width=8, atype=atomics.INT)
+    a.store(3)
+    atomic_mul(a, 7)
+    assert a.load() == 21
+    r = atomics.CmpxchgResult(success=True, expected=5)
+    assert bool(r) and list(r) == [True, 5]
+    assert repr(r) == "CmpxchgResult(success=True, expected=5)"
+    assert atomics.CmpxchgResult[int] is not None
+
+
+def test_bytes_cmpxchg_does_not_mutate_expected():
+    # The atomics package wrote the observed value into the caller's
+    # immutable bytes (defect A1); ours must not.
+    b = atomics.atomic(width=1, atype=atomics.BYTES)
+    b.store(b"\x05")
+    expected = b"\x00"
+    r = b.cmpxchg_strong(expected, b"\x01")
+    assert not r and r.expected == b"\x05"
+    assert expected == b"\x00" and bytes([0]) == b"\x00"
+
+
+# ---- the seed's samples: threads and processes ----------------------------
+
+def test_seed_multithreading_sample():
+    def fn(ai, n):
+        for _ in range(n):
+            ai.inc()
+
+    a = atomics.atomic(width=4, atype=atomics.INT)
+    total = 100_000
+    t1 = threading.Thread(target=fn, args=(a, total // 2))
+    t2 = threading.Thread(target=fn, args=(a, total // 2))
+    t1.start(), t2.start()
+    t1.join(), t2.join()
+    assert a.load() == total
+
+
+def _proc_inc(shmem_name, width, n):
+    import dispatchkit.atomics as atomics
+    shmem = shared_memory.SharedMemory(name=shmem_name)
+    buf = shmem.buf[:width]
+    with atomics.atomicview(buffer=buf, atype=atomics.INT) as a:
+        for _ in range(n):
+            a.inc()
+    del buf
+    shmem.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_seed_multiprocessing_sample(method):
+    mpc = mp.get_context(method)
+    width = 8
+    shmem = shared_memory.SharedMemory(create=True, size=width)
+    try:
+        buf = shmem.buf[:width]
+        total = 40_000
+        procs = [mpc.Process(target=_proc_inc,
+                             args=(shmem.name, width, total // 4))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        with atomics.atomicview(buffer=buf, atype=atomics.INT) as a:
+            assert a.load() == total  # no increment lost
+        del buf
+    finally:
+        shmem.close()
+        shmem.unlink()
+
+
+def _peer_inc(shmem_name, n):
+    import atomics as peer
+    shmem = shared_memory.SharedMemory(name=shmem_name)
+    buf = shmem.buf[:8]
+    with peer.atomicview(buffer=buf, atype=peer.INT) as a:
+        for _ in range(n):
+            a.inc()
+    del buf
+    shmem.close()
+
+
+def test_interop_with_the_atomics_package_on_shared_memory():
+    peer = pytest.importorskip("atomics")
+    shmem = shared_memory.SharedMemory(create=True, size=8)
+    try:
+        buf = shmem.buf[:8]
+        p = mp.get_context("fork").Process(target=_peer_inc,
+                                           args=(shmem.name, 2000))
+        p.start()
+        with atomics.atomicview(buffer=buf, atype=atomics.INT) as a:
+            for _ in range(20000):
+                a.inc()
+        p.join(120)
+        assert p.exitcode == 0
+        with peer.atomicview(buffer=buf, atype=peer.INT) as b:
+            assert b.load() == 22000
+        with atomics.atomicview(buffer=buf, atype=atomics.INT) as a:
+            a.store(-12345)
+        with peer.atomicview(buffer=buf, atype=peer.INT) as b:
+            assert b.load() == -12345  # same encoding
+        del buf
+    finally:
+        shmem.close()
+        shmem.unlink()
