@@ -38,7 +38,7 @@ module_exec(PyObject *m)
     }
     if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||
         dkpy_io_exec(m) < 0 || dkpy_data_exec(m) < 0 ||
-        dkpy_atomics_exec(m) < 0) {
+        dkpy_atomics_exec(m) < 0 || dkpy_sync_exec(m) < 0) {
         return -1;
     }
     return 0;

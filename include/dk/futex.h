@@ -1,0 +1,24 @@
+/*
+ * Futex wait and wake on a 32-bit word, for words in process memory or in
+ * memory shared between processes (`shared`). Deadlines are absolute
+ * CLOCK_MONOTONIC nanoseconds (UINT64_MAX: none), so retries never stretch
+ * a wait.
+ */
+#ifndef DK_FUTEX_H
+#define DK_FUTEX_H
+
+#include "dk/base.h"
+
+DK_BEGIN_DECLS
+
+/* Sleep while *word == expected. Returns 0 when woken (possibly
+ * spuriously), -EAGAIN if *word != expected on entry, -ETIMEDOUT, or -EINTR
+ * when a signal handler ran. word must be 4-byte aligned. */
+DK_EXPORT int dk_futex_wait(uint32_t *word, uint32_t expected,
+                            uint64_t deadline, bool shared);
+/* Wake up to n waiters; returns how many were woken. */
+DK_EXPORT int dk_futex_wake(uint32_t *word, int n, bool shared);
+
+DK_END_DECLS
+
+#endif /* DK_FUTEX_H */

@@ -1,0 +1,153 @@
+"""dispatchkit.sync word primitives (FutexWord, AtomicU32, AtomicU64)
+with fastipc's API: real processes over shared memory, interop with
+fastipc from the registry, Ctrl-C, bad input."""
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from multiprocessing import shared_memory
+
+import pytest
+
+import dispatchkit.atomics as atomics
+import dispatchkit.sync as sync
+
+
+@pytest.fixture
+def shm():
+    m = shared_memory.SharedMemory(create=True, size=64)
+    yield m
+    m.close()
+    m.unlink()
+
+
+def test_futexword_wait_wake_between_threads(shm):
+    fw = sync.FutexWord(shm.buf, shared=False)
+    assert fw.load_acquire() == 0
+    assert fw.wait(1, 1000) is False  # value differs: returns at once
+    assert fw.wait(0, 1_000_000) is False  # times out
+    seen = []
+
+    def waiter():
+        # Without a wake-up this thread would sleep for good.
+        while fw.load_acquire() == 0:
+            fw.wait(0)
+        seen.append(fw.load_acquire())
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(0.1)
+    assert t.is_alive()  # asleep in wait()
+    fw.store_release(1)
+    fw.wake(1)
+    t.join(10)
+    assert not t.is_alive() and seen == [1]
+    assert "FutexWord" in repr(fw)
+    del fw
+
+
+def _waiter(name, q):
+    m = shared_memory.SharedMemory(name=name)
+    fw = sync.FutexWord(m.buf, shared=True)
+    q.put("ready")
+    while fw.load_acquire() == 0:
+        fw.wait(0, 5_000_000_000)
+    q.put(fw.load_acquire())
+    del fw
+    m.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_futexword_wakes_another_process(shm, method):
+    ctx = mp.get_context(method)
+    q = ctx.Queue()
+    p = ctx.Process(target=_waiter, args=(shm.name, q))
+    p.start()
+    assert q.get(timeout=30) == "ready"
+    fw = sync.FutexWord(shm.buf, shared=True)
+    fw.store_release(7)
+    fw.wake(1)
+    assert q.get(timeout=30) == 7
+    p.join(30)
+    assert p.exitcode == 0
+    del fw
+
+
+def test_atomic_words_share_memory_with_dispatchkit_atomics(shm):
+    u32 = sync.AtomicU32(shm.buf[:4])
+    u64 = sync.AtomicU64(shm.buf[8:16])
+    u32.store(41)
+    assert u32.cas(41, 42) is True and u32.cas(41, 0) is False
+    u64.store(2**64 - 1)
+    with atomics.atomicview(buffer=shm.buf[8:16], atype=atomics.UINT) as v:
+        v.inc()  # wraps to 0 through the same C atomics
+    assert u64.load() == 0
+    assert u32.load() == 42
+    del u32, u64
+
+
+def test_interop_with_fastipc(shm):
+    fastipc = pytest.importorskip("fastipc._primitives")
+    ours = sync.AtomicU32(shm.buf[:4])
+    theirs = fastipc.AtomicU32(shm.buf[:4])
+    ours.store(10)
+    assert theirs.load() == 10
+    assert theirs.cas(10, 11)
+    assert ours.load() == 11
+    fw_ours = sync.FutexWord(shm.buf[4:8])
+    fw_theirs = fastipc.FutexWord(shm.buf[4:8], shared=True)
+    fw_theirs.store_release(3)
+    assert fw_ours.load_acquire() == 3
+    del ours, theirs, fw_ours, fw_theirs
+
+
+def test_bad_input(shm):
+    with pytest.raises(ValueError, match="4-byte aligned >=4"):
+        sync.FutexWord(bytearray(3))
+    with pytest.raises(ValueError, match="4-byte aligned"):
+        sync.AtomicU32(shm.buf[1:5])
+    with pytest.raises(ValueError, match="8-byte aligned >=8"):
+        sync.AtomicU64(shm.buf[4:12])
+    with pytest.raises(ValueError, match="writable"):
+        sync.AtomicU32(bytes(4))
+    with pytest.raises(TypeError):
+        sync.FutexWord(42)
+    a = sync.AtomicU32(bytearray(4))
+    with pytest.raises(OverflowError):
+        a.store(2**32)
+    with pytest.raises(OverflowError):
+        a.store(-1)
+    with pytest.raises(OverflowError):
+        sync.AtomicU64(bytearray(8)).store(-1)
+    with pytest.raises(ValueError):
+        sync.FutexWord(bytearray(4)).wake(-1)
+
+
+def test_buffer_is_pinned_while_in_use():
+    buf = bytearray(8)
+    a = sync.AtomicU64(buf)
+    with pytest.raises(BufferError):
+        buf.extend(b"x")
+    del a
+    buf.extend(b"x")
+
+
+def test_ctrl_c_interrupts_futex_wait():
+    code = textwrap.dedent("""
+        import os, signal, threading
+        import dispatchkit.sync as sync
+        fw = sync.FutexWord(bytearray(4), shared=False)
+        threading.Timer(0.2, lambda: os.kill(os.getpid(),
+                                             signal.SIGINT)).start()
+        try:
+            fw.wait(0)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "interrupted"
