@@ -623,7 +623,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (index < 0 || (unsigned long)index >= self->width * 8u) {
+    if (index < 0 || (unsigned long)index >= (unsigned long)self->width * 8u) {
         PyErr_Format(PyExc_ValueError,
                      "bit index %ld out of range for a "
                      "%u-byte object",

@@ -12,6 +12,7 @@
 
 #include "dk/atomic.h"
 #include "dk/futex.h"
+#include "dk/mutex.h"
 #include "dk/time.h"
 
 typedef struct {
@@ -19,6 +20,8 @@ typedef struct {
     void *addr;
     unsigned width;
     bool shared;
+    bool owner_died;     /* Mutex: the last acquisition took over */
+    bool fastipc_compat; /* Semaphore: also wake on 0 -> n */
 } WordObject;
 
 static int
@@ -313,7 +316,487 @@ static PyType_Slot AtomicU64_slots[] = {
     {0, NULL},
 };
 
+/* ---- Mutex ------------------------------------------------------------ */
+
+static int
+header_init(WordObject *self, PyObject *buffer, const char *what)
+{
+    if (PyObject_GetBuffer(buffer, &self->view,
+                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "buffer must be writable for %s",
+                         what);
+        }
+        return -1;
+    }
+    self->addr = self->view.buf;
+    self->width = DK_SHM_HEADER_SIZE;
+    if (self->view.len < DK_SHM_HEADER_SIZE ||
+        (uintptr_t)self->addr % 4 != 0) {
+        PyBuffer_Release(&self->view);
+        self->view.obj = NULL;
+        PyErr_Format(PyExc_ValueError,
+                     "need 4-byte aligned >=64 buffer for %s", what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "shared", NULL};
+    PyObject *buffer;
+    int shared = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Mutex", kwlist,
+                                     &buffer, &shared)) {
+        return NULL;
+    }
+    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (header_init(self, buffer, "Mutex") < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->shared = shared != 0;
+    int rc = dk_shm_mutex_init(self->addr);
+    if (rc < 0) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError,
+                        "buffer does not hold a Mutex (wrong magic): "
+                        "refusing to overwrite it");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* Lock with a deadline: try with the GIL held, then wait without it. */
+static int
+mutex_lock(WordObject *self, long long timeout_ns, int spin)
+{
+    int rc = dk_shm_mutex_lock(self->addr, 0, self->shared, 0, false);
+    if (rc >= 0) {
+        self->owner_died = rc == 1;
+        return 1;
+    }
+    if (rc == -EDEADLK) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot re-acquire a mutex already owned by this "
+                        "thread");
+        return -1;
+    }
+    if (timeout_ns == 0 && spin <= 0) {
+        return 0;
+    }
+    uint64_t deadline = timeout_ns < 0    ? UINT64_MAX
+                        : timeout_ns == 0 ? 0
+                                          : dk_now() + (uint64_t)timeout_ns;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS rc =
+            dk_shm_mutex_lock(self->addr, deadline, self->shared, spin, true);
+        Py_END_ALLOW_THREADS if (rc >= 0)
+        {
+            self->owner_died = rc == 1;
+            return 1;
+        }
+        if (rc == -ETIMEDOUT) {
+            return 0;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static PyObject *
+Mutex_acquire(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    int rc = mutex_lock(self, -1, 16);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Mutex_acquire_ns(WordObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"timeout_ns", "spin", NULL};
+    long long timeout_ns = -1;
+    int spin = 16;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|Li:acquire_ns", kwlist,
+                                     &timeout_ns, &spin)) {
+        return NULL;
+    }
+    int rc = mutex_lock(self, timeout_ns, spin);
+    if (rc < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *
+Mutex_try_acquire(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    int rc = dk_shm_mutex_lock(self->addr, 0, self->shared, 0, false);
+    if (rc >= 0) {
+        self->owner_died = rc == 1;
+    }
+    return PyBool_FromLong(rc >= 0);
+}
+
+static PyObject *
+Mutex_release(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_shm_mutex_unlock(self->addr, self->shared, false) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot release a mutex not owned by this process");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Mutex_force_release(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_shm_mutex_unlock(self->addr, self->shared, true);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Mutex_owner_pid(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
+        &((dk_shm_mutex_t *)self->addr)->owner_pid, DK_MO_ACQUIRE));
+}
+
+static PyObject *
+Header_last_ns(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(dk_atomic_u64_load(
+        &((dk_shm_mutex_t *)self->addr)->last_ns, DK_MO_RELAXED));
+}
+
+static PyObject *
+Header_magic(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(
+        dk_atomic_u32_load((uint32_t *)self->addr, DK_MO_ACQUIRE));
+}
+
+static PyObject *
+Mutex_enter(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (mutex_lock(self, -1, 16) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+static PyObject *
+Mutex_exit(WordObject *self, PyObject *args)
+{
+    (void)args;
+    return Mutex_release(self, NULL);
+}
+
+static PyObject *
+Mutex_get_owner_died(WordObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->owner_died);
+}
+
+static PyObject *
+Mutex_repr(WordObject *self)
+{
+    dk_shm_mutex_t *m = self->addr;
+    return PyUnicode_FromFormat(
+        "<dispatchkit.sync.Mutex buf=%p shared=%d state=%u owner=%u>",
+        self->addr, (int)self->shared,
+        dk_atomic_u32_load(&m->state, DK_MO_RELAXED),
+        dk_atomic_u32_load(&m->owner_pid, DK_MO_RELAXED));
+}
+
+static PyMethodDef Mutex_methods[] = {
+    {"acquire", (PyCFunction)Mutex_acquire, METH_NOARGS,
+     "acquire() -> True\n\nBlock until held (GIL released; Ctrl-C "
+     "interrupts). Takes over from a holder whose process died (see "
+     "owner_died). RuntimeError if this thread already holds it."},
+    {"acquire_ns", (PyCFunction)(void (*)(void))Mutex_acquire_ns,
+     METH_VARARGS | METH_KEYWORDS,
+     "acquire_ns(timeout_ns=-1, spin=16) -> bool"},
+    {"try_acquire", (PyCFunction)Mutex_try_acquire, METH_NOARGS,
+     "try_acquire() -> bool"},
+    {"release", (PyCFunction)Mutex_release, METH_NOARGS,
+     "release()\n\nRuntimeError if this process does not hold it."},
+    {"force_release", (PyCFunction)Mutex_force_release, METH_NOARGS,
+     "force_release()\n\nRelease whoever holds it (recovery)."},
+    {"owner_pid", (PyCFunction)Mutex_owner_pid, METH_NOARGS,
+     "owner_pid() -> int (0: free)"},
+    {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
+     "last_acquired_ns() -> int (CLOCK_REALTIME)"},
+    {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
+    {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Mutex_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Mutex_getset[] = {
+    {"owner_died", (getter)Mutex_get_owner_died, NULL,
+     "True if the last acquisition through this object took the mutex over "
+     "from a process that died holding it: the data it protects may be "
+     "inconsistent.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Mutex_slots[] = {
+    {Py_tp_new, Mutex_new},
+    {Py_tp_dealloc, Word_dealloc},
+    {Py_tp_methods, Mutex_methods},
+    {Py_tp_getset, Mutex_getset},
+    {Py_tp_repr, Mutex_repr},
+    {Py_tp_doc, "Mutex(buffer, shared=True)\n\nA process-shared mutex in a "
+                "64-byte buffer, compatible with fastipc's."},
+    {0, NULL},
+};
+
+/* ---- Semaphore -------------------------------------------------------- */
+
+static PyObject *
+Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "initial", "shared", "fastipc_compat",
+                             NULL};
+    PyObject *buffer, *initial = Py_None;
+    int shared = 1, compat = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|Opp:Semaphore", kwlist,
+                                     &buffer, &initial, &shared, &compat)) {
+        return NULL;
+    }
+    uint64_t count = 0;
+    if (initial != Py_None) {
+        if (!PyLong_Check(initial)) {
+            PyErr_SetString(PyExc_TypeError, "initial must be an int or None");
+            return NULL;
+        }
+        if (_PyLong_Sign(initial) < 0) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "can't convert negative value to unsigned int");
+            return NULL;
+        }
+        count = PyLong_AsUnsignedLongLong(initial);
+        if ((count == (uint64_t)-1 && PyErr_Occurred()) ||
+            count > UINT32_MAX) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_OverflowError,
+                            "initial out of range for uint32");
+            return NULL;
+        }
+    }
+    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (header_init(self, buffer, "Semaphore") < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->shared = shared != 0;
+    self->fastipc_compat = compat != 0;
+    if (dk_shm_semaphore_init(self->addr, initial != Py_None,
+                              (uint32_t)count) < 0) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError,
+                        "buffer does not hold a Semaphore (wrong magic): "
+                        "refusing to overwrite it");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+sem_post(WordObject *self, unsigned long long n)
+{
+    if (n > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "semaphore increment out of range");
+        return NULL;
+    }
+    if (dk_shm_semaphore_post(self->addr, (uint32_t)n, self->shared,
+                              self->fastipc_compat) < 0) {
+        PyErr_SetString(PyExc_OverflowError, "semaphore count overflow");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    if (nargs == 0 && kwnames == NULL) {
+        return sem_post(self, 1);
+    }
+    PyObject *nobj = nargs > 0 ? args[0] : args[nargs];
+    if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1) {
+        PyErr_SetString(PyExc_TypeError, "post(n=1)");
+        return NULL;
+    }
+    if (!PyLong_Check(nobj) || _PyLong_Sign(nobj) < 0) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "semaphore increment out of range");
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(nobj);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        n = (unsigned long long)UINT32_MAX + 1;
+    }
+    return sem_post(self, n);
+}
+
+static PyObject *
+Semaphore_post1(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return sem_post(self, 1);
+}
+
+static PyObject *
+Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    int blocking = 1, spin = 16;
+    long long timeout_ns = -1;
+    if (nargs != 0 || kwnames != NULL) {
+        PyObject *a[3] = {NULL, NULL, NULL};
+        static const char *names[] = {"blocking", "timeout_ns", "spin"};
+        for (Py_ssize_t i = 0; i < nargs && i < 3; i++) {
+            a[i] = args[i];
+        }
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        for (Py_ssize_t k = 0; k < nkw; k++) {
+            const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+            int slot = -1;
+            for (int i = 0; key != NULL && i < 3; i++) {
+                if (strcmp(key, names[i]) == 0) {
+                    slot = i;
+                }
+            }
+            if (slot < 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "wait() got an unexpected keyword '%s'",
+                             key ? key : "?");
+                return NULL;
+            }
+            a[slot] = args[nargs + k];
+        }
+        if ((a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
+            (a[1] && (timeout_ns = PyLong_AsLongLong(a[1])) == -1 &&
+             PyErr_Occurred()) ||
+            (a[2] && (spin = (int)PyLong_AsLong(a[2])) == -1 &&
+             PyErr_Occurred())) {
+            return NULL;
+        }
+    }
+    if (dk_shm_semaphore_wait(self->addr, 0, self->shared, 0, false) == 0) {
+        Py_RETURN_TRUE;
+    }
+    if (!blocking || timeout_ns == 0) {
+        Py_RETURN_FALSE;
+    }
+    uint64_t deadline =
+        timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc = dk_shm_semaphore_wait(
+            self->addr, deadline, self->shared, spin < 0 ? 0 : spin, true);
+        Py_END_ALLOW_THREADS if (rc == 0)
+        {
+            Py_RETURN_TRUE;
+        }
+        if (rc == -ETIMEDOUT) {
+            Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+}
+
+static PyObject *
+Semaphore_value(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
+        &((dk_shm_semaphore_t *)self->addr)->count, DK_MO_ACQUIRE));
+}
+
+static PyObject *
+Semaphore_last_pid(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
+        &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
+}
+
+static PyObject *
+Semaphore_repr(WordObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.sync.Semaphore buf=%p shared=%d value=%u>", self->addr,
+        (int)self->shared,
+        dk_atomic_u32_load(&((dk_shm_semaphore_t *)self->addr)->count,
+                           DK_MO_RELAXED));
+}
+
+static PyMethodDef Semaphore_methods[] = {
+    {"post", (PyCFunction)(void (*)(void))Semaphore_post,
+     METH_FASTCALL | METH_KEYWORDS,
+     "post(n=1)\n\nAdd n units and wake that many waiters."},
+    {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS, "post(1)"},
+    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "wait(blocking=True, timeout_ns=-1, spin=16) -> bool\n\nTake one "
+     "unit (GIL released while waiting; Ctrl-C interrupts)."},
+    {"value", (PyCFunction)Semaphore_value, METH_NOARGS, "value() -> int"},
+    {"last_pid", (PyCFunction)Semaphore_last_pid, METH_NOARGS,
+     "last_pid() -> int"},
+    {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
+     "last_acquired_ns() -> int"},
+    {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Semaphore_slots[] = {
+    {Py_tp_new, Semaphore_new},
+    {Py_tp_dealloc, Word_dealloc},
+    {Py_tp_methods, Semaphore_methods},
+    {Py_tp_repr, Semaphore_repr},
+    {Py_tp_doc, "Semaphore(buffer, initial=None, shared=True, "
+                "fastipc_compat=False)\n\nA process-shared counting "
+                "semaphore in a 64-byte buffer, compatible with fastipc's."},
+    {0, NULL},
+};
+
 static PyType_Spec sync_specs[] = {
+    {"dispatchkit.sync.Mutex", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
+     Mutex_slots},
+    {"dispatchkit.sync.Semaphore", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
+     Semaphore_slots},
     {"dispatchkit.sync.FutexWord", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
      FutexWord_slots},
     {"dispatchkit.sync.AtomicU32", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
@@ -330,8 +813,12 @@ dkpy_sync_exec(PyObject *m)
         if (t == NULL) {
             return -1;
         }
-        int rc =
-            PyModule_AddObjectRef(m, strrchr(sync_specs[i].name, '.') + 1, t);
+        /* The extension module also holds the dispatch Semaphore: sync
+         * types are registered as Sync<Name>; dispatchkit.sync renames. */
+        char name[64];
+        snprintf(name, sizeof name, "Sync%s",
+                 strrchr(sync_specs[i].name, '.') + 1);
+        int rc = PyModule_AddObjectRef(m, name, t);
         Py_DECREF(t);
         if (rc < 0) {
             return -1;

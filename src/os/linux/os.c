@@ -121,6 +121,7 @@ int
 dk__os_tid(void)
 {
     if (cached_tid == 0) {
+        (void)dk__os_pid(); /* registers the fork handler */
         cached_tid = (int)syscall(SYS_gettid);
     }
     return cached_tid;
@@ -321,23 +322,33 @@ dk__os_poll_readable(int fd, uint64_t deadline)
 }
 
 static int cached_pid;
-
-int
-dk__os_pid(void)
-{
-    int pid = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
-    if (pid == 0) {
-        pid = (int)getpid();
-        __atomic_store_n(&cached_pid, pid, __ATOMIC_RELAXED);
-    }
-    return pid;
-}
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
 void
 dk__os_fork_child(void)
 {
     cached_tid = 0;
     __atomic_store_n(&cached_pid, 0, __ATOMIC_RELAXED);
+}
+
+static void
+pid_cache_init(void)
+{
+    /* The caches must be refreshed in every forked child, whether or not
+     * the dispatch runtime (which has its own fork handler) is running. */
+    pthread_atfork(NULL, NULL, dk__os_fork_child);
+}
+
+int
+dk__os_pid(void)
+{
+    int pid = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+    if (pid == 0) {
+        pthread_once(&pid_once, pid_cache_init);
+        pid = (int)getpid();
+        __atomic_store_n(&cached_pid, pid, __ATOMIC_RELAXED);
+    }
+    return pid;
 }
 
 int

@@ -1,0 +1,84 @@
+/*
+ * Process-shared mutex and counting semaphore in caller memory, laid out
+ * exactly as fastipc's 64-byte headers so the two libraries can share one
+ * object, at once, across processes:
+ *
+ *   Mutex      +0x00 u32 magic 0x4D555458 ('MUTX')
+ *              +0x08 u32 state: 0 free, 1 locked, 2 locked with waiters
+ *              +0x0C u32 owner pid (0 when free)
+ *              +0x10 u64 CLOCK_REALTIME ns of the last acquisition
+ *              +0x18 u32 owner thread id (ours; fastipc ignores +0x18..)
+ *   Semaphore  +0x00 u32 magic 0x53454D41 ('SEMA')
+ *              +0x08 u32 count
+ *              +0x0C u32 pid of the last successful waiter
+ *              +0x10 u64 CLOCK_REALTIME ns of the last acquisition
+ *              +0x18 u32 number of our sleeping waiters
+ *
+ * Uncontended operations are atomic instructions only (the pid is cached
+ * and refreshed after fork; the clock is the vDSO). Waits take absolute
+ * CLOCK_MONOTONIC deadlines (UINT64_MAX: none).
+ */
+#ifndef DK_MUTEX_H
+#define DK_MUTEX_H
+
+#include "dk/base.h"
+
+DK_BEGIN_DECLS
+
+#define DK_MUTEX_MAGIC 0x4D555458u
+#define DK_SEMAPHORE_MAGIC 0x53454D41u
+#define DK_SHM_HEADER_SIZE 64
+
+typedef struct dk_shm_mutex {
+    uint32_t magic;
+    uint32_t flags;
+    uint32_t state;
+    uint32_t owner_pid;
+    uint64_t last_ns;
+    uint32_t owner_tid;
+    uint32_t reserved[9];
+} dk_shm_mutex_t;
+
+typedef struct dk_shm_semaphore {
+    uint32_t magic;
+    uint32_t flags;
+    uint32_t count;
+    uint32_t last_pid;
+    uint64_t last_ns;
+    uint32_t waiters;
+    uint32_t reserved[9];
+} dk_shm_semaphore_t;
+
+/*
+ * Attach to (or initialise) the object at p: zeroed memory is initialised,
+ * memory with the right magic is used as is. Returns 0, -EBADMSG (other
+ * data there), -EINVAL (misaligned).
+ */
+DK_EXPORT int dk_shm_mutex_init(dk_shm_mutex_t *m);
+DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count,
+                                    uint32_t count);
+
+/*
+ * Lock. Returns 0, 1 (acquired, and the previous owner process had died
+ * holding it: the protected data may be inconsistent), -ETIMEDOUT,
+ * -EINTR (a signal handler ran while waiting; interruptible only),
+ * -EDEADLK (the calling thread already holds it). deadline 0 = try once.
+ */
+DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
+                                bool shared, int spin, bool interruptible);
+/* Returns 0, or -EPERM when the calling process does not hold it. */
+DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force);
+
+/* Take one unit: 0, -ETIMEDOUT, -EINTR (interruptible). */
+DK_EXPORT int dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline,
+                                    bool shared, int spin, bool interruptible);
+/* Add n units and wake that many waiters. fastipc_compat also wakes on
+ * every 0 -> n transition, for fastipc's waiters (which do not announce
+ * themselves): a syscall on every post from zero. Returns 0 or -EOVERFLOW
+ * (nothing added). */
+DK_EXPORT int dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n,
+                                    bool shared, bool fastipc_compat);
+
+DK_END_DECLS
+
+#endif /* DK_MUTEX_H */

@@ -1,0 +1,287 @@
+/*
+ * Process-shared mutex and semaphore on fastipc's layouts (dk/mutex.h).
+ *
+ * Mutex: Drepper's three-state futex lock on `state` (0/1/2), the protocol
+ * fastipc uses, so a fastipc process and a dispatchkit process interlock.
+ * The owner is published after the state CAS and cleared *before* the
+ * state is released:
+ *
+ *   releaser                          next acquirer
+ *   owner = 0                (R1)
+ *   old = xchg(state, 0)     (R2)     CAS(state, 0 -> 1)   (A1)
+ *   old == 2 ? wake                   owner = my pid       (A2)
+ *
+ * fastipc clears the owner after R2, so its clear can land after a new
+ * owner's A2 and erase it (its defect F2); here R1 happens before R2.
+ *
+ * Owner death: a waiter that has slept a while checks whether the owner
+ * process still exists (kill(pid, 0); EPERM means it does). If it is gone,
+ * the waiters race to replace the owner field with a CAS; the winner holds
+ * the lock (the state word never went back to 0) and is told the previous
+ * owner died.
+ *
+ * Semaphore: the count is the futex word. Our waiters announce themselves
+ * in `waiters` before sleeping:
+ *
+ *   waiter                              poster
+ *   waiters += 1            (W1)        count += n              (P1)
+ *   count == 0 ? sleep      (W2)        waiters > 0 ? wake n    (P2)
+ *
+ * so a post never misses one of our sleepers (fastipc wakes only on a
+ * 0 -> n transition and loses the second of two sleepers: its defect F3).
+ */
+#include "internal.h"
+
+#include "dk/mutex.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <time.h>
+
+_Static_assert(sizeof(dk_shm_mutex_t) == DK_SHM_HEADER_SIZE, "mutex layout");
+_Static_assert(sizeof(dk_shm_semaphore_t) == DK_SHM_HEADER_SIZE,
+               "semaphore layout");
+
+#define LIVENESS_SLICE_NS (50ull * DK_NSEC_PER_MSEC)
+#define ORPHAN_AFTER_NS (1000ull * DK_NSEC_PER_MSEC)
+
+static void
+stamp(uint64_t *field)
+{
+    dk_atomic_store_relaxed(field, dk__os_realtime_ns());
+}
+
+int
+dk_shm_mutex_init(dk_shm_mutex_t *m)
+{
+    if ((uintptr_t)m % 4 != 0) {
+        return -EINVAL;
+    }
+    uint32_t magic = dk_atomic_load_acquire(&m->magic);
+    if (magic == DK_MUTEX_MAGIC) {
+        return 0;
+    }
+    if (magic != 0 || dk_atomic_load_acquire(&m->state) != 0) {
+        return -EBADMSG;
+    }
+    uint32_t zero = 0;
+    dk_atomic_cas_acq_rel(&m->magic, &zero, DK_MUTEX_MAGIC);
+    return dk_atomic_load_acquire(&m->magic) == DK_MUTEX_MAGIC ? 0 : -EBADMSG;
+}
+
+static void
+took_lock(dk_shm_mutex_t *m)
+{
+    dk_atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
+    dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    stamp(&m->last_ns);
+}
+
+/* Is the process that owns m gone? */
+static bool
+owner_gone(uint32_t pid)
+{
+    return pid != 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+int
+dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
+                  bool interruptible)
+{
+    uint32_t me = (uint32_t)dk__os_pid();
+    uint32_t s = 0;
+    if (dk_atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+        took_lock(m);
+        return 0;
+    }
+    if (dk_atomic_load_relaxed(&m->owner_pid) == me &&
+        dk_atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
+        return -EDEADLK;
+    }
+    for (int i = 0; i < spin; i++) {
+        dk_cpu_relax();
+        s = 0;
+        if (dk_atomic_load_relaxed(&m->state) == 0 &&
+            dk_atomic_cas_acquire(&m->state, &s, 1)) {
+            took_lock(m);
+            return 0;
+        }
+    }
+    if (deadline == 0) {
+        return -ETIMEDOUT;
+    }
+    uint64_t orphan_since = 0;
+    for (;;) {
+        /* Announce a waiter (2); whoever releases will wake us. */
+        if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
+            took_lock(m);
+            return 0;
+        }
+        uint64_t now = dk__os_monotonic_ns();
+        if (now >= deadline) {
+            return -ETIMEDOUT;
+        }
+        uint64_t slice = now + LIVENESS_SLICE_NS;
+        int rc = dk__os_futex_wait(
+            &m->state, 2, slice < deadline ? slice : deadline, shared);
+        if (rc == -EINTR && interruptible) {
+            return -EINTR;
+        }
+        if (rc != -ETIMEDOUT || dk__os_monotonic_ns() >= deadline) {
+            continue;
+        }
+        /* Slept a whole slice: is the owner still alive? */
+        uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
+        if (owner != 0 && owner_gone(owner)) {
+            if (dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
+                dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+                stamp(&m->last_ns);
+                dk_atomic_store_release(&m->state, 2); /* still held */
+                return 1;
+            }
+            continue;
+        }
+        if (owner == 0 && dk_atomic_load_relaxed(&m->state) != 0) {
+            /* Held but no owner recorded: a live acquirer fills it in
+             * within nanoseconds; a second of it means the holder died
+             * between its CAS and its owner store. */
+            if (orphan_since == 0) {
+                orphan_since = dk__os_monotonic_ns();
+            } else if (dk__os_monotonic_ns() - orphan_since >=
+                       ORPHAN_AFTER_NS) {
+                uint32_t zero = 0;
+                if (dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
+                    dk_atomic_store_relaxed(&m->owner_tid,
+                                            (uint32_t)dk__os_tid());
+                    stamp(&m->last_ns);
+                    dk_atomic_store_release(&m->state, 2);
+                    return 1;
+                }
+            }
+        } else {
+            orphan_since = 0;
+        }
+    }
+}
+
+int
+dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
+{
+    /* We hold it if our pid is the owner, or if our thread id is: a
+     * fastipc process releasing just before we acquired can clear the pid
+     * after we wrote it (its defect F2), but never touches the thread id,
+     * which only the holder sets and clears. */
+    if (!force &&
+        dk_atomic_load_relaxed(&m->owner_pid) != (uint32_t)dk__os_pid() &&
+        dk_atomic_load_relaxed(&m->owner_tid) != (uint32_t)dk__os_tid()) {
+        return -EPERM;
+    }
+    dk_atomic_store_relaxed(&m->owner_tid, 0);
+    dk_atomic_store_release(&m->owner_pid, 0);       /* R1 */
+    if (dk_atomic_xchg_release(&m->state, 0) == 2) { /* R2 */
+        dk__os_futex_wake(&m->state, 1, shared);
+    }
+    return 0;
+}
+
+int
+dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count, uint32_t count)
+{
+    if ((uintptr_t)s % 4 != 0) {
+        return -EINVAL;
+    }
+    uint32_t magic = dk_atomic_load_acquire(&s->magic);
+    if (magic != DK_SEMAPHORE_MAGIC && magic != 0) {
+        return -EBADMSG;
+    }
+    if (magic == 0) {
+        uint32_t zero = 0;
+        dk_atomic_cas_acq_rel(&s->magic, &zero, DK_SEMAPHORE_MAGIC);
+        if (dk_atomic_load_acquire(&s->magic) != DK_SEMAPHORE_MAGIC) {
+            return -EBADMSG;
+        }
+    }
+    if (set_count) {
+        dk_atomic_store_release(&s->count, count);
+    }
+    return 0;
+}
+
+static bool
+try_take_order(dk_shm_semaphore_t *s, bool seq_cst)
+{
+    uint32_t v = seq_cst ? dk_atomic_load_seq_cst(&s->count)
+                         : dk_atomic_load_relaxed(&s->count);
+    while (v > 0) {
+        if (dk_atomic_cas_weak_acq_rel(&s->count, &v, v - 1)) {
+            dk_atomic_store_relaxed(&s->last_pid, (uint32_t)dk__os_pid());
+            stamp(&s->last_ns);
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool
+try_take(dk_shm_semaphore_t *s)
+{
+    return try_take_order(s, false);
+}
+
+int
+dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
+                      int spin, bool interruptible)
+{
+    if (try_take(s)) {
+        return 0;
+    }
+    for (int i = 0; i < spin; i++) {
+        dk_cpu_relax();
+        if (try_take(s)) {
+            return 0;
+        }
+    }
+    for (;;) {
+        if (deadline == 0 || dk__os_monotonic_ns() >= deadline) {
+            return try_take(s) ? 0 : -ETIMEDOUT;
+        }
+        dk_atomic_add_seq_cst(&s->waiters, 1); /* W1 */
+        if (try_take_order(s, true)) {         /* W2 */
+            dk_atomic_sub_relaxed(&s->waiters, 1);
+            return 0;
+        }
+        /* Sleep in slices: a fastipc poster may leave us asleep with a
+         * unit available (it wakes only on 0 -> n). */
+        uint64_t slice = dk__os_monotonic_ns() + LIVENESS_SLICE_NS;
+        int rc = dk__os_futex_wait(
+            &s->count, 0, slice < deadline ? slice : deadline, shared);
+        dk_atomic_sub_relaxed(&s->waiters, 1);
+        if (try_take(s)) {
+            return 0;
+        }
+        if (rc == -EINTR && interruptible) {
+            return -EINTR;
+        }
+    }
+}
+
+int
+dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, bool shared,
+                      bool fastipc_compat)
+{
+    if (n == 0) {
+        return 0;
+    }
+    uint32_t v = dk_atomic_load_relaxed(&s->count);
+    do {
+        if (v > UINT32_MAX - n) {
+            return -EOVERFLOW;
+        }
+    } while (!dk_atomic_cas_seq_cst(&s->count, &v, v + n)); /* P1 */
+    if (dk_atomic_load_seq_cst(&s->waiters) > 0 ||          /* P2 */
+        (fastipc_compat && v == 0)) {
+        dk__os_futex_wake(&s->count, n > INT_MAX ? INT_MAX : (int)n, shared);
+    }
+    return 0;
+}
