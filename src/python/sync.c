@@ -505,9 +505,10 @@ Mutex_enter(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_exit(WordObject *self, PyObject *args)
+Mutex_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)args;
+    (void)nargs;
     return Mutex_release(self, NULL);
 }
 
@@ -549,7 +550,8 @@ static PyMethodDef Mutex_methods[] = {
      "last_acquired_ns() -> int (CLOCK_REALTIME)"},
     {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
     {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Mutex_exit, METH_VARARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
+     NULL},
     {NULL, NULL, 0, NULL},
 };
 

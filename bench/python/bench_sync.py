@@ -1,0 +1,204 @@
+"""dispatchkit.sync against fastipc, threading, multiprocessing and
+posix_ipc, in one run: uncontended mutex acquire+release and semaphore
+post+wait pairs, a cross-process ping-pong through two semaphores, and two
+processes contending for one mutex."""
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import timeit
+from multiprocessing import shared_memory
+
+import dispatchkit.sync as sync
+
+SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+
+
+def emit(workload, impl, value, unit):
+    print(f"{workload}\t{impl}\t{value:.1f}\t{unit}", flush=True)
+
+
+def per_op(stmt, n, **g):
+    return min(timeit.repeat(stmt, globals=g, number=n, repeat=5)) / n * 1e9
+
+
+def uncontended(shm):
+    n = 200_000 // SCALE
+    m = sync.Mutex(shm.buf[:64])
+    emit("mutex_pair_uncontended", "dispatchkit",
+         per_op("m.acquire(); m.release()", n, m=m), "ns")
+    emit("mutex_pair_uncontended", "dispatchkit (with)",
+         per_op("with m: pass", n, m=m), "ns")
+    try:
+        from fastipc._primitives import Mutex as FMutex
+        fm = FMutex(shm.buf[64:128])
+        emit("mutex_pair_uncontended", "fastipc",
+             per_op("fm.acquire(); fm.release()", n // 10, fm=fm), "ns")
+        del fm
+    except ImportError:
+        pass
+    lk = threading.Lock()
+    emit("mutex_pair_uncontended", "threading.Lock",
+         per_op("lk.acquire(); lk.release()", n, lk=lk), "ns")
+    ml = mp.Lock()
+    emit("mutex_pair_uncontended", "multiprocessing.Lock",
+         per_op("ml.acquire(); ml.release()", n, ml=ml), "ns")
+    try:
+        import posix_ipc
+        ps = posix_ipc.Semaphore(f"/dkbench{os.getpid()}",
+                                 posix_ipc.O_CREX, initial_value=1)
+        emit("mutex_pair_uncontended", "posix_ipc.Semaphore",
+             per_op("ps.acquire(); ps.release()", n, ps=ps), "ns")
+        ps.unlink()
+    except ImportError:
+        pass
+
+    s = sync.Semaphore(shm.buf[128:192], initial=0)
+    emit("semaphore_post_wait", "dispatchkit",
+         per_op("s.post(); s.wait()", n, s=s), "ns")
+    try:
+        from fastipc._primitives import Semaphore as FSem
+        fs = FSem(shm.buf[192:256], initial=0)
+        emit("semaphore_post_wait", "fastipc",
+             per_op("fs.post(); fs.wait()", n // 10, fs=fs), "ns")
+        del fs
+    except ImportError:
+        pass
+    ts = threading.Semaphore(0)
+    emit("semaphore_post_wait", "threading.Semaphore",
+         per_op("ts.release(); ts.acquire()", n, ts=ts), "ns")
+    del m, s
+
+
+def _ponger(kind, name, rounds, pipe_fds):
+    if kind == "pipe":
+        r, w = pipe_fds
+        for _ in range(rounds):
+            os.read(r, 1)
+            os.write(w, b"x")
+        return
+    if kind == "mp":
+        ping, pong = name
+        for _ in range(rounds):
+            ping.acquire()
+            pong.release()
+        return
+    if kind == "posix_ipc":
+        import posix_ipc
+        ping = posix_ipc.Semaphore(name + "a")
+        pong = posix_ipc.Semaphore(name + "b")
+        for _ in range(rounds):
+            ping.acquire()
+            pong.release()
+        return
+    m = shared_memory.SharedMemory(name=name)
+    if kind == "fastipc":
+        from fastipc._primitives import Semaphore as S
+        ping, pong = S(m.buf[:64]), S(m.buf[64:128])
+    else:
+        ping, pong = sync.Semaphore(m.buf[:64]), sync.Semaphore(m.buf[64:128])
+    for _ in range(rounds):
+        ping.wait()
+        pong.post()
+    del ping, pong
+    m.close()
+
+
+def ping_pong():
+    rounds = 20_000 // SCALE
+    ctx = mp.get_context("fork")
+    kinds = ["dispatchkit", "fastipc", "mp", "pipe", "posix_ipc"]
+    for kind in kinds:
+        shm = shared_memory.SharedMemory(create=True, size=128)
+        try:
+            if kind == "dispatchkit":
+                ping = sync.Semaphore(shm.buf[:64], initial=0)
+                pong = sync.Semaphore(shm.buf[64:128], initial=0)
+                post, wait, arg = ping.post, pong.wait, shm.name
+            elif kind == "fastipc":
+                try:
+                    from fastipc._primitives import Semaphore as S
+                except ImportError:
+                    continue
+                ping, pong = S(shm.buf[:64], 0), S(shm.buf[64:128], 0)
+                post, wait, arg = ping.post, pong.wait, shm.name
+            elif kind == "mp":
+                ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
+                post, wait, arg = ping.release, pong.acquire, (ping, pong)
+            elif kind == "posix_ipc":
+                try:
+                    import posix_ipc
+                except ImportError:
+                    continue
+                base = f"/dkpp{os.getpid()}"
+                ping = posix_ipc.Semaphore(base + "a", posix_ipc.O_CREX)
+                pong = posix_ipc.Semaphore(base + "b", posix_ipc.O_CREX)
+                post, wait, arg = ping.release, pong.acquire, base
+            else:
+                r1, w1 = os.pipe()
+                r2, w2 = os.pipe()
+                post = lambda: os.write(w1, b"x")  # noqa: E731
+                wait = lambda: os.read(r2, 1)  # noqa: E731
+                arg = None
+            fds = (r1, w2) if kind == "pipe" else None
+            p = ctx.Process(target=_ponger, args=(kind, arg, rounds, fds))
+            p.start()
+            t = time.perf_counter()
+            for _ in range(rounds):
+                post()
+                wait()
+            el = time.perf_counter() - t
+            p.join(60)
+            name = {"mp": "multiprocessing.Semaphore", "pipe": "os.pipe pair",
+                    "posix_ipc": "posix_ipc.Semaphore"}.get(kind, kind)
+            emit("pingpong_roundtrip", name, el / rounds * 1e9, "ns")
+            if kind == "posix_ipc":
+                ping.unlink()
+                pong.unlink()
+            if kind in ("dispatchkit", "fastipc"):
+                del ping, pong, post, wait
+        finally:
+            shm.close()
+            shm.unlink()
+
+
+def _contend(name, n):
+    m = shared_memory.SharedMemory(name=name)
+    mtx = sync.Mutex(m.buf[:64])
+    for _ in range(n):
+        mtx.acquire()
+        mtx.release()
+    del mtx
+    m.close()
+
+
+def contended():
+    total = 1_000_000 // SCALE
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    try:
+        sync.Mutex(shm.buf[:64])
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=_contend, args=(shm.name, total // 2))
+                 for _ in range(2)]
+        t = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(300)
+        el = time.perf_counter() - t
+        emit("mutex_2proc_contended", "dispatchkit", total / el, "acq/s")
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+if __name__ == "__main__":
+    m = shared_memory.SharedMemory(create=True, size=256)
+    try:
+        uncontended(m)
+    finally:
+        m.close()
+        m.unlink()
+    ping_pong()
+    contended()
