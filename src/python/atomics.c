@@ -14,7 +14,8 @@
 #include "dk/atomic.h"
 
 typedef struct {
-    PyObject_HEAD void *addr;
+    PyObject_HEAD
+    void *addr;
     Py_buffer view;
     unsigned width;
     bool has_view;
@@ -1136,7 +1137,8 @@ atomic_class(PyObject *module, PyObject *args)
 /* ---- CmpxchgResult --------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD PyObject *success;
+    PyObject_HEAD
+    PyObject *success;
     PyObject *expected;
 } ResultObject;
 

@@ -10,7 +10,8 @@
 #include <string.h>
 
 typedef struct {
-    PyObject_HEAD dk_data_t *d;
+    PyObject_HEAD
+    dk_data_t *d;
     dk_data_t *flat; /* cached contiguous copy for the buffer protocol */
     const void *flat_bytes;
 } DataObject;
@@ -70,7 +71,8 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     dk_data_t *d;
     if (view.len >= (1 << 20)) {
-        Py_BEGIN_ALLOW_THREADS d = dk_data_create(view.buf, (size_t)view.len);
+        Py_BEGIN_ALLOW_THREADS
+        d = dk_data_create(view.buf, (size_t)view.len);
         Py_END_ALLOW_THREADS
     } else {
         d = dk_data_create(view.buf, (size_t)view.len);

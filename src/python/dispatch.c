@@ -166,7 +166,8 @@ seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
 /* ---- Queue ---------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD dk_queue_t *q;
+    PyObject_HEAD
+    dk_queue_t *q;
     PyObject *context;
     PyObject *finalizer;
     PyObject *specifics; /* dict, or NULL */
@@ -461,20 +462,18 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
     bool drain_main = q == dk_queue_main() && dk_is_main_thread();
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS if (drain_main)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        if (drain_main) {
             long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
             rc = dk_semaphore_wait(c->done, 0);
             if (rc != 0 && n == -EINTR) {
                 rc = -EINTR;
             }
-        }
-        else
-        {
+        } else {
             rc = dk_semaphore_wait_interruptible(c->done, UINT64_MAX);
         }
-        Py_END_ALLOW_THREADS if (rc == 0)
-        {
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
             break;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -1128,10 +1127,46 @@ static PyType_Spec Workloop_spec = {
     .slots = Workloop_slots,
 };
 
+/* Wait with the GIL released against a deadline, running signal handlers
+ * on EINTR: True when done, False on timeout, NULL if a handler raised. */
+static PyObject *
+interruptible_wait(int (*wait)(void *obj, uint64_t deadline), void *obj,
+                   uint64_t deadline)
+{
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = wait(obj, deadline);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            Py_RETURN_TRUE;
+        }
+        if (rc == -ETIMEDOUT) {
+            Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+}
+
+static int
+group_wait_adapter(void *g, uint64_t deadline)
+{
+    return dk_group_wait_interruptible(g, deadline);
+}
+
+static int
+semaphore_wait_adapter(void *s, uint64_t deadline)
+{
+    return dk_semaphore_wait_interruptible(s, deadline);
+}
+
 /* ---- Group ---------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD dk_group_t *g;
+    PyObject_HEAD
+    dk_group_t *g;
 } GroupObject;
 
 static PyObject *
@@ -1231,21 +1266,7 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS rc =
-            dk_group_wait_interruptible(self->g, deadline);
-        Py_END_ALLOW_THREADS if (rc == 0)
-        {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -ETIMEDOUT) {
-            Py_RETURN_FALSE;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
-    }
+    return interruptible_wait(group_wait_adapter, self->g, deadline);
 }
 
 static PyObject *
@@ -1317,7 +1338,8 @@ static PyType_Spec Group_spec = {
 /* ---- Semaphore ------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD dk_semaphore_t *s;
+    PyObject_HEAD
+    dk_semaphore_t *s;
 } SemaphoreObject;
 
 static PyObject *
@@ -1370,21 +1392,7 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS rc =
-            dk_semaphore_wait_interruptible(self->s, deadline);
-        Py_END_ALLOW_THREADS if (rc == 0)
-        {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -ETIMEDOUT) {
-            Py_RETURN_FALSE;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
-    }
+    return interruptible_wait(semaphore_wait_adapter, self->s, deadline);
 }
 
 static PyObject *
@@ -1437,7 +1445,8 @@ static PyType_Spec Semaphore_spec = {
 /* ---- Once ----------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD dk_once_t pred;
+    PyObject_HEAD
+    dk_once_t pred;
     unsigned long owner; /* thread running the function (GIL held) */
 } OnceObject;
 
@@ -1503,8 +1512,10 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
     }
     struct once_call c = {func, NULL, NULL, NULL, self};
     Py_INCREF(self);
-    Py_BEGIN_ALLOW_THREADS dk_once_f(&self->pred, &c, once_trampoline);
-    Py_END_ALLOW_THREADS Py_DECREF(self);
+    Py_BEGIN_ALLOW_THREADS
+    dk_once_f(&self->pred, &c, once_trampoline);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(self);
     if (c.exc_type != NULL) {
         PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
         return NULL;
@@ -1611,9 +1622,10 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     struct apply_call c = {func, NULL, NULL, NULL, 0};
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = dk_apply_range_f(n, q, &c, apply_range);
-    Py_END_ALLOW_THREADS if (rc < 0)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    rc = dk_apply_range_f(n, q, &c, apply_range);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
         return dkpy_raise_errno(rc);
     }
     if (c.exc_type != NULL) {
@@ -1713,9 +1725,10 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS n = dk_main_drain(deadline);
-        Py_END_ALLOW_THREADS if (n >= 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        n = dk_main_drain(deadline);
+        Py_END_ALLOW_THREADS
+        if (n >= 0) {
             return PyLong_FromLong(n);
         }
         if (n == -ETIMEDOUT) {
@@ -1745,9 +1758,10 @@ dk_py_main(PyObject *module, PyObject *unused)
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS n = dk_main_drain(UINT64_MAX);
-        Py_END_ALLOW_THREADS if (n == -EDEADLK)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        n = dk_main_drain(UINT64_MAX);
+        Py_END_ALLOW_THREADS
+        if (n == -EDEADLK) {
             PyErr_SetString(PyExc_RuntimeError,
                             "dispatchkit.main() called from a main-queue "
                             "task");

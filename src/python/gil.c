@@ -42,7 +42,8 @@ void
 dkpy_gil_shutdown(void)
 {
     __atomic_store_n(&finalizing, 1, __ATOMIC_SEQ_CST); /* (S1) */
-    Py_BEGIN_ALLOW_THREADS uint64_t deadline = dk_now() + 2 * DK_NSEC_PER_SEC;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t deadline = dk_now() + 2 * DK_NSEC_PER_SEC;
     while (dk_worker_lock_waiters() > 0 && dk_now() < deadline) { /* (S2) */
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);

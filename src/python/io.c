@@ -163,7 +163,8 @@ dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
 /* ---- IOChannel ------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD dk_io_t *io;
+    PyObject_HEAD
+    dk_io_t *io;
     int fd;
 } ChannelObject;
 

@@ -19,7 +19,8 @@
 #include "python/gil.h"
 
 typedef struct {
-    PyObject_HEAD dk_source_t *s;
+    PyObject_HEAD
+    dk_source_t *s;
     PyObject *handler;
     bool started;
     bool holds_self;  /* the started-source reference to this object */

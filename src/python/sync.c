@@ -16,7 +16,8 @@
 #include "dk/time.h"
 
 typedef struct {
-    PyObject_HEAD Py_buffer view;
+    PyObject_HEAD
+    Py_buffer view;
     void *addr;
     unsigned width;
     bool shared;
@@ -125,10 +126,11 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
         timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = dk_futex_wait(
-            self->addr, (uint32_t)expected, deadline, self->shared);
-        Py_END_ALLOW_THREADS if (rc == 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_futex_wait(self->addr, (uint32_t)expected, deadline,
+                           self->shared);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
             Py_RETURN_TRUE;
         }
         if (rc == -EAGAIN || rc == -ETIMEDOUT) {
@@ -395,10 +397,10 @@ mutex_lock(WordObject *self, long long timeout_ns, int spin)
                         : timeout_ns == 0 ? 0
                                           : dk_now() + (uint64_t)timeout_ns;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS rc =
-            dk_shm_mutex_lock(self->addr, deadline, self->shared, spin, true);
-        Py_END_ALLOW_THREADS if (rc >= 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_shm_mutex_lock(self->addr, deadline, self->shared, spin, true);
+        Py_END_ALLOW_THREADS
+        if (rc >= 0) {
             self->owner_died = rc == 1;
             return 1;
         }
@@ -550,8 +552,7 @@ static PyMethodDef Mutex_methods[] = {
      "last_acquired_ns() -> int (CLOCK_REALTIME)"},
     {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
     {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
-     NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -724,10 +725,11 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
     for (;;) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = dk_shm_semaphore_wait(
-            self->addr, deadline, self->shared, spin < 0 ? 0 : spin, true);
-        Py_END_ALLOW_THREADS if (rc == 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_shm_semaphore_wait(self->addr, deadline, self->shared,
+                                   spin < 0 ? 0 : spin, true);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
             Py_RETURN_TRUE;
         }
         if (rc == -ETIMEDOUT) {
