@@ -6,6 +6,9 @@
  */
 #include "dk/atomic.h"
 
+#include <errno.h>
+#include <string.h>
+
 bool
 dk_memory_order_valid_load(int mo)
 {
@@ -199,6 +202,10 @@ dk_atomic_store_w(void *p, unsigned width, uint64_t v, dk_memory_order mo)
         return __atomic_fetch_xor((T *)(p), (T)(arg), o_);                    \
     case DK_AOP_NOT:                                                          \
         return __atomic_fetch_xor((T *)(p), (T) ~(T)0, o_);                   \
+    case DK_AOP_INC:                                                          \
+        return __atomic_fetch_add((T *)(p), (T)1, o_);                        \
+    case DK_AOP_DEC:                                                          \
+        return __atomic_fetch_sub((T *)(p), (T)1, o_);                        \
     case DK_AOP_NEG: {                                                        \
         T old_ = __atomic_load_n((T *)(p), __ATOMIC_RELAXED);                 \
         while (!__atomic_compare_exchange_n((T *)(p), &old_, (T)(0 - old_),   \
@@ -282,4 +289,215 @@ dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected, uint64_t desired,
     default:
         DK_CAS_AS(uint64_t, p, expected, desired, weak);
     }
+}
+
+/* ---- the raw-bytes API ---------------------------------------------- */
+
+/* A `width`-byte native-order value to and from the low bytes of a
+ * uint64_t. Through typed temporaries, so it is right on either byte
+ * order. */
+static uint64_t
+get_w(const void *v, size_t width)
+{
+    switch (width) {
+    case 1: {
+        uint8_t t;
+        memcpy(&t, v, 1);
+        return t;
+    }
+    case 2: {
+        uint16_t t;
+        memcpy(&t, v, 2);
+        return t;
+    }
+    case 4: {
+        uint32_t t;
+        memcpy(&t, v, 4);
+        return t;
+    }
+    default: {
+        uint64_t t;
+        memcpy(&t, v, 8);
+        return t;
+    }
+    }
+}
+
+static void
+put_w(void *out, size_t width, uint64_t x)
+{
+    switch (width) {
+    case 1: {
+        uint8_t t = (uint8_t)x;
+        memcpy(out, &t, 1);
+        return;
+    }
+    case 2: {
+        uint16_t t = (uint16_t)x;
+        memcpy(out, &t, 2);
+        return;
+    }
+    case 4: {
+        uint32_t t = (uint32_t)x;
+        memcpy(out, &t, 4);
+        return;
+    }
+    default:
+        memcpy(out, &x, 8);
+        return;
+    }
+}
+
+static bool
+order_known(int mo)
+{
+    return mo >= DK_MO_RELAXED && mo <= DK_MO_SEQ_CST;
+}
+
+static bool
+target_ok(const void *p, size_t width)
+{
+    return width <= 16 && dk_atomic_width_supported((unsigned)width) &&
+           ((uintptr_t)p & (width - 1)) == 0;
+}
+
+int
+dk_atomic_load(const void *p, size_t width, void *out, dk_memory_order mo)
+{
+    if (!target_ok(p, width) || !dk_memory_order_valid_load((int)mo)) {
+        return -EINVAL;
+    }
+    if (width == 16) {
+        /* Writes only where no pure 16-byte load exists; the header says
+         * such memory must then be writable. */
+        dk_atomic16_load((void *)(uintptr_t)p, out);
+        return 0;
+    }
+    put_w(out, width, dk_atomic_load_w(p, (unsigned)width, mo));
+    return 0;
+}
+
+int
+dk_atomic_store(void *p, size_t width, const void *desired,
+                dk_memory_order mo)
+{
+    if (!target_ok(p, width) || !dk_memory_order_valid_store((int)mo)) {
+        return -EINVAL;
+    }
+    if (width == 16) {
+        dk_atomic16_store(p, desired);
+        return 0;
+    }
+    dk_atomic_store_w(p, (unsigned)width, get_w(desired, width), mo);
+    return 0;
+}
+
+int
+dk_atomic_fetch_op(void *p, size_t width, dk_atomic_op_t op, const void *arg,
+                   void *old, dk_memory_order mo)
+{
+    bool needs_arg = op != DK_AOP_NOT && op != DK_AOP_NEG &&
+                     op != DK_AOP_INC && op != DK_AOP_DEC;
+    if (!target_ok(p, width) || !order_known((int)mo) ||
+        (int)op < (int)DK_AOP_EXCHANGE || (int)op > (int)DK_AOP_DEC ||
+        (needs_arg && arg == NULL)) {
+        return -EINVAL;
+    }
+    if (width == 16) {
+        unsigned char prev[16];
+        dk_atomic16_rmw(p, op, needs_arg ? arg : NULL, prev);
+        if (old != NULL) {
+            memcpy(old, prev, 16);
+        }
+        return 0;
+    }
+    uint64_t a = needs_arg ? get_w(arg, width) : 0;
+    uint64_t prev = dk_atomic_rmw_w(p, (unsigned)width, op, a, mo);
+    if (old != NULL) {
+        put_w(old, width, prev);
+    }
+    return 0;
+}
+
+int
+dk_atomic_cmpxchg(void *p, size_t width, void *expected, const void *desired,
+                  bool weak, dk_memory_order succ, dk_memory_order fail)
+{
+    if (!target_ok(p, width) || !order_known((int)succ) ||
+        !dk_memory_order_valid_fail((int)fail, (int)succ)) {
+        return -EINVAL;
+    }
+    if (width == 16) {
+        /* cmpxchg16b never fails spuriously: weak is strong here. */
+        return dk_atomic16_cas(p, expected, desired) ? 1 : 0;
+    }
+    uint64_t e = get_w(expected, width);
+    bool ok = dk_atomic_cas_w(p, (unsigned)width, &e, get_w(desired, width),
+                              weak, succ, fail);
+    if (!ok) {
+        put_w(expected, width, e);
+    }
+    return ok ? 1 : 0;
+}
+
+/* Bit `index` of a native integer, as a byte and a mask in its memory. */
+static void
+bit_place(unsigned index, size_t width, size_t *byte, unsigned char *mask)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    *byte = index / 8;
+#else
+    *byte = width - 1 - index / 8;
+#endif
+    (void)width;
+    *mask = (unsigned char)(1u << (index % 8));
+}
+
+int
+dk_atomic_bit(void *p, size_t width, dk_atomic_bit_op_t op, unsigned index,
+              dk_memory_order mo)
+{
+    if (!target_ok(p, width) || !order_known((int)mo) ||
+        (size_t)index >= width * 8 || (int)op < (int)DK_ABIT_TEST ||
+        (int)op > (int)DK_ABIT_RESET ||
+        (op == DK_ABIT_TEST && !dk_memory_order_valid_load((int)mo))) {
+        return -EINVAL;
+    }
+    if (width == 16) {
+        unsigned char m[16] = {0}, prev[16];
+        size_t byte;
+        unsigned char mask;
+        bit_place(index, width, &byte, &mask);
+        m[byte] = mask;
+        if (op == DK_ABIT_TEST) {
+            dk_atomic16_load(p, prev);
+        } else if (op == DK_ABIT_RESET) {
+            for (int i = 0; i < 16; i++) {
+                m[i] = (unsigned char)~m[i];
+            }
+            dk_atomic16_rmw(p, DK_AOP_AND, m, prev);
+        } else {
+            dk_atomic16_rmw(p, op == DK_ABIT_SET ? DK_AOP_OR : DK_AOP_XOR, m,
+                            prev);
+        }
+        return (prev[byte] & mask) != 0;
+    }
+    /* Set, reset and complement are fetch_or/and/xor of a one-bit mask;
+     * the old bit is read from the value they return. */
+    uint64_t mask = (uint64_t)1 << index, prev;
+    switch (op) {
+    case DK_ABIT_TEST:
+        prev = dk_atomic_load_w(p, (unsigned)width, mo);
+        break;
+    case DK_ABIT_SET:
+        prev = dk_atomic_rmw_w(p, (unsigned)width, DK_AOP_OR, mask, mo);
+        break;
+    case DK_ABIT_RESET:
+        prev = dk_atomic_rmw_w(p, (unsigned)width, DK_AOP_AND, ~mask, mo);
+        break;
+    default:
+        prev = dk_atomic_rmw_w(p, (unsigned)width, DK_AOP_XOR, mask, mo);
+        break;
+    }
+    return (prev & mask) != 0;
 }

@@ -67,6 +67,8 @@ typedef enum dk_atomic_op {
     DK_AOP_XOR,
     DK_AOP_NOT, /* arg ignored */
     DK_AOP_NEG, /* arg ignored; two's complement, wraps */
+    DK_AOP_INC, /* arg ignored; add 1 */
+    DK_AOP_DEC, /* arg ignored; subtract 1 */
 } dk_atomic_op_t;
 
 DK_EXPORT bool dk_atomic_width_supported(unsigned width);
@@ -83,16 +85,75 @@ DK_EXPORT bool dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected,
 /*
  * 16-byte operations through the CPU's 16-byte compare-and-swap
  * (cmpxchg16b on x86_64, ldaxp/stlxp on aarch64), always sequentially
- * consistent. Values are 16 bytes in native byte order. The memory must be
- * 16-byte aligned and writable: even a load is a compare-and-swap.
- * dk_atomic16_supported says whether this CPU has the instruction.
+ * consistent. Values are 16 bytes in native byte order; the memory must be
+ * 16-byte aligned. dk_atomic16_supported says whether this CPU has the
+ * instruction.
+ *
+ * A load is a plain 16-byte load where the CPU guarantees that one is
+ * atomic (x86_64 CPUs with AVX: aligned MOVDQA is single-copy atomic,
+ * Intel SDM vol. 3A 9.1.1, AMD APM vol. 2 7.3.2); elsewhere it is a
+ * compare-and-swap, which writes. dk_atomic16_readonly_load_supported
+ * says which: only when it is true may dk_atomic16_load (and a 16-byte
+ * dk_atomic_load or DK_ABIT_TEST) be used on read-only memory. Every other
+ * operation writes, so its memory must be writable.
  */
 DK_EXPORT bool dk_atomic16_supported(void);
+DK_EXPORT bool dk_atomic16_readonly_load_supported(void);
 DK_EXPORT void dk_atomic16_load(void *p, void *out);
 DK_EXPORT void dk_atomic16_store(void *p, const void *v);
 DK_EXPORT void dk_atomic16_rmw(void *p, dk_atomic_op_t op, const void *arg,
                                void *old);
 DK_EXPORT bool dk_atomic16_cas(void *p, void *expected, const void *desired);
+
+/*
+ * The whole operation set on raw bytes, for every width
+ * dk_atomic_width_supported accepts (1, 2, 4, 8, and 16 where the CPU has
+ * a 16-byte CAS). Values are `width` bytes in native byte order, read from
+ * and written to caller buffers that need no alignment; `p` itself must
+ * be aligned to `width`. Arithmetic wraps modulo 2^(8*width), so one call
+ * serves signed and unsigned integers alike (two's complement). 16-byte
+ * operations are always sequentially consistent, which is valid for any
+ * requested order.
+ *
+ * Each returns 0 (or the result stated below, never negative) or -EINVAL
+ * for: a width that dk_atomic_width_supported refuses, `p` not aligned to
+ * `width`, an order that is not a dk_memory_order or is invalid for the
+ * operation (loads and DK_ABIT_TEST need dk_memory_order_valid_load,
+ * stores dk_memory_order_valid_store, cmpxchg dk_memory_order_valid_fail;
+ * read-modify-writes take any order), an unknown op, or a bit index
+ * >= 8 * width. On -EINVAL nothing was read or written.
+ */
+typedef enum dk_atomic_bit_op {
+    DK_ABIT_TEST,  /* read the bit */
+    DK_ABIT_COMPL, /* flip it */
+    DK_ABIT_SET,   /* set it to 1 */
+    DK_ABIT_RESET, /* set it to 0 */
+} dk_atomic_bit_op_t;
+
+DK_EXPORT DK_WARN_UNUSED int dk_atomic_load(const void *p, size_t width,
+                                            void *out, dk_memory_order mo);
+DK_EXPORT DK_WARN_UNUSED int dk_atomic_store(void *p, size_t width,
+                                             const void *desired,
+                                             dk_memory_order mo);
+/* p = p OP arg, atomically. `arg` is ignored (may be NULL) for DK_AOP_NOT,
+ * NEG, INC and DEC; `old`, if not NULL, receives the previous value. */
+DK_EXPORT DK_WARN_UNUSED int dk_atomic_fetch_op(void *p, size_t width,
+                                                dk_atomic_op_t op,
+                                                const void *arg, void *old,
+                                                dk_memory_order mo);
+/* Returns 1 if *p held *expected and now holds *desired; 0 if not, and
+ * then *expected receives the value seen. A weak cmpxchg may return 0
+ * spuriously (with *expected unchanged); call it in a loop. */
+DK_EXPORT DK_WARN_UNUSED int dk_atomic_cmpxchg(void *p, size_t width,
+                                               void *expected,
+                                               const void *desired, bool weak,
+                                               dk_memory_order succ,
+                                               dk_memory_order fail);
+/* Returns the previous value (0 or 1) of bit `index` (bit 0 is the least
+ * significant bit of the native integer) and applies `op` to it. */
+DK_EXPORT DK_WARN_UNUSED int dk_atomic_bit(void *p, size_t width,
+                                           dk_atomic_bit_op_t op,
+                                           unsigned index, dk_memory_order mo);
 
 DK_END_DECLS
 
