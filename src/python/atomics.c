@@ -9,7 +9,9 @@
  */
 #include "python/binding.h"
 
+#include <errno.h>
 #include <string.h>
+#include <structmember.h>
 
 #include "dk/atomic.h"
 
@@ -197,46 +199,52 @@ order_error(int op, int mo, bool is_fail)
 
 /* ---- values ---------------------------------------------------------- */
 
+/* The atomics package converts with int.to_bytes (so inputs never wrap)
+ * and checks byte strings with len(); these are its messages. */
 static int
-to_value(AtomicObject *self, PyObject *v, uint64_t *out)
+length_error(const char *argname)
+{
+    PyErr_Format(PyExc_ValueError,
+                 "'%s' object length does not match width.", argname);
+    return -1;
+}
+
+static int
+to_value(AtomicObject *self, PyObject *v, uint64_t *out, const char *argname)
 {
     unsigned bits = self->width * 8;
     if (self->integral) {
         if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "value must be int, not %.100s",
-                         Py_TYPE(v)->tp_name);
+            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
+                         argname, Py_TYPE(v)->tp_name);
             return -1;
         }
         if (self->is_signed) {
-            long long x = PyLong_AsLongLong(v);
+            int overflow;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
             if (x == -1 && PyErr_Occurred()) {
                 return -1;
             }
-            if (bits < 64) {
-                long long lim = 1LL << (bits - 1);
-                if (x < -lim || x >= lim) {
-                    PyErr_Format(PyExc_OverflowError,
-                                 "int too big to convert to a signed "
-                                 "%u-byte value",
-                                 self->width);
-                    return -1;
-                }
+            if (overflow != 0 ||
+                (bits < 64 && (x < -(1LL << (bits - 1)) ||
+                               x >= (1LL << (bits - 1))))) {
+                PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+                return -1;
             }
             *out = (uint64_t)x;
-        } else {
-            unsigned long long x = PyLong_AsUnsignedLongLong(v);
-            if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-                return -1;
-            }
-            if (bits < 64 && x >> bits) {
-                PyErr_Format(PyExc_OverflowError,
-                             "int too big to convert to an unsigned "
-                             "%u-byte value",
-                             self->width);
-                return -1;
-            }
-            *out = x;
+            return 0;
         }
+        /* Raises "can't convert negative int to unsigned" and "int too big
+         * to convert" itself, as int.to_bytes does. */
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (bits < 64 && x >> bits) {
+            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+            return -1;
+        }
+        *out = x;
         return 0;
     }
     Py_buffer b;
@@ -245,9 +253,7 @@ to_value(AtomicObject *self, PyObject *v, uint64_t *out)
     }
     if ((size_t)b.len != self->width) {
         PyBuffer_Release(&b);
-        PyErr_Format(PyExc_ValueError, "value must be %u bytes long",
-                     self->width);
-        return -1;
+        return length_error(argname);
     }
     uint64_t x = 0;
     switch (self->width) {
@@ -312,14 +318,16 @@ from_value(AtomicObject *self, uint64_t x)
 
 /* 16-byte values: 16 native-order bytes. */
 static int
-to_value16(AtomicObject *self, PyObject *v, unsigned char out[16])
+to_value16(AtomicObject *self, PyObject *v, unsigned char out[16],
+           const char *argname)
 {
     if (self->integral) {
         if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "value must be int, not %.100s",
-                         Py_TYPE(v)->tp_name);
+            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
+                         argname, Py_TYPE(v)->tp_name);
             return -1;
         }
+        /* The same conversion (and messages) as int.to_bytes. */
         return _PyLong_AsByteArray((PyLongObject *)v, out, 16,
                                    PY_LITTLE_ENDIAN, self->is_signed);
     }
@@ -329,8 +337,7 @@ to_value16(AtomicObject *self, PyObject *v, unsigned char out[16])
     }
     if (b.len != 16) {
         PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_ValueError, "value must be 16 bytes long");
-        return -1;
+        return length_error(argname);
     }
     memcpy(out, b.buf, 16);
     PyBuffer_Release(&b);
@@ -369,6 +376,11 @@ Atomic_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                PyErr_ExceptionMatches(PyExc_TypeError)) {
         PyErr_Clear();
         if (PyObject_GetBuffer(buffer, &self->view, PyBUF_C_CONTIGUOUS) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_SetString(PyExc_TypeError,
+                                "Keyword argument 'buffer' must support the "
+                                "buffer protocol.");
+            }
             Py_DECREF(self);
             return NULL;
         }
@@ -389,8 +401,10 @@ Atomic_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->integral = integral != 0;
     self->is_signed = is_signed != 0;
     size_t w = (size_t)self->view.len;
+    /* A read-only 16-byte object needs a load that does not write. */
     bool ok = w == 1 || w == 2 || w == 4 || w == 8 ||
-              (w == 16 && dk_atomic16_supported() && !self->readonly);
+              (w == 16 && dk_atomic16_supported() &&
+               (!self->readonly || dk_atomic16_readonly_load_supported()));
     if (!ok) {
         raise_cls(ax.width_error, Py_BuildValue("(n)", self->view.len),
                   Py_BuildValue("{s:O}", "readonly",
@@ -479,6 +493,23 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     return do_load(self, OP_LOAD, mo);
 }
 
+/* An argument, converted for this object's width: 16-byte values into
+ * v16, others into *v64. */
+static int
+convert(AtomicObject *self, PyObject *obj, const char *argname, uint64_t *v64,
+        unsigned char v16[16])
+{
+    if (self->width == 16) {
+        return to_value16(self, obj, v16, argname);
+    }
+    return to_value(self, obj, v64, argname);
+}
+
+/* The checks run in the atomics package's order, so that an input with
+ * several faults raises what the package raises: integral objects convert
+ * their arguments first (int.to_bytes), then check that the operation is
+ * supported, then the order; byte objects check support, then the order,
+ * then the arguments' lengths. A released object fails first of all. */
 static PyObject *
 Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
              PyObject *kwnames)
@@ -487,30 +518,33 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *a[2];
     int mo;
     if (parse(args, nargs, kwnames, names, NULL, 2, a, "store") < 0 ||
-        order_of(a[1], &mo) < 0 || check_write(self, OP_STORE) < 0) {
+        order_of(a[1], &mo) < 0 || check_live(self) < 0) {
         return NULL;
     }
     if (a[0] == NULL) {
         PyErr_SetString(PyExc_TypeError, "store() missing 'desired'");
         return NULL;
     }
+    uint64_t v = 0;
+    unsigned char v16[16];
+    if (self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
+        return NULL;
+    }
+    if (check_write(self, OP_STORE) < 0) {
+        return NULL;
+    }
     if (!dk_memory_order_valid_store(mo)) {
         order_error(OP_STORE, mo, false);
         return NULL;
     }
-    if (self->width == 16) {
-        unsigned char v[16];
-        if (to_value16(self, a[0], v) < 0) {
-            return NULL;
-        }
-        dk_atomic16_store(self->addr, v);
-        Py_RETURN_NONE;
-    }
-    uint64_t v;
-    if (to_value(self, a[0], &v) < 0) {
+    if (!self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
         return NULL;
     }
-    dk_atomic_store_w(self->addr, self->width, v, mo);
+    if (self->width == 16) {
+        dk_atomic16_store(self->addr, v16);
+    } else {
+        dk_atomic_store_w(self->addr, self->width, v, mo);
+    }
     Py_RETURN_NONE;
 }
 
@@ -541,27 +575,34 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     } else {
         a[1] = NULL;
     }
-    if (order_of(a[1], &mo) < 0 || check_write(self, op) < 0) {
+    if (order_of(a[1], &mo) < 0) {
+        return NULL;
+    }
+    const char *argname = op == OP_EXCHANGE ? "desired" : "value";
+    uint64_t v = implicit;
+    unsigned char v16[16] = {0}, old16[16];
+    if (self->integral) {
+        if (check_live(self) < 0 ||
+            (has_value && convert(self, a[0], argname, &v, v16) < 0)) {
+            return NULL;
+        }
+    }
+    if (check_write(self, op) < 0) {
+        return NULL;
+    }
+    if (!self->integral && has_value &&
+        convert(self, a[0], argname, &v, v16) < 0) {
         return NULL;
     }
     if (self->width == 16) {
-        unsigned char v[16] = {0}, old[16];
-        if (has_value) {
-            if (to_value16(self, a[0], v) < 0) {
-                return NULL;
-            }
-        } else if (implicit == 1) {
-            v[PY_LITTLE_ENDIAN ? 0 : 15] = 1;
+        if (!has_value && implicit == 1) {
+            v16[PY_LITTLE_ENDIAN ? 0 : 15] = 1;
         }
-        dk_atomic16_rmw(self->addr, aop, v, old);
+        dk_atomic16_rmw(self->addr, aop, v16, old16);
         if (!fetch) {
             Py_RETURN_NONE;
         }
-        return from_value16(self, old);
-    }
-    uint64_t v = implicit;
-    if (has_value && to_value(self, a[0], &v) < 0) {
-        return NULL;
+        return from_value16(self, old16);
     }
     uint64_t old = dk_atomic_rmw_w(self->addr, self->width, aop, v, mo);
     if (!fetch) {
@@ -620,56 +661,32 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (op == OP_BIT_TEST ? check_live(self) < 0 : check_write(self, op) < 0) {
         return NULL;
     }
+    /* A test is a load, so it takes a load order (the atomics package
+     * checked it as a store order: defect A2 in our notes). */
+    if (op == OP_BIT_TEST && !dk_memory_order_valid_load(mo)) {
+        order_error(op, mo, false);
+        return NULL;
+    }
     long index = PyLong_AsLong(a[0]);
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
     }
     if (index < 0 || (unsigned long)index >= (unsigned long)self->width * 8u) {
-        PyErr_Format(PyExc_ValueError,
-                     "bit index %ld out of range for a "
-                     "%u-byte object",
-                     index, self->width);
+        PyErr_SetString(PyExc_ValueError, "'index' value out of range.");
         return NULL;
     }
-    if (op == OP_BIT_TEST && !dk_memory_order_valid_load(mo)) {
-        order_error(op, mo, false); /* a test is a load (atomics: A2) */
-        return NULL;
+    dk_atomic_bit_op_t bop = op == OP_BIT_TEST         ? DK_ABIT_TEST
+                             : op == OP_BIT_TEST_SET   ? DK_ABIT_SET
+                             : op == OP_BIT_TEST_RESET ? DK_ABIT_RESET
+                                                       : DK_ABIT_COMPL;
+    /* Width, alignment, order and index were all checked above. */
+    int r = dk_atomic_bit(self->addr, self->width, bop, (unsigned)index,
+                          (dk_memory_order)mo);
+    if (r < 0) {
+        errno = -r;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (self->width == 16) {
-        unsigned char mask[16] = {0}, old[16];
-        int byte = PY_LITTLE_ENDIAN ? (int)(index / 8) : 15 - (int)(index / 8);
-        mask[byte] = (unsigned char)(1u << (index % 8));
-        if (op == OP_BIT_TEST) {
-            dk_atomic16_load(self->addr, old);
-        } else if (op == OP_BIT_TEST_RESET) {
-            unsigned char inv[16];
-            for (int i = 0; i < 16; i++) {
-                inv[i] = (unsigned char)~mask[i];
-            }
-            dk_atomic16_rmw(self->addr, DK_AOP_AND, inv, old);
-        } else {
-            dk_atomic16_rmw(self->addr,
-                            op == OP_BIT_TEST_SET ? DK_AOP_OR : DK_AOP_XOR,
-                            mask, old);
-        }
-        return PyBool_FromLong((old[byte] & mask[byte]) != 0);
-    }
-    uint64_t mask = (uint64_t)1 << index, old;
-    switch (op) {
-    case OP_BIT_TEST:
-        old = dk_atomic_load_w(self->addr, self->width, mo);
-        break;
-    case OP_BIT_TEST_SET:
-        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_OR, mask, mo);
-        break;
-    case OP_BIT_TEST_RESET:
-        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_AND, ~mask, mo);
-        break;
-    default:
-        old = dk_atomic_rmw_w(self->addr, self->width, DK_AOP_XOR, mask, mo);
-        break;
-    }
-    return PyBool_FromLong((old & mask) != 0);
+    return PyBool_FromLong(r);
 }
 
 #define BIT_METHOD(NAME, OP)                                                  \
@@ -686,6 +703,18 @@ BIT_METHOD(bit_test_reset, OP_BIT_TEST_RESET)
 
 static PyObject *result_new(bool ok, PyObject *expected);
 
+/* The value a successful cmpxchg reports: the caller's `expected` when it
+ * is exactly the type we would build (as the atomics package returns it),
+ * else a fresh one (so a bytearray or a bool comes back as bytes or int). */
+static PyObject *
+expected_back(AtomicObject *self, PyObject *given, uint64_t x)
+{
+    if (self->integral ? PyLong_CheckExact(given) : PyBytes_CheckExact(given)) {
+        return Py_NewRef(given);
+    }
+    return from_value(self, x);
+}
+
 static PyObject *
 cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames, bool weak)
@@ -695,38 +724,52 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const aliases[] = {NULL, NULL, "succ", "fail"};
     int op = weak ? OP_CMPXCHG_WEAK : OP_CMPXCHG_STRONG;
     PyObject *a[4];
-    int succ, fail;
+    int succ = DK_MO_SEQ_CST, fail = DK_MO_SEQ_CST;
     if (parse(args, nargs, kwnames, names, aliases, 4, a,
               weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
-        order_of(a[2], &succ) < 0 || order_of(a[3], &fail) < 0 ||
-        check_write(self, op) < 0) {
+        (a[2] != NULL && order_of(a[2], &succ) < 0) ||
+        (a[3] != NULL && order_of(a[3], &fail) < 0) || check_live(self) < 0) {
         return NULL;
     }
     if (a[0] == NULL || a[1] == NULL) {
         PyErr_SetString(PyExc_TypeError, "cmpxchg needs expected and desired");
         return NULL;
     }
-    if (!dk_memory_order_valid_fail(fail, succ)) {
+    /* Checked in the package's order (see Atomic_store). */
+    uint64_t e = 0, d = 0;
+    unsigned char e16[16], d16[16];
+    if (self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
+                           convert(self, a[1], "desired", &d, d16) < 0)) {
+        return NULL;
+    }
+    if (check_write(self, op) < 0) {
+        return NULL;
+    }
+    if (!self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
+                            convert(self, a[1], "desired", &d, d16) < 0)) {
+        return NULL;
+    }
+    /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
+     * order no stronger than the success order. It admits release/acquire,
+     * which C11 does not; the core is then asked for acq_rel, which is
+     * valid and at least as strong as both. */
+    if ((a[2] != NULL || a[3] != NULL) &&
+        (!dk_memory_order_valid_load(fail) || fail > succ)) {
         order_error(op, fail, true);
         return NULL;
+    }
+    if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
+        succ = DK_MO_ACQ_REL;
     }
     PyObject *seen;
     bool ok;
     if (self->width == 16) {
-        unsigned char e[16], d[16];
-        if (to_value16(self, a[0], e) < 0 || to_value16(self, a[1], d) < 0) {
-            return NULL;
-        }
-        ok = dk_atomic16_cas(self->addr, e, d);
-        seen = from_value16(self, e);
+        ok = dk_atomic16_cas(self->addr, e16, d16);
+        seen = from_value16(self, e16);
     } else {
-        uint64_t e, d;
-        if (to_value(self, a[0], &e) < 0 || to_value(self, a[1], &d) < 0) {
-            return NULL;
-        }
         ok = dk_atomic_cas_w(self->addr, self->width, &e, d, weak, succ, fail);
-        /* Success: the expected value is what was there (the caller's). */
-        seen = ok ? Py_NewRef(a[0]) : from_value(self, e);
+        /* On success, what was there is what the caller expected. */
+        seen = ok ? expected_back(self, a[0], e) : from_value(self, e);
     }
     if (seen == NULL) {
         return NULL;
@@ -754,6 +797,9 @@ static PyObject *
 Atomic_get_width(AtomicObject *self, void *closure)
 {
     (void)closure;
+    if (check_live(self) < 0) {
+        return NULL;
+    }
     return PyLong_FromUnsignedLong(self->width);
 }
 
@@ -761,6 +807,9 @@ static PyObject *
 Atomic_get_readonly(AtomicObject *self, void *closure)
 {
     (void)closure;
+    if (check_live(self) < 0) {
+        return NULL;
+    }
     return PyBool_FromLong(self->readonly);
 }
 
@@ -768,6 +817,9 @@ static PyObject *
 Atomic_get_signed(AtomicObject *self, void *closure)
 {
     (void)closure;
+    if (check_live(self) < 0) {
+        return NULL;
+    }
     return PyBool_FromLong(self->is_signed);
 }
 
@@ -775,6 +827,9 @@ static PyObject *
 Atomic_get_address(AtomicObject *self, void *closure)
 {
     (void)closure;
+    if (check_live(self) < 0) {
+        return NULL;
+    }
     return PyLong_FromVoidPtr(self->addr);
 }
 
@@ -782,6 +837,9 @@ static PyObject *
 Atomic_get_ops_supported(AtomicObject *self, void *closure)
 {
     (void)closure;
+    if (check_live(self) < 0) {
+        return NULL;
+    }
     PyObject *list = PyList_New(0);
     if (list == NULL) {
         return NULL;
@@ -821,8 +879,8 @@ static PyObject *
 Atomic_str(AtomicObject *self)
 {
     const char *name = _PyType_Name(Py_TYPE(self));
-    if (!self->has_view) {
-        return PyUnicode_FromFormat("%s(<released>)", name);
+    if (check_live(self) < 0) {
+        return NULL; /* as the package: any use of a released object */
     }
     if (self->kind == KIND_ANY) {
         return PyUnicode_FromFormat("%s(width=%u, readonly=%s)", name,
@@ -1012,6 +1070,12 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kw_width[] = {"width", NULL};
     Py_ssize_t width;
     int integral = 0, is_signed = 0, ok;
+    PyObject *w = kwargs != NULL ? PyDict_GetItemString(kwargs, "width") : NULL;
+    if (w != NULL && !PyLong_Check(w)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Keyword argument 'width' must have type 'int'.");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(args) != 0) {
         PyErr_Format(PyExc_TypeError, "%s() takes keyword arguments only",
                      _PyType_Name(type));
@@ -1033,7 +1097,7 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (width < 0) {
-        PyErr_SetString(PyExc_ValueError, "width must be >= 0");
+        PyErr_SetString(PyExc_ValueError, "Negative width"); /* as atomics */
         return NULL;
     }
     /* A bytearray's storage is malloc'ed: aligned for every width. */
@@ -1142,6 +1206,12 @@ typedef struct {
     PyObject *expected;
 } ResultObject;
 
+/* A cmpxchg in a retry loop makes and drops one result per call: keep a
+ * few dead ones to skip the allocator (the GIL guards the list). */
+#define RESULT_FREE_MAX 16
+static ResultObject *result_free[RESULT_FREE_MAX];
+static int result_nfree;
+
 static PyObject *
 Result_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -1151,13 +1221,10 @@ Result_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &success, &expected)) {
         return NULL;
     }
-    int ok = PyObject_IsTrue(success);
-    if (ok < 0) {
-        return NULL;
-    }
     ResultObject *self = (ResultObject *)type->tp_alloc(type, 0);
     if (self != NULL) {
-        self->success = Py_NewRef(ok ? Py_True : Py_False);
+        /* Stored as given, as the package's plain attributes are. */
+        self->success = Py_NewRef(success);
         self->expected = Py_NewRef(expected);
     }
     return (PyObject *)self;
@@ -1169,10 +1236,16 @@ static PyObject *
 result_new(bool ok, PyObject *expected)
 {
     PyTypeObject *type = (PyTypeObject *)ax.cmpxchg_type;
-    ResultObject *r = (ResultObject *)type->tp_alloc(type, 0);
-    if (r == NULL) {
-        Py_DECREF(expected);
-        return NULL;
+    ResultObject *r;
+    if (result_nfree > 0) {
+        r = result_free[--result_nfree];
+        PyObject_Init((PyObject *)r, type); /* takes a type reference */
+    } else {
+        r = (ResultObject *)type->tp_alloc(type, 0);
+        if (r == NULL) {
+            Py_DECREF(expected);
+            return NULL;
+        }
     }
     r->success = Py_NewRef(ok ? Py_True : Py_False);
     r->expected = expected;
@@ -1183,16 +1256,24 @@ static void
 Result_dealloc(ResultObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    Py_XDECREF(self->success);
-    Py_XDECREF(self->expected);
-    tp->tp_free(self);
+    Py_CLEAR(self->success);
+    Py_CLEAR(self->expected);
+    if (tp == (PyTypeObject *)ax.cmpxchg_type &&
+        result_nfree < RESULT_FREE_MAX) {
+        result_free[result_nfree++] = self;
+    } else {
+        tp->tp_free(self);
+    }
     Py_DECREF(tp);
 }
 
 static int
 Result_bool(ResultObject *self)
 {
-    return self->success == Py_True;
+    if (self->success == Py_True || self->success == Py_False) {
+        return self->success == Py_True;
+    }
+    return PyObject_IsTrue(self->success);
 }
 
 static PyObject *
@@ -1210,30 +1291,18 @@ Result_iter(ResultObject *self)
 static PyObject *
 Result_repr(ResultObject *self)
 {
-    return PyUnicode_FromFormat("CmpxchgResult(success=%R, expected=%R)",
-                                self->success, self->expected);
+    /* The package formats both fields with str(). */
+    return PyUnicode_FromFormat("%s(success=%S, expected=%S)",
+                                _PyType_Name(Py_TYPE(self)), self->success,
+                                self->expected);
 }
 
-static PyObject *
-Result_get_success(ResultObject *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->success);
-}
-
-static PyObject *
-Result_get_expected(ResultObject *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->expected);
-}
-
-static PyGetSetDef Result_getset[] = {
-    {"success", (getter)Result_get_success, NULL, "Whether it exchanged.",
-     NULL},
-    {"expected", (getter)Result_get_expected, NULL,
-     "The value the object held.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+static PyMemberDef Result_members[] = {
+    {"success", T_OBJECT_EX, offsetof(ResultObject, success), 0,
+     "Whether the exchange took place."},
+    {"expected", T_OBJECT_EX, offsetof(ResultObject, expected), 0,
+     "The value the object held."},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyMethodDef Result_methods[] = {
@@ -1248,7 +1317,7 @@ static PyType_Slot Result_slots[] = {
     {Py_nb_bool, Result_bool},
     {Py_tp_iter, Result_iter},
     {Py_tp_repr, Result_repr},
-    {Py_tp_getset, Result_getset},
+    {Py_tp_members, Result_members},
     {Py_tp_methods, Result_methods},
     {Py_tp_doc, "CmpxchgResult(success, expected)"},
     {0, NULL},
@@ -1264,16 +1333,17 @@ static PyObject *
 atomics_setup(PyObject *module, PyObject *args)
 {
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOO", &ax.alignment_error,
-                          &ax.memory_order_error, &ax.width_error,
-                          &ax.operation_error, &ax.optype)) {
+    PyObject *al, *mo, *wi, *op, *ot;
+    if (!PyArg_ParseTuple(args, "OOOOO", &al, &mo, &wi, &op, &ot)) {
         return NULL;
     }
-    Py_INCREF(ax.alignment_error);
-    Py_INCREF(ax.memory_order_error);
-    Py_INCREF(ax.width_error);
-    Py_INCREF(ax.operation_error);
-    Py_INCREF(ax.optype);
+    /* Setting up again (a reload of dispatchkit.atomics) replaces the
+     * classes without leaking the previous ones. */
+    Py_XSETREF(ax.alignment_error, Py_NewRef(al));
+    Py_XSETREF(ax.memory_order_error, Py_NewRef(mo));
+    Py_XSETREF(ax.width_error, Py_NewRef(wi));
+    Py_XSETREF(ax.operation_error, Py_NewRef(op));
+    Py_XSETREF(ax.optype, Py_NewRef(ot));
     Py_RETURN_NONE;
 }
 
@@ -1332,6 +1402,11 @@ dkpy_atomics_exec(PyObject *m)
     if (PyModule_AddFunctions(m, atomics_functions) < 0) {
         return -1;
     }
-    return PyModule_AddObject(m, "_ATOMIC16",
-                              PyBool_FromLong(dk_atomic16_supported()));
+    if (PyModule_AddObject(m, "_ATOMIC16",
+                           PyBool_FromLong(dk_atomic16_supported())) < 0) {
+        return -1;
+    }
+    return PyModule_AddObject(
+        m, "_ATOMIC16_READONLY",
+        PyBool_FromLong(dk_atomic16_readonly_load_supported()));
 }

@@ -308,8 +308,26 @@ def test_readonly_buffers_give_readonly_views():
             a.store(1)
         with pytest.raises(UnsupportedOperationException):
             a.inc()
-    with pytest.raises(UnsupportedWidthException):
-        atomics.atomicview(buffer=bytes(16), atype=atomics.UINT)
+
+
+def test_readonly_16_byte_views():
+    from dispatchkit._dk import _ATOMIC16_READONLY
+    data = (2**100 + 5).to_bytes(16, sys.byteorder)
+    if not _ATOMIC16_READONLY:
+        # No 16-byte load that leaves memory untouched: refused, since a
+        # compare-and-swap load would write into read-only memory.
+        with pytest.raises(UnsupportedWidthException,
+                           match="readonly objects with a width of 16"):
+            atomics.atomicview(buffer=data, atype=atomics.UINT)
+        return
+    with atomics.atomicview(buffer=data, atype=atomics.UINT) as a:
+        assert a.readonly is True and a.width == 16
+        assert a.ops_supported == [OpType.LOAD, OpType.BIT_TEST]
+        assert a.load() == 2**100 + 5 and int(a) == 2**100 + 5
+        assert a.bit_test(100) is True and a.bit_test(99) is False
+        with pytest.raises(UnsupportedOperationException):
+            a.store(1)
+    assert data == (2**100 + 5).to_bytes(16, sys.byteorder)
 
 
 def test_view_contract_messages():
@@ -453,3 +471,191 @@ def test_interop_with_the_atomics_package_on_shared_memory():
     finally:
         shmem.close()
         shmem.unlink()
+
+
+# ---- fidelity details: messages, precedence, results -----------------------
+
+def test_value_errors_name_the_argument():
+    b = atomics.atomic(width=4, atype=atomics.BYTES)
+    with pytest.raises(ValueError, match="^'desired' object length does not "
+                                         "match width.$"):
+        b.store(b"abc")
+    with pytest.raises(ValueError, match="^'desired' object length"):
+        b.exchange(b"abcde")
+    with pytest.raises(ValueError, match="^'value' object length"):
+        b.bin_or(b"")
+    with pytest.raises(ValueError, match="^'expected' object length"):
+        b.cmpxchg_strong(b"ab", b"abcd")
+    with pytest.raises(ValueError, match="^'desired' object length"):
+        b.cmpxchg_weak(b"abcd", b"ab")
+    with pytest.raises(ValueError, match="^'index' value out of range.$"):
+        b.bit_test(32)
+    with pytest.raises(ValueError, match="^'index' value out of range.$"):
+        b.bit_test_set(-1)
+    u = atomics.atomic(width=2, atype=atomics.UINT)
+    with pytest.raises(OverflowError, match="^int too big to convert$"):
+        u.store(65536)
+    with pytest.raises(OverflowError, match="can't convert negative int"):
+        u.fetch_add(-1)
+    i = atomics.atomic(width=8, atype=atomics.INT)
+    with pytest.raises(OverflowError, match="^int too big to convert$"):
+        i.store(2**63)
+    with pytest.raises(OverflowError, match="^int too big to convert$"):
+        i.store(-2**200)
+    with pytest.raises(TypeError, match="width' must have type 'int'"):
+        atomics.atomic(width=4.0, atype=atomics.INT)
+    with pytest.raises(ValueError, match="Negative width"):
+        atomics.atomic(width=-4, atype=atomics.INT)
+    with pytest.raises(TypeError, match="'buffer' must support the buffer"):
+        atomics.atomicview(buffer=object(), atype=atomics.INT)
+
+
+def test_integral_arguments_are_checked_before_the_operation():
+    # As in the package: an integral object converts its arguments first,
+    # so an out-of-range value on a read-only view is an OverflowError;
+    # a bytes object reports the unsupported operation first.
+    with atomics.atomicview(buffer=bytes(4), atype=atomics.UINT) as a:
+        with pytest.raises(OverflowError):
+            a.store(-1)
+        with pytest.raises(UnsupportedOperationException):
+            a.store(1, order=MemoryOrder.ACQUIRE)
+    with atomics.atomicview(buffer=bytes(4), atype=atomics.BYTES) as b:
+        with pytest.raises(UnsupportedOperationException):
+            b.store(b"x")
+
+
+def test_exception_messages():
+    e = UnsupportedOperationException(OpType.STORE, 4, readonly=True)
+    assert str(e) == ("Operation STORE is not supported on readonly objects "
+                      "with a width of 4.")
+    assert repr(e) == ("UnsupportedOperationException(optype=OpType.STORE, "
+                       "width=4, readonly=True)")
+    e = MemoryOrderError(OpType.EXCHANGE, MemoryOrder.ACQUIRE, is_fail=False)
+    assert str(e) == ("ACQUIRE is not a valid  memory order for an EXCHANGE "
+                      "operation.")
+    e = MemoryOrderError(OpType.LOAD, MemoryOrder.RELEASE, is_fail=True)
+    assert str(e) == ("RELEASE is not a valid fail memory order for a LOAD "
+                      "operation.")
+    e = AlignmentError(8, 0x1001, using_recommended=True)
+    assert str(e) == ("The alignment of address 0x1001 does not meet the "
+                      "recommended alignment requirements for atomic "
+                      "operations on objects with a width of 8.")
+    e = UnsupportedWidthException(3, readonly=False)
+    assert str(e) == "No operations are supported on objects with a width " \
+        "of 3."
+    assert OpType.FETCH_ADD.fname == "fp_fetch_add"
+    assert OpType.FETCH_ADD.cname == "arithmetic_ops"
+    assert OpType.BIT_TEST_SET.fname == "fp_test_set"
+    assert OpType.LOAD.cname is None
+
+
+def test_cmpxchg_orders_follow_the_packages_rule():
+    a = atomics.atomic(width=4, atype=atomics.UINT)
+    # release/acquire: the package accepts it (C11 would not); it works.
+    r = a.cmpxchg_strong(0, 5, success=MemoryOrder.RELEASE,
+                         failure=MemoryOrder.ACQUIRE)
+    assert r.success and a.load() == 5
+    assert MemoryOrder.ACQUIRE.is_valid_fail_order(MemoryOrder.RELEASE)
+    for succ, fail in ((MemoryOrder.ACQUIRE, MemoryOrder.SEQ_CST),
+                       (MemoryOrder.SEQ_CST, MemoryOrder.RELEASE),
+                       (MemoryOrder.SEQ_CST, MemoryOrder.ACQ_REL)):
+        with pytest.raises(MemoryOrderError, match="fail memory order"):
+            a.cmpxchg_weak(5, 6, success=succ, failure=fail)
+    assert a.load() == 5
+
+
+def test_cmpxchg_expected_is_a_fresh_value_of_the_right_type():
+    a = atomics.atomic(width=1, atype=atomics.UINT)
+    a.store(1)
+    r = a.cmpxchg_strong(True, 2)  # bool is an int: compared as 1
+    assert r.success and type(r.expected) is int and r.expected == 1
+    b = atomics.atomic(width=2, atype=atomics.BYTES)
+    exp = bytearray(2)
+    r = b.cmpxchg_strong(exp, b"zz")
+    assert r.success and type(r.expected) is bytes and r.expected == b"\0\0"
+    exp[0] = 9  # the result does not alias the caller's buffer
+    assert r.expected == b"\0\0"
+
+
+def test_cmpxchg_results_are_independent_objects():
+    # Results are recycled after they die; live ones must never be reused.
+    a = atomics.atomic(width=8, atype=atomics.INT)
+    keep = []
+    for i in range(100):
+        keep.append(a.cmpxchg_strong(i, i + 1))
+        a.cmpxchg_strong(-1, 0)  # a failing result, dropped at once
+    assert [tuple(r) for r in keep] == [(True, i) for i in range(100)]
+    assert len({id(r) for r in keep}) == 100
+    r = atomics.CmpxchgResult(0, 1)
+    assert r.success == 0 and not r  # stored as given, as in the package
+    r.success = True
+    assert r
+
+
+def test_released_objects_refuse_everything():
+    ctx = atomics.atomicview(buffer=bytearray(8), atype=atomics.UINT)
+    with ctx as v:
+        pass
+    msg = "Operation forbidden on released AtomicCore object."
+    for use in (v.load, lambda: v.store(1), v.inc, lambda: v.bit_test(0),
+                lambda: v.cmpxchg_strong(0, 1), lambda: v.width,
+                lambda: v.readonly, lambda: v.ops_supported,
+                lambda: v.signed, lambda: str(v), lambda: int(v)):
+        with pytest.raises(ValueError, match=msg):
+            use()
+
+
+def test_alignment_messages_and_str():
+    al = atomics.Alignment(4)
+    assert str(al) == ("Alignment(width=4, recommended=4, minimum=4, "
+                       "size_within=0)")
+    with pytest.raises(ValueError, match="does not have matching width of "
+                                         "4."):
+        al.is_valid(bytearray(8))
+    with pytest.raises(TypeError, match="must support the buffer protocol"):
+        al.is_valid(3)
+
+
+_RO_MMAP_16 = """
+import mmap
+import dispatchkit.atomics as atomics
+ro = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ)
+with atomics.atomicview(buffer=memoryview(ro)[:16], atype=atomics.UINT) as a:
+    assert a.readonly and a.load() == 0 and a.bit_test(127) is False
+print("ok")
+"""
+
+
+def test_readonly_16_byte_load_never_writes():
+    """A read-only mapping: a load that wrote (a CAS) would segfault."""
+    import subprocess
+    from dispatchkit._dk import _ATOMIC16_READONLY
+    if not _ATOMIC16_READONLY:
+        pytest.skip("no pure 16-byte load on this CPU (refused instead)")
+    out = subprocess.run([sys.executable, "-c", _RO_MMAP_16],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8, 16])
+def test_threads_hammering_every_width_lose_nothing(width):
+    a = atomics.atomic(width=width, atype=atomics.UINT)
+    b = atomics.atomic(width=width, atype=atomics.BYTES)
+    n, k = 4, 5000
+
+    def work():
+        for _ in range(k):
+            a.fetch_inc()
+            a.add(2)
+            a.sub(2)
+            b.bit_test_compl(0)
+
+    ts = [threading.Thread(target=work) for _ in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+        assert not t.is_alive()
+    assert a.load() == (n * k) % (1 << (8 * width))
+    assert b.bit_test(0) is False  # an even number of flips

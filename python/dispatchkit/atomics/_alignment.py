@@ -11,17 +11,23 @@ _WIDTHS = (1, 2, 4, 8) + ((16,) if _ATOMIC16 else ())
 class Alignment:
     def __init__(self, width: int):
         if width not in _WIDTHS:
-            raise UnsupportedWidthException(width)
+            raise UnsupportedWidthException(width, readonly=False)
         self.width = width
         self.recommended = width
         self.minimum = width
         self.size_within = 0
 
     def _address(self, buffer) -> int:
-        address, length = _buffer_address(buffer)  # TypeError if no buffer
+        try:
+            address, length = _buffer_address(buffer)
+        except TypeError:
+            address = None
+        if address is None:  # raised here, outside the except clause
+            raise TypeError("Positional argument 'buffer' must support the "
+                            "buffer protocol.")
         if length != self.width:
-            raise ValueError(f"buffer has width {length}, expected "
-                             f"{self.width}")
+            raise ValueError("Positional argument 'buffer' does not have "
+                             f"matching width of {self.width}.")
         return address
 
     def is_valid_recommended(self, buffer) -> bool:
@@ -35,6 +41,7 @@ class Alignment:
             return self.is_valid_recommended(buffer)
         return self.is_valid_minimum(buffer)
 
-    def __repr__(self):
+    def __str__(self):
         return (f"Alignment(width={self.width}, recommended="
-                f"{self.recommended}, minimum={self.minimum})")
+                f"{self.recommended}, minimum={self.minimum}, size_within="
+                f"{self.size_within})")

@@ -16,16 +16,36 @@ class MemoryOrder(IntEnum):
         return self not in (MemoryOrder.RELEASE, MemoryOrder.ACQ_REL)
 
     def is_valid_fail_order(self, succ: "MemoryOrder") -> bool:
-        if not self.is_valid_load_order() or self > succ:
-            return False
-        # C11: a release success order allows only a relaxed failure order,
-        # and acq_rel at most acquire.
-        if succ == MemoryOrder.RELEASE and self != MemoryOrder.RELAXED:
-            return False
-        return True
+        # The atomics package's rule: a load order no stronger (by value)
+        # than the success order. It admits (RELEASE, ACQUIRE), which C11
+        # does not; cmpxchg then runs as ACQ_REL, valid and stronger.
+        return self <= succ and self.is_valid_load_order()
 
 
 class OpType(IntEnum):
+    """The operations, numbered as the atomics package numbers them. Each
+    member has the package's ``fname`` (e.g. "fp_fetch_add") and ``cname``
+    (its patomic table: "xchg_ops", "bitwise_ops", "binary_ops",
+    "arithmetic_ops" or None)."""
+
+    def __init__(self, value):
+        fname = self.name.lower()
+        if fname.startswith("bit"):
+            fname = fname[len("bit_"):]
+        fname = "fp_" + fname
+        if "xch" in fname:
+            cname = "xchg_ops"
+        elif "test" in fname:
+            cname = "bitwise_ops"
+        elif fname.endswith(("or", "xor", "and", "not")):
+            cname = "binary_ops"
+        elif fname not in ("fp_store", "fp_load"):
+            cname = "arithmetic_ops"
+        else:
+            cname = None
+        self.fname = fname
+        self.cname = cname
+
     STORE = 1
     LOAD = 2
     EXCHANGE = 3

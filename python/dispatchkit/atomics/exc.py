@@ -1,5 +1,14 @@
-"""The exceptions of the atomics API, with its constructor arguments and
-messages."""
+"""The exceptions of the atomics API, with its constructor arguments,
+attributes, messages (double spaces included, so code that matches them
+keeps working) and reprs."""
+
+
+def _article(word: str) -> str:
+    return "an" if word.lower()[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def _name(x) -> str:
+    return getattr(x, "name", str(x))
 
 
 class AlignmentError(Exception):
@@ -9,8 +18,14 @@ class AlignmentError(Exception):
         self.using_recommended = using_recommended
         kind = "recommended" if using_recommended else "minimum"
         super().__init__(
-            f"The alignment of address {address:#x} does not meet the {kind} "
-            f"alignment requirements for an object of width {width}.")
+            f"The alignment of address {hex(address)} does not meet the "
+            f"{kind} alignment requirements for atomic operations on "
+            f"objects with a width of {width}.")
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(width={self.width}, address="
+                f"{self.address}, using_recommended="
+                f"{self.using_recommended})")
 
 
 class MemoryOrderError(Exception):
@@ -18,20 +33,28 @@ class MemoryOrderError(Exception):
         self.optype = optype
         self.order = order
         self.is_fail = is_fail
-        what = "fail" if is_fail else ""
-        name = getattr(order, "name", str(order))
-        opname = getattr(optype, "name", str(optype))
-        super().__init__(f"{name} is not a valid {what} memory order for a "
-                         f"{opname} operation.")
+        kind = "fail " if is_fail else " "
+        op = _name(optype)
+        super().__init__(f"{_name(order)} is not a valid {kind}memory order "
+                         f"for {_article(op)} {op} operation.")
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(optype=OpType.{_name(self.optype)}, "
+                f"order=MemoryOrder.{_name(self.order)}, is_fail="
+                f"{self.is_fail})")
 
 
 class UnsupportedWidthException(Exception):
     def __init__(self, width, *, readonly=False):
         self.width = width
         self.readonly = readonly
-        ro = "readonly " if readonly else ""
-        super().__init__(f"No operations are supported on {ro}objects with "
+        ro = " readonly " if readonly else " "
+        super().__init__(f"No operations are supported on{ro}objects with "
                          f"a width of {width}.")
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(width={self.width}, readonly="
+                f"{self.readonly})")
 
 
 class UnsupportedOperationException(Exception):
@@ -39,7 +62,14 @@ class UnsupportedOperationException(Exception):
         self.optype = optype
         self.width = width
         self.readonly = readonly
-        ro = "readonly " if readonly else ""
-        name = getattr(optype, "name", str(optype))
-        super().__init__(f"Operation {name} is not supported on {ro}objects "
-                         f"with a width of {width}.")
+        ro = "readonly " if readonly else " "
+        super().__init__(f"Operation {_name(optype)} is not supported on "
+                         f"{ro}objects with a width of {width}.")
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(optype=OpType.{_name(self.optype)}, "
+                f"width={self.width}, readonly={self.readonly})")
+
+
+__all__ = ["AlignmentError", "MemoryOrderError", "UnsupportedWidthException",
+           "UnsupportedOperationException"]
