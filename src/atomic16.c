@@ -79,10 +79,21 @@ dk_atomic16_supported(void)
 #endif
 }
 
+/* ThreadSanitizer replaces 16-byte CAS with a lock and two plain 8-byte
+ * stores, which a plain 16-byte load can see half done: under TSan every
+ * load is a (likewise emulated) CAS. */
+#if defined(__SANITIZE_THREAD__)
+#define DK_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DK_TSAN 1
+#endif
+#endif
+
 bool
 dk_atomic16_readonly_load_supported(void)
 {
-#if defined(DK_HAVE_CAS16) && defined(__x86_64__)
+#if defined(DK_HAVE_CAS16) && defined(__x86_64__) && !defined(DK_TSAN)
     return cpuid1_ecx_has(bit_AVX) && cpuid1_ecx_has(bit_CMPXCHG16B);
 #else
     return false;
@@ -93,7 +104,7 @@ dk_atomic16_readonly_load_supported(void)
 void
 dk_atomic16_load(void *p, void *out)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(DK_TSAN)
     if (dk_atomic16_readonly_load_supported()) {
         /* One aligned MOVDQA in asm, so the compiler cannot split it. The
          * "memory" clobber keeps it ordered like a sequentially consistent

@@ -450,6 +450,19 @@ DK_TEST(atomic16_loads_are_never_torn)
     pthread_join(t, NULL);
 }
 
+/* ThreadSanitizer emulates 16-byte CAS under a process-local lock, which
+ * is not address-free: the cross-process 16-byte check is skipped there. */
+#if defined(__SANITIZE_THREAD__)
+#define TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN_BUILD 1
+#endif
+#endif
+#ifndef TSAN_BUILD
+#define TSAN_BUILD 0
+#endif
+
 /* Processes incrementing every width of one MAP_SHARED object: the
  * operations are address-free, so no increment is lost. */
 DK_TEST(atomic_raw_counters_shared_between_processes)
@@ -488,6 +501,7 @@ DK_TEST(atomic_raw_counters_shared_between_processes)
     CHECK(raw_get(m + 16, 2) == total); /* below 2^16: no wrap */
     CHECK(raw_get(m + 32, 4) == total);
     CHECK(raw_get(m + 48, 8) == total);
-    CHECK(!dk_atomic16_supported() || raw_get(m + 64, 16) == total);
+    CHECK(!dk_atomic16_supported() || TSAN_BUILD ||
+          raw_get(m + 64, 16) == total);
     munmap(m, 80);
 }
