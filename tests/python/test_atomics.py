@@ -140,14 +140,29 @@ def reference(op, cur, arg, width, signed):
     return new, (cur if fetch else None)
 
 
-@settings(max_examples=400, deadline=None)
+_ALIGNED = memoryview(bytearray(64))
+
+
+def _aligned_view(width):
+    """A `width`-byte slice of a buffer, aligned to `width`."""
+    from dispatchkit._dk import _buffer_address
+    addr, _ = _buffer_address(_ALIGNED)
+    off = (-addr) % 16
+    return _ALIGNED[off:off + width]
+
+
+@settings(max_examples=500, deadline=None)
 @given(st.sampled_from(WIDTHS), st.booleans(), st.sampled_from(OPS),
-       st.data())
-def test_every_operation_matches_reference(width, signed, op, data):
+       st.booleans(), st.data())
+def test_every_operation_matches_reference(width, signed, op, view, data):
     lo, hi = bounds(width, signed)
     start = data.draw(st.integers(lo, hi))
-    a = atomics.atomic(width=width, atype=atomics.INT if signed
-                       else atomics.UINT)
+    atype = atomics.INT if signed else atomics.UINT
+    if view:
+        ctx = atomics.atomicview(buffer=_aligned_view(width), atype=atype)
+        a = ctx.__enter__()
+    else:
+        ctx, a = None, atomics.atomic(width=width, atype=atype)
     a.store(start)
     if op.startswith("bit_"):
         arg = data.draw(st.integers(0, width * 8 - 1))
@@ -173,6 +188,8 @@ def test_every_operation_matches_reference(width, signed, op, data):
     new, expect = reference(op, start, arg, width, signed)
     assert a.load() == new
     assert result == expect
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
 
 
 @settings(max_examples=200, deadline=None)
