@@ -378,8 +378,7 @@ dk_atomic_load(const void *p, size_t width, void *out, dk_memory_order mo)
 }
 
 int
-dk_atomic_store(void *p, size_t width, const void *desired,
-                dk_memory_order mo)
+dk_atomic_store(void *p, size_t width, const void *desired, dk_memory_order mo)
 {
     if (!target_ok(p, width) || !dk_memory_order_valid_store((int)mo)) {
         return -EINVAL;

@@ -3,6 +3,7 @@ import threading
 from multiprocessing import shared_memory
 
 import dispatchkit.atomics as atomics
+import dispatchkit.atomics.exc  # noqa: F401 (atomics.exc)
 
 
 def tour():
@@ -24,6 +25,10 @@ def tour():
     big.store(2**100)
     big.fetch_add(1)
     print(f"  16-byte atomic:              {big.load() == 2**100 + 1}")
+    try:
+        a.load(order=atomics.MemoryOrder.RELEASE)
+    except atomics.exc.MemoryOrderError as e:
+        print(f"  a release load:              {e}")
     shm = shared_memory.SharedMemory(create=True, size=8)
     try:
         buf = shm.buf[:8]

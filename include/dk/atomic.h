@@ -130,30 +130,25 @@ typedef enum dk_atomic_bit_op {
     DK_ABIT_RESET, /* set it to 0 */
 } dk_atomic_bit_op_t;
 
-DK_EXPORT DK_WARN_UNUSED int dk_atomic_load(const void *p, size_t width,
-                                            void *out, dk_memory_order mo);
-DK_EXPORT DK_WARN_UNUSED int dk_atomic_store(void *p, size_t width,
-                                             const void *desired,
-                                             dk_memory_order mo);
+DK_EXPORT int dk_atomic_load(const void *p, size_t width, void *out,
+                             dk_memory_order mo);
+DK_EXPORT int dk_atomic_store(void *p, size_t width, const void *desired,
+                              dk_memory_order mo);
 /* p = p OP arg, atomically. `arg` is ignored (may be NULL) for DK_AOP_NOT,
  * NEG, INC and DEC; `old`, if not NULL, receives the previous value. */
-DK_EXPORT DK_WARN_UNUSED int dk_atomic_fetch_op(void *p, size_t width,
-                                                dk_atomic_op_t op,
-                                                const void *arg, void *old,
-                                                dk_memory_order mo);
+DK_EXPORT int dk_atomic_fetch_op(void *p, size_t width, dk_atomic_op_t op,
+                                 const void *arg, void *old,
+                                 dk_memory_order mo);
 /* Returns 1 if *p held *expected and now holds *desired; 0 if not, and
  * then *expected receives the value seen. A weak cmpxchg may return 0
  * spuriously (with *expected unchanged); call it in a loop. */
-DK_EXPORT DK_WARN_UNUSED int dk_atomic_cmpxchg(void *p, size_t width,
-                                               void *expected,
-                                               const void *desired, bool weak,
-                                               dk_memory_order succ,
-                                               dk_memory_order fail);
+DK_EXPORT int dk_atomic_cmpxchg(void *p, size_t width, void *expected,
+                                const void *desired, bool weak,
+                                dk_memory_order succ, dk_memory_order fail);
 /* Returns the previous value (0 or 1) of bit `index` (bit 0 is the least
  * significant bit of the native integer) and applies `op` to it. */
-DK_EXPORT DK_WARN_UNUSED int dk_atomic_bit(void *p, size_t width,
-                                           dk_atomic_bit_op_t op,
-                                           unsigned index, dk_memory_order mo);
+DK_EXPORT int dk_atomic_bit(void *p, size_t width, dk_atomic_bit_op_t op,
+                            unsigned index, dk_memory_order mo);
 
 DK_END_DECLS
 

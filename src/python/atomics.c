@@ -204,8 +204,8 @@ order_error(int op, int mo, bool is_fail)
 static int
 length_error(const char *argname)
 {
-    PyErr_Format(PyExc_ValueError,
-                 "'%s' object length does not match width.", argname);
+    PyErr_Format(PyExc_ValueError, "'%s' object length does not match width.",
+                 argname);
     return -1;
 }
 
@@ -225,9 +225,8 @@ to_value(AtomicObject *self, PyObject *v, uint64_t *out, const char *argname)
             if (x == -1 && PyErr_Occurred()) {
                 return -1;
             }
-            if (overflow != 0 ||
-                (bits < 64 && (x < -(1LL << (bits - 1)) ||
-                               x >= (1LL << (bits - 1))))) {
+            if (overflow != 0 || (bits < 64 && (x < -(1LL << (bits - 1)) ||
+                                                x >= (1LL << (bits - 1))))) {
                 PyErr_SetString(PyExc_OverflowError, "int too big to convert");
                 return -1;
             }
@@ -709,7 +708,8 @@ static PyObject *result_new(bool ok, PyObject *expected);
 static PyObject *
 expected_back(AtomicObject *self, PyObject *given, uint64_t x)
 {
-    if (self->integral ? PyLong_CheckExact(given) : PyBytes_CheckExact(given)) {
+    if (self->integral ? PyLong_CheckExact(given)
+                       : PyBytes_CheckExact(given)) {
         return Py_NewRef(given);
     }
     return from_value(self, x);
@@ -1070,7 +1070,8 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kw_width[] = {"width", NULL};
     Py_ssize_t width;
     int integral = 0, is_signed = 0, ok;
-    PyObject *w = kwargs != NULL ? PyDict_GetItemString(kwargs, "width") : NULL;
+    PyObject *w =
+        kwargs != NULL ? PyDict_GetItemString(kwargs, "width") : NULL;
     if (w != NULL && !PyLong_Check(w)) {
         PyErr_SetString(PyExc_TypeError,
                         "Keyword argument 'width' must have type 'int'.");

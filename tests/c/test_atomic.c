@@ -245,25 +245,25 @@ DK_TEST(atomic_raw_wraps_at_every_width)
         /* unsigned max + 1 = 0 */
         memset(v, 0xff, w);
         CHECK_EQ(dk_atomic_store(mem, w, v, DK_MO_SEQ_CST), 0);
-        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_INC, NULL, NULL,
-                                    DK_MO_SEQ_CST),
-                 0);
+        CHECK_EQ(
+            dk_atomic_fetch_op(mem, w, DK_AOP_INC, NULL, NULL, DK_MO_SEQ_CST),
+            0);
         CHECK(raw_get(mem, w) == 0);
         /* 0 - 1 = unsigned max, i.e. signed -1 */
-        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_DEC, NULL, old,
-                                    DK_MO_RELAXED),
-                 0);
+        CHECK_EQ(
+            dk_atomic_fetch_op(mem, w, DK_AOP_DEC, NULL, old, DK_MO_RELAXED),
+            0);
         CHECK(raw_get(old, w) == 0 && raw_get(mem, w) == raw_mask(w));
         /* signed max + 1 = signed min; neg(signed min) = signed min */
         u128_t smax = raw_mask(w) >> 1, smin = smax + 1;
         CHECK_EQ(dk_atomic_store(mem, w, &smax, DK_MO_RELAXED), 0);
-        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_INC, NULL, NULL,
-                                    DK_MO_ACQ_REL),
-                 0);
+        CHECK_EQ(
+            dk_atomic_fetch_op(mem, w, DK_AOP_INC, NULL, NULL, DK_MO_ACQ_REL),
+            0);
         CHECK(raw_get(mem, w) == smin);
-        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_NEG, NULL, NULL,
-                                    DK_MO_SEQ_CST),
-                 0);
+        CHECK_EQ(
+            dk_atomic_fetch_op(mem, w, DK_AOP_NEG, NULL, NULL, DK_MO_SEQ_CST),
+            0);
         CHECK(raw_get(mem, w) == smin);
     }
 }
@@ -311,13 +311,11 @@ DK_TEST(atomic_raw_bit_operations)
         for (unsigned i = 0; i < w * 8; i++) {
             _Alignas(16) unsigned char mem[16] = {0};
             u128_t bit = (u128_t)1 << i;
-            CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_TEST, i, DK_MO_ACQUIRE),
-                     0);
+            CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_TEST, i, DK_MO_ACQUIRE), 0);
             CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_SET, i, DK_MO_SEQ_CST), 0);
             CHECK(raw_get(mem, w) == bit);
             CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_SET, i, DK_MO_RELAXED), 1);
-            CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_TEST, i, DK_MO_SEQ_CST),
-                     1);
+            CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_TEST, i, DK_MO_SEQ_CST), 1);
             CHECK_EQ(dk_atomic_bit(mem, w, DK_ABIT_COMPL, i, DK_MO_ACQ_REL),
                      1);
             CHECK(raw_get(mem, w) == 0);
@@ -342,8 +340,7 @@ DK_TEST(atomic_raw_rejects_bad_input_without_touching_memory)
         size_t w = widths_bad[i];
         CHECK_EQ(dk_atomic_load(mem, w, out, DK_MO_SEQ_CST), -EINVAL);
         CHECK_EQ(dk_atomic_store(mem, w, v, DK_MO_SEQ_CST), -EINVAL);
-        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_ADD, v, out,
-                                    DK_MO_SEQ_CST),
+        CHECK_EQ(dk_atomic_fetch_op(mem, w, DK_AOP_ADD, v, out, DK_MO_SEQ_CST),
                  -EINVAL);
         CHECK_EQ(dk_atomic_cmpxchg(mem, w, out, v, false, DK_MO_SEQ_CST,
                                    DK_MO_SEQ_CST),
@@ -367,20 +364,20 @@ DK_TEST(atomic_raw_rejects_bad_input_without_touching_memory)
     CHECK_EQ(dk_atomic_store(mem, 4, v, DK_MO_ACQUIRE), -EINVAL);
     CHECK_EQ(dk_atomic_store(mem, 4, v, DK_MO_ACQ_REL), -EINVAL);
     CHECK_EQ(dk_atomic_store(mem, 4, v, (dk_memory_order)9), -EINVAL);
-    CHECK_EQ(dk_atomic_fetch_op(mem, 4, DK_AOP_ADD, v, out,
-                                (dk_memory_order)-1),
-             -EINVAL);
-    CHECK_EQ(dk_atomic_cmpxchg(mem, 4, out, v, false, DK_MO_ACQUIRE,
-                               DK_MO_SEQ_CST),
-             -EINVAL); /* failure stronger than success */
-    CHECK_EQ(dk_atomic_cmpxchg(mem, 4, out, v, true, DK_MO_SEQ_CST,
-                               DK_MO_RELEASE),
-             -EINVAL); /* a release failure order */
+    CHECK_EQ(
+        dk_atomic_fetch_op(mem, 4, DK_AOP_ADD, v, out, (dk_memory_order)-1),
+        -EINVAL);
+    CHECK_EQ(
+        dk_atomic_cmpxchg(mem, 4, out, v, false, DK_MO_ACQUIRE, DK_MO_SEQ_CST),
+        -EINVAL); /* failure stronger than success */
+    CHECK_EQ(
+        dk_atomic_cmpxchg(mem, 4, out, v, true, DK_MO_SEQ_CST, DK_MO_RELEASE),
+        -EINVAL); /* a release failure order */
     CHECK_EQ(dk_atomic_bit(mem, 4, DK_ABIT_TEST, 0, DK_MO_RELEASE), -EINVAL);
     /* Unknown ops, missing argument, bit index out of range. */
-    CHECK_EQ(dk_atomic_fetch_op(mem, 4, (dk_atomic_op_t)99, v, out,
-                                DK_MO_SEQ_CST),
-             -EINVAL);
+    CHECK_EQ(
+        dk_atomic_fetch_op(mem, 4, (dk_atomic_op_t)99, v, out, DK_MO_SEQ_CST),
+        -EINVAL);
     CHECK_EQ(dk_atomic_fetch_op(mem, 4, DK_AOP_ADD, NULL, out, DK_MO_SEQ_CST),
              -EINVAL);
     CHECK_EQ(dk_atomic_bit(mem, 4, (dk_atomic_bit_op_t)7, 0, DK_MO_SEQ_CST),
