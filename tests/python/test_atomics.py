@@ -676,3 +676,16 @@ def test_threads_hammering_every_width_lose_nothing(width):
         assert not t.is_alive()
     assert a.load() == (n * k) % (1 << (8 * width))
     assert b.bit_test(0) is False  # an even number of flips
+
+
+def test_extension_needs_no_libatomic():
+    """16-byte operations are inlined (cmpxchg16b), never libatomic calls,
+    whose 16-byte path may take a lock that is not address-free."""
+    import shutil
+    import subprocess
+    import dispatchkit._dk as ext
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) not installed")
+    out = subprocess.run(["nm", "-D", "--undefined-only", ext.__file__],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert "__atomic_" not in out and "__sync_" not in out
