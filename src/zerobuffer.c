@@ -593,6 +593,29 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     return 0;
 }
 
+/* After taking a sem-w token: parse and consume one frame. */
+static int
+reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
+{
+    int rc;
+    /* (B): pairs with the writer's release fence before its post. */
+    dk_atomic_fence_acquire();
+    r->writer_seen = true;
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        rc = -EBADF;
+    } else {
+        rc = reader_take(r, frame);
+        if (rc < 0) {
+            /* Nothing consumed: put the token back, so the error is
+             * reported again rather than the stream silently skipping. */
+            dk__nsem_post(r->sem_w);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
 int
 dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
 {
@@ -636,22 +659,19 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
             return writer_gone(r) ? -EPIPE : -ETIMEDOUT;
         }
     }
-    /* (B): pairs with the writer's release fence before its post. */
-    dk_atomic_fence_acquire();
-    r->writer_seen = true;
-    pthread_mutex_lock(&r->lock);
-    if (r->closed) {
-        rc = -EBADF;
-    } else {
-        rc = reader_take(r, frame);
-        if (rc < 0) {
-            /* Nothing consumed: put the token back, so the error is
-             * reported again rather than the stream silently skipping. */
-            dk__nsem_post(r->sem_w);
-        }
+    return reader_consume(r, frame);
+}
+
+int
+dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
+{
+    if (dk_atomic_load_relaxed(&r->closed)) {
+        return -EBADF;
     }
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    if (dk__nsem_trywait(r->sem_w) < 0) {
+        return -EAGAIN;
+    }
+    return reader_consume(r, frame);
 }
 
 int
@@ -1064,6 +1084,12 @@ dk_zb_writer_reader_connected(dk_zb_writer_t *w)
     }
     uint64_t pid = dk_atomic_load_acquire(&w->oieb->reader_pid);
     return pid != 0 && dk__pid_alive(pid);
+}
+
+uint64_t
+dk_zb_writer_next_sequence(const dk_zb_writer_t *w)
+{
+    return w->seq;
 }
 
 uint64_t

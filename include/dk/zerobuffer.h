@@ -118,6 +118,11 @@ DK_EXPORT int dk_zb_reader_create(const char *name, uint64_t metadata_size,
 DK_EXPORT int dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline,
                                 dk_zb_frame_t *frame) DK_WARN_UNUSED;
 
+/* Take the next frame if one is already there: no waiting, no system
+ * call when none is. 0, -EAGAIN, or the errors of dk_zb_reader_read. */
+DK_EXPORT int dk_zb_reader_try_read(dk_zb_reader_t *r,
+                                    dk_zb_frame_t *frame) DK_WARN_UNUSED;
+
 /*
  * Give a frame's space back to the writer. Space is returned in ring
  * order: a frame released before an older one is credited when the older
@@ -184,6 +189,8 @@ DK_EXPORT int dk_zb_writer_write(dk_zb_writer_t *w, const void *data,
 /* Whether the reader is connected and its process alive. */
 DK_EXPORT bool dk_zb_writer_reader_connected(dk_zb_writer_t *w);
 DK_EXPORT uint64_t dk_zb_writer_frames(const dk_zb_writer_t *w);
+/* The sequence number the next frame will carry (starts at 1). */
+DK_EXPORT uint64_t dk_zb_writer_next_sequence(const dk_zb_writer_t *w);
 DK_EXPORT uint64_t dk_zb_writer_bytes(const dk_zb_writer_t *w);
 /* Largest frame payload this buffer takes (P - 16). */
 DK_EXPORT uint64_t dk_zb_writer_max_frame(const dk_zb_writer_t *w);
