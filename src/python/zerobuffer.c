@@ -1024,13 +1024,13 @@ Writer_write_frame(WriterObject *self, PyObject *data)
 }
 
 static PyObject *
-Writer_acquire(WriterObject *self, PyObject *arg)
+writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
 {
     Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
     if (size == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (size < 0) {
+    if (size <= 0) {
         return zb_raise(EXC_INVALID_SIZE, NULL);
     }
     if (writer_lock(self) < 0) {
@@ -1046,13 +1046,27 @@ Writer_acquire(WriterObject *self, PyObject *arg)
             dk_zb_writer_cancel(self->core);
         } else {
             Py_XSETREF(self->pending_view, Py_NewRef(mv));
-            res = Py_BuildValue("(KN)", (unsigned long long)seq, mv);
+            res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq,
+                                           mv)
+                           : mv;
         }
     } else if (!(rc == -EINTR && PyErr_Occurred())) {
         writer_error(self, rc);
     }
     writer_unlock(self);
     return res;
+}
+
+static PyObject *
+Writer_acquire(WriterObject *self, PyObject *arg)
+{
+    return writer_acquire_view(self, arg, true);
+}
+
+static PyObject *
+Writer_get_frame_buffer(WriterObject *self, PyObject *arg)
+{
+    return writer_acquire_view(self, arg, false);
 }
 
 /* Revoke the view handed out by get_frame_buffer(), if nothing derived
@@ -1062,14 +1076,22 @@ drop_pending_view(WriterObject *self)
 {
     PyObject *mv = self->pending_view;
     self->pending_view = NULL;
-    if (mv != NULL) {
-        PyObject *r = PyObject_CallMethod(mv, "release", NULL);
+    if (mv != NULL && Py_REFCNT(mv) > 1) {
+        /* Someone else holds it: revoke it, so writing through it after
+         * commit fails instead of changing a published frame. */
+        static PyObject *release_str;
+        if (release_str == NULL) {
+            release_str = PyUnicode_InternFromString("release");
+        }
+        PyObject *r = release_str
+                          ? PyObject_CallMethodNoArgs(mv, release_str)
+                          : NULL;
         if (r == NULL) {
             PyErr_Clear();
         }
         Py_XDECREF(r);
-        Py_DECREF(mv);
     }
+    Py_XDECREF(mv);
 }
 
 static PyObject *
@@ -1243,6 +1265,10 @@ static PyMethodDef Writer_methods[] = {
      "its sequence number."},
     {"_acquire", (PyCFunction)Writer_acquire, METH_O,
      "_acquire(size) -> (sequence, memoryview)"},
+    {"get_frame_buffer", (PyCFunction)Writer_get_frame_buffer, METH_O,
+     "get_frame_buffer(size) -> memoryview\n\nA writable view of SIZE "
+     "bytes in shared memory for the next frame; fill it, then call "
+     "commit_frame()."},
     {"commit_frame", (PyCFunction)Writer_commit_frame, METH_NOARGS,
      "commit_frame()\n\nPublish the frame from get_frame_buffer(); the "
      "view handed out is released."},

@@ -67,13 +67,6 @@ class Writer(_dk.ZbWriter):
         (the one copy into shared memory is unavoidable)."""
         return self.write_frame(data)
 
-    def get_frame_buffer(self, size: int) -> memoryview:
-        """A writable view of ``size`` bytes in shared memory for the next
-        frame; fill it, then call commit_frame()."""
-        if size <= 0:
-            raise InvalidFrameSizeException()
-        return self._acquire(size)[1]
-
     def get_frame_buffer_with_sequence(self,
                                        size: int) -> Tuple[int, memoryview]:
         """get_frame_buffer() that also returns the frame's sequence."""
