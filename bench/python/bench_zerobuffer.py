@@ -188,6 +188,69 @@ def run_pipe(size, n, mode):
 
 # ---- iceoryx2 ------------------------------------------------------------------
 
+def _ice_service(node, name, size):
+    import ctypes
+    import iceoryx2 as iox2
+    # No loss: the publisher retries until the subscriber has room.
+    return (node.service_builder(iox2.ServiceName.new(name))
+            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+            .enable_safe_overflow(False)
+            .subscriber_max_buffer_size(4)
+            .open_or_create())
+
+
+def _ice_publisher(name, size, n, mode, go):
+    import iceoryx2 as iox2
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    svc = _ice_service(node, name, size)
+    pub = (svc.publisher_builder().initial_max_slice_len(size)
+           .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+           .create())
+    src = os.urandom(size)
+    go.wait()
+    for i in range(n):
+        sample = pub.loan_slice_uninit(size)
+        view = sample.payload().as_memory_view().cast("B")
+        if mode != "zerocopy":
+            view[:] = src
+        else:
+            view[:8] = i.to_bytes(8, "little")
+        sample.assume_init().send()
+
+
+def run_ice(size, n, mode):
+    import iceoryx2 as iox2
+    iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+    name = f"dkbench-ice-{os.getpid()}-{size}-{mode}"
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    svc = _ice_service(node, name, size)
+    sub = svc.subscriber_builder().buffer_size(4).create()
+    go = mp.get_context("spawn").Event()
+    p = mp.get_context("spawn").Process(target=_ice_publisher,
+                                        args=(name, size, n, mode, go))
+    p.start()
+    dst = bytearray(size)
+    time.sleep(0.5)  # the publisher opens the service (no connect event)
+    t0 = time.perf_counter()
+    go.set()
+    got = 0
+    while got < n:
+        sample = sub.receive()
+        if sample is None:
+            continue
+        view = sample.payload().as_memory_view().cast("B")
+        if mode == "copyout":
+            dst[:] = view
+        else:
+            view[0]
+        del view
+        sample.delete()
+        got += 1
+    secs = time.perf_counter() - t0
+    p.join(10)
+    return secs
+
+
 def _ice_available():
     try:
         import iceoryx2  # noqa: F401
@@ -307,6 +370,8 @@ def main():
     ours_rate = {1 * KiB: 1.5e6, 64 * KiB: 6e4, 1 * MiB: 3e3, 8 * MiB: 300}
     peer_rate = {1 * KiB: 3e4, 64 * KiB: 1e4, 1 * MiB: 600, 8 * MiB: 60}
     pipe_rate = {1 * KiB: 6e4, 64 * KiB: 3e4, 1 * MiB: 2e3, 8 * MiB: 200}
+    ice_rate = {1 * KiB: 2e5, 64 * KiB: 5e4, 1 * MiB: 3e3, 8 * MiB: 300}
+    have_ice = _ice_available()
     for size, label in SIZES:
         for mode in ("copy", "copyout", "zerocopy"):
             f = {"copy": 2, "copyout": 1, "zerocopy": 3}[mode]
@@ -316,6 +381,10 @@ def main():
                 n = count_for(size, peer_rate[size] * f)
                 report(mode, label, "zerobuffer-ipc", n, size,
                        run_peer(size, n, mode))
+            if have_ice:
+                n = count_for(size, ice_rate[size] * f)
+                report(mode, label, "iceoryx2", n, size,
+                       run_ice(size, n, mode))
             n = count_for(size, pipe_rate[size] * f)
             report(mode, label, "shared_memory+Pipe", n, size,
                    run_pipe(size, n, mode))
@@ -334,7 +403,7 @@ def main():
     p50, p99 = futex_pingpong(n * 2)
     emit("duplex_rtt_p50", "futex ping-pong (floor)", p50, "us")
     emit("duplex_rtt_p99", "futex ping-pong (floor)", p99, "us")
-    if not _ice_available():
+    if not have_ice:
         print("# iceoryx2 not installed: skipped", file=sys.stderr)
 
 
