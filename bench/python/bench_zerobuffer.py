@@ -40,6 +40,13 @@ def ring_for(size):
     return max(4 * MiB, 4 * size)
 
 
+# Frames read before the clock starts: every page of the ring (or slot
+# pool) has been touched by both processes, so first-touch page faults
+# are not counted.
+def warm_for(size):
+    return ring_for(size) // (size + 16) + 2
+
+
 def count_for(size, frames_per_s):
     return max(20, int(BUDGET * frames_per_s))
 
@@ -63,14 +70,18 @@ def _dk_writer(name, size, n, mode, go):
 
 def run_dk(size, n, mode):
     name = f"dkbench-{os.getpid()}"
+    warm = warm_for(size)
     with zb.Reader(name, zb.BufferConfig(64, ring_for(size))) as r:
         go = CTX.Event()
-        p = CTX.Process(target=_dk_writer, args=(name, size, n, mode, go))
+        p = CTX.Process(target=_dk_writer,
+                        args=(name, size, warm + n, mode, go))
         p.start()
         r.is_writer_connected(timeout_ms=5000)
         dst = bytearray(size)
-        t0 = time.perf_counter()
         go.set()
+        for _ in range(warm):
+            r.read_frame(timeout=10).dispose()
+        t0 = time.perf_counter()
         for _ in range(n):
             f = r.read_frame(timeout=10)
             if mode == "copyout":
@@ -107,14 +118,18 @@ def run_peer(size, n, mode):
     # Frame sizes here never end exactly at the ring end (the peer's
     # writer fails after an exact fill): 16 + size does not divide it.
     r = zerobuffer.Reader(name, zerobuffer.BufferConfig(64, ring_for(size)))
+    warm = warm_for(size)
     try:
         go = CTX.Event()
-        p = CTX.Process(target=_peer_writer, args=(name, size, n, mode, go))
+        p = CTX.Process(target=_peer_writer,
+                        args=(name, size, warm + n, mode, go))
         p.start()
         r.is_writer_connected(timeout_ms=5000)
         dst = bytearray(size)
-        t0 = time.perf_counter()
         go.set()
+        for _ in range(warm):
+            r.read_frame(timeout=10).dispose()
+        t0 = time.perf_counter()
         for _ in range(n):
             f = r.read_frame(timeout=10)
             if mode == "copyout":
@@ -163,13 +178,17 @@ def run_pipe(size, n, mode):
         d_r, d_w = CTX.Pipe(duplex=False)
         a_r, a_w = CTX.Pipe(duplex=False)
         go = CTX.Event()
+        warm = SLOTS + 2
         p = CTX.Process(target=_pipe_writer,
-                        args=(shm.name, size, n, mode, d_w, a_r, go))
+                        args=(shm.name, size, warm + n, mode, d_w, a_r, go))
         p.start()
         buf = shm.buf
         dst = bytearray(size)
-        t0 = time.perf_counter()
         go.set()
+        for _ in range(warm):
+            d_r.recv_bytes()
+            a_w.send_bytes(b"k")
+        t0 = time.perf_counter()
         for _ in range(n):
             slot = int.from_bytes(d_r.recv_bytes(), "little")
             if mode == "copyout":
@@ -226,18 +245,25 @@ def run_ice(size, n, mode):
     svc = _ice_service(node, name, size)
     sub = svc.subscriber_builder().buffer_size(4).create()
     go = mp.get_context("spawn").Event()
+    warm = 8
     p = mp.get_context("spawn").Process(target=_ice_publisher,
-                                        args=(name, size, n, mode, go))
+                                        args=(name, size, warm + n, mode, go))
     p.start()
     dst = bytearray(size)
     time.sleep(0.5)  # the publisher opens the service (no connect event)
-    t0 = time.perf_counter()
     go.set()
-    got = 0
-    while got < n:
-        sample = sub.receive()
-        if sample is None:
-            continue
+
+    def take():
+        while True:  # iceoryx2's subscriber is polled
+            sample = sub.receive()
+            if sample is not None:
+                return sample
+
+    for _ in range(warm):
+        take().delete()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sample = take()
         view = sample.payload().as_memory_view().cast("B")
         if mode == "copyout":
             dst[:] = view
@@ -245,7 +271,6 @@ def run_ice(size, n, mode):
             view[0]
         del view
         sample.delete()
-        got += 1
     secs = time.perf_counter() - t0
     p.join(10)
     return secs
@@ -367,25 +392,32 @@ def main():
     except ImportError:
         have_peer = False
     # Rough rates used to size each run to about BUDGET seconds.
-    ours_rate = {1 * KiB: 1.5e6, 64 * KiB: 6e4, 1 * MiB: 3e3, 8 * MiB: 300}
-    peer_rate = {1 * KiB: 3e4, 64 * KiB: 1e4, 1 * MiB: 600, 8 * MiB: 60}
-    pipe_rate = {1 * KiB: 6e4, 64 * KiB: 3e4, 1 * MiB: 2e3, 8 * MiB: 200}
-    ice_rate = {1 * KiB: 2e5, 64 * KiB: 5e4, 1 * MiB: 3e3, 8 * MiB: 300}
+    # frames/s by (impl, size, mode): copy, copyout, zerocopy.
+    rates = {
+        "dk": {1 * KiB: (7e5, 5e5, 7e5), 64 * KiB: (3e5, 7e4, 6e5),
+               1 * MiB: (2e4, 5e3, 5e5), 8 * MiB: (600, 250, 8e4)},
+        "peer": {1 * KiB: (7e3, 7e3, 7e3), 64 * KiB: (7e3, 6e3, 7e3),
+                 1 * MiB: (4e3, 3e3, 6e3), 8 * MiB: (500, 250, 5e3)},
+        "pipe": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+                 1 * MiB: (1e4, 4e3, 5e4), 8 * MiB: (500, 200, 5e3)},
+        "ice": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+                1 * MiB: (1.5e4, 4e3, 1e5), 8 * MiB: (600, 250, 1e5)},
+    }
+    modes = ("copy", "copyout", "zerocopy")
     have_ice = _ice_available()
     for size, label in SIZES:
-        for mode in ("copy", "copyout", "zerocopy"):
-            f = {"copy": 2, "copyout": 1, "zerocopy": 3}[mode]
-            n = count_for(size, ours_rate[size] * f)
+        for m, mode in enumerate(modes):
+            n = count_for(size, rates["dk"][size][m])
             report(mode, label, "dispatchkit", n, size, run_dk(size, n, mode))
             if have_peer:
-                n = count_for(size, peer_rate[size] * f)
+                n = count_for(size, rates["peer"][size][m])
                 report(mode, label, "zerobuffer-ipc", n, size,
                        run_peer(size, n, mode))
             if have_ice:
-                n = count_for(size, ice_rate[size] * f)
+                n = count_for(size, rates["ice"][size][m])
                 report(mode, label, "iceoryx2", n, size,
                        run_ice(size, n, mode))
-            n = count_for(size, pipe_rate[size] * f)
+            n = count_for(size, rates["pipe"][size][m])
             report(mode, label, "shared_memory+Pipe", n, size,
                    run_pipe(size, n, mode))
         bw = memcpy_bw(size)
