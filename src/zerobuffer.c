@@ -7,10 +7,10 @@
  *
  *   WRITER                                   READER
  *   free = payload_free_bytes (A')           sem_wait(sem-w)          (B)
- *   if free < needed: sem_wait(sem-r)        acquire fence
+ *   if free < needed: sem_wait(sem-r)        load written_count (acquire)
  *   copy header + data to ring[wpos]         parse ring[read_pos]
  *   payload_free_bytes -= total (atomic)     ... user reads the data ...
- *   release fence; sem_post(sem-w)  (B)      payload_free_bytes += total
+ *   written_count = n (release); post  (B)   payload_free_bytes += total
  *                                              (atomic, release)     (A)
  *                                            sem_post(sem-r)
  *
@@ -598,8 +598,9 @@ static int
 reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
     int rc;
-    /* (B): pairs with the writer's release fence before its post. */
-    dk_atomic_fence_acquire();
+    /* (B): pairs with the writer's release store of the written count
+     * (the semaphore orders them too; peers rely on that alone). */
+    (void)dk_atomic_load_acquire(&r->oieb->payload_written_count);
     r->writer_seen = true;
     pthread_mutex_lock(&r->lock);
     if (r->closed) {
@@ -1038,10 +1039,9 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
     }
     w->written_count++;
     dk_atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
-    dk_atomic_store_relaxed(&w->oieb->payload_written_count,
+    /* (B): the frame's bytes before the reader's acquire load. */
+    dk_atomic_store_release(&w->oieb->payload_written_count,
                             w->written_count);
-    /* (B): the frame's bytes before the reader's acquire fence. */
-    dk_atomic_fence_release();
     dk__nsem_post(w->sem_w);
     w->pending = false;
     w->seq++;
