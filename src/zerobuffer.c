@@ -78,6 +78,8 @@ struct dk_zb_reader_s {
     uint64_t bytes;
     bool closed;
     bool writer_seen;
+    uint64_t last_writer_pid; /* writer_pid when the last frame was read */
+    bool writer_left;         /* writer_pid seen 0 since then */
     dk_zb_error_t err;
 };
 
@@ -486,15 +488,16 @@ writer_gone(dk_zb_reader_t *r)
 {
     uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
     if (pid != 0) {
-        r->writer_seen = true;
+        dk_atomic_store_relaxed(&r->writer_seen, true);
         return !dk__pid_alive(pid);
     }
     if (load64(&r->oieb->payload_written_count) != 0) {
-        r->writer_seen = true;
+        dk_atomic_store_relaxed(&r->writer_seen, true);
     }
-    if (!r->writer_seen) {
+    if (!dk_atomic_load_relaxed(&r->writer_seen)) {
         return false; /* no writer yet: keep waiting */
     }
+    dk_atomic_store_relaxed(&r->writer_left, true);
     /* A writer left gracefully. Everything it wrote has been read when
      * the counts agree, or (the Python writer counts wraps it did not
      * mark, so its count runs ahead) when the positions agree. */
@@ -558,11 +561,24 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         return rc;
     }
     struct next_frame f;
+    uint64_t wpid = dk_atomic_load_acquire(&r->oieb->writer_pid);
     rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f,
                     &r->err);
+    if (rc == -EILSEQ && r->err.got == 1 &&
+        (wpid != r->last_writer_pid ||
+         dk_atomic_load_relaxed(&r->writer_left))) {
+        /* Every writer numbers its frames from 1: a new writer after the
+         * previous one left starts the count again. */
+        rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
+        if (rc == 0) {
+            r->expected = 1;
+        }
+    }
     if (rc < 0) {
         return rc;
     }
+    r->last_writer_pid = wpid;
+    dk_atomic_store_relaxed(&r->writer_left, false);
     if (f.skipped != 0) {
         rc = pend_push(r, f.skipped | RELEASED);
         if (rc < 0) {
@@ -601,7 +617,7 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     /* (B): pairs with the writer's release store of the written count
      * (the semaphore orders them too; peers rely on that alone). */
     (void)dk_atomic_load_acquire(&r->oieb->payload_written_count);
-    r->writer_seen = true;
+    dk_atomic_store_relaxed(&r->writer_seen, true);
     pthread_mutex_lock(&r->lock);
     if (r->closed) {
         rc = -EBADF;

@@ -113,7 +113,9 @@ DK_EXPORT int dk_zb_reader_create(const char *name, uint64_t metadata_size,
  * -EPROTO (corrupted segment; see dk_zb_reader_error), -EILSEQ (wrong
  * sequence number; expected/got in dk_zb_reader_error), -EINTR (a signal
  * interrupted the wait), -EBADF (closed). After -EPROTO/-EILSEQ nothing
- * was consumed: the next call reports the same error.
+ * was consumed: the next call reports the same error. A frame numbered 1
+ * from a writer other than the last one (a writer that reconnected)
+ * restarts the expected sequence instead of being an error.
  */
 DK_EXPORT int dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline,
                                 dk_zb_frame_t *frame) DK_WARN_UNUSED;

@@ -428,6 +428,22 @@ def test_writer_graceful_exit_then_new_writer(name):
             r.read_frame(timeout=5).dispose()
         with pytest.raises(zb.WriterDeadException):
             r.read_frame(timeout=5)
+        # A new writer numbers its frames from 1 again: accepted.
+        with zb.Writer(name) as w:
+            w.write_frame(b"second writer")
+            f = r.read_frame(timeout=5)
+            assert (f.sequence, bytes(f)) == (1, b"second writer")
+            f.dispose()
+            # The same writer going back to 1 is still an error.
+            seg = segment(name)
+            w.write_frame(b"b")
+            o = zb.OIEB.unpack(seg[:128])
+            pos = o.payload_write_pos - 17
+            seg[128 + 64 + pos + 8:128 + 64 + pos + 16] = (1).to_bytes(
+                8, "little")
+            with pytest.raises(zb.SequenceError):
+                r.read_frame(timeout=5)
+            seg.close()
 
 
 READER_CHILD = """
