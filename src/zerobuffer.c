@@ -71,7 +71,7 @@ struct dk_zb_reader_s {
     uint64_t expected;
     /* Pending credits in ring order: entry = bytes | RELEASED. */
     uint64_t *pend;
-    uint64_t pend_cap; /* power of two */
+    uint64_t pend_cap;  /* power of two */
     uint64_t pend_head; /* ticket of the oldest pending entry */
     uint64_t pend_tail; /* ticket of the next entry */
     uint64_t frames;
@@ -136,8 +136,7 @@ dk_zb_name_check(const char *name)
     return 0;
 }
 
-static void
-set_error(dk_zb_error_t *err, const char *fmt, ...)
+static void set_error(dk_zb_error_t *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void
@@ -285,12 +284,11 @@ dk_zb_segment_check(const void *seg, size_t len, uint64_t max_frames,
     dk_zb_oieb_t o;
     memcpy(&o, seg, sizeof o);
     uint64_t msize = o.metadata_size, psize = o.payload_size;
-    if (msize > len || psize > len ||
-        DK_ZB_OIEB_SIZE + msize + psize > len) {
+    if (msize > len || psize > len || DK_ZB_OIEB_SIZE + msize + psize > len) {
         set_error(err, "OIEB sizes exceed the segment");
         return -EPROTO;
     }
-    if (psize < 2 * DK_ZB_HEADER_SIZE) {
+    if (psize < 2ull * DK_ZB_HEADER_SIZE) {
         set_error(err, "payload ring too small");
         return -EPROTO;
     }
@@ -300,8 +298,7 @@ dk_zb_segment_check(const void *seg, size_t len, uint64_t max_frames,
     }
     if (o.metadata_written_bytes != 0) {
         uint64_t n;
-        if (o.metadata_written_bytes < 8 ||
-            o.metadata_written_bytes > msize) {
+        if (o.metadata_written_bytes < 8 || o.metadata_written_bytes > msize) {
             set_error(err, "invalid metadata_written_bytes");
             return -EPROTO;
         }
@@ -392,8 +389,7 @@ replace_stale(const dk_zb_reader_t *r)
 
 int
 dk_zb_reader_create(const char *name, uint64_t metadata_size,
-                    uint64_t payload_size, unsigned mode,
-                    dk_zb_reader_t **out)
+                    uint64_t payload_size, unsigned mode, dk_zb_reader_t **out)
 {
     int rc = dk_zb_name_check(name);
     if (rc < 0) {
@@ -562,8 +558,7 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     }
     struct next_frame f;
     uint64_t wpid = dk_atomic_load_acquire(&r->oieb->writer_pid);
-    rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f,
-                    &r->err);
+    rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f, &r->err);
     if (rc == -EILSEQ && r->err.got == 1 &&
         (wpid != r->last_writer_pid ||
          dk_atomic_load_relaxed(&r->writer_left))) {
@@ -650,8 +645,8 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
             if (now >= deadline) {
                 break;
             }
-            uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS
-                                                       : deadline;
+            uint64_t slice =
+                deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
             rc = dk__nsem_wait(r->sem_w, slice);
             if (dk_atomic_load_relaxed(&r->closed)) {
                 return -EBADF;
@@ -669,12 +664,8 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
             }
         }
     }
-    if (rc < 0) {
-        if (dk__nsem_trywait(r->sem_w) == 0) {
-            rc = 0;
-        } else {
-            return writer_gone(r) ? -EPIPE : -ETIMEDOUT;
-        }
+    if (rc < 0 && dk__nsem_trywait(r->sem_w) < 0) {
+        return writer_gone(r) ? -EPIPE : -ETIMEDOUT;
     }
     return reader_consume(r, frame);
 }
@@ -719,7 +710,8 @@ dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data, uint64_t *size)
         return -EBADF;
     }
     /* Pairs with the writer's release store of metadata_written_bytes. */
-    uint64_t written = dk_atomic_load_acquire(&r->oieb->metadata_written_bytes);
+    uint64_t written =
+        dk_atomic_load_acquire(&r->oieb->metadata_written_bytes);
     if (written == 0) {
         return -ENODATA;
     }
@@ -847,8 +839,9 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
     }
     if (msize > w->map_len || psize > w->map_len ||
         DK_ZB_OIEB_SIZE + msize + psize > w->map_len ||
-        psize < 2 * DK_ZB_HEADER_SIZE) {
-        set_error(&w->err, "OIEB sizes (metadata %llu, payload %llu) do not "
+        psize < 2ull * DK_ZB_HEADER_SIZE) {
+        set_error(&w->err,
+                  "OIEB sizes (metadata %llu, payload %llu) do not "
                   "fit the %zu-byte segment",
                   (unsigned long long)msize, (unsigned long long)psize,
                   w->map_len);
@@ -914,8 +907,7 @@ dk_zb_writer_set_metadata(dk_zb_writer_t *w, const void *data, uint64_t size)
     if (w->closed) {
         return -EBADF;
     }
-    if (w->metadata_written ||
-        load64(&w->oieb->metadata_written_bytes) != 0) {
+    if (w->metadata_written || load64(&w->oieb->metadata_written_bytes) != 0) {
         w->metadata_written = true;
         return -EALREADY;
     }
@@ -986,8 +978,10 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         uint64_t free_bytes =
             dk_atomic_load_acquire(&w->oieb->payload_free_bytes);
         if (free_bytes > w->psize) {
-            set_error(&w->err, "corrupted OIEB: payload_free_bytes %llu > "
-                      "%llu", (unsigned long long)free_bytes,
+            set_error(&w->err,
+                      "corrupted OIEB: payload_free_bytes %llu > "
+                      "%llu",
+                      (unsigned long long)free_bytes,
                       (unsigned long long)w->psize);
             return -EPROTO;
         }
@@ -1003,8 +997,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         if (now >= deadline) {
             return dk__pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
         }
-        uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS
-                                                   : deadline;
+        uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
         int rc = dk__nsem_wait(w->sem_r, slice);
         if (dk_atomic_load_relaxed(&w->closed)) {
             return -EBADF;
@@ -1056,8 +1049,7 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
     w->written_count++;
     dk_atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
     /* (B): the frame's bytes before the reader's acquire load. */
-    dk_atomic_store_release(&w->oieb->payload_written_count,
-                            w->written_count);
+    dk_atomic_store_release(&w->oieb->payload_written_count, w->written_count);
     dk__nsem_post(w->sem_w);
     w->pending = false;
     w->seq++;

@@ -210,8 +210,7 @@ DK_EXPORT void dk_zb_writer_destroy(dk_zb_writer_t *w);
  * outside [seg, seg + len). This is the entry point for fuzzing.
  */
 DK_EXPORT int64_t dk_zb_segment_check(const void *seg, size_t len,
-                                      uint64_t max_frames,
-                                      dk_zb_error_t *err);
+                                      uint64_t max_frames, dk_zb_error_t *err);
 
 DK_END_DECLS
 

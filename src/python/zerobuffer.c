@@ -95,8 +95,7 @@ zb_raise_sequence(uint64_t expected, uint64_t got)
 static PyObject *
 zb_raise_name(PyObject *name, int rc)
 {
-    PyErr_Format(exc_types[EXC_NAME] ? exc_types[EXC_NAME]
-                                     : PyExc_ValueError,
+    PyErr_Format(exc_types[EXC_NAME] ? exc_types[EXC_NAME] : PyExc_ValueError,
                  "invalid buffer name %R: %s", name,
                  rc == -ENAMETOOLONG
                      ? "longer than 240 bytes"
@@ -217,11 +216,11 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &name, &config, &mode)) {
         return NULL;
     }
-    unsigned long long msize = 1024, psize = 1024 * 1024;
+    unsigned long long msize = 1024, psize = 1024ull * 1024;
     if (config != Py_None) {
         PyObject *m = PyObject_GetAttrString(config, "metadata_size");
-        PyObject *p = m ? PyObject_GetAttrString(config, "payload_size")
-                        : NULL;
+        PyObject *p =
+            m ? PyObject_GetAttrString(config, "payload_size") : NULL;
         if (p == NULL) {
             Py_XDECREF(m);
             return NULL;
@@ -236,7 +235,8 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             (unsigned long long)pv > DK_ZB_SIZE_MAX) {
             PyErr_Format(PyExc_ValueError,
                          "need 0 <= metadata_size and 0 < payload_size, "
-                         "both <= %llu", (unsigned long long)DK_ZB_SIZE_MAX);
+                         "both <= %llu",
+                         (unsigned long long)DK_ZB_SIZE_MAX);
             return NULL;
         }
         msize = (unsigned long long)mv;
@@ -556,8 +556,7 @@ static PyMethodDef Reader_methods[] = {
 static PyGetSetDef Reader_getset[] = {
     {"name", (getter)Reader_get_name, NULL, "the buffer's name", NULL},
     {"frames_read", (getter)Reader_get_frames, NULL, "frames read", NULL},
-    {"bytes_read", (getter)Reader_get_bytes, NULL, "payload bytes read",
-     NULL},
+    {"bytes_read", (getter)Reader_get_bytes, NULL, "payload bytes read", NULL},
     {"closed", (getter)Reader_get_closed, NULL, "whether closed", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -837,7 +836,8 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         case -ENOENT:
             PyErr_Format(exc_types[EXC_BASE],
                          "No shared memory found for buffer '%s' - reader "
-                         "must be created first", cname);
+                         "must be created first",
+                         cname);
             return NULL;
         case -EPROTO:
             return zb_raise(EXC_BASE, err.message);
@@ -1046,8 +1046,7 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
             dk_zb_writer_cancel(self->core);
         } else {
             Py_XSETREF(self->pending_view, Py_NewRef(mv));
-            res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq,
-                                           mv)
+            res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq, mv)
                            : mv;
         }
     } else if (!(rc == -EINTR && PyErr_Occurred())) {
@@ -1083,9 +1082,8 @@ drop_pending_view(WriterObject *self)
         if (release_str == NULL) {
             release_str = PyUnicode_InternFromString("release");
         }
-        PyObject *r = release_str
-                          ? PyObject_CallMethodNoArgs(mv, release_str)
-                          : NULL;
+        PyObject *r =
+            release_str ? PyObject_CallMethodNoArgs(mv, release_str) : NULL;
         if (r == NULL) {
             PyErr_Clear();
         }
@@ -1101,8 +1099,8 @@ Writer_commit_frame(WriterObject *self, PyObject *unused)
     if (writer_lock(self) < 0) {
         return NULL;
     }
-    int rc = self->core && !self->closed ? dk_zb_writer_commit(self->core)
-                                         : -EBADF;
+    int rc =
+        self->core && !self->closed ? dk_zb_writer_commit(self->core) : -EBADF;
     drop_pending_view(self);
     PyObject *res;
     if (rc == 0) {
@@ -1274,8 +1272,8 @@ static PyMethodDef Writer_methods[] = {
      "view handed out is released."},
     {"set_metadata", (PyCFunction)Writer_set_metadata, METH_O,
      "set_metadata(data)\n\nStore the metadata (once)."},
-    {"is_reader_connected", (PyCFunction)Writer_reader_connected,
-     METH_NOARGS, "Whether the reader's process is alive and attached."},
+    {"is_reader_connected", (PyCFunction)Writer_reader_connected, METH_NOARGS,
+     "Whether the reader's process is alive and attached."},
     {"close", (PyCFunction)Writer_close, METH_NOARGS, "Disconnect."},
     {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)Writer_exit, METH_VARARGS, NULL},
@@ -1286,8 +1284,8 @@ static PyGetSetDef Writer_getset[] = {
     {"name", (getter)Writer_get_name, NULL, "the buffer's name", NULL},
     {"frames_written", (getter)Writer_get_frames, NULL, "frames written",
      NULL},
-    {"bytes_written", (getter)Writer_get_bytes, NULL,
-     "payload bytes written", NULL},
+    {"bytes_written", (getter)Writer_get_bytes, NULL, "payload bytes written",
+     NULL},
     {"_next_sequence", (getter)Writer_get_next_seq, NULL, NULL, NULL},
     {"max_frame_size", (getter)Writer_get_max_frame, NULL,
      "largest frame this buffer takes", NULL},
@@ -1383,8 +1381,8 @@ static PyType_Spec Frame_spec = {"dispatchkit.zerobuffer.Frame",
                                  sizeof(FrameObject), 0, Py_TPFLAGS_DEFAULT,
                                  Frame_slots};
 static PyType_Spec Region_spec = {"dispatchkit.zerobuffer._Region",
-                                  sizeof(RegionObject), 0,
-                                  Py_TPFLAGS_DEFAULT, Region_slots};
+                                  sizeof(RegionObject), 0, Py_TPFLAGS_DEFAULT,
+                                  Region_slots};
 
 static PyMethodDef zb_functions[] = {
     {"_zb_set_exceptions", zb_set_exceptions, METH_O,
@@ -1407,8 +1405,7 @@ dkpy_zerobuffer_exec(PyObject *m)
         Py_XDECREF(w);
         return -1;
     }
-    if (PyModule_AddObjectRef(m, "ZbReader", (PyObject *)Reader_type) <
-            0 ||
+    if (PyModule_AddObjectRef(m, "ZbReader", (PyObject *)Reader_type) < 0 ||
         PyModule_AddObjectRef(m, "ZbWriter", w) < 0 ||
         PyModule_AddObjectRef(m, "ZbFrame", (PyObject *)Frame_type) < 0 ||
         PyModule_AddFunctions(m, zb_functions) < 0) {

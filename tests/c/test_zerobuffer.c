@@ -46,8 +46,7 @@ map_segment(const char *name, size_t *len)
     struct stat st;
     CHECK(fstat(fd, &st) == 0);
     *len = (size_t)st.st_size;
-    void *p =
-        mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     CHECK(p != MAP_FAILED);
     close(fd);
     return p;
@@ -223,7 +222,8 @@ DK_TEST(zb_mixed_sizes_wrap_and_out_of_order_release)
         CHECK_EQ(rc, 0);
         /* The writer never leaves a 1..15-byte tail it could avoid. */
         uint64_t tail = 4096 - o->payload_write_pos;
-        CHECK(tail == 4096 || tail >= 16 || o->payload_write_pos < 4096 - tail);
+        CHECK(tail == 4096 || tail >= 16 ||
+              o->payload_write_pos < 4096 - tail);
         CHECK(o->payload_free_bytes <= 4096);
     }
     while (nheld > 0) {

@@ -37,8 +37,8 @@ dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
     if (rc < 0) {
         return rc;
     }
-    int f = shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
-                     (mode_t)mode);
+    int f =
+        shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, (mode_t)mode);
     if (f < 0) {
         return -errno;
     }
