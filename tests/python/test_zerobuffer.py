@@ -666,3 +666,48 @@ def test_duplex_modes_and_errors(name):
         assert client.receive_response is not None
     finally:
         server.stop()
+
+
+def test_modes_and_cleanup_by_garbage_collection(name):
+    r = zb.Reader(name, zb.BufferConfig(64, 1024))
+    assert os.stat(f"/dev/shm/{name}").st_mode & 0o777 == 0o600
+    assert os.stat(f"/dev/shm/sem.sem-w-{name}").st_mode & 0o777 == 0o600
+    del r
+    gc.collect()
+    assert not os.path.exists(f"/dev/shm/{name}")
+    assert not os.path.exists(f"/tmp/zerobuffer/{name}.lock")
+    with zb.Reader(name, zb.BufferConfig(64, 1024), mode=0o666):
+        assert os.stat(f"/dev/shm/{name}").st_mode & 0o777 == 0o666
+        assert os.stat(f"/dev/shm/sem.sem-r-{name}").st_mode & 0o777 == 0o666
+    with pytest.raises(ValueError):
+        zb.Reader(name, mode=0o7777)
+
+
+def test_many_reading_threads_share_one_reader(name):
+    n = 3000
+    seen = []
+    lock = threading.Lock()
+    with zb.Reader(name, zb.BufferConfig(64, 8192)) as r, \
+            zb.Writer(name) as w:
+        def consume():
+            while True:
+                try:
+                    f = r.read_frame(timeout=0.5)
+                except zb.WriterDeadException:
+                    return
+                if f is None:
+                    continue
+                k = int.from_bytes(f.data, "little")
+                with lock:
+                    seen.append((f.sequence, k))
+                f.dispose()
+        ts = [threading.Thread(target=consume) for _ in range(3)]
+        for t in ts:
+            t.start()
+        for i in range(1, n + 1):
+            w.write_frame(i.to_bytes(4, "little"))
+        w.close()
+        for t in ts:
+            t.join(20)
+        assert not any(t.is_alive() for t in ts)
+    assert sorted(seen) == [(i, i) for i in range(1, n + 1)]
