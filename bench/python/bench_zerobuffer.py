@@ -31,6 +31,15 @@ def emit(workload, impl, value, unit):
     print(f"{workload}\t{impl}\t{value:.3f}\t{unit}", flush=True)
 
 
+def unlink_leftovers(name):
+    """zerobuffer-ipc's Reader never unlinks its semaphores: do it."""
+    for kind in ("w", "r"):
+        try:
+            os.unlink(f"/dev/shm/sem.sem-{kind}-{name}")
+        except OSError:
+            pass
+
+
 def report(mode, label, impl, n, size, secs):
     emit(f"oneway_{mode}_{label}_rate", impl, n / secs, "frames/s")
     emit(f"oneway_{mode}_{label}_bw", impl, n * size / secs / 1e9, "GB/s")
@@ -141,6 +150,7 @@ def run_peer(size, n, mode):
         p.join(10)
     finally:
         r.close()
+        unlink_leftovers(name)
     return secs
 
 
@@ -343,6 +353,8 @@ def duplex_rtt(impl, n):
     client.close()
     stop.set()
     p.join(10)
+    for suffix in ("_request", "_response"):
+        unlink_leftovers(name + suffix)
     lat.sort()
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
 
