@@ -27,5 +27,6 @@ int dkpy_io_exec(PyObject *m);
 int dkpy_data_exec(PyObject *m);
 int dkpy_atomics_exec(PyObject *m);
 int dkpy_sync_exec(PyObject *m);
+int dkpy_zerobuffer_exec(PyObject *m);
 
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -41,6 +41,9 @@ module_exec(PyObject *m)
         dkpy_atomics_exec(m) < 0 || dkpy_sync_exec(m) < 0) {
         return -1;
     }
+    if (dkpy_zerobuffer_exec(m) < 0) {
+        return -1;
+    }
     return 0;
 }
 

@@ -1,0 +1,455 @@
+"""dispatchkit.zerobuffer against zerobuffer-ipc, iceoryx2 (if installed),
+multiprocessing.shared_memory + Pipe signalling, and memcpy, in one run.
+
+One-way throughput, writer and reader in two processes, for 1 KiB, 64 KiB,
+1 MiB and 8 MiB frames, three ways: "copy" (the writer copies each frame
+in with write_frame, the reader looks at it in place, as ZeroBuffer's
+readers do), "copyout" (the same, and the reader also copies every frame
+out into its own buffer: two copies on two cores) and "zerocopy" (the
+writer fills 8 bytes of a frame in place with get_frame_buffer, the reader
+looks at it in place). Then request/response round
+trips through a duplex channel (p50/p99), beside a futex ping-pong between
+two processes as the floor. Lines: workload, impl, value, unit.
+"""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import dispatchkit.zerobuffer as zb
+
+SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+KiB, MiB = 1024, 1024 * 1024
+SIZES = [(1 * KiB, "1KiB"), (64 * KiB, "64KiB"), (1 * MiB, "1MiB"),
+         (8 * MiB, "8MiB")]
+CTX = mp.get_context("fork")
+# Target wall time per measurement; frame counts are derived from it.
+BUDGET = 0.3 / SCALE
+
+
+def emit(workload, impl, value, unit):
+    print(f"{workload}\t{impl}\t{value:.3f}\t{unit}", flush=True)
+
+
+def unlink_leftovers(name):
+    """zerobuffer-ipc's Reader never unlinks its semaphores: do it."""
+    for kind in ("w", "r"):
+        try:
+            os.unlink(f"/dev/shm/sem.sem-{kind}-{name}")
+        except OSError:
+            pass
+
+
+def report(mode, label, impl, n, size, secs):
+    emit(f"oneway_{mode}_{label}_rate", impl, n / secs, "frames/s")
+    emit(f"oneway_{mode}_{label}_bw", impl, n * size / secs / 1e9, "GB/s")
+
+
+def ring_for(size):
+    return max(4 * MiB, 4 * size)
+
+
+# Frames read before the clock starts: every page of the ring (or slot
+# pool) has been touched by both processes, so first-touch page faults
+# are not counted.
+def warm_for(size):
+    return ring_for(size) // (size + 16) + 2
+
+
+def count_for(size, frames_per_s):
+    return max(20, int(BUDGET * frames_per_s))
+
+
+# ---- dispatchkit -----------------------------------------------------------
+
+def _dk_writer(name, size, n, mode, go):
+    w = zb.Writer(name)
+    src = os.urandom(size)
+    go.wait()
+    if mode != "zerocopy":
+        for _ in range(n):
+            w.write_frame(src)
+    else:
+        for i in range(n):
+            buf = w.get_frame_buffer(size)
+            buf[:8] = i.to_bytes(8, "little")
+            w.commit_frame()
+    w.close()
+
+
+def run_dk(size, n, mode):
+    name = f"dkbench-{os.getpid()}"
+    warm = warm_for(size)
+    with zb.Reader(name, zb.BufferConfig(64, ring_for(size))) as r:
+        go = CTX.Event()
+        p = CTX.Process(target=_dk_writer,
+                        args=(name, size, warm + n, mode, go))
+        p.start()
+        r.is_writer_connected(timeout_ms=5000)
+        dst = bytearray(size)
+        go.set()
+        for _ in range(warm):
+            r.read_frame(timeout=10).dispose()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f = r.read_frame(timeout=10)
+            if mode == "copyout":
+                dst[:] = f.data
+            else:
+                f.data[0]
+            f.dispose()
+        secs = time.perf_counter() - t0
+        p.join(10)
+    return secs
+
+
+# ---- zerobuffer-ipc ----------------------------------------------------------
+
+def _peer_writer(name, size, n, mode, go):
+    import zerobuffer
+    w = zerobuffer.Writer(name)
+    src = os.urandom(size)
+    go.wait()
+    if mode != "zerocopy":
+        for _ in range(n):
+            w.write_frame(src)
+    else:
+        for i in range(n):
+            buf = w.get_frame_buffer(size)
+            buf[:8] = i.to_bytes(8, "little")
+            w.commit_frame()
+    w.close()
+
+
+def run_peer(size, n, mode):
+    import zerobuffer
+    name = f"dkbench-peer-{os.getpid()}"
+    # Frame sizes here never end exactly at the ring end (the peer's
+    # writer fails after an exact fill): 16 + size does not divide it.
+    r = zerobuffer.Reader(name, zerobuffer.BufferConfig(64, ring_for(size)))
+    warm = warm_for(size)
+    try:
+        go = CTX.Event()
+        p = CTX.Process(target=_peer_writer,
+                        args=(name, size, warm + n, mode, go))
+        p.start()
+        r.is_writer_connected(timeout_ms=5000)
+        dst = bytearray(size)
+        go.set()
+        for _ in range(warm):
+            r.read_frame(timeout=10).dispose()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f = r.read_frame(timeout=10)
+            if mode == "copyout":
+                dst[:] = f.data
+            else:
+                f.data[0]
+            f.dispose()
+        secs = time.perf_counter() - t0
+        p.join(10)
+    finally:
+        r.close()
+        unlink_leftovers(name)
+    return secs
+
+
+# ---- multiprocessing.shared_memory + Pipe ------------------------------------
+
+SLOTS = 4
+
+
+def _pipe_writer(shm_name, size, n, mode, data_conn, ack_conn, go):
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(shm_name)
+    buf = shm.buf
+    src = os.urandom(size)
+    go.wait()
+    free = SLOTS
+    for i in range(n):
+        if free == 0:
+            ack_conn.recv_bytes()
+            free += 1
+        slot = i % SLOTS
+        if mode != "zerocopy":
+            buf[slot * size:(slot + 1) * size] = src
+        else:
+            buf[slot * size:slot * size + 8] = i.to_bytes(8, "little")
+        data_conn.send_bytes(slot.to_bytes(4, "little"))
+        free -= 1
+    del buf
+    shm.close()
+
+
+def run_pipe(size, n, mode):
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(create=True, size=SLOTS * size)
+    try:
+        d_r, d_w = CTX.Pipe(duplex=False)
+        a_r, a_w = CTX.Pipe(duplex=False)
+        go = CTX.Event()
+        warm = SLOTS + 2
+        p = CTX.Process(target=_pipe_writer,
+                        args=(shm.name, size, warm + n, mode, d_w, a_r, go))
+        p.start()
+        buf = shm.buf
+        dst = bytearray(size)
+        go.set()
+        for _ in range(warm):
+            d_r.recv_bytes()
+            a_w.send_bytes(b"k")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            slot = int.from_bytes(d_r.recv_bytes(), "little")
+            if mode == "copyout":
+                dst[:] = buf[slot * size:(slot + 1) * size]
+            else:
+                buf[slot * size]
+            a_w.send_bytes(b"k")
+        secs = time.perf_counter() - t0
+        p.join(10)
+        del buf
+    finally:
+        shm.close()
+        shm.unlink()
+    return secs
+
+
+# ---- iceoryx2 ------------------------------------------------------------------
+
+def _ice_service(node, name, size):
+    import ctypes
+    import iceoryx2 as iox2
+    # No loss: the publisher retries until the subscriber has room.
+    return (node.service_builder(iox2.ServiceName.new(name))
+            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+            .enable_safe_overflow(False)
+            .subscriber_max_buffer_size(4)
+            .open_or_create())
+
+
+def _ice_publisher(name, size, n, mode, go):
+    import iceoryx2 as iox2
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    svc = _ice_service(node, name, size)
+    pub = (svc.publisher_builder().initial_max_slice_len(size)
+           .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+           .create())
+    src = os.urandom(size)
+    go.wait()
+    for i in range(n):
+        sample = pub.loan_slice_uninit(size)
+        view = sample.payload().as_memory_view().cast("B")
+        if mode != "zerocopy":
+            view[:] = src
+        else:
+            view[:8] = i.to_bytes(8, "little")
+        sample.assume_init().send()
+
+
+def run_ice(size, n, mode):
+    import iceoryx2 as iox2
+    iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+    name = f"dkbench-ice-{os.getpid()}-{size}-{mode}"
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    svc = _ice_service(node, name, size)
+    sub = svc.subscriber_builder().buffer_size(4).create()
+    go = mp.get_context("spawn").Event()
+    warm = 8
+    p = mp.get_context("spawn").Process(target=_ice_publisher,
+                                        args=(name, size, warm + n, mode, go))
+    p.start()
+    dst = bytearray(size)
+    time.sleep(0.5)  # the publisher opens the service (no connect event)
+    go.set()
+
+    def take():
+        while True:  # iceoryx2's subscriber is polled
+            sample = sub.receive()
+            if sample is not None:
+                return sample
+
+    for _ in range(warm):
+        take().delete()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sample = take()
+        view = sample.payload().as_memory_view().cast("B")
+        if mode == "copyout":
+            dst[:] = view
+        else:
+            view[0]
+        del view
+        sample.delete()
+    secs = time.perf_counter() - t0
+    p.join(10)
+    return secs
+
+
+def _ice_available():
+    try:
+        import iceoryx2  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def memcpy_bw(size):
+    src = bytearray(os.urandom(size))
+    dst = bytearray(size)
+    n = count_for(size, 4e9 / size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        dst[:] = src
+    return n * size / (time.perf_counter() - t0) / 1e9
+
+
+# ---- duplex round trip -----------------------------------------------------
+
+def _echo_server(name, ready, stop, impl):
+    if impl == "dispatchkit":
+        mod = zb
+    else:
+        import zerobuffer as mod
+    server = mod.DuplexChannelFactory.get_instance().create_immutable_server(
+        name, mod.BufferConfig(4096, 1 << 20), timeout=1.0)
+    server.start(lambda frame, writer: writer.write_frame(frame.data))
+    deadline = time.monotonic() + 10
+    while server.request_reader is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    ready.set()
+    stop.wait(60)
+    server.stop()
+
+
+def duplex_rtt(impl, n):
+    name = f"dkbench-dx-{impl[:4]}-{os.getpid()}"
+    ready, stop = CTX.Event(), CTX.Event()
+    p = CTX.Process(target=_echo_server, args=(name, ready, stop, impl))
+    p.start()
+    ready.wait(20)
+    if impl == "dispatchkit":
+        mod = zb
+    else:
+        import zerobuffer as mod
+    client = None
+    for _ in range(500):
+        try:
+            client = mod.DuplexChannelFactory.get_instance().create_client(
+                name)
+            break
+        except Exception:
+            time.sleep(0.01)
+    payload = b"x" * 64
+    lat = []
+    for i in range(n + n // 10):
+        t0 = time.perf_counter()
+        client.send_request(payload)
+        resp = client.receive_response(5000)
+        t1 = time.perf_counter()
+        client.release_response(resp)
+        if i >= n // 10:
+            lat.append((t1 - t0) * 1e6)
+    client.close()
+    stop.set()
+    p.join(10)
+    for suffix in ("_request", "_response"):
+        unlink_leftovers(name + suffix)
+    lat.sort()
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+
+
+def _futex_pong(shm_name, n):
+    from multiprocessing import shared_memory
+    import dispatchkit.sync as sync
+    shm = shared_memory.SharedMemory(shm_name)
+    a, b = sync.Semaphore(shm.buf[0:64]), sync.Semaphore(shm.buf[64:128])
+    for _ in range(n):
+        a.wait()
+        b.post()
+    del a, b
+    shm.close()
+
+
+def futex_pingpong(n):
+    from multiprocessing import shared_memory
+    import dispatchkit.sync as sync
+    shm = shared_memory.SharedMemory(create=True, size=128)
+    try:
+        a = sync.Semaphore(shm.buf[0:64], initial=0)
+        b = sync.Semaphore(shm.buf[64:128], initial=0)
+        p = CTX.Process(target=_futex_pong, args=(shm.name, n + n // 10))
+        p.start()
+        lat = []
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            a.post()
+            b.wait()
+            t1 = time.perf_counter()
+            if i >= n // 10:
+                lat.append((t1 - t0) * 1e6)
+        p.join(10)
+        del a, b
+    finally:
+        shm.close()
+        shm.unlink()
+    lat.sort()
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+
+
+def main():
+    try:
+        import zerobuffer  # noqa: F401
+        have_peer = True
+    except ImportError:
+        have_peer = False
+    # Rough rates used to size each run to about BUDGET seconds.
+    # frames/s by (impl, size, mode): copy, copyout, zerocopy.
+    rates = {
+        "dk": {1 * KiB: (7e5, 5e5, 7e5), 64 * KiB: (3e5, 7e4, 6e5),
+               1 * MiB: (2e4, 5e3, 5e5), 8 * MiB: (600, 250, 8e4)},
+        "peer": {1 * KiB: (7e3, 7e3, 7e3), 64 * KiB: (7e3, 6e3, 7e3),
+                 1 * MiB: (4e3, 3e3, 6e3), 8 * MiB: (500, 250, 5e3)},
+        "pipe": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+                 1 * MiB: (1e4, 4e3, 5e4), 8 * MiB: (500, 200, 5e3)},
+        "ice": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+                1 * MiB: (1.5e4, 4e3, 1e5), 8 * MiB: (600, 250, 1e5)},
+    }
+    modes = ("copy", "copyout", "zerocopy")
+    have_ice = _ice_available()
+    for size, label in SIZES:
+        for m, mode in enumerate(modes):
+            n = count_for(size, rates["dk"][size][m])
+            report(mode, label, "dispatchkit", n, size, run_dk(size, n, mode))
+            if have_peer:
+                n = count_for(size, rates["peer"][size][m])
+                report(mode, label, "zerobuffer-ipc", n, size,
+                       run_peer(size, n, mode))
+            if have_ice:
+                n = count_for(size, rates["ice"][size][m])
+                report(mode, label, "iceoryx2", n, size,
+                       run_ice(size, n, mode))
+            n = count_for(size, rates["pipe"][size][m])
+            report(mode, label, "shared_memory+Pipe", n, size,
+                   run_pipe(size, n, mode))
+        bw = memcpy_bw(size)
+        for mode in ("copy", "copyout"):
+            emit(f"oneway_{mode}_{label}_bw", "memcpy (one process)", bw,
+                 "GB/s")
+    n = max(200, 5000 // SCALE)
+    p50, p99 = duplex_rtt("dispatchkit", n)
+    emit("duplex_rtt_p50", "dispatchkit", p50, "us")
+    emit("duplex_rtt_p99", "dispatchkit", p99, "us")
+    if have_peer:
+        p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
+        emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
+        emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
+    p50, p99 = futex_pingpong(n * 2)
+    emit("duplex_rtt_p50", "futex ping-pong (floor)", p50, "us")
+    emit("duplex_rtt_p99", "futex ping-pong (floor)", p99, "us")
+    if not have_ice:
+        print("# iceoryx2 not installed: skipped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+/*
+ * The operating-system side of ZeroBuffer: POSIX shared memory objects,
+ * POSIX named semaphores, the flock'ed lock file and process liveness.
+ * Names are the peers' (zerobuffer-ipc, its C++ and C# siblings), so that
+ * the objects are the very same kernel objects the peers open:
+ *   shared memory   shm_open("/NAME")            -> /dev/shm/NAME
+ *   semaphores      sem_open("/sem-w-NAME") etc. -> /dev/shm/sem.sem-w-NAME
+ *   lock file       /tmp/zerobuffer/NAME.lock, flock(LOCK_EX | LOCK_NB)
+ * The semaphores are glibc's POSIX named semaphores, the ones posix_ipc
+ * uses. Every function returns 0 or -errno; deadlines are absolute
+ * CLOCK_MONOTONIC nanoseconds (DK_OS_FOREVER for none).
+ */
+#ifndef DK_SRC_OS_LINUX_SHM_H
+#define DK_SRC_OS_LINUX_SHM_H
+
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DK_ZB_LOCK_DIR "/tmp/zerobuffer"
+
+/* Create a new shared memory object "/NAME" of `size` bytes (O_EXCL: an
+ * existing one gives -EEXIST), chmod'ed to `mode` whatever the umask, and
+ * map it. On success *base and *fd are set. */
+int dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
+                   int *fd);
+
+/* Open and map an existing "/NAME" read-write; *size is its size.
+ * -ENOENT if it does not exist, -EINVAL if it is too small to hold
+ * min_size bytes. */
+int dk__shm_open(const char *name, size_t min_size, void **base, size_t *size,
+                 int *fd);
+
+/* Unmap and close what create/open returned (fd may be -1). */
+void dk__shm_close(void *base, size_t size, int fd);
+
+/* shm_unlink("/NAME"); 0 or -ENOENT. */
+int dk__shm_unlink(const char *name);
+
+/* Named semaphore "/PREFIX-NAME": create with value 0 (a leftover of the
+ * same name is unlinked first: a dead Python reader leaves its semaphores
+ * behind), open an existing one, unlink, close. */
+int dk__nsem_create(const char *sem_name, unsigned mode, sem_t **out);
+int dk__nsem_open(const char *sem_name, sem_t **out);
+int dk__nsem_unlink(const char *sem_name);
+void dk__nsem_close(sem_t *sem);
+
+/* Post: 0, or -EOVERFLOW when the count is at SEM_VALUE_MAX. */
+int dk__nsem_post(sem_t *sem);
+/* Take one token without blocking: 0 or -EAGAIN. */
+int dk__nsem_trywait(sem_t *sem);
+/* Take one token, waiting until the deadline: 0, -ETIMEDOUT or -EINTR. */
+int dk__nsem_wait(sem_t *sem, uint64_t deadline);
+/* The current count (>= 0). */
+int dk__nsem_value(sem_t *sem);
+
+/* Take the reader's lock file DK_ZB_LOCK_DIR/NAME.lock (created with
+ * `mode`; the directory is created world-writable and sticky like /tmp).
+ * -EWOULDBLOCK when another live process holds it. On success *fd holds
+ * the lock until dk__lock_release. */
+int dk__lock_acquire(const char *name, unsigned mode, int *fd);
+/* Unlink the lock file and drop the lock. */
+void dk__lock_release(const char *name, int fd);
+
+/* Whether a process id read from shared memory names a live process:
+ * kill(pid, 0) succeeds or fails with EPERM (alive, another user). Values
+ * that are not a valid pid (0, negative as pid_t, > INT32_MAX) are dead;
+ * they are never passed to kill(), where -1 would mean "every process". */
+bool dk__pid_alive(uint64_t pid);
+
+/* getpid(), uncached: a forked child must see its own pid. */
+uint64_t dk__pid_self(void);
+
+#endif /* DK_SRC_OS_LINUX_SHM_H */

@@ -1,0 +1,1417 @@
+/*
+ * Binding of the ZeroBuffer core for dispatchkit.zerobuffer: the types
+ * ZbReader, ZbWriter (subclassed in Python as Reader and Writer), Frame,
+ * and the exporters behind metadata and get_frame_buffer() views.
+ *
+ * Lifetimes: a frame holds its reader; a memoryview holds its exporter.
+ * close() detaches at once (pid cleared, names unlinked) but the mapping
+ * is only unmapped when no view is exported and no thread is inside a
+ * call with the GIL released (`exports` and `busy`, both changed only
+ * with the GIL held). So a view that outlives close() still points at
+ * mapped memory, and a thread waiting in read_frame() is never left on
+ * an unmapped semaphore.
+ *
+ * Waits: try first with the GIL held (no system call when a frame or
+ * space is there), then wait with the GIL released in slices of at most
+ * 100 ms, running PyErr_CheckSignals() between slices, so Ctrl-C works.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include <structmember.h>
+
+#include "dk/time.h"
+#include "dk/zerobuffer.h"
+
+#define SLICE_NS 100000000ull
+/* Copies at least this large run with the GIL released. */
+#define NOGIL_COPY 65536
+
+/* The exception classes, defined in dispatchkit/zerobuffer/exceptions.py
+ * and registered by _zb_set_exceptions() when the package is imported. */
+enum {
+    EXC_BASE,
+    EXC_WRITER_DEAD,
+    EXC_READER_DEAD,
+    EXC_WRITER_CONNECTED,
+    EXC_READER_CONNECTED,
+    EXC_BUFFER_FULL,
+    EXC_TOO_LARGE,
+    EXC_INVALID_SIZE,
+    EXC_SEQUENCE,
+    EXC_METADATA_WRITTEN,
+    EXC_NAME,
+    EXC_COUNT
+};
+
+static const char *const exc_names[EXC_COUNT] = {
+    "ZeroBufferException",
+    "WriterDeadException",
+    "ReaderDeadException",
+    "WriterAlreadyConnectedException",
+    "ReaderAlreadyConnectedException",
+    "BufferFullException",
+    "FrameTooLargeException",
+    "InvalidFrameSizeException",
+    "SequenceError",
+    "MetadataAlreadyWrittenException",
+    "InvalidBufferNameException",
+};
+
+static PyObject *exc_types[EXC_COUNT];
+
+/* Raise exception `which`, with a message or its default one. */
+static PyObject *
+zb_raise(int which, const char *msg)
+{
+    PyObject *t = exc_types[which] ? exc_types[which] : PyExc_RuntimeError;
+    if (msg == NULL) {
+        PyErr_SetNone(t);
+    } else {
+        PyErr_SetString(t, msg);
+    }
+    return NULL;
+}
+
+static PyObject *
+zb_raise_sequence(uint64_t expected, uint64_t got)
+{
+    PyObject *t = exc_types[EXC_SEQUENCE];
+    if (t == NULL) {
+        return zb_raise(EXC_BASE, "sequence error");
+    }
+    PyObject *e = PyObject_CallFunction(t, "KK", (unsigned long long)expected,
+                                        (unsigned long long)got);
+    if (e != NULL) {
+        PyErr_SetObject(t, e);
+        Py_DECREF(e);
+    }
+    return NULL;
+}
+
+static PyObject *
+zb_raise_name(PyObject *name, int rc)
+{
+    PyErr_Format(exc_types[EXC_NAME] ? exc_types[EXC_NAME] : PyExc_ValueError,
+                 "invalid buffer name %R: %s", name,
+                 rc == -ENAMETOOLONG
+                     ? "longer than 240 bytes"
+                     : "must be non-empty, without '/', '..', spaces or "
+                       "control characters");
+    return NULL;
+}
+
+static PyObject *
+zb_set_exceptions(PyObject *mod, PyObject *src)
+{
+    (void)mod;
+    for (int i = 0; i < EXC_COUNT; i++) {
+        PyObject *t = PyObject_GetAttrString(src, exc_names[i]);
+        if (t == NULL) {
+            return NULL;
+        }
+        if (!PyType_Check(t) ||
+            !PyType_IsSubtype((PyTypeObject *)t,
+                              (PyTypeObject *)PyExc_Exception)) {
+            Py_DECREF(t);
+            PyErr_Format(PyExc_TypeError, "%s is not an exception class",
+                         exc_names[i]);
+            return NULL;
+        }
+        Py_XSETREF(exc_types[i], t);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Deadline from a timeout in seconds (None: forever). */
+static int
+deadline_from(PyObject *timeout, uint64_t *out)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        *out = DK_ZB_FOREVER;
+        return 0;
+    }
+    double s = PyFloat_AsDouble(timeout);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(s)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+        return -1;
+    }
+    if (s <= 0) {
+        *out = 0;
+    } else if (s > 1e9) {
+        *out = DK_ZB_FOREVER;
+    } else {
+        *out = dk_now() + (uint64_t)(s * 1e9);
+    }
+    return 0;
+}
+
+static uint64_t
+slice_end(uint64_t deadline)
+{
+    uint64_t now = dk_now();
+    if (deadline == DK_ZB_FOREVER || deadline - now > SLICE_NS ||
+        deadline < now) {
+        return deadline <= now ? now : now + SLICE_NS;
+    }
+    return deadline;
+}
+
+/* ---- Reader ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    dk_zb_reader_t *core;
+    PyObject *name;
+    Py_ssize_t exports; /* live buffer exports of frames and metadata */
+    Py_ssize_t busy;    /* calls running with the GIL released */
+    bool closed;
+    PyObject *weakrefs;
+    PyObject *dict;
+} ReaderObject;
+
+typedef struct {
+    PyObject_HEAD
+    ReaderObject *reader;
+    dk_zb_frame_t frame;
+    bool released;
+} FrameObject;
+
+/* An exporter of read-only or writable bytes inside a segment. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* ReaderObject or WriterObject */
+    void *buf;
+    Py_ssize_t len;
+    bool writable;
+} RegionObject;
+
+static PyTypeObject *Reader_type;
+static PyTypeObject *Frame_type;
+static PyTypeObject *Region_type;
+
+static void
+reader_maybe_destroy(ReaderObject *self)
+{
+    if (self->closed && self->exports == 0 && self->busy == 0 &&
+        self->core != NULL) {
+        dk_zb_reader_destroy(self->core);
+        self->core = NULL;
+    }
+}
+
+static PyObject *
+Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", "config", "mode", NULL};
+    PyObject *name, *config = Py_None;
+    unsigned int mode = DK_ZB_MODE_PRIVATE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|OI:Reader", kwlist,
+                                     &name, &config, &mode)) {
+        return NULL;
+    }
+    unsigned long long msize = 1024, psize = 1024ull * 1024;
+    if (config != Py_None) {
+        PyObject *m = PyObject_GetAttrString(config, "metadata_size");
+        PyObject *p =
+            m ? PyObject_GetAttrString(config, "payload_size") : NULL;
+        if (p == NULL) {
+            Py_XDECREF(m);
+            return NULL;
+        }
+        long long mv = PyLong_AsLongLong(m), pv = PyLong_AsLongLong(p);
+        Py_DECREF(m);
+        Py_DECREF(p);
+        if ((mv == -1 || pv == -1) && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (mv < 0 || pv <= 0 || (unsigned long long)mv > DK_ZB_SIZE_MAX ||
+            (unsigned long long)pv > DK_ZB_SIZE_MAX) {
+            PyErr_Format(PyExc_ValueError,
+                         "need 0 <= metadata_size and 0 < payload_size, "
+                         "both <= %llu",
+                         (unsigned long long)DK_ZB_SIZE_MAX);
+            return NULL;
+        }
+        msize = (unsigned long long)mv;
+        psize = (unsigned long long)pv;
+    }
+    if (mode > 0777) {
+        PyErr_SetString(PyExc_ValueError, "mode must be within 0o777");
+        return NULL;
+    }
+    const char *cname = PyUnicode_AsUTF8(name);
+    if (cname == NULL) {
+        return NULL;
+    }
+    int rc = dk_zb_name_check(cname);
+    if (rc < 0) {
+        return zb_raise_name(name, rc);
+    }
+    ReaderObject *self = (ReaderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->name = Py_NewRef(name);
+    Py_BEGIN_ALLOW_THREADS
+    rc = dk_zb_reader_create(cname, msize, psize, mode, &self->core);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        self->closed = true;
+        Py_DECREF(self);
+        if (rc == -EEXIST) {
+            return zb_raise(EXC_READER_CONNECTED, NULL);
+        }
+        if (rc == -EINVAL) {
+            PyErr_SetString(PyExc_ValueError, "invalid buffer sizes");
+            return NULL;
+        }
+        return dkpy_raise_errno(rc);
+    }
+    return (PyObject *)self;
+}
+
+static int
+Reader_traverse(ReaderObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+Reader_clear(ReaderObject *self)
+{
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+Reader_dealloc(ReaderObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->core != NULL) {
+        dk_zb_reader_destroy(self->core);
+        self->core = NULL;
+    }
+    Py_CLEAR(self->name);
+    Reader_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+reader_check_open(ReaderObject *self)
+{
+    if (self->closed || self->core == NULL) {
+        zb_raise(EXC_BASE, "Reader is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+reader_error(ReaderObject *self, int rc)
+{
+    const dk_zb_error_t *err =
+        self->core ? dk_zb_reader_error(self->core) : NULL;
+    switch (rc) {
+    case -EPIPE:
+        return zb_raise(EXC_WRITER_DEAD, NULL);
+    case -EILSEQ:
+        return zb_raise_sequence(err->expected, err->got);
+    case -EPROTO:
+        return zb_raise(EXC_BASE, err->message);
+    case -EBADF:
+        return zb_raise(EXC_BASE, "Reader is closed");
+    default:
+        return dkpy_raise_errno(rc);
+    }
+}
+
+static PyObject *
+make_frame(ReaderObject *self, const dk_zb_frame_t *f)
+{
+    FrameObject *fo = PyObject_New(FrameObject, Frame_type);
+    if (fo == NULL) {
+        dk_zb_reader_release(self->core, f);
+        return NULL;
+    }
+    fo->reader = (ReaderObject *)Py_NewRef(self);
+    fo->frame = *f;
+    fo->released = false;
+    return (PyObject *)fo;
+}
+
+static PyObject *
+Reader_read_frame(ReaderObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:read_frame", kwlist,
+                                     &timeout)) {
+        return NULL;
+    }
+    if (reader_check_open(self) < 0) {
+        return NULL;
+    }
+    uint64_t deadline = 0;
+    if (timeout == NULL) {
+        deadline = dk_now() + 5000000000ull;
+    } else if (deadline_from(timeout, &deadline) < 0) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = dk_zb_reader_try_read(self->core, &f);
+    while (rc == -EAGAIN) {
+        uint64_t end = slice_end(deadline);
+        dk_zb_reader_t *core = self->core;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_zb_reader_read(core, end, &f);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (rc == -ETIMEDOUT || rc == -EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                reader_maybe_destroy(self);
+                return NULL;
+            }
+            if (self->closed) {
+                rc = -EBADF;
+                break;
+            }
+            if (rc == -ETIMEDOUT && dk_now() >= deadline) {
+                break;
+            }
+            rc = -EAGAIN;
+        }
+    }
+    if (rc == 0 && self->closed) {
+        rc = -EBADF;
+    }
+    if (rc == 0) {
+        return make_frame(self, &f);
+    }
+    if (rc == -ETIMEDOUT) {
+        Py_RETURN_NONE;
+    }
+    PyObject *res = reader_error(self, rc);
+    reader_maybe_destroy(self);
+    return res;
+}
+
+static PyObject *
+Reader_release_frame(ReaderObject *self, PyObject *frame)
+{
+    if (!PyObject_TypeCheck(frame, Frame_type)) {
+        /* Duck-typed frames (a DuplexResponse's, say) have dispose(). */
+        return PyObject_CallMethod(frame, "dispose", NULL);
+    }
+    FrameObject *fo = (FrameObject *)frame;
+    if (fo->reader != self) {
+        PyErr_SetString(PyExc_ValueError, "frame belongs to another reader");
+        return NULL;
+    }
+    if (!fo->released) {
+        fo->released = true;
+        if (self->core != NULL) {
+            dk_zb_reader_release(self->core, &fo->frame);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
+{
+    RegionObject *r = PyObject_New(RegionObject, Region_type);
+    if (r == NULL) {
+        return NULL;
+    }
+    r->owner = Py_NewRef(owner);
+    r->buf = buf;
+    r->len = len;
+    r->writable = writable;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)r);
+    Py_DECREF(r);
+    return mv;
+}
+
+static PyObject *
+Reader_get_metadata(ReaderObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (reader_check_open(self) < 0) {
+        return NULL;
+    }
+    const void *data;
+    uint64_t size;
+    int rc = dk_zb_reader_metadata(self->core, &data, &size);
+    if (rc == -ENODATA) {
+        Py_RETURN_NONE;
+    }
+    if (rc < 0) {
+        return reader_error(self, rc);
+    }
+    return make_region((PyObject *)self, (void *)data, (Py_ssize_t)size,
+                       false);
+}
+
+static PyObject *
+Reader_writer_alive(ReaderObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->closed || self->core == NULL) {
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(dk_zb_reader_writer_connected(self->core));
+}
+
+static PyObject *
+Reader_close(ReaderObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->closed) {
+        self->closed = true;
+        if (self->core != NULL) {
+            dk_zb_reader_close(self->core);
+        }
+        reader_maybe_destroy(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Reader_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(self);
+}
+
+static PyObject *
+Reader_exit(ReaderObject *self, PyObject *args)
+{
+    (void)args;
+    return Reader_close(self, NULL);
+}
+
+static PyObject *
+Reader_get_name(ReaderObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->name);
+}
+
+static PyObject *
+Reader_get_frames(ReaderObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_reader_frames(self->core) : 0);
+}
+
+static PyObject *
+Reader_get_bytes(ReaderObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_reader_bytes(self->core) : 0);
+}
+
+static PyObject *
+Reader_get_closed(ReaderObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"read_frame", (PyCFunction)(void (*)(void))Reader_read_frame,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_frame(timeout=5.0) -> Frame | None\n\nWait for the next frame "
+     "(timeout in seconds, None = forever). None on timeout."},
+    {"release_frame", (PyCFunction)Reader_release_frame, METH_O,
+     "release_frame(frame)\n\nGive the frame's space back to the writer."},
+    {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
+     "get_metadata() -> memoryview | None\n\nThe writer's metadata, "
+     "zero-copy."},
+    {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS, NULL},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS,
+     "close()\n\nRemove the buffer. Views still alive stay readable."},
+    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Reader_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"name", (getter)Reader_get_name, NULL, "the buffer's name", NULL},
+    {"frames_read", (getter)Reader_get_frames, NULL, "frames read", NULL},
+    {"bytes_read", (getter)Reader_get_bytes, NULL, "payload bytes read", NULL},
+    {"closed", (getter)Reader_get_closed, NULL, "whether closed", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Reader_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ReaderObject, weakrefs),
+     READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(ReaderObject, dict), READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Reader_slots[] = {
+    {Py_tp_new, Reader_new},
+    {Py_tp_dealloc, Reader_dealloc},
+    {Py_tp_traverse, Reader_traverse},
+    {Py_tp_clear, Reader_clear},
+    {Py_tp_methods, Reader_methods},
+    {Py_tp_getset, Reader_getset},
+    {Py_tp_members, Reader_members},
+    {Py_tp_doc, "ZbReader(name, config=None, mode=0o600)\n\nCreates the "
+                "buffer NAME and reads frames from it."},
+    {0, NULL},
+};
+
+/* ---- Frame ------------------------------------------------------------ */
+
+static void
+frame_release(FrameObject *self)
+{
+    if (!self->released) {
+        self->released = true;
+        if (self->reader->core != NULL) {
+            dk_zb_reader_release(self->reader->core, &self->frame);
+        }
+    }
+}
+
+static void
+Frame_dealloc(FrameObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    frame_release(self);
+    Py_CLEAR(self->reader);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static int
+frame_usable(FrameObject *self)
+{
+    if (self->released) {
+        PyErr_SetString(PyExc_ValueError, "the frame has been released");
+        return -1;
+    }
+    if (self->reader->closed || self->reader->core == NULL) {
+        zb_raise(EXC_BASE, "Reader is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+Frame_getbuffer(FrameObject *self, Py_buffer *view, int flags)
+{
+    if (frame_usable(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->frame.data,
+                          (Py_ssize_t)self->frame.size, 1, flags) < 0) {
+        return -1;
+    }
+    self->reader->exports++;
+    return 0;
+}
+
+static void
+Frame_releasebuffer(FrameObject *self, Py_buffer *view)
+{
+    (void)view;
+    self->reader->exports--;
+    reader_maybe_destroy(self->reader);
+}
+
+static PyObject *
+Frame_get_data(FrameObject *self, void *c)
+{
+    (void)c;
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static PyObject *
+Frame_get_size(FrameObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->frame.size);
+}
+
+static PyObject *
+Frame_get_sequence(FrameObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->frame.sequence);
+}
+
+static PyObject *
+Frame_get_valid(FrameObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(!self->released && !self->reader->closed &&
+                           self->frame.size > 0);
+}
+
+static Py_ssize_t
+Frame_len(FrameObject *self)
+{
+    return (Py_ssize_t)self->frame.size;
+}
+
+static PyObject *
+Frame_bytes(FrameObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (frame_usable(self) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = (Py_ssize_t)self->frame.size;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, n);
+    if (b == NULL) {
+        return NULL;
+    }
+    char *dst = PyBytes_AS_STRING(b);
+    ReaderObject *r = self->reader;
+    if (n >= NOGIL_COPY) {
+        r->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, self->frame.data, (size_t)n);
+        Py_END_ALLOW_THREADS
+        r->busy--;
+        reader_maybe_destroy(r);
+    } else {
+        memcpy(dst, self->frame.data, (size_t)n);
+    }
+    return b;
+}
+
+static PyObject *
+Frame_dispose(FrameObject *self, PyObject *unused)
+{
+    (void)unused;
+    frame_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Frame_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(self);
+}
+
+static PyObject *
+Frame_exit(FrameObject *self, PyObject *args)
+{
+    (void)args;
+    frame_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Frame_repr(FrameObject *self)
+{
+    return PyUnicode_FromFormat("Frame(sequence=%llu, size=%llu%s)",
+                                (unsigned long long)self->frame.sequence,
+                                (unsigned long long)self->frame.size,
+                                self->released ? ", released" : "");
+}
+
+static PyMethodDef Frame_methods[] = {
+    {"dispose", (PyCFunction)Frame_dispose, METH_NOARGS,
+     "dispose()\n\nRelease the frame's space to the writer (idempotent)."},
+    {"__bytes__", (PyCFunction)Frame_bytes, METH_NOARGS,
+     "A copy of the frame's data."},
+    {"__enter__", (PyCFunction)Frame_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Frame_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Frame_getset[] = {
+    {"data", (getter)Frame_get_data, NULL,
+     "read-only memoryview of the frame in shared memory (zero-copy)", NULL},
+    {"size", (getter)Frame_get_size, NULL, "payload bytes", NULL},
+    {"sequence", (getter)Frame_get_sequence, NULL, "sequence number", NULL},
+    {"is_valid", (getter)Frame_get_valid, NULL,
+     "True until the frame is released", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Frame_slots[] = {
+    {Py_tp_dealloc, Frame_dealloc},
+    {Py_tp_methods, Frame_methods},
+    {Py_tp_getset, Frame_getset},
+    {Py_tp_repr, Frame_repr},
+    {Py_sq_length, Frame_len},
+    {Py_bf_getbuffer, Frame_getbuffer},
+    {Py_bf_releasebuffer, Frame_releasebuffer},
+    {Py_tp_doc, "A frame read from a buffer: a zero-copy view of shared "
+                "memory, released by dispose(), a with block, "
+                "Reader.release_frame() or garbage collection."},
+    {0, NULL},
+};
+
+/* ---- Writer ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    dk_zb_writer_t *core;
+    PyObject *name;
+    PyThread_type_lock lock; /* one writing thread at a time */
+    double write_timeout;    /* seconds */
+    PyObject *pending_view;  /* the memoryview of get_frame_buffer() */
+    Py_ssize_t exports;
+    Py_ssize_t busy;
+    bool closed;
+    PyObject *weakrefs;
+    PyObject *dict;
+} WriterObject;
+
+static void
+writer_maybe_destroy(WriterObject *self)
+{
+    if (self->closed && self->exports == 0 && self->busy == 0 &&
+        self->core != NULL) {
+        dk_zb_writer_destroy(self->core);
+        self->core = NULL;
+    }
+}
+
+static PyObject *
+Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", NULL};
+    PyObject *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U:Writer", kwlist,
+                                     &name)) {
+        return NULL;
+    }
+    const char *cname = PyUnicode_AsUTF8(name);
+    if (cname == NULL) {
+        return NULL;
+    }
+    int rc = dk_zb_name_check(cname);
+    if (rc < 0) {
+        return zb_raise_name(name, rc);
+    }
+    WriterObject *self = (WriterObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->name = Py_NewRef(name);
+    self->write_timeout = 5.0;
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        self->closed = true;
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    dk_zb_error_t err = {0};
+    Py_BEGIN_ALLOW_THREADS
+    rc = dk_zb_writer_open(cname, &self->core, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        self->closed = true;
+        Py_DECREF(self);
+        switch (rc) {
+        case -ENOENT:
+            PyErr_Format(exc_types[EXC_BASE],
+                         "No shared memory found for buffer '%s' - reader "
+                         "must be created first",
+                         cname);
+            return NULL;
+        case -EPROTO:
+            return zb_raise(EXC_BASE, err.message);
+        case -ENOTCONN:
+            PyErr_Format(exc_types[EXC_BASE],
+                         "No active reader found for buffer '%s'", cname);
+            return NULL;
+        case -EBUSY:
+            return zb_raise(EXC_WRITER_CONNECTED, NULL);
+        default:
+            return dkpy_raise_errno(rc);
+        }
+    }
+    return (PyObject *)self;
+}
+
+static int
+Writer_traverse(WriterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    Py_VISIT(self->pending_view);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+Writer_clear(WriterObject *self)
+{
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->pending_view);
+    return 0;
+}
+
+static void
+Writer_dealloc(WriterObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Writer_clear(self);
+    if (self->core != NULL) {
+        dk_zb_writer_destroy(self->core);
+        self->core = NULL;
+    }
+    if (self->lock != NULL) {
+        PyThread_free_lock(self->lock);
+    }
+    Py_CLEAR(self->name);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* Take the writer's lock: at once if free, else with the GIL released,
+ * in slices so that Ctrl-C is seen. */
+static int
+writer_lock(WriterObject *self)
+{
+    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        return 0;
+    }
+    for (;;) {
+        PyLockStatus st;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        st = PyThread_acquire_lock_timed(self->lock, 100000, 0);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (st == PY_LOCK_ACQUIRED) {
+            return 0;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static void
+writer_unlock(WriterObject *self)
+{
+    PyThread_release_lock(self->lock);
+    writer_maybe_destroy(self);
+}
+
+static PyObject *
+writer_error(WriterObject *self, int rc)
+{
+    switch (rc) {
+    case -EINVAL:
+        return zb_raise(EXC_INVALID_SIZE, NULL);
+    case -EMSGSIZE:
+        return zb_raise(EXC_TOO_LARGE, NULL);
+    case -EPIPE:
+        return zb_raise(EXC_READER_DEAD, NULL);
+    case -ETIMEDOUT:
+        return zb_raise(EXC_BUFFER_FULL, NULL);
+    case -EBUSY:
+        return zb_raise(EXC_BASE, "a frame from get_frame_buffer() is "
+                                  "waiting for commit_frame()");
+    case -EPROTO:
+        return zb_raise(EXC_BASE, self->core
+                                      ? dk_zb_writer_error(self->core)->message
+                                      : "corrupted segment");
+    case -EBADF:
+        return zb_raise(EXC_BASE, "Writer is closed");
+    default:
+        return dkpy_raise_errno(rc);
+    }
+}
+
+/* Reserve a frame, waiting for space as write_timeout allows. Lock held. */
+static int
+writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
+{
+    if (self->closed || self->core == NULL) {
+        return -EBADF;
+    }
+    int rc = dk_zb_writer_acquire(self->core, size, 0, buf, seq);
+    if (rc != -ETIMEDOUT) {
+        return rc;
+    }
+    uint64_t deadline = dk_now() + (uint64_t)(self->write_timeout * 1e9);
+    do {
+        uint64_t end = slice_end(deadline);
+        dk_zb_writer_t *core = self->core;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_zb_writer_acquire(core, size, end, buf, seq);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (rc == -ETIMEDOUT || rc == -EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                return -EINTR; /* exception set */
+            }
+            if (self->closed) {
+                return -EBADF;
+            }
+        }
+    } while ((rc == -ETIMEDOUT && dk_now() < deadline) || rc == -EINTR);
+    return rc;
+}
+
+static PyObject *
+Writer_write_frame(WriterObject *self, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (writer_lock(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    void *buf;
+    uint64_t seq;
+    int rc = writer_acquire(self, (uint64_t)view.len, &buf, &seq);
+    if (rc == 0) {
+        if (view.len >= NOGIL_COPY) {
+            self->busy++;
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(buf, view.buf, (size_t)view.len);
+            Py_END_ALLOW_THREADS
+            self->busy--;
+        } else {
+            memcpy(buf, view.buf, (size_t)view.len);
+        }
+        rc = dk_zb_writer_commit(self->core);
+        if (rc < 0) {
+            rc = -EBADF; /* closed by another thread during the copy */
+        }
+    }
+    PyBuffer_Release(&view);
+    PyObject *res;
+    if (rc == 0) {
+        res = PyLong_FromUnsignedLongLong(seq);
+    } else if (rc == -EINTR && PyErr_Occurred()) {
+        res = NULL;
+    } else {
+        res = writer_error(self, rc);
+    }
+    writer_unlock(self);
+    return res;
+}
+
+static PyObject *
+writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
+{
+    Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size <= 0) {
+        return zb_raise(EXC_INVALID_SIZE, NULL);
+    }
+    if (writer_lock(self) < 0) {
+        return NULL;
+    }
+    void *buf;
+    uint64_t seq;
+    PyObject *res = NULL;
+    int rc = writer_acquire(self, (uint64_t)size, &buf, &seq);
+    if (rc == 0) {
+        PyObject *mv = make_region((PyObject *)self, buf, size, true);
+        if (mv == NULL) {
+            dk_zb_writer_cancel(self->core);
+        } else {
+            Py_XSETREF(self->pending_view, Py_NewRef(mv));
+            res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq, mv)
+                           : mv;
+        }
+    } else if (!(rc == -EINTR && PyErr_Occurred())) {
+        writer_error(self, rc);
+    }
+    writer_unlock(self);
+    return res;
+}
+
+static PyObject *
+Writer_acquire(WriterObject *self, PyObject *arg)
+{
+    return writer_acquire_view(self, arg, true);
+}
+
+static PyObject *
+Writer_get_frame_buffer(WriterObject *self, PyObject *arg)
+{
+    return writer_acquire_view(self, arg, false);
+}
+
+/* Revoke the view handed out by get_frame_buffer(), if nothing derived
+ * from it still holds it (then it stays: the memory is still mapped). */
+static void
+drop_pending_view(WriterObject *self)
+{
+    PyObject *mv = self->pending_view;
+    self->pending_view = NULL;
+    if (mv != NULL && Py_REFCNT(mv) > 1) {
+        /* Someone else holds it: revoke it, so writing through it after
+         * commit fails instead of changing a published frame. */
+        static PyObject *release_str;
+        if (release_str == NULL) {
+            release_str = PyUnicode_InternFromString("release");
+        }
+        PyObject *r =
+            release_str ? PyObject_CallMethodNoArgs(mv, release_str) : NULL;
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(mv);
+}
+
+static PyObject *
+Writer_commit_frame(WriterObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (writer_lock(self) < 0) {
+        return NULL;
+    }
+    int rc =
+        self->core && !self->closed ? dk_zb_writer_commit(self->core) : -EBADF;
+    drop_pending_view(self);
+    PyObject *res;
+    if (rc == 0) {
+        res = Py_NewRef(Py_None);
+    } else if (rc == -EINVAL) {
+        res = zb_raise(EXC_BASE, "No pending frame to commit");
+    } else {
+        res = writer_error(self, rc);
+    }
+    writer_unlock(self);
+    return res;
+}
+
+static PyObject *
+Writer_set_metadata(WriterObject *self, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (writer_lock(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int rc = self->core && !self->closed
+                 ? dk_zb_writer_set_metadata(self->core, view.buf,
+                                             (uint64_t)view.len)
+                 : -EBADF;
+    PyBuffer_Release(&view);
+    PyObject *res = NULL;
+    switch (rc) {
+    case 0:
+        res = Py_NewRef(Py_None);
+        break;
+    case -EALREADY:
+        zb_raise(EXC_METADATA_WRITTEN, NULL);
+        break;
+    case -ENOSPC:
+        zb_raise(EXC_BASE, "Metadata too large for buffer");
+        break;
+    case -EINVAL:
+        zb_raise(EXC_BASE, "Metadata must not be empty (readers cannot "
+                           "tell it from no metadata)");
+        break;
+    default:
+        writer_error(self, rc);
+    }
+    writer_unlock(self);
+    return res;
+}
+
+static PyObject *
+Writer_reader_connected(WriterObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->closed || self->core == NULL) {
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(dk_zb_writer_reader_connected(self->core));
+}
+
+static PyObject *
+Writer_close(WriterObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->closed) {
+        self->closed = true;
+        if (self->core != NULL) {
+            dk_zb_writer_close(self->core);
+        }
+        drop_pending_view(self);
+        writer_maybe_destroy(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Writer_exit(WriterObject *self, PyObject *args)
+{
+    (void)args;
+    return Writer_close(self, NULL);
+}
+
+static PyObject *
+Writer_get_name(WriterObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->name);
+}
+
+static PyObject *
+Writer_get_frames(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_writer_frames(self->core) : 0);
+}
+
+static PyObject *
+Writer_get_bytes(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_writer_bytes(self->core) : 0);
+}
+
+static PyObject *
+Writer_get_next_seq(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_writer_next_sequence(self->core) : 0);
+}
+
+static PyObject *
+Writer_get_max_frame(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(
+        self->core ? dk_zb_writer_max_frame(self->core) : 0);
+}
+
+static PyObject *
+Writer_get_timeout(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyFloat_FromDouble(self->write_timeout);
+}
+
+static int
+Writer_set_timeout(WriterObject *self, PyObject *v, void *c)
+{
+    (void)c;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete");
+        return -1;
+    }
+    double s = PyFloat_AsDouble(v);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(s > 0) || s > 1e9) {
+        PyErr_SetString(PyExc_ValueError, "Write timeout must be positive");
+        return -1;
+    }
+    self->write_timeout = s;
+    return 0;
+}
+
+static PyObject *
+Writer_get_closed(WriterObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"write_frame", (PyCFunction)Writer_write_frame, METH_O,
+     "write_frame(data) -> int\n\nCopy one frame into the buffer; returns "
+     "its sequence number."},
+    {"_acquire", (PyCFunction)Writer_acquire, METH_O,
+     "_acquire(size) -> (sequence, memoryview)"},
+    {"get_frame_buffer", (PyCFunction)Writer_get_frame_buffer, METH_O,
+     "get_frame_buffer(size) -> memoryview\n\nA writable view of SIZE "
+     "bytes in shared memory for the next frame; fill it, then call "
+     "commit_frame()."},
+    {"commit_frame", (PyCFunction)Writer_commit_frame, METH_NOARGS,
+     "commit_frame()\n\nPublish the frame from get_frame_buffer(); the "
+     "view handed out is released."},
+    {"set_metadata", (PyCFunction)Writer_set_metadata, METH_O,
+     "set_metadata(data)\n\nStore the metadata (once)."},
+    {"is_reader_connected", (PyCFunction)Writer_reader_connected, METH_NOARGS,
+     "Whether the reader's process is alive and attached."},
+    {"close", (PyCFunction)Writer_close, METH_NOARGS, "Disconnect."},
+    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Writer_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Writer_getset[] = {
+    {"name", (getter)Writer_get_name, NULL, "the buffer's name", NULL},
+    {"frames_written", (getter)Writer_get_frames, NULL, "frames written",
+     NULL},
+    {"bytes_written", (getter)Writer_get_bytes, NULL, "payload bytes written",
+     NULL},
+    {"_next_sequence", (getter)Writer_get_next_seq, NULL, NULL, NULL},
+    {"max_frame_size", (getter)Writer_get_max_frame, NULL,
+     "largest frame this buffer takes", NULL},
+    {"_write_timeout_s", (getter)Writer_get_timeout,
+     (setter)Writer_set_timeout, NULL, NULL},
+    {"closed", (getter)Writer_get_closed, NULL, "whether closed", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Writer_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(WriterObject, weakrefs),
+     READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(WriterObject, dict), READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Writer_slots[] = {
+    {Py_tp_new, Writer_new},
+    {Py_tp_dealloc, Writer_dealloc},
+    {Py_tp_traverse, Writer_traverse},
+    {Py_tp_clear, Writer_clear},
+    {Py_tp_methods, Writer_methods},
+    {Py_tp_getset, Writer_getset},
+    {Py_tp_members, Writer_members},
+    {Py_tp_doc, "ZbWriter(name)\n\nConnects to the buffer NAME and writes "
+                "frames into it."},
+    {0, NULL},
+};
+
+/* ---- Region (metadata and get_frame_buffer views) --------------------- */
+
+static Py_ssize_t *
+owner_exports(PyObject *owner, bool *reader)
+{
+    *reader = PyObject_TypeCheck(owner, Reader_type);
+    return *reader ? &((ReaderObject *)owner)->exports
+                   : &((WriterObject *)owner)->exports;
+}
+
+static int
+Region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
+{
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->len,
+                          !self->writable, flags) < 0) {
+        return -1;
+    }
+    bool reader;
+    (*owner_exports(self->owner, &reader))++;
+    return 0;
+}
+
+static void
+Region_releasebuffer(RegionObject *self, Py_buffer *view)
+{
+    (void)view;
+    bool reader;
+    (*owner_exports(self->owner, &reader))--;
+    if (reader) {
+        reader_maybe_destroy((ReaderObject *)self->owner);
+    } else {
+        writer_maybe_destroy((WriterObject *)self->owner);
+    }
+}
+
+static void
+Region_dealloc(RegionObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(self->owner);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Region_slots[] = {
+    {Py_tp_dealloc, Region_dealloc},
+    {Py_bf_getbuffer, Region_getbuffer},
+    {Py_bf_releasebuffer, Region_releasebuffer},
+    {0, NULL},
+};
+
+/* ---- module ----------------------------------------------------------- */
+
+static PyType_Spec Reader_spec = {
+    "dispatchkit.zerobuffer.ZbReader", sizeof(ReaderObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    Reader_slots};
+static PyType_Spec Writer_spec = {
+    "dispatchkit.zerobuffer.ZbWriter", sizeof(WriterObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    Writer_slots};
+static PyType_Spec Frame_spec = {"dispatchkit.zerobuffer.Frame",
+                                 sizeof(FrameObject), 0, Py_TPFLAGS_DEFAULT,
+                                 Frame_slots};
+static PyType_Spec Region_spec = {"dispatchkit.zerobuffer._Region",
+                                  sizeof(RegionObject), 0, Py_TPFLAGS_DEFAULT,
+                                  Region_slots};
+
+static PyMethodDef zb_functions[] = {
+    {"_zb_set_exceptions", zb_set_exceptions, METH_O,
+     "Register dispatchkit.zerobuffer's exception classes."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+dkpy_zerobuffer_exec(PyObject *m)
+{
+    Reader_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Reader_spec, NULL);
+    PyObject *w = PyType_FromModuleAndSpec(m, &Writer_spec, NULL);
+    Frame_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Frame_spec, NULL);
+    Region_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Region_spec, NULL);
+    if (Reader_type == NULL || w == NULL || Frame_type == NULL ||
+        Region_type == NULL) {
+        Py_XDECREF(w);
+        return -1;
+    }
+    if (PyModule_AddObjectRef(m, "ZbReader", (PyObject *)Reader_type) < 0 ||
+        PyModule_AddObjectRef(m, "ZbWriter", w) < 0 ||
+        PyModule_AddObjectRef(m, "ZbFrame", (PyObject *)Frame_type) < 0 ||
+        PyModule_AddFunctions(m, zb_functions) < 0) {
+        Py_DECREF(w);
+        return -1;
+    }
+    Py_DECREF(w);
+    return 0;
+}

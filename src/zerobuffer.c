@@ -1,0 +1,1150 @@
+/*
+ * ZeroBuffer reader and writer: the ring protocol of zerobuffer-ipc on a
+ * shared segment, with the peers' known defects fixed in ways the peers
+ * still understand (see include/dk/zerobuffer.h and docs/zerobuffer.md).
+ *
+ * The protocol between the two processes, and the race each step avoids:
+ *
+ *   WRITER                                   READER
+ *   free = payload_free_bytes (A')           sem_wait(sem-w)          (B)
+ *   if free < needed: sem_wait(sem-r)        load written_count (acquire)
+ *   copy header + data to ring[wpos]         parse ring[read_pos]
+ *   payload_free_bytes -= total (atomic)     ... user reads the data ...
+ *   written_count = n (release); post  (B)   payload_free_bytes += total
+ *                                              (atomic, release)     (A)
+ *                                            sem_post(sem-r)
+ *
+ * (B): the semaphore post/wait pair orders the frame's bytes before the
+ * reader's parse; without it the reader could see the token before the
+ * header. (A)/(A'): the reader's release-add orders its last read of the
+ * frame before the writer's acquire-load that lets it reuse the space;
+ * without it the writer could overwrite bytes still being read.
+ * payload_free_bytes is the only word both sides modify: a plain "+=" on
+ * either side would lose the other's update (the peers' f380ab6 bug), so
+ * it is only ever changed with an atomic add or sub.
+ *
+ * Space accounting: the writer may reuse [write_pos, write_pos + n) only
+ * if the free count covers it, which is right only while the occupied
+ * space is one arc ending at write_pos. So the reader credits space in
+ * ring order (a queue of pending releases), also for wrap tails, even
+ * when frames are released out of order. Every position and size read
+ * from the segment is checked against our own copy of P before use.
+ */
+#include "dk/zerobuffer.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atomic.h"
+#include "os/linux/os.h"
+#include "os/linux/shm.h"
+
+/* Liveness of the peer is checked at least this often while waiting. */
+#define SLICE_NS 100000000ull
+/* Polls of the semaphore before sleeping in the kernel. */
+#define SPIN_TRIES 200
+#define RELEASED (1ull << 63)
+
+struct dk_zb_reader_s {
+    pthread_mutex_t lock; /* parse, release and close */
+    char name[DK_ZB_NAME_MAX + 1];
+    char sem_w_name[DK_ZB_NAME_MAX + 8];
+    char sem_r_name[DK_ZB_NAME_MAX + 8];
+    uint8_t *base;
+    size_t map_len;
+    int shm_fd;
+    int lock_fd;
+    sem_t *sem_w;
+    sem_t *sem_r;
+    dk_zb_oieb_t *oieb;
+    uint8_t *meta;
+    uint8_t *ring;
+    uint64_t msize; /* M and P as we created them: never re-read */
+    uint64_t psize;
+    /* Owned by the reader; the OIEB copies are for the peers only. */
+    uint64_t read_pos;
+    uint64_t read_count;
+    uint64_t expected;
+    /* Pending credits in ring order: entry = bytes | RELEASED. */
+    uint64_t *pend;
+    uint64_t pend_cap;  /* power of two */
+    uint64_t pend_head; /* ticket of the oldest pending entry */
+    uint64_t pend_tail; /* ticket of the next entry */
+    uint64_t frames;
+    uint64_t bytes;
+    bool closed;
+    bool writer_seen;
+    uint64_t last_writer_pid; /* writer_pid when the last frame was read */
+    bool writer_left;         /* writer_pid seen 0 since then */
+    dk_zb_error_t err;
+};
+
+struct dk_zb_writer_s {
+    char name[DK_ZB_NAME_MAX + 1];
+    uint8_t *base;
+    size_t map_len;
+    int shm_fd;
+    sem_t *sem_w;
+    sem_t *sem_r;
+    dk_zb_oieb_t *oieb;
+    uint8_t *meta;
+    uint8_t *ring;
+    uint64_t msize;
+    uint64_t psize;
+    uint64_t wpos; /* ring offset of the next header, < P */
+    uint64_t written_count;
+    uint64_t seq;
+    uint64_t pid;
+    bool pending;
+    uint64_t pending_size;
+    uint64_t frames;
+    uint64_t bytes;
+    bool metadata_written;
+    bool closed;
+    dk_zb_error_t err;
+};
+
+uint64_t
+dk_zb_align(uint64_t x)
+{
+    return (x + (DK_ZB_ALIGN - 1)) & ~(uint64_t)(DK_ZB_ALIGN - 1);
+}
+
+int
+dk_zb_name_check(const char *name)
+{
+    if (name == NULL || name[0] == '\0') {
+        return -EINVAL;
+    }
+    size_t n = strlen(name);
+    if (n > DK_ZB_NAME_MAX) {
+        return -ENAMETOOLONG;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c == '/' || c <= ' ' || c == 0x7f) {
+            return -EINVAL;
+        }
+    }
+    if (strstr(name, "..") != NULL || strcmp(name, ".") == 0) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void set_error(dk_zb_error_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+set_error(dk_zb_error_t *err, const char *fmt, ...)
+{
+    if (err == NULL) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+static uint64_t
+load64(const uint64_t *p)
+{
+    return dk_atomic_load_relaxed(p);
+}
+
+/* ---- the parser shared by the reader and dk_zb_segment_check --------- */
+
+struct next_frame {
+    uint64_t pos;      /* ring offset of the frame's header */
+    uint64_t size;     /* payload bytes */
+    uint64_t sequence; /* from the header */
+    uint64_t skipped;  /* wrap tail bytes to credit before the frame */
+    uint64_t markers;  /* 1 if a {0,0} marker was consumed */
+    uint64_t new_pos;  /* read position after the frame, < P */
+};
+
+/*
+ * Parse the frame at read_pos in a ring of P bytes, P >= 32 and
+ * read_pos < P (both ours, never from the segment). A tail shorter than a
+ * header is an implicit wrap (C++ and Python writers leave such tails and
+ * cannot mark them). Header fields are copied once, then checked: a
+ * writer changing them under us cannot make us read out of bounds.
+ */
+static int
+parse_next(const uint8_t *ring, uint64_t psize, uint64_t read_pos,
+           uint64_t expected, struct next_frame *out, dk_zb_error_t *err)
+{
+    uint64_t pos = read_pos, skipped = 0, markers = 0;
+    uint64_t hdr[2];
+    if (psize - pos < DK_ZB_HEADER_SIZE) {
+        skipped = psize - pos;
+        pos = 0;
+    }
+    memcpy(hdr, ring + pos, sizeof hdr);
+    if (hdr[0] == 0) {
+        if (hdr[1] != 0) {
+            set_error(err,
+                      "invalid frame size 0 at ring offset %llu (sequence "
+                      "%llu)",
+                      (unsigned long long)pos, (unsigned long long)hdr[1]);
+            return -EPROTO;
+        }
+        if (pos == 0) {
+            set_error(err, "wrap marker at the start of the ring");
+            return -EPROTO;
+        }
+        skipped += psize - pos;
+        markers = 1;
+        pos = 0;
+        memcpy(hdr, ring, sizeof hdr);
+        if (hdr[0] == 0) {
+            set_error(err, "invalid frame size 0 after a wrap marker");
+            return -EPROTO;
+        }
+    }
+    if (hdr[1] != expected) {
+        if (err != NULL) {
+            err->expected = expected;
+            err->got = hdr[1];
+        }
+        set_error(err, "Sequence error: expected %llu, got %llu",
+                  (unsigned long long)expected, (unsigned long long)hdr[1]);
+        return -EILSEQ;
+    }
+    if (hdr[0] > psize - pos - DK_ZB_HEADER_SIZE) {
+        set_error(err,
+                  "frame of %llu bytes at ring offset %llu extends past "
+                  "the ring (%llu bytes)",
+                  (unsigned long long)hdr[0], (unsigned long long)pos,
+                  (unsigned long long)psize);
+        return -EPROTO;
+    }
+    out->pos = pos;
+    out->size = hdr[0];
+    out->sequence = hdr[1];
+    out->skipped = skipped;
+    out->markers = markers;
+    out->new_pos = pos + DK_ZB_HEADER_SIZE + hdr[0];
+    if (out->new_pos == psize) {
+        out->new_pos = 0;
+    }
+    return 0;
+}
+
+/* The OIEB fields a reader depends on, against what it created. */
+static int
+check_oieb(const dk_zb_oieb_t *o, uint64_t msize, uint64_t psize,
+           dk_zb_error_t *err)
+{
+    uint32_t osize = dk_atomic_load_relaxed(&o->oieb_size);
+    uint8_t major = dk_atomic_load_relaxed(&o->version_major);
+    if (osize != DK_ZB_OIEB_SIZE) {
+        set_error(err, "corrupted OIEB: oieb_size is %u, not 128",
+                  (unsigned)osize);
+        return -EPROTO;
+    }
+    if (major != 1) {
+        set_error(err, "corrupted OIEB: protocol version %u, not 1",
+                  (unsigned)major);
+        return -EPROTO;
+    }
+    if (load64(&o->metadata_size) != msize ||
+        load64(&o->payload_size) != psize) {
+        set_error(err, "corrupted OIEB: metadata/payload sizes changed");
+        return -EPROTO;
+    }
+    if (load64(&o->payload_write_pos) > psize) {
+        set_error(err, "corrupted OIEB: payload_write_pos %llu > %llu",
+                  (unsigned long long)load64(&o->payload_write_pos),
+                  (unsigned long long)psize);
+        return -EPROTO;
+    }
+    if (load64(&o->payload_free_bytes) > psize) {
+        set_error(err, "corrupted OIEB: payload_free_bytes %llu > %llu",
+                  (unsigned long long)load64(&o->payload_free_bytes),
+                  (unsigned long long)psize);
+        return -EPROTO;
+    }
+    return 0;
+}
+
+int64_t
+dk_zb_segment_check(const void *seg, size_t len, uint64_t max_frames,
+                    dk_zb_error_t *err)
+{
+    if (seg == NULL || len < DK_ZB_OIEB_SIZE) {
+        set_error(err, "segment smaller than the OIEB");
+        return -EPROTO;
+    }
+    dk_zb_oieb_t o;
+    memcpy(&o, seg, sizeof o);
+    uint64_t msize = o.metadata_size, psize = o.payload_size;
+    if (msize > len || psize > len || DK_ZB_OIEB_SIZE + msize + psize > len) {
+        set_error(err, "OIEB sizes exceed the segment");
+        return -EPROTO;
+    }
+    if (psize < 2ull * DK_ZB_HEADER_SIZE) {
+        set_error(err, "payload ring too small");
+        return -EPROTO;
+    }
+    int rc = check_oieb(&o, msize, psize, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (o.metadata_written_bytes != 0) {
+        uint64_t n;
+        if (o.metadata_written_bytes < 8 || o.metadata_written_bytes > msize) {
+            set_error(err, "invalid metadata_written_bytes");
+            return -EPROTO;
+        }
+        memcpy(&n, (const uint8_t *)seg + DK_ZB_OIEB_SIZE, 8);
+        if (n > o.metadata_written_bytes - 8) {
+            set_error(err, "invalid metadata length");
+            return -EPROTO;
+        }
+    }
+    if (o.payload_read_pos >= psize) {
+        set_error(err, "payload_read_pos out of range");
+        return -EPROTO;
+    }
+    const uint8_t *ring = (const uint8_t *)seg + DK_ZB_OIEB_SIZE + msize;
+    uint64_t pos = o.payload_read_pos, want = o.payload_write_pos % psize;
+    uint64_t n = 0, expected = 0;
+    while (n < max_frames && pos != want) {
+        struct next_frame f;
+        if (n == 0) {
+            /* Take the first frame's own number as the start. */
+            uint64_t h[2];
+            uint64_t p = psize - pos < DK_ZB_HEADER_SIZE ? 0 : pos;
+            memcpy(h, ring + p, sizeof h);
+            if (h[0] == 0 && p != 0) {
+                memcpy(h, ring, sizeof h);
+            }
+            expected = h[1];
+        }
+        rc = parse_next(ring, psize, pos, expected, &f, err);
+        if (rc < 0) {
+            return rc;
+        }
+        pos = f.new_pos;
+        expected++;
+        n++;
+    }
+    return (int64_t)n;
+}
+
+/* ---- reader ------------------------------------------------------------ */
+
+static void
+reader_unmap(dk_zb_reader_t *r)
+{
+    dk__shm_close(r->base, r->map_len, r->shm_fd);
+    r->base = NULL;
+    r->shm_fd = -1;
+}
+
+/*
+ * We hold NAME's lock, so the reader that made a segment still called
+ * NAME is gone (or never used the lock). Mark that segment reader-less, so
+ * its writer fails its next write with "reader dead" instead of writing
+ * into an orphan forever, wake the writer if it waits for space, and
+ * unlink it. A live reader recorded in it (one that takes no lock, such
+ * as the C# peer's) keeps it: -EEXIST.
+ */
+static int
+replace_stale(const dk_zb_reader_t *r)
+{
+    void *base;
+    size_t len;
+    int fd;
+    int rc = dk__shm_open(r->name, DK_ZB_OIEB_SIZE, &base, &len, &fd);
+    if (rc == -ENOENT) {
+        return 0;
+    }
+    if (rc == 0) {
+        dk_zb_oieb_t *o = base;
+        uint64_t pid = load64(&o->reader_pid);
+        if (pid != 0 && pid != dk__pid_self() && dk__pid_alive(pid)) {
+            dk__shm_close(base, len, fd);
+            return -EEXIST;
+        }
+        dk_atomic_store_release(&o->reader_pid, 0);
+        dk__shm_close(base, len, fd);
+        sem_t *old;
+        if (dk__nsem_open(r->sem_r_name, &old) == 0) {
+            dk__nsem_post(old);
+            dk__nsem_close(old);
+        }
+    }
+    /* Also when the object could not be opened (-EINVAL: too small to
+     * be a buffer, -EACCES): the name is ours now. */
+    rc = dk__shm_unlink(r->name);
+    return rc == -ENOENT ? 0 : rc;
+}
+
+int
+dk_zb_reader_create(const char *name, uint64_t metadata_size,
+                    uint64_t payload_size, unsigned mode, dk_zb_reader_t **out)
+{
+    int rc = dk_zb_name_check(name);
+    if (rc < 0) {
+        return rc;
+    }
+    if (payload_size == 0 || payload_size > DK_ZB_SIZE_MAX ||
+        metadata_size > DK_ZB_SIZE_MAX) {
+        return -EINVAL;
+    }
+    uint64_t msize = dk_zb_align(metadata_size);
+    uint64_t psize = dk_zb_align(payload_size);
+    dk_zb_reader_t *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    snprintf(r->sem_w_name, sizeof r->sem_w_name, "sem-w-%s", name);
+    snprintf(r->sem_r_name, sizeof r->sem_r_name, "sem-r-%s", name);
+    r->shm_fd = -1;
+    r->lock_fd = -1;
+    r->msize = msize;
+    r->psize = psize;
+    r->expected = 1;
+    r->pend_cap = 64;
+    r->pend = calloc(r->pend_cap, sizeof *r->pend);
+    if (r->pend == NULL) {
+        free(r);
+        return -ENOMEM;
+    }
+    rc = dk__lock_acquire(name, mode, &r->lock_fd);
+    if (rc < 0) {
+        rc = rc == -EWOULDBLOCK ? -EEXIST : rc;
+        goto fail_lock;
+    }
+    rc = replace_stale(r);
+    if (rc < 0) {
+        goto fail;
+    }
+    /* Semaphores before the segment: a writer that sees reader_pid must
+     * find them. */
+    rc = dk__nsem_create(r->sem_w_name, mode, &r->sem_w);
+    if (rc < 0) {
+        goto fail;
+    }
+    rc = dk__nsem_create(r->sem_r_name, mode, &r->sem_r);
+    if (rc < 0) {
+        goto fail_sem;
+    }
+    r->map_len = (size_t)(DK_ZB_OIEB_SIZE + msize + psize);
+    void *base;
+    rc = dk__shm_create(name, r->map_len, mode, &base, &r->shm_fd);
+    if (rc < 0) {
+        goto fail_sem;
+    }
+    r->base = base;
+    r->oieb = base;
+    r->meta = r->base + DK_ZB_OIEB_SIZE;
+    r->ring = r->meta + msize;
+    /* A new object reads as zeros: only the non-zero fields are set.
+     * reader_pid goes last with a release store, pairing with the
+     * writer's acquire load at connect. */
+    dk_zb_oieb_t *o = r->oieb;
+    o->oieb_size = DK_ZB_OIEB_SIZE;
+    o->version_major = 1;
+    o->metadata_size = msize;
+    o->metadata_free_bytes = msize;
+    o->payload_size = psize;
+    o->payload_free_bytes = psize;
+    dk_atomic_store_release(&o->reader_pid, dk__pid_self());
+    *out = r;
+    return 0;
+
+fail_sem:
+    dk__nsem_close(r->sem_w);
+    dk__nsem_close(r->sem_r);
+    dk__nsem_unlink(r->sem_w_name);
+    if (r->sem_r != NULL) {
+        dk__nsem_unlink(r->sem_r_name);
+    }
+fail:
+    dk__lock_release(name, r->lock_fd);
+fail_lock:
+    free(r->pend);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+    return rc;
+}
+
+static bool
+writer_gone(dk_zb_reader_t *r)
+{
+    uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    if (pid != 0) {
+        dk_atomic_store_relaxed(&r->writer_seen, true);
+        return !dk__pid_alive(pid);
+    }
+    if (load64(&r->oieb->payload_written_count) != 0) {
+        dk_atomic_store_relaxed(&r->writer_seen, true);
+    }
+    if (!dk_atomic_load_relaxed(&r->writer_seen)) {
+        return false; /* no writer yet: keep waiting */
+    }
+    dk_atomic_store_relaxed(&r->writer_left, true);
+    /* A writer left gracefully. Everything it wrote has been read when
+     * the counts agree, or (the Python writer counts wraps it did not
+     * mark, so its count runs ahead) when the positions agree. */
+    uint64_t written = load64(&r->oieb->payload_written_count);
+    uint64_t wpos = load64(&r->oieb->payload_write_pos);
+    return written <= r->read_count || wpos % r->psize == r->read_pos;
+}
+
+static int
+pend_push(dk_zb_reader_t *r, uint64_t entry)
+{
+    if (r->pend_tail - r->pend_head == r->pend_cap) {
+        uint64_t cap = r->pend_cap * 2;
+        uint64_t *n = malloc(cap * sizeof *n);
+        if (n == NULL) {
+            return -ENOMEM;
+        }
+        for (uint64_t t = r->pend_head; t != r->pend_tail; t++) {
+            n[t & (cap - 1)] = r->pend[t & (r->pend_cap - 1)];
+        }
+        free(r->pend);
+        r->pend = n;
+        r->pend_cap = cap;
+    }
+    r->pend[r->pend_tail & (r->pend_cap - 1)] = entry;
+    r->pend_tail++;
+    return 0;
+}
+
+/* Credit every released entry at the head of the queue. Lock held. */
+static void
+pend_drain(dk_zb_reader_t *r)
+{
+    uint64_t credit = 0, posts = 0;
+    while (r->pend_head != r->pend_tail) {
+        uint64_t e = r->pend[r->pend_head & (r->pend_cap - 1)];
+        if (!(e & RELEASED)) {
+            break;
+        }
+        credit += e & ~RELEASED;
+        posts++;
+        r->pend_head++;
+    }
+    if (credit == 0) {
+        return;
+    }
+    /* (A): our reads of these frames happen before the writer's acquire
+     * load of the free count lets it overwrite them. */
+    dk_atomic_add_release(&r->oieb->payload_free_bytes, credit);
+    while (posts-- > 0) {
+        dk__nsem_post(r->sem_r);
+    }
+}
+
+/* Parse and consume one frame after taking a sem-w token. Lock held. */
+static int
+reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
+{
+    int rc = check_oieb(r->oieb, r->msize, r->psize, &r->err);
+    if (rc < 0) {
+        return rc;
+    }
+    struct next_frame f;
+    uint64_t wpid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f, &r->err);
+    if (rc == -EILSEQ && r->err.got == 1 &&
+        (wpid != r->last_writer_pid ||
+         dk_atomic_load_relaxed(&r->writer_left))) {
+        /* Every writer numbers its frames from 1: a new writer after the
+         * previous one left starts the count again. */
+        rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
+        if (rc == 0) {
+            r->expected = 1;
+        }
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    r->last_writer_pid = wpid;
+    dk_atomic_store_relaxed(&r->writer_left, false);
+    if (f.skipped != 0) {
+        rc = pend_push(r, f.skipped | RELEASED);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    uint64_t ticket = r->pend_tail;
+    rc = pend_push(r, DK_ZB_HEADER_SIZE + f.size);
+    if (rc < 0) {
+        if (f.skipped != 0) {
+            r->pend_tail--;
+        }
+        return rc;
+    }
+    r->read_pos = f.new_pos;
+    r->read_count += f.markers + 1;
+    r->expected++;
+    r->frames++;
+    r->bytes += f.size;
+    dk_atomic_store_relaxed(&r->oieb->payload_read_pos, r->read_pos);
+    dk_atomic_store_relaxed(&r->oieb->payload_read_count, r->read_count);
+    frame->data = r->ring + f.pos + DK_ZB_HEADER_SIZE;
+    frame->size = f.size;
+    frame->sequence = f.sequence;
+    frame->ticket = ticket;
+    /* The wrap tail is credited now if no older frame is held. */
+    pend_drain(r);
+    return 0;
+}
+
+/* After taking a sem-w token: parse and consume one frame. */
+static int
+reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
+{
+    int rc;
+    /* (B): pairs with the writer's release store of the written count
+     * (the semaphore orders them too; peers rely on that alone). */
+    (void)dk_atomic_load_acquire(&r->oieb->payload_written_count);
+    dk_atomic_store_relaxed(&r->writer_seen, true);
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        rc = -EBADF;
+    } else {
+        rc = reader_take(r, frame);
+        if (rc < 0) {
+            /* Nothing consumed: put the token back, so the error is
+             * reported again rather than the stream silently skipping. */
+            dk__nsem_post(r->sem_w);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int
+dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
+{
+    if (dk_atomic_load_relaxed(&r->closed)) {
+        return -EBADF;
+    }
+    int rc = dk__nsem_trywait(r->sem_w);
+    if (rc < 0 && deadline != 0) {
+        for (int i = 0; i < SPIN_TRIES && rc < 0; i++) {
+            dk_cpu_relax();
+            rc = dk__nsem_trywait(r->sem_w);
+        }
+        while (rc < 0) {
+            uint64_t now = dk__os_monotonic_ns();
+            if (now >= deadline) {
+                break;
+            }
+            uint64_t slice =
+                deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
+            rc = dk__nsem_wait(r->sem_w, slice);
+            if (dk_atomic_load_relaxed(&r->closed)) {
+                return -EBADF;
+            }
+            if (rc == -EINTR) {
+                return -EINTR;
+            }
+            if (rc < 0 && writer_gone(r)) {
+                /* A token may have arrived just before the writer died. */
+                if (dk__nsem_trywait(r->sem_w) == 0) {
+                    rc = 0;
+                    break;
+                }
+                return -EPIPE;
+            }
+        }
+    }
+    if (rc < 0 && dk__nsem_trywait(r->sem_w) < 0) {
+        return writer_gone(r) ? -EPIPE : -ETIMEDOUT;
+    }
+    return reader_consume(r, frame);
+}
+
+int
+dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
+{
+    if (dk_atomic_load_relaxed(&r->closed)) {
+        return -EBADF;
+    }
+    if (dk__nsem_trywait(r->sem_w) < 0) {
+        return -EAGAIN;
+    }
+    return reader_consume(r, frame);
+}
+
+int
+dk_zb_reader_release(dk_zb_reader_t *r, const dk_zb_frame_t *frame)
+{
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    uint64_t t = frame->ticket;
+    if (r->closed) {
+        rc = 0;
+    } else if (t >= r->pend_tail) {
+        rc = -EINVAL;
+    } else if (t < r->pend_head ||
+               (r->pend[t & (r->pend_cap - 1)] & RELEASED)) {
+        rc = -EALREADY;
+    } else {
+        r->pend[t & (r->pend_cap - 1)] |= RELEASED;
+        pend_drain(r);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int
+dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data, uint64_t *size)
+{
+    if (r->closed) {
+        return -EBADF;
+    }
+    /* Pairs with the writer's release store of metadata_written_bytes. */
+    uint64_t written =
+        dk_atomic_load_acquire(&r->oieb->metadata_written_bytes);
+    if (written == 0) {
+        return -ENODATA;
+    }
+    uint64_t n;
+    memcpy(&n, r->meta, sizeof n);
+    if (written < 8 || written > r->msize || n > written - 8) {
+        set_error(&r->err, "Invalid metadata size");
+        return -EPROTO;
+    }
+    *data = r->meta + 8;
+    *size = n;
+    return 0;
+}
+
+bool
+dk_zb_reader_writer_connected(dk_zb_reader_t *r)
+{
+    if (r->closed) {
+        return false;
+    }
+    uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    return pid != 0 && dk__pid_alive(pid);
+}
+
+uint64_t
+dk_zb_reader_frames(const dk_zb_reader_t *r)
+{
+    return r->frames;
+}
+
+uint64_t
+dk_zb_reader_bytes(const dk_zb_reader_t *r)
+{
+    return r->bytes;
+}
+
+const dk_zb_error_t *
+dk_zb_reader_error(const dk_zb_reader_t *r)
+{
+    return &r->err;
+}
+
+void
+dk_zb_reader_close(dk_zb_reader_t *r)
+{
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        pthread_mutex_unlock(&r->lock);
+        return;
+    }
+    dk_atomic_store_relaxed(&r->closed, true);
+    /* The writer sees reader_pid == 0 at its next write; wake it if it
+     * waits for space so it notices now. A thread of ours waiting in
+     * read is woken too and sees `closed`. The semaphores stay open until
+     * destroy: closing one under a waiting thread would unmap it. */
+    dk_atomic_store_release(&r->oieb->reader_pid, 0);
+    dk__nsem_post(r->sem_r);
+    dk__nsem_post(r->sem_w);
+    dk__nsem_unlink(r->sem_w_name);
+    dk__nsem_unlink(r->sem_r_name);
+    dk__shm_unlink(r->name);
+    dk__lock_release(r->name, r->lock_fd);
+    r->lock_fd = -1;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void
+dk_zb_reader_destroy(dk_zb_reader_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    dk_zb_reader_close(r);
+    dk__nsem_close(r->sem_w);
+    dk__nsem_close(r->sem_r);
+    reader_unmap(r);
+    free(r->pend);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+/* ---- writer ------------------------------------------------------------ */
+
+int
+dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
+{
+    int rc = dk_zb_name_check(name);
+    if (rc < 0) {
+        return rc;
+    }
+    dk_zb_writer_t *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        return -ENOMEM;
+    }
+    snprintf(w->name, sizeof w->name, "%s", name);
+    w->shm_fd = -1;
+    void *base;
+    rc = dk__shm_open(name, DK_ZB_OIEB_SIZE, &base, &w->map_len, &w->shm_fd);
+    if (rc < 0) {
+        if (rc == -EINVAL) {
+            set_error(&w->err, "segment smaller than the OIEB");
+            rc = -EPROTO;
+        }
+        goto fail;
+    }
+    w->base = base;
+    w->oieb = base;
+    dk_zb_oieb_t *o = w->oieb;
+    /* Pairs with the reader's release store of reader_pid: once we see
+     * it, the rest of the OIEB is initialised. */
+    uint64_t rpid = dk_atomic_load_acquire(&o->reader_pid);
+    uint64_t msize = load64(&o->metadata_size);
+    uint64_t psize = load64(&o->payload_size);
+    if (dk_atomic_load_relaxed(&o->oieb_size) != DK_ZB_OIEB_SIZE) {
+        set_error(&w->err, "Invalid OIEB size: %u - version mismatch?",
+                  (unsigned)dk_atomic_load_relaxed(&o->oieb_size));
+        rc = -EPROTO;
+        goto fail;
+    }
+    if (dk_atomic_load_relaxed(&o->version_major) != 1) {
+        set_error(&w->err, "unsupported protocol version %u",
+                  (unsigned)dk_atomic_load_relaxed(&o->version_major));
+        rc = -EPROTO;
+        goto fail;
+    }
+    if (msize > w->map_len || psize > w->map_len ||
+        DK_ZB_OIEB_SIZE + msize + psize > w->map_len ||
+        psize < 2ull * DK_ZB_HEADER_SIZE) {
+        set_error(&w->err,
+                  "OIEB sizes (metadata %llu, payload %llu) do not "
+                  "fit the %zu-byte segment",
+                  (unsigned long long)msize, (unsigned long long)psize,
+                  w->map_len);
+        rc = -EPROTO;
+        goto fail;
+    }
+    uint64_t wpos = load64(&o->payload_write_pos);
+    if (wpos > psize || load64(&o->payload_free_bytes) > psize) {
+        set_error(&w->err, "corrupted OIEB: positions out of range");
+        rc = -EPROTO;
+        goto fail;
+    }
+    if (rpid == 0 || !dk__pid_alive(rpid)) {
+        rc = -ENOTCONN;
+        goto fail;
+    }
+    char sem_name[DK_ZB_NAME_MAX + 8];
+    snprintf(sem_name, sizeof sem_name, "sem-w-%s", name);
+    rc = dk__nsem_open(sem_name, &w->sem_w);
+    if (rc == 0) {
+        snprintf(sem_name, sizeof sem_name, "sem-r-%s", name);
+        rc = dk__nsem_open(sem_name, &w->sem_r);
+    }
+    if (rc < 0) {
+        rc = rc == -ENOENT ? -ENOTCONN : rc;
+        goto fail;
+    }
+    /* Claim the writer slot with a CAS (the peers check, then set: two
+     * writers can both get in). A dead writer's slot is taken over. */
+    w->pid = dk__pid_self();
+    uint64_t cur = 0;
+    while (!dk_atomic_cas_acq_rel(&o->writer_pid, &cur, w->pid)) {
+        if (cur == w->pid || dk__pid_alive(cur)) {
+            rc = -EBUSY;
+            goto fail;
+        }
+    }
+    w->msize = msize;
+    w->psize = psize;
+    w->meta = w->base + DK_ZB_OIEB_SIZE;
+    w->ring = w->meta + msize;
+    w->wpos = wpos == psize ? 0 : wpos;
+    w->written_count = load64(&o->payload_written_count);
+    w->metadata_written = load64(&o->metadata_written_bytes) != 0;
+    w->seq = 1;
+    *out = w;
+    return 0;
+
+fail:
+    if (err != NULL) {
+        *err = w->err;
+    }
+    dk__nsem_close(w->sem_w);
+    dk__nsem_close(w->sem_r);
+    dk__shm_close(w->base, w->map_len, w->shm_fd);
+    free(w);
+    return rc;
+}
+
+int
+dk_zb_writer_set_metadata(dk_zb_writer_t *w, const void *data, uint64_t size)
+{
+    if (w->closed) {
+        return -EBADF;
+    }
+    if (w->metadata_written || load64(&w->oieb->metadata_written_bytes) != 0) {
+        w->metadata_written = true;
+        return -EALREADY;
+    }
+    if (size == 0) {
+        return -EINVAL;
+    }
+    if (size > w->msize || w->msize - size < 8) {
+        return -ENOSPC;
+    }
+    memcpy(w->meta, &size, 8);
+    memcpy(w->meta + 8, data, (size_t)size);
+    dk_atomic_store_relaxed(&w->oieb->metadata_free_bytes,
+                            w->msize - 8 - size);
+    /* Pairs with the reader's acquire load in dk_zb_reader_metadata. */
+    dk_atomic_store_release(&w->oieb->metadata_written_bytes, 8 + size);
+    w->metadata_written = true;
+    return 0;
+}
+
+/* Bytes the next frame of `total` bytes needs, and whether it wraps.
+ * A frame that would leave a 1..15-byte tail wraps early, behind a
+ * marker: no peer reader can parse a header that straddles the ring end.
+ * (When total > wpos an early wrap could never fit; such a frame leaves
+ * the short tail and the next one wraps without a marker.) */
+static uint64_t
+space_needed(const dk_zb_writer_t *w, uint64_t total, bool *wrap)
+{
+    uint64_t to_end = w->psize - w->wpos;
+    if (to_end >= total) {
+        uint64_t rest = to_end - total;
+        if (rest != 0 && rest < DK_ZB_HEADER_SIZE && total <= w->wpos) {
+            *wrap = true;
+            return to_end + total;
+        }
+        *wrap = false;
+        return total;
+    }
+    *wrap = true;
+    return to_end + total;
+}
+
+int
+dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
+                     void **buf, uint64_t *sequence)
+{
+    if (dk_atomic_load_relaxed(&w->closed)) {
+        return -EBADF;
+    }
+    if (w->pending) {
+        return -EBUSY;
+    }
+    if (size == 0) {
+        return -EINVAL;
+    }
+    if (size > w->psize - DK_ZB_HEADER_SIZE) {
+        return -EMSGSIZE;
+    }
+    uint64_t total = DK_ZB_HEADER_SIZE + size;
+    bool wrap;
+    uint64_t needed = space_needed(w, total, &wrap);
+    int spins = 0;
+    for (;;) {
+        uint64_t rpid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+        if (rpid == 0) {
+            return -EPIPE;
+        }
+        /* (A'): pairs with the reader's release add. */
+        uint64_t free_bytes =
+            dk_atomic_load_acquire(&w->oieb->payload_free_bytes);
+        if (free_bytes > w->psize) {
+            set_error(&w->err,
+                      "corrupted OIEB: payload_free_bytes %llu > "
+                      "%llu",
+                      (unsigned long long)free_bytes,
+                      (unsigned long long)w->psize);
+            return -EPROTO;
+        }
+        if (free_bytes >= needed) {
+            break;
+        }
+        if (spins < SPIN_TRIES && deadline != 0) {
+            spins++;
+            dk_cpu_relax();
+            continue;
+        }
+        uint64_t now = dk__os_monotonic_ns();
+        if (now >= deadline) {
+            return dk__pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
+        }
+        uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
+        int rc = dk__nsem_wait(w->sem_r, slice);
+        if (dk_atomic_load_relaxed(&w->closed)) {
+            return -EBADF;
+        }
+        if (rc == -EINTR) {
+            return -EINTR;
+        }
+        if (rc == -ETIMEDOUT && !dk__pid_alive(rpid)) {
+            return -EPIPE;
+        }
+    }
+    if (wrap) {
+        uint64_t to_end = w->psize - w->wpos;
+        if (to_end >= DK_ZB_HEADER_SIZE) {
+            static const uint64_t marker[2] = {0, 0};
+            memcpy(w->ring + w->wpos, marker, sizeof marker);
+            w->written_count++;
+            dk_atomic_store_relaxed(&w->oieb->payload_written_count,
+                                    w->written_count);
+        }
+        if (to_end != 0) {
+            dk_atomic_sub_acq_rel(&w->oieb->payload_free_bytes, to_end);
+        }
+        w->wpos = 0;
+        dk_atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+    }
+    w->pending = true;
+    w->pending_size = size;
+    *buf = w->ring + w->wpos + DK_ZB_HEADER_SIZE;
+    *sequence = w->seq;
+    return 0;
+}
+
+int
+dk_zb_writer_commit(dk_zb_writer_t *w)
+{
+    if (!w->pending || dk_atomic_load_relaxed(&w->closed)) {
+        return -EINVAL;
+    }
+    uint64_t size = w->pending_size;
+    uint64_t total = DK_ZB_HEADER_SIZE + size;
+    uint64_t hdr[2] = {size, w->seq};
+    memcpy(w->ring + w->wpos, hdr, sizeof hdr);
+    dk_atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
+    w->wpos += total;
+    if (w->wpos == w->psize) {
+        w->wpos = 0;
+    }
+    w->written_count++;
+    dk_atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
+    /* (B): the frame's bytes before the reader's acquire load. */
+    dk_atomic_store_release(&w->oieb->payload_written_count, w->written_count);
+    dk__nsem_post(w->sem_w);
+    w->pending = false;
+    w->seq++;
+    w->frames++;
+    w->bytes += size;
+    return 0;
+}
+
+int
+dk_zb_writer_cancel(dk_zb_writer_t *w)
+{
+    if (!w->pending) {
+        return -EINVAL;
+    }
+    /* A wrap done by acquire stays: its marker sits where the reader
+     * will look next, and the next frame starts at 0 as it expects. */
+    w->pending = false;
+    return 0;
+}
+
+int
+dk_zb_writer_write(dk_zb_writer_t *w, const void *data, uint64_t size,
+                   uint64_t deadline)
+{
+    void *buf;
+    uint64_t seq;
+    int rc = dk_zb_writer_acquire(w, size, deadline, &buf, &seq);
+    if (rc < 0) {
+        return rc;
+    }
+    memcpy(buf, data, (size_t)size);
+    return dk_zb_writer_commit(w);
+}
+
+bool
+dk_zb_writer_reader_connected(dk_zb_writer_t *w)
+{
+    if (w->closed) {
+        return false;
+    }
+    uint64_t pid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+    return pid != 0 && dk__pid_alive(pid);
+}
+
+uint64_t
+dk_zb_writer_next_sequence(const dk_zb_writer_t *w)
+{
+    return w->seq;
+}
+
+uint64_t
+dk_zb_writer_frames(const dk_zb_writer_t *w)
+{
+    return w->frames;
+}
+
+uint64_t
+dk_zb_writer_bytes(const dk_zb_writer_t *w)
+{
+    return w->bytes;
+}
+
+uint64_t
+dk_zb_writer_max_frame(const dk_zb_writer_t *w)
+{
+    return w->psize - DK_ZB_HEADER_SIZE;
+}
+
+const dk_zb_error_t *
+dk_zb_writer_error(const dk_zb_writer_t *w)
+{
+    return &w->err;
+}
+
+void
+dk_zb_writer_close(dk_zb_writer_t *w)
+{
+    if (dk_atomic_xchg_relaxed(&w->closed, true)) {
+        return;
+    }
+    /* Only our own claim is cleared: a writer that took over after we
+     * were presumed dead keeps its slot. */
+    uint64_t mine = w->pid;
+    dk_atomic_cas_acq_rel(&w->oieb->writer_pid, &mine, 0);
+}
+
+void
+dk_zb_writer_destroy(dk_zb_writer_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    dk_zb_writer_close(w);
+    dk__nsem_close(w->sem_w);
+    dk__nsem_close(w->sem_r);
+    dk__shm_close(w->base, w->map_len, w->shm_fd);
+    free(w);
+}
