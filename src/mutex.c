@@ -14,9 +14,10 @@
  * fastipc clears the owner after R2, so its clear can land after a new
  * owner's A2 and erase it (its defect F2); here R1 happens before R2.
  *
- * Owner death: a waiter that has slept a while checks whether the owner
- * process still exists (kill(pid, 0); EPERM means it does). If it is gone,
- * the waiters race to replace the owner field with a CAS; the winner holds
+ * Owner death: a waiter that has slept a whole slice (50 ms) without a
+ * wake-up, or whose deadline has come, checks whether the owner process
+ * still exists (kill(pid, 0); EPERM means it does). If it is gone, the
+ * waiters race to replace the owner field with a CAS; the winner holds
  * the lock (the state word never went back to 0) and is told the previous
  * owner died.
  *
@@ -34,14 +35,26 @@
 
 #include "dk/mutex.h"
 
+#include "os/linux/sync_os.h"
+
 #include <errno.h>
 #include <limits.h>
-#include <signal.h>
-#include <time.h>
+#include <stddef.h>
 
+/* fastipc's layouts, byte for byte (see dk/mutex.h). */
 _Static_assert(sizeof(dk_shm_mutex_t) == DK_SHM_HEADER_SIZE, "mutex layout");
+_Static_assert(offsetof(dk_shm_mutex_t, magic) == 0x00, "mutex magic");
+_Static_assert(offsetof(dk_shm_mutex_t, state) == 0x08, "mutex state");
+_Static_assert(offsetof(dk_shm_mutex_t, owner_pid) == 0x0C, "mutex owner");
+_Static_assert(offsetof(dk_shm_mutex_t, last_ns) == 0x10, "mutex stamp");
+_Static_assert(offsetof(dk_shm_mutex_t, owner_tid) == 0x18, "mutex tid");
 _Static_assert(sizeof(dk_shm_semaphore_t) == DK_SHM_HEADER_SIZE,
                "semaphore layout");
+_Static_assert(offsetof(dk_shm_semaphore_t, magic) == 0x00, "sem magic");
+_Static_assert(offsetof(dk_shm_semaphore_t, count) == 0x08, "sem count");
+_Static_assert(offsetof(dk_shm_semaphore_t, last_pid) == 0x0C, "sem pid");
+_Static_assert(offsetof(dk_shm_semaphore_t, last_ns) == 0x10, "sem stamp");
+_Static_assert(offsetof(dk_shm_semaphore_t, waiters) == 0x18, "sem waiters");
 
 #define LIVENESS_SLICE_NS (50ull * DK_NSEC_PER_MSEC)
 #define ORPHAN_AFTER_NS (1000ull * DK_NSEC_PER_MSEC)
@@ -78,11 +91,44 @@ took_lock(dk_shm_mutex_t *m)
     stamp(&m->last_ns);
 }
 
-/* Is the process that owns m gone? */
+/*
+ * The lock is held but may have been abandoned: take it over if its owner
+ * process is gone (returns true; the state word never went back to 0, so
+ * we simply become the holder). Several waiters may find the same dead
+ * owner: the CAS on owner_pid elects one. A held lock with no owner
+ * recorded for ORPHAN_AFTER_NS means a holder died between its state CAS
+ * and its owner store (a live acquirer fills the owner in within
+ * nanoseconds); *orphan_since times that.
+ */
 static bool
-owner_gone(uint32_t pid)
+take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
+                       uint64_t *orphan_since)
 {
-    return pid != 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
+    if (owner != 0) {
+        *orphan_since = 0;
+        if (!dk__os_process_gone(owner) ||
+            !dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
+            return false;
+        }
+    } else {
+        if (dk_atomic_load_relaxed(&m->state) == 0) {
+            return false;
+        }
+        if (*orphan_since == 0) {
+            *orphan_since = now;
+            return false;
+        }
+        uint32_t zero = 0;
+        if (now - *orphan_since < ORPHAN_AFTER_NS ||
+            !dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
+            return false;
+        }
+    }
+    dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    stamp(&m->last_ns);
+    dk_atomic_store_release(&m->state, 2); /* held, maybe with waiters */
+    return true;
 }
 
 int
@@ -109,9 +155,10 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         }
     }
     if (deadline == 0) {
-        return -ETIMEDOUT;
+        return -ETIMEDOUT; /* a try: no liveness syscall */
     }
     uint64_t orphan_since = 0;
+    bool slept_a_slice = false;
     for (;;) {
         /* Announce a waiter (2); whoever releases will wake us. */
         if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
@@ -119,7 +166,15 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
             return 0;
         }
         uint64_t now = dk__os_monotonic_ns();
-        if (now >= deadline) {
+        bool expired = now >= deadline;
+        /* Ask whether the owner lives after each quiet slice, and once
+         * more before giving up, so any positive timeout can recover a
+         * lock whose holder died. */
+        if ((slept_a_slice || expired) &&
+            take_over_if_abandoned(m, me, now, &orphan_since)) {
+            return 1;
+        }
+        if (expired) {
             return -ETIMEDOUT;
         }
         uint64_t slice = now + LIVENESS_SLICE_NS;
@@ -128,40 +183,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         if (rc == -EINTR && interruptible) {
             return -EINTR;
         }
-        if (rc != -ETIMEDOUT || dk__os_monotonic_ns() >= deadline) {
-            continue;
-        }
-        /* Slept a whole slice: is the owner still alive? */
-        uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
-        if (owner != 0 && owner_gone(owner)) {
-            if (dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
-                dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
-                stamp(&m->last_ns);
-                dk_atomic_store_release(&m->state, 2); /* still held */
-                return 1;
-            }
-            continue;
-        }
-        if (owner == 0 && dk_atomic_load_relaxed(&m->state) != 0) {
-            /* Held but no owner recorded: a live acquirer fills it in
-             * within nanoseconds; a second of it means the holder died
-             * between its CAS and its owner store. */
-            if (orphan_since == 0) {
-                orphan_since = dk__os_monotonic_ns();
-            } else if (dk__os_monotonic_ns() - orphan_since >=
-                       ORPHAN_AFTER_NS) {
-                uint32_t zero = 0;
-                if (dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
-                    dk_atomic_store_relaxed(&m->owner_tid,
-                                            (uint32_t)dk__os_tid());
-                    stamp(&m->last_ns);
-                    dk_atomic_store_release(&m->state, 2);
-                    return 1;
-                }
-            }
-        } else {
-            orphan_since = 0;
-        }
+        slept_a_slice = rc == -ETIMEDOUT;
     }
 }
 
