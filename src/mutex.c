@@ -59,6 +59,50 @@ _Static_assert(offsetof(dk_shm_semaphore_t, waiters) == 0x18, "sem waiters");
 #define LIVENESS_SLICE_NS (50ull * DK_NSEC_PER_MSEC)
 #define ORPHAN_AFTER_NS (1000ull * DK_NSEC_PER_MSEC)
 
+/* After the caller's `spin` attempts fail, a waiter keeps watching the
+ * word for up to this long before it sleeps, if another CPU can change
+ * it meanwhile. Sleeping and being woken costs two syscalls and a
+ * scheduler round trip (several microseconds in a VM); a partner process
+ * on another CPU usually answers sooner than that. The caller has
+ * released the GIL, so the spin delays nobody in its process. */
+#define SPIN_BUDGET_NS 20000ull
+
+static int
+other_cpus(void)
+{
+    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
+    int n = dk_atomic_load_relaxed(&ncpu);
+    if (n == 0) {
+        n = dk__os_ncpu();
+        dk_atomic_store_relaxed(&ncpu, n);
+    }
+    return n - 1;
+}
+
+/* Watch *word until it differs from busy, at most SPIN_BUDGET_NS and
+ * not past deadline; true if it did. Reads the vDSO clock every 64
+ * pauses, so it never makes a syscall. */
+static bool
+spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline)
+{
+    if (other_cpus() <= 0) {
+        return false;
+    }
+    uint64_t until = dk__os_monotonic_ns() + SPIN_BUDGET_NS;
+    if (until > deadline) {
+        until = deadline;
+    }
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (dk_atomic_load_relaxed(word) != busy) {
+            return true;
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            return false;
+        }
+    }
+}
+
 static void
 stamp(uint64_t *field)
 {
@@ -156,6 +200,19 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
     }
     if (deadline == 0) {
         return -ETIMEDOUT; /* a try: no liveness syscall */
+    }
+    /* Not announced as a waiter yet: while we spin, an unlock that
+     * finds state 1 makes no wake syscall. */
+    while (spin > 0 && dk_atomic_load_relaxed(&m->state) == 1 &&
+           spin_while(&m->state, 1, deadline)) {
+        s = 0;
+        if (dk_atomic_cas_acquire(&m->state, &s, 1)) {
+            took_lock(m);
+            return 0;
+        }
+        if (s != 1) {
+            break; /* waiters are sleeping: queue up behind them */
+        }
     }
     uint64_t orphan_since = 0;
     bool slept_a_slice = false;
@@ -260,6 +317,12 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
     }
     for (int i = 0; i < spin; i++) {
         dk_cpu_relax();
+        if (try_take(s)) {
+            return 0;
+        }
+    }
+    /* Not counted in `waiters` yet: a post meanwhile makes no syscall. */
+    while (spin > 0 && deadline != 0 && spin_while(&s->count, 0, deadline)) {
         if (try_take(s)) {
             return 0;
         }
