@@ -14,9 +14,10 @@
  * fastipc clears the owner after R2, so its clear can land after a new
  * owner's A2 and erase it (its defect F2); here R1 happens before R2.
  *
- * Owner death: a waiter that has slept a while checks whether the owner
- * process still exists (kill(pid, 0); EPERM means it does). If it is gone,
- * the waiters race to replace the owner field with a CAS; the winner holds
+ * Owner death: a waiter that has slept a whole slice (50 ms) without a
+ * wake-up, or whose deadline has come, checks whether the owner process
+ * still exists (kill(pid, 0); EPERM means it does). If it is gone, the
+ * waiters race to replace the owner field with a CAS; the winner holds
  * the lock (the state word never went back to 0) and is told the previous
  * owner died.
  *
@@ -34,17 +35,73 @@
 
 #include "dk/mutex.h"
 
+#include "os/linux/sync_os.h"
+
 #include <errno.h>
 #include <limits.h>
-#include <signal.h>
-#include <time.h>
+#include <stddef.h>
 
+/* fastipc's layouts, byte for byte (see dk/mutex.h). */
 _Static_assert(sizeof(dk_shm_mutex_t) == DK_SHM_HEADER_SIZE, "mutex layout");
+_Static_assert(offsetof(dk_shm_mutex_t, magic) == 0x00, "mutex magic");
+_Static_assert(offsetof(dk_shm_mutex_t, state) == 0x08, "mutex state");
+_Static_assert(offsetof(dk_shm_mutex_t, owner_pid) == 0x0C, "mutex owner");
+_Static_assert(offsetof(dk_shm_mutex_t, last_ns) == 0x10, "mutex stamp");
+_Static_assert(offsetof(dk_shm_mutex_t, owner_tid) == 0x18, "mutex tid");
 _Static_assert(sizeof(dk_shm_semaphore_t) == DK_SHM_HEADER_SIZE,
                "semaphore layout");
+_Static_assert(offsetof(dk_shm_semaphore_t, magic) == 0x00, "sem magic");
+_Static_assert(offsetof(dk_shm_semaphore_t, count) == 0x08, "sem count");
+_Static_assert(offsetof(dk_shm_semaphore_t, last_pid) == 0x0C, "sem pid");
+_Static_assert(offsetof(dk_shm_semaphore_t, last_ns) == 0x10, "sem stamp");
+_Static_assert(offsetof(dk_shm_semaphore_t, waiters) == 0x18, "sem waiters");
 
 #define LIVENESS_SLICE_NS (50ull * DK_NSEC_PER_MSEC)
 #define ORPHAN_AFTER_NS (1000ull * DK_NSEC_PER_MSEC)
+
+/* After the caller's `spin` attempts fail, a waiter keeps watching the
+ * word for up to this long before it sleeps, if another CPU can change
+ * it meanwhile. Sleeping and being woken costs two syscalls and a
+ * scheduler round trip (several microseconds in a VM); a partner process
+ * on another CPU usually answers sooner than that. The caller has
+ * released the GIL, so the spin delays nobody in its process. */
+#define SPIN_BUDGET_NS 20000ull
+
+static int
+other_cpus(void)
+{
+    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
+    int n = dk_atomic_load_relaxed(&ncpu);
+    if (n == 0) {
+        n = dk__os_ncpu();
+        dk_atomic_store_relaxed(&ncpu, n);
+    }
+    return n - 1;
+}
+
+/* Watch *word until it differs from busy, at most SPIN_BUDGET_NS and
+ * not past deadline; true if it did. Reads the vDSO clock every 64
+ * pauses, so it never makes a syscall. */
+static bool
+spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline)
+{
+    if (other_cpus() <= 0) {
+        return false;
+    }
+    uint64_t until = dk__os_monotonic_ns() + SPIN_BUDGET_NS;
+    if (until > deadline) {
+        until = deadline;
+    }
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (dk_atomic_load_relaxed(word) != busy) {
+            return true;
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            return false;
+        }
+    }
+}
 
 static void
 stamp(uint64_t *field)
@@ -78,11 +135,44 @@ took_lock(dk_shm_mutex_t *m)
     stamp(&m->last_ns);
 }
 
-/* Is the process that owns m gone? */
+/*
+ * The lock is held but may have been abandoned: take it over if its owner
+ * process is gone (returns true; the state word never went back to 0, so
+ * we simply become the holder). Several waiters may find the same dead
+ * owner: the CAS on owner_pid elects one. A held lock with no owner
+ * recorded for ORPHAN_AFTER_NS means a holder died between its state CAS
+ * and its owner store (a live acquirer fills the owner in within
+ * nanoseconds); *orphan_since times that.
+ */
 static bool
-owner_gone(uint32_t pid)
+take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
+                       uint64_t *orphan_since)
 {
-    return pid != 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
+    if (owner != 0) {
+        *orphan_since = 0;
+        if (!dk__os_process_gone(owner) ||
+            !dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
+            return false;
+        }
+    } else {
+        if (dk_atomic_load_relaxed(&m->state) == 0) {
+            return false;
+        }
+        if (*orphan_since == 0) {
+            *orphan_since = now;
+            return false;
+        }
+        uint32_t zero = 0;
+        if (now - *orphan_since < ORPHAN_AFTER_NS ||
+            !dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
+            return false;
+        }
+    }
+    dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    stamp(&m->last_ns);
+    dk_atomic_store_release(&m->state, 2); /* held, maybe with waiters */
+    return true;
 }
 
 int
@@ -109,9 +199,23 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         }
     }
     if (deadline == 0) {
-        return -ETIMEDOUT;
+        return -ETIMEDOUT; /* a try: no liveness syscall */
+    }
+    /* Not announced as a waiter yet: while we spin, an unlock that
+     * finds state 1 makes no wake syscall. */
+    while (spin > 0 && dk_atomic_load_relaxed(&m->state) == 1 &&
+           spin_while(&m->state, 1, deadline)) {
+        s = 0;
+        if (dk_atomic_cas_acquire(&m->state, &s, 1)) {
+            took_lock(m);
+            return 0;
+        }
+        if (s != 1) {
+            break; /* waiters are sleeping: queue up behind them */
+        }
     }
     uint64_t orphan_since = 0;
+    bool slept_a_slice = false;
     for (;;) {
         /* Announce a waiter (2); whoever releases will wake us. */
         if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
@@ -119,7 +223,15 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
             return 0;
         }
         uint64_t now = dk__os_monotonic_ns();
-        if (now >= deadline) {
+        bool expired = now >= deadline;
+        /* Ask whether the owner lives after each quiet slice, and once
+         * more before giving up, so any positive timeout can recover a
+         * lock whose holder died. */
+        if ((slept_a_slice || expired) &&
+            take_over_if_abandoned(m, me, now, &orphan_since)) {
+            return 1;
+        }
+        if (expired) {
             return -ETIMEDOUT;
         }
         uint64_t slice = now + LIVENESS_SLICE_NS;
@@ -128,40 +240,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         if (rc == -EINTR && interruptible) {
             return -EINTR;
         }
-        if (rc != -ETIMEDOUT || dk__os_monotonic_ns() >= deadline) {
-            continue;
-        }
-        /* Slept a whole slice: is the owner still alive? */
-        uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
-        if (owner != 0 && owner_gone(owner)) {
-            if (dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
-                dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
-                stamp(&m->last_ns);
-                dk_atomic_store_release(&m->state, 2); /* still held */
-                return 1;
-            }
-            continue;
-        }
-        if (owner == 0 && dk_atomic_load_relaxed(&m->state) != 0) {
-            /* Held but no owner recorded: a live acquirer fills it in
-             * within nanoseconds; a second of it means the holder died
-             * between its CAS and its owner store. */
-            if (orphan_since == 0) {
-                orphan_since = dk__os_monotonic_ns();
-            } else if (dk__os_monotonic_ns() - orphan_since >=
-                       ORPHAN_AFTER_NS) {
-                uint32_t zero = 0;
-                if (dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
-                    dk_atomic_store_relaxed(&m->owner_tid,
-                                            (uint32_t)dk__os_tid());
-                    stamp(&m->last_ns);
-                    dk_atomic_store_release(&m->state, 2);
-                    return 1;
-                }
-            }
-        } else {
-            orphan_since = 0;
-        }
+        slept_a_slice = rc == -ETIMEDOUT;
     }
 }
 
@@ -238,6 +317,12 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
     }
     for (int i = 0; i < spin; i++) {
         dk_cpu_relax();
+        if (try_take(s)) {
+            return 0;
+        }
+    }
+    /* Not counted in `waiters` yet: a post meanwhile makes no syscall. */
+    while (spin > 0 && deadline != 0 && spin_while(&s->count, 0, deadline)) {
         if (try_take(s)) {
             return 0;
         }

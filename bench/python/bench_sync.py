@@ -1,7 +1,8 @@
 """dispatchkit.sync against fastipc, threading, multiprocessing and
 posix_ipc, in one run: uncontended mutex acquire+release and semaphore
 post+wait pairs, a cross-process ping-pong through two semaphores, and two
-processes contending for one mutex."""
+processes contending for one mutex (1M acquisitions in total; pass a
+divisor as the first argument to scale every workload down)."""
 import multiprocessing as mp
 import os
 import sys
@@ -68,6 +69,18 @@ def uncontended(shm):
     ts = threading.Semaphore(0)
     emit("semaphore_post_wait", "threading.Semaphore",
          per_op("ts.release(); ts.acquire()", n, ts=ts), "ns")
+    ms = mp.Semaphore(0)
+    emit("semaphore_post_wait", "multiprocessing.Semaphore",
+         per_op("ms.release(); ms.acquire()", n, ms=ms), "ns")
+    try:
+        import posix_ipc
+        ps = posix_ipc.Semaphore(f"/dkbenchs{os.getpid()}",
+                                 posix_ipc.O_CREX, initial_value=0)
+        emit("semaphore_post_wait", "posix_ipc.Semaphore",
+             per_op("ps.release(); ps.acquire()", n, ps=ps), "ns")
+        ps.unlink()
+    except ImportError:
+        pass
     del m, s
 
 
@@ -163,34 +176,72 @@ def ping_pong():
             shm.unlink()
 
 
-def _contend(name, n):
-    m = shared_memory.SharedMemory(name=name)
-    mtx = sync.Mutex(m.buf[:64])
+def _contend(kind, arg, n):
+    if kind == "mp":
+        lk = arg
+    elif kind == "posix_ipc":
+        import posix_ipc
+        lk = posix_ipc.Semaphore(arg)
+    else:
+        m = shared_memory.SharedMemory(name=arg)
+        if kind == "fastipc":
+            from fastipc._primitives import Mutex
+        else:
+            Mutex = sync.Mutex
+        lk = Mutex(m.buf[:64])
+    acquire, release = lk.acquire, lk.release
     for _ in range(n):
-        mtx.acquire()
-        mtx.release()
-    del mtx
-    m.close()
+        acquire()
+        release()
+    if kind in ("dispatchkit", "fastipc"):
+        del lk, acquire, release
+        m.close()
 
 
 def contended():
     total = 1_000_000 // SCALE
-    shm = shared_memory.SharedMemory(create=True, size=64)
-    try:
-        sync.Mutex(shm.buf[:64])
-        ctx = mp.get_context("fork")
-        procs = [ctx.Process(target=_contend, args=(shm.name, total // 2))
-                 for _ in range(2)]
-        t = time.perf_counter()
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(300)
-        el = time.perf_counter() - t
-        emit("mutex_2proc_contended", "dispatchkit", total / el, "acq/s")
-    finally:
-        shm.close()
-        shm.unlink()
+    ctx = mp.get_context("fork")
+    for kind in ("dispatchkit", "fastipc", "mp", "posix_ipc"):
+        shm = shared_memory.SharedMemory(create=True, size=64)
+        ps = None
+        try:
+            if kind == "dispatchkit":
+                sync.Mutex(shm.buf[:64])
+                arg = shm.name
+            elif kind == "fastipc":
+                try:
+                    from fastipc._primitives import Mutex
+                except ImportError:
+                    continue
+                Mutex(shm.buf[:64])
+                arg = shm.name
+            elif kind == "mp":
+                arg = ctx.Lock()
+            else:
+                try:
+                    import posix_ipc
+                except ImportError:
+                    continue
+                arg = f"/dkcont{os.getpid()}"
+                ps = posix_ipc.Semaphore(arg, posix_ipc.O_CREX,
+                                         initial_value=1)
+            procs = [ctx.Process(target=_contend,
+                                 args=(kind, arg, total // 2))
+                     for _ in range(2)]
+            t = time.perf_counter()
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(300)
+            el = time.perf_counter() - t
+            name = {"mp": "multiprocessing.Lock",
+                    "posix_ipc": "posix_ipc.Semaphore"}.get(kind, kind)
+            emit("mutex_2proc_contended", name, total / el, "acq/s")
+        finally:
+            if ps is not None:
+                ps.unlink()
+            shm.close()
+            shm.unlink()
 
 
 if __name__ == "__main__":

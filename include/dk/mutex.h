@@ -61,12 +61,21 @@ DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count,
 /*
  * Lock. Returns 0, 1 (acquired, and the previous owner process had died
  * holding it: the protected data may be inconsistent), -ETIMEDOUT,
- * -EINTR (a signal handler ran while waiting; interruptible only),
- * -EDEADLK (the calling thread already holds it). deadline 0 = try once.
+ * -EINTR (a signal arrived while waiting; interruptible only: the caller
+ * runs its handlers and calls again with the same deadline), -EDEADLK
+ * (the calling thread already holds it). deadline 0 = try (spin times,
+ * then give up; no liveness check, no syscall). With a deadline, a holder
+ * whose process no longer exists is detected after 50 ms without a
+ * wake-up, and once more at the deadline, so any positive timeout
+ * recovers an abandoned lock. spin: CAS attempts before sleeping.
+ * Ownership is per thread: another thread of the holder's process blocks
+ * like any other process.
  */
 DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
                                 bool shared, int spin, bool interruptible);
-/* Returns 0, or -EPERM when the calling process does not hold it. */
+/* Unlock and wake one sleeper if any announced itself. Returns 0, or
+ * -EPERM when neither the calling process (fastipc's rule) nor the calling
+ * thread holds it; force unlocks whoever holds it (crash recovery). */
 DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force);
 
 /* Take one unit: 0, -ETIMEDOUT, -EINTR (interruptible). */

@@ -1,9 +1,10 @@
 /*
  * Binding of dispatchkit.sync's buffer primitives that mirror fastipc:
- * FutexWord, AtomicU32 and AtomicU64. The atomics are the same core
- * functions dispatchkit.atomics uses (dk_atomic_*_w). Buffers are pinned
- * (exported) for the object's life, must be writable, large enough and
- * naturally aligned.
+ * FutexWord, AtomicU32, AtomicU64, Mutex, Semaphore, and Event (the word
+ * under NamedEvent). The atomics are the same core functions
+ * dispatchkit.atomics uses (dk_atomic_u32_* / dk_atomic_u64_*). Buffers
+ * are pinned (exported) for the object's life, must be writable, large
+ * enough and naturally aligned.
  */
 #include "python/binding.h"
 
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "dk/atomic.h"
+#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
 #include "dk/time.h"
@@ -159,12 +161,21 @@ FutexWord_wake(WordObject *self, PyObject *args, PyObject *kwargs)
     return PyLong_FromLong(dk_futex_wake(self->addr, n, self->shared));
 }
 
+/* The words go through the public dk_atomic_u32_* / dk_atomic_u64_*
+ * functions, the same ones dispatchkit.atomics uses. */
+static uint64_t
+word_load(WordObject *self)
+{
+    return self->width == 4
+               ? dk_atomic_u32_load(self->addr, DK_MO_ACQUIRE)
+               : dk_atomic_u64_load(self->addr, DK_MO_ACQUIRE);
+}
+
 static PyObject *
 Word_load(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    return PyLong_FromUnsignedLongLong(
-        dk_atomic_load_w(self->addr, self->width, DK_MO_ACQUIRE));
+    return PyLong_FromUnsignedLongLong(word_load(self));
 }
 
 static PyObject *
@@ -174,7 +185,11 @@ Word_store(WordObject *self, PyObject *v)
     if (get_u(v, self->width, &x) < 0) {
         return NULL;
     }
-    dk_atomic_store_w(self->addr, self->width, x, DK_MO_RELEASE);
+    if (self->width == 4) {
+        dk_atomic_u32_store(self->addr, (uint32_t)x, DK_MO_RELEASE);
+    } else {
+        dk_atomic_u64_store(self->addr, x, DK_MO_RELEASE);
+    }
     Py_RETURN_NONE;
 }
 
@@ -212,8 +227,14 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (get_u(exp, self->width, &e) < 0 || get_u(des, self->width, &d) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(dk_atomic_cas_w(
-        self->addr, self->width, &e, d, false, DK_MO_ACQ_REL, DK_MO_ACQUIRE));
+    if (self->width == 4) {
+        uint32_t e32 = (uint32_t)e;
+        return PyBool_FromLong(dk_atomic_u32_cas(self->addr, &e32,
+                                                 (uint32_t)d, false,
+                                                 DK_MO_ACQ_REL, DK_MO_ACQUIRE));
+    }
+    return PyBool_FromLong(dk_atomic_u64_cas(self->addr, &e, d, false,
+                                             DK_MO_ACQ_REL, DK_MO_ACQUIRE));
 }
 
 static PyObject *
@@ -227,8 +248,7 @@ Word_repr(WordObject *self)
     }
     return PyUnicode_FromFormat("<dispatchkit.sync.%s addr=%p value=%llu>",
                                 name, self->addr,
-                                (unsigned long long)dk_atomic_load_w(
-                                    self->addr, self->width, DK_MO_ACQUIRE));
+                                (unsigned long long)word_load(self));
 }
 
 static PyMethodDef FutexWord_methods[] = {
@@ -796,6 +816,120 @@ static PyType_Slot Semaphore_slots[] = {
     {0, NULL},
 };
 
+/* ---- Event ------------------------------------------------------------ */
+
+static PyObject *
+Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "shared", NULL};
+    PyObject *buffer;
+    int shared = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Event", kwlist,
+                                     &buffer, &shared)) {
+        return NULL;
+    }
+    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (word_init(self, buffer, 4) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->shared = shared != 0;
+    return (PyObject *)self;
+}
+
+static PyObject *
+Event_set(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_shm_event_set(self->addr, self->shared);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Event_clear(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_shm_event_clear(self->addr);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Event_is_set(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(dk_shm_event_is_set(self->addr));
+}
+
+static PyObject *
+Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"timeout_ns", NULL};
+    long long timeout_ns = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|L:wait", kwlist,
+                                     &timeout_ns)) {
+        return NULL;
+    }
+    if (dk_shm_event_is_set(self->addr)) {
+        Py_RETURN_TRUE;
+    }
+    if (timeout_ns == 0) {
+        Py_RETURN_FALSE;
+    }
+    uint64_t deadline =
+        timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_shm_event_wait(self->addr, deadline, self->shared);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            Py_RETURN_TRUE;
+        }
+        if (rc == -ETIMEDOUT) {
+            Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+}
+
+static PyObject *
+Event_repr(WordObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.sync.Event addr=%p shared=%d "
+                                "set=%d>",
+                                self->addr, (int)self->shared,
+                                (int)dk_shm_event_is_set(self->addr));
+}
+
+static PyMethodDef Event_methods[] = {
+    {"set", (PyCFunction)Event_set, METH_NOARGS,
+     "set()\n\nSet the event and wake every waiter."},
+    {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
+    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
+    {"wait", (PyCFunction)(void (*)(void))Event_wait,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait(timeout_ns=-1) -> bool\n\nTrue once the event is seen set "
+     "(at once if it already is), False at the timeout. Releases the GIL; "
+     "Ctrl-C interrupts it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Event_slots[] = {
+    {Py_tp_new, Event_new},
+    {Py_tp_dealloc, Word_dealloc},
+    {Py_tp_methods, Event_methods},
+    {Py_tp_repr, Event_repr},
+    {Py_tp_doc, "Event(buffer, shared=True)\n\nA manual-reset event on the "
+                "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+                "else set: fastipc's NamedEvent word)."},
+    {0, NULL},
+};
+
 static PyType_Spec sync_specs[] = {
     {"dispatchkit.sync.Mutex", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
      Mutex_slots},
@@ -807,6 +941,8 @@ static PyType_Spec sync_specs[] = {
      AtomicU32_slots},
     {"dispatchkit.sync.AtomicU64", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
      AtomicU64_slots},
+    {"dispatchkit.sync.Event", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
+     Event_slots},
 };
 
 int

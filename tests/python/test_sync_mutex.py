@@ -240,6 +240,9 @@ def test_ctrl_c_interrupts_waits(what):
     code = textwrap.dedent(f"""
         import os, signal, threading
         import dispatchkit.sync as sync
+        # Installed explicitly: a shell's background job starts with SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         buf = bytearray(64)
         threading.Timer(0.3, lambda: os.kill(os.getpid(),
                                              signal.SIGINT)).start()

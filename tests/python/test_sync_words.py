@@ -139,6 +139,9 @@ def test_ctrl_c_interrupts_futex_wait():
     code = textwrap.dedent("""
         import os, signal, threading
         import dispatchkit.sync as sync
+        # Installed explicitly: a shell's background job starts with SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         fw = sync.FutexWord(bytearray(4), shared=False)
         threading.Timer(0.2, lambda: os.kill(os.getpid(),
                                              signal.SIGINT)).start()

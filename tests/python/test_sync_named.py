@@ -1,0 +1,629 @@
+"""dispatchkit.sync named helpers: GuardedSharedMemory, NamedEvent,
+NamedMutex, NamedSemaphore. Real processes (fork, spawn, and fastipc from
+the registry in a subprocess), SIGKILLed users, stale names, the PID
+directory's permissions and symlink checks, bad input."""
+import multiprocessing as mp
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+import dispatchkit.sync as sync
+
+SHM = "/dev/shm"
+
+
+@pytest.fixture
+def pid_root(tmp_path, monkeypatch):
+    root = tmp_path / "pids"
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def name():
+    n = "dk" + uuid.uuid4().hex[:12]
+    yield n
+    for prefix in ("", "__pyfastipc_event_", "__pyfastipc_mutex_",
+                   "__pyfastipc_sema_"):
+        try:
+            os.unlink(f"{SHM}/{prefix}{n}")
+        except FileNotFoundError:
+            pass
+
+
+def shm_exists(full_name):
+    return os.path.exists(f"{SHM}/{full_name}")
+
+
+def run_py(code, timeout=60, **kw):
+    """Start a Python child (same interpreter and environment)."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def read_line(p, timeout=60):
+    """One line from the child's stdout, bounded in time."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(p.stdout.readline()))
+    t.start()
+    t.join(timeout)
+    assert out and out[0], p.stderr.read() if p.poll() is not None else ""
+    return out[0].strip()
+
+
+# ---- basic behaviour ------------------------------------------------------
+
+def test_named_mutex_counts_across_spawned_processes(pid_root, name):
+    counter = sync.GuardedSharedMemory(name, 8)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_count_named, args=(name, 300))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert counter.buf[:8].cast("Q")[0] == 900
+    counter.close()
+    assert not shm_exists(name)
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+    assert os.listdir(pid_root) == []
+
+
+def _count_named(name, n):
+    g = sync.GuardedSharedMemory(name, 8, attach_only=True)
+    c = g.buf[:8].cast("Q")
+    m = sync.NamedMutex(name)
+    for _ in range(n):
+        with m:
+            c[0] += 1
+    del c
+    m.close()
+    g.close()
+
+
+def test_named_mutex_api(pid_root, name):
+    m = sync.NamedMutex(name)
+    assert m.name == name
+    assert m.owner_pid() == 0
+    assert m.acquire() is True
+    assert m.owner_pid() == os.getpid() and m.owner_died is False
+    assert m.last_acquired_ns() > 0
+    assert m.try_acquire() is False
+    m.release()
+    assert m.try_release() is False           # not held: False, no raise
+    with pytest.raises(RuntimeError):
+        m.release()
+    assert m.acquire_ns(1_000_000, spin=4) is True
+    m.force_release()
+    assert m.owner_pid() == 0
+    with m:
+        assert m.owner_pid() == os.getpid()
+    m.close()
+    m.close()  # idempotent
+
+
+def test_named_mutex_is_per_thread(pid_root, name):
+    # fastipc's NamedMutex.__enter__ raises RuntimeError in a second thread.
+    m = sync.NamedMutex(name)
+    total = [0]
+
+    def work():
+        for _ in range(500):
+            with m:
+                v = total[0]
+                total[0] = v + 1
+
+    ts = [threading.Thread(target=work) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert total[0] == 1500
+    m.close()
+
+
+def test_named_semaphore_api(pid_root, name):
+    s = sync.NamedSemaphore(name, initial=2)
+    assert s.value() == 2
+    assert s.wait() is True and s.acquire() is True  # acquire = wait
+    assert s.value() == 0
+    assert s.P(blocking=False) is False
+    assert s.wait(timeout=0.01) is False
+    assert s.wait(blocking=False) is False
+    assert s.wait_ns(timeout_ns=1_000_000) is False
+    s.post(3)
+    s.V()
+    s.release(1)
+    s.post1()
+    assert s.value() == 6
+    assert s.wait_ns() is True and s.last_pid() == os.getpid()
+    assert s.last_acquired_ns() > 0
+    attached = sync.NamedSemaphore(name, initial=99)  # not the creator
+    assert attached.value() == 5
+    with pytest.raises(OverflowError):
+        s.post(-1)
+    with pytest.raises(OverflowError):
+        sync.NamedSemaphore(name, initial=-1)
+    with pytest.raises(OverflowError):
+        sync.NamedSemaphore(name, initial=2**32)
+    attached.close()
+    s.close()
+    assert not shm_exists("__pyfastipc_sema_" + name)
+
+
+def test_named_semaphore_post_n_wakes_exactly_n(pid_root, name):
+    s = sync.NamedSemaphore(name, initial=0)
+    results = []
+    lock = threading.Lock()
+
+    def waiter():
+        ok = s.wait(timeout=20.0)
+        with lock:
+            results.append(ok)
+
+    ts = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in ts:
+        t.start()
+    time.sleep(0.2)  # let them sleep
+    s.post(2)
+    deadline = time.monotonic() + 20
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.15)  # a third wake-up would show by now
+    assert results == [True, True]
+    assert s.value() == 0
+    s.post(1)
+    for t in ts:
+        t.join(30)
+    assert results == [True, True, True]
+    s.close()
+
+
+def test_named_event(pid_root, name):
+    e = sync.NamedEvent(name)
+    assert e.is_set() is False
+    assert e.wait(0) is False
+    assert e.wait(1_000_000) is False
+    got = []
+    t = threading.Thread(target=lambda: got.append(e.wait(20_000_000_000)))
+    t.start()
+    time.sleep(0.05)
+    e.set()
+    t.join(30)
+    assert got == [True]
+    # Already set: True at once (fastipc returns False here, defect F7).
+    assert e.wait(0) is True and e.wait() is True
+    e.clear()
+    assert e.is_set() is False and e.wait(1000) is False
+    other = sync.NamedEvent(name)  # attaching does not clear it
+    e.set()
+    other2 = sync.NamedEvent(name)
+    assert other2.is_set() is True
+    for x in (e, other, other2):
+        x.close()
+    assert not shm_exists("__pyfastipc_event_" + name)
+
+
+def _wait_event(name, q):
+    e = sync.NamedEvent(name)
+    q.put("ready")
+    q.put(e.wait(20_000_000_000))
+    e.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_named_event_wakes_other_processes(pid_root, name, method):
+    ctx = mp.get_context(method)
+    e = sync.NamedEvent(name)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_wait_event, args=(name, q))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    assert [q.get(timeout=60) for _ in procs] == ["ready", "ready"]
+    time.sleep(0.05)
+    e.set()
+    assert sorted(q.get(timeout=60) for _ in procs) == [True, True]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    e.close()
+
+
+# ---- owner death, stale names and cleanup --------------------------------
+
+def _hold_named(name, q):
+    m = sync.NamedMutex(name)
+    m.acquire()
+    q.put(os.getpid())
+    time.sleep(60)
+
+
+def test_named_mutex_holder_killed(pid_root, name):
+    m = sync.NamedMutex(name)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_hold_named, args=(name, q))
+    p.start()
+    holder = q.get(timeout=30)
+    assert m.owner_pid() == holder
+    assert m.acquire_ns(60_000_000) is False
+    os.kill(holder, signal.SIGKILL)
+    p.join(30)
+    assert m.acquire_ns(10_000_000_000) is True
+    assert m.owner_died is True
+    m.release()
+    m.close()
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+    assert os.listdir(pid_root) == []
+
+
+KILLED_USER = """
+import os, signal, sys
+sys.path[:0] = []
+if {fastipc!r}:
+    from fastipc import NamedMutex, NamedSemaphore
+else:
+    from dispatchkit.sync import NamedMutex, NamedSemaphore
+m = NamedMutex({name!r})
+m.acquire()
+s = NamedSemaphore({name!r}, initial=5)
+s.wait()
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("peer", ["dispatchkit", "fastipc"])
+def test_names_left_by_killed_processes_are_cleaned_up(pid_root, name,
+                                                       peer):
+    if peer == "fastipc":
+        pytest.importorskip("fastipc")
+    p = run_py(KILLED_USER.format(fastipc=peer == "fastipc", name=name))
+    assert read_line(p) == "holding"
+    p.wait(30)
+    assert p.returncode == -signal.SIGKILL
+    assert shm_exists("__pyfastipc_mutex_" + name)
+    assert shm_exists("__pyfastipc_sema_" + name)
+    assert sorted(os.listdir(pid_root)) == [
+        f"__pyfastipc_mutex_{name}.pids", f"__pyfastipc_sema_{name}.pids"]
+    # The next user finds only dead users: fresh objects, not a held mutex
+    # and a count of 4 from the crashed run.
+    s = sync.NamedSemaphore(name, initial=1)
+    assert s.value() == 1 and s._shm.reclaimed
+    m = sync.NamedMutex(name)
+    assert m.try_acquire() is True and m.owner_died is False
+    m.release()
+    m.close()
+    s.close()
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+    assert not shm_exists("__pyfastipc_sema_" + name)
+    assert os.listdir(pid_root) == []
+
+
+def test_two_handles_in_one_process_do_not_split(pid_root, name):
+    # fastipc: closing g1 unlinks the segment under g2, and g3 then gets a
+    # fresh one (split brain).
+    g1 = sync.GuardedSharedMemory(name, 64)
+    g2 = sync.GuardedSharedMemory(name, 64)
+    assert g1.created and not g2.created
+    g1.close()
+    assert shm_exists(name)
+    g3 = sync.GuardedSharedMemory(name, 64)
+    g2.buf[0] = 42
+    assert g3.buf[0] == 42
+    assert g3.get_num_procs() == 1
+    g2.close()
+    assert shm_exists(name)
+    g3.close()
+    assert not shm_exists(name)
+
+
+def _child_keeps(name, go, done):
+    g = sync.GuardedSharedMemory(name, 64, attach_only=True)
+    g.buf[1] = 7
+    done.set()
+    go.wait(30)
+    g.close()
+
+
+def test_last_close_unlinks_only_when_nobody_is_left(pid_root, name):
+    ctx = mp.get_context("spawn")
+    g = sync.GuardedSharedMemory(name, 64)
+    go, done = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_child_keeps, args=(name, go, done))
+    p.start()
+    assert done.wait(60)
+    assert g.get_num_procs() == 2
+    g.close()
+    assert shm_exists(name)  # the child still uses it
+    go.set()
+    p.join(60)
+    assert p.exitcode == 0
+    assert not shm_exists(name)
+    assert os.listdir(pid_root) == []
+
+
+def test_forked_child_is_registered(pid_root, name):
+    g = sync.GuardedSharedMemory(name, 64)
+    ctx = mp.get_context("fork")
+    go, seen = ctx.Event(), ctx.Queue()
+
+    def child():
+        seen.put(g.get_num_procs())
+        go.wait(30)
+        g.buf[0] = 9
+        g.close()
+
+    p = ctx.Process(target=child)
+    p.start()
+    assert seen.get(timeout=30) == 2
+    g_view = sync.GuardedSharedMemory(name, 64)
+    g.close()
+    g_view.close()
+    assert shm_exists(name)  # the forked child is still using it
+    go.set()
+    p.join(30)
+    assert p.exitcode == 0
+    # The child exited through os._exit (multiprocessing): its file is a
+    # dead process's, pruned by the next user.
+    again = sync.GuardedSharedMemory(name, 64)
+    assert again.created  # stale (only dead users) -> fresh
+    again.close()
+    assert not shm_exists(name)
+
+
+def test_closing_under_a_live_primitive_is_safe(pid_root, name):
+    # fastipc segfaults here (no buffer export held, defect F8).
+    g = sync.GuardedSharedMemory(name, 64)
+    m = sync.Mutex(g.buf[:64])
+    g.close()
+    with pytest.raises(ValueError, match="closed"):
+        g.buf
+    assert m.acquire() is True  # the mapping lives as long as m
+    m.release()
+    del m
+
+
+# ---- interop with fastipc --------------------------------------------------
+
+FASTIPC_PEER = """
+import os, sys
+from fastipc import NamedEvent, NamedMutex, NamedSemaphore
+m = NamedMutex({name!r})
+e = NamedEvent({name!r})
+s = NamedSemaphore({name!r})
+m.acquire()
+e.set()
+print(os.getpid(), flush=True)
+ok = s.wait(timeout=20.0)        # we post it (fastipc waits on count 0)
+m.release()
+print("got" if ok else "timeout", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_named_objects_shared_with_fastipc(pid_root, name):
+    pytest.importorskip("fastipc")
+    m = sync.NamedMutex(name)
+    e = sync.NamedEvent(name)
+    s = sync.NamedSemaphore(name, initial=0, fastipc_compat=True)
+    p = run_py(FASTIPC_PEER.format(name=name))
+    peer = int(read_line(p))
+    assert e.wait(20_000_000_000) is True
+    assert m.owner_pid() == peer and m.try_acquire() is False
+    time.sleep(0.1)  # the peer is asleep in its wait
+    s.post()
+    assert read_line(p) == "got"
+    assert m.acquire_ns(20_000_000_000) is True and m.owner_died is False
+    m.release()
+    # The peer is alive: our close leaves the names in place.
+    for x in (m, e, s):
+        x.close()
+    assert shm_exists("__pyfastipc_mutex_" + name)
+    p.stdin.write("\n")
+    p.stdin.flush()
+    p.wait(30)
+    assert p.returncode == 0, p.stderr.read()
+    # fastipc's atexit close found no other live user: all unlinked.
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+    assert not shm_exists("__pyfastipc_event_" + name)
+    assert not shm_exists("__pyfastipc_sema_" + name)
+
+
+FASTIPC_CREATOR = """
+import os, sys
+from fastipc import NamedMutex
+m = NamedMutex({name!r})       # creator: zeroes the header, magic included
+m.acquire()
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+m.release()
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_mutex_created_by_fastipc_and_held(pid_root, name):
+    pytest.importorskip("fastipc")
+    p = run_py(FASTIPC_CREATOR.format(name=name))
+    peer = int(read_line(p))
+    m = sync.NamedMutex(name)  # magic 0 and state held: still accepted
+    assert m.owner_pid() == peer
+    assert m.try_acquire() is False
+    p.stdin.write("\n")
+    p.stdin.flush()
+    assert read_line(p) == "released"
+    assert m.acquire_ns(10_000_000_000) is True
+    m.release()
+    p.stdin.write("\n")
+    p.stdin.flush()
+    p.wait(30)
+    assert p.returncode == 0, p.stderr.read()
+    m.close()
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+
+
+# ---- permissions, symlinks, bad input -------------------------------------
+
+def test_created_0600_unless_asked(pid_root, name):
+    g = sync.GuardedSharedMemory(name, 64)
+    assert stat.S_IMODE(os.stat(f"{SHM}/{name}").st_mode) == 0o600
+    pdir = pid_root / f"{name}.pids"
+    assert stat.S_IMODE(os.stat(pdir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(pdir / str(os.getpid())).st_mode) == 0o600
+    g.close()
+    old = os.umask(0o077)
+    try:
+        g = sync.GuardedSharedMemory(name, 64, mode=0o640)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(f"{SHM}/{name}").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(pdir).st_mode) == 0o750
+    g.close()
+    m = sync.NamedMutex(name)
+    assert stat.S_IMODE(
+        os.stat(f"{SHM}/__pyfastipc_mutex_{name}").st_mode) == 0o600
+    m.close()
+
+
+OTHER_UID = 54321
+
+
+def _needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant files owned by another user")
+
+
+def test_pid_root_symlink_planted_by_another_user(tmp_path, monkeypatch,
+                                                  name):
+    _needs_root()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "pids"
+    link.symlink_to(target)
+    os.lchown(link, OTHER_UID, OTHER_UID)
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(link))
+    with pytest.raises(PermissionError, match="symlink owned by uid"):
+        sync.NamedMutex(name)
+    assert os.listdir(target) == []
+    assert not shm_exists("__pyfastipc_mutex_" + name)
+
+
+def test_own_pid_root_symlink_is_fine(tmp_path, monkeypatch, name):
+    target = tmp_path / "real"
+    target.mkdir()
+    (tmp_path / "pids").symlink_to(target)
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))
+    m = sync.NamedMutex(name)
+    assert os.listdir(target) == [f"__pyfastipc_mutex_{name}.pids"]
+    m.close()
+    assert os.listdir(target) == []
+
+
+def test_planted_pids_entry_is_refused(pid_root, tmp_path, name):
+    pid_root.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    entry = pid_root / f"__pyfastipc_mutex_{name}.pids"
+    entry.symlink_to(victim)
+    if os.geteuid() == 0:
+        os.lchown(entry, OTHER_UID, OTHER_UID)
+    with pytest.raises(PermissionError, match="symlink"):
+        sync.NamedMutex(name)
+    assert os.listdir(victim) == []  # nothing written through the link
+    entry.unlink()
+    if os.geteuid() == 0:
+        entry.mkdir()
+        os.chown(entry, OTHER_UID, OTHER_UID)
+        with pytest.raises(PermissionError, match="owned by uid"):
+            sync.NamedMutex(name)
+        assert os.listdir(entry) == []
+
+
+def test_segment_owned_by_another_user_is_refused(pid_root, name):
+    _needs_root()
+    g = sync.GuardedSharedMemory(name, 64)
+    os.chown(f"{SHM}/{name}", OTHER_UID, OTHER_UID)
+    with pytest.raises(PermissionError, match="owned by uid"):
+        sync.GuardedSharedMemory(name, 64)
+    os.chown(f"{SHM}/{name}", 0, 0)
+    g.close()
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "x\0y",
+                                 "n" * 251])
+def test_bad_names(pid_root, bad):
+    for ctor in (sync.NamedMutex, sync.NamedEvent, sync.NamedSemaphore,
+                 lambda n: sync.GuardedSharedMemory(n, 64)):
+        with pytest.raises(ValueError):
+            ctor(bad)
+    assert not pid_root.exists() or os.listdir(pid_root) == []
+
+
+def test_bad_sizes_modes_and_attach_only(pid_root, name):
+    for size in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="size"):
+            sync.GuardedSharedMemory(name, size)
+    for mode in (0o400, 0o1777, -1):
+        with pytest.raises(ValueError, match="mode"):
+            sync.GuardedSharedMemory(name, 64, mode=mode)
+    with pytest.raises(TypeError):
+        sync.NamedMutex(b"bytes")
+    with pytest.raises(sync.NoShmFoundError):
+        sync.GuardedSharedMemory(name, 64, attach_only=True)
+    assert os.listdir(pid_root) == []  # no stray .pids directory
+    assert issubclass(sync.NoShmFoundError, FileNotFoundError)
+    small = sync.GuardedSharedMemory(name, 16)
+    with pytest.raises(RuntimeError, match="after 3 attempts"):
+        sync.GuardedSharedMemory(name, 64, max_attempts=3)
+    small.close()
+
+
+def test_explicit_pid_dir_wins_over_environment(pid_root, tmp_path, name):
+    explicit = tmp_path / "explicit"
+    g = sync.GuardedSharedMemory(name, 64, pid_dir=str(explicit))
+    assert os.listdir(explicit) == [f"{name}.pids"]
+    assert not pid_root.exists()
+    g.close()
+
+
+def test_signal_handler_exception_interrupts_named_waits(tmp_path):
+    code = f"""
+        import os, signal, threading
+        import dispatchkit.sync as sync
+        os.environ["FASTIPC_PID_DIR"] = {str(tmp_path)!r}
+
+        class Stop(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Stop()
+
+        signal.signal(signal.SIGUSR1, handler)
+        pid = os.getpid()
+        e = sync.NamedEvent("dkint{os.getpid()}")
+        s = sync.NamedSemaphore("dkint{os.getpid()}", initial=0)
+        for what in (lambda: e.wait(), lambda: s.wait()):
+            threading.Timer(0.2, os.kill, (pid, signal.SIGUSR1)).start()
+            try:
+                what()
+                print("returned")
+            except Stop:
+                print("interrupted")
+        e.close(); s.close()
+    """
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["interrupted", "interrupted"]
