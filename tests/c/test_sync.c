@@ -336,7 +336,7 @@ DK_TEST(sync_semaphore_post_n_wakes_exactly_n)
     wait_until_count(&post_woken, 2);
     sleep_ms(120); /* longer than a re-check slice: nobody else wakes */
     CHECK_EQ(dk_atomic_load_acquire(&post_woken), 2);
-    CHECK_EQ(post_sem.count, 0);
+    CHECK_EQ(dk_atomic_load_acquire(&post_sem.count), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     for (int i = 0; i < 4; i++) {
