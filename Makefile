@@ -92,8 +92,11 @@ lint:
 	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
 	    { apt-get update -qq && apt-get install -y -qq clang-format clang-tidy; }
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
-	clang-tidy --quiet $$(git ls-files 'src/*.c' | grep -v '^src/python/') -- \
-	    -Iinclude -Isrc -D_GNU_SOURCE -std=c11
+	# One file per clang-tidy run: its va_list checker carries state from one
+	# translation unit to the next and then flags correct va_start/vsnprintf.
+	for f in $$(git ls-files 'src/*.c' | grep -v '^src/python/'); do \
+	    clang-tidy --quiet $$f -- -Iinclude -Isrc -D_GNU_SOURCE -std=c11 || exit 1; \
+	done
 	clang-tidy --quiet $$(git ls-files 'src/python/*.c') -- -Iinclude -Isrc \
 	    -D_GNU_SOURCE -std=c11 -I$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 

@@ -166,9 +166,8 @@ FutexWord_wake(WordObject *self, PyObject *args, PyObject *kwargs)
 static uint64_t
 word_load(WordObject *self)
 {
-    return self->width == 4
-               ? dk_atomic_u32_load(self->addr, DK_MO_ACQUIRE)
-               : dk_atomic_u64_load(self->addr, DK_MO_ACQUIRE);
+    return self->width == 4 ? dk_atomic_u32_load(self->addr, DK_MO_ACQUIRE)
+                            : dk_atomic_u64_load(self->addr, DK_MO_ACQUIRE);
 }
 
 static PyObject *
@@ -229,9 +228,9 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     if (self->width == 4) {
         uint32_t e32 = (uint32_t)e;
-        return PyBool_FromLong(dk_atomic_u32_cas(self->addr, &e32,
-                                                 (uint32_t)d, false,
-                                                 DK_MO_ACQ_REL, DK_MO_ACQUIRE));
+        return PyBool_FromLong(dk_atomic_u32_cas(self->addr, &e32, (uint32_t)d,
+                                                 false, DK_MO_ACQ_REL,
+                                                 DK_MO_ACQUIRE));
     }
     return PyBool_FromLong(dk_atomic_u64_cas(self->addr, &e, d, false,
                                              DK_MO_ACQ_REL, DK_MO_ACQUIRE));

@@ -11,9 +11,9 @@
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
-#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -143,8 +143,7 @@ static void
 count_under(struct counted *c, bool shared)
 {
     for (int i = 0; i < INCREMENTS; i++) {
-        CHECK(dk_shm_mutex_lock(&c->m, DK_OS_FOREVER, shared, 16, false) >=
-              0);
+        CHECK(dk_shm_mutex_lock(&c->m, DK_OS_FOREVER, shared, 16, false) >= 0);
         uint64_t v = c->counter;
         c->counter = v + 1;
         CHECK_EQ(dk_shm_mutex_unlock(&c->m, shared, false), 0);
@@ -307,8 +306,7 @@ static void *
 sem_waiter(void *arg)
 {
     (void)arg;
-    if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), false, 0, false) ==
-        0) {
+    if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), false, 0, false) == 0) {
         dk_atomic_add_seq_cst(&post_woken, 1);
     }
     return NULL;
@@ -354,8 +352,7 @@ DK_TEST(sync_semaphore_codes)
     CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, 0, false), 0);
     CHECK_EQ(s.last_pid, (uint32_t)getpid());
     CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, 16, false), -ETIMEDOUT);
-    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(5), false, 0, false),
-             -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(5), false, 0, false), -ETIMEDOUT);
     CHECK_EQ(dk_shm_semaphore_post(&s, 0, false, false), 0);
     CHECK_EQ(s.count, 0);
     CHECK_EQ(dk_shm_semaphore_init(&s, true, UINT32_MAX - 1), 0);
@@ -374,9 +371,9 @@ DK_TEST(sync_semaphore_ping_pong_between_processes)
     CHECK(pid >= 0);
     if (pid == 0) {
         for (int i = 0; i < 2000; i++) {
-            CHECK_EQ(dk_shm_semaphore_wait(&s[0], in_ms(10000), true, 16,
-                                           false),
-                     0);
+            CHECK_EQ(
+                dk_shm_semaphore_wait(&s[0], in_ms(10000), true, 16, false),
+                0);
             CHECK_EQ(dk_shm_semaphore_post(&s[1], 1, true, false), 0);
         }
         _exit(0);
@@ -406,8 +403,7 @@ set_later(void *arg)
 
 DK_TEST(sync_event_set_clear_wait)
 {
-    CHECK_EQ(dk_shm_event_check((dk_shm_event_t *)((char *)&thread_event +
-                                                   1)),
+    CHECK_EQ(dk_shm_event_check((dk_shm_event_t *)((char *)&thread_event + 1)),
              -EINVAL);
     CHECK_EQ(dk_shm_event_check(&thread_event), 0);
     CHECK(!dk_shm_event_is_set(&thread_event));
