@@ -9,6 +9,7 @@ arguments (the package raises AttributeError from int.to_bytes), 16-byte
 widths (the package has none on Linux). The package writes the observed
 value into the caller's `expected` bytes (defect A1), so it is always
 handed a private copy."""
+import importlib
 import multiprocessing as mp
 import platform
 import sys
@@ -20,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 import dispatchkit.atomics as ours
 import dispatchkit.atomics.exc  # noqa: F401 (ours.exc)
 
-peer = pytest.importorskip("atomics")
+peer = importlib.import_module("atomics")
 import atomics.exc  # noqa: E402,F401 (peer.exc)
 
 WIDTHS = [1, 2, 4, 8]

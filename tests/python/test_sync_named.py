@@ -2,6 +2,7 @@
 NamedMutex, NamedSemaphore. Real processes (fork, spawn, and fastipc from
 the registry in a subprocess), SIGKILLed users, stale names, the PID
 directory's permissions and symlink checks, bad input."""
+import importlib
 import multiprocessing as mp
 import os
 import signal
@@ -288,7 +289,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_names_left_by_killed_processes_are_cleaned_up(pid_root, name,
                                                        peer):
     if peer == "fastipc":
-        pytest.importorskip("fastipc")
+        importlib.import_module("fastipc")
     p = run_py(KILLED_USER.format(fastipc=peer == "fastipc", name=name))
     assert read_line(p) == "holding"
     p.wait(30)
@@ -414,7 +415,7 @@ sys.stdin.readline()
 
 
 def test_named_objects_shared_with_fastipc(pid_root, name):
-    pytest.importorskip("fastipc")
+    importlib.import_module("fastipc")
     m = sync.NamedMutex(name)
     e = sync.NamedEvent(name)
     s = sync.NamedSemaphore(name, initial=0, fastipc_compat=True)
@@ -455,7 +456,7 @@ sys.stdin.readline()
 
 
 def test_mutex_created_by_fastipc_and_held(pid_root, name):
-    pytest.importorskip("fastipc")
+    importlib.import_module("fastipc")
     p = run_py(FASTIPC_CREATOR.format(name=name))
     peer = int(read_line(p))
     m = sync.NamedMutex(name)  # magic 0 and state held: still accepted
