@@ -40,6 +40,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
+#include <string.h>
 
 /* fastipc's layouts, byte for byte (see dk/mutex.h). */
 _Static_assert(sizeof(dk_shm_mutex_t) == DK_SHM_HEADER_SIZE, "mutex layout");
@@ -55,6 +56,11 @@ _Static_assert(offsetof(dk_shm_semaphore_t, count) == 0x08, "sem count");
 _Static_assert(offsetof(dk_shm_semaphore_t, last_pid) == 0x0C, "sem pid");
 _Static_assert(offsetof(dk_shm_semaphore_t, last_ns) == 0x10, "sem stamp");
 _Static_assert(offsetof(dk_shm_semaphore_t, waiters) == 0x18, "sem waiters");
+_Static_assert(_Alignof(dk_shm_mutex_t) == 4, "mutex: 4-byte aligned");
+_Static_assert(_Alignof(dk_shm_semaphore_t) == 4, "sem: 4-byte aligned");
+#define STAMP_OFFSET 0x10
+_Static_assert(offsetof(dk_shm_semaphore_t, last_ns) == STAMP_OFFSET,
+               "sem stamp");
 
 #define LIVENESS_SLICE_NS (50ull * DK_NSEC_PER_MSEC)
 #define ORPHAN_AFTER_NS (1000ull * DK_NSEC_PER_MSEC)
@@ -103,10 +109,48 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline)
     }
 }
 
-static void
-stamp(uint64_t *field)
+/* The stamp is only 4-byte aligned (the header is), so it is stored and
+ * loaded as two 32-bit words in native order, never as one uint64_t: a
+ * misaligned 64-bit access is undefined in C, faults as an atomic on
+ * some CPUs, and tears across cache lines on others. */
+static uint32_t *
+stamp_words(const void *header)
 {
-    dk_atomic_store_relaxed(field, dk__os_realtime_ns());
+    return (uint32_t *)((uintptr_t)header + STAMP_OFFSET);
+}
+
+static void
+stamp(void *header)
+{
+    uint64_t ns = dk__os_realtime_ns();
+    uint32_t half[2];
+    memcpy(half, &ns, sizeof half);
+    uint32_t *w = stamp_words(header);
+    dk_atomic_store_relaxed(&w[0], half[0]);
+    dk_atomic_store_relaxed(&w[1], half[1]);
+}
+
+uint64_t
+dk_shm_header_last_ns(const void *header)
+{
+    /* A stamp written as we read may be torn: read until two reads in a
+     * row agree (a few tries; it is a diagnostic, not a protocol). */
+    const uint32_t *w = stamp_words(header);
+    uint32_t a[2], b[2];
+    b[0] = dk_atomic_load_relaxed(&w[0]);
+    b[1] = dk_atomic_load_relaxed(&w[1]);
+    for (int i = 0; i < 4; i++) {
+        a[0] = b[0];
+        a[1] = b[1];
+        b[0] = dk_atomic_load_relaxed(&w[0]);
+        b[1] = dk_atomic_load_relaxed(&w[1]);
+        if (a[0] == b[0] && a[1] == b[1]) {
+            break;
+        }
+    }
+    uint64_t ns;
+    memcpy(&ns, b, sizeof ns);
+    return ns;
 }
 
 int
@@ -132,7 +176,7 @@ took_lock(dk_shm_mutex_t *m)
 {
     dk_atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
     dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
-    stamp(&m->last_ns);
+    stamp(m);
 }
 
 /*
@@ -170,7 +214,7 @@ take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
         }
     }
     dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
-    stamp(&m->last_ns);
+    stamp(m);
     dk_atomic_store_release(&m->state, 2); /* held, maybe with waiters */
     return true;
 }
@@ -295,7 +339,7 @@ try_take_order(dk_shm_semaphore_t *s, bool seq_cst)
     while (v > 0) {
         if (dk_atomic_cas_weak_acq_rel(&s->count, &v, v - 1)) {
             dk_atomic_store_relaxed(&s->last_pid, (uint32_t)dk__os_pid());
-            stamp(&s->last_ns);
+            stamp(s);
             return true;
         }
     }

@@ -29,12 +29,18 @@ DK_BEGIN_DECLS
 #define DK_SEMAPHORE_MAGIC 0x53454D41u
 #define DK_SHM_HEADER_SIZE 64
 
+/* Both objects need only 4-byte alignment (callers, fastipc's included,
+ * place them at any 4-byte boundary), so the 64-bit stamp is declared
+ * 4-byte aligned; read it with dk_shm_header_last_ns, not through a
+ * uint64_t pointer. */
+#define DK_SHM_ALIGN4 __attribute__((packed, aligned(4)))
+
 typedef struct dk_shm_mutex {
     uint32_t magic;
     uint32_t flags;
     uint32_t state;
     uint32_t owner_pid;
-    uint64_t last_ns;
+    uint64_t last_ns DK_SHM_ALIGN4;
     uint32_t owner_tid;
     uint32_t reserved[9];
 } dk_shm_mutex_t;
@@ -44,7 +50,7 @@ typedef struct dk_shm_semaphore {
     uint32_t flags;
     uint32_t count;
     uint32_t last_pid;
-    uint64_t last_ns;
+    uint64_t last_ns DK_SHM_ALIGN4;
     uint32_t waiters;
     uint32_t reserved[9];
 } dk_shm_semaphore_t;
@@ -52,11 +58,15 @@ typedef struct dk_shm_semaphore {
 /*
  * Attach to (or initialise) the object at p: zeroed memory is initialised,
  * memory with the right magic is used as is. Returns 0, -EBADMSG (other
- * data there), -EINVAL (misaligned).
+ * data there), -EINVAL (not 4-byte aligned).
  */
 DK_EXPORT int dk_shm_mutex_init(dk_shm_mutex_t *m);
 DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count,
                                     uint32_t count);
+
+/* The CLOCK_REALTIME ns of the last acquisition, at +0x10 of a Mutex or
+ * Semaphore header. */
+DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
 
 /*
  * Lock. Returns 0, 1 (acquired, and the previous owner process had died

@@ -503,8 +503,7 @@ static PyObject *
 Header_last_ns(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    return PyLong_FromUnsignedLongLong(dk_atomic_u64_load(
-        &((dk_shm_mutex_t *)self->addr)->last_ns, DK_MO_RELAXED));
+    return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
 }
 
 static PyObject *

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -86,6 +87,31 @@ DK_TEST(sync_mutex_init_checks_alignment_and_magic)
     dk_shm_mutex_t junk = {0};
     junk.state = 1;
     CHECK_EQ(dk_shm_mutex_init(&junk), -EBADMSG);
+}
+
+/* Found by tests/fuzz/fuzz_sync: headers are valid at any 4-byte
+ * boundary (the binding accepts those), but the 64-bit stamp used to make
+ * both types 8-byte aligned, so using one at 4 mod 8 was undefined (UBSan:
+ * misaligned member access) and its stamp could tear. */
+DK_TEST(sync_headers_work_at_4_mod_8)
+{
+    _Alignas(64) unsigned char buf[3 * DK_SHM_HEADER_SIZE] = {0};
+    /* 60 mod 64 also puts the stamp across a cache line. */
+    dk_shm_mutex_t *m = (dk_shm_mutex_t *)(void *)(buf + 4);
+    dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(void *)(buf + 60 + 64);
+    CHECK_EQ(dk_shm_mutex_init(m), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, 0, false, 0, false), 0);
+    uint64_t t = dk_shm_header_last_ns(m);
+    CHECK(t > 0);
+    uint64_t raw;
+    memcpy(&raw, buf + 4 + 0x10, sizeof raw);
+    CHECK_EQ(raw, t);
+    CHECK_EQ(dk_shm_mutex_unlock(m, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_init(s, true, 1), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(s, 0, false, 0, false), 0);
+    CHECK(dk_shm_header_last_ns(s) >= t);
+    CHECK_EQ(dk_shm_semaphore_post(s, 2, false, false), 0);
+    CHECK_EQ(s->count, 2);
 }
 
 DK_TEST(sync_mutex_misuse_codes)
