@@ -25,7 +25,8 @@ dk_memory_order_valid_store(int mo)
 bool
 dk_memory_order_valid_fail(int fail, int succ)
 {
-    return dk_memory_order_valid_load(fail) && fail <= succ &&
+    return succ >= DK_MO_RELAXED && succ <= DK_MO_SEQ_CST &&
+           dk_memory_order_valid_load(fail) && fail <= succ &&
            !(succ == DK_MO_RELEASE && fail > DK_MO_RELAXED) &&
            !(succ == DK_MO_ACQ_REL && fail > DK_MO_ACQUIRE);
 }

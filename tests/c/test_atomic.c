@@ -332,6 +332,16 @@ DK_TEST(atomic_raw_bit_operations)
     }
 }
 
+/* Found by tests/fuzz/fuzz_atomic: a failure order was called valid for
+ * a success order that is not a memory order at all. */
+DK_TEST(atomic_valid_fail_needs_a_known_success_order)
+{
+    CHECK(dk_memory_order_valid_fail(DK_MO_RELAXED, DK_MO_SEQ_CST));
+    CHECK(!dk_memory_order_valid_fail(DK_MO_RELAXED, DK_MO_SEQ_CST + 1));
+    CHECK(!dk_memory_order_valid_fail(DK_MO_SEQ_CST, 100));
+    CHECK(!dk_memory_order_valid_fail(DK_MO_RELAXED, -1));
+}
+
 DK_TEST(atomic_raw_rejects_bad_input_without_touching_memory)
 {
     _Alignas(16) unsigned char mem[32] = {0}, v[16] = {1}, out[16];
