@@ -118,7 +118,7 @@ pick_size(fuzz_in_t *in, size_t len)
 }
 
 static void
-op_create(struct prog *g, fuzz_in_t *in, int dst, bool nocopy)
+op_create(struct prog *g, fuzz_in_t *in, int dst, bool nocopy, bool plain)
 {
     size_t len = fuzz_u16(in) % 1024;
     uint8_t *bytes = malloc(len == 0 ? 1 : len);
@@ -131,8 +131,13 @@ op_create(struct prog *g, fuzz_in_t *in, int dst, bool nocopy)
         uint8_t *model = malloc(len == 0 ? 1 : len);
         FUZZ_CHECK(model != NULL);
         memcpy(model, bytes, len);
-        g->nocopy_made++;
-        d = dk_data_create_nocopy(bytes, len, nocopy_free, g);
+        if (plain) {
+            /* No destructor: the object free()s the buffer. */
+            d = dk_data_create_nocopy(bytes, len, NULL, NULL);
+        } else {
+            g->nocopy_made++;
+            d = dk_data_create_nocopy(bytes, len, nocopy_free, g);
+        }
         put(g, dst, d, model, len);
         free(model);
         return;
@@ -301,10 +306,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int dst = regs % NSLOTS, src = (regs / NSLOTS) % NSLOTS;
         switch (code % 10) {
         case 0:
-            op_create(&g, &in, dst, false);
+            op_create(&g, &in, dst, false, false);
             break;
         case 1:
-            op_create(&g, &in, dst, true);
+            op_create(&g, &in, dst, true, code & 0x80);
             break;
         case 2:
             op_concat(&g, dst, src, fuzz_u8(&in) % NSLOTS);

@@ -31,7 +31,7 @@
 #define FLAG_WRITER_IS_US 1u /* writer_pid = our pid after the overlay */
 #define FLAG_READER_IS_US 2u /* reader_pid = our pid (writer can connect) */
 #define FLAG_KEEP_SIZES 4u   /* restore the OIEB's size and version */
-#define MAX_HELD 64
+#define MAX_HELD 200         /* past the reader's first 64 pending credits */
 #define MAX_OPS 256
 
 struct run {
@@ -330,6 +330,10 @@ op_writer_parts(struct run *t, fuzz_in_t *in)
         /* The reservation lies in the writer's ring: fill it. */
         memset(buf, 0x77, (size_t)size);
         FUZZ_CHECK(seq == dk_zb_writer_next_sequence(t->w));
+    }
+    /* Cancel, commit, or leave it reserved for a later call to find. */
+    if (how % 4 == 2) {
+        return;
     }
     rc = how % 4 == 0 ? dk_zb_writer_cancel(t->w) : dk_zb_writer_commit(t->w);
     if (rc != 0 && rc != -EINVAL) {
