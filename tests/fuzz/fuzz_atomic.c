@@ -6,8 +6,9 @@
  * return -EINVAL exactly when the header's rules say and then touch
  * nothing; otherwise its result and the buffer must match a plain
  * (non-atomic) model computed here. The width-generic calls the Python
- * binding makes after its own validation (load_w, store_w, rmw_w, cas_w)
- * and the order predicates are checked against the same model, the
+ * binding makes after its own validation (load_w, store_w, rmw_w, cas_w),
+ * the typed u32/u64 calls under sync.AtomicU32/U64, and the order
+ * predicates are checked against the same model, the
  * predicates against C11's rules written out independently.
  *
  * The model reads values as little-endian bytes: the targets we run on.
@@ -329,6 +330,72 @@ w_op(struct state *s, fuzz_in_t *in, uint8_t code)
     check_mem(s);
 }
 
+/* The typed 32- and 64-bit calls behind sync.AtomicU32/AtomicU64. */
+static void
+typed_op(struct state *s, fuzz_in_t *in, uint8_t code)
+{
+    bool wide = fuzz_u8(in) & 1;
+    size_t w = wide ? 8 : 4;
+    size_t off = (fuzz_u8(in) % (BUF / w)) * w;
+    void *p = s->mem + off;
+    u128 cur = get(s->model + off, w);
+    uint64_t v = fuzz_u64(in);
+    if (!wide) {
+        v = (uint32_t)v;
+    }
+    uint8_t o = fuzz_u8(in);
+    dk_memory_order any = (dk_memory_order)(o % 6);
+    dk_memory_order load = o & 1 ? DK_MO_ACQUIRE : DK_MO_SEQ_CST;
+    dk_memory_order store = o & 1 ? DK_MO_RELEASE : DK_MO_RELAXED;
+    uint64_t old, next = (uint64_t)cur;
+    switch (code % 5) {
+    case 0:
+        old = wide ? dk_atomic_u64_load(p, load) : dk_atomic_u32_load(p, load);
+        break;
+    case 1:
+        wide ? dk_atomic_u64_store(p, v, store)
+             : dk_atomic_u32_store(p, (uint32_t)v, store);
+        old = (uint64_t)cur;
+        next = v;
+        break;
+    case 2:
+        old = wide ? dk_atomic_u64_exchange(p, v, any)
+                   : dk_atomic_u32_exchange(p, (uint32_t)v, any);
+        next = v;
+        break;
+    case 3:
+        old = wide ? dk_atomic_u64_fetch_add(p, v, any)
+                   : dk_atomic_u32_fetch_add(p, (uint32_t)v, any);
+        next = (uint64_t)((cur + v) & mask_of(w));
+        break;
+    default: {
+        bool weak = o & 0x80;
+        uint64_t e = fuzz_u8(in) & 1 ? (uint64_t)cur : v ^ 1;
+        uint64_t e_in = e;
+        bool ok;
+        if (wide) {
+            ok = dk_atomic_u64_cas(p, &e, v, weak, DK_MO_ACQ_REL,
+                                   DK_MO_ACQUIRE);
+        } else {
+            uint32_t e32 = (uint32_t)e;
+            e_in = e32;
+            ok = dk_atomic_u32_cas(p, &e32, (uint32_t)v, weak, DK_MO_SEQ_CST,
+                                   DK_MO_RELAXED);
+            e = e32;
+        }
+        FUZZ_CHECK(!ok || e_in == (uint64_t)cur);
+        FUZZ_CHECK(ok || weak || e_in != (uint64_t)cur);
+        FUZZ_CHECK(e == (uint64_t)cur);
+        old = (uint64_t)cur;
+        next = ok ? v : (uint64_t)cur;
+        break;
+    }
+    }
+    FUZZ_CHECK(old == (uint64_t)cur);
+    put(s->model + off, w, next);
+    check_mem(s);
+}
+
 static void
 order_predicates(fuzz_in_t *in)
 {
@@ -349,10 +416,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s.mem, s.model, BUF);
     for (int i = 0; i < MAX_OPS && fuzz_more(&in); i++) {
         uint8_t code = fuzz_u8(&in);
-        if (code < 160) {
+        if (code < 150) {
             raw_op(&s, &in, code);
-        } else if (code < 240) {
+        } else if (code < 220) {
             w_op(&s, &in, code);
+        } else if (code < 240) {
+            typed_op(&s, &in, code);
         } else {
             order_predicates(&in);
         }

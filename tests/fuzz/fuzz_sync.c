@@ -66,6 +66,16 @@ semaphore_init_expected(const struct obj *o)
     return magic == 0 || magic == DK_SEMAPHORE_MAGIC ? 0 : -EBADMSG;
 }
 
+/* The stamp accessor reads the 8 bytes at +0x10, whatever the
+ * alignment (native byte order). */
+static void
+check_stamp(const struct obj *o)
+{
+    uint64_t raw;
+    memcpy(&raw, o->p + 0x10, sizeof raw);
+    FUZZ_CHECK(dk_shm_header_last_ns(o->p) == raw);
+}
+
 /* A deadline of 0 is a try; 1 ns after boot has long passed, which takes
  * the timed path (owner liveness included) without ever sleeping. */
 static uint64_t
@@ -102,6 +112,7 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
             switch (rc) {
             case 0:
             case 1:
+                check_stamp(o);
                 FUZZ_CHECK(m->state != 0);
                 FUZZ_CHECK(m->owner_pid == o->me);
                 FUZZ_CHECK(m->owner_tid == o->tid);
@@ -142,6 +153,7 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
         case 2: {
             size_t at = fuzz_u8(in) % DK_SHM_HEADER_SIZE;
             o->p[at] = fuzz_u8(in);
+            check_stamp(o);
             break;
         }
         default: {
@@ -169,6 +181,7 @@ semaphore_ops(struct obj *o, fuzz_in_t *in)
             uint8_t a = fuzz_u8(in);
             int rc = dk_shm_semaphore_wait(s, deadline, a & 1, a % 4, a & 2);
             if (rc == 0) {
+                check_stamp(o);
                 FUZZ_CHECK(c0 > 0 && s->count == c0 - 1);
             } else if (rc == -ETIMEDOUT) {
                 FUZZ_CHECK(c0 == 0 && s->count == 0);
@@ -194,6 +207,7 @@ semaphore_ops(struct obj *o, fuzz_in_t *in)
         case 2: {
             size_t at = fuzz_u8(in) % DK_SHM_HEADER_SIZE;
             o->p[at] = fuzz_u8(in);
+            check_stamp(o);
             break;
         }
         default: {
