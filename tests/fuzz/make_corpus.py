@@ -122,6 +122,15 @@ def zerobuffer():
              zb_seed(1, pcode, FLAG_READER_IS_US | FLAG_KEEP_SIZES, 0, img,
                      script))
 
+    # More frames held at once than the reader's first pending queue
+    # (64 entries): it must grow and keep the ring order.
+    psize = 64 * 32
+    img = oieb(0, psize) + bytes(psize)
+    script = [WRITER] + [WRITER, 1, 0] * 80 + [TRY_READ] * 80
+    script += [RELEASE, 70, RELEASE, 0, RELEASE, 1, WRITER, 40, 0, READ]
+    save("zerobuffer", "many-held",
+         zb_seed(0, 31, FLAG_READER_IS_US | FLAG_KEEP_SIZES, 0, img, script))
+
     # Hostile frames: size past the ring, wrong sequence, a bare marker
     # at offset 0, a size-0 frame with a sequence; each read twice.
     psize = 64 * 8
