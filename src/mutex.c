@@ -370,3 +370,23 @@ dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, bool shared,
     }
     return 0;
 }
+
+int
+dk_shm_alias(void *addr, size_t len, void **alias)
+{
+    if (len == 0) {
+        return -EINVAL;
+    }
+    void *p = dk__os_map_again(addr, len);
+    if (p == NULL) {
+        return -errno;
+    }
+    *alias = p;
+    return 0;
+}
+
+void
+dk_shm_unalias(void *alias, size_t len)
+{
+    dk__os_unmap_again(alias, len);
+}
