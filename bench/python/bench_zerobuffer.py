@@ -265,10 +265,19 @@ def run_ice(size, n, mode):
     go.set()
 
     def take():
-        while True:  # iceoryx2's subscriber is polled
+        # iceoryx2's subscriber is polled. A publisher that died or whose
+        # samples never arrive must not hang the whole benchmark.
+        end = time.monotonic() + 30
+        while True:
             sample = sub.receive()
             if sample is not None:
                 return sample
+            now = time.monotonic()
+            if not p.is_alive():
+                end = min(end, now + 1.0)  # what it sent is here by now
+            if now > end:
+                p.kill()
+                raise RuntimeError("iceoryx2 publisher stopped delivering")
 
     for _ in range(warm):
         take().delete()
@@ -341,6 +350,10 @@ def duplex_rtt(impl, n):
             break
         except Exception:
             time.sleep(0.01)
+    if client is None:
+        stop.set()
+        p.join(10)
+        raise RuntimeError(f"{impl}: no duplex client could connect")
     payload = b"x" * 64
     lat = []
     for i in range(n + n // 10):
@@ -432,8 +445,11 @@ def main():
                        run_peer(size, n, mode))
             if have_ice:
                 n = count_for(size, rates["ice"][size][m])
-                report(mode, label, "iceoryx2", n, size,
-                       run_ice(size, n, mode))
+                try:
+                    report(mode, label, "iceoryx2", n, size,
+                           run_ice(size, n, mode))
+                except RuntimeError as e:
+                    print(f"# iceoryx2 {mode} {label}: {e}", file=sys.stderr)
             n = count_for(size, rates["pipe"][size][m])
             report(mode, label, "shared_memory+Pipe", n, size,
                    run_pipe(size, n, mode))
@@ -446,9 +462,12 @@ def main():
     emit("duplex_rtt_p50", "dispatchkit", p50, "us")
     emit("duplex_rtt_p99", "dispatchkit", p99, "us")
     if have_peer:
-        p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
-        emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
-        emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
+        try:
+            p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
+            emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
+            emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
+        except RuntimeError as e:
+            print(f"# {e}", file=sys.stderr)
     p50, p99 = futex_pingpong(n * 2, spin=0)
     emit("duplex_rtt_p50", "futex ping-pong, sleeping", p50, "us")
     emit("duplex_rtt_p99", "futex ping-pong, sleeping", p99, "us")
