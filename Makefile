@@ -31,6 +31,8 @@ install: $(STAMP)
 
 test-c: build-c
 	$(BUILD)/c/dk-tests
+	$(BUILD)/c/sync-demo
+	$(BUILD)/c/zerobuffer-demo
 
 test-python: install
 	$(PY) -m pytest tests/python -o addopts="-p no:cacheprovider"

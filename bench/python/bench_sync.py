@@ -39,6 +39,10 @@ def uncontended(shm):
         del fm
     except ImportError:
         pass
+    # What any pair of method calls costs from Python: two calls of a C
+    # method that does nothing (list.clear on an empty list).
+    emit("mutex_pair_uncontended", "floor: two no-op C method calls",
+         per_op("x.clear(); x.clear()", n, x=[]), "ns")
     lk = threading.Lock()
     emit("mutex_pair_uncontended", "threading.Lock",
          per_op("lk.acquire(); lk.release()", n, lk=lk), "ns")

@@ -8,8 +8,9 @@ readers do), "copyout" (the same, and the reader also copies every frame
 out into its own buffer: two copies on two cores) and "zerocopy" (the
 writer fills 8 bytes of a frame in place with get_frame_buffer, the reader
 looks at it in place). Then request/response round
-trips through a duplex channel (p50/p99), beside a futex ping-pong between
-two processes as the floor. Lines: workload, impl, value, unit.
+trips through a duplex channel (p50/p99), beside two ping-pongs between
+two processes through two semaphores in shared memory: one whose waits
+sleep on the futex at once, one whose waits spin first. Lines: workload, impl, value, unit.
 """
 import multiprocessing as mp
 import os
@@ -264,10 +265,19 @@ def run_ice(size, n, mode):
     go.set()
 
     def take():
-        while True:  # iceoryx2's subscriber is polled
+        # iceoryx2's subscriber is polled. A publisher that died or whose
+        # samples never arrive must not hang the whole benchmark.
+        end = time.monotonic() + 30
+        while True:
             sample = sub.receive()
             if sample is not None:
                 return sample
+            now = time.monotonic()
+            if not p.is_alive():
+                end = min(end, now + 1.0)  # what it sent is here by now
+            if now > end:
+                p.kill()
+                raise RuntimeError("iceoryx2 publisher stopped delivering")
 
     for _ in range(warm):
         take().delete()
@@ -340,6 +350,10 @@ def duplex_rtt(impl, n):
             break
         except Exception:
             time.sleep(0.01)
+    if client is None:
+        stop.set()
+        p.join(10)
+        raise RuntimeError(f"{impl}: no duplex client could connect")
     payload = b"x" * 64
     lat = []
     for i in range(n + n // 10):
@@ -359,32 +373,36 @@ def duplex_rtt(impl, n):
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
 
 
-def _futex_pong(shm_name, n):
+def _futex_pong(shm_name, n, spin):
     from multiprocessing import shared_memory
     import dispatchkit.sync as sync
     shm = shared_memory.SharedMemory(shm_name)
     a, b = sync.Semaphore(shm.buf[0:64]), sync.Semaphore(shm.buf[64:128])
     for _ in range(n):
-        a.wait()
+        a.wait(spin=spin)
         b.post()
     del a, b
     shm.close()
 
 
-def futex_pingpong(n):
+def futex_pingpong(n, spin):
+    """Round trips through two dispatchkit.sync semaphores. spin=0: every
+    wait sleeps on the futex at once (a futex wake-up each way); spin>0:
+    waiters watch the word for up to 20 us first."""
     from multiprocessing import shared_memory
     import dispatchkit.sync as sync
     shm = shared_memory.SharedMemory(create=True, size=128)
     try:
         a = sync.Semaphore(shm.buf[0:64], initial=0)
         b = sync.Semaphore(shm.buf[64:128], initial=0)
-        p = CTX.Process(target=_futex_pong, args=(shm.name, n + n // 10))
+        p = CTX.Process(target=_futex_pong,
+                        args=(shm.name, n + n // 10, spin))
         p.start()
         lat = []
         for i in range(n + n // 10):
             t0 = time.perf_counter()
             a.post()
-            b.wait()
+            b.wait(spin=spin)
             t1 = time.perf_counter()
             if i >= n // 10:
                 lat.append((t1 - t0) * 1e6)
@@ -427,8 +445,11 @@ def main():
                        run_peer(size, n, mode))
             if have_ice:
                 n = count_for(size, rates["ice"][size][m])
-                report(mode, label, "iceoryx2", n, size,
-                       run_ice(size, n, mode))
+                try:
+                    report(mode, label, "iceoryx2", n, size,
+                           run_ice(size, n, mode))
+                except RuntimeError as e:
+                    print(f"# iceoryx2 {mode} {label}: {e}", file=sys.stderr)
             n = count_for(size, rates["pipe"][size][m])
             report(mode, label, "shared_memory+Pipe", n, size,
                    run_pipe(size, n, mode))
@@ -441,12 +462,18 @@ def main():
     emit("duplex_rtt_p50", "dispatchkit", p50, "us")
     emit("duplex_rtt_p99", "dispatchkit", p99, "us")
     if have_peer:
-        p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
-        emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
-        emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
-    p50, p99 = futex_pingpong(n * 2)
-    emit("duplex_rtt_p50", "futex ping-pong (floor)", p50, "us")
-    emit("duplex_rtt_p99", "futex ping-pong (floor)", p99, "us")
+        try:
+            p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
+            emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
+            emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
+        except RuntimeError as e:
+            print(f"# {e}", file=sys.stderr)
+    p50, p99 = futex_pingpong(n * 2, spin=0)
+    emit("duplex_rtt_p50", "futex ping-pong, sleeping", p50, "us")
+    emit("duplex_rtt_p99", "futex ping-pong, sleeping", p99, "us")
+    p50, p99 = futex_pingpong(n * 2, spin=16)
+    emit("duplex_rtt_p50", "semaphore ping-pong, spinning", p50, "us")
+    emit("duplex_rtt_p99", "semaphore ping-pong, spinning", p99, "us")
     if not have_ice:
         print("# iceoryx2 not installed: skipped", file=sys.stderr)
 

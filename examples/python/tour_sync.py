@@ -41,6 +41,17 @@ def tour():
     finally:
         shm.close()
         shm.unlink()
+    # By name, as fastipc's helpers (any process, either library).
+    name = f"dk-tour-{os.getpid()}"
+    with sync.NamedMutex(name) as m:
+        print(f"  NamedMutex {name!r}: owner {m.owner_pid()}")
+    ev = sync.NamedEvent(name)
+    ev.set()
+    print(f"  NamedEvent set, wait:        {ev.wait(1_000_000_000)}")
+    ns = sync.NamedSemaphore(name, initial=1)
+    print(f"  NamedSemaphore value:        {ns.value()}")
+    for obj in (m, ev, ns):
+        obj.close()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,19 @@ DK_EXPORT int dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline,
 DK_EXPORT int dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n,
                                     bool shared, bool fastipc_compat);
 
+/*
+ * Keep shared memory mapped for as long as an object uses it, whoever
+ * owns the original mapping: map the pages under [addr, addr + len) a
+ * second time. Works for shared memory (POSIX shm, MAP_SHARED files and
+ * anonymous mappings); returns 0 with *alias pointing at addr's byte in
+ * the new mapping, or -EINVAL for private memory (the heap, private
+ * mappings) and -EFAULT/-ENOMEM when the mapping cannot be duplicated:
+ * keep the original alive instead. Release with dk_shm_unalias(alias,
+ * len). One syscall each.
+ */
+DK_EXPORT int dk_shm_alias(void *addr, size_t len, void **alias);
+DK_EXPORT void dk_shm_unalias(void *alias, size_t len);
+
 DK_END_DECLS
 
 #endif /* DK_MUTEX_H */

@@ -31,9 +31,9 @@ What we do beyond fastipc, and why:
   user, and a segment owned by another user (with the default mode) are
   refused with ``PermissionError``.
 * Names are validated: no ``/``, no ``..``, no NUL, length within NAME_MAX.
-* Primitives pin the mapping (buffer exports), so closing the memory
-  under a live primitive never leaves it pointing at unmapped memory
-  (fastipc segfaults): the mapping stays until the last primitive goes.
+* Closing the memory under a live primitive never leaves it pointing at
+  unmapped memory (fastipc segfaults): primitives map shared memory a
+  second time for themselves (or keep other buffers exported).
 """
 import atexit
 import errno

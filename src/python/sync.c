@@ -3,8 +3,11 @@
  * FutexWord, AtomicU32, AtomicU64, Mutex, Semaphore, and Event (the word
  * under NamedEvent). The atomics are the same core functions
  * dispatchkit.atomics uses (dk_atomic_u32_* / dk_atomic_u64_*). Buffers
- * are pinned (exported) for the object's life, must be writable, large
- * enough and naturally aligned.
+ * must be writable, large enough and naturally aligned. An object keeps
+ * its memory for its whole life: shared memory through a second mapping
+ * of its own (so the caller may close a SharedMemory or mmap under it, as
+ * fastipc's documented examples do), anything else by keeping the buffer
+ * exported (a bytearray cannot be resized under it).
  */
 #include "python/binding.h"
 
@@ -19,13 +22,31 @@
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
+    Py_buffer view; /* held (view.obj set) unless the memory is aliased */
+    bool aliased;   /* addr is in our own mapping (dk_shm_alias) */
     void *addr;
     unsigned width;
     bool shared;
     bool owner_died;     /* Mutex: the last acquisition took over */
     bool fastipc_compat; /* Semaphore: also wake on 0 -> n */
 } WordObject;
+
+/* Called with the view held and checked: swap it for a mapping of our
+ * own when the memory is shared. A bytearray is heap memory (never
+ * shared): skip the syscall. */
+static void
+hold_memory(WordObject *self)
+{
+    void *alias;
+    if (PyByteArray_Check(self->view.obj) ||
+        dk_shm_alias(self->addr, self->width, &alias) < 0) {
+        return; /* keep the buffer exported instead */
+    }
+    self->addr = alias;
+    self->aliased = true;
+    PyBuffer_Release(&self->view);
+    self->view.obj = NULL;
+}
 
 static int
 word_init(WordObject *self, PyObject *buffer, unsigned width)
@@ -49,6 +70,7 @@ word_init(WordObject *self, PyObject *buffer, unsigned width)
                      width, width);
         return -1;
     }
+    hold_memory(self);
     return 0;
 }
 
@@ -58,6 +80,9 @@ Word_dealloc(WordObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     if (self->view.obj != NULL) {
         PyBuffer_Release(&self->view);
+    }
+    if (self->aliased) {
+        dk_shm_unalias(self->addr, self->width);
     }
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -361,6 +386,7 @@ header_init(WordObject *self, PyObject *buffer, const char *what)
                      "need 4-byte aligned >=64 buffer for %s", what);
         return -1;
     }
+    hold_memory(self);
     return 0;
 }
 

@@ -163,6 +163,30 @@ slice_end(uint64_t deadline)
     return deadline;
 }
 
+/* The one argument of a method that takes it by position or by name, as
+ * the peers' Python methods do (writer.get_frame_buffer(size=4000) is in
+ * zerobuffer-ipc's README). Borrowed; NULL with TypeError otherwise. */
+static PyObject *
+one_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+        const char *fname, const char *kw)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes exactly one argument (%zd given)", fname,
+                     nargs + nkw);
+        return NULL;
+    }
+    if (nkw == 1 && PyUnicode_CompareWithASCIIString(
+                        PyTuple_GET_ITEM(kwnames, 0), kw) != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() got an unexpected keyword argument '%U'", fname,
+                     PyTuple_GET_ITEM(kwnames, 0));
+        return NULL;
+    }
+    return args[0];
+}
+
 /* ---- Reader ----------------------------------------------------------- */
 
 typedef struct {
@@ -535,19 +559,30 @@ Reader_get_closed(ReaderObject *self, void *c)
     return PyBool_FromLong(self->closed);
 }
 
+static PyObject *
+Reader_release_frame_kw(ReaderObject *self, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *frame = one_arg(args, nargs, kwnames, "release_frame", "frame");
+    return frame == NULL ? NULL : Reader_release_frame(self, frame);
+}
+
 static PyMethodDef Reader_methods[] = {
     {"read_frame", (PyCFunction)(void (*)(void))Reader_read_frame,
      METH_VARARGS | METH_KEYWORDS,
-     "read_frame(timeout=5.0) -> Frame | None\n\nWait for the next frame "
+     "read_frame($self, /, timeout=5.0)\n--\n\nWait for the next frame "
      "(timeout in seconds, None = forever). None on timeout."},
-    {"release_frame", (PyCFunction)Reader_release_frame, METH_O,
-     "release_frame(frame)\n\nGive the frame's space back to the writer."},
+    {"release_frame", (PyCFunction)(void (*)(void))Reader_release_frame_kw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "release_frame($self, /, frame)\n--\n\nGive the frame's space back to "
+     "the writer."},
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
-     "get_metadata() -> memoryview | None\n\nThe writer's metadata, "
+     "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
     {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS, NULL},
     {"close", (PyCFunction)Reader_close, METH_NOARGS,
-     "close()\n\nRemove the buffer. Views still alive stay readable."},
+     "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
+     "readable."},
     {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)Reader_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -1257,24 +1292,55 @@ Writer_get_closed(WriterObject *self, void *c)
     return PyBool_FromLong(self->closed);
 }
 
+static PyObject *
+Writer_write_frame_kw(WriterObject *self, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *data = one_arg(args, nargs, kwnames, "write_frame", "data");
+    return data == NULL ? NULL : Writer_write_frame(self, data);
+}
+
+static PyObject *
+Writer_get_frame_buffer_kw(WriterObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *size = one_arg(args, nargs, kwnames, "get_frame_buffer", "size");
+    return size == NULL ? NULL : Writer_get_frame_buffer(self, size);
+}
+
+static PyObject *
+Writer_set_metadata_kw(WriterObject *self, PyObject *const *args,
+                       Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *data = one_arg(args, nargs, kwnames, "set_metadata", "data");
+    return data == NULL ? NULL : Writer_set_metadata(self, data);
+}
+
 static PyMethodDef Writer_methods[] = {
-    {"write_frame", (PyCFunction)Writer_write_frame, METH_O,
-     "write_frame(data) -> int\n\nCopy one frame into the buffer; returns "
-     "its sequence number."},
+    {"write_frame", (PyCFunction)(void (*)(void))Writer_write_frame_kw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
+     "returns its sequence number."},
     {"_acquire", (PyCFunction)Writer_acquire, METH_O,
      "_acquire(size) -> (sequence, memoryview)"},
-    {"get_frame_buffer", (PyCFunction)Writer_get_frame_buffer, METH_O,
-     "get_frame_buffer(size) -> memoryview\n\nA writable view of SIZE "
+    {"get_frame_buffer",
+     (PyCFunction)(void (*)(void))Writer_get_frame_buffer_kw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "get_frame_buffer($self, /, size)\n--\n\nA writable view of SIZE "
      "bytes in shared memory for the next frame; fill it, then call "
      "commit_frame()."},
     {"commit_frame", (PyCFunction)Writer_commit_frame, METH_NOARGS,
-     "commit_frame()\n\nPublish the frame from get_frame_buffer(); the "
+     "commit_frame($self, /)\n--\n\nPublish the frame from "
+     "get_frame_buffer(); the "
      "view handed out is released."},
-    {"set_metadata", (PyCFunction)Writer_set_metadata, METH_O,
-     "set_metadata(data)\n\nStore the metadata (once)."},
+    {"set_metadata", (PyCFunction)(void (*)(void))Writer_set_metadata_kw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "set_metadata($self, /, data)\n--\n\nStore the metadata (once)."},
     {"is_reader_connected", (PyCFunction)Writer_reader_connected, METH_NOARGS,
-     "Whether the reader's process is alive and attached."},
-    {"close", (PyCFunction)Writer_close, METH_NOARGS, "Disconnect."},
+     "is_reader_connected($self, /)\n--\n\nWhether the reader's process "
+     "is alive and attached."},
+    {"close", (PyCFunction)Writer_close, METH_NOARGS,
+     "close($self, /)\n--\n\nDisconnect."},
     {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)Writer_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},

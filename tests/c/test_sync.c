@@ -468,6 +468,37 @@ DK_TEST(sync_event_wakes_other_processes)
     munmap(e, 4096);
 }
 
+DK_TEST(sync_alias_outlives_the_original_mapping)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *shared = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(shared != MAP_FAILED);
+    /* 64 bytes across the page boundary: both pages are mapped again. */
+    char *obj = shared + page - 32;
+    void *alias = NULL;
+    CHECK_EQ(dk_shm_alias(obj, 64, &alias), 0);
+    CHECK(alias != obj);
+    CHECK_EQ((uintptr_t)alias % page, (uintptr_t)obj % page);
+    CHECK_EQ(dk_shm_mutex_init((dk_shm_mutex_t *)alias), 0);
+    CHECK_EQ(*(uint32_t *)obj, DK_MUTEX_MAGIC); /* the same pages */
+    obj[40] = 7;                                /* second page */
+    CHECK_EQ(((char *)alias)[40], 7);
+    CHECK_EQ(munmap(shared, 2 * page), 0);
+    /* The original is gone; the alias still works. */
+    CHECK_EQ(dk_shm_mutex_lock(alias, UINT64_MAX, true, 16, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(alias, true, false), 0);
+    dk_shm_unalias(alias, 64);
+
+    /* Private memory cannot be shared by a second mapping. */
+    char *priv = mmap(NULL, page, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(priv != MAP_FAILED);
+    CHECK_EQ(dk_shm_alias(priv, 64, &alias), -EINVAL);
+    CHECK_EQ(dk_shm_alias(shared, 0, &alias), -EINVAL);
+    munmap(priv, page);
+}
+
 DK_TEST(sync_futex_public_calls)
 {
     uint32_t w = 7;

@@ -136,6 +136,62 @@ def test_buffer_is_pinned_while_in_use():
     buf.extend(b"x")
 
 
+def test_seed_example_closes_shared_memory_under_live_primitives():
+    # fastipc's README closes the SharedMemory while the primitives are
+    # still referenced; that must not raise BufferError. Our objects keep a
+    # mapping of their own, so they stay usable (fastipc's would crash).
+    shm = shared_memory.SharedMemory(create=True, size=4)
+    try:
+        fw = sync.FutexWord(shm.buf, shared=True)
+    finally:
+        shm.close(); shm.unlink()
+    shm = shared_memory.SharedMemory(create=True, size=128)
+    try:
+        mtx = sync.Mutex(shm.buf[:64])
+        sem = sync.Semaphore(shm.buf[64:], initial=0)
+        with mtx:
+            pass
+    finally:
+        shm.close(); shm.unlink()
+    fw.store_release(7)
+    assert fw.load_acquire() == 7
+    assert fw.wait(6, timeout_ns=0) is False  # the word is 7: no sleep
+    assert mtx.acquire() is True
+    assert mtx.owner_pid() == os.getpid()
+    mtx.release()
+    sem.post(2)
+    assert sem.wait(timeout_ns=0) and sem.value() == 1
+
+
+def test_aliased_memory_is_the_same_memory():
+    # The second mapping shares the pages: writes through the caller's
+    # buffer and through the object meet, in this process and in a child.
+    shm = shared_memory.SharedMemory(create=True, size=4096 + 64)
+    try:
+        a = sync.AtomicU32(shm.buf[4060:4064])  # just before m
+        m = sync.Mutex(shm.buf[4064:4128])        # straddles two pages
+        shm.buf[4060:4064] = (41).to_bytes(4, "little")
+        assert a.load() == 41
+        a.store(42)
+        assert int.from_bytes(shm.buf[4060:4064], "little") == 42
+        assert m.acquire() is True
+        assert int.from_bytes(shm.buf[4064 + 12:4064 + 16], "little") \
+            == os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            ok = a.load() == 42 and m.try_acquire() is False
+            a.store(43)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert int.from_bytes(shm.buf[4060:4064], "little") == 43
+        m.release()
+        del a, m
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 def test_ctrl_c_interrupts_futex_wait():
     code = textwrap.dedent("""
         import os, signal, threading

@@ -340,3 +340,55 @@ def test_peer_client_our_server(name):
         assert finish(p).strip() == "done"
     finally:
         server.stop()
+
+
+# ---- the peer's API, spelled as its users spell it -------------------------
+
+def test_methods_take_the_peers_parameter_names():
+    # A call such as writer.get_frame_buffer(size=4000) (the peer's README)
+    # works only if every parameter has the peer's name.
+    import inspect
+    for cls in ("Reader", "Writer"):
+        for name, fn in vars(getattr(peer, cls)).items():
+            if name.startswith("_") or not inspect.isfunction(fn):
+                continue
+            want = list(inspect.signature(fn).parameters)[1:]
+            ours = getattr(getattr(zb, cls), name)
+            got = [p for p in inspect.signature(ours).parameters
+                   if p != "self"]
+            assert got[:len(want)] == want, f"{cls}.{name}"
+
+
+def test_seed_readme_examples(name):
+    # The seed's Reader, Writer and zero-copy examples, keyword arguments
+    # included (array.array stands in for the numpy array).
+    import array
+    config = zb.BufferConfig(metadata_size=1024, payload_size=1024 * 1024)
+    with zb.Reader(name, config) as reader:
+        with zb.Writer(name) as writer:
+            metadata = b"{'format': 'raw', 'version': 1}"
+            writer.set_metadata(metadata)
+            for i in range(100):
+                writer.write_frame(f"Frame {i}".encode())
+            arr = array.array("f", range(1000))
+            view = memoryview(arr)
+            writer.write_frame_zero_copy(view)
+            buffer = writer.get_frame_buffer(size=4000)
+            buffer[:] = arr.tobytes()
+            writer.commit_frame()
+            writer.write_frame(data=b"by keyword")
+        assert bytes(reader.get_metadata()) == metadata
+        got = []
+        while True:
+            frame = reader.read_frame(timeout=5.0)
+            if frame is None:
+                break
+            got.append((frame.sequence, bytes(frame.data)))
+            reader.release_frame(frame=frame)
+            if len(got) == 103:
+                break
+    assert [s for s, _ in got] == list(range(1, 104))
+    assert [d for _, d in got[:100]] == [f"Frame {i}".encode()
+                                         for i in range(100)]
+    assert got[100][1] == got[101][1] == arr.tobytes()
+    assert got[102][1] == b"by keyword"

@@ -1,12 +1,14 @@
 /*
- * Process liveness for the shared-memory mutex's owner-death detection
- * (see sync_os.h).
+ * Process liveness for the shared-memory mutex's owner-death detection,
+ * and second mappings of shared pages (see sync_os.h).
  */
 #include "os/linux/sync_os.h"
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 bool
 dk__os_process_gone(uint32_t pid)
@@ -17,4 +19,40 @@ dk__os_process_gone(uint32_t pid)
         return false;
     }
     return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+static uintptr_t
+page_size(void)
+{
+    static long size; /* racy first call: both threads store the same */
+    long n = __atomic_load_n(&size, __ATOMIC_RELAXED);
+    if (n == 0) {
+        n = sysconf(_SC_PAGESIZE);
+        __atomic_store_n(&size, n, __ATOMIC_RELAXED);
+    }
+    return (uintptr_t)n;
+}
+
+void *
+dk__os_map_again(void *addr, size_t len)
+{
+    uintptr_t page = page_size();
+    uintptr_t start = (uintptr_t)addr & ~(page - 1);
+    uintptr_t end = ((uintptr_t)addr + len + page - 1) & ~(page - 1);
+    /* Old size 0 asks for a second mapping of the same pages; the kernel
+     * refuses it for private mappings (EINVAL) since Linux 4.14. */
+    void *p = mremap((void *)start, 0, end - start, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+    return (char *)p + ((uintptr_t)addr - start);
+}
+
+void
+dk__os_unmap_again(void *alias, size_t len)
+{
+    uintptr_t page = page_size();
+    uintptr_t start = (uintptr_t)alias & ~(page - 1);
+    uintptr_t end = ((uintptr_t)alias + len + page - 1) & ~(page - 1);
+    munmap((void *)start, end - start);
 }

@@ -1,12 +1,14 @@
 /*
  * The syscalls of the shared-memory sync primitives (dk/mutex.h) that are
- * not futexes: asking whether a process still exists. Kept apart from
- * os.h, which belongs to the dispatch runtime.
+ * not futexes: asking whether a process still exists, and mapping shared
+ * pages a second time. Kept apart from os.h, which belongs to the
+ * dispatch runtime.
  */
 #ifndef DK_SRC_OS_LINUX_SYNC_OS_H
 #define DK_SRC_OS_LINUX_SYNC_OS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /*
@@ -16,5 +18,16 @@
  * signal our own process group). One syscall: only for slow paths.
  */
 bool dk__os_process_gone(uint32_t pid);
+
+/*
+ * Map the pages under [addr, addr + len) again, at a new address, when
+ * they belong to a shared mapping (mremap with old size 0). Returns the
+ * new address of addr's byte, or NULL with errno: EINVAL for private
+ * memory, EFAULT or ENOMEM when the mapping cannot be duplicated.
+ */
+void *dk__os_map_again(void *addr, size_t len);
+
+/* Unmap what dk__os_map_again returned for the same len. */
+void dk__os_unmap_again(void *alias, size_t len);
 
 #endif /* DK_SRC_OS_LINUX_SYNC_OS_H */
