@@ -10,10 +10,28 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdbool.h>
+#include <stdint.h>
+
 /* Raise the Python exception for a negative errno from the core:
  * -ENOMEM -> MemoryError, -EINVAL -> ValueError, -ETIMEDOUT ->
  * TimeoutError, anything else -> OSError. Returns NULL. */
 PyObject *dkpy_raise_errno(int neg_errno);
+
+/* Blocking calls sleep with the GIL released for at most
+ * DKPY_SIGNAL_SLICE_NS at a time and run the signal handlers between
+ * slices. A signal interrupts the futex syscall only if it lands while the
+ * waiter is inside it on the thread the kernel picks: one that arrives
+ * while the waiter spins, in the instant before it sleeps, or on another
+ * thread, would otherwise leave Ctrl-C waiting for the deadline. */
+#define DKPY_SIGNAL_SLICE_NS 100000000ull
+
+/* The end of the next slice of a wait for `deadline` (UINT64_MAX:
+ * forever; 0: poll). */
+uint64_t dkpy_slice_end(uint64_t deadline);
+/* After a slice returned -ETIMEDOUT: true if the wait goes on (the
+ * caller runs the signal handlers and sleeps another slice). */
+bool dkpy_wait_goes_on(uint64_t deadline);
 
 struct dk_queue_s;
 /* Convert a `queue=` argument: a Queue or None (-> NULL). Returns 0, or -1

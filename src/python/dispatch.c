@@ -470,7 +470,8 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
                 rc = -EINTR;
             }
         } else {
-            rc = dk_semaphore_wait_interruptible(c->done, UINT64_MAX);
+            rc = dk_semaphore_wait_interruptible(c->done,
+                                                 dkpy_slice_end(UINT64_MAX));
         }
         Py_END_ALLOW_THREADS
         if (rc == 0) {
@@ -1136,12 +1137,12 @@ interruptible_wait(int (*wait)(void *obj, uint64_t deadline), void *obj,
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = wait(obj, deadline);
+        rc = wait(obj, dkpy_slice_end(deadline));
         Py_END_ALLOW_THREADS
         if (rc == 0) {
             Py_RETURN_TRUE;
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
             Py_RETURN_FALSE;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -1726,12 +1727,12 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
     for (;;) {
         long n;
         Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(deadline);
+        n = dk_main_drain(dkpy_slice_end(deadline));
         Py_END_ALLOW_THREADS
         if (n >= 0) {
             return PyLong_FromLong(n);
         }
-        if (n == -ETIMEDOUT) {
+        if (n == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
             return PyLong_FromLong(0);
         }
         if (n == -EDEADLK) {
@@ -1759,7 +1760,7 @@ dk_py_main(PyObject *module, PyObject *unused)
     for (;;) {
         long n;
         Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(UINT64_MAX);
+        n = dk_main_drain(dkpy_slice_end(UINT64_MAX));
         Py_END_ALLOW_THREADS
         if (n == -EDEADLK) {
             PyErr_SetString(PyExc_RuntimeError,

@@ -7,6 +7,8 @@
 
 #include <errno.h>
 
+#include "dk/time.h"
+
 PyObject *
 dkpy_raise_errno(int neg_errno)
 {
@@ -24,6 +26,21 @@ dkpy_raise_errno(int neg_errno)
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+}
+
+uint64_t
+dkpy_slice_end(uint64_t deadline)
+{
+    uint64_t now = dk_now();
+    return deadline > now && deadline - now > DKPY_SIGNAL_SLICE_NS
+               ? now + DKPY_SIGNAL_SLICE_NS
+               : deadline;
+}
+
+bool
+dkpy_wait_goes_on(uint64_t deadline)
+{
+    return deadline == UINT64_MAX || dk_now() < deadline;
 }
 
 static int

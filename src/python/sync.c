@@ -154,17 +154,18 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_futex_wait(self->addr, (uint32_t)expected, deadline,
-                           self->shared);
+        rc = dk_futex_wait(self->addr, (uint32_t)expected,
+                           dkpy_slice_end(deadline), self->shared);
         Py_END_ALLOW_THREADS
         if (rc == 0) {
             Py_RETURN_TRUE;
         }
-        if (rc == -EAGAIN || rc == -ETIMEDOUT) {
+        if (rc == -EAGAIN ||
+            (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline))) {
             Py_RETURN_FALSE;
         }
-        /* EINTR: run signal handlers (Ctrl-C raises), then keep waiting
-         * against the same deadline. */
+        /* EINTR or the end of a slice: run signal handlers (Ctrl-C
+         * raises), then keep waiting against the same deadline. */
         if (PyErr_CheckSignals() < 0) {
             return NULL;
         }
@@ -443,13 +444,14 @@ mutex_lock(WordObject *self, long long timeout_ns, int spin)
                                           : dk_now() + (uint64_t)timeout_ns;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_mutex_lock(self->addr, deadline, self->shared, spin, true);
+        rc = dk_shm_mutex_lock(self->addr, dkpy_slice_end(deadline),
+                               self->shared, spin, true);
         Py_END_ALLOW_THREADS
         if (rc >= 0) {
             self->owner_died = rc == 1;
             return 1;
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
             return 0;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -770,13 +772,13 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_semaphore_wait(self->addr, deadline, self->shared,
-                                   spin < 0 ? 0 : spin, true);
+        rc = dk_shm_semaphore_wait(self->addr, dkpy_slice_end(deadline),
+                                   self->shared, spin < 0 ? 0 : spin, true);
         Py_END_ALLOW_THREADS
         if (rc == 0) {
             Py_RETURN_TRUE;
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
             Py_RETURN_FALSE;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -907,12 +909,13 @@ Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_event_wait(self->addr, deadline, self->shared);
+        rc = dk_shm_event_wait(self->addr, dkpy_slice_end(deadline),
+                               self->shared);
         Py_END_ALLOW_THREADS
         if (rc == 0) {
             Py_RETURN_TRUE;
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
             Py_RETURN_FALSE;
         }
         if (PyErr_CheckSignals() < 0) {

@@ -13,7 +13,8 @@
  *
  * Waits: try first with the GIL held (no system call when a frame or
  * space is there), then wait with the GIL released in slices of at most
- * 100 ms, running PyErr_CheckSignals() between slices, so Ctrl-C works.
+ * DKPY_SIGNAL_SLICE_NS, running PyErr_CheckSignals() between slices, so Ctrl-C
+ * works.
  */
 #include "python/binding.h"
 
@@ -26,7 +27,6 @@
 #include "dk/time.h"
 #include "dk/zerobuffer.h"
 
-#define SLICE_NS 100000000ull
 /* Copies at least this large run with the GIL released. */
 #define NOGIL_COPY 65536
 
@@ -150,17 +150,6 @@ deadline_from(PyObject *timeout, uint64_t *out)
         *out = dk_now() + (uint64_t)(s * 1e9);
     }
     return 0;
-}
-
-static uint64_t
-slice_end(uint64_t deadline)
-{
-    uint64_t now = dk_now();
-    if (deadline == DK_ZB_FOREVER || deadline - now > SLICE_NS ||
-        deadline < now) {
-        return deadline <= now ? now : now + SLICE_NS;
-    }
-    return deadline;
 }
 
 /* The one argument of a method that takes it by position or by name, as
@@ -398,7 +387,7 @@ Reader_read_frame(ReaderObject *self, PyObject *args, PyObject *kwargs)
     dk_zb_frame_t f;
     int rc = dk_zb_reader_try_read(self->core, &f);
     while (rc == -EAGAIN) {
-        uint64_t end = slice_end(deadline);
+        uint64_t end = dkpy_slice_end(deadline);
         dk_zb_reader_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
@@ -997,7 +986,7 @@ writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
     }
     uint64_t deadline = dk_now() + (uint64_t)(self->write_timeout * 1e9);
     do {
-        uint64_t end = slice_end(deadline);
+        uint64_t end = dkpy_slice_end(deadline);
         dk_zb_writer_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
