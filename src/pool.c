@@ -445,6 +445,13 @@ dk__runtime_ensure(void)
     pthread_once(&init_once, dk__runtime_init);
 }
 
+bool
+dk__pool_quiescent(void)
+{
+    return dk_atomic_load_acquire(&pool.nidle) ==
+           dk_atomic_load_acquire(&pool.nthreads);
+}
+
 unsigned
 dk__pool_ncpu(void)
 {
