@@ -44,7 +44,9 @@ WAITS = {
         q = dk.Queue("blocked")
         gate = dk.Semaphore(0)
         q.run_async(lambda: gate.wait())
-        cleanup = gate.signal
+        # Let the blocked item finish before exiting (a worker still in
+        # Python at exit is ended with pthread_exit).
+        cleanup = lambda: (gate.signal(), q.run_sync(lambda: None))
         ok = q.run_sync(lambda: None)
     """,
     "drain_main_queue": """
