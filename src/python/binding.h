@@ -27,7 +27,8 @@ PyObject *dkpy_raise_errno(int neg_errno);
 #define DKPY_SIGNAL_SLICE_NS 100000000ull
 
 /* The end of the next slice of a wait for `deadline` (UINT64_MAX:
- * forever; 0: poll). */
+ * forever; 0: poll): `deadline` itself on threads other than the one that
+ * runs signal handlers. */
 uint64_t dkpy_slice_end(uint64_t deadline);
 /* After a slice returned -ETIMEDOUT: true if the wait goes on (the
  * caller runs the signal handlers and sleeps another slice). */

@@ -6,6 +6,7 @@
 #include "python/binding.h"
 
 #include <errno.h>
+#include <pthread.h>
 
 #include "dk/time.h"
 
@@ -28,9 +29,51 @@ dkpy_raise_errno(int neg_errno)
     }
 }
 
+/* The thread that runs Python's signal handlers: the main thread, or in
+ * a child the thread that forked (CPython makes it the main thread). */
+static unsigned long handler_thread;
+
+static void
+forked_child(void)
+{
+    handler_thread = PyThread_get_thread_ident();
+}
+
+static int
+find_handler_thread(void)
+{
+    static bool hooked;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading == NULL
+                         ? NULL
+                         : PyObject_CallMethod(threading, "main_thread", NULL);
+    PyObject *ident =
+        main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
+    Py_XDECREF(threading);
+    Py_XDECREF(main);
+    if (ident == NULL) {
+        return -1;
+    }
+    handler_thread = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (!hooked) {
+        hooked = pthread_atfork(NULL, NULL, forked_child) == 0;
+    }
+    return 0;
+}
+
+/* Other threads never run handlers, so they sleep to the deadline: a
+ * slice there would only wake them (and, during finalization, have
+ * CPython end them with pthread_exit when they take the GIL back). */
 uint64_t
 dkpy_slice_end(uint64_t deadline)
 {
+    if (PyThread_get_thread_ident() != handler_thread) {
+        return deadline;
+    }
     uint64_t now = dk_now();
     return deadline > now && deadline - now > DKPY_SIGNAL_SLICE_NS
                ? now + DKPY_SIGNAL_SLICE_NS
@@ -51,6 +94,9 @@ module_exec(PyObject *m)
         PyErr_SetString(PyExc_ImportError,
                         "dispatchkit._dk cannot be loaded in a "
                         "subinterpreter: its runtime is process-wide");
+        return -1;
+    }
+    if (find_handler_thread() < 0) {
         return -1;
     }
     if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||

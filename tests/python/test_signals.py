@@ -96,3 +96,47 @@ def test_a_signal_on_another_thread_interrupts_the_main_threads_wait(what):
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "interrupted", r.stdout
+
+
+def test_after_fork_from_another_thread_the_forking_thread_is_interrupted():
+    # CPython makes the thread that forked the child's main thread: its
+    # waits are the ones that must sleep in slices there.
+    code = textwrap.dedent("""
+        import os, signal, sys, threading, time
+        import dispatchkit as dk
+
+        class Stop(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Stop()
+
+        def child():
+            signal.signal(signal.SIGUSR1, handler)
+
+            def kick():
+                time.sleep(0.3)
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+            threading.Thread(target=kick, daemon=True).start()
+            try:
+                dk.Semaphore(0).wait()
+                code = 1
+            except Stop:
+                code = 0
+            os._exit(code)
+
+        def forker():
+            pid = os.fork()
+            if pid == 0:
+                child()
+            _, status = os.waitpid(pid, 0)
+            print("child exit", os.waitstatus_to_exitcode(status))
+
+        t = threading.Thread(target=forker)
+        t.start(); t.join()
+    """)
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "child exit 0", r.stdout + r.stderr
