@@ -172,9 +172,6 @@ bool dk__pool_tick(void);
 bool dk__pool_start_watch(void);
 bool dk__pool_watching(void);
 unsigned dk__pool_ncpu(void);
-/* Every started worker is parked on the idle stack (none is running an
- * item, starting up or retiring). */
-bool dk__pool_quiescent(void);
 extern const struct dk_thread_hooks *dk__hooks;
 
 /* queue.c */

@@ -446,7 +446,7 @@ dk__runtime_ensure(void)
 }
 
 bool
-dk__pool_quiescent(void)
+dk_pool_quiescent(void)
 {
     return dk_atomic_load_acquire(&pool.nidle) ==
            dk_atomic_load_acquire(&pool.nthreads);

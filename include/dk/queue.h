@@ -169,6 +169,11 @@ DK_EXPORT long dk_main_drain(uint64_t deadline);
 DK_EXPORT int dk_main_fd(void);
 /* True on the thread that drains the main queue. */
 DK_EXPORT bool dk_is_main_thread(void);
+/* True when every worker thread of the pool is parked (none is running
+ * an item, starting or retiring; also before the pool starts). A program
+ * whose allocator is not fork-safe (GCC 12's ASan) can wait for it before
+ * fork(); glibc's malloc needs no such wait. */
+DK_EXPORT bool dk_pool_quiescent(void);
 
 /*
  * Hooks for language runtimes whose callbacks need a global lock (the

@@ -1783,6 +1783,14 @@ dk_py_main_queue_fd(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
+dk_py_pool_quiescent(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(dk_pool_quiescent());
+}
+
+static PyObject *
 dk_py_shutdown(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -1818,6 +1826,9 @@ static PyMethodDef dispatch_functions[] = {
     {"main_queue_fd", dk_py_main_queue_fd, METH_NOARGS,
      "main_queue_fd() -> int\n\nAn fd that is readable while main-queue "
      "work is pending (for asyncio's add_reader)."},
+    {"_pool_quiescent", dk_py_pool_quiescent, METH_NOARGS,
+     "True when every pool worker is parked: the sanitizer test run forks "
+     "only then (GCC 12's ASan allocator is not fork-safe)."},
     {"_shutdown", dk_py_shutdown, METH_NOARGS,
      "Stop running callbacks (registered with atexit)."},
     {NULL, NULL, 0, NULL},

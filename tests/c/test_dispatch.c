@@ -16,7 +16,6 @@
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
-#include "internal.h"
 
 static uint64_t
 in_ns(uint64_t ns)
@@ -679,6 +678,35 @@ DK_TEST(global_queues_by_priority_and_qos)
 
 /* ---- fork ---- */
 
+static void
+wait_on_semaphore(void *s)
+{
+    dk_semaphore_wait(s, UINT64_MAX);
+}
+
+static bool
+wait_quiescent(int ms)
+{
+    for (int i = 0; i < ms && !dk_pool_quiescent(); i++) {
+        usleep(1000);
+    }
+    return dk_pool_quiescent();
+}
+
+DK_TEST(pool_is_quiescent_only_while_every_worker_is_parked)
+{
+    dk_semaphore_t *gate = dk_semaphore_create(0);
+    dk_group_t *g = dk_group_create();
+    dk_group_async_f(g, dk_queue_global(0), gate, wait_on_semaphore);
+    /* A worker blocked in an item is never parked. */
+    CHECK(!wait_quiescent(200));
+    dk_semaphore_signal(gate);
+    CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(20))), 0);
+    CHECK(wait_quiescent(20000));
+    dk_release(g);
+    dk_release(gate);
+}
+
 DK_TEST(forked_child_gets_a_working_runtime)
 {
     dk_queue_t *q = dk_queue_create("pre-fork", 0, 0, 0, NULL);
@@ -695,9 +723,7 @@ DK_TEST(forked_child_gets_a_working_runtime)
      * lock held in the child, and every thread there then hangs in malloc.
      * glibc's malloc is fork-safe, so only the ASan build waits for the
      * pool to park before forking. */
-    for (int i = 0; i < 5000 && !dk__pool_quiescent(); i++) {
-        usleep(1000);
-    }
+    wait_quiescent(5000);
 #endif
     pid_t pid = fork();
     if (pid == 0) {

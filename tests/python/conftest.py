@@ -30,3 +30,18 @@ def pytest_sessionstart(session):
     if os.environ.get("DK_SANITIZER_RUN") == "1":
         import dispatchkit._dk as ext
         assert site and ext.__file__.startswith(site), (ext.__file__, site)
+        os.register_at_fork(before=_park_pool_before_fork)
+
+
+def _park_pool_before_fork():
+    """GCC 12's ASan allocator takes no lock around fork(): a pool worker
+    freeing memory at that instant leaves a size-class lock held in the
+    child, which then hangs in malloc. In the sanitizer run, fork once the
+    workers have parked (bounded: a worker blocked in a callback never
+    parks). glibc's malloc is fork-safe; the normal run forks at once."""
+    import time
+    import dispatchkit._dk as ext
+    for _ in range(2000):
+        if ext._pool_quiescent():
+            return
+        time.sleep(0.001)
