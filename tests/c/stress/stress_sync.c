@@ -28,6 +28,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -139,7 +140,14 @@ mutex_worker(struct worker *w)
         R->inside = 1;
         R->holder = me;
         long c = R->counter;
-        pause_for(rnd(&w->seed) % 16);
+        /* Now and then give the CPU away while holding the lock: the
+         * others pile up on it and sleep in the kernel. */
+        unsigned r = rnd(&w->seed);
+        if (r % 128 == 0) {
+            sched_yield();
+        } else {
+            pause_for(r % 32);
+        }
         if (R->inside != 1 || R->holder != me) {
             fail("holder changed under the lock", R->holder);
         }
@@ -397,6 +405,7 @@ DK_TEST_T(stress_sync_mutex_across_processes, 900)
            "counter %ld of %ld, %ld tries missed, %ld errors\n",
            NPROC, NTHREADS, R->iters, R->counter, expected,
            atomic_load(&R->lock_tries_missed), atomic_load(&R->errors));
+    fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
     CHECK_EQ(R->counter, expected);
@@ -421,6 +430,7 @@ DK_TEST_T(stress_sync_semaphore_across_processes, 900)
            NPROC, R->iters, atomic_load(&R->posted), atomic_load(&R->taken),
            NPROC, atomic_load(&R->sem_tries_missed),
            atomic_load(&R->sem_short_timeouts), atomic_load(&R->errors));
+    fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
     CHECK_EQ(atomic_load(&R->posted), R->sem_expected);
@@ -442,6 +452,7 @@ DK_TEST_T(stress_sync_event_ring_across_processes, 900)
            "%ld polls, %ld errors\n",
            NPROC, atomic_load(&R->event_hops), hops,
            atomic_load(&R->event_polls), atomic_load(&R->errors));
+    fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
     CHECK_EQ(atomic_load(&R->event_hops), hops);
