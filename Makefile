@@ -115,9 +115,10 @@ soak: install
 	$(PY) tests/soak/soak_dispatch.py
 
 # Long randomized stress runs (DK_STRESS_ITERS per producer thread).
+# dk-stress-sync: DK_STRESS_SYNC_ITERS per thread of 4 processes x 2;
+# dk-stress-zerobuffer: DK_STRESS_ZB_ITERS frames in each of 2 rounds.
 stress: build-c
 	DK_STRESS_ITERS=$${DK_STRESS_ITERS:-2000000} $(BUILD)/c/dk-stress
-	# Per thread: 4 processes x 2 threads; then frames per round (2 rounds).
 	DK_STRESS_ITERS=$${DK_STRESS_SYNC_ITERS:-2000000} $(BUILD)/c/dk-stress-sync
 	DK_STRESS_ITERS=$${DK_STRESS_ZB_ITERS:-5000000} $(BUILD)/c/dk-stress-zerobuffer
 
