@@ -399,12 +399,14 @@ setup(void)
 DK_TEST_T(stress_sync_mutex_across_processes, 900)
 {
     setup();
+    uint64_t t0 = dk_now();
     int bad = run_children(W_MUTEX);
     long expected = NPROC * NTHREADS * R->iters;
     printf("# stress-sync mutex: %d procs x %d threads x %ld iters, "
-           "counter %ld of %ld, %ld tries missed, %ld errors\n",
+           "counter %ld of %ld, %ld tries missed, %ld errors, %.1f s\n",
            NPROC, NTHREADS, R->iters, R->counter, expected,
-           atomic_load(&R->lock_tries_missed), atomic_load(&R->errors));
+           atomic_load(&R->lock_tries_missed), atomic_load(&R->errors),
+           (double)(dk_now() - t0) / 1e9);
     fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
@@ -423,13 +425,15 @@ DK_TEST_T(stress_sync_semaphore_across_processes, 900)
             R->sem_expected += 1 + rnd(&nseed) % 4;
         }
     }
+    uint64_t t0 = dk_now();
     int bad = run_children(W_SEM);
     printf("# stress-sync semaphore: %d producers x %ld posts, "
            "%ld tokens posted, %ld taken by %d consumers, "
-           "%ld tries missed, %ld short timeouts, %ld errors\n",
+           "%ld tries missed, %ld short timeouts, %ld errors, %.1f s\n",
            NPROC, R->iters, atomic_load(&R->posted), atomic_load(&R->taken),
            NPROC, atomic_load(&R->sem_tries_missed),
-           atomic_load(&R->sem_short_timeouts), atomic_load(&R->errors));
+           atomic_load(&R->sem_short_timeouts), atomic_load(&R->errors),
+           (double)(dk_now() - t0) / 1e9);
     fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
@@ -446,12 +450,14 @@ DK_TEST_T(stress_sync_event_ring_across_processes, 900)
     setup();
     R->token = 0;
     dk_shm_event_set(&R->ring[0], true); /* the token starts at process 0 */
+    uint64_t t0 = dk_now();
     int bad = run_children(W_EVENT);
     long hops = event_hops();
     printf("# stress-sync event: ring of %d procs, %ld hops of %ld, "
-           "%ld polls, %ld errors\n",
+           "%ld polls, %ld errors, %.1f s\n",
            NPROC, atomic_load(&R->event_hops), hops,
-           atomic_load(&R->event_polls), atomic_load(&R->errors));
+           atomic_load(&R->event_polls), atomic_load(&R->errors),
+           (double)(dk_now() - t0) / 1e9);
     fflush(stdout);
     CHECK_EQ(bad, 0);
     CHECK_EQ(atomic_load(&R->errors), 0);
