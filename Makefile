@@ -56,6 +56,8 @@ check: $(STAMP)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    ASAN_OPTIONS=detect_leaks=1 $(BUILD)/asan/dk-tests
 	DK_STRESS_ITERS=20000 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/dk-stress
+	DK_STRESS_ITERS=50000 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/dk-stress-sync
+	DK_STRESS_ITERS=100000 UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/dk-stress-zerobuffer
 	$(VENV)/bin/meson setup --reconfigure $(BUILD)/tsan -Dpython=disabled \
 	    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug \
 	    || $(VENV)/bin/meson setup $(BUILD)/tsan -Dpython=disabled \
@@ -63,6 +65,8 @@ check: $(STAMP)
 	$(VENV)/bin/ninja -C $(BUILD)/tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 $(BUILD)/tsan/dk-tests
 	DK_STRESS_ITERS=5000 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/dk-stress
+	DK_STRESS_ITERS=20000 TSAN_OPTIONS=halt_on_error=1:die_after_fork=0 $(BUILD)/tsan/dk-stress-sync
+	DK_STRESS_ITERS=10000 TSAN_OPTIONS=halt_on_error=1:die_after_fork=0 $(BUILD)/tsan/dk-stress-zerobuffer
 	$(MAKE) check-python-asan
 	$(MAKE) fuzz
 
@@ -111,8 +115,12 @@ soak: install
 	$(PY) tests/soak/soak_dispatch.py
 
 # Long randomized stress runs (DK_STRESS_ITERS per producer thread).
+# dk-stress-sync: DK_STRESS_SYNC_ITERS per thread of 4 processes x 2;
+# dk-stress-zerobuffer: DK_STRESS_ZB_ITERS frames in each of 2 rounds.
 stress: build-c
 	DK_STRESS_ITERS=$${DK_STRESS_ITERS:-2000000} $(BUILD)/c/dk-stress
+	DK_STRESS_ITERS=$${DK_STRESS_SYNC_ITERS:-2000000} $(BUILD)/c/dk-stress-sync
+	DK_STRESS_ITERS=$${DK_STRESS_ZB_ITERS:-5000000} $(BUILD)/c/dk-stress-zerobuffer
 
 lint:
 	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
