@@ -80,6 +80,16 @@ def close_shm(shm):
         pass
 
 
+def unlink_buffer(name):
+    """What a failed zerobuffer round may leave behind."""
+    for path in (f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
+                 f"/dev/shm/sem.sem-r-{name}", f"/tmp/zerobuffer/{name}.lock"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def spin(n):
     for _ in range(n):
         pass
@@ -367,6 +377,7 @@ def test_zerobuffer_writer_killed_at_random_points():
         print("writer killed:", [names[p] for p in phases])
     finally:
         close_shm(shm)
+        unlink_buffer(name)
 
 
 def check_stream(reader, writer, rng, n):
@@ -447,6 +458,7 @@ def test_zerobuffer_reader_killed_at_random_points():
             del words
     finally:
         close_shm(shm)
+        unlink_buffer(name)
 
 
 # ---- queue work killed -------------------------------------------------------
