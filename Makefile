@@ -110,9 +110,11 @@ FUZZ_MESON = -Dpython=disabled -Dtests=false -Dfuzz=true -Db_lundef=false \
 	-Db_sanitize=address,undefined -Dbuildtype=debugoptimized \
 	-Dc_args='-fsanitize=fuzzer-no-link -fno-sanitize-recover=all -Wno-missing-field-initializers'
 
-# 10 million dispatched tasks with resident memory sampled.
+# 10 million dispatched tasks and 1 million zerobuffer frames, resident
+# memory sampled.
 soak: install
 	$(PY) tests/soak/soak_dispatch.py
+	$(PY) tests/soak/soak_zerobuffer.py
 
 # Long randomized stress runs (DK_STRESS_ITERS per producer thread).
 # dk-stress-sync: DK_STRESS_SYNC_ITERS per thread of 4 processes x 2;

@@ -14,20 +14,20 @@ N = 10_000
 LIMIT = 64 * 1024
 
 
-def growth(fn, settle=None):
-    """Bytes still traced after N more calls. Tracing starts before a full
+def growth(fn, settle=None, n=N):
+    """Bytes still traced after n more calls. Tracing starts before a full
     warm-up batch: caches and free lists that fill with traced blocks in
     the first thousands of calls are then part of the baseline, while a
     leak keeps growing in the measured batch."""
     tracemalloc.start()
     try:
-        for _ in range(N):
+        for _ in range(n):
             fn()
         if settle:
             settle()
         gc.collect()
         base = tracemalloc.get_traced_memory()[0]
-        for _ in range(N):
+        for _ in range(n):
             fn()
         if settle:
             settle()
@@ -171,7 +171,204 @@ def atomics_objects_cycle():
         pass
 
 
+# ---- dispatchkit.sync -------------------------------------------------------
+
+import mmap  # noqa: E402
+
+import dispatchkit.sync as sync  # noqa: E402
+
+SHM = mmap.mmap(-1, 4096)
+FW = sync.FutexWord(memoryview(SHM)[0:4])
+A32 = sync.AtomicU32(memoryview(SHM)[64:68])
+A64 = sync.AtomicU64(memoryview(SHM)[128:136])
+MTX = sync.Mutex(memoryview(SHM)[192:256])
+SEM = sync.Semaphore(memoryview(SHM)[256:320], initial=0)
+EV = sync.Event(memoryview(SHM)[320:324])
+
+
+def sync_words_cycle():
+    FW.store_release(1)
+    FW.load_acquire()
+    FW.wait(0, 1000)  # the value differs: returns at once
+    FW.wake(1)
+    A32.store(3)
+    A32.load()
+    A32.cas(3, 4)
+    A32.cas(0, 1)  # fails
+    A64.store(2**40)
+    A64.load()
+    A64.cas(2**40, 5)
+    sync.align_to_cacheline_size(100)
+
+
+def sync_mutex_cycle():
+    MTX.acquire()
+    MTX.release()
+    MTX.try_acquire()
+    MTX.try_acquire()  # held: False
+    MTX.release()
+    MTX.acquire_ns(1000)
+    MTX.owner_died
+    MTX.owner_pid()
+    MTX.last_acquired_ns()
+    MTX.magic()
+    MTX.release()
+    with MTX:
+        pass
+
+
+def sync_semaphore_cycle():
+    SEM.post(2)
+    SEM.post1()
+    SEM.wait()
+    SEM.wait(timeout_ns=1000)
+    SEM.wait(blocking=False)
+    SEM.wait(timeout_ns=0)  # empty: False
+    SEM.value()
+    SEM.last_pid()
+    SEM.last_acquired_ns()
+
+
+def sync_event_cycle():
+    EV.set()
+    EV.is_set()
+    EV.wait(1000)
+    EV.clear()
+    EV.wait(0)  # clear: times out at once
+
+
+def sync_objects_cycle():
+    b = bytearray(128)
+    sync.Mutex(memoryview(b)[:64], shared=False)
+    sync.Semaphore(memoryview(b)[64:128], initial=1, shared=False)
+    sync.FutexWord(memoryview(b)[:4])
+    sync.AtomicU64(memoryview(b)[:8])
+    sync.Mutex(memoryview(SHM)[1024:1088])  # a second mapping each time
+
+
+def sync_errors_cycle():
+    for fn, exc in (
+            (MTX.release, RuntimeError),  # not held
+            (lambda: sync.Mutex(bytearray(8)), ValueError),  # too small
+            (lambda: sync.Mutex(b"\0" * 64), (ValueError, TypeError)),
+            (lambda: sync.Semaphore(memoryview(SHM)[192:256]), ValueError),
+            (lambda: SEM.post(-1), OverflowError),
+            (lambda: A32.store(2**32), OverflowError),
+            (lambda: sync.AtomicU64(memoryview(SHM)[1:9]), ValueError)):
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError(fn)
+
+
+def sync_named_cycle():
+    m = sync.NamedMutex(NAMED)
+    with m:
+        pass
+    m.close()
+    s = sync.NamedSemaphore(NAMED, initial=1)
+    s.post(1)
+    s.wait(timeout=0)
+    s.close()
+    e = sync.NamedEvent(NAMED)
+    e.set()
+    e.close()
+
+
+NAMED = f"dkleak{os.getpid()}"
+
+# ---- dispatchkit.zerobuffer -------------------------------------------------
+
+import dispatchkit.zerobuffer as zb  # noqa: E402
+
+ZBNAME = f"dk-leaks-{os.getpid()}"
+ZR = zb.Reader(ZBNAME, zb.BufferConfig(256, 1 << 16))
+ZW = zb.Writer(ZBNAME)
+ZW.set_metadata(b"leak check")
+PAYLOAD = bytes(range(200))
+
+
+def zb_copy_cycle():
+    ZW.write_frame(PAYLOAD)
+    f = ZR.read_frame(timeout=5)
+    f.data[0]
+    f.size
+    f.sequence
+    f.is_valid
+    len(f)
+    bytes(f)
+    with f:
+        pass
+    ZW.write_frame(memoryview(PAYLOAD)[:50])
+    ZR.release_frame(ZR.read_frame(timeout=5))
+    ZW.write_frame_zero_copy(PAYLOAD)
+    ZR.read_frame(timeout=5).dispose()
+    ZW.write_frame(PAYLOAD)
+    ZR.read_frame(timeout=5)  # released by garbage collection
+
+
+def zb_zero_copy_cycle():
+    v = ZW.get_frame_buffer(64)
+    v[:4] = b"abcd"
+    ZW.commit_frame()
+    seq, v = ZW.get_frame_buffer_with_sequence(32)
+    v[0] = 1
+    ZW.commit_frame()
+    with ZR.read_frame(timeout=5) as f:
+        f.data
+    with ZR.read_frame(timeout=5):
+        pass
+    ZR.get_metadata()
+    ZR.frames_read
+    ZW.bytes_written
+    ZW.max_frame_size
+    ZW.is_reader_connected()
+    ZR.is_writer_connected()
+
+
+def zb_errors_cycle():
+    for fn, exc in (
+            (lambda: ZW.write_frame(bytes(1 << 17)),
+             zb.FrameTooLargeException),
+            (lambda: ZW.write_frame(b""), zb.InvalidFrameSizeException),
+            (lambda: ZW.set_metadata(b"again"),
+             zb.MetadataAlreadyWrittenException),
+            (lambda: zb.Writer(ZBNAME), zb.WriterAlreadyConnectedException),
+            (lambda: zb.Reader("bad/name"), zb.InvalidBufferNameException)):
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError(fn)
+    assert ZR.read_frame(timeout=0) is None
+
+
+def zb_lifecycle_cycle():
+    name = ZBNAME + "-lc"
+    with zb.Reader(name, zb.BufferConfig(64, 4096)) as r:
+        with zb.Writer(name) as w:
+            w.write_frame(b"x")
+            r.read_frame(timeout=5).dispose()
+
+
 CASES = {
+    "sync_words": (sync_words_cycle, None, N),
+    "sync_mutex": (sync_mutex_cycle, None, N),
+    "sync_semaphore": (sync_semaphore_cycle, None, N),
+    "sync_event": (sync_event_cycle, None, N),
+    "sync_objects": (sync_objects_cycle, None, N),
+    "sync_errors": (sync_errors_cycle, None, N),
+    "sync_named": (sync_named_cycle, None, 500),
+    "zb_copy": (zb_copy_cycle, None, N),
+    "zb_zero_copy": (zb_zero_copy_cycle, None, N),
+    "zb_errors": (zb_errors_cycle, None, N),
+    "zb_lifecycle": (zb_lifecycle_cycle, None, 1000),
+}
+
+CASES.update({
     "atomics_ops": (atomics_cycle, None),
     "atomics_objects": (atomics_objects_cycle, None),
     "run_async": (lambda: Q.run_async(noop), drain),
@@ -195,14 +392,20 @@ CASES = {
     "read_source": (read_source_cycle, sources_settle),
     "iochannel": (channel_cycle, sources_settle),
     "read_write_async": (async_io_cycle, sources_settle),
-}
+})
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_no_leak(name):
-    fn, settle = CASES[name]
-    grew = growth(fn, settle)
-    assert grew < LIMIT, f"{name}: {grew} bytes after {N} calls"
+def test_no_leak(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))
+    fn, settle, *n = CASES[name]
+    n = n[0] if n else N
+    grew = growth(fn, settle, n)
+    # Fewer calls (the costly cases): a proportionally lower limit, so
+    # one small object leaked per call still fails.
+    limit = LIMIT * n // N
+    print(f"{name}: {grew} bytes after {n} calls")
+    assert grew < limit, f"{name}: {grew} bytes after {n} calls"
 
 
 def test_async_exceptions_do_not_leak(unraisable):
