@@ -94,25 +94,32 @@ def _dir_mode(mode):
     return mode | ((mode & 0o444) >> 2)
 
 
-def _start_time(pid):
-    """The process's start time in clock ticks since boot (field 22 of
-    /proc/PID/stat), or None if unknown."""
+def _stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name (which may
+    hold spaces and parentheses): [0] is the state, [19] the start time.
+    None if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 2:].split()
+    return data[data.rfind(b")") + 2:].split()
+
+
+def _start_time(pid):
+    """The process's start time in clock ticks: with the pid, it names
+    one process (a pid can be reused, the pair cannot)."""
+    fields = _stat_fields(pid)
     try:
         return int(fields[19])
-    except (IndexError, ValueError):
+    except (TypeError, IndexError, ValueError):
         return None
 
 
 def _alive(pid, token=None):
     """Does process pid still exist (and, if token is a start time, is it
-    still the same process)?"""
+    still the same process)? A zombie (dead, not yet reaped by its parent)
+    does not count, though kill() still finds it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,6 +127,9 @@ def _alive(pid, token=None):
     except PermissionError:
         pass  # exists, owned by someone else
     except OSError:
+        return False
+    fields = _stat_fields(pid)
+    if fields and fields[0] in (b"Z", b"X"):
         return False
     if token is not None:
         now = _start_time(pid)

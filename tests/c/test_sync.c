@@ -267,6 +267,23 @@ DK_TEST(sync_mutex_killed_holder_is_taken_over)
     munmap(m, 4096);
 }
 
+DK_TEST(sync_mutex_dead_holder_not_yet_reaped_is_taken_over)
+{
+    /* A zombie still answers kill(pid, 0); the waiter is its parent and
+     * has not reaped it (waitid with WNOWAIT leaves it a zombie). */
+    dk_shm_mutex_t *m = shared_page();
+    CHECK_EQ(dk_shm_mutex_init(m), 0);
+    pid_t holder = fork_holder(m);
+    CHECK_EQ(kill(holder, SIGKILL), 0);
+    siginfo_t info;
+    CHECK_EQ(waitid(P_PID, (id_t)holder, &info, WEXITED | WNOWAIT), 0);
+    CHECK_EQ(kill(holder, 0), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), true, 0, false), 1);
+    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    reap(holder);
+    munmap(m, 4096);
+}
+
 DK_TEST(sync_mutex_short_timeout_still_recovers)
 {
     /* A deadline shorter than the 50 ms liveness slice: the check made

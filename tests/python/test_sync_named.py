@@ -312,6 +312,27 @@ def test_names_left_by_killed_processes_are_cleaned_up(pid_root, name,
     assert os.listdir(pid_root) == []
 
 
+def test_names_left_by_a_dead_child_not_yet_reaped_are_reclaimed(pid_root,
+                                                                 name):
+    # The dead user is our own child, still a zombie: kill(pid, 0) finds
+    # it, /proc says it is dead.
+    p = run_py(KILLED_USER.format(fastipc=False, name=name))
+    try:
+        assert read_line(p) == "holding"
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+        os.kill(p.pid, 0)
+        s = sync.NamedSemaphore(name, initial=1)
+        assert s.value() == 1 and s._shm.reclaimed
+        m = sync.NamedMutex(name)
+        assert m.try_acquire() is True
+        m.release()
+        m.close()
+        s.close()
+        assert os.listdir(pid_root) == []
+    finally:
+        p.wait(30)
+
+
 def test_two_handles_in_one_process_do_not_split(pid_root, name):
     # fastipc: closing g1 unlinks the segment under g2, and g3 then gets a
     # fresh one (split brain).

@@ -420,6 +420,25 @@ def test_writer_killed_mid_stream(name):
             p.wait(10)
 
 
+def test_writer_killed_but_not_yet_reaped_is_dead(name):
+    # A zombie still answers kill(pid, 0), and its parent, the reader
+    # here, is the one that has not reaped it.
+    with zb.Reader(name, zb.BufferConfig(64, 1 << 16)) as r:
+        p = child(WRITER_CHILD, name, 2, "hang")
+        try:
+            wait_line(p, "written")
+            p.send_signal(signal.SIGKILL)
+            os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+            os.kill(p.pid, 0)  # still there, as a zombie
+            for _ in range(2):
+                r.read_frame(timeout=5).dispose()
+            with pytest.raises(zb.WriterDeadException):
+                r.read_frame(timeout=10)
+        finally:
+            p.kill()
+            p.wait(10)
+
+
 def test_writer_graceful_exit_then_new_writer(name):
     with zb.Reader(name, zb.BufferConfig(64, 1 << 16)) as r:
         p = child(WRITER_CHILD, name, 3, "exit")

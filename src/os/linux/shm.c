@@ -4,6 +4,7 @@
  * names and why they must be exactly the peers'.
  */
 #include "os/linux/shm.h"
+#include "os/linux/sync_os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -285,10 +286,10 @@ dk__pid_alive(uint64_t pid)
     if (pid == 0 || pid > (uint64_t)INT32_MAX) {
         return false;
     }
-    if (kill((pid_t)pid, 0) == 0) {
-        return true;
+    if (kill((pid_t)pid, 0) < 0 && errno != EPERM) {
+        return false;
     }
-    return errno == EPERM;
+    return !dk__os_pid_is_zombie((uint32_t)pid);
 }
 
 uint64_t

@@ -64,7 +64,8 @@ int dk__lock_acquire(const char *name, unsigned mode, int *fd);
 void dk__lock_release(const char *name, int fd);
 
 /* Whether a process id read from shared memory names a live process:
- * kill(pid, 0) succeeds or fails with EPERM (alive, another user). Values
+ * kill(pid, 0) succeeds or fails with EPERM (alive, another user), and
+ * it is not a zombie (see dk__os_process_gone). Values
  * that are not a valid pid (0, negative as pid_t, > INT32_MAX) are dead;
  * they are never passed to kill(), where -1 would mean "every process". */
 bool dk__pid_alive(uint64_t pid);

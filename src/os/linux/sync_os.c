@@ -5,10 +5,35 @@
 #include "os/linux/sync_os.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+bool
+dk__os_pid_is_zombie(uint32_t pid)
+{
+    char path[32], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return false; /* gone meanwhile, or /proc hidden: kill() decides */
+    }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) {
+        return false;
+    }
+    buf[n] = '\0';
+    /* "pid (comm) S ...": comm may hold spaces and parentheses, so the
+     * state is the first field after the last ')'. */
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren != NULL && close_paren[1] == ' ' &&
+           (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
 
 bool
 dk__os_process_gone(uint32_t pid)
@@ -18,7 +43,10 @@ dk__os_process_gone(uint32_t pid)
     if (pid == 0 || pid > (uint32_t)INT32_MAX) {
         return false;
     }
-    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    if (kill((pid_t)pid, 0) < 0) {
+        return errno == ESRCH;
+    }
+    return dk__os_pid_is_zombie(pid);
 }
 
 static uintptr_t

@@ -13,11 +13,16 @@
 
 /*
  * Is there no process with this pid any more? kill(pid, 0): ESRCH means
- * gone; success or EPERM (it exists, owned by someone else) means alive.
- * pid 0 and pids above the kernel's range are never "gone" (0 would
- * signal our own process group). One syscall: only for slow paths.
+ * gone; success or EPERM (it exists, owned by someone else) means alive,
+ * unless /proc says it is a zombie: a child that died and that its parent
+ * has not reaped yet still answers kill(), and its parent is often the
+ * very process waiting on it (a reader that forked its writer). pid 0 and
+ * pids above the kernel's range are never "gone" (0 would signal our own
+ * process group). A few syscalls: only for slow paths.
  */
 bool dk__os_process_gone(uint32_t pid);
+/* /proc/<pid>/stat shows state Z or X (dead, not yet reaped). */
+bool dk__os_pid_is_zombie(uint32_t pid);
 
 /*
  * Map the pages under [addr, addr + len) again, at a new address, when
