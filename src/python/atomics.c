@@ -1037,7 +1037,8 @@ static PyType_Spec Integral_spec = {"dispatchkit._dk._AtomicIntegral",
 static int
 mode_of(PyTypeObject *type, char *out, size_t n)
 {
-    PyObject *m = PyObject_GetAttrString((PyObject *)type, "_dk_mode");
+    static PyObject *dk_mode_str;
+    PyObject *m = dkpy_getattr((PyObject *)type, &dk_mode_str, "_dk_mode");
     if (m == NULL) {
         return -1;
     }

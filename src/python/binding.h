@@ -18,6 +18,12 @@
  * TimeoutError, anything else -> OSError. Returns NULL. */
 PyObject *dkpy_raise_errno(int neg_errno);
 
+/* getattr(obj, name), the name interned once into *slot. Per-call paths
+ * use this rather than PyObject_GetAttrString, whose fresh str per call
+ * the type attribute cache keeps alive until the entry is evicted: a
+ * thousand calls leave a thousand strings behind. */
+PyObject *dkpy_getattr(PyObject *obj, PyObject **slot, const char *name);
+
 /* Blocking calls sleep with the GIL released for at most
  * DKPY_SIGNAL_SLICE_NS at a time and run the signal handlers between
  * slices. A signal interrupts the futex syscall only if it lands while the

@@ -29,6 +29,18 @@ dkpy_raise_errno(int neg_errno)
     }
 }
 
+PyObject *
+dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)
+{
+    if (*slot == NULL) {
+        *slot = PyUnicode_InternFromString(name);
+        if (*slot == NULL) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(obj, *slot);
+}
+
 /* The thread that runs Python's signal handlers: the main thread, or in
  * a child the thread that forked (CPython makes it the main thread). */
 static unsigned long handler_thread;

@@ -231,9 +231,11 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     unsigned long long msize = 1024, psize = 1024ull * 1024;
     if (config != Py_None) {
-        PyObject *m = PyObject_GetAttrString(config, "metadata_size");
+        static PyObject *metadata_size_str, *payload_size_str;
+        PyObject *m =
+            dkpy_getattr(config, &metadata_size_str, "metadata_size");
         PyObject *p =
-            m ? PyObject_GetAttrString(config, "payload_size") : NULL;
+            m ? dkpy_getattr(config, &payload_size_str, "payload_size") : NULL;
         if (p == NULL) {
             Py_XDECREF(m);
             return NULL;
@@ -428,7 +430,11 @@ Reader_release_frame(ReaderObject *self, PyObject *frame)
 {
     if (!PyObject_TypeCheck(frame, Frame_type)) {
         /* Duck-typed frames (a DuplexResponse's, say) have dispose(). */
-        return PyObject_CallMethod(frame, "dispose", NULL);
+        static PyObject *dispose_str;
+        PyObject *dispose = dkpy_getattr(frame, &dispose_str, "dispose");
+        PyObject *r = dispose ? PyObject_CallNoArgs(dispose) : NULL;
+        Py_XDECREF(dispose);
+        return r;
     }
     FrameObject *fo = (FrameObject *)frame;
     if (fo->reader != self) {
@@ -1103,11 +1109,9 @@ drop_pending_view(WriterObject *self)
         /* Someone else holds it: revoke it, so writing through it after
          * commit fails instead of changing a published frame. */
         static PyObject *release_str;
-        if (release_str == NULL) {
-            release_str = PyUnicode_InternFromString("release");
-        }
-        PyObject *r =
-            release_str ? PyObject_CallMethodNoArgs(mv, release_str) : NULL;
+        PyObject *release = dkpy_getattr(mv, &release_str, "release");
+        PyObject *r = release ? PyObject_CallNoArgs(release) : NULL;
+        Py_XDECREF(release);
         if (r == NULL) {
             PyErr_Clear();
         }
