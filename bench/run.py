@@ -15,8 +15,14 @@ RATE_UNITS = ("/s",)
 
 
 def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                       timeout=900)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                           timeout=900)
+    except subprocess.TimeoutExpired as e:
+        print(f"# {' '.join(map(str, cmd))} timed out after 900 s",
+              file=sys.stderr)
+        out = e.stdout or b""
+        return out.decode() if isinstance(out, bytes) else out
     if r.returncode != 0:
         print(f"# {' '.join(map(str, cmd))} failed:\n{r.stderr}",
               file=sys.stderr)
@@ -30,12 +36,18 @@ def table(lines, title):
         if len(parts) != 4:
             continue
         workload, impl, value, unit = parts
+        if value == "failed":  # unit holds the reason
+            rows.setdefault(workload, []).append((impl, None, unit))
+            continue
         rows.setdefault(workload, []).append((impl, float(value), unit))
     print(f"\n== {title} ==")
     for workload, entries in rows.items():
         ours = next((v for i, v, _ in entries if i == "dispatchkit"), None)
         print(f"{workload}")
         for impl, value, unit in entries:
+            if value is None:
+                print(f"  {impl:<40} {'FAILED':>14} {unit}")
+                continue
             ratio = ""
             if ours and impl != "dispatchkit" and value:
                 is_rate = unit.endswith(RATE_UNITS)
