@@ -183,7 +183,7 @@ def ping_pong():
             shm.unlink()
 
 
-def _contend(kind, arg, n):
+def _contend(kind, arg, n, work):
     if kind == "mp":
         lk = arg
     elif kind == "posix_ipc":
@@ -197,15 +197,22 @@ def _contend(kind, arg, n):
             Mutex = sync.Mutex
         lk = Mutex(m.buf[:64])
     acquire, release = lk.acquire, lk.release
-    for _ in range(n):
-        acquire()
-        release()
+    if work:
+        for _ in range(n):
+            acquire()
+            sum(range(30))
+            release()
+            sum(range(30))
+    else:
+        for _ in range(n):
+            acquire()
+            release()
     if kind in ("dispatchkit", "fastipc"):
         del lk, acquire, release
         m.close()
 
 
-def contended_run(ctx, kind, total):
+def contended_run(ctx, kind, total, work=False):
     """One run of two processes sharing `total` acquisitions: the rate, or
     None if a child failed or hung (then both are killed)."""
     shm = shared_memory.SharedMemory(create=True, size=64)
@@ -224,7 +231,7 @@ def contended_run(ctx, kind, total):
             import posix_ipc
             arg = f"/dkcont{os.getpid()}"
             ps = posix_ipc.Semaphore(arg, posix_ipc.O_CREX, initial_value=1)
-        procs = [ctx.Process(target=_contend, args=(kind, arg, total // 2))
+        procs = [ctx.Process(target=_contend, args=(kind, arg, total // 2, work))
                  for _ in range(2)]
         t = time.perf_counter()
         for p in procs:
@@ -251,35 +258,40 @@ def contended_run(ctx, kind, total):
 
 
 def contended():
-    """The median of five runs per implementation; a failed run is
-    reported, and three failures end the implementation's turn. (fastipc
-    children fail: its release clears the owner field after unlocking,
-    erasing the next owner's pid, so that owner cannot release and the
-    other child waits forever. docs/sync.md, defect F2.)"""
-    total = 1_000_000 // SCALE
+    """Two processes sharing 1M acquisitions with nothing in the loop, and
+    200k with a little work (sum(range(30))) inside the lock and as much
+    outside it. The median of five runs per implementation; a failed run
+    is reported, and three failures end the implementation's turn.
+    (fastipc children fail: its release clears the owner field after
+    unlocking, erasing the next owner's pid, so that owner cannot release
+    and the other child waits forever. docs/sync.md, defect F2.)"""
     ctx = mp.get_context("fork")
     peer = {"fastipc": "fastipc._primitives", "posix_ipc": "posix_ipc"}
-    for kind in ("dispatchkit", "fastipc", "mp", "posix_ipc"):
-        try:
-            if kind in peer:
-                importlib.import_module(peer[kind])
-        except ImportError:
-            continue
-        name = {"mp": "multiprocessing.Lock",
-                "posix_ipc": "posix_ipc.Semaphore"}.get(kind, kind)
-        rates, failures = [], 0
-        while len(rates) < 5 and failures < 3:
-            rate = contended_run(ctx, kind, total)
-            if rate is None:
-                failures += 1
-                print(f"mutex_2proc_contended\t{name}\tfailed\t"
-                      "a child failed or hung; run discarded", flush=True)
-            else:
-                rates.append(rate)
-        if rates:
-            emit("mutex_2proc_contended", f"{name}" if len(rates) == 5
-                 else f"{name} ({len(rates)} runs)",
-                 statistics.median(rates), "acq/s")
+    for workload, total, work in (
+            ("mutex_2proc_contended", 1_000_000 // SCALE, False),
+            ("mutex_2proc_contended_with_work", 200_000 // SCALE, True)):
+        for kind in ("dispatchkit", "fastipc", "mp", "posix_ipc"):
+            try:
+                if kind in peer:
+                    importlib.import_module(peer[kind])
+            except ImportError:
+                continue
+            name = {"mp": "multiprocessing.Lock",
+                    "posix_ipc": "posix_ipc.Semaphore"}.get(kind, kind)
+            rates, failures = [], 0
+            while len(rates) < 5 and failures < 3:
+                rate = contended_run(ctx, kind, total, work)
+                if rate is None:
+                    failures += 1
+                    print(f"{workload}\t{name}\tfailed\ta child failed or "
+                          "hung; run discarded", flush=True)
+                else:
+                    rates.append(rate)
+            if rates:
+                emit(workload, name if len(rates) == 5
+                     else f"{name} ({len(rates)} runs)",
+                     statistics.median(rates), "acq/s")
+
 
 if __name__ == "__main__":
     m = shared_memory.SharedMemory(create=True, size=256)
