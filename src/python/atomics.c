@@ -327,8 +327,7 @@ to_value16(AtomicObject *self, PyObject *v, unsigned char out[16],
             return -1;
         }
         /* The same conversion (and messages) as int.to_bytes. */
-        return _PyLong_AsByteArray((PyLongObject *)v, out, 16,
-                                   PY_LITTLE_ENDIAN, self->is_signed);
+        return dkpy_long_to_le16(v, out, self->is_signed);
     }
     Py_buffer b;
     if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
@@ -347,7 +346,7 @@ static PyObject *
 from_value16(AtomicObject *self, const unsigned char v[16])
 {
     if (self->integral) {
-        return _PyLong_FromByteArray(v, 16, PY_LITTLE_ENDIAN, self->is_signed);
+        return dkpy_long_from_le16(v, self->is_signed);
     }
     return PyBytes_FromStringAndSize((const char *)v, 16);
 }
@@ -878,7 +877,7 @@ Atomic_bytes(AtomicObject *self, PyObject *unused)
 static PyObject *
 Atomic_str(AtomicObject *self)
 {
-    const char *name = _PyType_Name(Py_TYPE(self));
+    const char *name = dkpy_type_name(Py_TYPE(self));
     if (check_live(self) < 0) {
         return NULL; /* as the package: any use of a released object */
     }
@@ -1063,7 +1062,7 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_TypeError,
                      "%s objects are obtained from an atomicview() context, "
                      "not constructed directly",
-                     _PyType_Name(type));
+                     dkpy_type_name(type));
         return NULL;
     }
     static char *kw_any[] = {"width", "is_integral", "is_signed", NULL};
@@ -1080,7 +1079,7 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (PyTuple_GET_SIZE(args) != 0) {
         PyErr_Format(PyExc_TypeError, "%s() takes keyword arguments only",
-                     _PyType_Name(type));
+                     dkpy_type_name(type));
         return NULL;
     }
     if (strcmp(mode, "any") == 0) {
@@ -1295,7 +1294,7 @@ Result_repr(ResultObject *self)
 {
     /* The package formats both fields with str(). */
     return PyUnicode_FromFormat("%s(success=%S, expected=%S)",
-                                _PyType_Name(Py_TYPE(self)), self->success,
+                                dkpy_type_name(Py_TYPE(self)), self->success,
                                 self->expected);
 }
 
@@ -1382,13 +1381,11 @@ dkpy_atomics_exec(PyObject *m)
     if (any_type == NULL) {
         return -1;
     }
-    bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &Bytes_spec, (PyObject *)any_type);
+    bytes_type = dkpy_type_from_spec_base(m, &Bytes_spec, any_type);
     if (bytes_type == NULL) {
         return -1;
     }
-    integral_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        m, &Integral_spec, (PyObject *)bytes_type);
+    integral_type = dkpy_type_from_spec_base(m, &Integral_spec, bytes_type);
     PyObject *result = PyType_FromModuleAndSpec(m, &Result_spec, NULL);
     if (integral_type == NULL || result == NULL) {
         return -1;

@@ -10,6 +10,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "python/compat.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 

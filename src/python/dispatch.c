@@ -1173,8 +1173,7 @@ typedef struct {
 static PyObject *
 Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (!_PyArg_NoPositional("Group", args) ||
-        !_PyArg_NoKeywords("Group", kwargs)) {
+    if (!dkpy_no_args("Group", args, kwargs)) {
         return NULL;
     }
     GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
@@ -1476,8 +1475,7 @@ once_trampoline(void *ctx)
 static PyObject *
 Once_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (!_PyArg_NoPositional("Once", args) ||
-        !_PyArg_NoKeywords("Once", kwargs)) {
+    if (!dkpy_no_args("Once", args, kwargs)) {
         return NULL;
     }
     return type->tp_alloc(type, 0);
@@ -1495,7 +1493,7 @@ static PyObject *
 Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
 {
     PyObject *func;
-    if (!_PyArg_NoKeywords("Once", kwargs) ||
+    if (!dkpy_no_args("Once", NULL, kwargs) ||
         !PyArg_ParseTuple(args, "O:Once", &func)) {
         return NULL;
     }

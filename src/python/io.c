@@ -244,12 +244,15 @@ read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
         return;
     }
     PyObject *b = bytes_of(data);
-    if ((size_t)PyBytes_GET_SIZE(b) != len) {
-        if (Py_REFCNT(b) == 1) {
-            if (_PyBytes_Resize(&b, (Py_ssize_t)len) < 0) {
-                PyErr_WriteUnraisable(handler);
-                b = NULL;
-            }
+    size_t cap = (size_t)PyBytes_GET_SIZE(b);
+    if (cap != len) {
+        /* A short read: shrink the bytes we allocated in place when only
+         * we hold it and little of it goes unused (a fresh bytes has no
+         * hash yet, and its memory is freed whatever its size says),
+         * otherwise copy the part that was read. */
+        if (Py_REFCNT(b) == 1 && len >= cap / 2) {
+            Py_SET_SIZE(b, (Py_ssize_t)len);
+            PyBytes_AS_STRING(b)[len] = '\0';
         } else {
             PyObject *copy = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
             Py_DECREF(b);

@@ -237,7 +237,7 @@ static PyObject *
 Source_repr(SourceObject *self)
 {
     return PyUnicode_FromFormat("<dispatchkit.%s %s%s>",
-                                _PyType_Name(Py_TYPE(self)),
+                                dkpy_type_name(Py_TYPE(self)),
                                 dk_source_testcancel(self->s) ? "cancelled"
                                 : self->started               ? "started"
                                                               : "not started",

@@ -265,7 +265,7 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *
 Word_repr(WordObject *self)
 {
-    const char *name = _PyType_Name(Py_TYPE(self));
+    const char *name = dkpy_type_name(Py_TYPE(self));
     if (self->width == 4 && strcmp(name, "FutexWord") == 0) {
         return PyUnicode_FromFormat("<dispatchkit.sync.FutexWord addr=%p "
                                     "shared=%d>",
@@ -641,7 +641,7 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             PyErr_SetString(PyExc_TypeError, "initial must be an int or None");
             return NULL;
         }
-        if (_PyLong_Sign(initial) < 0) {
+        if (dkpy_long_sign(initial) < 0) {
             PyErr_SetString(PyExc_OverflowError,
                             "can't convert negative value to unsigned int");
             return NULL;
@@ -704,7 +704,7 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "post(n=1)");
         return NULL;
     }
-    if (!PyLong_Check(nobj) || _PyLong_Sign(nobj) < 0) {
+    if (!PyLong_Check(nobj) || dkpy_long_sign(nobj) < 0) {
         PyErr_SetString(PyExc_OverflowError,
                         "semaphore increment out of range");
         return NULL;
