@@ -1,13 +1,19 @@
 # dispatchkit developer entry points. Everything runs from a local .venv
 # that this Makefile creates and fills from the package registries.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILD := build
+# The extension's build directory (one per interpreter: see test-pythons).
+PYBUILD ?= $(BUILD)/py
+# What the installed package is made of: `install` reruns when one changes.
+PKG_SOURCES := $(shell find src include python -type f -not -name '*.pyc') \
+	meson.build meson_options.txt pyproject.toml
+INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all demo test test-c test-python bench check check-python-asan stress soak lint install clean build-c fuzz
+.PHONY: all demo test test-c test-python test-pythons bench check check-python-asan stress soak lint install clean build-c fuzz
 
 all: install
 
@@ -24,10 +30,14 @@ $(BUILD)/c/build.ninja: $(STAMP)
 build-c: $(BUILD)/c/build.ninja
 	$(VENV)/bin/ninja -C $(BUILD)/c
 
-# The Python package, installed into .venv as a user would (pip install .).
-install: $(STAMP)
+# The Python package, installed into .venv as a user would (pip install .),
+# again only when one of its sources changed.
+install: $(INSTALLED)
+
+$(INSTALLED): $(STAMP) $(PKG_SOURCES)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PIP) install -q --no-build-isolation --no-deps \
-	    -Cbuild-dir=$(BUILD)/py .
+	    -Cbuild-dir=$(PYBUILD) .
+	touch $@
 
 test-c: build-c
 	$(BUILD)/c/dk-tests
@@ -39,7 +49,20 @@ test-python: install
 
 test: test-c test-python
 
-demo: install build-c
+# The Python suite on every CPython the package claims (3.9 to 3.13), each
+# from pyenv's interpreters (tools/pythons.sh finds them), in its own venv
+# and build directory. EXCEPT="3.11 ..." skips versions already tested.
+test-pythons:
+	set -e; for py in $$(tools/pythons.sh); do \
+	    v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	    case " $(EXCEPT) " in *" $$v "*) continue;; esac; \
+	    echo "== Python $$v ($$py)"; \
+	    $(MAKE) --no-print-directory test-python PYTHON=$$py \
+	        VENV=.venv-$$v PYBUILD=$(BUILD)/py-$$v; \
+	done
+
+# The demo is Python only: no C tests or benchmarks to build first.
+demo: install
 	$(PY) examples/python/demo.py
 
 bench: install build-c
