@@ -62,4 +62,4 @@ from dispatchkit import _dk
 # Pending callbacks must not enter Python while it finalizes.
 _atexit.register(_dk._shutdown)
 
-__version__ = "0.1.0"
+from dispatchkit._version import __version__  # noqa: E402

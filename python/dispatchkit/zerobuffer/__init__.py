@@ -30,7 +30,10 @@ from .duplex import (DuplexChannelFactory, DuplexClient,  # noqa: E402
                      IMutableDuplexServer, ImmutableDuplexServer,
                      ProcessingMode)
 
-__version__ = "1.1.8"
+# Ours, not the peer's: the wire protocol version is ProtocolVersion
+# (1.0.0), and zerobuffer-ipc's own release number says nothing about this
+# package.
+from dispatchkit._version import __version__  # noqa: E402
 
 __all__ = [
     "Reader", "Writer", "BufferConfig", "Frame", "OIEB", "FrameHeader",
