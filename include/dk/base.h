@@ -23,8 +23,6 @@
 /* A work item: called with the context pointer given at submission. */
 typedef void (*dk_function_t)(void *ctx);
 
-#endif /* DK_BASE_H */
-
 DK_BEGIN_DECLS
 
 /*
@@ -53,3 +51,5 @@ DK_EXPORT void *dk_object_get_context(const void *object);
 DK_EXPORT void dk_object_set_finalizer_f(void *object, dk_function_t fn);
 
 DK_END_DECLS
+
+#endif /* DK_BASE_H */
