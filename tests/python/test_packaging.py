@@ -68,3 +68,31 @@ def test_binding_uses_public_c_api_only():
             if private.search(line):
                 found.append("%s:%d: %s" % (path.name, n, line.strip()))
     assert not found, "\n".join(found)
+
+
+def _venv_in_checkout():
+    """This interpreter's venv, relative to the checkout, when it is one of
+    the Makefile's (.venv, .venv-3.X); None for any other interpreter."""
+    prefix = pathlib.Path(sys.prefix).resolve()
+    if prefix.parent != ROOT or not prefix.name.startswith(".venv"):
+        return None
+    return prefix.name
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make absent")
+def test_make_install_is_a_no_op_when_nothing_changed():
+    venv = _venv_in_checkout()
+    if venv is None:
+        pytest.skip("not run from a Makefile venv of this checkout")
+    # -q: exit 0 only if the target is up to date, running nothing.
+    r = subprocess.run(["make", "-q", "-C", str(ROOT), "install",
+                        "VENV=" + venv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make absent")
+def test_make_demo_builds_only_the_package():
+    r = subprocess.run(["make", "-n", "-C", str(ROOT), "demo"],
+                       capture_output=True, text=True, check=True)
+    assert "examples/python/demo.py" in r.stdout
+    assert "build/c" not in r.stdout, r.stdout
