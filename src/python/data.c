@@ -314,7 +314,8 @@ static PyMethodDef Data_methods[] = {
      "containing location, and its start offset in this data: (Data, "
      "offset)."},
     {"apply", (PyCFunction)Data_apply, METH_O,
-     "apply($self, func, /)\n--\n\nfunc(offset, chunk) once per region; stops and "
+     "apply($self, func, /)\n--\n\nfunc(offset, chunk) once per region; stops "
+     "and "
      "returns False when func returns a false value (None continues)."},
     {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA bytes copy."},
@@ -339,8 +340,9 @@ static PyType_Slot Data_slots[] = {
     {Py_tp_richcompare, Data_richcompare},
     {Py_tp_hash, Data_hash},
     {Py_tp_repr, Data_repr},
-    {Py_tp_doc, "Data(bytes=None, data=None)\n--\n\nAn immutable buffer made of regions; "
-                "concat and subrange share memory."},
+    {Py_tp_doc,
+     "Data(bytes=None, data=None)\n--\n\nAn immutable buffer made of regions; "
+     "concat and subrange share memory."},
     {0, NULL},
 };
 

@@ -851,15 +851,19 @@ static PyMethodDef Queue_methods[] = {
      "main_queue()\n--\n\nThe main queue, drained by the main thread "
      "(dispatchkit.main, drain_main_queue)."},
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
-     "run_async($self, func, /)\n--\n\nSubmit func for asynchronous execution."},
+     "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
+     "execution."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
-     "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; re-raises its "
+     "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
+     "re-raises its "
      "exception."},
     {"barrier_async", (PyCFunction)Queue_barrier_async, METH_O,
-     "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on concurrent "
+     "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on "
+     "concurrent "
      "queues)."},
     {"barrier_sync", (PyCFunction)Queue_barrier_sync, METH_O,
-     "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises its "
+     "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
+     "its "
      "exception."},
     {"after", (PyCFunction)(void (*)(void))Queue_after,
      METH_FASTCALL | METH_KEYWORDS,
@@ -867,7 +871,8 @@ static PyMethodDef Queue_methods[] = {
     {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
      "suspend($self, /)\n--\n\nStop starting work items (counts nest)."},
     {"resume", (PyCFunction)Queue_resume, METH_NOARGS,
-     "resume($self, /)\n--\n\nUndo one suspend(); RuntimeError on over-resume."},
+     "resume($self, /)\n--\n\nUndo one suspend(); RuntimeError on "
+     "over-resume."},
     {"activate", (PyCFunction)Queue_activate, METH_NOARGS,
      "activate($self, /)\n--\n\nActivate a queue created with inactive=True."},
     {"set_target_queue", (PyCFunction)(void (*)(void))Queue_set_target_queue,
@@ -876,14 +881,17 @@ static PyMethodDef Queue_methods[] = {
      "target queue (None: default); queue= is another spelling of target."},
     {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
      METH_VARARGS | METH_KEYWORDS,
-     "set_context($self, value, finalizer=None)\n--\n\nAttach a value; finalizer(value) "
+     "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
+     "finalizer(value) "
      "runs when it is replaced or the queue goes away."},
     {"get_context", (PyCFunction)Queue_get_context, METH_NOARGS,
      "get_context($self, /)\n--\n\nThe value set by set_context, or None."},
     {"set_specific", (PyCFunction)Queue_set_specific, METH_VARARGS,
-     "set_specific($self, key, value, /)\n--\n\nSet queue-specific data (None removes)."},
+     "set_specific($self, key, value, /)\n--\n\nSet queue-specific data (None "
+     "removes)."},
     {"get_specific", (PyCFunction)Queue_get_specific, METH_O,
-     "get_specific($self, key, /)\n--\n\nQueue-specific data of this queue, or None."},
+     "get_specific($self, key, /)\n--\n\nQueue-specific data of this queue, "
+     "or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1103,10 +1111,12 @@ static PyMethodDef Workloop_methods[] = {
      "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
      "wait; re-raises its exception."},
     {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,
-     "activate($self, /)\n--\n\nActivate a workloop created with inactive=True."},
+     "activate($self, /)\n--\n\nActivate a workloop created with "
+     "inactive=True."},
     {"set_autorelease_frequency",
      (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
-     "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before activate() (there "
+     "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before "
+     "activate() (there "
      "are no autorelease pools on Linux)."},
     {NULL, NULL, 0, NULL},
 };
@@ -1310,14 +1320,16 @@ Group_get_count(GroupObject *self, void *closure)
 
 static PyMethodDef Group_methods[] = {
     {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
-     "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of the group."},
+     "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
+     "the group."},
     {"wait", (PyCFunction)(void (*)(void))Group_wait,
      METH_VARARGS | METH_KEYWORDS,
      "wait($self, timeout=None, timeout_seconds=None)\n--\n\nWait until "
      "every task has finished; False on timeout (seconds; None or negative "
      "waits forever). timeout_seconds is cygcd's name for timeout."},
     {"notify", (PyCFunction)Group_notify, METH_VARARGS,
-     "notify($self, queue, func, /)\n--\n\nSubmit func to queue when the group empties."},
+     "notify($self, queue, func, /)\n--\n\nSubmit func to queue when the "
+     "group empties."},
     {"enter", (PyCFunction)Group_enter, METH_NOARGS,
      "enter($self, /)\n--\n\nCount one more outstanding task."},
     {"leave", (PyCFunction)Group_leave, METH_NOARGS,
@@ -1825,18 +1837,21 @@ dk_py_shutdown(PyObject *module, PyObject *unused)
 static PyMethodDef dispatch_functions[] = {
     {"apply", (PyCFunction)(void (*)(void))dk_py_apply,
      METH_VARARGS | METH_KEYWORDS,
-     "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i in "
+     "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
+     "in "
      "range(iterations) in parallel and wait; re-raises the first "
      "exception (remaining iterations are skipped)."},
     {"time_from_now", dk_py_time_from_now, METH_O,
-     "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic clock)."},
+     "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
+     "clock)."},
     {"walltime", (PyCFunction)(void (*)(void))dk_py_walltime,
      METH_VARARGS | METH_KEYWORDS,
      "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA "
      "wall-clock "
      "dispatch time (timestamp 0 means now)."},
     {"get_specific", dk_py_get_specific, METH_O,
-     "get_specific($module, key, /)\n--\n\nQueue-specific data of the current queue or "
+     "get_specific($module, key, /)\n--\n\nQueue-specific data of the current "
+     "queue or "
      "its targets, or None."},
     {"drain_main_queue", (PyCFunction)(void (*)(void))dk_py_drain_main_queue,
      METH_VARARGS | METH_KEYWORDS,
@@ -1848,13 +1863,16 @@ static PyMethodDef dispatch_functions[] = {
      "(dispatch_main); returns only by an exception such as "
      "KeyboardInterrupt."},
     {"main_queue_fd", dk_py_main_queue_fd, METH_NOARGS,
-     "main_queue_fd($module, /)\n--\n\nAn fd that is readable while main-queue "
+     "main_queue_fd($module, /)\n--\n\nAn fd that is readable while "
+     "main-queue "
      "work is pending (for asyncio's add_reader)."},
     {"_pool_quiescent", dk_py_pool_quiescent, METH_NOARGS,
-     "_pool_quiescent($module, /)\n--\n\nTrue when every pool worker is parked: the sanitizer test run forks "
+     "_pool_quiescent($module, /)\n--\n\nTrue when every pool worker is "
+     "parked: the sanitizer test run forks "
      "only then (GCC 12's ASan allocator is not fork-safe)."},
     {"_shutdown", dk_py_shutdown, METH_NOARGS,
-     "_shutdown($module, /)\n--\n\nStop running callbacks (registered with atexit)."},
+     "_shutdown($module, /)\n--\n\nStop running callbacks (registered with "
+     "atexit)."},
     {NULL, NULL, 0, NULL},
 };
 

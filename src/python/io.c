@@ -585,12 +585,15 @@ static PyMethodDef Channel_methods[] = {
      "of data; handler(done, remaining, error)."},
     {"close", (PyCFunction)(void (*)(void))Channel_close,
      METH_VARARGS | METH_KEYWORDS,
-     "close($self, stop=False)\n--\n\nClose; stop=True ends pending operations with "
+     "close($self, stop=False)\n--\n\nClose; stop=True ends pending "
+     "operations with "
      "ECANCELED."},
     {"set_high_water", (PyCFunction)Channel_set_high_water, METH_O,
-     "set_high_water($self, size, /)\n--\n\nAt most size bytes per handler call."},
+     "set_high_water($self, size, /)\n--\n\nAt most size bytes per handler "
+     "call."},
     {"set_low_water", (PyCFunction)Channel_set_low_water, METH_O,
-     "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler call (except "
+     "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler "
+     "call (except "
      "the last)."},
     {"set_interval", (PyCFunction)(void (*)(void))Channel_set_interval,
      METH_VARARGS | METH_KEYWORDS,
@@ -599,7 +602,8 @@ static PyMethodDef Channel_methods[] = {
      "this interval)."},
     {"barrier", (PyCFunction)(void (*)(void))Channel_barrier,
      METH_VARARGS | METH_KEYWORDS,
-     "barrier($self, handler, queue=None)\n--\n\nRun handler after every earlier "
+     "barrier($self, handler, queue=None)\n--\n\nRun handler after every "
+     "earlier "
      "operation; later ones wait for it."},
     {NULL, NULL, 0, NULL},
 };
@@ -633,7 +637,8 @@ static PyMethodDef io_functions[] = {
     {"read_async", (PyCFunction)(void (*)(void))dk_py_read_async,
      METH_VARARGS | METH_KEYWORDS,
      "read_async($module, fd, length, callback=None, queue=None, "
-     "handler=None)\n--\n\nRead once, as soon as data is available (a regular file: until length or end of file); "
+     "handler=None)\n--\n\nRead once, as soon as data is available (a regular "
+     "file: until length or end of file); "
      "callback(data, error); handler is another spelling of callback."},
     {"write_async", (PyCFunction)(void (*)(void))dk_py_write_async,
      METH_VARARGS | METH_KEYWORDS,

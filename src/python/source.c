@@ -246,10 +246,12 @@ Source_repr(SourceObject *self)
 
 static PyMethodDef Source_methods[] = {
     {"start", (PyCFunction)Source_start, METH_NOARGS,
-     "start($self, /)\n--\n\nStart delivering events. Idempotent; RuntimeError after "
+     "start($self, /)\n--\n\nStart delivering events. Idempotent; "
+     "RuntimeError after "
      "cancel()."},
     {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
-     "cancel($self, /)\n--\n\nStop delivering events (a handler already running "
+     "cancel($self, /)\n--\n\nStop delivering events (a handler already "
+     "running "
      "completes). Idempotent."},
     {NULL, NULL, 0, NULL},
 };

@@ -354,8 +354,9 @@ static PyType_Slot AtomicU32_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, AtomicWord_methods},
     {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
-                "4 bytes of a writable, 4-aligned buffer."},
+    {Py_tp_doc,
+     "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
+     "4 bytes of a writable, 4-aligned buffer."},
     {0, NULL},
 };
 
@@ -364,8 +365,9 @@ static PyType_Slot AtomicU64_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, AtomicWord_methods},
     {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
-                "8 bytes of a writable, 8-aligned buffer."},
+    {Py_tp_doc,
+     "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
+     "8 bytes of a writable, 8-aligned buffer."},
     {0, NULL},
 };
 
@@ -598,7 +600,8 @@ static PyMethodDef Mutex_methods[] = {
     {"try_acquire", (PyCFunction)Mutex_try_acquire, METH_NOARGS,
      "try_acquire($self, /)\n--\n\nAcquire if free; False otherwise."},
     {"release", (PyCFunction)Mutex_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRuntimeError if this process does not hold it."},
+     "release($self, /)\n--\n\nRuntimeError if this process does not hold "
+     "it."},
     {"force_release", (PyCFunction)Mutex_force_release, METH_NOARGS,
      "force_release($self, /)\n--\n\nRelease whoever holds it (recovery)."},
     {"owner_pid", (PyCFunction)Mutex_owner_pid, METH_NOARGS,
@@ -630,8 +633,9 @@ static PyType_Slot Mutex_slots[] = {
     {Py_tp_methods, Mutex_methods},
     {Py_tp_getset, Mutex_getset},
     {Py_tp_repr, Mutex_repr},
-    {Py_tp_doc, "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
-                "64-byte buffer, compatible with fastipc's."},
+    {Py_tp_doc,
+     "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
+     "64-byte buffer, compatible with fastipc's."},
     {0, NULL},
 };
 
@@ -714,9 +718,8 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject *nobj = nargs > 0 ? args[0] : args[nargs];
     if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1 ||
-        (nargs == 0 &&
-         PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                          "n") != 0)) {
+        (nargs == 0 && PyUnicode_CompareWithASCIIString(
+                           PyTuple_GET_ITEM(kwnames, 0), "n") != 0)) {
         PyErr_SetString(PyExc_TypeError, "post(n=1)");
         return NULL;
     }
@@ -959,7 +962,8 @@ static PyMethodDef Event_methods[] = {
      "set($self, /)\n--\n\nSet the event and wake every waiter."},
     {"clear", (PyCFunction)Event_clear, METH_NOARGS,
      "clear($self, /)\n--\n\nClear the event."},
-    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set($self, /)\n--\n\nWhether the event is set."},
+    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
+     "is_set($self, /)\n--\n\nWhether the event is set."},
     {"wait", (PyCFunction)(void (*)(void))Event_wait,
      METH_VARARGS | METH_KEYWORDS,
      "wait($self, timeout_ns=-1)\n--\n\nTrue once the event is seen set "
@@ -973,9 +977,10 @@ static PyType_Slot Event_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, Event_methods},
     {Py_tp_repr, Event_repr},
-    {Py_tp_doc, "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
-                "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
-                "else set: fastipc's NamedEvent word)."},
+    {Py_tp_doc,
+     "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
+     "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+     "else set: fastipc's NamedEvent word)."},
     {0, NULL},
 };
 

@@ -771,7 +771,8 @@ Frame_repr(FrameObject *self)
 
 static PyMethodDef Frame_methods[] = {
     {"dispose", (PyCFunction)Frame_dispose, METH_NOARGS,
-     "dispose($self, /)\n--\n\nRelease the frame's space to the writer (idempotent)."},
+     "dispose($self, /)\n--\n\nRelease the frame's space to the writer "
+     "(idempotent)."},
     {"__bytes__", (PyCFunction)Frame_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA copy of the frame's data."},
     {"__enter__", (PyCFunction)Frame_enter, METH_NOARGS,
@@ -1461,13 +1462,10 @@ static PyMethodDef zb_functions[] = {
 int
 dkpy_zerobuffer_exec(PyObject *m)
 {
-    Reader_type =
-        (PyTypeObject *)dkpy_type_from_spec(m, &Reader_spec, NULL);
+    Reader_type = (PyTypeObject *)dkpy_type_from_spec(m, &Reader_spec, NULL);
     PyObject *w = dkpy_type_from_spec(m, &Writer_spec, NULL);
-    Frame_type =
-        (PyTypeObject *)dkpy_type_from_spec(m, &Frame_spec, NULL);
-    Region_type =
-        (PyTypeObject *)dkpy_type_from_spec(m, &Region_spec, NULL);
+    Frame_type = (PyTypeObject *)dkpy_type_from_spec(m, &Frame_spec, NULL);
+    Region_type = (PyTypeObject *)dkpy_type_from_spec(m, &Region_spec, NULL);
     if (Reader_type == NULL || w == NULL || Frame_type == NULL ||
         Region_type == NULL) {
         Py_XDECREF(w);
