@@ -939,7 +939,7 @@ static PyMethodDef Any_methods[] = {
         FAST(cmpxchg_strong,                                                  \
              SIG(cmpxchg_strong, "expected, desired, " ORDERS,                \
                  "Compare and exchange; returns a CmpxchgResult.")),          \
-        FAST(bit_test, SIG(bit_test, "index, " ORDER, "The bit at index.")), \
+        FAST(bit_test, SIG(bit_test, "index, " ORDER, "The bit at index.")),  \
         FAST(bit_test_compl, SIG(bit_test_compl, "index, " ORDER,             \
                                  "Flip the bit; returns its old value.")),    \
         FAST(bit_test_set, SIG(bit_test_set, "index, " ORDER,                 \
@@ -965,8 +965,8 @@ static PyMethodDef Any_methods[] = {
                                 "Bitwise xor; returns the old value.")),      \
         FAST(bin_fetch_and, SIG(bin_fetch_and, "value, " ORDER,               \
                                 "Bitwise and; returns the old value.")),      \
-        FAST(bin_fetch_not,                                                   \
-             SIG(bin_fetch_not, ORDER, "Bitwise not; returns the old value."))
+        FAST(bin_fetch_not, SIG(bin_fetch_not, ORDER,                         \
+                                "Bitwise not; returns the old value."))
 
 static PyMethodDef Bytes_methods[] = {
     BYTE_METHODS,
@@ -1030,12 +1030,9 @@ static PyType_Slot Bytes_slots[] = {
 };
 
 static PyType_Slot Integral_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Integral_methods},
-    {Py_tp_getset, Integral_getset},
-    {Py_nb_int, Atomic_int},
-    {Py_tp_doc, "The integral operations."},
-    {0, NULL},
+    {Py_tp_traverse, Atomic_traverse},       {Py_tp_methods, Integral_methods},
+    {Py_tp_getset, Integral_getset},         {Py_nb_int, Atomic_int},
+    {Py_tp_doc, "The integral operations."}, {0, NULL},
 };
 
 #define ATOMIC_FLAGS                                                          \
@@ -1218,8 +1215,8 @@ atomic_class(PyObject *module, PyObject *args)
     /* The constructor's text signature (inspect.signature(cls)), keyword
      * only as in the package; view classes have no constructor. */
     const char *params =
-        strcmp(mode, "any") == 0 ? "*, width, is_integral=False, "
-                                   "is_signed=False"
+        strcmp(mode, "any") == 0        ? "*, width, is_integral=False, "
+                                          "is_signed=False"
         : strcmp(mode, "integral") == 0 ? "*, width, is_signed"
         : strcmp(mode, "view") == 0     ? NULL
                                         : "*, width";
@@ -1236,14 +1233,23 @@ atomic_class(PyObject *module, PyObject *args)
     }
     with_doc[n++] = (PyType_Slot){Py_tp_doc, doc};
     with_doc[n] = (PyType_Slot){0, NULL};
-    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                        with_doc};
+    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, with_doc};
     PyObject *t = dkpy_type_from_spec(module, &spec, bases);
     if (t == NULL) {
         PyMem_RawFree(full);
         return NULL;
     }
-    PyObject *m = PyUnicode_FromString(mode);
+    /* tp_name, which CPython's own messages print ("a bytes-like object
+     * is required, not 'X'"), becomes the bare class name, as for the
+     * package's Python classes: assigning __name__ repoints it. */
+    PyObject *m = PyUnicode_FromString(name);
+    if (m == NULL || PyObject_SetAttrString(t, "__name__", m) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_DECREF(m);
+    m = PyUnicode_FromString(mode);
     if (m == NULL || PyObject_SetAttrString(t, "_dk_mode", m) < 0) {
         Py_XDECREF(m);
         Py_DECREF(t);
@@ -1442,8 +1448,8 @@ dkpy_atomics_exec(PyObject *m)
     if (any_type == NULL) {
         return -1;
     }
-    bytes_type = (PyTypeObject *)dkpy_type_from_spec(
-        m, &Bytes_spec, (PyObject *)any_type);
+    bytes_type = (PyTypeObject *)dkpy_type_from_spec(m, &Bytes_spec,
+                                                     (PyObject *)any_type);
     if (bytes_type == NULL) {
         return -1;
     }
@@ -1454,6 +1460,14 @@ dkpy_atomics_exec(PyObject *m)
         return -1;
     }
     ax.cmpxchg_type = result;
+    /* Its bare name in messages, as for the package's class. */
+    PyObject *rname = PyUnicode_FromString("CmpxchgResult");
+    if (rname == NULL ||
+        PyObject_SetAttrString(result, "__name__", rname) < 0) {
+        Py_XDECREF(rname);
+        return -1;
+    }
+    Py_DECREF(rname);
     if (PyModule_AddObjectRef(m, "_AtomicAny", (PyObject *)any_type) < 0 ||
         PyModule_AddObjectRef(m, "_AtomicBytes", (PyObject *)bytes_type) < 0 ||
         PyModule_AddObjectRef(m, "_AtomicIntegral",
