@@ -601,6 +601,14 @@ class _Named:
         if self._shm is not None:
             self._shm.close()
 
+    def _state(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        live = getattr(self, "_prim", None) is not None
+        state = self._state() if live else "closed"
+        return f"<{type(self).__name__} {self._name!r} {state}>"
+
 
 class NamedEvent(_Named):
     """A cross-process manual-reset event by name (fastipc's NamedEvent:
@@ -632,6 +640,9 @@ class NamedEvent(_Named):
 
     def is_set(self) -> bool:
         return self._prim.is_set()
+
+    def _state(self) -> str:
+        return "set" if self._prim.is_set() else "clear"
 
     def __enter__(self) -> "NamedEvent":
         return self
@@ -692,6 +703,10 @@ class NamedMutex(_Named):
 
     def last_acquired_ns(self) -> int:
         return int(self._prim.last_acquired_ns())
+
+    def _state(self) -> str:
+        pid = self._prim.owner_pid()
+        return f"owner={pid}" if pid else "unlocked"
 
     @property
     def owner_died(self) -> bool:
@@ -760,6 +775,16 @@ class NamedSemaphore(_Named):
 
     def value(self) -> int:
         return self._prim.value()
+
+    def _state(self) -> str:
+        return f"value={self._prim.value()}"
+
+    def __enter__(self) -> bool:
+        """``with sem:`` as threading.Semaphore: wait() with no timeout."""
+        return self._prim.wait(True, -1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._prim.post1()
 
     P = wait
     acquire = wait

@@ -1318,6 +1318,29 @@ Group_get_count(GroupObject *self, void *closure)
     return PyLong_FromLong(dk_group_count(self->g));
 }
 
+/* `with group:` counts the block as one task: enter(), then leave(). */
+static PyObject *
+Group_cm_enter(GroupObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_group_enter(self->g);
+    return Py_NewRef(self);
+}
+
+static PyObject *
+Group_cm_exit(GroupObject *self, PyObject *args)
+{
+    (void)args;
+    return Group_leave(self, NULL);
+}
+
+static PyObject *
+Group_repr(GroupObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Group count=%ld>",
+                                (long)dk_group_count(self->g));
+}
+
 static PyMethodDef Group_methods[] = {
     {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
      "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
@@ -1334,6 +1357,10 @@ static PyMethodDef Group_methods[] = {
      "enter($self, /)\n--\n\nCount one more outstanding task."},
     {"leave", (PyCFunction)Group_leave, METH_NOARGS,
      "leave($self, /)\n--\n\nFinish one task counted by enter()."},
+    {"__enter__", (PyCFunction)Group_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nenter(); returns the group."},
+    {"__exit__", (PyCFunction)Group_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nleave()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1348,6 +1375,7 @@ static PyType_Slot Group_slots[] = {
     {Py_tp_dealloc, Group_dealloc},
     {Py_tp_methods, Group_methods},
     {Py_tp_getset, Group_getset},
+    {Py_tp_repr, Group_repr},
     {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."},
     {0, NULL},
 };
@@ -1433,6 +1461,33 @@ Semaphore_get_value(SemaphoreObject *self, void *closure)
     return PyLong_FromLong(dk_semaphore_value(self->s));
 }
 
+/* `with sem:` as threading.Semaphore: wait() without a timeout on entry
+ * (returns True), signal() on exit. */
+static PyObject *
+Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_semaphore_wait(self->s, 0) == 0) {
+        Py_RETURN_TRUE;
+    }
+    return interruptible_wait(semaphore_wait_adapter, self->s, UINT64_MAX);
+}
+
+static PyObject *
+Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
+{
+    (void)args;
+    dk_semaphore_signal(self->s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Semaphore_repr(SemaphoreObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Semaphore value=%ld>",
+                                (long)dk_semaphore_value(self->s));
+}
+
 static PyMethodDef Semaphore_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
      METH_VARARGS | METH_KEYWORDS,
@@ -1442,6 +1497,10 @@ static PyMethodDef Semaphore_methods[] = {
      "cygcd's name for timeout."},
     {"signal", (PyCFunction)Semaphore_signal, METH_NOARGS,
      "signal($self, /)\n--\n\nRelease one unit; True if a waiter was woken."},
+    {"__enter__", (PyCFunction)Semaphore_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
+    {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1456,6 +1515,7 @@ static PyType_Slot Semaphore_slots[] = {
     {Py_tp_dealloc, Semaphore_dealloc},
     {Py_tp_methods, Semaphore_methods},
     {Py_tp_getset, Semaphore_getset},
+    {Py_tp_repr, Semaphore_repr},
     {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."},
     {0, NULL},
 };
@@ -1555,6 +1615,13 @@ Once_get_done(OnceObject *self, void *closure)
     return PyBool_FromLong(dk_once_done(&self->pred));
 }
 
+static PyObject *
+Once_repr(OnceObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Once done=%s>",
+                                dk_once_done(&self->pred) ? "True" : "False");
+}
+
 static PyMethodDef Once_methods[] = {
     /* Over the tp_call slot's (*args, **kwargs) wrapper: the same
      * function, with a text signature. */
@@ -1576,6 +1643,7 @@ static PyType_Slot Once_slots[] = {
     {Py_tp_dealloc, Once_dealloc},
     {Py_tp_call, Once_call},
     {Py_tp_methods, Once_methods},
+    {Py_tp_repr, Once_repr},
     {Py_tp_getset, Once_getset},
     {Py_tp_doc, "Once()\n--\n\nCall once(func) to run func exactly once; "
                 "concurrent callers wait until it has returned."},

@@ -169,6 +169,7 @@ typedef struct {
     PyObject_HEAD
     dk_io_t *io;
     int fd;
+    int io_type; /* IO_STREAM or IO_RANDOM, for the repr */
 } ChannelObject;
 
 static void
@@ -340,6 +341,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
+    self->io_type = io_type;
     self->io =
         dk_io_create(io_type, fd, q, ch, ch != NULL ? cleanup_handler : NULL);
     if (self->io == NULL) {
@@ -574,6 +576,15 @@ Channel_get_is_closed(ChannelObject *self, void *closure)
     return PyBool_FromLong(dk_io_is_closed(self->io));
 }
 
+static PyObject *
+Channel_repr(ChannelObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.IOChannel fd=%d %s %s>", self->fd,
+        self->io_type == DK_IO_RANDOM ? "random" : "stream",
+        self->io == NULL || dk_io_is_closed(self->io) ? "closed" : "open");
+}
+
 static PyMethodDef Channel_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Channel_read,
      METH_VARARGS | METH_KEYWORDS,
@@ -620,6 +631,7 @@ static PyType_Slot Channel_slots[] = {
     {Py_tp_dealloc, Channel_dealloc},
     {Py_tp_methods, Channel_methods},
     {Py_tp_getset, Channel_getset},
+    {Py_tp_repr, Channel_repr},
     {Py_tp_doc, "IOChannel(fd, io_type=0, queue=None, "
                 "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
                 "(never closed by the channel)."},

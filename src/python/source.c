@@ -233,15 +233,50 @@ Source_get_handle(SourceObject *self, void *closure)
     return PyLong_FromSize_t(dk_source_get_handle(self->s));
 }
 
+/* <dispatchkit.Timer interval=0.5 repeating started>: what the source
+ * watches, then its state. */
 static PyObject *
 Source_repr(SourceObject *self)
 {
-    return PyUnicode_FromFormat("<dispatchkit.%s %s%s>",
-                                _PyType_Name(Py_TYPE(self)),
-                                dk_source_testcancel(self->s) ? "cancelled"
-                                : self->started               ? "started"
-                                                              : "not started",
-                                "");
+    const char *state = dk_source_testcancel(self->s) ? "cancelled"
+                        : self->started               ? "started"
+                                                      : "not started";
+    uintptr_t handle = dk_source_get_handle(self->s);
+    PyObject *what;
+    switch (dk_source_get_type(self->s)) {
+    case DK_SOURCE_TIMER: {
+        PyObject *interval = PyFloat_FromDouble(self->interval);
+        if (interval == NULL) {
+            return NULL;
+        }
+        what =
+            PyUnicode_FromFormat("interval=%R %s", interval,
+                                 self->repeating ? "repeating" : "one-shot");
+        Py_DECREF(interval);
+        break;
+    }
+    case DK_SOURCE_SIGNAL:
+        what = PyUnicode_FromFormat("signal=%lu", (unsigned long)handle);
+        break;
+    case DK_SOURCE_PROC:
+        what = PyUnicode_FromFormat("pid=%lu", (unsigned long)handle);
+        break;
+    case DK_SOURCE_READ:
+    case DK_SOURCE_WRITE:
+        what = PyUnicode_FromFormat("fd=%lu", (unsigned long)handle);
+        break;
+    default:
+        what = PyUnicode_FromFormat(
+            "data=%lu", (unsigned long)dk_source_get_data(self->s));
+        break;
+    }
+    if (what == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat(
+        "<dispatchkit.%s %U %s>", _PyType_Name(Py_TYPE(self)), what, state);
+    Py_DECREF(what);
+    return r;
 }
 
 static PyMethodDef Source_methods[] = {

@@ -822,6 +822,28 @@ Semaphore_last_pid(WordObject *self, PyObject *unused)
         &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
 }
 
+/* `with sem:` as threading.Semaphore: wait() with no timeout on entry
+ * (returns True), post(1) on exit. */
+static PyObject *
+Semaphore_enter(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Semaphore_wait(self, NULL, 0, NULL);
+}
+
+static PyObject *
+Semaphore_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    PyObject *r = Semaphore_post1(self, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Semaphore_repr(WordObject *self)
 {
@@ -852,6 +874,10 @@ static PyMethodDef Semaphore_methods[] = {
      "(CLOCK_REALTIME ns)."},
     {"magic", (PyCFunction)Header_magic, METH_NOARGS,
      "magic($self, /)\n--\n\nThe layout's magic number."},
+    {"__enter__", (PyCFunction)Semaphore_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
+     "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
     {NULL, NULL, 0, NULL},
 };
 
