@@ -1324,7 +1324,8 @@ Group_cm_enter(GroupObject *self, PyObject *unused)
 {
     (void)unused;
     dk_group_enter(self->g);
-    return Py_NewRef(self);
+    Py_INCREF(self);
+    return (PyObject *)self;
 }
 
 static PyObject *

@@ -273,8 +273,9 @@ Source_repr(SourceObject *self)
     if (what == NULL) {
         return NULL;
     }
-    PyObject *r = PyUnicode_FromFormat(
-        "<dispatchkit.%s %U %s>", _PyType_Name(Py_TYPE(self)), what, state);
+    /* tp_name: "dispatchkit.Timer", or a Python subclass's own name. */
+    PyObject *r = PyUnicode_FromFormat("<%s %U %s>", Py_TYPE(self)->tp_name,
+                                       what, state);
     Py_DECREF(what);
     return r;
 }
