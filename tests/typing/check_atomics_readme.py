@@ -8,7 +8,6 @@ being Optional in typeshed) are the README's own. Run by make lint-python.
 """
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
