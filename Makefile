@@ -13,7 +13,7 @@ PKG_SOURCES := $(shell find src include python -type f -not -name '*.pyc') \
 	meson.build meson_options.txt pyproject.toml
 INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all demo test test-c test-python test-pythons bench check check-python-asan stress soak lint install clean build-c fuzz
+.PHONY: all demo test test-c test-python test-pythons lint-python bench check check-python-asan stress soak lint install clean build-c fuzz
 
 all: install
 
@@ -47,7 +47,16 @@ test-c: build-c
 test-python: install
 	$(PY) -m pytest tests/python -o addopts="-p no:cacheprovider"
 
-test: test-c test-python
+test: test-c test-python lint-python
+
+# Types: mypy --strict on the package sources, the stubs against the built
+# extension (stubtest), no public name typed Any, and the atomics README's
+# code under mypy and pyright as with the real atomics package.
+lint-python: install
+	MYPYPATH=python $(PY) -m mypy --strict --cache-dir $(BUILD)/mypy -p dispatchkit
+	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt dispatchkit
+	$(PY) tests/typing/check_no_any.py
+	$(PY) tests/typing/check_atomics_readme.py
 
 # The Python suite on every CPython the package claims (3.9 to 3.13), each
 # from pyenv's interpreters (tools/pythons.sh finds them), in its own venv
@@ -147,7 +156,7 @@ stress: build-c
 	DK_STRESS_ITERS=$${DK_STRESS_SYNC_ITERS:-2000000} $(BUILD)/c/dk-stress-sync
 	DK_STRESS_ITERS=$${DK_STRESS_ZB_ITERS:-5000000} $(BUILD)/c/dk-stress-zerobuffer
 
-lint:
+lint: lint-python
 	command -v clang-format >/dev/null && command -v clang-tidy >/dev/null || \
 	    { apt-get update -qq && apt-get install -y -qq clang-format clang-tidy; }
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')

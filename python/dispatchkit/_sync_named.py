@@ -45,8 +45,10 @@ import stat
 import threading
 import time
 import weakref
+from types import TracebackType
+from typing import List, Optional, Tuple, Type
 
-import _posixshmem
+import _posixshmem  # type: ignore[import-not-found]
 
 from dispatchkit._dk import SyncAtomicU32 as _AtomicU32
 from dispatchkit._dk import SyncEvent as _Event
@@ -69,7 +71,7 @@ class NoShmFoundError(FileNotFoundError):
     """attach_only=True and the shared memory segment does not exist."""
 
 
-def _check_name(name):
+def _check_name(name: object) -> None:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
     if not name:
@@ -82,19 +84,19 @@ def _check_name(name):
         raise ValueError("name cannot contain NUL characters")
 
 
-def _check_mode(mode):
+def _check_mode(mode: object) -> None:
     if not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError("mode must be an int between 0 and 0o777")
     if mode & 0o600 != 0o600:
         raise ValueError("mode must give the owner read and write (0o600)")
 
 
-def _dir_mode(mode):
+def _dir_mode(mode: int) -> int:
     # Whoever may read a segment may list its users: r -> rx.
     return mode | ((mode & 0o444) >> 2)
 
 
-def _stat_fields(pid):
+def _stat_fields(pid: int) -> Optional[List[bytes]]:
     """The fields of /proc/<pid>/stat after the command name (which may
     hold spaces and parentheses): [0] is the state, [19] the start time.
     None if unreadable."""
@@ -106,17 +108,19 @@ def _stat_fields(pid):
     return data[data.rfind(b")") + 2:].split()
 
 
-def _start_time(pid):
+def _start_time(pid: int) -> Optional[int]:
     """The process's start time in clock ticks: with the pid, it names
     one process (a pid can be reused, the pair cannot)."""
     fields = _stat_fields(pid)
+    if fields is None:
+        return None
     try:
         return int(fields[19])
     except (TypeError, IndexError, ValueError):
         return None
 
 
-def _alive(pid, token=None):
+def _alive(pid: int, token: Optional[int] = None) -> bool:
     """Does process pid still exist (and, if token is a start time, is it
     still the same process)? A zombie (dead, not yet reaped by its parent)
     does not count, though kill() still finds it."""
@@ -142,11 +146,11 @@ def _alive(pid, token=None):
 # does not unlink the segment under another; and the open handles, so a
 # forked child can register itself for them.
 _registry_lock = threading.Lock()
-_handle_counts = {}
-_open_handles = weakref.WeakSet()
+_handle_counts: "dict[Tuple[int, int, str], int]" = {}
+_open_handles: "weakref.WeakSet[GuardedSharedMemory]" = weakref.WeakSet()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
     for h in list(_open_handles):
@@ -156,7 +160,7 @@ def _after_fork_in_child():
             pass
 
 
-def _close_all_at_exit():
+def _close_all_at_exit() -> None:
     # Held weakly, so a handle the program drops is closed (and its
     # segment unlinked if it was the last user) by __del__ right away;
     # fastipc's atexit.register(self.close) keeps every handle alive.
@@ -186,18 +190,20 @@ class GuardedSharedMemory:
     creates (its PID directory gets the matching x bits).
     """
 
-    def __init__(self, name, size, attach_only=False, *, pid_dir=None,
-                 max_attempts=128, backoff_base=0.002,
-                 try_cleanup_on_exit=True, mode=0o600):
+    def __init__(self, name: str, size: int, attach_only: bool = False, *,
+                 pid_dir: Optional[str] = None, max_attempts: int = 128,
+                 backoff_base: float = 0.002,
+                 try_cleanup_on_exit: bool = True,
+                 mode: int = 0o600) -> None:
         # Everything close()/__del__ look at exists before anything fails.
         self._closed = True
         self._unlinked = False
         self._try_cleanup_on_exit = bool(try_cleanup_on_exit)
-        self._mmap = None
-        self._buf = None
+        self._mmap: Optional[mmap.mmap] = None
+        self._buf: Optional[memoryview] = None
         self._root_fd = -1
         self._dir_fd = -1
-        self._key = None
+        self._key: Tuple[int, int, str] = (-1, -1, "")  # set by _attach
         self.created = False
         self.reclaimed = False
 
@@ -232,7 +238,7 @@ class GuardedSharedMemory:
 
     # ---- the PID directory ---------------------------------------------
 
-    def _open_root(self):
+    def _open_root(self) -> int:
         root = self._pid_root
         try:
             st = os.lstat(root)
@@ -246,7 +252,7 @@ class GuardedSharedMemory:
                 f"{st.st_uid}, not by this user (planted?)", root)
         return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _open_pid_dir(self):
+    def _open_pid_dir(self) -> int:
         """Open (creating it if needed) and lock this segment's .pids
         directory; returns its fd, locked."""
         for _ in range(64):
@@ -296,14 +302,14 @@ class GuardedSharedMemory:
             os.close(fd)
         raise RuntimeError(f"PID directory {self._pdir!r} keeps vanishing")
 
-    def _pid_entries(self):
+    def _pid_entries(self) -> List[Tuple[int, Optional[int]]]:
         """(pid, token) for every PID file, token being the start time the
         file records (None for fastipc's empty files)."""
-        out = []
+        out: List[Tuple[int, Optional[int]]] = []
         for fn in os.listdir(self._dir_fd):
             if not fn.isdigit():
                 continue
-            token = None
+            token: Optional[int] = None
             try:
                 fd = os.open(fn, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self._dir_fd)
@@ -317,7 +323,7 @@ class GuardedSharedMemory:
             out.append((int(fn), token))
         return out
 
-    def _prune(self):
+    def _prune(self) -> Tuple[int, bool]:
         """Delete the PID files of dead processes; returns (number pruned,
         whether another live process is registered)."""
         pruned, others = 0, False
@@ -335,7 +341,7 @@ class GuardedSharedMemory:
                 pass
         return pruned, others
 
-    def _write_pid_file(self):
+    def _write_pid_file(self) -> None:
         pid = os.getpid()
         fd = os.open(str(pid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                      | os.O_NOFOLLOW | os.O_CLOEXEC, self._mode & 0o666,
@@ -347,7 +353,7 @@ class GuardedSharedMemory:
         finally:
             os.close(fd)
 
-    def _remove_pid_file(self):
+    def _remove_pid_file(self) -> None:
         try:
             os.unlink(str(os.getpid()), dir_fd=self._dir_fd)
         except FileNotFoundError:
@@ -355,7 +361,7 @@ class GuardedSharedMemory:
 
     # ---- attach / create -------------------------------------------------
 
-    def _create(self, size):
+    def _create(self, size: int) -> int:
         fd = _posixshmem.shm_open(self._posix_name,
                                   os.O_RDWR | os.O_CREAT | os.O_EXCL,
                                   self._mode)
@@ -366,9 +372,9 @@ class GuardedSharedMemory:
             os.close(fd)
             _posixshmem.shm_unlink(self._posix_name)
             raise
-        return fd
+        return int(fd)
 
-    def _attach_once(self, size, attach_only):
+    def _attach_once(self, size: int, attach_only: bool) -> bool:
         """One attempt, under the directory lock. Returns True when
         attached, False to retry after a pause."""
         pruned, others = self._prune()
@@ -376,7 +382,7 @@ class GuardedSharedMemory:
             ours = _handle_counts.get(self._key, 0) > 0
         created = False
         try:
-            fd = _posixshmem.shm_open(self._posix_name, os.O_RDWR, 0)
+            fd: int = _posixshmem.shm_open(self._posix_name, os.O_RDWR, 0)
         except FileNotFoundError:
             if attach_only:
                 raise NoShmFoundError(
@@ -421,7 +427,8 @@ class GuardedSharedMemory:
         self.created = created
         return True
 
-    def _attach(self, size, attach_only, max_attempts, backoff_base):
+    def _attach(self, size: int, attach_only: bool, max_attempts: int,
+                backoff_base: float) -> None:
         st = os.fstat(self._root_fd)
         self._key = (st.st_dev, st.st_ino, self._name)
         for _ in range(max_attempts):
@@ -457,7 +464,7 @@ class GuardedSharedMemory:
         raise RuntimeError(f"Failed to attach/create shm '{self._name}' "
                            f"after {max_attempts} attempts")
 
-    def _rmdir_if_empty(self):
+    def _rmdir_if_empty(self) -> None:
         try:
             os.rmdir(self._dir_name, dir_fd=self._root_fd)
         except OSError:
@@ -466,24 +473,24 @@ class GuardedSharedMemory:
     # ---- public API ------------------------------------------------------
 
     @property
-    def buf(self):
+    def buf(self) -> memoryview:
         if self._buf is None or self._closed:
             raise ValueError("Shared memory is closed")
         return self._buf
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self._size
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self._name
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
-    def get_num_procs(self):
+    def get_num_procs(self) -> int:
         """Number of live processes registered as using the segment."""
         if self._dir_fd < 0:
             return 0
@@ -493,7 +500,7 @@ class GuardedSharedMemory:
         except FileNotFoundError:
             return 0
 
-    def close(self):
+    def close(self) -> None:
         """Stop using the segment: prune dead processes' PID files, remove
         ours, and unlink the segment if no live process (and no other
         handle in this process) uses it. Idempotent."""
@@ -524,7 +531,7 @@ class GuardedSharedMemory:
             self.detach()
             self._close_fds()
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the segment's name (idempotent; mappings stay valid)."""
         if self._unlinked:
             return
@@ -534,7 +541,7 @@ class GuardedSharedMemory:
             pass
         self._unlinked = True
 
-    def detach(self):
+    def detach(self) -> None:
         """Unmap, unless primitives still use the memory: then the mapping
         lives until the last of them is gone (never a dangling pointer)."""
         buf, mm = self._buf, self._mmap
@@ -547,7 +554,7 @@ class GuardedSharedMemory:
         except BufferError:
             pass  # exported: freed with its last user
 
-    def _close_fds(self):
+    def _close_fds(self) -> None:
         for attr in ("_dir_fd", "_root_fd"):
             fd = getattr(self, attr, -1)
             if fd >= 0:
@@ -557,20 +564,20 @@ class GuardedSharedMemory:
                     pass
                 setattr(self, attr, -1)
 
-    def __enter__(self):
+    def __enter__(self) -> "GuardedSharedMemory":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_try_cleanup_on_exit", False):
             try:
                 self.close()
             except Exception:
                 pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._size}"
         return f"<GuardedSharedMemory name={self._name!r} {state}>"
 
@@ -580,17 +587,27 @@ class _Named:
     primitive, then the segment; usable as a context manager for that
     only where the class does not define its own (NamedMutex locks)."""
 
-    _shm = None
+    _shm: Optional[GuardedSharedMemory] = None
+    _name: str
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self._name
 
-    def close(self):
+    def close(self) -> None:
         """Detach from the named object (unlinked by the last user)."""
-        self._prim = None
+        # Each subclass types its own _prim; all of them drop it here.
+        setattr(self, "_prim", None)
         if self._shm is not None:
             self._shm.close()
+
+    def _state(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        live = getattr(self, "_prim", None) is not None
+        state = self._state() if live else "closed"
+        return f"<{type(self).__name__} {self._name!r} {state}>"
 
 
 class NamedEvent(_Named):
@@ -602,32 +619,35 @@ class NamedEvent(_Named):
     wake-up as the event.
     """
 
-    def __init__(self, name, *, mode=0o600):
+    def __init__(self, name: str, *, mode: int = 0o600) -> None:
         _check_name(name)
         self._name = name
         self._shm = GuardedSharedMemory(EVENT_PREFIX + name, size=4,
                                         mode=mode)
         self._prim = _Event(self._shm.buf[:4], shared=True)
 
-    def set(self):
+    def set(self) -> None:
         """Set the event, waking every waiter in every process."""
         self._prim.set()
 
-    def clear(self):
+    def clear(self) -> None:
         """Reset the event."""
         self._prim.clear()
 
-    def wait(self, timeout_ns=-1):
+    def wait(self, timeout_ns: int = -1) -> bool:
         """Wait until set; False after timeout_ns (negative: forever)."""
         return self._prim.wait(timeout_ns)
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self._prim.is_set()
 
-    def __enter__(self):
+    def _state(self) -> str:
+        return "set" if self._prim.is_set() else "clear"
+
+    def __enter__(self) -> "NamedEvent":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -639,7 +659,7 @@ class NamedMutex(_Named):
     a waiter, which ``owner_died`` then reports (see ``Mutex``).
     """
 
-    def __init__(self, name, *, mode=0o600):
+    def __init__(self, name: str, *, mode: int = 0o600) -> None:
         _check_name(name)
         self._name = name
         self._shm = GuardedSharedMemory(MUTEX_PREFIX + name, size=64,
@@ -652,21 +672,21 @@ class NamedMutex(_Named):
         del magic
         self._prim = _Mutex(header, shared=True)
 
-    def acquire(self):
+    def acquire(self) -> bool:
         """Block until held (Ctrl-C interrupts). True."""
         return self._prim.acquire()
 
-    def acquire_ns(self, timeout_ns=-1, spin=16):
+    def acquire_ns(self, timeout_ns: int = -1, spin: int = 16) -> bool:
         return bool(self._prim.acquire_ns(timeout_ns, spin))
 
-    def try_acquire(self):
+    def try_acquire(self) -> bool:
         return self._prim.try_acquire()
 
-    def release(self):
+    def release(self) -> None:
         """RuntimeError if the caller does not hold it."""
         self._prim.release()
 
-    def try_release(self):
+    def try_release(self) -> bool:
         """Release; False (instead of RuntimeError) if not the holder."""
         try:
             self._prim.release()
@@ -674,27 +694,33 @@ class NamedMutex(_Named):
         except RuntimeError:
             return False
 
-    def force_release(self):
+    def force_release(self) -> None:
         """Release whoever holds it (recovery)."""
         self._prim.force_release()
 
-    def owner_pid(self):
+    def owner_pid(self) -> int:
         return int(self._prim.owner_pid())
 
-    def last_acquired_ns(self):
+    def last_acquired_ns(self) -> int:
         return int(self._prim.last_acquired_ns())
 
+    def _state(self) -> str:
+        pid = self._prim.owner_pid()
+        return f"owner={pid}" if pid else "unlocked"
+
     @property
-    def owner_died(self):
+    def owner_died(self) -> bool:
         """True if the last acquisition through this object took the mutex
         over from a process that died holding it."""
         return self._prim.owner_died
 
-    def __enter__(self):
+    def __enter__(self) -> "NamedMutex":
         self._prim.acquire()
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_value: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
         self._prim.release()
 
 
@@ -706,8 +732,8 @@ class NamedSemaphore(_Named):
     waiters (one futex syscall per post from zero; see ``Semaphore``).
     """
 
-    def __init__(self, name, initial=None, *, mode=0o600,
-                 fastipc_compat=False):
+    def __init__(self, name: str, initial: Optional[int] = None, *,
+                 mode: int = 0o600, fastipc_compat: bool = False) -> None:
         _check_name(name)
         if initial is not None:
             if not isinstance(initial, int):
@@ -724,29 +750,41 @@ class NamedSemaphore(_Named):
         self._prim = _Semaphore(self._shm.buf[:64], initial=init_val,
                                 shared=True, fastipc_compat=fastipc_compat)
 
-    def last_acquired_ns(self):
+    def last_acquired_ns(self) -> int:
         return int(self._prim.last_acquired_ns())
 
-    def last_pid(self):
+    def last_pid(self) -> int:
         return int(self._prim.last_pid())
 
-    def post(self, n=1):
+    def post(self, n: int = 1) -> None:
         """Add n units and wake that many waiters."""
         self._prim.post(n)
 
-    def post1(self):
+    def post1(self) -> None:
         self._prim.post1()
 
-    def wait(self, blocking=True, timeout=-1.0, spin=128):
+    def wait(self, blocking: bool = True, timeout: float = -1.0,
+             spin: int = 128) -> bool:
         """Take one unit; timeout in seconds (negative: forever)."""
         return self._prim.wait(blocking, int(timeout * 1_000_000_000), spin)
 
-    def wait_ns(self, blocking=True, timeout_ns=-1, spin=128):
+    def wait_ns(self, blocking: bool = True, timeout_ns: int = -1,
+                spin: int = 128) -> bool:
         """Take one unit; timeout in nanoseconds (negative: forever)."""
         return self._prim.wait(blocking, timeout_ns, spin)
 
-    def value(self):
+    def value(self) -> int:
         return self._prim.value()
+
+    def _state(self) -> str:
+        return f"value={self._prim.value()}"
+
+    def __enter__(self) -> bool:
+        """``with sem:`` as threading.Semaphore: wait() with no timeout."""
+        return self._prim.wait(True, -1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._prim.post1()
 
     P = wait
     acquire = wait

@@ -912,57 +912,83 @@ Atomic_str(AtomicObject *self)
             METH_FASTCALL | METH_KEYWORDS, DOC                                \
     }
 
+/* Text signatures (inspect.signature, help()): the parameters as the
+ * atomics package names them, the order defaulting to SEQ_CST. */
+#define SIG(NAME, PARAMS, DOC) #NAME "($self, " PARAMS ")\n--\n\n" DOC
+#define ORDER "order=dispatchkit.atomics.MemoryOrder.SEQ_CST"
+#define ORDERS                                                                \
+    "success=dispatchkit.atomics.MemoryOrder.SEQ_CST, "                       \
+    "failure=dispatchkit.atomics.MemoryOrder.SEQ_CST"
+
 static PyMethodDef Any_methods[] = {
     {"_release", (PyCFunction)Atomic_release, METH_NOARGS,
-     "Release the buffer (views)."},
+     "_release($self, /)\n--\n\nRelease the buffer (views)."},
     {NULL, NULL, 0, NULL},
 };
 
 #define BYTE_METHODS                                                          \
-    FAST(load, "load(order=SEQ_CST)"),                                        \
-        FAST(store, "store(desired, order=SEQ_CST)"),                         \
-        FAST(exchange, "exchange(desired, order=SEQ_CST) -> old"),            \
-        FAST(cmpxchg_weak, "cmpxchg_weak(expected, desired, success=, "       \
-                           "failure=) -> CmpxchgResult"),                     \
-        FAST(cmpxchg_strong, "cmpxchg_strong(expected, desired, success=, "   \
-                             "failure=) -> CmpxchgResult"),                   \
-        FAST(bit_test, "bit_test(index, order=SEQ_CST) -> bool"),             \
-        FAST(bit_test_compl, "bit_test_compl(index, order) -> old bit"),      \
-        FAST(bit_test_set, "bit_test_set(index, order) -> old bit"),          \
-        FAST(bit_test_reset, "bit_test_reset(index, order) -> old bit"),      \
+    FAST(load, SIG(load, ORDER, "The value.")),                               \
+        FAST(store, SIG(store, "desired, " ORDER, "Store desired.")),         \
+        FAST(exchange, SIG(exchange, "desired, " ORDER,                       \
+                           "Store desired; returns the old value.")),         \
+        FAST(cmpxchg_weak,                                                    \
+             SIG(cmpxchg_weak, "expected, desired, " ORDERS,                  \
+                 "Compare and exchange (may fail spuriously); returns a "     \
+                 "CmpxchgResult.")),                                          \
+        FAST(cmpxchg_strong,                                                  \
+             SIG(cmpxchg_strong, "expected, desired, " ORDERS,                \
+                 "Compare and exchange; returns a CmpxchgResult.")),          \
+        FAST(bit_test, SIG(bit_test, "index, " ORDER, "The bit at index.")),  \
+        FAST(bit_test_compl, SIG(bit_test_compl, "index, " ORDER,             \
+                                 "Flip the bit; returns its old value.")),    \
+        FAST(bit_test_set, SIG(bit_test_set, "index, " ORDER,                 \
+                               "Set the bit; returns its old value.")),       \
+        FAST(bit_test_reset, SIG(bit_test_reset, "index, " ORDER,             \
+                                 "Clear the bit; returns its old value.")),   \
         {"bit_compl", (PyCFunction)(void (*)(void))Atomic_bit_test_compl,     \
-         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_compl."},          \
+         METH_FASTCALL | METH_KEYWORDS,                                       \
+         SIG(bit_compl, "index, " ORDER, "Alias of bit_test_compl.")},        \
         {"bit_set", (PyCFunction)(void (*)(void))Atomic_bit_test_set,         \
-         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_set."},            \
+         METH_FASTCALL | METH_KEYWORDS,                                       \
+         SIG(bit_set, "index, " ORDER, "Alias of bit_test_set.")},            \
         {"bit_reset", (PyCFunction)(void (*)(void))Atomic_bit_test_reset,     \
-         METH_FASTCALL | METH_KEYWORDS, "Alias of bit_test_reset."},          \
-        FAST(bin_or, "bin_or(value, order)"),                                 \
-        FAST(bin_xor, "bin_xor(value, order)"),                               \
-        FAST(bin_and, "bin_and(value, order)"),                               \
-        FAST(bin_not, "bin_not(order)"),                                      \
-        FAST(bin_fetch_or, "bin_fetch_or(value, order) -> old"),              \
-        FAST(bin_fetch_xor, "bin_fetch_xor(value, order) -> old"),            \
-        FAST(bin_fetch_and, "bin_fetch_and(value, order) -> old"),            \
-        FAST(bin_fetch_not, "bin_fetch_not(order) -> old")
+         METH_FASTCALL | METH_KEYWORDS,                                       \
+         SIG(bit_reset, "index, " ORDER, "Alias of bit_test_reset.")},        \
+        FAST(bin_or, SIG(bin_or, "value, " ORDER, "Bitwise or.")),            \
+        FAST(bin_xor, SIG(bin_xor, "value, " ORDER, "Bitwise xor.")),         \
+        FAST(bin_and, SIG(bin_and, "value, " ORDER, "Bitwise and.")),         \
+        FAST(bin_not, SIG(bin_not, ORDER, "Bitwise not.")),                   \
+        FAST(bin_fetch_or, SIG(bin_fetch_or, "value, " ORDER,                 \
+                               "Bitwise or; returns the old value.")),        \
+        FAST(bin_fetch_xor, SIG(bin_fetch_xor, "value, " ORDER,               \
+                                "Bitwise xor; returns the old value.")),      \
+        FAST(bin_fetch_and, SIG(bin_fetch_and, "value, " ORDER,               \
+                                "Bitwise and; returns the old value.")),      \
+        FAST(bin_fetch_not, SIG(bin_fetch_not, ORDER,                         \
+                                "Bitwise not; returns the old value."))
 
 static PyMethodDef Bytes_methods[] = {
     BYTE_METHODS,
-    {"__bytes__", (PyCFunction)Atomic_bytes, METH_NOARGS, "The value."},
+    {"__bytes__", (PyCFunction)Atomic_bytes, METH_NOARGS,
+     "__bytes__($self, /)\n--\n\nThe value."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef Integral_methods[] = {
     BYTE_METHODS,
-    FAST(add, "add(value, order)"),
-    FAST(sub, "sub(value, order)"),
-    FAST(inc, "inc(order)"),
-    FAST(dec, "dec(order)"),
-    FAST(neg, "neg(order)"),
-    FAST(fetch_add, "fetch_add(value, order) -> old"),
-    FAST(fetch_sub, "fetch_sub(value, order) -> old"),
-    FAST(fetch_inc, "fetch_inc(order) -> old"),
-    FAST(fetch_dec, "fetch_dec(order) -> old"),
-    FAST(fetch_neg, "fetch_neg(order) -> old"),
+    FAST(add, SIG(add, "value, " ORDER, "Add value.")),
+    FAST(sub, SIG(sub, "value, " ORDER, "Subtract value.")),
+    FAST(inc, SIG(inc, ORDER, "Add 1.")),
+    FAST(dec, SIG(dec, ORDER, "Subtract 1.")),
+    FAST(neg, SIG(neg, ORDER, "Negate.")),
+    FAST(fetch_add,
+         SIG(fetch_add, "value, " ORDER, "Add value; returns the old value.")),
+    FAST(fetch_sub, SIG(fetch_sub, "value, " ORDER,
+                        "Subtract value; returns the old value.")),
+    FAST(fetch_inc, SIG(fetch_inc, ORDER, "Add 1; returns the old value.")),
+    FAST(fetch_dec,
+         SIG(fetch_dec, ORDER, "Subtract 1; returns the old value.")),
+    FAST(fetch_neg, SIG(fetch_neg, ORDER, "Negate; returns the old value.")),
     {NULL, NULL, 0, NULL},
 };
 
@@ -989,21 +1015,23 @@ static PyType_Slot Any_slots[] = {
     {Py_tp_methods, Any_methods},
     {Py_tp_getset, Any_getset},
     {Py_tp_str, Atomic_str},
+    /* No text signature: the view classes inherit this constructor's
+     * and cannot be constructed. */
+    {Py_tp_doc, "The base of every atomic class."},
     {0, NULL},
 };
 
 static PyType_Slot Bytes_slots[] = {
     {Py_tp_traverse, Atomic_traverse},
     {Py_tp_methods, Bytes_methods},
+    {Py_tp_doc, "The byte operations."},
     {0, NULL},
 };
 
 static PyType_Slot Integral_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Integral_methods},
-    {Py_tp_getset, Integral_getset},
-    {Py_nb_int, Atomic_int},
-    {0, NULL},
+    {Py_tp_traverse, Atomic_traverse},       {Py_tp_methods, Integral_methods},
+    {Py_tp_getset, Integral_getset},         {Py_nb_int, Atomic_int},
+    {Py_tp_doc, "The integral operations."}, {0, NULL},
 };
 
 #define ATOMIC_FLAGS                                                          \
@@ -1183,13 +1211,44 @@ atomic_class(PyObject *module, PyObject *args)
         return PyErr_NoMemory();
     }
     snprintf(full, len, "%s.%s", qualmod, name);
-    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, slots};
-    PyObject *t = PyType_FromModuleAndSpec(module, &spec, bases);
+    /* The constructor's text signature (inspect.signature(cls)), keyword
+     * only as in the package; view classes have no constructor. */
+    const char *params =
+        strcmp(mode, "any") == 0        ? "*, width, is_integral=False, "
+                                          "is_signed=False"
+        : strcmp(mode, "integral") == 0 ? "*, width, is_signed"
+        : strcmp(mode, "view") == 0     ? NULL
+                                        : "*, width";
+    char doc[160];
+    if (params != NULL) {
+        snprintf(doc, sizeof doc, "%s(%s)\n--\n\n", name, params);
+    } else {
+        snprintf(doc, sizeof doc, "Obtained from an atomicview() context.");
+    }
+    PyType_Slot with_doc[8];
+    size_t n = 0;
+    for (; slots[n].slot != 0 && n < 6; n++) {
+        with_doc[n] = slots[n];
+    }
+    with_doc[n++] = (PyType_Slot){Py_tp_doc, doc};
+    with_doc[n] = (PyType_Slot){0, NULL};
+    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, with_doc};
+    PyObject *t = dkpy_type_from_spec(module, &spec, bases);
     if (t == NULL) {
         PyMem_RawFree(full);
         return NULL;
     }
-    PyObject *m = PyUnicode_FromString(mode);
+    /* tp_name, which CPython's own messages print ("a bytes-like object
+     * is required, not 'X'"), becomes the bare class name, as for the
+     * package's Python classes: assigning __name__ repoints it. */
+    PyObject *m = PyUnicode_FromString(name);
+    if (m == NULL || PyObject_SetAttrString(t, "__name__", m) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_DECREF(m);
+    m = PyUnicode_FromString(mode);
     if (m == NULL || PyObject_SetAttrString(t, "_dk_mode", m) < 0) {
         Py_XDECREF(m);
         Py_DECREF(t);
@@ -1308,7 +1367,7 @@ static PyMemberDef Result_members[] = {
 
 static PyMethodDef Result_methods[] = {
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
-     "CmpxchgResult[T]"},
+     "__class_getitem__($cls, item, /)\n--\n\nCmpxchgResult[T]."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1320,7 +1379,9 @@ static PyType_Slot Result_slots[] = {
     {Py_tp_repr, Result_repr},
     {Py_tp_members, Result_members},
     {Py_tp_methods, Result_methods},
-    {Py_tp_doc, "CmpxchgResult(success, expected)"},
+    {Py_tp_doc, "CmpxchgResult(success, expected)\n--\n\nThe result of a "
+                "compare-exchange: truthy when it succeeded; unpacks as "
+                "(success, expected)."},
     {0, NULL},
 };
 
@@ -1364,33 +1425,48 @@ buffer_address(PyObject *module, PyObject *obj)
 
 static PyMethodDef atomics_functions[] = {
     {"_atomic_class", atomic_class, METH_VARARGS,
-     "_atomic_class(name, kind, mode, bases, module) -> type"},
+     "_atomic_class($module, name, kind, mode, bases, module, /)\n--\n\n"
+     "A new atomic class."},
     {"_atomic_view", atomic_view_new, METH_VARARGS,
-     "_atomic_view(cls, buffer, integral, signed) -> view object"},
+     "_atomic_view($module, cls, buffer, integral, signed, /)\n--\n\n"
+     "A new view object of cls on buffer."},
     {"_buffer_address", buffer_address, METH_O,
-     "(address, length) of a buffer."},
+     "_buffer_address($module, buffer, /)\n--\n\n(address, length) of a "
+     "buffer."},
     {"_atomics_setup", atomics_setup, METH_VARARGS,
-     "Hand the atomics exception classes and OpType to the extension."},
+     "_atomics_setup($module, alignment_error, memory_order_error, "
+     "width_error, operation_error, optype, /)\n--\n\nHand the atomics "
+     "exception classes and OpType to the extension."},
     {NULL, NULL, 0, NULL},
 };
 
 int
 dkpy_atomics_exec(PyObject *m)
 {
-    any_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Any_spec, NULL);
+    any_type = (PyTypeObject *)dkpy_type_from_spec(m, &Any_spec, NULL);
     if (any_type == NULL) {
         return -1;
     }
-    bytes_type = dkpy_type_from_spec_base(m, &Bytes_spec, any_type);
+    bytes_type = (PyTypeObject *)dkpy_type_from_spec(m, &Bytes_spec,
+                                                     (PyObject *)any_type);
     if (bytes_type == NULL) {
         return -1;
     }
-    integral_type = dkpy_type_from_spec_base(m, &Integral_spec, bytes_type);
-    PyObject *result = PyType_FromModuleAndSpec(m, &Result_spec, NULL);
+    integral_type = (PyTypeObject *)dkpy_type_from_spec(
+        m, &Integral_spec, (PyObject *)bytes_type);
+    PyObject *result = dkpy_type_from_spec(m, &Result_spec, NULL);
     if (integral_type == NULL || result == NULL) {
         return -1;
     }
     ax.cmpxchg_type = result;
+    /* Its bare name in messages, as for the package's class. */
+    PyObject *rname = PyUnicode_FromString("CmpxchgResult");
+    if (rname == NULL ||
+        PyObject_SetAttrString(result, "__name__", rname) < 0) {
+        Py_XDECREF(rname);
+        return -1;
+    }
+    Py_DECREF(rname);
     if (PyModule_AddObjectRef(m, "_AtomicAny", (PyObject *)any_type) < 0 ||
         PyModule_AddObjectRef(m, "_AtomicBytes", (PyObject *)bytes_type) < 0 ||
         PyModule_AddObjectRef(m, "_AtomicIntegral",

@@ -26,6 +26,11 @@ PyObject *dkpy_raise_errno(int neg_errno);
  * thousand calls leave a thousand strings behind. */
 PyObject *dkpy_getattr(PyObject *obj, PyObject **slot, const char *name);
 
+/* PyType_FromModuleAndSpec, keeping the text signature of the Py_tp_doc
+ * slot ("Name(args)\n--\n\n...") where __text_signature__ reads it:
+ * CPython 3.9 drops it from tp_doc, so inspect.signature(cls) fails. */
+PyObject *dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases);
+
 /* Blocking calls sleep with the GIL released for at most
  * DKPY_SIGNAL_SLICE_NS at a time and run the signal handlers between
  * slices. A signal interrupts the futex syscall only if it lands while the

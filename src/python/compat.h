@@ -4,8 +4,9 @@
  * supplies it for the older ones under the same name (Py_NewRef,
  * PyModule_AddObjectRef), or gives one dkpy_ name to what each version
  * spells differently (16-byte integers, the short type name, "takes no
- * arguments" checks). Private _Py functions change or vanish between
- * releases without notice, so none is called anywhere in src/python/.
+ * arguments" checks); dkpy_type_from_spec (module.c) smooths 3.9's
+ * heap types. Private _Py functions change or vanish between releases
+ * without notice, so none is called anywhere in src/python/.
  */
 #ifndef DK_SRC_PYTHON_COMPAT_H
 #define DK_SRC_PYTHON_COMPAT_H
@@ -55,20 +56,6 @@ PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *value)
     return 0;
 }
 #endif
-
-/* A heap type made from `spec` with the single base `base`. 3.9 takes
- * the bases of PyType_FromModuleAndSpec as a tuple only. */
-static inline PyTypeObject *
-dkpy_type_from_spec_base(PyObject *m, PyType_Spec *spec, PyTypeObject *base)
-{
-    PyObject *bases = PyTuple_Pack(1, (PyObject *)base);
-    if (bases == NULL) {
-        return NULL;
-    }
-    PyObject *t = PyType_FromModuleAndSpec(m, spec, bases);
-    Py_DECREF(bases);
-    return (PyTypeObject *)t;
-}
 
 /* The type's name without its module ("AtomicInt" for
  * "dispatchkit.atomics.base.AtomicInt"), as error messages and reprs show

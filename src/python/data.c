@@ -42,7 +42,7 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &alt)) {
         return NULL;
     }
-    if (alt != NULL) {
+    if (alt != NULL && alt != Py_None) { /* data= is cygcd's name */
         if (src != Py_None) {
             PyErr_SetString(PyExc_TypeError, "give bytes or data, not both");
             return NULL;
@@ -305,17 +305,20 @@ Data_repr(DataObject *self)
 
 static PyMethodDef Data_methods[] = {
     {"concat", (PyCFunction)Data_concat, METH_O,
-     "concat(other) -> Data\n\nThis data followed by other (no copy)."},
+     "concat($self, other, /)\n--\n\nThis data followed by other (no copy)."},
     {"subrange", (PyCFunction)(void (*)(void))Data_subrange,
      METH_VARARGS | METH_KEYWORDS,
-     "subrange(offset, length) -> Data\n\nA clipped slice (no copy)."},
+     "subrange($self, offset, length)\n--\n\nA clipped slice (no copy)."},
     {"copy_region", (PyCFunction)Data_copy_region, METH_O,
-     "copy_region(location) -> (Data, offset)\n\nThe contiguous region "
-     "containing location, and its start offset in this data."},
+     "copy_region($self, location, /)\n--\n\nThe contiguous region "
+     "containing location, and its start offset in this data: (Data, "
+     "offset)."},
     {"apply", (PyCFunction)Data_apply, METH_O,
-     "apply(func) -> bool\n\nfunc(offset, chunk) once per region; stops and "
+     "apply($self, func, /)\n--\n\nfunc(offset, chunk) once per region; stops "
+     "and "
      "returns False when func returns a false value (None continues)."},
-    {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS, "A bytes copy."},
+    {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS,
+     "__bytes__($self, /)\n--\n\nA bytes copy."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -337,8 +340,9 @@ static PyType_Slot Data_slots[] = {
     {Py_tp_richcompare, Data_richcompare},
     {Py_tp_hash, Data_hash},
     {Py_tp_repr, Data_repr},
-    {Py_tp_doc, "Data(bytes=None)\n\nAn immutable buffer made of regions; "
-                "concat and subrange share memory."},
+    {Py_tp_doc,
+     "Data(bytes=None, data=None)\n--\n\nAn immutable buffer made of regions; "
+     "concat and subrange share memory."},
     {0, NULL},
 };
 
@@ -352,7 +356,7 @@ static PyType_Spec Data_spec = {
 int
 dkpy_data_exec(PyObject *m)
 {
-    PyObject *t = PyType_FromModuleAndSpec(m, &Data_spec, NULL);
+    PyObject *t = dkpy_type_from_spec(m, &Data_spec, NULL);
     if (t == NULL) {
         return -1;
     }

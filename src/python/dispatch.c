@@ -136,6 +136,13 @@ parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
                                      &timeout, &timeout_seconds)) {
         return -1;
     }
+    /* None is the default of both (the text signature says so). */
+    if (timeout == Py_None) {
+        timeout = NULL;
+    }
+    if (timeout_seconds == Py_None) {
+        timeout_seconds = NULL;
+    }
     if (timeout != NULL && timeout_seconds != NULL) {
         PyErr_SetString(PyExc_TypeError,
                         "give timeout or timeout_seconds, not both");
@@ -664,7 +671,10 @@ Queue_set_target_queue(QueueObject *self, PyObject *args, PyObject *kwargs)
                                      kwlist, &target, &queue)) {
         return NULL;
     }
-    if (target != NULL && queue != NULL) {
+    if (target == Py_None && queue != NULL) {
+        target = NULL; /* the default, as the text signature says */
+    }
+    if (target != NULL && queue != NULL && queue != Py_None) {
         PyErr_SetString(PyExc_TypeError, "give target or queue, not both");
         return NULL;
     }
@@ -835,44 +845,53 @@ Queue_repr(QueueObject *self)
 static PyMethodDef Queue_methods[] = {
     {"global_queue", (PyCFunction)(void (*)(void))Queue_global_queue,
      METH_VARARGS | METH_KEYWORDS | METH_STATIC,
-     "global_queue(priority=0) -> Queue\n\nThe global concurrent queue for "
+     "global_queue(priority=0)\n--\n\nThe global concurrent queue for "
      "a QUEUE_PRIORITY_* or QOS_CLASS_* value."},
     {"main_queue", (PyCFunction)Queue_main_queue, METH_NOARGS | METH_STATIC,
-     "main_queue() -> Queue\n\nThe main queue, drained by the main thread "
+     "main_queue()\n--\n\nThe main queue, drained by the main thread "
      "(dispatchkit.main, drain_main_queue)."},
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
-     "run_async(func)\n\nSubmit func for asynchronous execution."},
+     "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
+     "execution."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
-     "run_sync(func)\n\nRun func on the queue and wait; re-raises its "
+     "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
+     "re-raises its "
      "exception."},
     {"barrier_async", (PyCFunction)Queue_barrier_async, METH_O,
-     "barrier_async(func)\n\nSubmit a barrier (exclusive on concurrent "
+     "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on "
+     "concurrent "
      "queues)."},
     {"barrier_sync", (PyCFunction)Queue_barrier_sync, METH_O,
-     "barrier_sync(func)\n\nRun a barrier and wait; re-raises its "
+     "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
+     "its "
      "exception."},
     {"after", (PyCFunction)(void (*)(void))Queue_after,
      METH_FASTCALL | METH_KEYWORDS,
-     "after(delay_seconds, func)\n\nSubmit func after a delay."},
+     "after($self, delay_seconds, func)\n--\n\nSubmit func after a delay."},
     {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
-     "suspend()\n\nStop starting work items (counts nest)."},
+     "suspend($self, /)\n--\n\nStop starting work items (counts nest)."},
     {"resume", (PyCFunction)Queue_resume, METH_NOARGS,
-     "resume()\n\nUndo one suspend(); RuntimeError on over-resume."},
+     "resume($self, /)\n--\n\nUndo one suspend(); RuntimeError on "
+     "over-resume."},
     {"activate", (PyCFunction)Queue_activate, METH_NOARGS,
-     "activate()\n\nActivate a queue created with inactive=True."},
+     "activate($self, /)\n--\n\nActivate a queue created with inactive=True."},
     {"set_target_queue", (PyCFunction)(void (*)(void))Queue_set_target_queue,
      METH_VARARGS | METH_KEYWORDS,
-     "set_target_queue(target)\n\nSet the target queue (None: default)."},
+     "set_target_queue($self, target=None, queue=None)\n--\n\nSet the "
+     "target queue (None: default); queue= is another spelling of target."},
     {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
      METH_VARARGS | METH_KEYWORDS,
-     "set_context(value, finalizer=None)\n\nAttach a value; finalizer(value) "
+     "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
+     "finalizer(value) "
      "runs when it is replaced or the queue goes away."},
     {"get_context", (PyCFunction)Queue_get_context, METH_NOARGS,
-     "get_context()\n\nThe value set by set_context, or None."},
+     "get_context($self, /)\n--\n\nThe value set by set_context, or None."},
     {"set_specific", (PyCFunction)Queue_set_specific, METH_VARARGS,
-     "set_specific(key, value)\n\nSet queue-specific data (None removes)."},
+     "set_specific($self, key, value, /)\n--\n\nSet queue-specific data (None "
+     "removes)."},
     {"get_specific", (PyCFunction)Queue_get_specific, METH_O,
-     "get_specific(key)\n\nQueue-specific data of this queue, or None."},
+     "get_specific($self, key, /)\n--\n\nQueue-specific data of this queue, "
+     "or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -901,7 +920,7 @@ static PyType_Slot Queue_slots[] = {
     {Py_tp_members, Queue_members},
     {Py_tp_repr, Queue_repr},
     {Py_tp_doc, "Queue(label=None, concurrent=False, qos=0, "
-                "relative_priority=0, target=None, inactive=False)\n\n"
+                "relative_priority=0, target=None, inactive=False)\n--\n\n"
                 "A dispatch queue: serial (FIFO, one item at a time) or "
                 "concurrent."},
     {0, NULL},
@@ -1085,17 +1104,19 @@ Workloop_repr(QueueObject *self)
 static PyMethodDef Workloop_methods[] = {
     {"run_async", (PyCFunction)(void (*)(void))Workloop_run_async,
      METH_VARARGS | METH_KEYWORDS,
-     "run_async(func, qos=QOS_CLASS_DEFAULT)\n\nSubmit func; pending work "
+     "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
     {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
      METH_VARARGS | METH_KEYWORDS,
-     "run_sync(func, qos=QOS_CLASS_DEFAULT)\n\nRun func on the workloop and "
+     "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
      "wait; re-raises its exception."},
     {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,
-     "activate()\n\nActivate a workloop created with inactive=True."},
+     "activate($self, /)\n--\n\nActivate a workloop created with "
+     "inactive=True."},
     {"set_autorelease_frequency",
      (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
-     "set_autorelease_frequency(freq)\n\nAccepted before activate() (there "
+     "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before "
+     "activate() (there "
      "are no autorelease pools on Linux)."},
     {NULL, NULL, 0, NULL},
 };
@@ -1116,7 +1137,7 @@ static PyType_Slot Workloop_slots[] = {
     {Py_tp_getset, Workloop_getset},
     {Py_tp_members, Queue_members},
     {Py_tp_repr, Workloop_repr},
-    {Py_tp_doc, "Workloop(label, inactive=False)\n\nA serial queue whose "
+    {Py_tp_doc, "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
                 "pending work runs highest QoS first."},
     {0, NULL},
 };
@@ -1296,20 +1317,50 @@ Group_get_count(GroupObject *self, void *closure)
     return PyLong_FromLong(dk_group_count(self->g));
 }
 
+/* `with group:` counts the block as one task: enter(), then leave(). */
+static PyObject *
+Group_cm_enter(GroupObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_group_enter(self->g);
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+Group_cm_exit(GroupObject *self, PyObject *args)
+{
+    (void)args;
+    return Group_leave(self, NULL);
+}
+
+static PyObject *
+Group_repr(GroupObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Group count=%ld>",
+                                (long)dk_group_count(self->g));
+}
+
 static PyMethodDef Group_methods[] = {
     {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
-     "run_async(queue, func)\n\nSubmit func to queue as part of the group."},
+     "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
+     "the group."},
     {"wait", (PyCFunction)(void (*)(void))Group_wait,
      METH_VARARGS | METH_KEYWORDS,
-     "wait(timeout=-1) -> bool\n\nWait until every task has finished; "
-     "False on timeout (seconds; negative waits forever). Also accepts "
-     "timeout_seconds=."},
+     "wait($self, timeout=None, timeout_seconds=None)\n--\n\nWait until "
+     "every task has finished; False on timeout (seconds; None or negative "
+     "waits forever). timeout_seconds is cygcd's name for timeout."},
     {"notify", (PyCFunction)Group_notify, METH_VARARGS,
-     "notify(queue, func)\n\nSubmit func to queue when the group empties."},
+     "notify($self, queue, func, /)\n--\n\nSubmit func to queue when the "
+     "group empties."},
     {"enter", (PyCFunction)Group_enter, METH_NOARGS,
-     "enter()\n\nCount one more outstanding task."},
+     "enter($self, /)\n--\n\nCount one more outstanding task."},
     {"leave", (PyCFunction)Group_leave, METH_NOARGS,
-     "leave()\n\nFinish one task counted by enter()."},
+     "leave($self, /)\n--\n\nFinish one task counted by enter()."},
+    {"__enter__", (PyCFunction)Group_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nenter(); returns the group."},
+    {"__exit__", (PyCFunction)Group_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nleave()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1324,7 +1375,8 @@ static PyType_Slot Group_slots[] = {
     {Py_tp_dealloc, Group_dealloc},
     {Py_tp_methods, Group_methods},
     {Py_tp_getset, Group_getset},
-    {Py_tp_doc, "Group()\n\nTrack completion of a set of tasks."},
+    {Py_tp_repr, Group_repr},
+    {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."},
     {0, NULL},
 };
 
@@ -1409,14 +1461,46 @@ Semaphore_get_value(SemaphoreObject *self, void *closure)
     return PyLong_FromLong(dk_semaphore_value(self->s));
 }
 
+/* `with sem:` as threading.Semaphore: wait() without a timeout on entry
+ * (returns True), signal() on exit. */
+static PyObject *
+Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_semaphore_wait(self->s, 0) == 0) {
+        Py_RETURN_TRUE;
+    }
+    return interruptible_wait(semaphore_wait_adapter, self->s, UINT64_MAX);
+}
+
+static PyObject *
+Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
+{
+    (void)args;
+    dk_semaphore_signal(self->s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Semaphore_repr(SemaphoreObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Semaphore value=%ld>",
+                                (long)dk_semaphore_value(self->s));
+}
+
 static PyMethodDef Semaphore_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
      METH_VARARGS | METH_KEYWORDS,
-     "wait(timeout=-1) -> bool\n\nTake one unit, blocking while none is "
-     "available; False on timeout (seconds; negative waits forever, 0 "
-     "polls). Also accepts timeout_seconds=."},
+     "wait($self, timeout=None, timeout_seconds=None)\n--\n\nTake one "
+     "unit, blocking while none is available; False on timeout (seconds; "
+     "None or negative waits forever, 0 polls). timeout_seconds is "
+     "cygcd's name for timeout."},
     {"signal", (PyCFunction)Semaphore_signal, METH_NOARGS,
-     "signal() -> bool\n\nRelease one unit; True if a waiter was woken."},
+     "signal($self, /)\n--\n\nRelease one unit; True if a waiter was woken."},
+    {"__enter__", (PyCFunction)Semaphore_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
+    {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1431,7 +1515,8 @@ static PyType_Slot Semaphore_slots[] = {
     {Py_tp_dealloc, Semaphore_dealloc},
     {Py_tp_methods, Semaphore_methods},
     {Py_tp_getset, Semaphore_getset},
-    {Py_tp_doc, "Semaphore(value=0)\n\nA counting semaphore."},
+    {Py_tp_repr, Semaphore_repr},
+    {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."},
     {0, NULL},
 };
 
@@ -1529,6 +1614,23 @@ Once_get_done(OnceObject *self, void *closure)
     return PyBool_FromLong(dk_once_done(&self->pred));
 }
 
+static PyObject *
+Once_repr(OnceObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Once done=%s>",
+                                dk_once_done(&self->pred) ? "True" : "False");
+}
+
+static PyMethodDef Once_methods[] = {
+    /* Over the tp_call slot's (*args, **kwargs) wrapper: the same
+     * function, with a text signature. */
+    {"__call__", (PyCFunction)(void (*)(void))Once_call,
+     METH_VARARGS | METH_KEYWORDS | METH_COEXIST,
+     "__call__($self, func, /)\n--\n\nRun func unless this Once has run "
+     "a function already."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef Once_getset[] = {
     {"done", (getter)Once_get_done, NULL, "True once the function has run.",
      NULL},
@@ -1539,8 +1641,10 @@ static PyType_Slot Once_slots[] = {
     {Py_tp_new, Once_new},
     {Py_tp_dealloc, Once_dealloc},
     {Py_tp_call, Once_call},
+    {Py_tp_methods, Once_methods},
+    {Py_tp_repr, Once_repr},
     {Py_tp_getset, Once_getset},
-    {Py_tp_doc, "Once()\n\nCall once(func) to run func exactly once; "
+    {Py_tp_doc, "Once()\n--\n\nCall once(func) to run func exactly once; "
                 "concurrent callers wait until it has returned."},
     {0, NULL},
 };
@@ -1800,35 +1904,42 @@ dk_py_shutdown(PyObject *module, PyObject *unused)
 static PyMethodDef dispatch_functions[] = {
     {"apply", (PyCFunction)(void (*)(void))dk_py_apply,
      METH_VARARGS | METH_KEYWORDS,
-     "apply(iterations, func, queue=None)\n\nCall func(i) for i in "
+     "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
+     "in "
      "range(iterations) in parallel and wait; re-raises the first "
      "exception (remaining iterations are skipped)."},
     {"time_from_now", dk_py_time_from_now, METH_O,
-     "time_from_now(seconds) -> int\n\nA dispatch time (monotonic clock)."},
+     "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
+     "clock)."},
     {"walltime", (PyCFunction)(void (*)(void))dk_py_walltime,
      METH_VARARGS | METH_KEYWORDS,
-     "walltime(timestamp=0, delta_seconds=0) -> int\n\nA wall-clock "
+     "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA "
+     "wall-clock "
      "dispatch time (timestamp 0 means now)."},
     {"get_specific", dk_py_get_specific, METH_O,
-     "get_specific(key)\n\nQueue-specific data of the current queue or "
+     "get_specific($module, key, /)\n--\n\nQueue-specific data of the current "
+     "queue or "
      "its targets, or None."},
     {"drain_main_queue", (PyCFunction)(void (*)(void))dk_py_drain_main_queue,
      METH_VARARGS | METH_KEYWORDS,
-     "drain_main_queue(timeout=0) -> int\n\nRun the main queue's ready "
+     "drain_main_queue($module, timeout=0)\n--\n\nRun the main queue's ready "
      "tasks on the main thread, waiting up to timeout seconds for the "
      "first; returns how many ran."},
     {"main", dk_py_main, METH_NOARGS,
-     "main()\n\nDrain the main queue forever on the main thread "
+     "main($module, /)\n--\n\nDrain the main queue forever on the main thread "
      "(dispatch_main); returns only by an exception such as "
      "KeyboardInterrupt."},
     {"main_queue_fd", dk_py_main_queue_fd, METH_NOARGS,
-     "main_queue_fd() -> int\n\nAn fd that is readable while main-queue "
+     "main_queue_fd($module, /)\n--\n\nAn fd that is readable while "
+     "main-queue "
      "work is pending (for asyncio's add_reader)."},
     {"_pool_quiescent", dk_py_pool_quiescent, METH_NOARGS,
-     "True when every pool worker is parked: the sanitizer test run forks "
+     "_pool_quiescent($module, /)\n--\n\nTrue when every pool worker is "
+     "parked: the sanitizer test run forks "
      "only then (GCC 12's ASan allocator is not fork-safe)."},
     {"_shutdown", dk_py_shutdown, METH_NOARGS,
-     "Stop running callbacks (registered with atexit)."},
+     "_shutdown($module, /)\n--\n\nStop running callbacks (registered with "
+     "atexit)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1873,7 +1984,7 @@ static dispatch_state state_storage;
 static int
 add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out)
 {
-    PyObject *t = PyType_FromModuleAndSpec(m, spec, NULL);
+    PyObject *t = dkpy_type_from_spec(m, spec, NULL);
     if (t == NULL) {
         return -1;
     }

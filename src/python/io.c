@@ -82,13 +82,16 @@ raise_io(int rc, int fd)
 static PyObject *
 pick_handler(PyObject *callback, PyObject *handler)
 {
+    /* None is the default of both (the text signature says so). */
+    callback = callback == Py_None ? NULL : callback;
+    handler = handler == Py_None ? NULL : handler;
     if (callback != NULL && handler != NULL) {
         PyErr_SetString(PyExc_TypeError, "give callback or handler, not both");
         return NULL;
     }
     PyObject *h = callback != NULL ? callback : handler;
     if (h == NULL) {
-        PyErr_SetString(PyExc_TypeError, "missing callback");
+        PyErr_SetString(PyExc_TypeError, "callback must be a callable");
         return NULL;
     }
     return h;
@@ -166,6 +169,7 @@ typedef struct {
     PyObject_HEAD
     dk_io_t *io;
     int fd;
+    int io_type; /* IO_STREAM or IO_RANDOM, for the repr */
 } ChannelObject;
 
 static void
@@ -340,6 +344,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
+    self->io_type = io_type;
     self->io =
         dk_io_create(io_type, fd, q, ch, ch != NULL ? cleanup_handler : NULL);
     if (self->io == NULL) {
@@ -574,31 +579,45 @@ Channel_get_is_closed(ChannelObject *self, void *closure)
     return PyBool_FromLong(dk_io_is_closed(self->io));
 }
 
+static PyObject *
+Channel_repr(ChannelObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.IOChannel fd=%d %s %s>", self->fd,
+        self->io_type == DK_IO_RANDOM ? "random" : "stream",
+        self->io == NULL || dk_io_is_closed(self->io) ? "closed" : "open");
+}
+
 static PyMethodDef Channel_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Channel_read,
      METH_VARARGS | METH_KEYWORDS,
-     "read(length, handler, offset=0, queue=None)\n\nRead up to length "
-     "bytes; handler(done, data, error) per chunk, in order."},
+     "read($self, length, handler, offset=0, queue=None)\n--\n\nRead up to "
+     "length bytes; handler(done, data, error) per chunk, in order."},
     {"write", (PyCFunction)(void (*)(void))Channel_write,
      METH_VARARGS | METH_KEYWORDS,
-     "write(data, handler, offset=0, queue=None)\n\nWrite all of data; "
-     "handler(done, remaining, error)."},
+     "write($self, data, handler, offset=0, queue=None)\n--\n\nWrite all "
+     "of data; handler(done, remaining, error)."},
     {"close", (PyCFunction)(void (*)(void))Channel_close,
      METH_VARARGS | METH_KEYWORDS,
-     "close(stop=False)\n\nClose; stop=True ends pending operations with "
+     "close($self, stop=False)\n--\n\nClose; stop=True ends pending "
+     "operations with "
      "ECANCELED."},
     {"set_high_water", (PyCFunction)Channel_set_high_water, METH_O,
-     "set_high_water(size)\n\nAt most size bytes per handler call."},
+     "set_high_water($self, size, /)\n--\n\nAt most size bytes per handler "
+     "call."},
     {"set_low_water", (PyCFunction)Channel_set_low_water, METH_O,
-     "set_low_water(size)\n\nAt least size bytes per handler call (except "
+     "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler "
+     "call (except "
      "the last)."},
     {"set_interval", (PyCFunction)(void (*)(void))Channel_set_interval,
      METH_VARARGS | METH_KEYWORDS,
-     "set_interval(interval_ns, flags=0)\n\nDeliver partial data at least "
-     "this often."},
+     "set_interval($self, interval_ns, flags=0, strict=False)\n--\n\n"
+     "Deliver partial data at least this often (strict=True: at exactly "
+     "this interval)."},
     {"barrier", (PyCFunction)(void (*)(void))Channel_barrier,
      METH_VARARGS | METH_KEYWORDS,
-     "barrier(handler, queue=None)\n\nRun handler after every earlier "
+     "barrier($self, handler, queue=None)\n--\n\nRun handler after every "
+     "earlier "
      "operation; later ones wait for it."},
     {NULL, NULL, 0, NULL},
 };
@@ -615,8 +634,9 @@ static PyType_Slot Channel_slots[] = {
     {Py_tp_dealloc, Channel_dealloc},
     {Py_tp_methods, Channel_methods},
     {Py_tp_getset, Channel_getset},
-    {Py_tp_doc, "IOChannel(fd, io_type=IO_STREAM, queue=None, "
-                "cleanup_handler=None)\n\nChunked asynchronous I/O on fd "
+    {Py_tp_repr, Channel_repr},
+    {Py_tp_doc, "IOChannel(fd, io_type=0, queue=None, "
+                "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
                 "(never closed by the channel)."},
     {0, NULL},
 };
@@ -631,20 +651,22 @@ static PyType_Spec Channel_spec = {
 static PyMethodDef io_functions[] = {
     {"read_async", (PyCFunction)(void (*)(void))dk_py_read_async,
      METH_VARARGS | METH_KEYWORDS,
-     "read_async(fd, length, callback, queue=None)\n\nRead once, as soon "
-     "as data is available (a regular file: until length or end of file); "
-     "callback(data, error)."},
+     "read_async($module, fd, length, callback=None, queue=None, "
+     "handler=None)\n--\n\nRead once, as soon as data is available (a regular "
+     "file: until length or end of file); "
+     "callback(data, error); handler is another spelling of callback."},
     {"write_async", (PyCFunction)(void (*)(void))dk_py_write_async,
      METH_VARARGS | METH_KEYWORDS,
-     "write_async(fd, data, callback, queue=None)\n\nWrite all of data; "
-     "callback(remaining, error)."},
+     "write_async($module, fd, data, callback=None, queue=None, "
+     "handler=None)\n--\n\nWrite all of data; callback(remaining, "
+     "error); handler is another spelling of callback."},
     {NULL, NULL, 0, NULL},
 };
 
 int
 dkpy_io_exec(PyObject *m)
 {
-    PyObject *t = PyType_FromModuleAndSpec(m, &Channel_spec, NULL);
+    PyObject *t = dkpy_type_from_spec(m, &Channel_spec, NULL);
     if (t == NULL) {
         return -1;
     }

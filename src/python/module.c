@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <string.h>
 
 #include "dk/time.h"
 
@@ -39,6 +40,45 @@ dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)
         }
     }
     return PyObject_GetAttr(obj, *slot);
+}
+
+PyObject *
+dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases)
+{
+    /* 3.9 takes the bases as a tuple only. */
+    PyObject *tuple = NULL;
+    if (bases != NULL && !PyTuple_Check(bases)) {
+        tuple = PyTuple_Pack(1, bases);
+        if (tuple == NULL) {
+            return NULL;
+        }
+        bases = tuple;
+    }
+    PyObject *t = PyType_FromModuleAndSpec(m, spec, bases);
+    Py_XDECREF(tuple);
+#if PY_VERSION_HEX < 0x030A0000
+    const char *doc = NULL;
+    for (PyType_Slot *s = spec->slots; t != NULL && s->slot != 0; s++) {
+        if (s->slot == Py_tp_doc) {
+            doc = s->pfunc;
+        }
+    }
+    if (doc != NULL) {
+        /* Heap types free tp_doc with PyObject_Free (3.9's type_dealloc);
+         * __doc__ keeps the text without the signature. */
+        size_t len = strlen(doc) + 1;
+        char *copy = PyObject_Malloc(len);
+        if (copy == NULL) {
+            Py_DECREF(t);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy, doc, len);
+        PyTypeObject *type = (PyTypeObject *)t;
+        PyObject_Free((void *)type->tp_doc);
+        type->tp_doc = copy;
+    }
+#endif
+    return t;
 }
 
 /* The thread that runs Python's signal handlers: the main thread, or in

@@ -233,23 +233,61 @@ Source_get_handle(SourceObject *self, void *closure)
     return PyLong_FromSize_t(dk_source_get_handle(self->s));
 }
 
+/* <dispatchkit.Timer interval=0.5 repeating started>: what the source
+ * watches, then its state. */
 static PyObject *
 Source_repr(SourceObject *self)
 {
-    return PyUnicode_FromFormat("<dispatchkit.%s %s%s>",
-                                dkpy_type_name(Py_TYPE(self)),
-                                dk_source_testcancel(self->s) ? "cancelled"
-                                : self->started               ? "started"
-                                                              : "not started",
-                                "");
+    const char *state = dk_source_testcancel(self->s) ? "cancelled"
+                        : self->started               ? "started"
+                                                      : "not started";
+    uintptr_t handle = dk_source_get_handle(self->s);
+    PyObject *what;
+    switch (dk_source_get_type(self->s)) {
+    case DK_SOURCE_TIMER: {
+        PyObject *interval = PyFloat_FromDouble(self->interval);
+        if (interval == NULL) {
+            return NULL;
+        }
+        what =
+            PyUnicode_FromFormat("interval=%R %s", interval,
+                                 self->repeating ? "repeating" : "one-shot");
+        Py_DECREF(interval);
+        break;
+    }
+    case DK_SOURCE_SIGNAL:
+        what = PyUnicode_FromFormat("signal=%lu", (unsigned long)handle);
+        break;
+    case DK_SOURCE_PROC:
+        what = PyUnicode_FromFormat("pid=%lu", (unsigned long)handle);
+        break;
+    case DK_SOURCE_READ:
+    case DK_SOURCE_WRITE:
+        what = PyUnicode_FromFormat("fd=%lu", (unsigned long)handle);
+        break;
+    default:
+        what = PyUnicode_FromFormat(
+            "data=%lu", (unsigned long)dk_source_get_data(self->s));
+        break;
+    }
+    if (what == NULL) {
+        return NULL;
+    }
+    /* tp_name: "dispatchkit.Timer", or a Python subclass's own name. */
+    PyObject *r = PyUnicode_FromFormat("<%s %U %s>", Py_TYPE(self)->tp_name,
+                                       what, state);
+    Py_DECREF(what);
+    return r;
 }
 
 static PyMethodDef Source_methods[] = {
     {"start", (PyCFunction)Source_start, METH_NOARGS,
-     "start()\n\nStart delivering events. Idempotent; RuntimeError after "
+     "start($self, /)\n--\n\nStart delivering events. Idempotent; "
+     "RuntimeError after "
      "cancel()."},
     {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
-     "cancel()\n\nStop delivering events (a handler already running "
+     "cancel($self, /)\n--\n\nStop delivering events (a handler already "
+     "running "
      "completes). Idempotent."},
     {NULL, NULL, 0, NULL},
 };
@@ -333,7 +371,8 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 static PyMethodDef Timer_methods[] = {
     {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
      METH_VARARGS | METH_KEYWORDS,
-     "set_timer(interval, start_delay=0, leeway=0, repeating=True)\n\n"
+     "set_timer($self, interval, start_delay=0.0, leeway=0.0, "
+     "repeating=True)\n--\n\n"
      "Reconfigure the timer (from now, if it is started)."},
     {NULL, NULL, 0, NULL},
 };
@@ -491,26 +530,27 @@ static PyMethodDef Timer_all_methods[4];
 
 static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
     Timer_new, Timer_all_methods, Timer_getset,
-    "Timer(interval, handler, queue=None, start_delay=0, leeway=0, "
-    "repeating=True)\n\nA repeating timer fires start_delay seconds after "
+    "Timer(interval, handler, queue=None, start_delay=0.0, leeway=0.0, "
+    "repeating=True)\n--\n\nA repeating timer fires start_delay seconds after "
     "start(), then every interval seconds; a one-shot timer fires once, "
     "start_delay + interval seconds after start(). Missed fires coalesce.");
 static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
     SignalSource_new, Source_methods, SignalSource_getset,
-    "SignalSource(signum, handler, queue=None)\n\nCall handler on a queue "
+    "SignalSource(signum, handler, queue=None)\n--\n\nCall handler on a queue "
     "when the process receives signum (also when it was set to SIG_IGN).");
 static PyType_Slot ReadSource_slots[] = SOURCE_SLOTS(
     ReadSource_new, Source_methods, ReadSource_getset,
-    "ReadSource(fd, handler, queue=None)\n\nCall handler while fd is "
+    "ReadSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "readable (level-triggered).");
 static PyType_Slot WriteSource_slots[] = SOURCE_SLOTS(
     WriteSource_new, Source_methods, WriteSource_getset,
-    "WriteSource(fd, handler, queue=None)\n\nCall handler while fd is "
+    "WriteSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "writable (level-triggered).");
 static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
     ProcessSource_new, Source_methods, ProcessSource_getset,
-    "ProcessSource(pid, handler, events=PROC_EXIT, queue=None)\n\nCall "
-    "handler when the process exits.");
+    "ProcessSource(pid, handler, events=0x80000000, queue=None)\n--\n\n"
+    "Call handler when the process exits (events: PROC_* flags, default "
+    "PROC_EXIT).");
 
 #define SOURCE_SPEC(NAME, SLOTS)                                              \
     {                                                                         \
@@ -536,7 +576,7 @@ dkpy_source_exec(PyObject *m)
     Timer_all_methods[2] = Timer_methods[0];
     Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
-        PyObject *t = PyType_FromModuleAndSpec(m, &source_specs[i], NULL);
+        PyObject *t = dkpy_type_from_spec(m, &source_specs[i], NULL);
         if (t == NULL) {
             return -1;
         }

@@ -279,14 +279,17 @@ Word_repr(WordObject *self)
 static PyMethodDef FutexWord_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))FutexWord_wait,
      METH_VARARGS | METH_KEYWORDS,
-     "wait(expected, timeout_ns=-1) -> bool\n\nSleep while the word equals "
+     "wait($self, expected, timeout_ns=-1)\n--\n\nSleep while the word equals "
      "expected; True when woken, False if it differed or timed out. "
      "Releases the GIL; Ctrl-C interrupts it."},
     {"wake", (PyCFunction)(void (*)(void))FutexWord_wake,
-     METH_VARARGS | METH_KEYWORDS, "wake(n=1) -> int\n\nWake up to n."},
+     METH_VARARGS | METH_KEYWORDS,
+     "wake($self, n=1)\n--\n\nWake up to n waiters; returns how many were "
+     "woken."},
     {"load_acquire", (PyCFunction)Word_load, METH_NOARGS,
-     "load_acquire() -> int"},
-    {"store_release", (PyCFunction)Word_store, METH_O, "store_release(value)"},
+     "load_acquire($self, /)\n--\n\nThe value (acquire)."},
+    {"store_release", (PyCFunction)Word_store, METH_O,
+     "store_release($self, value, /)\n--\n\nStore value (release)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -295,7 +298,7 @@ static PyType_Slot FutexWord_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, FutexWord_methods},
     {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "FutexWord(buffer, shared=True)\n\nFutex wait/wake on the "
+    {Py_tp_doc, "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
                 "first 4 bytes of a writable, 4-aligned buffer."},
     {0, NULL},
 };
@@ -335,11 +338,14 @@ AtomicU64_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef AtomicWord_methods[] = {
-    {"load", (PyCFunction)Word_load, METH_NOARGS, "load() -> int (acquire)"},
-    {"store", (PyCFunction)Word_store, METH_O, "store(value) (release)"},
+    {"load", (PyCFunction)Word_load, METH_NOARGS,
+     "load($self, /)\n--\n\nThe value (acquire)."},
+    {"store", (PyCFunction)Word_store, METH_O,
+     "store($self, value, /)\n--\n\nStore value (release)."},
     {"cas", (PyCFunction)(void (*)(void))Word_cas,
      METH_FASTCALL | METH_KEYWORDS,
-     "cas(expected, new) -> bool (acq_rel; acquire on failure)"},
+     "cas($self, expected, new)\n--\n\nReplace expected by new; True if it "
+     "did (acq_rel; acquire on failure)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -348,8 +354,9 @@ static PyType_Slot AtomicU32_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, AtomicWord_methods},
     {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "AtomicU32(buffer)\n\nAn unsigned 32-bit atomic on the first "
-                "4 bytes of a writable, 4-aligned buffer."},
+    {Py_tp_doc,
+     "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
+     "4 bytes of a writable, 4-aligned buffer."},
     {0, NULL},
 };
 
@@ -358,8 +365,9 @@ static PyType_Slot AtomicU64_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, AtomicWord_methods},
     {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "AtomicU64(buffer)\n\nAn unsigned 64-bit atomic on the first "
-                "8 bytes of a writable, 8-aligned buffer."},
+    {Py_tp_doc,
+     "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
+     "8 bytes of a writable, 8-aligned buffer."},
     {0, NULL},
 };
 
@@ -580,25 +588,33 @@ Mutex_repr(WordObject *self)
 
 static PyMethodDef Mutex_methods[] = {
     {"acquire", (PyCFunction)Mutex_acquire, METH_NOARGS,
-     "acquire() -> True\n\nBlock until held (GIL released; Ctrl-C "
+     "acquire($self, /)\n--\n\nBlock until held (GIL released; Ctrl-C "
      "interrupts). Takes over from a holder whose process died (see "
-     "owner_died). RuntimeError if this thread already holds it."},
+     "owner_died); returns True. RuntimeError if this thread already holds "
+     "it."},
     {"acquire_ns", (PyCFunction)(void (*)(void))Mutex_acquire_ns,
      METH_VARARGS | METH_KEYWORDS,
-     "acquire_ns(timeout_ns=-1, spin=16) -> bool"},
+     "acquire_ns($self, timeout_ns=-1, spin=16)\n--\n\nAcquire within "
+     "timeout_ns (negative: no limit), spinning spin times first; False "
+     "on timeout."},
     {"try_acquire", (PyCFunction)Mutex_try_acquire, METH_NOARGS,
-     "try_acquire() -> bool"},
+     "try_acquire($self, /)\n--\n\nAcquire if free; False otherwise."},
     {"release", (PyCFunction)Mutex_release, METH_NOARGS,
-     "release()\n\nRuntimeError if this process does not hold it."},
+     "release($self, /)\n--\n\nRuntimeError if this process does not hold "
+     "it."},
     {"force_release", (PyCFunction)Mutex_force_release, METH_NOARGS,
-     "force_release()\n\nRelease whoever holds it (recovery)."},
+     "force_release($self, /)\n--\n\nRelease whoever holds it (recovery)."},
     {"owner_pid", (PyCFunction)Mutex_owner_pid, METH_NOARGS,
-     "owner_pid() -> int (0: free)"},
+     "owner_pid($self, /)\n--\n\nThe holder's pid (0: free)."},
     {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
-     "last_acquired_ns() -> int (CLOCK_REALTIME)"},
-    {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
-    {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL, NULL},
+     "last_acquired_ns($self, /)\n--\n\nWhen it was last acquired "
+     "(CLOCK_REALTIME ns)."},
+    {"magic", (PyCFunction)Header_magic, METH_NOARGS,
+     "magic($self, /)\n--\n\nThe layout's magic number."},
+    {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nacquire(); returns self."},
+    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
+     "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -617,8 +633,9 @@ static PyType_Slot Mutex_slots[] = {
     {Py_tp_methods, Mutex_methods},
     {Py_tp_getset, Mutex_getset},
     {Py_tp_repr, Mutex_repr},
-    {Py_tp_doc, "Mutex(buffer, shared=True)\n\nA process-shared mutex in a "
-                "64-byte buffer, compatible with fastipc's."},
+    {Py_tp_doc,
+     "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
+     "64-byte buffer, compatible with fastipc's."},
     {0, NULL},
 };
 
@@ -700,7 +717,9 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         return sem_post(self, 1);
     }
     PyObject *nobj = nargs > 0 ? args[0] : args[nargs];
-    if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1) {
+    if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1 ||
+        (nargs == 0 && PyUnicode_CompareWithASCIIString(
+                           PyTuple_GET_ITEM(kwnames, 0), "n") != 0)) {
         PyErr_SetString(PyExc_TypeError, "post(n=1)");
         return NULL;
     }
@@ -803,6 +822,28 @@ Semaphore_last_pid(WordObject *self, PyObject *unused)
         &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
 }
 
+/* `with sem:` as threading.Semaphore: wait() with no timeout on entry
+ * (returns True), post(1) on exit. */
+static PyObject *
+Semaphore_enter(WordObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Semaphore_wait(self, NULL, 0, NULL);
+}
+
+static PyObject *
+Semaphore_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    PyObject *r = Semaphore_post1(self, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Semaphore_repr(WordObject *self)
 {
@@ -816,18 +857,27 @@ Semaphore_repr(WordObject *self)
 static PyMethodDef Semaphore_methods[] = {
     {"post", (PyCFunction)(void (*)(void))Semaphore_post,
      METH_FASTCALL | METH_KEYWORDS,
-     "post(n=1)\n\nAdd n units and wake that many waiters."},
-    {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS, "post(1)"},
+     "post($self, n=1)\n--\n\nAdd n units and wake that many waiters."},
+    {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS,
+     "post1($self, /)\n--\n\npost(1)."},
     {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
      METH_FASTCALL | METH_KEYWORDS,
-     "wait(blocking=True, timeout_ns=-1, spin=16) -> bool\n\nTake one "
-     "unit (GIL released while waiting; Ctrl-C interrupts)."},
-    {"value", (PyCFunction)Semaphore_value, METH_NOARGS, "value() -> int"},
+     "wait($self, blocking=True, timeout_ns=-1, spin=16)\n--\n\nTake one "
+     "unit; False if none came in time (GIL released while waiting; "
+     "Ctrl-C interrupts)."},
+    {"value", (PyCFunction)Semaphore_value, METH_NOARGS,
+     "value($self, /)\n--\n\nThe count."},
     {"last_pid", (PyCFunction)Semaphore_last_pid, METH_NOARGS,
-     "last_pid() -> int"},
+     "last_pid($self, /)\n--\n\nThe pid that last took a unit."},
     {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
-     "last_acquired_ns() -> int"},
-    {"magic", (PyCFunction)Header_magic, METH_NOARGS, "magic() -> int"},
+     "last_acquired_ns($self, /)\n--\n\nWhen a unit was last taken "
+     "(CLOCK_REALTIME ns)."},
+    {"magic", (PyCFunction)Header_magic, METH_NOARGS,
+     "magic($self, /)\n--\n\nThe layout's magic number."},
+    {"__enter__", (PyCFunction)Semaphore_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
+     "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -837,7 +887,7 @@ static PyType_Slot Semaphore_slots[] = {
     {Py_tp_methods, Semaphore_methods},
     {Py_tp_repr, Semaphore_repr},
     {Py_tp_doc, "Semaphore(buffer, initial=None, shared=True, "
-                "fastipc_compat=False)\n\nA process-shared counting "
+                "fastipc_compat=False)\n--\n\nA process-shared counting "
                 "semaphore in a 64-byte buffer, compatible with fastipc's."},
     {0, NULL},
 };
@@ -935,12 +985,14 @@ Event_repr(WordObject *self)
 
 static PyMethodDef Event_methods[] = {
     {"set", (PyCFunction)Event_set, METH_NOARGS,
-     "set()\n\nSet the event and wake every waiter."},
-    {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
-    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
+     "set($self, /)\n--\n\nSet the event and wake every waiter."},
+    {"clear", (PyCFunction)Event_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nClear the event."},
+    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
+     "is_set($self, /)\n--\n\nWhether the event is set."},
     {"wait", (PyCFunction)(void (*)(void))Event_wait,
      METH_VARARGS | METH_KEYWORDS,
-     "wait(timeout_ns=-1) -> bool\n\nTrue once the event is seen set "
+     "wait($self, timeout_ns=-1)\n--\n\nTrue once the event is seen set "
      "(at once if it already is), False at the timeout. Releases the GIL; "
      "Ctrl-C interrupts it."},
     {NULL, NULL, 0, NULL},
@@ -951,9 +1003,10 @@ static PyType_Slot Event_slots[] = {
     {Py_tp_dealloc, Word_dealloc},
     {Py_tp_methods, Event_methods},
     {Py_tp_repr, Event_repr},
-    {Py_tp_doc, "Event(buffer, shared=True)\n\nA manual-reset event on the "
-                "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
-                "else set: fastipc's NamedEvent word)."},
+    {Py_tp_doc,
+     "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
+     "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+     "else set: fastipc's NamedEvent word)."},
     {0, NULL},
 };
 
@@ -976,7 +1029,7 @@ int
 dkpy_sync_exec(PyObject *m)
 {
     for (size_t i = 0; i < sizeof sync_specs / sizeof sync_specs[0]; i++) {
-        PyObject *t = PyType_FromModuleAndSpec(m, &sync_specs[i], NULL);
+        PyObject *t = dkpy_type_from_spec(m, &sync_specs[i], NULL);
         if (t == NULL) {
             return -1;
         }

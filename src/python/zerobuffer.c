@@ -574,12 +574,15 @@ static PyMethodDef Reader_methods[] = {
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
-    {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS, NULL},
+    {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS,
+     "_writer_alive($self, /)\n--\n\nWhether a live writer is attached."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS,
      "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
      "readable."},
-    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Reader_exit, METH_VARARGS, NULL},
+    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nReturns self."},
+    {"__exit__", (PyCFunction)Reader_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nclose()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -607,7 +610,7 @@ static PyType_Slot Reader_slots[] = {
     {Py_tp_methods, Reader_methods},
     {Py_tp_getset, Reader_getset},
     {Py_tp_members, Reader_members},
-    {Py_tp_doc, "ZbReader(name, config=None, mode=0o600)\n\nCreates the "
+    {Py_tp_doc, "ZbReader(name, config=None, mode=0o600)\n--\n\nCreates the "
                 "buffer NAME and reads frames from it."},
     {0, NULL},
 };
@@ -768,11 +771,14 @@ Frame_repr(FrameObject *self)
 
 static PyMethodDef Frame_methods[] = {
     {"dispose", (PyCFunction)Frame_dispose, METH_NOARGS,
-     "dispose()\n\nRelease the frame's space to the writer (idempotent)."},
+     "dispose($self, /)\n--\n\nRelease the frame's space to the writer "
+     "(idempotent)."},
     {"__bytes__", (PyCFunction)Frame_bytes, METH_NOARGS,
-     "A copy of the frame's data."},
-    {"__enter__", (PyCFunction)Frame_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Frame_exit, METH_VARARGS, NULL},
+     "__bytes__($self, /)\n--\n\nA copy of the frame's data."},
+    {"__enter__", (PyCFunction)Frame_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nReturns self."},
+    {"__exit__", (PyCFunction)Frame_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\ndispose()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1315,7 +1321,8 @@ static PyMethodDef Writer_methods[] = {
      "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
      "returns its sequence number."},
     {"_acquire", (PyCFunction)Writer_acquire, METH_O,
-     "_acquire(size) -> (sequence, memoryview)"},
+     "_acquire($self, size, /)\n--\n\nget_frame_buffer(size) that also "
+     "returns the sequence: (sequence, memoryview)."},
     {"get_frame_buffer",
      (PyCFunction)(void (*)(void))Writer_get_frame_buffer_kw,
      METH_FASTCALL | METH_KEYWORDS,
@@ -1334,8 +1341,10 @@ static PyMethodDef Writer_methods[] = {
      "is alive and attached."},
     {"close", (PyCFunction)Writer_close, METH_NOARGS,
      "close($self, /)\n--\n\nDisconnect."},
-    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Writer_exit, METH_VARARGS, NULL},
+    {"__enter__", (PyCFunction)Reader_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nReturns self."},
+    {"__exit__", (PyCFunction)Writer_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nclose()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1370,7 +1379,7 @@ static PyType_Slot Writer_slots[] = {
     {Py_tp_methods, Writer_methods},
     {Py_tp_getset, Writer_getset},
     {Py_tp_members, Writer_members},
-    {Py_tp_doc, "ZbWriter(name)\n\nConnects to the buffer NAME and writes "
+    {Py_tp_doc, "ZbWriter(name)\n--\n\nConnects to the buffer NAME and writes "
                 "frames into it."},
     {0, NULL},
 };
@@ -1445,20 +1454,18 @@ static PyType_Spec Region_spec = {"dispatchkit.zerobuffer._Region",
 
 static PyMethodDef zb_functions[] = {
     {"_zb_set_exceptions", zb_set_exceptions, METH_O,
-     "Register dispatchkit.zerobuffer's exception classes."},
+     "_zb_set_exceptions($module, module, /)\n--\n\nRegister "
+     "dispatchkit.zerobuffer's exception classes."},
     {NULL, NULL, 0, NULL},
 };
 
 int
 dkpy_zerobuffer_exec(PyObject *m)
 {
-    Reader_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Reader_spec, NULL);
-    PyObject *w = PyType_FromModuleAndSpec(m, &Writer_spec, NULL);
-    Frame_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Frame_spec, NULL);
-    Region_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Region_spec, NULL);
+    Reader_type = (PyTypeObject *)dkpy_type_from_spec(m, &Reader_spec, NULL);
+    PyObject *w = dkpy_type_from_spec(m, &Writer_spec, NULL);
+    Frame_type = (PyTypeObject *)dkpy_type_from_spec(m, &Frame_spec, NULL);
+    Region_type = (PyTypeObject *)dkpy_type_from_spec(m, &Region_spec, NULL);
     if (Reader_type == NULL || w == NULL || Frame_type == NULL ||
         Region_type == NULL) {
         Py_XDECREF(w);

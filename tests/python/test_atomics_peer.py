@@ -340,3 +340,37 @@ def test_c_layout_is_native_and_shared_with_the_package():
                 with peer.atomicview(buffer=buf,
                                      atype=getattr(peer, atype)) as b:
                     assert b.load() == v
+
+
+def _message(lib, atype, op, *args):
+    obj = lib.atomic(width=4, atype=getattr(lib, atype))
+    other = lib.atomic(width=4, atype=lib.INT)
+    args = tuple(other if a is _OTHER else a for a in args)
+    with pytest.raises(Exception) as info:
+        getattr(obj, op)(*args)
+    return str(info.value)
+
+
+_OTHER = object()
+
+
+@pytest.mark.parametrize("atype,op,args", [
+    ("INT", "store", (_OTHER,)),
+    ("UINT", "fetch_add", (_OTHER,)),
+    ("INT", "cmpxchg_strong", (_OTHER, 1)),
+    ("BYTES", "store", (_OTHER,)),
+    ("BYTES", "bin_or", (_OTHER,)),
+    ("INT", "bit_test", (_OTHER,)),
+    ("INT", "load", (_OTHER,)),
+])
+def test_messages_name_an_atomic_argument_as_the_package_does(atype, op,
+                                                             args):
+    """A wrong-typed argument that is itself an atomic object: the message
+    names its type as the package's does ('AtomicInt'), not by its module
+    path. (The exception type differs on purpose: TypeError, where the
+    package raises AttributeError or compares it with an int.)"""
+    theirs = _message(peer, atype, op, *args)
+    mine = _message(ours, atype, op, *args)
+    assert "'AtomicInt'" in theirs
+    assert "AtomicInt" in mine and "dispatchkit" not in mine, mine
+    assert type(ours.atomic(width=4, atype=ours.INT)).__name__ == "AtomicInt"

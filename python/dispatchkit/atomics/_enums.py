@@ -28,7 +28,7 @@ class OpType(IntEnum):
     (its patomic table: "xchg_ops", "bitwise_ops", "binary_ops",
     "arithmetic_ops" or None)."""
 
-    def __init__(self, value):
+    def __init__(self, value: int) -> None:
         fname = self.name.lower()
         if fname.startswith("bit"):
             fname = fname[len("bit_"):]

@@ -1,18 +1,20 @@
 """The exceptions of the atomics API, with its constructor arguments,
 attributes, messages (double spaces included, so code that matches them
 keeps working) and reprs."""
+from typing import Any
 
 
 def _article(word: str) -> str:
     return "an" if word.lower()[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
-def _name(x) -> str:
-    return getattr(x, "name", str(x))
+def _name(x: object) -> str:
+    return str(getattr(x, "name", str(x)))
 
 
 class AlignmentError(Exception):
-    def __init__(self, width, address, *, using_recommended=True):
+    def __init__(self, width: int, address: int, *,
+                 using_recommended: bool = True) -> None:
         self.width = width
         self.address = address
         self.using_recommended = using_recommended
@@ -22,14 +24,15 @@ class AlignmentError(Exception):
             f"{kind} alignment requirements for atomic operations on "
             f"objects with a width of {width}.")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(width={self.width}, address="
                 f"{self.address}, using_recommended="
                 f"{self.using_recommended})")
 
 
 class MemoryOrderError(Exception):
-    def __init__(self, optype, order, *, is_fail=False):
+    def __init__(self, optype: Any, order: Any, *,
+                 is_fail: bool = False) -> None:
         self.optype = optype
         self.order = order
         self.is_fail = is_fail
@@ -38,27 +41,28 @@ class MemoryOrderError(Exception):
         super().__init__(f"{_name(order)} is not a valid {kind}memory order "
                          f"for {_article(op)} {op} operation.")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(optype=OpType.{_name(self.optype)}, "
                 f"order=MemoryOrder.{_name(self.order)}, is_fail="
                 f"{self.is_fail})")
 
 
 class UnsupportedWidthException(Exception):
-    def __init__(self, width, *, readonly=False):
+    def __init__(self, width: int, *, readonly: bool = False) -> None:
         self.width = width
         self.readonly = readonly
         ro = " readonly " if readonly else " "
         super().__init__(f"No operations are supported on{ro}objects with "
                          f"a width of {width}.")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(width={self.width}, readonly="
                 f"{self.readonly})")
 
 
 class UnsupportedOperationException(Exception):
-    def __init__(self, optype, width, *, readonly=False):
+    def __init__(self, optype: Any, width: int, *,
+                 readonly: bool = False) -> None:
         self.optype = optype
         self.width = width
         self.readonly = readonly
@@ -66,7 +70,7 @@ class UnsupportedOperationException(Exception):
         super().__init__(f"Operation {_name(optype)} is not supported on "
                          f"{ro}objects with a width of {width}.")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(optype=OpType.{_name(self.optype)}, "
                 f"width={self.width}, readonly={self.readonly})")
 

@@ -12,6 +12,7 @@ zerobuffer-ipc counterpart too.
 import argparse
 import sys
 import time
+from typing import List, Optional
 
 from . import (BufferConfig, Reader, Writer, WriterDeadException,
                ZeroBufferException)
@@ -60,14 +61,14 @@ def _send(args: argparse.Namespace) -> int:
         view = memoryview(buf)
         src = sys.stdin.buffer
         while True:
-            n = src.readinto(view)
+            n = src.readinto(view)  # type: ignore[union-attr]
             if not n:
                 break
             writer.write_frame(view[:n])
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dispatchkit.zerobuffer",
                                 description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -14,7 +14,7 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 
 class Reader(_dk.ZbReader):
-    """Reader(name, config=None, *, mode=0o600)
+    """Reader(name, config=None, mode=0o600)
 
     Creates the buffer ``name`` (shared memory ``/dev/shm/name``, the
     semaphores ``sem-w-name`` and ``sem-r-name``, the lock file

@@ -1,10 +1,15 @@
 from datetime import timedelta
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, TypeVar, Union, final
 
+from typing_extensions import disjoint_base
+
+from .exceptions import InvalidFrameSizeException as InvalidFrameSizeException
 from .types import BufferConfig
 
 Buffer = Union[bytes, bytearray, memoryview]
+_S = TypeVar("_S")
 
+@final
 class Frame:
     @property
     def data(self) -> memoryview: ...
@@ -22,8 +27,9 @@ class Frame:
 
 class Reader:
     name: str
-    def __init__(self, name: str, config: Optional[BufferConfig] = ...,
-                 mode: int = ...) -> None: ...
+    def __new__(cls: type[_S], name: str,
+                config: Optional[BufferConfig] = ..., mode: int = ...) -> _S:
+        ...
     def read_frame(self, timeout: Optional[float] = 5.0) -> Optional[Frame]:
         ...
     def release_frame(self, frame: Frame) -> None: ...
@@ -43,7 +49,7 @@ class Reader:
 class Writer:
     name: str
     write_timeout: timedelta
-    def __init__(self, name: str) -> None: ...
+    def __new__(cls: type[_S], name: str) -> _S: ...
     def set_metadata(self, data: Buffer) -> None: ...
     def write_frame(self, data: Buffer) -> int: ...
     def write_frame_zero_copy(self, data: Buffer) -> int: ...

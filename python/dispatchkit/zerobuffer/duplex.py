@@ -307,6 +307,7 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
     def _serve(self, handler: Callable[[Frame, Writer], None],
                on_init: Optional[Callable[[memoryview], None]]) -> None:
         reader = self._request_reader
+        assert reader is not None  # set by start() before this thread
         try:
             writer = self._connect_response()
             if writer is None:

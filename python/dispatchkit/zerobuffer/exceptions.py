@@ -68,7 +68,7 @@ class SequenceError(ZeroBufferException):
         self.expected = expected
         self.got = got
 
-    def __reduce__(self):
+    def __reduce__(self) -> "tuple[type, tuple[int, int]]":
         return (type(self), (self.expected, self.got))
 
 

@@ -70,7 +70,8 @@ class OIEB:
             raise ValueError(f"Invalid OIEB data size: {len(data)} < "
                              f"{cls.SIZE}")
         f = struct.unpack(cls.FORMAT, bytes(data[:cls.SIZE]))
-        return cls(f[0], ProtocolVersion(*f[1:5]), *f[5:16],
+        # mypy cannot count *f[5:16] (11 fields, none of them _reserved).
+        return cls(f[0], ProtocolVersion(*f[1:5]), *f[5:16],  # type: ignore[misc]
                    _reserved=tuple(f[16:20]))
 
     def calculate_used_bytes(self) -> int:
