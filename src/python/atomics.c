@@ -165,7 +165,7 @@ order_of(PyObject *obj, int *mo)
         *mo = DK_MO_SEQ_CST;
         return 0;
     }
-    long v = PyLong_AsLong(obj);
+    long v = dkpy_index_as_long(obj);
     if (v == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -665,7 +665,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         order_error(op, mo, false);
         return NULL;
     }
-    long index = PyLong_AsLong(a[0]);
+    long index = dkpy_index_as_long(a[0]);
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
     }

@@ -1072,7 +1072,7 @@ Workloop_activate(QueueObject *self, PyObject *unused)
 static PyObject *
 Workloop_set_autorelease_frequency(QueueObject *self, PyObject *arg)
 {
-    long freq = PyLong_AsLong(arg);
+    long freq = dkpy_index_as_long(arg);
     if (freq == -1 && PyErr_Occurred()) {
         return NULL;
     }

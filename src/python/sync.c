@@ -773,9 +773,9 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
             a[slot] = args[nargs + k];
         }
         if ((a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
-            (a[1] && (timeout_ns = PyLong_AsLongLong(a[1])) == -1 &&
+            (a[1] && (timeout_ns = dkpy_index_as_long_long(a[1])) == -1 &&
              PyErr_Occurred()) ||
-            (a[2] && (spin = (int)PyLong_AsLong(a[2])) == -1 &&
+            (a[2] && (spin = (int)dkpy_index_as_long(a[2])) == -1 &&
              PyErr_Occurred())) {
             return NULL;
         }

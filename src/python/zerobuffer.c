@@ -240,7 +240,8 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             Py_XDECREF(m);
             return NULL;
         }
-        long long mv = PyLong_AsLongLong(m), pv = PyLong_AsLongLong(p);
+        long long mv = dkpy_index_as_long_long(m),
+                  pv = dkpy_index_as_long_long(p);
         Py_DECREF(m);
         Py_DECREF(p);
         if ((mv == -1 || pv == -1) && PyErr_Occurred()) {
