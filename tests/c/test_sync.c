@@ -298,6 +298,37 @@ DK_TEST(sync_mutex_short_timeout_still_recovers)
     munmap(m, 4096);
 }
 
+DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
+{
+    /* A holder killed between its state CAS and its owner store leaves
+     * the lock held with no owner. The Python binding waits in 100 ms
+     * slices (to run signal handlers), so the one-second orphan watch
+     * must survive from one call to the next. */
+    dk_shm_mutex_t *m = shared_page();
+    CHECK_EQ(dk_shm_mutex_init(m), 0);
+    dk_atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
+    int rc = -ETIMEDOUT;
+    for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
+        rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
+    }
+    CHECK_EQ(rc, 1);
+    CHECK_EQ(m->owner_pid, (uint32_t)getpid());
+    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    /* The same when the holder died between R1 and R2: owner cleared,
+     * state not yet released, with waiters announced. */
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(100), true, 0, false), 0);
+    dk_atomic_store_release(&m->owner_pid, 0);
+    dk_atomic_store_release(&m->owner_tid, 0);
+    dk_atomic_store_release(&m->state, 2);
+    rc = -ETIMEDOUT;
+    for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
+        rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
+    }
+    CHECK_EQ(rc, 1);
+    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    munmap(m, 4096);
+}
+
 struct waiter_arg {
     dk_shm_mutex_t *m;
     int rc;
