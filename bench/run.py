@@ -68,13 +68,30 @@ def ratio_text(ours: float, value: float, unit: str) -> str:
     return f"  x{r:.2f} {'faster' if r >= 1 else 'slower'} for dispatchkit"
 
 
+def row_text(impl: str, value: Optional[float], unit: str,
+             ours: Optional[float]) -> str:
+    if value is None:  # a failed run: unit holds the reason
+        return f"  {impl:<40} {'FAILED':>14} {unit}"
+    ratio = ""
+    if ours is not None and impl != "dispatchkit":
+        ratio = ratio_text(ours, value, unit)
+    return f"  {impl:<40} {value:>14.1f} {unit}{ratio}"
+
+
 class Table:
-    """Rows of one script, printed as they arrive."""
+    """Rows of one script, printed as they arrive. A script that measures
+    several workloads in turn (p50 and p99, rate and bandwidth) gets its
+    rows grouped by workload again at its end."""
 
     def __init__(self) -> None:
-        self.ours: Dict[str, float] = {}
+        self.rows: Dict[str, List[Tuple[str, Optional[float], str]]] = {}
         self.waiting: Dict[str, List[Tuple[str, float, str]]] = {}
         self.current: Optional[str] = None
+        self.interleaved = False
+
+    def ours(self, workload: str) -> Optional[float]:
+        return next((v for i, v, _ in self.rows.get(workload, [])
+                     if i == "dispatchkit"), None)
 
     def row(self, line: str) -> None:
         parts = line.rstrip("\n").split("\t")
@@ -82,24 +99,31 @@ class Table:
             return
         workload, impl, value, unit = parts
         if workload != self.current:
+            self.interleaved |= workload in self.rows
             say(workload)
             self.current = workload
-        if value == "failed":  # unit holds the reason
-            say(f"  {impl:<40} {'FAILED':>14} {unit}")
+        v = None if value == "failed" else float(value)
+        self.rows.setdefault(workload, []).append((impl, v, unit))
+        ours = self.ours(workload)
+        say(row_text(impl, v, unit, ours))
+        if v is None:
             return
-        v = float(value)
         if impl == "dispatchkit":
-            self.ours[workload] = v
-            say(f"  {impl:<40} {v:>14.1f} {unit}")
             for peer, pv, pu in self.waiting.pop(workload, []):
                 say(f"  {'  ' + peer + ' (above)':<40} {'':>14} "
                     f"{ratio_text(v, pv, pu).strip()}")
-            return
-        ours = self.ours.get(workload)
-        if ours is None:
+        elif ours is None:
             self.waiting.setdefault(workload, []).append((impl, v, unit))
-        ratio = "" if ours is None else ratio_text(ours, v, unit)
-        say(f"  {impl:<40} {v:>14.1f} {unit}{ratio}")
+
+    def finish(self, title: str) -> None:
+        if not self.interleaved:
+            return
+        say(f"-- {title}, by workload --")
+        for workload, entries in self.rows.items():
+            say(workload)
+            ours = self.ours(workload)
+            for impl, value, unit in entries:
+                say(row_text(impl, value, unit, ours))
 
 
 def main() -> None:
@@ -126,6 +150,7 @@ def main() -> None:
         table = Table()
         for line in stream([sys.executable, str(script), scale]):
             table.row(line)
+        table.finish(script.stem)
         say(f"# {script.stem}: {time.monotonic() - t0:.0f} s")
     say(f"\n# make bench: {time.monotonic() - start:.0f} s in all")
 

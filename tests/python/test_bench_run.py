@@ -63,6 +63,24 @@ def test_table_prints_each_row_with_its_ratio(capsys):
     assert out[2] == "rate"
     assert "x2.00 faster for dispatchkit" in out[4]
     assert "FAILED" in out[5] and "it hung" in out[5]
+    table.finish("fake")  # one workload after the other: no regrouping
+    assert capsys.readouterr().out == ""
+
+
+def test_interleaved_workloads_are_grouped_at_the_end(capsys):
+    run = load_run()
+    table = run.Table()
+    for line in ["p50\tdispatchkit\t2.0\tus", "p99\tdispatchkit\t8.0\tus",
+                 "p50\tpeer\t4.0\tus", "p99\tpeer\t4.0\tus"]:
+        table.row(line)
+    streamed = capsys.readouterr().out.splitlines()
+    assert streamed[0::2] == ["p50", "p99", "p50", "p99"]
+    assert "x2.00 faster" in streamed[5] and "x0.50 slower" in streamed[7]
+    table.finish("fake")
+    grouped = capsys.readouterr().out.splitlines()
+    assert grouped[0] == "-- fake, by workload --"
+    assert [g for g in grouped if not g.startswith(" ")][1:] == ["p50", "p99"]
+    assert grouped[1:4] == ["p50", streamed[1], streamed[5]]
 
 
 def test_failed_and_hung_scripts_are_reported(tmp_path, capsys, monkeypatch):
