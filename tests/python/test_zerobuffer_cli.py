@@ -212,3 +212,24 @@ def test_recv_into_a_closed_pipe_exits_quietly(name):
         stop(send, recv)
     for path in names_of(name):
         assert not os.path.exists(path), path
+
+
+def test_an_ignored_signal_stays_ignored(name):
+    # As under nohup: SIGHUP ignored before the program starts.
+    recv = subprocess.Popen(
+        [*CLI, "recv", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        line = recv.stderr.readline().decode()
+        assert "receiving on" in line, line
+        recv.send_signal(signal.SIGHUP)
+        # Still serving after it: a line sent afterwards comes through.
+        send = subprocess.run([*CLI, "send", name], input=b"after HUP\n",
+                              capture_output=True, timeout=60)
+        assert send.returncode == 0, send.stderr
+        assert recv.wait(20) == 0, recv.stderr.read()
+        assert recv.stdout.read() == b"after HUP\n"
+    finally:
+        stop(recv)
+    for path in names_of(name):
+        assert not os.path.exists(path), path

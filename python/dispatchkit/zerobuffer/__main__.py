@@ -190,7 +190,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, _on_signal) for s in _STOP_SIGNALS}
+        for s in _STOP_SIGNALS:
+            # A signal ignored on purpose stays ignored (SIGHUP under
+            # nohup, SIGINT in a background job of a non-interactive
+            # shell).
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                previous[s] = signal.signal(s, _on_signal)
     try:
         return _recv(args) if args.cmd == "recv" else _send(args)
     except _Stopped as e:
