@@ -12,7 +12,8 @@ more. ``recv`` flushes stdout whenever no further frame is waiting.
 
 SIGINT, SIGTERM and SIGHUP end either side cleanly: ``recv`` removes the
 shared memory, both semaphores and the lock file, ``send`` tells the
-reader it has gone. The exit status is then 128 + the signal number.
+reader it has gone. The exit status is then 128 + the signal number. A
+signal ignored when the program starts (SIGHUP under nohup) stays ignored.
 Either side works with the other's zerobuffer-ipc counterpart too.
 """
 import argparse
