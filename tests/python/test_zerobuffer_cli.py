@@ -233,3 +233,18 @@ def test_an_ignored_signal_stays_ignored(name):
         stop(recv)
     for path in names_of(name):
         assert not os.path.exists(path), path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["recv", "a/b"], "InvalidBufferNameException"),
+    (["recv", "dkcli-too-big", "--payload-size", str(1 << 50)],
+     "ValueError: need 0 <= metadata_size"),
+    (["send", "dkcli-nobody-there", "--connect-timeout", "0"],
+     "ZeroBufferException"),
+])
+def test_errors_are_one_line_without_traceback(args, message):
+    r = subprocess.run([*CLI, *args], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("zerobuffer: ") and message in r.stderr
+    assert "Traceback" not in r.stderr

@@ -208,7 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
-    except ZeroBufferException as e:
+    except (ZeroBufferException, ValueError, OSError) as e:
+        # Bad sizes, names, permissions: one line, no traceback.
         print(f"zerobuffer: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     finally:
