@@ -94,6 +94,10 @@ main(int argc, char **argv)
     int scale = argc > 1 ? atoi(argv[1]) : 1;
     const int n = 1000000 / scale;
 
+    /* One line per figure, out as soon as it is measured, even into the
+     * pipe of bench/run.py (stdio would hold it until exit). */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
     /* serial_async: n async then one sync (the sync waits for all). */
     dispatch_queue_t q = dispatch_queue_create("bench.serial", NULL);
     dispatch_sync_f(q, NULL, noop); /* warm up the pool */

@@ -6,6 +6,7 @@ plus futex synchronisation (dispatchkit.sync), atomics on buffers
 Code written for cygcd runs unchanged with ``import dispatchkit as cygcd``.
 """
 import atexit as _atexit
+import logging as _logging
 
 from dispatchkit._dk import (  # noqa: F401
     Queue,
@@ -61,5 +62,10 @@ from dispatchkit import _dk
 
 # Pending callbacks must not enter Python while it finalizes.
 _atexit.register(_dk._shutdown)
+
+# The library logs (dead holders taken over, stale names reclaimed, duplex
+# servers stopping) under "dispatchkit"; silent until the application
+# configures logging, as the logging HOWTO asks of libraries.
+_logging.getLogger("dispatchkit").addHandler(_logging.NullHandler())
 
 from dispatchkit._version import __version__  # noqa: E402

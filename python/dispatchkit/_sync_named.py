@@ -38,6 +38,7 @@ What we do beyond fastipc, and why:
 import atexit
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import random
@@ -65,6 +66,8 @@ SEMAPHORE_PREFIX = "__pyfastipc_sema_"
 _MUTEX_MAGIC = 0x4D555458
 _NAME_MAX = 255
 _PIDS_SUFFIX = ".pids"
+
+_log = logging.getLogger("dispatchkit.sync")
 
 
 class NoShmFoundError(FileNotFoundError):
@@ -415,6 +418,8 @@ class GuardedSharedMemory:
                     return False
                 created = True
                 self.reclaimed = True
+                _log.info("shared memory %r reclaimed: every process that "
+                          "used it had died", self._name)
                 st = os.fstat(fd)
             if st.st_size < size:
                 return False  # a creator has not sized it yet, or too small
@@ -672,15 +677,30 @@ class NamedMutex(_Named):
         del magic
         self._prim = _Mutex(header, shared=True)
 
+    def _took_over(self) -> None:
+        # Logged here, where the Python layer sees it; owner_died tells
+        # the caller, who must check the data the dead holder left.
+        if self._prim.owner_died:
+            _log.warning("NamedMutex %r taken over from a holder whose "
+                         "process died holding it", self._name)
+
     def acquire(self) -> bool:
         """Block until held (Ctrl-C interrupts). True."""
-        return self._prim.acquire()
+        got = self._prim.acquire()
+        self._took_over()
+        return got
 
     def acquire_ns(self, timeout_ns: int = -1, spin: int = 16) -> bool:
-        return bool(self._prim.acquire_ns(timeout_ns, spin))
+        got = bool(self._prim.acquire_ns(timeout_ns, spin))
+        if got:
+            self._took_over()
+        return got
 
     def try_acquire(self) -> bool:
-        return self._prim.try_acquire()
+        got = bool(self._prim.try_acquire())
+        if got:
+            self._took_over()
+        return got
 
     def release(self) -> None:
         """RuntimeError if the caller does not hold it."""
@@ -716,6 +736,7 @@ class NamedMutex(_Named):
 
     def __enter__(self) -> "NamedMutex":
         self._prim.acquire()
+        self._took_over()
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]],

@@ -162,6 +162,44 @@ module_exec(PyObject *m)
     return 0;
 }
 
+/* _write_unraisable(exc, obj): hand exc to sys.unraisablehook as an error
+ * raised in obj that nobody can catch ("Exception ignored in: obj", then
+ * the traceback), as CPython reports errors in __del__ or in callbacks.
+ * The Python layer reports its background threads' errors this way (a
+ * duplex server's handler) when no error handler is set; Python code has
+ * no public way to build the hook's argument itself. */
+static PyObject *
+write_unraisable(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_write_unraisable() takes exactly 2 arguments");
+        return NULL;
+    }
+    PyObject *exc = args[0];
+    if (!PyExceptionInstance_Check(exc)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_write_unraisable() needs an exception instance");
+        return NULL;
+    }
+    PyObject *type = (PyObject *)Py_TYPE(exc);
+    Py_INCREF(type);
+    Py_INCREF(exc);
+    /* PyErr_Restore steals all three; the traceback is a new reference. */
+    PyErr_Restore(type, exc, PyException_GetTraceback(exc));
+    PyErr_WriteUnraisable(args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_functions[] = {
+    {"_write_unraisable", (PyCFunction)(void (*)(void))write_unraisable,
+     METH_FASTCALL,
+     "_write_unraisable($module, exc, obj, /)\n--\n\n"
+     "Report exc to sys.unraisablehook as raised in obj."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
     {0, NULL},
@@ -172,6 +210,7 @@ static struct PyModuleDef module_def = {
     .m_name = "dispatchkit._dk",
     .m_doc = "dispatchkit's C extension: one module for every subsystem.",
     .m_size = 0,
+    .m_methods = module_functions,
     .m_slots = module_slots,
 };
 

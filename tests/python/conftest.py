@@ -45,3 +45,16 @@ def _park_pool_before_fork():
         if ext._pool_quiescent():
             return
         time.sleep(0.001)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Expected failures explain themselves in every run, whatever addopts
+    the caller passes (make test overrides them): the summary lists each
+    xfail and xpass with its reason, as -rxX would."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    for char in "xX":
+        if char not in reporter.reportchars:
+            reporter.reportchars += char

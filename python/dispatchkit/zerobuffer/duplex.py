@@ -6,18 +6,48 @@ implementation talks to a server of the other.
 Correlation is by sequence number: the server answers each request with
 exactly one response, in order, so the n-th response carries the n-th
 request's sequence.
+
+Errors never vanish: an exception raised by a server's handler (or
+on_init, or the server loop itself) goes to every error handler added
+with ``add_error_handler``, or, when there is none, to
+``sys.unraisablehook`` (by default printed to stderr with its traceback),
+as CPython does with any error nobody can catch. An error handler that
+raises goes to ``sys.unraisablehook`` too. A client that leaves or dies is
+no error: error handlers hear of it (as with zerobuffer-ipc), and the
+``dispatchkit.zerobuffer`` logger logs every server stop with its reason.
 """
+import atexit
+import logging
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, List, Optional, Tuple
 
+from dispatchkit import _dk
+
 from .core import Frame, Reader, Writer
 from .exceptions import (ReaderDeadException, WriterDeadException,
                          ZeroBufferException)
 from .types import BufferConfig
+
+_log = logging.getLogger("dispatchkit.zerobuffer")
+
+# Servers and clients still open at interpreter exit. A running server's
+# thread keeps it alive for ever (it is a daemon thread), so without this
+# its buffers, and its client's, would stay in /dev/shm after exit.
+_open_servers: "weakref.WeakSet[ImmutableDuplexServer]" = weakref.WeakSet()
+_open_clients: "weakref.WeakSet[DuplexClient]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for server in list(_open_servers):
+        server.stop()
+    for client in list(_open_clients):
+        client.close()
 
 # The client's response buffer, as every peer sizes it.
 RESPONSE_CONFIG = BufferConfig(metadata_size=4096,
@@ -153,6 +183,7 @@ class DuplexClient(IDuplexClient):
         except BaseException:
             self._response_reader.close()
             raise
+        _open_clients.add(self)
 
     def _check(self) -> None:
         if self._closed:
@@ -212,6 +243,7 @@ class DuplexClient(IDuplexClient):
             self._closed = True
             self._request_writer.close()
             self._response_reader.close()
+        _open_clients.discard(self)
 
     def __enter__(self) -> "DuplexClient":
         return self
@@ -259,14 +291,22 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
             if handler in self._error_handlers:
                 self._error_handlers.remove(handler)
 
-    def _report(self, exc: Exception) -> None:
+    def _report(self, exc: Exception, departure: bool = False) -> None:
+        """Hand exc to the error handlers; with none, to
+        sys.unraisablehook, unless it only says that the client left
+        (departure), which the stop's log line records."""
         with self._lock:
             handlers = list(self._error_handlers)
+        if not handlers:
+            if not departure:
+                _dk._write_unraisable(exc, self)
+            return
+        args = ErrorEventArgs(exc)
         for h in handlers:
             try:
-                h(ErrorEventArgs(exc))
-            except Exception:
-                pass
+                h(args)
+            except Exception as e:
+                _dk._write_unraisable(e, h)
 
     def start(self, handler: Callable[[Frame, Writer], None],
               on_init: Optional[Callable[[memoryview], None]] = None,
@@ -275,6 +315,12 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
         with self._lock:
             if self._running:
                 raise ZeroBufferException("Server is already running")
+            if isinstance(on_init, ProcessingMode):
+                # The seed's sample (and zerobuffer-ipc's DUPLEX_CHANNEL.md)
+                # pass the mode second: take it as the mode it is.
+                on_init, mode = None, on_init
+            if on_init is not None and not callable(on_init):
+                raise TypeError("on_init must be callable or None")
             if mode == ProcessingMode.THREAD_POOL:
                 raise NotImplementedError(
                     "THREAD_POOL mode is not yet implemented")
@@ -288,6 +334,7 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
                                           self._config)
             self._stop.clear()
             self._running = True
+            _open_servers.add(self)
             self._thread = threading.Thread(
                 target=self._serve, args=(handler, on_init),
                 name=f"zerobuffer-server-{self._channel_name}", daemon=True)
@@ -308,6 +355,7 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
                on_init: Optional[Callable[[memoryview], None]]) -> None:
         reader = self._request_reader
         assert reader is not None  # set by start() before this thread
+        why = "stop() was called"
         try:
             writer = self._connect_response()
             if writer is None:
@@ -333,15 +381,19 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
                     with frame:
                         handler(frame, writer)
                 except (ReaderDeadException, WriterDeadException) as e:
-                    self._report(e)
+                    why = f"the client left or died ({type(e).__name__})"
+                    self._report(e, departure=True)
                     break
                 except Exception as e:
                     self._report(e)
         except Exception as e:
+            why = f"{type(e).__name__}: {e}"
             self._report(e)
         finally:
             self._running = False
             self._cleanup()
+            _log.info("duplex server %r stopped: %s", self._channel_name,
+                      why)
 
     def _cleanup(self) -> None:
         w, self._response_writer = self._response_writer, None
@@ -360,6 +412,12 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
         self._thread = None
         self._running = False
         self._cleanup()
+        _open_servers.discard(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return (f"<{type(self).__name__} {self._channel_name!r} "
+                f"{state}>")
 
     def __enter__(self) -> "ImmutableDuplexServer":
         return self
