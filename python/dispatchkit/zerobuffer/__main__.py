@@ -52,10 +52,11 @@ def _read_some(src: BinaryIO, view: memoryview) -> int:
     """Read what stdin has now (at least one byte, at most len(view)),
     waiting only while it has nothing: one read system call, not a loop
     that fills the buffer."""
-    readinto1 = getattr(src, "readinto1", None)
-    if readinto1 is not None:
-        return readinto1(view) or 0
-    return src.readinto(view) or 0  # a raw stream reads once anyway
+    read = getattr(src, "readinto1", None)
+    if read is None:
+        read = getattr(src, "readinto")  # a raw stream reads once anyway
+    n: Optional[int] = read(view)
+    return n or 0
 
 
 def _recv(args: argparse.Namespace) -> int:
