@@ -21,6 +21,7 @@
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
+#include "python/futures.h"
 #include "python/gil.h"
 
 typedef struct {
@@ -404,6 +405,16 @@ static PyObject *
 Queue_barrier_async(QueueObject *self, PyObject *func)
 {
     return submit(self, func, true);
+}
+
+/* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future (futures.c);
+ * a workloop also takes qos=. */
+static PyObject *
+Queue_submit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    return dkpy_queue_submit(self->q, dk_queue_is_workloop(self->q), args,
+                             nargs, kwnames);
 }
 
 /* A synchronous call that could not run inline: shared between the
@@ -842,6 +853,10 @@ static PyMethodDef Queue_methods[] = {
      "(dispatchkit.main, drain_main_queue)."},
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
      "run_async(func)\n\nSubmit func for asynchronous execution."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
      "run_sync(func)\n\nRun func on the queue and wait; re-raises its "
      "exception."},
@@ -1087,6 +1102,11 @@ static PyMethodDef Workloop_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "run_async(func, qos=QOS_CLASS_DEFAULT)\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, qos=QOS_CLASS_DEFAULT, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the workloop at qos; a "
+     "concurrent.futures.Future."},
     {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
      METH_VARARGS | METH_KEYWORDS,
      "run_sync(func, qos=QOS_CLASS_DEFAULT)\n\nRun func on the workloop and "

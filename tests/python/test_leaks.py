@@ -395,6 +395,56 @@ CASES.update({
 })
 
 
+# ---- executor, futures (test_executor.py has the behaviour) ----------
+
+EX = dk.Executor()
+EX1 = dk.Executor(max_workers=1)
+
+
+def executor_cycle():
+    EX.submit(noop).result()
+    EX1.submit(noop).result()
+    try:
+        EX.submit(boom).result()
+    except ValueError:
+        pass
+    list(EX.map(abs, (1, -2)))
+
+
+def executor_errors_cycle():
+    for bad in (lambda: EX.submit(42), lambda: EX.map(None, [1]),
+                lambda: dk.Executor(0)):
+        try:
+            bad()
+        except (TypeError, ValueError):
+            pass
+    closed = dk.Executor()
+    closed.shutdown()
+    try:
+        closed.submit(noop)
+    except RuntimeError:
+        pass
+
+
+def executor_cancel_cycle():
+    gate = dk.Semaphore(0)
+    e = dk.Executor(max_workers=1)
+    first = e.submit(gate.wait, 10)
+    second = e.submit(noop)
+    second.cancel()
+    gate.signal()
+    first.result()
+    e.shutdown(cancel_futures=True)
+
+
+CASES.update({
+    "executor": (executor_cycle, None),
+    "executor_errors": (executor_errors_cycle, None),
+    "executor_cancel": (executor_cancel_cycle, None, 2000),
+    "queue_submit": (lambda: Q.submit(noop).result(), None),
+})
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_no_leak(name, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))

@@ -1,0 +1,20 @@
+/*
+ * Futures over dispatch queues (futures.c): Queue.submit for the dispatch
+ * binding, and the exec function that adds _ExecutorCore and _LoopWaker.
+ */
+#ifndef DK_SRC_PYTHON_FUTURES_H
+#define DK_SRC_PYTHON_FUTURES_H
+
+#include "python/binding.h"
+
+struct dk_queue_s;
+
+/* Queue.submit(fn, /, *args, **kwargs) in fastcall form; a workloop also
+ * takes qos= (consumed, not passed to fn). A concurrent.futures.Future. */
+PyObject *dkpy_queue_submit(struct dk_queue_s *q, bool workloop,
+                            PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames);
+
+int dkpy_futures_exec(PyObject *m);
+
+#endif /* DK_SRC_PYTHON_FUTURES_H */
