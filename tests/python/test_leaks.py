@@ -437,7 +437,45 @@ def executor_cancel_cycle():
     e.shutdown(cancel_futures=True)
 
 
+import asyncio  # noqa: E402
+
+from dispatchkit import asyncio as dkio  # noqa: E402
+
+LOOP = asyncio.new_event_loop()
+
+
+async def _aio_body():
+    await dkio.run(C, noop)
+    try:
+        await dkio.run(C, boom)
+    except ValueError:
+        pass
+    t = asyncio.ensure_future(dkio.run(Q, noop))
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    try:
+        dkio.run(C, 42)
+    except TypeError:
+        pass
+
+
+def aio_cycle():
+    LOOP.run_until_complete(_aio_body())
+
+
+def aio_no_loop_cycle():
+    try:
+        dkio.run(C, noop)
+    except RuntimeError:
+        pass
+
+
 CASES.update({
+    "aio_run": (aio_cycle, drain, 2000),
+    "aio_no_loop": (aio_no_loop_cycle, None),
     "executor": (executor_cycle, None),
     "executor_errors": (executor_errors_cycle, None),
     "executor_cancel": (executor_cancel_cycle, None, 2000),
