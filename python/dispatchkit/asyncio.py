@@ -33,12 +33,14 @@ with ``loop.run_in_executor`` and ``loop.set_default_executor``.
 from __future__ import annotations
 
 import asyncio as _asyncio
+import time as _time
 import weakref as _weakref
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, AsyncIterator, Callable, Optional, TypeVar
+from contextlib import asynccontextmanager as _asynccontextmanager
 
 from dispatchkit import _dk
 
-__all__ = ["run"]
+__all__ = ["run", "wait", "acquire", "locked"]
 
 _T = TypeVar("_T")
 
@@ -69,6 +71,15 @@ def _waker_for(loop: Any) -> Any:
     return w
 
 
+def _running_loop(what: str) -> Any:
+    try:
+        return _get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"dispatchkit.asyncio.{what}() needs a running event loop: "
+            "call it from a coroutine or a callback of the loop") from None
+
+
 def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
         **kwargs: Any) -> "_asyncio.Future[_T]":
     """Run ``fn(*args, **kwargs)`` on ``queue``; an awaitable of its result.
@@ -76,12 +87,7 @@ def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
     Raises RuntimeError when no event loop is running in this thread,
     TypeError for a non-callable ``fn`` or a ``queue`` that is not a Queue.
     """
-    try:
-        loop = _get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "dispatchkit.asyncio.run() needs a running event loop: call "
-            "it from a coroutine or a callback of the loop") from None
+    loop = _running_loop("run")
     fut = loop.create_future()
     w = _waker_for(loop)
     if kwargs:
@@ -95,3 +101,110 @@ def _waker_fd(loop: Optional[Any] = None) -> int:
     """The eventfd of `loop`'s waker (the running loop by default); tests
     use it to check that one fd serves every call."""
     return _waker_for(loop or _get_running_loop()).fileno()
+
+
+# ---- awaitable waits ---------------------------------------------------
+
+# A mutex waiter asks whether the holder's process still lives after each
+# quiet slice of this length, as the blocking acquire does.
+_MUTEX_SLICE_NS = 50_000_000
+
+
+def _primitive(obj: Any) -> Any:
+    """The object the C layer waits on: Named* wrap a primitive."""
+    from dispatchkit import _sync_named
+    if isinstance(obj, (_sync_named.NamedEvent, _sync_named.NamedMutex,
+                        _sync_named.NamedSemaphore)):
+        prim = getattr(obj, "_prim", None)
+        if prim is None:
+            raise ValueError(f"{type(obj).__name__} is closed")
+        return prim
+    return obj
+
+
+def _deadline(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return -1
+    if timeout != timeout:  # NaN
+        raise ValueError("timeout must not be NaN")
+    if timeout < 0:
+        return -1
+    return _time.monotonic_ns() + int(timeout * 1e9)
+
+
+async def wait(obj: Any, timeout: Optional[float] = None) -> bool:
+    """Wait on `obj` without blocking the loop and with no thread parked.
+
+    - dispatchkit.Group: until its count is zero;
+    - dispatchkit.Semaphore, dispatchkit.sync.Semaphore, NamedSemaphore:
+      take one unit;
+    - dispatchkit.sync.Mutex, NamedMutex: acquire it (owned by the loop's
+      thread; release it from there);
+    - dispatchkit.sync.Event, NamedEvent: until it is set.
+
+    True when done, False once `timeout` seconds have passed (None or
+    negative: no limit). Cancelling the awaiting task leaves the primitive
+    as it was: no unit taken, no lock held, no waiter left counted. Waits
+    on shared memory are woken by posts and sets from other processes
+    (dispatchkit's or fastipc's).
+    """
+    loop = _running_loop("wait")
+    target = _primitive(obj)
+    waiter = _dk._AioWait(_waker_for(loop), target)
+    deadline = _deadline(timeout)
+    is_mutex = isinstance(target, _dk.SyncMutex)
+    if deadline >= 0 and timeout == 0:
+        return waiter.step(None, 0, True) >= 0
+    check_owner = False
+    try:
+        while True:
+            fut = loop.create_future()
+            until = deadline
+            if is_mutex:
+                end = _time.monotonic_ns() + _MUTEX_SLICE_NS
+                until = end if until < 0 else min(until, end)
+            if waiter.step(fut, until, check_owner) >= 0:
+                return True
+            if await fut:
+                check_owner = False
+                continue
+            if deadline >= 0 and _time.monotonic_ns() >= deadline:
+                return waiter.step(None, 0, True) >= 0
+            check_owner = True  # a quiet slice: does the holder live?
+    except BaseException:
+        waiter.abandon()
+        raise
+
+
+acquire = wait
+
+
+def _release(obj: Any) -> None:
+    if isinstance(obj, _dk.Semaphore):
+        obj.signal()
+    elif hasattr(obj, "release"):
+        obj.release()
+    else:
+        obj.post(1)
+
+
+@_asynccontextmanager
+async def locked(obj: Any, timeout: Optional[float] = None
+                 ) -> AsyncIterator[Any]:
+    """``async with dkio.locked(lock):`` acquire (as wait) and release.
+
+    For dispatchkit.sync.Mutex, NamedMutex, dispatchkit.sync.Semaphore,
+    NamedSemaphore and dispatchkit.Semaphore. Raises TimeoutError when
+    `timeout` passes first; the lock is released on the way out even when
+    the body raises or is cancelled.
+    """
+    target = _primitive(obj)
+    if isinstance(target, (_dk.Group, _dk.SyncEvent)):
+        raise TypeError(f"{type(obj).__name__} is not a lock")
+    if not await wait(obj, timeout):
+        raise TimeoutError(f"could not acquire {type(obj).__name__} within "
+                           f"{timeout} s")
+    try:
+        yield obj
+    finally:
+        _release(obj)

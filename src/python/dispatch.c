@@ -1819,6 +1819,24 @@ dk_py_shutdown(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* For futures.c (awaitable waits): the core object behind a dispatch
+ * Semaphore (kind 3) or Group (kind 4); 0, or -1 if obj is neither. */
+int
+dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr)
+{
+    if (PyObject_TypeCheck(obj, the_state->semaphore_type)) {
+        *kind = 3;
+        *ptr = ((SemaphoreObject *)obj)->s;
+        return 0;
+    }
+    if (PyObject_TypeCheck(obj, the_state->group_type)) {
+        *kind = 4;
+        *ptr = ((GroupObject *)obj)->g;
+        return 0;
+    }
+    return -1;
+}
+
 static PyMethodDef dispatch_functions[] = {
     {"apply", (PyCFunction)(void (*)(void))dk_py_apply,
      METH_VARARGS | METH_KEYWORDS,

@@ -54,10 +54,15 @@
 
 #include "dk/group.h"
 #include "dk/queue.h"
+#include "dk/futex.h"
+#include "dk/mutex.h"
+#include "dk/event.h"
+#include "dk/sem.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
 #include "python/futures.h"
 #include "python/gil.h"
+#include "watch.h"
 
 /* ---- names and the Future type ------------------------------------- */
 
@@ -1101,6 +1106,287 @@ static PyType_Spec Waker_spec = {
     .slots = Waker_slots,
 };
 
+/* ---- awaitable waits: _AioWait ----------------------------------------
+ *
+ * One wait of one coroutine on one primitive. step() runs the primitive's
+ * protocol without blocking (watch.h); when it must wait it registers a
+ * watch whose firing resolves the given asyncio future, through the loop's
+ * waker, with True (look again) or False (this slice's deadline). The
+ * coroutine (dispatchkit/asyncio.py) loops on step() until done, and calls
+ * abandon() when it gives up (timeout, cancellation), which unregisters
+ * the watch and undoes what the protocol announced, so the primitive is
+ * left as if this waiter had never come.
+ *
+ * The registered watch holds a reference to the object, so the object
+ * (and through it the primitive's memory) outlives the watcher's use.
+ * Registration and abandon run with the GIL; the firing callback takes
+ * the GIL before it touches the object, so the two are serialised. */
+
+enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP };
+
+typedef struct {
+    PyObject_HEAD
+    dk__watch_t watch;
+    WakerObject *waker;
+    PyObject *target;
+    PyObject *fut; /* the future of the registered watch */
+    void *addr;
+    bool shared;
+    bool *owner_died;
+    int kind;
+    bool registered;
+    bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
+    bool watched;   /* registered at least once (wakes to pass on) */
+    uint64_t orphan_since;
+} WaitObject;
+
+static PyTypeObject *wait_type;
+
+static void
+wait_fired(dk__watch_t *w, int rc)
+{
+    WaitObject *self =
+        (WaitObject *)((char *)w - offsetof(WaitObject, watch));
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return; /* finalizing */
+    }
+    self->registered = false;
+    PyObject *fut = self->fut;
+    self->fut = NULL;
+    item_t *it = PyMem_Calloc(1, sizeof *it);
+    if (it == NULL) {
+        Py_XDECREF(fut);
+    } else {
+        it->future = fut;
+        it->value = Py_NewRef(rc == 0 ? Py_True : Py_False);
+        it->waker = (WakerObject *)Py_NewRef((PyObject *)self->waker);
+        waker_post(it);
+    }
+    Py_DECREF((PyObject *)self); /* the registration's reference */
+    dkpy_leave(&g);
+}
+
+static PyObject *
+Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *waker, *target;
+    if (!PyArg_ParseTuple(args, "OO:_AioWait", &waker, &target) ||
+        (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "_AioWait(waker, target)");
+        }
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(waker, Py_TYPE(waker)) ||
+        strcmp(Py_TYPE(waker)->tp_name, "dispatchkit._dk._LoopWaker") != 0) {
+        PyErr_SetString(PyExc_TypeError, "waker must be a _LoopWaker");
+        return NULL;
+    }
+    int kind;
+    void *addr;
+    bool shared = false, *owner_died = NULL;
+    if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) < 0 &&
+        dkpy_dispatch_target(target, &kind, &addr) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "cannot wait on %.100s: expected a dispatchkit Group "
+                     "or Semaphore, or a dispatchkit.sync Mutex, "
+                     "Semaphore, Event or Named*",
+                     Py_TYPE(target)->tp_name);
+        return NULL;
+    }
+    WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->waker = (WakerObject *)Py_NewRef(waker);
+    self->target = Py_NewRef(target);
+    self->addr = addr;
+    self->shared = shared;
+    self->owner_died = owner_died;
+    self->kind = kind;
+    return (PyObject *)self;
+}
+
+static void
+Wait_dealloc(WaitObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    /* Never registered here: the registration holds a reference. */
+    Py_CLEAR(self->fut);
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->waker);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* Undo the announcement a previous step left, before stepping again or
+ * on giving up (K_DSEM's is undone by abandon only). */
+static void
+unannounce(WaitObject *self)
+{
+    if (!self->announced) {
+        return;
+    }
+    if (self->kind == K_SEM) {
+        dk__shm_semaphore_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_GROUP) {
+        dk__group_unannounce(self->addr);
+        self->announced = false;
+    }
+}
+
+/* step(future, deadline_ns, check_owner): 0 done, 1 done (a Mutex taken
+ * over from a dead owner), or -EAGAIN: a watch now resolves `future` (or,
+ * when future is None, nothing is registered and nothing left
+ * announced). deadline_ns: absolute CLOCK_MONOTONIC, negative for none. */
+static PyObject *
+Wait_step(WaitObject *self, PyObject *args)
+{
+    PyObject *fut;
+    long long deadline_ns;
+    int check_owner;
+    if (!PyArg_ParseTuple(args, "OLp:step", &fut, &deadline_ns,
+                          &check_owner)) {
+        return NULL;
+    }
+    if (self->registered) {
+        PyErr_SetString(PyExc_RuntimeError, "step() while still watching");
+        return NULL;
+    }
+    uint32_t *word = NULL;
+    uint32_t busy = 0;
+    int rc;
+    unannounce(self);
+    switch (self->kind) {
+    case K_MUTEX:
+        rc = dk__shm_mutex_lock_step(self->addr, check_owner,
+                                     &self->orphan_since, &word, &busy);
+        if (rc >= 0 && self->owner_died != NULL) {
+            *self->owner_died = rc == 1;
+        }
+        break;
+    case K_SEM:
+        rc = dk__shm_semaphore_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    case K_EVENT:
+        rc = dk__shm_event_wait_step(self->addr, &word, &busy);
+        break;
+    case K_DSEM:
+        if (!self->announced) {
+            rc = dk__semaphore_wait_begin(self->addr, &word, &busy);
+            self->announced = rc == -EAGAIN;
+        } else {
+            /* Counted as a waiter already: only a token ends the wait. */
+            rc = dk__semaphore_take_token(self->addr, &word, &busy);
+            self->announced = rc == -EAGAIN;
+        }
+        break;
+    default: /* K_GROUP */
+        rc = dk__group_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    }
+    if (rc != -EAGAIN) {
+        return PyLong_FromLong(rc);
+    }
+    if (fut == Py_None) {
+        if (self->kind == K_DSEM) {
+            dk__semaphore_wait_abandon(self->addr);
+            self->announced = false;
+        } else {
+            unannounce(self);
+        }
+        return PyLong_FromLong(rc);
+    }
+    self->watch.word = word;
+    self->watch.busy = busy;
+    self->watch.shared = self->shared;
+    self->watch.deadline =
+        deadline_ns < 0 ? UINT64_MAX : (uint64_t)deadline_ns;
+    self->watch.fn = wait_fired;
+    Py_XSETREF(self->fut, Py_NewRef(fut));
+    Py_INCREF(self); /* the registration's reference */
+    self->registered = true;
+    self->watched = true;
+    int arc = dk__watch_add(&self->watch);
+    if (arc < 0) {
+        self->registered = false;
+        Py_CLEAR(self->fut);
+        Py_DECREF(self);
+        return dkpy_raise_errno(arc);
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* abandon(): stop waiting; the primitive is left as if we never came. */
+static PyObject *
+Wait_abandon(WaitObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->registered && dk__watch_cancel(&self->watch)) {
+        self->registered = false;
+        Py_CLEAR(self->fut);
+        Py_DECREF(self); /* the registration's; the caller holds one */
+    }
+    if (self->kind == K_DSEM) {
+        if (self->announced) {
+            self->announced = false;
+            Py_BEGIN_ALLOW_THREADS
+            dk__semaphore_wait_abandon(self->addr);
+            Py_END_ALLOW_THREADS
+        }
+    } else {
+        unannounce(self);
+    }
+    if (self->watched && (self->kind == K_MUTEX || self->kind == K_SEM)) {
+        /* Our watcher may have taken the wake-up meant for one waiter:
+         * pass it on (a spurious wake-up at worst). */
+        uint32_t *word = self->kind == K_MUTEX
+                             ? &((dk_shm_mutex_t *)self->addr)->state
+                             : &((dk_shm_semaphore_t *)self->addr)->count;
+        dk_futex_wake(word, 1, self->shared);
+    }
+    self->watched = false;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Wait_methods[] = {
+    {"step", (PyCFunction)Wait_step, METH_VARARGS,
+     "step($self, future, deadline_ns, check_owner, /)\n--\n\n"
+     "One non-blocking step: 0/1 done, or -EAGAIN with future watched."},
+    {"abandon", (PyCFunction)Wait_abandon, METH_NOARGS,
+     "abandon($self, /)\n--\n\n"
+     "Give up: unwatch and undo this waiter's announcement."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Wait_slots[] = {
+    {Py_tp_new, Wait_new},
+    {Py_tp_dealloc, Wait_dealloc},
+    {Py_tp_methods, Wait_methods},
+    {Py_tp_doc, "One coroutine's wait on one primitive, through the futex "
+                "watcher (dispatchkit.asyncio)."},
+    {0, NULL},
+};
+
+static PyType_Spec Wait_spec = {
+    .name = "dispatchkit._dk._AioWait",
+    .basicsize = sizeof(WaitObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Wait_slots,
+};
+
+static PyObject *
+futures_uses_waitv(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(dk__watch_uses_waitv());
+}
+
 /* ---- module --------------------------------------------------------- */
 
 static PyMethodDef futures_functions[] = {
@@ -1108,6 +1394,9 @@ static PyMethodDef futures_functions[] = {
      "_futures_init(future_type, RUNNING, FINISHED, CANCELLED, "
      "CANCELLED_AND_NOTIFIED, /)\n--\n\n"
      "Register dispatchkit._executor.Future and the stdlib's states."},
+    {"_uses_futex_waitv", futures_uses_waitv, METH_NOARGS,
+     "_uses_futex_waitv()\n--\n\n"
+     "True when awaitable waits sleep in futex_waitv (Linux 5.16+)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1127,5 +1416,11 @@ dkpy_futures_exec(PyObject *m)
         Py_XDECREF(t);
         return -1;
     }
+    t = PyType_FromSpec(&Wait_spec);
+    if (t == NULL || PyModule_AddObject(m, "_AioWait", t) < 0) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    wait_type = (PyTypeObject *)t;
     return PyModule_AddFunctions(m, futures_functions);
 }

@@ -17,4 +17,10 @@ PyObject *dkpy_queue_submit(struct dk_queue_s *q, bool workloop,
 
 int dkpy_futures_exec(PyObject *m);
 
+/* The objects an awaitable wait accepts (see futures.c): defined beside
+ * their types in sync.c and dispatch.c. 0, or -1 for another object. */
+int dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
+                     bool **owner_died);
+int dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr);
+
 #endif /* DK_SRC_PYTHON_FUTURES_H */
