@@ -473,7 +473,37 @@ def aio_no_loop_cycle():
         pass
 
 
+AIO_MEM = mmap.mmap(-1, 4096)
+AIO_SEM = sync.Semaphore(memoryview(AIO_MEM)[:64], initial=0)
+AIO_MUTEX = sync.Mutex(memoryview(AIO_MEM)[64:128])
+AIO_DSEM = dk.Semaphore(0)
+
+
+async def _aio_wait_body():
+    AIO_SEM.post(1)
+    await dkio.wait(AIO_SEM, 1)
+    await dkio.wait(AIO_SEM, 0.0001)  # times out
+    t = asyncio.ensure_future(dkio.wait(AIO_DSEM))
+    await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    async with dkio.locked(AIO_MUTEX):
+        pass
+    try:
+        await dkio.wait(object())
+    except TypeError:
+        pass
+
+
+def aio_wait_cycle():
+    LOOP.run_until_complete(_aio_wait_body())
+
+
 CASES.update({
+    "aio_wait": (aio_wait_cycle, None, 1000),
     "aio_run": (aio_cycle, drain, 2000),
     "aio_no_loop": (aio_no_loop_cycle, None),
     "executor": (executor_cycle, None),
