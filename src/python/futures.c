@@ -49,6 +49,7 @@
 #include "python/binding.h"
 
 #include <errno.h>
+#include <pthread.h>
 
 #include <structmember.h>
 
@@ -162,12 +163,20 @@ struct ExecutorObject {
     int shutdown;
 };
 
+struct WaitObject;
+
 struct WakerObject {
     PyObject_HEAD
     int fd;
-    item_t *head, *tail; /* finished, not yet resolved */
+    item_t *head, *tail; /* finished, not yet resolved (the GIL) */
+    /* Fired waits, pushed by the watcher thread without the GIL. */
+    pthread_mutex_t fired_lock;
+    struct WaitObject *fired;
     PyObject *weakreflist;
 };
+
+static long drain_fired(WakerObject *w);
+static void clear_fired(WakerObject *w);
 
 static void run_item(void *ctx);
 
@@ -908,16 +917,16 @@ Waker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->fd = fd;
+    pthread_mutex_init(&self->fired_lock, NULL);
     return (PyObject *)self;
 }
 
-static void
-Waker_dealloc(WakerObject *self)
+static int
+Waker_traverse(WakerObject *self, visitproc visit, void *arg);
+
+static int
+Waker_clear(WakerObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
     item_t *it = self->head;
     self->head = self->tail = NULL;
     while (it != NULL) {
@@ -925,9 +934,23 @@ Waker_dealloc(WakerObject *self)
         item_free(it);
         it = next;
     }
+    clear_fired(self);
+    return 0;
+}
+
+static void
+Waker_dealloc(WakerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Waker_clear(self);
     if (self->fd >= 0) {
         dk__os_close(self->fd);
     }
+    pthread_mutex_destroy(&self->fired_lock);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -967,6 +990,10 @@ Waker_drain(WakerObject *self, PyObject *unused)
         item_free(it);
         it = next;
         n++;
+    }
+    n += drain_fired(self);
+    if (PyErr_Occurred()) {
+        return NULL;
     }
     return PyLong_FromLong(n);
 }
@@ -1093,6 +1120,8 @@ static PyMemberDef Waker_members[] = {
 static PyType_Slot Waker_slots[] = {
     {Py_tp_new, Waker_new},
     {Py_tp_dealloc, Waker_dealloc},
+    {Py_tp_traverse, Waker_traverse},
+    {Py_tp_clear, Waker_clear},
     {Py_tp_methods, Waker_methods},
     {Py_tp_members, Waker_members},
     {Py_tp_doc, "One event loop's completion list and wake-up eventfd."},
@@ -1102,7 +1131,7 @@ static PyType_Slot Waker_slots[] = {
 static PyType_Spec Waker_spec = {
     .name = "dispatchkit._dk._LoopWaker",
     .basicsize = sizeof(WakerObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = Waker_slots,
 };
 
@@ -1124,9 +1153,11 @@ static PyType_Spec Waker_spec = {
 
 enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP };
 
-typedef struct {
+typedef struct WaitObject {
     PyObject_HEAD
     dk__watch_t watch;
+    struct WaitObject *fired_next; /* in waker->fired */
+    int fired_rc;
     WakerObject *waker;
     PyObject *target;
     PyObject *fut; /* the future of the registered watch */
@@ -1142,29 +1173,119 @@ typedef struct {
 
 static PyTypeObject *wait_type;
 
+/* On the watcher thread, without the GIL: hand the wait to its loop.
+ * Same protocol as waker_post, with the fired list under fired_lock:
+ * signal when the list was empty; the loop drains the eventfd (C) before
+ * it takes the list. */
 static void
 wait_fired(dk__watch_t *w, int rc)
 {
     WaitObject *self =
         (WaitObject *)((char *)w - offsetof(WaitObject, watch));
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return; /* finalizing */
+    WakerObject *k = self->waker;
+    self->fired_rc = rc;
+    pthread_mutex_lock(&k->fired_lock);
+    bool was_empty = k->fired == NULL;
+    self->fired_next = k->fired;
+    k->fired = self;
+    pthread_mutex_unlock(&k->fired_lock);
+    if (was_empty) {
+        dk__os_eventfd_signal(k->fd); /* (D) */
     }
-    self->registered = false;
-    PyObject *fut = self->fut;
-    self->fut = NULL;
-    item_t *it = PyMem_Calloc(1, sizeof *it);
-    if (it == NULL) {
-        Py_XDECREF(fut);
-    } else {
-        it->future = fut;
-        it->value = Py_NewRef(rc == 0 ? Py_True : Py_False);
-        it->waker = (WakerObject *)Py_NewRef((PyObject *)self->waker);
-        waker_post(it);
+}
+
+static WaitObject *
+take_fired(WakerObject *k)
+{
+    pthread_mutex_lock(&k->fired_lock);
+    WaitObject *list = k->fired;
+    k->fired = NULL;
+    pthread_mutex_unlock(&k->fired_lock);
+    /* Pushed last first: reverse, so waits resume in firing order. */
+    WaitObject *rev = NULL;
+    while (list != NULL) {
+        WaitObject *next = list->fired_next;
+        list->fired_next = rev;
+        rev = list;
+        list = next;
     }
-    Py_DECREF((PyObject *)self); /* the registration's reference */
-    dkpy_leave(&g);
+    return rev;
+}
+
+/* The loop's side (GIL held): resolve each fired wait's future. */
+static long
+drain_fired(WakerObject *k)
+{
+    long n = 0;
+    WaitObject *w = take_fired(k);
+    while (w != NULL) {
+        WaitObject *next = w->fired_next;
+        w->fired_next = NULL;
+        w->registered = false;
+        PyObject *fut = w->fut;
+        w->fut = NULL;
+        if (fut != NULL) {
+            PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+            int done = c == NULL ? -1 : PyObject_IsTrue(c);
+            Py_XDECREF(c);
+            if (done == 0) {
+                PyObject *r = PyObject_CallMethodOneArg(
+                    fut, s_set_result,
+                    w->fired_rc == 0 ? Py_True : Py_False);
+                Py_XDECREF(r);
+            }
+            if (PyErr_Occurred()) {
+                PyErr_WriteUnraisable(fut);
+            }
+            Py_DECREF(fut);
+        }
+        Py_DECREF((PyObject *)w); /* the registration's reference */
+        w = next;
+        n++;
+    }
+    return n;
+}
+
+static void
+clear_fired(WakerObject *k)
+{
+    WaitObject *w = take_fired(k);
+    while (w != NULL) {
+        WaitObject *next = w->fired_next;
+        w->fired_next = NULL;
+        w->registered = false;
+        Py_CLEAR(w->fut);
+        Py_DECREF((PyObject *)w);
+        w = next;
+    }
+}
+
+static int
+Waker_traverse(WakerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    for (item_t *it = self->head; it != NULL; it = it->next) {
+        Py_VISIT(it->future);
+        Py_VISIT(it->value);
+    }
+    pthread_mutex_lock(&self->fired_lock);
+    int rc = 0;
+    for (WaitObject *w = self->fired; w != NULL && rc == 0;
+         w = w->fired_next) {
+        rc = visit((PyObject *)w, arg);
+    }
+    pthread_mutex_unlock(&self->fired_lock);
+    return rc;
+}
+
+static int
+Wait_traverse(WaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->waker);
+    Py_VISIT(self->target);
+    Py_VISIT(self->fut);
+    return 0;
 }
 
 static PyObject *
@@ -1212,6 +1333,7 @@ static void
 Wait_dealloc(WaitObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
     /* Never registered here: the registration holds a reference. */
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
@@ -1366,6 +1488,7 @@ static PyMethodDef Wait_methods[] = {
 static PyType_Slot Wait_slots[] = {
     {Py_tp_new, Wait_new},
     {Py_tp_dealloc, Wait_dealloc},
+    {Py_tp_traverse, Wait_traverse},
     {Py_tp_methods, Wait_methods},
     {Py_tp_doc, "One coroutine's wait on one primitive, through the futex "
                 "watcher (dispatchkit.asyncio)."},
@@ -1375,7 +1498,7 @@ static PyType_Slot Wait_slots[] = {
 static PyType_Spec Wait_spec = {
     .name = "dispatchkit._dk._AioWait",
     .basicsize = sizeof(WaitObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = Wait_slots,
 };
 
