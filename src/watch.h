@@ -88,4 +88,14 @@ int dk__group_wait_step(struct dk_group_s *g, uint32_t **word,
                         uint32_t *busy);
 void dk__group_unannounce(struct dk_group_s *g);
 
+/* zerobuffer reader: 0 when a frame is ready to take (try_read), -EAGAIN
+ * counted as a waiter on the frames semaphore until
+ * dk__zb_reader_unannounce, -EBADF closed, -EPIPE the writer is gone and
+ * nothing is left (check_writer: after a quiet slice), -ENOSYS where the
+ * semaphore's layout is unknown. */
+struct dk_zb_reader_s;
+int dk__zb_reader_wait_step(struct dk_zb_reader_s *r, bool check_writer,
+                            uint32_t **word, uint32_t *busy);
+void dk__zb_reader_unannounce(struct dk_zb_reader_s *r);
+
 #endif /* DK_SRC_WATCH_H */

@@ -42,6 +42,7 @@
 #include "atomic.h"
 #include "os/linux/os.h"
 #include "os/linux/shm.h"
+#include "watch.h"
 
 /* Liveness of the peer is checked at least this often while waiting. */
 #define SLICE_NS 100000000ull
@@ -1147,4 +1148,36 @@ dk_zb_writer_destroy(dk_zb_writer_t *w)
     dk__nsem_close(w->sem_r);
     dk__shm_close(w->base, w->map_len, w->shm_fd);
     free(w);
+}
+
+/* ---- steps for asynchronous readers (watch.h) ------------------------ */
+
+int
+dk__zb_reader_wait_step(dk_zb_reader_t *r, bool check_writer,
+                        uint32_t **word, uint32_t *busy)
+{
+    if (dk_atomic_load_relaxed(&r->closed)) {
+        return -EBADF;
+    }
+    uint32_t *w = dk__nsem_announce(r->sem_w);
+    if (w == NULL) {
+        return -ENOSYS;
+    }
+    if (dk_atomic_load_seq_cst(w) > 0) { /* (N2) */
+        dk__nsem_unannounce(r->sem_w);
+        return 0;
+    }
+    if (check_writer && writer_gone(r)) {
+        dk__nsem_unannounce(r->sem_w);
+        return dk__nsem_value(r->sem_w) > 0 ? 0 : -EPIPE;
+    }
+    *word = w;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__zb_reader_unannounce(dk_zb_reader_t *r)
+{
+    dk__nsem_unannounce(r->sem_w);
 }

@@ -40,7 +40,7 @@ from contextlib import asynccontextmanager as _asynccontextmanager
 
 from dispatchkit import _dk
 
-__all__ = ["run", "wait", "acquire", "locked"]
+__all__ = ["run", "wait", "acquire", "locked", "read_frame", "frames"]
 
 _T = TypeVar("_T")
 
@@ -208,3 +208,91 @@ async def locked(obj: Any, timeout: Optional[float] = None
         yield obj
     finally:
         _release(obj)
+
+
+# ---- zerobuffer -------------------------------------------------------------
+
+_EAGAIN = -11
+_EBADF = -9
+_EPIPE = -32
+# A reader waiting for frames asks whether the writer still lives after
+# each quiet slice of this length (as the blocking read does).
+_READER_SLICE_NS = 100_000_000
+
+
+async def read_frame(reader: Any, timeout: Optional[float] = None) -> Any:
+    """Await the next frame of a dispatchkit.zerobuffer Reader.
+
+    The Frame (release it as read_frame's: ``with frame:``, dispose(), or
+    reader.release_frame), or None once `timeout` seconds have passed
+    (None: no limit). Raises WriterDeadException when the writer has gone
+    and every frame it wrote has been read, and ZeroBufferException when
+    the reader is closed, also while awaiting. No thread waits for it: the
+    futex watcher sleeps on the frame semaphore, counted as a waiter the
+    way sem_wait counts itself, so the writer's post (ours or a peer's)
+    wakes it.
+    """
+    frame = reader.read_frame(timeout=0)
+    if frame is not None:
+        return frame
+    loop = _running_loop("read_frame")
+    waiter = _dk._AioWait(_waker_for(loop), reader)
+    deadline = _deadline(timeout)
+    check_writer = False
+    try:
+        while True:
+            fut = loop.create_future()
+            end = _time.monotonic_ns() + _READER_SLICE_NS
+            until = end if deadline < 0 else min(deadline, end)
+            rc = waiter.step(fut, until, check_writer)
+            if rc == 0:
+                frame = reader.read_frame(timeout=0)
+                if frame is not None:
+                    return frame
+                continue
+            if rc != _EAGAIN:
+                _raise_reader(rc)
+            if await fut:
+                check_writer = False
+                frame = reader.read_frame(timeout=0)
+                if frame is not None:
+                    return frame
+                continue
+            if deadline >= 0 and _time.monotonic_ns() >= deadline:
+                return reader.read_frame(timeout=0)
+            check_writer = True
+    except BaseException:
+        waiter.abandon()
+        raise
+
+
+def _raise_reader(rc: int) -> None:
+    from dispatchkit.zerobuffer import exceptions as zbx
+    if rc == _EPIPE:
+        raise zbx.WriterDeadException()
+    if rc == _EBADF:
+        raise zbx.ZeroBufferException("Reader is closed")
+    raise OSError(-rc, "cannot wait on this reader's semaphore")
+
+
+async def frames(reader: Any) -> AsyncIterator[Any]:
+    """``async for frame in reader`` (Reader.__aiter__ returns this).
+
+    Yields each frame as it arrives; ends when the writer has gone (left
+    or died) and every frame is read, or when the reader is closed.
+    Release each frame as with read_frame (``with frame:``); a frame not
+    released is released when it is garbage-collected.
+    """
+    from dispatchkit.zerobuffer import exceptions as zbx
+    while True:
+        try:
+            frame = await read_frame(reader)
+        except zbx.WriterDeadException:
+            return
+        except zbx.ZeroBufferException:
+            if reader.closed:
+                return
+            raise
+        if frame is None:  # pragma: no cover (no timeout given)
+            continue
+        yield frame

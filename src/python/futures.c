@@ -1151,7 +1151,7 @@ static PyType_Spec Waker_spec = {
  * Registration and abandon run with the GIL; the firing callback takes
  * the GIL before it touches the object, so the two are serialised. */
 
-enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP };
+enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP, K_ZBREAD };
 
 typedef struct WaitObject {
     PyObject_HEAD
@@ -1307,8 +1307,17 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int kind;
     void *addr;
     bool shared = false, *owner_died = NULL;
-    if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) < 0 &&
-        dkpy_dispatch_target(target, &kind, &addr) < 0) {
+    if (dkpy_zb_is_reader(target)) {
+        addr = dkpy_zb_reader_hold(target);
+        if (addr == NULL) {
+            PyErr_SetString(PyExc_ValueError, "the Reader is closed");
+            return NULL;
+        }
+        kind = K_ZBREAD;
+        shared = true;
+    } else if (dkpy_sync_target(target, &kind, &addr, &shared,
+                                &owner_died) < 0 &&
+               dkpy_dispatch_target(target, &kind, &addr) < 0) {
         PyErr_Format(PyExc_TypeError,
                      "cannot wait on %.100s: expected a dispatchkit Group "
                      "or Semaphore, or a dispatchkit.sync Mutex, "
@@ -1318,6 +1327,9 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        if (kind == K_ZBREAD) {
+            dkpy_zb_reader_unhold(target);
+        }
         return NULL;
     }
     self->waker = (WakerObject *)Py_NewRef(waker);
@@ -1335,6 +1347,12 @@ Wait_dealloc(WaitObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     /* Never registered here: the registration holds a reference. */
+    if (self->kind == K_ZBREAD && self->target != NULL) {
+        if (self->announced) {
+            dk__zb_reader_unannounce(self->addr);
+        }
+        dkpy_zb_reader_unhold(self->target);
+    }
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
     Py_CLEAR(self->waker);
@@ -1355,6 +1373,9 @@ unannounce(WaitObject *self)
         self->announced = false;
     } else if (self->kind == K_GROUP) {
         dk__group_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBREAD) {
+        dk__zb_reader_unannounce(self->addr);
         self->announced = false;
     }
 }
@@ -1406,8 +1427,12 @@ Wait_step(WaitObject *self, PyObject *args)
             self->announced = rc == -EAGAIN;
         }
         break;
-    default: /* K_GROUP */
+    case K_GROUP:
         rc = dk__group_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    default: /* K_ZBREAD: 0 means a frame is ready to take */
+        rc = dk__zb_reader_wait_step(self->addr, check_owner, &word, &busy);
         self->announced = rc == -EAGAIN;
         break;
     }

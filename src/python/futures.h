@@ -22,5 +22,8 @@ int dkpy_futures_exec(PyObject *m);
 int dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
                      bool **owner_died);
 int dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr);
+struct dk_zb_reader_s *dkpy_zb_reader_hold(PyObject *obj);
+void dkpy_zb_reader_unhold(PyObject *obj);
+bool dkpy_zb_is_reader(PyObject *obj);
 
 #endif /* DK_SRC_PYTHON_FUTURES_H */

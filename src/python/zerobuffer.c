@@ -17,6 +17,7 @@
  * works.
  */
 #include "python/binding.h"
+#include "python/futures.h"
 
 #include <errno.h>
 #include <math.h>
@@ -1442,6 +1443,38 @@ static PyType_Spec Frame_spec = {"dispatchkit.zerobuffer.Frame",
 static PyType_Spec Region_spec = {"dispatchkit.zerobuffer._Region",
                                   sizeof(RegionObject), 0, Py_TPFLAGS_DEFAULT,
                                   Region_slots};
+
+/* For futures.c (async for over a Reader): hold the core of an open
+ * Reader for an asynchronous wait, as a blocking read does (busy), so
+ * close() defers destroying it; NULL if obj is not a Reader, or closed
+ * (no exception set). dkpy_zb_reader_unhold ends the hold. */
+struct dk_zb_reader_s *
+dkpy_zb_reader_hold(PyObject *obj)
+{
+    if (Reader_type == NULL || !PyObject_TypeCheck(obj, Reader_type)) {
+        return NULL;
+    }
+    ReaderObject *self = (ReaderObject *)obj;
+    if (self->closed || self->core == NULL) {
+        return NULL;
+    }
+    self->busy++;
+    return self->core;
+}
+
+void
+dkpy_zb_reader_unhold(PyObject *obj)
+{
+    ReaderObject *self = (ReaderObject *)obj;
+    self->busy--;
+    reader_maybe_destroy(self);
+}
+
+bool
+dkpy_zb_is_reader(PyObject *obj)
+{
+    return Reader_type != NULL && PyObject_TypeCheck(obj, Reader_type);
+}
 
 static PyMethodDef zb_functions[] = {
     {"_zb_set_exceptions", zb_set_exceptions, METH_O,

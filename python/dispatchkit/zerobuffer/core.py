@@ -3,7 +3,7 @@ zerobuffer-ipc spellings that are easiest in Python (timedelta write
 timeouts, polling is_writer_connected)."""
 import time
 from datetime import timedelta
-from typing import Optional, Tuple, Union
+from typing import AsyncIterator, Optional, Tuple, Union
 
 from dispatchkit import _dk
 
@@ -36,6 +36,11 @@ class Reader(_dk.ZbReader):
             if left <= 0 or self.closed:
                 return False
             time.sleep(min(0.01, left))
+
+    def __aiter__(self) -> "AsyncIterator[Frame]":
+        """``async for frame in reader``: see dispatchkit.asyncio.frames."""
+        from dispatchkit.asyncio import frames
+        return frames(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.frames_read} frames"

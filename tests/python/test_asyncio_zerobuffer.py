@@ -1,0 +1,160 @@
+"""``async for frame in reader`` and dkio.read_frame: across processes,
+with our writer and zerobuffer-ipc's, under asyncio and uvloop."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+import zlib
+
+import pytest
+
+from dispatchkit import asyncio as dkio
+from dispatchkit import zerobuffer as zb
+
+uvloop = pytest.importorskip("uvloop")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    lp = (asyncio.new_event_loop() if request.param == "asyncio"
+          else uvloop.new_event_loop())
+    yield lp.run_until_complete
+    lp.close()
+
+
+@pytest.fixture
+def name():
+    return "dkzba" + uuid.uuid4().hex[:10]
+
+
+WRITER = """
+import sys, time, zlib
+mod = sys.argv[3]
+if mod == "peer":
+    import zerobuffer as zb
+else:
+    from dispatchkit import zerobuffer as zb
+w = zb.Writer(sys.argv[1])
+n = int(sys.argv[2])
+crc = 0
+time.sleep(0.1)  # the reader is awaiting by now
+for i in range(n):
+    data = (i.to_bytes(4, "little") * 256)[: 64 + i % 960]
+    w.write_frame(data)
+    crc = zlib.crc32(data, crc)
+print(crc, flush=True)
+if len(sys.argv) > 4:
+    time.sleep(120)  # killed by the test
+w.close()
+"""
+
+
+def writer(name, n, mod="ours", hang=False):
+    args = [sys.executable, "-c", textwrap.dedent(WRITER), name, str(n), mod]
+    if hang:
+        args.append("hang")
+    return subprocess.Popen(args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("mod", ["ours", "peer"])
+def test_async_for_across_processes(run, name, mod):
+    if mod == "peer":
+        pytest.importorskip("zerobuffer")
+    n = 3000
+    with zb.Reader(name, zb.BufferConfig(1024, 64 * 1024)) as r:
+        p = writer(name, n, mod)
+
+        async def main():
+            crc = count = 0
+            async for f in r:
+                with f:
+                    data = bytes(f.data)
+                assert int.from_bytes(data[:4], "little") == count
+                crc = zlib.crc32(data, crc)
+                count += 1
+            return count, crc
+
+        try:
+            count, crc = run(main())
+        finally:
+            out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert count == n and crc == int(out.split()[0])
+
+
+def test_writer_killed_while_awaited(run, name):
+    with zb.Reader(name, zb.BufferConfig(1024, 64 * 1024)) as r:
+        p = writer(name, 10, hang=True)
+
+        async def main():
+            got = 0
+            async for f in r:
+                f.dispose()
+                got += 1
+                if got == 10:
+                    p.send_signal(signal.SIGKILL)
+            return got
+
+        try:
+            assert run(main()) == 10
+        finally:
+            p.kill()
+            p.communicate(timeout=60)
+        with pytest.raises(zb.WriterDeadException):
+            r.read_frame(timeout=0.05)
+
+
+def test_read_frame_timeout_and_cancel(run, name):
+    with zb.Reader(name, zb.BufferConfig(1024, 64 * 1024)) as r:
+        w = zb.Writer(name)
+
+        async def main():
+            assert await dkio.read_frame(r, timeout=0.05) is None
+            t = asyncio.ensure_future(dkio.read_frame(r))
+            await asyncio.sleep(0.02)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            # The cancelled waiter took nothing and left nothing counted:
+            # the next frame goes to the next read.
+            w.write_frame(b"one")
+            f = await dkio.read_frame(r, timeout=10)
+            assert bytes(f.data) == b"one"
+            f.dispose()
+            threading.Timer(0.02, w.write_frame, (b"two",)).start()
+            f = await dkio.read_frame(r, timeout=10)
+            assert bytes(f.data) == b"two"
+            f.dispose()
+
+        run(main())
+        w.close()
+
+
+def test_reader_closed_while_awaited(run, name):
+    r = zb.Reader(name, zb.BufferConfig(1024, 64 * 1024))
+
+    async def main():
+        t = asyncio.ensure_future(dkio.read_frame(r))
+        await asyncio.sleep(0.02)
+        r.close()
+        with pytest.raises(zb.ZeroBufferException, match="closed"):
+            await asyncio.wait_for(t, 10)
+        with pytest.raises(ValueError, match="closed"):
+            await dkio.wait(r)
+        got = [f async for f in r]  # a closed reader: an empty stream
+        assert got == []
+
+    run(main())
+
+
+def test_no_running_loop(name):
+    with zb.Reader(name, zb.BufferConfig(1024, 64 * 1024)) as r:
+        coro = dkio.read_frame(r)
+        with pytest.raises(RuntimeError, match="running event loop"):
+            coro.send(None)
+        coro.close()
