@@ -98,4 +98,14 @@ int dk__zb_reader_wait_step(struct dk_zb_reader_s *r, bool check_writer,
                             uint32_t **word, uint32_t *busy);
 void dk__zb_reader_unannounce(struct dk_zb_reader_s *r);
 
+/* zerobuffer writer: 0 when `size` bytes may be free now (look again:
+ * a write will not wait long), -EAGAIN counted as a waiter on the space
+ * semaphore until dk__zb_writer_unannounce, or acquire's errors (-EBADF,
+ * -EBUSY, -EINVAL, -EMSGSIZE, -EPIPE), -ENOSYS (unknown sem_t). */
+struct dk_zb_writer_s;
+int dk__zb_writer_space_step(struct dk_zb_writer_s *w, uint64_t size,
+                             bool check_reader, uint32_t **word,
+                             uint32_t *busy);
+void dk__zb_writer_unannounce(struct dk_zb_writer_s *w);
+
 #endif /* DK_SRC_WATCH_H */

@@ -1181,3 +1181,55 @@ dk__zb_reader_unannounce(dk_zb_reader_t *r)
 {
     dk__nsem_unannounce(r->sem_w);
 }
+
+/* ---- steps for asynchronous writers (watch.h) ------------------------ */
+
+int
+dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
+                         uint32_t **word, uint32_t *busy)
+{
+    if (dk_atomic_load_relaxed(&w->closed)) {
+        return -EBADF;
+    }
+    if (w->pending) {
+        return -EBUSY;
+    }
+    if (size == 0) {
+        return -EINVAL;
+    }
+    if (size > w->psize - DK_ZB_HEADER_SIZE) {
+        return -EMSGSIZE;
+    }
+    uint64_t rpid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+    if (rpid == 0) {
+        return -EPIPE;
+    }
+    bool wrap;
+    uint64_t needed = space_needed(w, DK_ZB_HEADER_SIZE + size, &wrap);
+    /* Tokens of releases already counted in the free bytes: drop them,
+     * so the word we watch is 0 until the next release posts. */
+    while (dk__nsem_trywait(w->sem_r) == 0) {
+    }
+    uint32_t *ws = dk__nsem_announce(w->sem_r);
+    if (ws == NULL) {
+        return -ENOSYS;
+    }
+    /* (A'): pairs with the reader's release add, as in acquire. */
+    if (dk_atomic_load_acquire(&w->oieb->payload_free_bytes) >= needed) {
+        dk__nsem_unannounce(w->sem_r);
+        return 0;
+    }
+    if (check_reader && !dk__pid_alive(rpid)) {
+        dk__nsem_unannounce(w->sem_r);
+        return -EPIPE;
+    }
+    *word = ws;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__zb_writer_unannounce(dk_zb_writer_t *w)
+{
+    dk__nsem_unannounce(w->sem_r);
+}

@@ -40,7 +40,8 @@ from contextlib import asynccontextmanager as _asynccontextmanager
 
 from dispatchkit import _dk
 
-__all__ = ["run", "wait", "acquire", "locked", "read_frame", "frames"]
+__all__ = ["run", "wait", "acquire", "locked", "read_frame", "frames",
+           "write_frame", "request"]
 
 _T = TypeVar("_T")
 
@@ -296,3 +297,87 @@ async def frames(reader: Any) -> AsyncIterator[Any]:
         if frame is None:  # pragma: no cover (no timeout given)
             continue
         yield frame
+
+
+_EBUSY = -16
+_EINVAL = -22
+_EMSGSIZE = -90
+# A writer waiting for room asks whether the reader still lives after each
+# quiet slice of this length.
+_WRITER_SLICE_NS = 100_000_000
+
+
+def _raise_writer(rc: int) -> None:
+    from dispatchkit.zerobuffer import exceptions as zbx
+    if rc == _EPIPE:
+        raise zbx.ReaderDeadException()
+    if rc == _EBADF:
+        raise zbx.ZeroBufferException("Writer is closed")
+    if rc == _EMSGSIZE:
+        raise zbx.FrameTooLargeException()
+    if rc == _EINVAL:
+        raise zbx.InvalidFrameSizeException()
+    if rc == _EBUSY:
+        raise zbx.ZeroBufferException(
+            "a frame is reserved (get_frame_buffer): commit it first")
+    raise OSError(-rc, "cannot wait on this writer's semaphore")
+
+
+async def write_frame(writer: Any, data: Any,
+                      timeout: Optional[float] = None) -> Any:
+    """Write one frame with a dispatchkit.zerobuffer Writer, awaiting room
+    in the ring instead of blocking the loop; what write_frame returns.
+
+    Raises BufferFullException once `timeout` seconds pass with no room
+    (None: no limit), ReaderDeadException when the reader is gone,
+    FrameTooLargeException / InvalidFrameSizeException for a frame that
+    can never fit. Cancelling leaves the writer as it was (nothing
+    reserved, nothing written).
+    """
+    size = memoryview(data).nbytes
+    loop = _running_loop("write_frame")
+    waiter = _dk._AioWait(_waker_for(loop), writer, size)
+    deadline = _deadline(timeout)
+    check_reader = False
+    try:
+        while True:
+            fut = loop.create_future()
+            end = _time.monotonic_ns() + _WRITER_SLICE_NS
+            until = end if deadline < 0 else min(deadline, end)
+            rc = waiter.step(fut, until, check_reader)
+            if rc == 0:
+                # Room now, and only this writer takes it: no wait.
+                return writer.write_frame(data)
+            if rc != _EAGAIN:
+                _raise_writer(rc)
+            if await fut:
+                check_reader = False
+                continue
+            if deadline >= 0 and _time.monotonic_ns() >= deadline:
+                from dispatchkit.zerobuffer import exceptions as zbx
+                raise zbx.BufferFullException()
+            check_reader = True
+    except BaseException:
+        waiter.abandon()
+        raise
+
+
+async def request(client: Any, data: Any,
+                  timeout: Optional[float] = None) -> Any:
+    """Send one request through a dispatchkit.zerobuffer DuplexClient and
+    await its response (a DuplexResponse; release it with dispose() or
+    ``with``). Both the write (waiting for room) and the read are awaited
+    on the futex watcher. After `timeout` seconds without a response, an
+    invalid DuplexResponse (is_valid False), as receive_response gives.
+    """
+    from dispatchkit.zerobuffer.duplex import DuplexResponse
+    client._check()
+    if client._pending:
+        from dispatchkit.zerobuffer.exceptions import ZeroBufferException
+        raise ZeroBufferException("Previous request not committed")
+    await write_frame(client._request_writer, data, timeout)
+    frame = await read_frame(client._response_reader, timeout)
+    if frame is None:
+        return DuplexResponse(sequence=0, data=None)
+    return DuplexResponse(sequence=frame.sequence, data=frame.data,
+                          _frame=frame)

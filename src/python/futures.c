@@ -1151,7 +1151,7 @@ static PyType_Spec Waker_spec = {
  * Registration and abandon run with the GIL; the firing callback takes
  * the GIL before it touches the object, so the two are serialised. */
 
-enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP, K_ZBREAD };
+enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP, K_ZBREAD, K_ZBWRITE };
 
 typedef struct WaitObject {
     PyObject_HEAD
@@ -1168,6 +1168,7 @@ typedef struct WaitObject {
     bool registered;
     bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
     bool watched;   /* registered at least once (wakes to pass on) */
+    uint64_t size;  /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
 
@@ -1292,7 +1293,8 @@ static PyObject *
 Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *waker, *target;
-    if (!PyArg_ParseTuple(args, "OO:_AioWait", &waker, &target) ||
+    unsigned long long size = 0;
+    if (!PyArg_ParseTuple(args, "OO|K:_AioWait", &waker, &target, &size) ||
         (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "_AioWait(waker, target)");
@@ -1307,7 +1309,15 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int kind;
     void *addr;
     bool shared = false, *owner_died = NULL;
-    if (dkpy_zb_is_reader(target)) {
+    if (dkpy_zb_is_writer(target)) {
+        addr = dkpy_zb_writer_hold(target);
+        if (addr == NULL) {
+            PyErr_SetString(PyExc_ValueError, "the Writer is closed");
+            return NULL;
+        }
+        kind = K_ZBWRITE;
+        shared = true;
+    } else if (dkpy_zb_is_reader(target)) {
         addr = dkpy_zb_reader_hold(target);
         if (addr == NULL) {
             PyErr_SetString(PyExc_ValueError, "the Reader is closed");
@@ -1329,9 +1339,12 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         if (kind == K_ZBREAD) {
             dkpy_zb_reader_unhold(target);
+        } else if (kind == K_ZBWRITE) {
+            dkpy_zb_writer_unhold(target);
         }
         return NULL;
     }
+    self->size = size;
     self->waker = (WakerObject *)Py_NewRef(waker);
     self->target = Py_NewRef(target);
     self->addr = addr;
@@ -1352,6 +1365,12 @@ Wait_dealloc(WaitObject *self)
             dk__zb_reader_unannounce(self->addr);
         }
         dkpy_zb_reader_unhold(self->target);
+    }
+    if (self->kind == K_ZBWRITE && self->target != NULL) {
+        if (self->announced) {
+            dk__zb_writer_unannounce(self->addr);
+        }
+        dkpy_zb_writer_unhold(self->target);
     }
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
@@ -1376,6 +1395,9 @@ unannounce(WaitObject *self)
         self->announced = false;
     } else if (self->kind == K_ZBREAD) {
         dk__zb_reader_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBWRITE) {
+        dk__zb_writer_unannounce(self->addr);
         self->announced = false;
     }
 }
@@ -1429,6 +1451,11 @@ Wait_step(WaitObject *self, PyObject *args)
         break;
     case K_GROUP:
         rc = dk__group_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    case K_ZBWRITE: /* 0 means there may be room: write now */
+        rc = dk__zb_writer_space_step(self->addr, self->size, check_owner,
+                                      &word, &busy);
         self->announced = rc == -EAGAIN;
         break;
     default: /* K_ZBREAD: 0 means a frame is ready to take */

@@ -25,5 +25,8 @@ int dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr);
 struct dk_zb_reader_s *dkpy_zb_reader_hold(PyObject *obj);
 void dkpy_zb_reader_unhold(PyObject *obj);
 bool dkpy_zb_is_reader(PyObject *obj);
+struct dk_zb_writer_s *dkpy_zb_writer_hold(PyObject *obj);
+void dkpy_zb_writer_unhold(PyObject *obj);
+bool dkpy_zb_is_writer(PyObject *obj);
 
 #endif /* DK_SRC_PYTHON_FUTURES_H */

@@ -1470,6 +1470,46 @@ dkpy_zb_reader_unhold(PyObject *obj)
     reader_maybe_destroy(self);
 }
 
+static bool
+is_writer(PyObject *obj)
+{
+    for (PyTypeObject *t = Py_TYPE(obj); t != NULL; t = t->tp_base) {
+        if (t->tp_dealloc == (destructor)Writer_dealloc) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* As dkpy_zb_reader_hold, for a Writer waiting for space. */
+struct dk_zb_writer_s *
+dkpy_zb_writer_hold(PyObject *obj)
+{
+    if (!is_writer(obj)) {
+        return NULL;
+    }
+    WriterObject *self = (WriterObject *)obj;
+    if (self->closed || self->core == NULL) {
+        return NULL;
+    }
+    self->busy++;
+    return self->core;
+}
+
+void
+dkpy_zb_writer_unhold(PyObject *obj)
+{
+    WriterObject *self = (WriterObject *)obj;
+    self->busy--;
+    writer_maybe_destroy(self);
+}
+
+bool
+dkpy_zb_is_writer(PyObject *obj)
+{
+    return is_writer(obj);
+}
+
 bool
 dkpy_zb_is_reader(PyObject *obj)
 {

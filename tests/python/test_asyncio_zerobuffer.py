@@ -158,3 +158,128 @@ def test_no_running_loop(name):
         with pytest.raises(RuntimeError, match="running event loop"):
             coro.send(None)
         coro.close()
+
+
+# ---- awaitable writes and duplex requests ----------------------------------
+
+
+def test_write_frame_waits_for_room(run, name):
+    with zb.Reader(name, zb.BufferConfig(1024, 4096)) as r:
+        w = zb.Writer(name)
+        # Fill the ring: 3 frames of 1 KiB + header fit in 4 KiB.
+        for i in range(3):
+            w.write_frame(bytes([i]) * 1024)
+
+        async def main():
+            t = asyncio.ensure_future(dkio.write_frame(w, b"\x09" * 1024,
+                                                       timeout=10))
+            await asyncio.sleep(0.05)
+            assert not t.done()  # no room, and the loop is not blocked
+            f = r.read_frame(timeout=1)
+            f.dispose()  # releases room: the awaiting write completes
+            await t
+            got = []
+            for _ in range(3):
+                f = r.read_frame(timeout=1)
+                got.append(bytes(f.data)[0])
+                f.dispose()
+            return got
+
+        assert run(main()) == [1, 2, 9]
+        w.close()
+
+
+def test_write_frame_timeout_cancel_and_errors(run, name):
+    with zb.Reader(name, zb.BufferConfig(1024, 4096)) as r:
+        w = zb.Writer(name)
+        for i in range(3):
+            w.write_frame(bytes([i]) * 1024)
+
+        async def main():
+            with pytest.raises(zb.BufferFullException):
+                await dkio.write_frame(w, b"x" * 1024, timeout=0.05)
+            t = asyncio.ensure_future(dkio.write_frame(w, b"y" * 1024))
+            await asyncio.sleep(0.02)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            with pytest.raises(zb.FrameTooLargeException):
+                await dkio.write_frame(w, b"z" * 8192)
+            with pytest.raises(zb.InvalidFrameSizeException):
+                await dkio.write_frame(w, b"")
+            # The cancelled write wrote nothing.
+            for i in range(3):
+                f = r.read_frame(timeout=1)
+                assert bytes(f.data)[0] == i
+                f.dispose()
+            assert r.read_frame(timeout=0) is None
+            assert await dkio.write_frame(w, b"ok") is not None
+            f = r.read_frame(timeout=1)
+            assert bytes(f.data) == b"ok"
+            f.dispose()
+
+        run(main())
+        w.close()
+        with pytest.raises(ValueError, match="closed"):
+            run(dkio.write_frame(w, b"late"))
+
+
+def test_write_frame_reader_killed_while_awaited(run, name):
+    code = textwrap.dedent("""
+        import sys, time
+        from dispatchkit import zerobuffer as zb
+        r = zb.Reader(sys.argv[1], zb.BufferConfig(1024, 4096))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code, name],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        w = zb.Writer(name)
+        for i in range(3):
+            w.write_frame(b"x" * 1024)
+
+        async def main():
+            t = asyncio.ensure_future(dkio.write_frame(w, b"y" * 1024))
+            await asyncio.sleep(0.05)
+            p.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(t, 30)
+
+        with pytest.raises(zb.ReaderDeadException):
+            run(main())
+        w.close()
+    finally:
+        p.kill()
+        p.wait(30)
+
+
+def test_duplex_request(run, name):
+    from dispatchkit.zerobuffer.duplex import DuplexChannelFactory
+    factory = DuplexChannelFactory()
+    server = factory.create_immutable_server(name,
+                                             zb.BufferConfig(1024, 1 << 16))
+
+    def echo(frame, writer):
+        writer.write_frame(bytes(frame.data)[::-1])
+
+    server.start(echo)
+    try:
+        client = factory.create_client(name)
+
+        async def main():
+            out = []
+            for i in range(50):
+                resp = await dkio.request(client, b"abc%d" % i, timeout=10)
+                with resp:
+                    assert resp.is_valid
+                    out.append(resp.to_bytes())
+            return out
+
+        out = run(main())
+        assert out == [(b"abc%d" % i)[::-1] for i in range(50)]
+        client.close()
+        with pytest.raises(zb.ZeroBufferException, match="closed"):
+            run(dkio.request(client, b"x"))
+    finally:
+        server.stop()
