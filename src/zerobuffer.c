@@ -33,6 +33,7 @@
 #include "dk/zerobuffer.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,6 +44,10 @@
 #include "os/linux/os.h"
 #include "os/linux/shm.h"
 #include "watch.h"
+
+/* The low half of the OIEB's writer_pid (little-endian): the futex word a
+ * reader waiting for a writer sleeps on. */
+#define writer_pid_word(oieb) ((uint32_t *)(void *)&(oieb)->writer_pid)
 
 /* Liveness of the peer is checked at least this often while waiting. */
 #define SLICE_NS 100000000ull
@@ -771,6 +776,7 @@ dk_zb_reader_close(dk_zb_reader_t *r)
     dk_atomic_store_release(&r->oieb->reader_pid, 0);
     dk__nsem_post(r->sem_r);
     dk__nsem_post(r->sem_w);
+    dk__os_futex_wake(writer_pid_word(r->oieb), INT_MAX, true);
     dk__nsem_unlink(r->sem_w_name);
     dk__nsem_unlink(r->sem_r_name);
     dk__shm_unlink(r->name);
@@ -880,6 +886,9 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
             goto fail;
         }
     }
+    /* A reader waiting for a writer (dk_zb_reader_wait_writer) sleeps
+     * on the low half of writer_pid: wake it. */
+    dk__os_futex_wake(writer_pid_word(o), INT_MAX, true);
     w->msize = msize;
     w->psize = psize;
     w->meta = w->base + DK_ZB_OIEB_SIZE;
@@ -1232,4 +1241,36 @@ void
 dk__zb_writer_unannounce(dk_zb_writer_t *w)
 {
     dk__nsem_unannounce(w->sem_r);
+}
+
+/* Peers' writers make no futex wake when they connect: a reader waiting
+ * for one looks again after each slice of this length. */
+#define PEER_CONNECT_SLICE_NS (50ull * 1000000ull)
+
+int
+dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline)
+{
+    for (;;) {
+        if (dk_atomic_load_relaxed(&r->closed)) {
+            return -EBADF;
+        }
+        uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+        if (pid != 0 && dk__pid_alive(pid)) {
+            return 0;
+        }
+        uint64_t now = dk__os_monotonic_ns();
+        if (now >= deadline) {
+            return -ETIMEDOUT;
+        }
+        uint64_t until = deadline - now > PEER_CONNECT_SLICE_NS
+                             ? now + PEER_CONNECT_SLICE_NS
+                             : deadline;
+        /* The word holds the low half of pid (0, or a dead writer's pid
+         * until a new writer replaces it): sleep while it is unchanged. */
+        int rc = dk__os_futex_wait(writer_pid_word(r->oieb), (uint32_t)pid,
+                                   until, true);
+        if (rc == -EINTR) {
+            return -EINTR;
+        }
+    }
 }

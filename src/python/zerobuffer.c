@@ -497,6 +497,42 @@ Reader_writer_alive(ReaderObject *self, PyObject *unused)
     return PyBool_FromLong(dk_zb_reader_writer_connected(self->core));
 }
 
+/* _wait_writer(timeout): True once a live writer is connected, False
+ * after timeout seconds (None: no limit) or when closed. */
+static PyObject *
+Reader_wait_writer(ReaderObject *self, PyObject *timeout)
+{
+    if (self->closed || self->core == NULL) {
+        Py_RETURN_FALSE;
+    }
+    uint64_t deadline;
+    if (deadline_from(timeout, &deadline) < 0) {
+        return NULL;
+    }
+    for (;;) {
+        dk_zb_reader_t *core = self->core;
+        int rc;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_zb_reader_wait_writer(core, dkpy_slice_end(deadline));
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (rc == 0) {
+            reader_maybe_destroy(self);
+            Py_RETURN_TRUE;
+        }
+        if (rc == -EBADF || self->closed ||
+            (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline))) {
+            reader_maybe_destroy(self);
+            Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            reader_maybe_destroy(self);
+            return NULL;
+        }
+    }
+}
+
 static PyObject *
 Reader_close(ReaderObject *self, PyObject *unused)
 {
@@ -576,6 +612,9 @@ static PyMethodDef Reader_methods[] = {
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
     {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS, NULL},
+    {"_wait_writer", (PyCFunction)Reader_wait_writer, METH_O,
+     "_wait_writer($self, timeout, /)\n--\n\n"
+     "Wait for a live writer: True, or False after timeout seconds."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS,
      "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
      "readable."},
