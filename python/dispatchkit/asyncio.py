@@ -1,34 +1,53 @@
-"""dispatchkit.asyncio: await work running on dispatch queues.
+"""dispatchkit.asyncio: await dispatch queues, locks, semaphores, events
+and zero-copy frames from asyncio (or uvloop) without blocking the loop.
 
 Use it as ``from dispatchkit import asyncio as dkio``::
 
-    async def handler(data):
-        digest = await dkio.run(queue, hashlib.sha256, data)
+    digest = await dkio.run(queue, hashlib.sha256, data)
+    async with dkio.locked(named_mutex, timeout=5):
+        ...
+    await dkio.wait(group)                  # also Semaphore, Event, Named*
+    async for frame in reader:              # dispatchkit.zerobuffer.Reader
+        with frame:
+            handle(frame.data)
 
-``run(queue, fn, /, *args, **kwargs)`` submits ``fn(*args, **kwargs)`` to
-``queue`` (any ``dispatchkit.Queue``: a global concurrent queue, a serial
-queue, a workloop) and returns an ``asyncio.Future`` of its result, bound
-to the running loop. Awaiting it returns ``fn``'s result or raises its
-exception (with its traceback); the loop is never blocked.
+The names:
 
-How completions reach the loop: each event loop gets one eventfd, watched
-with ``loop.add_reader``. A worker that finishes an item appends it to the
-loop's completion list and writes the eventfd only if the list was empty;
-the loop's reader then resolves every finished future in one pass. There
-is no ``call_soon_threadsafe`` and no thread per call, and a burst of
-completions costs one wake-up. It works the same under asyncio's own loops
-and uvloop's.
+- ``run(queue, fn, /, *args, **kwargs)``: run ``fn`` on a dispatch queue;
+  an ``asyncio.Future`` of its result (exceptions keep their traceback).
+- ``wait(obj, timeout=None) -> bool`` (alias ``acquire``): a dispatch
+  ``Group`` (until empty) or ``Semaphore`` (take a unit);
+  ``dispatchkit.sync`` ``Mutex``/``NamedMutex`` (acquire),
+  ``Semaphore``/``NamedSemaphore`` (take a unit), ``Event``/``NamedEvent``
+  (until set). False after ``timeout`` seconds.
+- ``locked(lock, timeout=None)``: ``async with`` acquire and release
+  (``TimeoutError`` when the timeout passes first).
+- ``read_frame(reader, timeout=None)``, ``frames(reader)`` (what
+  ``async for frame in reader`` uses), ``write_frame(writer, data,
+  timeout=None)`` (waits for room in the ring), ``request(client, data,
+  timeout=None)`` (a duplex request and its response).
 
-Cancelling the awaiting task (or the future) before the item starts means
-the item never runs; once it has started it runs to the end and its result
-is dropped.
+Nothing here parks a thread per waiter. Work submitted with ``run``
+completes through one eventfd per loop (watched with ``loop.add_reader``,
+drained in batches; no ``call_soon_threadsafe``, no thread per call).
+Waits on primitives are slept by one futex watcher thread that sleeps on
+up to 127 futex words at once with Linux's ``futex_waitv`` (5.16+; one
+thread per word on older kernels): each waiter announces itself in the
+primitive's own protocol (the waiter count of a semaphore, the contended
+state of a mutex, glibc's ``sem_t`` waiter count for zerobuffer), so posts,
+sets and releases from any thread or process, fastipc's and
+zerobuffer-ipc's included, wake it.
 
-Calling ``run`` with no running event loop raises ``RuntimeError``. If the
-loop closes while items are in flight, their results are dropped when they
-finish (nothing is left holding the loop or the items).
+Cancelling the awaiting task, or its timeout, leaves the primitive as it
+was: no unit taken, no lock held, no frame read or written, no waiter
+left counted. A cancelled ``run`` item that has not started never runs.
+Every function raises ``RuntimeError`` when no event loop is running in
+the thread, ``TypeError`` for an object it cannot wait on, ``ValueError``
+for a closed one. A loop closed with waits pending drops them; nothing
+keeps the loop alive.
 
-See docs/asyncio.md for the whole story, including ``dispatchkit.Executor``
-with ``loop.run_in_executor`` and ``loop.set_default_executor``.
+See docs/asyncio.md, including ``dispatchkit.Executor`` for
+``loop.run_in_executor`` and ``loop.set_default_executor``.
 """
 from __future__ import annotations
 
