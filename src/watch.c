@@ -153,8 +153,8 @@ watcher_main(void *arg)
         int rc;
         if (s->cap == 1) {
             rc = n == 0 ? dk__os_futex_wait(&s->ctl, c, deadline, false)
-                        : dk__os_futex_wait(v[0].word, v[0].expected,
-                                            deadline, v[0].shared);
+                        : dk__os_futex_wait(v[0].word, v[0].expected, deadline,
+                                            v[0].shared);
             if (n == 1 && rc == 0) {
                 rc = 0; /* index 0: the one word */
             } else if (n == 0 && rc == 0) {

@@ -84,8 +84,7 @@ int dk__semaphore_take_token(struct dk_semaphore_s *s, uint32_t **word,
 void dk__semaphore_wait_abandon(struct dk_semaphore_s *s);
 /* Group: 0 once empty; -EAGAIN leaves the caller counted in `waiters`
  * until dk__group_unannounce. */
-int dk__group_wait_step(struct dk_group_s *g, uint32_t **word,
-                        uint32_t *busy);
+int dk__group_wait_step(struct dk_group_s *g, uint32_t **word, uint32_t *busy);
 void dk__group_unannounce(struct dk_group_s *g);
 
 /* zerobuffer reader: 0 when a frame is ready to take (try_read), -EAGAIN

@@ -1162,8 +1162,8 @@ dk_zb_writer_destroy(dk_zb_writer_t *w)
 /* ---- steps for asynchronous readers (watch.h) ------------------------ */
 
 int
-dk__zb_reader_wait_step(dk_zb_reader_t *r, bool check_writer,
-                        uint32_t **word, uint32_t *busy)
+dk__zb_reader_wait_step(dk_zb_reader_t *r, bool check_writer, uint32_t **word,
+                        uint32_t *busy)
 {
     if (dk_atomic_load_relaxed(&r->closed)) {
         return -EBADF;

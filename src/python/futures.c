@@ -53,11 +53,11 @@
 
 #include <structmember.h>
 
-#include "dk/group.h"
-#include "dk/queue.h"
-#include "dk/futex.h"
-#include "dk/mutex.h"
 #include "dk/event.h"
+#include "dk/futex.h"
+#include "dk/group.h"
+#include "dk/mutex.h"
+#include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
@@ -142,19 +142,19 @@ typedef struct WakerObject WakerObject;
 typedef struct item {
     PyObject *future; /* ours, or an asyncio future when waker != NULL */
     PyObject *fn, *args, *kwargs;
-    ExecutorObject *ex; /* strong, or NULL */
-    WakerObject *waker; /* strong until completed, or NULL */
-    PyObject *value;    /* asyncio: the result or the exception */
-    int failed;         /* asyncio: value is an exception */
-    int skipped;        /* asyncio: cancelled before it ran */
-    struct item *prev, *next; /* ex->outstanding, or waker->done */
+    ExecutorObject *ex;        /* strong, or NULL */
+    WakerObject *waker;        /* strong until completed, or NULL */
+    PyObject *value;           /* asyncio: the result or the exception */
+    int failed;                /* asyncio: value is an exception */
+    int skipped;               /* asyncio: cancelled before it ran */
+    struct item *prev, *next;  /* ex->outstanding, or waker->done */
     struct item *pending_next; /* ex's FIFO behind the gate */
 } item_t;
 
 struct ExecutorObject {
     PyObject_HEAD
     dk_queue_t *q;
-    PyObject *queue_obj; /* keeps q alive; NULL for the global queue */
+    PyObject *queue_obj;    /* keeps q alive; NULL for the global queue */
     Py_ssize_t max_workers; /* 0: no limit */
     Py_ssize_t active;      /* items on the queue (gated executors) */
     item_t *pend_head, *pend_tail;
@@ -577,8 +577,8 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"queue", "max_workers", NULL};
     PyObject *queue = Py_None;
     Py_ssize_t max_workers = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|On:_ExecutorCore",
-                                     kwlist, &queue, &max_workers)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|On:_ExecutorCore", kwlist,
+                                     &queue, &max_workers)) {
         return NULL;
     }
     if (max_workers < 0) {
@@ -641,8 +641,8 @@ closed_error(void)
 }
 
 static PyObject *
-Executor_submit(ExecutorObject *self, PyObject *const *args,
-                Py_ssize_t nargs, PyObject *kwnames)
+Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
 {
     if (self->shutdown) {
         return closed_error();
@@ -921,8 +921,7 @@ Waker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-static int
-Waker_traverse(WakerObject *self, visitproc visit, void *arg);
+static int Waker_traverse(WakerObject *self, visitproc visit, void *arg);
 
 static int
 Waker_clear(WakerObject *self)
@@ -1181,8 +1180,7 @@ static PyTypeObject *wait_type;
 static void
 wait_fired(dk__watch_t *w, int rc)
 {
-    WaitObject *self =
-        (WaitObject *)((char *)w - offsetof(WaitObject, watch));
+    WaitObject *self = (WaitObject *)((char *)w - offsetof(WaitObject, watch));
     WakerObject *k = self->waker;
     self->fired_rc = rc;
     pthread_mutex_lock(&k->fired_lock);
@@ -1231,8 +1229,7 @@ drain_fired(WakerObject *k)
             Py_XDECREF(c);
             if (done == 0) {
                 PyObject *r = PyObject_CallMethodOneArg(
-                    fut, s_set_result,
-                    w->fired_rc == 0 ? Py_True : Py_False);
+                    fut, s_set_result, w->fired_rc == 0 ? Py_True : Py_False);
                 Py_XDECREF(r);
             }
             if (PyErr_Occurred()) {
@@ -1325,8 +1322,8 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         kind = K_ZBREAD;
         shared = true;
-    } else if (dkpy_sync_target(target, &kind, &addr, &shared,
-                                &owner_died) < 0 &&
+    } else if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) <
+                   0 &&
                dkpy_dispatch_target(target, &kind, &addr) < 0) {
         PyErr_Format(PyExc_TypeError,
                      "cannot wait on %.100s: expected a dispatchkit Group "

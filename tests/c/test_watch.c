@@ -39,8 +39,7 @@ wait_fired(uint32_t n)
     uint32_t f;
     while ((f = dk_atomic_load_seq_cst(&fired)) < n) {
         CHECK(dk__os_monotonic_ns() < deadline);
-        dk__os_futex_wait(&fired, f, dk__os_monotonic_ns() + 1000000,
-                          false);
+        dk__os_futex_wait(&fired, f, dk__os_monotonic_ns() + 1000000, false);
     }
 }
 

@@ -51,8 +51,8 @@ dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline)
         ts.tv_nsec = (long)(deadline % 1000000000u);
         tsp = &ts;
     }
-    long rc = syscall(SYS_futex_waitv, kv, (unsigned)n, 0u, tsp,
-                      CLOCK_MONOTONIC);
+    long rc =
+        syscall(SYS_futex_waitv, kv, (unsigned)n, 0u, tsp, CLOCK_MONOTONIC);
     if (rc >= 0) {
         return (int)rc;
     }
@@ -67,8 +67,7 @@ dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline)
          * owner): the caller rechecks its words and drops that one. */
         return -EFAULT;
     default:
-        fprintf(stderr, "dispatchkit: futex_waitv failed: errno %d\n",
-                errno);
+        fprintf(stderr, "dispatchkit: futex_waitv failed: errno %d\n", errno);
         abort();
     }
 }

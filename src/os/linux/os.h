@@ -48,8 +48,7 @@ struct dk__os_waitv {
     uint32_t expected;
     bool shared;
 };
-int dk__os_futex_waitv(const struct dk__os_waitv *v, int n,
-                       uint64_t deadline);
+int dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline);
 
 /* Number of CPUs this process may run on (>= 1). */
 int dk__os_ncpu(void);
