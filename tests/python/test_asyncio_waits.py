@@ -542,3 +542,32 @@ def test_fastipc_peer_sets_event(pid_root, name):
     finally:
         p.wait(30)
         e.close()
+
+
+def test_loop_closed_with_waits_pending(mem, unraisable):
+    import gc
+    import weakref
+    ev = sync.Event(mem[:4])
+    s = dk.Semaphore(0)
+    lp = asyncio.new_event_loop()
+
+    async def main():
+        t1 = asyncio.ensure_future(dkio.wait(ev))
+        t2 = asyncio.ensure_future(dkio.wait(s))
+        await asyncio.sleep(0.02)
+        return t1, t2
+
+    t1, t2 = lp.run_until_complete(main())
+    ref = weakref.ref(lp)
+    lp.close()
+    ev.set()      # fires into a waker nobody drains
+    s.signal()    # counted for the orphaned waiter
+    time.sleep(0.05)
+    del t1, t2, lp
+    gc.collect()
+    assert ref() is None  # nothing keeps the closed loop alive
+    assert unraisable == []
+    # Closing the orphaned coroutine abandoned its wait, passing the
+    # unit on: it is there for the next taker, and nothing more is.
+    assert s.wait(1) is True
+    assert s.wait(0) is False

@@ -372,3 +372,17 @@ def test_workloop_submit_qos():
           for i in range(5)]
     cf.wait(fs, timeout=10)
     assert out == list(range(5))
+
+
+def test_stdlib_future_fields_we_rely_on():
+    # dispatchkit.Future makes these lazily and the worker writes _state,
+    # _result and _exception directly: the stdlib must still use them.
+    f = cf.Future()
+    assert {"_condition", "_state", "_result", "_exception", "_waiters",
+            "_done_callbacks"} <= set(vars(f))
+    from concurrent.futures import _base
+    assert _base.FINISHED == "FINISHED" and _base.RUNNING == "RUNNING"
+    ours = dk.Future()
+    assert not ours.done() and not ours.running()
+    ours.set_result(3)  # the stdlib's own method on our lazy fields
+    assert ours.result() == 3 and ours.done()

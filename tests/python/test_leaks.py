@@ -502,7 +502,31 @@ def aio_wait_cycle():
     LOOP.run_until_complete(_aio_wait_body())
 
 
+AIO_ZB_NAME = "dkleakaio%d" % os.getpid()
+AIO_ZB_READER = zb.Reader(AIO_ZB_NAME, zb.BufferConfig(1024, 64 * 1024))
+AIO_ZB_WRITER = zb.Writer(AIO_ZB_NAME)
+
+
+async def _aio_zb_body():
+    await dkio.write_frame(AIO_ZB_WRITER, b"frame")
+    f = await dkio.read_frame(AIO_ZB_READER, timeout=1)
+    f.dispose()
+    assert await dkio.read_frame(AIO_ZB_READER, timeout=0.0001) is None
+    t = asyncio.ensure_future(dkio.read_frame(AIO_ZB_READER))
+    await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+
+
+def aio_zb_cycle():
+    LOOP.run_until_complete(_aio_zb_body())
+
+
 CASES.update({
+    "aio_zerobuffer": (aio_zb_cycle, None, 1000),
     "aio_wait": (aio_wait_cycle, None, 1000),
     "aio_run": (aio_cycle, drain, 2000),
     "aio_no_loop": (aio_no_loop_cycle, None),
