@@ -161,7 +161,18 @@ struct ExecutorObject {
     item_t outstanding; /* sentinel of a circular list */
     dk_group_t *group;  /* one enter per outstanding item */
     int shutdown;
+    unsigned fork_gen; /* fork_gen when the items above were current */
 };
+
+/* Bumped in every forked child: the parent's items never run there, so
+ * an executor created before the fork forgets them (see executor_adopt). */
+static unsigned fork_gen;
+
+static void
+futures_atfork_child(void)
+{
+    fork_gen++;
+}
 
 struct WaitObject;
 
@@ -607,6 +618,7 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->q = q;
     self->max_workers = max_workers;
+    self->fork_gen = fork_gen;
     return (PyObject *)self;
 }
 
@@ -632,6 +644,29 @@ Executor_dealloc(ExecutorObject *self)
     Py_DECREF(tp);
 }
 
+/* In a forked child, the parent's outstanding items are gone with the
+ * parent's workers: drop them (their memory is leaked on purpose, as the
+ * runtime drops the parent's queued work) so that shutdown(wait=True)
+ * does not wait for them forever. */
+static int
+executor_adopt(ExecutorObject *self)
+{
+    if (self->fork_gen == fork_gen) {
+        return 0;
+    }
+    dk_group_t *g = dk_group_create();
+    if (g == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->group = g; /* the parent's group is leaked with its items */
+    self->outstanding.next = self->outstanding.prev = &self->outstanding;
+    self->pend_head = self->pend_tail = NULL;
+    self->active = 0;
+    self->fork_gen = fork_gen;
+    return 0;
+}
+
 static PyObject *
 closed_error(void)
 {
@@ -646,6 +681,9 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
 {
     if (self->shutdown) {
         return closed_error();
+    }
+    if (self->fork_gen != fork_gen && executor_adopt(self) < 0) {
+        return NULL;
     }
     item_t *it = item_new(args, nargs, kwnames, NULL, NULL);
     if (it == NULL) {
@@ -681,6 +719,9 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
     }
     if (self->shutdown) {
         return closed_error();
+    }
+    if (executor_adopt(self) < 0) {
+        return NULL;
     }
     if (!PyCallable_Check(fn)) {
         PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
@@ -792,6 +833,9 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->shutdown = 1;
+    if (executor_adopt(self) < 0) {
+        return NULL;
+    }
     if (cancel) {
         /* Collect first: cancel() runs Python code (done callbacks) that
          * may finish other items and change the list. */
@@ -1578,6 +1622,7 @@ dkpy_futures_exec(PyObject *m)
     if (intern_names() < 0) {
         return -1;
     }
+    pthread_atfork(NULL, NULL, futures_atfork_child);
     PyObject *t = PyType_FromSpec(&Executor_spec);
     if (t == NULL || PyModule_AddObject(m, "_ExecutorCore", t) < 0) {
         Py_XDECREF(t);

@@ -386,3 +386,30 @@ def test_stdlib_future_fields_we_rely_on():
     assert not ours.done() and not ours.running()
     ours.set_result(3)  # the stdlib's own method on our lazy fields
     assert ours.result() == 3 and ours.done()
+
+
+def test_forked_child_forgets_parent_tasks():
+    import os
+    e = dk.Executor(max_workers=1)
+    gate = threading.Event()
+    blocked = e.submit(gate.wait, 30)
+    queued = e.submit(int)  # behind the gate, in the parent's FIFO
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's tasks will never run here
+        try:
+            ok = e.submit(pow, 2, 5).result(10) == 32
+            e.shutdown(wait=True)  # does not wait for the parent's tasks
+            os.write(w, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        got = os.read(r, 2)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+        gate.set()
+    assert got == b"ok" and status == 0
+    assert blocked.result(10) is True and queued.result(10) == 0
+    e.shutdown()
