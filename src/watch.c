@@ -207,14 +207,27 @@ watcher_main(void *arg)
     return NULL;
 }
 
-/* In a forked child the watcher threads are gone: start from no shards
- * (the parent's registrations belong to the parent; their memory is
- * leaked in the child on purpose). */
+/* In a forked child the watcher threads are gone: start from no shards.
+ * The parent's registrations never fire in the child, and cancelling one
+ * there returns false (its owner keeps it, leaked on purpose). */
 static void
 atfork_child(void)
 {
     pthread_mutex_init(&shards_lock, NULL);
-    nshards = 0;
+    for (int k = 0; k < nshards; k++) {
+        struct dk__watch_shard *s = shards[k];
+        /* The watcher thread may have held the lock at the fork. */
+        pthread_mutex_init(&s->lock, NULL);
+        for (int i = 0; i < s->cap; i++) {
+            for (dk__watch_t *w = s->slots[i].head; w != NULL;
+                 w = w->next) {
+                w->state = W_FIRED; /* never fires: cancel says so */
+            }
+            s->slots[i].head = NULL;
+        }
+        s->used = 0;
+    }
+    nshards = 0; /* the shards themselves are leaked on purpose */
 }
 
 static struct dk__watch_shard *

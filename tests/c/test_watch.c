@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define NWORDS 300 /* more than one futex_waitv call takes: 3 shards */
@@ -178,4 +179,30 @@ DK_TEST(watch_futex_waitv_wrapper)
     rc = dk__os_futex_waitv(v, 2, dk__os_monotonic_ns() + 1000000);
     CHECK(rc == -ETIMEDOUT || rc == -ENOSYS);
     CHECK_EQ(dk__os_futex_waitv(v, 0, DK_OS_FOREVER), -EINVAL);
+}
+
+DK_TEST(watch_fork_child_starts_fresh)
+{
+    memset(words, 0, sizeof words);
+    dk_atomic_store_seq_cst(&fired, 0);
+    watch_word(0, UINT64_MAX);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        /* The parent's watch never fires here and cannot be cancelled;
+         * a new one works (a new watcher thread). */
+        if (dk__watch_cancel(&watches[0])) {
+            _exit(2);
+        }
+        watch_word(1, UINT64_MAX);
+        dk_atomic_store_seq_cst(&words[1], 1);
+        dk__os_futex_wake(&words[1], 1, false);
+        wait_fired(1);
+        _exit(results[1] == 1 && results[0] == 0 ? 0 : 3);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    CHECK(dk__watch_cancel(&watches[0])); /* still ours in the parent */
 }
