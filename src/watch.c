@@ -219,8 +219,7 @@ atfork_child(void)
         /* The watcher thread may have held the lock at the fork. */
         pthread_mutex_init(&s->lock, NULL);
         for (int i = 0; i < s->cap; i++) {
-            for (dk__watch_t *w = s->slots[i].head; w != NULL;
-                 w = w->next) {
+            for (dk__watch_t *w = s->slots[i].head; w != NULL; w = w->next) {
                 w->state = W_FIRED; /* never fires: cancel says so */
             }
             s->slots[i].head = NULL;
