@@ -571,3 +571,52 @@ def test_loop_closed_with_waits_pending(mem, unraisable):
     # unit on: it is there for the next taker, and nothing more is.
     assert s.wait(1) is True
     assert s.wait(0) is False
+
+
+PINGPONG = """
+import asyncio, sys
+import dispatchkit.sync as sync
+from dispatchkit import asyncio as dkio
+ping = sync.NamedSemaphore(sys.argv[1] + "a")
+pong = sync.NamedSemaphore(sys.argv[1] + "b")
+n = int(sys.argv[2])
+async def main():
+    for _ in range(n):
+        if not await dkio.wait(ping, 20):
+            return False
+        pong.post(1)
+    return True
+print(asyncio.run(main()), flush=True)
+"""
+
+
+def test_async_ping_pong_across_processes_loses_no_wakeup(run, pid_root,
+                                                          name):
+    # Both sides await (no thread parked on either): a lost wake-up would
+    # stall a round until its 20 s timeout and fail the test.
+    n = 1000
+    ping = sync.NamedSemaphore(name + "a", initial=0)
+    pong = sync.NamedSemaphore(name + "b", initial=0)
+    p = subprocess.Popen([sys.executable, "-c", PINGPONG, name, str(n)],
+                         stdout=subprocess.PIPE, text=True)
+
+    async def main():
+        for _ in range(n):
+            ping.post(1)
+            if not await dkio.wait(pong, 20):
+                return False
+        return True
+
+    try:
+        assert run(main()) is True
+        assert p.communicate(timeout=60)[0].strip() == "True"
+    finally:
+        p.kill()
+        p.wait(30)
+        for s in (ping, pong):
+            s.close()
+        for suffix in ("a", "b"):
+            try:
+                os.unlink(f"/dev/shm/__pyfastipc_sema_{name}{suffix}")
+            except FileNotFoundError:
+                pass
