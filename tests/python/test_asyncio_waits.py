@@ -620,3 +620,54 @@ def test_async_ping_pong_across_processes_loses_no_wakeup(run, pid_root,
                 os.unlink(f"/dev/shm/__pyfastipc_sema_{name}{suffix}")
             except FileNotFoundError:
                 pass
+
+
+MUTEX_COUNTER = """
+import asyncio, mmap, sys
+import dispatchkit.sync as sync
+from dispatchkit import asyncio as dkio
+m = sync.NamedMutex(sys.argv[1])
+with open(sys.argv[2], "r+b") as f:
+    buf = mmap.mmap(f.fileno(), 8)
+n, mode = int(sys.argv[3]), sys.argv[4]
+def bump():
+    v = int.from_bytes(buf[:8], "little")
+    buf[:8] = (v + 1).to_bytes(8, "little")
+async def main():
+    for _ in range(n):
+        async with dkio.locked(m, timeout=20):
+            v = int.from_bytes(buf[:8], "little")
+            await asyncio.sleep(0)  # let the others try meanwhile
+            buf[:8] = (v + 1).to_bytes(8, "little")
+if mode == "async":
+    asyncio.run(main())
+else:
+    for _ in range(n):
+        with m:
+            bump()
+print("done", flush=True)
+"""
+
+
+def test_named_mutex_contended_by_async_and_blocking_processes(pid_root,
+                                                               name,
+                                                               tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_bytes(bytes(8))
+    m = sync.NamedMutex(name)
+    n = 300
+    ps = [subprocess.Popen([sys.executable, "-c", MUTEX_COUNTER, name,
+                            str(counter), str(n), mode],
+                           stdout=subprocess.PIPE, text=True)
+          for mode in ("async", "async", "blocking")]
+    try:
+        for p in ps:
+            assert p.communicate(timeout=120)[0].strip() == "done"
+        assert int.from_bytes(counter.read_bytes(), "little") == 3 * n
+        assert m.try_acquire() is True  # nobody left it held
+        m.release()
+    finally:
+        for p in ps:
+            p.kill()
+            p.wait(30)
+        m.close()
