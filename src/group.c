@@ -14,6 +14,7 @@
  * generation changed and returns from futex_wait at once.
  */
 #include "internal.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -211,4 +212,29 @@ long
 dk_group_count(const dk_group_t *g)
 {
     return dk_atomic_load_acquire(&g->count);
+}
+
+/* ---- steps for asynchronous waiters (watch.h) ------------------------ */
+
+int
+dk__group_wait_step(dk_group_t *g, uint32_t **word, uint32_t *busy)
+{
+    uint32_t gen = dk_atomic_load_acquire(&g->gen);
+    if (dk_atomic_load_acquire(&g->count) == 0) {
+        return 0;
+    }
+    dk_atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
+    if (dk_atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
+        dk_atomic_sub_relaxed(&g->waiters, 1);
+        return 0;
+    }
+    *word = &g->gen;
+    *busy = gen;
+    return -EAGAIN;
+}
+
+void
+dk__group_unannounce(dk_group_t *g)
+{
+    dk_atomic_sub_relaxed(&g->waiters, 1);
 }

@@ -36,6 +36,7 @@
 #include "dk/mutex.h"
 
 #include "os/linux/sync_os.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -453,4 +454,55 @@ void
 dk_shm_unalias(void *alias, size_t len)
 {
     dk__os_unmap_again(alias, len);
+}
+
+/* ---- steps for asynchronous waiters (watch.h) ------------------------ */
+
+int
+dk__shm_mutex_lock_step(dk_shm_mutex_t *m, bool check_owner,
+                        uint64_t *orphan_since, uint32_t **word,
+                        uint32_t *busy)
+{
+    uint32_t s = 0;
+    if (dk_atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+        took_lock(m);
+        return 0;
+    }
+    /* Announce a waiter (2) as a sleeping locker does: whoever releases
+     * then wakes the word, and the watcher with it. */
+    if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
+        took_lock(m);
+        return 0;
+    }
+    if (check_owner &&
+        take_over_if_abandoned(m, (uint32_t)dk__os_pid(),
+                               dk__os_monotonic_ns(), orphan_since)) {
+        return 1;
+    }
+    *word = &m->state;
+    *busy = 2;
+    return -EAGAIN;
+}
+
+int
+dk__shm_semaphore_wait_step(dk_shm_semaphore_t *s, uint32_t **word,
+                            uint32_t *busy)
+{
+    if (try_take(s)) {
+        return 0;
+    }
+    dk_atomic_add_seq_cst(&s->waiters, 1); /* W1 */
+    if (try_take_order(s, true)) {         /* W2 */
+        dk_atomic_sub_relaxed(&s->waiters, 1);
+        return 0;
+    }
+    *word = &s->count;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__shm_semaphore_unannounce(dk_shm_semaphore_t *s)
+{
+    dk_atomic_sub_relaxed(&s->waiters, 1);
 }

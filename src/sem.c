@@ -17,6 +17,7 @@
  * S2 is about to post.
  */
 #include "internal.h"
+#include "watch.h"
 
 #include <errno.h>
 
@@ -125,4 +126,48 @@ long
 dk_semaphore_value(const dk_semaphore_t *s)
 {
     return dk_atomic_load_acquire(&s->value);
+}
+
+/* ---- steps for asynchronous waiters (watch.h) ------------------------ */
+
+int
+dk__semaphore_wait_begin(dk_semaphore_t *s, uint32_t **word, uint32_t *busy)
+{
+    if (dk_atomic_sub_acquire(&s->value, 1) > 0) {
+        return 0;
+    }
+    if (take_token(s)) {
+        return 0;
+    }
+    *word = &s->wakeups;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+int
+dk__semaphore_take_token(dk_semaphore_t *s, uint32_t **word, uint32_t *busy)
+{
+    if (take_token(s)) {
+        return 0;
+    }
+    *word = &s->wakeups;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__semaphore_wait_abandon(dk_semaphore_t *s)
+{
+    long v = dk_atomic_load_relaxed(&s->value);
+    while (v < 0) {
+        if (dk_atomic_cas_acq_rel(&s->value, &v, v + 1)) { /* (T1) */
+            return;
+        }
+    }
+    /* A signal counted us (S1): its token follows at once (S2). Take it
+     * and hand the unit on, as if we had never waited. */
+    while (!take_token(s)) {
+        dk__os_futex_wait(&s->wakeups, 0, DK_OS_FOREVER, false);
+    }
+    dk_semaphore_signal(s);
 }

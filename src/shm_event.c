@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include "dk/event.h"
+#include "watch.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -63,4 +64,17 @@ dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline, bool shared)
         /* 0 (woken, maybe spuriously), -EAGAIN (set meanwhile) and
          * -ETIMEDOUT all go back to look at the word. */
     }
+}
+
+/* ---- steps for asynchronous waiters (watch.h) ------------------------ */
+
+int
+dk__shm_event_wait_step(dk_shm_event_t *e, uint32_t **word, uint32_t *busy)
+{
+    if (dk_shm_event_is_set(e)) {
+        return 0;
+    }
+    *word = &e->word;
+    *busy = 0;
+    return -EAGAIN;
 }

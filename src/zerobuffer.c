@@ -33,6 +33,7 @@
 #include "dk/zerobuffer.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,6 +43,11 @@
 #include "atomic.h"
 #include "os/linux/os.h"
 #include "os/linux/shm.h"
+#include "watch.h"
+
+/* The low half of the OIEB's writer_pid (little-endian): the futex word a
+ * reader waiting for a writer sleeps on. */
+#define writer_pid_word(oieb) ((uint32_t *)(void *)&(oieb)->writer_pid)
 
 /* Liveness of the peer is checked at least this often while waiting. */
 #define SLICE_NS 100000000ull
@@ -770,6 +776,7 @@ dk_zb_reader_close(dk_zb_reader_t *r)
     dk_atomic_store_release(&r->oieb->reader_pid, 0);
     dk__nsem_post(r->sem_r);
     dk__nsem_post(r->sem_w);
+    dk__os_futex_wake(writer_pid_word(r->oieb), INT_MAX, true);
     dk__nsem_unlink(r->sem_w_name);
     dk__nsem_unlink(r->sem_r_name);
     dk__shm_unlink(r->name);
@@ -879,6 +886,9 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
             goto fail;
         }
     }
+    /* A reader waiting for a writer (dk_zb_reader_wait_writer) sleeps
+     * on the low half of writer_pid: wake it. */
+    dk__os_futex_wake(writer_pid_word(o), INT_MAX, true);
     w->msize = msize;
     w->psize = psize;
     w->meta = w->base + DK_ZB_OIEB_SIZE;
@@ -1147,4 +1157,120 @@ dk_zb_writer_destroy(dk_zb_writer_t *w)
     dk__nsem_close(w->sem_r);
     dk__shm_close(w->base, w->map_len, w->shm_fd);
     free(w);
+}
+
+/* ---- steps for asynchronous readers (watch.h) ------------------------ */
+
+int
+dk__zb_reader_wait_step(dk_zb_reader_t *r, bool check_writer, uint32_t **word,
+                        uint32_t *busy)
+{
+    if (dk_atomic_load_relaxed(&r->closed)) {
+        return -EBADF;
+    }
+    uint32_t *w = dk__nsem_announce(r->sem_w);
+    if (w == NULL) {
+        return -ENOSYS;
+    }
+    if (dk_atomic_load_seq_cst(w) > 0) { /* (N2) */
+        dk__nsem_unannounce(r->sem_w);
+        return 0;
+    }
+    if (check_writer && writer_gone(r)) {
+        dk__nsem_unannounce(r->sem_w);
+        return dk__nsem_value(r->sem_w) > 0 ? 0 : -EPIPE;
+    }
+    *word = w;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__zb_reader_unannounce(dk_zb_reader_t *r)
+{
+    dk__nsem_unannounce(r->sem_w);
+}
+
+/* ---- steps for asynchronous writers (watch.h) ------------------------ */
+
+int
+dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
+                         uint32_t **word, uint32_t *busy)
+{
+    if (dk_atomic_load_relaxed(&w->closed)) {
+        return -EBADF;
+    }
+    if (w->pending) {
+        return -EBUSY;
+    }
+    if (size == 0) {
+        return -EINVAL;
+    }
+    if (size > w->psize - DK_ZB_HEADER_SIZE) {
+        return -EMSGSIZE;
+    }
+    uint64_t rpid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+    if (rpid == 0) {
+        return -EPIPE;
+    }
+    bool wrap;
+    uint64_t needed = space_needed(w, DK_ZB_HEADER_SIZE + size, &wrap);
+    /* Tokens of releases already counted in the free bytes: drop them,
+     * so the word we watch is 0 until the next release posts. */
+    while (dk__nsem_trywait(w->sem_r) == 0) {
+    }
+    uint32_t *ws = dk__nsem_announce(w->sem_r);
+    if (ws == NULL) {
+        return -ENOSYS;
+    }
+    /* (A'): pairs with the reader's release add, as in acquire. */
+    if (dk_atomic_load_acquire(&w->oieb->payload_free_bytes) >= needed) {
+        dk__nsem_unannounce(w->sem_r);
+        return 0;
+    }
+    if (check_reader && !dk__pid_alive(rpid)) {
+        dk__nsem_unannounce(w->sem_r);
+        return -EPIPE;
+    }
+    *word = ws;
+    *busy = 0;
+    return -EAGAIN;
+}
+
+void
+dk__zb_writer_unannounce(dk_zb_writer_t *w)
+{
+    dk__nsem_unannounce(w->sem_r);
+}
+
+/* Peers' writers make no futex wake when they connect: a reader waiting
+ * for one looks again after each slice of this length. */
+#define PEER_CONNECT_SLICE_NS (50ull * 1000000ull)
+
+int
+dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline)
+{
+    for (;;) {
+        if (dk_atomic_load_relaxed(&r->closed)) {
+            return -EBADF;
+        }
+        uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+        if (pid != 0 && dk__pid_alive(pid)) {
+            return 0;
+        }
+        uint64_t now = dk__os_monotonic_ns();
+        if (now >= deadline) {
+            return -ETIMEDOUT;
+        }
+        uint64_t until = deadline - now > PEER_CONNECT_SLICE_NS
+                             ? now + PEER_CONNECT_SLICE_NS
+                             : deadline;
+        /* The word holds the low half of pid (0, or a dead writer's pid
+         * until a new writer replaces it): sleep while it is unchanged. */
+        int rc = dk__os_futex_wait(writer_pid_word(r->oieb), (uint32_t)pid,
+                                   until, true);
+        if (rc == -EINTR) {
+            return -EINTR;
+        }
+    }
 }

@@ -141,6 +141,11 @@ DK_EXPORT int dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data,
 
 /* Whether a writer is connected and its process alive. */
 DK_EXPORT bool dk_zb_reader_writer_connected(dk_zb_reader_t *r);
+/* Wait until a live writer is connected, or the deadline. Our writers
+ * wake the waiter when they connect; a peer's writer is seen within 50 ms
+ * (peers make no wake-up). Returns 0, -ETIMEDOUT, -EBADF (closed, also
+ * while waiting), -EINTR (a signal: call again). */
+DK_EXPORT int dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline);
 
 /* Frames and payload bytes read so far. */
 DK_EXPORT uint64_t dk_zb_reader_frames(const dk_zb_reader_t *r);

@@ -59,6 +59,7 @@ from dispatchkit._dk import (  # noqa: F401
     AUTORELEASE_FREQUENCY_NEVER,
 )
 from dispatchkit import _dk
+from dispatchkit._executor import Executor, Future  # noqa: F401
 
 # Pending callbacks must not enter Python while it finalizes.
 _atexit.register(_dk._shutdown)

@@ -21,6 +21,7 @@
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
+#include "python/futures.h"
 #include "python/gil.h"
 
 typedef struct {
@@ -411,6 +412,16 @@ static PyObject *
 Queue_barrier_async(QueueObject *self, PyObject *func)
 {
     return submit(self, func, true);
+}
+
+/* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future (futures.c);
+ * a workloop also takes qos=. */
+static PyObject *
+Queue_submit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    return dkpy_queue_submit(self->q, dk_queue_is_workloop(self->q), args,
+                             nargs, kwnames);
 }
 
 /* A synchronous call that could not run inline: shared between the
@@ -853,6 +864,10 @@ static PyMethodDef Queue_methods[] = {
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
      "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
      "execution."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
      "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
      "re-raises its "
@@ -1106,6 +1121,11 @@ static PyMethodDef Workloop_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, qos=QOS_CLASS_DEFAULT, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the workloop at qos; a "
+     "concurrent.futures.Future."},
     {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
      METH_VARARGS | METH_KEYWORDS,
      "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
@@ -1899,6 +1919,24 @@ dk_py_shutdown(PyObject *module, PyObject *unused)
     (void)unused;
     dkpy_gil_shutdown();
     Py_RETURN_NONE;
+}
+
+/* For futures.c (awaitable waits): the core object behind a dispatch
+ * Semaphore (kind 3) or Group (kind 4); 0, or -1 if obj is neither. */
+int
+dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr)
+{
+    if (PyObject_TypeCheck(obj, the_state->semaphore_type)) {
+        *kind = 3;
+        *ptr = ((SemaphoreObject *)obj)->s;
+        return 0;
+    }
+    if (PyObject_TypeCheck(obj, the_state->group_type)) {
+        *kind = 4;
+        *ptr = ((GroupObject *)obj)->g;
+        return 0;
+    }
+    return -1;
 }
 
 static PyMethodDef dispatch_functions[] = {

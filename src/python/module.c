@@ -4,6 +4,7 @@
  * is process-wide, so the module refuses to load in a subinterpreter.
  */
 #include "python/binding.h"
+#include "python/futures.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -154,6 +155,9 @@ module_exec(PyObject *m)
     if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||
         dkpy_io_exec(m) < 0 || dkpy_data_exec(m) < 0 ||
         dkpy_atomics_exec(m) < 0 || dkpy_sync_exec(m) < 0) {
+        return -1;
+    }
+    if (dkpy_futures_exec(m) < 0) {
         return -1;
     }
     if (dkpy_zerobuffer_exec(m) < 0) {

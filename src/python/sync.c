@@ -19,6 +19,7 @@
 #include "dk/futex.h"
 #include "dk/mutex.h"
 #include "dk/time.h"
+#include "python/futures.h"
 
 typedef struct {
     PyObject_HEAD
@@ -1025,6 +1026,33 @@ static PyType_Spec sync_specs[] = {
      Event_slots},
 };
 
+/* The types made from sync_specs, in order (the module holds them). */
+static PyTypeObject *sync_types[sizeof sync_specs / sizeof sync_specs[0]];
+
+/* For futures.c (awaitable waits): the memory of a sync Mutex (kind 0),
+ * Semaphore (1) or Event (2) and its `shared` flag; *owner_died points at
+ * a Mutex's flag (NULL for the others). 0, or -1 if obj is none of
+ * them. */
+int
+dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
+                 bool **owner_died)
+{
+    static const int kinds[] = {0, 1, -1, -1, -1, 2};
+    for (size_t i = 0; i < sizeof sync_types / sizeof sync_types[0]; i++) {
+        if (kinds[i] < 0 || sync_types[i] == NULL ||
+            !PyObject_TypeCheck(obj, sync_types[i])) {
+            continue;
+        }
+        WordObject *w = (WordObject *)obj;
+        *kind = kinds[i];
+        *addr = w->addr;
+        *shared = w->shared;
+        *owner_died = kinds[i] == 0 ? &w->owner_died : NULL;
+        return 0;
+    }
+    return -1;
+}
+
 int
 dkpy_sync_exec(PyObject *m)
 {
@@ -1033,6 +1061,7 @@ dkpy_sync_exec(PyObject *m)
         if (t == NULL) {
             return -1;
         }
+        sync_types[i] = (PyTypeObject *)t;
         /* The extension module also holds the dispatch Semaphore: sync
          * types are registered as Sync<Name>; dispatchkit.sync renames. */
         char name[64];

@@ -17,6 +17,7 @@
  * works.
  */
 #include "python/binding.h"
+#include "python/futures.h"
 
 #include <errno.h>
 #include <math.h>
@@ -497,6 +498,42 @@ Reader_writer_alive(ReaderObject *self, PyObject *unused)
     return PyBool_FromLong(dk_zb_reader_writer_connected(self->core));
 }
 
+/* _wait_writer(timeout): True once a live writer is connected, False
+ * after timeout seconds (None: no limit) or when closed. */
+static PyObject *
+Reader_wait_writer(ReaderObject *self, PyObject *timeout)
+{
+    if (self->closed || self->core == NULL) {
+        Py_RETURN_FALSE;
+    }
+    uint64_t deadline;
+    if (deadline_from(timeout, &deadline) < 0) {
+        return NULL;
+    }
+    for (;;) {
+        dk_zb_reader_t *core = self->core;
+        int rc;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_zb_reader_wait_writer(core, dkpy_slice_end(deadline));
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (rc == 0) {
+            reader_maybe_destroy(self);
+            Py_RETURN_TRUE;
+        }
+        if (rc == -EBADF || self->closed ||
+            (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline))) {
+            reader_maybe_destroy(self);
+            Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            reader_maybe_destroy(self);
+            return NULL;
+        }
+    }
+}
+
 static PyObject *
 Reader_close(ReaderObject *self, PyObject *unused)
 {
@@ -577,6 +614,9 @@ static PyMethodDef Reader_methods[] = {
      "zero-copy."},
     {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS,
      "_writer_alive($self, /)\n--\n\nWhether a live writer is attached."},
+    {"_wait_writer", (PyCFunction)Reader_wait_writer, METH_O,
+     "_wait_writer($self, timeout, /)\n--\n\n"
+     "Wait for a live writer: True, or False after timeout seconds."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS,
      "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
      "readable."},
@@ -1452,6 +1492,78 @@ static PyType_Spec Frame_spec = {"dispatchkit.zerobuffer.Frame",
 static PyType_Spec Region_spec = {"dispatchkit.zerobuffer._Region",
                                   sizeof(RegionObject), 0, Py_TPFLAGS_DEFAULT,
                                   Region_slots};
+
+/* For futures.c (async for over a Reader): hold the core of an open
+ * Reader for an asynchronous wait, as a blocking read does (busy), so
+ * close() defers destroying it; NULL if obj is not a Reader, or closed
+ * (no exception set). dkpy_zb_reader_unhold ends the hold. */
+struct dk_zb_reader_s *
+dkpy_zb_reader_hold(PyObject *obj)
+{
+    if (Reader_type == NULL || !PyObject_TypeCheck(obj, Reader_type)) {
+        return NULL;
+    }
+    ReaderObject *self = (ReaderObject *)obj;
+    if (self->closed || self->core == NULL) {
+        return NULL;
+    }
+    self->busy++;
+    return self->core;
+}
+
+void
+dkpy_zb_reader_unhold(PyObject *obj)
+{
+    ReaderObject *self = (ReaderObject *)obj;
+    self->busy--;
+    reader_maybe_destroy(self);
+}
+
+static bool
+is_writer(PyObject *obj)
+{
+    for (PyTypeObject *t = Py_TYPE(obj); t != NULL; t = t->tp_base) {
+        if (t->tp_dealloc == (destructor)Writer_dealloc) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* As dkpy_zb_reader_hold, for a Writer waiting for space. */
+struct dk_zb_writer_s *
+dkpy_zb_writer_hold(PyObject *obj)
+{
+    if (!is_writer(obj)) {
+        return NULL;
+    }
+    WriterObject *self = (WriterObject *)obj;
+    if (self->closed || self->core == NULL) {
+        return NULL;
+    }
+    self->busy++;
+    return self->core;
+}
+
+void
+dkpy_zb_writer_unhold(PyObject *obj)
+{
+    WriterObject *self = (WriterObject *)obj;
+    self->busy--;
+    writer_maybe_destroy(self);
+}
+
+bool
+dkpy_zb_is_writer(PyObject *obj)
+{
+    return is_writer(obj);
+}
+
+bool
+dkpy_zb_is_reader(PyObject *obj)
+{
+    return Reader_type != NULL && PyObject_TypeCheck(obj, Reader_type);
+}
 
 static PyMethodDef zb_functions[] = {
     {"_zb_set_exceptions", zb_set_exceptions, METH_O,

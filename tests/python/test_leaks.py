@@ -395,6 +395,148 @@ CASES.update({
 })
 
 
+# ---- executor, futures (test_executor.py has the behaviour) ----------
+
+EX = dk.Executor()
+EX1 = dk.Executor(max_workers=1)
+
+
+def executor_cycle():
+    EX.submit(noop).result()
+    EX1.submit(noop).result()
+    try:
+        EX.submit(boom).result()
+    except ValueError:
+        pass
+    list(EX.map(abs, (1, -2)))
+
+
+def executor_errors_cycle():
+    for bad in (lambda: EX.submit(42), lambda: EX.map(None, [1]),
+                lambda: dk.Executor(0)):
+        try:
+            bad()
+        except (TypeError, ValueError):
+            pass
+    closed = dk.Executor()
+    closed.shutdown()
+    try:
+        closed.submit(noop)
+    except RuntimeError:
+        pass
+
+
+def executor_cancel_cycle():
+    gate = dk.Semaphore(0)
+    e = dk.Executor(max_workers=1)
+    first = e.submit(gate.wait, 10)
+    second = e.submit(noop)
+    second.cancel()
+    gate.signal()
+    first.result()
+    e.shutdown(cancel_futures=True)
+
+
+import asyncio  # noqa: E402
+
+from dispatchkit import asyncio as dkio  # noqa: E402
+
+LOOP = asyncio.new_event_loop()
+
+
+async def _aio_body():
+    await dkio.run(C, noop)
+    try:
+        await dkio.run(C, boom)
+    except ValueError:
+        pass
+    t = asyncio.ensure_future(dkio.run(Q, noop))
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    try:
+        dkio.run(C, 42)
+    except TypeError:
+        pass
+
+
+def aio_cycle():
+    LOOP.run_until_complete(_aio_body())
+
+
+def aio_no_loop_cycle():
+    try:
+        dkio.run(C, noop)
+    except RuntimeError:
+        pass
+
+
+AIO_MEM = mmap.mmap(-1, 4096)
+AIO_SEM = sync.Semaphore(memoryview(AIO_MEM)[:64], initial=0)
+AIO_MUTEX = sync.Mutex(memoryview(AIO_MEM)[64:128])
+AIO_DSEM = dk.Semaphore(0)
+
+
+async def _aio_wait_body():
+    AIO_SEM.post(1)
+    await dkio.wait(AIO_SEM, 1)
+    await dkio.wait(AIO_SEM, 0.0001)  # times out
+    t = asyncio.ensure_future(dkio.wait(AIO_DSEM))
+    await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+    async with dkio.locked(AIO_MUTEX):
+        pass
+    try:
+        await dkio.wait(object())
+    except TypeError:
+        pass
+
+
+def aio_wait_cycle():
+    LOOP.run_until_complete(_aio_wait_body())
+
+
+AIO_ZB_NAME = "dkleakaio%d" % os.getpid()
+AIO_ZB_READER = zb.Reader(AIO_ZB_NAME, zb.BufferConfig(1024, 64 * 1024))
+AIO_ZB_WRITER = zb.Writer(AIO_ZB_NAME)
+
+
+async def _aio_zb_body():
+    await dkio.write_frame(AIO_ZB_WRITER, b"frame")
+    f = await dkio.read_frame(AIO_ZB_READER, timeout=1)
+    f.dispose()
+    assert await dkio.read_frame(AIO_ZB_READER, timeout=0.0001) is None
+    t = asyncio.ensure_future(dkio.read_frame(AIO_ZB_READER))
+    await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+
+
+def aio_zb_cycle():
+    LOOP.run_until_complete(_aio_zb_body())
+
+
+CASES.update({
+    "aio_zerobuffer": (aio_zb_cycle, None, 1000),
+    "aio_wait": (aio_wait_cycle, None, 1000),
+    "aio_run": (aio_cycle, drain, 2000),
+    "aio_no_loop": (aio_no_loop_cycle, None),
+    "executor": (executor_cycle, None),
+    "executor_errors": (executor_errors_cycle, None),
+    "executor_cancel": (executor_cancel_cycle, None, 2000),
+    "queue_submit": (lambda: Q.submit(noop).result(), None),
+})
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_no_leak(name, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))

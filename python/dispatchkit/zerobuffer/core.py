@@ -1,9 +1,8 @@
 """Reader and Writer: thin Python layers over the C types, adding the
 zerobuffer-ipc spellings that are easiest in Python (timedelta write
 timeouts, polling is_writer_connected)."""
-import time
 from datetime import timedelta
-from typing import Optional, Tuple, Union
+from typing import AsyncIterator, Optional, Tuple, Union
 
 from dispatchkit import _dk
 
@@ -25,17 +24,20 @@ class Reader(_dk.ZbReader):
 
     def is_writer_connected(self, timeout_ms: Optional[int] = None) -> bool:
         """Whether a live writer is connected; with timeout_ms, wait up to
-        that long for one (polled every 10 ms)."""
+        that long for one. Our writers wake the wait as they connect; a
+        peer's writer (which makes no wake-up) is seen within 50 ms."""
         if timeout_ms is None:
             return self._writer_alive()
-        end = time.monotonic() + timeout_ms / 1000.0
-        while True:
-            if self._writer_alive():
-                return True
-            left = end - time.monotonic()
-            if left <= 0 or self.closed:
-                return False
-            time.sleep(min(0.01, left))
+        if self._writer_alive():
+            return True
+        if timeout_ms <= 0:
+            return False
+        return self._wait_writer(timeout_ms / 1000.0)
+
+    def __aiter__(self) -> "AsyncIterator[Frame]":
+        """``async for frame in reader``: see dispatchkit.asyncio.frames."""
+        from dispatchkit.asyncio import frames
+        return frames(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.frames_read} frames"

@@ -342,6 +342,14 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
 
     def _connect_response(self) -> Optional[Writer]:
         end = time.monotonic() + self._timeout
+        # A client creates its response buffer before it connects to our
+        # request buffer, so wait (woken by the connection, no polling) for
+        # its writer here first; stop() closes the reader, which ends the
+        # wait at once.
+        reader = self._request_reader
+        left = end - time.monotonic()
+        if reader is not None and left > 0:
+            reader.is_writer_connected(timeout_ms=left * 1000.0)
         while not self._stop.is_set():
             try:
                 return Writer(f"{self._channel_name}_response")
@@ -363,9 +371,9 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
             self._response_writer = writer
             while not self._stop.is_set():
                 try:
-                    # Short slices, so stop() is prompt.
-                    frame = reader.read_frame(timeout=min(self._timeout,
-                                                          0.1))
+                    # No slices: stop() closes the reader, which wakes
+                    # this read at once.
+                    frame = reader.read_frame(timeout=None)
                     if frame is None:
                         continue
                     if on_init is not None:
@@ -381,10 +389,14 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
                     with frame:
                         handler(frame, writer)
                 except (ReaderDeadException, WriterDeadException) as e:
-                    why = f"the client left or died ({type(e).__name__})"
-                    self._report(e, departure=True)
+                    if not self._stop.is_set():
+                        why = ("the client left or died "
+                               f"({type(e).__name__})")
+                        self._report(e, departure=True)
                     break
                 except Exception as e:
+                    if self._stop.is_set() and reader.closed:
+                        break  # stop() closed the reader under the read
                     self._report(e)
         except Exception as e:
             why = f"{type(e).__name__}: {e}"
@@ -406,6 +418,9 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
     def stop(self) -> None:
         """Stop serving and remove the request buffer."""
         self._stop.set()
+        r = self._request_reader
+        if r is not None:
+            r.close()  # wakes the serving thread's read at once
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5.0)

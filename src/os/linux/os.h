@@ -33,6 +33,23 @@ int dk__os_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline,
 /* Wake up to n waiters on word; returns how many were woken (>= 0). */
 int dk__os_futex_wake(uint32_t *word, int n, bool shared);
 
+/*
+ * Sleep on several words at once (futex_waitv, Linux 5.16+): until one is
+ * woken, or one differs from its `expected` on entry, or the deadline.
+ * Returns the index of a woken word (>= 0; the wake may be spurious),
+ * -EAGAIN (some word differed on entry), -ETIMEDOUT, -EINTR, -EFAULT (a
+ * word is no longer mapped), or -ENOSYS (no futex_waitv in this kernel):
+ * the caller falls back to
+ * dk__os_futex_wait on one word. At most DK__OS_WAITV_MAX words.
+ */
+#define DK__OS_WAITV_MAX 128
+struct dk__os_waitv {
+    uint32_t *word;
+    uint32_t expected;
+    bool shared;
+};
+int dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline);
+
 /* Number of CPUs this process may run on (>= 1). */
 int dk__os_ncpu(void);
 

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atomic.h"
 #include "os/linux/os.h"
 
 /* "/NAME" for shm_open and sem_open; names were validated by the caller
@@ -296,4 +297,49 @@ uint64_t
 dk__pid_self(void)
 {
     return (uint64_t)getpid();
+}
+
+/*
+ * Asynchronous waiters on a named semaphore. glibc's sem_t (2.21 and
+ * later, 64-bit) is one u64 `data`: the value in the low 32 bits, the
+ * number of sleeping waiters in the high 32; sem_post adds 1 and makes a
+ * futex wake on the low word only when the waiter count is non-zero. A
+ * waiter that sleeps elsewhere (the futex watcher) counts itself there
+ * first, exactly as sem_wait does, so posts from any process wake it:
+ *
+ *   waiter                                 poster (sem_post)
+ *   data += 1 << 32 (nwaiters)  (N1)       d = data++ (value)        (P1)
+ *   value > 0 ? take it         (N2)       d >> 32 > 0 ? futex_wake  (P2)
+ *   else watch the low word while 0
+ *
+ * N1 and P1 are RMWs on one word: either the post sees the waiter or the
+ * waiter sees the value.
+ */
+#if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+#define NSEM_ANNOUNCE 1
+_Static_assert(sizeof(sem_t) == 32, "glibc sem_t layout");
+#endif
+
+uint32_t *
+dk__nsem_announce(sem_t *sem)
+{
+#ifdef NSEM_ANNOUNCE
+    uint64_t *data = (uint64_t *)(void *)sem;
+    dk_atomic_add_seq_cst(data, (uint64_t)1 << 32); /* (N1) */
+    return (uint32_t *)(void *)sem; /* little-endian: the value half */
+#else
+    (void)sem;
+    return NULL;
+#endif
+}
+
+void
+dk__nsem_unannounce(sem_t *sem)
+{
+#ifdef NSEM_ANNOUNCE
+    uint64_t *data = (uint64_t *)(void *)sem;
+    dk_atomic_sub_seq_cst(data, (uint64_t)1 << 32);
+#else
+    (void)sem;
+#endif
 }

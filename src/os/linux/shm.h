@@ -54,6 +54,12 @@ int dk__nsem_trywait(sem_t *sem);
 int dk__nsem_wait(sem_t *sem, uint64_t deadline);
 /* The current count (>= 0). */
 int dk__nsem_value(sem_t *sem);
+/* Count an asynchronous waiter in the semaphore's own waiter count (so
+ * every sem_post wakes its futex word) and return that word, to watch
+ * while it is 0; NULL where the sem_t layout is not glibc's. Undo with
+ * dk__nsem_unannounce. */
+uint32_t *dk__nsem_announce(sem_t *sem);
+void dk__nsem_unannounce(sem_t *sem);
 
 /* Take the reader's lock file DK_ZB_LOCK_DIR/NAME.lock (created with
  * `mode`; the directory is created world-writable and sticky like /tmp).

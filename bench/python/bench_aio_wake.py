@@ -1,0 +1,147 @@
+"""Cross-process wake-up of an awaiting coroutine (issue 14), peers in the
+same run: another process sets a NamedEvent / posts a NamedSemaphore and a
+coroutine awaiting it with dispatchkit.asyncio.wait resumes. Peers: the
+same signal as a byte through a pipe watched with loop.add_reader, and a
+multiprocessing.Event awaited with asyncio.to_thread(event.wait).
+
+Latency = CLOCK_MONOTONIC when the coroutine resumes minus the one the
+other process read just before signalling (the clock is system-wide).
+Each round the other process waits to be told the coroutine is waiting,
+sleeps 0.3 ms so the loop is really asleep, then signals.
+
+Prints `workload<TAB>impl<TAB>value<TAB>unit` lines (p50 and p99, us).
+"""
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import dispatchkit.sync as sync
+from dispatchkit import asyncio as dkio
+
+SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+ROUNDS = max(200, 2000 // SCALE)
+NAME = "dkbw" + uuid.uuid4().hex[:8]
+
+
+def emit(workload, impl, value, unit):
+    print(f"{workload}\t{impl}\t{value:.1f}\t{unit}", flush=True)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def child(kind, ready_name, stamp_name, wfd, mp_event):
+    ready = sync.NamedSemaphore(ready_name)
+    stamp = sync.NamedSemaphore(stamp_name)  # its `last_ns` field unused
+    del stamp
+    ev = sync.NamedEvent(NAME) if kind == "event" else None
+    sem = sync.NamedSemaphore(NAME) if kind == "sem" else None
+    shm = mp_event[1]
+    for _ in range(ROUNDS):
+        ready.wait()
+        time.sleep(0.0003)
+        shm[0] = time.monotonic_ns()
+        if kind == "event":
+            ev.set()
+        elif kind == "sem":
+            sem.post(1)
+        elif kind == "pipe":
+            os.write(wfd, b"x")
+        else:
+            mp_event[0].set()
+
+
+async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
+    loop = asyncio.get_running_loop()
+    lat = []
+    pipe_fut = None
+
+    def on_pipe():
+        os.read(rfd, 1)
+        if pipe_fut is not None and not pipe_fut.done():
+            pipe_fut.set_result(None)
+
+    if kind == "pipe":
+        loop.add_reader(rfd, on_pipe)
+    for _ in range(ROUNDS):
+        if kind == "event":
+            ev.clear()
+            t = asyncio.ensure_future(dkio.wait(ev))
+        elif kind == "sem":
+            t = asyncio.ensure_future(dkio.wait(sem))
+        elif kind == "pipe":
+            pipe_fut = loop.create_future()
+            t = pipe_fut
+        else:
+            mp_ev.clear()
+            t = asyncio.ensure_future(asyncio.to_thread(mp_ev.wait))
+        await asyncio.sleep(0)
+        ready.post(1)
+        await t
+        lat.append((time.monotonic_ns() - shm[0]) / 1000)
+    if kind == "pipe":
+        loop.remove_reader(rfd)
+    return lat
+
+
+def run_one(kind, new_loop):
+    ready_name = NAME + "r" + kind
+    ready = sync.NamedSemaphore(ready_name, initial=0)
+    ev = sync.NamedEvent(NAME)
+    sem = sync.NamedSemaphore(NAME, initial=0)
+    stamp_name = NAME + "s"
+    s2 = sync.NamedSemaphore(stamp_name, initial=0)
+    ctx = mp.get_context("fork")
+    shm = ctx.Array("q", 1, lock=False)
+    mp_ev = ctx.Event()
+    rfd, wfd = os.pipe()
+    p = ctx.Process(target=child,
+                    args=(kind, ready_name, stamp_name, wfd, (mp_ev, shm)))
+    p.start()
+    loop = new_loop()
+    try:
+        lat = loop.run_until_complete(
+            measure(kind, ready, shm, rfd, mp_ev, ev, sem))
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        p.join(60)
+        os.close(rfd)
+        os.close(wfd)
+        for x in (ready, ev, sem, s2):
+            x.close()
+    return lat[ROUNDS // 10:]  # drop the warm-up
+
+
+def main():
+    os.environ.setdefault("FASTIPC_PID_DIR", tempfile.mkdtemp())
+    loops = [("asyncio", asyncio.new_event_loop)]
+    try:
+        import uvloop
+        loops.append(("uvloop", uvloop.new_event_loop))
+    except ImportError:
+        pass
+    for loop_name, new_loop in loops:
+        suffix = "" if loop_name == "asyncio" else f"[{loop_name}]"
+        results = {}
+        for kind, impl in (("event", "dispatchkit NamedEvent"),
+                           ("sem", "dispatchkit NamedSemaphore"),
+                           ("pipe", "pipe + loop.add_reader"),
+                           ("mp", "multiprocessing.Event + to_thread")):
+            results[impl] = run_one(kind, new_loop)
+        for q, label in ((0.5, "p50"), (0.99, "p99")):
+            w = f"aio_cross_process_wake_{label}{suffix}"
+            for impl, lat in results.items():
+                name = ("dispatchkit" if impl == "dispatchkit NamedEvent"
+                        else impl)
+                emit(w, name, pct(lat, q), "us")
+
+
+if __name__ == "__main__":
+    main()

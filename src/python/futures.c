@@ -1,0 +1,1643 @@
+/*
+ * Futures over dispatch queues: the work item behind dispatchkit.Executor,
+ * Queue.submit and dispatchkit.asyncio.run.
+ *
+ * A submitted call is one C work item: it holds the callable, its
+ * arguments and the future, and runs on a pool worker that already holds
+ * the GIL across consecutive callbacks (gil.h), so a stream of tiny tasks
+ * runs and completes many items per GIL hold with no Python frame of ours
+ * in between.
+ *
+ * concurrent.futures futures. Our Future (python/dispatchkit/_executor.py)
+ * subclasses concurrent.futures.Future and creates its condition variable,
+ * waiter list and callback list lazily, on first touch. Every stdlib path
+ * that waits on a future, cancels it or adds a callback touches
+ * `_condition` first. So the worker takes the fast path, writing `_state`
+ * and `_result` straight into the instance dict, only while `_condition`
+ * is absent, and calls the stdlib's own set_running_or_notify_cancel /
+ * set_result / set_exception (which lock and notify) otherwise. The check
+ * and the writes happen under one GIL hold with no Python code between
+ * them:
+ *
+ *   worker (GIL)                          waiter / canceller (GIL)
+ *   '_condition' in dict? no      (A)     _condition created (setdefault) (B)
+ *   _result = r; _state = FINISHED        with _condition: read _state
+ *
+ * Either (B) comes first and the worker sees the condition (slow path,
+ * which notifies), or (A) and its writes come first and the waiter reads
+ * FINISHED under its lock and never sleeps. The GIL orders them.
+ *
+ * Executors with max_workers: a counter-gated feed. At most max_workers
+ * items of the executor are on the queue at once; the rest wait in a FIFO
+ * and each finishing item submits the next. The counters, the FIFO and the
+ * list of outstanding items are only touched with the GIL held.
+ *
+ * asyncio: an item submitted by dispatchkit.asyncio.run completes into its
+ * loop's LoopWaker: a list of finished items plus one eventfd that the loop
+ * watches with add_reader. The worker appends under the GIL and signals the
+ * fd only when the list was empty; the loop's reader drains the fd first,
+ * then takes the whole list, so a burst of completions costs one wake-up:
+ *
+ *   worker (GIL)                          loop (GIL)
+ *   was_empty = list empty; append        drain the eventfd          (C)
+ *   if was_empty: signal the eventfd (D)  take the list; resolve all
+ *
+ * An append after the take sees an empty list and signals again; an append
+ * between (C) and the take is taken with the list. No completion is left
+ * without a pending wake-up.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+#include <structmember.h>
+
+#include "dk/event.h"
+#include "dk/futex.h"
+#include "dk/group.h"
+#include "dk/mutex.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+#include "os/linux/os.h"
+#include "python/futures.h"
+#include "python/gil.h"
+#include "watch.h"
+
+/* ---- names and the Future type ------------------------------------- */
+
+static PyObject *s_condition, *s_state, *s_result, *s_exception;
+static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
+static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed;
+static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
+static PyTypeObject *future_type; /* dispatchkit._executor.Future */
+
+static int
+intern_names(void)
+{
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&s_condition, "_condition"},
+        {&s_state, "_state"},
+        {&s_result, "_result"},
+        {&s_exception, "_exception"},
+        {&s_set_running, "set_running_or_notify_cancel"},
+        {&s_set_result, "set_result"},
+        {&s_set_exception, "set_exception"},
+        {&s_cancel, "cancel"},
+        {&s_cancelled, "cancelled"},
+        {&s_done, "done"},
+        {&s_get_loop, "get_loop"},
+        {&s_is_closed, "is_closed"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].name);
+        if (*names[i].slot == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* _dk._futures_init(Future, RUNNING, FINISHED, CANCELLED,
+ * CANCELLED_AND_NOTIFIED): called once by dispatchkit._executor. */
+static PyObject *
+futures_init(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *type, *r, *f, *c, *cn;
+    if (!PyArg_ParseTuple(args, "O!UUUU:_futures_init", &PyType_Type, &type,
+                          &r, &f, &c, &cn)) {
+        return NULL;
+    }
+    Py_XSETREF(future_type, (PyTypeObject *)Py_NewRef(type));
+    Py_XSETREF(st_running, Py_NewRef(r));
+    Py_XSETREF(st_finished, Py_NewRef(f));
+    Py_XSETREF(st_cancelled, Py_NewRef(c));
+    Py_XSETREF(st_cancelled_n, Py_NewRef(cn));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+new_future(void)
+{
+    if (future_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "dispatchkit._executor is not initialised");
+        return NULL;
+    }
+    /* Our Future needs no __init__: its state fields have class-level
+     * defaults and the rest is created on first touch. */
+    return future_type->tp_alloc(future_type, 0);
+}
+
+/* ---- the work item --------------------------------------------------- */
+
+typedef struct ExecutorObject ExecutorObject;
+typedef struct WakerObject WakerObject;
+
+typedef struct item {
+    PyObject *future; /* ours, or an asyncio future when waker != NULL */
+    PyObject *fn, *args, *kwargs;
+    ExecutorObject *ex;        /* strong, or NULL */
+    WakerObject *waker;        /* strong until completed, or NULL */
+    PyObject *value;           /* asyncio: the result or the exception */
+    int failed;                /* asyncio: value is an exception */
+    int skipped;               /* asyncio: cancelled before it ran */
+    struct item *prev, *next;  /* ex->outstanding, or waker->done */
+    struct item *pending_next; /* ex's FIFO behind the gate */
+} item_t;
+
+struct ExecutorObject {
+    PyObject_HEAD
+    dk_queue_t *q;
+    PyObject *queue_obj;    /* keeps q alive; NULL for the global queue */
+    Py_ssize_t max_workers; /* 0: no limit */
+    Py_ssize_t active;      /* items on the queue (gated executors) */
+    item_t *pend_head, *pend_tail;
+    item_t outstanding; /* sentinel of a circular list */
+    dk_group_t *group;  /* one enter per outstanding item */
+    int shutdown;
+    unsigned fork_gen; /* fork_gen when the items above were current */
+};
+
+/* Bumped in every forked child: the parent's items never run there, so
+ * an executor created before the fork forgets them (see executor_adopt). */
+static unsigned fork_gen;
+
+static void
+futures_atfork_child(void)
+{
+    fork_gen++;
+}
+
+struct WaitObject;
+
+struct WakerObject {
+    PyObject_HEAD
+    int fd;
+    item_t *head, *tail; /* finished, not yet resolved (the GIL) */
+    /* Fired waits, pushed by the watcher thread without the GIL. */
+    pthread_mutex_t fired_lock;
+    struct WaitObject *fired;
+    PyObject *weakreflist;
+};
+
+static long drain_fired(WakerObject *w);
+static void clear_fired(WakerObject *w);
+
+static void run_item(void *ctx);
+
+/* The executor whose item this thread is running, if any. */
+static __thread ExecutorObject *running_ex;
+
+static void
+item_free(item_t *it)
+{
+    Py_XDECREF(it->future);
+    Py_XDECREF(it->fn);
+    Py_XDECREF(it->args);
+    Py_XDECREF(it->kwargs);
+    Py_XDECREF(it->value);
+    PyMem_Free(it);
+}
+
+/* Build an item from fastcall arguments args[0] = fn, args[1:] its
+ * positional arguments, kwnames its keyword names (skipping `skip`, the
+ * qos= of a workloop). */
+static item_t *
+item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+         PyObject *skip, PyObject **skipped_value)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit() missing 1 required positional argument: "
+                        "'fn'");
+        return NULL;
+    }
+    if (!PyCallable_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    item_t *it = PyMem_Calloc(1, sizeof *it);
+    if (it == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    it->fn = Py_NewRef(args[0]);
+    it->args = PyTuple_New(nargs - 1);
+    if (it->args == NULL) {
+        item_free(it);
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(it->args, i - 1, Py_NewRef(args[i]));
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *value = args[nargs + i];
+        if (skip != NULL && PyUnicode_Compare(name, skip) == 0) {
+            *skipped_value = value;
+            continue;
+        }
+        if (it->kwargs == NULL && (it->kwargs = PyDict_New()) == NULL) {
+            item_free(it);
+            return NULL;
+        }
+        if (PyDict_SetItem(it->kwargs, name, value) < 0) {
+            item_free(it);
+            return NULL;
+        }
+    }
+    return it;
+}
+
+/* Put a concurrent.futures future into RUNNING: 1 to run, 0 if it was
+ * cancelled, -1 on error. */
+static int
+future_begin(PyObject *fut)
+{
+    PyObject *d = PyObject_GenericGetDict(fut, NULL);
+    if (d == NULL) {
+        return -1;
+    }
+    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
+    if (cond == NULL && !PyErr_Occurred()) {
+        PyObject *state = PyDict_GetItemWithError(d, s_state);
+        int rc = 1;
+        if (state == st_cancelled || state == st_cancelled_n) {
+            rc = 0;
+        } else if (PyErr_Occurred() ||
+                   PyDict_SetItem(d, s_state, st_running) < 0) {
+            rc = -1;
+        }
+        Py_DECREF(d);
+        return rc;
+    }
+    Py_DECREF(d);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(fut, s_set_running);
+    if (r == NULL) {
+        return -1;
+    }
+    int go = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return go;
+}
+
+/* Complete a RUNNING concurrent.futures future with `value` (a result, or
+ * the exception when failed). */
+static void
+future_complete(PyObject *fut, PyObject *value, int failed)
+{
+    PyObject *d = PyObject_GenericGetDict(fut, NULL);
+    if (d == NULL) {
+        PyErr_WriteUnraisable(fut);
+        return;
+    }
+    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
+    if (cond == NULL && !PyErr_Occurred()) {
+        if (PyDict_SetItem(d, failed ? s_exception : s_result, value) < 0 ||
+            PyDict_SetItem(d, s_state, st_finished) < 0) {
+            PyErr_WriteUnraisable(fut);
+        }
+        Py_DECREF(d);
+        return;
+    }
+    Py_DECREF(d);
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(fut);
+        return;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(
+        fut, failed ? s_set_exception : s_set_result, value);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(fut);
+    } else {
+        Py_DECREF(r);
+    }
+}
+
+/* Take the raised exception, its traceback attached. New reference. */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL) {
+        value = Py_NewRef(Py_None);
+    }
+    return value;
+}
+
+static PyObject *
+call_item(item_t *it, int *failed)
+{
+    PyObject *r = PyObject_Call(it->fn, it->args, it->kwargs);
+    if (r == NULL) {
+        *failed = 1;
+        return take_exception();
+    }
+    *failed = 0;
+    return r;
+}
+
+/* ---- executors: the gate and the outstanding list ------------------- */
+
+static int
+dispatch_item(dk_queue_t *q, int qos, item_t *it)
+{
+    return qos != 0 ? dk_queue_async_qos_f(q, qos, it, run_item)
+                    : dk_queue_async_f(q, it, run_item);
+}
+
+static void
+executor_link(ExecutorObject *ex, item_t *it)
+{
+    it->ex = (ExecutorObject *)Py_NewRef((PyObject *)ex);
+    it->next = &ex->outstanding;
+    it->prev = ex->outstanding.prev;
+    ex->outstanding.prev->next = it;
+    ex->outstanding.prev = it;
+    dk_group_enter(ex->group);
+}
+
+static void
+executor_unlink(ExecutorObject *ex, item_t *it)
+{
+    it->prev->next = it->next;
+    it->next->prev = it->prev;
+    it->prev = it->next = NULL;
+    (void)dk_group_leave(ex->group);
+}
+
+/* Submit `it` through ex's gate. Returns 0 or -errno (nothing queued). */
+static int
+executor_feed(ExecutorObject *ex, item_t *it)
+{
+    if (ex->max_workers > 0 && ex->active >= ex->max_workers) {
+        it->pending_next = NULL;
+        if (ex->pend_tail != NULL) {
+            ex->pend_tail->pending_next = it;
+        } else {
+            ex->pend_head = it;
+        }
+        ex->pend_tail = it;
+        return 0;
+    }
+    int rc = dispatch_item(ex->q, 0, it);
+    if (rc == 0) {
+        ex->active++;
+    }
+    return rc;
+}
+
+/* An item of ex finished: hand its slot to the next one behind the gate. */
+static void
+executor_next(ExecutorObject *ex)
+{
+    ex->active--;
+    while (ex->pend_head != NULL && ex->active < ex->max_workers) {
+        item_t *n = ex->pend_head;
+        ex->pend_head = n->pending_next;
+        if (ex->pend_head == NULL) {
+            ex->pend_tail = NULL;
+        }
+        if (dispatch_item(ex->q, 0, n) == 0) {
+            ex->active++;
+            continue;
+        }
+        /* Out of memory: fail that item rather than lose it. */
+        PyErr_NoMemory();
+        PyObject *exc = take_exception();
+        if (future_begin(n->future) > 0) {
+            future_complete(n->future, exc, 1);
+        }
+        PyErr_Clear();
+        Py_DECREF(exc);
+        executor_unlink(ex, n);
+        Py_CLEAR(n->ex); /* not the last reference: the caller holds one */
+        item_free(n);
+    }
+}
+
+/* ---- asyncio completions --------------------------------------------- */
+
+static void
+waker_post(item_t *it)
+{
+    WakerObject *w = it->waker;
+    it->waker = NULL;
+    if (Py_REFCNT((PyObject *)w) == 1) {
+        /* Nobody else holds the waker: its loop is gone. */
+        item_free(it);
+        Py_DECREF((PyObject *)w);
+        return;
+    }
+    /* A loop closed before this completion never drains it: drop it now
+     * rather than keep its future (and so the loop) alive. */
+    PyObject *loop = PyObject_CallMethodNoArgs(it->future, s_get_loop);
+    if (loop != NULL) {
+        PyObject *closed = PyObject_CallMethodNoArgs(loop, s_is_closed);
+        Py_DECREF(loop);
+        int yes = closed == NULL ? -1 : PyObject_IsTrue(closed);
+        Py_XDECREF(closed);
+        if (yes != 0) {
+            PyErr_Clear();
+            item_free(it);
+            Py_DECREF((PyObject *)w);
+            return;
+        }
+    } else {
+        PyErr_Clear();
+    }
+    bool was_empty = w->head == NULL;
+    it->next = NULL;
+    if (w->tail != NULL) {
+        w->tail->next = it;
+    } else {
+        w->head = it;
+    }
+    w->tail = it;
+    if (was_empty) {
+        dk__os_eventfd_signal(w->fd); /* (D) */
+    }
+    Py_DECREF((PyObject *)w);
+}
+
+static void
+run_aio(item_t *it)
+{
+    PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
+    int done = c == NULL ? -1 : PyObject_IsTrue(c);
+    Py_XDECREF(c);
+    if (done != 0) {
+        /* Cancelled before it started: never run it. */
+        PyErr_Clear();
+        it->skipped = 1;
+    } else {
+        it->value = call_item(it, &it->failed);
+    }
+    waker_post(it);
+}
+
+static void
+run_item(void *ctx)
+{
+    item_t *it = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return; /* finalizing: dropped, its references leak on purpose */
+    }
+    if (it->waker != NULL) {
+        run_aio(it);
+        dkpy_leave(&g);
+        return;
+    }
+    int go = future_begin(it->future);
+    if (go < 0) {
+        PyErr_WriteUnraisable(it->future);
+    } else if (go > 0) {
+        int failed;
+        ExecutorObject *outer = running_ex;
+        running_ex = it->ex;
+        PyObject *value = call_item(it, &failed);
+        running_ex = outer;
+        future_complete(it->future, value, failed);
+        Py_DECREF(value);
+    }
+    ExecutorObject *ex = it->ex;
+    it->ex = NULL;
+    if (ex != NULL) {
+        executor_unlink(ex, it);
+        if (ex->max_workers > 0) {
+            executor_next(ex);
+        }
+    }
+    item_free(it);
+    Py_XDECREF((PyObject *)ex);
+    dkpy_leave(&g);
+}
+
+/* ---- Queue.submit ----------------------------------------------------- */
+
+PyObject *
+dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *kwnames)
+{
+    static PyObject *s_qos;
+    if (s_qos == NULL && (s_qos = PyUnicode_InternFromString("qos")) == NULL) {
+        return NULL;
+    }
+    PyObject *qos_obj = NULL;
+    item_t *it =
+        item_new(args, nargs, kwnames, workloop ? s_qos : NULL, &qos_obj);
+    if (it == NULL) {
+        return NULL;
+    }
+    long qos = 0;
+    if (qos_obj != NULL) {
+        qos = PyLong_AsLong(qos_obj);
+        if (qos == -1 && PyErr_Occurred()) {
+            item_free(it);
+            return NULL;
+        }
+        if (!(qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
+              qos == 0x19 || qos == 0x21)) {
+            item_free(it);
+            PyErr_Format(PyExc_ValueError,
+                         "qos must be one of the QOS_CLASS_* constants, not "
+                         "%ld",
+                         qos);
+            return NULL;
+        }
+    }
+    it->future = new_future();
+    if (it->future == NULL) {
+        item_free(it);
+        return NULL;
+    }
+    PyObject *fut = Py_NewRef(it->future);
+    int rc = dispatch_item(q, (int)qos, it);
+    if (rc < 0) {
+        item_free(it);
+        Py_DECREF(fut);
+        return dkpy_raise_errno(rc);
+    }
+    return fut;
+}
+
+/* ---- _ExecutorCore ------------------------------------------------------ */
+
+static PyObject *
+Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"queue", "max_workers", NULL};
+    PyObject *queue = Py_None;
+    Py_ssize_t max_workers = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|On:_ExecutorCore", kwlist,
+                                     &queue, &max_workers)) {
+        return NULL;
+    }
+    if (max_workers < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "max_workers must be greater than 0");
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    ExecutorObject *self = (ExecutorObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->outstanding.next = self->outstanding.prev = &self->outstanding;
+    self->group = dk_group_create();
+    if (self->group == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    if (q == NULL) {
+        q = dk_queue_global(0);
+    } else {
+        self->queue_obj = Py_NewRef(queue);
+    }
+    self->q = q;
+    self->max_workers = max_workers;
+    self->fork_gen = fork_gen;
+    return (PyObject *)self;
+}
+
+static int
+Executor_traverse(ExecutorObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->queue_obj);
+    return 0;
+}
+
+static void
+Executor_dealloc(ExecutorObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    /* Every outstanding item holds a reference: none is left here. */
+    if (self->group != NULL) {
+        dk_release(self->group);
+    }
+    Py_CLEAR(self->queue_obj);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* In a forked child, the parent's outstanding items are gone with the
+ * parent's workers: drop them (their memory is leaked on purpose, as the
+ * runtime drops the parent's queued work) so that shutdown(wait=True)
+ * does not wait for them forever. */
+static int
+executor_adopt(ExecutorObject *self)
+{
+    if (self->fork_gen == fork_gen) {
+        return 0;
+    }
+    dk_group_t *g = dk_group_create();
+    if (g == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->group = g; /* the parent's group is leaked with its items */
+    self->outstanding.next = self->outstanding.prev = &self->outstanding;
+    self->pend_head = self->pend_tail = NULL;
+    self->active = 0;
+    self->fork_gen = fork_gen;
+    return 0;
+}
+
+static PyObject *
+closed_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cannot schedule new futures after shutdown");
+    return NULL;
+}
+
+static PyObject *
+Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    if (self->shutdown) {
+        return closed_error();
+    }
+    if (self->fork_gen != fork_gen && executor_adopt(self) < 0) {
+        return NULL;
+    }
+    item_t *it = item_new(args, nargs, kwnames, NULL, NULL);
+    if (it == NULL) {
+        return NULL;
+    }
+    it->future = new_future();
+    if (it->future == NULL) {
+        item_free(it);
+        return NULL;
+    }
+    PyObject *fut = Py_NewRef(it->future);
+    executor_link(self, it);
+    int rc = executor_feed(self, it);
+    if (rc < 0) {
+        executor_unlink(self, it);
+        Py_CLEAR(it->ex);
+        item_free(it);
+        Py_DECREF(fut);
+        return dkpy_raise_errno(rc);
+    }
+    return fut;
+}
+
+/* map_submit(fn, iterables): submit fn(*args) for args in zip(*iterables);
+ * the futures in reverse order (the caller pops from the end). */
+static PyObject *
+Executor_map_submit(ExecutorObject *self, PyObject *args)
+{
+    PyObject *fn, *iterables;
+    if (!PyArg_ParseTuple(args, "OO!:map_submit", &fn, &PyTuple_Type,
+                          &iterables)) {
+        return NULL;
+    }
+    if (self->shutdown) {
+        return closed_error();
+    }
+    if (executor_adopt(self) < 0) {
+        return NULL;
+    }
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(iterables);
+    PyObject *out = PyList_New(0);
+    PyObject *iters = PyTuple_New(n);
+    if (out == NULL || iters == NULL) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *iter = PyObject_GetIter(PyTuple_GET_ITEM(iterables, i));
+        if (iter == NULL) {
+            goto fail;
+        }
+        PyTuple_SET_ITEM(iters, i, iter);
+    }
+    while (n > 0) {
+        PyObject *call_args = PyTuple_New(n);
+        if (call_args == NULL) {
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *v = PyIter_Next(PyTuple_GET_ITEM(iters, i));
+            if (v == NULL) {
+                Py_DECREF(call_args);
+                if (PyErr_Occurred()) {
+                    goto fail;
+                }
+                goto done;
+            }
+            PyTuple_SET_ITEM(call_args, i, v);
+        }
+        item_t *it = PyMem_Calloc(1, sizeof *it);
+        if (it == NULL) {
+            Py_DECREF(call_args);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        it->fn = Py_NewRef(fn);
+        it->args = call_args;
+        it->future = new_future();
+        if (it->future == NULL || PyList_Append(out, it->future) < 0) {
+            item_free(it);
+            goto fail;
+        }
+        executor_link(self, it);
+        int rc = executor_feed(self, it);
+        if (rc < 0) {
+            executor_unlink(self, it);
+            Py_CLEAR(it->ex);
+            item_free(it);
+            dkpy_raise_errno(rc);
+            goto fail;
+        }
+    }
+done:
+    Py_DECREF(iters);
+    if (PyList_Reverse(out) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+fail:
+    /* As the stdlib: an error while submitting cancels what was
+     * submitted. */
+    if (out != NULL) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(out); i++) {
+            PyObject *r =
+                PyObject_CallMethodNoArgs(PyList_GET_ITEM(out, i), s_cancel);
+            Py_XDECREF(r);
+            PyErr_Clear();
+        }
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    Py_XDECREF(out);
+    Py_XDECREF(iters);
+    return NULL;
+}
+
+static int
+group_wait_slices(dk_group_t *g)
+{
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_group_wait_interruptible(g, dkpy_slice_end(UINT64_MAX));
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            return 0;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static PyObject *
+Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"wait", "cancel_futures", NULL};
+    int wait = 1, cancel = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pp:shutdown", kwlist,
+                                     &wait, &cancel)) {
+        return NULL;
+    }
+    self->shutdown = 1;
+    if (executor_adopt(self) < 0) {
+        return NULL;
+    }
+    if (cancel) {
+        /* Collect first: cancel() runs Python code (done callbacks) that
+         * may finish other items and change the list. */
+        PyObject *futs = PyList_New(0);
+        if (futs == NULL) {
+            return NULL;
+        }
+        for (item_t *it = self->outstanding.next; it != &self->outstanding;
+             it = it->next) {
+            if (PyList_Append(futs, it->future) < 0) {
+                Py_DECREF(futs);
+                return NULL;
+            }
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(futs); i++) {
+            PyObject *r =
+                PyObject_CallMethodNoArgs(PyList_GET_ITEM(futs, i), s_cancel);
+            if (r == NULL) {
+                Py_DECREF(futs);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(futs);
+    }
+    if (wait) {
+        if (running_ex == self) {
+            /* Called from one of the executor's own items: waiting for
+             * itself would never end. */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "shutdown(wait=True) from a task of the same "
+                            "executor would wait for itself");
+            return NULL;
+        }
+        dkpy_release_batch();
+        if (group_wait_slices(self->group) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Executor_get_pending(ExecutorObject *self, void *closure)
+{
+    (void)closure;
+    Py_ssize_t n = 0;
+    for (item_t *it = self->outstanding.next; it != &self->outstanding;
+         it = it->next) {
+        n++;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+Executor_get_is_shutdown(ExecutorObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->shutdown);
+}
+
+static PyMethodDef Executor_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Executor_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Schedule fn(*args, **kwargs); return a concurrent.futures.Future."},
+    {"map_submit", (PyCFunction)Executor_map_submit, METH_VARARGS,
+     "map_submit($self, fn, iterables, /)\n--\n\n"
+     "Submit fn(*args) for args in zip(*iterables); the futures, last "
+     "first."},
+    {"shutdown", (PyCFunction)(void (*)(void))Executor_shutdown,
+     METH_VARARGS | METH_KEYWORDS,
+     "shutdown($self, /, wait=True, cancel_futures=False)\n--\n\n"
+     "Refuse new work; optionally cancel what has not started and wait."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Executor_getset[] = {
+    {"pending", (getter)Executor_get_pending, NULL,
+     "Submitted items not yet finished.", NULL},
+    {"is_shutdown", (getter)Executor_get_is_shutdown, NULL,
+     "True after shutdown().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Executor_slots[] = {
+    {Py_tp_new, Executor_new},
+    {Py_tp_dealloc, Executor_dealloc},
+    {Py_tp_traverse, Executor_traverse},
+    {Py_tp_methods, Executor_methods},
+    {Py_tp_getset, Executor_getset},
+    {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
+                "max_workers gate and shutdown."},
+    {0, NULL},
+};
+
+static PyType_Spec Executor_spec = {
+    .name = "dispatchkit._dk._ExecutorCore",
+    .basicsize = sizeof(ExecutorObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Executor_slots,
+};
+
+/* ---- LoopWaker ---------------------------------------------------------- */
+
+static PyObject *
+Waker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (!PyArg_ParseTuple(args, ":LoopWaker") ||
+        (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "LoopWaker takes no arguments");
+        }
+        return NULL;
+    }
+    int fd = dk__os_eventfd_create();
+    if (fd < 0) {
+        return dkpy_raise_errno(fd);
+    }
+    WakerObject *self = (WakerObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        dk__os_close(fd);
+        return NULL;
+    }
+    self->fd = fd;
+    pthread_mutex_init(&self->fired_lock, NULL);
+    return (PyObject *)self;
+}
+
+static int Waker_traverse(WakerObject *self, visitproc visit, void *arg);
+
+static int
+Waker_clear(WakerObject *self)
+{
+    item_t *it = self->head;
+    self->head = self->tail = NULL;
+    while (it != NULL) {
+        item_t *next = it->next;
+        item_free(it);
+        it = next;
+    }
+    clear_fired(self);
+    return 0;
+}
+
+static void
+Waker_dealloc(WakerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Waker_clear(self);
+    if (self->fd >= 0) {
+        dk__os_close(self->fd);
+    }
+    pthread_mutex_destroy(&self->fired_lock);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Waker_fileno(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(self->fd);
+}
+
+/* The loop's reader: resolve every finished item's asyncio future. */
+static PyObject *
+Waker_drain(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk__os_eventfd_drain(self->fd); /* (C) */
+    item_t *it = self->head;
+    self->head = self->tail = NULL;
+    long n = 0;
+    while (it != NULL) {
+        item_t *next = it->next;
+        if (!it->skipped) {
+            PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
+            int done = c == NULL ? -1 : PyObject_IsTrue(c);
+            Py_XDECREF(c);
+            if (done == 0) {
+                PyObject *r = PyObject_CallMethodOneArg(
+                    it->future, it->failed ? s_set_exception : s_set_result,
+                    it->value);
+                Py_XDECREF(r);
+            }
+            if (PyErr_Occurred()) {
+                PyErr_WriteUnraisable(it->future);
+            }
+        }
+        item_free(it);
+        it = next;
+        n++;
+    }
+    n += drain_fired(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(n);
+}
+
+/* run(future, queue, fn, args, kwargs): submit fn for an asyncio future. */
+static PyObject *
+Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit(future, queue, fn, /, *args)");
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (args[1] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+        return NULL;
+    }
+    if (dkpy_queue_arg(args[1], "queue", &q) < 0) {
+        return NULL;
+    }
+    item_t *it = item_new(args + 2, nargs - 2, NULL, NULL, NULL);
+    if (it == NULL) {
+        return NULL;
+    }
+    it->future = Py_NewRef(args[0]);
+    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
+    int rc = dispatch_item(q, 0, it);
+    if (rc < 0) {
+        Py_CLEAR(it->waker);
+        item_free(it);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+/* As submit, with the keyword arguments as one dict (or None). */
+static PyObject *
+Waker_submit_kw(WakerObject *self, PyObject *args)
+{
+    PyObject *fut, *queue, *fn, *fargs, *kw;
+    if (!PyArg_ParseTuple(args, "OOOO!O:submit_kw", &fut, &queue, &fn,
+                          &PyTuple_Type, &fargs, &kw)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(fargs);
+    PyObject **flat = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n + 3));
+    if (flat == NULL) {
+        return PyErr_NoMemory();
+    }
+    flat[0] = fut;
+    flat[1] = queue;
+    flat[2] = fn;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        flat[3 + i] = PyTuple_GET_ITEM(fargs, i);
+    }
+    PyObject *r = NULL;
+    if (kw == Py_None || PyDict_GET_SIZE(kw) == 0) {
+        r = Waker_submit(self, flat, n + 3);
+        PyMem_Free(flat);
+        return r;
+    }
+    PyMem_Free(flat);
+    if (!PyDict_Check(kw)) {
+        PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (queue == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+        return NULL;
+    }
+    if (dkpy_queue_arg(queue, "queue", &q) < 0) {
+        return NULL;
+    }
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    item_t *it = PyMem_Calloc(1, sizeof *it);
+    if (it == NULL) {
+        return PyErr_NoMemory();
+    }
+    it->fn = Py_NewRef(fn);
+    it->args = Py_NewRef(fargs);
+    it->kwargs = PyDict_Copy(kw);
+    it->future = Py_NewRef(fut);
+    if (it->kwargs == NULL) {
+        item_free(it);
+        return NULL;
+    }
+    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
+    int rc = dispatch_item(q, 0, it);
+    if (rc < 0) {
+        Py_CLEAR(it->waker);
+        item_free(it);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Waker_methods[] = {
+    {"fileno", (PyCFunction)Waker_fileno, METH_NOARGS,
+     "fileno($self, /)\n--\n\nThe eventfd the loop watches."},
+    {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
+     "drain($self, /)\n--\n\n"
+     "Resolve the futures of every finished item; the number drained."},
+    {"submit", (PyCFunction)(void (*)(void))Waker_submit, METH_FASTCALL,
+     "submit($self, future, queue, fn, /, *args)\n--\n\n"
+     "Run fn(*args) on queue; resolve future from the loop's thread."},
+    {"submit_kw", (PyCFunction)Waker_submit_kw, METH_VARARGS,
+     "submit_kw($self, future, queue, fn, args, kwargs, /)\n--\n\n"
+     "As submit, with a tuple of arguments and a dict of keywords."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Waker_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(WakerObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Waker_slots[] = {
+    {Py_tp_new, Waker_new},
+    {Py_tp_dealloc, Waker_dealloc},
+    {Py_tp_traverse, Waker_traverse},
+    {Py_tp_clear, Waker_clear},
+    {Py_tp_methods, Waker_methods},
+    {Py_tp_members, Waker_members},
+    {Py_tp_doc, "One event loop's completion list and wake-up eventfd."},
+    {0, NULL},
+};
+
+static PyType_Spec Waker_spec = {
+    .name = "dispatchkit._dk._LoopWaker",
+    .basicsize = sizeof(WakerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Waker_slots,
+};
+
+/* ---- awaitable waits: _AioWait ----------------------------------------
+ *
+ * One wait of one coroutine on one primitive. step() runs the primitive's
+ * protocol without blocking (watch.h); when it must wait it registers a
+ * watch whose firing resolves the given asyncio future, through the loop's
+ * waker, with True (look again) or False (this slice's deadline). The
+ * coroutine (dispatchkit/asyncio.py) loops on step() until done, and calls
+ * abandon() when it gives up (timeout, cancellation), which unregisters
+ * the watch and undoes what the protocol announced, so the primitive is
+ * left as if this waiter had never come.
+ *
+ * The registered watch holds a reference to the object, so the object
+ * (and through it the primitive's memory) outlives the watcher's use.
+ * Registration and abandon run with the GIL; the firing callback takes
+ * the GIL before it touches the object, so the two are serialised. */
+
+enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP, K_ZBREAD, K_ZBWRITE };
+
+typedef struct WaitObject {
+    PyObject_HEAD
+    dk__watch_t watch;
+    struct WaitObject *fired_next; /* in waker->fired */
+    int fired_rc;
+    WakerObject *waker;
+    PyObject *target;
+    PyObject *fut; /* the future of the registered watch */
+    void *addr;
+    bool shared;
+    bool *owner_died;
+    int kind;
+    bool registered;
+    bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
+    bool watched;   /* registered at least once (wakes to pass on) */
+    uint64_t size;  /* K_ZBWRITE: the frame size to find room for */
+    uint64_t orphan_since;
+} WaitObject;
+
+static PyTypeObject *wait_type;
+
+/* On the watcher thread, without the GIL: hand the wait to its loop.
+ * Same protocol as waker_post, with the fired list under fired_lock:
+ * signal when the list was empty; the loop drains the eventfd (C) before
+ * it takes the list. */
+static void
+wait_fired(dk__watch_t *w, int rc)
+{
+    WaitObject *self = (WaitObject *)((char *)w - offsetof(WaitObject, watch));
+    WakerObject *k = self->waker;
+    self->fired_rc = rc;
+    pthread_mutex_lock(&k->fired_lock);
+    bool was_empty = k->fired == NULL;
+    self->fired_next = k->fired;
+    k->fired = self;
+    pthread_mutex_unlock(&k->fired_lock);
+    if (was_empty) {
+        dk__os_eventfd_signal(k->fd); /* (D) */
+    }
+}
+
+static WaitObject *
+take_fired(WakerObject *k)
+{
+    pthread_mutex_lock(&k->fired_lock);
+    WaitObject *list = k->fired;
+    k->fired = NULL;
+    pthread_mutex_unlock(&k->fired_lock);
+    /* Pushed last first: reverse, so waits resume in firing order. */
+    WaitObject *rev = NULL;
+    while (list != NULL) {
+        WaitObject *next = list->fired_next;
+        list->fired_next = rev;
+        rev = list;
+        list = next;
+    }
+    return rev;
+}
+
+/* The loop's side (GIL held): resolve each fired wait's future. */
+static long
+drain_fired(WakerObject *k)
+{
+    long n = 0;
+    WaitObject *w = take_fired(k);
+    while (w != NULL) {
+        WaitObject *next = w->fired_next;
+        w->fired_next = NULL;
+        w->registered = false;
+        PyObject *fut = w->fut;
+        w->fut = NULL;
+        if (fut != NULL) {
+            PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+            int done = c == NULL ? -1 : PyObject_IsTrue(c);
+            Py_XDECREF(c);
+            if (done == 0) {
+                PyObject *r = PyObject_CallMethodOneArg(
+                    fut, s_set_result, w->fired_rc == 0 ? Py_True : Py_False);
+                Py_XDECREF(r);
+            }
+            if (PyErr_Occurred()) {
+                PyErr_WriteUnraisable(fut);
+            }
+            Py_DECREF(fut);
+        }
+        Py_DECREF((PyObject *)w); /* the registration's reference */
+        w = next;
+        n++;
+    }
+    return n;
+}
+
+static void
+clear_fired(WakerObject *k)
+{
+    WaitObject *w = take_fired(k);
+    while (w != NULL) {
+        WaitObject *next = w->fired_next;
+        w->fired_next = NULL;
+        w->registered = false;
+        Py_CLEAR(w->fut);
+        Py_DECREF((PyObject *)w);
+        w = next;
+    }
+}
+
+static int
+Waker_traverse(WakerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    for (item_t *it = self->head; it != NULL; it = it->next) {
+        Py_VISIT(it->future);
+        Py_VISIT(it->value);
+    }
+    pthread_mutex_lock(&self->fired_lock);
+    int rc = 0;
+    for (WaitObject *w = self->fired; w != NULL && rc == 0;
+         w = w->fired_next) {
+        rc = visit((PyObject *)w, arg);
+    }
+    pthread_mutex_unlock(&self->fired_lock);
+    return rc;
+}
+
+static int
+Wait_traverse(WaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->waker);
+    Py_VISIT(self->target);
+    Py_VISIT(self->fut);
+    return 0;
+}
+
+static PyObject *
+Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *waker, *target;
+    unsigned long long size = 0;
+    if (!PyArg_ParseTuple(args, "OO|K:_AioWait", &waker, &target, &size) ||
+        (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "_AioWait(waker, target)");
+        }
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(waker, Py_TYPE(waker)) ||
+        strcmp(Py_TYPE(waker)->tp_name, "dispatchkit._dk._LoopWaker") != 0) {
+        PyErr_SetString(PyExc_TypeError, "waker must be a _LoopWaker");
+        return NULL;
+    }
+    int kind;
+    void *addr;
+    bool shared = false, *owner_died = NULL;
+    if (dkpy_zb_is_writer(target)) {
+        addr = dkpy_zb_writer_hold(target);
+        if (addr == NULL) {
+            PyErr_SetString(PyExc_ValueError, "the Writer is closed");
+            return NULL;
+        }
+        kind = K_ZBWRITE;
+        shared = true;
+    } else if (dkpy_zb_is_reader(target)) {
+        addr = dkpy_zb_reader_hold(target);
+        if (addr == NULL) {
+            PyErr_SetString(PyExc_ValueError, "the Reader is closed");
+            return NULL;
+        }
+        kind = K_ZBREAD;
+        shared = true;
+    } else if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) <
+                   0 &&
+               dkpy_dispatch_target(target, &kind, &addr) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "cannot wait on %.100s: expected a dispatchkit Group "
+                     "or Semaphore, or a dispatchkit.sync Mutex, "
+                     "Semaphore, Event or Named*",
+                     Py_TYPE(target)->tp_name);
+        return NULL;
+    }
+    WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        if (kind == K_ZBREAD) {
+            dkpy_zb_reader_unhold(target);
+        } else if (kind == K_ZBWRITE) {
+            dkpy_zb_writer_unhold(target);
+        }
+        return NULL;
+    }
+    self->size = size;
+    self->waker = (WakerObject *)Py_NewRef(waker);
+    self->target = Py_NewRef(target);
+    self->addr = addr;
+    self->shared = shared;
+    self->owner_died = owner_died;
+    self->kind = kind;
+    return (PyObject *)self;
+}
+
+static void
+Wait_dealloc(WaitObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    /* Never registered here: the registration holds a reference. */
+    if (self->kind == K_ZBREAD && self->target != NULL) {
+        if (self->announced) {
+            dk__zb_reader_unannounce(self->addr);
+        }
+        dkpy_zb_reader_unhold(self->target);
+    }
+    if (self->kind == K_ZBWRITE && self->target != NULL) {
+        if (self->announced) {
+            dk__zb_writer_unannounce(self->addr);
+        }
+        dkpy_zb_writer_unhold(self->target);
+    }
+    Py_CLEAR(self->fut);
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->waker);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* Undo the announcement a previous step left, before stepping again or
+ * on giving up (K_DSEM's is undone by abandon only). */
+static void
+unannounce(WaitObject *self)
+{
+    if (!self->announced) {
+        return;
+    }
+    if (self->kind == K_SEM) {
+        dk__shm_semaphore_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_GROUP) {
+        dk__group_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBREAD) {
+        dk__zb_reader_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBWRITE) {
+        dk__zb_writer_unannounce(self->addr);
+        self->announced = false;
+    }
+}
+
+/* step(future, deadline_ns, check_owner): 0 done, 1 done (a Mutex taken
+ * over from a dead owner), or -EAGAIN: a watch now resolves `future` (or,
+ * when future is None, nothing is registered and nothing left
+ * announced). deadline_ns: absolute CLOCK_MONOTONIC, negative for none. */
+static PyObject *
+Wait_step(WaitObject *self, PyObject *args)
+{
+    PyObject *fut;
+    long long deadline_ns;
+    int check_owner;
+    if (!PyArg_ParseTuple(args, "OLp:step", &fut, &deadline_ns,
+                          &check_owner)) {
+        return NULL;
+    }
+    if (self->registered) {
+        PyErr_SetString(PyExc_RuntimeError, "step() while still watching");
+        return NULL;
+    }
+    uint32_t *word = NULL;
+    uint32_t busy = 0;
+    int rc;
+    unannounce(self);
+    switch (self->kind) {
+    case K_MUTEX:
+        rc = dk__shm_mutex_lock_step(self->addr, check_owner,
+                                     &self->orphan_since, &word, &busy);
+        if (rc >= 0 && self->owner_died != NULL) {
+            *self->owner_died = rc == 1;
+        }
+        break;
+    case K_SEM:
+        rc = dk__shm_semaphore_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    case K_EVENT:
+        rc = dk__shm_event_wait_step(self->addr, &word, &busy);
+        break;
+    case K_DSEM:
+        if (!self->announced) {
+            rc = dk__semaphore_wait_begin(self->addr, &word, &busy);
+            self->announced = rc == -EAGAIN;
+        } else {
+            /* Counted as a waiter already: only a token ends the wait. */
+            rc = dk__semaphore_take_token(self->addr, &word, &busy);
+            self->announced = rc == -EAGAIN;
+        }
+        break;
+    case K_GROUP:
+        rc = dk__group_wait_step(self->addr, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    case K_ZBWRITE: /* 0 means there may be room: write now */
+        rc = dk__zb_writer_space_step(self->addr, self->size, check_owner,
+                                      &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    default: /* K_ZBREAD: 0 means a frame is ready to take */
+        rc = dk__zb_reader_wait_step(self->addr, check_owner, &word, &busy);
+        self->announced = rc == -EAGAIN;
+        break;
+    }
+    if (rc != -EAGAIN) {
+        return PyLong_FromLong(rc);
+    }
+    if (fut == Py_None) {
+        if (self->kind == K_DSEM) {
+            dk__semaphore_wait_abandon(self->addr);
+            self->announced = false;
+        } else {
+            unannounce(self);
+        }
+        return PyLong_FromLong(rc);
+    }
+    self->watch.word = word;
+    self->watch.busy = busy;
+    self->watch.shared = self->shared;
+    self->watch.deadline =
+        deadline_ns < 0 ? UINT64_MAX : (uint64_t)deadline_ns;
+    self->watch.fn = wait_fired;
+    Py_XSETREF(self->fut, Py_NewRef(fut));
+    Py_INCREF(self); /* the registration's reference */
+    self->registered = true;
+    self->watched = true;
+    int arc = dk__watch_add(&self->watch);
+    if (arc < 0) {
+        self->registered = false;
+        Py_CLEAR(self->fut);
+        Py_DECREF(self);
+        return dkpy_raise_errno(arc);
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* abandon(): stop waiting; the primitive is left as if we never came. */
+static PyObject *
+Wait_abandon(WaitObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->registered && dk__watch_cancel(&self->watch)) {
+        self->registered = false;
+        Py_CLEAR(self->fut);
+        Py_DECREF(self); /* the registration's; the caller holds one */
+    }
+    if (self->kind == K_DSEM) {
+        if (self->announced) {
+            self->announced = false;
+            Py_BEGIN_ALLOW_THREADS
+            dk__semaphore_wait_abandon(self->addr);
+            Py_END_ALLOW_THREADS
+        }
+    } else {
+        unannounce(self);
+    }
+    if (self->watched && (self->kind == K_MUTEX || self->kind == K_SEM)) {
+        /* Our watcher may have taken the wake-up meant for one waiter:
+         * pass it on (a spurious wake-up at worst). */
+        uint32_t *word = self->kind == K_MUTEX
+                             ? &((dk_shm_mutex_t *)self->addr)->state
+                             : &((dk_shm_semaphore_t *)self->addr)->count;
+        dk_futex_wake(word, 1, self->shared);
+    }
+    self->watched = false;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Wait_methods[] = {
+    {"step", (PyCFunction)Wait_step, METH_VARARGS,
+     "step($self, future, deadline_ns, check_owner, /)\n--\n\n"
+     "One non-blocking step: 0/1 done, or -EAGAIN with future watched."},
+    {"abandon", (PyCFunction)Wait_abandon, METH_NOARGS,
+     "abandon($self, /)\n--\n\n"
+     "Give up: unwatch and undo this waiter's announcement."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Wait_slots[] = {
+    {Py_tp_new, Wait_new},
+    {Py_tp_dealloc, Wait_dealloc},
+    {Py_tp_traverse, Wait_traverse},
+    {Py_tp_methods, Wait_methods},
+    {Py_tp_doc, "One coroutine's wait on one primitive, through the futex "
+                "watcher (dispatchkit.asyncio)."},
+    {0, NULL},
+};
+
+static PyType_Spec Wait_spec = {
+    .name = "dispatchkit._dk._AioWait",
+    .basicsize = sizeof(WaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Wait_slots,
+};
+
+static PyObject *
+futures_uses_waitv(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(dk__watch_uses_waitv());
+}
+
+/* ---- module --------------------------------------------------------- */
+
+static PyMethodDef futures_functions[] = {
+    {"_futures_init", futures_init, METH_VARARGS,
+     "_futures_init(future_type, RUNNING, FINISHED, CANCELLED, "
+     "CANCELLED_AND_NOTIFIED, /)\n--\n\n"
+     "Register dispatchkit._executor.Future and the stdlib's states."},
+    {"_uses_futex_waitv", futures_uses_waitv, METH_NOARGS,
+     "_uses_futex_waitv()\n--\n\n"
+     "True when awaitable waits sleep in futex_waitv (Linux 5.16+)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+dkpy_futures_exec(PyObject *m)
+{
+    if (intern_names() < 0) {
+        return -1;
+    }
+    pthread_atfork(NULL, NULL, futures_atfork_child);
+    PyObject *t = PyType_FromSpec(&Executor_spec);
+    if (t == NULL || PyModule_AddObject(m, "_ExecutorCore", t) < 0) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    t = PyType_FromSpec(&Waker_spec);
+    if (t == NULL || PyModule_AddObject(m, "_LoopWaker", t) < 0) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    t = PyType_FromSpec(&Wait_spec);
+    if (t == NULL || PyModule_AddObject(m, "_AioWait", t) < 0) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    wait_type = (PyTypeObject *)t;
+    return PyModule_AddFunctions(m, futures_functions);
+}

@@ -1,0 +1,208 @@
+/*
+ * The futex watcher (src/watch.c) and the async wait steps: many words at
+ * once, wake-ups from other threads, deadlines, cancellation, the
+ * one-word fallback, and a semaphore step that leaves no waiter counted.
+ */
+#include "runner.h"
+
+#include "atomic.h"
+#include "dk/mutex.h"
+#include "dk/time.h"
+#include "os/linux/os.h"
+#include "watch.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NWORDS 300 /* more than one futex_waitv call takes: 3 shards */
+
+static uint32_t words[NWORDS];
+static dk__watch_t watches[NWORDS];
+static int results[NWORDS];
+static uint32_t fired;
+
+static void
+on_fire(dk__watch_t *w, int rc)
+{
+    results[w - watches] = rc == 0 ? 1 : rc;
+    dk_atomic_add_seq_cst(&fired, 1);
+    dk__os_futex_wake(&fired, 1, false);
+}
+
+static void
+wait_fired(uint32_t n)
+{
+    uint64_t deadline = dk__os_monotonic_ns() + 20ull * DK_NSEC_PER_SEC;
+    uint32_t f;
+    while ((f = dk_atomic_load_seq_cst(&fired)) < n) {
+        CHECK(dk__os_monotonic_ns() < deadline);
+        dk__os_futex_wait(&fired, f, dk__os_monotonic_ns() + 1000000, false);
+    }
+}
+
+static void
+watch_word(int i, uint64_t deadline)
+{
+    memset(&watches[i], 0, sizeof watches[i]);
+    watches[i].word = &words[i];
+    watches[i].busy = 0;
+    watches[i].shared = false;
+    watches[i].deadline = deadline;
+    watches[i].fn = on_fire;
+    CHECK_EQ(dk__watch_add(&watches[i]), 0);
+}
+
+static void
+many_words(void)
+{
+    memset(words, 0, sizeof words);
+    memset(results, 0, sizeof results);
+    dk_atomic_store_seq_cst(&fired, 0);
+    for (int i = 0; i < NWORDS; i++) {
+        watch_word(i, UINT64_MAX);
+    }
+    usleep(20000);
+    CHECK_EQ(dk_atomic_load_seq_cst(&fired), 0);
+    /* Change half the words and wake them; cancel the other half. */
+    for (int i = 0; i < NWORDS; i += 2) {
+        dk_atomic_store_seq_cst(&words[i], 1);
+        dk__os_futex_wake(&words[i], 1, false);
+    }
+    wait_fired(NWORDS / 2);
+    for (int i = 1; i < NWORDS; i += 2) {
+        CHECK(dk__watch_cancel(&watches[i]));
+        CHECK(!dk__watch_cancel(&watches[i]));
+    }
+    for (int i = 0; i < NWORDS; i++) {
+        CHECK_EQ(results[i], i % 2 == 0 ? 1 : 0);
+    }
+    usleep(20000);
+    CHECK_EQ(dk_atomic_load_seq_cst(&fired), NWORDS / 2);
+}
+
+DK_TEST(watch_many_words_wake_and_cancel)
+{
+    many_words();
+}
+
+DK_TEST(watch_fallback_without_futex_waitv)
+{
+    setenv("DK_NO_FUTEX_WAITV", "1", 1);
+    CHECK(!dk__watch_uses_waitv());
+    /* One thread per word in the fallback: keep it small. */
+    memset(words, 0, sizeof words);
+    dk_atomic_store_seq_cst(&fired, 0);
+    for (int i = 0; i < 8; i++) {
+        watch_word(i, UINT64_MAX);
+    }
+    CHECK(dk__watch_cancel(&watches[7]));
+    for (int i = 0; i < 7; i++) {
+        dk_atomic_store_seq_cst(&words[i], 1);
+        dk__os_futex_wake(&words[i], 1, false);
+    }
+    wait_fired(7);
+}
+
+DK_TEST(watch_deadline_and_changed_word)
+{
+    memset(words, 0, sizeof words);
+    dk_atomic_store_seq_cst(&fired, 0);
+    watch_word(0, dk__os_monotonic_ns() + 30000000ull);
+    wait_fired(1);
+    CHECK_EQ(results[0], -ETIMEDOUT);
+    /* A word that already differs fires at once, with no wake. */
+    words[1] = 5;
+    watch_word(1, UINT64_MAX);
+    wait_fired(2);
+    CHECK_EQ(results[1], 1);
+    /* Two waiters on one word share a slot and both fire. */
+    watch_word(2, UINT64_MAX);
+    memset(&watches[3], 0, sizeof watches[3]);
+    watches[3].word = &words[2];
+    watches[3].fn = on_fire;
+    watches[3].deadline = UINT64_MAX;
+    CHECK_EQ(dk__watch_add(&watches[3]), 0);
+    dk_atomic_store_seq_cst(&words[2], 1);
+    dk__os_futex_wake(&words[2], 1, false);
+    wait_fired(4);
+    CHECK_EQ(results[2], 1);
+    CHECK_EQ(results[3], 1);
+}
+
+static dk_shm_semaphore_t sem;
+
+static void *
+poster(void *arg)
+{
+    (void)arg;
+    usleep(20000);
+    CHECK_EQ(dk_shm_semaphore_post(&sem, 1, false, false), 0);
+    return NULL;
+}
+
+DK_TEST(watch_semaphore_step_is_woken_by_post)
+{
+    memset(&sem, 0, sizeof sem);
+    CHECK_EQ(dk_shm_semaphore_init(&sem, true, 0), 0);
+    dk_atomic_store_seq_cst(&fired, 0);
+    uint32_t *word;
+    uint32_t busy;
+    CHECK_EQ(dk__shm_semaphore_wait_step(&sem, &word, &busy), -EAGAIN);
+    CHECK_EQ(sem.waiters, 1); /* announced: the post will wake */
+    memset(&watches[0], 0, sizeof watches[0]);
+    watches[0].word = word;
+    watches[0].busy = busy;
+    watches[0].deadline = UINT64_MAX;
+    watches[0].fn = on_fire;
+    CHECK_EQ(dk__watch_add(&watches[0]), 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, poster, NULL), 0);
+    wait_fired(1);
+    pthread_join(t, NULL);
+    dk__shm_semaphore_unannounce(&sem);
+    CHECK_EQ(dk__shm_semaphore_wait_step(&sem, &word, &busy), 0);
+    CHECK_EQ(sem.waiters, 0);
+    CHECK_EQ(sem.count, 0);
+}
+
+DK_TEST(watch_futex_waitv_wrapper)
+{
+    uint32_t a = 1, b = 2;
+    struct dk__os_waitv v[2] = {{&a, 1, false}, {&b, 3, false}};
+    int rc = dk__os_futex_waitv(v, 2, DK_OS_FOREVER);
+    CHECK(rc == -EAGAIN || rc == -ENOSYS); /* b differs at once */
+    v[1].expected = 2;
+    rc = dk__os_futex_waitv(v, 2, dk__os_monotonic_ns() + 1000000);
+    CHECK(rc == -ETIMEDOUT || rc == -ENOSYS);
+    CHECK_EQ(dk__os_futex_waitv(v, 0, DK_OS_FOREVER), -EINVAL);
+}
+
+DK_TEST(watch_fork_child_starts_fresh)
+{
+    memset(words, 0, sizeof words);
+    dk_atomic_store_seq_cst(&fired, 0);
+    watch_word(0, UINT64_MAX);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        /* The parent's watch never fires here and cannot be cancelled;
+         * a new one works (a new watcher thread). */
+        if (dk__watch_cancel(&watches[0])) {
+            _exit(2);
+        }
+        watch_word(1, UINT64_MAX);
+        dk_atomic_store_seq_cst(&words[1], 1);
+        dk__os_futex_wake(&words[1], 1, false);
+        wait_fired(1);
+        _exit(results[1] == 1 && results[0] == 0 ? 0 : 3);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    CHECK(dk__watch_cancel(&watches[0])); /* still ours in the parent */
+}
