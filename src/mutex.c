@@ -180,47 +180,23 @@ took_lock(dk_shm_mutex_t *m)
 }
 
 /*
- * How long this thread has seen `m` held with no owner recorded. A thread
- * waits for one mutex at a time, and a caller may wait in several calls
- * with short deadlines (the Python binding waits in 100 ms slices so that
- * it can run signal handlers), so the watch outlives one call: it goes on
- * while the observations are at most ORPHAN_GAP_NS apart, and starts
- * afresh after a longer gap, in which the lock may have changed hands
- * unseen.
- */
-#define ORPHAN_GAP_NS (4 * LIVENESS_SLICE_NS)
-static __thread struct {
-    const dk_shm_mutex_t *m;
-    uint64_t since, seen;
-} orphan_watch;
-
-/* True once `m` has been seen ownerless for ORPHAN_AFTER_NS. */
-static bool
-orphaned_long_enough(const dk_shm_mutex_t *m, uint64_t now)
-{
-    if (orphan_watch.m != m || now - orphan_watch.seen > ORPHAN_GAP_NS) {
-        orphan_watch.m = m;
-        orphan_watch.since = now;
-    }
-    orphan_watch.seen = now;
-    return now - orphan_watch.since >= ORPHAN_AFTER_NS;
-}
-
-/*
  * The lock is held but may have been abandoned: take it over if its owner
  * process is gone (returns true; the state word never went back to 0, so
  * we simply become the holder). Several waiters may find the same dead
  * owner: the CAS on owner_pid elects one. A held lock with no owner
  * recorded for ORPHAN_AFTER_NS means a holder died between its state CAS
  * and its owner store, or between its owner clear and its state release
- * (a live holder crosses either gap within nanoseconds).
+ * (a live holder crosses either gap within nanoseconds); *orphan_since
+ * (0: not seen ownerless yet) times that, and must last as long as the
+ * wait does.
  */
 static bool
-take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now)
+take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
+                       uint64_t *orphan_since)
 {
     uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
     if (owner != 0) {
-        orphan_watch.m = NULL;
+        *orphan_since = 0;
         if (!dk__os_process_gone(owner) ||
             !dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
             return false;
@@ -229,17 +205,46 @@ take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now)
         if (dk_atomic_load_relaxed(&m->state) == 0) {
             return false;
         }
+        if (*orphan_since == 0) {
+            *orphan_since = now;
+            return false;
+        }
         uint32_t zero = 0;
-        if (!orphaned_long_enough(m, now) ||
+        if (now - *orphan_since < ORPHAN_AFTER_NS ||
             !dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
             return false;
         }
     }
-    orphan_watch.m = NULL;
+    *orphan_since = 0;
     dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
     stamp(m);
     dk_atomic_store_release(&m->state, 2); /* held, maybe with waiters */
     return true;
+}
+
+/*
+ * The orphan clock of a blocking lock. A thread blocks on one mutex at a
+ * time, but may do so in several calls with short deadlines (the Python
+ * binding waits in 100 ms slices so that it can run signal handlers), so
+ * the clock lives in the thread, not in one call: it goes on while the
+ * observations are at most ORPHAN_GAP_NS apart, and starts afresh after a
+ * longer gap, in which the lock may have changed hands unseen.
+ */
+#define ORPHAN_GAP_NS (4 * LIVENESS_SLICE_NS)
+static __thread struct {
+    const dk_shm_mutex_t *m;
+    uint64_t since, seen;
+} blocking_orphan;
+
+static uint64_t *
+orphan_clock(const dk_shm_mutex_t *m, uint64_t now)
+{
+    if (blocking_orphan.m != m || now - blocking_orphan.seen > ORPHAN_GAP_NS) {
+        blocking_orphan.m = m;
+        blocking_orphan.since = 0;
+    }
+    blocking_orphan.seen = now;
+    return &blocking_orphan.since;
 }
 
 int
@@ -293,7 +298,8 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         /* Ask whether the owner lives after each quiet slice, and once
          * more before giving up, so any positive timeout can recover a
          * lock whose holder died. */
-        if ((slept_a_slice || expired) && take_over_if_abandoned(m, me, now)) {
+        if ((slept_a_slice || expired) &&
+            take_over_if_abandoned(m, me, now, orphan_clock(m, now))) {
             return 1;
         }
         if (expired) {
