@@ -13,7 +13,8 @@ import concurrent.futures as _cf
 import threading as _threading
 import time as _time
 from concurrent.futures import _base
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List,
+                    Optional, TypeVar)
 
 from dispatchkit import _dk
 
@@ -40,7 +41,13 @@ class _Lazy:
         return obj.__dict__.setdefault(self.name, self.factory())
 
 
-class Future(_cf.Future):
+if TYPE_CHECKING:
+    _FutureBase = _cf.Future[Any]
+else:
+    _FutureBase = _cf.Future
+
+
+class Future(_FutureBase):
     """A concurrent.futures.Future completed by a dispatch queue."""
 
     _state = _base.PENDING
@@ -90,7 +97,7 @@ class Executor(_cf.ThreadPoolExecutor):
         if not isinstance(thread_name_prefix, str):
             raise TypeError("thread_name_prefix must be a str")
         self._core = _dk._ExecutorCore(queue, max_workers or 0)
-        self._max_workers = max_workers
+        self._max_workers = max_workers  # type: ignore[assignment]  # None: no limit
         self._thread_name_prefix = thread_name_prefix
         self._queue = queue
         if type(self).submit is Executor.submit:
@@ -125,7 +132,8 @@ class Executor(_cf.ThreadPoolExecutor):
                 f"shutdown={self._core.is_shutdown}>")
 
 
-def _results(fs: list, end: Optional[float]) -> Iterator[Any]:
+def _results(fs: List[_cf.Future[Any]],
+             end: Optional[float]) -> Iterator[Any]:
     # fs holds the futures last first; pop() keeps no reference to a
     # result already yielded.
     try:

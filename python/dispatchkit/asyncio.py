@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio as _asyncio
 import time as _time
 import weakref as _weakref
-from typing import Any, AsyncIterator, Callable, Optional, TypeVar
+from typing import Any, AsyncIterator, Callable, List, Optional, TypeVar
 from contextlib import asynccontextmanager as _asynccontextmanager
 
 from dispatchkit import _dk
@@ -69,7 +69,7 @@ _get_running_loop = _asyncio.get_running_loop
 # this table holds neither, so a dropped loop takes its waker with it.
 _wakers: "_weakref.WeakKeyDictionary[Any, Any]" = _weakref.WeakKeyDictionary()
 # The last loop used and its waker, both weakly: one lookup per run().
-_last: list = [None, None]
+_last: List[Any] = [None, None]
 
 
 def _waker_for(loop: Any) -> Any:
@@ -108,7 +108,7 @@ def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
     TypeError for a non-callable ``fn`` or a ``queue`` that is not a Queue.
     """
     loop = _running_loop("run")
-    fut = loop.create_future()
+    fut: _asyncio.Future[_T] = loop.create_future()
     w = _waker_for(loop)
     if kwargs:
         w.submit_kw(fut, queue, fn, args, kwargs)
@@ -120,7 +120,7 @@ def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
 def _waker_fd(loop: Optional[Any] = None) -> int:
     """The eventfd of `loop`'s waker (the running loop by default); tests
     use it to check that one fd serves every call."""
-    return _waker_for(loop or _get_running_loop()).fileno()
+    return int(_waker_for(loop or _get_running_loop()).fileno())
 
 
 # ---- awaitable waits ---------------------------------------------------

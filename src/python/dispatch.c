@@ -1123,7 +1123,7 @@ static PyMethodDef Workloop_methods[] = {
      "runs highest QoS first (qos is a dispatchkit extension)."},
     {"submit", (PyCFunction)(void (*)(void))Queue_submit,
      METH_FASTCALL | METH_KEYWORDS,
-     "submit($self, fn, /, *args, qos=QOS_CLASS_DEFAULT, **kwargs)\n--\n\n"
+     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\n"
      "Run fn(*args, **kwargs) on the workloop at qos; a "
      "concurrent.futures.Future."},
     {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,

@@ -17,7 +17,8 @@ import dispatchkit.zerobuffer as zb
 MODULES = ["dispatchkit", "dispatchkit.sync", "dispatchkit.atomics",
            "dispatchkit.atomics.base", "dispatchkit.atomics.view",
            "dispatchkit.atomics.ctx", "dispatchkit.zerobuffer",
-           "dispatchkit.zerobuffer.types", "dispatchkit.zerobuffer.duplex"]
+           "dispatchkit.zerobuffer.types", "dispatchkit.zerobuffer.duplex",
+           "dispatchkit.asyncio"]
 
 # Classes whose constructor has no signature, on purpose: the view classes
 # come from atomicview() and cannot be constructed.

@@ -13,7 +13,7 @@ MODULES = ["dispatchkit", "dispatchkit.sync", "dispatchkit.atomics",
            "dispatchkit.zerobuffer", "dispatchkit.zerobuffer.core",
            "dispatchkit.zerobuffer.types",
            "dispatchkit.zerobuffer.exceptions",
-           "dispatchkit.zerobuffer.duplex"]
+           "dispatchkit.zerobuffer.duplex", "dispatchkit.asyncio"]
 
 
 def public(module):

@@ -349,7 +349,7 @@ class ImmutableDuplexServer(IImmutableDuplexServer):
         reader = self._request_reader
         left = end - time.monotonic()
         if reader is not None and left > 0:
-            reader.is_writer_connected(timeout_ms=left * 1000.0)
+            reader.is_writer_connected(timeout_ms=max(1, int(left * 1000)))
         while not self._stop.is_set():
             try:
                 return Writer(f"{self._channel_name}_response")
