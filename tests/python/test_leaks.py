@@ -86,7 +86,7 @@ def once_cycle():
 
 def queue_cycle():
     q = dk.Queue("tmp", concurrent=True, qos=dk.QOS_CLASS_UTILITY)
-    q.set_context(object(), finalizer=lambda v: None)
+    q.set_context(object(), finalizer=lambda: None)
     q.set_specific("k", object())
     q.run_async(noop)
 
