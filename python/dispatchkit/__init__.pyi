@@ -116,9 +116,10 @@ class _Source:
 
 class Timer(_Source):
     def __init__(self, interval: float, handler: Callable[[], Any],
-                 queue: Optional[Queue] = ..., start_delay: float = ...,
+                 queue: Optional[Queue] = ...,
+                 start_delay: Optional[float] = ...,
                  leeway: float = ..., repeating: bool = ...) -> None: ...
-    def set_timer(self, interval: float, start_delay: float = ...,
+    def set_timer(self, interval: float, start_delay: Optional[float] = ...,
                   leeway: float = ..., repeating: bool = ...) -> None: ...
 
 class SignalSource(_Source):

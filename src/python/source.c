@@ -28,6 +28,7 @@ typedef struct {
     /* Timer configuration, applied at start() and by set_timer(). */
     double interval, start_delay, leeway;
     bool repeating;
+    bool delay_given; /* start_delay was passed (not None) */
 } SourceObject;
 
 static void
@@ -154,7 +155,12 @@ Source_dealloc(SourceObject *self)
 static int
 apply_timer(SourceObject *self)
 {
-    double first = self->start_delay + (self->repeating ? 0 : self->interval);
+    /* A repeating timer first fires at start_delay. A one-shot timer fires
+     * once: at start_delay when one was given (cygcd ignores the interval
+     * of a one-shot timer), else after the interval (the seed README's
+     * `Timer(1.0, f, repeating=False)` fires after 1 s). */
+    double first = self->repeating || self->delay_given ? self->start_delay
+                                                        : self->interval;
     int64_t start_ns =
         first * 1e9 >= 9.2e18 ? INT64_MAX : (int64_t)(first * 1e9);
     uint64_t interval =
@@ -268,16 +274,25 @@ parse_seconds(double v, const char *what, bool positive)
 }
 
 static int
-timer_params(SourceObject *self, double interval, double start_delay,
+timer_params(SourceObject *self, double interval, PyObject *start_delay,
              double leeway, int repeating)
 {
+    bool given = start_delay != NULL && start_delay != Py_None;
+    double delay = 0;
+    if (given) {
+        delay = PyFloat_AsDouble(start_delay);
+        if (delay == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
     if (parse_seconds(interval, "interval", repeating != 0) < 0 ||
-        parse_seconds(start_delay, "start_delay", false) < 0 ||
+        parse_seconds(delay, "start_delay", false) < 0 ||
         parse_seconds(leeway, "leeway", false) < 0) {
         return -1;
     }
     self->interval = interval;
-    self->start_delay = start_delay;
+    self->start_delay = delay;
+    self->delay_given = given;
     self->leeway = leeway;
     self->repeating = repeating != 0;
     return 0;
@@ -288,10 +303,10 @@ Timer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"interval", "handler",   "queue", "start_delay",
                              "leeway",   "repeating", NULL};
-    double interval, start_delay = 0, leeway = 0;
-    PyObject *handler, *queue = Py_None;
+    double interval, leeway = 0;
+    PyObject *handler, *queue = Py_None, *start_delay = Py_None;
     int repeating = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|Oddp:Timer", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|OOdp:Timer", kwlist,
                                      &interval, &handler, &queue, &start_delay,
                                      &leeway, &repeating)) {
         return NULL;
@@ -313,9 +328,10 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"interval", "start_delay", "leeway", "repeating",
                              NULL};
-    double interval, start_delay = 0, leeway = 0;
+    double interval, leeway = 0;
+    PyObject *start_delay = Py_None;
     int repeating = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|ddp:set_timer", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|Odp:set_timer", kwlist,
                                      &interval, &start_delay, &leeway,
                                      &repeating)) {
         return NULL;
@@ -333,7 +349,7 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 static PyMethodDef Timer_methods[] = {
     {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
      METH_VARARGS | METH_KEYWORDS,
-     "set_timer(interval, start_delay=0, leeway=0, repeating=True)\n\n"
+     "set_timer(interval, start_delay=None, leeway=0, repeating=True)\n\n"
      "Reconfigure the timer (from now, if it is started)."},
     {NULL, NULL, 0, NULL},
 };
@@ -491,10 +507,12 @@ static PyMethodDef Timer_all_methods[4];
 
 static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
     Timer_new, Timer_all_methods, Timer_getset,
-    "Timer(interval, handler, queue=None, start_delay=0, leeway=0, "
-    "repeating=True)\n\nA repeating timer fires start_delay seconds after "
-    "start(), then every interval seconds; a one-shot timer fires once, "
-    "start_delay + interval seconds after start(). Missed fires coalesce.");
+    "Timer(interval, handler, queue=None, start_delay=None, leeway=0, "
+    "repeating=True)\n\nA repeating timer fires start_delay (default 0) "
+    "seconds after start(), then every interval seconds. A one-shot timer "
+    "fires once: start_delay seconds after start() when start_delay is "
+    "given (interval is then ignored, as in cygcd), else interval seconds "
+    "after start(). Missed fires coalesce.");
 static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
     SignalSource_new, Source_methods, SignalSource_getset,
     "SignalSource(signum, handler, queue=None)\n\nCall handler on a queue "
