@@ -148,7 +148,7 @@ source_invoke(void *p)
         }
     }
     st = dk_atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
-    if (dk_atomic_load_seq_cst(&s->pending) != 0 ||    /* (D) */
+    if (dk_atomic_load_seq_cst(&s->pending) != 0 ||       /* (D) */
         (st & SS_REG_DUE)) {
         source_wakeup(s);
     }

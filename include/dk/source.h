@@ -99,8 +99,8 @@ DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
  * Data sources: combine `value` with the pending data (add, or, replace
  * by type) and schedule the event handler. Any thread may call it, the
  * handler itself included; a merge into a suspended source is delivered
- * after resume, a merge after dk_source_cancel is dropped. Returns 0, or -EINVAL when s is not a data
- * source.
+ * after resume, a merge after dk_source_cancel is dropped. Returns 0, or
+ * -EINVAL when s is not a data source.
  */
 DK_EXPORT int dk_source_merge_data(dk_source_t *s, uintptr_t value);
 

@@ -315,9 +315,9 @@ Queue_dealloc(QueueObject *self)
              * is gone; here on the default global queue. It takes no
              * arguments (cygcd's contract); the value is kept alive until
              * it has run. */
-            PyObject *pair = PyTuple_Pack(
-                2, self->finalizer,
-                self->context != NULL ? self->context : Py_None);
+            PyObject *pair =
+                PyTuple_Pack(2, self->finalizer,
+                             self->context != NULL ? self->context : Py_None);
             if (pair == NULL || dk_queue_async_f(dk_queue_global(0), pair,
                                                  call_finalizer_async) < 0) {
                 Py_XDECREF(pair);

@@ -25,9 +25,9 @@ struct tally {
     dk_source_t *s;
     dk_semaphore_t *sem;
     long calls;
-    uintptr_t sum;     /* DATA_ADD: the sum of the data seen */
-    uintptr_t last;    /* the data of the latest call */
-    uintptr_t target;  /* signal sem once sum reaches it (0: every call) */
+    uintptr_t sum;    /* DATA_ADD: the sum of the data seen */
+    uintptr_t last;   /* the data of the latest call */
+    uintptr_t target; /* signal sem once sum reaches it (0: every call) */
     int inside;
     int overlaps;
     int registered;    /* registration handler calls */
@@ -163,7 +163,7 @@ DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
     tally_done(add, &t);
 
     struct tally o = {0};
-    dk_source_t *or = data_source(DK_SOURCE_DATA_OR, q, &o);
+    dk_source_t * or = data_source(DK_SOURCE_DATA_OR, q, &o);
     CHECK_EQ(dk_source_merge_data(or, 1), 0);
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
