@@ -29,6 +29,9 @@ IO_STOP: int
 AUTORELEASE_FREQUENCY_INHERIT: int
 AUTORELEASE_FREQUENCY_WORK_ITEM: int
 AUTORELEASE_FREQUENCY_NEVER: int
+DATA_ADD: int
+DATA_OR: int
+DATA_REPLACE: int
 
 class Queue:
     def __init__(self, label: Optional[str] = ..., concurrent: bool = ...,
@@ -153,6 +156,15 @@ class ProcessSource(_Source):
     def pid(self) -> int: ...
     @property
     def events_pending(self) -> int: ...
+
+class DataSource(_Source):
+    def __init__(self, kind: int, handler: Callable[[], Any],
+                 queue: Optional[Queue] = ...) -> None: ...
+    def merge(self, value: int) -> None: ...
+    @property
+    def data(self) -> int: ...
+    @property
+    def kind(self) -> int: ...
 
 class IOChannel:
     def __init__(self, fd: int, io_type: int = ..., queue: Optional[Queue] = ...,

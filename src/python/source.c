@@ -1,7 +1,7 @@
 /*
  * Binding of dispatch sources: Timer, SignalSource, ReadSource,
- * WriteSource and ProcessSource. One C struct serves all five; each type
- * has its own constructor and properties.
+ * WriteSource, ProcessSource and DataSource. One C struct serves all six;
+ * each type has its own constructor and properties.
  *
  * Lifetime: a started source holds a reference to its Python object until
  * its cancel handler has run, so it stays active until cancel() (as in
@@ -493,6 +493,84 @@ static PyGetSetDef ProcessSource_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* ---- DataSource ----------------------------------------------------- */
+
+static PyObject *
+DataSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"kind", "handler", "queue", NULL};
+    long kind;
+    PyObject *handler, *queue = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lO|O:DataSource", kwlist,
+                                     &kind, &handler, &queue)) {
+        return NULL;
+    }
+    if (kind != DK_SOURCE_DATA_ADD && kind != DK_SOURCE_DATA_OR &&
+        kind != DK_SOURCE_DATA_REPLACE) {
+        PyErr_Format(PyExc_ValueError,
+                     "kind must be DATA_ADD, DATA_OR or DATA_REPLACE, not %ld",
+                     kind);
+        return NULL;
+    }
+    return source_create(type, (dk_source_type_t)kind, 0, 0, handler, queue,
+                         "data source");
+}
+
+static PyObject *
+DataSource_merge(SourceObject *self, PyObject *value)
+{
+    PyObject *index = PyNumber_Index(value);
+    if (index == NULL) {
+        return NULL;
+    }
+    size_t v = PyLong_AsSize_t(index);
+    Py_DECREF(index);
+    if (v == (size_t)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Format(PyExc_OverflowError,
+                         "merge value must be in [0, %zu]", (size_t)-1);
+        }
+        return NULL;
+    }
+    /* Non-blocking (an atomic merge and at most one wake-up), so the GIL
+     * stays held. After cancel() the value is dropped, as in GCD. */
+    int rc = dk_source_merge_data(self->s, (uintptr_t)v);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+DataSource_get_kind(SourceObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong((long)dk_source_get_type(self->s));
+}
+
+static PyMethodDef DataSource_methods[] = {
+    {"merge", (PyCFunction)DataSource_merge, METH_O,
+     "merge(value)\n\nMerge a non-negative int into the pending data (added, "
+     "OR-ed or replacing it, by kind) and schedule the handler. Any thread "
+     "may call it; merges made while the handler is queued or running "
+     "coalesce into its next call. 0 is no event (DATA_REPLACE: it replaces "
+     "a pending value). Dropped after cancel()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef DataSource_getset[] = {
+    {"data", (getter)Source_get_data, NULL,
+     "The data of this handler call (read it in the handler): the sum "
+     "(DATA_ADD), the OR (DATA_OR) or the last value (DATA_REPLACE) of the "
+     "values merged since the previous call.",
+     NULL},
+    {"kind", (getter)DataSource_get_kind, NULL,
+     "DATA_ADD, DATA_OR or DATA_REPLACE.", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 /* ---- types ---------------------------------------------------------- */
 
 #define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                               \
@@ -504,6 +582,7 @@ static PyGetSetDef ProcessSource_getset[] = {
     }
 
 static PyMethodDef Timer_all_methods[4];
+static PyMethodDef DataSource_all_methods[4];
 
 static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
     Timer_new, Timer_all_methods, Timer_getset,
@@ -529,6 +608,13 @@ static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
     ProcessSource_new, Source_methods, ProcessSource_getset,
     "ProcessSource(pid, handler, events=PROC_EXIT, queue=None)\n\nCall "
     "handler when the process exits.");
+static PyType_Slot DataSource_slots[] = SOURCE_SLOTS(
+    DataSource_new, DataSource_all_methods, DataSource_getset,
+    "DataSource(kind, handler, queue=None)\n\nA user data source (GCD's "
+    "DISPATCH_SOURCE_TYPE_DATA_*): any thread calls merge(value); handler() "
+    "runs on the queue, never concurrently with itself, and reads the "
+    "coalesced value as data. kind is DATA_ADD (sum), DATA_OR (bitwise OR) "
+    "or DATA_REPLACE (last value).");
 
 #define SOURCE_SPEC(NAME, SLOTS)                                              \
     {                                                                         \
@@ -544,6 +630,7 @@ static PyType_Spec source_specs[] = {
     SOURCE_SPEC("ReadSource", ReadSource_slots),
     SOURCE_SPEC("WriteSource", WriteSource_slots),
     SOURCE_SPEC("ProcessSource", ProcessSource_slots),
+    SOURCE_SPEC("DataSource", DataSource_slots),
 };
 
 int
@@ -553,6 +640,16 @@ dkpy_source_exec(PyObject *m)
     Timer_all_methods[1] = Source_methods[1];
     Timer_all_methods[2] = Timer_methods[0];
     Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
+    DataSource_all_methods[0] = Source_methods[0];
+    DataSource_all_methods[1] = Source_methods[1];
+    DataSource_all_methods[2] = DataSource_methods[0];
+    DataSource_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
+    if (PyModule_AddIntConstant(m, "DATA_ADD", DK_SOURCE_DATA_ADD) < 0 ||
+        PyModule_AddIntConstant(m, "DATA_OR", DK_SOURCE_DATA_OR) < 0 ||
+        PyModule_AddIntConstant(m, "DATA_REPLACE", DK_SOURCE_DATA_REPLACE) <
+            0) {
+        return -1;
+    }
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
         PyObject *t = PyType_FromModuleAndSpec(m, &source_specs[i], NULL);
         if (t == NULL) {
