@@ -109,6 +109,15 @@ def signal_cycle():
     s.cancel()
 
 
+def data_source_cycle():
+    done = dk.Semaphore(0)
+    s = dk.DataSource(dk.DATA_ADD, done.signal)
+    s.start()
+    s.merge(3)
+    done.wait(10)
+    s.cancel()
+
+
 R, W = os.pipe()
 
 
@@ -390,6 +399,7 @@ CASES.update({
     "timer": (timer_cycle, sources_settle),
     "signal_source": (signal_cycle, sources_settle),
     "read_source": (read_source_cycle, sources_settle),
+    "data_source": (data_source_cycle, sources_settle),
     "iochannel": (channel_cycle, sources_settle),
     "read_write_async": (async_io_cycle, sources_settle),
 })
