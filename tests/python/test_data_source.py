@@ -105,8 +105,10 @@ def test_merges_during_a_running_handler_coalesce_into_one_call():
     src = dk.DataSource(dk.DATA_ADD, handler, queue=dk.Queue("serial"))
     src.start()
     src.merge(1)
-    while not seen:
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
         time.sleep(0.001)
+    assert seen == [1]  # the first call is running (and waiting)
     for _ in range(100):
         src.merge(2)
     release.set()
