@@ -54,6 +54,8 @@
     __atomic_fetch_sub((p), (v), __ATOMIC_SEQ_CST)
 #define dk_atomic_or_acq_rel(p, v)                                            \
     __atomic_fetch_or((p), (v), __ATOMIC_ACQ_REL)
+#define dk_atomic_or_seq_cst(p, v)                                            \
+    __atomic_fetch_or((p), (v), __ATOMIC_SEQ_CST)
 #define dk_atomic_and_seq_cst(p, v)                                           \
     __atomic_fetch_and((p), (v), __ATOMIC_SEQ_CST)
 #define dk_atomic_and_acq_rel(p, v)                                           \

@@ -117,6 +117,19 @@ dk_data_create_nocopy(void *buffer, size_t size,
     return d;
 }
 
+static void
+unmap_buffer(void *ctx, void *buffer)
+{
+    dk__os_munmap(buffer, (size_t)(uintptr_t)ctx);
+}
+
+dk_data_t *
+dk_data_create_mapped(void *buffer, size_t size)
+{
+    return dk_data_create_nocopy(buffer, size, unmap_buffer,
+                                 (void *)(uintptr_t)size);
+}
+
 dk_data_t *
 dk_data_create(const void *bytes, size_t size)
 {

@@ -69,6 +69,10 @@ struct dk__item {
     dk_group_t *group;
     uint32_t flags;
     uint32_t done; /* SYNC: futex word set to 1 when finished */
+    /* SYNC: the waiting thread's frames, so that an item run for it on
+     * another thread still counts as running on the caller's queues
+     * (dk_queue_is_current). NULL for other items. */
+    struct dk__frame *caller;
 };
 
 /* Vyukov's intrusive multi-producer single-consumer list. Producers only
@@ -122,6 +126,7 @@ struct dk_queue_s {
     struct dk__object obj;
     enum dk__qtype type;
     int qos;
+    int relpri; /* of a QoS given at creation; 0 without */
     uint64_t state;
     dk_queue_t *target;
     char *label;
@@ -157,6 +162,7 @@ struct dk_queue_s {
 struct dk__frame {
     dk_queue_t *queue;
     struct dk__frame *prev;
+    struct dk__frame *caller; /* a sync item's waiting thread's frames */
     bool barrier;
 };
 extern __thread struct dk__frame *dk__current_frame;

@@ -176,6 +176,7 @@ frame_push(struct dk__frame *f, dk_queue_t *q, bool barrier)
 {
     f->queue = q;
     f->barrier = barrier;
+    f->caller = NULL;
     f->prev = dk__current_frame;
     dk__current_frame = f;
 }
@@ -193,7 +194,19 @@ item_invoke(struct dk__item *it)
 {
     uint32_t flags = it->flags;
     dk_group_t *g = it->group;
-    it->fn(it->ctx);
+    if ((flags & DK_ITEM_SYNC) && it->caller != NULL &&
+        dk__current_frame != NULL) {
+        /* Run it as on the current frame's queue, linked to the frames of
+         * the thread waiting for it (which stay alive until `done`). */
+        struct dk__frame f = *dk__current_frame;
+        f.prev = dk__current_frame;
+        f.caller = it->caller;
+        dk__current_frame = &f;
+        it->fn(it->ctx);
+        dk__current_frame = f.prev;
+    } else {
+        it->fn(it->ctx);
+    }
     if (flags & DK_ITEM_SYNC) {
         dk_atomic_store_release(&it->done, 1); /* pairs with sync_wait */
         dk__os_futex_wake(&it->done, 1, false);
@@ -658,6 +671,7 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
         .ctx = ctx,
         .flags =
             DK_ITEM_SYNC | DK_ITEM_EMBEDDED | (barrier ? DK_ITEM_BARRIER : 0),
+        .caller = dk__current_frame,
     };
     dk__queue_push(q, &it);
     if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
@@ -801,6 +815,7 @@ dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
     /* As in GCD, a relative priority outside [-15, 0] or an unknown class
      * drops the QoS request. */
     q->qos = (valid_qos(qos) && relpri <= 0 && relpri >= -15) ? qos : 0;
+    q->relpri = q->qos != 0 ? relpri : 0;
     if (attrs & DK_QUEUE_INACTIVE) {
         q->state = DK_QS_INACTIVE | DK_QS_WAS_INACTIVE;
     }
@@ -1162,6 +1177,46 @@ dk_queue_current(void)
     return dk__current_frame != NULL ? dk__current_frame->queue : NULL;
 }
 
+/* Does the frame stack from `top` (with the stacks of the threads its sync
+ * items run for) run an item of q, or of a queue targeting q? */
+static bool
+frames_on(const struct dk__frame *top, const dk_queue_t *q, bool barrier)
+{
+    bool serial = q->type != DK_Q_CONCURRENT && q->type != DK_Q_ROOT;
+    for (const struct dk__frame *f = top; f != NULL; f = f->prev) {
+        for (const dk_queue_t *x = f->queue; x != NULL; x = x->target) {
+            /* As a barrier: always on a serial queue; on a concurrent
+             * one only in an item that runs alone on q itself. */
+            if (x == q &&
+                (!barrier || serial || (f->queue == q && f->barrier))) {
+                return true;
+            }
+        }
+        if (f->caller != NULL && frames_on(f->caller, q, barrier)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+dk_queue_is_current(const dk_queue_t *q, bool barrier)
+{
+    if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
+        return true;
+    }
+    return frames_on(dk__current_frame, q, barrier);
+}
+
+int
+dk_queue_qos(const dk_queue_t *q, int *relpri)
+{
+    if (relpri != NULL) {
+        *relpri = q->relpri;
+    }
+    return q->qos;
+}
+
 int
 dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx, dk_function_t fn)
 {
@@ -1319,6 +1374,73 @@ dk_object_get_context(const void *object)
 {
     const struct dk__object *o = object;
     return dk_atomic_load_acquire(&o->context);
+}
+
+static const char *
+queue_kind(const dk_queue_t *q)
+{
+    switch (q->type) {
+    case DK_Q_SERIAL:
+        return "serial";
+    case DK_Q_CONCURRENT:
+        return "concurrent";
+    case DK_Q_ROOT:
+        return "global";
+    case DK_Q_MAIN:
+        return "main";
+    case DK_Q_WORKLOOP:
+        return "workloop";
+    }
+    return "?";
+}
+
+int
+dk_object_describe(const void *object, char *buf, size_t len)
+{
+    const struct dk__object *o = object;
+    uint32_t refs = dk_atomic_load_relaxed(&o->refcnt);
+    char refcnt[16];
+    if (refs & DK_REFCNT_IMMORTAL) {
+        snprintf(refcnt, sizeof refcnt, "immortal");
+    } else {
+        snprintf(refcnt, sizeof refcnt, "%u", refs);
+    }
+    switch (o->kind) {
+    case DK_KIND_QUEUE: {
+        const dk_queue_t *q = object;
+        return snprintf(buf, len,
+                        "queue[%p] = { refcnt = %s, label = \"%s\", "
+                        "kind = %s, qos = 0x%x, suspended = %u%s }",
+                        object, refcnt, q->label, queue_kind(q), q->qos,
+                        dk_queue_suspend_count(q),
+                        dk_queue_is_inactive(q) ? ", inactive" : "");
+    }
+    case DK_KIND_SOURCE: {
+        const dk_source_t *s = object;
+        static const char *const types[] = {
+            "?",    "timer",    "signal",  "read",         "write",
+            "proc", "data-add", "data-or", "data-replace",
+        };
+        unsigned t = (unsigned)dk_source_get_type(s);
+        return snprintf(buf, len,
+                        "source[%p] = { refcnt = %s, type = %s, handle = "
+                        "%zu, mask = 0x%lx%s }",
+                        object, refcnt,
+                        t < sizeof types / sizeof types[0] ? types[t] : "?",
+                        (size_t)dk_source_get_handle(s), dk_source_get_mask(s),
+                        dk_source_testcancel(s) ? ", cancelled" : "");
+    }
+    case DK_KIND_DATA:
+        return snprintf(buf, len, "data[%p] = { refcnt = %s, size = %zu }",
+                        object, refcnt, dk_data_get_size(object));
+    case DK_KIND_GROUP:
+        return snprintf(buf, len, "group[%p] = { refcnt = %s }", object,
+                        refcnt);
+    case DK_KIND_SEMAPHORE:
+        return snprintf(buf, len, "semaphore[%p] = { refcnt = %s }", object,
+                        refcnt);
+    }
+    return snprintf(buf, len, "unknown object [%p]", object);
 }
 
 void

@@ -1,6 +1,7 @@
 /*
  * Dispatch sources. Events from the event thread (timer fires, signals,
- * fd readiness, process exit) are merged into `pending`; a source whose
+ * fd readiness, process exit), and values a program merges into a data
+ * source from any thread, are merged into `pending`; a source whose
  * handler is not already queued or running then submits its one embedded
  * item to the target queue. The item takes all pending data at once, so
  * events coalesce and the handler never runs concurrently with itself.
@@ -10,6 +11,7 @@
  *   bit 1   CANCELLED    dk_source_cancel was called
  *   bit 2   CANCEL_DONE  the cancel handler has run (or is running)
  *   bit 3   REGISTERED   watched by the event thread (after first resume)
+ *   bit 4   REG_DUE      the registration handler is yet to run
  *   bits 8- suspend count (a new source starts at one)
  *
  * The wake-up race is the same as a serial queue's:
@@ -19,7 +21,11 @@
  *   SCHEDULED set? no: CAS, push (B)      pending != 0? wake up   (D)
  *
  * A-D are sequentially consistent, so an event is never left pending with
- * nobody scheduled; the CAS lets only one side submit the item.
+ * nobody scheduled; the CAS lets only one side submit the item. A due
+ * registration handler is a bit of the state word itself: (C) returns the
+ * state it cleared SCHEDULED from, so a REG_DUE set before (C) is seen by
+ * the ending item, and one set after it is seen by the setter's own
+ * wake-up.
  *
  * Read and write sources share one epoll registration per fd (an fd can be
  * registered once), in one-shot mode: after an event the fd is re-armed
@@ -38,6 +44,7 @@
 #define SS_CANCELLED 0x2ull
 #define SS_CANCEL_DONE 0x4ull
 #define SS_REGISTERED 0x8ull
+#define SS_REG_DUE 0x10ull
 #define SS_SUSPEND_ONE 0x100ull
 #define SS_SUSPEND_SHIFT 8
 
@@ -51,6 +58,7 @@ struct dk_source_s {
     dk_queue_t *queue;
     dk_function_t handler;
     dk_function_t cancel_handler;
+    dk_function_t registration_handler;
     uint64_t state;
     uintptr_t pending;
     uintptr_t data;
@@ -89,7 +97,14 @@ source_merge_add(dk_source_t *s, uintptr_t n)
 static void
 source_merge_or(dk_source_t *s, uintptr_t bits)
 {
-    __atomic_fetch_or(&s->pending, bits, __ATOMIC_SEQ_CST); /* (A) */
+    dk_atomic_or_seq_cst(&s->pending, bits); /* (A) */
+    source_wakeup(s);
+}
+
+static void
+source_merge_replace(dk_source_t *s, uintptr_t value)
+{
+    dk_atomic_store_seq_cst(&s->pending, value); /* (A) */
     source_wakeup(s);
 }
 
@@ -98,6 +113,15 @@ source_invoke(void *p)
 {
     dk_source_t *s = p;
     uint64_t st = dk_atomic_load_acquire(&s->state);
+    if (!(st & SS_CANCELLED) && !is_suspended(st) && (st & SS_REG_DUE)) {
+        /* Pairs with the release store in set_registration_handler_f. */
+        dk_function_t rh = dk_atomic_load_acquire(&s->registration_handler);
+        dk_atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
+        if (rh != NULL) {
+            rh(s->obj.context);
+        }
+        st = dk_atomic_load_acquire(&s->state);
+    }
     if (!(st & SS_CANCELLED) && !is_suspended(st)) {
         uintptr_t data = dk_atomic_xchg_acq_rel(&s->pending, 0);
         if (data != 0) {
@@ -123,8 +147,9 @@ source_invoke(void *p)
             ch(s->obj.context);
         }
     }
-    dk_atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
-    if (dk_atomic_load_seq_cst(&s->pending) != 0) {  /* (D) */
+    st = dk_atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
+    if (dk_atomic_load_seq_cst(&s->pending) != 0 ||       /* (D) */
+        (st & SS_REG_DUE)) {
         source_wakeup(s);
     }
     if (s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) {
@@ -142,7 +167,7 @@ wants_item(uint64_t st, uintptr_t pending)
     if (st & SS_CANCELLED) {
         return !(st & SS_CANCEL_DONE);
     }
-    return !is_suspended(st) && pending != 0;
+    return !is_suspended(st) && (pending != 0 || (st & SS_REG_DUE));
 }
 
 static void
@@ -531,6 +556,14 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
         }
         break;
     }
+    case DK_SOURCE_DATA_ADD:
+    case DK_SOURCE_DATA_OR:
+    case DK_SOURCE_DATA_REPLACE:
+        if (handle != 0 || mask != 0) {
+            errno = EINVAL; /* unused: must be 0, as in GCD */
+            return NULL;
+        }
+        break;
     case DK_SOURCE_PROC: {
         unsigned long all =
             DK_PROC_EXIT | DK_PROC_FORK | DK_PROC_EXEC | DK_PROC_SIGNAL;
@@ -605,6 +638,47 @@ dk_source_set_cancel_handler_f(dk_source_t *s, dk_function_t handler)
     dk_atomic_store_release(&s->cancel_handler, handler);
 }
 
+void
+dk_source_set_registration_handler_f(dk_source_t *s, dk_function_t handler)
+{
+    /* Pairs with the acquire load in source_invoke. */
+    dk_atomic_store_release(&s->registration_handler, handler);
+    if (handler == NULL) {
+        dk_atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
+        return;
+    }
+    /* Due now: the first resume delivers it (a suspended source runs no
+     * item), or the wake-up below when the source is already running. */
+    dk_atomic_or_seq_cst(&s->state, SS_REG_DUE);
+    source_wakeup(s);
+}
+
+int
+dk_source_merge_data(dk_source_t *s, uintptr_t value)
+{
+    switch (s->type) {
+    case DK_SOURCE_DATA_ADD:
+    case DK_SOURCE_DATA_OR:
+    case DK_SOURCE_DATA_REPLACE:
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (dk_atomic_load_relaxed(&s->state) & SS_CANCELLED) {
+        return 0; /* dropped, as in GCD */
+    }
+    if (s->type == DK_SOURCE_DATA_REPLACE) {
+        source_merge_replace(s, value);
+    } else if (value != 0) {
+        if (s->type == DK_SOURCE_DATA_ADD) {
+            source_merge_add(s, value);
+        } else {
+            source_merge_or(s, value);
+        }
+    }
+    return 0;
+}
+
 static int
 source_register(dk_source_t *s)
 {
@@ -621,6 +695,10 @@ source_register(dk_source_t *s)
         return fd_register(s);
     case DK_SOURCE_PROC:
         return proc_register(s);
+    case DK_SOURCE_DATA_ADD:
+    case DK_SOURCE_DATA_OR:
+    case DK_SOURCE_DATA_REPLACE:
+        return 0; /* merged by the program: nothing to watch */
     }
     return -EINVAL;
 }
@@ -682,6 +760,9 @@ dk_source_cancel(dk_source_t *s)
             proc_unregister(s);
             break;
         case DK_SOURCE_TIMER:
+        case DK_SOURCE_DATA_ADD:
+        case DK_SOURCE_DATA_OR:
+        case DK_SOURCE_DATA_REPLACE:
             break;
         }
     }

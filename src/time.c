@@ -37,6 +37,9 @@ dk_time(dk_time_t when, int64_t delta)
     if (when == DK_TIME_FOREVER) {
         return DK_TIME_FOREVER;
     }
+    if (when == DK_WALLTIME_NOW) {
+        return dk_walltime(0, delta);
+    }
     if (is_wall(when)) {
         uint64_t ns = add_sat((uint64_t)(-(int64_t)when), delta);
         if (ns < WALL_MIN_NS) {

@@ -50,6 +50,14 @@ DK_EXPORT void dk_object_set_context(void *object, void *ctx);
 DK_EXPORT void *dk_object_get_context(const void *object);
 DK_EXPORT void dk_object_set_finalizer_f(void *object, dk_function_t fn);
 
+/*
+ * A one-line description of an object for debugging (its kind, address,
+ * reference count and state: a queue's label, kind and suspend count, a
+ * source's type, handle and state, a data object's size), written to buf
+ * as snprintf does. Returns the length of the full description.
+ */
+DK_EXPORT int dk_object_describe(const void *object, char *buf, size_t len);
+
 DK_END_DECLS
 
 #endif /* DK_BASE_H */

@@ -26,6 +26,11 @@ DK_EXPORT dk_data_t *
 dk_data_create_nocopy(void *buffer, size_t size,
                       void (*destructor)(void *ctx, void *buffer), void *ctx);
 
+/* Take a buffer mapped with mmap(2): munmap(buffer, size) runs when the
+ * last data object using it goes away. Returns NULL with errno = ENOMEM
+ * (the buffer stays mapped then). */
+DK_EXPORT dk_data_t *dk_data_create_mapped(void *buffer, size_t size);
+
 DK_EXPORT size_t dk_data_get_size(const dk_data_t *d);
 /* Number of regions (contiguous pieces). */
 DK_EXPORT size_t dk_data_region_count(const dk_data_t *d);

@@ -11,6 +11,7 @@
 #define DK_DISPATCH_H
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -42,7 +43,7 @@ typedef long dispatch_queue_priority_t;
 
 /* Queue attributes are small integers in pointer clothing: bit 0
  * concurrent, bit 1 inactive, bits 8-15 QoS class, bits 16-23 the
- * relative priority's magnitude. */
+ * relative priority's magnitude, bits 24-25 the autorelease frequency. */
 typedef const struct dispatch_queue_attr_s *dispatch_queue_attr_t;
 #define DISPATCH_QUEUE_SERIAL ((dispatch_queue_attr_t)0)
 #define DISPATCH_QUEUE_CONCURRENT ((dispatch_queue_attr_t)(uintptr_t)1)
@@ -52,6 +53,8 @@ typedef const struct dispatch_queue_attr_s *dispatch_queue_attr_t;
 
 #define DISPATCH_TIME_NOW DK_TIME_NOW
 #define DISPATCH_TIME_FOREVER DK_TIME_FOREVER
+/* As `when` for dispatch_time: the wall clock now. */
+#define DISPATCH_WALLTIME_NOW DK_WALLTIME_NOW
 #ifndef NSEC_PER_SEC
 #define NSEC_PER_SEC 1000000000ull
 #define NSEC_PER_MSEC 1000000ull
@@ -73,6 +76,18 @@ typedef unsigned int qos_class_t;
 #define QOS_CLASS_BACKGROUND 0x09u
 #define QOS_CLASS_UNSPECIFIED 0x00u
 #endif
+typedef qos_class_t dispatch_qos_class_t;
+
+/* Autorelease pools are an Objective-C notion: on Linux the frequency is
+ * recorded and has no other effect (as in libdispatch's Linux port). */
+typedef unsigned long dispatch_autorelease_frequency_t;
+#define DISPATCH_AUTORELEASE_FREQUENCY_INHERIT 0ul
+#define DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM 1ul
+#define DISPATCH_AUTORELEASE_FREQUENCY_NEVER 2ul
+
+/* Pass to dispatch_queue_create_with_target, dispatch_set_target_queue or
+ * dispatch_source_create for the default target queue. */
+#define DISPATCH_TARGET_QUEUE_DEFAULT ((dispatch_queue_t)0)
 
 #define DISPATCH_APPLY_AUTO ((dispatch_queue_t)0)
 #define DISPATCH_CURRENT_QUEUE_LABEL ((dispatch_queue_t)0)
@@ -84,17 +99,46 @@ dispatch__client_crash(const char *msg)
     abort();
 }
 
+static inline void
+dispatch__assert_crash(const char *what, dispatch_queue_t q)
+{
+    fprintf(stderr, "dispatchkit: BUG IN CLIENT OF LIBDISPATCH: %s [%s]\n",
+            what, dk_queue_label(q));
+    abort();
+}
+
 static inline dispatch_queue_attr_t
 dispatch_queue_attr_make_initially_inactive(dispatch_queue_attr_t attr)
 {
     return (dispatch_queue_attr_t)((uintptr_t)attr | 2u);
 }
 
+/* NULL (the serial attribute, as in libdispatch) for an unknown
+ * frequency. A queue created with a frequency other than INHERIT cannot
+ * change its target once active (as in libdispatch). */
+static inline dispatch_queue_attr_t
+dispatch_queue_attr_make_with_autorelease_frequency(
+    dispatch_queue_attr_t attr, dispatch_autorelease_frequency_t frequency)
+{
+    if (frequency > DISPATCH_AUTORELEASE_FREQUENCY_NEVER) {
+        return (dispatch_queue_attr_t)0;
+    }
+    uintptr_t a = (uintptr_t)attr & ~((uintptr_t)3u << 24);
+    return (dispatch_queue_attr_t)(a | ((uintptr_t)frequency << 24));
+}
+
+#define DISPATCH_QUEUE_SERIAL_WITH_AUTORELEASE_POOL                           \
+    dispatch_queue_attr_make_with_autorelease_frequency(                      \
+        DISPATCH_QUEUE_SERIAL, DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM)
+#define DISPATCH_QUEUE_CONCURRENT_WITH_AUTORELEASE_POOL                       \
+    dispatch_queue_attr_make_with_autorelease_frequency(                      \
+        DISPATCH_QUEUE_CONCURRENT, DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM)
+
 static inline dispatch_queue_attr_t
 dispatch_queue_attr_make_with_qos_class(dispatch_queue_attr_t attr,
                                         qos_class_t qos, int relpri)
 {
-    uintptr_t a = (uintptr_t)attr & 3u;
+    uintptr_t a = (uintptr_t)attr & ~(uintptr_t)0xffff00u;
     uintptr_t mag = relpri < 0 ? (uintptr_t)(-relpri) & 0xffu : 0;
     if (relpri > 0) {
         mag = 0xffu; /* out of range: the QoS request is ignored */
@@ -104,26 +148,96 @@ dispatch_queue_attr_make_with_qos_class(dispatch_queue_attr_t attr,
 }
 
 static inline dispatch_queue_t
-dispatch_queue_create(const char *label, dispatch_queue_attr_t attr)
-{
-    uintptr_t a = (uintptr_t)attr;
-    unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
-                     ((a & 2u) ? DK_QUEUE_INACTIVE : 0);
-    return dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
-                           -(int)((a >> 16) & 0xffu), NULL);
-}
-
-static inline dispatch_queue_t
 dispatch_queue_create_with_target(const char *label,
                                   dispatch_queue_attr_t attr,
                                   dispatch_queue_t target)
 {
     uintptr_t a = (uintptr_t)attr;
+    bool inactive = (a & 2u) != 0;
+    /* An autorelease frequency pins the target once active: such a queue
+     * is created inactive and activated here unless asked inactive (dk
+     * refuses retargeting a queue that was activated). */
+    bool pinned = ((a >> 24) & 3u) != DISPATCH_AUTORELEASE_FREQUENCY_INHERIT;
     unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
-                     ((a & 2u) ? DK_QUEUE_INACTIVE : 0);
-    return dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
-                           -(int)((a >> 16) & 0xffu), target);
+                     (inactive || pinned ? DK_QUEUE_INACTIVE : 0);
+    dispatch_queue_t q = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
+                                         -(int)((a >> 16) & 0xffu), target);
+    if (q != NULL && pinned && !inactive) {
+        dk_queue_activate(q);
+    }
+    return q;
 }
+
+static inline dispatch_queue_t
+dispatch_queue_create(const char *label, dispatch_queue_attr_t attr)
+{
+    return dispatch_queue_create_with_target(label, attr,
+                                             DISPATCH_TARGET_QUEUE_DEFAULT);
+}
+
+/* The QoS class the queue was created with and its relative priority
+ * (QOS_CLASS_UNSPECIFIED and 0 for none); a global queue's class. */
+static inline dispatch_qos_class_t
+dispatch_queue_get_qos_class(dispatch_queue_t q, int *relative_priority_ptr)
+{
+    return (dispatch_qos_class_t)dk_queue_qos(q, relative_priority_ptr);
+}
+
+/* Deprecated in libdispatch and kept, as there: the queue of the running
+ * work item, else the default global queue. */
+static inline dispatch_queue_t
+dispatch_get_current_queue(void)
+{
+    dispatch_queue_t q = dk_queue_current();
+    return q != NULL ? q : dk_queue_global(0);
+}
+
+/*
+ * Abort with a message naming the queue unless the calling thread runs an
+ * item submitted to q or to a queue targeting q, directly or for a thread
+ * waiting in dispatch_sync (recursively); the main queue counts anywhere
+ * on the main thread. _barrier also requires the item to run alone on q
+ * (always so on a serial queue); _not aborts when dispatch_assert_queue
+ * would return. The _debug forms compile to nothing under NDEBUG.
+ */
+static inline void
+dispatch_assert_queue(dispatch_queue_t q)
+{
+    if (!dk_queue_is_current(q, false)) {
+        dispatch__assert_crash("dispatch_assert_queue: not running on queue",
+                               q);
+    }
+}
+
+static inline void
+dispatch_assert_queue_barrier(dispatch_queue_t q)
+{
+    dispatch_assert_queue(q);
+    if (!dk_queue_is_current(q, true)) {
+        dispatch__assert_crash(
+            "dispatch_assert_queue_barrier: not running as a barrier on queue",
+            q);
+    }
+}
+
+static inline void
+dispatch_assert_queue_not(dispatch_queue_t q)
+{
+    if (dk_queue_is_current(q, false)) {
+        dispatch__assert_crash("dispatch_assert_queue_not: running on queue",
+                               q);
+    }
+}
+
+#ifdef NDEBUG
+#define dispatch_assert_queue_debug(q) ((void)(0 && (q)))
+#define dispatch_assert_queue_barrier_debug(q) ((void)(0 && (q)))
+#define dispatch_assert_queue_not_debug(q) ((void)(0 && (q)))
+#else
+#define dispatch_assert_queue_debug(q) dispatch_assert_queue(q)
+#define dispatch_assert_queue_barrier_debug(q) dispatch_assert_queue_barrier(q)
+#define dispatch_assert_queue_not_debug(q) dispatch_assert_queue_not(q)
+#endif
 
 static inline dispatch_queue_global_t
 dispatch_get_global_queue(long identifier, unsigned long flags)
@@ -284,6 +398,7 @@ dispatch_once_f(dispatch_once_t *predicate, void *ctx, dispatch_function_t fn)
     dk_once_f((dk_once_t *)predicate, ctx, fn);
 }
 
+/* DISPATCH_WALLTIME_NOW as `when` is dispatch_walltime(NULL, delta). */
 static inline dispatch_time_t
 dispatch_time(dispatch_time_t when, int64_t delta)
 {
@@ -328,6 +443,35 @@ static inline void
 dispatch_set_finalizer_f(dispatch_object_t object, dispatch_function_t fn)
 {
     dk_object_set_finalizer_f(object, fn);
+}
+
+/*
+ * Deprecated in libdispatch and kept, as there: log a description of the
+ * object followed by the message, to stderr (libdispatch's default is
+ * syslog). LIBDISPATCH_LOG=NO silences it, as in libdispatch.
+ */
+static inline void
+dispatch_debugv(dispatch_object_t object, const char *message, va_list ap)
+{
+    const char *log = getenv("LIBDISPATCH_LOG");
+    if (log != NULL && (log[0] == 'N' || log[0] == 'n') &&
+        (log[1] == 'O' || log[1] == 'o') && log[2] == '\0') {
+        return;
+    }
+    char desc[256];
+    dk_object_describe(object, desc, sizeof desc);
+    fprintf(stderr, "%s: ", desc);
+    vfprintf(stderr, message, ap);
+    fputc('\n', stderr);
+}
+
+static inline void __attribute__((format(printf, 2, 3)))
+dispatch_debug(dispatch_object_t object, const char *message, ...)
+{
+    va_list ap;
+    va_start(ap, message);
+    dispatch_debugv(object, message, ap);
+    va_end(ap);
 }
 
 static inline void
@@ -393,6 +537,19 @@ typedef const struct dispatch_source_type_s *dispatch_source_type_t;
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_WRITE)
 #define DISPATCH_SOURCE_TYPE_PROC                                             \
     ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_PROC)
+#define DISPATCH_SOURCE_TYPE_DATA_ADD                                         \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_DATA_ADD)
+#define DISPATCH_SOURCE_TYPE_DATA_OR                                          \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_DATA_OR)
+#define DISPATCH_SOURCE_TYPE_DATA_REPLACE                                     \
+    ((dispatch_source_type_t)(uintptr_t)DK_SOURCE_DATA_REPLACE)
+/* The mask types of libdispatch's source types (the Mach, memory-pressure
+ * and vnode types themselves do not exist on Linux). */
+typedef unsigned long dispatch_source_mach_send_flags_t;
+typedef unsigned long dispatch_source_memorypressure_flags_t;
+typedef unsigned long dispatch_source_proc_flags_t;
+typedef unsigned long dispatch_source_vnode_flags_t;
+typedef unsigned long dispatch_source_timer_flags_t;
 #define DISPATCH_PROC_EXIT DK_PROC_EXIT
 #define DISPATCH_PROC_FORK DK_PROC_FORK
 #define DISPATCH_PROC_EXEC DK_PROC_EXEC
@@ -404,8 +561,30 @@ static inline dispatch_source_t
 dispatch_source_create(dispatch_source_type_t type, uintptr_t handle,
                        unsigned long mask, dispatch_queue_t queue)
 {
-    return dk_source_create((dk_source_type_t)(uintptr_t)type, handle,
-                            mask & ~DISPATCH_TIMER_STRICT, queue);
+    if (type == DISPATCH_SOURCE_TYPE_TIMER) {
+        mask &= ~DISPATCH_TIMER_STRICT; /* timers are always strict here */
+    }
+    return dk_source_create((dk_source_type_t)(uintptr_t)type, handle, mask,
+                            queue);
+}
+
+/* Merge into a DATA_ADD, DATA_OR or DATA_REPLACE source; 0 has no effect
+ * (DATA_REPLACE: replaces a pending value). Other sources: client crash. */
+static inline void
+dispatch_source_merge_data(dispatch_source_t s, uintptr_t value)
+{
+    if (dk_source_merge_data(s, value) < 0) {
+        dispatch__client_crash(
+            "dispatch_source_merge_data on a source that is not a "
+            "DATA_ADD, DATA_OR or DATA_REPLACE source");
+    }
+}
+
+static inline void
+dispatch_source_set_registration_handler_f(dispatch_source_t s,
+                                           dispatch_function_t handler)
+{
+    dk_source_set_registration_handler_f(s, handler);
 }
 
 static inline void
@@ -472,6 +651,10 @@ typedef dk_data_t *dispatch_data_t;
 typedef void (*dispatch_data_destructor_t)(void *buffer);
 #define DISPATCH_DATA_DESTRUCTOR_DEFAULT ((dispatch_data_destructor_t)0)
 #define DISPATCH_DATA_DESTRUCTOR_FREE ((dispatch_data_destructor_t)free)
+/* For a buffer from mmap(2): munmap(buffer, size) once the data is gone.
+ * A marker value, never called. */
+#define DISPATCH_DATA_DESTRUCTOR_MUNMAP                                       \
+    ((dispatch_data_destructor_t)(uintptr_t)1)
 
 static inline void
 dispatch__data_destroy(void *ctx, void *buffer)
@@ -492,6 +675,9 @@ dispatch_data_create_f(const void *buffer, size_t size, dispatch_queue_t queue,
     (void)queue;
     if (destructor == DISPATCH_DATA_DESTRUCTOR_DEFAULT) {
         return dk_data_create(buffer, size);
+    }
+    if (destructor == DISPATCH_DATA_DESTRUCTOR_MUNMAP) {
+        return dk_data_create_mapped((void *)buffer, size);
     }
     union {
         dispatch_data_destructor_t f;

@@ -158,6 +158,22 @@ DK_EXPORT void *dk_get_specific(const void *key);
 DK_EXPORT dk_queue_t *dk_queue_current(void);
 
 /*
+ * True when the calling thread runs an item submitted to q or to a queue
+ * that targets q, directly or on behalf of a thread waiting in
+ * dk_queue_sync_f (followed recursively). The main queue is current
+ * anywhere on the main thread. With `barrier`, the item must also run
+ * alone on q: always so for a serial queue; on a concurrent queue only a
+ * barrier item of q itself (never on a global queue).
+ */
+DK_EXPORT bool dk_queue_is_current(const dk_queue_t *q, bool barrier);
+
+/* The QoS class (DK_QOS_*) q was created with, and its relative priority
+ * in *relpri (may be NULL): DK_QOS_UNSPECIFIED and 0 for a queue created
+ * without one; a global queue's own class; DK_QOS_USER_INTERACTIVE for
+ * the main queue. */
+DK_EXPORT int dk_queue_qos(const dk_queue_t *q, int *relpri);
+
+/*
  * The main queue. dk_main_drain runs the main queue's ready items on the
  * calling thread, which must be the main thread, waiting until `deadline`
  * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, UINT64_MAX = forever)

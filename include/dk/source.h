@@ -1,7 +1,7 @@
 /*
- * Dispatch sources: timers, signals, readable/writable file descriptors
- * and process exits, delivered as an event handler submitted to a target
- * queue. As in GCD:
+ * Dispatch sources: timers, signals, readable/writable file descriptors,
+ * process exits and user data merged by the program, delivered as an
+ * event handler submitted to a target queue. As in GCD:
  *
  * - A source is created suspended; dk_source_resume starts it.
  * - Its event handler never runs concurrently with itself, even on a
@@ -13,7 +13,16 @@
  *
  * Data per type: TIMER, fires since the last handler; SIGNAL, signals
  * received since the last handler; READ, bytes available (an estimate);
- * WRITE, buffer space (an estimate); PROC, the DK_PROC_* events seen.
+ * WRITE, buffer space (an estimate); PROC, the DK_PROC_* events seen;
+ * DATA_ADD, the sum of the values merged since the last handler; DATA_OR,
+ * their bitwise OR; DATA_REPLACE, the last value merged.
+ *
+ * Data sources (DATA_ADD, DATA_OR, DATA_REPLACE) are GCD's way to
+ * coalesce events from any thread: dk_source_merge_data may be called by
+ * any number of threads at once; merges that arrive while the handler is
+ * queued or running are combined into its next call. A merged 0 is no
+ * event (DATA_REPLACE: a 0 replaces a pending value, so the handler is not
+ * called for it).
  *
  * Linux specifics: a signal source installs its own handler, so it sees
  * the signal even when its disposition was SIG_IGN, chains to a previous
@@ -40,6 +49,9 @@ typedef enum dk_source_type {
     DK_SOURCE_READ = 3,
     DK_SOURCE_WRITE = 4,
     DK_SOURCE_PROC = 5,
+    DK_SOURCE_DATA_ADD = 6,
+    DK_SOURCE_DATA_OR = 7,
+    DK_SOURCE_DATA_REPLACE = 8,
 } dk_source_type_t;
 
 #define DK_PROC_EXIT 0x80000000ul
@@ -48,10 +60,11 @@ typedef enum dk_source_type {
 #define DK_PROC_SIGNAL 0x08000000ul
 
 /*
- * handle: TIMER 0; SIGNAL the signal number; READ/WRITE the fd; PROC the
- * pid. mask: PROC a DK_PROC_* mask, else 0. q NULL means the default
- * global queue. Returns NULL with errno: EINVAL (bad type, signal or
- * mask), EBADF (fd not open), ESRCH (no such process), EMFILE, ENOMEM.
+ * handle: TIMER and DATA_* 0; SIGNAL the signal number; READ/WRITE the
+ * fd; PROC the pid. mask: PROC a DK_PROC_* mask, else 0. q NULL means the
+ * default global queue. Returns NULL with errno: EINVAL (bad type, signal,
+ * mask, or a data source's handle or mask not 0), EBADF (fd not open),
+ * ESRCH (no such process), EMFILE, ENOMEM.
  */
 DK_EXPORT dk_source_t *dk_source_create(dk_source_type_t type,
                                         uintptr_t handle, unsigned long mask,
@@ -65,6 +78,12 @@ DK_EXPORT void dk_source_set_event_handler_f(dk_source_t *s,
                                              dk_function_t handler);
 DK_EXPORT void dk_source_set_cancel_handler_f(dk_source_t *s,
                                               dk_function_t handler);
+/* The registration handler runs once on the target queue after the first
+ * resume has registered the source, before any event handler call; not at
+ * all if the source is cancelled first. Set after registration, it runs
+ * as soon as the source is not suspended. */
+DK_EXPORT void dk_source_set_registration_handler_f(dk_source_t *s,
+                                                    dk_function_t handler);
 
 /*
  * Timer sources: first fire at `start`, then every `interval_ns`
@@ -75,6 +94,15 @@ DK_EXPORT void dk_source_set_cancel_handler_f(dk_source_t *s,
  */
 DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
                                   uint64_t interval_ns, uint64_t leeway_ns);
+
+/*
+ * Data sources: combine `value` with the pending data (add, or, replace
+ * by type) and schedule the event handler. Any thread may call it, the
+ * handler itself included; a merge into a suspended source is delivered
+ * after resume, a merge after dk_source_cancel is dropped. Returns 0, or
+ * -EINVAL when s is not a data source.
+ */
+DK_EXPORT int dk_source_merge_data(dk_source_t *s, uintptr_t value);
 
 /* Suspension nests; a new source starts with a count of one. Resume
  * returns -EOVERFLOW when not suspended. */

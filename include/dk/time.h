@@ -16,12 +16,16 @@ typedef uint64_t dk_time_t;
 
 #define DK_TIME_NOW ((dk_time_t)0)
 #define DK_TIME_FOREVER (~(dk_time_t)0)
+/* As `when` for dk_time: the wall clock now (libdispatch's
+ * DISPATCH_WALLTIME_NOW; dk_time(DK_WALLTIME_NOW, d) == dk_walltime(0, d)). */
+#define DK_WALLTIME_NOW (~(dk_time_t)1)
 #define DK_NSEC_PER_SEC 1000000000ull
 #define DK_NSEC_PER_MSEC 1000000ull
 #define DK_NSEC_PER_USEC 1000ull
 
 /* `when` plus `delta` ns, in the same clock as `when` (NOW means the
- * monotonic clock). Saturates: never wraps into FOREVER or below NOW. */
+ * monotonic clock, WALLTIME_NOW the wall clock). Saturates: never wraps
+ * into FOREVER or below NOW. */
 DK_EXPORT dk_time_t dk_time(dk_time_t when, int64_t delta);
 
 /* A wall-clock time: `unix_ns` nanoseconds since the epoch (0 = now) plus

@@ -19,6 +19,7 @@ from dispatchkit._dk import (  # noqa: F401
     ReadSource,
     WriteSource,
     ProcessSource,
+    DataSource,
     IOChannel,
     Data,
     read_async,
@@ -57,6 +58,9 @@ from dispatchkit._dk import (  # noqa: F401
     AUTORELEASE_FREQUENCY_INHERIT,
     AUTORELEASE_FREQUENCY_WORK_ITEM,
     AUTORELEASE_FREQUENCY_NEVER,
+    DATA_ADD,
+    DATA_OR,
+    DATA_REPLACE,
 )
 from dispatchkit import _dk
 from dispatchkit._executor import Executor, Future  # noqa: F401

@@ -36,6 +36,9 @@ IO_STOP: int
 AUTORELEASE_FREQUENCY_INHERIT: int
 AUTORELEASE_FREQUENCY_WORK_ITEM: int
 AUTORELEASE_FREQUENCY_NEVER: int
+DATA_ADD: int
+DATA_OR: int
+DATA_REPLACE: int
 
 @disjoint_base
 class Queue:
@@ -60,7 +63,7 @@ class Queue:
     def set_target_queue(self, target: Optional[Queue] = ...,
                          queue: Optional[Queue] = ...) -> None: ...
     def set_context(self, value: Any,
-                    finalizer: Optional[Callable[[Any], Any]] = ...) -> None: ...
+                    finalizer: Optional[Callable[[], Any]] = ...) -> None: ...
     def get_context(self) -> Any: ...
     def set_specific(self, key: Hashable, value: Any, /) -> None: ...
     def get_specific(self, key: Hashable, /) -> Any: ...
@@ -142,9 +145,10 @@ class _Source:
 @disjoint_base
 class Timer(_Source):
     def __new__(cls: type[_S], interval: float, handler: Callable[[], Any],
-                queue: Optional[Queue] = ..., start_delay: float = ...,
+                queue: Optional[Queue] = ...,
+                start_delay: Optional[float] = ...,
                 leeway: float = ..., repeating: bool = ...) -> _S: ...
-    def set_timer(self, interval: float, start_delay: float = ...,
+    def set_timer(self, interval: float, start_delay: Optional[float] = ...,
                   leeway: float = ..., repeating: bool = ...) -> None: ...
 
 @disjoint_base
@@ -182,6 +186,16 @@ class ProcessSource(_Source):
     def pid(self) -> int: ...
     @property
     def events_pending(self) -> int: ...
+
+@disjoint_base
+class DataSource(_Source):
+    def __new__(cls: type[_S], kind: int, handler: Callable[[], Any],
+                queue: Optional[Queue] = ...) -> _S: ...
+    def merge(self, value: int) -> None: ...
+    @property
+    def data(self) -> int: ...
+    @property
+    def kind(self) -> int: ...
 
 @disjoint_base
 class IOChannel:

@@ -64,9 +64,10 @@ call_async(void *ctx)
     dkpy_leave(&g);
 }
 
-/* ctx: a new reference to a tuple (callable, arg): used for finalizers. */
+/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
+ * called with no arguments, and the value released after it. */
 static void
-call_async_with_arg(void *ctx)
+call_finalizer_async(void *ctx)
 {
     PyObject *pair = ctx;
     dkpy_gil_t g;
@@ -74,7 +75,7 @@ call_async_with_arg(void *ctx)
         return;
     }
     PyObject *func = PyTuple_GET_ITEM(pair, 0);
-    PyObject *r = PyObject_CallOneArg(func, PyTuple_GET_ITEM(pair, 1));
+    PyObject *r = PyObject_CallNoArgs(func);
     if (r == NULL) {
         report_callback_error(func);
     } else {
@@ -317,13 +318,16 @@ Queue_dealloc(QueueObject *self)
         while (dk_queue_suspend_count(self->q) > 0) {
             dk_queue_resume(self->q);
         }
-        if (self->finalizer != NULL && self->context != NULL &&
-            !dkpy_finalizing()) {
+        if (self->finalizer != NULL && !dkpy_finalizing()) {
             /* As in GCD: the finalizer runs asynchronously once the queue
-             * is gone; here on the default global queue. */
-            PyObject *pair = PyTuple_Pack(2, self->finalizer, self->context);
+             * is gone; here on the default global queue. It takes no
+             * arguments (cygcd's contract); the value is kept alive until
+             * it has run. */
+            PyObject *pair =
+                PyTuple_Pack(2, self->finalizer,
+                             self->context != NULL ? self->context : Py_None);
             if (pair == NULL || dk_queue_async_f(dk_queue_global(0), pair,
-                                                 call_async_with_arg) < 0) {
+                                                 call_finalizer_async) < 0) {
                 Py_XDECREF(pair);
                 PyErr_Clear();
             }
@@ -739,9 +743,10 @@ Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
     self->context = value == Py_None ? NULL : Py_NewRef(value);
     self->finalizer = finalizer == Py_None ? NULL : Py_NewRef(finalizer);
     PyObject *result = Py_None;
-    if (old_finalizer != NULL && old_value != NULL) {
-        /* Replacing a context finalizes the old one now (cygcd does). */
-        PyObject *r = PyObject_CallOneArg(old_finalizer, old_value);
+    if (old_finalizer != NULL) {
+        /* Replacing a context finalizes the old one now, with no arguments
+         * (cygcd does both). */
+        PyObject *r = PyObject_CallNoArgs(old_finalizer);
         if (r == NULL) {
             result = NULL;
         } else {
@@ -897,8 +902,8 @@ static PyMethodDef Queue_methods[] = {
     {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
      METH_VARARGS | METH_KEYWORDS,
      "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
-     "finalizer(value) "
-     "runs when it is replaced or the queue goes away."},
+     "finalizer() (no arguments) runs when it is replaced or the queue goes "
+     "away."},
     {"get_context", (PyCFunction)Queue_get_context, METH_NOARGS,
      "get_context($self, /)\n--\n\nThe value set by set_context, or None."},
     {"set_specific", (PyCFunction)Queue_set_specific, METH_VARARGS,

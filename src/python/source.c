@@ -1,7 +1,7 @@
 /*
  * Binding of dispatch sources: Timer, SignalSource, ReadSource,
- * WriteSource and ProcessSource. One C struct serves all five; each type
- * has its own constructor and properties.
+ * WriteSource, ProcessSource and DataSource. One C struct serves all six;
+ * each type has its own constructor and properties.
  *
  * Lifetime: a started source holds a reference to its Python object until
  * its cancel handler has run, so it stays active until cancel() (as in
@@ -28,6 +28,7 @@ typedef struct {
     /* Timer configuration, applied at start() and by set_timer(). */
     double interval, start_delay, leeway;
     bool repeating;
+    bool delay_given; /* start_delay was passed (not None) */
 } SourceObject;
 
 static void
@@ -154,7 +155,12 @@ Source_dealloc(SourceObject *self)
 static int
 apply_timer(SourceObject *self)
 {
-    double first = self->start_delay + (self->repeating ? 0 : self->interval);
+    /* A repeating timer first fires at start_delay. A one-shot timer fires
+     * once: at start_delay when one was given (cygcd ignores the interval
+     * of a one-shot timer), else after the interval (the seed README's
+     * `Timer(1.0, f, repeating=False)` fires after 1 s). */
+    double first = self->repeating || self->delay_given ? self->start_delay
+                                                        : self->interval;
     int64_t start_ns =
         first * 1e9 >= 9.2e18 ? INT64_MAX : (int64_t)(first * 1e9);
     uint64_t interval =
@@ -306,16 +312,25 @@ parse_seconds(double v, const char *what, bool positive)
 }
 
 static int
-timer_params(SourceObject *self, double interval, double start_delay,
+timer_params(SourceObject *self, double interval, PyObject *start_delay,
              double leeway, int repeating)
 {
+    bool given = start_delay != NULL && start_delay != Py_None;
+    double delay = 0;
+    if (given) {
+        delay = PyFloat_AsDouble(start_delay);
+        if (delay == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
     if (parse_seconds(interval, "interval", repeating != 0) < 0 ||
-        parse_seconds(start_delay, "start_delay", false) < 0 ||
+        parse_seconds(delay, "start_delay", false) < 0 ||
         parse_seconds(leeway, "leeway", false) < 0) {
         return -1;
     }
     self->interval = interval;
-    self->start_delay = start_delay;
+    self->start_delay = delay;
+    self->delay_given = given;
     self->leeway = leeway;
     self->repeating = repeating != 0;
     return 0;
@@ -326,10 +341,10 @@ Timer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"interval", "handler",   "queue", "start_delay",
                              "leeway",   "repeating", NULL};
-    double interval, start_delay = 0, leeway = 0;
-    PyObject *handler, *queue = Py_None;
+    double interval, leeway = 0;
+    PyObject *handler, *queue = Py_None, *start_delay = Py_None;
     int repeating = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|Oddp:Timer", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dO|OOdp:Timer", kwlist,
                                      &interval, &handler, &queue, &start_delay,
                                      &leeway, &repeating)) {
         return NULL;
@@ -351,9 +366,10 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"interval", "start_delay", "leeway", "repeating",
                              NULL};
-    double interval, start_delay = 0, leeway = 0;
+    double interval, leeway = 0;
+    PyObject *start_delay = Py_None;
     int repeating = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|ddp:set_timer", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "d|Odp:set_timer", kwlist,
                                      &interval, &start_delay, &leeway,
                                      &repeating)) {
         return NULL;
@@ -371,7 +387,7 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 static PyMethodDef Timer_methods[] = {
     {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
      METH_VARARGS | METH_KEYWORDS,
-     "set_timer($self, interval, start_delay=0.0, leeway=0.0, "
+     "set_timer($self, interval, start_delay=None, leeway=0.0, "
      "repeating=True)\n--\n\n"
      "Reconfigure the timer (from now, if it is started)."},
     {NULL, NULL, 0, NULL},
@@ -516,6 +532,84 @@ static PyGetSetDef ProcessSource_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* ---- DataSource ----------------------------------------------------- */
+
+static PyObject *
+DataSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"kind", "handler", "queue", NULL};
+    long kind;
+    PyObject *handler, *queue = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lO|O:DataSource", kwlist,
+                                     &kind, &handler, &queue)) {
+        return NULL;
+    }
+    if (kind != DK_SOURCE_DATA_ADD && kind != DK_SOURCE_DATA_OR &&
+        kind != DK_SOURCE_DATA_REPLACE) {
+        PyErr_Format(PyExc_ValueError,
+                     "kind must be DATA_ADD, DATA_OR or DATA_REPLACE, not %ld",
+                     kind);
+        return NULL;
+    }
+    return source_create(type, (dk_source_type_t)kind, 0, 0, handler, queue,
+                         "data source");
+}
+
+static PyObject *
+DataSource_merge(SourceObject *self, PyObject *value)
+{
+    PyObject *index = PyNumber_Index(value);
+    if (index == NULL) {
+        return NULL;
+    }
+    size_t v = PyLong_AsSize_t(index);
+    Py_DECREF(index);
+    if (v == (size_t)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Format(PyExc_OverflowError,
+                         "merge value must be in [0, %zu]", (size_t)-1);
+        }
+        return NULL;
+    }
+    /* Non-blocking (an atomic merge and at most one wake-up), so the GIL
+     * stays held. After cancel() the value is dropped, as in GCD. */
+    int rc = dk_source_merge_data(self->s, (uintptr_t)v);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+DataSource_get_kind(SourceObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong((long)dk_source_get_type(self->s));
+}
+
+static PyMethodDef DataSource_methods[] = {
+    {"merge", (PyCFunction)DataSource_merge, METH_O,
+     "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending data (added, "
+     "OR-ed or replacing it, by kind) and schedule the handler. Any thread "
+     "may call it; merges made while the handler is queued or running "
+     "coalesce into its next call. 0 is no event (DATA_REPLACE: it replaces "
+     "a pending value). Dropped after cancel()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef DataSource_getset[] = {
+    {"data", (getter)Source_get_data, NULL,
+     "The data of this handler call (read it in the handler): the sum "
+     "(DATA_ADD), the OR (DATA_OR) or the last value (DATA_REPLACE) of the "
+     "values merged since the previous call.",
+     NULL},
+    {"kind", (getter)DataSource_get_kind, NULL,
+     "DATA_ADD, DATA_OR or DATA_REPLACE.", NULL},
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
+     "True after cancel().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 /* ---- types ---------------------------------------------------------- */
 
 #define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                               \
@@ -527,13 +621,16 @@ static PyGetSetDef ProcessSource_getset[] = {
     }
 
 static PyMethodDef Timer_all_methods[4];
+static PyMethodDef DataSource_all_methods[4];
 
 static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
     Timer_new, Timer_all_methods, Timer_getset,
-    "Timer(interval, handler, queue=None, start_delay=0.0, leeway=0.0, "
-    "repeating=True)\n--\n\nA repeating timer fires start_delay seconds after "
-    "start(), then every interval seconds; a one-shot timer fires once, "
-    "start_delay + interval seconds after start(). Missed fires coalesce.");
+    "Timer(interval, handler, queue=None, start_delay=None, leeway=0.0, "
+    "repeating=True)\n--\n\nA repeating timer fires start_delay (default "
+    "0) seconds after start(), then every interval seconds. A one-shot "
+    "timer fires once: start_delay seconds after start() when start_delay "
+    "is given (interval is then ignored, as in cygcd), else interval "
+    "seconds after start(). Missed fires coalesce.");
 static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
     SignalSource_new, Source_methods, SignalSource_getset,
     "SignalSource(signum, handler, queue=None)\n--\n\nCall handler on a queue "
@@ -551,6 +648,13 @@ static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
     "ProcessSource(pid, handler, events=0x80000000, queue=None)\n--\n\n"
     "Call handler when the process exits (events: PROC_* flags, default "
     "PROC_EXIT).");
+static PyType_Slot DataSource_slots[] = SOURCE_SLOTS(
+    DataSource_new, DataSource_all_methods, DataSource_getset,
+    "DataSource(kind, handler, queue=None)\n--\n\nA user data source "
+    "(GCD's DISPATCH_SOURCE_TYPE_DATA_*): any thread calls merge(value); "
+    "handler() runs on the queue, never concurrently with itself, and reads "
+    "the coalesced value as data. kind is DATA_ADD (sum), DATA_OR (bitwise "
+    "OR) or DATA_REPLACE (last value).");
 
 #define SOURCE_SPEC(NAME, SLOTS)                                              \
     {                                                                         \
@@ -566,6 +670,7 @@ static PyType_Spec source_specs[] = {
     SOURCE_SPEC("ReadSource", ReadSource_slots),
     SOURCE_SPEC("WriteSource", WriteSource_slots),
     SOURCE_SPEC("ProcessSource", ProcessSource_slots),
+    SOURCE_SPEC("DataSource", DataSource_slots),
 };
 
 int
@@ -575,6 +680,16 @@ dkpy_source_exec(PyObject *m)
     Timer_all_methods[1] = Source_methods[1];
     Timer_all_methods[2] = Timer_methods[0];
     Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
+    DataSource_all_methods[0] = Source_methods[0];
+    DataSource_all_methods[1] = Source_methods[1];
+    DataSource_all_methods[2] = DataSource_methods[0];
+    DataSource_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
+    if (PyModule_AddIntConstant(m, "DATA_ADD", DK_SOURCE_DATA_ADD) < 0 ||
+        PyModule_AddIntConstant(m, "DATA_OR", DK_SOURCE_DATA_OR) < 0 ||
+        PyModule_AddIntConstant(m, "DATA_REPLACE", DK_SOURCE_DATA_REPLACE) <
+            0) {
+        return -1;
+    }
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
         PyObject *t = dkpy_type_from_spec(m, &source_specs[i], NULL);
         if (t == NULL) {

@@ -86,7 +86,7 @@ def once_cycle():
 
 def queue_cycle():
     q = dk.Queue("tmp", concurrent=True, qos=dk.QOS_CLASS_UTILITY)
-    q.set_context(object(), finalizer=lambda v: None)
+    q.set_context(object(), finalizer=lambda: None)
     q.set_specific("k", object())
     q.run_async(noop)
 
@@ -106,6 +106,15 @@ def timer_cycle():
 def signal_cycle():
     s = dk.SignalSource(signal.SIGUSR2, noop)
     s.start()
+    s.cancel()
+
+
+def data_source_cycle():
+    done = dk.Semaphore(0)
+    s = dk.DataSource(dk.DATA_ADD, done.signal)
+    s.start()
+    s.merge(3)
+    done.wait(10)
     s.cancel()
 
 
@@ -390,6 +399,7 @@ CASES.update({
     "timer": (timer_cycle, sources_settle),
     "signal_source": (signal_cycle, sources_settle),
     "read_source": (read_source_cycle, sources_settle),
+    "data_source": (data_source_cycle, sources_settle),
     "iochannel": (channel_cycle, sources_settle),
     "read_write_async": (async_io_cycle, sources_settle),
 })

@@ -214,22 +214,40 @@ def test_context_and_finalizer():
     q = dk.Queue("ctx")
     assert q.get_context() is None
     finalized = []
-    q.set_context({"a": 1}, finalizer=finalized.append)
+    # cygcd's finalizer is "an optional callable with no arguments".
+    q.set_context({"a": 1}, finalizer=lambda: finalized.append("first"))
     assert q.get_context() == {"a": 1}
     q.set_context("second")
-    assert finalized == [{"a": 1}]  # replacing finalizes the old value now
+    assert finalized == ["first"]  # replacing finalizes the old value now
     assert q.get_context() == "second"
+    q.set_context("third")  # "second" had no finalizer: nothing is called
+    assert finalized == ["first"]
+
+
+def test_finalizer_taking_an_argument_is_reported_not_fed():
+    q = dk.Queue("ctx")
+    q.set_context("value", finalizer=lambda v: None)
+    with pytest.raises(TypeError):
+        q.set_context("next")  # the finalizer is called with no arguments
+
+
+def test_finalizer_without_a_value_still_runs():
+    q = dk.Queue("ctx")
+    finalized = []
+    q.set_context(None, finalizer=lambda: finalized.append(True))
+    q.set_context("x")
+    assert finalized == [True]
 
 
 def test_finalizer_runs_when_queue_goes_away():
     q = dk.Queue("ctx")
     done = dk.Semaphore(0)
     got = []
-    q.set_context("value", finalizer=lambda v: (got.append(v),
-                                                done.signal()))
+    q.set_context("value", finalizer=lambda: (got.append("finalized"),
+                                              done.signal()))
     del q
     assert done.wait(5)
-    assert got == ["value"]
+    assert got == ["finalized"]
 
 
 def test_specifics_on_queue_and_module_level():

@@ -55,6 +55,53 @@ def test_one_shot_timer_fires_once_after_interval():
     t.cancel()
 
 
+def test_one_shot_start_delay_wins_over_interval():
+    # cygcd arms a one-shot timer at start_delay and ignores its interval;
+    # without a start_delay, the README's one-shot fires after interval.
+    # Three one-shot timers due at 0.05 s, 0.5 s and 1 s fire in that order.
+    order = []
+    lock = threading.Lock()
+    both = dk.Semaphore(0)
+
+    def mark(name):
+        def fire():
+            with lock:
+                order.append(name)
+            both.signal()
+        return fire
+
+    early = dk.Timer(30.0, mark("start_delay=0.05"), start_delay=0.05,
+                     repeating=False)
+    middle = dk.Timer(30.0, mark("start_delay=0.5"), start_delay=0.5,
+                      repeating=False)
+    late = dk.Timer(1.0, mark("interval=1.0"), repeating=False)
+    for t in (late, middle, early):
+        t.start()
+    for _ in range(3):
+        assert both.wait(10)
+    for t in (late, middle, early):
+        t.cancel()
+    assert order == ["start_delay=0.05", "start_delay=0.5", "interval=1.0"]
+
+
+def test_set_timer_one_shot_start_delay_wins_over_interval():
+    fired = dk.Semaphore(0)
+    t = dk.Timer(60.0, fired.signal)
+    t.start()
+    t.set_timer(60.0, start_delay=0.01, repeating=False)
+    assert fired.wait(10)  # not after 60 s
+    t.set_timer(60.0, start_delay=None, repeating=False)
+    assert fired.wait(0.3) is False  # None: fires after the interval
+    t.cancel()
+
+
+def test_start_delay_rejects_bad_values():
+    with pytest.raises(ValueError):
+        dk.Timer(1.0, lambda: None, start_delay=-1, repeating=False)
+    with pytest.raises(TypeError):
+        dk.Timer(1.0, lambda: None, start_delay="soon")
+
+
 def test_start_delay_and_leeway():
     times = []
     start = time.monotonic()

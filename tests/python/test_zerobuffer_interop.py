@@ -395,3 +395,22 @@ def test_seed_readme_examples(name):
                                          for i in range(100)]
     assert got[100][1] == got[101][1] == arr.tobytes()
     assert got[102][1] == b"by keyword"
+
+
+
+def test_types_module_has_every_public_name_of_the_peers():
+    # zerobuffer-ipc's own test helpers do `from zerobuffer.types import
+    # Frame, BufferConfig`; the same import must work against ours.
+    import inspect
+
+    import dispatchkit.zerobuffer.types as ours
+    peer_types = importlib.import_module("zerobuffer.types")
+    public = [n for n, v in vars(peer_types).items()
+              if not n.startswith("_") and
+              getattr(v, "__module__", peer_types.__name__) ==
+              peer_types.__name__ and
+              (inspect.isclass(v) or inspect.isfunction(v) or n.isupper())]
+    assert "Frame" in public
+    missing = [n for n in public if not hasattr(ours, n)]
+    assert missing == []
+    assert ours.Frame is zb.Frame

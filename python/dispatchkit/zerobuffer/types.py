@@ -121,3 +121,8 @@ class BufferConfig:
             raise ValueError("metadata_size must be >= 0")
         if self.payload_size <= 0:
             raise ValueError("payload_size must be positive")
+
+
+# Frame is a C type (dispatchkit.zerobuffer.core); zerobuffer-ipc defines
+# it in its types module and its test helpers import it from there.
+from .core import Frame  # noqa: E402,F401

@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -292,6 +293,18 @@ dk__os_close(int fd)
 {
     if (fd >= 0) {
         close(fd);
+    }
+}
+
+void
+dk__os_munmap(void *addr, size_t len)
+{
+    if (len != 0 && munmap(addr, len) != 0) {
+        fprintf(stderr,
+                "dispatchkit: munmap(%p, %zu) failed: the buffer "
+                "given as mapped was not a mapping\n",
+                addr, len);
+        abort();
     }
 }
 

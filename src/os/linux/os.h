@@ -83,6 +83,8 @@ int dk__os_timerfd_create(void);
 /* Arm for an absolute CLOCK_MONOTONIC deadline; DK_OS_FOREVER disarms. */
 void dk__os_timerfd_arm(int fd, uint64_t deadline);
 void dk__os_close(int fd);
+/* munmap a mapping the program made (a data object's buffer). */
+void dk__os_munmap(void *addr, size_t len);
 
 /* Wait until fd is readable or the deadline passes. Returns 0, -ETIMEDOUT
  * or -EINTR (a signal handler ran). */
