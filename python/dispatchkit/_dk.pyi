@@ -36,7 +36,11 @@ from dispatchkit import QUEUE_PRIORITY_DEFAULT as QUEUE_PRIORITY_DEFAULT
 from dispatchkit import QUEUE_PRIORITY_HIGH as QUEUE_PRIORITY_HIGH
 from dispatchkit import QUEUE_PRIORITY_LOW as QUEUE_PRIORITY_LOW
 from dispatchkit import USEC_PER_SEC as USEC_PER_SEC
+from dispatchkit import DATA_ADD as DATA_ADD
+from dispatchkit import DATA_OR as DATA_OR
+from dispatchkit import DATA_REPLACE as DATA_REPLACE
 from dispatchkit import Data as Data
+from dispatchkit import DataSource as DataSource
 from dispatchkit import Group as Group
 from dispatchkit import IOChannel as IOChannel
 from dispatchkit import Once as Once

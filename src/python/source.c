@@ -589,7 +589,8 @@ DataSource_get_kind(SourceObject *self, void *closure)
 
 static PyMethodDef DataSource_methods[] = {
     {"merge", (PyCFunction)DataSource_merge, METH_O,
-     "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending data (added, "
+     "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending "
+     "data (added, "
      "OR-ed or replacing it, by kind) and schedule the handler. Any thread "
      "may call it; merges made while the handler is queued or running "
      "coalesce into its next call. 0 is no event (DATA_REPLACE: it replaces "
