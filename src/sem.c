@@ -67,7 +67,7 @@
  * every time costs, plus a failed probe now and then. */
 #define SPIN_BUDGET_NS 20000u
 #define SPIN_MIN_NS 1000u
-#define SPIN_PROBE_EVERY 32u
+#define SPIN_PROBE_EVERY 64u
 
 /* The halves of `park` (see the comment at the top). */
 #define PARK_TOKEN 1ull

@@ -1156,7 +1156,7 @@ static PyType_Spec Workloop_spec = {
  */
 #define GIL_SPIN_NS 20000u
 #define GIL_SPIN_MIN_NS 1000u
-#define GIL_SPIN_PROBE_EVERY 32u
+#define GIL_SPIN_PROBE_EVERY 64u
 
 static uint32_t gil_releases;
 static bool gil_spin_useful; /* set by exec: more than one CPU to run on */
