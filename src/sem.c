@@ -9,9 +9,9 @@
  * being woken costs two syscalls and a scheduler round trip. The spin
  * lasts at most SPIN_BUDGET_NS, and less when spinning has not been
  * paying off (see there), so an idle waiter burns no CPU after a few
- * tens of microseconds. An uncounted spinner never takes a unit owed to a committed
- * waiter: the value only turns positive once every committed waiter has
- * been counted a unit.
+ * tens of microseconds. An uncounted spinner never takes a unit owed to a
+ * committed waiter: the value only turns positive once every committed waiter
+ * has been counted a unit.
  *
  * A committed waiter then parks. `park` holds two counters in one 64-bit
  * word: the tokens in one 32-bit half (the futex word waiters sleep on)
@@ -79,7 +79,7 @@ struct dk_semaphore_s {
     struct dk__object obj;
     long value;
     long orig;
-    uint64_t park; /* tokens (low half) | parked waiters (high half) */
+    uint64_t park;    /* tokens (low half) | parked waiters (high half) */
     uint32_t spin_ns; /* current spin budget (a hint: relaxed, racy) */
     uint32_t spins;   /* spins so far, for the probe */
 };
@@ -215,7 +215,8 @@ spin_for_unit(dk_semaphore_t *s, uint64_t deadline)
         if (i % 8 == 0 && dk__os_monotonic_ns() >= until) {
             /* Under SPIN_MIN_NS: stop spinning until a probe succeeds. */
             uint32_t half = kept / 2;
-            dk_atomic_store_relaxed(&s->spin_ns, half >= SPIN_MIN_NS ? half : 0);
+            dk_atomic_store_relaxed(&s->spin_ns,
+                                    half >= SPIN_MIN_NS ? half : 0);
             return false;
         }
     }

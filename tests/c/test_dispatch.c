@@ -614,8 +614,8 @@ idle_waiter(void *p)
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     CHECK_EQ(dk_semaphore_wait(p, in_ns(300 * DK_NSEC_PER_MSEC)), -ETIMEDOUT);
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
-    long long cpu_ns = (b.tv_sec - a.tv_sec) * 1000000000LL +
-                       (b.tv_nsec - a.tv_nsec);
+    long long cpu_ns =
+        (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
     CHECK(cpu_ns < 30 * 1000000LL);
     return NULL;
 }
