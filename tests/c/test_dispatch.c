@@ -526,6 +526,35 @@ DK_TEST(semaphore_parked_waiter_is_always_woken)
     }
 }
 
+/* The waiter may free the semaphore as soon as its wait returns, while
+ * the signaller is still inside dk_semaphore_signal: after posting its
+ * token the signaller must not touch the semaphore's memory (ASan and
+ * TSan see it if it does). */
+static void *
+waiter_then_release(void *p)
+{
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
+    dk_release(p);
+    return NULL;
+}
+
+DK_TEST(semaphore_freed_by_its_waiter_during_signal)
+{
+    for (int round = 0; round < 1000; round++) {
+        dk_semaphore_t *s = dk_semaphore_create(0);
+        pthread_t t;
+        pthread_create(&t, NULL, waiter_then_release, s);
+        if (round % 2 == 0) {
+            /* Committed: the signal goes through the token path. */
+            while (dk_semaphore_value(s) != -1) {
+                dk_cpu_relax();
+            }
+        }
+        dk_semaphore_signal(s); /* s may be freed before this returns */
+        pthread_join(t, NULL);
+    }
+}
+
 /* Several waiters parked at once and woken one signal at a time: each
  * signal wakes one, none is left asleep (the waits have no deadline, so
  * a lost wake-up leaves a round unfinished), in many rounds. */
