@@ -74,9 +74,11 @@ test-pythons:
 demo: install
 	$(PY) examples/python/demo.py
 
+# LIBDISPATCH_DIR=/path/to/swift-corelibs-libdispatch (a source tree with
+# its build inside) adds libdispatch's column to the C dispatch benchmark.
 bench: install build-c
 	test ! -f requirements-bench.txt || $(PIP) install -q -r requirements-bench.txt
-	$(PY) bench/run.py
+	LIBDISPATCH_DIR="$(LIBDISPATCH_DIR)" $(PY) bench/run.py
 
 # C tests under ASan+UBSan, then under TSan.
 check: $(STAMP)

@@ -9,6 +9,8 @@ a line of its own once dispatchkit's figure is in.
 """
 import os
 import pathlib
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,24 +128,81 @@ class Table:
                 say(row_text(impl, value, unit, ours))
 
 
+C_RUNS = 5  # each C binary runs this many times, alternating; medians
+
+
+def libdispatch_bench():
+    """Build bench/c/dispatch_bench.c against the libdispatch in
+    $LIBDISPATCH_DIR (a source tree with its build inside); return the
+    binary, or None with the reason printed."""
+    src = os.environ.get("LIBDISPATCH_DIR")
+    if not src:
+        say("# libdispatch column skipped: set LIBDISPATCH_DIR to a "
+              "libdispatch source tree with its build inside")
+        return None
+    src = pathlib.Path(src).resolve()
+    libs = sorted(src.glob("**/libdispatch.so"))
+    if not (src / "dispatch" / "dispatch.h").exists() or not libs:
+        say(f"# libdispatch column skipped: no dispatch/dispatch.h and "
+              f"built libdispatch.so under {src}")
+        return None
+    out = ROOT / "build" / "bench" / "dispatch-bench-libdispatch"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Its headers need clang's __has_feature (GCC 14 has it too).
+    cc = os.environ.get("CC") or shutil.which("clang") or "cc"
+    libdir = libs[0].parent
+    r = subprocess.run([cc, "-O2", "-D_GNU_SOURCE", "-DUSE_LIBDISPATCH",
+                        f"-I{src}", str(ROOT / "bench/c/dispatch_bench.c"),
+                        "-o", str(out), f"-L{libdir}", "-ldispatch",
+                        f"-Wl,-rpath,{libdir}", "-lpthread"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        say(f"# libdispatch column skipped: {cc} failed:\n{r.stderr}")
+        return None
+    return out
+
+
+def c_figures(binary: pathlib.Path, scale: str) -> Dict[str, float]:
+    figures = {}
+    for line in stream([str(binary), scale]):
+        fields = line.split()
+        if len(fields) == 2:
+            figures[fields[0]] = float(fields[1])
+    return figures
+
+
+def c_dispatch(cbench, scale):
+    """Our dispatch_bench and libdispatch's, alternating, C_RUNS runs each:
+    median ns per row (lower is better) and libdispatch's / ours."""
+    say("== C: dispatch_bench (libdispatch _f API over dk, and libdispatch "
+          "itself) ==")
+    peer = libdispatch_bench()
+    runs = {"dispatchkit": [], "libdispatch": []}
+    for _ in range(C_RUNS):
+        runs["dispatchkit"].append(c_figures(cbench, scale))
+        if peer is not None:
+            runs["libdispatch"].append(c_figures(peer, scale))
+    say(f"  median of {C_RUNS} runs each, alternating; ns")
+    say(f"  {'row':<32} {'dispatchkit':>12} {'libdispatch':>12}")
+    for name in runs["dispatchkit"][0]:
+        ours = statistics.median(r[name] for r in runs["dispatchkit"]
+                                 if name in r)
+        theirs = [r[name] for r in runs["libdispatch"] if name in r]
+        if not theirs:
+            say(f"  {name:<32} {ours:>12.1f} {'skipped':>12}")
+            continue
+        theirs = statistics.median(theirs)
+        ratio = theirs / ours if ours else float("inf")
+        say(f"  {name:<32} {ours:>12.1f} {theirs:>12.1f}  x{ratio:.2f} "
+              f"{'faster' if ratio >= 1 else 'slower'} for dispatchkit")
+
+
 def main() -> None:
     scale = os.environ.get("DK_BENCH_SCALE", "1")
     start = time.monotonic()
     cbench = ROOT / "build" / "c" / "dispatch-bench"
     if cbench.exists():
-        say("== C: dispatch_bench (libdispatch _f API over dk) ==")
-        say("# libdispatch itself is not packaged for this machine's "
-            "Debian; targets from the issue are shown instead")
-        targets = {"serial_async": 150, "concurrent_group_async": 250,
-                   "apply": 20, "after_1ms_lateness_p99": 100000}
-        for line in stream([str(cbench), scale]):
-            fields = line.split()
-            if len(fields) != 2:
-                continue
-            name, value = fields
-            t = targets.get(name)
-            note = f"  (target <= {t})" if t else ""
-            say(f"  {name:<32} {float(value):>12.1f} ns{note}")
+        c_dispatch(cbench, scale)
     for script in sorted((ROOT / "bench" / "python").glob("bench_*.py")):
         t0 = time.monotonic()
         say(f"\n== {script.stem} ==")

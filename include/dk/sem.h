@@ -1,8 +1,10 @@
 /*
  * Dispatch semaphores (process-local counting semaphores, GCD semantics):
  * wait decrements and blocks while the value is negative; signal
- * increments and wakes one waiter. Uncontended operations are one atomic
- * instruction.
+ * increments and wakes one waiter. Uncontended operations are one or two
+ * atomic instructions. A waiter spins for up to 20 us (adaptively, only
+ * with several CPUs) before it sleeps, and a signal pays the futex wake
+ * only when a waiter sleeps.
  */
 #ifndef DK_SEM_H
 #define DK_SEM_H
@@ -22,7 +24,9 @@ DK_EXPORT dk_semaphore_t *dk_semaphore_create(long value);
 DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s, uint64_t deadline);
 DK_EXPORT int dk_semaphore_wait_interruptible(dk_semaphore_t *s,
                                               uint64_t deadline);
-/* Returns true if a waiting thread was woken. */
+/* Returns true if a waiting thread was woken: one that had stopped
+ * spinning (a spinning waiter takes the unit by itself, as if it had
+ * arrived just after the signal). */
 DK_EXPORT bool dk_semaphore_signal(dk_semaphore_t *s);
 /* The current value (a snapshot; negative: that many waiters). */
 DK_EXPORT long dk_semaphore_value(const dk_semaphore_t *s);

@@ -24,6 +24,8 @@
 #include "python/futures.h"
 #include "python/gil.h"
 
+#include "atomic.h"
+
 typedef struct {
     PyTypeObject *queue_type;
     PyTypeObject *workloop_type;
@@ -1174,6 +1176,116 @@ static PyType_Spec Workloop_spec = {
     .slots = Workloop_slots,
 };
 
+/*
+ * GIL hand-off after a wake-up. A thread woken by Semaphore.signal from
+ * another Python thread finds the GIL still held by that thread, sleeps on
+ * the GIL's condition variable and is woken again by a futex when the
+ * signaller lets go: a second sleep and wake-up on every hand-off, which
+ * costs more than the semaphore's own (spinning) hand-off. So the binding
+ * counts the times one of its blocking waits releases the GIL
+ * (`gil_releases`), Semaphore.signal records the count it saw while
+ * holding the GIL, and a waiter that got its unit watches the count, with
+ * the GIL still released, for at most GIL_SPIN_NS before it asks for the
+ * GIL. In a ping-pong the signaller's next wait releases the GIL within a
+ * microsecond or two, and the waiter then takes it without sleeping.
+ *
+ * It is a hint and needs no ordering: a signaller that keeps the GIL, or
+ * lets it go some other way, costs the waiter at most GIL_SPIN_NS of CPU
+ * before it asks for the GIL as usual; a unit that came from C, or from a
+ * signal older than the waiter's own release, shows a count that has
+ * already moved on and costs nothing. With one CPU the waiter never spins
+ * (the GIL holder could not run meanwhile). As in the core's semaphore,
+ * the budget adapts: a watch that fails halves it (to 0 below
+ * GIL_SPIN_MIN_NS), one that succeeds restores it, and every
+ * GIL_SPIN_PROBE_EVERY-th watch tries the full budget, so that when the
+ * signaller shares our CPU (a loaded machine) we stop holding it off.
+ */
+#define GIL_SPIN_NS 20000u
+#define GIL_SPIN_MIN_NS 1000u
+#define GIL_SPIN_PROBE_EVERY 64u
+
+static uint32_t gil_releases;
+static bool gil_spin_useful; /* set by exec: more than one CPU to run on */
+static uint32_t gil_spin_ns = GIL_SPIN_NS; /* current budget (a hint) */
+static uint32_t gil_spins;                 /* watches so far, for probes */
+
+/* Call right after releasing the GIL before a blocking wait. */
+static void
+note_gil_released(void)
+{
+    dk_atomic_add_relaxed(&gil_releases, 1);
+}
+
+static uint32_t
+gil_release_count(void)
+{
+    return dk_atomic_load_relaxed(&gil_releases);
+}
+
+/* With the GIL released: until the count moves on from `seen`, at most
+ * the current budget. Reads the vDSO clock every 8 pauses (dk_now is the
+ * vDSO's CLOCK_MONOTONIC), never a syscall. */
+static void
+await_gil_release(uint32_t seen)
+{
+    if (!gil_spin_useful || gil_release_count() != seen) {
+        return;
+    }
+    uint32_t kept = dk_atomic_load_relaxed(&gil_spin_ns);
+    uint32_t budget = kept;
+    if (dk_atomic_add_relaxed(&gil_spins, 1) % GIL_SPIN_PROBE_EVERY == 0) {
+        budget = GIL_SPIN_NS;
+    }
+    if (budget == 0) {
+        return;
+    }
+    uint64_t until = dk_now() + budget;
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (gil_release_count() != seen) {
+            dk_atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
+            return;
+        }
+        if (i % 8 == 0 && dk_now() >= until) {
+            uint32_t half = kept / 2;
+            dk_atomic_store_relaxed(&gil_spin_ns,
+                                    half >= GIL_SPIN_MIN_NS ? half : 0);
+            return;
+        }
+    }
+}
+
+/* More than one CPU in this process's affinity mask (from Python's
+ * os.sched_getaffinity, or os.cpu_count where it is missing); false on
+ * any error, which only turns the hint off. */
+static bool
+several_cpus(void)
+{
+    PyObject *os = PyImport_ImportModule("os");
+    if (os == NULL) {
+        PyErr_Clear();
+        return false;
+    }
+    long n = 0;
+    PyObject *r = PyObject_CallMethod(os, "sched_getaffinity", "i", 0);
+    if (r != NULL) {
+        n = (long)PyObject_Length(r);
+    } else {
+        PyErr_Clear();
+        r = PyObject_CallMethod(os, "cpu_count", NULL);
+        if (r != NULL && PyLong_Check(r)) {
+            n = PyLong_AsLong(r);
+        }
+    }
+    Py_XDECREF(r);
+    Py_DECREF(os);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+    }
+    return n > 1;
+}
+
 /* Wait with the GIL released against a deadline, running signal handlers
  * on EINTR: True when done, False on timeout, NULL if a handler raised. */
 static PyObject *
@@ -1183,6 +1295,7 @@ interruptible_wait(int (*wait)(void *obj, uint64_t deadline), void *obj,
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
+        note_gil_released();
         rc = wait(obj, dkpy_slice_end(deadline));
         Py_END_ALLOW_THREADS
         if (rc == 0) {
@@ -1203,10 +1316,24 @@ group_wait_adapter(void *g, uint64_t deadline)
     return dk_group_wait_interruptible(g, deadline);
 }
 
+typedef struct {
+    PyObject_HEAD
+    dk_semaphore_t *s;
+    uint32_t signal_seen; /* gil_releases at the last Python signal */
+} SemaphoreObject;
+
+/* Runs with the GIL released; see "GIL hand-off" above. */
 static int
-semaphore_wait_adapter(void *s, uint64_t deadline)
+semaphore_wait_adapter(void *obj, uint64_t deadline)
 {
-    return dk_semaphore_wait_interruptible(s, deadline);
+    SemaphoreObject *self = obj;
+    int rc = dk_semaphore_wait_interruptible(self->s, deadline);
+    if (rc == 0) {
+        /* Written before the signal that gave us our unit (if it came
+         * from Python); a stale value only makes the spin end at once. */
+        await_gil_release(dk_atomic_load_relaxed(&self->signal_seen));
+    }
+    return rc;
 }
 
 /* ---- Group ---------------------------------------------------------- */
@@ -1414,11 +1541,6 @@ static PyType_Spec Group_spec = {
 
 /* ---- Semaphore ------------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    dk_semaphore_t *s;
-} SemaphoreObject;
-
 static PyObject *
 Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -1469,13 +1591,15 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self->s, deadline);
+    return interruptible_wait(semaphore_wait_adapter, self, deadline);
 }
 
 static PyObject *
 Semaphore_signal(SemaphoreObject *self, PyObject *unused)
 {
     (void)unused;
+    /* We hold the GIL: a waiter we wake watches for its next release. */
+    dk_atomic_store_relaxed(&self->signal_seen, gil_release_count());
     return PyBool_FromLong(dk_semaphore_signal(self->s));
 }
 
@@ -2062,6 +2186,7 @@ dkpy_dispatch_exec(PyObject *m)
         Py_XDECREF(forever);
         return -1;
     }
+    gil_spin_useful = several_cpus();
     dkpy_gil_init();
     return 0;
 }

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "atomic.h"
@@ -401,6 +402,259 @@ DK_TEST(semaphore_signal_wakes_exactly_one_waiter)
     for (int i = 0; i < 3; i++) {
         pthread_join(t[i], NULL);
     }
+    CHECK_EQ(dk_semaphore_value(s), 0);
+    dk_release(s);
+}
+
+/* Many threads hammer one semaphore with waits of every kind of deadline
+ * (poll, shorter and longer than the spin budget, forever) while others
+ * signal: every signal is consumed by exactly one successful wait, every
+ * timed-out wait gives its unit back, and nothing is left over. */
+enum { HAMMER_PRODUCERS = 3, HAMMER_CONSUMERS = 5, HAMMER_SIGNALS = 30000 };
+
+struct hammer {
+    dk_semaphore_t *s;
+    long consumed;
+    long timeouts;
+    int stop;
+};
+
+static void *
+hammer_producer(void *p)
+{
+    struct hammer *h = p;
+    for (int i = 0; i < HAMMER_SIGNALS / HAMMER_PRODUCERS; i++) {
+        dk_semaphore_signal(h->s);
+        if (i % 7 == 0) {
+            usleep((unsigned)(i % 5) * 10); /* around the spin budget */
+        }
+    }
+    return NULL;
+}
+
+static void *
+hammer_consumer(void *p)
+{
+    struct hammer *h = p;
+    static const uint64_t waits[] = {0, 2000, 15000, 40000, 3000000};
+    for (unsigned i = 0; !__atomic_load_n(&h->stop, __ATOMIC_ACQUIRE); i++) {
+        uint64_t w = waits[i % 5];
+        int rc = dk_semaphore_wait(h->s, w == 0 ? 0 : in_ns(w));
+        if (rc == 0) {
+            __atomic_add_fetch(&h->consumed, 1, __ATOMIC_ACQ_REL);
+        } else {
+            CHECK_EQ(rc, -ETIMEDOUT);
+            __atomic_add_fetch(&h->timeouts, 1, __ATOMIC_RELAXED);
+        }
+    }
+    return NULL;
+}
+
+DK_TEST(semaphore_hammered_with_timeouts_conserves_units)
+{
+    struct hammer h = {dk_semaphore_create(0), 0, 0, 0};
+    pthread_t prod[HAMMER_PRODUCERS], cons[HAMMER_CONSUMERS];
+    for (int i = 0; i < HAMMER_CONSUMERS; i++) {
+        pthread_create(&cons[i], NULL, hammer_consumer, &h);
+    }
+    for (int i = 0; i < HAMMER_PRODUCERS; i++) {
+        pthread_create(&prod[i], NULL, hammer_producer, &h);
+    }
+    for (int i = 0; i < HAMMER_PRODUCERS; i++) {
+        pthread_join(prod[i], NULL);
+    }
+    uint64_t give_up = in_ns(SECONDS(40));
+    while (__atomic_load_n(&h.consumed, __ATOMIC_ACQUIRE) < HAMMER_SIGNALS &&
+           dk_now() < give_up) {
+        usleep(1000);
+    }
+    __atomic_store_n(&h.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < HAMMER_CONSUMERS; i++) {
+        pthread_join(cons[i], NULL);
+    }
+    CHECK_EQ(h.consumed, HAMMER_SIGNALS);
+    CHECK(h.timeouts > 0); /* the give-back path ran */
+    CHECK_EQ(dk_semaphore_value(h.s), 0);
+    CHECK_EQ(dk_semaphore_wait(h.s, 0), -ETIMEDOUT);
+    dk_semaphore_signal(h.s);
+    CHECK_EQ(dk_semaphore_wait(h.s, 0), 0);
+    dk_release(h.s);
+}
+
+/* A waiter that has given up spinning and parked is always woken: the
+ * signal comes after the waiter committed, at delays on both sides of
+ * the spin budget, and each wait must return (a lost wake-up would leave
+ * the waiter asleep forever and fail the round). */
+struct parked {
+    dk_semaphore_t *s;
+    int done;
+};
+
+static void *
+parked_waiter(void *p)
+{
+    struct parked *w = p;
+    CHECK_EQ(dk_semaphore_wait(w->s, UINT64_MAX), 0);
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+DK_TEST(semaphore_parked_waiter_is_always_woken)
+{
+    for (int round = 0; round < 300; round++) {
+        struct parked w = {dk_semaphore_create(0), 0};
+        pthread_t t;
+        pthread_create(&t, NULL, parked_waiter, &w);
+        if (round % 3 != 0) {
+            /* Committed (counted) before we signal: signal says so. */
+            while (dk_semaphore_value(w.s) != -1) {
+                dk_cpu_relax();
+            }
+        }
+        usleep((unsigned)(round % 10) * 8); /* 0 to 72 us */
+        bool woke = dk_semaphore_signal(w.s);
+        CHECK(round % 3 == 0 || woke);
+        uint64_t give_up = in_ns(SECONDS(10));
+        while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE) &&
+               dk_now() < give_up) {
+            usleep(50);
+        }
+        CHECK(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE));
+        pthread_join(t, NULL);
+        CHECK_EQ(dk_semaphore_value(w.s), 0);
+        dk_release(w.s);
+    }
+}
+
+/* The waiter may free the semaphore as soon as its wait returns, while
+ * the signaller is still inside dk_semaphore_signal: after posting its
+ * token the signaller must not touch the semaphore's memory (ASan and
+ * TSan see it if it does). */
+static void *
+waiter_then_release(void *p)
+{
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
+    dk_release(p);
+    return NULL;
+}
+
+DK_TEST(semaphore_freed_by_its_waiter_during_signal)
+{
+    for (int round = 0; round < 1000; round++) {
+        dk_semaphore_t *s = dk_semaphore_create(0);
+        pthread_t t;
+        pthread_create(&t, NULL, waiter_then_release, s);
+        if (round % 2 == 0) {
+            /* Committed: the signal goes through the token path. */
+            while (dk_semaphore_value(s) != -1) {
+                dk_cpu_relax();
+            }
+        }
+        dk_semaphore_signal(s); /* s may be freed before this returns */
+        pthread_join(t, NULL);
+    }
+}
+
+/* Several waiters parked at once and woken one signal at a time: each
+ * signal wakes one, none is left asleep (the waits have no deadline, so
+ * a lost wake-up leaves a round unfinished), in many rounds. */
+struct many_parked {
+    dk_semaphore_t *s;
+    long woken;
+};
+
+static void *
+many_parked_waiter(void *p)
+{
+    struct many_parked *m = p;
+    for (int i = 0; i < 200; i++) {
+        CHECK_EQ(dk_semaphore_wait(m->s, UINT64_MAX), 0);
+        __atomic_add_fetch(&m->woken, 1, __ATOMIC_ACQ_REL);
+    }
+    return NULL;
+}
+
+DK_TEST(semaphore_many_parked_waiters_all_woken)
+{
+    struct many_parked m = {dk_semaphore_create(0), 0};
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        pthread_create(&t[i], NULL, many_parked_waiter, &m);
+    }
+    for (int i = 0; i < 4 * 200; i++) {
+        if (i % 4 == 0) {
+            usleep((unsigned)(i % 80)); /* let some of them park */
+        }
+        dk_semaphore_signal(m.s);
+    }
+    uint64_t give_up = in_ns(SECONDS(10));
+    while (__atomic_load_n(&m.woken, __ATOMIC_ACQUIRE) < 4 * 200 &&
+           dk_now() < give_up) {
+        usleep(100);
+    }
+    CHECK_EQ(__atomic_load_n(&m.woken, __ATOMIC_ACQUIRE), 4 * 200);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(dk_semaphore_value(m.s), 0);
+    dk_release(m.s);
+}
+
+/* Two threads ping-pong through two semaphores (the spin's fast path):
+ * every round trip completes and the counts end at zero. */
+struct pingpong {
+    dk_semaphore_t *ping, *pong;
+};
+
+static void *
+pong_thread(void *p)
+{
+    struct pingpong *pp = p;
+    for (int i = 0; i < 20000; i++) {
+        CHECK_EQ(dk_semaphore_wait(pp->ping, in_ns(SECONDS(20))), 0);
+        dk_semaphore_signal(pp->pong);
+    }
+    return NULL;
+}
+
+DK_TEST(semaphore_pingpong_completes)
+{
+    struct pingpong pp = {dk_semaphore_create(0), dk_semaphore_create(0)};
+    pthread_t t;
+    pthread_create(&t, NULL, pong_thread, &pp);
+    for (int i = 0; i < 20000; i++) {
+        dk_semaphore_signal(pp.ping);
+        CHECK_EQ(dk_semaphore_wait(pp.pong, in_ns(SECONDS(20))), 0);
+    }
+    pthread_join(t, NULL);
+    CHECK_EQ(dk_semaphore_value(pp.ping), 0);
+    CHECK_EQ(dk_semaphore_value(pp.pong), 0);
+    dk_release(pp.ping);
+    dk_release(pp.pong);
+}
+
+/* The spin is bounded: a waiter left alone for 300 ms parks after a few
+ * tens of microseconds and uses a small fraction of that time on CPU (an
+ * unbounded spin would use all of it). */
+static void *
+idle_waiter(void *p)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    CHECK_EQ(dk_semaphore_wait(p, in_ns(300 * DK_NSEC_PER_MSEC)), -ETIMEDOUT);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    long long cpu_ns =
+        (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+    CHECK(cpu_ns < 30 * 1000000LL);
+    return NULL;
+}
+
+DK_TEST(semaphore_idle_waiter_parks)
+{
+    dk_semaphore_t *s = dk_semaphore_create(0);
+    pthread_t t;
+    pthread_create(&t, NULL, idle_waiter, s);
+    pthread_join(t, NULL);
     CHECK_EQ(dk_semaphore_value(s), 0);
     dk_release(s);
 }

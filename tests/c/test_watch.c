@@ -7,6 +7,7 @@
 
 #include "atomic.h"
 #include "dk/mutex.h"
+#include "dk/sem.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
 #include "watch.h"
@@ -205,4 +206,56 @@ DK_TEST(watch_fork_child_starts_fresh)
     CHECK(WIFEXITED(status));
     CHECK_EQ(WEXITSTATUS(status), 0);
     CHECK(dk__watch_cancel(&watches[0])); /* still ours in the parent */
+}
+
+/* ---- dispatch semaphore steps --------------------------------------- */
+
+static dk_semaphore_t *dsem;
+static uint32_t *dsem_word;
+static int blocked_rc = -1;
+
+static void *
+blocking_dsem_waiter(void *unused)
+{
+    (void)unused;
+    blocked_rc = dk_semaphore_wait(dsem, DK_OS_FOREVER);
+    return NULL;
+}
+
+static void *
+stand_in_watcher(void *unused)
+{
+    /* Sleeps on the token word as the watcher thread does. */
+    (void)unused;
+    dk__os_futex_wait(dsem_word, 0, dk__os_monotonic_ns() + 10000000000ull,
+                      false);
+    return NULL;
+}
+
+DK_TEST(watch_dsem_abandon_passes_a_taken_wake_on)
+{
+    /* An asynchronous waiter and a parked blocking one both wait. The
+     * signal's single wake-up goes to the watcher (here a stand-in that
+     * sleeps on the word first), then the asynchronous waiter gives up:
+     * the blocking waiter, which the signal's unit is now owed to, must
+     * still be woken. */
+    dsem = dk_semaphore_create(0);
+    CHECK(dsem != NULL);
+    uint32_t busy;
+    CHECK_EQ(dk__semaphore_wait_begin(dsem, &dsem_word, &busy), -EAGAIN);
+    pthread_t watcher, blocked;
+    CHECK_EQ(pthread_create(&watcher, NULL, stand_in_watcher, NULL), 0);
+    usleep(50000); /* the stand-in sleeps first, so it gets the wake */
+    CHECK_EQ(pthread_create(&blocked, NULL, blocking_dsem_waiter, NULL), 0);
+    while (dk_semaphore_value(dsem) != -2) {
+        usleep(1000);
+    }
+    usleep(50000); /* past its spin: parked */
+    CHECK(dk_semaphore_signal(dsem));
+    CHECK_EQ(pthread_join(watcher, NULL), 0);
+    dk__semaphore_wait_abandon(dsem);
+    CHECK_EQ(pthread_join(blocked, NULL), 0);
+    CHECK_EQ(blocked_rc, 0);
+    CHECK_EQ(dk_semaphore_value(dsem), 0);
+    dk_release(dsem);
 }

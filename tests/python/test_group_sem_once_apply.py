@@ -116,6 +116,73 @@ def test_semaphore_default_value_and_bad_values():
         dk.Semaphore(1).wait(float("nan"))
 
 
+def test_semaphore_pingpong_between_python_threads():
+    # Both sides hold the GIL when they signal: the woken side's GIL
+    # hand-off (it watches for the signaller's next release) must never
+    # lose a round, and the counts end where they started.
+    ping, pong = dk.Semaphore(0), dk.Semaphore(0)
+    rounds = 5000
+    errors = []
+
+    def ponger():
+        for _ in range(rounds):
+            if not ping.wait(20):
+                errors.append("ping timed out")
+                return
+            pong.signal()
+
+    t = threading.Thread(target=ponger)
+    t.start()
+    for _ in range(rounds):
+        ping.signal()
+        assert pong.wait(20)
+    t.join(20)
+    assert not t.is_alive() and errors == []
+    assert ping.value == 0 and pong.value == 0
+
+
+def test_semaphore_waiter_gets_through_while_signaller_keeps_the_gil():
+    # The signaller keeps the GIL (pure Python work, no blocking call of
+    # ours) after signalling: the waiter's watch for a release gives up
+    # and it takes the GIL the usual way, every time.
+    s = dk.Semaphore(0)
+    got = []
+
+    def waiter():
+        for _ in range(20):
+            got.append(s.wait(20))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    for _ in range(20):
+        s.signal()
+        deadline = time.monotonic() + 0.002
+        while time.monotonic() < deadline:
+            pass
+    t.join(30)
+    assert not t.is_alive()
+    assert got == [True] * 20
+    assert s.value == 0
+
+
+def test_semaphore_idle_waiter_does_not_spin():
+    # The wait spins for a few tens of microseconds at most, then sleeps:
+    # a 0.3 s wait that times out uses a small part of that on the CPU.
+    s = dk.Semaphore(0)
+    cpu = []
+
+    def waiter():
+        start = time.thread_time()
+        assert s.wait(0.3) is False
+        cpu.append(time.thread_time() - start)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(10)
+    assert cpu and cpu[0] < 0.1
+    assert s.value == 0
+
+
 def test_producer_consumer_consumer_first_does_not_deadlock():
     # The seed's producer/consumer: consumers are submitted before the
     # producer and block in wait(); the pool must grow to run the producer.
