@@ -1036,7 +1036,7 @@ Writer_write_frame(WriterObject *self, PyObject *data)
             memcpy(buf, view.buf, (size_t)view.len);
         }
         rc = dk_zb_writer_commit(self->core);
-        if (rc < 0) {
+        if (rc == -EINVAL) {
             rc = -EBADF; /* closed by another thread during the copy */
         }
     }
