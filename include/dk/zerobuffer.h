@@ -104,8 +104,11 @@ DK_EXPORT int dk_zb_name_check(const char *name);
  * crashed under the same name is replaced (its segment is marked
  * reader-less first, so its writer gets -EPIPE). Returns 0, -EINVAL
  * (name or sizes), -ENAMETOOLONG, -EEXIST (a live reader owns NAME),
- * -ENOMEM, -ENOSPC (no room for the segment in /dev/shm), or the -errno
- * of shm_open/sem_open/open (-EACCES, -EMFILE...).
+ * -ENOMEM, -ENOSPC (no room for the segment in /dev/shm), -EPERM (the
+ * lock directory /tmp/zerobuffer is not owned by root or us, or is
+ * writable by others without the sticky bit, or NAME.lock is a symlink or
+ * not a regular file of ours), or the -errno of shm_open/sem_open/open
+ * (-EACCES, -EMFILE...).
  */
 DK_EXPORT int dk_zb_reader_create(const char *name, uint64_t metadata_size,
                                   uint64_t payload_size, unsigned mode,

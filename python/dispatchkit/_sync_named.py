@@ -244,7 +244,21 @@ class GuardedSharedMemory:
                 errno.EPERM,
                 f"refusing PID directory: it is a symlink owned by uid "
                 f"{st.st_uid}, not by this user (planted?)", root)
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Whoever owns the root, or may write it without the sticky bit,
+        # can delete or replace our .pids directories.
+        st = os.fstat(fd)
+        why = None
+        if st.st_uid not in (os.geteuid(), 0):
+            why = f"it is owned by uid {st.st_uid}, not by this user or root"
+        elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            why = (f"others may write it (mode "
+                   f"{stat.S_IMODE(st.st_mode):04o}) and it is not sticky")
+        if why is not None:
+            os.close(fd)
+            raise PermissionError(errno.EPERM,
+                                  f"refusing PID directory: {why}", root)
+        return fd
 
     def _open_pid_dir(self):
         """Open (creating it if needed) and lock this segment's .pids

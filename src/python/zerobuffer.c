@@ -104,6 +104,25 @@ zb_raise_name(PyObject *name, int rc)
     return NULL;
 }
 
+/* The UTF-8 of a buffer name, checked: an embedded NUL would cut the
+ * name short in every C call (and "a\0evil" would open "a"). NULL with
+ * an exception set if it is not a usable name. */
+static const char *
+zb_name_utf8(PyObject *name)
+{
+    Py_ssize_t len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &len);
+    if (cname == NULL) {
+        return NULL;
+    }
+    int rc = strlen(cname) != (size_t)len ? -EINVAL : dk_zb_name_check(cname);
+    if (rc < 0) {
+        zb_raise_name(name, rc);
+        return NULL;
+    }
+    return cname;
+}
+
 static PyObject *
 zb_set_exceptions(PyObject *mod, PyObject *src)
 {
@@ -261,14 +280,11 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "mode must be within 0o777");
         return NULL;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = zb_name_utf8(name);
     if (cname == NULL) {
         return NULL;
     }
-    int rc = dk_zb_name_check(cname);
-    if (rc < 0) {
-        return zb_raise_name(name, rc);
-    }
+    int rc;
     ReaderObject *self = (ReaderObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -285,6 +301,15 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         if (rc == -EINVAL) {
             PyErr_SetString(PyExc_ValueError, "invalid buffer sizes");
+            return NULL;
+        }
+        if (rc == -EPERM) {
+            PyErr_Format(PyExc_PermissionError,
+                         "refusing the lock file %s/%s.lock: the directory "
+                         "must be owned by root or by this user and be "
+                         "sticky if others may write it, and the lock file "
+                         "a regular file of this user (not a symlink)",
+                         "/tmp/zerobuffer", cname);
             return NULL;
         }
         return dkpy_raise_errno(rc);
@@ -835,14 +860,11 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &name)) {
         return NULL;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = zb_name_utf8(name);
     if (cname == NULL) {
         return NULL;
     }
-    int rc = dk_zb_name_check(cname);
-    if (rc < 0) {
-        return zb_raise_name(name, rc);
-    }
+    int rc;
     WriterObject *self = (WriterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;

@@ -431,6 +431,28 @@ dk__nsem_value(sem_t *sem)
     return v < 0 ? 0 : v;
 }
 
+/* Whether DK_ZB_LOCK_DIR can be trusted with our lock files: a real
+ * directory (not a symlink), owned by root or by us, and, if others may
+ * write it, sticky (so they cannot delete or replace our files). */
+static int
+lock_dir_check(void)
+{
+    struct stat st;
+    if (lstat(DK_ZB_LOCK_DIR, &st) < 0) {
+        return -errno;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return -EPERM;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        return -EPERM;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && !(st.st_mode & S_ISVTX)) {
+        return -EPERM;
+    }
+    return 0;
+}
+
 int
 dk__lock_acquire(const char *name, unsigned mode, int *fd)
 {
@@ -442,21 +464,38 @@ dk__lock_acquire(const char *name, unsigned mode, int *fd)
     } else if (errno != EEXIST) {
         return -errno;
     }
+    int rc = lock_dir_check();
+    if (rc < 0) {
+        return rc;
+    }
     for (int attempt = 0; attempt < 8; attempt++) {
-        int f = open(path, O_CREAT | O_RDWR | O_CLOEXEC, (mode_t)mode);
+        /* O_NOFOLLOW: a symlink planted at the path would make us open
+         * (and create) its target. */
+        int f = open(path, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW,
+                     (mode_t)mode);
         if (f < 0) {
-            return -errno;
+            return errno == ELOOP ? -EPERM : -errno;
+        }
+        struct stat a, b;
+        if (fstat(f, &a) < 0 || !S_ISREG(a.st_mode)) {
+            close(f);
+            return -EPERM;
         }
         if (flock(f, LOCK_EX | LOCK_NB) < 0) {
             int err = errno;
             close(f);
             return err == EWOULDBLOCK ? -EWOULDBLOCK : -err;
         }
+        /* A free lock file of another user: a reader of theirs that is
+         * gone left it, and we could not remove it when we close. */
+        if (a.st_uid != geteuid()) {
+            close(f);
+            return -EPERM;
+        }
         /* A stale-lock sweep by another reader may have unlinked the path
          * between our open and flock: then we hold a lock on an orphan
          * inode that nobody else will see. Check and retry. */
-        struct stat a, b;
-        if (fstat(f, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+        if (lstat(path, &b) == 0 && a.st_ino == b.st_ino &&
             a.st_dev == b.st_dev) {
             *fd = f;
             return 0;

@@ -75,8 +75,11 @@ int dk__nsem_value(sem_t *sem);
 
 /* Take the reader's lock file DK_ZB_LOCK_DIR/NAME.lock (created with
  * `mode`; the directory is created world-writable and sticky like /tmp).
- * -EWOULDBLOCK when another live process holds it. On success *fd holds
- * the lock until dk__lock_release. */
+ * -EWOULDBLOCK when another live process holds it; -EPERM when the
+ * directory is not to be trusted (a symlink, not owned by root or us, or
+ * writable by others without the sticky bit) or the lock file is not a
+ * regular file of ours (a symlink is never followed). On success *fd
+ * holds the lock until dk__lock_release. */
 int dk__lock_acquire(const char *name, unsigned mode, int *fd);
 /* Unlink the lock file and drop the lock. */
 void dk__lock_release(const char *name, int fd);
