@@ -589,6 +589,18 @@ class GuardedSharedMemory:
         return f"<GuardedSharedMemory name={self._name!r} {state}>"
 
 
+class _ClosedPrimitive:
+    """Stands in for a closed named object's primitive: any use raises a
+    clear ValueError (as a closed file does) instead of an AttributeError
+    about None."""
+
+    def __init__(self, owner):
+        self._what = f"{type(owner).__name__}({owner.name!r})"
+
+    def __getattr__(self, attr):
+        raise ValueError(f"{self._what} is closed")
+
+
 class _Named:
     """Common lifetime of the named primitives: close() drops the
     primitive, then the segment; usable as a context manager for that
@@ -601,8 +613,9 @@ class _Named:
         return self._name
 
     def close(self):
-        """Detach from the named object (unlinked by the last user)."""
-        self._prim = None
+        """Detach from the named object (unlinked by the last user).
+        Using the object afterwards raises ValueError."""
+        self._prim = _ClosedPrimitive(self)
         if self._shm is not None:
             self._shm.close()
 

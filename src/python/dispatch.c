@@ -1715,6 +1715,20 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     uint64_t deadline = 0;
+    if (timeout != NULL && timeout != Py_None) {
+        /* None waits forever; a negative timeout is a mistake here, not
+         * "forever" (docs/dispatch.md: negative delays raise). */
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (t < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "drain_main_queue() timeout must be >= 0 "
+                            "(None waits forever)");
+            return NULL;
+        }
+    }
     if (timeout != NULL && timeout_deadline(timeout, &deadline) < 0) {
         return NULL;
     }

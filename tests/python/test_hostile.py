@@ -184,3 +184,149 @@ def test_nul_in_buffer_name_is_refused(cls):
     finally:
         r.close()
     assert not os.path.exists(f"/dev/shm/{base}")
+
+
+# ---- 6. a mutex is released only by the thread that holds it ---------------
+
+def _held_by_other_thread(m, acquire, release):
+    import threading
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        acquire()
+        held.set()
+        done.wait(30)
+        release()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(30)
+    return t, done
+
+
+def test_mutex_release_from_a_non_owning_thread_raises():
+    buf = bytearray(64)
+    m = sync.Mutex(buf, shared=False)
+    t, done = _held_by_other_thread(m, m.acquire, m.release)
+    try:
+        with pytest.raises(RuntimeError, match="thread"):
+            m.release()
+        # The holder still holds it: mutual exclusion is intact.
+        assert not m.try_acquire()
+    finally:
+        done.set()
+        t.join(30)
+    assert m.try_acquire()  # the holder's own release worked
+    m.release()
+
+
+def test_named_mutex_release_from_a_non_owning_thread_raises():
+    m = sync.NamedMutex(unique("nmtx"))
+    try:
+        t, done = _held_by_other_thread(m, m.acquire, m.release)
+        try:
+            with pytest.raises(RuntimeError):
+                m.release()
+            assert m.try_release() is False
+            assert not m.try_acquire()
+        finally:
+            done.set()
+            t.join(30)
+    finally:
+        m.close()
+
+
+# ---- 7. spin never stretches a deadline -------------------------------------
+
+SPIN_CODE = """
+import threading, dispatchkit.sync as sync
+buf = bytearray(128)
+m = sync.Mutex(memoryview(buf)[:64], shared=False)
+s = sync.Semaphore(memoryview(buf)[64:], 0, shared=False)
+held, done = threading.Event(), threading.Event()
+def holder():
+    m.acquire(); held.set(); done.wait(); m.release()
+t = threading.Thread(target=holder); t.start(); held.wait()
+assert m.acquire_ns(20_000_000, spin=2**31 - 1) is False
+assert m.acquire_ns(0, spin=2**31 - 1) is False
+assert s.wait(True, 20_000_000, 2**31 - 1) is False
+assert s.wait(False, 0, 2**31 - 1) is False
+done.set(); t.join()
+print("bounded")
+"""
+
+
+def test_huge_spin_counts_are_bounded_by_the_deadline():
+    # Before the fix each of these spun 2**31 times (about a minute);
+    # the subprocess timeout turns that into a failure, not a hang.
+    p = subprocess.run([sys.executable, "-c", SPIN_CODE],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "bounded" in p.stdout, p.stderr[-2000:]
+
+
+# ---- 12. loose ends -----------------------------------------------------------
+
+def test_drain_main_queue_negative_timeout_raises():
+    import dispatchkit as dk
+    with pytest.raises(ValueError):
+        dk.drain_main_queue(-1)
+    with pytest.raises(ValueError):
+        dk.drain_main_queue(timeout=-0.5)
+    assert dk.drain_main_queue(0) == 0
+
+
+@pytest.mark.parametrize("cls", ["NamedMutex", "NamedEvent",
+                                 "NamedSemaphore"])
+def test_named_objects_after_close_raise_a_clear_error(cls):
+    obj = getattr(sync, cls)(unique(cls))
+    obj.close()
+    use = {"NamedMutex": lambda: obj.acquire(),
+           "NamedEvent": lambda: obj.set(),
+           "NamedSemaphore": lambda: obj.post()}[cls]
+    with pytest.raises(ValueError, match="closed"):
+        use()
+    obj.close()  # idempotent
+
+
+CORRUPT_UNDER_WRITER = """
+import mmap, os, struct, dispatchkit.zerobuffer as zb
+name = "dk-corrupt-w-%d" % os.getpid()
+P = 4096
+r = zb.Reader(name, zb.BufferConfig(0, P))
+w = zb.Writer(name)
+w.write_timeout = 0.01
+fd = os.open("/dev/shm/" + name, os.O_RDWR)
+seg = mmap.mmap(fd, os.fstat(fd).st_size)
+os.close(fd)
+assert len(seg) == 128 + P
+tried = 0
+for off in (32, 40, 48, 56, 64):       # sizes, free count, positions
+    for val in (P + 1, 2 * P, 2**63, 2**64 - 1, P - 1, 7):
+        struct.pack_into("<Q", seg, off, val)
+        for n in (1, 100, 1000, P - 16):
+            tried += 1
+            try:
+                w.write_frame(b"w" * n)
+            except zb.ZeroBufferException:
+                pass
+            try:
+                f = r.read_frame(timeout=0)
+                if f is not None:
+                    f.dispose()
+            except zb.ZeroBufferException:
+                pass
+        # Put back what a sane reader would see, and drain.
+        struct.pack_into("<QQ", seg, 32, P, P)
+print("survived", tried)
+"""
+
+
+def test_writer_never_writes_past_the_ring_when_oieb_is_corrupted():
+    """The writer keeps its own copy of P and of its write position, so
+    corrupted OIEB sizes, positions and counts under it give exceptions or
+    overwrite the ring at worst, never memory past the mapping (which
+    would crash the process)."""
+    p = subprocess.run([sys.executable, "-c", CORRUPT_UNDER_WRITER],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "survived 120" in p.stdout, p.stdout
