@@ -330,3 +330,31 @@ def test_writer_never_writes_past_the_ring_when_oieb_is_corrupted():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "survived 120" in p.stdout, p.stdout
+
+
+# ---- 8. apply() stops at the first exception ---------------------------------
+
+APPLY_CODE = """
+import dispatchkit as dk
+calls = []
+def f(i):
+    calls.append(i)
+    raise ZeroDivisionError(i)
+try:
+    dk.apply(2**62, f)
+except ZeroDivisionError:
+    pass
+else:
+    raise SystemExit("no exception")
+# Only calls already running when the first one raised: one per thread.
+assert 1 <= len(calls) <= 64, len(calls)
+print("stopped", len(calls))
+"""
+
+
+def test_apply_stops_claiming_work_after_the_first_exception():
+    # Before the fix every one of the 2**50 ranges took the GIL in turn,
+    # so this never returned; the subprocess timeout makes that a failure.
+    p = subprocess.run([sys.executable, "-c", APPLY_CODE],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "stopped" in p.stdout, p.stderr[-2000:]
