@@ -221,6 +221,7 @@ typedef struct {
     PyObject *owner; /* ReaderObject or WriterObject */
     void *buf;
     Py_ssize_t len;
+    Py_ssize_t exports; /* buffers exported by this region (GIL held) */
     bool writable;
 } RegionObject;
 
@@ -475,8 +476,11 @@ Reader_release_frame(ReaderObject *self, PyObject *frame)
     Py_RETURN_NONE;
 }
 
+/* A memoryview of [buf, buf + len) kept alive by owner; *region (if not
+ * NULL) gets a new reference to its exporter. */
 static PyObject *
-make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
+make_region_ex(PyObject *owner, void *buf, Py_ssize_t len, bool writable,
+               PyObject **region)
 {
     RegionObject *r = PyObject_New(RegionObject, Region_type);
     if (r == NULL) {
@@ -485,10 +489,20 @@ make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
     r->owner = Py_NewRef(owner);
     r->buf = buf;
     r->len = len;
+    r->exports = 0;
     r->writable = writable;
     PyObject *mv = PyMemoryView_FromObject((PyObject *)r);
+    if (mv != NULL && region != NULL) {
+        *region = Py_NewRef((PyObject *)r);
+    }
     Py_DECREF(r);
     return mv;
+}
+
+static PyObject *
+make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
+{
+    return make_region_ex(owner, buf, len, writable, NULL);
 }
 
 static PyObject *
@@ -834,6 +848,7 @@ typedef struct {
     PyThread_type_lock lock; /* one writing thread at a time */
     double write_timeout;    /* seconds */
     PyObject *pending_view;  /* the memoryview of get_frame_buffer() */
+    PyObject *pending_region; /* its exporter (a RegionObject) */
     Py_ssize_t exports;
     Py_ssize_t busy;
     bool closed;
@@ -911,6 +926,7 @@ Writer_traverse(WriterObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->dict);
     Py_VISIT(self->pending_view);
+    Py_VISIT(self->pending_region);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -920,6 +936,7 @@ Writer_clear(WriterObject *self)
 {
     Py_CLEAR(self->dict);
     Py_CLEAR(self->pending_view);
+    Py_CLEAR(self->pending_region);
     return 0;
 }
 
@@ -1075,6 +1092,8 @@ Writer_write_frame(WriterObject *self, PyObject *data)
     return res;
 }
 
+static int revoke_pending(WriterObject *self, const char *what);
+
 static PyObject *
 writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
 {
@@ -1088,16 +1107,31 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
     if (writer_lock(self) < 0) {
         return NULL;
     }
+    /* A reservation not committed yet is abandoned for the new one, as
+     * zerobuffer-ipc does; its view is revoked first, and if a view
+     * derived from it is still alive the new reservation (which may
+     * start at the same ring bytes) is refused instead. */
+    if (self->pending_region != NULL && self->core != NULL &&
+        !self->closed) {
+        if (revoke_pending(self, "get_frame_buffer") < 0) {
+            writer_unlock(self);
+            return NULL;
+        }
+        dk_zb_writer_cancel(self->core);
+    }
     void *buf;
     uint64_t seq;
     PyObject *res = NULL;
     int rc = writer_acquire(self, (uint64_t)size, &buf, &seq);
     if (rc == 0) {
-        PyObject *mv = make_region((PyObject *)self, buf, size, true);
+        PyObject *region = NULL;
+        PyObject *mv =
+            make_region_ex((PyObject *)self, buf, size, true, &region);
         if (mv == NULL) {
             dk_zb_writer_cancel(self->core);
         } else {
             Py_XSETREF(self->pending_view, Py_NewRef(mv));
+            Py_XSETREF(self->pending_region, region);
             res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq, mv)
                            : mv;
         }
@@ -1120,11 +1154,54 @@ Writer_get_frame_buffer(WriterObject *self, PyObject *arg)
     return writer_acquire_view(self, arg, false);
 }
 
+/* Revoke the view of the pending reservation before it is committed or
+ * abandoned: release the memoryview handed out, then check that no view
+ * derived from it (a slice, which shares its managed buffer; a NumPy
+ * array, which holds an export of it) is alive, since such a view would
+ * write into a published frame or into the next reservation: silent
+ * corruption. 0, or -1 with BufferError set (nothing committed or
+ * abandoned; a released main view stays released). */
+static int
+revoke_pending(WriterObject *self, const char *what)
+{
+    PyObject *mv = self->pending_view;
+    if (mv != NULL) {
+        static PyObject *release_str;
+        PyObject *release = dkpy_getattr(mv, &release_str, "release");
+        PyObject *r = release ? PyObject_CallNoArgs(release) : NULL;
+        Py_XDECREF(release);
+        if (r == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_BufferError)) {
+                return -1;
+            }
+            PyErr_Clear();
+        } else {
+            Py_DECREF(r);
+            Py_CLEAR(self->pending_view);
+        }
+    }
+    RegionObject *region = (RegionObject *)self->pending_region;
+    if (self->pending_view != NULL ||
+        (region != NULL && region->exports > 0)) {
+        PyErr_Format(PyExc_BufferError,
+                     "%s(): a view derived from the frame buffer (a slice, "
+                     "an array) is still alive; release it (del or "
+                     "memoryview.release()) first, so that it cannot "
+                     "write into a published frame",
+                     what);
+        return -1;
+    }
+    Py_CLEAR(self->pending_region);
+    return 0;
+}
+
 /* Revoke the view handed out by get_frame_buffer(), if nothing derived
- * from it still holds it (then it stays: the memory is still mapped). */
+ * from it still holds it (then it stays: the memory is still mapped).
+ * For close(), which cannot refuse. */
 static void
 drop_pending_view(WriterObject *self)
 {
+    Py_CLEAR(self->pending_region);
     PyObject *mv = self->pending_view;
     self->pending_view = NULL;
     if (mv != NULL && Py_REFCNT(mv) > 1) {
@@ -1147,6 +1224,11 @@ Writer_commit_frame(WriterObject *self, PyObject *unused)
 {
     (void)unused;
     if (writer_lock(self) < 0) {
+        return NULL;
+    }
+    if (self->pending_region != NULL && self->core != NULL &&
+        !self->closed && revoke_pending(self, "commit_frame") < 0) {
+        writer_unlock(self);
         return NULL;
     }
     int rc =
@@ -1414,6 +1496,7 @@ Region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
                           !self->writable, flags) < 0) {
         return -1;
     }
+    self->exports++;
     bool reader;
     (*owner_exports(self->owner, &reader))++;
     return 0;
@@ -1423,6 +1506,7 @@ static void
 Region_releasebuffer(RegionObject *self, Py_buffer *view)
 {
     (void)view;
+    self->exports--;
     bool reader;
     (*owner_exports(self->owner, &reader))--;
     if (reader) {

@@ -358,3 +358,113 @@ def test_apply_stops_claiming_work_after_the_first_exception():
     p = subprocess.run([sys.executable, "-c", APPLY_CODE],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "stopped" in p.stdout, p.stderr[-2000:]
+
+
+# ---- 9 and issue 13: views of get_frame_buffer() never outlive their frame ---
+
+def _pair(tag, size=4096):
+    name = unique(tag)
+    r = zb.Reader(name, zb.BufferConfig(0, size))
+    return r, zb.Writer(name)
+
+
+def test_commit_refuses_while_a_slice_of_the_frame_buffer_lives():
+    r, w = _pair("slice")
+    with r, w:
+        buf = w.get_frame_buffer(8)
+        tail = buf[4:]             # shares the view's buffer
+        buf[:] = b"abcdefgh"
+        with pytest.raises(BufferError, match="derived"):
+            w.commit_frame()
+        assert r.read_frame(timeout=0) is None  # nothing was published
+        tail[:] = b"WXYZ"          # still ours: not published yet
+        del tail
+        w.commit_frame()
+        f = r.read_frame(timeout=1)
+        assert bytes(f.data) == b"abcdWXYZ" and f.sequence == 1
+        f.dispose()
+        # Writing through the view after commit is impossible.
+        with pytest.raises(ValueError):
+            buf[0] = 1
+
+
+def test_commit_refuses_while_an_export_of_the_frame_buffer_lives():
+    import ctypes
+    r, w = _pair("export")
+    with r, w:
+        buf = w.get_frame_buffer(8)
+        arr = (ctypes.c_char * 8).from_buffer(buf)  # an export of buf
+        arr.value = b"12345678"
+        with pytest.raises(BufferError):
+            w.commit_frame()
+        del arr
+        w.commit_frame()
+        assert bytes(r.read_frame(timeout=1).data) == b"12345678"
+
+
+def test_stale_slice_cannot_overwrite_later_frames_after_wrap():
+    """The scenario of issue 12 item 9: a slice kept past commit wrote into
+    frames written after the ring wrapped, even one the reader held."""
+    r, w = _pair("wrap", 256)
+    with r, w:
+        buf = w.get_frame_buffer(16)
+        keep = buf[:]
+        buf[:] = b"A" * 16
+        with pytest.raises(BufferError):
+            w.commit_frame()
+        del keep
+        w.commit_frame()
+        for i in range(40):        # wrap the ring several times
+            w.write_frame(bytes([i]) * 40)
+            f = r.read_frame(timeout=1)
+            assert f is not None
+            if i == 0:
+                assert bytes(f.data) == b"A" * 16
+                f.dispose()
+                f = r.read_frame(timeout=1)
+            assert bytes(f.data) == bytes([i]) * 40
+            f.dispose()
+
+
+def test_get_frame_buffer_twice_abandons_the_first_reservation():
+    """zerobuffer-ipc replaces a reservation not yet committed with the
+    next one; so do we: the first view is revoked, its sequence number is
+    reused, no space is lost, and no lock is left held."""
+    r, w = _pair("twice", 1024)
+    with r, w:
+        first = w.get_frame_buffer(100)
+        first[:] = b"1" * 100
+        second = w.get_frame_buffer(4)
+        with pytest.raises(ValueError):
+            first[0] = 0           # revoked
+        second[:] = b"2222"
+        w.commit_frame()
+        f = r.read_frame(timeout=1)
+        assert bytes(f.data) == b"2222" and f.sequence == 1
+        f.dispose()
+        assert r.read_frame(timeout=0) is None
+        # Nothing leaked: the whole ring is still usable, many times over.
+        for i in range(50):
+            seq, v = w.get_frame_buffer_with_sequence(400)
+            v[:] = bytes([i]) * len(v)
+            w.get_frame_buffer(300)[:] = bytes([i]) * 300  # abandons v
+            w.commit_frame()
+            f = r.read_frame(timeout=1)
+            assert f.sequence == seq == i + 2
+            assert bytes(f.data) == bytes([i]) * 300
+            f.dispose()
+        w.write_frame(b"after")    # the writer's lock is free
+        assert bytes(r.read_frame(timeout=1).data) == b"after"
+
+
+def test_get_frame_buffer_twice_refused_while_a_derived_view_lives():
+    r, w = _pair("twice-slice")
+    with r, w:
+        first = w.get_frame_buffer(8)
+        first[:] = b"firstone"
+        piece = first[:4]
+        with pytest.raises(BufferError):
+            w.get_frame_buffer(8)  # would overlap what `piece` can write
+        del piece
+        w.commit_frame()           # the first reservation is still there
+        assert bytes(r.read_frame(timeout=1).data) == b"firstone"
