@@ -63,6 +63,10 @@ SEMAPHORE_PREFIX = "__pyfastipc_sema_"
 _MUTEX_MAGIC = 0x4D555458
 _NAME_MAX = 255
 _PIDS_SUFFIX = ".pids"
+# A segment smaller than asked for, with no live user, is only taken for
+# one being created (fastipc sizes it after creating it, without a lock)
+# while it is younger than this; older, it is stale and reclaimed.
+_SIZING_GRACE_S = 0.25
 
 
 class NoShmFoundError(FileNotFoundError):
@@ -425,8 +429,33 @@ class GuardedSharedMemory:
                 self.reclaimed = True
                 st = os.fstat(fd)
             if st.st_size < size:
-                return False  # a creator has not sized it yet, or too small
+                if (created or others or ours or attach_only
+                        or time.time() - st.st_mtime < _SIZING_GRACE_S):
+                    return False  # a creator has not sized it yet
+                # Too small, and no live process uses it: its creator was
+                # killed before sizing it, or it was truncated. Nobody can
+                # ever attach to it, so reclaim it as a stale one.
+                os.close(fd)
+                fd = -1
+                try:
+                    _posixshmem.shm_unlink(self._posix_name)
+                except FileNotFoundError:
+                    pass
+                try:
+                    fd = self._create(size)
+                except FileExistsError:
+                    return False
+                created = True
+                self.reclaimed = True
+                st = os.fstat(fd)
             self._mmap = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_WRITE)
+        except BaseException:
+            if created:  # undo what this call made
+                try:
+                    _posixshmem.shm_unlink(self._posix_name)
+                except FileNotFoundError:
+                    pass
+            raise
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -459,6 +488,11 @@ class GuardedSharedMemory:
                 raise
             except BaseException:
                 self.detach()
+                if not done:
+                    # A failed create leaves nothing: the segment was
+                    # unlinked above; the .pids directory goes too if it
+                    # is empty (we still hold its lock).
+                    self._rmdir_if_empty()
                 raise
             finally:
                 fcntl.flock(self._dir_fd, fcntl.LOCK_UN)
@@ -583,6 +617,26 @@ class GuardedSharedMemory:
                 self.close()
             except Exception:
                 pass
+        elif not getattr(self, "_closed", True):
+            self._forget()
+
+    def _forget(self):
+        """A handle dropped without cleanup (try_cleanup_on_exit=False):
+        its PID file stays, as asked, but it no longer counts as one of
+        this process's handles, so the close of a later handle of the same
+        name is the process's last (as in fastipc, where registration is
+        per process): it removes the PID file, and the segment and its
+        directory when no live process is left."""
+        self._closed = True
+        with _registry_lock:
+            _open_handles.discard(self)
+            left = _handle_counts.get(self._key, 1) - 1
+            if left > 0:
+                _handle_counts[self._key] = left
+            else:
+                _handle_counts.pop(self._key, None)
+        self.detach()
+        self._close_fds()
 
     def __repr__(self):
         state = "closed" if self._closed else f"size={self._size}"

@@ -468,3 +468,90 @@ def test_get_frame_buffer_twice_refused_while_a_derived_view_lives():
         del piece
         w.commit_frame()           # the first reservation is still there
         assert bytes(r.read_frame(timeout=1).data) == b"firstone"
+
+
+# ---- 10. a too-small named segment with no users is reclaimed ---------------
+
+@pytest.mark.parametrize("left_size", [0, 8])
+def test_named_mutex_segment_left_too_small_is_reclaimed(tmp_path,
+                                                         monkeypatch,
+                                                         left_size):
+    import _posixshmem
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path))
+    name = unique(f"small{left_size}")
+    shm = "/__pyfastipc_mutex_" + name
+    # What a creator killed between shm_open and ftruncate leaves (or a
+    # truncation): a segment too small for a Mutex, and no PID file.
+    fd = _posixshmem.shm_open(shm, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, left_size)
+    os.close(fd)
+    old = os.stat("/dev/shm" + shm).st_mtime - 60
+    os.utime("/dev/shm" + shm, (old, old))
+    try:
+        m = sync.NamedMutex(name)
+        assert m._shm.reclaimed
+        assert m.acquire_ns(0) and m.owner_pid() == os.getpid()
+        m.release()
+        m.close()
+        assert not os.path.exists("/dev/shm" + shm)
+    finally:
+        try:
+            _posixshmem.shm_unlink(shm)
+        except FileNotFoundError:
+            pass
+
+
+def test_a_fresh_unsized_segment_is_left_to_its_creator(tmp_path,
+                                                        monkeypatch):
+    """Younger than the grace period it may be a creator's (fastipc sizes
+    after creating, without a lock): waited for, not reclaimed."""
+    import _posixshmem
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path))
+    name = unique("fresh")
+    shm = "/__pyfastipc_mutex_" + name
+    fd = _posixshmem.shm_open(shm, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        import threading
+        # The "creator" sizes it a moment later.
+        t = threading.Timer(0.05, os.ftruncate, (fd, 64))
+        t.start()
+        m = sync.NamedMutex(name)
+        t.join()
+        assert not m._shm.reclaimed and not m._shm.created
+        m.close()
+    finally:
+        os.close(fd)
+        try:
+            _posixshmem.shm_unlink(shm)
+        except FileNotFoundError:
+            pass
+
+
+# ---- 11. a failed GuardedSharedMemory create leaves nothing ---------------
+
+def test_failed_guarded_shared_memory_create_leaves_nothing(tmp_path):
+    name = unique("huge")
+    with pytest.raises((OSError, OverflowError, MemoryError, ValueError)):
+        sync.GuardedSharedMemory(name, 2**62, pid_dir=str(tmp_path))
+    assert not os.path.exists(f"/dev/shm/{name}")
+    assert os.listdir(tmp_path) == []
+
+
+# ---- issue 13: PID registration is per process ------------------------------
+
+def test_dropped_handle_without_cleanup_does_not_outlive_a_later_close(
+        tmp_path):
+    name = unique("perproc")
+    h1 = sync.GuardedSharedMemory(name, 64, pid_dir=str(tmp_path),
+                                  try_cleanup_on_exit=False)
+    pids = tmp_path / f"{name}.pids"
+    assert os.listdir(pids) == [str(os.getpid())]
+    del h1          # dropped: its PID file stays, as asked
+    import gc
+    gc.collect()
+    assert os.listdir(pids) == [str(os.getpid())]
+    h2 = sync.GuardedSharedMemory(name, 64, pid_dir=str(tmp_path))
+    assert not h2.created
+    h2.close()      # the process's last handle: everything goes
+    assert not pids.exists()
+    assert not os.path.exists(f"/dev/shm/{name}")
