@@ -555,3 +555,288 @@ def test_dropped_handle_without_cleanup_does_not_outlive_a_later_close(
     h2.close()      # the process's last handle: everything goes
     assert not pids.exists()
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+# ---- probes: what was not yet tried ------------------------------------------
+
+def _mode(path):
+    return os.lstat(path).st_mode & 0o7777
+
+
+@pytest.mark.parametrize("mode", [None, 0o666])
+def test_zerobuffer_objects_have_the_mode_asked_for(mode):
+    name = unique(f"mode{mode or 0:o}")
+    kw = {} if mode is None else {"mode": mode}
+    old = os.umask(0o077 if mode else 0o000)  # the mode wins either way
+    try:
+        with zb.Reader(name, zb.BufferConfig(0, 4096), **kw):
+            want = mode or 0o600
+            for path in (f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
+                         f"/dev/shm/sem.sem-r-{name}",
+                         f"/tmp/zerobuffer/{name}.lock"):
+                assert _mode(path) == want, (path, oct(_mode(path)))
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("cls", ["NamedMutex", "NamedEvent",
+                                 "NamedSemaphore", "GuardedSharedMemory"])
+def test_named_sync_objects_have_the_mode_asked_for(tmp_path, monkeypatch,
+                                                    cls):
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path))
+    name = unique(f"mode-{cls}")
+    old = os.umask(0)
+    try:
+        for mode, dmode in ((0o600, 0o700), (0o640, 0o750)):
+            if cls == "GuardedSharedMemory":
+                obj = sync.GuardedSharedMemory(name, 64, mode=mode)
+                shm = name
+            else:
+                obj = getattr(sync, cls)(name, mode=mode)
+                shm = obj._shm.name
+            assert _mode(f"/dev/shm/{shm}") == mode
+            pdir = tmp_path / f"{shm}.pids"
+            assert _mode(pdir) == dmode
+            assert _mode(pdir / str(os.getpid())) == mode
+            obj.close()
+    finally:
+        os.umask(old)
+
+
+def test_symlink_at_dev_shm_name_is_not_followed(tmp_path):
+    name = unique("shmlink")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious" * 512)
+    os.symlink(victim, f"/dev/shm/{name}")
+    try:
+        with pytest.raises(OSError):
+            zb.Writer(name)        # shm_open never follows a symlink
+        # A reader replaces the name (the link, not its target).
+        with zb.Reader(name, zb.BufferConfig(0, 4096)):
+            assert not os.path.islink(f"/dev/shm/{name}")
+        assert victim.read_bytes() == b"precious" * 512
+    finally:
+        if os.path.islink(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")
+
+
+def test_symlinks_inside_the_pid_directory_are_not_followed(tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    name = unique("pidlink")
+    m = sync.NamedMutex(name)
+    pdir = tmp_path / "pids" / f"{m._shm.name}.pids"
+    # A dead "process" entry that is a symlink: pruned as a link (the
+    # target is neither read as a token nor deleted).
+    os.symlink(victim, pdir / "999999")
+    m.close()
+    assert victim.read_bytes() == b"precious"
+    assert not pdir.exists()
+    # An entry under our own pid that is a symlink: never written through.
+    m = sync.NamedMutex(name)
+    os.unlink(pdir / str(os.getpid()))
+    os.symlink(victim, pdir / str(os.getpid()))
+    m2 = None
+    try:
+        with pytest.raises(OSError):
+            m2 = sync.NamedMutex(name)
+    finally:
+        if m2 is not None:
+            m2.close()
+        os.unlink(pdir / str(os.getpid()))
+        m.close()
+    assert victim.read_bytes() == b"precious"
+
+
+DUPLEX_SERVER = """
+import os, sys, time, dispatchkit.zerobuffer as zb
+name = sys.argv[1]
+server = zb.DuplexChannelFactory().create_immutable_server(
+    name, zb.BufferConfig(0, 1 << 16))
+def handler(frame, writer):
+    print("in-handler", flush=True)
+    time.sleep(60)                 # killed here, mid-request
+server.start(handler)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_duplex_server_killed_mid_request_client_is_told():
+    name = unique("duplex-kill")
+    p = subprocess.Popen([sys.executable, "-c", DUPLEX_SERVER, name],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        client = zb.DuplexChannelFactory().create_client(name)
+        client.send_request(b"work")
+        assert p.stdout.readline().strip() == "in-handler"
+        p.kill()
+        p.wait(30)
+        # No hang, no crash: an invalid response or a dead-peer error.
+        try:
+            resp = client.receive_response(3000)
+            assert not resp.is_valid
+        except zb.ZeroBufferException:
+            pass
+        assert not client.is_server_connected
+        with pytest.raises(zb.ZeroBufferException):
+            for _ in range(1000):  # the request ring fills or the dead
+                client.send_request(b"x" * 1000)  # reader is noticed
+        client.close()
+    finally:
+        p.kill()
+        p.wait()
+        for suffix in ("_request", "_response"):
+            for path in (f"/dev/shm/{name}{suffix}",
+                         f"/dev/shm/sem.sem-w-{name}{suffix}",
+                         f"/dev/shm/sem.sem-r-{name}{suffix}",
+                         f"/tmp/zerobuffer/{name}{suffix}.lock"):
+                if os.path.lexists(path):
+                    os.unlink(path)
+
+
+FORK_BUSY = """
+import os, time, dispatchkit as dk
+q = dk.Queue("busy", concurrent=True)
+gate = dk.Semaphore(0)
+for _ in range(8):
+    q.run_async(lambda: gate.wait(30))     # the pool is busy
+time.sleep(0.1)
+pid = os.fork()
+if pid == 0:
+    out = []
+    dk.apply(100, lambda i: out.append(i))
+    c = dk.Queue("child")
+    c.run_sync(lambda: out.append(-1))
+    g = dk.Group()
+    g.run_async(dk.Queue.global_queue(), lambda: out.append(-2))
+    assert g.wait(10)
+    os._exit(0 if len(out) == 102 else 3)
+_, status = os.waitpid(pid, 0)
+for _ in range(8):
+    gate.signal()
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_of_a_busy_pool_gives_the_child_a_working_runtime():
+    p = subprocess.run([sys.executable, "-c", FORK_BUSY],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "child 0" in p.stdout, p.stderr[-2000:]
+
+
+SIGINT_WAIT = {
+    "read_frame": """
+        import dispatchkit.zerobuffer as zb
+        r = zb.Reader("dk-sigint-%d" % os.getpid(), zb.BufferConfig(0, 4096))
+        print("waiting", flush=True)
+        r.read_frame(timeout=120)
+    """,
+    "Mutex.acquire": """
+        import threading, dispatchkit.sync as sync
+        m = sync.Mutex(bytearray(64), shared=False)
+        t = threading.Thread(target=m.acquire); t.start(); t.join()
+        print("waiting", flush=True)
+        m.acquire()
+    """,
+}
+
+
+@pytest.mark.parametrize("what", sorted(SIGINT_WAIT))
+def test_sigint_interrupts_the_wait(what):
+    import signal
+    code = "import os\ntry:\n" + textwrap.indent(
+        textwrap.dedent(SIGINT_WAIT[what]), "    ") + \
+        "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n"
+    p = subprocess.Popen([sys.executable, "-c", code],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "waiting"
+        import time
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+        assert "interrupted" in out and p.returncode == 0
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _rss_and_fds():
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return rss, len(os.listdir("/proc/self/fd"))
+
+
+def _loop_zb():
+    name = unique("loop")
+    r = zb.Reader(name, zb.BufferConfig(0, 4096))
+    w = zb.Writer(name)
+    w.write_frame(b"x")
+    r.read_frame(timeout=1).dispose()
+    w.close()
+    r.close()
+
+
+def _loop_queue():
+    import dispatchkit as dk
+    q = dk.Queue("loop")
+    q.run_sync(lambda: None)
+    g = dk.Group()
+    g.run_async(q, lambda: None)
+    g.wait(10)
+    dk.Semaphore(1).wait(0)
+
+
+def _loop_timer():
+    import dispatchkit as dk
+    t = dk.Timer(10.0, lambda: None)
+    t.cancel()
+
+
+def _loop_named():
+    for cls in (sync.NamedMutex, sync.NamedEvent, sync.NamedSemaphore):
+        cls(unique("loopn")).close()
+
+
+def _loop_guarded():
+    sync.GuardedSharedMemory(unique("loopg"), 64).close()
+
+
+def _loop_mutex():
+    buf = bytearray(128)
+    m = sync.Mutex(memoryview(buf)[:64], shared=False)
+    m.acquire()
+    m.release()
+    s = sync.Semaphore(memoryview(buf)[64:], 1, shared=False)
+    s.wait(False)
+    del m, s
+
+
+LOOPS = {"zerobuffer": _loop_zb, "queue_group_sem": _loop_queue,
+         "timer": _loop_timer, "named_sync": _loop_named,
+         "guarded_shm": _loop_guarded, "mutex_semaphore": _loop_mutex}
+
+
+@pytest.mark.parametrize("what", sorted(LOOPS))
+def test_ten_thousand_create_drop_loops_keep_rss_and_fds_flat(
+        what, tmp_path, monkeypatch):
+    import gc
+    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path))
+    fn = LOOPS[what]
+    for _ in range(1000):
+        fn()
+    gc.collect()
+    rss0, fds0 = _rss_and_fds()
+    for _ in range(10_000):
+        fn()
+    gc.collect()
+    rss1, fds1 = _rss_and_fds()
+    print(f"{what}: rss {rss1 - rss0:+d} bytes, fds {fds1 - fds0:+d}")
+    assert fds1 <= fds0
+    # One leaked 64-byte block per loop would be 640 KB; allow allocator
+    # noise below that.
+    assert rss1 - rss0 < 512 * 1024, rss1 - rss0

@@ -492,6 +492,10 @@ dk__lock_acquire(const char *name, unsigned mode, int *fd)
             close(f);
             return -EPERM;
         }
+        /* The mode asked for, whatever the umask (as for the segment). */
+        if ((a.st_mode & 07777) != (mode_t)mode) {
+            fchmod(f, (mode_t)mode);
+        }
         /* A stale-lock sweep by another reader may have unlinked the path
          * between our open and flock: then we hold a lock on an orphan
          * inode that nobody else will see. Check and retry. */
