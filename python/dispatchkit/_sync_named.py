@@ -44,6 +44,7 @@ import random
 import stat
 import threading
 import time
+import typing
 import weakref
 
 import _posixshmem
@@ -66,7 +67,7 @@ _PIDS_SUFFIX = ".pids"
 # A segment smaller than asked for, with no live user, is only taken for
 # one being created (fastipc sizes it after creating it, without a lock)
 # while it is younger than this; older, it is stale and reclaimed.
-_SIZING_GRACE_S = 0.25
+_SIZING_GRACE_S: float = 0.25
 
 
 class NoShmFoundError(FileNotFoundError):
@@ -620,7 +621,7 @@ class GuardedSharedMemory:
         elif not getattr(self, "_closed", True):
             self._forget()
 
-    def _forget(self):
+    def _forget(self) -> None:
         """A handle dropped without cleanup (try_cleanup_on_exit=False):
         its PID file stays, as asked, but it no longer counts as one of
         this process's handles, so the close of a later handle of the same
@@ -648,10 +649,10 @@ class _ClosedPrimitive:
     clear ValueError (as a closed file does) instead of an AttributeError
     about None."""
 
-    def __init__(self, owner):
+    def __init__(self, owner: "_Named") -> None:
         self._what = f"{type(owner).__name__}({owner.name!r})"
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> "typing.NoReturn":
         raise ValueError(f"{self._what} is closed")
 
 
