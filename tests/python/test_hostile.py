@@ -837,6 +837,8 @@ def test_ten_thousand_create_drop_loops_keep_rss_and_fds_flat(
     rss1, fds1 = _rss_and_fds()
     print(f"{what}: rss {rss1 - rss0:+d} bytes, fds {fds1 - fds0:+d}")
     assert fds1 <= fds0
+    if os.environ.get("DK_SANITIZER_RUN") == "1":
+        return  # ASan's quarantine holds freed memory: RSS says nothing
     # One leaked 64-byte block per loop would be 640 KB; allow allocator
     # noise below that.
     assert rss1 - rss0 < 512 * 1024, rss1 - rss0
