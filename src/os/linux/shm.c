@@ -341,7 +341,13 @@ dk__nsem_create(const char *sem_name, unsigned mode, sem_t **out)
              * user, so set the requested mode on the backing file. */
             char file[320];
             snprintf(file, sizeof file, "/dev/shm/sem.%s", sem_name);
-            chmod(file, (mode_t)mode);
+            /* Through an O_NOFOLLOW descriptor: chmod() on the path would
+             * follow a symlink swapped in meanwhile. */
+            int f = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            if (f >= 0) {
+                fchmod(f, (mode_t)mode);
+                close(f);
+            }
             *out = s;
             return 0;
         }
