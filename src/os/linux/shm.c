@@ -124,10 +124,35 @@ not_ours:
     errno = saved;
 }
 
+static void guard_prefork(void);
+static void guard_postfork(void);
+
+static void
+guard_register_atfork(void)
+{
+    pthread_atfork(guard_prefork, guard_postfork, guard_postfork);
+}
+
+/* A fork while another thread holds guard_lock would leave it held in
+ * the child: take it around fork. */
+static void
+guard_prefork(void)
+{
+    pthread_mutex_lock(&guard_lock);
+}
+
+static void
+guard_postfork(void)
+{
+    pthread_mutex_unlock(&guard_lock);
+}
+
 /* Register [base, base + len). 0 or -ENOMEM. */
 static int
 guard_add(void *base, size_t len)
 {
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&atfork_once, guard_register_atfork);
     pthread_mutex_lock(&guard_lock);
     if (!guard_installed) {
         guard_page_mask = ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
