@@ -64,7 +64,7 @@ struct dk_zb_reader_s {
     uint8_t *meta;
     uint8_t *ring;
     const uint32_t *faulted; /* the truncation guard's flag, see shm.h */
-    uint64_t msize; /* M and P as we created them: never re-read */
+    uint64_t msize;          /* M and P as we created them: never re-read */
     uint64_t psize;
     /* Owned by the reader; the OIEB copies are for the peers only. */
     uint64_t read_pos;

@@ -1560,7 +1560,7 @@ static PyType_Spec Once_spec = {
 struct apply_call {
     PyObject *func;
     PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    uint32_t stop; /* atomic: read without the GIL */
+    uint32_t stop;                           /* atomic: read without the GIL */
 };
 
 /* One range of apply(): false after the first exception (or at

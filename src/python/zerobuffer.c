@@ -845,9 +845,9 @@ typedef struct {
     PyObject_HEAD
     dk_zb_writer_t *core;
     PyObject *name;
-    PyThread_type_lock lock; /* one writing thread at a time */
-    double write_timeout;    /* seconds */
-    PyObject *pending_view;  /* the memoryview of get_frame_buffer() */
+    PyThread_type_lock lock;  /* one writing thread at a time */
+    double write_timeout;     /* seconds */
+    PyObject *pending_view;   /* the memoryview of get_frame_buffer() */
     PyObject *pending_region; /* its exporter (a RegionObject) */
     Py_ssize_t exports;
     Py_ssize_t busy;
@@ -1111,8 +1111,7 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
      * zerobuffer-ipc does; its view is revoked first, and if a view
      * derived from it is still alive the new reservation (which may
      * start at the same ring bytes) is refused instead. */
-    if (self->pending_region != NULL && self->core != NULL &&
-        !self->closed) {
+    if (self->pending_region != NULL && self->core != NULL && !self->closed) {
         if (revoke_pending(self, "get_frame_buffer") < 0) {
             writer_unlock(self);
             return NULL;
@@ -1226,8 +1225,8 @@ Writer_commit_frame(WriterObject *self, PyObject *unused)
     if (writer_lock(self) < 0) {
         return NULL;
     }
-    if (self->pending_region != NULL && self->core != NULL &&
-        !self->closed && revoke_pending(self, "commit_frame") < 0) {
+    if (self->pending_region != NULL && self->core != NULL && !self->closed &&
+        revoke_pending(self, "commit_frame") < 0) {
         writer_unlock(self);
         return NULL;
     }
