@@ -311,7 +311,7 @@ dk__shm_open(const char *name, size_t min_size, void **base, size_t *size,
         return -EINVAL;
     }
     size_t len = (size_t)st.st_size;
-    void *p;
+    void *p = NULL;
     rc = map_guarded(f, len, &p);
     if (rc < 0) {
         close(f);
