@@ -196,21 +196,40 @@ took_lock(dk_shm_mutex_t *m)
 }
 
 /*
+ * How long this thread has watched a held lock with no owner recorded.
+ * It lives in the thread, not in one dk_shm_mutex_lock call: callers that
+ * wait in slices (the Python binding waits 100 ms at a time, to run signal
+ * handlers in between) call again and again, and with a per-call timer no
+ * slice ever reached ORPHAN_AFTER_NS, so such a lock was never recovered
+ * (a holder killed between the two stores of its unlock timed out every
+ * waiter). Watching stops counting after a gap of ORPHAN_GAP_NS without
+ * a look.
+ */
+#define ORPHAN_GAP_NS (10 * LIVENESS_SLICE_NS)
+static _Thread_local struct {
+    const dk_shm_mutex_t *m;
+    uint64_t since;
+    uint64_t last;
+} orphan_watch;
+
+/*
  * The lock is held but may have been abandoned: take it over if its owner
  * process is gone (returns true; the state word never went back to 0, so
  * we simply become the holder). Several waiters may find the same dead
  * owner: the CAS on owner_pid elects one. A held lock with no owner
  * recorded for ORPHAN_AFTER_NS means a holder died between its state CAS
- * and its owner store (a live acquirer fills the owner in within
- * nanoseconds); *orphan_since times that.
+ * and its owner store, or between the owner and state stores of its
+ * unlock (a live holder fills the owner in, or frees the state, within
+ * nanoseconds); orphan_watch times that.
  */
 static bool
-take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
-                       uint64_t *orphan_since)
+take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now)
 {
     uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
     if (owner != 0) {
-        *orphan_since = 0;
+        if (orphan_watch.m == m) {
+            orphan_watch.m = NULL;
+        }
         if (!dk__os_process_gone(owner) ||
             !dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
             return false;
@@ -219,15 +238,19 @@ take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
         if (dk_atomic_load_relaxed(&m->state) == 0) {
             return false;
         }
-        if (*orphan_since == 0) {
-            *orphan_since = now;
+        if (orphan_watch.m != m || now - orphan_watch.last > ORPHAN_GAP_NS) {
+            orphan_watch.m = m;
+            orphan_watch.since = now;
+            orphan_watch.last = now;
             return false;
         }
+        orphan_watch.last = now;
         uint32_t zero = 0;
-        if (now - *orphan_since < ORPHAN_AFTER_NS ||
+        if (now - orphan_watch.since < ORPHAN_AFTER_NS ||
             !dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
             return false;
         }
+        orphan_watch.m = NULL;
     }
     dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
     stamp(m);
@@ -275,7 +298,6 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
             break; /* waiters are sleeping: queue up behind them */
         }
     }
-    uint64_t orphan_since = 0;
     bool slept_a_slice = false;
     for (;;) {
         /* Announce a waiter (2); whoever releases will wake us. */
@@ -289,7 +311,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
          * more before giving up, so any positive timeout can recover a
          * lock whose holder died. */
         if ((slept_a_slice || expired) &&
-            take_over_if_abandoned(m, me, now, &orphan_since)) {
+            take_over_if_abandoned(m, me, now)) {
             return 1;
         }
         if (expired) {
