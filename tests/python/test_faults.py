@@ -613,16 +613,19 @@ def test_sigbus_outside_a_segment_still_kills():
         # The sanitizer run: no ASan SIGBUS handler (it would be the
         # "previous handler" and report this deliberate fault).
         env["ASAN_OPTIONS"] = "detect_leaks=0:handle_sigbus=0"
-    rc, out, err = run_victim(env=env, code="""
-        import mmap, os, tempfile, dispatchkit.zerobuffer as zb
-        r = zb.Reader("dk-sigbus-other-%d" % os.getpid(),
-                      zb.BufferConfig(0, 4096))   # installs the guard
-        with tempfile.TemporaryFile() as f:
-            f.truncate(8192)
-            m = mmap.mmap(f.fileno(), 8192)
-            f.truncate(0)
-            m[5000]
-        """)
+    name = f"dk-sigbus-other-{os.getpid()}"
+    try:
+        rc, out, err = run_victim(env=env, code=f"""
+            import mmap, os, tempfile, dispatchkit.zerobuffer as zb
+            r = zb.Reader("{name}", zb.BufferConfig(0, 4096))  # the guard
+            with tempfile.TemporaryFile() as f:
+                f.truncate(8192)
+                m = mmap.mmap(f.fileno(), 8192)
+                f.truncate(0)
+                m[5000]
+            """)
+    finally:
+        unlink_buffer(name)  # the victim died with its reader open
     assert rc == -7, (rc, err[-2000:])  # SIGBUS
 
 
