@@ -21,6 +21,7 @@ struct apply {
     void *ctx;
     dk_apply_function_t fn;
     dk_apply_range_function_t range_fn;
+    dk_apply_range_while_function_t while_fn;
 };
 
 static void
@@ -28,6 +29,19 @@ apply_unref(struct apply *a)
 {
     if (dk_atomic_sub_acq_rel(&a->refcnt, 1) == 1) {
         free(a);
+    }
+}
+
+/* Count `count` iterations as finished; the one that finishes the loop
+ * wakes the caller. */
+static void
+apply_finish(struct apply *a, size_t count)
+{
+    /* Release: the iterations happen before the caller's return. */
+    size_t done = dk_atomic_add_acq_rel(&a->completed, count);
+    if (done + count == a->n) {
+        dk_atomic_store_release(&a->done, 1);
+        dk__os_futex_wake(&a->done, 1, false);
     }
 }
 
@@ -40,19 +54,27 @@ apply_work(struct apply *a)
             return;
         }
         size_t end = begin + a->chunk < a->n ? begin + a->chunk : a->n;
-        if (a->range_fn != NULL) {
+        bool go_on = true;
+        if (a->while_fn != NULL) {
+            go_on = a->while_fn(a->ctx, begin, end);
+        } else if (a->range_fn != NULL) {
             a->range_fn(a->ctx, begin, end);
         } else {
             for (size_t i = begin; i < end; i++) {
                 a->fn(a->ctx, i);
             }
         }
-        /* Release: the iterations happen before the caller's return. */
-        size_t done = dk_atomic_add_acq_rel(&a->completed, end - begin);
-        if (done + (end - begin) == a->n) {
-            dk_atomic_store_release(&a->done, 1);
-            dk__os_futex_wake(&a->done, 1, false);
+        if (!go_on) {
+            /* Stop claiming: move `next` to the end at once and count
+             * what nobody claimed yet as finished. Chunks already claimed
+             * finish (and are counted) as usual, so the total still
+             * reaches n exactly once. */
+            size_t old = dk_atomic_xchg_relaxed(&a->next, a->n);
+            if (old < a->n) {
+                apply_finish(a, a->n - old);
+            }
         }
+        apply_finish(a, end - begin);
     }
 }
 
@@ -69,12 +91,17 @@ struct serial_apply {
     void *ctx;
     dk_apply_function_t fn;
     dk_apply_range_function_t range_fn;
+    dk_apply_range_while_function_t while_fn;
 };
 
 static void
 serial_apply_run(void *p)
 {
     struct serial_apply *s = p;
+    if (s->while_fn != NULL) {
+        (void)s->while_fn(s->ctx, 0, s->n);
+        return;
+    }
     if (s->range_fn != NULL) {
         s->range_fn(s->ctx, 0, s->n);
         return;
@@ -86,7 +113,8 @@ serial_apply_run(void *p)
 
 static int
 apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
-             dk_apply_range_function_t range_fn)
+             dk_apply_range_function_t range_fn,
+             dk_apply_range_while_function_t while_fn)
 {
     if (n == 0) {
         return 0;
@@ -95,7 +123,7 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
         q = dk__default_root();
     }
     if (q->type == DK_Q_SERIAL || q->type == DK_Q_MAIN) {
-        struct serial_apply s = {n, ctx, fn, range_fn};
+        struct serial_apply s = {n, ctx, fn, range_fn, while_fn};
         return dk_queue_sync_f(q, &s, serial_apply_run);
     }
     unsigned ncpu = dk__pool_ncpu();
@@ -125,6 +153,7 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
     a->ctx = ctx;
     a->fn = fn;
     a->range_fn = range_fn;
+    a->while_fn = while_fn;
     for (size_t i = 0; i < helpers; i++) {
         if (dk_queue_async_f(q, a, apply_helper) < 0) {
             /* The caller does that helper's share. Its own reference keeps
@@ -141,12 +170,19 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
 int
 dk_apply_f(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn)
 {
-    return apply_common(n, q, ctx, fn, NULL);
+    return apply_common(n, q, ctx, fn, NULL, NULL);
 }
 
 int
 dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
                  dk_apply_range_function_t fn)
 {
-    return apply_common(n, q, ctx, NULL, fn);
+    return apply_common(n, q, ctx, NULL, fn, NULL);
+}
+
+int
+dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
+                       dk_apply_range_while_function_t fn)
+{
+    return apply_common(n, q, ctx, NULL, NULL, fn);
 }

@@ -73,6 +73,23 @@ _Static_assert(_Alignof(dk_shm_semaphore_t) == 4, "sem: 4-byte aligned");
  * released the GIL, so the spin delays nobody in its process. */
 #define SPIN_BUDGET_NS 20000ull
 
+/* Whether a spin of i attempts so far should stop: past the deadline
+ * (for a try, deadline 0, past a budget of SPIN_BUDGET_NS from its
+ * start), checked on the vDSO clock every 64 attempts. The deadline
+ * bounds the whole call, however large the caller's spin count. */
+static bool
+spin_expired(int i, uint64_t deadline, uint64_t *limit)
+{
+    if (i % 64 != 63) {
+        return false;
+    }
+    uint64_t now = dk__os_monotonic_ns();
+    if (*limit == 0) {
+        *limit = deadline != 0 ? deadline : now + SPIN_BUDGET_NS;
+    }
+    return now >= *limit;
+}
+
 static int
 other_cpus(void)
 {
@@ -261,7 +278,8 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         dk_atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
         return -EDEADLK;
     }
-    for (int i = 0; i < spin; i++) {
+    uint64_t limit = 0;
+    for (int i = 0; i < spin && !spin_expired(i, deadline, &limit); i++) {
         dk_cpu_relax();
         s = 0;
         if (dk_atomic_load_relaxed(&m->state) == 0 &&
@@ -318,13 +336,18 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
 int
 dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
 {
-    /* We hold it if our pid is the owner, or if our thread id is: a
-     * fastipc process releasing just before we acquired can clear the pid
-     * after we wrote it (its defect F2), but never touches the thread id,
-     * which only the holder sets and clears. */
-    if (!force &&
-        dk_atomic_load_relaxed(&m->owner_pid) != (uint32_t)dk__os_pid() &&
-        dk_atomic_load_relaxed(&m->owner_tid) != (uint32_t)dk__os_tid()) {
+    /* Ownership is per thread: when a thread id is recorded (every lock
+     * of ours records one), only that thread may unlock, so another
+     * thread of the holder's process cannot end its mutual exclusion
+     * behind its back. With none recorded (a fastipc holder, which does
+     * not write +0x18), the pid decides, as in fastipc. The thread id
+     * also covers fastipc's defect F2: a fastipc process releasing just
+     * before we acquired can clear the pid after we wrote it, but never
+     * touches the thread id, which only the holder sets and clears. */
+    uint32_t tid = dk_atomic_load_relaxed(&m->owner_tid);
+    if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid()
+                            : dk_atomic_load_relaxed(&m->owner_pid) !=
+                                  (uint32_t)dk__os_pid())) {
         return -EPERM;
     }
     dk_atomic_store_relaxed(&m->owner_tid, 0);
@@ -386,7 +409,8 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
     if (try_take(s)) {
         return 0;
     }
-    for (int i = 0; i < spin; i++) {
+    uint64_t limit = 0;
+    for (int i = 0; i < spin && !spin_expired(i, deadline, &limit); i++) {
         dk_cpu_relax();
         if (try_take(s)) {
             return 0;

@@ -438,7 +438,10 @@ dk__source_signals_pending(void)
 static bool
 valid_signal(uintptr_t sig)
 {
-    return sig > 0 && sig < DK_NSIG && sig != SIGKILL && sig != SIGSTOP;
+    /* Fault signals are refused: a handler that returns re-runs the
+     * faulting instruction, so a crash would become a hang. */
+    return sig > 0 && sig < DK_NSIG && sig != SIGKILL && sig != SIGSTOP &&
+           sig != SIGSEGV && sig != SIGBUS && sig != SIGFPE && sig != SIGILL;
 }
 
 static int

@@ -69,7 +69,8 @@ struct dk_zb_reader_s {
     dk_zb_oieb_t *oieb;
     uint8_t *meta;
     uint8_t *ring;
-    uint64_t msize; /* M and P as we created them: never re-read */
+    const uint32_t *faulted; /* the truncation guard's flag, see shm.h */
+    uint64_t msize;          /* M and P as we created them: never re-read */
     uint64_t psize;
     /* Owned by the reader; the OIEB copies are for the peers only. */
     uint64_t read_pos;
@@ -99,6 +100,7 @@ struct dk_zb_writer_s {
     dk_zb_oieb_t *oieb;
     uint8_t *meta;
     uint8_t *ring;
+    const uint32_t *faulted; /* the truncation guard's flag, see shm.h */
     uint64_t msize;
     uint64_t psize;
     uint64_t wpos; /* ring offset of the next header, < P */
@@ -344,6 +346,20 @@ dk_zb_segment_check(const void *seg, size_t len, uint64_t max_frames,
     return (int64_t)n;
 }
 
+/* Whether the segment's file was shrunk under our mapping: the guard
+ * replaced the lost pages with zeros, so nothing read or written there
+ * since means anything. Sets the error message. */
+static bool
+truncated(const uint32_t *faulted, dk_zb_error_t *err)
+{
+    if (faulted == NULL || dk_atomic_load_relaxed(faulted) == 0) {
+        return false;
+    }
+    set_error(err, "the shared memory segment was truncated by another "
+                   "process: the buffer is broken");
+    return true;
+}
+
 /* ---- reader ------------------------------------------------------------ */
 
 static void
@@ -452,6 +468,7 @@ dk_zb_reader_create(const char *name, uint64_t metadata_size,
         goto fail_sem;
     }
     r->base = base;
+    r->faulted = dk__shm_fault_flag(base);
     r->oieb = base;
     r->meta = r->base + DK_ZB_OIEB_SIZE;
     r->ring = r->meta + msize;
@@ -558,6 +575,9 @@ pend_drain(dk_zb_reader_t *r)
 static int
 reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
+    if (truncated(r->faulted, &r->err)) {
+        return -EPROTO;
+    }
     int rc = check_oieb(r->oieb, r->msize, r->psize, &r->err);
     if (rc < 0) {
         return rc;
@@ -573,6 +593,20 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
         if (rc == 0) {
             r->expected = 1;
+        }
+    }
+    if (rc == 0) {
+        /* Touch every page of the frame now, so that pages lost to a
+         * truncation are found before the frame is handed out rather
+         * than read as zeros by the caller. */
+        const volatile uint8_t *d = r->ring + f.pos;
+        uint64_t n = DK_ZB_HEADER_SIZE + f.size;
+        for (uint64_t i = 0; i < n; i += 4096) {
+            (void)d[i];
+        }
+        (void)d[n - 1];
+        if (truncated(r->faulted, &r->err)) {
+            rc = -EPROTO; /* what we parsed may be the guard's zeros */
         }
     }
     if (rc < 0) {
@@ -640,6 +674,9 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
     if (dk_atomic_load_relaxed(&r->closed)) {
         return -EBADF;
     }
+    if (truncated(r->faulted, &r->err)) {
+        return -EPROTO;
+    }
     int rc = dk__nsem_trywait(r->sem_w);
     if (rc < 0 && deadline != 0) {
         for (int i = 0; i < SPIN_TRIES && rc < 0; i++) {
@@ -660,6 +697,9 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
             if (rc == -EINTR) {
                 return -EINTR;
             }
+            if (rc < 0 && truncated(r->faulted, &r->err)) {
+                return -EPROTO;
+            }
             if (rc < 0 && writer_gone(r)) {
                 /* A token may have arrived just before the writer died. */
                 if (dk__nsem_trywait(r->sem_w) == 0) {
@@ -671,6 +711,9 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
         }
     }
     if (rc < 0 && dk__nsem_trywait(r->sem_w) < 0) {
+        if (truncated(r->faulted, &r->err)) {
+            return -EPROTO;
+        }
         return writer_gone(r) ? -EPIPE : -ETIMEDOUT;
     }
     return reader_consume(r, frame);
@@ -681,6 +724,9 @@ dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
     if (dk_atomic_load_relaxed(&r->closed)) {
         return -EBADF;
+    }
+    if (truncated(r->faulted, &r->err)) {
+        return -EPROTO;
     }
     if (dk__nsem_trywait(r->sem_w) < 0) {
         return -EAGAIN;
@@ -825,6 +871,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
         goto fail;
     }
     w->base = base;
+    w->faulted = dk__shm_fault_flag(base);
     w->oieb = base;
     dk_zb_oieb_t *o = w->oieb;
     /* Pairs with the reader's release store of reader_pid: once we see
@@ -972,6 +1019,9 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
     if (size == 0) {
         return -EINVAL;
     }
+    if (truncated(w->faulted, &w->err)) {
+        return -EPROTO;
+    }
     if (size > w->psize - DK_ZB_HEADER_SIZE) {
         return -EMSGSIZE;
     }
@@ -1019,6 +1069,9 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
             return -EPIPE;
         }
     }
+    if (truncated(w->faulted, &w->err)) {
+        return -EPROTO;
+    }
     if (wrap) {
         uint64_t to_end = w->psize - w->wpos;
         if (to_end >= DK_ZB_HEADER_SIZE) {
@@ -1047,10 +1100,19 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
     if (!w->pending || dk_atomic_load_relaxed(&w->closed)) {
         return -EINVAL;
     }
+    if (truncated(w->faulted, &w->err)) {
+        /* The frame's bytes went to the guard's pages, not the ring. */
+        w->pending = false;
+        return -EPROTO;
+    }
     uint64_t size = w->pending_size;
     uint64_t total = DK_ZB_HEADER_SIZE + size;
     uint64_t hdr[2] = {size, w->seq};
     memcpy(w->ring + w->wpos, hdr, sizeof hdr);
+    if (truncated(w->faulted, &w->err)) {
+        w->pending = false; /* the header itself hit a lost page */
+        return -EPROTO;
+    }
     dk_atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
     w->wpos += total;
     if (w->wpos == w->psize) {

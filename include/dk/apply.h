@@ -22,6 +22,16 @@ DK_EXPORT int dk_apply_f(size_t n, dk_queue_t *q, void *ctx,
 DK_EXPORT int dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
                                dk_apply_range_function_t fn);
 
+/* Like dk_apply_range_f, but fn returns false to stop the loop: no range
+ * not yet handed out is handed out afterwards (ranges already running
+ * finish), so an error in one call ends the loop at once rather than
+ * after every remaining range. On a serial queue fn gets one range, the
+ * whole loop. Same returns as dk_apply_f. */
+typedef bool (*dk_apply_range_while_function_t)(void *ctx, size_t begin,
+                                                size_t end);
+DK_EXPORT int dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
+                                     dk_apply_range_while_function_t fn);
+
 DK_END_DECLS
 
 #endif /* DK_APPLY_H */

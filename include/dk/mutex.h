@@ -74,21 +74,25 @@ DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
  * -EINTR (a signal arrived while waiting; interruptible only: the caller
  * runs its handlers and calls again with the same deadline), -EDEADLK
  * (the calling thread already holds it). deadline 0 = try (spin times,
- * then give up; no liveness check, no syscall). With a deadline, a holder
- * whose process no longer exists is detected after 50 ms without a
- * wake-up, and once more at the deadline, so any positive timeout
- * recovers an abandoned lock. spin: CAS attempts before sleeping.
+ * for at most 20 us, then give up; no liveness check, no syscall). With a
+ * deadline, a holder whose process no longer exists is detected after
+ * 50 ms without a wake-up, and once more at the deadline, so any positive
+ * timeout recovers an abandoned lock. spin: CAS attempts before sleeping;
+ * the spin stops at the deadline, however large the count.
  * Ownership is per thread: another thread of the holder's process blocks
  * like any other process.
  */
 DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
                                 bool shared, int spin, bool interruptible);
 /* Unlock and wake one sleeper if any announced itself. Returns 0, or
- * -EPERM when neither the calling process (fastipc's rule) nor the calling
- * thread holds it; force unlocks whoever holds it (crash recovery). */
+ * -EPERM when the calling thread does not hold it (another thread of the
+ * holder's process included; a holder that recorded no thread id, such
+ * as a fastipc process, is matched by pid, fastipc's rule); force unlocks
+ * whoever holds it (crash recovery). */
 DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force);
 
-/* Take one unit: 0, -ETIMEDOUT, -EINTR (interruptible). */
+/* Take one unit: 0, -ETIMEDOUT, -EINTR (interruptible). spin as for
+ * dk_shm_mutex_lock: bounded by the deadline (a try: by 20 us). */
 DK_EXPORT int dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline,
                                     bool shared, int spin, bool interruptible);
 /* Add n units and wake that many waiters. fastipc_compat also wakes on

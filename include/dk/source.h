@@ -28,7 +28,9 @@
  * the signal even when its disposition was SIG_IGN, chains to a previous
  * handler function (so Python's signal handlers still run), and restores
  * the previous disposition when the last source for that signal is
- * cancelled. SIGKILL and SIGSTOP cannot be caught (EINVAL). A process
+ * cancelled. SIGKILL and SIGSTOP cannot be caught, and the fault signals
+ * SIGSEGV, SIGBUS, SIGFPE and SIGILL are refused (a handler that returns
+ * re-runs the faulting instruction forever): EINVAL. A process
  * source watches a pidfd: only DK_PROC_EXIT is delivered (fork, exec and
  * signal events need privileges Linux does not give an ordinary process);
  * the other bits are accepted and never set.

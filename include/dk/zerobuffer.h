@@ -19,7 +19,11 @@
  *
  * Every offset and size read from the segment is bounds-checked before
  * use: a hostile or corrupted segment gives -EPROTO (or -EILSEQ), never an
- * access outside the mapping.
+ * access outside the mapping. A segment truncated under a live mapping
+ * (by any process allowed to write it) does not raise SIGBUS: the lost
+ * pages are replaced with zeros and every later read, acquire or commit
+ * gives -EPROTO. Creation allocates the segment's pages, so a full
+ * /dev/shm gives -ENOSPC there.
  */
 #ifndef DK_ZEROBUFFER_H
 #define DK_ZEROBUFFER_H
@@ -100,7 +104,11 @@ DK_EXPORT int dk_zb_name_check(const char *name);
  * crashed under the same name is replaced (its segment is marked
  * reader-less first, so its writer gets -EPIPE). Returns 0, -EINVAL
  * (name or sizes), -ENAMETOOLONG, -EEXIST (a live reader owns NAME),
- * -ENOMEM, or the -errno of shm_open/sem_open/open (-EACCES, -EMFILE...).
+ * -ENOMEM, -ENOSPC (no room for the segment in /dev/shm), -EPERM (the
+ * lock directory /tmp/zerobuffer is not owned by root or us, or is
+ * writable by others without the sticky bit, or NAME.lock is a symlink or
+ * not a regular file of ours), or the -errno of shm_open/sem_open/open
+ * (-EACCES, -EMFILE...).
  */
 DK_EXPORT int dk_zb_reader_create(const char *name, uint64_t metadata_size,
                                   uint64_t payload_size, unsigned mode,
@@ -185,7 +193,8 @@ DK_EXPORT int dk_zb_writer_set_metadata(dk_zb_writer_t *w, const void *data,
 DK_EXPORT int dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size,
                                    uint64_t deadline, void **buf,
                                    uint64_t *sequence) DK_WARN_UNUSED;
-/* Publish the reserved frame. 0 or -EINVAL (nothing reserved). */
+/* Publish the reserved frame. 0, -EINVAL (nothing reserved) or -EPROTO
+ * (the segment was truncated under us: the frame is dropped). */
 DK_EXPORT int dk_zb_writer_commit(dk_zb_writer_t *w);
 /* Drop the reserved frame unpublished. 0 or -EINVAL. */
 DK_EXPORT int dk_zb_writer_cancel(dk_zb_writer_t *w);

@@ -45,6 +45,7 @@ import random
 import stat
 import threading
 import time
+import typing
 import weakref
 from types import TracebackType
 from typing import List, Optional, Tuple, Type
@@ -66,6 +67,10 @@ SEMAPHORE_PREFIX = "__pyfastipc_sema_"
 _MUTEX_MAGIC = 0x4D555458
 _NAME_MAX = 255
 _PIDS_SUFFIX = ".pids"
+# A segment smaller than asked for, with no live user, is only taken for
+# one being created (fastipc sizes it after creating it, without a lock)
+# while it is younger than this; older, it is stale and reclaimed.
+_SIZING_GRACE_S: float = 0.25
 
 _log = logging.getLogger("dispatchkit.sync")
 
@@ -253,7 +258,21 @@ class GuardedSharedMemory:
                 errno.EPERM,
                 f"refusing PID directory: it is a symlink owned by uid "
                 f"{st.st_uid}, not by this user (planted?)", root)
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Whoever owns the root, or may write it without the sticky bit,
+        # can delete or replace our .pids directories.
+        st = os.fstat(fd)
+        why = None
+        if st.st_uid not in (os.geteuid(), 0):
+            why = f"it is owned by uid {st.st_uid}, not by this user or root"
+        elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            why = (f"others may write it (mode "
+                   f"{stat.S_IMODE(st.st_mode):04o}) and it is not sticky")
+        if why is not None:
+            os.close(fd)
+            raise PermissionError(errno.EPERM,
+                                  f"refusing PID directory: {why}", root)
+        return fd
 
     def _open_pid_dir(self) -> int:
         """Open (creating it if needed) and lock this segment's .pids
@@ -422,8 +441,33 @@ class GuardedSharedMemory:
                           "used it had died", self._name)
                 st = os.fstat(fd)
             if st.st_size < size:
-                return False  # a creator has not sized it yet, or too small
+                if (created or others or ours or attach_only
+                        or time.time() - st.st_mtime < _SIZING_GRACE_S):
+                    return False  # a creator has not sized it yet
+                # Too small, and no live process uses it: its creator was
+                # killed before sizing it, or it was truncated. Nobody can
+                # ever attach to it, so reclaim it as a stale one.
+                os.close(fd)
+                fd = -1
+                try:
+                    _posixshmem.shm_unlink(self._posix_name)
+                except FileNotFoundError:
+                    pass
+                try:
+                    fd = self._create(size)
+                except FileExistsError:
+                    return False
+                created = True
+                self.reclaimed = True
+                st = os.fstat(fd)
             self._mmap = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_WRITE)
+        except BaseException:
+            if created:  # undo what this call made
+                try:
+                    _posixshmem.shm_unlink(self._posix_name)
+                except FileNotFoundError:
+                    pass
+            raise
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -457,6 +501,11 @@ class GuardedSharedMemory:
                 raise
             except BaseException:
                 self.detach()
+                if not done:
+                    # A failed create leaves nothing: the segment was
+                    # unlinked above; the .pids directory goes too if it
+                    # is empty (we still hold its lock).
+                    self._rmdir_if_empty()
                 raise
             finally:
                 fcntl.flock(self._dir_fd, fcntl.LOCK_UN)
@@ -581,10 +630,42 @@ class GuardedSharedMemory:
                 self.close()
             except Exception:
                 pass
+        elif not getattr(self, "_closed", True):
+            self._forget()
+
+    def _forget(self) -> None:
+        """A handle dropped without cleanup (try_cleanup_on_exit=False):
+        its PID file stays, as asked, but it no longer counts as one of
+        this process's handles, so the close of a later handle of the same
+        name is the process's last (as in fastipc, where registration is
+        per process): it removes the PID file, and the segment and its
+        directory when no live process is left."""
+        self._closed = True
+        with _registry_lock:
+            _open_handles.discard(self)
+            left = _handle_counts.get(self._key, 1) - 1
+            if left > 0:
+                _handle_counts[self._key] = left
+            else:
+                _handle_counts.pop(self._key, None)
+        self.detach()
+        self._close_fds()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._size}"
         return f"<GuardedSharedMemory name={self._name!r} {state}>"
+
+
+class _ClosedPrimitive:
+    """Stands in for a closed named object's primitive: any use raises a
+    clear ValueError (as a closed file does) instead of an AttributeError
+    about None."""
+
+    def __init__(self, owner: "_Named") -> None:
+        self._what = f"{type(owner).__name__}({owner.name!r})"
+
+    def __getattr__(self, attr: str) -> "typing.NoReturn":
+        raise ValueError(f"{self._what} is closed")
 
 
 class _Named:
@@ -600,9 +681,10 @@ class _Named:
         return self._name
 
     def close(self) -> None:
-        """Detach from the named object (unlinked by the last user)."""
+        """Detach from the named object (unlinked by the last user).
+        Using the object afterwards raises ValueError."""
         # Each subclass types its own _prim; all of them drop it here.
-        setattr(self, "_prim", None)
+        setattr(self, "_prim", _ClosedPrimitive(self))
         if self._shm is not None:
             self._shm.close()
 

@@ -16,6 +16,7 @@
 #include <structmember.h>
 
 #include "dk/apply.h"
+#include "dk/atomic.h"
 #include "dk/group.h"
 #include "dk/once.h"
 #include "dk/queue.h"
@@ -1810,29 +1811,38 @@ static PyType_Spec Once_spec = {
 struct apply_call {
     PyObject *func;
     PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    int stop;
+    uint32_t stop;                           /* atomic: read without the GIL */
 };
 
-static void
+/* One range of apply(): false after the first exception (or at
+ * interpreter shutdown), which stops the loop handing out more ranges. */
+static bool
 apply_range(void *ctx, size_t begin, size_t end)
 {
     struct apply_call *c = ctx;
+    /* Relaxed: the exception itself is read by the caller after the
+     * loop, which the loop's completion orders. */
+    if (dk_atomic_u32_load(&c->stop, DK_MO_RELAXED)) {
+        return false;
+    }
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
-        return;
+        return false;
     }
-    for (size_t i = begin; i < end && !c->stop; i++) {
+    for (size_t i = begin; i < end && !c->stop; i++) { /* GIL held */
         PyObject *index = PyLong_FromSize_t(i);
         PyObject *r = index ? PyObject_CallOneArg(c->func, index) : NULL;
         Py_XDECREF(index);
         if (r == NULL) {
-            c->stop = 1;
+            dk_atomic_u32_store(&c->stop, 1, DK_MO_RELAXED);
             PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
             break;
         }
         Py_DECREF(r);
     }
+    bool go_on = !c->stop;
     dkpy_leave(&g);
+    return go_on;
 }
 
 static PyObject *
@@ -1875,7 +1885,7 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
     struct apply_call c = {func, NULL, NULL, NULL, 0};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = dk_apply_range_f(n, q, &c, apply_range);
+    rc = dk_apply_range_while_f(n, q, &c, apply_range);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         return dkpy_raise_errno(rc);
@@ -1966,6 +1976,20 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     uint64_t deadline = 0;
+    if (timeout != NULL && timeout != Py_None) {
+        /* None waits forever; a negative timeout is a mistake here, not
+         * "forever" (docs/dispatch.md: negative delays raise). */
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (t < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "drain_main_queue() timeout must be >= 0 "
+                            "(None waits forever)");
+            return NULL;
+        }
+    }
     if (timeout != NULL && timeout_deadline(timeout, &deadline) < 0) {
         return NULL;
     }

@@ -416,6 +416,16 @@ SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      signum, signum == SIGKILL ? "SIGKILL" : "SIGSTOP");
         return NULL;
     }
+    /* A handler that returns from a fault makes the faulting instruction
+     * run again, forever: a real crash would become a silent hang. */
+    if (signum == SIGSEGV || signum == SIGBUS || signum == SIGFPE ||
+        signum == SIGILL) {
+        PyErr_Format(PyExc_ValueError,
+                     "signal %d is a synchronous fault signal: a source "
+                     "would turn a crash into an endless loop",
+                     signum);
+        return NULL;
+    }
     if (signum <= 0 || signum >= NSIG) {
         PyErr_Format(PyExc_ValueError,
                      "signal number %d out of range "

@@ -514,7 +514,7 @@ Mutex_release(WordObject *self, PyObject *unused)
     (void)unused;
     if (dk_shm_mutex_unlock(self->addr, self->shared, false) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "cannot release a mutex not owned by this process");
+                        "cannot release a mutex not owned by this thread");
         return NULL;
     }
     Py_RETURN_NONE;

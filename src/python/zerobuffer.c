@@ -105,6 +105,25 @@ zb_raise_name(PyObject *name, int rc)
     return NULL;
 }
 
+/* The UTF-8 of a buffer name, checked: an embedded NUL would cut the
+ * name short in every C call (and "a\0evil" would open "a"). NULL with
+ * an exception set if it is not a usable name. */
+static const char *
+zb_name_utf8(PyObject *name)
+{
+    Py_ssize_t len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &len);
+    if (cname == NULL) {
+        return NULL;
+    }
+    int rc = strlen(cname) != (size_t)len ? -EINVAL : dk_zb_name_check(cname);
+    if (rc < 0) {
+        zb_raise_name(name, rc);
+        return NULL;
+    }
+    return cname;
+}
+
 static PyObject *
 zb_set_exceptions(PyObject *mod, PyObject *src)
 {
@@ -203,6 +222,7 @@ typedef struct {
     PyObject *owner; /* ReaderObject or WriterObject */
     void *buf;
     Py_ssize_t len;
+    Py_ssize_t exports; /* buffers exported by this region (GIL held) */
     bool writable;
 } RegionObject;
 
@@ -263,14 +283,11 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "mode must be within 0o777");
         return NULL;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = zb_name_utf8(name);
     if (cname == NULL) {
         return NULL;
     }
-    int rc = dk_zb_name_check(cname);
-    if (rc < 0) {
-        return zb_raise_name(name, rc);
-    }
+    int rc;
     ReaderObject *self = (ReaderObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -287,6 +304,15 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         if (rc == -EINVAL) {
             PyErr_SetString(PyExc_ValueError, "invalid buffer sizes");
+            return NULL;
+        }
+        if (rc == -EPERM) {
+            PyErr_Format(PyExc_PermissionError,
+                         "refusing the lock file %s/%s.lock: the directory "
+                         "must be owned by root or by this user and be "
+                         "sticky if others may write it, and the lock file "
+                         "a regular file of this user (not a symlink)",
+                         "/tmp/zerobuffer", cname);
             return NULL;
         }
         return dkpy_raise_errno(rc);
@@ -452,8 +478,11 @@ Reader_release_frame(ReaderObject *self, PyObject *frame)
     Py_RETURN_NONE;
 }
 
+/* A memoryview of [buf, buf + len) kept alive by owner; *region (if not
+ * NULL) gets a new reference to its exporter. */
 static PyObject *
-make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
+make_region_ex(PyObject *owner, void *buf, Py_ssize_t len, bool writable,
+               PyObject **region)
 {
     RegionObject *r = PyObject_New(RegionObject, Region_type);
     if (r == NULL) {
@@ -462,10 +491,20 @@ make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
     r->owner = Py_NewRef(owner);
     r->buf = buf;
     r->len = len;
+    r->exports = 0;
     r->writable = writable;
     PyObject *mv = PyMemoryView_FromObject((PyObject *)r);
+    if (mv != NULL && region != NULL) {
+        *region = Py_NewRef((PyObject *)r);
+    }
     Py_DECREF(r);
     return mv;
+}
+
+static PyObject *
+make_region(PyObject *owner, void *buf, Py_ssize_t len, bool writable)
+{
+    return make_region_ex(owner, buf, len, writable, NULL);
 }
 
 static PyObject *
@@ -853,9 +892,10 @@ typedef struct {
     PyObject_HEAD
     dk_zb_writer_t *core;
     PyObject *name;
-    PyThread_type_lock lock; /* one writing thread at a time */
-    double write_timeout;    /* seconds */
-    PyObject *pending_view;  /* the memoryview of get_frame_buffer() */
+    PyThread_type_lock lock;  /* one writing thread at a time */
+    double write_timeout;     /* seconds */
+    PyObject *pending_view;   /* the memoryview of get_frame_buffer() */
+    PyObject *pending_region; /* its exporter (a RegionObject) */
     Py_ssize_t exports;
     Py_ssize_t busy;
     bool closed;
@@ -882,14 +922,11 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &name)) {
         return NULL;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = zb_name_utf8(name);
     if (cname == NULL) {
         return NULL;
     }
-    int rc = dk_zb_name_check(cname);
-    if (rc < 0) {
-        return zb_raise_name(name, rc);
-    }
+    int rc;
     WriterObject *self = (WriterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -936,6 +973,7 @@ Writer_traverse(WriterObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->dict);
     Py_VISIT(self->pending_view);
+    Py_VISIT(self->pending_region);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -945,6 +983,7 @@ Writer_clear(WriterObject *self)
 {
     Py_CLEAR(self->dict);
     Py_CLEAR(self->pending_view);
+    Py_CLEAR(self->pending_region);
     return 0;
 }
 
@@ -1083,7 +1122,7 @@ Writer_write_frame(WriterObject *self, PyObject *data)
             memcpy(buf, view.buf, (size_t)view.len);
         }
         rc = dk_zb_writer_commit(self->core);
-        if (rc < 0) {
+        if (rc == -EINVAL) {
             rc = -EBADF; /* closed by another thread during the copy */
         }
     }
@@ -1100,6 +1139,8 @@ Writer_write_frame(WriterObject *self, PyObject *data)
     return res;
 }
 
+static int revoke_pending(WriterObject *self, const char *what);
+
 static PyObject *
 writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
 {
@@ -1113,16 +1154,30 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
     if (writer_lock(self) < 0) {
         return NULL;
     }
+    /* A reservation not committed yet is abandoned for the new one, as
+     * zerobuffer-ipc does; its view is revoked first, and if a view
+     * derived from it is still alive the new reservation (which may
+     * start at the same ring bytes) is refused instead. */
+    if (self->pending_region != NULL && self->core != NULL && !self->closed) {
+        if (revoke_pending(self, "get_frame_buffer") < 0) {
+            writer_unlock(self);
+            return NULL;
+        }
+        dk_zb_writer_cancel(self->core);
+    }
     void *buf;
     uint64_t seq;
     PyObject *res = NULL;
     int rc = writer_acquire(self, (uint64_t)size, &buf, &seq);
     if (rc == 0) {
-        PyObject *mv = make_region((PyObject *)self, buf, size, true);
+        PyObject *region = NULL;
+        PyObject *mv =
+            make_region_ex((PyObject *)self, buf, size, true, &region);
         if (mv == NULL) {
             dk_zb_writer_cancel(self->core);
         } else {
             Py_XSETREF(self->pending_view, Py_NewRef(mv));
+            Py_XSETREF(self->pending_region, region);
             res = with_seq ? Py_BuildValue("(KN)", (unsigned long long)seq, mv)
                            : mv;
         }
@@ -1145,11 +1200,54 @@ Writer_get_frame_buffer(WriterObject *self, PyObject *arg)
     return writer_acquire_view(self, arg, false);
 }
 
+/* Revoke the view of the pending reservation before it is committed or
+ * abandoned: release the memoryview handed out, then check that no view
+ * derived from it (a slice, which shares its managed buffer; a NumPy
+ * array, which holds an export of it) is alive, since such a view would
+ * write into a published frame or into the next reservation: silent
+ * corruption. 0, or -1 with BufferError set (nothing committed or
+ * abandoned; a released main view stays released). */
+static int
+revoke_pending(WriterObject *self, const char *what)
+{
+    PyObject *mv = self->pending_view;
+    if (mv != NULL) {
+        static PyObject *release_str;
+        PyObject *release = dkpy_getattr(mv, &release_str, "release");
+        PyObject *r = release ? PyObject_CallNoArgs(release) : NULL;
+        Py_XDECREF(release);
+        if (r == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_BufferError)) {
+                return -1;
+            }
+            PyErr_Clear();
+        } else {
+            Py_DECREF(r);
+            Py_CLEAR(self->pending_view);
+        }
+    }
+    RegionObject *region = (RegionObject *)self->pending_region;
+    if (self->pending_view != NULL ||
+        (region != NULL && region->exports > 0)) {
+        PyErr_Format(PyExc_BufferError,
+                     "%s(): a view derived from the frame buffer (a slice, "
+                     "an array) is still alive; release it (del or "
+                     "memoryview.release()) first, so that it cannot "
+                     "write into a published frame",
+                     what);
+        return -1;
+    }
+    Py_CLEAR(self->pending_region);
+    return 0;
+}
+
 /* Revoke the view handed out by get_frame_buffer(), if nothing derived
- * from it still holds it (then it stays: the memory is still mapped). */
+ * from it still holds it (then it stays: the memory is still mapped).
+ * For close(), which cannot refuse. */
 static void
 drop_pending_view(WriterObject *self)
 {
+    Py_CLEAR(self->pending_region);
     PyObject *mv = self->pending_view;
     self->pending_view = NULL;
     if (mv != NULL && Py_REFCNT(mv) > 1) {
@@ -1172,6 +1270,11 @@ Writer_commit_frame(WriterObject *self, PyObject *unused)
 {
     (void)unused;
     if (writer_lock(self) < 0) {
+        return NULL;
+    }
+    if (self->pending_region != NULL && self->core != NULL && !self->closed &&
+        revoke_pending(self, "commit_frame") < 0) {
+        writer_unlock(self);
         return NULL;
     }
     int rc =
@@ -1442,6 +1545,7 @@ Region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
                           !self->writable, flags) < 0) {
         return -1;
     }
+    self->exports++;
     bool reader;
     (*owner_exports(self->owner, &reader))++;
     return 0;
@@ -1451,6 +1555,7 @@ static void
 Region_releasebuffer(RegionObject *self, Py_buffer *view)
 {
     (void)view;
+    self->exports--;
     bool reader;
     (*owner_exports(self->owner, &reader))--;
     if (reader) {

@@ -730,6 +730,33 @@ DK_TEST(apply_runs_every_index_exactly_once)
     CHECK_EQ(dk_apply_f(0, NULL, NULL, apply_mark), 0);
 }
 
+static bool
+apply_stop_at_once(void *p, size_t begin, size_t end)
+{
+    (void)begin;
+    (void)end;
+    __atomic_add_fetch((size_t *)p, 1, __ATOMIC_RELAXED);
+    return false;
+}
+
+DK_TEST(apply_while_stops_handing_out_ranges)
+{
+    /* 2^40 iterations in ranges of at most 4096: without the stop, about
+     * 2^28 ranges would be handed out. With it, only ranges already
+     * claimed when the first one said stop run: at most one per thread. */
+    size_t calls = 0;
+    CHECK_EQ(dk_apply_range_while_f((size_t)1 << 40, NULL, &calls,
+                                    apply_stop_at_once),
+             0);
+    CHECK(calls >= 1);
+    CHECK(calls <= 64);
+    dk_queue_t *q = dk_queue_create("s", 0, 0, 0, NULL);
+    calls = 0;
+    CHECK_EQ(dk_apply_range_while_f(1000, q, &calls, apply_stop_at_once), 0);
+    CHECK_EQ(calls, 1);
+    dk_release(q);
+}
+
 /* ---- after ---- */
 
 struct after_ctx {

@@ -213,6 +213,14 @@ DK_TEST(source_creation_rejects_bad_input)
     CHECK_EQ(errno, EINVAL);
     CHECK(dk_source_create(DK_SOURCE_SIGNAL, 0, 0, NULL) == NULL);
     CHECK(dk_source_create(DK_SOURCE_SIGNAL, 999, 0, NULL) == NULL);
+    /* Fault signals: a returning handler would re-run the fault forever. */
+    const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        errno = 0;
+        CHECK(dk_source_create(DK_SOURCE_SIGNAL, (uintptr_t)faults[i], 0,
+                               NULL) == NULL);
+        CHECK_EQ(errno, EINVAL);
+    }
     CHECK(dk_source_create(DK_SOURCE_READ, 987, 0, NULL) == NULL);
     CHECK_EQ(errno, EBADF);
     CHECK(dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL) ==

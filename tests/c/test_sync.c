@@ -9,6 +9,7 @@
 #include "runner.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
@@ -153,6 +154,86 @@ DK_TEST(sync_mutex_other_thread_times_out)
     pthread_create(&t, NULL, lock_and_report, &m);
     pthread_join(t, &ok);
     CHECK(ok == (void *)1L);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+}
+
+static void *
+lock_and_report_huge_spin(void *arg)
+{
+    dk_shm_mutex_t *m = arg;
+    long rc1 = dk_shm_mutex_lock(m, 0, false, INT_MAX, false);
+    long rc2 = dk_shm_mutex_lock(m, in_ms(20), false, INT_MAX, false);
+    return (void *)((rc1 == -ETIMEDOUT && rc2 == -ETIMEDOUT) ? 1L : 0L);
+}
+
+static void *
+unlock_from_other_thread(void *arg)
+{
+    dk_shm_mutex_t *m = arg;
+    return (void *)(long)dk_shm_mutex_unlock(m, false, false);
+}
+
+DK_TEST(sync_mutex_unlock_by_another_thread_is_refused)
+{
+    /* Ownership is per thread: a sibling thread of the holder's process
+     * must not end the holder's mutual exclusion. */
+    dk_shm_mutex_t m = {0};
+    CHECK_EQ(dk_shm_mutex_init(&m), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    pthread_t t;
+    void *rc = NULL;
+    pthread_create(&t, NULL, unlock_from_other_thread, &m);
+    pthread_join(t, &rc);
+    CHECK_EQ((long)rc, -EPERM);
+    CHECK_EQ(m.state, 1);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+    /* A holder that records no thread id (a fastipc process) is matched
+     * by pid, as fastipc does. */
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    m.owner_tid = 0;
+    pthread_create(&t, NULL, unlock_from_other_thread, &m);
+    pthread_join(t, &rc);
+    CHECK_EQ((long)rc, 0);
+}
+
+DK_TEST(sync_spin_is_bounded_by_the_deadline)
+{
+    /* A huge spin count must not stretch a 20 ms wait (before the fix,
+     * 2^31 CAS attempts took about a minute). The bound asserted is an
+     * outcome, not a duration: the call returns long before the test
+     * runner's alarm, and -ETIMEDOUT. */
+    dk_shm_mutex_t m = {0};
+    dk_shm_semaphore_t s = {0};
+    CHECK_EQ(dk_shm_mutex_init(&m), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s, true, 0), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    pthread_t t;
+    void *ok = NULL;
+    pthread_create(&t, NULL, lock_and_report_huge_spin, &m);
+    pthread_join(t, &ok);
+    CHECK(ok == (void *)1L);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(20), false, INT_MAX, false),
+             -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, INT_MAX, false), -ETIMEDOUT);
+}
+
+DK_TEST(sync_mutex_orphan_is_taken_over_by_a_sliced_wait)
+{
+    /* A holder killed between the owner and state stores of its unlock
+     * leaves state held with no owner. A waiter that waits in 100 ms
+     * slices (as the Python binding does) must still take it over after
+     * about ORPHAN_AFTER_NS: before, each slice restarted the timer and
+     * every such wait timed out. */
+    dk_shm_mutex_t m = {0};
+    CHECK_EQ(dk_shm_mutex_init(&m), 0);
+    m.state = 2;
+    int rc = -ETIMEDOUT;
+    for (int slice = 0; slice < 100 && rc == -ETIMEDOUT; slice++) {
+        rc = dk_shm_mutex_lock(&m, in_ms(100), false, 16, true);
+    }
+    CHECK_EQ(rc, 1); /* taken over, owner reported dead */
+    CHECK_EQ(m.owner_pid, (uint32_t)getpid());
     CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
 }
 

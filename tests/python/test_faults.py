@@ -509,3 +509,161 @@ def test_queue_work_killed_mutex_recovered():
         del words, mtx
     finally:
         close_shm(shm)
+
+
+# ---- hostile file systems: truncation and a full /dev/shm ---------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+
+def run_victim(code, timeout=60, env=None):
+    """Run code in a fresh interpreter: a SIGBUS there fails the test
+    instead of killing pytest. Returns (returncode, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                       capture_output=True, text=True, timeout=timeout,
+                       env=env)
+    return p.returncode, p.stdout, p.stderr
+
+
+TRUNCATE_READER = """
+import os, dispatchkit.zerobuffer as zb
+name = "dk-trunc-r-%d" % os.getpid()
+r = zb.Reader(name, zb.BufferConfig(0, 1 << 16))
+w = zb.Writer(name)
+for i in range(10):
+    w.write_frame(bytes([i]) * 1000)
+f = r.read_frame(timeout=5)
+view = f.data
+fd = os.open("/dev/shm/" + name, os.O_RDWR)
+os.ftruncate(fd, {size})
+os.close(fd)
+# The frame's own view may lie in a lost page: reading must not kill us.
+assert len(bytes(view)) == 1000
+del view
+f.dispose()
+# Frames within the pages left are intact; the first one that reaches
+# into a lost page is refused, and so is every later read.
+for i in range(1, 10):
+    try:
+        f = r.read_frame(timeout=0.2)
+    except zb.ZeroBufferException as e:
+        print("reader:", e)
+        break
+    assert bytes(f.data) == bytes([i]) * 1000
+    f.dispose()
+else:
+    raise SystemExit("read_frame after truncation did not raise")
+try:
+    r.read_frame(timeout=0.2)
+except zb.ZeroBufferException:
+    pass
+else:
+    raise SystemExit("the second read after truncation did not raise")
+"""
+
+TRUNCATE_WRITER = """
+import os, dispatchkit.zerobuffer as zb
+name = "dk-trunc-w-%d" % os.getpid()
+r = zb.Reader(name, zb.BufferConfig(0, 1 << 16))
+w = zb.Writer(name)
+fd = os.open("/dev/shm/" + name, os.O_RDWR)
+os.ftruncate(fd, {size})
+os.close(fd)
+raised = 0
+for i in range(40):
+    try:
+        w.write_frame(b"z" * 4000)
+    except zb.ZeroBufferException as e:
+        raised += 1
+        msg = str(e)
+    try:
+        buf = w.get_frame_buffer(4000)
+        buf[:] = b"q" * 4000
+        w.commit_frame()
+    except zb.ZeroBufferException as e:
+        raised += 1
+assert raised >= 40, raised
+print("writer:", msg)
+r.close()
+w.close()
+"""
+
+
+@pytest.mark.parametrize("size", [0, 4096])
+def test_truncated_segment_reader_gets_exception_not_sigbus(size):
+    rc, out, err = run_victim(TRUNCATE_READER.format(size=size))
+    assert rc == 0, f"victim died ({rc}): {err[-2000:]}"
+    assert "truncated" in out or "corrupted" in out, out
+
+
+@pytest.mark.parametrize("size", [0, 4096])
+def test_truncated_segment_writer_gets_exception_not_sigbus(size):
+    rc, out, err = run_victim(TRUNCATE_WRITER.format(size=size))
+    assert rc == 0, f"victim died ({rc}): {err[-2000:]}"
+    assert "truncated" in out, out
+
+
+def test_sigbus_outside_a_segment_still_kills():
+    """The guard only takes faults inside its own mappings: any other
+    SIGBUS keeps its default action (a real crash is not hidden)."""
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:
+        # The sanitizer run: no ASan SIGBUS handler (it would be the
+        # "previous handler" and report this deliberate fault).
+        env["ASAN_OPTIONS"] = "detect_leaks=0:handle_sigbus=0"
+    name = f"dk-sigbus-other-{os.getpid()}"
+    try:
+        rc, out, err = run_victim(env=env, code=f"""
+            import mmap, os, tempfile, dispatchkit.zerobuffer as zb
+            r = zb.Reader("{name}", zb.BufferConfig(0, 4096))  # the guard
+            with tempfile.TemporaryFile() as f:
+                f.truncate(8192)
+                m = mmap.mmap(f.fileno(), 8192)
+                f.truncate(0)
+                m[5000]
+            """)
+    finally:
+        unlink_buffer(name)  # the victim died with its reader open
+    assert rc == -7, (rc, err[-2000:])  # SIGBUS
+
+
+SMALL_TMPFS = """
+import errno, os, subprocess, sys
+os.environ.pop("FASTIPC_PID_DIR", None)
+import dispatchkit.zerobuffer as zb
+try:
+    zb.Reader("dk-full", zb.BufferConfig(0, 64 << 20))
+except OSError as e:
+    assert e.errno == errno.ENOSPC, e
+    print("ENOSPC at creation")
+else:
+    raise SystemExit("a 64 MiB ring in an 8 MiB tmpfs was created")
+assert os.listdir("/dev/shm") == [], os.listdir("/dev/shm")
+r = zb.Reader("dk-fits", zb.BufferConfig(0, 1 << 20))
+w = zb.Writer("dk-fits")
+for i in range(100):
+    w.write_frame(b"a" * 4000)
+    with r.read_frame(timeout=5) as f:
+        assert bytes(f.data) == b"a" * 4000
+print("fits")
+"""
+
+
+def test_ring_larger_than_free_shm_fails_at_creation():
+    """A private tmpfs of 8 MiB over /dev/shm in a new mount namespace:
+    a ring that does not fit fails at creation (ENOSPC), not with SIGBUS
+    at the first write."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -m is unavailable here: "
+                    + probe.stderr.decode(errors="replace").strip())
+    p = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         "mount --make-rprivate / && "
+         "mount -t tmpfs -o size=8m tmpfs /dev/shm && "
+         f"exec {sys.executable} -c '{SMALL_TMPFS}'"],
+        capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "ENOSPC at creation" in p.stdout and "fits" in p.stdout

@@ -275,7 +275,8 @@ def test_signal_count_coalesces():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP, 0, -1,
-                                    1000])
+                                    1000, signal.SIGSEGV, signal.SIGBUS,
+                                    signal.SIGFPE, signal.SIGILL])
 def test_signal_source_rejects_uncatchable_or_invalid(signum):
     with pytest.raises(ValueError):
         dk.SignalSource(signum, lambda: None)

@@ -9,8 +9,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -30,6 +32,220 @@ slash_name(char *out, size_t cap, const char *name)
     return (n < 0 || (size_t)n >= cap) ? -ENAMETOOLONG : 0;
 }
 
+/* ---- the truncation guard (see shm.h) ----------------------------------
+ *
+ * Registered mappings live in slots that the SIGBUS handler reads without
+ * a lock: a slot is claimed (FREE -> SETUP) with a CAS, filled, then
+ * published with a release store of ACTIVE that pairs with the handler's
+ * acquire load (G), so a handler that sees ACTIVE sees base and len.
+ * Chunks of slots are added with a release store of `next` (pairs with
+ * the handler's acquire load, (H)) and never freed, so a handler never
+ * follows a pointer into freed memory.
+ *
+ *   CPU0 (dk__shm_open)               CPU1 (SIGBUS handler, other thread)
+ *   slot.base = p; slot.len = n
+ *   store_release(slot.state, ACTIVE)  (G)
+ *                                      load_acquire(slot.state) == ACTIVE (G)
+ *                                      reads base and len: both set
+ *
+ * A mapping is unregistered before it is unmapped; a fault on a mapping
+ * while another thread unmaps it is the caller's own use-after-free.
+ */
+enum { SLOT_FREE = 0, SLOT_SETUP = 1, SLOT_ACTIVE = 2 };
+#define GUARD_SLOTS 64
+
+struct guard_slot {
+    uint32_t state;
+    uint32_t faulted;
+    uintptr_t base;
+    size_t len;
+};
+
+struct guard_chunk {
+    struct guard_slot slot[GUARD_SLOTS];
+    struct guard_chunk *next;
+};
+
+static struct guard_chunk guard_first;
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool guard_installed;
+static struct sigaction guard_old;
+static uintptr_t guard_page_mask;
+
+static void
+guard_handler(int sig, siginfo_t *info, void *uctx)
+{
+    int saved = errno;
+    /* si_code > 0: raised by the kernel for this access (a kill() or
+     * raise() has si_code <= 0 and is never ours). */
+    if (info != NULL && info->si_code > 0) {
+        uintptr_t a = (uintptr_t)info->si_addr;
+        for (struct guard_chunk *c = &guard_first; c != NULL;
+             c = dk_atomic_load_acquire(&c->next)) { /* (H) */
+            for (int i = 0; i < GUARD_SLOTS; i++) {
+                struct guard_slot *s = &c->slot[i];
+                if (dk_atomic_load_acquire(&s->state) != SLOT_ACTIVE) {
+                    continue; /* (G) */
+                }
+                uintptr_t base = dk_atomic_load_relaxed(&s->base);
+                size_t len = dk_atomic_load_relaxed(&s->len);
+                if (a - base >= len) {
+                    continue;
+                }
+                uintptr_t page = a & guard_page_mask;
+                void *p = mmap((void *)page, base + len - page,
+                               PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                if (p != MAP_FAILED) {
+                    dk_atomic_store_relaxed(&s->faulted, 1);
+                    errno = saved;
+                    return;
+                }
+                goto not_ours;
+            }
+        }
+    }
+not_ours:
+    if (guard_old.sa_handler != SIG_DFL && guard_old.sa_handler != SIG_IGN) {
+        dk__os_signal_chain(&guard_old, sig, info, uctx);
+        errno = saved;
+        return;
+    }
+    /* The default action: put it back; a fault happens again when we
+     * return and kills the process as it would have without us, and a
+     * sent signal is sent again. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGBUS, &dfl, NULL);
+    if (info == NULL || info->si_code <= 0) {
+        raise(SIGBUS);
+    }
+    errno = saved;
+}
+
+static void guard_prefork(void);
+static void guard_postfork(void);
+
+static void
+guard_register_atfork(void)
+{
+    pthread_atfork(guard_prefork, guard_postfork, guard_postfork);
+}
+
+/* A fork while another thread holds guard_lock would leave it held in
+ * the child: take it around fork. */
+static void
+guard_prefork(void)
+{
+    pthread_mutex_lock(&guard_lock);
+}
+
+static void
+guard_postfork(void)
+{
+    pthread_mutex_unlock(&guard_lock);
+}
+
+/* Register [base, base + len). 0 or -ENOMEM. */
+static int
+guard_add(void *base, size_t len)
+{
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&atfork_once, guard_register_atfork);
+    pthread_mutex_lock(&guard_lock);
+    if (!guard_installed) {
+        guard_page_mask = ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = guard_handler;
+        /* SA_ONSTACK: a fault on a thread's alternate stack is handled
+         * there if it has one. */
+        sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGBUS, &sa, &guard_old) == 0) {
+            guard_installed = true;
+        }
+    }
+    struct guard_chunk *c = &guard_first, *last = NULL;
+    for (; c != NULL; last = c, c = c->next) {
+        for (int i = 0; i < GUARD_SLOTS; i++) {
+            struct guard_slot *s = &c->slot[i];
+            uint32_t expect = SLOT_FREE;
+            if (dk_atomic_cas_acquire(&s->state, &expect, SLOT_SETUP)) {
+                dk_atomic_store_relaxed(&s->base, (uintptr_t)base);
+                dk_atomic_store_relaxed(&s->len, len);
+                dk_atomic_store_relaxed(&s->faulted, 0);
+                dk_atomic_store_release(&s->state, SLOT_ACTIVE); /* (G) */
+                pthread_mutex_unlock(&guard_lock);
+                return 0;
+            }
+        }
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        pthread_mutex_unlock(&guard_lock);
+        return -ENOMEM;
+    }
+    c->slot[0].base = (uintptr_t)base;
+    c->slot[0].len = len;
+    c->slot[0].state = SLOT_ACTIVE;
+    dk_atomic_store_release(&last->next, c); /* (H) */
+    pthread_mutex_unlock(&guard_lock);
+    return 0;
+}
+
+static struct guard_slot *
+guard_find(const void *base)
+{
+    for (struct guard_chunk *c = &guard_first; c != NULL;
+         c = dk_atomic_load_acquire(&c->next)) { /* (H) */
+        for (int i = 0; i < GUARD_SLOTS; i++) {
+            struct guard_slot *s = &c->slot[i];
+            if (dk_atomic_load_acquire(&s->state) == SLOT_ACTIVE && /* (G) */
+                dk_atomic_load_relaxed(&s->base) == (uintptr_t)base) {
+                return s;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void
+guard_remove(const void *base)
+{
+    pthread_mutex_lock(&guard_lock);
+    struct guard_slot *s = guard_find(base);
+    if (s != NULL) {
+        dk_atomic_store_relaxed(&s->state, SLOT_FREE);
+    }
+    pthread_mutex_unlock(&guard_lock);
+}
+
+const uint32_t *
+dk__shm_fault_flag(const void *base)
+{
+    struct guard_slot *s = guard_find(base);
+    return s != NULL ? &s->faulted : NULL;
+}
+
+/* Map fd's first `size` bytes shared and guard them. */
+static int
+map_guarded(int fd, size_t size, void **out)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        return -errno;
+    }
+    int rc = guard_add(p, size);
+    if (rc < 0) {
+        munmap(p, size);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
 int
 dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
                int *fd)
@@ -46,15 +262,21 @@ dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
     }
     /* The umask would turn the peers' 0666 into 0644 and lock out a peer
      * running as another user; set the mode that was asked for. */
-    if (fchmod(f, (mode_t)mode) < 0 || ftruncate(f, (off_t)size) < 0) {
+    if (fchmod(f, (mode_t)mode) < 0) {
         rc = -errno;
         close(f);
         shm_unlink(path);
         return rc;
     }
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-    if (p == MAP_FAILED) {
-        rc = -errno;
+    /* Allocate the pages now: ftruncate alone makes a sparse file, and a
+     * ring larger than the free space would "succeed" here and raise
+     * SIGBUS at the first write that finds no page. */
+    rc = -posix_fallocate(f, 0, (off_t)size);
+    void *p = NULL;
+    if (rc == 0) {
+        rc = map_guarded(f, size, &p);
+    }
+    if (rc < 0) {
         close(f);
         shm_unlink(path);
         return rc;
@@ -89,9 +311,9 @@ dk__shm_open(const char *name, size_t min_size, void **base, size_t *size,
         return -EINVAL;
     }
     size_t len = (size_t)st.st_size;
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-    if (p == MAP_FAILED) {
-        rc = -errno;
+    void *p = NULL;
+    rc = map_guarded(f, len, &p);
+    if (rc < 0) {
         close(f);
         return rc;
     }
@@ -105,6 +327,7 @@ void
 dk__shm_close(void *base, size_t size, int fd)
 {
     if (base != NULL) {
+        guard_remove(base);
         munmap(base, size);
     }
     if (fd >= 0) {
@@ -143,7 +366,13 @@ dk__nsem_create(const char *sem_name, unsigned mode, sem_t **out)
              * user, so set the requested mode on the backing file. */
             char file[320];
             snprintf(file, sizeof file, "/dev/shm/sem.%s", sem_name);
-            chmod(file, (mode_t)mode);
+            /* Through an O_NOFOLLOW descriptor: chmod() on the path would
+             * follow a symlink swapped in meanwhile. */
+            int f = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            if (f >= 0) {
+                fchmod(f, (mode_t)mode);
+                close(f);
+            }
             *out = s;
             return 0;
         }
@@ -233,6 +462,28 @@ dk__nsem_value(sem_t *sem)
     return v < 0 ? 0 : v;
 }
 
+/* Whether DK_ZB_LOCK_DIR can be trusted with our lock files: a real
+ * directory (not a symlink), owned by root or by us, and, if others may
+ * write it, sticky (so they cannot delete or replace our files). */
+static int
+lock_dir_check(void)
+{
+    struct stat st;
+    if (lstat(DK_ZB_LOCK_DIR, &st) < 0) {
+        return -errno;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return -EPERM;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        return -EPERM;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && !(st.st_mode & S_ISVTX)) {
+        return -EPERM;
+    }
+    return 0;
+}
+
 int
 dk__lock_acquire(const char *name, unsigned mode, int *fd)
 {
@@ -244,21 +495,42 @@ dk__lock_acquire(const char *name, unsigned mode, int *fd)
     } else if (errno != EEXIST) {
         return -errno;
     }
+    int rc = lock_dir_check();
+    if (rc < 0) {
+        return rc;
+    }
     for (int attempt = 0; attempt < 8; attempt++) {
-        int f = open(path, O_CREAT | O_RDWR | O_CLOEXEC, (mode_t)mode);
+        /* O_NOFOLLOW: a symlink planted at the path would make us open
+         * (and create) its target. */
+        int f = open(path, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW,
+                     (mode_t)mode);
         if (f < 0) {
-            return -errno;
+            return errno == ELOOP ? -EPERM : -errno;
+        }
+        struct stat a, b;
+        if (fstat(f, &a) < 0 || !S_ISREG(a.st_mode)) {
+            close(f);
+            return -EPERM;
         }
         if (flock(f, LOCK_EX | LOCK_NB) < 0) {
             int err = errno;
             close(f);
             return err == EWOULDBLOCK ? -EWOULDBLOCK : -err;
         }
+        /* A free lock file of another user: a reader of theirs that is
+         * gone left it, and we could not remove it when we close. */
+        if (a.st_uid != geteuid()) {
+            close(f);
+            return -EPERM;
+        }
+        /* The mode asked for, whatever the umask (as for the segment). */
+        if ((a.st_mode & 07777) != (mode_t)mode) {
+            fchmod(f, (mode_t)mode);
+        }
         /* A stale-lock sweep by another reader may have unlinked the path
          * between our open and flock: then we hold a lock on an orphan
          * inode that nobody else will see. Check and retry. */
-        struct stat a, b;
-        if (fstat(f, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+        if (lstat(path, &b) == 0 && a.st_ino == b.st_ino &&
             a.st_dev == b.st_dev) {
             *fd = f;
             return 0;

@@ -21,19 +21,37 @@
 #define DK_ZB_LOCK_DIR "/tmp/zerobuffer"
 
 /* Create a new shared memory object "/NAME" of `size` bytes (O_EXCL: an
- * existing one gives -EEXIST), chmod'ed to `mode` whatever the umask, and
- * map it. On success *base and *fd are set. */
+ * existing one gives -EEXIST), chmod'ed to `mode` whatever the umask,
+ * with its pages allocated (fallocate: a full /dev/shm gives -ENOSPC now,
+ * not SIGBUS at the first write), and map it, guarded (see below). On
+ * success *base and *fd are set. */
 int dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
                    int *fd);
 
-/* Open and map an existing "/NAME" read-write; *size is its size.
- * -ENOENT if it does not exist, -EINVAL if it is too small to hold
- * min_size bytes. */
+/* Open and map an existing "/NAME" read-write, guarded; *size is its size
+ * as fstat says now. -ENOENT if it does not exist, -EINVAL if it is too
+ * small to hold min_size bytes. */
 int dk__shm_open(const char *name, size_t min_size, void **base, size_t *size,
                  int *fd);
 
 /* Unmap and close what create/open returned (fd may be -1). */
 void dk__shm_close(void *base, size_t size, int fd);
+
+/*
+ * The truncation guard. Any process that may write a segment can shrink
+ * its file; touching a mapped page past the new end raises SIGBUS, which
+ * would kill us. Mappings made by dk__shm_create/open are registered with
+ * a SIGBUS handler (installed at the first one) which, for a fault inside
+ * one, maps anonymous zero pages over the rest of that mapping, sets its
+ * fault flag and returns: the access is retried on the new pages and the
+ * process lives. The owner checks the flag and reports the segment as
+ * broken. Faults outside registered mappings go to the handler that was
+ * there before ours, or to the default action. (libwayland-server guards
+ * its clients' shm pools the same way.)
+ * dk__shm_fault_flag gives the flag of the mapping at `base` (non-zero
+ * once it faulted), or NULL if base is not a guarded mapping.
+ */
+const uint32_t *dk__shm_fault_flag(const void *base);
 
 /* shm_unlink("/NAME"); 0 or -ENOENT. */
 int dk__shm_unlink(const char *name);
@@ -63,8 +81,11 @@ void dk__nsem_unannounce(sem_t *sem);
 
 /* Take the reader's lock file DK_ZB_LOCK_DIR/NAME.lock (created with
  * `mode`; the directory is created world-writable and sticky like /tmp).
- * -EWOULDBLOCK when another live process holds it. On success *fd holds
- * the lock until dk__lock_release. */
+ * -EWOULDBLOCK when another live process holds it; -EPERM when the
+ * directory is not to be trusted (a symlink, not owned by root or us, or
+ * writable by others without the sticky bit) or the lock file is not a
+ * regular file of ours (a symlink is never followed). On success *fd
+ * holds the lock until dk__lock_release. */
 int dk__lock_acquire(const char *name, unsigned mode, int *fd);
 /* Unlink the lock file and drop the lock. */
 void dk__lock_release(const char *name, int fd);
