@@ -218,25 +218,6 @@ DK_TEST(sync_spin_is_bounded_by_the_deadline)
     CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, INT_MAX, false), -ETIMEDOUT);
 }
 
-DK_TEST(sync_mutex_orphan_is_taken_over_by_a_sliced_wait)
-{
-    /* A holder killed between the owner and state stores of its unlock
-     * leaves state held with no owner. A waiter that waits in 100 ms
-     * slices (as the Python binding does) must still take it over after
-     * about ORPHAN_AFTER_NS: before, each slice restarted the timer and
-     * every such wait timed out. */
-    dk_shm_mutex_t m = {0};
-    CHECK_EQ(dk_shm_mutex_init(&m), 0);
-    m.state = 2;
-    int rc = -ETIMEDOUT;
-    for (int slice = 0; slice < 100 && rc == -ETIMEDOUT; slice++) {
-        rc = dk_shm_mutex_lock(&m, in_ms(100), false, 16, true);
-    }
-    CHECK_EQ(rc, 1); /* taken over, owner reported dead */
-    CHECK_EQ(m.owner_pid, (uint32_t)getpid());
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
-}
-
 /* ---- counting under the mutex --------------------------------------- */
 
 struct counted {
