@@ -52,7 +52,12 @@ test: test-c test-python lint-python
 # Types: mypy --strict on the package sources, the stubs against the built
 # extension (stubtest), no public name typed Any, and the atomics README's
 # code under mypy and pyright as with the real atomics package.
-lint-python: install
+LINT_STAMP := $(VENV)/.lint-stamp
+$(LINT_STAMP): $(STAMP) requirements-lint.txt
+	$(PIP) install -q -r requirements-lint.txt
+	touch $@
+
+lint-python: install $(LINT_STAMP)
 	MYPYPATH=python $(PY) -m mypy --strict --cache-dir $(BUILD)/mypy -p dispatchkit
 	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt dispatchkit
 	$(PY) tests/typing/check_no_any.py
