@@ -175,7 +175,7 @@ def mutex_rate(kind):
     ctx = mp.get_context("fork")
 
     def run(nprocs):
-        r = bench_sync.contended_run(ctx, kind, 200_000 // SCALE, False,
+        r = bench_sync.contended_run(ctx, kind, 1_000_000 // SCALE, False,
                                      nprocs)
         return None if r is None else r[0]
     return run
