@@ -166,10 +166,12 @@ dk__shm_mutex_watch_budget(const dk_shm_mutex_t *m)
                              : (uint32_t)SPIN_BUDGET_NS;
 }
 
+/* After a watch: back in full if it took the lock, else half of the kept
+ * budget (not of a probe's full one, so a failed probe leaves 0 at 0). */
 static void
-watch_paid(bool paid, uint32_t budget_ns)
+watch_paid(bool paid)
 {
-    uint32_t half = budget_ns / 2;
+    uint32_t half = watch_memo.budget_ns / 2;
     watch_memo.budget_ns = paid ? SPIN_BUDGET_NS
                                 : (half >= SPIN_MIN_NS ? half : 0);
 }
@@ -350,7 +352,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         s = 0;
         if (dk_atomic_cas_acquire(&m->state, &s, 1)) {
             took_lock(m);
-            watch_paid(true, budget);
+            watch_paid(true);
             return 0;
         }
         if (s != 1) {
@@ -358,7 +360,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         }
     }
     if (budget > 0) {
-        watch_paid(false, budget);
+        watch_paid(false);
     }
     bool slept_a_slice = false;
     for (;;) {
