@@ -7,6 +7,7 @@ faster) and our figure / peer figure for rates (GB/s, frames/s, ops/s).
 A peer measured before dispatchkit in the same workload gets its ratio on
 a line of its own once dispatchkit's figure is in.
 """
+import json
 import os
 import pathlib
 import shutil
@@ -19,6 +20,7 @@ import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "bench"
 RATE_UNITS = ("/s",)
 SCRIPT_TIMEOUT = 900.0
 
@@ -86,6 +88,7 @@ class Table:
     rows grouped by workload again at its end."""
 
     def __init__(self) -> None:
+        self.curves: Dict[str, Dict[str, object]] = {}
         self.rows: Dict[str, List[Tuple[str, Optional[float], str]]] = {}
         self.waiting: Dict[str, List[Tuple[str, float, str]]] = {}
         self.current: Optional[str] = None
@@ -95,8 +98,23 @@ class Table:
         return next((v for i, v, _ in self.rows.get(workload, [])
                      if i == "dispatchkit"), None)
 
+    def point(self, parts: List[str]) -> None:
+        """A curve's point: curve, name, implementation, x, value, unit."""
+        _, name, impl, x, value, unit = parts
+        curve = self.curves.setdefault(name, {"unit": unit, "series": {}})
+        series = curve["series"]
+        assert isinstance(series, dict)
+        series.setdefault(impl, []).append([float(x), float(value)])
+        if name != self.current:
+            say(f"{name} ({unit})")
+            self.current = name
+        say(f"  {impl:<40} {x:>10} {float(value):>14.4g}")
+
     def row(self, line: str) -> None:
         parts = line.rstrip("\n").split("\t")
+        if len(parts) == 6 and parts[0] == "curve":
+            self.point(parts)
+            return
         if len(parts) != 4:
             return
         workload, impl, value, unit = parts
@@ -146,7 +164,7 @@ def libdispatch_bench():
         say(f"# libdispatch column skipped: no dispatch/dispatch.h and "
               f"built libdispatch.so under {src}")
         return None
-    out = ROOT / "build" / "bench" / "dispatch-bench-libdispatch"
+    out = OUT / "dispatch-bench-libdispatch"
     out.parent.mkdir(parents=True, exist_ok=True)
     # Its headers need clang's __has_feature (GCC 14 has it too).
     cc = os.environ.get("CC") or shutil.which("clang") or "cc"
@@ -182,35 +200,131 @@ def c_dispatch(cbench, scale):
         runs["dispatchkit"].append(c_figures(cbench, scale))
         if peer is not None:
             runs["libdispatch"].append(c_figures(peer, scale))
+    results: Dict[str, Dict[str, float]] = {}
     say(f"  median of {C_RUNS} runs each, alternating; ns")
     say(f"  {'row':<32} {'dispatchkit':>12} {'libdispatch':>12}")
     for name in runs["dispatchkit"][0]:
         ours = statistics.median(r[name] for r in runs["dispatchkit"]
                                  if name in r)
         theirs = [r[name] for r in runs["libdispatch"] if name in r]
+        results[name] = {"dispatchkit": ours}
         if not theirs:
             say(f"  {name:<32} {ours:>12.1f} {'skipped':>12}")
             continue
         theirs = statistics.median(theirs)
+        results[name]["libdispatch"] = theirs
         ratio = theirs / ours if ours else float("inf")
         say(f"  {name:<32} {ours:>12.1f} {theirs:>12.1f}  x{ratio:.2f} "
               f"{'faster' if ratio >= 1 else 'slower'} for dispatchkit")
+    return results
+
+
+def save(results: Dict[str, object]) -> pathlib.Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "results.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def draw(curves: Dict[str, Dict[str, object]], when: str) -> None:
+    """One PNG per curve under build/bench/, and all of them on one page
+    (build/bench/curves.png). Skipped, with the reason, without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        say(f"# charts skipped: {e} (pip install -r requirements-bench.txt)")
+        return
+    titles = {
+        "dispatch_vs_queues": "Dispatch: 100k blocks over N serial queues",
+        "dispatch_vs_pending": "Dispatch: N blocks pending on one queue",
+        "timer_vs_armed": "Timers: arm+cancel with N timers armed",
+        "zerobuffer_vs_frame_size": "zerobuffer: throughput by frame size",
+        "zerobuffer_time_per_frame_vs_frame_size":
+            "zerobuffer: time per frame by frame size",
+        "mutex_vs_processes": "sync.Mutex: N processes, empty loop",
+    }
+    xlabels = {"dispatch_vs_queues": "queues", "dispatch_vs_pending":
+               "pending blocks", "timer_vs_armed": "armed timers",
+               "zerobuffer_vs_frame_size": "frame size (bytes)",
+               "zerobuffer_time_per_frame_vs_frame_size":
+                   "frame size (bytes)",
+               "mutex_vs_processes": "processes"}
+
+    def plot(ax, name: str, curve: Dict[str, object]) -> None:
+        series = curve["series"]
+        assert isinstance(series, dict)
+        for impl, pts in series.items():
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o",
+                    linewidth=2.5 if impl == "dispatchkit" else 1.5,
+                    label=impl)
+        if name != "mutex_vs_processes":
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(titles.get(name, name), fontsize=10)
+        ax.set_xlabel(xlabels.get(name, "x"))
+        ax.set_ylabel(str(curve["unit"]) +
+                      (" (higher is better)" if str(curve["unit"]).endswith(
+                          RATE_UNITS) else " (lower is better)"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+
+    for name, curve in curves.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot(ax, name, curve)
+        fig.tight_layout()
+        fig.savefig(OUT / f"{name}.png", dpi=100)
+        plt.close(fig)
+    if curves:
+        cols = 2
+        rows = (len(curves) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(12, 4 * rows),
+                                 squeeze=False)
+        for ax, (name, curve) in zip(axes.flat, curves.items()):
+            plot(ax, name, curve)
+        for ax in list(axes.flat)[len(curves):]:
+            ax.axis("off")
+        fig.suptitle(f"dispatchkit beside its peers, make bench, {when}",
+                     fontsize=12)
+        fig.tight_layout()
+        fig.savefig(OUT / "curves.png", dpi=90)
+        plt.close(fig)
+        say(f"# charts: {OUT / 'curves.png'} and one PNG per curve")
 
 
 def main() -> None:
     scale = os.environ.get("DK_BENCH_SCALE", "1")
+    only = os.environ.get("DK_BENCH_ONLY")  # e.g. "curves": bench_curves.py
     start = time.monotonic()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: Dict[str, object] = {"when": when, "scale": scale,
+                                  "load": os.getloadavg()}
     cbench = ROOT / "build" / "c" / "dispatch-bench"
-    if cbench.exists():
-        c_dispatch(cbench, scale)
+    if cbench.exists() and not only:
+        results["c_dispatch_bench_ns"] = c_dispatch(cbench, scale)
+    rows: Dict[str, object] = {}
+    curves: Dict[str, Dict[str, object]] = {}
     for script in sorted((ROOT / "bench" / "python").glob("bench_*.py")):
+        if only and script.stem != f"bench_{only}":
+            continue
         t0 = time.monotonic()
         say(f"\n== {script.stem} ==")
         table = Table()
         for line in stream([sys.executable, str(script), scale]):
             table.row(line)
         table.finish(script.stem)
+        rows[script.stem] = {w: [{"impl": i, "value": v, "unit": u}
+                                 for i, v, u in entries]
+                             for w, entries in table.rows.items()}
+        curves.update(table.curves)
         say(f"# {script.stem}: {time.monotonic() - t0:.0f} s")
+    results["rows"] = rows
+    results["curves"] = curves
+    say(f"\n# figures: {save(results)}")
+    draw(curves, when)
     say(f"\n# make bench: {time.monotonic() - start:.0f} s in all")
 
 

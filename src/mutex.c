@@ -102,16 +102,14 @@ other_cpus(void)
     return n - 1;
 }
 
-/* Watch *word until it differs from busy, at most SPIN_BUDGET_NS and
- * not past deadline; true if it did. Reads the vDSO clock every 64
- * pauses, so it never makes a syscall. */
+/* Watch *word until it differs from busy, at most budget_ns and not past
+ * deadline; true if it did. Reads the vDSO clock every 64 pauses, so it
+ * never makes a syscall. */
 static bool
-spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline)
+spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline,
+           uint32_t budget_ns)
 {
-    if (other_cpus() <= 0) {
-        return false;
-    }
-    uint64_t until = dk__os_monotonic_ns() + SPIN_BUDGET_NS;
+    uint64_t until = dk__os_monotonic_ns() + budget_ns;
     if (until > deadline) {
         until = deadline;
     }
@@ -124,6 +122,58 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline)
             return false;
         }
     }
+}
+
+/*
+ * How long a blocking lock watches a held word before it sleeps adapts,
+ * as the dispatch semaphore's spin does (src/sem.c): a watch pays when
+ * the holder runs on another CPU and lets go soon; when the holder has
+ * been preempted (more runnable threads than CPUs) or holds the lock for
+ * long, the watch only burns CPU, and it steals the CPU from a holder
+ * that shares it. So the budget halves on every watch that ends in a
+ * sleep, drops to 0 (no watch) below SPIN_MIN_NS, comes back in full on
+ * a watch that takes the lock, and is tried in full every
+ * SPIN_PROBE_EVERY-th contended lock anyway, so that a holder that can
+ * answer quickly again is noticed. The shared header has no room for it
+ * (fastipc's layout), so each thread keeps it, for the last mutex it
+ * waited on: a thread waits on one lock at a time, and rarely switches.
+ */
+#define SPIN_MIN_NS 1000u
+#define SPIN_PROBE_EVERY 64u
+static __thread struct {
+    const dk_shm_mutex_t *m;
+    uint32_t budget_ns, waits;
+} watch_memo;
+
+static uint32_t
+watch_budget(const dk_shm_mutex_t *m)
+{
+    if (watch_memo.m != m) {
+        watch_memo.m = m;
+        watch_memo.budget_ns = SPIN_BUDGET_NS;
+        watch_memo.waits = 0;
+    }
+    if (watch_memo.waits++ % SPIN_PROBE_EVERY == 0) {
+        return SPIN_BUDGET_NS;
+    }
+    return watch_memo.budget_ns;
+}
+
+uint32_t
+dk__shm_mutex_watch_budget(const dk_shm_mutex_t *m)
+{
+    return watch_memo.m == m ? watch_memo.budget_ns
+                             : (uint32_t)SPIN_BUDGET_NS;
+}
+
+/* After a watch: back in full if it took the lock, else half of the kept
+ * budget (not of a probe's full one, so a failed probe leaves 0 at 0). */
+static void
+watch_paid(bool paid)
+{
+    uint32_t half = watch_memo.budget_ns / 2;
+    watch_memo.budget_ns = paid ? SPIN_BUDGET_NS
+                                : (half >= SPIN_MIN_NS ? half : 0);
 }
 
 /* The stamp is only 4-byte aligned (the header is), so it is stored and
@@ -139,7 +189,7 @@ stamp_words(const void *header)
 static void
 stamp(void *header)
 {
-    uint64_t ns = dk__os_realtime_ns();
+    uint64_t ns = dk__os_realtime_coarse_ns();
     uint32_t half[2];
     memcpy(half, &ns, sizeof half);
     uint32_t *w = stamp_words(header);
@@ -291,18 +341,26 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
     if (deadline == 0) {
         return -ETIMEDOUT; /* a try: no liveness syscall */
     }
-    /* Not announced as a waiter yet: while we spin, an unlock that
+    /* Not announced as a waiter yet: while we watch, an unlock that
      * finds state 1 makes no wake syscall. */
-    while (spin > 0 && dk_atomic_load_relaxed(&m->state) == 1 &&
-           spin_while(&m->state, 1, deadline)) {
+    uint32_t budget = 0;
+    if (spin > 0 && other_cpus() > 0 &&
+        dk_atomic_load_relaxed(&m->state) == 1) {
+        budget = watch_budget(m);
+    }
+    while (budget > 0 && spin_while(&m->state, 1, deadline, budget)) {
         s = 0;
         if (dk_atomic_cas_acquire(&m->state, &s, 1)) {
             took_lock(m);
+            watch_paid(true);
             return 0;
         }
         if (s != 1) {
             break; /* waiters are sleeping: queue up behind them */
         }
+    }
+    if (budget > 0) {
+        watch_paid(false);
     }
     bool slept_a_slice = false;
     for (;;) {
@@ -417,7 +475,8 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
         }
     }
     /* Not counted in `waiters` yet: a post meanwhile makes no syscall. */
-    while (spin > 0 && deadline != 0 && spin_while(&s->count, 0, deadline)) {
+    while (spin > 0 && deadline != 0 && other_cpus() > 0 &&
+           spin_while(&s->count, 0, deadline, SPIN_BUDGET_NS)) {
         if (try_take(s)) {
             return 0;
         }

@@ -64,6 +64,10 @@ struct dk_group_s;
 int dk__shm_mutex_lock_step(struct dk_shm_mutex *m, bool check_owner,
                             uint64_t *orphan_since, uint32_t **word,
                             uint32_t *busy);
+/* The calling thread's current watch budget for m, in ns (src/mutex.c:
+ * it adapts to whether watching has been paying off; SPIN_BUDGET_NS
+ * before this thread has waited on m). For tests. */
+uint32_t dk__shm_mutex_watch_budget(const struct dk_shm_mutex *m);
 /* Semaphore: a step that returns -EAGAIN leaves the caller counted in
  * `waiters`; dk__shm_semaphore_unannounce ends that (after each wake-up,
  * and on giving up). */

@@ -184,7 +184,7 @@ def ping_pong():
             shm.unlink()
 
 
-def _contend(kind, arg, n, work):
+def _contend(kind, arg, n, work, start, out, slot):
     if kind == "mp":
         lk = arg
     elif kind == "posix_ipc":
@@ -198,6 +198,8 @@ def _contend(kind, arg, n, work):
             Mutex = sync.Mutex
         lk = Mutex(m.buf[:64])
     acquire, release = lk.acquire, lk.release
+    start.wait()
+    cpu = time.process_time()
     if work:
         for _ in range(n):
             acquire()
@@ -208,14 +210,18 @@ def _contend(kind, arg, n, work):
         for _ in range(n):
             acquire()
             release()
+    out[2 * slot] = time.perf_counter()
+    out[2 * slot + 1] = time.process_time() - cpu
     if kind in ("dispatchkit", "fastipc"):
         del lk, acquire, release
         m.close()
 
 
-def contended_run(ctx, kind, total, work=False):
-    """One run of two processes sharing `total` acquisitions: the rate, or
-    None if a child failed or hung (then both are killed)."""
+def contended_run(ctx, kind, total, work=False, nprocs=2):
+    """One run of nprocs processes sharing `total` acquisitions, timed
+    from a barrier they all pass to the last one's end: (acquisitions per
+    second, CPU ns per acquisition summed over the processes), or None if a
+    child failed or hung (then all are killed)."""
     shm = shared_memory.SharedMemory(create=True, size=64)
     ps = None
     try:
@@ -232,26 +238,37 @@ def contended_run(ctx, kind, total, work=False):
             import posix_ipc
             arg = f"/dkcont{os.getpid()}"
             ps = posix_ipc.Semaphore(arg, posix_ipc.O_CREX, initial_value=1)
+        start = ctx.Barrier(nprocs + 1)
+        out = ctx.Array("d", 2 * nprocs, lock=False)
         procs = [ctx.Process(target=_contend,
-                             args=(kind, arg, total // 2, work))
-                 for _ in range(2)]
-        t = time.perf_counter()
+                             args=(kind, arg, total // nprocs, work, start,
+                                   out, i))
+                 for i in range(nprocs)]
         for p in procs:
             p.start()
+        try:
+            start.wait(60)
+        except threading.BrokenBarrierError:
+            pass
+        t = time.perf_counter()
         running = {p.sentinel: p for p in procs}
         while running and time.perf_counter() - t < 120:
             for s in mp.connection.wait(list(running), 1.0):
                 p = running.pop(s)
                 p.join()  # the sentinel closes before the exit status exists
                 if p.exitcode != 0:
-                    running.clear()  # the other would wait forever
-        el = time.perf_counter() - t
+                    running.clear()  # the others would wait forever
         codes = [p.exitcode for p in procs]
         for p in procs:
             if p.exitcode is None:
                 p.kill()
                 p.join()
-        return total / el if codes == [0, 0] else None
+        if codes != [0] * nprocs:
+            return None
+        el = max(out[2 * i] for i in range(nprocs)) - t
+        cpu = sum(out[2 * i + 1] for i in range(nprocs))
+        n = total // nprocs * nprocs
+        return n / el, cpu / n * 1e9
     finally:
         if ps is not None:
             ps.unlink()
@@ -259,40 +276,73 @@ def contended_run(ctx, kind, total, work=False):
         shm.unlink()
 
 
+CONTENDED_KINDS = ("dispatchkit", "fastipc", "mp", "posix_ipc")
+CONTENDED_NAMES = {"mp": "multiprocessing.Lock",
+                   "posix_ipc": "posix_ipc.Semaphore"}
+
+
+def contended_kinds():
+    peer = {"fastipc": "fastipc._primitives", "posix_ipc": "posix_ipc"}
+    kinds = []
+    for kind in CONTENDED_KINDS:
+        try:
+            if kind in peer:
+                importlib.import_module(peer[kind])
+        except ImportError:
+            continue
+        kinds.append(kind)
+    return kinds
+
+
+def contended_medians(ctx, kinds, total, work, nprocs=2, runs=5):
+    """runs rounds in which each implementation runs once, in turn (the
+    machine's load hits all alike): {kind: (median rate, median CPU ns per
+    acquisition, runs that counted)}. A failed run is reported and
+    dropped; three failures end an implementation's turns."""
+    rates = {k: [] for k in kinds}
+    cpus = {k: [] for k in kinds}
+    failures = dict.fromkeys(kinds, 0)
+    for _ in range(runs + 3):
+        for kind in kinds:
+            if len(rates[kind]) >= runs or failures[kind] >= 3:
+                continue
+            r = contended_run(ctx, kind, total, work, nprocs)
+            if r is None:
+                failures[kind] += 1
+                continue
+            rates[kind].append(r[0])
+            cpus[kind].append(r[1])
+    return {k: (statistics.median(rates[k]), statistics.median(cpus[k]),
+                len(rates[k]), failures[k])
+            for k in kinds if rates[k]}
+
+
 def contended():
     """Two processes sharing 1M acquisitions with nothing in the loop, and
     200k with a little work (sum(range(30))) inside the lock and as much
-    outside it. The median of five runs per implementation; a failed run
-    is reported, and three failures end the implementation's turn.
-    (fastipc children fail: its release clears the owner field after
-    unlocking, erasing the next owner's pid, so that owner cannot release
-    and the other child waits forever. docs/sync.md, defect F2.)"""
+    outside it: the median of five alternating runs per implementation,
+    as a rate and as CPU time per acquisition (all processes' CPU, over
+    the acquisitions). A failed run is reported; three failures end the
+    implementation's turn. (fastipc children fail: its release clears the
+    owner field after unlocking, erasing the next owner's pid, so that
+    owner cannot release and the other child waits forever. docs/sync.md,
+    defect F2.)"""
     ctx = mp.get_context("fork")
-    peer = {"fastipc": "fastipc._primitives", "posix_ipc": "posix_ipc"}
+    kinds = contended_kinds()
     for workload, total, work in (
             ("mutex_2proc_contended", 1_000_000 // SCALE, False),
             ("mutex_2proc_contended_with_work", 200_000 // SCALE, True)):
-        for kind in ("dispatchkit", "fastipc", "mp", "posix_ipc"):
-            try:
-                if kind in peer:
-                    importlib.import_module(peer[kind])
-            except ImportError:
+        got = contended_medians(ctx, kinds, total, work)
+        for kind in kinds:
+            name = CONTENDED_NAMES.get(kind, kind)
+            if kind not in got:
+                print(f"{workload}\t{name}\tfailed\tevery run failed or "
+                      "hung", flush=True)
                 continue
-            name = {"mp": "multiprocessing.Lock",
-                    "posix_ipc": "posix_ipc.Semaphore"}.get(kind, kind)
-            rates, failures = [], 0
-            while len(rates) < 5 and failures < 3:
-                rate = contended_run(ctx, kind, total, work)
-                if rate is None:
-                    failures += 1
-                    print(f"{workload}\t{name}\tfailed\ta child failed or "
-                          "hung; run discarded", flush=True)
-                else:
-                    rates.append(rate)
-            if rates:
-                emit(workload, name if len(rates) == 5
-                     else f"{name} ({len(rates)} runs)",
-                     statistics.median(rates), "acq/s")
+            rate, cpu, n, failed = got[kind]
+            label = name if failed == 0 else f"{name} ({n} runs, {failed} failed)"
+            emit(workload, label, rate, "acq/s")
+            emit(workload + "_cpu", label, cpu, "ns CPU/acq")
 
 
 if __name__ == "__main__":

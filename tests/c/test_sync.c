@@ -28,6 +28,7 @@
 #include "dk/futex.h"
 #include "dk/mutex.h"
 #include "os/linux/os.h"
+#include "watch.h"
 
 #define MS (1000ull * 1000ull)
 
@@ -216,6 +217,91 @@ DK_TEST(sync_spin_is_bounded_by_the_deadline)
     CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(20), false, INT_MAX, false),
              -ETIMEDOUT);
     CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, INT_MAX, false), -ETIMEDOUT);
+}
+
+/* The watch before sleeping adapts (src/mutex.c, watch_budget): a waiter
+ * whose watches keep ending in a sleep (here the holder keeps the lock for
+ * 20 ms, a thousand times the budget) stops watching after five of them,
+ * so it burns no CPU for a holder that will not let go soon; and a probe
+ * that finds a holder letting go quickly again brings the full budget
+ * back. */
+struct holding {
+    dk_shm_mutex_t m;
+    int round, held, done; /* __atomic: the rounds' handshake */
+    uint64_t hold_ns;
+};
+
+static void *
+hold_in_rounds(void *arg)
+{
+    struct holding *h = arg;
+    for (int r = 1;; r++) {
+        int want;
+        while ((want = __atomic_load_n(&h->round, __ATOMIC_ACQUIRE)) < r &&
+               !__atomic_load_n(&h->done, __ATOMIC_ACQUIRE)) {
+            dk_cpu_relax();
+        }
+        if (want < r) {
+            return NULL;
+        }
+        CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_OS_FOREVER, false, 0, false), 0);
+        __atomic_store_n(&h->held, r, __ATOMIC_RELEASE);
+        uint64_t hold = __atomic_load_n(&h->hold_ns, __ATOMIC_RELAXED);
+        uint64_t until = dk__os_monotonic_ns() + hold;
+        if (hold >= MS) {
+            usleep((useconds_t)(hold / 1000));
+        }
+        while (dk__os_monotonic_ns() < until) {
+            dk_cpu_relax();
+        }
+        CHECK_EQ(dk_shm_mutex_unlock(&h->m, false, false), 0);
+    }
+}
+
+static void
+wait_out_a_round(struct holding *h, int r)
+{
+    __atomic_store_n(&h->round, r, __ATOMIC_RELEASE);
+    while (__atomic_load_n(&h->held, __ATOMIC_ACQUIRE) < r) {
+        dk_cpu_relax();
+    }
+    CHECK(dk_shm_mutex_lock(&h->m, DK_OS_FOREVER, false, 16, false) >= 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&h->m, false, false), 0);
+}
+
+DK_TEST(sync_mutex_watch_budget_adapts)
+{
+    static struct holding h;
+    CHECK_EQ(dk_shm_mutex_init(&h.m), 0);
+    uint32_t full = dk__shm_mutex_watch_budget(&h.m);
+    CHECK(full > 0);
+    if (dk__os_ncpu() < 2) {
+        return; /* no watching at all on one CPU */
+    }
+    h.hold_ns = 20 * MS;
+    pthread_t t;
+    pthread_create(&t, NULL, hold_in_rounds, &h);
+    int r = 0;
+    while (r < 6) {
+        wait_out_a_round(&h, ++r);
+    }
+    CHECK_EQ(dk__shm_mutex_watch_budget(&h.m), 0u);
+    /* A failed probe (the 64th contended lock watches in full) leaves it
+     * at 0, not at half the full budget. */
+    while (r < 66) {
+        wait_out_a_round(&h, ++r);
+    }
+    CHECK_EQ(dk__shm_mutex_watch_budget(&h.m), 0u);
+    /* Quick holds (2 us): the next probe (every 64th contended lock)
+     * takes the lock while watching. A probe can still fail when this
+     * machine is loaded and the holder is preempted, so allow many. */
+    __atomic_store_n(&h.hold_ns, 2000, __ATOMIC_RELAXED);
+    while (r < 66 + 64 * 20 && dk__shm_mutex_watch_budget(&h.m) != full) {
+        wait_out_a_round(&h, ++r);
+    }
+    CHECK_EQ(dk__shm_mutex_watch_budget(&h.m), full);
+    __atomic_store_n(&h.done, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
 }
 
 /* ---- counting under the mutex --------------------------------------- */

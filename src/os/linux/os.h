@@ -19,6 +19,9 @@
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. Both use the vDSO: no syscall. */
 uint64_t dk__os_monotonic_ns(void);
 uint64_t dk__os_realtime_ns(void);
+/* CLOCK_REALTIME_COARSE: the time at the last kernel tick (1-4 ms old at
+ * most), read from the vDSO without touching the clock hardware. */
+uint64_t dk__os_realtime_coarse_ns(void);
 
 /*
  * Sleep while *word == expected, until woken or deadline (absolute
