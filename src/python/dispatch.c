@@ -1620,13 +1620,14 @@ Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self->s, UINT64_MAX);
+    return interruptible_wait(semaphore_wait_adapter, self, UINT64_MAX);
 }
 
 static PyObject *
 Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
 {
     (void)args;
+    dk_atomic_store_relaxed(&self->signal_seen, gil_release_count());
     dk_semaphore_signal(self->s);
     Py_RETURN_NONE;
 }
