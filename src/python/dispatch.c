@@ -41,13 +41,6 @@ static dispatch_state *the_state; /* the runtime is process-wide */
 
 /* ---- callbacks ------------------------------------------------------ */
 
-/* Report an exception from an asynchronous callback (the GIL is held). */
-static void
-report_callback_error(PyObject *func)
-{
-    PyErr_WriteUnraisable(func);
-}
-
 /* ctx: a new reference to a callable, called with no arguments. */
 static void
 call_async(void *ctx)
@@ -57,12 +50,7 @@ call_async(void *ctx)
     if (!dkpy_enter(&g)) {
         return; /* finalizing: drop it */
     }
-    PyObject *r = PyObject_CallNoArgs(func);
-    if (r == NULL) {
-        report_callback_error(func);
-    } else {
-        Py_DECREF(r);
-    }
+    dkpy_call_reporting(func, NULL);
     Py_DECREF(func);
     dkpy_leave(&g);
 }
@@ -77,13 +65,7 @@ call_finalizer_async(void *ctx)
     if (!dkpy_enter(&g)) {
         return;
     }
-    PyObject *func = PyTuple_GET_ITEM(pair, 0);
-    PyObject *r = PyObject_CallNoArgs(func);
-    if (r == NULL) {
-        report_callback_error(func);
-    } else {
-        Py_DECREF(r);
-    }
+    dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
     Py_DECREF(pair);
     dkpy_leave(&g);
 }
@@ -100,36 +82,6 @@ check_callable(PyObject *func, const char *what)
 }
 
 /* ---- timeouts ------------------------------------------------------- */
-
-/* Convert a timeout in seconds to an absolute deadline: negative or None
- * means forever, 0 means poll. */
-static int
-timeout_deadline(PyObject *timeout, uint64_t *deadline)
-{
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = UINT64_MAX;
-        return 0;
-    }
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(t)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-        return -1;
-    }
-    if (t < 0 || isinf(t)) {
-        *deadline = UINT64_MAX;
-    } else if (t == 0) {
-        *deadline = 0;
-    } else {
-        double ns = t * 1e9;
-        uint64_t now = dk_now();
-        *deadline = ns >= (double)(UINT64_MAX - now - 1) ? UINT64_MAX
-                                                         : now + (uint64_t)ns;
-    }
-    return 0;
-}
 
 /* wait(timeout=-1) accepting timeout_seconds= too (cygcd's real name). */
 static int
@@ -153,8 +105,8 @@ parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
                         "give timeout or timeout_seconds, not both");
         return -1;
     }
-    return timeout_deadline(timeout != NULL ? timeout : timeout_seconds,
-                            deadline);
+    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
+                               deadline);
 }
 
 /* Seconds (finite, >= 0) to nanoseconds. */
@@ -462,7 +414,7 @@ call_sync(void *ctx)
         PyObject *r = PyObject_CallNoArgs(c->func);
         if (r == NULL) {
             if (c->state == SYNC_ABANDONED) {
-                report_callback_error(c->func);
+                PyErr_WriteUnraisable(c->func);
             } else {
                 PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
             }
@@ -1290,30 +1242,20 @@ several_cpus(void)
 /* Wait with the GIL released against a deadline, running signal handlers
  * on EINTR: True when done, False on timeout, NULL if a handler raised. */
 static PyObject *
-interruptible_wait(int (*wait)(void *obj, uint64_t deadline), void *obj,
-                   uint64_t deadline)
+interruptible_wait(dkpy_wait_fn wait, void *obj, uint64_t deadline)
 {
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        note_gil_released();
-        rc = wait(obj, dkpy_slice_end(deadline));
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            Py_RETURN_FALSE;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    int rc = dkpy_wait_sliced(wait, obj, deadline);
+    if (rc == DKPY_RAISED) {
+        return NULL;
     }
+    return PyBool_FromLong(rc == 0);
 }
 
+/* The adapters run with the GIL released (note_gil_released). */
 static int
 group_wait_adapter(void *g, uint64_t deadline)
 {
+    note_gil_released();
     return dk_group_wait_interruptible(g, deadline);
 }
 
@@ -1328,6 +1270,7 @@ static int
 semaphore_wait_adapter(void *obj, uint64_t deadline)
 {
     SemaphoreObject *self = obj;
+    note_gil_released();
     int rc = dk_semaphore_wait_interruptible(self->s, deadline);
     if (rc == 0) {
         /* Written before the signal that gave us our unit (if it came
@@ -1991,7 +1934,7 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    if (timeout != NULL && timeout_deadline(timeout, &deadline) < 0) {
+    if (timeout != NULL && dkpy_deadline_cygcd(timeout, &deadline) < 0) {
         return NULL;
     }
     if (!dk_is_main_thread()) {
