@@ -162,7 +162,7 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
         }
     }
     apply_work(a);
-    dk__wait_word(&a->done, 0, DK_OS_FOREVER);
+    dk__wait_word(&a->done, 0, DK_TIME_FOREVER);
     apply_unref(a);
     return 0;
 }

@@ -52,7 +52,7 @@ dk_once_f(dk_once_t *predicate, void *ctx, dk_function_t fn)
             dk_atomic_sub_relaxed(&once_waiters, 1);
             return;
         }
-        dk__os_futex_wait(&once_gen, g, DK_OS_FOREVER, false);
+        dk__os_futex_wait(&once_gen, g, DK_TIME_FOREVER, false);
         dk_atomic_sub_relaxed(&once_waiters, 1);
     }
 }

@@ -336,7 +336,7 @@ worker_park(struct worker_slot *w)
     }
     bool extra = dk_atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
     uint64_t deadline =
-        extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS : DK_OS_FOREVER;
+        extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS : DK_TIME_FOREVER;
     while (dk_atomic_load_acquire(&w->word) == 0) {
         int rc = dk__os_futex_wait(&w->word, 0, deadline, false);
         if (rc != -ETIMEDOUT) {

@@ -678,11 +678,11 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
         /* We are the thread that drains the main queue: drain until our
          * item has run. */
         while (dk_atomic_load_acquire(&it.done) == 0) {
-            dk_main_drain(DK_OS_FOREVER);
+            dk_main_drain(DK_TIME_FOREVER);
         }
         return 0;
     }
-    dk__wait_word(&it.done, 0, DK_OS_FOREVER); /* pairs with item_invoke */
+    dk__wait_word(&it.done, 0, DK_TIME_FOREVER); /* pairs with item_invoke */
     return 0;
 }
 

@@ -269,7 +269,7 @@ semaphore_wait(dk_semaphore_t *s, uint64_t deadline, bool interruptible)
             }
             /* A signal counted us: its token is (about to be) posted. */
             while (!take_token(s)) {
-                park(s, DK_OS_FOREVER);
+                park(s, DK_TIME_FOREVER);
             }
             return 0;
         }
@@ -345,7 +345,7 @@ dk__semaphore_wait_abandon(dk_semaphore_t *s)
     /* A signal counted us (S1): its token follows (B). Take it and hand
      * the unit on, as if we had never waited. */
     while (!take_token(s)) {
-        park(s, DK_OS_FOREVER);
+        park(s, DK_TIME_FOREVER);
     }
     dk_semaphore_signal(s);
 }

@@ -68,7 +68,7 @@ probe_waitv(void)
     uint32_t word = 1;
     struct dk__os_waitv v = {&word, 0, false};
     /* The word differs from `expected`: -EAGAIN at once when supported. */
-    return dk__os_futex_waitv(&v, 1, DK_OS_FOREVER) != -ENOSYS;
+    return dk__os_futex_waitv(&v, 1, DK_TIME_FOREVER) != -ENOSYS;
 }
 
 bool
@@ -131,7 +131,7 @@ watcher_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->lock); /* (B1) */
         int n = 0;
-        uint64_t deadline = DK_OS_FOREVER;
+        uint64_t deadline = DK_TIME_FOREVER;
         for (int i = 0; i < s->cap; i++) {
             struct slot *sl = &s->slots[i];
             if (sl->head == NULL) {

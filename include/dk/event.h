@@ -14,7 +14,7 @@
  *
  * `shared` selects process-shared futexes (memory shared between
  * processes); it must be the same for every user of one word. Deadlines
- * are absolute CLOCK_MONOTONIC ns (UINT64_MAX: none; 0: do not sleep).
+ * are absolute CLOCK_MONOTONIC ns (DK_TIME_FOREVER: none; 0: do not sleep).
  */
 #ifndef DK_EVENT_H
 #define DK_EVENT_H

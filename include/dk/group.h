@@ -22,7 +22,7 @@ DK_EXPORT void dk_group_enter(dk_group_t *g);
  * is left unchanged). */
 DK_EXPORT int dk_group_leave(dk_group_t *g);
 /* Wait until the count is zero or `deadline` (absolute CLOCK_MONOTONIC ns,
- * UINT64_MAX = forever) passes. Returns 0 or -ETIMEDOUT. The
+ * DK_TIME_FOREVER = forever) passes. Returns 0 or -ETIMEDOUT. The
  * _interruptible variant also returns -EINTR when a signal handler runs. */
 DK_EXPORT int dk_group_wait(dk_group_t *g, uint64_t deadline);
 DK_EXPORT int dk_group_wait_interruptible(dk_group_t *g, uint64_t deadline);

@@ -16,7 +16,7 @@
  *
  * Uncontended operations are atomic instructions only (the pid is cached
  * and refreshed after fork; the clock is the vDSO). Waits take absolute
- * CLOCK_MONOTONIC deadlines (UINT64_MAX: none).
+ * CLOCK_MONOTONIC deadlines (DK_TIME_FOREVER: none).
  */
 #ifndef DK_MUTEX_H
 #define DK_MUTEX_H

@@ -176,7 +176,7 @@ DK_EXPORT int dk_queue_qos(const dk_queue_t *q, int *relpri);
 /*
  * The main queue. dk_main_drain runs the main queue's ready items on the
  * calling thread, which must be the main thread, waiting until `deadline`
- * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, UINT64_MAX = forever)
+ * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, DK_TIME_FOREVER = forever)
  * for the first one. Returns the number of items run, -ETIMEDOUT, -EINTR
  * if interrupted by a signal handler while waiting, or -EPERM off the main
  * thread. dk_main_fd is an fd that is readable while work is pending.

@@ -194,19 +194,19 @@ dkpy_slice_end(uint64_t deadline)
 bool
 dkpy_wait_goes_on(uint64_t deadline)
 {
-    return deadline == UINT64_MAX || dk_now() < deadline;
+    return deadline == DK_TIME_FOREVER || dk_now() < deadline;
 }
 
 /* ---- timeouts --------------------------------------------------------- */
 
-/* Seconds as a double to a deadline after now, UINT64_MAX where it would
+/* Seconds as a double to a deadline after now, DK_TIME_FOREVER where it would
  * not fit (or is infinite). s > 0. */
 static uint64_t
 deadline_after_seconds(double s)
 {
     double ns = s * 1e9;
     uint64_t now = dk_now();
-    return ns >= (double)(UINT64_MAX - now - 1) ? UINT64_MAX
+    return ns >= (double)(UINT64_MAX - now - 1) ? DK_TIME_FOREVER
                                                 : now + (uint64_t)ns;
 }
 
@@ -214,7 +214,7 @@ int
 dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
 {
     if (timeout == NULL || timeout == Py_None) {
-        *deadline = UINT64_MAX;
+        *deadline = DK_TIME_FOREVER;
         return 0;
     }
     double t = PyFloat_AsDouble(timeout);
@@ -226,7 +226,7 @@ dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
         return -1;
     }
     if (t < 0 || isinf(t)) {
-        *deadline = UINT64_MAX;
+        *deadline = DK_TIME_FOREVER;
     } else if (t == 0) {
         *deadline = 0;
     } else {
@@ -239,7 +239,7 @@ int
 dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
 {
     if (timeout == NULL || timeout == Py_None) {
-        *deadline = UINT64_MAX;
+        *deadline = DK_TIME_FOREVER;
         return 0;
     }
     double s = PyFloat_AsDouble(timeout);
@@ -253,7 +253,7 @@ dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
     if (s <= 0) {
         *deadline = 0;
     } else if (s > 1e9) {
-        *deadline = UINT64_MAX;
+        *deadline = DK_TIME_FOREVER;
     } else {
         *deadline = dk_now() + (uint64_t)(s * 1e9);
     }
@@ -264,7 +264,7 @@ uint64_t
 dkpy_deadline_fastipc(long long timeout_ns)
 {
     if (timeout_ns < 0) {
-        return UINT64_MAX;
+        return DK_TIME_FOREVER;
     }
     if (timeout_ns == 0) {
         return 0;

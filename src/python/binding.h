@@ -67,7 +67,7 @@ PyObject *dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases);
  * thread, would otherwise leave Ctrl-C waiting for the deadline. */
 #define DKPY_SIGNAL_SLICE_NS 100000000ull
 
-/* The end of the next slice of a wait for `deadline` (UINT64_MAX:
+/* The end of the next slice of a wait for `deadline` (DK_TIME_FOREVER:
  * forever; 0: poll): `deadline` itself on threads other than the one that
  * runs signal handlers. */
 uint64_t dkpy_slice_end(uint64_t deadline);
@@ -84,7 +84,7 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
 /* The wait of CPython's acquire_timed (Modules/_threadmodule.c), after the
  * caller's own non-blocking try with the GIL held (each primitive's try
  * takes other arguments): fn with the GIL released, in slices of
- * dkpy_slice_end, against the absolute `deadline` (UINT64_MAX: forever),
+ * dkpy_slice_end, against the absolute `deadline` (DK_TIME_FOREVER: forever),
  * running the signal handlers between slices and on EINTR. Returns what
  * fn returned when that was neither -ETIMEDOUT nor -EINTR, -ETIMEDOUT
  * once the deadline has passed, or DKPY_RAISED with the handler's
@@ -92,7 +92,7 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
 int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
 
 /* The timeout rules, one per seed; each gives an absolute CLOCK_MONOTONIC
- * deadline, UINT64_MAX for none and 0 for a single poll.
+ * deadline, DK_TIME_FOREVER for none and 0 for a single poll.
  * cygcd (seconds): None, negative or inf wait forever; 0 polls; NaN is a
  * ValueError; a deadline past the clock's range waits forever. */
 int dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline);

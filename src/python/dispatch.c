@@ -257,7 +257,7 @@ dk_py_main(PyObject *module, PyObject *unused)
     for (;;) {
         long n;
         Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(dkpy_slice_end(UINT64_MAX));
+        n = dk_main_drain(dkpy_slice_end(DK_TIME_FOREVER));
         Py_END_ALLOW_THREADS
         if (n == -EDEADLK) {
             PyErr_SetString(PyExc_RuntimeError,
@@ -407,7 +407,7 @@ dkpy_dispatch_exec(PyObject *m)
             return -1;
         }
     }
-    PyObject *forever = PyLong_FromUnsignedLongLong(UINT64_MAX);
+    PyObject *forever = PyLong_FromUnsignedLongLong(DK_TIME_FOREVER);
     if (forever == NULL ||
         PyModule_AddObject(m, "DISPATCH_TIME_FOREVER", forever) < 0) {
         Py_XDECREF(forever);

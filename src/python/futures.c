@@ -812,7 +812,7 @@ group_wait_slices(dk_group_t *g)
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_group_wait_interruptible(g, dkpy_slice_end(UINT64_MAX));
+        rc = dk_group_wait_interruptible(g, dkpy_slice_end(DK_TIME_FOREVER));
         Py_END_ALLOW_THREADS
         if (rc == 0) {
             return 0;
@@ -1520,7 +1520,7 @@ Wait_step(WaitObject *self, PyObject *args)
     self->watch.busy = busy;
     self->watch.shared = self->shared;
     self->watch.deadline =
-        deadline_ns < 0 ? UINT64_MAX : (uint64_t)deadline_ns;
+        deadline_ns < 0 ? DK_TIME_FOREVER : (uint64_t)deadline_ns;
     self->watch.fn = wait_fired;
     Py_XSETREF(self->fut, Py_NewRef(fut));
     Py_INCREF(self); /* the registration's reference */

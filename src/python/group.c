@@ -459,7 +459,7 @@ Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self, UINT64_MAX);
+    return interruptible_wait(semaphore_wait_adapter, self, DK_TIME_FOREVER);
 }
 
 static PyObject *

@@ -421,8 +421,8 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
                 rc = -EINTR;
             }
         } else {
-            rc = dk_semaphore_wait_interruptible(c->done,
-                                                 dkpy_slice_end(UINT64_MAX));
+            rc = dk_semaphore_wait_interruptible(
+                c->done, dkpy_slice_end(DK_TIME_FOREVER));
         }
         Py_END_ALLOW_THREADS
         if (rc == 0) {

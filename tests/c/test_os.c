@@ -11,7 +11,7 @@
 DK_TEST(os_futex_wait_value_mismatch_is_eagain)
 {
     uint32_t word = 1;
-    CHECK_EQ(dk__os_futex_wait(&word, 0, DK_OS_FOREVER, false), -EAGAIN);
+    CHECK_EQ(dk__os_futex_wait(&word, 0, DK_TIME_FOREVER, false), -EAGAIN);
 }
 
 DK_TEST(os_futex_wait_deadline_times_out)
@@ -42,7 +42,7 @@ DK_TEST(os_futex_wake_releases_waiter)
     pthread_t t;
     pthread_create(&t, NULL, waker, NULL);
     while (dk_atomic_load_acquire(&wake_word) == 0) {
-        dk__os_futex_wait(&wake_word, 0, DK_OS_FOREVER, false);
+        dk__os_futex_wait(&wake_word, 0, DK_TIME_FOREVER, false);
     }
     pthread_join(t, NULL);
     CHECK_EQ(wake_word, 1);

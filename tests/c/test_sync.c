@@ -129,7 +129,7 @@ DK_TEST(sync_mutex_misuse_codes)
     CHECK_EQ(m.state, 0);
     CHECK_EQ(m.owner_pid, 0);
     CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), -EPERM);
-    CHECK_EQ(dk_shm_mutex_lock(&m, DK_OS_FOREVER, false, 0, true), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, DK_TIME_FOREVER, false, 0, true), 0);
     CHECK_EQ(dk_shm_mutex_unlock(&m, false, true), 0); /* force */
     CHECK_EQ(m.state, 0);
 }
@@ -231,7 +231,8 @@ static void
 count_under(struct counted *c, bool shared)
 {
     for (int i = 0; i < INCREMENTS; i++) {
-        CHECK(dk_shm_mutex_lock(&c->m, DK_OS_FOREVER, shared, 16, false) >= 0);
+        CHECK(dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, shared, 16, false) >=
+              0);
         uint64_t v = c->counter;
         c->counter = v + 1;
         CHECK_EQ(dk_shm_mutex_unlock(&c->m, shared, false), 0);
@@ -294,7 +295,7 @@ fork_holder(dk_shm_mutex_t *m)
     CHECK(pid >= 0);
     if (pid == 0) {
         close(fds[0]);
-        CHECK_EQ(dk_shm_mutex_lock(m, DK_OS_FOREVER, true, 0, false), 0);
+        CHECK_EQ(dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 0, false), 0);
         char c = 'L';
         CHECK_EQ(write(fds[1], &c, 1), 1);
         for (;;) {
@@ -612,7 +613,7 @@ DK_TEST(sync_alias_outlives_the_original_mapping)
 DK_TEST(sync_futex_public_calls)
 {
     uint32_t w = 7;
-    CHECK_EQ(dk_futex_wait(&w, 6, DK_OS_FOREVER, false), -EAGAIN);
+    CHECK_EQ(dk_futex_wait(&w, 6, DK_TIME_FOREVER, false), -EAGAIN);
     CHECK_EQ(dk_futex_wait(&w, 7, in_ms(2), true), -ETIMEDOUT);
     CHECK_EQ(dk_futex_wake(&w, 1, false), 0);
 }
@@ -676,12 +677,12 @@ uncontended_ops(void *arg)
     dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(page + 64);
     dk_shm_event_t *e = (dk_shm_event_t *)(page + 128);
     for (int i = 0; i < 1000; i++) {
-        if (dk_shm_mutex_lock(m, DK_OS_FOREVER, true, 16, true) != 0 ||
+        if (dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 16, true) != 0 ||
             dk_shm_mutex_lock(m, 0, true, 16, false) != -EDEADLK ||
             dk_shm_mutex_unlock(m, true, false) != 0 ||
             dk_shm_semaphore_post(s, 1, true, false) != 0 ||
-            dk_shm_semaphore_wait(s, DK_OS_FOREVER, true, 16, true) != 0 ||
-            dk_shm_event_wait(e, DK_OS_FOREVER, true) != 0) {
+            dk_shm_semaphore_wait(s, DK_TIME_FOREVER, true, 16, true) != 0 ||
+            dk_shm_event_wait(e, DK_TIME_FOREVER, true) != 0) {
             _exit(3);
         }
     }

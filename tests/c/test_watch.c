@@ -174,12 +174,12 @@ DK_TEST(watch_futex_waitv_wrapper)
 {
     uint32_t a = 1, b = 2;
     struct dk__os_waitv v[2] = {{&a, 1, false}, {&b, 3, false}};
-    int rc = dk__os_futex_waitv(v, 2, DK_OS_FOREVER);
+    int rc = dk__os_futex_waitv(v, 2, DK_TIME_FOREVER);
     CHECK(rc == -EAGAIN || rc == -ENOSYS); /* b differs at once */
     v[1].expected = 2;
     rc = dk__os_futex_waitv(v, 2, dk__os_monotonic_ns() + 1000000);
     CHECK(rc == -ETIMEDOUT || rc == -ENOSYS);
-    CHECK_EQ(dk__os_futex_waitv(v, 0, DK_OS_FOREVER), -EINVAL);
+    CHECK_EQ(dk__os_futex_waitv(v, 0, DK_TIME_FOREVER), -EINVAL);
 }
 
 DK_TEST(watch_fork_child_starts_fresh)
@@ -218,7 +218,7 @@ static void *
 blocking_dsem_waiter(void *unused)
 {
     (void)unused;
-    blocked_rc = dk_semaphore_wait(dsem, DK_OS_FOREVER);
+    blocked_rc = dk_semaphore_wait(dsem, DK_TIME_FOREVER);
     return NULL;
 }
 

@@ -438,7 +438,7 @@ dk__nsem_trywait(sem_t *sem)
 int
 dk__nsem_wait(sem_t *sem, uint64_t deadline)
 {
-    if (deadline == DK_OS_FOREVER) {
+    if (deadline == DK_TIME_FOREVER) {
         return sem_wait(sem) < 0 ? -errno : 0;
     }
     /* sem_clockwait takes a CLOCK_MONOTONIC deadline, so clock jumps do
