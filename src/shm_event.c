@@ -1,5 +1,5 @@
 /*
- * The shared-memory event (dk/event.h): one word, 0 clear, 1 set.
+ * The shared-memory event (dk/shm_event.h): one word, 0 clear, 1 set.
  *
  *   waiter                               setter
  *   v = load(word)            (A)        store(word, 1)          (B)
@@ -14,7 +14,7 @@
  */
 #include "internal.h"
 
-#include "dk/event.h"
+#include "dk/shm_event.h"
 #include "watch.h"
 
 #include <errno.h>

@@ -53,12 +53,12 @@
 
 #include <structmember.h>
 
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/group.h"
 #include "dk/mutex.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
+#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
 #include "python/futures.h"

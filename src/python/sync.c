@@ -15,9 +15,9 @@
 #include <string.h>
 
 #include "dk/atomic.h"
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "python/futures.h"
 

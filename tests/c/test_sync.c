@@ -1,5 +1,5 @@
 /*
- * Tests of the shared-memory sync primitives (dk/mutex.h, dk/event.h,
+ * Tests of the shared-memory sync primitives (dk/mutex.h, dk/shm_event.h,
  * dk/futex.h): every return code, counting under threads and forked
  * processes, a SIGKILLed holder, post(n) waking exactly n sleepers, and
  * uncontended operations making no syscall at all (checked under a
@@ -24,9 +24,9 @@
 #include <unistd.h>
 
 #include "atomic.h"
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 #include "os/linux/os.h"
 
 #define MS (1000ull * 1000ull)
