@@ -176,13 +176,13 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 void
 dk_io_retain(dk_io_t *io)
 {
-    dk_atomic_add_relaxed(&io->refcnt, 1);
+    dk__atomic_add_relaxed(&io->refcnt, 1);
 }
 
 void
 dk_io_release(dk_io_t *io)
 {
-    if (dk_atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
+    if (dk__atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
         return;
     }
     dk_release(io->opq);
@@ -385,9 +385,9 @@ dk_io_close(dk_io_t *io, unsigned flags)
 {
     dk_source_t *wait = NULL;
     pthread_mutex_lock(&io->lock);
-    dk_atomic_store_release(&io->closed, true);
+    dk__atomic_store_release(&io->closed, true);
     if (flags & DK_IO_STOP) {
-        dk_atomic_store_release(&io->stop, true);
+        dk__atomic_store_release(&io->stop, true);
         wait = io->wait_src; /* interrupt a wait for readiness */
         io->wait_src = NULL;
     }
@@ -409,7 +409,7 @@ dk_io_close(dk_io_t *io, unsigned flags)
 bool
 dk_io_is_closed(const dk_io_t *io)
 {
-    return dk_atomic_load_acquire(&io->closed);
+    return dk__atomic_load_acquire(&io->closed);
 }
 
 int
@@ -554,7 +554,7 @@ static enum step
 step_read(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
-        bool stop = dk_atomic_load_acquire(&io->stop);
+        bool stop = dk__atomic_load_acquire(&io->stop);
         if (stop) {
             flush_read(io, op, true, ECANCELED);
             return STEP_DONE;
@@ -664,7 +664,7 @@ static enum step
 step_write(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
-        if (dk_atomic_load_acquire(&io->stop)) {
+        if (dk__atomic_load_acquire(&io->stop)) {
             deliver(op, true, op->wbuf + op->pos, op->length - op->pos,
                     ECANCELED);
             return STEP_DONE;
@@ -737,7 +737,7 @@ process(void *p)
         enum step st = STEP_DONE;
         switch (op->kind) {
         case OP_BARRIER:
-            if (!dk_atomic_load_acquire(&io->stop)) {
+            if (!dk__atomic_load_acquire(&io->stop)) {
                 op->barrier_fn(op->ctx);
             }
             break;

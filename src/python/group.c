@@ -62,13 +62,13 @@ static uint32_t gil_spins;                 /* watches so far, for probes */
 static void
 note_gil_released(void)
 {
-    dk_atomic_add_relaxed(&gil_releases, 1);
+    dk__atomic_add_relaxed(&gil_releases, 1);
 }
 
 static uint32_t
 gil_release_count(void)
 {
-    return dk_atomic_load_relaxed(&gil_releases);
+    return dk__atomic_load_relaxed(&gil_releases);
 }
 
 /* With the GIL released: until the count moves on from `seen`, at most
@@ -80,9 +80,9 @@ await_gil_release(uint32_t seen)
     if (!gil_spin_useful || gil_release_count() != seen) {
         return;
     }
-    uint32_t kept = dk_atomic_load_relaxed(&gil_spin_ns);
+    uint32_t kept = dk__atomic_load_relaxed(&gil_spin_ns);
     uint32_t budget = kept;
-    if (dk_atomic_add_relaxed(&gil_spins, 1) % GIL_SPIN_PROBE_EVERY == 0) {
+    if (dk__atomic_add_relaxed(&gil_spins, 1) % GIL_SPIN_PROBE_EVERY == 0) {
         budget = GIL_SPIN_NS;
     }
     if (budget == 0) {
@@ -92,13 +92,13 @@ await_gil_release(uint32_t seen)
     for (unsigned i = 1;; i++) {
         dk_cpu_relax();
         if (gil_release_count() != seen) {
-            dk_atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
+            dk__atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
             return;
         }
         if (i % 8 == 0 && dk_now() >= until) {
             uint32_t half = kept / 2;
-            dk_atomic_store_relaxed(&gil_spin_ns,
-                                    half >= GIL_SPIN_MIN_NS ? half : 0);
+            dk__atomic_store_relaxed(&gil_spin_ns,
+                                     half >= GIL_SPIN_MIN_NS ? half : 0);
             return;
         }
     }
@@ -171,7 +171,7 @@ semaphore_wait_adapter(void *obj, uint64_t deadline)
     if (rc == 0) {
         /* Written before the signal that gave us our unit (if it came
          * from Python); a stale value only makes the spin end at once. */
-        await_gil_release(dk_atomic_load_relaxed(&self->signal_seen));
+        await_gil_release(dk__atomic_load_relaxed(&self->signal_seen));
     }
     return rc;
 }
@@ -439,7 +439,7 @@ Semaphore_signal(SemaphoreObject *self, PyObject *unused)
 {
     (void)unused;
     /* We hold the GIL: a waiter we wake watches for its next release. */
-    dk_atomic_store_relaxed(&self->signal_seen, gil_release_count());
+    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     return PyBool_FromLong(dk_semaphore_signal(self->s));
 }
 
@@ -466,7 +466,7 @@ static PyObject *
 Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
 {
     (void)args;
-    dk_atomic_store_relaxed(&self->signal_seen, gil_release_count());
+    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     dk_semaphore_signal(self->s);
     Py_RETURN_NONE;
 }

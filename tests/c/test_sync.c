@@ -369,7 +369,7 @@ DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
      * must survive from one call to the next. */
     dk_shm_mutex_t *m = shared_page();
     CHECK_EQ(dk_shm_mutex_init(m), 0);
-    dk_atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
+    dk__atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
     int rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
         rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
@@ -380,9 +380,9 @@ DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
     /* The same when the holder died between R1 and R2: owner cleared,
      * state not yet released, with waiters announced. */
     CHECK_EQ(dk_shm_mutex_lock(m, in_ms(100), true, 0, false), 0);
-    dk_atomic_store_release(&m->owner_pid, 0);
-    dk_atomic_store_release(&m->owner_tid, 0);
-    dk_atomic_store_release(&m->state, 2);
+    dk__atomic_store_release(&m->owner_pid, 0);
+    dk__atomic_store_release(&m->owner_tid, 0);
+    dk__atomic_store_release(&m->state, 2);
     rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
         rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
@@ -444,7 +444,7 @@ sem_waiter(void *arg)
 {
     (void)arg;
     if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), false, 0, false) == 0) {
-        dk_atomic_add_seq_cst(&post_woken, 1);
+        dk__atomic_add_seq_cst(&post_woken, 1);
     }
     return NULL;
 }
@@ -453,7 +453,7 @@ static void
 wait_until_count(uint32_t *word, uint32_t want)
 {
     uint64_t deadline = in_ms(10000);
-    while (dk_atomic_load_acquire(word) != want) {
+    while (dk__atomic_load_acquire(word) != want) {
         CHECK(dk__os_monotonic_ns() < deadline);
         sleep_ms(1);
     }
@@ -470,8 +470,8 @@ DK_TEST(sync_semaphore_post_n_wakes_exactly_n)
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 2, false, false), 0);
     wait_until_count(&post_woken, 2);
     sleep_ms(120); /* longer than a re-check slice: nobody else wakes */
-    CHECK_EQ(dk_atomic_load_acquire(&post_woken), 2);
-    CHECK_EQ(dk_atomic_load_acquire(&post_sem.count), 0);
+    CHECK_EQ(dk__atomic_load_acquire(&post_woken), 2);
+    CHECK_EQ(dk__atomic_load_acquire(&post_sem.count), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     for (int i = 0; i < 4; i++) {
