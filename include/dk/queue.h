@@ -53,7 +53,8 @@ enum {
  * Returns NULL with errno = ENOMEM, or EINVAL for an unknown attribute.
  */
 DK_EXPORT dk_queue_t *dk_queue_create(const char *label, unsigned attrs,
-                                      int qos, int relpri, dk_queue_t *target);
+                                      int qos, int relpri,
+                                      dk_queue_t *target) DK_WARN_UNUSED;
 
 /* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
  * NULL (errno = EINVAL) for any other value. Immortal. */

@@ -30,7 +30,7 @@ typedef struct dk_shm_event {
 /* Check that e can hold an event: 0, or -EINVAL when it is not 4-byte
  * aligned. Does not touch the word (attaching must not clear an event
  * another process has set). */
-DK_EXPORT int dk_shm_event_check(const dk_shm_event_t *e);
+DK_EXPORT int dk_shm_event_check(const dk_shm_event_t *e) DK_WARN_UNUSED;
 /* Set and wake every waiter (one futex wake syscall: fastipc's waiters do
  * not announce themselves, so we cannot know there are none). */
 DK_EXPORT void dk_shm_event_set(dk_shm_event_t *e, bool shared);

@@ -807,20 +807,16 @@ fail:
 }
 
 static int
+group_wait_fn(void *g, uint64_t deadline)
+{
+    return dk_group_wait_interruptible(g, deadline);
+}
+
+/* Until the group is empty; 0, or -1 if a signal handler raised. */
+static int
 group_wait_slices(dk_group_t *g)
 {
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_group_wait_interruptible(g, dkpy_slice_end(DK_TIME_FOREVER));
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            return 0;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-    }
+    return dkpy_wait_sliced(group_wait_fn, g, DK_TIME_FOREVER) == 0 ? 0 : -1;
 }
 
 static PyObject *
