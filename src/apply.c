@@ -27,7 +27,7 @@ struct apply {
 static void
 apply_unref(struct apply *a)
 {
-    if (dk_atomic_sub_acq_rel(&a->refcnt, 1) == 1) {
+    if (dk__atomic_sub_acq_rel(&a->refcnt, 1) == 1) {
         free(a);
     }
 }
@@ -38,9 +38,9 @@ static void
 apply_finish(struct apply *a, size_t count)
 {
     /* Release: the iterations happen before the caller's return. */
-    size_t done = dk_atomic_add_acq_rel(&a->completed, count);
+    size_t done = dk__atomic_add_acq_rel(&a->completed, count);
     if (done + count == a->n) {
-        dk_atomic_store_release(&a->done, 1);
+        dk__atomic_store_release(&a->done, 1);
         dk__os_futex_wake(&a->done, 1, false);
     }
 }
@@ -49,7 +49,7 @@ static void
 apply_work(struct apply *a)
 {
     for (;;) {
-        size_t begin = dk_atomic_add_relaxed(&a->next, a->chunk);
+        size_t begin = dk__atomic_add_relaxed(&a->next, a->chunk);
         if (begin >= a->n) {
             return;
         }
@@ -69,7 +69,7 @@ apply_work(struct apply *a)
              * what nobody claimed yet as finished. Chunks already claimed
              * finish (and are counted) as usual, so the total still
              * reaches n exactly once. */
-            size_t old = dk_atomic_xchg_relaxed(&a->next, a->n);
+            size_t old = dk__atomic_xchg_relaxed(&a->next, a->n);
             if (old < a->n) {
                 apply_finish(a, a->n - old);
             }
@@ -158,11 +158,11 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
         if (dk_queue_async_f(q, a, apply_helper) < 0) {
             /* The caller does that helper's share. Its own reference keeps
              * the count above zero, so this never frees. */
-            dk_atomic_sub_relaxed(&a->refcnt, 1);
+            dk__atomic_sub_relaxed(&a->refcnt, 1);
         }
     }
     apply_work(a);
-    dk__wait_word(&a->done, 0, DK_OS_FOREVER);
+    dk__wait_word(&a->done, 0, DK_TIME_FOREVER);
     apply_unref(a);
     return 0;
 }

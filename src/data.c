@@ -44,13 +44,13 @@ dk_data_empty(void)
 static void
 backing_retain(struct backing *b)
 {
-    dk_atomic_add_relaxed(&b->refcnt, 1);
+    dk__atomic_add_relaxed(&b->refcnt, 1);
 }
 
 static void
 backing_release(struct backing *b)
 {
-    if (dk_atomic_sub_acq_rel(&b->refcnt, 1) != 1) {
+    if (dk__atomic_sub_acq_rel(&b->refcnt, 1) != 1) {
         return;
     }
     if (b->destructor != NULL) {

@@ -408,14 +408,14 @@ event_start(void)
         ev.start_error = rc;
         return;
     }
-    dk_atomic_store_release(&ev.started, true);
+    dk__atomic_store_release(&ev.started, true);
 }
 
 int
 dk__event_ensure(void)
 {
     pthread_once(&ev.once, event_start);
-    return dk_atomic_load_acquire(&ev.started) ? 0 : ev.start_error;
+    return dk__atomic_load_acquire(&ev.started) ? 0 : ev.start_error;
 }
 
 int

@@ -54,7 +54,7 @@ void dk__group_destroy(dk_group_t *g);
 void
 dk__group_destroy(dk_group_t *g)
 {
-    if (dk_atomic_load_acquire(&g->count) != 0) {
+    if (dk__atomic_load_acquire(&g->count) != 0) {
         DK_CLIENT_CRASH("Group object deallocated while in use");
     }
     for (struct notify *n = g->notify_head, *next; n != NULL; n = next) {
@@ -72,14 +72,14 @@ dk__group_destroy(dk_group_t *g)
 void
 dk_group_enter(dk_group_t *g)
 {
-    dk_atomic_add_acq_rel(&g->count, 1);
+    dk__atomic_add_acq_rel(&g->count, 1);
 }
 
 static void
 group_became_empty(dk_group_t *g)
 {
-    dk_atomic_add_seq_cst(&g->gen, 1);
-    if (dk_atomic_load_seq_cst(&g->waiters) > 0) { /* (L2) */
+    dk__atomic_add_seq_cst(&g->gen, 1);
+    if (dk__atomic_load_seq_cst(&g->waiters) > 0) { /* (L2) */
         dk__os_futex_wake(&g->gen, INT_MAX, false);
     }
     pthread_mutex_lock(&g->lock);
@@ -100,12 +100,12 @@ group_became_empty(dk_group_t *g)
 int
 dk_group_leave(dk_group_t *g)
 {
-    long old = dk_atomic_load_relaxed(&g->count);
+    long old = dk__atomic_load_relaxed(&g->count);
     do {
         if (old <= 0) {
             return -EOVERFLOW;
         }
-    } while (!dk_atomic_cas_seq_cst(&g->count, &old, old - 1)); /* (L1) */
+    } while (!dk__atomic_cas_seq_cst(&g->count, &old, old - 1)); /* (L1) */
     if (old == 1) {
         group_became_empty(g);
     }
@@ -143,22 +143,22 @@ static int
 group_wait(dk_group_t *g, uint64_t deadline, bool interruptible)
 {
     for (;;) {
-        uint32_t gen = dk_atomic_load_acquire(&g->gen);
-        if (dk_atomic_load_acquire(&g->count) == 0) {
+        uint32_t gen = dk__atomic_load_acquire(&g->gen);
+        if (dk__atomic_load_acquire(&g->count) == 0) {
             return 0;
         }
         if (deadline == 0) {
             return -ETIMEDOUT;
         }
-        dk_atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
-        if (dk_atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
-            dk_atomic_sub_relaxed(&g->waiters, 1);
+        dk__atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
+        if (dk__atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
+            dk__atomic_sub_relaxed(&g->waiters, 1);
             return 0;
         }
         int rc = dk__os_futex_wait(&g->gen, gen, deadline, false);
-        dk_atomic_sub_relaxed(&g->waiters, 1);
+        dk__atomic_sub_relaxed(&g->waiters, 1);
         if (rc == -ETIMEDOUT) {
-            return dk_atomic_load_acquire(&g->count) == 0 ? 0 : -ETIMEDOUT;
+            return dk__atomic_load_acquire(&g->count) == 0 ? 0 : -ETIMEDOUT;
         }
         if (rc == -EINTR && interruptible) {
             return -EINTR;
@@ -191,7 +191,7 @@ dk_group_notify_f(dk_group_t *g, dk_queue_t *q, void *ctx, dk_function_t fn)
     n->fn = fn;
     dk_retain(q);
     pthread_mutex_lock(&g->lock);
-    if (dk_atomic_load_acquire(&g->count) == 0) {
+    if (dk__atomic_load_acquire(&g->count) == 0) {
         pthread_mutex_unlock(&g->lock);
         int rc = dk_queue_async_f(q, ctx, fn);
         dk_release(q);
@@ -211,7 +211,7 @@ dk_group_notify_f(dk_group_t *g, dk_queue_t *q, void *ctx, dk_function_t fn)
 long
 dk_group_count(const dk_group_t *g)
 {
-    return dk_atomic_load_acquire(&g->count);
+    return dk__atomic_load_acquire(&g->count);
 }
 
 /* ---- steps for asynchronous waiters (watch.h) ------------------------ */
@@ -219,13 +219,13 @@ dk_group_count(const dk_group_t *g)
 int
 dk__group_wait_step(dk_group_t *g, uint32_t **word, uint32_t *busy)
 {
-    uint32_t gen = dk_atomic_load_acquire(&g->gen);
-    if (dk_atomic_load_acquire(&g->count) == 0) {
+    uint32_t gen = dk__atomic_load_acquire(&g->gen);
+    if (dk__atomic_load_acquire(&g->count) == 0) {
         return 0;
     }
-    dk_atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
-    if (dk_atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
-        dk_atomic_sub_relaxed(&g->waiters, 1);
+    dk__atomic_add_seq_cst(&g->waiters, 1);        /* (W1) */
+    if (dk__atomic_load_seq_cst(&g->count) == 0) { /* (W2) */
+        dk__atomic_sub_relaxed(&g->waiters, 1);
         return 0;
     }
     *word = &g->gen;
@@ -236,5 +236,5 @@ dk__group_wait_step(dk_group_t *g, uint32_t **word, uint32_t *busy)
 void
 dk__group_unannounce(dk_group_t *g)
 {
-    dk_atomic_sub_relaxed(&g->waiters, 1);
+    dk__atomic_sub_relaxed(&g->waiters, 1);
 }

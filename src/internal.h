@@ -84,7 +84,7 @@ struct dk__mpsc {
 };
 
 void dk__mpsc_init(struct dk__mpsc *l);
-/* Returns true if the list may have been empty before the push. */
+/* Push one item (any thread). */
 void dk__mpsc_push(struct dk__mpsc *l, struct dk__item *it);
 /* Pop the oldest item: NULL when empty. Spins while a producer is between
  * its two steps (a few instructions). Single consumer only. */
@@ -92,12 +92,32 @@ struct dk__item *dk__mpsc_pop(struct dk__mpsc *l);
 bool dk__mpsc_empty(struct dk__mpsc *l);
 
 /*
- * Queue state word (serial and concurrent queues):
+ * The queue state word, `state` (as libdispatch's dq_state, field by
+ * field). 64 bits, changed only with atomics:
  *
- *   bit 0      SCHEDULED  a drain request is on the target or running
- *   bit 1      INACTIVE   created inactive and not yet activated
- *   bit 2      WAS_INACTIVE  created inactive (target now frozen)
- *   bits 8..   suspend count
+ *   bit 0     SCHEDULED     Ownership of a serial queue's (or workloop's)
+ *                           drain. Set by the one CAS that wins in
+ *                           serial_wakeup (a push, resume or activate
+ *                           that finds the queue runnable) or in
+ *                           dk_queue_sync_enter (a sync caller draining
+ *                           inline); cleared only by the owner, in
+ *                           serial_release (C), which then looks at the
+ *                           list again (D): see the (A)-(D) block at the
+ *                           top of queue.c. Concurrent queues do not use it.
+ *   bit 1     INACTIVE      Created inactive and not activated yet: set at
+ *                           creation, cleared once by dk_queue_activate.
+ *                           Nothing drains while it is set.
+ *   bit 2     WAS_INACTIVE  Created inactive. Never cleared: after
+ *                           activation the target may no longer change.
+ *   bits 3-7                Reserved, always 0.
+ *   bits 8-63 suspend count dk_queue_suspend adds DK_QS_SUSPEND_ONE,
+ *                           dk_queue_resume subtracts it (CAS, refusing
+ *                           to go below 0: -EOVERFLOW). Nothing drains
+ *                           while it is not 0; the resume that brings it
+ *                           to 0 kicks the queue (queue_kick).
+ *
+ * A queue is runnable (state_runnable) when SCHEDULED, INACTIVE and the
+ * suspend count are all 0.
  */
 #define DK_QS_SCHEDULED 0x1ull
 #define DK_QS_INACTIVE 0x2ull
@@ -130,8 +150,6 @@ struct dk_queue_s {
     uint64_t state;
     dk_queue_t *target;
     char *label;
-    void *context;
-    dk_function_t finalizer;
     pthread_mutex_t lock; /* specifics, retired targets; CQ list */
     struct dk__specific *specifics;
     dk_queue_t **retired_targets;

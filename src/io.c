@@ -58,6 +58,11 @@ struct dk_io_s {
     size_t high, low;
     uint64_t interval;
     dk_source_t *wait_src;
+    /* The one process item of the channel. A channel has at most one
+     * process item queued or parked at a time (see process_push), so the
+     * item lives here and pushing it cannot fail: a dropped -ENOMEM would
+     * leave the channel's operations, and its cleanup, waiting forever. */
+    struct dk__item process_item;
     void *(*alloc)(void *actx, size_t size);
     void (*free_fn)(void *actx, void *buf);
     void *actx;
@@ -171,13 +176,13 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 void
 dk_io_retain(dk_io_t *io)
 {
-    dk_atomic_add_relaxed(&io->refcnt, 1);
+    dk__atomic_add_relaxed(&io->refcnt, 1);
 }
 
 void
 dk_io_release(dk_io_t *io)
 {
-    if (dk_atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
+    if (dk__atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
         return;
     }
     dk_release(io->opq);
@@ -235,6 +240,24 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
 
 static void process(void *p);
 
+/* Queue the channel's process item. Called only where no process item is
+ * queued: when `running` goes from false to true (lock held), and by
+ * whoever takes `wait_src` from a parked process (dk_io_close or the
+ * readiness handler, one of them, under the lock), while the parked
+ * process has returned or is on its way out. The serial opq runs one item
+ * at a time and item_invoke reads nothing of an embedded item after its
+ * function has been called, so a push while the previous run is
+ * returning is safe. */
+static void
+process_push(dk_io_t *io)
+{
+    io->process_item.fn = process;
+    io->process_item.ctx = io;
+    io->process_item.flags = DK_ITEM_EMBEDDED;
+    io->process_item.group = NULL;
+    dk__queue_push(io->opq, &io->process_item);
+}
+
 /* Make sure a process item will look at the list. Lock held. */
 static void
 kick_locked(dk_io_t *io)
@@ -244,7 +267,7 @@ kick_locked(dk_io_t *io)
     }
     io->running = true;
     dk_io_retain(io); /* the running reference */
-    dk_queue_async_f(io->opq, io, process);
+    process_push(io);
 }
 
 static int
@@ -362,9 +385,9 @@ dk_io_close(dk_io_t *io, unsigned flags)
 {
     dk_source_t *wait = NULL;
     pthread_mutex_lock(&io->lock);
-    dk_atomic_store_release(&io->closed, true);
+    dk__atomic_store_release(&io->closed, true);
     if (flags & DK_IO_STOP) {
-        dk_atomic_store_release(&io->stop, true);
+        dk__atomic_store_release(&io->stop, true);
         wait = io->wait_src; /* interrupt a wait for readiness */
         io->wait_src = NULL;
     }
@@ -372,9 +395,9 @@ dk_io_close(dk_io_t *io, unsigned flags)
         /* Nothing is running: run the cleanup through a process item. */
         io->running = true;
         dk_io_retain(io);
-        dk_queue_async_f(io->opq, io, process);
+        process_push(io);
     } else if (wait != NULL) {
-        dk_queue_async_f(io->opq, io, process); /* running ref kept */
+        process_push(io); /* running ref kept */
     }
     pthread_mutex_unlock(&io->lock);
     if (wait != NULL) {
@@ -386,7 +409,7 @@ dk_io_close(dk_io_t *io, unsigned flags)
 bool
 dk_io_is_closed(const dk_io_t *io)
 {
-    return dk_atomic_load_acquire(&io->closed);
+    return dk__atomic_load_acquire(&io->closed);
 }
 
 int
@@ -451,7 +474,7 @@ ready_handler(void *p)
     if (s != NULL) {
         dk_source_cancel(s);
         dk_release(s);
-        dk_queue_async_f(io->opq, io, process); /* running ref kept */
+        process_push(io); /* running ref kept */
     }
 }
 
@@ -531,7 +554,7 @@ static enum step
 step_read(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
-        bool stop = dk_atomic_load_acquire(&io->stop);
+        bool stop = dk__atomic_load_acquire(&io->stop);
         if (stop) {
             flush_read(io, op, true, ECANCELED);
             return STEP_DONE;
@@ -641,7 +664,7 @@ static enum step
 step_write(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
-        if (dk_atomic_load_acquire(&io->stop)) {
+        if (dk__atomic_load_acquire(&io->stop)) {
             deliver(op, true, op->wbuf + op->pos, op->length - op->pos,
                     ECANCELED);
             return STEP_DONE;
@@ -714,7 +737,7 @@ process(void *p)
         enum step st = STEP_DONE;
         switch (op->kind) {
         case OP_BARRIER:
-            if (!dk_atomic_load_acquire(&io->stop)) {
+            if (!dk__atomic_load_acquire(&io->stop)) {
                 op->barrier_fn(op->ctx);
             }
             break;

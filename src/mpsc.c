@@ -33,15 +33,15 @@ dk__mpsc_init(struct dk__mpsc *l)
 void
 dk__mpsc_push(struct dk__mpsc *l, struct dk__item *it)
 {
-    dk_atomic_store_relaxed(&it->next, NULL);
-    struct dk__item *prev = dk_atomic_xchg_seq_cst(&l->tail, it); /* (A) */
-    dk_atomic_store_release(&prev->next, it);                     /* (B) */
+    dk__atomic_store_relaxed(&it->next, NULL);
+    struct dk__item *prev = dk__atomic_xchg_seq_cst(&l->tail, it); /* (A) */
+    dk__atomic_store_release(&prev->next, it);                     /* (B) */
 }
 
 static struct dk__item *
 load_next(struct dk__item *it)
 {
-    return dk_atomic_load_acquire(&it->next); /* pairs with (B) */
+    return dk__atomic_load_acquire(&it->next); /* pairs with (B) */
 }
 
 struct dk__item *
@@ -52,21 +52,21 @@ dk__mpsc_pop(struct dk__mpsc *l)
         struct dk__item *next = load_next(head);
         if (head == &l->stub) {
             if (next == NULL) {
-                if (dk_atomic_load_seq_cst(&l->tail) == &l->stub) {
+                if (dk__atomic_load_seq_cst(&l->tail) == &l->stub) {
                     return NULL;
                 }
                 dk_cpu_relax(); /* a producer is between (A) and (B) */
                 continue;
             }
-            dk_atomic_store_relaxed(&l->head, next);
+            dk__atomic_store_relaxed(&l->head, next);
             head = next;
             next = load_next(next);
         }
         if (next != NULL) {
-            dk_atomic_store_relaxed(&l->head, next);
+            dk__atomic_store_relaxed(&l->head, next);
             return head;
         }
-        if (dk_atomic_load_seq_cst(&l->tail) != head) {
+        if (dk__atomic_load_seq_cst(&l->tail) != head) {
             dk_cpu_relax(); /* a producer is between (A) and (B) */
             continue;
         }
@@ -74,7 +74,7 @@ dk__mpsc_pop(struct dk__mpsc *l)
         dk__mpsc_push(l, &l->stub);
         next = load_next(head);
         if (next != NULL) {
-            dk_atomic_store_relaxed(&l->head, next);
+            dk__atomic_store_relaxed(&l->head, next);
             return head;
         }
         dk_cpu_relax();
@@ -85,7 +85,7 @@ bool
 dk__mpsc_empty(struct dk__mpsc *l)
 {
     /* Sequentially consistent: pairs with (A) in queue wake-up logic. */
-    struct dk__item *tail = dk_atomic_load_seq_cst(&l->tail);
-    return tail == &l->stub && dk_atomic_load_relaxed(&l->head) == &l->stub &&
-           dk_atomic_load_acquire(&l->stub.next) == NULL;
+    struct dk__item *tail = dk__atomic_load_seq_cst(&l->tail);
+    return tail == &l->stub && dk__atomic_load_relaxed(&l->head) == &l->stub &&
+           dk__atomic_load_acquire(&l->stub.next) == NULL;
 }

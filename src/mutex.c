@@ -94,10 +94,10 @@ static int
 other_cpus(void)
 {
     static int ncpu; /* 0: not asked yet; the affinity rarely changes */
-    int n = dk_atomic_load_relaxed(&ncpu);
+    int n = dk__atomic_load_relaxed(&ncpu);
     if (n == 0) {
         n = dk__os_ncpu();
-        dk_atomic_store_relaxed(&ncpu, n);
+        dk__atomic_store_relaxed(&ncpu, n);
     }
     return n - 1;
 }
@@ -115,7 +115,7 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline,
     }
     for (unsigned i = 1;; i++) {
         dk_cpu_relax();
-        if (dk_atomic_load_relaxed(word) != busy) {
+        if (dk__atomic_load_relaxed(word) != busy) {
             return true;
         }
         if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
@@ -162,8 +162,7 @@ watch_budget(const dk_shm_mutex_t *m)
 uint32_t
 dk__shm_mutex_watch_budget(const dk_shm_mutex_t *m)
 {
-    return watch_memo.m == m ? watch_memo.budget_ns
-                             : (uint32_t)SPIN_BUDGET_NS;
+    return watch_memo.m == m ? watch_memo.budget_ns : (uint32_t)SPIN_BUDGET_NS;
 }
 
 /* After a watch: back in full if it took the lock, else half of the kept
@@ -172,8 +171,8 @@ static void
 watch_paid(bool paid)
 {
     uint32_t half = watch_memo.budget_ns / 2;
-    watch_memo.budget_ns = paid ? SPIN_BUDGET_NS
-                                : (half >= SPIN_MIN_NS ? half : 0);
+    watch_memo.budget_ns =
+        paid ? SPIN_BUDGET_NS : (half >= SPIN_MIN_NS ? half : 0);
 }
 
 /* The stamp is only 4-byte aligned (the header is), so it is stored and
@@ -193,8 +192,8 @@ stamp(void *header)
     uint32_t half[2];
     memcpy(half, &ns, sizeof half);
     uint32_t *w = stamp_words(header);
-    dk_atomic_store_relaxed(&w[0], half[0]);
-    dk_atomic_store_relaxed(&w[1], half[1]);
+    dk__atomic_store_relaxed(&w[0], half[0]);
+    dk__atomic_store_relaxed(&w[1], half[1]);
 }
 
 uint64_t
@@ -204,13 +203,13 @@ dk_shm_header_last_ns(const void *header)
      * row agree (a few tries; it is a diagnostic, not a protocol). */
     const uint32_t *w = stamp_words(header);
     uint32_t a[2], b[2];
-    b[0] = dk_atomic_load_relaxed(&w[0]);
-    b[1] = dk_atomic_load_relaxed(&w[1]);
+    b[0] = dk__atomic_load_relaxed(&w[0]);
+    b[1] = dk__atomic_load_relaxed(&w[1]);
     for (int i = 0; i < 4; i++) {
         a[0] = b[0];
         a[1] = b[1];
-        b[0] = dk_atomic_load_relaxed(&w[0]);
-        b[1] = dk_atomic_load_relaxed(&w[1]);
+        b[0] = dk__atomic_load_relaxed(&w[0]);
+        b[1] = dk__atomic_load_relaxed(&w[1]);
         if (a[0] == b[0] && a[1] == b[1]) {
             break;
         }
@@ -226,23 +225,23 @@ dk_shm_mutex_init(dk_shm_mutex_t *m)
     if ((uintptr_t)m % 4 != 0) {
         return -EINVAL;
     }
-    uint32_t magic = dk_atomic_load_acquire(&m->magic);
+    uint32_t magic = dk__atomic_load_acquire(&m->magic);
     if (magic == DK_MUTEX_MAGIC) {
         return 0;
     }
-    if (magic != 0 || dk_atomic_load_acquire(&m->state) != 0) {
+    if (magic != 0 || dk__atomic_load_acquire(&m->state) != 0) {
         return -EBADMSG;
     }
     uint32_t zero = 0;
-    dk_atomic_cas_acq_rel(&m->magic, &zero, DK_MUTEX_MAGIC);
-    return dk_atomic_load_acquire(&m->magic) == DK_MUTEX_MAGIC ? 0 : -EBADMSG;
+    dk__atomic_cas_acq_rel(&m->magic, &zero, DK_MUTEX_MAGIC);
+    return dk__atomic_load_acquire(&m->magic) == DK_MUTEX_MAGIC ? 0 : -EBADMSG;
 }
 
 static void
 took_lock(dk_shm_mutex_t *m)
 {
-    dk_atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
-    dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    dk__atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
+    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
     stamp(m);
 }
 
@@ -261,15 +260,15 @@ static bool
 take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
                        uint64_t *orphan_since)
 {
-    uint32_t owner = dk_atomic_load_acquire(&m->owner_pid);
+    uint32_t owner = dk__atomic_load_acquire(&m->owner_pid);
     if (owner != 0) {
         *orphan_since = 0;
         if (!dk__os_process_gone(owner) ||
-            !dk_atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
+            !dk__atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
             return false;
         }
     } else {
-        if (dk_atomic_load_relaxed(&m->state) == 0) {
+        if (dk__atomic_load_relaxed(&m->state) == 0) {
             return false;
         }
         if (*orphan_since == 0) {
@@ -278,14 +277,14 @@ take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
         }
         uint32_t zero = 0;
         if (now - *orphan_since < ORPHAN_AFTER_NS ||
-            !dk_atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
+            !dk__atomic_cas_acq_rel(&m->owner_pid, &zero, me)) {
             return false;
         }
     }
     *orphan_since = 0;
-    dk_atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
     stamp(m);
-    dk_atomic_store_release(&m->state, 2); /* held, maybe with waiters */
+    dk__atomic_store_release(&m->state, 2); /* held, maybe with waiters */
     return true;
 }
 
@@ -320,20 +319,20 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
 {
     uint32_t me = (uint32_t)dk__os_pid();
     uint32_t s = 0;
-    if (dk_atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
         took_lock(m);
         return 0;
     }
-    if (dk_atomic_load_relaxed(&m->owner_pid) == me &&
-        dk_atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
+    if (dk__atomic_load_relaxed(&m->owner_pid) == me &&
+        dk__atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
         return -EDEADLK;
     }
     uint64_t limit = 0;
     for (int i = 0; i < spin && !spin_expired(i, deadline, &limit); i++) {
         dk_cpu_relax();
         s = 0;
-        if (dk_atomic_load_relaxed(&m->state) == 0 &&
-            dk_atomic_cas_acquire(&m->state, &s, 1)) {
+        if (dk__atomic_load_relaxed(&m->state) == 0 &&
+            dk__atomic_cas_acquire(&m->state, &s, 1)) {
             took_lock(m);
             return 0;
         }
@@ -345,12 +344,12 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
      * finds state 1 makes no wake syscall. */
     uint32_t budget = 0;
     if (spin > 0 && other_cpus() > 0 &&
-        dk_atomic_load_relaxed(&m->state) == 1) {
+        dk__atomic_load_relaxed(&m->state) == 1) {
         budget = watch_budget(m);
     }
     while (budget > 0 && spin_while(&m->state, 1, deadline, budget)) {
         s = 0;
-        if (dk_atomic_cas_acquire(&m->state, &s, 1)) {
+        if (dk__atomic_cas_acquire(&m->state, &s, 1)) {
             took_lock(m);
             watch_paid(true);
             return 0;
@@ -365,7 +364,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
     bool slept_a_slice = false;
     for (;;) {
         /* Announce a waiter (2); whoever releases will wake us. */
-        if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
+        if (dk__atomic_xchg_acquire(&m->state, 2) == 0) {
             took_lock(m);
             return 0;
         }
@@ -402,15 +401,15 @@ dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
      * also covers fastipc's defect F2: a fastipc process releasing just
      * before we acquired can clear the pid after we wrote it, but never
      * touches the thread id, which only the holder sets and clears. */
-    uint32_t tid = dk_atomic_load_relaxed(&m->owner_tid);
+    uint32_t tid = dk__atomic_load_relaxed(&m->owner_tid);
     if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid()
-                            : dk_atomic_load_relaxed(&m->owner_pid) !=
+                            : dk__atomic_load_relaxed(&m->owner_pid) !=
                                   (uint32_t)dk__os_pid())) {
         return -EPERM;
     }
-    dk_atomic_store_relaxed(&m->owner_tid, 0);
-    dk_atomic_store_release(&m->owner_pid, 0);       /* R1 */
-    if (dk_atomic_xchg_release(&m->state, 0) == 2) { /* R2 */
+    dk__atomic_store_relaxed(&m->owner_tid, 0);
+    dk__atomic_store_release(&m->owner_pid, 0);       /* R1 */
+    if (dk__atomic_xchg_release(&m->state, 0) == 2) { /* R2 */
         dk__os_futex_wake(&m->state, 1, shared);
     }
     return 0;
@@ -422,19 +421,19 @@ dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count, uint32_t count)
     if ((uintptr_t)s % 4 != 0) {
         return -EINVAL;
     }
-    uint32_t magic = dk_atomic_load_acquire(&s->magic);
+    uint32_t magic = dk__atomic_load_acquire(&s->magic);
     if (magic != DK_SEMAPHORE_MAGIC && magic != 0) {
         return -EBADMSG;
     }
     if (magic == 0) {
         uint32_t zero = 0;
-        dk_atomic_cas_acq_rel(&s->magic, &zero, DK_SEMAPHORE_MAGIC);
-        if (dk_atomic_load_acquire(&s->magic) != DK_SEMAPHORE_MAGIC) {
+        dk__atomic_cas_acq_rel(&s->magic, &zero, DK_SEMAPHORE_MAGIC);
+        if (dk__atomic_load_acquire(&s->magic) != DK_SEMAPHORE_MAGIC) {
             return -EBADMSG;
         }
     }
     if (set_count) {
-        dk_atomic_store_release(&s->count, count);
+        dk__atomic_store_release(&s->count, count);
     }
     return 0;
 }
@@ -442,11 +441,11 @@ dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count, uint32_t count)
 static bool
 try_take_order(dk_shm_semaphore_t *s, bool seq_cst)
 {
-    uint32_t v = seq_cst ? dk_atomic_load_seq_cst(&s->count)
-                         : dk_atomic_load_relaxed(&s->count);
+    uint32_t v = seq_cst ? dk__atomic_load_seq_cst(&s->count)
+                         : dk__atomic_load_relaxed(&s->count);
     while (v > 0) {
-        if (dk_atomic_cas_weak_acq_rel(&s->count, &v, v - 1)) {
-            dk_atomic_store_relaxed(&s->last_pid, (uint32_t)dk__os_pid());
+        if (dk__atomic_cas_weak_acq_rel(&s->count, &v, v - 1)) {
+            dk__atomic_store_relaxed(&s->last_pid, (uint32_t)dk__os_pid());
             stamp(s);
             return true;
         }
@@ -485,9 +484,9 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
         if (deadline == 0 || dk__os_monotonic_ns() >= deadline) {
             return try_take(s) ? 0 : -ETIMEDOUT;
         }
-        dk_atomic_add_seq_cst(&s->waiters, 1); /* W1 */
-        if (try_take_order(s, true)) {         /* W2 */
-            dk_atomic_sub_relaxed(&s->waiters, 1);
+        dk__atomic_add_seq_cst(&s->waiters, 1); /* W1 */
+        if (try_take_order(s, true)) {          /* W2 */
+            dk__atomic_sub_relaxed(&s->waiters, 1);
             return 0;
         }
         /* Sleep in slices: a fastipc poster may leave us asleep with a
@@ -495,7 +494,7 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
         uint64_t slice = dk__os_monotonic_ns() + LIVENESS_SLICE_NS;
         int rc = dk__os_futex_wait(
             &s->count, 0, slice < deadline ? slice : deadline, shared);
-        dk_atomic_sub_relaxed(&s->waiters, 1);
+        dk__atomic_sub_relaxed(&s->waiters, 1);
         if (try_take(s)) {
             return 0;
         }
@@ -512,13 +511,13 @@ dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, bool shared,
     if (n == 0) {
         return 0;
     }
-    uint32_t v = dk_atomic_load_relaxed(&s->count);
+    uint32_t v = dk__atomic_load_relaxed(&s->count);
     do {
         if (v > UINT32_MAX - n) {
             return -EOVERFLOW;
         }
-    } while (!dk_atomic_cas_seq_cst(&s->count, &v, v + n)); /* P1 */
-    if (dk_atomic_load_seq_cst(&s->waiters) > 0 ||          /* P2 */
+    } while (!dk__atomic_cas_seq_cst(&s->count, &v, v + n)); /* P1 */
+    if (dk__atomic_load_seq_cst(&s->waiters) > 0 ||          /* P2 */
         (fastipc_compat && v == 0)) {
         dk__os_futex_wake(&s->count, n > INT_MAX ? INT_MAX : (int)n, shared);
     }
@@ -553,13 +552,13 @@ dk__shm_mutex_lock_step(dk_shm_mutex_t *m, bool check_owner,
                         uint32_t *busy)
 {
     uint32_t s = 0;
-    if (dk_atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
         took_lock(m);
         return 0;
     }
     /* Announce a waiter (2) as a sleeping locker does: whoever releases
      * then wakes the word, and the watcher with it. */
-    if (dk_atomic_xchg_acquire(&m->state, 2) == 0) {
+    if (dk__atomic_xchg_acquire(&m->state, 2) == 0) {
         took_lock(m);
         return 0;
     }
@@ -580,9 +579,9 @@ dk__shm_semaphore_wait_step(dk_shm_semaphore_t *s, uint32_t **word,
     if (try_take(s)) {
         return 0;
     }
-    dk_atomic_add_seq_cst(&s->waiters, 1); /* W1 */
-    if (try_take_order(s, true)) {         /* W2 */
-        dk_atomic_sub_relaxed(&s->waiters, 1);
+    dk__atomic_add_seq_cst(&s->waiters, 1); /* W1 */
+    if (try_take_order(s, true)) {          /* W2 */
+        dk__atomic_sub_relaxed(&s->waiters, 1);
         return 0;
     }
     *word = &s->count;
@@ -593,5 +592,5 @@ dk__shm_semaphore_wait_step(dk_shm_semaphore_t *s, uint32_t **word,
 void
 dk__shm_semaphore_unannounce(dk_shm_semaphore_t *s)
 {
-    dk_atomic_sub_relaxed(&s->waiters, 1);
+    dk__atomic_sub_relaxed(&s->waiters, 1);
 }

@@ -23,7 +23,7 @@ static uint32_t once_waiters;
 bool
 dk_once_done(const dk_once_t *predicate)
 {
-    return dk_atomic_load_acquire(predicate) == ONCE_DONE; /* pairs (D1) */
+    return dk__atomic_load_acquire(predicate) == ONCE_DONE; /* pairs (D1) */
 }
 
 void
@@ -33,26 +33,26 @@ dk_once_f(dk_once_t *predicate, void *ctx, dk_function_t fn)
         return;
     }
     intptr_t expected = 0;
-    if (dk_atomic_cas_acq_rel(predicate, &expected, ONCE_RUNNING)) {
+    if (dk__atomic_cas_acq_rel(predicate, &expected, ONCE_RUNNING)) {
         fn(ctx);
-        dk_atomic_store_seq_cst(predicate, ONCE_DONE); /* (D1) */
-        dk_atomic_add_seq_cst(&once_gen, 1);
-        if (dk_atomic_load_seq_cst(&once_waiters) > 0) { /* (D2) */
+        dk__atomic_store_seq_cst(predicate, ONCE_DONE); /* (D1) */
+        dk__atomic_add_seq_cst(&once_gen, 1);
+        if (dk__atomic_load_seq_cst(&once_waiters) > 0) { /* (D2) */
             dk__os_futex_wake(&once_gen, INT_MAX, false);
         }
         return;
     }
     for (;;) {
-        uint32_t g = dk_atomic_load_acquire(&once_gen);
+        uint32_t g = dk__atomic_load_acquire(&once_gen);
         if (dk_once_done(predicate)) {
             return;
         }
-        dk_atomic_add_seq_cst(&once_waiters, 1);              /* (W1) */
-        if (dk_atomic_load_seq_cst(predicate) == ONCE_DONE) { /* (W2) */
-            dk_atomic_sub_relaxed(&once_waiters, 1);
+        dk__atomic_add_seq_cst(&once_waiters, 1);              /* (W1) */
+        if (dk__atomic_load_seq_cst(predicate) == ONCE_DONE) { /* (W2) */
+            dk__atomic_sub_relaxed(&once_waiters, 1);
             return;
         }
-        dk__os_futex_wait(&once_gen, g, DK_OS_FOREVER, false);
-        dk_atomic_sub_relaxed(&once_waiters, 1);
+        dk__os_futex_wait(&once_gen, g, DK_TIME_FOREVER, false);
+        dk__atomic_sub_relaxed(&once_waiters, 1);
     }
 }

@@ -92,14 +92,14 @@ dk__default_root(void)
 void
 dk_set_thread_hooks(const struct dk_thread_hooks *hooks)
 {
-    dk_atomic_store_release(&dk__hooks, hooks);
+    dk__atomic_store_release(&dk__hooks, hooks);
 }
 
 void
 dk_worker_lock_wait_begin(void)
 {
     if (my_slot != NULL) {
-        dk_atomic_add_seq_cst(&pool.nlockwait, 1);
+        dk__atomic_add_seq_cst(&pool.nlockwait, 1);
     }
 }
 
@@ -107,14 +107,14 @@ void
 dk_worker_lock_wait_end(void)
 {
     if (my_slot != NULL) {
-        dk_atomic_sub_acq_rel(&pool.nlockwait, 1);
+        dk__atomic_sub_acq_rel(&pool.nlockwait, 1);
     }
 }
 
 unsigned
 dk_worker_lock_waiters(void)
 {
-    return dk_atomic_load_seq_cst(&pool.nlockwait);
+    return dk__atomic_load_seq_cst(&pool.nlockwait);
 }
 
 bool
@@ -126,7 +126,7 @@ dk_is_worker_thread(void)
 void
 dk__pool_thread_idle(void)
 {
-    const struct dk_thread_hooks *h = dk_atomic_load_acquire(&dk__hooks);
+    const struct dk_thread_hooks *h = dk__atomic_load_acquire(&dk__hooks);
     if (my_slot != NULL && h != NULL && h->idle != NULL) {
         h->idle();
     }
@@ -167,13 +167,13 @@ static void *worker_main(void *arg);
 static bool
 pool_spawn(bool extra)
 {
-    uint32_t n = dk_atomic_load_relaxed(&pool.nthreads);
+    uint32_t n = dk__atomic_load_relaxed(&pool.nthreads);
     uint32_t limit = extra ? DK_MAX_THREADS : pool.ncpu;
     do {
         if (n >= limit) {
             return false;
         }
-    } while (!dk_atomic_cas_acq_rel(&pool.nthreads, &n, n + 1));
+    } while (!dk__atomic_cas_acq_rel(&pool.nthreads, &n, n + 1));
 
     pthread_mutex_lock(&pool.slots_lock);
     struct worker_slot *slot = NULL;
@@ -192,7 +192,7 @@ pool_spawn(bool extra)
             slot->used = false;
             pthread_mutex_unlock(&pool.slots_lock);
         }
-        dk_atomic_sub_acq_rel(&pool.nthreads, 1);
+        dk__atomic_sub_acq_rel(&pool.nthreads, 1);
         return false;
     }
     return true;
@@ -212,7 +212,7 @@ idle_remove_locked(struct worker_slot *w)
         }
     }
     w->idle = false;
-    dk_atomic_sub_acq_rel(&pool.nidle, 1);
+    dk__atomic_sub_acq_rel(&pool.nidle, 1);
     return true;
 }
 
@@ -227,7 +227,7 @@ pool_wake_one(void)
     }
     pthread_mutex_unlock(&pool.idle_lock);
     if (w != NULL) {
-        dk_atomic_store_release(&w->word, 1); /* pairs with worker_park */
+        dk__atomic_store_release(&w->word, 1); /* pairs with worker_park */
         dk__os_futex_wake(&w->word, 1, false);
     }
 }
@@ -235,11 +235,11 @@ pool_wake_one(void)
 static void
 pool_signal(void)
 {
-    if (dk_atomic_load_seq_cst(&pool.nidle) > 0) { /* (P2) */
+    if (dk__atomic_load_seq_cst(&pool.nidle) > 0) { /* (P2) */
         pool_wake_one();
         return;
     }
-    if (dk_atomic_load_relaxed(&pool.nthreads) < pool.ncpu &&
+    if (dk__atomic_load_relaxed(&pool.nthreads) < pool.ncpu &&
         pool_spawn(false)) {
         return;
     }
@@ -259,24 +259,24 @@ dk__pool_push(dk_queue_t *root, struct dk__item *it)
 bool
 dk__pool_tick(void)
 {
-    bool busy = !pool_empty() && dk_atomic_load_seq_cst(&pool.nidle) == 0;
+    bool busy = !pool_empty() && dk__atomic_load_seq_cst(&pool.nidle) == 0;
     if (!busy) {
-        dk_atomic_store_seq_cst(&pool.watching, 0);
+        dk__atomic_store_seq_cst(&pool.watching, 0);
         /* Re-check after clearing: a producer that saw watching == 1 did
          * not ask again. */
-        busy = !pool_empty() && dk_atomic_load_seq_cst(&pool.nidle) == 0;
+        busy = !pool_empty() && dk__atomic_load_seq_cst(&pool.nidle) == 0;
         if (!busy) {
             pool.stalled_ticks = 0;
             return false;
         }
-        dk_atomic_store_seq_cst(&pool.watching, 1);
+        dk__atomic_store_seq_cst(&pool.watching, 1);
     }
     uint64_t progress = 0;
     for (int i = 0; i < DK_MAX_THREADS; i++) {
-        progress += dk_atomic_load_relaxed(&pool.slots[i].progress);
+        progress += dk__atomic_load_relaxed(&pool.slots[i].progress);
     }
     if (progress == pool.last_progress &&
-        dk_atomic_load_acquire(&pool.nlockwait) == 0) {
+        dk__atomic_load_acquire(&pool.nlockwait) == 0) {
         /* Work is waiting, every worker is busy, none has started an item
          * since the last tick, and none is merely queued for a language
          * lock: they are blocked. Add a thread. */
@@ -289,7 +289,7 @@ dk__pool_tick(void)
 bool
 dk__pool_watching(void)
 {
-    return dk_atomic_load_acquire(&pool.watching) != 0;
+    return dk__atomic_load_acquire(&pool.watching) != 0;
 }
 
 /* Returns true if the caller should start watching (it just set the
@@ -297,17 +297,17 @@ dk__pool_watching(void)
 bool
 dk__pool_start_watch(void)
 {
-    if (dk_atomic_load_seq_cst(&pool.watching) != 0) {
+    if (dk__atomic_load_seq_cst(&pool.watching) != 0) {
         return false;
     }
     uint32_t zero = 0;
-    return dk_atomic_cas_seq_cst(&pool.watching, &zero, 1);
+    return dk__atomic_cas_seq_cst(&pool.watching, &zero, 1);
 }
 
 static void
 worker_exit(struct worker_slot *slot)
 {
-    const struct dk_thread_hooks *h = dk_atomic_load_acquire(&dk__hooks);
+    const struct dk_thread_hooks *h = dk__atomic_load_acquire(&dk__hooks);
     if (h != NULL && h->exit != NULL) {
         h->exit();
     }
@@ -322,11 +322,11 @@ worker_exit(struct worker_slot *slot)
 static bool
 worker_park(struct worker_slot *w)
 {
-    dk_atomic_store_relaxed(&w->word, 0);
+    dk__atomic_store_relaxed(&w->word, 0);
     pthread_mutex_lock(&pool.idle_lock);
     w->idle = true;
     pool.idle_stack[pool.nstack++] = w;
-    dk_atomic_add_seq_cst(&pool.nidle, 1); /* (W1) */
+    dk__atomic_add_seq_cst(&pool.nidle, 1); /* (W1) */
     pthread_mutex_unlock(&pool.idle_lock);
     if (!pool_empty()) {
         pthread_mutex_lock(&pool.idle_lock);
@@ -334,10 +334,10 @@ worker_park(struct worker_slot *w)
         pthread_mutex_unlock(&pool.idle_lock);
         return true;
     }
-    bool extra = dk_atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
+    bool extra = dk__atomic_load_relaxed(&pool.nthreads) > pool.ncpu;
     uint64_t deadline =
-        extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS : DK_OS_FOREVER;
-    while (dk_atomic_load_acquire(&w->word) == 0) {
+        extra ? dk__os_monotonic_ns() + DK_EXTRA_IDLE_NS : DK_TIME_FOREVER;
+    while (dk__atomic_load_acquire(&w->word) == 0) {
         int rc = dk__os_futex_wait(&w->word, 0, deadline, false);
         if (rc != -ETIMEDOUT) {
             continue;
@@ -346,9 +346,9 @@ worker_park(struct worker_slot *w)
         bool removed = idle_remove_locked(w);
         bool retire = false;
         if (removed && pool_empty()) {
-            uint32_t n = dk_atomic_load_relaxed(&pool.nthreads);
+            uint32_t n = dk__atomic_load_relaxed(&pool.nthreads);
             retire = n > pool.ncpu &&
-                     dk_atomic_cas_acq_rel(&pool.nthreads, &n, n - 1);
+                     dk__atomic_cas_acq_rel(&pool.nthreads, &n, n - 1);
         }
         pthread_mutex_unlock(&pool.idle_lock);
         return !retire;
@@ -365,8 +365,8 @@ worker_main(void *arg)
         dk_queue_t *root;
         struct dk__item *it = pool_pop(&root);
         if (it != NULL) {
-            dk_atomic_store_relaxed(&slot->progress, slot->progress + 1);
-            if (dk_atomic_load_relaxed(&pool.nidle) > 0 && !pool_empty()) {
+            dk__atomic_store_relaxed(&slot->progress, slot->progress + 1);
+            if (dk__atomic_load_relaxed(&pool.nidle) > 0 && !pool_empty()) {
                 pool_wake_one(); /* more work: ramp up another worker */
             }
             dk__item_run(it, root);
@@ -448,8 +448,8 @@ dk__runtime_ensure(void)
 bool
 dk_pool_quiescent(void)
 {
-    return dk_atomic_load_acquire(&pool.nidle) ==
-           dk_atomic_load_acquire(&pool.nthreads);
+    return dk__atomic_load_acquire(&pool.nidle) ==
+           dk__atomic_load_acquire(&pool.nthreads);
 }
 
 unsigned

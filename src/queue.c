@@ -208,7 +208,7 @@ item_invoke(struct dk__item *it)
         it->fn(it->ctx);
     }
     if (flags & DK_ITEM_SYNC) {
-        dk_atomic_store_release(&it->done, 1); /* pairs with sync_wait */
+        dk__atomic_store_release(&it->done, 1); /* pairs with sync_wait */
         dk__os_futex_wake(&it->done, 1, false);
     } else if (!(flags & DK_ITEM_EMBEDDED)) {
         dk__item_free(it);
@@ -276,12 +276,12 @@ state_runnable(uint64_t s)
 static void
 serial_wakeup(dk_queue_t *q)
 {
-    uint64_t s = dk_atomic_load_seq_cst(&q->state); /* (B) */
+    uint64_t s = dk__atomic_load_seq_cst(&q->state); /* (B) */
     do {
         if (!state_runnable(s)) {
             return;
         }
-    } while (!dk_atomic_cas_seq_cst(&q->state, &s, s | DK_QS_SCHEDULED));
+    } while (!dk__atomic_cas_seq_cst(&q->state, &s, s | DK_QS_SCHEDULED));
     dk_retain(q); /* the drain's reference, dropped when it ends */
     schedule_drain(q);
 }
@@ -290,7 +290,7 @@ static bool
 queue_empty(dk_queue_t *q)
 {
     if (q->type == DK_Q_WORKLOOP) {
-        return dk_atomic_load_seq_cst(&q->wl_count) == 0;
+        return dk__atomic_load_seq_cst(&q->wl_count) == 0;
     }
     return dk__mpsc_empty(&q->items);
 }
@@ -326,7 +326,7 @@ workloop_push(dk_queue_t *q, struct dk__item *it)
         q->wl_head[band] = it;
     }
     q->wl_tail[band] = it;
-    dk_atomic_add_seq_cst(&q->wl_count, 1); /* as (A) */
+    dk__atomic_add_seq_cst(&q->wl_count, 1); /* as (A) */
     pthread_mutex_unlock(&q->lock);
 }
 
@@ -345,7 +345,7 @@ queue_pop(dk_queue_t *q)
             if (q->wl_head[b] == NULL) {
                 q->wl_tail[b] = NULL;
             }
-            dk_atomic_sub_relaxed(&q->wl_count, 1);
+            dk__atomic_sub_relaxed(&q->wl_count, 1);
             break;
         }
     }
@@ -357,8 +357,8 @@ queue_pop(dk_queue_t *q)
 static void
 serial_release(dk_queue_t *q)
 {
-    dk_atomic_and_seq_cst(&q->state, ~DK_QS_SCHEDULED); /* (C) */
-    if (!queue_empty(q)) {                              /* (D) */
+    dk__atomic_and_seq_cst(&q->state, ~DK_QS_SCHEDULED); /* (C) */
+    if (!queue_empty(q)) {                               /* (D) */
         serial_wakeup(q);
     }
 }
@@ -372,7 +372,7 @@ serial_drain_count(dk_queue_t *q, long budget)
     frame_push(&f, q, false);
     long ran = 0;
     for (;;) {
-        uint64_t s = dk_atomic_load_acquire(&q->state);
+        uint64_t s = dk__atomic_load_acquire(&q->state);
         if ((s & DK_QS_INACTIVE) || (s >> DK_QS_SUSPEND_SHIFT) != 0) {
             break;
         }
@@ -410,7 +410,7 @@ serial_drain(dk_queue_t *q)
 static void
 cq_dispatch_locked(dk_queue_t *q)
 {
-    uint64_t s = dk_atomic_load_acquire(&q->state);
+    uint64_t s = dk__atomic_load_acquire(&q->state);
     if ((s & DK_QS_INACTIVE) || (s >> DK_QS_SUSPEND_SHIFT) != 0) {
         return;
     }
@@ -586,9 +586,9 @@ dk_queue_sync_enter(dk_queue_t *q, bool barrier, dk_sync_frame_t *frame)
         if (q->target->type != DK_Q_ROOT) {
             return -EAGAIN;
         }
-        uint64_t s = dk_atomic_load_relaxed(&q->state);
+        uint64_t s = dk__atomic_load_relaxed(&q->state);
         if (!state_runnable(s) ||
-            !dk_atomic_cas_seq_cst(&q->state, &s, s | DK_QS_SCHEDULED)) {
+            !dk__atomic_cas_seq_cst(&q->state, &s, s | DK_QS_SCHEDULED)) {
             return -EAGAIN;
         }
         frame_push(f, q, true);
@@ -600,7 +600,7 @@ dk_queue_sync_enter(dk_queue_t *q, bool barrier, dk_sync_frame_t *frame)
         }
         int rc = -EAGAIN;
         pthread_mutex_lock(&q->lock);
-        uint64_t s = dk_atomic_load_relaxed(&q->state);
+        uint64_t s = dk__atomic_load_relaxed(&q->state);
         if (!(s & DK_QS_INACTIVE) && (s >> DK_QS_SUSPEND_SHIFT) == 0 &&
             q->cq_head == NULL && !q->cq_barrier_running &&
             (!barrier || q->cq_running == 0)) {
@@ -644,12 +644,12 @@ int
 dk__wait_word(uint32_t *word, uint32_t expected, uint64_t deadline)
 {
     for (;;) {
-        if (dk_atomic_load_acquire(word) != expected) {
+        if (dk__atomic_load_acquire(word) != expected) {
             return 0;
         }
         int rc = dk__os_futex_wait(word, expected, deadline, false);
         if (rc == -ETIMEDOUT) {
-            return dk_atomic_load_acquire(word) != expected ? 0 : rc;
+            return dk__atomic_load_acquire(word) != expected ? 0 : rc;
         }
     }
 }
@@ -677,12 +677,12 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
     if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
         /* We are the thread that drains the main queue: drain until our
          * item has run. */
-        while (dk_atomic_load_acquire(&it.done) == 0) {
-            dk_main_drain(DK_OS_FOREVER);
+        while (dk__atomic_load_acquire(&it.done) == 0) {
+            dk_main_drain(DK_TIME_FOREVER);
         }
         return 0;
     }
-    dk__wait_word(&it.done, 0, DK_OS_FOREVER); /* pairs with item_invoke */
+    dk__wait_word(&it.done, 0, DK_TIME_FOREVER); /* pairs with item_invoke */
     return 0;
 }
 
@@ -845,7 +845,7 @@ run_finalizer_async(dk_queue_t *target, void *ctx, dk_function_t fn)
 static void
 queue_destroy(dk_queue_t *q)
 {
-    uint64_t s = dk_atomic_load_acquire(&q->state);
+    uint64_t s = dk__atomic_load_acquire(&q->state);
     if (s & DK_QS_INACTIVE) {
         DK_CLIENT_CRASH("Release of an inactive queue");
     }
@@ -886,10 +886,10 @@ dk_retain(void *object)
 {
     struct dk__object *o = object;
     if (o == NULL ||
-        (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
+        (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
         return;
     }
-    if (dk_atomic_add_relaxed(&o->refcnt, 1) == 0) {
+    if (dk__atomic_add_relaxed(&o->refcnt, 1) == 0) {
         DK_CLIENT_CRASH("Resurrection of an object");
     }
 }
@@ -899,12 +899,12 @@ dk_release(void *object)
 {
     struct dk__object *o = object;
     if (o == NULL ||
-        (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
+        (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
         return;
     }
     /* Acquire-release: every use by other owners happens before the
      * destruction by whoever drops the last reference. */
-    uint32_t old = dk_atomic_sub_acq_rel(&o->refcnt, 1);
+    uint32_t old = dk__atomic_sub_acq_rel(&o->refcnt, 1);
     if (old > 1) {
         return;
     }
@@ -955,13 +955,13 @@ dk_queue_is_global(const dk_queue_t *q)
 bool
 dk_queue_is_inactive(const dk_queue_t *q)
 {
-    return (dk_atomic_load_acquire(&q->state) & DK_QS_INACTIVE) != 0;
+    return (dk__atomic_load_acquire(&q->state) & DK_QS_INACTIVE) != 0;
 }
 
 unsigned
 dk_queue_suspend_count(const dk_queue_t *q)
 {
-    return (unsigned)(dk_atomic_load_acquire(&q->state) >>
+    return (unsigned)(dk__atomic_load_acquire(&q->state) >>
                       DK_QS_SUSPEND_SHIFT);
 }
 
@@ -983,7 +983,7 @@ dk_queue_suspend(dk_queue_t *q)
     if (q->type == DK_Q_ROOT || q->type == DK_Q_MAIN) {
         return;
     }
-    dk_atomic_add_acq_rel(&q->state, DK_QS_SUSPEND_ONE);
+    dk__atomic_add_acq_rel(&q->state, DK_QS_SUSPEND_ONE);
 }
 
 int
@@ -992,12 +992,12 @@ dk_queue_resume(dk_queue_t *q)
     if (q->type == DK_Q_ROOT || q->type == DK_Q_MAIN) {
         return 0;
     }
-    uint64_t s = dk_atomic_load_relaxed(&q->state);
+    uint64_t s = dk__atomic_load_relaxed(&q->state);
     do {
         if ((s >> DK_QS_SUSPEND_SHIFT) == 0) {
             return -EOVERFLOW;
         }
-    } while (!dk_atomic_cas_acq_rel(&q->state, &s, s - DK_QS_SUSPEND_ONE));
+    } while (!dk__atomic_cas_acq_rel(&q->state, &s, s - DK_QS_SUSPEND_ONE));
     if (((s - DK_QS_SUSPEND_ONE) >> DK_QS_SUSPEND_SHIFT) == 0) {
         queue_kick(q);
     }
@@ -1010,7 +1010,7 @@ dk_queue_activate(dk_queue_t *q)
     if (q->type == DK_Q_ROOT || q->type == DK_Q_MAIN) {
         return -EALREADY;
     }
-    uint64_t old = dk_atomic_and_acq_rel(&q->state, ~DK_QS_INACTIVE);
+    uint64_t old = dk__atomic_and_acq_rel(&q->state, ~DK_QS_INACTIVE);
     if (!(old & DK_QS_INACTIVE)) {
         return -EALREADY;
     }
@@ -1033,7 +1033,7 @@ dk_queue_set_target(dk_queue_t *q, dk_queue_t *target)
         }
     }
     pthread_mutex_lock(&q->lock);
-    uint64_t s = dk_atomic_load_acquire(&q->state);
+    uint64_t s = dk__atomic_load_acquire(&q->state);
     int rc = 0;
     if (!(s & DK_QS_INACTIVE)) {
         if (s & DK_QS_WAS_INACTIVE) {
@@ -1064,7 +1064,7 @@ dk_queue_set_target(dk_queue_t *q, dk_queue_t *target)
             r[q->nretired++] = old;
             q->retired_targets = r;
         }
-        dk_atomic_store_release(&q->target, target);
+        dk__atomic_store_release(&q->target, target);
     }
     pthread_mutex_unlock(&q->lock);
     return rc;
@@ -1073,7 +1073,7 @@ dk_queue_set_target(dk_queue_t *q, dk_queue_t *target)
 dk_queue_t *
 dk_queue_target(const dk_queue_t *q)
 {
-    return q->type == DK_Q_ROOT ? NULL : dk_atomic_load_acquire(&q->target);
+    return q->type == DK_Q_ROOT ? NULL : dk__atomic_load_acquire(&q->target);
 }
 
 void
@@ -1082,13 +1082,13 @@ dk_queue_set_context(dk_queue_t *q, void *ctx)
     if (q->type == DK_Q_ROOT) {
         return;
     }
-    dk_atomic_store_release(&q->obj.context, ctx);
+    dk__atomic_store_release(&q->obj.context, ctx);
 }
 
 void *
 dk_queue_get_context(const dk_queue_t *q)
 {
-    return dk_atomic_load_acquire(&q->obj.context);
+    return dk__atomic_load_acquire(&q->obj.context);
 }
 
 void
@@ -1097,7 +1097,7 @@ dk_queue_set_finalizer_f(dk_queue_t *q, dk_function_t fn)
     if (q->type == DK_Q_ROOT) {
         return;
     }
-    dk_atomic_store_release(&q->obj.finalizer, fn);
+    dk__atomic_store_release(&q->obj.finalizer, fn);
 }
 
 int
@@ -1246,7 +1246,7 @@ bool
 dk_is_main_thread(void)
 {
     dk__runtime_ensure();
-    return dk__os_tid() == dk_atomic_load_relaxed(&main_tid);
+    return dk__os_tid() == dk__atomic_load_relaxed(&main_tid);
 }
 
 int
@@ -1266,7 +1266,7 @@ dk_main_drain(uint64_t deadline)
         return -EDEADLK; /* called from a main-queue item */
     }
     for (;;) {
-        uint64_t s = dk_atomic_load_acquire(&main_queue.state);
+        uint64_t s = dk__atomic_load_acquire(&main_queue.state);
         if (s & DK_QS_SCHEDULED) {
             break;
         }
@@ -1363,17 +1363,17 @@ void
 dk_object_set_context(void *object, void *ctx)
 {
     struct dk__object *o = object;
-    if (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
+    if (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
         return; /* global queues ignore contexts, as in GCD */
     }
-    dk_atomic_store_release(&o->context, ctx);
+    dk__atomic_store_release(&o->context, ctx);
 }
 
 void *
 dk_object_get_context(const void *object)
 {
     const struct dk__object *o = object;
-    return dk_atomic_load_acquire(&o->context);
+    return dk__atomic_load_acquire(&o->context);
 }
 
 static const char *
@@ -1398,7 +1398,7 @@ int
 dk_object_describe(const void *object, char *buf, size_t len)
 {
     const struct dk__object *o = object;
-    uint32_t refs = dk_atomic_load_relaxed(&o->refcnt);
+    uint32_t refs = dk__atomic_load_relaxed(&o->refcnt);
     char refcnt[16];
     if (refs & DK_REFCNT_IMMORTAL) {
         snprintf(refcnt, sizeof refcnt, "immortal");
@@ -1447,8 +1447,8 @@ void
 dk_object_set_finalizer_f(void *object, dk_function_t fn)
 {
     struct dk__object *o = object;
-    if (dk_atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
+    if (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
         return;
     }
-    dk_atomic_store_release(&o->finalizer, fn);
+    dk__atomic_store_release(&o->finalizer, fn);
 }

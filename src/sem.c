@@ -133,13 +133,13 @@ dk_semaphore_signal(dk_semaphore_t *s)
     /* (S1) Release: pairs with the acquire of the waiter's CAS in
      * take_unit or its decrement in semaphore_wait, publishing what we
      * wrote before signalling. */
-    long old = dk_atomic_add_release(&s->value, 1);
+    long old = dk__atomic_add_release(&s->value, 1);
     if (old >= 0) {
         return false;
     }
     /* (B) Release: pairs with the acquire of take_token's CAS. A's RMW
      * on the same word is ordered before or after this one. */
-    uint64_t was = dk_atomic_add_release(&s->park, PARK_TOKEN);
+    uint64_t was = dk__atomic_add_release(&s->park, PARK_TOKEN);
     if (PARK_SLEEPERS(was) > 0) {
         dk__os_futex_wake(token_word(s), 1, false); /* s may be gone */
     }
@@ -150,10 +150,10 @@ dk_semaphore_signal(dk_semaphore_t *s)
 static bool
 take_unit(dk_semaphore_t *s)
 {
-    long v = dk_atomic_load_relaxed(&s->value);
+    long v = dk__atomic_load_relaxed(&s->value);
     while (v > 0) {
         /* Acquire: pairs with the signaller's release add (S1). */
-        if (dk_atomic_cas_acquire(&s->value, &v, v - 1)) {
+        if (dk__atomic_cas_acquire(&s->value, &v, v - 1)) {
             return true;
         }
     }
@@ -163,10 +163,10 @@ take_unit(dk_semaphore_t *s)
 static bool
 take_token(dk_semaphore_t *s)
 {
-    uint64_t p = dk_atomic_load_relaxed(&s->park);
+    uint64_t p = dk__atomic_load_relaxed(&s->park);
     while (PARK_TOKENS(p) > 0) {
         /* Acquire: pairs with the signaller's token post (B). */
-        if (dk_atomic_cas_acquire(&s->park, &p, p - PARK_TOKEN)) {
+        if (dk__atomic_cas_acquire(&s->park, &p, p - PARK_TOKEN)) {
             return true;
         }
     }
@@ -177,10 +177,10 @@ static bool
 others_can_run(void)
 {
     static int ncpu; /* 0: not asked yet; the affinity rarely changes */
-    int n = dk_atomic_load_relaxed(&ncpu);
+    int n = dk__atomic_load_relaxed(&ncpu);
     if (n == 0) {
         n = dk__os_ncpu();
-        dk_atomic_store_relaxed(&ncpu, n);
+        dk__atomic_store_relaxed(&ncpu, n);
     }
     return n > 1;
 }
@@ -195,9 +195,9 @@ spin_for_unit(dk_semaphore_t *s, uint64_t deadline)
     if (!others_can_run()) {
         return false;
     }
-    uint32_t kept = dk_atomic_load_relaxed(&s->spin_ns);
+    uint32_t kept = dk__atomic_load_relaxed(&s->spin_ns);
     uint32_t budget = kept;
-    if (dk_atomic_add_relaxed(&s->spins, 1) % SPIN_PROBE_EVERY == 0) {
+    if (dk__atomic_add_relaxed(&s->spins, 1) % SPIN_PROBE_EVERY == 0) {
         budget = SPIN_BUDGET_NS;
     }
     if (budget == 0) {
@@ -209,15 +209,15 @@ spin_for_unit(dk_semaphore_t *s, uint64_t deadline)
     }
     for (unsigned i = 1;; i++) {
         dk_cpu_relax();
-        if (dk_atomic_load_relaxed(&s->value) > 0 && take_unit(s)) {
-            dk_atomic_store_relaxed(&s->spin_ns, SPIN_BUDGET_NS);
+        if (dk__atomic_load_relaxed(&s->value) > 0 && take_unit(s)) {
+            dk__atomic_store_relaxed(&s->spin_ns, SPIN_BUDGET_NS);
             return true;
         }
         if (i % 8 == 0 && dk__os_monotonic_ns() >= until) {
             /* Under SPIN_MIN_NS: stop spinning until a probe succeeds. */
             uint32_t half = kept / 2;
-            dk_atomic_store_relaxed(&s->spin_ns,
-                                    half >= SPIN_MIN_NS ? half : 0);
+            dk__atomic_store_relaxed(&s->spin_ns,
+                                     half >= SPIN_MIN_NS ? half : 0);
             return false;
         }
     }
@@ -230,12 +230,12 @@ park(dk_semaphore_t *s, uint64_t deadline)
 {
     /* (A) Relaxed: it only has to be ordered with B, an RMW on the same
      * word; the token itself is taken with take_token's acquire. */
-    uint64_t was = dk_atomic_add_relaxed(&s->park, PARK_SLEEPER);
+    uint64_t was = dk__atomic_add_relaxed(&s->park, PARK_SLEEPER);
     int rc = 0;
     if (PARK_TOKENS(was) == 0) {
         rc = dk__os_futex_wait(token_word(s), 0, deadline, false);
     }
-    dk_atomic_sub_relaxed(&s->park, PARK_SLEEPER);
+    dk__atomic_sub_relaxed(&s->park, PARK_SLEEPER);
     return rc;
 }
 
@@ -252,7 +252,7 @@ semaphore_wait(dk_semaphore_t *s, uint64_t deadline, bool interruptible)
         return 0;
     }
     /* Commit: count ourselves a waiter. Acquire: pairs with (S1). */
-    if (dk_atomic_sub_acquire(&s->value, 1) > 0) {
+    if (dk__atomic_sub_acquire(&s->value, 1) > 0) {
         return 0;
     }
     for (;;) {
@@ -261,15 +261,15 @@ semaphore_wait(dk_semaphore_t *s, uint64_t deadline, bool interruptible)
         }
         int rc = park(s, deadline);
         if (rc == -ETIMEDOUT || (rc == -EINTR && interruptible)) {
-            long v = dk_atomic_load_relaxed(&s->value);
+            long v = dk__atomic_load_relaxed(&s->value);
             while (v < 0) {
-                if (dk_atomic_cas_acq_rel(&s->value, &v, v + 1)) { /* (T1) */
+                if (dk__atomic_cas_acq_rel(&s->value, &v, v + 1)) { /* (T1) */
                     return rc;
                 }
             }
             /* A signal counted us: its token is (about to be) posted. */
             while (!take_token(s)) {
-                park(s, DK_OS_FOREVER);
+                park(s, DK_TIME_FOREVER);
             }
             return 0;
         }
@@ -291,7 +291,7 @@ dk_semaphore_wait_interruptible(dk_semaphore_t *s, uint64_t deadline)
 long
 dk_semaphore_value(const dk_semaphore_t *s)
 {
-    return dk_atomic_load_acquire(&s->value);
+    return dk__atomic_load_acquire(&s->value);
 }
 
 /* ---- steps for asynchronous waiters (watch.h) ------------------------ */
@@ -306,11 +306,11 @@ int
 dk__semaphore_wait_begin(dk_semaphore_t *s, uint32_t **word, uint32_t *busy)
 {
     /* Commit: count ourselves a waiter. Acquire: pairs with (S1). */
-    if (dk_atomic_sub_acquire(&s->value, 1) > 0) {
+    if (dk__atomic_sub_acquire(&s->value, 1) > 0) {
         return 0;
     }
     /* (A) As in park: ordered with B by being an RMW on the same word. */
-    dk_atomic_add_relaxed(&s->park, PARK_SLEEPER);
+    dk__atomic_add_relaxed(&s->park, PARK_SLEEPER);
     return dk__semaphore_take_token(s, word, busy);
 }
 
@@ -318,7 +318,7 @@ int
 dk__semaphore_take_token(dk_semaphore_t *s, uint32_t **word, uint32_t *busy)
 {
     if (take_token(s)) {
-        dk_atomic_sub_relaxed(&s->park, PARK_SLEEPER);
+        dk__atomic_sub_relaxed(&s->park, PARK_SLEEPER);
         return 0;
     }
     *word = token_word(s);
@@ -329,14 +329,14 @@ dk__semaphore_take_token(dk_semaphore_t *s, uint32_t **word, uint32_t *busy)
 void
 dk__semaphore_wait_abandon(dk_semaphore_t *s)
 {
-    dk_atomic_sub_relaxed(&s->park, PARK_SLEEPER);
-    long v = dk_atomic_load_relaxed(&s->value);
+    dk__atomic_sub_relaxed(&s->park, PARK_SLEEPER);
+    long v = dk__atomic_load_relaxed(&s->value);
     while (v < 0) {
-        if (dk_atomic_cas_acq_rel(&s->value, &v, v + 1)) { /* (T1) */
+        if (dk__atomic_cas_acq_rel(&s->value, &v, v + 1)) { /* (T1) */
             /* Our watcher may have taken the one wake-up a signal made
              * for a parked waiter: pass it on while a token waits (a
              * spurious wake-up at worst). */
-            if (PARK_TOKENS(dk_atomic_load_acquire(&s->park)) > 0) {
+            if (PARK_TOKENS(dk__atomic_load_acquire(&s->park)) > 0) {
                 dk__os_futex_wake(token_word(s), 1, false);
             }
             return;
@@ -345,7 +345,7 @@ dk__semaphore_wait_abandon(dk_semaphore_t *s)
     /* A signal counted us (S1): its token follows (B). Take it and hand
      * the unit on, as if we had never waited. */
     while (!take_token(s)) {
-        park(s, DK_OS_FOREVER);
+        park(s, DK_TIME_FOREVER);
     }
     dk_semaphore_signal(s);
 }

@@ -1,5 +1,5 @@
 /*
- * The shared-memory event (dk/event.h): one word, 0 clear, 1 set.
+ * The shared-memory event (dk/shm_event.h): one word, 0 clear, 1 set.
  *
  *   waiter                               setter
  *   v = load(word)            (A)        store(word, 1)          (B)
@@ -14,7 +14,7 @@
  */
 #include "internal.h"
 
-#include "dk/event.h"
+#include "dk/shm_event.h"
 #include "watch.h"
 
 #include <errno.h>
@@ -31,27 +31,27 @@ dk_shm_event_check(const dk_shm_event_t *e)
 void
 dk_shm_event_set(dk_shm_event_t *e, bool shared)
 {
-    dk_atomic_store_release(&e->word, 1); /* (B) */
+    dk__atomic_store_release(&e->word, 1); /* (B) */
     dk__os_futex_wake(&e->word, INT_MAX, shared);
 }
 
 void
 dk_shm_event_clear(dk_shm_event_t *e)
 {
-    dk_atomic_store_release(&e->word, 0);
+    dk__atomic_store_release(&e->word, 0);
 }
 
 bool
 dk_shm_event_is_set(const dk_shm_event_t *e)
 {
-    return dk_atomic_load_acquire(&e->word) != 0;
+    return dk__atomic_load_acquire(&e->word) != 0;
 }
 
 int
 dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline, bool shared)
 {
     for (;;) {
-        if (dk_atomic_load_acquire(&e->word) != 0) { /* (A) */
+        if (dk__atomic_load_acquire(&e->word) != 0) { /* (A) */
             return 0;
         }
         if (deadline == 0 || dk__os_monotonic_ns() >= deadline) {
@@ -59,7 +59,7 @@ dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline, bool shared)
         }
         int rc = dk__os_futex_wait(&e->word, 0, deadline, shared);
         if (rc == -EINTR) {
-            return dk_atomic_load_acquire(&e->word) != 0 ? 0 : -EINTR;
+            return dk__atomic_load_acquire(&e->word) != 0 ? 0 : -EINTR;
         }
         /* 0 (woken, maybe spuriously), -EAGAIN (set meanwhile) and
          * -ETIMEDOUT all go back to look at the word. */

@@ -90,21 +90,21 @@ is_suspended(uint64_t st)
 static void
 source_merge_add(dk_source_t *s, uintptr_t n)
 {
-    dk_atomic_add_seq_cst(&s->pending, n); /* (A) */
+    dk__atomic_add_seq_cst(&s->pending, n); /* (A) */
     source_wakeup(s);
 }
 
 static void
 source_merge_or(dk_source_t *s, uintptr_t bits)
 {
-    dk_atomic_or_seq_cst(&s->pending, bits); /* (A) */
+    dk__atomic_or_seq_cst(&s->pending, bits); /* (A) */
     source_wakeup(s);
 }
 
 static void
 source_merge_replace(dk_source_t *s, uintptr_t value)
 {
-    dk_atomic_store_seq_cst(&s->pending, value); /* (A) */
+    dk__atomic_store_seq_cst(&s->pending, value); /* (A) */
     source_wakeup(s);
 }
 
@@ -112,18 +112,18 @@ static void
 source_invoke(void *p)
 {
     dk_source_t *s = p;
-    uint64_t st = dk_atomic_load_acquire(&s->state);
+    uint64_t st = dk__atomic_load_acquire(&s->state);
     if (!(st & SS_CANCELLED) && !is_suspended(st) && (st & SS_REG_DUE)) {
         /* Pairs with the release store in set_registration_handler_f. */
-        dk_function_t rh = dk_atomic_load_acquire(&s->registration_handler);
-        dk_atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
+        dk_function_t rh = dk__atomic_load_acquire(&s->registration_handler);
+        dk__atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
         if (rh != NULL) {
             rh(s->obj.context);
         }
-        st = dk_atomic_load_acquire(&s->state);
+        st = dk__atomic_load_acquire(&s->state);
     }
     if (!(st & SS_CANCELLED) && !is_suspended(st)) {
-        uintptr_t data = dk_atomic_xchg_acq_rel(&s->pending, 0);
+        uintptr_t data = dk__atomic_xchg_acq_rel(&s->pending, 0);
         if (data != 0) {
             if (s->type == DK_SOURCE_READ) {
                 long n = dk__os_fd_readable((int)s->handle);
@@ -132,23 +132,23 @@ source_invoke(void *p)
                 long n = dk__os_fd_writable((int)s->handle);
                 data = n > 0 ? (uintptr_t)n : 0;
             }
-            dk_atomic_store_relaxed(&s->data, data);
-            dk_function_t h = dk_atomic_load_acquire(&s->handler);
+            dk__atomic_store_relaxed(&s->data, data);
+            dk_function_t h = dk__atomic_load_acquire(&s->handler);
             if (h != NULL) {
                 h(s->obj.context);
             }
         }
     }
-    st = dk_atomic_load_acquire(&s->state);
+    st = dk__atomic_load_acquire(&s->state);
     if ((st & SS_CANCELLED) && !(st & SS_CANCEL_DONE)) {
-        dk_atomic_or_acq_rel(&s->state, SS_CANCEL_DONE);
-        dk_function_t ch = dk_atomic_load_acquire(&s->cancel_handler);
+        dk__atomic_or_acq_rel(&s->state, SS_CANCEL_DONE);
+        dk_function_t ch = dk__atomic_load_acquire(&s->cancel_handler);
         if (ch != NULL) {
             ch(s->obj.context);
         }
     }
-    st = dk_atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
-    if (dk_atomic_load_seq_cst(&s->pending) != 0 ||       /* (D) */
+    st = dk__atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
+    if (dk__atomic_load_seq_cst(&s->pending) != 0 ||       /* (D) */
         (st & SS_REG_DUE)) {
         source_wakeup(s);
     }
@@ -173,12 +173,12 @@ wants_item(uint64_t st, uintptr_t pending)
 static void
 source_wakeup(dk_source_t *s)
 {
-    uint64_t st = dk_atomic_load_seq_cst(&s->state); /* (B) */
+    uint64_t st = dk__atomic_load_seq_cst(&s->state); /* (B) */
     do {
-        if (!wants_item(st, dk_atomic_load_seq_cst(&s->pending))) {
+        if (!wants_item(st, dk__atomic_load_seq_cst(&s->pending))) {
             return;
         }
-    } while (!dk_atomic_cas_seq_cst(&s->state, &st, st | SS_SCHEDULED));
+    } while (!dk__atomic_cas_seq_cst(&s->state, &st, st | SS_SCHEDULED));
     dk_retain(s);
     s->item.fn = source_invoke;
     s->item.ctx = s;
@@ -220,8 +220,8 @@ dk_source_set_timer(dk_source_t *s, dk_time_t start, uint64_t interval_ns,
     s->t_interval = interval_ns;
     s->t_leeway = leeway_ns;
     s->t_configured = true;
-    dk_atomic_store_release(&s->pending, 0);
-    uint64_t st = dk_atomic_load_acquire(&s->state);
+    dk__atomic_store_release(&s->pending, 0);
+    uint64_t st = dk__atomic_load_acquire(&s->state);
     if (st & SS_CANCELLED) {
         return 0;
     }
@@ -252,7 +252,7 @@ static struct fdnote *notes;
 static bool
 source_armed(dk_source_t *s)
 {
-    uint64_t st = dk_atomic_load_acquire(&s->state);
+    uint64_t st = dk__atomic_load_acquire(&s->state);
     return (st & SS_REGISTERED) && !(st & (SS_SCHEDULED | SS_CANCELLED)) &&
            !is_suspended(st);
 }
@@ -632,27 +632,27 @@ dk_source_get_context(const dk_source_t *s)
 void
 dk_source_set_event_handler_f(dk_source_t *s, dk_function_t handler)
 {
-    dk_atomic_store_release(&s->handler, handler);
+    dk__atomic_store_release(&s->handler, handler);
 }
 
 void
 dk_source_set_cancel_handler_f(dk_source_t *s, dk_function_t handler)
 {
-    dk_atomic_store_release(&s->cancel_handler, handler);
+    dk__atomic_store_release(&s->cancel_handler, handler);
 }
 
 void
 dk_source_set_registration_handler_f(dk_source_t *s, dk_function_t handler)
 {
     /* Pairs with the acquire load in source_invoke. */
-    dk_atomic_store_release(&s->registration_handler, handler);
+    dk__atomic_store_release(&s->registration_handler, handler);
     if (handler == NULL) {
-        dk_atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
+        dk__atomic_and_acq_rel(&s->state, ~SS_REG_DUE);
         return;
     }
     /* Due now: the first resume delivers it (a suspended source runs no
      * item), or the wake-up below when the source is already running. */
-    dk_atomic_or_seq_cst(&s->state, SS_REG_DUE);
+    dk__atomic_or_seq_cst(&s->state, SS_REG_DUE);
     source_wakeup(s);
 }
 
@@ -667,7 +667,7 @@ dk_source_merge_data(dk_source_t *s, uintptr_t value)
     default:
         return -EINVAL;
     }
-    if (dk_atomic_load_relaxed(&s->state) & SS_CANCELLED) {
+    if (dk__atomic_load_relaxed(&s->state) & SS_CANCELLED) {
         return 0; /* dropped, as in GCD */
     }
     if (s->type == DK_SOURCE_DATA_REPLACE) {
@@ -709,28 +709,28 @@ source_register(dk_source_t *s)
 void
 dk_source_suspend(dk_source_t *s)
 {
-    dk_atomic_add_acq_rel(&s->state, SS_SUSPEND_ONE);
+    dk__atomic_add_acq_rel(&s->state, SS_SUSPEND_ONE);
 }
 
 int
 dk_source_resume(dk_source_t *s)
 {
-    uint64_t st = dk_atomic_load_relaxed(&s->state);
+    uint64_t st = dk__atomic_load_relaxed(&s->state);
     do {
         if (!is_suspended(st)) {
             return -EOVERFLOW;
         }
-    } while (!dk_atomic_cas_acq_rel(&s->state, &st, st - SS_SUSPEND_ONE));
+    } while (!dk__atomic_cas_acq_rel(&s->state, &st, st - SS_SUSPEND_ONE));
     st -= SS_SUSPEND_ONE;
     if (is_suspended(st) || (st & SS_CANCELLED)) {
         return 0;
     }
     if (!(st & SS_REGISTERED)) {
-        uint64_t prev = dk_atomic_or_acq_rel(&s->state, SS_REGISTERED);
+        uint64_t prev = dk__atomic_or_acq_rel(&s->state, SS_REGISTERED);
         if (!(prev & SS_REGISTERED)) {
             int rc = source_register(s);
             if (rc < 0) {
-                dk_atomic_and_acq_rel(&s->state, ~SS_REGISTERED);
+                dk__atomic_and_acq_rel(&s->state, ~SS_REGISTERED);
                 return rc;
             }
         }
@@ -745,7 +745,7 @@ dk_source_resume(dk_source_t *s)
 void
 dk_source_cancel(dk_source_t *s)
 {
-    uint64_t prev = dk_atomic_or_acq_rel(&s->state, SS_CANCELLED);
+    uint64_t prev = dk__atomic_or_acq_rel(&s->state, SS_CANCELLED);
     if (prev & SS_CANCELLED) {
         return;
     }
@@ -775,13 +775,13 @@ dk_source_cancel(dk_source_t *s)
 bool
 dk_source_testcancel(const dk_source_t *s)
 {
-    return (dk_atomic_load_acquire(&s->state) & SS_CANCELLED) != 0;
+    return (dk__atomic_load_acquire(&s->state) & SS_CANCELLED) != 0;
 }
 
 uintptr_t
 dk_source_get_data(const dk_source_t *s)
 {
-    return dk_atomic_load_relaxed(&s->data);
+    return dk__atomic_load_relaxed(&s->data);
 }
 
 uintptr_t

@@ -69,7 +69,7 @@ uint64_t
 dk_time_deadline(dk_time_t t)
 {
     if (t == DK_TIME_FOREVER) {
-        return UINT64_MAX;
+        return DK_TIME_FOREVER;
     }
     uint64_t now = dk__os_monotonic_ns();
     if (t == DK_TIME_NOW) {

@@ -68,7 +68,7 @@ probe_waitv(void)
     uint32_t word = 1;
     struct dk__os_waitv v = {&word, 0, false};
     /* The word differs from `expected`: -EAGAIN at once when supported. */
-    return dk__os_futex_waitv(&v, 1, DK_OS_FOREVER) != -ENOSYS;
+    return dk__os_futex_waitv(&v, 1, DK_TIME_FOREVER) != -ENOSYS;
 }
 
 bool
@@ -131,7 +131,7 @@ watcher_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->lock); /* (B1) */
         int n = 0;
-        uint64_t deadline = DK_OS_FOREVER;
+        uint64_t deadline = DK_TIME_FOREVER;
         for (int i = 0; i < s->cap; i++) {
             struct slot *sl = &s->slots[i];
             if (sl->head == NULL) {
@@ -147,7 +147,7 @@ watcher_main(void *arg)
                 }
             }
         }
-        uint32_t c = dk_atomic_load_relaxed(&s->ctl);
+        uint32_t c = dk__atomic_load_relaxed(&s->ctl);
         pthread_mutex_unlock(&s->lock);
 
         int rc;
@@ -185,7 +185,7 @@ watcher_main(void *arg)
             /* The watcher's own check of the word: acquire, so a caller
              * woken by this sees what the changer published before its
              * store (partner: the primitive's release/seq_cst RMW). */
-            bool changed = dk_atomic_load_acquire(sl->word) != sl->busy;
+            bool changed = dk__atomic_load_acquire(sl->word) != sl->busy;
             if (woken || changed || rc == -EFAULT) {
                 collect(s, i, false, now, 0, &fired);
             }
@@ -325,7 +325,7 @@ dk__watch_add(dk__watch_t *w)
     }
     sl->head = w;
     w->state = W_REGISTERED;
-    dk_atomic_add_relaxed(&s->ctl, 1); /* (A1): the lock orders it */
+    dk__atomic_add_relaxed(&s->ctl, 1); /* (A1): the lock orders it */
     pthread_mutex_unlock(&s->lock);
     poke(s, w->word, w->shared);
     return 0;
@@ -345,7 +345,7 @@ dk__watch_cancel(dk__watch_t *w)
     if (was) {
         unlink_watch(s, w);
         w->state = W_IDLE;
-        dk_atomic_add_relaxed(&s->ctl, 1);
+        dk__atomic_add_relaxed(&s->ctl, 1);
     }
     pthread_mutex_unlock(&s->lock);
     if (was) {

@@ -24,7 +24,7 @@ typedef struct dk__watch {
     uint32_t *word;
     uint32_t busy;
     bool shared;
-    uint64_t deadline; /* absolute CLOCK_MONOTONIC ns; UINT64_MAX: none */
+    uint64_t deadline; /* absolute CLOCK_MONOTONIC ns; DK_TIME_FOREVER: none */
     /* rc 0: woken or changed; -ETIMEDOUT: the deadline passed. Called on
      * the watcher thread with no lock held; the storage is the caller's
      * again from the moment fn starts. */

@@ -162,7 +162,7 @@ set_error(dk_zb_error_t *err, const char *fmt, ...)
 static uint64_t
 load64(const uint64_t *p)
 {
-    return dk_atomic_load_relaxed(p);
+    return dk__atomic_load_relaxed(p);
 }
 
 /* ---- the parser shared by the reader and dk_zb_segment_check --------- */
@@ -249,8 +249,8 @@ static int
 check_oieb(const dk_zb_oieb_t *o, uint64_t msize, uint64_t psize,
            dk_zb_error_t *err)
 {
-    uint32_t osize = dk_atomic_load_relaxed(&o->oieb_size);
-    uint8_t major = dk_atomic_load_relaxed(&o->version_major);
+    uint32_t osize = dk__atomic_load_relaxed(&o->oieb_size);
+    uint8_t major = dk__atomic_load_relaxed(&o->version_major);
     if (osize != DK_ZB_OIEB_SIZE) {
         set_error(err, "corrupted OIEB: oieb_size is %u, not 128",
                   (unsigned)osize);
@@ -352,7 +352,7 @@ dk_zb_segment_check(const void *seg, size_t len, uint64_t max_frames,
 static bool
 truncated(const uint32_t *faulted, dk_zb_error_t *err)
 {
-    if (faulted == NULL || dk_atomic_load_relaxed(faulted) == 0) {
+    if (faulted == NULL || dk__atomic_load_relaxed(faulted) == 0) {
         return false;
     }
     set_error(err, "the shared memory segment was truncated by another "
@@ -395,7 +395,7 @@ replace_stale(const dk_zb_reader_t *r)
             dk__shm_close(base, len, fd);
             return -EEXIST;
         }
-        dk_atomic_store_release(&o->reader_pid, 0);
+        dk__atomic_store_release(&o->reader_pid, 0);
         dk__shm_close(base, len, fd);
         sem_t *old;
         if (dk__nsem_open(r->sem_r_name, &old) == 0) {
@@ -482,7 +482,7 @@ dk_zb_reader_create(const char *name, uint64_t metadata_size,
     o->metadata_free_bytes = msize;
     o->payload_size = psize;
     o->payload_free_bytes = psize;
-    dk_atomic_store_release(&o->reader_pid, dk__pid_self());
+    dk__atomic_store_release(&o->reader_pid, dk__pid_self());
     *out = r;
     return 0;
 
@@ -505,18 +505,18 @@ fail_lock:
 static bool
 writer_gone(dk_zb_reader_t *r)
 {
-    uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     if (pid != 0) {
-        dk_atomic_store_relaxed(&r->writer_seen, true);
+        dk__atomic_store_relaxed(&r->writer_seen, true);
         return !dk__pid_alive(pid);
     }
     if (load64(&r->oieb->payload_written_count) != 0) {
-        dk_atomic_store_relaxed(&r->writer_seen, true);
+        dk__atomic_store_relaxed(&r->writer_seen, true);
     }
-    if (!dk_atomic_load_relaxed(&r->writer_seen)) {
+    if (!dk__atomic_load_relaxed(&r->writer_seen)) {
         return false; /* no writer yet: keep waiting */
     }
-    dk_atomic_store_relaxed(&r->writer_left, true);
+    dk__atomic_store_relaxed(&r->writer_left, true);
     /* A writer left gracefully. Everything it wrote has been read when
      * the counts agree, or (the Python writer counts wraps it did not
      * mark, so its count runs ahead) when the positions agree. */
@@ -565,7 +565,7 @@ pend_drain(dk_zb_reader_t *r)
     }
     /* (A): our reads of these frames happen before the writer's acquire
      * load of the free count lets it overwrite them. */
-    dk_atomic_add_release(&r->oieb->payload_free_bytes, credit);
+    dk__atomic_add_release(&r->oieb->payload_free_bytes, credit);
     while (posts-- > 0) {
         dk__nsem_post(r->sem_r);
     }
@@ -583,11 +583,11 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         return rc;
     }
     struct next_frame f;
-    uint64_t wpid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    uint64_t wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f, &r->err);
     if (rc == -EILSEQ && r->err.got == 1 &&
         (wpid != r->last_writer_pid ||
-         dk_atomic_load_relaxed(&r->writer_left))) {
+         dk__atomic_load_relaxed(&r->writer_left))) {
         /* Every writer numbers its frames from 1: a new writer after the
          * previous one left starts the count again. */
         rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
@@ -613,7 +613,7 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         return rc;
     }
     r->last_writer_pid = wpid;
-    dk_atomic_store_relaxed(&r->writer_left, false);
+    dk__atomic_store_relaxed(&r->writer_left, false);
     if (f.skipped != 0) {
         rc = pend_push(r, f.skipped | RELEASED);
         if (rc < 0) {
@@ -633,8 +633,8 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     r->expected++;
     r->frames++;
     r->bytes += f.size;
-    dk_atomic_store_relaxed(&r->oieb->payload_read_pos, r->read_pos);
-    dk_atomic_store_relaxed(&r->oieb->payload_read_count, r->read_count);
+    dk__atomic_store_relaxed(&r->oieb->payload_read_pos, r->read_pos);
+    dk__atomic_store_relaxed(&r->oieb->payload_read_count, r->read_count);
     frame->data = r->ring + f.pos + DK_ZB_HEADER_SIZE;
     frame->size = f.size;
     frame->sequence = f.sequence;
@@ -651,8 +651,8 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     int rc;
     /* (B): pairs with the writer's release store of the written count
      * (the semaphore orders them too; peers rely on that alone). */
-    (void)dk_atomic_load_acquire(&r->oieb->payload_written_count);
-    dk_atomic_store_relaxed(&r->writer_seen, true);
+    (void)dk__atomic_load_acquire(&r->oieb->payload_written_count);
+    dk__atomic_store_relaxed(&r->writer_seen, true);
     pthread_mutex_lock(&r->lock);
     if (r->closed) {
         rc = -EBADF;
@@ -671,7 +671,7 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 int
 dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
 {
-    if (dk_atomic_load_relaxed(&r->closed)) {
+    if (dk__atomic_load_relaxed(&r->closed)) {
         return -EBADF;
     }
     if (truncated(r->faulted, &r->err)) {
@@ -691,7 +691,7 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
             uint64_t slice =
                 deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
             rc = dk__nsem_wait(r->sem_w, slice);
-            if (dk_atomic_load_relaxed(&r->closed)) {
+            if (dk__atomic_load_relaxed(&r->closed)) {
                 return -EBADF;
             }
             if (rc == -EINTR) {
@@ -722,7 +722,7 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
 int
 dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
-    if (dk_atomic_load_relaxed(&r->closed)) {
+    if (dk__atomic_load_relaxed(&r->closed)) {
         return -EBADF;
     }
     if (truncated(r->faulted, &r->err)) {
@@ -763,7 +763,7 @@ dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data, uint64_t *size)
     }
     /* Pairs with the writer's release store of metadata_written_bytes. */
     uint64_t written =
-        dk_atomic_load_acquire(&r->oieb->metadata_written_bytes);
+        dk__atomic_load_acquire(&r->oieb->metadata_written_bytes);
     if (written == 0) {
         return -ENODATA;
     }
@@ -784,7 +784,7 @@ dk_zb_reader_writer_connected(dk_zb_reader_t *r)
     if (r->closed) {
         return false;
     }
-    uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+    uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     return pid != 0 && dk__pid_alive(pid);
 }
 
@@ -814,12 +814,12 @@ dk_zb_reader_close(dk_zb_reader_t *r)
         pthread_mutex_unlock(&r->lock);
         return;
     }
-    dk_atomic_store_relaxed(&r->closed, true);
+    dk__atomic_store_relaxed(&r->closed, true);
     /* The writer sees reader_pid == 0 at its next write; wake it if it
      * waits for space so it notices now. A thread of ours waiting in
      * read is woken too and sees `closed`. The semaphores stay open until
      * destroy: closing one under a waiting thread would unmap it. */
-    dk_atomic_store_release(&r->oieb->reader_pid, 0);
+    dk__atomic_store_release(&r->oieb->reader_pid, 0);
     dk__nsem_post(r->sem_r);
     dk__nsem_post(r->sem_w);
     dk__os_futex_wake(writer_pid_word(r->oieb), INT_MAX, true);
@@ -876,18 +876,18 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
     dk_zb_oieb_t *o = w->oieb;
     /* Pairs with the reader's release store of reader_pid: once we see
      * it, the rest of the OIEB is initialised. */
-    uint64_t rpid = dk_atomic_load_acquire(&o->reader_pid);
+    uint64_t rpid = dk__atomic_load_acquire(&o->reader_pid);
     uint64_t msize = load64(&o->metadata_size);
     uint64_t psize = load64(&o->payload_size);
-    if (dk_atomic_load_relaxed(&o->oieb_size) != DK_ZB_OIEB_SIZE) {
+    if (dk__atomic_load_relaxed(&o->oieb_size) != DK_ZB_OIEB_SIZE) {
         set_error(&w->err, "Invalid OIEB size: %u - version mismatch?",
-                  (unsigned)dk_atomic_load_relaxed(&o->oieb_size));
+                  (unsigned)dk__atomic_load_relaxed(&o->oieb_size));
         rc = -EPROTO;
         goto fail;
     }
-    if (dk_atomic_load_relaxed(&o->version_major) != 1) {
+    if (dk__atomic_load_relaxed(&o->version_major) != 1) {
         set_error(&w->err, "unsupported protocol version %u",
-                  (unsigned)dk_atomic_load_relaxed(&o->version_major));
+                  (unsigned)dk__atomic_load_relaxed(&o->version_major));
         rc = -EPROTO;
         goto fail;
     }
@@ -927,7 +927,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
      * writers can both get in). A dead writer's slot is taken over. */
     w->pid = dk__pid_self();
     uint64_t cur = 0;
-    while (!dk_atomic_cas_acq_rel(&o->writer_pid, &cur, w->pid)) {
+    while (!dk__atomic_cas_acq_rel(&o->writer_pid, &cur, w->pid)) {
         if (cur == w->pid || dk__pid_alive(cur)) {
             rc = -EBUSY;
             goto fail;
@@ -976,10 +976,10 @@ dk_zb_writer_set_metadata(dk_zb_writer_t *w, const void *data, uint64_t size)
     }
     memcpy(w->meta, &size, 8);
     memcpy(w->meta + 8, data, (size_t)size);
-    dk_atomic_store_relaxed(&w->oieb->metadata_free_bytes,
-                            w->msize - 8 - size);
+    dk__atomic_store_relaxed(&w->oieb->metadata_free_bytes,
+                             w->msize - 8 - size);
     /* Pairs with the reader's acquire load in dk_zb_reader_metadata. */
-    dk_atomic_store_release(&w->oieb->metadata_written_bytes, 8 + size);
+    dk__atomic_store_release(&w->oieb->metadata_written_bytes, 8 + size);
     w->metadata_written = true;
     return 0;
 }
@@ -1010,7 +1010,7 @@ int
 dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
                      void **buf, uint64_t *sequence)
 {
-    if (dk_atomic_load_relaxed(&w->closed)) {
+    if (dk__atomic_load_relaxed(&w->closed)) {
         return -EBADF;
     }
     if (w->pending) {
@@ -1030,13 +1030,13 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
     uint64_t needed = space_needed(w, total, &wrap);
     int spins = 0;
     for (;;) {
-        uint64_t rpid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+        uint64_t rpid = dk__atomic_load_acquire(&w->oieb->reader_pid);
         if (rpid == 0) {
             return -EPIPE;
         }
         /* (A'): pairs with the reader's release add. */
         uint64_t free_bytes =
-            dk_atomic_load_acquire(&w->oieb->payload_free_bytes);
+            dk__atomic_load_acquire(&w->oieb->payload_free_bytes);
         if (free_bytes > w->psize) {
             set_error(&w->err,
                       "corrupted OIEB: payload_free_bytes %llu > "
@@ -1059,7 +1059,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         }
         uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
         int rc = dk__nsem_wait(w->sem_r, slice);
-        if (dk_atomic_load_relaxed(&w->closed)) {
+        if (dk__atomic_load_relaxed(&w->closed)) {
             return -EBADF;
         }
         if (rc == -EINTR) {
@@ -1078,14 +1078,14 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
             static const uint64_t marker[2] = {0, 0};
             memcpy(w->ring + w->wpos, marker, sizeof marker);
             w->written_count++;
-            dk_atomic_store_relaxed(&w->oieb->payload_written_count,
-                                    w->written_count);
+            dk__atomic_store_relaxed(&w->oieb->payload_written_count,
+                                     w->written_count);
         }
         if (to_end != 0) {
-            dk_atomic_sub_acq_rel(&w->oieb->payload_free_bytes, to_end);
+            dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, to_end);
         }
         w->wpos = 0;
-        dk_atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+        dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
     }
     w->pending = true;
     w->pending_size = size;
@@ -1097,7 +1097,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
 int
 dk_zb_writer_commit(dk_zb_writer_t *w)
 {
-    if (!w->pending || dk_atomic_load_relaxed(&w->closed)) {
+    if (!w->pending || dk__atomic_load_relaxed(&w->closed)) {
         return -EINVAL;
     }
     if (truncated(w->faulted, &w->err)) {
@@ -1113,15 +1113,16 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
         w->pending = false; /* the header itself hit a lost page */
         return -EPROTO;
     }
-    dk_atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
+    dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
     w->wpos += total;
     if (w->wpos == w->psize) {
         w->wpos = 0;
     }
     w->written_count++;
-    dk_atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
+    dk__atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
     /* (B): the frame's bytes before the reader's acquire load. */
-    dk_atomic_store_release(&w->oieb->payload_written_count, w->written_count);
+    dk__atomic_store_release(&w->oieb->payload_written_count,
+                             w->written_count);
     dk__nsem_post(w->sem_w);
     w->pending = false;
     w->seq++;
@@ -1162,7 +1163,7 @@ dk_zb_writer_reader_connected(dk_zb_writer_t *w)
     if (w->closed) {
         return false;
     }
-    uint64_t pid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+    uint64_t pid = dk__atomic_load_acquire(&w->oieb->reader_pid);
     return pid != 0 && dk__pid_alive(pid);
 }
 
@@ -1199,13 +1200,13 @@ dk_zb_writer_error(const dk_zb_writer_t *w)
 void
 dk_zb_writer_close(dk_zb_writer_t *w)
 {
-    if (dk_atomic_xchg_relaxed(&w->closed, true)) {
+    if (dk__atomic_xchg_relaxed(&w->closed, true)) {
         return;
     }
     /* Only our own claim is cleared: a writer that took over after we
      * were presumed dead keeps its slot. */
     uint64_t mine = w->pid;
-    dk_atomic_cas_acq_rel(&w->oieb->writer_pid, &mine, 0);
+    dk__atomic_cas_acq_rel(&w->oieb->writer_pid, &mine, 0);
 }
 
 void
@@ -1227,14 +1228,14 @@ int
 dk__zb_reader_wait_step(dk_zb_reader_t *r, bool check_writer, uint32_t **word,
                         uint32_t *busy)
 {
-    if (dk_atomic_load_relaxed(&r->closed)) {
+    if (dk__atomic_load_relaxed(&r->closed)) {
         return -EBADF;
     }
     uint32_t *w = dk__nsem_announce(r->sem_w);
     if (w == NULL) {
         return -ENOSYS;
     }
-    if (dk_atomic_load_seq_cst(w) > 0) { /* (N2) */
+    if (dk__atomic_load_seq_cst(w) > 0) { /* (N2) */
         dk__nsem_unannounce(r->sem_w);
         return 0;
     }
@@ -1259,7 +1260,7 @@ int
 dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
                          uint32_t **word, uint32_t *busy)
 {
-    if (dk_atomic_load_relaxed(&w->closed)) {
+    if (dk__atomic_load_relaxed(&w->closed)) {
         return -EBADF;
     }
     if (w->pending) {
@@ -1271,7 +1272,7 @@ dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
     if (size > w->psize - DK_ZB_HEADER_SIZE) {
         return -EMSGSIZE;
     }
-    uint64_t rpid = dk_atomic_load_acquire(&w->oieb->reader_pid);
+    uint64_t rpid = dk__atomic_load_acquire(&w->oieb->reader_pid);
     if (rpid == 0) {
         return -EPIPE;
     }
@@ -1286,7 +1287,7 @@ dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
         return -ENOSYS;
     }
     /* (A'): pairs with the reader's release add, as in acquire. */
-    if (dk_atomic_load_acquire(&w->oieb->payload_free_bytes) >= needed) {
+    if (dk__atomic_load_acquire(&w->oieb->payload_free_bytes) >= needed) {
         dk__nsem_unannounce(w->sem_r);
         return 0;
     }
@@ -1313,10 +1314,10 @@ int
 dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline)
 {
     for (;;) {
-        if (dk_atomic_load_relaxed(&r->closed)) {
+        if (dk__atomic_load_relaxed(&r->closed)) {
             return -EBADF;
         }
-        uint64_t pid = dk_atomic_load_acquire(&r->oieb->writer_pid);
+        uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
         if (pid != 0 && dk__pid_alive(pid)) {
             return 0;
         }

@@ -20,6 +20,11 @@
 #define DK_END_DECLS
 #endif
 
+/* The one "no deadline": every absolute CLOCK_MONOTONIC deadline of the
+ * API (a uint64_t) and every dispatch time (dk_time_t, dk/time.h) waits
+ * forever at this value. 0 is the other end: do not wait. */
+#define DK_TIME_FOREVER UINT64_MAX
+
 /* A work item: called with the context pointer given at submission. */
 typedef void (*dk_function_t)(void *ctx);
 

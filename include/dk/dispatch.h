@@ -267,7 +267,7 @@ static inline void
 dispatch_main(void)
 {
     for (;;) {
-        dk_main_drain(UINT64_MAX);
+        dk_main_drain(DK_TIME_FOREVER);
     }
 }
 

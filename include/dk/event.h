@@ -1,47 +1,11 @@
 /*
- * A manual-reset event on one 32-bit word in caller memory, the layout of
- * fastipc's NamedEvent (4 bytes, 0 = clear, anything else = set), so a
- * fastipc process and a dispatchkit process can share one event.
- *
- * dk_shm_event_set stores 1 and wakes every sleeper; dk_shm_event_clear
- * stores 0; dk_shm_event_wait returns as soon as it *sees* the event set,
- * and sleeps (futex) while it is clear, until the deadline. Unlike
- * fastipc's wait, an event that is already set returns at once with
- * success, and a spurious wake-up is never reported as the event. A set
- * immediately followed by a clear can be missed by a waiter that was not
- * scheduled in between (the word has no room for a generation count
- * without breaking fastipc's readers).
- *
- * `shared` selects process-shared futexes (memory shared between
- * processes); it must be the same for every user of one word. Deadlines
- * are absolute CLOCK_MONOTONIC ns (UINT64_MAX: none; 0: do not sleep).
+ * The older name of dk/shm_event.h (the shared-memory event), kept so
+ * that C programs written against it still compile. The event thread of
+ * the runtime is src/event.c, which has no public header.
  */
 #ifndef DK_EVENT_H
 #define DK_EVENT_H
 
-#include "dk/base.h"
-
-DK_BEGIN_DECLS
-
-typedef struct dk_shm_event {
-    uint32_t word;
-} dk_shm_event_t;
-
-/* Check that e can hold an event: 0, or -EINVAL when it is not 4-byte
- * aligned. Does not touch the word (attaching must not clear an event
- * another process has set). */
-DK_EXPORT int dk_shm_event_check(const dk_shm_event_t *e);
-/* Set and wake every waiter (one futex wake syscall: fastipc's waiters do
- * not announce themselves, so we cannot know there are none). */
-DK_EXPORT void dk_shm_event_set(dk_shm_event_t *e, bool shared);
-DK_EXPORT void dk_shm_event_clear(dk_shm_event_t *e);
-DK_EXPORT bool dk_shm_event_is_set(const dk_shm_event_t *e);
-/* Wait until set. Returns 0 (seen set), -ETIMEDOUT, or -EINTR (a signal
- * arrived while sleeping; the caller runs its handlers and calls again
- * with the same deadline). */
-DK_EXPORT int dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline,
-                                bool shared);
-
-DK_END_DECLS
+#include "dk/shm_event.h"
 
 #endif /* DK_EVENT_H */

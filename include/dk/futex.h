@@ -1,8 +1,8 @@
 /*
  * Futex wait and wake on a 32-bit word, for words in process memory or in
  * memory shared between processes (`shared`). Deadlines are absolute
- * CLOCK_MONOTONIC nanoseconds (UINT64_MAX: none), so retries never stretch
- * a wait.
+ * CLOCK_MONOTONIC nanoseconds (DK_TIME_FOREVER: none), so retries never
+ * stretch a wait.
  */
 #ifndef DK_FUTEX_H
 #define DK_FUTEX_H

@@ -13,7 +13,7 @@ DK_BEGIN_DECLS
 typedef struct dk_group_s dk_group_t;
 
 /* Returns NULL with errno = ENOMEM. */
-DK_EXPORT dk_group_t *dk_group_create(void);
+DK_EXPORT dk_group_t *dk_group_create(void) DK_WARN_UNUSED;
 /* Submit fn(ctx) to q as part of g. Returns 0 or -ENOMEM. */
 DK_EXPORT int dk_group_async_f(dk_group_t *g, dk_queue_t *q, void *ctx,
                                dk_function_t fn);
@@ -22,7 +22,7 @@ DK_EXPORT void dk_group_enter(dk_group_t *g);
  * is left unchanged). */
 DK_EXPORT int dk_group_leave(dk_group_t *g);
 /* Wait until the count is zero or `deadline` (absolute CLOCK_MONOTONIC ns,
- * UINT64_MAX = forever) passes. Returns 0 or -ETIMEDOUT. The
+ * DK_TIME_FOREVER = forever) passes. Returns 0 or -ETIMEDOUT. The
  * _interruptible variant also returns -EINTR when a signal handler runs. */
 DK_EXPORT int dk_group_wait(dk_group_t *g, uint64_t deadline);
 DK_EXPORT int dk_group_wait_interruptible(dk_group_t *g, uint64_t deadline);

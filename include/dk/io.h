@@ -39,9 +39,9 @@ typedef void (*dk_write_handler_t)(void *ctx, const void *remaining,
 /* Returns 0, -EBADF (fd not open) or -ENOMEM. The data passed to a handler
  * is valid only during the call. q NULL: the default global queue. */
 DK_EXPORT int dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
-                        dk_read_handler_t handler);
+                        dk_read_handler_t handler) DK_WARN_UNUSED;
 DK_EXPORT int dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q,
-                         void *ctx, dk_write_handler_t handler);
+                         void *ctx, dk_write_handler_t handler) DK_WARN_UNUSED;
 
 typedef struct dk_io_s dk_io_t;
 
@@ -58,17 +58,18 @@ typedef void (*dk_io_handler_t)(void *ctx, bool done, const void *data,
 /* Returns NULL with errno EBADF, EINVAL (type; or RANDOM on an fd that
  * cannot seek: ESPIPE), ENOMEM. cleanup(cleanup_ctx, error) runs on q when
  * the channel is closed and its operations have finished. */
-DK_EXPORT dk_io_t *dk_io_create(int type, int fd, dk_queue_t *q,
-                                void *cleanup_ctx,
-                                void (*cleanup)(void *ctx, int error));
+DK_EXPORT dk_io_t *
+dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
+             void (*cleanup)(void *ctx, int error)) DK_WARN_UNUSED;
 /* Operations. `offset` is used by RANDOM channels only (relative to the
  * file position when the channel was created). Returns 0, -EPIPE if the
  * channel is closed, -ENOMEM. */
 DK_EXPORT int dk_io_read(dk_io_t *io, off_t offset, size_t length,
-                         dk_queue_t *q, void *ctx, dk_io_handler_t handler);
+                         dk_queue_t *q, void *ctx,
+                         dk_io_handler_t handler) DK_WARN_UNUSED;
 DK_EXPORT int dk_io_write(dk_io_t *io, off_t offset, const void *data,
                           size_t len, dk_queue_t *q, void *ctx,
-                          dk_io_handler_t handler);
+                          dk_io_handler_t handler) DK_WARN_UNUSED;
 DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn);
 DK_EXPORT void dk_io_close(dk_io_t *io, unsigned flags);
 DK_EXPORT bool dk_io_is_closed(const dk_io_t *io);
@@ -101,16 +102,16 @@ typedef void (*dk_io_data_handler_t)(void *ctx, bool done, dk_data_t *data,
                                      int error);
 DK_EXPORT int dk_io_read_data(dk_io_t *io, off_t offset, size_t length,
                               dk_queue_t *q, void *ctx,
-                              dk_io_data_handler_t handler);
+                              dk_io_data_handler_t handler) DK_WARN_UNUSED;
 DK_EXPORT int dk_io_write_data(dk_io_t *io, off_t offset, dk_data_t *data,
                                dk_queue_t *q, void *ctx,
-                               dk_io_data_handler_t handler);
+                               dk_io_data_handler_t handler) DK_WARN_UNUSED;
 DK_EXPORT int dk_read_data(int fd, size_t length, dk_queue_t *q, void *ctx,
                            void (*handler)(void *ctx, dk_data_t *data,
-                                           int error));
+                                           int error)) DK_WARN_UNUSED;
 DK_EXPORT int dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
                             void (*handler)(void *ctx, dk_data_t *remaining,
-                                            int error));
+                                            int error)) DK_WARN_UNUSED;
 DK_EXPORT void dk_io_retain(dk_io_t *io);
 DK_EXPORT void dk_io_release(dk_io_t *io);
 

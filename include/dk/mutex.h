@@ -16,7 +16,7 @@
  *
  * Uncontended operations are atomic instructions only (the pid is cached
  * and refreshed after fork; the clock is the vDSO). Waits take absolute
- * CLOCK_MONOTONIC deadlines (UINT64_MAX: none).
+ * CLOCK_MONOTONIC deadlines (DK_TIME_FOREVER: none).
  */
 #ifndef DK_MUTEX_H
 #define DK_MUTEX_H
@@ -60,9 +60,9 @@ typedef struct dk_shm_semaphore {
  * memory with the right magic is used as is. Returns 0, -EBADMSG (other
  * data there), -EINVAL (not 4-byte aligned).
  */
-DK_EXPORT int dk_shm_mutex_init(dk_shm_mutex_t *m);
+DK_EXPORT int dk_shm_mutex_init(dk_shm_mutex_t *m) DK_WARN_UNUSED;
 DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count,
-                                    uint32_t count);
+                                    uint32_t count) DK_WARN_UNUSED;
 
 /* The CLOCK_REALTIME ns of the last acquisition, at +0x10 of a Mutex or
  * Semaphore header. */
@@ -112,7 +112,8 @@ DK_EXPORT int dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n,
  * keep the original alive instead. Release with dk_shm_unalias(alias,
  * len). One syscall each.
  */
-DK_EXPORT int dk_shm_alias(void *addr, size_t len, void **alias);
+DK_EXPORT int dk_shm_alias(void *addr, size_t len,
+                           void **alias) DK_WARN_UNUSED;
 DK_EXPORT void dk_shm_unalias(void *alias, size_t len);
 
 DK_END_DECLS

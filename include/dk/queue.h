@@ -53,7 +53,8 @@ enum {
  * Returns NULL with errno = ENOMEM, or EINVAL for an unknown attribute.
  */
 DK_EXPORT dk_queue_t *dk_queue_create(const char *label, unsigned attrs,
-                                      int qos, int relpri, dk_queue_t *target);
+                                      int qos, int relpri,
+                                      dk_queue_t *target) DK_WARN_UNUSED;
 
 /* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
  * NULL (errno = EINVAL) for any other value. Immortal. */
@@ -176,7 +177,7 @@ DK_EXPORT int dk_queue_qos(const dk_queue_t *q, int *relpri);
 /*
  * The main queue. dk_main_drain runs the main queue's ready items on the
  * calling thread, which must be the main thread, waiting until `deadline`
- * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, UINT64_MAX = forever)
+ * (absolute CLOCK_MONOTONIC ns; 0 = do not wait, DK_TIME_FOREVER = forever)
  * for the first one. Returns the number of items run, -ETIMEDOUT, -EINTR
  * if interrupted by a signal handler while waiting, or -EPERM off the main
  * thread. dk_main_fd is an fd that is readable while work is pending.

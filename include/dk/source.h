@@ -70,7 +70,7 @@ typedef enum dk_source_type {
  */
 DK_EXPORT dk_source_t *dk_source_create(dk_source_type_t type,
                                         uintptr_t handle, unsigned long mask,
-                                        dk_queue_t *q);
+                                        dk_queue_t *q) DK_WARN_UNUSED;
 
 DK_EXPORT void dk_source_set_context(dk_source_t *s, void *ctx);
 DK_EXPORT void *dk_source_get_context(const dk_source_t *s);

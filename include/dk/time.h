@@ -15,7 +15,7 @@ DK_BEGIN_DECLS
 typedef uint64_t dk_time_t;
 
 #define DK_TIME_NOW ((dk_time_t)0)
-#define DK_TIME_FOREVER (~(dk_time_t)0)
+/* DK_TIME_FOREVER (all ones) is defined in dk/base.h. */
 /* As `when` for dk_time: the wall clock now (libdispatch's
  * DISPATCH_WALLTIME_NOW; dk_time(DK_WALLTIME_NOW, d) == dk_walltime(0, d)). */
 #define DK_WALLTIME_NOW (~(dk_time_t)1)
@@ -33,7 +33,7 @@ DK_EXPORT dk_time_t dk_time(dk_time_t when, int64_t delta);
 DK_EXPORT dk_time_t dk_walltime(uint64_t unix_ns, int64_t delta);
 
 /* The absolute CLOCK_MONOTONIC deadline in ns that `t` denotes now
- * (UINT64_MAX for FOREVER). Wall-clock times are converted using the
+ * (DK_TIME_FOREVER for FOREVER). Wall-clock times are converted using the
  * current offset between the two clocks. */
 DK_EXPORT uint64_t dk_time_deadline(dk_time_t t);
 

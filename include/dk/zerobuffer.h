@@ -32,7 +32,7 @@
 
 DK_BEGIN_DECLS
 
-#define DK_ZB_FOREVER UINT64_MAX
+#define DK_ZB_FOREVER DK_TIME_FOREVER /* the older name */
 #define DK_ZB_OIEB_SIZE 128u
 #define DK_ZB_HEADER_SIZE 16u
 #define DK_ZB_ALIGN 64u

@@ -681,8 +681,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     int r = dk_atomic_bit(self->addr, self->width, bop, (unsigned)index,
                           (dk_memory_order)mo);
     if (r < 0) {
-        errno = -r;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return dkpy_raise_oserror(r);
     }
     return PyBool_FromLong(r);
 }
@@ -1061,32 +1060,27 @@ static PyType_Spec Integral_spec = {"dispatchkit._dk._AtomicIntegral",
  * be constructed directly.
  */
 
-static int
-mode_of(PyTypeObject *type, char *out, size_t n)
-{
-    static PyObject *dk_mode_str;
-    PyObject *m = dkpy_getattr((PyObject *)type, &dk_mode_str, "_dk_mode");
-    if (m == NULL) {
-        return -1;
-    }
-    const char *c = PyUnicode_AsUTF8(m);
-    if (c == NULL) {
-        Py_DECREF(m);
-        return -1;
-    }
-    snprintf(out, n, "%s", c);
-    Py_DECREF(m);
-    return 0;
-}
+/* A class's mode, parsed once by _atomic_class and kept in the class as
+ * the choice of its tp_new (owned_new_any, ...), which subclasses inherit. */
+typedef enum {
+    MODE_ANY,
+    MODE_BYTES,
+    MODE_INTEGRAL,
+    MODE_INT,
+    MODE_UINT,
+    MODE_VIEW,
+} owned_mode;
+
+static const char *const mode_names[] = {
+    [MODE_ANY] = "any", [MODE_BYTES] = "bytes", [MODE_INTEGRAL] = "integral",
+    [MODE_INT] = "int", [MODE_UINT] = "uint",   [MODE_VIEW] = "view",
+};
 
 static PyObject *
-owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs,
+          owned_mode mode)
 {
-    char mode[16];
-    if (mode_of(type, mode, sizeof mode) < 0) {
-        return NULL;
-    }
-    if (strcmp(mode, "view") == 0) {
+    if (mode == MODE_VIEW) {
         PyErr_Format(PyExc_TypeError,
                      "%s objects are obtained from an atomicview() context, "
                      "not constructed directly",
@@ -1110,16 +1104,16 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      dkpy_type_name(type));
         return NULL;
     }
-    if (strcmp(mode, "any") == 0) {
+    if (mode == MODE_ANY) {
         ok = PyArg_ParseTupleAndKeywords(args, kwargs, "n|pp", kw_any, &width,
                                          &integral, &is_signed);
-    } else if (strcmp(mode, "integral") == 0) {
+    } else if (mode == MODE_INTEGRAL) {
         integral = 1;
         ok = PyArg_ParseTupleAndKeywords(args, kwargs, "np", kw_integral,
                                          &width, &is_signed);
     } else {
-        integral = strcmp(mode, "bytes") != 0;
-        is_signed = strcmp(mode, "int") == 0;
+        integral = mode != MODE_BYTES;
+        is_signed = mode == MODE_INT;
         ok = PyArg_ParseTupleAndKeywords(args, kwargs, "n", kw_width, &width);
     }
     if (!ok) {
@@ -1147,6 +1141,26 @@ owned_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return self;
 }
 
+#define OWNED_NEW(NAME, MODE)                                                 \
+    static PyObject *NAME(PyTypeObject *type, PyObject *args,                 \
+                          PyObject *kwargs)                                   \
+    {                                                                         \
+        return owned_new(type, args, kwargs, MODE);                           \
+    }
+OWNED_NEW(owned_new_any, MODE_ANY)
+OWNED_NEW(owned_new_bytes, MODE_BYTES)
+OWNED_NEW(owned_new_integral, MODE_INTEGRAL)
+OWNED_NEW(owned_new_int, MODE_INT)
+OWNED_NEW(owned_new_uint, MODE_UINT)
+OWNED_NEW(owned_new_view, MODE_VIEW)
+#undef OWNED_NEW
+
+static newfunc const owned_new_of[] = {
+    [MODE_ANY] = owned_new_any,           [MODE_BYTES] = owned_new_bytes,
+    [MODE_INTEGRAL] = owned_new_integral, [MODE_INT] = owned_new_int,
+    [MODE_UINT] = owned_new_uint,         [MODE_VIEW] = owned_new_view,
+};
+
 static PyObject *
 atomic_view_new(PyObject *module, PyObject *args)
 {
@@ -1172,19 +1186,19 @@ atomic_view_new(PyObject *module, PyObject *args)
 }
 
 static PyType_Slot class_any_slots[] = {
-    {Py_tp_new, owned_new},
+    {Py_tp_new, owned_new_any}, /* replaced by the mode's */
     {Py_tp_traverse, Atomic_traverse},
     {Py_tp_methods, Any_methods},
     {0, NULL},
 };
 static PyType_Slot class_bytes_slots[] = {
-    {Py_tp_new, owned_new},
+    {Py_tp_new, owned_new_any}, /* replaced by the mode's */
     {Py_tp_traverse, Atomic_traverse},
     {Py_tp_methods, Bytes_methods},
     {0, NULL},
 };
 static PyType_Slot class_integral_slots[] = {
-    {Py_tp_new, owned_new},
+    {Py_tp_new, owned_new_any}, /* replaced by the mode's */
     {Py_tp_traverse, Atomic_traverse},
     {Py_tp_methods, Integral_methods},
     {Py_tp_getset, Integral_getset},
@@ -1195,12 +1209,23 @@ static PyType_Slot class_integral_slots[] = {
 static PyObject *
 atomic_class(PyObject *module, PyObject *args)
 {
-    const char *name, *kind, *mode, *qualmod;
+    const char *name, *kind, *mode_name, *qualmod;
     PyObject *bases;
-    if (!PyArg_ParseTuple(args, "sssO!s", &name, &kind, &mode, &PyTuple_Type,
-                          &bases, &qualmod)) {
+    if (!PyArg_ParseTuple(args, "sssO!s", &name, &kind, &mode_name,
+                          &PyTuple_Type, &bases, &qualmod)) {
         return NULL;
     }
+    size_t k = 0;
+    while (k < sizeof mode_names / sizeof mode_names[0] &&
+           strcmp(mode_name, mode_names[k]) != 0) {
+        k++;
+    }
+    if (k == sizeof mode_names / sizeof mode_names[0]) {
+        PyErr_Format(PyExc_ValueError, "unknown atomic class mode '%s'",
+                     mode_name);
+        return NULL;
+    }
+    owned_mode mode = (owned_mode)k;
     PyType_Slot *slots = strcmp(kind, "integral") == 0 ? class_integral_slots
                          : strcmp(kind, "bytes") == 0  ? class_bytes_slots
                                                        : class_any_slots;
@@ -1213,12 +1238,11 @@ atomic_class(PyObject *module, PyObject *args)
     snprintf(full, len, "%s.%s", qualmod, name);
     /* The constructor's text signature (inspect.signature(cls)), keyword
      * only as in the package; view classes have no constructor. */
-    const char *params =
-        strcmp(mode, "any") == 0        ? "*, width, is_integral=False, "
-                                          "is_signed=False"
-        : strcmp(mode, "integral") == 0 ? "*, width, is_signed"
-        : strcmp(mode, "view") == 0     ? NULL
-                                        : "*, width";
+    const char *params = mode == MODE_ANY ? "*, width, is_integral=False, "
+                                            "is_signed=False"
+                         : mode == MODE_INTEGRAL ? "*, width, is_signed"
+                         : mode == MODE_VIEW     ? NULL
+                                                 : "*, width";
     char doc[160];
     if (params != NULL) {
         snprintf(doc, sizeof doc, "%s(%s)\n--\n\n", name, params);
@@ -1229,6 +1253,9 @@ atomic_class(PyObject *module, PyObject *args)
     size_t n = 0;
     for (; slots[n].slot != 0 && n < 6; n++) {
         with_doc[n] = slots[n];
+        if (slots[n].slot == Py_tp_new) {
+            with_doc[n].pfunc = (void *)owned_new_of[mode];
+        }
     }
     with_doc[n++] = (PyType_Slot){Py_tp_doc, doc};
     with_doc[n] = (PyType_Slot){0, NULL};
@@ -1243,13 +1270,6 @@ atomic_class(PyObject *module, PyObject *args)
      * package's Python classes: assigning __name__ repoints it. */
     PyObject *m = PyUnicode_FromString(name);
     if (m == NULL || PyObject_SetAttrString(t, "__name__", m) < 0) {
-        Py_XDECREF(m);
-        Py_DECREF(t);
-        return NULL;
-    }
-    Py_DECREF(m);
-    m = PyUnicode_FromString(mode);
-    if (m == NULL || PyObject_SetAttrString(t, "_dk_mode", m) < 0) {
         Py_XDECREF(m);
         Py_DECREF(t);
         return NULL;

@@ -2,7 +2,14 @@
  * Shared declarations of the CPython binding. Each subsystem's binding
  * file defines one exec function that adds its types, functions and
  * constants to the single extension module dispatchkit._dk; module.c calls
- * them in order. Error mapping is in one place: dkpy_raise_errno().
+ * them in order. The toolkit every file uses (binding.c) is declared here:
+ * the errno mapping, the timeout rules, the sliced wait and the callback
+ * reporter.
+ *
+ * Module state: the dispatch runtime is process-wide and the module refuses
+ * to load in a subinterpreter (module.c), so each file keeps its types in
+ * one static struct set by its exec function (m_size is 0). Per-module
+ * state would buy nothing but a lookup on every call.
  */
 #ifndef DK_SRC_PYTHON_BINDING_H
 #define DK_SRC_PYTHON_BINDING_H
@@ -15,10 +22,31 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Raise the Python exception for a negative errno from the core:
- * -ENOMEM -> MemoryError, -EINVAL -> ValueError, -ETIMEDOUT ->
+#include <limits.h>
+
+/* Raise the Python exception for a negative errno from the core, through
+ * one table: -ENOMEM -> MemoryError, -EINVAL -> ValueError, -ETIMEDOUT ->
  * TimeoutError, anything else -> OSError. Returns NULL. */
 PyObject *dkpy_raise_errno(int neg_errno);
+/* One row of an errno -> exception table, ended by a row with err 0:
+ * type NULL raises MemoryError, message NULL the type's bare exception. */
+typedef struct {
+    int err; /* positive */
+    PyObject **type;
+    const char *message;
+} dkpy_errno_map;
+/* Raise map's exception for neg_errno: true, or false (nothing set) when
+ * the table has no row for it. */
+bool dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno);
+/* OSError for a negative errno whatever it is (where the seed API raises
+ * OSError even for EINVAL). Returns NULL. */
+PyObject *dkpy_raise_oserror(int neg_errno);
+
+/* Call func(*args) (args: a stolen tuple reference; NULL: no arguments,
+ * or, with an exception set, arguments that could not be built) and hand
+ * any exception to sys.unraisablehook as raised in func, as CPython does
+ * for errors nobody can catch. The GIL is held. */
+void dkpy_call_reporting(PyObject *func, PyObject *args);
 
 /* getattr(obj, name), the name interned once into *slot. Per-call paths
  * use this rather than PyObject_GetAttrString, whose fresh str per call
@@ -39,7 +67,7 @@ PyObject *dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases);
  * thread, would otherwise leave Ctrl-C waiting for the deadline. */
 #define DKPY_SIGNAL_SLICE_NS 100000000ull
 
-/* The end of the next slice of a wait for `deadline` (UINT64_MAX:
+/* The end of the next slice of a wait for `deadline` (DK_TIME_FOREVER:
  * forever; 0: poll): `deadline` itself on threads other than the one that
  * runs signal handlers. */
 uint64_t dkpy_slice_end(uint64_t deadline);
@@ -47,10 +75,42 @@ uint64_t dkpy_slice_end(uint64_t deadline);
  * caller runs the signal handlers and sleeps another slice). */
 bool dkpy_wait_goes_on(uint64_t deadline);
 
+/* A blocking call of the core: fn(arg, deadline) returns 0 (or another
+ * result the caller reads), -ETIMEDOUT or -EINTR. It runs without the
+ * GIL. */
+typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
+/* dkpy_wait_sliced's result when a signal handler raised. */
+#define DKPY_RAISED INT_MIN
+/* The wait of CPython's acquire_timed (Modules/_threadmodule.c), after the
+ * caller's own non-blocking try with the GIL held (each primitive's try
+ * takes other arguments): fn with the GIL released, in slices of
+ * dkpy_slice_end, against the absolute `deadline` (DK_TIME_FOREVER: forever),
+ * running the signal handlers between slices and on EINTR. Returns what
+ * fn returned when that was neither -ETIMEDOUT nor -EINTR, -ETIMEDOUT
+ * once the deadline has passed, or DKPY_RAISED with the handler's
+ * exception set. */
+int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
+
+/* The timeout rules, one per seed; each gives an absolute CLOCK_MONOTONIC
+ * deadline, DK_TIME_FOREVER for none and 0 for a single poll.
+ * cygcd (seconds): None, negative or inf wait forever; 0 polls; NaN is a
+ * ValueError; a deadline past the clock's range waits forever. */
+int dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline);
+/* zerobuffer-ipc (seconds): None waits forever; 0 and negatives poll; NaN
+ * is a ValueError; more than 1e9 s (inf too) waits forever. */
+int dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline);
+/* fastipc (nanoseconds, already an int64 through the "L" format, which
+ * raises OverflowError past it): negative waits forever; 0 polls. */
+uint64_t dkpy_deadline_fastipc(long long timeout_ns);
+
 struct dk_queue_s;
 /* Convert a `queue=` argument: a Queue or None (-> NULL). Returns 0, or -1
  * with TypeError set. */
 int dkpy_queue_arg(PyObject *obj, const char *what, struct dk_queue_s **out);
+
+/* Find the thread that runs signal handlers (once, at module exec).
+ * Returns 0, or -1 with an exception set. */
+int dkpy_binding_init(void);
 
 /* Subsystem exec functions; each returns 0 or -1 with an exception set. */
 int dkpy_dispatch_exec(PyObject *m);

@@ -53,12 +53,12 @@
 
 #include <structmember.h>
 
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/group.h"
 #include "dk/mutex.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
+#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
 #include "python/futures.h"
@@ -807,20 +807,16 @@ fail:
 }
 
 static int
+group_wait_fn(void *g, uint64_t deadline)
+{
+    return dk_group_wait_interruptible(g, deadline);
+}
+
+/* Until the group is empty; 0, or -1 if a signal handler raised. */
+static int
 group_wait_slices(dk_group_t *g)
 {
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_group_wait_interruptible(g, dkpy_slice_end(UINT64_MAX));
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            return 0;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-    }
+    return dkpy_wait_sliced(group_wait_fn, g, DK_TIME_FOREVER) == 0 ? 0 : -1;
 }
 
 static PyObject *
@@ -1520,7 +1516,7 @@ Wait_step(WaitObject *self, PyObject *args)
     self->watch.busy = busy;
     self->watch.shared = self->shared;
     self->watch.deadline =
-        deadline_ns < 0 ? UINT64_MAX : (uint64_t)deadline_ns;
+        deadline_ns < 0 ? DK_TIME_FOREVER : (uint64_t)deadline_ns;
     self->watch.fn = wait_fired;
     Py_XSETREF(self->fut, Py_NewRef(fut));
     Py_INCREF(self); /* the registration's reference */

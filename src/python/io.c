@@ -11,22 +11,6 @@
 #include "dk/queue.h"
 #include "python/gil.h"
 
-static void
-call_handler(PyObject *handler, PyObject *args)
-{
-    if (args == NULL) {
-        PyErr_WriteUnraisable(handler);
-        return;
-    }
-    PyObject *r = PyObject_Call(handler, args, NULL);
-    Py_DECREF(args);
-    if (r == NULL) {
-        PyErr_WriteUnraisable(handler);
-    } else {
-        Py_DECREF(r);
-    }
-}
-
 /* ---- read_async / write_async ---------------------------------------- */
 
 static void
@@ -37,8 +21,8 @@ read_done(void *ctx, const void *data, size_t len, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    call_handler(handler, Py_BuildValue("(y#i)", (const char *)data,
-                                        (Py_ssize_t)len, error));
+    dkpy_call_reporting(handler, Py_BuildValue("(y#i)", (const char *)data,
+                                               (Py_ssize_t)len, error));
     Py_DECREF(handler);
     dkpy_leave(&g);
 }
@@ -180,8 +164,8 @@ op_handler(void *ctx, bool done, const void *data, size_t len, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    call_handler(handler,
-                 Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
+    dkpy_call_reporting(
+        handler, Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
                                (const char *)data, (Py_ssize_t)len, error));
     if (done) {
         Py_DECREF(handler);
@@ -197,7 +181,7 @@ cleanup_handler(void *ctx, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    call_handler(handler, Py_BuildValue("(i)", error));
+    dkpy_call_reporting(handler, Py_BuildValue("(i)", error));
     Py_DECREF(handler);
     dkpy_leave(&g);
 }
@@ -264,8 +248,9 @@ read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
         }
     }
     if (b != NULL) {
-        call_handler(handler, Py_BuildValue("(ONi)", done ? Py_True : Py_False,
-                                            b, error));
+        dkpy_call_reporting(
+            handler,
+            Py_BuildValue("(ONi)", done ? Py_True : Py_False, b, error));
     }
     if (done) {
         Py_DECREF(handler);
@@ -286,12 +271,7 @@ barrier_python(void *ctx)
     if (!dkpy_enter(&g)) {
         return;
     }
-    PyObject *r = PyObject_CallNoArgs(handler);
-    if (r == NULL) {
-        PyErr_WriteUnraisable(handler);
-    } else {
-        Py_DECREF(r);
-    }
+    dkpy_call_reporting(handler, NULL);
     dkpy_leave(&g);
 }
 

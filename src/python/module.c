@@ -6,139 +6,6 @@
 #include "python/binding.h"
 #include "python/futures.h"
 
-#include <errno.h>
-#include <pthread.h>
-#include <string.h>
-
-#include "dk/time.h"
-
-PyObject *
-dkpy_raise_errno(int neg_errno)
-{
-    int err = -neg_errno;
-    switch (err) {
-    case ENOMEM:
-        return PyErr_NoMemory();
-    case EINVAL:
-        PyErr_SetString(PyExc_ValueError, "invalid argument");
-        return NULL;
-    case ETIMEDOUT:
-        PyErr_SetString(PyExc_TimeoutError, "timed out");
-        return NULL;
-    default:
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-}
-
-PyObject *
-dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)
-{
-    if (*slot == NULL) {
-        *slot = PyUnicode_InternFromString(name);
-        if (*slot == NULL) {
-            return NULL;
-        }
-    }
-    return PyObject_GetAttr(obj, *slot);
-}
-
-PyObject *
-dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases)
-{
-    /* 3.9 takes the bases as a tuple only. */
-    PyObject *tuple = NULL;
-    if (bases != NULL && !PyTuple_Check(bases)) {
-        tuple = PyTuple_Pack(1, bases);
-        if (tuple == NULL) {
-            return NULL;
-        }
-        bases = tuple;
-    }
-    PyObject *t = PyType_FromModuleAndSpec(m, spec, bases);
-    Py_XDECREF(tuple);
-#if PY_VERSION_HEX < 0x030A0000
-    const char *doc = NULL;
-    for (PyType_Slot *s = spec->slots; t != NULL && s->slot != 0; s++) {
-        if (s->slot == Py_tp_doc) {
-            doc = s->pfunc;
-        }
-    }
-    if (doc != NULL) {
-        /* Heap types free tp_doc with PyObject_Free (3.9's type_dealloc);
-         * __doc__ keeps the text without the signature. */
-        size_t len = strlen(doc) + 1;
-        char *copy = PyObject_Malloc(len);
-        if (copy == NULL) {
-            Py_DECREF(t);
-            return PyErr_NoMemory();
-        }
-        memcpy(copy, doc, len);
-        PyTypeObject *type = (PyTypeObject *)t;
-        PyObject_Free((void *)type->tp_doc);
-        type->tp_doc = copy;
-    }
-#endif
-    return t;
-}
-
-/* The thread that runs Python's signal handlers: the main thread, or in
- * a child the thread that forked (CPython makes it the main thread). */
-static unsigned long handler_thread;
-
-static void
-forked_child(void)
-{
-    handler_thread = PyThread_get_thread_ident();
-}
-
-static int
-find_handler_thread(void)
-{
-    static bool hooked;
-    PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *main = threading == NULL
-                         ? NULL
-                         : PyObject_CallMethod(threading, "main_thread", NULL);
-    PyObject *ident =
-        main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
-    Py_XDECREF(threading);
-    Py_XDECREF(main);
-    if (ident == NULL) {
-        return -1;
-    }
-    handler_thread = PyLong_AsUnsignedLong(ident);
-    Py_DECREF(ident);
-    if (PyErr_Occurred()) {
-        return -1;
-    }
-    if (!hooked) {
-        hooked = pthread_atfork(NULL, NULL, forked_child) == 0;
-    }
-    return 0;
-}
-
-/* Other threads never run handlers, so they sleep to the deadline: a
- * slice there would only wake them (and, during finalization, have
- * CPython end them with pthread_exit when they take the GIL back). */
-uint64_t
-dkpy_slice_end(uint64_t deadline)
-{
-    if (PyThread_get_thread_ident() != handler_thread) {
-        return deadline;
-    }
-    uint64_t now = dk_now();
-    return deadline > now && deadline - now > DKPY_SIGNAL_SLICE_NS
-               ? now + DKPY_SIGNAL_SLICE_NS
-               : deadline;
-}
-
-bool
-dkpy_wait_goes_on(uint64_t deadline)
-{
-    return deadline == UINT64_MAX || dk_now() < deadline;
-}
-
 static int
 module_exec(PyObject *m)
 {
@@ -149,7 +16,7 @@ module_exec(PyObject *m)
                         "subinterpreter: its runtime is process-wide");
         return -1;
     }
-    if (find_handler_thread() < 0) {
+    if (dkpy_binding_init() < 0) {
         return -1;
     }
     if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||

@@ -42,12 +42,7 @@ source_event(void *ctx)
     PyObject *handler = self->handler;
     if (handler != NULL) {
         Py_INCREF(handler);
-        PyObject *r = PyObject_CallNoArgs(handler);
-        if (r == NULL) {
-            PyErr_WriteUnraisable(handler);
-        } else {
-            Py_DECREF(r);
-        }
+        dkpy_call_reporting(handler, NULL);
         Py_DECREF(handler);
     }
     dkpy_leave(&g);

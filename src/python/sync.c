@@ -15,9 +15,9 @@
 #include <string.h>
 
 #include "dk/atomic.h"
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "python/futures.h"
 
@@ -31,6 +31,45 @@ typedef struct {
     bool owner_died;     /* Mutex: the last acquisition took over */
     bool fastipc_compat; /* Semaphore: also wake on 0 -> n */
 } WordObject;
+
+/* One blocking call of a word, for dkpy_wait_sliced: its arguments are
+ * read with the GIL held and the call runs without it. */
+struct word_wait {
+    WordObject *self;
+    uint64_t expected; /* FutexWord */
+    int spin;          /* Mutex, Semaphore */
+};
+
+static int
+futex_wait_fn(void *arg, uint64_t deadline)
+{
+    struct word_wait *w = arg;
+    return dk_futex_wait(w->self->addr, (uint32_t)w->expected, deadline,
+                         w->self->shared);
+}
+
+static int
+mutex_lock_fn(void *arg, uint64_t deadline)
+{
+    struct word_wait *w = arg;
+    return dk_shm_mutex_lock(w->self->addr, deadline, w->self->shared, w->spin,
+                             true);
+}
+
+static int
+semaphore_wait_fn(void *arg, uint64_t deadline)
+{
+    struct word_wait *w = arg;
+    return dk_shm_semaphore_wait(w->self->addr, deadline, w->self->shared,
+                                 w->spin, true);
+}
+
+static int
+event_wait_fn(void *arg, uint64_t deadline)
+{
+    struct word_wait *w = arg;
+    return dk_shm_event_wait(w->self->addr, deadline, w->self->shared);
+}
 
 /* Called with the view held and checked: swap it for a mapping of our
  * own when the memory is shared. A bytearray is heap memory (never
@@ -150,27 +189,13 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     if (get_u(exp, 4, &expected) < 0) {
         return NULL;
     }
-    uint64_t deadline =
-        timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_futex_wait(self->addr, (uint32_t)expected,
-                           dkpy_slice_end(deadline), self->shared);
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -EAGAIN ||
-            (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline))) {
-            Py_RETURN_FALSE;
-        }
-        /* EINTR or the end of a slice: run signal handlers (Ctrl-C
-         * raises), then keep waiting against the same deadline. */
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    struct word_wait w = {.self = self, .expected = expected};
+    int rc =
+        dkpy_wait_sliced(futex_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
+    if (rc == DKPY_RAISED) {
+        return NULL;
     }
+    return PyBool_FromLong(rc == 0); /* -EAGAIN: the word had changed */
 }
 
 static PyObject *
@@ -448,25 +473,14 @@ mutex_lock(WordObject *self, long long timeout_ns, int spin)
     if (timeout_ns == 0 && spin <= 0) {
         return 0;
     }
-    uint64_t deadline = timeout_ns < 0    ? UINT64_MAX
-                        : timeout_ns == 0 ? 0
-                                          : dk_now() + (uint64_t)timeout_ns;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_mutex_lock(self->addr, dkpy_slice_end(deadline),
-                               self->shared, spin, true);
-        Py_END_ALLOW_THREADS
-        if (rc >= 0) {
-            self->owner_died = rc == 1;
-            return 1;
-        }
-        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            return 0;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
+    struct word_wait w = {.self = self, .spin = spin};
+    rc =
+        dkpy_wait_sliced(mutex_lock_fn, &w, dkpy_deadline_fastipc(timeout_ns));
+    if (rc >= 0) {
+        self->owner_died = rc == 1;
+        return 1;
     }
+    return rc == DKPY_RAISED ? -1 : 0;
 }
 
 static PyObject *
@@ -787,24 +801,13 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (!blocking || timeout_ns == 0) {
         Py_RETURN_FALSE;
     }
-    uint64_t deadline =
-        timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_semaphore_wait(self->addr, dkpy_slice_end(deadline),
-                                   self->shared, spin < 0 ? 0 : spin, true);
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            Py_RETURN_FALSE;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    struct word_wait w = {.self = self, .spin = spin < 0 ? 0 : spin};
+    int rc = dkpy_wait_sliced(semaphore_wait_fn, &w,
+                              dkpy_deadline_fastipc(timeout_ns));
+    if (rc == DKPY_RAISED) {
+        return NULL;
     }
+    return PyBool_FromLong(rc == 0);
 }
 
 static PyObject *
@@ -955,24 +958,13 @@ Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     if (timeout_ns == 0) {
         Py_RETURN_FALSE;
     }
-    uint64_t deadline =
-        timeout_ns < 0 ? UINT64_MAX : dk_now() + (uint64_t)timeout_ns;
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_shm_event_wait(self->addr, dkpy_slice_end(deadline),
-                               self->shared);
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            Py_RETURN_TRUE;
-        }
-        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            Py_RETURN_FALSE;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    struct word_wait w = {.self = self};
+    int rc =
+        dkpy_wait_sliced(event_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
+    if (rc == DKPY_RAISED) {
+        return NULL;
     }
+    return PyBool_FromLong(rc == 0);
 }
 
 static PyObject *

@@ -147,31 +147,6 @@ zb_set_exceptions(PyObject *mod, PyObject *src)
 }
 
 /* Deadline from a timeout in seconds (None: forever). */
-static int
-deadline_from(PyObject *timeout, uint64_t *out)
-{
-    if (timeout == NULL || timeout == Py_None) {
-        *out = DK_ZB_FOREVER;
-        return 0;
-    }
-    double s = PyFloat_AsDouble(timeout);
-    if (s == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(s)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
-        return -1;
-    }
-    if (s <= 0) {
-        *out = 0;
-    } else if (s > 1e9) {
-        *out = DK_ZB_FOREVER;
-    } else {
-        *out = dk_now() + (uint64_t)(s * 1e9);
-    }
-    return 0;
-}
-
 /* The one argument of a method that takes it by position or by name, as
  * the peers' Python methods do (writer.get_frame_buffer(size=4000) is in
  * zerobuffer-ipc's README). Borrowed; NULL with TypeError otherwise. */
@@ -363,23 +338,24 @@ reader_check_open(ReaderObject *self)
     return 0;
 }
 
+static const dkpy_errno_map reader_errors[] = {
+    {EPIPE, &exc_types[EXC_WRITER_DEAD], NULL},
+    {EBADF, &exc_types[EXC_BASE], "Reader is closed"},
+    {0, NULL, NULL},
+};
+
 static PyObject *
 reader_error(ReaderObject *self, int rc)
 {
     const dk_zb_error_t *err =
         self->core ? dk_zb_reader_error(self->core) : NULL;
-    switch (rc) {
-    case -EPIPE:
-        return zb_raise(EXC_WRITER_DEAD, NULL);
-    case -EILSEQ:
+    if (rc == -EILSEQ) {
         return zb_raise_sequence(err->expected, err->got);
-    case -EPROTO:
-        return zb_raise(EXC_BASE, err->message);
-    case -EBADF:
-        return zb_raise(EXC_BASE, "Reader is closed");
-    default:
-        return dkpy_raise_errno(rc);
     }
+    if (rc == -EPROTO) {
+        return zb_raise(EXC_BASE, err->message);
+    }
+    return dkpy_raise_mapped(reader_errors, rc) ? NULL : dkpy_raise_errno(rc);
 }
 
 static PyObject *
@@ -411,7 +387,7 @@ Reader_read_frame(ReaderObject *self, PyObject *args, PyObject *kwargs)
     uint64_t deadline = 0;
     if (timeout == NULL) {
         deadline = dk_now() + 5000000000ull;
-    } else if (deadline_from(timeout, &deadline) < 0) {
+    } else if (dkpy_deadline_zerobuffer(timeout, &deadline) < 0) {
         return NULL;
     }
     dk_zb_frame_t f;
@@ -546,7 +522,7 @@ Reader_wait_writer(ReaderObject *self, PyObject *timeout)
         Py_RETURN_FALSE;
     }
     uint64_t deadline;
-    if (deadline_from(timeout, &deadline) < 0) {
+    if (dkpy_deadline_zerobuffer(timeout, &deadline) < 0) {
         return NULL;
     }
     for (;;) {
@@ -1039,30 +1015,26 @@ writer_unlock(WriterObject *self)
     writer_maybe_destroy(self);
 }
 
+static const dkpy_errno_map writer_errors[] = {
+    {EINVAL, &exc_types[EXC_INVALID_SIZE], NULL},
+    {EMSGSIZE, &exc_types[EXC_TOO_LARGE], NULL},
+    {EPIPE, &exc_types[EXC_READER_DEAD], NULL},
+    {ETIMEDOUT, &exc_types[EXC_BUFFER_FULL], NULL},
+    {EBUSY, &exc_types[EXC_BASE],
+     "a frame from get_frame_buffer() is waiting for commit_frame()"},
+    {EBADF, &exc_types[EXC_BASE], "Writer is closed"},
+    {0, NULL, NULL},
+};
+
 static PyObject *
 writer_error(WriterObject *self, int rc)
 {
-    switch (rc) {
-    case -EINVAL:
-        return zb_raise(EXC_INVALID_SIZE, NULL);
-    case -EMSGSIZE:
-        return zb_raise(EXC_TOO_LARGE, NULL);
-    case -EPIPE:
-        return zb_raise(EXC_READER_DEAD, NULL);
-    case -ETIMEDOUT:
-        return zb_raise(EXC_BUFFER_FULL, NULL);
-    case -EBUSY:
-        return zb_raise(EXC_BASE, "a frame from get_frame_buffer() is "
-                                  "waiting for commit_frame()");
-    case -EPROTO:
+    if (rc == -EPROTO) {
         return zb_raise(EXC_BASE, self->core
                                       ? dk_zb_writer_error(self->core)->message
                                       : "corrupted segment");
-    case -EBADF:
-        return zb_raise(EXC_BASE, "Writer is closed");
-    default:
-        return dkpy_raise_errno(rc);
     }
+    return dkpy_raise_mapped(writer_errors, rc) ? NULL : dkpy_raise_errno(rc);
 }
 
 /* Reserve a frame, waiting for space as write_timeout allows. Lock held. */
@@ -1308,22 +1280,18 @@ Writer_set_metadata(WriterObject *self, PyObject *data)
                                              (uint64_t)view.len)
                  : -EBADF;
     PyBuffer_Release(&view);
+    static const dkpy_errno_map metadata_errors[] = {
+        {EALREADY, &exc_types[EXC_METADATA_WRITTEN], NULL},
+        {ENOSPC, &exc_types[EXC_BASE], "Metadata too large for buffer"},
+        {EINVAL, &exc_types[EXC_BASE],
+         "Metadata must not be empty (readers cannot tell it from no "
+         "metadata)"},
+        {0, NULL, NULL},
+    };
     PyObject *res = NULL;
-    switch (rc) {
-    case 0:
+    if (rc == 0) {
         res = Py_NewRef(Py_None);
-        break;
-    case -EALREADY:
-        zb_raise(EXC_METADATA_WRITTEN, NULL);
-        break;
-    case -ENOSPC:
-        zb_raise(EXC_BASE, "Metadata too large for buffer");
-        break;
-    case -EINVAL:
-        zb_raise(EXC_BASE, "Metadata must not be empty (readers cannot "
-                           "tell it from no metadata)");
-        break;
-    default:
+    } else if (!dkpy_raise_mapped(metadata_errors, rc)) {
         writer_error(self, rc);
     }
     writer_unlock(self);

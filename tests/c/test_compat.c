@@ -9,6 +9,11 @@
 #include <unistd.h>
 
 #include "dk/dispatch.h"
+/* The shared-memory event's older header name still compiles. */
+#include "dk/event.h"
+
+_Static_assert(sizeof(dk_shm_event_t) == 4,
+               "dk/event.h still declares the shared-memory event");
 
 static void
 tick(void *ctx)

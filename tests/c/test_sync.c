@@ -1,5 +1,5 @@
 /*
- * Tests of the shared-memory sync primitives (dk/mutex.h, dk/event.h,
+ * Tests of the shared-memory sync primitives (dk/mutex.h, dk/shm_event.h,
  * dk/futex.h): every return code, counting under threads and forked
  * processes, a SIGKILLed holder, post(n) waking exactly n sleepers, and
  * uncontended operations making no syscall at all (checked under a
@@ -24,9 +24,9 @@
 #include <unistd.h>
 
 #include "atomic.h"
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 #include "os/linux/os.h"
 #include "watch.h"
 
@@ -130,7 +130,7 @@ DK_TEST(sync_mutex_misuse_codes)
     CHECK_EQ(m.state, 0);
     CHECK_EQ(m.owner_pid, 0);
     CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), -EPERM);
-    CHECK_EQ(dk_shm_mutex_lock(&m, DK_OS_FOREVER, false, 0, true), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, DK_TIME_FOREVER, false, 0, true), 0);
     CHECK_EQ(dk_shm_mutex_unlock(&m, false, true), 0); /* force */
     CHECK_EQ(m.state, 0);
 }
@@ -244,7 +244,8 @@ hold_in_rounds(void *arg)
         if (want < r) {
             return NULL;
         }
-        CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_OS_FOREVER, false, 0, false), 0);
+        CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, false, 0, false),
+                 0);
         __atomic_store_n(&h->held, r, __ATOMIC_RELEASE);
         uint64_t hold = __atomic_load_n(&h->hold_ns, __ATOMIC_RELAXED);
         uint64_t until = dk__os_monotonic_ns() + hold;
@@ -265,7 +266,7 @@ wait_out_a_round(struct holding *h, int r)
     while (__atomic_load_n(&h->held, __ATOMIC_ACQUIRE) < r) {
         dk_cpu_relax();
     }
-    CHECK(dk_shm_mutex_lock(&h->m, DK_OS_FOREVER, false, 16, false) >= 0);
+    CHECK(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, false, 16, false) >= 0);
     CHECK_EQ(dk_shm_mutex_unlock(&h->m, false, false), 0);
 }
 
@@ -317,7 +318,8 @@ static void
 count_under(struct counted *c, bool shared)
 {
     for (int i = 0; i < INCREMENTS; i++) {
-        CHECK(dk_shm_mutex_lock(&c->m, DK_OS_FOREVER, shared, 16, false) >= 0);
+        CHECK(dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, shared, 16, false) >=
+              0);
         uint64_t v = c->counter;
         c->counter = v + 1;
         CHECK_EQ(dk_shm_mutex_unlock(&c->m, shared, false), 0);
@@ -380,7 +382,7 @@ fork_holder(dk_shm_mutex_t *m)
     CHECK(pid >= 0);
     if (pid == 0) {
         close(fds[0]);
-        CHECK_EQ(dk_shm_mutex_lock(m, DK_OS_FOREVER, true, 0, false), 0);
+        CHECK_EQ(dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 0, false), 0);
         char c = 'L';
         CHECK_EQ(write(fds[1], &c, 1), 1);
         for (;;) {
@@ -454,7 +456,7 @@ DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
      * must survive from one call to the next. */
     dk_shm_mutex_t *m = shared_page();
     CHECK_EQ(dk_shm_mutex_init(m), 0);
-    dk_atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
+    dk__atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
     int rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
         rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
@@ -465,9 +467,9 @@ DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
     /* The same when the holder died between R1 and R2: owner cleared,
      * state not yet released, with waiters announced. */
     CHECK_EQ(dk_shm_mutex_lock(m, in_ms(100), true, 0, false), 0);
-    dk_atomic_store_release(&m->owner_pid, 0);
-    dk_atomic_store_release(&m->owner_tid, 0);
-    dk_atomic_store_release(&m->state, 2);
+    dk__atomic_store_release(&m->owner_pid, 0);
+    dk__atomic_store_release(&m->owner_tid, 0);
+    dk__atomic_store_release(&m->state, 2);
     rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
         rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
@@ -529,7 +531,7 @@ sem_waiter(void *arg)
 {
     (void)arg;
     if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), false, 0, false) == 0) {
-        dk_atomic_add_seq_cst(&post_woken, 1);
+        dk__atomic_add_seq_cst(&post_woken, 1);
     }
     return NULL;
 }
@@ -538,7 +540,7 @@ static void
 wait_until_count(uint32_t *word, uint32_t want)
 {
     uint64_t deadline = in_ms(10000);
-    while (dk_atomic_load_acquire(word) != want) {
+    while (dk__atomic_load_acquire(word) != want) {
         CHECK(dk__os_monotonic_ns() < deadline);
         sleep_ms(1);
     }
@@ -555,8 +557,8 @@ DK_TEST(sync_semaphore_post_n_wakes_exactly_n)
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 2, false, false), 0);
     wait_until_count(&post_woken, 2);
     sleep_ms(120); /* longer than a re-check slice: nobody else wakes */
-    CHECK_EQ(dk_atomic_load_acquire(&post_woken), 2);
-    CHECK_EQ(dk_atomic_load_acquire(&post_sem.count), 0);
+    CHECK_EQ(dk__atomic_load_acquire(&post_woken), 2);
+    CHECK_EQ(dk__atomic_load_acquire(&post_sem.count), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
     for (int i = 0; i < 4; i++) {
@@ -698,7 +700,7 @@ DK_TEST(sync_alias_outlives_the_original_mapping)
 DK_TEST(sync_futex_public_calls)
 {
     uint32_t w = 7;
-    CHECK_EQ(dk_futex_wait(&w, 6, DK_OS_FOREVER, false), -EAGAIN);
+    CHECK_EQ(dk_futex_wait(&w, 6, DK_TIME_FOREVER, false), -EAGAIN);
     CHECK_EQ(dk_futex_wait(&w, 7, in_ms(2), true), -ETIMEDOUT);
     CHECK_EQ(dk_futex_wake(&w, 1, false), 0);
 }
@@ -762,12 +764,12 @@ uncontended_ops(void *arg)
     dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(page + 64);
     dk_shm_event_t *e = (dk_shm_event_t *)(page + 128);
     for (int i = 0; i < 1000; i++) {
-        if (dk_shm_mutex_lock(m, DK_OS_FOREVER, true, 16, true) != 0 ||
+        if (dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 16, true) != 0 ||
             dk_shm_mutex_lock(m, 0, true, 16, false) != -EDEADLK ||
             dk_shm_mutex_unlock(m, true, false) != 0 ||
             dk_shm_semaphore_post(s, 1, true, false) != 0 ||
-            dk_shm_semaphore_wait(s, DK_OS_FOREVER, true, 16, true) != 0 ||
-            dk_shm_event_wait(e, DK_OS_FOREVER, true) != 0) {
+            dk_shm_semaphore_wait(s, DK_TIME_FOREVER, true, 16, true) != 0 ||
+            dk_shm_event_wait(e, DK_TIME_FOREVER, true) != 0) {
             _exit(3);
         }
     }

@@ -30,7 +30,7 @@ static void
 on_fire(dk__watch_t *w, int rc)
 {
     results[w - watches] = rc == 0 ? 1 : rc;
-    dk_atomic_add_seq_cst(&fired, 1);
+    dk__atomic_add_seq_cst(&fired, 1);
     dk__os_futex_wake(&fired, 1, false);
 }
 
@@ -39,7 +39,7 @@ wait_fired(uint32_t n)
 {
     uint64_t deadline = dk__os_monotonic_ns() + 20ull * DK_NSEC_PER_SEC;
     uint32_t f;
-    while ((f = dk_atomic_load_seq_cst(&fired)) < n) {
+    while ((f = dk__atomic_load_seq_cst(&fired)) < n) {
         CHECK(dk__os_monotonic_ns() < deadline);
         dk__os_futex_wait(&fired, f, dk__os_monotonic_ns() + 1000000, false);
     }
@@ -62,15 +62,15 @@ many_words(void)
 {
     memset(words, 0, sizeof words);
     memset(results, 0, sizeof results);
-    dk_atomic_store_seq_cst(&fired, 0);
+    dk__atomic_store_seq_cst(&fired, 0);
     for (int i = 0; i < NWORDS; i++) {
         watch_word(i, UINT64_MAX);
     }
     usleep(20000);
-    CHECK_EQ(dk_atomic_load_seq_cst(&fired), 0);
+    CHECK_EQ(dk__atomic_load_seq_cst(&fired), 0);
     /* Change half the words and wake them; cancel the other half. */
     for (int i = 0; i < NWORDS; i += 2) {
-        dk_atomic_store_seq_cst(&words[i], 1);
+        dk__atomic_store_seq_cst(&words[i], 1);
         dk__os_futex_wake(&words[i], 1, false);
     }
     wait_fired(NWORDS / 2);
@@ -82,7 +82,7 @@ many_words(void)
         CHECK_EQ(results[i], i % 2 == 0 ? 1 : 0);
     }
     usleep(20000);
-    CHECK_EQ(dk_atomic_load_seq_cst(&fired), NWORDS / 2);
+    CHECK_EQ(dk__atomic_load_seq_cst(&fired), NWORDS / 2);
 }
 
 DK_TEST(watch_many_words_wake_and_cancel)
@@ -96,13 +96,13 @@ DK_TEST(watch_fallback_without_futex_waitv)
     CHECK(!dk__watch_uses_waitv());
     /* One thread per word in the fallback: keep it small. */
     memset(words, 0, sizeof words);
-    dk_atomic_store_seq_cst(&fired, 0);
+    dk__atomic_store_seq_cst(&fired, 0);
     for (int i = 0; i < 8; i++) {
         watch_word(i, UINT64_MAX);
     }
     CHECK(dk__watch_cancel(&watches[7]));
     for (int i = 0; i < 7; i++) {
-        dk_atomic_store_seq_cst(&words[i], 1);
+        dk__atomic_store_seq_cst(&words[i], 1);
         dk__os_futex_wake(&words[i], 1, false);
     }
     wait_fired(7);
@@ -111,7 +111,7 @@ DK_TEST(watch_fallback_without_futex_waitv)
 DK_TEST(watch_deadline_and_changed_word)
 {
     memset(words, 0, sizeof words);
-    dk_atomic_store_seq_cst(&fired, 0);
+    dk__atomic_store_seq_cst(&fired, 0);
     watch_word(0, dk__os_monotonic_ns() + 30000000ull);
     wait_fired(1);
     CHECK_EQ(results[0], -ETIMEDOUT);
@@ -127,7 +127,7 @@ DK_TEST(watch_deadline_and_changed_word)
     watches[3].fn = on_fire;
     watches[3].deadline = UINT64_MAX;
     CHECK_EQ(dk__watch_add(&watches[3]), 0);
-    dk_atomic_store_seq_cst(&words[2], 1);
+    dk__atomic_store_seq_cst(&words[2], 1);
     dk__os_futex_wake(&words[2], 1, false);
     wait_fired(4);
     CHECK_EQ(results[2], 1);
@@ -149,7 +149,7 @@ DK_TEST(watch_semaphore_step_is_woken_by_post)
 {
     memset(&sem, 0, sizeof sem);
     CHECK_EQ(dk_shm_semaphore_init(&sem, true, 0), 0);
-    dk_atomic_store_seq_cst(&fired, 0);
+    dk__atomic_store_seq_cst(&fired, 0);
     uint32_t *word;
     uint32_t busy;
     CHECK_EQ(dk__shm_semaphore_wait_step(&sem, &word, &busy), -EAGAIN);
@@ -174,18 +174,18 @@ DK_TEST(watch_futex_waitv_wrapper)
 {
     uint32_t a = 1, b = 2;
     struct dk__os_waitv v[2] = {{&a, 1, false}, {&b, 3, false}};
-    int rc = dk__os_futex_waitv(v, 2, DK_OS_FOREVER);
+    int rc = dk__os_futex_waitv(v, 2, DK_TIME_FOREVER);
     CHECK(rc == -EAGAIN || rc == -ENOSYS); /* b differs at once */
     v[1].expected = 2;
     rc = dk__os_futex_waitv(v, 2, dk__os_monotonic_ns() + 1000000);
     CHECK(rc == -ETIMEDOUT || rc == -ENOSYS);
-    CHECK_EQ(dk__os_futex_waitv(v, 0, DK_OS_FOREVER), -EINVAL);
+    CHECK_EQ(dk__os_futex_waitv(v, 0, DK_TIME_FOREVER), -EINVAL);
 }
 
 DK_TEST(watch_fork_child_starts_fresh)
 {
     memset(words, 0, sizeof words);
-    dk_atomic_store_seq_cst(&fired, 0);
+    dk__atomic_store_seq_cst(&fired, 0);
     watch_word(0, UINT64_MAX);
     pid_t pid = fork();
     CHECK(pid >= 0);
@@ -196,7 +196,7 @@ DK_TEST(watch_fork_child_starts_fresh)
             _exit(2);
         }
         watch_word(1, UINT64_MAX);
-        dk_atomic_store_seq_cst(&words[1], 1);
+        dk__atomic_store_seq_cst(&words[1], 1);
         dk__os_futex_wake(&words[1], 1, false);
         wait_fired(1);
         _exit(results[1] == 1 && results[0] == 0 ? 0 : 3);
@@ -218,7 +218,7 @@ static void *
 blocking_dsem_waiter(void *unused)
 {
     (void)unused;
-    blocked_rc = dk_semaphore_wait(dsem, DK_OS_FOREVER);
+    blocked_rc = dk_semaphore_wait(dsem, DK_TIME_FOREVER);
     return NULL;
 }
 

@@ -17,9 +17,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 
 #define ARENA 256
 #define MAX_OPS 128

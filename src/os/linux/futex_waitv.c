@@ -46,7 +46,7 @@ dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline)
     }
     struct timespec ts;
     struct timespec *tsp = NULL;
-    if (deadline != DK_OS_FOREVER) {
+    if (deadline != DK_TIME_FOREVER) {
         ts.tv_sec = (time_t)(deadline / 1000000000u);
         ts.tv_nsec = (long)(deadline % 1000000000u);
         tsp = &ts;

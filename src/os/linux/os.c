@@ -70,7 +70,7 @@ dk__os_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline,
     struct timespec ts;
     struct timespec *tsp = NULL;
     int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
-    if (deadline != DK_OS_FOREVER) {
+    if (deadline != DK_TIME_FOREVER) {
         ts.tv_sec = (time_t)(deadline / 1000000000u);
         ts.tv_nsec = (long)(deadline % 1000000000u);
         tsp = &ts;
@@ -284,7 +284,7 @@ dk__os_timerfd_arm(int fd, uint64_t deadline)
 {
     struct itimerspec its;
     memset(&its, 0, sizeof its);
-    if (deadline != DK_OS_FOREVER) {
+    if (deadline != DK_TIME_FOREVER) {
         if (deadline == 0) {
             deadline = 1; /* zero would disarm */
         }
@@ -321,7 +321,7 @@ dk__os_poll_readable(int fd, uint64_t deadline)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int timeout_ms = -1;
-    if (deadline != DK_OS_FOREVER) {
+    if (deadline != DK_TIME_FOREVER) {
         uint64_t now = dk__os_monotonic_ns();
         uint64_t left = deadline > now ? deadline - now : 0;
         /* Round up so we never return before the deadline. */

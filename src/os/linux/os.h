@@ -4,7 +4,7 @@
  * through here. The wrappers return what a correct program can see (0,
  * -ETIMEDOUT, -EINTR, -EAGAIN, ...) and abort on errors that only a bug
  * can cause. Deadlines are absolute CLOCK_MONOTONIC nanoseconds, so a retry
- * after EINTR never stretches a wait; DK_OS_FOREVER waits without limit.
+ * after EINTR never stretches a wait; DK_TIME_FOREVER waits without limit.
  */
 #ifndef DK_SRC_OS_LINUX_OS_H
 #define DK_SRC_OS_LINUX_OS_H
@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DK_OS_FOREVER UINT64_MAX
+#include "dk/base.h"
 
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. Both use the vDSO: no syscall. */
 uint64_t dk__os_monotonic_ns(void);
@@ -25,7 +25,7 @@ uint64_t dk__os_realtime_coarse_ns(void);
 
 /*
  * Sleep while *word == expected, until woken or deadline (absolute
- * CLOCK_MONOTONIC ns, DK_OS_FOREVER for none). `shared` selects a futex
+ * CLOCK_MONOTONIC ns, DK_TIME_FOREVER for none). `shared` selects a futex
  * usable across processes (the word may live in shared memory).
  * Returns 0 when woken (possibly spuriously), -EAGAIN if *word != expected
  * on entry, -ETIMEDOUT past the deadline, -EINTR on a signal.
@@ -83,7 +83,7 @@ int dk__os_epoll_del(int epfd, int fd);
 /* Returns the number of events (>= 0); -EINTR is retried internally. */
 int dk__os_epoll_wait(int epfd, void *events, int max, int timeout_ms);
 int dk__os_timerfd_create(void);
-/* Arm for an absolute CLOCK_MONOTONIC deadline; DK_OS_FOREVER disarms. */
+/* Arm for an absolute CLOCK_MONOTONIC deadline; DK_TIME_FOREVER disarms. */
 void dk__os_timerfd_arm(int fd, uint64_t deadline);
 void dk__os_close(int fd);
 /* munmap a mapping the program made (a data object's buffer). */

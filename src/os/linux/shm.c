@@ -81,14 +81,14 @@ guard_handler(int sig, siginfo_t *info, void *uctx)
     if (info != NULL && info->si_code > 0) {
         uintptr_t a = (uintptr_t)info->si_addr;
         for (struct guard_chunk *c = &guard_first; c != NULL;
-             c = dk_atomic_load_acquire(&c->next)) { /* (H) */
+             c = dk__atomic_load_acquire(&c->next)) { /* (H) */
             for (int i = 0; i < GUARD_SLOTS; i++) {
                 struct guard_slot *s = &c->slot[i];
-                if (dk_atomic_load_acquire(&s->state) != SLOT_ACTIVE) {
+                if (dk__atomic_load_acquire(&s->state) != SLOT_ACTIVE) {
                     continue; /* (G) */
                 }
-                uintptr_t base = dk_atomic_load_relaxed(&s->base);
-                size_t len = dk_atomic_load_relaxed(&s->len);
+                uintptr_t base = dk__atomic_load_relaxed(&s->base);
+                size_t len = dk__atomic_load_relaxed(&s->len);
                 if (a - base >= len) {
                     continue;
                 }
@@ -97,7 +97,7 @@ guard_handler(int sig, siginfo_t *info, void *uctx)
                                PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
                 if (p != MAP_FAILED) {
-                    dk_atomic_store_relaxed(&s->faulted, 1);
+                    dk__atomic_store_relaxed(&s->faulted, 1);
                     errno = saved;
                     return;
                 }
@@ -172,11 +172,11 @@ guard_add(void *base, size_t len)
         for (int i = 0; i < GUARD_SLOTS; i++) {
             struct guard_slot *s = &c->slot[i];
             uint32_t expect = SLOT_FREE;
-            if (dk_atomic_cas_acquire(&s->state, &expect, SLOT_SETUP)) {
-                dk_atomic_store_relaxed(&s->base, (uintptr_t)base);
-                dk_atomic_store_relaxed(&s->len, len);
-                dk_atomic_store_relaxed(&s->faulted, 0);
-                dk_atomic_store_release(&s->state, SLOT_ACTIVE); /* (G) */
+            if (dk__atomic_cas_acquire(&s->state, &expect, SLOT_SETUP)) {
+                dk__atomic_store_relaxed(&s->base, (uintptr_t)base);
+                dk__atomic_store_relaxed(&s->len, len);
+                dk__atomic_store_relaxed(&s->faulted, 0);
+                dk__atomic_store_release(&s->state, SLOT_ACTIVE); /* (G) */
                 pthread_mutex_unlock(&guard_lock);
                 return 0;
             }
@@ -190,7 +190,7 @@ guard_add(void *base, size_t len)
     c->slot[0].base = (uintptr_t)base;
     c->slot[0].len = len;
     c->slot[0].state = SLOT_ACTIVE;
-    dk_atomic_store_release(&last->next, c); /* (H) */
+    dk__atomic_store_release(&last->next, c); /* (H) */
     pthread_mutex_unlock(&guard_lock);
     return 0;
 }
@@ -199,11 +199,11 @@ static struct guard_slot *
 guard_find(const void *base)
 {
     for (struct guard_chunk *c = &guard_first; c != NULL;
-         c = dk_atomic_load_acquire(&c->next)) { /* (H) */
+         c = dk__atomic_load_acquire(&c->next)) { /* (H) */
         for (int i = 0; i < GUARD_SLOTS; i++) {
             struct guard_slot *s = &c->slot[i];
-            if (dk_atomic_load_acquire(&s->state) == SLOT_ACTIVE && /* (G) */
-                dk_atomic_load_relaxed(&s->base) == (uintptr_t)base) {
+            if (dk__atomic_load_acquire(&s->state) == SLOT_ACTIVE && /* (G) */
+                dk__atomic_load_relaxed(&s->base) == (uintptr_t)base) {
                 return s;
             }
         }
@@ -217,7 +217,7 @@ guard_remove(const void *base)
     pthread_mutex_lock(&guard_lock);
     struct guard_slot *s = guard_find(base);
     if (s != NULL) {
-        dk_atomic_store_relaxed(&s->state, SLOT_FREE);
+        dk__atomic_store_relaxed(&s->state, SLOT_FREE);
     }
     pthread_mutex_unlock(&guard_lock);
 }
@@ -438,7 +438,7 @@ dk__nsem_trywait(sem_t *sem)
 int
 dk__nsem_wait(sem_t *sem, uint64_t deadline)
 {
-    if (deadline == DK_OS_FOREVER) {
+    if (deadline == DK_TIME_FOREVER) {
         return sem_wait(sem) < 0 ? -errno : 0;
     }
     /* sem_clockwait takes a CLOCK_MONOTONIC deadline, so clock jumps do
@@ -597,7 +597,7 @@ dk__nsem_announce(sem_t *sem)
 {
 #ifdef NSEM_ANNOUNCE
     uint64_t *data = (uint64_t *)(void *)sem;
-    dk_atomic_add_seq_cst(data, (uint64_t)1 << 32); /* (N1) */
+    dk__atomic_add_seq_cst(data, (uint64_t)1 << 32); /* (N1) */
     return (uint32_t *)(void *)sem; /* little-endian: the value half */
 #else
     (void)sem;
@@ -610,7 +610,7 @@ dk__nsem_unannounce(sem_t *sem)
 {
 #ifdef NSEM_ANNOUNCE
     uint64_t *data = (uint64_t *)(void *)sem;
-    dk_atomic_sub_seq_cst(data, (uint64_t)1 << 32);
+    dk__atomic_sub_seq_cst(data, (uint64_t)1 << 32);
 #else
     (void)sem;
 #endif

@@ -8,7 +8,7 @@
  *   lock file       /tmp/zerobuffer/NAME.lock, flock(LOCK_EX | LOCK_NB)
  * The semaphores are glibc's POSIX named semaphores, the ones posix_ipc
  * uses. Every function returns 0 or -errno; deadlines are absolute
- * CLOCK_MONOTONIC nanoseconds (DK_OS_FOREVER for none).
+ * CLOCK_MONOTONIC nanoseconds (DK_TIME_FOREVER for none).
  */
 #ifndef DK_SRC_OS_LINUX_SHM_H
 #define DK_SRC_OS_LINUX_SHM_H

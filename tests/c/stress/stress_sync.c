@@ -1,6 +1,6 @@
 /*
  * Randomized stress of the process-shared sync primitives (dk/mutex.h,
- * dk/event.h) across forked processes. NPROC processes, each with
+ * dk/shm_event.h) across forked processes. NPROC processes, each with
  * NTHREADS threads, share one MAP_SHARED|MAP_ANONYMOUS region and use the
  * process-shared (futex) flavour of every call:
  *
@@ -38,8 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dk/event.h"
 #include "dk/mutex.h"
+#include "dk/shm_event.h"
 #include "dk/time.h"
 
 #define NPROC 4

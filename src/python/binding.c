@@ -1,0 +1,298 @@
+/*
+ * The binding's toolkit: what every subsystem file needs and writes the
+ * same way, written once. Errors from the core map to exceptions through
+ * one table; each seed's timeout rule has one parser; blocking calls wait
+ * through one loop that releases the GIL in slices and runs the signal
+ * handlers between them; callbacks from the runtime's threads report
+ * their exceptions through one function.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "dk/time.h"
+
+/* ---- errors ----------------------------------------------------------- */
+
+/* The exception of each errno the core returns that is not an OSError:
+ * the rule of STYLE.md ("map errors in one function"). */
+static const dkpy_errno_map errno_table[] = {
+    {ENOMEM, NULL, NULL},
+    {EINVAL, &PyExc_ValueError, "invalid argument"},
+    {ETIMEDOUT, &PyExc_TimeoutError, "timed out"},
+    {0, NULL, NULL},
+};
+
+bool
+dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno)
+{
+    for (; map->err != 0; map++) {
+        if (map->err != -neg_errno) {
+            continue;
+        }
+        if (map->type == NULL) {
+            PyErr_NoMemory();
+            return true;
+        }
+        /* A type the module has not set up yet (zerobuffer's exceptions
+         * come from Python after import). */
+        PyObject *type = *map->type ? *map->type : PyExc_RuntimeError;
+        if (map->message == NULL) {
+            PyErr_SetNone(type);
+        } else {
+            PyErr_SetString(type, map->message);
+        }
+        return true;
+    }
+    return false;
+}
+
+PyObject *
+dkpy_raise_errno(int neg_errno)
+{
+    if (dkpy_raise_mapped(errno_table, neg_errno)) {
+        return NULL;
+    }
+    return dkpy_raise_oserror(neg_errno);
+}
+
+PyObject *
+dkpy_raise_oserror(int neg_errno)
+{
+    errno = -neg_errno;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* ---- callbacks -------------------------------------------------------- */
+
+void
+dkpy_call_reporting(PyObject *func, PyObject *args)
+{
+    PyObject *r;
+    if (args == NULL && PyErr_Occurred()) {
+        r = NULL; /* the caller could not build the arguments */
+    } else if (args == NULL) {
+        r = PyObject_CallNoArgs(func);
+    } else {
+        r = PyObject_Call(func, args, NULL);
+        Py_DECREF(args);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable(func);
+    } else {
+        Py_DECREF(r);
+    }
+}
+
+/* ---- types and attributes --------------------------------------------- */
+
+PyObject *
+dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)
+{
+    if (*slot == NULL) {
+        *slot = PyUnicode_InternFromString(name);
+        if (*slot == NULL) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(obj, *slot);
+}
+
+PyObject *
+dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases)
+{
+    /* 3.9 takes the bases as a tuple only. */
+    PyObject *tuple = NULL;
+    if (bases != NULL && !PyTuple_Check(bases)) {
+        tuple = PyTuple_Pack(1, bases);
+        if (tuple == NULL) {
+            return NULL;
+        }
+        bases = tuple;
+    }
+    PyObject *t = PyType_FromModuleAndSpec(m, spec, bases);
+    Py_XDECREF(tuple);
+#if PY_VERSION_HEX < 0x030A0000
+    const char *doc = NULL;
+    for (PyType_Slot *s = spec->slots; t != NULL && s->slot != 0; s++) {
+        if (s->slot == Py_tp_doc) {
+            doc = s->pfunc;
+        }
+    }
+    if (doc != NULL) {
+        /* Heap types free tp_doc with PyObject_Free (3.9's type_dealloc);
+         * __doc__ keeps the text without the signature. */
+        size_t len = strlen(doc) + 1;
+        char *copy = PyObject_Malloc(len);
+        if (copy == NULL) {
+            Py_DECREF(t);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy, doc, len);
+        PyTypeObject *type = (PyTypeObject *)t;
+        PyObject_Free((void *)type->tp_doc);
+        type->tp_doc = copy;
+    }
+#endif
+    return t;
+}
+
+/* The thread that runs Python's signal handlers: the main thread, or in
+ * a child the thread that forked (CPython makes it the main thread). */
+static unsigned long handler_thread;
+
+static void
+forked_child(void)
+{
+    handler_thread = PyThread_get_thread_ident();
+}
+
+int
+dkpy_binding_init(void)
+{
+    static bool hooked;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading == NULL
+                         ? NULL
+                         : PyObject_CallMethod(threading, "main_thread", NULL);
+    PyObject *ident =
+        main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
+    Py_XDECREF(threading);
+    Py_XDECREF(main);
+    if (ident == NULL) {
+        return -1;
+    }
+    handler_thread = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (!hooked) {
+        hooked = pthread_atfork(NULL, NULL, forked_child) == 0;
+    }
+    return 0;
+}
+
+/* Other threads never run handlers, so they sleep to the deadline: a
+ * slice there would only wake them (and, during finalization, have
+ * CPython end them with pthread_exit when they take the GIL back). */
+uint64_t
+dkpy_slice_end(uint64_t deadline)
+{
+    if (PyThread_get_thread_ident() != handler_thread) {
+        return deadline;
+    }
+    uint64_t now = dk_now();
+    return deadline > now && deadline - now > DKPY_SIGNAL_SLICE_NS
+               ? now + DKPY_SIGNAL_SLICE_NS
+               : deadline;
+}
+
+bool
+dkpy_wait_goes_on(uint64_t deadline)
+{
+    return deadline == DK_TIME_FOREVER || dk_now() < deadline;
+}
+
+/* ---- timeouts --------------------------------------------------------- */
+
+/* Seconds as a double to a deadline after now, DK_TIME_FOREVER where it would
+ * not fit (or is infinite). s > 0. */
+static uint64_t
+deadline_after_seconds(double s)
+{
+    double ns = s * 1e9;
+    uint64_t now = dk_now();
+    return ns >= (double)(UINT64_MAX - now - 1) ? DK_TIME_FOREVER
+                                                : now + (uint64_t)ns;
+}
+
+int
+dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = DK_TIME_FOREVER;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(t)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+        return -1;
+    }
+    if (t < 0 || isinf(t)) {
+        *deadline = DK_TIME_FOREVER;
+    } else if (t == 0) {
+        *deadline = 0;
+    } else {
+        *deadline = deadline_after_seconds(t);
+    }
+    return 0;
+}
+
+int
+dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = DK_TIME_FOREVER;
+        return 0;
+    }
+    double s = PyFloat_AsDouble(timeout);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(s)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+        return -1;
+    }
+    if (s <= 0) {
+        *deadline = 0;
+    } else if (s > 1e9) {
+        *deadline = DK_TIME_FOREVER;
+    } else {
+        *deadline = dk_now() + (uint64_t)(s * 1e9);
+    }
+    return 0;
+}
+
+uint64_t
+dkpy_deadline_fastipc(long long timeout_ns)
+{
+    if (timeout_ns < 0) {
+        return DK_TIME_FOREVER;
+    }
+    if (timeout_ns == 0) {
+        return 0;
+    }
+    /* Cannot wrap: dk_now() is far below 2^63 and timeout_ns < 2^63. */
+    return dk_now() + (uint64_t)timeout_ns;
+}
+
+/* ---- waiting ---------------------------------------------------------- */
+
+int
+dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline)
+{
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = fn(arg, dkpy_slice_end(deadline));
+        Py_END_ALLOW_THREADS
+        if (rc != -ETIMEDOUT && rc != -EINTR) {
+            return rc;
+        }
+        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
+            return -ETIMEDOUT;
+        }
+        /* EINTR or the end of a slice: run the signal handlers (Ctrl-C
+         * raises), then sleep again against the same deadline. */
+        if (PyErr_CheckSignals() < 0) {
+            return DKPY_RAISED;
+        }
+    }
+}

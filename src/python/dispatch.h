@@ -1,0 +1,74 @@
+/*
+ * What the three files of the dispatch binding share: queue.c (Queue,
+ * Workloop and the callback trampolines), group.c (Group, Semaphore,
+ * Once) and dispatch.c (the module functions, the constants and the exec
+ * function that adds the types). Not used outside them, except
+ * dkpy_dispatch_target (futures.h).
+ */
+#ifndef DK_SRC_PYTHON_DISPATCH_H
+#define DK_SRC_PYTHON_DISPATCH_H
+
+#include "python/binding.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dk/queue.h"
+
+/* The runtime is process-wide, and so is this state (binding.h). */
+typedef struct {
+    PyTypeObject *queue_type;
+    PyTypeObject *workloop_type;
+    PyTypeObject *group_type;
+    PyTypeObject *semaphore_type;
+    PyTypeObject *once_type;
+    PyObject *globals[5]; /* cached wrappers of the global queues */
+    PyObject *main_queue;
+} dkpy_dispatch_state;
+
+extern dkpy_dispatch_state dkpy_dispatch;
+
+typedef struct {
+    PyObject_HEAD
+    dk_queue_t *q;
+    PyObject *context;
+    PyObject *finalizer;
+    PyObject *specifics; /* dict, or NULL */
+    PyObject *weakreflist;
+    bool immortal;         /* global or main queue */
+    bool created_inactive; /* workloops: for activate's error */
+    unsigned autorelease;  /* workloops: accepted, no effect on Linux */
+} QueueObject;
+
+/* The per-queue specifics dict is registered in the core under this key,
+ * so dispatchkit.get_specific can walk the target chain. */
+extern const char dkpy_specifics_key;
+
+extern PyType_Spec dkpy_queue_spec, dkpy_workloop_spec, dkpy_group_spec,
+    dkpy_semaphore_spec, dkpy_once_spec;
+
+/* Trampolines. ctx: a new reference to a callable, called with no
+ * arguments. */
+void dkpy_call_async(void *ctx);
+/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
+ * called with no arguments, and the value released after it. */
+void dkpy_call_finalizer_async(void *ctx);
+
+/* 0, or -1 with TypeError ("<what> must be callable, not T"). */
+int dkpy_check_callable(PyObject *func, const char *what);
+/* wait(timeout=None) accepting timeout_seconds= too (cygcd's real name),
+ * by dkpy_deadline_cygcd. 0, or -1 with an exception set. */
+int dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs,
+                            uint64_t *deadline);
+/* Seconds (finite, >= 0) to nanoseconds; 0, or -1 with ValueError. */
+int dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns);
+/* A Queue, or NULL with TypeError ("<what> must be a Queue"). Borrowed. */
+QueueObject *dkpy_as_queue(PyObject *obj, const char *what);
+/* dict[key] of a queue's specifics (borrowed), NULL if absent (an
+ * exception set only on error). */
+PyObject *dkpy_lookup_specific(PyObject *dict, PyObject *key);
+
+/* Turn the GIL hand-off spin on when the process has several CPUs. */
+void dkpy_dispatch_handoff_init(void);
+
+#endif /* DK_SRC_PYTHON_DISPATCH_H */

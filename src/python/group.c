@@ -1,0 +1,671 @@
+/*
+ * Binding of the dispatch synchronisation objects: Group, Semaphore and
+ * Once, whose waits release the GIL through the binding's sliced wait, and
+ * the GIL hand-off that spares a woken Semaphore waiter a second sleep.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <structmember.h>
+
+#include "dk/apply.h"
+#include "dk/atomic.h"
+#include "dk/group.h"
+#include "dk/once.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+#include "python/dispatch.h"
+#include "python/futures.h"
+#include "python/gil.h"
+
+#include "atomic.h"
+
+/*
+ * GIL hand-off after a wake-up. A thread woken by Semaphore.signal from
+ * another Python thread finds the GIL still held by that thread, sleeps on
+ * the GIL's condition variable and is woken again by a futex when the
+ * signaller lets go: a second sleep and wake-up on every hand-off, which
+ * costs more than the semaphore's own (spinning) hand-off. So the binding
+ * counts the times one of its blocking waits releases the GIL
+ * (`gil_releases`), Semaphore.signal records the count it saw while
+ * holding the GIL, and a waiter that got its unit watches the count, with
+ * the GIL still released, for at most GIL_SPIN_NS before it asks for the
+ * GIL. In a ping-pong the signaller's next wait releases the GIL within a
+ * microsecond or two, and the waiter then takes it without sleeping.
+ *
+ * It is a hint and needs no ordering: a signaller that keeps the GIL, or
+ * lets it go some other way, costs the waiter at most GIL_SPIN_NS of CPU
+ * before it asks for the GIL as usual; a unit that came from C, or from a
+ * signal older than the waiter's own release, shows a count that has
+ * already moved on and costs nothing. With one CPU the waiter never spins
+ * (the GIL holder could not run meanwhile). As in the core's semaphore,
+ * the budget adapts: a watch that fails halves it (to 0 below
+ * GIL_SPIN_MIN_NS), one that succeeds restores it, and every
+ * GIL_SPIN_PROBE_EVERY-th watch tries the full budget, so that when the
+ * signaller shares our CPU (a loaded machine) we stop holding it off.
+ */
+#define GIL_SPIN_NS 20000u
+#define GIL_SPIN_MIN_NS 1000u
+#define GIL_SPIN_PROBE_EVERY 64u
+
+static uint32_t gil_releases;
+static bool gil_spin_useful; /* set at exec: more than one CPU to run on */
+static uint32_t gil_spin_ns = GIL_SPIN_NS; /* current budget (a hint) */
+static uint32_t gil_spins;                 /* watches so far, for probes */
+
+/* Call right after releasing the GIL before a blocking wait. */
+static void
+note_gil_released(void)
+{
+    dk__atomic_add_relaxed(&gil_releases, 1);
+}
+
+static uint32_t
+gil_release_count(void)
+{
+    return dk__atomic_load_relaxed(&gil_releases);
+}
+
+/* With the GIL released: until the count moves on from `seen`, at most
+ * the current budget. Reads the vDSO clock every 8 pauses (dk_now is the
+ * vDSO's CLOCK_MONOTONIC), never a syscall. */
+static void
+await_gil_release(uint32_t seen)
+{
+    if (!gil_spin_useful || gil_release_count() != seen) {
+        return;
+    }
+    uint32_t kept = dk__atomic_load_relaxed(&gil_spin_ns);
+    uint32_t budget = kept;
+    if (dk__atomic_add_relaxed(&gil_spins, 1) % GIL_SPIN_PROBE_EVERY == 0) {
+        budget = GIL_SPIN_NS;
+    }
+    if (budget == 0) {
+        return;
+    }
+    uint64_t until = dk_now() + budget;
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (gil_release_count() != seen) {
+            dk__atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
+            return;
+        }
+        if (i % 8 == 0 && dk_now() >= until) {
+            uint32_t half = kept / 2;
+            dk__atomic_store_relaxed(&gil_spin_ns,
+                                     half >= GIL_SPIN_MIN_NS ? half : 0);
+            return;
+        }
+    }
+}
+
+/* More than one CPU in this process's affinity mask (from Python's
+ * os.sched_getaffinity, or os.cpu_count where it is missing); false on
+ * any error, which only turns the hint off. */
+static bool
+several_cpus(void)
+{
+    PyObject *os = PyImport_ImportModule("os");
+    if (os == NULL) {
+        PyErr_Clear();
+        return false;
+    }
+    long n = 0;
+    PyObject *r = PyObject_CallMethod(os, "sched_getaffinity", "i", 0);
+    if (r != NULL) {
+        n = (long)PyObject_Length(r);
+    } else {
+        PyErr_Clear();
+        r = PyObject_CallMethod(os, "cpu_count", NULL);
+        if (r != NULL && PyLong_Check(r)) {
+            n = PyLong_AsLong(r);
+        }
+    }
+    Py_XDECREF(r);
+    Py_DECREF(os);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+    }
+    return n > 1;
+}
+
+/* Wait with the GIL released against a deadline, running signal handlers
+ * on EINTR: True when done, False on timeout, NULL if a handler raised. */
+static PyObject *
+interruptible_wait(dkpy_wait_fn wait, void *obj, uint64_t deadline)
+{
+    int rc = dkpy_wait_sliced(wait, obj, deadline);
+    if (rc == DKPY_RAISED) {
+        return NULL;
+    }
+    return PyBool_FromLong(rc == 0);
+}
+
+/* The adapters run with the GIL released (note_gil_released). */
+static int
+group_wait_adapter(void *g, uint64_t deadline)
+{
+    note_gil_released();
+    return dk_group_wait_interruptible(g, deadline);
+}
+
+typedef struct {
+    PyObject_HEAD
+    dk_semaphore_t *s;
+    uint32_t signal_seen; /* gil_releases at the last Python signal */
+} SemaphoreObject;
+
+/* Runs with the GIL released; see "GIL hand-off" above. */
+static int
+semaphore_wait_adapter(void *obj, uint64_t deadline)
+{
+    SemaphoreObject *self = obj;
+    note_gil_released();
+    int rc = dk_semaphore_wait_interruptible(self->s, deadline);
+    if (rc == 0) {
+        /* Written before the signal that gave us our unit (if it came
+         * from Python); a stale value only makes the spin end at once. */
+        await_gil_release(dk__atomic_load_relaxed(&self->signal_seen));
+    }
+    return rc;
+}
+
+/* ---- Group ---------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    dk_group_t *g;
+} GroupObject;
+
+static PyObject *
+Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (!dkpy_no_args("Group", args, kwargs)) {
+        return NULL;
+    }
+    GroupObject *self = (GroupObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->g = dk_group_create();
+    if (self->g == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+Group_dealloc(GroupObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->g != NULL) {
+        long n = dk_group_count(self->g);
+        if (n > 0) {
+            /* Items still running hold their own references; only
+             * unmatched enter() calls can leave the count up. libdispatch
+             * crashes here; we report it and keep the group alive. */
+            PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                             "Group deallocated with %ld unmatched enter() "
+                             "call(s)",
+                             n);
+            if (PyErr_Occurred()) {
+                PyErr_WriteUnraisable((PyObject *)self);
+            }
+        } else {
+            dk_release(self->g);
+        }
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Group_run_async(GroupObject *self, PyObject *args)
+{
+    PyObject *queue, *func;
+    if (!PyArg_ParseTuple(args, "OO:run_async", &queue, &func)) {
+        return NULL;
+    }
+    QueueObject *q = dkpy_as_queue(queue, "queue");
+    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = dk_group_async_f(self->g, q->q, func, dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Group_notify(GroupObject *self, PyObject *args)
+{
+    PyObject *queue, *func;
+    if (!PyArg_ParseTuple(args, "OO:notify", &queue, &func)) {
+        return NULL;
+    }
+    QueueObject *q = dkpy_as_queue(queue, "queue");
+    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = dk_group_notify_f(self->g, q->q, func, dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
+{
+    uint64_t deadline;
+    if (dkpy_parse_wait_timeout(args, kwargs, &deadline) < 0) {
+        return NULL;
+    }
+    if (dk_group_wait(self->g, 0) == 0) {
+        Py_RETURN_TRUE;
+    }
+    if (deadline == 0) {
+        Py_RETURN_FALSE;
+    }
+    return interruptible_wait(group_wait_adapter, self->g, deadline);
+}
+
+static PyObject *
+Group_enter(GroupObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_group_enter(self->g);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Group_leave(GroupObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_group_leave(self->g) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "leave() without a matching enter() (unbalanced)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Group_get_count(GroupObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(dk_group_count(self->g));
+}
+
+/* `with group:` counts the block as one task: enter(), then leave(). */
+static PyObject *
+Group_cm_enter(GroupObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_group_enter(self->g);
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+Group_cm_exit(GroupObject *self, PyObject *args)
+{
+    (void)args;
+    return Group_leave(self, NULL);
+}
+
+static PyObject *
+Group_repr(GroupObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Group count=%ld>",
+                                (long)dk_group_count(self->g));
+}
+
+static PyMethodDef Group_methods[] = {
+    {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
+     "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
+     "the group."},
+    {"wait", (PyCFunction)(void (*)(void))Group_wait,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait($self, timeout=None, timeout_seconds=None)\n--\n\nWait until "
+     "every task has finished; False on timeout (seconds; None or negative "
+     "waits forever). timeout_seconds is cygcd's name for timeout."},
+    {"notify", (PyCFunction)Group_notify, METH_VARARGS,
+     "notify($self, queue, func, /)\n--\n\nSubmit func to queue when the "
+     "group empties."},
+    {"enter", (PyCFunction)Group_enter, METH_NOARGS,
+     "enter($self, /)\n--\n\nCount one more outstanding task."},
+    {"leave", (PyCFunction)Group_leave, METH_NOARGS,
+     "leave($self, /)\n--\n\nFinish one task counted by enter()."},
+    {"__enter__", (PyCFunction)Group_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nenter(); returns the group."},
+    {"__exit__", (PyCFunction)Group_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nleave()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Group_getset[] = {
+    {"count", (getter)Group_get_count, NULL, "Outstanding tasks (a snapshot).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Group_slots[] = {
+    {Py_tp_new, Group_new},
+    {Py_tp_dealloc, Group_dealloc},
+    {Py_tp_methods, Group_methods},
+    {Py_tp_getset, Group_getset},
+    {Py_tp_repr, Group_repr},
+    {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."},
+    {0, NULL},
+};
+
+PyType_Spec dkpy_group_spec = {
+    .name = "dispatchkit.Group",
+    .basicsize = sizeof(GroupObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Group_slots,
+};
+
+/* ---- Semaphore ------------------------------------------------------ */
+
+static PyObject *
+Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"value", NULL};
+    Py_ssize_t value = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|n:Semaphore", kwlist,
+                                     &value)) {
+        return NULL;
+    }
+    if (value < 0) {
+        PyErr_SetString(PyExc_ValueError, "Semaphore value must be >= 0");
+        return NULL;
+    }
+    SemaphoreObject *self = (SemaphoreObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->s = dk_semaphore_create((long)value);
+    if (self->s == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+Semaphore_dealloc(SemaphoreObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->s != NULL) {
+        dk_release(self->s);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
+{
+    uint64_t deadline;
+    if (dkpy_parse_wait_timeout(args, kwargs, &deadline) < 0) {
+        return NULL;
+    }
+    /* Try without releasing the GIL first: no syscall when available. */
+    if (dk_semaphore_wait(self->s, 0) == 0) {
+        Py_RETURN_TRUE;
+    }
+    if (deadline == 0) {
+        Py_RETURN_FALSE;
+    }
+    return interruptible_wait(semaphore_wait_adapter, self, deadline);
+}
+
+static PyObject *
+Semaphore_signal(SemaphoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    /* We hold the GIL: a waiter we wake watches for its next release. */
+    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
+    return PyBool_FromLong(dk_semaphore_signal(self->s));
+}
+
+static PyObject *
+Semaphore_get_value(SemaphoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(dk_semaphore_value(self->s));
+}
+
+/* `with sem:` as threading.Semaphore: wait() without a timeout on entry
+ * (returns True), signal() on exit. */
+static PyObject *
+Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_semaphore_wait(self->s, 0) == 0) {
+        Py_RETURN_TRUE;
+    }
+    return interruptible_wait(semaphore_wait_adapter, self, DK_TIME_FOREVER);
+}
+
+static PyObject *
+Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
+{
+    (void)args;
+    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
+    dk_semaphore_signal(self->s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Semaphore_repr(SemaphoreObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Semaphore value=%ld>",
+                                (long)dk_semaphore_value(self->s));
+}
+
+static PyMethodDef Semaphore_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait($self, timeout=None, timeout_seconds=None)\n--\n\nTake one "
+     "unit, blocking while none is available; False on timeout (seconds; "
+     "None or negative waits forever, 0 polls). timeout_seconds is "
+     "cygcd's name for timeout."},
+    {"signal", (PyCFunction)Semaphore_signal, METH_NOARGS,
+     "signal($self, /)\n--\n\nRelease one unit; True if a waiter was woken."},
+    {"__enter__", (PyCFunction)Semaphore_cm_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
+    {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
+     "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Semaphore_getset[] = {
+    {"value", (getter)Semaphore_get_value, NULL,
+     "Current value (negative: that many waiters).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Semaphore_slots[] = {
+    {Py_tp_new, Semaphore_new},
+    {Py_tp_dealloc, Semaphore_dealloc},
+    {Py_tp_methods, Semaphore_methods},
+    {Py_tp_getset, Semaphore_getset},
+    {Py_tp_repr, Semaphore_repr},
+    {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."},
+    {0, NULL},
+};
+
+PyType_Spec dkpy_semaphore_spec = {
+    .name = "dispatchkit.Semaphore",
+    .basicsize = sizeof(SemaphoreObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Semaphore_slots,
+};
+
+/* ---- Once ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    dk_once_t pred;
+    unsigned long owner; /* thread running the function (GIL held) */
+} OnceObject;
+
+struct once_call {
+    PyObject *func;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    OnceObject *self;
+};
+
+static void
+once_trampoline(void *ctx)
+{
+    struct once_call *c = ctx;
+    PyGILState_STATE g = PyGILState_Ensure();
+    c->self->owner = PyThread_get_thread_ident();
+    PyObject *r = PyObject_CallNoArgs(c->func);
+    if (r == NULL) {
+        PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
+    } else {
+        Py_DECREF(r);
+    }
+    c->self->owner = 0;
+    PyGILState_Release(g);
+}
+
+static PyObject *
+Once_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (!dkpy_no_args("Once", args, kwargs)) {
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static void
+Once_dealloc(OnceObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    if (!dkpy_no_args("Once", NULL, kwargs) ||
+        !PyArg_ParseTuple(args, "O:Once", &func)) {
+        return NULL;
+    }
+    if (dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    if (dk_once_done(&self->pred)) {
+        Py_RETURN_NONE;
+    }
+    if (self->owner == PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Once called again from inside its own function "
+                        "(it would deadlock)");
+        return NULL;
+    }
+    struct once_call c = {func, NULL, NULL, NULL, self};
+    Py_INCREF(self);
+    Py_BEGIN_ALLOW_THREADS
+    dk_once_f(&self->pred, &c, once_trampoline);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(self);
+    if (c.exc_type != NULL) {
+        PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Once_get_done(OnceObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(dk_once_done(&self->pred));
+}
+
+static PyObject *
+Once_repr(OnceObject *self)
+{
+    return PyUnicode_FromFormat("<dispatchkit.Once done=%s>",
+                                dk_once_done(&self->pred) ? "True" : "False");
+}
+
+static PyMethodDef Once_methods[] = {
+    /* Over the tp_call slot's (*args, **kwargs) wrapper: the same
+     * function, with a text signature. */
+    {"__call__", (PyCFunction)(void (*)(void))Once_call,
+     METH_VARARGS | METH_KEYWORDS | METH_COEXIST,
+     "__call__($self, func, /)\n--\n\nRun func unless this Once has run "
+     "a function already."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Once_getset[] = {
+    {"done", (getter)Once_get_done, NULL, "True once the function has run.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Once_slots[] = {
+    {Py_tp_new, Once_new},
+    {Py_tp_dealloc, Once_dealloc},
+    {Py_tp_call, Once_call},
+    {Py_tp_methods, Once_methods},
+    {Py_tp_repr, Once_repr},
+    {Py_tp_getset, Once_getset},
+    {Py_tp_doc, "Once()\n--\n\nCall once(func) to run func exactly once; "
+                "concurrent callers wait until it has returned."},
+    {0, NULL},
+};
+
+PyType_Spec dkpy_once_spec = {
+    .name = "dispatchkit.Once",
+    .basicsize = sizeof(OnceObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Once_slots,
+};
+
+/* For futures.c (awaitable waits): the core object behind a dispatch
+ * Semaphore (kind 3) or Group (kind 4); 0, or -1 if obj is neither. */
+int
+dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr)
+{
+    if (PyObject_TypeCheck(obj, dkpy_dispatch.semaphore_type)) {
+        *kind = 3;
+        *ptr = ((SemaphoreObject *)obj)->s;
+        return 0;
+    }
+    if (PyObject_TypeCheck(obj, dkpy_dispatch.group_type)) {
+        *kind = 4;
+        *ptr = ((GroupObject *)obj)->g;
+        return 0;
+    }
+    return -1;
+}
+
+void
+dkpy_dispatch_handoff_init(void)
+{
+    gil_spin_useful = several_cpus();
+}

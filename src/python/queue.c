@@ -1,0 +1,1105 @@
+/*
+ * Binding of dispatch queues: Queue and Workloop over the dk core, and the
+ * C trampolines that run Python callables submitted to them (they take the
+ * GIL through gil.h). Every misuse that would crash libdispatch is turned
+ * into an exception here, before the core sees it.
+ */
+#include "python/binding.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <structmember.h>
+
+#include "dk/apply.h"
+#include "dk/atomic.h"
+#include "dk/group.h"
+#include "dk/once.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/time.h"
+#include "python/dispatch.h"
+#include "python/futures.h"
+#include "python/gil.h"
+
+#include "atomic.h"
+
+/* ---- callbacks ------------------------------------------------------ */
+
+/* ctx: a new reference to a callable, called with no arguments. */
+void
+dkpy_call_async(void *ctx)
+{
+    PyObject *func = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return; /* finalizing: drop it */
+    }
+    dkpy_call_reporting(func, NULL);
+    Py_DECREF(func);
+    dkpy_leave(&g);
+}
+
+/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
+ * called with no arguments, and the value released after it. */
+void
+dkpy_call_finalizer_async(void *ctx)
+{
+    PyObject *pair = ctx;
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return;
+    }
+    dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
+    Py_DECREF(pair);
+    dkpy_leave(&g);
+}
+
+int
+dkpy_check_callable(PyObject *func, const char *what)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
+                     Py_TYPE(func)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- timeouts ------------------------------------------------------- */
+
+/* wait(timeout=-1) accepting timeout_seconds= too (cygcd's real name). */
+int
+dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
+{
+    static char *kwlist[] = {"timeout", "timeout_seconds", NULL};
+    PyObject *timeout = NULL, *timeout_seconds = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:wait", kwlist,
+                                     &timeout, &timeout_seconds)) {
+        return -1;
+    }
+    /* None is the default of both (the text signature says so). */
+    if (timeout == Py_None) {
+        timeout = NULL;
+    }
+    if (timeout_seconds == Py_None) {
+        timeout_seconds = NULL;
+    }
+    if (timeout != NULL && timeout_seconds != NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "give timeout or timeout_seconds, not both");
+        return -1;
+    }
+    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
+                               deadline);
+}
+
+/* Seconds (finite, >= 0) to nanoseconds. */
+int
+dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
+{
+    double s = PyFloat_AsDouble(obj);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!isfinite(s) || s < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a finite number of seconds >= 0", what);
+        return -1;
+    }
+    double v = s * 1e9;
+    *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
+    return 0;
+}
+
+/* ---- Queue ---------------------------------------------------------- */
+
+const char dkpy_specifics_key;
+
+static PyObject *
+queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
+{
+    QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        if (!immortal) {
+            dk_release(q);
+        }
+        return NULL;
+    }
+    self->q = q;
+    self->immortal = immortal;
+    return (PyObject *)self;
+}
+
+static int
+parse_target(PyObject *target, dk_queue_t **out)
+{
+    if (target == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(target, dkpy_dispatch.queue_type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "target must be a Queue or None, not %.100s",
+                     Py_TYPE(target)->tp_name);
+        return -1;
+    }
+    *out = ((QueueObject *)target)->q;
+    return 0;
+}
+
+static bool
+valid_qos(long qos)
+{
+    return qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
+           qos == 0x19 || qos == 0x21;
+}
+
+static PyObject *
+Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {
+        "label",  "concurrent", "qos", "relative_priority",
+        "target", "inactive",   NULL};
+    PyObject *label = Py_None, *target = Py_None;
+    int concurrent = 0, inactive = 0;
+    long qos = 0, relpri = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OpllOp:Queue", kwlist,
+                                     &label, &concurrent, &qos, &relpri,
+                                     &target, &inactive)) {
+        return NULL;
+    }
+    const char *clabel = NULL;
+    if (label != Py_None) {
+        if (!PyUnicode_Check(label)) {
+            PyErr_Format(PyExc_TypeError,
+                         "label must be str or None, not "
+                         "%.100s",
+                         Py_TYPE(label)->tp_name);
+            return NULL;
+        }
+        clabel = PyUnicode_AsUTF8(label);
+        if (clabel == NULL) {
+            return NULL;
+        }
+    }
+    if (!valid_qos(qos)) {
+        PyErr_Format(PyExc_ValueError,
+                     "qos must be one of the QOS_CLASS_* constants, not %ld",
+                     qos);
+        return NULL;
+    }
+    if (relpri < -15 || relpri > 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "relative_priority must be in [-15, 0]");
+        return NULL;
+    }
+    dk_queue_t *t;
+    if (parse_target(target, &t) < 0) {
+        return NULL;
+    }
+    unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
+                     (inactive ? DK_QUEUE_INACTIVE : 0);
+    dk_queue_t *q = dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t);
+    if (q == NULL) {
+        return PyErr_NoMemory();
+    }
+    return queue_wrap(type, q, false);
+}
+
+static int
+Queue_traverse(QueueObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->context);
+    Py_VISIT(self->finalizer);
+    Py_VISIT(self->specifics);
+    return 0;
+}
+
+static int
+Queue_clear(QueueObject *self)
+{
+    Py_CLEAR(self->specifics);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->finalizer);
+    return 0;
+}
+
+static void
+Queue_dealloc(QueueObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->q != NULL && !self->immortal) {
+        if (self->specifics != NULL) {
+            dk_queue_set_specific(self->q, &dkpy_specifics_key, NULL, NULL);
+        }
+        /* libdispatch crashes when a suspended or inactive queue is
+         * released; we resume and activate it so its work drains. */
+        dk_queue_activate(self->q);
+        while (dk_queue_suspend_count(self->q) > 0) {
+            dk_queue_resume(self->q);
+        }
+        if (self->finalizer != NULL && !dkpy_finalizing()) {
+            /* As in GCD: the finalizer runs asynchronously once the queue
+             * is gone; here on the default global queue. It takes no
+             * arguments (cygcd's contract); the value is kept alive until
+             * it has run. */
+            PyObject *pair =
+                PyTuple_Pack(2, self->finalizer,
+                             self->context != NULL ? self->context : Py_None);
+            if (pair == NULL ||
+                dk_queue_async_f(dk_queue_global(0), pair,
+                                 dkpy_call_finalizer_async) < 0) {
+                Py_XDECREF(pair);
+                PyErr_Clear();
+            }
+        }
+        dk_release(self->q);
+    }
+    self->q = NULL;
+    Queue_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
+{
+    (void)cls;
+    static char *kwlist[] = {"priority", NULL};
+    long priority = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|l:global_queue", kwlist,
+                                     &priority)) {
+        return NULL;
+    }
+    dk_queue_t *q = dk_queue_global(priority);
+    if (q == NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "unknown priority %ld: use a QUEUE_PRIORITY_* or "
+                     "QOS_CLASS_* constant",
+                     priority);
+        return NULL;
+    }
+    static const long order[5] = {0x21, 0x19, 0x15, 0x11, 0x09};
+    for (int i = 0; i < 5; i++) {
+        if (dk_queue_global(order[i]) == q) {
+            if (dkpy_dispatch.globals[i] == NULL) {
+                dkpy_dispatch.globals[i] =
+                    queue_wrap(dkpy_dispatch.queue_type, q, true);
+                if (dkpy_dispatch.globals[i] == NULL) {
+                    return NULL;
+                }
+            }
+            return Py_NewRef(dkpy_dispatch.globals[i]);
+        }
+    }
+    PyErr_SetString(PyExc_SystemError, "global queue not found");
+    return NULL;
+}
+
+static PyObject *
+Queue_main_queue(PyObject *cls, PyObject *unused)
+{
+    (void)cls;
+    (void)unused;
+    if (dkpy_dispatch.main_queue == NULL) {
+        dkpy_dispatch.main_queue =
+            queue_wrap(dkpy_dispatch.queue_type, dk_queue_main(), true);
+        if (dkpy_dispatch.main_queue == NULL) {
+            return NULL;
+        }
+    }
+    return Py_NewRef(dkpy_dispatch.main_queue);
+}
+
+static PyObject *
+submit(QueueObject *self, PyObject *func, bool barrier)
+{
+    if (dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
+                     : dk_queue_async_f(self->q, func, dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_run_async(QueueObject *self, PyObject *func)
+{
+    return submit(self, func, false);
+}
+
+static PyObject *
+Queue_barrier_async(QueueObject *self, PyObject *func)
+{
+    return submit(self, func, true);
+}
+
+/* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future (futures.c);
+ * a workloop also takes qos=. */
+static PyObject *
+Queue_submit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    return dkpy_queue_submit(self->q, dk_queue_is_workloop(self->q), args,
+                             nargs, kwnames);
+}
+
+/* A synchronous call that could not run inline: shared between the
+ * waiting caller and the trampoline, freed by whichever finishes last.
+ * `state` is only read and written with the GIL held. */
+enum { SYNC_PENDING, SYNC_DONE, SYNC_ABANDONED };
+
+struct sync_call {
+    PyObject *func;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    dk_semaphore_t *done;
+    int state;
+    uint32_t refs;
+};
+
+static void
+sync_call_unref(struct sync_call *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        dk_release(c->done);
+        PyMem_RawFree(c);
+    }
+}
+
+static void
+call_sync(void *ctx)
+{
+    struct sync_call *c = ctx;
+    dkpy_gil_t g;
+    if (dkpy_enter(&g)) {
+        PyObject *r = PyObject_CallNoArgs(c->func);
+        if (r == NULL) {
+            if (c->state == SYNC_ABANDONED) {
+                PyErr_WriteUnraisable(c->func);
+            } else {
+                PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
+            }
+        } else {
+            Py_DECREF(r);
+        }
+        if (c->state == SYNC_PENDING) {
+            c->state = SYNC_DONE;
+        }
+        Py_CLEAR(c->func);
+        dkpy_leave(&g);
+    }
+    dk_semaphore_signal(c->done);
+    sync_call_unref(c);
+}
+
+/* Wait for a sync call with the GIL released; Ctrl-C abandons it (the
+ * callable still runs later; its exception is then reported). */
+static PyObject *
+sync_wait(dk_queue_t *q, struct sync_call *c)
+{
+    bool drain_main = q == dk_queue_main() && dk_is_main_thread();
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        if (drain_main) {
+            long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
+            rc = dk_semaphore_wait(c->done, 0);
+            if (rc != 0 && n == -EINTR) {
+                rc = -EINTR;
+            }
+        } else {
+            rc = dk_semaphore_wait_interruptible(
+                c->done, dkpy_slice_end(DK_TIME_FOREVER));
+        }
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            if (c->state == SYNC_DONE) {
+                Py_XDECREF(c->exc_type);
+                Py_XDECREF(c->exc_value);
+                Py_XDECREF(c->exc_tb);
+            } else {
+                c->state = SYNC_ABANDONED;
+            }
+            sync_call_unref(c);
+            return NULL;
+        }
+    }
+    PyObject *type = c->exc_type, *value = c->exc_value, *tb = c->exc_tb;
+    sync_call_unref(c);
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *run_sync_qos(QueueObject *self, PyObject *func, bool barrier,
+                              int qos);
+
+static PyObject *
+run_sync(QueueObject *self, PyObject *func, bool barrier)
+{
+    return run_sync_qos(self, func, barrier, -1);
+}
+
+/* qos >= 0: submit with that QoS class when the call cannot run inline. */
+static PyObject *
+run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
+{
+    if (dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    dk_queue_t *q = self->q;
+    bool cq_barrier =
+        barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
+    if (dk_queue_sync_would_deadlock(q, cq_barrier)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s() on '%s' from a task running on it (or on a queue "
+                     "it targets) would deadlock",
+                     barrier ? "barrier_sync" : "run_sync", dk_queue_label(q));
+        return NULL;
+    }
+    dk_sync_frame_t frame;
+    if (dk_queue_sync_enter(q, cq_barrier, &frame) == 0) {
+        /* Idle queue: run it right here, GIL held, as GCD does. */
+        PyObject *r = PyObject_CallNoArgs(func);
+        dk_queue_sync_exit(q, &frame);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+        Py_RETURN_NONE;
+    }
+    struct sync_call *c = PyMem_RawCalloc(1, sizeof *c);
+    if (c == NULL) {
+        return PyErr_NoMemory();
+    }
+    c->done = dk_semaphore_create(0);
+    if (c->done == NULL) {
+        PyMem_RawFree(c);
+        return PyErr_NoMemory();
+    }
+    c->func = Py_NewRef(func);
+    c->refs = 2;
+    int rc = cq_barrier ? dk_queue_barrier_async_f(q, c, call_sync)
+             : qos >= 0 ? dk_queue_async_qos_f(q, qos, c, call_sync)
+                        : dk_queue_async_f(q, c, call_sync);
+    if (rc < 0) {
+        Py_DECREF(func);
+        dk_release(c->done);
+        PyMem_RawFree(c);
+        return dkpy_raise_errno(rc);
+    }
+    return sync_wait(q, c);
+}
+
+static PyObject *
+Queue_run_sync(QueueObject *self, PyObject *func)
+{
+    return run_sync(self, func, false);
+}
+
+static PyObject *
+Queue_barrier_sync(QueueObject *self, PyObject *func)
+{
+    return run_sync(self, func, true);
+}
+
+static PyObject *
+Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames)
+{
+    static const char *names[] = {"delay_seconds", "func"};
+    PyObject *vals[2] = {NULL, NULL};
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "after() takes 2 arguments (delay_seconds, func)");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        vals[i] = args[i];
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+        int slot = -1;
+        for (int j = 0; j < 2; j++) {
+            if (k != NULL && strcmp(k, names[j]) == 0) {
+                slot = j;
+            }
+        }
+        if (slot < 0 || vals[slot] != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "after() got an unexpected or "
+                         "repeated keyword argument '%s'",
+                         k ? k : "?");
+            return NULL;
+        }
+        vals[slot] = args[nargs + i];
+    }
+    if (vals[0] == NULL || vals[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "after() takes 2 arguments (delay_seconds, func)");
+        return NULL;
+    }
+    int64_t ns;
+    if (dkpy_seconds_to_ns(vals[0], "delay_seconds", &ns) < 0 ||
+        dkpy_check_callable(vals[1], "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(vals[1]);
+    int rc = dk_queue_after_f(self->q, dk_time(DK_TIME_NOW, ns), vals[1],
+                              dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(vals[1]);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_suspend(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    dk_queue_suspend(self->q);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_resume(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_queue_resume(self->q) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "resume() without a matching suspend() "
+                        "(over-resume)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_activate(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (dk_queue_activate(self->q) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Queue was not created as inactive");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_set_target_queue(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"target", "queue", NULL};
+    PyObject *target = NULL, *queue = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:set_target_queue",
+                                     kwlist, &target, &queue)) {
+        return NULL;
+    }
+    if (target == Py_None && queue != NULL) {
+        target = NULL; /* the default, as the text signature says */
+    }
+    if (target != NULL && queue != NULL && queue != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "give target or queue, not both");
+        return NULL;
+    }
+    if (target == NULL) {
+        target = queue != NULL ? queue : Py_None;
+    }
+    dk_queue_t *t;
+    if (parse_target(target, &t) < 0) {
+        return NULL;
+    }
+    int rc = dk_queue_set_target(self->q, t);
+    switch (rc) {
+    case 0:
+        Py_RETURN_NONE;
+    case -EPERM:
+        PyErr_SetString(PyExc_RuntimeError,
+                        dk_queue_is_global(self->q) ||
+                                self->q == dk_queue_main()
+                            ? "the target of a global or main queue cannot "
+                              "be changed"
+                            : "cannot change the target of a queue after it "
+                              "has been activated");
+        return NULL;
+    case -EBUSY:
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot change the target of a queue while it has "
+                        "work queued or running");
+        return NULL;
+    case -ELOOP:
+        PyErr_SetString(PyExc_ValueError,
+                        "target queue hierarchy would contain a cycle");
+        return NULL;
+    default:
+        return dkpy_raise_errno(rc);
+    }
+}
+
+static PyObject *
+Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"value", "finalizer", NULL};
+    PyObject *value, *finalizer = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:set_context", kwlist,
+                                     &value, &finalizer)) {
+        return NULL;
+    }
+    if (finalizer != Py_None &&
+        dkpy_check_callable(finalizer, "finalizer") < 0) {
+        return NULL;
+    }
+    PyObject *old_value = self->context, *old_finalizer = self->finalizer;
+    self->context = value == Py_None ? NULL : Py_NewRef(value);
+    self->finalizer = finalizer == Py_None ? NULL : Py_NewRef(finalizer);
+    PyObject *result = Py_None;
+    if (old_finalizer != NULL) {
+        /* Replacing a context finalizes the old one now, with no arguments
+         * (cygcd does both). */
+        PyObject *r = PyObject_CallNoArgs(old_finalizer);
+        if (r == NULL) {
+            result = NULL;
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    Py_XDECREF(old_value);
+    Py_XDECREF(old_finalizer);
+    return Py_XNewRef(result);
+}
+
+static PyObject *
+Queue_get_context(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(self->context != NULL ? self->context : Py_None);
+}
+
+static PyObject *
+Queue_set_specific(QueueObject *self, PyObject *args)
+{
+    PyObject *key, *value;
+    if (!PyArg_ParseTuple(args, "OO:set_specific", &key, &value)) {
+        return NULL;
+    }
+    if (self->specifics == NULL) {
+        if (value == Py_None) {
+            Py_RETURN_NONE;
+        }
+        self->specifics = PyDict_New();
+        if (self->specifics == NULL) {
+            return NULL;
+        }
+        int rc = dk_queue_set_specific(self->q, &dkpy_specifics_key,
+                                       self->specifics, NULL);
+        if (rc < 0) {
+            Py_CLEAR(self->specifics);
+            return dkpy_raise_errno(rc);
+        }
+    }
+    if (value == Py_None) {
+        if (PyDict_DelItem(self->specifics, key) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+        }
+        Py_RETURN_NONE;
+    }
+    if (PyDict_SetItem(self->specifics, key, value) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+dkpy_lookup_specific(PyObject *dict, PyObject *key)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    if (v == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *
+Queue_get_specific(QueueObject *self, PyObject *key)
+{
+    if (self->specifics == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *v = dkpy_lookup_specific(self->specifics, key);
+    if (v == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(v);
+}
+
+static PyObject *
+Queue_get_label(QueueObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(dk_queue_label(self->q));
+}
+
+static PyObject *
+Queue_get_is_inactive(QueueObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(dk_queue_is_inactive(self->q));
+}
+
+static PyObject *
+Queue_get_is_concurrent(QueueObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(dk_queue_is_concurrent(self->q));
+}
+
+static PyObject *
+Queue_repr(QueueObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.Queue '%s' %s%s>", dk_queue_label(self->q),
+        dk_queue_is_concurrent(self->q) ? "concurrent" : "serial",
+        dk_queue_is_inactive(self->q) ? " inactive" : "");
+}
+
+static PyMethodDef Queue_methods[] = {
+    {"global_queue", (PyCFunction)(void (*)(void))Queue_global_queue,
+     METH_VARARGS | METH_KEYWORDS | METH_STATIC,
+     "global_queue(priority=0)\n--\n\nThe global concurrent queue for "
+     "a QUEUE_PRIORITY_* or QOS_CLASS_* value."},
+    {"main_queue", (PyCFunction)Queue_main_queue, METH_NOARGS | METH_STATIC,
+     "main_queue()\n--\n\nThe main queue, drained by the main thread "
+     "(dispatchkit.main, drain_main_queue)."},
+    {"run_async", (PyCFunction)Queue_run_async, METH_O,
+     "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
+     "execution."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
+    {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
+     "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
+     "re-raises its "
+     "exception."},
+    {"barrier_async", (PyCFunction)Queue_barrier_async, METH_O,
+     "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on "
+     "concurrent "
+     "queues)."},
+    {"barrier_sync", (PyCFunction)Queue_barrier_sync, METH_O,
+     "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
+     "its "
+     "exception."},
+    {"after", (PyCFunction)(void (*)(void))Queue_after,
+     METH_FASTCALL | METH_KEYWORDS,
+     "after($self, delay_seconds, func)\n--\n\nSubmit func after a delay."},
+    {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
+     "suspend($self, /)\n--\n\nStop starting work items (counts nest)."},
+    {"resume", (PyCFunction)Queue_resume, METH_NOARGS,
+     "resume($self, /)\n--\n\nUndo one suspend(); RuntimeError on "
+     "over-resume."},
+    {"activate", (PyCFunction)Queue_activate, METH_NOARGS,
+     "activate($self, /)\n--\n\nActivate a queue created with inactive=True."},
+    {"set_target_queue", (PyCFunction)(void (*)(void))Queue_set_target_queue,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_target_queue($self, target=None, queue=None)\n--\n\nSet the "
+     "target queue (None: default); queue= is another spelling of target."},
+    {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
+     "finalizer() (no arguments) runs when it is replaced or the queue goes "
+     "away."},
+    {"get_context", (PyCFunction)Queue_get_context, METH_NOARGS,
+     "get_context($self, /)\n--\n\nThe value set by set_context, or None."},
+    {"set_specific", (PyCFunction)Queue_set_specific, METH_VARARGS,
+     "set_specific($self, key, value, /)\n--\n\nSet queue-specific data (None "
+     "removes)."},
+    {"get_specific", (PyCFunction)Queue_get_specific, METH_O,
+     "get_specific($self, key, /)\n--\n\nQueue-specific data of this queue, "
+     "or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Queue_getset[] = {
+    {"label", (getter)Queue_get_label, NULL, "The queue's label.", NULL},
+    {"is_inactive", (getter)Queue_get_is_inactive, NULL,
+     "True until an inactive queue is activated.", NULL},
+    {"is_concurrent", (getter)Queue_get_is_concurrent, NULL,
+     "True for concurrent (and global) queues.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Queue_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(QueueObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Queue_slots[] = {
+    {Py_tp_new, Queue_new},
+    {Py_tp_dealloc, Queue_dealloc},
+    {Py_tp_traverse, Queue_traverse},
+    {Py_tp_clear, Queue_clear},
+    {Py_tp_methods, Queue_methods},
+    {Py_tp_getset, Queue_getset},
+    {Py_tp_members, Queue_members},
+    {Py_tp_repr, Queue_repr},
+    {Py_tp_doc, "Queue(label=None, concurrent=False, qos=0, "
+                "relative_priority=0, target=None, inactive=False)\n--\n\n"
+                "A dispatch queue: serial (FIFO, one item at a time) or "
+                "concurrent."},
+    {0, NULL},
+};
+
+PyType_Spec dkpy_queue_spec = {
+    .name = "dispatchkit.Queue",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Queue_slots,
+};
+
+int
+dkpy_queue_arg(PyObject *obj, const char *what, dk_queue_t **out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(obj, dkpy_dispatch.queue_type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a Queue or None, not %.100s",
+                     what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = ((QueueObject *)obj)->q;
+    return 0;
+}
+
+QueueObject *
+dkpy_as_queue(PyObject *obj, const char *what)
+{
+    if (!PyObject_TypeCheck(obj, dkpy_dispatch.queue_type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a Queue, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return (QueueObject *)obj;
+}
+
+/* ---- Workloop ------------------------------------------------------- */
+
+static PyObject *
+Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"label", "inactive", NULL};
+    PyObject *label;
+    int inactive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Workloop", kwlist,
+                                     &label, &inactive)) {
+        return NULL;
+    }
+    const char *clabel = NULL;
+    if (label != Py_None) {
+        if (!PyUnicode_Check(label)) {
+            PyErr_Format(PyExc_TypeError,
+                         "label must be str or None, not %.100s",
+                         Py_TYPE(label)->tp_name);
+            return NULL;
+        }
+        clabel = PyUnicode_AsUTF8(label);
+        if (clabel == NULL) {
+            return NULL;
+        }
+    }
+    dk_queue_t *q = dk_queue_create(
+        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
+        NULL);
+    if (q == NULL) {
+        return PyErr_NoMemory();
+    }
+    QueueObject *self = (QueueObject *)queue_wrap(type, q, false);
+    if (self != NULL) {
+        self->created_inactive = inactive != 0;
+    }
+    return (PyObject *)self;
+}
+
+static int
+workloop_submit_args(QueueObject *self, PyObject *args, PyObject *kwargs,
+                     const char *name, PyObject **func, int *qos)
+{
+    static char *kwlist[] = {"func", "qos", NULL};
+    long q = 0x15;
+    if (dk_queue_is_inactive(self->q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Cannot submit work to an inactive workloop");
+        return -1;
+    }
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "O|l:%s", name);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, func, &q)) {
+        return -1;
+    }
+    if (dkpy_check_callable(*func, "func") < 0) {
+        return -1;
+    }
+    if (!valid_qos(q)) {
+        PyErr_Format(PyExc_ValueError,
+                     "qos must be one of the QOS_CLASS_* constants, not %ld",
+                     q);
+        return -1;
+    }
+    *qos = (int)q;
+    return 0;
+}
+
+static PyObject *
+Workloop_run_async(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    int qos;
+    if (workloop_submit_args(self, args, kwargs, "run_async", &func, &qos) <
+        0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = dk_queue_async_qos_f(self->q, qos, func, dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    int qos;
+    if (workloop_submit_args(self, args, kwargs, "run_sync", &func, &qos) <
+        0) {
+        return NULL;
+    }
+    return run_sync_qos(self, func, false, qos);
+}
+
+static PyObject *
+Workloop_activate(QueueObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->created_inactive || dk_queue_activate(self->q) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Workloop was not created as inactive");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_set_autorelease_frequency(QueueObject *self, PyObject *arg)
+{
+    long freq = dkpy_index_as_long(arg);
+    if (freq == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!dk_queue_is_inactive(self->q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Autorelease frequency can only be set on inactive "
+                        "workloops");
+        return NULL;
+    }
+    if (freq < 0 || freq > 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "frequency must be an AUTORELEASE_FREQUENCY_* constant, "
+                     "not %ld",
+                     freq);
+        return NULL;
+    }
+    self->autorelease = (unsigned)freq; /* no autorelease pools on Linux */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Workloop_repr(QueueObject *self)
+{
+    return PyUnicode_FromFormat(
+        "<dispatchkit.Workloop '%s'%s>", dk_queue_label(self->q),
+        dk_queue_is_inactive(self->q) ? " inactive" : "");
+}
+
+static PyMethodDef Workloop_methods[] = {
+    {"run_async", (PyCFunction)(void (*)(void))Workloop_run_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
+     "runs highest QoS first (qos is a dispatchkit extension)."},
+    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
+     METH_FASTCALL | METH_KEYWORDS,
+     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\n"
+     "Run fn(*args, **kwargs) on the workloop at qos; a "
+     "concurrent.futures.Future."},
+    {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
+     METH_VARARGS | METH_KEYWORDS,
+     "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
+     "wait; re-raises its exception."},
+    {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,
+     "activate($self, /)\n--\n\nActivate a workloop created with "
+     "inactive=True."},
+    {"set_autorelease_frequency",
+     (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
+     "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before "
+     "activate() (there "
+     "are no autorelease pools on Linux)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Workloop_getset[] = {
+    {"label", (getter)Queue_get_label, NULL, "The workloop's label.", NULL},
+    {"is_inactive", (getter)Queue_get_is_inactive, NULL,
+     "True until an inactive workloop is activated.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Workloop_slots[] = {
+    {Py_tp_new, Workloop_new},
+    {Py_tp_dealloc, Queue_dealloc},
+    {Py_tp_traverse, Queue_traverse},
+    {Py_tp_clear, Queue_clear},
+    {Py_tp_methods, Workloop_methods},
+    {Py_tp_getset, Workloop_getset},
+    {Py_tp_members, Queue_members},
+    {Py_tp_repr, Workloop_repr},
+    {Py_tp_doc, "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
+                "pending work runs highest QoS first."},
+    {0, NULL},
+};
+
+PyType_Spec dkpy_workloop_spec = {
+    .name = "dispatchkit.Workloop",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Workloop_slots,
+};
