@@ -136,7 +136,7 @@ def _primitive(obj: Any) -> Any:
     if isinstance(obj, (_sync_named.NamedEvent, _sync_named.NamedMutex,
                         _sync_named.NamedSemaphore)):
         prim = getattr(obj, "_prim", None)
-        if prim is None:
+        if prim is None or isinstance(prim, _sync_named._ClosedPrimitive):
             raise ValueError(f"{type(obj).__name__} is closed")
         return prim
     return obj
