@@ -1651,6 +1651,7 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
     {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
+    DKPY_LOCK_ASYNC_METHODS("True"),
     {NULL, NULL, 0, NULL},
 };
 

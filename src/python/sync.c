@@ -616,6 +616,7 @@ static PyMethodDef Mutex_methods[] = {
      "__enter__($self, /)\n--\n\nacquire(); returns self."},
     {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
+    DKPY_LOCK_ASYNC_METHODS("self"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -879,6 +880,7 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
     {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
+    DKPY_LOCK_ASYNC_METHODS("True"),
     {NULL, NULL, 0, NULL},
 };
 
