@@ -109,10 +109,11 @@ _loop_now = _asyncio._get_running_loop
 
 
 class _RunFuture(_asyncio.Future):  # type: ignore[type-arg]
-    """run()'s future. Awaiting it first lets the loop's thread wait a
-    short, bounded time for the result with the GIL released (the waker's
-    spin), so a tiny call awaited one at a time costs no thread wake-up;
-    gathered or otherwise, it is an ordinary asyncio.Future."""
+    """run()'s future when nothing else of the loop is in flight. Awaiting
+    it first lets the loop's thread wait a short, bounded time for the
+    result with the GIL released (the waker's spin), so a tiny call
+    awaited one at a time costs no thread wake-up; gathered or otherwise,
+    it is an ordinary asyncio.Future."""
 
     __slots__ = ("_dk_waker", "_dk_loop")
     _dk_waker: Any
@@ -135,15 +136,21 @@ def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
     """
     loop = _running_loop("run")
     w = _waker_for(loop)
-    fut = _RunFuture(loop=loop)
-    fut._dk_waker = w
-    fut._dk_loop = loop
+    fut: _asyncio.Future[_T]
+    if w.outstanding:
+        # Others in flight (gathered, or many tasks): the completions
+        # batch through the eventfd; a plain future is cheaper.
+        fut = loop.create_future()
+    else:
+        rf = _RunFuture(loop=loop)
+        rf._dk_waker = w
+        rf._dk_loop = loop
+        fut = rf
     if kwargs:
         w.submit_kw(fut, queue, fn, args, kwargs)
     else:
         w.submit(fut, queue, fn, *args)
-    result: _asyncio.Future[_T] = fut
-    return result
+    return fut
 
 
 def _waker_fd(loop: Optional[Any] = None) -> int:

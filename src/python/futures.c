@@ -1333,6 +1333,9 @@ static PyMethodDef Waker_methods[] = {
 static PyMemberDef Waker_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(WakerObject, weakreflist),
      READONLY, NULL},
+    {"outstanding", T_UINT, offsetof(WakerObject, outstanding), READONLY,
+     "Items submitted and not yet finished (run() spins only for the one "
+     "item in flight)."},
     {NULL, 0, 0, 0, NULL},
 };
 
