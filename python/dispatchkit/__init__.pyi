@@ -1,6 +1,6 @@
 import concurrent.futures
-from typing import (Any, Awaitable, Callable, Hashable, Iterable, Iterator, Optional,
-                    Tuple, TypeVar)
+from typing import (Any, Awaitable, Callable, Hashable, Iterable, Iterator,
+                    Optional, Tuple, TypeVar)
 
 from typing_extensions import disjoint_base
 

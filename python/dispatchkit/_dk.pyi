@@ -4,8 +4,8 @@ zerobuffer and atomics base types are described here (the public modules
 rename or subclass them)."""
 import concurrent.futures
 from types import TracebackType
-from typing import (Any, Awaitable, Callable, Dict, Generic, Iterable, Iterator, List,
-                    Optional, Tuple, TypeVar, Union, final)
+from typing import (Any, Awaitable, Callable, Dict, Generic, Iterable,
+                    Iterator, List, Optional, Tuple, TypeVar, Union, final)
 
 from typing_extensions import disjoint_base
 

@@ -692,7 +692,8 @@ class _Named:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        live = getattr(self, "_prim", None) is not None
+        prim = getattr(self, "_prim", None)
+        live = prim is not None and not isinstance(prim, _ClosedPrimitive)
         state = self._state() if live else "closed"
         return f"<{type(self).__name__} {self._name!r} {state}>"
 

@@ -1620,7 +1620,7 @@ Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self->s, UINT64_MAX);
+    return interruptible_wait(semaphore_wait_adapter, self, UINT64_MAX);
 }
 
 static PyObject *
@@ -1651,7 +1651,12 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
     {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
-    DKPY_LOCK_ASYNC_METHODS("True"),
+    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nasync with: acquire through "
+     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
+     "True."},
+    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
+     "__aexit__($self, /, *exc_info)\n--\n\nsignal()."},
     {NULL, NULL, 0, NULL},
 };
 

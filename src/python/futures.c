@@ -53,6 +53,7 @@
 
 #include <structmember.h>
 
+#include "atomic.h"
 #include "dk/event.h"
 #include "dk/futex.h"
 #include "dk/group.h"
@@ -63,7 +64,6 @@
 #include "os/linux/os.h"
 #include "python/futures.h"
 #include "python/gil.h"
-#include "atomic.h"
 #include "watch.h"
 
 /* The longest the loop's thread spins for a run() result (long enough
@@ -494,7 +494,8 @@ waker_post(item_t *it)
     w->tail = it;
     bool handed = false;
     if (was_empty) {
-        if (dk_atomic_load_seq_cst(&w->spinning) != 0) { /* (H2) */
+        /* (H2): pairs with (H1) and (H4) */
+        if (dk_atomic_load_seq_cst(&w->spinning) != 0) {
             /* The loop spins for it (Waker_spin): no wake-up needed. */
             dk_atomic_store_release(&w->handed, 1); /* pairs with (H3) */
             handed = true;
@@ -535,8 +536,8 @@ run_item(void *ctx)
          * queue until it does. Bounded; a hint only. The item holds the
          * waker. */
         uint64_t end = dk_now() + DKPY_SPIN_GIL_NS;
-        for (unsigned i = 1;
-             dk_atomic_load_relaxed(&it->waker->spinning) == 0; i++) {
+        for (unsigned i = 1; dk_atomic_load_relaxed(&it->waker->spinning) == 0;
+             i++) {
             dk_cpu_relax();
             if ((i & 15) == 0 && dk_now() > end) {
                 break;
@@ -1103,7 +1104,7 @@ Waker_drain(WakerObject *self, PyObject *unused)
  * `future` (from run()). A call of a tiny function costs far less than the
  * two thread wake-ups of the usual path (the parked worker, then the loop
  * asleep in epoll_wait), so the loop first waits for a finished item with
- * the GIL released, spinning for at most spin_ns, and the worker that
+ * the GIL released, spinning for at most DKPY_SPIN_NS, and the worker that
  * finishes one while it spins skips the eventfd:
  *
  *   loop (GIL, then none)                worker (GIL)
@@ -1132,7 +1133,7 @@ Waker_spin(WakerObject *self, PyObject *fut)
         }
         self->spin_skips = 0;
         bool got = false;
-        dk_atomic_store_seq_cst(&self->spinning, 1); /* (H1) */
+        dk_atomic_store_seq_cst(&self->spinning, 1); /* (H1): with (H2) */
         Py_BEGIN_ALLOW_THREADS
         uint64_t end = dk_now() + DKPY_SPIN_NS;
         for (unsigned i = 1;; i++) {
@@ -1160,7 +1161,7 @@ Waker_spin(WakerObject *self, PyObject *fut)
             }
         }
         Py_END_ALLOW_THREADS
-        dk_atomic_store_seq_cst(&self->spinning, 0); /* (H4) */
+        dk_atomic_store_seq_cst(&self->spinning, 0); /* (H4): with (H2) */
         dk_atomic_store_relaxed(&self->handed, 0);
         dk_atomic_store_relaxed(&self->spin_fails,
                                 got ? 0 : self->spin_fails + 1);
@@ -1199,11 +1200,11 @@ dkpy_lock_aenter(PyObject *self, PyObject *unused)
 }
 
 PyObject *
-dkpy_lock_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
 {
-    (void)args;
-    if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "__aexit__ takes at most 3 arguments");
+    if (PyTuple_GET_SIZE(exc_info) > 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "__aexit__ takes at most 3 arguments");
         return NULL;
     }
     return call_aio_helper("_lock_exit", self);

@@ -20,18 +20,7 @@ int dkpy_futures_exec(PyObject *m);
  * return dispatchkit.asyncio's coroutines (_lock_enter / _lock_exit) for
  * `self`, which await on the futex watcher (no thread parked). */
 PyObject *dkpy_lock_aenter(PyObject *self, PyObject *unused);
-PyObject *dkpy_lock_aexit(PyObject *self, PyObject *const *args,
-                          Py_ssize_t nargs);
-/* The method table entries of both, for a type whose __enter__ returns
- * `enter_returns` (documentation only). */
-#define DKPY_LOCK_ASYNC_METHODS(enter_returns)                                 \
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,                 \
-     "__aenter__($self, /)\n--\n\n"                                            \
-     "async with: acquire through dispatchkit.asyncio (the futex\n"            \
-     "watcher; no thread parked); returns " enter_returns "."},                 \
-    {"__aexit__", (PyCFunction)(void (*)(void))dkpy_lock_aexit, METH_FASTCALL, \
-     "__aexit__($self, /, *exc_info)\n--\n\nRelease it."}
-
+PyObject *dkpy_lock_aexit(PyObject *self, PyObject *exc_info);
 /* The objects an awaitable wait accepts (see futures.c): defined beside
  * their types in sync.c and dispatch.c. 0, or -1 for another object. */
 int dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
