@@ -409,10 +409,13 @@ worker_main(void *arg)
                 found = true;
                 break;
             }
-            if (i >= DK_SPIN_ITERATIONS && dk__os_monotonic_ns() > spin_end) {
+            if (i < DK_SPIN_ITERATIONS) {
+                continue;
+            }
+            if (dk__os_monotonic_ns() > spin_end) {
                 break;
             }
-            if ((i & 63) == 0) {
+            if ((i & 255) == 0) {
                 dk__os_yield(); /* oversubscribed: let the producer run */
             }
         }
