@@ -34,7 +34,10 @@ The names:
 
 Nothing here parks a thread per waiter. Work submitted with ``run``
 completes through one eventfd per loop (watched with ``loop.add_reader``,
-drained in batches; no ``call_soon_threadsafe``, no thread per call).
+drained in batches; no ``call_soon_threadsafe``, no thread per call);
+a single ``await run(...)`` with nothing else in flight first waits a
+bounded moment for the result with the GIL released, so a short call
+costs no thread wake-up.
 Waits on primitives are slept by one futex watcher thread that sleeps on
 up to 127 futex words at once with Linux's ``futex_waitv`` (5.16+; one
 thread per word on older kernels): each waiter announces itself in the
