@@ -23,6 +23,22 @@
  * emptiness check sees the item or the producer sees nidle > 0. A worker
  * is taken off the stack by exactly one thread (itself or a waker), under
  * the idle lock, so nidle never drifts.
+ *
+ * Before parking, a worker that ran out of work spins for a short,
+ * bounded time (DK_SPIN_NS), counted in nspinning, so a producer that
+ * submits one item at a time (an event loop awaiting each) finds it awake
+ * and pays no wake-up at all:
+ *
+ *   worker                               producer
+ *   nspinning += 1               (S1)    push(item)             (P1)
+ *   spin: if !empty, take it             if nspinning > 0: done (P2')
+ *   nspinning -= 1               (S2)    else as (P2)
+ *   then park as above (W1, recheck)
+ *
+ * S2, W1, P1 and P2' are sequentially consistent. A producer that saw
+ * nspinning > 0 read it before S2, so its push comes before S2 and the
+ * spinner's later emptiness check (after W1, in worker_park) sees the
+ * item. An idle pool burns at most DK_SPIN_NS per worker, then sleeps.
  */
 #include "internal.h"
 
@@ -32,6 +48,8 @@
 
 #define DK_MAX_THREADS 255
 #define DK_SPIN_ITERATIONS 400
+/* The longest a worker out of work spins before parking. */
+#define DK_SPIN_NS 50000ull
 #define DK_EXTRA_IDLE_NS (5ull * DK_NSEC_PER_SEC)
 
 #define DK_ROOT_INIT(idx, q, name)                                            \
@@ -64,6 +82,7 @@ struct worker_slot {
 static struct {
     uint32_t nthreads;
     uint32_t nidle;
+    uint32_t nspinning; /* workers spinning before they park */
     uint32_t nlockwait; /* workers waiting for a language lock */
     uint32_t watching;
     pthread_mutex_t idle_lock;
@@ -235,6 +254,9 @@ pool_wake_one(void)
 static void
 pool_signal(void)
 {
+    if (dk__atomic_load_seq_cst(&pool.nspinning) > 0) { /* (P2') */
+        return; /* a spinning worker takes it (pairs with S2) */
+    }
     if (dk__atomic_load_seq_cst(&pool.nidle) > 0) { /* (P2) */
         pool_wake_one();
         return;
@@ -376,13 +398,28 @@ worker_main(void *arg)
          * producer that needs it can run while we spin. */
         dk__pool_thread_idle();
         bool found = false;
-        for (int i = 0; i < DK_SPIN_ITERATIONS; i++) {
+        dk__atomic_add_seq_cst(&pool.nspinning, 1); /* (S1) */
+        uint64_t spin_end = dk__os_monotonic_ns() + DK_SPIN_NS;
+        for (int i = 1;; i++) {
             dk_cpu_relax();
-            if ((i & 15) == 15 && !pool_empty()) {
+            if ((i & 15) != 0) {
+                continue;
+            }
+            if (!pool_empty()) {
                 found = true;
                 break;
             }
+            if (i < DK_SPIN_ITERATIONS) {
+                continue;
+            }
+            if (dk__os_monotonic_ns() > spin_end) {
+                break;
+            }
+            if ((i & 255) == 0) {
+                dk__os_yield(); /* oversubscribed: let the producer run */
+            }
         }
+        dk__atomic_sub_seq_cst(&pool.nspinning, 1); /* (S2) */
         if (found) {
             continue;
         }
@@ -401,6 +438,7 @@ atfork_child(void)
      * here (it runs in the parent). */
     pool.nthreads = 0;
     pool.nidle = 0;
+    pool.nspinning = 0;
     pool.nlockwait = 0;
     pool.nstack = 0;
     pool.watching = 0;

@@ -827,6 +827,17 @@ class NamedMutex(_Named):
                  traceback: Optional[TracebackType]) -> None:
         self._prim.release()
 
+    async def __aenter__(self) -> "NamedMutex":
+        """``async with named_mutex:`` acquire it through
+        dispatchkit.asyncio (the futex watcher; no thread parked)."""
+        from dispatchkit import asyncio as _dkio
+        await _dkio.wait(self)
+        self._took_over()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._prim.release()
+
 
 class NamedSemaphore(_Named):
     """A cross-process counting semaphore by name (fastipc's
@@ -888,6 +899,15 @@ class NamedSemaphore(_Named):
         return self._prim.wait(True, -1)
 
     def __exit__(self, *exc: object) -> None:
+        self._prim.post1()
+
+    async def __aenter__(self) -> bool:
+        """``async with sem:`` take a unit through dispatchkit.asyncio (the
+        futex watcher; no thread parked). True."""
+        from dispatchkit import asyncio as _dkio
+        return await _dkio.wait(self)
+
+    async def __aexit__(self, *exc: object) -> None:
         self._prim.post1()
 
     P = wait

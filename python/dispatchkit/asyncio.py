@@ -6,6 +6,8 @@ Use it as ``from dispatchkit import asyncio as dkio``::
     digest = await dkio.run(queue, hashlib.sha256, data)
     async with dkio.locked(named_mutex, timeout=5):
         ...
+    async with named_mutex:                 # or dkio.locked(lock, timeout=)
+        ...
     await dkio.wait(group)                  # also Semaphore, Event, Named*
     async for frame in reader:              # dispatchkit.zerobuffer.Reader
         with frame:
@@ -21,7 +23,10 @@ The names:
   ``Semaphore``/``NamedSemaphore`` (take a unit), ``Event``/``NamedEvent``
   (until set). False after ``timeout`` seconds.
 - ``locked(lock, timeout=None)``: ``async with`` acquire and release
-  (``TimeoutError`` when the timeout passes first).
+  (``TimeoutError`` when the timeout passes first). Without a timeout,
+  ``async with lock:`` works on the locks themselves (``sync.Mutex``,
+  ``NamedMutex``, ``sync.Semaphore``, ``NamedSemaphore`` and the dispatch
+  ``Semaphore``): their ``__aenter__`` waits as ``wait`` does.
 - ``read_frame(reader, timeout=None)``, ``frames(reader)`` (what
   ``async for frame in reader`` uses), ``write_frame(writer, data,
   timeout=None)`` (waits for room in the ring), ``request(client, data,
@@ -29,7 +34,10 @@ The names:
 
 Nothing here parks a thread per waiter. Work submitted with ``run``
 completes through one eventfd per loop (watched with ``loop.add_reader``,
-drained in batches; no ``call_soon_threadsafe``, no thread per call).
+drained in batches; no ``call_soon_threadsafe``, no thread per call);
+a single ``await run(...)`` with nothing else in flight first waits a
+bounded moment for the result with the GIL released, so a short call
+costs no thread wake-up.
 Waits on primitives are slept by one futex watcher thread that sleeps on
 up to 127 futex words at once with Linux's ``futex_waitv`` (5.16+; one
 thread per word on older kernels): each waiter announces itself in the
@@ -100,6 +108,28 @@ def _running_loop(what: str) -> Any:
             "call it from a coroutine or a callback of the loop") from None
 
 
+_loop_now = _asyncio._get_running_loop
+
+
+class _RunFuture(_asyncio.Future):  # type: ignore[type-arg]
+    """run()'s future when nothing else of the loop is in flight. Awaiting
+    it first lets the loop's thread wait a short, bounded time for the
+    result with the GIL released (the waker's spin), so a tiny call
+    awaited one at a time costs no thread wake-up; gathered or otherwise,
+    it is an ordinary asyncio.Future."""
+
+    __slots__ = ("_dk_waker", "_dk_loop")
+    _dk_waker: Any
+    _dk_loop: Any
+
+    def __await__(self) -> Any:
+        if not self.done() and _loop_now() is self._dk_loop:
+            self._dk_waker.spin(self)
+        return (yield from super().__await__())
+
+    __iter__ = __await__
+
+
 def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
         **kwargs: Any) -> "_asyncio.Future[_T]":
     """Run ``fn(*args, **kwargs)`` on ``queue``; an awaitable of its result.
@@ -108,8 +138,17 @@ def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
     TypeError for a non-callable ``fn`` or a ``queue`` that is not a Queue.
     """
     loop = _running_loop("run")
-    fut: _asyncio.Future[_T] = loop.create_future()
     w = _waker_for(loop)
+    fut: _asyncio.Future[_T]
+    if w.outstanding:
+        # Others in flight (gathered, or many tasks): the completions
+        # batch through the eventfd; a plain future is cheaper.
+        fut = loop.create_future()
+    else:
+        rf = _RunFuture(loop=loop)
+        rf._dk_waker = w
+        rf._dk_loop = loop
+        fut = rf
     if kwargs:
         w.submit_kw(fut, queue, fn, args, kwargs)
     else:
@@ -228,6 +267,19 @@ async def locked(obj: Any, timeout: Optional[float] = None
         yield obj
     finally:
         _release(obj)
+
+
+async def _lock_enter(obj: Any) -> Any:
+    """``async with lock:`` on entry (the C locks' ``__aenter__``): wait()
+    with no timeout; the lock itself for a mutex, True for a semaphore
+    (what ``with`` gives)."""
+    await wait(obj)
+    return obj if isinstance(obj, _dk.SyncMutex) else True
+
+
+async def _lock_exit(obj: Any) -> None:
+    """``async with lock:`` on exit (``__aexit__``): release it."""
+    _release(obj)
 
 
 # ---- zerobuffer -------------------------------------------------------------

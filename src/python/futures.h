@@ -16,7 +16,11 @@ PyObject *dkpy_queue_submit(struct dk_queue_s *q, bool workloop,
                             PyObject *kwnames);
 
 int dkpy_futures_exec(PyObject *m);
-
+/* `async with lock:` for the C lock types: __aenter__ and __aexit__
+ * return dispatchkit.asyncio's coroutines (_lock_enter / _lock_exit) for
+ * `self`, which await on the futex watcher (no thread parked). */
+PyObject *dkpy_lock_aenter(PyObject *self, PyObject *unused);
+PyObject *dkpy_lock_aexit(PyObject *self, PyObject *exc_info);
 /* The objects an awaitable wait accepts (see futures.c): defined beside
  * their types in sync.c and dispatch.c. 0, or -1 for another object. */
 int dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,

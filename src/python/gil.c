@@ -3,6 +3,8 @@
  */
 #include "python/gil.h"
 
+#include "atomic.h"
+
 #include "dk/queue.h"
 #include "dk/time.h"
 
@@ -31,6 +33,9 @@ static __thread bool worker_has_tstate;
 static __thread bool worker_holds_gil;
 static __thread uint64_t worker_since;
 static __thread unsigned worker_batch;
+/* Workers holding the GIL between callbacks (a hint for a thread about to
+ * take it: see dkpy_workers_hold_gil). */
+static unsigned batch_holders;
 
 bool
 dkpy_finalizing(void)
@@ -57,7 +62,16 @@ worker_release(void)
     if (worker_holds_gil) {
         worker_holds_gil = false;
         worker_tstate = PyEval_SaveThread();
+        /* After the GIL is free: pairs with dkpy_workers_hold_gil. */
+        dk__atomic_sub_release(&batch_holders, 1);
     }
+}
+
+bool
+dkpy_workers_hold_gil(void)
+{
+    /* Pairs with the release in worker_release. */
+    return dk__atomic_load_acquire(&batch_holders) != 0;
 }
 
 bool
@@ -91,6 +105,7 @@ dkpy_enter(dkpy_gil_t *g)
         }
         dk_worker_lock_wait_end();
         worker_holds_gil = true;
+        dk__atomic_add_relaxed(&batch_holders, 1);
         worker_since = dk_now();
         worker_batch = 0;
         if (dkpy_finalizing()) {
@@ -142,12 +157,16 @@ hook_exit(void)
     if (!worker_has_tstate || dkpy_finalizing()) {
         return; /* at exit the thread state is left to the interpreter */
     }
-    if (!worker_holds_gil) {
+    bool held = worker_holds_gil;
+    if (!held) {
         PyEval_RestoreThread(worker_tstate);
     }
     worker_holds_gil = false;
     worker_has_tstate = false;
     PyGILState_Release(worker_gstate); /* deletes the thread state */
+    if (held) {
+        dk__atomic_sub_release(&batch_holders, 1); /* as worker_release */
+    }
 }
 
 static const struct dk_thread_hooks hooks = {hook_idle, hook_exit};

@@ -32,6 +32,10 @@ void dkpy_leave(dkpy_gil_t *g);
 /* On a worker holding the GIL across callbacks, drop it now (before a
  * blocking call made outside any callback). */
 void dkpy_release_batch(void);
+/* True while some pool worker keeps the GIL between callbacks: a thread
+ * that spins for a worker's result waits for this to be false before it
+ * takes the GIL, so it does not sleep in the GIL's queue. A hint only. */
+bool dkpy_workers_hold_gil(void);
 /* Install the pool hooks; call once from module exec. */
 void dkpy_gil_init(void);
 /* Mark the interpreter as finalizing (atexit). */

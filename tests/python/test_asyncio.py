@@ -229,3 +229,72 @@ def test_two_loops_in_two_threads():
     for t in ts:
         t.join(30)
     assert out == [sum(range(300))] * 2
+
+
+# ---- one at a time: the loop waits briefly for the result ------------------
+
+
+def test_one_at_a_time_hands_results_over_without_a_wakeup(loop):
+    # Awaiting run()'s future first lets the loop's thread wait a moment
+    # for the result (GIL released); a tiny call finishes within it, so
+    # its future is done before the loop ever sleeps.
+    async def main():
+        got = 0
+        for _ in range(200):
+            fut = dkio.run(G, int, "7")
+            got += bool(fut._dk_waker.spin(fut))
+            assert await fut == 7
+        return got
+
+    assert loop.run_until_complete(main()) > 0
+
+
+def test_one_at_a_time_mixed_with_gathered_and_failures(loop):
+    def boom(i):
+        raise ValueError(i)
+
+    async def main():
+        side = asyncio.ensure_future(
+            asyncio.gather(*[dkio.run(G, abs, -i) for i in range(500)]))
+        for i in range(300):
+            if i % 3 == 0:
+                with pytest.raises(ValueError) as info:
+                    await dkio.run(G, boom, i)
+                assert info.value.args == (i,)
+            else:
+                assert await dkio.run(G, divmod, i, 7) == divmod(i, 7)
+        assert await side == list(range(500))
+
+    loop.run_until_complete(main())
+
+
+def test_idle_loop_and_pool_burn_no_cpu_after_a_burst(loop):
+    import resource
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def main():
+        for _ in range(500):
+            await dkio.run(G, int)
+        t0 = cpu()
+        await asyncio.sleep(0.5)
+        return cpu() - t0
+
+    # The spins (the loop's, the workers') are bounded: a worker or loop
+    # spinning on would burn about the whole 0.5 s.
+    assert loop.run_until_complete(main()) < 0.2
+
+
+def test_awaiting_long_calls_does_not_keep_the_loop_spinning(loop):
+    import time
+
+    async def main():
+        t0 = time.thread_time()
+        for _ in range(40):
+            await dkio.run(G, time.sleep, 0.01)
+        return time.thread_time() - t0
+
+    # 0.4 s awaited; a loop spinning through each call would burn it all.
+    assert loop.run_until_complete(main()) < 0.15

@@ -271,6 +271,95 @@ def test_semaphore_locked(run, mem):
     run(main())
 
 
+def test_async_with_on_the_locks_themselves(run, mem, pid_root, name):
+    m = sync.Mutex(mem[:64])
+    s = sync.Semaphore(mem[64:128], initial=2)
+    d = dk.Semaphore(1)
+    nm = sync.NamedMutex(name)
+    ns = sync.NamedSemaphore(name, 1)
+
+    async def main():
+        async with m as got:
+            assert got is m and m.owner_pid() == os.getpid()
+            assert m.try_acquire() is False
+        async with s as got:
+            assert got is True and s.value() == 1
+        async with d as got:
+            assert got is True and d.value == 0
+        async with nm as got:
+            assert got is nm and nm.try_acquire() is False
+        async with ns as got:
+            assert got is True and ns.value() == 0
+        # The body raising still releases.
+        with pytest.raises(KeyError):
+            async with m:
+                raise KeyError
+
+    run(main())
+    assert m.try_acquire() is True
+    m.release()
+    assert s.value() == 2 and d.value == 1 and ns.value() == 1
+    assert nm.try_acquire() is True
+    nm.release()
+    nm.close()
+    ns.close()
+
+
+def test_async_with_waits_on_the_watcher_and_cancels_cleanly(run, mem,
+                                                            pid_root, name):
+    m = sync.Mutex(mem[:64])
+    s = sync.Semaphore(mem[64:128], initial=0)
+    d = dk.Semaphore(0)
+    nm = sync.NamedMutex(name)
+    ns = sync.NamedSemaphore(name, 0)
+    threads_before = threading.active_count()
+
+    async def enter(lock, log):
+        async with lock:
+            log.append(lock)
+
+    async def main():
+        log = []
+        # Held elsewhere (or no unit): every entry waits, with no thread
+        # parked for it, and a cancelled entry leaves nothing behind.
+        m.acquire()
+        nm.acquire()
+        locks = [m, s, d, nm, ns]
+        ts = [asyncio.ensure_future(enter(x, log)) for x in locks]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in ts) and log == []
+        assert threading.active_count() <= threads_before + 1  # the watcher
+        for t in ts:
+            t.cancel()
+        res = await asyncio.gather(*ts, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in res)
+        assert log == []
+        # The locks are as they were: still held by us / no unit taken.
+        m.release()
+        nm.release()
+        assert m.try_acquire() is True
+        m.release()
+        assert nm.try_acquire() is True
+        nm.release()
+        assert s.value() == 0 and d.value == 0 and ns.value() == 0
+        # And a later entry is woken by a release from another thread.
+        m.acquire()
+        t = asyncio.ensure_future(enter(s, log))
+        t2 = asyncio.ensure_future(enter(d, log))
+        await asyncio.sleep(0.02)
+        later(0.01, lambda: (s.post(1), d.signal()))
+        await asyncio.wait_for(asyncio.gather(t, t2), 10)
+        assert log == [s, d] or log == [d, s]
+        m.release()
+
+    run(main())
+    assert s.value() == 1 and d.value == 1
+    # A sync waiter in this process sees no leftover waiter count.
+    assert int.from_bytes(mem[64 + 0x18:64 + 0x1C], "little") == 0
+    nm.close()
+    ns.close()
+
+
 def test_event(run, mem):
     ev = sync.Event(mem[:4])
 

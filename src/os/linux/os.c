@@ -45,6 +45,12 @@ dk__os_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void
+dk__os_yield(void)
+{
+    (void)sched_yield();
+}
+
 uint64_t
 dk__os_realtime_ns(void)
 {
