@@ -205,10 +205,18 @@ def test_shutdown_waits_and_refuses_new_work():
 
 def test_shutdown_cancel_futures():
     e = dk.Executor(max_workers=1)
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     ran = []
-    first = e.submit(gate.wait, 10)
+
+    def hold():
+        started.set()
+        return gate.wait(10)
+
+    first = e.submit(hold)
     rest = [e.submit(ran.append, i) for i in range(10)]
+    # A task that has started is not cancelled: wait until it has (the
+    # test raced here: shutdown could cancel it before a worker took it).
+    assert started.wait(10)
     threading.Timer(0.05, gate.set).start()
     e.shutdown(wait=True, cancel_futures=True)
     assert first.result() is True
