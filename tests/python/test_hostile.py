@@ -32,10 +32,23 @@ def in_private_tmp(code):
         pytest.skip("unshare -m is unavailable here: "
                     + probe.stderr.decode(errors="replace").strip())
     script = textwrap.dedent(code)
+    # The interpreter and the package may live under /tmp themselves (a
+    # checkout there): the old /tmp is bound aside before the tmpfs covers
+    # it, the directories Python needs are bound back from there, and the
+    # aside copy is unmounted. mount must not canonicalize ".", which names
+    # the covered /tmp only through the shell's working directory.
+    keep = sorted({"/tmp/" + q.split(os.sep)[2]
+                   for q in map(os.path.abspath,
+                                [sys.prefix, sys.executable, *sys.path])
+                   if q.split(os.sep)[1:2] == ["tmp"] and q.count(os.sep) > 1})
+    rebind = "".join(f' && mkdir -p "{k}" && mount --bind "/tmp/.old{k[4:]}"'
+                     f' "{k}"' for k in keep)
     p = subprocess.run(
         ["unshare", "-m", "sh", "-c",
-         'mount --make-rprivate / && mount -t tmpfs tmpfs /tmp && '
-         'exec "$0" -c "$1"', sys.executable, script],
+         'mount --make-rprivate / && cd /tmp && mount -t tmpfs tmpfs /tmp'
+         ' && mkdir /tmp/.old && mount --no-canonicalize --bind . /tmp/.old'
+         + rebind + ' && cd / && umount /tmp/.old && rmdir /tmp/.old'
+         ' && exec "$0" -c "$1"', sys.executable, script],
         capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     return p.stdout
