@@ -65,15 +65,11 @@ lint-python: install $(LINT_STAMP)
 
 # The Python suite on every CPython the package claims (3.9 to 3.13), each
 # from pyenv's interpreters (tools/pythons.sh finds them), in its own venv
-# and build directory. EXCEPT="3.11 ..." skips versions already tested.
+# and build directory, two at a time (tools/test_pythons.sh).
+# EXCEPT="3.11 ..." skips versions already tested; JOBS=1 runs one at a time.
 test-pythons:
-	set -e; for py in $$(tools/pythons.sh); do \
-	    v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	    case " $(EXCEPT) " in *" $$v "*) continue;; esac; \
-	    echo "== Python $$v ($$py)"; \
-	    $(MAKE) --no-print-directory test-python PYTHON=$$py \
-	        VENV=.venv-$$v PYBUILD=$(BUILD)/py-$$v; \
-	done
+	EXCEPT="$(EXCEPT)" JOBS="$(or $(JOBS),2)" MAKE="$(MAKE)" BUILD="$(BUILD)" \
+	    tools/test_pythons.sh
 
 # The demo is Python only: no C tests or benchmarks to build first.
 demo: install
@@ -123,8 +119,8 @@ check-python-asan: $(STAMP)
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(BUILD)/asan-py.log \
 	    PYTHONPATH=$(CURDIR)/$(BUILD)/asan-site $(CURDIR)/$(PY) -m pytest $(CURDIR)/tests/python \
 	    -o addopts="-p no:cacheprovider" -q
-	@if ls $(BUILD)/asan-py.log* >/dev/null 2>&1; then cat $(BUILD)/asan-py.log*; \
-	    echo "sanitizer reports above"; exit 1; fi
+	@if ls $(BUILD)/asan-py.log* >/dev/null 2>&1; then \
+	    $(PY) tools/asan_reports.py $(BUILD)/asan-py.log*; fi
 
 # libFuzzer targets (tests/fuzz/) built with clang under ASan+UBSan, and the
 # atheris target on the Python constructors; each runs FUZZ_SECONDS on its
