@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make test-pythons`: the Python suite on each CPython that tools/pythons.sh
-# finds, in its own venv (.venv-3.X) and build directory, JOBS versions at a
-# time (the suite mostly waits on threads and processes, so two runs share
-# two cores well). Each run's output goes to build/test-pythons/3.X.log and
-# is printed whole, in version order, once all have ended; a line says when
-# each one ends. EXCEPT="3.11 ..." skips versions tested already.
+# finds, in its own venv (.venv-3.X) and build directory. One at a time, the
+# output streams as it comes; with JOBS=2 (see the Makefile for why that is
+# not the default) two run at once, each into build/test-pythons/3.X.log,
+# printed whole in version order once all have ended. EXCEPT="3.11 ..."
+# skips versions tested already.
 set -uo pipefail
-jobs=${JOBS:-2}
+jobs=${JOBS:-1}
 except=" ${EXCEPT:-} "
 make=${MAKE:-make}
 build=${BUILD:-build}
@@ -23,10 +23,16 @@ for py in $(tools/pythons.sh); do
 done
 
 run_one() {
-    local v=$1 start=$SECONDS
-    "$make" --no-print-directory test-python PYTHON="${interpreter[$v]}" \
-        VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.log" 2>&1
-    local rc=$?
+    local v=$1 start=$SECONDS rc
+    if ((jobs == 1)); then
+        "$make" --no-print-directory test-python PYTHON="${interpreter[$v]}" \
+            VENV=".venv-$v" PYBUILD="$build/py-$v" 2>&1 | tee "$logs/$v.log"
+        rc=${PIPESTATUS[0]}
+    else
+        "$make" --no-print-directory test-python PYTHON="${interpreter[$v]}" \
+            VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.log" 2>&1
+        rc=$?
+    fi
     echo "$rc" >"$logs/$v.rc"
     echo "== Python $v ended (exit $rc) after $((SECONDS - start)) s"
 }
@@ -35,15 +41,18 @@ for v in "${versions[@]}"; do
     while (($(jobs -rp | wc -l) >= jobs)); do
         wait -n
     done
-    echo "== Python $v started (${interpreter[$v]})"
-    run_one "$v" &
+    echo "== Python $v (${interpreter[$v]})"
+    if ((jobs == 1)); then
+        run_one "$v"
+    else
+        run_one "$v" &
+    fi
 done
 wait
 
 status=0
 for v in "${versions[@]}"; do
-    echo "== Python $v (${interpreter[$v]})"
-    cat "$logs/$v.log"
+    ((jobs == 1)) || { echo "== Python $v"; cat "$logs/$v.log"; }
     if [[ $(cat "$logs/$v.rc") != 0 ]]; then
         echo "== Python $v FAILED"
         status=1

@@ -4,6 +4,7 @@ their edges: 0, negatives, NaN, infinity and values past the clock's range.
 A wait that must not end on its own is ended by another thread, so "waits
 forever" is shown by the wait returning True, never by a duration."""
 import math
+import os
 import threading
 import time
 
@@ -83,7 +84,7 @@ def test_cygcd_semaphore_with_blocks_until_signalled():
 
 @pytest.fixture
 def reader(request):
-    name = f"dkzb-timeouts-{request.node.name[-40:]}"
+    name = f"dkzb-timeouts-{os.getpid()}-{request.node.name[-32:]}"
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     with zb.Reader(name, zb.BufferConfig(64, 4096)) as r:
         yield name, r
