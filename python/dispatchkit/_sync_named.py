@@ -425,15 +425,9 @@ class GuardedSharedMemory:
             if (not created and pruned and not others and not ours
                     and not attach_only):
                 # Every process that used it was killed: start afresh.
-                os.close(fd)
-                fd = -1
-                try:
-                    _posixshmem.shm_unlink(self._posix_name)
-                except FileNotFoundError:
-                    pass
-                try:
-                    fd = self._create(size)
-                except FileExistsError:
+                stale, fd = fd, -1
+                fd = self._replace_stale(stale, size)
+                if fd < 0:
                     return False
                 created = True
                 self.reclaimed = True
@@ -447,15 +441,9 @@ class GuardedSharedMemory:
                 # Too small, and no live process uses it: its creator was
                 # killed before sizing it, or it was truncated. Nobody can
                 # ever attach to it, so reclaim it as a stale one.
-                os.close(fd)
-                fd = -1
-                try:
-                    _posixshmem.shm_unlink(self._posix_name)
-                except FileNotFoundError:
-                    pass
-                try:
-                    fd = self._create(size)
-                except FileExistsError:
+                stale, fd = fd, -1
+                fd = self._replace_stale(stale, size)
+                if fd < 0:
                     return False
                 created = True
                 self.reclaimed = True
@@ -475,6 +463,19 @@ class GuardedSharedMemory:
         self._size = st.st_size
         self.created = created
         return True
+
+    def _replace_stale(self, stale_fd: int, size: int) -> int:
+        """Close and unlink a stale segment and create it afresh: the new
+        fd, or -1 when another process created it first."""
+        os.close(stale_fd)
+        try:
+            _posixshmem.shm_unlink(self._posix_name)
+        except FileNotFoundError:
+            pass
+        try:
+            return self._create(size)
+        except FileExistsError:
+            return -1
 
     def _attach(self, size: int, attach_only: bool, max_attempts: int,
                 backoff_base: float) -> None:

@@ -991,11 +991,7 @@ static PyType_Spec Executor_spec = {
 static PyObject *
 Waker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (!PyArg_ParseTuple(args, ":LoopWaker") ||
-        (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "LoopWaker takes no arguments");
-        }
+    if (!dkpy_no_args("_LoopWaker", args, kwargs)) {
         return NULL;
     }
     int fd = dk__os_eventfd_create();
