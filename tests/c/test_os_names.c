@@ -19,7 +19,7 @@
 
 #include "os/linux/os.h"
 
-/* ---- liveness ----------------------------------------------------------- */
+/* ---- liveness ----------------------------------------------------- */
 
 DK_TEST(os_pid_alive_refuses_values_that_are_not_pids)
 {
@@ -115,7 +115,7 @@ DK_TEST(os_pid_alive_another_users_process_is_alive)
     CHECK_EQ(WEXITSTATUS(status), 0);
 }
 
-/* ---- names --------------------------------------------------------------- */
+/* ---- names -------------------------------------------------------- */
 
 static int
 check(const char *name, size_t max, unsigned flags, int *rule)
@@ -148,8 +148,7 @@ DK_TEST(os_name_check_rules)
     CHECK_EQ(check(".a", 20, 0, &rule), 0);
     CHECK_EQ(check("a.", 20, 0, &rule), 0);
     const char *unprintable[] = {"a b", "a\tb", "\x01", "a\x7f"};
-    for (size_t i = 0; i < sizeof unprintable / sizeof unprintable[0];
-         i++) {
+    for (size_t i = 0; i < sizeof unprintable / sizeof unprintable[0]; i++) {
         rule = 0;
         CHECK_EQ(check(unprintable[i], 20, DK__OS_NAME_PRINTABLE, &rule),
                  -EINVAL);
@@ -159,7 +158,7 @@ DK_TEST(os_name_check_rules)
     CHECK_EQ(check("caf\xc3\xa9", 20, DK__OS_NAME_PRINTABLE, NULL), 0);
 }
 
-/* ---- shared memory with an exact mode ------------------------------------ */
+/* ---- shared memory with an exact mode ------------------------------ */
 
 static void
 shm_name(char *out, size_t cap, const char *what)
@@ -230,8 +229,8 @@ DK_TEST(os_shm_create_that_fails_leaves_nothing)
     CHECK(!shm_exists(name));
     /* More pages than /dev/shm can hold: the allocation fails and the
      * object it made is removed. */
-    int rc = dk__os_shm_create(name, 0600, (uint64_t)1 << 62,
-                               DK__OS_SHM_ALLOCATE);
+    int rc =
+        dk__os_shm_create(name, 0600, (uint64_t)1 << 62, DK__OS_SHM_ALLOCATE);
     CHECK(rc == -ENOSPC || rc == -EFBIG || rc == -ENOMEM);
     CHECK(!shm_exists(name));
     rc = dk__os_shm_create(name, 0600, (uint64_t)1 << 62, 0);

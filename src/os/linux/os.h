@@ -15,10 +15,10 @@
 #ifndef DK_SRC_OS_LINUX_OS_H
 #define DK_SRC_OS_LINUX_OS_H
 
+#include <semaphore.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <semaphore.h>
 #include <stdint.h>
 
 #include "dk/base.h"
@@ -199,8 +199,8 @@ enum dk__os_name_rule {
     DK__OS_NAME_UNPRINTABLE,
     DK__OS_NAME_DOTS,
 };
-int dk__os_name_check(const char *name, size_t len, size_t max,
-                      unsigned flags, int *broken);
+int dk__os_name_check(const char *name, size_t len, size_t max, unsigned flags,
+                      int *broken);
 /* The longest name shm_open and sem_open take (glibc: NAME_MAX - 2). */
 #define DK__OS_SHM_NAME_MAX 253u
 

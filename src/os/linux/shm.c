@@ -284,8 +284,8 @@ map_guarded(int fd, size_t size, void **out)
 static int
 shm_path(char *path, size_t cap, const char *name)
 {
-    int rc = dk__os_name_check(name, strlen(name), DK__OS_SHM_NAME_MAX, 0,
-                               NULL);
+    int rc =
+        dk__os_name_check(name, strlen(name), DK__OS_SHM_NAME_MAX, 0, NULL);
     return rc < 0 ? rc : slash_name(path, cap, name);
 }
 
