@@ -118,7 +118,8 @@ checked_name(PyObject *name, Py_ssize_t max)
                         "name cannot contain '/' characters");
         break;
     case DK__OS_NAME_DOTS:
-        PyErr_SetString(PyExc_ValueError, "name cannot be '.' or contain '..'");
+        PyErr_SetString(PyExc_ValueError,
+                        "name cannot be '.' or contain '..'");
         break;
     default:
         PyErr_SetString(PyExc_ValueError,
@@ -169,24 +170,37 @@ static PyObject *
 os_shm_create(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *name_obj;
-    unsigned int mode;
-    unsigned long long size;
-    if (!PyArg_ParseTuple(args, "OIK:_shm_create", &name_obj, &mode,
-                          &size)) {
+    PyObject *name_obj, *size_obj;
+    int mode;
+    if (!PyArg_ParseTuple(args, "OiO:_shm_create", &name_obj, &mode,
+                          &size_obj)) {
         return NULL;
     }
     const char *name = checked_name(name_obj, DK__OS_SHM_NAME_MAX);
     if (name == NULL) {
         return NULL;
     }
-    if (mode > 07777) {
+    if (mode < 0 || mode > 07777) {
         PyErr_SetString(PyExc_ValueError, "mode must be within 0o7777");
+        return NULL;
+    }
+    if (!PyLong_Check(size_obj)) {
+        PyErr_Format(PyExc_TypeError, "size must be an int, not %s",
+                     Py_TYPE(size_obj)->tp_name);
+        return NULL;
+    }
+    /* An off_t, as os.ftruncate takes it: OverflowError past it. */
+    long long size = PyLong_AsLongLong(size_obj);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
         return NULL;
     }
     int fd;
     Py_BEGIN_ALLOW_THREADS
-    fd = dk__os_shm_create(name, mode, (uint64_t)size, 0);
+    fd = dk__os_shm_create(name, (unsigned)mode, (uint64_t)size, 0);
     Py_END_ALLOW_THREADS
     if (fd < 0) {
         return raise_shm(fd, name);
