@@ -213,7 +213,8 @@ int dk__os_name_check(const char *name, size_t len, size_t max, unsigned flags,
  * long: sparse (ftruncate), or with DK__OS_SHM_ALLOCATE its pages
  * allocated (posix_fallocate: a full /dev/shm gives -ENOSPC now rather
  * than SIGBUS at the first write). Returns the fd (close-on-exec) or
- * -errno; a failed call leaves no object behind.
+ * -errno (-EFBIG for a size past an off_t, -ENOSPC, -EACCES, ...); a
+ * failed call leaves no object behind.
  * dk__os_shm_open opens an existing "/NAME" read-write: the fd, -ENOENT,
  * or, with DK__OS_SHM_OURS and an object another user owns, -EPERM (its
  * owner's uid in *owner when owner is not NULL). Both check the name
