@@ -315,8 +315,8 @@ dk__os_shm_create(const char *name, unsigned mode, uint64_t size,
          * free space would "succeed" here and raise SIGBUS at the first
          * write that finds no page. */
         rc = -posix_fallocate(f, 0, (off_t)size);
-    } else if (ftruncate(f, (off_t)size) < 0) {
-        rc = -errno;
+    } else {
+        rc = ftruncate(f, (off_t)size) < 0 ? -errno : 0;
     }
     if (rc < 0) {
         close(f);
