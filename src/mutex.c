@@ -16,7 +16,8 @@
  *
  * Owner death: a waiter that has slept a whole slice (50 ms) without a
  * wake-up, or whose deadline has come, checks whether the owner process
- * still exists (kill(pid, 0); EPERM means it does). If it is gone, the
+ * is alive (dk__os_pid_alive: kill(pid, 0), where EPERM means it is; a
+ * zombie or a pid no process can have is not). If it is not, the
  * waiters race to replace the owner field with a CAS; the winner holds
  * the lock (the state word never went back to 0) and is told the previous
  * owner died.
@@ -35,7 +36,7 @@
 
 #include "dk/mutex.h"
 
-#include "os/linux/sync_os.h"
+#include "os/linux/os.h"
 #include "watch.h"
 
 #include <errno.h>
@@ -263,7 +264,7 @@ take_over_if_abandoned(dk_shm_mutex_t *m, uint32_t me, uint64_t now,
     uint32_t owner = dk__atomic_load_acquire(&m->owner_pid);
     if (owner != 0) {
         *orphan_since = 0;
-        if (!dk__os_process_gone(owner) ||
+        if (dk__os_pid_alive(owner) ||
             !dk__atomic_cas_acq_rel(&m->owner_pid, &owner, me)) {
             return false;
         }

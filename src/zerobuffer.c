@@ -42,7 +42,6 @@
 
 #include "atomic.h"
 #include "os/linux/os.h"
-#include "os/linux/shm.h"
 #include "watch.h"
 
 /* The low half of the OIEB's writer_pid (little-endian): the futex word a
@@ -125,23 +124,11 @@ dk_zb_align(uint64_t x)
 int
 dk_zb_name_check(const char *name)
 {
-    if (name == NULL || name[0] == '\0') {
+    if (name == NULL) {
         return -EINVAL;
     }
-    size_t n = strlen(name);
-    if (n > DK_ZB_NAME_MAX) {
-        return -ENAMETOOLONG;
-    }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '/' || c <= ' ' || c == 0x7f) {
-            return -EINVAL;
-        }
-    }
-    if (strstr(name, "..") != NULL || strcmp(name, ".") == 0) {
-        return -EINVAL;
-    }
-    return 0;
+    return dk__os_name_check(name, strlen(name), DK_ZB_NAME_MAX,
+                             DK__OS_NAME_PRINTABLE, NULL);
 }
 
 static void set_error(dk_zb_error_t *err, const char *fmt, ...)
@@ -391,7 +378,7 @@ replace_stale(const dk_zb_reader_t *r)
     if (rc == 0) {
         dk_zb_oieb_t *o = base;
         uint64_t pid = load64(&o->reader_pid);
-        if (pid != 0 && pid != dk__pid_self() && dk__pid_alive(pid)) {
+        if (pid != 0 && pid != dk__pid_self() && dk__os_pid_alive(pid)) {
             dk__shm_close(base, len, fd);
             return -EEXIST;
         }
@@ -508,7 +495,7 @@ writer_gone(dk_zb_reader_t *r)
     uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     if (pid != 0) {
         dk__atomic_store_relaxed(&r->writer_seen, true);
-        return !dk__pid_alive(pid);
+        return !dk__os_pid_alive(pid);
     }
     if (load64(&r->oieb->payload_written_count) != 0) {
         dk__atomic_store_relaxed(&r->writer_seen, true);
@@ -785,7 +772,7 @@ dk_zb_reader_writer_connected(dk_zb_reader_t *r)
         return false;
     }
     uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
-    return pid != 0 && dk__pid_alive(pid);
+    return pid != 0 && dk__os_pid_alive(pid);
 }
 
 uint64_t
@@ -908,7 +895,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
         rc = -EPROTO;
         goto fail;
     }
-    if (rpid == 0 || !dk__pid_alive(rpid)) {
+    if (rpid == 0 || !dk__os_pid_alive(rpid)) {
         rc = -ENOTCONN;
         goto fail;
     }
@@ -928,7 +915,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
     w->pid = dk__pid_self();
     uint64_t cur = 0;
     while (!dk__atomic_cas_acq_rel(&o->writer_pid, &cur, w->pid)) {
-        if (cur == w->pid || dk__pid_alive(cur)) {
+        if (cur == w->pid || dk__os_pid_alive(cur)) {
             rc = -EBUSY;
             goto fail;
         }
@@ -1055,7 +1042,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         }
         uint64_t now = dk__os_monotonic_ns();
         if (now >= deadline) {
-            return dk__pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
+            return dk__os_pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
         }
         uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
         int rc = dk__nsem_wait(w->sem_r, slice);
@@ -1065,7 +1052,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         if (rc == -EINTR) {
             return -EINTR;
         }
-        if (rc == -ETIMEDOUT && !dk__pid_alive(rpid)) {
+        if (rc == -ETIMEDOUT && !dk__os_pid_alive(rpid)) {
             return -EPIPE;
         }
     }
@@ -1164,7 +1151,7 @@ dk_zb_writer_reader_connected(dk_zb_writer_t *w)
         return false;
     }
     uint64_t pid = dk__atomic_load_acquire(&w->oieb->reader_pid);
-    return pid != 0 && dk__pid_alive(pid);
+    return pid != 0 && dk__os_pid_alive(pid);
 }
 
 uint64_t
@@ -1291,7 +1278,7 @@ dk__zb_writer_space_step(dk_zb_writer_t *w, uint64_t size, bool check_reader,
         dk__nsem_unannounce(w->sem_r);
         return 0;
     }
-    if (check_reader && !dk__pid_alive(rpid)) {
+    if (check_reader && !dk__os_pid_alive(rpid)) {
         dk__nsem_unannounce(w->sem_r);
         return -EPIPE;
     }
@@ -1318,7 +1305,7 @@ dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline)
             return -EBADF;
         }
         uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
-        if (pid != 0 && dk__pid_alive(pid)) {
+        if (pid != 0 && dk__os_pid_alive(pid)) {
             return 0;
         }
         uint64_t now = dk__os_monotonic_ns();

@@ -26,13 +26,8 @@ from dispatchkit._dk import SyncEvent as Event
 from dispatchkit._dk import SyncFutexWord as FutexWord
 from dispatchkit._dk import SyncMutex as Mutex
 from dispatchkit._dk import SyncSemaphore as Semaphore
-from dispatchkit._sync_named import (
-    GuardedSharedMemory,
-    NamedEvent,
-    NamedMutex,
-    NamedSemaphore,
-    NoShmFoundError,
-)
+from dispatchkit._pid_registry import GuardedSharedMemory, NoShmFoundError
+from dispatchkit._sync_named import NamedEvent, NamedMutex, NamedSemaphore
 
 __all__ = ["FutexWord", "AtomicU32", "AtomicU64", "Mutex", "Semaphore",
            "Event", "GuardedSharedMemory", "NoShmFoundError", "NamedEvent",

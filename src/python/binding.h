@@ -120,5 +120,7 @@ int dkpy_data_exec(PyObject *m);
 int dkpy_atomics_exec(PyObject *m);
 int dkpy_sync_exec(PyObject *m);
 int dkpy_zerobuffer_exec(PyObject *m);
+/* The OS helpers of os.h the Python layer shares (python/os.c). */
+int dkpy_os_exec(PyObject *m);
 
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -30,6 +30,9 @@ module_exec(PyObject *m)
     if (dkpy_zerobuffer_exec(m) < 0) {
         return -1;
     }
+    if (dkpy_os_exec(m) < 0) {
+        return -1;
+    }
     return 0;
 }
 

@@ -434,6 +434,22 @@ DK_TEST(sync_mutex_dead_holder_not_yet_reaped_is_taken_over)
     munmap(m, 4096);
 }
 
+DK_TEST(sync_mutex_owner_that_is_not_a_pid_is_taken_over)
+{
+    /* An owner field no process can have (above INT32_MAX: negative as a
+     * pid_t) names no live holder: dk__os_pid_alive says so for every
+     * caller, so the lock is taken over rather than waited on until the
+     * deadline (before, this check alone called such an owner alive). */
+    dk_shm_mutex_t *m = shared_page();
+    CHECK_EQ(dk_shm_mutex_init(m), 0);
+    dk__atomic_store_relaxed(&m->owner_pid, 0x80000000u);
+    dk__atomic_store_release(&m->state, 1);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), true, 0, false), 1);
+    CHECK_EQ(m->owner_pid, (uint32_t)getpid());
+    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    munmap(m, 4096);
+}
+
 DK_TEST(sync_mutex_short_timeout_still_recovers)
 {
     /* A deadline shorter than the 50 ms liveness slice: the check made

@@ -583,14 +583,62 @@ def test_segment_owned_by_another_user_is_refused(pid_root, name):
     g.close()
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "x\0y",
+@pytest.mark.parametrize("bad", ["", "a/b", ".", "..", "a..b", "x\0y",
                                  "n" * 251])
 def test_bad_names(pid_root, bad):
+    # os.h's one name rule, for the segment's name and the object's: "."
+    # was an OSError from shm_open for GuardedSharedMemory and a valid
+    # name for the Named* objects (prefixed) before the rule was shared.
     for ctor in (sync.NamedMutex, sync.NamedEvent, sync.NamedSemaphore,
                  lambda n: sync.GuardedSharedMemory(n, 64)):
         with pytest.raises(ValueError):
             ctor(bad)
     assert not pid_root.exists() or os.listdir(pid_root) == []
+
+
+def test_named_name_length_limit_counts_the_prefix(pid_root):
+    # The segment "__pyfastipc_mutex_" + name and its ".pids" directory
+    # must fit NAME_MAX: the message gives the limit for the name itself.
+    longest = 255 - len(".pids") - len("__pyfastipc_mutex_")
+    with pytest.raises(ValueError, match=f"at most {longest} bytes"):
+        sync.NamedMutex("n" * (longest + 1))
+    m = sync.NamedMutex("n" * longest)
+    m.close()
+    assert os.listdir(pid_root) == []
+
+
+def test_junk_pid_files_neither_keep_a_segment_nor_break_it(pid_root,
+                                                             name):
+    # os.h's liveness for PID files: "0" names no process (kill(0, 0)
+    # found our own group, so it kept the segment alive forever), a pid
+    # past 2**31 - 1 is none either (os.kill raised OverflowError and no
+    # one could open or close the name), and a file name of non-ASCII
+    # digits is no PID file (int("²") raised ValueError).
+    g = sync.GuardedSharedMemory(name, 64)
+    pdir = pid_root / f"{name}.pids"
+    for junk in ("0", "2147483648", "9" * 30, "\u00b2", "\u0663"):
+        (pdir / junk).write_text("")
+    assert g.get_num_procs() == 1
+    g2 = sync.GuardedSharedMemory(name, 64)
+    assert not g2.created and not g2.reclaimed
+    g2.close()
+    g.close()
+    assert not shm_exists(name)  # the last live user removed it
+    assert sorted(os.listdir(pdir)) == ["\u00b2", "\u0663"]
+
+
+def test_pid_file_of_a_reused_pid_does_not_keep_a_segment(pid_root, name):
+    # The start time recorded in a PID file names one process: a live pid
+    # with another start time is a dead user whose pid was given again.
+    from dispatchkit import _dk
+    g = sync.GuardedSharedMemory(name, 64)
+    init_ticks = _dk._pid_start_time(1)
+    assert init_ticks is not None
+    (pid_root / f"{name}.pids" / "1").write_text(f"{init_ticks + 1}\n")
+    assert g.get_num_procs() == 1
+    g.close()
+    assert not shm_exists(name)
+    assert os.listdir(pid_root) == []
 
 
 def test_bad_sizes_modes_and_attach_only(pid_root, name):

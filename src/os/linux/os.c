@@ -1,8 +1,8 @@
 /*
- * Linux implementation of os.h: the only file in the core that issues
- * futex, eventfd, timerfd, epoll and thread syscalls. Errors a correct
- * caller can meet are returned as -errno; anything else is a bug in the
- * core and aborts with a message naming the call.
+ * Linux implementation of os.h's time, futex, eventfd, timerfd, epoll,
+ * thread, signal and mapping calls (process.c and shm.c hold the rest).
+ * Errors a correct caller can meet are returned as -errno; anything else
+ * is a bug in the core and aborts with a message naming the call.
  */
 #include "os/linux/os.h"
 
@@ -320,6 +320,42 @@ dk__os_munmap(void *addr, size_t len)
                 addr, len);
         abort();
     }
+}
+
+static uintptr_t
+page_size(void)
+{
+    static long size; /* racy first call: both threads store the same */
+    long n = __atomic_load_n(&size, __ATOMIC_RELAXED);
+    if (n == 0) {
+        n = sysconf(_SC_PAGESIZE);
+        __atomic_store_n(&size, n, __ATOMIC_RELAXED);
+    }
+    return (uintptr_t)n;
+}
+
+void *
+dk__os_map_again(void *addr, size_t len)
+{
+    uintptr_t page = page_size();
+    uintptr_t start = (uintptr_t)addr & ~(page - 1);
+    uintptr_t end = ((uintptr_t)addr + len + page - 1) & ~(page - 1);
+    /* Old size 0 asks for a second mapping of the same pages; the kernel
+     * refuses it for private mappings (EINVAL) since Linux 4.14. */
+    void *p = mremap((void *)start, 0, end - start, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+    return (char *)p + ((uintptr_t)addr - start);
+}
+
+void
+dk__os_unmap_again(void *alias, size_t len)
+{
+    uintptr_t page = page_size();
+    uintptr_t start = (uintptr_t)alias & ~(page - 1);
+    uintptr_t end = ((uintptr_t)alias + len + page - 1) & ~(page - 1);
+    munmap((void *)start, end - start);
 }
 
 int

@@ -1,10 +1,9 @@
 /*
- * ZeroBuffer's system calls: shm_open/ftruncate/mmap, glibc named
- * semaphores, the flock'ed lock file and kill(pid, 0). See shm.h for the
- * names and why they must be exactly the peers'.
+ * Names and named objects (os.h): the one name rule, shared memory
+ * objects created with an exact mode, ZeroBuffer's guarded mappings, glibc
+ * named semaphores and the flock'ed lock file. See os.h for the peers'
+ * names and why they must be exactly theirs.
  */
-#include "os/linux/shm.h"
-#include "os/linux/sync_os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,13 +22,48 @@
 #include "atomic.h"
 #include "os/linux/os.h"
 
-/* "/NAME" for shm_open and sem_open; names were validated by the caller
- * (no '/', at most 240 bytes), so the buffer is always large enough. */
+/* "/NAME" for shm_open and sem_open; -ENAMETOOLONG if it does not fit
+ * (the callers' names are checked, so it always does). */
 static int
 slash_name(char *out, size_t cap, const char *name)
 {
     int n = snprintf(out, cap, "/%s", name);
     return (n < 0 || (size_t)n >= cap) ? -ENAMETOOLONG : 0;
+}
+
+int
+dk__os_name_check(const char *name, size_t len, size_t max, unsigned flags,
+                  int *broken)
+{
+    int rule = 0;
+    if (len == 0) {
+        rule = DK__OS_NAME_EMPTY;
+    } else if (len > max) {
+        rule = DK__OS_NAME_LONG;
+    } else if (memchr(name, '\0', len) != NULL) {
+        rule = DK__OS_NAME_NUL;
+    } else if (memchr(name, '/', len) != NULL) {
+        rule = DK__OS_NAME_SLASH;
+    } else if ((len == 1 && name[0] == '.') ||
+               memmem(name, len, "..", 2) != NULL) {
+        rule = DK__OS_NAME_DOTS;
+    }
+    if (rule == 0 && (flags & DK__OS_NAME_PRINTABLE)) {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)name[i];
+            if (c <= ' ' || c == 0x7f) {
+                rule = DK__OS_NAME_UNPRINTABLE;
+                break;
+            }
+        }
+    }
+    if (broken != NULL) {
+        *broken = rule;
+    }
+    if (rule == 0) {
+        return 0;
+    }
+    return rule == DK__OS_NAME_LONG ? -ENAMETOOLONG : -EINVAL;
 }
 
 /* ---- the truncation guard (see shm.h) ----------------------------------
@@ -246,17 +280,29 @@ map_guarded(int fd, size_t size, void **out)
     return 0;
 }
 
+/* "/NAME" in path, for a name dk__os_name_check accepts. */
+static int
+shm_path(char *path, size_t cap, const char *name)
+{
+    int rc =
+        dk__os_name_check(name, strlen(name), DK__OS_SHM_NAME_MAX, 0, NULL);
+    return rc < 0 ? rc : slash_name(path, cap, name);
+}
+
 int
-dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
-               int *fd)
+dk__os_shm_create(const char *name, unsigned mode, uint64_t size,
+                  unsigned flags)
 {
     char path[300];
-    int rc = slash_name(path, sizeof path, name);
+    int rc = shm_path(path, sizeof path, name);
     if (rc < 0) {
         return rc;
     }
-    int f =
-        shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, (mode_t)mode);
+    if (size > (uint64_t)INT64_MAX) {
+        return -EFBIG;
+    }
+    int f = shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW,
+                     (mode_t)mode);
     if (f < 0) {
         return -errno;
     }
@@ -264,21 +310,68 @@ dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
      * running as another user; set the mode that was asked for. */
     if (fchmod(f, (mode_t)mode) < 0) {
         rc = -errno;
-        close(f);
-        shm_unlink(path);
-        return rc;
-    }
-    /* Allocate the pages now: ftruncate alone makes a sparse file, and a
-     * ring larger than the free space would "succeed" here and raise
-     * SIGBUS at the first write that finds no page. */
-    rc = -posix_fallocate(f, 0, (off_t)size);
-    void *p = NULL;
-    if (rc == 0) {
-        rc = map_guarded(f, size, &p);
+    } else if (flags & DK__OS_SHM_ALLOCATE) {
+        /* ftruncate alone makes a sparse file, and a ring larger than the
+         * free space would "succeed" here and raise SIGBUS at the first
+         * write that finds no page. */
+        rc = -posix_fallocate(f, 0, (off_t)size);
+    } else {
+        rc = ftruncate(f, (off_t)size) < 0 ? -errno : 0;
     }
     if (rc < 0) {
         close(f);
         shm_unlink(path);
+        return rc;
+    }
+    return f;
+}
+
+int
+dk__os_shm_open(const char *name, unsigned flags, uint32_t *owner)
+{
+    char path[300];
+    int rc = shm_path(path, sizeof path, name);
+    if (rc < 0) {
+        return rc;
+    }
+    int f = shm_open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (f < 0) {
+        return -errno;
+    }
+    if (flags & DK__OS_SHM_OURS) {
+        struct stat st;
+        if (fstat(f, &st) < 0) {
+            rc = -errno;
+            close(f);
+            return rc;
+        }
+        if (st.st_uid != geteuid()) {
+            if (owner != NULL) {
+                *owner = (uint32_t)st.st_uid;
+            }
+            close(f);
+            return -EPERM;
+        }
+    }
+    return f;
+}
+
+int
+dk__shm_create(const char *name, size_t size, unsigned mode, void **base,
+               int *fd)
+{
+    int f = dk__os_shm_create(name, mode, size, DK__OS_SHM_ALLOCATE);
+    if (f < 0) {
+        return f;
+    }
+    void *p = NULL;
+    int rc = map_guarded(f, size, &p);
+    if (rc < 0) {
+        char path[300];
+        close(f);
+        if (slash_name(path, sizeof path, name) == 0) {
+            shm_unlink(path);
+        }
         return rc;
     }
     *base = p;
@@ -290,15 +383,11 @@ int
 dk__shm_open(const char *name, size_t min_size, void **base, size_t *size,
              int *fd)
 {
-    char path[300];
-    int rc = slash_name(path, sizeof path, name);
-    if (rc < 0) {
-        return rc;
-    }
-    int f = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+    int f = dk__os_shm_open(name, 0, NULL);
     if (f < 0) {
-        return -errno;
+        return f;
     }
+    int rc;
     struct stat st;
     if (fstat(f, &st) < 0) {
         rc = -errno;
@@ -339,7 +428,7 @@ int
 dk__shm_unlink(const char *name)
 {
     char path[300];
-    int rc = slash_name(path, sizeof path, name);
+    int rc = shm_path(path, sizeof path, name);
     if (rc < 0) {
         return rc;
     }
@@ -551,24 +640,6 @@ dk__lock_release(const char *name, int fd)
     if (fd >= 0) {
         close(fd);
     }
-}
-
-bool
-dk__pid_alive(uint64_t pid)
-{
-    if (pid == 0 || pid > (uint64_t)INT32_MAX) {
-        return false;
-    }
-    if (kill((pid_t)pid, 0) < 0 && errno != EPERM) {
-        return false;
-    }
-    return !dk__os_pid_is_zombie((uint32_t)pid);
-}
-
-uint64_t
-dk__pid_self(void)
-{
-    return (uint64_t)getpid();
 }
 
 /*
