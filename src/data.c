@@ -73,24 +73,47 @@ data_alloc(size_t nregions)
         errno = ENOMEM;
         return NULL;
     }
-    d->obj.refcnt = 1;
-    d->obj.kind = DK_KIND_DATA;
-    d->obj.context = NULL;
-    d->obj.finalizer = NULL;
+    dk__object_init(&d->obj, DK_KIND_DATA);
     d->size = 0;
     d->nregions = nregions;
     return d;
 }
 
-void dk__data_destroy(dk_data_t *d);
-void
-dk__data_destroy(dk_data_t *d)
+/* The data object's part of the object model (object.c). A finalizer
+ * runs on the default global queue, as libdispatch's does. */
+static dk_queue_t *
+data_finalize(struct dk__object *o)
 {
+    (void)o;
+    return dk__default_root();
+}
+
+static void
+data_dispose(struct dk__object *o)
+{
+    dk_data_t *d = (dk_data_t *)o;
     for (size_t i = 0; i < d->nregions; i++) {
         backing_release(d->regions[i].buf);
     }
     free(d);
 }
+
+static int
+data_describe(const struct dk__object *o, const char *refcnt, char *buf,
+              size_t len)
+{
+    const dk_data_t *d = (const dk_data_t *)o;
+    return snprintf(buf, len, "data[%p] = { refcnt = %s, size = %zu }",
+                    (const void *)d, refcnt, d->size);
+}
+
+const struct dk__vtable dk__data_vtable = {
+    .kind = DK_KIND_DATA,
+    .name = "data",
+    .finalize = data_finalize,
+    .dispose = data_dispose,
+    .describe = data_describe,
+};
 
 dk_data_t *
 dk_data_create_nocopy(void *buffer, size_t size,

@@ -44,30 +44,51 @@ dk_group_create(void)
         errno = ENOMEM;
         return NULL;
     }
-    g->obj.refcnt = 1;
-    g->obj.kind = DK_KIND_GROUP;
+    dk__object_init(&g->obj, DK_KIND_GROUP);
     pthread_mutex_init(&g->lock, NULL);
     return g;
 }
 
-void dk__group_destroy(dk_group_t *g);
-void
-dk__group_destroy(dk_group_t *g)
+/* The group's part of the object model (object.c). */
+static dk_queue_t *
+group_finalize(struct dk__object *o)
 {
+    dk_group_t *g = (dk_group_t *)o;
     if (dk__atomic_load_acquire(&g->count) != 0) {
         DK_CLIENT_CRASH("Group object deallocated while in use");
     }
+    return dk__default_root();
+}
+
+static void
+group_dispose(struct dk__object *o)
+{
+    dk_group_t *g = (dk_group_t *)o;
     for (struct notify *n = g->notify_head, *next; n != NULL; n = next) {
         next = n->next;
         dk_release(n->queue);
         free(n);
     }
-    if (g->obj.finalizer != NULL && g->obj.context != NULL) {
-        dk_queue_async_f(dk__default_root(), g->obj.context, g->obj.finalizer);
-    }
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
+
+static int
+group_describe(const struct dk__object *o, const char *refcnt, char *buf,
+               size_t len)
+{
+    return snprintf(buf, len, "group[%p] = { refcnt = %s, count = %ld }",
+                    (const void *)o, refcnt,
+                    dk_group_count((const dk_group_t *)o));
+}
+
+const struct dk__vtable dk__group_vtable = {
+    .kind = DK_KIND_GROUP,
+    .name = "group",
+    .finalize = group_finalize,
+    .dispose = group_dispose,
+    .describe = group_describe,
+};
 
 void
 dk_group_enter(dk_group_t *g)

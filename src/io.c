@@ -42,7 +42,7 @@ struct io_op {
 };
 
 struct dk_io_s {
-    uint32_t refcnt;
+    struct dk__object obj;
     int type;
     int fd;
     bool regular;
@@ -173,22 +173,56 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 
 /* ---- channel lifetime ----------------------------------------------- */
 
+/* The channel's part of the object model (object.c): channels are
+ * reference counted like every other object, and the pending work holds
+ * references (the running process item, a parked readiness source). A
+ * finalizer runs on the cleanup handler's queue. */
+static dk_queue_t *
+io_finalize(struct dk__object *o)
+{
+    return ((dk_io_t *)o)->cleanup_q;
+}
+
+static void
+io_dispose(struct dk__object *o)
+{
+    dk_io_t *io = (dk_io_t *)o;
+    dk_release(io->opq);
+    dk_release(io->cleanup_q);
+    pthread_mutex_destroy(&io->lock);
+    free(io);
+}
+
+static int
+io_describe(const struct dk__object *o, const char *refcnt, char *buf,
+            size_t len)
+{
+    const dk_io_t *io = (const dk_io_t *)o;
+    return snprintf(buf, len,
+                    "io[%p] = { refcnt = %s, fd = %d, type = %s%s }",
+                    (const void *)io, refcnt, io->fd,
+                    io->type == DK_IO_RANDOM ? "random" : "stream",
+                    dk_io_is_closed(io) ? ", closed" : "");
+}
+
+const struct dk__vtable dk__io_vtable = {
+    .kind = DK_KIND_IO,
+    .name = "io",
+    .finalize = io_finalize,
+    .dispose = io_dispose,
+    .describe = io_describe,
+};
+
 void
 dk_io_retain(dk_io_t *io)
 {
-    dk__atomic_add_relaxed(&io->refcnt, 1);
+    dk_retain(io);
 }
 
 void
 dk_io_release(dk_io_t *io)
 {
-    if (dk__atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
-        return;
-    }
-    dk_release(io->opq);
-    dk_release(io->cleanup_q);
-    pthread_mutex_destroy(&io->lock);
-    free(io);
+    dk_release(io);
 }
 
 dk_io_t *
@@ -223,7 +257,7 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
         errno = ENOMEM;
         return NULL;
     }
-    io->refcnt = 1;
+    dk__object_init(&io->obj, DK_KIND_IO);
     io->type = type;
     io->fd = fd;
     io->regular = regular;

@@ -31,11 +31,14 @@ typedef void (*dk_function_t)(void *ctx);
 DK_BEGIN_DECLS
 
 /*
- * Reference counting shared by every heap object of the dispatch runtime
- * (queues, groups, semaphores). Global queues and the main queue are
- * immortal: retain and release do nothing to them. Releasing the last
- * reference to a suspended or inactive queue, or to a group with
- * outstanding enters, is a client bug and aborts with a message naming it.
+ * Reference counting shared by every heap object of the runtime: queues,
+ * groups, semaphores, sources, data objects and I/O channels. A
+ * constructor returns the object with one reference. Global queues, the
+ * main queue and the empty data object are immortal: retain and release
+ * do nothing to them. Releasing the last reference to a suspended or
+ * inactive queue, or to a group with outstanding enters, is a client bug
+ * and aborts with a message naming it, as do an over-release and a
+ * release of something that is not an object.
  */
 DK_EXPORT void dk_retain(void *object);
 DK_EXPORT void dk_release(void *object);
@@ -45,8 +48,11 @@ DK_EXPORT void dk_release(void *object);
  * suspend/resume apply to queues and sources (resume returns -EOVERFLOW
  * when not suspended, -EINVAL for other objects); activate to queues
  * (-EALREADY when active); contexts and finalizers to every object (a
- * finalizer runs asynchronously with the context once the object is
- * destroyed, if the context is not NULL).
+ * finalizer runs once, asynchronously, with the context once the object
+ * is destroyed, if the context is not NULL: on the target queue of a
+ * source, on the cleanup queue of an I/O channel, on a queue's target if
+ * that is a global queue, else on the default global queue; on the
+ * calling thread if that queue cannot take it for lack of memory).
  */
 DK_EXPORT void dk_object_suspend(void *object);
 DK_EXPORT int dk_object_resume(void *object);

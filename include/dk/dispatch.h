@@ -835,8 +835,8 @@ dispatch_io_set_interval(dispatch_io_t channel, uint64_t interval,
     dk_io_set_interval(channel, interval, (unsigned)flags);
 }
 
-/* Channels are released with dispatch_io_release (they are not dk
- * objects, so dispatch_release does not apply to them). */
+/* Channels are objects like the others (dispatch_retain and
+ * dispatch_release apply); dispatch_io_release is dispatch_release. */
 static inline void
 dispatch_io_release(dispatch_io_t channel)
 {

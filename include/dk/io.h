@@ -112,6 +112,9 @@ DK_EXPORT int dk_read_data(int fd, size_t length, dk_queue_t *q, void *ctx,
 DK_EXPORT int dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
                             void (*handler)(void *ctx, dk_data_t *remaining,
                                             int error)) DK_WARN_UNUSED;
+/* A channel is a dk object: dk_retain/dk_release and the dk_object_*
+ * context and finalizer apply (the finalizer runs on the cleanup queue).
+ * These two are dk_retain and dk_release. */
 DK_EXPORT void dk_io_retain(dk_io_t *io);
 DK_EXPORT void dk_io_release(dk_io_t *io);
 
