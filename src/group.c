@@ -35,18 +35,18 @@ struct dk_group_s {
     struct notify *notify_head, *notify_tail;
 };
 
-dk_group_t *
-dk_group_create(void)
+int
+dk_group_create(dk_group_t **out)
 {
     dk__runtime_ensure();
     dk_group_t *g = calloc(1, sizeof *g);
+    *out = g;
     if (g == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     dk__object_init(&g->obj, DK_KIND_GROUP);
     pthread_mutex_init(&g->lock, NULL);
-    return g;
+    return 0;
 }
 
 /* The group's part of the object model (object.c). */

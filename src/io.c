@@ -225,37 +225,33 @@ dk_io_release(dk_io_t *io)
     dk_release(io);
 }
 
-dk_io_t *
+int
 dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
-             void (*cleanup)(void *ctx, int error))
+             void (*cleanup)(void *ctx, int error), dk_io_t **out)
 {
+    *out = NULL;
     bool regular;
     if (type != DK_IO_STREAM && type != DK_IO_RANDOM) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     if (dk__os_fd_check(fd, &regular) < 0) {
-        errno = EBADF;
-        return NULL;
+        return -EBADF;
     }
     off_t base = 0;
     if (type == DK_IO_RANDOM) {
         base = lseek(fd, 0, SEEK_CUR);
         if (base < 0) {
-            errno = ESPIPE;
-            return NULL;
+            return -ESPIPE;
         }
     }
     dk_io_t *io = calloc(1, sizeof *io);
     if (io == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
-    io->opq = dk_queue_create("dk.io", 0, 0, 0, NULL);
-    if (io->opq == NULL) {
+    int rc = dk_queue_create("dk.io", 0, 0, 0, NULL, &io->opq);
+    if (rc < 0) {
         free(io);
-        errno = ENOMEM;
-        return NULL;
+        return rc;
     }
     dk__object_init(&io->obj, DK_KIND_IO);
     io->type = type;
@@ -269,7 +265,8 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
     io->high = SIZE_MAX;
     io->low = 0;
     pthread_mutex_init(&io->lock, NULL);
-    return io;
+    *out = io;
+    return 0;
 }
 
 static void process(void *p);
@@ -336,9 +333,9 @@ op_new(enum op_kind kind, dk_queue_t *q, void *ctx, dk_io_handler_t h)
     op->ctx = ctx;
     op->handler = h;
     if (kind != OP_BARRIER) {
-        op->dq = dk_queue_create("dk.io.delivery", 0, 0, 0,
-                                 q != NULL ? q : dk__default_root());
-        if (op->dq == NULL) {
+        if (dk_queue_create("dk.io.delivery", 0, 0, 0,
+                            q != NULL ? q : dk__default_root(),
+                            &op->dq) < 0) {
             free(op);
             return NULL;
         }
@@ -517,10 +514,9 @@ ready_handler(void *p)
 static bool
 wait_ready(dk_io_t *io, bool for_write)
 {
-    dk_source_t *s =
-        dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
-                         (uintptr_t)io->fd, 0, dk__default_root());
-    if (s == NULL) {
+    dk_source_t *s;
+    if (dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
+                         (uintptr_t)io->fd, 0, dk__default_root(), &s) < 0) {
         return false;
     }
     dk_source_set_context(s, io);
@@ -827,9 +823,10 @@ int
 dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
           dk_read_handler_t handler)
 {
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    if (io == NULL) {
-        return -errno;
+    dk_io_t *io;
+    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
+    if (rc < 0) {
+        return rc;
     }
     struct simple *s = malloc(sizeof *s);
     struct io_op *op =
@@ -844,7 +841,7 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
     io->low = SIZE_MAX; /* one delivery with everything read */
     op->length = length;
     op->once = !io->regular; /* files: until length or end of file */
-    int rc = enqueue(io, op);
+    rc = enqueue(io, op);
     if (rc < 0) {
         dk_release(op->dq);
         op_free(op);
@@ -859,9 +856,10 @@ int
 dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
            dk_write_handler_t handler)
 {
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    if (io == NULL) {
-        return -errno;
+    dk_io_t *io;
+    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
+    if (rc < 0) {
+        return rc;
     }
     struct simple *s = malloc(sizeof *s);
     if (s == NULL) {
@@ -870,7 +868,7 @@ dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
     }
     s->ctx = ctx;
     s->wh = handler;
-    int rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
+    rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
     if (rc < 0) {
         free(s);
     }

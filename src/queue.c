@@ -784,28 +784,26 @@ valid_qos(int qos)
            qos == DK_QOS_USER_INITIATED || qos == DK_QOS_USER_INTERACTIVE;
 }
 
-dk_queue_t *
+int
 dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
-                dk_queue_t *target)
+                dk_queue_t *target, dk_queue_t **out)
 {
+    *out = NULL;
     if ((attrs & ~(DK_QUEUE_CONCURRENT | DK_QUEUE_INACTIVE |
                    DK_QUEUE_WORKLOOP)) != 0 ||
         (attrs & (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) ==
             (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     dk__runtime_ensure();
     dk_queue_t *q = calloc(1, sizeof *q);
     if (q == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     q->label = strdup(label != NULL ? label : "");
     if (q->label == NULL) {
         free(q);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     dk__object_init(&q->obj, DK_KIND_QUEUE);
     q->type = (attrs & DK_QUEUE_CONCURRENT) ? DK_Q_CONCURRENT
@@ -827,7 +825,8 @@ dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
         q->target = root_for_qos(q->qos);
     }
     registry_add(q);
-    return q;
+    *out = q;
+    return 0;
 }
 
 /* ---- the queue's part of the object model (object.c) ---------------- */

@@ -97,23 +97,23 @@ token_word(dk_semaphore_t *s)
 #endif
 }
 
-dk_semaphore_t *
-dk_semaphore_create(long value)
+int
+dk_semaphore_create(long value, dk_semaphore_t **out)
 {
+    *out = NULL;
     if (value < 0) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     dk_semaphore_t *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     dk__object_init(&s->obj, DK_KIND_SEMAPHORE);
     s->value = value;
     s->orig = value;
     s->spin_ns = SPIN_BUDGET_NS;
-    return s;
+    *out = s;
+    return 0;
 }
 
 /* The semaphore's part of the object model (object.c). */

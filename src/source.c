@@ -535,9 +535,10 @@ proc_unregister(dk_source_t *s)
 
 /* ---- the object ----------------------------------------------------- */
 
-dk_source_t *
-dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
-                 dk_queue_t *q)
+/* NULL with errno set on failure (dk_source_create returns it). */
+static dk_source_t *
+source_new(dk_source_type_t type, uintptr_t handle, unsigned long mask,
+           dk_queue_t *q)
 {
     dk__runtime_ensure();
     int pidfd = -1;
@@ -601,6 +602,14 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
     s->pidfd = pidfd;
     dk__timer_init(&s->timer, &s->obj, timer_fire);
     return s;
+}
+
+int
+dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
+                 dk_queue_t *q, dk_source_t **out)
+{
+    *out = source_new(type, handle, mask, q);
+    return *out != NULL ? 0 : -errno;
 }
 
 /* The source's part of the object model (object.c). Every registration

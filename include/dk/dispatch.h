@@ -99,6 +99,19 @@ dispatch__client_crash(const char *msg)
     abort();
 }
 
+/* libdispatch's constructors return the object or NULL; dk's return 0 or
+ * -errno and write the object to an out-parameter. This turns the second
+ * form into the first (errno says why on NULL). */
+static inline void *
+dispatch__created(int rc, void *object)
+{
+    if (rc < 0) {
+        errno = -rc;
+        return NULL;
+    }
+    return object;
+}
+
 static inline void
 dispatch__assert_crash(const char *what, dispatch_queue_t q)
 {
@@ -160,12 +173,14 @@ dispatch_queue_create_with_target(const char *label,
     bool pinned = ((a >> 24) & 3u) != DISPATCH_AUTORELEASE_FREQUENCY_INHERIT;
     unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive || pinned ? DK_QUEUE_INACTIVE : 0);
-    dispatch_queue_t q = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
-                                         -(int)((a >> 16) & 0xffu), target);
-    if (q != NULL && pinned && !inactive) {
-        dk_queue_activate(q);
+    dispatch_queue_t q;
+    int rc = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
+                             -(int)((a >> 16) & 0xffu), target, &q);
+    if (rc == 0 && pinned && !inactive &&
+        dk_queue_activate(q) != 0) {
+        dispatch__client_crash("a new inactive queue refused activation");
     }
-    return q;
+    return (dispatch_queue_t)dispatch__created(rc, q);
 }
 
 static inline dispatch_queue_t
@@ -327,7 +342,9 @@ dispatch_apply_f(size_t iterations, dispatch_queue_t q, void *ctx,
 static inline dispatch_group_t
 dispatch_group_create(void)
 {
-    return dk_group_create();
+    dispatch_group_t g;
+    int rc = dk_group_create(&g);
+    return (dispatch_group_t)dispatch__created(rc, g);
 }
 
 static inline void
@@ -371,7 +388,9 @@ dispatch_group_leave(dispatch_group_t g)
 static inline dispatch_semaphore_t
 dispatch_semaphore_create(long value)
 {
-    return dk_semaphore_create(value); /* NULL for value < 0, as GCD */
+    dispatch_semaphore_t s; /* NULL for value < 0, as GCD */
+    int rc = dk_semaphore_create(value, &s);
+    return (dispatch_semaphore_t)dispatch__created(rc, s);
 }
 
 static inline long
@@ -564,8 +583,10 @@ dispatch_source_create(dispatch_source_type_t type, uintptr_t handle,
     if (type == DISPATCH_SOURCE_TYPE_TIMER) {
         mask &= ~DISPATCH_TIMER_STRICT; /* timers are always strict here */
     }
-    return dk_source_create((dk_source_type_t)(uintptr_t)type, handle, mask,
-                            queue);
+    dispatch_source_t s;
+    int rc = dk_source_create((dk_source_type_t)(uintptr_t)type, handle, mask,
+                              queue, &s);
+    return (dispatch_source_t)dispatch__created(rc, s);
 }
 
 /* Merge into a DATA_ADD, DATA_OR or DATA_REPLACE source; 0 has no effect
@@ -673,18 +694,21 @@ dispatch_data_create_f(const void *buffer, size_t size, dispatch_queue_t queue,
                        dispatch_data_destructor_t destructor)
 {
     (void)queue;
+    dispatch_data_t d;
+    int rc;
     if (destructor == DISPATCH_DATA_DESTRUCTOR_DEFAULT) {
-        return dk_data_create(buffer, size);
+        rc = dk_data_create(buffer, size, &d);
+    } else if (destructor == DISPATCH_DATA_DESTRUCTOR_MUNMAP) {
+        rc = dk_data_create_mapped((void *)buffer, size, &d);
+    } else {
+        union {
+            dispatch_data_destructor_t f;
+            void *p;
+        } u = {destructor};
+        rc = dk_data_create_nocopy((void *)buffer, size,
+                                   dispatch__data_destroy, u.p, &d);
     }
-    if (destructor == DISPATCH_DATA_DESTRUCTOR_MUNMAP) {
-        return dk_data_create_mapped((void *)buffer, size);
-    }
-    union {
-        dispatch_data_destructor_t f;
-        void *p;
-    } u = {destructor};
-    return dk_data_create_nocopy((void *)buffer, size, dispatch__data_destroy,
-                                 u.p);
+    return (dispatch_data_t)dispatch__created(rc, d);
 }
 
 static inline size_t
@@ -696,9 +720,13 @@ dispatch_data_get_size(dispatch_data_t d)
 static inline dispatch_data_t
 dispatch_data_create_map(dispatch_data_t d, const void **buffer, size_t *size)
 {
-    const void *b;
-    size_t n;
-    dispatch_data_t m = dk_data_create_map(d, &b, &n);
+    const void *b = NULL;
+    size_t n = 0;
+    dispatch_data_t m;
+    if (dk_data_create_map(d, &b, &n, &m) < 0) {
+        b = NULL;
+        n = 0;
+    }
     if (buffer != NULL) {
         *buffer = b;
     }
@@ -711,19 +739,25 @@ dispatch_data_create_map(dispatch_data_t d, const void **buffer, size_t *size)
 static inline dispatch_data_t
 dispatch_data_create_concat(dispatch_data_t a, dispatch_data_t b)
 {
-    return dk_data_create_concat(a, b);
+    dispatch_data_t d;
+    int rc = dk_data_create_concat(a, b, &d);
+    return (dispatch_data_t)dispatch__created(rc, d);
 }
 
 static inline dispatch_data_t
 dispatch_data_create_subrange(dispatch_data_t d, size_t offset, size_t length)
 {
-    return dk_data_create_subrange(d, offset, length);
+    dispatch_data_t r;
+    int rc = dk_data_create_subrange(d, offset, length, &r);
+    return (dispatch_data_t)dispatch__created(rc, r);
 }
 
 static inline dispatch_data_t
 dispatch_data_copy_region(dispatch_data_t d, size_t location, size_t *offset)
 {
-    return dk_data_copy_region(d, location, offset);
+    dispatch_data_t r;
+    int rc = dk_data_copy_region(d, location, offset, &r);
+    return (dispatch_data_t)dispatch__created(rc, r);
 }
 
 /* The applier gets each region's bytes; the region object argument of
@@ -774,7 +808,9 @@ dispatch_io_create_f(dispatch_io_type_t type, dispatch_fd_t fd,
                      dispatch_queue_t queue, void *ctx,
                      void (*cleanup_handler)(void *ctx, int error))
 {
-    return dk_io_create((int)type, fd, queue, ctx, cleanup_handler);
+    dispatch_io_t io;
+    int rc = dk_io_create((int)type, fd, queue, ctx, cleanup_handler, &io);
+    return (dispatch_io_t)dispatch__created(rc, io);
 }
 
 static inline void

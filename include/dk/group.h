@@ -12,8 +12,8 @@ DK_BEGIN_DECLS
 
 typedef struct dk_group_s dk_group_t;
 
-/* Returns NULL with errno = ENOMEM. */
-DK_EXPORT dk_group_t *dk_group_create(void) DK_WARN_UNUSED;
+/* Create a group in *out. Returns 0 or -ENOMEM (*out NULL). */
+DK_EXPORT int dk_group_create(dk_group_t **out) DK_WARN_UNUSED;
 /* Submit fn(ctx) to q as part of g. Returns 0 or -ENOMEM. */
 DK_EXPORT int dk_group_async_f(dk_group_t *g, dk_queue_t *q, void *ctx,
                                dk_function_t fn);

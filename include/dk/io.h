@@ -55,12 +55,13 @@ typedef struct dk_io_s dk_io_t;
 typedef void (*dk_io_handler_t)(void *ctx, bool done, const void *data,
                                 size_t len, int error);
 
-/* Returns NULL with errno EBADF, EINVAL (type; or RANDOM on an fd that
- * cannot seek: ESPIPE), ENOMEM. cleanup(cleanup_ctx, error) runs on q when
- * the channel is closed and its operations have finished. */
-DK_EXPORT dk_io_t *
-dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
-             void (*cleanup)(void *ctx, int error)) DK_WARN_UNUSED;
+/* Create a channel in *out. Returns 0, -EBADF, -EINVAL (type), -ESPIPE
+ * (RANDOM on an fd that cannot seek) or -ENOMEM; *out is NULL on failure.
+ * cleanup(cleanup_ctx, error) runs on q when the channel is closed and its
+ * operations have finished. */
+DK_EXPORT int dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
+                           void (*cleanup)(void *ctx, int error),
+                           dk_io_t **out) DK_WARN_UNUSED;
 /* Operations. `offset` is used by RANDOM channels only (relative to the
  * file position when the channel was created). Returns 0, -EPIPE if the
  * channel is closed, -ENOMEM. */

@@ -47,14 +47,15 @@ enum {
 #define DK_QUEUE_WORKLOOP 0x4u
 
 /*
- * Create a queue. `label` is copied (NULL means ""). `qos` is a DK_QOS_*
- * value or 0; `relpri` in [-15, 0] (other values ignore the QoS request, as
- * in GCD). `target` may be NULL (the global queue of the QoS class).
- * Returns NULL with errno = ENOMEM, or EINVAL for an unknown attribute.
+ * Create a queue in *out. `label` is copied (NULL means ""). `qos` is a
+ * DK_QOS_* value or 0; `relpri` in [-15, 0] (other values ignore the QoS
+ * request, as in GCD). `target` may be NULL (the global queue of the QoS
+ * class). Returns 0, -EINVAL (an unknown attribute, or both CONCURRENT
+ * and WORKLOOP) or -ENOMEM; *out is NULL on failure.
  */
-DK_EXPORT dk_queue_t *dk_queue_create(const char *label, unsigned attrs,
-                                      int qos, int relpri,
-                                      dk_queue_t *target) DK_WARN_UNUSED;
+DK_EXPORT int dk_queue_create(const char *label, unsigned attrs, int qos,
+                              int relpri, dk_queue_t *target,
+                              dk_queue_t **out) DK_WARN_UNUSED;
 
 /* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
  * NULL (errno = EINVAL) for any other value. Immortal. */

@@ -62,15 +62,16 @@ typedef enum dk_source_type {
 #define DK_PROC_SIGNAL 0x08000000ul
 
 /*
- * handle: TIMER and DATA_* 0; SIGNAL the signal number; READ/WRITE the
- * fd; PROC the pid. mask: PROC a DK_PROC_* mask, else 0. q NULL means the
- * default global queue. Returns NULL with errno: EINVAL (bad type, signal,
- * mask, or a data source's handle or mask not 0), EBADF (fd not open),
- * ESRCH (no such process), EMFILE, ENOMEM.
+ * Create a source in *out. handle: TIMER and DATA_* 0; SIGNAL the signal
+ * number; READ/WRITE the fd; PROC the pid. mask: PROC a DK_PROC_* mask,
+ * else 0. q NULL means the default global queue. Returns 0, -EINVAL (bad
+ * type, signal, mask, or a data source's handle or mask not 0), -EBADF
+ * (fd not open), -ESRCH (no such process), -EMFILE or -ENOMEM; *out is
+ * NULL on failure.
  */
-DK_EXPORT dk_source_t *dk_source_create(dk_source_type_t type,
-                                        uintptr_t handle, unsigned long mask,
-                                        dk_queue_t *q) DK_WARN_UNUSED;
+DK_EXPORT int dk_source_create(dk_source_type_t type, uintptr_t handle,
+                               unsigned long mask, dk_queue_t *q,
+                               dk_source_t **out) DK_WARN_UNUSED;
 
 DK_EXPORT void dk_source_set_context(dk_source_t *s, void *ctx);
 DK_EXPORT void *dk_source_get_context(const dk_source_t *s);

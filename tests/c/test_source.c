@@ -1,5 +1,6 @@
 /* Tests of dispatch sources: timers, signals, fds, processes. */
 #include "runner.h"
+#include "objects.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -63,7 +64,7 @@ counter_new(dk_source_t *s)
 {
     struct counter *c = calloc(1, sizeof *c);
     c->s = s;
-    c->sem = dk_semaphore_create(0);
+    c->sem = t_semaphore(0);
     dk_source_set_context(s, c);
     dk_source_set_event_handler_f(s, count_handler);
     dk_source_set_cancel_handler_f(s, cancel_handler);
@@ -72,7 +73,7 @@ counter_new(dk_source_t *s)
 
 DK_TEST(timer_repeats_and_cancel_handler_runs_once)
 {
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
     CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 5 * MS, 0), 0);
@@ -97,7 +98,7 @@ DK_TEST(timer_repeats_and_cancel_handler_runs_once)
 
 DK_TEST(one_shot_timer_fires_once)
 {
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
     dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * MS)),
                         DK_TIME_FOREVER, 0);
@@ -113,8 +114,8 @@ DK_TEST(one_shot_timer_fires_once)
 
 DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
 {
-    dk_queue_t *cq = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, cq);
+    dk_queue_t *cq = t_queue("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, cq);
     struct counter *c = counter_new(s);
     c->sleep_us = 20000; /* much longer than the interval */
     dk_source_set_timer(s, DK_TIME_NOW, 1 * MS, 0);
@@ -135,7 +136,7 @@ DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
 
 DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
 {
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
     dk_source_set_timer(s, DK_TIME_NOW, 2 * MS, 0);
     dk_source_resume(s);
@@ -163,8 +164,8 @@ static struct counter *sig_c1, *sig_c2;
 DK_TEST(signal_source_sees_ignored_signal_and_restores_disposition)
 {
     signal(SIGUSR1, SIG_IGN);
-    dk_source_t *a = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
-    dk_source_t *b = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
+    dk_source_t *a = t_source(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
+    dk_source_t *b = t_source(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
     sig_c1 = counter_new(a);
     sig_c2 = counter_new(b);
     dk_source_resume(a);
@@ -196,7 +197,7 @@ user_handler(int sig)
 DK_TEST(signal_source_chains_to_existing_handler)
 {
     signal(SIGUSR2, user_handler);
-    dk_source_t *s = dk_source_create(DK_SOURCE_SIGNAL, SIGUSR2, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_SIGNAL, SIGUSR2, 0, NULL);
     struct counter *c = counter_new(s);
     dk_source_resume(s);
     kill(getpid(), SIGUSR2);
@@ -208,29 +209,29 @@ DK_TEST(signal_source_chains_to_existing_handler)
 
 DK_TEST(source_creation_rejects_bad_input)
 {
-    errno = 0;
-    CHECK(dk_source_create(DK_SOURCE_SIGNAL, SIGKILL, 0, NULL) == NULL);
-    CHECK_EQ(errno, EINVAL);
-    CHECK(dk_source_create(DK_SOURCE_SIGNAL, 0, 0, NULL) == NULL);
-    CHECK(dk_source_create(DK_SOURCE_SIGNAL, 999, 0, NULL) == NULL);
+    dk_source_t *bad = (dk_source_t *)&bad;
+    CHECK_EQ(dk_source_create(DK_SOURCE_SIGNAL, SIGKILL, 0, NULL, &bad),
+             -EINVAL);
+    CHECK(bad == NULL);
+    CHECK_EQ(dk_source_create(DK_SOURCE_SIGNAL, 0, 0, NULL, &bad), -EINVAL);
+    CHECK_EQ(dk_source_create(DK_SOURCE_SIGNAL, 999, 0, NULL, &bad), -EINVAL);
     /* Fault signals: a returning handler would re-run the fault forever. */
     const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
     for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
-        errno = 0;
-        CHECK(dk_source_create(DK_SOURCE_SIGNAL, (uintptr_t)faults[i], 0,
-                               NULL) == NULL);
-        CHECK_EQ(errno, EINVAL);
+        CHECK_EQ(dk_source_create(DK_SOURCE_SIGNAL, (uintptr_t)faults[i], 0,
+                                  NULL, &bad),
+                 -EINVAL);
     }
-    CHECK(dk_source_create(DK_SOURCE_READ, 987, 0, NULL) == NULL);
-    CHECK_EQ(errno, EBADF);
-    CHECK(dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL) ==
-          NULL);
-    CHECK_EQ(errno, ESRCH);
-    CHECK(dk_source_create(DK_SOURCE_PROC, (uintptr_t)getpid(), 0x1, NULL) ==
-          NULL);
-    CHECK_EQ(errno, EINVAL);
-    CHECK(dk_source_create((dk_source_type_t)42, 0, 0, NULL) == NULL);
-    dk_source_t *t = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    CHECK_EQ(dk_source_create(DK_SOURCE_READ, 987, 0, NULL, &bad), -EBADF);
+    CHECK_EQ(dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL,
+                              &bad),
+             -ESRCH);
+    CHECK_EQ(dk_source_create(DK_SOURCE_PROC, (uintptr_t)getpid(), 0x1, NULL,
+                              &bad),
+             -EINVAL);
+    CHECK_EQ(dk_source_create((dk_source_type_t)42, 0, 0, NULL, &bad),
+             -EINVAL);
+    dk_source_t *t = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK_EQ(dk_source_set_timer(t, DK_TIME_NOW, 0, 0), -EINVAL);
     dk_source_cancel(t);
     dk_release(t);
@@ -241,9 +242,9 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     int p[2];
     CHECK_EQ(pipe(p), 0);
     dk_source_t *r =
-        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+        t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
     dk_source_t *w =
-        dk_source_create(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
+        t_source(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
     struct counter *rc = counter_new(r);
     struct counter *wc = counter_new(w);
     dk_source_resume(r);
@@ -281,7 +282,7 @@ DK_TEST(proc_source_sees_child_exit)
         _exit(3);
     }
     dk_source_t *s =
-        dk_source_create(DK_SOURCE_PROC, (uintptr_t)pid, DK_PROC_EXIT, NULL);
+        t_source(DK_SOURCE_PROC, (uintptr_t)pid, DK_PROC_EXIT, NULL);
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
     dk_source_resume(s);
@@ -309,10 +310,10 @@ stamp(void *p)
 
 DK_TEST(timers_with_leeway_fire_within_their_window)
 {
-    struct coalesce a = {dk_semaphore_create(0), 0};
+    struct coalesce a = {t_semaphore(0), 0};
     struct coalesce b = {a.sem, 0};
-    dk_source_t *sa = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
-    dk_source_t *sb = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *sa = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *sb = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     dk_source_set_context(sa, &a);
     dk_source_set_context(sb, &b);
     dk_source_set_event_handler_f(sa, stamp);

@@ -4,6 +4,7 @@
  * one-word fallback, and a semaphore step that leaves no waiter counted.
  */
 #include "runner.h"
+#include "objects.h"
 
 #include "atomic.h"
 #include "dk/mutex.h"
@@ -239,7 +240,7 @@ DK_TEST(watch_dsem_abandon_passes_a_taken_wake_on)
      * sleeps on the word first), then the asynchronous waiter gives up:
      * the blocking waiter, which the signal's unit is now owed to, must
      * still be woken. */
-    dsem = dk_semaphore_create(0);
+    dsem = t_semaphore(0);
     CHECK(dsem != NULL);
     uint32_t busy;
     CHECK_EQ(dk__semaphore_wait_begin(dsem, &dsem_word, &busy), -EAGAIN);
