@@ -657,8 +657,7 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    self->group = dk_group_create();
-    if (self->group == NULL) {
+    if (dk_group_create(&self->group) < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
@@ -705,8 +704,8 @@ executor_adopt(ExecutorObject *self)
     if (self->fork_gen == fork_gen) {
         return 0;
     }
-    dk_group_t *g = dk_group_create();
-    if (g == NULL) {
+    dk_group_t *g;
+    if (dk_group_create(&g) < 0) {
         PyErr_NoMemory();
         return -1;
     }

@@ -202,8 +202,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive ? DK_QUEUE_INACTIVE : 0);
-    dk_queue_t *q = dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t);
-    if (q == NULL) {
+    dk_queue_t *q;
+    if (dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q) < 0) {
         return PyErr_NoMemory();
     }
     return queue_wrap(type, q, false);
@@ -490,8 +490,7 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
     if (c == NULL) {
         return PyErr_NoMemory();
     }
-    c->done = dk_semaphore_create(0);
-    if (c->done == NULL) {
+    if (dk_semaphore_create(0, &c->done) < 0) {
         PyMem_RawFree(c);
         return PyErr_NoMemory();
     }
@@ -935,10 +934,10 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    dk_queue_t *q = dk_queue_create(
-        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
-        NULL);
-    if (q == NULL) {
+    dk_queue_t *q;
+    if (dk_queue_create(clabel,
+                        DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0),
+                        0, 0, NULL, &q) < 0) {
         return PyErr_NoMemory();
     }
     QueueObject *self = (QueueObject *)queue_wrap(type, q, false);
