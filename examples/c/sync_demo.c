@@ -23,11 +23,11 @@ static void
 add(struct shared *sh)
 {
     for (int i = 0; i < ROUNDS; i++) {
-        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, true, 16, false) < 0) {
+        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED) < 0) {
             _exit(1);
         }
         sh->counter++;
-        dk_shm_mutex_unlock(&sh->mutex, true, false);
+        dk_shm_mutex_unlock(&sh->mutex, DK_SHARED);
     }
 }
 
@@ -52,19 +52,19 @@ main(void)
     /* A holder that dies: the next lock succeeds and says so. */
     pid_t holder = fork();
     if (holder == 0) {
-        dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, true, 16, false);
+        dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED);
         pause(); /* killed while holding it */
     }
-    while (dk_shm_mutex_lock(&sh->mutex, 0, true, 1, false) == 0) {
-        dk_shm_mutex_unlock(&sh->mutex, true, false); /* not taken yet */
+    while (dk_shm_mutex_lock(&sh->mutex, 0, 1, DK_SHARED) == 0) {
+        dk_shm_mutex_unlock(&sh->mutex, DK_SHARED); /* not taken yet */
         usleep(1000);
     }
     kill(holder, SIGKILL);
     waitpid(holder, NULL, 0);
     int rc =
-        dk_shm_mutex_lock(&sh->mutex, dk_now() + 5000000000u, true, 16, false);
+        dk_shm_mutex_lock(&sh->mutex, dk_now() + 5000000000u, 16, DK_SHARED);
     printf("lock after the holder died: %s\n",
            rc == 1 ? "taken over (owner died)" : "unexpected");
-    dk_shm_mutex_unlock(&sh->mutex, true, false);
+    dk_shm_mutex_unlock(&sh->mutex, DK_SHARED);
     return sh->counter == PROCS * ROUNDS && rc == 1 ? 0 : 1;
 }

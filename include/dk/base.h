@@ -25,6 +25,12 @@
  * forever at this value. 0 is the other end: do not wait. */
 #define DK_TIME_FOREVER UINT64_MAX
 
+/* Flags of the calls on in-place words (dk/futex.h, dk/mutex.h,
+ * dk/shm_event.h): the memory is shared between processes, so the
+ * kernel's process-shared futexes are used. Every user of one word must
+ * agree on it. Each header adds its own flags in higher bits. */
+#define DK_SHARED 0x1u
+
 /* A work item: called with the context pointer given at submission. */
 typedef void (*dk_function_t)(void *ctx);
 

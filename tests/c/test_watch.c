@@ -142,14 +142,14 @@ poster(void *arg)
 {
     (void)arg;
     usleep(20000);
-    CHECK_EQ(dk_shm_semaphore_post(&sem, 1, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&sem, 1, 0), 0);
     return NULL;
 }
 
 DK_TEST(watch_semaphore_step_is_woken_by_post)
 {
     memset(&sem, 0, sizeof sem);
-    CHECK_EQ(dk_shm_semaphore_init(&sem, true, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&sem, 0, DK_SHM_SET_COUNT), 0);
     dk__atomic_store_seq_cst(&fired, 0);
     uint32_t *word;
     uint32_t busy;
