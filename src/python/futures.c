@@ -1733,7 +1733,7 @@ Wait_abandon(WaitObject *self, PyObject *unused)
         uint32_t *word = self->kind == K_MUTEX
                              ? &((dk_shm_mutex_t *)self->addr)->state
                              : &((dk_shm_semaphore_t *)self->addr)->count;
-        dk_futex_wake(word, 1, self->shared);
+        dk_futex_wake(word, 1, self->shared ? DK_SHARED : 0);
     }
     self->watched = false;
     Py_RETURN_NONE;
