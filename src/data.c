@@ -117,7 +117,7 @@ const struct dk__vtable dk__data_vtable = {
 
 static dk_data_t *
 data_create_nocopy(void *buffer, size_t size,
-                      void (*destructor)(void *ctx, void *buffer), void *ctx)
+                   void (*destructor)(void *ctx, void *buffer), void *ctx)
 {
     if (size == 0) {
         if (destructor != NULL) {
@@ -149,7 +149,7 @@ static dk_data_t *
 data_create_mapped(void *buffer, size_t size)
 {
     return data_create_nocopy(buffer, size, unmap_buffer,
-                                 (void *)(uintptr_t)size);
+                              (void *)(uintptr_t)size);
 }
 
 static dk_data_t *

@@ -77,12 +77,11 @@ struct dk__vtable {
     /* Release everything the object holds and free it. */
     void (*dispose)(struct dk__object *o);
     /* dk_object_describe for this kind; `refcnt` is the count, printed. */
-    int (*describe)(const struct dk__object *o, const char *refcnt,
-                    char *buf, size_t len);
+    int (*describe)(const struct dk__object *o, const char *refcnt, char *buf,
+                    size_t len);
 };
 extern const struct dk__vtable dk__queue_vtable, dk__group_vtable,
-    dk__semaphore_vtable, dk__source_vtable, dk__data_vtable,
-    dk__io_vtable;
+    dk__semaphore_vtable, dk__source_vtable, dk__data_vtable, dk__io_vtable;
 
 /* A new object of `kind` with one reference, no context, no finalizer. */
 void dk__object_init(struct dk__object *o, uint32_t kind);

@@ -198,8 +198,7 @@ io_describe(const struct dk__object *o, const char *refcnt, char *buf,
             size_t len)
 {
     const dk_io_t *io = (const dk_io_t *)o;
-    return snprintf(buf, len,
-                    "io[%p] = { refcnt = %s, fd = %d, type = %s%s }",
+    return snprintf(buf, len, "io[%p] = { refcnt = %s, fd = %d, type = %s%s }",
                     (const void *)io, refcnt, io->fd,
                     io->type == DK_IO_RANDOM ? "random" : "stream",
                     dk_io_is_closed(io) ? ", closed" : "");
@@ -334,8 +333,7 @@ op_new(enum op_kind kind, dk_queue_t *q, void *ctx, dk_io_handler_t h)
     op->handler = h;
     if (kind != OP_BARRIER) {
         if (dk_queue_create("dk.io.delivery", 0, 0, 0,
-                            q != NULL ? q : dk__default_root(),
-                            &op->dq) < 0) {
+                            q != NULL ? q : dk__default_root(), &op->dq) < 0) {
             free(op);
             return NULL;
         }

@@ -31,8 +31,7 @@ DK_EXPORT int dk_data_create(const void *bytes, size_t size,
 DK_EXPORT int dk_data_create_nocopy(void *buffer, size_t size,
                                     void (*destructor)(void *ctx,
                                                        void *buffer),
-                                    void *ctx,
-                                    dk_data_t **out) DK_WARN_UNUSED;
+                                    void *ctx, dk_data_t **out) DK_WARN_UNUSED;
 
 /* Take a buffer mapped with mmap(2): munmap(buffer, size) runs when the
  * last data object using it goes away. On -ENOMEM the buffer stays
@@ -70,8 +69,7 @@ DK_EXPORT bool dk_data_apply(dk_data_t *d, void *ctx,
 /* A contiguous view: a data object with one region (d itself, retained, if
  * it has one; else a copy), its bytes in *bytes and size in *size. */
 DK_EXPORT int dk_data_create_map(dk_data_t *d, const void **bytes,
-                                 size_t *size,
-                                 dk_data_t **out) DK_WARN_UNUSED;
+                                 size_t *size, dk_data_t **out) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

@@ -176,8 +176,7 @@ dispatch_queue_create_with_target(const char *label,
     dispatch_queue_t q;
     int rc = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
                              -(int)((a >> 16) & 0xffu), target, &q);
-    if (rc == 0 && pinned && !inactive &&
-        dk_queue_activate(q) != 0) {
+    if (rc == 0 && pinned && !inactive && dk_queue_activate(q) != 0) {
         dispatch__client_crash("a new inactive queue refused activation");
     }
     return (dispatch_queue_t)dispatch__created(rc, q);

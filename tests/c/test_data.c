@@ -1,7 +1,7 @@
 /* Tests of data objects: sharing, clipping, regions, and a randomized
  * comparison of concat/subrange against a plain byte buffer. */
-#include "runner.h"
 #include "objects.h"
+#include "runner.h"
 
 #include <string.h>
 
@@ -149,8 +149,7 @@ DK_TEST(data_random_operations_match_a_flat_buffer)
                     extra[i] = (unsigned char)rnd(&seed);
                 }
                 dk_data_t *e = t_data(extra, m);
-                dk_data_t *c = rnd(&seed) % 2 ? concat(d, e)
-                                              : concat(e, d);
+                dk_data_t *c = rnd(&seed) % 2 ? concat(d, e) : concat(e, d);
                 unsigned char *nref = malloc(n + m + 1);
                 if (c != NULL && dk_data_get_size(c) == n + m) {
                     /* Which order was it? Compare both candidates. */

@@ -1,8 +1,8 @@
 /* Tests of the dispatch runtime through its dk_ API: ordering, mutual
  * exclusion, barriers, hierarchies, suspension, groups, semaphores, once,
  * apply, after, pool growth, sync deadlock detection, main queue, fork. */
-#include "runner.h"
 #include "objects.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -1060,8 +1060,8 @@ wait_gate(void *p)
 
 DK_TEST(workloop_runs_higher_qos_first_fifo_within)
 {
-    dk_queue_t *wl = t_queue(
-        "wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *wl =
+        t_queue("wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
     CHECK(dk_queue_is_workloop(wl));
     dk_queue_t *bad;
     CHECK_EQ(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0,

@@ -1,6 +1,6 @@
 /* Tests of asynchronous reads, writes and channels. */
-#include "runner.h"
 #include "objects.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -121,8 +121,7 @@ DK_TEST(read_f_and_channel_reject_bad_fds)
     CHECK(io == NULL);
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    CHECK_EQ(dk_io_create(DK_IO_RANDOM, p[0], NULL, NULL, NULL, &io),
-             -ESPIPE);
+    CHECK_EQ(dk_io_create(DK_IO_RANDOM, p[0], NULL, NULL, NULL, &io), -ESPIPE);
     CHECK_EQ(dk_io_create(7, p[0], NULL, NULL, NULL, &io), -EINVAL);
     close(p[0]);
     close(p[1]);

@@ -230,8 +230,7 @@ DK_TEST(object_describe_names_each_kind)
 {
     char buf[256];
     dk_queue_t *q;
-    CHECK_EQ(dk_queue_create("described", DK_QUEUE_CONCURRENT, 0, 0, NULL,
-                             &q),
+    CHECK_EQ(dk_queue_create("described", DK_QUEUE_CONCURRENT, 0, 0, NULL, &q),
              0);
     CHECK(dk_object_describe(q, buf, sizeof buf) > 0);
     CHECK(strstr(buf, "queue[") == buf);

@@ -1,6 +1,6 @@
 /* Tests of dispatch sources: timers, signals, fds, processes. */
-#include "runner.h"
 #include "objects.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -223,12 +223,12 @@ DK_TEST(source_creation_rejects_bad_input)
                  -EINVAL);
     }
     CHECK_EQ(dk_source_create(DK_SOURCE_READ, 987, 0, NULL, &bad), -EBADF);
-    CHECK_EQ(dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL,
-                              &bad),
-             -ESRCH);
-    CHECK_EQ(dk_source_create(DK_SOURCE_PROC, (uintptr_t)getpid(), 0x1, NULL,
-                              &bad),
-             -EINVAL);
+    CHECK_EQ(
+        dk_source_create(DK_SOURCE_PROC, 0x3fffffff, DK_PROC_EXIT, NULL, &bad),
+        -ESRCH);
+    CHECK_EQ(
+        dk_source_create(DK_SOURCE_PROC, (uintptr_t)getpid(), 0x1, NULL, &bad),
+        -EINVAL);
     CHECK_EQ(dk_source_create((dk_source_type_t)42, 0, 0, NULL, &bad),
              -EINVAL);
     dk_source_t *t = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
@@ -241,10 +241,8 @@ DK_TEST(read_and_write_sources_on_a_pipe)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    dk_source_t *r =
-        t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    dk_source_t *w =
-        t_source(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
+    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    dk_source_t *w = t_source(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
     struct counter *rc = counter_new(r);
     struct counter *wc = counter_new(w);
     dk_source_resume(r);

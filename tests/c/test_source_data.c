@@ -1,8 +1,8 @@
 /* Tests of data sources (DATA_ADD, DATA_OR, DATA_REPLACE) and of the
  * registration handler: coalescing under concurrent merges, a handler
  * never concurrent with itself, every return code. */
-#include "runner.h"
 #include "objects.h"
+#include "runner.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -133,12 +133,11 @@ op_create(struct prog *g, fuzz_in_t *in, int dst, bool nocopy, bool plain)
         memcpy(model, bytes, len);
         if (plain) {
             /* No destructor: the object free()s the buffer. */
-            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, NULL, NULL, &d) ==
-                       0);
+            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, NULL, NULL, &d) == 0);
         } else {
             g->nocopy_made++;
-            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, nocopy_free, g,
-                                             &d) == 0);
+            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, nocopy_free, g, &d) ==
+                       0);
         }
         put(g, dst, d, model, len);
         free(model);

@@ -11,8 +11,8 @@
  *
  * DK_STRESS_ITERS sets the number of items per producer (default 20000).
  */
-#include "../runner.h"
 #include "../objects.h"
+#include "../runner.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -177,8 +177,8 @@ DK_TEST_T(stress_random_hierarchies, 600)
         sq[i].concurrent = conc;
         sq[i].parent = parent;
         sq[i].q = t_queue(conc ? "stress.c" : "stress.s",
-                                  conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
-                                  parent >= 0 ? sq[parent].q : NULL);
+                          conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
+                          parent >= 0 ? sq[parent].q : NULL);
     }
     dk_group_t *g = t_group();
     pthread_t t[NPRODUCERS];
