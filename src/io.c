@@ -755,7 +755,13 @@ process(void *p)
                 if (c != NULL) {
                     *c = (struct cleanup_call){io->cleanup, io->cleanup_ctx,
                                                io->first_error};
-                    dk_queue_async_f(io->cleanup_q, c, cleanup_run);
+                }
+                if (c == NULL ||
+                    dk_queue_async_f(io->cleanup_q, c, cleanup_run) < 0) {
+                    /* Out of memory: run the cleanup handler here rather
+                     * than lose it (the channel's owner waits for it). */
+                    free(c);
+                    io->cleanup(io->cleanup_ctx, io->first_error);
                 }
             }
             dk_io_release(io); /* the running reference */

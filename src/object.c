@@ -127,9 +127,14 @@ dk_object_activate(void *object)
         return dk_queue_activate(object);
     }
     if (o->kind == DK_KIND_SOURCE) {
-        /* Activating a source starts it once (GCD's dispatch_activate). */
-        return dk_source_testcancel(object) ? 0
-                                            : (dk_source_resume(object), 0);
+        /* Activating a source starts it once (GCD's dispatch_activate):
+         * one already started refuses the resume (-EOVERFLOW), and
+         * activating it again does nothing. */
+        if (!dk_source_testcancel(object)) {
+            int rc = dk_source_resume(object);
+            (void)rc;
+        }
+        return 0;
     }
     return -EINVAL;
 }

@@ -678,7 +678,9 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
         /* We are the thread that drains the main queue: drain until our
          * item has run. */
         while (dk__atomic_load_acquire(&it.done) == 0) {
-            dk_main_drain(DK_TIME_FOREVER);
+            /* -EINTR (a signal handler ran) only sends us round again. */
+            long drained = dk_main_drain(DK_TIME_FOREVER);
+            (void)drained;
         }
         return 0;
     }

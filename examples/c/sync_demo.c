@@ -27,7 +27,9 @@ add(struct shared *sh)
             _exit(1);
         }
         sh->counter++;
-        dk_shm_mutex_unlock(&sh->mutex, DK_SHARED);
+        if (dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+            _exit(1);
+        }
     }
 }
 
@@ -52,11 +54,16 @@ main(void)
     /* A holder that dies: the next lock succeeds and says so. */
     pid_t holder = fork();
     if (holder == 0) {
-        dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED);
+        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED) < 0) {
+            _exit(1);
+        }
         pause(); /* killed while holding it */
     }
     while (dk_shm_mutex_lock(&sh->mutex, 0, 1, DK_SHARED) == 0) {
-        dk_shm_mutex_unlock(&sh->mutex, DK_SHARED); /* not taken yet */
+        /* Not taken yet: give it back. */
+        if (dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+            return 1;
+        }
         usleep(1000);
     }
     kill(holder, SIGKILL);
@@ -65,6 +72,8 @@ main(void)
         dk_shm_mutex_lock(&sh->mutex, dk_now() + 5000000000u, 16, DK_SHARED);
     printf("lock after the holder died: %s\n",
            rc == 1 ? "taken over (owner died)" : "unexpected");
-    dk_shm_mutex_unlock(&sh->mutex, DK_SHARED);
+    if (rc >= 0 && dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+        return 1;
+    }
     return sh->counter == PROCS * ROUNDS && rc == 1 ? 0 : 1;
 }

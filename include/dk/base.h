@@ -61,8 +61,8 @@ DK_EXPORT void dk_release(void *object);
  * calling thread if that queue cannot take it for lack of memory).
  */
 DK_EXPORT void dk_object_suspend(void *object);
-DK_EXPORT int dk_object_resume(void *object);
-DK_EXPORT int dk_object_activate(void *object);
+DK_EXPORT int dk_object_resume(void *object) DK_WARN_UNUSED;
+DK_EXPORT int dk_object_activate(void *object) DK_WARN_UNUSED;
 DK_EXPORT void dk_object_set_context(void *object, void *ctx);
 DK_EXPORT void *dk_object_get_context(const void *object);
 DK_EXPORT void dk_object_set_finalizer_f(void *object, dk_function_t fn);

@@ -509,7 +509,9 @@ dispatch_resume(dispatch_object_t object)
 static inline void
 dispatch_activate(dispatch_object_t object)
 {
-    (void)dk_object_activate(object);
+    /* Activating an active object does nothing, as in libdispatch. */
+    int rc = dk_object_activate(object);
+    (void)rc;
 }
 
 static inline void

@@ -16,7 +16,7 @@ DK_BEGIN_DECLS
  * -ETIMEDOUT, -EINTR when a signal handler ran, or -EINVAL for unknown
  * flags. word must be 4-byte aligned. */
 DK_EXPORT int dk_futex_wait(uint32_t *word, uint32_t expected,
-                            uint64_t deadline, unsigned flags);
+                            uint64_t deadline, unsigned flags) DK_WARN_UNUSED;
 /* Wake up to n waiters; returns how many were woken, or -EINVAL for
  * unknown flags. */
 DK_EXPORT int dk_futex_wake(uint32_t *word, int n, unsigned flags);

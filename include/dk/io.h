@@ -71,7 +71,8 @@ DK_EXPORT int dk_io_read(dk_io_t *io, off_t offset, size_t length,
 DK_EXPORT int dk_io_write(dk_io_t *io, off_t offset, const void *data,
                           size_t len, dk_queue_t *q, void *ctx,
                           dk_io_handler_t handler) DK_WARN_UNUSED;
-DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx,
+                              dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT void dk_io_close(dk_io_t *io, unsigned flags);
 DK_EXPORT bool dk_io_is_closed(const dk_io_t *io);
 DK_EXPORT int dk_io_get_fd(const dk_io_t *io);

@@ -97,27 +97,28 @@ DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
  * like any other process.
  */
 DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
-                                unsigned flags);
+                                unsigned flags) DK_WARN_UNUSED;
 /* Unlock and wake one sleeper if any announced itself. flags: DK_SHARED,
  * DK_SHM_FORCE. Returns 0, -EPERM when the calling thread does not hold
  * it (another thread of the holder's process included; a holder that
  * recorded no thread id, such as a fastipc process, is matched by pid,
  * fastipc's rule), or -EINVAL (unknown flags); DK_SHM_FORCE unlocks
  * whoever holds it (crash recovery). */
-DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m, unsigned flags);
+DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m,
+                                  unsigned flags) DK_WARN_UNUSED;
 
 /* Take one unit. flags: DK_SHARED, DK_SHM_INTERRUPTIBLE. Returns 0,
  * -ETIMEDOUT, -EINTR (DK_SHM_INTERRUPTIBLE), -EINVAL (unknown flags). spin
  * as for dk_shm_mutex_lock: bounded by the deadline (a try: by 20 us). */
 DK_EXPORT int dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline,
-                                    int spin, unsigned flags);
+                                    int spin, unsigned flags) DK_WARN_UNUSED;
 /* Add n units and wake that many waiters. flags: DK_SHARED,
  * DK_SHM_FASTIPC_COMPAT, which also wakes on every 0 -> n transition, for
  * fastipc's waiters (which do not announce themselves): a syscall on
  * every post from zero. Returns 0, -EOVERFLOW (nothing added) or -EINVAL
  * (unknown flags). */
 DK_EXPORT int dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n,
-                                    unsigned flags);
+                                    unsigned flags) DK_WARN_UNUSED;
 
 /*
  * Keep shared memory mapped for as long as an object uses it, whoever

@@ -72,14 +72,15 @@ DK_EXPORT bool dk_queue_is_inactive(const dk_queue_t *q);
 DK_EXPORT unsigned dk_queue_suspend_count(const dk_queue_t *q);
 
 /* Submit fn(ctx). Returns 0, or -ENOMEM (nothing was submitted). */
-DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx,
+                               dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT int dk_queue_barrier_async_f(dk_queue_t *q, void *ctx,
-                                       dk_function_t fn);
+                                       dk_function_t fn) DK_WARN_UNUSED;
 /* Submit with a QoS class (DK_QOS_*; 0 = default). Only workloops order by
  * it; other queues treat this as dk_queue_async_f. -EINVAL for an unknown
  * class. */
 DK_EXPORT int dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx,
-                                   dk_function_t fn);
+                                   dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT bool dk_queue_is_workloop(const dk_queue_t *q);
 
 /*
@@ -87,9 +88,10 @@ DK_EXPORT bool dk_queue_is_workloop(const dk_queue_t *q);
  * thread is itself running on q (or on a serial queue q depends on) so the
  * call could never finish; nothing runs then.
  */
-DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx,
+                              dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT int dk_queue_barrier_sync_f(dk_queue_t *q, void *ctx,
-                                      dk_function_t fn);
+                                      dk_function_t fn) DK_WARN_UNUSED;
 
 /* True when a sync (or barrier sync) on q from this thread would
  * deadlock. */
@@ -106,13 +108,13 @@ typedef struct dk_sync_frame {
     void *opaque[4];
 } dk_sync_frame_t;
 DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, bool barrier,
-                                  dk_sync_frame_t *frame);
+                                  dk_sync_frame_t *frame) DK_WARN_UNUSED;
 DK_EXPORT void dk_queue_sync_exit(dk_queue_t *q, dk_sync_frame_t *frame);
 
 /* Submit fn(ctx) to q at time `when` (see time.h). FOREVER never runs it.
  * Returns 0 or -ENOMEM. */
 DK_EXPORT int dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx,
-                               dk_function_t fn);
+                               dk_function_t fn) DK_WARN_UNUSED;
 
 /*
  * Suspension: a suspended queue accepts work but starts none (an item
@@ -121,11 +123,11 @@ DK_EXPORT int dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx,
  * queues and the main queue.
  */
 DK_EXPORT void dk_queue_suspend(dk_queue_t *q);
-DK_EXPORT int dk_queue_resume(dk_queue_t *q);
+DK_EXPORT int dk_queue_resume(dk_queue_t *q) DK_WARN_UNUSED;
 
 /* Activate a queue created with DK_QUEUE_INACTIVE. Returns -EALREADY if it
  * is already active. */
-DK_EXPORT int dk_queue_activate(dk_queue_t *q);
+DK_EXPORT int dk_queue_activate(dk_queue_t *q) DK_WARN_UNUSED;
 
 /*
  * Change q's target (NULL = default). Allowed while q is inactive, or on a
@@ -134,7 +136,8 @@ DK_EXPORT int dk_queue_activate(dk_queue_t *q);
  * -EBUSY when q has work queued or running, -ELOOP if the target's
  * hierarchy contains q.
  */
-DK_EXPORT int dk_queue_set_target(dk_queue_t *q, dk_queue_t *target);
+DK_EXPORT int dk_queue_set_target(dk_queue_t *q,
+                                  dk_queue_t *target) DK_WARN_UNUSED;
 /* The current target (NULL for global queues). Borrowed. */
 DK_EXPORT dk_queue_t *dk_queue_target(const dk_queue_t *q);
 
@@ -150,7 +153,8 @@ DK_EXPORT void dk_queue_set_finalizer_f(dk_queue_t *q, dk_function_t fn);
  * default global queue. Returns 0 or -ENOMEM.
  */
 DK_EXPORT int dk_queue_set_specific(dk_queue_t *q, const void *key,
-                                    void *value, dk_function_t destructor);
+                                    void *value,
+                                    dk_function_t destructor) DK_WARN_UNUSED;
 DK_EXPORT void *dk_queue_get_specific(dk_queue_t *q, const void *key);
 /* Value for key on the queue the caller is running on, then its target
  * chain; NULL off any queue. */
@@ -183,7 +187,7 @@ DK_EXPORT int dk_queue_qos(const dk_queue_t *q, int *relpri);
  * if interrupted by a signal handler while waiting, or -EPERM off the main
  * thread. dk_main_fd is an fd that is readable while work is pending.
  */
-DK_EXPORT long dk_main_drain(uint64_t deadline);
+DK_EXPORT long dk_main_drain(uint64_t deadline) DK_WARN_UNUSED;
 DK_EXPORT int dk_main_fd(void);
 /* True on the thread that drains the main queue. */
 DK_EXPORT bool dk_is_main_thread(void);

@@ -23,9 +23,11 @@ DK_EXPORT int dk_semaphore_create(long value,
  * ns; 0 polls; DK_TIME_FOREVER waits forever). Returns 0 or -ETIMEDOUT; the
  * _interruptible variant also returns -EINTR when a signal handler ran
  * (the unit is not taken then). */
-DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s, uint64_t deadline);
-DK_EXPORT int dk_semaphore_wait_interruptible(dk_semaphore_t *s,
-                                              uint64_t deadline);
+DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s,
+                                uint64_t deadline) DK_WARN_UNUSED;
+DK_EXPORT int
+dk_semaphore_wait_interruptible(dk_semaphore_t *s,
+                                uint64_t deadline) DK_WARN_UNUSED;
 /* Returns true if a waiting thread was woken: one that had stopped
  * spinning (a spinning waiter takes the unit by itself, as if it had
  * arrived just after the signal). */

@@ -41,7 +41,7 @@ DK_EXPORT bool dk_shm_event_is_set(const dk_shm_event_t *e);
  * arrived while sleeping; the caller runs its handlers and calls again
  * with the same deadline), or -EINVAL (unknown flags). */
 DK_EXPORT int dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline,
-                                unsigned flags);
+                                unsigned flags) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

@@ -96,7 +96,8 @@ DK_EXPORT void dk_source_set_registration_handler_f(dk_source_t *s,
  * interval 0).
  */
 DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
-                                  uint64_t interval_ns, uint64_t leeway_ns);
+                                  uint64_t interval_ns,
+                                  uint64_t leeway_ns) DK_WARN_UNUSED;
 
 /*
  * Data sources: combine `value` with the pending data (add, or, replace
@@ -105,12 +106,13 @@ DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
  * after resume, a merge after dk_source_cancel is dropped. Returns 0, or
  * -EINVAL when s is not a data source.
  */
-DK_EXPORT int dk_source_merge_data(dk_source_t *s, uintptr_t value);
+DK_EXPORT int dk_source_merge_data(dk_source_t *s,
+                                   uintptr_t value) DK_WARN_UNUSED;
 
 /* Suspension nests; a new source starts with a count of one. Resume
  * returns -EOVERFLOW when not suspended. */
 DK_EXPORT void dk_source_suspend(dk_source_t *s);
-DK_EXPORT int dk_source_resume(dk_source_t *s);
+DK_EXPORT int dk_source_resume(dk_source_t *s) DK_WARN_UNUSED;
 
 DK_EXPORT void dk_source_cancel(dk_source_t *s);
 DK_EXPORT bool dk_source_testcancel(const dk_source_t *s);

@@ -96,7 +96,7 @@ producer(void *p)
 {
     struct producer_arg *a = p;
     for (int i = 0; i < 20000; i++) {
-        dk_queue_async_f(a->q, a->f, fifo_item);
+        CHECK_EQ(dk_queue_async_f(a->q, a->f, fifo_item), 0);
     }
     return NULL;
 }
@@ -113,7 +113,7 @@ DK_TEST(serial_queue_many_producers_lose_nothing)
     for (int i = 0; i < 4; i++) {
         pthread_join(t[i], NULL);
     }
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(f.next, 80000);
     CHECK_EQ(f.errors, 0);
     dk_release(q);
@@ -129,12 +129,12 @@ DK_TEST(queues_targeting_a_serial_queue_are_mutually_exclusive)
     CHECK_EQ(dk_queue_target(a) == parent, 1);
     struct fifo f = {0};
     for (int i = 0; i < 20000; i++) {
-        dk_queue_async_f(a, &f, fifo_item);
-        dk_queue_async_f(b, &f, fifo_item);
+        CHECK_EQ(dk_queue_async_f(a, &f, fifo_item), 0);
+        CHECK_EQ(dk_queue_async_f(b, &f, fifo_item), 0);
     }
-    dk_queue_sync_f(a, NULL, noop);
-    dk_queue_barrier_sync_f(b, NULL, noop);
-    dk_queue_sync_f(parent, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(a, NULL, noop), 0);
+    CHECK_EQ(dk_queue_barrier_sync_f(b, NULL, noop), 0);
+    CHECK_EQ(dk_queue_sync_f(parent, NULL, noop), 0);
     CHECK_EQ(f.next, 40000);
     CHECK_EQ(f.errors, 0);
     dk_release(a);
@@ -190,11 +190,11 @@ DK_TEST(barrier_is_exclusive_on_concurrent_queue)
     struct rw rw = {0};
     for (int round = 0; round < 50; round++) {
         for (int i = 0; i < 8; i++) {
-            dk_queue_async_f(q, &rw, reader);
+            CHECK_EQ(dk_queue_async_f(q, &rw, reader), 0);
         }
-        dk_queue_barrier_async_f(q, &rw, writer);
+        CHECK_EQ(dk_queue_barrier_async_f(q, &rw, writer), 0);
     }
-    dk_queue_barrier_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_barrier_sync_f(q, NULL, noop), 0);
     CHECK_EQ(rw.errors, 0);
     CHECK_EQ(rw.writes, 50);
     CHECK_EQ(rw.reads, 400);
@@ -218,7 +218,7 @@ DK_TEST(suspended_queue_runs_nothing_until_resumed)
     dk_queue_suspend(q);
     CHECK_EQ(dk_queue_suspend_count(q), 2);
     for (int i = 0; i < 10; i++) {
-        dk_queue_async_f(q, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     }
     usleep(20000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
@@ -226,7 +226,7 @@ DK_TEST(suspended_queue_runs_nothing_until_resumed)
     usleep(20000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
     CHECK_EQ(dk_queue_resume(q), 0);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 10);
     CHECK_EQ(dk_queue_resume(q), -EOVERFLOW);
     dk_release(q);
@@ -237,14 +237,14 @@ DK_TEST(inactive_queue_runs_after_activate)
     dk_queue_t *q = t_queue("lazy", DK_QUEUE_INACTIVE, 0, 0, NULL);
     CHECK(dk_queue_is_inactive(q));
     long n = 0;
-    dk_queue_async_f(q, &n, count_item);
+    CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     CHECK_EQ(dk_queue_set_target(q, dk_queue_global(DK_QOS_UTILITY)), 0);
     usleep(10000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
     CHECK_EQ(dk_queue_activate(q), 0);
     CHECK(!dk_queue_is_inactive(q));
     CHECK_EQ(dk_queue_activate(q), -EALREADY);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 1);
     CHECK_EQ(dk_queue_set_target(q, NULL), -EPERM);
     dk_release(q);
@@ -256,7 +256,7 @@ DK_TEST(set_target_rejects_cycles)
     dk_queue_t *b = t_queue("b", 0, 0, 0, a);
     CHECK_EQ(dk_queue_set_target(a, b), -ELOOP);
     CHECK_EQ(dk_queue_set_target(a, a), -ELOOP);
-    dk_queue_activate(a);
+    CHECK_EQ(dk_queue_activate(a), 0);
     dk_release(b);
     dk_release(a);
 }
@@ -281,16 +281,16 @@ DK_TEST(sync_on_own_serial_queue_is_detected)
 {
     dk_queue_t *q = t_queue("self", 0, 0, 0, NULL);
     struct sync_ctx c = {q, 1, false};
-    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c, sync_inside), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     c.rc = 1;
-    dk_queue_async_f(q, &c, sync_inside);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_async_f(q, &c, sync_inside), 0);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     /* A queue that targets q also deadlocks when called from q. */
     dk_queue_t *child = t_queue("child", 0, 0, 0, q);
     struct sync_ctx c2 = {child, 1, false};
-    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c2, sync_inside), 0);
     CHECK_EQ(c2.rc, -EDEADLK);
     dk_release(child);
     dk_release(q);
@@ -300,10 +300,10 @@ DK_TEST(sync_inside_concurrent_queue_allowed_barrier_detected)
 {
     dk_queue_t *q = t_queue("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     struct sync_ctx c = {q, 1, false};
-    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c, sync_inside), 0);
     CHECK_EQ(c.rc, 0);
     struct sync_ctx c2 = {q, 1, true};
-    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c2, sync_inside), 0);
     CHECK_EQ(c2.rc, -EDEADLK);
     dk_release(q);
 }
@@ -324,7 +324,7 @@ DK_TEST(sync_on_idle_queue_runs_on_calling_thread)
 {
     dk_queue_t *q = t_queue("idle", 0, 0, 0, NULL);
     struct thread_id_ctx c = {pthread_self(), false};
-    dk_queue_sync_f(q, &c, record_thread);
+    CHECK_EQ(dk_queue_sync_f(q, &c, record_thread), 0);
     CHECK(c.same);
     dk_release(q);
 }
@@ -343,17 +343,17 @@ DK_TEST(group_wait_and_notify)
     dk_queue_t *q = dk_queue_global(0);
     long n = 0;
     for (int i = 0; i < 10000; i++) {
-        dk_group_async_f(g, q, &n, count_item);
+        CHECK_EQ(dk_group_async_f(g, q, &n, count_item), 0);
     }
     CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(20))), 0);
     CHECK_EQ(n, 10000);
     dk_semaphore_t *s = t_semaphore(0);
-    dk_group_notify_f(g, q, s, finalize);
+    CHECK_EQ(dk_group_notify_f(g, q, s, finalize), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
     dk_group_enter(g);
     CHECK_EQ(dk_group_wait(g, 0), -ETIMEDOUT);
     CHECK_EQ(dk_group_wait(g, in_ns(1000000)), -ETIMEDOUT);
-    dk_group_notify_f(g, q, s, finalize);
+    CHECK_EQ(dk_group_notify_f(g, q, s, finalize), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(5000000)), -ETIMEDOUT);
     CHECK_EQ(dk_group_leave(g), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
@@ -385,7 +385,7 @@ DK_TEST(semaphore_counts_and_times_out)
 static void *
 sem_waiter(void *p)
 {
-    dk_semaphore_wait(p, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
     return NULL;
 }
 
@@ -831,7 +831,7 @@ consumer(void *p)
 {
     (void)p;
     for (int i = 0; i < 5; i++) {
-        dk_semaphore_wait(pc_items, UINT64_MAX);
+        CHECK_EQ(dk_semaphore_wait(pc_items, UINT64_MAX), 0);
         __atomic_add_fetch(&pc_consumed, 1, __ATOMIC_RELAXED);
     }
 }
@@ -854,10 +854,10 @@ DK_TEST(pool_grows_when_workers_block)
     dk_queue_t *q = dk_queue_global(0);
     int n = 8;
     for (int i = 0; i < n; i++) {
-        dk_group_async_f(g, q, NULL, consumer);
+        CHECK_EQ(dk_group_async_f(g, q, NULL, consumer), 0);
     }
     for (int i = 0; i < n; i++) {
-        dk_group_async_f(g, q, NULL, pc_producer);
+        CHECK_EQ(dk_group_async_f(g, q, NULL, pc_producer), 0);
     }
     CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(30))), 0);
     CHECK_EQ(pc_consumed, 5 * n);
@@ -879,15 +879,15 @@ DK_TEST(specific_values_follow_the_target_chain)
 {
     dk_queue_t *parent = t_queue("p", 0, 0, 0, NULL);
     dk_queue_t *child = t_queue("c", 0, 0, 0, parent);
-    dk_queue_set_specific(parent, &key_a, (void *)"pa", NULL);
-    dk_queue_set_specific(parent, &key_b, (void *)"pb", NULL);
-    dk_queue_set_specific(child, &key_a, (void *)"ca", NULL);
+    CHECK_EQ(dk_queue_set_specific(parent, &key_a, (void *)"pa", NULL), 0);
+    CHECK_EQ(dk_queue_set_specific(parent, &key_b, (void *)"pb", NULL), 0);
+    CHECK_EQ(dk_queue_set_specific(child, &key_a, (void *)"ca", NULL), 0);
     void *got[2];
-    dk_queue_sync_f(child, got, get_specific_into);
+    CHECK_EQ(dk_queue_sync_f(child, got, get_specific_into), 0);
     CHECK(got[0] == (void *)"ca");
     CHECK(got[1] == (void *)"pb");
     CHECK(dk_get_specific(&key_a) == NULL);
-    dk_queue_set_specific(child, &key_a, NULL, NULL);
+    CHECK_EQ(dk_queue_set_specific(child, &key_a, NULL, NULL), 0);
     CHECK(dk_queue_get_specific(child, &key_a) == NULL);
     dk_release(child);
     dk_release(parent);
@@ -914,7 +914,7 @@ DK_TEST(main_queue_drained_only_by_main_thread)
     CHECK(dk_is_main_thread());
     long n = 0;
     for (int i = 0; i < 5; i++) {
-        dk_queue_async_f(m, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(m, &n, count_item), 0);
     }
     usleep(10000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
@@ -923,8 +923,8 @@ DK_TEST(main_queue_drained_only_by_main_thread)
     CHECK_EQ(dk_main_drain(0), 0);
     CHECK_EQ(dk_main_drain(in_ns(1000000)), -ETIMEDOUT);
     /* sync from the main thread drains through to its own item */
-    dk_queue_async_f(m, &n, count_item);
-    dk_queue_sync_f(m, &n, count_item);
+    CHECK_EQ(dk_queue_async_f(m, &n, count_item), 0);
+    CHECK_EQ(dk_queue_sync_f(m, &n, count_item), 0);
     CHECK_EQ(n, 7);
 }
 
@@ -965,7 +965,7 @@ DK_TEST(global_queues_by_priority_and_qos)
 static void
 wait_on_semaphore(void *s)
 {
-    dk_semaphore_wait(s, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(s, UINT64_MAX), 0);
 }
 
 static bool
@@ -981,7 +981,8 @@ DK_TEST(pool_is_quiescent_only_while_every_worker_is_parked)
 {
     dk_semaphore_t *gate = t_semaphore(0);
     dk_group_t *g = t_group();
-    dk_group_async_f(g, dk_queue_global(0), gate, wait_on_semaphore);
+    CHECK_EQ(dk_group_async_f(g, dk_queue_global(0), gate, wait_on_semaphore),
+             0);
     /* A worker blocked in an item is never parked. */
     CHECK(!wait_quiescent(200));
     dk_semaphore_signal(gate);
@@ -996,11 +997,11 @@ DK_TEST(forked_child_gets_a_working_runtime)
     dk_queue_t *q = t_queue("pre-fork", 0, 0, 0, NULL);
     long n = 0;
     for (int i = 0; i < 1000; i++) {
-        dk_queue_async_f(q, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     }
     dk_group_t *warm = t_group();
-    dk_group_async_f(warm, dk_queue_global(0), &n, noop);
-    dk_group_wait(warm, UINT64_MAX);
+    CHECK_EQ(dk_group_async_f(warm, dk_queue_global(0), &n, noop), 0);
+    CHECK_EQ(dk_group_wait(warm, UINT64_MAX), 0);
 #if defined(__SANITIZE_ADDRESS__)
     /* GCC 12's ASan allocator takes no lock around fork(): a worker inside
      * free() at that moment (its quarantine refilling) leaves a size-class
@@ -1014,8 +1015,9 @@ DK_TEST(forked_child_gets_a_working_runtime)
         long m = 0;
         dk_group_t *g = t_group();
         for (int i = 0; i < 100; i++) {
-            dk_group_async_f(g, dk_queue_global(0), &m, count_item);
-            dk_group_async_f(g, q, &m, count_item);
+            CHECK_EQ(dk_group_async_f(g, dk_queue_global(0), &m, count_item),
+                     0);
+            CHECK_EQ(dk_group_async_f(g, q, &m, count_item), 0);
         }
         int rc = dk_group_wait(g, in_ns(SECONDS(20)));
         /* Distinct codes say which part failed: 2 timed out, 3 lost items. */
@@ -1027,7 +1029,7 @@ DK_TEST(forked_child_gets_a_working_runtime)
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status));
     CHECK_EQ(WEXITSTATUS(status), 0);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 1000);
     dk_release(warm);
     dk_release(q);
@@ -1055,7 +1057,7 @@ log_tag(void *p)
 static void
 wait_gate(void *p)
 {
-    dk_semaphore_wait(p, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
 }
 
 DK_TEST(workloop_runs_higher_qos_first_fifo_within)
@@ -1073,20 +1075,26 @@ DK_TEST(workloop_runs_higher_qos_first_fifo_within)
     struct order_item items[6] = {
         {&log, 1}, {&log, 2}, {&log, 3}, {&log, 4}, {&log, 5}, {&log, 6},
     };
-    dk_queue_activate(wl);
-    dk_queue_async_f(wl, gate, wait_gate); /* holds the workloop */
+    CHECK_EQ(dk_queue_activate(wl), 0);
+    CHECK_EQ(dk_queue_async_f(wl, gate, wait_gate),
+             0); /* holds the workloop */
     usleep(10000);
-    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, &items[0], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[1], log_tag);
-    dk_queue_async_f(wl, &items[2], log_tag); /* default QoS */
-    dk_queue_async_qos_f(wl, DK_QOS_USER_INTERACTIVE, &items[3], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[4], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_USER_INITIATED, &items[5], log_tag);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, &items[0], log_tag),
+             0);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[1], log_tag), 0);
+    CHECK_EQ(dk_queue_async_f(wl, &items[2], log_tag), 0); /* default QoS */
+    CHECK_EQ(
+        dk_queue_async_qos_f(wl, DK_QOS_USER_INTERACTIVE, &items[3], log_tag),
+        0);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[4], log_tag), 0);
+    CHECK_EQ(
+        dk_queue_async_qos_f(wl, DK_QOS_USER_INITIATED, &items[5], log_tag),
+        0);
     CHECK_EQ(dk_queue_async_qos_f(wl, 0x42, &items[0], log_tag), -EINVAL);
     /* A background item submitted last runs last (FIFO within its class);
      * a sync item would run at default QoS, before the lower classes. */
     dk_semaphore_t *done = t_semaphore(0);
-    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, done, finalize);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, done, finalize), 0);
     dk_semaphore_signal(gate);
     CHECK_EQ(dk_semaphore_wait(done, dk_now() + 5 * DK_NSEC_PER_SEC), 0);
     CHECK_EQ(log.n, 6);
@@ -1095,7 +1103,7 @@ DK_TEST(workloop_runs_higher_qos_first_fifo_within)
         CHECK_EQ(log.seen[i], want[i]);
     }
     struct sync_ctx c = {wl, 1, false};
-    dk_queue_sync_f(wl, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(wl, &c, sync_inside), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     dk_release(wl);
     dk_release(gate);

@@ -100,9 +100,10 @@ DK_TEST(one_shot_timer_fires_once)
 {
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
-    dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * MS)),
-                        DK_TIME_FOREVER, 0);
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * MS)),
+                                 DK_TIME_FOREVER, 0),
+             0);
+    CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(60)), -ETIMEDOUT);
     CHECK_EQ(LOAD(c->calls), 1);
@@ -118,14 +119,14 @@ DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, cq);
     struct counter *c = counter_new(s);
     c->sleep_us = 20000; /* much longer than the interval */
-    dk_source_set_timer(s, DK_TIME_NOW, 1 * MS, 0);
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 1 * MS, 0), 0);
+    CHECK_EQ(dk_source_resume(s), 0);
     for (int i = 0; i < 4; i++) {
         CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     }
     dk_source_cancel(s);
     while (LOAD(c->calls) < 1000) {
-        dk_semaphore_wait(c->sem, in_ms(5000));
+        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     }
     CHECK_EQ(LOAD(c->overlaps), 0);
     /* Fires that happened during a handler were counted, not lost. */
@@ -138,8 +139,8 @@ DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
 {
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
-    dk_source_set_timer(s, DK_TIME_NOW, 2 * MS, 0);
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 2 * MS, 0), 0);
+    CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     dk_source_suspend(s);
     long before = __atomic_load_n(&c->calls, __ATOMIC_ACQUIRE);
@@ -151,7 +152,8 @@ DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
      * wait for the delivery of what accumulated, not for a signal. */
     uint64_t until = dk_now() + 5ull * DK_NSEC_PER_SEC;
     while (LOAD(c->data_sum) - sum_before < 5 && dk_now() < until) {
-        dk_semaphore_wait(c->sem, in_ms(100));
+        int rc = dk_semaphore_wait(c->sem, in_ms(100));
+        CHECK(rc == 0 || rc == -ETIMEDOUT);
     }
     CHECK(LOAD(c->data_sum) - sum_before >= 5); /* ~20 fires coalesced */
     CHECK_EQ(dk_source_resume(s), 0 - EOVERFLOW);
@@ -168,8 +170,8 @@ DK_TEST(signal_source_sees_ignored_signal_and_restores_disposition)
     dk_source_t *b = t_source(DK_SOURCE_SIGNAL, SIGUSR1, 0, NULL);
     sig_c1 = counter_new(a);
     sig_c2 = counter_new(b);
-    dk_source_resume(a);
-    dk_source_resume(b);
+    CHECK_EQ(dk_source_resume(a), 0);
+    CHECK_EQ(dk_source_resume(b), 0);
     kill(getpid(), SIGUSR1);
     CHECK_EQ(dk_semaphore_wait(sig_c1->sem, in_ms(5000)), 0);
     CHECK_EQ(dk_semaphore_wait(sig_c2->sem, in_ms(5000)), 0);
@@ -199,7 +201,7 @@ DK_TEST(signal_source_chains_to_existing_handler)
     signal(SIGUSR2, user_handler);
     dk_source_t *s = t_source(DK_SOURCE_SIGNAL, SIGUSR2, 0, NULL);
     struct counter *c = counter_new(s);
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_resume(s), 0);
     kill(getpid(), SIGUSR2);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     CHECK_EQ(chained, 1);
@@ -245,7 +247,7 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     dk_source_t *w = t_source(DK_SOURCE_WRITE, (uintptr_t)p[1], 0, NULL);
     struct counter *rc = counter_new(r);
     struct counter *wc = counter_new(w);
-    dk_source_resume(r);
+    CHECK_EQ(dk_source_resume(r), 0);
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(50)), -ETIMEDOUT);
     CHECK_EQ(write(p[1], "hello", 5), 5);
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
@@ -254,7 +256,7 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
     char buf[8];
     CHECK_EQ(read(p[0], buf, sizeof buf), 5);
-    dk_source_resume(w);
+    CHECK_EQ(dk_source_resume(w), 0);
     CHECK_EQ(dk_semaphore_wait(wc->sem, in_ms(5000)), 0);
     CHECK(LOAD(wc->data_sum) > 0); /* buffer space */
     dk_source_cancel(w);
@@ -283,7 +285,7 @@ DK_TEST(proc_source_sees_child_exit)
         t_source(DK_SOURCE_PROC, (uintptr_t)pid, DK_PROC_EXIT, NULL);
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
     CHECK_EQ(LOAD(c->data_sum), DK_PROC_EXIT);
     int status;
@@ -317,12 +319,14 @@ DK_TEST(timers_with_leeway_fire_within_their_window)
     dk_source_set_event_handler_f(sa, stamp);
     dk_source_set_event_handler_f(sb, stamp);
     uint64_t t0 = dk_now();
-    dk_source_set_timer(sa, dk_time(DK_TIME_NOW, (int64_t)(20 * MS)),
-                        DK_TIME_FOREVER, 30 * MS);
-    dk_source_set_timer(sb, dk_time(DK_TIME_NOW, (int64_t)(40 * MS)),
-                        DK_TIME_FOREVER, 0);
-    dk_source_resume(sa);
-    dk_source_resume(sb);
+    CHECK_EQ(dk_source_set_timer(sa, dk_time(DK_TIME_NOW, (int64_t)(20 * MS)),
+                                 DK_TIME_FOREVER, 30 * MS),
+             0);
+    CHECK_EQ(dk_source_set_timer(sb, dk_time(DK_TIME_NOW, (int64_t)(40 * MS)),
+                                 DK_TIME_FOREVER, 0),
+             0);
+    CHECK_EQ(dk_source_resume(sa), 0);
+    CHECK_EQ(dk_source_resume(sb), 0);
     CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
     CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
     /* a may be late by its leeway (to share b's wake-up), never early. */

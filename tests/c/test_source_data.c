@@ -231,7 +231,7 @@ DK_TEST(data_source_errors_and_merge_after_cancel)
     dk_source_t *timer = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK_EQ(dk_source_merge_data(timer, 1), -EINVAL);
     dk_source_cancel(timer);
-    dk_source_resume(timer);
+    CHECK_EQ(dk_source_resume(timer), 0);
     dk_release(timer);
 
     struct tally t = {0};

@@ -515,7 +515,7 @@ wait_for_dead(void *arg)
     struct waiter_arg *w = arg;
     w->rc = dk_shm_mutex_lock(w->m, in_ms(10000), 0, DK_SHARED);
     if (w->rc >= 0) {
-        dk_shm_mutex_unlock(w->m, DK_SHARED);
+        CHECK_EQ(dk_shm_mutex_unlock(w->m, DK_SHARED), 0);
     }
     return NULL;
 }
