@@ -280,7 +280,9 @@ barrier_run(void *ctx)
 {
     struct barrier_call *b = ctx;
     if (b->queue != NULL) {
-        dk_queue_sync_f(b->queue, b->handler, barrier_python);
+        if (dk_queue_sync_f(b->queue, b->handler, barrier_python) < 0) {
+            barrier_python(b->handler); /* -EDEADLK: already on it */
+        }
         dk_release(b->queue);
     } else {
         barrier_python(b->handler);

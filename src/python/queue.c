@@ -238,13 +238,16 @@ Queue_dealloc(QueueObject *self)
     }
     if (self->q != NULL && !self->immortal) {
         if (self->specifics != NULL) {
-            dk_queue_set_specific(self->q, &dkpy_specifics_key, NULL, NULL);
+            int removed = /* removing a value cannot fail */
+                dk_queue_set_specific(self->q, &dkpy_specifics_key, NULL,
+                                      NULL);
+            (void)removed;
         }
         /* libdispatch crashes when a suspended or inactive queue is
          * released; we resume and activate it so its work drains. */
-        dk_queue_activate(self->q);
-        while (dk_queue_suspend_count(self->q) > 0) {
-            dk_queue_resume(self->q);
+        int rc = dk_queue_activate(self->q); /* -EALREADY: active */
+        while (rc != -EOVERFLOW && dk_queue_suspend_count(self->q) > 0) {
+            rc = dk_queue_resume(self->q);
         }
         if (self->finalizer != NULL && !dkpy_finalizing()) {
             /* As in GCD: the finalizer runs asynchronously once the queue

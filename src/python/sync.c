@@ -542,8 +542,11 @@ static PyObject *
 Mutex_force_release(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    dk_shm_mutex_unlock(self->addr,
-                        (self->shared ? DK_SHARED : 0) | DK_SHM_FORCE);
+    int rc = dk_shm_mutex_unlock(self->addr, (self->shared ? DK_SHARED : 0) |
+                                                 DK_SHM_FORCE);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
+    }
     Py_RETURN_NONE;
 }
 
