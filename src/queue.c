@@ -547,9 +547,20 @@ dk_queue_barrier_async_f(dk_queue_t *q, void *ctx, dk_function_t fn)
 
 /* ---- sync ----------------------------------------------------------- */
 
-bool
-dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier)
+/* DK_SYNC_BARRIER or not; other bits are a client bug. */
+static bool
+sync_barrier(unsigned flags)
 {
+    if (flags & ~DK_SYNC_BARRIER) {
+        DK_CLIENT_CRASH("unknown flags for a queue sync call");
+    }
+    return (flags & DK_SYNC_BARRIER) != 0;
+}
+
+bool
+dk_queue_sync_would_deadlock(dk_queue_t *q, unsigned flags)
+{
+    bool barrier = sync_barrier(flags);
     for (struct dk__frame *f = dk__current_frame; f != NULL; f = f->prev) {
         for (dk_queue_t *x = q; x != NULL; x = x->target) {
             if (x->type == DK_Q_ROOT) {
@@ -570,8 +581,12 @@ dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier)
 }
 
 int
-dk_queue_sync_enter(dk_queue_t *q, bool barrier, dk_sync_frame_t *frame)
+dk_queue_sync_enter(dk_queue_t *q, unsigned flags, dk_sync_frame_t *frame)
 {
+    if (flags & ~DK_SYNC_BARRIER) {
+        return -EINVAL;
+    }
+    bool barrier = (flags & DK_SYNC_BARRIER) != 0;
     struct dk__frame *f = (struct dk__frame *)frame;
     _Static_assert(sizeof(struct dk__frame) <= sizeof(dk_sync_frame_t),
                    "dk_sync_frame_t too small");
@@ -657,11 +672,12 @@ dk__wait_word(uint32_t *word, uint32_t expected, uint64_t deadline)
 static int
 sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
 {
-    if (dk_queue_sync_would_deadlock(q, barrier)) {
+    unsigned flags = barrier ? DK_SYNC_BARRIER : 0;
+    if (dk_queue_sync_would_deadlock(q, flags)) {
         return -EDEADLK;
     }
     dk_sync_frame_t frame;
-    if (dk_queue_sync_enter(q, barrier, &frame) == 0) {
+    if (dk_queue_sync_enter(q, flags, &frame) == 0) {
         fn(ctx);
         dk_queue_sync_exit(q, &frame);
         return 0;
@@ -1180,8 +1196,9 @@ frames_on(const struct dk__frame *top, const dk_queue_t *q, bool barrier)
 }
 
 bool
-dk_queue_is_current(const dk_queue_t *q, bool barrier)
+dk_queue_is_current(const dk_queue_t *q, unsigned flags)
 {
+    bool barrier = sync_barrier(flags);
     if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
         return true;
     }
@@ -1242,7 +1259,7 @@ dk_main_drain(uint64_t deadline)
     if (!dk_is_main_thread()) {
         return -EPERM;
     }
-    if (dk_queue_sync_would_deadlock(&main_queue, false)) {
+    if (dk_queue_sync_would_deadlock(&main_queue, 0)) {
         return -EDEADLK; /* called from a main-queue item */
     }
     for (;;) {

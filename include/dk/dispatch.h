@@ -217,7 +217,7 @@ dispatch_get_current_queue(void)
 static inline void
 dispatch_assert_queue(dispatch_queue_t q)
 {
-    if (!dk_queue_is_current(q, false)) {
+    if (!dk_queue_is_current(q, 0)) {
         dispatch__assert_crash("dispatch_assert_queue: not running on queue",
                                q);
     }
@@ -227,7 +227,7 @@ static inline void
 dispatch_assert_queue_barrier(dispatch_queue_t q)
 {
     dispatch_assert_queue(q);
-    if (!dk_queue_is_current(q, true)) {
+    if (!dk_queue_is_current(q, DK_SYNC_BARRIER)) {
         dispatch__assert_crash(
             "dispatch_assert_queue_barrier: not running as a barrier on queue",
             q);
@@ -237,7 +237,7 @@ dispatch_assert_queue_barrier(dispatch_queue_t q)
 static inline void
 dispatch_assert_queue_not(dispatch_queue_t q)
 {
-    if (dk_queue_is_current(q, false)) {
+    if (dk_queue_is_current(q, 0)) {
         dispatch__assert_crash("dispatch_assert_queue_not: running on queue",
                                q);
     }

@@ -93,21 +93,27 @@ DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx,
 DK_EXPORT int dk_queue_barrier_sync_f(dk_queue_t *q, void *ctx,
                                       dk_function_t fn) DK_WARN_UNUSED;
 
-/* True when a sync (or barrier sync) on q from this thread would
- * deadlock. */
-DK_EXPORT bool dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier);
+/* The flags of the three calls below: 0 for a plain sync (or check), or
+ * DK_SYNC_BARRIER for a barrier one. Another bit is a client bug (the
+ * bool calls abort; dk_queue_sync_enter returns -EINVAL). */
+#define DK_SYNC_BARRIER 0x1u
+
+/* True when a sync (or, with DK_SYNC_BARRIER, a barrier sync) on q from
+ * this thread would deadlock. */
+DK_EXPORT bool dk_queue_sync_would_deadlock(dk_queue_t *q, unsigned flags);
 
 /*
  * Try to take q for running one synchronous item on the calling thread
  * right now: succeeds (returns 0) only when q is active, not suspended,
  * idle and its target is a global queue. The caller then runs its item and
- * must call dk_queue_sync_exit. Returns -EAGAIN otherwise. This is how
- * language bindings run a sync item without leaving the calling thread.
+ * must call dk_queue_sync_exit. Returns -EAGAIN otherwise (-EINVAL for
+ * unknown flags). This is how language bindings run a sync item without
+ * leaving the calling thread.
  */
 typedef struct dk_sync_frame {
     void *opaque[4];
 } dk_sync_frame_t;
-DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, bool barrier,
+DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, unsigned flags,
                                   dk_sync_frame_t *frame) DK_WARN_UNUSED;
 DK_EXPORT void dk_queue_sync_exit(dk_queue_t *q, dk_sync_frame_t *frame);
 
@@ -167,11 +173,11 @@ DK_EXPORT dk_queue_t *dk_queue_current(void);
  * True when the calling thread runs an item submitted to q or to a queue
  * that targets q, directly or on behalf of a thread waiting in
  * dk_queue_sync_f (followed recursively). The main queue is current
- * anywhere on the main thread. With `barrier`, the item must also run
+ * anywhere on the main thread. With DK_SYNC_BARRIER, the item must also run
  * alone on q: always so for a serial queue; on a concurrent queue only a
  * barrier item of q itself (never on a global queue).
  */
-DK_EXPORT bool dk_queue_is_current(const dk_queue_t *q, bool barrier);
+DK_EXPORT bool dk_queue_is_current(const dk_queue_t *q, unsigned flags);
 
 /* The QoS class (DK_QOS_*) q was created with, and its relative priority
  * in *relpri (may be NULL): DK_QOS_UNSPECIFIED and 0 for a queue created

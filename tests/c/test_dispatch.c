@@ -1109,3 +1109,43 @@ DK_TEST(workloop_runs_higher_qos_first_fifo_within)
     dk_release(gate);
     dk_release(done);
 }
+
+/* ---- sync flags ---- */
+
+struct current_seen {
+    dk_queue_t *q;
+    bool plain, barrier, would_deadlock, would_deadlock_barrier;
+};
+
+static void
+record_current(void *p)
+{
+    struct current_seen *c = p;
+    c->plain = dk_queue_is_current(c->q, 0);
+    c->barrier = dk_queue_is_current(c->q, DK_SYNC_BARRIER);
+    c->would_deadlock = dk_queue_sync_would_deadlock(c->q, 0);
+    c->would_deadlock_barrier =
+        dk_queue_sync_would_deadlock(c->q, DK_SYNC_BARRIER);
+}
+
+DK_TEST(sync_flags_say_barrier_at_the_call_site)
+{
+    dk_queue_t *q = t_queue("flags", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct current_seen c = {.q = q};
+    /* A plain item of a concurrent queue: current, not alone on it; only
+     * a barrier sync from inside it would deadlock. */
+    CHECK_EQ(dk_queue_sync_f(q, &c, record_current), 0);
+    CHECK(c.plain && !c.barrier);
+    CHECK(!c.would_deadlock && c.would_deadlock_barrier);
+    /* A barrier item runs alone: both kinds of sync would deadlock. */
+    CHECK_EQ(dk_queue_barrier_sync_f(q, &c, record_current), 0);
+    CHECK(c.plain && c.barrier);
+    CHECK(c.would_deadlock && c.would_deadlock_barrier);
+    CHECK(!dk_queue_is_current(q, 0));
+    dk_sync_frame_t frame;
+    CHECK_EQ(dk_queue_sync_enter(q, 0x2, &frame), -EINVAL);
+    CHECK_EQ(dk_queue_sync_enter(q, DK_SYNC_BARRIER, &frame), 0);
+    CHECK(dk_queue_is_current(q, DK_SYNC_BARRIER));
+    dk_queue_sync_exit(q, &frame);
+    dk_release(q);
+}
