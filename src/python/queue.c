@@ -471,7 +471,8 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
     dk_queue_t *q = self->q;
     bool cq_barrier =
         barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
-    if (dk_queue_sync_would_deadlock(q, cq_barrier)) {
+    unsigned sync_flags = cq_barrier ? DK_SYNC_BARRIER : 0;
+    if (dk_queue_sync_would_deadlock(q, sync_flags)) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s() on '%s' from a task running on it (or on a queue "
                      "it targets) would deadlock",
@@ -479,7 +480,7 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
         return NULL;
     }
     dk_sync_frame_t frame;
-    if (dk_queue_sync_enter(q, cq_barrier, &frame) == 0) {
+    if (dk_queue_sync_enter(q, sync_flags, &frame) == 0) {
         /* Idle queue: run it right here, GIL held, as GCD does. */
         PyObject *r = PyObject_CallNoArgs(func);
         dk_queue_sync_exit(q, &frame);
