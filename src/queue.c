@@ -782,7 +782,6 @@ dk_queue_global(long priority)
     case DK_QOS_USER_INTERACTIVE:
         return &dk__roots[0];
     default:
-        errno = EINVAL;
         return NULL;
     }
 }

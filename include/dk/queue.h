@@ -58,7 +58,8 @@ DK_EXPORT int dk_queue_create(const char *label, unsigned attrs, int qos,
                               dk_queue_t **out) DK_WARN_UNUSED;
 
 /* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
- * NULL (errno = EINVAL) for any other value. Immortal. */
+ * NULL for any other value. Immortal: a lookup, not a constructor (no
+ * reference to release, nothing to fail but the value). */
 DK_EXPORT dk_queue_t *dk_queue_global(long priority);
 
 /* The main queue: a serial queue drained by the main thread. Immortal. */
