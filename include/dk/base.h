@@ -1,6 +1,35 @@
 /*
  * Definitions shared by every public dispatchkit header: visibility, the
- * callback type and the time type.
+ * callback type and the time type, the object model, and the conventions
+ * every header follows (docs/design.md, "The C API"):
+ *
+ * - Errors: a function that can fail returns 0 (or a count, or 1 for a
+ *   second kind of success) or -errno, and never reports through errno.
+ *   Its comment lists every code it returns.
+ * - Constructors return that int and write the object to their last
+ *   parameter: dk_queue_t *q; int rc = dk_queue_create("q", 0, 0, 0,
+ *   NULL, &q); *out is NULL on failure, and the object comes with one
+ *   reference (dk_release). Lookups of immortal objects (dk_queue_global,
+ *   dk_queue_main, dk_data_empty) return the object itself. dk/dispatch.h
+ *   keeps libdispatch's pointer-returning constructors on top.
+ * - Options are one `flags` argument of named constants (DK_SHARED below,
+ *   DK_SHM_* in dk/mutex.h, DK_SYNC_BARRIER in dk/queue.h, DK_QUEUE_* for
+ *   queue attributes), never a list of bools: 0 is the plain call. A bit
+ *   the function does not take is -EINVAL, or a client bug that aborts
+ *   where the function cannot return an error.
+ * - DK_WARN_UNUSED marks every function whose result says whether it
+ *   worked: constructors, submissions (-ENOMEM), waits, resume and
+ *   activate, the shared-memory and zerobuffer status calls, the CAS and
+ *   byte-level atomics. Queries and informational results (counts woken,
+ *   description lengths, old values) are unmarked. GCC does not take a
+ *   (void) cast as use: a caller that knows a result cannot be an error
+ *   keeps it in a variable and says why in a comment.
+ * - Time is an absolute CLOCK_MONOTONIC deadline in ns: 0 does not wait,
+ *   DK_TIME_FOREVER waits forever.
+ * - Callbacks (`_f` functions) take a context pointer and a function.
+ * - Misuse from C that no return value can report (an over-release,
+ *   releasing a suspended queue or a group with outstanding enters)
+ *   aborts with a message naming it.
  */
 #ifndef DK_BASE_H
 #define DK_BASE_H
