@@ -181,6 +181,8 @@ DK_TEST(compat_data_and_io)
     dispatch_release(ab);
     dispatch_release(a);
     dispatch_release(b);
+    dispatch_release(w.sem);
+    dispatch_release(rr.sem);
     close(p[0]);
     close(p[1]);
 }
