@@ -2,7 +2,9 @@
  * Data objects: an immutable list of regions over reference-counted
  * backing buffers. Building a new object copies the region list (pointers
  * and counts), never the bytes; only dk_data_create copies its input, and
- * dk_data_create_map copies when asked to flatten several regions.
+ * dk_data_create_map copies when asked to flatten several regions. The
+ * static data_* functions return NULL for out of memory, the only failure;
+ * the public dk_data_* constructors at the end turn that into -ENOMEM.
  */
 #include "internal.h"
 
@@ -65,36 +67,57 @@ static dk_data_t *
 data_alloc(size_t nregions)
 {
     if (nregions > (SIZE_MAX - sizeof(dk_data_t)) / sizeof(struct region)) {
-        errno = ENOMEM;
         return NULL;
     }
     dk_data_t *d = malloc(sizeof *d + nregions * sizeof(struct region));
     if (d == NULL) {
-        errno = ENOMEM;
         return NULL;
     }
-    d->obj.refcnt = 1;
-    d->obj.kind = DK_KIND_DATA;
-    d->obj.context = NULL;
-    d->obj.finalizer = NULL;
+    dk__object_init(&d->obj, DK_KIND_DATA);
     d->size = 0;
     d->nregions = nregions;
     return d;
 }
 
-void dk__data_destroy(dk_data_t *d);
-void
-dk__data_destroy(dk_data_t *d)
+/* The data object's part of the object model (object.c). A finalizer
+ * runs on the default global queue, as libdispatch's does. */
+static dk_queue_t *
+data_finalize(struct dk__object *o)
 {
+    (void)o;
+    return dk__default_root();
+}
+
+static void
+data_dispose(struct dk__object *o)
+{
+    dk_data_t *d = (dk_data_t *)o;
     for (size_t i = 0; i < d->nregions; i++) {
         backing_release(d->regions[i].buf);
     }
     free(d);
 }
 
-dk_data_t *
-dk_data_create_nocopy(void *buffer, size_t size,
-                      void (*destructor)(void *ctx, void *buffer), void *ctx)
+static int
+data_describe(const struct dk__object *o, const char *refcnt, char *buf,
+              size_t len)
+{
+    const dk_data_t *d = (const dk_data_t *)o;
+    return snprintf(buf, len, "data[%p] = { refcnt = %s, size = %zu }",
+                    (const void *)d, refcnt, d->size);
+}
+
+const struct dk__vtable dk__data_vtable = {
+    .kind = DK_KIND_DATA,
+    .name = "data",
+    .finalize = data_finalize,
+    .dispose = data_dispose,
+    .describe = data_describe,
+};
+
+static dk_data_t *
+data_create_nocopy(void *buffer, size_t size,
+                   void (*destructor)(void *ctx, void *buffer), void *ctx)
 {
     if (size == 0) {
         if (destructor != NULL) {
@@ -108,7 +131,6 @@ dk_data_create_nocopy(void *buffer, size_t size,
     dk_data_t *d = b != NULL ? data_alloc(1) : NULL;
     if (d == NULL) {
         free(b);
-        errno = ENOMEM;
         return NULL;
     }
     *b = (struct backing){1, buffer, destructor, ctx};
@@ -123,26 +145,25 @@ unmap_buffer(void *ctx, void *buffer)
     dk__os_munmap(buffer, (size_t)(uintptr_t)ctx);
 }
 
-dk_data_t *
-dk_data_create_mapped(void *buffer, size_t size)
+static dk_data_t *
+data_create_mapped(void *buffer, size_t size)
 {
-    return dk_data_create_nocopy(buffer, size, unmap_buffer,
-                                 (void *)(uintptr_t)size);
+    return data_create_nocopy(buffer, size, unmap_buffer,
+                              (void *)(uintptr_t)size);
 }
 
-dk_data_t *
-dk_data_create(const void *bytes, size_t size)
+static dk_data_t *
+data_create(const void *bytes, size_t size)
 {
     if (size == 0) {
         return &empty;
     }
     void *copy = malloc(size);
     if (copy == NULL) {
-        errno = ENOMEM;
         return NULL;
     }
     memcpy(copy, bytes, size);
-    dk_data_t *d = dk_data_create_nocopy(copy, size, NULL, NULL);
+    dk_data_t *d = data_create_nocopy(copy, size, NULL, NULL);
     if (d == NULL) {
         free(copy);
     }
@@ -161,8 +182,8 @@ dk_data_region_count(const dk_data_t *d)
     return d->nregions;
 }
 
-dk_data_t *
-dk_data_create_concat(dk_data_t *a, dk_data_t *b)
+static dk_data_t *
+data_create_concat(dk_data_t *a, dk_data_t *b)
 {
     if (a->size == 0) {
         dk_retain(b);
@@ -186,8 +207,8 @@ dk_data_create_concat(dk_data_t *a, dk_data_t *b)
     return d;
 }
 
-dk_data_t *
-dk_data_create_subrange(dk_data_t *d, size_t offset, size_t length)
+static dk_data_t *
+data_create_subrange(dk_data_t *d, size_t offset, size_t length)
 {
     if (offset >= d->size || length == 0) {
         return &empty;
@@ -231,8 +252,8 @@ dk_data_create_subrange(dk_data_t *d, size_t offset, size_t length)
     return r;
 }
 
-dk_data_t *
-dk_data_copy_region(dk_data_t *d, size_t location, size_t *offset)
+static dk_data_t *
+data_copy_region(dk_data_t *d, size_t location, size_t *offset)
 {
     if (location >= d->size) {
         *offset = d->size;
@@ -277,8 +298,8 @@ dk_data_apply(dk_data_t *d, void *ctx,
     return true;
 }
 
-dk_data_t *
-dk_data_create_map(dk_data_t *d, const void **bytes, size_t *size)
+static dk_data_t *
+data_create_map(dk_data_t *d, const void **bytes, size_t *size)
 {
     *size = d->size;
     if (d->nregions <= 1) {
@@ -290,7 +311,6 @@ dk_data_create_map(dk_data_t *d, const void **bytes, size_t *size)
     }
     char *flat = malloc(d->size);
     if (flat == NULL) {
-        errno = ENOMEM;
         return NULL;
     }
     size_t pos = 0;
@@ -299,11 +319,67 @@ dk_data_create_map(dk_data_t *d, const void **bytes, size_t *size)
         memcpy(flat + pos, (const char *)g->buf->ptr + g->offset, g->len);
         pos += g->len;
     }
-    dk_data_t *m = dk_data_create_nocopy(flat, d->size, NULL, NULL);
+    dk_data_t *m = data_create_nocopy(flat, d->size, NULL, NULL);
     if (m == NULL) {
         free(flat);
         return NULL;
     }
     *bytes = flat;
     return m;
+}
+
+/* ---- the public constructors: 0 or -ENOMEM, the object in *out ------- */
+
+int
+dk_data_create(const void *bytes, size_t size, dk_data_t **out)
+{
+    *out = data_create(bytes, size);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_create_nocopy(void *buffer, size_t size,
+                      void (*destructor)(void *ctx, void *buffer), void *ctx,
+                      dk_data_t **out)
+{
+    *out = data_create_nocopy(buffer, size, destructor, ctx);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_create_mapped(void *buffer, size_t size, dk_data_t **out)
+{
+    *out = data_create_mapped(buffer, size);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_create_concat(dk_data_t *a, dk_data_t *b, dk_data_t **out)
+{
+    *out = data_create_concat(a, b);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_create_subrange(dk_data_t *d, size_t offset, size_t length,
+                        dk_data_t **out)
+{
+    *out = data_create_subrange(d, offset, length);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_copy_region(dk_data_t *d, size_t location, size_t *offset,
+                    dk_data_t **out)
+{
+    *out = data_copy_region(d, location, offset);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int
+dk_data_create_map(dk_data_t *d, const void **bytes, size_t *size,
+                   dk_data_t **out)
+{
+    *out = data_create_map(d, bytes, size);
+    return *out != NULL ? 0 : -ENOMEM;
 }

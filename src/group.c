@@ -35,39 +35,60 @@ struct dk_group_s {
     struct notify *notify_head, *notify_tail;
 };
 
-dk_group_t *
-dk_group_create(void)
+int
+dk_group_create(dk_group_t **out)
 {
     dk__runtime_ensure();
     dk_group_t *g = calloc(1, sizeof *g);
+    *out = g;
     if (g == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
-    g->obj.refcnt = 1;
-    g->obj.kind = DK_KIND_GROUP;
+    dk__object_init(&g->obj, DK_KIND_GROUP);
     pthread_mutex_init(&g->lock, NULL);
-    return g;
+    return 0;
 }
 
-void dk__group_destroy(dk_group_t *g);
-void
-dk__group_destroy(dk_group_t *g)
+/* The group's part of the object model (object.c). */
+static dk_queue_t *
+group_finalize(struct dk__object *o)
 {
+    dk_group_t *g = (dk_group_t *)o;
     if (dk__atomic_load_acquire(&g->count) != 0) {
         DK_CLIENT_CRASH("Group object deallocated while in use");
     }
+    return dk__default_root();
+}
+
+static void
+group_dispose(struct dk__object *o)
+{
+    dk_group_t *g = (dk_group_t *)o;
     for (struct notify *n = g->notify_head, *next; n != NULL; n = next) {
         next = n->next;
         dk_release(n->queue);
         free(n);
     }
-    if (g->obj.finalizer != NULL && g->obj.context != NULL) {
-        dk_queue_async_f(dk__default_root(), g->obj.context, g->obj.finalizer);
-    }
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
+
+static int
+group_describe(const struct dk__object *o, const char *refcnt, char *buf,
+               size_t len)
+{
+    return snprintf(buf, len, "group[%p] = { refcnt = %s, count = %ld }",
+                    (const void *)o, refcnt,
+                    dk_group_count((const dk_group_t *)o));
+}
+
+const struct dk__vtable dk__group_vtable = {
+    .kind = DK_KIND_GROUP,
+    .name = "group",
+    .finalize = group_finalize,
+    .dispose = group_dispose,
+    .describe = group_describe,
+};
 
 void
 dk_group_enter(dk_group_t *g)

@@ -33,12 +33,22 @@
         abort();                                                              \
     } while (0)
 
+/*
+ * The object model (object.c). Every heap object (queue, group,
+ * semaphore, source, data, I/O channel) starts with a struct dk__object:
+ * its reference count, a kind tag, and the context and finalizer of
+ * dk_object_set_context/dk_object_set_finalizer_f. The kind tag names the
+ * object's vtable (struct dk__vtable) and lets dk_release recognise a
+ * pointer that is not an object. Immortal objects (global queues, the
+ * main queue, the empty data object) carry DK_REFCNT_IMMORTAL.
+ */
 enum dk__kind {
     DK_KIND_QUEUE = 0x51554555,
     DK_KIND_GROUP = 0x47525550,
     DK_KIND_SEMAPHORE = 0x53454d41,
     DK_KIND_SOURCE = 0x534f5552,
     DK_KIND_DATA = 0x44415441,
+    DK_KIND_IO = 0x494f4348,
 };
 
 #define DK_REFCNT_IMMORTAL 0x80000000u
@@ -49,6 +59,36 @@ struct dk__object {
     void *context;
     dk_function_t finalizer;
 };
+
+/*
+ * What the object model needs of each kind, one table per kind (defined
+ * beside the kind's code, listed in object.c). When the last reference
+ * goes, dk_release calls finalize, submits the client's finalizer with
+ * its context to the queue finalize returned (dk__finalizer_run), then
+ * calls dispose.
+ */
+struct dk__vtable {
+    uint32_t kind; /* DK_KIND_* */
+    const char *name;
+    /* Abort if destroying the object now is a client bug (a suspended
+     * queue, a group with outstanding enters); return the queue the
+     * finalizer runs on (borrowed: the object still holds it). */
+    dk_queue_t *(*finalize)(struct dk__object *o);
+    /* Release everything the object holds and free it. */
+    void (*dispose)(struct dk__object *o);
+    /* dk_object_describe for this kind; `refcnt` is the count, printed. */
+    int (*describe)(const struct dk__object *o, const char *refcnt, char *buf,
+                    size_t len);
+};
+extern const struct dk__vtable dk__queue_vtable, dk__group_vtable,
+    dk__semaphore_vtable, dk__source_vtable, dk__data_vtable, dk__io_vtable;
+
+/* A new object of `kind` with one reference, no context, no finalizer. */
+void dk__object_init(struct dk__object *o, uint32_t kind);
+/* Run fn(ctx) asynchronously on q, or on the calling thread if q cannot
+ * take it (out of memory) rather than lose it. Nothing when fn or ctx is
+ * NULL. The one way finalizers and queue-specific destructors run. */
+void dk__finalizer_run(dk_queue_t *q, void *ctx, dk_function_t fn);
 
 /* Work item flags. */
 #define DK_ITEM_BARRIER 0x1u   /* exclusive on a concurrent queue */

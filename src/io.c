@@ -42,7 +42,7 @@ struct io_op {
 };
 
 struct dk_io_s {
-    uint32_t refcnt;
+    struct dk__object obj;
     int type;
     int fd;
     bool regular;
@@ -173,57 +173,86 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 
 /* ---- channel lifetime ----------------------------------------------- */
 
-void
-dk_io_retain(dk_io_t *io)
+/* The channel's part of the object model (object.c): channels are
+ * reference counted like every other object, and the pending work holds
+ * references (the running process item, a parked readiness source). A
+ * finalizer runs on the cleanup handler's queue. */
+static dk_queue_t *
+io_finalize(struct dk__object *o)
 {
-    dk__atomic_add_relaxed(&io->refcnt, 1);
+    return ((dk_io_t *)o)->cleanup_q;
 }
 
-void
-dk_io_release(dk_io_t *io)
+static void
+io_dispose(struct dk__object *o)
 {
-    if (dk__atomic_sub_acq_rel(&io->refcnt, 1) != 1) {
-        return;
-    }
+    dk_io_t *io = (dk_io_t *)o;
     dk_release(io->opq);
     dk_release(io->cleanup_q);
     pthread_mutex_destroy(&io->lock);
     free(io);
 }
 
-dk_io_t *
-dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
-             void (*cleanup)(void *ctx, int error))
+static int
+io_describe(const struct dk__object *o, const char *refcnt, char *buf,
+            size_t len)
 {
+    const dk_io_t *io = (const dk_io_t *)o;
+    return snprintf(buf, len, "io[%p] = { refcnt = %s, fd = %d, type = %s%s }",
+                    (const void *)io, refcnt, io->fd,
+                    io->type == DK_IO_RANDOM ? "random" : "stream",
+                    dk_io_is_closed(io) ? ", closed" : "");
+}
+
+const struct dk__vtable dk__io_vtable = {
+    .kind = DK_KIND_IO,
+    .name = "io",
+    .finalize = io_finalize,
+    .dispose = io_dispose,
+    .describe = io_describe,
+};
+
+void
+dk_io_retain(dk_io_t *io)
+{
+    dk_retain(io);
+}
+
+void
+dk_io_release(dk_io_t *io)
+{
+    dk_release(io);
+}
+
+int
+dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
+             void (*cleanup)(void *ctx, int error), dk_io_t **out)
+{
+    *out = NULL;
     bool regular;
     if (type != DK_IO_STREAM && type != DK_IO_RANDOM) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     if (dk__os_fd_check(fd, &regular) < 0) {
-        errno = EBADF;
-        return NULL;
+        return -EBADF;
     }
     off_t base = 0;
     if (type == DK_IO_RANDOM) {
         base = lseek(fd, 0, SEEK_CUR);
         if (base < 0) {
-            errno = ESPIPE;
-            return NULL;
+            return -ESPIPE;
         }
     }
     dk_io_t *io = calloc(1, sizeof *io);
     if (io == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
-    io->opq = dk_queue_create("dk.io", 0, 0, 0, NULL);
-    if (io->opq == NULL) {
+    int rc = dk_queue_create("dk.io", 0, 0, 0, NULL, &io->opq);
+    if (rc < 0) {
         free(io);
-        errno = ENOMEM;
-        return NULL;
+        return rc;
     }
-    io->refcnt = 1;
+    dk__object_init(&io->obj, DK_KIND_IO);
     io->type = type;
     io->fd = fd;
     io->regular = regular;
@@ -235,7 +264,8 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
     io->high = SIZE_MAX;
     io->low = 0;
     pthread_mutex_init(&io->lock, NULL);
-    return io;
+    *out = io;
+    return 0;
 }
 
 static void process(void *p);
@@ -302,9 +332,8 @@ op_new(enum op_kind kind, dk_queue_t *q, void *ctx, dk_io_handler_t h)
     op->ctx = ctx;
     op->handler = h;
     if (kind != OP_BARRIER) {
-        op->dq = dk_queue_create("dk.io.delivery", 0, 0, 0,
-                                 q != NULL ? q : dk__default_root());
-        if (op->dq == NULL) {
+        if (dk_queue_create("dk.io.delivery", 0, 0, 0,
+                            q != NULL ? q : dk__default_root(), &op->dq) < 0) {
             free(op);
             return NULL;
         }
@@ -483,10 +512,9 @@ ready_handler(void *p)
 static bool
 wait_ready(dk_io_t *io, bool for_write)
 {
-    dk_source_t *s =
-        dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
-                         (uintptr_t)io->fd, 0, dk__default_root());
-    if (s == NULL) {
+    dk_source_t *s;
+    if (dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
+                         (uintptr_t)io->fd, 0, dk__default_root(), &s) < 0) {
         return false;
     }
     dk_source_set_context(s, io);
@@ -727,7 +755,13 @@ process(void *p)
                 if (c != NULL) {
                     *c = (struct cleanup_call){io->cleanup, io->cleanup_ctx,
                                                io->first_error};
-                    dk_queue_async_f(io->cleanup_q, c, cleanup_run);
+                }
+                if (c == NULL ||
+                    dk_queue_async_f(io->cleanup_q, c, cleanup_run) < 0) {
+                    /* Out of memory: run the cleanup handler here rather
+                     * than lose it (the channel's owner waits for it). */
+                    free(c);
+                    io->cleanup(io->cleanup_ctx, io->first_error);
                 }
             }
             dk_io_release(io); /* the running reference */
@@ -793,9 +827,10 @@ int
 dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
           dk_read_handler_t handler)
 {
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    if (io == NULL) {
-        return -errno;
+    dk_io_t *io;
+    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
+    if (rc < 0) {
+        return rc;
     }
     struct simple *s = malloc(sizeof *s);
     struct io_op *op =
@@ -810,7 +845,7 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
     io->low = SIZE_MAX; /* one delivery with everything read */
     op->length = length;
     op->once = !io->regular; /* files: until length or end of file */
-    int rc = enqueue(io, op);
+    rc = enqueue(io, op);
     if (rc < 0) {
         dk_release(op->dq);
         op_free(op);
@@ -825,9 +860,10 @@ int
 dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
            dk_write_handler_t handler)
 {
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    if (io == NULL) {
-        return -errno;
+    dk_io_t *io;
+    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
+    if (rc < 0) {
+        return rc;
     }
     struct simple *s = malloc(sizeof *s);
     if (s == NULL) {
@@ -836,7 +872,7 @@ dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
     }
     s->ctx = ctx;
     s->wh = handler;
-    int rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
+    rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
     if (rc < 0) {
         free(s);
     }

@@ -31,8 +31,11 @@ adapter_new(void *ctx, dk_io_data_handler_t io_handler,
 static dk_data_t *
 wrap(const void *bytes, size_t len)
 {
-    dk_data_t *d = dk_data_create(bytes, len);
-    return d != NULL ? d : dk_data_empty(); /* out of memory: no data */
+    dk_data_t *d;
+    if (dk_data_create(bytes, len, &d) < 0) {
+        return dk_data_empty(); /* out of memory: no data */
+    }
+    return d;
 }
 
 static void
@@ -76,8 +79,7 @@ dk_io_read_data(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q,
 static int
 flatten(dk_data_t *data, dk_data_t **map, const void **bytes, size_t *len)
 {
-    *map = dk_data_create_map(data, bytes, len);
-    return *map == NULL ? -ENOMEM : 0;
+    return dk_data_create_map(data, bytes, len, map);
 }
 
 int

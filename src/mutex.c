@@ -315,9 +315,13 @@ orphan_clock(const dk_shm_mutex_t *m, uint64_t now)
 }
 
 int
-dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
-                  bool interruptible)
+dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
+                  unsigned flags)
 {
+    if (flags & ~(DK_SHARED | DK_SHM_INTERRUPTIBLE)) {
+        return -EINVAL;
+    }
+    bool shared = (flags & DK_SHARED) != 0;
     uint32_t me = (uint32_t)dk__os_pid();
     uint32_t s = 0;
     if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
@@ -384,7 +388,7 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         uint64_t slice = now + LIVENESS_SLICE_NS;
         int rc = dk__os_futex_wait(
             &m->state, 2, slice < deadline ? slice : deadline, shared);
-        if (rc == -EINTR && interruptible) {
+        if (rc == -EINTR && (flags & DK_SHM_INTERRUPTIBLE)) {
             return -EINTR;
         }
         slept_a_slice = rc == -ETIMEDOUT;
@@ -392,8 +396,12 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
 }
 
 int
-dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
+dk_shm_mutex_unlock(dk_shm_mutex_t *m, unsigned flags)
 {
+    if (flags & ~(DK_SHARED | DK_SHM_FORCE)) {
+        return -EINVAL;
+    }
+    bool force = (flags & DK_SHM_FORCE) != 0;
     /* Ownership is per thread: when a thread id is recorded (every lock
      * of ours records one), only that thread may unlock, so another
      * thread of the holder's process cannot end its mutual exclusion
@@ -411,15 +419,15 @@ dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
     dk__atomic_store_relaxed(&m->owner_tid, 0);
     dk__atomic_store_release(&m->owner_pid, 0);       /* R1 */
     if (dk__atomic_xchg_release(&m->state, 0) == 2) { /* R2 */
-        dk__os_futex_wake(&m->state, 1, shared);
+        dk__os_futex_wake(&m->state, 1, (flags & DK_SHARED) != 0);
     }
     return 0;
 }
 
 int
-dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count, uint32_t count)
+dk_shm_semaphore_init(dk_shm_semaphore_t *s, uint32_t count, unsigned flags)
 {
-    if ((uintptr_t)s % 4 != 0) {
+    if ((uintptr_t)s % 4 != 0 || (flags & ~DK_SHM_SET_COUNT)) {
         return -EINVAL;
     }
     uint32_t magic = dk__atomic_load_acquire(&s->magic);
@@ -433,7 +441,7 @@ dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count, uint32_t count)
             return -EBADMSG;
         }
     }
-    if (set_count) {
+    if (flags & DK_SHM_SET_COUNT) {
         dk__atomic_store_release(&s->count, count);
     }
     return 0;
@@ -461,9 +469,13 @@ try_take(dk_shm_semaphore_t *s)
 }
 
 int
-dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
-                      int spin, bool interruptible)
+dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, int spin,
+                      unsigned flags)
 {
+    if (flags & ~(DK_SHARED | DK_SHM_INTERRUPTIBLE)) {
+        return -EINVAL;
+    }
+    bool shared = (flags & DK_SHARED) != 0;
     if (try_take(s)) {
         return 0;
     }
@@ -499,16 +511,18 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, bool shared,
         if (try_take(s)) {
             return 0;
         }
-        if (rc == -EINTR && interruptible) {
+        if (rc == -EINTR && (flags & DK_SHM_INTERRUPTIBLE)) {
             return -EINTR;
         }
     }
 }
 
 int
-dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, bool shared,
-                      bool fastipc_compat)
+dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, unsigned flags)
 {
+    if (flags & ~(DK_SHARED | DK_SHM_FASTIPC_COMPAT)) {
+        return -EINVAL;
+    }
     if (n == 0) {
         return 0;
     }
@@ -519,8 +533,9 @@ dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n, bool shared,
         }
     } while (!dk__atomic_cas_seq_cst(&s->count, &v, v + n)); /* P1 */
     if (dk__atomic_load_seq_cst(&s->waiters) > 0 ||          /* P2 */
-        (fastipc_compat && v == 0)) {
-        dk__os_futex_wake(&s->count, n > INT_MAX ? INT_MAX : (int)n, shared);
+        ((flags & DK_SHM_FASTIPC_COMPAT) && v == 0)) {
+        dk__os_futex_wake(&s->count, n > INT_MAX ? INT_MAX : (int)n,
+                          (flags & DK_SHARED) != 0);
     }
     return 0;
 }

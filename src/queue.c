@@ -547,9 +547,20 @@ dk_queue_barrier_async_f(dk_queue_t *q, void *ctx, dk_function_t fn)
 
 /* ---- sync ----------------------------------------------------------- */
 
-bool
-dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier)
+/* DK_SYNC_BARRIER or not; other bits are a client bug. */
+static bool
+sync_barrier(unsigned flags)
 {
+    if (flags & ~DK_SYNC_BARRIER) {
+        DK_CLIENT_CRASH("unknown flags for a queue sync call");
+    }
+    return (flags & DK_SYNC_BARRIER) != 0;
+}
+
+bool
+dk_queue_sync_would_deadlock(dk_queue_t *q, unsigned flags)
+{
+    bool barrier = sync_barrier(flags);
     for (struct dk__frame *f = dk__current_frame; f != NULL; f = f->prev) {
         for (dk_queue_t *x = q; x != NULL; x = x->target) {
             if (x->type == DK_Q_ROOT) {
@@ -570,8 +581,12 @@ dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier)
 }
 
 int
-dk_queue_sync_enter(dk_queue_t *q, bool barrier, dk_sync_frame_t *frame)
+dk_queue_sync_enter(dk_queue_t *q, unsigned flags, dk_sync_frame_t *frame)
 {
+    if (flags & ~DK_SYNC_BARRIER) {
+        return -EINVAL;
+    }
+    bool barrier = (flags & DK_SYNC_BARRIER) != 0;
     struct dk__frame *f = (struct dk__frame *)frame;
     _Static_assert(sizeof(struct dk__frame) <= sizeof(dk_sync_frame_t),
                    "dk_sync_frame_t too small");
@@ -657,11 +672,12 @@ dk__wait_word(uint32_t *word, uint32_t expected, uint64_t deadline)
 static int
 sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
 {
-    if (dk_queue_sync_would_deadlock(q, barrier)) {
+    unsigned flags = barrier ? DK_SYNC_BARRIER : 0;
+    if (dk_queue_sync_would_deadlock(q, flags)) {
         return -EDEADLK;
     }
     dk_sync_frame_t frame;
-    if (dk_queue_sync_enter(q, barrier, &frame) == 0) {
+    if (dk_queue_sync_enter(q, flags, &frame) == 0) {
         fn(ctx);
         dk_queue_sync_exit(q, &frame);
         return 0;
@@ -678,7 +694,9 @@ sync_common(dk_queue_t *q, void *ctx, dk_function_t fn, bool barrier)
         /* We are the thread that drains the main queue: drain until our
          * item has run. */
         while (dk__atomic_load_acquire(&it.done) == 0) {
-            dk_main_drain(DK_TIME_FOREVER);
+            /* -EINTR (a signal handler ran) only sends us round again. */
+            long drained = dk_main_drain(DK_TIME_FOREVER);
+            (void)drained;
         }
         return 0;
     }
@@ -764,7 +782,6 @@ dk_queue_global(long priority)
     case DK_QOS_USER_INTERACTIVE:
         return &dk__roots[0];
     default:
-        errno = EINVAL;
         return NULL;
     }
 }
@@ -784,31 +801,28 @@ valid_qos(int qos)
            qos == DK_QOS_USER_INITIATED || qos == DK_QOS_USER_INTERACTIVE;
 }
 
-dk_queue_t *
+int
 dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
-                dk_queue_t *target)
+                dk_queue_t *target, dk_queue_t **out)
 {
+    *out = NULL;
     if ((attrs & ~(DK_QUEUE_CONCURRENT | DK_QUEUE_INACTIVE |
                    DK_QUEUE_WORKLOOP)) != 0 ||
         (attrs & (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) ==
             (DK_QUEUE_CONCURRENT | DK_QUEUE_WORKLOOP)) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     dk__runtime_ensure();
     dk_queue_t *q = calloc(1, sizeof *q);
     if (q == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     q->label = strdup(label != NULL ? label : "");
     if (q->label == NULL) {
         free(q);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
-    q->obj.refcnt = 1;
-    q->obj.kind = DK_KIND_QUEUE;
+    dk__object_init(&q->obj, DK_KIND_QUEUE);
     q->type = (attrs & DK_QUEUE_CONCURRENT) ? DK_Q_CONCURRENT
               : (attrs & DK_QUEUE_WORKLOOP) ? DK_Q_WORKLOOP
                                             : DK_Q_SERIAL;
@@ -828,23 +842,16 @@ dk_queue_create(const char *label, unsigned attrs, int qos, int relpri,
         q->target = root_for_qos(q->qos);
     }
     registry_add(q);
-    return q;
+    *out = q;
+    return 0;
 }
 
-static void
-run_finalizer_async(dk_queue_t *target, void *ctx, dk_function_t fn)
-{
-    if (fn == NULL || ctx == NULL) {
-        return;
-    }
-    if (dk_queue_async_f(target, ctx, fn) < 0) {
-        fn(ctx); /* out of memory: run it here rather than lose it */
-    }
-}
+/* ---- the queue's part of the object model (object.c) ---------------- */
 
-static void
-queue_destroy(dk_queue_t *q)
+static dk_queue_t *
+queue_finalize(struct dk__object *o)
 {
+    dk_queue_t *q = (dk_queue_t *)o;
     uint64_t s = dk__atomic_load_acquire(&q->state);
     if (s & DK_QS_INACTIVE) {
         DK_CLIENT_CRASH("Release of an inactive queue");
@@ -852,15 +859,20 @@ queue_destroy(dk_queue_t *q)
     if ((s >> DK_QS_SUSPEND_SHIFT) != 0) {
         DK_CLIENT_CRASH("Release of a suspended queue");
     }
+    /* The finalizer runs on the target if it is a global queue, else on
+     * the default global queue (the target is released below). */
+    return q->target->type == DK_Q_ROOT ? q->target : dk__default_root();
+}
+
+static void
+queue_dispose(struct dk__object *o)
+{
+    dk_queue_t *q = (dk_queue_t *)o;
     registry_remove(q);
-    dk_queue_t *target = q->target;
-    run_finalizer_async(target->type == DK_Q_ROOT ? target
-                                                  : dk__default_root(),
-                        q->obj.context, q->obj.finalizer);
     struct dk__specific *sp = q->specifics;
     while (sp != NULL) {
         struct dk__specific *next = sp->next;
-        run_finalizer_async(dk__default_root(), sp->value, sp->destructor);
+        dk__finalizer_run(dk__default_root(), sp->value, sp->destructor);
         free(sp);
         sp = next;
     }
@@ -868,69 +880,52 @@ queue_destroy(dk_queue_t *q)
         dk_release(q->retired_targets[i]);
     }
     free(q->retired_targets);
-    if (target->type != DK_Q_ROOT) {
-        dk_release(target);
+    if (q->target->type != DK_Q_ROOT) {
+        dk_release(q->target);
     }
     pthread_mutex_destroy(&q->lock);
     free(q->label);
     free(q);
 }
 
-void dk__group_destroy(dk_group_t *g);
-void dk__semaphore_destroy(dk_semaphore_t *s);
-void dk__source_destroy(dk_source_t *s);
-void dk__data_destroy(dk_data_t *d);
-
-void
-dk_retain(void *object)
+static const char *
+queue_kind(const dk_queue_t *q)
 {
-    struct dk__object *o = object;
-    if (o == NULL ||
-        (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
-        return;
+    switch (q->type) {
+    case DK_Q_SERIAL:
+        return "serial";
+    case DK_Q_CONCURRENT:
+        return "concurrent";
+    case DK_Q_ROOT:
+        return "global";
+    case DK_Q_MAIN:
+        return "main";
+    case DK_Q_WORKLOOP:
+        return "workloop";
     }
-    if (dk__atomic_add_relaxed(&o->refcnt, 1) == 0) {
-        DK_CLIENT_CRASH("Resurrection of an object");
-    }
+    return "?";
 }
 
-void
-dk_release(void *object)
+static int
+queue_describe(const struct dk__object *o, const char *refcnt, char *buf,
+               size_t len)
 {
-    struct dk__object *o = object;
-    if (o == NULL ||
-        (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL)) {
-        return;
-    }
-    /* Acquire-release: every use by other owners happens before the
-     * destruction by whoever drops the last reference. */
-    uint32_t old = dk__atomic_sub_acq_rel(&o->refcnt, 1);
-    if (old > 1) {
-        return;
-    }
-    if (old == 0) {
-        DK_CLIENT_CRASH("Over-release of an object");
-    }
-    switch (o->kind) {
-    case DK_KIND_QUEUE:
-        queue_destroy((dk_queue_t *)o);
-        break;
-    case DK_KIND_GROUP:
-        dk__group_destroy((dk_group_t *)o);
-        break;
-    case DK_KIND_SEMAPHORE:
-        dk__semaphore_destroy((dk_semaphore_t *)o);
-        break;
-    case DK_KIND_SOURCE:
-        dk__source_destroy((dk_source_t *)o);
-        break;
-    case DK_KIND_DATA:
-        dk__data_destroy((dk_data_t *)o);
-        break;
-    default:
-        DK_CLIENT_CRASH("dk_release of something that is not an object");
-    }
+    const dk_queue_t *q = (const dk_queue_t *)o;
+    return snprintf(buf, len,
+                    "queue[%p] = { refcnt = %s, label = \"%s\", "
+                    "kind = %s, qos = 0x%x, suspended = %u%s }",
+                    (const void *)q, refcnt, q->label, queue_kind(q), q->qos,
+                    dk_queue_suspend_count(q),
+                    dk_queue_is_inactive(q) ? ", inactive" : "");
 }
+
+const struct dk__vtable dk__queue_vtable = {
+    .kind = DK_KIND_QUEUE,
+    .name = "queue",
+    .finalize = queue_finalize,
+    .dispose = queue_dispose,
+    .describe = queue_describe,
+};
 
 /* ---- properties and control ----------------------------------------- */
 
@@ -1135,7 +1130,7 @@ dk_queue_set_specific(dk_queue_t *q, const void *key, void *value,
         q->specifics = sp;
     }
     pthread_mutex_unlock(&q->lock);
-    run_finalizer_async(dk__default_root(), old_value, old_destructor);
+    dk__finalizer_run(dk__default_root(), old_value, old_destructor);
     return 0;
 }
 
@@ -1200,8 +1195,9 @@ frames_on(const struct dk__frame *top, const dk_queue_t *q, bool barrier)
 }
 
 bool
-dk_queue_is_current(const dk_queue_t *q, bool barrier)
+dk_queue_is_current(const dk_queue_t *q, unsigned flags)
 {
+    bool barrier = sync_barrier(flags);
     if (q->type == DK_Q_MAIN && dk_is_main_thread()) {
         return true;
     }
@@ -1262,7 +1258,7 @@ dk_main_drain(uint64_t deadline)
     if (!dk_is_main_thread()) {
         return -EPERM;
     }
-    if (dk_queue_sync_would_deadlock(&main_queue, false)) {
+    if (dk_queue_sync_would_deadlock(&main_queue, 0)) {
         return -EDEADLK; /* called from a main-queue item */
     }
     for (;;) {
@@ -1316,139 +1312,4 @@ dk__queue_fork_child(void)
     main_fd = dk__os_eventfd_create();
     main_tid = dk__os_pid();
     dk__current_frame = NULL;
-}
-
-/* ---- generic object operations -------------------------------------- */
-
-void
-dk_object_suspend(void *object)
-{
-    struct dk__object *o = object;
-    if (o->kind == DK_KIND_QUEUE) {
-        dk_queue_suspend(object);
-    } else if (o->kind == DK_KIND_SOURCE) {
-        dk_source_suspend(object);
-    }
-}
-
-int
-dk_object_resume(void *object)
-{
-    struct dk__object *o = object;
-    if (o->kind == DK_KIND_QUEUE) {
-        return dk_queue_resume(object);
-    }
-    if (o->kind == DK_KIND_SOURCE) {
-        return dk_source_resume(object);
-    }
-    return -EINVAL;
-}
-
-int
-dk_object_activate(void *object)
-{
-    struct dk__object *o = object;
-    if (o->kind == DK_KIND_QUEUE) {
-        return dk_queue_activate(object);
-    }
-    if (o->kind == DK_KIND_SOURCE) {
-        /* Activating a source starts it once (GCD's dispatch_activate). */
-        return dk_source_testcancel(object) ? 0
-                                            : (dk_source_resume(object), 0);
-    }
-    return -EINVAL;
-}
-
-void
-dk_object_set_context(void *object, void *ctx)
-{
-    struct dk__object *o = object;
-    if (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
-        return; /* global queues ignore contexts, as in GCD */
-    }
-    dk__atomic_store_release(&o->context, ctx);
-}
-
-void *
-dk_object_get_context(const void *object)
-{
-    const struct dk__object *o = object;
-    return dk__atomic_load_acquire(&o->context);
-}
-
-static const char *
-queue_kind(const dk_queue_t *q)
-{
-    switch (q->type) {
-    case DK_Q_SERIAL:
-        return "serial";
-    case DK_Q_CONCURRENT:
-        return "concurrent";
-    case DK_Q_ROOT:
-        return "global";
-    case DK_Q_MAIN:
-        return "main";
-    case DK_Q_WORKLOOP:
-        return "workloop";
-    }
-    return "?";
-}
-
-int
-dk_object_describe(const void *object, char *buf, size_t len)
-{
-    const struct dk__object *o = object;
-    uint32_t refs = dk__atomic_load_relaxed(&o->refcnt);
-    char refcnt[16];
-    if (refs & DK_REFCNT_IMMORTAL) {
-        snprintf(refcnt, sizeof refcnt, "immortal");
-    } else {
-        snprintf(refcnt, sizeof refcnt, "%u", refs);
-    }
-    switch (o->kind) {
-    case DK_KIND_QUEUE: {
-        const dk_queue_t *q = object;
-        return snprintf(buf, len,
-                        "queue[%p] = { refcnt = %s, label = \"%s\", "
-                        "kind = %s, qos = 0x%x, suspended = %u%s }",
-                        object, refcnt, q->label, queue_kind(q), q->qos,
-                        dk_queue_suspend_count(q),
-                        dk_queue_is_inactive(q) ? ", inactive" : "");
-    }
-    case DK_KIND_SOURCE: {
-        const dk_source_t *s = object;
-        static const char *const types[] = {
-            "?",    "timer",    "signal",  "read",         "write",
-            "proc", "data-add", "data-or", "data-replace",
-        };
-        unsigned t = (unsigned)dk_source_get_type(s);
-        return snprintf(buf, len,
-                        "source[%p] = { refcnt = %s, type = %s, handle = "
-                        "%zu, mask = 0x%lx%s }",
-                        object, refcnt,
-                        t < sizeof types / sizeof types[0] ? types[t] : "?",
-                        (size_t)dk_source_get_handle(s), dk_source_get_mask(s),
-                        dk_source_testcancel(s) ? ", cancelled" : "");
-    }
-    case DK_KIND_DATA:
-        return snprintf(buf, len, "data[%p] = { refcnt = %s, size = %zu }",
-                        object, refcnt, dk_data_get_size(object));
-    case DK_KIND_GROUP:
-        return snprintf(buf, len, "group[%p] = { refcnt = %s }", object,
-                        refcnt);
-    case DK_KIND_SEMAPHORE:
-        return snprintf(buf, len, "semaphore[%p] = { refcnt = %s }", object,
-                        refcnt);
-    }
-    return snprintf(buf, len, "unknown object [%p]", object);
-}
-
-void
-dk_object_set_finalizer_f(void *object, dk_function_t fn)
-{
-    struct dk__object *o = object;
-    if (dk__atomic_load_relaxed(&o->refcnt) & DK_REFCNT_IMMORTAL) {
-        return;
-    }
-    dk__atomic_store_release(&o->finalizer, fn);
 }

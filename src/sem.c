@@ -97,35 +97,55 @@ token_word(dk_semaphore_t *s)
 #endif
 }
 
-dk_semaphore_t *
-dk_semaphore_create(long value)
+int
+dk_semaphore_create(long value, dk_semaphore_t **out)
 {
+    *out = NULL;
     if (value < 0) {
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     dk_semaphore_t *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
-    s->obj.refcnt = 1;
-    s->obj.kind = DK_KIND_SEMAPHORE;
+    dk__object_init(&s->obj, DK_KIND_SEMAPHORE);
     s->value = value;
     s->orig = value;
     s->spin_ns = SPIN_BUDGET_NS;
-    return s;
+    *out = s;
+    return 0;
 }
 
-void dk__semaphore_destroy(dk_semaphore_t *s);
-void
-dk__semaphore_destroy(dk_semaphore_t *s)
+/* The semaphore's part of the object model (object.c). */
+static dk_queue_t *
+semaphore_finalize(struct dk__object *o)
 {
-    if (s->obj.finalizer != NULL && s->obj.context != NULL) {
-        dk_queue_async_f(dk__default_root(), s->obj.context, s->obj.finalizer);
-    }
-    free(s);
+    (void)o;
+    return dk__default_root();
 }
+
+static void
+semaphore_dispose(struct dk__object *o)
+{
+    free(o);
+}
+
+static int
+semaphore_describe(const struct dk__object *o, const char *refcnt, char *buf,
+                   size_t len)
+{
+    return snprintf(buf, len, "semaphore[%p] = { refcnt = %s, value = %ld }",
+                    (const void *)o, refcnt,
+                    dk_semaphore_value((const dk_semaphore_t *)o));
+}
+
+const struct dk__vtable dk__semaphore_vtable = {
+    .kind = DK_KIND_SEMAPHORE,
+    .name = "semaphore",
+    .finalize = semaphore_finalize,
+    .dispose = semaphore_dispose,
+    .describe = semaphore_describe,
+};
 
 bool
 dk_semaphore_signal(dk_semaphore_t *s)

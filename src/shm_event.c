@@ -29,10 +29,13 @@ dk_shm_event_check(const dk_shm_event_t *e)
 }
 
 void
-dk_shm_event_set(dk_shm_event_t *e, bool shared)
+dk_shm_event_set(dk_shm_event_t *e, unsigned flags)
 {
+    if (flags & ~DK_SHARED) {
+        DK_CLIENT_CRASH("dk_shm_event_set: unknown flags");
+    }
     dk__atomic_store_release(&e->word, 1); /* (B) */
-    dk__os_futex_wake(&e->word, INT_MAX, shared);
+    dk__os_futex_wake(&e->word, INT_MAX, (flags & DK_SHARED) != 0);
 }
 
 void
@@ -48,8 +51,12 @@ dk_shm_event_is_set(const dk_shm_event_t *e)
 }
 
 int
-dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline, bool shared)
+dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline, unsigned flags)
 {
+    if (flags & ~DK_SHARED) {
+        return -EINVAL;
+    }
+    bool shared = (flags & DK_SHARED) != 0;
     for (;;) {
         if (dk__atomic_load_acquire(&e->word) != 0) { /* (A) */
             return 0;

@@ -535,9 +535,10 @@ proc_unregister(dk_source_t *s)
 
 /* ---- the object ----------------------------------------------------- */
 
-dk_source_t *
-dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
-                 dk_queue_t *q)
+/* NULL with errno set on failure (dk_source_create returns it). */
+static dk_source_t *
+source_new(dk_source_type_t type, uintptr_t handle, unsigned long mask,
+           dk_queue_t *q)
 {
     dk__runtime_ensure();
     int pidfd = -1;
@@ -591,8 +592,7 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
         errno = ENOMEM;
         return NULL;
     }
-    s->obj.refcnt = 1;
-    s->obj.kind = DK_KIND_SOURCE;
+    dk__object_init(&s->obj, DK_KIND_SOURCE);
     s->type = type;
     s->handle = handle;
     s->mask = mask;
@@ -604,18 +604,58 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
     return s;
 }
 
-void dk__source_destroy(dk_source_t *s);
-void
-dk__source_destroy(dk_source_t *s)
+int
+dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
+                 dk_queue_t *q, dk_source_t **out)
 {
-    /* Every registration holds a reference, so none is left here. */
-    if (s->obj.finalizer != NULL && s->obj.context != NULL) {
-        dk_queue_async_f(s->queue, s->obj.context, s->obj.finalizer);
-    }
+    *out = source_new(type, handle, mask, q);
+    return *out != NULL ? 0 : -errno;
+}
+
+/* The source's part of the object model (object.c). Every registration
+ * holds a reference, so none is left when these run. The finalizer runs
+ * on the target queue. */
+static dk_queue_t *
+source_finalize(struct dk__object *o)
+{
+    return ((dk_source_t *)o)->queue;
+}
+
+static void
+source_dispose(struct dk__object *o)
+{
+    dk_source_t *s = (dk_source_t *)o;
     dk__os_close(s->pidfd);
     dk_release(s->queue);
     free(s);
 }
+
+static int
+source_describe(const struct dk__object *o, const char *refcnt, char *buf,
+                size_t len)
+{
+    static const char *const types[] = {
+        "?",    "timer",    "signal",  "read",         "write",
+        "proc", "data-add", "data-or", "data-replace",
+    };
+    const dk_source_t *s = (const dk_source_t *)o;
+    unsigned t = (unsigned)s->type;
+    return snprintf(buf, len,
+                    "source[%p] = { refcnt = %s, type = %s, handle = "
+                    "%zu, mask = 0x%lx%s }",
+                    (const void *)s, refcnt,
+                    t < sizeof types / sizeof types[0] ? types[t] : "?",
+                    (size_t)s->handle, s->mask,
+                    dk_source_testcancel(s) ? ", cancelled" : "");
+}
+
+const struct dk__vtable dk__source_vtable = {
+    .kind = DK_KIND_SOURCE,
+    .name = "source",
+    .finalize = source_finalize,
+    .dispose = source_dispose,
+    .describe = source_describe,
+};
 
 void
 dk_source_set_context(dk_source_t *s, void *ctx)

@@ -23,11 +23,13 @@ static void
 add(struct shared *sh)
 {
     for (int i = 0; i < ROUNDS; i++) {
-        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, true, 16, false) < 0) {
+        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED) < 0) {
             _exit(1);
         }
         sh->counter++;
-        dk_shm_mutex_unlock(&sh->mutex, true, false);
+        if (dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+            _exit(1);
+        }
     }
 }
 
@@ -52,19 +54,26 @@ main(void)
     /* A holder that dies: the next lock succeeds and says so. */
     pid_t holder = fork();
     if (holder == 0) {
-        dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, true, 16, false);
+        if (dk_shm_mutex_lock(&sh->mutex, UINT64_MAX, 16, DK_SHARED) < 0) {
+            _exit(1);
+        }
         pause(); /* killed while holding it */
     }
-    while (dk_shm_mutex_lock(&sh->mutex, 0, true, 1, false) == 0) {
-        dk_shm_mutex_unlock(&sh->mutex, true, false); /* not taken yet */
+    while (dk_shm_mutex_lock(&sh->mutex, 0, 1, DK_SHARED) == 0) {
+        /* Not taken yet: give it back. */
+        if (dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+            return 1;
+        }
         usleep(1000);
     }
     kill(holder, SIGKILL);
     waitpid(holder, NULL, 0);
     int rc =
-        dk_shm_mutex_lock(&sh->mutex, dk_now() + 5000000000u, true, 16, false);
+        dk_shm_mutex_lock(&sh->mutex, dk_now() + 5000000000u, 16, DK_SHARED);
     printf("lock after the holder died: %s\n",
            rc == 1 ? "taken over (owner died)" : "unexpected");
-    dk_shm_mutex_unlock(&sh->mutex, true, false);
+    if (rc >= 0 && dk_shm_mutex_unlock(&sh->mutex, DK_SHARED) < 0) {
+        return 1;
+    }
     return sh->counter == PROCS * ROUNDS && rc == 1 ? 0 : 1;
 }

@@ -48,7 +48,9 @@ write_all(const char *name)
         for (uint64_t k = 0; k < n; k++) { /* filled in place: no copy */
             ((uint8_t *)buf)[k] = frame_byte(i, k);
         }
-        dk_zb_writer_commit(w);
+        if (dk_zb_writer_commit(w) < 0) {
+            return 1;
+        }
     }
     dk_zb_writer_destroy(w);
     return 0;
@@ -83,7 +85,10 @@ main(void)
             ok = f.data[k] == frame_byte(i, k);
         }
         good += ok;
-        dk_zb_reader_release(r, &f);
+        if (dk_zb_reader_release(r, &f) < 0) {
+            fprintf(stderr, "release refused\n");
+            break;
+        }
     }
     const void *meta;
     uint64_t meta_size = 0;

@@ -18,9 +18,9 @@ typedef void (*dk_apply_range_function_t)(void *ctx, size_t begin, size_t end);
 /* q NULL means the default global queue. Returns 0, -EDEADLK (q is a serial
  * queue the caller is running on), or -ENOMEM. */
 DK_EXPORT int dk_apply_f(size_t n, dk_queue_t *q, void *ctx,
-                         dk_apply_function_t fn);
+                         dk_apply_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT int dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
-                               dk_apply_range_function_t fn);
+                               dk_apply_range_function_t fn) DK_WARN_UNUSED;
 
 /* Like dk_apply_range_f, but fn returns false to stop the loop: no range
  * not yet handed out is handed out afterwards (ranges already running
@@ -29,8 +29,9 @@ DK_EXPORT int dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
  * whole loop. Same returns as dk_apply_f. */
 typedef bool (*dk_apply_range_while_function_t)(void *ctx, size_t begin,
                                                 size_t end);
-DK_EXPORT int dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
-                                     dk_apply_range_while_function_t fn);
+DK_EXPORT int
+dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
+                       dk_apply_range_while_function_t fn) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

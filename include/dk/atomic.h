@@ -38,7 +38,8 @@ DK_EXPORT uint32_t dk_atomic_u32_exchange(uint32_t *p, uint32_t v,
 /* Returns true on success; on failure *expected receives the value seen. */
 DK_EXPORT bool dk_atomic_u32_cas(uint32_t *p, uint32_t *expected,
                                  uint32_t desired, bool weak,
-                                 dk_memory_order succ, dk_memory_order fail);
+                                 dk_memory_order succ,
+                                 dk_memory_order fail) DK_WARN_UNUSED;
 DK_EXPORT uint32_t dk_atomic_u32_fetch_add(uint32_t *p, uint32_t v,
                                            dk_memory_order mo);
 
@@ -49,7 +50,8 @@ DK_EXPORT uint64_t dk_atomic_u64_exchange(uint64_t *p, uint64_t v,
                                           dk_memory_order mo);
 DK_EXPORT bool dk_atomic_u64_cas(uint64_t *p, uint64_t *expected,
                                  uint64_t desired, bool weak,
-                                 dk_memory_order succ, dk_memory_order fail);
+                                 dk_memory_order succ,
+                                 dk_memory_order fail) DK_WARN_UNUSED;
 DK_EXPORT uint64_t dk_atomic_u64_fetch_add(uint64_t *p, uint64_t v,
                                            dk_memory_order mo);
 
@@ -80,7 +82,8 @@ DK_EXPORT uint64_t dk_atomic_rmw_w(void *p, unsigned width, dk_atomic_op_t op,
                                    uint64_t arg, dk_memory_order mo);
 DK_EXPORT bool dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected,
                                uint64_t desired, bool weak,
-                               dk_memory_order succ, dk_memory_order fail);
+                               dk_memory_order succ,
+                               dk_memory_order fail) DK_WARN_UNUSED;
 
 /*
  * 16-byte operations through the CPU's 16-byte compare-and-swap
@@ -103,7 +106,8 @@ DK_EXPORT void dk_atomic16_load(void *p, void *out);
 DK_EXPORT void dk_atomic16_store(void *p, const void *v);
 DK_EXPORT void dk_atomic16_rmw(void *p, dk_atomic_op_t op, const void *arg,
                                void *old);
-DK_EXPORT bool dk_atomic16_cas(void *p, void *expected, const void *desired);
+DK_EXPORT bool dk_atomic16_cas(void *p, void *expected,
+                               const void *desired) DK_WARN_UNUSED;
 
 /*
  * The whole operation set on raw bytes, for every width
@@ -131,24 +135,25 @@ typedef enum dk_atomic_bit_op {
 } dk_atomic_bit_op_t;
 
 DK_EXPORT int dk_atomic_load(const void *p, size_t width, void *out,
-                             dk_memory_order mo);
+                             dk_memory_order mo) DK_WARN_UNUSED;
 DK_EXPORT int dk_atomic_store(void *p, size_t width, const void *desired,
-                              dk_memory_order mo);
+                              dk_memory_order mo) DK_WARN_UNUSED;
 /* p = p OP arg, atomically. `arg` is ignored (may be NULL) for DK_AOP_NOT,
  * NEG, INC and DEC; `old`, if not NULL, receives the previous value. */
 DK_EXPORT int dk_atomic_fetch_op(void *p, size_t width, dk_atomic_op_t op,
                                  const void *arg, void *old,
-                                 dk_memory_order mo);
+                                 dk_memory_order mo) DK_WARN_UNUSED;
 /* Returns 1 if *p held *expected and now holds *desired; 0 if not, and
  * then *expected receives the value seen. A weak cmpxchg may return 0
  * spuriously (with *expected unchanged); call it in a loop. */
 DK_EXPORT int dk_atomic_cmpxchg(void *p, size_t width, void *expected,
                                 const void *desired, bool weak,
-                                dk_memory_order succ, dk_memory_order fail);
+                                dk_memory_order succ,
+                                dk_memory_order fail) DK_WARN_UNUSED;
 /* Returns the previous value (0 or 1) of bit `index` (bit 0 is the least
  * significant bit of the native integer) and applies `op` to it. */
 DK_EXPORT int dk_atomic_bit(void *p, size_t width, dk_atomic_bit_op_t op,
-                            unsigned index, dk_memory_order mo);
+                            unsigned index, dk_memory_order mo) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

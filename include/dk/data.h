@@ -16,42 +16,49 @@ typedef struct dk_data_s dk_data_t;
 /* The empty data object (immortal). */
 DK_EXPORT dk_data_t *dk_data_empty(void);
 
-/* Copy `size` bytes. Returns NULL with errno = ENOMEM. size 0 gives the
- * empty object. */
-DK_EXPORT dk_data_t *dk_data_create(const void *bytes,
-                                    size_t size) DK_WARN_UNUSED;
+/*
+ * Every constructor below writes the new object (or a new reference to an
+ * existing one) to *out and returns 0, or returns -ENOMEM with *out NULL.
+ */
+
+/* Copy `size` bytes. size 0 gives the empty object. */
+DK_EXPORT int dk_data_create(const void *bytes, size_t size,
+                             dk_data_t **out) DK_WARN_UNUSED;
 
 /* Take `buffer` without copying; destructor(ctx, buffer) runs when the last
- * data object using it goes away (NULL: free(buffer)). */
-DK_EXPORT dk_data_t *dk_data_create_nocopy(void *buffer, size_t size,
-                                           void (*destructor)(void *ctx,
-                                                              void *buffer),
-                                           void *ctx) DK_WARN_UNUSED;
+ * data object using it goes away (NULL: free(buffer)). On -ENOMEM the
+ * buffer stays the caller's. */
+DK_EXPORT int dk_data_create_nocopy(void *buffer, size_t size,
+                                    void (*destructor)(void *ctx,
+                                                       void *buffer),
+                                    void *ctx, dk_data_t **out) DK_WARN_UNUSED;
 
 /* Take a buffer mapped with mmap(2): munmap(buffer, size) runs when the
- * last data object using it goes away. Returns NULL with errno = ENOMEM
- * (the buffer stays mapped then). */
-DK_EXPORT dk_data_t *dk_data_create_mapped(void *buffer,
-                                           size_t size) DK_WARN_UNUSED;
+ * last data object using it goes away. On -ENOMEM the buffer stays
+ * mapped. */
+DK_EXPORT int dk_data_create_mapped(void *buffer, size_t size,
+                                    dk_data_t **out) DK_WARN_UNUSED;
 
 DK_EXPORT size_t dk_data_get_size(const dk_data_t *d);
 /* Number of regions (contiguous pieces). */
 DK_EXPORT size_t dk_data_region_count(const dk_data_t *d);
 
 /* a followed by b, sharing both's buffers. */
-DK_EXPORT dk_data_t *dk_data_create_concat(dk_data_t *a,
-                                           dk_data_t *b) DK_WARN_UNUSED;
+DK_EXPORT int dk_data_create_concat(dk_data_t *a, dk_data_t *b,
+                                    dk_data_t **out) DK_WARN_UNUSED;
 
 /* [offset, offset + length) clipped to the data (GCD semantics: an offset at
  * or past the end, or length 0, gives the empty object). */
-DK_EXPORT dk_data_t *dk_data_create_subrange(dk_data_t *d, size_t offset,
-                                             size_t length) DK_WARN_UNUSED;
+DK_EXPORT int dk_data_create_subrange(dk_data_t *d, size_t offset,
+                                      size_t length,
+                                      dk_data_t **out) DK_WARN_UNUSED;
 
 /* The region containing `location` as its own data object, with the
  * region's start offset within d in *offset. Past the end: the empty object
  * and *offset = size. */
-DK_EXPORT dk_data_t *dk_data_copy_region(dk_data_t *d, size_t location,
-                                         size_t *offset) DK_WARN_UNUSED;
+DK_EXPORT int dk_data_copy_region(dk_data_t *d, size_t location,
+                                  size_t *offset,
+                                  dk_data_t **out) DK_WARN_UNUSED;
 
 /* Call fn once per region, in order: fn(ctx, region offset within d, bytes,
  * length); stop when it returns false. Returns false if it stopped. */
@@ -61,8 +68,8 @@ DK_EXPORT bool dk_data_apply(dk_data_t *d, void *ctx,
 
 /* A contiguous view: a data object with one region (d itself, retained, if
  * it has one; else a copy), its bytes in *bytes and size in *size. */
-DK_EXPORT dk_data_t *dk_data_create_map(dk_data_t *d, const void **bytes,
-                                        size_t *size) DK_WARN_UNUSED;
+DK_EXPORT int dk_data_create_map(dk_data_t *d, const void **bytes,
+                                 size_t *size, dk_data_t **out) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

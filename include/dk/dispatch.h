@@ -99,6 +99,19 @@ dispatch__client_crash(const char *msg)
     abort();
 }
 
+/* libdispatch's constructors return the object or NULL; dk's return 0 or
+ * -errno and write the object to an out-parameter. This turns the second
+ * form into the first (errno says why on NULL). */
+static inline void *
+dispatch__created(int rc, void *object)
+{
+    if (rc < 0) {
+        errno = -rc;
+        return NULL;
+    }
+    return object;
+}
+
 static inline void
 dispatch__assert_crash(const char *what, dispatch_queue_t q)
 {
@@ -160,12 +173,13 @@ dispatch_queue_create_with_target(const char *label,
     bool pinned = ((a >> 24) & 3u) != DISPATCH_AUTORELEASE_FREQUENCY_INHERIT;
     unsigned flags = ((a & 1u) ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive || pinned ? DK_QUEUE_INACTIVE : 0);
-    dispatch_queue_t q = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
-                                         -(int)((a >> 16) & 0xffu), target);
-    if (q != NULL && pinned && !inactive) {
-        dk_queue_activate(q);
+    dispatch_queue_t q;
+    int rc = dk_queue_create(label, flags, (int)((a >> 8) & 0xffu),
+                             -(int)((a >> 16) & 0xffu), target, &q);
+    if (rc == 0 && pinned && !inactive && dk_queue_activate(q) != 0) {
+        dispatch__client_crash("a new inactive queue refused activation");
     }
-    return q;
+    return (dispatch_queue_t)dispatch__created(rc, q);
 }
 
 static inline dispatch_queue_t
@@ -203,7 +217,7 @@ dispatch_get_current_queue(void)
 static inline void
 dispatch_assert_queue(dispatch_queue_t q)
 {
-    if (!dk_queue_is_current(q, false)) {
+    if (!dk_queue_is_current(q, 0)) {
         dispatch__assert_crash("dispatch_assert_queue: not running on queue",
                                q);
     }
@@ -213,7 +227,7 @@ static inline void
 dispatch_assert_queue_barrier(dispatch_queue_t q)
 {
     dispatch_assert_queue(q);
-    if (!dk_queue_is_current(q, true)) {
+    if (!dk_queue_is_current(q, DK_SYNC_BARRIER)) {
         dispatch__assert_crash(
             "dispatch_assert_queue_barrier: not running as a barrier on queue",
             q);
@@ -223,7 +237,7 @@ dispatch_assert_queue_barrier(dispatch_queue_t q)
 static inline void
 dispatch_assert_queue_not(dispatch_queue_t q)
 {
-    if (dk_queue_is_current(q, false)) {
+    if (dk_queue_is_current(q, 0)) {
         dispatch__assert_crash("dispatch_assert_queue_not: running on queue",
                                q);
     }
@@ -327,7 +341,9 @@ dispatch_apply_f(size_t iterations, dispatch_queue_t q, void *ctx,
 static inline dispatch_group_t
 dispatch_group_create(void)
 {
-    return dk_group_create();
+    dispatch_group_t g;
+    int rc = dk_group_create(&g);
+    return (dispatch_group_t)dispatch__created(rc, g);
 }
 
 static inline void
@@ -371,7 +387,9 @@ dispatch_group_leave(dispatch_group_t g)
 static inline dispatch_semaphore_t
 dispatch_semaphore_create(long value)
 {
-    return dk_semaphore_create(value); /* NULL for value < 0, as GCD */
+    dispatch_semaphore_t s; /* NULL for value < 0, as GCD */
+    int rc = dk_semaphore_create(value, &s);
+    return (dispatch_semaphore_t)dispatch__created(rc, s);
 }
 
 static inline long
@@ -491,7 +509,9 @@ dispatch_resume(dispatch_object_t object)
 static inline void
 dispatch_activate(dispatch_object_t object)
 {
-    (void)dk_object_activate(object);
+    /* Activating an active object does nothing, as in libdispatch. */
+    int rc = dk_object_activate(object);
+    (void)rc;
 }
 
 static inline void
@@ -564,8 +584,10 @@ dispatch_source_create(dispatch_source_type_t type, uintptr_t handle,
     if (type == DISPATCH_SOURCE_TYPE_TIMER) {
         mask &= ~DISPATCH_TIMER_STRICT; /* timers are always strict here */
     }
-    return dk_source_create((dk_source_type_t)(uintptr_t)type, handle, mask,
-                            queue);
+    dispatch_source_t s;
+    int rc = dk_source_create((dk_source_type_t)(uintptr_t)type, handle, mask,
+                              queue, &s);
+    return (dispatch_source_t)dispatch__created(rc, s);
 }
 
 /* Merge into a DATA_ADD, DATA_OR or DATA_REPLACE source; 0 has no effect
@@ -673,18 +695,21 @@ dispatch_data_create_f(const void *buffer, size_t size, dispatch_queue_t queue,
                        dispatch_data_destructor_t destructor)
 {
     (void)queue;
+    dispatch_data_t d;
+    int rc;
     if (destructor == DISPATCH_DATA_DESTRUCTOR_DEFAULT) {
-        return dk_data_create(buffer, size);
+        rc = dk_data_create(buffer, size, &d);
+    } else if (destructor == DISPATCH_DATA_DESTRUCTOR_MUNMAP) {
+        rc = dk_data_create_mapped((void *)buffer, size, &d);
+    } else {
+        union {
+            dispatch_data_destructor_t f;
+            void *p;
+        } u = {destructor};
+        rc = dk_data_create_nocopy((void *)buffer, size,
+                                   dispatch__data_destroy, u.p, &d);
     }
-    if (destructor == DISPATCH_DATA_DESTRUCTOR_MUNMAP) {
-        return dk_data_create_mapped((void *)buffer, size);
-    }
-    union {
-        dispatch_data_destructor_t f;
-        void *p;
-    } u = {destructor};
-    return dk_data_create_nocopy((void *)buffer, size, dispatch__data_destroy,
-                                 u.p);
+    return (dispatch_data_t)dispatch__created(rc, d);
 }
 
 static inline size_t
@@ -696,9 +721,13 @@ dispatch_data_get_size(dispatch_data_t d)
 static inline dispatch_data_t
 dispatch_data_create_map(dispatch_data_t d, const void **buffer, size_t *size)
 {
-    const void *b;
-    size_t n;
-    dispatch_data_t m = dk_data_create_map(d, &b, &n);
+    const void *b = NULL;
+    size_t n = 0;
+    dispatch_data_t m;
+    if (dk_data_create_map(d, &b, &n, &m) < 0) {
+        b = NULL;
+        n = 0;
+    }
     if (buffer != NULL) {
         *buffer = b;
     }
@@ -711,19 +740,25 @@ dispatch_data_create_map(dispatch_data_t d, const void **buffer, size_t *size)
 static inline dispatch_data_t
 dispatch_data_create_concat(dispatch_data_t a, dispatch_data_t b)
 {
-    return dk_data_create_concat(a, b);
+    dispatch_data_t d;
+    int rc = dk_data_create_concat(a, b, &d);
+    return (dispatch_data_t)dispatch__created(rc, d);
 }
 
 static inline dispatch_data_t
 dispatch_data_create_subrange(dispatch_data_t d, size_t offset, size_t length)
 {
-    return dk_data_create_subrange(d, offset, length);
+    dispatch_data_t r;
+    int rc = dk_data_create_subrange(d, offset, length, &r);
+    return (dispatch_data_t)dispatch__created(rc, r);
 }
 
 static inline dispatch_data_t
 dispatch_data_copy_region(dispatch_data_t d, size_t location, size_t *offset)
 {
-    return dk_data_copy_region(d, location, offset);
+    dispatch_data_t r;
+    int rc = dk_data_copy_region(d, location, offset, &r);
+    return (dispatch_data_t)dispatch__created(rc, r);
 }
 
 /* The applier gets each region's bytes; the region object argument of
@@ -774,7 +809,9 @@ dispatch_io_create_f(dispatch_io_type_t type, dispatch_fd_t fd,
                      dispatch_queue_t queue, void *ctx,
                      void (*cleanup_handler)(void *ctx, int error))
 {
-    return dk_io_create((int)type, fd, queue, ctx, cleanup_handler);
+    dispatch_io_t io;
+    int rc = dk_io_create((int)type, fd, queue, ctx, cleanup_handler, &io);
+    return (dispatch_io_t)dispatch__created(rc, io);
 }
 
 static inline void
@@ -835,8 +872,8 @@ dispatch_io_set_interval(dispatch_io_t channel, uint64_t interval,
     dk_io_set_interval(channel, interval, (unsigned)flags);
 }
 
-/* Channels are released with dispatch_io_release (they are not dk
- * objects, so dispatch_release does not apply to them). */
+/* Channels are objects like the others (dispatch_retain and
+ * dispatch_release apply); dispatch_io_release is dispatch_release. */
 static inline void
 dispatch_io_release(dispatch_io_t channel)
 {

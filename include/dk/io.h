@@ -55,12 +55,13 @@ typedef struct dk_io_s dk_io_t;
 typedef void (*dk_io_handler_t)(void *ctx, bool done, const void *data,
                                 size_t len, int error);
 
-/* Returns NULL with errno EBADF, EINVAL (type; or RANDOM on an fd that
- * cannot seek: ESPIPE), ENOMEM. cleanup(cleanup_ctx, error) runs on q when
- * the channel is closed and its operations have finished. */
-DK_EXPORT dk_io_t *
-dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
-             void (*cleanup)(void *ctx, int error)) DK_WARN_UNUSED;
+/* Create a channel in *out. Returns 0, -EBADF, -EINVAL (type), -ESPIPE
+ * (RANDOM on an fd that cannot seek) or -ENOMEM; *out is NULL on failure.
+ * cleanup(cleanup_ctx, error) runs on q when the channel is closed and its
+ * operations have finished. */
+DK_EXPORT int dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
+                           void (*cleanup)(void *ctx, int error),
+                           dk_io_t **out) DK_WARN_UNUSED;
 /* Operations. `offset` is used by RANDOM channels only (relative to the
  * file position when the channel was created). Returns 0, -EPIPE if the
  * channel is closed, -ENOMEM. */
@@ -70,7 +71,8 @@ DK_EXPORT int dk_io_read(dk_io_t *io, off_t offset, size_t length,
 DK_EXPORT int dk_io_write(dk_io_t *io, off_t offset, const void *data,
                           size_t len, dk_queue_t *q, void *ctx,
                           dk_io_handler_t handler) DK_WARN_UNUSED;
-DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_io_barrier_f(dk_io_t *io, void *ctx,
+                              dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT void dk_io_close(dk_io_t *io, unsigned flags);
 DK_EXPORT bool dk_io_is_closed(const dk_io_t *io);
 DK_EXPORT int dk_io_get_fd(const dk_io_t *io);
@@ -112,6 +114,9 @@ DK_EXPORT int dk_read_data(int fd, size_t length, dk_queue_t *q, void *ctx,
 DK_EXPORT int dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
                             void (*handler)(void *ctx, dk_data_t *remaining,
                                             int error)) DK_WARN_UNUSED;
+/* A channel is a dk object: dk_retain/dk_release and the dk_object_*
+ * context and finalizer apply (the finalizer runs on the cleanup queue).
+ * These two are dk_retain and dk_release. */
 DK_EXPORT void dk_io_retain(dk_io_t *io);
 DK_EXPORT void dk_io_release(dk_io_t *io);
 

@@ -29,6 +29,18 @@ DK_BEGIN_DECLS
 #define DK_SEMAPHORE_MAGIC 0x53454D41u
 #define DK_SHM_HEADER_SIZE 64
 
+/* Flags, with DK_SHARED (base.h: the memory is shared between
+ * processes). Each function lists the ones it takes; any other bit is
+ * -EINVAL. */
+/* lock, wait: a signal arriving while asleep ends the wait with -EINTR. */
+#define DK_SHM_INTERRUPTIBLE 0x2u
+/* unlock: release whoever holds it (crash recovery). */
+#define DK_SHM_FORCE 0x4u
+/* post: also wake on every 0 -> n transition, for fastipc's waiters. */
+#define DK_SHM_FASTIPC_COMPAT 0x8u
+/* semaphore_init: store `count` (else an attached semaphore keeps its). */
+#define DK_SHM_SET_COUNT 0x10u
+
 /* Both objects need only 4-byte alignment (callers, fastipc's included,
  * place them at any 4-byte boundary), so the 64-bit stamp is declared
  * 4-byte aligned; read it with dk_shm_header_last_ns, not through a
@@ -58,22 +70,24 @@ typedef struct dk_shm_semaphore {
 /*
  * Attach to (or initialise) the object at p: zeroed memory is initialised,
  * memory with the right magic is used as is. Returns 0, -EBADMSG (other
- * data there), -EINVAL (not 4-byte aligned).
+ * data there), -EINVAL (not 4-byte aligned; unknown flags). The
+ * semaphore's count is set to `count` with DK_SHM_SET_COUNT only.
  */
 DK_EXPORT int dk_shm_mutex_init(dk_shm_mutex_t *m) DK_WARN_UNUSED;
-DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, bool set_count,
-                                    uint32_t count) DK_WARN_UNUSED;
+DK_EXPORT int dk_shm_semaphore_init(dk_shm_semaphore_t *s, uint32_t count,
+                                    unsigned flags) DK_WARN_UNUSED;
 
 /* The CLOCK_REALTIME ns of the last acquisition, at +0x10 of a Mutex or
  * Semaphore header. */
 DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
 
 /*
- * Lock. Returns 0, 1 (acquired, and the previous owner process had died
- * holding it: the protected data may be inconsistent), -ETIMEDOUT,
- * -EINTR (a signal arrived while waiting; interruptible only: the caller
- * runs its handlers and calls again with the same deadline), -EDEADLK
- * (the calling thread already holds it). deadline 0 = try (spin times,
+ * Lock. flags: DK_SHARED, DK_SHM_INTERRUPTIBLE. Returns 0, 1 (acquired,
+ * and the previous owner process had died holding it: the protected data
+ * may be inconsistent), -ETIMEDOUT, -EINTR (a signal arrived while
+ * waiting; DK_SHM_INTERRUPTIBLE only: the caller runs its handlers and
+ * calls again with the same deadline), -EDEADLK (the calling thread
+ * already holds it), -EINVAL (unknown flags). deadline 0 = try (spin times,
  * for at most 20 us, then give up; no liveness check, no syscall). With a
  * deadline, a holder whose process no longer exists is detected after
  * 50 ms without a wake-up, and once more at the deadline, so any positive
@@ -82,25 +96,29 @@ DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
  * Ownership is per thread: another thread of the holder's process blocks
  * like any other process.
  */
-DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
-                                bool shared, int spin, bool interruptible);
-/* Unlock and wake one sleeper if any announced itself. Returns 0, or
- * -EPERM when the calling thread does not hold it (another thread of the
- * holder's process included; a holder that recorded no thread id, such
- * as a fastipc process, is matched by pid, fastipc's rule); force unlocks
+DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
+                                unsigned flags) DK_WARN_UNUSED;
+/* Unlock and wake one sleeper if any announced itself. flags: DK_SHARED,
+ * DK_SHM_FORCE. Returns 0, -EPERM when the calling thread does not hold
+ * it (another thread of the holder's process included; a holder that
+ * recorded no thread id, such as a fastipc process, is matched by pid,
+ * fastipc's rule), or -EINVAL (unknown flags); DK_SHM_FORCE unlocks
  * whoever holds it (crash recovery). */
-DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force);
+DK_EXPORT int dk_shm_mutex_unlock(dk_shm_mutex_t *m,
+                                  unsigned flags) DK_WARN_UNUSED;
 
-/* Take one unit: 0, -ETIMEDOUT, -EINTR (interruptible). spin as for
- * dk_shm_mutex_lock: bounded by the deadline (a try: by 20 us). */
+/* Take one unit. flags: DK_SHARED, DK_SHM_INTERRUPTIBLE. Returns 0,
+ * -ETIMEDOUT, -EINTR (DK_SHM_INTERRUPTIBLE), -EINVAL (unknown flags). spin
+ * as for dk_shm_mutex_lock: bounded by the deadline (a try: by 20 us). */
 DK_EXPORT int dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline,
-                                    bool shared, int spin, bool interruptible);
-/* Add n units and wake that many waiters. fastipc_compat also wakes on
- * every 0 -> n transition, for fastipc's waiters (which do not announce
- * themselves): a syscall on every post from zero. Returns 0 or -EOVERFLOW
- * (nothing added). */
+                                    int spin, unsigned flags) DK_WARN_UNUSED;
+/* Add n units and wake that many waiters. flags: DK_SHARED,
+ * DK_SHM_FASTIPC_COMPAT, which also wakes on every 0 -> n transition, for
+ * fastipc's waiters (which do not announce themselves): a syscall on
+ * every post from zero. Returns 0, -EOVERFLOW (nothing added) or -EINVAL
+ * (unknown flags). */
 DK_EXPORT int dk_shm_semaphore_post(dk_shm_semaphore_t *s, uint32_t n,
-                                    bool shared, bool fastipc_compat);
+                                    unsigned flags) DK_WARN_UNUSED;
 
 /*
  * Keep shared memory mapped for as long as an object uses it, whoever

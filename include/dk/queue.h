@@ -47,17 +47,19 @@ enum {
 #define DK_QUEUE_WORKLOOP 0x4u
 
 /*
- * Create a queue. `label` is copied (NULL means ""). `qos` is a DK_QOS_*
- * value or 0; `relpri` in [-15, 0] (other values ignore the QoS request, as
- * in GCD). `target` may be NULL (the global queue of the QoS class).
- * Returns NULL with errno = ENOMEM, or EINVAL for an unknown attribute.
+ * Create a queue in *out. `label` is copied (NULL means ""). `qos` is a
+ * DK_QOS_* value or 0; `relpri` in [-15, 0] (other values ignore the QoS
+ * request, as in GCD). `target` may be NULL (the global queue of the QoS
+ * class). Returns 0, -EINVAL (an unknown attribute, or both CONCURRENT
+ * and WORKLOOP) or -ENOMEM; *out is NULL on failure.
  */
-DK_EXPORT dk_queue_t *dk_queue_create(const char *label, unsigned attrs,
-                                      int qos, int relpri,
-                                      dk_queue_t *target) DK_WARN_UNUSED;
+DK_EXPORT int dk_queue_create(const char *label, unsigned attrs, int qos,
+                              int relpri, dk_queue_t *target,
+                              dk_queue_t **out) DK_WARN_UNUSED;
 
 /* The global concurrent queue for a DK_PRIORITY_* or DK_QOS_* value, or
- * NULL (errno = EINVAL) for any other value. Immortal. */
+ * NULL for any other value. Immortal: a lookup, not a constructor (no
+ * reference to release, nothing to fail but the value). */
 DK_EXPORT dk_queue_t *dk_queue_global(long priority);
 
 /* The main queue: a serial queue drained by the main thread. Immortal. */
@@ -71,14 +73,15 @@ DK_EXPORT bool dk_queue_is_inactive(const dk_queue_t *q);
 DK_EXPORT unsigned dk_queue_suspend_count(const dk_queue_t *q);
 
 /* Submit fn(ctx). Returns 0, or -ENOMEM (nothing was submitted). */
-DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_async_f(dk_queue_t *q, void *ctx,
+                               dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT int dk_queue_barrier_async_f(dk_queue_t *q, void *ctx,
-                                       dk_function_t fn);
+                                       dk_function_t fn) DK_WARN_UNUSED;
 /* Submit with a QoS class (DK_QOS_*; 0 = default). Only workloops order by
  * it; other queues treat this as dk_queue_async_f. -EINVAL for an unknown
  * class. */
 DK_EXPORT int dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx,
-                                   dk_function_t fn);
+                                   dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT bool dk_queue_is_workloop(const dk_queue_t *q);
 
 /*
@@ -86,32 +89,39 @@ DK_EXPORT bool dk_queue_is_workloop(const dk_queue_t *q);
  * thread is itself running on q (or on a serial queue q depends on) so the
  * call could never finish; nothing runs then.
  */
-DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx, dk_function_t fn);
+DK_EXPORT int dk_queue_sync_f(dk_queue_t *q, void *ctx,
+                              dk_function_t fn) DK_WARN_UNUSED;
 DK_EXPORT int dk_queue_barrier_sync_f(dk_queue_t *q, void *ctx,
-                                      dk_function_t fn);
+                                      dk_function_t fn) DK_WARN_UNUSED;
 
-/* True when a sync (or barrier sync) on q from this thread would
- * deadlock. */
-DK_EXPORT bool dk_queue_sync_would_deadlock(dk_queue_t *q, bool barrier);
+/* The flags of the three calls below: 0 for a plain sync (or check), or
+ * DK_SYNC_BARRIER for a barrier one. Another bit is a client bug (the
+ * bool calls abort; dk_queue_sync_enter returns -EINVAL). */
+#define DK_SYNC_BARRIER 0x1u
+
+/* True when a sync (or, with DK_SYNC_BARRIER, a barrier sync) on q from
+ * this thread would deadlock. */
+DK_EXPORT bool dk_queue_sync_would_deadlock(dk_queue_t *q, unsigned flags);
 
 /*
  * Try to take q for running one synchronous item on the calling thread
  * right now: succeeds (returns 0) only when q is active, not suspended,
  * idle and its target is a global queue. The caller then runs its item and
- * must call dk_queue_sync_exit. Returns -EAGAIN otherwise. This is how
- * language bindings run a sync item without leaving the calling thread.
+ * must call dk_queue_sync_exit. Returns -EAGAIN otherwise (-EINVAL for
+ * unknown flags). This is how language bindings run a sync item without
+ * leaving the calling thread.
  */
 typedef struct dk_sync_frame {
     void *opaque[4];
 } dk_sync_frame_t;
-DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, bool barrier,
-                                  dk_sync_frame_t *frame);
+DK_EXPORT int dk_queue_sync_enter(dk_queue_t *q, unsigned flags,
+                                  dk_sync_frame_t *frame) DK_WARN_UNUSED;
 DK_EXPORT void dk_queue_sync_exit(dk_queue_t *q, dk_sync_frame_t *frame);
 
 /* Submit fn(ctx) to q at time `when` (see time.h). FOREVER never runs it.
  * Returns 0 or -ENOMEM. */
 DK_EXPORT int dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx,
-                               dk_function_t fn);
+                               dk_function_t fn) DK_WARN_UNUSED;
 
 /*
  * Suspension: a suspended queue accepts work but starts none (an item
@@ -120,11 +130,11 @@ DK_EXPORT int dk_queue_after_f(dk_queue_t *q, dk_time_t when, void *ctx,
  * queues and the main queue.
  */
 DK_EXPORT void dk_queue_suspend(dk_queue_t *q);
-DK_EXPORT int dk_queue_resume(dk_queue_t *q);
+DK_EXPORT int dk_queue_resume(dk_queue_t *q) DK_WARN_UNUSED;
 
 /* Activate a queue created with DK_QUEUE_INACTIVE. Returns -EALREADY if it
  * is already active. */
-DK_EXPORT int dk_queue_activate(dk_queue_t *q);
+DK_EXPORT int dk_queue_activate(dk_queue_t *q) DK_WARN_UNUSED;
 
 /*
  * Change q's target (NULL = default). Allowed while q is inactive, or on a
@@ -133,7 +143,8 @@ DK_EXPORT int dk_queue_activate(dk_queue_t *q);
  * -EBUSY when q has work queued or running, -ELOOP if the target's
  * hierarchy contains q.
  */
-DK_EXPORT int dk_queue_set_target(dk_queue_t *q, dk_queue_t *target);
+DK_EXPORT int dk_queue_set_target(dk_queue_t *q,
+                                  dk_queue_t *target) DK_WARN_UNUSED;
 /* The current target (NULL for global queues). Borrowed. */
 DK_EXPORT dk_queue_t *dk_queue_target(const dk_queue_t *q);
 
@@ -149,7 +160,8 @@ DK_EXPORT void dk_queue_set_finalizer_f(dk_queue_t *q, dk_function_t fn);
  * default global queue. Returns 0 or -ENOMEM.
  */
 DK_EXPORT int dk_queue_set_specific(dk_queue_t *q, const void *key,
-                                    void *value, dk_function_t destructor);
+                                    void *value,
+                                    dk_function_t destructor) DK_WARN_UNUSED;
 DK_EXPORT void *dk_queue_get_specific(dk_queue_t *q, const void *key);
 /* Value for key on the queue the caller is running on, then its target
  * chain; NULL off any queue. */
@@ -162,11 +174,11 @@ DK_EXPORT dk_queue_t *dk_queue_current(void);
  * True when the calling thread runs an item submitted to q or to a queue
  * that targets q, directly or on behalf of a thread waiting in
  * dk_queue_sync_f (followed recursively). The main queue is current
- * anywhere on the main thread. With `barrier`, the item must also run
+ * anywhere on the main thread. With DK_SYNC_BARRIER, the item must also run
  * alone on q: always so for a serial queue; on a concurrent queue only a
  * barrier item of q itself (never on a global queue).
  */
-DK_EXPORT bool dk_queue_is_current(const dk_queue_t *q, bool barrier);
+DK_EXPORT bool dk_queue_is_current(const dk_queue_t *q, unsigned flags);
 
 /* The QoS class (DK_QOS_*) q was created with, and its relative priority
  * in *relpri (may be NULL): DK_QOS_UNSPECIFIED and 0 for a queue created
@@ -182,7 +194,7 @@ DK_EXPORT int dk_queue_qos(const dk_queue_t *q, int *relpri);
  * if interrupted by a signal handler while waiting, or -EPERM off the main
  * thread. dk_main_fd is an fd that is readable while work is pending.
  */
-DK_EXPORT long dk_main_drain(uint64_t deadline);
+DK_EXPORT long dk_main_drain(uint64_t deadline) DK_WARN_UNUSED;
 DK_EXPORT int dk_main_fd(void);
 /* True on the thread that drains the main queue. */
 DK_EXPORT bool dk_is_main_thread(void);

@@ -15,15 +15,19 @@ DK_BEGIN_DECLS
 
 typedef struct dk_semaphore_s dk_semaphore_t;
 
-/* Returns NULL with errno = EINVAL for a negative value, ENOMEM. */
-DK_EXPORT dk_semaphore_t *dk_semaphore_create(long value) DK_WARN_UNUSED;
+/* Create a semaphore in *out. Returns 0, -EINVAL (a negative value) or
+ * -ENOMEM; *out is NULL on failure. */
+DK_EXPORT int dk_semaphore_create(long value,
+                                  dk_semaphore_t **out) DK_WARN_UNUSED;
 /* Wait until a unit is available or `deadline` (absolute CLOCK_MONOTONIC
  * ns; 0 polls; DK_TIME_FOREVER waits forever). Returns 0 or -ETIMEDOUT; the
  * _interruptible variant also returns -EINTR when a signal handler ran
  * (the unit is not taken then). */
-DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s, uint64_t deadline);
-DK_EXPORT int dk_semaphore_wait_interruptible(dk_semaphore_t *s,
-                                              uint64_t deadline);
+DK_EXPORT int dk_semaphore_wait(dk_semaphore_t *s,
+                                uint64_t deadline) DK_WARN_UNUSED;
+DK_EXPORT int
+dk_semaphore_wait_interruptible(dk_semaphore_t *s,
+                                uint64_t deadline) DK_WARN_UNUSED;
 /* Returns true if a waiting thread was woken: one that had stopped
  * spinning (a spinning waiter takes the unit by itself, as if it had
  * arrived just after the signal). */

@@ -12,9 +12,9 @@
  * scheduled in between (the word has no room for a generation count
  * without breaking fastipc's readers).
  *
- * `shared` selects process-shared futexes (memory shared between
- * processes); it must be the same for every user of one word. Deadlines
- * are absolute CLOCK_MONOTONIC ns (DK_TIME_FOREVER: none; 0: do not sleep).
+ * flags: 0, or DK_SHARED (base.h) for memory shared between processes;
+ * it must be the same for every user of one word. Deadlines are absolute
+ * CLOCK_MONOTONIC ns (DK_TIME_FOREVER: none; 0: do not sleep).
  */
 #ifndef DK_SHM_EVENT_H
 #define DK_SHM_EVENT_H
@@ -32,15 +32,16 @@ typedef struct dk_shm_event {
  * another process has set). */
 DK_EXPORT int dk_shm_event_check(const dk_shm_event_t *e) DK_WARN_UNUSED;
 /* Set and wake every waiter (one futex wake syscall: fastipc's waiters do
- * not announce themselves, so we cannot know there are none). */
-DK_EXPORT void dk_shm_event_set(dk_shm_event_t *e, bool shared);
+ * not announce themselves, so we cannot know there are none). A flag
+ * other than DK_SHARED is a client bug: it aborts. */
+DK_EXPORT void dk_shm_event_set(dk_shm_event_t *e, unsigned flags);
 DK_EXPORT void dk_shm_event_clear(dk_shm_event_t *e);
 DK_EXPORT bool dk_shm_event_is_set(const dk_shm_event_t *e);
-/* Wait until set. Returns 0 (seen set), -ETIMEDOUT, or -EINTR (a signal
+/* Wait until set. Returns 0 (seen set), -ETIMEDOUT, -EINTR (a signal
  * arrived while sleeping; the caller runs its handlers and calls again
- * with the same deadline). */
+ * with the same deadline), or -EINVAL (unknown flags). */
 DK_EXPORT int dk_shm_event_wait(dk_shm_event_t *e, uint64_t deadline,
-                                bool shared);
+                                unsigned flags) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

@@ -62,15 +62,16 @@ typedef enum dk_source_type {
 #define DK_PROC_SIGNAL 0x08000000ul
 
 /*
- * handle: TIMER and DATA_* 0; SIGNAL the signal number; READ/WRITE the
- * fd; PROC the pid. mask: PROC a DK_PROC_* mask, else 0. q NULL means the
- * default global queue. Returns NULL with errno: EINVAL (bad type, signal,
- * mask, or a data source's handle or mask not 0), EBADF (fd not open),
- * ESRCH (no such process), EMFILE, ENOMEM.
+ * Create a source in *out. handle: TIMER and DATA_* 0; SIGNAL the signal
+ * number; READ/WRITE the fd; PROC the pid. mask: PROC a DK_PROC_* mask,
+ * else 0. q NULL means the default global queue. Returns 0, -EINVAL (bad
+ * type, signal, mask, or a data source's handle or mask not 0), -EBADF
+ * (fd not open), -ESRCH (no such process), -EMFILE or -ENOMEM; *out is
+ * NULL on failure.
  */
-DK_EXPORT dk_source_t *dk_source_create(dk_source_type_t type,
-                                        uintptr_t handle, unsigned long mask,
-                                        dk_queue_t *q) DK_WARN_UNUSED;
+DK_EXPORT int dk_source_create(dk_source_type_t type, uintptr_t handle,
+                               unsigned long mask, dk_queue_t *q,
+                               dk_source_t **out) DK_WARN_UNUSED;
 
 DK_EXPORT void dk_source_set_context(dk_source_t *s, void *ctx);
 DK_EXPORT void *dk_source_get_context(const dk_source_t *s);
@@ -95,7 +96,8 @@ DK_EXPORT void dk_source_set_registration_handler_f(dk_source_t *s,
  * interval 0).
  */
 DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
-                                  uint64_t interval_ns, uint64_t leeway_ns);
+                                  uint64_t interval_ns,
+                                  uint64_t leeway_ns) DK_WARN_UNUSED;
 
 /*
  * Data sources: combine `value` with the pending data (add, or, replace
@@ -104,12 +106,13 @@ DK_EXPORT int dk_source_set_timer(dk_source_t *s, dk_time_t start,
  * after resume, a merge after dk_source_cancel is dropped. Returns 0, or
  * -EINVAL when s is not a data source.
  */
-DK_EXPORT int dk_source_merge_data(dk_source_t *s, uintptr_t value);
+DK_EXPORT int dk_source_merge_data(dk_source_t *s,
+                                   uintptr_t value) DK_WARN_UNUSED;
 
 /* Suspension nests; a new source starts with a count of one. Resume
  * returns -EOVERFLOW when not suspended. */
 DK_EXPORT void dk_source_suspend(dk_source_t *s);
-DK_EXPORT int dk_source_resume(dk_source_t *s);
+DK_EXPORT int dk_source_resume(dk_source_t *s) DK_WARN_UNUSED;
 
 DK_EXPORT void dk_source_cancel(dk_source_t *s);
 DK_EXPORT bool dk_source_testcancel(const dk_source_t *s);

@@ -96,7 +96,7 @@ DK_EXPORT uint64_t dk_zb_align(uint64_t x);
 
 /* Whether NAME is usable: 1..DK_ZB_NAME_MAX bytes, no '/', no "..", no
  * control characters or spaces. 0, -EINVAL, or -ENAMETOOLONG. */
-DK_EXPORT int dk_zb_name_check(const char *name);
+DK_EXPORT int dk_zb_name_check(const char *name) DK_WARN_UNUSED;
 
 /*
  * Create the buffer NAME and become its reader. metadata_size may be 0;
@@ -140,12 +140,12 @@ DK_EXPORT int dk_zb_reader_try_read(dk_zb_reader_t *r,
  * frame of this reader). After close: 0 and nothing happens.
  */
 DK_EXPORT int dk_zb_reader_release(dk_zb_reader_t *r,
-                                   const dk_zb_frame_t *frame);
+                                   const dk_zb_frame_t *frame) DK_WARN_UNUSED;
 
 /* The metadata the writer stored (without its length prefix). 0,
  * -ENODATA (none yet), -EPROTO (invalid length), -EBADF (closed). */
 DK_EXPORT int dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data,
-                                    uint64_t *size);
+                                    uint64_t *size) DK_WARN_UNUSED;
 
 /* Whether a writer is connected and its process alive. */
 DK_EXPORT bool dk_zb_reader_writer_connected(dk_zb_reader_t *r);
@@ -153,7 +153,8 @@ DK_EXPORT bool dk_zb_reader_writer_connected(dk_zb_reader_t *r);
  * wake the waiter when they connect; a peer's writer is seen within 50 ms
  * (peers make no wake-up). Returns 0, -ETIMEDOUT, -EBADF (closed, also
  * while waiting), -EINTR (a signal: call again). */
-DK_EXPORT int dk_zb_reader_wait_writer(dk_zb_reader_t *r, uint64_t deadline);
+DK_EXPORT int dk_zb_reader_wait_writer(dk_zb_reader_t *r,
+                                       uint64_t deadline) DK_WARN_UNUSED;
 
 /* Frames and payload bytes read so far. */
 DK_EXPORT uint64_t dk_zb_reader_frames(const dk_zb_reader_t *r);
@@ -180,7 +181,7 @@ DK_EXPORT int dk_zb_writer_open(const char *name, dk_zb_writer_t **out,
 /* Store the metadata (once). 0, -EALREADY (written before), -ENOSPC
  * (8 + size > M), -EINVAL (size 0), -EBADF (closed). */
 DK_EXPORT int dk_zb_writer_set_metadata(dk_zb_writer_t *w, const void *data,
-                                        uint64_t size);
+                                        uint64_t size) DK_WARN_UNUSED;
 
 /*
  * Reserve space for a frame of `size` bytes, waiting for the reader to
@@ -195,12 +196,13 @@ DK_EXPORT int dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size,
                                    uint64_t *sequence) DK_WARN_UNUSED;
 /* Publish the reserved frame. 0, -EINVAL (nothing reserved) or -EPROTO
  * (the segment was truncated under us: the frame is dropped). */
-DK_EXPORT int dk_zb_writer_commit(dk_zb_writer_t *w);
+DK_EXPORT int dk_zb_writer_commit(dk_zb_writer_t *w) DK_WARN_UNUSED;
 /* Drop the reserved frame unpublished. 0 or -EINVAL. */
-DK_EXPORT int dk_zb_writer_cancel(dk_zb_writer_t *w);
+DK_EXPORT int dk_zb_writer_cancel(dk_zb_writer_t *w) DK_WARN_UNUSED;
 /* acquire + copy + commit. Same returns as acquire. */
 DK_EXPORT int dk_zb_writer_write(dk_zb_writer_t *w, const void *data,
-                                 uint64_t size, uint64_t deadline);
+                                 uint64_t size,
+                                 uint64_t deadline) DK_WARN_UNUSED;
 
 /* Whether the reader is connected and its process alive. */
 DK_EXPORT bool dk_zb_writer_reader_connected(dk_zb_writer_t *w);
@@ -224,7 +226,8 @@ DK_EXPORT void dk_zb_writer_destroy(dk_zb_writer_t *w);
  * outside [seg, seg + len). This is the entry point for fuzzing.
  */
 DK_EXPORT int64_t dk_zb_segment_check(const void *seg, size_t len,
-                                      uint64_t max_frames, dk_zb_error_t *err);
+                                      uint64_t max_frames,
+                                      dk_zb_error_t *err) DK_WARN_UNUSED;
 
 DK_END_DECLS
 

@@ -70,15 +70,16 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_data_t *d;
+    int rc;
     if (view.len >= (1 << 20)) {
         Py_BEGIN_ALLOW_THREADS
-        d = dk_data_create(view.buf, (size_t)view.len);
+        rc = dk_data_create(view.buf, (size_t)view.len, &d);
         Py_END_ALLOW_THREADS
     } else {
-        d = dk_data_create(view.buf, (size_t)view.len);
+        rc = dk_data_create(view.buf, (size_t)view.len, &d);
     }
     PyBuffer_Release(&view);
-    if (d == NULL) {
+    if (rc < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
@@ -138,7 +139,9 @@ Data_concat(DataObject *self, PyObject *other)
     if (o == NULL) {
         return NULL;
     }
-    return data_wrap(dk_data_create_concat(self->d, o->d));
+    dk_data_t *d;
+    return dk_data_create_concat(self->d, o->d, &d) < 0 ? PyErr_NoMemory()
+                                                        : data_wrap(d);
 }
 
 static PyObject *
@@ -152,7 +155,9 @@ Data_subrange(DataObject *self, PyObject *args, PyObject *kwargs)
         to_size(off, "offset", &o) < 0 || to_size(len, "length", &n) < 0) {
         return NULL;
     }
-    return data_wrap(dk_data_create_subrange(self->d, o, n));
+    dk_data_t *d;
+    return dk_data_create_subrange(self->d, o, n, &d) < 0 ? PyErr_NoMemory()
+                                                          : data_wrap(d);
 }
 
 static PyObject *
@@ -167,7 +172,10 @@ Data_copy_region(DataObject *self, PyObject *arg)
                         "location out of bounds for empty data");
         return NULL;
     }
-    PyObject *r = data_wrap(dk_data_copy_region(self->d, loc, &off));
+    dk_data_t *d;
+    PyObject *r = dk_data_copy_region(self->d, loc, &off, &d) < 0
+                      ? PyErr_NoMemory()
+                      : data_wrap(d);
     if (r == NULL) {
         return NULL;
     }
@@ -258,8 +266,8 @@ Data_getbuffer(DataObject *self, Py_buffer *view, int flags)
 {
     if (self->flat == NULL) {
         size_t size;
-        self->flat = dk_data_create_map(self->d, &self->flat_bytes, &size);
-        if (self->flat == NULL) {
+        if (dk_data_create_map(self->d, &self->flat_bytes, &size,
+                               &self->flat) < 0) {
             PyErr_NoMemory();
             return -1;
         }

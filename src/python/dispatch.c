@@ -96,8 +96,7 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
             return NULL;
         }
         q = qo->q;
-        if (dk_queue_sync_would_deadlock(q, false) &&
-            !dk_queue_is_concurrent(q)) {
+        if (dk_queue_sync_would_deadlock(q, 0) && !dk_queue_is_concurrent(q)) {
             PyErr_SetString(PyExc_RuntimeError,
                             "apply() on the serial queue the caller is "
                             "running on would deadlock");

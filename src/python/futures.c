@@ -399,7 +399,8 @@ executor_unlink(ExecutorObject *ex, item_t *it)
     it->prev->next = it->next;
     it->next->prev = it->prev;
     it->prev = it->next = NULL;
-    (void)dk_group_leave(ex->group);
+    int left = dk_group_leave(ex->group); /* balances the submit's enter */
+    (void)left;
 }
 
 /* Submit `it` through ex's gate. Returns 0 or -errno (nothing queued). */
@@ -657,8 +658,7 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    self->group = dk_group_create();
-    if (self->group == NULL) {
+    if (dk_group_create(&self->group) < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
@@ -705,8 +705,8 @@ executor_adopt(ExecutorObject *self)
     if (self->fork_gen == fork_gen) {
         return 0;
     }
-    dk_group_t *g = dk_group_create();
-    if (g == NULL) {
+    dk_group_t *g;
+    if (dk_group_create(&g) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1734,7 +1734,7 @@ Wait_abandon(WaitObject *self, PyObject *unused)
         uint32_t *word = self->kind == K_MUTEX
                              ? &((dk_shm_mutex_t *)self->addr)->state
                              : &((dk_shm_semaphore_t *)self->addr)->count;
-        dk_futex_wake(word, 1, self->shared);
+        dk_futex_wake(word, 1, self->shared ? DK_SHARED : 0);
     }
     self->watched = false;
     Py_RETURN_NONE;

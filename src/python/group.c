@@ -193,8 +193,7 @@ Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->g = dk_group_create();
-    if (self->g == NULL) {
+    if (dk_group_create(&self->g) < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
@@ -398,8 +397,7 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->s = dk_semaphore_create((long)value);
-    if (self->s == NULL) {
+    if (dk_semaphore_create((long)value, &self->s) < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }

@@ -280,7 +280,9 @@ barrier_run(void *ctx)
 {
     struct barrier_call *b = ctx;
     if (b->queue != NULL) {
-        dk_queue_sync_f(b->queue, b->handler, barrier_python);
+        if (dk_queue_sync_f(b->queue, b->handler, barrier_python) < 0) {
+            barrier_python(b->handler); /* -EDEADLK: already on it */
+        }
         dk_release(b->queue);
     } else {
         barrier_python(b->handler);
@@ -325,10 +327,10 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
     self->io_type = io_type;
-    self->io =
-        dk_io_create(io_type, fd, q, ch, ch != NULL ? cleanup_handler : NULL);
-    if (self->io == NULL) {
-        int err = errno;
+    int rc = dk_io_create(io_type, fd, q, ch,
+                          ch != NULL ? cleanup_handler : NULL, &self->io);
+    if (rc < 0) {
+        int err = -rc;
         Py_XDECREF(ch);
         Py_DECREF(self);
         if (err == ESPIPE) {

@@ -202,8 +202,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive ? DK_QUEUE_INACTIVE : 0);
-    dk_queue_t *q = dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t);
-    if (q == NULL) {
+    dk_queue_t *q;
+    if (dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q) < 0) {
         return PyErr_NoMemory();
     }
     return queue_wrap(type, q, false);
@@ -238,13 +238,16 @@ Queue_dealloc(QueueObject *self)
     }
     if (self->q != NULL && !self->immortal) {
         if (self->specifics != NULL) {
-            dk_queue_set_specific(self->q, &dkpy_specifics_key, NULL, NULL);
+            int removed = /* removing a value cannot fail */
+                dk_queue_set_specific(self->q, &dkpy_specifics_key, NULL,
+                                      NULL);
+            (void)removed;
         }
         /* libdispatch crashes when a suspended or inactive queue is
          * released; we resume and activate it so its work drains. */
-        dk_queue_activate(self->q);
-        while (dk_queue_suspend_count(self->q) > 0) {
-            dk_queue_resume(self->q);
+        int rc = dk_queue_activate(self->q); /* -EALREADY: active */
+        while (rc != -EOVERFLOW && dk_queue_suspend_count(self->q) > 0) {
+            rc = dk_queue_resume(self->q);
         }
         if (self->finalizer != NULL && !dkpy_finalizing()) {
             /* As in GCD: the finalizer runs asynchronously once the queue
@@ -468,7 +471,8 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
     dk_queue_t *q = self->q;
     bool cq_barrier =
         barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
-    if (dk_queue_sync_would_deadlock(q, cq_barrier)) {
+    unsigned sync_flags = cq_barrier ? DK_SYNC_BARRIER : 0;
+    if (dk_queue_sync_would_deadlock(q, sync_flags)) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s() on '%s' from a task running on it (or on a queue "
                      "it targets) would deadlock",
@@ -476,7 +480,7 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
         return NULL;
     }
     dk_sync_frame_t frame;
-    if (dk_queue_sync_enter(q, cq_barrier, &frame) == 0) {
+    if (dk_queue_sync_enter(q, sync_flags, &frame) == 0) {
         /* Idle queue: run it right here, GIL held, as GCD does. */
         PyObject *r = PyObject_CallNoArgs(func);
         dk_queue_sync_exit(q, &frame);
@@ -490,8 +494,7 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
     if (c == NULL) {
         return PyErr_NoMemory();
     }
-    c->done = dk_semaphore_create(0);
-    if (c->done == NULL) {
+    if (dk_semaphore_create(0, &c->done) < 0) {
         PyMem_RawFree(c);
         return PyErr_NoMemory();
     }
@@ -935,10 +938,10 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    dk_queue_t *q = dk_queue_create(
-        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
-        NULL);
-    if (q == NULL) {
+    dk_queue_t *q;
+    if (dk_queue_create(clabel,
+                        DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0),
+                        0, 0, NULL, &q) < 0) {
         return PyErr_NoMemory();
     }
     QueueObject *self = (QueueObject *)queue_wrap(type, q, false);

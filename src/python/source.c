@@ -82,9 +82,9 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
         return NULL;
     }
     self->what = what;
-    self->s = dk_source_create(kind, handle, mask, q);
-    if (self->s == NULL) {
-        int err = errno;
+    int rc = dk_source_create(kind, handle, mask, q, &self->s);
+    if (rc < 0) {
+        int err = -rc;
         Py_DECREF(self);
         switch (err) {
         case EBADF:

@@ -45,30 +45,33 @@ futex_wait_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
     return dk_futex_wait(w->self->addr, (uint32_t)w->expected, deadline,
-                         w->self->shared);
+                         w->self->shared ? DK_SHARED : 0);
 }
 
 static int
 mutex_lock_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_shm_mutex_lock(w->self->addr, deadline, w->self->shared, w->spin,
-                             true);
+    return dk_shm_mutex_lock(w->self->addr, deadline, w->spin,
+                             (w->self->shared ? DK_SHARED : 0) |
+                                 DK_SHM_INTERRUPTIBLE);
 }
 
 static int
 semaphore_wait_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_shm_semaphore_wait(w->self->addr, deadline, w->self->shared,
-                                 w->spin, true);
+    return dk_shm_semaphore_wait(w->self->addr, deadline, w->spin,
+                                 (w->self->shared ? DK_SHARED : 0) |
+                                     DK_SHM_INTERRUPTIBLE);
 }
 
 static int
 event_wait_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_shm_event_wait(w->self->addr, deadline, w->self->shared);
+    return dk_shm_event_wait(w->self->addr, deadline,
+                             w->self->shared ? DK_SHARED : 0);
 }
 
 /* Called with the view held and checked: swap it for a mapping of our
@@ -210,7 +213,8 @@ FutexWord_wake(WordObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "n must be >= 0");
         return NULL;
     }
-    return PyLong_FromLong(dk_futex_wake(self->addr, n, self->shared));
+    return PyLong_FromLong(
+        dk_futex_wake(self->addr, n, self->shared ? DK_SHARED : 0));
 }
 
 /* The words go through the public dk_atomic_u32_* / dk_atomic_u64_*
@@ -459,7 +463,7 @@ Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 mutex_lock(WordObject *self, long long timeout_ns, int spin)
 {
-    int rc = dk_shm_mutex_lock(self->addr, 0, self->shared, 0, false);
+    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
     if (rc >= 0) {
         self->owner_died = rc == 1;
         return 1;
@@ -515,7 +519,7 @@ static PyObject *
 Mutex_try_acquire(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    int rc = dk_shm_mutex_lock(self->addr, 0, self->shared, 0, false);
+    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
     if (rc >= 0) {
         self->owner_died = rc == 1;
     }
@@ -526,7 +530,7 @@ static PyObject *
 Mutex_release(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    if (dk_shm_mutex_unlock(self->addr, self->shared, false) < 0) {
+    if (dk_shm_mutex_unlock(self->addr, self->shared ? DK_SHARED : 0) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot release a mutex not owned by this thread");
         return NULL;
@@ -538,7 +542,11 @@ static PyObject *
 Mutex_force_release(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    dk_shm_mutex_unlock(self->addr, self->shared, true);
+    int rc = dk_shm_mutex_unlock(self->addr, (self->shared ? DK_SHARED : 0) |
+                                                 DK_SHM_FORCE);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
+    }
     Py_RETURN_NONE;
 }
 
@@ -703,8 +711,8 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->shared = shared != 0;
     self->fastipc_compat = compat != 0;
-    if (dk_shm_semaphore_init(self->addr, initial != Py_None,
-                              (uint32_t)count) < 0) {
+    unsigned init_flags = initial != Py_None ? DK_SHM_SET_COUNT : 0;
+    if (dk_shm_semaphore_init(self->addr, (uint32_t)count, init_flags) < 0) {
         Py_DECREF(self);
         PyErr_SetString(PyExc_ValueError,
                         "buffer does not hold a Semaphore (wrong magic): "
@@ -722,8 +730,10 @@ sem_post(WordObject *self, unsigned long long n)
                         "semaphore increment out of range");
         return NULL;
     }
-    if (dk_shm_semaphore_post(self->addr, (uint32_t)n, self->shared,
-                              self->fastipc_compat) < 0) {
+    if (dk_shm_semaphore_post(
+            self->addr, (uint32_t)n,
+            (self->shared ? DK_SHARED : 0) |
+                (self->fastipc_compat ? DK_SHM_FASTIPC_COMPAT : 0)) < 0) {
         PyErr_SetString(PyExc_OverflowError, "semaphore count overflow");
         return NULL;
     }
@@ -801,7 +811,8 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    if (dk_shm_semaphore_wait(self->addr, 0, self->shared, 0, false) == 0) {
+    if (dk_shm_semaphore_wait(self->addr, 0, 0,
+                              self->shared ? DK_SHARED : 0) == 0) {
         Py_RETURN_TRUE;
     }
     if (!blocking || timeout_ns == 0) {
@@ -936,7 +947,7 @@ static PyObject *
 Event_set(WordObject *self, PyObject *unused)
 {
     (void)unused;
-    dk_shm_event_set(self->addr, self->shared);
+    dk_shm_event_set(self->addr, self->shared ? DK_SHARED : 0);
     Py_RETURN_NONE;
 }
 

@@ -363,7 +363,8 @@ make_frame(ReaderObject *self, const dk_zb_frame_t *f)
 {
     FrameObject *fo = PyObject_New(FrameObject, Frame_type);
     if (fo == NULL) {
-        dk_zb_reader_release(self->core, f);
+        int released = dk_zb_reader_release(self->core, f); /* just read */
+        (void)released;
         return NULL;
     }
     fo->reader = (ReaderObject *)Py_NewRef(self);
@@ -448,7 +449,9 @@ Reader_release_frame(ReaderObject *self, PyObject *frame)
     if (!fo->released) {
         fo->released = true;
         if (self->core != NULL) {
-            dk_zb_reader_release(self->core, &fo->frame);
+            /* `released` makes this the frame's one release. */
+            int rc = dk_zb_reader_release(self->core, &fo->frame);
+            (void)rc;
         }
     }
     Py_RETURN_NONE;
@@ -679,7 +682,9 @@ frame_release(FrameObject *self)
     if (!self->released) {
         self->released = true;
         if (self->reader->core != NULL) {
-            dk_zb_reader_release(self->reader->core, &self->frame);
+            /* `released` makes this the frame's one release. */
+            int rc = dk_zb_reader_release(self->reader->core, &self->frame);
+            (void)rc;
         }
     }
 }
@@ -1135,7 +1140,8 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
             writer_unlock(self);
             return NULL;
         }
-        dk_zb_writer_cancel(self->core);
+        int cancelled = dk_zb_writer_cancel(self->core); /* reserved */
+        (void)cancelled;
     }
     void *buf;
     uint64_t seq;
@@ -1146,7 +1152,8 @@ writer_acquire_view(WriterObject *self, PyObject *arg, bool with_seq)
         PyObject *mv =
             make_region_ex((PyObject *)self, buf, size, true, &region);
         if (mv == NULL) {
-            dk_zb_writer_cancel(self->core);
+            int cancelled = dk_zb_writer_cancel(self->core); /* reserved */
+            (void)cancelled;
         } else {
             Py_XSETREF(self->pending_view, Py_NewRef(mv));
             Py_XSETREF(self->pending_region, region);

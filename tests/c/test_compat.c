@@ -173,10 +173,16 @@ DK_TEST(compat_data_and_io)
     CHECK(memcmp(rr.buf, "hello world", 11) == 0);
     CHECK_EQ(dispatch_io_get_descriptor(ch), p[0]);
     dispatch_io_close(ch, 0);
+    /* Channels are objects like the others: dispatch_retain and
+     * dispatch_release apply, dispatch_io_release is dispatch_release. */
+    dispatch_retain(ch);
     dispatch_io_release(ch);
+    dispatch_release(ch);
     dispatch_release(ab);
     dispatch_release(a);
     dispatch_release(b);
+    dispatch_release(w.sem);
+    dispatch_release(rr.sem);
     close(p[0]);
     close(p[1]);
 }

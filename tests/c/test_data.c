@@ -1,5 +1,6 @@
 /* Tests of data objects: sharing, clipping, regions, and a randomized
  * comparison of concat/subrange against a plain byte buffer. */
+#include "objects.h"
 #include "runner.h"
 
 #include <string.h>
@@ -34,6 +35,39 @@ stop_first(void *ctx, size_t offset, const void *bytes, size_t len)
     return false;
 }
 
+/* The data constructors, failing the test unless they return 0. */
+static dk_data_t *
+concat(dk_data_t *a, dk_data_t *b)
+{
+    dk_data_t *d;
+    CHECK_EQ(dk_data_create_concat(a, b, &d), 0);
+    return d;
+}
+
+static dk_data_t *
+subrange(dk_data_t *d, size_t offset, size_t length)
+{
+    dk_data_t *r;
+    CHECK_EQ(dk_data_create_subrange(d, offset, length, &r), 0);
+    return r;
+}
+
+static dk_data_t *
+region(dk_data_t *d, size_t location, size_t *offset)
+{
+    dk_data_t *r;
+    CHECK_EQ(dk_data_copy_region(d, location, offset, &r), 0);
+    return r;
+}
+
+static dk_data_t *
+map(dk_data_t *d, const void **bytes, size_t *size)
+{
+    dk_data_t *m;
+    CHECK_EQ(dk_data_create_map(d, bytes, size, &m), 0);
+    return m;
+}
+
 static void
 check_contents(dk_data_t *d, const unsigned char *want, size_t n)
 {
@@ -43,7 +77,7 @@ check_contents(dk_data_t *d, const unsigned char *want, size_t n)
     CHECK(memcmp(got, want, n) == 0);
     const void *flat;
     size_t size;
-    dk_data_t *m = dk_data_create_map(d, &flat, &size);
+    dk_data_t *m = map(d, &flat, &size);
     CHECK_EQ(size, n);
     CHECK(memcmp(flat, want, n) == 0);
     CHECK_EQ(dk_data_region_count(m) <= 1, 1);
@@ -53,25 +87,25 @@ check_contents(dk_data_t *d, const unsigned char *want, size_t n)
 
 DK_TEST(data_concat_and_subrange_share_regions)
 {
-    dk_data_t *a = dk_data_create("hello ", 6);
-    dk_data_t *b = dk_data_create("world", 5);
-    dk_data_t *ab = dk_data_create_concat(a, b);
+    dk_data_t *a = t_data("hello ", 6);
+    dk_data_t *b = t_data("world", 5);
+    dk_data_t *ab = concat(a, b);
     check_contents(ab, (const unsigned char *)"hello world", 11);
     CHECK_EQ(dk_data_region_count(ab), 2);
     size_t off = 99;
-    dk_data_t *r = dk_data_copy_region(ab, 7, &off);
+    dk_data_t *r = region(ab, 7, &off);
     CHECK_EQ(off, 6);
     check_contents(r, (const unsigned char *)"world", 5);
     dk_release(r);
-    r = dk_data_copy_region(ab, 11, &off);
+    r = region(ab, 11, &off);
     CHECK_EQ(off, 11);
     CHECK(r == dk_data_empty());
-    dk_data_t *s = dk_data_create_subrange(ab, 4, 4);
+    dk_data_t *s = subrange(ab, 4, 4);
     check_contents(s, (const unsigned char *)"o wo", 4);
     CHECK_EQ(dk_data_region_count(s), 2);
-    CHECK(dk_data_create_subrange(ab, 11, 3) == dk_data_empty());
-    CHECK(dk_data_create_subrange(ab, 2, 0) == dk_data_empty());
-    dk_data_t *clip = dk_data_create_subrange(ab, 8, 100);
+    CHECK(subrange(ab, 11, 3) == dk_data_empty());
+    CHECK(subrange(ab, 2, 0) == dk_data_empty());
+    dk_data_t *clip = subrange(ab, 8, 100);
     check_contents(clip, (const unsigned char *)"rld", 3);
     size_t regions = 0;
     CHECK(dk_data_apply(ab, &regions, count_regions));
@@ -86,7 +120,7 @@ DK_TEST(data_concat_and_subrange_share_regions)
     dk_release(clip);
     dk_release(s);
     dk_release(ab);
-    CHECK(dk_data_create(NULL, 0) == dk_data_empty());
+    CHECK(t_data(NULL, 0) == dk_data_empty());
     CHECK_EQ(dk_data_get_size(dk_data_empty()), 0);
 }
 
@@ -106,7 +140,7 @@ DK_TEST(data_random_operations_match_a_flat_buffer)
         for (size_t i = 0; i < n; i++) {
             ref[i] = (unsigned char)rnd(&seed);
         }
-        dk_data_t *d = dk_data_create(ref, n);
+        dk_data_t *d = t_data(ref, n);
         for (int step = 0; step < 20; step++) {
             if (rnd(&seed) % 2 == 0 && n < 2000) {
                 size_t m = rnd(&seed) % 50;
@@ -114,9 +148,8 @@ DK_TEST(data_random_operations_match_a_flat_buffer)
                 for (size_t i = 0; i < m; i++) {
                     extra[i] = (unsigned char)rnd(&seed);
                 }
-                dk_data_t *e = dk_data_create(extra, m);
-                dk_data_t *c = rnd(&seed) % 2 ? dk_data_create_concat(d, e)
-                                              : dk_data_create_concat(e, d);
+                dk_data_t *e = t_data(extra, m);
+                dk_data_t *c = rnd(&seed) % 2 ? concat(d, e) : concat(e, d);
                 unsigned char *nref = malloc(n + m + 1);
                 if (c != NULL && dk_data_get_size(c) == n + m) {
                     /* Which order was it? Compare both candidates. */
@@ -141,12 +174,12 @@ DK_TEST(data_random_operations_match_a_flat_buffer)
             } else {
                 size_t off = n ? rnd(&seed) % (n + 5) : 0;
                 size_t len = rnd(&seed) % (n + 5);
-                dk_data_t *s = dk_data_create_subrange(d, off, len);
+                dk_data_t *s = subrange(d, off, len);
                 size_t want = off >= n ? 0 : (len > n - off ? n - off : len);
                 check_contents(s, ref + (off < n ? off : 0), want);
                 if (want > 0) {
                     size_t loc = rnd(&seed) % want, roff;
-                    dk_data_t *r = dk_data_copy_region(s, loc, &roff);
+                    dk_data_t *r = region(s, loc, &roff);
                     CHECK(roff <= loc);
                     CHECK(loc < roff + dk_data_get_size(r));
                     check_contents(r, ref + off + roff, dk_data_get_size(r));

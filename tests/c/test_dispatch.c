@@ -1,6 +1,7 @@
 /* Tests of the dispatch runtime through its dk_ API: ordering, mutual
  * exclusion, barriers, hierarchies, suspension, groups, semaphores, once,
  * apply, after, pool growth, sync deadlock detection, main queue, fork. */
+#include "objects.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -70,7 +71,7 @@ noop(void *p)
 
 DK_TEST(serial_queue_is_fifo_and_exclusive)
 {
-    dk_queue_t *q = dk_queue_create("fifo", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("fifo", 0, 0, 0, NULL);
     CHECK(q != NULL);
     struct fifo f = {0};
     for (long i = 0; i < 100000; i++) {
@@ -95,14 +96,14 @@ producer(void *p)
 {
     struct producer_arg *a = p;
     for (int i = 0; i < 20000; i++) {
-        dk_queue_async_f(a->q, a->f, fifo_item);
+        CHECK_EQ(dk_queue_async_f(a->q, a->f, fifo_item), 0);
     }
     return NULL;
 }
 
 DK_TEST(serial_queue_many_producers_lose_nothing)
 {
-    dk_queue_t *q = dk_queue_create("mp", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("mp", 0, 0, 0, NULL);
     struct fifo f = {0};
     pthread_t t[4];
     struct producer_arg a = {q, &f};
@@ -112,7 +113,7 @@ DK_TEST(serial_queue_many_producers_lose_nothing)
     for (int i = 0; i < 4; i++) {
         pthread_join(t[i], NULL);
     }
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(f.next, 80000);
     CHECK_EQ(f.errors, 0);
     dk_release(q);
@@ -122,18 +123,18 @@ DK_TEST(serial_queue_many_producers_lose_nothing)
 
 DK_TEST(queues_targeting_a_serial_queue_are_mutually_exclusive)
 {
-    dk_queue_t *parent = dk_queue_create("parent", 0, 0, 0, NULL);
-    dk_queue_t *a = dk_queue_create("a", 0, 0, 0, parent);
-    dk_queue_t *b = dk_queue_create("b", DK_QUEUE_CONCURRENT, 0, 0, parent);
+    dk_queue_t *parent = t_queue("parent", 0, 0, 0, NULL);
+    dk_queue_t *a = t_queue("a", 0, 0, 0, parent);
+    dk_queue_t *b = t_queue("b", DK_QUEUE_CONCURRENT, 0, 0, parent);
     CHECK_EQ(dk_queue_target(a) == parent, 1);
     struct fifo f = {0};
     for (int i = 0; i < 20000; i++) {
-        dk_queue_async_f(a, &f, fifo_item);
-        dk_queue_async_f(b, &f, fifo_item);
+        CHECK_EQ(dk_queue_async_f(a, &f, fifo_item), 0);
+        CHECK_EQ(dk_queue_async_f(b, &f, fifo_item), 0);
     }
-    dk_queue_sync_f(a, NULL, noop);
-    dk_queue_barrier_sync_f(b, NULL, noop);
-    dk_queue_sync_f(parent, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(a, NULL, noop), 0);
+    CHECK_EQ(dk_queue_barrier_sync_f(b, NULL, noop), 0);
+    CHECK_EQ(dk_queue_sync_f(parent, NULL, noop), 0);
     CHECK_EQ(f.next, 40000);
     CHECK_EQ(f.errors, 0);
     dk_release(a);
@@ -185,15 +186,15 @@ writer(void *p)
 
 DK_TEST(barrier_is_exclusive_on_concurrent_queue)
 {
-    dk_queue_t *q = dk_queue_create("rw", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_queue_t *q = t_queue("rw", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     struct rw rw = {0};
     for (int round = 0; round < 50; round++) {
         for (int i = 0; i < 8; i++) {
-            dk_queue_async_f(q, &rw, reader);
+            CHECK_EQ(dk_queue_async_f(q, &rw, reader), 0);
         }
-        dk_queue_barrier_async_f(q, &rw, writer);
+        CHECK_EQ(dk_queue_barrier_async_f(q, &rw, writer), 0);
     }
-    dk_queue_barrier_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_barrier_sync_f(q, NULL, noop), 0);
     CHECK_EQ(rw.errors, 0);
     CHECK_EQ(rw.writes, 50);
     CHECK_EQ(rw.reads, 400);
@@ -211,13 +212,13 @@ count_item(void *p)
 
 DK_TEST(suspended_queue_runs_nothing_until_resumed)
 {
-    dk_queue_t *q = dk_queue_create("susp", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("susp", 0, 0, 0, NULL);
     long n = 0;
     dk_queue_suspend(q);
     dk_queue_suspend(q);
     CHECK_EQ(dk_queue_suspend_count(q), 2);
     for (int i = 0; i < 10; i++) {
-        dk_queue_async_f(q, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     }
     usleep(20000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
@@ -225,7 +226,7 @@ DK_TEST(suspended_queue_runs_nothing_until_resumed)
     usleep(20000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
     CHECK_EQ(dk_queue_resume(q), 0);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 10);
     CHECK_EQ(dk_queue_resume(q), -EOVERFLOW);
     dk_release(q);
@@ -233,17 +234,17 @@ DK_TEST(suspended_queue_runs_nothing_until_resumed)
 
 DK_TEST(inactive_queue_runs_after_activate)
 {
-    dk_queue_t *q = dk_queue_create("lazy", DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *q = t_queue("lazy", DK_QUEUE_INACTIVE, 0, 0, NULL);
     CHECK(dk_queue_is_inactive(q));
     long n = 0;
-    dk_queue_async_f(q, &n, count_item);
+    CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     CHECK_EQ(dk_queue_set_target(q, dk_queue_global(DK_QOS_UTILITY)), 0);
     usleep(10000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
     CHECK_EQ(dk_queue_activate(q), 0);
     CHECK(!dk_queue_is_inactive(q));
     CHECK_EQ(dk_queue_activate(q), -EALREADY);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 1);
     CHECK_EQ(dk_queue_set_target(q, NULL), -EPERM);
     dk_release(q);
@@ -251,11 +252,11 @@ DK_TEST(inactive_queue_runs_after_activate)
 
 DK_TEST(set_target_rejects_cycles)
 {
-    dk_queue_t *a = dk_queue_create("a", DK_QUEUE_INACTIVE, 0, 0, NULL);
-    dk_queue_t *b = dk_queue_create("b", 0, 0, 0, a);
+    dk_queue_t *a = t_queue("a", DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *b = t_queue("b", 0, 0, 0, a);
     CHECK_EQ(dk_queue_set_target(a, b), -ELOOP);
     CHECK_EQ(dk_queue_set_target(a, a), -ELOOP);
-    dk_queue_activate(a);
+    CHECK_EQ(dk_queue_activate(a), 0);
     dk_release(b);
     dk_release(a);
 }
@@ -278,18 +279,18 @@ sync_inside(void *p)
 
 DK_TEST(sync_on_own_serial_queue_is_detected)
 {
-    dk_queue_t *q = dk_queue_create("self", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("self", 0, 0, 0, NULL);
     struct sync_ctx c = {q, 1, false};
-    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c, sync_inside), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     c.rc = 1;
-    dk_queue_async_f(q, &c, sync_inside);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_async_f(q, &c, sync_inside), 0);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     /* A queue that targets q also deadlocks when called from q. */
-    dk_queue_t *child = dk_queue_create("child", 0, 0, 0, q);
+    dk_queue_t *child = t_queue("child", 0, 0, 0, q);
     struct sync_ctx c2 = {child, 1, false};
-    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c2, sync_inside), 0);
     CHECK_EQ(c2.rc, -EDEADLK);
     dk_release(child);
     dk_release(q);
@@ -297,12 +298,12 @@ DK_TEST(sync_on_own_serial_queue_is_detected)
 
 DK_TEST(sync_inside_concurrent_queue_allowed_barrier_detected)
 {
-    dk_queue_t *q = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_queue_t *q = t_queue("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     struct sync_ctx c = {q, 1, false};
-    dk_queue_sync_f(q, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c, sync_inside), 0);
     CHECK_EQ(c.rc, 0);
     struct sync_ctx c2 = {q, 1, true};
-    dk_queue_sync_f(q, &c2, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(q, &c2, sync_inside), 0);
     CHECK_EQ(c2.rc, -EDEADLK);
     dk_release(q);
 }
@@ -321,9 +322,9 @@ record_thread(void *p)
 
 DK_TEST(sync_on_idle_queue_runs_on_calling_thread)
 {
-    dk_queue_t *q = dk_queue_create("idle", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("idle", 0, 0, 0, NULL);
     struct thread_id_ctx c = {pthread_self(), false};
-    dk_queue_sync_f(q, &c, record_thread);
+    CHECK_EQ(dk_queue_sync_f(q, &c, record_thread), 0);
     CHECK(c.same);
     dk_release(q);
 }
@@ -338,21 +339,21 @@ finalize(void *p)
 
 DK_TEST(group_wait_and_notify)
 {
-    dk_group_t *g = dk_group_create();
+    dk_group_t *g = t_group();
     dk_queue_t *q = dk_queue_global(0);
     long n = 0;
     for (int i = 0; i < 10000; i++) {
-        dk_group_async_f(g, q, &n, count_item);
+        CHECK_EQ(dk_group_async_f(g, q, &n, count_item), 0);
     }
     CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(20))), 0);
     CHECK_EQ(n, 10000);
-    dk_semaphore_t *s = dk_semaphore_create(0);
-    dk_group_notify_f(g, q, s, finalize);
+    dk_semaphore_t *s = t_semaphore(0);
+    CHECK_EQ(dk_group_notify_f(g, q, s, finalize), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
     dk_group_enter(g);
     CHECK_EQ(dk_group_wait(g, 0), -ETIMEDOUT);
     CHECK_EQ(dk_group_wait(g, in_ns(1000000)), -ETIMEDOUT);
-    dk_group_notify_f(g, q, s, finalize);
+    CHECK_EQ(dk_group_notify_f(g, q, s, finalize), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(5000000)), -ETIMEDOUT);
     CHECK_EQ(dk_group_leave(g), 0);
     CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);
@@ -366,8 +367,10 @@ DK_TEST(group_wait_and_notify)
 
 DK_TEST(semaphore_counts_and_times_out)
 {
-    CHECK(dk_semaphore_create(-1) == NULL);
-    dk_semaphore_t *s = dk_semaphore_create(2);
+    dk_semaphore_t *bad = (dk_semaphore_t *)&bad;
+    CHECK_EQ(dk_semaphore_create(-1, &bad), -EINVAL);
+    CHECK(bad == NULL);
+    dk_semaphore_t *s = t_semaphore(2);
     CHECK_EQ(dk_semaphore_wait(s, 0), 0);
     CHECK_EQ(dk_semaphore_wait(s, 0), 0);
     CHECK_EQ(dk_semaphore_wait(s, 0), -ETIMEDOUT);
@@ -382,13 +385,13 @@ DK_TEST(semaphore_counts_and_times_out)
 static void *
 sem_waiter(void *p)
 {
-    dk_semaphore_wait(p, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
     return NULL;
 }
 
 DK_TEST(semaphore_signal_wakes_exactly_one_waiter)
 {
-    dk_semaphore_t *s = dk_semaphore_create(0);
+    dk_semaphore_t *s = t_semaphore(0);
     pthread_t t[3];
     for (int i = 0; i < 3; i++) {
         pthread_create(&t[i], NULL, sem_waiter, s);
@@ -452,7 +455,7 @@ hammer_consumer(void *p)
 
 DK_TEST(semaphore_hammered_with_timeouts_conserves_units)
 {
-    struct hammer h = {dk_semaphore_create(0), 0, 0, 0};
+    struct hammer h = {t_semaphore(0), 0, 0, 0};
     pthread_t prod[HAMMER_PRODUCERS], cons[HAMMER_CONSUMERS];
     for (int i = 0; i < HAMMER_CONSUMERS; i++) {
         pthread_create(&cons[i], NULL, hammer_consumer, &h);
@@ -502,7 +505,7 @@ parked_waiter(void *p)
 DK_TEST(semaphore_parked_waiter_is_always_woken)
 {
     for (int round = 0; round < 300; round++) {
-        struct parked w = {dk_semaphore_create(0), 0};
+        struct parked w = {t_semaphore(0), 0};
         pthread_t t;
         pthread_create(&t, NULL, parked_waiter, &w);
         if (round % 3 != 0) {
@@ -541,7 +544,7 @@ waiter_then_release(void *p)
 DK_TEST(semaphore_freed_by_its_waiter_during_signal)
 {
     for (int round = 0; round < 1000; round++) {
-        dk_semaphore_t *s = dk_semaphore_create(0);
+        dk_semaphore_t *s = t_semaphore(0);
         pthread_t t;
         pthread_create(&t, NULL, waiter_then_release, s);
         if (round % 2 == 0) {
@@ -576,7 +579,7 @@ many_parked_waiter(void *p)
 
 DK_TEST(semaphore_many_parked_waiters_all_woken)
 {
-    struct many_parked m = {dk_semaphore_create(0), 0};
+    struct many_parked m = {t_semaphore(0), 0};
     pthread_t t[4];
     for (int i = 0; i < 4; i++) {
         pthread_create(&t[i], NULL, many_parked_waiter, &m);
@@ -619,7 +622,7 @@ pong_thread(void *p)
 
 DK_TEST(semaphore_pingpong_completes)
 {
-    struct pingpong pp = {dk_semaphore_create(0), dk_semaphore_create(0)};
+    struct pingpong pp = {t_semaphore(0), t_semaphore(0)};
     pthread_t t;
     pthread_create(&t, NULL, pong_thread, &pp);
     for (int i = 0; i < 20000; i++) {
@@ -651,7 +654,7 @@ idle_waiter(void *p)
 
 DK_TEST(semaphore_idle_waiter_parks)
 {
-    dk_semaphore_t *s = dk_semaphore_create(0);
+    dk_semaphore_t *s = t_semaphore(0);
     pthread_t t;
     pthread_create(&t, NULL, idle_waiter, s);
     pthread_join(t, NULL);
@@ -719,7 +722,7 @@ DK_TEST(apply_runs_every_index_exactly_once)
         for (size_t i = 0; i < n; i++) {
             CHECK_EQ(marks[i], 1);
         }
-        dk_queue_t *q = dk_queue_create("s", 0, 0, 0, NULL);
+        dk_queue_t *q = t_queue("s", 0, 0, 0, NULL);
         CHECK_EQ(dk_apply_f(n, q, marks, apply_mark), 0);
         for (size_t i = 0; i < n; i++) {
             CHECK_EQ(marks[i], 2);
@@ -750,7 +753,7 @@ DK_TEST(apply_while_stops_handing_out_ranges)
              0);
     CHECK(calls >= 1);
     CHECK(calls <= 64);
-    dk_queue_t *q = dk_queue_create("s", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("s", 0, 0, 0, NULL);
     calls = 0;
     CHECK_EQ(dk_apply_range_while_f(1000, q, &calls, apply_stop_at_once), 0);
     CHECK_EQ(calls, 1);
@@ -775,8 +778,8 @@ after_item(void *p)
 
 DK_TEST(after_runs_no_earlier_than_due_and_in_order)
 {
-    dk_queue_t *q = dk_queue_create("after", 0, 0, 0, NULL);
-    dk_semaphore_t *s = dk_semaphore_create(0);
+    dk_queue_t *q = t_queue("after", 0, 0, 0, NULL);
+    dk_semaphore_t *s = t_semaphore(0);
     struct after_ctx c[3];
     uint64_t delays[3] = {30000000, 10000000, 20000000};
     for (int i = 0; i < 3; i++) {
@@ -828,7 +831,7 @@ consumer(void *p)
 {
     (void)p;
     for (int i = 0; i < 5; i++) {
-        dk_semaphore_wait(pc_items, UINT64_MAX);
+        CHECK_EQ(dk_semaphore_wait(pc_items, UINT64_MAX), 0);
         __atomic_add_fetch(&pc_consumed, 1, __ATOMIC_RELAXED);
     }
 }
@@ -846,15 +849,15 @@ DK_TEST(pool_grows_when_workers_block)
 {
     /* More blocked consumers than CPUs: producers must still get a
      * thread. */
-    pc_items = dk_semaphore_create(0);
-    dk_group_t *g = dk_group_create();
+    pc_items = t_semaphore(0);
+    dk_group_t *g = t_group();
     dk_queue_t *q = dk_queue_global(0);
     int n = 8;
     for (int i = 0; i < n; i++) {
-        dk_group_async_f(g, q, NULL, consumer);
+        CHECK_EQ(dk_group_async_f(g, q, NULL, consumer), 0);
     }
     for (int i = 0; i < n; i++) {
-        dk_group_async_f(g, q, NULL, pc_producer);
+        CHECK_EQ(dk_group_async_f(g, q, NULL, pc_producer), 0);
     }
     CHECK_EQ(dk_group_wait(g, in_ns(SECONDS(30))), 0);
     CHECK_EQ(pc_consumed, 5 * n);
@@ -874,17 +877,17 @@ get_specific_into(void *p)
 
 DK_TEST(specific_values_follow_the_target_chain)
 {
-    dk_queue_t *parent = dk_queue_create("p", 0, 0, 0, NULL);
-    dk_queue_t *child = dk_queue_create("c", 0, 0, 0, parent);
-    dk_queue_set_specific(parent, &key_a, (void *)"pa", NULL);
-    dk_queue_set_specific(parent, &key_b, (void *)"pb", NULL);
-    dk_queue_set_specific(child, &key_a, (void *)"ca", NULL);
+    dk_queue_t *parent = t_queue("p", 0, 0, 0, NULL);
+    dk_queue_t *child = t_queue("c", 0, 0, 0, parent);
+    CHECK_EQ(dk_queue_set_specific(parent, &key_a, (void *)"pa", NULL), 0);
+    CHECK_EQ(dk_queue_set_specific(parent, &key_b, (void *)"pb", NULL), 0);
+    CHECK_EQ(dk_queue_set_specific(child, &key_a, (void *)"ca", NULL), 0);
     void *got[2];
-    dk_queue_sync_f(child, got, get_specific_into);
+    CHECK_EQ(dk_queue_sync_f(child, got, get_specific_into), 0);
     CHECK(got[0] == (void *)"ca");
     CHECK(got[1] == (void *)"pb");
     CHECK(dk_get_specific(&key_a) == NULL);
-    dk_queue_set_specific(child, &key_a, NULL, NULL);
+    CHECK_EQ(dk_queue_set_specific(child, &key_a, NULL, NULL), 0);
     CHECK(dk_queue_get_specific(child, &key_a) == NULL);
     dk_release(child);
     dk_release(parent);
@@ -892,8 +895,8 @@ DK_TEST(specific_values_follow_the_target_chain)
 
 DK_TEST(context_finalizer_runs_after_release)
 {
-    dk_semaphore_t *s = dk_semaphore_create(0);
-    dk_queue_t *q = dk_queue_create("ctx", 0, 0, 0, NULL);
+    dk_semaphore_t *s = t_semaphore(0);
+    dk_queue_t *q = t_queue("ctx", 0, 0, 0, NULL);
     dk_queue_set_context(q, s);
     dk_queue_set_finalizer_f(q, finalize);
     CHECK(dk_queue_get_context(q) == s);
@@ -911,7 +914,7 @@ DK_TEST(main_queue_drained_only_by_main_thread)
     CHECK(dk_is_main_thread());
     long n = 0;
     for (int i = 0; i < 5; i++) {
-        dk_queue_async_f(m, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(m, &n, count_item), 0);
     }
     usleep(10000);
     CHECK_EQ(__atomic_load_n(&n, __ATOMIC_ACQUIRE), 0);
@@ -920,8 +923,8 @@ DK_TEST(main_queue_drained_only_by_main_thread)
     CHECK_EQ(dk_main_drain(0), 0);
     CHECK_EQ(dk_main_drain(in_ns(1000000)), -ETIMEDOUT);
     /* sync from the main thread drains through to its own item */
-    dk_queue_async_f(m, &n, count_item);
-    dk_queue_sync_f(m, &n, count_item);
+    CHECK_EQ(dk_queue_async_f(m, &n, count_item), 0);
+    CHECK_EQ(dk_queue_sync_f(m, &n, count_item), 0);
     CHECK_EQ(n, 7);
 }
 
@@ -962,7 +965,7 @@ DK_TEST(global_queues_by_priority_and_qos)
 static void
 wait_on_semaphore(void *s)
 {
-    dk_semaphore_wait(s, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(s, UINT64_MAX), 0);
 }
 
 static bool
@@ -976,9 +979,10 @@ wait_quiescent(int ms)
 
 DK_TEST(pool_is_quiescent_only_while_every_worker_is_parked)
 {
-    dk_semaphore_t *gate = dk_semaphore_create(0);
-    dk_group_t *g = dk_group_create();
-    dk_group_async_f(g, dk_queue_global(0), gate, wait_on_semaphore);
+    dk_semaphore_t *gate = t_semaphore(0);
+    dk_group_t *g = t_group();
+    CHECK_EQ(dk_group_async_f(g, dk_queue_global(0), gate, wait_on_semaphore),
+             0);
     /* A worker blocked in an item is never parked. */
     CHECK(!wait_quiescent(200));
     dk_semaphore_signal(gate);
@@ -990,14 +994,14 @@ DK_TEST(pool_is_quiescent_only_while_every_worker_is_parked)
 
 DK_TEST(forked_child_gets_a_working_runtime)
 {
-    dk_queue_t *q = dk_queue_create("pre-fork", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("pre-fork", 0, 0, 0, NULL);
     long n = 0;
     for (int i = 0; i < 1000; i++) {
-        dk_queue_async_f(q, &n, count_item);
+        CHECK_EQ(dk_queue_async_f(q, &n, count_item), 0);
     }
-    dk_group_t *warm = dk_group_create();
-    dk_group_async_f(warm, dk_queue_global(0), &n, noop);
-    dk_group_wait(warm, UINT64_MAX);
+    dk_group_t *warm = t_group();
+    CHECK_EQ(dk_group_async_f(warm, dk_queue_global(0), &n, noop), 0);
+    CHECK_EQ(dk_group_wait(warm, UINT64_MAX), 0);
 #if defined(__SANITIZE_ADDRESS__)
     /* GCC 12's ASan allocator takes no lock around fork(): a worker inside
      * free() at that moment (its quarantine refilling) leaves a size-class
@@ -1009,10 +1013,11 @@ DK_TEST(forked_child_gets_a_working_runtime)
     pid_t pid = fork();
     if (pid == 0) {
         long m = 0;
-        dk_group_t *g = dk_group_create();
+        dk_group_t *g = t_group();
         for (int i = 0; i < 100; i++) {
-            dk_group_async_f(g, dk_queue_global(0), &m, count_item);
-            dk_group_async_f(g, q, &m, count_item);
+            CHECK_EQ(dk_group_async_f(g, dk_queue_global(0), &m, count_item),
+                     0);
+            CHECK_EQ(dk_group_async_f(g, q, &m, count_item), 0);
         }
         int rc = dk_group_wait(g, in_ns(SECONDS(20)));
         /* Distinct codes say which part failed: 2 timed out, 3 lost items. */
@@ -1024,7 +1029,7 @@ DK_TEST(forked_child_gets_a_working_runtime)
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status));
     CHECK_EQ(WEXITSTATUS(status), 0);
-    dk_queue_sync_f(q, NULL, noop);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(n, 1000);
     dk_release(warm);
     dk_release(q);
@@ -1052,35 +1057,44 @@ log_tag(void *p)
 static void
 wait_gate(void *p)
 {
-    dk_semaphore_wait(p, UINT64_MAX);
+    CHECK_EQ(dk_semaphore_wait(p, UINT64_MAX), 0);
 }
 
 DK_TEST(workloop_runs_higher_qos_first_fifo_within)
 {
-    dk_queue_t *wl = dk_queue_create(
-        "wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
+    dk_queue_t *wl =
+        t_queue("wl", DK_QUEUE_WORKLOOP | DK_QUEUE_INACTIVE, 0, 0, NULL);
     CHECK(dk_queue_is_workloop(wl));
-    CHECK(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0, 0,
-                          NULL) == NULL);
-    dk_semaphore_t *gate = dk_semaphore_create(0);
+    dk_queue_t *bad;
+    CHECK_EQ(dk_queue_create("bad", DK_QUEUE_WORKLOOP | DK_QUEUE_CONCURRENT, 0,
+                             0, NULL, &bad),
+             -EINVAL);
+    CHECK_EQ(dk_queue_create("bad", 0x80, 0, 0, NULL, &bad), -EINVAL);
+    dk_semaphore_t *gate = t_semaphore(0);
     struct order_log log = {{0}, 0};
     struct order_item items[6] = {
         {&log, 1}, {&log, 2}, {&log, 3}, {&log, 4}, {&log, 5}, {&log, 6},
     };
-    dk_queue_activate(wl);
-    dk_queue_async_f(wl, gate, wait_gate); /* holds the workloop */
+    CHECK_EQ(dk_queue_activate(wl), 0);
+    CHECK_EQ(dk_queue_async_f(wl, gate, wait_gate),
+             0); /* holds the workloop */
     usleep(10000);
-    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, &items[0], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[1], log_tag);
-    dk_queue_async_f(wl, &items[2], log_tag); /* default QoS */
-    dk_queue_async_qos_f(wl, DK_QOS_USER_INTERACTIVE, &items[3], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[4], log_tag);
-    dk_queue_async_qos_f(wl, DK_QOS_USER_INITIATED, &items[5], log_tag);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, &items[0], log_tag),
+             0);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[1], log_tag), 0);
+    CHECK_EQ(dk_queue_async_f(wl, &items[2], log_tag), 0); /* default QoS */
+    CHECK_EQ(
+        dk_queue_async_qos_f(wl, DK_QOS_USER_INTERACTIVE, &items[3], log_tag),
+        0);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_UTILITY, &items[4], log_tag), 0);
+    CHECK_EQ(
+        dk_queue_async_qos_f(wl, DK_QOS_USER_INITIATED, &items[5], log_tag),
+        0);
     CHECK_EQ(dk_queue_async_qos_f(wl, 0x42, &items[0], log_tag), -EINVAL);
     /* A background item submitted last runs last (FIFO within its class);
      * a sync item would run at default QoS, before the lower classes. */
-    dk_semaphore_t *done = dk_semaphore_create(0);
-    dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, done, finalize);
+    dk_semaphore_t *done = t_semaphore(0);
+    CHECK_EQ(dk_queue_async_qos_f(wl, DK_QOS_BACKGROUND, done, finalize), 0);
     dk_semaphore_signal(gate);
     CHECK_EQ(dk_semaphore_wait(done, dk_now() + 5 * DK_NSEC_PER_SEC), 0);
     CHECK_EQ(log.n, 6);
@@ -1089,9 +1103,49 @@ DK_TEST(workloop_runs_higher_qos_first_fifo_within)
         CHECK_EQ(log.seen[i], want[i]);
     }
     struct sync_ctx c = {wl, 1, false};
-    dk_queue_sync_f(wl, &c, sync_inside);
+    CHECK_EQ(dk_queue_sync_f(wl, &c, sync_inside), 0);
     CHECK_EQ(c.rc, -EDEADLK);
     dk_release(wl);
     dk_release(gate);
     dk_release(done);
+}
+
+/* ---- sync flags ---- */
+
+struct current_seen {
+    dk_queue_t *q;
+    bool plain, barrier, would_deadlock, would_deadlock_barrier;
+};
+
+static void
+record_current(void *p)
+{
+    struct current_seen *c = p;
+    c->plain = dk_queue_is_current(c->q, 0);
+    c->barrier = dk_queue_is_current(c->q, DK_SYNC_BARRIER);
+    c->would_deadlock = dk_queue_sync_would_deadlock(c->q, 0);
+    c->would_deadlock_barrier =
+        dk_queue_sync_would_deadlock(c->q, DK_SYNC_BARRIER);
+}
+
+DK_TEST(sync_flags_say_barrier_at_the_call_site)
+{
+    dk_queue_t *q = t_queue("flags", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct current_seen c = {.q = q};
+    /* A plain item of a concurrent queue: current, not alone on it; only
+     * a barrier sync from inside it would deadlock. */
+    CHECK_EQ(dk_queue_sync_f(q, &c, record_current), 0);
+    CHECK(c.plain && !c.barrier);
+    CHECK(!c.would_deadlock && c.would_deadlock_barrier);
+    /* A barrier item runs alone: both kinds of sync would deadlock. */
+    CHECK_EQ(dk_queue_barrier_sync_f(q, &c, record_current), 0);
+    CHECK(c.plain && c.barrier);
+    CHECK(c.would_deadlock && c.would_deadlock_barrier);
+    CHECK(!dk_queue_is_current(q, 0));
+    dk_sync_frame_t frame;
+    CHECK_EQ(dk_queue_sync_enter(q, 0x2, &frame), -EINVAL);
+    CHECK_EQ(dk_queue_sync_enter(q, DK_SYNC_BARRIER, &frame), 0);
+    CHECK(dk_queue_is_current(q, DK_SYNC_BARRIER));
+    dk_queue_sync_exit(q, &frame);
+    dk_release(q);
 }

@@ -1,4 +1,5 @@
 /* Tests of asynchronous reads, writes and channels. */
+#include "objects.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -55,7 +56,7 @@ DK_TEST(read_f_waits_for_data_without_blocking_a_worker)
     int p[2];
     CHECK_EQ(pipe(p), 0);
     struct result *r = calloc(1, sizeof *r);
-    r->sem = dk_semaphore_create(0);
+    r->sem = t_semaphore(0);
     /* More pending reads on empty pipes than there are CPUs: none may park
      * a worker, so other work still runs. */
     int q[8][2];
@@ -63,7 +64,7 @@ DK_TEST(read_f_waits_for_data_without_blocking_a_worker)
     for (int i = 0; i < 8; i++) {
         CHECK_EQ(pipe(q[i]), 0);
         rs[i] = calloc(1, sizeof *rs[i]);
-        rs[i]->sem = dk_semaphore_create(0);
+        rs[i]->sem = t_semaphore(0);
         CHECK_EQ(dk_read_f(q[i][0], 100, NULL, rs[i], on_read), 0);
     }
     CHECK_EQ(dk_read_f(p[0], 100, NULL, r, on_read), 0);
@@ -93,7 +94,7 @@ DK_TEST(write_f_continues_partial_writes)
         data[i] = (unsigned char)(i * 7);
     }
     struct result *w = calloc(1, sizeof *w);
-    w->sem = dk_semaphore_create(0);
+    w->sem = t_semaphore(0);
     w->len = 12345;
     CHECK_EQ(dk_write_f(p[1], data, n, NULL, w, on_write), 0);
     unsigned char *got = malloc(n);
@@ -115,15 +116,13 @@ DK_TEST(read_f_and_channel_reject_bad_fds)
 {
     CHECK_EQ(dk_read_f(9999, 10, NULL, NULL, on_read), -EBADF);
     CHECK_EQ(dk_write_f(9999, "x", 1, NULL, NULL, on_write), -EBADF);
-    errno = 0;
-    CHECK(dk_io_create(DK_IO_STREAM, 9999, NULL, NULL, NULL) == NULL);
-    CHECK_EQ(errno, EBADF);
+    dk_io_t *io = (dk_io_t *)&io;
+    CHECK_EQ(dk_io_create(DK_IO_STREAM, 9999, NULL, NULL, NULL, &io), -EBADF);
+    CHECK(io == NULL);
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    CHECK(dk_io_create(DK_IO_RANDOM, p[0], NULL, NULL, NULL) == NULL);
-    CHECK_EQ(errno, ESPIPE);
-    CHECK(dk_io_create(7, p[0], NULL, NULL, NULL) == NULL);
-    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(dk_io_create(DK_IO_RANDOM, p[0], NULL, NULL, NULL, &io), -ESPIPE);
+    CHECK_EQ(dk_io_create(7, p[0], NULL, NULL, NULL, &io), -EINVAL);
     close(p[0]);
     close(p[1]);
 }
@@ -200,12 +199,12 @@ DK_TEST(channel_reads_file_in_high_water_chunks_in_order)
     size_t n = 100000;
     int fd = make_file(n, &contents);
     struct result *cl = calloc(1, sizeof *cl);
-    cl->sem = dk_semaphore_create(0);
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, fd, NULL, cl, cleanup_cb);
+    cl->sem = t_semaphore(0);
+    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, cl, cleanup_cb);
     CHECK(io != NULL);
     dk_io_set_high_water(io, 1024);
-    dk_queue_t *cq = dk_queue_create("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
-    struct chunks c = {.done = dk_semaphore_create(0)};
+    dk_queue_t *cq = t_queue("c", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    struct chunks c = {.done = t_semaphore(0)};
     c.copy = malloc(n);
     CHECK_EQ(dk_io_read(io, 0, SIZE_MAX, cq, &c, on_chunk), 0);
     CHECK_EQ(dk_semaphore_wait(c.done, in_ms(10000)), 0);
@@ -229,12 +228,12 @@ DK_TEST(random_channel_reads_and_writes_at_offsets)
     unsigned char *contents;
     int fd = make_file(10000, &contents);
     lseek(fd, 100, SEEK_SET); /* offsets are relative to this */
-    dk_io_t *io = dk_io_create(DK_IO_RANDOM, fd, NULL, NULL, NULL);
-    struct chunks w = {.done = dk_semaphore_create(0)};
+    dk_io_t *io = t_io(DK_IO_RANDOM, fd, NULL, NULL, NULL);
+    struct chunks w = {.done = t_semaphore(0)};
     CHECK_EQ(dk_io_write(io, 5000, "ABCDEF", 6, NULL, &w, on_chunk), 0);
     CHECK_EQ(dk_semaphore_wait(w.done, in_ms(5000)), 0);
     CHECK_EQ(w.error, 0);
-    struct chunks r = {.done = dk_semaphore_create(0)};
+    struct chunks r = {.done = t_semaphore(0)};
     r.copy = malloc(16);
     CHECK_EQ(dk_io_read(io, 4998, 10, NULL, &r, on_chunk), 0);
     CHECK_EQ(dk_semaphore_wait(r.done, in_ms(5000)), 0);
@@ -259,11 +258,11 @@ DK_TEST(channel_close_stop_cancels_pending_reads_on_pipe)
     int p[2];
     CHECK_EQ(pipe(p), 0);
     struct result *cl = calloc(1, sizeof *cl);
-    cl->sem = dk_semaphore_create(0);
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, p[0], NULL, cl, cleanup_cb);
-    struct chunks a = {.done = dk_semaphore_create(0)};
-    struct chunks b = {.done = dk_semaphore_create(0)};
-    struct chunks bar = {.done = dk_semaphore_create(0)};
+    cl->sem = t_semaphore(0);
+    dk_io_t *io = t_io(DK_IO_STREAM, p[0], NULL, cl, cleanup_cb);
+    struct chunks a = {.done = t_semaphore(0)};
+    struct chunks b = {.done = t_semaphore(0)};
+    struct chunks bar = {.done = t_semaphore(0)};
     CHECK_EQ(dk_io_read(io, 0, 100, NULL, &a, on_chunk), 0);
     CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
     CHECK_EQ(dk_io_read(io, 0, 100, NULL, &b, on_chunk), 0);
@@ -284,9 +283,9 @@ DK_TEST(channel_barrier_runs_after_earlier_writes)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    dk_io_t *io = dk_io_create(DK_IO_STREAM, p[1], NULL, NULL, NULL);
-    struct chunks w = {.done = dk_semaphore_create(0)};
-    struct chunks bar = {.done = dk_semaphore_create(0)};
+    dk_io_t *io = t_io(DK_IO_STREAM, p[1], NULL, NULL, NULL);
+    struct chunks w = {.done = t_semaphore(0)};
+    struct chunks bar = {.done = t_semaphore(0)};
     CHECK_EQ(dk_io_write(io, 0, "one", 3, NULL, &w, on_chunk), 0);
     CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
     CHECK_EQ(dk_semaphore_wait(bar.done, in_ms(5000)), 0);
@@ -304,7 +303,7 @@ DK_TEST(read_f_reads_whole_small_file_in_one_delivery)
     unsigned char *contents;
     int fd = make_file(3000, &contents);
     struct result *r = calloc(1, sizeof *r);
-    r->sem = dk_semaphore_create(0);
+    r->sem = t_semaphore(0);
     CHECK_EQ(dk_read_f(fd, 100000, NULL, r, on_read), 0);
     CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(5000)), 0);
     CHECK_EQ(r->len, 3000);

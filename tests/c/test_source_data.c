@@ -1,6 +1,7 @@
 /* Tests of data sources (DATA_ADD, DATA_OR, DATA_REPLACE) and of the
  * registration handler: coalescing under concurrent merges, a handler
  * never concurrent with itself, every return code. */
+#include "objects.h"
 #include "runner.h"
 
 #include <errno.h>
@@ -76,8 +77,8 @@ tally_init(dk_source_t *s, struct tally *t)
 {
     CHECK(s != NULL);
     t->s = s;
-    t->sem = dk_semaphore_create(0);
-    t->cancelled = dk_semaphore_create(0);
+    t->sem = t_semaphore(0);
+    t->cancelled = t_semaphore(0);
     dk_source_set_context(s, t);
     dk_source_set_event_handler_f(s, tally_handler);
     dk_source_set_cancel_handler_f(s, tally_cancelled);
@@ -86,7 +87,7 @@ tally_init(dk_source_t *s, struct tally *t)
 static dk_source_t *
 data_source(dk_source_type_t type, dk_queue_t *q, struct tally *t)
 {
-    dk_source_t *s = dk_source_create(type, 0, 0, q);
+    dk_source_t *s = t_source(type, 0, 0, q);
     tally_init(s, t);
     return s;
 }
@@ -121,7 +122,7 @@ DK_TEST(data_add_coalesces_concurrent_merges_into_their_sum)
     /* On a concurrent queue, so only the source keeps its handler from
      * overlapping with itself. */
     struct tally t = {0};
-    dk_queue_t *q = dk_queue_create("add", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_queue_t *q = t_queue("add", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     dk_source_t *s = data_source(DK_SOURCE_DATA_ADD, q, &t);
     dk_release(q); /* the source holds it */
     uintptr_t expect = 0;
@@ -149,7 +150,7 @@ DK_TEST(data_add_coalesces_concurrent_merges_into_their_sum)
 DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
 {
     struct tally t = {0};
-    dk_queue_t *q = dk_queue_create("serial", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("serial", 0, 0, 0, NULL);
 
     dk_source_t *add = data_source(DK_SOURCE_DATA_ADD, q, &t);
     for (uintptr_t i = 1; i <= 100; i++) {
@@ -221,18 +222,16 @@ DK_TEST(data_source_merge_from_its_own_handler_runs_it_again_later)
 DK_TEST(data_source_errors_and_merge_after_cancel)
 {
     /* The handle and mask are unused and must be 0 (as in GCD). */
-    errno = 0;
-    CHECK(dk_source_create(DK_SOURCE_DATA_ADD, 1, 0, NULL) == NULL);
-    CHECK_EQ(errno, EINVAL);
-    errno = 0;
-    CHECK(dk_source_create(DK_SOURCE_DATA_OR, 0, 1, NULL) == NULL);
-    CHECK_EQ(errno, EINVAL);
-    CHECK(dk_source_create((dk_source_type_t)99, 0, 0, NULL) == NULL);
+    dk_source_t *bad;
+    CHECK_EQ(dk_source_create(DK_SOURCE_DATA_ADD, 1, 0, NULL, &bad), -EINVAL);
+    CHECK_EQ(dk_source_create(DK_SOURCE_DATA_OR, 0, 1, NULL, &bad), -EINVAL);
+    CHECK_EQ(dk_source_create((dk_source_type_t)99, 0, 0, NULL, &bad),
+             -EINVAL);
 
-    dk_source_t *timer = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *timer = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK_EQ(dk_source_merge_data(timer, 1), -EINVAL);
     dk_source_cancel(timer);
-    dk_source_resume(timer);
+    CHECK_EQ(dk_source_resume(timer), 0);
     dk_release(timer);
 
     struct tally t = {0};
@@ -250,7 +249,7 @@ DK_TEST(data_source_errors_and_merge_after_cancel)
 DK_TEST(registration_handler_runs_once_before_the_first_event)
 {
     struct tally t = {0};
-    dk_queue_t *q = dk_queue_create("reg", DK_QUEUE_CONCURRENT, 0, 0, NULL);
+    dk_queue_t *q = t_queue("reg", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     dk_source_t *s = data_source(DK_SOURCE_DATA_ADD, q, &t);
     dk_release(q);
     dk_source_set_registration_handler_f(s, tally_registered);
@@ -281,7 +280,7 @@ DK_TEST(registration_handler_runs_once_before_the_first_event)
 DK_TEST(registration_handler_of_a_timer_and_not_after_cancel)
 {
     struct tally t = {0};
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     tally_init(s, &t);
     dk_source_set_registration_handler_f(s, tally_registered);
     CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, 10 * MS),

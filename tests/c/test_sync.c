@@ -74,16 +74,16 @@ DK_TEST(sync_mutex_init_checks_alignment_and_magic)
     CHECK_EQ(m->magic, DK_MUTEX_MAGIC);
     CHECK_EQ(dk_shm_mutex_init(m), 0); /* attach */
     /* A semaphore is not a mutex, and vice versa. */
-    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)buf, false, 0),
-             -EBADMSG);
+    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)buf, 0, 0), -EBADMSG);
     dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(buf + 64);
-    CHECK_EQ(dk_shm_semaphore_init(s, true, 3), 0);
+    CHECK_EQ(dk_shm_semaphore_init(s, 3, DK_SHM_SET_COUNT), 0);
     CHECK_EQ(s->magic, DK_SEMAPHORE_MAGIC);
     CHECK_EQ(s->count, 3);
     CHECK_EQ(dk_shm_mutex_init((dk_shm_mutex_t *)s), -EBADMSG);
-    CHECK_EQ(dk_shm_semaphore_init(s, false, 99), 0); /* attach only */
+    CHECK_EQ(dk_shm_semaphore_init(s, 99, 0), 0); /* attach only */
     CHECK_EQ(s->count, 3);
-    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)(buf + 1), true, 0),
+    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)(buf + 1), 0,
+                                   DK_SHM_SET_COUNT),
              -EINVAL);
     /* Zero magic but a held state: someone else's data, not ours. */
     dk_shm_mutex_t junk = {0};
@@ -102,17 +102,17 @@ DK_TEST(sync_headers_work_at_4_mod_8)
     dk_shm_mutex_t *m = (dk_shm_mutex_t *)(void *)(buf + 4);
     dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(void *)(buf + 60 + 64);
     CHECK_EQ(dk_shm_mutex_init(m), 0);
-    CHECK_EQ(dk_shm_mutex_lock(m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, 0, 0, 0), 0);
     uint64_t t = dk_shm_header_last_ns(m);
     CHECK(t > 0);
     uint64_t raw;
     memcpy(&raw, buf + 4 + 0x10, sizeof raw);
     CHECK_EQ(raw, t);
-    CHECK_EQ(dk_shm_mutex_unlock(m, false, false), 0);
-    CHECK_EQ(dk_shm_semaphore_init(s, true, 1), 0);
-    CHECK_EQ(dk_shm_semaphore_wait(s, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(m, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(s, 1, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(s, 0, 0, 0), 0);
     CHECK(dk_shm_header_last_ns(s) >= t);
-    CHECK_EQ(dk_shm_semaphore_post(s, 2, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_post(s, 2, 0), 0);
     CHECK_EQ(s->count, 2);
 }
 
@@ -120,19 +120,46 @@ DK_TEST(sync_mutex_misuse_codes)
 {
     dk_shm_mutex_t m = {0};
     CHECK_EQ(dk_shm_mutex_init(&m), 0);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), -EPERM);
-    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), -EPERM);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
     CHECK_EQ(m.state, 1);
     CHECK_EQ(m.owner_pid, (uint32_t)getpid());
     CHECK(m.last_ns > 0);
-    CHECK_EQ(dk_shm_mutex_lock(&m, in_ms(10), false, 4, false), -EDEADLK);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, in_ms(10), 4, 0), -EDEADLK);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), 0);
     CHECK_EQ(m.state, 0);
     CHECK_EQ(m.owner_pid, 0);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), -EPERM);
-    CHECK_EQ(dk_shm_mutex_lock(&m, DK_TIME_FOREVER, false, 0, true), 0);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, true), 0); /* force */
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), -EPERM);
+    CHECK_EQ(dk_shm_mutex_lock(&m, DK_TIME_FOREVER, 0, DK_SHM_INTERRUPTIBLE),
+             0);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, DK_SHM_FORCE), 0); /* force */
     CHECK_EQ(m.state, 0);
+}
+
+DK_TEST(sync_unknown_flags_are_refused)
+{
+    /* Each call takes only the flags it lists: any other bit is -EINVAL
+     * and nothing happens. */
+    dk_shm_mutex_t m = {0};
+    CHECK_EQ(dk_shm_mutex_init(&m), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, DK_SHM_FORCE), -EINVAL);
+    CHECK_EQ(m.state, 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0x100), -EINVAL);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, DK_SHM_INTERRUPTIBLE), -EINVAL);
+    CHECK_EQ(m.state, 1);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), 0);
+    dk_shm_semaphore_t s = {0};
+    CHECK_EQ(dk_shm_semaphore_init(&s, 5, DK_SHARED), -EINVAL);
+    CHECK_EQ(s.magic, 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s, 1, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, 0, DK_SHM_FASTIPC_COMPAT), -EINVAL);
+    CHECK_EQ(dk_shm_semaphore_post(&s, 1, DK_SHM_INTERRUPTIBLE), -EINVAL);
+    CHECK_EQ(s.count, 1);
+    dk_shm_event_t e = {0};
+    CHECK_EQ(dk_shm_event_wait(&e, 0, DK_SHM_FORCE), -EINVAL);
+    CHECK_EQ(dk_futex_wait(&e.word, 0, 0, 0x2), -EINVAL);
+    CHECK_EQ(dk_futex_wake(&e.word, 1, 0x2), -EINVAL);
 }
 
 static void *
@@ -140,8 +167,8 @@ lock_and_report(void *arg)
 {
     dk_shm_mutex_t *m = arg;
     /* Held by the main thread: a try fails, a timed lock times out. */
-    long rc1 = dk_shm_mutex_lock(m, 0, false, 8, false);
-    long rc2 = dk_shm_mutex_lock(m, in_ms(20), false, 8, false);
+    long rc1 = dk_shm_mutex_lock(m, 0, 8, 0);
+    long rc2 = dk_shm_mutex_lock(m, in_ms(20), 8, 0);
     return (void *)((rc1 == -ETIMEDOUT && rc2 == -ETIMEDOUT) ? 1L : 0L);
 }
 
@@ -149,21 +176,21 @@ DK_TEST(sync_mutex_other_thread_times_out)
 {
     dk_shm_mutex_t m = {0};
     CHECK_EQ(dk_shm_mutex_init(&m), 0);
-    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
     pthread_t t;
     void *ok = NULL;
     pthread_create(&t, NULL, lock_and_report, &m);
     pthread_join(t, &ok);
     CHECK(ok == (void *)1L);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), 0);
 }
 
 static void *
 lock_and_report_huge_spin(void *arg)
 {
     dk_shm_mutex_t *m = arg;
-    long rc1 = dk_shm_mutex_lock(m, 0, false, INT_MAX, false);
-    long rc2 = dk_shm_mutex_lock(m, in_ms(20), false, INT_MAX, false);
+    long rc1 = dk_shm_mutex_lock(m, 0, INT_MAX, 0);
+    long rc2 = dk_shm_mutex_lock(m, in_ms(20), INT_MAX, 0);
     return (void *)((rc1 == -ETIMEDOUT && rc2 == -ETIMEDOUT) ? 1L : 0L);
 }
 
@@ -171,7 +198,7 @@ static void *
 unlock_from_other_thread(void *arg)
 {
     dk_shm_mutex_t *m = arg;
-    return (void *)(long)dk_shm_mutex_unlock(m, false, false);
+    return (void *)(long)dk_shm_mutex_unlock(m, 0);
 }
 
 DK_TEST(sync_mutex_unlock_by_another_thread_is_refused)
@@ -180,17 +207,17 @@ DK_TEST(sync_mutex_unlock_by_another_thread_is_refused)
      * must not end the holder's mutual exclusion. */
     dk_shm_mutex_t m = {0};
     CHECK_EQ(dk_shm_mutex_init(&m), 0);
-    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
     pthread_t t;
     void *rc = NULL;
     pthread_create(&t, NULL, unlock_from_other_thread, &m);
     pthread_join(t, &rc);
     CHECK_EQ((long)rc, -EPERM);
     CHECK_EQ(m.state, 1);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), 0);
     /* A holder that records no thread id (a fastipc process) is matched
      * by pid, as fastipc does. */
-    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
     m.owner_tid = 0;
     pthread_create(&t, NULL, unlock_from_other_thread, &m);
     pthread_join(t, &rc);
@@ -206,17 +233,16 @@ DK_TEST(sync_spin_is_bounded_by_the_deadline)
     dk_shm_mutex_t m = {0};
     dk_shm_semaphore_t s = {0};
     CHECK_EQ(dk_shm_mutex_init(&m), 0);
-    CHECK_EQ(dk_shm_semaphore_init(&s, true, 0), 0);
-    CHECK_EQ(dk_shm_mutex_lock(&m, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s, 0, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_mutex_lock(&m, 0, 0, 0), 0);
     pthread_t t;
     void *ok = NULL;
     pthread_create(&t, NULL, lock_and_report_huge_spin, &m);
     pthread_join(t, &ok);
     CHECK(ok == (void *)1L);
-    CHECK_EQ(dk_shm_mutex_unlock(&m, false, false), 0);
-    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(20), false, INT_MAX, false),
-             -ETIMEDOUT);
-    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, INT_MAX, false), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_mutex_unlock(&m, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(20), INT_MAX, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, INT_MAX, 0), -ETIMEDOUT);
 }
 
 /* The watch before sleeping adapts (src/mutex.c, watch_budget): a waiter
@@ -244,8 +270,7 @@ hold_in_rounds(void *arg)
         if (want < r) {
             return NULL;
         }
-        CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, false, 0, false),
-                 0);
+        CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, 0, 0), 0);
         __atomic_store_n(&h->held, r, __ATOMIC_RELEASE);
         uint64_t hold = __atomic_load_n(&h->hold_ns, __ATOMIC_RELAXED);
         uint64_t until = dk__os_monotonic_ns() + hold;
@@ -255,7 +280,7 @@ hold_in_rounds(void *arg)
         while (dk__os_monotonic_ns() < until) {
             dk_cpu_relax();
         }
-        CHECK_EQ(dk_shm_mutex_unlock(&h->m, false, false), 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&h->m, 0), 0);
     }
 }
 
@@ -266,8 +291,8 @@ wait_out_a_round(struct holding *h, int r)
     while (__atomic_load_n(&h->held, __ATOMIC_ACQUIRE) < r) {
         dk_cpu_relax();
     }
-    CHECK(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, false, 16, false) >= 0);
-    CHECK_EQ(dk_shm_mutex_unlock(&h->m, false, false), 0);
+    CHECK(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, 16, 0) >= 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&h->m, 0), 0);
 }
 
 DK_TEST(sync_mutex_watch_budget_adapts)
@@ -318,11 +343,11 @@ static void
 count_under(struct counted *c, bool shared)
 {
     for (int i = 0; i < INCREMENTS; i++) {
-        CHECK(dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, shared, 16, false) >=
-              0);
+        CHECK(dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, 16,
+                                shared ? DK_SHARED : 0) >= 0);
         uint64_t v = c->counter;
         c->counter = v + 1;
-        CHECK_EQ(dk_shm_mutex_unlock(&c->m, shared, false), 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&c->m, shared ? DK_SHARED : 0), 0);
     }
 }
 
@@ -382,7 +407,7 @@ fork_holder(dk_shm_mutex_t *m)
     CHECK(pid >= 0);
     if (pid == 0) {
         close(fds[0]);
-        CHECK_EQ(dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 0, false), 0);
+        CHECK_EQ(dk_shm_mutex_lock(m, DK_TIME_FOREVER, 0, DK_SHARED), 0);
         char c = 'L';
         CHECK_EQ(write(fds[1], &c, 1), 1);
         for (;;) {
@@ -403,17 +428,17 @@ DK_TEST(sync_mutex_killed_holder_is_taken_over)
     pid_t holder = fork_holder(m);
     CHECK_EQ(m->owner_pid, (uint32_t)holder);
     /* Alive: a wait longer than the liveness slice still times out. */
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(120), true, 0, false), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(120), 0, DK_SHARED), -ETIMEDOUT);
     CHECK_EQ(kill(holder, SIGKILL), 0);
     int st = reap(holder);
     CHECK(WIFSIGNALED(st));
     /* A try never makes the liveness syscall: still held. */
-    CHECK_EQ(dk_shm_mutex_lock(m, 0, true, 0, false), -ETIMEDOUT);
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), true, 0, false), 1);
+    CHECK_EQ(dk_shm_mutex_lock(m, 0, 0, DK_SHARED), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), 0, DK_SHARED), 1);
     CHECK_EQ(m->owner_pid, (uint32_t)getpid());
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
-    CHECK_EQ(dk_shm_mutex_lock(m, 0, true, 0, false), 0); /* healthy */
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, 0, 0, DK_SHARED), 0); /* healthy */
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     munmap(m, 4096);
 }
 
@@ -428,8 +453,8 @@ DK_TEST(sync_mutex_dead_holder_not_yet_reaped_is_taken_over)
     siginfo_t info;
     CHECK_EQ(waitid(P_PID, (id_t)holder, &info, WEXITED | WNOWAIT), 0);
     CHECK_EQ(kill(holder, 0), 0);
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), true, 0, false), 1);
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), 0, DK_SHARED), 1);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     reap(holder);
     munmap(m, 4096);
 }
@@ -459,8 +484,8 @@ DK_TEST(sync_mutex_short_timeout_still_recovers)
     pid_t holder = fork_holder(m);
     CHECK_EQ(kill(holder, SIGKILL), 0);
     reap(holder);
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(5), true, 0, false), 1);
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(5), 0, DK_SHARED), 1);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     munmap(m, 4096);
 }
 
@@ -475,23 +500,23 @@ DK_TEST(sync_mutex_ownerless_holder_recovers_through_sliced_waits)
     dk__atomic_store_release(&m->state, 1); /* A1 done, A2 never came */
     int rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
-        rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
+        rc = dk_shm_mutex_lock(m, in_ms(100), 0, DK_SHARED);
     }
     CHECK_EQ(rc, 1);
     CHECK_EQ(m->owner_pid, (uint32_t)getpid());
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     /* The same when the holder died between R1 and R2: owner cleared,
      * state not yet released, with waiters announced. */
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(100), true, 0, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(100), 0, DK_SHARED), 0);
     dk__atomic_store_release(&m->owner_pid, 0);
     dk__atomic_store_release(&m->owner_tid, 0);
     dk__atomic_store_release(&m->state, 2);
     rc = -ETIMEDOUT;
     for (int slice = 0; slice < 50 && rc == -ETIMEDOUT; slice++) {
-        rc = dk_shm_mutex_lock(m, in_ms(100), true, 0, false);
+        rc = dk_shm_mutex_lock(m, in_ms(100), 0, DK_SHARED);
     }
     CHECK_EQ(rc, 1);
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     munmap(m, 4096);
 }
 
@@ -504,9 +529,9 @@ static void *
 wait_for_dead(void *arg)
 {
     struct waiter_arg *w = arg;
-    w->rc = dk_shm_mutex_lock(w->m, in_ms(10000), true, 0, false);
+    w->rc = dk_shm_mutex_lock(w->m, in_ms(10000), 0, DK_SHARED);
     if (w->rc >= 0) {
-        dk_shm_mutex_unlock(w->m, true, false);
+        CHECK_EQ(dk_shm_mutex_unlock(w->m, DK_SHARED), 0);
     }
     return NULL;
 }
@@ -546,7 +571,7 @@ static void *
 sem_waiter(void *arg)
 {
     (void)arg;
-    if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), false, 0, false) == 0) {
+    if (dk_shm_semaphore_wait(&post_sem, in_ms(10000), 0, 0) == 0) {
         dk__atomic_add_seq_cst(&post_woken, 1);
     }
     return NULL;
@@ -564,19 +589,19 @@ wait_until_count(uint32_t *word, uint32_t want)
 
 DK_TEST(sync_semaphore_post_n_wakes_exactly_n)
 {
-    CHECK_EQ(dk_shm_semaphore_init(&post_sem, true, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&post_sem, 0, DK_SHM_SET_COUNT), 0);
     pthread_t t[4];
     for (int i = 0; i < 4; i++) {
         pthread_create(&t[i], NULL, sem_waiter, NULL);
     }
     wait_until_count(&post_sem.waiters, 4); /* all four asleep */
-    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 2, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 2, 0), 0);
     wait_until_count(&post_woken, 2);
     sleep_ms(120); /* longer than a re-check slice: nobody else wakes */
     CHECK_EQ(dk__atomic_load_acquire(&post_woken), 2);
     CHECK_EQ(dk__atomic_load_acquire(&post_sem.count), 0);
-    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
-    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&post_sem, 1, 0), 0);
     for (int i = 0; i < 4; i++) {
         pthread_join(t[i], NULL);
     }
@@ -588,40 +613,38 @@ DK_TEST(sync_semaphore_post_n_wakes_exactly_n)
 DK_TEST(sync_semaphore_codes)
 {
     dk_shm_semaphore_t s = {0};
-    CHECK_EQ(dk_shm_semaphore_init(&s, true, 1), 0);
-    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, 0, false), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s, 1, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, 0, 0), 0);
     CHECK_EQ(s.last_pid, (uint32_t)getpid());
-    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, false, 16, false), -ETIMEDOUT);
-    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(5), false, 0, false), -ETIMEDOUT);
-    CHECK_EQ(dk_shm_semaphore_post(&s, 0, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, 0, 16, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_wait(&s, in_ms(5), 0, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_post(&s, 0, 0), 0);
     CHECK_EQ(s.count, 0);
-    CHECK_EQ(dk_shm_semaphore_init(&s, true, UINT32_MAX - 1), 0);
-    CHECK_EQ(dk_shm_semaphore_post(&s, 2, false, false), -EOVERFLOW);
+    CHECK_EQ(dk_shm_semaphore_init(&s, UINT32_MAX - 1, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&s, 2, 0), -EOVERFLOW);
     CHECK_EQ(s.count, UINT32_MAX - 1); /* nothing added */
-    CHECK_EQ(dk_shm_semaphore_post(&s, 1, false, true), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&s, 1, DK_SHM_FASTIPC_COMPAT), 0);
     CHECK_EQ(s.count, UINT32_MAX);
 }
 
 DK_TEST(sync_semaphore_ping_pong_between_processes)
 {
     dk_shm_semaphore_t *s = shared_page();
-    CHECK_EQ(dk_shm_semaphore_init(&s[0], true, 0), 0);
-    CHECK_EQ(dk_shm_semaphore_init(&s[1], true, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s[0], 0, DK_SHM_SET_COUNT), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&s[1], 0, DK_SHM_SET_COUNT), 0);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
         for (int i = 0; i < 2000; i++) {
-            CHECK_EQ(
-                dk_shm_semaphore_wait(&s[0], in_ms(10000), true, 16, false),
-                0);
-            CHECK_EQ(dk_shm_semaphore_post(&s[1], 1, true, false), 0);
+            CHECK_EQ(dk_shm_semaphore_wait(&s[0], in_ms(10000), 16, DK_SHARED),
+                     0);
+            CHECK_EQ(dk_shm_semaphore_post(&s[1], 1, DK_SHARED), 0);
         }
         _exit(0);
     }
     for (int i = 0; i < 2000; i++) {
-        CHECK_EQ(dk_shm_semaphore_post(&s[0], 1, true, false), 0);
-        CHECK_EQ(dk_shm_semaphore_wait(&s[1], in_ms(10000), true, 16, false),
-                 0);
+        CHECK_EQ(dk_shm_semaphore_post(&s[0], 1, DK_SHARED), 0);
+        CHECK_EQ(dk_shm_semaphore_wait(&s[1], in_ms(10000), 16, DK_SHARED), 0);
     }
     int st = reap(pid);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -637,7 +660,7 @@ set_later(void *arg)
 {
     (void)arg;
     sleep_ms(20);
-    dk_shm_event_set(&thread_event, false);
+    dk_shm_event_set(&thread_event, 0);
     return NULL;
 }
 
@@ -647,19 +670,19 @@ DK_TEST(sync_event_set_clear_wait)
              -EINVAL);
     CHECK_EQ(dk_shm_event_check(&thread_event), 0);
     CHECK(!dk_shm_event_is_set(&thread_event));
-    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, false), -ETIMEDOUT);
-    CHECK_EQ(dk_shm_event_wait(&thread_event, in_ms(5), false), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, 0), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_event_wait(&thread_event, in_ms(5), 0), -ETIMEDOUT);
     pthread_t t;
     pthread_create(&t, NULL, set_later, NULL);
-    CHECK_EQ(dk_shm_event_wait(&thread_event, in_ms(10000), false), 0);
+    CHECK_EQ(dk_shm_event_wait(&thread_event, in_ms(10000), 0), 0);
     pthread_join(t, NULL);
     CHECK(dk_shm_event_is_set(&thread_event));
     CHECK_EQ(thread_event.word, 1);
     /* Already set: succeeds at once (fastipc's wait says False here). */
-    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, false), 0);
+    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, 0), 0);
     dk_shm_event_clear(&thread_event);
     CHECK_EQ(thread_event.word, 0);
-    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, false), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_event_wait(&thread_event, 0, 0), -ETIMEDOUT);
 }
 
 DK_TEST(sync_event_wakes_other_processes)
@@ -670,11 +693,11 @@ DK_TEST(sync_event_wakes_other_processes)
         kids[i] = fork();
         CHECK(kids[i] >= 0);
         if (kids[i] == 0) {
-            _exit(dk_shm_event_wait(e, in_ms(10000), true) == 0 ? 0 : 1);
+            _exit(dk_shm_event_wait(e, in_ms(10000), DK_SHARED) == 0 ? 0 : 1);
         }
     }
     sleep_ms(20);
-    dk_shm_event_set(e, true);
+    dk_shm_event_set(e, DK_SHARED);
     for (int i = 0; i < 3; i++) {
         int st = reap(kids[i]);
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -700,8 +723,8 @@ DK_TEST(sync_alias_outlives_the_original_mapping)
     CHECK_EQ(((char *)alias)[40], 7);
     CHECK_EQ(munmap(shared, 2 * page), 0);
     /* The original is gone; the alias still works. */
-    CHECK_EQ(dk_shm_mutex_lock(alias, UINT64_MAX, true, 16, false), 0);
-    CHECK_EQ(dk_shm_mutex_unlock(alias, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_lock(alias, UINT64_MAX, 16, DK_SHARED), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(alias, DK_SHARED), 0);
     dk_shm_unalias(alias, 64);
 
     /* Private memory cannot be shared by a second mapping. */
@@ -716,9 +739,9 @@ DK_TEST(sync_alias_outlives_the_original_mapping)
 DK_TEST(sync_futex_public_calls)
 {
     uint32_t w = 7;
-    CHECK_EQ(dk_futex_wait(&w, 6, DK_TIME_FOREVER, false), -EAGAIN);
-    CHECK_EQ(dk_futex_wait(&w, 7, in_ms(2), true), -ETIMEDOUT);
-    CHECK_EQ(dk_futex_wake(&w, 1, false), 0);
+    CHECK_EQ(dk_futex_wait(&w, 6, DK_TIME_FOREVER, 0), -EAGAIN);
+    CHECK_EQ(dk_futex_wait(&w, 7, in_ms(2), DK_SHARED), -ETIMEDOUT);
+    CHECK_EQ(dk_futex_wake(&w, 1, 0), 0);
 }
 
 /* ---- no syscall when uncontended ------------------------------------- */
@@ -780,12 +803,14 @@ uncontended_ops(void *arg)
     dk_shm_semaphore_t *s = (dk_shm_semaphore_t *)(page + 64);
     dk_shm_event_t *e = (dk_shm_event_t *)(page + 128);
     for (int i = 0; i < 1000; i++) {
-        if (dk_shm_mutex_lock(m, DK_TIME_FOREVER, true, 16, true) != 0 ||
-            dk_shm_mutex_lock(m, 0, true, 16, false) != -EDEADLK ||
-            dk_shm_mutex_unlock(m, true, false) != 0 ||
-            dk_shm_semaphore_post(s, 1, true, false) != 0 ||
-            dk_shm_semaphore_wait(s, DK_TIME_FOREVER, true, 16, true) != 0 ||
-            dk_shm_event_wait(e, DK_TIME_FOREVER, true) != 0) {
+        if (dk_shm_mutex_lock(m, DK_TIME_FOREVER, 16,
+                              DK_SHARED | DK_SHM_INTERRUPTIBLE) != 0 ||
+            dk_shm_mutex_lock(m, 0, 16, DK_SHARED) != -EDEADLK ||
+            dk_shm_mutex_unlock(m, DK_SHARED) != 0 ||
+            dk_shm_semaphore_post(s, 1, DK_SHARED) != 0 ||
+            dk_shm_semaphore_wait(s, DK_TIME_FOREVER, 16,
+                                  DK_SHARED | DK_SHM_INTERRUPTIBLE) != 0 ||
+            dk_shm_event_wait(e, DK_TIME_FOREVER, DK_SHARED) != 0) {
             _exit(3);
         }
     }
@@ -796,7 +821,8 @@ DK_TEST(sync_uncontended_operations_make_no_syscall)
     char *page = shared_page();
     dk_shm_mutex_t *m = (dk_shm_mutex_t *)page;
     CHECK_EQ(dk_shm_mutex_init(m), 0);
-    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)(page + 64), true, 0),
+    CHECK_EQ(dk_shm_semaphore_init((dk_shm_semaphore_t *)(page + 64), 0,
+                                   DK_SHM_SET_COUNT),
              0);
     ((dk_shm_event_t *)(page + 128))->word = 1;
     int st = run_without_syscalls(read_clocks, NULL);

@@ -4,6 +4,7 @@
  * one-word fallback, and a semaphore step that leaves no waiter counted.
  */
 #include "runner.h"
+#include "objects.h"
 
 #include "atomic.h"
 #include "dk/mutex.h"
@@ -141,14 +142,14 @@ poster(void *arg)
 {
     (void)arg;
     usleep(20000);
-    CHECK_EQ(dk_shm_semaphore_post(&sem, 1, false, false), 0);
+    CHECK_EQ(dk_shm_semaphore_post(&sem, 1, 0), 0);
     return NULL;
 }
 
 DK_TEST(watch_semaphore_step_is_woken_by_post)
 {
     memset(&sem, 0, sizeof sem);
-    CHECK_EQ(dk_shm_semaphore_init(&sem, true, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&sem, 0, DK_SHM_SET_COUNT), 0);
     dk__atomic_store_seq_cst(&fired, 0);
     uint32_t *word;
     uint32_t busy;
@@ -239,7 +240,7 @@ DK_TEST(watch_dsem_abandon_passes_a_taken_wake_on)
      * sleeps on the word first), then the asynchronous waiter gives up:
      * the blocking waiter, which the signal's unit is now owed to, must
      * still be woken. */
-    dsem = dk_semaphore_create(0);
+    dsem = t_semaphore(0);
     CHECK(dsem != NULL);
     uint32_t busy;
     CHECK_EQ(dk__semaphore_wait_begin(dsem, &dsem_word, &busy), -EAGAIN);

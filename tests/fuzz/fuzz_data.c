@@ -133,16 +133,17 @@ op_create(struct prog *g, fuzz_in_t *in, int dst, bool nocopy, bool plain)
         memcpy(model, bytes, len);
         if (plain) {
             /* No destructor: the object free()s the buffer. */
-            d = dk_data_create_nocopy(bytes, len, NULL, NULL);
+            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, NULL, NULL, &d) == 0);
         } else {
             g->nocopy_made++;
-            d = dk_data_create_nocopy(bytes, len, nocopy_free, g);
+            FUZZ_CHECK(dk_data_create_nocopy(bytes, len, nocopy_free, g, &d) ==
+                       0);
         }
         put(g, dst, d, model, len);
         free(model);
         return;
     }
-    d = dk_data_create(bytes, len);
+    FUZZ_CHECK(dk_data_create(bytes, len, &d) == 0);
     put(g, dst, d, bytes, len);
     free(bytes);
 }
@@ -165,8 +166,8 @@ op_concat(struct prog *g, int dst, int a, int b)
     if (y->len > 0) {
         memcpy(m + x->len, y->model, y->len);
     }
-    dk_data_t *d = dk_data_create_concat(x->d, y->d);
-    FUZZ_CHECK(d != NULL);
+    dk_data_t *d;
+    FUZZ_CHECK(dk_data_create_concat(x->d, y->d, &d) == 0);
     if (x->len == 0) {
         FUZZ_CHECK(d == y->d);
     } else if (y->len == 0) {
@@ -193,8 +194,8 @@ op_subrange(struct prog *g, fuzz_in_t *in, int dst, int src)
     } else if (len > x->len - off) {
         want_len = x->len - off;
     }
-    dk_data_t *d = dk_data_create_subrange(x->d, off, len);
-    FUZZ_CHECK(d != NULL);
+    dk_data_t *d;
+    FUZZ_CHECK(dk_data_create_subrange(x->d, off, len, &d) == 0);
     if (want_len > 0 && want_len == x->len) {
         FUZZ_CHECK(d == x->d);
     }
@@ -218,8 +219,8 @@ op_copy_region(struct prog *g, fuzz_in_t *in, int dst, int src)
     const struct slot *x = &g->s[src];
     size_t loc = pick_size(in, x->len);
     size_t offset = 12345;
-    dk_data_t *d = dk_data_copy_region(x->d, loc, &offset);
-    FUZZ_CHECK(d != NULL);
+    dk_data_t *d;
+    FUZZ_CHECK(dk_data_copy_region(x->d, loc, &offset, &d) == 0);
     if (loc >= x->len) {
         FUZZ_CHECK(d == dk_data_empty());
         FUZZ_CHECK(offset == x->len);
@@ -262,8 +263,8 @@ op_map(struct prog *g, int dst, int src)
     const struct slot *x = &g->s[src];
     const void *bytes = NULL;
     size_t size = 12345;
-    dk_data_t *d = dk_data_create_map(x->d, &bytes, &size);
-    FUZZ_CHECK(d != NULL);
+    dk_data_t *d;
+    FUZZ_CHECK(dk_data_create_map(x->d, &bytes, &size, &d) == 0);
     FUZZ_CHECK(size == x->len);
     FUZZ_CHECK(bytes != NULL);
     FUZZ_CHECK(dk_data_region_count(d) <= 1);

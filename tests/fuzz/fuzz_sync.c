@@ -108,7 +108,9 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
         case 0: {
             uint64_t deadline = pick_deadline(in);
             uint8_t a = fuzz_u8(in);
-            int rc = dk_shm_mutex_lock(m, deadline, a & 1, a % 4, a & 2);
+            int rc = dk_shm_mutex_lock(m, deadline, a % 4,
+                                       (a & 1 ? DK_SHARED : 0) |
+                                           (a & 2 ? DK_SHM_INTERRUPTIBLE : 0));
             switch (rc) {
             case 0:
             case 1:
@@ -140,7 +142,8 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
             /* Ownership is per thread: a recorded thread id decides; with
              * none (a fastipc holder), the pid does. */
             bool ours = tid0 != 0 ? tid0 == o->tid : owner0 == o->me;
-            int rc = dk_shm_mutex_unlock(m, true, force);
+            int rc =
+                dk_shm_mutex_unlock(m, DK_SHARED | (force ? DK_SHM_FORCE : 0));
             if (rc == 0) {
                 FUZZ_CHECK(force || ours);
                 FUZZ_CHECK(m->state == 0 && m->owner_pid == 0 &&
@@ -182,7 +185,9 @@ semaphore_ops(struct obj *o, fuzz_in_t *in)
         case 0: {
             uint64_t deadline = pick_deadline(in);
             uint8_t a = fuzz_u8(in);
-            int rc = dk_shm_semaphore_wait(s, deadline, a & 1, a % 4, a & 2);
+            int rc = dk_shm_semaphore_wait(
+                s, deadline, a % 4,
+                (a & 1 ? DK_SHARED : 0) | (a & 2 ? DK_SHM_INTERRUPTIBLE : 0));
             if (rc == 0) {
                 check_stamp(o);
                 FUZZ_CHECK(c0 > 0 && s->count == c0 - 1);
@@ -197,7 +202,9 @@ semaphore_ops(struct obj *o, fuzz_in_t *in)
         case 1: {
             uint32_t n = fuzz_u8(in) & 1 ? fuzz_u32(in) : fuzz_u8(in);
             uint8_t a = fuzz_u8(in);
-            int rc = dk_shm_semaphore_post(s, n, a & 1, a & 2);
+            int rc = dk_shm_semaphore_post(
+                s, n,
+                (a & 1 ? DK_SHARED : 0) | (a & 2 ? DK_SHM_FASTIPC_COMPAT : 0));
             if (rc == 0) {
                 FUZZ_CHECK(n <= UINT32_MAX - c0 && s->count == c0 + n);
             } else if (rc == -EOVERFLOW) {
@@ -218,7 +225,8 @@ semaphore_ops(struct obj *o, fuzz_in_t *in)
             uint32_t count = fuzz_u32(in);
             memcpy(o->before, o->arena, ARENA);
             int want = semaphore_init_expected(o);
-            int rc = dk_shm_semaphore_init(s, set, count);
+            int rc =
+                dk_shm_semaphore_init(s, count, set ? DK_SHM_SET_COUNT : 0);
             FUZZ_CHECK(rc == want);
             check_init_writes(o, rc, DK_SEMAPHORE_MAGIC, set, count);
             break;
@@ -237,7 +245,7 @@ event_ops(struct obj *o, fuzz_in_t *in)
         bool shared = code & 0x80;
         switch (code % 6) {
         case 0:
-            dk_shm_event_set(e, shared);
+            dk_shm_event_set(e, shared ? DK_SHARED : 0);
             FUZZ_CHECK(e->word == 1 && dk_shm_event_is_set(e));
             break;
         case 1:
@@ -245,7 +253,8 @@ event_ops(struct obj *o, fuzz_in_t *in)
             FUZZ_CHECK(e->word == 0 && !dk_shm_event_is_set(e));
             break;
         case 2: {
-            int rc = dk_shm_event_wait(e, pick_deadline(in), shared);
+            int rc = dk_shm_event_wait(e, pick_deadline(in),
+                                       shared ? DK_SHARED : 0);
             FUZZ_CHECK(rc == (w0 != 0 ? 0 : -ETIMEDOUT));
             FUZZ_CHECK(dk_shm_event_is_set(e) == (w0 != 0));
             break;
@@ -253,12 +262,14 @@ event_ops(struct obj *o, fuzz_in_t *in)
         case 3: {
             /* FutexWord.wait(expected) with a deadline that has passed. */
             uint32_t expected = fuzz_u8(in) & 1 ? w0 : fuzz_u32(in);
-            int rc = dk_futex_wait(&e->word, expected, 1, shared);
+            int rc =
+                dk_futex_wait(&e->word, expected, 1, shared ? DK_SHARED : 0);
             FUZZ_CHECK(rc == (expected == w0 ? -ETIMEDOUT : -EAGAIN));
             break;
         }
         case 4: {
-            int rc = dk_futex_wake(&e->word, 1 + fuzz_u8(in) % 4, shared);
+            int rc = dk_futex_wake(&e->word, 1 + fuzz_u8(in) % 4,
+                                   shared ? DK_SHARED : 0);
             FUZZ_CHECK(rc == 0); /* nobody waits */
             break;
         }
@@ -302,8 +313,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int want = semaphore_init_expected(&o);
         bool set = kind & 0x80;
         uint32_t count = fuzz_u32(&in);
-        int rc = dk_shm_semaphore_init((dk_shm_semaphore_t *)(void *)o.p, set,
-                                       count);
+        int rc = dk_shm_semaphore_init((dk_shm_semaphore_t *)(void *)o.p,
+                                       count, set ? DK_SHM_SET_COUNT : 0);
         FUZZ_CHECK(rc == want);
         check_init_writes(&o, rc, DK_SEMAPHORE_MAGIC, set, count);
         if (rc == 0) {

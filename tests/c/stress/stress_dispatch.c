@@ -11,6 +11,7 @@
  *
  * DK_STRESS_ITERS sets the number of items per producer (default 20000).
  */
+#include "../objects.h"
 #include "../runner.h"
 
 #include <pthread.h>
@@ -138,14 +139,15 @@ producer(void *p)
         if (r == 0 && !sq[qi].concurrent) {
             /* Suspend briefly: items queue up, then drain in order. */
             dk_queue_suspend(sq[qi].q);
-            dk_group_async_f(a->group, sq[qi].q, j, job_run);
-            dk_queue_resume(sq[qi].q);
+            CHECK_EQ(dk_group_async_f(a->group, sq[qi].q, j, job_run), 0);
+            CHECK_EQ(dk_queue_resume(sq[qi].q), 0);
         } else if (j->barrier) {
             dk_group_enter(a->group);
-            dk_queue_barrier_async_f(sq[qi].q, j, job_run);
-            dk_group_leave(a->group); /* counted through the sync below */
+            CHECK_EQ(dk_queue_barrier_async_f(sq[qi].q, j, job_run), 0);
+            CHECK_EQ(dk_group_leave(a->group),
+                     0); /* counted through the sync below */
         } else {
-            dk_group_async_f(a->group, sq[qi].q, j, job_run);
+            CHECK_EQ(dk_group_async_f(a->group, sq[qi].q, j, job_run), 0);
         }
     }
     return NULL;
@@ -175,11 +177,11 @@ DK_TEST_T(stress_random_hierarchies, 600)
         }
         sq[i].concurrent = conc;
         sq[i].parent = parent;
-        sq[i].q = dk_queue_create(conc ? "stress.c" : "stress.s",
-                                  conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
-                                  parent >= 0 ? sq[parent].q : NULL);
+        sq[i].q = t_queue(conc ? "stress.c" : "stress.s",
+                          conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
+                          parent >= 0 ? sq[parent].q : NULL);
     }
-    dk_group_t *g = dk_group_create();
+    dk_group_t *g = t_group();
     pthread_t t[NPRODUCERS];
     struct producer_arg args[NPRODUCERS];
     for (int i = 0; i < NPRODUCERS; i++) {
@@ -191,7 +193,8 @@ DK_TEST_T(stress_random_hierarchies, 600)
     }
     CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
     for (int i = 0; i < NSERIAL + NCONC; i++) {
-        dk_queue_barrier_sync_f(sq[i].q, NULL, noop); /* barriers done */
+        CHECK_EQ(dk_queue_barrier_sync_f(sq[i].q, NULL, noop),
+                 0); /* barriers done */
     }
     long missing = 0;
     for (long i = 0; i < NPRODUCERS * iters; i++) {

@@ -121,14 +121,14 @@ mutex_worker(struct worker *w)
         int spin = mode < 4 ? 0 : (int)(mode * 16);
         int rc = -ETIMEDOUT;
         if (mode == 0) {
-            rc = dk_shm_mutex_lock(&R->mutex, 0, true, 0, false);
+            rc = dk_shm_mutex_lock(&R->mutex, 0, 0, DK_SHARED);
             if (rc == -ETIMEDOUT) {
                 atomic_fetch_add(&R->lock_tries_missed, 1);
             }
         }
         if (rc == -ETIMEDOUT) {
-            rc = dk_shm_mutex_lock(&R->mutex, dk_now() + WAIT_NS, true, spin,
-                                   false);
+            rc = dk_shm_mutex_lock(&R->mutex, dk_now() + WAIT_NS, spin,
+                                   DK_SHARED);
         }
         if (rc != 0) {
             fail("mutex lock", rc); /* 1 would mean an owner died */
@@ -153,7 +153,7 @@ mutex_worker(struct worker *w)
         }
         R->counter = c + 1;
         R->inside = 0;
-        rc = dk_shm_mutex_unlock(&R->mutex, true, false);
+        rc = dk_shm_mutex_unlock(&R->mutex, DK_SHARED);
         if (rc != 0) {
             fail("mutex unlock", rc);
         }
@@ -168,7 +168,7 @@ take_one(unsigned *seed)
     uint64_t give_up = dk_now() + WAIT_NS;
     int rc;
     if (mode == 0) {
-        rc = dk_shm_semaphore_wait(&R->sem, 0, true, 0, false);
+        rc = dk_shm_semaphore_wait(&R->sem, 0, 0, DK_SHARED);
         if (rc == 0) {
             return 0;
         }
@@ -177,15 +177,15 @@ take_one(unsigned *seed)
         for (;;) {
             uint64_t now = dk_now();
             uint64_t step = (1 + rnd(seed) % 200) * DK_NSEC_PER_USEC;
-            rc = dk_shm_semaphore_wait(&R->sem, now + step, true, 0, false);
+            rc = dk_shm_semaphore_wait(&R->sem, now + step, 0, DK_SHARED);
             if (rc != -ETIMEDOUT || now >= give_up) {
                 return rc;
             }
             atomic_fetch_add(&R->sem_short_timeouts, 1);
         }
     }
-    return dk_shm_semaphore_wait(&R->sem, give_up, true, mode == 3 ? 64 : 0,
-                                 false);
+    return dk_shm_semaphore_wait(&R->sem, give_up, mode == 3 ? 64 : 0,
+                                 DK_SHARED);
 }
 
 static void
@@ -196,8 +196,9 @@ sem_producer(struct worker *w)
     unsigned nseed = 0x51ed27u + (unsigned)w->proc * 7919u;
     for (long i = 0; i < R->iters; i++) {
         uint32_t n = 1 + rnd(&nseed) % 4;
-        int rc =
-            dk_shm_semaphore_post(&R->sem, n, true, rnd(&w->seed) % 8 == 0);
+        int rc = dk_shm_semaphore_post(
+            &R->sem, n,
+            DK_SHARED | (rnd(&w->seed) % 8 == 0 ? DK_SHM_FASTIPC_COMPAT : 0));
         if (rc != 0) {
             fail("semaphore post", rc);
             continue;
@@ -251,16 +252,17 @@ event_ring(struct worker *w)
         int rc;
         if (rnd(&w->seed) % 4 == 0) {
             /* Poll (deadline 0) for a while first. */
-            while ((rc = dk_shm_event_wait(mine, 0, true)) == -ETIMEDOUT &&
+            while ((rc = dk_shm_event_wait(mine, 0, DK_SHARED)) ==
+                       -ETIMEDOUT &&
                    dk_now() < give_up) {
                 atomic_fetch_add(&R->event_polls, 1);
                 if (rnd(&w->seed) % 64 == 0) {
-                    rc = dk_shm_event_wait(mine, give_up, true);
+                    rc = dk_shm_event_wait(mine, give_up, DK_SHARED);
                     break;
                 }
             }
         } else {
-            rc = dk_shm_event_wait(mine, give_up, true);
+            rc = dk_shm_event_wait(mine, give_up, DK_SHARED);
         }
         if (rc != 0) {
             fail("event wait", rc);
@@ -275,7 +277,7 @@ event_ring(struct worker *w)
         }
         atomic_fetch_add(&R->event_hops, 1);
         R->token = hop + 1;
-        dk_shm_event_set(next, true);
+        dk_shm_event_set(next, DK_SHARED);
     }
 }
 
@@ -390,7 +392,7 @@ setup(void)
     R->iters = env_long("DK_STRESS_ITERS", 20000);
     CHECK(R->iters > 0);
     CHECK_EQ(dk_shm_mutex_init(&R->mutex), 0);
-    CHECK_EQ(dk_shm_semaphore_init(&R->sem, true, 0), 0);
+    CHECK_EQ(dk_shm_semaphore_init(&R->sem, 0, DK_SHM_SET_COUNT), 0);
     for (int i = 0; i < NPROC; i++) {
         CHECK_EQ(dk_shm_event_check(&R->ring[i]), 0);
     }
@@ -442,14 +444,15 @@ DK_TEST_T(stress_sync_semaphore_across_processes, 900)
     /* Nothing left over, nothing taken twice. */
     CHECK_EQ(R->sem.count, 0);
     CHECK_EQ(R->sem.waiters, 0);
-    CHECK_EQ(dk_shm_semaphore_wait(&R->sem, 0, true, 0, false), -ETIMEDOUT);
+    CHECK_EQ(dk_shm_semaphore_wait(&R->sem, 0, 0, DK_SHARED), -ETIMEDOUT);
 }
 
 DK_TEST_T(stress_sync_event_ring_across_processes, 900)
 {
     setup();
     R->token = 0;
-    dk_shm_event_set(&R->ring[0], true); /* the token starts at process 0 */
+    /* The token starts at process 0. */
+    dk_shm_event_set(&R->ring[0], DK_SHARED);
     uint64_t t0 = dk_now();
     int bad = run_children(W_EVENT);
     long hops = event_hops();

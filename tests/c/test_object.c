@@ -1,0 +1,296 @@
+/* Tests of the object model (src/object.c): dk_retain/dk_release on
+ * every kind of heap object, I/O channels included, contexts, and the
+ * finalizer running exactly once with its context on the kind's queue. */
+#include "objects.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dk/data.h"
+#include "dk/group.h"
+#include "dk/io.h"
+#include "dk/queue.h"
+#include "dk/sem.h"
+#include "dk/source.h"
+#include "dk/time.h"
+
+static uint64_t
+in_ms(uint64_t ms)
+{
+    return dk_now() + ms * 1000000ull;
+}
+
+/* What a finalizer saw: how many calls, the context of each, and the
+ * queue it ran on. */
+struct fin {
+    dk_semaphore_t *ran;
+    int calls;
+    void *ctx_seen;
+    dk_queue_t *queue_seen;
+};
+
+static struct fin *fin_record; /* the one struct the finalizer fills */
+
+static void
+finalizer(void *ctx)
+{
+    struct fin *f = fin_record;
+    __atomic_add_fetch(&f->calls, 1, __ATOMIC_ACQ_REL);
+    f->ctx_seen = ctx;
+    f->queue_seen = dk_queue_current();
+    dk_semaphore_signal(f->ran);
+}
+
+static void
+fin_init(struct fin *f)
+{
+    memset(f, 0, sizeof *f);
+    CHECK_EQ(dk_semaphore_create(0, &f->ran), 0);
+    fin_record = f;
+}
+
+/* The reference count as dk_object_describe prints it. */
+static long
+refcount_of(const void *object)
+{
+    char buf[512];
+    CHECK(dk_object_describe(object, buf, sizeof buf) > 0);
+    const char *p = strstr(buf, "refcnt = ");
+    CHECK(p != NULL);
+    return strtol(p + strlen("refcnt = "), NULL, 10);
+}
+
+/* Wait until the finalizer has run, then until the pool has run
+ * everything submitted before (a second call, had the last release
+ * submitted one, would have run by then), and check it ran once with
+ * `ctx`. */
+static void
+fin_check_once(struct fin *f, void *ctx)
+{
+    CHECK_EQ(dk_semaphore_wait(f->ran, in_ms(10000)), 0);
+    while (!dk_pool_quiescent()) {
+        sched_yield();
+    }
+    CHECK_EQ(__atomic_load_n(&f->calls, __ATOMIC_ACQUIRE), 1);
+    CHECK(f->ctx_seen == ctx);
+    dk_release(f->ran);
+}
+
+/* Take a second reference, drop it (the object lives on), set a context
+ * and finalizer, drop the last reference. */
+static void
+retain_release_finalize(void *object, struct fin *f, void *ctx)
+{
+    CHECK_EQ(refcount_of(object), 1);
+    dk_retain(object);
+    CHECK_EQ(refcount_of(object), 2);
+    dk_object_set_context(object, ctx);
+    dk_object_set_finalizer_f(object, finalizer);
+    CHECK(dk_object_get_context(object) == ctx);
+    dk_release(object);
+    CHECK_EQ(refcount_of(object), 1);
+    CHECK_EQ(__atomic_load_n(&f->calls, __ATOMIC_ACQUIRE), 0);
+    dk_release(object);
+    fin_check_once(f, ctx);
+}
+
+static int ctx_token;
+
+DK_TEST(object_queue_retain_release_finalizer_once)
+{
+    struct fin f;
+    fin_init(&f);
+    dk_queue_t *q;
+    CHECK_EQ(dk_queue_create("obj", 0, 0, 0, NULL, &q), 0);
+    retain_release_finalize(q, &f, &ctx_token);
+    /* A queue targeting a global queue finalizes on that queue. */
+    CHECK(f.queue_seen == dk_queue_global(0));
+}
+
+DK_TEST(object_group_retain_release_finalizer_once)
+{
+    struct fin f;
+    fin_init(&f);
+    dk_group_t *g;
+    CHECK_EQ(dk_group_create(&g), 0);
+    retain_release_finalize(g, &f, &ctx_token);
+}
+
+DK_TEST(object_semaphore_retain_release_finalizer_once)
+{
+    struct fin f;
+    fin_init(&f);
+    dk_semaphore_t *s;
+    CHECK_EQ(dk_semaphore_create(3, &s), 0);
+    retain_release_finalize(s, &f, &ctx_token);
+}
+
+DK_TEST(object_data_retain_release_finalizer_once)
+{
+    struct fin f;
+    fin_init(&f);
+    dk_data_t *d;
+    CHECK_EQ(dk_data_create("abc", 3, &d), 0);
+    retain_release_finalize(d, &f, &ctx_token);
+}
+
+DK_TEST(object_source_finalizer_runs_on_its_target_queue)
+{
+    struct fin f;
+    fin_init(&f);
+    dk_queue_t *q;
+    CHECK_EQ(dk_queue_create("src-target", 0, 0, 0, NULL, &q), 0);
+    dk_source_t *s;
+    CHECK_EQ(dk_source_create(DK_SOURCE_DATA_ADD, 0, 0, q, &s), 0);
+    /* A source holds its target queue. */
+    CHECK_EQ(refcount_of(q), 2);
+    /* Never resumed, so no registration holds a reference. */
+    retain_release_finalize(s, &f, &ctx_token);
+    CHECK(f.queue_seen == q);
+    dk_release(q);
+}
+
+static void
+io_cleanup(void *ctx, int error)
+{
+    (void)error;
+    dk_semaphore_signal(ctx);
+}
+
+DK_TEST(object_io_channel_joins_the_refcount_model)
+{
+    struct fin f;
+    fin_init(&f);
+    int fds[2];
+    CHECK_EQ(pipe(fds), 0);
+    dk_queue_t *q;
+    CHECK_EQ(dk_queue_create("io-cleanup", 0, 0, 0, NULL, &q), 0);
+    dk_semaphore_t *cleaned;
+    CHECK_EQ(dk_semaphore_create(0, &cleaned), 0);
+    dk_io_t *io;
+    CHECK_EQ(dk_io_create(DK_IO_STREAM, fds[0], q, cleaned, io_cleanup, &io),
+             0);
+    char buf[128];
+    CHECK(dk_object_describe(io, buf, sizeof buf) > 0);
+    CHECK(strncmp(buf, "io[", 3) == 0);
+    /* dk_io_retain/dk_io_release and dk_retain/dk_release count alike. */
+    dk_io_retain(io);
+    CHECK_EQ(refcount_of(io), 2);
+    dk_io_release(io);
+    dk_io_close(io, DK_IO_STOP);
+    CHECK_EQ(dk_semaphore_wait(cleaned, in_ms(10000)), 0);
+    retain_release_finalize(io, &f, &ctx_token);
+    /* The finalizer runs on the cleanup handler's queue. */
+    CHECK(f.queue_seen == q);
+    dk_release(cleaned);
+    dk_release(q);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+DK_TEST(object_finalizer_needs_a_context)
+{
+    /* As in GCD, a finalizer runs only with a context. */
+    struct fin f;
+    fin_init(&f);
+    dk_group_t *g;
+    CHECK_EQ(dk_group_create(&g), 0);
+    dk_object_set_finalizer_f(g, finalizer);
+    dk_release(g);
+    while (!dk_pool_quiescent()) {
+        sched_yield();
+    }
+    CHECK_EQ(__atomic_load_n(&f.calls, __ATOMIC_ACQUIRE), 0);
+    dk_release(f.ran);
+}
+
+DK_TEST(object_immortals_ignore_retain_release_and_context)
+{
+    dk_queue_t *g = dk_queue_global(0);
+    for (int i = 0; i < 3; i++) {
+        dk_release(g);
+    }
+    dk_retain(g);
+    dk_object_set_context(g, &ctx_token);
+    CHECK(dk_object_get_context(g) == NULL);
+    char buf[256];
+    CHECK(dk_object_describe(g, buf, sizeof buf) > 0);
+    CHECK(strstr(buf, "refcnt = immortal") != NULL);
+    dk_data_t *e = dk_data_empty();
+    dk_release(e);
+    CHECK_EQ(dk_data_get_size(e), 0);
+}
+
+DK_TEST(object_describe_names_each_kind)
+{
+    char buf[256];
+    dk_queue_t *q;
+    CHECK_EQ(dk_queue_create("described", DK_QUEUE_CONCURRENT, 0, 0, NULL, &q),
+             0);
+    CHECK(dk_object_describe(q, buf, sizeof buf) > 0);
+    CHECK(strstr(buf, "queue[") == buf);
+    CHECK(strstr(buf, "label = \"described\"") != NULL);
+    CHECK(strstr(buf, "kind = concurrent") != NULL);
+    dk_group_t *g;
+    CHECK_EQ(dk_group_create(&g), 0);
+    dk_group_enter(g);
+    CHECK(dk_object_describe(g, buf, sizeof buf) > 0);
+    CHECK(strcmp(strstr(buf, "count = "), "count = 1 }") == 0);
+    CHECK_EQ(dk_group_leave(g), 0);
+    dk_semaphore_t *s;
+    CHECK_EQ(dk_semaphore_create(2, &s), 0);
+    CHECK(dk_object_describe(s, buf, sizeof buf) > 0);
+    CHECK(strstr(buf, "semaphore[") == buf);
+    CHECK(strstr(buf, "value = 2") != NULL);
+    dk_data_t *d;
+    CHECK_EQ(dk_data_create("abcd", 4, &d), 0);
+    CHECK(dk_object_describe(d, buf, sizeof buf) > 0);
+    CHECK(strstr(buf, "size = 4") != NULL);
+    dk_source_t *src;
+    CHECK_EQ(dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL, &src), 0);
+    CHECK(dk_object_describe(src, buf, sizeof buf) > 0);
+    CHECK(strstr(buf, "type = timer") != NULL);
+    /* The length of the whole line is returned even when cut short. */
+    int full = dk_object_describe(q, buf, sizeof buf);
+    CHECK_EQ(dk_object_describe(q, buf, 8), full);
+    CHECK_EQ(strlen(buf), 7);
+    dk_source_cancel(src);
+    dk_release(src);
+    dk_release(d);
+    dk_release(s);
+    dk_release(g);
+    dk_release(q);
+}
+
+/* Misuse from C aborts with a message naming it: each in its own child. */
+static void
+expect_abort(void (*fn)(void))
+{
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        fn();
+        _exit(0);
+    }
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status));
+    CHECK_EQ(WTERMSIG(status), SIGABRT);
+}
+
+static void
+release_non_object(void)
+{
+    static uint32_t not_an_object[8] = {1, 0x12345678};
+    dk_release(not_an_object);
+}
+
+DK_TEST(object_misuse_aborts)
+{
+    expect_abort(release_non_object);
+}
