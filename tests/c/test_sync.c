@@ -469,9 +469,9 @@ DK_TEST(sync_mutex_owner_that_is_not_a_pid_is_taken_over)
     CHECK_EQ(dk_shm_mutex_init(m), 0);
     dk__atomic_store_relaxed(&m->owner_pid, 0x80000000u);
     dk__atomic_store_release(&m->state, 1);
-    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), true, 0, false), 1);
+    CHECK_EQ(dk_shm_mutex_lock(m, in_ms(10000), 0, DK_SHARED), 1);
     CHECK_EQ(m->owner_pid, (uint32_t)getpid());
-    CHECK_EQ(dk_shm_mutex_unlock(m, true, false), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(m, DK_SHARED), 0);
     munmap(m, 4096);
 }
 
