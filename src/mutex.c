@@ -237,11 +237,12 @@ dk_shm_mutex_init(dk_shm_mutex_t *m)
     return dk__atomic_load_acquire(&m->magic) == DK_MUTEX_MAGIC ? 0 : -EBADMSG;
 }
 
-static void
+static inline void
 took_lock(dk_shm_mutex_t *m)
 {
-    dk__atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
-    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    dk__atomic_store_relaxed(&m->owner_pid,
+                             (uint32_t)dk__os_pid_cached()); /* A2 */
+    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid_cached());
     stamp(m);
 }
 
@@ -313,16 +314,14 @@ orphan_clock(const dk_shm_mutex_t *m, uint64_t now)
     return &blocking_orphan.since;
 }
 
-int
-dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
-                  bool interruptible)
+/* dk_shm_mutex_lock once its first CAS has failed (kept out of line, so
+ * that the uncontended path saves no registers). */
+static __attribute__((noinline)) int
+lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
+               bool interruptible)
 {
-    uint32_t me = (uint32_t)dk__os_pid();
+    uint32_t me = (uint32_t)dk__os_pid_cached();
     uint32_t s = 0;
-    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
-        took_lock(m);
-        return 0;
-    }
     if (dk__atomic_load_relaxed(&m->owner_pid) == me &&
         dk__atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
         return -EDEADLK;
@@ -391,6 +390,18 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
 }
 
 int
+dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
+                  bool interruptible)
+{
+    uint32_t s = 0;
+    if (dk_likely(dk__atomic_cas_acquire(&m->state, &s, 1))) { /* A1 */
+        took_lock(m);
+        return 0;
+    }
+    return lock_contended(m, deadline, shared, spin, interruptible);
+}
+
+int
 dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
 {
     /* Ownership is per thread: when a thread id is recorded (every lock
@@ -402,9 +413,9 @@ dk_shm_mutex_unlock(dk_shm_mutex_t *m, bool shared, bool force)
      * before we acquired can clear the pid after we wrote it, but never
      * touches the thread id, which only the holder sets and clears. */
     uint32_t tid = dk__atomic_load_relaxed(&m->owner_tid);
-    if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid()
+    if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid_cached()
                             : dk__atomic_load_relaxed(&m->owner_pid) !=
-                                  (uint32_t)dk__os_pid())) {
+                                  (uint32_t)dk__os_pid_cached())) {
         return -EPERM;
     }
     dk__atomic_store_relaxed(&m->owner_tid, 0);
