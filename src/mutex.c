@@ -143,16 +143,26 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline,
 static __thread struct {
     const dk_shm_mutex_t *m;
     uint32_t budget_ns, waits;
+    uint32_t quick;    /* waits in a row that found the lock free at once */
+    uint32_t backoffs; /* back-off sleeps so far, for tests */
 } watch_memo;
 
-static uint32_t
-watch_budget(const dk_shm_mutex_t *m)
+/* The calling thread's memo, reset when it waits on another mutex. */
+static void
+memo_for(const dk_shm_mutex_t *m)
 {
     if (watch_memo.m != m) {
         watch_memo.m = m;
         watch_memo.budget_ns = SPIN_BUDGET_NS;
         watch_memo.waits = 0;
+        watch_memo.quick = 0;
     }
+}
+
+static uint32_t
+watch_budget(const dk_shm_mutex_t *m)
+{
+    memo_for(m);
     if (watch_memo.waits++ % SPIN_PROBE_EVERY == 0) {
         return SPIN_BUDGET_NS;
     }
@@ -387,6 +397,76 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
         }
         slept_a_slice = rc == -ETIMEDOUT;
     }
+}
+
+/*
+ * Back-off after a failed try (dk_shm_mutex_lock_after_try). A caller
+ * that tried, failed, and came back (the Python binding, which tries with
+ * its interpreter lock held and blocks only after letting that go) learns
+ * from its first attempt after coming back how long the holder keeps the
+ * lock. Two processes looping around an empty critical section find it
+ * free again at once, time after time; letting them take turns
+ * acquisition by acquisition then costs far more than the lock itself
+ * (the lock's cache line crosses between CPUs on every acquisition, about
+ * 4x the CPU time of one process running alone). So after BACKOFF_AFTER
+ * such quick waits in a row the caller sleeps BACKOFF_NS before it tries
+ * again, unannounced: the holder runs alone meanwhile, keeps the line in
+ * its cache and makes no wake-up syscall, and the two take turns in runs
+ * of about that length. A wait that finds the lock still held (work inside
+ * the lock, where running side by side pays) resets the count, so such
+ * loops keep handing the lock over at once as before.
+ *
+ * The sleep changes nothing in the state word's protocol: the sleeper has
+ * not announced itself (it did not set 2), so no release owes it a wake:
+ *
+ *   CPU0 (holder, looping)              CPU1 (backing off)
+ *   CAS(state, 0 -> 1)                  8th quick wait in a row
+ *   xchg(state, 0) == 1: no wake        sleeps BACKOFF_NS on a private word
+ *   CAS(state, 0 -> 1) ...              wakes by its own timeout
+ *                                       CAS(state, 0 -> 1), else the usual
+ *                                       spin, watch and announced sleep
+ *
+ * and a holder that dies meanwhile is found by that usual path, 50 us
+ * later than without the back-off.
+ */
+#define BACKOFF_AFTER 8u
+#define BACKOFF_NS (50ull * DK_NSEC_PER_USEC)
+
+uint32_t
+dk__shm_mutex_backoffs(void)
+{
+    return watch_memo.backoffs;
+}
+
+int
+dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, bool shared,
+                            int spin, bool interruptible)
+{
+    if (deadline == 0) {
+        return dk_shm_mutex_lock(m, 0, shared, spin, interruptible);
+    }
+    memo_for(m);
+    bool slept = watch_memo.quick >= BACKOFF_AFTER;
+    if (slept) {
+        watch_memo.quick = 0;
+        watch_memo.backoffs++;
+        uint32_t quiet = 0;
+        uint64_t until = dk__os_monotonic_ns() + BACKOFF_NS;
+        int rc = dk__os_futex_wait(&quiet, 0,
+                                   until < deadline ? until : deadline, false);
+        if (rc == -EINTR && interruptible) {
+            return -EINTR;
+        }
+    }
+    uint32_t s = 0;
+    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+        took_lock(m);
+        /* Found free after a back-off: that says nothing of the holds. */
+        watch_memo.quick += slept ? 0 : 1;
+        return 0;
+    }
+    watch_memo.quick = 0;
+    return lock_contended(m, deadline, shared, spin, interruptible);
 }
 
 int

@@ -84,6 +84,20 @@ DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
  */
 DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
                                 bool shared, int spin, bool interruptible);
+/*
+ * dk_shm_mutex_lock for a caller whose own try (deadline 0) failed just
+ * before, as the Python binding's does (it tries with its interpreter
+ * lock held and blocks only once it has let that go): the same arguments
+ * and results. When such waits keep finding the lock free again at once
+ * (two processes looping around an empty critical section), the caller
+ * sleeps 50 us before its next try, without announcing itself, so that
+ * the holder runs alone for a while: handing the lock over on every
+ * acquisition costs more CPU than the lock itself. A wait that finds it
+ * still held (work inside the lock) stops that. See src/mutex.c.
+ */
+DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
+                                          bool shared, int spin,
+                                          bool interruptible);
 /* Unlock and wake one sleeper if any announced itself. Returns 0, or
  * -EPERM when the calling thread does not hold it (another thread of the
  * holder's process included; a holder that recorded no thread id, such
