@@ -52,8 +52,8 @@ static int
 mutex_lock_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_shm_mutex_lock(w->self->addr, deadline, w->self->shared, w->spin,
-                             true);
+    return dk_shm_mutex_lock_after_try(w->self->addr, deadline,
+                                       w->self->shared, w->spin, true);
 }
 
 static int
