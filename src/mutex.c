@@ -144,7 +144,7 @@ static __thread struct {
     const dk_shm_mutex_t *m;
     uint32_t budget_ns, waits;
     uint32_t quick;    /* waits in a row that found the lock free at once */
-    uint32_t backoffs; /* back-off sleeps so far, for tests */
+    uint32_t backoffs; /* times it gave way so far, for tests */
 } watch_memo;
 
 /* The calling thread's memo, reset when it waits on another mutex. */
@@ -409,18 +409,23 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
  * acquisition by acquisition then costs far more than the lock itself
  * (the lock's cache line crosses between CPUs on every acquisition, about
  * 4x the CPU time of one process running alone). So after BACKOFF_AFTER
- * such quick waits in a row the caller sleeps BACKOFF_NS before it tries
- * again, unannounced: the holder runs alone meanwhile, keeps the line in
- * its cache and makes no wake-up syscall, and the two take turns in runs
- * of about that length. A wait that finds the lock still held (work inside
- * the lock, where running side by side pays) resets the count, so such
- * loops keep handing the lock over at once as before.
+ * such quick waits in a row the caller gives way before it tries again:
+ * it yields its CPU, and if nothing else wanted that CPU (the yield came
+ * straight back) it sleeps BACKOFF_NS, unannounced. The holder runs alone
+ * meanwhile, keeps the line in its cache and makes no wake-up syscall, and
+ * the two take turns in runs of about that length. When other threads
+ * were waiting for the CPU (more runnable threads than CPUs: the yield let
+ * them run), sleeping on top of that would only make the sleeper preempt
+ * somebody, perhaps the holder, when it wakes, so it does not sleep. A
+ * wait that finds the lock still held (work inside the lock, where running
+ * side by side pays) resets the count, so such loops keep handing the lock
+ * over at once as before.
  *
  * The sleep changes nothing in the state word's protocol: the sleeper has
  * not announced itself (it did not set 2), so no release owes it a wake:
  *
  *   CPU0 (holder, looping)              CPU1 (backing off)
- *   CAS(state, 0 -> 1)                  8th quick wait in a row
+ *   CAS(state, 0 -> 1)                  8th quick wait in a row, yields
  *   xchg(state, 0) == 1: no wake        sleeps BACKOFF_NS on a private word
  *   CAS(state, 0 -> 1) ...              wakes by its own timeout
  *                                       CAS(state, 0 -> 1), else the usual
@@ -431,6 +436,7 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
  */
 #define BACKOFF_AFTER 8u
 #define BACKOFF_NS (50ull * DK_NSEC_PER_USEC)
+#define YIELD_IDLE_NS (10ull * DK_NSEC_PER_USEC)
 
 uint32_t
 dk__shm_mutex_backoffs(void)
@@ -450,12 +456,22 @@ dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, bool shared,
     if (slept) {
         watch_memo.quick = 0;
         watch_memo.backoffs++;
-        uint32_t quiet = 0;
-        uint64_t until = dk__os_monotonic_ns() + BACKOFF_NS;
-        int rc = dk__os_futex_wait(&quiet, 0,
-                                   until < deadline ? until : deadline, false);
-        if (rc == -EINTR && interruptible) {
-            return -EINTR;
+        /* Give way first: if another thread was waiting for this CPU it
+         * runs now, and leaving the CPU idle on top of that would only
+         * make us preempt someone (perhaps the holder) when we wake. A
+         * yield that comes straight back means this CPU has nothing else
+         * to do: let it idle for a while. */
+        uint64_t t0 = dk__os_monotonic_ns();
+        dk__os_yield();
+        uint64_t t1 = dk__os_monotonic_ns();
+        if (t1 - t0 < YIELD_IDLE_NS) {
+            uint32_t quiet = 0;
+            uint64_t until = t1 + BACKOFF_NS;
+            int rc = dk__os_futex_wait(
+                &quiet, 0, until < deadline ? until : deadline, false);
+            if (rc == -EINTR && interruptible) {
+                return -EINTR;
+            }
         }
     }
     uint32_t s = 0;

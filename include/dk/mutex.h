@@ -90,10 +90,11 @@ DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline,
  * lock held and blocks only once it has let that go): the same arguments
  * and results. When such waits keep finding the lock free again at once
  * (two processes looping around an empty critical section), the caller
- * sleeps 50 us before its next try, without announcing itself, so that
- * the holder runs alone for a while: handing the lock over on every
- * acquisition costs more CPU than the lock itself. A wait that finds it
- * still held (work inside the lock) stops that. See src/mutex.c.
+ * gives way before its next try (yields its CPU, and sleeps 50 us without
+ * announcing itself if nothing else wanted that CPU), so that the holder
+ * runs alone for a while: handing the lock over on every acquisition
+ * costs more CPU than the lock itself. A wait that finds it still held
+ * (work inside the lock) stops that. See src/mutex.c.
  */
 DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
                                           bool shared, int spin,

@@ -308,8 +308,10 @@ DK_TEST(sync_mutex_watch_budget_adapts)
 /* The back-off after a failed try (src/mutex.c, "Back-off after a failed
  * try"): a caller whose tries keep failing while the lock is free again
  * as soon as it comes back (a holder looping around an empty critical
- * section) sleeps once every 8 such waits; one wait that finds the lock
- * still held starts the count again. A helper thread holds and releases
+ * section) gives way once every 8 such waits (a yield, and a sleep when
+ * the CPU had nothing else to run: that part depends on the machine's
+ * load and is not checked); one wait that finds the lock still held
+ * starts the count again. A helper thread holds and releases
  * on command, so each wait is quick or slow by construction. */
 struct commanded {
     dk_shm_mutex_t m;
