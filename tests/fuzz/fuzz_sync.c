@@ -108,7 +108,12 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
         case 0: {
             uint64_t deadline = pick_deadline(in);
             uint8_t a = fuzz_u8(in);
-            int rc = dk_shm_mutex_lock(m, deadline, a & 1, a % 4, a & 2);
+            /* After a failed try (the Python binding's blocking path)
+             * or plain: the same results either way. */
+            int rc = (a & 4)
+                         ? dk_shm_mutex_lock_after_try(m, deadline, a & 1,
+                                                       a % 4, a & 2)
+                         : dk_shm_mutex_lock(m, deadline, a & 1, a % 4, a & 2);
             switch (rc) {
             case 0:
             case 1:
