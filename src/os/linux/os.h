@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "atomic.h"
 #include "dk/base.h"
 
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. Both use the vDSO: no syscall. */
@@ -119,15 +120,15 @@ extern __thread int dk__os_tid_cache;
 static inline int
 dk__os_pid_cached(void)
 {
-    int pid = __atomic_load_n(&dk__os_pid_cache, __ATOMIC_RELAXED);
-    return __builtin_expect(pid != 0, 1) ? pid : dk__os_pid();
+    int pid = dk__atomic_load_relaxed(&dk__os_pid_cache);
+    return dk_likely(pid != 0) ? pid : dk__os_pid();
 }
 
 static inline int
 dk__os_tid_cached(void)
 {
     int tid = dk__os_tid_cache;
-    return __builtin_expect(tid != 0, 1) ? tid : dk__os_tid();
+    return dk_likely(tid != 0) ? tid : dk__os_tid();
 }
 
 /* pidfd_open: an fd readable once the process exits. Returns the fd or
