@@ -144,16 +144,26 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline,
 static __thread struct {
     const dk_shm_mutex_t *m;
     uint32_t budget_ns, waits;
+    uint32_t quick;    /* waits in a row that found the lock free at once */
+    uint32_t backoffs; /* times it gave way so far, for tests */
 } watch_memo;
 
-static uint32_t
-watch_budget(const dk_shm_mutex_t *m)
+/* The calling thread's memo, reset when it waits on another mutex. */
+static void
+memo_for(const dk_shm_mutex_t *m)
 {
     if (watch_memo.m != m) {
         watch_memo.m = m;
         watch_memo.budget_ns = SPIN_BUDGET_NS;
         watch_memo.waits = 0;
+        watch_memo.quick = 0;
     }
+}
+
+static uint32_t
+watch_budget(const dk_shm_mutex_t *m)
+{
+    memo_for(m);
     if (watch_memo.waits++ % SPIN_PROBE_EVERY == 0) {
         return SPIN_BUDGET_NS;
     }
@@ -238,11 +248,12 @@ dk_shm_mutex_init(dk_shm_mutex_t *m)
     return dk__atomic_load_acquire(&m->magic) == DK_MUTEX_MAGIC ? 0 : -EBADMSG;
 }
 
-static void
+static inline void
 took_lock(dk_shm_mutex_t *m)
 {
-    dk__atomic_store_relaxed(&m->owner_pid, (uint32_t)dk__os_pid()); /* A2 */
-    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid());
+    dk__atomic_store_relaxed(&m->owner_pid,
+                             (uint32_t)dk__os_pid_cached()); /* A2 */
+    dk__atomic_store_relaxed(&m->owner_tid, (uint32_t)dk__os_tid_cached());
     stamp(m);
 }
 
@@ -314,20 +325,14 @@ orphan_clock(const dk_shm_mutex_t *m, uint64_t now)
     return &blocking_orphan.since;
 }
 
-int
-dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
-                  unsigned flags)
+/* dk_shm_mutex_lock once its first CAS has failed (kept out of line, so
+ * that the uncontended path saves no registers). */
+static __attribute__((noinline)) int
+lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
+               bool interruptible)
 {
-    if (flags & ~(DK_SHARED | DK_SHM_INTERRUPTIBLE)) {
-        return -EINVAL;
-    }
-    bool shared = (flags & DK_SHARED) != 0;
-    uint32_t me = (uint32_t)dk__os_pid();
+    uint32_t me = (uint32_t)dk__os_pid_cached();
     uint32_t s = 0;
-    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
-        took_lock(m);
-        return 0;
-    }
     if (dk__atomic_load_relaxed(&m->owner_pid) == me &&
         dk__atomic_load_relaxed(&m->owner_tid) == (uint32_t)dk__os_tid()) {
         return -EDEADLK;
@@ -388,11 +393,115 @@ dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
         uint64_t slice = now + LIVENESS_SLICE_NS;
         int rc = dk__os_futex_wait(
             &m->state, 2, slice < deadline ? slice : deadline, shared);
-        if (rc == -EINTR && (flags & DK_SHM_INTERRUPTIBLE)) {
+        if (rc == -EINTR && interruptible) {
             return -EINTR;
         }
         slept_a_slice = rc == -ETIMEDOUT;
     }
+}
+
+/*
+ * Back-off after a failed try (dk_shm_mutex_lock_after_try). A caller
+ * that tried, failed, and came back (the Python binding, which tries with
+ * its interpreter lock held and blocks only after letting that go) learns
+ * from its first attempt after coming back how long the holder keeps the
+ * lock. Two processes looping around an empty critical section find it
+ * free again at once, time after time; letting them take turns
+ * acquisition by acquisition then costs far more than the lock itself
+ * (the lock's cache line crosses between CPUs on every acquisition, about
+ * 4x the CPU time of one process running alone). So after BACKOFF_AFTER
+ * such quick waits in a row the caller gives way before it tries again:
+ * it yields its CPU, and if nothing else wanted that CPU (the yield came
+ * straight back) it sleeps BACKOFF_NS, unannounced. The holder runs alone
+ * meanwhile, keeps the line in its cache and makes no wake-up syscall, and
+ * the two take turns in runs of about that length. When other threads
+ * were waiting for the CPU (more runnable threads than CPUs: the yield let
+ * them run), sleeping on top of that would only make the sleeper preempt
+ * somebody, perhaps the holder, when it wakes, so it does not sleep. A
+ * wait that finds the lock still held (work inside the lock, where running
+ * side by side pays) resets the count, so such loops keep handing the lock
+ * over at once as before.
+ *
+ * The sleep changes nothing in the state word's protocol: the sleeper has
+ * not announced itself (it did not set 2), so no release owes it a wake:
+ *
+ *   CPU0 (holder, looping)              CPU1 (backing off)
+ *   CAS(state, 0 -> 1)                  8th quick wait in a row, yields
+ *   xchg(state, 0) == 1: no wake        sleeps BACKOFF_NS on a private word
+ *   CAS(state, 0 -> 1) ...              wakes by its own timeout
+ *                                       CAS(state, 0 -> 1), else the usual
+ *                                       spin, watch and announced sleep
+ *
+ * and a holder that dies meanwhile is found by that usual path, 50 us
+ * later than without the back-off.
+ */
+#define BACKOFF_AFTER 8u
+#define BACKOFF_NS (50ull * DK_NSEC_PER_USEC)
+#define YIELD_IDLE_NS (10ull * DK_NSEC_PER_USEC)
+
+uint32_t
+dk__shm_mutex_backoffs(void)
+{
+    return watch_memo.backoffs;
+}
+
+int
+dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, int spin,
+                            unsigned flags)
+{
+    if (deadline == 0 || (flags & ~(DK_SHARED | DK_SHM_INTERRUPTIBLE))) {
+        return dk_shm_mutex_lock(m, deadline, spin, flags);
+    }
+    bool shared = (flags & DK_SHARED) != 0;
+    bool interruptible = (flags & DK_SHM_INTERRUPTIBLE) != 0;
+    memo_for(m);
+    bool slept = watch_memo.quick >= BACKOFF_AFTER;
+    if (slept) {
+        watch_memo.quick = 0;
+        watch_memo.backoffs++;
+        /* Give way first: if another thread was waiting for this CPU it
+         * runs now, and leaving the CPU idle on top of that would only
+         * make us preempt someone (perhaps the holder) when we wake. A
+         * yield that comes straight back means this CPU has nothing else
+         * to do: let it idle for a while. */
+        uint64_t t0 = dk__os_monotonic_ns();
+        dk__os_yield();
+        uint64_t t1 = dk__os_monotonic_ns();
+        if (t1 - t0 < YIELD_IDLE_NS) {
+            uint32_t quiet = 0;
+            uint64_t until = t1 + BACKOFF_NS;
+            int rc = dk__os_futex_wait(
+                &quiet, 0, until < deadline ? until : deadline, false);
+            if (rc == -EINTR && interruptible) {
+                return -EINTR;
+            }
+        }
+    }
+    uint32_t s = 0;
+    if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+        took_lock(m);
+        /* Found free after a back-off: that says nothing of the holds. */
+        watch_memo.quick += slept ? 0 : 1;
+        return 0;
+    }
+    watch_memo.quick = 0;
+    return lock_contended(m, deadline, shared, spin, interruptible);
+}
+
+int
+dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
+                  unsigned flags)
+{
+    if (dk_unlikely(flags & ~(DK_SHARED | DK_SHM_INTERRUPTIBLE))) {
+        return -EINVAL;
+    }
+    uint32_t s = 0;
+    if (dk_likely(dk__atomic_cas_acquire(&m->state, &s, 1))) { /* A1 */
+        took_lock(m);
+        return 0;
+    }
+    return lock_contended(m, deadline, (flags & DK_SHARED) != 0, spin,
+                          (flags & DK_SHM_INTERRUPTIBLE) != 0);
 }
 
 int
@@ -411,9 +520,9 @@ dk_shm_mutex_unlock(dk_shm_mutex_t *m, unsigned flags)
      * before we acquired can clear the pid after we wrote it, but never
      * touches the thread id, which only the holder sets and clears. */
     uint32_t tid = dk__atomic_load_relaxed(&m->owner_tid);
-    if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid()
+    if (!force && (tid != 0 ? tid != (uint32_t)dk__os_tid_cached()
                             : dk__atomic_load_relaxed(&m->owner_pid) !=
-                                  (uint32_t)dk__os_pid())) {
+                                  (uint32_t)dk__os_pid_cached())) {
         return -EPERM;
     }
     dk__atomic_store_relaxed(&m->owner_tid, 0);

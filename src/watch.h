@@ -68,6 +68,9 @@ int dk__shm_mutex_lock_step(struct dk_shm_mutex *m, bool check_owner,
  * it adapts to whether watching has been paying off; SPIN_BUDGET_NS
  * before this thread has waited on m). For tests. */
 uint32_t dk__shm_mutex_watch_budget(const struct dk_shm_mutex *m);
+/* Times the calling thread has given way (yielded, perhaps slept) in
+ * dk_shm_mutex_lock_after_try so far. For tests. */
+uint32_t dk__shm_mutex_backoffs(void);
 /* Semaphore: a step that returns -EAGAIN leaves the caller counted in
  * `waiters`; dk__shm_semaphore_unannounce ends that (after each wake-up,
  * and on giving up). */

@@ -297,8 +297,9 @@ def contended_kinds():
 def contended_medians(ctx, kinds, total, work, nprocs=2, runs=5):
     """runs rounds in which each implementation runs once, in turn (the
     machine's load hits all alike): {kind: (median rate, median CPU ns per
-    acquisition, runs that counted)}. A failed run is reported and
-    dropped; three failures end an implementation's turns."""
+    acquisition, runs that counted, runs that failed, slowest rate,
+    fastest rate)}. A failed run is reported and dropped; three failures
+    end an implementation's turns."""
     rates = {k: [] for k in kinds}
     cpus = {k: [] for k in kinds}
     failures = dict.fromkeys(kinds, 0)
@@ -313,7 +314,7 @@ def contended_medians(ctx, kinds, total, work, nprocs=2, runs=5):
             rates[kind].append(r[0])
             cpus[kind].append(r[1])
     return {k: (statistics.median(rates[k]), statistics.median(cpus[k]),
-                len(rates[k]), failures[k])
+                len(rates[k]), failures[k], min(rates[k]), max(rates[k]))
             for k in kinds if rates[k]}
 
 
@@ -322,7 +323,7 @@ def contended():
     200k with a little work (sum(range(30))) inside the lock and as much
     outside it: the median of five alternating runs per implementation,
     as a rate and as CPU time per acquisition (all processes' CPU, over
-    the acquisitions). A failed run is reported; three failures end the
+    the acquisitions), and the slowest and fastest of the five rates. A failed run is reported; three failures end the
     implementation's turn. (fastipc children fail: its release clears the
     owner field after unlocking, erasing the next owner's pid, so that
     owner cannot release and the other child waits forever. docs/sync.md,
@@ -339,10 +340,12 @@ def contended():
                 print(f"{workload}\t{name}\tfailed\tevery run failed or "
                       "hung", flush=True)
                 continue
-            rate, cpu, n, failed = got[kind]
+            rate, cpu, n, failed, slowest, fastest = got[kind]
             label = name if failed == 0 else f"{name} ({n} runs, {failed} failed)"
             emit(workload, label, rate, "acq/s")
             emit(workload + "_cpu", label, cpu, "ns CPU/acq")
+            emit(workload + "_slowest_run", label, slowest, "acq/s")
+            emit(workload + "_fastest_run", label, fastest, "acq/s")
 
 
 if __name__ == "__main__":

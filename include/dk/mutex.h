@@ -98,6 +98,21 @@ DK_EXPORT uint64_t dk_shm_header_last_ns(const void *header);
  */
 DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
                                 unsigned flags) DK_WARN_UNUSED;
+/*
+ * dk_shm_mutex_lock for a caller whose own try (deadline 0) failed just
+ * before, as the Python binding's does (it tries with its interpreter
+ * lock held and blocks only once it has let that go): the same arguments
+ * and results. When such waits keep finding the lock free again at once
+ * (two processes looping around an empty critical section), the caller
+ * gives way before its next try (yields its CPU, and sleeps 50 us without
+ * announcing itself if nothing else wanted that CPU), so that the holder
+ * runs alone for a while: handing the lock over on every acquisition
+ * costs more CPU than the lock itself. A wait that finds it still held
+ * (work inside the lock) stops that. See src/mutex.c.
+ */
+DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
+                                          int spin,
+                                          unsigned flags) DK_WARN_UNUSED;
 /* Unlock and wake one sleeper if any announced itself. flags: DK_SHARED,
  * DK_SHM_FORCE. Returns 0, -EPERM when the calling thread does not hold
  * it (another thread of the holder's process included; a holder that

@@ -52,9 +52,9 @@ static int
 mutex_lock_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_shm_mutex_lock(w->self->addr, deadline, w->spin,
-                             (w->self->shared ? DK_SHARED : 0) |
-                                 DK_SHM_INTERRUPTIBLE);
+    return dk_shm_mutex_lock_after_try(w->self->addr, deadline, w->spin,
+                                       (w->self->shared ? DK_SHARED : 0) |
+                                           DK_SHM_INTERRUPTIBLE);
 }
 
 static int

@@ -330,6 +330,118 @@ DK_TEST(sync_mutex_watch_budget_adapts)
     pthread_join(t, NULL);
 }
 
+/* The back-off after a failed try (src/mutex.c, "Back-off after a failed
+ * try"): a caller whose tries keep failing while the lock is free again
+ * as soon as it comes back (a holder looping around an empty critical
+ * section) gives way once every 8 such waits (a yield, and a sleep when
+ * the CPU had nothing else to run: that part depends on the machine's
+ * load and is not checked); one wait that finds the lock still held
+ * starts the count again. A helper thread holds and releases
+ * on command, so each wait is quick or slow by construction. */
+struct commanded {
+    dk_shm_mutex_t m;
+    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock after 100 ms, 4 stop */
+};
+
+static void *
+obey(void *arg)
+{
+    struct commanded *c = arg;
+    for (;;) {
+        int cmd;
+        while ((cmd = __atomic_load_n(&c->cmd, __ATOMIC_ACQUIRE)) == 0) {
+            dk_cpu_relax();
+        }
+        if (cmd == 4) {
+            return NULL;
+        }
+        if (cmd == 1) {
+            CHECK_EQ(
+                dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, 0, 0), 0);
+        } else {
+            __atomic_store_n(&c->cmd, 0, __ATOMIC_RELEASE);
+            if (cmd == 3) {
+                sleep_ms(100);
+            }
+            CHECK_EQ(dk_shm_mutex_unlock(&c->m, 0), 0);
+            continue;
+        }
+        __atomic_store_n(&c->cmd, 0, __ATOMIC_RELEASE);
+    }
+}
+
+static void
+command(struct commanded *c, int cmd)
+{
+    __atomic_store_n(&c->cmd, cmd, __ATOMIC_RELEASE);
+    while (__atomic_load_n(&c->cmd, __ATOMIC_ACQUIRE) != 0) {
+        dk_cpu_relax();
+    }
+}
+
+/* One failed try, then dk_shm_mutex_lock_after_try: quick when the helper
+ * has let go by then, slow when it lets go 100 ms later. */
+static void
+wait_after_try(struct commanded *c, bool quick)
+{
+    command(c, 1);
+    CHECK_EQ(dk_shm_mutex_lock(&c->m, 0, 0, 0), -ETIMEDOUT);
+    if (quick) {
+        command(c, 2);
+        while (__atomic_load_n(&c->m.state, __ATOMIC_ACQUIRE) != 0) {
+            dk_cpu_relax();
+        }
+    } else {
+        command(c, 3);
+    }
+    CHECK_EQ(
+        dk_shm_mutex_lock_after_try(&c->m, in_ms(10000), 16, 0), 0);
+    CHECK_EQ(dk_shm_mutex_unlock(&c->m, 0), 0);
+}
+
+DK_TEST(sync_mutex_backs_off_after_quick_waits)
+{
+    static struct commanded c;
+    CHECK_EQ(dk_shm_mutex_init(&c.m), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, obey, &c);
+    uint32_t before = dk__shm_mutex_backoffs();
+    /* Seven quick waits, a slow one, seven quick ones: never eight quick
+     * waits in a row, so no back-off. */
+    for (int i = 0; i < 15; i++) {
+        wait_after_try(&c, i != 7);
+    }
+    CHECK_EQ(dk__shm_mutex_backoffs(), before);
+    /* The eighth quick wait in a row; the next wait backs off first. */
+    wait_after_try(&c, true);
+    CHECK_EQ(dk__shm_mutex_backoffs(), before);
+    wait_after_try(&c, true);
+    CHECK_EQ(dk__shm_mutex_backoffs(), before + 1);
+    /* The count starts again after a back-off. */
+    for (int i = 0; i < 8; i++) {
+        wait_after_try(&c, true);
+    }
+    CHECK_EQ(dk__shm_mutex_backoffs(), before + 1);
+    wait_after_try(&c, true);
+    CHECK_EQ(dk__shm_mutex_backoffs(), before + 2);
+    /* A try (deadline 0) never sleeps, and a plain blocking lock keeps no
+     * count. */
+    for (int i = 0; i < 20; i++) {
+        command(&c, 1);
+        CHECK_EQ(dk_shm_mutex_lock_after_try(&c.m, 0, 0, 0),
+                 -ETIMEDOUT);
+        command(&c, 2);
+        while (__atomic_load_n(&c.m.state, __ATOMIC_ACQUIRE) != 0) {
+            dk_cpu_relax();
+        }
+        CHECK_EQ(dk_shm_mutex_lock(&c.m, in_ms(10000), 16, 0), 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&c.m, 0), 0);
+    }
+    CHECK_EQ(dk__shm_mutex_backoffs(), before + 2);
+    __atomic_store_n(&c.cmd, 4, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+}
+
 /* ---- counting under the mutex --------------------------------------- */
 
 struct counted {

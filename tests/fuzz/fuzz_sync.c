@@ -108,9 +108,13 @@ mutex_ops(struct obj *o, fuzz_in_t *in)
         case 0: {
             uint64_t deadline = pick_deadline(in);
             uint8_t a = fuzz_u8(in);
-            int rc = dk_shm_mutex_lock(m, deadline, a % 4,
-                                       (a & 1 ? DK_SHARED : 0) |
-                                           (a & 2 ? DK_SHM_INTERRUPTIBLE : 0));
+            /* After a failed try (the Python binding's blocking path)
+             * or plain: the same results either way. */
+            unsigned flags = (a & 1 ? DK_SHARED : 0) |
+                             (a & 2 ? DK_SHM_INTERRUPTIBLE : 0);
+            int rc = (a & 4) ? dk_shm_mutex_lock_after_try(m, deadline, a % 4,
+                                                           flags)
+                             : dk_shm_mutex_lock(m, deadline, a % 4, flags);
             switch (rc) {
             case 0:
             case 1:

@@ -59,14 +59,6 @@ dk__os_realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t
-dk__os_realtime_coarse_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int
 dk__os_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline,
                   bool shared)
@@ -130,16 +122,16 @@ dk__os_ncpu(void)
     return n > 0 ? (int)n : 1;
 }
 
-static __thread int cached_tid;
+__thread int dk__os_tid_cache;
 
 int
 dk__os_tid(void)
 {
-    if (cached_tid == 0) {
+    if (dk__os_tid_cache == 0) {
         (void)dk__os_pid(); /* registers the fork handler */
-        cached_tid = (int)syscall(SYS_gettid);
+        dk__os_tid_cache = (int)syscall(SYS_gettid);
     }
-    return cached_tid;
+    return dk__os_tid_cache;
 }
 
 struct thread_start {
@@ -153,7 +145,7 @@ thread_trampoline(void *p)
 {
     struct thread_start st = *(struct thread_start *)p;
     free(p);
-    cached_tid = 0;
+    dk__os_tid_cache = 0;
     if (st.name[0] != '\0') {
         prctl(PR_SET_NAME, st.name, 0, 0, 0);
     }
@@ -384,14 +376,14 @@ dk__os_poll_readable(int fd, uint64_t deadline)
     return 0;
 }
 
-static int cached_pid;
+int dk__os_pid_cache;
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
 void
 dk__os_fork_child(void)
 {
-    cached_tid = 0;
-    __atomic_store_n(&cached_pid, 0, __ATOMIC_RELAXED);
+    dk__os_tid_cache = 0;
+    __atomic_store_n(&dk__os_pid_cache, 0, __ATOMIC_RELAXED);
 }
 
 static void
@@ -405,11 +397,11 @@ pid_cache_init(void)
 int
 dk__os_pid(void)
 {
-    int pid = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+    int pid = __atomic_load_n(&dk__os_pid_cache, __ATOMIC_RELAXED);
     if (pid == 0) {
         pthread_once(&pid_once, pid_cache_init);
         pid = (int)getpid();
-        __atomic_store_n(&cached_pid, pid, __ATOMIC_RELAXED);
+        __atomic_store_n(&dk__os_pid_cache, pid, __ATOMIC_RELAXED);
     }
     return pid;
 }

@@ -20,7 +20,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
+#include "atomic.h"
 #include "dk/base.h"
 
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. Both use the vDSO: no syscall. */
@@ -30,8 +32,15 @@ uint64_t dk__os_monotonic_ns(void);
 void dk__os_yield(void);
 uint64_t dk__os_realtime_ns(void);
 /* CLOCK_REALTIME_COARSE: the time at the last kernel tick (1-4 ms old at
- * most), read from the vDSO without touching the clock hardware. */
-uint64_t dk__os_realtime_coarse_ns(void);
+ * most), read from the vDSO without touching the clock hardware. Inline:
+ * the shared-memory mutex stamps every acquisition with it. */
+static inline uint64_t
+dk__os_realtime_coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /*
  * Sleep while *word == expected, until woken or deadline (absolute
@@ -115,6 +124,26 @@ void dk__os_fork_child(void);
 
 /* The process id, cached (no syscall); refreshed by dk__os_fork_child. */
 int dk__os_pid(void);
+
+/* The caches behind dk__os_pid and dk__os_tid (0: not filled in yet), for
+ * fast paths that read them inline: dk__os_pid_cached and
+ * dk__os_tid_cached fall back on the functions to fill them. */
+extern int dk__os_pid_cache;
+extern __thread int dk__os_tid_cache;
+
+static inline int
+dk__os_pid_cached(void)
+{
+    int pid = dk__atomic_load_relaxed(&dk__os_pid_cache);
+    return dk_likely(pid != 0) ? pid : dk__os_pid();
+}
+
+static inline int
+dk__os_tid_cached(void)
+{
+    int tid = dk__os_tid_cache;
+    return dk_likely(tid != 0) ? tid : dk__os_tid();
+}
 
 /* pidfd_open: an fd readable once the process exits. Returns the fd or
  * -ESRCH (no such process), -EINVAL, -EMFILE, -ENOSYS. */

@@ -126,7 +126,12 @@ mutex_worker(struct worker *w)
                 atomic_fetch_add(&R->lock_tries_missed, 1);
             }
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT && mode == 0) {
+            /* After a failed try, as the Python binding blocks (it may
+             * back off first: src/mutex.c). */
+            rc = dk_shm_mutex_lock_after_try(&R->mutex, dk_now() + WAIT_NS,
+                                             spin, DK_SHARED);
+        } else if (rc == -ETIMEDOUT) {
             rc = dk_shm_mutex_lock(&R->mutex, dk_now() + WAIT_NS, spin,
                                    DK_SHARED);
         }
