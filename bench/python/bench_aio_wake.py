@@ -4,8 +4,10 @@ coroutine awaiting it with dispatchkit.asyncio.wait resumes. Peers: the
 same signal as a byte through a pipe watched with loop.add_reader, and a
 multiprocessing.Event awaited with asyncio.to_thread(event.wait).
 
-Latency = CLOCK_MONOTONIC when the coroutine resumes minus the one the
-other process read just before signalling (the clock is system-wide).
+Latency = CLOCK_MONOTONIC when the coroutine awaiting the signal resumes
+(each case awaits in a task of its own, stamping on resumption) minus the
+one the other process read just before signalling (the clock is
+system-wide).
 Each round the other process waits to be told the coroutine is waiting,
 sleeps 0.3 ms so the loop is really asleep, then signals.
 
@@ -67,24 +69,30 @@ async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
         if pipe_fut is not None and not pipe_fut.done():
             pipe_fut.set_result(None)
 
+    async def waiter(awaitable):
+        # The coroutine that awaits the signal stamps when it resumes.
+        await awaitable
+        return time.monotonic_ns()
+
     if kind == "pipe":
         loop.add_reader(rfd, on_pipe)
     for _ in range(ROUNDS):
         if kind == "event":
             ev.clear()
-            t = asyncio.ensure_future(dkio.wait(ev))
+            aw = dkio.wait(ev)
         elif kind == "sem":
-            t = asyncio.ensure_future(dkio.wait(sem))
+            aw = dkio.wait(sem)
         elif kind == "pipe":
             pipe_fut = loop.create_future()
-            t = pipe_fut
+            aw = pipe_fut
         else:
             mp_ev.clear()
-            t = asyncio.ensure_future(asyncio.to_thread(mp_ev.wait))
+            aw = asyncio.to_thread(mp_ev.wait)
+        t = asyncio.ensure_future(waiter(aw))
         await asyncio.sleep(0)
         ready.post(1)
-        await t
-        lat.append((time.monotonic_ns() - shm[0]) / 1000)
+        resumed = await t
+        lat.append((resumed - shm[0]) / 1000)
     if kind == "pipe":
         loop.remove_reader(rfd)
     return lat

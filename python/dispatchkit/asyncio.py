@@ -224,7 +224,10 @@ async def wait(obj: Any, timeout: Optional[float] = None) -> bool:
                 until = end if until < 0 else min(until, end)
             if waiter.step(fut, until, check_owner) >= 0:
                 return True
-            if await fut:
+            fired = await fut
+            if fired == 2:  # an event, seen set as the wait fired
+                return True
+            if fired:
                 check_owner = False
                 continue
             if deadline >= 0 and _time.monotonic_ns() >= deadline:

@@ -62,6 +62,7 @@
 #include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
+#include "os/linux/uring.h"
 #include "python/futures.h"
 #include "python/gil.h"
 #include "watch.h"
@@ -201,11 +202,21 @@ struct WakerObject {
     /* Fired waits, pushed by the watcher thread without the GIL. */
     pthread_mutex_t fired_lock;
     struct WaitObject *fired;
+    /* The loop's io_uring for futex waits (watch.h's ring watches), opened
+     * on the first wait; NULL: the watcher thread serves this loop. Its
+     * waits in flight are listed (the GIL) so that the collector sees
+     * them and a cleared waker can drop them. */
+    dk__os_uring_t *ring;
+    int ring_state; /* 0: not tried yet, 1: open, -1: none */
+    int ring_pid;   /* the process that opened it (none in a fork child) */
+    struct WaitObject *ring_waits;
     PyObject *weakreflist;
 };
 
 static long drain_fired(WakerObject *w);
 static void clear_fired(WakerObject *w);
+static long ring_reap(WakerObject *k);
+static void ring_clear(WakerObject *k);
 
 static void run_item(void *ctx);
 
@@ -1021,6 +1032,7 @@ Waker_clear(WakerObject *self)
         it = next;
     }
     clear_fired(self);
+    ring_clear(self);
     return 0;
 }
 
@@ -1086,10 +1098,20 @@ Waker_drain(WakerObject *self, PyObject *unused)
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
     n += drain_fired(self);
+    n += ring_reap(self);
     if (PyErr_Occurred()) {
         return NULL;
     }
     return PyLong_FromLong(n);
+}
+
+static dk__os_uring_t *waker_ring(WakerObject *k);
+
+static PyObject *
+Waker_uses_ring(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(waker_ring(self) != NULL);
 }
 
 /* spin(future): called by the loop's thread as it starts to await
@@ -1311,6 +1333,10 @@ static PyMethodDef Waker_methods[] = {
      "spin($self, future, /)\n--\n\n"
      "Before awaiting future: wait briefly (bounded) for finished items,\n"
      "with the GIL released; resolve them. True when future is done."},
+    {"uses_ring", (PyCFunction)Waker_uses_ring, METH_NOARGS,
+     "uses_ring($self, /)\n--\n\n"
+     "True when this loop's waits are io_uring futex waits (opening the\n"
+     "ring if not done yet); False: the watcher thread serves them."},
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
@@ -1383,6 +1409,8 @@ typedef struct WaitObject {
     bool registered;
     bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
     bool watched;   /* registered at least once (wakes to pass on) */
+    bool on_ring;   /* the registration is a futex wait on waker->ring */
+    struct WaitObject *ring_prev, *ring_next; /* in waker->ring_waits */
     uint64_t size;  /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
@@ -1427,6 +1455,26 @@ take_fired(WakerObject *k)
     return rev;
 }
 
+/* What a fired wait's future resolves to: False when its deadline
+ * passed, else True (look again), or 2 for an event seen set here, which
+ * ends the wait without another step (nothing is taken: an event's wait
+ * only looks). Borrowed. */
+static PyObject *
+fired_result(WaitObject *w, int rc)
+{
+    static PyObject *two;
+    if (rc != 0) {
+        return Py_False;
+    }
+    if (w->kind == K_EVENT && dk_shm_event_is_set(w->addr)) {
+        if (two == NULL) {
+            two = PyLong_FromLong(2); /* small int: cannot fail */
+        }
+        return two;
+    }
+    return Py_True;
+}
+
 /* The loop's side (GIL held): resolve each fired wait's future. */
 static long
 drain_fired(WakerObject *k)
@@ -1445,7 +1493,7 @@ drain_fired(WakerObject *k)
             Py_XDECREF(c);
             if (done == 0) {
                 PyObject *r = PyObject_CallMethodOneArg(
-                    fut, s_set_result, w->fired_rc == 0 ? Py_True : Py_False);
+                    fut, s_set_result, fired_result(w, w->fired_rc));
                 Py_XDECREF(r);
             }
             if (PyErr_Occurred()) {
@@ -1474,6 +1522,148 @@ clear_fired(WakerObject *k)
     }
 }
 
+/* ---- ring watches: futex waits completed by the kernel ----------------
+ *
+ * Where io_uring's futex wait is available (Linux 6.7+), a loop's waits
+ * do not go through the watcher thread: step() submits an
+ * IORING_OP_FUTEX_WAIT (with a linked timeout for its deadline) to the
+ * loop's own ring, whose completions signal the waker's eventfd. The
+ * other side's futex wake then completes the wait in the kernel and
+ * wakes the loop directly: one hop, as for a pipe the loop watches.
+ *
+ * The ring is used only with the GIL held, from the loop's thread (a
+ * finalizer elsewhere may submit a cancel: also under the GIL). A wait
+ * in flight holds a reference to its WaitObject, whose address is the
+ * request's user_data, and is listed in waker->ring_waits until its one
+ * completion is reaped. No wake-up is lost between the loop's reap and
+ * its sleep, because the kernel signals the eventfd after it publishes
+ * each completion:
+ *
+ *   kernel (on the loop's thread)        loop (Waker_drain, GIL)
+ *   write cqe; cq.tail++ (release)       drain the eventfd            (C)
+ *   signal the eventfd              (E)  read cq.tail (acquire); reap
+ *
+ * A completion the reap does not see was published after the reap read
+ * cq.tail, so after (C), and its (E) makes the eventfd readable again.
+ *
+ * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
+ * which takes it off the futex before io_uring_enter returns:
+ *
+ *   loop (abandon)                       other process (post)
+ *   cancel: off the futex            (X) count += 1; waiters? wake 1 (W)
+ *   unannounce; wake 1 on the word   (P)
+ *
+ * If (W) came before (X), the wake-up went to our request (which then
+ * completes with 0, its future already dropped) and (P) passes it on; if
+ * (X) came first, (W) wakes another waiter and (P) is spurious at worst:
+ * the watcher's rule. The completion still arrives and drops the
+ * request's reference; until then the wait counts as registered. */
+
+static void
+ring_link(WakerObject *k, WaitObject *w)
+{
+    w->ring_prev = NULL;
+    w->ring_next = k->ring_waits;
+    if (k->ring_waits != NULL) {
+        k->ring_waits->ring_prev = w;
+    }
+    k->ring_waits = w;
+}
+
+static void
+ring_unlink(WakerObject *k, WaitObject *w)
+{
+    if (w->ring_prev != NULL) {
+        w->ring_prev->ring_next = w->ring_next;
+    } else {
+        k->ring_waits = w->ring_next;
+    }
+    if (w->ring_next != NULL) {
+        w->ring_next->ring_prev = w->ring_prev;
+    }
+    w->ring_prev = w->ring_next = NULL;
+}
+
+/* The loop's ring, opened on first use; NULL when the watcher serves the
+ * loop (no io_uring here, or a fork child of the ring's process). */
+static dk__os_uring_t *
+waker_ring(WakerObject *k)
+{
+    if (k->ring_state == 0) {
+        k->ring_state = dk__watch_ring_open(k->fd, &k->ring) == 0 ? 1 : -1;
+        k->ring_pid = dk__os_pid();
+    }
+    if (k->ring_state != 1 || k->ring_pid != dk__os_pid()) {
+        return NULL; /* the parent's ring is not ours to submit to */
+    }
+    return k->ring;
+}
+
+/* Resolve the future of every completed ring wait (GIL, loop's thread):
+ * True (look again) when woken or the word had changed, False when its
+ * deadline passed. A wait given up has no future left. */
+static long
+ring_reap(WakerObject *k)
+{
+    if (k->ring == NULL || k->ring_pid != dk__os_pid()) {
+        return 0;
+    }
+    long total = 0;
+    struct dk__os_uring_cqe done[32];
+    int n;
+    /* A batch is copied out of the ring before any Python code runs (a
+     * finalizer may cancel another wait meanwhile). */
+    while (k->ring != NULL && (n = dk__os_uring_reap(k->ring, done, 32)) > 0) {
+        for (int i = 0; i < n; i++) {
+            WaitObject *w = (WaitObject *)(uintptr_t)done[i].user_data;
+            ring_unlink(k, w);
+            w->on_ring = false;
+            w->registered = false;
+            PyObject *fut = w->fut;
+            w->fut = NULL;
+            if (fut != NULL) {
+                PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+                int isdone = c == NULL ? -1 : PyObject_IsTrue(c);
+                Py_XDECREF(c);
+                if (isdone == 0) {
+                    PyObject *r = PyObject_CallMethodOneArg(
+                        fut, s_set_result,
+                        fired_result(w, done[i].res == -ECANCELED ? -ETIMEDOUT
+                                                                   : 0));
+                    Py_XDECREF(r);
+                }
+                if (PyErr_Occurred()) {
+                    PyErr_WriteUnraisable(fut);
+                }
+                Py_DECREF(fut);
+            }
+            Py_DECREF((PyObject *)w); /* the request's reference */
+        }
+        total += n;
+    }
+    return total;
+}
+
+/* Close the ring (the kernel cancels what is pending and completes
+ * nothing into our memory afterwards) and drop the waits in flight. */
+static void
+ring_clear(WakerObject *k)
+{
+    if (k->ring_state == 1) {
+        dk__os_uring_close(k->ring);
+        k->ring = NULL;
+        k->ring_state = -1;
+    }
+    while (k->ring_waits != NULL) {
+        WaitObject *w = k->ring_waits;
+        ring_unlink(k, w);
+        w->on_ring = false;
+        w->registered = false;
+        Py_CLEAR(w->fut);
+        Py_DECREF((PyObject *)w);
+    }
+}
+
 static int
 Waker_traverse(WakerObject *self, visitproc visit, void *arg)
 {
@@ -1489,6 +1679,10 @@ Waker_traverse(WakerObject *self, visitproc visit, void *arg)
         rc = visit((PyObject *)w, arg);
     }
     pthread_mutex_unlock(&self->fired_lock);
+    for (WaitObject *w = self->ring_waits; w != NULL && rc == 0;
+         w = w->ring_next) {
+        rc = visit((PyObject *)w, arg);
+    }
     return rc;
 }
 
@@ -1698,6 +1892,22 @@ Wait_step(WaitObject *self, PyObject *args)
     Py_INCREF(self); /* the registration's reference */
     self->registered = true;
     self->watched = true;
+    dk__os_uring_t *ring = waker_ring(self->waker);
+    if (ring != NULL &&
+        dk__os_uring_futex_wait(ring, word, busy, self->shared,
+                                self->watch.deadline,
+                                (uint64_t)(uintptr_t)self) == 0) {
+        self->on_ring = true;
+        ring_link(self->waker, self);
+        /* A word that changed meanwhile completed the wait at once:
+         * resolve it now rather than on the loop's next turn. */
+        (void)ring_reap(self->waker);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyLong_FromLong(rc);
+    }
+    /* No ring, or it refused the request (out of memory): the watcher. */
     int arc = dk__watch_add(&self->watch);
     if (arc < 0) {
         self->registered = false;
@@ -1713,7 +1923,16 @@ static PyObject *
 Wait_abandon(WaitObject *self, PyObject *unused)
 {
     (void)unused;
-    if (self->registered && dk__watch_cancel(&self->watch)) {
+    if (self->registered && self->on_ring) {
+        /* Off the futex now (X); the completion, reaped later, drops
+         * the request's reference. In a fork child the parent's ring is
+         * not ours: nothing to cancel there. */
+        Py_CLEAR(self->fut);
+        dk__os_uring_t *ring = waker_ring(self->waker);
+        if (ring != NULL) {
+            (void)dk__os_uring_cancel(ring, (uint64_t)(uintptr_t)self);
+        }
+    } else if (self->registered && dk__watch_cancel(&self->watch)) {
         self->registered = false;
         Py_CLEAR(self->fut);
         Py_DECREF(self); /* the registration's; the caller holds one */
