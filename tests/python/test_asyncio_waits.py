@@ -411,6 +411,26 @@ def test_many_distinct_words(run):
     assert all(run(main()))
 
 
+def test_more_completions_than_the_ring_holds(run, mem):
+    # 1,500 waits with deadlines complete at once: two completions each
+    # (the wait and its linked timeout), more than the loop's ring has
+    # room for; the kernel holds the rest until they are reaped, and no
+    # wait is lost.
+    ev = sync.Event(mem[:4])
+    s = sync.Semaphore(mem[64:128], initial=0)
+
+    async def main():
+        ts = [asyncio.ensure_future(dkio.wait(ev, 20)) for _ in range(1500)]
+        us = [asyncio.ensure_future(dkio.wait(s, 20)) for _ in range(500)]
+        await asyncio.sleep(0.1)
+        ev.set()
+        s.post(500)
+        return await asyncio.gather(*ts, *us)
+
+    assert all(run(main()))
+    assert s.value() == 0
+
+
 def test_waiting_loop_does_not_spin(run, mem):
     ev = sync.Event(mem[:4])
 
