@@ -1439,9 +1439,8 @@ aio_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     if (nargs < 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "run() takes a queue and a callable: "
-                        "run(queue, fn, /, *args, **kwargs)");
+        PyErr_SetString(PyExc_TypeError, "run() takes a queue and a callable: "
+                                         "run(queue, fn, /, *args, **kwargs)");
         return NULL;
     }
     PyObject *loop = PyObject_CallNoArgs(aio_get_loop);
@@ -1604,7 +1603,7 @@ typedef struct WaitObject {
     bool watched;   /* registered at least once (wakes to pass on) */
     bool on_ring;   /* the registration is a futex wait on waker->ring */
     struct WaitObject *ring_prev, *ring_next; /* in waker->ring_waits */
-    uint64_t size;  /* K_ZBWRITE: the frame size to find room for */
+    uint64_t size; /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
 
@@ -1822,7 +1821,7 @@ ring_reap(WakerObject *k)
                     PyObject *r = PyObject_CallMethodOneArg(
                         fut, s_set_result,
                         fired_result(w, done[i].res == -ECANCELED ? -ETIMEDOUT
-                                                                   : 0));
+                                                                  : 0));
                     Py_XDECREF(r);
                 }
                 if (PyErr_Occurred()) {
@@ -2236,8 +2235,9 @@ dkpy_futures_exec(PyObject *m)
     }
     wait_type = (PyTypeObject *)t;
     PyObject *modname = PyUnicode_FromString("dispatchkit.asyncio");
-    PyObject *run =
-        modname == NULL ? NULL : PyCFunction_NewEx(&aio_run_def, NULL, modname);
+    PyObject *run = modname == NULL
+                        ? NULL
+                        : PyCFunction_NewEx(&aio_run_def, NULL, modname);
     Py_XDECREF(modname);
     if (run == NULL || PyModule_AddObject(m, "_aio_run", run) < 0) {
         Py_XDECREF(run);

@@ -14,9 +14,9 @@
 #include "watch.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/wait.h>
@@ -315,9 +315,9 @@ DK_TEST(watch_ring_futex_waits)
     CHECK_EQ(rc, 0);
     /* Woken from another thread; the wake signals the eventfd. */
     ring_word = 0;
-    CHECK_EQ(dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER,
-                                     7),
-             0);
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER, 7),
+        0);
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, ring_waker, NULL), 0);
     struct dk__os_uring_cqe c = ring_next(r, efd);
@@ -325,9 +325,9 @@ DK_TEST(watch_ring_futex_waits)
     CHECK_EQ(c.user_data, 7);
     CHECK_EQ(c.res, 0);
     /* A word that differs completes at once. */
-    CHECK_EQ(dk__os_uring_futex_wait(r, &ring_word, 0, true, DK_TIME_FOREVER,
-                                     8),
-             0);
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, true, DK_TIME_FOREVER, 8),
+        0);
     c = ring_next(r, efd);
     CHECK_EQ(c.user_data, 8);
     CHECK_EQ(c.res, -EAGAIN);
@@ -335,18 +335,18 @@ DK_TEST(watch_ring_futex_waits)
      * reap skips). */
     ring_word = 0;
     uint64_t t0 = dk__os_monotonic_ns();
-    CHECK_EQ(dk__os_uring_futex_wait(r, &ring_word, 0, false,
-                                     t0 + 30000000ull, 9),
-             0);
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, t0 + 30000000ull, 9),
+        0);
     c = ring_next(r, efd);
     CHECK_EQ(c.user_data, 9);
     CHECK_EQ(c.res, -ECANCELED);
     CHECK(dk__os_monotonic_ns() >= t0 + 30000000ull);
     /* Cancelled: off the futex at once, so one wake reaches a thread
      * that waits behind it (the abandoning waiter's rule). */
-    CHECK_EQ(dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER,
-                                     10),
-             0);
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER, 10),
+        0);
     CHECK_EQ(pthread_create(&t, NULL, ring_blocked_waiter, NULL), 0);
     usleep(50000); /* the thread sleeps behind our request */
     CHECK_EQ(dk__os_uring_cancel(r, 10), 0);
@@ -377,9 +377,9 @@ DK_TEST(watch_ring_futex_waits)
     }
     CHECK_EQ(seen, ~0ull);
     /* Closing with a wait pending cancels it; nothing touches us after. */
-    CHECK_EQ(dk__os_uring_futex_wait(r, &ring_word, 1, false, DK_TIME_FOREVER,
-                                     11),
-             0);
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 1, false, DK_TIME_FOREVER, 11),
+        0);
     dk__os_uring_close(r);
     close(efd);
 }

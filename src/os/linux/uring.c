@@ -100,8 +100,8 @@ static int
 enter(int fd, unsigned submit, unsigned min_complete, unsigned flags)
 {
     for (;;) {
-        long rc = syscall(__NR_io_uring_enter, fd, submit, min_complete,
-                          flags, NULL, 0);
+        long rc = syscall(__NR_io_uring_enter, fd, submit, min_complete, flags,
+                          NULL, 0);
         if (rc >= 0) {
             return (int)rc;
         }
@@ -230,8 +230,8 @@ dk__os_uring_reap(dk__os_uring_t *r, struct dk__os_uring_cqe *out, int max)
 static bool
 has_futex_wait(int fd)
 {
-    size_t len = sizeof(struct io_uring_probe) +
-                 256 * sizeof(struct io_uring_probe_op);
+    size_t len =
+        sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
     struct io_uring_probe *p = calloc(1, len);
     if (p == NULL) {
         return false;
@@ -249,8 +249,7 @@ static bool
 self_test(dk__os_uring_t *r)
 {
     uint32_t word = 1;
-    if (dk__os_uring_futex_wait(r, &word, 0, false, DK_TIME_FOREVER, 1) <
-        0) {
+    if (dk__os_uring_futex_wait(r, &word, 0, false, DK_TIME_FOREVER, 1) < 0) {
         return false;
     }
     struct dk__os_uring_cqe c;

@@ -38,8 +38,8 @@ void dk__os_uring_close(dk__os_uring_t *r);
  * cancelled. Returns 0 or -errno (nothing started).
  */
 int dk__os_uring_futex_wait(dk__os_uring_t *r, uint32_t *word,
-                            uint32_t expected, bool shared,
-                            uint64_t deadline, uint64_t user_data);
+                            uint32_t expected, bool shared, uint64_t deadline,
+                            uint64_t user_data);
 /* Cancel the wait started with user_data. Synchronous: when this returns
  * the wait is off the futex (a later wake goes to another waiter) and
  * completes with -ECANCELED, or it had completed already. 0 or -errno. */
