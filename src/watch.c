@@ -28,6 +28,7 @@
 
 #include "atomic.h"
 #include "os/linux/os.h"
+#include "os/linux/uring.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -354,4 +355,24 @@ dk__watch_cancel(dk__watch_t *w)
         poke(s, word, shared);
     }
     return was;
+}
+
+/* ---- ring watches ------------------------------------------------------ */
+
+/* 1 once a ring could not be opened for want of support: later loops go
+ * straight to the watcher instead of asking the kernel again. */
+static int ring_unsupported;
+
+int
+dk__watch_ring_open(int eventfd, struct dk__os_uring **out)
+{
+    if (getenv("DK_NO_IO_URING") != NULL ||
+        dk__atomic_load_relaxed(&ring_unsupported)) {
+        return -ENOSYS;
+    }
+    int rc = dk__os_uring_open(eventfd, out);
+    if (rc == -ENOSYS) {
+        dk__atomic_store_relaxed(&ring_unsupported, 1);
+    }
+    return rc;
 }

@@ -45,6 +45,19 @@ bool dk__watch_cancel(dk__watch_t *w);
 bool dk__watch_uses_waitv(void);
 
 /*
+ * Ring watches: the watcher's job done by the kernel. With io_uring's
+ * futex wait (Linux 6.7+) a wait completes into a ring whose completions
+ * signal an event loop's own eventfd, so a futex wake from any thread or
+ * process reaches the loop with no watcher thread in between (see
+ * src/os/linux/uring.h for the calls and python/futures.c for their use).
+ * Opens a ring signalling `eventfd`; -ENOSYS when io_uring or its futex
+ * wait is unavailable here (or DK_NO_IO_URING is set, the tests' way to
+ * exercise the watcher), and then the caller uses dk__watch_add.
+ */
+struct dk__os_uring;
+int dk__watch_ring_open(int eventfd, struct dk__os_uring **out);
+
+/*
  * Non-blocking steps of the primitives' wait protocols, for a waiter that
  * sleeps through the watcher instead of in the kernel. Each returns 0 when
  * the wait is over (the unit, the lock or the event is the caller's),

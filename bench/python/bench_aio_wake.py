@@ -4,10 +4,16 @@ coroutine awaiting it with dispatchkit.asyncio.wait resumes. Peers: the
 same signal as a byte through a pipe watched with loop.add_reader, and a
 multiprocessing.Event awaited with asyncio.to_thread(event.wait).
 
-Latency = CLOCK_MONOTONIC when the coroutine resumes minus the one the
-other process read just before signalling (the clock is system-wide).
+Latency = CLOCK_MONOTONIC when the coroutine awaiting the signal resumes
+(each case awaits in a task of its own, stamping on resumption) minus the
+one the other process read just before signalling (the clock is
+system-wide).
 Each round the other process waits to be told the coroutine is waiting,
 sleeps 0.3 ms so the loop is really asleep, then signals.
+
+Our waits sleep in the loop's own io_uring where the kernel has futex
+waits on it (6.7+); the row "(watcher thread)" is the fallback for older
+kernels, measured in the same run.
 
 Prints `workload<TAB>impl<TAB>value<TAB>unit` lines (p50 and p99, us).
 """
@@ -67,30 +73,36 @@ async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
         if pipe_fut is not None and not pipe_fut.done():
             pipe_fut.set_result(None)
 
+    async def waiter(awaitable):
+        # The coroutine that awaits the signal stamps when it resumes.
+        await awaitable
+        return time.monotonic_ns()
+
     if kind == "pipe":
         loop.add_reader(rfd, on_pipe)
     for _ in range(ROUNDS):
         if kind == "event":
             ev.clear()
-            t = asyncio.ensure_future(dkio.wait(ev))
+            aw = dkio.wait(ev)
         elif kind == "sem":
-            t = asyncio.ensure_future(dkio.wait(sem))
+            aw = dkio.wait(sem)
         elif kind == "pipe":
             pipe_fut = loop.create_future()
-            t = pipe_fut
+            aw = pipe_fut
         else:
             mp_ev.clear()
-            t = asyncio.ensure_future(asyncio.to_thread(mp_ev.wait))
+            aw = asyncio.to_thread(mp_ev.wait)
+        t = asyncio.ensure_future(waiter(aw))
         await asyncio.sleep(0)
         ready.post(1)
-        await t
-        lat.append((time.monotonic_ns() - shm[0]) / 1000)
+        resumed = await t
+        lat.append((resumed - shm[0]) / 1000)
     if kind == "pipe":
         loop.remove_reader(rfd)
     return lat
 
 
-def run_one(kind, new_loop):
+def run_one(kind, new_loop, watcher=False):
     ready_name = NAME + "r" + kind
     ready = sync.NamedSemaphore(ready_name, initial=0)
     ev = sync.NamedEvent(NAME)
@@ -105,7 +117,13 @@ def run_one(kind, new_loop):
                     args=(kind, ready_name, stamp_name, wfd, (mp_ev, shm)))
     p.start()
     loop = new_loop()
+    if watcher:
+        # The fallback (kernels before 6.7): the futex watcher thread.
+        os.environ["DK_NO_IO_URING"] = "1"
     try:
+        uses_ring = loop.run_until_complete(_uses_ring())
+        os.environ.pop("DK_NO_IO_URING", None)
+        assert uses_ring is not watcher or not _RING, uses_ring
         lat = loop.run_until_complete(
             measure(kind, ready, shm, rfd, mp_ev, ev, sem))
     finally:
@@ -119,6 +137,13 @@ def run_one(kind, new_loop):
     return lat[ROUNDS // 10:]  # drop the warm-up
 
 
+async def _uses_ring():
+    return dkio._waker_for(asyncio.get_running_loop()).uses_ring()
+
+
+_RING = asyncio.run(_uses_ring())
+
+
 def main():
     os.environ.setdefault("FASTIPC_PID_DIR", tempfile.mkdtemp())
     loops = [("asyncio", asyncio.new_event_loop)]
@@ -130,11 +155,13 @@ def main():
     for loop_name, new_loop in loops:
         suffix = "" if loop_name == "asyncio" else f"[{loop_name}]"
         results = {}
-        for kind, impl in (("event", "dispatchkit NamedEvent"),
-                           ("sem", "dispatchkit NamedSemaphore"),
-                           ("pipe", "pipe + loop.add_reader"),
-                           ("mp", "multiprocessing.Event + to_thread")):
-            results[impl] = run_one(kind, new_loop)
+        for kind, impl, watcher in (
+                ("event", "dispatchkit NamedEvent", False),
+                ("sem", "dispatchkit NamedSemaphore", False),
+                ("event", "dispatchkit NamedEvent (watcher thread)", True),
+                ("pipe", "pipe + loop.add_reader", False),
+                ("mp", "multiprocessing.Event + to_thread", False)):
+            results[impl] = run_one(kind, new_loop, watcher)
         for q, label in ((0.5, "p50"), (0.99, "p99")):
             w = f"aio_cross_process_wake_{label}{suffix}"
             for impl, lat in results.items():

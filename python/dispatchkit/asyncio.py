@@ -38,9 +38,12 @@ drained in batches; no ``call_soon_threadsafe``, no thread per call);
 a single ``await run(...)`` with nothing else in flight first waits a
 bounded moment for the result with the GIL released, so a short call
 costs no thread wake-up.
-Waits on primitives are slept by one futex watcher thread that sleeps on
-up to 127 futex words at once with Linux's ``futex_waitv`` (5.16+; one
-thread per word on older kernels): each waiter announces itself in the
+Waits on primitives sleep in the loop's own io_uring (Linux 6.7+:
+``IORING_OP_FUTEX_WAIT``, completed by the other side's futex wake and
+signalled on the loop's eventfd, no thread of ours in between), or else
+in one futex watcher thread that sleeps on up to 127 futex words at once
+with Linux's ``futex_waitv`` (5.16+; one thread per word on older
+kernels). Either way each waiter announces itself in the
 primitive's own protocol (the waiter count of a semaphore, the contended
 state of a mutex, glibc's ``sem_t`` waiter count for zerobuffer), so posts,
 sets and releases from any thread or process, fastipc's and
@@ -130,30 +133,16 @@ class _RunFuture(_asyncio.Future):  # type: ignore[type-arg]
     __iter__ = __await__
 
 
-def run(queue: _dk.Queue, fn: Callable[..., _T], /, *args: Any,
-        **kwargs: Any) -> "_asyncio.Future[_T]":
-    """Run ``fn(*args, **kwargs)`` on ``queue``; an awaitable of its result.
-
-    Raises RuntimeError when no event loop is running in this thread,
-    TypeError for a non-callable ``fn`` or a ``queue`` that is not a Queue.
-    """
-    loop = _running_loop("run")
-    w = _waker_for(loop)
-    fut: _asyncio.Future[_T]
-    if w.outstanding:
-        # Others in flight (gathered, or many tasks): the completions
-        # batch through the eventfd; a plain future is cheaper.
-        fut = loop.create_future()
-    else:
-        rf = _RunFuture(loop=loop)
-        rf._dk_waker = w
-        rf._dk_loop = loop
-        fut = rf
-    if kwargs:
-        w.submit_kw(fut, queue, fn, args, kwargs)
-    else:
-        w.submit(fut, queue, fn, *args)
-    return fut
+# run(queue, fn, /, *args, **kwargs): Run ``fn(*args, **kwargs)`` on
+# ``queue``; an awaitable (asyncio.Future) of its result. Raises
+# RuntimeError when no event loop is running in this thread, TypeError for
+# a non-callable ``fn`` or a ``queue`` that is not a Queue. It is called
+# once per item (10,000 times for a gather of 10,000), so all of it is C
+# (src/python/futures.c): the running loop, its waker (the last one
+# cached weakly; _waker_for otherwise), the future (a _RunFuture when
+# nothing else of the loop is in flight), the item.
+_dk._aio_init(_loop_now, _waker_for, _RunFuture)
+run = _dk._aio_run
 
 
 def _waker_fd(loop: Optional[Any] = None) -> int:
@@ -224,7 +213,10 @@ async def wait(obj: Any, timeout: Optional[float] = None) -> bool:
                 until = end if until < 0 else min(until, end)
             if waiter.step(fut, until, check_owner) >= 0:
                 return True
-            if await fut:
+            fired = await fut
+            if fired == 2:  # an event, seen set as the wait fired
+                return True
+            if fired:
                 check_owner = False
                 continue
             if deadline >= 0 and _time.monotonic_ns() >= deadline:

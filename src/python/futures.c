@@ -62,6 +62,7 @@
 #include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
+#include "os/linux/uring.h"
 #include "python/futures.h"
 #include "python/gil.h"
 #include "watch.h"
@@ -201,11 +202,21 @@ struct WakerObject {
     /* Fired waits, pushed by the watcher thread without the GIL. */
     pthread_mutex_t fired_lock;
     struct WaitObject *fired;
+    /* The loop's io_uring for futex waits (watch.h's ring watches), opened
+     * on the first wait; NULL: the watcher thread serves this loop. Its
+     * waits in flight are listed (the GIL) so that the collector sees
+     * them and a cleared waker can drop them. */
+    dk__os_uring_t *ring;
+    int ring_state; /* 0: not tried yet, 1: open, -1: none */
+    int ring_pid;   /* the process that opened it (none in a fork child) */
+    struct WaitObject *ring_waits;
     PyObject *weakreflist;
 };
 
 static long drain_fired(WakerObject *w);
 static void clear_fired(WakerObject *w);
+static long ring_reap(WakerObject *k);
+static void ring_clear(WakerObject *k);
 
 static void run_item(void *ctx);
 
@@ -455,6 +466,23 @@ executor_next(ExecutorObject *ex)
 
 /* ---- asyncio completions --------------------------------------------- */
 
+/* Is the loop of this asyncio future closed (or unknown: an error)? */
+static bool
+loop_closed(PyObject *fut)
+{
+    PyObject *loop = PyObject_CallMethodNoArgs(fut, s_get_loop);
+    if (loop == NULL) {
+        PyErr_Clear();
+        return false;
+    }
+    PyObject *closed = PyObject_CallMethodNoArgs(loop, s_is_closed);
+    Py_DECREF(loop);
+    int yes = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    PyErr_Clear();
+    return yes != 0;
+}
+
 /* Returns true when the result was handed to a spinning loop. */
 static bool
 waker_post(item_t *it)
@@ -469,21 +497,15 @@ waker_post(item_t *it)
         return false;
     }
     /* A loop closed before this completion never drains it: drop it now
-     * rather than keep its future (and so the loop) alive. */
-    PyObject *loop = PyObject_CallMethodNoArgs(it->future, s_get_loop);
-    if (loop != NULL) {
-        PyObject *closed = PyObject_CallMethodNoArgs(loop, s_is_closed);
-        Py_DECREF(loop);
-        int yes = closed == NULL ? -1 : PyObject_IsTrue(closed);
-        Py_XDECREF(closed);
-        if (yes != 0) {
-            PyErr_Clear();
-            item_free(it);
-            Py_DECREF((PyObject *)w);
-            return false;
-        }
-    } else {
-        PyErr_Clear();
+     * rather than keep its future (and so the loop) alive. Asked only of
+     * the item that finds the list empty (a gather of 10,000 asks once
+     * per drain, not 10,000 times): items queued behind one that found
+     * the loop open are freed with the waker, which nothing holds once
+     * the closed loop has dropped its reader and its items are done. */
+    if (w->head == NULL && loop_closed(it->future)) {
+        item_free(it);
+        Py_DECREF((PyObject *)w);
+        return false;
     }
     bool was_empty = w->head == NULL;
     it->next = NULL;
@@ -556,6 +578,12 @@ run_item(void *ctx)
         dkpy_leave(&g);
         if (handed) {
             dkpy_release_batch(); /* the spinning loop takes the GIL next */
+            /* On a busy machine the loop's thread often waits for a CPU
+             * on this one (both cores taken by other work): let it have
+             * this one now, instead of holding it in the pool's idle spin
+             * until that spin's next yield (about 10-20 us later). With
+             * nothing else runnable here this returns at once. */
+            dk__os_yield();
         }
         return;
     }
@@ -1021,6 +1049,7 @@ Waker_clear(WakerObject *self)
         it = next;
     }
     clear_fired(self);
+    ring_clear(self);
     return 0;
 }
 
@@ -1086,10 +1115,20 @@ Waker_drain(WakerObject *self, PyObject *unused)
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
     n += drain_fired(self);
+    n += ring_reap(self);
     if (PyErr_Occurred()) {
         return NULL;
     }
     return PyLong_FromLong(n);
+}
+
+static dk__os_uring_t *waker_ring(WakerObject *k);
+
+static PyObject *
+Waker_uses_ring(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(waker_ring(self) != NULL);
 }
 
 /* spin(future): called by the loop's thread as it starts to await
@@ -1304,6 +1343,181 @@ Waker_submit_kw(WakerObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- dispatchkit.asyncio.run in C ------------------------------------
+ *
+ * run() is called once per item, 10,000 times for a gather of 10,000, so
+ * its whole path is here: the running loop, that loop's waker (cached
+ * weakly for the last loop used, as asyncio.py's _waker_for does), a
+ * future, the item. Python hands over the pieces it owns once, with
+ * _aio_init: asyncio's _get_running_loop, dispatchkit.asyncio._waker_for
+ * (the slow path, which creates and registers a waker) and _RunFuture. */
+
+static PyObject *aio_get_loop, *aio_waker_for, *aio_run_future;
+static PyObject *aio_last_loop, *aio_last_waker; /* weakrefs, or NULL */
+static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
+
+/* A new reference to a weakref's object, or NULL when it is gone. */
+static PyObject *
+weak_get(PyObject *ref)
+{
+    if (ref == NULL) {
+        return NULL;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *o = NULL;
+    if (PyWeakref_GetRef(ref, &o) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return o;
+#else
+    PyObject *o = PyWeakref_GetObject(ref); /* borrowed */
+    return o == NULL || o == Py_None ? NULL : Py_NewRef(o);
+#endif
+}
+
+static PyObject *
+aio_init(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *get_loop, *waker_for, *run_future;
+    if (!PyArg_ParseTuple(args, "OOO:_aio_init", &get_loop, &waker_for,
+                          &run_future)) {
+        return NULL;
+    }
+    if (s_create_future == NULL &&
+        ((s_create_future = PyUnicode_InternFromString("create_future")) ==
+             NULL ||
+         (s_loop_kw = PyUnicode_InternFromString("loop")) == NULL ||
+         (s_dk_waker = PyUnicode_InternFromString("_dk_waker")) == NULL ||
+         (s_dk_loop = PyUnicode_InternFromString("_dk_loop")) == NULL)) {
+        return NULL;
+    }
+    Py_XSETREF(aio_get_loop, Py_NewRef(get_loop));
+    Py_XSETREF(aio_waker_for, Py_NewRef(waker_for));
+    Py_XSETREF(aio_run_future, Py_NewRef(run_future));
+    Py_RETURN_NONE;
+}
+
+/* The waker of `loop` (new reference). */
+static WakerObject *
+aio_waker(PyObject *loop)
+{
+    PyObject *last = weak_get(aio_last_loop);
+    Py_XDECREF(last); /* only compared, never used */
+    if (last == loop) {
+        PyObject *w = weak_get(aio_last_waker);
+        if (w != NULL) {
+            return (WakerObject *)w;
+        }
+    }
+    PyObject *w = PyObject_CallOneArg(aio_waker_for, loop);
+    if (w == NULL) {
+        return NULL;
+    }
+    PyObject *lref = PyWeakref_NewRef(loop, NULL);
+    PyObject *wref = lref == NULL ? NULL : PyWeakref_NewRef(w, NULL);
+    if (wref == NULL) {
+        Py_XDECREF(lref);
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_XSETREF(aio_last_loop, lref);
+    Py_XSETREF(aio_last_waker, wref);
+    return (WakerObject *)w;
+}
+
+/* _aio_run(queue, fn, /, *args, **kwargs): dispatchkit.asyncio.run. */
+static PyObject *
+aio_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+        PyObject *kwnames)
+{
+    (void)module;
+    if (aio_get_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "dispatchkit.asyncio is not initialised");
+        return NULL;
+    }
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "run() takes a queue and a callable: "
+                                         "run(queue, fn, /, *args, **kwargs)");
+        return NULL;
+    }
+    PyObject *loop = PyObject_CallNoArgs(aio_get_loop);
+    if (loop == NULL) {
+        return NULL;
+    }
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "dispatchkit.asyncio.run() needs a running event "
+                        "loop: call it from a coroutine or a callback of the "
+                        "loop");
+        return NULL;
+    }
+    dk_queue_t *q;
+    if (args[0] == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+        return NULL;
+    }
+    if (dkpy_queue_arg(args[0], "queue", &q) < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    item_t *it = item_new(args + 1, nargs - 1, kwnames, NULL, NULL);
+    if (it == NULL) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    WakerObject *w = aio_waker(loop);
+    if (w == NULL) {
+        item_free(it);
+        Py_DECREF(loop);
+        return NULL;
+    }
+    PyObject *fut;
+    if (w->outstanding != 0) {
+        /* Others in flight (gathered, or many tasks): the completions
+         * batch through the eventfd; a plain future is cheaper. */
+        fut = PyObject_CallMethodNoArgs(loop, s_create_future);
+    } else {
+        /* Alone: a _RunFuture, whose await may spin (Waker_spin). */
+        PyObject *kw = PyDict_New();
+        fut = NULL;
+        if (kw != NULL && PyDict_SetItem(kw, s_loop_kw, loop) == 0) {
+            PyObject *empty = PyTuple_New(0);
+            fut = empty == NULL ? NULL
+                                : PyObject_Call(aio_run_future, empty, kw);
+            Py_XDECREF(empty);
+        }
+        Py_XDECREF(kw);
+        if (fut != NULL &&
+            (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
+             PyObject_SetAttr(fut, s_dk_loop, loop) < 0)) {
+            Py_CLEAR(fut);
+        }
+    }
+    Py_DECREF(loop);
+    if (fut == NULL) {
+        item_free(it);
+        Py_DECREF(w);
+        return NULL;
+    }
+    it->future = Py_NewRef(fut);
+    it->waker = w; /* the reference aio_waker gave */
+    dk__atomic_store_relaxed(&w->outstanding, w->outstanding + 1);
+    int rc = dispatch_item(q, 0, it);
+    if (rc < 0) {
+        dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
+        Py_CLEAR(it->waker);
+        item_free(it);
+        Py_DECREF(fut);
+        return dkpy_raise_errno(rc);
+    }
+    return fut;
+}
+
 static PyMethodDef Waker_methods[] = {
     {"fileno", (PyCFunction)Waker_fileno, METH_NOARGS,
      "fileno($self, /)\n--\n\nThe eventfd the loop watches."},
@@ -1311,6 +1525,10 @@ static PyMethodDef Waker_methods[] = {
      "spin($self, future, /)\n--\n\n"
      "Before awaiting future: wait briefly (bounded) for finished items,\n"
      "with the GIL released; resolve them. True when future is done."},
+    {"uses_ring", (PyCFunction)Waker_uses_ring, METH_NOARGS,
+     "uses_ring($self, /)\n--\n\n"
+     "True when this loop's waits are io_uring futex waits (opening the\n"
+     "ring if not done yet); False: the watcher thread serves them."},
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
@@ -1383,7 +1601,9 @@ typedef struct WaitObject {
     bool registered;
     bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
     bool watched;   /* registered at least once (wakes to pass on) */
-    uint64_t size;  /* K_ZBWRITE: the frame size to find room for */
+    bool on_ring;   /* the registration is a futex wait on waker->ring */
+    struct WaitObject *ring_prev, *ring_next; /* in waker->ring_waits */
+    uint64_t size; /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
 
@@ -1427,6 +1647,26 @@ take_fired(WakerObject *k)
     return rev;
 }
 
+/* What a fired wait's future resolves to: False when its deadline
+ * passed, else True (look again), or 2 for an event seen set here, which
+ * ends the wait without another step (nothing is taken: an event's wait
+ * only looks). Borrowed. */
+static PyObject *
+fired_result(WaitObject *w, int rc)
+{
+    static PyObject *two;
+    if (rc != 0) {
+        return Py_False;
+    }
+    if (w->kind == K_EVENT && dk_shm_event_is_set(w->addr)) {
+        if (two == NULL) {
+            two = PyLong_FromLong(2); /* small int: cannot fail */
+        }
+        return two;
+    }
+    return Py_True;
+}
+
 /* The loop's side (GIL held): resolve each fired wait's future. */
 static long
 drain_fired(WakerObject *k)
@@ -1445,7 +1685,7 @@ drain_fired(WakerObject *k)
             Py_XDECREF(c);
             if (done == 0) {
                 PyObject *r = PyObject_CallMethodOneArg(
-                    fut, s_set_result, w->fired_rc == 0 ? Py_True : Py_False);
+                    fut, s_set_result, fired_result(w, w->fired_rc));
                 Py_XDECREF(r);
             }
             if (PyErr_Occurred()) {
@@ -1474,6 +1714,148 @@ clear_fired(WakerObject *k)
     }
 }
 
+/* ---- ring watches: futex waits completed by the kernel ----------------
+ *
+ * Where io_uring's futex wait is available (Linux 6.7+), a loop's waits
+ * do not go through the watcher thread: step() submits an
+ * IORING_OP_FUTEX_WAIT (with a linked timeout for its deadline) to the
+ * loop's own ring, whose completions signal the waker's eventfd. The
+ * other side's futex wake then completes the wait in the kernel and
+ * wakes the loop directly: one hop, as for a pipe the loop watches.
+ *
+ * The ring is used only with the GIL held, from the loop's thread (a
+ * finalizer elsewhere may submit a cancel: also under the GIL). A wait
+ * in flight holds a reference to its WaitObject, whose address is the
+ * request's user_data, and is listed in waker->ring_waits until its one
+ * completion is reaped. No wake-up is lost between the loop's reap and
+ * its sleep, because the kernel signals the eventfd after it publishes
+ * each completion:
+ *
+ *   kernel (on the loop's thread)        loop (Waker_drain, GIL)
+ *   write cqe; cq.tail++ (release)       drain the eventfd            (C)
+ *   signal the eventfd              (E)  read cq.tail (acquire); reap
+ *
+ * A completion the reap does not see was published after the reap read
+ * cq.tail, so after (C), and its (E) makes the eventfd readable again.
+ *
+ * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
+ * which takes it off the futex before io_uring_enter returns:
+ *
+ *   loop (abandon)                       other process (post)
+ *   cancel: off the futex            (X) count += 1; waiters? wake 1 (W)
+ *   unannounce; wake 1 on the word   (P)
+ *
+ * If (W) came before (X), the wake-up went to our request (which then
+ * completes with 0, its future already dropped) and (P) passes it on; if
+ * (X) came first, (W) wakes another waiter and (P) is spurious at worst:
+ * the watcher's rule. The completion still arrives and drops the
+ * request's reference; until then the wait counts as registered. */
+
+static void
+ring_link(WakerObject *k, WaitObject *w)
+{
+    w->ring_prev = NULL;
+    w->ring_next = k->ring_waits;
+    if (k->ring_waits != NULL) {
+        k->ring_waits->ring_prev = w;
+    }
+    k->ring_waits = w;
+}
+
+static void
+ring_unlink(WakerObject *k, WaitObject *w)
+{
+    if (w->ring_prev != NULL) {
+        w->ring_prev->ring_next = w->ring_next;
+    } else {
+        k->ring_waits = w->ring_next;
+    }
+    if (w->ring_next != NULL) {
+        w->ring_next->ring_prev = w->ring_prev;
+    }
+    w->ring_prev = w->ring_next = NULL;
+}
+
+/* The loop's ring, opened on first use; NULL when the watcher serves the
+ * loop (no io_uring here, or a fork child of the ring's process). */
+static dk__os_uring_t *
+waker_ring(WakerObject *k)
+{
+    if (k->ring_state == 0) {
+        k->ring_state = dk__watch_ring_open(k->fd, &k->ring) == 0 ? 1 : -1;
+        k->ring_pid = dk__os_pid();
+    }
+    if (k->ring_state != 1 || k->ring_pid != dk__os_pid()) {
+        return NULL; /* the parent's ring is not ours to submit to */
+    }
+    return k->ring;
+}
+
+/* Resolve the future of every completed ring wait (GIL, loop's thread):
+ * True (look again) when woken or the word had changed, False when its
+ * deadline passed. A wait given up has no future left. */
+static long
+ring_reap(WakerObject *k)
+{
+    if (k->ring == NULL || k->ring_pid != dk__os_pid()) {
+        return 0;
+    }
+    long total = 0;
+    struct dk__os_uring_cqe done[32];
+    int n;
+    /* A batch is copied out of the ring before any Python code runs (a
+     * finalizer may cancel another wait meanwhile). */
+    while (k->ring != NULL && (n = dk__os_uring_reap(k->ring, done, 32)) > 0) {
+        for (int i = 0; i < n; i++) {
+            WaitObject *w = (WaitObject *)(uintptr_t)done[i].user_data;
+            ring_unlink(k, w);
+            w->on_ring = false;
+            w->registered = false;
+            PyObject *fut = w->fut;
+            w->fut = NULL;
+            if (fut != NULL) {
+                PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+                int isdone = c == NULL ? -1 : PyObject_IsTrue(c);
+                Py_XDECREF(c);
+                if (isdone == 0) {
+                    PyObject *r = PyObject_CallMethodOneArg(
+                        fut, s_set_result,
+                        fired_result(w, done[i].res == -ECANCELED ? -ETIMEDOUT
+                                                                  : 0));
+                    Py_XDECREF(r);
+                }
+                if (PyErr_Occurred()) {
+                    PyErr_WriteUnraisable(fut);
+                }
+                Py_DECREF(fut);
+            }
+            Py_DECREF((PyObject *)w); /* the request's reference */
+        }
+        total += n;
+    }
+    return total;
+}
+
+/* Close the ring (the kernel cancels what is pending and completes
+ * nothing into our memory afterwards) and drop the waits in flight. */
+static void
+ring_clear(WakerObject *k)
+{
+    if (k->ring_state == 1) {
+        dk__os_uring_close(k->ring);
+        k->ring = NULL;
+        k->ring_state = -1;
+    }
+    while (k->ring_waits != NULL) {
+        WaitObject *w = k->ring_waits;
+        ring_unlink(k, w);
+        w->on_ring = false;
+        w->registered = false;
+        Py_CLEAR(w->fut);
+        Py_DECREF((PyObject *)w);
+    }
+}
+
 static int
 Waker_traverse(WakerObject *self, visitproc visit, void *arg)
 {
@@ -1489,6 +1871,10 @@ Waker_traverse(WakerObject *self, visitproc visit, void *arg)
         rc = visit((PyObject *)w, arg);
     }
     pthread_mutex_unlock(&self->fired_lock);
+    for (WaitObject *w = self->ring_waits; w != NULL && rc == 0;
+         w = w->ring_next) {
+        rc = visit((PyObject *)w, arg);
+    }
     return rc;
 }
 
@@ -1698,6 +2084,22 @@ Wait_step(WaitObject *self, PyObject *args)
     Py_INCREF(self); /* the registration's reference */
     self->registered = true;
     self->watched = true;
+    dk__os_uring_t *ring = waker_ring(self->waker);
+    if (ring != NULL &&
+        dk__os_uring_futex_wait(ring, word, busy, self->shared,
+                                self->watch.deadline,
+                                (uint64_t)(uintptr_t)self) == 0) {
+        self->on_ring = true;
+        ring_link(self->waker, self);
+        /* A word that changed meanwhile completed the wait at once:
+         * resolve it now rather than on the loop's next turn. */
+        (void)ring_reap(self->waker);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyLong_FromLong(rc);
+    }
+    /* No ring, or it refused the request (out of memory): the watcher. */
     int arc = dk__watch_add(&self->watch);
     if (arc < 0) {
         self->registered = false;
@@ -1713,7 +2115,16 @@ static PyObject *
 Wait_abandon(WaitObject *self, PyObject *unused)
 {
     (void)unused;
-    if (self->registered && dk__watch_cancel(&self->watch)) {
+    if (self->registered && self->on_ring) {
+        /* Off the futex now (X); the completion, reaped later, drops
+         * the request's reference. In a fork child the parent's ring is
+         * not ours: nothing to cancel there. */
+        Py_CLEAR(self->fut);
+        dk__os_uring_t *ring = waker_ring(self->waker);
+        if (ring != NULL) {
+            (void)dk__os_uring_cancel(ring, (uint64_t)(uintptr_t)self);
+        }
+    } else if (self->registered && dk__watch_cancel(&self->watch)) {
         self->registered = false;
         Py_CLEAR(self->fut);
         Py_DECREF(self); /* the registration's; the caller holds one */
@@ -1777,11 +2188,23 @@ futures_uses_waitv(PyObject *module, PyObject *unused)
 
 /* ---- module --------------------------------------------------------- */
 
+/* Added as _dk._aio_run under the name it has in dispatchkit.asyncio. */
+static PyMethodDef aio_run_def = {
+    "run", (PyCFunction)(void (*)(void))aio_run, METH_FASTCALL | METH_KEYWORDS,
+    "run(queue, fn, /, *args, **kwargs)\n--\n\n"
+    "Run fn(*args, **kwargs) on queue; an asyncio.Future of its result\n"
+    "(exceptions keep their traceback).\n\n"
+    "Raises RuntimeError when no event loop is running in this thread,\n"
+    "TypeError for a non-callable fn or a queue that is not a Queue."};
+
 static PyMethodDef futures_functions[] = {
     {"_futures_init", futures_init, METH_VARARGS,
      "_futures_init(future_type, RUNNING, FINISHED, CANCELLED, "
      "CANCELLED_AND_NOTIFIED, /)\n--\n\n"
      "Register dispatchkit._executor.Future and the stdlib's states."},
+    {"_aio_init", aio_init, METH_VARARGS,
+     "_aio_init(get_running_loop, waker_for, run_future_type, /)\n--\n\n"
+     "Called once by dispatchkit.asyncio: what _aio_run needs."},
     {"_uses_futex_waitv", futures_uses_waitv, METH_NOARGS,
      "_uses_futex_waitv()\n--\n\n"
      "True when awaitable waits sleep in futex_waitv (Linux 5.16+)."},
@@ -1811,5 +2234,14 @@ dkpy_futures_exec(PyObject *m)
         return -1;
     }
     wait_type = (PyTypeObject *)t;
+    PyObject *modname = PyUnicode_FromString("dispatchkit.asyncio");
+    PyObject *run = modname == NULL
+                        ? NULL
+                        : PyCFunction_NewEx(&aio_run_def, NULL, modname);
+    Py_XDECREF(modname);
+    if (run == NULL || PyModule_AddObject(m, "_aio_run", run) < 0) {
+        Py_XDECREF(run);
+        return -1;
+    }
     return PyModule_AddFunctions(m, futures_functions);
 }

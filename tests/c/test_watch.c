@@ -11,12 +11,15 @@
 #include "dk/sem.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
+#include "os/linux/uring.h"
 #include "watch.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -259,4 +262,132 @@ DK_TEST(watch_dsem_abandon_passes_a_taken_wake_on)
     CHECK_EQ(blocked_rc, 0);
     CHECK_EQ(dk_semaphore_value(dsem), 0);
     dk_release(dsem);
+}
+
+/* ---- ring watches (io_uring futex waits) ------------------------------ */
+
+static uint32_t ring_word;
+static int ring_blocked_rc = -99;
+
+static void *
+ring_waker(void *unused)
+{
+    (void)unused;
+    usleep(20000);
+    dk__atomic_store_seq_cst(&ring_word, 1);
+    dk__os_futex_wake(&ring_word, 1, false);
+    return NULL;
+}
+
+static void *
+ring_blocked_waiter(void *unused)
+{
+    (void)unused;
+    ring_blocked_rc = dk__os_futex_wait(
+        &ring_word, 0, dk__os_monotonic_ns() + 10ull * DK_NSEC_PER_SEC, false);
+    return NULL;
+}
+
+/* The next completion, waiting on the eventfd for it (the loop's way). */
+static struct dk__os_uring_cqe
+ring_next(dk__os_uring_t *r, int efd)
+{
+    struct dk__os_uring_cqe c = {0, 0};
+    uint64_t deadline = dk__os_monotonic_ns() + 10ull * DK_NSEC_PER_SEC;
+    while (dk__os_uring_reap(r, &c, 1) == 0) {
+        CHECK(dk__os_monotonic_ns() < deadline);
+        struct pollfd p = {efd, POLLIN, 0};
+        (void)poll(&p, 1, 100);
+        dk__os_eventfd_drain(efd);
+    }
+    return c;
+}
+
+DK_TEST(watch_ring_futex_waits)
+{
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    CHECK(efd >= 0);
+    dk__os_uring_t *r;
+    int rc = dk__watch_ring_open(efd, &r);
+    if (rc == -ENOSYS) {
+        close(efd);
+        return; /* no io_uring futex waits here: the watcher serves */
+    }
+    CHECK_EQ(rc, 0);
+    /* Woken from another thread; the wake signals the eventfd. */
+    ring_word = 0;
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER, 7),
+        0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, ring_waker, NULL), 0);
+    struct dk__os_uring_cqe c = ring_next(r, efd);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(c.user_data, 7);
+    CHECK_EQ(c.res, 0);
+    /* A word that differs completes at once. */
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, true, DK_TIME_FOREVER, 8),
+        0);
+    c = ring_next(r, efd);
+    CHECK_EQ(c.user_data, 8);
+    CHECK_EQ(c.res, -EAGAIN);
+    /* A deadline: cancelled by its linked timeout (whose own completion
+     * reap skips). */
+    ring_word = 0;
+    uint64_t t0 = dk__os_monotonic_ns();
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, t0 + 30000000ull, 9),
+        0);
+    c = ring_next(r, efd);
+    CHECK_EQ(c.user_data, 9);
+    CHECK_EQ(c.res, -ECANCELED);
+    CHECK(dk__os_monotonic_ns() >= t0 + 30000000ull);
+    /* Cancelled: off the futex at once, so one wake reaches a thread
+     * that waits behind it (the abandoning waiter's rule). */
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 0, false, DK_TIME_FOREVER, 10),
+        0);
+    CHECK_EQ(pthread_create(&t, NULL, ring_blocked_waiter, NULL), 0);
+    usleep(50000); /* the thread sleeps behind our request */
+    CHECK_EQ(dk__os_uring_cancel(r, 10), 0);
+    c = ring_next(r, efd);
+    CHECK_EQ(c.user_data, 10);
+    CHECK_EQ(c.res, -ECANCELED);
+    CHECK_EQ(dk__os_futex_wake(&ring_word, 1, false), 1);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(ring_blocked_rc, 0);
+    /* Many waits at once, more than the ring's entries, all woken. */
+    uint32_t many[64];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < 64; i++) {
+        CHECK_EQ(dk__os_uring_futex_wait(r, &many[i], 0, false,
+                                         DK_TIME_FOREVER, 100 + (uint64_t)i),
+                 0);
+    }
+    for (int i = 0; i < 64; i++) {
+        dk__atomic_store_seq_cst(&many[i], 1);
+        dk__os_futex_wake(&many[i], 1, false);
+    }
+    uint64_t seen = 0;
+    for (int i = 0; i < 64; i++) {
+        c = ring_next(r, efd);
+        CHECK(c.user_data >= 100 && c.user_data < 164);
+        CHECK_EQ(c.res, 0);
+        seen |= 1ull << (c.user_data - 100);
+    }
+    CHECK_EQ(seen, ~0ull);
+    /* Closing with a wait pending cancels it; nothing touches us after. */
+    CHECK_EQ(
+        dk__os_uring_futex_wait(r, &ring_word, 1, false, DK_TIME_FOREVER, 11),
+        0);
+    dk__os_uring_close(r);
+    close(efd);
+}
+
+DK_TEST(watch_ring_refused_when_disabled)
+{
+    setenv("DK_NO_IO_URING", "1", 1);
+    dk__os_uring_t *r;
+    CHECK_EQ(dk__watch_ring_open(-1, &r), -ENOSYS);
 }

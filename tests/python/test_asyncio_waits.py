@@ -25,16 +25,39 @@ uvloop = pytest.importorskip("uvloop")
 G = dk.Queue.global_queue()
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    lp = (asyncio.new_event_loop() if request.param == "asyncio"
+@pytest.fixture(params=["asyncio", "uvloop", "asyncio-watcher",
+                        "uvloop-watcher"])
+def run(request, monkeypatch):
+    # Each loop under both ways of sleeping: the loop's own io_uring
+    # (the default where the kernel has futex waits on it) and the futex
+    # watcher thread (DK_NO_IO_URING, as on kernels before 6.7).
+    watcher = request.param.endswith("-watcher")
+    if watcher:
+        monkeypatch.setenv("DK_NO_IO_URING", "1")
+    lp = (asyncio.new_event_loop() if request.param.startswith("asyncio")
           else uvloop.new_event_loop())
 
     def go(coro):
         return lp.run_until_complete(coro)
 
     yield go
+    w = dkio._wakers.get(lp)
+    w = w() if w is not None else None
+    if w is not None and not watcher:
+        assert w.uses_ring() is URING
+    elif w is not None:
+        assert w.uses_ring() is False
     lp.close()
+
+
+def _ring_available():
+    async def probe():
+        return dkio._waker_for(asyncio.get_running_loop()).uses_ring()
+    return asyncio.run(probe())
+
+
+# Linux 6.7+ with io_uring allowed (kernel.io_uring_disabled, seccomp).
+URING = _ring_available()
 
 
 @pytest.fixture
@@ -388,6 +411,26 @@ def test_many_distinct_words(run):
     assert all(run(main()))
 
 
+def test_more_completions_than_the_ring_holds(run, mem):
+    # 1,500 waits with deadlines complete at once: two completions each
+    # (the wait and its linked timeout), more than the loop's ring has
+    # room for; the kernel holds the rest until they are reaped, and no
+    # wait is lost.
+    ev = sync.Event(mem[:4])
+    s = sync.Semaphore(mem[64:128], initial=0)
+
+    async def main():
+        ts = [asyncio.ensure_future(dkio.wait(ev, 20)) for _ in range(1500)]
+        us = [asyncio.ensure_future(dkio.wait(s, 20)) for _ in range(500)]
+        await asyncio.sleep(0.1)
+        ev.set()
+        s.post(500)
+        return await asyncio.gather(*ts, *us)
+
+    assert all(run(main()))
+    assert s.value() == 0
+
+
 def test_waiting_loop_does_not_spin(run, mem):
     ev = sync.Event(mem[:4])
 
@@ -450,9 +493,55 @@ def test_fallback_without_futex_waitv(tmp_path):
         asyncio.run(main())
         print("ok")
     """)
-    env = dict(os.environ, DK_NO_FUTEX_WAITV="1")
+    env = dict(os.environ, DK_NO_FUTEX_WAITV="1", DK_NO_IO_URING="1")
     r = subprocess.run([sys.executable, "-c", code], env=env,
                        capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.skipif(not URING, reason="no io_uring futex waits here")
+def test_ring_waits_need_no_watcher_thread(tmp_path):
+    # With io_uring, the other side's wake completes the wait in the
+    # loop's own ring: no watcher thread is started, across processes
+    # too, and cancelling and timing out work without it.
+    code = textwrap.dedent("""
+        import asyncio, os, subprocess, sys, uuid
+        import dispatchkit.sync as sync
+        from dispatchkit import asyncio as dkio
+        name = "dkring" + uuid.uuid4().hex[:10]
+        ev = sync.NamedEvent(name)
+        sem = sync.NamedSemaphore(name, initial=0)
+        peer = ("import dispatchkit.sync as s, sys; sys.stdin.readline(); "
+                f"s.NamedEvent({name!r}).set()")
+        async def main():
+            loop = asyncio.get_running_loop()
+            assert dkio._waker_for(loop).uses_ring()
+            p = subprocess.Popen([sys.executable, "-c", peer],
+                                 stdin=subprocess.PIPE)
+            t = asyncio.ensure_future(dkio.wait(ev, 20))
+            c = asyncio.ensure_future(dkio.wait(sem))
+            await asyncio.sleep(0.05)
+            c.cancel()
+            p.stdin.write(b"\\n"); p.stdin.close()
+            assert await t is True
+            assert await dkio.wait(sem, 0.05) is False
+            sem.post(1)
+            assert await dkio.wait(sem, 5) is True
+            assert sem.value() == 0
+            p.wait(20)
+        asyncio.run(main())
+        for x in (ev, sem):
+            x.close()
+        names = set()
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.add(f.read().strip())
+        assert "dk-watch" not in names, names
+        print("ok")
+    """)
+    env = dict(os.environ, FASTIPC_PID_DIR=str(tmp_path / "pids"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=120, env=env)
     assert r.stdout.strip() == "ok", r.stderr
 
 
