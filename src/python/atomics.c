@@ -209,146 +209,94 @@ length_error(const char *argname)
     return -1;
 }
 
-static int
-to_value(AtomicObject *self, PyObject *v, uint64_t *out, const char *argname)
+/* A value as the core's byte operations (dk_atomic_load and friends)
+ * take it: `width` bytes in native order, 16 at most. Integers of up to
+ * 8 bytes pass through a uint64_t, whose low `width` bytes these move. */
+static void
+put_native(unsigned char *out, unsigned width, uint64_t x)
 {
-    unsigned bits = self->width * 8;
-    if (self->integral) {
-        if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
-                         argname, Py_TYPE(v)->tp_name);
+    memcpy(out, (unsigned char *)&x + (PY_LITTLE_ENDIAN ? 0 : 8 - width),
+           width);
+}
+
+static uint64_t
+get_native(const unsigned char *in, unsigned width)
+{
+    uint64_t x = 0;
+    memcpy((unsigned char *)&x + (PY_LITTLE_ENDIAN ? 0 : 8 - width), in,
+           width);
+    return x;
+}
+
+static int
+to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
+         const char *argname)
+{
+    if (!self->integral) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
             return -1;
         }
-        if (self->is_signed) {
-            int overflow;
-            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-            if (x == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-            if (overflow != 0 || (bits < 64 && (x < -(1LL << (bits - 1)) ||
-                                                x >= (1LL << (bits - 1))))) {
-                PyErr_SetString(PyExc_OverflowError, "int too big to convert");
-                return -1;
-            }
-            *out = (uint64_t)x;
-            return 0;
+        bool fits = (size_t)b.len == self->width;
+        if (fits) {
+            memcpy(out, b.buf, self->width);
         }
-        /* Raises "can't convert negative int to unsigned" and "int too big
-         * to convert" itself, as int.to_bytes does. */
-        unsigned long long x = PyLong_AsUnsignedLongLong(v);
-        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (bits < 64 && x >> bits) {
-            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
-            return -1;
-        }
-        *out = x;
-        return 0;
+        PyBuffer_Release(&b);
+        return fits ? 0 : length_error(argname);
     }
-    Py_buffer b;
-    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s", argname,
+                     Py_TYPE(v)->tp_name);
         return -1;
     }
-    if ((size_t)b.len != self->width) {
-        PyBuffer_Release(&b);
-        return length_error(argname);
-    }
-    uint64_t x = 0;
-    switch (self->width) {
-    case 1: {
-        uint8_t t;
-        memcpy(&t, b.buf, 1);
-        x = t;
-        break;
-    }
-    case 2: {
-        uint16_t t;
-        memcpy(&t, b.buf, 2);
-        x = t;
-        break;
-    }
-    case 4: {
-        uint32_t t;
-        memcpy(&t, b.buf, 4);
-        x = t;
-        break;
-    }
-    default:
-        memcpy(&x, b.buf, 8);
-    }
-    PyBuffer_Release(&b);
-    *out = x;
-    return 0;
-}
-
-static PyObject *
-from_value(AtomicObject *self, uint64_t x)
-{
-    if (self->integral) {
-        if (self->is_signed) {
-            unsigned shift = 64 - self->width * 8;
-            return PyLong_FromLongLong((long long)(x << shift) >> shift);
-        }
-        return PyLong_FromUnsignedLongLong(x);
-    }
-    char buf[8];
-    switch (self->width) {
-    case 1: {
-        uint8_t t = (uint8_t)x;
-        memcpy(buf, &t, 1);
-        break;
-    }
-    case 2: {
-        uint16_t t = (uint16_t)x;
-        memcpy(buf, &t, 2);
-        break;
-    }
-    case 4: {
-        uint32_t t = (uint32_t)x;
-        memcpy(buf, &t, 4);
-        break;
-    }
-    default:
-        memcpy(buf, &x, 8);
-    }
-    return PyBytes_FromStringAndSize(buf, self->width);
-}
-
-/* 16-byte values: 16 native-order bytes. */
-static int
-to_value16(AtomicObject *self, PyObject *v, unsigned char out[16],
-           const char *argname)
-{
-    if (self->integral) {
-        if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
-                         argname, Py_TYPE(v)->tp_name);
-            return -1;
-        }
+    if (self->width == 16) {
         /* The same conversion (and messages) as int.to_bytes. */
         return dkpy_long_to_le16(v, out, self->is_signed);
     }
-    Py_buffer b;
-    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+    unsigned bits = self->width * 8;
+    if (self->is_signed) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow != 0 || (bits < 64 && (x < -(1LL << (bits - 1)) ||
+                                            x >= (1LL << (bits - 1))))) {
+            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+            return -1;
+        }
+        put_native(out, self->width, (uint64_t)x);
+        return 0;
+    }
+    /* Raises "can't convert negative int to unsigned" and "int too big to
+     * convert" itself, as int.to_bytes does. */
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
         return -1;
     }
-    if (b.len != 16) {
-        PyBuffer_Release(&b);
-        return length_error(argname);
+    if (bits < 64 && x >> bits) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        return -1;
     }
-    memcpy(out, b.buf, 16);
-    PyBuffer_Release(&b);
+    put_native(out, self->width, x);
     return 0;
 }
 
 static PyObject *
-from_value16(AtomicObject *self, const unsigned char v[16])
+from_value(AtomicObject *self, const unsigned char v[16])
 {
-    if (self->integral) {
+    if (!self->integral) {
+        return PyBytes_FromStringAndSize((const char *)v, self->width);
+    }
+    if (self->width == 16) {
         return dkpy_long_from_le16(v, self->is_signed);
     }
-    return PyBytes_FromStringAndSize((const char *)v, 16);
+    uint64_t x = get_native(v, self->width);
+    if (self->is_signed) {
+        unsigned shift = 64 - self->width * 8;
+        return PyLong_FromLongLong((long long)(x << shift) >> shift);
+    }
+    return PyLong_FromUnsignedLongLong(x);
 }
 
 /* ---- construction ---------------------------------------------------- */
@@ -400,9 +348,9 @@ Atomic_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->is_signed = is_signed != 0;
     size_t w = (size_t)self->view.len;
     /* A read-only 16-byte object needs a load that does not write. */
-    bool ok = w == 1 || w == 2 || w == 4 || w == 8 ||
-              (w == 16 && dk_atomic16_supported() &&
-               (!self->readonly || dk_atomic16_readonly_load_supported()));
+    bool ok =
+        dk_atomic_width_supported((unsigned)w) &&
+        (w != 16 || !self->readonly || dk_atomic16_readonly_load_supported());
     if (!ok) {
         raise_cls(ax.width_error, Py_BuildValue("(n)", self->view.len),
                   Py_BuildValue("{s:O}", "readonly",
@@ -467,12 +415,9 @@ do_load(AtomicObject *self, int op, int mo)
         order_error(op, mo, false);
         return NULL;
     }
-    if (self->width == 16) {
-        unsigned char v[16];
-        dk_atomic16_load(self->addr, v);
-        return from_value16(self, v);
-    }
-    return from_value(self, dk_atomic_load_w(self->addr, self->width, mo));
+    unsigned char v[16];
+    int rc = dk_atomic_load(self->addr, self->width, v, mo);
+    return rc < 0 ? dkpy_raise_errno(rc) : from_value(self, v);
 }
 
 static PyObject *
@@ -489,18 +434,6 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     return do_load(self, OP_LOAD, mo);
-}
-
-/* An argument, converted for this object's width: 16-byte values into
- * v16, others into *v64. */
-static int
-convert(AtomicObject *self, PyObject *obj, const char *argname, uint64_t *v64,
-        unsigned char v16[16])
-{
-    if (self->width == 16) {
-        return to_value16(self, obj, v16, argname);
-    }
-    return to_value(self, obj, v64, argname);
 }
 
 /* The checks run in the atomics package's order, so that an input with
@@ -523,9 +456,8 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "store() missing 'desired'");
         return NULL;
     }
-    uint64_t v = 0;
-    unsigned char v16[16];
-    if (self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
+    unsigned char v[16];
+    if (self->integral && to_value(self, a[0], v, "desired") < 0) {
         return NULL;
     }
     if (check_write(self, OP_STORE) < 0) {
@@ -535,13 +467,12 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         order_error(OP_STORE, mo, false);
         return NULL;
     }
-    if (!self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
+    if (!self->integral && to_value(self, a[0], v, "desired") < 0) {
         return NULL;
     }
-    if (self->width == 16) {
-        dk_atomic16_store(self->addr, v16);
-    } else {
-        dk_atomic_store_w(self->addr, self->width, v, mo);
+    int rc = dk_atomic_store(self->addr, self->width, v, mo);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
     }
     Py_RETURN_NONE;
 }
@@ -550,8 +481,8 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
  * previous value (else None). */
 static PyObject *
 rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-    PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value,
-    uint64_t implicit, bool fetch, const char *name)
+    PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value, bool fetch,
+    const char *name)
 {
     PyObject *a[2];
     int mo;
@@ -577,65 +508,57 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = op == OP_EXCHANGE ? "desired" : "value";
-    uint64_t v = implicit;
-    unsigned char v16[16] = {0}, old16[16];
+    unsigned char v[16], old[16];
     if (self->integral) {
         if (check_live(self) < 0 ||
-            (has_value && convert(self, a[0], argname, &v, v16) < 0)) {
+            (has_value && to_value(self, a[0], v, argname) < 0)) {
             return NULL;
         }
     }
     if (check_write(self, op) < 0) {
         return NULL;
     }
-    if (!self->integral && has_value &&
-        convert(self, a[0], argname, &v, v16) < 0) {
+    if (!self->integral && has_value && to_value(self, a[0], v, argname) < 0) {
         return NULL;
     }
-    if (self->width == 16) {
-        if (!has_value && implicit == 1) {
-            v16[PY_LITTLE_ENDIAN ? 0 : 15] = 1;
-        }
-        dk_atomic16_rmw(self->addr, aop, v16, old16);
-        if (!fetch) {
-            Py_RETURN_NONE;
-        }
-        return from_value16(self, old16);
+    int rc = dk_atomic_fetch_op(self->addr, self->width, aop,
+                                has_value ? v : NULL, old, mo);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
     }
-    uint64_t old = dk_atomic_rmw_w(self->addr, self->width, aop, v, mo);
     if (!fetch) {
         Py_RETURN_NONE;
     }
     return from_value(self, old);
 }
 
-#define RMW_METHOD(NAME, OP, AOP, HASVAL, IMPLICIT, FETCH)                    \
+#define RMW_METHOD(NAME, OP, AOP, HASVAL, FETCH)                              \
     static PyObject *Atomic_##NAME(AtomicObject *self, PyObject *const *args, \
                                    Py_ssize_t nargs, PyObject *kwnames)       \
     {                                                                         \
-        return rmw(self, args, nargs, kwnames, OP, AOP, HASVAL, IMPLICIT,     \
-                   FETCH, #NAME);                                             \
+        return rmw(self, args, nargs, kwnames, OP, AOP, HASVAL, FETCH,        \
+                   #NAME);                                                    \
     }
 
-RMW_METHOD(exchange, OP_EXCHANGE, DK_AOP_EXCHANGE, true, 0, true)
-RMW_METHOD(bin_or, OP_OR, DK_AOP_OR, true, 0, false)
-RMW_METHOD(bin_xor, OP_XOR, DK_AOP_XOR, true, 0, false)
-RMW_METHOD(bin_and, OP_AND, DK_AOP_AND, true, 0, false)
-RMW_METHOD(bin_not, OP_NOT, DK_AOP_NOT, false, 0, false)
-RMW_METHOD(bin_fetch_or, OP_FETCH_OR, DK_AOP_OR, true, 0, true)
-RMW_METHOD(bin_fetch_xor, OP_FETCH_XOR, DK_AOP_XOR, true, 0, true)
-RMW_METHOD(bin_fetch_and, OP_FETCH_AND, DK_AOP_AND, true, 0, true)
-RMW_METHOD(bin_fetch_not, OP_FETCH_NOT, DK_AOP_NOT, false, 0, true)
-RMW_METHOD(add, OP_ADD, DK_AOP_ADD, true, 0, false)
-RMW_METHOD(sub, OP_SUB, DK_AOP_SUB, true, 0, false)
-RMW_METHOD(inc, OP_INC, DK_AOP_ADD, false, 1, false)
-RMW_METHOD(dec, OP_DEC, DK_AOP_SUB, false, 1, false)
-RMW_METHOD(neg, OP_NEG, DK_AOP_NEG, false, 0, false)
-RMW_METHOD(fetch_add, OP_FETCH_ADD, DK_AOP_ADD, true, 0, true)
-RMW_METHOD(fetch_sub, OP_FETCH_SUB, DK_AOP_SUB, true, 0, true)
-RMW_METHOD(fetch_inc, OP_FETCH_INC, DK_AOP_ADD, false, 1, true)
-RMW_METHOD(fetch_dec, OP_FETCH_DEC, DK_AOP_SUB, false, 1, true)
-RMW_METHOD(fetch_neg, OP_FETCH_NEG, DK_AOP_NEG, false, 0, true)
+RMW_METHOD(exchange, OP_EXCHANGE, DK_AOP_EXCHANGE, true, true)
+RMW_METHOD(bin_or, OP_OR, DK_AOP_OR, true, false)
+RMW_METHOD(bin_xor, OP_XOR, DK_AOP_XOR, true, false)
+RMW_METHOD(bin_and, OP_AND, DK_AOP_AND, true, false)
+RMW_METHOD(bin_not, OP_NOT, DK_AOP_NOT, false, false)
+RMW_METHOD(bin_fetch_or, OP_FETCH_OR, DK_AOP_OR, true, true)
+RMW_METHOD(bin_fetch_xor, OP_FETCH_XOR, DK_AOP_XOR, true, true)
+RMW_METHOD(bin_fetch_and, OP_FETCH_AND, DK_AOP_AND, true, true)
+RMW_METHOD(bin_fetch_not, OP_FETCH_NOT, DK_AOP_NOT, false, true)
+RMW_METHOD(add, OP_ADD, DK_AOP_ADD, true, false)
+RMW_METHOD(sub, OP_SUB, DK_AOP_SUB, true, false)
+RMW_METHOD(inc, OP_INC, DK_AOP_INC, false, false)
+RMW_METHOD(dec, OP_DEC, DK_AOP_DEC, false, false)
+RMW_METHOD(neg, OP_NEG, DK_AOP_NEG, false, false)
+RMW_METHOD(fetch_add, OP_FETCH_ADD, DK_AOP_ADD, true, true)
+RMW_METHOD(fetch_sub, OP_FETCH_SUB, DK_AOP_SUB, true, true)
+RMW_METHOD(fetch_inc, OP_FETCH_INC, DK_AOP_INC, false, true)
+RMW_METHOD(fetch_dec, OP_FETCH_DEC, DK_AOP_DEC, false, true)
+RMW_METHOD(fetch_neg, OP_FETCH_NEG, DK_AOP_NEG, false, true)
 
 /* Integral add/sub with a negative operand on unsigned objects: the seed
  * package raises OverflowError (inputs do not wrap); so do we, through
@@ -704,7 +627,7 @@ static PyObject *result_new(bool ok, PyObject *expected);
  * is exactly the type we would build (as the atomics package returns it),
  * else a fresh one (so a bytearray or a bool comes back as bytes or int). */
 static PyObject *
-expected_back(AtomicObject *self, PyObject *given, uint64_t x)
+expected_back(AtomicObject *self, PyObject *given, const unsigned char x[16])
 {
     if (self->integral ? PyLong_CheckExact(given)
                        : PyBytes_CheckExact(given)) {
@@ -734,17 +657,16 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     /* Checked in the package's order (see Atomic_store). */
-    uint64_t e = 0, d = 0;
-    unsigned char e16[16], d16[16];
-    if (self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
-                           convert(self, a[1], "desired", &d, d16) < 0)) {
+    unsigned char e[16], d[16];
+    if (self->integral && (to_value(self, a[0], e, "expected") < 0 ||
+                           to_value(self, a[1], d, "desired") < 0)) {
         return NULL;
     }
     if (check_write(self, op) < 0) {
         return NULL;
     }
-    if (!self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
-                            convert(self, a[1], "desired", &d, d16) < 0)) {
+    if (!self->integral && (to_value(self, a[0], e, "expected") < 0 ||
+                            to_value(self, a[1], d, "desired") < 0)) {
         return NULL;
     }
     /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
@@ -759,16 +681,13 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
         succ = DK_MO_ACQ_REL;
     }
-    PyObject *seen;
-    bool ok;
-    if (self->width == 16) {
-        ok = dk_atomic16_cas(self->addr, e16, d16);
-        seen = from_value16(self, e16);
-    } else {
-        ok = dk_atomic_cas_w(self->addr, self->width, &e, d, weak, succ, fail);
-        /* On success, what was there is what the caller expected. */
-        seen = ok ? expected_back(self, a[0], e) : from_value(self, e);
+    int ok =
+        dk_atomic_cmpxchg(self->addr, self->width, e, d, weak, succ, fail);
+    if (ok < 0) {
+        return dkpy_raise_errno(ok);
     }
+    /* On success, what was there is what the caller expected. */
+    PyObject *seen = ok ? expected_back(self, a[0], e) : from_value(self, e);
     if (seen == NULL) {
         return NULL;
     }
