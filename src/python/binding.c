@@ -11,9 +11,11 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "dk/time.h"
+#include "python/gil.h"
 
 /* ---- errors ----------------------------------------------------------- */
 
@@ -87,7 +89,106 @@ dkpy_call_reporting(PyObject *func, PyObject *args)
     }
 }
 
+void
+dkpy_callback(PyObject *func, bool consume, const char *fmt, ...)
+{
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return; /* finalizing: drop it */
+    }
+    PyObject *args = NULL;
+    if (fmt != NULL) {
+        va_list va;
+        va_start(va, fmt);
+        args = Py_VaBuildValue(fmt, va);
+        va_end(va);
+    }
+    dkpy_call_reporting(func, args);
+    if (consume) {
+        Py_DECREF(func);
+    }
+    dkpy_leave(&g);
+}
+
+int
+dkpy_check_callable(PyObject *func, const char *what)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
+                     Py_TYPE(func)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- arguments -------------------------------------------------------- */
+
+int
+dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                const char *const *names, const char *const *aliases, int n,
+                PyObject **out, const char *fname)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = NULL;
+    }
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname,
+                     n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+        int slot = -1;
+        for (int i = 0; key != NULL && i < n; i++) {
+            if (strcmp(key, names[i]) == 0 ||
+                (aliases != NULL && aliases[i] != NULL &&
+                 strcmp(key, aliases[i]) == 0)) {
+                slot = i;
+            }
+        }
+        if (slot < 0 || out[slot] != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected or repeated keyword "
+                         "argument '%s'",
+                         fname, key ? key : "?");
+            return -1;
+        }
+        out[slot] = args[nargs + k];
+    }
+    return 0;
+}
+
 /* ---- types and attributes --------------------------------------------- */
+
+void
+dkpy_free(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyTypeObject *
+dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
+              const char *prefix)
+{
+    PyObject *t = dkpy_type_from_spec(m, spec, bases);
+    if (t == NULL) {
+        return NULL;
+    }
+    const char *dot = strrchr(spec->name, '.');
+    char name[64];
+    snprintf(name, sizeof name, "%s%s", prefix, dot ? dot + 1 : spec->name);
+    if (PyModule_AddObjectRef(m, name, t) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyTypeObject *)t;
+}
 
 PyObject *
 dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)

@@ -48,6 +48,36 @@ PyObject *dkpy_raise_oserror(int neg_errno);
  * for errors nobody can catch. The GIL is held. */
 void dkpy_call_reporting(PyObject *func, PyObject *args);
 
+/* From a thread of the runtime (a trampoline): take the GIL, call
+ * func(*Py_BuildValue(fmt, ...)) (fmt NULL: no arguments) reporting any
+ * exception as dkpy_call_reporting does, drop the caller's reference to
+ * func if `consume`, and give the GIL back. During finalization nothing
+ * runs and the references are left (gil.h). */
+void dkpy_callback(PyObject *func, bool consume, const char *fmt, ...);
+
+/* 0, or -1 with TypeError ("<what> must be callable, not T"). */
+int dkpy_check_callable(PyObject *func, const char *what);
+
+/* Parse a METH_FASTCALL | METH_KEYWORDS call into out[0..n): positional
+ * arguments in order, keywords by names[i] (or aliases[i], where aliases
+ * is not NULL and has one), NULL where absent. 0, or -1 with TypeError
+ * for too many arguments or an unknown or repeated keyword. */
+int dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *const *names, const char *const *aliases,
+                    int n, PyObject **out, const char *fname);
+
+/* The tp_dealloc of a heap type whose objects hold no references to
+ * release: free the object and drop its reference to the type. The
+ * deallocs that release more end with it too. */
+void dkpy_free(PyObject *self);
+
+/* Make the type of `spec` (bases: a type, a tuple or NULL) and add it to
+ * the module as `prefix` followed by the spec name's last component.
+ * Returns the type (a reference the caller keeps: types live as long as
+ * the process-wide module, binding.h), or NULL with an exception set. */
+PyTypeObject *dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
+                            const char *prefix);
+
 /* getattr(obj, name), the name interned once into *slot. Per-call paths
  * use this rather than PyObject_GetAttrString, whose fresh str per call
  * the type attribute cache keeps alive until the entry is evicted: a

@@ -201,9 +201,7 @@ apply_region(void *p, size_t offset, const void *bytes, size_t len)
 static PyObject *
 Data_apply(DataObject *self, PyObject *func)
 {
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "func must be callable, not %.100s",
-                     Py_TYPE(func)->tp_name);
+    if (dkpy_check_callable(func, "func") < 0) {
         return NULL;
     }
     struct apply_ctx c = {func, 0};

@@ -54,8 +54,6 @@ void dkpy_call_async(void *ctx);
  * called with no arguments, and the value released after it. */
 void dkpy_call_finalizer_async(void *ctx);
 
-/* 0, or -1 with TypeError ("<what> must be callable, not T"). */
-int dkpy_check_callable(PyObject *func, const char *what);
 /* wait(timeout=None) accepting timeout_seconds= too (cygcd's real name),
  * by dkpy_deadline_cygcd. 0, or -1 with an exception set. */
 int dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs,

@@ -40,17 +40,6 @@ parse_fd(PyObject *obj, int *fd)
     return *fd < 0 ? -1 : 0;
 }
 
-static int
-check_callable(PyObject *f, const char *what)
-{
-    if (!PyCallable_Check(f)) {
-        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
-                     Py_TYPE(f)->tp_name);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *
 raise_io(int rc, int fd)
 {
@@ -98,7 +87,7 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
     if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        check_callable(h, "callback") < 0 ||
+        dkpy_check_callable(h, "callback") < 0 ||
         dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
@@ -132,7 +121,7 @@ dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
     if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        check_callable(h, "callback") < 0 ||
+        dkpy_check_callable(h, "callback") < 0 ||
         dkpy_queue_arg(queue, "queue", &q) < 0) {
         PyBuffer_Release(&data);
         return NULL;
@@ -309,7 +298,8 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (parse_fd(fdobj, &fd) < 0 || dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
-    if (cleanup != Py_None && check_callable(cleanup, "cleanup_handler") < 0) {
+    if (cleanup != Py_None &&
+        dkpy_check_callable(cleanup, "cleanup_handler") < 0) {
         return NULL;
     }
     if (io_type != DK_IO_STREAM && io_type != DK_IO_RANDOM) {
@@ -382,7 +372,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
+    if (dkpy_check_callable(handler, "handler") < 0 ||
         dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
@@ -416,7 +406,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
+    if (dkpy_check_callable(handler, "handler") < 0 ||
         dkpy_queue_arg(queue, "queue", &q) < 0) {
         PyBuffer_Release(&data);
         return NULL;
@@ -520,7 +510,7 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
+    if (dkpy_check_callable(handler, "handler") < 0 ||
         dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }

@@ -57,17 +57,6 @@ dkpy_call_finalizer_async(void *ctx)
     dkpy_leave(&g);
 }
 
-int
-dkpy_check_callable(PyObject *func, const char *what)
-{
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
-                     Py_TYPE(func)->tp_name);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- timeouts ------------------------------------------------------- */
 
 /* wait(timeout=-1) accepting timeout_seconds= too (cygcd's real name). */

@@ -68,9 +68,7 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
               unsigned long mask, PyObject *handler, PyObject *queue,
               const char *what)
 {
-    if (!PyCallable_Check(handler)) {
-        PyErr_Format(PyExc_TypeError, "handler must be callable, not %.100s",
-                     Py_TYPE(handler)->tp_name);
+    if (dkpy_check_callable(handler, "handler") < 0) {
         return NULL;
     }
     dk_queue_t *q;
