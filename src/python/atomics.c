@@ -117,47 +117,6 @@ check_write(AtomicObject *self, int op)
     return 0;
 }
 
-/* ---- argument parsing: (positional..., keywords) -> slots ----------- */
-
-static int
-parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-      const char *const *names, const char *const *aliases, int n,
-      PyObject **out, const char *fname)
-{
-    for (int i = 0; i < n; i++) {
-        out[i] = NULL;
-    }
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname,
-                     n);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = args[i];
-    }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-        int slot = -1;
-        for (int i = 0; key != NULL && i < n; i++) {
-            if (strcmp(key, names[i]) == 0 ||
-                (aliases != NULL && aliases[i] != NULL &&
-                 strcmp(key, aliases[i]) == 0)) {
-                slot = i;
-            }
-        }
-        if (slot < 0 || out[slot] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected or repeated keyword "
-                         "argument '%s'",
-                         fname, key ? key : "?");
-            return -1;
-        }
-        out[slot] = args[nargs + k];
-    }
-    return 0;
-}
-
 static int
 order_of(PyObject *obj, int *mo)
 {
@@ -428,7 +387,8 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (nargs != 0 || kwnames != NULL) {
         static const char *const names[] = {"order"};
         PyObject *a[1];
-        if (parse(args, nargs, kwnames, names, NULL, 1, a, "load") < 0 ||
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, a, "load") <
+                0 ||
             order_of(a[0], &mo) < 0) {
             return NULL;
         }
@@ -448,7 +408,8 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"desired", "order"};
     PyObject *a[2];
     int mo;
-    if (parse(args, nargs, kwnames, names, NULL, 2, a, "store") < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "store") <
+            0 ||
         order_of(a[1], &mo) < 0 || check_live(self) < 0) {
         return NULL;
     }
@@ -489,7 +450,8 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (has_value) {
         static const char *const names[] = {"value", "order"};
         static const char *const aliases[] = {"desired", NULL};
-        if (parse(args, nargs, kwnames, names, aliases, 2, a, name) < 0) {
+        if (dkpy_parse_fast(args, nargs, kwnames, names, aliases, 2, a, name) <
+            0) {
             return NULL;
         }
         if (a[0] == NULL) {
@@ -498,7 +460,8 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
     } else if (nargs != 0 || kwnames != NULL) {
         static const char *const names[] = {"order"};
-        if (parse(args, nargs, kwnames, names, NULL, 1, a + 1, name) < 0) {
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, a + 1,
+                            name) < 0) {
             return NULL;
         }
     } else {
@@ -571,7 +534,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"index", "order"};
     PyObject *a[2];
     int mo;
-    if (parse(args, nargs, kwnames, names, NULL, 2, a, name) < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, name) < 0 ||
         order_of(a[1], &mo) < 0) {
         return NULL;
     }
@@ -646,8 +609,8 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     int op = weak ? OP_CMPXCHG_WEAK : OP_CMPXCHG_STRONG;
     PyObject *a[4];
     int succ = DK_MO_SEQ_CST, fail = DK_MO_SEQ_CST;
-    if (parse(args, nargs, kwnames, names, aliases, 4, a,
-              weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, aliases, 4, a,
+                        weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
         (a[2] != NULL && order_of(a[2], &succ) < 0) ||
         (a[3] != NULL && order_of(a[3], &fail) < 0) || check_live(self) < 0) {
         return NULL;
@@ -1125,6 +1088,18 @@ static PyType_Slot class_integral_slots[] = {
     {0, NULL},
 };
 
+/* tp_name, which CPython's own messages print ("a bytes-like object is
+ * required, not 'X'"), becomes the bare class name, as for the package's
+ * Python classes: assigning __name__ repoints it. */
+static int
+set_bare_name(PyObject *type, const char *name)
+{
+    PyObject *s = PyUnicode_FromString(name);
+    int rc = s == NULL ? -1 : PyObject_SetAttrString(type, "__name__", s);
+    Py_XDECREF(s);
+    return rc;
+}
+
 static PyObject *
 atomic_class(PyObject *module, PyObject *args)
 {
@@ -1184,16 +1159,10 @@ atomic_class(PyObject *module, PyObject *args)
         PyMem_RawFree(full);
         return NULL;
     }
-    /* tp_name, which CPython's own messages print ("a bytes-like object
-     * is required, not 'X'"), becomes the bare class name, as for the
-     * package's Python classes: assigning __name__ repoints it. */
-    PyObject *m = PyUnicode_FromString(name);
-    if (m == NULL || PyObject_SetAttrString(t, "__name__", m) < 0) {
-        Py_XDECREF(m);
+    if (set_bare_name(t, name) < 0) {
         Py_DECREF(t);
         return NULL;
     }
-    Py_DECREF(m);
     return t;
 }
 
@@ -1382,35 +1351,20 @@ static PyMethodDef atomics_functions[] = {
 int
 dkpy_atomics_exec(PyObject *m)
 {
-    any_type = (PyTypeObject *)dkpy_type_from_spec(m, &Any_spec, NULL);
+    any_type = dkpy_add_type(m, &Any_spec, NULL, "");
     if (any_type == NULL) {
         return -1;
     }
-    bytes_type = (PyTypeObject *)dkpy_type_from_spec(m, &Bytes_spec,
-                                                     (PyObject *)any_type);
+    bytes_type = dkpy_add_type(m, &Bytes_spec, (PyObject *)any_type, "");
     if (bytes_type == NULL) {
         return -1;
     }
-    integral_type = (PyTypeObject *)dkpy_type_from_spec(
-        m, &Integral_spec, (PyObject *)bytes_type);
-    PyObject *result = dkpy_type_from_spec(m, &Result_spec, NULL);
-    if (integral_type == NULL || result == NULL) {
-        return -1;
-    }
-    ax.cmpxchg_type = result;
+    integral_type =
+        dkpy_add_type(m, &Integral_spec, (PyObject *)bytes_type, "");
+    ax.cmpxchg_type = (PyObject *)dkpy_add_type(m, &Result_spec, NULL, "");
     /* Its bare name in messages, as for the package's class. */
-    PyObject *rname = PyUnicode_FromString("CmpxchgResult");
-    if (rname == NULL ||
-        PyObject_SetAttrString(result, "__name__", rname) < 0) {
-        Py_XDECREF(rname);
-        return -1;
-    }
-    Py_DECREF(rname);
-    if (PyModule_AddObjectRef(m, "_AtomicAny", (PyObject *)any_type) < 0 ||
-        PyModule_AddObjectRef(m, "_AtomicBytes", (PyObject *)bytes_type) < 0 ||
-        PyModule_AddObjectRef(m, "_AtomicIntegral",
-                              (PyObject *)integral_type) < 0 ||
-        PyModule_AddObjectRef(m, "CmpxchgResult", result) < 0) {
+    if (integral_type == NULL || ax.cmpxchg_type == NULL ||
+        set_bare_name(ax.cmpxchg_type, "CmpxchgResult") < 0) {
         return -1;
     }
     if (PyModule_AddFunctions(m, atomics_functions) < 0) {
