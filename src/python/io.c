@@ -13,24 +13,12 @@
 
 /* ---- read_async / write_async ---------------------------------------- */
 
+/* read_async's and write_async's: handler(bytes, error), once. */
 static void
-read_done(void *ctx, const void *data, size_t len, int error)
+io_done(void *ctx, const void *data, size_t len, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, Py_BuildValue("(y#i)", (const char *)data,
-                                               (Py_ssize_t)len, error));
-    Py_DECREF(handler);
-    dkpy_leave(&g);
-}
-
-static void
-write_done(void *ctx, const void *data, size_t len, int error)
-{
-    read_done(ctx, data, len, error); /* same shape: (bytes, error) */
+    dkpy_callback(ctx, true, "(y#i)", (const char *)data, (Py_ssize_t)len,
+                  error);
 }
 
 static int
@@ -51,9 +39,12 @@ raise_io(int rc, int fd)
     return dkpy_raise_errno(rc);
 }
 
-/* handler may be given as callback= (the stub's name) or handler=. */
+/* The arguments read_async and write_async share: the fd, the handler,
+ * given as callback= (the stub's name) or handler=, and queue=. Returns
+ * the handler (borrowed), or NULL with an exception set. */
 static PyObject *
-pick_handler(PyObject *callback, PyObject *handler)
+io_args(PyObject *fdobj, PyObject *callback, PyObject *handler,
+        PyObject *queue, int *fd, dk_queue_t **q)
 {
     /* None is the default of both (the text signature says so). */
     callback = callback == Py_None ? NULL : callback;
@@ -65,6 +56,10 @@ pick_handler(PyObject *callback, PyObject *handler)
     PyObject *h = callback != NULL ? callback : handler;
     if (h == NULL) {
         PyErr_SetString(PyExc_TypeError, "callback must be a callable");
+        return NULL;
+    }
+    if (parse_fd(fdobj, fd) < 0 || dkpy_check_callable(h, "callback") < 0 ||
+        dkpy_queue_arg(queue, "queue", q) < 0) {
         return NULL;
     }
     return h;
@@ -84,11 +79,9 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     int fd;
-    PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
-    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        dkpy_check_callable(h, "callback") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
+    if (h == NULL) {
         return NULL;
     }
     if (length < 0) {
@@ -96,7 +89,7 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_INCREF(h);
-    int rc = dk_read_f(fd, (size_t)length, q, h, read_done);
+    int rc = dk_read_f(fd, (size_t)length, q, h, io_done);
     if (rc < 0) {
         Py_DECREF(h);
         return raise_io(rc, fd);
@@ -118,16 +111,14 @@ dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     int fd;
-    PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
-    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        dkpy_check_callable(h, "callback") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
+    if (h == NULL) {
         PyBuffer_Release(&data);
         return NULL;
     }
     Py_INCREF(h);
-    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, write_done);
+    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, io_done);
     PyBuffer_Release(&data);
     if (rc < 0) {
         Py_DECREF(h);
@@ -148,31 +139,14 @@ typedef struct {
 static void
 op_handler(void *ctx, bool done, const void *data, size_t len, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(
-        handler, Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
-                               (const char *)data, (Py_ssize_t)len, error));
-    if (done) {
-        Py_DECREF(handler);
-    }
-    dkpy_leave(&g);
+    dkpy_callback(ctx, done, "(Oy#i)", done ? Py_True : Py_False,
+                  (const char *)data, (Py_ssize_t)len, error);
 }
 
 static void
 cleanup_handler(void *ctx, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, Py_BuildValue("(i)", error));
-    Py_DECREF(handler);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, true, "(i)", error);
 }
 
 /* Channel reads deliver bytes objects that the core read straight into:
@@ -255,13 +229,7 @@ struct barrier_call {
 static void
 barrier_python(void *ctx)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, NULL);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, false, NULL);
 }
 
 static void
@@ -338,15 +306,13 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Channel_dealloc(ChannelObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->io != NULL) {
         if (!dk_io_is_closed(self->io)) {
             dk_io_close(self->io, 0); /* pending operations complete */
         }
         dk_io_release(self->io);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -357,6 +323,28 @@ check_open(ChannelObject *self)
         return -1;
     }
     return 0;
+}
+
+/* A channel operation's handler and queue=: 0, or -1 with an exception
+ * set. */
+static int
+handler_and_queue(PyObject *handler, PyObject *queue, dk_queue_t **q)
+{
+    if (dkpy_check_callable(handler, "handler") < 0) {
+        return -1;
+    }
+    return dkpy_queue_arg(queue, "queue", q);
+}
+
+/* An operation the core refused: EPIPE from a channel closed meanwhile
+ * says so, as a closed channel's operations do. */
+static PyObject *
+channel_error(ChannelObject *self, int rc)
+{
+    if (rc == -EPIPE && check_open(self) < 0) {
+        return NULL;
+    }
+    return dkpy_raise_errno(rc);
 }
 
 static PyObject *
@@ -372,8 +360,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (dkpy_check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         return NULL;
     }
     if (length < 0 || offset < 0) {
@@ -385,10 +372,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
                         read_op_handler);
     if (rc < 0) {
         Py_DECREF(handler);
-        if (rc == -EPIPE) {
-            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
-        }
-        return dkpy_raise_errno(rc);
+        return channel_error(self, rc);
     }
     Py_RETURN_NONE;
 }
@@ -406,8 +390,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (dkpy_check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -422,10 +405,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
     PyBuffer_Release(&data);
     if (rc < 0) {
         Py_DECREF(handler);
-        if (rc == -EPIPE) {
-            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
-        }
-        return dkpy_raise_errno(rc);
+        return channel_error(self, rc);
     }
     Py_RETURN_NONE;
 }
@@ -510,8 +490,7 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (dkpy_check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         return NULL;
     }
     struct barrier_call *b = PyMem_RawMalloc(sizeof *b);
@@ -636,14 +615,10 @@ static PyMethodDef io_functions[] = {
 int
 dkpy_io_exec(PyObject *m)
 {
-    PyObject *t = dkpy_type_from_spec(m, &Channel_spec, NULL);
+    PyTypeObject *t = dkpy_add_type(m, &Channel_spec, NULL, "");
     if (t == NULL) {
         return -1;
     }
-    int rc = PyModule_AddObjectRef(m, "IOChannel", t);
-    Py_DECREF(t);
-    if (rc < 0) {
-        return -1;
-    }
+    Py_DECREF(t); /* the module holds it */
     return PyModule_AddFunctions(m, io_functions);
 }
