@@ -352,9 +352,8 @@ Atomic_traverse(AtomicObject *self, visitproc visit, void *arg)
 }
 
 static PyObject *
-Atomic_release(AtomicObject *self, PyObject *unused)
+Atomic_release(AtomicObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (self->has_view) {
         self->has_view = false;
         PyBuffer_Release(&self->view);
@@ -674,9 +673,8 @@ Atomic_cmpxchg_strong(AtomicObject *self, PyObject *const *args,
 /* ---- properties and conversions -------------------------------------- */
 
 static PyObject *
-Atomic_get_width(AtomicObject *self, void *closure)
+Atomic_get_width(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -684,9 +682,8 @@ Atomic_get_width(AtomicObject *self, void *closure)
 }
 
 static PyObject *
-Atomic_get_readonly(AtomicObject *self, void *closure)
+Atomic_get_readonly(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -694,9 +691,8 @@ Atomic_get_readonly(AtomicObject *self, void *closure)
 }
 
 static PyObject *
-Atomic_get_signed(AtomicObject *self, void *closure)
+Atomic_get_signed(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -704,9 +700,8 @@ Atomic_get_signed(AtomicObject *self, void *closure)
 }
 
 static PyObject *
-Atomic_get_address(AtomicObject *self, void *closure)
+Atomic_get_address(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -714,9 +709,8 @@ Atomic_get_address(AtomicObject *self, void *closure)
 }
 
 static PyObject *
-Atomic_get_ops_supported(AtomicObject *self, void *closure)
+Atomic_get_ops_supported(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -749,9 +743,8 @@ Atomic_int(AtomicObject *self)
 }
 
 static PyObject *
-Atomic_bytes(AtomicObject *self, PyObject *unused)
+Atomic_bytes(AtomicObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return do_load(self, OP_LOAD, DK_MO_SEQ_CST);
 }
 
@@ -1044,9 +1037,8 @@ static newfunc const owned_new_of[] = {
 };
 
 static PyObject *
-atomic_view_new(PyObject *module, PyObject *args)
+atomic_view_new(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyTypeObject *cls;
     PyObject *buffer;
     int integral, is_signed;
@@ -1300,9 +1292,8 @@ static PyType_Spec Result_spec = {"dispatchkit.atomics.CmpxchgResult",
 /* ---- setup ----------------------------------------------------------- */
 
 static PyObject *
-atomics_setup(PyObject *module, PyObject *args)
+atomics_setup(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *al, *mo, *wi, *op, *ot;
     if (!PyArg_ParseTuple(args, "OOOOO", &al, &mo, &wi, &op, &ot)) {
         return NULL;
@@ -1318,9 +1309,8 @@ atomics_setup(PyObject *module, PyObject *args)
 }
 
 static PyObject *
-buffer_address(PyObject *module, PyObject *obj)
+buffer_address(PyObject *Py_UNUSED(module), PyObject *obj)
 {
-    (void)module;
     Py_buffer b;
     if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) {
         return NULL;

@@ -220,9 +220,8 @@ copy_out(void *p, size_t offset, const void *bytes, size_t len)
 }
 
 static PyObject *
-Data_bytes(DataObject *self, PyObject *unused)
+Data_bytes(DataObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     size_t n = dk_data_get_size(self->d);
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (b != NULL) {
@@ -238,16 +237,14 @@ Data_len(DataObject *self)
 }
 
 static PyObject *
-Data_get_size(DataObject *self, void *closure)
+Data_get_size(DataObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_data_get_size(self->d));
 }
 
 static PyObject *
-Data_get_regions(DataObject *self, void *closure)
+Data_get_regions(DataObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_data_region_count(self->d));
 }
 

@@ -68,9 +68,8 @@ apply_range(void *ctx, size_t begin, size_t end)
 }
 
 static PyObject *
-dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"iterations", "func", "queue", NULL};
     PyObject *iterations, *func, *queue = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:apply", kwlist,
@@ -120,9 +119,8 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_time_from_now(PyObject *module, PyObject *seconds)
+dk_py_time_from_now(PyObject *Py_UNUSED(module), PyObject *seconds)
 {
-    (void)module;
     double s = PyFloat_AsDouble(seconds);
     if (s == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -139,9 +137,8 @@ dk_py_time_from_now(PyObject *module, PyObject *seconds)
 }
 
 static PyObject *
-dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_walltime(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"timestamp", "delta_seconds", NULL};
     double ts = 0, delta = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dd:walltime", kwlist, &ts,
@@ -167,9 +164,8 @@ dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_get_specific(PyObject *module, PyObject *key)
+dk_py_get_specific(PyObject *Py_UNUSED(module), PyObject *key)
 {
-    (void)module;
     for (dk_queue_t *x = dk_queue_current();
          x != NULL && !dk_queue_is_global(x); x = dk_queue_target(x)) {
         PyObject *dict = dk_queue_get_specific(x, &dkpy_specifics_key);
@@ -188,9 +184,9 @@ dk_py_get_specific(PyObject *module, PyObject *key)
 }
 
 static PyObject *
-dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_drain_main_queue(PyObject *Py_UNUSED(module), PyObject *args,
+                       PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"timeout", NULL};
     PyObject *timeout = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:drain_main_queue",
@@ -245,10 +241,8 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_main(PyObject *module, PyObject *unused)
+dk_py_main(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     if (!dk_is_main_thread()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.main() must run on the main thread");
@@ -272,26 +266,20 @@ dk_py_main(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
-dk_py_main_queue_fd(PyObject *module, PyObject *unused)
+dk_py_main_queue_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyLong_FromLong(dk_main_fd());
 }
 
 static PyObject *
-dk_py_pool_quiescent(PyObject *module, PyObject *unused)
+dk_py_pool_quiescent(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyBool_FromLong(dk_pool_quiescent());
 }
 
 static PyObject *
-dk_py_shutdown(PyObject *module, PyObject *unused)
+dk_py_shutdown(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     dkpy_gil_shutdown();
     Py_RETURN_NONE;
 }

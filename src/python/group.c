@@ -283,17 +283,15 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Group_enter(GroupObject *self, PyObject *unused)
+Group_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_group_enter(self->g);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Group_leave(GroupObject *self, PyObject *unused)
+Group_leave(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_group_leave(self->g) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "leave() without a matching enter() (unbalanced)");
@@ -303,26 +301,23 @@ Group_leave(GroupObject *self, PyObject *unused)
 }
 
 static PyObject *
-Group_get_count(GroupObject *self, void *closure)
+Group_get_count(GroupObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(dk_group_count(self->g));
 }
 
 /* `with group:` counts the block as one task: enter(), then leave(). */
 static PyObject *
-Group_cm_enter(GroupObject *self, PyObject *unused)
+Group_cm_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_group_enter(self->g);
     Py_INCREF(self);
     return (PyObject *)self;
 }
 
 static PyObject *
-Group_cm_exit(GroupObject *self, PyObject *args)
+Group_cm_exit(GroupObject *self, PyObject *Py_UNUSED(args))
 {
-    (void)args;
     return Group_leave(self, NULL);
 }
 
@@ -435,27 +430,24 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Semaphore_signal(SemaphoreObject *self, PyObject *unused)
+Semaphore_signal(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     /* We hold the GIL: a waiter we wake watches for its next release. */
     dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     return PyBool_FromLong(dk_semaphore_signal(self->s));
 }
 
 static PyObject *
-Semaphore_get_value(SemaphoreObject *self, void *closure)
+Semaphore_get_value(SemaphoreObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(dk_semaphore_value(self->s));
 }
 
 /* `with sem:` as threading.Semaphore: wait() without a timeout on entry
  * (returns True), signal() on exit. */
 static PyObject *
-Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
+Semaphore_cm_enter(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
@@ -463,9 +455,8 @@ Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
 }
 
 static PyObject *
-Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
+Semaphore_cm_exit(SemaphoreObject *self, PyObject *Py_UNUSED(args))
 {
-    (void)args;
     dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     dk_semaphore_signal(self->s);
     Py_RETURN_NONE;
@@ -604,9 +595,8 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Once_get_done(OnceObject *self, void *closure)
+Once_get_done(OnceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_once_done(&self->pred));
 }
 

@@ -66,9 +66,8 @@ io_args(PyObject *fdobj, PyObject *callback, PyObject *handler,
 }
 
 static PyObject *
-dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_read_async(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"fd",    "length",  "callback",
                              "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
@@ -98,9 +97,9 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_write_async(PyObject *Py_UNUSED(module), PyObject *args,
+                  PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"fd",    "data",    "callback",
                              "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
@@ -159,9 +158,8 @@ bytes_of(const void *data)
 }
 
 static void *
-bytes_alloc(void *actx, size_t size)
+bytes_alloc(void *Py_UNUSED(actx), size_t size)
 {
-    (void)actx;
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return NULL;
@@ -176,9 +174,8 @@ bytes_alloc(void *actx, size_t size)
 }
 
 static void
-bytes_free(void *actx, void *buf)
+bytes_free(void *Py_UNUSED(actx), void *buf)
 {
-    (void)actx;
     dkpy_gil_t g;
     if (dkpy_enter(&g)) {
         Py_DECREF(bytes_of(buf));
@@ -515,16 +512,14 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Channel_get_fd(ChannelObject *self, void *closure)
+Channel_get_fd(ChannelObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(self->fd);
 }
 
 static PyObject *
-Channel_get_is_closed(ChannelObject *self, void *closure)
+Channel_get_is_closed(ChannelObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_io_is_closed(self->io));
 }
 

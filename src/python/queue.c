@@ -259,9 +259,8 @@ Queue_dealloc(QueueObject *self)
 }
 
 static PyObject *
-Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
+Queue_global_queue(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kwargs)
 {
-    (void)cls;
     static char *kwlist[] = {"priority", NULL};
     long priority = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|l:global_queue", kwlist,
@@ -294,10 +293,8 @@ Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Queue_main_queue(PyObject *cls, PyObject *unused)
+Queue_main_queue(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused))
 {
-    (void)cls;
-    (void)unused;
     if (dkpy_dispatch.main_queue == NULL) {
         dkpy_dispatch.main_queue =
             queue_wrap(dkpy_dispatch.queue_type, dk_queue_main(), true);
@@ -563,17 +560,15 @@ Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
-Queue_suspend(QueueObject *self, PyObject *unused)
+Queue_suspend(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_queue_suspend(self->q);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Queue_resume(QueueObject *self, PyObject *unused)
+Queue_resume(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_queue_resume(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "resume() without a matching suspend() "
@@ -584,9 +579,8 @@ Queue_resume(QueueObject *self, PyObject *unused)
 }
 
 static PyObject *
-Queue_activate(QueueObject *self, PyObject *unused)
+Queue_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_queue_activate(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Queue was not created as inactive");
@@ -678,9 +672,8 @@ Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Queue_get_context(QueueObject *self, PyObject *unused)
+Queue_get_context(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Py_NewRef(self->context != NULL ? self->context : Py_None);
 }
 
@@ -748,23 +741,20 @@ Queue_get_specific(QueueObject *self, PyObject *key)
 }
 
 static PyObject *
-Queue_get_label(QueueObject *self, void *closure)
+Queue_get_label(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyUnicode_FromString(dk_queue_label(self->q));
 }
 
 static PyObject *
-Queue_get_is_inactive(QueueObject *self, void *closure)
+Queue_get_is_inactive(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_queue_is_inactive(self->q));
 }
 
 static PyObject *
-Queue_get_is_concurrent(QueueObject *self, void *closure)
+Queue_get_is_concurrent(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_queue_is_concurrent(self->q));
 }
 
@@ -997,9 +987,8 @@ Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Workloop_activate(QueueObject *self, PyObject *unused)
+Workloop_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (!self->created_inactive || dk_queue_activate(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Workloop was not created as inactive");
