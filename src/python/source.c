@@ -172,9 +172,8 @@ apply_timer(SourceObject *self)
 }
 
 static PyObject *
-Source_start(SourceObject *self, PyObject *unused)
+Source_start(SourceObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_source_testcancel(self->s)) {
         PyErr_Format(PyExc_RuntimeError, "Cannot start a cancelled %s",
                      self->what);
@@ -203,32 +202,28 @@ Source_start(SourceObject *self, PyObject *unused)
 }
 
 static PyObject *
-Source_cancel(SourceObject *self, PyObject *unused)
+Source_cancel(SourceObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_source_cancel(self->s); /* idempotent; the cancel handler drops
                                   the started-source reference */
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Source_get_is_cancelled(SourceObject *self, void *closure)
+Source_get_is_cancelled(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_source_testcancel(self->s));
 }
 
 static PyObject *
-Source_get_data(SourceObject *self, void *closure)
+Source_get_data(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_source_get_data(self->s));
 }
 
 static PyObject *
-Source_get_handle(SourceObject *self, void *closure)
+Source_get_handle(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_source_get_handle(self->s));
 }
 
@@ -584,9 +579,8 @@ DataSource_merge(SourceObject *self, PyObject *value)
 }
 
 static PyObject *
-DataSource_get_kind(SourceObject *self, void *closure)
+DataSource_get_kind(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong((long)dk_source_get_type(self->s));
 }
 

@@ -223,9 +223,8 @@ word_load(WordObject *self)
 }
 
 static PyObject *
-Word_load(WordObject *self, PyObject *unused)
+Word_load(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLongLong(word_load(self));
 }
 
@@ -484,9 +483,8 @@ mutex_lock(WordObject *self, long long timeout_ns, int spin)
 }
 
 static PyObject *
-Mutex_acquire(WordObject *self, PyObject *unused)
+Mutex_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     int rc = mutex_lock(self, -1, 16);
     if (rc < 0) {
         return NULL;
@@ -512,9 +510,8 @@ Mutex_acquire_ns(WordObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Mutex_try_acquire(WordObject *self, PyObject *unused)
+Mutex_try_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     int rc = dk_shm_mutex_lock(self->addr, 0, self->shared, 0, false);
     if (rc >= 0) {
         self->owner_died = rc == 1;
@@ -523,9 +520,8 @@ Mutex_try_acquire(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_release(WordObject *self, PyObject *unused)
+Mutex_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_shm_mutex_unlock(self->addr, self->shared, false) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot release a mutex not owned by this thread");
@@ -535,40 +531,35 @@ Mutex_release(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_force_release(WordObject *self, PyObject *unused)
+Mutex_force_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_shm_mutex_unlock(self->addr, self->shared, true);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Mutex_owner_pid(WordObject *self, PyObject *unused)
+Mutex_owner_pid(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_mutex_t *)self->addr)->owner_pid, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Header_last_ns(WordObject *self, PyObject *unused)
+Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
 }
 
 static PyObject *
-Header_magic(WordObject *self, PyObject *unused)
+Header_magic(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(
         dk_atomic_u32_load((uint32_t *)self->addr, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Mutex_enter(WordObject *self, PyObject *unused)
+Mutex_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (mutex_lock(self, -1, 16) < 0) {
         return NULL;
     }
@@ -576,17 +567,15 @@ Mutex_enter(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+Mutex_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+           Py_ssize_t Py_UNUSED(nargs))
 {
-    (void)args;
-    (void)nargs;
     return Mutex_release(self, NULL);
 }
 
 static PyObject *
-Mutex_get_owner_died(WordObject *self, void *closure)
+Mutex_get_owner_died(WordObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(self->owner_died);
 }
 
@@ -758,9 +747,8 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
-Semaphore_post1(WordObject *self, PyObject *unused)
+Semaphore_post1(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return sem_post(self, 1);
 }
 
@@ -817,17 +805,15 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
-Semaphore_value(WordObject *self, PyObject *unused)
+Semaphore_value(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_semaphore_t *)self->addr)->count, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Semaphore_last_pid(WordObject *self, PyObject *unused)
+Semaphore_last_pid(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
 }
@@ -835,17 +821,15 @@ Semaphore_last_pid(WordObject *self, PyObject *unused)
 /* `with sem:` as threading.Semaphore: wait() with no timeout on entry
  * (returns True), post(1) on exit. */
 static PyObject *
-Semaphore_enter(WordObject *self, PyObject *unused)
+Semaphore_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Semaphore_wait(self, NULL, 0, NULL);
 }
 
 static PyObject *
-Semaphore_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+Semaphore_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+               Py_ssize_t Py_UNUSED(nargs))
 {
-    (void)args;
-    (void)nargs;
     PyObject *r = Semaphore_post1(self, NULL);
     if (r == NULL) {
         return NULL;
@@ -933,25 +917,22 @@ Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Event_set(WordObject *self, PyObject *unused)
+Event_set(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_shm_event_set(self->addr, self->shared);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Event_clear(WordObject *self, PyObject *unused)
+Event_clear(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_shm_event_clear(self->addr);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Event_is_set(WordObject *self, PyObject *unused)
+Event_is_set(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(dk_shm_event_is_set(self->addr));
 }
 
