@@ -32,14 +32,7 @@
 void
 dkpy_call_async(void *ctx)
 {
-    PyObject *func = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return; /* finalizing: drop it */
-    }
-    dkpy_call_reporting(func, NULL);
-    Py_DECREF(func);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, true, NULL);
 }
 
 /* ctx: a new reference to a tuple (finalizer, value): the finalizer is
@@ -122,28 +115,35 @@ queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
     return (PyObject *)self;
 }
 
+/* A label argument: a str or None (-> NULL). 0, or -1 with an exception
+ * set. */
 static int
-parse_target(PyObject *target, dk_queue_t **out)
+label_arg(PyObject *label, const char **out)
 {
-    if (target == Py_None) {
-        *out = NULL;
+    *out = NULL;
+    if (label == Py_None) {
         return 0;
     }
-    if (!PyObject_TypeCheck(target, dkpy_dispatch.queue_type)) {
-        PyErr_Format(PyExc_TypeError,
-                     "target must be a Queue or None, not %.100s",
-                     Py_TYPE(target)->tp_name);
+    if (!PyUnicode_Check(label)) {
+        PyErr_Format(PyExc_TypeError, "label must be str or None, not %.100s",
+                     Py_TYPE(label)->tp_name);
         return -1;
     }
-    *out = ((QueueObject *)target)->q;
-    return 0;
+    *out = PyUnicode_AsUTF8(label);
+    return *out == NULL ? -1 : 0;
 }
 
-static bool
-valid_qos(long qos)
+/* 0 for a QOS_CLASS_* value, else -1 with ValueError. */
+static int
+qos_arg(long qos)
 {
-    return qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
-           qos == 0x19 || qos == 0x21;
+    if (qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 || qos == 0x19 ||
+        qos == 0x21) {
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "qos must be one of the QOS_CLASS_* constants, not %ld", qos);
+    return -1;
 }
 
 static PyObject *
@@ -160,24 +160,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &target, &inactive)) {
         return NULL;
     }
-    const char *clabel = NULL;
-    if (label != Py_None) {
-        if (!PyUnicode_Check(label)) {
-            PyErr_Format(PyExc_TypeError,
-                         "label must be str or None, not "
-                         "%.100s",
-                         Py_TYPE(label)->tp_name);
-            return NULL;
-        }
-        clabel = PyUnicode_AsUTF8(label);
-        if (clabel == NULL) {
-            return NULL;
-        }
-    }
-    if (!valid_qos(qos)) {
-        PyErr_Format(PyExc_ValueError,
-                     "qos must be one of the QOS_CLASS_* constants, not %ld",
-                     qos);
+    const char *clabel;
+    if (label_arg(label, &clabel) < 0 || qos_arg(qos) < 0) {
         return NULL;
     }
     if (relpri < -15 || relpri > 0) {
@@ -186,7 +170,7 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *t;
-    if (parse_target(target, &t) < 0) {
+    if (dkpy_queue_arg(target, "target", &t) < 0) {
         return NULL;
     }
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
@@ -352,6 +336,7 @@ struct sync_call {
     PyObject *func;
     PyObject *exc_type, *exc_value, *exc_tb;
     dk_semaphore_t *done;
+    bool drain_main; /* the main thread waits for the main queue */
     int state;
     uint32_t refs;
 };
@@ -391,40 +376,36 @@ call_sync(void *ctx)
     sync_call_unref(c);
 }
 
+/* One slice of a sync call's wait (dkpy_wait_sliced). The main thread
+ * waiting for the main queue runs its items meanwhile, 50 ms at a time. */
+static int
+sync_wait_fn(void *arg, uint64_t deadline)
+{
+    struct sync_call *c = arg;
+    if (!c->drain_main) {
+        return dk_semaphore_wait_interruptible(c->done, deadline);
+    }
+    long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
+    int rc = dk_semaphore_wait(c->done, 0);
+    return rc != 0 && n == -EINTR ? -EINTR : rc;
+}
+
 /* Wait for a sync call with the GIL released; Ctrl-C abandons it (the
  * callable still runs later; its exception is then reported). */
 static PyObject *
 sync_wait(dk_queue_t *q, struct sync_call *c)
 {
-    bool drain_main = q == dk_queue_main() && dk_is_main_thread();
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        if (drain_main) {
-            long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
-            rc = dk_semaphore_wait(c->done, 0);
-            if (rc != 0 && n == -EINTR) {
-                rc = -EINTR;
-            }
+    c->drain_main = q == dk_queue_main() && dk_is_main_thread();
+    if (dkpy_wait_sliced(sync_wait_fn, c, DK_TIME_FOREVER) == DKPY_RAISED) {
+        if (c->state == SYNC_DONE) {
+            Py_XDECREF(c->exc_type);
+            Py_XDECREF(c->exc_value);
+            Py_XDECREF(c->exc_tb);
         } else {
-            rc = dk_semaphore_wait_interruptible(
-                c->done, dkpy_slice_end(DK_TIME_FOREVER));
+            c->state = SYNC_ABANDONED;
         }
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            if (c->state == SYNC_DONE) {
-                Py_XDECREF(c->exc_type);
-                Py_XDECREF(c->exc_value);
-                Py_XDECREF(c->exc_tb);
-            } else {
-                c->state = SYNC_ABANDONED;
-            }
-            sync_call_unref(c);
-            return NULL;
-        }
+        sync_call_unref(c);
+        return NULL;
     }
     PyObject *type = c->exc_type, *value = c->exc_value, *tb = c->exc_tb;
     sync_call_unref(c);
@@ -511,33 +492,11 @@ static PyObject *
 Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject *kwnames)
 {
-    static const char *names[] = {"delay_seconds", "func"};
-    PyObject *vals[2] = {NULL, NULL};
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "after() takes 2 arguments (delay_seconds, func)");
+    static const char *const names[] = {"delay_seconds", "func"};
+    PyObject *vals[2];
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, vals, "after") <
+        0) {
         return NULL;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        vals[i] = args[i];
-    }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
-        int slot = -1;
-        for (int j = 0; j < 2; j++) {
-            if (k != NULL && strcmp(k, names[j]) == 0) {
-                slot = j;
-            }
-        }
-        if (slot < 0 || vals[slot] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "after() got an unexpected or "
-                         "repeated keyword argument '%s'",
-                         k ? k : "?");
-            return NULL;
-        }
-        vals[slot] = args[nargs + i];
     }
     if (vals[0] == NULL || vals[1] == NULL) {
         PyErr_SetString(PyExc_TypeError,
@@ -609,7 +568,7 @@ Queue_set_target_queue(QueueObject *self, PyObject *args, PyObject *kwargs)
         target = queue != NULL ? queue : Py_None;
     }
     dk_queue_t *t;
-    if (parse_target(target, &t) < 0) {
+    if (dkpy_queue_arg(target, "target", &t) < 0) {
         return NULL;
     }
     int rc = dk_queue_set_target(self->q, t);
@@ -901,18 +860,9 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &label, &inactive)) {
         return NULL;
     }
-    const char *clabel = NULL;
-    if (label != Py_None) {
-        if (!PyUnicode_Check(label)) {
-            PyErr_Format(PyExc_TypeError,
-                         "label must be str or None, not %.100s",
-                         Py_TYPE(label)->tp_name);
-            return NULL;
-        }
-        clabel = PyUnicode_AsUTF8(label);
-        if (clabel == NULL) {
-            return NULL;
-        }
+    const char *clabel;
+    if (label_arg(label, &clabel) < 0) {
+        return NULL;
     }
     dk_queue_t *q = dk_queue_create(
         clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
@@ -943,13 +893,7 @@ workloop_submit_args(QueueObject *self, PyObject *args, PyObject *kwargs,
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, func, &q)) {
         return -1;
     }
-    if (dkpy_check_callable(*func, "func") < 0) {
-        return -1;
-    }
-    if (!valid_qos(q)) {
-        PyErr_Format(PyExc_ValueError,
-                     "qos must be one of the QOS_CLASS_* constants, not %ld",
-                     q);
+    if (dkpy_check_callable(*func, "func") < 0 || qos_arg(q) < 0) {
         return -1;
     }
     *qos = (int)q;
