@@ -118,6 +118,14 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* Finite seconds to nanoseconds, clamped to the int64 range. */
+static int64_t
+clamp_ns(double s)
+{
+    double ns = s * 1e9;
+    return ns >= 9.2e18 ? INT64_MAX : ns <= -9.2e18 ? INT64_MIN : (int64_t)ns;
+}
+
 static PyObject *
 dk_py_time_from_now(PyObject *Py_UNUSED(module), PyObject *seconds)
 {
@@ -129,11 +137,7 @@ dk_py_time_from_now(PyObject *Py_UNUSED(module), PyObject *seconds)
         PyErr_SetString(PyExc_ValueError, "seconds must be finite");
         return NULL;
     }
-    double ns = s * 1e9;
-    int64_t d = ns >= 9.2e18    ? INT64_MAX
-                : ns <= -9.2e18 ? INT64_MIN
-                                : (int64_t)ns;
-    return PyLong_FromUnsignedLongLong(dk_time(DK_TIME_NOW, d));
+    return PyLong_FromUnsignedLongLong(dk_time(DK_TIME_NOW, clamp_ns(s)));
 }
 
 static PyObject *
@@ -151,10 +155,7 @@ dk_py_walltime(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                         "finite");
         return NULL;
     }
-    double dns = delta * 1e9;
-    int64_t d = dns >= 9.2e18    ? INT64_MAX
-                : dns <= -9.2e18 ? INT64_MIN
-                                 : (int64_t)dns;
+    int64_t d = clamp_ns(delta);
     double tns = ts * 1e9;
     uint64_t base = tns >= 9.2e18 ? (uint64_t)INT64_MAX : (uint64_t)tns;
     if (ts != 0 && base == 0) {
@@ -181,6 +182,28 @@ dk_py_get_specific(PyObject *Py_UNUSED(module), PyObject *key)
         }
     }
     Py_RETURN_NONE;
+}
+
+/* A slice of draining the main queue (dkpy_wait_sliced): the number of
+ * items run goes to *arg. */
+static int
+main_drain_fn(void *arg, uint64_t deadline)
+{
+    long n = dk_main_drain(deadline);
+    *(long *)arg = n;
+    return n >= 0 ? 0 : (int)n;
+}
+
+/* -EDEADLK: `who` ran inside a main-queue item. Raises and returns true
+ * then. */
+static bool
+main_drain_deadlock(int rc, const char *who)
+{
+    if (rc != -EDEADLK) {
+        return false;
+    }
+    PyErr_Format(PyExc_RuntimeError, "%s called from a main-queue task", who);
+    return true;
 }
 
 static PyObject *
@@ -217,27 +240,12 @@ dk_py_drain_main_queue(PyObject *Py_UNUSED(module), PyObject *args,
                         "thread");
         return NULL;
     }
-    for (;;) {
-        long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(dkpy_slice_end(deadline));
-        Py_END_ALLOW_THREADS
-        if (n >= 0) {
-            return PyLong_FromLong(n);
-        }
-        if (n == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            return PyLong_FromLong(0);
-        }
-        if (n == -EDEADLK) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "drain_main_queue() called from a main-queue "
-                            "task");
-            return NULL;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    long n = 0;
+    int rc = dkpy_wait_sliced(main_drain_fn, &n, deadline);
+    if (rc == DKPY_RAISED || main_drain_deadlock(rc, "drain_main_queue()")) {
+        return NULL;
     }
+    return PyLong_FromLong(rc == 0 ? n : 0); /* else timed out */
 }
 
 static PyObject *
@@ -250,17 +258,13 @@ dk_py_main(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(dkpy_slice_end(DK_TIME_FOREVER));
-        Py_END_ALLOW_THREADS
-        if (n == -EDEADLK) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "dispatchkit.main() called from a main-queue "
-                            "task");
+        int rc = dkpy_wait_sliced(main_drain_fn, &n, DK_TIME_FOREVER);
+        /* Ctrl-C or a signal handler's exception ends it, between
+         * slices or between batches of items. */
+        if (rc == DKPY_RAISED ||
+            main_drain_deadlock(rc, "dispatchkit.main()") ||
+            PyErr_CheckSignals() < 0) {
             return NULL;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL; /* Ctrl-C or a signal handler's exception */
         }
     }
 }
