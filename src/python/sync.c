@@ -88,44 +88,74 @@ hold_memory(WordObject *self)
     self->view.obj = NULL;
 }
 
-static int
-word_init(WordObject *self, PyObject *buffer, unsigned width)
+/* A new object of `type` on `buffer`, which must be writable, at least
+ * `size` bytes long and `align`-aligned. NULL with ValueError if not. */
+static WordObject *
+word_alloc(PyTypeObject *type, PyObject *buffer, unsigned size, unsigned align,
+           int shared)
 {
+    const char *what = dkpy_type_name(type);
+    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
     if (PyObject_GetBuffer(buffer, &self->view,
                            PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError,
-                            "buffer must be writable (a read-only buffer "
-                            "cannot hold a synchronisation word)");
+            PyErr_Format(PyExc_ValueError,
+                         "buffer must be writable for %s (a read-only "
+                         "buffer cannot hold a synchronisation word)",
+                         what);
         }
-        return -1;
+        Py_DECREF(self);
+        return NULL;
     }
     self->addr = self->view.buf;
-    self->width = width;
-    if ((size_t)self->view.len < width || (uintptr_t)self->addr % width != 0) {
-        PyBuffer_Release(&self->view);
-        self->view.obj = NULL;
-        PyErr_Format(PyExc_ValueError, "need %u-byte aligned >=%u buffer",
-                     width, width);
-        return -1;
+    self->width = size;
+    self->shared = shared != 0;
+    if ((size_t)self->view.len < size || (uintptr_t)self->addr % align != 0) {
+        Py_DECREF(self); /* releases the view */
+        PyErr_Format(PyExc_ValueError,
+                     "need %u-byte aligned >=%u buffer for %s", align, size,
+                     what);
+        return NULL;
     }
     hold_memory(self);
-    return 0;
+    return self;
+}
+
+/* The constructors of FutexWord, Event and Mutex, (buffer, shared=True),
+ * and of AtomicU32 and AtomicU64, (buffer): `size` bytes at `align`. */
+static WordObject *
+word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, unsigned size,
+         unsigned align, bool takes_shared)
+{
+    static char *kwlist[] = {"buffer", "shared", NULL};
+    static char *kwlist_buffer[] = {"buffer", NULL};
+    PyObject *buffer;
+    int shared = 1;
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "O%s:%s", takes_shared ? "|p" : "",
+             dkpy_type_name(type));
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt,
+                                     takes_shared ? kwlist : kwlist_buffer,
+                                     &buffer, &shared)) {
+        return NULL;
+    }
+    return word_alloc(type, buffer, size, align, shared);
 }
 
 static void
 Word_dealloc(WordObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->view.obj != NULL) {
         PyBuffer_Release(&self->view);
     }
     if (self->aliased) {
         dk_shm_unalias(self->addr, self->width);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -156,23 +186,7 @@ get_u(PyObject *v, unsigned width, uint64_t *out)
 static PyObject *
 FutexWord_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:FutexWord", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, 4) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
-    return (PyObject *)self;
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
 }
 
 static PyObject *
@@ -247,31 +261,15 @@ static PyObject *
 Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
-    PyObject *exp = NULL, *des = NULL;
-    if (nargs == 2 && kwnames == NULL) {
-        exp = args[0];
-        des = args[1];
-    } else {
-        static const char *names[] = {"expected", "new"};
-        PyObject *slot[2] = {NULL, NULL};
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-        for (Py_ssize_t i = 0; i < nargs && i < 2; i++) {
-            slot[i] = args[i];
-        }
-        for (Py_ssize_t k = 0; k < nkw; k++) {
-            const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            for (int i = 0; key != NULL && i < 2; i++) {
-                if (strcmp(key, names[i]) == 0) {
-                    slot[i] = args[nargs + k];
-                }
-            }
-        }
-        exp = slot[0];
-        des = slot[1];
-        if (exp == NULL || des == NULL || nargs > 2) {
-            PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
-            return NULL;
-        }
+    static const char *const names[] = {"expected", "new"};
+    PyObject *a[2];
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "cas") < 0) {
+        return NULL;
+    }
+    PyObject *exp = a[0], *des = a[1];
+    if (exp == NULL || des == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
+        return NULL;
     }
     uint64_t e, d;
     if (get_u(exp, self->width, &e) < 0 || get_u(des, self->width, &d) < 0) {
@@ -331,35 +329,15 @@ static PyType_Slot FutexWord_slots[] = {
 /* ---- AtomicU32 / AtomicU64 ------------------------------------------- */
 
 static PyObject *
-atomic_word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs,
-                unsigned width)
-{
-    static char *kwlist[] = {"buffer", NULL};
-    PyObject *buffer;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", kwlist, &buffer)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, width) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-static PyObject *
 AtomicU32_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    return atomic_word_new(type, args, kwargs, 4);
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, false);
 }
 
 static PyObject *
 AtomicU64_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    return atomic_word_new(type, args, kwargs, 8);
+    return (PyObject *)word_new(type, args, kwargs, 8, 8, false);
 }
 
 static PyMethodDef AtomicWord_methods[] = {
@@ -398,51 +376,14 @@ static PyType_Slot AtomicU64_slots[] = {
 
 /* ---- Mutex ------------------------------------------------------------ */
 
-static int
-header_init(WordObject *self, PyObject *buffer, const char *what)
-{
-    if (PyObject_GetBuffer(buffer, &self->view,
-                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "buffer must be writable for %s",
-                         what);
-        }
-        return -1;
-    }
-    self->addr = self->view.buf;
-    self->width = DK_SHM_HEADER_SIZE;
-    if (self->view.len < DK_SHM_HEADER_SIZE ||
-        (uintptr_t)self->addr % 4 != 0) {
-        PyBuffer_Release(&self->view);
-        self->view.obj = NULL;
-        PyErr_Format(PyExc_ValueError,
-                     "need 4-byte aligned >=64 buffer for %s", what);
-        return -1;
-    }
-    hold_memory(self);
-    return 0;
-}
-
 static PyObject *
 Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Mutex", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    WordObject *self =
+        word_new(type, args, kwargs, DK_SHM_HEADER_SIZE, 4, true);
     if (self == NULL) {
         return NULL;
     }
-    if (header_init(self, buffer, "Mutex") < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
     int rc = dk_shm_mutex_init(self->addr);
     if (rc < 0) {
         Py_DECREF(self);
@@ -682,15 +623,10 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    WordObject *self = word_alloc(type, buffer, DK_SHM_HEADER_SIZE, 4, shared);
     if (self == NULL) {
         return NULL;
     }
-    if (header_init(self, buffer, "Semaphore") < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
     self->fastipc_compat = compat != 0;
     if (dk_shm_semaphore_init(self->addr, initial != Py_None,
                               (uint32_t)count) < 0) {
@@ -759,27 +695,11 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     int blocking = 1, spin = 16;
     long long timeout_ns = -1;
     if (nargs != 0 || kwnames != NULL) {
-        PyObject *a[3] = {NULL, NULL, NULL};
-        static const char *names[] = {"blocking", "timeout_ns", "spin"};
-        for (Py_ssize_t i = 0; i < nargs && i < 3; i++) {
-            a[i] = args[i];
-        }
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-        for (Py_ssize_t k = 0; k < nkw; k++) {
-            const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            int slot = -1;
-            for (int i = 0; key != NULL && i < 3; i++) {
-                if (strcmp(key, names[i]) == 0) {
-                    slot = i;
-                }
-            }
-            if (slot < 0) {
-                PyErr_Format(PyExc_TypeError,
-                             "wait() got an unexpected keyword '%s'",
-                             key ? key : "?");
-                return NULL;
-            }
-            a[slot] = args[nargs + k];
+        static const char *const names[] = {"blocking", "timeout_ns", "spin"};
+        PyObject *a[3];
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 3, a, "wait") <
+            0) {
+            return NULL;
         }
         if ((a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
             (a[1] && (timeout_ns = dkpy_index_as_long_long(a[1])) == -1 &&
@@ -897,23 +817,7 @@ static PyType_Slot Semaphore_slots[] = {
 static PyObject *
 Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Event", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, 4) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
-    return (PyObject *)self;
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
 }
 
 static PyObject *
