@@ -204,7 +204,6 @@ Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Group_dealloc(GroupObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->g != NULL) {
         long n = dk_group_count(self->g);
         if (n > 0) {
@@ -222,48 +221,41 @@ Group_dealloc(GroupObject *self)
             dk_release(self->g);
         }
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
+}
+
+/* run_async(queue, func) and notify(queue, func): submit through `fn`. */
+static PyObject *
+group_submit(GroupObject *self, PyObject *args, const char *fmt,
+             int (*fn)(dk_group_t *, dk_queue_t *, void *, dk_function_t))
+{
+    PyObject *queue, *func;
+    if (!PyArg_ParseTuple(args, fmt, &queue, &func)) {
+        return NULL;
+    }
+    QueueObject *q = dkpy_as_queue(queue, "queue");
+    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    int rc = fn(self->g, q->q, func, dkpy_call_async);
+    if (rc < 0) {
+        Py_DECREF(func);
+        return dkpy_raise_errno(rc);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
 Group_run_async(GroupObject *self, PyObject *args)
 {
-    PyObject *queue, *func;
-    if (!PyArg_ParseTuple(args, "OO:run_async", &queue, &func)) {
-        return NULL;
-    }
-    QueueObject *q = dkpy_as_queue(queue, "queue");
-    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_group_async_f(self->g, q->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return group_submit(self, args, "OO:run_async", dk_group_async_f);
 }
 
 static PyObject *
 Group_notify(GroupObject *self, PyObject *args)
 {
-    PyObject *queue, *func;
-    if (!PyArg_ParseTuple(args, "OO:notify", &queue, &func)) {
-        return NULL;
-    }
-    QueueObject *q = dkpy_as_queue(queue, "queue");
-    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_group_notify_f(self->g, q->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return group_submit(self, args, "OO:notify", dk_group_notify_f);
 }
 
 static PyObject *
@@ -404,12 +396,10 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Semaphore_dealloc(SemaphoreObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->s != NULL) {
         dk_release(self->s);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static PyObject *
@@ -553,14 +543,6 @@ Once_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return type->tp_alloc(type, 0);
 }
 
-static void
-Once_dealloc(OnceObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyObject *
 Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -625,7 +607,7 @@ static PyGetSetDef Once_getset[] = {
 
 static PyType_Slot Once_slots[] = {
     {Py_tp_new, Once_new},
-    {Py_tp_dealloc, Once_dealloc},
+    {Py_tp_dealloc, dkpy_free},
     {Py_tp_call, Once_call},
     {Py_tp_methods, Once_methods},
     {Py_tp_repr, Once_repr},
