@@ -672,40 +672,25 @@ Atomic_cmpxchg_strong(AtomicObject *self, PyObject *const *args,
 
 /* ---- properties and conversions -------------------------------------- */
 
-static PyObject *
-Atomic_get_width(AtomicObject *self, void *Py_UNUSED(closure))
-{
-    if (check_live(self) < 0) {
-        return NULL;
-    }
-    return PyLong_FromUnsignedLong(self->width);
-}
+/* The plain properties, one getter for all: the closure says which. */
+enum { PROP_WIDTH, PROP_READONLY, PROP_SIGNED, PROP_ADDRESS };
 
 static PyObject *
-Atomic_get_readonly(AtomicObject *self, void *Py_UNUSED(closure))
+Atomic_get(AtomicObject *self, void *which)
 {
     if (check_live(self) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(self->readonly);
-}
-
-static PyObject *
-Atomic_get_signed(AtomicObject *self, void *Py_UNUSED(closure))
-{
-    if (check_live(self) < 0) {
-        return NULL;
+    switch ((intptr_t)which) {
+    case PROP_WIDTH:
+        return PyLong_FromUnsignedLong(self->width);
+    case PROP_READONLY:
+        return PyBool_FromLong(self->readonly);
+    case PROP_SIGNED:
+        return PyBool_FromLong(self->is_signed);
+    default:
+        return PyLong_FromVoidPtr(self->addr);
     }
-    return PyBool_FromLong(self->is_signed);
-}
-
-static PyObject *
-Atomic_get_address(AtomicObject *self, void *Py_UNUSED(closure))
-{
-    if (check_live(self) < 0) {
-        return NULL;
-    }
-    return PyLong_FromVoidPtr(self->addr);
 }
 
 static PyObject *
@@ -867,18 +852,19 @@ static PyMethodDef Integral_methods[] = {
 };
 
 static PyGetSetDef Any_getset[] = {
-    {"width", (getter)Atomic_get_width, NULL, "Width in bytes.", NULL},
-    {"readonly", (getter)Atomic_get_readonly, NULL,
-     "Whether modifying operations are supported.", NULL},
+    {"width", (getter)Atomic_get, NULL, "Width in bytes.", (void *)PROP_WIDTH},
+    {"readonly", (getter)Atomic_get, NULL,
+     "Whether modifying operations are supported.", (void *)PROP_READONLY},
     {"ops_supported", (getter)Atomic_get_ops_supported, NULL,
      "Sorted list of supported OpType values.", NULL},
-    {"_address", (getter)Atomic_get_address, NULL, "Buffer address.", NULL},
+    {"_address", (getter)Atomic_get, NULL, "Buffer address.",
+     (void *)PROP_ADDRESS},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef Integral_getset[] = {
-    {"signed", (getter)Atomic_get_signed, NULL,
-     "Whether arithmetic is signed.", NULL},
+    {"signed", (getter)Atomic_get, NULL, "Whether arithmetic is signed.",
+     (void *)PROP_SIGNED},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
