@@ -767,8 +767,7 @@ Atomic_str(AtomicObject *self)
 
 #define FAST(NAME, DOC)                                                       \
     {                                                                         \
-#NAME, (PyCFunction)(void (*)(void))Atomic_##NAME,                    \
-            METH_FASTCALL | METH_KEYWORDS, DOC                                \
+#NAME, DKPY_METH_FAST(Atomic_##NAME), DOC                             \
     }
 
 /* Text signatures (inspect.signature, help()): the parameters as the
@@ -778,6 +777,13 @@ Atomic_str(AtomicObject *self)
 #define ORDERS                                                                \
     "success=dispatchkit.atomics.MemoryOrder.SEQ_CST, "                       \
     "failure=dispatchkit.atomics.MemoryOrder.SEQ_CST"
+
+/* The package's shorter names of the bit operations. */
+#define BIT_ALIAS(NAME, OF)                                                   \
+    {                                                                         \
+#NAME, DKPY_METH_FAST(Atomic_##OF),                                   \
+            SIG(NAME, "index, " ORDER, "Alias of " #OF ".")                   \
+    }
 
 static PyMethodDef Any_methods[] = {
     {"_release", (PyCFunction)Atomic_release, METH_NOARGS,
@@ -804,15 +810,9 @@ static PyMethodDef Any_methods[] = {
                                "Set the bit; returns its old value.")),       \
         FAST(bit_test_reset, SIG(bit_test_reset, "index, " ORDER,             \
                                  "Clear the bit; returns its old value.")),   \
-        {"bit_compl", (PyCFunction)(void (*)(void))Atomic_bit_test_compl,     \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_compl, "index, " ORDER, "Alias of bit_test_compl.")},        \
-        {"bit_set", (PyCFunction)(void (*)(void))Atomic_bit_test_set,         \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_set, "index, " ORDER, "Alias of bit_test_set.")},            \
-        {"bit_reset", (PyCFunction)(void (*)(void))Atomic_bit_test_reset,     \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_reset, "index, " ORDER, "Alias of bit_test_reset.")},        \
+        BIT_ALIAS(bit_compl, bit_test_compl),                                 \
+        BIT_ALIAS(bit_set, bit_test_set),                                     \
+        BIT_ALIAS(bit_reset, bit_test_reset),                                 \
         FAST(bin_or, SIG(bin_or, "value, " ORDER, "Bitwise or.")),            \
         FAST(bin_xor, SIG(bin_xor, "value, " ORDER, "Bitwise xor.")),         \
         FAST(bin_and, SIG(bin_and, "value, " ORDER, "Bitwise and.")),         \

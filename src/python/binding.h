@@ -78,6 +78,13 @@ void dkpy_free(PyObject *self);
 PyTypeObject *dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
                             const char *prefix);
 
+/* A PyMethodDef's function and flags for the keyword calling conventions
+ * (the cast through void (*)(void) is how ml_meth stores them). */
+#define DKPY_METH_KW(fn)                                                      \
+    (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS
+#define DKPY_METH_FAST(fn)                                                    \
+    (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS
+
 /* getattr(obj, name), the name interned once into *slot. Per-call paths
  * use this rather than PyObject_GetAttrString, whose fresh str per call
  * the type attribute cache keeps alive until the entry is evicted: a

@@ -301,8 +301,7 @@ Data_repr(DataObject *self)
 static PyMethodDef Data_methods[] = {
     {"concat", (PyCFunction)Data_concat, METH_O,
      "concat($self, other, /)\n--\n\nThis data followed by other (no copy)."},
-    {"subrange", (PyCFunction)(void (*)(void))Data_subrange,
-     METH_VARARGS | METH_KEYWORDS,
+    {"subrange", DKPY_METH_KW(Data_subrange),
      "subrange($self, offset, length)\n--\n\nA clipped slice (no copy)."},
     {"copy_region", (PyCFunction)Data_copy_region, METH_O,
      "copy_region($self, location, /)\n--\n\nThe contiguous region "

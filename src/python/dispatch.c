@@ -289,8 +289,7 @@ dk_py_shutdown(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 }
 
 static PyMethodDef dispatch_functions[] = {
-    {"apply", (PyCFunction)(void (*)(void))dk_py_apply,
-     METH_VARARGS | METH_KEYWORDS,
+    {"apply", DKPY_METH_KW(dk_py_apply),
      "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
      "in "
      "range(iterations) in parallel and wait; re-raises the first "
@@ -298,8 +297,7 @@ static PyMethodDef dispatch_functions[] = {
     {"time_from_now", dk_py_time_from_now, METH_O,
      "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
      "clock)."},
-    {"walltime", (PyCFunction)(void (*)(void))dk_py_walltime,
-     METH_VARARGS | METH_KEYWORDS,
+    {"walltime", DKPY_METH_KW(dk_py_walltime),
      "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA "
      "wall-clock "
      "dispatch time (timestamp 0 means now)."},
@@ -307,8 +305,7 @@ static PyMethodDef dispatch_functions[] = {
      "get_specific($module, key, /)\n--\n\nQueue-specific data of the current "
      "queue or "
      "its targets, or None."},
-    {"drain_main_queue", (PyCFunction)(void (*)(void))dk_py_drain_main_queue,
-     METH_VARARGS | METH_KEYWORDS,
+    {"drain_main_queue", DKPY_METH_KW(dk_py_drain_main_queue),
      "drain_main_queue($module, timeout=0)\n--\n\nRun the main queue's ready "
      "tasks on the main thread, waiting up to timeout seconds for the "
      "first; returns how many ran."},

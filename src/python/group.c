@@ -324,8 +324,7 @@ static PyMethodDef Group_methods[] = {
     {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
      "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
      "the group."},
-    {"wait", (PyCFunction)(void (*)(void))Group_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Group_wait),
      "wait($self, timeout=None, timeout_seconds=None)\n--\n\nWait until "
      "every task has finished; False on timeout (seconds; None or negative "
      "waits forever). timeout_seconds is cygcd's name for timeout."},
@@ -460,8 +459,7 @@ Semaphore_repr(SemaphoreObject *self)
 }
 
 static PyMethodDef Semaphore_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Semaphore_wait),
      "wait($self, timeout=None, timeout_seconds=None)\n--\n\nTake one "
      "unit, blocking while none is available; False on timeout (seconds; "
      "None or negative waits forever, 0 polls). timeout_seconds is "

@@ -533,16 +533,13 @@ Channel_repr(ChannelObject *self)
 }
 
 static PyMethodDef Channel_methods[] = {
-    {"read", (PyCFunction)(void (*)(void))Channel_read,
-     METH_VARARGS | METH_KEYWORDS,
+    {"read", DKPY_METH_KW(Channel_read),
      "read($self, length, handler, offset=0, queue=None)\n--\n\nRead up to "
      "length bytes; handler(done, data, error) per chunk, in order."},
-    {"write", (PyCFunction)(void (*)(void))Channel_write,
-     METH_VARARGS | METH_KEYWORDS,
+    {"write", DKPY_METH_KW(Channel_write),
      "write($self, data, handler, offset=0, queue=None)\n--\n\nWrite all "
      "of data; handler(done, remaining, error)."},
-    {"close", (PyCFunction)(void (*)(void))Channel_close,
-     METH_VARARGS | METH_KEYWORDS,
+    {"close", DKPY_METH_KW(Channel_close),
      "close($self, stop=False)\n--\n\nClose; stop=True ends pending "
      "operations with "
      "ECANCELED."},
@@ -553,13 +550,11 @@ static PyMethodDef Channel_methods[] = {
      "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler "
      "call (except "
      "the last)."},
-    {"set_interval", (PyCFunction)(void (*)(void))Channel_set_interval,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_interval", DKPY_METH_KW(Channel_set_interval),
      "set_interval($self, interval_ns, flags=0, strict=False)\n--\n\n"
      "Deliver partial data at least this often (strict=True: at exactly "
      "this interval)."},
-    {"barrier", (PyCFunction)(void (*)(void))Channel_barrier,
-     METH_VARARGS | METH_KEYWORDS,
+    {"barrier", DKPY_METH_KW(Channel_barrier),
      "barrier($self, handler, queue=None)\n--\n\nRun handler after every "
      "earlier "
      "operation; later ones wait for it."},
@@ -593,14 +588,12 @@ static PyType_Spec Channel_spec = {
 };
 
 static PyMethodDef io_functions[] = {
-    {"read_async", (PyCFunction)(void (*)(void))dk_py_read_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"read_async", DKPY_METH_KW(dk_py_read_async),
      "read_async($module, fd, length, callback=None, queue=None, "
      "handler=None)\n--\n\nRead once, as soon as data is available (a regular "
      "file: until length or end of file); "
      "callback(data, error); handler is another spelling of callback."},
-    {"write_async", (PyCFunction)(void (*)(void))dk_py_write_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"write_async", DKPY_METH_KW(dk_py_write_async),
      "write_async($module, fd, data, callback=None, queue=None, "
      "handler=None)\n--\n\nWrite all of data; callback(remaining, "
      "error); handler is another spelling of callback."},

@@ -737,8 +737,7 @@ static PyMethodDef Queue_methods[] = {
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
      "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
      "execution."},
-    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Queue_submit),
      "submit($self, fn, /, *args, **kwargs)\n--\n\n"
      "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
@@ -753,8 +752,7 @@ static PyMethodDef Queue_methods[] = {
      "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
      "its "
      "exception."},
-    {"after", (PyCFunction)(void (*)(void))Queue_after,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"after", DKPY_METH_FAST(Queue_after),
      "after($self, delay_seconds, func)\n--\n\nSubmit func after a delay."},
     {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
      "suspend($self, /)\n--\n\nStop starting work items (counts nest)."},
@@ -763,12 +761,10 @@ static PyMethodDef Queue_methods[] = {
      "over-resume."},
     {"activate", (PyCFunction)Queue_activate, METH_NOARGS,
      "activate($self, /)\n--\n\nActivate a queue created with inactive=True."},
-    {"set_target_queue", (PyCFunction)(void (*)(void))Queue_set_target_queue,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_target_queue", DKPY_METH_KW(Queue_set_target_queue),
      "set_target_queue($self, target=None, queue=None)\n--\n\nSet the "
      "target queue (None: default); queue= is another spelling of target."},
-    {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_context", DKPY_METH_KW(Queue_set_context),
      "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
      "finalizer() (no arguments) runs when it is replaced or the queue goes "
      "away."},
@@ -974,17 +970,14 @@ Workloop_repr(QueueObject *self)
 }
 
 static PyMethodDef Workloop_methods[] = {
-    {"run_async", (PyCFunction)(void (*)(void))Workloop_run_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"run_async", DKPY_METH_KW(Workloop_run_async),
      "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
-    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Queue_submit),
      "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\n"
      "Run fn(*args, **kwargs) on the workloop at qos; a "
      "concurrent.futures.Future."},
-    {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
-     METH_VARARGS | METH_KEYWORDS,
+    {"run_sync", DKPY_METH_KW(Workloop_run_sync),
      "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
      "wait; re-raises its exception."},
     {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,

@@ -373,8 +373,7 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef Timer_methods[] = {
-    {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_timer", DKPY_METH_KW(Timer_set_timer),
      "set_timer($self, interval, start_delay=None, leeway=0.0, "
      "repeating=True)\n--\n\n"
      "Reconfigure the timer (from now, if it is started)."},

@@ -300,13 +300,11 @@ Word_repr(WordObject *self)
 }
 
 static PyMethodDef FutexWord_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))FutexWord_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(FutexWord_wait),
      "wait($self, expected, timeout_ns=-1)\n--\n\nSleep while the word equals "
      "expected; True when woken, False if it differed or timed out. "
      "Releases the GIL; Ctrl-C interrupts it."},
-    {"wake", (PyCFunction)(void (*)(void))FutexWord_wake,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wake", DKPY_METH_KW(FutexWord_wake),
      "wake($self, n=1)\n--\n\nWake up to n waiters; returns how many were "
      "woken."},
     {"load_acquire", (PyCFunction)Word_load, METH_NOARGS,
@@ -345,8 +343,7 @@ static PyMethodDef AtomicWord_methods[] = {
      "load($self, /)\n--\n\nThe value (acquire)."},
     {"store", (PyCFunction)Word_store, METH_O,
      "store($self, value, /)\n--\n\nStore value (release)."},
-    {"cas", (PyCFunction)(void (*)(void))Word_cas,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"cas", DKPY_METH_FAST(Word_cas),
      "cas($self, expected, new)\n--\n\nReplace expected by new; True if it "
      "did (acq_rel; acquire on failure)."},
     {NULL, NULL, 0, NULL},
@@ -537,8 +534,7 @@ static PyMethodDef Mutex_methods[] = {
      "interrupts). Takes over from a holder whose process died (see "
      "owner_died); returns True. RuntimeError if this thread already holds "
      "it."},
-    {"acquire_ns", (PyCFunction)(void (*)(void))Mutex_acquire_ns,
-     METH_VARARGS | METH_KEYWORDS,
+    {"acquire_ns", DKPY_METH_KW(Mutex_acquire_ns),
      "acquire_ns($self, timeout_ns=-1, spin=16)\n--\n\nAcquire within "
      "timeout_ns (negative: no limit), spinning spin times first; False "
      "on timeout."},
@@ -769,13 +765,11 @@ Semaphore_repr(WordObject *self)
 }
 
 static PyMethodDef Semaphore_methods[] = {
-    {"post", (PyCFunction)(void (*)(void))Semaphore_post,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"post", DKPY_METH_FAST(Semaphore_post),
      "post($self, n=1)\n--\n\nAdd n units and wake that many waiters."},
     {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS,
      "post1($self, /)\n--\n\npost(1)."},
-    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"wait", DKPY_METH_FAST(Semaphore_wait),
      "wait($self, blocking=True, timeout_ns=-1, spin=16)\n--\n\nTake one "
      "unit; False if none came in time (GIL released while waiting; "
      "Ctrl-C interrupts)."},
@@ -880,8 +874,7 @@ static PyMethodDef Event_methods[] = {
      "clear($self, /)\n--\n\nClear the event."},
     {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
      "is_set($self, /)\n--\n\nWhether the event is set."},
-    {"wait", (PyCFunction)(void (*)(void))Event_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Event_wait),
      "wait($self, timeout_ns=-1)\n--\n\nTrue once the event is seen set "
      "(at once if it already is), False at the timeout. Releases the GIL; "
      "Ctrl-C interrupts it."},
