@@ -121,9 +121,7 @@ to_size(PyObject *obj, const char *what, size_t *out)
     }
     size_t v = PyLong_AsSize_t(obj);
     if (v == (size_t)-1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_OverflowError,
-                     "%s must be >= 0 and fit in "
-                     "size_t",
+        PyErr_Format(PyExc_OverflowError, "%s must be >= 0 and fit in size_t",
                      what);
         return -1;
     }
@@ -304,13 +302,11 @@ static PyMethodDef Data_methods[] = {
     {"subrange", DKPY_METH_KW(Data_subrange),
      "subrange($self, offset, length)\n--\n\nA clipped slice (no copy)."},
     {"copy_region", (PyCFunction)Data_copy_region, METH_O,
-     "copy_region($self, location, /)\n--\n\nThe contiguous region "
-     "containing location, and its start offset in this data: (Data, "
-     "offset)."},
+     "copy_region($self, location, /)\n--\n\nThe contiguous region containing "
+     "location, and its start offset in this data: (Data, offset)."},
     {"apply", (PyCFunction)Data_apply, METH_O,
      "apply($self, func, /)\n--\n\nfunc(offset, chunk) once per region; stops "
-     "and "
-     "returns False when func returns a false value (None continues)."},
+     "and returns False when func returns a false value (None continues)."},
     {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA bytes copy."},
     {NULL, NULL, 0, NULL},

@@ -291,20 +291,18 @@ dk_py_shutdown(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 static PyMethodDef dispatch_functions[] = {
     {"apply", DKPY_METH_KW(dk_py_apply),
      "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
-     "in "
-     "range(iterations) in parallel and wait; re-raises the first "
-     "exception (remaining iterations are skipped)."},
+     "in range(iterations) in parallel and wait; re-raises the first "
+     "exception "
+     "(remaining iterations are skipped)."},
     {"time_from_now", dk_py_time_from_now, METH_O,
      "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
      "clock)."},
     {"walltime", DKPY_METH_KW(dk_py_walltime),
-     "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA "
-     "wall-clock "
+     "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA wall-clock "
      "dispatch time (timestamp 0 means now)."},
     {"get_specific", dk_py_get_specific, METH_O,
      "get_specific($module, key, /)\n--\n\nQueue-specific data of the current "
-     "queue or "
-     "its targets, or None."},
+     "queue or its targets, or None."},
     {"drain_main_queue", DKPY_METH_KW(dk_py_drain_main_queue),
      "drain_main_queue($module, timeout=0)\n--\n\nRun the main queue's ready "
      "tasks on the main thread, waiting up to timeout seconds for the "

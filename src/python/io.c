@@ -289,8 +289,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         if (err == ESPIPE) {
             errno = ESPIPE;
             PyErr_Format(PyExc_OSError,
-                         "IO_RANDOM needs a seekable fd; "
-                         "fd %d cannot seek",
+                         "IO_RANDOM needs a seekable fd; fd %d cannot seek",
                          fd);
             return NULL;
         }
@@ -541,23 +540,21 @@ static PyMethodDef Channel_methods[] = {
      "of data; handler(done, remaining, error)."},
     {"close", DKPY_METH_KW(Channel_close),
      "close($self, stop=False)\n--\n\nClose; stop=True ends pending "
-     "operations with "
-     "ECANCELED."},
+     "operations "
+     "with ECANCELED."},
     {"set_high_water", (PyCFunction)Channel_set_high_water, METH_O,
      "set_high_water($self, size, /)\n--\n\nAt most size bytes per handler "
      "call."},
     {"set_low_water", (PyCFunction)Channel_set_low_water, METH_O,
      "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler "
-     "call (except "
-     "the last)."},
+     "call (except the last)."},
     {"set_interval", DKPY_METH_KW(Channel_set_interval),
      "set_interval($self, interval_ns, flags=0, strict=False)\n--\n\n"
      "Deliver partial data at least this often (strict=True: at exactly "
      "this interval)."},
     {"barrier", DKPY_METH_KW(Channel_barrier),
      "barrier($self, handler, queue=None)\n--\n\nRun handler after every "
-     "earlier "
-     "operation; later ones wait for it."},
+     "earlier operation; later ones wait for it."},
     {NULL, NULL, 0, NULL},
 };
 

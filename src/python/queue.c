@@ -530,8 +530,7 @@ Queue_resume(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
     if (dk_queue_resume(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "resume() without a matching suspend() "
-                        "(over-resume)");
+                        "resume() without a matching suspend() (over-resume)");
         return NULL;
     }
     Py_RETURN_NONE;
@@ -742,16 +741,13 @@ static PyMethodDef Queue_methods[] = {
      "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
      "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
-     "re-raises its "
-     "exception."},
+     "re-raises its exception."},
     {"barrier_async", (PyCFunction)Queue_barrier_async, METH_O,
      "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on "
-     "concurrent "
-     "queues)."},
+     "concurrent queues)."},
     {"barrier_sync", (PyCFunction)Queue_barrier_sync, METH_O,
      "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
-     "its "
-     "exception."},
+     "its exception."},
     {"after", DKPY_METH_FAST(Queue_after),
      "after($self, delay_seconds, func)\n--\n\nSubmit func after a delay."},
     {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
@@ -974,9 +970,8 @@ static PyMethodDef Workloop_methods[] = {
      "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
     {"submit", DKPY_METH_FAST(Queue_submit),
-     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\n"
-     "Run fn(*args, **kwargs) on the workloop at qos; a "
-     "concurrent.futures.Future."},
+     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\nRun fn(*args, "
+     "**kwargs) on the workloop at qos; a concurrent.futures.Future."},
     {"run_sync", DKPY_METH_KW(Workloop_run_sync),
      "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
      "wait; re-raises its exception."},
@@ -986,8 +981,7 @@ static PyMethodDef Workloop_methods[] = {
     {"set_autorelease_frequency",
      (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
      "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before "
-     "activate() (there "
-     "are no autorelease pools on Linux)."},
+     "activate() (there are no autorelease pools on Linux)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -277,12 +277,11 @@ Source_repr(SourceObject *self)
 static PyMethodDef Source_methods[] = {
     {"start", (PyCFunction)Source_start, METH_NOARGS,
      "start($self, /)\n--\n\nStart delivering events. Idempotent; "
-     "RuntimeError after "
-     "cancel()."},
+     "RuntimeError "
+     "after cancel()."},
     {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
      "cancel($self, /)\n--\n\nStop delivering events (a handler already "
-     "running "
-     "completes). Idempotent."},
+     "running completes). Idempotent."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -414,9 +413,7 @@ SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (signum <= 0 || signum >= NSIG) {
-        PyErr_Format(PyExc_ValueError,
-                     "signal number %d out of range "
-                     "[1, %d]",
+        PyErr_Format(PyExc_ValueError, "signal number %d out of range [1, %d]",
                      signum, NSIG - 1);
         return NULL;
     }
@@ -501,9 +498,7 @@ ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (pid <= 0 || pid > INT32_MAX) {
         PyErr_Format(PyExc_ValueError,
-                     "pid must be a positive process id, "
-                     "not %ld",
-                     pid);
+                     "pid must be a positive process id, not %ld", pid);
         return NULL;
     }
     unsigned long all =
@@ -586,11 +581,10 @@ DataSource_get_kind(SourceObject *self, void *Py_UNUSED(closure))
 static PyMethodDef DataSource_methods[] = {
     {"merge", (PyCFunction)DataSource_merge, METH_O,
      "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending "
-     "data (added, "
-     "OR-ed or replacing it, by kind) and schedule the handler. Any thread "
-     "may call it; merges made while the handler is queued or running "
-     "coalesce into its next call. 0 is no event (DATA_REPLACE: it replaces "
-     "a pending value). Dropped after cancel()."},
+     "data (added, OR-ed or replacing it, by kind) and schedule the handler. "
+     "Any thread may call it; merges made while the handler is queued or "
+     "running coalesce into its next call. 0 is no event (DATA_REPLACE: it "
+     "replaces a pending value). Dropped after cancel()."},
     {NULL, NULL, 0, NULL},
 };
 
