@@ -9,7 +9,6 @@
  */
 #include "python/binding.h"
 
-#include <errno.h>
 #include <string.h>
 #include <structmember.h>
 

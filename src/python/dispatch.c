@@ -13,20 +13,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <structmember.h>
-
 #include "dk/apply.h"
 #include "dk/atomic.h"
-#include "dk/group.h"
-#include "dk/once.h"
 #include "dk/queue.h"
-#include "dk/sem.h"
 #include "dk/time.h"
 #include "python/dispatch.h"
-#include "python/futures.h"
 #include "python/gil.h"
-
-#include "atomic.h"
 
 /* ---- module functions ----------------------------------------------- */
 

@@ -6,13 +6,8 @@
 #include "python/binding.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
-#include <string.h>
 
-#include <structmember.h>
-
-#include "dk/apply.h"
 #include "dk/atomic.h"
 #include "dk/group.h"
 #include "dk/once.h"
@@ -21,7 +16,6 @@
 #include "dk/time.h"
 #include "python/dispatch.h"
 #include "python/futures.h"
-#include "python/gil.h"
 
 #include "atomic.h"
 

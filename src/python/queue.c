@@ -9,14 +9,9 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include <structmember.h>
 
-#include "dk/apply.h"
-#include "dk/atomic.h"
-#include "dk/group.h"
-#include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
@@ -344,7 +339,9 @@ struct sync_call {
 static void
 sync_call_unref(struct sync_call *c)
 {
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+    /* Acq_rel, paired with the other holder's unref: whichever drops the
+     * last reference sees all the other wrote before it frees. */
+    if (dk__atomic_sub_acq_rel(&c->refs, 1) == 1) {
         dk_release(c->done);
         PyMem_RawFree(c);
     }

@@ -18,7 +18,6 @@
 #include "dk/futex.h"
 #include "dk/mutex.h"
 #include "dk/shm_event.h"
-#include "dk/time.h"
 #include "python/futures.h"
 
 typedef struct {
