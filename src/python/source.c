@@ -129,7 +129,6 @@ Source_clear(SourceObject *self)
 static void
 Source_dealloc(SourceObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->s != NULL) {
         /* Only a never-started source or one whose cancel handler has run
@@ -141,8 +140,7 @@ Source_dealloc(SourceObject *self)
         self->s = NULL;
     }
     Source_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -274,14 +272,23 @@ Source_repr(SourceObject *self)
     return r;
 }
 
+/* The methods and the property of every source; each type adds its own.
+ * Unformatted: clang-format re-indents brace initializers in a macro. */
+/* clang-format off */
+#define SOURCE_METHODS                                                        \
+    {"start", (PyCFunction)Source_start, METH_NOARGS,                         \
+     "start($self, /)\n--\n\nStart delivering events. Idempotent; "           \
+     "RuntimeError after cancel()."},                                         \
+    {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,                       \
+     "cancel($self, /)\n--\n\nStop delivering events (a handler already "     \
+     "running completes). Idempotent."}
+#define IS_CANCELLED                                                          \
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,                   \
+     "True after cancel().", NULL}
+/* clang-format on */
+
 static PyMethodDef Source_methods[] = {
-    {"start", (PyCFunction)Source_start, METH_NOARGS,
-     "start($self, /)\n--\n\nStart delivering events. Idempotent; "
-     "RuntimeError "
-     "after cancel()."},
-    {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
-     "cancel($self, /)\n--\n\nStop delivering events (a handler already "
-     "running completes). Idempotent."},
+    SOURCE_METHODS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -372,6 +379,7 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef Timer_methods[] = {
+    SOURCE_METHODS,
     {"set_timer", DKPY_METH_KW(Timer_set_timer),
      "set_timer($self, interval, start_delay=None, leeway=0.0, "
      "repeating=True)\n--\n\n"
@@ -380,8 +388,7 @@ static PyMethodDef Timer_methods[] = {
 };
 
 static PyGetSetDef Timer_getset[] = {
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -427,8 +434,7 @@ static PyGetSetDef SignalSource_getset[] = {
      "Signals received since the previous handler call (read it in the "
      "handler).",
      NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -468,8 +474,7 @@ static PyGetSetDef ReadSource_getset[] = {
     {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
     {"bytes_available", (getter)Source_get_data, NULL,
      "Estimated bytes available at the last handler call.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -477,8 +482,7 @@ static PyGetSetDef WriteSource_getset[] = {
     {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
     {"buffer_space", (getter)Source_get_data, NULL,
      "Estimated buffer space at the last handler call.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -519,8 +523,7 @@ static PyGetSetDef ProcessSource_getset[] = {
      "PROC_* events seen at the last handler call (only PROC_EXIT is "
      "observable on Linux).",
      NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -579,9 +582,12 @@ DataSource_get_kind(SourceObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef DataSource_methods[] = {
+    SOURCE_METHODS,
     {"merge", (PyCFunction)DataSource_merge, METH_O,
-     "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending "
-     "data (added, OR-ed or replacing it, by kind) and schedule the handler. "
+     "merge($self, value, /)\n--\n\nMerge a non-negative int into the "
+     "pending "
+     "data (added, OR-ed or replacing it, by kind) and schedule the "
+     "handler. "
      "Any thread may call it; merges made while the handler is queued or "
      "running coalesce into its next call. 0 is no event (DATA_REPLACE: it "
      "replaces a pending value). Dropped after cancel()."},
@@ -596,8 +602,7 @@ static PyGetSetDef DataSource_getset[] = {
      NULL},
     {"kind", (getter)DataSource_get_kind, NULL,
      "DATA_ADD, DATA_OR or DATA_REPLACE.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -611,11 +616,8 @@ static PyGetSetDef DataSource_getset[] = {
             {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC}, {0, NULL},           \
     }
 
-static PyMethodDef Timer_all_methods[4];
-static PyMethodDef DataSource_all_methods[4];
-
 static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
-    Timer_new, Timer_all_methods, Timer_getset,
+    Timer_new, Timer_methods, Timer_getset,
     "Timer(interval, handler, queue=None, start_delay=None, leeway=0.0, "
     "repeating=True)\n--\n\nA repeating timer fires start_delay (default "
     "0) seconds after start(), then every interval seconds. A one-shot "
@@ -640,7 +642,7 @@ static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
     "Call handler when the process exits (events: PROC_* flags, default "
     "PROC_EXIT).");
 static PyType_Slot DataSource_slots[] = SOURCE_SLOTS(
-    DataSource_new, DataSource_all_methods, DataSource_getset,
+    DataSource_new, DataSource_methods, DataSource_getset,
     "DataSource(kind, handler, queue=None)\n--\n\nA user data source "
     "(GCD's DISPATCH_SOURCE_TYPE_DATA_*): any thread calls merge(value); "
     "handler() runs on the queue, never concurrently with itself, and reads "
@@ -667,14 +669,6 @@ static PyType_Spec source_specs[] = {
 int
 dkpy_source_exec(PyObject *m)
 {
-    Timer_all_methods[0] = Source_methods[0];
-    Timer_all_methods[1] = Source_methods[1];
-    Timer_all_methods[2] = Timer_methods[0];
-    Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
-    DataSource_all_methods[0] = Source_methods[0];
-    DataSource_all_methods[1] = Source_methods[1];
-    DataSource_all_methods[2] = DataSource_methods[0];
-    DataSource_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
     if (PyModule_AddIntConstant(m, "DATA_ADD", DK_SOURCE_DATA_ADD) < 0 ||
         PyModule_AddIntConstant(m, "DATA_OR", DK_SOURCE_DATA_OR) < 0 ||
         PyModule_AddIntConstant(m, "DATA_REPLACE", DK_SOURCE_DATA_REPLACE) <
@@ -682,16 +676,11 @@ dkpy_source_exec(PyObject *m)
         return -1;
     }
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
-        PyObject *t = dkpy_type_from_spec(m, &source_specs[i], NULL);
+        PyTypeObject *t = dkpy_add_type(m, &source_specs[i], NULL, "");
         if (t == NULL) {
             return -1;
         }
-        const char *name = strrchr(source_specs[i].name, '.') + 1;
-        int rc = PyModule_AddObjectRef(m, name, t);
-        Py_DECREF(t);
-        if (rc < 0) {
-            return -1;
-        }
+        Py_DECREF(t); /* the module holds it */
     }
     return 0;
 }
