@@ -89,15 +89,13 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Data_dealloc(DataObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->flat != NULL) {
         dk_release(self->flat);
     }
     if (self->d != NULL) {
         dk_release(self->d);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static DataObject *
@@ -346,10 +344,6 @@ static PyType_Spec Data_spec = {
 int
 dkpy_data_exec(PyObject *m)
 {
-    PyObject *t = dkpy_type_from_spec(m, &Data_spec, NULL);
-    if (t == NULL) {
-        return -1;
-    }
-    data_type = (PyTypeObject *)t;
-    return PyModule_AddObjectRef(m, "Data", t);
+    data_type = dkpy_add_type(m, &Data_spec, NULL, "");
+    return data_type == NULL ? -1 : 0;
 }

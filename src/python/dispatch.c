@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "dk/apply.h"
 #include "dk/atomic.h"
@@ -358,13 +357,8 @@ dkpy_dispatch_state dkpy_dispatch;
 static int
 add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out)
 {
-    PyObject *t = dkpy_type_from_spec(m, spec, NULL);
-    if (t == NULL) {
-        return -1;
-    }
-    *out = (PyTypeObject *)t;
-    const char *dot = strrchr(spec->name, '.');
-    return PyModule_AddObjectRef(m, dot ? dot + 1 : spec->name, t);
+    *out = dkpy_add_type(m, spec, NULL, "");
+    return *out == NULL ? -1 : 0;
 }
 
 int

@@ -332,11 +332,17 @@ handler_and_queue(PyObject *handler, PyObject *queue, dk_queue_t **q)
     return dkpy_queue_arg(queue, "queue", q);
 }
 
-/* An operation the core refused: EPIPE from a channel closed meanwhile
- * says so, as a closed channel's operations do. */
+/* The result of starting an operation that owns a reference to its
+ * handler: None, or the core's refusal (the reference dropped), EPIPE
+ * from a channel closed meanwhile said as a closed channel's operations
+ * say it. */
 static PyObject *
-channel_error(ChannelObject *self, int rc)
+op_started(ChannelObject *self, int rc, PyObject *handler)
 {
+    if (rc >= 0) {
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(handler);
     if (rc == -EPIPE && check_open(self) < 0) {
         return NULL;
     }
@@ -366,11 +372,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
     Py_INCREF(handler);
     int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, handler,
                         read_op_handler);
-    if (rc < 0) {
-        Py_DECREF(handler);
-        return channel_error(self, rc);
-    }
-    Py_RETURN_NONE;
+    return op_started(self, rc, handler);
 }
 
 static PyObject *
@@ -399,11 +401,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
     int rc = dk_io_write(self->io, (off_t)offset, data.buf, (size_t)data.len,
                          q, handler, op_handler);
     PyBuffer_Release(&data);
-    if (rc < 0) {
-        Py_DECREF(handler);
-        return channel_error(self, rc);
-    }
-    Py_RETURN_NONE;
+    return op_started(self, rc, handler);
 }
 
 static PyObject *

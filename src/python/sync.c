@@ -938,19 +938,10 @@ int
 dkpy_sync_exec(PyObject *m)
 {
     for (size_t i = 0; i < sizeof sync_specs / sizeof sync_specs[0]; i++) {
-        PyObject *t = dkpy_type_from_spec(m, &sync_specs[i], NULL);
-        if (t == NULL) {
-            return -1;
-        }
-        sync_types[i] = (PyTypeObject *)t;
         /* The extension module also holds the dispatch Semaphore: sync
          * types are registered as Sync<Name>; dispatchkit.sync renames. */
-        char name[64];
-        snprintf(name, sizeof name, "Sync%s",
-                 strrchr(sync_specs[i].name, '.') + 1);
-        int rc = PyModule_AddObjectRef(m, name, t);
-        Py_DECREF(t);
-        if (rc < 0) {
+        sync_types[i] = dkpy_add_type(m, &sync_specs[i], NULL, "Sync");
+        if (sync_types[i] == NULL) {
             return -1;
         }
     }
