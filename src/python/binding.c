@@ -311,20 +311,33 @@ deadline_after_seconds(double s)
                                                 : now + (uint64_t)ns;
 }
 
+/* The seconds of a timeout: 1 for None (or no argument), 0 with *s set,
+ * or -1 with an exception set (NaN: ValueError with `nan_message`). */
+static int
+seconds_arg(PyObject *timeout, double *s, const char *nan_message)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        return 1;
+    }
+    *s = PyFloat_AsDouble(timeout);
+    if (*s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(*s)) {
+        PyErr_SetString(PyExc_ValueError, nan_message);
+        return -1;
+    }
+    return 0;
+}
+
 int
 dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
 {
-    if (timeout == NULL || timeout == Py_None) {
+    double t;
+    int rc = seconds_arg(timeout, &t, "timeout must not be NaN");
+    if (rc != 0) {
         *deadline = DK_TIME_FOREVER;
-        return 0;
-    }
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(t)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-        return -1;
+        return rc > 0 ? 0 : -1;
     }
     if (t < 0 || isinf(t)) {
         *deadline = DK_TIME_FOREVER;
@@ -337,19 +350,55 @@ dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
 }
 
 int
-dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
 {
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = DK_TIME_FOREVER;
-        return 0;
+    static char *kwlist[] = {"timeout", "timeout_seconds", NULL};
+    PyObject *timeout = NULL, *timeout_seconds = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:wait", kwlist,
+                                     &timeout, &timeout_seconds)) {
+        return -1;
     }
-    double s = PyFloat_AsDouble(timeout);
+    /* None is the default of both (the text signature says so). */
+    if (timeout == Py_None) {
+        timeout = NULL;
+    }
+    if (timeout_seconds == Py_None) {
+        timeout_seconds = NULL;
+    }
+    if (timeout != NULL && timeout_seconds != NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "give timeout or timeout_seconds, not both");
+        return -1;
+    }
+    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
+                               deadline);
+}
+
+int
+dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
+{
+    double s = PyFloat_AsDouble(obj);
     if (s == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (isnan(s)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+    if (!isfinite(s) || s < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a finite number of seconds >= 0", what);
         return -1;
+    }
+    double v = s * 1e9;
+    *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
+    return 0;
+}
+
+int
+dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+{
+    double s;
+    int rc = seconds_arg(timeout, &s, "timeout must be a number");
+    if (rc != 0) {
+        *deadline = DK_TIME_FOREVER;
+        return rc > 0 ? 0 : -1;
     }
     if (s <= 0) {
         *deadline = 0;

@@ -133,6 +133,13 @@ int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
  * cygcd (seconds): None, negative or inf wait forever; 0 polls; NaN is a
  * ValueError; a deadline past the clock's range waits forever. */
 int dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline);
+/* cygcd's wait(timeout=None), accepting timeout_seconds= too (cygcd's
+ * real name), by dkpy_deadline_cygcd. 0, or -1 with an exception set. */
+int dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs,
+                            uint64_t *deadline);
+/* cygcd's delays: seconds (finite, >= 0) to nanoseconds; 0, or -1 with
+ * ValueError. */
+int dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns);
 /* zerobuffer-ipc (seconds): None waits forever; 0 and negatives poll; NaN
  * is a ValueError; more than 1e9 s (inf too) waits forever. */
 int dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline);

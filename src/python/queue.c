@@ -7,7 +7,6 @@
 #include "python/binding.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
 
 #include <structmember.h>
@@ -43,52 +42,6 @@ dkpy_call_finalizer_async(void *ctx)
     dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
     Py_DECREF(pair);
     dkpy_leave(&g);
-}
-
-/* ---- timeouts ------------------------------------------------------- */
-
-/* wait(timeout=-1) accepting timeout_seconds= too (cygcd's real name). */
-int
-dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
-{
-    static char *kwlist[] = {"timeout", "timeout_seconds", NULL};
-    PyObject *timeout = NULL, *timeout_seconds = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:wait", kwlist,
-                                     &timeout, &timeout_seconds)) {
-        return -1;
-    }
-    /* None is the default of both (the text signature says so). */
-    if (timeout == Py_None) {
-        timeout = NULL;
-    }
-    if (timeout_seconds == Py_None) {
-        timeout_seconds = NULL;
-    }
-    if (timeout != NULL && timeout_seconds != NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "give timeout or timeout_seconds, not both");
-        return -1;
-    }
-    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
-                               deadline);
-}
-
-/* Seconds (finite, >= 0) to nanoseconds. */
-int
-dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
-{
-    double s = PyFloat_AsDouble(obj);
-    if (s == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!isfinite(s) || s < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s must be a finite number of seconds >= 0", what);
-        return -1;
-    }
-    double v = s * 1e9;
-    *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
-    return 0;
 }
 
 /* ---- Queue ---------------------------------------------------------- */
