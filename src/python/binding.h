@@ -78,6 +78,15 @@ void dkpy_free(PyObject *self);
 PyTypeObject *dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
                             const char *prefix);
 
+/* A heap type's spec and its slot table (NAME##_slots) in one
+ * definition: STORAGE (static, or nothing for a spec other files use),
+ * the spec's NAME, the type's qualified name, its object struct, its flags
+ * besides Py_TPFLAGS_DEFAULT, then its slots. */
+#define DKPY_TYPE(STORAGE, NAME, QUALNAME, STRUCT, FLAGS, ...)                \
+    static PyType_Slot NAME##_slots[] = {__VA_ARGS__, {0, NULL}};             \
+    STORAGE PyType_Spec NAME = {QUALNAME, sizeof(STRUCT), 0,                  \
+                                Py_TPFLAGS_DEFAULT | (FLAGS), NAME##_slots}
+
 /* A PyMethodDef's function and flags for the keyword calling conventions
  * (the cast through void (*)(void) is how ml_meth stores them). */
 #define DKPY_METH_KW(fn)                                                      \
