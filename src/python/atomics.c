@@ -867,44 +867,23 @@ static PyGetSetDef Integral_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Any_slots[] = {
-    {Py_tp_new, Atomic_new},
-    {Py_tp_dealloc, Atomic_dealloc},
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Any_methods},
-    {Py_tp_getset, Any_getset},
-    {Py_tp_str, Atomic_str},
-    /* No text signature: the view classes inherit this constructor's
-     * and cannot be constructed. */
-    {Py_tp_doc, "The base of every atomic class."},
-    {0, NULL},
-};
+#define ATOMIC_FLAGS (Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
 
-static PyType_Slot Bytes_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Bytes_methods},
-    {Py_tp_doc, "The byte operations."},
-    {0, NULL},
-};
-
-static PyType_Slot Integral_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},       {Py_tp_methods, Integral_methods},
-    {Py_tp_getset, Integral_getset},         {Py_nb_int, Atomic_int},
-    {Py_tp_doc, "The integral operations."}, {0, NULL},
-};
-
-#define ATOMIC_FLAGS                                                          \
-    (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
-
-static PyType_Spec Any_spec = {"dispatchkit._dk._AtomicAny",
-                               sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                               Any_slots};
-static PyType_Spec Bytes_spec = {"dispatchkit._dk._AtomicBytes",
-                                 sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                                 Bytes_slots};
-static PyType_Spec Integral_spec = {"dispatchkit._dk._AtomicIntegral",
-                                    sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                                    Integral_slots};
+/* No text signature: the view classes inherit this constructor's and
+ * cannot be constructed. */
+DKPY_TYPE(static, Any_spec, "dispatchkit._dk._AtomicAny", AtomicObject,
+          ATOMIC_FLAGS, {Py_tp_new, Atomic_new},
+          {Py_tp_dealloc, Atomic_dealloc}, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Any_methods}, {Py_tp_getset, Any_getset},
+          {Py_tp_str, Atomic_str},
+          {Py_tp_doc, "The base of every atomic class."});
+DKPY_TYPE(static, Bytes_spec, "dispatchkit._dk._AtomicBytes", AtomicObject,
+          ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Bytes_methods}, {Py_tp_doc, "The byte operations."});
+DKPY_TYPE(static, Integral_spec, "dispatchkit._dk._AtomicIntegral",
+          AtomicObject, ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Integral_methods}, {Py_tp_getset, Integral_getset},
+          {Py_nb_int, Atomic_int}, {Py_tp_doc, "The integral operations."});
 
 /* ---- concrete classes ------------------------------------------------
  *
@@ -1130,7 +1109,8 @@ atomic_class(PyObject *module, PyObject *args)
     }
     with_doc[n++] = (PyType_Slot){Py_tp_doc, doc};
     with_doc[n] = (PyType_Slot){0, NULL};
-    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, with_doc};
+    PyType_Spec spec = {full, sizeof(AtomicObject), 0,
+                        Py_TPFLAGS_DEFAULT | ATOMIC_FLAGS, with_doc};
     PyObject *t = dkpy_type_from_spec(module, &spec, bases);
     if (t == NULL) {
         PyMem_RawFree(full);
@@ -1256,23 +1236,15 @@ static PyMethodDef Result_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Result_slots[] = {
-    {Py_tp_new, Result_new},
-    {Py_tp_dealloc, Result_dealloc},
-    {Py_nb_bool, Result_bool},
-    {Py_tp_iter, Result_iter},
-    {Py_tp_repr, Result_repr},
-    {Py_tp_members, Result_members},
-    {Py_tp_methods, Result_methods},
-    {Py_tp_doc, "CmpxchgResult(success, expected)\n--\n\nThe result of a "
-                "compare-exchange: truthy when it succeeded; unpacks as "
-                "(success, expected)."},
-    {0, NULL},
-};
-
-static PyType_Spec Result_spec = {"dispatchkit.atomics.CmpxchgResult",
-                                  sizeof(ResultObject), 0, Py_TPFLAGS_DEFAULT,
-                                  Result_slots};
+DKPY_TYPE(static, Result_spec, "dispatchkit.atomics.CmpxchgResult",
+          ResultObject, 0, {Py_tp_new, Result_new},
+          {Py_tp_dealloc, Result_dealloc}, {Py_nb_bool, Result_bool},
+          {Py_tp_iter, Result_iter}, {Py_tp_repr, Result_repr},
+          {Py_tp_members, Result_members}, {Py_tp_methods, Result_methods},
+          {Py_tp_doc,
+           "CmpxchgResult(success, expected)\n--\n\nThe result of a "
+           "compare-exchange: truthy when it succeeded; unpacks as "
+           "(success, expected)."});
 
 /* ---- setup ----------------------------------------------------------- */
 

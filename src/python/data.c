@@ -317,29 +317,16 @@ static PyGetSetDef Data_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Data_slots[] = {
-    {Py_tp_new, Data_new},
-    {Py_tp_dealloc, Data_dealloc},
-    {Py_tp_methods, Data_methods},
-    {Py_tp_getset, Data_getset},
-    {Py_sq_length, Data_len},
-    {Py_mp_length, Data_len},
-    {Py_bf_getbuffer, Data_getbuffer},
-    {Py_tp_richcompare, Data_richcompare},
-    {Py_tp_hash, Data_hash},
-    {Py_tp_repr, Data_repr},
+DKPY_TYPE(
+    static, Data_spec, "dispatchkit.Data", DataObject, Py_TPFLAGS_BASETYPE,
+    {Py_tp_new, Data_new}, {Py_tp_dealloc, Data_dealloc},
+    {Py_tp_methods, Data_methods}, {Py_tp_getset, Data_getset},
+    {Py_sq_length, Data_len}, {Py_mp_length, Data_len},
+    {Py_bf_getbuffer, Data_getbuffer}, {Py_tp_richcompare, Data_richcompare},
+    {Py_tp_hash, Data_hash}, {Py_tp_repr, Data_repr},
     {Py_tp_doc,
      "Data(bytes=None, data=None)\n--\n\nAn immutable buffer made of regions; "
-     "concat and subrange share memory."},
-    {0, NULL},
-};
-
-static PyType_Spec Data_spec = {
-    .name = "dispatchkit.Data",
-    .basicsize = sizeof(DataObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Data_slots,
-};
+     "concat and subrange share memory."});
 
 int
 dkpy_data_exec(PyObject *m)

@@ -342,22 +342,11 @@ static PyGetSetDef Group_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Group_slots[] = {
-    {Py_tp_new, Group_new},
-    {Py_tp_dealloc, Group_dealloc},
-    {Py_tp_methods, Group_methods},
-    {Py_tp_getset, Group_getset},
-    {Py_tp_repr, Group_repr},
-    {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_group_spec = {
-    .name = "dispatchkit.Group",
-    .basicsize = sizeof(GroupObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Group_slots,
-};
+DKPY_TYPE(, dkpy_group_spec, "dispatchkit.Group", GroupObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Group_new},
+          {Py_tp_dealloc, Group_dealloc}, {Py_tp_methods, Group_methods},
+          {Py_tp_getset, Group_getset}, {Py_tp_repr, Group_repr},
+          {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."});
 
 /* ---- Semaphore ------------------------------------------------------ */
 
@@ -479,22 +468,12 @@ static PyGetSetDef Semaphore_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Semaphore_slots[] = {
-    {Py_tp_new, Semaphore_new},
-    {Py_tp_dealloc, Semaphore_dealloc},
-    {Py_tp_methods, Semaphore_methods},
-    {Py_tp_getset, Semaphore_getset},
-    {Py_tp_repr, Semaphore_repr},
-    {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_semaphore_spec = {
-    .name = "dispatchkit.Semaphore",
-    .basicsize = sizeof(SemaphoreObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Semaphore_slots,
-};
+DKPY_TYPE(, dkpy_semaphore_spec, "dispatchkit.Semaphore", SemaphoreObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Semaphore_new},
+          {Py_tp_dealloc, Semaphore_dealloc},
+          {Py_tp_methods, Semaphore_methods}, {Py_tp_getset, Semaphore_getset},
+          {Py_tp_repr, Semaphore_repr},
+          {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."});
 
 /* ---- Once ----------------------------------------------------------- */
 
@@ -597,24 +576,14 @@ static PyGetSetDef Once_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Once_slots[] = {
-    {Py_tp_new, Once_new},
-    {Py_tp_dealloc, dkpy_free},
-    {Py_tp_call, Once_call},
-    {Py_tp_methods, Once_methods},
-    {Py_tp_repr, Once_repr},
-    {Py_tp_getset, Once_getset},
-    {Py_tp_doc, "Once()\n--\n\nCall once(func) to run func exactly once; "
-                "concurrent callers wait until it has returned."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_once_spec = {
-    .name = "dispatchkit.Once",
-    .basicsize = sizeof(OnceObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Once_slots,
-};
+DKPY_TYPE(, dkpy_once_spec, "dispatchkit.Once", OnceObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Once_new},
+          {Py_tp_dealloc, dkpy_free}, {Py_tp_call, Once_call},
+          {Py_tp_methods, Once_methods}, {Py_tp_repr, Once_repr},
+          {Py_tp_getset, Once_getset},
+          {Py_tp_doc,
+           "Once()\n--\n\nCall once(func) to run func exactly once; "
+           "concurrent callers wait until it has returned."});
 
 /* For futures.c (awaitable waits): the core object behind a dispatch
  * Semaphore (kind 3) or Group (kind 4); 0, or -1 if obj is neither. */

@@ -563,24 +563,14 @@ static PyGetSetDef Channel_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Channel_slots[] = {
-    {Py_tp_new, Channel_new},
-    {Py_tp_dealloc, Channel_dealloc},
-    {Py_tp_methods, Channel_methods},
-    {Py_tp_getset, Channel_getset},
-    {Py_tp_repr, Channel_repr},
-    {Py_tp_doc, "IOChannel(fd, io_type=0, queue=None, "
-                "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
-                "(never closed by the channel)."},
-    {0, NULL},
-};
-
-static PyType_Spec Channel_spec = {
-    .name = "dispatchkit.IOChannel",
-    .basicsize = sizeof(ChannelObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Channel_slots,
-};
+DKPY_TYPE(static, Channel_spec, "dispatchkit.IOChannel", ChannelObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Channel_new},
+          {Py_tp_dealloc, Channel_dealloc}, {Py_tp_methods, Channel_methods},
+          {Py_tp_getset, Channel_getset}, {Py_tp_repr, Channel_repr},
+          {Py_tp_doc,
+           "IOChannel(fd, io_type=0, queue=None, "
+           "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
+           "(never closed by the channel)."});
 
 static PyMethodDef io_functions[] = {
     {"read_async", DKPY_METH_KW(dk_py_read_async),

@@ -740,28 +740,17 @@ static PyMemberDef Queue_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyType_Slot Queue_slots[] = {
-    {Py_tp_new, Queue_new},
-    {Py_tp_dealloc, Queue_dealloc},
-    {Py_tp_traverse, Queue_traverse},
-    {Py_tp_clear, Queue_clear},
-    {Py_tp_methods, Queue_methods},
-    {Py_tp_getset, Queue_getset},
-    {Py_tp_members, Queue_members},
-    {Py_tp_repr, Queue_repr},
-    {Py_tp_doc, "Queue(label=None, concurrent=False, qos=0, "
-                "relative_priority=0, target=None, inactive=False)\n--\n\n"
-                "A dispatch queue: serial (FIFO, one item at a time) or "
-                "concurrent."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_queue_spec = {
-    .name = "dispatchkit.Queue",
-    .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = Queue_slots,
-};
+DKPY_TYPE(, dkpy_queue_spec, "dispatchkit.Queue", QueueObject,
+          Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Queue_new},
+          {Py_tp_dealloc, Queue_dealloc}, {Py_tp_traverse, Queue_traverse},
+          {Py_tp_clear, Queue_clear}, {Py_tp_methods, Queue_methods},
+          {Py_tp_getset, Queue_getset}, {Py_tp_members, Queue_members},
+          {Py_tp_repr, Queue_repr},
+          {Py_tp_doc,
+           "Queue(label=None, concurrent=False, qos=0, "
+           "relative_priority=0, target=None, inactive=False)\n--\n\n"
+           "A dispatch queue: serial (FIFO, one item at a time) or "
+           "concurrent."});
 
 int
 dkpy_queue_arg(PyObject *obj, const char *what, dk_queue_t **out)
@@ -942,23 +931,12 @@ static PyGetSetDef Workloop_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Workloop_slots[] = {
-    {Py_tp_new, Workloop_new},
-    {Py_tp_dealloc, Queue_dealloc},
-    {Py_tp_traverse, Queue_traverse},
-    {Py_tp_clear, Queue_clear},
-    {Py_tp_methods, Workloop_methods},
-    {Py_tp_getset, Workloop_getset},
-    {Py_tp_members, Queue_members},
-    {Py_tp_repr, Workloop_repr},
-    {Py_tp_doc, "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
-                "pending work runs highest QoS first."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_workloop_spec = {
-    .name = "dispatchkit.Workloop",
-    .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = Workloop_slots,
-};
+DKPY_TYPE(, dkpy_workloop_spec, "dispatchkit.Workloop", QueueObject,
+          Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Workloop_new},
+          {Py_tp_dealloc, Queue_dealloc}, {Py_tp_traverse, Queue_traverse},
+          {Py_tp_clear, Queue_clear}, {Py_tp_methods, Workloop_methods},
+          {Py_tp_getset, Workloop_getset}, {Py_tp_members, Queue_members},
+          {Py_tp_repr, Workloop_repr},
+          {Py_tp_doc,
+           "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
+           "pending work runs highest QoS first."});

@@ -608,62 +608,52 @@ static PyGetSetDef DataSource_getset[] = {
 
 /* ---- types ---------------------------------------------------------- */
 
-#define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                               \
-    {                                                                         \
-        {Py_tp_new, NEW}, {Py_tp_dealloc, Source_dealloc},                    \
-            {Py_tp_traverse, Source_traverse}, {Py_tp_clear, Source_clear},   \
-            {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET},                 \
-            {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC}, {0, NULL},           \
-    }
+/* A source type: its constructor, methods, properties and doc; the rest
+ * is shared. */
+#define SOURCE_TYPE(NAME, METHODS, GETSET, DOC)                               \
+    DKPY_TYPE(static, NAME##_spec, "dispatchkit." #NAME, SourceObject,        \
+              Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,                       \
+              {Py_tp_new, NAME##_new}, {Py_tp_dealloc, Source_dealloc},       \
+              {Py_tp_traverse, Source_traverse}, {Py_tp_clear, Source_clear}, \
+              {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET},               \
+              {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC})
 
-static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
-    Timer_new, Timer_methods, Timer_getset,
+SOURCE_TYPE(
+    Timer, Timer_methods, Timer_getset,
     "Timer(interval, handler, queue=None, start_delay=None, leeway=0.0, "
     "repeating=True)\n--\n\nA repeating timer fires start_delay (default "
     "0) seconds after start(), then every interval seconds. A one-shot "
     "timer fires once: start_delay seconds after start() when start_delay "
     "is given (interval is then ignored, as in cygcd), else interval "
     "seconds after start(). Missed fires coalesce.");
-static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
-    SignalSource_new, Source_methods, SignalSource_getset,
+SOURCE_TYPE(
+    SignalSource, Source_methods, SignalSource_getset,
     "SignalSource(signum, handler, queue=None)\n--\n\nCall handler on a queue "
     "when the process receives signum (also when it was set to SIG_IGN).");
-static PyType_Slot ReadSource_slots[] = SOURCE_SLOTS(
-    ReadSource_new, Source_methods, ReadSource_getset,
+SOURCE_TYPE(
+    ReadSource, Source_methods, ReadSource_getset,
     "ReadSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "readable (level-triggered).");
-static PyType_Slot WriteSource_slots[] = SOURCE_SLOTS(
-    WriteSource_new, Source_methods, WriteSource_getset,
+SOURCE_TYPE(
+    WriteSource, Source_methods, WriteSource_getset,
     "WriteSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "writable (level-triggered).");
-static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
-    ProcessSource_new, Source_methods, ProcessSource_getset,
+SOURCE_TYPE(
+    ProcessSource, Source_methods, ProcessSource_getset,
     "ProcessSource(pid, handler, events=0x80000000, queue=None)\n--\n\n"
     "Call handler when the process exits (events: PROC_* flags, default "
     "PROC_EXIT).");
-static PyType_Slot DataSource_slots[] = SOURCE_SLOTS(
-    DataSource_new, DataSource_methods, DataSource_getset,
+SOURCE_TYPE(
+    DataSource, DataSource_methods, DataSource_getset,
     "DataSource(kind, handler, queue=None)\n--\n\nA user data source "
     "(GCD's DISPATCH_SOURCE_TYPE_DATA_*): any thread calls merge(value); "
     "handler() runs on the queue, never concurrently with itself, and reads "
     "the coalesced value as data. kind is DATA_ADD (sum), DATA_OR (bitwise "
     "OR) or DATA_REPLACE (last value).");
 
-#define SOURCE_SPEC(NAME, SLOTS)                                              \
-    {                                                                         \
-        .name = "dispatchkit." NAME, .basicsize = sizeof(SourceObject),       \
-        .flags =                                                              \
-            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,    \
-        .slots = SLOTS,                                                       \
-    }
-
-static PyType_Spec source_specs[] = {
-    SOURCE_SPEC("Timer", Timer_slots),
-    SOURCE_SPEC("SignalSource", SignalSource_slots),
-    SOURCE_SPEC("ReadSource", ReadSource_slots),
-    SOURCE_SPEC("WriteSource", WriteSource_slots),
-    SOURCE_SPEC("ProcessSource", ProcessSource_slots),
-    SOURCE_SPEC("DataSource", DataSource_slots),
+static PyType_Spec *const source_specs[] = {
+    &Timer_spec,       &SignalSource_spec,  &ReadSource_spec,
+    &WriteSource_spec, &ProcessSource_spec, &DataSource_spec,
 };
 
 int
@@ -676,7 +666,7 @@ dkpy_source_exec(PyObject *m)
         return -1;
     }
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
-        PyTypeObject *t = dkpy_add_type(m, &source_specs[i], NULL, "");
+        PyTypeObject *t = dkpy_add_type(m, source_specs[i], NULL, "");
         if (t == NULL) {
             return -1;
         }

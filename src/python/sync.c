@@ -313,15 +313,12 @@ static PyMethodDef FutexWord_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot FutexWord_slots[] = {
-    {Py_tp_new, FutexWord_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, FutexWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
-                "first 4 bytes of a writable, 4-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, FutexWord_spec, "dispatchkit.sync.FutexWord", WordObject, 0,
+          {Py_tp_new, FutexWord_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, FutexWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
+           "first 4 bytes of a writable, 4-aligned buffer."});
 
 /* ---- AtomicU32 / AtomicU64 ------------------------------------------- */
 
@@ -348,27 +345,19 @@ static PyMethodDef AtomicWord_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot AtomicU32_slots[] = {
-    {Py_tp_new, AtomicU32_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, AtomicWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc,
-     "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
-     "4 bytes of a writable, 4-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, AtomicU32_spec, "dispatchkit.sync.AtomicU32", WordObject, 0,
+          {Py_tp_new, AtomicU32_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
+           "4 bytes of a writable, 4-aligned buffer."});
 
-static PyType_Slot AtomicU64_slots[] = {
-    {Py_tp_new, AtomicU64_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, AtomicWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc,
-     "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
-     "8 bytes of a writable, 8-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, AtomicU64_spec, "dispatchkit.sync.AtomicU64", WordObject, 0,
+          {Py_tp_new, AtomicU64_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
+           "8 bytes of a writable, 8-aligned buffer."});
 
 /* ---- Mutex ------------------------------------------------------------ */
 
@@ -573,17 +562,13 @@ static PyGetSetDef Mutex_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Mutex_slots[] = {
-    {Py_tp_new, Mutex_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Mutex_methods},
-    {Py_tp_getset, Mutex_getset},
-    {Py_tp_repr, Mutex_repr},
-    {Py_tp_doc,
-     "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
-     "64-byte buffer, compatible with fastipc's."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Mutex_spec, "dispatchkit.sync.Mutex", WordObject, 0,
+          {Py_tp_new, Mutex_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Mutex_methods}, {Py_tp_getset, Mutex_getset},
+          {Py_tp_repr, Mutex_repr},
+          {Py_tp_doc,
+           "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
+           "64-byte buffer, compatible with fastipc's."});
 
 /* ---- Semaphore -------------------------------------------------------- */
 
@@ -794,16 +779,13 @@ static PyMethodDef Semaphore_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Semaphore_slots[] = {
-    {Py_tp_new, Semaphore_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Semaphore_methods},
-    {Py_tp_repr, Semaphore_repr},
-    {Py_tp_doc, "Semaphore(buffer, initial=None, shared=True, "
-                "fastipc_compat=False)\n--\n\nA process-shared counting "
-                "semaphore in a 64-byte buffer, compatible with fastipc's."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Semaphore_spec, "dispatchkit.sync.Semaphore", WordObject, 0,
+          {Py_tp_new, Semaphore_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Semaphore_methods}, {Py_tp_repr, Semaphore_repr},
+          {Py_tp_doc,
+           "Semaphore(buffer, initial=None, shared=True, "
+           "fastipc_compat=False)\n--\n\nA process-shared counting "
+           "semaphore in a 64-byte buffer, compatible with fastipc's."});
 
 /* ---- Event ------------------------------------------------------------ */
 
@@ -880,31 +862,17 @@ static PyMethodDef Event_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Event_slots[] = {
-    {Py_tp_new, Event_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Event_methods},
-    {Py_tp_repr, Event_repr},
-    {Py_tp_doc,
-     "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
-     "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
-     "else set: fastipc's NamedEvent word)."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Event_spec, "dispatchkit.sync.Event", WordObject, 0,
+          {Py_tp_new, Event_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Event_methods}, {Py_tp_repr, Event_repr},
+          {Py_tp_doc,
+           "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
+           "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+           "else set: fastipc's NamedEvent word)."});
 
-static PyType_Spec sync_specs[] = {
-    {"dispatchkit.sync.Mutex", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Mutex_slots},
-    {"dispatchkit.sync.Semaphore", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Semaphore_slots},
-    {"dispatchkit.sync.FutexWord", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     FutexWord_slots},
-    {"dispatchkit.sync.AtomicU32", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     AtomicU32_slots},
-    {"dispatchkit.sync.AtomicU64", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     AtomicU64_slots},
-    {"dispatchkit.sync.Event", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Event_slots},
+static PyType_Spec *const sync_specs[] = {
+    &Mutex_spec,     &Semaphore_spec, &FutexWord_spec,
+    &AtomicU32_spec, &AtomicU64_spec, &Event_spec,
 };
 
 /* The types made from sync_specs, in order (the module holds them). */
@@ -940,7 +908,7 @@ dkpy_sync_exec(PyObject *m)
     for (size_t i = 0; i < sizeof sync_specs / sizeof sync_specs[0]; i++) {
         /* The extension module also holds the dispatch Semaphore: sync
          * types are registered as Sync<Name>; dispatchkit.sync renames. */
-        sync_types[i] = dkpy_add_type(m, &sync_specs[i], NULL, "Sync");
+        sync_types[i] = dkpy_add_type(m, sync_specs[i], NULL, "Sync");
         if (sync_types[i] == NULL) {
             return -1;
         }
