@@ -446,3 +446,10 @@ dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline)
         }
     }
 }
+
+PyObject *
+dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline)
+{
+    int rc = dkpy_wait_sliced(fn, arg, deadline);
+    return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
+}

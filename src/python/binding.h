@@ -137,6 +137,12 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
  * exception set. */
 int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
 
+/* dkpy_wait_sliced for the waits that answer a bool: True when fn
+ * returned 0, False on a timeout (or another failure fn reports, such as
+ * a futex word that had changed), NULL with the signal handler's
+ * exception set. */
+PyObject *dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline);
+
 /* The timeout rules, one per seed; each gives an absolute CLOCK_MONOTONIC
  * deadline, DK_TIME_FOREVER for none and 0 for a single poll.
  * cygcd (seconds): None, negative or inf wait forever; 0 polls; NaN is a

@@ -129,18 +129,6 @@ several_cpus(void)
     return n > 1;
 }
 
-/* Wait with the GIL released against a deadline, running signal handlers
- * on EINTR: True when done, False on timeout, NULL if a handler raised. */
-static PyObject *
-interruptible_wait(dkpy_wait_fn wait, void *obj, uint64_t deadline)
-{
-    int rc = dkpy_wait_sliced(wait, obj, deadline);
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
-}
-
 /* The adapters run with the GIL released (note_gil_released). */
 static int
 group_wait_adapter(void *g, uint64_t deadline)
@@ -265,7 +253,7 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    return interruptible_wait(group_wait_adapter, self->g, deadline);
+    return dkpy_wait_bool(group_wait_adapter, self->g, deadline);
 }
 
 static PyObject *
@@ -398,7 +386,7 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self, deadline);
+    return dkpy_wait_bool(semaphore_wait_adapter, self, deadline);
 }
 
 static PyObject *
@@ -423,7 +411,7 @@ Semaphore_cm_enter(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self, DK_TIME_FOREVER);
+    return dkpy_wait_bool(semaphore_wait_adapter, self, DK_TIME_FOREVER);
 }
 
 static PyObject *
