@@ -203,12 +203,9 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     struct word_wait w = {.self = self, .expected = expected};
-    int rc =
-        dkpy_wait_sliced(futex_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0); /* -EAGAIN: the word had changed */
+    /* False also for -EAGAIN: the word had changed. */
+    return dkpy_wait_bool(futex_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
@@ -642,11 +639,10 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (nargs == 0 && kwnames == NULL) {
         return sem_post(self, 1);
     }
-    PyObject *nobj = nargs > 0 ? args[0] : args[nargs];
-    if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1 ||
-        (nargs == 0 && PyUnicode_CompareWithASCIIString(
-                           PyTuple_GET_ITEM(kwnames, 0), "n") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "post(n=1)");
+    static const char *const names[] = {"n"};
+    PyObject *nobj;
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, &nobj, "post") <
+        0) {
         return NULL;
     }
     if (!PyLong_Check(nobj) || dkpy_long_sign(nobj) < 0) {
@@ -696,12 +692,8 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         Py_RETURN_FALSE;
     }
     struct word_wait w = {.self = self, .spin = spin < 0 ? 0 : spin};
-    int rc = dkpy_wait_sliced(semaphore_wait_fn, &w,
-                              dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
+    return dkpy_wait_bool(semaphore_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
@@ -831,12 +823,8 @@ Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
         Py_RETURN_FALSE;
     }
     struct word_wait w = {.self = self};
-    int rc =
-        dkpy_wait_sliced(event_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
+    return dkpy_wait_bool(event_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
