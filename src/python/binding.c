@@ -110,6 +110,16 @@ dkpy_callback(PyObject *func, bool consume, const char *fmt, ...)
     dkpy_leave(&g);
 }
 
+PyObject *
+dkpy_submitted(int rc, PyObject *func)
+{
+    if (rc >= 0) {
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(func);
+    return dkpy_raise_errno(rc);
+}
+
 int
 dkpy_check_callable(PyObject *func, const char *what)
 {

@@ -55,6 +55,12 @@ void dkpy_call_reporting(PyObject *func, PyObject *args);
  * runs and the references are left (gil.h). */
 void dkpy_callback(PyObject *func, bool consume, const char *fmt, ...);
 
+/* The result of handing `func` to the core as a work item's context
+ * (rc: what the submitting call returned; the caller took a reference to
+ * func for the item): None, or the core's refusal raised, that reference
+ * dropped. */
+PyObject *dkpy_submitted(int rc, PyObject *func);
+
 /* 0, or -1 with TypeError ("<what> must be callable, not T"). */
 int dkpy_check_callable(PyObject *func, const char *what);
 
