@@ -220,12 +220,7 @@ group_submit(GroupObject *self, PyObject *args, const char *fmt,
         return NULL;
     }
     Py_INCREF(func);
-    int rc = fn(self->g, q->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(fn(self->g, q->q, func, dkpy_call_async), func);
 }
 
 static PyObject *

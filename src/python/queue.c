@@ -190,6 +190,17 @@ Queue_dealloc(QueueObject *self)
     Py_DECREF(tp);
 }
 
+/* The wrapper of a global queue or the main queue, made once and cached
+ * in *slot. */
+static PyObject *
+immortal_queue(PyObject **slot, dk_queue_t *q)
+{
+    if (*slot == NULL) {
+        *slot = queue_wrap(dkpy_dispatch.queue_type, q, true);
+    }
+    return Py_XNewRef(*slot);
+}
+
 static PyObject *
 Queue_global_queue(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kwargs)
 {
@@ -210,14 +221,7 @@ Queue_global_queue(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kwargs)
     static const long order[5] = {0x21, 0x19, 0x15, 0x11, 0x09};
     for (int i = 0; i < 5; i++) {
         if (dk_queue_global(order[i]) == q) {
-            if (dkpy_dispatch.globals[i] == NULL) {
-                dkpy_dispatch.globals[i] =
-                    queue_wrap(dkpy_dispatch.queue_type, q, true);
-                if (dkpy_dispatch.globals[i] == NULL) {
-                    return NULL;
-                }
-            }
-            return Py_NewRef(dkpy_dispatch.globals[i]);
+            return immortal_queue(&dkpy_dispatch.globals[i], q);
         }
     }
     PyErr_SetString(PyExc_SystemError, "global queue not found");
@@ -227,14 +231,7 @@ Queue_global_queue(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kwargs)
 static PyObject *
 Queue_main_queue(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused))
 {
-    if (dkpy_dispatch.main_queue == NULL) {
-        dkpy_dispatch.main_queue =
-            queue_wrap(dkpy_dispatch.queue_type, dk_queue_main(), true);
-        if (dkpy_dispatch.main_queue == NULL) {
-            return NULL;
-        }
-    }
-    return Py_NewRef(dkpy_dispatch.main_queue);
+    return immortal_queue(&dkpy_dispatch.main_queue, dk_queue_main());
 }
 
 static PyObject *
@@ -246,11 +243,7 @@ submit(QueueObject *self, PyObject *func, bool barrier)
     Py_INCREF(func);
     int rc = barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
                      : dk_queue_async_f(self->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(rc, func);
 }
 
 static PyObject *
@@ -461,11 +454,7 @@ Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_INCREF(vals[1]);
     int rc = dk_queue_after_f(self->q, dk_time(DK_TIME_NOW, ns), vals[1],
                               dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(vals[1]);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(rc, vals[1]);
 }
 
 static PyObject *
@@ -842,11 +831,7 @@ Workloop_run_async(QueueObject *self, PyObject *args, PyObject *kwargs)
     }
     Py_INCREF(func);
     int rc = dk_queue_async_qos_f(self->q, qos, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(rc, func);
 }
 
 static PyObject *
