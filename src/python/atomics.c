@@ -394,11 +394,36 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     return do_load(self, OP_LOAD, mo);
 }
 
-/* The checks run in the atomics package's order, so that an input with
- * several faults raises what the package raises: integral objects convert
- * their arguments first (int.to_bytes), then check that the operation is
- * supported, then the order; byte objects check support, then the order,
- * then the arguments' lengths. A released object fails first of all. */
+/* The value arguments of a writing operation, converted into vals and
+ * checked in the atomics package's order, so that an input with several
+ * faults raises what the package raises: a released object fails first,
+ * then integral objects convert their arguments (int.to_bytes), then the
+ * operation must be supported, then the order (order_ok false: the error
+ * of op with mo), then byte objects check their arguments' lengths. */
+static int
+write_args(AtomicObject *self, int op, int n, PyObject *const *objs,
+           const char *const *argnames, unsigned char (*vals)[16],
+           bool order_ok, int mo)
+{
+    if (check_live(self) < 0) {
+        return -1;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && check_write(self, op) < 0) {
+            return -1;
+        }
+        if (pass == 1 && !order_ok) {
+            return order_error(op, mo, false);
+        }
+        for (int i = 0; i < n && self->integral == (pass == 0); i++) {
+            if (to_value(self, objs[i], vals[i], argnames[i]) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
              PyObject *kwnames)
@@ -415,21 +440,12 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "store() missing 'desired'");
         return NULL;
     }
-    unsigned char v[16];
-    if (self->integral && to_value(self, a[0], v, "desired") < 0) {
+    unsigned char v[1][16];
+    if (write_args(self, OP_STORE, 1, a, names, v,
+                   dk_memory_order_valid_store(mo), mo) < 0) {
         return NULL;
     }
-    if (check_write(self, OP_STORE) < 0) {
-        return NULL;
-    }
-    if (!dk_memory_order_valid_store(mo)) {
-        order_error(OP_STORE, mo, false);
-        return NULL;
-    }
-    if (!self->integral && to_value(self, a[0], v, "desired") < 0) {
-        return NULL;
-    }
-    int rc = dk_atomic_store(self->addr, self->width, v, mo);
+    int rc = dk_atomic_store(self->addr, self->width, v[0], mo);
     if (rc < 0) {
         return dkpy_raise_errno(rc);
     }
@@ -469,21 +485,12 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = op == OP_EXCHANGE ? "desired" : "value";
-    unsigned char v[16], old[16];
-    if (self->integral) {
-        if (check_live(self) < 0 ||
-            (has_value && to_value(self, a[0], v, argname) < 0)) {
-            return NULL;
-        }
-    }
-    if (check_write(self, op) < 0) {
-        return NULL;
-    }
-    if (!self->integral && has_value && to_value(self, a[0], v, argname) < 0) {
+    unsigned char v[1][16], old[16];
+    if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
         return NULL;
     }
     int rc = dk_atomic_fetch_op(self->addr, self->width, aop,
-                                has_value ? v : NULL, old, mo);
+                                has_value ? v[0] : NULL, old, mo);
     if (rc < 0) {
         return dkpy_raise_errno(rc);
     }
@@ -617,17 +624,8 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "cmpxchg needs expected and desired");
         return NULL;
     }
-    /* Checked in the package's order (see Atomic_store). */
-    unsigned char e[16], d[16];
-    if (self->integral && (to_value(self, a[0], e, "expected") < 0 ||
-                           to_value(self, a[1], d, "desired") < 0)) {
-        return NULL;
-    }
-    if (check_write(self, op) < 0) {
-        return NULL;
-    }
-    if (!self->integral && (to_value(self, a[0], e, "expected") < 0 ||
-                            to_value(self, a[1], d, "desired") < 0)) {
+    unsigned char v[2][16]; /* expected, desired */
+    if (write_args(self, op, 2, a, names, v, true, 0) < 0) {
         return NULL;
     }
     /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
@@ -642,13 +640,14 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
         succ = DK_MO_ACQ_REL;
     }
-    int ok =
-        dk_atomic_cmpxchg(self->addr, self->width, e, d, weak, succ, fail);
+    int ok = dk_atomic_cmpxchg(self->addr, self->width, v[0], v[1], weak, succ,
+                               fail);
     if (ok < 0) {
         return dkpy_raise_errno(ok);
     }
     /* On success, what was there is what the caller expected. */
-    PyObject *seen = ok ? expected_back(self, a[0], e) : from_value(self, e);
+    PyObject *seen =
+        ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);
     if (seen == NULL) {
         return NULL;
     }
