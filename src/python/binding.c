@@ -321,12 +321,15 @@ deadline_after_seconds(double s)
                                                 : now + (uint64_t)ns;
 }
 
-/* The seconds of a timeout: 1 for None (or no argument), 0 with *s set,
- * or -1 with an exception set (NaN: ValueError with `nan_message`). */
+/* The seconds of a timeout into *s: 0; 1 for None (or no argument), with
+ * *deadline set to forever; or -1 with an exception set (NaN: ValueError
+ * with `nan_message`). */
 static int
-seconds_arg(PyObject *timeout, double *s, const char *nan_message)
+seconds_arg(PyObject *timeout, double *s, uint64_t *deadline,
+            const char *nan_message)
 {
     if (timeout == NULL || timeout == Py_None) {
+        *deadline = DK_TIME_FOREVER;
         return 1;
     }
     *s = PyFloat_AsDouble(timeout);
@@ -344,9 +347,8 @@ int
 dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
 {
     double t;
-    int rc = seconds_arg(timeout, &t, "timeout must not be NaN");
+    int rc = seconds_arg(timeout, &t, deadline, "timeout must not be NaN");
     if (rc != 0) {
-        *deadline = DK_TIME_FOREVER;
         return rc > 0 ? 0 : -1;
     }
     if (t < 0 || isinf(t)) {
@@ -405,9 +407,8 @@ int
 dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
 {
     double s;
-    int rc = seconds_arg(timeout, &s, "timeout must be a number");
+    int rc = seconds_arg(timeout, &s, deadline, "timeout must be a number");
     if (rc != 0) {
-        *deadline = DK_TIME_FOREVER;
         return rc > 0 ? 0 : -1;
     }
     if (s <= 0) {

@@ -93,6 +93,20 @@ PyTypeObject *dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
     STORAGE PyType_Spec NAME = {QUALNAME, sizeof(STRUCT), 0,                  \
                                 Py_TPFLAGS_DEFAULT | (FLAGS), NAME##_slots}
 
+/* The __aenter__ and __aexit__ entries of a lock's method table: async
+ * with through dispatchkit.asyncio (futures.h's dkpy_lock_aenter and
+ * dkpy_lock_aexit). RETURNS: what __aenter__ returns; EXIT: what
+ * __aexit__ calls. */
+/* clang-format off */
+#define DKPY_ASYNC_WITH_METHODS(RETURNS, EXIT)                                \
+    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,                \
+     "__aenter__($self, /)\n--\n\nasync with: acquire through "               \
+     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "    \
+     RETURNS "."},                                                            \
+    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,                 \
+     "__aexit__($self, /, *exc_info)\n--\n\n" EXIT "."}
+/* clang-format on */
+
 /* A PyMethodDef's function and flags for the keyword calling conventions
  * (the cast through void (*)(void) is how ml_meth stores them). */
 #define DKPY_METH_KW(fn)                                                      \
