@@ -436,12 +436,7 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
     {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "True."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\nsignal()."},
+    DKPY_ASYNC_WITH_METHODS("True", "signal()"),
     {NULL, NULL, 0, NULL},
 };
 

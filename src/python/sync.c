@@ -541,12 +541,7 @@ static PyMethodDef Mutex_methods[] = {
      "__enter__($self, /)\n--\n\nacquire(); returns self."},
     {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "self."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\nrelease()."},
+    DKPY_ASYNC_WITH_METHODS("self", "release()"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -762,12 +757,7 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
     {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "True."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\npost(1)."},
+    DKPY_ASYNC_WITH_METHODS("True", "post(1)"),
     {NULL, NULL, 0, NULL},
 };
 
