@@ -62,6 +62,15 @@ dkpy_raise_errno(int neg_errno)
 }
 
 PyObject *
+dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno)
+{
+    if (dkpy_raise_mapped(map, neg_errno)) {
+        return NULL;
+    }
+    return dkpy_raise_errno(neg_errno);
+}
+
+PyObject *
 dkpy_raise_oserror(int neg_errno)
 {
     errno = -neg_errno;
@@ -170,6 +179,18 @@ dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
         out[slot] = args[nargs + k];
     }
     return 0;
+}
+
+PyObject *
+dkpy_either(PyObject *a, PyObject *b, const char *names)
+{
+    a = a == Py_None ? NULL : a;
+    b = b == Py_None ? NULL : b;
+    if (a != NULL && b != NULL) {
+        PyErr_Format(PyExc_TypeError, "give %s, not both", names);
+        return NULL;
+    }
+    return a != NULL ? a : b != NULL ? b : Py_None;
 }
 
 /* ---- types and attributes --------------------------------------------- */
@@ -370,20 +391,9 @@ dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
                                      &timeout, &timeout_seconds)) {
         return -1;
     }
-    /* None is the default of both (the text signature says so). */
-    if (timeout == Py_None) {
-        timeout = NULL;
-    }
-    if (timeout_seconds == Py_None) {
-        timeout_seconds = NULL;
-    }
-    if (timeout != NULL && timeout_seconds != NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "give timeout or timeout_seconds, not both");
-        return -1;
-    }
-    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
-                               deadline);
+    timeout =
+        dkpy_either(timeout, timeout_seconds, "timeout or timeout_seconds");
+    return timeout == NULL ? -1 : dkpy_deadline_cygcd(timeout, deadline);
 }
 
 int

@@ -38,6 +38,8 @@ typedef struct {
 /* Raise map's exception for neg_errno: true, or false (nothing set) when
  * the table has no row for it. */
 bool dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno);
+/* map's exception for neg_errno, else dkpy_raise_errno's. Returns NULL. */
+PyObject *dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno);
 /* OSError for a negative errno whatever it is (where the seed API raises
  * OSError even for EINVAL). Returns NULL. */
 PyObject *dkpy_raise_oserror(int neg_errno);
@@ -63,6 +65,12 @@ PyObject *dkpy_submitted(int rc, PyObject *func);
 
 /* 0, or -1 with TypeError ("<what> must be callable, not T"). */
 int dkpy_check_callable(PyObject *func, const char *what);
+
+/* An argument with two spellings, a and b (NULL: not given; None is the
+ * default of both, as the text signatures say): the one given, or None
+ * for neither. NULL with TypeError ("give <names>, not both") for
+ * both. */
+PyObject *dkpy_either(PyObject *a, PyObject *b, const char *names);
 
 /* Parse a METH_FASTCALL | METH_KEYWORDS call into out[0..n): positional
  * arguments in order, keywords by names[i] (or aliases[i], where aliases
