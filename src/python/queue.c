@@ -495,45 +495,29 @@ Queue_set_target_queue(QueueObject *self, PyObject *args, PyObject *kwargs)
                                      kwlist, &target, &queue)) {
         return NULL;
     }
-    if (target == Py_None && queue != NULL) {
-        target = NULL; /* the default, as the text signature says */
-    }
-    if (target != NULL && queue != NULL && queue != Py_None) {
-        PyErr_SetString(PyExc_TypeError, "give target or queue, not both");
-        return NULL;
-    }
-    if (target == NULL) {
-        target = queue != NULL ? queue : Py_None;
-    }
+    target = dkpy_either(target, queue, "target or queue");
     dk_queue_t *t;
-    if (dkpy_queue_arg(target, "target", &t) < 0) {
+    if (target == NULL || dkpy_queue_arg(target, "target", &t) < 0) {
         return NULL;
     }
+    bool fixed = dk_queue_is_global(self->q) || self->q == dk_queue_main();
+    const dkpy_errno_map errors[] = {
+        {EPERM, &PyExc_RuntimeError,
+         fixed ? "the target of a global or main queue cannot be changed"
+               : "cannot change the target of a queue after it has been "
+                 "activated"},
+        {EBUSY, &PyExc_RuntimeError,
+         "cannot change the target of a queue while it has work queued or "
+         "running"},
+        {ELOOP, &PyExc_ValueError,
+         "target queue hierarchy would contain a cycle"},
+        {0, NULL, NULL},
+    };
     int rc = dk_queue_set_target(self->q, t);
-    switch (rc) {
-    case 0:
-        Py_RETURN_NONE;
-    case -EPERM:
-        PyErr_SetString(PyExc_RuntimeError,
-                        dk_queue_is_global(self->q) ||
-                                self->q == dk_queue_main()
-                            ? "the target of a global or main queue cannot "
-                              "be changed"
-                            : "cannot change the target of a queue after it "
-                              "has been activated");
-        return NULL;
-    case -EBUSY:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot change the target of a queue while it has "
-                        "work queued or running");
-        return NULL;
-    case -ELOOP:
-        PyErr_SetString(PyExc_ValueError,
-                        "target queue hierarchy would contain a cycle");
-        return NULL;
-    default:
-        return dkpy_raise_errno(rc);
+    if (rc < 0) {
+        return dkpy_raise_errno_in(errors, rc);
     }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
