@@ -37,17 +37,14 @@ static PyObject *
 Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"bytes", "data", NULL};
-    PyObject *src = Py_None, *alt = NULL;
+    PyObject *src = NULL, *alt = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:Data", kwlist, &src,
                                      &alt)) {
         return NULL;
     }
-    if (alt != NULL && alt != Py_None) { /* data= is cygcd's name */
-        if (src != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "give bytes or data, not both");
-            return NULL;
-        }
-        src = alt;
+    src = dkpy_either(src, alt, "bytes or data"); /* data= is cygcd's name */
+    if (src == NULL) {
+        return NULL;
     }
     DataObject *self = (DataObject *)type->tp_alloc(type, 0);
     if (self == NULL) {

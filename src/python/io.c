@@ -46,19 +46,13 @@ static PyObject *
 io_args(PyObject *fdobj, PyObject *callback, PyObject *handler,
         PyObject *queue, int *fd, dk_queue_t **q)
 {
-    /* None is the default of both (the text signature says so). */
-    callback = callback == Py_None ? NULL : callback;
-    handler = handler == Py_None ? NULL : handler;
-    if (callback != NULL && handler != NULL) {
-        PyErr_SetString(PyExc_TypeError, "give callback or handler, not both");
-        return NULL;
-    }
-    PyObject *h = callback != NULL ? callback : handler;
-    if (h == NULL) {
+    PyObject *h = dkpy_either(callback, handler, "callback or handler");
+    if (h == Py_None) {
         PyErr_SetString(PyExc_TypeError, "callback must be a callable");
         return NULL;
     }
-    if (parse_fd(fdobj, fd) < 0 || dkpy_check_callable(h, "callback") < 0 ||
+    if (h == NULL || parse_fd(fdobj, fd) < 0 ||
+        dkpy_check_callable(h, "callback") < 0 ||
         dkpy_queue_arg(queue, "queue", q) < 0) {
         return NULL;
     }
