@@ -342,24 +342,36 @@ deadline_after_seconds(double s)
                                                 : now + (uint64_t)ns;
 }
 
-/* The seconds of a timeout into *s: 0; 1 for None (or no argument), with
- * *deadline set to forever; or -1 with an exception set (NaN: ValueError
- * with `nan_message`). */
+/* The two rules in seconds: None (or no argument) waits forever and NaN
+ * is a ValueError in both; they differ on what a number means. */
+enum seconds_rule { RULE_CYGCD, RULE_ZEROBUFFER };
+
 static int
-seconds_arg(PyObject *timeout, double *s, uint64_t *deadline,
-            const char *nan_message)
+deadline_in_seconds(PyObject *timeout, enum seconds_rule rule,
+                    uint64_t *deadline)
 {
     if (timeout == NULL || timeout == Py_None) {
         *deadline = DK_TIME_FOREVER;
-        return 1;
+        return 0;
     }
-    *s = PyFloat_AsDouble(timeout);
-    if (*s == -1.0 && PyErr_Occurred()) {
+    double s = PyFloat_AsDouble(timeout);
+    if (s == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (isnan(*s)) {
-        PyErr_SetString(PyExc_ValueError, nan_message);
+    if (isnan(s)) {
+        PyErr_SetString(PyExc_ValueError, rule == RULE_CYGCD
+                                              ? "timeout must not be NaN"
+                                              : "timeout must be a number");
         return -1;
+    }
+    if (rule == RULE_CYGCD) { /* negative or inf: forever; 0 polls */
+        *deadline = s < 0 || isinf(s) ? DK_TIME_FOREVER
+                    : s == 0          ? 0
+                                      : deadline_after_seconds(s);
+    } else { /* 0 and negatives poll; past 1e9 s (inf too): forever */
+        *deadline = s <= 0    ? 0
+                    : s > 1e9 ? DK_TIME_FOREVER
+                              : dk_now() + (uint64_t)(s * 1e9);
     }
     return 0;
 }
@@ -367,19 +379,13 @@ seconds_arg(PyObject *timeout, double *s, uint64_t *deadline,
 int
 dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
 {
-    double t;
-    int rc = seconds_arg(timeout, &t, deadline, "timeout must not be NaN");
-    if (rc != 0) {
-        return rc > 0 ? 0 : -1;
-    }
-    if (t < 0 || isinf(t)) {
-        *deadline = DK_TIME_FOREVER;
-    } else if (t == 0) {
-        *deadline = 0;
-    } else {
-        *deadline = deadline_after_seconds(t);
-    }
-    return 0;
+    return deadline_in_seconds(timeout, RULE_CYGCD, deadline);
+}
+
+int
+dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+{
+    return deadline_in_seconds(timeout, RULE_ZEROBUFFER, deadline);
 }
 
 int
@@ -410,24 +416,6 @@ dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
     }
     double v = s * 1e9;
     *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
-    return 0;
-}
-
-int
-dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
-{
-    double s;
-    int rc = seconds_arg(timeout, &s, deadline, "timeout must be a number");
-    if (rc != 0) {
-        return rc > 0 ? 0 : -1;
-    }
-    if (s <= 0) {
-        *deadline = 0;
-    } else if (s > 1e9) {
-        *deadline = DK_TIME_FOREVER;
-    } else {
-        *deadline = dk_now() + (uint64_t)(s * 1e9);
-    }
     return 0;
 }
 
