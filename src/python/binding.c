@@ -143,9 +143,9 @@ dkpy_check_callable(PyObject *func, const char *what)
 /* ---- arguments -------------------------------------------------------- */
 
 int
-dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                const char *const *names, const char *const *aliases, int n,
-                PyObject **out, const char *fname)
+dkpy_parse_keywords(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *const *names, const char *const *aliases,
+                    int n, PyObject **out, const char *fname)
 {
     for (int i = 0; i < n; i++) {
         out[i] = NULL;

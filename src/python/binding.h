@@ -75,10 +75,28 @@ PyObject *dkpy_either(PyObject *a, PyObject *b, const char *names);
 /* Parse a METH_FASTCALL | METH_KEYWORDS call into out[0..n): positional
  * arguments in order, keywords by names[i] (or aliases[i], where aliases
  * is not NULL and has one), NULL where absent. 0, or -1 with TypeError
- * for too many arguments or an unknown or repeated keyword. */
-int dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                    const char *const *names, const char *const *aliases,
-                    int n, PyObject **out, const char *fname);
+ * for too many arguments or an unknown or repeated keyword. Inline for
+ * the common call without keywords (the atomics' hot path); the rest is
+ * dkpy_parse_keywords. */
+int dkpy_parse_keywords(PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames, const char *const *names,
+                        const char *const *aliases, int n, PyObject **out,
+                        const char *fname);
+
+static inline int
+dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                const char *const *names, const char *const *aliases, int n,
+                PyObject **out, const char *fname)
+{
+    if (kwnames != NULL || nargs > n) {
+        return dkpy_parse_keywords(args, nargs, kwnames, names, aliases, n,
+                                   out, fname);
+    }
+    for (int i = 0; i < n; i++) {
+        out[i] = i < nargs ? args[i] : NULL;
+    }
+    return 0;
+}
 
 /* The tp_dealloc of a heap type whose objects hold no references to
  * release: free the object and drop its reference to the type. The
