@@ -168,22 +168,32 @@ length_error(const char *argname)
 }
 
 /* A value as the core's byte operations (dk_atomic_load and friends)
- * take it: `width` bytes in native order, 16 at most. Integers of up to
- * 8 bytes pass through a uint64_t, whose low `width` bytes these move. */
+ * take it: `width` bytes in native order, in a 16-byte buffer. Integers
+ * of up to 8 bytes pass through a uint64_t, whose low `width` bytes these
+ * move; on a little-endian CPU they move all 8 (a constant-size copy the
+ * compiler inlines) and the bytes past `width` are ignored or masked. */
 static void
-put_native(unsigned char *out, unsigned width, uint64_t x)
+put_native(unsigned char out[16], unsigned width, uint64_t x)
 {
-    memcpy(out, (unsigned char *)&x + (PY_LITTLE_ENDIAN ? 0 : 8 - width),
-           width);
+#if PY_LITTLE_ENDIAN
+    (void)width;
+    memcpy(out, &x, 8);
+#else
+    memcpy(out, (unsigned char *)&x + 8 - width, width);
+#endif
 }
 
 static uint64_t
-get_native(const unsigned char *in, unsigned width)
+get_native(const unsigned char in[16], unsigned width)
 {
     uint64_t x = 0;
-    memcpy((unsigned char *)&x + (PY_LITTLE_ENDIAN ? 0 : 8 - width), in,
-           width);
+#if PY_LITTLE_ENDIAN
+    memcpy(&x, in, 8);
+    return width == 8 ? x : x & ((1ull << (8 * width)) - 1);
+#else
+    memcpy((unsigned char *)&x + 8 - width, in, width);
     return x;
+#endif
 }
 
 static int
@@ -372,7 +382,7 @@ do_load(AtomicObject *self, int op, int mo)
         order_error(op, mo, false);
         return NULL;
     }
-    unsigned char v[16];
+    unsigned char v[16] = {0};
     int rc = dk_atomic_load(self->addr, self->width, v, mo);
     return rc < 0 ? dkpy_raise_errno(rc) : from_value(self, v);
 }
@@ -485,7 +495,7 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = op == OP_EXCHANGE ? "desired" : "value";
-    unsigned char v[1][16], old[16];
+    unsigned char v[1][16], old[16] = {0};
     if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
         return NULL;
     }
