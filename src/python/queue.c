@@ -781,53 +781,42 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-static int
-workloop_submit_args(QueueObject *self, PyObject *args, PyObject *kwargs,
-                     const char *name, PyObject **func, int *qos)
+/* run_async(func, qos=0x15) and run_sync(func, qos=0x15). */
+static PyObject *
+workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
 {
     static char *kwlist[] = {"func", "qos", NULL};
-    long q = 0x15;
+    PyObject *func;
+    long qos = 0x15;
     if (dk_queue_is_inactive(self->q)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Cannot submit work to an inactive workloop");
-        return -1;
+        return NULL;
     }
-    char fmt[32];
-    snprintf(fmt, sizeof fmt, "O|l:%s", name);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, func, &q)) {
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     sync ? "O|l:run_sync" : "O|l:run_async",
+                                     kwlist, &func, &qos) ||
+        dkpy_check_callable(func, "func") < 0 || qos_arg(qos) < 0) {
+        return NULL;
     }
-    if (dkpy_check_callable(*func, "func") < 0 || qos_arg(q) < 0) {
-        return -1;
+    if (sync) {
+        return run_sync_qos(self, func, false, (int)qos);
     }
-    *qos = (int)q;
-    return 0;
+    Py_INCREF(func);
+    int rc = dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async);
+    return dkpy_submitted(rc, func);
 }
 
 static PyObject *
 Workloop_run_async(QueueObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *func;
-    int qos;
-    if (workloop_submit_args(self, args, kwargs, "run_async", &func, &qos) <
-        0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_queue_async_qos_f(self->q, qos, func, dkpy_call_async);
-    return dkpy_submitted(rc, func);
+    return workloop_run(self, args, kwargs, false);
 }
 
 static PyObject *
 Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *func;
-    int qos;
-    if (workloop_submit_args(self, args, kwargs, "run_sync", &func, &qos) <
-        0) {
-        return NULL;
-    }
-    return run_sync_qos(self, func, false, qos);
+    return workloop_run(self, args, kwargs, true);
 }
 
 static PyObject *
