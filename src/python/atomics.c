@@ -9,7 +9,6 @@
  */
 #include "python/binding.h"
 
-#include <errno.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -117,47 +116,6 @@ check_write(AtomicObject *self, int op)
     return 0;
 }
 
-/* ---- argument parsing: (positional..., keywords) -> slots ----------- */
-
-static int
-parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-      const char *const *names, const char *const *aliases, int n,
-      PyObject **out, const char *fname)
-{
-    for (int i = 0; i < n; i++) {
-        out[i] = NULL;
-    }
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname,
-                     n);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = args[i];
-    }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-        int slot = -1;
-        for (int i = 0; key != NULL && i < n; i++) {
-            if (strcmp(key, names[i]) == 0 ||
-                (aliases != NULL && aliases[i] != NULL &&
-                 strcmp(key, aliases[i]) == 0)) {
-                slot = i;
-            }
-        }
-        if (slot < 0 || out[slot] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected or repeated keyword "
-                         "argument '%s'",
-                         fname, key ? key : "?");
-            return -1;
-        }
-        out[slot] = args[nargs + k];
-    }
-    return 0;
-}
-
 static int
 order_of(PyObject *obj, int *mo)
 {
@@ -209,146 +167,104 @@ length_error(const char *argname)
     return -1;
 }
 
-static int
-to_value(AtomicObject *self, PyObject *v, uint64_t *out, const char *argname)
+/* A value as the core's byte operations (dk_atomic_load and friends)
+ * take it: `width` bytes in native order, in a 16-byte buffer. Integers
+ * of up to 8 bytes pass through a uint64_t, whose low `width` bytes these
+ * move; on a little-endian CPU they move all 8 (a constant-size copy the
+ * compiler inlines) and the bytes past `width` are ignored or masked. */
+static void
+put_native(unsigned char out[16], unsigned width, uint64_t x)
 {
-    unsigned bits = self->width * 8;
-    if (self->integral) {
-        if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
-                         argname, Py_TYPE(v)->tp_name);
+#if PY_LITTLE_ENDIAN
+    (void)width;
+    memcpy(out, &x, 8);
+#else
+    memcpy(out, (unsigned char *)&x + 8 - width, width);
+#endif
+}
+
+static uint64_t
+get_native(const unsigned char in[16], unsigned width)
+{
+    uint64_t x = 0;
+#if PY_LITTLE_ENDIAN
+    memcpy(&x, in, 8);
+    return width == 8 ? x : x & ((1ull << (8 * width)) - 1);
+#else
+    memcpy((unsigned char *)&x + 8 - width, in, width);
+    return x;
+#endif
+}
+
+static int
+to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
+         const char *argname)
+{
+    if (!self->integral) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
             return -1;
         }
-        if (self->is_signed) {
-            int overflow;
-            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-            if (x == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-            if (overflow != 0 || (bits < 64 && (x < -(1LL << (bits - 1)) ||
-                                                x >= (1LL << (bits - 1))))) {
-                PyErr_SetString(PyExc_OverflowError, "int too big to convert");
-                return -1;
-            }
-            *out = (uint64_t)x;
-            return 0;
+        bool fits = (size_t)b.len == self->width;
+        if (fits) {
+            memcpy(out, b.buf, self->width);
         }
-        /* Raises "can't convert negative int to unsigned" and "int too big
-         * to convert" itself, as int.to_bytes does. */
-        unsigned long long x = PyLong_AsUnsignedLongLong(v);
-        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (bits < 64 && x >> bits) {
-            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
-            return -1;
-        }
-        *out = x;
-        return 0;
+        PyBuffer_Release(&b);
+        return fits ? 0 : length_error(argname);
     }
-    Py_buffer b;
-    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s", argname,
+                     Py_TYPE(v)->tp_name);
         return -1;
     }
-    if ((size_t)b.len != self->width) {
-        PyBuffer_Release(&b);
-        return length_error(argname);
-    }
-    uint64_t x = 0;
-    switch (self->width) {
-    case 1: {
-        uint8_t t;
-        memcpy(&t, b.buf, 1);
-        x = t;
-        break;
-    }
-    case 2: {
-        uint16_t t;
-        memcpy(&t, b.buf, 2);
-        x = t;
-        break;
-    }
-    case 4: {
-        uint32_t t;
-        memcpy(&t, b.buf, 4);
-        x = t;
-        break;
-    }
-    default:
-        memcpy(&x, b.buf, 8);
-    }
-    PyBuffer_Release(&b);
-    *out = x;
-    return 0;
-}
-
-static PyObject *
-from_value(AtomicObject *self, uint64_t x)
-{
-    if (self->integral) {
-        if (self->is_signed) {
-            unsigned shift = 64 - self->width * 8;
-            return PyLong_FromLongLong((long long)(x << shift) >> shift);
-        }
-        return PyLong_FromUnsignedLongLong(x);
-    }
-    char buf[8];
-    switch (self->width) {
-    case 1: {
-        uint8_t t = (uint8_t)x;
-        memcpy(buf, &t, 1);
-        break;
-    }
-    case 2: {
-        uint16_t t = (uint16_t)x;
-        memcpy(buf, &t, 2);
-        break;
-    }
-    case 4: {
-        uint32_t t = (uint32_t)x;
-        memcpy(buf, &t, 4);
-        break;
-    }
-    default:
-        memcpy(buf, &x, 8);
-    }
-    return PyBytes_FromStringAndSize(buf, self->width);
-}
-
-/* 16-byte values: 16 native-order bytes. */
-static int
-to_value16(AtomicObject *self, PyObject *v, unsigned char out[16],
-           const char *argname)
-{
-    if (self->integral) {
-        if (!PyLong_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "'%s' must be int, not %.100s",
-                         argname, Py_TYPE(v)->tp_name);
-            return -1;
-        }
+    if (self->width == 16) {
         /* The same conversion (and messages) as int.to_bytes. */
         return dkpy_long_to_le16(v, out, self->is_signed);
     }
-    Py_buffer b;
-    if (PyObject_GetBuffer(v, &b, PyBUF_SIMPLE) < 0) {
+    unsigned bits = self->width * 8;
+    if (self->is_signed) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow != 0 || (bits < 64 && (x < -(1LL << (bits - 1)) ||
+                                            x >= (1LL << (bits - 1))))) {
+            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+            return -1;
+        }
+        put_native(out, self->width, (uint64_t)x);
+        return 0;
+    }
+    /* Raises "can't convert negative int to unsigned" and "int too big to
+     * convert" itself, as int.to_bytes does. */
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
         return -1;
     }
-    if (b.len != 16) {
-        PyBuffer_Release(&b);
-        return length_error(argname);
+    if (bits < 64 && x >> bits) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        return -1;
     }
-    memcpy(out, b.buf, 16);
-    PyBuffer_Release(&b);
+    put_native(out, self->width, x);
     return 0;
 }
 
 static PyObject *
-from_value16(AtomicObject *self, const unsigned char v[16])
+from_value(AtomicObject *self, const unsigned char v[16])
 {
-    if (self->integral) {
+    if (!self->integral) {
+        return PyBytes_FromStringAndSize((const char *)v, self->width);
+    }
+    if (self->width == 16) {
         return dkpy_long_from_le16(v, self->is_signed);
     }
-    return PyBytes_FromStringAndSize((const char *)v, 16);
+    uint64_t x = get_native(v, self->width);
+    if (self->is_signed) {
+        unsigned shift = 64 - self->width * 8;
+        return PyLong_FromLongLong((long long)(x << shift) >> shift);
+    }
+    return PyLong_FromUnsignedLongLong(x);
 }
 
 /* ---- construction ---------------------------------------------------- */
@@ -400,9 +316,9 @@ Atomic_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->is_signed = is_signed != 0;
     size_t w = (size_t)self->view.len;
     /* A read-only 16-byte object needs a load that does not write. */
-    bool ok = w == 1 || w == 2 || w == 4 || w == 8 ||
-              (w == 16 && dk_atomic16_supported() &&
-               (!self->readonly || dk_atomic16_readonly_load_supported()));
+    bool ok =
+        dk_atomic_width_supported((unsigned)w) &&
+        (w != 16 || !self->readonly || dk_atomic16_readonly_load_supported());
     if (!ok) {
         raise_cls(ax.width_error, Py_BuildValue("(n)", self->view.len),
                   Py_BuildValue("{s:O}", "readonly",
@@ -445,9 +361,8 @@ Atomic_traverse(AtomicObject *self, visitproc visit, void *arg)
 }
 
 static PyObject *
-Atomic_release(AtomicObject *self, PyObject *unused)
+Atomic_release(AtomicObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (self->has_view) {
         self->has_view = false;
         PyBuffer_Release(&self->view);
@@ -467,12 +382,9 @@ do_load(AtomicObject *self, int op, int mo)
         order_error(op, mo, false);
         return NULL;
     }
-    if (self->width == 16) {
-        unsigned char v[16];
-        dk_atomic16_load(self->addr, v);
-        return from_value16(self, v);
-    }
-    return from_value(self, dk_atomic_load_w(self->addr, self->width, mo));
+    unsigned char v[16] = {0};
+    int rc = dk_atomic_load(self->addr, self->width, v, mo);
+    return rc < 0 ? dkpy_raise_errno(rc) : from_value(self, v);
 }
 
 static PyObject *
@@ -483,7 +395,8 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (nargs != 0 || kwnames != NULL) {
         static const char *const names[] = {"order"};
         PyObject *a[1];
-        if (parse(args, nargs, kwnames, names, NULL, 1, a, "load") < 0 ||
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, a, "load") <
+                0 ||
             order_of(a[0], &mo) < 0) {
             return NULL;
         }
@@ -491,23 +404,36 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     return do_load(self, OP_LOAD, mo);
 }
 
-/* An argument, converted for this object's width: 16-byte values into
- * v16, others into *v64. */
+/* The value arguments of a writing operation, converted into vals and
+ * checked in the atomics package's order, so that an input with several
+ * faults raises what the package raises: a released object fails first,
+ * then integral objects convert their arguments (int.to_bytes), then the
+ * operation must be supported, then the order (order_ok false: the error
+ * of op with mo), then byte objects check their arguments' lengths. */
 static int
-convert(AtomicObject *self, PyObject *obj, const char *argname, uint64_t *v64,
-        unsigned char v16[16])
+write_args(AtomicObject *self, int op, int n, PyObject *const *objs,
+           const char *const *argnames, unsigned char (*vals)[16],
+           bool order_ok, int mo)
 {
-    if (self->width == 16) {
-        return to_value16(self, obj, v16, argname);
+    if (check_live(self) < 0) {
+        return -1;
     }
-    return to_value(self, obj, v64, argname);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && check_write(self, op) < 0) {
+            return -1;
+        }
+        if (pass == 1 && !order_ok) {
+            return order_error(op, mo, false);
+        }
+        for (int i = 0; i < n && self->integral == (pass == 0); i++) {
+            if (to_value(self, objs[i], vals[i], argnames[i]) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
 }
 
-/* The checks run in the atomics package's order, so that an input with
- * several faults raises what the package raises: integral objects convert
- * their arguments first (int.to_bytes), then check that the operation is
- * supported, then the order; byte objects check support, then the order,
- * then the arguments' lengths. A released object fails first of all. */
 static PyObject *
 Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
              PyObject *kwnames)
@@ -515,7 +441,8 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"desired", "order"};
     PyObject *a[2];
     int mo;
-    if (parse(args, nargs, kwnames, names, NULL, 2, a, "store") < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "store") <
+            0 ||
         order_of(a[1], &mo) < 0 || check_live(self) < 0) {
         return NULL;
     }
@@ -523,25 +450,14 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "store() missing 'desired'");
         return NULL;
     }
-    uint64_t v = 0;
-    unsigned char v16[16];
-    if (self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
+    unsigned char v[1][16];
+    if (write_args(self, OP_STORE, 1, a, names, v,
+                   dk_memory_order_valid_store(mo), mo) < 0) {
         return NULL;
     }
-    if (check_write(self, OP_STORE) < 0) {
-        return NULL;
-    }
-    if (!dk_memory_order_valid_store(mo)) {
-        order_error(OP_STORE, mo, false);
-        return NULL;
-    }
-    if (!self->integral && convert(self, a[0], "desired", &v, v16) < 0) {
-        return NULL;
-    }
-    if (self->width == 16) {
-        dk_atomic16_store(self->addr, v16);
-    } else {
-        dk_atomic_store_w(self->addr, self->width, v, mo);
+    int rc = dk_atomic_store(self->addr, self->width, v[0], mo);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
     }
     Py_RETURN_NONE;
 }
@@ -550,15 +466,16 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
  * previous value (else None). */
 static PyObject *
 rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-    PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value,
-    uint64_t implicit, bool fetch, const char *name)
+    PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value, bool fetch,
+    const char *name)
 {
     PyObject *a[2];
     int mo;
     if (has_value) {
         static const char *const names[] = {"value", "order"};
         static const char *const aliases[] = {"desired", NULL};
-        if (parse(args, nargs, kwnames, names, aliases, 2, a, name) < 0) {
+        if (dkpy_parse_fast(args, nargs, kwnames, names, aliases, 2, a, name) <
+            0) {
             return NULL;
         }
         if (a[0] == NULL) {
@@ -567,7 +484,8 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
     } else if (nargs != 0 || kwnames != NULL) {
         static const char *const names[] = {"order"};
-        if (parse(args, nargs, kwnames, names, NULL, 1, a + 1, name) < 0) {
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, a + 1,
+                            name) < 0) {
             return NULL;
         }
     } else {
@@ -577,65 +495,48 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = op == OP_EXCHANGE ? "desired" : "value";
-    uint64_t v = implicit;
-    unsigned char v16[16] = {0}, old16[16];
-    if (self->integral) {
-        if (check_live(self) < 0 ||
-            (has_value && convert(self, a[0], argname, &v, v16) < 0)) {
-            return NULL;
-        }
-    }
-    if (check_write(self, op) < 0) {
+    unsigned char v[1][16], old[16] = {0};
+    if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
         return NULL;
     }
-    if (!self->integral && has_value &&
-        convert(self, a[0], argname, &v, v16) < 0) {
-        return NULL;
+    int rc = dk_atomic_fetch_op(self->addr, self->width, aop,
+                                has_value ? v[0] : NULL, old, mo);
+    if (rc < 0) {
+        return dkpy_raise_errno(rc);
     }
-    if (self->width == 16) {
-        if (!has_value && implicit == 1) {
-            v16[PY_LITTLE_ENDIAN ? 0 : 15] = 1;
-        }
-        dk_atomic16_rmw(self->addr, aop, v16, old16);
-        if (!fetch) {
-            Py_RETURN_NONE;
-        }
-        return from_value16(self, old16);
-    }
-    uint64_t old = dk_atomic_rmw_w(self->addr, self->width, aop, v, mo);
     if (!fetch) {
         Py_RETURN_NONE;
     }
     return from_value(self, old);
 }
 
-#define RMW_METHOD(NAME, OP, AOP, HASVAL, IMPLICIT, FETCH)                    \
+#define RMW_METHOD(NAME, OP, AOP, HASVAL, FETCH)                              \
     static PyObject *Atomic_##NAME(AtomicObject *self, PyObject *const *args, \
                                    Py_ssize_t nargs, PyObject *kwnames)       \
     {                                                                         \
-        return rmw(self, args, nargs, kwnames, OP, AOP, HASVAL, IMPLICIT,     \
-                   FETCH, #NAME);                                             \
+        return rmw(self, args, nargs, kwnames, OP, AOP, HASVAL, FETCH,        \
+                   #NAME);                                                    \
     }
 
-RMW_METHOD(exchange, OP_EXCHANGE, DK_AOP_EXCHANGE, true, 0, true)
-RMW_METHOD(bin_or, OP_OR, DK_AOP_OR, true, 0, false)
-RMW_METHOD(bin_xor, OP_XOR, DK_AOP_XOR, true, 0, false)
-RMW_METHOD(bin_and, OP_AND, DK_AOP_AND, true, 0, false)
-RMW_METHOD(bin_not, OP_NOT, DK_AOP_NOT, false, 0, false)
-RMW_METHOD(bin_fetch_or, OP_FETCH_OR, DK_AOP_OR, true, 0, true)
-RMW_METHOD(bin_fetch_xor, OP_FETCH_XOR, DK_AOP_XOR, true, 0, true)
-RMW_METHOD(bin_fetch_and, OP_FETCH_AND, DK_AOP_AND, true, 0, true)
-RMW_METHOD(bin_fetch_not, OP_FETCH_NOT, DK_AOP_NOT, false, 0, true)
-RMW_METHOD(add, OP_ADD, DK_AOP_ADD, true, 0, false)
-RMW_METHOD(sub, OP_SUB, DK_AOP_SUB, true, 0, false)
-RMW_METHOD(inc, OP_INC, DK_AOP_ADD, false, 1, false)
-RMW_METHOD(dec, OP_DEC, DK_AOP_SUB, false, 1, false)
-RMW_METHOD(neg, OP_NEG, DK_AOP_NEG, false, 0, false)
-RMW_METHOD(fetch_add, OP_FETCH_ADD, DK_AOP_ADD, true, 0, true)
-RMW_METHOD(fetch_sub, OP_FETCH_SUB, DK_AOP_SUB, true, 0, true)
-RMW_METHOD(fetch_inc, OP_FETCH_INC, DK_AOP_ADD, false, 1, true)
-RMW_METHOD(fetch_dec, OP_FETCH_DEC, DK_AOP_SUB, false, 1, true)
-RMW_METHOD(fetch_neg, OP_FETCH_NEG, DK_AOP_NEG, false, 0, true)
+RMW_METHOD(exchange, OP_EXCHANGE, DK_AOP_EXCHANGE, true, true)
+RMW_METHOD(bin_or, OP_OR, DK_AOP_OR, true, false)
+RMW_METHOD(bin_xor, OP_XOR, DK_AOP_XOR, true, false)
+RMW_METHOD(bin_and, OP_AND, DK_AOP_AND, true, false)
+RMW_METHOD(bin_not, OP_NOT, DK_AOP_NOT, false, false)
+RMW_METHOD(bin_fetch_or, OP_FETCH_OR, DK_AOP_OR, true, true)
+RMW_METHOD(bin_fetch_xor, OP_FETCH_XOR, DK_AOP_XOR, true, true)
+RMW_METHOD(bin_fetch_and, OP_FETCH_AND, DK_AOP_AND, true, true)
+RMW_METHOD(bin_fetch_not, OP_FETCH_NOT, DK_AOP_NOT, false, true)
+RMW_METHOD(add, OP_ADD, DK_AOP_ADD, true, false)
+RMW_METHOD(sub, OP_SUB, DK_AOP_SUB, true, false)
+RMW_METHOD(inc, OP_INC, DK_AOP_INC, false, false)
+RMW_METHOD(dec, OP_DEC, DK_AOP_DEC, false, false)
+RMW_METHOD(neg, OP_NEG, DK_AOP_NEG, false, false)
+RMW_METHOD(fetch_add, OP_FETCH_ADD, DK_AOP_ADD, true, true)
+RMW_METHOD(fetch_sub, OP_FETCH_SUB, DK_AOP_SUB, true, true)
+RMW_METHOD(fetch_inc, OP_FETCH_INC, DK_AOP_INC, false, true)
+RMW_METHOD(fetch_dec, OP_FETCH_DEC, DK_AOP_DEC, false, true)
+RMW_METHOD(fetch_neg, OP_FETCH_NEG, DK_AOP_NEG, false, true)
 
 /* Integral add/sub with a negative operand on unsigned objects: the seed
  * package raises OverflowError (inputs do not wrap); so do we, through
@@ -648,7 +549,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"index", "order"};
     PyObject *a[2];
     int mo;
-    if (parse(args, nargs, kwnames, names, NULL, 2, a, name) < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, name) < 0 ||
         order_of(a[1], &mo) < 0) {
         return NULL;
     }
@@ -704,7 +605,7 @@ static PyObject *result_new(bool ok, PyObject *expected);
  * is exactly the type we would build (as the atomics package returns it),
  * else a fresh one (so a bytearray or a bool comes back as bytes or int). */
 static PyObject *
-expected_back(AtomicObject *self, PyObject *given, uint64_t x)
+expected_back(AtomicObject *self, PyObject *given, const unsigned char x[16])
 {
     if (self->integral ? PyLong_CheckExact(given)
                        : PyBytes_CheckExact(given)) {
@@ -723,8 +624,8 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     int op = weak ? OP_CMPXCHG_WEAK : OP_CMPXCHG_STRONG;
     PyObject *a[4];
     int succ = DK_MO_SEQ_CST, fail = DK_MO_SEQ_CST;
-    if (parse(args, nargs, kwnames, names, aliases, 4, a,
-              weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
+    if (dkpy_parse_fast(args, nargs, kwnames, names, aliases, 4, a,
+                        weak ? "cmpxchg_weak" : "cmpxchg_strong") < 0 ||
         (a[2] != NULL && order_of(a[2], &succ) < 0) ||
         (a[3] != NULL && order_of(a[3], &fail) < 0) || check_live(self) < 0) {
         return NULL;
@@ -733,18 +634,8 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "cmpxchg needs expected and desired");
         return NULL;
     }
-    /* Checked in the package's order (see Atomic_store). */
-    uint64_t e = 0, d = 0;
-    unsigned char e16[16], d16[16];
-    if (self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
-                           convert(self, a[1], "desired", &d, d16) < 0)) {
-        return NULL;
-    }
-    if (check_write(self, op) < 0) {
-        return NULL;
-    }
-    if (!self->integral && (convert(self, a[0], "expected", &e, e16) < 0 ||
-                            convert(self, a[1], "desired", &d, d16) < 0)) {
+    unsigned char v[2][16]; /* expected, desired */
+    if (write_args(self, op, 2, a, names, v, true, 0) < 0) {
         return NULL;
     }
     /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
@@ -759,16 +650,14 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
         succ = DK_MO_ACQ_REL;
     }
-    PyObject *seen;
-    bool ok;
-    if (self->width == 16) {
-        ok = dk_atomic16_cas(self->addr, e16, d16);
-        seen = from_value16(self, e16);
-    } else {
-        ok = dk_atomic_cas_w(self->addr, self->width, &e, d, weak, succ, fail);
-        /* On success, what was there is what the caller expected. */
-        seen = ok ? expected_back(self, a[0], e) : from_value(self, e);
+    int ok = dk_atomic_cmpxchg(self->addr, self->width, v[0], v[1], weak, succ,
+                               fail);
+    if (ok < 0) {
+        return dkpy_raise_errno(ok);
     }
+    /* On success, what was there is what the caller expected. */
+    PyObject *seen =
+        ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);
     if (seen == NULL) {
         return NULL;
     }
@@ -791,50 +680,30 @@ Atomic_cmpxchg_strong(AtomicObject *self, PyObject *const *args,
 
 /* ---- properties and conversions -------------------------------------- */
 
+/* The plain properties, one getter for all: the closure says which. */
+enum { PROP_WIDTH, PROP_READONLY, PROP_SIGNED, PROP_ADDRESS };
+
 static PyObject *
-Atomic_get_width(AtomicObject *self, void *closure)
+Atomic_get(AtomicObject *self, void *which)
 {
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
-    return PyLong_FromUnsignedLong(self->width);
-}
-
-static PyObject *
-Atomic_get_readonly(AtomicObject *self, void *closure)
-{
-    (void)closure;
-    if (check_live(self) < 0) {
-        return NULL;
+    switch ((intptr_t)which) {
+    case PROP_WIDTH:
+        return PyLong_FromUnsignedLong(self->width);
+    case PROP_READONLY:
+        return PyBool_FromLong(self->readonly);
+    case PROP_SIGNED:
+        return PyBool_FromLong(self->is_signed);
+    default:
+        return PyLong_FromVoidPtr(self->addr);
     }
-    return PyBool_FromLong(self->readonly);
 }
 
 static PyObject *
-Atomic_get_signed(AtomicObject *self, void *closure)
+Atomic_get_ops_supported(AtomicObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
-    if (check_live(self) < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(self->is_signed);
-}
-
-static PyObject *
-Atomic_get_address(AtomicObject *self, void *closure)
-{
-    (void)closure;
-    if (check_live(self) < 0) {
-        return NULL;
-    }
-    return PyLong_FromVoidPtr(self->addr);
-}
-
-static PyObject *
-Atomic_get_ops_supported(AtomicObject *self, void *closure)
-{
-    (void)closure;
     if (check_live(self) < 0) {
         return NULL;
     }
@@ -867,9 +736,8 @@ Atomic_int(AtomicObject *self)
 }
 
 static PyObject *
-Atomic_bytes(AtomicObject *self, PyObject *unused)
+Atomic_bytes(AtomicObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return do_load(self, OP_LOAD, DK_MO_SEQ_CST);
 }
 
@@ -907,8 +775,7 @@ Atomic_str(AtomicObject *self)
 
 #define FAST(NAME, DOC)                                                       \
     {                                                                         \
-#NAME, (PyCFunction)(void (*)(void))Atomic_##NAME,                    \
-            METH_FASTCALL | METH_KEYWORDS, DOC                                \
+#NAME, DKPY_METH_FAST(Atomic_##NAME), DOC                             \
     }
 
 /* Text signatures (inspect.signature, help()): the parameters as the
@@ -918,6 +785,13 @@ Atomic_str(AtomicObject *self)
 #define ORDERS                                                                \
     "success=dispatchkit.atomics.MemoryOrder.SEQ_CST, "                       \
     "failure=dispatchkit.atomics.MemoryOrder.SEQ_CST"
+
+/* The package's shorter names of the bit operations. */
+#define BIT_ALIAS(NAME, OF)                                                   \
+    {                                                                         \
+#NAME, DKPY_METH_FAST(Atomic_##OF),                                   \
+            SIG(NAME, "index, " ORDER, "Alias of " #OF ".")                   \
+    }
 
 static PyMethodDef Any_methods[] = {
     {"_release", (PyCFunction)Atomic_release, METH_NOARGS,
@@ -944,15 +818,9 @@ static PyMethodDef Any_methods[] = {
                                "Set the bit; returns its old value.")),       \
         FAST(bit_test_reset, SIG(bit_test_reset, "index, " ORDER,             \
                                  "Clear the bit; returns its old value.")),   \
-        {"bit_compl", (PyCFunction)(void (*)(void))Atomic_bit_test_compl,     \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_compl, "index, " ORDER, "Alias of bit_test_compl.")},        \
-        {"bit_set", (PyCFunction)(void (*)(void))Atomic_bit_test_set,         \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_set, "index, " ORDER, "Alias of bit_test_set.")},            \
-        {"bit_reset", (PyCFunction)(void (*)(void))Atomic_bit_test_reset,     \
-         METH_FASTCALL | METH_KEYWORDS,                                       \
-         SIG(bit_reset, "index, " ORDER, "Alias of bit_test_reset.")},        \
+        BIT_ALIAS(bit_compl, bit_test_compl),                                 \
+        BIT_ALIAS(bit_set, bit_test_set),                                     \
+        BIT_ALIAS(bit_reset, bit_test_reset),                                 \
         FAST(bin_or, SIG(bin_or, "value, " ORDER, "Bitwise or.")),            \
         FAST(bin_xor, SIG(bin_xor, "value, " ORDER, "Bitwise xor.")),         \
         FAST(bin_and, SIG(bin_and, "value, " ORDER, "Bitwise and.")),         \
@@ -992,59 +860,39 @@ static PyMethodDef Integral_methods[] = {
 };
 
 static PyGetSetDef Any_getset[] = {
-    {"width", (getter)Atomic_get_width, NULL, "Width in bytes.", NULL},
-    {"readonly", (getter)Atomic_get_readonly, NULL,
-     "Whether modifying operations are supported.", NULL},
+    {"width", (getter)Atomic_get, NULL, "Width in bytes.", (void *)PROP_WIDTH},
+    {"readonly", (getter)Atomic_get, NULL,
+     "Whether modifying operations are supported.", (void *)PROP_READONLY},
     {"ops_supported", (getter)Atomic_get_ops_supported, NULL,
      "Sorted list of supported OpType values.", NULL},
-    {"_address", (getter)Atomic_get_address, NULL, "Buffer address.", NULL},
+    {"_address", (getter)Atomic_get, NULL, "Buffer address.",
+     (void *)PROP_ADDRESS},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef Integral_getset[] = {
-    {"signed", (getter)Atomic_get_signed, NULL,
-     "Whether arithmetic is signed.", NULL},
+    {"signed", (getter)Atomic_get, NULL, "Whether arithmetic is signed.",
+     (void *)PROP_SIGNED},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Any_slots[] = {
-    {Py_tp_new, Atomic_new},
-    {Py_tp_dealloc, Atomic_dealloc},
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Any_methods},
-    {Py_tp_getset, Any_getset},
-    {Py_tp_str, Atomic_str},
-    /* No text signature: the view classes inherit this constructor's
-     * and cannot be constructed. */
-    {Py_tp_doc, "The base of every atomic class."},
-    {0, NULL},
-};
+#define ATOMIC_FLAGS (Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
 
-static PyType_Slot Bytes_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},
-    {Py_tp_methods, Bytes_methods},
-    {Py_tp_doc, "The byte operations."},
-    {0, NULL},
-};
-
-static PyType_Slot Integral_slots[] = {
-    {Py_tp_traverse, Atomic_traverse},       {Py_tp_methods, Integral_methods},
-    {Py_tp_getset, Integral_getset},         {Py_nb_int, Atomic_int},
-    {Py_tp_doc, "The integral operations."}, {0, NULL},
-};
-
-#define ATOMIC_FLAGS                                                          \
-    (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC)
-
-static PyType_Spec Any_spec = {"dispatchkit._dk._AtomicAny",
-                               sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                               Any_slots};
-static PyType_Spec Bytes_spec = {"dispatchkit._dk._AtomicBytes",
-                                 sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                                 Bytes_slots};
-static PyType_Spec Integral_spec = {"dispatchkit._dk._AtomicIntegral",
-                                    sizeof(AtomicObject), 0, ATOMIC_FLAGS,
-                                    Integral_slots};
+/* No text signature: the view classes inherit this constructor's and
+ * cannot be constructed. */
+DKPY_TYPE(static, Any_spec, "dispatchkit._dk._AtomicAny", AtomicObject,
+          ATOMIC_FLAGS, {Py_tp_new, Atomic_new},
+          {Py_tp_dealloc, Atomic_dealloc}, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Any_methods}, {Py_tp_getset, Any_getset},
+          {Py_tp_str, Atomic_str},
+          {Py_tp_doc, "The base of every atomic class."});
+DKPY_TYPE(static, Bytes_spec, "dispatchkit._dk._AtomicBytes", AtomicObject,
+          ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Bytes_methods}, {Py_tp_doc, "The byte operations."});
+DKPY_TYPE(static, Integral_spec, "dispatchkit._dk._AtomicIntegral",
+          AtomicObject, ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
+          {Py_tp_methods, Integral_methods}, {Py_tp_getset, Integral_getset},
+          {Py_nb_int, Atomic_int}, {Py_tp_doc, "The integral operations."});
 
 /* ---- concrete classes ------------------------------------------------
  *
@@ -1162,9 +1010,8 @@ static newfunc const owned_new_of[] = {
 };
 
 static PyObject *
-atomic_view_new(PyObject *module, PyObject *args)
+atomic_view_new(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyTypeObject *cls;
     PyObject *buffer;
     int integral, is_signed;
@@ -1205,6 +1052,18 @@ static PyType_Slot class_integral_slots[] = {
     {Py_nb_int, Atomic_int},
     {0, NULL},
 };
+
+/* tp_name, which CPython's own messages print ("a bytes-like object is
+ * required, not 'X'"), becomes the bare class name, as for the package's
+ * Python classes: assigning __name__ repoints it. */
+static int
+set_bare_name(PyObject *type, const char *name)
+{
+    PyObject *s = PyUnicode_FromString(name);
+    int rc = s == NULL ? -1 : PyObject_SetAttrString(type, "__name__", s);
+    Py_XDECREF(s);
+    return rc;
+}
 
 static PyObject *
 atomic_class(PyObject *module, PyObject *args)
@@ -1259,22 +1118,17 @@ atomic_class(PyObject *module, PyObject *args)
     }
     with_doc[n++] = (PyType_Slot){Py_tp_doc, doc};
     with_doc[n] = (PyType_Slot){0, NULL};
-    PyType_Spec spec = {full, sizeof(AtomicObject), 0, ATOMIC_FLAGS, with_doc};
+    PyType_Spec spec = {full, sizeof(AtomicObject), 0,
+                        Py_TPFLAGS_DEFAULT | ATOMIC_FLAGS, with_doc};
     PyObject *t = dkpy_type_from_spec(module, &spec, bases);
     if (t == NULL) {
         PyMem_RawFree(full);
         return NULL;
     }
-    /* tp_name, which CPython's own messages print ("a bytes-like object
-     * is required, not 'X'"), becomes the bare class name, as for the
-     * package's Python classes: assigning __name__ repoints it. */
-    PyObject *m = PyUnicode_FromString(name);
-    if (m == NULL || PyObject_SetAttrString(t, "__name__", m) < 0) {
-        Py_XDECREF(m);
+    if (set_bare_name(t, name) < 0) {
         Py_DECREF(t);
         return NULL;
     }
-    Py_DECREF(m);
     return t;
 }
 
@@ -1391,30 +1245,21 @@ static PyMethodDef Result_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Result_slots[] = {
-    {Py_tp_new, Result_new},
-    {Py_tp_dealloc, Result_dealloc},
-    {Py_nb_bool, Result_bool},
-    {Py_tp_iter, Result_iter},
-    {Py_tp_repr, Result_repr},
-    {Py_tp_members, Result_members},
-    {Py_tp_methods, Result_methods},
-    {Py_tp_doc, "CmpxchgResult(success, expected)\n--\n\nThe result of a "
-                "compare-exchange: truthy when it succeeded; unpacks as "
-                "(success, expected)."},
-    {0, NULL},
-};
-
-static PyType_Spec Result_spec = {"dispatchkit.atomics.CmpxchgResult",
-                                  sizeof(ResultObject), 0, Py_TPFLAGS_DEFAULT,
-                                  Result_slots};
+DKPY_TYPE(static, Result_spec, "dispatchkit.atomics.CmpxchgResult",
+          ResultObject, 0, {Py_tp_new, Result_new},
+          {Py_tp_dealloc, Result_dealloc}, {Py_nb_bool, Result_bool},
+          {Py_tp_iter, Result_iter}, {Py_tp_repr, Result_repr},
+          {Py_tp_members, Result_members}, {Py_tp_methods, Result_methods},
+          {Py_tp_doc,
+           "CmpxchgResult(success, expected)\n--\n\nThe result of a "
+           "compare-exchange: truthy when it succeeded; unpacks as "
+           "(success, expected)."});
 
 /* ---- setup ----------------------------------------------------------- */
 
 static PyObject *
-atomics_setup(PyObject *module, PyObject *args)
+atomics_setup(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *al, *mo, *wi, *op, *ot;
     if (!PyArg_ParseTuple(args, "OOOOO", &al, &mo, &wi, &op, &ot)) {
         return NULL;
@@ -1430,9 +1275,8 @@ atomics_setup(PyObject *module, PyObject *args)
 }
 
 static PyObject *
-buffer_address(PyObject *module, PyObject *obj)
+buffer_address(PyObject *Py_UNUSED(module), PyObject *obj)
 {
-    (void)module;
     Py_buffer b;
     if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) {
         return NULL;
@@ -1463,35 +1307,20 @@ static PyMethodDef atomics_functions[] = {
 int
 dkpy_atomics_exec(PyObject *m)
 {
-    any_type = (PyTypeObject *)dkpy_type_from_spec(m, &Any_spec, NULL);
+    any_type = dkpy_add_type(m, &Any_spec, NULL, "");
     if (any_type == NULL) {
         return -1;
     }
-    bytes_type = (PyTypeObject *)dkpy_type_from_spec(m, &Bytes_spec,
-                                                     (PyObject *)any_type);
+    bytes_type = dkpy_add_type(m, &Bytes_spec, (PyObject *)any_type, "");
     if (bytes_type == NULL) {
         return -1;
     }
-    integral_type = (PyTypeObject *)dkpy_type_from_spec(
-        m, &Integral_spec, (PyObject *)bytes_type);
-    PyObject *result = dkpy_type_from_spec(m, &Result_spec, NULL);
-    if (integral_type == NULL || result == NULL) {
-        return -1;
-    }
-    ax.cmpxchg_type = result;
+    integral_type =
+        dkpy_add_type(m, &Integral_spec, (PyObject *)bytes_type, "");
+    ax.cmpxchg_type = (PyObject *)dkpy_add_type(m, &Result_spec, NULL, "");
     /* Its bare name in messages, as for the package's class. */
-    PyObject *rname = PyUnicode_FromString("CmpxchgResult");
-    if (rname == NULL ||
-        PyObject_SetAttrString(result, "__name__", rname) < 0) {
-        Py_XDECREF(rname);
-        return -1;
-    }
-    Py_DECREF(rname);
-    if (PyModule_AddObjectRef(m, "_AtomicAny", (PyObject *)any_type) < 0 ||
-        PyModule_AddObjectRef(m, "_AtomicBytes", (PyObject *)bytes_type) < 0 ||
-        PyModule_AddObjectRef(m, "_AtomicIntegral",
-                              (PyObject *)integral_type) < 0 ||
-        PyModule_AddObjectRef(m, "CmpxchgResult", result) < 0) {
+    if (integral_type == NULL || ax.cmpxchg_type == NULL ||
+        set_bare_name(ax.cmpxchg_type, "CmpxchgResult") < 0) {
         return -1;
     }
     if (PyModule_AddFunctions(m, atomics_functions) < 0) {

@@ -11,9 +11,11 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "dk/time.h"
+#include "python/gil.h"
 
 /* ---- errors ----------------------------------------------------------- */
 
@@ -60,6 +62,15 @@ dkpy_raise_errno(int neg_errno)
 }
 
 PyObject *
+dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno)
+{
+    if (dkpy_raise_mapped(map, neg_errno)) {
+        return NULL;
+    }
+    return dkpy_raise_errno(neg_errno);
+}
+
+PyObject *
 dkpy_raise_oserror(int neg_errno)
 {
     errno = -neg_errno;
@@ -87,7 +98,128 @@ dkpy_call_reporting(PyObject *func, PyObject *args)
     }
 }
 
+void
+dkpy_callback(PyObject *func, bool consume, const char *fmt, ...)
+{
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return; /* finalizing: drop it */
+    }
+    PyObject *args = NULL;
+    if (fmt != NULL) {
+        va_list va;
+        va_start(va, fmt);
+        args = Py_VaBuildValue(fmt, va);
+        va_end(va);
+    }
+    dkpy_call_reporting(func, args);
+    if (consume) {
+        Py_DECREF(func);
+    }
+    dkpy_leave(&g);
+}
+
+PyObject *
+dkpy_submitted(int rc, PyObject *func)
+{
+    if (rc >= 0) {
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(func);
+    return dkpy_raise_errno(rc);
+}
+
+int
+dkpy_check_callable(PyObject *func, const char *what)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
+                     Py_TYPE(func)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- arguments -------------------------------------------------------- */
+
+int
+dkpy_parse_keywords(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *const *names, const char *const *aliases,
+                    int n, PyObject **out, const char *fname)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = NULL;
+    }
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname,
+                     n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+        int slot = -1;
+        for (int i = 0; key != NULL && i < n; i++) {
+            if (strcmp(key, names[i]) == 0 ||
+                (aliases != NULL && aliases[i] != NULL &&
+                 strcmp(key, aliases[i]) == 0)) {
+                slot = i;
+            }
+        }
+        if (slot < 0 || out[slot] != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected or repeated keyword "
+                         "argument '%s'",
+                         fname, key ? key : "?");
+            return -1;
+        }
+        out[slot] = args[nargs + k];
+    }
+    return 0;
+}
+
+PyObject *
+dkpy_either(PyObject *a, PyObject *b, const char *names)
+{
+    a = a == Py_None ? NULL : a;
+    b = b == Py_None ? NULL : b;
+    if (a != NULL && b != NULL) {
+        PyErr_Format(PyExc_TypeError, "give %s, not both", names);
+        return NULL;
+    }
+    return a != NULL ? a : b != NULL ? b : Py_None;
+}
+
 /* ---- types and attributes --------------------------------------------- */
+
+void
+dkpy_free(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyTypeObject *
+dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
+              const char *prefix)
+{
+    PyObject *t = dkpy_type_from_spec(m, spec, bases);
+    if (t == NULL) {
+        return NULL;
+    }
+    const char *dot = strrchr(spec->name, '.');
+    char name[64];
+    snprintf(name, sizeof name, "%s%s", prefix, dot ? dot + 1 : spec->name);
+    if (PyModule_AddObjectRef(m, name, t) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyTypeObject *)t;
+}
 
 PyObject *
 dkpy_getattr(PyObject *obj, PyObject **slot, const char *name)
@@ -210,33 +342,13 @@ deadline_after_seconds(double s)
                                                 : now + (uint64_t)ns;
 }
 
-int
-dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
-{
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = DK_TIME_FOREVER;
-        return 0;
-    }
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(t)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-        return -1;
-    }
-    if (t < 0 || isinf(t)) {
-        *deadline = DK_TIME_FOREVER;
-    } else if (t == 0) {
-        *deadline = 0;
-    } else {
-        *deadline = deadline_after_seconds(t);
-    }
-    return 0;
-}
+/* The two rules in seconds: None (or no argument) waits forever and NaN
+ * is a ValueError in both; they differ on what a number means. */
+enum seconds_rule { RULE_CYGCD, RULE_ZEROBUFFER };
 
-int
-dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+static int
+deadline_in_seconds(PyObject *timeout, enum seconds_rule rule,
+                    uint64_t *deadline)
 {
     if (timeout == NULL || timeout == Py_None) {
         *deadline = DK_TIME_FOREVER;
@@ -247,16 +359,63 @@ dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
         return -1;
     }
     if (isnan(s)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+        PyErr_SetString(PyExc_ValueError, rule == RULE_CYGCD
+                                              ? "timeout must not be NaN"
+                                              : "timeout must be a number");
         return -1;
     }
-    if (s <= 0) {
-        *deadline = 0;
-    } else if (s > 1e9) {
-        *deadline = DK_TIME_FOREVER;
-    } else {
-        *deadline = dk_now() + (uint64_t)(s * 1e9);
+    if (rule == RULE_CYGCD) { /* negative or inf: forever; 0 polls */
+        *deadline = s < 0 || isinf(s) ? DK_TIME_FOREVER
+                    : s == 0          ? 0
+                                      : deadline_after_seconds(s);
+    } else { /* 0 and negatives poll; past 1e9 s (inf too): forever */
+        *deadline = s <= 0    ? 0
+                    : s > 1e9 ? DK_TIME_FOREVER
+                              : dk_now() + (uint64_t)(s * 1e9);
     }
+    return 0;
+}
+
+int
+dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline)
+{
+    return deadline_in_seconds(timeout, RULE_CYGCD, deadline);
+}
+
+int
+dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline)
+{
+    return deadline_in_seconds(timeout, RULE_ZEROBUFFER, deadline);
+}
+
+int
+dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
+{
+    static char *kwlist[] = {"timeout", "timeout_seconds", NULL};
+    PyObject *timeout = NULL, *timeout_seconds = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:wait", kwlist,
+                                     &timeout, &timeout_seconds)) {
+        return -1;
+    }
+    timeout =
+        dkpy_either(timeout, timeout_seconds, "timeout or timeout_seconds");
+    return timeout == NULL ? -1 : dkpy_deadline_cygcd(timeout, deadline);
+}
+
+int
+dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
+{
+    double s = PyFloat_AsDouble(obj);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!isfinite(s) || s < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a finite number of seconds >= 0", what);
+        return -1;
+    }
+    double v = s * 1e9;
+    *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
     return 0;
 }
 
@@ -295,4 +454,11 @@ dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline)
             return DKPY_RAISED;
         }
     }
+}
+
+PyObject *
+dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline)
+{
+    int rc = dkpy_wait_sliced(fn, arg, deadline);
+    return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
 }

@@ -38,6 +38,8 @@ typedef struct {
 /* Raise map's exception for neg_errno: true, or false (nothing set) when
  * the table has no row for it. */
 bool dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno);
+/* map's exception for neg_errno, else dkpy_raise_errno's. Returns NULL. */
+PyObject *dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno);
 /* OSError for a negative errno whatever it is (where the seed API raises
  * OSError even for EINVAL). Returns NULL. */
 PyObject *dkpy_raise_oserror(int neg_errno);
@@ -47,6 +49,96 @@ PyObject *dkpy_raise_oserror(int neg_errno);
  * any exception to sys.unraisablehook as raised in func, as CPython does
  * for errors nobody can catch. The GIL is held. */
 void dkpy_call_reporting(PyObject *func, PyObject *args);
+
+/* From a thread of the runtime (a trampoline): take the GIL, call
+ * func(*Py_BuildValue(fmt, ...)) (fmt NULL: no arguments) reporting any
+ * exception as dkpy_call_reporting does, drop the caller's reference to
+ * func if `consume`, and give the GIL back. During finalization nothing
+ * runs and the references are left (gil.h). */
+void dkpy_callback(PyObject *func, bool consume, const char *fmt, ...);
+
+/* The result of handing `func` to the core as a work item's context
+ * (rc: what the submitting call returned; the caller took a reference to
+ * func for the item): None, or the core's refusal raised, that reference
+ * dropped. */
+PyObject *dkpy_submitted(int rc, PyObject *func);
+
+/* 0, or -1 with TypeError ("<what> must be callable, not T"). */
+int dkpy_check_callable(PyObject *func, const char *what);
+
+/* An argument with two spellings, a and b (NULL: not given; None is the
+ * default of both, as the text signatures say): the one given, or None
+ * for neither. NULL with TypeError ("give <names>, not both") for
+ * both. */
+PyObject *dkpy_either(PyObject *a, PyObject *b, const char *names);
+
+/* Parse a METH_FASTCALL | METH_KEYWORDS call into out[0..n): positional
+ * arguments in order, keywords by names[i] (or aliases[i], where aliases
+ * is not NULL and has one), NULL where absent. 0, or -1 with TypeError
+ * for too many arguments or an unknown or repeated keyword. Inline for
+ * the common call without keywords (the atomics' hot path); the rest is
+ * dkpy_parse_keywords. */
+int dkpy_parse_keywords(PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames, const char *const *names,
+                        const char *const *aliases, int n, PyObject **out,
+                        const char *fname);
+
+static inline int
+dkpy_parse_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                const char *const *names, const char *const *aliases, int n,
+                PyObject **out, const char *fname)
+{
+    if (kwnames != NULL || nargs > n) {
+        return dkpy_parse_keywords(args, nargs, kwnames, names, aliases, n,
+                                   out, fname);
+    }
+    for (int i = 0; i < n; i++) {
+        out[i] = i < nargs ? args[i] : NULL;
+    }
+    return 0;
+}
+
+/* The tp_dealloc of a heap type whose objects hold no references to
+ * release: free the object and drop its reference to the type. The
+ * deallocs that release more end with it too. */
+void dkpy_free(PyObject *self);
+
+/* Make the type of `spec` (bases: a type, a tuple or NULL) and add it to
+ * the module as `prefix` followed by the spec name's last component.
+ * Returns the type (a reference the caller keeps: types live as long as
+ * the process-wide module, binding.h), or NULL with an exception set. */
+PyTypeObject *dkpy_add_type(PyObject *m, PyType_Spec *spec, PyObject *bases,
+                            const char *prefix);
+
+/* A heap type's spec and its slot table (NAME##_slots) in one
+ * definition: STORAGE (static, or nothing for a spec other files use),
+ * the spec's NAME, the type's qualified name, its object struct, its flags
+ * besides Py_TPFLAGS_DEFAULT, then its slots. */
+#define DKPY_TYPE(STORAGE, NAME, QUALNAME, STRUCT, FLAGS, ...)                \
+    static PyType_Slot NAME##_slots[] = {__VA_ARGS__, {0, NULL}};             \
+    STORAGE PyType_Spec NAME = {QUALNAME, sizeof(STRUCT), 0,                  \
+                                Py_TPFLAGS_DEFAULT | (FLAGS), NAME##_slots}
+
+/* The __aenter__ and __aexit__ entries of a lock's method table: async
+ * with through dispatchkit.asyncio (futures.h's dkpy_lock_aenter and
+ * dkpy_lock_aexit). RETURNS: what __aenter__ returns; EXIT: what
+ * __aexit__ calls. */
+/* clang-format off */
+#define DKPY_ASYNC_WITH_METHODS(RETURNS, EXIT)                                \
+    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,                \
+     "__aenter__($self, /)\n--\n\nasync with: acquire through "               \
+     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "    \
+     RETURNS "."},                                                            \
+    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,                 \
+     "__aexit__($self, /, *exc_info)\n--\n\n" EXIT "."}
+/* clang-format on */
+
+/* A PyMethodDef's function and flags for the keyword calling conventions
+ * (the cast through void (*)(void) is how ml_meth stores them). */
+#define DKPY_METH_KW(fn)                                                      \
+    (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS
+#define DKPY_METH_FAST(fn)                                                    \
+    (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS
 
 /* getattr(obj, name), the name interned once into *slot. Per-call paths
  * use this rather than PyObject_GetAttrString, whose fresh str per call
@@ -91,11 +183,24 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
  * exception set. */
 int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
 
+/* dkpy_wait_sliced for the waits that answer a bool: True when fn
+ * returned 0, False on a timeout (or another failure fn reports, such as
+ * a futex word that had changed), NULL with the signal handler's
+ * exception set. */
+PyObject *dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline);
+
 /* The timeout rules, one per seed; each gives an absolute CLOCK_MONOTONIC
  * deadline, DK_TIME_FOREVER for none and 0 for a single poll.
  * cygcd (seconds): None, negative or inf wait forever; 0 polls; NaN is a
  * ValueError; a deadline past the clock's range waits forever. */
 int dkpy_deadline_cygcd(PyObject *timeout, uint64_t *deadline);
+/* cygcd's wait(timeout=None), accepting timeout_seconds= too (cygcd's
+ * real name), by dkpy_deadline_cygcd. 0, or -1 with an exception set. */
+int dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs,
+                            uint64_t *deadline);
+/* cygcd's delays: seconds (finite, >= 0) to nanoseconds; 0, or -1 with
+ * ValueError. */
+int dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns);
 /* zerobuffer-ipc (seconds): None waits forever; 0 and negatives poll; NaN
  * is a ValueError; more than 1e9 s (inf too) waits forever. */
 int dkpy_deadline_zerobuffer(PyObject *timeout, uint64_t *deadline);

@@ -57,44 +57,35 @@ PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *value)
 }
 #endif
 
-/* An integer argument as a C long long, converting through __index__
- * only. Before 3.10, PyLong_AsLong and friends also took __int__, so a
- * float or an atomic object passed where an int belongs was truncated
- * with a DeprecationWarning instead of refused. */
-static inline long long
-dkpy_index_as_long_long(PyObject *v)
-{
+/* An integer argument as a C long long (dkpy_index_as_long_long) or long
+ * (dkpy_index_as_long), converting through __index__ only. Before 3.10,
+ * PyLong_AsLong and friends also took __int__, so a float or an atomic
+ * object passed where an int belongs was truncated with a
+ * DeprecationWarning instead of refused. */
 #if PY_VERSION_HEX < 0x030A0000
-    if (!PyLong_Check(v)) {
-        PyObject *i = PyNumber_Index(v);
-        if (i == NULL) {
-            return -1;
-        }
-        long long x = PyLong_AsLongLong(i);
-        Py_DECREF(i);
-        return x;
+#define DKPY_INDEX_AS(NAME, T, CONVERT)                                       \
+    static inline T NAME(PyObject *v)                                         \
+    {                                                                         \
+        if (PyLong_Check(v)) {                                                \
+            return CONVERT(v);                                                \
+        }                                                                     \
+        PyObject *i = PyNumber_Index(v);                                      \
+        if (i == NULL) {                                                      \
+            return -1;                                                        \
+        }                                                                     \
+        T x = CONVERT(i);                                                     \
+        Py_DECREF(i);                                                         \
+        return x;                                                             \
+    }
+#else
+#define DKPY_INDEX_AS(NAME, T, CONVERT)                                       \
+    static inline T NAME(PyObject *v)                                         \
+    {                                                                         \
+        return CONVERT(v);                                                    \
     }
 #endif
-    return PyLong_AsLongLong(v);
-}
-
-/* The same as a C long. */
-static inline long
-dkpy_index_as_long(PyObject *v)
-{
-#if PY_VERSION_HEX < 0x030A0000
-    if (!PyLong_Check(v)) {
-        PyObject *i = PyNumber_Index(v);
-        if (i == NULL) {
-            return -1;
-        }
-        long x = PyLong_AsLong(i);
-        Py_DECREF(i);
-        return x;
-    }
-#endif
-    return PyLong_AsLong(v);
-}
+DKPY_INDEX_AS(dkpy_index_as_long_long, long long, PyLong_AsLongLong)
+DKPY_INDEX_AS(dkpy_index_as_long, long, PyLong_AsLong)
 
 /* The type's name without its module ("AtomicInt" for
  * "dispatchkit.atomics.base.AtomicInt"), as error messages and reprs show

@@ -37,17 +37,14 @@ static PyObject *
 Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"bytes", "data", NULL};
-    PyObject *src = Py_None, *alt = NULL;
+    PyObject *src = NULL, *alt = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:Data", kwlist, &src,
                                      &alt)) {
         return NULL;
     }
-    if (alt != NULL && alt != Py_None) { /* data= is cygcd's name */
-        if (src != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "give bytes or data, not both");
-            return NULL;
-        }
-        src = alt;
+    src = dkpy_either(src, alt, "bytes or data"); /* data= is cygcd's name */
+    if (src == NULL) {
+        return NULL;
     }
     DataObject *self = (DataObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -90,15 +87,13 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Data_dealloc(DataObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->flat != NULL) {
         dk_release(self->flat);
     }
     if (self->d != NULL) {
         dk_release(self->d);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static DataObject *
@@ -122,9 +117,7 @@ to_size(PyObject *obj, const char *what, size_t *out)
     }
     size_t v = PyLong_AsSize_t(obj);
     if (v == (size_t)-1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_OverflowError,
-                     "%s must be >= 0 and fit in "
-                     "size_t",
+        PyErr_Format(PyExc_OverflowError, "%s must be >= 0 and fit in size_t",
                      what);
         return -1;
     }
@@ -209,9 +202,7 @@ apply_region(void *p, size_t offset, const void *bytes, size_t len)
 static PyObject *
 Data_apply(DataObject *self, PyObject *func)
 {
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "func must be callable, not %.100s",
-                     Py_TYPE(func)->tp_name);
+    if (dkpy_check_callable(func, "func") < 0) {
         return NULL;
     }
     struct apply_ctx c = {func, 0};
@@ -230,9 +221,8 @@ copy_out(void *p, size_t offset, const void *bytes, size_t len)
 }
 
 static PyObject *
-Data_bytes(DataObject *self, PyObject *unused)
+Data_bytes(DataObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     size_t n = dk_data_get_size(self->d);
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (b != NULL) {
@@ -248,16 +238,14 @@ Data_len(DataObject *self)
 }
 
 static PyObject *
-Data_get_size(DataObject *self, void *closure)
+Data_get_size(DataObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_data_get_size(self->d));
 }
 
 static PyObject *
-Data_get_regions(DataObject *self, void *closure)
+Data_get_regions(DataObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_data_region_count(self->d));
 }
 
@@ -314,17 +302,14 @@ Data_repr(DataObject *self)
 static PyMethodDef Data_methods[] = {
     {"concat", (PyCFunction)Data_concat, METH_O,
      "concat($self, other, /)\n--\n\nThis data followed by other (no copy)."},
-    {"subrange", (PyCFunction)(void (*)(void))Data_subrange,
-     METH_VARARGS | METH_KEYWORDS,
+    {"subrange", DKPY_METH_KW(Data_subrange),
      "subrange($self, offset, length)\n--\n\nA clipped slice (no copy)."},
     {"copy_region", (PyCFunction)Data_copy_region, METH_O,
-     "copy_region($self, location, /)\n--\n\nThe contiguous region "
-     "containing location, and its start offset in this data: (Data, "
-     "offset)."},
+     "copy_region($self, location, /)\n--\n\nThe contiguous region containing "
+     "location, and its start offset in this data: (Data, offset)."},
     {"apply", (PyCFunction)Data_apply, METH_O,
      "apply($self, func, /)\n--\n\nfunc(offset, chunk) once per region; stops "
-     "and "
-     "returns False when func returns a false value (None continues)."},
+     "and returns False when func returns a false value (None continues)."},
     {"__bytes__", (PyCFunction)Data_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA bytes copy."},
     {NULL, NULL, 0, NULL},
@@ -337,37 +322,20 @@ static PyGetSetDef Data_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Data_slots[] = {
-    {Py_tp_new, Data_new},
-    {Py_tp_dealloc, Data_dealloc},
-    {Py_tp_methods, Data_methods},
-    {Py_tp_getset, Data_getset},
-    {Py_sq_length, Data_len},
-    {Py_mp_length, Data_len},
-    {Py_bf_getbuffer, Data_getbuffer},
-    {Py_tp_richcompare, Data_richcompare},
-    {Py_tp_hash, Data_hash},
-    {Py_tp_repr, Data_repr},
+DKPY_TYPE(
+    static, Data_spec, "dispatchkit.Data", DataObject, Py_TPFLAGS_BASETYPE,
+    {Py_tp_new, Data_new}, {Py_tp_dealloc, Data_dealloc},
+    {Py_tp_methods, Data_methods}, {Py_tp_getset, Data_getset},
+    {Py_sq_length, Data_len}, {Py_mp_length, Data_len},
+    {Py_bf_getbuffer, Data_getbuffer}, {Py_tp_richcompare, Data_richcompare},
+    {Py_tp_hash, Data_hash}, {Py_tp_repr, Data_repr},
     {Py_tp_doc,
      "Data(bytes=None, data=None)\n--\n\nAn immutable buffer made of regions; "
-     "concat and subrange share memory."},
-    {0, NULL},
-};
-
-static PyType_Spec Data_spec = {
-    .name = "dispatchkit.Data",
-    .basicsize = sizeof(DataObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Data_slots,
-};
+     "concat and subrange share memory."});
 
 int
 dkpy_data_exec(PyObject *m)
 {
-    PyObject *t = dkpy_type_from_spec(m, &Data_spec, NULL);
-    if (t == NULL) {
-        return -1;
-    }
-    data_type = (PyTypeObject *)t;
-    return PyModule_AddObjectRef(m, "Data", t);
+    data_type = dkpy_add_type(m, &Data_spec, NULL, "");
+    return data_type == NULL ? -1 : 0;
 }

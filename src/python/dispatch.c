@@ -11,22 +11,13 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
-
-#include <structmember.h>
 
 #include "dk/apply.h"
 #include "dk/atomic.h"
-#include "dk/group.h"
-#include "dk/once.h"
 #include "dk/queue.h"
-#include "dk/sem.h"
 #include "dk/time.h"
 #include "python/dispatch.h"
-#include "python/futures.h"
 #include "python/gil.h"
-
-#include "atomic.h"
 
 /* ---- module functions ----------------------------------------------- */
 
@@ -68,9 +59,8 @@ apply_range(void *ctx, size_t begin, size_t end)
 }
 
 static PyObject *
-dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"iterations", "func", "queue", NULL};
     PyObject *iterations, *func, *queue = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:apply", kwlist,
@@ -118,10 +108,17 @@ dk_py_apply(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-dk_py_time_from_now(PyObject *module, PyObject *seconds)
+/* Finite seconds to nanoseconds, clamped to the int64 range. */
+static int64_t
+clamp_ns(double s)
 {
-    (void)module;
+    double ns = s * 1e9;
+    return ns >= 9.2e18 ? INT64_MAX : ns <= -9.2e18 ? INT64_MIN : (int64_t)ns;
+}
+
+static PyObject *
+dk_py_time_from_now(PyObject *Py_UNUSED(module), PyObject *seconds)
+{
     double s = PyFloat_AsDouble(seconds);
     if (s == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -130,17 +127,12 @@ dk_py_time_from_now(PyObject *module, PyObject *seconds)
         PyErr_SetString(PyExc_ValueError, "seconds must be finite");
         return NULL;
     }
-    double ns = s * 1e9;
-    int64_t d = ns >= 9.2e18    ? INT64_MAX
-                : ns <= -9.2e18 ? INT64_MIN
-                                : (int64_t)ns;
-    return PyLong_FromUnsignedLongLong(dk_time(DK_TIME_NOW, d));
+    return PyLong_FromUnsignedLongLong(dk_time(DK_TIME_NOW, clamp_ns(s)));
 }
 
 static PyObject *
-dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_walltime(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"timestamp", "delta_seconds", NULL};
     double ts = 0, delta = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dd:walltime", kwlist, &ts,
@@ -153,10 +145,7 @@ dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
                         "finite");
         return NULL;
     }
-    double dns = delta * 1e9;
-    int64_t d = dns >= 9.2e18    ? INT64_MAX
-                : dns <= -9.2e18 ? INT64_MIN
-                                 : (int64_t)dns;
+    int64_t d = clamp_ns(delta);
     double tns = ts * 1e9;
     uint64_t base = tns >= 9.2e18 ? (uint64_t)INT64_MAX : (uint64_t)tns;
     if (ts != 0 && base == 0) {
@@ -166,9 +155,8 @@ dk_py_walltime(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_get_specific(PyObject *module, PyObject *key)
+dk_py_get_specific(PyObject *Py_UNUSED(module), PyObject *key)
 {
-    (void)module;
     for (dk_queue_t *x = dk_queue_current();
          x != NULL && !dk_queue_is_global(x); x = dk_queue_target(x)) {
         PyObject *dict = dk_queue_get_specific(x, &dkpy_specifics_key);
@@ -186,10 +174,32 @@ dk_py_get_specific(PyObject *module, PyObject *key)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
+/* A slice of draining the main queue (dkpy_wait_sliced): the number of
+ * items run goes to *arg. */
+static int
+main_drain_fn(void *arg, uint64_t deadline)
 {
-    (void)module;
+    long n = dk_main_drain(deadline);
+    *(long *)arg = n;
+    return n >= 0 ? 0 : (int)n;
+}
+
+/* -EDEADLK: `who` ran inside a main-queue item. Raises and returns true
+ * then. */
+static bool
+main_drain_deadlock(int rc, const char *who)
+{
+    if (rc != -EDEADLK) {
+        return false;
+    }
+    PyErr_Format(PyExc_RuntimeError, "%s called from a main-queue task", who);
+    return true;
+}
+
+static PyObject *
+dk_py_drain_main_queue(PyObject *Py_UNUSED(module), PyObject *args,
+                       PyObject *kwargs)
+{
     static char *kwlist[] = {"timeout", NULL};
     PyObject *timeout = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:drain_main_queue",
@@ -220,34 +230,17 @@ dk_py_drain_main_queue(PyObject *module, PyObject *args, PyObject *kwargs)
                         "thread");
         return NULL;
     }
-    for (;;) {
-        long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(dkpy_slice_end(deadline));
-        Py_END_ALLOW_THREADS
-        if (n >= 0) {
-            return PyLong_FromLong(n);
-        }
-        if (n == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
-            return PyLong_FromLong(0);
-        }
-        if (n == -EDEADLK) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "drain_main_queue() called from a main-queue "
-                            "task");
-            return NULL;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL;
-        }
+    long n = 0;
+    int rc = dkpy_wait_sliced(main_drain_fn, &n, deadline);
+    if (rc == DKPY_RAISED || main_drain_deadlock(rc, "drain_main_queue()")) {
+        return NULL;
     }
+    return PyLong_FromLong(rc == 0 ? n : 0); /* else timed out */
 }
 
 static PyObject *
-dk_py_main(PyObject *module, PyObject *unused)
+dk_py_main(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     if (!dk_is_main_thread()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.main() must run on the main thread");
@@ -255,67 +248,52 @@ dk_py_main(PyObject *module, PyObject *unused)
     }
     for (;;) {
         long n;
-        Py_BEGIN_ALLOW_THREADS
-        n = dk_main_drain(dkpy_slice_end(DK_TIME_FOREVER));
-        Py_END_ALLOW_THREADS
-        if (n == -EDEADLK) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "dispatchkit.main() called from a main-queue "
-                            "task");
+        int rc = dkpy_wait_sliced(main_drain_fn, &n, DK_TIME_FOREVER);
+        /* Ctrl-C or a signal handler's exception ends it, between
+         * slices or between batches of items. */
+        if (rc == DKPY_RAISED ||
+            main_drain_deadlock(rc, "dispatchkit.main()") ||
+            PyErr_CheckSignals() < 0) {
             return NULL;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return NULL; /* Ctrl-C or a signal handler's exception */
         }
     }
 }
 
 static PyObject *
-dk_py_main_queue_fd(PyObject *module, PyObject *unused)
+dk_py_main_queue_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyLong_FromLong(dk_main_fd());
 }
 
 static PyObject *
-dk_py_pool_quiescent(PyObject *module, PyObject *unused)
+dk_py_pool_quiescent(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyBool_FromLong(dk_pool_quiescent());
 }
 
 static PyObject *
-dk_py_shutdown(PyObject *module, PyObject *unused)
+dk_py_shutdown(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     dkpy_gil_shutdown();
     Py_RETURN_NONE;
 }
 
 static PyMethodDef dispatch_functions[] = {
-    {"apply", (PyCFunction)(void (*)(void))dk_py_apply,
-     METH_VARARGS | METH_KEYWORDS,
+    {"apply", DKPY_METH_KW(dk_py_apply),
      "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
-     "in "
-     "range(iterations) in parallel and wait; re-raises the first "
-     "exception (remaining iterations are skipped)."},
+     "in range(iterations) in parallel and wait; re-raises the first "
+     "exception "
+     "(remaining iterations are skipped)."},
     {"time_from_now", dk_py_time_from_now, METH_O,
      "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
      "clock)."},
-    {"walltime", (PyCFunction)(void (*)(void))dk_py_walltime,
-     METH_VARARGS | METH_KEYWORDS,
-     "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA "
-     "wall-clock "
+    {"walltime", DKPY_METH_KW(dk_py_walltime),
+     "walltime($module, timestamp=0.0, delta_seconds=0.0)\n--\n\nA wall-clock "
      "dispatch time (timestamp 0 means now)."},
     {"get_specific", dk_py_get_specific, METH_O,
      "get_specific($module, key, /)\n--\n\nQueue-specific data of the current "
-     "queue or "
-     "its targets, or None."},
-    {"drain_main_queue", (PyCFunction)(void (*)(void))dk_py_drain_main_queue,
-     METH_VARARGS | METH_KEYWORDS,
+     "queue or its targets, or None."},
+    {"drain_main_queue", DKPY_METH_KW(dk_py_drain_main_queue),
      "drain_main_queue($module, timeout=0)\n--\n\nRun the main queue's ready "
      "tasks on the main thread, waiting up to timeout seconds for the "
      "first; returns how many ran."},
@@ -378,13 +356,8 @@ dkpy_dispatch_state dkpy_dispatch;
 static int
 add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out)
 {
-    PyObject *t = dkpy_type_from_spec(m, spec, NULL);
-    if (t == NULL) {
-        return -1;
-    }
-    *out = (PyTypeObject *)t;
-    const char *dot = strrchr(spec->name, '.');
-    return PyModule_AddObjectRef(m, dot ? dot + 1 : spec->name, t);
+    *out = dkpy_add_type(m, spec, NULL, "");
+    return *out == NULL ? -1 : 0;
 }
 
 int

@@ -54,14 +54,6 @@ void dkpy_call_async(void *ctx);
  * called with no arguments, and the value released after it. */
 void dkpy_call_finalizer_async(void *ctx);
 
-/* 0, or -1 with TypeError ("<what> must be callable, not T"). */
-int dkpy_check_callable(PyObject *func, const char *what);
-/* wait(timeout=None) accepting timeout_seconds= too (cygcd's real name),
- * by dkpy_deadline_cygcd. 0, or -1 with an exception set. */
-int dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs,
-                            uint64_t *deadline);
-/* Seconds (finite, >= 0) to nanoseconds; 0, or -1 with ValueError. */
-int dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns);
 /* A Queue, or NULL with TypeError ("<what> must be a Queue"). Borrowed. */
 QueueObject *dkpy_as_queue(PyObject *obj, const char *what);
 /* dict[key] of a queue's specifics (borrowed), NULL if absent (an

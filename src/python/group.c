@@ -6,13 +6,8 @@
 #include "python/binding.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
-#include <string.h>
 
-#include <structmember.h>
-
-#include "dk/apply.h"
 #include "dk/atomic.h"
 #include "dk/group.h"
 #include "dk/once.h"
@@ -21,7 +16,6 @@
 #include "dk/time.h"
 #include "python/dispatch.h"
 #include "python/futures.h"
-#include "python/gil.h"
 
 #include "atomic.h"
 
@@ -135,18 +129,6 @@ several_cpus(void)
     return n > 1;
 }
 
-/* Wait with the GIL released against a deadline, running signal handlers
- * on EINTR: True when done, False on timeout, NULL if a handler raised. */
-static PyObject *
-interruptible_wait(dkpy_wait_fn wait, void *obj, uint64_t deadline)
-{
-    int rc = dkpy_wait_sliced(wait, obj, deadline);
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
-}
-
 /* The adapters run with the GIL released (note_gil_released). */
 static int
 group_wait_adapter(void *g, uint64_t deadline)
@@ -203,7 +185,6 @@ Group_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Group_dealloc(GroupObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->g != NULL) {
         long n = dk_group_count(self->g);
         if (n > 0) {
@@ -221,48 +202,36 @@ Group_dealloc(GroupObject *self)
             dk_release(self->g);
         }
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
+}
+
+/* run_async(queue, func) and notify(queue, func): submit through `fn`. */
+static PyObject *
+group_submit(GroupObject *self, PyObject *args, const char *fmt,
+             int (*fn)(dk_group_t *, dk_queue_t *, void *, dk_function_t))
+{
+    PyObject *queue, *func;
+    if (!PyArg_ParseTuple(args, fmt, &queue, &func)) {
+        return NULL;
+    }
+    QueueObject *q = dkpy_as_queue(queue, "queue");
+    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
+        return NULL;
+    }
+    Py_INCREF(func);
+    return dkpy_submitted(fn(self->g, q->q, func, dkpy_call_async), func);
 }
 
 static PyObject *
 Group_run_async(GroupObject *self, PyObject *args)
 {
-    PyObject *queue, *func;
-    if (!PyArg_ParseTuple(args, "OO:run_async", &queue, &func)) {
-        return NULL;
-    }
-    QueueObject *q = dkpy_as_queue(queue, "queue");
-    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_group_async_f(self->g, q->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return group_submit(self, args, "OO:run_async", dk_group_async_f);
 }
 
 static PyObject *
 Group_notify(GroupObject *self, PyObject *args)
 {
-    PyObject *queue, *func;
-    if (!PyArg_ParseTuple(args, "OO:notify", &queue, &func)) {
-        return NULL;
-    }
-    QueueObject *q = dkpy_as_queue(queue, "queue");
-    if (q == NULL || dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_group_notify_f(self->g, q->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return group_submit(self, args, "OO:notify", dk_group_notify_f);
 }
 
 static PyObject *
@@ -278,21 +247,19 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    return interruptible_wait(group_wait_adapter, self->g, deadline);
+    return dkpy_wait_bool(group_wait_adapter, self->g, deadline);
 }
 
 static PyObject *
-Group_enter(GroupObject *self, PyObject *unused)
+Group_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_group_enter(self->g);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Group_leave(GroupObject *self, PyObject *unused)
+Group_leave(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_group_leave(self->g) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "leave() without a matching enter() (unbalanced)");
@@ -302,26 +269,23 @@ Group_leave(GroupObject *self, PyObject *unused)
 }
 
 static PyObject *
-Group_get_count(GroupObject *self, void *closure)
+Group_get_count(GroupObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(dk_group_count(self->g));
 }
 
 /* `with group:` counts the block as one task: enter(), then leave(). */
 static PyObject *
-Group_cm_enter(GroupObject *self, PyObject *unused)
+Group_cm_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_group_enter(self->g);
     Py_INCREF(self);
     return (PyObject *)self;
 }
 
 static PyObject *
-Group_cm_exit(GroupObject *self, PyObject *args)
+Group_cm_exit(GroupObject *self, PyObject *Py_UNUSED(args))
 {
-    (void)args;
     return Group_leave(self, NULL);
 }
 
@@ -336,8 +300,7 @@ static PyMethodDef Group_methods[] = {
     {"run_async", (PyCFunction)Group_run_async, METH_VARARGS,
      "run_async($self, queue, func, /)\n--\n\nSubmit func to queue as part of "
      "the group."},
-    {"wait", (PyCFunction)(void (*)(void))Group_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Group_wait),
      "wait($self, timeout=None, timeout_seconds=None)\n--\n\nWait until "
      "every task has finished; False on timeout (seconds; None or negative "
      "waits forever). timeout_seconds is cygcd's name for timeout."},
@@ -361,22 +324,11 @@ static PyGetSetDef Group_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Group_slots[] = {
-    {Py_tp_new, Group_new},
-    {Py_tp_dealloc, Group_dealloc},
-    {Py_tp_methods, Group_methods},
-    {Py_tp_getset, Group_getset},
-    {Py_tp_repr, Group_repr},
-    {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_group_spec = {
-    .name = "dispatchkit.Group",
-    .basicsize = sizeof(GroupObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Group_slots,
-};
+DKPY_TYPE(, dkpy_group_spec, "dispatchkit.Group", GroupObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Group_new},
+          {Py_tp_dealloc, Group_dealloc}, {Py_tp_methods, Group_methods},
+          {Py_tp_getset, Group_getset}, {Py_tp_repr, Group_repr},
+          {Py_tp_doc, "Group()\n--\n\nTrack completion of a set of tasks."});
 
 /* ---- Semaphore ------------------------------------------------------ */
 
@@ -407,12 +359,10 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Semaphore_dealloc(SemaphoreObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->s != NULL) {
         dk_release(self->s);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static PyObject *
@@ -429,41 +379,37 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     if (deadline == 0) {
         Py_RETURN_FALSE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self, deadline);
+    return dkpy_wait_bool(semaphore_wait_adapter, self, deadline);
 }
 
 static PyObject *
-Semaphore_signal(SemaphoreObject *self, PyObject *unused)
+Semaphore_signal(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     /* We hold the GIL: a waiter we wake watches for its next release. */
     dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     return PyBool_FromLong(dk_semaphore_signal(self->s));
 }
 
 static PyObject *
-Semaphore_get_value(SemaphoreObject *self, void *closure)
+Semaphore_get_value(SemaphoreObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(dk_semaphore_value(self->s));
 }
 
 /* `with sem:` as threading.Semaphore: wait() without a timeout on entry
  * (returns True), signal() on exit. */
 static PyObject *
-Semaphore_cm_enter(SemaphoreObject *self, PyObject *unused)
+Semaphore_cm_enter(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_semaphore_wait(self->s, 0) == 0) {
         Py_RETURN_TRUE;
     }
-    return interruptible_wait(semaphore_wait_adapter, self, DK_TIME_FOREVER);
+    return dkpy_wait_bool(semaphore_wait_adapter, self, DK_TIME_FOREVER);
 }
 
 static PyObject *
-Semaphore_cm_exit(SemaphoreObject *self, PyObject *args)
+Semaphore_cm_exit(SemaphoreObject *self, PyObject *Py_UNUSED(args))
 {
-    (void)args;
     dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
     dk_semaphore_signal(self->s);
     Py_RETURN_NONE;
@@ -477,8 +423,7 @@ Semaphore_repr(SemaphoreObject *self)
 }
 
 static PyMethodDef Semaphore_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Semaphore_wait),
      "wait($self, timeout=None, timeout_seconds=None)\n--\n\nTake one "
      "unit, blocking while none is available; False on timeout (seconds; "
      "None or negative waits forever, 0 polls). timeout_seconds is "
@@ -489,12 +434,7 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
     {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "True."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\nsignal()."},
+    DKPY_ASYNC_WITH_METHODS("True", "signal()"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -504,22 +444,12 @@ static PyGetSetDef Semaphore_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Semaphore_slots[] = {
-    {Py_tp_new, Semaphore_new},
-    {Py_tp_dealloc, Semaphore_dealloc},
-    {Py_tp_methods, Semaphore_methods},
-    {Py_tp_getset, Semaphore_getset},
-    {Py_tp_repr, Semaphore_repr},
-    {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_semaphore_spec = {
-    .name = "dispatchkit.Semaphore",
-    .basicsize = sizeof(SemaphoreObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Semaphore_slots,
-};
+DKPY_TYPE(, dkpy_semaphore_spec, "dispatchkit.Semaphore", SemaphoreObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Semaphore_new},
+          {Py_tp_dealloc, Semaphore_dealloc},
+          {Py_tp_methods, Semaphore_methods}, {Py_tp_getset, Semaphore_getset},
+          {Py_tp_repr, Semaphore_repr},
+          {Py_tp_doc, "Semaphore(value=0)\n--\n\nA counting semaphore."});
 
 /* ---- Once ----------------------------------------------------------- */
 
@@ -560,14 +490,6 @@ Once_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return type->tp_alloc(type, 0);
 }
 
-static void
-Once_dealloc(OnceObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyObject *
 Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -602,9 +524,8 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Once_get_done(OnceObject *self, void *closure)
+Once_get_done(OnceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_once_done(&self->pred));
 }
 
@@ -631,24 +552,14 @@ static PyGetSetDef Once_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Once_slots[] = {
-    {Py_tp_new, Once_new},
-    {Py_tp_dealloc, Once_dealloc},
-    {Py_tp_call, Once_call},
-    {Py_tp_methods, Once_methods},
-    {Py_tp_repr, Once_repr},
-    {Py_tp_getset, Once_getset},
-    {Py_tp_doc, "Once()\n--\n\nCall once(func) to run func exactly once; "
-                "concurrent callers wait until it has returned."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_once_spec = {
-    .name = "dispatchkit.Once",
-    .basicsize = sizeof(OnceObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Once_slots,
-};
+DKPY_TYPE(, dkpy_once_spec, "dispatchkit.Once", OnceObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Once_new},
+          {Py_tp_dealloc, dkpy_free}, {Py_tp_call, Once_call},
+          {Py_tp_methods, Once_methods}, {Py_tp_repr, Once_repr},
+          {Py_tp_getset, Once_getset},
+          {Py_tp_doc,
+           "Once()\n--\n\nCall once(func) to run func exactly once; "
+           "concurrent callers wait until it has returned."});
 
 /* For futures.c (awaitable waits): the core object behind a dispatch
  * Semaphore (kind 3) or Group (kind 4); 0, or -1 if obj is neither. */

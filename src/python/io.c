@@ -13,24 +13,12 @@
 
 /* ---- read_async / write_async ---------------------------------------- */
 
+/* read_async's and write_async's: handler(bytes, error), once. */
 static void
-read_done(void *ctx, const void *data, size_t len, int error)
+io_done(void *ctx, const void *data, size_t len, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, Py_BuildValue("(y#i)", (const char *)data,
-                                               (Py_ssize_t)len, error));
-    Py_DECREF(handler);
-    dkpy_leave(&g);
-}
-
-static void
-write_done(void *ctx, const void *data, size_t len, int error)
-{
-    read_done(ctx, data, len, error); /* same shape: (bytes, error) */
+    dkpy_callback(ctx, true, "(y#i)", (const char *)data, (Py_ssize_t)len,
+                  error);
 }
 
 static int
@@ -38,17 +26,6 @@ parse_fd(PyObject *obj, int *fd)
 {
     *fd = PyObject_AsFileDescriptor(obj);
     return *fd < 0 ? -1 : 0;
-}
-
-static int
-check_callable(PyObject *f, const char *what)
-{
-    if (!PyCallable_Check(f)) {
-        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
-                     Py_TYPE(f)->tp_name);
-        return -1;
-    }
-    return 0;
 }
 
 static PyObject *
@@ -62,29 +39,29 @@ raise_io(int rc, int fd)
     return dkpy_raise_errno(rc);
 }
 
-/* handler may be given as callback= (the stub's name) or handler=. */
+/* The arguments read_async and write_async share: the fd, the handler,
+ * given as callback= (the stub's name) or handler=, and queue=. Returns
+ * the handler (borrowed), or NULL with an exception set. */
 static PyObject *
-pick_handler(PyObject *callback, PyObject *handler)
+io_args(PyObject *fdobj, PyObject *callback, PyObject *handler,
+        PyObject *queue, int *fd, dk_queue_t **q)
 {
-    /* None is the default of both (the text signature says so). */
-    callback = callback == Py_None ? NULL : callback;
-    handler = handler == Py_None ? NULL : handler;
-    if (callback != NULL && handler != NULL) {
-        PyErr_SetString(PyExc_TypeError, "give callback or handler, not both");
+    PyObject *h = dkpy_either(callback, handler, "callback or handler");
+    if (h == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "callback must be a callable");
         return NULL;
     }
-    PyObject *h = callback != NULL ? callback : handler;
-    if (h == NULL) {
-        PyErr_SetString(PyExc_TypeError, "callback must be a callable");
+    if (h == NULL || parse_fd(fdobj, fd) < 0 ||
+        dkpy_check_callable(h, "callback") < 0 ||
+        dkpy_queue_arg(queue, "queue", q) < 0) {
         return NULL;
     }
     return h;
 }
 
 static PyObject *
-dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_read_async(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"fd",    "length",  "callback",
                              "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
@@ -95,11 +72,9 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     int fd;
-    PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
-    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        check_callable(h, "callback") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
+    if (h == NULL) {
         return NULL;
     }
     if (length < 0) {
@@ -107,7 +82,7 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_INCREF(h);
-    int rc = dk_read_f(fd, (size_t)length, q, h, read_done);
+    int rc = dk_read_f(fd, (size_t)length, q, h, io_done);
     if (rc < 0) {
         Py_DECREF(h);
         return raise_io(rc, fd);
@@ -116,9 +91,9 @@ dk_py_read_async(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
+dk_py_write_async(PyObject *Py_UNUSED(module), PyObject *args,
+                  PyObject *kwargs)
 {
-    (void)module;
     static char *kwlist[] = {"fd",    "data",    "callback",
                              "queue", "handler", NULL};
     PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
@@ -129,16 +104,14 @@ dk_py_write_async(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     int fd;
-    PyObject *h = pick_handler(callback, handler);
     dk_queue_t *q;
-    if (h == NULL || parse_fd(fdobj, &fd) < 0 ||
-        check_callable(h, "callback") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
+    if (h == NULL) {
         PyBuffer_Release(&data);
         return NULL;
     }
     Py_INCREF(h);
-    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, write_done);
+    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, io_done);
     PyBuffer_Release(&data);
     if (rc < 0) {
         Py_DECREF(h);
@@ -159,31 +132,14 @@ typedef struct {
 static void
 op_handler(void *ctx, bool done, const void *data, size_t len, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(
-        handler, Py_BuildValue("(Oy#i)", done ? Py_True : Py_False,
-                               (const char *)data, (Py_ssize_t)len, error));
-    if (done) {
-        Py_DECREF(handler);
-    }
-    dkpy_leave(&g);
+    dkpy_callback(ctx, done, "(Oy#i)", done ? Py_True : Py_False,
+                  (const char *)data, (Py_ssize_t)len, error);
 }
 
 static void
 cleanup_handler(void *ctx, int error)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, Py_BuildValue("(i)", error));
-    Py_DECREF(handler);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, true, "(i)", error);
 }
 
 /* Channel reads deliver bytes objects that the core read straight into:
@@ -196,9 +152,8 @@ bytes_of(const void *data)
 }
 
 static void *
-bytes_alloc(void *actx, size_t size)
+bytes_alloc(void *Py_UNUSED(actx), size_t size)
 {
-    (void)actx;
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return NULL;
@@ -213,9 +168,8 @@ bytes_alloc(void *actx, size_t size)
 }
 
 static void
-bytes_free(void *actx, void *buf)
+bytes_free(void *Py_UNUSED(actx), void *buf)
 {
-    (void)actx;
     dkpy_gil_t g;
     if (dkpy_enter(&g)) {
         Py_DECREF(bytes_of(buf));
@@ -266,13 +220,7 @@ struct barrier_call {
 static void
 barrier_python(void *ctx)
 {
-    PyObject *handler = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    dkpy_call_reporting(handler, NULL);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, false, NULL);
 }
 
 static void
@@ -311,7 +259,8 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (parse_fd(fdobj, &fd) < 0 || dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
-    if (cleanup != Py_None && check_callable(cleanup, "cleanup_handler") < 0) {
+    if (cleanup != Py_None &&
+        dkpy_check_callable(cleanup, "cleanup_handler") < 0) {
         return NULL;
     }
     if (io_type != DK_IO_STREAM && io_type != DK_IO_RANDOM) {
@@ -336,8 +285,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         if (err == ESPIPE) {
             errno = ESPIPE;
             PyErr_Format(PyExc_OSError,
-                         "IO_RANDOM needs a seekable fd; "
-                         "fd %d cannot seek",
+                         "IO_RANDOM needs a seekable fd; fd %d cannot seek",
                          fd);
             return NULL;
         }
@@ -350,15 +298,13 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Channel_dealloc(ChannelObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->io != NULL) {
         if (!dk_io_is_closed(self->io)) {
             dk_io_close(self->io, 0); /* pending operations complete */
         }
         dk_io_release(self->io);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -369,6 +315,34 @@ check_open(ChannelObject *self)
         return -1;
     }
     return 0;
+}
+
+/* A channel operation's handler and queue=: 0, or -1 with an exception
+ * set. */
+static int
+handler_and_queue(PyObject *handler, PyObject *queue, dk_queue_t **q)
+{
+    if (dkpy_check_callable(handler, "handler") < 0) {
+        return -1;
+    }
+    return dkpy_queue_arg(queue, "queue", q);
+}
+
+/* The result of starting an operation that owns a reference to its
+ * handler: None, or the core's refusal (the reference dropped), EPIPE
+ * from a channel closed meanwhile said as a closed channel's operations
+ * say it. */
+static PyObject *
+op_started(ChannelObject *self, int rc, PyObject *handler)
+{
+    if (rc >= 0) {
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(handler);
+    if (rc == -EPIPE && check_open(self) < 0) {
+        return NULL;
+    }
+    return dkpy_raise_errno(rc);
 }
 
 static PyObject *
@@ -384,8 +358,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         return NULL;
     }
     if (length < 0 || offset < 0) {
@@ -395,14 +368,7 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
     Py_INCREF(handler);
     int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, handler,
                         read_op_handler);
-    if (rc < 0) {
-        Py_DECREF(handler);
-        if (rc == -EPIPE) {
-            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
-        }
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return op_started(self, rc, handler);
 }
 
 static PyObject *
@@ -418,8 +384,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -432,14 +397,7 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
     int rc = dk_io_write(self->io, (off_t)offset, data.buf, (size_t)data.len,
                          q, handler, op_handler);
     PyBuffer_Release(&data);
-    if (rc < 0) {
-        Py_DECREF(handler);
-        if (rc == -EPIPE) {
-            return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
-        }
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return op_started(self, rc, handler);
 }
 
 static PyObject *
@@ -522,8 +480,7 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (check_callable(handler, "handler") < 0 ||
-        dkpy_queue_arg(queue, "queue", &q) < 0) {
+    if (handler_and_queue(handler, queue, &q) < 0) {
         return NULL;
     }
     struct barrier_call *b = PyMem_RawMalloc(sizeof *b);
@@ -548,16 +505,14 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Channel_get_fd(ChannelObject *self, void *closure)
+Channel_get_fd(ChannelObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong(self->fd);
 }
 
 static PyObject *
-Channel_get_is_closed(ChannelObject *self, void *closure)
+Channel_get_is_closed(ChannelObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_io_is_closed(self->io));
 }
 
@@ -571,36 +526,29 @@ Channel_repr(ChannelObject *self)
 }
 
 static PyMethodDef Channel_methods[] = {
-    {"read", (PyCFunction)(void (*)(void))Channel_read,
-     METH_VARARGS | METH_KEYWORDS,
+    {"read", DKPY_METH_KW(Channel_read),
      "read($self, length, handler, offset=0, queue=None)\n--\n\nRead up to "
      "length bytes; handler(done, data, error) per chunk, in order."},
-    {"write", (PyCFunction)(void (*)(void))Channel_write,
-     METH_VARARGS | METH_KEYWORDS,
+    {"write", DKPY_METH_KW(Channel_write),
      "write($self, data, handler, offset=0, queue=None)\n--\n\nWrite all "
      "of data; handler(done, remaining, error)."},
-    {"close", (PyCFunction)(void (*)(void))Channel_close,
-     METH_VARARGS | METH_KEYWORDS,
+    {"close", DKPY_METH_KW(Channel_close),
      "close($self, stop=False)\n--\n\nClose; stop=True ends pending "
-     "operations with "
-     "ECANCELED."},
+     "operations "
+     "with ECANCELED."},
     {"set_high_water", (PyCFunction)Channel_set_high_water, METH_O,
      "set_high_water($self, size, /)\n--\n\nAt most size bytes per handler "
      "call."},
     {"set_low_water", (PyCFunction)Channel_set_low_water, METH_O,
      "set_low_water($self, size, /)\n--\n\nAt least size bytes per handler "
-     "call (except "
-     "the last)."},
-    {"set_interval", (PyCFunction)(void (*)(void))Channel_set_interval,
-     METH_VARARGS | METH_KEYWORDS,
+     "call (except the last)."},
+    {"set_interval", DKPY_METH_KW(Channel_set_interval),
      "set_interval($self, interval_ns, flags=0, strict=False)\n--\n\n"
      "Deliver partial data at least this often (strict=True: at exactly "
      "this interval)."},
-    {"barrier", (PyCFunction)(void (*)(void))Channel_barrier,
-     METH_VARARGS | METH_KEYWORDS,
+    {"barrier", DKPY_METH_KW(Channel_barrier),
      "barrier($self, handler, queue=None)\n--\n\nRun handler after every "
-     "earlier "
-     "operation; later ones wait for it."},
+     "earlier operation; later ones wait for it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -611,34 +559,22 @@ static PyGetSetDef Channel_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Channel_slots[] = {
-    {Py_tp_new, Channel_new},
-    {Py_tp_dealloc, Channel_dealloc},
-    {Py_tp_methods, Channel_methods},
-    {Py_tp_getset, Channel_getset},
-    {Py_tp_repr, Channel_repr},
-    {Py_tp_doc, "IOChannel(fd, io_type=0, queue=None, "
-                "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
-                "(never closed by the channel)."},
-    {0, NULL},
-};
-
-static PyType_Spec Channel_spec = {
-    .name = "dispatchkit.IOChannel",
-    .basicsize = sizeof(ChannelObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = Channel_slots,
-};
+DKPY_TYPE(static, Channel_spec, "dispatchkit.IOChannel", ChannelObject,
+          Py_TPFLAGS_BASETYPE, {Py_tp_new, Channel_new},
+          {Py_tp_dealloc, Channel_dealloc}, {Py_tp_methods, Channel_methods},
+          {Py_tp_getset, Channel_getset}, {Py_tp_repr, Channel_repr},
+          {Py_tp_doc,
+           "IOChannel(fd, io_type=0, queue=None, "
+           "cleanup_handler=None)\n--\n\nChunked asynchronous I/O on fd "
+           "(never closed by the channel)."});
 
 static PyMethodDef io_functions[] = {
-    {"read_async", (PyCFunction)(void (*)(void))dk_py_read_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"read_async", DKPY_METH_KW(dk_py_read_async),
      "read_async($module, fd, length, callback=None, queue=None, "
      "handler=None)\n--\n\nRead once, as soon as data is available (a regular "
      "file: until length or end of file); "
      "callback(data, error); handler is another spelling of callback."},
-    {"write_async", (PyCFunction)(void (*)(void))dk_py_write_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"write_async", DKPY_METH_KW(dk_py_write_async),
      "write_async($module, fd, data, callback=None, queue=None, "
      "handler=None)\n--\n\nWrite all of data; callback(remaining, "
      "error); handler is another spelling of callback."},
@@ -648,14 +584,10 @@ static PyMethodDef io_functions[] = {
 int
 dkpy_io_exec(PyObject *m)
 {
-    PyObject *t = dkpy_type_from_spec(m, &Channel_spec, NULL);
+    PyTypeObject *t = dkpy_add_type(m, &Channel_spec, NULL, "");
     if (t == NULL) {
         return -1;
     }
-    int rc = PyModule_AddObjectRef(m, "IOChannel", t);
-    Py_DECREF(t);
-    if (rc < 0) {
-        return -1;
-    }
+    Py_DECREF(t); /* the module holds it */
     return PyModule_AddFunctions(m, io_functions);
 }

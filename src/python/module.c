@@ -43,9 +43,9 @@ module_exec(PyObject *m)
  * duplex server's handler) when no error handler is set; Python code has
  * no public way to build the hook's argument itself. */
 static PyObject *
-write_unraisable(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+write_unraisable(PyObject *Py_UNUSED(module), PyObject *const *args,
+                 Py_ssize_t nargs)
 {
-    (void)module;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError,
                         "_write_unraisable() takes exactly 2 arguments");

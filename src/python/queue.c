@@ -7,16 +7,10 @@
 #include "python/binding.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include <structmember.h>
 
-#include "dk/apply.h"
-#include "dk/atomic.h"
-#include "dk/group.h"
-#include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
@@ -32,14 +26,7 @@
 void
 dkpy_call_async(void *ctx)
 {
-    PyObject *func = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return; /* finalizing: drop it */
-    }
-    dkpy_call_reporting(func, NULL);
-    Py_DECREF(func);
-    dkpy_leave(&g);
+    dkpy_callback(ctx, true, NULL);
 }
 
 /* ctx: a new reference to a tuple (finalizer, value): the finalizer is
@@ -55,63 +42,6 @@ dkpy_call_finalizer_async(void *ctx)
     dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
     Py_DECREF(pair);
     dkpy_leave(&g);
-}
-
-int
-dkpy_check_callable(PyObject *func, const char *what)
-{
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
-                     Py_TYPE(func)->tp_name);
-        return -1;
-    }
-    return 0;
-}
-
-/* ---- timeouts ------------------------------------------------------- */
-
-/* wait(timeout=-1) accepting timeout_seconds= too (cygcd's real name). */
-int
-dkpy_parse_wait_timeout(PyObject *args, PyObject *kwargs, uint64_t *deadline)
-{
-    static char *kwlist[] = {"timeout", "timeout_seconds", NULL};
-    PyObject *timeout = NULL, *timeout_seconds = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:wait", kwlist,
-                                     &timeout, &timeout_seconds)) {
-        return -1;
-    }
-    /* None is the default of both (the text signature says so). */
-    if (timeout == Py_None) {
-        timeout = NULL;
-    }
-    if (timeout_seconds == Py_None) {
-        timeout_seconds = NULL;
-    }
-    if (timeout != NULL && timeout_seconds != NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "give timeout or timeout_seconds, not both");
-        return -1;
-    }
-    return dkpy_deadline_cygcd(timeout != NULL ? timeout : timeout_seconds,
-                               deadline);
-}
-
-/* Seconds (finite, >= 0) to nanoseconds. */
-int
-dkpy_seconds_to_ns(PyObject *obj, const char *what, int64_t *ns)
-{
-    double s = PyFloat_AsDouble(obj);
-    if (s == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!isfinite(s) || s < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s must be a finite number of seconds >= 0", what);
-        return -1;
-    }
-    double v = s * 1e9;
-    *ns = v >= 9.2e18 ? INT64_MAX : (int64_t)v;
-    return 0;
 }
 
 /* ---- Queue ---------------------------------------------------------- */
@@ -133,28 +63,35 @@ queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
     return (PyObject *)self;
 }
 
+/* A label argument: a str or None (-> NULL). 0, or -1 with an exception
+ * set. */
 static int
-parse_target(PyObject *target, dk_queue_t **out)
+label_arg(PyObject *label, const char **out)
 {
-    if (target == Py_None) {
-        *out = NULL;
+    *out = NULL;
+    if (label == Py_None) {
         return 0;
     }
-    if (!PyObject_TypeCheck(target, dkpy_dispatch.queue_type)) {
-        PyErr_Format(PyExc_TypeError,
-                     "target must be a Queue or None, not %.100s",
-                     Py_TYPE(target)->tp_name);
+    if (!PyUnicode_Check(label)) {
+        PyErr_Format(PyExc_TypeError, "label must be str or None, not %.100s",
+                     Py_TYPE(label)->tp_name);
         return -1;
     }
-    *out = ((QueueObject *)target)->q;
-    return 0;
+    *out = PyUnicode_AsUTF8(label);
+    return *out == NULL ? -1 : 0;
 }
 
-static bool
-valid_qos(long qos)
+/* 0 for a QOS_CLASS_* value, else -1 with ValueError. */
+static int
+qos_arg(long qos)
 {
-    return qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
-           qos == 0x19 || qos == 0x21;
+    if (qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 || qos == 0x19 ||
+        qos == 0x21) {
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "qos must be one of the QOS_CLASS_* constants, not %ld", qos);
+    return -1;
 }
 
 static PyObject *
@@ -171,24 +108,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &target, &inactive)) {
         return NULL;
     }
-    const char *clabel = NULL;
-    if (label != Py_None) {
-        if (!PyUnicode_Check(label)) {
-            PyErr_Format(PyExc_TypeError,
-                         "label must be str or None, not "
-                         "%.100s",
-                         Py_TYPE(label)->tp_name);
-            return NULL;
-        }
-        clabel = PyUnicode_AsUTF8(label);
-        if (clabel == NULL) {
-            return NULL;
-        }
-    }
-    if (!valid_qos(qos)) {
-        PyErr_Format(PyExc_ValueError,
-                     "qos must be one of the QOS_CLASS_* constants, not %ld",
-                     qos);
+    const char *clabel;
+    if (label_arg(label, &clabel) < 0 || qos_arg(qos) < 0) {
         return NULL;
     }
     if (relpri < -15 || relpri > 0) {
@@ -197,7 +118,7 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *t;
-    if (parse_target(target, &t) < 0) {
+    if (dkpy_queue_arg(target, "target", &t) < 0) {
         return NULL;
     }
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
@@ -272,10 +193,20 @@ Queue_dealloc(QueueObject *self)
     Py_DECREF(tp);
 }
 
+/* The wrapper of a global queue or the main queue, made once and cached
+ * in *slot. */
 static PyObject *
-Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
+immortal_queue(PyObject **slot, dk_queue_t *q)
 {
-    (void)cls;
+    if (*slot == NULL) {
+        *slot = queue_wrap(dkpy_dispatch.queue_type, q, true);
+    }
+    return Py_XNewRef(*slot);
+}
+
+static PyObject *
+Queue_global_queue(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kwargs)
+{
     static char *kwlist[] = {"priority", NULL};
     long priority = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|l:global_queue", kwlist,
@@ -293,14 +224,7 @@ Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
     static const long order[5] = {0x21, 0x19, 0x15, 0x11, 0x09};
     for (int i = 0; i < 5; i++) {
         if (dk_queue_global(order[i]) == q) {
-            if (dkpy_dispatch.globals[i] == NULL) {
-                dkpy_dispatch.globals[i] =
-                    queue_wrap(dkpy_dispatch.queue_type, q, true);
-                if (dkpy_dispatch.globals[i] == NULL) {
-                    return NULL;
-                }
-            }
-            return Py_NewRef(dkpy_dispatch.globals[i]);
+            return immortal_queue(&dkpy_dispatch.globals[i], q);
         }
     }
     PyErr_SetString(PyExc_SystemError, "global queue not found");
@@ -308,18 +232,9 @@ Queue_global_queue(PyObject *cls, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Queue_main_queue(PyObject *cls, PyObject *unused)
+Queue_main_queue(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused))
 {
-    (void)cls;
-    (void)unused;
-    if (dkpy_dispatch.main_queue == NULL) {
-        dkpy_dispatch.main_queue =
-            queue_wrap(dkpy_dispatch.queue_type, dk_queue_main(), true);
-        if (dkpy_dispatch.main_queue == NULL) {
-            return NULL;
-        }
-    }
-    return Py_NewRef(dkpy_dispatch.main_queue);
+    return immortal_queue(&dkpy_dispatch.main_queue, dk_queue_main());
 }
 
 static PyObject *
@@ -331,11 +246,7 @@ submit(QueueObject *self, PyObject *func, bool barrier)
     Py_INCREF(func);
     int rc = barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
                      : dk_queue_async_f(self->q, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(rc, func);
 }
 
 static PyObject *
@@ -369,6 +280,7 @@ struct sync_call {
     PyObject *func;
     PyObject *exc_type, *exc_value, *exc_tb;
     dk_semaphore_t *done;
+    bool drain_main; /* the main thread waits for the main queue */
     int state;
     uint32_t refs;
 };
@@ -376,7 +288,9 @@ struct sync_call {
 static void
 sync_call_unref(struct sync_call *c)
 {
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+    /* Acq_rel, paired with the other holder's unref: whichever drops the
+     * last reference sees all the other wrote before it frees. */
+    if (dk__atomic_sub_acq_rel(&c->refs, 1) == 1) {
         dk_release(c->done);
         PyMem_RawFree(c);
     }
@@ -408,40 +322,36 @@ call_sync(void *ctx)
     sync_call_unref(c);
 }
 
+/* One slice of a sync call's wait (dkpy_wait_sliced). The main thread
+ * waiting for the main queue runs its items meanwhile, 50 ms at a time. */
+static int
+sync_wait_fn(void *arg, uint64_t deadline)
+{
+    struct sync_call *c = arg;
+    if (!c->drain_main) {
+        return dk_semaphore_wait_interruptible(c->done, deadline);
+    }
+    long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
+    int rc = dk_semaphore_wait(c->done, 0);
+    return rc != 0 && n == -EINTR ? -EINTR : rc;
+}
+
 /* Wait for a sync call with the GIL released; Ctrl-C abandons it (the
  * callable still runs later; its exception is then reported). */
 static PyObject *
 sync_wait(dk_queue_t *q, struct sync_call *c)
 {
-    bool drain_main = q == dk_queue_main() && dk_is_main_thread();
-    for (;;) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        if (drain_main) {
-            long n = dk_main_drain(dk_now() + 50 * DK_NSEC_PER_MSEC);
-            rc = dk_semaphore_wait(c->done, 0);
-            if (rc != 0 && n == -EINTR) {
-                rc = -EINTR;
-            }
+    c->drain_main = q == dk_queue_main() && dk_is_main_thread();
+    if (dkpy_wait_sliced(sync_wait_fn, c, DK_TIME_FOREVER) == DKPY_RAISED) {
+        if (c->state == SYNC_DONE) {
+            Py_XDECREF(c->exc_type);
+            Py_XDECREF(c->exc_value);
+            Py_XDECREF(c->exc_tb);
         } else {
-            rc = dk_semaphore_wait_interruptible(
-                c->done, dkpy_slice_end(DK_TIME_FOREVER));
+            c->state = SYNC_ABANDONED;
         }
-        Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            if (c->state == SYNC_DONE) {
-                Py_XDECREF(c->exc_type);
-                Py_XDECREF(c->exc_value);
-                Py_XDECREF(c->exc_tb);
-            } else {
-                c->state = SYNC_ABANDONED;
-            }
-            sync_call_unref(c);
-            return NULL;
-        }
+        sync_call_unref(c);
+        return NULL;
     }
     PyObject *type = c->exc_type, *value = c->exc_value, *tb = c->exc_tb;
     sync_call_unref(c);
@@ -528,33 +438,11 @@ static PyObject *
 Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject *kwnames)
 {
-    static const char *names[] = {"delay_seconds", "func"};
-    PyObject *vals[2] = {NULL, NULL};
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "after() takes 2 arguments (delay_seconds, func)");
+    static const char *const names[] = {"delay_seconds", "func"};
+    PyObject *vals[2];
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, vals, "after") <
+        0) {
         return NULL;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        vals[i] = args[i];
-    }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
-        int slot = -1;
-        for (int j = 0; j < 2; j++) {
-            if (k != NULL && strcmp(k, names[j]) == 0) {
-                slot = j;
-            }
-        }
-        if (slot < 0 || vals[slot] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "after() got an unexpected or "
-                         "repeated keyword argument '%s'",
-                         k ? k : "?");
-            return NULL;
-        }
-        vals[slot] = args[nargs + i];
     }
     if (vals[0] == NULL || vals[1] == NULL) {
         PyErr_SetString(PyExc_TypeError,
@@ -569,38 +457,30 @@ Queue_after(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_INCREF(vals[1]);
     int rc = dk_queue_after_f(self->q, dk_time(DK_TIME_NOW, ns), vals[1],
                               dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(vals[1]);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return dkpy_submitted(rc, vals[1]);
 }
 
 static PyObject *
-Queue_suspend(QueueObject *self, PyObject *unused)
+Queue_suspend(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_queue_suspend(self->q);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Queue_resume(QueueObject *self, PyObject *unused)
+Queue_resume(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_queue_resume(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "resume() without a matching suspend() "
-                        "(over-resume)");
+                        "resume() without a matching suspend() (over-resume)");
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Queue_activate(QueueObject *self, PyObject *unused)
+Queue_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_queue_activate(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Queue was not created as inactive");
@@ -618,45 +498,29 @@ Queue_set_target_queue(QueueObject *self, PyObject *args, PyObject *kwargs)
                                      kwlist, &target, &queue)) {
         return NULL;
     }
-    if (target == Py_None && queue != NULL) {
-        target = NULL; /* the default, as the text signature says */
-    }
-    if (target != NULL && queue != NULL && queue != Py_None) {
-        PyErr_SetString(PyExc_TypeError, "give target or queue, not both");
-        return NULL;
-    }
-    if (target == NULL) {
-        target = queue != NULL ? queue : Py_None;
-    }
+    target = dkpy_either(target, queue, "target or queue");
     dk_queue_t *t;
-    if (parse_target(target, &t) < 0) {
+    if (target == NULL || dkpy_queue_arg(target, "target", &t) < 0) {
         return NULL;
     }
+    bool fixed = dk_queue_is_global(self->q) || self->q == dk_queue_main();
+    const dkpy_errno_map errors[] = {
+        {EPERM, &PyExc_RuntimeError,
+         fixed ? "the target of a global or main queue cannot be changed"
+               : "cannot change the target of a queue after it has been "
+                 "activated"},
+        {EBUSY, &PyExc_RuntimeError,
+         "cannot change the target of a queue while it has work queued or "
+         "running"},
+        {ELOOP, &PyExc_ValueError,
+         "target queue hierarchy would contain a cycle"},
+        {0, NULL, NULL},
+    };
     int rc = dk_queue_set_target(self->q, t);
-    switch (rc) {
-    case 0:
-        Py_RETURN_NONE;
-    case -EPERM:
-        PyErr_SetString(PyExc_RuntimeError,
-                        dk_queue_is_global(self->q) ||
-                                self->q == dk_queue_main()
-                            ? "the target of a global or main queue cannot "
-                              "be changed"
-                            : "cannot change the target of a queue after it "
-                              "has been activated");
-        return NULL;
-    case -EBUSY:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot change the target of a queue while it has "
-                        "work queued or running");
-        return NULL;
-    case -ELOOP:
-        PyErr_SetString(PyExc_ValueError,
-                        "target queue hierarchy would contain a cycle");
-        return NULL;
-    default:
-        return dkpy_raise_errno(rc);
+    if (rc < 0) {
+        return dkpy_raise_errno_in(errors, rc);
     }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -692,9 +556,8 @@ Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Queue_get_context(QueueObject *self, PyObject *unused)
+Queue_get_context(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Py_NewRef(self->context != NULL ? self->context : Py_None);
 }
 
@@ -762,23 +625,20 @@ Queue_get_specific(QueueObject *self, PyObject *key)
 }
 
 static PyObject *
-Queue_get_label(QueueObject *self, void *closure)
+Queue_get_label(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyUnicode_FromString(dk_queue_label(self->q));
 }
 
 static PyObject *
-Queue_get_is_inactive(QueueObject *self, void *closure)
+Queue_get_is_inactive(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_queue_is_inactive(self->q));
 }
 
 static PyObject *
-Queue_get_is_concurrent(QueueObject *self, void *closure)
+Queue_get_is_concurrent(QueueObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_queue_is_concurrent(self->q));
 }
 
@@ -802,24 +662,19 @@ static PyMethodDef Queue_methods[] = {
     {"run_async", (PyCFunction)Queue_run_async, METH_O,
      "run_async($self, func, /)\n--\n\nSubmit func for asynchronous "
      "execution."},
-    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Queue_submit),
      "submit($self, fn, /, *args, **kwargs)\n--\n\n"
      "Run fn(*args, **kwargs) on the queue; a concurrent.futures.Future."},
     {"run_sync", (PyCFunction)Queue_run_sync, METH_O,
      "run_sync($self, func, /)\n--\n\nRun func on the queue and wait; "
-     "re-raises its "
-     "exception."},
+     "re-raises its exception."},
     {"barrier_async", (PyCFunction)Queue_barrier_async, METH_O,
      "barrier_async($self, func, /)\n--\n\nSubmit a barrier (exclusive on "
-     "concurrent "
-     "queues)."},
+     "concurrent queues)."},
     {"barrier_sync", (PyCFunction)Queue_barrier_sync, METH_O,
      "barrier_sync($self, func, /)\n--\n\nRun a barrier and wait; re-raises "
-     "its "
-     "exception."},
-    {"after", (PyCFunction)(void (*)(void))Queue_after,
-     METH_FASTCALL | METH_KEYWORDS,
+     "its exception."},
+    {"after", DKPY_METH_FAST(Queue_after),
      "after($self, delay_seconds, func)\n--\n\nSubmit func after a delay."},
     {"suspend", (PyCFunction)Queue_suspend, METH_NOARGS,
      "suspend($self, /)\n--\n\nStop starting work items (counts nest)."},
@@ -828,12 +683,10 @@ static PyMethodDef Queue_methods[] = {
      "over-resume."},
     {"activate", (PyCFunction)Queue_activate, METH_NOARGS,
      "activate($self, /)\n--\n\nActivate a queue created with inactive=True."},
-    {"set_target_queue", (PyCFunction)(void (*)(void))Queue_set_target_queue,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_target_queue", DKPY_METH_KW(Queue_set_target_queue),
      "set_target_queue($self, target=None, queue=None)\n--\n\nSet the "
      "target queue (None: default); queue= is another spelling of target."},
-    {"set_context", (PyCFunction)(void (*)(void))Queue_set_context,
-     METH_VARARGS | METH_KEYWORDS,
+    {"set_context", DKPY_METH_KW(Queue_set_context),
      "set_context($self, value, finalizer=None)\n--\n\nAttach a value; "
      "finalizer() (no arguments) runs when it is replaced or the queue goes "
      "away."},
@@ -863,28 +716,17 @@ static PyMemberDef Queue_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyType_Slot Queue_slots[] = {
-    {Py_tp_new, Queue_new},
-    {Py_tp_dealloc, Queue_dealloc},
-    {Py_tp_traverse, Queue_traverse},
-    {Py_tp_clear, Queue_clear},
-    {Py_tp_methods, Queue_methods},
-    {Py_tp_getset, Queue_getset},
-    {Py_tp_members, Queue_members},
-    {Py_tp_repr, Queue_repr},
-    {Py_tp_doc, "Queue(label=None, concurrent=False, qos=0, "
-                "relative_priority=0, target=None, inactive=False)\n--\n\n"
-                "A dispatch queue: serial (FIFO, one item at a time) or "
-                "concurrent."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_queue_spec = {
-    .name = "dispatchkit.Queue",
-    .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = Queue_slots,
-};
+DKPY_TYPE(, dkpy_queue_spec, "dispatchkit.Queue", QueueObject,
+          Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Queue_new},
+          {Py_tp_dealloc, Queue_dealloc}, {Py_tp_traverse, Queue_traverse},
+          {Py_tp_clear, Queue_clear}, {Py_tp_methods, Queue_methods},
+          {Py_tp_getset, Queue_getset}, {Py_tp_members, Queue_members},
+          {Py_tp_repr, Queue_repr},
+          {Py_tp_doc,
+           "Queue(label=None, concurrent=False, qos=0, "
+           "relative_priority=0, target=None, inactive=False)\n--\n\n"
+           "A dispatch queue: serial (FIFO, one item at a time) or "
+           "concurrent."});
 
 int
 dkpy_queue_arg(PyObject *obj, const char *what, dk_queue_t **out)
@@ -925,18 +767,9 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &label, &inactive)) {
         return NULL;
     }
-    const char *clabel = NULL;
-    if (label != Py_None) {
-        if (!PyUnicode_Check(label)) {
-            PyErr_Format(PyExc_TypeError,
-                         "label must be str or None, not %.100s",
-                         Py_TYPE(label)->tp_name);
-            return NULL;
-        }
-        clabel = PyUnicode_AsUTF8(label);
-        if (clabel == NULL) {
-            return NULL;
-        }
+    const char *clabel;
+    if (label_arg(label, &clabel) < 0) {
+        return NULL;
     }
     dk_queue_t *q;
     if (dk_queue_create(clabel,
@@ -951,69 +784,47 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-static int
-workloop_submit_args(QueueObject *self, PyObject *args, PyObject *kwargs,
-                     const char *name, PyObject **func, int *qos)
+/* run_async(func, qos=0x15) and run_sync(func, qos=0x15). */
+static PyObject *
+workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
 {
     static char *kwlist[] = {"func", "qos", NULL};
-    long q = 0x15;
+    PyObject *func;
+    long qos = 0x15;
     if (dk_queue_is_inactive(self->q)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Cannot submit work to an inactive workloop");
-        return -1;
+        return NULL;
     }
-    char fmt[32];
-    snprintf(fmt, sizeof fmt, "O|l:%s", name);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, func, &q)) {
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     sync ? "O|l:run_sync" : "O|l:run_async",
+                                     kwlist, &func, &qos) ||
+        dkpy_check_callable(func, "func") < 0 || qos_arg(qos) < 0) {
+        return NULL;
     }
-    if (dkpy_check_callable(*func, "func") < 0) {
-        return -1;
+    if (sync) {
+        return run_sync_qos(self, func, false, (int)qos);
     }
-    if (!valid_qos(q)) {
-        PyErr_Format(PyExc_ValueError,
-                     "qos must be one of the QOS_CLASS_* constants, not %ld",
-                     q);
-        return -1;
-    }
-    *qos = (int)q;
-    return 0;
+    Py_INCREF(func);
+    int rc = dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async);
+    return dkpy_submitted(rc, func);
 }
 
 static PyObject *
 Workloop_run_async(QueueObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *func;
-    int qos;
-    if (workloop_submit_args(self, args, kwargs, "run_async", &func, &qos) <
-        0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = dk_queue_async_qos_f(self->q, qos, func, dkpy_call_async);
-    if (rc < 0) {
-        Py_DECREF(func);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return workloop_run(self, args, kwargs, false);
 }
 
 static PyObject *
 Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *func;
-    int qos;
-    if (workloop_submit_args(self, args, kwargs, "run_sync", &func, &qos) <
-        0) {
-        return NULL;
-    }
-    return run_sync_qos(self, func, false, qos);
+    return workloop_run(self, args, kwargs, true);
 }
 
 static PyObject *
-Workloop_activate(QueueObject *self, PyObject *unused)
+Workloop_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (!self->created_inactive || dk_queue_activate(self->q) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "Workloop was not created as inactive");
@@ -1055,17 +866,13 @@ Workloop_repr(QueueObject *self)
 }
 
 static PyMethodDef Workloop_methods[] = {
-    {"run_async", (PyCFunction)(void (*)(void))Workloop_run_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"run_async", DKPY_METH_KW(Workloop_run_async),
      "run_async($self, func, qos=0x15)\n--\n\nSubmit func; pending work "
      "runs highest QoS first (qos is a dispatchkit extension)."},
-    {"submit", (PyCFunction)(void (*)(void))Queue_submit,
-     METH_FASTCALL | METH_KEYWORDS,
-     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\n"
-     "Run fn(*args, **kwargs) on the workloop at qos; a "
-     "concurrent.futures.Future."},
-    {"run_sync", (PyCFunction)(void (*)(void))Workloop_run_sync,
-     METH_VARARGS | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Queue_submit),
+     "submit($self, fn, /, *args, qos=0x15, **kwargs)\n--\n\nRun fn(*args, "
+     "**kwargs) on the workloop at qos; a concurrent.futures.Future."},
+    {"run_sync", DKPY_METH_KW(Workloop_run_sync),
      "run_sync($self, func, qos=0x15)\n--\n\nRun func on the workloop and "
      "wait; re-raises its exception."},
     {"activate", (PyCFunction)Workloop_activate, METH_NOARGS,
@@ -1074,8 +881,7 @@ static PyMethodDef Workloop_methods[] = {
     {"set_autorelease_frequency",
      (PyCFunction)Workloop_set_autorelease_frequency, METH_O,
      "set_autorelease_frequency($self, frequency, /)\n--\n\nAccepted before "
-     "activate() (there "
-     "are no autorelease pools on Linux)."},
+     "activate() (there are no autorelease pools on Linux)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1086,23 +892,12 @@ static PyGetSetDef Workloop_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Workloop_slots[] = {
-    {Py_tp_new, Workloop_new},
-    {Py_tp_dealloc, Queue_dealloc},
-    {Py_tp_traverse, Queue_traverse},
-    {Py_tp_clear, Queue_clear},
-    {Py_tp_methods, Workloop_methods},
-    {Py_tp_getset, Workloop_getset},
-    {Py_tp_members, Queue_members},
-    {Py_tp_repr, Workloop_repr},
-    {Py_tp_doc, "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
-                "pending work runs highest QoS first."},
-    {0, NULL},
-};
-
-PyType_Spec dkpy_workloop_spec = {
-    .name = "dispatchkit.Workloop",
-    .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = Workloop_slots,
-};
+DKPY_TYPE(, dkpy_workloop_spec, "dispatchkit.Workloop", QueueObject,
+          Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Workloop_new},
+          {Py_tp_dealloc, Queue_dealloc}, {Py_tp_traverse, Queue_traverse},
+          {Py_tp_clear, Queue_clear}, {Py_tp_methods, Workloop_methods},
+          {Py_tp_getset, Workloop_getset}, {Py_tp_members, Queue_members},
+          {Py_tp_repr, Workloop_repr},
+          {Py_tp_doc,
+           "Workloop(label, inactive=False)\n--\n\nA serial queue whose "
+           "pending work runs highest QoS first."});

@@ -68,9 +68,7 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
               unsigned long mask, PyObject *handler, PyObject *queue,
               const char *what)
 {
-    if (!PyCallable_Check(handler)) {
-        PyErr_Format(PyExc_TypeError, "handler must be callable, not %.100s",
-                     Py_TYPE(handler)->tp_name);
+    if (dkpy_check_callable(handler, "handler") < 0) {
         return NULL;
     }
     dk_queue_t *q;
@@ -131,7 +129,6 @@ Source_clear(SourceObject *self)
 static void
 Source_dealloc(SourceObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->s != NULL) {
         /* Only a never-started source or one whose cancel handler has run
@@ -143,8 +140,7 @@ Source_dealloc(SourceObject *self)
         self->s = NULL;
     }
     Source_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -174,9 +170,8 @@ apply_timer(SourceObject *self)
 }
 
 static PyObject *
-Source_start(SourceObject *self, PyObject *unused)
+Source_start(SourceObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_source_testcancel(self->s)) {
         PyErr_Format(PyExc_RuntimeError, "Cannot start a cancelled %s",
                      self->what);
@@ -205,32 +200,28 @@ Source_start(SourceObject *self, PyObject *unused)
 }
 
 static PyObject *
-Source_cancel(SourceObject *self, PyObject *unused)
+Source_cancel(SourceObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_source_cancel(self->s); /* idempotent; the cancel handler drops
                                   the started-source reference */
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Source_get_is_cancelled(SourceObject *self, void *closure)
+Source_get_is_cancelled(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(dk_source_testcancel(self->s));
 }
 
 static PyObject *
-Source_get_data(SourceObject *self, void *closure)
+Source_get_data(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_source_get_data(self->s));
 }
 
 static PyObject *
-Source_get_handle(SourceObject *self, void *closure)
+Source_get_handle(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromSize_t(dk_source_get_handle(self->s));
 }
 
@@ -281,15 +272,23 @@ Source_repr(SourceObject *self)
     return r;
 }
 
+/* The methods and the property of every source; each type adds its own.
+ * Unformatted: clang-format re-indents brace initializers in a macro. */
+/* clang-format off */
+#define SOURCE_METHODS                                                        \
+    {"start", (PyCFunction)Source_start, METH_NOARGS,                         \
+     "start($self, /)\n--\n\nStart delivering events. Idempotent; "           \
+     "RuntimeError after cancel()."},                                         \
+    {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,                       \
+     "cancel($self, /)\n--\n\nStop delivering events (a handler already "     \
+     "running completes). Idempotent."}
+#define IS_CANCELLED                                                          \
+    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,                   \
+     "True after cancel().", NULL}
+/* clang-format on */
+
 static PyMethodDef Source_methods[] = {
-    {"start", (PyCFunction)Source_start, METH_NOARGS,
-     "start($self, /)\n--\n\nStart delivering events. Idempotent; "
-     "RuntimeError after "
-     "cancel()."},
-    {"cancel", (PyCFunction)Source_cancel, METH_NOARGS,
-     "cancel($self, /)\n--\n\nStop delivering events (a handler already "
-     "running "
-     "completes). Idempotent."},
+    SOURCE_METHODS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -380,8 +379,8 @@ Timer_set_timer(SourceObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef Timer_methods[] = {
-    {"set_timer", (PyCFunction)(void (*)(void))Timer_set_timer,
-     METH_VARARGS | METH_KEYWORDS,
+    SOURCE_METHODS,
+    {"set_timer", DKPY_METH_KW(Timer_set_timer),
      "set_timer($self, interval, start_delay=None, leeway=0.0, "
      "repeating=True)\n--\n\n"
      "Reconfigure the timer (from now, if it is started)."},
@@ -389,8 +388,7 @@ static PyMethodDef Timer_methods[] = {
 };
 
 static PyGetSetDef Timer_getset[] = {
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -422,9 +420,7 @@ SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (signum <= 0 || signum >= NSIG) {
-        PyErr_Format(PyExc_ValueError,
-                     "signal number %d out of range "
-                     "[1, %d]",
+        PyErr_Format(PyExc_ValueError, "signal number %d out of range [1, %d]",
                      signum, NSIG - 1);
         return NULL;
     }
@@ -438,8 +434,7 @@ static PyGetSetDef SignalSource_getset[] = {
      "Signals received since the previous handler call (read it in the "
      "handler).",
      NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -479,8 +474,7 @@ static PyGetSetDef ReadSource_getset[] = {
     {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
     {"bytes_available", (getter)Source_get_data, NULL,
      "Estimated bytes available at the last handler call.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -488,8 +482,7 @@ static PyGetSetDef WriteSource_getset[] = {
     {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
     {"buffer_space", (getter)Source_get_data, NULL,
      "Estimated buffer space at the last handler call.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -509,9 +502,7 @@ ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (pid <= 0 || pid > INT32_MAX) {
         PyErr_Format(PyExc_ValueError,
-                     "pid must be a positive process id, "
-                     "not %ld",
-                     pid);
+                     "pid must be a positive process id, not %ld", pid);
         return NULL;
     }
     unsigned long all =
@@ -532,8 +523,7 @@ static PyGetSetDef ProcessSource_getset[] = {
      "PROC_* events seen at the last handler call (only PROC_EXIT is "
      "observable on Linux).",
      NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -586,20 +576,21 @@ DataSource_merge(SourceObject *self, PyObject *value)
 }
 
 static PyObject *
-DataSource_get_kind(SourceObject *self, void *closure)
+DataSource_get_kind(SourceObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyLong_FromLong((long)dk_source_get_type(self->s));
 }
 
 static PyMethodDef DataSource_methods[] = {
+    SOURCE_METHODS,
     {"merge", (PyCFunction)DataSource_merge, METH_O,
-     "merge($self, value, /)\n--\n\nMerge a non-negative int into the pending "
-     "data (added, "
-     "OR-ed or replacing it, by kind) and schedule the handler. Any thread "
-     "may call it; merges made while the handler is queued or running "
-     "coalesce into its next call. 0 is no event (DATA_REPLACE: it replaces "
-     "a pending value). Dropped after cancel()."},
+     "merge($self, value, /)\n--\n\nMerge a non-negative int into the "
+     "pending "
+     "data (added, OR-ed or replacing it, by kind) and schedule the "
+     "handler. "
+     "Any thread may call it; merges made while the handler is queued or "
+     "running coalesce into its next call. 0 is no event (DATA_REPLACE: it "
+     "replaces a pending value). Dropped after cancel()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -611,85 +602,63 @@ static PyGetSetDef DataSource_getset[] = {
      NULL},
     {"kind", (getter)DataSource_get_kind, NULL,
      "DATA_ADD, DATA_OR or DATA_REPLACE.", NULL},
-    {"is_cancelled", (getter)Source_get_is_cancelled, NULL,
-     "True after cancel().", NULL},
+    IS_CANCELLED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 /* ---- types ---------------------------------------------------------- */
 
-#define SOURCE_SLOTS(NEW, METHODS, GETSET, DOC)                               \
-    {                                                                         \
-        {Py_tp_new, NEW}, {Py_tp_dealloc, Source_dealloc},                    \
-            {Py_tp_traverse, Source_traverse}, {Py_tp_clear, Source_clear},   \
-            {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET},                 \
-            {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC}, {0, NULL},           \
-    }
+/* A source type: its constructor, methods, properties and doc; the rest
+ * is shared. */
+#define SOURCE_TYPE(NAME, METHODS, GETSET, DOC)                               \
+    DKPY_TYPE(static, NAME##_spec, "dispatchkit." #NAME, SourceObject,        \
+              Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,                       \
+              {Py_tp_new, NAME##_new}, {Py_tp_dealloc, Source_dealloc},       \
+              {Py_tp_traverse, Source_traverse}, {Py_tp_clear, Source_clear}, \
+              {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET},               \
+              {Py_tp_repr, Source_repr}, {Py_tp_doc, DOC})
 
-static PyMethodDef Timer_all_methods[4];
-static PyMethodDef DataSource_all_methods[4];
-
-static PyType_Slot Timer_slots[] = SOURCE_SLOTS(
-    Timer_new, Timer_all_methods, Timer_getset,
+SOURCE_TYPE(
+    Timer, Timer_methods, Timer_getset,
     "Timer(interval, handler, queue=None, start_delay=None, leeway=0.0, "
     "repeating=True)\n--\n\nA repeating timer fires start_delay (default "
     "0) seconds after start(), then every interval seconds. A one-shot "
     "timer fires once: start_delay seconds after start() when start_delay "
     "is given (interval is then ignored, as in cygcd), else interval "
     "seconds after start(). Missed fires coalesce.");
-static PyType_Slot SignalSource_slots[] = SOURCE_SLOTS(
-    SignalSource_new, Source_methods, SignalSource_getset,
+SOURCE_TYPE(
+    SignalSource, Source_methods, SignalSource_getset,
     "SignalSource(signum, handler, queue=None)\n--\n\nCall handler on a queue "
     "when the process receives signum (also when it was set to SIG_IGN).");
-static PyType_Slot ReadSource_slots[] = SOURCE_SLOTS(
-    ReadSource_new, Source_methods, ReadSource_getset,
+SOURCE_TYPE(
+    ReadSource, Source_methods, ReadSource_getset,
     "ReadSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "readable (level-triggered).");
-static PyType_Slot WriteSource_slots[] = SOURCE_SLOTS(
-    WriteSource_new, Source_methods, WriteSource_getset,
+SOURCE_TYPE(
+    WriteSource, Source_methods, WriteSource_getset,
     "WriteSource(fd, handler, queue=None)\n--\n\nCall handler while fd is "
     "writable (level-triggered).");
-static PyType_Slot ProcessSource_slots[] = SOURCE_SLOTS(
-    ProcessSource_new, Source_methods, ProcessSource_getset,
+SOURCE_TYPE(
+    ProcessSource, Source_methods, ProcessSource_getset,
     "ProcessSource(pid, handler, events=0x80000000, queue=None)\n--\n\n"
     "Call handler when the process exits (events: PROC_* flags, default "
     "PROC_EXIT).");
-static PyType_Slot DataSource_slots[] = SOURCE_SLOTS(
-    DataSource_new, DataSource_all_methods, DataSource_getset,
+SOURCE_TYPE(
+    DataSource, DataSource_methods, DataSource_getset,
     "DataSource(kind, handler, queue=None)\n--\n\nA user data source "
     "(GCD's DISPATCH_SOURCE_TYPE_DATA_*): any thread calls merge(value); "
     "handler() runs on the queue, never concurrently with itself, and reads "
     "the coalesced value as data. kind is DATA_ADD (sum), DATA_OR (bitwise "
     "OR) or DATA_REPLACE (last value).");
 
-#define SOURCE_SPEC(NAME, SLOTS)                                              \
-    {                                                                         \
-        .name = "dispatchkit." NAME, .basicsize = sizeof(SourceObject),       \
-        .flags =                                                              \
-            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,    \
-        .slots = SLOTS,                                                       \
-    }
-
-static PyType_Spec source_specs[] = {
-    SOURCE_SPEC("Timer", Timer_slots),
-    SOURCE_SPEC("SignalSource", SignalSource_slots),
-    SOURCE_SPEC("ReadSource", ReadSource_slots),
-    SOURCE_SPEC("WriteSource", WriteSource_slots),
-    SOURCE_SPEC("ProcessSource", ProcessSource_slots),
-    SOURCE_SPEC("DataSource", DataSource_slots),
+static PyType_Spec *const source_specs[] = {
+    &Timer_spec,       &SignalSource_spec,  &ReadSource_spec,
+    &WriteSource_spec, &ProcessSource_spec, &DataSource_spec,
 };
 
 int
 dkpy_source_exec(PyObject *m)
 {
-    Timer_all_methods[0] = Source_methods[0];
-    Timer_all_methods[1] = Source_methods[1];
-    Timer_all_methods[2] = Timer_methods[0];
-    Timer_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
-    DataSource_all_methods[0] = Source_methods[0];
-    DataSource_all_methods[1] = Source_methods[1];
-    DataSource_all_methods[2] = DataSource_methods[0];
-    DataSource_all_methods[3] = (PyMethodDef){NULL, NULL, 0, NULL};
     if (PyModule_AddIntConstant(m, "DATA_ADD", DK_SOURCE_DATA_ADD) < 0 ||
         PyModule_AddIntConstant(m, "DATA_OR", DK_SOURCE_DATA_OR) < 0 ||
         PyModule_AddIntConstant(m, "DATA_REPLACE", DK_SOURCE_DATA_REPLACE) <
@@ -697,16 +666,11 @@ dkpy_source_exec(PyObject *m)
         return -1;
     }
     for (size_t i = 0; i < sizeof source_specs / sizeof source_specs[0]; i++) {
-        PyObject *t = dkpy_type_from_spec(m, &source_specs[i], NULL);
+        PyTypeObject *t = dkpy_add_type(m, source_specs[i], NULL, "");
         if (t == NULL) {
             return -1;
         }
-        const char *name = strrchr(source_specs[i].name, '.') + 1;
-        int rc = PyModule_AddObjectRef(m, name, t);
-        Py_DECREF(t);
-        if (rc < 0) {
-            return -1;
-        }
+        Py_DECREF(t); /* the module holds it */
     }
     return 0;
 }

@@ -18,7 +18,6 @@
 #include "dk/futex.h"
 #include "dk/mutex.h"
 #include "dk/shm_event.h"
-#include "dk/time.h"
 #include "python/futures.h"
 
 typedef struct {
@@ -91,44 +90,74 @@ hold_memory(WordObject *self)
     self->view.obj = NULL;
 }
 
-static int
-word_init(WordObject *self, PyObject *buffer, unsigned width)
+/* A new object of `type` on `buffer`, which must be writable, at least
+ * `size` bytes long and `align`-aligned. NULL with ValueError if not. */
+static WordObject *
+word_alloc(PyTypeObject *type, PyObject *buffer, unsigned size, unsigned align,
+           int shared)
 {
+    const char *what = dkpy_type_name(type);
+    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
     if (PyObject_GetBuffer(buffer, &self->view,
                            PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError,
-                            "buffer must be writable (a read-only buffer "
-                            "cannot hold a synchronisation word)");
+            PyErr_Format(PyExc_ValueError,
+                         "buffer must be writable for %s (a read-only "
+                         "buffer cannot hold a synchronisation word)",
+                         what);
         }
-        return -1;
+        Py_DECREF(self);
+        return NULL;
     }
     self->addr = self->view.buf;
-    self->width = width;
-    if ((size_t)self->view.len < width || (uintptr_t)self->addr % width != 0) {
-        PyBuffer_Release(&self->view);
-        self->view.obj = NULL;
-        PyErr_Format(PyExc_ValueError, "need %u-byte aligned >=%u buffer",
-                     width, width);
-        return -1;
+    self->width = size;
+    self->shared = shared != 0;
+    if ((size_t)self->view.len < size || (uintptr_t)self->addr % align != 0) {
+        Py_DECREF(self); /* releases the view */
+        PyErr_Format(PyExc_ValueError,
+                     "need %u-byte aligned >=%u buffer for %s", align, size,
+                     what);
+        return NULL;
     }
     hold_memory(self);
-    return 0;
+    return self;
+}
+
+/* The constructors of FutexWord, Event and Mutex, (buffer, shared=True),
+ * and of AtomicU32 and AtomicU64, (buffer): `size` bytes at `align`. */
+static WordObject *
+word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, unsigned size,
+         unsigned align, bool takes_shared)
+{
+    static char *kwlist[] = {"buffer", "shared", NULL};
+    static char *kwlist_buffer[] = {"buffer", NULL};
+    PyObject *buffer;
+    int shared = 1;
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "O%s:%s", takes_shared ? "|p" : "",
+             dkpy_type_name(type));
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt,
+                                     takes_shared ? kwlist : kwlist_buffer,
+                                     &buffer, &shared)) {
+        return NULL;
+    }
+    return word_alloc(type, buffer, size, align, shared);
 }
 
 static void
 Word_dealloc(WordObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     if (self->view.obj != NULL) {
         PyBuffer_Release(&self->view);
     }
     if (self->aliased) {
         dk_shm_unalias(self->addr, self->width);
     }
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static int
@@ -159,23 +188,7 @@ get_u(PyObject *v, unsigned width, uint64_t *out)
 static PyObject *
 FutexWord_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:FutexWord", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, 4) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
-    return (PyObject *)self;
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
 }
 
 static PyObject *
@@ -193,12 +206,9 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     struct word_wait w = {.self = self, .expected = expected};
-    int rc =
-        dkpy_wait_sliced(futex_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0); /* -EAGAIN: the word had changed */
+    /* False also for -EAGAIN: the word had changed. */
+    return dkpy_wait_bool(futex_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
@@ -227,9 +237,8 @@ word_load(WordObject *self)
 }
 
 static PyObject *
-Word_load(WordObject *self, PyObject *unused)
+Word_load(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLongLong(word_load(self));
 }
 
@@ -252,31 +261,15 @@ static PyObject *
 Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
-    PyObject *exp = NULL, *des = NULL;
-    if (nargs == 2 && kwnames == NULL) {
-        exp = args[0];
-        des = args[1];
-    } else {
-        static const char *names[] = {"expected", "new"};
-        PyObject *slot[2] = {NULL, NULL};
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-        for (Py_ssize_t i = 0; i < nargs && i < 2; i++) {
-            slot[i] = args[i];
-        }
-        for (Py_ssize_t k = 0; k < nkw; k++) {
-            const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            for (int i = 0; key != NULL && i < 2; i++) {
-                if (strcmp(key, names[i]) == 0) {
-                    slot[i] = args[nargs + k];
-                }
-            }
-        }
-        exp = slot[0];
-        des = slot[1];
-        if (exp == NULL || des == NULL || nargs > 2) {
-            PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
-            return NULL;
-        }
+    static const char *const names[] = {"expected", "new"};
+    PyObject *a[2];
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "cas") < 0) {
+        return NULL;
+    }
+    PyObject *exp = a[0], *des = a[1];
+    if (exp == NULL || des == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
+        return NULL;
     }
     uint64_t e, d;
     if (get_u(exp, self->width, &e) < 0 || get_u(des, self->width, &d) < 0) {
@@ -307,13 +300,11 @@ Word_repr(WordObject *self)
 }
 
 static PyMethodDef FutexWord_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))FutexWord_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(FutexWord_wait),
      "wait($self, expected, timeout_ns=-1)\n--\n\nSleep while the word equals "
      "expected; True when woken, False if it differed or timed out. "
      "Releases the GIL; Ctrl-C interrupts it."},
-    {"wake", (PyCFunction)(void (*)(void))FutexWord_wake,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wake", DKPY_METH_KW(FutexWord_wake),
      "wake($self, n=1)\n--\n\nWake up to n waiters; returns how many were "
      "woken."},
     {"load_acquire", (PyCFunction)Word_load, METH_NOARGS,
@@ -323,48 +314,25 @@ static PyMethodDef FutexWord_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot FutexWord_slots[] = {
-    {Py_tp_new, FutexWord_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, FutexWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc, "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
-                "first 4 bytes of a writable, 4-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, FutexWord_spec, "dispatchkit.sync.FutexWord", WordObject, 0,
+          {Py_tp_new, FutexWord_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, FutexWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
+           "first 4 bytes of a writable, 4-aligned buffer."});
 
 /* ---- AtomicU32 / AtomicU64 ------------------------------------------- */
 
 static PyObject *
-atomic_word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs,
-                unsigned width)
-{
-    static char *kwlist[] = {"buffer", NULL};
-    PyObject *buffer;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", kwlist, &buffer)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, width) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-static PyObject *
 AtomicU32_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    return atomic_word_new(type, args, kwargs, 4);
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, false);
 }
 
 static PyObject *
 AtomicU64_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    return atomic_word_new(type, args, kwargs, 8);
+    return (PyObject *)word_new(type, args, kwargs, 8, 8, false);
 }
 
 static PyMethodDef AtomicWord_methods[] = {
@@ -372,82 +340,36 @@ static PyMethodDef AtomicWord_methods[] = {
      "load($self, /)\n--\n\nThe value (acquire)."},
     {"store", (PyCFunction)Word_store, METH_O,
      "store($self, value, /)\n--\n\nStore value (release)."},
-    {"cas", (PyCFunction)(void (*)(void))Word_cas,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"cas", DKPY_METH_FAST(Word_cas),
      "cas($self, expected, new)\n--\n\nReplace expected by new; True if it "
      "did (acq_rel; acquire on failure)."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot AtomicU32_slots[] = {
-    {Py_tp_new, AtomicU32_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, AtomicWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc,
-     "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
-     "4 bytes of a writable, 4-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, AtomicU32_spec, "dispatchkit.sync.AtomicU32", WordObject, 0,
+          {Py_tp_new, AtomicU32_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
+           "4 bytes of a writable, 4-aligned buffer."});
 
-static PyType_Slot AtomicU64_slots[] = {
-    {Py_tp_new, AtomicU64_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, AtomicWord_methods},
-    {Py_tp_repr, Word_repr},
-    {Py_tp_doc,
-     "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
-     "8 bytes of a writable, 8-aligned buffer."},
-    {0, NULL},
-};
+DKPY_TYPE(static, AtomicU64_spec, "dispatchkit.sync.AtomicU64", WordObject, 0,
+          {Py_tp_new, AtomicU64_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
+          {Py_tp_doc,
+           "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
+           "8 bytes of a writable, 8-aligned buffer."});
 
 /* ---- Mutex ------------------------------------------------------------ */
-
-static int
-header_init(WordObject *self, PyObject *buffer, const char *what)
-{
-    if (PyObject_GetBuffer(buffer, &self->view,
-                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "buffer must be writable for %s",
-                         what);
-        }
-        return -1;
-    }
-    self->addr = self->view.buf;
-    self->width = DK_SHM_HEADER_SIZE;
-    if (self->view.len < DK_SHM_HEADER_SIZE ||
-        (uintptr_t)self->addr % 4 != 0) {
-        PyBuffer_Release(&self->view);
-        self->view.obj = NULL;
-        PyErr_Format(PyExc_ValueError,
-                     "need 4-byte aligned >=64 buffer for %s", what);
-        return -1;
-    }
-    hold_memory(self);
-    return 0;
-}
 
 static PyObject *
 Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Mutex", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    WordObject *self =
+        word_new(type, args, kwargs, DK_SHM_HEADER_SIZE, 4, true);
     if (self == NULL) {
         return NULL;
     }
-    if (header_init(self, buffer, "Mutex") < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
     int rc = dk_shm_mutex_init(self->addr);
     if (rc < 0) {
         Py_DECREF(self);
@@ -488,9 +410,8 @@ mutex_lock(WordObject *self, long long timeout_ns, int spin)
 }
 
 static PyObject *
-Mutex_acquire(WordObject *self, PyObject *unused)
+Mutex_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     int rc = mutex_lock(self, -1, 16);
     if (rc < 0) {
         return NULL;
@@ -516,9 +437,8 @@ Mutex_acquire_ns(WordObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Mutex_try_acquire(WordObject *self, PyObject *unused)
+Mutex_try_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
     if (rc >= 0) {
         self->owner_died = rc == 1;
@@ -527,9 +447,8 @@ Mutex_try_acquire(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_release(WordObject *self, PyObject *unused)
+Mutex_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (dk_shm_mutex_unlock(self->addr, self->shared ? DK_SHARED : 0) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot release a mutex not owned by this thread");
@@ -539,9 +458,8 @@ Mutex_release(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_force_release(WordObject *self, PyObject *unused)
+Mutex_force_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     int rc = dk_shm_mutex_unlock(self->addr, (self->shared ? DK_SHARED : 0) |
                                                  DK_SHM_FORCE);
     if (rc < 0) {
@@ -551,32 +469,28 @@ Mutex_force_release(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_owner_pid(WordObject *self, PyObject *unused)
+Mutex_owner_pid(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_mutex_t *)self->addr)->owner_pid, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Header_last_ns(WordObject *self, PyObject *unused)
+Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
 }
 
 static PyObject *
-Header_magic(WordObject *self, PyObject *unused)
+Header_magic(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(
         dk_atomic_u32_load((uint32_t *)self->addr, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Mutex_enter(WordObject *self, PyObject *unused)
+Mutex_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (mutex_lock(self, -1, 16) < 0) {
         return NULL;
     }
@@ -584,17 +498,15 @@ Mutex_enter(WordObject *self, PyObject *unused)
 }
 
 static PyObject *
-Mutex_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+Mutex_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+           Py_ssize_t Py_UNUSED(nargs))
 {
-    (void)args;
-    (void)nargs;
     return Mutex_release(self, NULL);
 }
 
 static PyObject *
-Mutex_get_owner_died(WordObject *self, void *closure)
+Mutex_get_owner_died(WordObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(self->owner_died);
 }
 
@@ -615,8 +527,7 @@ static PyMethodDef Mutex_methods[] = {
      "interrupts). Takes over from a holder whose process died (see "
      "owner_died); returns True. RuntimeError if this thread already holds "
      "it."},
-    {"acquire_ns", (PyCFunction)(void (*)(void))Mutex_acquire_ns,
-     METH_VARARGS | METH_KEYWORDS,
+    {"acquire_ns", DKPY_METH_KW(Mutex_acquire_ns),
      "acquire_ns($self, timeout_ns=-1, spin=16)\n--\n\nAcquire within "
      "timeout_ns (negative: no limit), spinning spin times first; False "
      "on timeout."},
@@ -638,12 +549,7 @@ static PyMethodDef Mutex_methods[] = {
      "__enter__($self, /)\n--\n\nacquire(); returns self."},
     {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "self."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\nrelease()."},
+    DKPY_ASYNC_WITH_METHODS("self", "release()"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -656,17 +562,13 @@ static PyGetSetDef Mutex_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Mutex_slots[] = {
-    {Py_tp_new, Mutex_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Mutex_methods},
-    {Py_tp_getset, Mutex_getset},
-    {Py_tp_repr, Mutex_repr},
-    {Py_tp_doc,
-     "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
-     "64-byte buffer, compatible with fastipc's."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Mutex_spec, "dispatchkit.sync.Mutex", WordObject, 0,
+          {Py_tp_new, Mutex_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Mutex_methods}, {Py_tp_getset, Mutex_getset},
+          {Py_tp_repr, Mutex_repr},
+          {Py_tp_doc,
+           "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
+           "64-byte buffer, compatible with fastipc's."});
 
 /* ---- Semaphore -------------------------------------------------------- */
 
@@ -701,15 +603,10 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
+    WordObject *self = word_alloc(type, buffer, DK_SHM_HEADER_SIZE, 4, shared);
     if (self == NULL) {
         return NULL;
     }
-    if (header_init(self, buffer, "Semaphore") < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
     self->fastipc_compat = compat != 0;
     unsigned init_flags = initial != Py_None ? DK_SHM_SET_COUNT : 0;
     if (dk_shm_semaphore_init(self->addr, (uint32_t)count, init_flags) < 0) {
@@ -747,11 +644,10 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (nargs == 0 && kwnames == NULL) {
         return sem_post(self, 1);
     }
-    PyObject *nobj = nargs > 0 ? args[0] : args[nargs];
-    if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) != 1 ||
-        (nargs == 0 && PyUnicode_CompareWithASCIIString(
-                           PyTuple_GET_ITEM(kwnames, 0), "n") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "post(n=1)");
+    static const char *const names[] = {"n"};
+    PyObject *nobj;
+    if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 1, &nobj, "post") <
+        0) {
         return NULL;
     }
     if (!PyLong_Check(nobj) || dkpy_long_sign(nobj) < 0) {
@@ -768,9 +664,8 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
-Semaphore_post1(WordObject *self, PyObject *unused)
+Semaphore_post1(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return sem_post(self, 1);
 }
 
@@ -781,27 +676,11 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
     int blocking = 1, spin = 16;
     long long timeout_ns = -1;
     if (nargs != 0 || kwnames != NULL) {
-        PyObject *a[3] = {NULL, NULL, NULL};
-        static const char *names[] = {"blocking", "timeout_ns", "spin"};
-        for (Py_ssize_t i = 0; i < nargs && i < 3; i++) {
-            a[i] = args[i];
-        }
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-        for (Py_ssize_t k = 0; k < nkw; k++) {
-            const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            int slot = -1;
-            for (int i = 0; key != NULL && i < 3; i++) {
-                if (strcmp(key, names[i]) == 0) {
-                    slot = i;
-                }
-            }
-            if (slot < 0) {
-                PyErr_Format(PyExc_TypeError,
-                             "wait() got an unexpected keyword '%s'",
-                             key ? key : "?");
-                return NULL;
-            }
-            a[slot] = args[nargs + k];
+        static const char *const names[] = {"blocking", "timeout_ns", "spin"};
+        PyObject *a[3];
+        if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 3, a, "wait") <
+            0) {
+            return NULL;
         }
         if ((a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
             (a[1] && (timeout_ns = dkpy_index_as_long_long(a[1])) == -1 &&
@@ -819,26 +698,20 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         Py_RETURN_FALSE;
     }
     struct word_wait w = {.self = self, .spin = spin < 0 ? 0 : spin};
-    int rc = dkpy_wait_sliced(semaphore_wait_fn, &w,
-                              dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
+    return dkpy_wait_bool(semaphore_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
-Semaphore_value(WordObject *self, PyObject *unused)
+Semaphore_value(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_semaphore_t *)self->addr)->count, DK_MO_ACQUIRE));
 }
 
 static PyObject *
-Semaphore_last_pid(WordObject *self, PyObject *unused)
+Semaphore_last_pid(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromUnsignedLong(dk_atomic_u32_load(
         &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
 }
@@ -846,17 +719,15 @@ Semaphore_last_pid(WordObject *self, PyObject *unused)
 /* `with sem:` as threading.Semaphore: wait() with no timeout on entry
  * (returns True), post(1) on exit. */
 static PyObject *
-Semaphore_enter(WordObject *self, PyObject *unused)
+Semaphore_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Semaphore_wait(self, NULL, 0, NULL);
 }
 
 static PyObject *
-Semaphore_exit(WordObject *self, PyObject *const *args, Py_ssize_t nargs)
+Semaphore_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+               Py_ssize_t Py_UNUSED(nargs))
 {
-    (void)args;
-    (void)nargs;
     PyObject *r = Semaphore_post1(self, NULL);
     if (r == NULL) {
         return NULL;
@@ -876,13 +747,11 @@ Semaphore_repr(WordObject *self)
 }
 
 static PyMethodDef Semaphore_methods[] = {
-    {"post", (PyCFunction)(void (*)(void))Semaphore_post,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"post", DKPY_METH_FAST(Semaphore_post),
      "post($self, n=1)\n--\n\nAdd n units and wake that many waiters."},
     {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS,
      "post1($self, /)\n--\n\npost(1)."},
-    {"wait", (PyCFunction)(void (*)(void))Semaphore_wait,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"wait", DKPY_METH_FAST(Semaphore_wait),
      "wait($self, blocking=True, timeout_ns=-1, spin=16)\n--\n\nTake one "
      "unit; False if none came in time (GIL released while waiting; "
      "Ctrl-C interrupts)."},
@@ -899,70 +768,43 @@ static PyMethodDef Semaphore_methods[] = {
      "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
     {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
      "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
-    {"__aenter__", (PyCFunction)dkpy_lock_aenter, METH_NOARGS,
-     "__aenter__($self, /)\n--\n\nasync with: acquire through "
-     "dispatchkit.asyncio (the futex watcher; no thread parked); returns "
-     "True."},
-    {"__aexit__", (PyCFunction)dkpy_lock_aexit, METH_VARARGS,
-     "__aexit__($self, /, *exc_info)\n--\n\npost(1)."},
+    DKPY_ASYNC_WITH_METHODS("True", "post(1)"),
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Semaphore_slots[] = {
-    {Py_tp_new, Semaphore_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Semaphore_methods},
-    {Py_tp_repr, Semaphore_repr},
-    {Py_tp_doc, "Semaphore(buffer, initial=None, shared=True, "
-                "fastipc_compat=False)\n--\n\nA process-shared counting "
-                "semaphore in a 64-byte buffer, compatible with fastipc's."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Semaphore_spec, "dispatchkit.sync.Semaphore", WordObject, 0,
+          {Py_tp_new, Semaphore_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Semaphore_methods}, {Py_tp_repr, Semaphore_repr},
+          {Py_tp_doc,
+           "Semaphore(buffer, initial=None, shared=True, "
+           "fastipc_compat=False)\n--\n\nA process-shared counting "
+           "semaphore in a 64-byte buffer, compatible with fastipc's."});
 
 /* ---- Event ------------------------------------------------------------ */
 
 static PyObject *
 Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buffer", "shared", NULL};
-    PyObject *buffer;
-    int shared = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:Event", kwlist,
-                                     &buffer, &shared)) {
-        return NULL;
-    }
-    WordObject *self = (WordObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    if (word_init(self, buffer, 4) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->shared = shared != 0;
-    return (PyObject *)self;
+    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
 }
 
 static PyObject *
-Event_set(WordObject *self, PyObject *unused)
+Event_set(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_shm_event_set(self->addr, self->shared ? DK_SHARED : 0);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Event_clear(WordObject *self, PyObject *unused)
+Event_clear(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk_shm_event_clear(self->addr);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Event_is_set(WordObject *self, PyObject *unused)
+Event_is_set(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(dk_shm_event_is_set(self->addr));
 }
 
@@ -982,12 +824,8 @@ Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
         Py_RETURN_FALSE;
     }
     struct word_wait w = {.self = self};
-    int rc =
-        dkpy_wait_sliced(event_wait_fn, &w, dkpy_deadline_fastipc(timeout_ns));
-    if (rc == DKPY_RAISED) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc == 0);
+    return dkpy_wait_bool(event_wait_fn, &w,
+                          dkpy_deadline_fastipc(timeout_ns));
 }
 
 static PyObject *
@@ -1006,39 +844,24 @@ static PyMethodDef Event_methods[] = {
      "clear($self, /)\n--\n\nClear the event."},
     {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
      "is_set($self, /)\n--\n\nWhether the event is set."},
-    {"wait", (PyCFunction)(void (*)(void))Event_wait,
-     METH_VARARGS | METH_KEYWORDS,
+    {"wait", DKPY_METH_KW(Event_wait),
      "wait($self, timeout_ns=-1)\n--\n\nTrue once the event is seen set "
      "(at once if it already is), False at the timeout. Releases the GIL; "
      "Ctrl-C interrupts it."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Event_slots[] = {
-    {Py_tp_new, Event_new},
-    {Py_tp_dealloc, Word_dealloc},
-    {Py_tp_methods, Event_methods},
-    {Py_tp_repr, Event_repr},
-    {Py_tp_doc,
-     "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
-     "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
-     "else set: fastipc's NamedEvent word)."},
-    {0, NULL},
-};
+DKPY_TYPE(static, Event_spec, "dispatchkit.sync.Event", WordObject, 0,
+          {Py_tp_new, Event_new}, {Py_tp_dealloc, Word_dealloc},
+          {Py_tp_methods, Event_methods}, {Py_tp_repr, Event_repr},
+          {Py_tp_doc,
+           "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
+           "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+           "else set: fastipc's NamedEvent word)."});
 
-static PyType_Spec sync_specs[] = {
-    {"dispatchkit.sync.Mutex", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Mutex_slots},
-    {"dispatchkit.sync.Semaphore", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Semaphore_slots},
-    {"dispatchkit.sync.FutexWord", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     FutexWord_slots},
-    {"dispatchkit.sync.AtomicU32", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     AtomicU32_slots},
-    {"dispatchkit.sync.AtomicU64", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     AtomicU64_slots},
-    {"dispatchkit.sync.Event", sizeof(WordObject), 0, Py_TPFLAGS_DEFAULT,
-     Event_slots},
+static PyType_Spec *const sync_specs[] = {
+    &Mutex_spec,     &Semaphore_spec, &FutexWord_spec,
+    &AtomicU32_spec, &AtomicU64_spec, &Event_spec,
 };
 
 /* The types made from sync_specs, in order (the module holds them). */
@@ -1072,19 +895,10 @@ int
 dkpy_sync_exec(PyObject *m)
 {
     for (size_t i = 0; i < sizeof sync_specs / sizeof sync_specs[0]; i++) {
-        PyObject *t = dkpy_type_from_spec(m, &sync_specs[i], NULL);
-        if (t == NULL) {
-            return -1;
-        }
-        sync_types[i] = (PyTypeObject *)t;
         /* The extension module also holds the dispatch Semaphore: sync
          * types are registered as Sync<Name>; dispatchkit.sync renames. */
-        char name[64];
-        snprintf(name, sizeof name, "Sync%s",
-                 strrchr(sync_specs[i].name, '.') + 1);
-        int rc = PyModule_AddObjectRef(m, name, t);
-        Py_DECREF(t);
-        if (rc < 0) {
+        sync_types[i] = dkpy_add_type(m, sync_specs[i], NULL, "Sync");
+        if (sync_types[i] == NULL) {
             return -1;
         }
     }
