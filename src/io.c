@@ -300,6 +300,9 @@ kick_locked(dk_io_t *io)
     process_push(io);
 }
 
+static void op_discard(struct io_op *op);
+
+/* Queue op on io. Takes op: when io is closed, op is discarded (-EPIPE). */
 static int
 enqueue(dk_io_t *io, struct io_op *op)
 {
@@ -307,6 +310,7 @@ enqueue(dk_io_t *io, struct io_op *op)
     pthread_mutex_lock(&io->lock);
     if (io->closed) {
         pthread_mutex_unlock(&io->lock);
+        op_discard(op);
         return -EPIPE;
     }
     op->next = NULL;
@@ -349,6 +353,16 @@ op_free(struct io_op *op)
     free(op);
 }
 
+/* An op that was never queued, with its delivery queue. */
+static void
+op_discard(struct io_op *op)
+{
+    if (op->dq != NULL) {
+        dk_release(op->dq);
+    }
+    op_free(op);
+}
+
 int
 dk_io_read(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q, void *ctx,
            dk_io_handler_t handler)
@@ -359,12 +373,7 @@ dk_io_read(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q, void *ctx,
     }
     op->offset = offset;
     op->length = length;
-    int rc = enqueue(io, op);
-    if (rc < 0) {
-        dk_release(op->dq);
-        op_free(op);
-    }
-    return rc;
+    return enqueue(io, op);
 }
 
 int
@@ -377,8 +386,7 @@ dk_io_write(dk_io_t *io, off_t offset, const void *data, size_t len,
     }
     op->wbuf = malloc(len > 0 ? len : 1);
     if (op->wbuf == NULL) {
-        dk_release(op->dq);
-        op_free(op);
+        op_discard(op);
         return -ENOMEM;
     }
     if (len > 0) {
@@ -386,12 +394,7 @@ dk_io_write(dk_io_t *io, off_t offset, const void *data, size_t len,
     }
     op->offset = offset;
     op->length = len;
-    int rc = enqueue(io, op);
-    if (rc < 0) {
-        dk_release(op->dq);
-        op_free(op);
-    }
-    return rc;
+    return enqueue(io, op);
 }
 
 int
@@ -402,11 +405,7 @@ dk_io_barrier_f(dk_io_t *io, void *ctx, dk_function_t fn)
         return -ENOMEM;
     }
     op->barrier_fn = fn;
-    int rc = enqueue(io, op);
-    if (rc < 0) {
-        op_free(op);
-    }
-    return rc;
+    return enqueue(io, op);
 }
 
 void
@@ -847,8 +846,6 @@ dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
     op->once = !io->regular; /* files: until length or end of file */
     rc = enqueue(io, op);
     if (rc < 0) {
-        dk_release(op->dq);
-        op_free(op);
         free(s);
     }
     dk_io_close(io, 0);
