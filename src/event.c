@@ -1,10 +1,11 @@
 /*
- * The event thread: one thread, started on first use, waiting in
- * epoll_wait for everything the runtime watches: a timerfd armed for the
- * next timer, an eventfd for requests, an eventfd written by signal
- * handlers, and the fds and pidfds of sources. It runs with 1 ns timer
- * slack so short timers are not rounded up by the default 50 us. While the
- * pool is watched for starvation it also ticks every DK_WATCH_TICK_MS.
+ * The event threads: two threads, started on first use, both waiting in
+ * epoll_wait on one epoll set holding everything the runtime watches: a
+ * timerfd armed for the next timer, an eventfd for requests, an eventfd
+ * written by signal handlers, and the fds and pidfds of sources. They run
+ * with 1 ns timer slack so short timers are not rounded up by the default
+ * 50 us. While the pool is watched for starvation they also tick every
+ * DK_WATCH_TICK_MS.
  *
  * Timers live in a binary heap ordered by deadline. A timer may fire up to
  * its leeway late; the timerfd is armed for the earliest deadline+leeway,
@@ -16,6 +17,50 @@
  * heap lock, so a concurrent cancel can never free the owner under it.
  * Repeating timers are re-inserted under the lock before their callback
  * runs, so a concurrent dk__timer_set always wins.
+ *
+ * Running handlers where the event arrived. Handing a fired timer or a
+ * ready fd to a pool worker costs a second thread wake-up after the event
+ * thread's own. So, as libdispatch's kevent workloop threads do, the
+ * thread that received the event runs the handler itself when it can:
+ * during a batch of events, the items the batch submits (a source's
+ * handler item, a dispatch_after item) are collected instead of pushed;
+ * at the end of the batch the first one whose queue is idle runs right
+ * here, inside that queue's drain lock (dk_queue_sync_enter: the serial
+ * queue's SCHEDULED bit, a concurrent queue's running count, nothing for
+ * a root queue), exactly as a sync caller runs inline; the others are
+ * pushed as before. A queue that is busy, suspended, inactive, the main
+ * queue or one whose target is not a root queue gets a push, so serial
+ * exclusivity, suspension and order are the queue's own rules.
+ *
+ * A long handler must never stall other sources or timers, so the epoll
+ * role is never given up: the second event thread sits in epoll_wait on
+ * the same set (the kernel wakes one waiter per event) and only one event
+ * thread at a time may run a handler, the one holding `inline_token`. The
+ * other pushes everything it collects, so it always returns to epoll_wait
+ * after bounded work:
+ *
+ *   CPU0 (event thread A)                 CPU1 (event thread B)
+ *   epoll_wait -> fd ready                epoll_wait (waiting)
+ *   CAS inline_token 0 -> 1      (A)
+ *   run the handler (long)                timerfd fires -> B wakes
+ *                                         CAS inline_token fails  (B)
+ *                                         push the timer's item; epoll_wait
+ *   inline_token = 0 (release)   (C)
+ *   epoll_wait
+ *
+ * (A) and (B) are one CAS on one word, so at most one event thread runs
+ * user code at a time and the other keeps watching; (C) pairs with the
+ * next (A)'s acquire, so a handler run by B after A sees A's handler done.
+ * A source item gives the token back as soon as its handlers have
+ * returned (dk__event_user_code_done), before it re-arms its fd: the next
+ * event on that fd may reach the other thread at once, and finds the
+ * token free.
+ * Internal fds are edge-triggered, sources' fds and pidfds one-shot, so an
+ * event wakes one thread once.
+ *
+ * Registrations are named by a 64-bit key (see source.c), never by a
+ * pointer, so an event that one thread harvested just before another
+ * thread unregistered the fd finds its key stale instead of freed memory.
  */
 #include "internal.h"
 
@@ -24,6 +69,9 @@
 
 #define DK_WATCH_TICK_MS 20
 #define NOT_IN_HEAP SIZE_MAX
+#define DK_EVENT_THREADS 2
+/* Items one batch may collect; more are pushed at once. */
+#define DK_BATCH_ITEMS 64
 
 static struct {
     pthread_mutex_t lock;
@@ -35,6 +83,9 @@ static struct {
     int epfd, tfd, efd, sfd;
     bool started;
     int start_error;
+    uint32_t nthreads;     /* event threads running */
+    uint32_t inline_token; /* 1 while an event thread runs a handler */
+    uint64_t last_tick;    /* when the pool was last ticked */
 } ev = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .once = PTHREAD_ONCE_INIT,
@@ -45,18 +96,20 @@ static struct {
     .sfd = -1,
 };
 
-/* Work deferred to the end of the event thread's current batch: freeing
- * what an fd registration points at, since the batch may still hold an
- * event for it. */
-struct deferred {
-    struct deferred *next;
-    void (*fn)(void *);
-    void *arg;
+/* An item a batch submitted, and whether the batch owns a reference to
+ * its queue (dropped once the item is pushed or run). */
+struct collected {
+    dk_queue_t *q;
+    struct dk__item *it;
+    bool queue_ref;
 };
-static struct deferred *deferred_head;
 
-/* Tags for the thread's own descriptors. */
-static struct dk__event_handler tag_timer, tag_wake, tag_signal;
+/* Per event thread: the items of the batch being handled. */
+static __thread bool collecting;
+static __thread size_t ncollected;
+static __thread struct collected batch_items[DK_BATCH_ITEMS];
+static __thread bool on_event_thread;
+static __thread bool holds_token; /* this thread holds inline_token */
 
 /* ---- the heap ------------------------------------------------------- */
 
@@ -297,6 +350,100 @@ fire_due(void)
     }
 }
 
+/* ---- submitting from a batch ----------------------------------------- */
+
+bool
+dk_is_event_thread(void)
+{
+    return on_event_thread;
+}
+
+void
+dk__event_submit(dk_queue_t *q, struct dk__item *it, bool queue_ref)
+{
+    if (collecting && ncollected < DK_BATCH_ITEMS) {
+        batch_items[ncollected].q = q;
+        batch_items[ncollected].it = it;
+        batch_items[ncollected].queue_ref = queue_ref;
+        ncollected++;
+        return;
+    }
+    dk__queue_push(q, it);
+    if (queue_ref) {
+        dk_release(q);
+    }
+}
+
+/* Take the right to run user code on this event thread: (A) or (B) in
+ * the block at the top. */
+static bool
+inline_token_take(void)
+{
+    if (dk__atomic_load_relaxed(&ev.nthreads) < DK_EVENT_THREADS) {
+        return false; /* nobody would watch while we run a handler */
+    }
+    uint32_t zero = 0;
+    /* Acquire pairs with the release in dk__event_user_code_done (C). */
+    holds_token = dk__atomic_cas_acq_rel(&ev.inline_token, &zero, 1);
+    return holds_token;
+}
+
+void
+dk__event_user_code_done(void)
+{
+    if (holds_token) {
+        holds_token = false;
+        dk__atomic_store_release(&ev.inline_token, 0); /* (C) */
+    }
+}
+
+/* End of a batch: push what it collected, except the first item whose
+ * queue lets this thread in, which runs here once the others are on their
+ * way. Items of one queue keep their order: once an item of q runs here,
+ * later ones of q are pushed behind it and wait for its drain lock. */
+static void
+flush_collected(void)
+{
+    collecting = false;
+    size_t n = ncollected;
+    ncollected = 0;
+    bool have_token = false;
+    size_t chosen = n;
+    dk_sync_frame_t frame;
+    for (size_t i = 0; i < n; i++) {
+        struct collected *c = &batch_items[i];
+        if (chosen == n) {
+            if (!have_token) {
+                have_token = inline_token_take();
+            }
+            if (have_token && dk_queue_sync_enter(c->q, false, &frame) == 0) {
+                chosen = i;
+                continue;
+            }
+        }
+        dk__queue_push(c->q, c->it);
+        if (c->queue_ref) {
+            dk_release(c->q);
+        }
+    }
+    if (chosen == n) {
+        dk__event_user_code_done();
+        return;
+    }
+    if (dk__pool_watching()) {
+        /* The other thread may be waiting without a tick: wake it so the
+         * pool stays watched however long this handler runs. */
+        dk__os_eventfd_signal(ev.efd);
+    }
+    struct collected c = batch_items[chosen];
+    dk__item_run(c.it, c.q);
+    dk__event_user_code_done(); /* if the item did not say so earlier */
+    dk_queue_sync_exit(c.q, &frame);
+    if (c.queue_ref) {
+        dk_release(c.q);
+    }
+}
+
 /* ---- dispatch_after ------------------------------------------------- */
 
 struct after_entry {
@@ -312,9 +459,8 @@ after_fire(struct dk__timer *t, uint64_t fires)
     struct after_entry *e =
         (struct after_entry *)((char *)t -
                                offsetof(struct after_entry, timer));
-    dk_queue_t *q = e->queue;
-    dk__queue_push(q, &e->item);
-    dk_release(q);
+    /* The entry's queue reference goes with the item. */
+    dk__event_submit(e->queue, &e->item, true);
 }
 
 int
@@ -339,48 +485,57 @@ dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx, dk_function_t fn)
     return rc;
 }
 
-/* ---- the thread ----------------------------------------------------- */
+/* ---- the threads ---------------------------------------------------- */
+
+/* Tick the pool at most once per DK_WATCH_TICK_MS, whichever event thread
+ * gets there first (dk__pool_tick is not reentrant). */
+static void
+maybe_tick(void)
+{
+    uint64_t now = dk__os_monotonic_ns();
+    uint64_t last = dk__atomic_load_relaxed(&ev.last_tick);
+    if (now - last < (DK_WATCH_TICK_MS - 1) * 1000000ull) {
+        return;
+    }
+    /* Only the winner ticks; acq_rel orders one tick after the last. */
+    if (dk__atomic_cas_acq_rel(&ev.last_tick, &last, now)) {
+        dk__pool_tick();
+    }
+}
 
 static void *
 event_main(void *arg)
 {
     (void)arg;
+    on_event_thread = true;
     dk__os_thread_precise_timers();
     struct epoll_event evs[32];
     for (;;) {
         int timeout = dk__pool_watching() ? DK_WATCH_TICK_MS : -1;
         int n = dk__os_epoll_wait(ev.epfd, evs, 32, timeout);
         bool timers = false;
+        collecting = true;
         for (int i = 0; i < n; i++) {
-            struct dk__event_handler *h = evs[i].data.ptr;
-            if (h == &tag_timer) {
+            uint64_t key = evs[i].data.u64;
+            if (key == DK_EVENT_KEY_TIMER) {
                 dk__os_eventfd_drain(ev.tfd);
                 timers = true;
-            } else if (h == &tag_wake) {
+            } else if (key == DK_EVENT_KEY_WAKE) {
                 dk__os_eventfd_drain(ev.efd);
                 timers = true;
-            } else if (h == &tag_signal) {
+            } else if (key == DK_EVENT_KEY_SIGNAL) {
                 dk__os_eventfd_drain(ev.sfd);
                 dk__source_signals_pending();
             } else {
-                h->on_event(h, evs[i].events);
+                dk__source_on_event(key, evs[i].events);
             }
         }
         if (timers || n == 0) {
             fire_due();
         }
-        pthread_mutex_lock(&ev.lock);
-        struct deferred *d = deferred_head;
-        deferred_head = NULL;
-        pthread_mutex_unlock(&ev.lock);
-        while (d != NULL) {
-            struct deferred *next = d->next;
-            d->fn(d->arg);
-            free(d);
-            d = next;
-        }
+        flush_collected();
         if (dk__pool_watching()) {
-            dk__pool_tick();
+            maybe_tick();
         }
     }
     return NULL;
@@ -393,13 +548,15 @@ event_start(void)
     ev.tfd = dk__os_timerfd_create();
     ev.efd = dk__os_eventfd_create();
     ev.sfd = dk__os_eventfd_create();
+    /* Edge-triggered: each expiry or write wakes one event thread once;
+     * whoever wakes drains the fd. */
     if (ev.epfd < 0 || ev.tfd < 0 || ev.efd < 0 || ev.sfd < 0 ||
-        dk__os_epoll_add(ev.epfd, ev.tfd, EPOLLIN,
-                         (uint64_t)(uintptr_t)&tag_timer) < 0 ||
-        dk__os_epoll_add(ev.epfd, ev.efd, EPOLLIN,
-                         (uint64_t)(uintptr_t)&tag_wake) < 0 ||
-        dk__os_epoll_add(ev.epfd, ev.sfd, EPOLLIN,
-                         (uint64_t)(uintptr_t)&tag_signal) < 0) {
+        dk__os_epoll_add(ev.epfd, ev.tfd, EPOLLIN | EPOLLET,
+                         DK_EVENT_KEY_TIMER) < 0 ||
+        dk__os_epoll_add(ev.epfd, ev.efd, EPOLLIN | EPOLLET,
+                         DK_EVENT_KEY_WAKE) < 0 ||
+        dk__os_epoll_add(ev.epfd, ev.sfd, EPOLLIN | EPOLLET,
+                         DK_EVENT_KEY_SIGNAL) < 0) {
         ev.start_error = -EMFILE;
         return;
     }
@@ -407,6 +564,12 @@ event_start(void)
     if (rc < 0) {
         ev.start_error = rc;
         return;
+    }
+    dk__atomic_add_relaxed(&ev.nthreads, 1);
+    /* The second thread only lets handlers run on the event threads:
+     * without it everything is pushed, as before. */
+    if (dk__os_thread_start(event_main, NULL, "dk-event") == 0) {
+        dk__atomic_add_relaxed(&ev.nthreads, 1);
     }
     dk__atomic_store_release(&ev.started, true);
 }
@@ -419,42 +582,22 @@ dk__event_ensure(void)
 }
 
 int
-dk__event_add(int fd, uint32_t events, struct dk__event_handler *h)
+dk__event_add(int fd, uint32_t events, uint64_t key)
 {
     int rc = dk__event_ensure();
-    return rc < 0
-               ? rc
-               : dk__os_epoll_add(ev.epfd, fd, events, (uint64_t)(uintptr_t)h);
+    return rc < 0 ? rc : dk__os_epoll_add(ev.epfd, fd, events, key);
 }
 
 int
-dk__event_mod(int fd, uint32_t events, struct dk__event_handler *h)
+dk__event_mod(int fd, uint32_t events, uint64_t key)
 {
-    return dk__os_epoll_mod(ev.epfd, fd, events, (uint64_t)(uintptr_t)h);
+    return dk__os_epoll_mod(ev.epfd, fd, events, key);
 }
 
 void
 dk__event_del(int fd)
 {
     (void)dk__os_epoll_del(ev.epfd, fd);
-}
-
-void
-dk__event_defer(void (*fn)(void *), void *arg)
-{
-    struct deferred *d = malloc(sizeof *d);
-    if (d == NULL || dk__event_ensure() < 0) {
-        /* Cannot defer: leaking is safer than freeing under the thread. */
-        free(d);
-        return;
-    }
-    d->fn = fn;
-    d->arg = arg;
-    pthread_mutex_lock(&ev.lock);
-    d->next = deferred_head;
-    deferred_head = d;
-    pthread_mutex_unlock(&ev.lock);
-    dk__os_eventfd_signal(ev.efd);
 }
 
 int
@@ -474,15 +617,15 @@ dk__timer_watch_pool(void)
 void
 dk__timer_fork_child(void)
 {
-    /* The event thread is gone; timers and registrations belong to the
-     * parent. Start afresh on next use. */
+    /* The event threads are gone; timers and registrations belong to the
+     * parent. Start afresh on next use. A handler that forked ran on an
+     * event thread, which in the child is a plain thread. */
     pthread_mutex_init(&ev.lock, NULL);
     for (size_t i = 0; i < ev.len; i++) {
         ev.heap[i]->heap_index = NOT_IN_HEAP;
     }
     ev.len = 0;
     ev.armed = UINT64_MAX;
-    deferred_head = NULL;
     dk__os_close(ev.epfd);
     dk__os_close(ev.tfd);
     dk__os_close(ev.efd);
@@ -490,5 +633,11 @@ dk__timer_fork_child(void)
     ev.epfd = ev.tfd = ev.efd = ev.sfd = -1;
     ev.started = false;
     ev.start_error = 0;
+    ev.nthreads = 0;
+    ev.inline_token = 0;
+    ev.last_tick = 0;
     ev.once = (pthread_once_t)PTHREAD_ONCE_INIT;
+    on_event_thread = false;
+    collecting = false;
+    ncollected = 0;
 }
