@@ -22,22 +22,23 @@
  * ready fd to a pool worker costs a second thread wake-up after the event
  * thread's own. So, as libdispatch's kevent workloop threads do, the
  * thread that received the event runs the handler itself when it can:
- * during a batch of events, the items the batch submits (a source's
- * handler item, a dispatch_after item) are collected instead of pushed;
- * at the end of the batch the first one whose queue is idle runs right
- * here, inside that queue's drain lock (dk_queue_sync_enter: the serial
- * queue's SCHEDULED bit, a concurrent queue's running count, nothing for
- * a root queue), exactly as a sync caller runs inline; the others are
- * pushed as before. A queue that is busy, suspended, inactive, the main
+ * while it handles a batch of events, the first item the batch submits
+ * (a source's handler item, a dispatch_after item) whose queue is idle
+ * is kept for this thread: it enters that queue's drain lock at once, as
+ * a sync caller would (dk_queue_sync_enter: the serial queue's SCHEDULED
+ * bit, a concurrent queue's running count, nothing for a root queue), and
+ * runs the item when the batch is done. Every other item is pushed at
+ * once, as before. A queue that is busy, suspended, inactive, the main
  * queue or one whose target is not a root queue gets a push, so serial
- * exclusivity, suspension and order are the queue's own rules.
+ * exclusivity, suspension, order and the cancel handler's place after the
+ * last event handler are the queue's and the source's own rules.
  *
  * A long handler must never stall other sources or timers, so the epoll
  * role is never given up: the second event thread sits in epoll_wait on
  * the same set (the kernel wakes one waiter per event) and only one event
  * thread at a time may run a handler, the one holding `inline_token`. The
- * other pushes everything it collects, so it always returns to epoll_wait
- * after bounded work:
+ * other pushes everything it is handed, so it always returns to
+ * epoll_wait after bounded work:
  *
  *   CPU0 (event thread A)                 CPU1 (event thread B)
  *   epoll_wait -> fd ready                epoll_wait (waiting)
@@ -54,9 +55,10 @@
  * A source item gives the token back as soon as its handlers have
  * returned (dk__event_user_code_done), before it re-arms its fd: the next
  * event on that fd may reach the other thread at once, and finds the
- * token free.
- * Internal fds are edge-triggered, sources' fds and pidfds one-shot, so an
- * event wakes one thread once.
+ * token free. Internal fds are edge-triggered, sources' fds and pidfds
+ * one-shot, so an event wakes one thread once. Timers fire under
+ * fire_lock, so two threads never submit timer items out of deadline
+ * order.
  *
  * Registrations are named by a 64-bit key (see source.c), never by a
  * pointer, so an event that one thread harvested just before another
@@ -70,8 +72,10 @@
 #define DK_WATCH_TICK_MS 20
 #define NOT_IN_HEAP SIZE_MAX
 #define DK_EVENT_THREADS 2
-/* Items one batch may collect; more are pushed at once. */
-#define DK_BATCH_ITEMS 64
+/* How long before a timer's deadline its event thread wakes, to spin the
+ * rest: about a sleeping thread's wake-up latency on a loaded VM. Bounded,
+ * and only for a timer without leeway beyond it. */
+#define DK_TIMER_EARLY_NS 50000ull
 
 static struct {
     pthread_mutex_t lock;
@@ -79,15 +83,20 @@ static struct {
     struct dk__timer **heap;
     size_t len, cap;
     uint64_t seq;
-    uint64_t armed; /* wake time the timerfd is armed for */
+    uint64_t armed;      /* wake time the timerfd is armed for */
+    uint64_t spin_until; /* the deadline armed early for, or 0 */
     int epfd, tfd, efd, sfd;
     bool started;
     int start_error;
     uint32_t nthreads;     /* event threads running */
     uint32_t inline_token; /* 1 while an event thread runs a handler */
-    uint64_t last_tick;    /* when the pool was last ticked */
+    pthread_mutex_t fire_lock; /* one fire_due at a time: in order */
+    pthread_mutex_t tick_lock;
+    uint64_t last_tick; /* when the pool was last ticked (tick_lock) */
 } ev = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
+    .tick_lock = PTHREAD_MUTEX_INITIALIZER,
+    .fire_lock = PTHREAD_MUTEX_INITIALIZER,
     .once = PTHREAD_ONCE_INIT,
     .armed = UINT64_MAX,
     .epfd = -1,
@@ -96,18 +105,16 @@ static struct {
     .sfd = -1,
 };
 
-/* An item a batch submitted, and whether the batch owns a reference to
- * its queue (dropped once the item is pushed or run). */
-struct collected {
+/* Per event thread: in a batch of events (submitted items may be chosen
+ * to run here), and the item chosen, with its queue (of which we hold a
+ * reference) and the frame of its drain lock. */
+static __thread bool collecting;
+static __thread struct {
     dk_queue_t *q;
     struct dk__item *it;
-    bool queue_ref;
-};
-
-/* Per event thread: the items of the batch being handled. */
-static __thread bool collecting;
-static __thread size_t ncollected;
-static __thread struct collected batch_items[DK_BATCH_ITEMS];
+    dk_sync_frame_t frame;
+    bool set;
+} chosen;
 static __thread bool on_event_thread;
 static __thread bool holds_token; /* this thread holds inline_token */
 
@@ -216,13 +223,25 @@ wake_time(size_t i, uint64_t best)
     return wake_time(2 * i + 2, best);
 }
 
+/* Arm the timerfd for the earliest wake time. When that is the first
+ * timer's own deadline (no leeway to speak of), arm it DK_TIMER_EARLY_NS
+ * sooner and note the deadline in `spin_until`: the thread then wakes
+ * while there is still time and spins the rest (see spin_to_deadline). */
 static void
 rearm_locked(void)
 {
     uint64_t want = wake_time(0, UINT64_MAX);
-    if (want != ev.armed) {
-        ev.armed = want;
-        dk__os_timerfd_arm(ev.tfd, want);
+    uint64_t arm = want;
+    ev.spin_until = 0;
+    if (want != UINT64_MAX && ev.heap[0]->leeway <= DK_TIMER_EARLY_NS &&
+        ev.heap[0]->deadline + ev.heap[0]->leeway == want &&
+        want > DK_TIMER_EARLY_NS) {
+        ev.spin_until = ev.heap[0]->deadline;
+        arm = want - DK_TIMER_EARLY_NS;
+    }
+    if (arm != ev.armed) {
+        ev.armed = arm;
+        dk__os_timerfd_arm(ev.tfd, arm);
     }
 }
 
@@ -315,6 +334,9 @@ fire_due(void)
     };
     struct due local[64];
     size_t n = 0;
+    /* Two event threads may both get here: one at a time, callbacks
+     * included, so timers' items are submitted in deadline order. */
+    pthread_mutex_lock(&ev.fire_lock);
     uint64_t now = dk__os_monotonic_ns();
     pthread_mutex_lock(&ev.lock);
     while (ev.len > 0 && ev.heap[0]->deadline <= now && n < 64) {
@@ -345,6 +367,7 @@ fire_due(void)
             dk_release(owner);
         }
     }
+    pthread_mutex_unlock(&ev.fire_lock);
     if (n == 64) {
         dk__os_eventfd_signal(ev.efd); /* more are due: come back at once */
     }
@@ -356,22 +379,6 @@ bool
 dk_is_event_thread(void)
 {
     return on_event_thread;
-}
-
-void
-dk__event_submit(dk_queue_t *q, struct dk__item *it, bool queue_ref)
-{
-    if (collecting && ncollected < DK_BATCH_ITEMS) {
-        batch_items[ncollected].q = q;
-        batch_items[ncollected].it = it;
-        batch_items[ncollected].queue_ref = queue_ref;
-        ncollected++;
-        return;
-    }
-    dk__queue_push(q, it);
-    if (queue_ref) {
-        dk_release(q);
-    }
 }
 
 /* Take the right to run user code on this event thread: (A) or (B) in
@@ -397,50 +404,76 @@ dk__event_user_code_done(void)
     }
 }
 
-/* End of a batch: push what it collected, except the first item whose
- * queue lets this thread in, which runs here once the others are on their
- * way. Items of one queue keep their order: once an item of q runs here,
- * later ones of q are pushed behind it and wait for its drain lock. */
+/* The decision is taken here, when the item is submitted, not at the end
+ * of the batch: entering q now, in submission order, is what keeps items
+ * in order. A later item of q (from this batch, or fired after this one
+ * by the other thread: fire_due runs under fire_lock) finds q's drain
+ * lock taken and is pushed behind it; an item that cannot run here is
+ * pushed at once, as before, so nothing submitted after it can overtake
+ * it by running here. */
+void
+dk__event_submit(dk_queue_t *q, struct dk__item *it, bool queue_ref)
+{
+    if (collecting && !chosen.set && inline_token_take()) {
+        if (dk_queue_sync_enter(q, false, &chosen.frame) == 0) {
+            /* The item may drop the last reference to its owner (and so
+             * to q) before we leave q's drain lock: hold q. */
+            if (!queue_ref) {
+                dk_retain(q);
+            }
+            chosen.q = q;
+            chosen.it = it;
+            chosen.set = true;
+            return;
+        }
+        dk__event_user_code_done(); /* give the token back */
+    }
+    dk__queue_push(q, it);
+    if (queue_ref) {
+        dk_release(q);
+    }
+}
+
+/* End of a batch: run the item chosen for this thread, if any. */
 static void
-flush_collected(void)
+run_chosen(void)
 {
     collecting = false;
-    size_t n = ncollected;
-    ncollected = 0;
-    bool have_token = false;
-    size_t chosen = n;
-    dk_sync_frame_t frame;
-    for (size_t i = 0; i < n; i++) {
-        struct collected *c = &batch_items[i];
-        if (chosen == n) {
-            if (!have_token) {
-                have_token = inline_token_take();
-            }
-            if (have_token && dk_queue_sync_enter(c->q, false, &frame) == 0) {
-                chosen = i;
-                continue;
-            }
-        }
-        dk__queue_push(c->q, c->it);
-        if (c->queue_ref) {
-            dk_release(c->q);
-        }
-    }
-    if (chosen == n) {
-        dk__event_user_code_done();
+    if (!chosen.set) {
         return;
     }
+    chosen.set = false;
     if (dk__pool_watching()) {
         /* The other thread may be waiting without a tick: wake it so the
          * pool stays watched however long this handler runs. */
         dk__os_eventfd_signal(ev.efd);
     }
-    struct collected c = batch_items[chosen];
-    dk__item_run(c.it, c.q);
+    dk_queue_t *q = chosen.q;
+    dk__item_run(chosen.it, q);
     dk__event_user_code_done(); /* if the item did not say so earlier */
-    dk_queue_sync_exit(c.q, &frame);
-    if (c.queue_ref) {
-        dk_release(c.q);
+    dk_queue_sync_exit(q, &chosen.frame);
+    dk_release(q);
+}
+
+/* Woken early for a deadline (rearm_locked): spin until it, at most
+ * DK_TIMER_EARLY_NS and a little more, reading the vDSO clock. The other
+ * event thread keeps watching meanwhile. A timer cancelled or moved in
+ * the meantime costs at most that spin. */
+static void
+spin_to_deadline(void)
+{
+    pthread_mutex_lock(&ev.lock);
+    uint64_t until = ev.spin_until;
+    pthread_mutex_unlock(&ev.lock);
+    uint64_t now = dk__os_monotonic_ns();
+    if (until <= now || until - now > 2 * DK_TIMER_EARLY_NS) {
+        return;
+    }
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (i % 8 == 0 && dk__os_monotonic_ns() >= until) {
+            return;
+        }
     }
 }
 
@@ -488,19 +521,20 @@ dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx, dk_function_t fn)
 /* ---- the threads ---------------------------------------------------- */
 
 /* Tick the pool at most once per DK_WATCH_TICK_MS, whichever event thread
- * gets there first (dk__pool_tick is not reentrant). */
+ * gets there first; dk__pool_tick is not reentrant, so under tick_lock (a
+ * thread that finds it taken leaves the tick to the holder). */
 static void
 maybe_tick(void)
 {
-    uint64_t now = dk__os_monotonic_ns();
-    uint64_t last = dk__atomic_load_relaxed(&ev.last_tick);
-    if (now - last < (DK_WATCH_TICK_MS - 1) * 1000000ull) {
+    if (pthread_mutex_trylock(&ev.tick_lock) != 0) {
         return;
     }
-    /* Only the winner ticks; acq_rel orders one tick after the last. */
-    if (dk__atomic_cas_acq_rel(&ev.last_tick, &last, now)) {
+    uint64_t now = dk__os_monotonic_ns();
+    if (now - ev.last_tick >= (DK_WATCH_TICK_MS - 1) * 1000000ull) {
+        ev.last_tick = now;
         dk__pool_tick();
     }
+    pthread_mutex_unlock(&ev.tick_lock);
 }
 
 static void *
@@ -530,10 +564,13 @@ event_main(void *arg)
                 dk__source_on_event(key, evs[i].events);
             }
         }
+        if (timers) {
+            spin_to_deadline();
+        }
         if (timers || n == 0) {
             fire_due();
         }
-        flush_collected();
+        run_chosen();
         if (dk__pool_watching()) {
             maybe_tick();
         }
@@ -621,11 +658,14 @@ dk__timer_fork_child(void)
      * parent. Start afresh on next use. A handler that forked ran on an
      * event thread, which in the child is a plain thread. */
     pthread_mutex_init(&ev.lock, NULL);
+    pthread_mutex_init(&ev.tick_lock, NULL);
+    pthread_mutex_init(&ev.fire_lock, NULL);
     for (size_t i = 0; i < ev.len; i++) {
         ev.heap[i]->heap_index = NOT_IN_HEAP;
     }
     ev.len = 0;
     ev.armed = UINT64_MAX;
+    ev.spin_until = 0;
     dk__os_close(ev.epfd);
     dk__os_close(ev.tfd);
     dk__os_close(ev.efd);
@@ -639,5 +679,5 @@ dk__timer_fork_child(void)
     ev.once = (pthread_once_t)PTHREAD_ONCE_INIT;
     on_event_thread = false;
     collecting = false;
-    ncollected = 0;
+    chosen.set = false;
 }
