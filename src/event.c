@@ -72,10 +72,17 @@
 #define DK_WATCH_TICK_MS 20
 #define NOT_IN_HEAP SIZE_MAX
 #define DK_EVENT_THREADS 2
-/* How long before a timer's deadline its event thread wakes, to spin the
- * rest: about a sleeping thread's wake-up latency on a loaded VM. Bounded,
- * and only for a timer without leeway beyond it. */
+/* The scheduler slice the event threads ask for: they run briefly and
+ * want to run soon after a wake-up on a busy machine. */
+#define DK_EVENT_SLICE_NS 100000ull
+/* A timer's event thread wakes before the deadline by about its own
+ * wake-up latency (measured: `early`) plus DK_TIMER_MARGIN_NS, at most
+ * DK_TIMER_EARLY_NS, and spins the rest; only for a timer without leeway
+ * beyond that. The spin is kept short on purpose: a thread that spins
+ * when the scheduler tick comes on a busy CPU may be preempted for a
+ * whole slice of another process, which costs more than it saves. */
 #define DK_TIMER_EARLY_NS 50000ull
+#define DK_TIMER_MARGIN_NS 5000ull
 
 static struct {
     pthread_mutex_t lock;
@@ -85,6 +92,9 @@ static struct {
     uint64_t seq;
     uint64_t armed;      /* wake time the timerfd is armed for */
     uint64_t spin_until; /* the deadline armed early for, or 0 */
+    uint64_t early;      /* how early to arm for it (see above) */
+    bool spin_ok;        /* more than one CPU: spinning cannot hold off
+                            the thread that would run meanwhile */
     int epfd, tfd, efd, sfd;
     bool started;
     int start_error;
@@ -99,6 +109,7 @@ static struct {
     .fire_lock = PTHREAD_MUTEX_INITIALIZER,
     .once = PTHREAD_ONCE_INIT,
     .armed = UINT64_MAX,
+    .early = 4 * DK_TIMER_MARGIN_NS,
     .epfd = -1,
     .tfd = -1,
     .efd = -1,
@@ -224,20 +235,21 @@ wake_time(size_t i, uint64_t best)
 }
 
 /* Arm the timerfd for the earliest wake time. When that is the first
- * timer's own deadline (no leeway to speak of), arm it DK_TIMER_EARLY_NS
- * sooner and note the deadline in `spin_until`: the thread then wakes
- * while there is still time and spins the rest (see spin_to_deadline). */
+ * timer's own deadline (no leeway to speak of), arm it `early` sooner and
+ * note the deadline in `spin_until`: the thread then wakes while there is
+ * still time and spins the rest (see spin_to_deadline). */
 static void
 rearm_locked(void)
 {
     uint64_t want = wake_time(0, UINT64_MAX);
     uint64_t arm = want;
     ev.spin_until = 0;
-    if (want != UINT64_MAX && ev.heap[0]->leeway <= DK_TIMER_EARLY_NS &&
+    if (want != UINT64_MAX && ev.spin_ok &&
+        ev.heap[0]->leeway <= DK_TIMER_EARLY_NS &&
         ev.heap[0]->deadline + ev.heap[0]->leeway == want &&
         want > DK_TIMER_EARLY_NS) {
         ev.spin_until = ev.heap[0]->deadline;
-        arm = want - DK_TIMER_EARLY_NS;
+        arm = want - ev.early;
     }
     if (arm != ev.armed) {
         ev.armed = arm;
@@ -455,18 +467,26 @@ run_chosen(void)
     dk_release(q);
 }
 
-/* Woken early for a deadline (rearm_locked): spin until it, at most
- * DK_TIMER_EARLY_NS and a little more, reading the vDSO clock. The other
- * event thread keeps watching meanwhile. A timer cancelled or moved in
- * the meantime costs at most that spin. */
+/* Woken early for a deadline (rearm_locked): learn how late the wake-up
+ * came, then spin until the deadline, at most DK_TIMER_EARLY_NS, reading
+ * the vDSO clock. The other event thread keeps watching meanwhile. A
+ * timer cancelled or moved in the meantime costs at most that spin. */
 static void
 spin_to_deadline(void)
 {
+    uint64_t now = dk__os_monotonic_ns();
     pthread_mutex_lock(&ev.lock);
     uint64_t until = ev.spin_until;
+    if (until != 0 && ev.armed <= now) {
+        /* Moving average of the wake-up latency, plus the margin. */
+        uint64_t want = now - ev.armed + DK_TIMER_MARGIN_NS;
+        uint64_t early = (3 * ev.early + want) / 4;
+        ev.early = early < DK_TIMER_MARGIN_NS   ? DK_TIMER_MARGIN_NS
+                   : early > DK_TIMER_EARLY_NS ? DK_TIMER_EARLY_NS
+                                               : early;
+    }
     pthread_mutex_unlock(&ev.lock);
-    uint64_t now = dk__os_monotonic_ns();
-    if (until <= now || until - now > 2 * DK_TIMER_EARLY_NS) {
+    if (until <= now || until - now > DK_TIMER_EARLY_NS) {
         return;
     }
     for (unsigned i = 1;; i++) {
@@ -543,6 +563,7 @@ event_main(void *arg)
     (void)arg;
     on_event_thread = true;
     dk__os_thread_precise_timers();
+    dk__os_thread_short_slice(DK_EVENT_SLICE_NS);
     struct epoll_event evs[32];
     for (;;) {
         int timeout = dk__pool_watching() ? DK_WATCH_TICK_MS : -1;
@@ -581,6 +602,7 @@ event_main(void *arg)
 static void
 event_start(void)
 {
+    ev.spin_ok = dk__pool_ncpu() > 1;
     ev.epfd = dk__os_epoll_create();
     ev.tfd = dk__os_timerfd_create();
     ev.efd = dk__os_eventfd_create();
@@ -666,6 +688,7 @@ dk__timer_fork_child(void)
     ev.len = 0;
     ev.armed = UINT64_MAX;
     ev.spin_until = 0;
+    ev.early = 4 * DK_TIMER_MARGIN_NS;
     dk__os_close(ev.epfd);
     dk__os_close(ev.tfd);
     dk__os_close(ev.efd);

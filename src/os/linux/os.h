@@ -71,6 +71,9 @@ int dk__os_thread_start(void *(*fn)(void *), void *arg, const char *name);
 
 /* Lower the calling thread's timer slack to 1 ns (for the timer thread). */
 void dk__os_thread_precise_timers(void);
+/* Ask for a scheduler slice of ns (Linux 6.12+): woken sooner on a busy
+ * CPU; ignored elsewhere. */
+void dk__os_thread_short_slice(uint64_t ns);
 
 /* eventfd used as a wake-up signal: create (nonblocking, cloexec),
  * signal (add 1), drain (read and discard). */
