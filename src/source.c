@@ -63,6 +63,9 @@
 #define SS_REG_DUE 0x10ull
 #define SS_SUSPEND_ONE 0x100ull
 #define SS_SUSPEND_SHIFT 8
+/* `data` of a read or write source not estimated yet (no fd has that many
+ * bytes readable). */
+#define DATA_UNKNOWN UINTPTR_MAX
 
 struct fdnote;
 
@@ -85,6 +88,7 @@ struct dk_source_s {
     uint64_t t_interval, t_leeway;
     bool t_configured;
     /* READ / WRITE */
+    bool fd_regular; /* the fd was a regular file at creation */
     struct fdnote *note;
     dk_source_t *note_next;
     /* SIGNAL */
@@ -141,12 +145,10 @@ source_invoke(void *p)
     if (!(st & SS_CANCELLED) && !is_suspended(st)) {
         uintptr_t data = dk__atomic_xchg_acq_rel(&s->pending, 0);
         if (data != 0) {
-            if (s->type == DK_SOURCE_READ) {
-                long n = dk__os_fd_readable((int)s->handle);
-                data = n > 0 ? (uintptr_t)n : 0;
-            } else if (s->type == DK_SOURCE_WRITE) {
-                long n = dk__os_fd_writable((int)s->handle);
-                data = n > 0 ? (uintptr_t)n : 0;
+            if (s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) {
+                /* Estimated when the handler first asks (fd_estimate): no
+                 * syscall stands between the event and the handler. */
+                data = DATA_UNKNOWN;
             }
             dk__atomic_store_relaxed(&s->data, data);
             dk_function_t h = dk__atomic_load_acquire(&s->handler);
@@ -648,6 +650,7 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
 {
     dk__runtime_ensure();
     int pidfd = -1;
+    bool regular = false;
     switch (type) {
     case DK_SOURCE_TIMER:
         break;
@@ -659,7 +662,6 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
         break;
     case DK_SOURCE_READ:
     case DK_SOURCE_WRITE: {
-        bool regular;
         if (handle > INT32_MAX || dk__os_fd_check((int)handle, &regular) < 0) {
             errno = EBADF;
             return NULL;
@@ -707,6 +709,7 @@ dk_source_create(dk_source_type_t type, uintptr_t handle, unsigned long mask,
     dk_retain(s->queue);
     s->state = SS_SUSPEND_ONE;
     s->pidfd = pidfd;
+    s->fd_regular = regular;
     dk__timer_init(&s->timer, &s->obj, timer_fire);
     return s;
 }
@@ -885,10 +888,33 @@ dk_source_testcancel(const dk_source_t *s)
     return (dk__atomic_load_acquire(&s->state) & SS_CANCELLED) != 0;
 }
 
+/* A read or write source's estimate, taken when the handler first asks
+ * for it: bytes readable (FIONREAD) or buffer space. */
+static uintptr_t
+fd_estimate(const dk_source_t *s)
+{
+    long n;
+    if (s->type == DK_SOURCE_READ) {
+        n = s->fd_regular ? dk__os_fd_readable((int)s->handle)
+                          : dk__os_fd_nread((int)s->handle);
+    } else {
+        n = dk__os_fd_writable((int)s->handle);
+    }
+    return n > 0 ? (uintptr_t)n : 0;
+}
+
 uintptr_t
 dk_source_get_data(const dk_source_t *s)
 {
-    return dk__atomic_load_relaxed(&s->data);
+    uintptr_t data = dk__atomic_load_relaxed(&s->data);
+    if (data != DATA_UNKNOWN) {
+        return data;
+    }
+    /* Keep the first estimate, so that every call in one handler sees the
+     * same value (a relaxed CAS: the value is all that is shared). */
+    uintptr_t got = fd_estimate(s);
+    uintptr_t *slot = &((dk_source_t *)s)->data;
+    return dk__atomic_cas_relaxed(slot, &data, got) ? got : data;
 }
 
 uintptr_t

@@ -508,3 +508,50 @@ DK_TEST(dispatch_after_on_a_suspended_queue_waits_for_resume)
     CHECK_EQ(LOAD(after_ran), 1);
     dk_release(q);
 }
+
+struct estimate_probe {
+    dk_source_t *s;
+    int fd;
+    dk_semaphore_t *sem;
+    uintptr_t before, after;
+};
+
+static void
+estimate_handler(void *p)
+{
+    struct estimate_probe *x = p;
+    char c[2];
+    if (read(x->fd, c, 2) != 2) {
+        return;
+    }
+    x->before = dk_source_get_data(x->s);
+    if (read(x->fd, c, 1) != 1) {
+        return;
+    }
+    x->after = dk_source_get_data(x->s);
+    dk_source_suspend(x->s); /* once is enough */
+    dk_semaphore_signal(x->sem);
+}
+
+DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_set_context(r, &x);
+    dk_source_set_event_handler_f(r, estimate_handler);
+    CHECK_EQ(write(p[1], "abcdef", 6), 6);
+    dk_source_resume(r);
+    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    /* Taken when the handler first asks (after it read two of six
+     * bytes), then kept for the rest of the call. */
+    CHECK_EQ(x.before, 4);
+    CHECK_EQ(x.after, 4);
+    dk_source_cancel(r);
+    dk_source_resume(r);
+    dk_release(r);
+    close(p[0]);
+    close(p[1]);
+}

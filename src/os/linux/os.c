@@ -453,6 +453,13 @@ dk__os_fd_readable(int fd)
 }
 
 long
+dk__os_fd_nread(int fd)
+{
+    int n = 0;
+    return ioctl(fd, FIONREAD, &n) == 0 && n >= 0 ? n : 0;
+}
+
+long
 dk__os_fd_writable(int fd)
 {
     struct stat st;

@@ -113,6 +113,8 @@ int dk__os_pidfd_open(int pid);
 int dk__os_fd_check(int fd, bool *regular);
 /* Estimated bytes readable now (0 if unknown). */
 long dk__os_fd_readable(int fd);
+/* The same for an fd known not to be a regular file: FIONREAD alone. */
+long dk__os_fd_nread(int fd);
 /* Estimated bytes writable without blocking (0 if unknown). */
 long dk__os_fd_writable(int fd);
 
