@@ -1,11 +1,11 @@
 /*
- * The event threads: two threads, started on first use, both waiting in
+ * The event thread: one thread, started on first use, waiting in
  * epoll_wait on one epoll set holding everything the runtime watches: a
  * timerfd armed for the next timer, an eventfd for requests, an eventfd
- * written by signal handlers, and the fds and pidfds of sources. They run
- * with 1 ns timer slack so short timers are not rounded up by the default
- * 50 us. While the pool is watched for starvation they also tick every
- * DK_WATCH_TICK_MS.
+ * written by signal handlers, and the fds and pidfds of sources; and its
+ * relief thread (below). They run with 1 ns timer slack so short timers
+ * are not rounded up by the default 50 us. While the pool is watched for
+ * starvation the event thread also ticks every DK_WATCH_TICK_MS.
  *
  * Timers live in a binary heap ordered by deadline. A timer may fire up to
  * its leeway late; the timerfd is armed for the earliest deadline+leeway,
@@ -33,17 +33,14 @@
  * exclusivity, suspension, order and the cancel handler's place after the
  * last event handler are the queue's and the source's own rules.
  *
- * A long handler must never stall other sources or timers, so the epoll
- * role is never given up: the second event thread sits in epoll_wait on
- * the same set (the kernel wakes one waiter per event) and only one event
- * thread at a time may run a handler, the one holding `inline_token`. The
- * other pushes everything it is handed, so it always returns to
- * epoll_wait after bounded work:
+ * Only one event thread at a time runs user code: the one holding
+ * `inline_token`. Any other event thread pushes every item it is handed,
+ * so it always returns to epoll_wait after bounded work:
  *
- *   CPU0 (event thread A)                 CPU1 (event thread B)
+ *   CPU0 (event thread)                   CPU1 (relief thread, watching)
  *   epoll_wait -> fd ready                epoll_wait (waiting)
  *   CAS inline_token 0 -> 1      (A)
- *   run the handler (long)                timerfd fires -> B wakes
+ *   run the handler (long)                timerfd fires -> wakes
  *                                         CAS inline_token fails  (B)
  *                                         push the timer's item; epoll_wait
  *   inline_token = 0 (release)   (C)
@@ -51,14 +48,35 @@
  *
  * (A) and (B) are one CAS on one word, so at most one event thread runs
  * user code at a time and the other keeps watching; (C) pairs with the
- * next (A)'s acquire, so a handler run by B after A sees A's handler done.
- * A source item gives the token back as soon as its handlers have
- * returned (dk__event_user_code_done), before it re-arms its fd: the next
- * event on that fd may reach the other thread at once, and finds the
- * token free. Internal fds are edge-triggered, sources' fds and pidfds
- * one-shot, so an event wakes one thread once. Timers fire under
- * fire_lock, so two threads never submit timer items out of deadline
- * order.
+ * next (A)'s acquire, so a handler run by one thread after another sees
+ * the first one done. A source item gives the token back as soon as its
+ * handlers have returned (dk__event_user_code_done), before it re-arms
+ * its fd. Timers fire under fire_lock, so two threads never submit timer
+ * items out of deadline order. Internal fds are edge-triggered, sources'
+ * fds and pidfds one-shot, so an event wakes one thread once.
+ *
+ * Relief. Two threads both waiting in epoll_wait would take events in
+ * turn (the kernel wakes the waiter that has waited longest), so every
+ * event would wake the colder thread: measured, that loses most of the
+ * gain. So the second thread, the relief thread, sleeps on its own
+ * timerfd, which is armed for DK_RELIEF_NS after a handler run begins;
+ * when it fires and the run it was armed for is still going, the relief
+ * thread watches the epoll set beside the event thread until that run
+ * ends. A handler thus holds up other sources and timers for at most
+ * DK_RELIEF_NS (plus a wake-up), and short handlers cost the relief
+ * thread nothing: the timer is armed only when it is not armed already,
+ * and the relief thread re-arms it for the latest run when it fires
+ * early (so, at most one wake-up per DK_RELIEF_NS while handlers keep
+ * running). Arming races with the relief thread standing down:
+ *
+ *   CPU0 (run begins)                     CPU1 (relief: no run going)
+ *   inline_since = now           (A1)     relief_armed = 0          (R1)
+ *   relief_armed == 0 ?          (A2)     inline_since != 0 ?       (R2)
+ *     xchg it to 1: 0? arm                  xchg relief_armed to 1: 0? arm
+ *
+ * A1, A2, R1 and R2 are sequentially consistent, so either the run sees
+ * the relief timer disarmed or the relief thread sees the run, and the
+ * xchg lets exactly one of them arm it: a run never goes unwatched.
  *
  * Registrations are named by a 64-bit key (see source.c), never by a
  * pointer, so an event that one thread harvested just before another
@@ -71,7 +89,10 @@
 
 #define DK_WATCH_TICK_MS 20
 #define NOT_IN_HEAP SIZE_MAX
-#define DK_EVENT_THREADS 2
+#define DK_EVENT_THREADS 2 /* the event thread and its relief */
+/* A handler run on the event thread longer than this has the relief
+ * thread watch the epoll set too. */
+#define DK_RELIEF_NS 5000000ull
 /* The scheduler slice the event threads ask for: they run briefly and
  * want to run soon after a wake-up on a busy machine. */
 #define DK_EVENT_SLICE_NS 100000ull
@@ -100,6 +121,9 @@ static struct {
     int start_error;
     uint32_t nthreads;     /* event threads running */
     uint32_t inline_token; /* 1 while an event thread runs a handler */
+    int rfd;               /* the relief thread's timerfd */
+    uint64_t inline_since; /* when the current handler run began, or 0 */
+    uint32_t relief_armed; /* rfd is armed (or about to be) */
     pthread_mutex_t fire_lock; /* one fire_due at a time: in order */
     pthread_mutex_t tick_lock;
     uint64_t last_tick; /* when the pool was last ticked (tick_lock) */
@@ -114,6 +138,7 @@ static struct {
     .tfd = -1,
     .efd = -1,
     .sfd = -1,
+    .rfd = -1,
 };
 
 /* Per event thread: in a batch of events (submitted items may be chosen
@@ -407,11 +432,27 @@ inline_token_take(void)
     return holds_token;
 }
 
+static void relief_arm(uint64_t since);
+
+/* A handler run begins (this thread holds the token): publish when, and
+ * make sure the relief timer is armed: (A1)/(A2) against (R1)/(R2). */
+static void
+inline_run_begin(void)
+{
+    uint64_t now = dk__os_monotonic_ns();
+    dk__atomic_store_seq_cst(&ev.inline_since, now); /* (A1) */
+    if (dk__atomic_load_seq_cst(&ev.relief_armed) == 0 && /* (A2) */
+        dk__atomic_xchg_seq_cst(&ev.relief_armed, 1) == 0) {
+        relief_arm(now);
+    }
+}
+
 void
 dk__event_user_code_done(void)
 {
     if (holds_token) {
         holds_token = false;
+        dk__atomic_store_seq_cst(&ev.inline_since, 0);
         dk__atomic_store_release(&ev.inline_token, 0); /* (C) */
     }
 }
@@ -455,11 +496,7 @@ run_chosen(void)
         return;
     }
     chosen.set = false;
-    if (dk__pool_watching()) {
-        /* The other thread may be waiting without a tick: wake it so the
-         * pool stays watched however long this handler runs. */
-        dk__os_eventfd_signal(ev.efd);
-    }
+    inline_run_begin();
     dk_queue_t *q = chosen.q;
     dk__item_run(chosen.it, q);
     dk__event_user_code_done(); /* if the item did not say so earlier */
@@ -557,43 +594,106 @@ maybe_tick(void)
     pthread_mutex_unlock(&ev.tick_lock);
 }
 
+/* One batch of events: dispatch them, fire due timers, run the item
+ * chosen for this thread, tick the pool if it is watched. */
+static void
+handle_batch(struct epoll_event *evs, int n)
+{
+    bool timers = false;
+    collecting = true;
+    for (int i = 0; i < n; i++) {
+        uint64_t key = evs[i].data.u64;
+        if (key == DK_EVENT_KEY_TIMER) {
+            dk__os_eventfd_drain(ev.tfd);
+            timers = true;
+        } else if (key == DK_EVENT_KEY_WAKE) {
+            dk__os_eventfd_drain(ev.efd);
+            timers = true;
+        } else if (key == DK_EVENT_KEY_SIGNAL) {
+            dk__os_eventfd_drain(ev.sfd);
+            dk__source_signals_pending();
+        } else {
+            dk__source_on_event(key, evs[i].events);
+        }
+    }
+    if (timers) {
+        spin_to_deadline();
+    }
+    if (timers || n == 0) {
+        fire_due();
+    }
+    run_chosen();
+    if (dk__pool_watching()) {
+        maybe_tick();
+    }
+}
+
+static void
+event_thread_init(void)
+{
+    on_event_thread = true;
+    dk__os_thread_precise_timers();
+    dk__os_thread_short_slice(DK_EVENT_SLICE_NS);
+}
+
+/* The event thread: the one thread in epoll_wait, unless it runs a long
+ * handler (then the relief thread watches too). */
 static void *
 event_main(void *arg)
 {
     (void)arg;
-    on_event_thread = true;
-    dk__os_thread_precise_timers();
-    dk__os_thread_short_slice(DK_EVENT_SLICE_NS);
+    event_thread_init();
     struct epoll_event evs[32];
     for (;;) {
         int timeout = dk__pool_watching() ? DK_WATCH_TICK_MS : -1;
         int n = dk__os_epoll_wait(ev.epfd, evs, 32, timeout);
-        bool timers = false;
-        collecting = true;
-        for (int i = 0; i < n; i++) {
-            uint64_t key = evs[i].data.u64;
-            if (key == DK_EVENT_KEY_TIMER) {
-                dk__os_eventfd_drain(ev.tfd);
-                timers = true;
-            } else if (key == DK_EVENT_KEY_WAKE) {
-                dk__os_eventfd_drain(ev.efd);
-                timers = true;
-            } else if (key == DK_EVENT_KEY_SIGNAL) {
-                dk__os_eventfd_drain(ev.sfd);
-                dk__source_signals_pending();
-            } else {
-                dk__source_on_event(key, evs[i].events);
+        handle_batch(evs, n);
+    }
+    return NULL;
+}
+
+/* Arm the relief timer for DK_RELIEF_NS after `since` (the start of the
+ * handler run being watched). */
+static void
+relief_arm(uint64_t since)
+{
+    dk__os_timerfd_arm(ev.rfd, since + DK_RELIEF_NS);
+}
+
+/* The relief thread: asleep on its timerfd, which is armed while handlers
+ * run on the event thread (see "Relief" at the top). When a run has
+ * lasted DK_RELIEF_NS it watches the epoll set itself until that run
+ * ends, as a second event thread. */
+static void *
+relief_main(void *arg)
+{
+    (void)arg;
+    event_thread_init();
+    struct epoll_event evs[32];
+    for (;;) {
+        while (dk__os_poll_readable(ev.rfd, DK_TIME_FOREVER) != 0) {
+        }
+        dk__os_eventfd_drain(ev.rfd);
+        for (;;) {
+            uint64_t since = dk__atomic_load_seq_cst(&ev.inline_since);
+            if (since == 0) {
+                dk__atomic_store_seq_cst(&ev.relief_armed, 0); /* (R1) */
+                since = dk__atomic_load_seq_cst(&ev.inline_since); /* (R2) */
+                if (since == 0 ||
+                    dk__atomic_xchg_seq_cst(&ev.relief_armed, 1) != 0) {
+                    break; /* idle; or the event thread armed it */
+                }
             }
-        }
-        if (timers) {
-            spin_to_deadline();
-        }
-        if (timers || n == 0) {
-            fire_due();
-        }
-        run_chosen();
-        if (dk__pool_watching()) {
-            maybe_tick();
+            if (dk__os_monotonic_ns() - since < DK_RELIEF_NS) {
+                relief_arm(since); /* a newer run: check on it later */
+                break;
+            }
+            /* A long run: watch beside it until it ends. */
+            while (dk__atomic_load_seq_cst(&ev.inline_since) == since) {
+                int n = dk__os_epoll_wait(ev.epfd, evs, 32,
+                                          (int)(DK_RELIEF_NS / 1000000));
+                handle_batch(evs, n);
+            }
         }
     }
     return NULL;
@@ -625,9 +725,11 @@ event_start(void)
         return;
     }
     dk__atomic_add_relaxed(&ev.nthreads, 1);
-    /* The second thread only lets handlers run on the event threads:
+    /* The relief thread only lets handlers run on the event thread:
      * without it everything is pushed, as before. */
-    if (dk__os_thread_start(event_main, NULL, "dk-event") == 0) {
+    ev.rfd = dk__os_timerfd_create();
+    if (ev.rfd >= 0 &&
+        dk__os_thread_start(relief_main, NULL, "dk-event-relief") == 0) {
         dk__atomic_add_relaxed(&ev.nthreads, 1);
     }
     dk__atomic_store_release(&ev.started, true);
@@ -698,6 +800,10 @@ dk__timer_fork_child(void)
     ev.start_error = 0;
     ev.nthreads = 0;
     ev.inline_token = 0;
+    dk__os_close(ev.rfd);
+    ev.rfd = -1;
+    ev.inline_since = 0;
+    ev.relief_armed = 0;
     ev.last_tick = 0;
     ev.once = (pthread_once_t)PTHREAD_ONCE_INIT;
     on_event_thread = false;
