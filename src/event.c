@@ -506,8 +506,8 @@ run_chosen(void)
 
 /* Woken early for a deadline (rearm_locked): learn how late the wake-up
  * came, then spin until the deadline, at most DK_TIMER_EARLY_NS, reading
- * the vDSO clock. The other event thread keeps watching meanwhile. A
- * timer cancelled or moved in the meantime costs at most that spin. */
+ * the vDSO clock (other events wait at most that long). A timer cancelled
+ * or moved in the meantime costs at most that spin. */
 static void
 spin_to_deadline(void)
 {
