@@ -648,6 +648,11 @@ event_main(void *arg)
         int timeout = dk__pool_watching() ? DK_WATCH_TICK_MS : -1;
         int n = dk__os_epoll_wait(ev.epfd, evs, 32, timeout);
         handle_batch(evs, n);
+        if (!on_event_thread) {
+            /* A handler forked and the child returned from it: the child's
+             * runtime starts afresh, and this thread has no role in it. */
+            return NULL;
+        }
     }
     return NULL;
 }
@@ -693,6 +698,9 @@ relief_main(void *arg)
                 int n = dk__os_epoll_wait(ev.epfd, evs, 32,
                                           (int)(DK_RELIEF_NS / 1000000));
                 handle_batch(evs, n);
+                if (!on_event_thread) {
+                    return NULL; /* forked in a handler: as in event_main */
+                }
             }
         }
     }

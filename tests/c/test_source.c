@@ -555,3 +555,45 @@ DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
     close(p[0]);
     close(p[1]);
 }
+
+static pid_t forked_child;
+
+static void
+forking_handler(void *p)
+{
+    struct estimate_probe *x = p;
+    char c;
+    if (read(x->fd, &c, 1) != 1) {
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        return; /* the child returns from the handler, on the event thread */
+    }
+    forked_child = pid;
+    dk_semaphore_signal(x->sem);
+}
+
+DK_TEST(child_forked_in_a_handler_can_return_from_it)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_set_context(r, &x);
+    dk_source_set_event_handler_f(r, forking_handler);
+    dk_source_resume(r);
+    CHECK_EQ(write(p[1], "x", 1), 1);
+    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    int status = 0;
+    CHECK_EQ(waitpid(forked_child, &status, 0), forked_child);
+    /* The child's event thread ends quietly; it must not abort on the
+     * parent's (closed) epoll set. */
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    dk_source_cancel(r);
+    dk_release(r);
+    close(p[0]);
+    close(p[1]);
+}
