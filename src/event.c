@@ -119,11 +119,11 @@ static struct {
     int epfd, tfd, efd, sfd;
     bool started;
     int start_error;
-    uint32_t nthreads;     /* event threads running */
-    uint32_t inline_token; /* 1 while an event thread runs a handler */
-    int rfd;               /* the relief thread's timerfd */
-    uint64_t inline_since; /* when the current handler run began, or 0 */
-    uint32_t relief_armed; /* rfd is armed (or about to be) */
+    uint32_t nthreads;         /* event threads running */
+    uint32_t inline_token;     /* 1 while an event thread runs a handler */
+    int rfd;                   /* the relief thread's timerfd */
+    uint64_t inline_since;     /* when the current handler run began, or 0 */
+    uint32_t relief_armed;     /* rfd is armed (or about to be) */
     pthread_mutex_t fire_lock; /* one fire_due at a time: in order */
     pthread_mutex_t tick_lock;
     uint64_t last_tick; /* when the pool was last ticked (tick_lock) */
@@ -440,7 +440,7 @@ static void
 inline_run_begin(void)
 {
     uint64_t now = dk__os_monotonic_ns();
-    dk__atomic_store_seq_cst(&ev.inline_since, now); /* (A1) */
+    dk__atomic_store_seq_cst(&ev.inline_since, now);      /* (A1) */
     if (dk__atomic_load_seq_cst(&ev.relief_armed) == 0 && /* (A2) */
         dk__atomic_xchg_seq_cst(&ev.relief_armed, 1) == 0) {
         relief_arm(now);
@@ -518,7 +518,7 @@ spin_to_deadline(void)
         /* Moving average of the wake-up latency, plus the margin. */
         uint64_t want = now - ev.armed + DK_TIMER_MARGIN_NS;
         uint64_t early = (3 * ev.early + want) / 4;
-        ev.early = early < DK_TIMER_MARGIN_NS   ? DK_TIMER_MARGIN_NS
+        ev.early = early < DK_TIMER_MARGIN_NS  ? DK_TIMER_MARGIN_NS
                    : early > DK_TIMER_EARLY_NS ? DK_TIMER_EARLY_NS
                                                : early;
     }
@@ -682,7 +682,7 @@ relief_main(void *arg)
         for (;;) {
             uint64_t since = dk__atomic_load_seq_cst(&ev.inline_since);
             if (since == 0) {
-                dk__atomic_store_seq_cst(&ev.relief_armed, 0); /* (R1) */
+                dk__atomic_store_seq_cst(&ev.relief_armed, 0);     /* (R1) */
                 since = dk__atomic_load_seq_cst(&ev.inline_since); /* (R2) */
                 if (since == 0 ||
                     dk__atomic_xchg_seq_cst(&ev.relief_armed, 1) != 0) {

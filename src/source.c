@@ -271,7 +271,7 @@ static struct fdnote *notes;
 
 struct reg {
     uint32_t gen;
-    uint32_t next_free; /* index + 1 of the next free slot; 0 ends */
+    uint32_t next_free;  /* index + 1 of the next free slot; 0 ends */
     struct fdnote *note; /* a note, or */
     dk_source_t *proc;   /* a process source (holding a reference) */
 };

@@ -104,7 +104,7 @@ static bool
 event_enter(dkpy_gil_t *g)
 {
     dk__atomic_add_seq_cst(&event_waiters, 1); /* (W1) */
-    if (dkpy_finalizing()) {                                  /* (W2) */
+    if (dkpy_finalizing()) {                   /* (W2) */
         dk__atomic_sub_seq_cst(&event_waiters, 1);
         return false;
     }

@@ -786,9 +786,9 @@ DK_TEST(after_runs_no_earlier_than_due_and_in_order)
         c[i].s = s;
         c[i].due = base + delays[i];
         int64_t left = (int64_t)(c[i].due - dk_now());
-        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, left), &c[i],
-                                  after_item),
-                 0);
+        CHECK_EQ(
+            dk_queue_after_f(q, dk_time(DK_TIME_NOW, left), &c[i], after_item),
+            0);
     }
     for (int i = 0; i < 3; i++) {
         CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);

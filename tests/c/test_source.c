@@ -351,9 +351,9 @@ struct inline_probe {
     dk_semaphore_t *timer_ran; /* signalled by the timer's handler */
     dk_semaphore_t *done;      /* signalled when the fd handler returns */
     int fd;
-    int on_event_thread;   /* the fd handler ran on an event thread */
-    int saw_timer;         /* ... and saw the timer fire meanwhile */
-    int timer_on_event;    /* the timer's handler ran on an event thread */
+    int on_event_thread; /* the fd handler ran on an event thread */
+    int saw_timer;       /* ... and saw the timer fire meanwhile */
+    int timer_on_event;  /* the timer's handler ran on an event thread */
 };
 
 static void
@@ -387,8 +387,8 @@ DK_TEST(read_handler_runs_on_event_thread_and_long_one_stalls_no_timer)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    struct inline_probe x = {dk_semaphore_create(0), dk_semaphore_create(0),
-                             p[0], 0, 0, 0};
+    struct inline_probe x = {
+        dk_semaphore_create(0), dk_semaphore_create(0), p[0], 0, 0, 0};
     dk_source_t *r =
         dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
     dk_source_set_context(r, &x);

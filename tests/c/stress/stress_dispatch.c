@@ -329,10 +329,10 @@ source_producer(void *p)
         } else if (r < 6) {
             j->seq = 0;
             dk_group_enter(a->group);
-            dk_queue_after_f(sq[qi].q,
-                             dk_time(DK_TIME_NOW,
-                                     (int64_t)(rnd(&a->seed) % 200000)),
-                             j, after_run);
+            dk_queue_after_f(
+                sq[qi].q,
+                dk_time(DK_TIME_NOW, (int64_t)(rnd(&a->seed) % 200000)), j,
+                after_run);
             dk_group_leave(a->group); /* counted by after_runs */
         } else if (r == 6) {
             struct ssource *x = &ss[rnd(&a->seed) % NSOURCES];
