@@ -208,7 +208,8 @@ void dk__queue_fork_child(void);
 void dk__main_queue_init(void);
 dk_queue_t *dk__default_root(void);
 
-/* event.c: the event thread, its timer heap and epoll registrations. */
+/* event.c: the event thread (and its relief), the timer heap and epoll
+ * registrations. */
 struct dk__timer {
     uint64_t deadline; /* absolute CLOCK_MONOTONIC ns */
     uint64_t interval; /* 0 or DK_TIME_FOREVER: one-shot */
@@ -239,12 +240,13 @@ int dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
 int dk__event_add(int fd, uint32_t events, uint64_t key);
 int dk__event_mod(int fd, uint32_t events, uint64_t key);
 void dk__event_del(int fd);
-/* Push `it` to q; from an event thread's batch, at the batch's end, where
- * it may run on that thread (see event.c). queue_ref: the caller passes
- * its reference to q along, dropped once the item is pushed or run. */
+/* Push `it` to q, or, from an event thread's batch when q is idle, keep
+ * it to run on that thread at the batch's end (see event.c). queue_ref:
+ * the caller passes its reference to q along, dropped once the item is
+ * pushed or has run. */
 void dk__event_submit(dk_queue_t *q, struct dk__item *it, bool queue_ref);
-/* On an event thread running an item inline: the item's user code has
- * returned (lets the other event thread run handlers again). */
+/* On an event thread running an item itself: the item's user code has
+ * returned (lets another event thread run handlers again). */
 void dk__event_user_code_done(void);
 int dk__event_signal_fd(void);
 void dk__timer_fork_child(void);
