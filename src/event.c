@@ -629,11 +629,13 @@ handle_batch(struct epoll_event *evs, int n)
 }
 
 static void
-event_thread_init(void)
+event_thread_init(bool short_slice)
 {
     on_event_thread = true;
     dk__os_thread_precise_timers();
-    dk__os_thread_short_slice(DK_EVENT_SLICE_NS);
+    if (short_slice) {
+        dk__os_thread_short_slice(DK_EVENT_SLICE_NS);
+    }
 }
 
 /* The event thread: the one thread in epoll_wait, unless it runs a long
@@ -642,7 +644,7 @@ static void *
 event_main(void *arg)
 {
     (void)arg;
-    event_thread_init();
+    event_thread_init(true);
     struct epoll_event evs[32];
     for (;;) {
         int timeout = dk__pool_watching() ? DK_WATCH_TICK_MS : -1;
@@ -673,7 +675,9 @@ static void *
 relief_main(void *arg)
 {
     (void)arg;
-    event_thread_init();
+    /* The default slice: its wake-ups are checks, with no hurry to
+     * preempt the threads a handler is talking to. */
+    event_thread_init(false);
     struct epoll_event evs[32];
     for (;;) {
         while (dk__os_poll_readable(ev.rfd, DK_TIME_FOREVER) != 0) {
