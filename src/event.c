@@ -63,11 +63,13 @@
  * when it fires and the run it was armed for is still going, the relief
  * thread watches the epoll set beside the event thread until that run
  * ends. A handler thus holds up other sources and timers for at most
- * DK_RELIEF_NS (plus a wake-up), and short handlers cost the relief
- * thread nothing: the timer is armed only when it is not armed already,
- * and the relief thread re-arms it for the latest run when it fires
- * early (so, at most one wake-up per DK_RELIEF_NS while handlers keep
- * running). Arming races with the relief thread standing down:
+ * DK_RELIEF_NS (plus a wake-up). Short handlers cost little: the event
+ * thread arms the timer only when it is not armed already; the relief
+ * thread, when it fires and finds no long run, re-arms it itself as long
+ * as handlers ran since its last check (so, one wake-up per DK_RELIEF_NS
+ * while handlers keep running, and no arming syscall on the event
+ * thread's path), and stands down after DK_RELIEF_NS without a run.
+ * Arming races with the relief thread standing down:
  *
  *   CPU0 (run begins)                     CPU1 (relief: no run going)
  *   inline_since = now           (A1)     relief_armed = 0          (R1)
@@ -124,6 +126,7 @@ static struct {
     int rfd;                   /* the relief thread's timerfd */
     uint64_t inline_since;     /* when the current handler run began, or 0 */
     uint32_t relief_armed;     /* rfd is armed (or about to be) */
+    uint32_t runs;             /* handler runs begun (a hint) */
     pthread_mutex_t fire_lock; /* one fire_due at a time: in order */
     pthread_mutex_t tick_lock;
     uint64_t last_tick; /* when the pool was last ticked (tick_lock) */
@@ -440,6 +443,7 @@ static void
 inline_run_begin(void)
 {
     uint64_t now = dk__os_monotonic_ns();
+    dk__atomic_add_relaxed(&ev.runs, 1);
     dk__atomic_store_seq_cst(&ev.inline_since, now);      /* (A1) */
     if (dk__atomic_load_seq_cst(&ev.relief_armed) == 0 && /* (A2) */
         dk__atomic_xchg_seq_cst(&ev.relief_armed, 1) == 0) {
@@ -679,12 +683,21 @@ relief_main(void *arg)
      * preempt the threads a handler is talking to. */
     event_thread_init(false);
     struct epoll_event evs[32];
+    uint32_t seen_runs = 0;
     for (;;) {
         while (dk__os_poll_readable(ev.rfd, DK_TIME_FOREVER) != 0) {
         }
         dk__os_eventfd_drain(ev.rfd);
         for (;;) {
             uint64_t since = dk__atomic_load_seq_cst(&ev.inline_since);
+            uint32_t runs = dk__atomic_load_relaxed(&ev.runs);
+            if (since == 0 && runs != seen_runs) {
+                /* Handlers ran since the last check: stay armed, so that
+                 * the event thread need not arm us on its next run. */
+                seen_runs = runs;
+                relief_arm(dk__os_monotonic_ns());
+                break;
+            }
             if (since == 0) {
                 dk__atomic_store_seq_cst(&ev.relief_armed, 0);     /* (R1) */
                 since = dk__atomic_load_seq_cst(&ev.inline_since); /* (R2) */
@@ -816,6 +829,7 @@ dk__timer_fork_child(void)
     ev.rfd = -1;
     ev.inline_since = 0;
     ev.relief_armed = 0;
+    ev.runs = 0;
     ev.last_tick = 0;
     ev.once = (pthread_once_t)PTHREAD_ONCE_INIT;
     on_event_thread = false;
