@@ -95,8 +95,8 @@
 /* A handler run on the event thread longer than this has the relief
  * thread watch the epoll set too. */
 #define DK_RELIEF_NS 5000000ull
-/* The scheduler slice the event threads ask for: they run briefly and
- * want to run soon after a wake-up on a busy machine. */
+/* The scheduler slice the event thread asks for: it runs briefly and
+ * wants to run soon after a wake-up on a busy machine. */
 #define DK_EVENT_SLICE_NS 100000ull
 /* A timer's event thread wakes before the deadline by about its own
  * wake-up latency (measured: `early`) plus DK_TIMER_MARGIN_NS, at most

@@ -34,10 +34,10 @@
  * are always ready.
  *
  * Epoll registrations (fd notes, pidfds) are named by a key: an index
- * into `regs` and that slot's generation. Two event threads harvest
- * events, so one may hold an event for a registration another thread is
- * removing; it looks the key up under reg_lock and finds the generation
- * moved on, where a pointer would have been freed memory:
+ * into `regs` and that slot's generation. The event thread (or its
+ * relief, see event.c) may hold an event for a registration another
+ * thread is removing; it looks the key up under reg_lock and finds the
+ * generation moved on, where a pointer would have been freed memory:
  *
  *   CPU0 (event thread)                   CPU1 (dk_source_cancel)
  *   epoll_wait -> key K (note N)
