@@ -248,7 +248,8 @@ void dk__queue_fork_child(void);
 void dk__main_queue_init(void);
 dk_queue_t *dk__default_root(void);
 
-/* event.c: the event thread, its timer heap and epoll registrations. */
+/* event.c: the event thread (and its relief), the timer heap and epoll
+ * registrations. */
 struct dk__timer {
     uint64_t deadline; /* absolute CLOCK_MONOTONIC ns */
     uint64_t interval; /* 0 or DK_TIME_FOREVER: one-shot */
@@ -259,9 +260,13 @@ struct dk__timer {
     void (*fire)(struct dk__timer *t, uint64_t fires);
     bool dead; /* killed: never inserted again (under the heap lock) */
 };
-struct dk__event_handler {
-    void (*on_event)(struct dk__event_handler *h, uint32_t events);
-};
+/* Keys naming epoll registrations: the event threads' own fds, then
+ * source.c's registrations (an index and a generation, never a pointer,
+ * so a stale event is recognised). */
+#define DK_EVENT_KEY_TIMER 0u
+#define DK_EVENT_KEY_WAKE 1u
+#define DK_EVENT_KEY_SIGNAL 2u
+#define DK_EVENT_KEY_FIRST 3u
 int dk__event_ensure(void);
 void dk__timer_init(struct dk__timer *t, struct dk__object *owner,
                     void (*fire)(struct dk__timer *t, uint64_t fires));
@@ -272,11 +277,17 @@ void dk__timer_disarm(struct dk__timer *t);
 void dk__timer_kill(struct dk__timer *t);
 int dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
                     dk_function_t fn);
-int dk__event_add(int fd, uint32_t events, struct dk__event_handler *h);
-int dk__event_mod(int fd, uint32_t events, struct dk__event_handler *h);
+int dk__event_add(int fd, uint32_t events, uint64_t key);
+int dk__event_mod(int fd, uint32_t events, uint64_t key);
 void dk__event_del(int fd);
-/* Run fn(arg) on the event thread after its current batch of events. */
-void dk__event_defer(void (*fn)(void *), void *arg);
+/* Push `it` to q, or, from an event thread's batch when q is idle, keep
+ * it to run on that thread at the batch's end (see event.c). queue_ref:
+ * the caller passes its reference to q along, dropped once the item is
+ * pushed or has run. */
+void dk__event_submit(dk_queue_t *q, struct dk__item *it, bool queue_ref);
+/* On an event thread running an item itself: the item's user code has
+ * returned (lets another event thread run handlers again). */
+void dk__event_user_code_done(void);
 int dk__event_signal_fd(void);
 void dk__timer_fork_child(void);
 /* Ask the event thread to watch the pool for starvation. */
@@ -284,6 +295,8 @@ void dk__timer_watch_pool(void);
 
 /* source.c */
 void dk__source_signals_pending(void);
+/* An event for a source.c registration key (from an event thread). */
+void dk__source_on_event(uint64_t key, uint32_t events);
 void dk__source_fork_child(void);
 
 /* group.c */

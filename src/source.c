@@ -32,6 +32,22 @@
  * when a handler finishes, which gives level-triggered delivery without a
  * busy loop while a handler is queued. Regular files cannot be polled and
  * are always ready.
+ *
+ * Epoll registrations (fd notes, pidfds) are named by a key: an index
+ * into `regs` and that slot's generation. The event thread (or its
+ * relief, see event.c) may hold an event for a registration another
+ * thread is removing; it looks the key up under reg_lock and finds the
+ * generation moved on, where a pointer would have been freed memory:
+ *
+ *   CPU0 (event thread)                   CPU1 (dk_source_cancel)
+ *   epoll_wait -> key K (note N)
+ *                                         lock; regs[K].gen++; unlock (A)
+ *                                         EPOLL_CTL_DEL; free(N)
+ *   lock; regs[K].gen != K's? skip  (B)
+ *
+ * (A) and (B) are under reg_lock, so (B) sees either the slot still
+ * holding N (and N is freed only after (B) unlocks: the free follows (A),
+ * which waits for the lock) or the new generation.
  */
 #include "internal.h"
 
@@ -47,6 +63,9 @@
 #define SS_REG_DUE 0x10ull
 #define SS_SUSPEND_ONE 0x100ull
 #define SS_SUSPEND_SHIFT 8
+/* `data` of a read or write source not estimated yet (no fd has that many
+ * bytes readable). */
+#define DATA_UNKNOWN UINTPTR_MAX
 
 struct fdnote;
 
@@ -69,13 +88,14 @@ struct dk_source_s {
     uint64_t t_interval, t_leeway;
     bool t_configured;
     /* READ / WRITE */
+    bool fd_regular; /* the fd was a regular file at creation */
     struct fdnote *note;
     dk_source_t *note_next;
     /* SIGNAL */
     dk_source_t *sig_next;
     /* PROC */
     int pidfd;
-    struct dk__event_handler proc_h;
+    uint64_t proc_key;
 };
 
 static void source_wakeup(dk_source_t *s);
@@ -125,12 +145,10 @@ source_invoke(void *p)
     if (!(st & SS_CANCELLED) && !is_suspended(st)) {
         uintptr_t data = dk__atomic_xchg_acq_rel(&s->pending, 0);
         if (data != 0) {
-            if (s->type == DK_SOURCE_READ) {
-                long n = dk__os_fd_readable((int)s->handle);
-                data = n > 0 ? (uintptr_t)n : 0;
-            } else if (s->type == DK_SOURCE_WRITE) {
-                long n = dk__os_fd_writable((int)s->handle);
-                data = n > 0 ? (uintptr_t)n : 0;
+            if (s->type == DK_SOURCE_READ || s->type == DK_SOURCE_WRITE) {
+                /* Estimated when the handler first asks (fd_estimate): no
+                 * syscall stands between the event and the handler. */
+                data = DATA_UNKNOWN;
             }
             dk__atomic_store_relaxed(&s->data, data);
             dk_function_t h = dk__atomic_load_acquire(&s->handler);
@@ -147,6 +165,7 @@ source_invoke(void *p)
             ch(s->obj.context);
         }
     }
+    dk__event_user_code_done(); /* on an event thread: see event.c */
     st = dk__atomic_and_seq_cst(&s->state, ~SS_SCHEDULED); /* (C) */
     if (dk__atomic_load_seq_cst(&s->pending) != 0 ||       /* (D) */
         (st & SS_REG_DUE)) {
@@ -184,7 +203,7 @@ source_wakeup(dk_source_t *s)
     s->item.ctx = s;
     s->item.flags = DK_ITEM_EMBEDDED;
     s->item.group = NULL;
-    dk__queue_push(s->queue, &s->item);
+    dk__event_submit(s->queue, &s->item, false);
 }
 
 /* ---- timers --------------------------------------------------------- */
@@ -238,7 +257,7 @@ dk_source_set_timer(dk_source_t *s, dk_time_t start, uint64_t interval_ns,
 /* ---- file descriptors ----------------------------------------------- */
 
 struct fdnote {
-    struct dk__event_handler h;
+    uint64_t key;
     int fd;
     bool regular; /* cannot be polled: always ready */
     bool in_epoll;
@@ -246,8 +265,73 @@ struct fdnote {
     struct fdnote *next;
 };
 
-static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+/* reg_lock guards the notes, their source lists and the key table. */
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct fdnote *notes;
+
+struct reg {
+    uint32_t gen;
+    uint32_t next_free;  /* index + 1 of the next free slot; 0 ends */
+    struct fdnote *note; /* a note, or */
+    dk_source_t *proc;   /* a process source (holding a reference) */
+};
+static struct reg *regs;
+static uint32_t nregs, regs_cap, reg_free_head;
+
+/* A key for a new registration, or 0 when out of memory. reg_lock held. */
+static uint64_t
+reg_alloc(struct fdnote *note, dk_source_t *proc)
+{
+    uint32_t i;
+    if (reg_free_head != 0) {
+        i = reg_free_head - 1;
+        reg_free_head = regs[i].next_free;
+    } else {
+        if (nregs == regs_cap) {
+            uint32_t cap = regs_cap ? regs_cap * 2 : 16;
+            struct reg *r = realloc(regs, cap * sizeof *r);
+            if (r == NULL) {
+                return 0;
+            }
+            regs = r;
+            regs_cap = cap;
+        }
+        i = nregs++;
+        regs[i].gen = 0;
+    }
+    regs[i].next_free = 0;
+    regs[i].note = note;
+    regs[i].proc = proc;
+    return (uint64_t)regs[i].gen << 32 | (i + DK_EVENT_KEY_FIRST);
+}
+
+/* The slot of a live key, or NULL for a stale one. reg_lock held. */
+static struct reg *
+reg_lookup(uint64_t key)
+{
+    uint64_t i = (key & 0xffffffffu) - DK_EVENT_KEY_FIRST;
+    if (i >= nregs || regs[i].gen != (uint32_t)(key >> 32) ||
+        (regs[i].note == NULL && regs[i].proc == NULL)) {
+        return NULL;
+    }
+    return &regs[i];
+}
+
+/* Retire a key: (A) in the block at the top. reg_lock held. */
+static void
+reg_free(uint64_t key)
+{
+    struct reg *r = reg_lookup(key);
+    if (r == NULL) {
+        return;
+    }
+    uint32_t i = (uint32_t)((key & 0xffffffffu) - DK_EVENT_KEY_FIRST);
+    r->gen++;
+    r->note = NULL;
+    r->proc = NULL;
+    r->next_free = reg_free_head;
+    reg_free_head = i + 1;
+}
 
 static bool
 source_armed(dk_source_t *s)
@@ -257,7 +341,7 @@ source_armed(dk_source_t *s)
            !is_suspended(st);
 }
 
-/* Compute the interest of a note and (re-)arm it. fd_lock held. */
+/* Compute the interest of a note and (re-)arm it. reg_lock held. */
 static void
 fd_rearm_locked(struct fdnote *n)
 {
@@ -280,8 +364,8 @@ fd_rearm_locked(struct fdnote *n)
     }
     events |= EPOLLONESHOT;
     if (n->in_epoll) {
-        dk__event_mod(n->fd, events, &n->h);
-    } else if (dk__event_add(n->fd, events, &n->h) == 0) {
+        dk__event_mod(n->fd, events, n->key);
+    } else if (dk__event_add(n->fd, events, n->key) == 0) {
         n->in_epoll = true;
     }
 }
@@ -291,18 +375,17 @@ fd_rearm_locked(struct fdnote *n)
 static void
 fd_rearm(dk_source_t *s)
 {
-    pthread_mutex_lock(&fd_lock);
+    pthread_mutex_lock(&reg_lock);
     if (s->note != NULL) {
         fd_rearm_locked(s->note);
     }
-    pthread_mutex_unlock(&fd_lock);
+    pthread_mutex_unlock(&reg_lock);
 }
 
+/* reg_lock held. */
 static void
-fd_on_event(struct dk__event_handler *h, uint32_t events)
+fd_on_event(struct fdnote *n, uint32_t events)
 {
-    struct fdnote *n = (struct fdnote *)h;
-    pthread_mutex_lock(&fd_lock);
     bool readable = events & (EPOLLIN | EPOLLHUP | EPOLLERR);
     bool writable = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
     for (dk_source_t *s = n->sources; s != NULL; s = s->note_next) {
@@ -316,13 +399,12 @@ fd_on_event(struct dk__event_handler *h, uint32_t events)
     }
     /* Sources that were not due keep the fd armed for their event. */
     fd_rearm_locked(n);
-    pthread_mutex_unlock(&fd_lock);
 }
 
 static int
 fd_register(dk_source_t *s)
 {
-    pthread_mutex_lock(&fd_lock);
+    pthread_mutex_lock(&reg_lock);
     struct fdnote *n = notes;
     while (n != NULL && n->fd != (int)s->handle) {
         n = n->next;
@@ -330,15 +412,20 @@ fd_register(dk_source_t *s)
     if (n == NULL) {
         n = calloc(1, sizeof *n);
         if (n == NULL) {
-            pthread_mutex_unlock(&fd_lock);
+            pthread_mutex_unlock(&reg_lock);
             return -ENOMEM;
         }
-        n->h.on_event = fd_on_event;
         n->fd = (int)s->handle;
         if (dk__os_fd_check(n->fd, &n->regular) < 0) {
             free(n);
-            pthread_mutex_unlock(&fd_lock);
+            pthread_mutex_unlock(&reg_lock);
             return -EBADF;
+        }
+        n->key = reg_alloc(n, NULL);
+        if (n->key == 0) {
+            free(n);
+            pthread_mutex_unlock(&reg_lock);
+            return -ENOMEM;
         }
         n->next = notes;
         notes = n;
@@ -347,23 +434,17 @@ fd_register(dk_source_t *s)
     s->note_next = n->sources;
     n->sources = s;
     dk_retain(s); /* the note's reference */
-    pthread_mutex_unlock(&fd_lock);
+    pthread_mutex_unlock(&reg_lock);
     return 0;
-}
-
-static void
-free_note(void *p)
-{
-    free(p);
 }
 
 static void
 fd_unregister(dk_source_t *s)
 {
-    pthread_mutex_lock(&fd_lock);
+    pthread_mutex_lock(&reg_lock);
     struct fdnote *n = s->note;
     if (n == NULL) {
-        pthread_mutex_unlock(&fd_lock);
+        pthread_mutex_unlock(&reg_lock);
         return;
     }
     for (dk_source_t **pp = &n->sources; *pp != NULL; pp = &(*pp)->note_next) {
@@ -383,12 +464,14 @@ fd_unregister(dk_source_t *s)
                 break;
             }
         }
-        /* The event thread may hold an event for it in its batch. */
-        dk__event_defer(free_note, n);
+        /* An event thread may hold an event for it: the key goes stale
+         * before the note is freed. */
+        reg_free(n->key);
+        free(n);
     } else {
         fd_rearm_locked(n);
     }
-    pthread_mutex_unlock(&fd_lock);
+    pthread_mutex_unlock(&reg_lock);
     dk_release(s);
 }
 
@@ -496,30 +579,33 @@ signal_unregister(dk_source_t *s)
 /* ---- processes ------------------------------------------------------ */
 
 static void
-proc_on_event(struct dk__event_handler *h, uint32_t events)
+proc_on_event(dk_source_t *s)
 {
-    (void)events;
-    dk_source_t *s =
-        (dk_source_t *)((char *)h - offsetof(struct dk_source_s, proc_h));
-    dk__event_del(s->pidfd); /* an exit happens once */
+    /* An exit happens once: the pidfd is one-shot and stays disarmed. */
     if (s->mask & DK_PROC_EXIT) {
         source_merge_or(s, DK_PROC_EXIT);
     }
 }
 
-static void
-release_deferred(void *p)
-{
-    dk_release(p);
-}
-
 static int
 proc_register(dk_source_t *s)
 {
-    s->proc_h.on_event = proc_on_event;
-    dk_retain(s); /* the registration's reference */
-    int rc = dk__event_add(s->pidfd, EPOLLIN, &s->proc_h);
+    int rc = dk__event_ensure();
     if (rc < 0) {
+        return rc;
+    }
+    pthread_mutex_lock(&reg_lock);
+    s->proc_key = reg_alloc(NULL, s);
+    pthread_mutex_unlock(&reg_lock);
+    if (s->proc_key == 0) {
+        return -ENOMEM;
+    }
+    dk_retain(s); /* the registration's reference */
+    rc = dk__event_add(s->pidfd, EPOLLIN | EPOLLONESHOT, s->proc_key);
+    if (rc < 0) {
+        pthread_mutex_lock(&reg_lock);
+        reg_free(s->proc_key);
+        pthread_mutex_unlock(&reg_lock);
         dk_release(s);
     }
     return rc;
@@ -528,9 +614,32 @@ proc_register(dk_source_t *s)
 static void
 proc_unregister(dk_source_t *s)
 {
+    pthread_mutex_lock(&reg_lock);
+    reg_free(s->proc_key); /* an event thread may hold its key */
+    pthread_mutex_unlock(&reg_lock);
     dk__event_del(s->pidfd);
-    /* The current batch may still hold an event for proc_h. */
-    dk__event_defer(release_deferred, s);
+    dk_release(s);
+}
+
+void
+dk__source_on_event(uint64_t key, uint32_t events)
+{
+    pthread_mutex_lock(&reg_lock);
+    struct reg *r = reg_lookup(key); /* (B) */
+    if (r == NULL) {
+        pthread_mutex_unlock(&reg_lock);
+        return; /* unregistered since the event was harvested */
+    }
+    if (r->note != NULL) {
+        fd_on_event(r->note, events);
+        pthread_mutex_unlock(&reg_lock);
+        return;
+    }
+    dk_source_t *s = r->proc;
+    dk_retain(s); /* against a concurrent cancel's release */
+    pthread_mutex_unlock(&reg_lock);
+    proc_on_event(s);
+    dk_release(s);
 }
 
 /* ---- the object ----------------------------------------------------- */
@@ -542,6 +651,7 @@ source_new(dk_source_type_t type, uintptr_t handle, unsigned long mask,
 {
     dk__runtime_ensure();
     int pidfd = -1;
+    bool regular = false;
     switch (type) {
     case DK_SOURCE_TIMER:
         break;
@@ -553,7 +663,6 @@ source_new(dk_source_type_t type, uintptr_t handle, unsigned long mask,
         break;
     case DK_SOURCE_READ:
     case DK_SOURCE_WRITE: {
-        bool regular;
         if (handle > INT32_MAX || dk__os_fd_check((int)handle, &regular) < 0) {
             errno = EBADF;
             return NULL;
@@ -600,6 +709,7 @@ source_new(dk_source_type_t type, uintptr_t handle, unsigned long mask,
     dk_retain(s->queue);
     s->state = SS_SUSPEND_ONE;
     s->pidfd = pidfd;
+    s->fd_regular = regular;
     dk__timer_init(&s->timer, &s->obj, timer_fire);
     return s;
 }
@@ -818,10 +928,33 @@ dk_source_testcancel(const dk_source_t *s)
     return (dk__atomic_load_acquire(&s->state) & SS_CANCELLED) != 0;
 }
 
+/* A read or write source's estimate, taken when the handler first asks
+ * for it: bytes readable (FIONREAD) or buffer space. */
+static uintptr_t
+fd_estimate(const dk_source_t *s)
+{
+    long n;
+    if (s->type == DK_SOURCE_READ) {
+        n = s->fd_regular ? dk__os_fd_readable((int)s->handle)
+                          : dk__os_fd_nread((int)s->handle);
+    } else {
+        n = dk__os_fd_writable((int)s->handle);
+    }
+    return n > 0 ? (uintptr_t)n : 0;
+}
+
 uintptr_t
 dk_source_get_data(const dk_source_t *s)
 {
-    return dk__atomic_load_relaxed(&s->data);
+    uintptr_t data = dk__atomic_load_relaxed(&s->data);
+    if (data != DATA_UNKNOWN) {
+        return data;
+    }
+    /* Keep the first estimate, so that every call in one handler sees the
+     * same value (a relaxed CAS: the value is all that is shared). */
+    uintptr_t got = fd_estimate(s);
+    uintptr_t *slot = &((dk_source_t *)s)->data;
+    return dk__atomic_cas_relaxed(slot, &data, got) ? got : data;
 }
 
 uintptr_t
@@ -845,7 +978,10 @@ dk_source_get_type(const dk_source_t *s)
 void
 dk__source_fork_child(void)
 {
-    pthread_mutex_init(&fd_lock, NULL);
+    pthread_mutex_init(&reg_lock, NULL);
     pthread_mutex_init(&sig_lock, NULL);
     notes = NULL; /* the registrations were the parent's */
+    free(regs);
+    regs = NULL;
+    nregs = regs_cap = reg_free_head = 0;
 }

@@ -225,6 +225,13 @@ DK_EXPORT void dk_worker_lock_wait_end(void);
 DK_EXPORT unsigned dk_worker_lock_waiters(void);
 /* True on the runtime's own worker threads. */
 DK_EXPORT bool dk_is_worker_thread(void);
+/*
+ * True on the runtime's event threads, which run a source's handler or a
+ * dispatch_after item themselves when its queue is idle (see
+ * docs/dispatch.md). Not worker threads: the hooks above do not run there,
+ * and a language runtime releases its lock after each callback.
+ */
+DK_EXPORT bool dk_is_event_thread(void);
 
 DK_END_DECLS
 

@@ -26,6 +26,26 @@
  * flag and never queues, or shutdown sees it queued and waits for it.
  */
 static int finalizing;
+/* Event threads between W1 and taking the GIL (workers are counted by the
+ * pool: dk_worker_lock_waiters). */
+static uint32_t event_waiters;
+
+/* Times a thread let go of the GIL in a way a waiter may watch for (see
+ * group.c, "GIL hand-off"): the binding's blocking waits, and every
+ * release after a callback here. A hint: relaxed. */
+static uint32_t gil_releases;
+
+void
+dkpy_note_gil_released(void)
+{
+    dk__atomic_add_relaxed(&gil_releases, 1);
+}
+
+uint32_t
+dkpy_gil_release_count(void)
+{
+    return dk__atomic_load_relaxed(&gil_releases);
+}
 
 static __thread PyThreadState *worker_tstate; /* saved while GIL dropped */
 static __thread PyGILState_STATE worker_gstate;
@@ -49,7 +69,9 @@ dkpy_gil_shutdown(void)
     __atomic_store_n(&finalizing, 1, __ATOMIC_SEQ_CST); /* (S1) */
     Py_BEGIN_ALLOW_THREADS
     uint64_t deadline = dk_now() + 2 * DK_NSEC_PER_SEC;
-    while (dk_worker_lock_waiters() > 0 && dk_now() < deadline) { /* (S2) */
+    while ((dk_worker_lock_waiters() > 0 ||
+            dk__atomic_load_seq_cst(&event_waiters) > 0) &&
+           dk_now() < deadline) { /* (S2) */
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -64,7 +86,50 @@ worker_release(void)
         worker_tstate = PyEval_SaveThread();
         /* After the GIL is free: pairs with dkpy_workers_hold_gil. */
         dk__atomic_sub_release(&batch_holders, 1);
+        dkpy_note_gil_released();
     }
+}
+
+/*
+ * An event thread runs a handler inline when its queue is idle (the
+ * core's event.c), typically while the thread it wakes waits in
+ * Semaphore.wait or a Future. It keeps one thread state for its life, as
+ * a worker does (PyGILState_Ensure on a thread without one would create
+ * and destroy a thread state per callback), but it never keeps the GIL
+ * past a callback: it goes back to epoll_wait next, and the thread its
+ * handler woke wants the GIL now. The release is counted, so that waiter,
+ * watching the count, takes the GIL without sleeping in its queue.
+ */
+static bool
+event_enter(dkpy_gil_t *g)
+{
+    dk__atomic_add_seq_cst(&event_waiters, 1); /* (W1) */
+    if (dkpy_finalizing()) {                   /* (W2) */
+        dk__atomic_sub_seq_cst(&event_waiters, 1);
+        return false;
+    }
+    if (!worker_has_tstate) {
+        worker_gstate = PyGILState_Ensure();
+        worker_has_tstate = true;
+    } else {
+        PyEval_RestoreThread(worker_tstate);
+    }
+    dk__atomic_sub_seq_cst(&event_waiters, 1);
+    if (dkpy_finalizing()) {
+        worker_tstate = PyEval_SaveThread();
+        return false;
+    }
+    worker_holds_gil = true;
+    g->kind = 2;
+    return true;
+}
+
+static void
+event_leave(void)
+{
+    worker_holds_gil = false;
+    worker_tstate = PyEval_SaveThread();
+    dkpy_note_gil_released();
 }
 
 bool
@@ -79,6 +144,15 @@ dkpy_enter(dkpy_gil_t *g)
 {
     if (dkpy_finalizing()) {
         return false;
+    }
+    if (dk_is_event_thread()) {
+        if (worker_holds_gil) {
+            /* A callback run inline by a callback (a sync item). */
+            g->kind = 1;
+            g->gstate = PyGILState_Ensure();
+            return true;
+        }
+        return event_enter(g);
     }
     if (dk_is_worker_thread()) {
         if (worker_holds_gil) {
@@ -129,6 +203,11 @@ dkpy_leave(dkpy_gil_t *g)
 {
     if (g->kind == 1) {
         PyGILState_Release(g->gstate);
+        dkpy_note_gil_released();
+        return;
+    }
+    if (g->kind == 2) {
+        event_leave();
         return;
     }
     if ((++worker_batch & 15) == 0 &&

@@ -8,6 +8,8 @@
  * before the worker waits for work. Any other thread (a Python thread
  * running a sync item inline, the main thread draining the main queue, a
  * foreign C thread) takes the GIL per callback with PyGILState_Ensure.
+ * An event thread (dk_is_event_thread) keeps a thread state for its life
+ * like a worker but releases the GIL after every callback.
  *
  * Once the interpreter starts finalizing, no thread enters Python again:
  * dkpy_enter returns false and the callback is dropped (its references
@@ -21,9 +23,14 @@
 #include <stdbool.h>
 
 typedef struct {
-    int kind; /* 0: worker batch, 1: PyGILState */
+    int kind; /* 0: worker batch, 1: PyGILState, 2: event thread */
     PyGILState_STATE gstate;
 } dkpy_gil_t;
+
+/* Count of GIL releases a waiter may watch for (see group.c, "GIL
+ * hand-off"): bump it right after releasing the GIL; read it as a hint. */
+void dkpy_note_gil_released(void);
+uint32_t dkpy_gil_release_count(void);
 
 /* Take the GIL for one callback; false if Python is finalizing. */
 bool dkpy_enter(dkpy_gil_t *g);

@@ -25,9 +25,10 @@
  * the GIL's condition variable and is woken again by a futex when the
  * signaller lets go: a second sleep and wake-up on every hand-off, which
  * costs more than the semaphore's own (spinning) hand-off. So the binding
- * counts the times one of its blocking waits releases the GIL
- * (`gil_releases`), Semaphore.signal records the count it saw while
- * holding the GIL, and a waiter that got its unit watches the count, with
+ * counts the times one of its blocking waits, or a runtime thread after a
+ * callback (gil.c), releases the GIL (dkpy_note_gil_released),
+ * Semaphore.signal records the count it saw while holding the GIL, and a
+ * waiter that got its unit watches the count, with
  * the GIL still released, for at most GIL_SPIN_NS before it asks for the
  * GIL. In a ping-pong the signaller's next wait releases the GIL within a
  * microsecond or two, and the waiter then takes it without sleeping.
@@ -47,7 +48,6 @@
 #define GIL_SPIN_MIN_NS 1000u
 #define GIL_SPIN_PROBE_EVERY 64u
 
-static uint32_t gil_releases;
 static bool gil_spin_useful; /* set at exec: more than one CPU to run on */
 static uint32_t gil_spin_ns = GIL_SPIN_NS; /* current budget (a hint) */
 static uint32_t gil_spins;                 /* watches so far, for probes */
@@ -56,13 +56,13 @@ static uint32_t gil_spins;                 /* watches so far, for probes */
 static void
 note_gil_released(void)
 {
-    dk__atomic_add_relaxed(&gil_releases, 1);
+    dkpy_note_gil_released();
 }
 
 static uint32_t
 gil_release_count(void)
 {
-    return dk__atomic_load_relaxed(&gil_releases);
+    return dkpy_gil_release_count();
 }
 
 /* With the GIL released: until the count moves on from `seen`, at most
@@ -140,7 +140,7 @@ group_wait_adapter(void *g, uint64_t deadline)
 typedef struct {
     PyObject_HEAD
     dk_semaphore_t *s;
-    uint32_t signal_seen; /* gil_releases at the last Python signal */
+    uint32_t signal_seen; /* GIL releases at the last Python signal */
 } SemaphoreObject;
 
 /* Runs with the GIL released; see "GIL hand-off" above. */

@@ -782,12 +782,16 @@ DK_TEST(after_runs_no_earlier_than_due_and_in_order)
     dk_semaphore_t *s = t_semaphore(0);
     struct after_ctx c[3];
     uint64_t delays[3] = {30000000, 10000000, 20000000};
+    /* Deadlines from one base: the first call starts the event threads,
+     * which may take longer than the 10 ms between deadlines (TSan). */
+    uint64_t base = dk_now();
     for (int i = 0; i < 3; i++) {
         c[i].s = s;
-        c[i].due = dk_now() + delays[i];
-        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)delays[i]),
-                                  &c[i], after_item),
-                 0);
+        c[i].due = base + delays[i];
+        int64_t left = (int64_t)(c[i].due - dk_now());
+        CHECK_EQ(
+            dk_queue_after_f(q, dk_time(DK_TIME_NOW, left), &c[i], after_item),
+            0);
     }
     for (int i = 0; i < 3; i++) {
         CHECK_EQ(dk_semaphore_wait(s, in_ns(SECONDS(10))), 0);

@@ -29,6 +29,7 @@ struct counter {
     uintptr_t first_data; /* what the first delivery saw */
     int inside;
     int overlaps;
+    int cancelled; /* the cancel handler has run */
     unsigned sleep_us;
 };
 
@@ -56,6 +57,7 @@ cancel_handler(void *p)
 {
     struct counter *c = p;
     __atomic_add_fetch(&c->calls, 1000, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->cancelled, 1, __ATOMIC_RELEASE);
     dk_semaphore_signal(c->sem);
 }
 
@@ -261,7 +263,9 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     CHECK(LOAD(wc->data_sum) > 0); /* buffer space */
     dk_source_cancel(w);
     dk_source_cancel(r);
-    while (LOAD(rc->calls) < 1000 || LOAD(wc->calls) < 1000) {
+    /* Not calls >= 1000: a level-triggered source run on the event thread
+     * can fire 1000 times before it is cancelled. */
+    while (!LOAD(rc->cancelled) || !LOAD(wc->cancelled)) {
         usleep(1000);
     }
     long n = LOAD(rc->calls);
@@ -336,4 +340,263 @@ DK_TEST(timers_with_leeway_fire_within_their_window)
     dk_source_cancel(sb);
     dk_release(sa);
     dk_release(sb);
+}
+
+/* ---- handlers run on the event thread that received the event ------- */
+
+static void
+noop_fn(void *p)
+{
+    (void)p;
+}
+
+struct inline_probe {
+    dk_semaphore_t *timer_ran; /* signalled by the timer's handler */
+    dk_semaphore_t *done;      /* signalled when the fd handler returns */
+    int fd;
+    int on_event_thread; /* the fd handler ran on an event thread */
+    int saw_timer;       /* ... and saw the timer fire meanwhile */
+    int timer_on_event;  /* the timer's handler ran on an event thread */
+};
+
+static void
+blocking_read_handler(void *p)
+{
+    struct inline_probe *x = p;
+    char c;
+    if (read(x->fd, &c, 1) != 1) {
+        return;
+    }
+    __atomic_store_n(&x->on_event_thread, dk_is_event_thread(),
+                     __ATOMIC_RELEASE);
+    /* Block until a timer armed by the test fires: were the epoll role
+     * stalled behind this handler, it never would. */
+    __atomic_store_n(&x->saw_timer,
+                     dk_semaphore_wait(x->timer_ran, in_ms(10000)) == 0,
+                     __ATOMIC_RELEASE);
+    dk_semaphore_signal(x->done);
+}
+
+static void
+timer_ran_handler(void *p)
+{
+    struct inline_probe *x = p;
+    __atomic_store_n(&x->timer_on_event, dk_is_event_thread(),
+                     __ATOMIC_RELEASE);
+    dk_semaphore_signal(x->timer_ran);
+}
+
+DK_TEST(read_handler_runs_on_event_thread_and_long_one_stalls_no_timer)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    struct inline_probe x = {
+        dk_semaphore_create(0), dk_semaphore_create(0), p[0], 0, 0, 0};
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    dk_source_set_context(r, &x);
+    dk_source_set_event_handler_f(r, blocking_read_handler);
+    dk_source_resume(r);
+    dk_source_t *t = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    dk_source_set_context(t, &x);
+    dk_source_set_event_handler_f(t, timer_ran_handler);
+    dk_source_set_timer(t, dk_time(DK_TIME_NOW, (int64_t)(30 * MS)),
+                        DK_TIME_FOREVER, 0);
+    CHECK_EQ(write(p[1], "x", 1), 1);
+    dk_source_resume(t);
+    CHECK_EQ(dk_semaphore_wait(x.done, in_ms(20000)), 0);
+    CHECK(LOAD(x.on_event_thread));
+    CHECK(LOAD(x.saw_timer));
+    /* The other event thread did not run the timer's handler while the
+     * first one ran user code: it went to the pool. */
+    CHECK(!LOAD(x.timer_on_event));
+    dk_source_cancel(t);
+    dk_source_cancel(r);
+    dk_release(t);
+    dk_release(r);
+    close(p[0]);
+    close(p[1]);
+}
+
+struct serial_probe {
+    dk_source_t *s;
+    dk_semaphore_t *sem;
+    int inside;
+    int overlaps;
+    long runs;
+    int inline_runs;
+};
+
+static void
+serial_probe_enter(struct serial_probe *x)
+{
+    if (__atomic_exchange_n(&x->inside, 1, __ATOMIC_ACQ_REL)) {
+        __atomic_add_fetch(&x->overlaps, 1, __ATOMIC_RELAXED);
+    }
+    if (dk_is_event_thread()) {
+        __atomic_add_fetch(&x->inline_runs, 1, __ATOMIC_RELAXED);
+    }
+    for (volatile int i = 0; i < 2000; i++) {
+    }
+    __atomic_add_fetch(&x->runs, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->inside, 0, __ATOMIC_RELEASE);
+}
+
+static void
+serial_probe_item(void *p)
+{
+    serial_probe_enter(p);
+}
+
+static void
+serial_probe_after(void *p)
+{
+    struct serial_probe *x = p;
+    serial_probe_enter(x);
+    dk_semaphore_signal(x->sem);
+}
+
+DK_TEST(handlers_on_event_thread_keep_serial_queue_exclusive)
+{
+    dk_queue_t *q = dk_queue_create("serial", 0, 0, 0, NULL);
+    struct serial_probe x = {NULL, dk_semaphore_create(0), 0, 0, 0, 0};
+    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, q);
+    x.s = s;
+    dk_source_set_context(s, &x);
+    dk_source_set_event_handler_f(s, serial_probe_item);
+    dk_source_set_timer(s, DK_TIME_NOW, 200000, 0); /* every 0.2 ms */
+    dk_source_resume(s);
+    /* dispatch_after items and plain items on the same queue, while the
+     * timer's handler competes for it from the event threads. */
+    for (int i = 0; i < 200; i++) {
+        dk_queue_after_f(q, dk_time(DK_TIME_NOW, 100000 + i * 1000), &x,
+                         serial_probe_after);
+        for (int j = 0; j < 20; j++) {
+            dk_queue_async_f(q, &x, serial_probe_item);
+        }
+        if (i % 20 == 0) {
+            usleep(1000); /* let the queue go idle now and then */
+        }
+    }
+    for (int i = 0; i < 200; i++) {
+        CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(10000)), 0);
+    }
+    dk_source_cancel(s);
+    dk_queue_sync_f(q, NULL, noop_fn);
+    CHECK_EQ(LOAD(x.overlaps), 0);
+    CHECK(LOAD(x.inline_runs) > 0);
+    dk_release(s);
+    dk_release(q);
+}
+
+static int after_ran;
+
+static void
+mark_after(void *p)
+{
+    (void)p;
+    __atomic_store_n(&after_ran, 1, __ATOMIC_RELEASE);
+}
+
+DK_TEST(dispatch_after_on_a_suspended_queue_waits_for_resume)
+{
+    dk_queue_t *q = dk_queue_create("suspended", 0, 0, 0, NULL);
+    dk_queue_suspend(q);
+    dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)(5 * MS)), NULL,
+                     mark_after);
+    usleep(60000);
+    CHECK_EQ(LOAD(after_ran), 0);
+    CHECK_EQ(dk_queue_resume(q), 0);
+    dk_queue_sync_f(q, NULL, noop_fn);
+    CHECK_EQ(LOAD(after_ran), 1);
+    dk_release(q);
+}
+
+struct estimate_probe {
+    dk_source_t *s;
+    int fd;
+    dk_semaphore_t *sem;
+    uintptr_t before, after;
+};
+
+static void
+estimate_handler(void *p)
+{
+    struct estimate_probe *x = p;
+    char c[2];
+    if (read(x->fd, c, 2) != 2) {
+        return;
+    }
+    x->before = dk_source_get_data(x->s);
+    if (read(x->fd, c, 1) != 1) {
+        return;
+    }
+    x->after = dk_source_get_data(x->s);
+    dk_source_suspend(x->s); /* once is enough */
+    dk_semaphore_signal(x->sem);
+}
+
+DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_set_context(r, &x);
+    dk_source_set_event_handler_f(r, estimate_handler);
+    CHECK_EQ(write(p[1], "abcdef", 6), 6);
+    dk_source_resume(r);
+    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    /* Taken when the handler first asks (after it read two of six
+     * bytes), then kept for the rest of the call. */
+    CHECK_EQ(x.before, 4);
+    CHECK_EQ(x.after, 4);
+    dk_source_cancel(r);
+    dk_source_resume(r);
+    dk_release(r);
+    close(p[0]);
+    close(p[1]);
+}
+
+static pid_t forked_child;
+
+static void
+forking_handler(void *p)
+{
+    struct estimate_probe *x = p;
+    char c;
+    if (read(x->fd, &c, 1) != 1) {
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        return; /* the child returns from the handler, on the event thread */
+    }
+    forked_child = pid;
+    dk_semaphore_signal(x->sem);
+}
+
+DK_TEST(child_forked_in_a_handler_can_return_from_it)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r =
+        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_set_context(r, &x);
+    dk_source_set_event_handler_f(r, forking_handler);
+    dk_source_resume(r);
+    CHECK_EQ(write(p[1], "x", 1), 1);
+    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    int status = 0;
+    CHECK_EQ(waitpid(forked_child, &status, 0), forked_child);
+    /* The child's event thread ends quietly; it must not abort on the
+     * parent's (closed) epoll set. */
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    dk_source_cancel(r);
+    dk_release(r);
+    close(p[0]);
+    close(p[1]);
 }

@@ -453,3 +453,67 @@ def test_source_cancel_before_start_and_repr():
     src.cancel()
     with pytest.raises(RuntimeError, match="cancelled signal source"):
         src.start()
+
+
+def test_long_read_handler_does_not_stall_a_timer() -> None:
+    # The read handler runs on the event thread that saw the fd ready, and
+    # blocks until a Timer's handler has run: the other event thread must
+    # keep watching the timerfd meanwhile (and hand the Timer to a worker).
+    r, w = os.pipe()
+    timer_ran = threading.Event()
+    saw_timer = []
+    done = threading.Event()
+
+    def on_read() -> None:
+        os.read(r, 1)
+        saw_timer.append(timer_ran.wait(10))
+        done.set()
+
+    src = dk.ReadSource(r, on_read)
+    src.start()
+    t = dk.Timer(0.03, timer_ran.set, repeating=False)
+    try:
+        os.write(w, b"x")
+        t.start()
+        assert done.wait(20)
+        assert saw_timer == [True]
+    finally:
+        t.cancel()
+        src.cancel()
+        os.close(r)
+        os.close(w)
+
+
+def test_read_handlers_on_a_serial_queue_with_items_never_overlap() -> None:
+    q = dk.Queue("fd-serial")
+    r, w = os.pipe()
+    inside = [0]
+    overlaps = []
+    got = dk.Semaphore(0)
+
+    def body() -> None:
+        inside[0] += 1
+        if inside[0] != 1:
+            overlaps.append(inside[0])
+        time.sleep(0)
+        inside[0] -= 1
+
+    def on_read() -> None:
+        os.read(r, 1)
+        body()
+        got.signal()
+
+    src = dk.ReadSource(r, on_read, queue=q)
+    src.start()
+    try:
+        for i in range(200):
+            os.write(w, b"x")
+            for _ in range(3):
+                q.run_async(body)
+            assert got.wait(10)
+        q.run_sync(lambda: None)
+        assert overlaps == []
+    finally:
+        src.cancel()
+        os.close(r)
+        os.close(w)

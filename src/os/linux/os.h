@@ -87,6 +87,9 @@ int dk__os_thread_start(void *(*fn)(void *), void *arg, const char *name);
 
 /* Lower the calling thread's timer slack to 1 ns (for the timer thread). */
 void dk__os_thread_precise_timers(void);
+/* Ask for a scheduler slice of ns (Linux 6.12+): woken sooner on a busy
+ * CPU; ignored elsewhere. */
+void dk__os_thread_short_slice(uint64_t ns);
 
 /* eventfd used as a wake-up signal: create (nonblocking, cloexec),
  * signal (add 1), drain (read and discard). */
@@ -153,6 +156,8 @@ int dk__os_pidfd_open(int pid);
 int dk__os_fd_check(int fd, bool *regular);
 /* Estimated bytes readable now (0 if unknown). */
 long dk__os_fd_readable(int fd);
+/* The same for an fd known not to be a regular file: FIONREAD alone. */
+long dk__os_fd_nread(int fd);
 /* Estimated bytes writable without blocking (0 if unknown). */
 long dk__os_fd_writable(int fd);
 

@@ -9,7 +9,11 @@
  * - exclusion: nothing else runs on its serial queue or any serial
  *   ancestor; a barrier runs alone on its concurrent queue.
  *
- * DK_STRESS_ITERS sets the number of items per producer (default 20000).
+ * A second test puts read sources and dispatch_after items on such a
+ * hierarchy too (see there).
+ *
+ * DK_STRESS_ITERS sets the number of items per producer (default 20000;
+ * a tenth of it, plus 100, for the second test).
  */
 #include "../objects.h"
 #include "../runner.h"
@@ -20,6 +24,7 @@
 
 #include "dk/group.h"
 #include "dk/queue.h"
+#include "dk/source.h"
 #include "dk/time.h"
 
 #define NPRODUCERS 4
@@ -104,6 +109,25 @@ job_run(void *p)
         atomic_store(&s->barrier_running, 0);
     } else if (atomic_load(&s->barrier_running)) {
         atomic_fetch_add(&errors, 1); /* ran during a barrier */
+    }
+    leave(j->queue);
+    free(j);
+}
+
+/* A plain item without a FIFO check (the sources' producers interleave
+ * them with other kinds of work). */
+static void
+job_run_unordered(void *p)
+{
+    struct job *j = p;
+    if (atomic_fetch_add(&ran[j->id], 1) != 0) {
+        atomic_fetch_add(&errors, 1);
+    }
+    enter(j->queue);
+    if (!sq[j->queue].concurrent) {
+        check_ancestors_idle(j->queue);
+    } else if (atomic_load(&sq[j->queue].barrier_running)) {
+        atomic_fetch_add(&errors, 1);
     }
     leave(j->queue);
     free(j);
@@ -204,6 +228,215 @@ DK_TEST_T(stress_random_hierarchies, 600)
     }
     printf("# stress: %ld items, %ld errors, %ld not run exactly once\n",
            NPRODUCERS * iters, atomic_load(&errors), missing);
+    CHECK_EQ(atomic_load(&errors), 0);
+    CHECK_EQ(missing, 0);
+}
+
+/* ---- sources and after items on the same hierarchy ------------------
+ *
+ * Read sources on pipes and dispatch_after items target the same random
+ * hierarchy while producers submit plain items to it; handlers may run on
+ * the event thread (when their queue is idle) or on workers. Every
+ * handler and item checks the same exclusion rules as above; plain items
+ * also check FIFO; after items run exactly once; a source's handler never
+ * runs after its cancel handler, and the cancel handler runs once.
+ */
+
+#define NSOURCES 6
+
+struct ssource {
+    dk_source_t *s;
+    int fd[2];
+    int queue;
+    atomic_long bytes;    /* read by the handler */
+    atomic_int cancelled; /* the cancel handler ran (count) */
+    atomic_int inside;
+};
+
+static struct ssource ss[NSOURCES];
+static atomic_long after_runs;
+
+static void
+source_handler(void *p)
+{
+    struct ssource *x = p;
+    if (atomic_load(&x->cancelled) != 0) {
+        atomic_fetch_add(&errors, 1); /* after the cancel handler */
+    }
+    if (atomic_fetch_add(&x->inside, 1) != 0) {
+        atomic_fetch_add(&errors, 1); /* the handler overlaps itself */
+    }
+    enter(x->queue);
+    if (!sq[x->queue].concurrent) {
+        check_ancestors_idle(x->queue);
+    } else if (atomic_load(&sq[x->queue].barrier_running)) {
+        atomic_fetch_add(&errors, 1);
+    }
+    char buf[64];
+    ssize_t n = read(x->fd[0], buf, sizeof buf);
+    if (n > 0) {
+        atomic_fetch_add(&x->bytes, n);
+    }
+    leave(x->queue);
+    atomic_fetch_sub(&x->inside, 1);
+}
+
+static void
+source_cancel_handler(void *p)
+{
+    struct ssource *x = p;
+    if (atomic_load(&x->inside) != 0) {
+        atomic_fetch_add(&errors, 1); /* while a handler runs */
+    }
+    atomic_fetch_add(&x->cancelled, 1);
+}
+
+static void
+after_run(void *p)
+{
+    struct job *j = p;
+    if (atomic_fetch_add(&ran[j->id], 1) != 0) {
+        atomic_fetch_add(&errors, 1);
+    }
+    enter(j->queue);
+    if (!sq[j->queue].concurrent) {
+        check_ancestors_idle(j->queue);
+    } else if (atomic_load(&sq[j->queue].barrier_running)) {
+        atomic_fetch_add(&errors, 1);
+    }
+    leave(j->queue);
+    atomic_fetch_add(&after_runs, 1);
+    free(j);
+}
+
+static void *
+source_producer(void *p)
+{
+    struct producer_arg *a = p;
+    long seqs[NSERIAL + NCONC] = {0};
+    for (long i = 0; i < iters; i++) {
+        unsigned r = rnd(&a->seed) % 16;
+        int qi = (int)(rnd(&a->seed) % (NSERIAL + NCONC));
+        struct job *j = malloc(sizeof *j);
+        j->id = a->index * iters + i;
+        j->queue = qi;
+        j->producer = a->index;
+        j->barrier = false;
+        if (r < 4) {
+            struct ssource *x = &ss[rnd(&a->seed) % NSOURCES];
+            if (write(x->fd[1], "x", 1) != 1) {
+                atomic_fetch_add(&errors, 1);
+            }
+            j->seq = 0;
+            dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered);
+        } else if (r < 6) {
+            j->seq = 0;
+            dk_group_enter(a->group);
+            dk_queue_after_f(
+                sq[qi].q,
+                dk_time(DK_TIME_NOW, (int64_t)(rnd(&a->seed) % 200000)), j,
+                after_run);
+            dk_group_leave(a->group); /* counted by after_runs */
+        } else if (r == 6) {
+            struct ssource *x = &ss[rnd(&a->seed) % NSOURCES];
+            dk_source_suspend(x->s);
+            usleep(rnd(&a->seed) % 50);
+            dk_source_resume(x->s);
+            j->seq = 0;
+            dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered);
+        } else {
+            j->seq = ++seqs[qi];
+            dk_group_async_f(a->group, sq[qi].q, j, job_run);
+        }
+    }
+    return NULL;
+}
+
+DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
+{
+    const char *env = getenv("DK_STRESS_ITERS");
+    iters = (env != NULL ? atol(env) : 20000) / 10 + 100;
+    ran = calloc((size_t)(NPRODUCERS * iters), 1);
+    for (int i = 0; i < NSERIAL + NCONC; i++) {
+        bool conc = i >= NSERIAL;
+        int parent = i >= 3 ? i % 3 : -1;
+        if (i == NSERIAL) {
+            parent = -1;
+        }
+        sq[i].concurrent = conc;
+        sq[i].parent = parent;
+        sq[i].q = dk_queue_create(conc ? "stress.c" : "stress.s",
+                                  conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
+                                  parent >= 0 ? sq[parent].q : NULL);
+    }
+    for (int i = 0; i < NSOURCES; i++) {
+        struct ssource *x = &ss[i];
+        CHECK_EQ(pipe(x->fd), 0);
+        /* Serial queues on the root, one targeting another serial queue,
+         * a concurrent queue, the root itself. */
+        x->queue = i < 3 ? i : i == 3 ? 4 : NSERIAL;
+        x->s = dk_source_create(DK_SOURCE_READ, (uintptr_t)x->fd[0], 0,
+                                i == 5 ? NULL : sq[x->queue].q);
+        if (i == 5) {
+            x->queue = NSERIAL; /* the root: checks as a concurrent one */
+        }
+        dk_source_set_context(x->s, x);
+        dk_source_set_event_handler_f(x->s, source_handler);
+        dk_source_set_cancel_handler_f(x->s, source_cancel_handler);
+        dk_source_resume(x->s);
+    }
+    dk_group_t *g = dk_group_create();
+    pthread_t t[NPRODUCERS];
+    struct producer_arg args[NPRODUCERS];
+    for (int i = 0; i < NPRODUCERS; i++) {
+        args[i] = (struct producer_arg){i, g, 0x85ebca6bu * (unsigned)(i + 1)};
+        pthread_create(&t[i], NULL, source_producer, &args[i]);
+    }
+    for (int i = 0; i < NPRODUCERS; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+    /* After items are not in the group: wait until every item ran. */
+    long ran_once = 0;
+    uint64_t until = dk_now() + 60ull * DK_NSEC_PER_SEC;
+    for (;;) {
+        long runs = 0;
+        for (long i = 0; i < NPRODUCERS * iters; i++) {
+            runs += atomic_load(&ran[i]) != 0;
+        }
+        if (runs == NPRODUCERS * iters || dk_now() > until) {
+            ran_once = runs;
+            break;
+        }
+        usleep(1000);
+    }
+    for (int i = 0; i < NSOURCES; i++) {
+        dk_source_cancel(ss[i].s);
+    }
+    for (int i = 0; i < NSOURCES; i++) {
+        while (atomic_load(&ss[i].cancelled) == 0 && dk_now() < until) {
+            usleep(1000);
+        }
+        CHECK_EQ(atomic_load(&ss[i].cancelled), 1);
+    }
+    for (int i = 0; i < NSERIAL + NCONC; i++) {
+        dk_queue_barrier_sync_f(sq[i].q, NULL, noop);
+    }
+    long missing = 0;
+    for (long i = 0; i < NPRODUCERS * iters; i++) {
+        if (atomic_load(&ran[i]) != 1) {
+            missing++;
+        }
+    }
+    long bytes = 0;
+    for (int i = 0; i < NSOURCES; i++) {
+        bytes += atomic_load(&ss[i].bytes);
+    }
+    printf("# stress sources: %ld items (%ld after items), %ld bytes read, "
+           "%ld errors, %ld not run exactly once\n",
+           NPRODUCERS * iters, atomic_load(&after_runs), bytes,
+           atomic_load(&errors), missing);
+    CHECK_EQ(ran_once, NPRODUCERS * iters);
     CHECK_EQ(atomic_load(&errors), 0);
     CHECK_EQ(missing, 0);
 }
