@@ -390,20 +390,19 @@ DK_TEST(read_handler_runs_on_event_thread_and_long_one_stalls_no_timer)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    struct inline_probe x = {
-        dk_semaphore_create(0), dk_semaphore_create(0), p[0], 0, 0, 0};
-    dk_source_t *r =
-        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct inline_probe x = {t_semaphore(0), t_semaphore(0), p[0], 0, 0, 0};
+    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
     dk_source_set_context(r, &x);
     dk_source_set_event_handler_f(r, blocking_read_handler);
-    dk_source_resume(r);
-    dk_source_t *t = dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL);
+    CHECK_EQ(dk_source_resume(r), 0);
+    dk_source_t *t = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     dk_source_set_context(t, &x);
     dk_source_set_event_handler_f(t, timer_ran_handler);
-    dk_source_set_timer(t, dk_time(DK_TIME_NOW, (int64_t)(30 * MS)),
-                        DK_TIME_FOREVER, 0);
+    CHECK_EQ(dk_source_set_timer(t, dk_time(DK_TIME_NOW, (int64_t)(30 * MS)),
+                                 DK_TIME_FOREVER, 0),
+             0);
     CHECK_EQ(write(p[1], "x", 1), 1);
-    dk_source_resume(t);
+    CHECK_EQ(dk_source_resume(t), 0);
     CHECK_EQ(dk_semaphore_wait(x.done, in_ms(20000)), 0);
     CHECK(LOAD(x.on_event_thread));
     CHECK(LOAD(x.saw_timer));
@@ -458,21 +457,23 @@ serial_probe_after(void *p)
 
 DK_TEST(handlers_on_event_thread_keep_serial_queue_exclusive)
 {
-    dk_queue_t *q = dk_queue_create("serial", 0, 0, 0, NULL);
-    struct serial_probe x = {NULL, dk_semaphore_create(0), 0, 0, 0, 0};
-    dk_source_t *s = dk_source_create(DK_SOURCE_TIMER, 0, 0, q);
+    dk_queue_t *q = t_queue("serial", 0, 0, 0, NULL);
+    struct serial_probe x = {NULL, t_semaphore(0), 0, 0, 0, 0};
+    dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, q);
     x.s = s;
     dk_source_set_context(s, &x);
     dk_source_set_event_handler_f(s, serial_probe_item);
-    dk_source_set_timer(s, DK_TIME_NOW, 200000, 0); /* every 0.2 ms */
-    dk_source_resume(s);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 200000, 0),
+             0); /* every 0.2 ms */
+    CHECK_EQ(dk_source_resume(s), 0);
     /* dispatch_after items and plain items on the same queue, while the
      * timer's handler competes for it from the event threads. */
     for (int i = 0; i < 200; i++) {
-        dk_queue_after_f(q, dk_time(DK_TIME_NOW, 100000 + i * 1000), &x,
-                         serial_probe_after);
+        CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, 100000 + i * 1000),
+                                  &x, serial_probe_after),
+                 0);
         for (int j = 0; j < 20; j++) {
-            dk_queue_async_f(q, &x, serial_probe_item);
+            CHECK_EQ(dk_queue_async_f(q, &x, serial_probe_item), 0);
         }
         if (i % 20 == 0) {
             usleep(1000); /* let the queue go idle now and then */
@@ -482,7 +483,7 @@ DK_TEST(handlers_on_event_thread_keep_serial_queue_exclusive)
         CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(10000)), 0);
     }
     dk_source_cancel(s);
-    dk_queue_sync_f(q, NULL, noop_fn);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop_fn), 0);
     CHECK_EQ(LOAD(x.overlaps), 0);
     CHECK(LOAD(x.inline_runs) > 0);
     dk_release(s);
@@ -500,14 +501,15 @@ mark_after(void *p)
 
 DK_TEST(dispatch_after_on_a_suspended_queue_waits_for_resume)
 {
-    dk_queue_t *q = dk_queue_create("suspended", 0, 0, 0, NULL);
+    dk_queue_t *q = t_queue("suspended", 0, 0, 0, NULL);
     dk_queue_suspend(q);
-    dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)(5 * MS)), NULL,
-                     mark_after);
+    CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)(5 * MS)), NULL,
+                              mark_after),
+             0);
     usleep(60000);
     CHECK_EQ(LOAD(after_ran), 0);
     CHECK_EQ(dk_queue_resume(q), 0);
-    dk_queue_sync_f(q, NULL, noop_fn);
+    CHECK_EQ(dk_queue_sync_f(q, NULL, noop_fn), 0);
     CHECK_EQ(LOAD(after_ran), 1);
     dk_release(q);
 }
@@ -540,20 +542,19 @@ DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    dk_source_t *r =
-        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], t_semaphore(0), 0, 0};
     dk_source_set_context(r, &x);
     dk_source_set_event_handler_f(r, estimate_handler);
     CHECK_EQ(write(p[1], "abcdef", 6), 6);
-    dk_source_resume(r);
+    CHECK_EQ(dk_source_resume(r), 0);
     CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
     /* Taken when the handler first asks (after it read two of six
      * bytes), then kept for the rest of the call. */
     CHECK_EQ(x.before, 4);
     CHECK_EQ(x.after, 4);
     dk_source_cancel(r);
-    dk_source_resume(r);
+    CHECK_EQ(dk_source_resume(r), 0);
     dk_release(r);
     close(p[0]);
     close(p[1]);
@@ -581,12 +582,11 @@ DK_TEST(child_forked_in_a_handler_can_return_from_it)
 {
     int p[2];
     CHECK_EQ(pipe(p), 0);
-    dk_source_t *r =
-        dk_source_create(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    struct estimate_probe x = {r, p[0], dk_semaphore_create(0), 0, 0};
+    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    struct estimate_probe x = {r, p[0], t_semaphore(0), 0, 0};
     dk_source_set_context(r, &x);
     dk_source_set_event_handler_f(r, forking_handler);
-    dk_source_resume(r);
+    CHECK_EQ(dk_source_resume(r), 0);
     CHECK_EQ(write(p[1], "x", 1), 1);
     CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
     int status = 0;

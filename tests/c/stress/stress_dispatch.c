@@ -328,25 +328,29 @@ source_producer(void *p)
                 atomic_fetch_add(&errors, 1);
             }
             j->seq = 0;
-            dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered);
+            CHECK_EQ(
+                dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered), 0);
         } else if (r < 6) {
             j->seq = 0;
             dk_group_enter(a->group);
-            dk_queue_after_f(
-                sq[qi].q,
-                dk_time(DK_TIME_NOW, (int64_t)(rnd(&a->seed) % 200000)), j,
-                after_run);
-            dk_group_leave(a->group); /* counted by after_runs */
+            CHECK_EQ(
+                dk_queue_after_f(
+                    sq[qi].q,
+                    dk_time(DK_TIME_NOW, (int64_t)(rnd(&a->seed) % 200000)), j,
+                    after_run),
+                0);
+            CHECK_EQ(dk_group_leave(a->group), 0); /* counted by after_runs */
         } else if (r == 6) {
             struct ssource *x = &ss[rnd(&a->seed) % NSOURCES];
             dk_source_suspend(x->s);
             usleep(rnd(&a->seed) % 50);
-            dk_source_resume(x->s);
+            CHECK_EQ(dk_source_resume(x->s), 0);
             j->seq = 0;
-            dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered);
+            CHECK_EQ(
+                dk_group_async_f(a->group, sq[qi].q, j, job_run_unordered), 0);
         } else {
             j->seq = ++seqs[qi];
-            dk_group_async_f(a->group, sq[qi].q, j, job_run);
+            CHECK_EQ(dk_group_async_f(a->group, sq[qi].q, j, job_run), 0);
         }
     }
     return NULL;
@@ -365,9 +369,9 @@ DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
         }
         sq[i].concurrent = conc;
         sq[i].parent = parent;
-        sq[i].q = dk_queue_create(conc ? "stress.c" : "stress.s",
-                                  conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
-                                  parent >= 0 ? sq[parent].q : NULL);
+        sq[i].q = t_queue(conc ? "stress.c" : "stress.s",
+                          conc ? DK_QUEUE_CONCURRENT : 0, 0, 0,
+                          parent >= 0 ? sq[parent].q : NULL);
     }
     for (int i = 0; i < NSOURCES; i++) {
         struct ssource *x = &ss[i];
@@ -375,17 +379,17 @@ DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
         /* Serial queues on the root, one targeting another serial queue,
          * a concurrent queue, the root itself. */
         x->queue = i < 3 ? i : i == 3 ? 4 : NSERIAL;
-        x->s = dk_source_create(DK_SOURCE_READ, (uintptr_t)x->fd[0], 0,
-                                i == 5 ? NULL : sq[x->queue].q);
+        x->s = t_source(DK_SOURCE_READ, (uintptr_t)x->fd[0], 0,
+                        i == 5 ? NULL : sq[x->queue].q);
         if (i == 5) {
             x->queue = NSERIAL; /* the root: checks as a concurrent one */
         }
         dk_source_set_context(x->s, x);
         dk_source_set_event_handler_f(x->s, source_handler);
         dk_source_set_cancel_handler_f(x->s, source_cancel_handler);
-        dk_source_resume(x->s);
+        CHECK_EQ(dk_source_resume(x->s), 0);
     }
-    dk_group_t *g = dk_group_create();
+    dk_group_t *g = t_group();
     pthread_t t[NPRODUCERS];
     struct producer_arg args[NPRODUCERS];
     for (int i = 0; i < NPRODUCERS; i++) {
@@ -420,7 +424,7 @@ DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
         CHECK_EQ(atomic_load(&ss[i].cancelled), 1);
     }
     for (int i = 0; i < NSERIAL + NCONC; i++) {
-        dk_queue_barrier_sync_f(sq[i].q, NULL, noop);
+        CHECK_EQ(dk_queue_barrier_sync_f(sq[i].q, NULL, noop), 0);
     }
     long missing = 0;
     for (long i = 0; i < NPRODUCERS * iters; i++) {
