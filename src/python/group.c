@@ -16,6 +16,7 @@
 #include "dk/time.h"
 #include "python/dispatch.h"
 #include "python/futures.h"
+#include "python/gil.h"
 
 #include "atomic.h"
 
