@@ -44,6 +44,7 @@
 #include "os/linux/os.h"
 #include "os/linux/shm.h"
 #include "watch.h"
+#include "zerobuffer_internal.h"
 
 /* The low half of the OIEB's writer_pid (little-endian): the futex word a
  * reader waiting for a writer sleeps on. */
@@ -51,9 +52,73 @@
 
 /* Liveness of the peer is checked at least this often while waiting. */
 #define SLICE_NS 100000000ull
-/* Polls of the semaphore before sleeping in the kernel. */
-#define SPIN_TRIES 200
 #define RELEASED (1ull << 63)
+
+/*
+ * Before sleeping in the kernel, a reader waiting for a frame (or a
+ * writer waiting for space) watches for it for a while: when the peer
+ * runs on another CPU and answers within microseconds (a duplex round
+ * trip, a stream the reader keeps up with), this saves the sleep, and
+ * the peer's futex wake (a system call: our semaphore posts and glibc's
+ * make none while nobody sleeps). The watch is bounded in time, and its
+ * budget adapts per reader and writer, as the dispatch semaphore's and
+ * the shared mutex's do (src/sem.c, src/mutex.c): it halves on every
+ * watch that ends in a sleep, drops to 0 below SPIN_MIN_NS, comes back in
+ * full on a watch that sees the event, and is tried in full every
+ * SPIN_PROBE_EVERY-th wait anyway. An idle peer thus costs a few
+ * watches, then none: no CPU while nothing happens. The budget is a
+ * hint, read and written with relaxed atomics.
+ */
+#define SPIN_MAX_NS 20000u
+#define SPIN_MIN_NS 1000u
+#define SPIN_PROBE_EVERY 64u
+
+struct spin_memo {
+    uint32_t budget_ns;
+    uint32_t waits;
+};
+
+static int
+other_cpus(void)
+{
+    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
+    int n = dk__atomic_load_relaxed(&ncpu);
+    if (n == 0) {
+        n = dk__os_ncpu();
+        dk__atomic_store_relaxed(&ncpu, n);
+    }
+    return n - 1;
+}
+
+/* The watch to make now: 0 for none. */
+static uint32_t
+spin_budget(struct spin_memo *m)
+{
+    if (other_cpus() <= 0) {
+        return 0; /* one CPU: the peer cannot run while we watch */
+    }
+    uint32_t b = dk__atomic_load_relaxed(&m->budget_ns);
+    if (b >= SPIN_MIN_NS) {
+        return b;
+    }
+    uint32_t n = dk__atomic_load_relaxed(&m->waits) + 1;
+    dk__atomic_store_relaxed(&m->waits, n);
+    return n % SPIN_PROBE_EVERY == 0 ? SPIN_MAX_NS : 0;
+}
+
+static void
+spin_paid(struct spin_memo *m, bool paid, uint32_t budget)
+{
+    dk__atomic_store_relaxed(&m->budget_ns, paid ? SPIN_MAX_NS : budget / 2);
+}
+
+/* The end of a watch of budget_ns from now, not past the deadline. */
+static uint64_t
+spin_end(uint32_t budget_ns, uint64_t deadline)
+{
+    uint64_t until = dk__os_monotonic_ns() + budget_ns;
+    return until < deadline ? until : deadline;
+}
 
 struct dk_zb_reader_s {
     pthread_mutex_t lock; /* parse, release and close */
@@ -87,6 +152,7 @@ struct dk_zb_reader_s {
     bool writer_seen;
     uint64_t last_writer_pid; /* writer_pid when the last frame was read */
     bool writer_left;         /* writer_pid seen 0 since then */
+    struct spin_memo spin;    /* watching sem-w before sleeping */
     dk_zb_error_t err;
 };
 
@@ -113,6 +179,13 @@ struct dk_zb_writer_s {
     uint64_t bytes;
     bool metadata_written;
     bool closed;
+    /* A lower bound of payload_free_bytes: only we subtract from it, so
+     * the last value we saw, less what we used since, is still free. It
+     * spares a load of the OIEB line the reader keeps writing while
+     * there is room. Every value in it came from an acquire load or an
+     * acq_rel RMW of the counter ((A'), see above). */
+    uint64_t free_known;
+    struct spin_memo spin; /* watching the free count before sleeping */
     dk_zb_error_t err;
 };
 
@@ -436,6 +509,7 @@ dk_zb_reader_create(const char *name, uint64_t metadata_size,
     r->msize = msize;
     r->psize = psize;
     r->expected = 1;
+    r->spin.budget_ns = SPIN_MAX_NS;
     r->pend_cap = 64;
     r->pend = calloc(r->pend_cap, sizeof *r->pend);
     if (r->pend == NULL) {
@@ -668,8 +742,33 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     return rc;
 }
 
+/* Watch sem-w for a token until the watch budget or the deadline runs
+ * out; 0 with the token taken, or -EAGAIN. */
+static int
+reader_spin_take(dk_zb_reader_t *r, uint64_t deadline)
+{
+    uint32_t budget = spin_budget(&r->spin);
+    if (budget == 0) {
+        return -EAGAIN;
+    }
+    uint64_t until = spin_end(budget, deadline);
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        /* sem_trywait loads the count first: no write while it is 0. */
+        if (dk__nsem_trywait(r->sem_w) == 0) {
+            spin_paid(&r->spin, true, budget);
+            return 0;
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            spin_paid(&r->spin, false, budget);
+            return -EAGAIN;
+        }
+    }
+}
+
 int
-dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
+dk__zb_reader_read_ex(dk_zb_reader_t *r, uint64_t deadline, unsigned how,
+                      dk_zb_frame_t *frame)
 {
     if (dk__atomic_load_relaxed(&r->closed)) {
         return -EBADF;
@@ -678,11 +777,13 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
         return -EPROTO;
     }
     int rc = dk__nsem_trywait(r->sem_w);
+    if (rc < 0 && deadline != 0 && (how & DK__ZB_SPIN)) {
+        rc = reader_spin_take(r, deadline);
+    }
+    if (rc < 0 && !(how & DK__ZB_SLEEP)) {
+        return -EAGAIN;
+    }
     if (rc < 0 && deadline != 0) {
-        for (int i = 0; i < SPIN_TRIES && rc < 0; i++) {
-            dk_cpu_relax();
-            rc = dk__nsem_trywait(r->sem_w);
-        }
         while (rc < 0) {
             uint64_t now = dk__os_monotonic_ns();
             if (now >= deadline) {
@@ -720,18 +821,16 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
 }
 
 int
+dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
+{
+    return dk__zb_reader_read_ex(r, deadline, DK__ZB_SPIN | DK__ZB_SLEEP,
+                                 frame);
+}
+
+int
 dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
-    if (dk__atomic_load_relaxed(&r->closed)) {
-        return -EBADF;
-    }
-    if (truncated(r->faulted, &r->err)) {
-        return -EPROTO;
-    }
-    if (dk__nsem_trywait(r->sem_w) < 0) {
-        return -EAGAIN;
-    }
-    return reader_consume(r, frame);
+    return dk__zb_reader_read_ex(r, 0, 0, frame);
 }
 
 int
@@ -944,6 +1043,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
     w->written_count = load64(&o->payload_written_count);
     w->metadata_written = load64(&o->metadata_written_bytes) != 0;
     w->seq = 1;
+    w->spin.budget_ns = SPIN_MAX_NS;
     *out = w;
     return 0;
 
@@ -1006,9 +1106,66 @@ space_needed(const dk_zb_writer_t *w, uint64_t total, bool *wrap)
     return to_end + total;
 }
 
+/* The free count, refreshed from the OIEB when what we know of it is
+ * below `needed`. 0, or -EPROTO for a count larger than the ring. */
+static int
+writer_free(dk_zb_writer_t *w, uint64_t needed, uint64_t *free_bytes)
+{
+    if (w->free_known >= needed) {
+        *free_bytes = w->free_known;
+        return 0;
+    }
+    /* (A'): pairs with the reader's release add. */
+    uint64_t f = dk__atomic_load_acquire(&w->oieb->payload_free_bytes);
+    if (f > w->psize) {
+        set_error(&w->err, "corrupted OIEB: payload_free_bytes %llu > %llu",
+                  (unsigned long long)f, (unsigned long long)w->psize);
+        return -EPROTO;
+    }
+    w->free_known = f;
+    *free_bytes = f;
+    return 0;
+}
+
+/* Subtract `n` bytes we use from the free count. */
+static void
+writer_use(dk_zb_writer_t *w, uint64_t n)
+{
+    /* acq_rel: the returned count may include credits the reader
+     * released after reading those bytes ((A') again). */
+    uint64_t old = dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
+    /* A corrupted count (beyond the ring) is not trusted: the next
+     * writer_free() loads it again and reports it. */
+    w->free_known = old >= n && old <= w->psize ? old - n : 0;
+}
+
+/* Watch the free count until it covers `needed`, or the watch budget or
+ * the deadline runs out. true if it does. */
+static bool
+writer_spin(dk_zb_writer_t *w, uint64_t needed, uint64_t deadline)
+{
+    uint32_t budget = spin_budget(&w->spin);
+    if (budget == 0) {
+        return false;
+    }
+    uint64_t until = spin_end(budget, deadline);
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (dk__atomic_load_relaxed(&w->oieb->payload_free_bytes) >= needed ||
+            dk__atomic_load_relaxed(&w->oieb->reader_pid) == 0) {
+            spin_paid(&w->spin, true, budget);
+            return true; /* the caller loads both again */
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            spin_paid(&w->spin, false, budget);
+            return false;
+        }
+    }
+}
+
 int
-dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
-                     void **buf, uint64_t *sequence)
+dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
+                         unsigned how, void **buf, uint64_t *sequence)
 {
     if (dk__atomic_load_relaxed(&w->closed)) {
         return -EBADF;
@@ -1028,37 +1185,35 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
     uint64_t total = DK_ZB_HEADER_SIZE + size;
     bool wrap;
     uint64_t needed = space_needed(w, total, &wrap);
-    int spins = 0;
+    bool spun = !(how & DK__ZB_SPIN) || deadline == 0;
     for (;;) {
         uint64_t rpid = dk__atomic_load_acquire(&w->oieb->reader_pid);
         if (rpid == 0) {
             return -EPIPE;
         }
-        /* (A'): pairs with the reader's release add. */
-        uint64_t free_bytes =
-            dk__atomic_load_acquire(&w->oieb->payload_free_bytes);
-        if (free_bytes > w->psize) {
-            set_error(&w->err,
-                      "corrupted OIEB: payload_free_bytes %llu > "
-                      "%llu",
-                      (unsigned long long)free_bytes,
-                      (unsigned long long)w->psize);
-            return -EPROTO;
+        uint64_t free_bytes;
+        int rc = writer_free(w, needed, &free_bytes);
+        if (rc < 0) {
+            return rc;
         }
         if (free_bytes >= needed) {
             break;
         }
-        if (spins < SPIN_TRIES && deadline != 0) {
-            spins++;
-            dk_cpu_relax();
-            continue;
+        if (!spun) {
+            spun = true;
+            if (writer_spin(w, needed, deadline)) {
+                continue;
+            }
+        }
+        if (!(how & DK__ZB_SLEEP)) {
+            return -EAGAIN;
         }
         uint64_t now = dk__os_monotonic_ns();
         if (now >= deadline) {
             return dk__pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
         }
         uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
-        int rc = dk__nsem_wait(w->sem_r, slice);
+        rc = dk__nsem_wait(w->sem_r, slice);
         if (dk__atomic_load_relaxed(&w->closed)) {
             return -EBADF;
         }
@@ -1082,7 +1237,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
                                      w->written_count);
         }
         if (to_end != 0) {
-            dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, to_end);
+            writer_use(w, to_end);
         }
         w->wpos = 0;
         dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
@@ -1092,6 +1247,14 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
     *buf = w->ring + w->wpos + DK_ZB_HEADER_SIZE;
     *sequence = w->seq;
     return 0;
+}
+
+int
+dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
+                     void **buf, uint64_t *sequence)
+{
+    return dk__zb_writer_acquire_ex(w, size, deadline,
+                                    DK__ZB_SPIN | DK__ZB_SLEEP, buf, sequence);
 }
 
 int
@@ -1113,7 +1276,7 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
         w->pending = false; /* the header itself hit a lost page */
         return -EPROTO;
     }
-    dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
+    writer_use(w, total);
     w->wpos += total;
     if (w->wpos == w->psize) {
         w->wpos = 0;

@@ -27,6 +27,7 @@
 
 #include "dk/time.h"
 #include "dk/zerobuffer.h"
+#include "zerobuffer_internal.h"
 
 /* Copies at least this large run with the GIL released. */
 #define NOGIL_COPY 65536
@@ -372,56 +373,119 @@ make_frame(ReaderObject *self, const dk_zb_frame_t *f)
     return (PyObject *)fo;
 }
 
-static PyObject *
-Reader_read_frame(ReaderObject *self, PyObject *args, PyObject *kwargs)
+/* A timeout argument, checked now; its deadline is computed only when a
+ * wait is needed (no clock read when a frame is there). */
+typedef struct {
+    PyObject *obj; /* NULL: the default 5 s; None: forever */
+    double secs;
+} zb_timeout;
+
+static int
+timeout_parse(PyObject *obj, zb_timeout *t)
 {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *timeout = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:read_frame", kwlist,
-                                     &timeout)) {
-        return NULL;
+    t->obj = obj;
+    t->secs = 5.0;
+    if (obj == NULL || obj == Py_None) {
+        return 0;
     }
-    if (reader_check_open(self) < 0) {
-        return NULL;
+    t->secs = PyFloat_AsDouble(obj);
+    if (t->secs == -1.0 && PyErr_Occurred()) {
+        return -1;
     }
-    uint64_t deadline = 0;
-    if (timeout == NULL) {
-        deadline = dk_now() + 5000000000ull;
-    } else if (dkpy_deadline_zerobuffer(timeout, &deadline) < 0) {
-        return NULL;
+    if (isnan(t->secs)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+        return -1;
     }
-    dk_zb_frame_t f;
-    int rc = dk_zb_reader_try_read(self->core, &f);
+    return 0;
+}
+
+static uint64_t
+timeout_deadline(const zb_timeout *t)
+{
+    if (t->obj == Py_None || t->secs > 1e9) {
+        return DK_TIME_FOREVER;
+    }
+    return t->secs <= 0 ? 0 : dk_now() + (uint64_t)(t->secs * 1e9);
+}
+
+/* The next frame into *f: 0, -ETIMEDOUT, DKPY_RAISED-like -EINTR with
+ * an exception set, or another error of the core. Tries, then watches
+ * with the GIL held (a frame due within microseconds costs no GIL
+ * hand-off), then sleeps with the GIL released, in slices that let
+ * signal handlers run. */
+static int
+reader_next(ReaderObject *self, const zb_timeout *t, dk_zb_frame_t *f)
+{
+    int rc = dk__zb_reader_read_ex(self->core, 0, 0, f);
+    if (rc != -EAGAIN) {
+        return rc;
+    }
+    uint64_t deadline = timeout_deadline(t);
+    if (deadline == 0) {
+        return dk_zb_reader_read(self->core, 0, f);
+    }
+    rc = dk__zb_reader_read_ex(self->core, deadline, DK__ZB_SPIN, f);
     while (rc == -EAGAIN) {
         uint64_t end = dkpy_slice_end(deadline);
         dk_zb_reader_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_zb_reader_read(core, end, &f);
+        rc = dk__zb_reader_read_ex(core, end, DK__ZB_SLEEP, f);
         Py_END_ALLOW_THREADS
         self->busy--;
         if (rc == -ETIMEDOUT || rc == -EINTR) {
             if (PyErr_CheckSignals() < 0) {
-                reader_maybe_destroy(self);
-                return NULL;
+                return -EINTR;
             }
             if (self->closed) {
-                rc = -EBADF;
-                break;
+                return -EBADF;
             }
             if (rc == -ETIMEDOUT && dk_now() >= deadline) {
-                break;
+                return -ETIMEDOUT;
             }
             rc = -EAGAIN;
         }
     }
     if (rc == 0 && self->closed) {
+        /* close() ran while we slept: the frame is not handed out. */
         rc = -EBADF;
     }
+    return rc;
+}
+
+static PyObject *
+Reader_read_frame(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    PyObject *timeout = NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "read_frame() takes at most 1 argument (%zd given)",
+                     nargs + nkw);
+        return NULL;
+    }
+    if (nargs + nkw == 1) {
+        timeout = one_arg(args, nargs, kwnames, "read_frame", "timeout");
+        if (timeout == NULL) {
+            return NULL;
+        }
+    }
+    zb_timeout t;
+    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = reader_next(self, &t, &f);
     if (rc == 0) {
         return make_frame(self, &f);
     }
+    if (rc == -EINTR && PyErr_Occurred()) {
+        reader_maybe_destroy(self);
+        return NULL;
+    }
     if (rc == -ETIMEDOUT) {
+        reader_maybe_destroy(self);
         Py_RETURN_NONE;
     }
     PyObject *res = reader_error(self, rc);
@@ -617,7 +681,7 @@ Reader_release_frame_kw(ReaderObject *self, PyObject *const *args,
 
 static PyMethodDef Reader_methods[] = {
     {"read_frame", (PyCFunction)(void (*)(void))Reader_read_frame,
-     METH_VARARGS | METH_KEYWORDS,
+     METH_FASTCALL | METH_KEYWORDS,
      "read_frame($self, /, timeout=5.0)\n--\n\nWait for the next frame "
      "(timeout in seconds, None = forever). None on timeout."},
     {"release_frame", (PyCFunction)(void (*)(void))Reader_release_frame_kw,
@@ -1037,24 +1101,31 @@ writer_error(WriterObject *self, int rc)
     return dkpy_raise_mapped(writer_errors, rc) ? NULL : dkpy_raise_errno(rc);
 }
 
-/* Reserve a frame, waiting for space as write_timeout allows. Lock held. */
+/* Reserve a frame, waiting for space as write_timeout allows. Lock held.
+ * Tries, then watches with the GIL held, then sleeps with it released. */
 static int
 writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
 {
     if (self->closed || self->core == NULL) {
         return -EBADF;
     }
-    int rc = dk_zb_writer_acquire(self->core, size, 0, buf, seq);
-    if (rc != -ETIMEDOUT) {
+    int rc = dk__zb_writer_acquire_ex(self->core, size, 0, 0, buf, seq);
+    if (rc != -EAGAIN) {
         return rc;
     }
     uint64_t deadline = dk_now() + (uint64_t)(self->write_timeout * 1e9);
+    rc = dk__zb_writer_acquire_ex(self->core, size, deadline, DK__ZB_SPIN,
+                                  buf, seq);
+    if (rc != -EAGAIN) {
+        return rc;
+    }
     do {
         uint64_t end = dkpy_slice_end(deadline);
         dk_zb_writer_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_zb_writer_acquire(core, size, end, buf, seq);
+        rc = dk__zb_writer_acquire_ex(core, size, end, DK__ZB_SLEEP, buf,
+                                      seq);
         Py_END_ALLOW_THREADS
         self->busy--;
         if (rc == -ETIMEDOUT || rc == -EINTR) {
