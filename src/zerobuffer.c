@@ -185,6 +185,11 @@ struct dk_zb_writer_s {
      * there is room. Every value in it came from an acquire load or an
      * acq_rel RMW of the counter ((A'), see above). */
     uint64_t free_known;
+    /* Frames committed by a batch but not published yet: the bytes they
+     * (and any wrap) use are not yet subtracted from payload_free_bytes,
+     * write_pos and written_count are not stored, sem-w not posted. */
+    uint64_t held_frames;
+    uint64_t held_bytes;
     struct spin_memo spin; /* watching the free count before sleeping */
     dk_zb_error_t err;
 };
@@ -855,6 +860,35 @@ dk_zb_reader_release(dk_zb_reader_t *r, const dk_zb_frame_t *frame)
 }
 
 int
+dk_zb_reader_release_many(dk_zb_reader_t *r, const dk_zb_frame_t *frames,
+                          size_t n)
+{
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (frames[i].ticket >= r->pend_tail) {
+            rc = -EINVAL; /* checked first: nothing is released */
+        }
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint64_t t = frames[i].ticket;
+        if (t >= r->pend_head) {
+            r->pend[t & (r->pend_cap - 1)] |= RELEASED;
+        }
+    }
+    if (rc == 0) {
+        /* One credit (one release add on the OIEB) for the lot. */
+        pend_drain(r);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int
 dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data, uint64_t *size)
 {
     if (r->closed) {
@@ -1106,8 +1140,9 @@ space_needed(const dk_zb_writer_t *w, uint64_t total, bool *wrap)
     return to_end + total;
 }
 
-/* The free count, refreshed from the OIEB when what we know of it is
- * below `needed`. 0, or -EPROTO for a count larger than the ring. */
+/* The bytes free for us (the OIEB's free count less what held frames
+ * use), refreshed from the OIEB when what we know of it is below
+ * `needed`. 0, or -EPROTO for a count larger than the ring. */
 static int
 writer_free(dk_zb_writer_t *w, uint64_t needed, uint64_t *free_bytes)
 {
@@ -1122,21 +1157,50 @@ writer_free(dk_zb_writer_t *w, uint64_t needed, uint64_t *free_bytes)
                   (unsigned long long)f, (unsigned long long)w->psize);
         return -EPROTO;
     }
-    w->free_known = f;
-    *free_bytes = f;
+    w->free_known = f >= w->held_bytes ? f - w->held_bytes : 0;
+    *free_bytes = w->free_known;
     return 0;
 }
 
-/* Subtract `n` bytes we use from the free count. */
+/* Use `n` bytes: subtracted from the free count when published. */
 static void
 writer_use(dk_zb_writer_t *w, uint64_t n)
 {
-    /* acq_rel: the returned count may include credits the reader
-     * released after reading those bytes ((A') again). */
-    uint64_t old = dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
-    /* A corrupted count (beyond the ring) is not trusted: the next
-     * writer_free() loads it again and reports it. */
-    w->free_known = old >= n && old <= w->psize ? old - n : 0;
+    w->held_bytes += n;
+    w->free_known = w->free_known >= n ? w->free_known - n : 0;
+}
+
+/*
+ * Publish the held frames: one subtraction from the free count, one
+ * store of write_pos and written_count, one sem-w post per frame (every
+ * peer's reader takes one token per frame). A batch thus moves the OIEB
+ * lines the reader also writes between the CPUs once, not once a frame.
+ */
+static void
+writer_publish(dk_zb_writer_t *w)
+{
+    uint64_t n = w->held_bytes;
+    if (n != 0) {
+        /* acq_rel: the returned count may include credits the reader
+         * released after reading those bytes ((A') again). */
+        uint64_t old =
+            dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
+        /* A corrupted count (beyond the ring) is not trusted: the next
+         * writer_free() loads it again and reports it. */
+        w->free_known = old >= n && old <= w->psize ? old - n : 0;
+        w->held_bytes = 0;
+    }
+    if (w->held_frames == 0) {
+        return;
+    }
+    dk__atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
+    /* (B): the frames' bytes before the reader's acquire load. */
+    dk__atomic_store_release(&w->oieb->payload_written_count,
+                             w->written_count);
+    for (uint64_t i = 0; i < w->held_frames; i++) {
+        dk__nsem_post(w->sem_w);
+    }
+    w->held_frames = 0;
 }
 
 /* Watch the free count until it covers `needed`, or the watch budget or
@@ -1199,6 +1263,11 @@ dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
         if (free_bytes >= needed) {
             break;
         }
+        if (w->held_frames != 0 || w->held_bytes != 0) {
+            /* The reader cannot free space for frames it cannot see. */
+            writer_publish(w);
+            continue;
+        }
         if (!spun) {
             spun = true;
             if (writer_spin(w, needed, deadline)) {
@@ -1233,14 +1302,19 @@ dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
             static const uint64_t marker[2] = {0, 0};
             memcpy(w->ring + w->wpos, marker, sizeof marker);
             w->written_count++;
-            dk__atomic_store_relaxed(&w->oieb->payload_written_count,
-                                     w->written_count);
         }
         if (to_end != 0) {
             writer_use(w, to_end);
         }
         w->wpos = 0;
-        dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+        if (w->held_frames == 0) {
+            /* Published alone: the marker stands for itself until the
+             * frame after it is committed. */
+            writer_publish(w);
+            dk__atomic_store_relaxed(&w->oieb->payload_written_count,
+                                     w->written_count);
+            dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+        }
     }
     w->pending = true;
     w->pending_size = size;
@@ -1258,7 +1332,7 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
 }
 
 int
-dk_zb_writer_commit(dk_zb_writer_t *w)
+dk__zb_writer_commit_ex(dk_zb_writer_t *w, bool publish)
 {
     if (!w->pending || dk__atomic_load_relaxed(&w->closed)) {
         return -EINVAL;
@@ -1282,16 +1356,69 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
         w->wpos = 0;
     }
     w->written_count++;
-    dk__atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
-    /* (B): the frame's bytes before the reader's acquire load. */
-    dk__atomic_store_release(&w->oieb->payload_written_count,
-                             w->written_count);
-    dk__nsem_post(w->sem_w);
+    w->held_frames++;
+    if (publish) {
+        writer_publish(w);
+    }
     w->pending = false;
     w->seq++;
     w->frames++;
     w->bytes += size;
     return 0;
+}
+
+void
+dk__zb_writer_publish(dk_zb_writer_t *w)
+{
+    if (!dk__atomic_load_relaxed(&w->closed)) {
+        writer_publish(w);
+    }
+}
+
+int
+dk_zb_writer_commit(dk_zb_writer_t *w)
+{
+    return dk__zb_writer_commit_ex(w, true);
+}
+
+int
+dk_zb_writer_write_many(dk_zb_writer_t *w, const dk_zb_buf_t *frames,
+                        size_t n, uint64_t deadline, size_t *done)
+{
+    *done = 0;
+    if (dk__atomic_load_relaxed(&w->closed)) {
+        return -EBADF;
+    }
+    if (w->pending) {
+        return -EBUSY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (frames[i].size == 0) {
+            return -EINVAL;
+        }
+        if (frames[i].size > w->psize - DK_ZB_HEADER_SIZE) {
+            return -EMSGSIZE;
+        }
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        void *buf;
+        uint64_t seq;
+        /* Publishes the frames before this one if it must wait. */
+        rc = dk__zb_writer_acquire_ex(w, frames[i].size, deadline,
+                                      DK__ZB_SPIN | DK__ZB_SLEEP, &buf, &seq);
+        if (rc < 0) {
+            break;
+        }
+        memcpy(buf, frames[i].data, (size_t)frames[i].size);
+        rc = dk__zb_writer_commit_ex(w, false);
+        if (rc < 0) {
+            break;
+        }
+        (*done)++;
+    }
+    dk__zb_writer_publish(w);
+    return rc;
 }
 
 int

@@ -26,4 +26,11 @@ int dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size,
                              uint64_t deadline, unsigned how, void **buf,
                              uint64_t *sequence);
 
+/* dk_zb_writer_commit, publishing the frame now (publish) or holding it
+ * until the next publish (a wait for space or dk__zb_writer_publish
+ * publishes every held frame at once). */
+int dk__zb_writer_commit_ex(dk_zb_writer_t *w, bool publish);
+/* Publish the held frames (nothing once closed). */
+void dk__zb_writer_publish(dk_zb_writer_t *w);
+
 #endif /* DK_SRC_ZEROBUFFER_INTERNAL_H */

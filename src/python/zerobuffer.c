@@ -493,6 +493,71 @@ Reader_read_frame(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs,
     return res;
 }
 
+/* read_frames(max_frames, timeout=5.0): wait for a frame as read_frame
+ * does, then take every frame already there, up to max_frames, with no
+ * further wait. A list, empty on timeout. An error after the first frame
+ * ends the batch; nothing of it was consumed, so the next call reports
+ * it. */
+static PyObject *
+Reader_read_frames(ReaderObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"max_frames", "timeout", NULL};
+    PyObject *maxobj, *timeout = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:read_frames", kwlist,
+                                     &maxobj, &timeout)) {
+        return NULL;
+    }
+    if (PyBool_Check(maxobj) || !PyIndex_Check(maxobj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "max_frames must be an int, not %.100s",
+                     Py_TYPE(maxobj)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t max = PyNumber_AsSsize_t(maxobj, NULL); /* clamps */
+    if (max == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be at least 1");
+        return NULL;
+    }
+    zb_timeout t;
+    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = reader_next(self, &t, &f);
+    while (rc == 0) {
+        PyObject *fo = make_frame(self, &f);
+        if (fo == NULL || PyList_Append(list, fo) < 0) {
+            Py_XDECREF(fo);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(fo);
+        if (PyList_GET_SIZE(list) >= max || self->closed) {
+            break;
+        }
+        rc = dk__zb_reader_read_ex(self->core, 0, 0, &f);
+    }
+    if (PyList_GET_SIZE(list) > 0 || rc == -ETIMEDOUT) {
+        reader_maybe_destroy(self);
+        return list;
+    }
+    Py_DECREF(list);
+    if (rc == -EINTR && PyErr_Occurred()) {
+        reader_maybe_destroy(self);
+        return NULL;
+    }
+    PyObject *res = reader_error(self, rc);
+    reader_maybe_destroy(self);
+    return res;
+}
+
 static PyObject *
 Reader_release_frame(ReaderObject *self, PyObject *frame)
 {
@@ -671,6 +736,67 @@ Reader_get_closed(ReaderObject *self, void *c)
     return PyBool_FromLong(self->closed);
 }
 
+/* release_frames(frames): release several frames with one credit of
+ * their space. Every item is checked first (a Frame of this reader, or
+ * anything with dispose(), as release_frame takes); frames released
+ * before are skipped. */
+static PyObject *
+Reader_release_frames(ReaderObject *self, PyObject *frames)
+{
+    PyObject *seq = PySequence_Fast(
+        frames, "release_frames() takes an iterable of frames");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t ours = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyObject_TypeCheck(items[i], Frame_type)) {
+            continue; /* released below, through its dispose() */
+        }
+        if (((FrameObject *)items[i])->reader != self) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError,
+                         "frame %zd belongs to another reader", i);
+            return NULL;
+        }
+        ours++;
+    }
+    dk_zb_frame_t *batch =
+        ours > 0 ? PyMem_Malloc((size_t)ours * sizeof *batch) : NULL;
+    if (ours > 0 && batch == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    size_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_TypeCheck(items[i], Frame_type)) {
+            FrameObject *fo = (FrameObject *)items[i];
+            if (!fo->released) {
+                fo->released = true;
+                batch[k++] = fo->frame;
+            }
+        }
+    }
+    if (k > 0 && self->core != NULL) {
+        (void)dk_zb_reader_release_many(self->core, batch, k);
+    }
+    PyMem_Free(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyObject_TypeCheck(items[i], Frame_type)) {
+            PyObject *r = Reader_release_frame(self, items[i]);
+            if (r == NULL) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Reader_release_frame_kw(ReaderObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
@@ -688,6 +814,14 @@ static PyMethodDef Reader_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "release_frame($self, /, frame)\n--\n\nGive the frame's space back to "
      "the writer."},
+    {"read_frames", (PyCFunction)(void (*)(void))Reader_read_frames,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_frames($self, /, max_frames, timeout=5.0)\n--\n\nWait for a "
+     "frame as read_frame() does, then take every frame already there, up "
+     "to max_frames: a list of frames, empty on timeout."},
+    {"release_frames", (PyCFunction)Reader_release_frames, METH_O,
+     "release_frames($self, frames, /)\n--\n\nRelease several frames "
+     "at once (one credit of their space to the writer)."},
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
@@ -1182,6 +1316,98 @@ Writer_write_frame(WriterObject *self, PyObject *data)
     return res;
 }
 
+/* write_frames(frames): copy several frames in, published together.
+ * Every item is checked first (a buffer, not empty, not too large), so
+ * bad input writes nothing. A wait for space publishes the frames
+ * before it, so a batch larger than the ring goes through as the reader
+ * frees space; each wait is bounded by write_timeout as write_frame's.
+ * Returns the number of frames written. */
+static PyObject *
+Writer_write_frames(WriterObject *self, PyObject *frames)
+{
+    PyObject *seq = PySequence_Fast(
+        frames, "write_frames() takes an iterable of bytes-like objects");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_buffer *views = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *views);
+    if (views == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t got = 0;
+    PyObject *res = NULL;
+    uint64_t max = self->core && !self->closed
+                       ? dk_zb_writer_max_frame(self->core)
+                       : UINT64_MAX;
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(items[got], &views[got], PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+        if (views[got].len == 0) {
+            got++;
+            PyErr_Format(exc_types[EXC_INVALID_SIZE],
+                         "frame %zd is empty: frames need at least 1 byte",
+                         got - 1);
+            goto done;
+        }
+        if ((uint64_t)views[got].len > max) {
+            got++;
+            PyErr_Format(exc_types[EXC_TOO_LARGE],
+                         "frame %zd has %zd bytes; this buffer takes at "
+                         "most %llu",
+                         got - 1, views[got - 1].len,
+                         (unsigned long long)max);
+            goto done;
+        }
+    }
+    if (writer_lock(self) < 0) {
+        goto done;
+    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+        void *buf;
+        uint64_t sq;
+        rc = writer_acquire(self, (uint64_t)views[i].len, &buf, &sq);
+        if (rc < 0) {
+            break;
+        }
+        if (views[i].len >= NOGIL_COPY) {
+            self->busy++;
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(buf, views[i].buf, (size_t)views[i].len);
+            Py_END_ALLOW_THREADS
+            self->busy--;
+        } else {
+            memcpy(buf, views[i].buf, (size_t)views[i].len);
+        }
+        rc = dk__zb_writer_commit_ex(self->core, false);
+        if (rc == -EINVAL) {
+            rc = -EBADF; /* closed by another thread during the copy */
+        }
+    }
+    if (self->core != NULL) {
+        dk__zb_writer_publish(self->core);
+    }
+    if (rc == 0) {
+        res = PyLong_FromSsize_t(n);
+    } else if (!(rc == -EINTR && PyErr_Occurred())) {
+        writer_error(self, rc);
+    }
+    writer_unlock(self);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        if (views[i].obj != NULL || views[i].buf != NULL) {
+            PyBuffer_Release(&views[i]);
+        }
+    }
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    return res;
+}
+
 static int revoke_pending(WriterObject *self, const char *what);
 
 static PyObject *
@@ -1503,6 +1729,10 @@ static PyMethodDef Writer_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
      "returns its sequence number."},
+    {"write_frames", (PyCFunction)Writer_write_frames, METH_O,
+     "write_frames($self, frames, /)\n--\n\nCopy several frames in, "
+     "published together; returns how many. Every frame is checked "
+     "before any is written."},
     {"_acquire", (PyCFunction)Writer_acquire, METH_O,
      "_acquire($self, size, /)\n--\n\nget_frame_buffer(size) that also "
      "returns the sequence: (sequence, memoryview)."},
