@@ -7,21 +7,42 @@
  *
  *   WRITER                                   READER
  *   free = payload_free_bytes (A')           sem_wait(sem-w)          (B)
- *   if free < needed: sem_wait(sem-r)        load written_count (acquire)
- *   copy header + data to ring[wpos]         parse ring[read_pos]
- *   payload_free_bytes -= total (atomic)     ... user reads the data ...
- *   written_count = n (release); post  (B)   payload_free_bytes += total
- *                                              (atomic, release)     (A)
+ *   if free < needed: sem_wait(sem-r)        parse ring[read_pos]
+ *   copy header + data to ring[wpos]         ... user reads the data ...
+ *   payload_free_bytes -= total (atomic)     payload_free_bytes += total
+ *   written_count = n (release); post  (B)     (atomic, release)     (A)
  *                                            sem_post(sem-r)
  *
- * (B): the semaphore post/wait pair orders the frame's bytes before the
- * reader's parse; without it the reader could see the token before the
+ * (B): the semaphore post (a release) and the wait or trywait that takes
+ * the token (an acquire) order the frame's bytes before the reader's
+ * parse; without it the reader could see the token before the
  * header. (A)/(A'): the reader's release-add orders its last read of the
  * frame before the writer's acquire-load that lets it reuse the space;
  * without it the writer could overwrite bytes still being read.
  * payload_free_bytes is the only word both sides modify: a plain "+=" on
  * either side would lose the other's update (the peers' f380ab6 bug), so
  * it is only ever changed with an atomic add or sub.
+ *
+ * Batches (dk_zb_writer_write_many): the writer copies several frames
+ * in, then publishes them at once: one subtraction from the free count,
+ * one store of write_pos and written_count, then one post per frame. A
+ * frame not yet published is invisible to every reader (no token), and
+ * the writer never waits with frames held, because the reader cannot
+ * free space for frames it cannot see:
+ *
+ *   CPU0 (writer, batch of 3)                CPU1 (reader)
+ *   copy frames 1, 2 (held, no post)
+ *   frame 3: free < needed                   sem_wait(sem-w): asleep
+ *     publish: free -= held bytes; posts x2
+ *                                            wakes, reads 1 and 2,
+ *     sem_wait(sem-r)                          free += ..., post sem-r
+ *   wakes, copies frame 3; publish: post
+ *
+ * Without the publish before the wait, CPU0 would sleep on sem-r while
+ * CPU1 sleeps on sem-w, each waiting for the other until the timeouts.
+ * While frames are held, the OIEB's free count is higher than the truth
+ * by what they use; only this writer subtracts from it, and it counts
+ * the held bytes itself (free_known), so nothing else is misled.
  *
  * Space accounting: the writer may reuse [write_pos, write_pos + n) only
  * if the free count covers it, which is right only while the occupied
@@ -662,17 +683,24 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         return rc;
     }
     struct next_frame f;
-    uint64_t wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f, &r->err);
-    if (rc == -EILSEQ && r->err.got == 1 &&
-        (wpid != r->last_writer_pid ||
-         dk__atomic_load_relaxed(&r->writer_left))) {
-        /* Every writer numbers its frames from 1: a new writer after the
-         * previous one left starts the count again. */
-        rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
-        if (rc == 0) {
-            r->expected = 1;
+    /* writer_pid is read only for a frame numbered 1 out of turn, and to
+     * record the first writer: its cache line is the one the writer
+     * updates with every frame, and a load of it would wait for it. */
+    uint64_t wpid = r->last_writer_pid;
+    if (rc == -EILSEQ && r->err.got == 1) {
+        wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
+        if (wpid != r->last_writer_pid ||
+            dk__atomic_load_relaxed(&r->writer_left)) {
+            /* Every writer numbers its frames from 1: a new writer after
+             * the previous one left starts the count again. */
+            rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
+            if (rc == 0) {
+                r->expected = 1;
+            }
         }
+    } else if (rc == 0 && wpid == 0) {
+        wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     }
     if (rc == 0) {
         /* Touch every page of the frame now, so that pages lost to a
@@ -728,9 +756,9 @@ static int
 reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
     int rc;
-    /* (B): pairs with the writer's release store of the written count
-     * (the semaphore orders them too; peers rely on that alone). */
-    (void)dk__atomic_load_acquire(&r->oieb->payload_written_count);
+    /* (B): the token we took (an acquire CAS in sem_trywait/sem_wait)
+     * pairs with the writer's sem_post (a release), which follows its
+     * stores of the frame: they are visible now, as the peers rely on. */
     dk__atomic_store_relaxed(&r->writer_seen, true);
     pthread_mutex_lock(&r->lock);
     if (r->closed) {
