@@ -252,7 +252,7 @@ def _ice_service(node, name, size):
             .open_or_create())
 
 
-def _ice_publisher(name, size, n, mode, go):
+def _ice_publisher(name, size, n, mode, go, ready):
     import iceoryx2 as iox2
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     svc = _ice_service(node, name, size)
@@ -260,6 +260,7 @@ def _ice_publisher(name, size, n, mode, go):
            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
            .create())
     src = os.urandom(size)
+    ready.set()
     go.wait()
     for i in range(n):
         sample = pub.loan_slice_uninit(size)
@@ -279,12 +280,18 @@ def run_ice(size, n, mode):
     svc = _ice_service(node, name, size)
     sub = svc.subscriber_builder().buffer_size(4).create()
     go = mp.get_context("spawn").Event()
+    ready = mp.get_context("spawn").Event()
     warm = 8
-    p = mp.get_context("spawn").Process(target=_ice_publisher,
-                                        args=(name, size, warm + n, mode, go))
+    p = mp.get_context("spawn").Process(
+        target=_ice_publisher, args=(name, size, warm + n, mode, go, ready))
     p.start()
     dst = bytearray(size)
-    time.sleep(0.5)  # the publisher opens the service (no connect event)
+    # The publisher, created after our subscriber, connects to it as it is
+    # created; samples sent before that would be lost. A fixed sleep was
+    # too short on a loaded machine (a spawned child imports iceoryx2).
+    if not ready.wait(60):
+        p.kill()
+        raise RuntimeError("iceoryx2 publisher did not start")
     go.set()
 
     def take():
@@ -344,8 +351,10 @@ def _echo_server(name, ready, stop, impl):
         mod = zb
     else:
         import zerobuffer as mod
+    # timeout: how long the server waits for its client to connect (a
+    # loaded machine can take seconds to start the client's side).
     server = mod.DuplexChannelFactory.get_instance().create_immutable_server(
-        name, mod.BufferConfig(4096, 1 << 20), timeout=1.0)
+        name, mod.BufferConfig(4096, 1 << 20), timeout=20.0)
     server.start(lambda frame, writer: writer.write_frame(frame.data))
     deadline = time.monotonic() + 10
     while server.request_reader is None and time.monotonic() < deadline:
@@ -366,7 +375,7 @@ def duplex_rtt(impl, n):
     else:
         import zerobuffer as mod
     client = None
-    for _ in range(500):
+    for _ in range(2000):
         try:
             client = mod.DuplexChannelFactory.get_instance().create_client(
                 name)
