@@ -252,7 +252,7 @@ def _ice_service(node, name, size):
             .open_or_create())
 
 
-def _ice_publisher(name, size, n, mode, go, ready):
+def _ice_publisher(name, size, n, mode, go, ready, done):
     import iceoryx2 as iox2
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     svc = _ice_service(node, name, size)
@@ -270,6 +270,9 @@ def _ice_publisher(name, size, n, mode, go, ready):
         else:
             view[:8] = i.to_bytes(8, "little")
         sample.assume_init().send()
+    # The samples live in this publisher's segment: exiting before the
+    # subscriber has taken the last few would take them away with it.
+    done.wait(60)
 
 
 def run_ice(size, n, mode):
@@ -281,9 +284,11 @@ def run_ice(size, n, mode):
     sub = svc.subscriber_builder().buffer_size(4).create()
     go = mp.get_context("spawn").Event()
     ready = mp.get_context("spawn").Event()
+    done = mp.get_context("spawn").Event()
     warm = 8
     p = mp.get_context("spawn").Process(
-        target=_ice_publisher, args=(name, size, warm + n, mode, go, ready))
+        target=_ice_publisher,
+        args=(name, size, warm + n, mode, go, ready, done))
     p.start()
     dst = bytearray(size)
     # The publisher, created after our subscriber, connects to it as it is
@@ -322,6 +327,7 @@ def run_ice(size, n, mode):
         del view
         sample.delete()
     secs = time.perf_counter() - t0
+    done.set()
     p.join(10)
     return secs
 
