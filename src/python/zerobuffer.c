@@ -1066,7 +1066,15 @@ typedef struct {
     PyObject_HEAD
     dk_zb_writer_t *core;
     PyObject *name;
-    PyThread_type_lock lock;  /* one writing thread at a time */
+    /* One writing thread at a time: `owned` (read and set with the GIL
+     * held) says whether a thread is in a call; threads that find it
+     * set wait on `gate` (kept locked) with the GIL released, and each
+     * writer_unlock() that leaves waiters behind lets one through. An
+     * uncontended call so costs no lock operation (a PyThread lock reads
+     * the clock even to try). */
+    PyThread_type_lock gate;
+    bool owned;
+    int gate_waiters;
     double write_timeout;     /* seconds */
     PyObject *pending_view;   /* the memoryview of get_frame_buffer() */
     PyObject *pending_region; /* its exporter (a RegionObject) */
@@ -1107,8 +1115,11 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->name = Py_NewRef(name);
     self->write_timeout = 5.0;
-    self->lock = PyThread_allocate_lock();
-    if (self->lock == NULL) {
+    self->gate = PyThread_allocate_lock();
+    if (self->gate != NULL) {
+        (void)PyThread_acquire_lock(self->gate, WAIT_LOCK); /* kept shut */
+    }
+    if (self->gate == NULL) {
         self->closed = true;
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -1174,33 +1185,38 @@ Writer_dealloc(WriterObject *self)
         dk_zb_writer_destroy(self->core);
         self->core = NULL;
     }
-    if (self->lock != NULL) {
-        PyThread_free_lock(self->lock);
+    if (self->gate != NULL) {
+        PyThread_free_lock(self->gate);
     }
     Py_CLEAR(self->name);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
-/* Take the writer's lock: at once if free, else with the GIL released,
- * in slices so that Ctrl-C is seen. */
+/* Take the writer: at once if no thread is in a call, else wait for it
+ * with the GIL released, in slices so that Ctrl-C is seen. */
 static int
 writer_lock(WriterObject *self)
 {
-    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+    if (!self->owned) {
+        self->owned = true;
         return 0;
     }
+    self->gate_waiters++;
     for (;;) {
-        PyLockStatus st;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        st = PyThread_acquire_lock_timed(self->lock, 100000, 0);
+        (void)PyThread_acquire_lock_timed(self->gate, 100000, 0);
         Py_END_ALLOW_THREADS
         self->busy--;
-        if (st == PY_LOCK_ACQUIRED) {
+        /* Woken by an unlock, or a slice ended: either way, look. */
+        if (!self->owned) {
+            self->owned = true;
+            self->gate_waiters--;
             return 0;
         }
         if (PyErr_CheckSignals() < 0) {
+            self->gate_waiters--;
             return -1;
         }
     }
@@ -1209,7 +1225,13 @@ writer_lock(WriterObject *self)
 static void
 writer_unlock(WriterObject *self)
 {
-    PyThread_release_lock(self->lock);
+    self->owned = false;
+    if (self->gate_waiters > 0) {
+        /* Lets one waiter through the gate (a spare pass, if the waiter
+         * had timed out meanwhile, only makes a later waiter look again
+         * at once). */
+        PyThread_release_lock(self->gate);
+    }
     writer_maybe_destroy(self);
 }
 

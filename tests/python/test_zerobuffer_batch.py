@@ -271,6 +271,52 @@ def test_batch_waits_release_the_gil(name):
         assert done == [2]
 
 
+def test_threads_share_one_writer_batches_stay_whole(name):
+    """Threads writing batches and single frames through one Writer: one
+    thread at a time, so each batch's frames are consecutive. The ring is
+    small, so writers also wait for space (with the GIL released) while
+    others queue for the writer."""
+    import struct
+    n_threads, per = 4, 150
+    with zb.Reader(name, zb.BufferConfig(64, 2048)) as r, \
+            zb.Writer(name) as w:
+        def produce(k):
+            for i in range(per):
+                if i % 3:
+                    w.write_frames([struct.pack("<III", k, i, j)
+                                    for j in range(5)])
+                else:
+                    w.write_frame(struct.pack("<III", k, i, 99))
+        ts = [threading.Thread(target=produce, args=(k,))
+              for k in range(n_threads)]
+        for t in ts:
+            t.start()
+        got = []
+        total = n_threads * sum(5 if i % 3 else 1 for i in range(per))
+        while len(got) < total:
+            frames = r.read_frames(16, timeout=10)
+            assert frames, "the writers stalled"
+            got += [(f.sequence, struct.unpack("<III", f.data))
+                    for f in frames]
+            r.release_frames(frames)
+        for t in ts:
+            t.join(10)
+        assert [s for s, _ in got] == list(range(1, total + 1))
+        pos = 0
+        last = {}
+        while pos < len(got):
+            k, i, j = got[pos][1]
+            assert last.get(k, -1) == i - 1  # each thread in order
+            last[k] = i
+            if j == 99:
+                pos += 1
+            else:  # a whole batch, nothing in between
+                assert [got[pos + m][1] for m in range(5)] == [
+                    (k, i, m) for m in range(5)]
+                pos += 5
+        assert last == {k: per - 1 for k in range(n_threads)}
+
+
 def test_batch_reader_reports_an_error_after_the_good_frames(name):
     """A bad frame in the middle of what is there: the good frames before
     it come back, the error comes with the next call (nothing of the bad
