@@ -1211,8 +1211,7 @@ writer_publish(dk_zb_writer_t *w)
     if (n != 0) {
         /* acq_rel: the returned count may include credits the reader
          * released after reading those bytes ((A') again). */
-        uint64_t old =
-            dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
+        uint64_t old = dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
         /* A corrupted count (beyond the ring) is not trusted: the next
          * writer_free() loads it again and reports it. */
         w->free_known = old >= n && old <= w->psize ? old - n : 0;
@@ -1410,8 +1409,8 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
 }
 
 int
-dk_zb_writer_write_many(dk_zb_writer_t *w, const dk_zb_buf_t *frames,
-                        size_t n, uint64_t deadline, size_t *done)
+dk_zb_writer_write_many(dk_zb_writer_t *w, const dk_zb_buf_t *frames, size_t n,
+                        uint64_t deadline, size_t *done)
 {
     *done = 0;
     if (dk__atomic_load_relaxed(&w->closed)) {

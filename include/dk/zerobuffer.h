@@ -147,8 +147,7 @@ DK_EXPORT int dk_zb_reader_release(dk_zb_reader_t *r,
  * are skipped. 0, or -EINVAL (a frame not of this reader: nothing is
  * released). After close: 0 and nothing happens. */
 DK_EXPORT int dk_zb_reader_release_many(dk_zb_reader_t *r,
-                                        const dk_zb_frame_t *frames,
-                                        size_t n);
+                                        const dk_zb_frame_t *frames, size_t n);
 
 /* The metadata the writer stored (without its length prefix). 0,
  * -ENODATA (none yet), -EPROTO (invalid length), -EBADF (closed). */

@@ -350,6 +350,9 @@ reader_error(ReaderObject *self, int rc)
 {
     const dk_zb_error_t *err =
         self->core ? dk_zb_reader_error(self->core) : NULL;
+    if (err == NULL && (rc == -EILSEQ || rc == -EPROTO)) {
+        return zb_raise(EXC_BASE, "corrupted segment");
+    }
     if (rc == -EILSEQ) {
         return zb_raise_sequence(err->expected, err->got);
     }
@@ -508,8 +511,7 @@ Reader_read_frames(ReaderObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (PyBool_Check(maxobj) || !PyIndex_Check(maxobj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "max_frames must be an int, not %.100s",
+        PyErr_Format(PyExc_TypeError, "max_frames must be an int, not %.100s",
                      Py_TYPE(maxobj)->tp_name);
         return NULL;
     }
@@ -764,8 +766,8 @@ Reader_release_frames(ReaderObject *self, PyObject *frames)
         ours++;
     }
     dk_zb_frame_t *batch =
-        ours > 0 ? PyMem_Malloc((size_t)ours * sizeof *batch) : NULL;
-    if (ours > 0 && batch == NULL) {
+        PyMem_Malloc((size_t)(ours > 0 ? ours : 1) * sizeof *batch);
+    if (batch == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
@@ -1204,12 +1206,15 @@ writer_lock(WriterObject *self)
     }
     self->gate_waiters++;
     for (;;) {
+        PyLockStatus st;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        (void)PyThread_acquire_lock_timed(self->gate, 100000, 0);
+        st = PyThread_acquire_lock_timed(self->gate, 100000, 0);
         Py_END_ALLOW_THREADS
         self->busy--;
-        /* Woken by an unlock, or a slice ended: either way, look. */
+        /* Woken by an unlock (st: acquired), or a slice ended: either
+         * way, look. */
+        (void)st;
         if (!self->owned) {
             self->owned = true;
             self->gate_waiters--;
@@ -1270,8 +1275,8 @@ writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
         return rc;
     }
     uint64_t deadline = dk_now() + (uint64_t)(self->write_timeout * 1e9);
-    rc = dk__zb_writer_acquire_ex(self->core, size, deadline, DK__ZB_SPIN,
-                                  buf, seq);
+    rc = dk__zb_writer_acquire_ex(self->core, size, deadline, DK__ZB_SPIN, buf,
+                                  seq);
     if (rc != -EAGAIN) {
         return rc;
     }
@@ -1280,8 +1285,7 @@ writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
         dk_zb_writer_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk__zb_writer_acquire_ex(core, size, end, DK__ZB_SLEEP, buf,
-                                      seq);
+        rc = dk__zb_writer_acquire_ex(core, size, end, DK__ZB_SLEEP, buf, seq);
         Py_END_ALLOW_THREADS
         self->busy--;
         if (rc == -ETIMEDOUT || rc == -EINTR) {
@@ -1380,8 +1384,7 @@ Writer_write_frames(WriterObject *self, PyObject *frames)
             PyErr_Format(exc_types[EXC_TOO_LARGE],
                          "frame %zd has %zd bytes; this buffer takes at "
                          "most %llu",
-                         got - 1, views[got - 1].len,
-                         (unsigned long long)max);
+                         got - 1, views[got - 1].len, (unsigned long long)max);
             goto done;
         }
     }
