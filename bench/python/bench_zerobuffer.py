@@ -411,6 +411,8 @@ def duplex_rtt(impl, n):
     if client is None:
         stop.set()
         p.join(10)
+        for suffix in ("_request", "_response"):
+            unlink_leftovers(name + suffix)
         raise RuntimeError(f"{impl}: no duplex client could connect")
     payload = b"x" * 64
     lat = []
