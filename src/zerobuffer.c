@@ -7,21 +7,42 @@
  *
  *   WRITER                                   READER
  *   free = payload_free_bytes (A')           sem_wait(sem-w)          (B)
- *   if free < needed: sem_wait(sem-r)        load written_count (acquire)
- *   copy header + data to ring[wpos]         parse ring[read_pos]
- *   payload_free_bytes -= total (atomic)     ... user reads the data ...
- *   written_count = n (release); post  (B)   payload_free_bytes += total
- *                                              (atomic, release)     (A)
+ *   if free < needed: sem_wait(sem-r)        parse ring[read_pos]
+ *   copy header + data to ring[wpos]         ... user reads the data ...
+ *   payload_free_bytes -= total (atomic)     payload_free_bytes += total
+ *   written_count = n (release); post  (B)     (atomic, release)     (A)
  *                                            sem_post(sem-r)
  *
- * (B): the semaphore post/wait pair orders the frame's bytes before the
- * reader's parse; without it the reader could see the token before the
+ * (B): the semaphore post (a release) and the wait or trywait that takes
+ * the token (an acquire) order the frame's bytes before the reader's
+ * parse; without it the reader could see the token before the
  * header. (A)/(A'): the reader's release-add orders its last read of the
  * frame before the writer's acquire-load that lets it reuse the space;
  * without it the writer could overwrite bytes still being read.
  * payload_free_bytes is the only word both sides modify: a plain "+=" on
  * either side would lose the other's update (the peers' f380ab6 bug), so
  * it is only ever changed with an atomic add or sub.
+ *
+ * Batches (dk_zb_writer_write_many): the writer copies several frames
+ * in, then publishes them at once: one subtraction from the free count,
+ * one store of write_pos and written_count, then one post per frame. A
+ * frame not yet published is invisible to every reader (no token), and
+ * the writer never waits with frames held, because the reader cannot
+ * free space for frames it cannot see:
+ *
+ *   CPU0 (writer, batch of 3)                CPU1 (reader)
+ *   copy frames 1, 2 (held, no post)
+ *   frame 3: free < needed                   sem_wait(sem-w): asleep
+ *     publish: free -= held bytes; posts x2
+ *                                            wakes, reads 1 and 2,
+ *     sem_wait(sem-r)                          free += ..., post sem-r
+ *   wakes, copies frame 3; publish: post
+ *
+ * Without the publish before the wait, CPU0 would sleep on sem-r while
+ * CPU1 sleeps on sem-w, each waiting for the other until the timeouts.
+ * While frames are held, the OIEB's free count is higher than the truth
+ * by what they use; only this writer subtracts from it, and it counts
+ * the held bytes itself (free_known), so nothing else is misled.
  *
  * Space accounting: the writer may reuse [write_pos, write_pos + n) only
  * if the free count covers it, which is right only while the occupied
@@ -43,6 +64,7 @@
 #include "atomic.h"
 #include "os/linux/os.h"
 #include "watch.h"
+#include "zerobuffer_internal.h"
 
 /* The low half of the OIEB's writer_pid (little-endian): the futex word a
  * reader waiting for a writer sleeps on. */
@@ -50,9 +72,73 @@
 
 /* Liveness of the peer is checked at least this often while waiting. */
 #define SLICE_NS 100000000ull
-/* Polls of the semaphore before sleeping in the kernel. */
-#define SPIN_TRIES 200
 #define RELEASED (1ull << 63)
+
+/*
+ * Before sleeping in the kernel, a reader waiting for a frame (or a
+ * writer waiting for space) watches for it for a while: when the peer
+ * runs on another CPU and answers within microseconds (a duplex round
+ * trip, a stream the reader keeps up with), this saves the sleep, and
+ * the peer's futex wake (a system call: our semaphore posts and glibc's
+ * make none while nobody sleeps). The watch is bounded in time, and its
+ * budget adapts per reader and writer, as the dispatch semaphore's and
+ * the shared mutex's do (src/sem.c, src/mutex.c): it halves on every
+ * watch that ends in a sleep, drops to 0 below SPIN_MIN_NS, comes back in
+ * full on a watch that sees the event, and is tried in full every
+ * SPIN_PROBE_EVERY-th wait anyway. An idle peer thus costs a few
+ * watches, then none: no CPU while nothing happens. The budget is a
+ * hint, read and written with relaxed atomics.
+ */
+#define SPIN_MAX_NS 20000u
+#define SPIN_MIN_NS 1000u
+#define SPIN_PROBE_EVERY 64u
+
+struct spin_memo {
+    uint32_t budget_ns;
+    uint32_t waits;
+};
+
+static int
+other_cpus(void)
+{
+    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
+    int n = dk__atomic_load_relaxed(&ncpu);
+    if (n == 0) {
+        n = dk__os_ncpu();
+        dk__atomic_store_relaxed(&ncpu, n);
+    }
+    return n - 1;
+}
+
+/* The watch to make now: 0 for none. */
+static uint32_t
+spin_budget(struct spin_memo *m)
+{
+    if (other_cpus() <= 0) {
+        return 0; /* one CPU: the peer cannot run while we watch */
+    }
+    uint32_t b = dk__atomic_load_relaxed(&m->budget_ns);
+    if (b >= SPIN_MIN_NS) {
+        return b;
+    }
+    uint32_t n = dk__atomic_load_relaxed(&m->waits) + 1;
+    dk__atomic_store_relaxed(&m->waits, n);
+    return n % SPIN_PROBE_EVERY == 0 ? SPIN_MAX_NS : 0;
+}
+
+static void
+spin_paid(struct spin_memo *m, bool paid, uint32_t budget)
+{
+    dk__atomic_store_relaxed(&m->budget_ns, paid ? SPIN_MAX_NS : budget / 2);
+}
+
+/* The end of a watch of budget_ns from now, not past the deadline. */
+static uint64_t
+spin_end(uint32_t budget_ns, uint64_t deadline)
+{
+    uint64_t until = dk__os_monotonic_ns() + budget_ns;
+    return until < deadline ? until : deadline;
+}
 
 struct dk_zb_reader_s {
     pthread_mutex_t lock; /* parse, release and close */
@@ -86,6 +172,7 @@ struct dk_zb_reader_s {
     bool writer_seen;
     uint64_t last_writer_pid; /* writer_pid when the last frame was read */
     bool writer_left;         /* writer_pid seen 0 since then */
+    struct spin_memo spin;    /* watching sem-w before sleeping */
     dk_zb_error_t err;
 };
 
@@ -112,6 +199,18 @@ struct dk_zb_writer_s {
     uint64_t bytes;
     bool metadata_written;
     bool closed;
+    /* A lower bound of payload_free_bytes: only we subtract from it, so
+     * the last value we saw, less what we used since, is still free. It
+     * spares a load of the OIEB line the reader keeps writing while
+     * there is room. Every value in it came from an acquire load or an
+     * acq_rel RMW of the counter ((A'), see above). */
+    uint64_t free_known;
+    /* Frames committed by a batch but not published yet: the bytes they
+     * (and any wrap) use are not yet subtracted from payload_free_bytes,
+     * write_pos and written_count are not stored, sem-w not posted. */
+    uint64_t held_frames;
+    uint64_t held_bytes;
+    struct spin_memo spin; /* watching the free count before sleeping */
     dk_zb_error_t err;
 };
 
@@ -423,6 +522,7 @@ dk_zb_reader_create(const char *name, uint64_t metadata_size,
     r->msize = msize;
     r->psize = psize;
     r->expected = 1;
+    r->spin.budget_ns = SPIN_MAX_NS;
     r->pend_cap = 64;
     r->pend = calloc(r->pend_cap, sizeof *r->pend);
     if (r->pend == NULL) {
@@ -570,17 +670,24 @@ reader_take(dk_zb_reader_t *r, dk_zb_frame_t *frame)
         return rc;
     }
     struct next_frame f;
-    uint64_t wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     rc = parse_next(r->ring, r->psize, r->read_pos, r->expected, &f, &r->err);
-    if (rc == -EILSEQ && r->err.got == 1 &&
-        (wpid != r->last_writer_pid ||
-         dk__atomic_load_relaxed(&r->writer_left))) {
-        /* Every writer numbers its frames from 1: a new writer after the
-         * previous one left starts the count again. */
-        rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
-        if (rc == 0) {
-            r->expected = 1;
+    /* writer_pid is read only for a frame numbered 1 out of turn, and to
+     * record the first writer: its cache line is the one the writer
+     * updates with every frame, and a load of it would wait for it. */
+    uint64_t wpid = r->last_writer_pid;
+    if (rc == -EILSEQ && r->err.got == 1) {
+        wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
+        if (wpid != r->last_writer_pid ||
+            dk__atomic_load_relaxed(&r->writer_left)) {
+            /* Every writer numbers its frames from 1: a new writer after
+             * the previous one left starts the count again. */
+            rc = parse_next(r->ring, r->psize, r->read_pos, 1, &f, &r->err);
+            if (rc == 0) {
+                r->expected = 1;
+            }
         }
+    } else if (rc == 0 && wpid == 0) {
+        wpid = dk__atomic_load_acquire(&r->oieb->writer_pid);
     }
     if (rc == 0) {
         /* Touch every page of the frame now, so that pages lost to a
@@ -636,9 +743,9 @@ static int
 reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
     int rc;
-    /* (B): pairs with the writer's release store of the written count
-     * (the semaphore orders them too; peers rely on that alone). */
-    (void)dk__atomic_load_acquire(&r->oieb->payload_written_count);
+    /* (B): the token we took (an acquire CAS in sem_trywait/sem_wait)
+     * pairs with the writer's sem_post (a release), which follows its
+     * stores of the frame: they are visible now, as the peers rely on. */
     dk__atomic_store_relaxed(&r->writer_seen, true);
     pthread_mutex_lock(&r->lock);
     if (r->closed) {
@@ -655,8 +762,33 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
     return rc;
 }
 
+/* Watch sem-w for a token until the watch budget or the deadline runs
+ * out; 0 with the token taken, or -EAGAIN. */
+static int
+reader_spin_take(dk_zb_reader_t *r, uint64_t deadline)
+{
+    uint32_t budget = spin_budget(&r->spin);
+    if (budget == 0) {
+        return -EAGAIN;
+    }
+    uint64_t until = spin_end(budget, deadline);
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        /* sem_trywait loads the count first: no write while it is 0. */
+        if (dk__nsem_trywait(r->sem_w) == 0) {
+            spin_paid(&r->spin, true, budget);
+            return 0;
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            spin_paid(&r->spin, false, budget);
+            return -EAGAIN;
+        }
+    }
+}
+
 int
-dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
+dk__zb_reader_read_ex(dk_zb_reader_t *r, uint64_t deadline, unsigned how,
+                      dk_zb_frame_t *frame)
 {
     if (dk__atomic_load_relaxed(&r->closed)) {
         return -EBADF;
@@ -665,11 +797,13 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
         return -EPROTO;
     }
     int rc = dk__nsem_trywait(r->sem_w);
+    if (rc < 0 && deadline != 0 && (how & DK__ZB_SPIN)) {
+        rc = reader_spin_take(r, deadline);
+    }
+    if (rc < 0 && !(how & DK__ZB_SLEEP)) {
+        return -EAGAIN;
+    }
     if (rc < 0 && deadline != 0) {
-        for (int i = 0; i < SPIN_TRIES && rc < 0; i++) {
-            dk_cpu_relax();
-            rc = dk__nsem_trywait(r->sem_w);
-        }
         while (rc < 0) {
             uint64_t now = dk__os_monotonic_ns();
             if (now >= deadline) {
@@ -707,18 +841,16 @@ dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
 }
 
 int
+dk_zb_reader_read(dk_zb_reader_t *r, uint64_t deadline, dk_zb_frame_t *frame)
+{
+    return dk__zb_reader_read_ex(r, deadline, DK__ZB_SPIN | DK__ZB_SLEEP,
+                                 frame);
+}
+
+int
 dk_zb_reader_try_read(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 {
-    if (dk__atomic_load_relaxed(&r->closed)) {
-        return -EBADF;
-    }
-    if (truncated(r->faulted, &r->err)) {
-        return -EPROTO;
-    }
-    if (dk__nsem_trywait(r->sem_w) < 0) {
-        return -EAGAIN;
-    }
-    return reader_consume(r, frame);
+    return dk__zb_reader_read_ex(r, 0, 0, frame);
 }
 
 int
@@ -736,6 +868,35 @@ dk_zb_reader_release(dk_zb_reader_t *r, const dk_zb_frame_t *frame)
         rc = -EALREADY;
     } else {
         r->pend[t & (r->pend_cap - 1)] |= RELEASED;
+        pend_drain(r);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int
+dk_zb_reader_release_many(dk_zb_reader_t *r, const dk_zb_frame_t *frames,
+                          size_t n)
+{
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    if (r->closed) {
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (frames[i].ticket >= r->pend_tail) {
+            rc = -EINVAL; /* checked first: nothing is released */
+        }
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint64_t t = frames[i].ticket;
+        if (t >= r->pend_head) {
+            r->pend[t & (r->pend_cap - 1)] |= RELEASED;
+        }
+    }
+    if (rc == 0) {
+        /* One credit (one release add on the OIEB) for the lot. */
         pend_drain(r);
     }
     pthread_mutex_unlock(&r->lock);
@@ -931,6 +1092,7 @@ dk_zb_writer_open(const char *name, dk_zb_writer_t **out, dk_zb_error_t *err)
     w->written_count = load64(&o->payload_written_count);
     w->metadata_written = load64(&o->metadata_written_bytes) != 0;
     w->seq = 1;
+    w->spin.budget_ns = SPIN_MAX_NS;
     *out = w;
     return 0;
 
@@ -993,9 +1155,95 @@ space_needed(const dk_zb_writer_t *w, uint64_t total, bool *wrap)
     return to_end + total;
 }
 
+/* The bytes free for us (the OIEB's free count less what held frames
+ * use), refreshed from the OIEB when what we know of it is below
+ * `needed`. 0, or -EPROTO for a count larger than the ring. */
+static int
+writer_free(dk_zb_writer_t *w, uint64_t needed, uint64_t *free_bytes)
+{
+    if (w->free_known >= needed) {
+        *free_bytes = w->free_known;
+        return 0;
+    }
+    /* (A'): pairs with the reader's release add. */
+    uint64_t f = dk__atomic_load_acquire(&w->oieb->payload_free_bytes);
+    if (f > w->psize) {
+        set_error(&w->err, "corrupted OIEB: payload_free_bytes %llu > %llu",
+                  (unsigned long long)f, (unsigned long long)w->psize);
+        return -EPROTO;
+    }
+    w->free_known = f >= w->held_bytes ? f - w->held_bytes : 0;
+    *free_bytes = w->free_known;
+    return 0;
+}
+
+/* Use `n` bytes: subtracted from the free count when published. */
+static void
+writer_use(dk_zb_writer_t *w, uint64_t n)
+{
+    w->held_bytes += n;
+    w->free_known = w->free_known >= n ? w->free_known - n : 0;
+}
+
+/*
+ * Publish the held frames: one subtraction from the free count, one
+ * store of write_pos and written_count, one sem-w post per frame (every
+ * peer's reader takes one token per frame). A batch thus moves the OIEB
+ * lines the reader also writes between the CPUs once, not once a frame.
+ */
+static void
+writer_publish(dk_zb_writer_t *w)
+{
+    uint64_t n = w->held_bytes;
+    if (n != 0) {
+        /* acq_rel: the returned count may include credits the reader
+         * released after reading those bytes ((A') again). */
+        uint64_t old = dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, n);
+        /* A corrupted count (beyond the ring) is not trusted: the next
+         * writer_free() loads it again and reports it. */
+        w->free_known = old >= n && old <= w->psize ? old - n : 0;
+        w->held_bytes = 0;
+    }
+    if (w->held_frames == 0) {
+        return;
+    }
+    dk__atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
+    /* (B): the frames' bytes before the reader's acquire load. */
+    dk__atomic_store_release(&w->oieb->payload_written_count,
+                             w->written_count);
+    for (uint64_t i = 0; i < w->held_frames; i++) {
+        dk__nsem_post(w->sem_w);
+    }
+    w->held_frames = 0;
+}
+
+/* Watch the free count until it covers `needed`, or the watch budget or
+ * the deadline runs out. true if it does. */
+static bool
+writer_spin(dk_zb_writer_t *w, uint64_t needed, uint64_t deadline)
+{
+    uint32_t budget = spin_budget(&w->spin);
+    if (budget == 0) {
+        return false;
+    }
+    uint64_t until = spin_end(budget, deadline);
+    for (unsigned i = 1;; i++) {
+        dk_cpu_relax();
+        if (dk__atomic_load_relaxed(&w->oieb->payload_free_bytes) >= needed ||
+            dk__atomic_load_relaxed(&w->oieb->reader_pid) == 0) {
+            spin_paid(&w->spin, true, budget);
+            return true; /* the caller loads both again */
+        }
+        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
+            spin_paid(&w->spin, false, budget);
+            return false;
+        }
+    }
+}
+
 int
-dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
-                     void **buf, uint64_t *sequence)
+dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
+                         unsigned how, void **buf, uint64_t *sequence)
 {
     if (dk__atomic_load_relaxed(&w->closed)) {
         return -EBADF;
@@ -1015,37 +1263,40 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
     uint64_t total = DK_ZB_HEADER_SIZE + size;
     bool wrap;
     uint64_t needed = space_needed(w, total, &wrap);
-    int spins = 0;
+    bool spun = !(how & DK__ZB_SPIN) || deadline == 0;
     for (;;) {
         uint64_t rpid = dk__atomic_load_acquire(&w->oieb->reader_pid);
         if (rpid == 0) {
             return -EPIPE;
         }
-        /* (A'): pairs with the reader's release add. */
-        uint64_t free_bytes =
-            dk__atomic_load_acquire(&w->oieb->payload_free_bytes);
-        if (free_bytes > w->psize) {
-            set_error(&w->err,
-                      "corrupted OIEB: payload_free_bytes %llu > "
-                      "%llu",
-                      (unsigned long long)free_bytes,
-                      (unsigned long long)w->psize);
-            return -EPROTO;
+        uint64_t free_bytes;
+        int rc = writer_free(w, needed, &free_bytes);
+        if (rc < 0) {
+            return rc;
         }
         if (free_bytes >= needed) {
             break;
         }
-        if (spins < SPIN_TRIES && deadline != 0) {
-            spins++;
-            dk_cpu_relax();
+        if (w->held_frames != 0 || w->held_bytes != 0) {
+            /* The reader cannot free space for frames it cannot see. */
+            writer_publish(w);
             continue;
+        }
+        if (!spun) {
+            spun = true;
+            if (writer_spin(w, needed, deadline)) {
+                continue;
+            }
+        }
+        if (!(how & DK__ZB_SLEEP)) {
+            return -EAGAIN;
         }
         uint64_t now = dk__os_monotonic_ns();
         if (now >= deadline) {
             return dk__os_pid_alive(rpid) ? -ETIMEDOUT : -EPIPE;
         }
         uint64_t slice = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
-        int rc = dk__nsem_wait(w->sem_r, slice);
+        rc = dk__nsem_wait(w->sem_r, slice);
         if (dk__atomic_load_relaxed(&w->closed)) {
             return -EBADF;
         }
@@ -1065,14 +1316,19 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
             static const uint64_t marker[2] = {0, 0};
             memcpy(w->ring + w->wpos, marker, sizeof marker);
             w->written_count++;
-            dk__atomic_store_relaxed(&w->oieb->payload_written_count,
-                                     w->written_count);
         }
         if (to_end != 0) {
-            dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, to_end);
+            writer_use(w, to_end);
         }
         w->wpos = 0;
-        dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+        if (w->held_frames == 0) {
+            /* Published alone: the marker stands for itself until the
+             * frame after it is committed. */
+            writer_publish(w);
+            dk__atomic_store_relaxed(&w->oieb->payload_written_count,
+                                     w->written_count);
+            dk__atomic_store_relaxed(&w->oieb->payload_write_pos, 0);
+        }
     }
     w->pending = true;
     w->pending_size = size;
@@ -1082,7 +1338,15 @@ dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
 }
 
 int
-dk_zb_writer_commit(dk_zb_writer_t *w)
+dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size, uint64_t deadline,
+                     void **buf, uint64_t *sequence)
+{
+    return dk__zb_writer_acquire_ex(w, size, deadline,
+                                    DK__ZB_SPIN | DK__ZB_SLEEP, buf, sequence);
+}
+
+int
+dk__zb_writer_commit_ex(dk_zb_writer_t *w, bool publish)
 {
     if (!w->pending || dk__atomic_load_relaxed(&w->closed)) {
         return -EINVAL;
@@ -1100,22 +1364,75 @@ dk_zb_writer_commit(dk_zb_writer_t *w)
         w->pending = false; /* the header itself hit a lost page */
         return -EPROTO;
     }
-    dk__atomic_sub_acq_rel(&w->oieb->payload_free_bytes, total);
+    writer_use(w, total);
     w->wpos += total;
     if (w->wpos == w->psize) {
         w->wpos = 0;
     }
     w->written_count++;
-    dk__atomic_store_relaxed(&w->oieb->payload_write_pos, w->wpos);
-    /* (B): the frame's bytes before the reader's acquire load. */
-    dk__atomic_store_release(&w->oieb->payload_written_count,
-                             w->written_count);
-    dk__nsem_post(w->sem_w);
+    w->held_frames++;
+    if (publish) {
+        writer_publish(w);
+    }
     w->pending = false;
     w->seq++;
     w->frames++;
     w->bytes += size;
     return 0;
+}
+
+void
+dk__zb_writer_publish(dk_zb_writer_t *w)
+{
+    if (!dk__atomic_load_relaxed(&w->closed)) {
+        writer_publish(w);
+    }
+}
+
+int
+dk_zb_writer_commit(dk_zb_writer_t *w)
+{
+    return dk__zb_writer_commit_ex(w, true);
+}
+
+int
+dk_zb_writer_write_many(dk_zb_writer_t *w, const dk_zb_buf_t *frames, size_t n,
+                        uint64_t deadline, size_t *done)
+{
+    *done = 0;
+    if (dk__atomic_load_relaxed(&w->closed)) {
+        return -EBADF;
+    }
+    if (w->pending) {
+        return -EBUSY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (frames[i].size == 0) {
+            return -EINVAL;
+        }
+        if (frames[i].size > w->psize - DK_ZB_HEADER_SIZE) {
+            return -EMSGSIZE;
+        }
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        void *buf;
+        uint64_t seq;
+        /* Publishes the frames before this one if it must wait. */
+        rc = dk__zb_writer_acquire_ex(w, frames[i].size, deadline,
+                                      DK__ZB_SPIN | DK__ZB_SLEEP, &buf, &seq);
+        if (rc < 0) {
+            break;
+        }
+        memcpy(buf, frames[i].data, (size_t)frames[i].size);
+        rc = dk__zb_writer_commit_ex(w, false);
+        if (rc < 0) {
+            break;
+        }
+        (*done)++;
+    }
+    dk__zb_writer_publish(w);
+    return rc;
 }
 
 int

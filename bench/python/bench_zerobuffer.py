@@ -1,13 +1,15 @@
 """dispatchkit.zerobuffer against zerobuffer-ipc, iceoryx2 (if installed),
 multiprocessing.shared_memory + Pipe signalling, and memcpy, in one run.
 
-One-way throughput, writer and reader in two processes, for 1 KiB, 64 KiB,
-1 MiB and 8 MiB frames, three ways: "copy" (the writer copies each frame
+One-way throughput, writer and reader in two processes, for 64 B, 1 KiB,
+64 KiB, 1 MiB and 8 MiB frames, three ways: "copy" (the writer copies each frame
 in with write_frame, the reader looks at it in place, as ZeroBuffer's
 readers do), "copyout" (the same, and the reader also copies every frame
 out into its own buffer: two copies on two cores) and "zerocopy" (the
 writer fills 8 bytes of a frame in place with get_frame_buffer, the reader
-looks at it in place). Then request/response round
+looks at it in place). For 64 B and 1 KiB, also dispatchkit's batch
+interface ("batch": write_frames / read_frames / release_frames, 64 frames
+a call; no peer has one). Then request/response round
 trips through a duplex channel (p50/p99), beside two ping-pongs between
 two processes through two semaphores in shared memory: one whose waits
 sleep on the futex at once, one whose waits spin first. Lines: workload, impl, value, unit.
@@ -21,8 +23,9 @@ import dispatchkit.zerobuffer as zb
 
 SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 KiB, MiB = 1024, 1024 * 1024
-SIZES = [(1 * KiB, "1KiB"), (64 * KiB, "64KiB"), (1 * MiB, "1MiB"),
-         (8 * MiB, "8MiB")]
+SIZES = [(64, "64B"), (1 * KiB, "1KiB"), (64 * KiB, "64KiB"),
+         (1 * MiB, "1MiB"), (8 * MiB, "8MiB")]
+BATCH = 64
 CTX = mp.get_context("fork")
 # Target wall time per measurement; frame counts are derived from it.
 BUDGET = 0.3 / SCALE
@@ -63,11 +66,16 @@ def count_for(size, frames_per_s):
 
 # ---- dispatchkit -----------------------------------------------------------
 
-def _dk_writer(name, size, n, mode, go):
+def _dk_writer(name, size, n, mode, go, batch=1):
     w = zb.Writer(name)
     src = os.urandom(size)
     go.wait()
-    if mode != "zerocopy":
+    if batch > 1:
+        frames = [src] * batch
+        for _ in range(n // batch):
+            w.write_frames(frames)
+        w.write_frames(frames[:n % batch])
+    elif mode != "zerocopy":
         for _ in range(n):
             w.write_frame(src)
     else:
@@ -78,13 +86,15 @@ def _dk_writer(name, size, n, mode, go):
     w.close()
 
 
-def run_dk(size, n, mode):
+def run_dk(size, n, mode, batch=1):
+    """Seconds to read n frames; batch > 1: through the batch interface,
+    batch frames a call on both sides."""
     name = f"dkbench-{os.getpid()}"
     warm = warm_for(size)
     with zb.Reader(name, zb.BufferConfig(64, ring_for(size))) as r:
         go = CTX.Event()
         p = CTX.Process(target=_dk_writer,
-                        args=(name, size, warm + n, mode, go))
+                        args=(name, size, warm + n, mode, go, batch))
         p.start()
         r.is_writer_connected(timeout_ms=5000)
         dst = bytearray(size)
@@ -92,13 +102,24 @@ def run_dk(size, n, mode):
         for _ in range(warm):
             r.read_frame(timeout=10).dispose()
         t0 = time.perf_counter()
-        for _ in range(n):
-            f = r.read_frame(timeout=10)
-            if mode == "copyout":
-                dst[:] = f.data
-            else:
-                f.data[0]
-            f.dispose()
+        if batch > 1:
+            left = n
+            while left > 0:
+                frames = r.read_frames(min(batch, left), timeout=10)
+                if not frames:
+                    raise RuntimeError("dispatchkit: the writer stalled")
+                for f in frames:
+                    f.data[0]
+                r.release_frames(frames)
+                left -= len(frames)
+        else:
+            for _ in range(n):
+                f = r.read_frame(timeout=10)
+                if mode == "copyout":
+                    dst[:] = f.data
+                else:
+                    f.data[0]
+                f.dispose()
         secs = time.perf_counter() - t0
         p.join(10)
     return secs
@@ -128,7 +149,9 @@ def run_peer(size, n, mode):
     # Frame sizes here never end exactly at the ring end (the peer's
     # writer fails after an exact fill): 16 + size does not divide it.
     r = zerobuffer.Reader(name, zerobuffer.BufferConfig(64, ring_for(size)))
-    warm = warm_for(size)
+    # At the peer's rate, first-touch page faults are lost in the noise;
+    # a full lap of a 4 MiB ring of 64 B frames would take seconds.
+    warm = min(warm_for(size), 2000)
     try:
         go = CTX.Event()
         p = CTX.Process(target=_peer_writer,
@@ -229,7 +252,7 @@ def _ice_service(node, name, size):
             .open_or_create())
 
 
-def _ice_publisher(name, size, n, mode, go):
+def _ice_publisher(name, size, n, mode, go, ready, done):
     import iceoryx2 as iox2
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     svc = _ice_service(node, name, size)
@@ -237,8 +260,14 @@ def _ice_publisher(name, size, n, mode, go):
            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
            .create())
     src = os.urandom(size)
+    ready.set()
     go.wait()
-    for i in range(n):
+    # Send until the subscriber has what it measures: iceoryx2 (0.10, on
+    # this machine) loses a few percent of the samples now and then even
+    # with RetryUntilDelivered, so a fixed count could never all arrive.
+    # Staying also keeps the samples alive: they live in our segment.
+    i = 0
+    while i % 256 or not done.is_set():
         sample = pub.loan_slice_uninit(size)
         view = sample.payload().as_memory_view().cast("B")
         if mode != "zerocopy":
@@ -246,6 +275,7 @@ def _ice_publisher(name, size, n, mode, go):
         else:
             view[:8] = i.to_bytes(8, "little")
         sample.assume_init().send()
+        i += 1
 
 
 def run_ice(size, n, mode):
@@ -256,13 +286,23 @@ def run_ice(size, n, mode):
     svc = _ice_service(node, name, size)
     sub = svc.subscriber_builder().buffer_size(4).create()
     go = mp.get_context("spawn").Event()
+    ready = mp.get_context("spawn").Event()
+    done = mp.get_context("spawn").Event()
     warm = 8
-    p = mp.get_context("spawn").Process(target=_ice_publisher,
-                                        args=(name, size, warm + n, mode, go))
+    p = mp.get_context("spawn").Process(
+        target=_ice_publisher,
+        args=(name, size, warm + n, mode, go, ready, done))
     p.start()
     dst = bytearray(size)
-    time.sleep(0.5)  # the publisher opens the service (no connect event)
+    # The publisher, created after our subscriber, connects to it as it is
+    # created; samples sent before that would be lost. A fixed sleep was
+    # too short on a loaded machine (a spawned child imports iceoryx2).
+    if not ready.wait(60):
+        p.kill()
+        raise RuntimeError("iceoryx2 publisher did not start")
     go.set()
+
+    taken = [0]
 
     def take():
         # iceoryx2's subscriber is polled. A publisher that died or whose
@@ -271,13 +311,17 @@ def run_ice(size, n, mode):
         while True:
             sample = sub.receive()
             if sample is not None:
+                taken[0] += 1
                 return sample
             now = time.monotonic()
             if not p.is_alive():
                 end = min(end, now + 1.0)  # what it sent is here by now
             if now > end:
                 p.kill()
-                raise RuntimeError("iceoryx2 publisher stopped delivering")
+                raise RuntimeError(
+                    f"iceoryx2 publisher stopped delivering after "
+                    f"{taken[0]} samples (publisher exit status "
+                    f"{p.exitcode})")
 
     for _ in range(warm):
         take().delete()
@@ -292,6 +336,18 @@ def run_ice(size, n, mode):
         del view
         sample.delete()
     secs = time.perf_counter() - t0
+    done.set()
+    stop = time.monotonic() + 10
+    while p.is_alive() and time.monotonic() < stop:
+        # Take what comes, so a publisher waiting for room (it retries
+        # until delivered) gets to see `done`.
+        sample = sub.receive()
+        if sample is not None:
+            sample.delete()
+        else:
+            p.join(0.001)
+    if p.is_alive():
+        p.kill()
     p.join(10)
     return secs
 
@@ -321,8 +377,10 @@ def _echo_server(name, ready, stop, impl):
         mod = zb
     else:
         import zerobuffer as mod
+    # timeout: how long the server waits for its client to connect (a
+    # loaded machine can take seconds to start the client's side).
     server = mod.DuplexChannelFactory.get_instance().create_immutable_server(
-        name, mod.BufferConfig(4096, 1 << 20), timeout=1.0)
+        name, mod.BufferConfig(4096, 1 << 20), timeout=20.0)
     server.start(lambda frame, writer: writer.write_frame(frame.data))
     deadline = time.monotonic() + 10
     while server.request_reader is None and time.monotonic() < deadline:
@@ -343,7 +401,7 @@ def duplex_rtt(impl, n):
     else:
         import zerobuffer as mod
     client = None
-    for _ in range(500):
+    for _ in range(2000):
         try:
             client = mod.DuplexChannelFactory.get_instance().create_client(
                 name)
@@ -353,6 +411,8 @@ def duplex_rtt(impl, n):
     if client is None:
         stop.set()
         p.join(10)
+        for suffix in ("_request", "_response"):
+            unlink_leftovers(name + suffix)
         raise RuntimeError(f"{impl}: no duplex client could connect")
     payload = b"x" * 64
     lat = []
@@ -424,13 +484,14 @@ def main():
     # Rough rates used to size each run to about BUDGET seconds.
     # frames/s by (impl, size, mode): copy, copyout, zerocopy.
     rates = {
-        "dk": {1 * KiB: (7e5, 5e5, 7e5), 64 * KiB: (3e5, 7e4, 6e5),
+        "dk": {64: (1e6, 1e6, 1e6),
+               1 * KiB: (1e6, 7e5, 1e6), 64 * KiB: (3e5, 7e4, 6e5),
                1 * MiB: (2e4, 5e3, 5e5), 8 * MiB: (600, 250, 8e4)},
-        "peer": {1 * KiB: (7e3, 7e3, 7e3), 64 * KiB: (7e3, 6e3, 7e3),
+        "peer": {64: (7e3, 7e3, 7e3), 1 * KiB: (7e3, 7e3, 7e3), 64 * KiB: (7e3, 6e3, 7e3),
                  1 * MiB: (4e3, 3e3, 6e3), 8 * MiB: (500, 250, 5e3)},
-        "pipe": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+        "pipe": {64: (1e5, 1e5, 1e5), 1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
                  1 * MiB: (1e4, 4e3, 5e4), 8 * MiB: (500, 200, 5e3)},
-        "ice": {1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
+        "ice": {64: (1e5, 1e5, 1e5), 1 * KiB: (1e5, 1e5, 1e5), 64 * KiB: (8e4, 4e4, 1e5),
                 1 * MiB: (1.5e4, 4e3, 1e5), 8 * MiB: (600, 250, 1e5)},
     }
     modes = ("copy", "copyout", "zerocopy")
@@ -453,6 +514,10 @@ def main():
             n = count_for(size, rates["pipe"][size][m])
             report(mode, label, "shared_memory+Pipe", n, size,
                    run_pipe(size, n, mode))
+        if size <= KiB:
+            n = count_for(size, 3e6)
+            report("batch", label, "dispatchkit", n, size,
+                   run_dk(size, n, "copy", BATCH))
         bw = memcpy_bw(size)
         for mode in ("copy", "copyout"):
             emit(f"oneway_{mode}_{label}_bw", "memcpy (one process)", bw,

@@ -142,6 +142,13 @@ DK_EXPORT int dk_zb_reader_try_read(dk_zb_reader_t *r,
 DK_EXPORT int dk_zb_reader_release(dk_zb_reader_t *r,
                                    const dk_zb_frame_t *frame) DK_WARN_UNUSED;
 
+/* Release several frames at once: one credit of their space (one atomic
+ * add on the OIEB) and one sem-r post per frame. Frames released before
+ * are skipped. 0, or -EINVAL (a frame not of this reader: nothing is
+ * released). After close: 0 and nothing happens. */
+DK_EXPORT int dk_zb_reader_release_many(dk_zb_reader_t *r,
+                                        const dk_zb_frame_t *frames, size_t n);
+
 /* The metadata the writer stored (without its length prefix). 0,
  * -ENODATA (none yet), -EPROTO (invalid length), -EBADF (closed). */
 DK_EXPORT int dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data,
@@ -203,6 +210,27 @@ DK_EXPORT int dk_zb_writer_cancel(dk_zb_writer_t *w) DK_WARN_UNUSED;
 DK_EXPORT int dk_zb_writer_write(dk_zb_writer_t *w, const void *data,
                                  uint64_t size,
                                  uint64_t deadline) DK_WARN_UNUSED;
+
+/* One frame of a batch. */
+typedef struct dk_zb_buf_s {
+    const void *data;
+    uint64_t size;
+} dk_zb_buf_t;
+
+/*
+ * Copy n frames in, in order, waiting for space as acquire does (the
+ * deadline is for the whole batch). The frames are published together
+ * (one update of the OIEB, then one sem-w post per frame, as every
+ * reader expects), and also before any wait for space, so a batch larger
+ * than the ring goes through as the reader frees space. *done is the
+ * number of frames written, also on error. Returns 0, -EINVAL (a frame
+ * of size 0) or -EMSGSIZE (a frame too large), both before anything is
+ * written, or acquire's other errors (frames before the failing one are
+ * written and published).
+ */
+DK_EXPORT int dk_zb_writer_write_many(dk_zb_writer_t *w,
+                                      const dk_zb_buf_t *frames, size_t n,
+                                      uint64_t deadline, size_t *done);
 
 /* Whether the reader is connected and its process alive. */
 DK_EXPORT bool dk_zb_writer_reader_connected(dk_zb_writer_t *w);

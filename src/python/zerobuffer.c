@@ -27,6 +27,7 @@
 
 #include "dk/time.h"
 #include "dk/zerobuffer.h"
+#include "zerobuffer_internal.h"
 
 /* Copies at least this large run with the GIL released. */
 #define NOGIL_COPY 65536
@@ -349,6 +350,9 @@ reader_error(ReaderObject *self, int rc)
 {
     const dk_zb_error_t *err =
         self->core ? dk_zb_reader_error(self->core) : NULL;
+    if (err == NULL && (rc == -EILSEQ || rc == -EPROTO)) {
+        return zb_raise(EXC_BASE, "corrupted segment");
+    }
     if (rc == -EILSEQ) {
         return zb_raise_sequence(err->expected, err->got);
     }
@@ -373,57 +377,184 @@ make_frame(ReaderObject *self, const dk_zb_frame_t *f)
     return (PyObject *)fo;
 }
 
-static PyObject *
-Reader_read_frame(ReaderObject *self, PyObject *args, PyObject *kwargs)
+/* A timeout argument, checked now; its deadline is computed only when a
+ * wait is needed (no clock read when a frame is there). */
+typedef struct {
+    PyObject *obj; /* NULL: the default 5 s; None: forever */
+    double secs;
+} zb_timeout;
+
+static int
+timeout_parse(PyObject *obj, zb_timeout *t)
 {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *timeout = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:read_frame", kwlist,
-                                     &timeout)) {
-        return NULL;
+    t->obj = obj;
+    t->secs = 5.0;
+    if (obj == NULL || obj == Py_None) {
+        return 0;
     }
-    if (reader_check_open(self) < 0) {
-        return NULL;
+    t->secs = PyFloat_AsDouble(obj);
+    if (t->secs == -1.0 && PyErr_Occurred()) {
+        return -1;
     }
-    uint64_t deadline = 0;
-    if (timeout == NULL) {
-        deadline = dk_now() + 5000000000ull;
-    } else if (dkpy_deadline_zerobuffer(timeout, &deadline) < 0) {
-        return NULL;
+    if (isnan(t->secs)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number");
+        return -1;
     }
-    dk_zb_frame_t f;
-    int rc = dk_zb_reader_try_read(self->core, &f);
+    return 0;
+}
+
+static uint64_t
+timeout_deadline(const zb_timeout *t)
+{
+    if (t->obj == Py_None || t->secs > 1e9) {
+        return DK_TIME_FOREVER;
+    }
+    return t->secs <= 0 ? 0 : dk_now() + (uint64_t)(t->secs * 1e9);
+}
+
+/* The next frame into *f: 0, -ETIMEDOUT, DKPY_RAISED-like -EINTR with
+ * an exception set, or another error of the core. Tries, then watches
+ * with the GIL held (a frame due within microseconds costs no GIL
+ * hand-off), then sleeps with the GIL released, in slices that let
+ * signal handlers run. */
+static int
+reader_next(ReaderObject *self, const zb_timeout *t, dk_zb_frame_t *f)
+{
+    int rc = dk__zb_reader_read_ex(self->core, 0, 0, f);
+    if (rc != -EAGAIN) {
+        return rc;
+    }
+    uint64_t deadline = timeout_deadline(t);
+    if (deadline == 0) {
+        return dk_zb_reader_read(self->core, 0, f);
+    }
+    rc = dk__zb_reader_read_ex(self->core, deadline, DK__ZB_SPIN, f);
     while (rc == -EAGAIN) {
         uint64_t end = dkpy_slice_end(deadline);
         dk_zb_reader_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_zb_reader_read(core, end, &f);
+        rc = dk__zb_reader_read_ex(core, end, DK__ZB_SLEEP, f);
         Py_END_ALLOW_THREADS
         self->busy--;
         if (rc == -ETIMEDOUT || rc == -EINTR) {
             if (PyErr_CheckSignals() < 0) {
-                reader_maybe_destroy(self);
-                return NULL;
+                return -EINTR;
             }
             if (self->closed) {
-                rc = -EBADF;
-                break;
+                return -EBADF;
             }
             if (rc == -ETIMEDOUT && dk_now() >= deadline) {
-                break;
+                return -ETIMEDOUT;
             }
             rc = -EAGAIN;
         }
     }
     if (rc == 0 && self->closed) {
+        /* close() ran while we slept: the frame is not handed out. */
         rc = -EBADF;
     }
+    return rc;
+}
+
+static PyObject *
+Reader_read_frame(ReaderObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    PyObject *timeout = NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "read_frame() takes at most 1 argument (%zd given)",
+                     nargs + nkw);
+        return NULL;
+    }
+    if (nargs + nkw == 1) {
+        timeout = one_arg(args, nargs, kwnames, "read_frame", "timeout");
+        if (timeout == NULL) {
+            return NULL;
+        }
+    }
+    zb_timeout t;
+    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = reader_next(self, &t, &f);
     if (rc == 0) {
         return make_frame(self, &f);
     }
+    if (rc == -EINTR && PyErr_Occurred()) {
+        reader_maybe_destroy(self);
+        return NULL;
+    }
     if (rc == -ETIMEDOUT) {
+        reader_maybe_destroy(self);
         Py_RETURN_NONE;
+    }
+    PyObject *res = reader_error(self, rc);
+    reader_maybe_destroy(self);
+    return res;
+}
+
+/* read_frames(max_frames, timeout=5.0): wait for a frame as read_frame
+ * does, then take every frame already there, up to max_frames, with no
+ * further wait. A list, empty on timeout. An error after the first frame
+ * ends the batch; nothing of it was consumed, so the next call reports
+ * it. */
+static PyObject *
+Reader_read_frames(ReaderObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"max_frames", "timeout", NULL};
+    PyObject *maxobj, *timeout = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:read_frames", kwlist,
+                                     &maxobj, &timeout)) {
+        return NULL;
+    }
+    if (PyBool_Check(maxobj) || !PyIndex_Check(maxobj)) {
+        PyErr_Format(PyExc_TypeError, "max_frames must be an int, not %.100s",
+                     Py_TYPE(maxobj)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t max = PyNumber_AsSsize_t(maxobj, NULL); /* clamps */
+    if (max == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be at least 1");
+        return NULL;
+    }
+    zb_timeout t;
+    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = reader_next(self, &t, &f);
+    while (rc == 0) {
+        PyObject *fo = make_frame(self, &f);
+        if (fo == NULL || PyList_Append(list, fo) < 0) {
+            Py_XDECREF(fo);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(fo);
+        if (PyList_GET_SIZE(list) >= max || self->closed) {
+            break;
+        }
+        rc = dk__zb_reader_read_ex(self->core, 0, 0, &f);
+    }
+    if (PyList_GET_SIZE(list) > 0 || rc == -ETIMEDOUT) {
+        reader_maybe_destroy(self);
+        return list;
+    }
+    Py_DECREF(list);
+    if (rc == -EINTR && PyErr_Occurred()) {
+        reader_maybe_destroy(self);
+        return NULL;
     }
     PyObject *res = reader_error(self, rc);
     reader_maybe_destroy(self);
@@ -610,6 +741,67 @@ Reader_get_closed(ReaderObject *self, void *c)
     return PyBool_FromLong(self->closed);
 }
 
+/* release_frames(frames): release several frames with one credit of
+ * their space. Every item is checked first (a Frame of this reader, or
+ * anything with dispose(), as release_frame takes); frames released
+ * before are skipped. */
+static PyObject *
+Reader_release_frames(ReaderObject *self, PyObject *frames)
+{
+    PyObject *seq = PySequence_Fast(
+        frames, "release_frames() takes an iterable of frames");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t ours = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyObject_TypeCheck(items[i], Frame_type)) {
+            continue; /* released below, through its dispose() */
+        }
+        if (((FrameObject *)items[i])->reader != self) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError,
+                         "frame %zd belongs to another reader", i);
+            return NULL;
+        }
+        ours++;
+    }
+    dk_zb_frame_t *batch =
+        PyMem_Malloc((size_t)(ours > 0 ? ours : 1) * sizeof *batch);
+    if (batch == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    size_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_TypeCheck(items[i], Frame_type)) {
+            FrameObject *fo = (FrameObject *)items[i];
+            if (!fo->released) {
+                fo->released = true;
+                batch[k++] = fo->frame;
+            }
+        }
+    }
+    if (k > 0 && self->core != NULL) {
+        (void)dk_zb_reader_release_many(self->core, batch, k);
+    }
+    PyMem_Free(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyObject_TypeCheck(items[i], Frame_type)) {
+            PyObject *r = Reader_release_frame(self, items[i]);
+            if (r == NULL) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Reader_release_frame_kw(ReaderObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
@@ -620,13 +812,21 @@ Reader_release_frame_kw(ReaderObject *self, PyObject *const *args,
 
 static PyMethodDef Reader_methods[] = {
     {"read_frame", (PyCFunction)(void (*)(void))Reader_read_frame,
-     METH_VARARGS | METH_KEYWORDS,
+     METH_FASTCALL | METH_KEYWORDS,
      "read_frame($self, /, timeout=5.0)\n--\n\nWait for the next frame "
      "(timeout in seconds, None = forever). None on timeout."},
     {"release_frame", (PyCFunction)(void (*)(void))Reader_release_frame_kw,
      METH_FASTCALL | METH_KEYWORDS,
      "release_frame($self, /, frame)\n--\n\nGive the frame's space back to "
      "the writer."},
+    {"read_frames", (PyCFunction)(void (*)(void))Reader_read_frames,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_frames($self, /, max_frames, timeout=5.0)\n--\n\nWait for a "
+     "frame as read_frame() does, then take every frame already there, up "
+     "to max_frames: a list of frames, empty on timeout."},
+    {"release_frames", (PyCFunction)Reader_release_frames, METH_O,
+     "release_frames($self, frames, /)\n--\n\nRelease several frames "
+     "at once (one credit of their space to the writer)."},
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
@@ -873,7 +1073,15 @@ typedef struct {
     PyObject_HEAD
     dk_zb_writer_t *core;
     PyObject *name;
-    PyThread_type_lock lock;  /* one writing thread at a time */
+    /* One writing thread at a time: `owned` (read and set with the GIL
+     * held) says whether a thread is in a call; threads that find it
+     * set wait on `gate` (kept locked) with the GIL released, and each
+     * writer_unlock() that leaves waiters behind lets one through. An
+     * uncontended call so costs no lock operation (a PyThread lock reads
+     * the clock even to try). */
+    PyThread_type_lock gate;
+    bool owned;
+    int gate_waiters;
     double write_timeout;     /* seconds */
     PyObject *pending_view;   /* the memoryview of get_frame_buffer() */
     PyObject *pending_region; /* its exporter (a RegionObject) */
@@ -914,8 +1122,11 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->name = Py_NewRef(name);
     self->write_timeout = 5.0;
-    self->lock = PyThread_allocate_lock();
-    if (self->lock == NULL) {
+    self->gate = PyThread_allocate_lock();
+    if (self->gate != NULL) {
+        (void)PyThread_acquire_lock(self->gate, WAIT_LOCK); /* kept shut */
+    }
+    if (self->gate == NULL) {
         self->closed = true;
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -981,33 +1192,41 @@ Writer_dealloc(WriterObject *self)
         dk_zb_writer_destroy(self->core);
         self->core = NULL;
     }
-    if (self->lock != NULL) {
-        PyThread_free_lock(self->lock);
+    if (self->gate != NULL) {
+        PyThread_free_lock(self->gate);
     }
     Py_CLEAR(self->name);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
-/* Take the writer's lock: at once if free, else with the GIL released,
- * in slices so that Ctrl-C is seen. */
+/* Take the writer: at once if no thread is in a call, else wait for it
+ * with the GIL released, in slices so that Ctrl-C is seen. */
 static int
 writer_lock(WriterObject *self)
 {
-    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+    if (!self->owned) {
+        self->owned = true;
         return 0;
     }
+    self->gate_waiters++;
     for (;;) {
         PyLockStatus st;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        st = PyThread_acquire_lock_timed(self->lock, 100000, 0);
+        st = PyThread_acquire_lock_timed(self->gate, 100000, 0);
         Py_END_ALLOW_THREADS
         self->busy--;
-        if (st == PY_LOCK_ACQUIRED) {
+        /* Woken by an unlock (st: acquired), or a slice ended: either
+         * way, look. */
+        (void)st;
+        if (!self->owned) {
+            self->owned = true;
+            self->gate_waiters--;
             return 0;
         }
         if (PyErr_CheckSignals() < 0) {
+            self->gate_waiters--;
             return -1;
         }
     }
@@ -1016,7 +1235,13 @@ writer_lock(WriterObject *self)
 static void
 writer_unlock(WriterObject *self)
 {
-    PyThread_release_lock(self->lock);
+    self->owned = false;
+    if (self->gate_waiters > 0) {
+        /* Lets one waiter through the gate (a spare pass, if the waiter
+         * had timed out meanwhile, only makes a later waiter look again
+         * at once). */
+        PyThread_release_lock(self->gate);
+    }
     writer_maybe_destroy(self);
 }
 
@@ -1042,24 +1267,30 @@ writer_error(WriterObject *self, int rc)
     return dkpy_raise_mapped(writer_errors, rc) ? NULL : dkpy_raise_errno(rc);
 }
 
-/* Reserve a frame, waiting for space as write_timeout allows. Lock held. */
+/* Reserve a frame, waiting for space as write_timeout allows. Lock held.
+ * Tries, then watches with the GIL held, then sleeps with it released. */
 static int
 writer_acquire(WriterObject *self, uint64_t size, void **buf, uint64_t *seq)
 {
     if (self->closed || self->core == NULL) {
         return -EBADF;
     }
-    int rc = dk_zb_writer_acquire(self->core, size, 0, buf, seq);
-    if (rc != -ETIMEDOUT) {
+    int rc = dk__zb_writer_acquire_ex(self->core, size, 0, 0, buf, seq);
+    if (rc != -EAGAIN) {
         return rc;
     }
     uint64_t deadline = dk_now() + (uint64_t)(self->write_timeout * 1e9);
+    rc = dk__zb_writer_acquire_ex(self->core, size, deadline, DK__ZB_SPIN, buf,
+                                  seq);
+    if (rc != -EAGAIN) {
+        return rc;
+    }
     do {
         uint64_t end = dkpy_slice_end(deadline);
         dk_zb_writer_t *core = self->core;
         self->busy++;
         Py_BEGIN_ALLOW_THREADS
-        rc = dk_zb_writer_acquire(core, size, end, buf, seq);
+        rc = dk__zb_writer_acquire_ex(core, size, end, DK__ZB_SLEEP, buf, seq);
         Py_END_ALLOW_THREADS
         self->busy--;
         if (rc == -ETIMEDOUT || rc == -EINTR) {
@@ -1113,6 +1344,97 @@ Writer_write_frame(WriterObject *self, PyObject *data)
         res = writer_error(self, rc);
     }
     writer_unlock(self);
+    return res;
+}
+
+/* write_frames(frames): copy several frames in, published together.
+ * Every item is checked first (a buffer, not empty, not too large), so
+ * bad input writes nothing. A wait for space publishes the frames
+ * before it, so a batch larger than the ring goes through as the reader
+ * frees space; each wait is bounded by write_timeout as write_frame's.
+ * Returns the number of frames written. */
+static PyObject *
+Writer_write_frames(WriterObject *self, PyObject *frames)
+{
+    PyObject *seq = PySequence_Fast(
+        frames, "write_frames() takes an iterable of bytes-like objects");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_buffer *views = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *views);
+    if (views == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t got = 0;
+    PyObject *res = NULL;
+    uint64_t max = self->core && !self->closed
+                       ? dk_zb_writer_max_frame(self->core)
+                       : UINT64_MAX;
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(items[got], &views[got], PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+        if (views[got].len == 0) {
+            got++;
+            PyErr_Format(exc_types[EXC_INVALID_SIZE],
+                         "frame %zd is empty: frames need at least 1 byte",
+                         got - 1);
+            goto done;
+        }
+        if ((uint64_t)views[got].len > max) {
+            got++;
+            PyErr_Format(exc_types[EXC_TOO_LARGE],
+                         "frame %zd has %zd bytes; this buffer takes at "
+                         "most %llu",
+                         got - 1, views[got - 1].len, (unsigned long long)max);
+            goto done;
+        }
+    }
+    if (writer_lock(self) < 0) {
+        goto done;
+    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+        void *buf;
+        uint64_t sq;
+        rc = writer_acquire(self, (uint64_t)views[i].len, &buf, &sq);
+        if (rc < 0) {
+            break;
+        }
+        if (views[i].len >= NOGIL_COPY) {
+            self->busy++;
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(buf, views[i].buf, (size_t)views[i].len);
+            Py_END_ALLOW_THREADS
+            self->busy--;
+        } else {
+            memcpy(buf, views[i].buf, (size_t)views[i].len);
+        }
+        rc = dk__zb_writer_commit_ex(self->core, false);
+        if (rc == -EINVAL) {
+            rc = -EBADF; /* closed by another thread during the copy */
+        }
+    }
+    if (self->core != NULL) {
+        dk__zb_writer_publish(self->core);
+    }
+    if (rc == 0) {
+        res = PyLong_FromSsize_t(n);
+    } else if (!(rc == -EINTR && PyErr_Occurred())) {
+        writer_error(self, rc);
+    }
+    writer_unlock(self);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        if (views[i].obj != NULL || views[i].buf != NULL) {
+            PyBuffer_Release(&views[i]);
+        }
+    }
+    PyMem_Free(views);
+    Py_DECREF(seq);
     return res;
 }
 
@@ -1439,6 +1761,10 @@ static PyMethodDef Writer_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
      "returns its sequence number."},
+    {"write_frames", (PyCFunction)Writer_write_frames, METH_O,
+     "write_frames($self, frames, /)\n--\n\nCopy several frames in, "
+     "published together; returns how many. Every frame is checked "
+     "before any is written."},
     {"_acquire", (PyCFunction)Writer_acquire, METH_O,
      "_acquire($self, size, /)\n--\n\nget_frame_buffer(size) that also "
      "returns the sequence: (sequence, memoryview)."},

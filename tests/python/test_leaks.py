@@ -355,6 +355,28 @@ def zb_errors_cycle():
     assert ZR.read_frame(timeout=0) is None
 
 
+def zb_batch_cycle():
+    assert ZW.write_frames([PAYLOAD, memoryview(PAYLOAD)[:7],
+                            bytearray(b"x")]) == 3
+    frames = ZR.read_frames(2, timeout=5)
+    frames += ZR.read_frames(8, timeout=5)
+    ZR.release_frames(frames)
+    ZW.write_frames(iter([PAYLOAD]))
+    ZR.read_frames(4, timeout=5)  # released by garbage collection
+    for fn, exc in ((lambda: ZW.write_frames([PAYLOAD, b""]),
+                     zb.InvalidFrameSizeException),
+                    (lambda: ZW.write_frames([PAYLOAD, 5]), TypeError),
+                    (lambda: ZR.read_frames(0), ValueError),
+                    (lambda: ZR.release_frames(5), TypeError)):
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError(fn)
+    assert ZR.read_frames(4, timeout=0) == []
+
+
 def zb_lifecycle_cycle():
     name = ZBNAME + "-lc"
     with zb.Reader(name, zb.BufferConfig(64, 4096)) as r:
@@ -374,6 +396,7 @@ CASES = {
     "zb_copy": (zb_copy_cycle, None, N),
     "zb_zero_copy": (zb_zero_copy_cycle, None, N),
     "zb_errors": (zb_errors_cycle, None, N),
+    "zb_batch": (zb_batch_cycle, None, N),
     "zb_lifecycle": (zb_lifecycle_cycle, None, 1000),
 }
 

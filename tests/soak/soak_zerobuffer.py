@@ -1,6 +1,8 @@
 """Soak: 1 million zerobuffer frames from a Writer process to a Reader
-process, mixed sizes, half copied in with write_frame and half filled in
-place with get_frame_buffer/commit_frame. Every frame is checked cheaply
+process, mixed sizes, copied in with write_frame, filled in place with
+get_frame_buffer/commit_frame, or copied in as batches of eight with
+write_frames; the reader alternates read_frame and read_frames /
+release_frames. Every frame is checked cheaply
 (sequence, length, first and last bytes). Resident memory of BOTH
 processes is sampled every 100,000 frames; the run fails if either keeps
 growing after warm-up.
@@ -39,10 +41,22 @@ def writer_main(name, conn):
     w.write_timeout = 60.0
     blobs = {n: bytearray(n) for n in SIZES}
     samples = []
+    batch = []
     for i in range(TOTAL):
         n = SIZES[i % len(SIZES)]
         first, last = mark(i)
-        if i % 2:
+        if (i // len(SIZES)) % 4 == 3:
+            # A batch of eight: eight sizes, so eight different blobs.
+            b = blobs[n]
+            b[0], b[-1] = first, last
+            if n >= 12:
+                struct.pack_into("<QI", b, 0, i, n)
+                b[0] = first
+            batch.append(b)
+            if len(batch) == len(SIZES) or i == TOTAL - 1:
+                w.write_frames(batch)
+                batch = []
+        elif i % 2:
             b = blobs[n]
             b[0], b[-1] = first, last
             if n >= 12:
@@ -74,13 +88,18 @@ def main():
     samples = []
     bad = 0
     nbytes = 0
-    for i in range(TOTAL):
-        f = r.read_frame(timeout=60)
-        if f is None:
+    i = 0
+    while i < TOTAL:
+        if (i // 1000) % 2:
+            frames = r.read_frames(min(13, TOTAL - i), timeout=60)
+        else:
+            f = r.read_frame(timeout=60)
+            frames = [] if f is None else [f]
+        if not frames:
             print(f"soak: FAILED: no frame {i} within 60 s", file=sys.stderr)
             p.kill()
             return 1
-        with f:
+        for f in frames:
             d = f.data
             n = SIZES[i % len(SIZES)]
             first, last = mark(i)
@@ -91,12 +110,15 @@ def main():
             ok = ok and f.sequence == i + 1
             nbytes += n
             del d
-        if not ok:
-            bad += 1
-        if (i + 1) % STEP == 0:
-            samples.append(rss_kib())
-            print(f"soak: {i + 1:>9,} frames  reader rss {samples[-1]:>7,} "
-                  f"KiB", flush=True)
+            if not ok:
+                bad += 1
+            i += 1
+            if i % STEP == 0:
+                samples.append(rss_kib())
+                print(f"soak: {i:>9,} frames  reader rss "
+                      f"{samples[-1]:>7,} KiB", flush=True)
+        r.release_frames(frames)
+        del frames, f
     el = time.perf_counter() - t0
     wsamples = parent.recv()
     parent.send(None)

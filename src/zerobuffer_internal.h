@@ -1,0 +1,36 @@
+/*
+ * ZeroBuffer entry points for the Python binding (not public API): a read
+ * and a reservation that can stop after trying, or after a bounded watch,
+ * without sleeping, so the binding tries and watches with the GIL held
+ * (no GIL hand-off when a frame or space comes within microseconds) and
+ * releases it only to sleep.
+ */
+#ifndef DK_SRC_ZEROBUFFER_INTERNAL_H
+#define DK_SRC_ZEROBUFFER_INTERNAL_H
+
+#include "dk/zerobuffer.h"
+
+/* How a wait may go on when nothing is there at once. */
+#define DK__ZB_SPIN 1u  /* watch for a bounded time (not with deadline 0) */
+#define DK__ZB_SLEEP 2u /* sleep until the deadline */
+
+/* dk_zb_reader_read with `how`: without DK__ZB_SLEEP, -EAGAIN (and no
+ * liveness check) when no frame came; the other returns are read's. */
+int dk__zb_reader_read_ex(dk_zb_reader_t *r, uint64_t deadline, unsigned how,
+                          dk_zb_frame_t *frame);
+
+/* dk_zb_writer_acquire with `how`: without DK__ZB_SLEEP, -EAGAIN (and no
+ * liveness check) when there is no space; the other returns are
+ * acquire's. */
+int dk__zb_writer_acquire_ex(dk_zb_writer_t *w, uint64_t size,
+                             uint64_t deadline, unsigned how, void **buf,
+                             uint64_t *sequence);
+
+/* dk_zb_writer_commit, publishing the frame now (publish) or holding it
+ * until the next publish (a wait for space or dk__zb_writer_publish
+ * publishes every held frame at once). */
+int dk__zb_writer_commit_ex(dk_zb_writer_t *w, bool publish);
+/* Publish the held frames (nothing once closed). */
+void dk__zb_writer_publish(dk_zb_writer_t *w);
+
+#endif /* DK_SRC_ZEROBUFFER_INTERNAL_H */
