@@ -84,6 +84,8 @@ static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
 static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed;
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
+/* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
+static PyTypeObject *executor_type, *waker_type, *wait_type;
 
 static int
 intern_names(void)
@@ -117,9 +119,8 @@ intern_names(void)
 /* _dk._futures_init(Future, RUNNING, FINISHED, CANCELLED,
  * CANCELLED_AND_NOTIFIED): called once by dispatchkit._executor. */
 static PyObject *
-futures_init(PyObject *module, PyObject *args)
+futures_init(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *type, *r, *f, *c, *cn;
     if (!PyArg_ParseTuple(args, "O!UUUU:_futures_init", &PyType_Type, &type,
                           &r, &f, &c, &cn)) {
@@ -247,9 +248,7 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                         "'fn'");
         return NULL;
     }
-    if (!PyCallable_Check(args[0])) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(args[0])->tp_name);
+    if (dkpy_check_callable(args[0], "fn") < 0) {
         return NULL;
     }
     item_t *it = PyMem_Calloc(1, sizeof *it);
@@ -712,15 +711,13 @@ Executor_traverse(ExecutorObject *self, visitproc visit, void *arg)
 static void
 Executor_dealloc(ExecutorObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     /* Every outstanding item holds a reference: none is left here. */
     if (self->group != NULL) {
         dk_release(self->group);
     }
     Py_CLEAR(self->queue_obj);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 /* In a forked child, the parent's outstanding items are gone with the
@@ -802,9 +799,7 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
     if (executor_adopt(self) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(fn)->tp_name);
+    if (dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(iterables);
@@ -954,9 +949,8 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Executor_get_pending(ExecutorObject *self, void *closure)
+Executor_get_pending(ExecutorObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     Py_ssize_t n = 0;
     for (item_t *it = self->outstanding.next; it != &self->outstanding;
          it = it->next) {
@@ -966,23 +960,20 @@ Executor_get_pending(ExecutorObject *self, void *closure)
 }
 
 static PyObject *
-Executor_get_is_shutdown(ExecutorObject *self, void *closure)
+Executor_get_is_shutdown(ExecutorObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(self->shutdown);
 }
 
 static PyMethodDef Executor_methods[] = {
-    {"submit", (PyCFunction)(void (*)(void))Executor_submit,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Executor_submit),
      "submit($self, fn, /, *args, **kwargs)\n--\n\n"
      "Schedule fn(*args, **kwargs); return a concurrent.futures.Future."},
     {"map_submit", (PyCFunction)Executor_map_submit, METH_VARARGS,
      "map_submit($self, fn, iterables, /)\n--\n\n"
      "Submit fn(*args) for args in zip(*iterables); the futures, last "
      "first."},
-    {"shutdown", (PyCFunction)(void (*)(void))Executor_shutdown,
-     METH_VARARGS | METH_KEYWORDS,
+    {"shutdown", DKPY_METH_KW(Executor_shutdown),
      "shutdown($self, /, wait=True, cancel_futures=False)\n--\n\n"
      "Refuse new work; optionally cancel what has not started and wait."},
     {NULL, NULL, 0, NULL},
@@ -996,23 +987,13 @@ static PyGetSetDef Executor_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Executor_slots[] = {
-    {Py_tp_new, Executor_new},
-    {Py_tp_dealloc, Executor_dealloc},
-    {Py_tp_traverse, Executor_traverse},
-    {Py_tp_methods, Executor_methods},
-    {Py_tp_getset, Executor_getset},
-    {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
-                "max_workers gate and shutdown."},
-    {0, NULL},
-};
-
-static PyType_Spec Executor_spec = {
-    .name = "dispatchkit._dk._ExecutorCore",
-    .basicsize = sizeof(ExecutorObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Executor_slots,
-};
+DKPY_TYPE(static, Executor_spec, "dispatchkit._dk._ExecutorCore",
+          ExecutorObject, Py_TPFLAGS_HAVE_GC, {Py_tp_new, Executor_new},
+          {Py_tp_dealloc, Executor_dealloc},
+          {Py_tp_traverse, Executor_traverse},
+          {Py_tp_methods, Executor_methods}, {Py_tp_getset, Executor_getset},
+          {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
+                      "max_workers gate and shutdown."});
 
 /* ---- LoopWaker ---------------------------------------------------------- */
 
@@ -1056,7 +1037,6 @@ Waker_clear(WakerObject *self)
 static void
 Waker_dealloc(WakerObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
@@ -1066,14 +1046,12 @@ Waker_dealloc(WakerObject *self)
         dk__os_close(self->fd);
     }
     pthread_mutex_destroy(&self->fired_lock);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static PyObject *
-Waker_fileno(WakerObject *self, PyObject *unused)
+Waker_fileno(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromLong(self->fd);
 }
 
@@ -1109,9 +1087,8 @@ resolve_finished(WakerObject *self)
 
 /* The loop's reader: resolve every finished item's asyncio future. */
 static PyObject *
-Waker_drain(WakerObject *self, PyObject *unused)
+Waker_drain(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
     n += drain_fired(self);
@@ -1125,9 +1102,8 @@ Waker_drain(WakerObject *self, PyObject *unused)
 static dk__os_uring_t *waker_ring(WakerObject *k);
 
 static PyObject *
-Waker_uses_ring(WakerObject *self, PyObject *unused)
+Waker_uses_ring(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(waker_ring(self) != NULL);
 }
 
@@ -1224,9 +1200,8 @@ call_aio_helper(const char *name, PyObject *self)
 }
 
 PyObject *
-dkpy_lock_aenter(PyObject *self, PyObject *unused)
+dkpy_lock_aenter(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return call_aio_helper("_lock_enter", self);
 }
 
@@ -1314,9 +1289,7 @@ Waker_submit_kw(WakerObject *self, PyObject *args)
     if (dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(fn)->tp_name);
+    if (dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
     item_t *it = PyMem_Calloc(1, sizeof *it);
@@ -1377,9 +1350,8 @@ weak_get(PyObject *ref)
 }
 
 static PyObject *
-aio_init(PyObject *module, PyObject *args)
+aio_init(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *get_loop, *waker_for, *run_future;
     if (!PyArg_ParseTuple(args, "OOO:_aio_init", &get_loop, &waker_for,
                           &run_future)) {
@@ -1429,10 +1401,9 @@ aio_waker(PyObject *loop)
 
 /* _aio_run(queue, fn, /, *args, **kwargs): dispatchkit.asyncio.run. */
 static PyObject *
-aio_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames)
 {
-    (void)module;
     if (aio_get_loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.asyncio is not initialised");
@@ -1550,23 +1521,13 @@ static PyMemberDef Waker_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyType_Slot Waker_slots[] = {
-    {Py_tp_new, Waker_new},
-    {Py_tp_dealloc, Waker_dealloc},
-    {Py_tp_traverse, Waker_traverse},
-    {Py_tp_clear, Waker_clear},
-    {Py_tp_methods, Waker_methods},
-    {Py_tp_members, Waker_members},
-    {Py_tp_doc, "One event loop's completion list and wake-up eventfd."},
-    {0, NULL},
-};
-
-static PyType_Spec Waker_spec = {
-    .name = "dispatchkit._dk._LoopWaker",
-    .basicsize = sizeof(WakerObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Waker_slots,
-};
+DKPY_TYPE(static, Waker_spec, "dispatchkit._dk._LoopWaker", WakerObject,
+          Py_TPFLAGS_HAVE_GC, {Py_tp_new, Waker_new},
+          {Py_tp_dealloc, Waker_dealloc}, {Py_tp_traverse, Waker_traverse},
+          {Py_tp_clear, Waker_clear}, {Py_tp_methods, Waker_methods},
+          {Py_tp_members, Waker_members},
+          {Py_tp_doc,
+           "One event loop's completion list and wake-up eventfd."});
 
 /* ---- awaitable waits: _AioWait ----------------------------------------
  *
@@ -1606,8 +1567,6 @@ typedef struct WaitObject {
     uint64_t size; /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
-
-static PyTypeObject *wait_type;
 
 /* On the watcher thread, without the GIL: hand the wait to its loop.
  * Same protocol as waker_post, with the fired list under fired_lock:
@@ -1900,8 +1859,7 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         return NULL;
     }
-    if (!PyObject_TypeCheck(waker, Py_TYPE(waker)) ||
-        strcmp(Py_TYPE(waker)->tp_name, "dispatchkit._dk._LoopWaker") != 0) {
+    if (!Py_IS_TYPE(waker, waker_type)) {
         PyErr_SetString(PyExc_TypeError, "waker must be a _LoopWaker");
         return NULL;
     }
@@ -1956,7 +1914,6 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Wait_dealloc(WaitObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     /* Never registered here: the registration holds a reference. */
     if (self->kind == K_ZBREAD && self->target != NULL) {
@@ -1974,8 +1931,7 @@ Wait_dealloc(WaitObject *self)
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
     Py_CLEAR(self->waker);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 /* Undo the announcement a previous step left, before stepping again or
@@ -2112,9 +2068,8 @@ Wait_step(WaitObject *self, PyObject *args)
 
 /* abandon(): stop waiting; the primitive is left as if we never came. */
 static PyObject *
-Wait_abandon(WaitObject *self, PyObject *unused)
+Wait_abandon(WaitObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (self->registered && self->on_ring) {
         /* Off the futex now (X); the completion, reaped later, drops
          * the request's reference. In a fork child the parent's ring is
@@ -2161,28 +2116,16 @@ static PyMethodDef Wait_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Wait_slots[] = {
-    {Py_tp_new, Wait_new},
-    {Py_tp_dealloc, Wait_dealloc},
-    {Py_tp_traverse, Wait_traverse},
-    {Py_tp_methods, Wait_methods},
-    {Py_tp_doc, "One coroutine's wait on one primitive, through the futex "
-                "watcher (dispatchkit.asyncio)."},
-    {0, NULL},
-};
-
-static PyType_Spec Wait_spec = {
-    .name = "dispatchkit._dk._AioWait",
-    .basicsize = sizeof(WaitObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Wait_slots,
-};
+DKPY_TYPE(static, Wait_spec, "dispatchkit._dk._AioWait", WaitObject,
+          Py_TPFLAGS_HAVE_GC, {Py_tp_new, Wait_new},
+          {Py_tp_dealloc, Wait_dealloc}, {Py_tp_traverse, Wait_traverse},
+          {Py_tp_methods, Wait_methods},
+          {Py_tp_doc, "One coroutine's wait on one primitive, through the "
+                      "futex watcher (dispatchkit.asyncio)."});
 
 static PyObject *
-futures_uses_waitv(PyObject *module, PyObject *unused)
+futures_uses_waitv(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyBool_FromLong(dk__watch_uses_waitv());
 }
 
@@ -2190,7 +2133,7 @@ futures_uses_waitv(PyObject *module, PyObject *unused)
 
 /* Added as _dk._aio_run under the name it has in dispatchkit.asyncio. */
 static PyMethodDef aio_run_def = {
-    "run", (PyCFunction)(void (*)(void))aio_run, METH_FASTCALL | METH_KEYWORDS,
+    "run", DKPY_METH_FAST(aio_run),
     "run(queue, fn, /, *args, **kwargs)\n--\n\n"
     "Run fn(*args, **kwargs) on queue; an asyncio.Future of its result\n"
     "(exceptions keep their traceback).\n\n"
@@ -2218,22 +2161,11 @@ dkpy_futures_exec(PyObject *m)
         return -1;
     }
     pthread_atfork(NULL, NULL, futures_atfork_child);
-    PyObject *t = PyType_FromSpec(&Executor_spec);
-    if (t == NULL || PyModule_AddObject(m, "_ExecutorCore", t) < 0) {
-        Py_XDECREF(t);
+    if ((executor_type = dkpy_add_type(m, &Executor_spec, NULL, "")) == NULL ||
+        (waker_type = dkpy_add_type(m, &Waker_spec, NULL, "")) == NULL ||
+        (wait_type = dkpy_add_type(m, &Wait_spec, NULL, "")) == NULL) {
         return -1;
     }
-    t = PyType_FromSpec(&Waker_spec);
-    if (t == NULL || PyModule_AddObject(m, "_LoopWaker", t) < 0) {
-        Py_XDECREF(t);
-        return -1;
-    }
-    t = PyType_FromSpec(&Wait_spec);
-    if (t == NULL || PyModule_AddObject(m, "_AioWait", t) < 0) {
-        Py_XDECREF(t);
-        return -1;
-    }
-    wait_type = (PyTypeObject *)t;
     PyObject *modname = PyUnicode_FromString("dispatchkit.asyncio");
     PyObject *run = modname == NULL
                         ? NULL
