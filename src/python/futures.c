@@ -81,7 +81,8 @@
 
 static PyObject *s_condition, *s_state, *s_result, *s_exception;
 static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
-static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed;
+static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
+static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
 /* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
@@ -106,6 +107,11 @@ intern_names(void)
         {&s_done, "done"},
         {&s_get_loop, "get_loop"},
         {&s_is_closed, "is_closed"},
+        {&s_qos, "qos"},
+        {&s_create_future, "create_future"},
+        {&s_loop_kw, "loop"},
+        {&s_dk_waker, "_dk_waker"},
+        {&s_dk_loop, "_dk_loop"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
@@ -214,8 +220,7 @@ struct WakerObject {
     PyObject *weakreflist;
 };
 
-static long drain_fired(WakerObject *w);
-static void clear_fired(WakerObject *w);
+static long drain_fired(WakerObject *w, bool drop);
 static long ring_reap(WakerObject *k);
 static void ring_clear(WakerObject *k);
 
@@ -235,6 +240,21 @@ item_free(item_t *it)
     PyMem_Free(it);
 }
 
+/* A new item calling fn(*args) (args: a tuple, stolen). */
+static item_t *
+item_alloc(PyObject *fn, PyObject *args)
+{
+    item_t *it = PyMem_Calloc(1, sizeof *it);
+    if (it == NULL) {
+        Py_DECREF(args);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    it->fn = Py_NewRef(fn);
+    it->args = args;
+    return it;
+}
+
 /* Build an item from fastcall arguments args[0] = fn, args[1:] its
  * positional arguments, kwnames its keyword names (skipping `skip`, the
  * qos= of a workloop). */
@@ -251,19 +271,16 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     if (dkpy_check_callable(args[0], "fn") < 0) {
         return NULL;
     }
-    item_t *it = PyMem_Calloc(1, sizeof *it);
-    if (it == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    it->fn = Py_NewRef(args[0]);
-    it->args = PyTuple_New(nargs - 1);
-    if (it->args == NULL) {
-        item_free(it);
+    PyObject *fargs = PyTuple_New(nargs - 1);
+    if (fargs == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(it->args, i - 1, Py_NewRef(args[i]));
+        PyTuple_SET_ITEM(fargs, i - 1, Py_NewRef(args[i]));
+    }
+    item_t *it = item_alloc(args[0], fargs);
+    if (it == NULL) {
+        return NULL;
     }
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nkw; i++) {
@@ -285,17 +302,31 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return it;
 }
 
+/* The instance dict of a concurrent.futures future while the fast path
+ * may write it, before anyone created `_condition` (A): a new reference,
+ * or NULL (with an error set if that failed) for the slow path. */
+static PyObject *
+future_fast_dict(PyObject *fut)
+{
+    PyObject *d = PyObject_GenericGetDict(fut, NULL);
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
+    if (cond == NULL && !PyErr_Occurred()) {
+        return d;
+    }
+    Py_DECREF(d);
+    return NULL;
+}
+
 /* Put a concurrent.futures future into RUNNING: 1 to run, 0 if it was
  * cancelled, -1 on error. */
 static int
 future_begin(PyObject *fut)
 {
-    PyObject *d = PyObject_GenericGetDict(fut, NULL);
-    if (d == NULL) {
-        return -1;
-    }
-    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
-    if (cond == NULL && !PyErr_Occurred()) {
+    PyObject *d = future_fast_dict(fut);
+    if (d != NULL) {
         PyObject *state = PyDict_GetItemWithError(d, s_state);
         int rc = 1;
         if (state == st_cancelled || state == st_cancelled_n) {
@@ -307,7 +338,6 @@ future_begin(PyObject *fut)
         Py_DECREF(d);
         return rc;
     }
-    Py_DECREF(d);
     if (PyErr_Occurred()) {
         return -1;
     }
@@ -325,13 +355,8 @@ future_begin(PyObject *fut)
 static void
 future_complete(PyObject *fut, PyObject *value, int failed)
 {
-    PyObject *d = PyObject_GenericGetDict(fut, NULL);
-    if (d == NULL) {
-        PyErr_WriteUnraisable(fut);
-        return;
-    }
-    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
-    if (cond == NULL && !PyErr_Occurred()) {
+    PyObject *d = future_fast_dict(fut);
+    if (d != NULL) {
         if (PyDict_SetItem(d, failed ? s_exception : s_result, value) < 0 ||
             PyDict_SetItem(d, s_state, st_finished) < 0) {
             PyErr_WriteUnraisable(fut);
@@ -339,13 +364,11 @@ future_complete(PyObject *fut, PyObject *value, int failed)
         Py_DECREF(d);
         return;
     }
-    Py_DECREF(d);
-    if (PyErr_Occurred()) {
-        PyErr_WriteUnraisable(fut);
-        return;
+    PyObject *r = NULL;
+    if (!PyErr_Occurred()) {
+        r = PyObject_CallMethodOneArg(
+            fut, failed ? s_set_exception : s_set_result, value);
     }
-    PyObject *r = PyObject_CallMethodOneArg(
-        fut, failed ? s_set_exception : s_set_result, value);
     if (r == NULL) {
         PyErr_WriteUnraisable(fut);
     } else {
@@ -413,6 +436,15 @@ executor_unlink(ExecutorObject *ex, item_t *it)
     (void)left;
 }
 
+/* Take `it` off ex's outstanding list and free it. */
+static void
+executor_drop(ExecutorObject *ex, item_t *it)
+{
+    executor_unlink(ex, it);
+    Py_CLEAR(it->ex); /* not the last reference: the caller holds one */
+    item_free(it);
+}
+
 /* Submit `it` through ex's gate. Returns 0 or -errno (nothing queued). */
 static int
 executor_feed(ExecutorObject *ex, item_t *it)
@@ -457,10 +489,23 @@ executor_next(ExecutorObject *ex)
         }
         PyErr_Clear();
         Py_DECREF(exc);
-        executor_unlink(ex, n);
-        Py_CLEAR(n->ex); /* not the last reference: the caller holds one */
-        item_free(n);
+        executor_drop(ex, n);
     }
+}
+
+/* Link `it` (its future set) to ex and submit it through the gate: 0, or
+ * -1 with the error raised and the item freed. */
+static int
+executor_add(ExecutorObject *ex, item_t *it)
+{
+    executor_link(ex, it);
+    int rc = executor_feed(ex, it);
+    if (rc < 0) {
+        executor_drop(ex, it);
+        dkpy_raise_errno(rc);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- asyncio completions --------------------------------------------- */
@@ -482,6 +527,30 @@ loop_closed(PyObject *fut)
     return yes != 0;
 }
 
+/* fut.done() of an asyncio future: 1, 0, or -1 with an error set. */
+static int
+aio_done(PyObject *fut)
+{
+    PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+    int done = c == NULL ? -1 : PyObject_IsTrue(c);
+    Py_XDECREF(c);
+    return done;
+}
+
+/* fut.<method>(value) on an asyncio future unless it is done (cancelled
+ * meanwhile); an error goes to sys.unraisablehook. */
+static void
+aio_resolve(PyObject *fut, PyObject *method, PyObject *value)
+{
+    if (aio_done(fut) == 0) {
+        PyObject *r = PyObject_CallMethodOneArg(fut, method, value);
+        Py_XDECREF(r);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(fut);
+    }
+}
+
 /* Returns true when the result was handed to a spinning loop. */
 static bool
 waker_post(item_t *it)
@@ -489,19 +558,15 @@ waker_post(item_t *it)
     WakerObject *w = it->waker;
     it->waker = NULL;
     dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
-    if (Py_REFCNT((PyObject *)w) == 1) {
-        /* Nobody else holds the waker: its loop is gone. */
-        item_free(it);
-        Py_DECREF((PyObject *)w);
-        return false;
-    }
-    /* A loop closed before this completion never drains it: drop it now
-     * rather than keep its future (and so the loop) alive. Asked only of
-     * the item that finds the list empty (a gather of 10,000 asks once
-     * per drain, not 10,000 times): items queued behind one that found
-     * the loop open are freed with the waker, which nothing holds once
-     * the closed loop has dropped its reader and its items are done. */
-    if (w->head == NULL && loop_closed(it->future)) {
+    /* Nobody else holds the waker: its loop is gone. A loop closed
+     * before this completion never drains it: drop it now rather than
+     * keep its future (and so the loop) alive. Asked only of the item
+     * that finds the list empty (a gather of 10,000 asks once per drain,
+     * not 10,000 times): items queued behind one that found the loop open
+     * are freed with the waker, which nothing holds once the closed loop
+     * has dropped its reader and its items are done. */
+    if (Py_REFCNT((PyObject *)w) == 1 ||
+        (w->head == NULL && loop_closed(it->future))) {
         item_free(it);
         Py_DECREF((PyObject *)w);
         return false;
@@ -532,10 +597,7 @@ waker_post(item_t *it)
 static bool
 run_aio(item_t *it)
 {
-    PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
-    int done = c == NULL ? -1 : PyObject_IsTrue(c);
-    Py_XDECREF(c);
-    if (done != 0) {
+    if (aio_done(it->future) != 0) {
         /* Cancelled before it started: never run it. */
         PyErr_Clear();
         it->skipped = 1;
@@ -617,10 +679,6 @@ PyObject *
 dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
                   Py_ssize_t nargs, PyObject *kwnames)
 {
-    static PyObject *s_qos;
-    if (s_qos == NULL && (s_qos = PyUnicode_InternFromString("qos")) == NULL) {
-        return NULL;
-    }
     PyObject *qos_obj = NULL;
     item_t *it =
         item_new(args, nargs, kwnames, workloop ? s_qos : NULL, &qos_obj);
@@ -771,14 +829,9 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     PyObject *fut = Py_NewRef(it->future);
-    executor_link(self, it);
-    int rc = executor_feed(self, it);
-    if (rc < 0) {
-        executor_unlink(self, it);
-        Py_CLEAR(it->ex);
-        item_free(it);
+    if (executor_add(self, it) < 0) {
         Py_DECREF(fut);
-        return dkpy_raise_errno(rc);
+        return NULL;
     }
     return fut;
 }
@@ -831,26 +884,16 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
             }
             PyTuple_SET_ITEM(call_args, i, v);
         }
-        item_t *it = PyMem_Calloc(1, sizeof *it);
+        item_t *it = item_alloc(fn, call_args);
         if (it == NULL) {
-            Py_DECREF(call_args);
-            PyErr_NoMemory();
             goto fail;
         }
-        it->fn = Py_NewRef(fn);
-        it->args = call_args;
         it->future = new_future();
         if (it->future == NULL || PyList_Append(out, it->future) < 0) {
             item_free(it);
             goto fail;
         }
-        executor_link(self, it);
-        int rc = executor_feed(self, it);
-        if (rc < 0) {
-            executor_unlink(self, it);
-            Py_CLEAR(it->ex);
-            item_free(it);
-            dkpy_raise_errno(rc);
+        if (executor_add(self, it) < 0) {
             goto fail;
         }
     }
@@ -1029,7 +1072,7 @@ Waker_clear(WakerObject *self)
         item_free(it);
         it = next;
     }
-    clear_fired(self);
+    (void)drain_fired(self, true);
     ring_clear(self);
     return 0;
 }
@@ -1065,18 +1108,9 @@ resolve_finished(WakerObject *self)
     while (it != NULL) {
         item_t *next = it->next;
         if (!it->skipped) {
-            PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
-            int done = c == NULL ? -1 : PyObject_IsTrue(c);
-            Py_XDECREF(c);
-            if (done == 0) {
-                PyObject *r = PyObject_CallMethodOneArg(
-                    it->future, it->failed ? s_set_exception : s_set_result,
-                    it->value);
-                Py_XDECREF(r);
-            }
-            if (PyErr_Occurred()) {
-                PyErr_WriteUnraisable(it->future);
-            }
+            aio_resolve(it->future,
+                        it->failed ? s_set_exception : s_set_result,
+                        it->value);
         }
         item_free(it);
         it = next;
@@ -1091,7 +1125,7 @@ Waker_drain(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
-    n += drain_fired(self);
+    n += drain_fired(self, false);
     n += ring_reap(self);
     if (PyErr_Occurred()) {
         return NULL;
@@ -1216,6 +1250,36 @@ dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
     return call_aio_helper("_lock_exit", self);
 }
 
+/* The queue= of an asyncio submission: a Queue (None is refused here:
+ * the loop's thread has no queue of its own). 0, or -1 with TypeError. */
+static int
+aio_queue_arg(PyObject *obj, dk_queue_t **q)
+{
+    if (obj == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+        return -1;
+    }
+    return dkpy_queue_arg(obj, "queue", q);
+}
+
+/* Queue `it` (its future set) on q, to complete into waker w (a reference
+ * the item takes): 0, or -1 with the error raised and the item freed. */
+static int
+waker_dispatch(WakerObject *w, dk_queue_t *q, item_t *it)
+{
+    it->waker = w;
+    dk__atomic_store_relaxed(&w->outstanding, w->outstanding + 1);
+    int rc = dispatch_item(q, 0, it);
+    if (rc < 0) {
+        dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
+        Py_CLEAR(it->waker);
+        item_free(it);
+        dkpy_raise_errno(rc);
+        return -1;
+    }
+    return 0;
+}
+
 /* run(future, queue, fn, args, kwargs): submit fn for an asyncio future. */
 static PyObject *
 Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1226,11 +1290,7 @@ Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (args[1] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
-    }
-    if (dkpy_queue_arg(args[1], "queue", &q) < 0) {
+    if (aio_queue_arg(args[1], &q) < 0) {
         return NULL;
     }
     item_t *it = item_new(args + 2, nargs - 2, NULL, NULL, NULL);
@@ -1238,14 +1298,8 @@ Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     it->future = Py_NewRef(args[0]);
-    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
-    dk__atomic_store_relaxed(&self->outstanding, self->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&self->outstanding, self->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
-        return dkpy_raise_errno(rc);
+    if (waker_dispatch((WakerObject *)Py_NewRef(self), q, it) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -1255,63 +1309,30 @@ static PyObject *
 Waker_submit_kw(WakerObject *self, PyObject *args)
 {
     PyObject *fut, *queue, *fn, *fargs, *kw;
+    dk_queue_t *q;
     if (!PyArg_ParseTuple(args, "OOOO!O:submit_kw", &fut, &queue, &fn,
                           &PyTuple_Type, &fargs, &kw)) {
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(fargs);
-    PyObject **flat = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n + 3));
-    if (flat == NULL) {
-        return PyErr_NoMemory();
-    }
-    flat[0] = fut;
-    flat[1] = queue;
-    flat[2] = fn;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        flat[3 + i] = PyTuple_GET_ITEM(fargs, i);
-    }
-    PyObject *r = NULL;
-    if (kw == Py_None || PyDict_GET_SIZE(kw) == 0) {
-        r = Waker_submit(self, flat, n + 3);
-        PyMem_Free(flat);
-        return r;
-    }
-    PyMem_Free(flat);
-    if (!PyDict_Check(kw)) {
+    if (kw != Py_None && !PyDict_Check(kw)) {
         PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
         return NULL;
     }
-    dk_queue_t *q;
-    if (queue == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+    if (aio_queue_arg(queue, &q) < 0 || dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
-    if (dkpy_queue_arg(queue, "queue", &q) < 0) {
-        return NULL;
-    }
-    if (dkpy_check_callable(fn, "fn") < 0) {
-        return NULL;
-    }
-    item_t *it = PyMem_Calloc(1, sizeof *it);
+    item_t *it = item_alloc(fn, Py_NewRef(fargs));
     if (it == NULL) {
-        return PyErr_NoMemory();
+        return NULL;
     }
-    it->fn = Py_NewRef(fn);
-    it->args = Py_NewRef(fargs);
-    it->kwargs = PyDict_Copy(kw);
     it->future = Py_NewRef(fut);
-    if (it->kwargs == NULL) {
+    if (kw != Py_None && PyDict_GET_SIZE(kw) != 0 &&
+        (it->kwargs = PyDict_Copy(kw)) == NULL) {
         item_free(it);
         return NULL;
     }
-    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
-    dk__atomic_store_relaxed(&self->outstanding, self->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&self->outstanding, self->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
-        return dkpy_raise_errno(rc);
+    if (waker_dispatch((WakerObject *)Py_NewRef(self), q, it) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -1327,7 +1348,6 @@ Waker_submit_kw(WakerObject *self, PyObject *args)
 
 static PyObject *aio_get_loop, *aio_waker_for, *aio_run_future;
 static PyObject *aio_last_loop, *aio_last_waker; /* weakrefs, or NULL */
-static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
 
 /* A new reference to a weakref's object, or NULL when it is gone. */
 static PyObject *
@@ -1355,14 +1375,6 @@ aio_init(PyObject *Py_UNUSED(module), PyObject *args)
     PyObject *get_loop, *waker_for, *run_future;
     if (!PyArg_ParseTuple(args, "OOO:_aio_init", &get_loop, &waker_for,
                           &run_future)) {
-        return NULL;
-    }
-    if (s_create_future == NULL &&
-        ((s_create_future = PyUnicode_InternFromString("create_future")) ==
-             NULL ||
-         (s_loop_kw = PyUnicode_InternFromString("loop")) == NULL ||
-         (s_dk_waker = PyUnicode_InternFromString("_dk_waker")) == NULL ||
-         (s_dk_loop = PyUnicode_InternFromString("_dk_loop")) == NULL)) {
         return NULL;
     }
     Py_XSETREF(aio_get_loop, Py_NewRef(get_loop));
@@ -1427,12 +1439,7 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     dk_queue_t *q;
-    if (args[0] == Py_None) {
-        Py_DECREF(loop);
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
-    }
-    if (dkpy_queue_arg(args[0], "queue", &q) < 0) {
+    if (aio_queue_arg(args[0], &q) < 0) {
         Py_DECREF(loop);
         return NULL;
     }
@@ -1476,15 +1483,9 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     it->future = Py_NewRef(fut);
-    it->waker = w; /* the reference aio_waker gave */
-    dk__atomic_store_relaxed(&w->outstanding, w->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
+    if (waker_dispatch(w, q, it) < 0) { /* aio_waker's reference */
         Py_DECREF(fut);
-        return dkpy_raise_errno(rc);
+        return NULL;
     }
     return fut;
 }
@@ -1626,51 +1627,37 @@ fired_result(WaitObject *w, int rc)
     return Py_True;
 }
 
-/* The loop's side (GIL held): resolve each fired wait's future. */
+/* A registration ended (GIL held): resolve its future, if it still has
+ * one, with fired_result(w, rc) (unless `drop`), and drop the
+ * registration's reference. */
+static void
+wait_finish(WaitObject *w, bool drop, int rc)
+{
+    w->registered = false;
+    PyObject *fut = w->fut;
+    w->fut = NULL;
+    if (fut != NULL && !drop) {
+        aio_resolve(fut, s_set_result, fired_result(w, rc));
+    }
+    Py_XDECREF(fut);
+    Py_DECREF((PyObject *)w);
+}
+
+/* The loop's side (GIL held): resolve each fired wait's future, or only
+ * drop them when `drop` (a cleared waker). */
 static long
-drain_fired(WakerObject *k)
+drain_fired(WakerObject *k, bool drop)
 {
     long n = 0;
     WaitObject *w = take_fired(k);
     while (w != NULL) {
         WaitObject *next = w->fired_next;
         w->fired_next = NULL;
-        w->registered = false;
-        PyObject *fut = w->fut;
-        w->fut = NULL;
-        if (fut != NULL) {
-            PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
-            int done = c == NULL ? -1 : PyObject_IsTrue(c);
-            Py_XDECREF(c);
-            if (done == 0) {
-                PyObject *r = PyObject_CallMethodOneArg(
-                    fut, s_set_result, fired_result(w, w->fired_rc));
-                Py_XDECREF(r);
-            }
-            if (PyErr_Occurred()) {
-                PyErr_WriteUnraisable(fut);
-            }
-            Py_DECREF(fut);
-        }
-        Py_DECREF((PyObject *)w); /* the registration's reference */
+        wait_finish(w, drop, w->fired_rc);
         w = next;
         n++;
     }
     return n;
-}
-
-static void
-clear_fired(WakerObject *k)
-{
-    WaitObject *w = take_fired(k);
-    while (w != NULL) {
-        WaitObject *next = w->fired_next;
-        w->fired_next = NULL;
-        w->registered = false;
-        Py_CLEAR(w->fut);
-        Py_DECREF((PyObject *)w);
-        w = next;
-    }
 }
 
 /* ---- ring watches: futex waits completed by the kernel ----------------
@@ -1769,26 +1756,7 @@ ring_reap(WakerObject *k)
             WaitObject *w = (WaitObject *)(uintptr_t)done[i].user_data;
             ring_unlink(k, w);
             w->on_ring = false;
-            w->registered = false;
-            PyObject *fut = w->fut;
-            w->fut = NULL;
-            if (fut != NULL) {
-                PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
-                int isdone = c == NULL ? -1 : PyObject_IsTrue(c);
-                Py_XDECREF(c);
-                if (isdone == 0) {
-                    PyObject *r = PyObject_CallMethodOneArg(
-                        fut, s_set_result,
-                        fired_result(w, done[i].res == -ECANCELED ? -ETIMEDOUT
-                                                                  : 0));
-                    Py_XDECREF(r);
-                }
-                if (PyErr_Occurred()) {
-                    PyErr_WriteUnraisable(fut);
-                }
-                Py_DECREF(fut);
-            }
-            Py_DECREF((PyObject *)w); /* the request's reference */
+            wait_finish(w, false, done[i].res == -ECANCELED ? -ETIMEDOUT : 0);
         }
         total += n;
     }
@@ -1809,9 +1777,7 @@ ring_clear(WakerObject *k)
         WaitObject *w = k->ring_waits;
         ring_unlink(k, w);
         w->on_ring = false;
-        w->registered = false;
-        Py_CLEAR(w->fut);
-        Py_DECREF((PyObject *)w);
+        wait_finish(w, true, 0);
     }
 }
 
