@@ -685,25 +685,9 @@ dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
     if (it == NULL) {
         return NULL;
     }
-    long qos = 0;
-    if (qos_obj != NULL) {
-        qos = PyLong_AsLong(qos_obj);
-        if (qos == -1 && PyErr_Occurred()) {
-            item_free(it);
-            return NULL;
-        }
-        if (!(qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
-              qos == 0x19 || qos == 0x21)) {
-            item_free(it);
-            PyErr_Format(PyExc_ValueError,
-                         "qos must be one of the QOS_CLASS_* constants, not "
-                         "%ld",
-                         qos);
-            return NULL;
-        }
-    }
-    it->future = new_future();
-    if (it->future == NULL) {
+    long qos = qos_obj == NULL ? 0 : PyLong_AsLong(qos_obj);
+    if ((qos == -1 && PyErr_Occurred()) || dkpy_qos_arg(qos) < 0 ||
+        (it->future = new_future()) == NULL) {
         item_free(it);
         return NULL;
     }
@@ -1803,6 +1787,40 @@ Waker_traverse(WakerObject *self, visitproc visit, void *arg)
     return rc;
 }
 
+/* Undo the announcement a previous step left, before stepping again or
+ * on giving up (K_DSEM's is undone by abandon only). */
+static void
+unannounce(WaitObject *self)
+{
+    if (!self->announced) {
+        return;
+    }
+    if (self->kind == K_SEM) {
+        dk__shm_semaphore_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_GROUP) {
+        dk__group_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBREAD) {
+        dk__zb_reader_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBWRITE) {
+        dk__zb_writer_unannounce(self->addr);
+        self->announced = false;
+    }
+}
+
+/* Let go of the zerobuffer Reader or Writer a wait of `kind` holds. */
+static void
+zb_unhold(int kind, PyObject *target)
+{
+    if (kind == K_ZBREAD) {
+        dkpy_zb_reader_unhold(target);
+    } else if (kind == K_ZBWRITE) {
+        dkpy_zb_writer_unhold(target);
+    }
+}
+
 static int
 Wait_traverse(WaitObject *self, visitproc visit, void *arg)
 {
@@ -1832,21 +1850,16 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int kind;
     void *addr;
     bool shared = false, *owner_died = NULL;
-    if (dkpy_zb_is_writer(target)) {
-        addr = dkpy_zb_writer_hold(target);
+    if (dkpy_zb_is_writer(target) || dkpy_zb_is_reader(target)) {
+        bool writer = dkpy_zb_is_writer(target);
+        kind = writer ? K_ZBWRITE : K_ZBREAD;
+        addr = writer ? (void *)dkpy_zb_writer_hold(target)
+                      : (void *)dkpy_zb_reader_hold(target);
         if (addr == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the Writer is closed");
+            PyErr_Format(PyExc_ValueError, "the %s is closed",
+                         writer ? "Writer" : "Reader");
             return NULL;
         }
-        kind = K_ZBWRITE;
-        shared = true;
-    } else if (dkpy_zb_is_reader(target)) {
-        addr = dkpy_zb_reader_hold(target);
-        if (addr == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the Reader is closed");
-            return NULL;
-        }
-        kind = K_ZBREAD;
         shared = true;
     } else if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) <
                    0 &&
@@ -1860,11 +1873,7 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        if (kind == K_ZBREAD) {
-            dkpy_zb_reader_unhold(target);
-        } else if (kind == K_ZBWRITE) {
-            dkpy_zb_writer_unhold(target);
-        }
+        zb_unhold(kind, target);
         return NULL;
     }
     self->size = size;
@@ -1881,46 +1890,17 @@ static void
 Wait_dealloc(WaitObject *self)
 {
     PyObject_GC_UnTrack(self);
-    /* Never registered here: the registration holds a reference. */
-    if (self->kind == K_ZBREAD && self->target != NULL) {
-        if (self->announced) {
-            dk__zb_reader_unannounce(self->addr);
-        }
-        dkpy_zb_reader_unhold(self->target);
-    }
-    if (self->kind == K_ZBWRITE && self->target != NULL) {
-        if (self->announced) {
-            dk__zb_writer_unannounce(self->addr);
-        }
-        dkpy_zb_writer_unhold(self->target);
+    /* Never registered here: the registration holds a reference. A
+     * zerobuffer wait undoes its announcement and lets its target go. */
+    if ((self->kind == K_ZBREAD || self->kind == K_ZBWRITE) &&
+        self->target != NULL) {
+        unannounce(self);
+        zb_unhold(self->kind, self->target);
     }
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
     Py_CLEAR(self->waker);
     dkpy_free((PyObject *)self);
-}
-
-/* Undo the announcement a previous step left, before stepping again or
- * on giving up (K_DSEM's is undone by abandon only). */
-static void
-unannounce(WaitObject *self)
-{
-    if (!self->announced) {
-        return;
-    }
-    if (self->kind == K_SEM) {
-        dk__shm_semaphore_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_GROUP) {
-        dk__group_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBREAD) {
-        dk__zb_reader_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBWRITE) {
-        dk__zb_writer_unannounce(self->addr);
-        self->announced = false;
-    }
 }
 
 /* step(future, deadline_ns, check_owner): 0 done, 1 done (a Mutex taken
@@ -1955,35 +1935,29 @@ Wait_step(WaitObject *self, PyObject *args)
         break;
     case K_SEM:
         rc = dk__shm_semaphore_wait_step(self->addr, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     case K_EVENT:
         rc = dk__shm_event_wait_step(self->addr, &word, &busy);
         break;
-    case K_DSEM:
-        if (!self->announced) {
-            rc = dk__semaphore_wait_begin(self->addr, &word, &busy);
-            self->announced = rc == -EAGAIN;
-        } else {
-            /* Counted as a waiter already: only a token ends the wait. */
-            rc = dk__semaphore_take_token(self->addr, &word, &busy);
-            self->announced = rc == -EAGAIN;
-        }
+    case K_DSEM: /* counted as a waiter already: only a token ends it */
+        rc = self->announced
+                 ? dk__semaphore_take_token(self->addr, &word, &busy)
+                 : dk__semaphore_wait_begin(self->addr, &word, &busy);
         break;
     case K_GROUP:
         rc = dk__group_wait_step(self->addr, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     case K_ZBWRITE: /* 0 means there may be room: write now */
         rc = dk__zb_writer_space_step(self->addr, self->size, check_owner,
                                       &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     default: /* K_ZBREAD: 0 means a frame is ready to take */
         rc = dk__zb_reader_wait_step(self->addr, check_owner, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     }
+    /* Every kind but these two announces itself while it waits. */
+    self->announced =
+        rc == -EAGAIN && self->kind != K_MUTEX && self->kind != K_EVENT;
     if (rc != -EAGAIN) {
         return PyLong_FromLong(rc);
     }
