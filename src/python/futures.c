@@ -83,6 +83,7 @@ static PyObject *s_condition, *s_state, *s_result, *s_exception;
 static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
 static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
 static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
+static PyObject *s_lock_enter, *s_lock_exit;
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
 /* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
@@ -112,6 +113,8 @@ intern_names(void)
         {&s_loop_kw, "loop"},
         {&s_dk_waker, "_dk_waker"},
         {&s_dk_loop, "_dk_loop"},
+        {&s_lock_enter, "_lock_enter"},
+        {&s_lock_exit, "_lock_exit"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
@@ -161,13 +164,13 @@ typedef struct WakerObject WakerObject;
 typedef struct item {
     PyObject *future; /* ours, or an asyncio future when waker != NULL */
     PyObject *fn, *args, *kwargs;
-    ExecutorObject *ex;        /* strong, or NULL */
-    WakerObject *waker;        /* strong until completed, or NULL */
-    PyObject *value;           /* asyncio: the result or the exception */
-    int failed;                /* asyncio: value is an exception */
-    int skipped;               /* asyncio: cancelled before it ran */
-    struct item *prev, *next;  /* ex->outstanding, or waker->done */
-    struct item *pending_next; /* ex's FIFO behind the gate */
+    ExecutorObject *ex;       /* strong, or NULL */
+    WakerObject *waker;       /* strong until completed, or NULL */
+    PyObject *value;          /* asyncio: the result or the exception */
+    int failed;               /* asyncio: value is an exception */
+    int skipped;              /* asyncio: cancelled before it ran */
+    struct item *prev, *next; /* ex->outstanding */
+    struct item *fifo_next;   /* ex's FIFO behind the gate, or waker's */
 } item_t;
 
 struct ExecutorObject {
@@ -445,18 +448,25 @@ executor_drop(ExecutorObject *ex, item_t *it)
     item_free(it);
 }
 
+/* Append `it` to the FIFO from *head to *tail. */
+static void
+fifo_push(item_t **head, item_t **tail, item_t *it)
+{
+    it->fifo_next = NULL;
+    if (*tail != NULL) {
+        (*tail)->fifo_next = it;
+    } else {
+        *head = it;
+    }
+    *tail = it;
+}
+
 /* Submit `it` through ex's gate. Returns 0 or -errno (nothing queued). */
 static int
 executor_feed(ExecutorObject *ex, item_t *it)
 {
     if (ex->max_workers > 0 && ex->active >= ex->max_workers) {
-        it->pending_next = NULL;
-        if (ex->pend_tail != NULL) {
-            ex->pend_tail->pending_next = it;
-        } else {
-            ex->pend_head = it;
-        }
-        ex->pend_tail = it;
+        fifo_push(&ex->pend_head, &ex->pend_tail, it);
         return 0;
     }
     int rc = dispatch_item(ex->q, 0, it);
@@ -473,7 +483,7 @@ executor_next(ExecutorObject *ex)
     ex->active--;
     while (ex->pend_head != NULL && ex->active < ex->max_workers) {
         item_t *n = ex->pend_head;
-        ex->pend_head = n->pending_next;
+        ex->pend_head = n->fifo_next;
         if (ex->pend_head == NULL) {
             ex->pend_tail = NULL;
         }
@@ -572,13 +582,7 @@ waker_post(item_t *it)
         return false;
     }
     bool was_empty = w->head == NULL;
-    it->next = NULL;
-    if (w->tail != NULL) {
-        w->tail->next = it;
-    } else {
-        w->head = it;
-    }
-    w->tail = it;
+    fifo_push(&w->head, &w->tail, it);
     bool handed = false;
     if (was_empty) {
         /* (H2): pairs with (H1) and (H4) */
@@ -1052,7 +1056,7 @@ Waker_clear(WakerObject *self)
     item_t *it = self->head;
     self->head = self->tail = NULL;
     while (it != NULL) {
-        item_t *next = it->next;
+        item_t *next = it->fifo_next;
         item_free(it);
         it = next;
     }
@@ -1090,7 +1094,7 @@ resolve_finished(WakerObject *self)
     self->head = self->tail = NULL;
     long n = 0;
     while (it != NULL) {
-        item_t *next = it->next;
+        item_t *next = it->fifo_next;
         if (!it->skipped) {
             aio_resolve(it->future,
                         it->failed ? s_set_exception : s_set_result,
@@ -1200,27 +1204,24 @@ Waker_spin(WakerObject *self, PyObject *fut)
 
 /* ---- async with on the locks ------------------------------------------ */
 
+/* dispatchkit.asyncio.<name>(self), the name interned (binding.h's
+ * dkpy_getattr says why). */
 static PyObject *
-call_aio_helper(const char *name, PyObject *self)
+call_aio_helper(PyObject *name, PyObject *self)
 {
     PyObject *mod = PyImport_ImportModule("dispatchkit.asyncio");
     if (mod == NULL) {
         return NULL;
     }
-    PyObject *fn = PyObject_GetAttrString(mod, name);
+    PyObject *r = PyObject_CallMethodOneArg(mod, name, self);
     Py_DECREF(mod);
-    if (fn == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyObject_CallOneArg(fn, self);
-    Py_DECREF(fn);
     return r;
 }
 
 PyObject *
 dkpy_lock_aenter(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    return call_aio_helper("_lock_enter", self);
+    return call_aio_helper(s_lock_enter, self);
 }
 
 PyObject *
@@ -1231,7 +1232,7 @@ dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
                         "__aexit__ takes at most 3 arguments");
         return NULL;
     }
-    return call_aio_helper("_lock_exit", self);
+    return call_aio_helper(s_lock_exit, self);
 }
 
 /* The queue= of an asyncio submission: a Queue (None is refused here:
@@ -1445,14 +1446,10 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         fut = PyObject_CallMethodNoArgs(loop, s_create_future);
     } else {
         /* Alone: a _RunFuture, whose await may spin (Waker_spin). */
-        PyObject *kw = PyDict_New();
-        fut = NULL;
-        if (kw != NULL && PyDict_SetItem(kw, s_loop_kw, loop) == 0) {
-            PyObject *empty = PyTuple_New(0);
-            fut = empty == NULL ? NULL
-                                : PyObject_Call(aio_run_future, empty, kw);
-            Py_XDECREF(empty);
-        }
+        PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
+        fut = kw == NULL
+                  ? NULL
+                  : PyObject_VectorcallDict(aio_run_future, NULL, 0, kw);
         Py_XDECREF(kw);
         if (fut != NULL &&
             (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
@@ -1769,7 +1766,7 @@ static int
 Waker_traverse(WakerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    for (item_t *it = self->head; it != NULL; it = it->next) {
+    for (item_t *it = self->head; it != NULL; it = it->fifo_next) {
         Py_VISIT(it->future);
         Py_VISIT(it->value);
     }
