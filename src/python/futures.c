@@ -707,6 +707,35 @@ dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
 
 /* ---- _ExecutorCore ------------------------------------------------------ */
 
+/* A new group and no items, for a new executor or one adopted in a fork
+ * child (where the parent's group is leaked with its items). 0, or -1
+ * with MemoryError. */
+static int
+executor_start(ExecutorObject *self)
+{
+    dk_group_t *g;
+    if (dk_group_create(&g) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->group = g;
+    self->outstanding.next = self->outstanding.prev = &self->outstanding;
+    self->pend_head = self->pend_tail = NULL;
+    self->active = 0;
+    self->fork_gen = fork_gen;
+    return 0;
+}
+
+/* In a forked child, the parent's outstanding items are gone with the
+ * parent's workers: drop them (their memory is leaked on purpose, as the
+ * runtime drops the parent's queued work) so that shutdown(wait=True)
+ * does not wait for them forever. */
+static int
+executor_adopt(ExecutorObject *self)
+{
+    return self->fork_gen == fork_gen ? 0 : executor_start(self);
+}
+
 static PyObject *
 Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -730,10 +759,9 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    if (dk_group_create(&self->group) < 0) {
+    if (executor_start(self) < 0) {
         Py_DECREF(self);
-        return PyErr_NoMemory();
+        return NULL;
     }
     if (q == NULL) {
         q = dk_queue_global(0);
@@ -742,7 +770,6 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->q = q;
     self->max_workers = max_workers;
-    self->fork_gen = fork_gen;
     return (PyObject *)self;
 }
 
@@ -766,29 +793,6 @@ Executor_dealloc(ExecutorObject *self)
     dkpy_free((PyObject *)self);
 }
 
-/* In a forked child, the parent's outstanding items are gone with the
- * parent's workers: drop them (their memory is leaked on purpose, as the
- * runtime drops the parent's queued work) so that shutdown(wait=True)
- * does not wait for them forever. */
-static int
-executor_adopt(ExecutorObject *self)
-{
-    if (self->fork_gen == fork_gen) {
-        return 0;
-    }
-    dk_group_t *g;
-    if (dk_group_create(&g) < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    self->group = g; /* the parent's group is leaked with its items */
-    self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    self->pend_head = self->pend_tail = NULL;
-    self->active = 0;
-    self->fork_gen = fork_gen;
-    return 0;
-}
-
 static PyObject *
 closed_error(void)
 {
@@ -804,7 +808,7 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (self->shutdown) {
         return closed_error();
     }
-    if (self->fork_gen != fork_gen && executor_adopt(self) < 0) {
+    if (executor_adopt(self) < 0) {
         return NULL;
     }
     item_t *it = item_new(args, nargs, kwnames, NULL, NULL);
@@ -917,13 +921,6 @@ group_wait_fn(void *g, uint64_t deadline)
     return dk_group_wait_interruptible(g, deadline);
 }
 
-/* Until the group is empty; 0, or -1 if a signal handler raised. */
-static int
-group_wait_slices(dk_group_t *g)
-{
-    return dkpy_wait_sliced(group_wait_fn, g, DK_TIME_FOREVER) == 0 ? 0 : -1;
-}
-
 static PyObject *
 Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -972,7 +969,9 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
             return NULL;
         }
         dkpy_release_batch();
-        if (group_wait_slices(self->group) < 0) {
+        /* Until the group is empty, or a signal handler raised. */
+        int rc = dkpy_wait_sliced(group_wait_fn, self->group, DK_TIME_FOREVER);
+        if (rc != 0) {
             return NULL;
         }
     }
