@@ -793,22 +793,24 @@ Executor_dealloc(ExecutorObject *self)
     dkpy_free((PyObject *)self);
 }
 
-static PyObject *
-closed_error(void)
+/* Before a submission: 0, or -1 with RuntimeError after shutdown (or
+ * executor_adopt's MemoryError). */
+static int
+executor_open(ExecutorObject *self)
 {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "cannot schedule new futures after shutdown");
-    return NULL;
+    if (self->shutdown) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot schedule new futures after shutdown");
+        return -1;
+    }
+    return executor_adopt(self);
 }
 
 static PyObject *
 Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
                 PyObject *kwnames)
 {
-    if (self->shutdown) {
-        return closed_error();
-    }
-    if (executor_adopt(self) < 0) {
+    if (executor_open(self) < 0) {
         return NULL;
     }
     item_t *it = item_new(args, nargs, kwnames, NULL, NULL);
@@ -838,10 +840,7 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
                           &iterables)) {
         return NULL;
     }
-    if (self->shutdown) {
-        return closed_error();
-    }
-    if (executor_adopt(self) < 0) {
+    if (executor_open(self) < 0) {
         return NULL;
     }
     if (dkpy_check_callable(fn, "fn") < 0) {
