@@ -1233,93 +1233,6 @@ dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
     return call_aio_helper(s_lock_exit, self);
 }
 
-/* The queue= of an asyncio submission: a Queue (None is refused here:
- * the loop's thread has no queue of its own). 0, or -1 with TypeError. */
-static int
-aio_queue_arg(PyObject *obj, dk_queue_t **q)
-{
-    if (obj == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return -1;
-    }
-    return dkpy_queue_arg(obj, "queue", q);
-}
-
-/* Queue `it` (its future set) on q, to complete into waker w (a reference
- * the item takes): 0, or -1 with the error raised and the item freed. */
-static int
-waker_dispatch(WakerObject *w, dk_queue_t *q, item_t *it)
-{
-    it->waker = w;
-    dk__atomic_store_relaxed(&w->outstanding, w->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
-        dkpy_raise_errno(rc);
-        return -1;
-    }
-    return 0;
-}
-
-/* run(future, queue, fn, args, kwargs): submit fn for an asyncio future. */
-static PyObject *
-Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "submit(future, queue, fn, /, *args)");
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (aio_queue_arg(args[1], &q) < 0) {
-        return NULL;
-    }
-    item_t *it = item_new(args + 2, nargs - 2, NULL, NULL, NULL);
-    if (it == NULL) {
-        return NULL;
-    }
-    it->future = Py_NewRef(args[0]);
-    if (waker_dispatch((WakerObject *)Py_NewRef(self), q, it) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-/* As submit, with the keyword arguments as one dict (or None). */
-static PyObject *
-Waker_submit_kw(WakerObject *self, PyObject *args)
-{
-    PyObject *fut, *queue, *fn, *fargs, *kw;
-    dk_queue_t *q;
-    if (!PyArg_ParseTuple(args, "OOOO!O:submit_kw", &fut, &queue, &fn,
-                          &PyTuple_Type, &fargs, &kw)) {
-        return NULL;
-    }
-    if (kw != Py_None && !PyDict_Check(kw)) {
-        PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
-        return NULL;
-    }
-    if (aio_queue_arg(queue, &q) < 0 || dkpy_check_callable(fn, "fn") < 0) {
-        return NULL;
-    }
-    item_t *it = item_alloc(fn, Py_NewRef(fargs));
-    if (it == NULL) {
-        return NULL;
-    }
-    it->future = Py_NewRef(fut);
-    if (kw != Py_None && PyDict_GET_SIZE(kw) != 0 &&
-        (it->kwargs = PyDict_Copy(kw)) == NULL) {
-        item_free(it);
-        return NULL;
-    }
-    if (waker_dispatch((WakerObject *)Py_NewRef(self), q, it) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 /* ---- dispatchkit.asyncio.run in C ------------------------------------
  *
  * run() is called once per item, 10,000 times for a gather of 10,000, so
@@ -1422,7 +1335,12 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     dk_queue_t *q;
-    if (aio_queue_arg(args[0], &q) < 0) {
+    if (args[0] == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
+        return NULL;
+    }
+    if (dkpy_queue_arg(args[0], "queue", &q) < 0) {
         Py_DECREF(loop);
         return NULL;
     }
@@ -1462,9 +1380,15 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     it->future = Py_NewRef(fut);
-    if (waker_dispatch(w, q, it) < 0) { /* aio_waker's reference */
+    it->waker = w; /* the reference aio_waker gave */
+    dk__atomic_store_relaxed(&w->outstanding, w->outstanding + 1);
+    int rc = dispatch_item(q, 0, it);
+    if (rc < 0) {
+        dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
+        Py_CLEAR(it->waker);
+        item_free(it);
         Py_DECREF(fut);
-        return NULL;
+        return dkpy_raise_errno(rc);
     }
     return fut;
 }
@@ -1483,12 +1407,6 @@ static PyMethodDef Waker_methods[] = {
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
-    {"submit", (PyCFunction)(void (*)(void))Waker_submit, METH_FASTCALL,
-     "submit($self, future, queue, fn, /, *args)\n--\n\n"
-     "Run fn(*args) on queue; resolve future from the loop's thread."},
-    {"submit_kw", (PyCFunction)Waker_submit_kw, METH_VARARGS,
-     "submit_kw($self, future, queue, fn, args, kwargs, /)\n--\n\n"
-     "As submit, with a tuple of arguments and a dict of keywords."},
     {NULL, NULL, 0, NULL},
 };
 
