@@ -1852,7 +1852,7 @@ Wait_step(WaitObject *self, PyObject *args)
     case K_EVENT:
         rc = dk__shm_event_wait_step(self->addr, &word, &busy);
         break;
-    case K_DSEM: /* counted as a waiter already: only a token ends it */
+    case K_DSEM: /* once counted as a waiter, only a token ends it */
         rc = self->announced
                  ? dk__semaphore_take_token(self->addr, &word, &busy)
                  : dk__semaphore_wait_begin(self->addr, &word, &busy);
