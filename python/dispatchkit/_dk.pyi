@@ -5,7 +5,7 @@ rename or subclass them)."""
 import asyncio
 import concurrent.futures
 from types import TracebackType
-from typing import (Any, Awaitable, Callable, Dict, Generic, Iterable,
+from typing import (Any, Awaitable, Callable, Generic, Iterable,
                     Iterator, List, Optional, Tuple, TypeVar, Union, final)
 
 from typing_extensions import disjoint_base
@@ -116,11 +116,6 @@ class _LoopWaker:
     def uses_ring(self) -> bool: ...
     @property
     def outstanding(self) -> int: ...
-    def submit(self, future: Any, queue: Queue, fn: Callable[..., Any], /,
-               *args: Any) -> None: ...
-    def submit_kw(self, future: Any, queue: Queue, fn: Callable[..., Any],
-                  args: Tuple[Any, ...], kwargs: Dict[str, Any], /
-                  ) -> None: ...
 
 @final
 class _AioWait:

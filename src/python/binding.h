@@ -212,6 +212,9 @@ struct dk_queue_s;
 /* Convert a `queue=` argument: a Queue or None (-> NULL). Returns 0, or -1
  * with TypeError set. */
 int dkpy_queue_arg(PyObject *obj, const char *what, struct dk_queue_s **out);
+/* A qos= argument: 0 or a QOS_CLASS_* value. 0, or -1 with ValueError
+ * (queue.c). */
+int dkpy_qos_arg(long qos);
 
 /* Find the thread that runs signal handlers (once, at module exec).
  * Returns 0, or -1 with an exception set. */

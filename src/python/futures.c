@@ -81,9 +81,13 @@
 
 static PyObject *s_condition, *s_state, *s_result, *s_exception;
 static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
-static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed;
+static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
+static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
+static PyObject *s_lock_enter, *s_lock_exit;
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
+/* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
+static PyTypeObject *executor_type, *waker_type, *wait_type;
 
 static int
 intern_names(void)
@@ -104,6 +108,13 @@ intern_names(void)
         {&s_done, "done"},
         {&s_get_loop, "get_loop"},
         {&s_is_closed, "is_closed"},
+        {&s_qos, "qos"},
+        {&s_create_future, "create_future"},
+        {&s_loop_kw, "loop"},
+        {&s_dk_waker, "_dk_waker"},
+        {&s_dk_loop, "_dk_loop"},
+        {&s_lock_enter, "_lock_enter"},
+        {&s_lock_exit, "_lock_exit"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
@@ -117,9 +128,8 @@ intern_names(void)
 /* _dk._futures_init(Future, RUNNING, FINISHED, CANCELLED,
  * CANCELLED_AND_NOTIFIED): called once by dispatchkit._executor. */
 static PyObject *
-futures_init(PyObject *module, PyObject *args)
+futures_init(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *type, *r, *f, *c, *cn;
     if (!PyArg_ParseTuple(args, "O!UUUU:_futures_init", &PyType_Type, &type,
                           &r, &f, &c, &cn)) {
@@ -154,13 +164,13 @@ typedef struct WakerObject WakerObject;
 typedef struct item {
     PyObject *future; /* ours, or an asyncio future when waker != NULL */
     PyObject *fn, *args, *kwargs;
-    ExecutorObject *ex;        /* strong, or NULL */
-    WakerObject *waker;        /* strong until completed, or NULL */
-    PyObject *value;           /* asyncio: the result or the exception */
-    int failed;                /* asyncio: value is an exception */
-    int skipped;               /* asyncio: cancelled before it ran */
-    struct item *prev, *next;  /* ex->outstanding, or waker->done */
-    struct item *pending_next; /* ex's FIFO behind the gate */
+    ExecutorObject *ex;       /* strong, or NULL */
+    WakerObject *waker;       /* strong until completed, or NULL */
+    PyObject *value;          /* asyncio: the result or the exception */
+    int failed;               /* asyncio: value is an exception */
+    int skipped;              /* asyncio: cancelled before it ran */
+    struct item *prev, *next; /* ex->outstanding */
+    struct item *fifo_next;   /* ex's FIFO behind the gate, or waker's */
 } item_t;
 
 struct ExecutorObject {
@@ -213,8 +223,7 @@ struct WakerObject {
     PyObject *weakreflist;
 };
 
-static long drain_fired(WakerObject *w);
-static void clear_fired(WakerObject *w);
+static long drain_fired(WakerObject *w, bool drop);
 static long ring_reap(WakerObject *k);
 static void ring_clear(WakerObject *k);
 
@@ -234,6 +243,21 @@ item_free(item_t *it)
     PyMem_Free(it);
 }
 
+/* A new item calling fn(*args) (args: a tuple, stolen). */
+static item_t *
+item_alloc(PyObject *fn, PyObject *args)
+{
+    item_t *it = PyMem_Calloc(1, sizeof *it);
+    if (it == NULL) {
+        Py_DECREF(args);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    it->fn = Py_NewRef(fn);
+    it->args = args;
+    return it;
+}
+
 /* Build an item from fastcall arguments args[0] = fn, args[1:] its
  * positional arguments, kwnames its keyword names (skipping `skip`, the
  * qos= of a workloop). */
@@ -247,24 +271,19 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                         "'fn'");
         return NULL;
     }
-    if (!PyCallable_Check(args[0])) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(args[0])->tp_name);
+    if (dkpy_check_callable(args[0], "fn") < 0) {
         return NULL;
     }
-    item_t *it = PyMem_Calloc(1, sizeof *it);
-    if (it == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    it->fn = Py_NewRef(args[0]);
-    it->args = PyTuple_New(nargs - 1);
-    if (it->args == NULL) {
-        item_free(it);
+    PyObject *fargs = PyTuple_New(nargs - 1);
+    if (fargs == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(it->args, i - 1, Py_NewRef(args[i]));
+        PyTuple_SET_ITEM(fargs, i - 1, Py_NewRef(args[i]));
+    }
+    item_t *it = item_alloc(args[0], fargs);
+    if (it == NULL) {
+        return NULL;
     }
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nkw; i++) {
@@ -286,17 +305,31 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return it;
 }
 
+/* The instance dict of a concurrent.futures future while the fast path
+ * may write it, before anyone created `_condition` (A): a new reference,
+ * or NULL (with an error set if that failed) for the slow path. */
+static PyObject *
+future_fast_dict(PyObject *fut)
+{
+    PyObject *d = PyObject_GenericGetDict(fut, NULL);
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
+    if (cond == NULL && !PyErr_Occurred()) {
+        return d;
+    }
+    Py_DECREF(d);
+    return NULL;
+}
+
 /* Put a concurrent.futures future into RUNNING: 1 to run, 0 if it was
  * cancelled, -1 on error. */
 static int
 future_begin(PyObject *fut)
 {
-    PyObject *d = PyObject_GenericGetDict(fut, NULL);
-    if (d == NULL) {
-        return -1;
-    }
-    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
-    if (cond == NULL && !PyErr_Occurred()) {
+    PyObject *d = future_fast_dict(fut);
+    if (d != NULL) {
         PyObject *state = PyDict_GetItemWithError(d, s_state);
         int rc = 1;
         if (state == st_cancelled || state == st_cancelled_n) {
@@ -308,7 +341,6 @@ future_begin(PyObject *fut)
         Py_DECREF(d);
         return rc;
     }
-    Py_DECREF(d);
     if (PyErr_Occurred()) {
         return -1;
     }
@@ -326,13 +358,8 @@ future_begin(PyObject *fut)
 static void
 future_complete(PyObject *fut, PyObject *value, int failed)
 {
-    PyObject *d = PyObject_GenericGetDict(fut, NULL);
-    if (d == NULL) {
-        PyErr_WriteUnraisable(fut);
-        return;
-    }
-    PyObject *cond = PyDict_GetItemWithError(d, s_condition); /* (A) */
-    if (cond == NULL && !PyErr_Occurred()) {
+    PyObject *d = future_fast_dict(fut);
+    if (d != NULL) {
         if (PyDict_SetItem(d, failed ? s_exception : s_result, value) < 0 ||
             PyDict_SetItem(d, s_state, st_finished) < 0) {
             PyErr_WriteUnraisable(fut);
@@ -340,13 +367,11 @@ future_complete(PyObject *fut, PyObject *value, int failed)
         Py_DECREF(d);
         return;
     }
-    Py_DECREF(d);
-    if (PyErr_Occurred()) {
-        PyErr_WriteUnraisable(fut);
-        return;
+    PyObject *r = NULL;
+    if (!PyErr_Occurred()) {
+        r = PyObject_CallMethodOneArg(
+            fut, failed ? s_set_exception : s_set_result, value);
     }
-    PyObject *r = PyObject_CallMethodOneArg(
-        fut, failed ? s_set_exception : s_set_result, value);
     if (r == NULL) {
         PyErr_WriteUnraisable(fut);
     } else {
@@ -414,18 +439,34 @@ executor_unlink(ExecutorObject *ex, item_t *it)
     (void)left;
 }
 
+/* Take `it` off ex's outstanding list and free it. */
+static void
+executor_drop(ExecutorObject *ex, item_t *it)
+{
+    executor_unlink(ex, it);
+    Py_CLEAR(it->ex); /* not the last reference: the caller holds one */
+    item_free(it);
+}
+
+/* Append `it` to the FIFO from *head to *tail. */
+static void
+fifo_push(item_t **head, item_t **tail, item_t *it)
+{
+    it->fifo_next = NULL;
+    if (*tail != NULL) {
+        (*tail)->fifo_next = it;
+    } else {
+        *head = it;
+    }
+    *tail = it;
+}
+
 /* Submit `it` through ex's gate. Returns 0 or -errno (nothing queued). */
 static int
 executor_feed(ExecutorObject *ex, item_t *it)
 {
     if (ex->max_workers > 0 && ex->active >= ex->max_workers) {
-        it->pending_next = NULL;
-        if (ex->pend_tail != NULL) {
-            ex->pend_tail->pending_next = it;
-        } else {
-            ex->pend_head = it;
-        }
-        ex->pend_tail = it;
+        fifo_push(&ex->pend_head, &ex->pend_tail, it);
         return 0;
     }
     int rc = dispatch_item(ex->q, 0, it);
@@ -442,7 +483,7 @@ executor_next(ExecutorObject *ex)
     ex->active--;
     while (ex->pend_head != NULL && ex->active < ex->max_workers) {
         item_t *n = ex->pend_head;
-        ex->pend_head = n->pending_next;
+        ex->pend_head = n->fifo_next;
         if (ex->pend_head == NULL) {
             ex->pend_tail = NULL;
         }
@@ -458,10 +499,23 @@ executor_next(ExecutorObject *ex)
         }
         PyErr_Clear();
         Py_DECREF(exc);
-        executor_unlink(ex, n);
-        Py_CLEAR(n->ex); /* not the last reference: the caller holds one */
-        item_free(n);
+        executor_drop(ex, n);
     }
+}
+
+/* Link `it` (its future set) to ex and submit it through the gate: 0, or
+ * -1 with the error raised and the item freed. */
+static int
+executor_add(ExecutorObject *ex, item_t *it)
+{
+    executor_link(ex, it);
+    int rc = executor_feed(ex, it);
+    if (rc < 0) {
+        executor_drop(ex, it);
+        dkpy_raise_errno(rc);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- asyncio completions --------------------------------------------- */
@@ -483,6 +537,30 @@ loop_closed(PyObject *fut)
     return yes != 0;
 }
 
+/* fut.done() of an asyncio future: 1, 0, or -1 with an error set. */
+static int
+aio_done(PyObject *fut)
+{
+    PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
+    int done = c == NULL ? -1 : PyObject_IsTrue(c);
+    Py_XDECREF(c);
+    return done;
+}
+
+/* fut.<method>(value) on an asyncio future unless it is done (cancelled
+ * meanwhile); an error goes to sys.unraisablehook. */
+static void
+aio_resolve(PyObject *fut, PyObject *method, PyObject *value)
+{
+    if (aio_done(fut) == 0) {
+        PyObject *r = PyObject_CallMethodOneArg(fut, method, value);
+        Py_XDECREF(r);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(fut);
+    }
+}
+
 /* Returns true when the result was handed to a spinning loop. */
 static bool
 waker_post(item_t *it)
@@ -490,31 +568,21 @@ waker_post(item_t *it)
     WakerObject *w = it->waker;
     it->waker = NULL;
     dk__atomic_store_relaxed(&w->outstanding, w->outstanding - 1);
-    if (Py_REFCNT((PyObject *)w) == 1) {
-        /* Nobody else holds the waker: its loop is gone. */
-        item_free(it);
-        Py_DECREF((PyObject *)w);
-        return false;
-    }
-    /* A loop closed before this completion never drains it: drop it now
-     * rather than keep its future (and so the loop) alive. Asked only of
-     * the item that finds the list empty (a gather of 10,000 asks once
-     * per drain, not 10,000 times): items queued behind one that found
-     * the loop open are freed with the waker, which nothing holds once
-     * the closed loop has dropped its reader and its items are done. */
-    if (w->head == NULL && loop_closed(it->future)) {
+    /* Nobody else holds the waker: its loop is gone. A loop closed
+     * before this completion never drains it: drop it now rather than
+     * keep its future (and so the loop) alive. Asked only of the item
+     * that finds the list empty (a gather of 10,000 asks once per drain,
+     * not 10,000 times): items queued behind one that found the loop open
+     * are freed with the waker, which nothing holds once the closed loop
+     * has dropped its reader and its items are done. */
+    if (Py_REFCNT((PyObject *)w) == 1 ||
+        (w->head == NULL && loop_closed(it->future))) {
         item_free(it);
         Py_DECREF((PyObject *)w);
         return false;
     }
     bool was_empty = w->head == NULL;
-    it->next = NULL;
-    if (w->tail != NULL) {
-        w->tail->next = it;
-    } else {
-        w->head = it;
-    }
-    w->tail = it;
+    fifo_push(&w->head, &w->tail, it);
     bool handed = false;
     if (was_empty) {
         /* (H2): pairs with (H1) and (H4) */
@@ -533,10 +601,7 @@ waker_post(item_t *it)
 static bool
 run_aio(item_t *it)
 {
-    PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
-    int done = c == NULL ? -1 : PyObject_IsTrue(c);
-    Py_XDECREF(c);
-    if (done != 0) {
+    if (aio_done(it->future) != 0) {
         /* Cancelled before it started: never run it. */
         PyErr_Clear();
         it->skipped = 1;
@@ -618,35 +683,15 @@ PyObject *
 dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
                   Py_ssize_t nargs, PyObject *kwnames)
 {
-    static PyObject *s_qos;
-    if (s_qos == NULL && (s_qos = PyUnicode_InternFromString("qos")) == NULL) {
-        return NULL;
-    }
     PyObject *qos_obj = NULL;
     item_t *it =
         item_new(args, nargs, kwnames, workloop ? s_qos : NULL, &qos_obj);
     if (it == NULL) {
         return NULL;
     }
-    long qos = 0;
-    if (qos_obj != NULL) {
-        qos = PyLong_AsLong(qos_obj);
-        if (qos == -1 && PyErr_Occurred()) {
-            item_free(it);
-            return NULL;
-        }
-        if (!(qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 ||
-              qos == 0x19 || qos == 0x21)) {
-            item_free(it);
-            PyErr_Format(PyExc_ValueError,
-                         "qos must be one of the QOS_CLASS_* constants, not "
-                         "%ld",
-                         qos);
-            return NULL;
-        }
-    }
-    it->future = new_future();
-    if (it->future == NULL) {
+    long qos = qos_obj == NULL ? 0 : PyLong_AsLong(qos_obj);
+    if ((qos == -1 && PyErr_Occurred()) || dkpy_qos_arg(qos) < 0 ||
+        (it->future = new_future()) == NULL) {
         item_free(it);
         return NULL;
     }
@@ -661,6 +706,35 @@ dkpy_queue_submit(dk_queue_t *q, bool workloop, PyObject *const *args,
 }
 
 /* ---- _ExecutorCore ------------------------------------------------------ */
+
+/* A new group and no items, for a new executor or one adopted in a fork
+ * child (where the parent's group is leaked with its items). 0, or -1
+ * with MemoryError. */
+static int
+executor_start(ExecutorObject *self)
+{
+    dk_group_t *g;
+    if (dk_group_create(&g) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->group = g;
+    self->outstanding.next = self->outstanding.prev = &self->outstanding;
+    self->pend_head = self->pend_tail = NULL;
+    self->active = 0;
+    self->fork_gen = fork_gen;
+    return 0;
+}
+
+/* In a forked child, the parent's outstanding items are gone with the
+ * parent's workers: drop them (their memory is leaked on purpose, as the
+ * runtime drops the parent's queued work) so that shutdown(wait=True)
+ * does not wait for them forever. */
+static int
+executor_adopt(ExecutorObject *self)
+{
+    return self->fork_gen == fork_gen ? 0 : executor_start(self);
+}
 
 static PyObject *
 Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -685,10 +759,9 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    if (dk_group_create(&self->group) < 0) {
+    if (executor_start(self) < 0) {
         Py_DECREF(self);
-        return PyErr_NoMemory();
+        return NULL;
     }
     if (q == NULL) {
         q = dk_queue_global(0);
@@ -697,7 +770,6 @@ Executor_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->q = q;
     self->max_workers = max_workers;
-    self->fork_gen = fork_gen;
     return (PyObject *)self;
 }
 
@@ -712,56 +784,33 @@ Executor_traverse(ExecutorObject *self, visitproc visit, void *arg)
 static void
 Executor_dealloc(ExecutorObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     /* Every outstanding item holds a reference: none is left here. */
     if (self->group != NULL) {
         dk_release(self->group);
     }
     Py_CLEAR(self->queue_obj);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
-/* In a forked child, the parent's outstanding items are gone with the
- * parent's workers: drop them (their memory is leaked on purpose, as the
- * runtime drops the parent's queued work) so that shutdown(wait=True)
- * does not wait for them forever. */
+/* Before a submission: 0, or -1 with RuntimeError after shutdown (or
+ * executor_adopt's MemoryError). */
 static int
-executor_adopt(ExecutorObject *self)
+executor_open(ExecutorObject *self)
 {
-    if (self->fork_gen == fork_gen) {
-        return 0;
-    }
-    dk_group_t *g;
-    if (dk_group_create(&g) < 0) {
-        PyErr_NoMemory();
+    if (self->shutdown) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot schedule new futures after shutdown");
         return -1;
     }
-    self->group = g; /* the parent's group is leaked with its items */
-    self->outstanding.next = self->outstanding.prev = &self->outstanding;
-    self->pend_head = self->pend_tail = NULL;
-    self->active = 0;
-    self->fork_gen = fork_gen;
-    return 0;
-}
-
-static PyObject *
-closed_error(void)
-{
-    PyErr_SetString(PyExc_RuntimeError,
-                    "cannot schedule new futures after shutdown");
-    return NULL;
+    return executor_adopt(self);
 }
 
 static PyObject *
 Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
                 PyObject *kwnames)
 {
-    if (self->shutdown) {
-        return closed_error();
-    }
-    if (self->fork_gen != fork_gen && executor_adopt(self) < 0) {
+    if (executor_open(self) < 0) {
         return NULL;
     }
     item_t *it = item_new(args, nargs, kwnames, NULL, NULL);
@@ -774,14 +823,9 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     PyObject *fut = Py_NewRef(it->future);
-    executor_link(self, it);
-    int rc = executor_feed(self, it);
-    if (rc < 0) {
-        executor_unlink(self, it);
-        Py_CLEAR(it->ex);
-        item_free(it);
+    if (executor_add(self, it) < 0) {
         Py_DECREF(fut);
-        return dkpy_raise_errno(rc);
+        return NULL;
     }
     return fut;
 }
@@ -796,15 +840,10 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
                           &iterables)) {
         return NULL;
     }
-    if (self->shutdown) {
-        return closed_error();
-    }
-    if (executor_adopt(self) < 0) {
+    if (executor_open(self) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(fn)->tp_name);
+    if (dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(iterables);
@@ -836,26 +875,16 @@ Executor_map_submit(ExecutorObject *self, PyObject *args)
             }
             PyTuple_SET_ITEM(call_args, i, v);
         }
-        item_t *it = PyMem_Calloc(1, sizeof *it);
+        item_t *it = item_alloc(fn, call_args);
         if (it == NULL) {
-            Py_DECREF(call_args);
-            PyErr_NoMemory();
             goto fail;
         }
-        it->fn = Py_NewRef(fn);
-        it->args = call_args;
         it->future = new_future();
         if (it->future == NULL || PyList_Append(out, it->future) < 0) {
             item_free(it);
             goto fail;
         }
-        executor_link(self, it);
-        int rc = executor_feed(self, it);
-        if (rc < 0) {
-            executor_unlink(self, it);
-            Py_CLEAR(it->ex);
-            item_free(it);
-            dkpy_raise_errno(rc);
+        if (executor_add(self, it) < 0) {
             goto fail;
         }
     }
@@ -889,13 +918,6 @@ static int
 group_wait_fn(void *g, uint64_t deadline)
 {
     return dk_group_wait_interruptible(g, deadline);
-}
-
-/* Until the group is empty; 0, or -1 if a signal handler raised. */
-static int
-group_wait_slices(dk_group_t *g)
-{
-    return dkpy_wait_sliced(group_wait_fn, g, DK_TIME_FOREVER) == 0 ? 0 : -1;
 }
 
 static PyObject *
@@ -946,7 +968,9 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
             return NULL;
         }
         dkpy_release_batch();
-        if (group_wait_slices(self->group) < 0) {
+        /* Until the group is empty, or a signal handler raised. */
+        int rc = dkpy_wait_sliced(group_wait_fn, self->group, DK_TIME_FOREVER);
+        if (rc != 0) {
             return NULL;
         }
     }
@@ -954,9 +978,8 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-Executor_get_pending(ExecutorObject *self, void *closure)
+Executor_get_pending(ExecutorObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     Py_ssize_t n = 0;
     for (item_t *it = self->outstanding.next; it != &self->outstanding;
          it = it->next) {
@@ -966,23 +989,20 @@ Executor_get_pending(ExecutorObject *self, void *closure)
 }
 
 static PyObject *
-Executor_get_is_shutdown(ExecutorObject *self, void *closure)
+Executor_get_is_shutdown(ExecutorObject *self, void *Py_UNUSED(closure))
 {
-    (void)closure;
     return PyBool_FromLong(self->shutdown);
 }
 
 static PyMethodDef Executor_methods[] = {
-    {"submit", (PyCFunction)(void (*)(void))Executor_submit,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"submit", DKPY_METH_FAST(Executor_submit),
      "submit($self, fn, /, *args, **kwargs)\n--\n\n"
      "Schedule fn(*args, **kwargs); return a concurrent.futures.Future."},
     {"map_submit", (PyCFunction)Executor_map_submit, METH_VARARGS,
      "map_submit($self, fn, iterables, /)\n--\n\n"
      "Submit fn(*args) for args in zip(*iterables); the futures, last "
      "first."},
-    {"shutdown", (PyCFunction)(void (*)(void))Executor_shutdown,
-     METH_VARARGS | METH_KEYWORDS,
+    {"shutdown", DKPY_METH_KW(Executor_shutdown),
      "shutdown($self, /, wait=True, cancel_futures=False)\n--\n\n"
      "Refuse new work; optionally cancel what has not started and wait."},
     {NULL, NULL, 0, NULL},
@@ -996,23 +1016,13 @@ static PyGetSetDef Executor_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot Executor_slots[] = {
-    {Py_tp_new, Executor_new},
-    {Py_tp_dealloc, Executor_dealloc},
-    {Py_tp_traverse, Executor_traverse},
-    {Py_tp_methods, Executor_methods},
-    {Py_tp_getset, Executor_getset},
-    {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
-                "max_workers gate and shutdown."},
-    {0, NULL},
-};
-
-static PyType_Spec Executor_spec = {
-    .name = "dispatchkit._dk._ExecutorCore",
-    .basicsize = sizeof(ExecutorObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Executor_slots,
-};
+DKPY_TYPE(static, Executor_spec, "dispatchkit._dk._ExecutorCore",
+          ExecutorObject, Py_TPFLAGS_HAVE_GC, {Py_tp_new, Executor_new},
+          {Py_tp_dealloc, Executor_dealloc},
+          {Py_tp_traverse, Executor_traverse},
+          {Py_tp_methods, Executor_methods}, {Py_tp_getset, Executor_getset},
+          {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
+                      "max_workers gate and shutdown."});
 
 /* ---- LoopWaker ---------------------------------------------------------- */
 
@@ -1044,11 +1054,11 @@ Waker_clear(WakerObject *self)
     item_t *it = self->head;
     self->head = self->tail = NULL;
     while (it != NULL) {
-        item_t *next = it->next;
+        item_t *next = it->fifo_next;
         item_free(it);
         it = next;
     }
-    clear_fired(self);
+    (void)drain_fired(self, true);
     ring_clear(self);
     return 0;
 }
@@ -1056,7 +1066,6 @@ Waker_clear(WakerObject *self)
 static void
 Waker_dealloc(WakerObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
@@ -1066,14 +1075,12 @@ Waker_dealloc(WakerObject *self)
         dk__os_close(self->fd);
     }
     pthread_mutex_destroy(&self->fired_lock);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    dkpy_free((PyObject *)self);
 }
 
 static PyObject *
-Waker_fileno(WakerObject *self, PyObject *unused)
+Waker_fileno(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyLong_FromLong(self->fd);
 }
 
@@ -1085,20 +1092,11 @@ resolve_finished(WakerObject *self)
     self->head = self->tail = NULL;
     long n = 0;
     while (it != NULL) {
-        item_t *next = it->next;
+        item_t *next = it->fifo_next;
         if (!it->skipped) {
-            PyObject *c = PyObject_CallMethodNoArgs(it->future, s_done);
-            int done = c == NULL ? -1 : PyObject_IsTrue(c);
-            Py_XDECREF(c);
-            if (done == 0) {
-                PyObject *r = PyObject_CallMethodOneArg(
-                    it->future, it->failed ? s_set_exception : s_set_result,
-                    it->value);
-                Py_XDECREF(r);
-            }
-            if (PyErr_Occurred()) {
-                PyErr_WriteUnraisable(it->future);
-            }
+            aio_resolve(it->future,
+                        it->failed ? s_set_exception : s_set_result,
+                        it->value);
         }
         item_free(it);
         it = next;
@@ -1109,12 +1107,11 @@ resolve_finished(WakerObject *self)
 
 /* The loop's reader: resolve every finished item's asyncio future. */
 static PyObject *
-Waker_drain(WakerObject *self, PyObject *unused)
+Waker_drain(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
-    n += drain_fired(self);
+    n += drain_fired(self, false);
     n += ring_reap(self);
     if (PyErr_Occurred()) {
         return NULL;
@@ -1125,9 +1122,8 @@ Waker_drain(WakerObject *self, PyObject *unused)
 static dk__os_uring_t *waker_ring(WakerObject *k);
 
 static PyObject *
-Waker_uses_ring(WakerObject *self, PyObject *unused)
+Waker_uses_ring(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(waker_ring(self) != NULL);
 }
 
@@ -1206,28 +1202,24 @@ Waker_spin(WakerObject *self, PyObject *fut)
 
 /* ---- async with on the locks ------------------------------------------ */
 
+/* dispatchkit.asyncio.<name>(self), the name interned (binding.h's
+ * dkpy_getattr says why). */
 static PyObject *
-call_aio_helper(const char *name, PyObject *self)
+call_aio_helper(PyObject *name, PyObject *self)
 {
     PyObject *mod = PyImport_ImportModule("dispatchkit.asyncio");
     if (mod == NULL) {
         return NULL;
     }
-    PyObject *fn = PyObject_GetAttrString(mod, name);
+    PyObject *r = PyObject_CallMethodOneArg(mod, name, self);
     Py_DECREF(mod);
-    if (fn == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyObject_CallOneArg(fn, self);
-    Py_DECREF(fn);
     return r;
 }
 
 PyObject *
-dkpy_lock_aenter(PyObject *self, PyObject *unused)
+dkpy_lock_aenter(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
-    return call_aio_helper("_lock_enter", self);
+    return call_aio_helper(s_lock_enter, self);
 }
 
 PyObject *
@@ -1238,109 +1230,7 @@ dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
                         "__aexit__ takes at most 3 arguments");
         return NULL;
     }
-    return call_aio_helper("_lock_exit", self);
-}
-
-/* run(future, queue, fn, args, kwargs): submit fn for an asyncio future. */
-static PyObject *
-Waker_submit(WakerObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "submit(future, queue, fn, /, *args)");
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (args[1] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
-    }
-    if (dkpy_queue_arg(args[1], "queue", &q) < 0) {
-        return NULL;
-    }
-    item_t *it = item_new(args + 2, nargs - 2, NULL, NULL, NULL);
-    if (it == NULL) {
-        return NULL;
-    }
-    it->future = Py_NewRef(args[0]);
-    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
-    dk__atomic_store_relaxed(&self->outstanding, self->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&self->outstanding, self->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
-}
-
-/* As submit, with the keyword arguments as one dict (or None). */
-static PyObject *
-Waker_submit_kw(WakerObject *self, PyObject *args)
-{
-    PyObject *fut, *queue, *fn, *fargs, *kw;
-    if (!PyArg_ParseTuple(args, "OOOO!O:submit_kw", &fut, &queue, &fn,
-                          &PyTuple_Type, &fargs, &kw)) {
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(fargs);
-    PyObject **flat = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n + 3));
-    if (flat == NULL) {
-        return PyErr_NoMemory();
-    }
-    flat[0] = fut;
-    flat[1] = queue;
-    flat[2] = fn;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        flat[3 + i] = PyTuple_GET_ITEM(fargs, i);
-    }
-    PyObject *r = NULL;
-    if (kw == Py_None || PyDict_GET_SIZE(kw) == 0) {
-        r = Waker_submit(self, flat, n + 3);
-        PyMem_Free(flat);
-        return r;
-    }
-    PyMem_Free(flat);
-    if (!PyDict_Check(kw)) {
-        PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (queue == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
-    }
-    if (dkpy_queue_arg(queue, "queue", &q) < 0) {
-        return NULL;
-    }
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "fn must be callable, not %.100s",
-                     Py_TYPE(fn)->tp_name);
-        return NULL;
-    }
-    item_t *it = PyMem_Calloc(1, sizeof *it);
-    if (it == NULL) {
-        return PyErr_NoMemory();
-    }
-    it->fn = Py_NewRef(fn);
-    it->args = Py_NewRef(fargs);
-    it->kwargs = PyDict_Copy(kw);
-    it->future = Py_NewRef(fut);
-    if (it->kwargs == NULL) {
-        item_free(it);
-        return NULL;
-    }
-    it->waker = (WakerObject *)Py_NewRef((PyObject *)self);
-    dk__atomic_store_relaxed(&self->outstanding, self->outstanding + 1);
-    int rc = dispatch_item(q, 0, it);
-    if (rc < 0) {
-        dk__atomic_store_relaxed(&self->outstanding, self->outstanding - 1);
-        Py_CLEAR(it->waker);
-        item_free(it);
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
+    return call_aio_helper(s_lock_exit, self);
 }
 
 /* ---- dispatchkit.asyncio.run in C ------------------------------------
@@ -1354,7 +1244,6 @@ Waker_submit_kw(WakerObject *self, PyObject *args)
 
 static PyObject *aio_get_loop, *aio_waker_for, *aio_run_future;
 static PyObject *aio_last_loop, *aio_last_waker; /* weakrefs, or NULL */
-static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
 
 /* A new reference to a weakref's object, or NULL when it is gone. */
 static PyObject *
@@ -1377,20 +1266,11 @@ weak_get(PyObject *ref)
 }
 
 static PyObject *
-aio_init(PyObject *module, PyObject *args)
+aio_init(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *get_loop, *waker_for, *run_future;
     if (!PyArg_ParseTuple(args, "OOO:_aio_init", &get_loop, &waker_for,
                           &run_future)) {
-        return NULL;
-    }
-    if (s_create_future == NULL &&
-        ((s_create_future = PyUnicode_InternFromString("create_future")) ==
-             NULL ||
-         (s_loop_kw = PyUnicode_InternFromString("loop")) == NULL ||
-         (s_dk_waker = PyUnicode_InternFromString("_dk_waker")) == NULL ||
-         (s_dk_loop = PyUnicode_InternFromString("_dk_loop")) == NULL)) {
         return NULL;
     }
     Py_XSETREF(aio_get_loop, Py_NewRef(get_loop));
@@ -1429,10 +1309,9 @@ aio_waker(PyObject *loop)
 
 /* _aio_run(queue, fn, /, *args, **kwargs): dispatchkit.asyncio.run. */
 static PyObject *
-aio_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames)
 {
-    (void)module;
     if (aio_get_loop == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.asyncio is not initialised");
@@ -1483,14 +1362,10 @@ aio_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         fut = PyObject_CallMethodNoArgs(loop, s_create_future);
     } else {
         /* Alone: a _RunFuture, whose await may spin (Waker_spin). */
-        PyObject *kw = PyDict_New();
-        fut = NULL;
-        if (kw != NULL && PyDict_SetItem(kw, s_loop_kw, loop) == 0) {
-            PyObject *empty = PyTuple_New(0);
-            fut = empty == NULL ? NULL
-                                : PyObject_Call(aio_run_future, empty, kw);
-            Py_XDECREF(empty);
-        }
+        PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
+        fut = kw == NULL
+                  ? NULL
+                  : PyObject_VectorcallDict(aio_run_future, NULL, 0, kw);
         Py_XDECREF(kw);
         if (fut != NULL &&
             (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
@@ -1532,12 +1407,6 @@ static PyMethodDef Waker_methods[] = {
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
-    {"submit", (PyCFunction)(void (*)(void))Waker_submit, METH_FASTCALL,
-     "submit($self, future, queue, fn, /, *args)\n--\n\n"
-     "Run fn(*args) on queue; resolve future from the loop's thread."},
-    {"submit_kw", (PyCFunction)Waker_submit_kw, METH_VARARGS,
-     "submit_kw($self, future, queue, fn, args, kwargs, /)\n--\n\n"
-     "As submit, with a tuple of arguments and a dict of keywords."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1550,23 +1419,13 @@ static PyMemberDef Waker_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyType_Slot Waker_slots[] = {
-    {Py_tp_new, Waker_new},
-    {Py_tp_dealloc, Waker_dealloc},
-    {Py_tp_traverse, Waker_traverse},
-    {Py_tp_clear, Waker_clear},
-    {Py_tp_methods, Waker_methods},
-    {Py_tp_members, Waker_members},
-    {Py_tp_doc, "One event loop's completion list and wake-up eventfd."},
-    {0, NULL},
-};
-
-static PyType_Spec Waker_spec = {
-    .name = "dispatchkit._dk._LoopWaker",
-    .basicsize = sizeof(WakerObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Waker_slots,
-};
+DKPY_TYPE(static, Waker_spec, "dispatchkit._dk._LoopWaker", WakerObject,
+          Py_TPFLAGS_HAVE_GC, {Py_tp_new, Waker_new},
+          {Py_tp_dealloc, Waker_dealloc}, {Py_tp_traverse, Waker_traverse},
+          {Py_tp_clear, Waker_clear}, {Py_tp_methods, Waker_methods},
+          {Py_tp_members, Waker_members},
+          {Py_tp_doc,
+           "One event loop's completion list and wake-up eventfd."});
 
 /* ---- awaitable waits: _AioWait ----------------------------------------
  *
@@ -1606,8 +1465,6 @@ typedef struct WaitObject {
     uint64_t size; /* K_ZBWRITE: the frame size to find room for */
     uint64_t orphan_since;
 } WaitObject;
-
-static PyTypeObject *wait_type;
 
 /* On the watcher thread, without the GIL: hand the wait to its loop.
  * Same protocol as waker_post, with the fired list under fired_lock:
@@ -1667,51 +1524,37 @@ fired_result(WaitObject *w, int rc)
     return Py_True;
 }
 
-/* The loop's side (GIL held): resolve each fired wait's future. */
+/* A registration ended (GIL held): resolve its future, if it still has
+ * one, with fired_result(w, rc) (unless `drop`), and drop the
+ * registration's reference. */
+static void
+wait_finish(WaitObject *w, bool drop, int rc)
+{
+    w->registered = false;
+    PyObject *fut = w->fut;
+    w->fut = NULL;
+    if (fut != NULL && !drop) {
+        aio_resolve(fut, s_set_result, fired_result(w, rc));
+    }
+    Py_XDECREF(fut);
+    Py_DECREF((PyObject *)w);
+}
+
+/* The loop's side (GIL held): resolve each fired wait's future, or only
+ * drop them when `drop` (a cleared waker). */
 static long
-drain_fired(WakerObject *k)
+drain_fired(WakerObject *k, bool drop)
 {
     long n = 0;
     WaitObject *w = take_fired(k);
     while (w != NULL) {
         WaitObject *next = w->fired_next;
         w->fired_next = NULL;
-        w->registered = false;
-        PyObject *fut = w->fut;
-        w->fut = NULL;
-        if (fut != NULL) {
-            PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
-            int done = c == NULL ? -1 : PyObject_IsTrue(c);
-            Py_XDECREF(c);
-            if (done == 0) {
-                PyObject *r = PyObject_CallMethodOneArg(
-                    fut, s_set_result, fired_result(w, w->fired_rc));
-                Py_XDECREF(r);
-            }
-            if (PyErr_Occurred()) {
-                PyErr_WriteUnraisable(fut);
-            }
-            Py_DECREF(fut);
-        }
-        Py_DECREF((PyObject *)w); /* the registration's reference */
+        wait_finish(w, drop, w->fired_rc);
         w = next;
         n++;
     }
     return n;
-}
-
-static void
-clear_fired(WakerObject *k)
-{
-    WaitObject *w = take_fired(k);
-    while (w != NULL) {
-        WaitObject *next = w->fired_next;
-        w->fired_next = NULL;
-        w->registered = false;
-        Py_CLEAR(w->fut);
-        Py_DECREF((PyObject *)w);
-        w = next;
-    }
 }
 
 /* ---- ring watches: futex waits completed by the kernel ----------------
@@ -1810,26 +1653,7 @@ ring_reap(WakerObject *k)
             WaitObject *w = (WaitObject *)(uintptr_t)done[i].user_data;
             ring_unlink(k, w);
             w->on_ring = false;
-            w->registered = false;
-            PyObject *fut = w->fut;
-            w->fut = NULL;
-            if (fut != NULL) {
-                PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
-                int isdone = c == NULL ? -1 : PyObject_IsTrue(c);
-                Py_XDECREF(c);
-                if (isdone == 0) {
-                    PyObject *r = PyObject_CallMethodOneArg(
-                        fut, s_set_result,
-                        fired_result(w, done[i].res == -ECANCELED ? -ETIMEDOUT
-                                                                  : 0));
-                    Py_XDECREF(r);
-                }
-                if (PyErr_Occurred()) {
-                    PyErr_WriteUnraisable(fut);
-                }
-                Py_DECREF(fut);
-            }
-            Py_DECREF((PyObject *)w); /* the request's reference */
+            wait_finish(w, false, done[i].res == -ECANCELED ? -ETIMEDOUT : 0);
         }
         total += n;
     }
@@ -1850,9 +1674,7 @@ ring_clear(WakerObject *k)
         WaitObject *w = k->ring_waits;
         ring_unlink(k, w);
         w->on_ring = false;
-        w->registered = false;
-        Py_CLEAR(w->fut);
-        Py_DECREF((PyObject *)w);
+        wait_finish(w, true, 0);
     }
 }
 
@@ -1860,7 +1682,7 @@ static int
 Waker_traverse(WakerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    for (item_t *it = self->head; it != NULL; it = it->next) {
+    for (item_t *it = self->head; it != NULL; it = it->fifo_next) {
         Py_VISIT(it->future);
         Py_VISIT(it->value);
     }
@@ -1876,6 +1698,40 @@ Waker_traverse(WakerObject *self, visitproc visit, void *arg)
         rc = visit((PyObject *)w, arg);
     }
     return rc;
+}
+
+/* Undo the announcement a previous step left, before stepping again or
+ * on giving up (K_DSEM's is undone by abandon only). */
+static void
+unannounce(WaitObject *self)
+{
+    if (!self->announced) {
+        return;
+    }
+    if (self->kind == K_SEM) {
+        dk__shm_semaphore_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_GROUP) {
+        dk__group_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBREAD) {
+        dk__zb_reader_unannounce(self->addr);
+        self->announced = false;
+    } else if (self->kind == K_ZBWRITE) {
+        dk__zb_writer_unannounce(self->addr);
+        self->announced = false;
+    }
+}
+
+/* Let go of the zerobuffer Reader or Writer a wait of `kind` holds. */
+static void
+zb_unhold(int kind, PyObject *target)
+{
+    if (kind == K_ZBREAD) {
+        dkpy_zb_reader_unhold(target);
+    } else if (kind == K_ZBWRITE) {
+        dkpy_zb_writer_unhold(target);
+    }
 }
 
 static int
@@ -1900,29 +1756,23 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         return NULL;
     }
-    if (!PyObject_TypeCheck(waker, Py_TYPE(waker)) ||
-        strcmp(Py_TYPE(waker)->tp_name, "dispatchkit._dk._LoopWaker") != 0) {
+    if (!Py_IS_TYPE(waker, waker_type)) {
         PyErr_SetString(PyExc_TypeError, "waker must be a _LoopWaker");
         return NULL;
     }
     int kind;
     void *addr;
     bool shared = false, *owner_died = NULL;
-    if (dkpy_zb_is_writer(target)) {
-        addr = dkpy_zb_writer_hold(target);
+    if (dkpy_zb_is_writer(target) || dkpy_zb_is_reader(target)) {
+        bool writer = dkpy_zb_is_writer(target);
+        kind = writer ? K_ZBWRITE : K_ZBREAD;
+        addr = writer ? (void *)dkpy_zb_writer_hold(target)
+                      : (void *)dkpy_zb_reader_hold(target);
         if (addr == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the Writer is closed");
+            PyErr_Format(PyExc_ValueError, "the %s is closed",
+                         writer ? "Writer" : "Reader");
             return NULL;
         }
-        kind = K_ZBWRITE;
-        shared = true;
-    } else if (dkpy_zb_is_reader(target)) {
-        addr = dkpy_zb_reader_hold(target);
-        if (addr == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the Reader is closed");
-            return NULL;
-        }
-        kind = K_ZBREAD;
         shared = true;
     } else if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) <
                    0 &&
@@ -1936,11 +1786,7 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        if (kind == K_ZBREAD) {
-            dkpy_zb_reader_unhold(target);
-        } else if (kind == K_ZBWRITE) {
-            dkpy_zb_writer_unhold(target);
-        }
+        zb_unhold(kind, target);
         return NULL;
     }
     self->size = size;
@@ -1956,49 +1802,18 @@ Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static void
 Wait_dealloc(WaitObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    /* Never registered here: the registration holds a reference. */
-    if (self->kind == K_ZBREAD && self->target != NULL) {
-        if (self->announced) {
-            dk__zb_reader_unannounce(self->addr);
-        }
-        dkpy_zb_reader_unhold(self->target);
-    }
-    if (self->kind == K_ZBWRITE && self->target != NULL) {
-        if (self->announced) {
-            dk__zb_writer_unannounce(self->addr);
-        }
-        dkpy_zb_writer_unhold(self->target);
+    /* Never registered here: the registration holds a reference. A
+     * zerobuffer wait undoes its announcement and lets its target go. */
+    if ((self->kind == K_ZBREAD || self->kind == K_ZBWRITE) &&
+        self->target != NULL) {
+        unannounce(self);
+        zb_unhold(self->kind, self->target);
     }
     Py_CLEAR(self->fut);
     Py_CLEAR(self->target);
     Py_CLEAR(self->waker);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-/* Undo the announcement a previous step left, before stepping again or
- * on giving up (K_DSEM's is undone by abandon only). */
-static void
-unannounce(WaitObject *self)
-{
-    if (!self->announced) {
-        return;
-    }
-    if (self->kind == K_SEM) {
-        dk__shm_semaphore_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_GROUP) {
-        dk__group_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBREAD) {
-        dk__zb_reader_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBWRITE) {
-        dk__zb_writer_unannounce(self->addr);
-        self->announced = false;
-    }
+    dkpy_free((PyObject *)self);
 }
 
 /* step(future, deadline_ns, check_owner): 0 done, 1 done (a Mutex taken
@@ -2033,35 +1848,29 @@ Wait_step(WaitObject *self, PyObject *args)
         break;
     case K_SEM:
         rc = dk__shm_semaphore_wait_step(self->addr, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     case K_EVENT:
         rc = dk__shm_event_wait_step(self->addr, &word, &busy);
         break;
-    case K_DSEM:
-        if (!self->announced) {
-            rc = dk__semaphore_wait_begin(self->addr, &word, &busy);
-            self->announced = rc == -EAGAIN;
-        } else {
-            /* Counted as a waiter already: only a token ends the wait. */
-            rc = dk__semaphore_take_token(self->addr, &word, &busy);
-            self->announced = rc == -EAGAIN;
-        }
+    case K_DSEM: /* once counted as a waiter, only a token ends it */
+        rc = self->announced
+                 ? dk__semaphore_take_token(self->addr, &word, &busy)
+                 : dk__semaphore_wait_begin(self->addr, &word, &busy);
         break;
     case K_GROUP:
         rc = dk__group_wait_step(self->addr, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     case K_ZBWRITE: /* 0 means there may be room: write now */
         rc = dk__zb_writer_space_step(self->addr, self->size, check_owner,
                                       &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     default: /* K_ZBREAD: 0 means a frame is ready to take */
         rc = dk__zb_reader_wait_step(self->addr, check_owner, &word, &busy);
-        self->announced = rc == -EAGAIN;
         break;
     }
+    /* Every kind but these two announces itself while it waits. */
+    self->announced =
+        rc == -EAGAIN && self->kind != K_MUTEX && self->kind != K_EVENT;
     if (rc != -EAGAIN) {
         return PyLong_FromLong(rc);
     }
@@ -2112,9 +1921,8 @@ Wait_step(WaitObject *self, PyObject *args)
 
 /* abandon(): stop waiting; the primitive is left as if we never came. */
 static PyObject *
-Wait_abandon(WaitObject *self, PyObject *unused)
+Wait_abandon(WaitObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (self->registered && self->on_ring) {
         /* Off the futex now (X); the completion, reaped later, drops
          * the request's reference. In a fork child the parent's ring is
@@ -2161,28 +1969,16 @@ static PyMethodDef Wait_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot Wait_slots[] = {
-    {Py_tp_new, Wait_new},
-    {Py_tp_dealloc, Wait_dealloc},
-    {Py_tp_traverse, Wait_traverse},
-    {Py_tp_methods, Wait_methods},
-    {Py_tp_doc, "One coroutine's wait on one primitive, through the futex "
-                "watcher (dispatchkit.asyncio)."},
-    {0, NULL},
-};
-
-static PyType_Spec Wait_spec = {
-    .name = "dispatchkit._dk._AioWait",
-    .basicsize = sizeof(WaitObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Wait_slots,
-};
+DKPY_TYPE(static, Wait_spec, "dispatchkit._dk._AioWait", WaitObject,
+          Py_TPFLAGS_HAVE_GC, {Py_tp_new, Wait_new},
+          {Py_tp_dealloc, Wait_dealloc}, {Py_tp_traverse, Wait_traverse},
+          {Py_tp_methods, Wait_methods},
+          {Py_tp_doc, "One coroutine's wait on one primitive, through the "
+                      "futex watcher (dispatchkit.asyncio)."});
 
 static PyObject *
-futures_uses_waitv(PyObject *module, PyObject *unused)
+futures_uses_waitv(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    (void)module;
-    (void)unused;
     return PyBool_FromLong(dk__watch_uses_waitv());
 }
 
@@ -2190,7 +1986,7 @@ futures_uses_waitv(PyObject *module, PyObject *unused)
 
 /* Added as _dk._aio_run under the name it has in dispatchkit.asyncio. */
 static PyMethodDef aio_run_def = {
-    "run", (PyCFunction)(void (*)(void))aio_run, METH_FASTCALL | METH_KEYWORDS,
+    "run", DKPY_METH_FAST(aio_run),
     "run(queue, fn, /, *args, **kwargs)\n--\n\n"
     "Run fn(*args, **kwargs) on queue; an asyncio.Future of its result\n"
     "(exceptions keep their traceback).\n\n"
@@ -2218,22 +2014,11 @@ dkpy_futures_exec(PyObject *m)
         return -1;
     }
     pthread_atfork(NULL, NULL, futures_atfork_child);
-    PyObject *t = PyType_FromSpec(&Executor_spec);
-    if (t == NULL || PyModule_AddObject(m, "_ExecutorCore", t) < 0) {
-        Py_XDECREF(t);
+    if ((executor_type = dkpy_add_type(m, &Executor_spec, NULL, "")) == NULL ||
+        (waker_type = dkpy_add_type(m, &Waker_spec, NULL, "")) == NULL ||
+        (wait_type = dkpy_add_type(m, &Wait_spec, NULL, "")) == NULL) {
         return -1;
     }
-    t = PyType_FromSpec(&Waker_spec);
-    if (t == NULL || PyModule_AddObject(m, "_LoopWaker", t) < 0) {
-        Py_XDECREF(t);
-        return -1;
-    }
-    t = PyType_FromSpec(&Wait_spec);
-    if (t == NULL || PyModule_AddObject(m, "_AioWait", t) < 0) {
-        Py_XDECREF(t);
-        return -1;
-    }
-    wait_type = (PyTypeObject *)t;
     PyObject *modname = PyUnicode_FromString("dispatchkit.asyncio");
     PyObject *run = modname == NULL
                         ? NULL

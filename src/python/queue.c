@@ -81,9 +81,8 @@ label_arg(PyObject *label, const char **out)
     return *out == NULL ? -1 : 0;
 }
 
-/* 0 for a QOS_CLASS_* value, else -1 with ValueError. */
-static int
-qos_arg(long qos)
+int
+dkpy_qos_arg(long qos)
 {
     if (qos == 0 || qos == 0x09 || qos == 0x11 || qos == 0x15 || qos == 0x19 ||
         qos == 0x21) {
@@ -109,7 +108,7 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     const char *clabel;
-    if (label_arg(label, &clabel) < 0 || qos_arg(qos) < 0) {
+    if (label_arg(label, &clabel) < 0 || dkpy_qos_arg(qos) < 0) {
         return NULL;
     }
     if (relpri < -15 || relpri > 0) {
@@ -799,7 +798,7 @@ workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs,
                                      sync ? "O|l:run_sync" : "O|l:run_async",
                                      kwlist, &func, &qos) ||
-        dkpy_check_callable(func, "func") < 0 || qos_arg(qos) < 0) {
+        dkpy_check_callable(func, "func") < 0 || dkpy_qos_arg(qos) < 0) {
         return NULL;
     }
     if (sync) {
