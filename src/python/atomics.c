@@ -12,6 +12,7 @@
 #include <string.h>
 #include <structmember.h>
 
+#include "atomic_raw.h"
 #include "dk/atomic.h"
 
 typedef struct {
@@ -382,9 +383,11 @@ do_load(AtomicObject *self, int op, int mo)
         order_error(op, mo, false);
         return NULL;
     }
-    unsigned char v[16] = {0};
-    int rc = dk_atomic_load(self->addr, self->width, v, mo);
-    return rc < 0 ? dkpy_raise_errno(rc) : from_value(self, v);
+    unsigned char v[16];
+    /* Width and alignment were checked when self was made, the order
+     * above: the core's unchecked load (atomic_raw.h) is safe here. */
+    dk__atomic_load_raw(self->addr, self->width, v, (dk_memory_order)mo);
+    return from_value(self, v);
 }
 
 static PyObject *
@@ -455,10 +458,9 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
                    dk_memory_order_valid_store(mo), mo) < 0) {
         return NULL;
     }
-    int rc = dk_atomic_store(self->addr, self->width, v[0], mo);
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
+    /* Width and alignment were checked when self was made, the order by
+     * write_args. */
+    dk__atomic_store_raw(self->addr, self->width, v[0], (dk_memory_order)mo);
     Py_RETURN_NONE;
 }
 
@@ -495,15 +497,15 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = op == OP_EXCHANGE ? "desired" : "value";
-    unsigned char v[1][16], old[16] = {0};
+    unsigned char v[1][16], old[16];
     if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
         return NULL;
     }
-    int rc = dk_atomic_fetch_op(self->addr, self->width, aop,
-                                has_value ? v[0] : NULL, old, mo);
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
+    /* Width and alignment were checked when self was made; order_of
+     * admits only dk_memory_orders, all valid for a read-modify-write. */
+    dk__atomic_fetch_op_raw(self->addr, self->width, aop,
+                            has_value ? v[0] : NULL, fetch ? old : NULL,
+                            (dk_memory_order)mo);
     if (!fetch) {
         Py_RETURN_NONE;
     }
@@ -640,21 +642,17 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
      * order no stronger than the success order. It admits release/acquire,
-     * which C11 does not; the core is then asked for acq_rel, which is
-     * valid and at least as strong as both. */
+     * which C11 does not; the sequentially consistent CAS below is at
+     * least as strong as both. */
     if ((a[2] != NULL || a[3] != NULL) &&
         (!dk_memory_order_valid_load(fail) || fail > succ)) {
         order_error(op, fail, true);
         return NULL;
     }
-    if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
-        succ = DK_MO_ACQ_REL;
-    }
-    int ok = dk_atomic_cmpxchg(self->addr, self->width, v[0], v[1], weak, succ,
-                               fail);
-    if (ok < 0) {
-        return dkpy_raise_errno(ok);
-    }
+    /* Width and alignment were checked when self was made, the orders
+     * above; the core's unchecked cmpxchg is sequentially consistent,
+     * which is at least as strong as any pair admitted. */
+    bool ok = dk__atomic_cmpxchg_raw(self->addr, self->width, v[0], v[1], weak);
     /* On success, what was there is what the caller expected. */
     PyObject *seen =
         ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);
