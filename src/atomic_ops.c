@@ -14,14 +14,13 @@
 bool
 dk_memory_order_valid_load(int mo)
 {
-    return mo == DK_MO_RELAXED || mo == DK_MO_CONSUME || mo == DK_MO_ACQUIRE ||
-           mo == DK_MO_SEQ_CST;
+    return dk__memory_order_valid_load(mo);
 }
 
 bool
 dk_memory_order_valid_store(int mo)
 {
-    return mo == DK_MO_RELAXED || mo == DK_MO_RELEASE || mo == DK_MO_SEQ_CST;
+    return dk__memory_order_valid_store(mo);
 }
 
 bool

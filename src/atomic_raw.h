@@ -25,6 +25,21 @@
 
 #include "dk/atomic.h"
 
+/* dk_memory_order_valid_load and _store, inline for callers that check
+ * an order on every call. */
+static inline bool
+dk__memory_order_valid_load(int mo)
+{
+    return mo == DK_MO_RELAXED || mo == DK_MO_CONSUME || mo == DK_MO_ACQUIRE ||
+           mo == DK_MO_SEQ_CST;
+}
+
+static inline bool
+dk__memory_order_valid_store(int mo)
+{
+    return mo == DK_MO_RELAXED || mo == DK_MO_RELEASE || mo == DK_MO_SEQ_CST;
+}
+
 /* Loads and stores strengthen an order invalid for them to seq_cst (only
  * reachable through a broken precondition; it keeps that defined). */
 #define DK__RAW_LOAD(T, p, mo)                                                \
