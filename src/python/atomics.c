@@ -260,7 +260,7 @@ to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
     return 0;
 }
 
-static PyObject *
+HOT_INLINE PyObject *
 from_value(AtomicObject *self, const unsigned char v[16])
 {
     if (!self->integral) {
