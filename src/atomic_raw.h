@@ -171,8 +171,7 @@ DK__RAW_WIDTH(8, uint64_t)
 
 /* dk_atomic_load without its checks. */
 static inline void
-dk__atomic_load_raw(const void *p, size_t width, void *out,
-                    dk_memory_order mo)
+dk__atomic_load_raw(const void *p, size_t width, void *out, dk_memory_order mo)
 {
 #define DK__LOAD_(W)                                                          \
     T x_ = dk__raw_load_##W(p, mo);                                           \

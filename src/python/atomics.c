@@ -669,7 +669,8 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     /* Width and alignment were checked when self was made, the orders
      * above; the core's unchecked cmpxchg is sequentially consistent,
      * which is at least as strong as any pair admitted. */
-    bool ok = dk__atomic_cmpxchg_raw(self->addr, self->width, v[0], v[1], weak);
+    bool ok =
+        dk__atomic_cmpxchg_raw(self->addr, self->width, v[0], v[1], weak);
     /* On success, what was there is what the caller expected. */
     PyObject *seen =
         ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);
