@@ -9,17 +9,18 @@
 #include <errno.h>
 #include <string.h>
 
+#include "atomic_raw.h"
+
 bool
 dk_memory_order_valid_load(int mo)
 {
-    return mo == DK_MO_RELAXED || mo == DK_MO_CONSUME || mo == DK_MO_ACQUIRE ||
-           mo == DK_MO_SEQ_CST;
+    return dk__memory_order_valid_load(mo);
 }
 
 bool
 dk_memory_order_valid_store(int mo)
 {
-    return mo == DK_MO_RELAXED || mo == DK_MO_RELEASE || mo == DK_MO_SEQ_CST;
+    return dk__memory_order_valid_store(mo);
 }
 
 bool
@@ -134,117 +135,39 @@ dk_atomic_width_supported(unsigned width)
            (width == 16 && dk_atomic16_supported());
 }
 
-#define DK_LOAD_AS(T, p, mo)                                                  \
-    ((mo) == DK_MO_RELAXED                                                    \
-         ? __atomic_load_n((const T *)(p), __ATOMIC_RELAXED)                  \
-     : ((mo) == DK_MO_ACQUIRE || (mo) == DK_MO_CONSUME)                       \
-         ? __atomic_load_n((const T *)(p), __ATOMIC_ACQUIRE)                  \
-         : __atomic_load_n((const T *)(p), __ATOMIC_SEQ_CST))
-
 uint64_t
 dk_atomic_load_w(const void *p, unsigned width, dk_memory_order mo)
 {
     switch (width) {
     case 1:
-        return DK_LOAD_AS(uint8_t, p, mo);
+        return dk__raw_load_1(p, mo);
     case 2:
-        return DK_LOAD_AS(uint16_t, p, mo);
+        return dk__raw_load_2(p, mo);
     case 4:
-        return DK_LOAD_AS(uint32_t, p, mo);
+        return dk__raw_load_4(p, mo);
     default:
-        return DK_LOAD_AS(uint64_t, p, mo);
+        return dk__raw_load_8(p, mo);
     }
 }
-
-#define DK_STORE_AS(T, p, v, mo)                                              \
-    do {                                                                      \
-        if ((mo) == DK_MO_RELAXED) {                                          \
-            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_RELAXED);             \
-        } else if ((mo) == DK_MO_RELEASE) {                                   \
-            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_RELEASE);             \
-        } else {                                                              \
-            __atomic_store_n((T *)(p), (T)(v), __ATOMIC_SEQ_CST);             \
-        }                                                                     \
-    } while (0)
 
 void
 dk_atomic_store_w(void *p, unsigned width, uint64_t v, dk_memory_order mo)
 {
     switch (width) {
     case 1:
-        DK_STORE_AS(uint8_t, p, v, mo);
+        dk__raw_store_1(p, (uint8_t)v, mo);
         break;
     case 2:
-        DK_STORE_AS(uint16_t, p, v, mo);
+        dk__raw_store_2(p, (uint16_t)v, mo);
         break;
     case 4:
-        DK_STORE_AS(uint32_t, p, v, mo);
+        dk__raw_store_4(p, (uint32_t)v, mo);
         break;
     default:
-        DK_STORE_AS(uint64_t, p, v, mo);
+        dk__raw_store_8(p, v, mo);
         break;
     }
 }
-
-/* One RMW at type T with a constant order o_. */
-#define DK_RMW_AS(T, p, op, arg, o_)                                          \
-    switch (op) {                                                             \
-    case DK_AOP_EXCHANGE:                                                     \
-        return __atomic_exchange_n((T *)(p), (T)(arg), o_);                   \
-    case DK_AOP_ADD:                                                          \
-        return __atomic_fetch_add((T *)(p), (T)(arg), o_);                    \
-    case DK_AOP_SUB:                                                          \
-        return __atomic_fetch_sub((T *)(p), (T)(arg), o_);                    \
-    case DK_AOP_AND:                                                          \
-        return __atomic_fetch_and((T *)(p), (T)(arg), o_);                    \
-    case DK_AOP_OR:                                                           \
-        return __atomic_fetch_or((T *)(p), (T)(arg), o_);                     \
-    case DK_AOP_XOR:                                                          \
-        return __atomic_fetch_xor((T *)(p), (T)(arg), o_);                    \
-    case DK_AOP_NOT:                                                          \
-        return __atomic_fetch_xor((T *)(p), (T) ~(T)0, o_);                   \
-    case DK_AOP_INC:                                                          \
-        return __atomic_fetch_add((T *)(p), (T)1, o_);                        \
-    case DK_AOP_DEC:                                                          \
-        return __atomic_fetch_sub((T *)(p), (T)1, o_);                        \
-    case DK_AOP_NEG: {                                                        \
-        T old_ = __atomic_load_n((T *)(p), __ATOMIC_RELAXED);                 \
-        while (!__atomic_compare_exchange_n((T *)(p), &old_, (T)(0 - old_),   \
-                                            true, o_, __ATOMIC_RELAXED)) {    \
-        }                                                                     \
-        return old_;                                                          \
-    }                                                                         \
-    }                                                                         \
-    return 0
-
-#define DK_RMW_WIDTH(T)                                                       \
-    static uint64_t rmw_##T(void *p, dk_atomic_op_t op, uint64_t arg,         \
-                            dk_memory_order mo)                               \
-    {                                                                         \
-        switch (mo) {                                                         \
-        case DK_MO_RELAXED: {                                                 \
-            DK_RMW_AS(T, p, op, arg, __ATOMIC_RELAXED);                       \
-        }                                                                     \
-        case DK_MO_CONSUME:                                                   \
-        case DK_MO_ACQUIRE: {                                                 \
-            DK_RMW_AS(T, p, op, arg, __ATOMIC_ACQUIRE);                       \
-        }                                                                     \
-        case DK_MO_RELEASE: {                                                 \
-            DK_RMW_AS(T, p, op, arg, __ATOMIC_RELEASE);                       \
-        }                                                                     \
-        case DK_MO_ACQ_REL: {                                                 \
-            DK_RMW_AS(T, p, op, arg, __ATOMIC_ACQ_REL);                       \
-        }                                                                     \
-        default: {                                                            \
-            DK_RMW_AS(T, p, op, arg, __ATOMIC_SEQ_CST);                       \
-        }                                                                     \
-        }                                                                     \
-    }
-
-DK_RMW_WIDTH(uint8_t)
-DK_RMW_WIDTH(uint16_t)
-DK_RMW_WIDTH(uint32_t)
-DK_RMW_WIDTH(uint64_t)
 
 uint64_t
 dk_atomic_rmw_w(void *p, unsigned width, dk_atomic_op_t op, uint64_t arg,
@@ -252,22 +175,21 @@ dk_atomic_rmw_w(void *p, unsigned width, dk_atomic_op_t op, uint64_t arg,
 {
     switch (width) {
     case 1:
-        return rmw_uint8_t(p, op, arg, mo);
+        return dk__raw_rmw_1(p, op, (uint8_t)arg, mo);
     case 2:
-        return rmw_uint16_t(p, op, arg, mo);
+        return dk__raw_rmw_2(p, op, (uint16_t)arg, mo);
     case 4:
-        return rmw_uint32_t(p, op, arg, mo);
+        return dk__raw_rmw_4(p, op, (uint32_t)arg, mo);
     default:
-        return rmw_uint64_t(p, op, arg, mo);
+        return dk__raw_rmw_8(p, op, arg, mo);
     }
 }
 
-#define DK_CAS_AS(T, p, exp, des, weak)                                       \
+/* One typed CAS on the low bytes of *expected, written back on failure. */
+#define DK_CAS_AS(W, T, p, exp, des, weak)                                    \
     do {                                                                      \
         T e_ = (T) * (exp);                                                   \
-        bool ok_ =                                                            \
-            __atomic_compare_exchange_n((T *)(p), &e_, (T)(des), weak,        \
-                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);  \
+        bool ok_ = dk__raw_cas_##W(p, &e_, (T)(des), weak);                   \
         *(exp) = e_;                                                          \
         return ok_;                                                           \
     } while (0)
@@ -282,73 +204,20 @@ dk_atomic_cas_w(void *p, unsigned width, uint64_t *expected, uint64_t desired,
     (void)fail;
     switch (width) {
     case 1:
-        DK_CAS_AS(uint8_t, p, expected, desired, weak);
+        DK_CAS_AS(1, uint8_t, p, expected, desired, weak);
     case 2:
-        DK_CAS_AS(uint16_t, p, expected, desired, weak);
+        DK_CAS_AS(2, uint16_t, p, expected, desired, weak);
     case 4:
-        DK_CAS_AS(uint32_t, p, expected, desired, weak);
+        DK_CAS_AS(4, uint32_t, p, expected, desired, weak);
     default:
-        DK_CAS_AS(uint64_t, p, expected, desired, weak);
+        DK_CAS_AS(8, uint64_t, p, expected, desired, weak);
     }
 }
 
 /* ---- the raw-bytes API ---------------------------------------------- */
 
-/* A `width`-byte native-order value to and from the low bytes of a
- * uint64_t. Through typed temporaries, so it is right on either byte
- * order. */
-static uint64_t
-get_w(const void *v, size_t width)
-{
-    switch (width) {
-    case 1: {
-        uint8_t t;
-        memcpy(&t, v, 1);
-        return t;
-    }
-    case 2: {
-        uint16_t t;
-        memcpy(&t, v, 2);
-        return t;
-    }
-    case 4: {
-        uint32_t t;
-        memcpy(&t, v, 4);
-        return t;
-    }
-    default: {
-        uint64_t t;
-        memcpy(&t, v, 8);
-        return t;
-    }
-    }
-}
-
-static void
-put_w(void *out, size_t width, uint64_t x)
-{
-    switch (width) {
-    case 1: {
-        uint8_t t = (uint8_t)x;
-        memcpy(out, &t, 1);
-        return;
-    }
-    case 2: {
-        uint16_t t = (uint16_t)x;
-        memcpy(out, &t, 2);
-        return;
-    }
-    case 4: {
-        uint32_t t = (uint32_t)x;
-        memcpy(out, &t, 4);
-        return;
-    }
-    default:
-        memcpy(out, &x, 8);
-        return;
-    }
-}
-
+/* The checks dk/atomic.h promises; the operations themselves are
+ * atomic_raw.h's, shared with callers that check once (the binding). */
 static bool
 order_known(int mo)
 {
@@ -368,13 +237,7 @@ dk_atomic_load(const void *p, size_t width, void *out, dk_memory_order mo)
     if (!target_ok(p, width) || !dk_memory_order_valid_load((int)mo)) {
         return -EINVAL;
     }
-    if (width == 16) {
-        /* Writes only where no pure 16-byte load exists; the header says
-         * such memory must then be writable. */
-        dk_atomic16_load((void *)(uintptr_t)p, out);
-        return 0;
-    }
-    put_w(out, width, dk_atomic_load_w(p, (unsigned)width, mo));
+    dk__atomic_load_raw(p, width, out, mo);
     return 0;
 }
 
@@ -384,11 +247,7 @@ dk_atomic_store(void *p, size_t width, const void *desired, dk_memory_order mo)
     if (!target_ok(p, width) || !dk_memory_order_valid_store((int)mo)) {
         return -EINVAL;
     }
-    if (width == 16) {
-        dk_atomic16_store(p, desired);
-        return 0;
-    }
-    dk_atomic_store_w(p, (unsigned)width, get_w(desired, width), mo);
+    dk__atomic_store_raw(p, width, desired, mo);
     return 0;
 }
 
@@ -396,26 +255,12 @@ int
 dk_atomic_fetch_op(void *p, size_t width, dk_atomic_op_t op, const void *arg,
                    void *old, dk_memory_order mo)
 {
-    bool needs_arg = op != DK_AOP_NOT && op != DK_AOP_NEG &&
-                     op != DK_AOP_INC && op != DK_AOP_DEC;
     if (!target_ok(p, width) || !order_known((int)mo) ||
         (int)op < (int)DK_AOP_EXCHANGE || (int)op > (int)DK_AOP_DEC ||
-        (needs_arg && arg == NULL)) {
+        (dk__atomic_op_needs_arg(op) && arg == NULL)) {
         return -EINVAL;
     }
-    if (width == 16) {
-        unsigned char prev[16];
-        dk_atomic16_rmw(p, op, needs_arg ? arg : NULL, prev);
-        if (old != NULL) {
-            memcpy(old, prev, 16);
-        }
-        return 0;
-    }
-    uint64_t a = needs_arg ? get_w(arg, width) : 0;
-    uint64_t prev = dk_atomic_rmw_w(p, (unsigned)width, op, a, mo);
-    if (old != NULL) {
-        put_w(old, width, prev);
-    }
+    dk__atomic_fetch_op_raw(p, width, op, arg, old, mo);
     return 0;
 }
 
@@ -427,17 +272,7 @@ dk_atomic_cmpxchg(void *p, size_t width, void *expected, const void *desired,
         !dk_memory_order_valid_fail((int)fail, (int)succ)) {
         return -EINVAL;
     }
-    if (width == 16) {
-        /* cmpxchg16b never fails spuriously: weak is strong here. */
-        return dk_atomic16_cas(p, expected, desired) ? 1 : 0;
-    }
-    uint64_t e = get_w(expected, width);
-    bool ok = dk_atomic_cas_w(p, (unsigned)width, &e, get_w(desired, width),
-                              weak, succ, fail);
-    if (!ok) {
-        put_w(expected, width, e);
-    }
-    return ok ? 1 : 0;
+    return dk__atomic_cmpxchg_raw(p, width, expected, desired, weak) ? 1 : 0;
 }
 
 /* Bit `index` of a native integer, as a byte and a mask in its memory. */

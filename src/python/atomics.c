@@ -12,6 +12,7 @@
 #include <string.h>
 #include <structmember.h>
 
+#include "atomic_raw.h"
 #include "dk/atomic.h"
 
 typedef struct {
@@ -27,6 +28,11 @@ typedef struct {
 } AtomicObject;
 
 enum { KIND_ANY, KIND_BYTES, KIND_INTEGRAL };
+
+/* For the steps of every operation's call (argument conversion, the
+ * read-modify-write body): inlined into each method, they cost no call
+ * frame of their own, and the method's constants fold into them. */
+#define HOT_INLINE static inline __attribute__((always_inline))
 
 /* OpType values, as the atomics package numbers them. */
 enum {
@@ -99,21 +105,23 @@ check_live(AtomicObject *self)
 }
 
 static int
+readonly_error(AtomicObject *self, int op)
+{
+    PyObject *o = optype_obj(op);
+    if (o != NULL) {
+        raise_cls(ax.operation_error, Py_BuildValue("(NI)", o, self->width),
+                  Py_BuildValue("{s:O}", "readonly", Py_True));
+    }
+    return -1;
+}
+
+static inline int
 check_write(AtomicObject *self, int op)
 {
     if (check_live(self) < 0) {
         return -1;
     }
-    if (self->readonly) {
-        PyObject *o = optype_obj(op);
-        if (o != NULL) {
-            raise_cls(ax.operation_error,
-                      Py_BuildValue("(NI)", o, self->width),
-                      Py_BuildValue("{s:O}", "readonly", Py_True));
-        }
-        return -1;
-    }
-    return 0;
+    return self->readonly ? readonly_error(self, op) : 0;
 }
 
 static int
@@ -171,7 +179,8 @@ length_error(const char *argname)
  * take it: `width` bytes in native order, in a 16-byte buffer. Integers
  * of up to 8 bytes pass through a uint64_t, whose low `width` bytes these
  * move; on a little-endian CPU they move all 8 (a constant-size copy the
- * compiler inlines) and the bytes past `width` are ignored or masked. */
+ * compiler inlines): the core ignores the bytes past `width`, and
+ * from_value shifts them out. */
 static void
 put_native(unsigned char out[16], unsigned width, uint64_t x)
 {
@@ -188,15 +197,16 @@ get_native(const unsigned char in[16], unsigned width)
 {
     uint64_t x = 0;
 #if PY_LITTLE_ENDIAN
+    (void)width;
     memcpy(&x, in, 8);
-    return width == 8 ? x : x & ((1ull << (8 * width)) - 1);
+    return x;
 #else
     memcpy((unsigned char *)&x + 8 - width, in, width);
     return x;
 #endif
 }
 
-static int
+HOT_INLINE int
 to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
          const char *argname)
 {
@@ -250,7 +260,7 @@ to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
     return 0;
 }
 
-static PyObject *
+HOT_INLINE PyObject *
 from_value(AtomicObject *self, const unsigned char v[16])
 {
     if (!self->integral) {
@@ -259,12 +269,14 @@ from_value(AtomicObject *self, const unsigned char v[16])
     if (self->width == 16) {
         return dkpy_long_from_le16(v, self->is_signed);
     }
-    uint64_t x = get_native(v, self->width);
+    /* The value in the top bits, then back down (sign-extending if
+     * signed), which also clears any bytes past the width. */
+    unsigned shift = 64 - self->width * 8;
+    uint64_t x = get_native(v, self->width) << shift;
     if (self->is_signed) {
-        unsigned shift = 64 - self->width * 8;
-        return PyLong_FromLongLong((long long)(x << shift) >> shift);
+        return PyLong_FromLongLong((long long)x >> shift);
     }
-    return PyLong_FromUnsignedLongLong(x);
+    return PyLong_FromUnsignedLongLong(x >> shift);
 }
 
 /* ---- construction ---------------------------------------------------- */
@@ -378,13 +390,15 @@ do_load(AtomicObject *self, int op, int mo)
     if (check_live(self) < 0) {
         return NULL;
     }
-    if (!dk_memory_order_valid_load(mo)) {
+    if (!dk__memory_order_valid_load(mo)) {
         order_error(op, mo, false);
         return NULL;
     }
-    unsigned char v[16] = {0};
-    int rc = dk_atomic_load(self->addr, self->width, v, mo);
-    return rc < 0 ? dkpy_raise_errno(rc) : from_value(self, v);
+    unsigned char v[16] = {0}; /* from_value reads 8 bytes of it */
+    /* Width and alignment were checked when self was made, the order
+     * above: the core's unchecked load (atomic_raw.h) is safe here. */
+    dk__atomic_load_raw(self->addr, self->width, v, (dk_memory_order)mo);
+    return from_value(self, v);
 }
 
 static PyObject *
@@ -410,28 +424,32 @@ Atomic_load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
  * then integral objects convert their arguments (int.to_bytes), then the
  * operation must be supported, then the order (order_ok false: the error
  * of op with mo), then byte objects check their arguments' lengths. */
-static int
+HOT_INLINE int
+to_values(AtomicObject *self, int n, PyObject *const *objs,
+          const char *const *argnames, unsigned char (*vals)[16])
+{
+    for (int i = 0; i < n; i++) {
+        if (to_value(self, objs[i], vals[i], argnames[i]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+HOT_INLINE int
 write_args(AtomicObject *self, int op, int n, PyObject *const *objs,
            const char *const *argnames, unsigned char (*vals)[16],
            bool order_ok, int mo)
 {
-    if (check_live(self) < 0) {
+    if (check_live(self) < 0 ||
+        (self->integral && to_values(self, n, objs, argnames, vals) < 0) ||
+        check_write(self, op) < 0) {
         return -1;
     }
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1 && check_write(self, op) < 0) {
-            return -1;
-        }
-        if (pass == 1 && !order_ok) {
-            return order_error(op, mo, false);
-        }
-        for (int i = 0; i < n && self->integral == (pass == 0); i++) {
-            if (to_value(self, objs[i], vals[i], argnames[i]) < 0) {
-                return -1;
-            }
-        }
+    if (!order_ok) {
+        return order_error(op, mo, false);
     }
-    return 0;
+    return self->integral ? 0 : to_values(self, n, objs, argnames, vals);
 }
 
 static PyObject *
@@ -452,19 +470,20 @@ Atomic_store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     unsigned char v[1][16];
     if (write_args(self, OP_STORE, 1, a, names, v,
-                   dk_memory_order_valid_store(mo), mo) < 0) {
+                   dk__memory_order_valid_store(mo), mo) < 0) {
         return NULL;
     }
-    int rc = dk_atomic_store(self->addr, self->width, v[0], mo);
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
+    /* Width and alignment were checked when self was made, the order by
+     * write_args. */
+    dk__atomic_store_raw(self->addr, self->width, v[0], (dk_memory_order)mo);
     Py_RETURN_NONE;
 }
 
 /* A read-modify-write with an optional value argument. fetch: return the
- * previous value (else None). */
-static PyObject *
+ * previous value (else None). Inlined into each method below, where op,
+ * aop, has_value and fetch are constants: the operation's switch and the
+ * argument handling it does not need fold away. */
+HOT_INLINE PyObject *
 rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *kwnames, int op, dk_atomic_op_t aop, bool has_value, bool fetch,
     const char *name)
@@ -499,11 +518,11 @@ rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
         return NULL;
     }
-    int rc = dk_atomic_fetch_op(self->addr, self->width, aop,
-                                has_value ? v[0] : NULL, old, mo);
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
+    /* Width and alignment were checked when self was made; order_of
+     * admits only dk_memory_orders, all valid for a read-modify-write. */
+    dk__atomic_fetch_op_raw(self->addr, self->width, aop,
+                            has_value ? v[0] : NULL, fetch ? old : NULL,
+                            (dk_memory_order)mo);
     if (!fetch) {
         Py_RETURN_NONE;
     }
@@ -562,7 +581,7 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     /* A test is a load, so it takes a load order (the atomics package
      * checked it as a store order: defect A2 in our notes). */
-    if (op == OP_BIT_TEST && !dk_memory_order_valid_load(mo)) {
+    if (op == OP_BIT_TEST && !dk__memory_order_valid_load(mo)) {
         order_error(op, mo, false);
         return NULL;
     }
@@ -640,21 +659,18 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     /* The atomics package's rule (MemoryOrder.is_valid_fail_order): a load
      * order no stronger than the success order. It admits release/acquire,
-     * which C11 does not; the core is then asked for acq_rel, which is
-     * valid and at least as strong as both. */
+     * which C11 does not; the sequentially consistent CAS below is at
+     * least as strong as both. */
     if ((a[2] != NULL || a[3] != NULL) &&
-        (!dk_memory_order_valid_load(fail) || fail > succ)) {
+        (!dk__memory_order_valid_load(fail) || fail > succ)) {
         order_error(op, fail, true);
         return NULL;
     }
-    if (succ == DK_MO_RELEASE && fail == DK_MO_ACQUIRE) {
-        succ = DK_MO_ACQ_REL;
-    }
-    int ok = dk_atomic_cmpxchg(self->addr, self->width, v[0], v[1], weak, succ,
-                               fail);
-    if (ok < 0) {
-        return dkpy_raise_errno(ok);
-    }
+    /* Width and alignment were checked when self was made, the orders
+     * above; the core's unchecked cmpxchg is sequentially consistent,
+     * which is at least as strong as any pair admitted. */
+    bool ok =
+        dk__atomic_cmpxchg_raw(self->addr, self->width, v[0], v[1], weak);
     /* On success, what was there is what the caller expected. */
     PyObject *seen =
         ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);

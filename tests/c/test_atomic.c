@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "atomic_raw.h"
 #include "dk/atomic.h"
 
 DK_TEST(atomic_width_ops_wrap_and_return_old)
@@ -224,6 +225,75 @@ DK_TEST(atomic_raw_every_op_and_width_matches_reference)
             CHECK_EQ(dk_atomic_load(p, w, now, DK_MO_ACQUIRE), 0);
             CHECK(raw_get(now, w) == reference(op, start, arg, w));
             for (int i = 0; i < 16; i++) {
+                CHECK_EQ(mem[i], 0xa5);
+                CHECK_EQ(mem[32 + i], 0xa5);
+            }
+            for (size_t i = w; i < 16; i++) {
+                CHECK_EQ(mem[16 + i], 0xa5);
+            }
+        }
+    }
+}
+
+/* The unchecked helpers the binding calls (src/atomic_raw.h): on valid
+ * input, the same results as the checked API, with unaligned value
+ * buffers, nothing written past the width, and `old` optional. */
+DK_TEST(atomic_unchecked_raw_ops_match_reference)
+{
+    static const dk_memory_order loads[] = {DK_MO_RELAXED, DK_MO_CONSUME,
+                                            DK_MO_ACQUIRE, DK_MO_SEQ_CST};
+    static const dk_memory_order stores[] = {DK_MO_RELAXED, DK_MO_RELEASE,
+                                             DK_MO_SEQ_CST};
+    for (size_t wi = 0; wi < 5; wi++) {
+        size_t w = raw_widths[wi];
+        if (!raw_width_ok(w)) {
+            continue;
+        }
+        for (int iter = 0; iter < 2000; iter++) {
+            _Alignas(16) unsigned char mem[48];
+            memset(mem, 0xa5, sizeof mem);
+            void *p = mem + 16;
+            /* Value buffers one byte off alignment, with guard bytes. */
+            unsigned char vbuf[18], obuf[18];
+            memset(vbuf, 0x5a, sizeof vbuf);
+            memset(obuf, 0x5a, sizeof obuf);
+            u128_t start = rnd(w), arg = rnd(w);
+            memcpy(vbuf + 1, &start, w);
+            dk__atomic_store_raw(p, w, vbuf + 1, stores[iter % 3]);
+            CHECK(raw_get(p, w) == start);
+            dk_atomic_op_t op = (dk_atomic_op_t)(iter % (DK_AOP_DEC + 1));
+            memcpy(vbuf + 1, &arg, w);
+            bool want_old = iter % 7 != 0;
+            dk__atomic_fetch_op_raw(
+                p, w, op, dk__atomic_op_needs_arg(op) ? vbuf + 1 : NULL,
+                want_old ? obuf + 1 : NULL, (dk_memory_order)(iter % 6));
+            if (want_old) {
+                CHECK(raw_get(obuf + 1, w) == start);
+            }
+            u128_t now = reference(op, start, arg, w);
+            dk__atomic_load_raw(p, w, obuf + 1, loads[iter % 4]);
+            CHECK(raw_get(obuf + 1, w) == now);
+            CHECK(raw_get(p, w) == now);
+            /* A failing then a succeeding strong cmpxchg; a weak one in a
+             * loop. */
+            u128_t wrong = (now + 1) & raw_mask(w), next = rnd(w);
+            memcpy(obuf + 1, &wrong, w);
+            memcpy(vbuf + 1, &next, w);
+            CHECK(!dk__atomic_cmpxchg_raw(p, w, obuf + 1, vbuf + 1, false));
+            CHECK(raw_get(obuf + 1, w) == now && raw_get(p, w) == now);
+            CHECK(dk__atomic_cmpxchg_raw(p, w, obuf + 1, vbuf + 1, false));
+            CHECK(raw_get(p, w) == next);
+            int spins = 0;
+            while (!dk__atomic_cmpxchg_raw(p, w, vbuf + 1, obuf + 1, true)) {
+                CHECK(raw_get(vbuf + 1, w) == next);
+                CHECK(++spins < 1000000);
+            }
+            CHECK(raw_get(p, w) == now);
+            CHECK(vbuf[0] == 0x5a && obuf[0] == 0x5a);
+            for (size_t i = 1 + w; i < sizeof vbuf; i++) {
+                CHECK(vbuf[i] == 0x5a && obuf[i] == 0x5a);
+            }
+            for (size_t i = 0; i < 16; i++) {
                 CHECK_EQ(mem[i], 0xa5);
                 CHECK_EQ(mem[32 + i], 0xa5);
             }

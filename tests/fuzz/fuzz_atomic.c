@@ -5,7 +5,10 @@
  * dk_memory_order) and every op and bit index. The raw-bytes API must
  * return -EINVAL exactly when the header's rules say and then touch
  * nothing; otherwise its result and the buffer must match a plain
- * (non-atomic) model computed here. The width-generic calls the Python
+ * (non-atomic) model computed here. Where the input is valid, every other
+ * code runs the same operation through the unchecked helpers of
+ * src/atomic_raw.h instead, which the Python binding calls after its own
+ * checks, against the same model. The width-generic calls the Python
  * binding makes after its own validation (load_w, store_w, rmw_w, cas_w),
  * the typed u32/u64 calls under sync.AtomicU32/U64, and the order
  * predicates are checked against the same model, the
@@ -17,6 +20,7 @@
 
 #include <errno.h>
 
+#include "atomic_raw.h"
 #include "dk/atomic.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -194,17 +198,29 @@ raw_op(struct state *s, fuzz_in_t *in, uint8_t code)
     u128 cur = target ? get(s->model + off, w) : 0;
     int rc;
     bool valid;
+    /* On valid input only: the helpers' preconditions are the checks. */
+    bool unchecked = (code / 5) % 2 == 1;
     switch (code % 5) {
     case 0:
         valid = target && model_valid_load(mo);
-        rc = dk_atomic_load(p, w, out, (dk_memory_order)mo);
+        if (valid && unchecked) {
+            dk__atomic_load_raw(p, w, out, (dk_memory_order)mo);
+            rc = 0;
+        } else {
+            rc = dk_atomic_load(p, w, out, (dk_memory_order)mo);
+        }
         if (valid) {
             FUZZ_CHECK(rc == 0 && get(out, w) == cur);
         }
         break;
     case 1:
         valid = target && model_valid_store(mo);
-        rc = dk_atomic_store(p, w, v, (dk_memory_order)mo);
+        if (valid && unchecked) {
+            dk__atomic_store_raw(p, w, v, (dk_memory_order)mo);
+            rc = 0;
+        } else {
+            rc = dk_atomic_store(p, w, v, (dk_memory_order)mo);
+        }
         if (valid) {
             FUZZ_CHECK(rc == 0);
             put(s->model + off, w, get(v, w));
@@ -215,8 +231,16 @@ raw_op(struct state *s, fuzz_in_t *in, uint8_t code)
         bool null_arg = fuzz_u8(in) % 4 == 0;
         valid = target && known(mo) && op >= DK_AOP_EXCHANGE &&
                 op <= DK_AOP_DEC && !(null_arg && op_needs_arg(op));
-        rc = dk_atomic_fetch_op(p, w, (dk_atomic_op_t)op, null_arg ? NULL : v,
-                                out, (dk_memory_order)mo);
+        if (valid && unchecked) {
+            dk__atomic_fetch_op_raw(p, w, (dk_atomic_op_t)op,
+                                    null_arg ? NULL : v, out,
+                                    (dk_memory_order)mo);
+            rc = 0;
+        } else {
+            rc = dk_atomic_fetch_op(p, w, (dk_atomic_op_t)op,
+                                    null_arg ? NULL : v, out,
+                                    (dk_memory_order)mo);
+        }
         if (valid) {
             FUZZ_CHECK(rc == 0 && get(out, w) == cur);
             u128 arg = op_needs_arg(op) ? get(v, w) : 0;
@@ -232,8 +256,12 @@ raw_op(struct state *s, fuzz_in_t *in, uint8_t code)
         uint8_t e_in[16];
         memcpy(e_in, e, 16);
         valid = target && model_valid_fail(mo2, mo);
-        rc = dk_atomic_cmpxchg(p, w, e, v, weak, (dk_memory_order)mo,
-                               (dk_memory_order)mo2);
+        if (valid && unchecked) {
+            rc = dk__atomic_cmpxchg_raw(p, w, e, v, weak) ? 1 : 0;
+        } else {
+            rc = dk_atomic_cmpxchg(p, w, e, v, weak, (dk_memory_order)mo,
+                                   (dk_memory_order)mo2);
+        }
         if (valid) {
             bool equal = get(e_in, w) == cur;
             FUZZ_CHECK(rc == 0 || rc == 1);
