@@ -151,14 +151,94 @@ bytes_of(const void *data)
     return (PyObject *)((char *)data - offsetof(PyBytesObject, ob_sval));
 }
 
+/*
+ * Spare chunks. A fresh bytes object of a megabyte is fresh memory: the
+ * kernel faults in and zeroes each of its pages again on the first read
+ * into it, which costs more than the read itself. So when a handler has
+ * let go of its chunk (we hold the only reference once it returns), the
+ * chunk waits here and the next read of the same size goes into it. Only
+ * an object nobody else can see is reused: a memoryview or any other
+ * holder keeps a reference, and then the chunk is simply dropped. Its
+ * cached hash, if something hashed it, is reset: its contents change.
+ * The spares are process-wide (the module lives in the main interpreter
+ * only), touched with the GIL held, bounded in number and size, and
+ * dropped when a read operation ends so that an idle channel holds no
+ * memory.
+ */
+#define SPARE_MAX 4
+#define SPARE_SIZE_MAX ((Py_ssize_t)16 << 20)
+
+static PyObject *spares[SPARE_MAX];
+static int nspares;
+
+/* Take a spare of exactly size bytes, or NULL. GIL held. */
+static PyObject *
+spare_take(Py_ssize_t size)
+{
+    for (int i = nspares - 1; i >= 0; i--) {
+        PyObject *b = spares[i];
+        if (PyBytes_GET_SIZE(b) == size) {
+            spares[i] = spares[--nspares];
+            spares[nspares] = NULL;
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* Keep b (our reference, taken) as a spare if nobody else holds it, else
+ * drop our reference. GIL held. */
+static void
+spare_put(PyObject *b)
+{
+    if (Py_REFCNT(b) != 1 || PyBytes_GET_SIZE(b) > SPARE_SIZE_MAX ||
+        !PyBytes_CheckExact(b)) {
+        Py_DECREF(b);
+        return;
+    }
+    if (nspares == SPARE_MAX) {
+        Py_DECREF(spares[0]); /* the oldest goes */
+        memmove(spares, spares + 1, (SPARE_MAX - 1) * sizeof spares[0]);
+        nspares--;
+    }
+    /* ob_shash is a public member of PyBytesObject (deprecated for
+     * reading since 3.11, still there in 3.13); -1 means "not computed". */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)b)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    spares[nspares++] = b;
+}
+
+/* Drop every spare. GIL held. */
+static void
+spares_clear(void)
+{
+    while (nspares > 0) {
+        PyObject *b = spares[--nspares];
+        spares[nspares] = NULL;
+        Py_DECREF(b);
+    }
+}
+
 static void *
 bytes_alloc(void *Py_UNUSED(actx), size_t size)
 {
+    if (size > (size_t)PY_SSIZE_T_MAX) {
+        return NULL;
+    }
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return NULL;
     }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    PyObject *b = spare_take((Py_ssize_t)size);
+    if (b == NULL) {
+        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    }
     if (b == NULL) {
         PyErr_Clear();
     }
@@ -172,7 +252,7 @@ bytes_free(void *Py_UNUSED(actx), void *buf)
 {
     dkpy_gil_t g;
     if (dkpy_enter(&g)) {
-        Py_DECREF(bytes_of(buf));
+        spare_put(bytes_of(buf));
         dkpy_leave(&g);
     }
 }
@@ -185,28 +265,41 @@ read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
     if (!dkpy_enter(&g)) {
         return;
     }
-    PyObject *b = bytes_of(data);
-    size_t cap = (size_t)PyBytes_GET_SIZE(b);
-    if (cap != len) {
-        /* A short read: shrink the bytes we allocated in place when only
-         * we hold it and little of it goes unused (a fresh bytes has no
-         * hash yet, and its memory is freed whatever its size says),
-         * otherwise copy the part that was read. */
-        if (Py_REFCNT(b) == 1 && len >= cap / 2) {
-            Py_SET_SIZE(b, (Py_ssize_t)len);
-            PyBytes_AS_STRING(b)[len] = '\0';
-        } else {
-            PyObject *copy = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-            Py_DECREF(b);
-            b = copy;
+    PyObject *b;
+    if (data == NULL) {
+        /* No buffer: the allocator failed (error says ENOMEM). */
+        b = PyBytes_FromStringAndSize(NULL, 0);
+    } else {
+        b = bytes_of(data);
+        size_t cap = (size_t)PyBytes_GET_SIZE(b);
+        if (cap != len) {
+            /* A short read: shrink the bytes we allocated in place when
+             * only we hold it and little of it goes unused (a fresh or
+             * recycled bytes has no hash, and its memory is freed whatever
+             * its size says), otherwise copy the part that was read. */
+            if (Py_REFCNT(b) == 1 && len >= cap / 2) {
+                Py_SET_SIZE(b, (Py_ssize_t)len);
+                PyBytes_AS_STRING(b)[len] = '\0';
+            } else {
+                PyObject *copy =
+                    PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+                spare_put(b);
+                b = copy;
+            }
         }
     }
     if (b != NULL) {
         dkpy_call_reporting(
             handler,
-            Py_BuildValue("(ONi)", done ? Py_True : Py_False, b, error));
+            Py_BuildValue("(OOi)", done ? Py_True : Py_False, b, error));
+        /* The handler has returned: if it kept no reference, the chunk is
+         * free for the next read. */
+        spare_put(b);
+    } else {
+        PyErr_WriteUnraisable(handler);
     }
     if (done) {
+        spares_clear();
         Py_DECREF(handler);
     }
     dkpy_leave(&g);
