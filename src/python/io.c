@@ -6,6 +6,8 @@
 #include "python/binding.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <string.h>
 
 #include "dk/io.h"
 #include "dk/queue.h"
@@ -160,30 +162,46 @@ bytes_of(const void *data)
  * an object nobody else can see is reused: a memoryview or any other
  * holder keeps a reference, and then the chunk is simply dropped. Its
  * cached hash, if something hashed it, is reset: its contents change.
+ *
  * The spares are process-wide (the module lives in the main interpreter
- * only), touched with the GIL held, bounded in number and size, and
- * dropped when a read operation ends so that an idle channel holds no
- * memory.
+ * only), bounded in number and bytes, and dropped when a read operation
+ * ends so that an idle channel holds no memory. They are put back and
+ * dropped with the GIL held (reference counts), but taken under
+ * spare_lock alone: a spare's one reference passes to the reader as is,
+ * so the reading thread need not wait for the GIL, which the handler's
+ * worker often holds across its callbacks. Lock order: the GIL, then
+ * spare_lock; nothing takes the GIL or touches a reference count while
+ * holding spare_lock.
  */
-#define SPARE_MAX 4
-#define SPARE_SIZE_MAX ((Py_ssize_t)16 << 20)
+#define SPARE_MAX 64
+#define SPARE_BYTES_MAX ((Py_ssize_t)64 << 20)
 
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
 static PyObject *spares[SPARE_MAX];
+static Py_ssize_t spare_size[SPARE_MAX];
 static int nspares;
+static Py_ssize_t spare_bytes; /* spare_size summed */
 
-/* Take a spare of exactly size bytes, or NULL. GIL held. */
+/* Take a spare of exactly size bytes, or NULL; the GIL need not be held.
+ * The caller gets the spare's one reference. */
 static PyObject *
 spare_take(Py_ssize_t size)
 {
+    PyObject *b = NULL;
+    pthread_mutex_lock(&spare_lock);
     for (int i = nspares - 1; i >= 0; i--) {
-        PyObject *b = spares[i];
-        if (PyBytes_GET_SIZE(b) == size) {
-            spares[i] = spares[--nspares];
+        if (spare_size[i] == size) {
+            b = spares[i];
+            spare_bytes -= size;
+            nspares--;
+            spares[i] = spares[nspares];
+            spare_size[i] = spare_size[nspares];
             spares[nspares] = NULL;
-            return b;
+            break;
         }
     }
-    return NULL;
+    pthread_mutex_unlock(&spare_lock);
+    return b;
 }
 
 /* Keep b (our reference, taken) as a spare if nobody else holds it, else
@@ -191,15 +209,11 @@ spare_take(Py_ssize_t size)
 static void
 spare_put(PyObject *b)
 {
-    if (Py_REFCNT(b) != 1 || PyBytes_GET_SIZE(b) > SPARE_SIZE_MAX ||
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    if (Py_REFCNT(b) != 1 || size > SPARE_BYTES_MAX ||
         !PyBytes_CheckExact(b)) {
         Py_DECREF(b);
         return;
-    }
-    if (nspares == SPARE_MAX) {
-        Py_DECREF(spares[0]); /* the oldest goes */
-        memmove(spares, spares + 1, (SPARE_MAX - 1) * sizeof spares[0]);
-        nspares--;
     }
     /* ob_shash is a public member of PyBytesObject (deprecated for
      * reading since 3.11, still there in 3.13); -1 means "not computed". */
@@ -211,17 +225,42 @@ spare_put(PyObject *b)
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
-    spares[nspares++] = b;
+    PyObject *evicted[SPARE_MAX];
+    int nevicted = 0;
+    pthread_mutex_lock(&spare_lock);
+    while (nspares == SPARE_MAX || spare_bytes + size > SPARE_BYTES_MAX) {
+        evicted[nevicted++] = spares[0]; /* the oldest goes */
+        spare_bytes -= spare_size[0];
+        nspares--;
+        memmove(spares, spares + 1, (size_t)nspares * sizeof spares[0]);
+        memmove(spare_size, spare_size + 1,
+                (size_t)nspares * sizeof spare_size[0]);
+        spares[nspares] = NULL;
+    }
+    spares[nspares] = b;
+    spare_size[nspares] = size;
+    nspares++;
+    spare_bytes += size;
+    pthread_mutex_unlock(&spare_lock);
+    while (nevicted > 0) {
+        Py_DECREF(evicted[--nevicted]);
+    }
 }
 
 /* Drop every spare. GIL held. */
 static void
 spares_clear(void)
 {
-    while (nspares > 0) {
-        PyObject *b = spares[--nspares];
-        spares[nspares] = NULL;
-        Py_DECREF(b);
+    PyObject *dropped[SPARE_MAX];
+    pthread_mutex_lock(&spare_lock);
+    int n = nspares;
+    memcpy(dropped, spares, (size_t)n * sizeof spares[0]);
+    memset(spares, 0, sizeof spares);
+    nspares = 0;
+    spare_bytes = 0;
+    pthread_mutex_unlock(&spare_lock);
+    while (n > 0) {
+        Py_DECREF(dropped[--n]);
     }
 }
 
@@ -231,14 +270,15 @@ bytes_alloc(void *Py_UNUSED(actx), size_t size)
     if (size > (size_t)PY_SSIZE_T_MAX) {
         return NULL;
     }
+    PyObject *b = spare_take((Py_ssize_t)size);
+    if (b != NULL) {
+        return PyBytes_AS_STRING(b);
+    }
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return NULL;
     }
-    PyObject *b = spare_take((Py_ssize_t)size);
-    if (b == NULL) {
-        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    }
+    b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (b == NULL) {
         PyErr_Clear();
     }
