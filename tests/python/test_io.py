@@ -390,3 +390,43 @@ def test_channel_chunk_kept_by_handler_is_never_reused():
 
     data = _stepped_pipe_read(handler)
     assert b"".join(bytes(c) for c in kept) == data
+
+
+def test_channel_keeps_reading_while_a_handler_is_blocked():
+    # The reader waits a little for chunks to come back before reading
+    # into fresh memory, never for good: while the first handler call is
+    # blocked, the channel still drains the pipe, so the writer (which
+    # needs about 64 chunks read past the pipe's capacity) finishes.
+    r, w = os.pipe()
+    n, size = 128, 4096
+    data = os.urandom(n * size)
+    wrote = threading.Event()
+
+    def writer():
+        os.write(w, data)  # blocks until the channel has read most of it
+        wrote.set()
+
+    chunks = []
+    finished = threading.Event()
+
+    def handler(done, chunk, error):
+        if not chunks:
+            assert wrote.wait(20)
+        chunks.append(chunk)
+        if done:
+            finished.set()
+
+    try:
+        ch = dk.IOChannel(r, dk.IO_STREAM)
+        ch.set_high_water(size)
+        ch.read(len(data), handler)
+        t = threading.Thread(target=writer)
+        t.start()
+        assert wrote.wait(20)
+        assert finished.wait(20)
+        t.join()
+        ch.close()
+    finally:
+        os.close(w)
+        os.close(r)
+    assert b"".join(chunks) == data
