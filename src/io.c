@@ -19,7 +19,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 enum op_kind { OP_READ, OP_WRITE, OP_BARRIER };
 
@@ -138,8 +137,10 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
             deliver_owned(op, done, buf, len, error);
             return;
         }
-        error = error != 0 ? error : ENOMEM;
-        len = 0;
+        /* Out of memory: the call says so with no buffer (a handler that
+         * expects allocator buffers must not be given any other). */
+        deliver_owned(op, done, NULL, 0, error != 0 ? error : ENOMEM);
+        return;
     }
     struct delivery *d = malloc(sizeof *d + len);
     if (d == NULL) {
@@ -238,10 +239,11 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
     }
     off_t base = 0;
     if (type == DK_IO_RANDOM) {
-        base = lseek(fd, 0, SEEK_CUR);
-        if (base < 0) {
+        int64_t pos = dk__os_fd_tell(fd);
+        if (pos < 0) {
             return -ESPIPE;
         }
+        base = (off_t)pos;
     }
     dk_io_t *io = calloc(1, sizeof *io);
     if (io == NULL) {
@@ -554,6 +556,22 @@ wait_ready(dk_io_t *io, bool for_write)
 
 enum step { STEP_DONE, STEP_WAIT };
 
+/* Where op's next byte is in a random-access channel's file. */
+static int64_t
+op_at(const dk_io_t *io, const struct io_op *op)
+{
+    return (int64_t)io->base + (int64_t)op->offset + (int64_t)op->pos;
+}
+
+/* Read up to want bytes of op into buf: bytes read, 0 at end of file, or
+ * -errno. */
+static long
+read_at(const dk_io_t *io, const struct io_op *op, void *buf, size_t want)
+{
+    return dk__os_fd_read(io->fd, buf, want, io->type == DK_IO_RANDOM,
+                          op_at(io, op));
+}
+
 static void
 flush_read(dk_io_t *io, struct io_op *op, bool done, int error)
 {
@@ -609,13 +627,7 @@ step_read(dk_io_t *io, struct io_op *op)
             /* Zero copy: read into the buffer the handler will own. */
             void *buf = io->alloc(io->actx, want);
             if (buf != NULL) {
-                ssize_t n;
-                do {
-                    n = io->type == DK_IO_RANDOM
-                            ? pread(io->fd, buf, want,
-                                    io->base + op->offset + (off_t)op->pos)
-                            : read(io->fd, buf, want);
-                } while (n < 0 && errno == EINTR);
+                long n = read_at(io, op, buf, want);
                 io->ready = false;
                 if (n > 0 && (size_t)n >= io->low) {
                     op->pos += (size_t)n;
@@ -644,7 +656,7 @@ step_read(dk_io_t *io, struct io_op *op)
                     io->free_fn(io->actx, buf);
                     continue;
                 }
-                int err = n < 0 ? errno : 0;
+                int err = n < 0 ? (int)-n : 0;
                 io->free_fn(io->actx, buf);
                 flush_read(io, op, true, err); /* error or end of file */
                 return STEP_DONE;
@@ -660,17 +672,10 @@ step_read(dk_io_t *io, struct io_op *op)
             op->rbuf = b;
             op->rcap = cap;
         }
-        ssize_t n;
-        do {
-            n = io->type == DK_IO_RANDOM
-                    ? pread(io->fd, op->rbuf + op->rlen, want,
-                            io->base + op->offset + (off_t)op->pos)
-                    : read(io->fd, op->rbuf + op->rlen, want);
-        } while (n < 0 && errno == EINTR);
+        long n = read_at(io, op, op->rbuf + op->rlen, want);
         io->ready = false;
         if (n < 0) {
-            int err = errno;
-            flush_read(io, op, true, err);
+            flush_read(io, op, true, (int)-n);
             return STEP_DONE;
         }
         if (n == 0) {
@@ -704,17 +709,12 @@ step_write(dk_io_t *io, struct io_op *op)
             return STEP_WAIT;
         }
         size_t want = op->length - op->pos;
-        ssize_t n;
-        do {
-            n = io->type == DK_IO_RANDOM
-                    ? pwrite(io->fd, op->wbuf + op->pos, want,
-                             io->base + op->offset + (off_t)op->pos)
-                    : write(io->fd, op->wbuf + op->pos, want);
-        } while (n < 0 && errno == EINTR);
+        long n = dk__os_fd_write(io->fd, op->wbuf + op->pos, want,
+                                 io->type == DK_IO_RANDOM, op_at(io, op));
         io->ready = false;
         if (n < 0) {
-            int err = errno;
-            deliver(op, true, op->wbuf + op->pos, op->length - op->pos, err);
+            deliver(op, true, op->wbuf + op->pos, op->length - op->pos,
+                    (int)-n);
             return STEP_DONE;
         }
         op->pos += (size_t)n;

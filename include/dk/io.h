@@ -88,7 +88,9 @@ DK_EXPORT void dk_io_set_interval(dk_io_t *io, uint64_t interval_ns,
  * handler comes from alloc(actx, size) (size >= the data's length), reads
  * go straight into it when they can, and the handler owns it: no copy is
  * made between the kernel and the handler. free(actx, buf) is called for
- * buffers that are not delivered. Set it before the first read.
+ * buffers that are not delivered. When alloc returns NULL, the handler is
+ * called with no buffer (data NULL, length 0) and ENOMEM. Set it before
+ * the first read.
  */
 DK_EXPORT void dk_io_set_allocator(dk_io_t *io,
                                    void *(*alloc)(void *actx, size_t size),

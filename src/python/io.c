@@ -6,6 +6,8 @@
 #include "python/binding.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <string.h>
 
 #include "dk/io.h"
 #include "dk/queue.h"
@@ -127,6 +129,7 @@ typedef struct {
     dk_io_t *io;
     int fd;
     int io_type; /* IO_STREAM or IO_RANDOM, for the repr */
+    struct ahead *ahead; /* the allocator's context (reads' chunks) */
 } ChannelObject;
 
 static void
@@ -151,63 +154,309 @@ bytes_of(const void *data)
     return (PyObject *)((char *)data - offsetof(PyBytesObject, ob_sval));
 }
 
-static void *
-bytes_alloc(void *Py_UNUSED(actx), size_t size)
+/*
+ * Spare chunks. A fresh bytes object of a megabyte is fresh memory: the
+ * kernel faults in and zeroes each of its pages again on the first read
+ * into it, which costs more than the read itself. So when a handler has
+ * let go of its chunk (we hold the only reference once it returns), the
+ * chunk waits here and the next read of the same size goes into it. Only
+ * an object nobody else can see is reused: a memoryview or any other
+ * holder keeps a reference, and then the chunk is simply dropped. Its
+ * cached hash, if something hashed it, is reset: its contents change.
+ *
+ * The spares are process-wide (the module lives in the main interpreter
+ * only), bounded in number and bytes, and dropped when a read operation
+ * ends so that an idle channel holds no memory. They are put back and
+ * dropped with the GIL held (reference counts), but taken under
+ * spare_lock alone: a spare's one reference passes to the reader as is,
+ * so the reading thread need not wait for the GIL, which the handler's
+ * worker often holds across its callbacks. Lock order: the GIL, then
+ * spare_lock; nothing takes the GIL or touches a reference count while
+ * holding spare_lock.
+ *
+ * When the reader runs ahead of the handler (its thread not scheduled
+ * yet), every chunk it reads meanwhile would be fresh memory. So with
+ * SPARE_AHEAD chunks already handed out and not yet back, the reader
+ * waits for one to come back, at most SPARE_WAIT_NS per chunk, and then
+ * reads into fresh memory anyway: a handler that keeps its chunks or takes
+ * long slows the read down, never stops it. The reader holds no GIL
+ * while it waits (see bytes_alloc). The count is per channel (struct
+ * ahead), so one channel's slow handler never slows another's reads.
+ */
+#define SPARE_MAX 64
+#define SPARE_BYTES_MAX ((Py_ssize_t)64 << 20)
+
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static PyObject *spares[SPARE_MAX];
+static Py_ssize_t spare_size[SPARE_MAX];
+static int nspares;
+static Py_ssize_t spare_bytes; /* spare_size summed */
+static pthread_cond_t spare_back; /* a spare was put back (spare_lock) */
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+/* A channel's chunks handed out to reads and not back yet. Shared by the
+ * channel object and each of its read operations (refs, under
+ * spare_lock): the last one frees it. An allocation happens only during a
+ * read operation, and a chunk comes back at the latest with its
+ * operation's last handler call, so the operation's reference covers
+ * both. */
+struct ahead {
+    long handed_out;
+    long refs;
+};
+
+static struct ahead *
+ahead_new(void)
 {
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return NULL;
+    struct ahead *a = PyMem_RawCalloc(1, sizeof *a);
+    if (a != NULL) {
+        a->refs = 1;
     }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    if (b == NULL) {
-        PyErr_Clear();
-    }
-    dkpy_leave(&g);
-    dkpy_release_batch(); /* the caller is about to read(2) */
-    return b != NULL ? PyBytes_AS_STRING(b) : NULL;
+    return a;
 }
 
 static void
-bytes_free(void *Py_UNUSED(actx), void *buf)
+ahead_retain(struct ahead *a)
+{
+    pthread_mutex_lock(&spare_lock);
+    a->refs++;
+    pthread_mutex_unlock(&spare_lock);
+}
+
+static void
+ahead_release(struct ahead *a)
+{
+    pthread_mutex_lock(&spare_lock);
+    bool last = --a->refs == 0;
+    pthread_mutex_unlock(&spare_lock);
+    if (last) {
+        PyMem_RawFree(a);
+    }
+}
+
+#define SPARE_AHEAD 4
+#define SPARE_WAIT_NS 2000000L
+
+static void
+spare_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&spare_back, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/* A chunk handed out by bytes_alloc is back: delivered and its handler
+ * returned, or freed by the core. */
+static void
+spare_returned(struct ahead *a)
+{
+    pthread_mutex_lock(&spare_lock);
+    a->handed_out--;
+    pthread_cond_broadcast(&spare_back);
+    pthread_mutex_unlock(&spare_lock);
+}
+
+/* Take a spare of exactly size bytes, or NULL; the GIL need not be held.
+ * The caller gets the spare's one reference. */
+static PyObject *
+spare_take(struct ahead *a, Py_ssize_t size)
+{
+    PyObject *b = NULL;
+    struct timespec until;
+    bool waited = false;
+    pthread_once(&spare_once, spare_init);
+    pthread_mutex_lock(&spare_lock);
+    for (;;) {
+        for (int i = nspares - 1; i >= 0; i--) {
+            if (spare_size[i] == size) {
+                b = spares[i];
+                spare_bytes -= size;
+                nspares--;
+                spares[i] = spares[nspares];
+                spare_size[i] = spare_size[nspares];
+                spares[nspares] = NULL;
+                break;
+            }
+        }
+        if (b != NULL || a->handed_out < SPARE_AHEAD) {
+            break;
+        }
+        if (!waited) {
+            waited = true;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += SPARE_WAIT_NS;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+        }
+        if (pthread_cond_timedwait(&spare_back, &spare_lock, &until) != 0) {
+            break; /* timed out: fresh memory after all */
+        }
+    }
+    a->handed_out++; /* this one, spare or fresh (undone if none is made) */
+    pthread_mutex_unlock(&spare_lock);
+    return b;
+}
+
+/* Keep b (our reference, taken) as a spare if nobody else holds it, else
+ * drop our reference. GIL held. */
+static void
+spare_put(PyObject *b)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    if (Py_REFCNT(b) != 1 || size > SPARE_BYTES_MAX ||
+        !PyBytes_CheckExact(b)) {
+        Py_DECREF(b);
+        return;
+    }
+    /* ob_shash is a public member of PyBytesObject (deprecated for
+     * reading since 3.11, still there in 3.13); -1 means "not computed". */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)b)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    PyObject *evicted[SPARE_MAX];
+    int nevicted = 0;
+    pthread_mutex_lock(&spare_lock);
+    while (nspares == SPARE_MAX || spare_bytes + size > SPARE_BYTES_MAX) {
+        evicted[nevicted++] = spares[0]; /* the oldest goes */
+        spare_bytes -= spare_size[0];
+        nspares--;
+        memmove(spares, spares + 1, (size_t)nspares * sizeof spares[0]);
+        memmove(spare_size, spare_size + 1,
+                (size_t)nspares * sizeof spare_size[0]);
+        spares[nspares] = NULL;
+    }
+    spares[nspares] = b;
+    spare_size[nspares] = size;
+    nspares++;
+    spare_bytes += size;
+    pthread_mutex_unlock(&spare_lock);
+    while (nevicted > 0) {
+        Py_DECREF(evicted[--nevicted]);
+    }
+}
+
+/* Drop every spare. GIL held. */
+static void
+spares_clear(void)
+{
+    PyObject *dropped[SPARE_MAX];
+    pthread_mutex_lock(&spare_lock);
+    int n = nspares;
+    memcpy(dropped, spares, (size_t)n * sizeof spares[0]);
+    memset(spares, 0, sizeof spares);
+    nspares = 0;
+    spare_bytes = 0;
+    pthread_mutex_unlock(&spare_lock);
+    while (n > 0) {
+        Py_DECREF(dropped[--n]);
+    }
+}
+
+static void *
+bytes_alloc(void *actx, size_t size)
+{
+    if (size > (size_t)PY_SSIZE_T_MAX) {
+        return NULL;
+    }
+    /* A worker may still hold the GIL from its last callback: drop it
+     * before waiting for a spare and before the caller's read(2). */
+    dkpy_release_batch();
+    PyObject *b = spare_take(actx, (Py_ssize_t)size);
+    if (b != NULL) {
+        return PyBytes_AS_STRING(b);
+    }
+    dkpy_gil_t g;
+    if (dkpy_enter(&g)) {
+        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+        if (b == NULL) {
+            PyErr_Clear();
+        }
+        dkpy_leave(&g);
+        dkpy_release_batch();
+    }
+    if (b == NULL) {
+        spare_returned(actx); /* none was handed out after all */
+        return NULL;
+    }
+    return PyBytes_AS_STRING(b);
+}
+
+static void
+bytes_free(void *actx, void *buf)
 {
     dkpy_gil_t g;
     if (dkpy_enter(&g)) {
-        Py_DECREF(bytes_of(buf));
+        spare_put(bytes_of(buf));
         dkpy_leave(&g);
     }
+    spare_returned(actx);
 }
+
+/* A channel read's context: its Python handler and its channel's count. */
+struct read_op {
+    PyObject *handler;
+    struct ahead *ahead;
+};
 
 static void
 read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
 {
-    PyObject *handler = ctx;
+    struct read_op *op = ctx;
+    PyObject *handler = op->handler;
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return;
     }
-    PyObject *b = bytes_of(data);
-    size_t cap = (size_t)PyBytes_GET_SIZE(b);
-    if (cap != len) {
-        /* A short read: shrink the bytes we allocated in place when only
-         * we hold it and little of it goes unused (a fresh bytes has no
-         * hash yet, and its memory is freed whatever its size says),
-         * otherwise copy the part that was read. */
-        if (Py_REFCNT(b) == 1 && len >= cap / 2) {
-            Py_SET_SIZE(b, (Py_ssize_t)len);
-            PyBytes_AS_STRING(b)[len] = '\0';
-        } else {
-            PyObject *copy = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-            Py_DECREF(b);
-            b = copy;
+    PyObject *b;
+    if (data == NULL) {
+        /* No buffer: the allocator failed (error says ENOMEM). */
+        b = PyBytes_FromStringAndSize(NULL, 0);
+    } else {
+        b = bytes_of(data);
+        size_t cap = (size_t)PyBytes_GET_SIZE(b);
+        if (cap != len) {
+            /* A short read: shrink the bytes we allocated in place when
+             * only we hold it and little of it goes unused (a fresh or
+             * recycled bytes has no hash, and its memory is freed whatever
+             * its size says), otherwise copy the part that was read. */
+            if (Py_REFCNT(b) == 1 && len >= cap / 2) {
+                Py_SET_SIZE(b, (Py_ssize_t)len);
+                PyBytes_AS_STRING(b)[len] = '\0';
+            } else {
+                PyObject *copy =
+                    PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+                spare_put(b);
+                b = copy;
+            }
         }
     }
     if (b != NULL) {
         dkpy_call_reporting(
             handler,
-            Py_BuildValue("(ONi)", done ? Py_True : Py_False, b, error));
+            Py_BuildValue("(OOi)", done ? Py_True : Py_False, b, error));
+        /* The handler has returned: if it kept no reference, the chunk is
+         * free for the next read. */
+        spare_put(b);
+    } else {
+        PyErr_WriteUnraisable(handler);
+    }
+    if (data != NULL) {
+        spare_returned(op->ahead); /* the chunk bytes_alloc handed out */
     }
     if (done) {
+        spares_clear();
         Py_DECREF(handler);
+        ahead_release(op->ahead);
+        PyMem_RawFree(op);
     }
     dkpy_leave(&g);
 }
@@ -273,6 +522,11 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
+    self->ahead = ahead_new();
+    if (self->ahead == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
     self->io_type = io_type;
@@ -291,7 +545,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         return raise_io(-err, fd);
     }
-    dk_io_set_allocator(self->io, bytes_alloc, bytes_free, NULL);
+    dk_io_set_allocator(self->io, bytes_alloc, bytes_free, self->ahead);
     return (PyObject *)self;
 }
 
@@ -303,6 +557,9 @@ Channel_dealloc(ChannelObject *self)
             dk_io_close(self->io, 0); /* pending operations complete */
         }
         dk_io_release(self->io);
+    }
+    if (self->ahead != NULL) {
+        ahead_release(self->ahead); /* its reads hold their own */
     }
     dkpy_free((PyObject *)self);
 }
@@ -365,9 +622,19 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "length and offset must be >= 0");
         return NULL;
     }
-    Py_INCREF(handler);
-    int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, handler,
+    struct read_op *op = PyMem_RawMalloc(sizeof *op);
+    if (op == NULL) {
+        return PyErr_NoMemory();
+    }
+    op->handler = Py_NewRef(handler);
+    op->ahead = self->ahead;
+    ahead_retain(op->ahead);
+    int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, op,
                         read_op_handler);
+    if (rc < 0) {
+        ahead_release(op->ahead);
+        PyMem_RawFree(op);
+    }
     return op_started(self, rc, handler);
 }
 

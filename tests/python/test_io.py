@@ -269,3 +269,164 @@ def test_channel_misuse():
         os.close(w)
     with pytest.raises(OSError):
         dk.IOChannel(r)  # closed fd
+
+
+# A chunk whose handler let go of it is reused for a later read of the same
+# size (no fresh pages per chunk); these pin down that reuse never shows a
+# handler anything but its own bytes.
+
+def _file(tmp_path, size):
+    data = os.urandom(size)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    return data, os.open(p, os.O_RDONLY)
+
+
+def _read_all(fd, length, handler, high=4096, io_type=dk.IO_STREAM):
+    ch = dk.IOChannel(fd, io_type)
+    ch.set_high_water(high)
+    done = threading.Event()
+
+    def h(d, data, error):
+        handler(d, data, error)
+        if d:
+            done.set()
+
+    ch.read(length, h)
+    assert done.wait(10)
+    ch.close()
+
+
+@pytest.mark.parametrize("io_type", [dk.IO_STREAM, dk.IO_RANDOM])
+def test_channel_chunks_exact_when_handler_drops_each(tmp_path, io_type):
+    data, fd = _file(tmp_path, 200 * 4096 + 123)
+    seen = []
+    errors = []
+
+    def handler(done, chunk, error):
+        off = sum(seen)
+        if chunk != data[off:off + len(chunk)]:
+            errors.append(off)
+        seen.append(len(chunk))
+        if done:
+            errors.append(error) if error else None
+
+    try:
+        _read_all(fd, len(data) + 10, handler, io_type=io_type)
+    finally:
+        os.close(fd)
+    assert errors == []
+    assert sum(seen) == len(data)
+    assert all(n == 4096 for n in seen[:200])
+    assert seen[200:] in ([123], [123, 0])
+
+
+def test_channel_chunks_kept_alive_stay_intact(tmp_path):
+    data, fd = _file(tmp_path, 300 * 4096)
+    kept = []
+
+    def handler(done, chunk, error):
+        assert error == 0
+        # Every other chunk is held through a memoryview only.
+        kept.append(memoryview(chunk) if len(kept) % 2 else chunk)
+
+    try:
+        _read_all(fd, len(data), handler)
+    finally:
+        os.close(fd)
+    assert b"".join(bytes(c) for c in kept) == data
+    objs = [c.obj if isinstance(c, memoryview) else c for c in kept if c]
+    assert len({id(o) for o in objs}) == len(objs)
+
+
+def _stepped_pipe_read(handler, n=20, size=4096):
+    """Feed a channel on a pipe one chunk at a time, each after the previous
+    handler call has fully returned, so a dropped chunk is free for reuse
+    by the next read. Returns the data written."""
+    r, w = os.pipe()
+    q = dk.Queue("stepped")
+    called = threading.Semaphore(0)
+    written = []
+    try:
+        ch = dk.IOChannel(r, dk.IO_STREAM)
+        ch.set_high_water(size)
+
+        def h(done, chunk, error):
+            handler(done, chunk, error)
+            called.release()
+
+        ch.read(n * size, h, queue=q)
+        for _ in range(n):
+            block = os.urandom(size)
+            written.append(block)
+            os.write(w, block)
+            assert called.acquire(timeout=10)
+            q.run_sync(lambda: None)  # that delivery has returned
+        ch.close()
+    finally:
+        os.close(w)
+        os.close(r)
+    return b"".join(written)
+
+
+def test_channel_reused_chunk_has_a_fresh_hash():
+    bad = []
+
+    def handler(done, chunk, error):
+        if chunk and hash(chunk) != hash(bytes(bytearray(chunk))):
+            bad.append(len(chunk))
+        # chunk is dropped here with its hash computed
+
+    _stepped_pipe_read(handler)
+    assert bad == []
+
+
+def test_channel_chunk_kept_by_handler_is_never_reused():
+    kept = []
+
+    def handler(done, chunk, error):
+        if chunk:
+            kept.append(memoryview(chunk) if len(kept) % 2 else chunk)
+
+    data = _stepped_pipe_read(handler)
+    assert b"".join(bytes(c) for c in kept) == data
+
+
+def test_channel_keeps_reading_while_a_handler_is_blocked():
+    # The reader waits a little for chunks to come back before reading
+    # into fresh memory, never for good: while the first handler call is
+    # blocked, the channel still drains the pipe, so the writer (which
+    # needs about 64 chunks read past the pipe's capacity) finishes.
+    r, w = os.pipe()
+    n, size = 128, 4096
+    data = os.urandom(n * size)
+    wrote = threading.Event()
+
+    def writer():
+        os.write(w, data)  # blocks until the channel has read most of it
+        wrote.set()
+
+    chunks = []
+    finished = threading.Event()
+
+    def handler(done, chunk, error):
+        if not chunks:
+            assert wrote.wait(20)
+        chunks.append(chunk)
+        if done:
+            finished.set()
+
+    try:
+        ch = dk.IOChannel(r, dk.IO_STREAM)
+        ch.set_high_water(size)
+        ch.read(len(data), handler)
+        t = threading.Thread(target=writer)
+        t.start()
+        assert wrote.wait(20)
+        assert finished.wait(20)
+        t.join()
+        ch.close()
+    finally:
+        os.close(w)
+        os.close(r)
+    assert b"".join(chunks) == data

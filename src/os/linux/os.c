@@ -517,6 +517,35 @@ dk__os_fd_writable(int fd)
     return 0;
 }
 
+/* ---- channel reads and writes (io.c) ---------------------------------- */
+
+long
+dk__os_fd_read(int fd, void *buf, size_t len, bool at, int64_t offset)
+{
+    ssize_t n;
+    do {
+        n = at ? pread(fd, buf, len, (off_t)offset) : read(fd, buf, len);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : (long)n;
+}
+
+long
+dk__os_fd_write(int fd, const void *buf, size_t len, bool at, int64_t offset)
+{
+    ssize_t n;
+    do {
+        n = at ? pwrite(fd, buf, len, (off_t)offset) : write(fd, buf, len);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : (long)n;
+}
+
+int64_t
+dk__os_fd_tell(int fd)
+{
+    off_t pos = lseek(fd, 0, SEEK_CUR);
+    return pos < 0 ? -errno : (int64_t)pos;
+}
+
 _Static_assert(sizeof(struct sigaction) <= DK_OS_SIGACTION_SIZE,
                "DK_OS_SIGACTION_SIZE too small");
 

@@ -161,6 +161,17 @@ long dk__os_fd_nread(int fd);
 /* Estimated bytes writable without blocking (0 if unknown). */
 long dk__os_fd_writable(int fd);
 
+/* ---- channel reads and writes (io.c) ---------------------------------- */
+
+/* read(2) (at == false: at the file position) or pread(2) at offset, and
+ * the same for writes; EINTR is retried. Bytes moved (0: end of file), or
+ * -errno (-EAGAIN from a non-blocking fd that is not ready). */
+long dk__os_fd_read(int fd, void *buf, size_t len, bool at, int64_t offset);
+long dk__os_fd_write(int fd, const void *buf, size_t len, bool at,
+                     int64_t offset);
+/* The file position of fd, or -errno (-ESPIPE: fd cannot seek). */
+int64_t dk__os_fd_tell(int fd);
+
 /* Signals: install `handler` (SA_SIGINFO|SA_RESTART|SA_ONSTACK) for sig,
  * storing the previous action in *old_action (a struct sigaction); restore
  * it later. Returns 0 or -EINVAL. */
