@@ -91,18 +91,6 @@ spin_expired(int i, uint64_t deadline, uint64_t *limit)
     return now >= *limit;
 }
 
-static int
-other_cpus(void)
-{
-    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
-    int n = dk__atomic_load_relaxed(&ncpu);
-    if (n == 0) {
-        n = dk__os_ncpu();
-        dk__atomic_store_relaxed(&ncpu, n);
-    }
-    return n - 1;
-}
-
 /* Watch *word until it differs from busy, at most budget_ns and not past
  * deadline; true if it did. Reads the vDSO clock every 64 pauses, so it
  * never makes a syscall. */
@@ -353,7 +341,7 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
     /* Not announced as a waiter yet: while we watch, an unlock that
      * finds state 1 makes no wake syscall. */
     uint32_t budget = 0;
-    if (spin > 0 && other_cpus() > 0 &&
+    if (spin > 0 && dk__os_ncpu_cached() > 1 &&
         dk__atomic_load_relaxed(&m->state) == 1) {
         budget = watch_budget(m);
     }
@@ -596,7 +584,7 @@ dk_shm_semaphore_wait(dk_shm_semaphore_t *s, uint64_t deadline, int spin,
         }
     }
     /* Not counted in `waiters` yet: a post meanwhile makes no syscall. */
-    while (spin > 0 && deadline != 0 && other_cpus() > 0 &&
+    while (spin > 0 && deadline != 0 && dk__os_ncpu_cached() > 1 &&
            spin_while(&s->count, 0, deadline, SPIN_BUDGET_NS)) {
         if (try_take(s)) {
             return 0;

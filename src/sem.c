@@ -193,18 +193,6 @@ take_token(dk_semaphore_t *s)
     return false;
 }
 
-static bool
-others_can_run(void)
-{
-    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
-    int n = dk__atomic_load_relaxed(&ncpu);
-    if (n == 0) {
-        n = dk__os_ncpu();
-        dk__atomic_store_relaxed(&ncpu, n);
-    }
-    return n > 1;
-}
-
 /* Watch the value for up to the semaphore's current budget (not past
  * deadline) and take a unit as soon as one shows; true if we did. Reads
  * the vDSO clock every 8 pauses (a pause can take 140 cycles), never a
@@ -212,7 +200,7 @@ others_can_run(void)
 static bool
 spin_for_unit(dk_semaphore_t *s, uint64_t deadline)
 {
-    if (!others_can_run()) {
+    if (dk__os_ncpu_cached() <= 1) {
         return false;
     }
     uint32_t kept = dk__atomic_load_relaxed(&s->spin_ns);

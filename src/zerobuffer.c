@@ -98,23 +98,11 @@ struct spin_memo {
     uint32_t waits;
 };
 
-static int
-other_cpus(void)
-{
-    static int ncpu; /* 0: not asked yet; the affinity rarely changes */
-    int n = dk__atomic_load_relaxed(&ncpu);
-    if (n == 0) {
-        n = dk__os_ncpu();
-        dk__atomic_store_relaxed(&ncpu, n);
-    }
-    return n - 1;
-}
-
 /* The watch to make now: 0 for none. */
 static uint32_t
 spin_budget(struct spin_memo *m)
 {
-    if (other_cpus() <= 0) {
+    if (dk__os_ncpu_cached() <= 1) {
         return 0; /* one CPU: the peer cannot run while we watch */
     }
     uint32_t b = dk__atomic_load_relaxed(&m->budget_ns);

@@ -6,6 +6,8 @@
  */
 #include "os/linux/os.h"
 
+#include "atomic.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -120,6 +122,18 @@ dk__os_ncpu(void)
     }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+int
+dk__os_ncpu_cached(void)
+{
+    static int ncpu; /* 0: not asked yet; racing first calls store alike */
+    int n = dk__atomic_load_relaxed(&ncpu);
+    if (n == 0) {
+        n = dk__os_ncpu();
+        dk__atomic_store_relaxed(&ncpu, n);
+    }
+    return n;
 }
 
 __thread int dk__os_tid_cache;

@@ -74,6 +74,9 @@ int dk__os_futex_waitv(const struct dk__os_waitv *v, int n, uint64_t deadline);
 
 /* Number of CPUs this process may run on (>= 1). */
 int dk__os_ncpu(void);
+/* The same, asked once and remembered (no syscall after the first call):
+ * for spin decisions, where an affinity changed later matters little. */
+int dk__os_ncpu_cached(void);
 
 /* The kernel's id of the calling thread (cached per thread). */
 int dk__os_tid(void);
