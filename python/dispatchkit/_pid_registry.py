@@ -569,13 +569,9 @@ class GuardedSharedMemory:
         except FileNotFoundError:
             return 0
 
-    def close(self) -> None:
-        """Stop using the segment: prune dead processes' PID files, remove
-        ours, and unlink the segment if no live process (and no other
-        handle in this process) uses it. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _unregister(self) -> int:
+        """Stop counting this handle among the process's handles of its
+        name; returns how many are left."""
         with _registry_lock:
             _open_handles.discard(self)
             left = _handle_counts.get(self._key, 1) - 1
@@ -583,6 +579,16 @@ class GuardedSharedMemory:
                 _handle_counts[self._key] = left
             else:
                 _handle_counts.pop(self._key, None)
+        return left
+
+    def close(self) -> None:
+        """Stop using the segment: prune dead processes' PID files, remove
+        ours, and unlink the segment if no live process (and no other
+        handle in this process) uses it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        left = self._unregister()
         try:
             fcntl.flock(self._dir_fd, fcntl.LOCK_EX)
             try:
@@ -656,13 +662,7 @@ class GuardedSharedMemory:
         per process): it removes the PID file, and the segment and its
         directory when no live process is left."""
         self._closed = True
-        with _registry_lock:
-            _open_handles.discard(self)
-            left = _handle_counts.get(self._key, 1) - 1
-            if left > 0:
-                _handle_counts[self._key] = left
-            else:
-                _handle_counts.pop(self._key, None)
+        self._unregister()
         self.detach()
         self._close_fds()
 
