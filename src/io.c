@@ -721,7 +721,12 @@ step_write(dk_io_t *io, struct io_op *op)
     }
 }
 
+/* The cleanup handler is called with the channel's running reference
+ * already dropped: when it runs, the channel holds no reference of its
+ * own, so a release from the handler (or right after it) is the last one
+ * if the owner's was. */
 struct cleanup_call {
+    dk_io_t *io; /* owns the running reference until the call */
     void (*fn)(void *, int);
     void *ctx;
     int error;
@@ -731,6 +736,7 @@ static void
 cleanup_run(void *p)
 {
     struct cleanup_call *c = p;
+    dk_io_release(c->io);
     c->fn(c->ctx, c->error);
     free(c);
 }
@@ -749,21 +755,24 @@ process(void *p)
             }
             io->running = false;
             pthread_mutex_unlock(&io->lock);
-            if (cleanup && io->cleanup != NULL) {
-                struct cleanup_call *c = malloc(sizeof *c);
-                if (c != NULL) {
-                    *c = (struct cleanup_call){io->cleanup, io->cleanup_ctx,
-                                               io->first_error};
-                }
-                if (c == NULL ||
-                    dk_queue_async_f(io->cleanup_q, c, cleanup_run) < 0) {
-                    /* Out of memory: run the cleanup handler here rather
-                     * than lose it (the channel's owner waits for it). */
-                    free(c);
-                    io->cleanup(io->cleanup_ctx, io->first_error);
-                }
+            if (!cleanup || io->cleanup == NULL) {
+                dk_io_release(io); /* the running reference */
+                return;
             }
-            dk_io_release(io); /* the running reference */
+            struct cleanup_call call = {io, io->cleanup, io->cleanup_ctx,
+                                        io->first_error};
+            struct cleanup_call *c = malloc(sizeof *c);
+            if (c != NULL) {
+                *c = call;
+                if (dk_queue_async_f(io->cleanup_q, c, cleanup_run) == 0) {
+                    return;
+                }
+                free(c);
+            }
+            /* Out of memory: run the cleanup handler here rather than
+             * lose it (the channel's owner waits for it). */
+            dk_io_release(io);
+            call.fn(call.ctx, call.error);
             return;
         }
         pthread_mutex_unlock(&io->lock);

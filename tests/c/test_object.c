@@ -162,6 +162,45 @@ io_cleanup(void *ctx, int error)
     dk_semaphore_signal(ctx);
 }
 
+struct io_seen {
+    dk_io_t *io;
+    dk_semaphore_t *done;
+    long refcnt;
+};
+
+static void
+io_cleanup_counts(void *ctx, int error)
+{
+    (void)error;
+    struct io_seen *s = ctx;
+    s->refcnt = refcount_of(s->io);
+    dk_semaphore_signal(s->done);
+}
+
+/* The cleanup handler runs after the channel dropped its own reference:
+ * only the owner's is left, whichever thread gets there first. */
+DK_TEST(object_io_cleanup_handler_sees_only_the_owners_reference)
+{
+    int fds[2];
+    CHECK_EQ(pipe(fds), 0);
+    struct io_seen seen = {0};
+    CHECK_EQ(dk_semaphore_create(0, &seen.done), 0);
+    for (int i = 0; i < 200; i++) {
+        seen.refcnt = -1;
+        CHECK_EQ(dk_io_create(DK_IO_STREAM, fds[0], NULL, &seen,
+                              io_cleanup_counts, &seen.io),
+                 0);
+        dk_io_close(seen.io, DK_IO_STOP);
+        CHECK_EQ(dk_semaphore_wait(seen.done, in_ms(10000)), 0);
+        CHECK_EQ(seen.refcnt, 1);
+        CHECK_EQ(refcount_of(seen.io), 1);
+        dk_io_release(seen.io);
+    }
+    dk_release(seen.done);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 DK_TEST(object_io_channel_joins_the_refcount_model)
 {
     struct fin f;
