@@ -22,6 +22,7 @@ struct apply {
     dk_apply_function_t fn;
     dk_apply_range_function_t range_fn;
     dk_apply_range_while_function_t while_fn;
+    const dk_apply_caller_t *caller; /* NULL: the caller runs while_fn */
 };
 
 static void
@@ -45,8 +46,10 @@ apply_finish(struct apply *a, size_t count)
     }
 }
 
+/* One thread's share: claim ranges until none is left. `own` is the
+ * calling thread's function (a->caller->run), NULL on helpers. */
 static void
-apply_work(struct apply *a)
+apply_work(struct apply *a, dk_apply_range_while_function_t own)
 {
     for (;;) {
         size_t begin = dk__atomic_add_relaxed(&a->next, a->chunk);
@@ -55,7 +58,9 @@ apply_work(struct apply *a)
         }
         size_t end = begin + a->chunk < a->n ? begin + a->chunk : a->n;
         bool go_on = true;
-        if (a->while_fn != NULL) {
+        if (own != NULL) {
+            go_on = own(a->ctx, begin, end);
+        } else if (a->while_fn != NULL) {
             go_on = a->while_fn(a->ctx, begin, end);
         } else if (a->range_fn != NULL) {
             a->range_fn(a->ctx, begin, end);
@@ -82,7 +87,7 @@ static void
 apply_helper(void *p)
 {
     struct apply *a = p;
-    apply_work(a);
+    apply_work(a, NULL);
     apply_unref(a);
 }
 
@@ -114,7 +119,8 @@ serial_apply_run(void *p)
 static int
 apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
              dk_apply_range_function_t range_fn,
-             dk_apply_range_while_function_t while_fn)
+             dk_apply_range_while_function_t while_fn,
+             const dk_apply_caller_t *caller)
 {
     if (n == 0) {
         return 0;
@@ -154,6 +160,7 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
     a->fn = fn;
     a->range_fn = range_fn;
     a->while_fn = while_fn;
+    a->caller = caller;
     for (size_t i = 0; i < helpers; i++) {
         if (dk_queue_async_f(q, a, apply_helper) < 0) {
             /* The caller does that helper's share. Its own reference keeps
@@ -161,8 +168,14 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
             dk__atomic_sub_relaxed(&a->refcnt, 1);
         }
     }
-    apply_work(a);
+    apply_work(a, caller != NULL ? caller->run : NULL);
+    if (caller != NULL) {
+        caller->unlock(a->ctx); /* helpers may need what it holds */
+    }
     dk__wait_word(&a->done, 0, DK_TIME_FOREVER);
+    if (caller != NULL) {
+        caller->relock(a->ctx);
+    }
     apply_unref(a);
     return 0;
 }
@@ -170,19 +183,30 @@ apply_common(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn,
 int
 dk_apply_f(size_t n, dk_queue_t *q, void *ctx, dk_apply_function_t fn)
 {
-    return apply_common(n, q, ctx, fn, NULL, NULL);
+    return apply_common(n, q, ctx, fn, NULL, NULL, NULL);
 }
 
 int
 dk_apply_range_f(size_t n, dk_queue_t *q, void *ctx,
                  dk_apply_range_function_t fn)
 {
-    return apply_common(n, q, ctx, NULL, fn, NULL);
+    return apply_common(n, q, ctx, NULL, fn, NULL, NULL);
 }
 
 int
 dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
                        dk_apply_range_while_function_t fn)
 {
-    return apply_common(n, q, ctx, NULL, NULL, fn);
+    return apply_common(n, q, ctx, NULL, NULL, fn, NULL);
+}
+
+int
+dk_apply_range_caller_f(size_t n, dk_queue_t *q, void *ctx,
+                        dk_apply_range_while_function_t fn,
+                        const dk_apply_caller_t *caller)
+{
+    if (q != NULL && (q->type == DK_Q_SERIAL || q->type == DK_Q_MAIN)) {
+        return -EINVAL;
+    }
+    return apply_common(n, q, ctx, NULL, NULL, fn, caller);
 }

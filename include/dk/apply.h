@@ -33,6 +33,24 @@ DK_EXPORT int
 dk_apply_range_while_f(size_t n, dk_queue_t *q, void *ctx,
                        dk_apply_range_while_function_t fn) DK_WARN_UNUSED;
 
+/* dk_apply_range_while_f for a caller that holds a lock its iterations
+ * need (the Python binding's GIL): the calling thread's ranges go to
+ * caller->run, called with the lock still held, and the helpers' ranges
+ * to fn, which takes the lock itself. Before the caller waits for the
+ * helpers' ranges it calls caller->unlock(ctx), and caller->relock(ctx)
+ * after. Concurrent queues only: -EINVAL for a serial one (its single
+ * range would wait for the queue with the lock held); otherwise the
+ * returns of dk_apply_f. */
+typedef struct {
+    dk_apply_range_while_function_t run;
+    void (*unlock)(void *ctx);
+    void (*relock)(void *ctx);
+} dk_apply_caller_t;
+DK_EXPORT int
+dk_apply_range_caller_f(size_t n, dk_queue_t *q, void *ctx,
+                        dk_apply_range_while_function_t fn,
+                        const dk_apply_caller_t *caller) DK_WARN_UNUSED;
+
 DK_END_DECLS
 
 #endif /* DK_APPLY_H */

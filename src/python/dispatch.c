@@ -21,20 +21,62 @@
 
 /* ---- module functions ----------------------------------------------- */
 
+/*
+ * apply(). The caller keeps the GIL and runs its ranges in a tight loop;
+ * the pool's helpers take the GIL per range (dkpy_enter). While f holds
+ * the GIL a helper waits for it and, after the switch interval, takes a
+ * turn, so the loop costs what a plain for loop does plus a GIL hand-off
+ * every few milliseconds; when f releases it (C code, I/O, sleep), the
+ * helpers' iterations run beside the caller's. The caller drops the GIL
+ * only to wait for the helpers' last ranges (dk_apply_range_caller_f).
+ */
 struct apply_call {
     PyObject *func;
+    vectorcallfunc call; /* func's vectorcall, or NULL */
     PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    uint32_t stop;                           /* atomic: read without the GIL */
+    PyThreadState *saved; /* the caller's, while it waits */
+    uint32_t stop;        /* atomic: read without the GIL */
 };
 
-/* One range of apply(): false after the first exception (or at
- * interpreter shutdown), which stops the loop handing out more ranges. */
+/* func(i) for i in [begin, end), GIL held; false after an exception,
+ * which it keeps for the caller and which stops the loop. */
+static bool
+apply_calls(struct apply_call *c, size_t begin, size_t end)
+{
+    PyObject *slots[2] = {NULL, NULL}; /* slots[0]: vectorcall's spare */
+    size_t flags = 1 | PY_VECTORCALL_ARGUMENTS_OFFSET;
+    for (size_t i = begin; i < end && !c->stop; i++) {
+        slots[1] = PyLong_FromSize_t(i);
+        PyObject *r = slots[1] == NULL ? NULL
+                      : c->call != NULL
+                          ? c->call(c->func, slots + 1, flags, NULL)
+                          : PyObject_Vectorcall(c->func, slots + 1, flags, NULL);
+        Py_XDECREF(slots[1]);
+        if (r == NULL) {
+            /* Relaxed: the exception itself is read by the caller after
+             * the loop, which the loop's completion orders. */
+            dk_atomic_u32_store(&c->stop, 1, DK_MO_RELAXED);
+            PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
+            return false;
+        }
+        Py_DECREF(r);
+    }
+    return !c->stop;
+}
+
+/* The caller's ranges (GIL held). */
+static bool
+apply_own_range(void *ctx, size_t begin, size_t end)
+{
+    return apply_calls(ctx, begin, end);
+}
+
+/* A helper's range, or, on a serial queue, the whole loop: takes the
+ * GIL (false at interpreter shutdown). */
 static bool
 apply_range(void *ctx, size_t begin, size_t end)
 {
     struct apply_call *c = ctx;
-    /* Relaxed: the exception itself is read by the caller after the
-     * loop, which the loop's completion orders. */
     if (dk_atomic_u32_load(&c->stop, DK_MO_RELAXED)) {
         return false;
     }
@@ -42,21 +84,25 @@ apply_range(void *ctx, size_t begin, size_t end)
     if (!dkpy_enter(&g)) {
         return false;
     }
-    for (size_t i = begin; i < end && !c->stop; i++) { /* GIL held */
-        PyObject *index = PyLong_FromSize_t(i);
-        PyObject *r = index ? PyObject_CallOneArg(c->func, index) : NULL;
-        Py_XDECREF(index);
-        if (r == NULL) {
-            dk_atomic_u32_store(&c->stop, 1, DK_MO_RELAXED);
-            PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
-            break;
-        }
-        Py_DECREF(r);
-    }
-    bool go_on = !c->stop;
+    bool go_on = apply_calls(c, begin, end);
     dkpy_leave(&g);
     return go_on;
 }
+
+static void
+apply_unlock(void *ctx)
+{
+    ((struct apply_call *)ctx)->saved = PyEval_SaveThread();
+}
+
+static void
+apply_relock(void *ctx)
+{
+    PyEval_RestoreThread(((struct apply_call *)ctx)->saved);
+}
+
+static const dk_apply_caller_t apply_caller = {apply_own_range, apply_unlock,
+                                               apply_relock};
 
 static PyObject *
 dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
@@ -93,11 +139,16 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    struct apply_call c = {func, NULL, NULL, NULL, 0};
+    struct apply_call c = {func, PyVectorcall_Function(func), NULL, NULL,
+                           NULL, NULL, 0};
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = dk_apply_range_while_f(n, q, &c, apply_range);
-    Py_END_ALLOW_THREADS
+    if (q == NULL || dk_queue_is_concurrent(q)) {
+        rc = dk_apply_range_caller_f(n, q, &c, apply_range, &apply_caller);
+    } else { /* one range on the queue's thread, which takes the GIL */
+        Py_BEGIN_ALLOW_THREADS
+        rc = dk_apply_range_while_f(n, q, &c, apply_range);
+        Py_END_ALLOW_THREADS
+    }
     if (rc < 0) {
         return dkpy_raise_errno(rc);
     }

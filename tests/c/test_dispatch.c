@@ -760,6 +760,85 @@ DK_TEST(apply_while_stops_handing_out_ranges)
     dk_release(q);
 }
 
+/* A caller that holds a lock its iterations need: its own ranges run on
+ * its thread with the lock held, the helpers' take it, and it lets go
+ * only to wait for them. */
+struct caller_apply {
+    pthread_mutex_t lock;
+    pthread_t caller;
+    uint8_t marks[20000];
+    size_t own, foreign; /* ranges run by the caller, by helpers */
+    int unlocks, relocks;
+};
+
+static bool
+caller_apply_own(void *p, size_t begin, size_t end)
+{
+    struct caller_apply *c = p;
+    if (!pthread_equal(pthread_self(), c->caller)) {
+        abort(); /* the caller's function ran on another thread */
+    }
+    c->own++;
+    for (size_t i = begin; i < end; i++) {
+        c->marks[i]++;
+    }
+    return true;
+}
+
+static bool
+caller_apply_helper(void *p, size_t begin, size_t end)
+{
+    struct caller_apply *c = p;
+    pthread_mutex_lock(&c->lock);
+    c->foreign++;
+    for (size_t i = begin; i < end; i++) {
+        c->marks[i]++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return true;
+}
+
+static void
+caller_apply_unlock(void *p)
+{
+    struct caller_apply *c = p;
+    c->unlocks++;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void
+caller_apply_relock(void *p)
+{
+    struct caller_apply *c = p;
+    pthread_mutex_lock(&c->lock);
+    c->relocks++;
+}
+
+DK_TEST(apply_caller_keeps_its_lock_until_it_waits)
+{
+    static struct caller_apply c;
+    pthread_mutex_init(&c.lock, NULL);
+    c.caller = pthread_self();
+    const dk_apply_caller_t caller = {caller_apply_own, caller_apply_unlock,
+                                      caller_apply_relock};
+    pthread_mutex_lock(&c.lock);
+    CHECK_EQ(dk_apply_range_caller_f(sizeof c.marks, NULL, &c,
+                                     caller_apply_helper, &caller),
+             0);
+    for (size_t i = 0; i < sizeof c.marks; i++) {
+        CHECK_EQ(c.marks[i], 1);
+    }
+    CHECK(c.own >= 1);
+    CHECK_EQ(c.unlocks, 1);
+    CHECK_EQ(c.relocks, 1);
+    pthread_mutex_unlock(&c.lock);
+    dk_queue_t *q = t_queue("s", 0, 0, 0, NULL);
+    CHECK_EQ(dk_apply_range_caller_f(10, q, &c, caller_apply_helper, &caller),
+             -EINVAL);
+    dk_release(q);
+    CHECK_EQ(c.unlocks, 1);
+}
+
 /* ---- after ---- */
 
 struct after_ctx {

@@ -1,4 +1,5 @@
 """Group, Semaphore, Once, apply and the time functions."""
+import os
 import threading
 import time
 
@@ -329,3 +330,72 @@ def test_time_functions():
         dk.time_from_now(float("inf"))
     with pytest.raises(ValueError):
         dk.walltime(timestamp=float("nan"))
+
+
+two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                              reason="apply runs on the caller alone")
+
+
+@two_cpus
+@pytest.mark.parametrize("n", [2, 64])
+def test_apply_runs_iterations_side_by_side_when_f_releases_the_gil(n):
+    # Each pair of iterations meets at a barrier: with the iterations run
+    # one after another, the first wait would time out and break it.
+    barrier = threading.Barrier(2, timeout=30)
+    threads = set()
+
+    def f(i):
+        threads.add(threading.get_ident())
+        barrier.wait()
+
+    dk.apply(n, f)
+    assert not barrier.broken and len(threads) >= 2
+
+
+@two_cpus
+def test_apply_side_by_side_iterations_still_reraise_the_first_error():
+    barrier = threading.Barrier(2, timeout=30)
+
+    def f(i):
+        barrier.wait()
+        if i == 1:
+            raise KeyError(i)
+
+    with pytest.raises(KeyError):
+        dk.apply(2, f)
+    assert not barrier.broken
+
+
+def test_apply_waits_for_every_iteration_before_it_returns():
+    done = []
+
+    def f(i):
+        time.sleep(0.001)  # releases the GIL: helpers finish beside us
+        done.append(i)
+
+    dk.apply(200, f)
+    assert sorted(done) == list(range(200))
+
+
+def test_apply_skips_unstarted_iterations_after_an_error():
+    ran = []
+
+    def f(i):
+        ran.append(i)
+        raise ValueError(i)
+
+    with pytest.raises(ValueError):
+        dk.apply(100_000, f)
+    # Only iterations already running when the first raised: one per thread.
+    assert 1 <= len(ran) <= 64
+
+
+def test_apply_inside_a_queue_callback():
+    q = dk.Queue("outer", concurrent=True)
+    out = []
+    q.run_sync(lambda: dk.apply(1000, out.append))
+    assert sorted(out) == list(range(1000))
+    g = dk.Group()
+    g.run_async(q, lambda: dk.apply(1000, out.append))  # on a pool worker
+    assert g.wait(30)
+    assert sorted(out) == sorted(list(range(1000)) * 2)
