@@ -14,6 +14,7 @@
 
 #include "dk/apply.h"
 #include "dk/atomic.h"
+#include "dk/futex.h"
 #include "dk/queue.h"
 #include "dk/time.h"
 #include "python/dispatch.h"
@@ -23,35 +24,58 @@
 
 /*
  * apply(). The caller keeps the GIL and runs its ranges in a tight loop;
- * the pool's helpers take the GIL per range (dkpy_enter). While f holds
- * the GIL a helper waits for it and, after the switch interval, takes a
- * turn, so the loop costs what a plain for loop does plus a GIL hand-off
- * every few milliseconds; when f releases it (C code, I/O, sleep), the
- * helpers' iterations run beside the caller's. The caller drops the GIL
- * only to wait for the helpers' last ranges (dk_apply_range_caller_f).
+ * the pool's helpers take the GIL per range (dkpy_enter), but only once
+ * the caller stops making progress: while it is inside one call of f for
+ * a nap of APPLY_NAP_NS or more (f released the GIL for C code, I/O or a
+ * sleep, or holds it that long), or waits for the helpers' last ranges.
+ * Until then a helper naps with its range claimed, so a loop of short
+ * GIL-holding calls runs with no GIL hand-off, and a loop whose f releases
+ * the GIL runs the helpers' iterations beside the caller's.
+ *
+ * The nap needs no ordering: `calls` is a hint, and the caller's wake-up
+ * cannot be lost, as the futex compares `waiting` before it sleeps:
+ *
+ *   helper                              caller
+ *   reads waiting == 0
+ *                                       waiting = 1; wake(&waiting, all)
+ *   futex_wait(&waiting, 0, ...)        (-EAGAIN: it is 1 now)
+ *   joins
  */
+#define APPLY_NAP_NS 200000u
+#define APPLY_NAP_MAX_NS 1600000u
+
 struct apply_call {
     PyObject *func;
-    vectorcallfunc call; /* func's vectorcall, or NULL */
+    vectorcallfunc call; /* func's own vectorcall (NULL: it has none) */
     PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    PyThreadState *saved; /* the caller's, while it waits */
-    uint32_t stop;        /* atomic: read without the GIL */
+    PyThreadState *saved;                    /* the caller's, while it waits */
+    bool nap;         /* helpers nap (false: no caller loop) */
+    uint32_t calls;   /* atomic: the caller's calls so far, a hint */
+    uint32_t waiting; /* atomic: the caller waits for the helpers */
+    uint32_t stop;    /* atomic: read without the GIL */
 };
 
-/* func(i) for i in [begin, end), GIL held; false after an exception,
- * which it keeps for the caller and which stops the loop. */
+/* func(i) for i in [begin, end), GIL held (the caller's ranges); false
+ * after an exception, which it keeps for the caller and which stops the
+ * loop. */
 static bool
-apply_calls(struct apply_call *c, size_t begin, size_t end)
+apply_calls(void *ctx, size_t begin, size_t end)
 {
+    struct apply_call *c = ctx;
     PyObject *slots[2] = {NULL, NULL}; /* slots[0]: vectorcall's spare */
     size_t flags = 1 | PY_VECTORCALL_ARGUMENTS_OFFSET;
+    uint32_t calls = dk_atomic_u32_load(&c->calls, DK_MO_RELAXED);
     for (size_t i = begin; i < end && !c->stop; i++) {
-        slots[1] = PyLong_FromSize_t(i);
-        PyObject *r = slots[1] == NULL ? NULL
-                      : c->call != NULL
-                          ? c->call(c->func, slots + 1, flags, NULL)
-                          : PyObject_Vectorcall(c->func, slots + 1, flags, NULL);
+        /* PyLong_FromLong has the fast path for one-digit ints. */
+        slots[1] =
+            i <= LONG_MAX ? PyLong_FromLong((long)i) : PyLong_FromSize_t(i);
+        PyObject *r =
+            slots[1] == NULL ? NULL
+            : c->call != NULL
+                ? c->call(c->func, slots + 1, flags, NULL)
+                : PyObject_Vectorcall(c->func, slots + 1, flags, NULL);
         Py_XDECREF(slots[1]);
+        dk_atomic_u32_store(&c->calls, ++calls, DK_MO_RELAXED);
         if (r == NULL) {
             /* Relaxed: the exception itself is read by the caller after
              * the loop, which the loop's completion orders. */
@@ -64,11 +88,23 @@ apply_calls(struct apply_call *c, size_t begin, size_t end)
     return !c->stop;
 }
 
-/* The caller's ranges (GIL held). */
-static bool
-apply_own_range(void *ctx, size_t begin, size_t end)
+/* A helper, before it takes the GIL: nap while the caller's calls move
+ * on (see apply() above), each nap twice the last up to APPLY_NAP_MAX_NS,
+ * so that a long loop of short calls wakes it rarely. */
+static void
+apply_nap(struct apply_call *c)
 {
-    return apply_calls(ctx, begin, end);
+    uint64_t nap = APPLY_NAP_NS;
+    while (!dk_atomic_u32_load(&c->waiting, DK_MO_RELAXED) &&
+           !dk_atomic_u32_load(&c->stop, DK_MO_RELAXED)) {
+        uint32_t seen = dk_atomic_u32_load(&c->calls, DK_MO_RELAXED);
+        int rc = dk_futex_wait(&c->waiting, 0, dk_now() + nap, 0);
+        if (rc == -ETIMEDOUT &&
+            dk_atomic_u32_load(&c->calls, DK_MO_RELAXED) == seen) {
+            return; /* the caller is stuck in one call */
+        }
+        nap = nap < APPLY_NAP_MAX_NS ? nap * 2 : nap;
+    }
 }
 
 /* A helper's range, or, on a serial queue, the whole loop: takes the
@@ -77,6 +113,9 @@ static bool
 apply_range(void *ctx, size_t begin, size_t end)
 {
     struct apply_call *c = ctx;
+    if (c->nap) {
+        apply_nap(c);
+    }
     if (dk_atomic_u32_load(&c->stop, DK_MO_RELAXED)) {
         return false;
     }
@@ -86,13 +125,19 @@ apply_range(void *ctx, size_t begin, size_t end)
     }
     bool go_on = apply_calls(c, begin, end);
     dkpy_leave(&g);
+    if (c->nap) {
+        dkpy_release_batch(); /* a worker would keep it through its nap */
+    }
     return go_on;
 }
 
 static void
 apply_unlock(void *ctx)
 {
-    ((struct apply_call *)ctx)->saved = PyEval_SaveThread();
+    struct apply_call *c = ctx;
+    c->saved = PyEval_SaveThread();
+    dk_atomic_u32_store(&c->waiting, 1, DK_MO_RELAXED);
+    dk_futex_wake(&c->waiting, INT_MAX, 0); /* end the helpers' naps */
 }
 
 static void
@@ -101,7 +146,7 @@ apply_relock(void *ctx)
     PyEval_RestoreThread(((struct apply_call *)ctx)->saved);
 }
 
-static const dk_apply_caller_t apply_caller = {apply_own_range, apply_unlock,
+static const dk_apply_caller_t apply_caller = {apply_calls, apply_unlock,
                                                apply_relock};
 
 static PyObject *
@@ -139,10 +184,10 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    struct apply_call c = {func, PyVectorcall_Function(func), NULL, NULL,
-                           NULL, NULL, 0};
+    struct apply_call c = {.func = func, .call = PyVectorcall_Function(func)};
     int rc;
     if (q == NULL || dk_queue_is_concurrent(q)) {
+        c.nap = true;
         rc = dk_apply_range_caller_f(n, q, &c, apply_range, &apply_caller);
     } else { /* one range on the queue's thread, which takes the GIL */
         Py_BEGIN_ALLOW_THREADS
@@ -214,7 +259,7 @@ dk_py_get_specific(PyObject *Py_UNUSED(module), PyObject *key)
         if (dict == NULL) {
             continue;
         }
-        PyObject *v = dkpy_lookup_specific(dict, key);
+        PyObject *v = PyDict_GetItemWithError(dict, key);
         if (v != NULL) {
             return Py_NewRef(v);
         }

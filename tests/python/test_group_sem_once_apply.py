@@ -399,3 +399,18 @@ def test_apply_inside_a_queue_callback():
     g.run_async(q, lambda: dk.apply(1000, out.append))  # on a pool worker
     assert g.wait(30)
     assert sorted(out) == sorted(list(range(1000)) * 2)
+
+
+def test_apply_leaves_gil_holding_iterations_to_the_caller():
+    # Helpers join only when the caller stops making progress: with a
+    # short f that holds the GIL they would only take it in turns (before,
+    # the caller ran a quarter to a half of the iterations).
+    me = threading.get_ident()
+    mine = [0]
+
+    def f(i):
+        if threading.get_ident() == me:
+            mine[0] += 1
+
+    dk.apply(1_000_000, f)
+    assert mine[0] >= 750_000
