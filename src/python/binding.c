@@ -462,3 +462,13 @@ dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline)
     int rc = dkpy_wait_sliced(fn, arg, deadline);
     return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
 }
+
+PyObject *
+dkpy_none_or_raise(bool ok, PyObject *type, const char *message)
+{
+    if (!ok) {
+        PyErr_SetString(type, message);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}

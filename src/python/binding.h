@@ -231,4 +231,8 @@ int dkpy_zerobuffer_exec(PyObject *m);
 /* The OS helpers of os.h the Python layer shares (python/os.c). */
 int dkpy_os_exec(PyObject *m);
 
+/* None when `ok`, else NULL with type(message) raised: the end of a
+ * method whose only failure is one misuse of the object. */
+PyObject *dkpy_none_or_raise(bool ok, PyObject *type, const char *message);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */

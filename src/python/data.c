@@ -18,13 +18,15 @@ typedef struct {
 
 static PyTypeObject *data_type;
 
+/* A new Data of `type` holding d, made by a core call that returned rc
+ * (its only failure: -ENOMEM). */
 static PyObject *
-data_wrap(dk_data_t *d)
+data_wrap(PyTypeObject *type, int rc, dk_data_t *d)
 {
-    if (d == NULL) {
+    if (rc < 0) {
         return PyErr_NoMemory();
     }
-    DataObject *self = (DataObject *)data_type->tp_alloc(data_type, 0);
+    DataObject *self = (DataObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         dk_release(d);
         return NULL;
@@ -46,16 +48,10 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (src == NULL) {
         return NULL;
     }
-    DataObject *self = (DataObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
     if (src == Py_None) {
-        self->d = dk_data_empty();
-        return (PyObject *)self;
+        return data_wrap(type, 0, dk_data_empty());
     }
     if (PyUnicode_Check(src) || !PyObject_CheckBuffer(src)) {
-        Py_DECREF(self);
         PyErr_Format(PyExc_TypeError,
                      "Data() needs a bytes-like object, not %.100s",
                      Py_TYPE(src)->tp_name);
@@ -63,25 +59,17 @@ Data_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     Py_buffer view;
     if (PyObject_GetBuffer(src, &view, PyBUF_C_CONTIGUOUS) < 0) {
-        Py_DECREF(self);
         return NULL;
     }
+    /* A large copy runs without the GIL; a small one is not worth it. */
+    PyThreadState *ts = view.len >= (1 << 20) ? PyEval_SaveThread() : NULL;
     dk_data_t *d;
-    int rc;
-    if (view.len >= (1 << 20)) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = dk_data_create(view.buf, (size_t)view.len, &d);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = dk_data_create(view.buf, (size_t)view.len, &d);
+    int rc = dk_data_create(view.buf, (size_t)view.len, &d);
+    if (ts != NULL) {
+        PyEval_RestoreThread(ts);
     }
     PyBuffer_Release(&view);
-    if (rc < 0) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
-    self->d = d;
-    return (PyObject *)self;
+    return data_wrap(type, rc, d);
 }
 
 static void
@@ -133,8 +121,8 @@ Data_concat(DataObject *self, PyObject *other)
         return NULL;
     }
     dk_data_t *d;
-    return dk_data_create_concat(self->d, o->d, &d) < 0 ? PyErr_NoMemory()
-                                                        : data_wrap(d);
+    int rc = dk_data_create_concat(self->d, o->d, &d);
+    return data_wrap(data_type, rc, d);
 }
 
 static PyObject *
@@ -149,8 +137,8 @@ Data_subrange(DataObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_data_t *d;
-    return dk_data_create_subrange(self->d, o, n, &d) < 0 ? PyErr_NoMemory()
-                                                          : data_wrap(d);
+    int rc = dk_data_create_subrange(self->d, o, n, &d);
+    return data_wrap(data_type, rc, d);
 }
 
 static PyObject *
@@ -166,13 +154,9 @@ Data_copy_region(DataObject *self, PyObject *arg)
         return NULL;
     }
     dk_data_t *d;
-    PyObject *r = dk_data_copy_region(self->d, loc, &off, &d) < 0
-                      ? PyErr_NoMemory()
-                      : data_wrap(d);
-    if (r == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(Nn)", r, (Py_ssize_t)off);
+    int rc = dk_data_copy_region(self->d, loc, &off, &d);
+    PyObject *r = data_wrap(data_type, rc, d);
+    return r == NULL ? NULL : Py_BuildValue("(Nn)", r, (Py_ssize_t)off);
 }
 
 struct apply_ctx {
@@ -237,16 +221,12 @@ Data_len(DataObject *self)
     return (Py_ssize_t)dk_data_get_size(self->d);
 }
 
+/* regions (closure: non-NULL) and size. */
 static PyObject *
-Data_get_size(DataObject *self, void *Py_UNUSED(closure))
+Data_get_count(DataObject *self, void *regions)
 {
-    return PyLong_FromSize_t(dk_data_get_size(self->d));
-}
-
-static PyObject *
-Data_get_regions(DataObject *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromSize_t(dk_data_region_count(self->d));
+    return PyLong_FromSize_t(regions ? dk_data_region_count(self->d)
+                                     : dk_data_get_size(self->d));
 }
 
 static int
@@ -316,9 +296,9 @@ static PyMethodDef Data_methods[] = {
 };
 
 static PyGetSetDef Data_getset[] = {
-    {"size", (getter)Data_get_size, NULL, "Size in bytes.", NULL},
-    {"regions", (getter)Data_get_regions, NULL,
-     "Number of contiguous regions.", NULL},
+    {"size", (getter)Data_get_count, NULL, "Size in bytes.", NULL},
+    {"regions", (getter)Data_get_count, NULL, "Number of contiguous regions.",
+     "regions"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

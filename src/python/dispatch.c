@@ -303,21 +303,15 @@ dk_py_drain_main_queue(PyObject *Py_UNUSED(module), PyObject *args,
         return NULL;
     }
     uint64_t deadline = 0;
-    if (timeout != NULL && timeout != Py_None) {
-        /* None waits forever; a negative timeout is a mistake here, not
-         * "forever" (docs/dispatch.md: negative delays raise). */
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (t < 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "drain_main_queue() timeout must be >= 0 "
-                            "(None waits forever)");
-            return NULL;
-        }
-    }
     if (timeout != NULL && dkpy_deadline_cygcd(timeout, &deadline) < 0) {
+        return NULL;
+    }
+    /* cygcd's rule, but for negatives: None waits forever, a negative
+     * timeout is a mistake here (docs/dispatch.md: negative delays raise). */
+    if (deadline == DK_TIME_FOREVER && timeout != Py_None &&
+        PyFloat_AsDouble(timeout) < 0) {
+        PyErr_SetString(PyExc_ValueError, "drain_main_queue() timeout must be "
+                                          ">= 0 (None waits forever)");
         return NULL;
     }
     if (!dk_is_main_thread()) {
@@ -378,8 +372,7 @@ static PyMethodDef dispatch_functions[] = {
     {"apply", DKPY_METH_KW(dk_py_apply),
      "apply($module, iterations, func, queue=None)\n--\n\nCall func(i) for i "
      "in range(iterations) in parallel and wait; re-raises the first "
-     "exception "
-     "(remaining iterations are skipped)."},
+     "exception (remaining iterations are skipped)."},
     {"time_from_now", dk_py_time_from_now, METH_O,
      "time_from_now($module, seconds, /)\n--\n\nA dispatch time (monotonic "
      "clock)."},
@@ -399,12 +392,11 @@ static PyMethodDef dispatch_functions[] = {
      "KeyboardInterrupt."},
     {"main_queue_fd", dk_py_main_queue_fd, METH_NOARGS,
      "main_queue_fd($module, /)\n--\n\nAn fd that is readable while "
-     "main-queue "
-     "work is pending (for asyncio's add_reader)."},
+     "main-queue work is pending (for asyncio's add_reader)."},
     {"_pool_quiescent", dk_py_pool_quiescent, METH_NOARGS,
      "_pool_quiescent($module, /)\n--\n\nTrue when every pool worker is "
-     "parked: the sanitizer test run forks "
-     "only then (GCC 12's ASan allocator is not fork-safe)."},
+     "parked: the sanitizer test run forks only then (GCC 12's ASan "
+     "allocator is not fork-safe)."},
     {"_shutdown", dk_py_shutdown, METH_NOARGS,
      "_shutdown($module, /)\n--\n\nStop running callbacks (registered with "
      "atexit)."},

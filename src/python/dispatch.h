@@ -56,9 +56,6 @@ void dkpy_call_finalizer_async(void *ctx);
 
 /* A Queue, or NULL with TypeError ("<what> must be a Queue"). Borrowed. */
 QueueObject *dkpy_as_queue(PyObject *obj, const char *what);
-/* dict[key] of a queue's specifics (borrowed), NULL if absent (an
- * exception set only on error). */
-PyObject *dkpy_lookup_specific(PyObject *dict, PyObject *key);
 
 /* Turn the GIL hand-off spin on when the process has several CPUs. */
 void dkpy_dispatch_handoff_init(void);

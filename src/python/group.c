@@ -14,6 +14,7 @@
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
+#include "os/linux/os.h"
 #include "python/dispatch.h"
 #include "python/futures.h"
 #include "python/gil.h"
@@ -53,26 +54,13 @@ static bool gil_spin_useful; /* set at exec: more than one CPU to run on */
 static uint32_t gil_spin_ns = GIL_SPIN_NS; /* current budget (a hint) */
 static uint32_t gil_spins;                 /* watches so far, for probes */
 
-/* Call right after releasing the GIL before a blocking wait. */
-static void
-note_gil_released(void)
-{
-    dkpy_note_gil_released();
-}
-
-static uint32_t
-gil_release_count(void)
-{
-    return dkpy_gil_release_count();
-}
-
 /* With the GIL released: until the count moves on from `seen`, at most
  * the current budget. Reads the vDSO clock every 8 pauses (dk_now is the
  * vDSO's CLOCK_MONOTONIC), never a syscall. */
 static void
 await_gil_release(uint32_t seen)
 {
-    if (!gil_spin_useful || gil_release_count() != seen) {
+    if (!gil_spin_useful || dkpy_gil_release_count() != seen) {
         return;
     }
     uint32_t kept = dk__atomic_load_relaxed(&gil_spin_ns);
@@ -86,7 +74,7 @@ await_gil_release(uint32_t seen)
     uint64_t until = dk_now() + budget;
     for (unsigned i = 1;; i++) {
         dk_cpu_relax();
-        if (gil_release_count() != seen) {
+        if (dkpy_gil_release_count() != seen) {
             dk__atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
             return;
         }
@@ -99,42 +87,11 @@ await_gil_release(uint32_t seen)
     }
 }
 
-/* More than one CPU in this process's affinity mask (from Python's
- * os.sched_getaffinity, or os.cpu_count where it is missing); false on
- * any error, which only turns the hint off. */
-static bool
-several_cpus(void)
-{
-    PyObject *os = PyImport_ImportModule("os");
-    if (os == NULL) {
-        PyErr_Clear();
-        return false;
-    }
-    long n = 0;
-    PyObject *r = PyObject_CallMethod(os, "sched_getaffinity", "i", 0);
-    if (r != NULL) {
-        n = (long)PyObject_Length(r);
-    } else {
-        PyErr_Clear();
-        r = PyObject_CallMethod(os, "cpu_count", NULL);
-        if (r != NULL && PyLong_Check(r)) {
-            n = PyLong_AsLong(r);
-        }
-    }
-    Py_XDECREF(r);
-    Py_DECREF(os);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return false;
-    }
-    return n > 1;
-}
-
-/* The adapters run with the GIL released (note_gil_released). */
+/* The adapters run with the GIL released (dkpy_note_gil_released). */
 static int
 group_wait_adapter(void *g, uint64_t deadline)
 {
-    note_gil_released();
+    dkpy_note_gil_released();
     return dk_group_wait_interruptible(g, deadline);
 }
 
@@ -149,7 +106,7 @@ static int
 semaphore_wait_adapter(void *obj, uint64_t deadline)
 {
     SemaphoreObject *self = obj;
-    note_gil_released();
+    dkpy_note_gil_released();
     int rc = dk_semaphore_wait_interruptible(self->s, deadline);
     if (rc == 0) {
         /* Written before the signal that gave us our unit (if it came
@@ -157,6 +114,18 @@ semaphore_wait_adapter(void *obj, uint64_t deadline)
         await_gil_release(dk__atomic_load_relaxed(&self->signal_seen));
     }
     return rc;
+}
+
+/* A wait of acquire_timed's shape, after the caller's non-blocking try
+ * (`taken`) with the GIL held: True, False for a poll that failed, else
+ * fn's sliced wait (dkpy_wait_bool). */
+static PyObject *
+timed_wait(bool taken, dkpy_wait_fn fn, void *arg, uint64_t deadline)
+{
+    if (taken || deadline == 0) {
+        return PyBool_FromLong(taken);
+    }
+    return dkpy_wait_bool(fn, arg, deadline);
 }
 
 /* ---- Group ---------------------------------------------------------- */
@@ -242,13 +211,8 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     if (dkpy_parse_wait_timeout(args, kwargs, &deadline) < 0) {
         return NULL;
     }
-    if (dk_group_wait(self->g, 0) == 0) {
-        Py_RETURN_TRUE;
-    }
-    if (deadline == 0) {
-        Py_RETURN_FALSE;
-    }
-    return dkpy_wait_bool(group_wait_adapter, self->g, deadline);
+    return timed_wait(dk_group_wait(self->g, 0) == 0, group_wait_adapter,
+                      self->g, deadline);
 }
 
 static PyObject *
@@ -261,12 +225,9 @@ Group_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
 static PyObject *
 Group_leave(GroupObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (dk_group_leave(self->g) < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "leave() without a matching enter() (unbalanced)");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_none_or_raise(
+        dk_group_leave(self->g) >= 0, PyExc_RuntimeError,
+        "leave() without a matching enter() (unbalanced)");
 }
 
 static PyObject *
@@ -282,12 +243,6 @@ Group_cm_enter(GroupObject *self, PyObject *Py_UNUSED(unused))
     dk_group_enter(self->g);
     Py_INCREF(self);
     return (PyObject *)self;
-}
-
-static PyObject *
-Group_cm_exit(GroupObject *self, PyObject *Py_UNUSED(args))
-{
-    return Group_leave(self, NULL);
 }
 
 static PyObject *
@@ -314,7 +269,8 @@ static PyMethodDef Group_methods[] = {
      "leave($self, /)\n--\n\nFinish one task counted by enter()."},
     {"__enter__", (PyCFunction)Group_cm_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\nenter(); returns the group."},
-    {"__exit__", (PyCFunction)Group_cm_exit, METH_VARARGS,
+    /* leave() ignores its argument: here the exc_info tuple. */
+    {"__exit__", (PyCFunction)Group_leave, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nleave()."},
     {NULL, NULL, 0, NULL},
 };
@@ -374,21 +330,19 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     /* Try without releasing the GIL first: no syscall when available. */
-    if (dk_semaphore_wait(self->s, 0) == 0) {
-        Py_RETURN_TRUE;
-    }
-    if (deadline == 0) {
-        Py_RETURN_FALSE;
-    }
-    return dkpy_wait_bool(semaphore_wait_adapter, self, deadline);
+    return timed_wait(dk_semaphore_wait(self->s, 0) == 0,
+                      semaphore_wait_adapter, self, deadline);
 }
 
+/* signal() (exc_info: NULL, METH_NOARGS) and __exit__(*exc_info), which
+ * returns None. */
 static PyObject *
-Semaphore_signal(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
+Semaphore_signal(SemaphoreObject *self, PyObject *exc_info)
 {
     /* We hold the GIL: a waiter we wake watches for its next release. */
-    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
-    return PyBool_FromLong(dk_semaphore_signal(self->s));
+    dk__atomic_store_relaxed(&self->signal_seen, dkpy_gil_release_count());
+    bool woke = dk_semaphore_signal(self->s);
+    return exc_info == NULL ? PyBool_FromLong(woke) : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -402,18 +356,8 @@ Semaphore_get_value(SemaphoreObject *self, void *Py_UNUSED(closure))
 static PyObject *
 Semaphore_cm_enter(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (dk_semaphore_wait(self->s, 0) == 0) {
-        Py_RETURN_TRUE;
-    }
-    return dkpy_wait_bool(semaphore_wait_adapter, self, DK_TIME_FOREVER);
-}
-
-static PyObject *
-Semaphore_cm_exit(SemaphoreObject *self, PyObject *Py_UNUSED(args))
-{
-    dk__atomic_store_relaxed(&self->signal_seen, gil_release_count());
-    dk_semaphore_signal(self->s);
-    Py_RETURN_NONE;
+    return timed_wait(dk_semaphore_wait(self->s, 0) == 0,
+                      semaphore_wait_adapter, self, DK_TIME_FOREVER);
 }
 
 static PyObject *
@@ -433,7 +377,7 @@ static PyMethodDef Semaphore_methods[] = {
      "signal($self, /)\n--\n\nRelease one unit; True if a waiter was woken."},
     {"__enter__", (PyCFunction)Semaphore_cm_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\nwait() without a timeout; returns True."},
-    {"__exit__", (PyCFunction)Semaphore_cm_exit, METH_VARARGS,
+    {"__exit__", (PyCFunction)Semaphore_signal, METH_VARARGS,
      "__exit__($self, /, *exc_info)\n--\n\nsignal()."},
     DKPY_ASYNC_WITH_METHODS("True", "signal()"),
     {NULL, NULL, 0, NULL},
@@ -583,5 +527,5 @@ dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr)
 void
 dkpy_dispatch_handoff_init(void)
 {
-    gil_spin_useful = several_cpus();
+    gil_spin_useful = dk__os_ncpu_cached() > 1; /* else the holder waits */
 }

@@ -361,18 +361,9 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
     Py_RETURN_NONE;
 }
 
-static PyObject *run_sync_qos(QueueObject *self, PyObject *func, bool barrier,
-                              int qos);
-
-static PyObject *
-run_sync(QueueObject *self, PyObject *func, bool barrier)
-{
-    return run_sync_qos(self, func, barrier, -1);
-}
-
 /* qos >= 0: submit with that QoS class when the call cannot run inline. */
 static PyObject *
-run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
+run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
 {
     if (dkpy_check_callable(func, "func") < 0) {
         return NULL;
@@ -424,13 +415,13 @@ run_sync_qos(QueueObject *self, PyObject *func, bool barrier, int qos)
 static PyObject *
 Queue_run_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, false);
+    return run_sync(self, func, false, -1);
 }
 
 static PyObject *
 Queue_barrier_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, true);
+    return run_sync(self, func, true, -1);
 }
 
 static PyObject *
@@ -469,23 +460,17 @@ Queue_suspend(QueueObject *self, PyObject *Py_UNUSED(unused))
 static PyObject *
 Queue_resume(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (dk_queue_resume(self->q) < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "resume() without a matching suspend() (over-resume)");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_none_or_raise(
+        dk_queue_resume(self->q) >= 0, PyExc_RuntimeError,
+        "resume() without a matching suspend() (over-resume)");
 }
 
 static PyObject *
 Queue_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (dk_queue_activate(self->q) < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "Queue was not created as inactive");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_none_or_raise(dk_queue_activate(self->q) >= 0,
+                              PyExc_RuntimeError,
+                              "Queue was not created as inactive");
 }
 
 static PyObject *
@@ -582,45 +567,22 @@ Queue_set_specific(QueueObject *self, PyObject *args)
             return dkpy_raise_errno(rc);
         }
     }
-    if (value == Py_None) {
-        if (PyDict_DelItem(self->specifics, key) < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
-                return NULL;
-            }
-            PyErr_Clear();
-        }
-        Py_RETURN_NONE;
+    int rc = value == Py_None
+                 ? PyDict_Contains(self->specifics, key) /* 1: del */
+                 : PyDict_SetItem(self->specifics, key, value);
+    if (rc > 0 && value == Py_None) {
+        rc = PyDict_DelItem(self->specifics, key);
     }
-    if (PyDict_SetItem(self->specifics, key, value) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-PyObject *
-dkpy_lookup_specific(PyObject *dict, PyObject *key)
-{
-    PyObject *v = PyDict_GetItemWithError(dict, key);
-    if (v == NULL && PyErr_Occurred()) {
-        return NULL;
-    }
-    return v;
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
 Queue_get_specific(QueueObject *self, PyObject *key)
 {
-    if (self->specifics == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *v = dkpy_lookup_specific(self->specifics, key);
-    if (v == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    return Py_NewRef(v);
+    PyObject *v = self->specifics == NULL
+                      ? NULL
+                      : PyDict_GetItemWithError(self->specifics, key);
+    return v == NULL && PyErr_Occurred() ? NULL : Py_NewRef(v ? v : Py_None);
 }
 
 static PyObject *
@@ -629,16 +591,12 @@ Queue_get_label(QueueObject *self, void *Py_UNUSED(closure))
     return PyUnicode_FromString(dk_queue_label(self->q));
 }
 
+/* is_concurrent (closure: non-NULL) and is_inactive. */
 static PyObject *
-Queue_get_is_inactive(QueueObject *self, void *Py_UNUSED(closure))
+Queue_get_flag(QueueObject *self, void *concurrent)
 {
-    return PyBool_FromLong(dk_queue_is_inactive(self->q));
-}
-
-static PyObject *
-Queue_get_is_concurrent(QueueObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(dk_queue_is_concurrent(self->q));
+    return PyBool_FromLong(concurrent ? dk_queue_is_concurrent(self->q)
+                                      : dk_queue_is_inactive(self->q));
 }
 
 static PyObject *
@@ -702,10 +660,10 @@ static PyMethodDef Queue_methods[] = {
 
 static PyGetSetDef Queue_getset[] = {
     {"label", (getter)Queue_get_label, NULL, "The queue's label.", NULL},
-    {"is_inactive", (getter)Queue_get_is_inactive, NULL,
+    {"is_inactive", (getter)Queue_get_flag, NULL,
      "True until an inactive queue is activated.", NULL},
-    {"is_concurrent", (getter)Queue_get_is_concurrent, NULL,
-     "True for concurrent (and global) queues.", NULL},
+    {"is_concurrent", (getter)Queue_get_flag, NULL,
+     "True for concurrent (and global) queues.", "concurrent"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -802,7 +760,7 @@ workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
         return NULL;
     }
     if (sync) {
-        return run_sync_qos(self, func, false, (int)qos);
+        return run_sync(self, func, false, (int)qos);
     }
     Py_INCREF(func);
     int rc = dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async);
@@ -824,12 +782,9 @@ Workloop_run_sync(QueueObject *self, PyObject *args, PyObject *kwargs)
 static PyObject *
 Workloop_activate(QueueObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (!self->created_inactive || dk_queue_activate(self->q) < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "Workloop was not created as inactive");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_none_or_raise(
+        self->created_inactive && dk_queue_activate(self->q) >= 0,
+        PyExc_RuntimeError, "Workloop was not created as inactive");
 }
 
 static PyObject *
@@ -886,7 +841,7 @@ static PyMethodDef Workloop_methods[] = {
 
 static PyGetSetDef Workloop_getset[] = {
     {"label", (getter)Queue_get_label, NULL, "The workloop's label.", NULL},
-    {"is_inactive", (getter)Queue_get_is_inactive, NULL,
+    {"is_inactive", (getter)Queue_get_flag, NULL,
      "True until an inactive workloop is activated.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
