@@ -25,12 +25,13 @@
 /*
  * apply(). The caller keeps the GIL and runs its ranges in a tight loop;
  * the pool's helpers take the GIL per range (dkpy_enter), but only once
- * the caller stops making progress: while it is inside one call of f for
- * a nap of APPLY_NAP_NS or more (f released the GIL for C code, I/O or a
- * sleep, or holds it that long), or waits for the helpers' last ranges.
- * Until then a helper naps with its range claimed, so a loop of short
- * GIL-holding calls runs with no GIL hand-off, and a loop whose f releases
- * the GIL runs the helpers' iterations beside the caller's.
+ * the caller's calls are slow, APPLY_SLOW_CALL_NS or more each over a nap
+ * (f releases the GIL for C code, I/O or a sleep, or holds it that long),
+ * or it waits for the helpers' last ranges. Until then a helper naps with
+ * its range claimed, so a loop of short GIL-holding calls runs with no
+ * GIL hand-off, and a loop whose f releases the GIL runs the helpers'
+ * iterations beside the caller's. Calls shorter than that gain nothing
+ * from helpers that would take the GIL in turns with the caller.
  *
  * The nap needs no ordering: `calls` is a hint, and the caller's wake-up
  * cannot be lost, as the futex compares `waiting` before it sleeps:
@@ -43,6 +44,7 @@
  */
 #define APPLY_NAP_NS 200000u
 #define APPLY_NAP_MAX_NS 1600000u
+#define APPLY_SLOW_CALL_NS 20000u
 
 struct apply_call {
     PyObject *func;
@@ -50,7 +52,7 @@ struct apply_call {
     PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
     PyThreadState *saved;                    /* the caller's, while it waits */
     bool nap;         /* helpers nap (false: no caller loop) */
-    uint32_t calls;   /* atomic: the caller's calls so far, a hint */
+    uint32_t calls;   /* atomic: calls of f so far, a hint */
     uint32_t waiting; /* atomic: the caller waits for the helpers */
     uint32_t stop;    /* atomic: read without the GIL */
 };
@@ -64,7 +66,6 @@ apply_calls(void *ctx, size_t begin, size_t end)
     struct apply_call *c = ctx;
     PyObject *slots[2] = {NULL, NULL}; /* slots[0]: vectorcall's spare */
     size_t flags = 1 | PY_VECTORCALL_ARGUMENTS_OFFSET;
-    uint32_t calls = dk_atomic_u32_load(&c->calls, DK_MO_RELAXED);
     for (size_t i = begin; i < end && !c->stop; i++) {
         /* PyLong_FromLong has the fast path for one-digit ints. */
         slots[1] =
@@ -75,7 +76,11 @@ apply_calls(void *ctx, size_t begin, size_t end)
                 ? c->call(c->func, slots + 1, flags, NULL)
                 : PyObject_Vectorcall(c->func, slots + 1, flags, NULL);
         Py_XDECREF(slots[1]);
-        dk_atomic_u32_store(&c->calls, ++calls, DK_MO_RELAXED);
+        /* Every thread counts here with the GIL held, so no count is lost;
+         * helpers read it without, as a hint. */
+        dk_atomic_u32_store(&c->calls,
+                            dk_atomic_u32_load(&c->calls, DK_MO_RELAXED) + 1,
+                            DK_MO_RELAXED);
         if (r == NULL) {
             /* Relaxed: the exception itself is read by the caller after
              * the loop, which the loop's completion orders. */
@@ -88,9 +93,9 @@ apply_calls(void *ctx, size_t begin, size_t end)
     return !c->stop;
 }
 
-/* A helper, before it takes the GIL: nap while the caller's calls move
- * on (see apply() above), each nap twice the last up to APPLY_NAP_MAX_NS,
- * so that a long loop of short calls wakes it rarely. */
+/* A helper, before it takes the GIL: nap while the calls are quick (see
+ * apply() above), each nap twice the last up to APPLY_NAP_MAX_NS, so that
+ * a long loop of short calls wakes it rarely. */
 static void
 apply_nap(struct apply_call *c)
 {
@@ -99,9 +104,9 @@ apply_nap(struct apply_call *c)
            !dk_atomic_u32_load(&c->stop, DK_MO_RELAXED)) {
         uint32_t seen = dk_atomic_u32_load(&c->calls, DK_MO_RELAXED);
         int rc = dk_futex_wait(&c->waiting, 0, dk_now() + nap, 0);
-        if (rc == -ETIMEDOUT &&
-            dk_atomic_u32_load(&c->calls, DK_MO_RELAXED) == seen) {
-            return; /* the caller is stuck in one call */
+        uint32_t made = dk_atomic_u32_load(&c->calls, DK_MO_RELAXED) - seen;
+        if (rc == -ETIMEDOUT && made < nap / APPLY_SLOW_CALL_NS) {
+            return; /* the caller's calls are slow: join */
         }
         nap = nap < APPLY_NAP_MAX_NS ? nap * 2 : nap;
     }

@@ -414,3 +414,20 @@ def test_apply_leaves_gil_holding_iterations_to_the_caller():
 
     dk.apply(1_000_000, f)
     assert mine[0] >= 750_000
+
+
+@two_cpus
+def test_apply_helpers_join_calls_that_release_the_gil_briefly():
+    # Each call sleeps far less than a helper's nap: helpers still join,
+    # because the calls are slow, not only when one call is stuck (then
+    # they ran only the one range each had claimed, 25 of the 400).
+    me = threading.get_ident()
+    theirs = [0]
+
+    def f(i):
+        if threading.get_ident() != me:
+            theirs[0] += 1
+        time.sleep(0.00005)
+
+    dk.apply(400, f)
+    assert theirs[0] >= 80
