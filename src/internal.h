@@ -85,6 +85,9 @@ extern const struct dk__vtable dk__queue_vtable, dk__group_vtable,
 
 /* A new object of `kind` with one reference, no context, no finalizer. */
 void dk__object_init(struct dk__object *o, uint32_t kind);
+/* The finalize of a kind with nothing to check and no queue of its own:
+ * the client's finalizer runs on the default root queue. */
+dk_queue_t *dk__finalize_on_root(struct dk__object *o);
 /* Run fn(ctx) asynchronously on q, or on the calling thread if q cannot
  * take it (out of memory) rather than lose it. Nothing when fn or ctx is
  * NULL. The one way finalizers and queue-specific destructors run. */
