@@ -202,6 +202,20 @@ reference(dk_atomic_op_t op, u128_t cur, u128_t arg, size_t w)
     return r & raw_mask(w);
 }
 
+/* The operations under test work on mem + 16 of a 48-byte buffer filled
+ * with 0xa5: nothing before it, after it or past the width w changed. */
+static void
+check_guards(const unsigned char mem[48], size_t w)
+{
+    for (size_t i = 0; i < 16; i++) {
+        CHECK_EQ(mem[i], 0xa5);
+        CHECK_EQ(mem[32 + i], 0xa5);
+    }
+    for (size_t i = w; i < 16; i++) {
+        CHECK_EQ(mem[16 + i], 0xa5);
+    }
+}
+
 DK_TEST(atomic_raw_every_op_and_width_matches_reference)
 {
     for (size_t wi = 0; wi < 5; wi++) {
@@ -224,13 +238,7 @@ DK_TEST(atomic_raw_every_op_and_width_matches_reference)
             CHECK(raw_get(old, w) == start);
             CHECK_EQ(dk_atomic_load(p, w, now, DK_MO_ACQUIRE), 0);
             CHECK(raw_get(now, w) == reference(op, start, arg, w));
-            for (int i = 0; i < 16; i++) {
-                CHECK_EQ(mem[i], 0xa5);
-                CHECK_EQ(mem[32 + i], 0xa5);
-            }
-            for (size_t i = w; i < 16; i++) {
-                CHECK_EQ(mem[16 + i], 0xa5);
-            }
+            check_guards(mem, w);
         }
     }
 }
@@ -293,13 +301,7 @@ DK_TEST(atomic_unchecked_raw_ops_match_reference)
             for (size_t i = 1 + w; i < sizeof vbuf; i++) {
                 CHECK(vbuf[i] == 0x5a && obuf[i] == 0x5a);
             }
-            for (size_t i = 0; i < 16; i++) {
-                CHECK_EQ(mem[i], 0xa5);
-                CHECK_EQ(mem[32 + i], 0xa5);
-            }
-            for (size_t i = w; i < 16; i++) {
-                CHECK_EQ(mem[16 + i], 0xa5);
-            }
+            check_guards(mem, w);
         }
     }
 }

@@ -19,12 +19,6 @@
 #include "dk/source.h"
 #include "dk/time.h"
 
-static uint64_t
-in_ms(uint64_t ms)
-{
-    return dk_now() + ms * 1000000ull;
-}
-
 /* What a finalizer saw: how many calls, the context of each, and the
  * queue it ran on. */
 struct fin {
@@ -72,7 +66,7 @@ refcount_of(const void *object)
 static void
 fin_check_once(struct fin *f, void *ctx)
 {
-    CHECK_EQ(dk_semaphore_wait(f->ran, in_ms(10000)), 0);
+    CHECK_EQ(dk_semaphore_wait(f->ran, t_in_ms(10000)), 0);
     while (!dk_pool_quiescent()) {
         sched_yield();
     }
@@ -191,7 +185,7 @@ DK_TEST(object_io_cleanup_handler_sees_only_the_owners_reference)
                               io_cleanup_counts, &seen.io),
                  0);
         dk_io_close(seen.io, DK_IO_STOP);
-        CHECK_EQ(dk_semaphore_wait(seen.done, in_ms(10000)), 0);
+        CHECK_EQ(dk_semaphore_wait(seen.done, t_in_ms(10000)), 0);
         CHECK_EQ(seen.refcnt, 1);
         CHECK_EQ(refcount_of(seen.io), 1);
         dk_io_release(seen.io);
@@ -222,7 +216,7 @@ DK_TEST(object_io_channel_joins_the_refcount_model)
     CHECK_EQ(refcount_of(io), 2);
     dk_io_release(io);
     dk_io_close(io, DK_IO_STOP);
-    CHECK_EQ(dk_semaphore_wait(cleaned, in_ms(10000)), 0);
+    CHECK_EQ(dk_semaphore_wait(cleaned, t_in_ms(10000)), 0);
     retain_release_finalize(io, &f, &ctx_token);
     /* The finalizer runs on the cleanup handler's queue. */
     CHECK(f.queue_seen == q);

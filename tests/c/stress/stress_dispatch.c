@@ -114,12 +114,11 @@ job_run(void *p)
     free(j);
 }
 
-/* A plain item without a FIFO check (the sources' producers interleave
- * them with other kinds of work). */
+/* The checks of a plain item without a FIFO check: it runs once, alone
+ * on a serial queue and its ancestors, never during a barrier. */
 static void
-job_run_unordered(void *p)
+job_check_unordered(const struct job *j)
 {
-    struct job *j = p;
     if (atomic_fetch_add(&ran[j->id], 1) != 0) {
         atomic_fetch_add(&errors, 1);
     }
@@ -130,7 +129,15 @@ job_run_unordered(void *p)
         atomic_fetch_add(&errors, 1);
     }
     leave(j->queue);
-    free(j);
+}
+
+/* A plain item without a FIFO check (the sources' producers interleave
+ * them with other kinds of work). */
+static void
+job_run_unordered(void *p)
+{
+    job_check_unordered(p);
+    free(p);
 }
 
 struct producer_arg {
@@ -294,19 +301,9 @@ source_cancel_handler(void *p)
 static void
 after_run(void *p)
 {
-    struct job *j = p;
-    if (atomic_fetch_add(&ran[j->id], 1) != 0) {
-        atomic_fetch_add(&errors, 1);
-    }
-    enter(j->queue);
-    if (!sq[j->queue].concurrent) {
-        check_ancestors_idle(j->queue);
-    } else if (atomic_load(&sq[j->queue].barrier_running)) {
-        atomic_fetch_add(&errors, 1);
-    }
-    leave(j->queue);
+    job_check_unordered(p);
     atomic_fetch_add(&after_runs, 1);
-    free(j);
+    free(p);
 }
 
 static void *
