@@ -203,7 +203,15 @@ reference(dk_atomic_op_t op, u128_t cur, u128_t arg, size_t w)
 }
 
 /* The operations under test work on mem + 16 of a 48-byte buffer filled
- * with 0xa5: nothing before it, after it or past the width w changed. */
+ * with 0xa5 (guarded_object); check_guards: nothing before it, after it
+ * or past the width w changed. */
+static void *
+guarded_object(unsigned char mem[48])
+{
+    memset(mem, 0xa5, 48);
+    return mem + 16;
+}
+
 static void
 check_guards(const unsigned char mem[48], size_t w)
 {
@@ -226,8 +234,7 @@ DK_TEST(atomic_raw_every_op_and_width_matches_reference)
         for (int iter = 0; iter < 2000; iter++) {
             /* Guard bytes around the object: nothing outside it changes. */
             _Alignas(16) unsigned char mem[48];
-            memset(mem, 0xa5, sizeof mem);
-            void *p = mem + 16;
+            void *p = guarded_object(mem);
             u128_t start = rnd(w), arg = rnd(w);
             CHECK_EQ(dk_atomic_store(p, w, &start, DK_MO_RELEASE), 0);
             dk_atomic_op_t op = (dk_atomic_op_t)(iter % (DK_AOP_DEC + 1));
@@ -259,8 +266,7 @@ DK_TEST(atomic_unchecked_raw_ops_match_reference)
         }
         for (int iter = 0; iter < 2000; iter++) {
             _Alignas(16) unsigned char mem[48];
-            memset(mem, 0xa5, sizeof mem);
-            void *p = mem + 16;
+            void *p = guarded_object(mem);
             /* Value buffers one byte off alignment, with guard bytes. */
             unsigned char vbuf[18], obuf[18];
             memset(vbuf, 0x5a, sizeof vbuf);

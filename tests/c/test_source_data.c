@@ -140,6 +140,17 @@ DK_TEST(data_add_coalesces_concurrent_merges_into_their_sum)
     tally_done(s, &t);
 }
 
+/* Resume s, which merged data while suspended, wait for a call and check
+ * the data it saw last and the number of calls so far. */
+static void
+resume_and_expect(dk_source_t *s, struct tally *t, uintptr_t last, long calls)
+{
+    CHECK_EQ(dk_source_resume(s), 0);
+    CHECK_EQ(dk_semaphore_wait(t->sem, t_in_ms(5000)), 0);
+    CHECK_EQ(LOAD(t->last), last);
+    CHECK_EQ(LOAD(t->calls), calls);
+}
+
 DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
 {
     struct tally t = {0};
@@ -150,10 +161,7 @@ DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
         CHECK_EQ(dk_source_merge_data(add, i), 0);
     }
     CHECK_EQ(dk_source_merge_data(add, 0), 0); /* no event */
-    CHECK_EQ(dk_source_resume(add), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
-    CHECK_EQ(LOAD(t.last), 5050);
-    CHECK_EQ(LOAD(t.calls), 1);
+    resume_and_expect(add, &t, 5050, 1);
     tally_done(add, &t);
 
     struct tally o = {0};
@@ -162,19 +170,14 @@ DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
     CHECK_EQ(dk_source_merge_data(or, 0), 0);
-    CHECK_EQ(dk_source_resume(or), 0);
-    CHECK_EQ(dk_semaphore_wait(o.sem, t_in_ms(5000)), 0);
-    CHECK_EQ(LOAD(o.last), 5);
-    CHECK_EQ(LOAD(o.calls), 1);
+    resume_and_expect(or, &o, 5, 1);
     tally_done(or, &o);
 
     struct tally r = {0};
     dk_source_t *rep = data_source(DK_SOURCE_DATA_REPLACE, q, &r);
     CHECK_EQ(dk_source_merge_data(rep, 5), 0);
     CHECK_EQ(dk_source_merge_data(rep, 9), 0);
-    CHECK_EQ(dk_source_resume(rep), 0);
-    CHECK_EQ(dk_semaphore_wait(r.sem, t_in_ms(5000)), 0);
-    CHECK_EQ(LOAD(r.last), 9); /* the last value, not a sum */
+    resume_and_expect(rep, &r, 9, 1); /* the last value, not a sum */
     /* A 0 replaces a pending value: no call for it. */
     dk_source_suspend(rep);
     CHECK_EQ(dk_source_merge_data(rep, 3), 0);
