@@ -146,6 +146,23 @@ struct producer_arg {
     unsigned seed;
 };
 
+/* NPRODUCERS threads running fn, producer i seeded with seed * (i + 1);
+ * returns once they have all submitted and every item in g has run. */
+static void
+run_producers(void *(*fn)(void *), dk_group_t *g, unsigned seed)
+{
+    pthread_t t[NPRODUCERS];
+    struct producer_arg args[NPRODUCERS];
+    for (int i = 0; i < NPRODUCERS; i++) {
+        args[i] = (struct producer_arg){i, g, seed * (unsigned)(i + 1)};
+        pthread_create(&t[i], NULL, fn, &args[i]);
+    }
+    for (int i = 0; i < NPRODUCERS; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+}
+
 static unsigned
 rnd(unsigned *s)
 {
@@ -213,16 +230,7 @@ DK_TEST_T(stress_random_hierarchies, 600)
                           parent >= 0 ? sq[parent].q : NULL);
     }
     dk_group_t *g = t_group();
-    pthread_t t[NPRODUCERS];
-    struct producer_arg args[NPRODUCERS];
-    for (int i = 0; i < NPRODUCERS; i++) {
-        args[i] = (struct producer_arg){i, g, 0x9e3779b9u * (unsigned)(i + 1)};
-        pthread_create(&t[i], NULL, producer, &args[i]);
-    }
-    for (int i = 0; i < NPRODUCERS; i++) {
-        pthread_join(t[i], NULL);
-    }
-    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+    run_producers(producer, g, 0x9e3779b9u);
     for (int i = 0; i < NSERIAL + NCONC; i++) {
         CHECK_EQ(dk_queue_barrier_sync_f(sq[i].q, NULL, noop),
                  0); /* barriers done */
@@ -387,16 +395,7 @@ DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
         CHECK_EQ(dk_source_resume(x->s), 0);
     }
     dk_group_t *g = t_group();
-    pthread_t t[NPRODUCERS];
-    struct producer_arg args[NPRODUCERS];
-    for (int i = 0; i < NPRODUCERS; i++) {
-        args[i] = (struct producer_arg){i, g, 0x85ebca6bu * (unsigned)(i + 1)};
-        pthread_create(&t[i], NULL, source_producer, &args[i]);
-    }
-    for (int i = 0; i < NPRODUCERS; i++) {
-        pthread_join(t[i], NULL);
-    }
-    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+    run_producers(source_producer, g, 0x85ebca6bu);
     /* After items are not in the group: wait until every item ran. */
     long ran_once = 0;
     uint64_t until = dk_now() + 60ull * DK_NSEC_PER_SEC;
