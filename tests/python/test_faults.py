@@ -23,6 +23,7 @@ import pytest
 import dispatchkit as dk
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import unlink_all, zerobuffer_paths
 
 SEED = int(os.environ.get("DK_FAULT_SEED", str(time.time_ns() % 100_000)))
 WAIT_NS = 20_000_000_000  # generous: a loaded 2-core machine
@@ -82,12 +83,7 @@ def close_shm(shm):
 
 def unlink_buffer(name):
     """What a failed zerobuffer round may leave behind."""
-    for path in (f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
-                 f"/dev/shm/sem.sem-r-{name}", f"/tmp/zerobuffer/{name}.lock"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    unlink_all(zerobuffer_paths(name))
 
 
 def spin(n):
