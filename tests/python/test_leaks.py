@@ -477,18 +477,26 @@ from dispatchkit import asyncio as dkio  # noqa: E402
 LOOP = asyncio.new_event_loop()
 
 
+async def _cancel(aw, started):
+    """Run aw as a task and cancel it, before it starts or (started) once
+    it waits, and swallow its CancelledError."""
+    t = asyncio.ensure_future(aw)
+    if started:
+        await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+
+
 async def _aio_body():
     await dkio.run(C, noop)
     try:
         await dkio.run(C, boom)
     except ValueError:
         pass
-    t = asyncio.ensure_future(dkio.run(Q, noop))
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.run(Q, noop), started=False)
     try:
         dkio.run(C, 42)
     except TypeError:
@@ -516,13 +524,7 @@ async def _aio_wait_body():
     AIO_SEM.post(1)
     await dkio.wait(AIO_SEM, 1)
     await dkio.wait(AIO_SEM, 0.0001)  # times out
-    t = asyncio.ensure_future(dkio.wait(AIO_DSEM))
-    await asyncio.sleep(0)
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.wait(AIO_DSEM), started=True)
     async with dkio.locked(AIO_MUTEX):
         pass
     try:
@@ -545,13 +547,7 @@ async def _aio_zb_body():
     f = await dkio.read_frame(AIO_ZB_READER, timeout=1)
     f.dispose()
     assert await dkio.read_frame(AIO_ZB_READER, timeout=0.0001) is None
-    t = asyncio.ensure_future(dkio.read_frame(AIO_ZB_READER))
-    await asyncio.sleep(0)
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.read_frame(AIO_ZB_READER), started=True)
 
 
 def aio_zb_cycle():
