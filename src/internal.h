@@ -246,6 +246,8 @@ void dk__queue_push(dk_queue_t *q, struct dk__item *it);
 /* Run an item popped from `from` (the queue whose list held it). */
 void dk__item_run(struct dk__item *it, dk_queue_t *from);
 struct dk__item *dk__item_alloc(void);
+/* An item that will call fn(ctx), or NULL when out of memory. */
+struct dk__item *dk__item_new(void *ctx, dk_function_t fn, uint32_t flags);
 void dk__item_free(struct dk__item *it);
 void dk__queue_fork_child(void);
 void dk__main_queue_init(void);
