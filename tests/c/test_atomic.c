@@ -87,13 +87,7 @@ hammer(void *arg)
 
 DK_TEST(atomic_contended_increments_lose_nothing)
 {
-    pthread_t t[4];
-    for (int i = 0; i < 4; i++) {
-        pthread_create(&t[i], NULL, hammer, NULL);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(t[i], NULL);
-    }
+    t_run_threads(4, hammer, NULL);
     CHECK_EQ(counter32, 400000);
     if (dk_atomic16_supported()) {
         CHECK_EQ(counter128[0] | (counter128[1] << 8) | (counter128[2] << 16),

@@ -125,13 +125,7 @@ DK_TEST(data_add_coalesces_concurrent_merges_into_their_sum)
     expect *= THREADS;
     t.target = expect;
     CHECK_EQ(dk_source_resume(s), 0);
-    pthread_t th[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        CHECK_EQ(pthread_create(&th[i], NULL, merge_many, s), 0);
-    }
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(th[i], NULL);
-    }
+    t_run_threads(THREADS, merge_many, s);
     CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(20000)), 0);
     CHECK_EQ(LOAD(t.sum), expect);
     CHECK_EQ(LOAD(t.overlaps), 0);
