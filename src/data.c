@@ -81,13 +81,6 @@ data_alloc(size_t nregions)
 
 /* The data object's part of the object model (object.c). A finalizer
  * runs on the default global queue, as libdispatch's does. */
-static dk_queue_t *
-data_finalize(struct dk__object *o)
-{
-    (void)o;
-    return dk__default_root();
-}
-
 static void
 data_dispose(struct dk__object *o)
 {
@@ -110,7 +103,7 @@ data_describe(const struct dk__object *o, const char *refcnt, char *buf,
 const struct dk__vtable dk__data_vtable = {
     .kind = DK_KIND_DATA,
     .name = "data",
-    .finalize = data_finalize,
+    .finalize = dk__finalize_on_root,
     .dispose = data_dispose,
     .describe = data_describe,
 };

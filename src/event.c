@@ -332,11 +332,15 @@ dk__timer_set(struct dk__timer *t, uint64_t deadline, uint64_t interval,
     return rc;
 }
 
-void
-dk__timer_kill(struct dk__timer *t)
+/* Take t out of the heap (if it is in) and drop the owner reference the
+ * heap held; a killed timer also refuses every later dk__timer_set. */
+static void
+timer_take_out(struct dk__timer *t, bool kill)
 {
     pthread_mutex_lock(&ev.lock);
-    t->dead = true;
+    if (kill) {
+        t->dead = true;
+    }
     bool was_in = t->heap_index != NOT_IN_HEAP;
     if (was_in) {
         heap_remove(t);
@@ -349,18 +353,15 @@ dk__timer_kill(struct dk__timer *t)
 }
 
 void
+dk__timer_kill(struct dk__timer *t)
+{
+    timer_take_out(t, true);
+}
+
+void
 dk__timer_disarm(struct dk__timer *t)
 {
-    pthread_mutex_lock(&ev.lock);
-    bool was_in = t->heap_index != NOT_IN_HEAP;
-    if (was_in) {
-        heap_remove(t);
-        rearm_locked();
-    }
-    pthread_mutex_unlock(&ev.lock);
-    if (was_in && t->owner != NULL) {
-        dk_release(t->owner);
-    }
+    timer_take_out(t, false);
 }
 
 /* Pop every due timer; repeating ones go back into the heap at their next

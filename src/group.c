@@ -146,13 +146,10 @@ dk__group_leave_item(dk_group_t *g)
 int
 dk_group_async_f(dk_group_t *g, dk_queue_t *q, void *ctx, dk_function_t fn)
 {
-    struct dk__item *it = dk__item_alloc();
+    struct dk__item *it = dk__item_new(ctx, fn, DK_ITEM_GROUP);
     if (it == NULL) {
         return -ENOMEM;
     }
-    it->fn = fn;
-    it->ctx = ctx;
-    it->flags = DK_ITEM_GROUP;
     it->group = g;
     dk_retain(g);
     dk_group_enter(g);

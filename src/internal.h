@@ -85,6 +85,9 @@ extern const struct dk__vtable dk__queue_vtable, dk__group_vtable,
 
 /* A new object of `kind` with one reference, no context, no finalizer. */
 void dk__object_init(struct dk__object *o, uint32_t kind);
+/* The finalize of a kind with nothing to check and no queue of its own:
+ * the client's finalizer runs on the default root queue. */
+dk_queue_t *dk__finalize_on_root(struct dk__object *o);
 /* Run fn(ctx) asynchronously on q, or on the calling thread if q cannot
  * take it (out of memory) rather than lose it. Nothing when fn or ctx is
  * NULL. The one way finalizers and queue-specific destructors run. */
@@ -243,6 +246,8 @@ void dk__queue_push(dk_queue_t *q, struct dk__item *it);
 /* Run an item popped from `from` (the queue whose list held it). */
 void dk__item_run(struct dk__item *it, dk_queue_t *from);
 struct dk__item *dk__item_alloc(void);
+/* An item that will call fn(ctx), or NULL when out of memory. */
+struct dk__item *dk__item_new(void *ctx, dk_function_t fn, uint32_t flags);
 void dk__item_free(struct dk__item *it);
 void dk__queue_fork_child(void);
 void dk__main_queue_init(void);

@@ -48,6 +48,13 @@ dk__object_init(struct dk__object *o, uint32_t kind)
     o->finalizer = NULL;
 }
 
+dk_queue_t *
+dk__finalize_on_root(struct dk__object *o)
+{
+    (void)o;
+    return dk__default_root();
+}
+
 void
 dk__finalizer_run(dk_queue_t *q, void *ctx, dk_function_t fn)
 {

@@ -144,6 +144,18 @@ dk__item_alloc(void)
     return it;
 }
 
+struct dk__item *
+dk__item_new(void *ctx, dk_function_t fn, uint32_t flags)
+{
+    struct dk__item *it = dk__item_alloc();
+    if (it != NULL) {
+        it->fn = fn;
+        it->ctx = ctx;
+        it->flags = flags;
+    }
+    return it;
+}
+
 void
 dk__item_free(struct dk__item *it)
 {
@@ -495,6 +507,8 @@ dk__queue_push(dk_queue_t *q, struct dk__item *it)
 }
 
 static bool valid_qos(int qos);
+static int async_item(dk_queue_t *q, void *ctx, dk_function_t fn,
+                      uint32_t flags);
 
 int
 dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx, dk_function_t fn)
@@ -502,15 +516,9 @@ dk_queue_async_qos_f(dk_queue_t *q, int qos, void *ctx, dk_function_t fn)
     if (!valid_qos(qos)) {
         return -EINVAL;
     }
-    struct dk__item *it = dk__item_alloc();
-    if (it == NULL) {
-        return -ENOMEM;
-    }
-    it->fn = fn;
-    it->ctx = ctx;
-    it->flags = DK_ITEM_QOS | (uint32_t)qos_band(qos) << DK_ITEM_BAND_SHIFT;
-    dk__queue_push(q, it);
-    return 0;
+    return async_item(q, ctx, fn,
+                      DK_ITEM_QOS | (uint32_t)qos_band(qos)
+                                        << DK_ITEM_BAND_SHIFT);
 }
 
 bool
@@ -522,13 +530,10 @@ dk_queue_is_workloop(const dk_queue_t *q)
 static int
 async_item(dk_queue_t *q, void *ctx, dk_function_t fn, uint32_t flags)
 {
-    struct dk__item *it = dk__item_alloc();
+    struct dk__item *it = dk__item_new(ctx, fn, flags);
     if (it == NULL) {
         return -ENOMEM;
     }
-    it->fn = fn;
-    it->ctx = ctx;
-    it->flags = flags;
     dk__queue_push(q, it);
     return 0;
 }

@@ -117,13 +117,6 @@ dk_semaphore_create(long value, dk_semaphore_t **out)
 }
 
 /* The semaphore's part of the object model (object.c). */
-static dk_queue_t *
-semaphore_finalize(struct dk__object *o)
-{
-    (void)o;
-    return dk__default_root();
-}
-
 static void
 semaphore_dispose(struct dk__object *o)
 {
@@ -142,7 +135,7 @@ semaphore_describe(const struct dk__object *o, const char *refcnt, char *buf,
 const struct dk__vtable dk__semaphore_vtable = {
     .kind = DK_KIND_SEMAPHORE,
     .name = "semaphore",
-    .finalize = semaphore_finalize,
+    .finalize = dk__finalize_on_root,
     .dispose = semaphore_dispose,
     .describe = semaphore_describe,
 };

@@ -14,6 +14,16 @@
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/source.h"
+#include "dk/time.h"
+
+/* Nanoseconds in a millisecond; the dk_now() deadline ms from now. */
+#define T_MS (1000000ull)
+
+static inline uint64_t
+t_in_ms(uint64_t ms)
+{
+    return dk_now() + ms * T_MS;
+}
 
 static inline dk_queue_t *
 t_queue(const char *label, unsigned attrs, int qos, int relpri,

@@ -8,6 +8,7 @@
 #ifndef DK_TESTS_RUNNER_H
 #define DK_TESTS_RUNNER_H
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,5 +47,19 @@ void dk_test_register(const char *name, dk_test_fn fn, unsigned timeout_s);
             abort();                                                          \
         }                                                                     \
     } while (0)
+
+/* Run fn(arg) on n threads at once (at most 16), then join them all. */
+static inline void
+t_run_threads(int n, void *(*fn)(void *), void *arg)
+{
+    pthread_t t[16];
+    CHECK(n <= 16);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ(pthread_create(&t[i], NULL, fn, arg), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+    }
+}
 
 #endif /* DK_TESTS_RUNNER_H */

@@ -87,13 +87,7 @@ hammer(void *arg)
 
 DK_TEST(atomic_contended_increments_lose_nothing)
 {
-    pthread_t t[4];
-    for (int i = 0; i < 4; i++) {
-        pthread_create(&t[i], NULL, hammer, NULL);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(t[i], NULL);
-    }
+    t_run_threads(4, hammer, NULL);
     CHECK_EQ(counter32, 400000);
     if (dk_atomic16_supported()) {
         CHECK_EQ(counter128[0] | (counter128[1] << 8) | (counter128[2] << 16),
@@ -202,6 +196,28 @@ reference(dk_atomic_op_t op, u128_t cur, u128_t arg, size_t w)
     return r & raw_mask(w);
 }
 
+/* The operations under test work on mem + 16 of a 48-byte buffer filled
+ * with 0xa5 (guarded_object); check_guards: nothing before it, after it
+ * or past the width w changed. */
+static void *
+guarded_object(unsigned char mem[48])
+{
+    memset(mem, 0xa5, 48);
+    return mem + 16;
+}
+
+static void
+check_guards(const unsigned char mem[48], size_t w)
+{
+    for (size_t i = 0; i < 16; i++) {
+        CHECK_EQ(mem[i], 0xa5);
+        CHECK_EQ(mem[32 + i], 0xa5);
+    }
+    for (size_t i = w; i < 16; i++) {
+        CHECK_EQ(mem[16 + i], 0xa5);
+    }
+}
+
 DK_TEST(atomic_raw_every_op_and_width_matches_reference)
 {
     for (size_t wi = 0; wi < 5; wi++) {
@@ -212,8 +228,7 @@ DK_TEST(atomic_raw_every_op_and_width_matches_reference)
         for (int iter = 0; iter < 2000; iter++) {
             /* Guard bytes around the object: nothing outside it changes. */
             _Alignas(16) unsigned char mem[48];
-            memset(mem, 0xa5, sizeof mem);
-            void *p = mem + 16;
+            void *p = guarded_object(mem);
             u128_t start = rnd(w), arg = rnd(w);
             CHECK_EQ(dk_atomic_store(p, w, &start, DK_MO_RELEASE), 0);
             dk_atomic_op_t op = (dk_atomic_op_t)(iter % (DK_AOP_DEC + 1));
@@ -224,13 +239,7 @@ DK_TEST(atomic_raw_every_op_and_width_matches_reference)
             CHECK(raw_get(old, w) == start);
             CHECK_EQ(dk_atomic_load(p, w, now, DK_MO_ACQUIRE), 0);
             CHECK(raw_get(now, w) == reference(op, start, arg, w));
-            for (int i = 0; i < 16; i++) {
-                CHECK_EQ(mem[i], 0xa5);
-                CHECK_EQ(mem[32 + i], 0xa5);
-            }
-            for (size_t i = w; i < 16; i++) {
-                CHECK_EQ(mem[16 + i], 0xa5);
-            }
+            check_guards(mem, w);
         }
     }
 }
@@ -251,8 +260,7 @@ DK_TEST(atomic_unchecked_raw_ops_match_reference)
         }
         for (int iter = 0; iter < 2000; iter++) {
             _Alignas(16) unsigned char mem[48];
-            memset(mem, 0xa5, sizeof mem);
-            void *p = mem + 16;
+            void *p = guarded_object(mem);
             /* Value buffers one byte off alignment, with guard bytes. */
             unsigned char vbuf[18], obuf[18];
             memset(vbuf, 0x5a, sizeof vbuf);
@@ -293,13 +301,7 @@ DK_TEST(atomic_unchecked_raw_ops_match_reference)
             for (size_t i = 1 + w; i < sizeof vbuf; i++) {
                 CHECK(vbuf[i] == 0x5a && obuf[i] == 0x5a);
             }
-            for (size_t i = 0; i < 16; i++) {
-                CHECK_EQ(mem[i], 0xa5);
-                CHECK_EQ(mem[32 + i], 0xa5);
-            }
-            for (size_t i = w; i < 16; i++) {
-                CHECK_EQ(mem[16 + i], 0xa5);
-            }
+            check_guards(mem, w);
         }
     }
 }

@@ -247,13 +247,7 @@ DK_TEST(compat_data_add_source_coalesces_merges_from_threads)
                  m.sem, dispatch_time(DISPATCH_TIME_NOW, 5 * NSEC_PER_SEC)),
              0);
     CHECK(m.registered_first);
-    pthread_t th[3];
-    for (int i = 0; i < 3; i++) {
-        CHECK_EQ(pthread_create(&th[i], NULL, merge_thread, &m), 0);
-    }
-    for (int i = 0; i < 3; i++) {
-        pthread_join(th[i], NULL);
-    }
+    t_run_threads(3, merge_thread, &m);
     CHECK_EQ(dispatch_semaphore_wait(
                  m.sem, dispatch_time(DISPATCH_TIME_NOW, 20 * NSEC_PER_SEC)),
              0);

@@ -105,14 +105,8 @@ DK_TEST(serial_queue_many_producers_lose_nothing)
 {
     dk_queue_t *q = t_queue("mp", 0, 0, 0, NULL);
     struct fifo f = {0};
-    pthread_t t[4];
     struct producer_arg a = {q, &f};
-    for (int i = 0; i < 4; i++) {
-        pthread_create(&t[i], NULL, producer, &a);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(t[i], NULL);
-    }
+    t_run_threads(4, producer, &a);
     CHECK_EQ(dk_queue_sync_f(q, NULL, noop), 0);
     CHECK_EQ(f.next, 80000);
     CHECK_EQ(f.errors, 0);
@@ -692,13 +686,7 @@ once_caller(void *p)
 
 DK_TEST(once_runs_once_and_everyone_waits)
 {
-    pthread_t t[8];
-    for (int i = 0; i < 8; i++) {
-        pthread_create(&t[i], NULL, once_caller, NULL);
-    }
-    for (int i = 0; i < 8; i++) {
-        pthread_join(t[i], NULL);
-    }
+    t_run_threads(8, once_caller, NULL);
     CHECK_EQ(once_calls, 1);
     CHECK_EQ(once_seen_unfinished, 0);
     CHECK(dk_once_done(&once_pred));

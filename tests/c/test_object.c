@@ -19,12 +19,6 @@
 #include "dk/source.h"
 #include "dk/time.h"
 
-static uint64_t
-in_ms(uint64_t ms)
-{
-    return dk_now() + ms * 1000000ull;
-}
-
 /* What a finalizer saw: how many calls, the context of each, and the
  * queue it ran on. */
 struct fin {
@@ -50,7 +44,7 @@ static void
 fin_init(struct fin *f)
 {
     memset(f, 0, sizeof *f);
-    CHECK_EQ(dk_semaphore_create(0, &f->ran), 0);
+    f->ran = t_semaphore(0);
     fin_record = f;
 }
 
@@ -72,7 +66,7 @@ refcount_of(const void *object)
 static void
 fin_check_once(struct fin *f, void *ctx)
 {
-    CHECK_EQ(dk_semaphore_wait(f->ran, in_ms(10000)), 0);
+    CHECK_EQ(dk_semaphore_wait(f->ran, t_in_ms(10000)), 0);
     while (!dk_pool_quiescent()) {
         sched_yield();
     }
@@ -105,8 +99,7 @@ DK_TEST(object_queue_retain_release_finalizer_once)
 {
     struct fin f;
     fin_init(&f);
-    dk_queue_t *q;
-    CHECK_EQ(dk_queue_create("obj", 0, 0, 0, NULL, &q), 0);
+    dk_queue_t *q = t_queue("obj", 0, 0, 0, NULL);
     retain_release_finalize(q, &f, &ctx_token);
     /* A queue targeting a global queue finalizes on that queue. */
     CHECK(f.queue_seen == dk_queue_global(0));
@@ -116,8 +109,7 @@ DK_TEST(object_group_retain_release_finalizer_once)
 {
     struct fin f;
     fin_init(&f);
-    dk_group_t *g;
-    CHECK_EQ(dk_group_create(&g), 0);
+    dk_group_t *g = t_group();
     retain_release_finalize(g, &f, &ctx_token);
 }
 
@@ -125,8 +117,7 @@ DK_TEST(object_semaphore_retain_release_finalizer_once)
 {
     struct fin f;
     fin_init(&f);
-    dk_semaphore_t *s;
-    CHECK_EQ(dk_semaphore_create(3, &s), 0);
+    dk_semaphore_t *s = t_semaphore(3);
     retain_release_finalize(s, &f, &ctx_token);
 }
 
@@ -134,8 +125,7 @@ DK_TEST(object_data_retain_release_finalizer_once)
 {
     struct fin f;
     fin_init(&f);
-    dk_data_t *d;
-    CHECK_EQ(dk_data_create("abc", 3, &d), 0);
+    dk_data_t *d = t_data("abc", 3);
     retain_release_finalize(d, &f, &ctx_token);
 }
 
@@ -143,10 +133,8 @@ DK_TEST(object_source_finalizer_runs_on_its_target_queue)
 {
     struct fin f;
     fin_init(&f);
-    dk_queue_t *q;
-    CHECK_EQ(dk_queue_create("src-target", 0, 0, 0, NULL, &q), 0);
-    dk_source_t *s;
-    CHECK_EQ(dk_source_create(DK_SOURCE_DATA_ADD, 0, 0, q, &s), 0);
+    dk_queue_t *q = t_queue("src-target", 0, 0, 0, NULL);
+    dk_source_t *s = t_source(DK_SOURCE_DATA_ADD, 0, 0, q);
     /* A source holds its target queue. */
     CHECK_EQ(refcount_of(q), 2);
     /* Never resumed, so no registration holds a reference. */
@@ -184,14 +172,14 @@ DK_TEST(object_io_cleanup_handler_sees_only_the_owners_reference)
     int fds[2];
     CHECK_EQ(pipe(fds), 0);
     struct io_seen seen = {0};
-    CHECK_EQ(dk_semaphore_create(0, &seen.done), 0);
+    seen.done = t_semaphore(0);
     for (int i = 0; i < 200; i++) {
         seen.refcnt = -1;
         CHECK_EQ(dk_io_create(DK_IO_STREAM, fds[0], NULL, &seen,
                               io_cleanup_counts, &seen.io),
                  0);
         dk_io_close(seen.io, DK_IO_STOP);
-        CHECK_EQ(dk_semaphore_wait(seen.done, in_ms(10000)), 0);
+        CHECK_EQ(dk_semaphore_wait(seen.done, t_in_ms(10000)), 0);
         CHECK_EQ(seen.refcnt, 1);
         CHECK_EQ(refcount_of(seen.io), 1);
         dk_io_release(seen.io);
@@ -207,13 +195,9 @@ DK_TEST(object_io_channel_joins_the_refcount_model)
     fin_init(&f);
     int fds[2];
     CHECK_EQ(pipe(fds), 0);
-    dk_queue_t *q;
-    CHECK_EQ(dk_queue_create("io-cleanup", 0, 0, 0, NULL, &q), 0);
-    dk_semaphore_t *cleaned;
-    CHECK_EQ(dk_semaphore_create(0, &cleaned), 0);
-    dk_io_t *io;
-    CHECK_EQ(dk_io_create(DK_IO_STREAM, fds[0], q, cleaned, io_cleanup, &io),
-             0);
+    dk_queue_t *q = t_queue("io-cleanup", 0, 0, 0, NULL);
+    dk_semaphore_t *cleaned = t_semaphore(0);
+    dk_io_t *io = t_io(DK_IO_STREAM, fds[0], q, cleaned, io_cleanup);
     char buf[128];
     CHECK(dk_object_describe(io, buf, sizeof buf) > 0);
     CHECK(strncmp(buf, "io[", 3) == 0);
@@ -222,7 +206,7 @@ DK_TEST(object_io_channel_joins_the_refcount_model)
     CHECK_EQ(refcount_of(io), 2);
     dk_io_release(io);
     dk_io_close(io, DK_IO_STOP);
-    CHECK_EQ(dk_semaphore_wait(cleaned, in_ms(10000)), 0);
+    CHECK_EQ(dk_semaphore_wait(cleaned, t_in_ms(10000)), 0);
     retain_release_finalize(io, &f, &ctx_token);
     /* The finalizer runs on the cleanup handler's queue. */
     CHECK(f.queue_seen == q);
@@ -237,8 +221,7 @@ DK_TEST(object_finalizer_needs_a_context)
     /* As in GCD, a finalizer runs only with a context. */
     struct fin f;
     fin_init(&f);
-    dk_group_t *g;
-    CHECK_EQ(dk_group_create(&g), 0);
+    dk_group_t *g = t_group();
     dk_object_set_finalizer_f(g, finalizer);
     dk_release(g);
     while (!dk_pool_quiescent()) {
@@ -268,30 +251,24 @@ DK_TEST(object_immortals_ignore_retain_release_and_context)
 DK_TEST(object_describe_names_each_kind)
 {
     char buf[256];
-    dk_queue_t *q;
-    CHECK_EQ(dk_queue_create("described", DK_QUEUE_CONCURRENT, 0, 0, NULL, &q),
-             0);
+    dk_queue_t *q = t_queue("described", DK_QUEUE_CONCURRENT, 0, 0, NULL);
     CHECK(dk_object_describe(q, buf, sizeof buf) > 0);
     CHECK(strstr(buf, "queue[") == buf);
     CHECK(strstr(buf, "label = \"described\"") != NULL);
     CHECK(strstr(buf, "kind = concurrent") != NULL);
-    dk_group_t *g;
-    CHECK_EQ(dk_group_create(&g), 0);
+    dk_group_t *g = t_group();
     dk_group_enter(g);
     CHECK(dk_object_describe(g, buf, sizeof buf) > 0);
     CHECK(strcmp(strstr(buf, "count = "), "count = 1 }") == 0);
     CHECK_EQ(dk_group_leave(g), 0);
-    dk_semaphore_t *s;
-    CHECK_EQ(dk_semaphore_create(2, &s), 0);
+    dk_semaphore_t *s = t_semaphore(2);
     CHECK(dk_object_describe(s, buf, sizeof buf) > 0);
     CHECK(strstr(buf, "semaphore[") == buf);
     CHECK(strstr(buf, "value = 2") != NULL);
-    dk_data_t *d;
-    CHECK_EQ(dk_data_create("abcd", 4, &d), 0);
+    dk_data_t *d = t_data("abcd", 4);
     CHECK(dk_object_describe(d, buf, sizeof buf) > 0);
     CHECK(strstr(buf, "size = 4") != NULL);
-    dk_source_t *src;
-    CHECK_EQ(dk_source_create(DK_SOURCE_TIMER, 0, 0, NULL, &src), 0);
+    dk_source_t *src = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK(dk_object_describe(src, buf, sizeof buf) > 0);
     CHECK(strstr(buf, "type = timer") != NULL);
     /* The length of the whole line is returned even when cut short. */

@@ -13,14 +13,7 @@
 #include "dk/source.h"
 #include "dk/time.h"
 
-#define MS (1000000ull)
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
-
-static uint64_t
-in_ms(uint64_t ms)
-{
-    return dk_now() + ms * MS;
-}
 
 struct counter {
     dk_source_t *s;
@@ -79,16 +72,16 @@ DK_TEST(timer_repeats_and_cancel_handler_runs_once)
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
-    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 5 * MS, 0), 0);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 5 * T_MS, 0), 0);
     CHECK_EQ(dk_source_resume(s), 0);
     for (int i = 0; i < 3; i++) {
-        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+        CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     }
     dk_source_cancel(s);
     CHECK(dk_source_testcancel(s));
     /* The cancel handler's signal may follow more event signals. */
     while (LOAD(c->calls) < 1000) {
-        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+        CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     }
     long calls = LOAD(c->calls);
     usleep(30000);
@@ -103,16 +96,16 @@ DK_TEST(one_shot_timer_fires_once)
 {
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
-    CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * MS)),
+    CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, (int64_t)(10 * T_MS)),
                                  DK_TIME_FOREVER, 0),
              0);
     CHECK_EQ(dk_source_resume(s), 0);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(60)), -ETIMEDOUT);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(60)), -ETIMEDOUT);
     CHECK_EQ(LOAD(c->calls), 1);
     CHECK(!dk_source_testcancel(s));
     dk_source_cancel(s);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     dk_release(s);
 }
 
@@ -122,14 +115,14 @@ DK_TEST(slow_timer_handler_never_overlaps_and_fires_coalesce)
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, cq);
     struct counter *c = counter_new(s);
     c->sleep_us = 20000; /* much longer than the interval */
-    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 1 * MS, 0), 0);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 1 * T_MS, 0), 0);
     CHECK_EQ(dk_source_resume(s), 0);
     for (int i = 0; i < 4; i++) {
-        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+        CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     }
     dk_source_cancel(s);
     while (LOAD(c->calls) < 1000) {
-        CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+        CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     }
     CHECK_EQ(LOAD(c->overlaps), 0);
     /* Fires that happened during a handler were counted, not lost. */
@@ -142,9 +135,9 @@ DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
 {
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     struct counter *c = counter_new(s);
-    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 2 * MS, 0), 0);
+    CHECK_EQ(dk_source_set_timer(s, DK_TIME_NOW, 2 * T_MS, 0), 0);
     CHECK_EQ(dk_source_resume(s), 0);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     dk_source_suspend(s);
     long before = __atomic_load_n(&c->calls, __ATOMIC_ACQUIRE);
     usleep(40000);
@@ -155,7 +148,7 @@ DK_TEST(suspended_timer_accumulates_and_delivers_on_resume)
      * wait for the delivery of what accumulated, not for a signal. */
     uint64_t until = dk_now() + 5ull * DK_NSEC_PER_SEC;
     while (LOAD(c->data_sum) - sum_before < 5 && dk_now() < until) {
-        int rc = dk_semaphore_wait(c->sem, in_ms(100));
+        int rc = dk_semaphore_wait(c->sem, t_in_ms(100));
         CHECK(rc == 0 || rc == -ETIMEDOUT);
     }
     CHECK(LOAD(c->data_sum) - sum_before >= 5); /* ~20 fires coalesced */
@@ -176,8 +169,8 @@ DK_TEST(signal_source_sees_ignored_signal_and_restores_disposition)
     CHECK_EQ(dk_source_resume(a), 0);
     CHECK_EQ(dk_source_resume(b), 0);
     kill(getpid(), SIGUSR1);
-    CHECK_EQ(dk_semaphore_wait(sig_c1->sem, in_ms(5000)), 0);
-    CHECK_EQ(dk_semaphore_wait(sig_c2->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(sig_c1->sem, t_in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(sig_c2->sem, t_in_ms(5000)), 0);
     CHECK(LOAD(sig_c1->data_sum) >= 1 && LOAD(sig_c2->data_sum) >= 1);
     dk_source_cancel(a);
     struct sigaction sa;
@@ -206,7 +199,7 @@ DK_TEST(signal_source_chains_to_existing_handler)
     struct counter *c = counter_new(s);
     CHECK_EQ(dk_source_resume(s), 0);
     kill(getpid(), SIGUSR2);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     CHECK_EQ(chained, 1);
     dk_source_cancel(s);
     dk_release(s);
@@ -251,16 +244,16 @@ DK_TEST(read_and_write_sources_on_a_pipe)
     struct counter *rc = counter_new(r);
     struct counter *wc = counter_new(w);
     CHECK_EQ(dk_source_resume(r), 0);
-    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(50)), -ETIMEDOUT);
+    CHECK_EQ(dk_semaphore_wait(rc->sem, t_in_ms(50)), -ETIMEDOUT);
     CHECK_EQ(write(p[1], "hello", 5), 5);
-    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(rc->sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(rc->first_data), 5); /* bytes available */
     /* Level-triggered: still readable, so it fires again. */
-    CHECK_EQ(dk_semaphore_wait(rc->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(rc->sem, t_in_ms(5000)), 0);
     char buf[8];
     CHECK_EQ(read(p[0], buf, sizeof buf), 5);
     CHECK_EQ(dk_source_resume(w), 0);
-    CHECK_EQ(dk_semaphore_wait(wc->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(wc->sem, t_in_ms(5000)), 0);
     CHECK(LOAD(wc->data_sum) > 0); /* buffer space */
     dk_source_cancel(w);
     dk_source_cancel(r);
@@ -291,7 +284,7 @@ DK_TEST(proc_source_sees_child_exit)
     CHECK(s != NULL);
     struct counter *c = counter_new(s);
     CHECK_EQ(dk_source_resume(s), 0);
-    CHECK_EQ(dk_semaphore_wait(c->sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(c->sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(c->data_sum), DK_PROC_EXIT);
     int status;
     waitpid(pid, &status, 0);
@@ -324,19 +317,21 @@ DK_TEST(timers_with_leeway_fire_within_their_window)
     dk_source_set_event_handler_f(sa, stamp);
     dk_source_set_event_handler_f(sb, stamp);
     uint64_t t0 = dk_now();
-    CHECK_EQ(dk_source_set_timer(sa, dk_time(DK_TIME_NOW, (int64_t)(20 * MS)),
-                                 DK_TIME_FOREVER, 30 * MS),
+    CHECK_EQ(dk_source_set_timer(sa,
+                                 dk_time(DK_TIME_NOW, (int64_t)(20 * T_MS)),
+                                 DK_TIME_FOREVER, 30 * T_MS),
              0);
-    CHECK_EQ(dk_source_set_timer(sb, dk_time(DK_TIME_NOW, (int64_t)(40 * MS)),
+    CHECK_EQ(dk_source_set_timer(sb,
+                                 dk_time(DK_TIME_NOW, (int64_t)(40 * T_MS)),
                                  DK_TIME_FOREVER, 0),
              0);
     CHECK_EQ(dk_source_resume(sa), 0);
     CHECK_EQ(dk_source_resume(sb), 0);
-    CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
-    CHECK_EQ(dk_semaphore_wait(a.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(a.sem, t_in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(a.sem, t_in_ms(5000)), 0);
     /* a may be late by its leeway (to share b's wake-up), never early. */
-    CHECK(a.fired_at >= t0 + 20 * MS);
-    CHECK(b.fired_at >= t0 + 40 * MS);
+    CHECK(a.fired_at >= t0 + 20 * T_MS);
+    CHECK(b.fired_at >= t0 + 40 * T_MS);
     dk_source_cancel(sa);
     dk_source_cancel(sb);
     dk_release(sa);
@@ -373,7 +368,7 @@ blocking_read_handler(void *p)
     /* Block until a timer armed by the test fires: were the epoll role
      * stalled behind this handler, it never would. */
     __atomic_store_n(&x->saw_timer,
-                     dk_semaphore_wait(x->timer_ran, in_ms(10000)) == 0,
+                     dk_semaphore_wait(x->timer_ran, t_in_ms(10000)) == 0,
                      __ATOMIC_RELEASE);
     dk_semaphore_signal(x->done);
 }
@@ -399,12 +394,12 @@ DK_TEST(read_handler_runs_on_event_thread_and_long_one_stalls_no_timer)
     dk_source_t *t = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     dk_source_set_context(t, &x);
     dk_source_set_event_handler_f(t, timer_ran_handler);
-    CHECK_EQ(dk_source_set_timer(t, dk_time(DK_TIME_NOW, (int64_t)(30 * MS)),
+    CHECK_EQ(dk_source_set_timer(t, dk_time(DK_TIME_NOW, (int64_t)(30 * T_MS)),
                                  DK_TIME_FOREVER, 0),
              0);
     CHECK_EQ(write(p[1], "x", 1), 1);
     CHECK_EQ(dk_source_resume(t), 0);
-    CHECK_EQ(dk_semaphore_wait(x.done, in_ms(20000)), 0);
+    CHECK_EQ(dk_semaphore_wait(x.done, t_in_ms(20000)), 0);
     CHECK(LOAD(x.on_event_thread));
     CHECK(LOAD(x.saw_timer));
     /* The other event thread did not run the timer's handler while the
@@ -481,7 +476,7 @@ DK_TEST(handlers_on_event_thread_keep_serial_queue_exclusive)
         }
     }
     for (int i = 0; i < 200; i++) {
-        CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(10000)), 0);
+        CHECK_EQ(dk_semaphore_wait(x.sem, t_in_ms(10000)), 0);
     }
     dk_source_cancel(s);
     CHECK_EQ(dk_queue_sync_f(q, NULL, noop_fn), 0);
@@ -504,8 +499,8 @@ DK_TEST(dispatch_after_on_a_suspended_queue_waits_for_resume)
 {
     dk_queue_t *q = t_queue("suspended", 0, 0, 0, NULL);
     dk_queue_suspend(q);
-    CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)(5 * MS)), NULL,
-                              mark_after),
+    CHECK_EQ(dk_queue_after_f(q, dk_time(DK_TIME_NOW, (int64_t)(5 * T_MS)),
+                              NULL, mark_after),
              0);
     usleep(60000);
     CHECK_EQ(LOAD(after_ran), 0);
@@ -521,6 +516,18 @@ struct estimate_probe {
     dk_semaphore_t *sem;
     uintptr_t before, after;
 };
+
+/* A suspended read source on a new pipe p, whose handler gets x. */
+static dk_source_t *
+probed_pipe_source(int p[2], struct estimate_probe *x, dk_function_t handler)
+{
+    CHECK_EQ(pipe(p), 0);
+    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
+    *x = (struct estimate_probe){r, p[0], t_semaphore(0), 0, 0};
+    dk_source_set_context(r, x);
+    dk_source_set_event_handler_f(r, handler);
+    return r;
+}
 
 static void
 estimate_handler(void *p)
@@ -542,14 +549,11 @@ estimate_handler(void *p)
 DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
 {
     int p[2];
-    CHECK_EQ(pipe(p), 0);
-    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    struct estimate_probe x = {r, p[0], t_semaphore(0), 0, 0};
-    dk_source_set_context(r, &x);
-    dk_source_set_event_handler_f(r, estimate_handler);
+    struct estimate_probe x;
+    dk_source_t *r = probed_pipe_source(p, &x, estimate_handler);
     CHECK_EQ(write(p[1], "abcdef", 6), 6);
     CHECK_EQ(dk_source_resume(r), 0);
-    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(x.sem, t_in_ms(5000)), 0);
     /* Taken when the handler first asks (after it read two of six
      * bytes), then kept for the rest of the call. */
     CHECK_EQ(x.before, 4);
@@ -596,14 +600,11 @@ forking_handler(void *p)
 DK_TEST(child_forked_in_a_handler_can_return_from_it)
 {
     int p[2];
-    CHECK_EQ(pipe(p), 0);
-    dk_source_t *r = t_source(DK_SOURCE_READ, (uintptr_t)p[0], 0, NULL);
-    struct estimate_probe x = {r, p[0], t_semaphore(0), 0, 0};
-    dk_source_set_context(r, &x);
-    dk_source_set_event_handler_f(r, forking_handler);
+    struct estimate_probe x;
+    dk_source_t *r = probed_pipe_source(p, &x, forking_handler);
     CHECK_EQ(dk_source_resume(r), 0);
     CHECK_EQ(write(p[1], "x", 1), 1);
-    CHECK_EQ(dk_semaphore_wait(x.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(x.sem, t_in_ms(5000)), 0);
     int status = 0;
     CHECK_EQ(waitpid(forked_child, &status, 0), forked_child);
     /* The child's event thread ends quietly; it must not abort on the

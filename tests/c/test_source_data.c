@@ -13,14 +13,7 @@
 #include "dk/source.h"
 #include "dk/time.h"
 
-#define MS (1000000ull)
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
-
-static uint64_t
-in_ms(uint64_t ms)
-{
-    return dk_now() + ms * MS;
-}
 
 struct tally {
     dk_source_t *s;
@@ -98,7 +91,7 @@ static void
 tally_done(dk_source_t *s, struct tally *t)
 {
     dk_source_cancel(s);
-    CHECK_EQ(dk_semaphore_wait(t->cancelled, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t->cancelled, t_in_ms(5000)), 0);
     dk_release(s);
     dk_release(t->sem);
     dk_release(t->cancelled);
@@ -132,19 +125,24 @@ DK_TEST(data_add_coalesces_concurrent_merges_into_their_sum)
     expect *= THREADS;
     t.target = expect;
     CHECK_EQ(dk_source_resume(s), 0);
-    pthread_t th[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        CHECK_EQ(pthread_create(&th[i], NULL, merge_many, s), 0);
-    }
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(th[i], NULL);
-    }
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(20000)), 0);
+    t_run_threads(THREADS, merge_many, s);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(20000)), 0);
     CHECK_EQ(LOAD(t.sum), expect);
     CHECK_EQ(LOAD(t.overlaps), 0);
     /* Coalescing: never more calls than merges, and every call had data. */
     CHECK(LOAD(t.calls) >= 1 && LOAD(t.calls) <= THREADS * MERGES);
     tally_done(s, &t);
+}
+
+/* Resume s, which merged data while suspended, wait for a call and check
+ * the data it saw last and the number of calls so far. */
+static void
+resume_and_expect(dk_source_t *s, struct tally *t, uintptr_t last, long calls)
+{
+    CHECK_EQ(dk_source_resume(s), 0);
+    CHECK_EQ(dk_semaphore_wait(t->sem, t_in_ms(5000)), 0);
+    CHECK_EQ(LOAD(t->last), last);
+    CHECK_EQ(LOAD(t->calls), calls);
 }
 
 DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
@@ -157,10 +155,7 @@ DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
         CHECK_EQ(dk_source_merge_data(add, i), 0);
     }
     CHECK_EQ(dk_source_merge_data(add, 0), 0); /* no event */
-    CHECK_EQ(dk_source_resume(add), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
-    CHECK_EQ(LOAD(t.last), 5050);
-    CHECK_EQ(LOAD(t.calls), 1);
+    resume_and_expect(add, &t, 5050, 1);
     tally_done(add, &t);
 
     struct tally o = {0};
@@ -169,26 +164,21 @@ DK_TEST(data_add_or_replace_while_suspended_deliver_one_call)
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
     CHECK_EQ(dk_source_merge_data(or, 4), 0);
     CHECK_EQ(dk_source_merge_data(or, 0), 0);
-    CHECK_EQ(dk_source_resume(or), 0);
-    CHECK_EQ(dk_semaphore_wait(o.sem, in_ms(5000)), 0);
-    CHECK_EQ(LOAD(o.last), 5);
-    CHECK_EQ(LOAD(o.calls), 1);
+    resume_and_expect(or, &o, 5, 1);
     tally_done(or, &o);
 
     struct tally r = {0};
     dk_source_t *rep = data_source(DK_SOURCE_DATA_REPLACE, q, &r);
     CHECK_EQ(dk_source_merge_data(rep, 5), 0);
     CHECK_EQ(dk_source_merge_data(rep, 9), 0);
-    CHECK_EQ(dk_source_resume(rep), 0);
-    CHECK_EQ(dk_semaphore_wait(r.sem, in_ms(5000)), 0);
-    CHECK_EQ(LOAD(r.last), 9); /* the last value, not a sum */
+    resume_and_expect(rep, &r, 9, 1); /* the last value, not a sum */
     /* A 0 replaces a pending value: no call for it. */
     dk_source_suspend(rep);
     CHECK_EQ(dk_source_merge_data(rep, 3), 0);
     CHECK_EQ(dk_source_merge_data(rep, 0), 0);
     CHECK_EQ(dk_source_resume(rep), 0);
     CHECK_EQ(dk_source_merge_data(rep, 7), 0);
-    CHECK_EQ(dk_semaphore_wait(r.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(r.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(r.last), 7);
     CHECK_EQ(LOAD(r.calls), 2);
     tally_done(rep, &r);
@@ -213,7 +203,7 @@ DK_TEST(data_source_merge_from_its_own_handler_runs_it_again_later)
     t.target = 10;
     CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_source_merge_data(s, 1), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(t.calls), 10);
     CHECK_EQ(LOAD(t.overlaps), 0);
     tally_done(s, &t);
@@ -258,8 +248,8 @@ DK_TEST(registration_handler_runs_once_before_the_first_event)
     usleep(20000);
     CHECK_EQ(LOAD(t.registered), 0); /* suspended: nothing runs */
     CHECK_EQ(dk_source_resume(s), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(t.registered), 1);
     CHECK_EQ(LOAD(t.calls_at_reg), 0);
     CHECK_EQ(LOAD(t.calls), 1);
@@ -268,11 +258,11 @@ DK_TEST(registration_handler_runs_once_before_the_first_event)
     dk_source_suspend(s);
     CHECK_EQ(dk_source_resume(s), 0);
     CHECK_EQ(dk_source_merge_data(s, 1), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(t.registered), 1);
     /* Set on a registered source, it runs at once (as in GCD). */
     dk_source_set_registration_handler_f(s, tally_registered);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(t.registered), 2);
     tally_done(s, &t);
 }
@@ -283,12 +273,12 @@ DK_TEST(registration_handler_of_a_timer_and_not_after_cancel)
     dk_source_t *s = t_source(DK_SOURCE_TIMER, 0, 0, NULL);
     tally_init(s, &t);
     dk_source_set_registration_handler_f(s, tally_registered);
-    CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, 10 * MS),
+    CHECK_EQ(dk_source_set_timer(s, dk_time(DK_TIME_NOW, 10 * T_MS),
                                  DK_TIME_FOREVER, 0),
              0);
     CHECK_EQ(dk_source_resume(s), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
-    CHECK_EQ(dk_semaphore_wait(t.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(t.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(t.registered), 1);
     CHECK_EQ(LOAD(t.calls_at_reg), 0);
     CHECK_EQ(LOAD(t.calls), 1);
@@ -309,7 +299,7 @@ DK_TEST(registration_handler_of_a_timer_and_not_after_cancel)
     dk_source_set_registration_handler_f(e, NULL);
     CHECK_EQ(dk_source_resume(e), 0);
     CHECK_EQ(dk_source_merge_data(e, 2), 0);
-    CHECK_EQ(dk_semaphore_wait(n.sem, in_ms(5000)), 0);
+    CHECK_EQ(dk_semaphore_wait(n.sem, t_in_ms(5000)), 0);
     CHECK_EQ(LOAD(n.registered), 0);
     tally_done(d, &c);
     tally_done(e, &n);

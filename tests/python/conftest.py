@@ -26,6 +26,7 @@ def pytest_sessionstart(session):
     """In the sanitizer run, make sure the instrumented extension is the one
     under test, not an ordinary build that happens to be installed."""
     import os
+    _install_if_stale()
     site = os.environ.get("PYTHONPATH", "")
     if os.environ.get("DK_SANITIZER_RUN") == "1":
         import dispatchkit._dk as ext
@@ -58,3 +59,25 @@ def pytest_configure(config):
     for char in "xX":
         if char not in reporter.reportchars:
             reporter.reportchars += char
+
+
+def _install_if_stale():
+    """`.venv/bin/python -m pytest tests/python/test_x.py` tests the tree as
+    it is: when a source of the package changed since the last install,
+    `make install` (the Makefile's own rule, a no-op when nothing changed)
+    runs first, before any test imports dispatchkit. Only for this
+    checkout's .venv: the sanitizer run and `make test-pythons` install
+    their own builds."""
+    import os
+    import pathlib
+    import subprocess
+    root = pathlib.Path(__file__).resolve().parents[2]
+    venv = root / ".venv"
+    if (os.environ.get("DK_SANITIZER_RUN") == "1"
+            or pathlib.Path(sys.prefix).resolve() != venv.resolve()
+            or not (root / "Makefile").exists()):
+        return
+    if subprocess.run(["make", "-q", "install"], cwd=root,
+                      capture_output=True).returncode == 0:
+        return
+    subprocess.run(["make", "-s", "install"], cwd=root, check=True)

@@ -19,6 +19,7 @@ import pytest
 import dispatchkit as dk
 import dispatchkit.sync as sync
 from dispatchkit import asyncio as dkio
+from shm_names import fastipc_paths, unlink_all
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -69,12 +70,7 @@ def pid_root(tmp_path, monkeypatch):
 def name():
     n = "dkaio" + uuid.uuid4().hex[:10]
     yield n
-    for prefix in ("__pyfastipc_event_", "__pyfastipc_mutex_",
-                   "__pyfastipc_sema_"):
-        try:
-            os.unlink(f"/dev/shm/{prefix}{n}")
-        except FileNotFoundError:
-            pass
+    unlink_all(fastipc_paths(n))
 
 
 @pytest.fixture

@@ -91,3 +91,23 @@ def test_python_block_runs(path, start, code, tmp_path):
 def test_python_fragments_compile():
     for path, start, code in (p.values for p in FRAGMENTS):
         compile(code, f"{path.name}:{start}", "exec")
+
+
+def test_design_map_names_only_files_that_exist():
+    """docs/design.md maps the tree: every file it names in backquotes (a
+    path's tail such as `python/queue.c`, or a glob such as
+    `test_zerobuffer*.py`) is a file of the repository, so a rename or a
+    removal that leaves the map stale fails here."""
+    tracked = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
+               if p.is_file() and ".git" not in p.parts
+               and ".venv" not in p.parts and "build" not in p.parts]
+    text = (ROOT / "docs" / "design.md").read_text()
+    names = set(re.findall(r"`([\w./*{},-]+\.(?:c|h|py|md|toml))`", text))
+    assert len(names) > 50
+    missing = []
+    for name in sorted(names):
+        pattern = re.compile(
+            r"(^|/)" + re.escape(name).replace(r"\*", r"[^/]*") + "$")
+        if not any(pattern.search(path) for path in tracked):
+            missing.append(name)
+    assert not missing, missing

@@ -19,29 +19,16 @@ import pytest
 
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import channel_paths, fastipc_paths, unlink_all
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"
-
-
-def zb_names(name):
-    return [f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
-            f"/dev/shm/sem.sem-r-{name}", f"/tmp/zerobuffer/{name}.lock"]
-
-
-def channel_names(channel):
-    return (zb_names(f"{channel}_request")
-            + zb_names(f"{channel}_response"))
 
 
 @pytest.fixture
 def channel():
     n = f"dkerr-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     yield n
-    for path in channel_names(n):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    unlink_all(channel_paths(n))
 
 
 def wait_until(cond, timeout=20):
@@ -76,7 +63,7 @@ def test_seed_duplex_sample_shows_its_error(channel):
     assert ("TypeError: process_request() takes 1 positional argument but "
             "2 were given" in r.stderr), r.stderr
     # Neither stop() nor close() is called: exit cleans up.
-    for path in channel_names(channel):
+    for path in channel_paths(channel):
         assert not os.path.exists(path), path
 
 
@@ -231,7 +218,7 @@ def test_exit_with_a_running_server_and_open_client_cleans_up(channel):
                        text=True, timeout=60)
     assert r.returncode == 0 and r.stdout == "served\n", r.stderr
     assert r.stderr == ""
-    for path in channel_names(channel):
+    for path in channel_paths(channel):
         assert not os.path.exists(path), path
 
 
@@ -248,11 +235,7 @@ def pid_root(tmp_path, monkeypatch):
 def name():
     n = "dklog" + uuid.uuid4().hex[:12]
     yield n
-    for prefix in ("__pyfastipc_mutex_", "__pyfastipc_sema_"):
-        try:
-            os.unlink(f"/dev/shm/{prefix}{n}")
-        except FileNotFoundError:
-            pass
+    unlink_all(fastipc_paths(n, ("__pyfastipc_mutex_", "__pyfastipc_sema_")))
 
 
 def _hold(name, q):

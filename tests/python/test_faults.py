@@ -23,6 +23,7 @@ import pytest
 import dispatchkit as dk
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import unlink_all, zerobuffer_paths
 
 SEED = int(os.environ.get("DK_FAULT_SEED", str(time.time_ns() % 100_000)))
 WAIT_NS = 20_000_000_000  # generous: a loaded 2-core machine
@@ -82,12 +83,7 @@ def close_shm(shm):
 
 def unlink_buffer(name):
     """What a failed zerobuffer round may leave behind."""
-    for path in (f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
-                 f"/dev/shm/sem.sem-r-{name}", f"/tmp/zerobuffer/{name}.lock"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    unlink_all(zerobuffer_paths(name))
 
 
 def spin(n):
@@ -118,13 +114,19 @@ def _critical(mtx, words, rng):
     mtx.release()
 
 
-def _mutex_child(kind, shm, name, seed):
-    rng = random.Random(seed)
+def _mutex_and_words(kind, shm, name):
+    """The mutex under test (in the segment, or fastipc's named one) and
+    the words its critical section updates."""
     if kind == "Mutex":
         mtx = sync.Mutex(shm.buf[:64])
     else:
         mtx = sync.NamedMutex(name)
-    words = shm.buf[DATA:DATA + 24].cast("Q")
+    return mtx, shm.buf[DATA:DATA + 24].cast("Q")
+
+
+def _mutex_child(kind, shm, name, seed):
+    rng = random.Random(seed)
+    mtx, words = _mutex_and_words(kind, shm, name)
     while True:
         _critical(mtx, words, rng)
         spin(rng.randrange(400))
@@ -175,11 +177,7 @@ def test_mutex_holder_killed_at_random_points(kind, tmp_path, monkeypatch):
     name = f"dkfault{os.getpid()}{kind}"
     shm = shared_memory.SharedMemory(create=True, size=128)
     try:
-        if kind == "Mutex":
-            mtx = sync.Mutex(shm.buf[:64])
-        else:
-            mtx = sync.NamedMutex(name)
-        words = shm.buf[DATA:DATA + 24].cast("Q")
+        mtx, words = _mutex_and_words(kind, shm, name)
         seen = {True: 0, False: 0}
         r = 0
         # At least 20 rounds, then on until the victim has died both

@@ -17,6 +17,7 @@ import pytest
 
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import channel_paths, unlink_all, zerobuffer_paths
 
 FOREIGN_UID = 54321  # an uid nobody on this machine uses
 
@@ -585,9 +586,7 @@ def test_zerobuffer_objects_have_the_mode_asked_for(mode):
     try:
         with zb.Reader(name, zb.BufferConfig(0, 4096), **kw):
             want = mode or 0o600
-            for path in (f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
-                         f"/dev/shm/sem.sem-r-{name}",
-                         f"/tmp/zerobuffer/{name}.lock"):
+            for path in zerobuffer_paths(name):
                 assert _mode(path) == want, (path, oct(_mode(path)))
     finally:
         os.umask(old)
@@ -703,13 +702,7 @@ def test_duplex_server_killed_mid_request_client_is_told():
     finally:
         p.kill()
         p.wait()
-        for suffix in ("_request", "_response"):
-            for path in (f"/dev/shm/{name}{suffix}",
-                         f"/dev/shm/sem.sem-w-{name}{suffix}",
-                         f"/dev/shm/sem.sem-r-{name}{suffix}",
-                         f"/tmp/zerobuffer/{name}{suffix}.lock"):
-                if os.path.lexists(path):
-                    os.unlink(path)
+        unlink_all(channel_paths(name))
 
 
 FORK_BUSY = """

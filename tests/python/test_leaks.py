@@ -37,6 +37,18 @@ def growth(fn, settle=None, n=N):
         tracemalloc.stop()
 
 
+def raise_each(cases):
+    """Each (fn, exc) of cases: fn() raises exc (error paths must not leak
+    either)."""
+    for fn, exc in cases:
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError(fn)
+
+
 Q = dk.Queue("leaks")
 C = dk.Queue("leaks-c", concurrent=True)
 
@@ -256,20 +268,14 @@ def sync_objects_cycle():
 
 
 def sync_errors_cycle():
-    for fn, exc in (
+    raise_each((
             (MTX.release, RuntimeError),  # not held
             (lambda: sync.Mutex(bytearray(8)), ValueError),  # too small
             (lambda: sync.Mutex(b"\0" * 64), (ValueError, TypeError)),
             (lambda: sync.Semaphore(memoryview(SHM)[192:256]), ValueError),
             (lambda: SEM.post(-1), OverflowError),
             (lambda: A32.store(2**32), OverflowError),
-            (lambda: sync.AtomicU64(memoryview(SHM)[1:9]), ValueError)):
-        try:
-            fn()
-        except exc:
-            pass
-        else:
-            raise AssertionError(fn)
+            (lambda: sync.AtomicU64(memoryview(SHM)[1:9]), ValueError)))
 
 
 def sync_named_cycle():
@@ -338,20 +344,14 @@ def zb_zero_copy_cycle():
 
 
 def zb_errors_cycle():
-    for fn, exc in (
+    raise_each((
             (lambda: ZW.write_frame(bytes(1 << 17)),
              zb.FrameTooLargeException),
             (lambda: ZW.write_frame(b""), zb.InvalidFrameSizeException),
             (lambda: ZW.set_metadata(b"again"),
              zb.MetadataAlreadyWrittenException),
             (lambda: zb.Writer(ZBNAME), zb.WriterAlreadyConnectedException),
-            (lambda: zb.Reader("bad/name"), zb.InvalidBufferNameException)):
-        try:
-            fn()
-        except exc:
-            pass
-        else:
-            raise AssertionError(fn)
+            (lambda: zb.Reader("bad/name"), zb.InvalidBufferNameException)))
     assert ZR.read_frame(timeout=0) is None
 
 
@@ -363,17 +363,11 @@ def zb_batch_cycle():
     ZR.release_frames(frames)
     ZW.write_frames(iter([PAYLOAD]))
     ZR.read_frames(4, timeout=5)  # released by garbage collection
-    for fn, exc in ((lambda: ZW.write_frames([PAYLOAD, b""]),
-                     zb.InvalidFrameSizeException),
-                    (lambda: ZW.write_frames([PAYLOAD, 5]), TypeError),
-                    (lambda: ZR.read_frames(0), ValueError),
-                    (lambda: ZR.release_frames(5), TypeError)):
-        try:
-            fn()
-        except exc:
-            pass
-        else:
-            raise AssertionError(fn)
+    raise_each(((lambda: ZW.write_frames([PAYLOAD, b""]),
+                 zb.InvalidFrameSizeException),
+                (lambda: ZW.write_frames([PAYLOAD, 5]), TypeError),
+                (lambda: ZR.read_frames(0), ValueError),
+                (lambda: ZR.release_frames(5), TypeError)))
     assert ZR.read_frames(4, timeout=0) == []
 
 
@@ -477,18 +471,26 @@ from dispatchkit import asyncio as dkio  # noqa: E402
 LOOP = asyncio.new_event_loop()
 
 
+async def _cancel(aw, started):
+    """Run aw as a task and cancel it, before it starts or (started) once
+    it waits, and swallow its CancelledError."""
+    t = asyncio.ensure_future(aw)
+    if started:
+        await asyncio.sleep(0)
+    t.cancel()
+    try:
+        await t
+    except asyncio.CancelledError:
+        pass
+
+
 async def _aio_body():
     await dkio.run(C, noop)
     try:
         await dkio.run(C, boom)
     except ValueError:
         pass
-    t = asyncio.ensure_future(dkio.run(Q, noop))
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.run(Q, noop), started=False)
     try:
         dkio.run(C, 42)
     except TypeError:
@@ -516,13 +518,7 @@ async def _aio_wait_body():
     AIO_SEM.post(1)
     await dkio.wait(AIO_SEM, 1)
     await dkio.wait(AIO_SEM, 0.0001)  # times out
-    t = asyncio.ensure_future(dkio.wait(AIO_DSEM))
-    await asyncio.sleep(0)
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.wait(AIO_DSEM), started=True)
     async with dkio.locked(AIO_MUTEX):
         pass
     try:
@@ -545,13 +541,7 @@ async def _aio_zb_body():
     f = await dkio.read_frame(AIO_ZB_READER, timeout=1)
     f.dispose()
     assert await dkio.read_frame(AIO_ZB_READER, timeout=0.0001) is None
-    t = asyncio.ensure_future(dkio.read_frame(AIO_ZB_READER))
-    await asyncio.sleep(0)
-    t.cancel()
-    try:
-        await t
-    except asyncio.CancelledError:
-        pass
+    await _cancel(dkio.read_frame(AIO_ZB_READER), started=True)
 
 
 def aio_zb_cycle():

@@ -63,6 +63,21 @@ def test_group_dropped_with_outstanding_enter_warns_not_crashes(unraisable):
         gc.collect()
 
 
+def refused_inside(queue, call):
+    """Whether call, made from an item running on queue, raised
+    RuntimeError (once: the item runs once)."""
+    refused = []
+
+    def inner():
+        try:
+            call()
+        except RuntimeError:
+            refused.append(1)
+
+    queue.run_sync(inner)
+    return refused == [1]
+
+
 def test_run_sync_on_current_serial_queue_is_detected():
     q = dk.Queue("self")
     errors = []
@@ -83,16 +98,7 @@ def test_run_sync_on_current_serial_queue_is_detected():
 def test_sync_on_queue_targeting_current_queue_is_detected():
     parent = dk.Queue("p")
     child = dk.Queue("c", target=parent)
-    errors = []
-
-    def inner():
-        try:
-            child.run_sync(lambda: None)
-        except RuntimeError:
-            errors.append(1)
-
-    parent.run_sync(inner)
-    assert errors == [1]
+    assert refused_inside(parent, lambda: child.run_sync(lambda: None))
 
 
 def test_barrier_sync_inside_own_concurrent_queue_is_detected():
@@ -112,16 +118,7 @@ def test_barrier_sync_inside_own_concurrent_queue_is_detected():
 
 def test_apply_on_current_serial_queue_is_detected():
     q = dk.Queue("s")
-    errors = []
-
-    def inner():
-        try:
-            dk.apply(3, lambda i: None, queue=q)
-        except RuntimeError:
-            errors.append(1)
-
-    q.run_sync(inner)
-    assert errors == [1]
+    assert refused_inside(q, lambda: dk.apply(3, lambda i: None, queue=q))
 
 
 def test_set_target_queue_after_activation():

@@ -13,6 +13,7 @@ import pytest
 import dispatchkit as dk
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import fastipc_paths, unlink_all, zerobuffer_paths
 
 
 def test_group_repr_and_with():
@@ -160,12 +161,7 @@ def test_sync_primitive_reprs_show_state():
 def name():
     n = "dk" + uuid.uuid4().hex[:12]
     yield n
-    for prefix in ("__pyfastipc_event_", "__pyfastipc_mutex_",
-                   "__pyfastipc_sema_"):
-        try:
-            os.unlink(f"/dev/shm/{prefix}{n}")
-        except FileNotFoundError:
-            pass
+    unlink_all(fastipc_paths(n))
 
 
 def test_named_reprs_and_named_semaphore_with(name, tmp_path, monkeypatch):
@@ -206,9 +202,4 @@ def test_zerobuffer_reprs():
             assert repr(w) == f"<Writer {n!r} closed>"
         assert repr(r) == f"<Reader {n!r} closed>"
     finally:
-        for path in (f"/dev/shm/{n}", f"/dev/shm/sem.sem-w-{n}",
-                     f"/dev/shm/sem.sem-r-{n}", f"/tmp/zerobuffer/{n}.lock"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        unlink_all(zerobuffer_paths(n))

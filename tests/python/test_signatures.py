@@ -13,6 +13,7 @@ import dispatchkit as dk
 import dispatchkit.atomics as atomics
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from shm_names import unlink_all, zerobuffer_paths
 
 MODULES = ["dispatchkit", "dispatchkit.sync", "dispatchkit.atomics",
            "dispatchkit.atomics.base", "dispatchkit.atomics.view",
@@ -216,9 +217,4 @@ def test_zerobuffer_keywords():
                 f = kw(r.read_frame, timeout=5.0)
                 kw(r.release_frame, frame=f)
     finally:
-        for path in (f"/dev/shm/{n}", f"/dev/shm/sem.sem-w-{n}",
-                     f"/dev/shm/sem.sem-r-{n}", f"/tmp/zerobuffer/{n}.lock"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        unlink_all(zerobuffer_paths(n))

@@ -39,12 +39,18 @@ os_abort(const char *what, int err)
     abort();
 }
 
+static uint64_t
+clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 uint64_t
 dk__os_monotonic_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return clock_ns(CLOCK_MONOTONIC);
 }
 
 void
@@ -56,9 +62,7 @@ dk__os_yield(void)
 uint64_t
 dk__os_realtime_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return clock_ns(CLOCK_REALTIME);
 }
 
 int
@@ -249,31 +253,32 @@ dk__os_eventfd_create(void)
     return fd < 0 ? -errno : fd;
 }
 
+/* One 8-byte eventfd write (signal) or read (drain), retried on EINTR.
+ * EAGAIN is success either way: on a write the counter is saturated (it is
+ * readable anyway), on a read it was already drained. */
+static void
+eventfd_xfer(int fd, bool signal)
+{
+    uint64_t v = 1;
+    ssize_t n;
+    do {
+        n = signal ? write(fd, &v, sizeof v) : read(fd, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) {
+        os_abort(signal ? "eventfd write" : "eventfd read", errno);
+    }
+}
+
 void
 dk__os_eventfd_signal(int fd)
 {
-    uint64_t one = 1;
-    ssize_t n;
-    do {
-        n = write(fd, &one, sizeof one);
-    } while (n < 0 && errno == EINTR);
-    /* EAGAIN means the counter is saturated: it is readable anyway. */
-    if (n < 0 && errno != EAGAIN) {
-        os_abort("eventfd write", errno);
-    }
+    eventfd_xfer(fd, true);
 }
 
 void
 dk__os_eventfd_drain(int fd)
 {
-    uint64_t v;
-    ssize_t n;
-    do {
-        n = read(fd, &v, sizeof v);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN) {
-        os_abort("eventfd read", errno);
-    }
+    eventfd_xfer(fd, false);
 }
 
 int

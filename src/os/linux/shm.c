@@ -424,15 +424,24 @@ dk__shm_close(void *base, size_t size, int fd)
     }
 }
 
-int
-dk__shm_unlink(const char *name)
+/* Unlink a named object: path_of checks the name and prefixes the "/",
+ * unlink_fn is shm_unlink or sem_unlink. */
+static int
+named_unlink(const char *name, int (*path_of)(char *, size_t, const char *),
+             int (*unlink_fn)(const char *))
 {
     char path[300];
-    int rc = shm_path(path, sizeof path, name);
+    int rc = path_of(path, sizeof path, name);
     if (rc < 0) {
         return rc;
     }
-    return shm_unlink(path) < 0 ? -errno : 0;
+    return unlink_fn(path) < 0 ? -errno : 0;
+}
+
+int
+dk__shm_unlink(const char *name)
+{
+    return named_unlink(name, shm_path, shm_unlink);
 }
 
 int
@@ -491,12 +500,7 @@ dk__nsem_open(const char *sem_name, sem_t **out)
 int
 dk__nsem_unlink(const char *sem_name)
 {
-    char path[300];
-    int rc = slash_name(path, sizeof path, sem_name);
-    if (rc < 0) {
-        return rc;
-    }
-    return sem_unlink(path) < 0 ? -errno : 0;
+    return named_unlink(sem_name, slash_name, sem_unlink);
 }
 
 void

@@ -114,12 +114,11 @@ job_run(void *p)
     free(j);
 }
 
-/* A plain item without a FIFO check (the sources' producers interleave
- * them with other kinds of work). */
+/* The checks of a plain item without a FIFO check: it runs once, alone
+ * on a serial queue and its ancestors, never during a barrier. */
 static void
-job_run_unordered(void *p)
+job_check_unordered(const struct job *j)
 {
-    struct job *j = p;
     if (atomic_fetch_add(&ran[j->id], 1) != 0) {
         atomic_fetch_add(&errors, 1);
     }
@@ -130,7 +129,15 @@ job_run_unordered(void *p)
         atomic_fetch_add(&errors, 1);
     }
     leave(j->queue);
-    free(j);
+}
+
+/* A plain item without a FIFO check (the sources' producers interleave
+ * them with other kinds of work). */
+static void
+job_run_unordered(void *p)
+{
+    job_check_unordered(p);
+    free(p);
 }
 
 struct producer_arg {
@@ -138,6 +145,23 @@ struct producer_arg {
     dk_group_t *group;
     unsigned seed;
 };
+
+/* NPRODUCERS threads running fn, producer i seeded with seed * (i + 1);
+ * returns once they have all submitted and every item in g has run. */
+static void
+run_producers(void *(*fn)(void *), dk_group_t *g, unsigned seed)
+{
+    pthread_t t[NPRODUCERS];
+    struct producer_arg args[NPRODUCERS];
+    for (int i = 0; i < NPRODUCERS; i++) {
+        args[i] = (struct producer_arg){i, g, seed * (unsigned)(i + 1)};
+        pthread_create(&t[i], NULL, fn, &args[i]);
+    }
+    for (int i = 0; i < NPRODUCERS; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+}
 
 static unsigned
 rnd(unsigned *s)
@@ -206,16 +230,7 @@ DK_TEST_T(stress_random_hierarchies, 600)
                           parent >= 0 ? sq[parent].q : NULL);
     }
     dk_group_t *g = t_group();
-    pthread_t t[NPRODUCERS];
-    struct producer_arg args[NPRODUCERS];
-    for (int i = 0; i < NPRODUCERS; i++) {
-        args[i] = (struct producer_arg){i, g, 0x9e3779b9u * (unsigned)(i + 1)};
-        pthread_create(&t[i], NULL, producer, &args[i]);
-    }
-    for (int i = 0; i < NPRODUCERS; i++) {
-        pthread_join(t[i], NULL);
-    }
-    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+    run_producers(producer, g, 0x9e3779b9u);
     for (int i = 0; i < NSERIAL + NCONC; i++) {
         CHECK_EQ(dk_queue_barrier_sync_f(sq[i].q, NULL, noop),
                  0); /* barriers done */
@@ -294,19 +309,9 @@ source_cancel_handler(void *p)
 static void
 after_run(void *p)
 {
-    struct job *j = p;
-    if (atomic_fetch_add(&ran[j->id], 1) != 0) {
-        atomic_fetch_add(&errors, 1);
-    }
-    enter(j->queue);
-    if (!sq[j->queue].concurrent) {
-        check_ancestors_idle(j->queue);
-    } else if (atomic_load(&sq[j->queue].barrier_running)) {
-        atomic_fetch_add(&errors, 1);
-    }
-    leave(j->queue);
+    job_check_unordered(p);
     atomic_fetch_add(&after_runs, 1);
-    free(j);
+    free(p);
 }
 
 static void *
@@ -390,16 +395,7 @@ DK_TEST_T(stress_sources_and_after_items_on_hierarchies, 600)
         CHECK_EQ(dk_source_resume(x->s), 0);
     }
     dk_group_t *g = t_group();
-    pthread_t t[NPRODUCERS];
-    struct producer_arg args[NPRODUCERS];
-    for (int i = 0; i < NPRODUCERS; i++) {
-        args[i] = (struct producer_arg){i, g, 0x85ebca6bu * (unsigned)(i + 1)};
-        pthread_create(&t[i], NULL, source_producer, &args[i]);
-    }
-    for (int i = 0; i < NPRODUCERS; i++) {
-        pthread_join(t[i], NULL);
-    }
-    CHECK_EQ(dk_group_wait(g, dk_now() + 300ull * DK_NSEC_PER_SEC), 0);
+    run_producers(source_producer, g, 0x85ebca6bu);
     /* After items are not in the group: wait until every item ran. */
     long ran_once = 0;
     uint64_t until = dk_now() + 60ull * DK_NSEC_PER_SEC;
