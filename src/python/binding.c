@@ -462,3 +462,21 @@ dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline)
     int rc = dkpy_wait_sliced(fn, arg, deadline);
     return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
 }
+
+PyObject *
+dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (args == NULL || PyErr_Occurred()) {
+        Py_XDECREF(args);
+        Py_XDECREF(kwargs);
+        return NULL;
+    }
+    PyObject *e = PyObject_Call(type, args, kwargs);
+    Py_DECREF(args);
+    Py_XDECREF(kwargs);
+    if (e != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
+    }
+    return NULL;
+}

@@ -231,4 +231,11 @@ int dkpy_zerobuffer_exec(PyObject *m);
 /* The OS helpers of os.h the Python layer shares (python/os.c). */
 int dkpy_os_exec(PyObject *m);
 
+/* Raise type(*args, **kwargs), for the exceptions whose constructor takes
+ * arguments besides a message (the atomics package's, made in Python).
+ * args and kwargs (kwargs NULL: none) are stolen; either NULL with an
+ * exception set could not be built, and that exception stays. Returns
+ * NULL. */
+PyObject *dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */
