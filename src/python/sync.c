@@ -284,33 +284,24 @@ FutexWord_wake(WordObject *self, PyObject *args, PyObject *kwargs)
     return PyLong_FromLong(dk_futex_wake(self->addr, n, self->flags));
 }
 
-/* The words go through the public dk_atomic_u32_* / dk_atomic_u64_*
- * functions, the same ones dispatchkit.atomics uses. */
-static uint64_t
-word_load(WordObject *self)
-{
-    return self->kind == K_U64 ? dk_atomic_u64_load(self->addr, DK_MO_ACQUIRE)
-                               : dk_atomic_u32_load(self->addr, DK_MO_ACQUIRE);
-}
-
+/* The words go through dk/atomic.h's width-generic functions, on the
+ * same operations dispatchkit.atomics uses (atomic_raw.h). */
 static PyObject *
 Word_load(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    return PyLong_FromUnsignedLongLong(word_load(self));
+    return PyLong_FromUnsignedLongLong(
+        dk_atomic_load_w(self->addr, layout[self->kind].size, DK_MO_ACQUIRE));
 }
 
 static PyObject *
 Word_store(WordObject *self, PyObject *v)
 {
+    unsigned width = layout[self->kind].size;
     uint64_t x;
-    if (get_u(v, layout[self->kind].size, &x) < 0) {
+    if (get_u(v, width, &x) < 0) {
         return NULL;
     }
-    if (self->kind == K_U64) {
-        dk_atomic_u64_store(self->addr, x, DK_MO_RELEASE);
-    } else {
-        dk_atomic_u32_store(self->addr, (uint32_t)x, DK_MO_RELEASE);
-    }
+    dk_atomic_store_w(self->addr, width, x, DK_MO_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -319,7 +310,9 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
     static const char *const names[] = {"expected", "new"};
+    unsigned width = layout[self->kind].size;
     PyObject *a[2];
+    uint64_t e, d;
     if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "cas") < 0) {
         return NULL;
     }
@@ -327,19 +320,25 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
         return NULL;
     }
-    unsigned width = layout[self->kind].size;
-    uint64_t e, d;
     if (get_u(a[0], width, &e) < 0 || get_u(a[1], width, &d) < 0) {
         return NULL;
     }
-    uint32_t e32 = (uint32_t)e;
-    return PyBool_FromLong(
-        self->kind == K_U64
-            ? dk_atomic_u64_cas(self->addr, &e, d, false, DK_MO_ACQ_REL,
-                                DK_MO_ACQUIRE)
-            : dk_atomic_u32_cas(self->addr, &e32, (uint32_t)d, false,
-                                DK_MO_ACQ_REL, DK_MO_ACQUIRE));
+    return PyBool_FromLong(dk_atomic_cas_w(self->addr, width, &e, d, false,
+                                           DK_MO_ACQ_REL, DK_MO_ACQUIRE));
 }
+
+/* A method that answers a u32 field of a 64-byte header (dk/mutex.h),
+ * loaded with order MO. */
+#define HEADER_U32(NAME, TYPE, FIELD, MO)                                     \
+    static PyObject *NAME(WordObject *self, PyObject *Py_UNUSED(unused))      \
+    {                                                                         \
+        return PyLong_FromUnsignedLong(                                       \
+            dk_atomic_u32_load(&((TYPE *)self->addr)->FIELD, MO));            \
+    }
+HEADER_U32(Header_magic, dk_shm_mutex_t, magic, DK_MO_ACQUIRE)
+HEADER_U32(Mutex_owner_pid, dk_shm_mutex_t, owner_pid, DK_MO_ACQUIRE)
+HEADER_U32(Semaphore_value, dk_shm_semaphore_t, count, DK_MO_ACQUIRE)
+HEADER_U32(Semaphore_last_pid, dk_shm_semaphore_t, last_pid, DK_MO_RELAXED)
 
 /* ---- Mutex ------------------------------------------------------------ */
 
@@ -412,13 +411,6 @@ static PyObject *
 Mutex_force_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
     return mutex_unlock(self, DK_SHM_FORCE);
-}
-
-static PyObject *
-Mutex_owner_pid(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_mutex_t *)self->addr)->owner_pid, DK_MO_ACQUIRE));
 }
 
 static PyObject *
@@ -544,33 +536,12 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         word_wait(self, (uint64_t)(spin < 0 ? 0 : spin), timeout_ns));
 }
 
-static PyObject *
-Semaphore_value(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_semaphore_t *)self->addr)->count, DK_MO_ACQUIRE));
-}
-
-static PyObject *
-Semaphore_last_pid(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
-}
-
 /* ---- what Mutex and Semaphore share ----------------------------------- */
 
 static PyObject *
 Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
 {
     return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
-}
-
-static PyObject *
-Header_magic(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(
-        dk_atomic_u32_load((uint32_t *)self->addr, DK_MO_ACQUIRE));
 }
 
 /* `with`: a Mutex acquires (returns self) and releases; a Semaphore, as
@@ -662,9 +633,11 @@ Word_repr(WordObject *self)
             "<dispatchkit.sync.Event addr=%p shared=%d set=%d>", p, shared,
             (int)dk_shm_event_is_set(p));
     default:
-        return PyUnicode_FromFormat("<dispatchkit.sync.%s addr=%p value=%llu>",
-                                    dkpy_type_name(Py_TYPE(self)), p,
-                                    (unsigned long long)word_load(self));
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.%s addr=%p value=%llu>",
+            dkpy_type_name(Py_TYPE(self)), p,
+            (unsigned long long)dk_atomic_load_w(p, layout[self->kind].size,
+                                                 DK_MO_ACQUIRE));
     }
 }
 
