@@ -386,6 +386,128 @@ Atomic_traverse(AtomicObject *self, visitproc visit, void *arg)
     return 0;
 }
 
+/* ---- CmpxchgResult --------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *success;
+    PyObject *expected;
+} ResultObject;
+
+/* A cmpxchg in a retry loop makes and drops one result per call: keep a
+ * few dead ones to skip the allocator (the GIL guards the list). */
+#define RESULT_FREE_MAX 16
+static ResultObject *result_free[RESULT_FREE_MAX];
+static int result_nfree;
+
+static PyObject *
+Result_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"success", "expected", NULL};
+    PyObject *success, *expected;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:CmpxchgResult", kwlist,
+                                     &success, &expected)) {
+        return NULL;
+    }
+    ResultObject *self = (ResultObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        /* Stored as given, as the package's plain attributes are. */
+        self->success = Py_NewRef(success);
+        self->expected = Py_NewRef(expected);
+    }
+    return (PyObject *)self;
+}
+
+/* Build a result without argument parsing (the hot path); steals
+ * `expected`. */
+static PyObject *
+result_new(bool ok, PyObject *expected)
+{
+    PyTypeObject *type = (PyTypeObject *)cmpxchg_type;
+    ResultObject *r;
+    if (result_nfree > 0) {
+        r = result_free[--result_nfree];
+        PyObject_Init((PyObject *)r, type); /* takes a type reference */
+    } else {
+        r = (ResultObject *)type->tp_alloc(type, 0);
+        if (r == NULL) {
+            Py_DECREF(expected);
+            return NULL;
+        }
+    }
+    r->success = Py_NewRef(ok ? Py_True : Py_False);
+    r->expected = expected;
+    return (PyObject *)r;
+}
+
+static void
+Result_dealloc(ResultObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(self->success);
+    Py_CLEAR(self->expected);
+    if (tp == (PyTypeObject *)cmpxchg_type && result_nfree < RESULT_FREE_MAX) {
+        result_free[result_nfree++] = self;
+    } else {
+        tp->tp_free(self);
+    }
+    Py_DECREF(tp);
+}
+
+static int
+Result_bool(ResultObject *self)
+{
+    if (self->success == Py_True || self->success == Py_False) {
+        return self->success == Py_True;
+    }
+    return PyObject_IsTrue(self->success);
+}
+
+static PyObject *
+Result_iter(ResultObject *self)
+{
+    PyObject *t = PyTuple_Pack(2, self->success, self->expected);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(t);
+    Py_DECREF(t);
+    return it;
+}
+
+static PyObject *
+Result_repr(ResultObject *self)
+{
+    /* The package formats both fields with str(). */
+    return PyUnicode_FromFormat("%s(success=%S, expected=%S)",
+                                dkpy_type_name(Py_TYPE(self)), self->success,
+                                self->expected);
+}
+
+static PyMemberDef Result_members[] = {
+    {"success", T_OBJECT_EX, offsetof(ResultObject, success), 0,
+     "Whether the exchange took place."},
+    {"expected", T_OBJECT_EX, offsetof(ResultObject, expected), 0,
+     "The value the object held."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef Result_methods[] = {
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "__class_getitem__($cls, item, /)\n--\n\nCmpxchgResult[T]."},
+    {NULL, NULL, 0, NULL},
+};
+
+DKPY_TYPE(static, Result_spec, "dispatchkit.atomics.CmpxchgResult",
+          ResultObject, 0, {Py_tp_new, Result_new},
+          {Py_tp_dealloc, Result_dealloc}, {Py_nb_bool, Result_bool},
+          {Py_tp_iter, Result_iter}, {Py_tp_repr, Result_repr},
+          {Py_tp_members, Result_members}, {Py_tp_methods, Result_methods},
+          {Py_tp_doc,
+           "CmpxchgResult(success, expected)\n--\n\nThe result of a "
+           "compare-exchange: truthy when it succeeded; unpacks as "
+           "(success, expected)."});
+
 /* ---- operations ------------------------------------------------------
  *
  * Each body below serves the methods BYTE_OPS and INTEGRAL_OPS give it,
@@ -412,9 +534,8 @@ do_load(AtomicObject *self, int op, int mo)
 
 static PyObject *
 load(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-     PyObject *kwnames, int op, int unused, const char *name)
+     PyObject *kwnames, int op, int Py_UNUSED(unused), const char *name)
 {
-    (void)unused;
     static const char *const names[] = {"order"};
     PyObject *order = NULL;
     if ((nargs != 0 || kwnames != NULL) &&
@@ -487,9 +608,8 @@ value_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
 
 static PyObject *
 store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-      PyObject *kwnames, int op, int unused, const char *name)
+      PyObject *kwnames, int op, int Py_UNUSED(unused), const char *name)
 {
-    (void)unused;
     static const char *const names[] = {"desired", "order"};
     PyObject *a[2];
     int mo;
@@ -595,21 +715,6 @@ bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     return r < 0 ? dkpy_raise_errno(r) : PyBool_FromLong(r);
 }
 
-static PyObject *result_new(bool ok, PyObject *expected);
-
-/* The value a successful cmpxchg reports: the caller's `expected` when it
- * is exactly the type we would build (as the atomics package returns it),
- * else a fresh one (so a bytearray or a bool comes back as bytes or int). */
-static PyObject *
-expected_back(AtomicObject *self, PyObject *given, const unsigned char x[16])
-{
-    if (self->integral ? PyLong_CheckExact(given)
-                       : PyBytes_CheckExact(given)) {
-        return Py_NewRef(given);
-    }
-    return from_value(self, x);
-}
-
 HOT_INLINE PyObject *
 cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyObject *kwnames, int op, bool weak, const char *name)
@@ -644,9 +749,14 @@ cmpxchg(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     bool ok =
         dk__atomic_cmpxchg_raw(self->addr, self->width, v[0], v[1], weak);
-    /* On success, what was there is what the caller expected. */
-    PyObject *seen =
-        ok ? expected_back(self, a[0], v[0]) : from_value(self, v[0]);
+    /* On success, what was there is what the caller expected: report the
+     * caller's `expected` when it is exactly the type we would build (as
+     * the atomics package returns it), else a fresh one (so a bytearray or
+     * a bool comes back as bytes or int). */
+    PyObject *seen = ok && (self->integral ? PyLong_CheckExact(a[0])
+                                           : PyBytes_CheckExact(a[0]))
+                         ? Py_NewRef(a[0])
+                         : from_value(self, v[0]);
     return seen == NULL ? NULL : result_new(ok, seen);
 }
 
@@ -1033,128 +1143,6 @@ atomic_class(PyObject *module, PyObject *args)
     }
     return t;
 }
-
-/* ---- CmpxchgResult --------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *success;
-    PyObject *expected;
-} ResultObject;
-
-/* A cmpxchg in a retry loop makes and drops one result per call: keep a
- * few dead ones to skip the allocator (the GIL guards the list). */
-#define RESULT_FREE_MAX 16
-static ResultObject *result_free[RESULT_FREE_MAX];
-static int result_nfree;
-
-static PyObject *
-Result_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"success", "expected", NULL};
-    PyObject *success, *expected;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:CmpxchgResult", kwlist,
-                                     &success, &expected)) {
-        return NULL;
-    }
-    ResultObject *self = (ResultObject *)type->tp_alloc(type, 0);
-    if (self != NULL) {
-        /* Stored as given, as the package's plain attributes are. */
-        self->success = Py_NewRef(success);
-        self->expected = Py_NewRef(expected);
-    }
-    return (PyObject *)self;
-}
-
-/* Build a result without argument parsing (the hot path); steals
- * `expected`. */
-static PyObject *
-result_new(bool ok, PyObject *expected)
-{
-    PyTypeObject *type = (PyTypeObject *)cmpxchg_type;
-    ResultObject *r;
-    if (result_nfree > 0) {
-        r = result_free[--result_nfree];
-        PyObject_Init((PyObject *)r, type); /* takes a type reference */
-    } else {
-        r = (ResultObject *)type->tp_alloc(type, 0);
-        if (r == NULL) {
-            Py_DECREF(expected);
-            return NULL;
-        }
-    }
-    r->success = Py_NewRef(ok ? Py_True : Py_False);
-    r->expected = expected;
-    return (PyObject *)r;
-}
-
-static void
-Result_dealloc(ResultObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    Py_CLEAR(self->success);
-    Py_CLEAR(self->expected);
-    if (tp == (PyTypeObject *)cmpxchg_type && result_nfree < RESULT_FREE_MAX) {
-        result_free[result_nfree++] = self;
-    } else {
-        tp->tp_free(self);
-    }
-    Py_DECREF(tp);
-}
-
-static int
-Result_bool(ResultObject *self)
-{
-    if (self->success == Py_True || self->success == Py_False) {
-        return self->success == Py_True;
-    }
-    return PyObject_IsTrue(self->success);
-}
-
-static PyObject *
-Result_iter(ResultObject *self)
-{
-    PyObject *t = PyTuple_Pack(2, self->success, self->expected);
-    if (t == NULL) {
-        return NULL;
-    }
-    PyObject *it = PyObject_GetIter(t);
-    Py_DECREF(t);
-    return it;
-}
-
-static PyObject *
-Result_repr(ResultObject *self)
-{
-    /* The package formats both fields with str(). */
-    return PyUnicode_FromFormat("%s(success=%S, expected=%S)",
-                                dkpy_type_name(Py_TYPE(self)), self->success,
-                                self->expected);
-}
-
-static PyMemberDef Result_members[] = {
-    {"success", T_OBJECT_EX, offsetof(ResultObject, success), 0,
-     "Whether the exchange took place."},
-    {"expected", T_OBJECT_EX, offsetof(ResultObject, expected), 0,
-     "The value the object held."},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyMethodDef Result_methods[] = {
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
-     "__class_getitem__($cls, item, /)\n--\n\nCmpxchgResult[T]."},
-    {NULL, NULL, 0, NULL},
-};
-
-DKPY_TYPE(static, Result_spec, "dispatchkit.atomics.CmpxchgResult",
-          ResultObject, 0, {Py_tp_new, Result_new},
-          {Py_tp_dealloc, Result_dealloc}, {Py_nb_bool, Result_bool},
-          {Py_tp_iter, Result_iter}, {Py_tp_repr, Result_repr},
-          {Py_tp_members, Result_members}, {Py_tp_methods, Result_methods},
-          {Py_tp_doc,
-           "CmpxchgResult(success, expected)\n--\n\nThe result of a "
-           "compare-exchange: truthy when it succeeded; unpacks as "
-           "(success, expected)."});
 
 /* ---- setup ----------------------------------------------------------- */
 
