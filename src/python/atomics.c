@@ -26,8 +26,6 @@
 
 __extension__ typedef unsigned __int128 u128;
 __extension__ typedef __int128 i128;
-/* In objects, whose allocation promises less than 16-byte alignment. */
-typedef u128 u128_field __attribute__((aligned(8)));
 
 typedef struct {
     PyObject_HEAD
@@ -38,9 +36,9 @@ typedef struct {
     bool readonly;
     bool integral;
     bool is_signed;
-    /* The integers of the width: x fits when x - min <= span (unsigned,
-     * wrapping), one comparison on every conversion. */
-    u128_field min, span;
+    /* The integers of the width that fit 64 bits: the fast path of
+     * every conversion (to_value). */
+    long long lo, hi;
 } AtomicObject;
 
 /* For the steps of every operation's call (argument conversion, the
@@ -209,34 +207,38 @@ widen(u128 x, unsigned width, bool is_signed)
                      : x << shift >> shift;
 }
 
-/* An int as a 16-byte two's complement, with int.to_bytes's errors. Most
- * values fit 64 bits and convert without an object (unsigned ones past
- * 2^63 too); the rest go through compat.h. */
-HOT_INLINE int
-int_value(PyObject *v, bool is_signed, u128 *x)
+/* The int v as the 16-byte two's complement of a value of the width,
+ * with int.to_bytes's errors, when it does not fit [lo, hi]: the rare
+ * path of to_value, out of line. Unsigned values past 2^63 convert
+ * without an object too; the rest go through compat.h. */
+static int
+int_value_slow(AtomicObject *self, PyObject *v, unsigned char out[16])
 {
     int overflow;
     long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow == 0 && (s >= 0 || is_signed)) {
-        if (s == -1 && PyErr_Occurred()) {
+    unsigned long long u = 0;
+    u128 x;
+    if (overflow == 0 && (s >= 0 || self->is_signed)) {
+        x = (u128)(i128)s; /* fits 64 bits, not the width */
+    } else if (overflow > 0 && !self->is_signed &&
+               !((u = PyLong_AsUnsignedLongLong(v)) ==
+                     (unsigned long long)-1 &&
+                 PyErr_Occurred())) {
+        x = u; /* 2^63 and up */
+    } else {
+        /* Past 64 bits, or negative for an unsigned object: compat.h
+         * converts or raises int.to_bytes's error. */
+        PyErr_Clear();
+        if (dkpy_long_to_le16(v, out, self->is_signed) < 0) {
             return -1;
         }
-        *x = (u128)(i128)s;
-        return 0;
+        memcpy(&x, out, 16);
     }
-    if (overflow > 0 && !is_signed) {
-        unsigned long long u = PyLong_AsUnsignedLongLong(v);
-        if (!(u == (unsigned long long)-1 && PyErr_Occurred())) {
-            *x = u;
-            return 0;
-        }
-        PyErr_Clear(); /* past 64 bits */
-    }
-    unsigned char b[16];
-    if (dkpy_long_to_le16(v, b, is_signed) < 0) {
+    if (widen(x, self->width, self->is_signed) != x) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
         return -1;
     }
-    memcpy(x, b, 16);
+    memcpy(out, &x, 16);
     return 0;
 }
 
@@ -267,14 +269,12 @@ to_value(AtomicObject *self, PyObject *v, unsigned char out[16],
                      Py_TYPE(v)->tp_name);
         return -1;
     }
-    u128 x;
-    if (int_value(v, self->is_signed, &x) < 0) {
-        return -1;
+    int overflow;
+    long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow != 0 || s < self->lo || s > self->hi) {
+        return int_value_slow(self, v, out);
     }
-    if (x - self->min > self->span) {
-        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
-        return -1;
-    }
+    u128 x = (u128)(i128)s;
     memcpy(out, &x, 16);
     return 0;
 }
@@ -337,8 +337,12 @@ atomic_make(PyTypeObject *type, PyObject *buffer, bool integral,
         raise_error(ERR_ALIGNMENT, true, "(nK)", w,
                     (unsigned long long)(uintptr_t)self->addr);
     } else {
-        self->span = widen(~(u128)0, self->width, false);
-        self->min = is_signed ? ~(self->span >> 1) : 0;
+        /* The largest value, clamped to 64 bits, and the smallest. */
+        u128 max = widen(~(u128)0, self->width, false) >> is_signed;
+        self->hi = max > INT64_MAX ? INT64_MAX : (long long)max;
+        self->lo = !is_signed              ? 0
+                   : self->hi == INT64_MAX ? INT64_MIN
+                                           : -self->hi - 1;
         return (PyObject *)self;
     }
     Py_DECREF(self);
