@@ -349,18 +349,17 @@ static int
 mutex_lock(WordObject *self, long long timeout_ns, int spin)
 {
     int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->flags);
-    if (rc == -EDEADLK) {
-        dkpy_raise_errno_in(sync_errors, rc);
-        return -1;
-    }
-    if (rc < 0 && (timeout_ns != 0 || spin > 0)) {
+    if (rc < 0 && rc != -EDEADLK && (timeout_ns != 0 || spin > 0)) {
         rc = word_wait(self, (uint64_t)spin, timeout_ns);
     }
     if (rc >= 0) {
         self->owner_died = rc == 1;
         return 1;
     }
-    return rc == DKPY_RAISED ? -1 : 0;
+    if (rc == -EDEADLK) {
+        dkpy_raise_errno_in(sync_errors, rc);
+    }
+    return rc == DKPY_RAISED || rc == -EDEADLK ? -1 : 0;
 }
 
 static PyObject *
@@ -548,20 +547,29 @@ Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
  * threading.Semaphore, waits with no timeout (returns True) and posts
  * one. */
 static PyObject *
-Header_enter(WordObject *self, PyObject *Py_UNUSED(unused))
+Mutex_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (self->kind == K_SEMAPHORE) {
-        return Semaphore_wait(self, NULL, 0, NULL);
-    }
     return mutex_lock(self, -1, 16) < 0 ? NULL : Py_NewRef(self);
 }
 
 static PyObject *
-Header_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
-            Py_ssize_t Py_UNUSED(nargs))
+Mutex_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+           Py_ssize_t Py_UNUSED(nargs))
 {
-    return self->kind == K_SEMAPHORE ? sem_post(self, 1)
-                                     : mutex_unlock(self, 0);
+    return mutex_unlock(self, 0);
+}
+
+static PyObject *
+Semaphore_enter(WordObject *self, PyObject *Py_UNUSED(unused))
+{
+    return Semaphore_wait(self, NULL, 0, NULL);
+}
+
+static PyObject *
+Semaphore_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+               Py_ssize_t Py_UNUSED(nargs))
+{
+    return sem_post(self, 1);
 }
 
 /* ---- Event ------------------------------------------------------------ */
@@ -647,14 +655,14 @@ Word_repr(WordObject *self)
     {NAME, (PyCFunction)(FN), METH_NOARGS, NAME "($self, /)\n--\n\n" DOC}
 /* clang-format on */
 /* The methods of the 64-byte headers (Mutex, Semaphore): when they were
- * last taken, their magic, and `with` (ENTER, RETURNS, EXIT: what
- * Header_enter and Header_exit do). */
-#define HEADER_METHODS(TAKEN, ENTER, RETURNS, EXIT)                           \
+ * last taken, their magic, and `with` (TYPE##_enter and TYPE##_exit, which
+ * do ENTER, return RETURNS and do EXIT). */
+#define HEADER_METHODS(TYPE, TAKEN, ENTER, RETURNS, EXIT)                     \
     NOARGS("last_acquired_ns", Header_last_ns,                                \
            "When " TAKEN " (CLOCK_REALTIME ns)."),                            \
         NOARGS("magic", Header_magic, "The layout's magic number."),          \
-        NOARGS("__enter__", Header_enter, ENTER "; returns " RETURNS "."),    \
-        {"__exit__", (PyCFunction)(void (*)(void))Header_exit, METH_FASTCALL, \
+        NOARGS("__enter__", TYPE##_enter, ENTER "; returns " RETURNS "."),    \
+        {"__exit__", (PyCFunction)(void (*)(void))TYPE##_exit, METH_FASTCALL, \
          "__exit__($self, /, *exc_info)\n--\n\n" EXIT "."},                   \
         DKPY_ASYNC_WITH_METHODS(RETURNS, EXIT)
 
@@ -716,7 +724,8 @@ static PyMethodDef Mutex_methods[] = {
     NOARGS("force_release", Mutex_force_release,
            "Release whoever holds it (recovery)."),
     NOARGS("owner_pid", Mutex_owner_pid, "The holder's pid (0: free)."),
-    HEADER_METHODS("it was last acquired", "acquire()", "self", "release()"),
+    HEADER_METHODS(Mutex, "it was last acquired", "acquire()", "self",
+                   "release()"),
     {NULL, NULL, 0, NULL},
 };
 static PyGetSetDef Mutex_getset[] = {
@@ -741,8 +750,8 @@ static PyMethodDef Semaphore_methods[] = {
      "Ctrl-C interrupts)."},
     NOARGS("value", Semaphore_value, "The count."),
     NOARGS("last_pid", Semaphore_last_pid, "The pid that last took a unit."),
-    HEADER_METHODS("a unit was last taken", "wait() with no timeout", "True",
-                   "post(1)"),
+    HEADER_METHODS(Semaphore, "a unit was last taken",
+                   "wait() with no timeout", "True", "post(1)"),
     {NULL, NULL, 0, NULL},
 };
 WORD_TYPE(Semaphore, Semaphore_new, NULL,
