@@ -531,7 +531,7 @@ do_load(AtomicObject *self, int op, int mo)
         order_error(op, mo, false);
         return NULL;
     }
-    unsigned char v[16];
+    unsigned char v[16] = {0}; /* from_value reads all 16 */
     dk__atomic_load_raw(self->addr, self->width, v, (dk_memory_order)mo);
     return from_value(self, v);
 }
@@ -652,7 +652,7 @@ rmw_body(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     const char *argname = aop == DK_AOP_EXCHANGE ? "desired" : "value";
-    unsigned char v[1][16], old[16];
+    unsigned char v[1][16], old[16] = {0};
     /* order_of admits only dk_memory_orders, all valid for a
      * read-modify-write. */
     if (write_args(self, op, has_value, a, &argname, v, true, mo) < 0) {
