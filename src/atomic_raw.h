@@ -40,6 +40,17 @@ dk__memory_order_valid_store(int mo)
     return mo == DK_MO_RELAXED || mo == DK_MO_RELEASE || mo == DK_MO_SEQ_CST;
 }
 
+/* Whether objects of `width` bytes get the operations their memory
+ * allows: every width dk_atomic_width_supported accepts, except a
+ * read-only 16-byte object where the only 16-byte load is a
+ * compare-and-swap, which writes (dk/atomic.h). */
+static inline bool
+dk__atomic_width_usable(unsigned width, bool readonly)
+{
+    return dk_atomic_width_supported(width) &&
+           (!readonly || width != 16 || dk_atomic16_readonly_load_supported());
+}
+
 /* Loads and stores strengthen an order invalid for them to seq_cst (only
  * reachable through a broken precondition; it keeps that defined). */
 #define DK__RAW_LOAD(T, p, mo)                                                \

@@ -472,3 +472,21 @@ dkpy_none_or_raise(bool ok, PyObject *type, const char *message)
     }
     Py_RETURN_NONE;
 }
+
+PyObject *
+dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (args == NULL || PyErr_Occurred()) {
+        Py_XDECREF(args);
+        Py_XDECREF(kwargs);
+        return NULL;
+    }
+    PyObject *e = PyObject_Call(type, args, kwargs);
+    Py_DECREF(args);
+    Py_XDECREF(kwargs);
+    if (e != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
+    }
+    return NULL;
+}

@@ -235,4 +235,11 @@ int dkpy_os_exec(PyObject *m);
  * method whose only failure is one misuse of the object. */
 PyObject *dkpy_none_or_raise(bool ok, PyObject *type, const char *message);
 
+/* Raise type(*args, **kwargs), for the exceptions whose constructor takes
+ * arguments besides a message (the atomics package's, made in Python).
+ * args and kwargs (kwargs NULL: none) are stolen; either NULL with an
+ * exception set could not be built, and that exception stays. Returns
+ * NULL. */
+PyObject *dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -9,44 +9,36 @@
 #include "python/binding.h"
 
 #include <errno.h>
-#include <string.h>
-#include <unistd.h>
 
 #include "os/linux/os.h"
 
-/* A pid argument: any int. Values no process can have (0, negatives, too
- * large) become 0, which names no process in os.h's table. -1 with
- * TypeError set for a non-int. */
+/* An "O&" converter of a pid argument: any int. Values no process can
+ * have (0, negatives, too large) become 0, which names no process in
+ * os.h's table; a non-int is a TypeError. */
 static int
-pid_arg(PyObject *obj, uint64_t *pid)
+pid_arg(PyObject *obj, void *out)
 {
     if (!PyLong_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "pid must be an int, not %s",
                      Py_TYPE(obj)->tp_name);
-        return -1;
+        return 0;
     }
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *pid = (overflow != 0 || v <= 0) ? 0 : (uint64_t)v;
-    return 0;
+    *(uint64_t *)out = (overflow != 0 || v <= 0) ? 0 : (uint64_t)v;
+    return !(v == -1 && PyErr_Occurred());
 }
 
 /* _pid_alive(pid, start_time=None, /): os.h's liveness. A start time no
  * process can have (negative, or past 64 bits: junk read from a file)
  * matches none. */
 static PyObject *
-os_pid_alive(PyObject *module, PyObject *args)
+os_pid_alive(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
-    PyObject *pid_obj, *start_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "O|O:_pid_alive", &pid_obj, &start_obj)) {
-        return NULL;
-    }
+    PyObject *start_obj = Py_None;
     uint64_t pid;
-    if (pid_arg(pid_obj, &pid) < 0) {
+    if (!PyArg_ParseTuple(args, "O&|O:_pid_alive", pid_arg, &pid,
+                          &start_obj)) {
         return NULL;
     }
     if (start_obj == Py_None) {
@@ -69,17 +61,15 @@ os_pid_alive(PyObject *module, PyObject *args)
 
 /* _pid_start_time(pid, /): the start time in clock ticks, or None. */
 static PyObject *
-os_pid_start_time(PyObject *module, PyObject *pid_obj)
+os_pid_start_time(PyObject *Py_UNUSED(module), PyObject *pid_obj)
 {
-    (void)module;
     uint64_t pid, ticks = 0;
-    if (pid_arg(pid_obj, &pid) < 0) {
+    if (!pid_arg(pid_obj, &pid)) {
         return NULL;
     }
-    if (dk__os_pid_start_ticks(pid, &ticks) < 0) {
-        Py_RETURN_NONE;
-    }
-    return PyLong_FromUnsignedLongLong(ticks);
+    return dk__os_pid_start_ticks(pid, &ticks) < 0
+               ? Py_NewRef(Py_None)
+               : PyLong_FromUnsignedLongLong(ticks);
 }
 
 /* The UTF-8 of a name that obeys os.h's rule within max bytes; NULL with
@@ -97,43 +87,34 @@ checked_name(PyObject *name, Py_ssize_t max)
     if (s == NULL) {
         return NULL; /* UnicodeEncodeError (a ValueError): a lone surrogate */
     }
+    static const char *const broken[] = {
+        [DK__OS_NAME_EMPTY] = "must be a non-empty string",
+        [DK__OS_NAME_NUL] = "cannot contain NUL characters",
+        [DK__OS_NAME_SLASH] = "cannot contain '/' characters",
+        [DK__OS_NAME_UNPRINTABLE] =
+            "cannot contain spaces or control characters",
+        [DK__OS_NAME_DOTS] = "cannot be '.' or contain '..'",
+    };
     int rule = 0;
     if (dk__os_name_check(s, (size_t)len, (size_t)max, 0, &rule) == 0) {
         return s;
     }
-    switch (rule) {
-    case DK__OS_NAME_EMPTY:
-        PyErr_SetString(PyExc_ValueError, "name must be a non-empty string");
-        break;
-    case DK__OS_NAME_LONG:
+    if (rule == DK__OS_NAME_LONG) {
         PyErr_Format(PyExc_ValueError, "name too long (at most %zd bytes)",
                      max);
-        break;
-    case DK__OS_NAME_NUL:
-        PyErr_SetString(PyExc_ValueError,
-                        "name cannot contain NUL characters");
-        break;
-    case DK__OS_NAME_SLASH:
-        PyErr_SetString(PyExc_ValueError,
-                        "name cannot contain '/' characters");
-        break;
-    case DK__OS_NAME_DOTS:
-        PyErr_SetString(PyExc_ValueError,
-                        "name cannot be '.' or contain '..'");
-        break;
-    default:
-        PyErr_SetString(PyExc_ValueError,
-                        "name cannot contain spaces or control characters");
-        break;
+    } else {
+        PyErr_Format(PyExc_ValueError, "name %s",
+                     rule > 0 && rule <= DK__OS_NAME_DOTS
+                         ? broken[rule]
+                         : broken[DK__OS_NAME_UNPRINTABLE]);
     }
     return NULL;
 }
 
 /* _check_name(name, max_bytes, /): os.h's name rule. */
 static PyObject *
-os_check_name(PyObject *module, PyObject *args)
+os_check_name(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
     PyObject *name;
     Py_ssize_t max;
     if (!PyArg_ParseTuple(args, "On:_check_name", &name, &max)) {
@@ -143,41 +124,56 @@ os_check_name(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "max_bytes must be >= 1");
         return NULL;
     }
-    if (checked_name(name, max) == NULL) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return checked_name(name, max) == NULL ? NULL : Py_NewRef(Py_None);
 }
 
-/* OSError (FileExistsError, FileNotFoundError, ... by errno) about
- * "/NAME", as os.open would raise it. Returns NULL. */
-static PyObject *
-raise_shm(int neg_errno, const char *name)
+/* An "O&" converter: the UTF-8 of a shared memory object's name that
+ * obeys os.h's rule, into *(const char **)out. */
+static int
+shm_name(PyObject *obj, void *out)
 {
-    PyObject *path = PyUnicode_FromFormat("/%s", name);
-    if (path == NULL) {
-        return NULL;
+    *(const char **)out = checked_name(obj, DK__OS_SHM_NAME_MAX);
+    return *(const char **)out != NULL;
+}
+
+/* The fd (or 0) a call about "/NAME" returned, or its failure as os.open
+ * raises it: OSError (FileExistsError, ... by errno), for -EPERM with the
+ * uid of the owner refused where `owner` is given. */
+static PyObject *
+shm_result(int rc, const char *name, const uint32_t *owner)
+{
+    if (rc >= 0) {
+        return PyLong_FromLong(rc);
     }
-    errno = -neg_errno;
-    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
-    Py_DECREF(path);
+    PyObject *path = PyUnicode_FromFormat("/%s", name);
+    if (path != NULL && rc == -EPERM && owner != NULL) {
+        return dkpy_raise_call(
+            PyExc_PermissionError,
+            Py_BuildValue(
+                "(iNN)", EPERM,
+                PyUnicode_FromFormat("refusing shared memory owned by uid %u",
+                                     (unsigned)*owner),
+                path),
+            NULL);
+    }
+    if (path != NULL) {
+        errno = -rc;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        Py_DECREF(path);
+    }
     return NULL;
 }
 
 /* _shm_create(name, mode, size, /): a new object "/NAME", exactly `mode`,
  * `size` bytes (sparse); its fd (the caller closes it). */
 static PyObject *
-os_shm_create(PyObject *module, PyObject *args)
+os_shm_create(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
-    PyObject *name_obj, *size_obj;
+    const char *name;
+    PyObject *size_obj;
     int mode;
-    if (!PyArg_ParseTuple(args, "OiO:_shm_create", &name_obj, &mode,
+    if (!PyArg_ParseTuple(args, "O&iO:_shm_create", shm_name, &name, &mode,
                           &size_obj)) {
-        return NULL;
-    }
-    const char *name = checked_name(name_obj, DK__OS_SHM_NAME_MAX);
-    if (name == NULL) {
         return NULL;
     }
     if (mode < 0 || mode > 07777) {
@@ -202,25 +198,17 @@ os_shm_create(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     fd = dk__os_shm_create(name, (unsigned)mode, (uint64_t)size, 0);
     Py_END_ALLOW_THREADS
-    if (fd < 0) {
-        return raise_shm(fd, name);
-    }
-    return PyLong_FromLong(fd);
+    return shm_result(fd, name, NULL);
 }
 
 /* _shm_open(name, ours, /): the fd of the existing object "/NAME", opened
  * read-write; with ours, one another user owns is a PermissionError. */
 static PyObject *
-os_shm_open(PyObject *module, PyObject *args)
+os_shm_open(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    (void)module;
-    PyObject *name_obj;
+    const char *name;
     int ours;
-    if (!PyArg_ParseTuple(args, "Op:_shm_open", &name_obj, &ours)) {
-        return NULL;
-    }
-    const char *name = checked_name(name_obj, DK__OS_SHM_NAME_MAX);
-    if (name == NULL) {
+    if (!PyArg_ParseTuple(args, "O&p:_shm_open", shm_name, &name, &ours)) {
         return NULL;
     }
     uint32_t owner = 0;
@@ -228,43 +216,19 @@ os_shm_open(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     fd = dk__os_shm_open(name, ours ? DK__OS_SHM_OURS : 0, &owner);
     Py_END_ALLOW_THREADS
-    if (fd == -EPERM && ours) {
-        /* As os.open would say it, with the owner's uid. */
-        PyObject *err = PyUnicode_FromFormat(
-            "refusing shared memory owned by uid %u", (unsigned)owner);
-        PyObject *path = PyUnicode_FromFormat("/%s", name);
-        if (err != NULL && path != NULL) {
-            PyObject *e = PyObject_CallFunction(PyExc_PermissionError, "iOO",
-                                                EPERM, err, path);
-            if (e != NULL) {
-                PyErr_SetObject(PyExc_PermissionError, e);
-                Py_DECREF(e);
-            }
-        }
-        Py_XDECREF(err);
-        Py_XDECREF(path);
-        return NULL;
-    }
-    if (fd < 0) {
-        return raise_shm(fd, name);
-    }
-    return PyLong_FromLong(fd);
+    return shm_result(fd, name, ours ? &owner : NULL);
 }
 
 /* _shm_unlink(name, /): remove "/NAME" (FileNotFoundError if absent). */
 static PyObject *
-os_shm_unlink(PyObject *module, PyObject *name_obj)
+os_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name_obj)
 {
-    (void)module;
-    const char *name = checked_name(name_obj, DK__OS_SHM_NAME_MAX);
-    if (name == NULL) {
+    const char *name;
+    if (!shm_name(name_obj, &name)) {
         return NULL;
     }
     int rc = dk__shm_unlink(name);
-    if (rc < 0) {
-        return raise_shm(rc, name);
-    }
-    Py_RETURN_NONE;
+    return rc < 0 ? shm_result(rc, name, NULL) : Py_NewRef(Py_None);
 }
 
 static PyMethodDef os_functions[] = {

@@ -20,58 +20,98 @@
 #include "dk/shm_event.h"
 #include "python/futures.h"
 
+/* The six types, in the order of sync_specs; every object is one struct,
+ * its kind saying which. */
+enum { K_MUTEX, K_SEMAPHORE, K_FUTEX, K_U32, K_U64, K_EVENT, K_COUNT };
+
+/* Each kind's memory: at least `size` bytes, `align`-aligned. */
+static const struct {
+    unsigned size, align;
+} layout[K_COUNT] = {
+    [K_MUTEX] = {DK_SHM_HEADER_SIZE, 4},
+    [K_SEMAPHORE] = {DK_SHM_HEADER_SIZE, 4},
+    [K_FUTEX] = {4, 4},
+    [K_U32] = {4, 4},
+    [K_U64] = {8, 8},
+    [K_EVENT] = {4, 4},
+};
+
+/* The types made from sync_specs, in order (the module holds them). */
+static PyTypeObject *sync_types[K_COUNT];
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view; /* held (view.obj set) unless the memory is aliased */
     bool aliased;   /* addr is in our own mapping (dk_shm_alias) */
     void *addr;
-    unsigned width;
+    unsigned char kind;
     bool shared;
+    unsigned flags;      /* DK_SHARED if shared, for the core's calls */
     bool owner_died;     /* Mutex: the last acquisition took over */
     bool fastipc_compat; /* Semaphore: also wake on 0 -> n */
 } WordObject;
 
+/* The core's refusals, in the words fastipc's API raises them with. */
+static const dkpy_errno_map sync_errors[] = {
+    {EDEADLK, &PyExc_RuntimeError,
+     "cannot re-acquire a mutex already owned by this thread"},
+    {EPERM, &PyExc_RuntimeError,
+     "cannot release a mutex not owned by this thread"},
+    {EOVERFLOW, &PyExc_OverflowError, "semaphore count overflow"},
+    {0, NULL, NULL},
+};
+
+/* ---- waiting ---------------------------------------------------------- */
+
 /* One blocking call of a word, for dkpy_wait_sliced: its arguments are
- * read with the GIL held and the call runs without it. */
+ * read with the GIL held and the call runs without it. arg: the expected
+ * value (FutexWord) or the spin count (Mutex, Semaphore). */
 struct word_wait {
     WordObject *self;
-    uint64_t expected; /* FutexWord */
-    int spin;          /* Mutex, Semaphore */
+    uint64_t arg;
 };
 
 static int
-futex_wait_fn(void *arg, uint64_t deadline)
+word_wait_fn(void *arg, uint64_t deadline)
 {
     struct word_wait *w = arg;
-    return dk_futex_wait(w->self->addr, (uint32_t)w->expected, deadline,
-                         w->self->shared ? DK_SHARED : 0);
+    void *p = w->self->addr;
+    unsigned flags = w->self->flags;
+    switch (w->self->kind) {
+    case K_FUTEX:
+        return dk_futex_wait(p, (uint32_t)w->arg, deadline, flags);
+    case K_MUTEX:
+        return dk_shm_mutex_lock_after_try(p, deadline, (int)w->arg,
+                                           flags | DK_SHM_INTERRUPTIBLE);
+    case K_SEMAPHORE:
+        return dk_shm_semaphore_wait(p, deadline, (int)w->arg,
+                                     flags | DK_SHM_INTERRUPTIBLE);
+    default:
+        return dk_shm_event_wait(p, deadline, flags);
+    }
 }
 
+/* Every wait of this file, after the primitive's own try with the GIL held
+ * (where it has one): fastipc's timeout rule (dkpy_deadline_fastipc), the
+ * GIL released in slices (dkpy_wait_sliced, whose result this is). */
 static int
-mutex_lock_fn(void *arg, uint64_t deadline)
+word_wait(WordObject *self, uint64_t arg, long long timeout_ns)
 {
-    struct word_wait *w = arg;
-    return dk_shm_mutex_lock_after_try(w->self->addr, deadline, w->spin,
-                                       (w->self->shared ? DK_SHARED : 0) |
-                                           DK_SHM_INTERRUPTIBLE);
+    struct word_wait w = {self, arg};
+    return dkpy_wait_sliced(word_wait_fn, &w,
+                            dkpy_deadline_fastipc(timeout_ns));
 }
 
-static int
-semaphore_wait_fn(void *arg, uint64_t deadline)
+/* A wait's answer as the seed API gives it: True when it returned 0,
+ * False on a timeout (or a futex word that had changed), NULL with the
+ * signal handler's exception. */
+static PyObject *
+wait_answer(int rc)
 {
-    struct word_wait *w = arg;
-    return dk_shm_semaphore_wait(w->self->addr, deadline, w->spin,
-                                 (w->self->shared ? DK_SHARED : 0) |
-                                     DK_SHM_INTERRUPTIBLE);
+    return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
 }
 
-static int
-event_wait_fn(void *arg, uint64_t deadline)
-{
-    struct word_wait *w = arg;
-    return dk_shm_event_wait(w->self->addr, deadline,
-                             w->self->shared ? DK_SHARED : 0);
-}
+/* ---- objects ---------------------------------------------------------- */
 
 /* Called with the view held and checked: swap it for a mapping of our
  * own when the memory is shared. A bytearray is heap memory (never
@@ -81,7 +121,7 @@ hold_memory(WordObject *self)
 {
     void *alias;
     if (PyByteArray_Check(self->view.obj) ||
-        dk_shm_alias(self->addr, self->width, &alias) < 0) {
+        dk_shm_alias(self->addr, layout[self->kind].size, &alias) < 0) {
         return; /* keep the buffer exported instead */
     }
     self->addr = alias;
@@ -90,13 +130,17 @@ hold_memory(WordObject *self)
     self->view.obj = NULL;
 }
 
-/* A new object of `type` on `buffer`, which must be writable, at least
- * `size` bytes long and `align`-aligned. NULL with ValueError if not. */
+/* A new object of `type` on `buffer`, which must be writable and hold
+ * its kind's layout. NULL with ValueError if not. */
 static WordObject *
-word_alloc(PyTypeObject *type, PyObject *buffer, unsigned size, unsigned align,
-           int shared)
+word_alloc(PyTypeObject *type, PyObject *buffer, int shared)
 {
     const char *what = dkpy_type_name(type);
+    int kind = 0; /* the types cannot be subclassed: one of them is type */
+    while (kind < K_COUNT - 1 && sync_types[kind] != type) {
+        kind++;
+    }
+    unsigned size = layout[kind].size, align = layout[kind].align;
     WordObject *self = (WordObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -114,8 +158,9 @@ word_alloc(PyTypeObject *type, PyObject *buffer, unsigned size, unsigned align,
         return NULL;
     }
     self->addr = self->view.buf;
-    self->width = size;
+    self->kind = (unsigned char)kind;
     self->shared = shared != 0;
+    self->flags = shared ? DK_SHARED : 0;
     if ((size_t)self->view.len < size || (uintptr_t)self->addr % align != 0) {
         Py_DECREF(self); /* releases the view */
         PyErr_Format(PyExc_ValueError,
@@ -127,14 +172,35 @@ word_alloc(PyTypeObject *type, PyObject *buffer, unsigned size, unsigned align,
     return self;
 }
 
-/* The constructors of FutexWord, Event and Mutex, (buffer, shared=True),
- * and of AtomicU32 and AtomicU64, (buffer): `size` bytes at `align`. */
-static WordObject *
-word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, unsigned size,
-         unsigned align, bool takes_shared)
+/* self, once the core attached to its memory (rc: what its init
+ * returned); else NULL with the error. */
+static PyObject *
+word_attached(WordObject *self, int rc)
+{
+    if (rc < 0) {
+        const char *what = dkpy_type_name(Py_TYPE(self));
+        Py_DECREF(self);
+        if (rc == -EBADMSG) {
+            PyErr_Format(PyExc_ValueError,
+                         "buffer does not hold a %s (wrong magic): refusing "
+                         "to overwrite it",
+                         what);
+        } else {
+            dkpy_raise_errno(rc);
+        }
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* The constructor of FutexWord, Event and Mutex, (buffer, shared=True),
+ * and of AtomicU32 and AtomicU64, (buffer). */
+static PyObject *
+Word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"buffer", "shared", NULL};
     static char *kwlist_buffer[] = {"buffer", NULL};
+    bool takes_shared = type != sync_types[K_U32] && type != sync_types[K_U64];
     PyObject *buffer;
     int shared = 1;
     char fmt[64];
@@ -145,7 +211,11 @@ word_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, unsigned size,
                                      &buffer, &shared)) {
         return NULL;
     }
-    return word_alloc(type, buffer, size, align, shared);
+    WordObject *self = word_alloc(type, buffer, shared);
+    if (self == NULL || self->kind != K_MUTEX) {
+        return (PyObject *)self;
+    }
+    return word_attached(self, dk_shm_mutex_init(self->addr));
 }
 
 static void
@@ -155,11 +225,14 @@ Word_dealloc(WordObject *self)
         PyBuffer_Release(&self->view);
     }
     if (self->aliased) {
-        dk_shm_unalias(self->addr, self->width);
+        dk_shm_unalias(self->addr, layout[self->kind].size);
     }
     dkpy_free((PyObject *)self);
 }
 
+/* ---- FutexWord, AtomicU32, AtomicU64 ---------------------------------- */
+
+/* An unsigned value of `width` bytes; OverflowError past it. */
 static int
 get_u(PyObject *v, unsigned width, uint64_t *out)
 {
@@ -169,26 +242,15 @@ get_u(PyObject *v, unsigned width, uint64_t *out)
         return -1;
     }
     unsigned long long x = PyLong_AsUnsignedLongLong(v);
-    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+    if ((x == (unsigned long long)-1 && PyErr_Occurred()) ||
+        (width == 4 && x > UINT32_MAX)) {
         PyErr_Clear();
         PyErr_Format(PyExc_OverflowError, "value out of range for uint%u",
                      width * 8);
         return -1;
     }
-    if (width == 4 && x > UINT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "value out of range for uint32");
-        return -1;
-    }
     *out = x;
     return 0;
-}
-
-/* ---- FutexWord ------------------------------------------------------- */
-
-static PyObject *
-FutexWord_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
 }
 
 static PyObject *
@@ -197,18 +259,14 @@ FutexWord_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"expected", "timeout_ns", NULL};
     PyObject *exp;
     long long timeout_ns = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|L:wait", kwlist, &exp,
-                                     &timeout_ns)) {
-        return NULL;
-    }
     uint64_t expected;
-    if (get_u(exp, 4, &expected) < 0) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|L:wait", kwlist, &exp,
+                                     &timeout_ns) ||
+        get_u(exp, 4, &expected) < 0) {
         return NULL;
     }
-    struct word_wait w = {.self = self, .expected = expected};
     /* False also for -EAGAIN: the word had changed. */
-    return dkpy_wait_bool(futex_wait_fn, &w,
-                          dkpy_deadline_fastipc(timeout_ns));
+    return wait_answer(word_wait(self, expected, timeout_ns));
 }
 
 static PyObject *
@@ -223,37 +281,27 @@ FutexWord_wake(WordObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "n must be >= 0");
         return NULL;
     }
-    return PyLong_FromLong(
-        dk_futex_wake(self->addr, n, self->shared ? DK_SHARED : 0));
+    return PyLong_FromLong(dk_futex_wake(self->addr, n, self->flags));
 }
 
-/* The words go through the public dk_atomic_u32_* / dk_atomic_u64_*
- * functions, the same ones dispatchkit.atomics uses. */
-static uint64_t
-word_load(WordObject *self)
-{
-    return self->width == 4 ? dk_atomic_u32_load(self->addr, DK_MO_ACQUIRE)
-                            : dk_atomic_u64_load(self->addr, DK_MO_ACQUIRE);
-}
-
+/* The words go through dk/atomic.h's width-generic functions, on the
+ * same operations dispatchkit.atomics uses (atomic_raw.h). */
 static PyObject *
 Word_load(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    return PyLong_FromUnsignedLongLong(word_load(self));
+    return PyLong_FromUnsignedLongLong(
+        dk_atomic_load_w(self->addr, layout[self->kind].size, DK_MO_ACQUIRE));
 }
 
 static PyObject *
 Word_store(WordObject *self, PyObject *v)
 {
+    unsigned width = layout[self->kind].size;
     uint64_t x;
-    if (get_u(v, self->width, &x) < 0) {
+    if (get_u(v, width, &x) < 0) {
         return NULL;
     }
-    if (self->width == 4) {
-        dk_atomic_u32_store(self->addr, (uint32_t)x, DK_MO_RELEASE);
-    } else {
-        dk_atomic_u64_store(self->addr, x, DK_MO_RELEASE);
-    }
+    dk_atomic_store_w(self->addr, width, x, DK_MO_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -262,161 +310,62 @@ Word_cas(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
     static const char *const names[] = {"expected", "new"};
+    unsigned width = layout[self->kind].size;
     PyObject *a[2];
+    uint64_t e, d;
     if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 2, a, "cas") < 0) {
         return NULL;
     }
-    PyObject *exp = a[0], *des = a[1];
-    if (exp == NULL || des == NULL) {
+    if (a[0] == NULL || a[1] == NULL) {
         PyErr_SetString(PyExc_TypeError, "cas(expected, new)");
         return NULL;
     }
-    uint64_t e, d;
-    if (get_u(exp, self->width, &e) < 0 || get_u(des, self->width, &d) < 0) {
+    if (get_u(a[0], width, &e) < 0 || get_u(a[1], width, &d) < 0) {
         return NULL;
     }
-    if (self->width == 4) {
-        uint32_t e32 = (uint32_t)e;
-        return PyBool_FromLong(dk_atomic_u32_cas(self->addr, &e32, (uint32_t)d,
-                                                 false, DK_MO_ACQ_REL,
-                                                 DK_MO_ACQUIRE));
+    return PyBool_FromLong(dk_atomic_cas_w(self->addr, width, &e, d, false,
+                                           DK_MO_ACQ_REL, DK_MO_ACQUIRE));
+}
+
+/* A method that answers a u32 field of a 64-byte header (dk/mutex.h),
+ * loaded with order MO. */
+#define HEADER_U32(NAME, TYPE, FIELD, MO)                                     \
+    static PyObject *NAME(WordObject *self, PyObject *Py_UNUSED(unused))      \
+    {                                                                         \
+        return PyLong_FromUnsignedLong(                                       \
+            dk_atomic_u32_load(&((TYPE *)self->addr)->FIELD, MO));            \
     }
-    return PyBool_FromLong(dk_atomic_u64_cas(self->addr, &e, d, false,
-                                             DK_MO_ACQ_REL, DK_MO_ACQUIRE));
-}
-
-static PyObject *
-Word_repr(WordObject *self)
-{
-    const char *name = dkpy_type_name(Py_TYPE(self));
-    if (self->width == 4 && strcmp(name, "FutexWord") == 0) {
-        return PyUnicode_FromFormat("<dispatchkit.sync.FutexWord addr=%p "
-                                    "shared=%d>",
-                                    self->addr, (int)self->shared);
-    }
-    return PyUnicode_FromFormat("<dispatchkit.sync.%s addr=%p value=%llu>",
-                                name, self->addr,
-                                (unsigned long long)word_load(self));
-}
-
-static PyMethodDef FutexWord_methods[] = {
-    {"wait", DKPY_METH_KW(FutexWord_wait),
-     "wait($self, expected, timeout_ns=-1)\n--\n\nSleep while the word equals "
-     "expected; True when woken, False if it differed or timed out. "
-     "Releases the GIL; Ctrl-C interrupts it."},
-    {"wake", DKPY_METH_KW(FutexWord_wake),
-     "wake($self, n=1)\n--\n\nWake up to n waiters; returns how many were "
-     "woken."},
-    {"load_acquire", (PyCFunction)Word_load, METH_NOARGS,
-     "load_acquire($self, /)\n--\n\nThe value (acquire)."},
-    {"store_release", (PyCFunction)Word_store, METH_O,
-     "store_release($self, value, /)\n--\n\nStore value (release)."},
-    {NULL, NULL, 0, NULL},
-};
-
-DKPY_TYPE(static, FutexWord_spec, "dispatchkit.sync.FutexWord", WordObject, 0,
-          {Py_tp_new, FutexWord_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, FutexWord_methods}, {Py_tp_repr, Word_repr},
-          {Py_tp_doc,
-           "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
-           "first 4 bytes of a writable, 4-aligned buffer."});
-
-/* ---- AtomicU32 / AtomicU64 ------------------------------------------- */
-
-static PyObject *
-AtomicU32_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    return (PyObject *)word_new(type, args, kwargs, 4, 4, false);
-}
-
-static PyObject *
-AtomicU64_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    return (PyObject *)word_new(type, args, kwargs, 8, 8, false);
-}
-
-static PyMethodDef AtomicWord_methods[] = {
-    {"load", (PyCFunction)Word_load, METH_NOARGS,
-     "load($self, /)\n--\n\nThe value (acquire)."},
-    {"store", (PyCFunction)Word_store, METH_O,
-     "store($self, value, /)\n--\n\nStore value (release)."},
-    {"cas", DKPY_METH_FAST(Word_cas),
-     "cas($self, expected, new)\n--\n\nReplace expected by new; True if it "
-     "did (acq_rel; acquire on failure)."},
-    {NULL, NULL, 0, NULL},
-};
-
-DKPY_TYPE(static, AtomicU32_spec, "dispatchkit.sync.AtomicU32", WordObject, 0,
-          {Py_tp_new, AtomicU32_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
-          {Py_tp_doc,
-           "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
-           "4 bytes of a writable, 4-aligned buffer."});
-
-DKPY_TYPE(static, AtomicU64_spec, "dispatchkit.sync.AtomicU64", WordObject, 0,
-          {Py_tp_new, AtomicU64_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, AtomicWord_methods}, {Py_tp_repr, Word_repr},
-          {Py_tp_doc,
-           "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
-           "8 bytes of a writable, 8-aligned buffer."});
+HEADER_U32(Header_magic, dk_shm_mutex_t, magic, DK_MO_ACQUIRE)
+HEADER_U32(Mutex_owner_pid, dk_shm_mutex_t, owner_pid, DK_MO_ACQUIRE)
+HEADER_U32(Semaphore_value, dk_shm_semaphore_t, count, DK_MO_ACQUIRE)
+HEADER_U32(Semaphore_last_pid, dk_shm_semaphore_t, last_pid, DK_MO_RELAXED)
 
 /* ---- Mutex ------------------------------------------------------------ */
 
-static PyObject *
-Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    WordObject *self =
-        word_new(type, args, kwargs, DK_SHM_HEADER_SIZE, 4, true);
-    if (self == NULL) {
-        return NULL;
-    }
-    int rc = dk_shm_mutex_init(self->addr);
-    if (rc < 0) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError,
-                        "buffer does not hold a Mutex (wrong magic): "
-                        "refusing to overwrite it");
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-/* Lock with a deadline: try with the GIL held, then wait without it. */
+/* Lock with fastipc's timeout: try with the GIL held, then wait without
+ * it (timeout 0 with no spin: the try was all). 1 when locked, 0 if
+ * not, -1 with an exception. */
 static int
 mutex_lock(WordObject *self, long long timeout_ns, int spin)
 {
-    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
+    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->flags);
+    if (rc < 0 && rc != -EDEADLK && (timeout_ns != 0 || spin > 0)) {
+        rc = word_wait(self, (uint64_t)spin, timeout_ns);
+    }
     if (rc >= 0) {
         self->owner_died = rc == 1;
         return 1;
     }
     if (rc == -EDEADLK) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot re-acquire a mutex already owned by this "
-                        "thread");
-        return -1;
+        dkpy_raise_errno_in(sync_errors, rc);
     }
-    if (timeout_ns == 0 && spin <= 0) {
-        return 0;
-    }
-    struct word_wait w = {.self = self, .spin = spin};
-    rc =
-        dkpy_wait_sliced(mutex_lock_fn, &w, dkpy_deadline_fastipc(timeout_ns));
-    if (rc >= 0) {
-        self->owner_died = rc == 1;
-        return 1;
-    }
-    return rc == DKPY_RAISED ? -1 : 0;
+    return rc == DKPY_RAISED || rc == -EDEADLK ? -1 : 0;
 }
 
 static PyObject *
 Mutex_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    int rc = mutex_lock(self, -1, 16);
-    if (rc < 0) {
-        return NULL;
-    }
-    Py_RETURN_TRUE;
+    return mutex_lock(self, -1, 16) < 0 ? NULL : Py_NewRef(Py_True);
 }
 
 static PyObject *
@@ -430,78 +379,37 @@ Mutex_acquire_ns(WordObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     int rc = mutex_lock(self, timeout_ns, spin);
-    if (rc < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(rc);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
 
 static PyObject *
 Mutex_try_acquire(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
+    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->flags);
     if (rc >= 0) {
         self->owner_died = rc == 1;
     }
     return PyBool_FromLong(rc >= 0);
 }
 
+/* release(), and force_release() with DK_SHM_FORCE as the closure. */
+static PyObject *
+mutex_unlock(WordObject *self, unsigned force)
+{
+    int rc = dk_shm_mutex_unlock(self->addr, self->flags | force);
+    return rc < 0 ? dkpy_raise_errno_in(sync_errors, rc) : Py_NewRef(Py_None);
+}
+
 static PyObject *
 Mutex_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    if (dk_shm_mutex_unlock(self->addr, self->shared ? DK_SHARED : 0) < 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot release a mutex not owned by this thread");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return mutex_unlock(self, 0);
 }
 
 static PyObject *
 Mutex_force_release(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    int rc = dk_shm_mutex_unlock(self->addr, (self->shared ? DK_SHARED : 0) |
-                                                 DK_SHM_FORCE);
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-Mutex_owner_pid(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_mutex_t *)self->addr)->owner_pid, DK_MO_ACQUIRE));
-}
-
-static PyObject *
-Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
-}
-
-static PyObject *
-Header_magic(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(
-        dk_atomic_u32_load((uint32_t *)self->addr, DK_MO_ACQUIRE));
-}
-
-static PyObject *
-Mutex_enter(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    if (mutex_lock(self, -1, 16) < 0) {
-        return NULL;
-    }
-    return Py_NewRef(self);
-}
-
-static PyObject *
-Mutex_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
-           Py_ssize_t Py_UNUSED(nargs))
-{
-    return Mutex_release(self, NULL);
+    return mutex_unlock(self, DK_SHM_FORCE);
 }
 
 static PyObject *
@@ -509,66 +417,6 @@ Mutex_get_owner_died(WordObject *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->owner_died);
 }
-
-static PyObject *
-Mutex_repr(WordObject *self)
-{
-    dk_shm_mutex_t *m = self->addr;
-    return PyUnicode_FromFormat(
-        "<dispatchkit.sync.Mutex buf=%p shared=%d state=%u owner=%u>",
-        self->addr, (int)self->shared,
-        dk_atomic_u32_load(&m->state, DK_MO_RELAXED),
-        dk_atomic_u32_load(&m->owner_pid, DK_MO_RELAXED));
-}
-
-static PyMethodDef Mutex_methods[] = {
-    {"acquire", (PyCFunction)Mutex_acquire, METH_NOARGS,
-     "acquire($self, /)\n--\n\nBlock until held (GIL released; Ctrl-C "
-     "interrupts). Takes over from a holder whose process died (see "
-     "owner_died); returns True. RuntimeError if this thread already holds "
-     "it."},
-    {"acquire_ns", DKPY_METH_KW(Mutex_acquire_ns),
-     "acquire_ns($self, timeout_ns=-1, spin=16)\n--\n\nAcquire within "
-     "timeout_ns (negative: no limit), spinning spin times first; False "
-     "on timeout."},
-    {"try_acquire", (PyCFunction)Mutex_try_acquire, METH_NOARGS,
-     "try_acquire($self, /)\n--\n\nAcquire if free; False otherwise."},
-    {"release", (PyCFunction)Mutex_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRuntimeError if this process does not hold "
-     "it."},
-    {"force_release", (PyCFunction)Mutex_force_release, METH_NOARGS,
-     "force_release($self, /)\n--\n\nRelease whoever holds it (recovery)."},
-    {"owner_pid", (PyCFunction)Mutex_owner_pid, METH_NOARGS,
-     "owner_pid($self, /)\n--\n\nThe holder's pid (0: free)."},
-    {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
-     "last_acquired_ns($self, /)\n--\n\nWhen it was last acquired "
-     "(CLOCK_REALTIME ns)."},
-    {"magic", (PyCFunction)Header_magic, METH_NOARGS,
-     "magic($self, /)\n--\n\nThe layout's magic number."},
-    {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nacquire(); returns self."},
-    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL,
-     "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
-    DKPY_ASYNC_WITH_METHODS("self", "release()"),
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Mutex_getset[] = {
-    {"owner_died", (getter)Mutex_get_owner_died, NULL,
-     "True if the last acquisition through this object took the mutex over "
-     "from a process that died holding it: the data it protects may be "
-     "inconsistent.",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-DKPY_TYPE(static, Mutex_spec, "dispatchkit.sync.Mutex", WordObject, 0,
-          {Py_tp_new, Mutex_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, Mutex_methods}, {Py_tp_getset, Mutex_getset},
-          {Py_tp_repr, Mutex_repr},
-          {Py_tp_doc,
-           "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
-           "64-byte buffer, compatible with fastipc's."});
 
 /* ---- Semaphore -------------------------------------------------------- */
 
@@ -603,20 +451,14 @@ Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    WordObject *self = word_alloc(type, buffer, DK_SHM_HEADER_SIZE, 4, shared);
+    WordObject *self = word_alloc(type, buffer, shared);
     if (self == NULL) {
         return NULL;
     }
     self->fastipc_compat = compat != 0;
-    unsigned init_flags = initial != Py_None ? DK_SHM_SET_COUNT : 0;
-    if (dk_shm_semaphore_init(self->addr, (uint32_t)count, init_flags) < 0) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError,
-                        "buffer does not hold a Semaphore (wrong magic): "
-                        "refusing to overwrite it");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return word_attached(self, dk_shm_semaphore_init(
+                                   self->addr, (uint32_t)count,
+                                   initial != Py_None ? DK_SHM_SET_COUNT : 0));
 }
 
 static PyObject *
@@ -627,14 +469,10 @@ sem_post(WordObject *self, unsigned long long n)
                         "semaphore increment out of range");
         return NULL;
     }
-    if (dk_shm_semaphore_post(
-            self->addr, (uint32_t)n,
-            (self->shared ? DK_SHARED : 0) |
-                (self->fastipc_compat ? DK_SHM_FASTIPC_COMPAT : 0)) < 0) {
-        PyErr_SetString(PyExc_OverflowError, "semaphore count overflow");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    int rc = dk_shm_semaphore_post(
+        self->addr, (uint32_t)n,
+        self->flags | (self->fastipc_compat ? DK_SHM_FASTIPC_COMPAT : 0));
+    return rc < 0 ? dkpy_raise_errno_in(sync_errors, rc) : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -650,15 +488,14 @@ Semaphore_post(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         0) {
         return NULL;
     }
-    if (!PyLong_Check(nobj) || dkpy_long_sign(nobj) < 0) {
-        PyErr_SetString(PyExc_OverflowError,
-                        "semaphore increment out of range");
-        return NULL;
-    }
-    unsigned long long n = PyLong_AsUnsignedLongLong(nobj);
-    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        n = (unsigned long long)UINT32_MAX + 1;
+    /* Negative, not an int, or past 64 bits: out of range. */
+    unsigned long long n = (unsigned long long)UINT32_MAX + 1;
+    if (PyLong_Check(nobj) && dkpy_long_sign(nobj) >= 0) {
+        n = PyLong_AsUnsignedLongLong(nobj);
+        if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            n = (unsigned long long)UINT32_MAX + 1;
+        }
     }
     return sem_post(self, n);
 }
@@ -679,10 +516,8 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
         static const char *const names[] = {"blocking", "timeout_ns", "spin"};
         PyObject *a[3];
         if (dkpy_parse_fast(args, nargs, kwnames, names, NULL, 3, a, "wait") <
-            0) {
-            return NULL;
-        }
-        if ((a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
+                0 ||
+            (a[0] && (blocking = PyObject_IsTrue(a[0])) < 0) ||
             (a[1] && (timeout_ns = dkpy_index_as_long_long(a[1])) == -1 &&
              PyErr_Occurred()) ||
             (a[2] && (spin = (int)dkpy_index_as_long(a[2])) == -1 &&
@@ -690,34 +525,40 @@ Semaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    if (dk_shm_semaphore_wait(self->addr, 0, 0,
-                              self->shared ? DK_SHARED : 0) == 0) {
+    if (dk_shm_semaphore_wait(self->addr, 0, 0, self->flags) == 0) {
         Py_RETURN_TRUE;
     }
     if (!blocking || timeout_ns == 0) {
         Py_RETURN_FALSE;
     }
-    struct word_wait w = {.self = self, .spin = spin < 0 ? 0 : spin};
-    return dkpy_wait_bool(semaphore_wait_fn, &w,
-                          dkpy_deadline_fastipc(timeout_ns));
+    return wait_answer(
+        word_wait(self, (uint64_t)(spin < 0 ? 0 : spin), timeout_ns));
+}
+
+/* ---- what Mutex and Semaphore share ----------------------------------- */
+
+static PyObject *
+Header_last_ns(WordObject *self, PyObject *Py_UNUSED(unused))
+{
+    return PyLong_FromUnsignedLongLong(dk_shm_header_last_ns(self->addr));
+}
+
+/* `with`: a Mutex acquires (returns self) and releases; a Semaphore, as
+ * threading.Semaphore, waits with no timeout (returns True) and posts
+ * one. */
+static PyObject *
+Mutex_enter(WordObject *self, PyObject *Py_UNUSED(unused))
+{
+    return mutex_lock(self, -1, 16) < 0 ? NULL : Py_NewRef(self);
 }
 
 static PyObject *
-Semaphore_value(WordObject *self, PyObject *Py_UNUSED(unused))
+Mutex_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
+           Py_ssize_t Py_UNUSED(nargs))
 {
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_semaphore_t *)self->addr)->count, DK_MO_ACQUIRE));
+    return mutex_unlock(self, 0);
 }
 
-static PyObject *
-Semaphore_last_pid(WordObject *self, PyObject *Py_UNUSED(unused))
-{
-    return PyLong_FromUnsignedLong(dk_atomic_u32_load(
-        &((dk_shm_semaphore_t *)self->addr)->last_pid, DK_MO_RELAXED));
-}
-
-/* `with sem:` as threading.Semaphore: wait() with no timeout on entry
- * (returns True), post(1) on exit. */
 static PyObject *
 Semaphore_enter(WordObject *self, PyObject *Py_UNUSED(unused))
 {
@@ -728,70 +569,15 @@ static PyObject *
 Semaphore_exit(WordObject *self, PyObject *const *Py_UNUSED(args),
                Py_ssize_t Py_UNUSED(nargs))
 {
-    PyObject *r = Semaphore_post1(self, NULL);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    Py_RETURN_NONE;
+    return sem_post(self, 1);
 }
-
-static PyObject *
-Semaphore_repr(WordObject *self)
-{
-    return PyUnicode_FromFormat(
-        "<dispatchkit.sync.Semaphore buf=%p shared=%d value=%u>", self->addr,
-        (int)self->shared,
-        dk_atomic_u32_load(&((dk_shm_semaphore_t *)self->addr)->count,
-                           DK_MO_RELAXED));
-}
-
-static PyMethodDef Semaphore_methods[] = {
-    {"post", DKPY_METH_FAST(Semaphore_post),
-     "post($self, n=1)\n--\n\nAdd n units and wake that many waiters."},
-    {"post1", (PyCFunction)Semaphore_post1, METH_NOARGS,
-     "post1($self, /)\n--\n\npost(1)."},
-    {"wait", DKPY_METH_FAST(Semaphore_wait),
-     "wait($self, blocking=True, timeout_ns=-1, spin=16)\n--\n\nTake one "
-     "unit; False if none came in time (GIL released while waiting; "
-     "Ctrl-C interrupts)."},
-    {"value", (PyCFunction)Semaphore_value, METH_NOARGS,
-     "value($self, /)\n--\n\nThe count."},
-    {"last_pid", (PyCFunction)Semaphore_last_pid, METH_NOARGS,
-     "last_pid($self, /)\n--\n\nThe pid that last took a unit."},
-    {"last_acquired_ns", (PyCFunction)Header_last_ns, METH_NOARGS,
-     "last_acquired_ns($self, /)\n--\n\nWhen a unit was last taken "
-     "(CLOCK_REALTIME ns)."},
-    {"magic", (PyCFunction)Header_magic, METH_NOARGS,
-     "magic($self, /)\n--\n\nThe layout's magic number."},
-    {"__enter__", (PyCFunction)Semaphore_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nwait() with no timeout; returns True."},
-    {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL,
-     "__exit__($self, /, *exc_info)\n--\n\npost(1)."},
-    DKPY_ASYNC_WITH_METHODS("True", "post(1)"),
-    {NULL, NULL, 0, NULL},
-};
-
-DKPY_TYPE(static, Semaphore_spec, "dispatchkit.sync.Semaphore", WordObject, 0,
-          {Py_tp_new, Semaphore_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, Semaphore_methods}, {Py_tp_repr, Semaphore_repr},
-          {Py_tp_doc,
-           "Semaphore(buffer, initial=None, shared=True, "
-           "fastipc_compat=False)\n--\n\nA process-shared counting "
-           "semaphore in a 64-byte buffer, compatible with fastipc's."});
 
 /* ---- Event ------------------------------------------------------------ */
 
 static PyObject *
-Event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    return (PyObject *)word_new(type, args, kwargs, 4, 4, true);
-}
-
-static PyObject *
 Event_set(WordObject *self, PyObject *Py_UNUSED(unused))
 {
-    dk_shm_event_set(self->addr, self->shared ? DK_SHARED : 0);
+    dk_shm_event_set(self->addr, self->flags);
     Py_RETURN_NONE;
 }
 
@@ -823,49 +609,176 @@ Event_wait(WordObject *self, PyObject *args, PyObject *kwargs)
     if (timeout_ns == 0) {
         Py_RETURN_FALSE;
     }
-    struct word_wait w = {.self = self};
-    return dkpy_wait_bool(event_wait_fn, &w,
-                          dkpy_deadline_fastipc(timeout_ns));
+    return wait_answer(word_wait(self, 0, timeout_ns));
 }
+
+/* ---- types ------------------------------------------------------------ */
 
 static PyObject *
-Event_repr(WordObject *self)
+Word_repr(WordObject *self)
 {
-    return PyUnicode_FromFormat("<dispatchkit.sync.Event addr=%p shared=%d "
-                                "set=%d>",
-                                self->addr, (int)self->shared,
-                                (int)dk_shm_event_is_set(self->addr));
+    void *p = self->addr;
+    int shared = self->shared;
+    switch (self->kind) {
+    case K_MUTEX:
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.Mutex buf=%p shared=%d state=%u owner=%u>", p,
+            shared,
+            dk_atomic_u32_load(&((dk_shm_mutex_t *)p)->state, DK_MO_RELAXED),
+            dk_atomic_u32_load(&((dk_shm_mutex_t *)p)->owner_pid,
+                               DK_MO_RELAXED));
+    case K_SEMAPHORE:
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.Semaphore buf=%p shared=%d value=%u>", p,
+            shared,
+            dk_atomic_u32_load(&((dk_shm_semaphore_t *)p)->count,
+                               DK_MO_RELAXED));
+    case K_FUTEX:
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.FutexWord addr=%p shared=%d>", p, shared);
+    case K_EVENT:
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.Event addr=%p shared=%d set=%d>", p, shared,
+            (int)dk_shm_event_is_set(p));
+    default:
+        return PyUnicode_FromFormat(
+            "<dispatchkit.sync.%s addr=%p value=%llu>",
+            dkpy_type_name(Py_TYPE(self)), p,
+            (unsigned long long)dk_atomic_load_w(p, layout[self->kind].size,
+                                                 DK_MO_ACQUIRE));
+    }
 }
 
+/* A METH_NOARGS entry: name, function, doc after the text signature. */
+/* clang-format off */
+#define NOARGS(NAME, FN, DOC)                                                 \
+    {NAME, (PyCFunction)(FN), METH_NOARGS, NAME "($self, /)\n--\n\n" DOC}
+/* clang-format on */
+/* The methods of the 64-byte headers (Mutex, Semaphore): when they were
+ * last taken, their magic, and `with` (TYPE##_enter and TYPE##_exit, which
+ * do ENTER, return RETURNS and do EXIT). */
+#define HEADER_METHODS(TYPE, TAKEN, ENTER, RETURNS, EXIT)                     \
+    NOARGS("last_acquired_ns", Header_last_ns,                                \
+           "When " TAKEN " (CLOCK_REALTIME ns)."),                            \
+        NOARGS("magic", Header_magic, "The layout's magic number."),          \
+        NOARGS("__enter__", TYPE##_enter, ENTER "; returns " RETURNS "."),    \
+        {"__exit__", (PyCFunction)(void (*)(void))TYPE##_exit, METH_FASTCALL, \
+         "__exit__($self, /, *exc_info)\n--\n\n" EXIT "."},                   \
+        DKPY_ASYNC_WITH_METHODS(RETURNS, EXIT)
+
+/* One type of this file: its spec NAME##_spec, its tp_new, its methods
+ * (NAME##_methods), its getters (NULL: none) and its doc. */
+#define WORD_TYPE(NAME, NEW, GETSET, DOC)                                     \
+    DKPY_TYPE(static, NAME##_spec, "dispatchkit.sync." #NAME, WordObject, 0,  \
+              {Py_tp_new, NEW}, {Py_tp_dealloc, Word_dealloc},                \
+              {Py_tp_repr, Word_repr}, {Py_tp_methods, NAME##_methods},       \
+              {Py_tp_getset, GETSET}, {Py_tp_doc, DOC})
+
+static PyMethodDef FutexWord_methods[] = {
+    {"wait", DKPY_METH_KW(FutexWord_wait),
+     "wait($self, expected, timeout_ns=-1)\n--\n\nSleep while the word equals "
+     "expected; True when woken, False if it differed or timed out. "
+     "Releases the GIL; Ctrl-C interrupts it."},
+    {"wake", DKPY_METH_KW(FutexWord_wake),
+     "wake($self, n=1)\n--\n\nWake up to n waiters; returns how many were "
+     "woken."},
+    NOARGS("load_acquire", Word_load, "The value (acquire)."),
+    {"store_release", (PyCFunction)Word_store, METH_O,
+     "store_release($self, value, /)\n--\n\nStore value (release)."},
+    {NULL, NULL, 0, NULL},
+};
+WORD_TYPE(FutexWord, Word_new, NULL,
+          "FutexWord(buffer, shared=True)\n--\n\nFutex wait/wake on the "
+          "first 4 bytes of a writable, 4-aligned buffer.");
+
+static PyMethodDef AtomicU32_methods[] = {
+    NOARGS("load", Word_load, "The value (acquire)."),
+    {"store", (PyCFunction)Word_store, METH_O,
+     "store($self, value, /)\n--\n\nStore value (release)."},
+    {"cas", DKPY_METH_FAST(Word_cas),
+     "cas($self, expected, new)\n--\n\nReplace expected by new; True if it "
+     "did (acq_rel; acquire on failure)."},
+    {NULL, NULL, 0, NULL},
+};
+#define AtomicU64_methods AtomicU32_methods
+WORD_TYPE(AtomicU32, Word_new, NULL,
+          "AtomicU32(buffer)\n--\n\nAn unsigned 32-bit atomic on the first "
+          "4 bytes of a writable, 4-aligned buffer.");
+WORD_TYPE(AtomicU64, Word_new, NULL,
+          "AtomicU64(buffer)\n--\n\nAn unsigned 64-bit atomic on the first "
+          "8 bytes of a writable, 8-aligned buffer.");
+
+static PyMethodDef Mutex_methods[] = {
+    NOARGS("acquire", Mutex_acquire,
+           "Block until held (GIL released; Ctrl-C interrupts). Takes over "
+           "from a holder whose process died (see owner_died); returns "
+           "True. RuntimeError if this thread already holds it."),
+    {"acquire_ns", DKPY_METH_KW(Mutex_acquire_ns),
+     "acquire_ns($self, timeout_ns=-1, spin=16)\n--\n\nAcquire within "
+     "timeout_ns (negative: no limit), spinning spin times first; False "
+     "on timeout."},
+    NOARGS("try_acquire", Mutex_try_acquire,
+           "Acquire if free; False otherwise."),
+    NOARGS("release", Mutex_release,
+           "RuntimeError if this process does not hold it."),
+    NOARGS("force_release", Mutex_force_release,
+           "Release whoever holds it (recovery)."),
+    NOARGS("owner_pid", Mutex_owner_pid, "The holder's pid (0: free)."),
+    HEADER_METHODS(Mutex, "it was last acquired", "acquire()", "self",
+                   "release()"),
+    {NULL, NULL, 0, NULL},
+};
+static PyGetSetDef Mutex_getset[] = {
+    {"owner_died", (getter)Mutex_get_owner_died, NULL,
+     "True if the last acquisition through this object took the mutex over "
+     "from a process that died holding it: the data it protects may be "
+     "inconsistent.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+WORD_TYPE(Mutex, Word_new, Mutex_getset,
+          "Mutex(buffer, shared=True)\n--\n\nA process-shared mutex in a "
+          "64-byte buffer, compatible with fastipc's.");
+
+static PyMethodDef Semaphore_methods[] = {
+    {"post", DKPY_METH_FAST(Semaphore_post),
+     "post($self, n=1)\n--\n\nAdd n units and wake that many waiters."},
+    NOARGS("post1", Semaphore_post1, "post(1)."),
+    {"wait", DKPY_METH_FAST(Semaphore_wait),
+     "wait($self, blocking=True, timeout_ns=-1, spin=16)\n--\n\nTake one "
+     "unit; False if none came in time (GIL released while waiting; "
+     "Ctrl-C interrupts)."},
+    NOARGS("value", Semaphore_value, "The count."),
+    NOARGS("last_pid", Semaphore_last_pid, "The pid that last took a unit."),
+    HEADER_METHODS(Semaphore, "a unit was last taken",
+                   "wait() with no timeout", "True", "post(1)"),
+    {NULL, NULL, 0, NULL},
+};
+WORD_TYPE(Semaphore, Semaphore_new, NULL,
+          "Semaphore(buffer, initial=None, shared=True, "
+          "fastipc_compat=False)\n--\n\nA process-shared counting "
+          "semaphore in a 64-byte buffer, compatible with fastipc's.");
+
 static PyMethodDef Event_methods[] = {
-    {"set", (PyCFunction)Event_set, METH_NOARGS,
-     "set($self, /)\n--\n\nSet the event and wake every waiter."},
-    {"clear", (PyCFunction)Event_clear, METH_NOARGS,
-     "clear($self, /)\n--\n\nClear the event."},
-    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
-     "is_set($self, /)\n--\n\nWhether the event is set."},
+    NOARGS("set", Event_set, "Set the event and wake every waiter."),
+    NOARGS("clear", Event_clear, "Clear the event."),
+    NOARGS("is_set", Event_is_set, "Whether the event is set."),
     {"wait", DKPY_METH_KW(Event_wait),
      "wait($self, timeout_ns=-1)\n--\n\nTrue once the event is seen set "
      "(at once if it already is), False at the timeout. Releases the GIL; "
      "Ctrl-C interrupts it."},
     {NULL, NULL, 0, NULL},
 };
+WORD_TYPE(Event, Word_new, NULL,
+          "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
+          "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
+          "else set: fastipc's NamedEvent word).");
 
-DKPY_TYPE(static, Event_spec, "dispatchkit.sync.Event", WordObject, 0,
-          {Py_tp_new, Event_new}, {Py_tp_dealloc, Word_dealloc},
-          {Py_tp_methods, Event_methods}, {Py_tp_repr, Event_repr},
-          {Py_tp_doc,
-           "Event(buffer, shared=True)\n--\n\nA manual-reset event on the "
-           "first 4 bytes of a writable, 4-aligned buffer (0 clear, "
-           "else set: fastipc's NamedEvent word)."});
-
-static PyType_Spec *const sync_specs[] = {
-    &Mutex_spec,     &Semaphore_spec, &FutexWord_spec,
-    &AtomicU32_spec, &AtomicU64_spec, &Event_spec,
+static PyType_Spec *const sync_specs[K_COUNT] = {
+    [K_MUTEX] = &Mutex_spec,     [K_SEMAPHORE] = &Semaphore_spec,
+    [K_FUTEX] = &FutexWord_spec, [K_U32] = &AtomicU32_spec,
+    [K_U64] = &AtomicU64_spec,   [K_EVENT] = &Event_spec,
 };
-
-/* The types made from sync_specs, in order (the module holds them). */
-static PyTypeObject *sync_types[sizeof sync_specs / sizeof sync_specs[0]];
 
 /* For futures.c (awaitable waits): the memory of a sync Mutex (kind 0),
  * Semaphore (1) or Event (2) and its `shared` flag; *owner_died points at
@@ -875,8 +788,11 @@ int
 dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
                  bool **owner_died)
 {
-    static const int kinds[] = {0, 1, -1, -1, -1, 2};
-    for (size_t i = 0; i < sizeof sync_types / sizeof sync_types[0]; i++) {
+    static const int kinds[K_COUNT] = {
+        [K_MUTEX] = 0, [K_SEMAPHORE] = 1, [K_FUTEX] = -1,
+        [K_U32] = -1,  [K_U64] = -1,      [K_EVENT] = 2,
+    };
+    for (int i = 0; i < K_COUNT; i++) {
         if (kinds[i] < 0 || sync_types[i] == NULL ||
             !PyObject_TypeCheck(obj, sync_types[i])) {
             continue;
@@ -894,7 +810,7 @@ dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
 int
 dkpy_sync_exec(PyObject *m)
 {
-    for (size_t i = 0; i < sizeof sync_specs / sizeof sync_specs[0]; i++) {
+    for (int i = 0; i < K_COUNT; i++) {
         /* The extension module also holds the dispatch Semaphore: sync
          * types are registered as Sync<Name>; dispatchkit.sync renames. */
         sync_types[i] = dkpy_add_type(m, sync_specs[i], NULL, "Sync");
