@@ -83,7 +83,7 @@ static PyObject *s_condition, *s_state, *s_result, *s_exception;
 static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
 static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
 static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
-static PyObject *s_lock_enter, *s_lock_exit;
+static PyObject *s_lock_enter, *s_lock_exit, *s_add_reader, *s_drain_ring;
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
 /* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
@@ -115,6 +115,8 @@ intern_names(void)
         {&s_dk_loop, "_dk_loop"},
         {&s_lock_enter, "_lock_enter"},
         {&s_lock_exit, "_lock_exit"},
+        {&s_add_reader, "add_reader"},
+        {&s_drain_ring, "drain_ring"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
@@ -217,8 +219,9 @@ struct WakerObject {
      * waits in flight are listed (the GIL) so that the collector sees
      * them and a cleared waker can drop them. */
     dk__os_uring_t *ring;
-    int ring_state; /* 0: not tried yet, 1: open, -1: none */
-    int ring_pid;   /* the process that opened it (none in a fork child) */
+    int ring_state;    /* 0: not tried yet, 1: open, -1: none */
+    unsigned ring_gen; /* fork_gen at the opening (not ours in a child) */
+    bool ring_polled;  /* the loop watches the ring's fd (ring_poll) */
     struct WaitObject *ring_waits;
     PyObject *weakreflist;
 };
@@ -1119,6 +1122,18 @@ Waker_drain(WakerObject *self, PyObject *Py_UNUSED(unused))
     return PyLong_FromLong(n);
 }
 
+/* The reader of the ring's fd: reap what completed, from shared memory
+ * (no read(), no syscall unless the kernel kept overflowed completions). */
+static PyObject *
+Waker_drain_ring(WakerObject *self, PyObject *Py_UNUSED(unused))
+{
+    long n = ring_reap(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(n);
+}
+
 static dk__os_uring_t *waker_ring(WakerObject *k);
 
 static PyObject *
@@ -1407,6 +1422,9 @@ static PyMethodDef Waker_methods[] = {
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
+    {"drain_ring", (PyCFunction)Waker_drain_ring, METH_NOARGS,
+     "drain_ring($self, /)\n--\n\n"
+     "The ring fd's reader: resolve the completed ring waits; how many."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1562,24 +1580,33 @@ drain_fired(WakerObject *k, bool drop)
  * Where io_uring's futex wait is available (Linux 6.7+), a loop's waits
  * do not go through the watcher thread: step() submits an
  * IORING_OP_FUTEX_WAIT (with a linked timeout for its deadline) to the
- * loop's own ring, whose completions signal the waker's eventfd. The
+ * loop's own ring, and the loop watches the ring's fd itself (ring_poll:
+ * add_reader(ring fd, drain_ring), once, before the first wait). The
  * other side's futex wake then completes the wait in the kernel and
- * wakes the loop directly: one hop, as for a pipe the loop watches.
+ * wakes the loop directly: one hop, as for a pipe the loop watches, and
+ * the loop's reader reaps the completion from the shared ring with no
+ * syscall (a pipe's reader pays a read(); an eventfd between the ring
+ * and the loop cost one more read() per wake).
  *
  * The ring is used only with the GIL held, from the loop's thread (a
  * finalizer elsewhere may submit a cancel: also under the GIL). A wait
  * in flight holds a reference to its WaitObject, whose address is the
  * request's user_data, and is listed in waker->ring_waits until its one
  * completion is reaped. No wake-up is lost between the loop's reap and
- * its sleep, because the kernel signals the eventfd after it publishes
+ * its sleep: the ring's fd is readable exactly while cq.head != cq.tail
+ * (the kernel's poll looks at the ring; the loop's epoll is
+ * level-triggered), and the kernel wakes its pollers after it publishes
  * each completion:
  *
- *   kernel (on the loop's thread)        loop (Waker_drain, GIL)
- *   write cqe; cq.tail++ (release)       drain the eventfd            (C)
- *   signal the eventfd              (E)  read cq.tail (acquire); reap
+ *   kernel (on the loop's thread)        loop (drain_ring, GIL)
+ *   write cqe; cq.tail++ (release)  (T)  read cq.tail (acquire)       (R)
+ *   wake the ring fd's pollers      (E)  reap; cq.head = tail (release)
+ *                                        back to epoll_wait: polls the fd
  *
- * A completion the reap does not see was published after the reap read
- * cq.tail, so after (C), and its (E) makes the eventfd readable again.
+ * A completion the reap does not see was published at (T) after (R): the
+ * ring's head then differs from its tail, so the next epoll_wait finds
+ * the fd readable (and (E) wakes it if it already sleeps). Nothing is
+ * written or read besides the ring: no eventfd to drain.
  *
  * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
  * which takes it off the futex before io_uring_enter returns:
@@ -1625,13 +1652,42 @@ static dk__os_uring_t *
 waker_ring(WakerObject *k)
 {
     if (k->ring_state == 0) {
-        k->ring_state = dk__watch_ring_open(k->fd, &k->ring) == 0 ? 1 : -1;
-        k->ring_pid = dk__os_pid();
+        /* No eventfd: the loop polls the ring's own fd (ring_poll). */
+        k->ring_state = dk__watch_ring_open(-1, &k->ring) == 0 ? 1 : -1;
+        k->ring_gen = fork_gen;
     }
-    if (k->ring_state != 1 || k->ring_pid != dk__os_pid()) {
+    if (k->ring_state != 1 || k->ring_gen != fork_gen) {
         return NULL; /* the parent's ring is not ours to submit to */
     }
     return k->ring;
+}
+
+/* Before the first wait goes on the ring: have the loop of `fut` watch
+ * the ring's fd, with drain_ring as its reader. 0, or -1 with an error. */
+static int
+ring_poll(WakerObject *k, PyObject *fut)
+{
+    if (k->ring_polled) {
+        return 0;
+    }
+    PyObject *loop = PyObject_CallMethodNoArgs(fut, s_get_loop);
+    PyObject *drain = loop == NULL
+                          ? NULL
+                          : PyObject_GetAttr((PyObject *)k, s_drain_ring);
+    PyObject *fd = drain == NULL ? NULL
+                                 : PyLong_FromLong(dk__os_uring_fd(k->ring));
+    PyObject *r = fd == NULL ? NULL
+                             : PyObject_CallMethodObjArgs(loop, s_add_reader,
+                                                          fd, drain, NULL);
+    Py_XDECREF(loop);
+    Py_XDECREF(drain);
+    Py_XDECREF(fd);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    k->ring_polled = true;
+    return 0;
 }
 
 /* Resolve the future of every completed ring wait (GIL, loop's thread):
@@ -1640,7 +1696,7 @@ waker_ring(WakerObject *k)
 static long
 ring_reap(WakerObject *k)
 {
-    if (k->ring == NULL || k->ring_pid != dk__os_pid()) {
+    if (k->ring == NULL || k->ring_gen != fork_gen) {
         return 0;
     }
     long total = 0;
@@ -1894,6 +1950,12 @@ Wait_step(WaitObject *self, PyObject *args)
     self->registered = true;
     self->watched = true;
     dk__os_uring_t *ring = waker_ring(self->waker);
+    if (ring != NULL && ring_poll(self->waker, fut) < 0) {
+        self->registered = false;
+        Py_CLEAR(self->fut);
+        Py_DECREF(self);
+        return NULL;
+    }
     if (ring != NULL &&
         dk__os_uring_futex_wait(ring, word, busy, self->shared,
                                 self->watch.deadline,
