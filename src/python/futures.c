@@ -79,11 +79,19 @@
 
 /* ---- names and the Future type ------------------------------------- */
 
-static PyObject *s_condition, *s_state, *s_result, *s_exception;
-static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
-static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
-static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
-static PyObject *s_lock_enter, *s_lock_exit, *s_add_reader, *s_drain_ring;
+/* The names this file looks up, interned once: N(var, "text") declares
+ * s_var. */
+#define NAMES(N)                                                              \
+    N(condition, "_condition") N(state, "_state") N(result, "_result")        \
+    N(exception, "_exception") N(set_running, "set_running_or_notify_cancel") \
+    N(set_result, "set_result") N(set_exception, "set_exception")             \
+    N(cancel, "cancel") N(done, "done") N(get_loop, "get_loop")               \
+    N(is_closed, "is_closed") N(qos, "qos") N(create_future, "create_future") \
+    N(loop_kw, "loop") N(dk_waker, "_dk_waker") N(dk_loop, "_dk_loop")        \
+    N(lock_enter, "_lock_enter") N(lock_exit, "_lock_exit")                   \
+    N(add_reader, "add_reader") N(drain_ring, "drain_ring")
+#define DECLARE_NAME(var, text) static PyObject *s_##var;
+NAMES(DECLARE_NAME)
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
 /* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
@@ -92,38 +100,11 @@ static PyTypeObject *executor_type, *waker_type, *wait_type;
 static int
 intern_names(void)
 {
-    struct {
-        PyObject **slot;
-        const char *name;
-    } names[] = {
-        {&s_condition, "_condition"},
-        {&s_state, "_state"},
-        {&s_result, "_result"},
-        {&s_exception, "_exception"},
-        {&s_set_running, "set_running_or_notify_cancel"},
-        {&s_set_result, "set_result"},
-        {&s_set_exception, "set_exception"},
-        {&s_cancel, "cancel"},
-        {&s_cancelled, "cancelled"},
-        {&s_done, "done"},
-        {&s_get_loop, "get_loop"},
-        {&s_is_closed, "is_closed"},
-        {&s_qos, "qos"},
-        {&s_create_future, "create_future"},
-        {&s_loop_kw, "loop"},
-        {&s_dk_waker, "_dk_waker"},
-        {&s_dk_loop, "_dk_loop"},
-        {&s_lock_enter, "_lock_enter"},
-        {&s_lock_exit, "_lock_exit"},
-        {&s_add_reader, "add_reader"},
-        {&s_drain_ring, "drain_ring"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].slot == NULL) {
-            return -1;
-        }
+#define INTERN_NAME(var, text)                                                \
+    if ((s_##var = PyUnicode_InternFromString(text)) == NULL) {               \
+        return -1;                                                            \
     }
+    NAMES(INTERN_NAME)
     return 0;
 }
 
@@ -833,87 +814,51 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
     return fut;
 }
 
-/* map_submit(fn, iterables): submit fn(*args) for args in zip(*iterables);
- * the futures in reverse order (the caller pops from the end). */
+/* map_submit(fn, iterables): submit fn(*args) for args in
+ * zip(*iterables), as the stdlib's map does; the futures in reverse order
+ * (the caller pops from the end). */
 static PyObject *
 Executor_map_submit(ExecutorObject *self, PyObject *args)
 {
-    PyObject *fn, *iterables;
+    PyObject *fn, *iterables, *call_args;
     if (!PyArg_ParseTuple(args, "OO!:map_submit", &fn, &PyTuple_Type,
-                          &iterables)) {
+                          &iterables) ||
+        executor_open(self) < 0 || dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
-    if (executor_open(self) < 0) {
-        return NULL;
-    }
-    if (dkpy_check_callable(fn, "fn") < 0) {
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(iterables);
     PyObject *out = PyList_New(0);
-    PyObject *iters = PyTuple_New(n);
-    if (out == NULL || iters == NULL) {
-        goto fail;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *iter = PyObject_GetIter(PyTuple_GET_ITEM(iterables, i));
-        if (iter == NULL) {
-            goto fail;
-        }
-        PyTuple_SET_ITEM(iters, i, iter);
-    }
-    while (n > 0) {
-        PyObject *call_args = PyTuple_New(n);
-        if (call_args == NULL) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *v = PyIter_Next(PyTuple_GET_ITEM(iters, i));
-            if (v == NULL) {
-                Py_DECREF(call_args);
-                if (PyErr_Occurred()) {
-                    goto fail;
-                }
-                goto done;
-            }
-            PyTuple_SET_ITEM(call_args, i, v);
-        }
+    PyObject *zip = out == NULL ? NULL
+                                : PyObject_Call((PyObject *)&PyZip_Type,
+                                                iterables, NULL);
+    while (zip != NULL && (call_args = PyIter_Next(zip)) != NULL) {
         item_t *it = item_alloc(fn, call_args);
-        if (it == NULL) {
-            goto fail;
+        if (it != NULL && (it->future = new_future()) != NULL &&
+            PyList_Append(out, it->future) == 0) {
+            if (executor_add(self, it) < 0) {
+                break;
+            }
+            continue;
         }
-        it->future = new_future();
-        if (it->future == NULL || PyList_Append(out, it->future) < 0) {
+        if (it != NULL) {
             item_free(it);
-            goto fail;
         }
-        if (executor_add(self, it) < 0) {
-            goto fail;
-        }
+        break;
     }
-done:
-    Py_DECREF(iters);
-    if (PyList_Reverse(out) < 0) {
-        Py_DECREF(out);
-        return NULL;
+    Py_XDECREF(zip);
+    if (zip != NULL && !PyErr_Occurred() && PyList_Reverse(out) == 0) {
+        return out;
     }
-    return out;
-fail:
     /* As the stdlib: an error while submitting cancels what was
      * submitted. */
-    if (out != NULL) {
-        PyObject *exc_type, *exc_value, *exc_tb;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(out); i++) {
-            PyObject *r =
-                PyObject_CallMethodNoArgs(PyList_GET_ITEM(out, i), s_cancel);
-            Py_XDECREF(r);
-            PyErr_Clear();
-        }
-        PyErr_Restore(exc_type, exc_value, exc_tb);
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(out); i++) {
+        Py_XDECREF(
+            PyObject_CallMethodNoArgs(PyList_GET_ITEM(out, i), s_cancel));
+        PyErr_Clear();
     }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
     Py_XDECREF(out);
-    Py_XDECREF(iters);
     return NULL;
 }
 
@@ -1322,6 +1267,28 @@ aio_waker(PyObject *loop)
     return (WakerObject *)w;
 }
 
+/* A new asyncio future of `loop` for an item of waker w: a _RunFuture
+ * when nothing else of w is in flight (its await may spin: Waker_spin),
+ * else a plain one (the completions batch through the eventfd). */
+static PyObject *
+aio_future(PyObject *loop, WakerObject *w)
+{
+    if (w->outstanding != 0) {
+        return PyObject_CallMethodNoArgs(loop, s_create_future);
+    }
+    PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
+    PyObject *fut = kw == NULL ? NULL
+                               : PyObject_VectorcallDict(aio_run_future,
+                                                         NULL, 0, kw);
+    Py_XDECREF(kw);
+    if (fut != NULL &&
+        (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
+         PyObject_SetAttr(fut, s_dk_loop, loop) < 0)) {
+        Py_CLEAR(fut);
+    }
+    return fut;
+}
+
 /* _aio_run(queue, fn, /, *args, **kwargs): dispatchkit.asyncio.run. */
 static PyObject *
 aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
@@ -1337,61 +1304,29 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
                                          "run(queue, fn, /, *args, **kwargs)");
         return NULL;
     }
-    PyObject *loop = PyObject_CallNoArgs(aio_get_loop);
-    if (loop == NULL) {
-        return NULL;
-    }
+    PyObject *loop = PyObject_CallNoArgs(aio_get_loop), *fut = NULL;
+    item_t *it = NULL;
+    WakerObject *w = NULL;
+    dk_queue_t *q;
     if (loop == Py_None) {
-        Py_DECREF(loop);
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.asyncio.run() needs a running event "
                         "loop: call it from a coroutine or a callback of the "
                         "loop");
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (args[0] == Py_None) {
-        Py_DECREF(loop);
+    } else if (loop != NULL && args[0] == Py_None) {
         PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
+    } else if (loop != NULL && dkpy_queue_arg(args[0], "queue", &q) == 0 &&
+               (it = item_new(args + 1, nargs - 1, kwnames, NULL, NULL)) !=
+                   NULL &&
+               (w = aio_waker(loop)) != NULL) {
+        fut = aio_future(loop, w);
     }
-    if (dkpy_queue_arg(args[0], "queue", &q) < 0) {
-        Py_DECREF(loop);
-        return NULL;
-    }
-    item_t *it = item_new(args + 1, nargs - 1, kwnames, NULL, NULL);
-    if (it == NULL) {
-        Py_DECREF(loop);
-        return NULL;
-    }
-    WakerObject *w = aio_waker(loop);
-    if (w == NULL) {
-        item_free(it);
-        Py_DECREF(loop);
-        return NULL;
-    }
-    PyObject *fut;
-    if (w->outstanding != 0) {
-        /* Others in flight (gathered, or many tasks): the completions
-         * batch through the eventfd; a plain future is cheaper. */
-        fut = PyObject_CallMethodNoArgs(loop, s_create_future);
-    } else {
-        /* Alone: a _RunFuture, whose await may spin (Waker_spin). */
-        PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
-        fut = kw == NULL
-                  ? NULL
-                  : PyObject_VectorcallDict(aio_run_future, NULL, 0, kw);
-        Py_XDECREF(kw);
-        if (fut != NULL &&
-            (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
-             PyObject_SetAttr(fut, s_dk_loop, loop) < 0)) {
-            Py_CLEAR(fut);
-        }
-    }
-    Py_DECREF(loop);
+    Py_XDECREF(loop);
     if (fut == NULL) {
-        item_free(it);
-        Py_DECREF(w);
+        if (it != NULL) {
+            item_free(it);
+        }
+        Py_XDECREF((PyObject *)w);
         return NULL;
     }
     it->future = Py_NewRef(fut);
