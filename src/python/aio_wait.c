@@ -22,9 +22,14 @@
 #include "python/futures.h"
 #include "watch.h"
 
-/* The names this file looks up, interned once by dkpy_aio_wait_exec. */
-static PyObject *s_get_loop, *s_add_reader, *s_drain_ring, *s_lock_enter,
-    *s_lock_exit;
+/* The names this file looks up, interned once: N(var, "text") declares
+ * s_var. */
+#define NAMES(N)                                                              \
+    N(get_loop, "get_loop") N(add_reader, "add_reader")                       \
+    N(drain_ring, "drain_ring") N(lock_enter, "_lock_enter")                  \
+    N(lock_exit, "_lock_exit")
+#define DECLARE_NAME(var, text) static PyObject *s_##var;
+NAMES(DECLARE_NAME)
 
 /* ---- async with on the locks ------------------------------------------ */
 
@@ -101,7 +106,7 @@ typedef struct WaitObject {
 } WaitObject;
 
 /* On the watcher thread, without the GIL: hand the wait to its loop.
- * Same protocol as waker_post, with the fired list under fired_lock:
+ * Same protocol as futures.c's waker_post, the list under fired_lock:
  * signal when the list was empty; the loop drains the eventfd (C) before
  * it takes the list. */
 static void
@@ -110,10 +115,11 @@ wait_fired(dk__watch_t *w, int rc)
     WaitObject *self = (WaitObject *)((char *)w - offsetof(WaitObject, watch));
     dkpy_waits_t *k = self->waits;
     self->fired_rc = rc;
+    self->fired_next = NULL;
     pthread_mutex_lock(&k->fired_lock);
     bool was_empty = k->fired == NULL;
-    self->fired_next = k->fired;
-    k->fired = self;
+    *(was_empty ? &k->fired : &k->fired_tail->fired_next) = self;
+    k->fired_tail = self; /* appended: waits resume in firing order */
     pthread_mutex_unlock(&k->fired_lock);
     if (was_empty) {
         dk__os_eventfd_signal(k->fd); /* (D) */
@@ -127,15 +133,7 @@ take_fired(dkpy_waits_t *k)
     WaitObject *list = k->fired;
     k->fired = NULL;
     pthread_mutex_unlock(&k->fired_lock);
-    /* Pushed last first: reverse, so waits resume in firing order. */
-    WaitObject *rev = NULL;
-    while (list != NULL) {
-        WaitObject *next = list->fired_next;
-        list->fired_next = rev;
-        rev = list;
-        list = next;
-    }
-    return rev;
+    return list;
 }
 
 /* What a fired wait's future resolves to: False when its deadline
@@ -394,21 +392,18 @@ dkpy_waits_fini(dkpy_waits_t *k)
 static void
 unannounce(WaitObject *self)
 {
-    if (!self->announced) {
+    if (!self->announced || self->kind == K_DSEM) {
         return;
     }
+    self->announced = false;
     if (self->kind == K_SEM) {
         dk__shm_semaphore_unannounce(self->addr);
-        self->announced = false;
     } else if (self->kind == K_GROUP) {
         dk__group_unannounce(self->addr);
-        self->announced = false;
     } else if (self->kind == K_ZBREAD) {
         dk__zb_reader_unannounce(self->addr);
-        self->announced = false;
     } else if (self->kind == K_ZBWRITE) {
         dk__zb_writer_unannounce(self->addr);
-        self->announced = false;
     }
 }
 
@@ -690,20 +685,11 @@ static PyMethodDef aio_wait_functions[] = {
 int
 dkpy_aio_wait_exec(PyObject *m)
 {
-    struct {
-        PyObject **slot;
-        const char *text;
-    } names[] = {
-        {&s_get_loop, "get_loop"},     {&s_add_reader, "add_reader"},
-        {&s_drain_ring, "drain_ring"}, {&s_lock_enter, "_lock_enter"},
-        {&s_lock_exit, "_lock_exit"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) ==
-            NULL) {
-            return -1;
-        }
+#define INTERN_NAME(var, text)                                                \
+    if ((s_##var = PyUnicode_InternFromString(text)) == NULL) {               \
+        return -1;                                                            \
     }
+    NAMES(INTERN_NAME)
     if (dkpy_add_type(m, &Wait_spec, NULL, "") == NULL) {
         return -1;
     }

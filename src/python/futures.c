@@ -54,18 +54,12 @@
 #include <structmember.h>
 
 #include "atomic.h"
-#include "dk/futex.h"
 #include "dk/group.h"
-#include "dk/mutex.h"
 #include "dk/queue.h"
-#include "dk/sem.h"
-#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
-#include "os/linux/uring.h"
 #include "python/futures.h"
 #include "python/gil.h"
-#include "watch.h"
 
 /* The longest the loop's thread spins for a run() result (long enough
  * for a parked worker's wake-up); after DKPY_SPIN_FAILS empty spins in a

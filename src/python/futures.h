@@ -50,7 +50,7 @@ struct dk__os_uring;
 typedef struct dkpy_waits {
     int fd;
     pthread_mutex_t fired_lock;
-    struct WaitObject *fired;
+    struct WaitObject *fired, *fired_tail;
     struct dk__os_uring *ring;
     int ring_state;    /* 0: not tried yet, 1: open, -1: none */
     unsigned ring_gen; /* dkpy_fork_gen at the opening */
