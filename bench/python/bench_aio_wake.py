@@ -9,7 +9,10 @@ Latency = CLOCK_MONOTONIC when the coroutine awaiting the signal resumes
 one the other process read just before signalling (the clock is
 system-wide).
 Each round the other process waits to be told the coroutine is waiting,
-sleeps 0.3 ms so the loop is really asleep, then signals.
+sleeps 0.3 ms so the loop is really asleep, then signals. The cases run
+interleaved, in turns of ROUNDS / 10 rounds each (every case keeps its
+loop and its process across turns), so a change of the machine's load
+during the run weighs on all of them alike.
 
 Our waits sleep in the loop's own io_uring where the kernel has futex
 waits on it (6.7+); the row "(watcher thread)" is the fallback for older
@@ -29,7 +32,8 @@ import dispatchkit.sync as sync
 from dispatchkit import asyncio as dkio
 
 SCALE = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-ROUNDS = max(200, 2000 // SCALE)
+BLOCKS = 10
+ROUNDS = max(200, 2000 // SCALE) // BLOCKS * BLOCKS
 NAME = "dkbw" + uuid.uuid4().hex[:8]
 
 
@@ -63,7 +67,10 @@ def child(kind, ready_name, stamp_name, wfd, mp_event):
             mp_event[0].set()
 
 
-async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
+async def measure(case, rounds):
+    kind = case["kind"]
+    ready, shm, rfd = case["ready"], case["shm"], case["rfd"]
+    mp_ev, ev, sem = case["mp_ev"], case["ev"], case["sem"]
     loop = asyncio.get_running_loop()
     lat = []
     pipe_fut = None
@@ -80,7 +87,7 @@ async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
 
     if kind == "pipe":
         loop.add_reader(rfd, on_pipe)
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         if kind == "event":
             ev.clear()
             aw = dkio.wait(ev)
@@ -102,39 +109,70 @@ async def measure(kind, ready, shm, rfd, mp_ev, ev, sem):
     return lat
 
 
-def run_one(kind, new_loop, watcher=False):
-    ready_name = NAME + "r" + kind
-    ready = sync.NamedSemaphore(ready_name, initial=0)
-    ev = sync.NamedEvent(NAME)
-    sem = sync.NamedSemaphore(NAME, initial=0)
+def start(kind, new_loop, watcher=False):
+    """One case: its loop, its signalling process and their channels."""
+    ready_name = NAME + "r" + kind + ("w" if watcher else "")
     stamp_name = NAME + "s"
-    s2 = sync.NamedSemaphore(stamp_name, initial=0)
+    case = {
+        "kind": kind,
+        "ready": sync.NamedSemaphore(ready_name, initial=0),
+        "ev": sync.NamedEvent(NAME),
+        "sem": sync.NamedSemaphore(NAME, initial=0),
+        "s2": sync.NamedSemaphore(stamp_name, initial=0),
+        "lat": [],
+    }
     ctx = mp.get_context("fork")
-    shm = ctx.Array("q", 1, lock=False)
-    mp_ev = ctx.Event()
-    rfd, wfd = os.pipe()
-    p = ctx.Process(target=child,
-                    args=(kind, ready_name, stamp_name, wfd, (mp_ev, shm)))
-    p.start()
-    loop = new_loop()
+    case["shm"] = shm = ctx.Array("q", 1, lock=False)
+    case["mp_ev"] = ctx.Event()
+    case["rfd"], case["wfd"] = os.pipe()
+    case["proc"] = ctx.Process(
+        target=child,
+        args=(kind, ready_name, stamp_name, case["wfd"],
+              (case["mp_ev"], shm)))
+    case["proc"].start()
+    case["loop"] = loop = new_loop()
     if watcher:
         # The fallback (kernels before 6.7): the futex watcher thread.
         os.environ["DK_NO_IO_URING"] = "1"
     try:
         uses_ring = loop.run_until_complete(_uses_ring())
-        os.environ.pop("DK_NO_IO_URING", None)
-        assert uses_ring is not watcher or not _RING, uses_ring
-        lat = loop.run_until_complete(
-            measure(kind, ready, shm, rfd, mp_ev, ev, sem))
     finally:
+        os.environ.pop("DK_NO_IO_URING", None)
+    assert uses_ring is not watcher or not _RING, uses_ring
+    return case
+
+
+def stop(case):
+    loop = case["loop"]
+    try:
         loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
         loop.close()
-        p.join(60)
-        os.close(rfd)
-        os.close(wfd)
-        for x in (ready, ev, sem, s2):
-            x.close()
-    return lat[ROUNDS // 10:]  # drop the warm-up
+        case["proc"].join(60)
+        os.close(case["rfd"])
+        os.close(case["wfd"])
+        for k in ("ready", "ev", "sem", "s2"):
+            case[k].close()
+
+
+def run_cases(specs, new_loop):
+    """Every case in the same run, interleaved: BLOCKS turns, each case
+    taking ROUNDS // BLOCKS rounds per turn, so that a change in the
+    machine's load (other processes, frequency) falls on all of them
+    alike. Returns each case's latencies, the first turn dropped (the
+    warm-up)."""
+    cases = [start(kind, new_loop, watcher) for kind, _, watcher in specs]
+    try:
+        for turn in range(BLOCKS):
+            for case in cases:
+                lat = case["loop"].run_until_complete(
+                    measure(case, ROUNDS // BLOCKS))
+                if turn > 0:
+                    case["lat"] += lat
+    finally:
+        for case in cases:
+            stop(case)
+    return [case["lat"] for case in cases]
 
 
 async def _uses_ring():
@@ -154,14 +192,13 @@ def main():
         pass
     for loop_name, new_loop in loops:
         suffix = "" if loop_name == "asyncio" else f"[{loop_name}]"
-        results = {}
-        for kind, impl, watcher in (
-                ("event", "dispatchkit NamedEvent", False),
-                ("sem", "dispatchkit NamedSemaphore", False),
-                ("event", "dispatchkit NamedEvent (watcher thread)", True),
-                ("pipe", "pipe + loop.add_reader", False),
-                ("mp", "multiprocessing.Event + to_thread", False)):
-            results[impl] = run_one(kind, new_loop, watcher)
+        specs = (("event", "dispatchkit NamedEvent", False),
+                 ("sem", "dispatchkit NamedSemaphore", False),
+                 ("event", "dispatchkit NamedEvent (watcher thread)", True),
+                 ("pipe", "pipe + loop.add_reader", False),
+                 ("mp", "multiprocessing.Event + to_thread", False))
+        results = dict(zip((impl for _, impl, _ in specs),
+                           run_cases(specs, new_loop)))
         for q, label in ((0.5, "p50"), (0.99, "p99")):
             w = f"aio_cross_process_wake_{label}{suffix}"
             for impl, lat in results.items():

@@ -39,8 +39,8 @@ a single ``await run(...)`` with nothing else in flight first waits a
 bounded moment for the result with the GIL released, so a short call
 costs no thread wake-up.
 Waits on primitives sleep in the loop's own io_uring (Linux 6.7+:
-``IORING_OP_FUTEX_WAIT``, completed by the other side's futex wake and
-signalled on the loop's eventfd, no thread of ours in between), or else
+``IORING_OP_FUTEX_WAIT``, completed by the other side's futex wake; the
+loop watches the ring's fd, no thread of ours in between), or else
 in one futex watcher thread that sleeps on up to 127 futex words at once
 with Linux's ``futex_waitv`` (5.16+; one thread per word on older
 kernels). Either way each waiter announces itself in the

@@ -54,18 +54,12 @@
 #include <structmember.h>
 
 #include "atomic.h"
-#include "dk/futex.h"
 #include "dk/group.h"
-#include "dk/mutex.h"
 #include "dk/queue.h"
-#include "dk/sem.h"
-#include "dk/shm_event.h"
 #include "dk/time.h"
 #include "os/linux/os.h"
-#include "os/linux/uring.h"
 #include "python/futures.h"
 #include "python/gil.h"
-#include "watch.h"
 
 /* The longest the loop's thread spins for a run() result (long enough
  * for a parked worker's wake-up); after DKPY_SPIN_FAILS empty spins in a
@@ -79,49 +73,30 @@
 
 /* ---- names and the Future type ------------------------------------- */
 
-static PyObject *s_condition, *s_state, *s_result, *s_exception;
-static PyObject *s_set_running, *s_set_result, *s_set_exception, *s_cancel;
-static PyObject *s_cancelled, *s_done, *s_get_loop, *s_is_closed, *s_qos;
-static PyObject *s_create_future, *s_loop_kw, *s_dk_waker, *s_dk_loop;
-static PyObject *s_lock_enter, *s_lock_exit;
+/* The names this file looks up, interned once: N(var, "text") declares
+ * s_var. */
+#define NAMES(N)                                                              \
+    N(condition, "_condition") N(state, "_state") N(result, "_result")        \
+    N(exception, "_exception") N(set_running, "set_running_or_notify_cancel") \
+    N(set_result, "set_result") N(set_exception, "set_exception")             \
+    N(cancel, "cancel") N(done, "done") N(get_loop, "get_loop")               \
+    N(is_closed, "is_closed") N(qos, "qos") N(create_future, "create_future") \
+    N(loop_kw, "loop") N(dk_waker, "_dk_waker") N(dk_loop, "_dk_loop")
+#define DECLARE_NAME(var, text) static PyObject *s_##var;
+NAMES(DECLARE_NAME)
 static PyObject *st_running, *st_finished, *st_cancelled, *st_cancelled_n;
 static PyTypeObject *future_type; /* dispatchkit._executor.Future */
 /* Ours, set by dkpy_futures_exec (kept for the process: binding.h). */
-static PyTypeObject *executor_type, *waker_type, *wait_type;
+static PyTypeObject *executor_type, *waker_type;
 
 static int
 intern_names(void)
 {
-    struct {
-        PyObject **slot;
-        const char *name;
-    } names[] = {
-        {&s_condition, "_condition"},
-        {&s_state, "_state"},
-        {&s_result, "_result"},
-        {&s_exception, "_exception"},
-        {&s_set_running, "set_running_or_notify_cancel"},
-        {&s_set_result, "set_result"},
-        {&s_set_exception, "set_exception"},
-        {&s_cancel, "cancel"},
-        {&s_cancelled, "cancelled"},
-        {&s_done, "done"},
-        {&s_get_loop, "get_loop"},
-        {&s_is_closed, "is_closed"},
-        {&s_qos, "qos"},
-        {&s_create_future, "create_future"},
-        {&s_loop_kw, "loop"},
-        {&s_dk_waker, "_dk_waker"},
-        {&s_dk_loop, "_dk_loop"},
-        {&s_lock_enter, "_lock_enter"},
-        {&s_lock_exit, "_lock_exit"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].slot == NULL) {
-            return -1;
-        }
+#define INTERN_NAME(var, text)                                                \
+    if ((s_##var = PyUnicode_InternFromString(text)) == NULL) {               \
+        return -1;                                                            \
     }
+    NAMES(INTERN_NAME)
     return 0;
 }
 
@@ -196,7 +171,11 @@ futures_atfork_child(void)
     fork_gen++;
 }
 
-struct WaitObject;
+unsigned
+dkpy_fork_gen(void)
+{
+    return fork_gen;
+}
 
 struct WakerObject {
     PyObject_HEAD
@@ -209,23 +188,9 @@ struct WakerObject {
     uint32_t spin_fails;  /* consecutive spins that ended empty */
     unsigned spin_skips;  /* awaits not spun since the last try (GIL) */
     uint32_t outstanding; /* submitted, not yet posted (the GIL) */
-    /* Fired waits, pushed by the watcher thread without the GIL. */
-    pthread_mutex_t fired_lock;
-    struct WaitObject *fired;
-    /* The loop's io_uring for futex waits (watch.h's ring watches), opened
-     * on the first wait; NULL: the watcher thread serves this loop. Its
-     * waits in flight are listed (the GIL) so that the collector sees
-     * them and a cleared waker can drop them. */
-    dk__os_uring_t *ring;
-    int ring_state; /* 0: not tried yet, 1: open, -1: none */
-    int ring_pid;   /* the process that opened it (none in a fork child) */
-    struct WaitObject *ring_waits;
+    dkpy_waits_t waits;   /* the awaitable waits' share (aio_wait.c) */
     PyObject *weakreflist;
 };
-
-static long drain_fired(WakerObject *w, bool drop);
-static long ring_reap(WakerObject *k);
-static void ring_clear(WakerObject *k);
 
 static void run_item(void *ctx);
 
@@ -561,6 +526,12 @@ aio_resolve(PyObject *fut, PyObject *method, PyObject *value)
     }
 }
 
+void
+dkpy_aio_set_result(PyObject *fut, PyObject *value)
+{
+    aio_resolve(fut, s_set_result, value);
+}
+
 /* Returns true when the result was handed to a spinning loop. */
 static bool
 waker_post(item_t *it)
@@ -830,87 +801,51 @@ Executor_submit(ExecutorObject *self, PyObject *const *args, Py_ssize_t nargs,
     return fut;
 }
 
-/* map_submit(fn, iterables): submit fn(*args) for args in zip(*iterables);
- * the futures in reverse order (the caller pops from the end). */
+/* map_submit(fn, iterables): submit fn(*args) for args in
+ * zip(*iterables), as the stdlib's map does; the futures in reverse order
+ * (the caller pops from the end). */
 static PyObject *
 Executor_map_submit(ExecutorObject *self, PyObject *args)
 {
-    PyObject *fn, *iterables;
+    PyObject *fn, *iterables, *call_args;
     if (!PyArg_ParseTuple(args, "OO!:map_submit", &fn, &PyTuple_Type,
-                          &iterables)) {
+                          &iterables) ||
+        executor_open(self) < 0 || dkpy_check_callable(fn, "fn") < 0) {
         return NULL;
     }
-    if (executor_open(self) < 0) {
-        return NULL;
-    }
-    if (dkpy_check_callable(fn, "fn") < 0) {
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(iterables);
     PyObject *out = PyList_New(0);
-    PyObject *iters = PyTuple_New(n);
-    if (out == NULL || iters == NULL) {
-        goto fail;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *iter = PyObject_GetIter(PyTuple_GET_ITEM(iterables, i));
-        if (iter == NULL) {
-            goto fail;
-        }
-        PyTuple_SET_ITEM(iters, i, iter);
-    }
-    while (n > 0) {
-        PyObject *call_args = PyTuple_New(n);
-        if (call_args == NULL) {
-            goto fail;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *v = PyIter_Next(PyTuple_GET_ITEM(iters, i));
-            if (v == NULL) {
-                Py_DECREF(call_args);
-                if (PyErr_Occurred()) {
-                    goto fail;
-                }
-                goto done;
-            }
-            PyTuple_SET_ITEM(call_args, i, v);
-        }
+    PyObject *zip = out == NULL ? NULL
+                                : PyObject_Call((PyObject *)&PyZip_Type,
+                                                iterables, NULL);
+    while (zip != NULL && (call_args = PyIter_Next(zip)) != NULL) {
         item_t *it = item_alloc(fn, call_args);
-        if (it == NULL) {
-            goto fail;
+        if (it != NULL && (it->future = new_future()) != NULL &&
+            PyList_Append(out, it->future) == 0) {
+            if (executor_add(self, it) < 0) {
+                break;
+            }
+            continue;
         }
-        it->future = new_future();
-        if (it->future == NULL || PyList_Append(out, it->future) < 0) {
+        if (it != NULL) {
             item_free(it);
-            goto fail;
         }
-        if (executor_add(self, it) < 0) {
-            goto fail;
-        }
+        break;
     }
-done:
-    Py_DECREF(iters);
-    if (PyList_Reverse(out) < 0) {
-        Py_DECREF(out);
-        return NULL;
+    Py_XDECREF(zip);
+    if (zip != NULL && !PyErr_Occurred() && PyList_Reverse(out) == 0) {
+        return out;
     }
-    return out;
-fail:
     /* As the stdlib: an error while submitting cancels what was
      * submitted. */
-    if (out != NULL) {
-        PyObject *exc_type, *exc_value, *exc_tb;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(out); i++) {
-            PyObject *r =
-                PyObject_CallMethodNoArgs(PyList_GET_ITEM(out, i), s_cancel);
-            Py_XDECREF(r);
-            PyErr_Clear();
-        }
-        PyErr_Restore(exc_type, exc_value, exc_tb);
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(out); i++) {
+        Py_XDECREF(
+            PyObject_CallMethodNoArgs(PyList_GET_ITEM(out, i), s_cancel));
+        PyErr_Clear();
     }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
     Py_XDECREF(out);
-    Py_XDECREF(iters);
     return NULL;
 }
 
@@ -1042,11 +977,26 @@ Waker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->fd = fd;
-    pthread_mutex_init(&self->fired_lock, NULL);
+    dkpy_waits_init(&self->waits, fd);
     return (PyObject *)self;
 }
 
-static int Waker_traverse(WakerObject *self, visitproc visit, void *arg);
+dkpy_waits_t *
+dkpy_waker_waits(PyObject *obj)
+{
+    return Py_IS_TYPE(obj, waker_type) ? &((WakerObject *)obj)->waits : NULL;
+}
+
+static int
+Waker_traverse(WakerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    for (item_t *it = self->head; it != NULL; it = it->fifo_next) {
+        Py_VISIT(it->future);
+        Py_VISIT(it->value);
+    }
+    return dkpy_waits_traverse(&self->waits, visit, arg);
+}
 
 static int
 Waker_clear(WakerObject *self)
@@ -1058,8 +1008,7 @@ Waker_clear(WakerObject *self)
         item_free(it);
         it = next;
     }
-    (void)drain_fired(self, true);
-    ring_clear(self);
+    dkpy_waits_clear(&self->waits);
     return 0;
 }
 
@@ -1071,10 +1020,10 @@ Waker_dealloc(WakerObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     Waker_clear(self);
+    dkpy_waits_fini(&self->waits);
     if (self->fd >= 0) {
         dk__os_close(self->fd);
     }
-    pthread_mutex_destroy(&self->fired_lock);
     dkpy_free((PyObject *)self);
 }
 
@@ -1111,20 +1060,30 @@ Waker_drain(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
     dk__os_eventfd_drain(self->fd); /* (C) */
     long n = resolve_finished(self);
-    n += drain_fired(self, false);
-    n += ring_reap(self);
+    n += dkpy_waits_drain(&self->waits, false);
+    n += dkpy_waits_reap_ring(&self->waits);
     if (PyErr_Occurred()) {
         return NULL;
     }
     return PyLong_FromLong(n);
 }
 
-static dk__os_uring_t *waker_ring(WakerObject *k);
+/* The reader of the ring's fd: reap what completed, from shared memory
+ * (no read(), no syscall unless the kernel kept overflowed completions). */
+static PyObject *
+Waker_drain_ring(WakerObject *self, PyObject *Py_UNUSED(unused))
+{
+    long n = dkpy_waits_reap_ring(&self->waits);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(n);
+}
 
 static PyObject *
 Waker_uses_ring(WakerObject *self, PyObject *Py_UNUSED(unused))
 {
-    return PyBool_FromLong(waker_ring(self) != NULL);
+    return PyBool_FromLong(dkpy_waits_use_ring(&self->waits));
 }
 
 /* spin(future): called by the loop's thread as it starts to await
@@ -1198,39 +1157,6 @@ Waker_spin(WakerObject *self, PyObject *fut)
         return NULL;
     }
     return PyObject_CallMethodNoArgs(fut, s_done);
-}
-
-/* ---- async with on the locks ------------------------------------------ */
-
-/* dispatchkit.asyncio.<name>(self), the name interned (binding.h's
- * dkpy_getattr says why). */
-static PyObject *
-call_aio_helper(PyObject *name, PyObject *self)
-{
-    PyObject *mod = PyImport_ImportModule("dispatchkit.asyncio");
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyObject_CallMethodOneArg(mod, name, self);
-    Py_DECREF(mod);
-    return r;
-}
-
-PyObject *
-dkpy_lock_aenter(PyObject *self, PyObject *Py_UNUSED(unused))
-{
-    return call_aio_helper(s_lock_enter, self);
-}
-
-PyObject *
-dkpy_lock_aexit(PyObject *self, PyObject *exc_info)
-{
-    if (PyTuple_GET_SIZE(exc_info) > 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "__aexit__ takes at most 3 arguments");
-        return NULL;
-    }
-    return call_aio_helper(s_lock_exit, self);
 }
 
 /* ---- dispatchkit.asyncio.run in C ------------------------------------
@@ -1307,6 +1233,28 @@ aio_waker(PyObject *loop)
     return (WakerObject *)w;
 }
 
+/* A new asyncio future of `loop` for an item of waker w: a _RunFuture
+ * when nothing else of w is in flight (its await may spin: Waker_spin),
+ * else a plain one (the completions batch through the eventfd). */
+static PyObject *
+aio_future(PyObject *loop, WakerObject *w)
+{
+    if (w->outstanding != 0) {
+        return PyObject_CallMethodNoArgs(loop, s_create_future);
+    }
+    PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
+    PyObject *fut = kw == NULL ? NULL
+                               : PyObject_VectorcallDict(aio_run_future,
+                                                         NULL, 0, kw);
+    Py_XDECREF(kw);
+    if (fut != NULL &&
+        (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
+         PyObject_SetAttr(fut, s_dk_loop, loop) < 0)) {
+        Py_CLEAR(fut);
+    }
+    return fut;
+}
+
 /* _aio_run(queue, fn, /, *args, **kwargs): dispatchkit.asyncio.run. */
 static PyObject *
 aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
@@ -1322,61 +1270,29 @@ aio_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs,
                                          "run(queue, fn, /, *args, **kwargs)");
         return NULL;
     }
-    PyObject *loop = PyObject_CallNoArgs(aio_get_loop);
-    if (loop == NULL) {
-        return NULL;
-    }
+    PyObject *loop = PyObject_CallNoArgs(aio_get_loop), *fut = NULL;
+    item_t *it = NULL;
+    WakerObject *w = NULL;
+    dk_queue_t *q;
     if (loop == Py_None) {
-        Py_DECREF(loop);
         PyErr_SetString(PyExc_RuntimeError,
                         "dispatchkit.asyncio.run() needs a running event "
                         "loop: call it from a coroutine or a callback of the "
                         "loop");
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (args[0] == Py_None) {
-        Py_DECREF(loop);
+    } else if (loop != NULL && args[0] == Py_None) {
         PyErr_SetString(PyExc_TypeError, "queue must be a Queue, not None");
-        return NULL;
+    } else if (loop != NULL && dkpy_queue_arg(args[0], "queue", &q) == 0 &&
+               (it = item_new(args + 1, nargs - 1, kwnames, NULL, NULL)) !=
+                   NULL &&
+               (w = aio_waker(loop)) != NULL) {
+        fut = aio_future(loop, w);
     }
-    if (dkpy_queue_arg(args[0], "queue", &q) < 0) {
-        Py_DECREF(loop);
-        return NULL;
-    }
-    item_t *it = item_new(args + 1, nargs - 1, kwnames, NULL, NULL);
-    if (it == NULL) {
-        Py_DECREF(loop);
-        return NULL;
-    }
-    WakerObject *w = aio_waker(loop);
-    if (w == NULL) {
-        item_free(it);
-        Py_DECREF(loop);
-        return NULL;
-    }
-    PyObject *fut;
-    if (w->outstanding != 0) {
-        /* Others in flight (gathered, or many tasks): the completions
-         * batch through the eventfd; a plain future is cheaper. */
-        fut = PyObject_CallMethodNoArgs(loop, s_create_future);
-    } else {
-        /* Alone: a _RunFuture, whose await may spin (Waker_spin). */
-        PyObject *kw = Py_BuildValue("{OO}", s_loop_kw, loop);
-        fut = kw == NULL
-                  ? NULL
-                  : PyObject_VectorcallDict(aio_run_future, NULL, 0, kw);
-        Py_XDECREF(kw);
-        if (fut != NULL &&
-            (PyObject_SetAttr(fut, s_dk_waker, (PyObject *)w) < 0 ||
-             PyObject_SetAttr(fut, s_dk_loop, loop) < 0)) {
-            Py_CLEAR(fut);
-        }
-    }
-    Py_DECREF(loop);
+    Py_XDECREF(loop);
     if (fut == NULL) {
-        item_free(it);
-        Py_DECREF(w);
+        if (it != NULL) {
+            item_free(it);
+        }
+        Py_XDECREF((PyObject *)w);
         return NULL;
     }
     it->future = Py_NewRef(fut);
@@ -1407,6 +1323,9 @@ static PyMethodDef Waker_methods[] = {
     {"drain", (PyCFunction)Waker_drain, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "Resolve the futures of every finished item; the number drained."},
+    {"drain_ring", (PyCFunction)Waker_drain_ring, METH_NOARGS,
+     "drain_ring($self, /)\n--\n\n"
+     "The ring fd's reader: resolve the completed ring waits; how many."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1427,561 +1346,6 @@ DKPY_TYPE(static, Waker_spec, "dispatchkit._dk._LoopWaker", WakerObject,
           {Py_tp_doc,
            "One event loop's completion list and wake-up eventfd."});
 
-/* ---- awaitable waits: _AioWait ----------------------------------------
- *
- * One wait of one coroutine on one primitive. step() runs the primitive's
- * protocol without blocking (watch.h); when it must wait it registers a
- * watch whose firing resolves the given asyncio future, through the loop's
- * waker, with True (look again) or False (this slice's deadline). The
- * coroutine (dispatchkit/asyncio.py) loops on step() until done, and calls
- * abandon() when it gives up (timeout, cancellation), which unregisters
- * the watch and undoes what the protocol announced, so the primitive is
- * left as if this waiter had never come.
- *
- * The registered watch holds a reference to the object, so the object
- * (and through it the primitive's memory) outlives the watcher's use.
- * Registration and abandon run with the GIL; the firing callback takes
- * the GIL before it touches the object, so the two are serialised. */
-
-enum { K_MUTEX, K_SEM, K_EVENT, K_DSEM, K_GROUP, K_ZBREAD, K_ZBWRITE };
-
-typedef struct WaitObject {
-    PyObject_HEAD
-    dk__watch_t watch;
-    struct WaitObject *fired_next; /* in waker->fired */
-    int fired_rc;
-    WakerObject *waker;
-    PyObject *target;
-    PyObject *fut; /* the future of the registered watch */
-    void *addr;
-    bool shared;
-    bool *owner_died;
-    int kind;
-    bool registered;
-    bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
-    bool watched;   /* registered at least once (wakes to pass on) */
-    bool on_ring;   /* the registration is a futex wait on waker->ring */
-    struct WaitObject *ring_prev, *ring_next; /* in waker->ring_waits */
-    uint64_t size; /* K_ZBWRITE: the frame size to find room for */
-    uint64_t orphan_since;
-} WaitObject;
-
-/* On the watcher thread, without the GIL: hand the wait to its loop.
- * Same protocol as waker_post, with the fired list under fired_lock:
- * signal when the list was empty; the loop drains the eventfd (C) before
- * it takes the list. */
-static void
-wait_fired(dk__watch_t *w, int rc)
-{
-    WaitObject *self = (WaitObject *)((char *)w - offsetof(WaitObject, watch));
-    WakerObject *k = self->waker;
-    self->fired_rc = rc;
-    pthread_mutex_lock(&k->fired_lock);
-    bool was_empty = k->fired == NULL;
-    self->fired_next = k->fired;
-    k->fired = self;
-    pthread_mutex_unlock(&k->fired_lock);
-    if (was_empty) {
-        dk__os_eventfd_signal(k->fd); /* (D) */
-    }
-}
-
-static WaitObject *
-take_fired(WakerObject *k)
-{
-    pthread_mutex_lock(&k->fired_lock);
-    WaitObject *list = k->fired;
-    k->fired = NULL;
-    pthread_mutex_unlock(&k->fired_lock);
-    /* Pushed last first: reverse, so waits resume in firing order. */
-    WaitObject *rev = NULL;
-    while (list != NULL) {
-        WaitObject *next = list->fired_next;
-        list->fired_next = rev;
-        rev = list;
-        list = next;
-    }
-    return rev;
-}
-
-/* What a fired wait's future resolves to: False when its deadline
- * passed, else True (look again), or 2 for an event seen set here, which
- * ends the wait without another step (nothing is taken: an event's wait
- * only looks). Borrowed. */
-static PyObject *
-fired_result(WaitObject *w, int rc)
-{
-    static PyObject *two;
-    if (rc != 0) {
-        return Py_False;
-    }
-    if (w->kind == K_EVENT && dk_shm_event_is_set(w->addr)) {
-        if (two == NULL) {
-            two = PyLong_FromLong(2); /* small int: cannot fail */
-        }
-        return two;
-    }
-    return Py_True;
-}
-
-/* A registration ended (GIL held): resolve its future, if it still has
- * one, with fired_result(w, rc) (unless `drop`), and drop the
- * registration's reference. */
-static void
-wait_finish(WaitObject *w, bool drop, int rc)
-{
-    w->registered = false;
-    PyObject *fut = w->fut;
-    w->fut = NULL;
-    if (fut != NULL && !drop) {
-        aio_resolve(fut, s_set_result, fired_result(w, rc));
-    }
-    Py_XDECREF(fut);
-    Py_DECREF((PyObject *)w);
-}
-
-/* The loop's side (GIL held): resolve each fired wait's future, or only
- * drop them when `drop` (a cleared waker). */
-static long
-drain_fired(WakerObject *k, bool drop)
-{
-    long n = 0;
-    WaitObject *w = take_fired(k);
-    while (w != NULL) {
-        WaitObject *next = w->fired_next;
-        w->fired_next = NULL;
-        wait_finish(w, drop, w->fired_rc);
-        w = next;
-        n++;
-    }
-    return n;
-}
-
-/* ---- ring watches: futex waits completed by the kernel ----------------
- *
- * Where io_uring's futex wait is available (Linux 6.7+), a loop's waits
- * do not go through the watcher thread: step() submits an
- * IORING_OP_FUTEX_WAIT (with a linked timeout for its deadline) to the
- * loop's own ring, whose completions signal the waker's eventfd. The
- * other side's futex wake then completes the wait in the kernel and
- * wakes the loop directly: one hop, as for a pipe the loop watches.
- *
- * The ring is used only with the GIL held, from the loop's thread (a
- * finalizer elsewhere may submit a cancel: also under the GIL). A wait
- * in flight holds a reference to its WaitObject, whose address is the
- * request's user_data, and is listed in waker->ring_waits until its one
- * completion is reaped. No wake-up is lost between the loop's reap and
- * its sleep, because the kernel signals the eventfd after it publishes
- * each completion:
- *
- *   kernel (on the loop's thread)        loop (Waker_drain, GIL)
- *   write cqe; cq.tail++ (release)       drain the eventfd            (C)
- *   signal the eventfd              (E)  read cq.tail (acquire); reap
- *
- * A completion the reap does not see was published after the reap read
- * cq.tail, so after (C), and its (E) makes the eventfd readable again.
- *
- * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
- * which takes it off the futex before io_uring_enter returns:
- *
- *   loop (abandon)                       other process (post)
- *   cancel: off the futex            (X) count += 1; waiters? wake 1 (W)
- *   unannounce; wake 1 on the word   (P)
- *
- * If (W) came before (X), the wake-up went to our request (which then
- * completes with 0, its future already dropped) and (P) passes it on; if
- * (X) came first, (W) wakes another waiter and (P) is spurious at worst:
- * the watcher's rule. The completion still arrives and drops the
- * request's reference; until then the wait counts as registered. */
-
-static void
-ring_link(WakerObject *k, WaitObject *w)
-{
-    w->ring_prev = NULL;
-    w->ring_next = k->ring_waits;
-    if (k->ring_waits != NULL) {
-        k->ring_waits->ring_prev = w;
-    }
-    k->ring_waits = w;
-}
-
-static void
-ring_unlink(WakerObject *k, WaitObject *w)
-{
-    if (w->ring_prev != NULL) {
-        w->ring_prev->ring_next = w->ring_next;
-    } else {
-        k->ring_waits = w->ring_next;
-    }
-    if (w->ring_next != NULL) {
-        w->ring_next->ring_prev = w->ring_prev;
-    }
-    w->ring_prev = w->ring_next = NULL;
-}
-
-/* The loop's ring, opened on first use; NULL when the watcher serves the
- * loop (no io_uring here, or a fork child of the ring's process). */
-static dk__os_uring_t *
-waker_ring(WakerObject *k)
-{
-    if (k->ring_state == 0) {
-        k->ring_state = dk__watch_ring_open(k->fd, &k->ring) == 0 ? 1 : -1;
-        k->ring_pid = dk__os_pid();
-    }
-    if (k->ring_state != 1 || k->ring_pid != dk__os_pid()) {
-        return NULL; /* the parent's ring is not ours to submit to */
-    }
-    return k->ring;
-}
-
-/* Resolve the future of every completed ring wait (GIL, loop's thread):
- * True (look again) when woken or the word had changed, False when its
- * deadline passed. A wait given up has no future left. */
-static long
-ring_reap(WakerObject *k)
-{
-    if (k->ring == NULL || k->ring_pid != dk__os_pid()) {
-        return 0;
-    }
-    long total = 0;
-    struct dk__os_uring_cqe done[32];
-    int n;
-    /* A batch is copied out of the ring before any Python code runs (a
-     * finalizer may cancel another wait meanwhile). */
-    while (k->ring != NULL && (n = dk__os_uring_reap(k->ring, done, 32)) > 0) {
-        for (int i = 0; i < n; i++) {
-            WaitObject *w = (WaitObject *)(uintptr_t)done[i].user_data;
-            ring_unlink(k, w);
-            w->on_ring = false;
-            wait_finish(w, false, done[i].res == -ECANCELED ? -ETIMEDOUT : 0);
-        }
-        total += n;
-    }
-    return total;
-}
-
-/* Close the ring (the kernel cancels what is pending and completes
- * nothing into our memory afterwards) and drop the waits in flight. */
-static void
-ring_clear(WakerObject *k)
-{
-    if (k->ring_state == 1) {
-        dk__os_uring_close(k->ring);
-        k->ring = NULL;
-        k->ring_state = -1;
-    }
-    while (k->ring_waits != NULL) {
-        WaitObject *w = k->ring_waits;
-        ring_unlink(k, w);
-        w->on_ring = false;
-        wait_finish(w, true, 0);
-    }
-}
-
-static int
-Waker_traverse(WakerObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    for (item_t *it = self->head; it != NULL; it = it->fifo_next) {
-        Py_VISIT(it->future);
-        Py_VISIT(it->value);
-    }
-    pthread_mutex_lock(&self->fired_lock);
-    int rc = 0;
-    for (WaitObject *w = self->fired; w != NULL && rc == 0;
-         w = w->fired_next) {
-        rc = visit((PyObject *)w, arg);
-    }
-    pthread_mutex_unlock(&self->fired_lock);
-    for (WaitObject *w = self->ring_waits; w != NULL && rc == 0;
-         w = w->ring_next) {
-        rc = visit((PyObject *)w, arg);
-    }
-    return rc;
-}
-
-/* Undo the announcement a previous step left, before stepping again or
- * on giving up (K_DSEM's is undone by abandon only). */
-static void
-unannounce(WaitObject *self)
-{
-    if (!self->announced) {
-        return;
-    }
-    if (self->kind == K_SEM) {
-        dk__shm_semaphore_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_GROUP) {
-        dk__group_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBREAD) {
-        dk__zb_reader_unannounce(self->addr);
-        self->announced = false;
-    } else if (self->kind == K_ZBWRITE) {
-        dk__zb_writer_unannounce(self->addr);
-        self->announced = false;
-    }
-}
-
-/* Let go of the zerobuffer Reader or Writer a wait of `kind` holds. */
-static void
-zb_unhold(int kind, PyObject *target)
-{
-    if (kind == K_ZBREAD) {
-        dkpy_zb_reader_unhold(target);
-    } else if (kind == K_ZBWRITE) {
-        dkpy_zb_writer_unhold(target);
-    }
-}
-
-static int
-Wait_traverse(WaitObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->waker);
-    Py_VISIT(self->target);
-    Py_VISIT(self->fut);
-    return 0;
-}
-
-static PyObject *
-Wait_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    PyObject *waker, *target;
-    unsigned long long size = 0;
-    if (!PyArg_ParseTuple(args, "OO|K:_AioWait", &waker, &target, &size) ||
-        (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0)) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "_AioWait(waker, target)");
-        }
-        return NULL;
-    }
-    if (!Py_IS_TYPE(waker, waker_type)) {
-        PyErr_SetString(PyExc_TypeError, "waker must be a _LoopWaker");
-        return NULL;
-    }
-    int kind;
-    void *addr;
-    bool shared = false, *owner_died = NULL;
-    if (dkpy_zb_is_writer(target) || dkpy_zb_is_reader(target)) {
-        bool writer = dkpy_zb_is_writer(target);
-        kind = writer ? K_ZBWRITE : K_ZBREAD;
-        addr = writer ? (void *)dkpy_zb_writer_hold(target)
-                      : (void *)dkpy_zb_reader_hold(target);
-        if (addr == NULL) {
-            PyErr_Format(PyExc_ValueError, "the %s is closed",
-                         writer ? "Writer" : "Reader");
-            return NULL;
-        }
-        shared = true;
-    } else if (dkpy_sync_target(target, &kind, &addr, &shared, &owner_died) <
-                   0 &&
-               dkpy_dispatch_target(target, &kind, &addr) < 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "cannot wait on %.100s: expected a dispatchkit Group "
-                     "or Semaphore, or a dispatchkit.sync Mutex, "
-                     "Semaphore, Event or Named*",
-                     Py_TYPE(target)->tp_name);
-        return NULL;
-    }
-    WaitObject *self = (WaitObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        zb_unhold(kind, target);
-        return NULL;
-    }
-    self->size = size;
-    self->waker = (WakerObject *)Py_NewRef(waker);
-    self->target = Py_NewRef(target);
-    self->addr = addr;
-    self->shared = shared;
-    self->owner_died = owner_died;
-    self->kind = kind;
-    return (PyObject *)self;
-}
-
-static void
-Wait_dealloc(WaitObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    /* Never registered here: the registration holds a reference. A
-     * zerobuffer wait undoes its announcement and lets its target go. */
-    if ((self->kind == K_ZBREAD || self->kind == K_ZBWRITE) &&
-        self->target != NULL) {
-        unannounce(self);
-        zb_unhold(self->kind, self->target);
-    }
-    Py_CLEAR(self->fut);
-    Py_CLEAR(self->target);
-    Py_CLEAR(self->waker);
-    dkpy_free((PyObject *)self);
-}
-
-/* step(future, deadline_ns, check_owner): 0 done, 1 done (a Mutex taken
- * over from a dead owner), or -EAGAIN: a watch now resolves `future` (or,
- * when future is None, nothing is registered and nothing left
- * announced). deadline_ns: absolute CLOCK_MONOTONIC, negative for none. */
-static PyObject *
-Wait_step(WaitObject *self, PyObject *args)
-{
-    PyObject *fut;
-    long long deadline_ns;
-    int check_owner;
-    if (!PyArg_ParseTuple(args, "OLp:step", &fut, &deadline_ns,
-                          &check_owner)) {
-        return NULL;
-    }
-    if (self->registered) {
-        PyErr_SetString(PyExc_RuntimeError, "step() while still watching");
-        return NULL;
-    }
-    uint32_t *word = NULL;
-    uint32_t busy = 0;
-    int rc;
-    unannounce(self);
-    switch (self->kind) {
-    case K_MUTEX:
-        rc = dk__shm_mutex_lock_step(self->addr, check_owner,
-                                     &self->orphan_since, &word, &busy);
-        if (rc >= 0 && self->owner_died != NULL) {
-            *self->owner_died = rc == 1;
-        }
-        break;
-    case K_SEM:
-        rc = dk__shm_semaphore_wait_step(self->addr, &word, &busy);
-        break;
-    case K_EVENT:
-        rc = dk__shm_event_wait_step(self->addr, &word, &busy);
-        break;
-    case K_DSEM: /* once counted as a waiter, only a token ends it */
-        rc = self->announced
-                 ? dk__semaphore_take_token(self->addr, &word, &busy)
-                 : dk__semaphore_wait_begin(self->addr, &word, &busy);
-        break;
-    case K_GROUP:
-        rc = dk__group_wait_step(self->addr, &word, &busy);
-        break;
-    case K_ZBWRITE: /* 0 means there may be room: write now */
-        rc = dk__zb_writer_space_step(self->addr, self->size, check_owner,
-                                      &word, &busy);
-        break;
-    default: /* K_ZBREAD: 0 means a frame is ready to take */
-        rc = dk__zb_reader_wait_step(self->addr, check_owner, &word, &busy);
-        break;
-    }
-    /* Every kind but these two announces itself while it waits. */
-    self->announced =
-        rc == -EAGAIN && self->kind != K_MUTEX && self->kind != K_EVENT;
-    if (rc != -EAGAIN) {
-        return PyLong_FromLong(rc);
-    }
-    if (fut == Py_None) {
-        if (self->kind == K_DSEM) {
-            dk__semaphore_wait_abandon(self->addr);
-            self->announced = false;
-        } else {
-            unannounce(self);
-        }
-        return PyLong_FromLong(rc);
-    }
-    self->watch.word = word;
-    self->watch.busy = busy;
-    self->watch.shared = self->shared;
-    self->watch.deadline =
-        deadline_ns < 0 ? DK_TIME_FOREVER : (uint64_t)deadline_ns;
-    self->watch.fn = wait_fired;
-    Py_XSETREF(self->fut, Py_NewRef(fut));
-    Py_INCREF(self); /* the registration's reference */
-    self->registered = true;
-    self->watched = true;
-    dk__os_uring_t *ring = waker_ring(self->waker);
-    if (ring != NULL &&
-        dk__os_uring_futex_wait(ring, word, busy, self->shared,
-                                self->watch.deadline,
-                                (uint64_t)(uintptr_t)self) == 0) {
-        self->on_ring = true;
-        ring_link(self->waker, self);
-        /* A word that changed meanwhile completed the wait at once:
-         * resolve it now rather than on the loop's next turn. */
-        (void)ring_reap(self->waker);
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        return PyLong_FromLong(rc);
-    }
-    /* No ring, or it refused the request (out of memory): the watcher. */
-    int arc = dk__watch_add(&self->watch);
-    if (arc < 0) {
-        self->registered = false;
-        Py_CLEAR(self->fut);
-        Py_DECREF(self);
-        return dkpy_raise_errno(arc);
-    }
-    return PyLong_FromLong(rc);
-}
-
-/* abandon(): stop waiting; the primitive is left as if we never came. */
-static PyObject *
-Wait_abandon(WaitObject *self, PyObject *Py_UNUSED(unused))
-{
-    if (self->registered && self->on_ring) {
-        /* Off the futex now (X); the completion, reaped later, drops
-         * the request's reference. In a fork child the parent's ring is
-         * not ours: nothing to cancel there. */
-        Py_CLEAR(self->fut);
-        dk__os_uring_t *ring = waker_ring(self->waker);
-        if (ring != NULL) {
-            (void)dk__os_uring_cancel(ring, (uint64_t)(uintptr_t)self);
-        }
-    } else if (self->registered && dk__watch_cancel(&self->watch)) {
-        self->registered = false;
-        Py_CLEAR(self->fut);
-        Py_DECREF(self); /* the registration's; the caller holds one */
-    }
-    if (self->kind == K_DSEM) {
-        if (self->announced) {
-            self->announced = false;
-            Py_BEGIN_ALLOW_THREADS
-            dk__semaphore_wait_abandon(self->addr);
-            Py_END_ALLOW_THREADS
-        }
-    } else {
-        unannounce(self);
-    }
-    if (self->watched && (self->kind == K_MUTEX || self->kind == K_SEM)) {
-        /* Our watcher may have taken the wake-up meant for one waiter:
-         * pass it on (a spurious wake-up at worst). */
-        uint32_t *word = self->kind == K_MUTEX
-                             ? &((dk_shm_mutex_t *)self->addr)->state
-                             : &((dk_shm_semaphore_t *)self->addr)->count;
-        dk_futex_wake(word, 1, self->shared ? DK_SHARED : 0);
-    }
-    self->watched = false;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef Wait_methods[] = {
-    {"step", (PyCFunction)Wait_step, METH_VARARGS,
-     "step($self, future, deadline_ns, check_owner, /)\n--\n\n"
-     "One non-blocking step: 0/1 done, or -EAGAIN with future watched."},
-    {"abandon", (PyCFunction)Wait_abandon, METH_NOARGS,
-     "abandon($self, /)\n--\n\n"
-     "Give up: unwatch and undo this waiter's announcement."},
-    {NULL, NULL, 0, NULL},
-};
-
-DKPY_TYPE(static, Wait_spec, "dispatchkit._dk._AioWait", WaitObject,
-          Py_TPFLAGS_HAVE_GC, {Py_tp_new, Wait_new},
-          {Py_tp_dealloc, Wait_dealloc}, {Py_tp_traverse, Wait_traverse},
-          {Py_tp_methods, Wait_methods},
-          {Py_tp_doc, "One coroutine's wait on one primitive, through the "
-                      "futex watcher (dispatchkit.asyncio)."});
-
-static PyObject *
-futures_uses_waitv(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
-{
-    return PyBool_FromLong(dk__watch_uses_waitv());
-}
-
 /* ---- module --------------------------------------------------------- */
 
 /* Added as _dk._aio_run under the name it has in dispatchkit.asyncio. */
@@ -2001,9 +1365,6 @@ static PyMethodDef futures_functions[] = {
     {"_aio_init", aio_init, METH_VARARGS,
      "_aio_init(get_running_loop, waker_for, run_future_type, /)\n--\n\n"
      "Called once by dispatchkit.asyncio: what _aio_run needs."},
-    {"_uses_futex_waitv", futures_uses_waitv, METH_NOARGS,
-     "_uses_futex_waitv()\n--\n\n"
-     "True when awaitable waits sleep in futex_waitv (Linux 5.16+)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2016,7 +1377,7 @@ dkpy_futures_exec(PyObject *m)
     pthread_atfork(NULL, NULL, futures_atfork_child);
     if ((executor_type = dkpy_add_type(m, &Executor_spec, NULL, "")) == NULL ||
         (waker_type = dkpy_add_type(m, &Waker_spec, NULL, "")) == NULL ||
-        (wait_type = dkpy_add_type(m, &Wait_spec, NULL, "")) == NULL) {
+        dkpy_aio_wait_exec(m) < 0) {
         return -1;
     }
     PyObject *modname = PyUnicode_FromString("dispatchkit.asyncio");

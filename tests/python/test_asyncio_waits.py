@@ -541,6 +541,42 @@ def test_ring_waits_need_no_watcher_thread(tmp_path):
     assert r.stdout.strip() == "ok", r.stderr
 
 
+@pytest.mark.skipif(not URING, reason="no io_uring futex waits here")
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_ring_wake_reaches_the_loop_through_the_ring_fd(loop_name):
+    # The loop watches the ring's own fd: a wait completed by the other
+    # side's wake resumes even with the waker's eventfd unwatched (before,
+    # the ring signalled that eventfd and the wait never resumed without
+    # it). Across processes, and a timeout still comes through.
+    lp = (asyncio.new_event_loop() if loop_name == "asyncio"
+          else uvloop.new_event_loop())
+    name = "dkrfd" + uuid.uuid4().hex[:10]
+    ev = sync.NamedEvent(name)
+    peer = ("import dispatchkit.sync as s, sys; sys.stdin.readline(); "
+            f"s.NamedEvent({name!r}).set()")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = dkio._waker_for(loop)
+        assert w.uses_ring()
+        loop.remove_reader(w.fileno())
+        assert await dkio.wait(ev, 0.05) is False
+        p = subprocess.Popen([sys.executable, "-c", peer],
+                             stdin=subprocess.PIPE)
+        t = asyncio.ensure_future(dkio.wait(ev, 30))
+        await asyncio.sleep(0.05)
+        p.stdin.write(b"\n")
+        p.stdin.close()
+        assert await t is True
+        p.wait(20)
+
+    try:
+        lp.run_until_complete(main())
+    finally:
+        lp.close()
+        ev.close()
+
+
 # ---- across processes -------------------------------------------------------
 
 

@@ -9,7 +9,8 @@
  * context of the thread that submitted the wait (task work run when that
  * thread next leaves the kernel; a sleeping thread is woken for it, and
  * an epoll_wait it sleeps in returns EINTR, which event loops retry),
- * and each posting signals the registered eventfd.
+ * and each posting signals the registered eventfd, if any, and wakes
+ * whoever polls the ring's fd.
  *
  * Sharing the rings with the kernel:
  *
@@ -17,7 +18,7 @@
  *   write sqe; sq.tail = t+1 (release)   reads sq.tail (acquire), sqe
  *   io_uring_enter
  *                                        write cqe; cq.tail = u+1 (release)
- *   cq.tail (acquire); read cqes         signal the eventfd
+ *   cq.tail (acquire); read cqes         signal the eventfd, wake pollers
  *   cq.head = u+1 (release)              reads cq.head before reusing
  *
  * Constants newer than some build hosts' <linux/io_uring.h> are defined
@@ -265,6 +266,12 @@ self_test(dk__os_uring_t *r)
 }
 
 int
+dk__os_uring_fd(const dk__os_uring_t *r)
+{
+    return r->fd;
+}
+
+int
 dk__os_uring_open(int eventfd, dk__os_uring_t **out)
 {
     struct io_uring_params p;
@@ -320,8 +327,8 @@ dk__os_uring_open(int eventfd, dk__os_uring_t **out)
         goto fail;
     }
     int32_t efd = eventfd;
-    if (syscall(__NR_io_uring_register, r->fd, REGISTER_EVENTFD, &efd, 1) <
-        0) {
+    if (eventfd >= 0 && syscall(__NR_io_uring_register, r->fd,
+                                REGISTER_EVENTFD, &efd, 1) < 0) {
         goto fail;
     }
     *out = r;

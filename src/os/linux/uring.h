@@ -1,8 +1,9 @@
 /*
  * io_uring futex waits (Linux 6.7+): the kernel completes a wait on a
- * futex word into a ring, so a thread that polls the ring's completion
- * eventfd (an event loop) is woken by a futex wake from any thread or
- * process, with no thread of ours asleep on the word.
+ * futex word into a ring, so a thread that polls the ring (an event loop
+ * watching its fd, or an eventfd the ring signals) is woken by a futex
+ * wake from any thread or process, with no thread of ours asleep on the
+ * word.
  *
  * A ring has no lock: its owner serialises every call on it (the Python
  * binding does so with the GIL). Raw syscalls, no liburing.
@@ -21,10 +22,16 @@ struct dk__os_uring_cqe {
     int res;
 };
 
-/* A ring whose completions signal `eventfd`. -ENOSYS when this kernel
- * (or a seccomp policy, or kernel.io_uring_disabled) refuses io_uring or
- * has no futex wait op; -ENOMEM; -EMFILE. */
+/* A ring whose completions signal `eventfd`, or none when eventfd < 0
+ * (poll dk__os_uring_fd instead). -ENOSYS when this kernel (or a seccomp
+ * policy, or kernel.io_uring_disabled) refuses io_uring or has no futex
+ * wait op; -ENOMEM; -EMFILE. */
 int dk__os_uring_open(int eventfd, dk__os_uring_t **out);
+/* The ring's fd: readable (poll, epoll) while a completion waits to be
+ * reaped, so a loop can watch it directly and reap from shared memory
+ * with no read() (level-triggered: readable again after a reap if the
+ * kernel posted more meanwhile). */
+int dk__os_uring_fd(const dk__os_uring_t *r);
 /* Close the ring; the kernel cancels what is still pending, and none of
  * those requests completes into our memory afterwards. */
 void dk__os_uring_close(dk__os_uring_t *r);
