@@ -462,3 +462,23 @@ dkpy_wait_bool(dkpy_wait_fn fn, void *arg, uint64_t deadline)
     int rc = dkpy_wait_sliced(fn, arg, deadline);
     return rc == DKPY_RAISED ? NULL : PyBool_FromLong(rc == 0);
 }
+
+/* ---- errors with a detail --------------------------------------------- */
+
+/* The first row for neg_errno decides, as in dkpy_raise_mapped; rows
+ * without a type or a message go the way dkpy_raise_errno_in takes them. */
+PyObject *
+dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
+                        const char *detail)
+{
+    const dkpy_errno_map *row = map;
+    while (row->err != 0 && row->err != -neg_errno) {
+        row++;
+    }
+    if (row->err == 0 || row->type == NULL || row->message == NULL) {
+        return dkpy_raise_errno_in(map, neg_errno);
+    }
+    PyErr_Format(*row->type ? *row->type : PyExc_RuntimeError, row->message,
+                 detail);
+    return NULL;
+}

@@ -231,4 +231,11 @@ int dkpy_zerobuffer_exec(PyObject *m);
 /* The OS helpers of os.h the Python layer shares (python/os.c). */
 int dkpy_os_exec(PyObject *m);
 
+/* dkpy_raise_errno_in, for tables whose messages name what failed: a
+ * row with a type and a message raises PyErr_Format(type, message,
+ * detail), so a message may hold one %s for `detail` (and must write a
+ * percent sign as %%). Returns NULL. */
+PyObject *dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
+                                  const char *detail);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */
