@@ -40,45 +40,25 @@
 /* ---- exceptions ------------------------------------------------------- */
 
 /* The exception classes, defined in dispatchkit/zerobuffer/exceptions.py
- * and registered by _zb_set_exceptions() when the package is imported. */
-enum {
-    EXC_BASE,
-    EXC_WRITER_DEAD,
-    EXC_READER_DEAD,
-    EXC_WRITER_CONNECTED,
-    EXC_READER_CONNECTED,
-    EXC_BUFFER_FULL,
-    EXC_TOO_LARGE,
-    EXC_INVALID_SIZE,
-    EXC_SEQUENCE,
-    EXC_METADATA_WRITTEN,
-    EXC_NAME,
-    EXC_COUNT
-};
-
-static const char *const exc_names[EXC_COUNT] = {
-    "ZeroBufferException",
-    "WriterDeadException",
-    "ReaderDeadException",
-    "WriterAlreadyConnectedException",
-    "ReaderAlreadyConnectedException",
-    "BufferFullException",
-    "FrameTooLargeException",
-    "InvalidFrameSizeException",
-    "SequenceError",
-    "MetadataAlreadyWrittenException",
-    "InvalidBufferNameException",
-};
-
+ * and registered by _zb_set_exceptions() when the package is imported;
+ * until then RuntimeError (bad names: ValueError), set at module exec. */
+#define ZB_EXCEPTIONS(X)                                                      \
+    X(BASE, "ZeroBufferException")                                            \
+    X(WRITER_DEAD, "WriterDeadException")                                     \
+    X(READER_DEAD, "ReaderDeadException")                                     \
+    X(WRITER_CONNECTED, "WriterAlreadyConnectedException")                    \
+    X(READER_CONNECTED, "ReaderAlreadyConnectedException")                    \
+    X(BUFFER_FULL, "BufferFullException")                                     \
+    X(TOO_LARGE, "FrameTooLargeException")                                    \
+    X(INVALID_SIZE, "InvalidFrameSizeException")                              \
+    X(SEQUENCE, "SequenceError")                                              \
+    X(METADATA_WRITTEN, "MetadataAlreadyWrittenException")                    \
+    X(NAME, "InvalidBufferNameException")
+#define EXC_ENUM(ID, NAME) EXC_##ID,
+#define EXC_NAME_OF(ID, NAME) NAME,
+enum { ZB_EXCEPTIONS(EXC_ENUM) EXC_COUNT };
+static const char *const exc_names[EXC_COUNT] = {ZB_EXCEPTIONS(EXC_NAME_OF)};
 static PyObject *exc_types[EXC_COUNT];
-
-/* Exception class `which`, or `fallback` before the package registered
- * them. */
-static PyObject *
-zb_exc(int which, PyObject *fallback)
-{
-    return exc_types[which] ? exc_types[which] : fallback;
-}
 
 static PyObject *
 zb_set_exceptions(PyObject *mod, PyObject *src)
@@ -463,42 +443,20 @@ zb_enter(PyObject *self, PyObject *unused)
     return Py_NewRef(self);
 }
 
-static PyObject *
-End_get_name(EndObject *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->name);
-}
-
-static PyObject *
-End_get_closed(EndObject *self, void *c)
-{
-    (void)c;
-    return PyBool_FromLong(self->closed);
-}
-
-/* The counters, named by the getter's closure (0 once destroyed). */
-enum { COUNT_FRAMES, COUNT_BYTES, COUNT_NEXT_SEQ, COUNT_MAX_FRAME };
-
-static PyObject *
-End_get_count(EndObject *self, void *which)
-{
-    uint64_t v = 0;
-    int what = (int)(intptr_t)which;
-    if (self->core != NULL && self->reader) {
-        v = what == COUNT_FRAMES ? dk_zb_reader_frames(self->core)
-                                 : dk_zb_reader_bytes(self->core);
-    } else if (self->core != NULL) {
-        v = what == COUNT_FRAMES    ? dk_zb_writer_frames(self->core)
-            : what == COUNT_BYTES   ? dk_zb_writer_bytes(self->core)
-            : what == COUNT_NEXT_SEQ ? dk_zb_writer_next_sequence(self->core)
-                                     : dk_zb_writer_max_frame(self->core);
+/* A counter of the core (0 once destroyed), by a getter of its own. */
+#define COUNTER_GETTER(FN)                                                    \
+    static PyObject *get_##FN(EndObject *self, void *c)                       \
+    {                                                                         \
+        (void)c;                                                              \
+        return PyLong_FromUnsignedLongLong(self->core ? FN(self->core) : 0);  \
     }
-    return PyLong_FromUnsignedLongLong(v);
-}
-
-#define COUNTER(NAME, WHICH, DOC)                                             \
-    {NAME, (getter)End_get_count, NULL, DOC, (void *)(intptr_t)(WHICH)}
+COUNTER_GETTER(dk_zb_reader_frames)
+COUNTER_GETTER(dk_zb_reader_bytes)
+COUNTER_GETTER(dk_zb_writer_frames)
+COUNTER_GETTER(dk_zb_writer_bytes)
+COUNTER_GETTER(dk_zb_writer_next_sequence)
+COUNTER_GETTER(dk_zb_writer_max_frame)
+#define COUNTER(NAME, FN, DOC) {NAME, (getter)get_##FN, NULL, DOC, NULL}
 
 /* The methods and attributes both ends have. */
 #define END_METHODS                                                           \
@@ -507,18 +465,20 @@ End_get_count(EndObject *self, void *which)
     {"__exit__", (PyCFunction)End_close, METH_VARARGS,                        \
      "__exit__($self, /, *exc_info)\n--\n\nclose()."},                        \
     {NULL, NULL, 0, NULL}
-#define END_GETSET                                                            \
-    {"name", (getter)End_get_name, NULL, "the buffer's name", NULL},          \
-    {"closed", (getter)End_get_closed, NULL, "whether closed", NULL},         \
-    {NULL, NULL, NULL, NULL, NULL}
 
-static PyMemberDef End_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(EndObject, weakrefs),
-     READONLY, NULL},
-    {"__dictoffset__", T_PYSSIZET, offsetof(EndObject, dict), READONLY,
-     NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+/* The members both ends have. */
+#define END_MEMBERS                                                           \
+    {"name", T_OBJECT, offsetof(EndObject, name), READONLY,                   \
+     "the buffer's name"},                                                    \
+    {"closed", T_BOOL, offsetof(EndObject, closed), READONLY,                 \
+     "whether closed"},                                                       \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(EndObject, weakrefs),         \
+     READONLY, NULL},                                                         \
+    {"__dictoffset__", T_PYSSIZET, offsetof(EndObject, dict), READONLY,       \
+     NULL},                                                                   \
+    {NULL, 0, 0, 0, NULL}
+
+static PyMemberDef Reader_members[] = {END_MEMBERS};
 
 /* For futures.c (async for over a Reader, a Writer waiting for space):
  * hold the core of an open end of type `type` for an asynchronous wait,
@@ -659,8 +619,8 @@ reader_error(EndObject *self, int rc)
 {
     const dk_zb_error_t *err =
         self->core ? dk_zb_reader_error(self->core) : NULL;
-    PyObject *seq = zb_exc(EXC_SEQUENCE, NULL);
-    if (rc == -EILSEQ && err != NULL && seq != NULL) {
+    PyObject *seq = exc_types[EXC_SEQUENCE];
+    if (rc == -EILSEQ && err != NULL) {
         PyObject *e =
             PyObject_CallFunction(seq, "KK", (unsigned long long)err->expected,
                                   (unsigned long long)err->got);
@@ -726,34 +686,57 @@ reader_next(EndObject *self, const zb_timeout *t, dk_zb_frame_t *f)
     return rc == 0 && self->closed ? -EBADF : rc;
 }
 
+/* read_frame (max 0: a frame, or None on timeout) and read_frames (a
+ * list of up to max frames, empty on timeout): wait for a frame, then
+ * take every frame already there, up to max, with no further wait. An
+ * error after the first frame ends the batch; nothing of it was
+ * consumed, so the next call reports it. */
+static PyObject *
+reader_read(EndObject *self, PyObject *timeout, Py_ssize_t max)
+{
+    zb_timeout t;
+    PyObject *list = NULL;
+    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0 ||
+        (max > 0 && (list = PyList_New(0)) == NULL)) {
+        return NULL;
+    }
+    dk_zb_frame_t f;
+    int rc = reader_next(self, &t, &f);
+    if (rc == 0 && list == NULL) {
+        return make_frame(self, &f);
+    }
+    while (rc == 0) {
+        PyObject *fo = make_frame(self, &f);
+        if (fo == NULL || PyList_Append(list, fo) < 0) {
+            Py_XDECREF(fo);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(fo);
+        if (PyList_GET_SIZE(list) >= max || self->closed) {
+            break;
+        }
+        rc = dk__zb_reader_read_ex(self->core, 0, 0, &f);
+    }
+    if (rc == -ETIMEDOUT || (list != NULL && PyList_GET_SIZE(list) > 0)) {
+        end_maybe_destroy(self);
+        return list != NULL ? list : Py_NewRef(Py_None);
+    }
+    Py_XDECREF(list);
+    return reader_error(self, rc);
+}
+
 static PyObject *
 Reader_read_frame(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
                   PyObject *kwnames)
 {
     PyObject *timeout;
-    zb_timeout t;
-    if (one_arg(args, nargs, kwnames, "read_frame", "timeout", true,
-                &timeout) < 0 ||
-        timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0) {
-        return NULL;
-    }
-    dk_zb_frame_t f;
-    int rc = reader_next(self, &t, &f);
-    if (rc == 0) {
-        return make_frame(self, &f);
-    }
-    if (rc == -ETIMEDOUT) {
-        end_maybe_destroy(self);
-        Py_RETURN_NONE;
-    }
-    return reader_error(self, rc);
+    return one_arg(args, nargs, kwnames, "read_frame", "timeout", true,
+                   &timeout) < 0
+               ? NULL
+               : reader_read(self, timeout, 0);
 }
 
-/* read_frames(max_frames, timeout=5.0): wait for a frame as read_frame
- * does, then take every frame already there, up to max_frames, with no
- * further wait. A list, empty on timeout. An error after the first frame
- * ends the batch; nothing of it was consumed, so the next call reports
- * it. */
 static PyObject *
 Reader_read_frames(EndObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -776,33 +759,7 @@ Reader_read_frames(EndObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "max_frames must be at least 1");
         return NULL;
     }
-    zb_timeout t;
-    PyObject *list = NULL;
-    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0 ||
-        (list = PyList_New(0)) == NULL) {
-        return NULL;
-    }
-    dk_zb_frame_t f;
-    int rc = reader_next(self, &t, &f);
-    while (rc == 0) {
-        PyObject *fo = make_frame(self, &f);
-        if (fo == NULL || PyList_Append(list, fo) < 0) {
-            Py_XDECREF(fo);
-            Py_DECREF(list);
-            return NULL;
-        }
-        Py_DECREF(fo);
-        if (PyList_GET_SIZE(list) >= max || self->closed) {
-            break;
-        }
-        rc = dk__zb_reader_read_ex(self->core, 0, 0, &f);
-    }
-    if (PyList_GET_SIZE(list) > 0 || rc == -ETIMEDOUT) {
-        end_maybe_destroy(self);
-        return list;
-    }
-    Py_DECREF(list);
-    return reader_error(self, rc);
+    return reader_read(self, timeout, max);
 }
 
 /* Release a Frame of this reader once (`released` makes it the frame's
@@ -993,16 +950,16 @@ static PyMethodDef Reader_methods[] = {
 };
 
 static PyGetSetDef Reader_getset[] = {
-    COUNTER("frames_read", COUNT_FRAMES, "frames read"),
-    COUNTER("bytes_read", COUNT_BYTES, "payload bytes read"),
-    END_GETSET,
+    COUNTER("frames_read", dk_zb_reader_frames, "frames read"),
+    COUNTER("bytes_read", dk_zb_reader_bytes, "payload bytes read"),
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 DKPY_TYPE(static, Reader_spec, "dispatchkit.zerobuffer.ZbReader", EndObject,
           Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Reader_new},
           {Py_tp_dealloc, End_dealloc}, {Py_tp_traverse, End_traverse},
           {Py_tp_clear, End_clear}, {Py_tp_methods, Reader_methods},
-          {Py_tp_getset, Reader_getset}, {Py_tp_members, End_members},
+          {Py_tp_getset, Reader_getset}, {Py_tp_members, Reader_members},
           {Py_tp_doc, "ZbReader(name, config=None, mode=0o600)\n--\n\n"
                       "Creates the buffer NAME and reads frames from it."});
 
@@ -1054,20 +1011,6 @@ Frame_get_data(FrameObject *self, void *c)
 {
     (void)c;
     return PyMemoryView_FromObject((PyObject *)self);
-}
-
-static PyObject *
-Frame_get_size(FrameObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->frame.size);
-}
-
-static PyObject *
-Frame_get_sequence(FrameObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->frame.sequence);
 }
 
 static PyObject *
@@ -1126,16 +1069,25 @@ static PyMethodDef Frame_methods[] = {
 static PyGetSetDef Frame_getset[] = {
     {"data", (getter)Frame_get_data, NULL,
      "read-only memoryview of the frame in shared memory (zero-copy)", NULL},
-    {"size", (getter)Frame_get_size, NULL, "payload bytes", NULL},
-    {"sequence", (getter)Frame_get_sequence, NULL, "sequence number", NULL},
     {"is_valid", (getter)Frame_get_valid, NULL,
      "True until the frame is released", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* The frame's numbers (uint64_t, read as unsigned long long). */
+_Static_assert(sizeof(uint64_t) == sizeof(unsigned long long), "T_ULONGLONG");
+static PyMemberDef Frame_members[] = {
+    {"size", T_ULONGLONG, offsetof(FrameObject, frame.size), READONLY,
+     "payload bytes"},
+    {"sequence", T_ULONGLONG, offsetof(FrameObject, frame.sequence),
+     READONLY, "sequence number"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 DKPY_TYPE(static, Frame_spec, "dispatchkit.zerobuffer.Frame", FrameObject, 0,
           {Py_tp_dealloc, Frame_dealloc}, {Py_tp_methods, Frame_methods},
-          {Py_tp_getset, Frame_getset}, {Py_tp_repr, Frame_repr},
+          {Py_tp_getset, Frame_getset}, {Py_tp_members, Frame_members},
+          {Py_tp_repr, Frame_repr},
           {Py_sq_length, Frame_len}, {Py_bf_getbuffer, Frame_getbuffer},
           {Py_bf_releasebuffer, Frame_releasebuffer},
           {Py_tp_doc, "A frame read from a buffer: a zero-copy view of "
@@ -1277,19 +1229,35 @@ writer_put(EndObject *self, int rc, void *buf, const Py_buffer *view,
     return rc == -EINVAL ? -EBADF : rc; /* closed by another thread */
 }
 
-static PyObject *
-writer_write_frame(EndObject *self, PyObject *data)
+/* The one buffer argument of write_frame() and set_metadata(), the
+ * writer then locked: 0, or -1 with an exception set (nothing held). */
+static int
+writer_buffer_arg(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, const char *fname, Py_buffer *view)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+    PyObject *data;
+    if (one_arg(args, nargs, kwnames, fname, "data", false, &data) < 0 ||
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
+        return -1;
     }
     if (writer_lock(self) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
+        PyBuffer_Release(view);
+        return -1;
     }
+    return 0;
+}
+
+static PyObject *
+Writer_write_frame(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    Py_buffer view;
     void *buf;
     uint64_t seq;
+    if (writer_buffer_arg(self, args, nargs, kwnames, "write_frame", &view) <
+        0) {
+        return NULL;
+    }
     int rc = writer_acquire(self, (uint64_t)view.len, &buf, &seq);
     rc = writer_put(self, rc, buf, &view, true);
     PyBuffer_Release(&view);
@@ -1297,17 +1265,6 @@ writer_write_frame(EndObject *self, PyObject *data)
                             : writer_error(self, NULL, rc);
     writer_unlock(self);
     return res;
-}
-
-static PyObject *
-Writer_write_frame(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames)
-{
-    PyObject *data;
-    return one_arg(args, nargs, kwnames, "write_frame", "data", false,
-                   &data) < 0
-               ? NULL
-               : writer_write_frame(self, data);
 }
 
 /* write_frames(frames): copy several frames in, published together.
@@ -1340,13 +1297,13 @@ Writer_write_frames(EndObject *self, PyObject *frames)
             goto done;
         }
         if (views[got].len == 0) {
-            PyErr_Format(zb_exc(EXC_INVALID_SIZE, PyExc_RuntimeError),
+            PyErr_Format(exc_types[EXC_INVALID_SIZE],
                          "frame %zd is empty: frames need at least 1 byte",
                          got++);
             goto done;
         }
         if ((uint64_t)views[got].len > max) {
-            PyErr_Format(zb_exc(EXC_TOO_LARGE, PyExc_RuntimeError),
+            PyErr_Format(exc_types[EXC_TOO_LARGE],
                          "frame %zd has %zd bytes; this buffer takes at "
                          "most %llu",
                          got, views[got].len, (unsigned long long)max);
@@ -1527,14 +1484,12 @@ Writer_commit_frame(EndObject *self, PyObject *unused)
 }
 
 static PyObject *
-writer_set_metadata(EndObject *self, PyObject *data)
+Writer_set_metadata(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (writer_lock(self) < 0) {
-        PyBuffer_Release(&view);
+    if (writer_buffer_arg(self, args, nargs, kwnames, "set_metadata",
+                          &view) < 0) {
         return NULL;
     }
     int rc = end_open(self) ? dk_zb_writer_set_metadata(
@@ -1548,49 +1503,11 @@ writer_set_metadata(EndObject *self, PyObject *data)
 }
 
 static PyObject *
-Writer_set_metadata(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames)
-{
-    PyObject *data;
-    return one_arg(args, nargs, kwnames, "set_metadata", "data", false,
-                   &data) < 0
-               ? NULL
-               : writer_set_metadata(self, data);
-}
-
-static PyObject *
 Writer_reader_connected(EndObject *self, PyObject *unused)
 {
     (void)unused;
     return PyBool_FromLong(end_open(self) &&
                            dk_zb_writer_reader_connected(self->core));
-}
-
-static PyObject *
-Writer_get_timeout(EndObject *self, void *c)
-{
-    (void)c;
-    return PyFloat_FromDouble(self->write_timeout);
-}
-
-static int
-Writer_set_timeout(EndObject *self, PyObject *v, void *c)
-{
-    (void)c;
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete");
-        return -1;
-    }
-    double s = PyFloat_AsDouble(v);
-    if (s == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(s > 0) || s > 1e9) {
-        PyErr_SetString(PyExc_ValueError, "Write timeout must be positive");
-        return -1;
-    }
-    self->write_timeout = s;
-    return 0;
 }
 
 static PyMethodDef Writer_methods[] = {
@@ -1623,21 +1540,26 @@ static PyMethodDef Writer_methods[] = {
 };
 
 static PyGetSetDef Writer_getset[] = {
-    COUNTER("frames_written", COUNT_FRAMES, "frames written"),
-    COUNTER("bytes_written", COUNT_BYTES, "payload bytes written"),
-    COUNTER("_next_sequence", COUNT_NEXT_SEQ, NULL),
-    COUNTER("max_frame_size", COUNT_MAX_FRAME,
+    COUNTER("frames_written", dk_zb_writer_frames, "frames written"),
+    COUNTER("bytes_written", dk_zb_writer_bytes, "payload bytes written"),
+    COUNTER("_next_sequence", dk_zb_writer_next_sequence, NULL),
+    COUNTER("max_frame_size", dk_zb_writer_max_frame,
             "largest frame this buffer takes"),
-    {"_write_timeout_s", (getter)Writer_get_timeout,
-     (setter)Writer_set_timeout, NULL, NULL},
-    END_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Writer_members[] = {
+    /* Writer.write_timeout (core.py) checks it: 0 < seconds <= 1e9. */
+    {"_write_timeout_s", T_DOUBLE, offsetof(EndObject, write_timeout), 0,
+     NULL},
+    END_MEMBERS,
 };
 
 DKPY_TYPE(static, Writer_spec, "dispatchkit.zerobuffer.ZbWriter", EndObject,
           Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, {Py_tp_new, Writer_new},
           {Py_tp_dealloc, End_dealloc}, {Py_tp_traverse, End_traverse},
           {Py_tp_clear, End_clear}, {Py_tp_methods, Writer_methods},
-          {Py_tp_getset, Writer_getset}, {Py_tp_members, End_members},
+          {Py_tp_getset, Writer_getset}, {Py_tp_members, Writer_members},
           {Py_tp_doc, "ZbWriter(name)\n--\n\nConnects to the buffer NAME "
                       "and writes frames into it."});
 
@@ -1711,10 +1633,11 @@ static PyMethodDef zb_functions[] = {
 int
 dkpy_zerobuffer_exec(PyObject *m)
 {
-    /* Bad names are ValueErrors even before the package registers its
-     * exceptions (InvalidBufferNameException is one). */
-    if (exc_types[EXC_NAME] == NULL) {
-        exc_types[EXC_NAME] = Py_NewRef(PyExc_ValueError);
+    for (int i = 0; i < EXC_COUNT; i++) {
+        if (exc_types[i] == NULL) {
+            exc_types[i] = Py_NewRef(i == EXC_NAME ? PyExc_ValueError
+                                                   : PyExc_RuntimeError);
+        }
     }
     Reader_type = dkpy_add_type(m, &Reader_spec, NULL, "");
     Writer_type = Reader_type ? dkpy_add_type(m, &Writer_spec, NULL, "") : NULL;
