@@ -88,7 +88,10 @@ zb_set_exceptions(PyObject *mod, PyObject *src)
  * message's %s is the buffer name, or for -EPROTO the core's account of
  * the corruption); codes in no table go through dkpy_raise_errno. */
 #define EXC(which) (&exc_types[EXC_##which])
-#define CORRUPTED_ROW {EPROTO, EXC(BASE), "%s"}
+#define CORRUPTED_ROW                                                         \
+    {                                                                         \
+        EPROTO, EXC(BASE), "%s"                                               \
+    }
 
 static const dkpy_errno_map create_errors[] = {
     {EEXIST, EXC(READER_CONNECTED), NULL},
@@ -148,8 +151,7 @@ static const dkpy_errno_map name_errors[] = {
     {EINVAL, EXC(NAME),
      "invalid buffer name %s: must be non-empty, without '/', '..', "
      "spaces or control characters"},
-    {ENAMETOOLONG, EXC(NAME),
-     "invalid buffer name %s: longer than 240 bytes"},
+    {ENAMETOOLONG, EXC(NAME), "invalid buffer name %s: longer than 240 bytes"},
     {0, NULL, NULL},
 };
 
@@ -456,27 +458,34 @@ COUNTER_GETTER(dk_zb_writer_frames)
 COUNTER_GETTER(dk_zb_writer_bytes)
 COUNTER_GETTER(dk_zb_writer_next_sequence)
 COUNTER_GETTER(dk_zb_writer_max_frame)
-#define COUNTER(NAME, FN, DOC) {NAME, (getter)get_##FN, NULL, DOC, NULL}
+#define COUNTER(NAME, FN, DOC)                                                \
+    {                                                                         \
+        NAME, (getter)get_##FN, NULL, DOC, NULL                               \
+    }
 
 /* The methods and attributes both ends have. */
 #define END_METHODS                                                           \
     {"__enter__", (PyCFunction)zb_enter, METH_NOARGS,                         \
      "__enter__($self, /)\n--\n\nReturns self."},                             \
-    {"__exit__", (PyCFunction)End_close, METH_VARARGS,                        \
-     "__exit__($self, /, *exc_info)\n--\n\nclose()."},                        \
-    {NULL, NULL, 0, NULL}
+        {"__exit__", (PyCFunction)End_close, METH_VARARGS,                    \
+         "__exit__($self, /, *exc_info)\n--\n\nclose()."},                    \
+    {                                                                         \
+        NULL, NULL, 0, NULL                                                   \
+    }
 
 /* The members both ends have. */
 #define END_MEMBERS                                                           \
     {"name", T_OBJECT, offsetof(EndObject, name), READONLY,                   \
      "the buffer's name"},                                                    \
-    {"closed", T_BOOL, offsetof(EndObject, closed), READONLY,                 \
-     "whether closed"},                                                       \
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(EndObject, weakrefs),         \
-     READONLY, NULL},                                                         \
-    {"__dictoffset__", T_PYSSIZET, offsetof(EndObject, dict), READONLY,       \
-     NULL},                                                                   \
-    {NULL, 0, 0, 0, NULL}
+        {"closed", T_BOOL, offsetof(EndObject, closed), READONLY,             \
+         "whether closed"},                                                   \
+        {"__weaklistoffset__", T_PYSSIZET, offsetof(EndObject, weakrefs),     \
+         READONLY, NULL},                                                     \
+        {"__dictoffset__", T_PYSSIZET, offsetof(EndObject, dict), READONLY,   \
+         NULL},                                                               \
+    {                                                                         \
+        NULL, 0, 0, 0, NULL                                                   \
+    }
 
 static PyMemberDef Reader_members[] = {END_MEMBERS};
 
@@ -838,7 +847,8 @@ Reader_release_frames(EndObject *self, PyObject *frames)
             return NULL;
         }
     }
-    dk_zb_frame_t *batch = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof *batch);
+    dk_zb_frame_t *batch =
+        PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof *batch);
     if (batch == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
@@ -1079,16 +1089,16 @@ _Static_assert(sizeof(uint64_t) == sizeof(unsigned long long), "T_ULONGLONG");
 static PyMemberDef Frame_members[] = {
     {"size", T_ULONGLONG, offsetof(FrameObject, frame.size), READONLY,
      "payload bytes"},
-    {"sequence", T_ULONGLONG, offsetof(FrameObject, frame.sequence),
-     READONLY, "sequence number"},
+    {"sequence", T_ULONGLONG, offsetof(FrameObject, frame.sequence), READONLY,
+     "sequence number"},
     {NULL, 0, 0, 0, NULL},
 };
 
 DKPY_TYPE(static, Frame_spec, "dispatchkit.zerobuffer.Frame", FrameObject, 0,
           {Py_tp_dealloc, Frame_dealloc}, {Py_tp_methods, Frame_methods},
           {Py_tp_getset, Frame_getset}, {Py_tp_members, Frame_members},
-          {Py_tp_repr, Frame_repr},
-          {Py_sq_length, Frame_len}, {Py_bf_getbuffer, Frame_getbuffer},
+          {Py_tp_repr, Frame_repr}, {Py_sq_length, Frame_len},
+          {Py_bf_getbuffer, Frame_getbuffer},
           {Py_bf_releasebuffer, Frame_releasebuffer},
           {Py_tp_doc, "A frame read from a buffer: a zero-copy view of "
                       "shared memory, released by dispose(), a with block, "
@@ -1131,8 +1141,9 @@ gate_fn(void *gate, uint64_t deadline)
 {
     uint64_t now = deadline == DK_TIME_FOREVER ? 0 : dk_now();
     PY_TIMEOUT_T us = deadline == DK_TIME_FOREVER ? -1
-                      : deadline > now ? (PY_TIMEOUT_T)((deadline - now) / 1000)
-                                       : 0;
+                      : deadline > now
+                          ? (PY_TIMEOUT_T)((deadline - now) / 1000)
+                          : 0;
     return PyThread_acquire_lock_timed(gate, us, 0) == PY_LOCK_ACQUIRED
                ? 0
                : -ETIMEDOUT;
@@ -1341,8 +1352,7 @@ static bool
 release_view(PyObject *mv)
 {
     static PyObject *release_str;
-    PyObject *release =
-        mv ? dkpy_getattr(mv, &release_str, "release") : NULL;
+    PyObject *release = mv ? dkpy_getattr(mv, &release_str, "release") : NULL;
     PyObject *r = release ? PyObject_CallNoArgs(release) : NULL;
     Py_XDECREF(release);
     Py_XDECREF(r);
@@ -1488,12 +1498,12 @@ Writer_set_metadata(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
                     PyObject *kwnames)
 {
     Py_buffer view;
-    if (writer_buffer_arg(self, args, nargs, kwnames, "set_metadata",
-                          &view) < 0) {
+    if (writer_buffer_arg(self, args, nargs, kwnames, "set_metadata", &view) <
+        0) {
         return NULL;
     }
-    int rc = end_open(self) ? dk_zb_writer_set_metadata(
-                                  self->core, view.buf, (uint64_t)view.len)
+    int rc = end_open(self) ? dk_zb_writer_set_metadata(self->core, view.buf,
+                                                        (uint64_t)view.len)
                             : -EBADF;
     PyBuffer_Release(&view);
     PyObject *res =
@@ -1640,10 +1650,12 @@ dkpy_zerobuffer_exec(PyObject *m)
         }
     }
     Reader_type = dkpy_add_type(m, &Reader_spec, NULL, "");
-    Writer_type = Reader_type ? dkpy_add_type(m, &Writer_spec, NULL, "") : NULL;
-    Frame_type = Writer_type ? dkpy_add_type(m, &Frame_spec, NULL, "Zb") : NULL;
-    Region_type = Frame_type ? (PyTypeObject *)dkpy_type_from_spec(
-                                   m, &Region_spec, NULL)
-                             : NULL;
+    Writer_type =
+        Reader_type ? dkpy_add_type(m, &Writer_spec, NULL, "") : NULL;
+    Frame_type =
+        Writer_type ? dkpy_add_type(m, &Frame_spec, NULL, "Zb") : NULL;
+    Region_type =
+        Frame_type ? (PyTypeObject *)dkpy_type_from_spec(m, &Region_spec, NULL)
+                   : NULL;
     return Region_type == NULL ? -1 : PyModule_AddFunctions(m, zb_functions);
 }
