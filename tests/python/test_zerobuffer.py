@@ -3,13 +3,10 @@ their lifetimes, waits that release the GIL and obey Ctrl-C, threads,
 real processes that crash, hostile segments, the CLI and duplex channels.
 Interop with zerobuffer-ipc is in test_zerobuffer_interop.py."""
 import gc
-import mmap
 import os
 import signal
 import struct
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -17,51 +14,7 @@ from datetime import timedelta
 import pytest
 
 import dispatchkit.zerobuffer as zb
-
-PY = sys.executable
-
-
-@pytest.fixture
-def name(request):
-    n = f"dkzb-{os.getpid()}-{request.node.name[:60]}"
-    n = "".join(c if c.isalnum() or c in "-_" else "_" for c in n)
-    yield n
-    for path in (f"/dev/shm/{n}", f"/dev/shm/sem.sem-w-{n}",
-                 f"/dev/shm/sem.sem-r-{n}", f"/tmp/zerobuffer/{n}.lock"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def segment(name):
-    """The buffer's segment as a third party maps it."""
-    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
-    try:
-        return mmap.mmap(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def child(code, *args, **kw):
-    """Start a Python child running code (sys.argv[1:] = args)."""
-    return subprocess.Popen([PY, "-c", textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            **kw)
-
-
-def wait_line(proc, expect, timeout=10):
-    """Read stdout lines until one equals expect (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode().strip()
-        if line == expect:
-            return
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"child did not print {expect!r}: "
-                         f"{proc.stderr.read().decode()}")
-
+from zb_helpers import PY, child, name, segment, wait_line  # noqa: F401
 
 # ---- API ----------------------------------------------------------------
 
