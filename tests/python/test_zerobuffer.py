@@ -239,6 +239,74 @@ def test_wrap_around_stream_in_one_process(name):
             f.dispose()
 
 
+def test_error_messages_word_for_word(name):
+    """What users see of the binding's error tables: each class and
+    message, including those that name the buffer."""
+    def raised(exc, fn, *args):
+        with pytest.raises(exc) as e:
+            fn(*args)
+        assert type(e.value) is exc
+        return str(e.value)
+
+    assert raised(zb.ZeroBufferException, zb.Writer, name) == (
+        f"No shared memory found for buffer '{name}' - reader must be "
+        f"created first")
+    assert raised(zb.InvalidBufferNameException, zb.Reader, "a/b") == (
+        "invalid buffer name 'a/b': must be non-empty, without '/', '..', "
+        "spaces or control characters")
+    assert raised(zb.InvalidBufferNameException, zb.Writer, "a\0b") == (
+        "invalid buffer name 'a\\x00b': must be non-empty, without '/', "
+        "'..', spaces or control characters")
+    assert raised(zb.InvalidBufferNameException, zb.Reader, "x" * 241) == (
+        f"invalid buffer name {'x' * 241!r}: longer than 240 bytes")
+    with zb.Reader(name, zb.BufferConfig(64, 4096)) as r:
+        assert raised(zb.ReaderAlreadyConnectedException, zb.Reader,
+                      name) == "Another reader is already connected"
+        seg = segment(name)
+        pid = struct.unpack_from("<Q", seg, 88)[0]
+        struct.pack_into("<Q", seg, 88, 0)  # reader_pid: nobody
+        try:
+            assert raised(zb.ZeroBufferException, zb.Writer, name) == (
+                f"No active reader found for buffer '{name}'")
+        finally:
+            struct.pack_into("<Q", seg, 88, pid)
+        with zb.Writer(name) as w:
+            assert raised(zb.WriterAlreadyConnectedException, zb.Writer,
+                          name) == "Another writer is already connected"
+            assert raised(zb.ZeroBufferException, w.commit_frame) == (
+                "No pending frame to commit")
+            assert raised(zb.ZeroBufferException, w.set_metadata, b"") == (
+                "Metadata must not be empty (readers cannot tell it from "
+                "no metadata)")
+            assert raised(zb.ZeroBufferException, w.set_metadata,
+                          b"m" * 100) == "Metadata too large for buffer"
+            w.set_metadata(b"m")
+            assert raised(zb.MetadataAlreadyWrittenException, w.set_metadata,
+                          b"n") == "Metadata has already been written"
+            assert raised(zb.InvalidFrameSizeException, w.write_frame,
+                          b"") == "Invalid frame size (zero or too large)"
+            assert raised(zb.FrameTooLargeException, w.write_frame,
+                          b"x" * 4096) == "Frame size exceeds buffer capacity"
+            view = w.get_frame_buffer(8)
+            assert raised(zb.ZeroBufferException, w.write_frame, b"x") == (
+                "a frame from get_frame_buffer() is waiting for "
+                "commit_frame()")
+            del view
+            w.commit_frame()
+            struct.pack_into("<Q", seg, 128 + 64 + 8, 7)  # its sequence
+            assert raised(zb.SequenceError, r.read_frame, 0) == (
+                "Sequence error: expected 1, got 7")
+            struct.pack_into("<Q", seg, 128 + 64 + 8, 1)
+            struct.pack_into("<Q", seg, 128 + 64, 1 << 40)  # its size
+            msg = raised(zb.ZeroBufferException, r.read_frame, 0)
+            assert "past the ring" in msg
+        seg.close()
+        assert raised(zb.ZeroBufferException, w.write_frame, b"x") == (
+            "Writer is closed")
+    assert raised(zb.ZeroBufferException, r.read_frame, 0) == (
+        "Reader is closed")
+
+
 # ---- waits: GIL and signals ----------------------------------------------
 
 def test_read_wait_releases_the_gil(name):
