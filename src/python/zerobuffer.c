@@ -492,8 +492,8 @@ static PyMemberDef Reader_members[] = {END_MEMBERS};
 /* For futures.c (async for over a Reader, a Writer waiting for space):
  * hold the core of an open end of type `type` for an asynchronous wait,
  * as a blocking call does (busy), so close() defers destroying it; NULL
- * if obj is not one, or closed (no exception set). end_unhold ends the
- * hold. */
+ * if obj is not one, or closed (no exception set). The unhold functions
+ * end the hold. */
 static void *
 end_hold(PyObject *obj, PyTypeObject *type)
 {
@@ -505,13 +505,6 @@ end_hold(PyObject *obj, PyTypeObject *type)
     return ((EndObject *)obj)->core;
 }
 
-static void
-end_unhold(PyObject *obj)
-{
-    ((EndObject *)obj)->busy--;
-    end_maybe_destroy((EndObject *)obj);
-}
-
 struct dk_zb_reader_s *
 dkpy_zb_reader_hold(PyObject *obj)
 {
@@ -521,7 +514,8 @@ dkpy_zb_reader_hold(PyObject *obj)
 void
 dkpy_zb_reader_unhold(PyObject *obj)
 {
-    end_unhold(obj);
+    ((EndObject *)obj)->busy--;
+    end_maybe_destroy((EndObject *)obj);
 }
 
 struct dk_zb_writer_s *
@@ -533,7 +527,7 @@ dkpy_zb_writer_hold(PyObject *obj)
 void
 dkpy_zb_writer_unhold(PyObject *obj)
 {
-    end_unhold(obj);
+    dkpy_zb_reader_unhold(obj); /* the same for both ends */
 }
 
 bool
@@ -771,20 +765,15 @@ Reader_read_frames(EndObject *self, PyObject *args, PyObject *kwargs)
     return reader_read(self, timeout, max);
 }
 
-/* Release a Frame of this reader once (`released` makes it the frame's
- * one release); false if the frame was released before. */
-static bool
+/* Release a frame once: `released` makes this the frame's one release. */
+static void
 frame_release(FrameObject *self)
 {
-    if (self->released) {
-        return false;
-    }
-    self->released = true;
-    if (self->reader->core != NULL) {
+    if (!self->released && self->reader->core != NULL) {
         int rc = dk_zb_reader_release(self->reader->core, &self->frame);
         (void)rc;
     }
-    return true;
+    self->released = true;
 }
 
 static PyObject *
