@@ -1125,6 +1125,8 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                   : (PyObject *)self;
 }
 
+/* A slice of a wait at the writer's gate (dkpy_wait_sliced): 0 once
+ * through, -ETIMEDOUT at the slice's end. */
 static int
 gate_fn(void *gate, uint64_t deadline)
 {
