@@ -153,15 +153,22 @@ def test_our_reader_after_peer_reader_leaked_semaphores(name):
     assert leaked in (True, False)
 
 
-def exact_fill_then_more(writer, reader):
-    writer.write_frame(bytes(1008))  # 16 + 1008 = the whole ring
+def frame_then_more(writer, reader, size, then):
+    """A frame of size bytes from the start of a 1024-byte ring, read,
+    then a frame `then` that wraps: it arrives whole, second."""
+    writer.write_frame(bytes(size))
     f = reader.read_frame(timeout=5)
-    assert f.size == 1008
+    assert f.size == size
     f.dispose()
-    writer.write_frame(b"after exact fill")
+    writer.write_frame(then)
     g = reader.read_frame(timeout=5)
-    assert bytes(g.data) == b"after exact fill" and g.sequence == 2
+    assert bytes(g.data) == then and g.sequence == 2
     g.dispose()
+
+
+def exact_fill_then_more(writer, reader):
+    # 16 + 1008 = the whole ring.
+    frame_then_more(writer, reader, 1008, b"after exact fill")
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,
@@ -190,12 +197,7 @@ def test_our_writer_exact_fill_with_both_readers(name):
 def short_tail_then_more(writer, reader):
     # 16 + 998 = 1014 bytes from offset 0 leave a 10-byte tail that no
     # writer can mark; the next frame wraps without a marker.
-    writer.write_frame(bytes(998))
-    reader.read_frame(timeout=5).dispose()
-    writer.write_frame(b"after a short tail")
-    g = reader.read_frame(timeout=5)
-    assert bytes(g.data) == b"after a short tail" and g.sequence == 2
-    g.dispose()
+    frame_then_more(writer, reader, 998, b"after a short tail")
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,
