@@ -373,6 +373,38 @@ def test_write_is_interruptible(name):
         signal.signal(signal.SIGALRM, old)
 
 
+def test_wait_for_another_threads_write_is_interruptible(name):
+    """The writer takes one writing thread at a time: a thread waiting for
+    another's write (here: one waiting for space) still runs the signal
+    handlers, and the other write goes through afterwards."""
+    def handler(sig, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with zb.Reader(name, zb.BufferConfig(64, 1024)) as r, \
+                zb.Writer(name) as w:
+            w.write_timeout = timedelta(seconds=30)
+            w.write_frame(bytes(1000))  # the ring is full now
+            done = []
+            holder = threading.Thread(
+                target=lambda: done.append(w.write_frame(b"held")))
+            holder.start()
+            time.sleep(0.2)  # let it take the writer and wait for space
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(KeyboardInterrupt):
+                w.write_frame(b"mine")
+            r.read_frame(timeout=5).dispose()  # space for the holder
+            holder.join(10)
+            assert done == [2]
+            f = r.read_frame(timeout=5)
+            assert (f.sequence, bytes(f.data)) == (2, b"held")
+            f.dispose()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_many_writing_threads_share_one_writer(name):
     n_threads, per = 4, 500
     with zb.Reader(name, zb.BufferConfig(64, 8192)) as r, \
