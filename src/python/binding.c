@@ -490,3 +490,23 @@ dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs)
     }
     return NULL;
 }
+
+/* ---- errors with a detail --------------------------------------------- */
+
+/* The first row for neg_errno decides, as in dkpy_raise_mapped; rows
+ * without a type or a message go the way dkpy_raise_errno_in takes them. */
+PyObject *
+dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
+                        const char *detail)
+{
+    const dkpy_errno_map *row = map;
+    while (row->err != 0 && row->err != -neg_errno) {
+        row++;
+    }
+    if (row->err == 0 || row->type == NULL || row->message == NULL) {
+        return dkpy_raise_errno_in(map, neg_errno);
+    }
+    PyErr_Format(*row->type ? *row->type : PyExc_RuntimeError, row->message,
+                 detail);
+    return NULL;
+}

@@ -242,4 +242,11 @@ PyObject *dkpy_none_or_raise(bool ok, PyObject *type, const char *message);
  * NULL. */
 PyObject *dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs);
 
+/* dkpy_raise_errno_in, for tables whose messages name what failed: a
+ * row with a type and a message raises PyErr_Format(type, message,
+ * detail), so a message may hold one %s for `detail` (and must write a
+ * percent sign as %%). Returns NULL. */
+PyObject *dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
+                                  const char *detail);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -71,6 +71,35 @@ verify(const uint8_t *p, uint64_t n, uint64_t seed)
     return true;
 }
 
+/* A buffer with its reader, a writer and the segment mapped as a third
+ * party maps it: what most tests start from. */
+typedef struct {
+    const char *name;
+    dk_zb_reader_t *r;
+    dk_zb_writer_t *w;
+    uint8_t *seg;
+    size_t len;
+    dk_zb_oieb_t *o; /* the segment's OIEB */
+} zb_pair;
+
+static void
+pair_open(zb_pair *p, const char *tag, uint64_t msize, uint64_t psize)
+{
+    p->name = tname(tag);
+    CHECK_EQ(dk_zb_reader_create(p->name, msize, psize, 0600, &p->r), 0);
+    CHECK_EQ(dk_zb_writer_open(p->name, &p->w, NULL), 0);
+    p->seg = map_segment(p->name, &p->len);
+    p->o = (void *)p->seg;
+}
+
+static void
+pair_close(zb_pair *p)
+{
+    munmap(p->seg, p->len);
+    dk_zb_writer_destroy(p->w);
+    dk_zb_reader_destroy(p->r);
+}
+
 DK_TEST(zb_name_check)
 {
     CHECK_EQ(dk_zb_name_check("abc-DEF_123"), 0);
@@ -183,14 +212,8 @@ DK_TEST(zb_no_writer_yet_is_a_timeout_not_dead)
  * releasing them out of order; every frame arrives intact and in order. */
 DK_TEST(zb_mixed_sizes_wrap_and_out_of_order_release)
 {
-    const char *name = tname("mixed");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 4096, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    const dk_zb_oieb_t *o = (const void *)seg;
+    zb_pair p;
+    pair_open(&p, "mixed", 0, 4096);
     uint8_t buf[4096];
     uint64_t rng = 12345;
     dk_zb_frame_t held[3];
@@ -201,11 +224,11 @@ DK_TEST(zb_mixed_sizes_wrap_and_out_of_order_release)
         uint64_t size = 1 + (rng >> 33) % 1500;
         fill(buf, size, seq);
         int rc;
-        while ((rc = dk_zb_writer_write(w, buf, size, 0)) == -ETIMEDOUT) {
+        while ((rc = dk_zb_writer_write(p.w, buf, size, 0)) == -ETIMEDOUT) {
             /* Full: read one and hold it; release the held ones in
              * reverse order now and then, or when nothing is unread. */
             dk_zb_frame_t f;
-            if (nheld < 3 && dk_zb_reader_read(r, 0, &f) == 0) {
+            if (nheld < 3 && dk_zb_reader_read(p.r, 0, &f) == 0) {
                 CHECK_EQ(f.sequence, next_read);
                 CHECK(verify(f.data, f.size, f.sequence));
                 next_read++;
@@ -216,60 +239,50 @@ DK_TEST(zb_mixed_sizes_wrap_and_out_of_order_release)
             }
             CHECK(nheld > 0);
             while (nheld > 0) {
-                CHECK_EQ(dk_zb_reader_release(r, &held[--nheld]), 0);
+                CHECK_EQ(dk_zb_reader_release(p.r, &held[--nheld]), 0);
             }
         }
         CHECK_EQ(rc, 0);
         /* The writer never leaves a 1..15-byte tail it could avoid. */
-        uint64_t tail = 4096 - o->payload_write_pos;
+        uint64_t tail = 4096 - p.o->payload_write_pos;
         CHECK(tail == 4096 || tail >= 16 ||
-              o->payload_write_pos < 4096 - tail);
-        CHECK(o->payload_free_bytes <= 4096);
+              p.o->payload_write_pos < 4096 - tail);
+        CHECK(p.o->payload_free_bytes <= 4096);
     }
     while (nheld > 0) {
-        CHECK_EQ(dk_zb_reader_release(r, &held[--nheld]), 0);
+        CHECK_EQ(dk_zb_reader_release(p.r, &held[--nheld]), 0);
     }
     dk_zb_frame_t f;
-    while (dk_zb_reader_read(r, 0, &f) == 0) {
+    while (dk_zb_reader_read(p.r, 0, &f) == 0) {
         CHECK_EQ(f.sequence, next_read);
         CHECK(verify(f.data, f.size, f.sequence));
         next_read++;
-        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+        CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
     }
     CHECK_EQ(next_read, 20001);
-    CHECK_EQ(o->payload_free_bytes, 4096);
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(p.o->payload_free_bytes, 4096);
+    pair_close(&p);
 }
 
 /* Out-of-order release credits nothing until the older frame goes. */
 DK_TEST(zb_release_in_ring_order)
 {
-    const char *name = tname("order");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    const dk_zb_oieb_t *o = (const void *)seg;
+    zb_pair p;
+    pair_open(&p, "order", 0, 1024);
     uint8_t buf[100] = {0};
-    CHECK_EQ(dk_zb_writer_write(w, buf, 84, 0), 0);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 84, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 84, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 84, 0), 0);
     dk_zb_frame_t a, b;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &a), 0);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &b), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024 - 200);
-    CHECK_EQ(dk_zb_reader_release(r, &b), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024 - 200);
-    CHECK_EQ(dk_zb_reader_release(r, &a), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &a), 0);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &b), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - 200);
+    CHECK_EQ(dk_zb_reader_release(p.r, &b), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - 200);
+    CHECK_EQ(dk_zb_reader_release(p.r, &a), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
     dk_zb_frame_t bogus = {.ticket = 99};
-    CHECK_EQ(dk_zb_reader_release(r, &bogus), -EINVAL);
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(dk_zb_reader_release(p.r, &bogus), -EINVAL);
+    pair_close(&p);
 }
 
 /* A frame filling the ring exactly, then more (the Python writer's
@@ -277,158 +290,134 @@ DK_TEST(zb_release_in_ring_order)
  * offset 0 leaving 10 bytes) followed by a markerless wrap. */
 DK_TEST(zb_exact_fill_and_unavoidable_short_tail)
 {
-    const char *name = tname("exact");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    const dk_zb_oieb_t *o = (const void *)seg;
+    zb_pair p;
+    pair_open(&p, "exact", 0, 1024);
     uint8_t buf[1024];
     dk_zb_frame_t f;
     for (int round = 0; round < 3; round++) {
         fill(buf, 1008, (uint64_t)round);
-        CHECK_EQ(dk_zb_writer_write(w, buf, 1008, 0), 0);
-        CHECK_EQ(o->payload_free_bytes, 0);
-        CHECK_EQ(o->payload_write_pos, 0);
-        CHECK_EQ(dk_zb_writer_write(w, buf, 1, 0), -ETIMEDOUT);
-        CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+        CHECK_EQ(dk_zb_writer_write(p.w, buf, 1008, 0), 0);
+        CHECK_EQ(p.o->payload_free_bytes, 0);
+        CHECK_EQ(p.o->payload_write_pos, 0);
+        CHECK_EQ(dk_zb_writer_write(p.w, buf, 1, 0), -ETIMEDOUT);
+        CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
         CHECK(verify(f.data, 1008, (uint64_t)round));
-        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+        CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
     }
     /* 16 + 998 = 1014 bytes at offset 0 leave a 10-byte tail. */
     fill(buf, 998, 7);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 998, 0), 0);
-    CHECK_EQ(o->payload_write_pos, 1014);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 998, 0), 0);
+    CHECK_EQ(p.o->payload_write_pos, 1014);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
     fill(buf, 50, 8);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 50, 0), 0);
-    CHECK_EQ(o->payload_write_pos, 66);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 50, 0), 0);
+    CHECK_EQ(p.o->payload_write_pos, 66);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
     CHECK_EQ(f.size, 50);
     CHECK(verify(f.data, 50, 8));
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
     /* At 66, 16 + 934 = 950 -> 1016 leaves 8 bytes; an early wrap would
      * need 950 <= 66, so the frame goes in place and the next one wraps
      * without a marker. */
     fill(buf, 934, 9);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 934, 0), 0);
-    CHECK_EQ(o->payload_write_pos, 1016);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 934, 0), 0);
+    CHECK_EQ(p.o->payload_write_pos, 1016);
     fill(buf, 20, 10);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 20, 0), 0);
-    CHECK_EQ(o->payload_write_pos, 36);
-    CHECK_EQ(o->payload_free_bytes, 1024 - 950 - 8 - 36);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 20, 0), 0);
+    CHECK_EQ(p.o->payload_write_pos, 36);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - 950 - 8 - 36);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
     CHECK(verify(f.data, 934, 9));
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
     CHECK(verify(f.data, 20, 10));
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
+    pair_close(&p);
 }
 
 /* A batch: checked before anything is written, published at once (one
  * token per frame, the OIEB updated once), and released at once. */
 DK_TEST(zb_write_many_and_release_many)
 {
-    const char *name = tname("many");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    const dk_zb_oieb_t *o = (const void *)seg;
+    zb_pair p;
+    pair_open(&p, "many", 0, 1024);
     static uint8_t big[2048];
     size_t done = 99;
     dk_zb_buf_t bad[2] = {{"ab", 2}, {"", 0}};
-    CHECK_EQ(dk_zb_writer_write_many(w, bad, 2, 0, &done), -EINVAL);
+    CHECK_EQ(dk_zb_writer_write_many(p.w, bad, 2, 0, &done), -EINVAL);
     CHECK_EQ(done, 0);
     dk_zb_buf_t large[2] = {{"ab", 2}, {big, 1024 - 15}};
-    CHECK_EQ(dk_zb_writer_write_many(w, large, 2, 0, &done), -EMSGSIZE);
-    CHECK_EQ(o->payload_written_count, 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
+    CHECK_EQ(dk_zb_writer_write_many(p.w, large, 2, 0, &done), -EMSGSIZE);
+    CHECK_EQ(p.o->payload_written_count, 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
     dk_zb_buf_t three[3] = {{"one", 3}, {"two", 3}, {"three", 5}};
-    CHECK_EQ(dk_zb_writer_write_many(w, three, 3, 0, &done), 0);
+    CHECK_EQ(dk_zb_writer_write_many(p.w, three, 3, 0, &done), 0);
     CHECK_EQ(done, 3);
-    CHECK_EQ(o->payload_written_count, 3);
-    CHECK_EQ(o->payload_write_pos, 3 * 16 + 11);
-    CHECK_EQ(o->payload_free_bytes, 1024 - (3 * 16 + 11));
+    CHECK_EQ(p.o->payload_written_count, 3);
+    CHECK_EQ(p.o->payload_write_pos, 3 * 16 + 11);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - (3 * 16 + 11));
     dk_zb_frame_t f[3];
     for (int i = 0; i < 3; i++) {
-        CHECK_EQ(dk_zb_reader_try_read(r, &f[i]), 0);
+        CHECK_EQ(dk_zb_reader_try_read(p.r, &f[i]), 0);
         CHECK_EQ(f[i].sequence, (uint64_t)i + 1);
     }
     dk_zb_frame_t none;
-    CHECK_EQ(dk_zb_reader_try_read(r, &none), -EAGAIN);
+    CHECK_EQ(dk_zb_reader_try_read(p.r, &none), -EAGAIN);
     CHECK(memcmp(f[2].data, "three", 5) == 0);
     dk_zb_frame_t stranger = f[0];
     stranger.ticket = 1000;
     dk_zb_frame_t mixed[2] = {f[0], stranger};
-    CHECK_EQ(dk_zb_reader_release_many(r, mixed, 2), -EINVAL);
-    CHECK_EQ(o->payload_free_bytes, 1024 - (3 * 16 + 11));
-    CHECK_EQ(dk_zb_reader_release_many(r, f, 3), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
-    CHECK_EQ(dk_zb_reader_release_many(r, f, 3), 0); /* again: no-op */
-    CHECK_EQ(o->payload_free_bytes, 1024);
-    CHECK_EQ(dk_zb_reader_release(r, &f[1]), -EALREADY);
+    CHECK_EQ(dk_zb_reader_release_many(p.r, mixed, 2), -EINVAL);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - (3 * 16 + 11));
+    CHECK_EQ(dk_zb_reader_release_many(p.r, f, 3), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
+    CHECK_EQ(dk_zb_reader_release_many(p.r, f, 3), 0); /* again: no-op */
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f[1]), -EALREADY);
     /* A batch larger than the ring with nobody reading: what fits is
      * published, the rest times out. */
     dk_zb_buf_t four[4] = {{big, 400}, {big, 400}, {big, 400}, {big, 400}};
-    CHECK_EQ(dk_zb_writer_write_many(w, four, 4, after_ms(30), &done),
+    CHECK_EQ(dk_zb_writer_write_many(p.w, four, 4, after_ms(30), &done),
              -ETIMEDOUT);
     CHECK_EQ(done, 2);
-    CHECK_EQ(dk_zb_reader_try_read(r, &f[0]), 0);
-    CHECK_EQ(dk_zb_reader_try_read(r, &f[1]), 0);
+    CHECK_EQ(dk_zb_reader_try_read(p.r, &f[0]), 0);
+    CHECK_EQ(dk_zb_reader_try_read(p.r, &f[1]), 0);
     CHECK_EQ(f[1].sequence, 5);
-    CHECK_EQ(dk_zb_reader_try_read(r, &f[2]), -EAGAIN);
-    CHECK_EQ(dk_zb_reader_release_many(r, f, 2), 0);
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(dk_zb_reader_try_read(p.r, &f[2]), -EAGAIN);
+    CHECK_EQ(dk_zb_reader_release_many(p.r, f, 2), 0);
+    pair_close(&p);
 }
 
 /* The early wrap, checked on the wire: the marker is there. */
 DK_TEST(zb_early_wrap_writes_marker)
 {
-    const char *name = tname("early");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    const dk_zb_oieb_t *o = (const void *)seg;
-    const uint8_t *ring = seg + 128;
+    zb_pair p;
+    pair_open(&p, "early", 0, 1024);
+    const uint8_t *ring = p.seg + 128;
     uint8_t buf[1024] = {0};
     dk_zb_frame_t f;
-    CHECK_EQ(dk_zb_writer_write(w, buf, 534, 0), 0); /* 0 -> 550 */
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 534, 0), 0); /* 0 -> 550 */
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
     /* At 550: 16 + 450 = 466 -> 1016 would leave 8 bytes. */
-    CHECK_EQ(dk_zb_writer_write(w, buf, 450, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 450, 0), 0);
     uint64_t marker[2];
     memcpy(marker, ring + 550, 16);
     CHECK_EQ(marker[0], 0);
     CHECK_EQ(marker[1], 0);
-    CHECK_EQ(o->payload_write_pos, 466);
-    CHECK_EQ(o->payload_written_count, 3);
-    CHECK_EQ(o->payload_free_bytes, 1024 - 474 - 466);
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+    CHECK_EQ(p.o->payload_write_pos, 466);
+    CHECK_EQ(p.o->payload_written_count, 3);
+    CHECK_EQ(p.o->payload_free_bytes, 1024 - 474 - 466);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
     CHECK_EQ(f.sequence, 2);
-    CHECK_EQ(o->payload_read_pos, 466);
-    CHECK_EQ(o->payload_read_count, 3);
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    CHECK_EQ(o->payload_free_bytes, 1024);
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(p.o->payload_read_pos, 466);
+    CHECK_EQ(p.o->payload_read_count, 3);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
+    CHECK_EQ(p.o->payload_free_bytes, 1024);
+    pair_close(&p);
 }
 
 /* Writer and reader in two processes: 10000 frames of mixed sizes
@@ -615,125 +604,107 @@ DK_TEST(zb_writer_open_rejects_bad_oieb)
 /* A hostile writer: the reader reports and never reads out of bounds. */
 DK_TEST(zb_reader_rejects_hostile_segment)
 {
-    const char *name = tname("hostile");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 64, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    size_t len;
-    uint8_t *seg = map_segment(name, &len);
-    dk_zb_oieb_t *o = (void *)seg;
-    uint8_t *ring = seg + 128 + 64;
+    zb_pair p;
+    pair_open(&p, "hostile", 64, 1024);
+    uint8_t *ring = p.seg + 128 + 64;
     dk_zb_frame_t f;
-    const dk_zb_error_t *err = dk_zb_reader_error(r);
+    const dk_zb_error_t *err = dk_zb_reader_error(p.r);
 
-    CHECK_EQ(dk_zb_writer_write(w, "abcd", 4, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, "abcd", 4, 0), 0);
     uint64_t *hdr = (uint64_t *)(void *)ring;
     /* Size past the ring. */
     hdr[0] = 5000;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
     CHECK(strstr(err->message, "past the ring") != NULL);
     /* The error is sticky: nothing was consumed. */
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
     hdr[0] = UINT64_MAX - 8;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
     /* Wrong sequence. */
     hdr[0] = 4;
     hdr[1] = 7;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EILSEQ);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EILSEQ);
     CHECK_EQ(err->expected, 1);
     CHECK_EQ(err->got, 7);
     /* Size 0 with a sequence: not a marker. */
     hdr[0] = 0;
     hdr[1] = 1;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
     /* A marker at the start of the ring. */
     hdr[1] = 0;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
     hdr[0] = 4;
     hdr[1] = 1;
     /* OIEB corruption. */
-    o->oieb_size = 1;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
-    o->oieb_size = 128;
-    o->version_major = 9;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
-    o->version_major = 1;
-    o->payload_size = 1ull << 50;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
-    o->payload_size = 1024;
-    uint64_t wp = o->payload_write_pos;
-    o->payload_write_pos = 1ull << 40;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
-    o->payload_write_pos = wp;
-    uint64_t fb = o->payload_free_bytes;
-    o->payload_free_bytes = 1ull << 63;
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), -EPROTO);
-    o->payload_free_bytes = fb;
+    p.o->oieb_size = 1;
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
+    p.o->oieb_size = 128;
+    p.o->version_major = 9;
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
+    p.o->version_major = 1;
+    p.o->payload_size = 1ull << 50;
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
+    p.o->payload_size = 1024;
+    uint64_t wp = p.o->payload_write_pos;
+    p.o->payload_write_pos = 1ull << 40;
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
+    p.o->payload_write_pos = wp;
+    uint64_t fb = p.o->payload_free_bytes;
+    p.o->payload_free_bytes = 1ull << 63;
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), -EPROTO);
+    p.o->payload_free_bytes = fb;
     /* Repaired: the frame reads fine. */
-    CHECK_EQ(dk_zb_reader_read(r, 0, &f), 0);
+    CHECK_EQ(dk_zb_reader_read(p.r, 0, &f), 0);
     CHECK(memcmp(f.data, "abcd", 4) == 0);
-    CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+    CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
 
     /* Metadata lengths beyond what was written. */
-    CHECK_EQ(dk_zb_writer_set_metadata(w, "meta", 4), 0);
+    CHECK_EQ(dk_zb_writer_set_metadata(p.w, "meta", 4), 0);
     const void *md;
     uint64_t mlen;
     uint64_t bad = 1000;
-    memcpy(seg + 128, &bad, 8);
-    CHECK_EQ(dk_zb_reader_metadata(r, &md, &mlen), -EPROTO);
-    o->metadata_written_bytes = 1ull << 40;
-    CHECK_EQ(dk_zb_reader_metadata(r, &md, &mlen), -EPROTO);
+    memcpy(p.seg + 128, &bad, 8);
+    CHECK_EQ(dk_zb_reader_metadata(p.r, &md, &mlen), -EPROTO);
+    p.o->metadata_written_bytes = 1ull << 40;
+    CHECK_EQ(dk_zb_reader_metadata(p.r, &md, &mlen), -EPROTO);
 
-    munmap(seg, len);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    pair_close(&p);
 }
 
 DK_TEST(zb_metadata_too_large_and_zero_block)
 {
-    const char *name = tname("meta0");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
-    CHECK_EQ(dk_zb_writer_set_metadata(w, "m", 1), -ENOSPC);
-    CHECK_EQ(dk_zb_writer_write(w, "m", 1, 0), 0);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
-    CHECK_EQ(dk_zb_reader_create(name, 64, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
+    zb_pair p;
+    pair_open(&p, "meta0", 0, 1024);
+    CHECK_EQ(dk_zb_writer_set_metadata(p.w, "m", 1), -ENOSPC);
+    CHECK_EQ(dk_zb_writer_write(p.w, "m", 1, 0), 0);
+    pair_close(&p);
+    pair_open(&p, "meta0", 64, 1024);
     uint8_t big[64] = {0};
-    CHECK_EQ(dk_zb_writer_set_metadata(w, big, 57), -ENOSPC);
-    CHECK_EQ(dk_zb_writer_set_metadata(w, big, 56), 0);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(dk_zb_writer_set_metadata(p.w, big, 57), -ENOSPC);
+    CHECK_EQ(dk_zb_writer_set_metadata(p.w, big, 56), 0);
+    pair_close(&p);
 }
 
 DK_TEST(zb_buffer_full_times_out)
 {
-    const char *name = tname("full");
-    dk_zb_reader_t *r;
-    dk_zb_writer_t *w;
-    CHECK_EQ(dk_zb_reader_create(name, 0, 1024, 0600, &r), 0);
-    CHECK_EQ(dk_zb_writer_open(name, &w, NULL), 0);
+    zb_pair p;
+    pair_open(&p, "full", 0, 1024);
     uint8_t buf[500] = {0};
-    CHECK_EQ(dk_zb_writer_write(w, buf, 480, 0), 0);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 480, 0), 0);
-    CHECK_EQ(dk_zb_writer_write(w, buf, 480, after_ms(30)), -ETIMEDOUT);
-    void *p;
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 480, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 480, 0), 0);
+    CHECK_EQ(dk_zb_writer_write(p.w, buf, 480, after_ms(30)), -ETIMEDOUT);
+    void *slot;
     uint64_t seq;
-    CHECK_EQ(dk_zb_writer_commit(w), -EINVAL);
+    CHECK_EQ(dk_zb_writer_commit(p.w), -EINVAL);
     /* 32 bytes are left: a 16-byte frame fills the ring exactly; a
      * 10-byte one would leave 6 bytes and must wrap, which needs more. */
-    CHECK_EQ(dk_zb_writer_acquire(w, 10, 0, &p, &seq), -ETIMEDOUT);
-    CHECK_EQ(dk_zb_writer_acquire(w, 16, 0, &p, &seq), 0);
+    CHECK_EQ(dk_zb_writer_acquire(p.w, 10, 0, &slot, &seq), -ETIMEDOUT);
+    CHECK_EQ(dk_zb_writer_acquire(p.w, 16, 0, &slot, &seq), 0);
     CHECK_EQ(seq, 3);
-    CHECK_EQ(dk_zb_writer_acquire(w, 10, 0, &p, &seq), -EBUSY);
-    CHECK_EQ(dk_zb_writer_cancel(w), 0);
-    CHECK_EQ(dk_zb_writer_cancel(w), -EINVAL);
-    dk_zb_writer_destroy(w);
-    dk_zb_reader_destroy(r);
+    CHECK_EQ(dk_zb_writer_acquire(p.w, 10, 0, &slot, &seq), -EBUSY);
+    CHECK_EQ(dk_zb_writer_cancel(p.w), 0);
+    CHECK_EQ(dk_zb_writer_cancel(p.w), -EINVAL);
+    pair_close(&p);
 }
 
 /* Random mutations of a valid segment image through the checker: a

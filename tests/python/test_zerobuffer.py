@@ -3,13 +3,10 @@ their lifetimes, waits that release the GIL and obey Ctrl-C, threads,
 real processes that crash, hostile segments, the CLI and duplex channels.
 Interop with zerobuffer-ipc is in test_zerobuffer_interop.py."""
 import gc
-import mmap
 import os
 import signal
 import struct
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -17,51 +14,7 @@ from datetime import timedelta
 import pytest
 
 import dispatchkit.zerobuffer as zb
-
-PY = sys.executable
-
-
-@pytest.fixture
-def name(request):
-    n = f"dkzb-{os.getpid()}-{request.node.name[:60]}"
-    n = "".join(c if c.isalnum() or c in "-_" else "_" for c in n)
-    yield n
-    for path in (f"/dev/shm/{n}", f"/dev/shm/sem.sem-w-{n}",
-                 f"/dev/shm/sem.sem-r-{n}", f"/tmp/zerobuffer/{n}.lock"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def segment(name):
-    """The buffer's segment as a third party maps it."""
-    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
-    try:
-        return mmap.mmap(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def child(code, *args, **kw):
-    """Start a Python child running code (sys.argv[1:] = args)."""
-    return subprocess.Popen([PY, "-c", textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            **kw)
-
-
-def wait_line(proc, expect, timeout=10):
-    """Read stdout lines until one equals expect (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode().strip()
-        if line == expect:
-            return
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"child did not print {expect!r}: "
-                         f"{proc.stderr.read().decode()}")
-
+from zb_helpers import PY, child, name, segment, wait_line  # noqa: F401
 
 # ---- API ----------------------------------------------------------------
 
@@ -286,6 +239,74 @@ def test_wrap_around_stream_in_one_process(name):
             f.dispose()
 
 
+def test_error_messages_word_for_word(name):
+    """What users see of the binding's error tables: each class and
+    message, including those that name the buffer."""
+    def raised(exc, fn, *args):
+        with pytest.raises(exc) as e:
+            fn(*args)
+        assert type(e.value) is exc
+        return str(e.value)
+
+    assert raised(zb.ZeroBufferException, zb.Writer, name) == (
+        f"No shared memory found for buffer '{name}' - reader must be "
+        f"created first")
+    assert raised(zb.InvalidBufferNameException, zb.Reader, "a/b") == (
+        "invalid buffer name 'a/b': must be non-empty, without '/', '..', "
+        "spaces or control characters")
+    assert raised(zb.InvalidBufferNameException, zb.Writer, "a\0b") == (
+        "invalid buffer name 'a\\x00b': must be non-empty, without '/', "
+        "'..', spaces or control characters")
+    assert raised(zb.InvalidBufferNameException, zb.Reader, "x" * 241) == (
+        f"invalid buffer name {'x' * 241!r}: longer than 240 bytes")
+    with zb.Reader(name, zb.BufferConfig(64, 4096)) as r:
+        assert raised(zb.ReaderAlreadyConnectedException, zb.Reader,
+                      name) == "Another reader is already connected"
+        seg = segment(name)
+        pid = struct.unpack_from("<Q", seg, 88)[0]
+        struct.pack_into("<Q", seg, 88, 0)  # reader_pid: nobody
+        try:
+            assert raised(zb.ZeroBufferException, zb.Writer, name) == (
+                f"No active reader found for buffer '{name}'")
+        finally:
+            struct.pack_into("<Q", seg, 88, pid)
+        with zb.Writer(name) as w:
+            assert raised(zb.WriterAlreadyConnectedException, zb.Writer,
+                          name) == "Another writer is already connected"
+            assert raised(zb.ZeroBufferException, w.commit_frame) == (
+                "No pending frame to commit")
+            assert raised(zb.ZeroBufferException, w.set_metadata, b"") == (
+                "Metadata must not be empty (readers cannot tell it from "
+                "no metadata)")
+            assert raised(zb.ZeroBufferException, w.set_metadata,
+                          b"m" * 100) == "Metadata too large for buffer"
+            w.set_metadata(b"m")
+            assert raised(zb.MetadataAlreadyWrittenException, w.set_metadata,
+                          b"n") == "Metadata has already been written"
+            assert raised(zb.InvalidFrameSizeException, w.write_frame,
+                          b"") == "Invalid frame size (zero or too large)"
+            assert raised(zb.FrameTooLargeException, w.write_frame,
+                          b"x" * 4096) == "Frame size exceeds buffer capacity"
+            view = w.get_frame_buffer(8)
+            assert raised(zb.ZeroBufferException, w.write_frame, b"x") == (
+                "a frame from get_frame_buffer() is waiting for "
+                "commit_frame()")
+            del view
+            w.commit_frame()
+            struct.pack_into("<Q", seg, 128 + 64 + 8, 7)  # its sequence
+            assert raised(zb.SequenceError, r.read_frame, 0) == (
+                "Sequence error: expected 1, got 7")
+            struct.pack_into("<Q", seg, 128 + 64 + 8, 1)
+            struct.pack_into("<Q", seg, 128 + 64, 1 << 40)  # its size
+            msg = raised(zb.ZeroBufferException, r.read_frame, 0)
+            assert "past the ring" in msg
+        seg.close()
+        assert raised(zb.ZeroBufferException, w.write_frame, b"x") == (
+            "Writer is closed")
+    assert raised(zb.ZeroBufferException, r.read_frame, 0) == (
+        "Reader is closed")
+
+
 # ---- waits: GIL and signals ----------------------------------------------
 
 def test_read_wait_releases_the_gil(name):
@@ -347,6 +368,38 @@ def test_write_is_interruptible(name):
             signal.setitimer(signal.ITIMER_REAL, 0.1)
             with pytest.raises(KeyboardInterrupt):
                 w.write_frame(bytes(1000))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_wait_for_another_threads_write_is_interruptible(name):
+    """The writer takes one writing thread at a time: a thread waiting for
+    another's write (here: one waiting for space) still runs the signal
+    handlers, and the other write goes through afterwards."""
+    def handler(sig, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with zb.Reader(name, zb.BufferConfig(64, 1024)) as r, \
+                zb.Writer(name) as w:
+            w.write_timeout = timedelta(seconds=30)
+            w.write_frame(bytes(1000))  # the ring is full now
+            done = []
+            holder = threading.Thread(
+                target=lambda: done.append(w.write_frame(b"held")))
+            holder.start()
+            time.sleep(0.2)  # let it take the writer and wait for space
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(KeyboardInterrupt):
+                w.write_frame(b"mine")
+            r.read_frame(timeout=5).dispose()  # space for the holder
+            holder.join(10)
+            assert done == [2]
+            f = r.read_frame(timeout=5)
+            assert (f.sequence, bytes(f.data)) == (2, b"held")
+            f.dispose()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

@@ -3,12 +3,7 @@ API): Writer.write_frames(), Reader.read_frames() and
 Reader.release_frames(). Bad input, wrap-around of the ring, a batch that
 does not fit in the ring, waits that release the GIL, and interop with the
 real zerobuffer-ipc package, which writes and reads frame by frame."""
-import importlib
-import os
 import random
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import zlib
@@ -17,37 +12,7 @@ from datetime import timedelta
 import pytest
 
 import dispatchkit.zerobuffer as zb
-
-PY = sys.executable
-
-
-@pytest.fixture
-def name(request):
-    n = f"dkzbb-{os.getpid()}-{request.node.name[:50]}"
-    n = "".join(c if c.isalnum() or c in "-_" else "_" for c in n)
-    yield n
-    for path in (f"/dev/shm/{n}", f"/dev/shm/sem.sem-w-{n}",
-                 f"/dev/shm/sem.sem-r-{n}", f"/tmp/zerobuffer/{n}.lock"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def child(code, *args):
-    return subprocess.Popen([PY, "-c", textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(p, timeout=60):
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        raise AssertionError(f"child timed out: {err.decode()}")
-    assert p.returncode == 0, err.decode()
-    return out.decode()
+from zb_helpers import child, finish, name, segment  # noqa: F401
 
 
 def frames_of(seed, n, top):
@@ -321,14 +286,11 @@ def test_batch_reader_reports_an_error_after_the_good_frames(name):
     """A bad frame in the middle of what is there: the good frames before
     it come back, the error comes with the next call (nothing of the bad
     frame is consumed), and again until the segment is fixed."""
-    import mmap
     import struct
     with zb.Reader(name, zb.BufferConfig(64, 1024)) as r, \
             zb.Writer(name) as w:
         w.write_frames([b"aaaa", b"bbbb", b"cccc"])
-        fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
-        seg = mmap.mmap(fd, 0)
-        os.close(fd)
+        seg = segment(name)
         ring = 128 + 64
         second = ring + 16 + 4
         good = seg[second + 8:second + 16]

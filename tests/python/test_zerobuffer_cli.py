@@ -12,26 +12,9 @@ import threading
 import pytest
 
 import dispatchkit
+from zb_helpers import name, names_of  # noqa: F401
 
 CLI = [sys.executable, "-m", "dispatchkit.zerobuffer"]
-
-
-def names_of(name):
-    """Every file system name a buffer called name has while it exists."""
-    return [f"/dev/shm/{name}", f"/dev/shm/sem.sem-w-{name}",
-            f"/dev/shm/sem.sem-r-{name}", f"/tmp/zerobuffer/{name}.lock"]
-
-
-@pytest.fixture
-def name(request):
-    n = f"dkcli-{os.getpid()}-{request.node.name[:60]}"
-    n = "".join(c if c.isalnum() or c in "-_" else "_" for c in n)
-    yield n
-    for path in names_of(n):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 class LineReader:

@@ -8,17 +8,15 @@ import importlib
 import os
 import random
 import subprocess
-import sys
-import textwrap
 import zlib
 
 import pytest
 
 import dispatchkit.zerobuffer as zb
+from zb_helpers import child, finish, name  # noqa: F401
 
 peer = importlib.import_module("zerobuffer")
 
-PY = sys.executable
 RING = 64 * 1024
 FRAMES = 10_000
 
@@ -51,38 +49,6 @@ def stream(seed, n, ring, avoid_exact_fill):
         yield size, rng.randbytes(size)
 """
 exec(STREAM)
-
-
-def child(code, *args):
-    return subprocess.Popen(
-        [PY, "-c", STREAM + textwrap.dedent(code), *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(p, timeout=60):
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        raise AssertionError(f"child timed out: {err.decode()}")
-    assert p.returncode == 0, err.decode()
-    return out.decode()
-
-
-@pytest.fixture
-def name(request):
-    n = f"dkzbi-{os.getpid()}-{request.node.name[:50]}"
-    n = "".join(c if c.isalnum() or c in "-_" else "_" for c in n)
-    yield n
-    for base in (n, f"{n}_request", f"{n}_response"):
-        for path in (f"/dev/shm/{base}", f"/dev/shm/sem.sem-w-{base}",
-                     f"/dev/shm/sem.sem-r-{base}",
-                     f"/tmp/zerobuffer/{base}.lock"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
 
 
 def check_stream(read_frame, seed, avoid_exact_fill):
@@ -126,7 +92,7 @@ def test_peer_writer_to_our_reader(name):
     assert short_tails > 0  # the peer leaves tails no header fits in
 
     with zb.Reader(name, zb.BufferConfig(1024, RING)) as r:
-        p = child(PEER_WRITER, name, 11, FRAMES, RING)
+        p = child(PEER_WRITER, name, 11, FRAMES, RING, prelude=STREAM)
         try:
             crc = check_stream(lambda: r.read_frame(timeout=20), 11, True)
             assert bytes(r.get_metadata()) == b"peer metadata \x00\x01"
@@ -162,7 +128,7 @@ print(crc)
 def test_our_writer_to_peer_reader(name):
     r = peer.Reader(name, peer.BufferConfig(1024, RING))
     try:
-        p = child(OUR_WRITER, name, 12, FRAMES, RING)
+        p = child(OUR_WRITER, name, 12, FRAMES, RING, prelude=STREAM)
         try:
             crc = check_stream(lambda: r.read_frame(timeout=20.0), 12, False)
             assert bytes(r.get_metadata()) == b"our metadata"
@@ -187,15 +153,22 @@ def test_our_reader_after_peer_reader_leaked_semaphores(name):
     assert leaked in (True, False)
 
 
-def exact_fill_then_more(writer, reader):
-    writer.write_frame(bytes(1008))  # 16 + 1008 = the whole ring
+def frame_then_more(writer, reader, size, then):
+    """A frame of size bytes from the start of a 1024-byte ring, read,
+    then a frame `then` that wraps: it arrives whole, second."""
+    writer.write_frame(bytes(size))
     f = reader.read_frame(timeout=5)
-    assert f.size == 1008
+    assert f.size == size
     f.dispose()
-    writer.write_frame(b"after exact fill")
+    writer.write_frame(then)
     g = reader.read_frame(timeout=5)
-    assert bytes(g.data) == b"after exact fill" and g.sequence == 2
+    assert bytes(g.data) == then and g.sequence == 2
     g.dispose()
+
+
+def exact_fill_then_more(writer, reader):
+    # 16 + 1008 = the whole ring.
+    frame_then_more(writer, reader, 1008, b"after exact fill")
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,
@@ -224,12 +197,7 @@ def test_our_writer_exact_fill_with_both_readers(name):
 def short_tail_then_more(writer, reader):
     # 16 + 998 = 1014 bytes from offset 0 leave a 10-byte tail that no
     # writer can mark; the next frame wraps without a marker.
-    writer.write_frame(bytes(998))
-    reader.read_frame(timeout=5).dispose()
-    writer.write_frame(b"after a short tail")
-    g = reader.read_frame(timeout=5)
-    assert bytes(g.data) == b"after a short tail" and g.sequence == 2
-    g.dispose()
+    frame_then_more(writer, reader, 998, b"after a short tail")
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,
@@ -288,9 +256,7 @@ server.stop()
 
 
 def test_our_client_peer_server(name):
-    p = subprocess.Popen([PY, "-c", textwrap.dedent(PEER_SERVER), name],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = child(PEER_SERVER, name, stdin=subprocess.PIPE)
     try:
         assert p.stdout.readline().strip() == b"ready", p.stderr.read()
         client = zb.DuplexChannelFactory.get_instance().create_client(name)
@@ -338,8 +304,7 @@ def test_peer_client_our_server(name):
     server.start(lambda frame, writer: writer.write_frame(
         bytes(frame.data)[::-1]))
     try:
-        p = subprocess.Popen([PY, "-c", textwrap.dedent(PEER_CLIENT), name],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = child(PEER_CLIENT, name)
         assert finish(p).strip() == "done"
     finally:
         server.stop()

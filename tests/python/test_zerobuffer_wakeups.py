@@ -2,17 +2,12 @@
 a writer, the duplex server's stop and its wait for a client."""
 import threading
 import time
-import uuid
 
 import pytest
 
 from dispatchkit import zerobuffer as zb
 from dispatchkit.zerobuffer.duplex import DuplexChannelFactory
-
-
-@pytest.fixture
-def name():
-    return "dkzbw" + uuid.uuid4().hex[:10]
+from zb_helpers import name  # noqa: F401
 
 
 def test_is_writer_connected_waits_for_a_writer(name):

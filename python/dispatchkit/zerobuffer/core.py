@@ -60,7 +60,7 @@ class Writer(_dk.ZbWriter):
     def write_timeout(self, value: Union[timedelta, float]) -> None:
         if isinstance(value, timedelta):
             value = value.total_seconds()
-        if value <= 0:
+        if not 0 < value <= 1e9:  # NaN too
             raise ValueError("Write timeout must be positive")
         self._write_timeout_s = value
 
