@@ -452,3 +452,54 @@ DK_TEST(channel_read_with_failing_allocator_reports_enomem)
     free(contents);
     close(fd);
 }
+
+/* A handler the reader runs itself (allocator chunks of a file, the
+ * delivery queue idle) that blocks is relieved: the reading goes on on
+ * another thread. The first call waits until the fd's offset shows the
+ * whole file read, which only a relieving thread can do while this call
+ * holds the reader; then every chunk arrives, in order. */
+struct blocking {
+    struct owned o; /* first: on_owned takes it */
+    int fd;
+    off_t end;
+    bool saw_end;
+};
+
+static void
+on_blocking(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct blocking *b = p;
+    if (b->o.calls == 0) {
+        for (int i = 0; i < 20000 && lseek(b->fd, 0, SEEK_CUR) < b->end;
+             i++) {
+            usleep(1000);
+        }
+        b->saw_end = lseek(b->fd, 0, SEEK_CUR) == b->end;
+    }
+    on_owned(&b->o, done, data, len, error);
+}
+
+DK_TEST(channel_handler_blocked_on_reading_thread_is_relieved)
+{
+    size_t high = 4096, n = 40 * 4096;
+    unsigned char *contents;
+    int fd = make_file(n, &contents);
+    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
+    CHECK(io != NULL);
+    struct blocking b = {.o = {.done = t_semaphore(0)}, .fd = fd,
+                         .end = (off_t)n};
+    b.o.copy = malloc(n);
+    dk_io_set_allocator(io, owned_alloc, owned_free, &b.o);
+    dk_io_set_high_water(io, high);
+    CHECK_EQ(dk_io_read(io, 0, n, NULL, &b, on_blocking), 0);
+    CHECK_EQ(dk_semaphore_wait(b.o.done, in_ms(30000)), 0);
+    CHECK(b.saw_end);
+    CHECK_EQ(b.o.error, 0);
+    CHECK_EQ(b.o.total, n);
+    CHECK(memcmp(b.o.copy, contents, n) == 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    free(b.o.copy);
+    free(contents);
+    close(fd);
+}
