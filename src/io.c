@@ -935,64 +935,24 @@ process(void *p)
 
 struct simple {
     void *ctx;
-    dk_read_handler_t rh;
-    dk_write_handler_t wh;
+    dk_read_handler_t fn; /* or a dk_write_handler_t: the same type */
 };
 
 static void
-simple_read_done(void *p, bool done, const void *data, size_t len, int err)
+simple_done(void *p, bool done, const void *data, size_t len, int err)
 {
     struct simple *s = p;
     if (done) {
-        s->rh(s->ctx, data, len, err);
+        s->fn(s->ctx, data, len, err);
         free(s);
     }
 }
 
-static void
-simple_write_done(void *p, bool done, const void *data, size_t len, int err)
-{
-    struct simple *s = p;
-    if (done) {
-        s->wh(s->ctx, data, len, err);
-        free(s);
-    }
-}
-
-int
-dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
-          dk_read_handler_t handler)
-{
-    dk_io_t *io;
-    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
-    if (rc < 0) {
-        return rc;
-    }
-    struct simple *s = malloc(sizeof *s);
-    struct io_op *op =
-        s != NULL ? op_new(OP_READ, q, s, simple_read_done) : NULL;
-    if (op == NULL) {
-        free(s);
-        dk_io_release(io);
-        return -ENOMEM;
-    }
-    s->ctx = ctx;
-    s->rh = handler;
-    io->low = SIZE_MAX; /* one delivery with everything read */
-    op->length = length;
-    op->once = !io->regular; /* files: until length or end of file */
-    rc = enqueue(io, op);
-    if (rc < 0) {
-        free(s);
-    }
-    dk_io_close(io, 0);
-    dk_io_release(io);
-    return rc;
-}
-
-int
-dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
-           dk_write_handler_t handler)
+/* dk_read_f (buf NULL: read up to len) and dk_write_f: a stream channel
+ * closed at once, with one operation whose final call is fn's. */
+static int
+simple_io(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
+          dk_read_handler_t fn)
 {
     dk_io_t *io;
     int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
@@ -1004,13 +964,38 @@ dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
         dk_io_release(io);
         return -ENOMEM;
     }
-    s->ctx = ctx;
-    s->wh = handler;
-    rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
+    *s = (struct simple){ctx, fn};
+    if (buf != NULL) {
+        rc = dk_io_write(io, 0, buf, len, q, s, simple_done);
+    } else {
+        struct io_op *op = op_new(OP_READ, q, s, simple_done);
+        rc = -ENOMEM;
+        if (op != NULL) {
+            io->low = SIZE_MAX; /* one delivery with everything read */
+            op->length = len;
+            op->once = !io->regular; /* files: until length or end of file */
+            rc = enqueue(io, op);
+        }
+    }
     if (rc < 0) {
         free(s);
     }
     dk_io_close(io, 0);
     dk_io_release(io);
     return rc;
+}
+
+int
+dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
+          dk_read_handler_t handler)
+{
+    return simple_io(fd, NULL, length, q, ctx, handler);
+}
+
+int
+dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
+           dk_write_handler_t handler)
+{
+    /* A write of nothing still needs a buffer to tell it from a read. */
+    return simple_io(fd, buf != NULL ? buf : "", len, q, ctx, handler);
 }
