@@ -480,3 +480,26 @@ def test_channel_file_handler_blocked_on_the_reading_thread_is_relieved(
         os.close(fd)
     assert saw_end == [True]
     assert b"".join(chunks) == data
+
+
+def test_channel_keeps_at_most_4_mib_of_spare_chunks_after_a_read(tmp_path):
+    # A read's dropped chunks wait for the next read (no fresh memory for
+    # its first chunks), but once it ends at most 4 MiB of them stay.
+    import tracemalloc
+    mib = 1 << 20
+    data, fd = _file(tmp_path, 16 * mib)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        _read_all(fd, len(data), lambda done, chunk, error: None, high=mib)
+        # The last call's bookkeeping follows its return: poll for it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kept = tracemalloc.get_traced_memory()[0] - base
+            if kept <= 4 * mib + mib // 2:
+                break
+            time.sleep(0.01)
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert mib <= kept <= 4 * mib + mib // 2
