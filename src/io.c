@@ -38,6 +38,7 @@ struct io_op {
     dk_io_handler_t handler;
     dk_function_t barrier_fn;
     dk_io_t *io; /* the channel (not retained: it outlives its ops) */
+    struct delivery *final; /* run by process() once the op is off the list */
 };
 
 struct dk_io_s {
@@ -108,8 +109,9 @@ deliver_run(void *p)
  * the reader runs a chunk's handler itself when the operation's delivery
  * queue is idle (dk_queue_sync_enter: a sync caller's drain lock, so order
  * and exclusivity are the queue's own rules). Only a chunk after which the
- * operation's state is whole is delivered so (an allocator's buffer, not
- * the last one); the rest are pushed.
+ * operation's state is whole is delivered so: an allocator's buffer, the
+ * last one once process() has taken the operation off the list (so that a
+ * relief goes on with the next one); the rest are pushed.
  *
  * A handler may block, even until the channel has read further (a writer
  * that fills a pipe). So a watchdog timer, armed while such calls happen,
@@ -224,11 +226,9 @@ run_here(dk_io_t *io, struct delivery *d, dk_queue_t *dq,
     return relieved;
 }
 
-/* Hand d (filled but for its item) to op's handler: on this thread when
- * `here` and the delivery queue is idle, else through the queue. Returns
- * run_here's answer (false when pushed). */
-static bool
-submit(struct io_op *op, struct delivery *d, bool here)
+/* Address d (its call's fields set) to op's handler. */
+static struct delivery *
+address(struct io_op *op, struct delivery *d)
 {
     d->handler = op->handler;
     d->ctx = op->ctx;
@@ -236,14 +236,23 @@ submit(struct io_op *op, struct delivery *d, bool here)
     d->item = (struct dk__item){.fn = deliver_run, .ctx = d,
                                 .flags = DK_ITEM_EMBEDDED};
     op->last_delivery = dk__os_monotonic_ns();
+    return d;
+}
+
+/* Hand d to its handler: on this thread when `here` and the delivery
+ * queue is idle, else through the queue. Returns run_here's answer (false
+ * when pushed). */
+static bool
+submit(dk_io_t *io, struct delivery *d, bool here)
+{
     /* The final call releases dq, possibly before the push has returned:
      * hold our own reference across it. */
-    dk_queue_t *dq = op->dq;
+    dk_queue_t *dq = d->dq;
     dk_retain(dq);
     dk_sync_frame_t frame;
     bool relieved = false;
-    if (here && !d->done && dk_queue_sync_enter(dq, 0, &frame) == 0) {
-        relieved = run_here(op->io, d, dq, &frame);
+    if (here && dk_queue_sync_enter(dq, 0, &frame) == 0) {
+        relieved = run_here(io, d, dq, &frame);
     } else {
         dk__queue_push(dq, &d->item);
     }
@@ -252,8 +261,9 @@ submit(struct io_op *op, struct delivery *d, bool here)
 }
 
 /* Deliver an allocator's buffer as is (no copy); it passes to the
- * handler. `here`: the operation's state is whole after this chunk (see
- * submit). */
+ * handler. `here`: the operation's state is whole after this chunk, so it
+ * may run on this thread (see submit); the final one then waits in
+ * op->final until the op is off the list. */
 static bool
 deliver_owned(struct io_op *op, bool done, void *buf, size_t len, int error,
               bool here)
@@ -264,7 +274,11 @@ deliver_owned(struct io_op *op, bool done, void *buf, size_t len, int error,
     }
     *d = (struct delivery){.done = done, .error = error, .len = len,
                            .data = buf};
-    return submit(op, d, here);
+    if (here && done) {
+        op->final = address(op, d);
+        return false;
+    }
+    return submit(op->io, address(op, d), here);
 }
 
 static void
@@ -296,7 +310,7 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
     if (len > 0) {
         memcpy(d->inline_data, data, len);
     }
-    submit(op, d, false);
+    submit(op->io, address(op, d), false);
 }
 
 /* ---- channel lifetime ----------------------------------------------- */
@@ -757,7 +771,7 @@ step_read(dk_io_t *io, struct io_op *op)
                 if (n > 0 && (size_t)n >= io->low) {
                     op->pos += (size_t)n;
                     bool done = op->pos >= op->length;
-                    if (deliver_owned(op, done, buf, (size_t)n, 0, !done)) {
+                    if (deliver_owned(op, done, buf, (size_t)n, 0, true)) {
                         return STEP_RELIEVED;
                     }
                     if (done) {
@@ -927,7 +941,11 @@ process(void *p)
             io->tail = NULL;
         }
         pthread_mutex_unlock(&io->lock);
+        struct delivery *final = op->final;
         op_free(op);
+        if (final != NULL && submit(io, final, true)) {
+            return; /* relieved: the next item goes on */
+        }
     }
 }
 
