@@ -2,7 +2,8 @@
  * Channels and one-shot asynchronous reads and writes.
  *
  * A channel's operations wait in a FIFO list; one "process" item at a
- * time runs them on the channel's private serial queue. An operation on an
+ * time runs them, on the root queue (the `running` flag, not a serial
+ * queue, keeps it to one: see process_push). An operation on an
  * fd that is not a regular file reads or writes only after a one-shot
  * read/write source reports readiness, so a slow pipe parks no thread: the
  * process item returns and the source's handler submits it again. The
@@ -11,7 +12,9 @@
  *
  * Handler calls go through a serial delivery queue per operation that
  * targets the caller's queue, so the calls of one operation run in order
- * and never concurrently, even on a concurrent queue.
+ * and never concurrently, even on a concurrent queue; when that queue is
+ * idle, the reading thread runs the call itself (see "Handlers on the
+ * reading thread").
  */
 #include "internal.h"
 
