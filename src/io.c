@@ -70,7 +70,8 @@ struct dk_io_s {
      * watchdog timer that hands the reading on when one takes long. */
     uint32_t inl;
     uint32_t inl_seq;
-    uint32_t watch_seen; /* inl_seq at the watchdog's previous tick */
+    uint32_t watch_seen;  /* inl_seq at the watchdog's previous tick */
+    uint32_t watch_stuck; /* ticks since that call was first seen */
     bool watch_armed;
     struct dk__timer watch;
     void *(*alloc)(void *actx, size_t size);
@@ -118,10 +119,12 @@ deliver_run(void *p)
  *
  * A handler may block, even until the channel has read further (a writer
  * that fills a pipe). So a watchdog timer, armed while such calls happen,
- * looks at the channel every RELIEF_NS; a call it finds running at two
- * ticks in a row is relieved: the process item is pushed again and the
- * reading goes on on another thread, while the stuck thread, once its
- * handler returns, touches neither the operation nor the channel again.
+ * looks at the channel every RELIEF_NS; a call it finds running at
+ * RELIEF_TICKS ticks in a row (so a thread merely preempted on a busy
+ * machine is seldom taken for a stuck one) is relieved: the process item
+ * is pushed again and the reading goes on on another thread, while the
+ * stuck thread, once its handler returns, touches neither the operation
+ * nor the channel again.
  *
  *   CPU0 (reader, in a handler)           CPU1 (watchdog tick)
  *   inl_seq += 1; inl = RUNNING  (R1)
@@ -142,6 +145,7 @@ deliver_run(void *p)
  * disarmed and arms it, or the tick sees the call and keeps ticking.
  */
 #define RELIEF_NS 5000000ull
+#define RELIEF_TICKS 4
 enum { INL_IDLE, INL_RUNNING, INL_RELIEVED };
 
 static void process_push(dk_io_t *io);
@@ -160,7 +164,9 @@ watch_fire(struct dk__timer *t, uint64_t fires)
     uint32_t seq = dk__atomic_load_seq_cst(&io->inl_seq); /* (W3) */
     uint32_t st = dk__atomic_load_seq_cst(&io->inl);
     bool active = st == INL_RUNNING || seq != io->watch_seen;
-    if (st == INL_RUNNING && seq == io->watch_seen &&
+    bool same = st == INL_RUNNING && seq == io->watch_seen;
+    io->watch_stuck = same ? io->watch_stuck + 1 : 0;
+    if (same && io->watch_stuck + 1 >= RELIEF_TICKS &&
         dk__atomic_cas_acq_rel(&io->inl, &st, INL_RELIEVED)) { /* (W1) */
         process_push(io);
     }
