@@ -371,6 +371,11 @@ read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
         PyMem_RawFree(op);
     }
     dkpy_leave(&g);
+    if (done) {
+        /* Whoever waited for this call needs the GIL now, not once this
+         * worker runs out of work. */
+        dkpy_release_batch();
+    }
 }
 
 struct barrier_call {
