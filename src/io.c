@@ -2,7 +2,8 @@
  * Channels and one-shot asynchronous reads and writes.
  *
  * A channel's operations wait in a FIFO list; one "process" item at a
- * time runs them on the channel's private serial queue. An operation on an
+ * time runs them, on the root queue (the `running` flag, not a serial
+ * queue, keeps it to one: see process_push). An operation on an
  * fd that is not a regular file reads or writes only after a one-shot
  * read/write source reports readiness, so a slow pipe parks no thread: the
  * process item returns and the source's handler submits it again. The
@@ -11,7 +12,9 @@
  *
  * Handler calls go through a serial delivery queue per operation that
  * targets the caller's queue, so the calls of one operation run in order
- * and never concurrently, even on a concurrent queue.
+ * and never concurrently, even on a concurrent queue; when that queue is
+ * idle, the reading thread runs the call itself (see "Handlers on the
+ * reading thread").
  */
 #include "internal.h"
 
@@ -38,6 +41,7 @@ struct io_op {
     dk_io_handler_t handler;
     dk_function_t barrier_fn;
     dk_io_t *io; /* the channel (not retained: it outlives its ops) */
+    struct delivery *final; /* run by process() once the op is off the list */
 };
 
 struct dk_io_s {
@@ -46,7 +50,6 @@ struct dk_io_s {
     int fd;
     bool regular;
     off_t base;
-    dk_queue_t *opq;
     dk_queue_t *cleanup_q;
     void *cleanup_ctx;
     void (*cleanup)(void *ctx, int error);
@@ -62,6 +65,15 @@ struct dk_io_s {
      * item lives here and pushing it cannot fail: a dropped -ENOMEM would
      * leave the channel's operations, and its cleanup, waiting forever. */
     struct dk__item process_item;
+    /* A handler running on the reading thread (see "Handlers on the
+     * reading thread"): its state, the count of such calls, and the
+     * watchdog timer that hands the reading on when one takes long. */
+    uint32_t inl;
+    uint32_t inl_seq;
+    uint32_t watch_seen;  /* inl_seq at the watchdog's previous tick */
+    uint32_t watch_stuck; /* ticks since that call was first seen */
+    bool watch_armed;
+    struct dk__timer watch;
     void *(*alloc)(void *actx, size_t size);
     void (*free_fn)(void *actx, void *buf);
     void *actx;
@@ -72,6 +84,7 @@ struct dk_io_s {
 /* ---- delivery ------------------------------------------------------- */
 
 struct delivery {
+    struct dk__item item; /* embedded: pushing it cannot fail */
     dk_io_handler_t handler;
     void *ctx;
     bool done;
@@ -93,53 +106,203 @@ deliver_run(void *p)
     free(d);
 }
 
-/* Deliver an allocator's buffer as is (no copy); it passes to the
- * handler. */
+/*
+ * Handlers on the reading thread. Handing each chunk to a worker costs a
+ * thread wake-up per chunk, and the chunk's buffer comes back only after
+ * that worker ran: so, as the event thread does for sources (event.c),
+ * the reader runs a chunk's handler itself when the operation's delivery
+ * queue is idle (dk_queue_sync_enter: a sync caller's drain lock, so order
+ * and exclusivity are the queue's own rules). Only a chunk after which the
+ * operation's state is whole is delivered so: an allocator's buffer, the
+ * last one once process() has taken the operation off the list (so that a
+ * relief goes on with the next one); the rest are pushed.
+ *
+ * A handler may block, even until the channel has read further (a writer
+ * that fills a pipe). So a watchdog timer, armed while such calls happen,
+ * looks at the channel every RELIEF_NS; a call it finds running at
+ * RELIEF_TICKS ticks in a row (so a thread merely preempted on a busy
+ * machine is seldom taken for a stuck one) is relieved: the process item
+ * is pushed again and the reading goes on on another thread, while the
+ * stuck thread, once its handler returns, touches neither the operation
+ * nor the channel again.
+ *
+ *   CPU0 (reader, in a handler)           CPU1 (watchdog tick)
+ *   inl_seq += 1; inl = RUNNING  (R1)
+ *   handler(...) (long)                   CAS inl RUNNING -> RELIEVED (W1)
+ *                                         process_push: the running
+ *                                         reference passes on
+ *   CAS inl RUNNING -> IDLE fails (R2)
+ *   leave the delivery queue; return
+ *
+ * (R2) and (W1) are one CAS pair on one word, so exactly one of the two
+ * owns the reading afterwards. (R2) comes before the reader leaves the
+ * delivery queue, so the relieving item (which can only run a handler
+ * itself after entering that queue) never sets RUNNING before (R2). The
+ * acquire of (W1) pairs with (R1)'s release: the new item sees the
+ * operation as the reader left it. Arming: the reader sets inl (R1) then
+ * reads watch_armed (R3); the tick clears watch_armed (W2) then reads
+ * inl and inl_seq (W3), all seq_cst, so either the reader sees the timer
+ * disarmed and arms it, or the tick sees the call and keeps ticking.
+ */
+#define RELIEF_NS 5000000ull
+#define RELIEF_TICKS 4
+enum { INL_IDLE, INL_RUNNING, INL_RELIEVED };
+
+static void process_push(dk_io_t *io);
+
 static void
-deliver_owned(struct io_op *op, bool done, void *buf, size_t len, int error)
+watch_fire(struct dk__timer *t, uint64_t fires)
+{
+    (void)fires;
+    dk_io_t *io = (dk_io_t *)((char *)t - offsetof(struct dk_io_s, watch));
+    pthread_mutex_lock(&io->lock);
+    if (!io->watch_armed) {
+        pthread_mutex_unlock(&io->lock); /* disarmed meanwhile (watch_stop) */
+        return;
+    }
+    dk__atomic_store_seq_cst(&io->watch_armed, false); /* (W2) */
+    uint32_t seq = dk__atomic_load_seq_cst(&io->inl_seq); /* (W3) */
+    uint32_t st = dk__atomic_load_seq_cst(&io->inl);
+    bool active = st == INL_RUNNING || seq != io->watch_seen;
+    bool same = st == INL_RUNNING && seq == io->watch_seen;
+    io->watch_stuck = same ? io->watch_stuck + 1 : 0;
+    if (same && io->watch_stuck + 1 >= RELIEF_TICKS &&
+        dk__atomic_cas_acq_rel(&io->inl, &st, INL_RELIEVED)) { /* (W1) */
+        process_push(io);
+    }
+    io->watch_seen = seq;
+    if (active) {
+        dk__atomic_store_seq_cst(&io->watch_armed, true);
+    } else {
+        dk__timer_disarm(t); /* idle for a tick: no wake-ups */
+    }
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* True if the watchdog ticks (false: the timer could not be set). */
+static bool
+watch_arm(dk_io_t *io)
+{
+    if (dk__atomic_load_seq_cst(&io->watch_armed)) { /* (R3) */
+        return true;
+    }
+    pthread_mutex_lock(&io->lock);
+    if (!io->watch_armed &&
+        dk__timer_set(&io->watch, dk__os_monotonic_ns() + RELIEF_NS,
+                      RELIEF_NS, RELIEF_NS / 4) == 0) {
+        dk__atomic_store_seq_cst(&io->watch_armed, true);
+    }
+    bool armed = io->watch_armed;
+    pthread_mutex_unlock(&io->lock);
+    return armed;
+}
+
+/* The process role goes idle: no handler runs on it, so no tick is
+ * needed, and the timer's reference to the channel goes before the
+ * cleanup handler can look at the count. Lock held. */
+static void
+watch_stop_locked(dk_io_t *io)
+{
+    if (io->watch_armed) {
+        dk__atomic_store_seq_cst(&io->watch_armed, false);
+        dk__timer_disarm(&io->watch);
+    }
+}
+
+/* Run d here, inside dq's drain lock (frame). True if the reading was
+ * relieved meanwhile: the caller then returns at once. */
+static bool
+run_here(dk_io_t *io, struct delivery *d, dk_queue_t *dq,
+         dk_sync_frame_t *frame)
+{
+    dk_io_retain(io); /* ours: a relief passes the running one on */
+    dk__atomic_add_seq_cst(&io->inl_seq, 1);
+    dk__atomic_store_seq_cst(&io->inl, INL_RUNNING); /* (R1) */
+    if (!watch_arm(io)) {
+        /* No watchdog, so a stuck handler would stop the reading: leave
+         * d to the queue, which runs it once we leave. */
+        dk__atomic_store_seq_cst(&io->inl, INL_IDLE);
+        dk__queue_push(dq, &d->item);
+        dk_queue_sync_exit(dq, frame);
+        dk_io_release(io);
+        return false;
+    }
+    deliver_run(d);
+    uint32_t st = INL_RUNNING;
+    bool relieved = !dk__atomic_cas_acq_rel(&io->inl, &st, INL_IDLE); /* (R2) */
+    dk_queue_sync_exit(dq, frame);
+    dk_io_release(io);
+    return relieved;
+}
+
+/* Address d (its call's fields set) to op's handler. */
+static struct delivery *
+address(struct io_op *op, struct delivery *d)
+{
+    d->handler = op->handler;
+    d->ctx = op->ctx;
+    d->dq = op->dq;
+    d->item = (struct dk__item){.fn = deliver_run, .ctx = d,
+                                .flags = DK_ITEM_EMBEDDED};
+    op->last_delivery = dk__os_monotonic_ns();
+    return d;
+}
+
+/* Hand d to its handler: on this thread when `here` and the delivery
+ * queue is idle, else through the queue. Returns run_here's answer (false
+ * when pushed). */
+static bool
+submit(dk_io_t *io, struct delivery *d, bool here)
+{
+    /* The final call releases dq, possibly before the push has returned:
+     * hold our own reference across it. */
+    dk_queue_t *dq = d->dq;
+    dk_retain(dq);
+    dk_sync_frame_t frame;
+    bool relieved = false;
+    if (here && dk_queue_sync_enter(dq, 0, &frame) == 0) {
+        relieved = run_here(io, d, dq, &frame);
+    } else {
+        dk__queue_push(dq, &d->item);
+    }
+    dk_release(dq);
+    return relieved;
+}
+
+/* Deliver an allocator's buffer as is (no copy); it passes to the
+ * handler. `here`: the operation's state is whole after this chunk, so it
+ * may run on this thread (see submit); the final one then waits in
+ * op->final until the op is off the list. */
+static bool
+deliver_owned(struct io_op *op, bool done, void *buf, size_t len, int error,
+              bool here)
 {
     struct delivery *d = malloc(sizeof *d);
     if (d == NULL) {
-        return; /* cannot happen often enough to matter; data is lost */
+        return false; /* cannot happen often enough to matter; data lost */
     }
-    d->handler = op->handler;
-    d->ctx = op->ctx;
-    d->done = done;
-    d->error = error;
-    d->dq = op->dq;
-    d->len = len;
-    d->data = buf;
-    dk_queue_t *dq = op->dq;
-    dk_retain(dq); /* see deliver() */
-    if (dk_queue_async_f(dq, d, deliver_run) < 0) {
-        free(d);
+    *d = (struct delivery){.done = done, .error = error, .len = len,
+                           .data = buf};
+    if (here && done) {
+        op->final = address(op, d);
+        return false;
     }
-    dk_release(dq);
-    op->last_delivery = dk__os_monotonic_ns();
-}
-
-static dk_io_t *
-op_channel(struct io_op *op)
-{
-    return op->io;
+    return submit(op->io, address(op, d), here);
 }
 
 static void
 deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
 {
-    dk_io_t *io = op_channel(op);
-    if (io != NULL && io->alloc != NULL && op->kind == OP_READ) {
+    dk_io_t *io = op->io;
+    if (io->alloc != NULL && op->kind == OP_READ) {
         void *buf = io->alloc(io->actx, len);
-        if (buf != NULL) {
-            if (len > 0) {
-                memcpy(buf, data, len);
-            }
-            deliver_owned(op, done, buf, len, error);
-            return;
+        if (buf != NULL && len > 0) {
+            memcpy(buf, data, len);
         }
         /* Out of memory: the call says so with no buffer (a handler that
          * expects allocator buffers must not be given any other). */
-        deliver_owned(op, done, NULL, 0, error != 0 ? error : ENOMEM);
+        deliver_owned(op, done, buf, buf != NULL ? len : 0,
+                      buf != NULL || error != 0 ? error : ENOMEM, false);
         return;
     }
     struct delivery *d = malloc(sizeof *d + len);
@@ -151,25 +314,12 @@ deliver(struct io_op *op, bool done, const void *data, size_t len, int error)
         }
         return;
     }
-    d->handler = op->handler;
-    d->ctx = op->ctx;
-    d->done = done;
-    d->error = error;
-    d->dq = op->dq;
-    d->len = len;
-    d->data = d->inline_data;
+    *d = (struct delivery){.done = done, .error = error, .len = len,
+                           .data = d->inline_data};
     if (len > 0) {
         memcpy(d->inline_data, data, len);
     }
-    /* The final call releases dq, possibly before dk_queue_async_f has
-     * returned: hold our own reference across the push. */
-    dk_queue_t *dq = op->dq;
-    dk_retain(dq);
-    if (dk_queue_async_f(dq, d, deliver_run) < 0) {
-        free(d);
-    }
-    dk_release(dq);
-    op->last_delivery = dk__os_monotonic_ns();
+    submit(op->io, address(op, d), false);
 }
 
 /* ---- channel lifetime ----------------------------------------------- */
@@ -188,7 +338,6 @@ static void
 io_dispose(struct dk__object *o)
 {
     dk_io_t *io = (dk_io_t *)o;
-    dk_release(io->opq);
     dk_release(io->cleanup_q);
     pthread_mutex_destroy(&io->lock);
     free(io);
@@ -249,12 +398,8 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
     if (io == NULL) {
         return -ENOMEM;
     }
-    int rc = dk_queue_create("dk.io", 0, 0, 0, NULL, &io->opq);
-    if (rc < 0) {
-        free(io);
-        return rc;
-    }
     dk__object_init(&io->obj, DK_KIND_IO);
+    dk__timer_init(&io->watch, &io->obj, watch_fire);
     io->type = type;
     io->fd = fd;
     io->regular = regular;
@@ -272,14 +417,15 @@ dk_io_create(int type, int fd, dk_queue_t *q, void *cleanup_ctx,
 
 static void process(void *p);
 
-/* Queue the channel's process item. Called only where no process item is
- * queued: when `running` goes from false to true (lock held), and by
- * whoever takes `wait_src` from a parked process (dk_io_close or the
- * readiness handler, one of them, under the lock), while the parked
- * process has returned or is on its way out. The serial opq runs one item
- * at a time and item_invoke reads nothing of an embedded item after its
- * function has been called, so a push while the previous run is
- * returning is safe. */
+/* Queue the channel's process item on the root queue. Called only where
+ * no process item is queued: when `running` goes from false to true (lock
+ * held), by whoever takes `wait_src` from a parked process (dk_io_close or
+ * the readiness handler, one of them, under the lock), and by the
+ * watchdog that relieves a stuck handler (watch_fire), while the previous
+ * run has returned or is on its way out, touching nothing of the channel
+ * but its immutable fields and its own reference. item_invoke reads
+ * nothing of an embedded item after its function has been called, so a
+ * push while the previous run is returning is safe. */
 static void
 process_push(dk_io_t *io)
 {
@@ -287,7 +433,7 @@ process_push(dk_io_t *io)
     io->process_item.ctx = io;
     io->process_item.flags = DK_ITEM_EMBEDDED;
     io->process_item.group = NULL;
-    dk__queue_push(io->opq, &io->process_item);
+    dk__queue_push(dk__default_root(), &io->process_item);
 }
 
 /* Make sure a process item will look at the list. Lock held. */
@@ -554,7 +700,9 @@ wait_ready(dk_io_t *io, bool for_write)
 
 /* ---- the operations ------------------------------------------------- */
 
-enum step { STEP_DONE, STEP_WAIT };
+/* STEP_RELIEVED: the reading went on on another thread (run_here); the
+ * caller touches neither the operation nor the channel again. */
+enum step { STEP_DONE, STEP_WAIT, STEP_RELIEVED };
 
 /* Where op's next byte is in a random-access channel's file. */
 static int64_t
@@ -632,7 +780,9 @@ step_read(dk_io_t *io, struct io_op *op)
                 if (n > 0 && (size_t)n >= io->low) {
                     op->pos += (size_t)n;
                     bool done = op->pos >= op->length;
-                    deliver_owned(op, done, buf, (size_t)n, 0);
+                    if (deliver_owned(op, done, buf, (size_t)n, 0, true)) {
+                        return STEP_RELIEVED;
+                    }
                     if (done) {
                         return STEP_DONE;
                     }
@@ -754,6 +904,7 @@ process(void *p)
                 io->cleaned = true;
             }
             io->running = false;
+            watch_stop_locked(io);
             pthread_mutex_unlock(&io->lock);
             if (!cleanup || io->cleanup == NULL) {
                 dk_io_release(io); /* the running reference */
@@ -790,8 +941,8 @@ process(void *p)
             st = step_write(io, op);
             break;
         }
-        if (st == STEP_WAIT) {
-            return; /* the readiness handler submits us again */
+        if (st != STEP_DONE) {
+            return; /* the readiness handler or the relief goes on */
         }
         pthread_mutex_lock(&io->lock);
         io->head = op->next;
@@ -799,7 +950,11 @@ process(void *p)
             io->tail = NULL;
         }
         pthread_mutex_unlock(&io->lock);
+        struct delivery *final = op->final;
         op_free(op);
+        if (final != NULL && submit(io, final, true)) {
+            return; /* relieved: the next item goes on */
+        }
     }
 }
 
@@ -807,64 +962,24 @@ process(void *p)
 
 struct simple {
     void *ctx;
-    dk_read_handler_t rh;
-    dk_write_handler_t wh;
+    dk_read_handler_t fn; /* or a dk_write_handler_t: the same type */
 };
 
 static void
-simple_read_done(void *p, bool done, const void *data, size_t len, int err)
+simple_done(void *p, bool done, const void *data, size_t len, int err)
 {
     struct simple *s = p;
     if (done) {
-        s->rh(s->ctx, data, len, err);
+        s->fn(s->ctx, data, len, err);
         free(s);
     }
 }
 
-static void
-simple_write_done(void *p, bool done, const void *data, size_t len, int err)
-{
-    struct simple *s = p;
-    if (done) {
-        s->wh(s->ctx, data, len, err);
-        free(s);
-    }
-}
-
-int
-dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
-          dk_read_handler_t handler)
-{
-    dk_io_t *io;
-    int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
-    if (rc < 0) {
-        return rc;
-    }
-    struct simple *s = malloc(sizeof *s);
-    struct io_op *op =
-        s != NULL ? op_new(OP_READ, q, s, simple_read_done) : NULL;
-    if (op == NULL) {
-        free(s);
-        dk_io_release(io);
-        return -ENOMEM;
-    }
-    s->ctx = ctx;
-    s->rh = handler;
-    io->low = SIZE_MAX; /* one delivery with everything read */
-    op->length = length;
-    op->once = !io->regular; /* files: until length or end of file */
-    rc = enqueue(io, op);
-    if (rc < 0) {
-        free(s);
-    }
-    dk_io_close(io, 0);
-    dk_io_release(io);
-    return rc;
-}
-
-int
-dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
-           dk_write_handler_t handler)
+/* dk_read_f (buf NULL: read up to len) and dk_write_f: a stream channel
+ * closed at once, with one operation whose final call is fn's. */
+static int
+simple_io(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
+          dk_read_handler_t fn)
 {
     dk_io_t *io;
     int rc = dk_io_create(DK_IO_STREAM, fd, NULL, NULL, NULL, &io);
@@ -876,13 +991,38 @@ dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
         dk_io_release(io);
         return -ENOMEM;
     }
-    s->ctx = ctx;
-    s->wh = handler;
-    rc = dk_io_write(io, 0, buf, len, q, s, simple_write_done);
+    *s = (struct simple){ctx, fn};
+    if (buf != NULL) {
+        rc = dk_io_write(io, 0, buf, len, q, s, simple_done);
+    } else {
+        struct io_op *op = op_new(OP_READ, q, s, simple_done);
+        rc = -ENOMEM;
+        if (op != NULL) {
+            io->low = SIZE_MAX; /* one delivery with everything read */
+            op->length = len;
+            op->once = !io->regular; /* files: until length or end of file */
+            rc = enqueue(io, op);
+        }
+    }
     if (rc < 0) {
         free(s);
     }
     dk_io_close(io, 0);
     dk_io_release(io);
     return rc;
+}
+
+int
+dk_read_f(int fd, size_t length, dk_queue_t *q, void *ctx,
+          dk_read_handler_t handler)
+{
+    return simple_io(fd, NULL, length, q, ctx, handler);
+}
+
+int
+dk_write_f(int fd, const void *buf, size_t len, dk_queue_t *q, void *ctx,
+           dk_write_handler_t handler)
+{
+    /* A write of nothing still needs a buffer to tell it from a read. */
+    return simple_io(fd, buf != NULL ? buf : "", len, q, ctx, handler);
 }

@@ -75,35 +75,34 @@ dk_io_read_data(dk_io_t *io, off_t offset, size_t length, dk_queue_t *q,
     return rc;
 }
 
-/* Flatten a data object for writing (no copy when it has one region). */
+/* dk_io_write_data (io not NULL) and dk_write_data: the data flattened
+ * (no copy when it has one region) and written with a's handler. */
 static int
-flatten(dk_data_t *data, dk_data_t **map, const void **bytes, size_t *len)
+write_data(dk_io_t *io, int fd, off_t offset, dk_data_t *data, dk_queue_t *q,
+           struct adapter *a)
 {
-    return dk_data_create_map(data, bytes, len, map);
+    dk_data_t *map;
+    const void *bytes;
+    size_t len;
+    int rc = a == NULL ? -ENOMEM : dk_data_create_map(data, &bytes, &len, &map);
+    if (rc < 0) {
+        free(a);
+        return rc;
+    }
+    rc = io != NULL ? dk_io_write(io, offset, bytes, len, q, a, on_io)
+                    : dk_write_f(fd, bytes, len, q, a, on_simple);
+    dk_release(map); /* the write kept its own copy */
+    if (rc < 0) {
+        free(a);
+    }
+    return rc;
 }
 
 int
 dk_io_write_data(dk_io_t *io, off_t offset, dk_data_t *data, dk_queue_t *q,
                  void *ctx, dk_io_data_handler_t handler)
 {
-    dk_data_t *map;
-    const void *bytes;
-    size_t len;
-    int rc = flatten(data, &map, &bytes, &len);
-    if (rc < 0) {
-        return rc;
-    }
-    struct adapter *a = adapter_new(ctx, handler, NULL);
-    if (a == NULL) {
-        dk_release(map);
-        return -ENOMEM;
-    }
-    rc = dk_io_write(io, offset, bytes, len, q, a, on_io);
-    dk_release(map); /* dk_io_write kept its own copy */
-    if (rc < 0) {
-        free(a);
-    }
-    return rc;
+    return write_data(io, -1, offset, data, q, adapter_new(ctx, handler, NULL));
 }
 
 int
@@ -125,22 +124,5 @@ int
 dk_write_data(int fd, dk_data_t *data, dk_queue_t *q, void *ctx,
               void (*handler)(void *ctx, dk_data_t *remaining, int error))
 {
-    dk_data_t *map;
-    const void *bytes;
-    size_t len;
-    int rc = flatten(data, &map, &bytes, &len);
-    if (rc < 0) {
-        return rc;
-    }
-    struct adapter *a = adapter_new(ctx, NULL, handler);
-    if (a == NULL) {
-        dk_release(map);
-        return -ENOMEM;
-    }
-    rc = dk_write_f(fd, bytes, len, q, a, on_simple);
-    dk_release(map);
-    if (rc < 0) {
-        free(a);
-    }
-    return rc;
+    return write_data(NULL, fd, 0, data, q, adapter_new(ctx, NULL, handler));
 }

@@ -13,6 +13,14 @@
 #include "dk/queue.h"
 #include "python/gil.h"
 
+/* The errors of starting I/O on an fd, beside dkpy_raise_errno's. */
+static const dkpy_errno_map io_errors[] = {
+    {EBADF, &PyExc_OSError, "fd is not open"},
+    {ESPIPE, &PyExc_OSError, "IO_RANDOM needs a seekable fd; this one "
+                             "cannot seek"},
+    {0, NULL, NULL},
+};
+
 /* ---- read_async / write_async ---------------------------------------- */
 
 /* read_async's and write_async's: handler(bytes, error), once. */
@@ -23,103 +31,66 @@ io_done(void *ctx, const void *data, size_t len, int error)
                   error);
 }
 
-static int
-parse_fd(PyObject *obj, int *fd)
-{
-    *fd = PyObject_AsFileDescriptor(obj);
-    return *fd < 0 ? -1 : 0;
-}
-
+/* read_async(fd, length, ...) and write_async(fd, data, ...): the handler
+ * given as callback= (the stub's name) or handler=, then queue=. */
 static PyObject *
-raise_io(int rc, int fd)
+async_io(PyObject *args, PyObject *kwargs, bool write)
 {
-    if (rc == -EBADF) {
-        errno = EBADF;
-        PyErr_Format(PyExc_OSError, "fd %d is not open", fd);
+    static char *rkw[] = {"fd", "length", "callback", "queue", "handler",
+                          NULL};
+    static char *wkw[] = {"fd", "data", "callback", "queue", "handler", NULL};
+    PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
+    Py_ssize_t length = 0;
+    Py_buffer data = {.buf = NULL};
+    if (!(write ? PyArg_ParseTupleAndKeywords(
+                      args, kwargs, "Oy*|OOO:write_async", wkw, &fdobj, &data,
+                      &callback, &queue, &handler)
+                : PyArg_ParseTupleAndKeywords(
+                      args, kwargs, "On|OOO:read_async", rkw, &fdobj, &length,
+                      &callback, &queue, &handler))) {
         return NULL;
     }
-    return dkpy_raise_errno(rc);
-}
-
-/* The arguments read_async and write_async share: the fd, the handler,
- * given as callback= (the stub's name) or handler=, and queue=. Returns
- * the handler (borrowed), or NULL with an exception set. */
-static PyObject *
-io_args(PyObject *fdobj, PyObject *callback, PyObject *handler,
-        PyObject *queue, int *fd, dk_queue_t **q)
-{
+    int fd, rc = -1;
+    dk_queue_t *q;
     PyObject *h = dkpy_either(callback, handler, "callback or handler");
     if (h == Py_None) {
         PyErr_SetString(PyExc_TypeError, "callback must be a callable");
+    } else if (h != NULL && (fd = PyObject_AsFileDescriptor(fdobj)) >= 0 &&
+               dkpy_check_callable(h, "callback") == 0 &&
+               dkpy_queue_arg(queue, "queue", &q) == 0) {
+        if (length < 0) {
+            PyErr_SetString(PyExc_ValueError, "length must be >= 0");
+        } else {
+            Py_INCREF(h);
+            rc = write ? dk_write_f(fd, data.buf, (size_t)data.len, q, h,
+                                    io_done)
+                       : dk_read_f(fd, (size_t)length, q, h, io_done);
+            if (rc < 0) {
+                Py_DECREF(h);
+                dkpy_raise_errno_in(io_errors, rc);
+            }
+        }
+    }
+    if (write) {
+        PyBuffer_Release(&data);
+    }
+    if (rc < 0) {
         return NULL;
     }
-    if (h == NULL || parse_fd(fdobj, fd) < 0 ||
-        dkpy_check_callable(h, "callback") < 0 ||
-        dkpy_queue_arg(queue, "queue", q) < 0) {
-        return NULL;
-    }
-    return h;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
 dk_py_read_async(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"fd",    "length",  "callback",
-                             "queue", "handler", NULL};
-    PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
-    Py_ssize_t length;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "On|OOO:read_async", kwlist,
-                                     &fdobj, &length, &callback, &queue,
-                                     &handler)) {
-        return NULL;
-    }
-    int fd;
-    dk_queue_t *q;
-    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
-    if (h == NULL) {
-        return NULL;
-    }
-    if (length < 0) {
-        PyErr_SetString(PyExc_ValueError, "length must be >= 0");
-        return NULL;
-    }
-    Py_INCREF(h);
-    int rc = dk_read_f(fd, (size_t)length, q, h, io_done);
-    if (rc < 0) {
-        Py_DECREF(h);
-        return raise_io(rc, fd);
-    }
-    Py_RETURN_NONE;
+    return async_io(args, kwargs, false);
 }
 
 static PyObject *
 dk_py_write_async(PyObject *Py_UNUSED(module), PyObject *args,
                   PyObject *kwargs)
 {
-    static char *kwlist[] = {"fd",    "data",    "callback",
-                             "queue", "handler", NULL};
-    PyObject *fdobj, *callback = NULL, *queue = Py_None, *handler = NULL;
-    Py_buffer data;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oy*|OOO:write_async",
-                                     kwlist, &fdobj, &data, &callback, &queue,
-                                     &handler)) {
-        return NULL;
-    }
-    int fd;
-    dk_queue_t *q;
-    PyObject *h = io_args(fdobj, callback, handler, queue, &fd, &q);
-    if (h == NULL) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    Py_INCREF(h);
-    int rc = dk_write_f(fd, data.buf, (size_t)data.len, q, h, io_done);
-    PyBuffer_Release(&data);
-    if (rc < 0) {
-        Py_DECREF(h);
-        return raise_io(rc, fd);
-    }
-    Py_RETURN_NONE;
+    return async_io(args, kwargs, true);
 }
 
 /* ---- IOChannel ------------------------------------------------------- */
@@ -129,7 +100,10 @@ typedef struct {
     dk_io_t *io;
     int fd;
     int io_type; /* IO_STREAM or IO_RANDOM, for the repr */
-    struct ahead *ahead; /* the allocator's context (reads' chunks) */
+    /* Chunks handed out to this channel's reads and not back yet (under
+     * spare_lock). The allocator's context: it allocates only during a
+     * read, and each read holds a reference to the channel. */
+    long handed_out;
 } ChannelObject;
 
 static void
@@ -165,95 +139,43 @@ bytes_of(const void *data)
  * cached hash, if something hashed it, is reset: its contents change.
  *
  * The spares are process-wide (the module lives in the main interpreter
- * only), bounded in number and bytes, and dropped when a read operation
- * ends so that an idle channel holds no memory. They are put back and
- * dropped with the GIL held (reference counts), but taken under
- * spare_lock alone: a spare's one reference passes to the reader as is,
- * so the reading thread need not wait for the GIL, which the handler's
- * worker often holds across its callbacks. Lock order: the GIL, then
- * spare_lock; nothing takes the GIL or touches a reference count while
- * holding spare_lock.
+ * only), bounded in number and bytes, and trimmed to SPARE_KEEP_BYTES when
+ * a read ends, so that the next read starts in warm memory while an idle
+ * process holds little. They are put back and dropped with the GIL held
+ * (reference counts), but taken under spare_lock alone: a spare's one
+ * reference passes to the reader as is, so the reading thread need not
+ * wait for the GIL, which the handler's worker often holds across its
+ * callbacks. Lock order: the GIL, then spare_lock; nothing takes the GIL
+ * or touches a reference count while holding spare_lock.
  *
  * When the reader runs ahead of the handler (its thread not scheduled
  * yet), every chunk it reads meanwhile would be fresh memory. So with
- * SPARE_AHEAD chunks already handed out and not yet back, the reader
+ * SPARE_AHEAD chunks of a channel handed out and not yet back, the reader
  * waits for one to come back, at most SPARE_WAIT_NS per chunk, and then
  * reads into fresh memory anyway: a handler that keeps its chunks or takes
  * long slows the read down, never stops it. The reader holds no GIL
- * while it waits (see bytes_alloc). The count is per channel (struct
- * ahead), so one channel's slow handler never slows another's reads.
+ * while it waits (see bytes_alloc).
  */
 #define SPARE_MAX 64
 #define SPARE_BYTES_MAX ((Py_ssize_t)64 << 20)
+#define SPARE_KEEP_BYTES ((Py_ssize_t)4 << 20)
+#define SPARE_AHEAD 4
+#define SPARE_WAIT_NS 2000000L
 
 static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
 static PyObject *spares[SPARE_MAX];
 static Py_ssize_t spare_size[SPARE_MAX];
 static int nspares;
-static Py_ssize_t spare_bytes; /* spare_size summed */
-static pthread_cond_t spare_back; /* a spare was put back (spare_lock) */
-static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+static Py_ssize_t spare_bytes;    /* spare_size summed */
+static pthread_cond_t spare_back; /* a chunk came back (spare_lock) */
 
-/* A channel's chunks handed out to reads and not back yet. Shared by the
- * channel object and each of its read operations (refs, under
- * spare_lock): the last one frees it. An allocation happens only during a
- * read operation, and a chunk comes back at the latest with its
- * operation's last handler call, so the operation's reference covers
- * both. */
-struct ahead {
-    long handed_out;
-    long refs;
-};
-
-static struct ahead *
-ahead_new(void)
-{
-    struct ahead *a = PyMem_RawCalloc(1, sizeof *a);
-    if (a != NULL) {
-        a->refs = 1;
-    }
-    return a;
-}
-
+/* A chunk bytes_alloc handed out for ch is back: delivered and its
+ * handler returned, or freed by the core. */
 static void
-ahead_retain(struct ahead *a)
+spare_returned(ChannelObject *ch)
 {
     pthread_mutex_lock(&spare_lock);
-    a->refs++;
-    pthread_mutex_unlock(&spare_lock);
-}
-
-static void
-ahead_release(struct ahead *a)
-{
-    pthread_mutex_lock(&spare_lock);
-    bool last = --a->refs == 0;
-    pthread_mutex_unlock(&spare_lock);
-    if (last) {
-        PyMem_RawFree(a);
-    }
-}
-
-#define SPARE_AHEAD 4
-#define SPARE_WAIT_NS 2000000L
-
-static void
-spare_init(void)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&spare_back, &a);
-    pthread_condattr_destroy(&a);
-}
-
-/* A chunk handed out by bytes_alloc is back: delivered and its handler
- * returned, or freed by the core. */
-static void
-spare_returned(struct ahead *a)
-{
-    pthread_mutex_lock(&spare_lock);
-    a->handed_out--;
+    ch->handed_out--;
     pthread_cond_broadcast(&spare_back);
     pthread_mutex_unlock(&spare_lock);
 }
@@ -261,15 +183,13 @@ spare_returned(struct ahead *a)
 /* Take a spare of exactly size bytes, or NULL; the GIL need not be held.
  * The caller gets the spare's one reference. */
 static PyObject *
-spare_take(struct ahead *a, Py_ssize_t size)
+spare_take(ChannelObject *ch, Py_ssize_t size)
 {
     PyObject *b = NULL;
-    struct timespec until;
-    bool waited = false;
-    pthread_once(&spare_once, spare_init);
+    struct timespec until = {0, 0};
     pthread_mutex_lock(&spare_lock);
     for (;;) {
-        for (int i = nspares - 1; i >= 0; i--) {
+        for (int i = nspares - 1; i >= 0 && b == NULL; i--) {
             if (spare_size[i] == size) {
                 b = spares[i];
                 spare_bytes -= size;
@@ -277,14 +197,12 @@ spare_take(struct ahead *a, Py_ssize_t size)
                 spares[i] = spares[nspares];
                 spare_size[i] = spare_size[nspares];
                 spares[nspares] = NULL;
-                break;
             }
         }
-        if (b != NULL || a->handed_out < SPARE_AHEAD) {
+        if (b != NULL || ch->handed_out < SPARE_AHEAD) {
             break;
         }
-        if (!waited) {
-            waited = true;
+        if (until.tv_sec == 0) {
             clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_nsec += SPARE_WAIT_NS;
             if (until.tv_nsec >= 1000000000L) {
@@ -296,13 +214,36 @@ spare_take(struct ahead *a, Py_ssize_t size)
             break; /* timed out: fresh memory after all */
         }
     }
-    a->handed_out++; /* this one, spare or fresh (undone if none is made) */
+    ch->handed_out++; /* this one, spare or fresh (undone if none is made) */
     pthread_mutex_unlock(&spare_lock);
     return b;
 }
 
+/* Drop the oldest spares until at most n stay, of at most max_bytes.
+ * GIL held. */
+static void
+spares_trim(int n, Py_ssize_t max_bytes)
+{
+    PyObject *dropped[SPARE_MAX];
+    int ndropped = 0;
+    pthread_mutex_lock(&spare_lock);
+    while (nspares > n || (nspares > 0 && spare_bytes > max_bytes)) {
+        dropped[ndropped++] = spares[0];
+        spare_bytes -= spare_size[0];
+        nspares--;
+        memmove(spares, spares + 1, (size_t)nspares * sizeof spares[0]);
+        memmove(spare_size, spare_size + 1,
+                (size_t)nspares * sizeof spare_size[0]);
+        spares[nspares] = NULL;
+    }
+    pthread_mutex_unlock(&spare_lock);
+    while (ndropped > 0) {
+        Py_DECREF(dropped[--ndropped]);
+    }
+}
+
 /* Keep b (our reference, taken) as a spare if nobody else holds it, else
- * drop our reference. GIL held. */
+ * drop our reference. GIL held, so no other thread puts one meanwhile. */
 static void
 spare_put(PyObject *b)
 {
@@ -322,43 +263,12 @@ spare_put(PyObject *b)
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
-    PyObject *evicted[SPARE_MAX];
-    int nevicted = 0;
+    spares_trim(SPARE_MAX - 1, SPARE_BYTES_MAX - size);
     pthread_mutex_lock(&spare_lock);
-    while (nspares == SPARE_MAX || spare_bytes + size > SPARE_BYTES_MAX) {
-        evicted[nevicted++] = spares[0]; /* the oldest goes */
-        spare_bytes -= spare_size[0];
-        nspares--;
-        memmove(spares, spares + 1, (size_t)nspares * sizeof spares[0]);
-        memmove(spare_size, spare_size + 1,
-                (size_t)nspares * sizeof spare_size[0]);
-        spares[nspares] = NULL;
-    }
     spares[nspares] = b;
-    spare_size[nspares] = size;
-    nspares++;
+    spare_size[nspares++] = size;
     spare_bytes += size;
     pthread_mutex_unlock(&spare_lock);
-    while (nevicted > 0) {
-        Py_DECREF(evicted[--nevicted]);
-    }
-}
-
-/* Drop every spare. GIL held. */
-static void
-spares_clear(void)
-{
-    PyObject *dropped[SPARE_MAX];
-    pthread_mutex_lock(&spare_lock);
-    int n = nspares;
-    memcpy(dropped, spares, (size_t)n * sizeof spares[0]);
-    memset(spares, 0, sizeof spares);
-    nspares = 0;
-    spare_bytes = 0;
-    pthread_mutex_unlock(&spare_lock);
-    while (n > 0) {
-        Py_DECREF(dropped[--n]);
-    }
 }
 
 static void *
@@ -371,11 +281,8 @@ bytes_alloc(void *actx, size_t size)
      * before waiting for a spare and before the caller's read(2). */
     dkpy_release_batch();
     PyObject *b = spare_take(actx, (Py_ssize_t)size);
-    if (b != NULL) {
-        return PyBytes_AS_STRING(b);
-    }
     dkpy_gil_t g;
-    if (dkpy_enter(&g)) {
+    if (b == NULL && dkpy_enter(&g)) {
         b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
         if (b == NULL) {
             PyErr_Clear();
@@ -401,64 +308,74 @@ bytes_free(void *actx, void *buf)
     spare_returned(actx);
 }
 
-/* A channel read's context: its Python handler and its channel's count. */
+/* A channel read's context: its Python handler and a reference to its
+ * channel (the allocator's count lives there). */
 struct read_op {
     PyObject *handler;
-    struct ahead *ahead;
+    ChannelObject *channel;
 };
+
+/* The bytes of a delivery (data: from bytes_alloc, or NULL when the
+ * allocator failed and error says ENOMEM), or NULL with an exception. */
+static PyObject *
+chunk_of(const void *data, size_t len)
+{
+    if (data == NULL) {
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    PyObject *b = bytes_of(data);
+    size_t cap = (size_t)PyBytes_GET_SIZE(b);
+    if (cap == len) {
+        return b;
+    }
+    /* A short read: shrink the bytes we allocated in place when only we
+     * hold it and little of it goes unused (a fresh or recycled bytes has
+     * no hash, and its memory is freed whatever its size says), otherwise
+     * copy the part that was read. */
+    if (Py_REFCNT(b) == 1 && len >= cap / 2) {
+        Py_SET_SIZE(b, (Py_ssize_t)len);
+        PyBytes_AS_STRING(b)[len] = '\0';
+        return b;
+    }
+    PyObject *copy = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    spare_put(b);
+    return copy;
+}
 
 static void
 read_op_handler(void *ctx, bool done, const void *data, size_t len, int error)
 {
     struct read_op *op = ctx;
-    PyObject *handler = op->handler;
     dkpy_gil_t g;
     if (!dkpy_enter(&g)) {
         return;
     }
-    PyObject *b;
-    if (data == NULL) {
-        /* No buffer: the allocator failed (error says ENOMEM). */
-        b = PyBytes_FromStringAndSize(NULL, 0);
-    } else {
-        b = bytes_of(data);
-        size_t cap = (size_t)PyBytes_GET_SIZE(b);
-        if (cap != len) {
-            /* A short read: shrink the bytes we allocated in place when
-             * only we hold it and little of it goes unused (a fresh or
-             * recycled bytes has no hash, and its memory is freed whatever
-             * its size says), otherwise copy the part that was read. */
-            if (Py_REFCNT(b) == 1 && len >= cap / 2) {
-                Py_SET_SIZE(b, (Py_ssize_t)len);
-                PyBytes_AS_STRING(b)[len] = '\0';
-            } else {
-                PyObject *copy =
-                    PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-                spare_put(b);
-                b = copy;
-            }
-        }
-    }
+    PyObject *b = chunk_of(data, len);
     if (b != NULL) {
-        dkpy_call_reporting(
-            handler,
-            Py_BuildValue("(OOi)", done ? Py_True : Py_False, b, error));
+        dkpy_call_reporting(op->handler, Py_BuildValue("(OOi)", done ? Py_True
+                                                                     : Py_False,
+                                                       b, error));
         /* The handler has returned: if it kept no reference, the chunk is
          * free for the next read. */
         spare_put(b);
     } else {
-        PyErr_WriteUnraisable(handler);
+        PyErr_WriteUnraisable(op->handler);
     }
     if (data != NULL) {
-        spare_returned(op->ahead); /* the chunk bytes_alloc handed out */
+        spare_returned(op->channel); /* the chunk bytes_alloc handed out */
     }
     if (done) {
-        spares_clear();
-        Py_DECREF(handler);
-        ahead_release(op->ahead);
+        spares_trim(SPARE_MAX, SPARE_KEEP_BYTES);
+        Py_DECREF(op->handler);
+        Py_DECREF(op->channel);
         PyMem_RawFree(op);
     }
     dkpy_leave(&g);
+    if (done) {
+        /* Whoever waited for this call needs the GIL now, not once this
+         * worker runs out of work. */
+        dkpy_release_batch();
+    }
 }
 
 struct barrier_call {
@@ -466,28 +383,23 @@ struct barrier_call {
     dk_queue_t *queue; /* run there, synchronously, if not NULL */
 };
 
+/* A barrier's one call, which drops the handler. */
 static void
-barrier_python(void *ctx)
+barrier_python(void *handler)
 {
-    dkpy_callback(ctx, false, NULL);
+    dkpy_callback(handler, true, NULL);
 }
 
 static void
 barrier_run(void *ctx)
 {
     struct barrier_call *b = ctx;
-    if (b->queue != NULL) {
-        if (dk_queue_sync_f(b->queue, b->handler, barrier_python) < 0) {
-            barrier_python(b->handler); /* -EDEADLK: already on it */
-        }
-        dk_release(b->queue);
-    } else {
-        barrier_python(b->handler);
+    if (b->queue == NULL ||
+        dk_queue_sync_f(b->queue, b->handler, barrier_python) < 0) {
+        barrier_python(b->handler); /* no queue=, or already on it */
     }
-    dkpy_gil_t g;
-    if (dkpy_enter(&g)) {
-        Py_DECREF(b->handler);
-        dkpy_leave(&g);
+    if (b->queue != NULL) {
+        dk_release(b->queue);
     }
     PyMem_RawFree(b);
 }
@@ -498,18 +410,14 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"fd", "io_type", "queue", "cleanup_handler",
                              NULL};
     PyObject *fdobj, *queue = Py_None, *cleanup = Py_None;
-    int io_type = DK_IO_STREAM;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|iOO:IOChannel", kwlist,
-                                     &fdobj, &io_type, &queue, &cleanup)) {
-        return NULL;
-    }
-    int fd;
+    int io_type = DK_IO_STREAM, fd;
     dk_queue_t *q;
-    if (parse_fd(fdobj, &fd) < 0 || dkpy_queue_arg(queue, "queue", &q) < 0) {
-        return NULL;
-    }
-    if (cleanup != Py_None &&
-        dkpy_check_callable(cleanup, "cleanup_handler") < 0) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|iOO:IOChannel", kwlist,
+                                     &fdobj, &io_type, &queue, &cleanup) ||
+        (fd = PyObject_AsFileDescriptor(fdobj)) < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0 ||
+        (cleanup != Py_None &&
+         dkpy_check_callable(cleanup, "cleanup_handler") < 0)) {
         return NULL;
     }
     if (io_type != DK_IO_STREAM && io_type != DK_IO_RANDOM) {
@@ -522,30 +430,17 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->ahead = ahead_new();
-    if (self->ahead == NULL) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     PyObject *ch = cleanup != Py_None ? Py_NewRef(cleanup) : NULL;
     self->fd = fd;
     self->io_type = io_type;
     int rc = dk_io_create(io_type, fd, q, ch,
                           ch != NULL ? cleanup_handler : NULL, &self->io);
     if (rc < 0) {
-        int err = -rc;
         Py_XDECREF(ch);
         Py_DECREF(self);
-        if (err == ESPIPE) {
-            errno = ESPIPE;
-            PyErr_Format(PyExc_OSError,
-                         "IO_RANDOM needs a seekable fd; fd %d cannot seek",
-                         fd);
-            return NULL;
-        }
-        return raise_io(-err, fd);
+        return dkpy_raise_errno_in(io_errors, rc);
     }
-    dk_io_set_allocator(self->io, bytes_alloc, bytes_free, self->ahead);
+    dk_io_set_allocator(self->io, bytes_alloc, bytes_free, self);
     return (PyObject *)self;
 }
 
@@ -557,9 +452,6 @@ Channel_dealloc(ChannelObject *self)
             dk_io_close(self->io, 0); /* pending operations complete */
         }
         dk_io_release(self->io);
-    }
-    if (self->ahead != NULL) {
-        ahead_release(self->ahead); /* its reads hold their own */
     }
     dkpy_free((PyObject *)self);
 }
@@ -574,15 +466,21 @@ check_open(ChannelObject *self)
     return 0;
 }
 
-/* A channel operation's handler and queue=: 0, or -1 with an exception
- * set. */
+/* An operation's handler and queue=, and its numbers (negative: ValueError
+ * `message`): 0, or -1 with an exception set. */
 static int
-handler_and_queue(PyObject *handler, PyObject *queue, dk_queue_t **q)
+op_args(PyObject *handler, PyObject *queue, long long number,
+        const char *message, dk_queue_t **q)
 {
-    if (dkpy_check_callable(handler, "handler") < 0) {
+    if (dkpy_check_callable(handler, "handler") < 0 ||
+        dkpy_queue_arg(queue, "queue", q) < 0) {
         return -1;
     }
-    return dkpy_queue_arg(queue, "queue", q);
+    if (number < 0) {
+        PyErr_SetString(PyExc_ValueError, message);
+        return -1;
+    }
+    return 0;
 }
 
 /* The result of starting an operation that owns a reference to its
@@ -609,17 +507,12 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t length;
     long long offset = 0;
     PyObject *handler, *queue = Py_None;
+    dk_queue_t *q;
     if (check_open(self) < 0 ||
         !PyArg_ParseTupleAndKeywords(args, kwargs, "nO|LO:read", kwlist,
-                                     &length, &handler, &offset, &queue)) {
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (handler_and_queue(handler, queue, &q) < 0) {
-        return NULL;
-    }
-    if (length < 0 || offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "length and offset must be >= 0");
+                                     &length, &handler, &offset, &queue) ||
+        op_args(handler, queue, length < 0 ? -1 : offset,
+                "length and offset must be >= 0", &q) < 0) {
         return NULL;
     }
     struct read_op *op = PyMem_RawMalloc(sizeof *op);
@@ -627,12 +520,11 @@ Channel_read(ChannelObject *self, PyObject *args, PyObject *kwargs)
         return PyErr_NoMemory();
     }
     op->handler = Py_NewRef(handler);
-    op->ahead = self->ahead;
-    ahead_retain(op->ahead);
+    op->channel = (ChannelObject *)Py_NewRef(self);
     int rc = dk_io_read(self->io, (off_t)offset, (size_t)length, q, op,
                         read_op_handler);
     if (rc < 0) {
-        ahead_release(op->ahead);
+        Py_DECREF(self);
         PyMem_RawFree(op);
     }
     return op_started(self, rc, handler);
@@ -645,19 +537,14 @@ Channel_write(ChannelObject *self, PyObject *args, PyObject *kwargs)
     Py_buffer data;
     long long offset = 0;
     PyObject *handler, *queue = Py_None;
+    dk_queue_t *q;
     if (check_open(self) < 0 ||
         !PyArg_ParseTupleAndKeywords(args, kwargs, "y*O|LO:write", kwlist,
                                      &data, &handler, &offset, &queue)) {
         return NULL;
     }
-    dk_queue_t *q;
-    if (handler_and_queue(handler, queue, &q) < 0) {
+    if (op_args(handler, queue, offset, "offset must be >= 0", &q) < 0) {
         PyBuffer_Release(&data);
-        return NULL;
-    }
-    if (offset < 0) {
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
         return NULL;
     }
     Py_INCREF(handler);
@@ -682,41 +569,35 @@ Channel_close(ChannelObject *self, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-static int
-parse_size(PyObject *arg, size_t *out)
+/* set_high_water and set_low_water: a size >= 0 for `set`. */
+static PyObject *
+set_water(ChannelObject *self, PyObject *arg,
+          void (*set)(dk_io_t *io, size_t size))
 {
-    Py_ssize_t v = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
+    Py_ssize_t v;
+    if (check_open(self) < 0 ||
+        ((v = PyNumber_AsSsize_t(arg, PyExc_OverflowError)) == -1 &&
+         PyErr_Occurred())) {
+        return NULL;
     }
     if (v < 0) {
         PyErr_SetString(PyExc_ValueError, "size must be >= 0");
-        return -1;
+        return NULL;
     }
-    *out = (size_t)v;
-    return 0;
+    set(self->io, (size_t)v);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
 Channel_set_high_water(ChannelObject *self, PyObject *arg)
 {
-    size_t v;
-    if (check_open(self) < 0 || parse_size(arg, &v) < 0) {
-        return NULL;
-    }
-    dk_io_set_high_water(self->io, v);
-    Py_RETURN_NONE;
+    return set_water(self, arg, dk_io_set_high_water);
 }
 
 static PyObject *
 Channel_set_low_water(ChannelObject *self, PyObject *arg)
 {
-    size_t v;
-    if (check_open(self) < 0 || parse_size(arg, &v) < 0) {
-        return NULL;
-    }
-    dk_io_set_low_water(self->io, v);
-    Py_RETURN_NONE;
+    return set_water(self, arg, dk_io_set_low_water);
 }
 
 static PyObject *
@@ -741,13 +622,11 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"handler", "queue", NULL};
     PyObject *handler, *queue = Py_None;
+    dk_queue_t *q;
     if (check_open(self) < 0 ||
         !PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:barrier", kwlist,
-                                     &handler, &queue)) {
-        return NULL;
-    }
-    dk_queue_t *q;
-    if (handler_and_queue(handler, queue, &q) < 0) {
+                                     &handler, &queue) ||
+        op_args(handler, queue, 0, NULL, &q) < 0) {
         return NULL;
     }
     struct barrier_call *b = PyMem_RawMalloc(sizeof *b);
@@ -760,15 +639,13 @@ Channel_barrier(ChannelObject *self, PyObject *args, PyObject *kwargs)
         dk_retain(q);
     }
     int rc = dk_io_barrier_f(self->io, b, barrier_run);
-    if (rc < 0) {
-        Py_DECREF(handler);
-        if (q != NULL) {
-            dk_release(q);
-        }
-        PyMem_RawFree(b);
-        return check_open(self) < 0 ? NULL : dkpy_raise_errno(rc);
+    if (rc < 0 && q != NULL) {
+        dk_release(q);
     }
-    Py_RETURN_NONE;
+    if (rc < 0) {
+        PyMem_RawFree(b);
+    }
+    return op_started(self, rc, handler);
 }
 
 static PyObject *
@@ -851,6 +728,11 @@ static PyMethodDef io_functions[] = {
 int
 dkpy_io_exec(PyObject *m)
 {
+    pthread_condattr_t a; /* spare_back waits on the monotonic clock */
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&spare_back, &a);
+    pthread_condattr_destroy(&a);
     PyTypeObject *t = dkpy_add_type(m, &Channel_spec, NULL, "");
     if (t == NULL) {
         return -1;

@@ -31,21 +31,13 @@ typedef struct {
     bool delay_given; /* start_delay was passed (not None) */
 } SourceObject;
 
+/* An event handler call. The source is started, so it holds this object
+ * (holds_self) and its handler until its cancel handler has run, which
+ * comes after the last event handler call. */
 static void
 source_event(void *ctx)
 {
-    SourceObject *self = ctx;
-    dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
-    }
-    PyObject *handler = self->handler;
-    if (handler != NULL) {
-        Py_INCREF(handler);
-        dkpy_call_reporting(handler, NULL);
-        Py_DECREF(handler);
-    }
-    dkpy_leave(&g);
+    dkpy_callback(((SourceObject *)ctx)->handler, false, NULL);
 }
 
 static void
@@ -62,6 +54,13 @@ source_cancelled(void *ctx)
     }
     dkpy_leave(&g);
 }
+
+/* The errors of dk_source_create beside dkpy_raise_errno's. */
+static const dkpy_errno_map source_errors[] = {
+    {EBADF, &PyExc_OSError, "fd is not open"},
+    {ESRCH, &PyExc_ProcessLookupError, "no such process"},
+    {0, NULL, NULL},
+};
 
 static PyObject *
 source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
@@ -82,25 +81,8 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
     self->what = what;
     int rc = dk_source_create(kind, handle, mask, q, &self->s);
     if (rc < 0) {
-        int err = -rc;
         Py_DECREF(self);
-        switch (err) {
-        case EBADF:
-            PyErr_Format(PyExc_OSError, "%s: fd %zu is not open", what,
-                         (size_t)handle);
-            break;
-        case ESRCH:
-            PyErr_Format(PyExc_ProcessLookupError, "no process with pid %zu",
-                         (size_t)handle);
-            break;
-        case EINVAL:
-            PyErr_Format(PyExc_ValueError, "invalid argument for %s", what);
-            break;
-        default:
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-        }
-        return NULL;
+        return dkpy_raise_errno_in(source_errors, rc);
     }
     self->handler = Py_NewRef(handler);
     dk_source_set_context(self->s, self);
@@ -233,34 +215,28 @@ Source_repr(SourceObject *self)
     const char *state = dk_source_testcancel(self->s) ? "cancelled"
                         : self->started               ? "started"
                                                       : "not started";
-    uintptr_t handle = dk_source_get_handle(self->s);
+    /* The handle's name by type; the others show their data. */
+    static const char *const handle_key[] = {
+        [DK_SOURCE_SIGNAL] = "signal", [DK_SOURCE_READ] = "fd",
+        [DK_SOURCE_WRITE] = "fd",      [DK_SOURCE_PROC] = "pid"};
+    dk_source_type_t t = dk_source_get_type(self->s);
     PyObject *what;
-    switch (dk_source_get_type(self->s)) {
-    case DK_SOURCE_TIMER: {
+    if (t == DK_SOURCE_TIMER) {
         PyObject *interval = PyFloat_FromDouble(self->interval);
-        if (interval == NULL) {
-            return NULL;
-        }
-        what =
-            PyUnicode_FromFormat("interval=%R %s", interval,
-                                 self->repeating ? "repeating" : "one-shot");
-        Py_DECREF(interval);
-        break;
-    }
-    case DK_SOURCE_SIGNAL:
-        what = PyUnicode_FromFormat("signal=%lu", (unsigned long)handle);
-        break;
-    case DK_SOURCE_PROC:
-        what = PyUnicode_FromFormat("pid=%lu", (unsigned long)handle);
-        break;
-    case DK_SOURCE_READ:
-    case DK_SOURCE_WRITE:
-        what = PyUnicode_FromFormat("fd=%lu", (unsigned long)handle);
-        break;
-    default:
+        what = interval == NULL
+                   ? NULL
+                   : PyUnicode_FromFormat("interval=%R %s", interval,
+                                          self->repeating ? "repeating"
+                                                          : "one-shot");
+        Py_XDECREF(interval);
+    } else if ((size_t)t < sizeof handle_key / sizeof handle_key[0] &&
+               handle_key[t] != NULL) {
+        what = PyUnicode_FromFormat(
+            "%s=%lu", handle_key[t],
+            (unsigned long)dk_source_get_handle(self->s));
+    } else {
         what = PyUnicode_FromFormat(
             "data=%lu", (unsigned long)dk_source_get_data(self->s));
-        break;
     }
     if (what == NULL) {
         return NULL;
@@ -285,6 +261,15 @@ Source_repr(SourceObject *self)
 #define IS_CANCELLED                                                          \
     {"is_cancelled", (getter)Source_get_is_cancelled, NULL,                   \
      "True after cancel().", NULL}
+/* A source type's properties: two named ones (their getter and doc), then
+ * is_cancelled. */
+#define SOURCE_GETSET(NAME, A, A_GET, A_DOC, B, B_GET, B_DOC)                 \
+    static PyGetSetDef NAME[] = {                                             \
+        {A, (getter)A_GET, NULL, A_DOC, NULL},                                \
+        {B, (getter)B_GET, NULL, B_DOC, NULL},                                \
+        IS_CANCELLED,                                                         \
+        {NULL, NULL, NULL, NULL, NULL},                                       \
+    }
 /* clang-format on */
 
 static PyMethodDef Source_methods[] = {
@@ -428,15 +413,10 @@ SignalSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                          queue, "signal source");
 }
 
-static PyGetSetDef SignalSource_getset[] = {
-    {"signal", (getter)Source_get_handle, NULL, "The signal number.", NULL},
-    {"count", (getter)Source_get_data, NULL,
-     "Signals received since the previous handler call (read it in the "
-     "handler).",
-     NULL},
-    IS_CANCELLED,
-    {NULL, NULL, NULL, NULL, NULL},
-};
+SOURCE_GETSET(SignalSource_getset, "signal", Source_get_handle,
+              "The signal number.", "count", Source_get_data,
+              "Signals received since the previous handler call (read it in "
+              "the handler).");
 
 /* ---- ReadSource / WriteSource --------------------------------------- */
 
@@ -470,21 +450,12 @@ WriteSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return fd_source_new(type, args, kwargs, DK_SOURCE_WRITE, "write source");
 }
 
-static PyGetSetDef ReadSource_getset[] = {
-    {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
-    {"bytes_available", (getter)Source_get_data, NULL,
-     "Estimated bytes available at the last handler call.", NULL},
-    IS_CANCELLED,
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyGetSetDef WriteSource_getset[] = {
-    {"fd", (getter)Source_get_handle, NULL, "The file descriptor.", NULL},
-    {"buffer_space", (getter)Source_get_data, NULL,
-     "Estimated buffer space at the last handler call.", NULL},
-    IS_CANCELLED,
-    {NULL, NULL, NULL, NULL, NULL},
-};
+SOURCE_GETSET(ReadSource_getset, "fd", Source_get_handle,
+              "The file descriptor.", "bytes_available", Source_get_data,
+              "Estimated bytes available at the last handler call.");
+SOURCE_GETSET(WriteSource_getset, "fd", Source_get_handle,
+              "The file descriptor.", "buffer_space", Source_get_data,
+              "Estimated buffer space at the last handler call.");
 
 /* ---- ProcessSource -------------------------------------------------- */
 
@@ -517,15 +488,10 @@ ProcessSource_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                          queue, "process source");
 }
 
-static PyGetSetDef ProcessSource_getset[] = {
-    {"pid", (getter)Source_get_handle, NULL, "The process id.", NULL},
-    {"events_pending", (getter)Source_get_data, NULL,
-     "PROC_* events seen at the last handler call (only PROC_EXIT is "
-     "observable on Linux).",
-     NULL},
-    IS_CANCELLED,
-    {NULL, NULL, NULL, NULL, NULL},
-};
+SOURCE_GETSET(ProcessSource_getset, "pid", Source_get_handle,
+              "The process id.", "events_pending", Source_get_data,
+              "PROC_* events seen at the last handler call (only PROC_EXIT "
+              "is observable on Linux).");
 
 /* ---- DataSource ----------------------------------------------------- */
 
@@ -594,17 +560,12 @@ static PyMethodDef DataSource_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef DataSource_getset[] = {
-    {"data", (getter)Source_get_data, NULL,
-     "The data of this handler call (read it in the handler): the sum "
-     "(DATA_ADD), the OR (DATA_OR) or the last value (DATA_REPLACE) of the "
-     "values merged since the previous call.",
-     NULL},
-    {"kind", (getter)DataSource_get_kind, NULL,
-     "DATA_ADD, DATA_OR or DATA_REPLACE.", NULL},
-    IS_CANCELLED,
-    {NULL, NULL, NULL, NULL, NULL},
-};
+SOURCE_GETSET(DataSource_getset, "data", Source_get_data,
+              "The data of this handler call (read it in the handler): the "
+              "sum (DATA_ADD), the OR (DATA_OR) or the last value "
+              "(DATA_REPLACE) of the values merged since the previous call.",
+              "kind", DataSource_get_kind,
+              "DATA_ADD, DATA_OR or DATA_REPLACE.");
 
 /* ---- types ---------------------------------------------------------- */
 

@@ -452,3 +452,107 @@ DK_TEST(channel_read_with_failing_allocator_reports_enomem)
     free(contents);
     close(fd);
 }
+
+/* A handler the reader runs itself (allocator chunks of a file, the
+ * delivery queue idle) that blocks is relieved: the reading goes on on
+ * another thread. The first call waits until the fd's offset shows the
+ * whole file read, which only a relieving thread can do while this call
+ * holds the reader; then every chunk arrives, in order. */
+struct blocking {
+    struct owned o; /* first: on_owned takes it */
+    int fd;
+    off_t end;
+    bool saw_end;
+};
+
+static void
+on_blocking(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct blocking *b = p;
+    if (b->o.calls == 0) {
+        for (int i = 0; i < 20000 && lseek(b->fd, 0, SEEK_CUR) < b->end;
+             i++) {
+            usleep(1000);
+        }
+        b->saw_end = lseek(b->fd, 0, SEEK_CUR) == b->end;
+    }
+    on_owned(&b->o, done, data, len, error);
+}
+
+DK_TEST(channel_handler_blocked_on_reading_thread_is_relieved)
+{
+    size_t high = 4096, n = 40 * 4096;
+    unsigned char *contents;
+    int fd = make_file(n, &contents);
+    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
+    CHECK(io != NULL);
+    struct blocking b = {.o = {.done = t_semaphore(0)}, .fd = fd,
+                         .end = (off_t)n};
+    b.o.copy = malloc(n);
+    dk_io_set_allocator(io, owned_alloc, owned_free, &b.o);
+    dk_io_set_high_water(io, high);
+    CHECK_EQ(dk_io_read(io, 0, n, NULL, &b, on_blocking), 0);
+    CHECK_EQ(dk_semaphore_wait(b.o.done, in_ms(30000)), 0);
+    CHECK(b.saw_end);
+    CHECK_EQ(b.o.error, 0);
+    CHECK_EQ(b.o.total, n);
+    CHECK(memcmp(b.o.copy, contents, n) == 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    free(b.o.copy);
+    free(contents);
+    close(fd);
+}
+
+/* The final call of a read, also run on the reading thread, may wait for
+ * the channel's next operation: the watchdog hands the channel on, so the
+ * barrier queued behind the read runs while the call still waits. */
+struct final_wait {
+    struct owned o; /* first: on_owned takes it */
+    int barrier_ran;
+    bool saw_barrier;
+};
+
+static void
+on_final_waits(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct final_wait *f = p;
+    if (done) {
+        for (int i = 0; i < 20000 && !LOAD(f->barrier_ran); i++) {
+            usleep(1000);
+        }
+        f->saw_barrier = LOAD(f->barrier_ran) != 0;
+    }
+    on_owned(&f->o, done, data, len, error);
+}
+
+static void
+set_barrier_ran(void *p)
+{
+    __atomic_store_n(&((struct final_wait *)p)->barrier_ran, 1,
+                     __ATOMIC_RELEASE);
+}
+
+DK_TEST(channel_final_call_waiting_for_next_operation_is_relieved)
+{
+    size_t n = 3 * 4096;
+    unsigned char *contents;
+    int fd = make_file(n, &contents);
+    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
+    CHECK(io != NULL);
+    struct final_wait f = {.o = {.done = t_semaphore(0)}};
+    f.o.copy = malloc(n);
+    dk_io_set_allocator(io, owned_alloc, owned_free, &f.o);
+    dk_io_set_high_water(io, 4096);
+    CHECK_EQ(dk_io_read(io, 0, n, NULL, &f, on_final_waits), 0);
+    CHECK_EQ(dk_io_barrier_f(io, &f, set_barrier_ran), 0);
+    CHECK_EQ(dk_semaphore_wait(f.o.done, in_ms(30000)), 0);
+    CHECK(f.saw_barrier);
+    CHECK_EQ(f.o.total, n);
+    CHECK(memcmp(f.o.copy, contents, n) == 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    free(f.o.copy);
+    free(contents);
+    close(fd);
+}

@@ -2,6 +2,7 @@
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -430,3 +431,75 @@ def test_channel_keeps_reading_while_a_handler_is_blocked():
         os.close(w)
         os.close(r)
     assert b"".join(chunks) == data
+
+
+def test_channel_runs_file_chunk_handlers_where_they_were_read(tmp_path):
+    # With the handler's queue idle, the reading thread runs each chunk's
+    # handler itself before it reads on, so during a call the fd's offset
+    # is the end of that chunk (a reader handing chunks to another thread
+    # would have run ahead). Under load a call may be handed on now and
+    # then, so most calls, not all, are checked.
+    data, fd = _file(tmp_path, 64 * 4096)
+    got = [0]
+    at_end = []
+
+    def handler(done, chunk, error):
+        got[0] += len(chunk)
+        if not done:
+            at_end.append(os.lseek(fd, 0, os.SEEK_CUR) == got[0])
+
+    try:
+        _read_all(fd, len(data), handler)
+    finally:
+        os.close(fd)
+    assert got[0] == len(data)
+    assert sum(at_end) >= len(at_end) * 3 // 4
+
+
+def test_channel_file_handler_blocked_on_the_reading_thread_is_relieved(
+        tmp_path):
+    # The first call blocks until the fd's offset shows the whole file
+    # read: only another thread, taking the reading over from the blocked
+    # one, can get it there.
+    data, fd = _file(tmp_path, 64 * 4096)
+    chunks = []
+    saw_end = []
+
+    def handler(done, chunk, error):
+        if not chunks:
+            deadline = time.monotonic() + 20
+            while (os.lseek(fd, 0, os.SEEK_CUR) < len(data)
+                   and time.monotonic() < deadline):
+                time.sleep(0.001)
+            saw_end.append(os.lseek(fd, 0, os.SEEK_CUR) == len(data))
+        chunks.append(chunk)
+
+    try:
+        _read_all(fd, len(data), handler)
+    finally:
+        os.close(fd)
+    assert saw_end == [True]
+    assert b"".join(chunks) == data
+
+
+def test_channel_keeps_at_most_4_mib_of_spare_chunks_after_a_read(tmp_path):
+    # A read's dropped chunks wait for the next read (no fresh memory for
+    # its first chunks), but once it ends at most 4 MiB of them stay.
+    import tracemalloc
+    mib = 1 << 20
+    data, fd = _file(tmp_path, 16 * mib)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        _read_all(fd, len(data), lambda done, chunk, error: None, high=mib)
+        # The last call's bookkeeping follows its return: poll for it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kept = tracemalloc.get_traced_memory()[0] - base
+            if kept <= 4 * mib + mib // 2:
+                break
+            time.sleep(0.01)
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert mib <= kept <= 4 * mib + mib // 2
