@@ -381,11 +381,15 @@ Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-/* Lock with a deadline: try with the GIL held, then wait without it. */
+/* Lock with a deadline: try with the GIL held (watching a busy word for
+ * up to 2 us when spinning is allowed: letting the GIL go and taking it
+ * back costs more than a short critical section), then wait without it. */
 static int
 mutex_lock(WordObject *self, long long timeout_ns, int spin)
 {
-    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->shared ? DK_SHARED : 0);
+    unsigned flags = self->shared ? DK_SHARED : 0;
+    int rc = spin > 0 ? dk_shm_mutex_lock_try_spin(self->addr, flags)
+                      : dk_shm_mutex_lock(self->addr, 0, 0, flags);
     if (rc >= 0) {
         self->owner_died = rc == 1;
         return 1;
