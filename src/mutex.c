@@ -408,7 +408,11 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
  * somebody, perhaps the holder, when it wakes, so it does not sleep. A
  * wait that finds the lock still held (work inside the lock, where running
  * side by side pays) resets the count, so such loops keep handing the lock
- * over at once as before.
+ * over at once as before. The binding's try watches the word first
+ * (dk_shm_mutex_lock_try_spin, below): a wait that ends there within
+ * QUICK_SPINS pauses counts as quick, a longer one resets the count, and
+ * once the count is due that try returns at once so that this function
+ * gives way.
  *
  * The sleep changes nothing in the state word's protocol: the sleeper has
  * not announced itself (it did not set 2), so no release owes it a wake:
@@ -474,6 +478,103 @@ dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, int spin,
     }
     watch_memo.quick = 0;
     return lock_contended(m, deadline, shared, spin, interruptible);
+}
+
+/*
+ * A try that watches (dk_shm_mutex_lock_try_spin), for a caller that may
+ * not block yet: the Python binding, which holds its interpreter lock
+ * here. Letting that lock go and taking it back costs a waiter more than
+ * a short critical section lasts, and a waiter that wins the mutex in
+ * dk_shm_mutex_lock_after_try still has to take the interpreter lock back
+ * before it can run its critical section: the mutex is held, by nobody
+ * doing anything, for that long on every hand-over. So, before letting
+ * go, the caller watches the word for up to TRY_SPIN_NS and takes the
+ * mutex the moment it comes free. It does not announce itself (it never
+ * sets 2), so no release owes it a wake-up, exactly as in the watch of
+ * lock_contended:
+ *
+ *   CPU0 (holder)                       CPU1 (try_spin, GIL held)
+ *   CAS(state, 0 -> 1)         (A1)     CAS(state, 0 -> 1) fails
+ *   ... critical section ...            load(state) == 1, pause, ...
+ *   owner = 0                  (R1)
+ *   xchg(state, 0) == 1: no wake (R2)   load(state) == 0
+ *                                       CAS(state, 0 -> 1)   (A1)
+ *                                       owner = CPU1's pid   (A2)
+ *
+ * It stops at once when sleepers are announced (2: the holder is a long
+ * one, and they queue ahead of us), when the watch of this thread's
+ * blocking waits has stopped paying (budget 0: holds are long), and when
+ * this thread is due to give way to a busy holder (the back-off below):
+ * then dk_shm_mutex_lock_after_try, without the interpreter lock, does
+ * the rest. A wait that ends within QUICK_SPINS pauses counts as a quick
+ * one for that back-off, as a wait that finds the lock free right after
+ * the try does there: the holder was looping around an almost empty
+ * critical section. With work in the critical section the wait lasts
+ * several pauses (about 30 ns each here), and the count starts again.
+ */
+#define TRY_SPIN_NS 2000u
+#define QUICK_SPINS 3u
+
+static uint32_t try_spin_wins; /* per process, for tests */
+
+static __attribute__((noinline)) int
+try_spin_contended(dk_shm_mutex_t *m)
+{
+    if (dk__atomic_load_relaxed(&m->owner_pid) ==
+            (uint32_t)dk__os_pid_cached() &&
+        dk__atomic_load_relaxed(&m->owner_tid) ==
+            (uint32_t)dk__os_tid_cached()) {
+        return -EDEADLK;
+    }
+    memo_for(m);
+    if (watch_memo.quick >= BACKOFF_AFTER || watch_memo.budget_ns == 0 ||
+        dk__os_ncpu_cached() < 2) {
+        return -ETIMEDOUT;
+    }
+    uint64_t until = 0;
+    for (uint32_t i = 1;; i++) {
+        dk_cpu_relax();
+        uint32_t s = dk__atomic_load_relaxed(&m->state);
+        if (s == 0 && dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+            took_lock(m);
+            watch_memo.quick = i <= QUICK_SPINS ? watch_memo.quick + 1 : 0;
+            dk__atomic_add_relaxed(&try_spin_wins, 1);
+            return 0;
+        }
+        if (s == 2) {
+            break;
+        }
+        if (i % 16 == 0) {
+            uint64_t now = dk__os_monotonic_ns();
+            if (until == 0) {
+                until = now + TRY_SPIN_NS;
+            } else if (now >= until) {
+                break;
+            }
+        }
+    }
+    watch_memo.quick = 0;
+    return -ETIMEDOUT;
+}
+
+uint32_t
+dk__shm_mutex_try_spin_wins(void)
+{
+    return dk__atomic_load_relaxed(&try_spin_wins);
+}
+
+int
+dk_shm_mutex_lock_try_spin(dk_shm_mutex_t *m, unsigned flags)
+{
+    if (dk_unlikely(flags & ~DK_SHARED)) {
+        return -EINVAL;
+    }
+    uint32_t s = 0;
+    if (dk_likely(dk__atomic_cas_acquire(&m->state, &s, 1))) { /* A1 */
+        took_lock(m);
+        return 0;
+    }
+    return try_spin_contended(m);
 }
 
 int

@@ -318,13 +318,38 @@ def contended_medians(ctx, kinds, total, work, nprocs=2, runs=5):
             for k in kinds if rates[k]}
 
 
+def with_work_bounds(shm):
+    """What the rate with work in the loop can reach, from this process's
+    CPU time (not wall time, so that other load on the machine does not
+    count): the lock held back to back, each holder doing nothing but
+    return from acquire(), sum(range(30)) and call release() (1 / the
+    sum and an uncontended acquire+release pair), and two processes each
+    running the loop alone on a CPU of its own (2 / one uncontended
+    iteration). The real bound is below both: every hand-over also moves
+    the lock's cache line and returns from acquire() to Python."""
+    m = sync.Mutex(shm.buf[:64])
+    acquire, release = m.acquire, m.release
+    n = 100_000 // SCALE
+
+    def cpu_per(stmt):
+        t = timeit.Timer(stmt, timer=time.process_time,
+                         globals={"acquire": acquire, "release": release})
+        return min(t.repeat(number=n, repeat=5)) / n
+
+    inside = cpu_per("acquire(); sum(range(30)); release()")
+    loop = cpu_per("acquire(); sum(range(30)); release(); sum(range(30))")
+    del m, acquire, release
+    return 1 / inside, 2 / loop
+
+
 def contended():
     """Two processes sharing 1M acquisitions with nothing in the loop, and
     200k with a little work (sum(range(30))) inside the lock and as much
     outside it: the median of five alternating runs per implementation,
     as a rate and as CPU time per acquisition (all processes' CPU, over
     the acquisitions), and the slowest and fastest of the five rates. A failed run is reported; three failures end the
-    implementation's turn. (fastipc children fail: its release clears the
+    implementation's turn. With work, two upper bounds follow
+    (with_work_bounds). (fastipc children fail: its release clears the
     owner field after unlocking, erasing the next owner's pid, so that
     owner cannot release and the other child waits forever. docs/sync.md,
     defect F2.)"""
@@ -346,6 +371,17 @@ def contended():
             emit(workload + "_cpu", label, cpu, "ns CPU/acq")
             emit(workload + "_slowest_run", label, slowest, "acq/s")
             emit(workload + "_fastest_run", label, fastest, "acq/s")
+        if work:
+            shm = shared_memory.SharedMemory(create=True, size=64)
+            try:
+                held, alone = with_work_bounds(shm)
+            finally:
+                shm.close()
+                shm.unlink()
+            emit(workload + "_bound", "lock always held: 1 / (sum + pair)",
+                 held, "acq/s")
+            emit(workload + "_bound", "2 CPUs, no hand-over: 2 / one loop",
+                 alone, "acq/s")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,21 @@ DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
 DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
                                           int spin,
                                           unsigned flags) DK_WARN_UNUSED;
+/*
+ * A try that watches, for a caller that may not block yet (the Python
+ * binding, holding its interpreter lock; it calls
+ * dk_shm_mutex_lock_after_try next, without it, when this fails): one
+ * CAS and, while the holder keeps the word at 1 (no sleepers announced)
+ * and another CPU can run it, a watch of at most 2 us that takes the lock
+ * the moment it comes free. It skips the watch when this thread's
+ * blocking waits have found holds too long to watch, and when it is due
+ * to give way (see dk_shm_mutex_lock_after_try). No syscall, no sleep,
+ * never announced as a waiter. flags: DK_SHARED. Returns 0, -ETIMEDOUT
+ * (not taken), -EDEADLK (the calling thread holds it), -EINVAL (unknown
+ * flags).
+ */
+DK_EXPORT int dk_shm_mutex_lock_try_spin(dk_shm_mutex_t *m,
+                                         unsigned flags) DK_WARN_UNUSED;
 /* Unlock and wake one sleeper if any announced itself. flags: DK_SHARED,
  * DK_SHM_FORCE. Returns 0, -EPERM when the calling thread does not hold
  * it (another thread of the holder's process included; a holder that

@@ -342,13 +342,16 @@ HEADER_U32(Semaphore_last_pid, dk_shm_semaphore_t, last_pid, DK_MO_RELAXED)
 
 /* ---- Mutex ------------------------------------------------------------ */
 
-/* Lock with fastipc's timeout: try with the GIL held, then wait without
- * it (timeout 0 with no spin: the try was all). 1 when locked, 0 if
- * not, -1 with an exception. */
+/* Lock with fastipc's timeout: try with the GIL held (watching a busy
+ * word for up to 2 us when spinning is allowed: letting the GIL go and
+ * taking it back costs more than a short critical section), then wait
+ * without it (timeout 0 with no spin: the try was all). 1 when locked, 0
+ * if not, -1 with an exception. */
 static int
 mutex_lock(WordObject *self, long long timeout_ns, int spin)
 {
-    int rc = dk_shm_mutex_lock(self->addr, 0, 0, self->flags);
+    int rc = spin > 0 ? dk_shm_mutex_lock_try_spin(self->addr, self->flags)
+                      : dk_shm_mutex_lock(self->addr, 0, 0, self->flags);
     if (rc < 0 && rc != -EDEADLK && (timeout_ns != 0 || spin > 0)) {
         rc = word_wait(self, (uint64_t)spin, timeout_ns);
     }

@@ -340,7 +340,8 @@ DK_TEST(sync_mutex_watch_budget_adapts)
  * on command, so each wait is quick or slow by construction. */
 struct commanded {
     dk_shm_mutex_t m;
-    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock after 100 ms, 4 stop */
+    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock after 100 ms, 4 stop,
+              * 5 unlock after a 1 us spin */
 };
 
 static void *
@@ -362,6 +363,12 @@ obey(void *arg)
             __atomic_store_n(&c->cmd, 0, __ATOMIC_RELEASE);
             if (cmd == 3) {
                 sleep_ms(100);
+            }
+            if (cmd == 5) {
+                uint64_t until = dk__os_monotonic_ns() + 1000;
+                while (dk__os_monotonic_ns() < until) {
+                    dk_cpu_relax();
+                }
             }
             CHECK_EQ(dk_shm_mutex_unlock(&c->m, 0), 0);
             continue;
@@ -438,6 +445,51 @@ DK_TEST(sync_mutex_backs_off_after_quick_waits)
         CHECK_EQ(dk_shm_mutex_unlock(&c.m, 0), 0);
     }
     CHECK_EQ(dk__shm_mutex_backoffs(), before + 2);
+    __atomic_store_n(&c.cmd, 4, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+}
+
+/* dk_shm_mutex_lock_try_spin: one CAS on a free lock; -EDEADLK for its
+ * own holder; a lock held throughout is not taken, and the try leaves the
+ * word as it found it (1: never announced, so the holder's unlock owes no
+ * wake-up; 2: the sleepers stay announced); a lock let go while it
+ * watches is taken then (counted by dk__shm_mutex_try_spin_wins). The
+ * helper lets go 1 us after being told, so an attempt can miss when this
+ * machine preempts one side: many attempts, one win needed. */
+DK_TEST(sync_mutex_try_spin_takes_a_lock_let_go_meanwhile)
+{
+    static struct commanded c;
+    CHECK_EQ(dk_shm_mutex_init(&c.m), 0);
+    CHECK_EQ(dk_shm_mutex_lock_try_spin(&c.m, 0x100), -EINVAL);
+    CHECK_EQ(dk_shm_mutex_lock_try_spin(&c.m, 0), 0);
+    CHECK_EQ(dk_shm_mutex_lock_try_spin(&c.m, 0), -EDEADLK);
+    CHECK_EQ(dk_shm_mutex_unlock(&c.m, 0), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, obey, &c);
+    command(&c, 1);
+    CHECK_EQ(dk_shm_mutex_lock_try_spin(&c.m, DK_SHARED), -ETIMEDOUT);
+    CHECK_EQ(__atomic_load_n(&c.m.state, __ATOMIC_ACQUIRE), 1u);
+    __atomic_store_n(&c.m.state, 2, __ATOMIC_RELEASE); /* a sleeper */
+    CHECK_EQ(dk_shm_mutex_lock_try_spin(&c.m, DK_SHARED), -ETIMEDOUT);
+    CHECK_EQ(__atomic_load_n(&c.m.state, __ATOMIC_ACQUIRE), 2u);
+    __atomic_store_n(&c.m.state, 1, __ATOMIC_RELEASE);
+    command(&c, 2);
+    uint32_t before = dk__shm_mutex_try_spin_wins();
+    if (dk__os_ncpu() >= 2) {
+        for (int i = 0; i < 2000 && dk__shm_mutex_try_spin_wins() == before;
+             i++) {
+            command(&c, 1);
+            command(&c, 5);
+            int rc = dk_shm_mutex_lock_try_spin(&c.m, 0);
+            if (rc == -ETIMEDOUT) {
+                CHECK_EQ(dk_shm_mutex_lock(&c.m, in_ms(10000), 16, 0), 0);
+            } else {
+                CHECK_EQ(rc, 0);
+            }
+            CHECK_EQ(dk_shm_mutex_unlock(&c.m, 0), 0);
+        }
+        CHECK(dk__shm_mutex_try_spin_wins() > before);
+    }
     __atomic_store_n(&c.cmd, 4, __ATOMIC_RELEASE);
     pthread_join(t, NULL);
 }

@@ -120,17 +120,19 @@ mutex_worker(struct worker *w)
         unsigned mode = rnd(&w->seed) % 8;
         int spin = mode < 4 ? 0 : (int)(mode * 16);
         int rc = -ETIMEDOUT;
-        if (mode == 0) {
-            rc = dk_shm_mutex_lock(&R->mutex, 0, 0, DK_SHARED);
+        if (mode <= 1) {
+            /* A try, or the Python binding's try that watches. */
+            rc = mode == 0 ? dk_shm_mutex_lock(&R->mutex, 0, 0, DK_SHARED)
+                           : dk_shm_mutex_lock_try_spin(&R->mutex, DK_SHARED);
             if (rc == -ETIMEDOUT) {
                 atomic_fetch_add(&R->lock_tries_missed, 1);
             }
         }
-        if (rc == -ETIMEDOUT && mode == 0) {
+        if (rc == -ETIMEDOUT && mode <= 1) {
             /* After a failed try, as the Python binding blocks (it may
              * back off first: src/mutex.c). */
             rc = dk_shm_mutex_lock_after_try(&R->mutex, dk_now() + WAIT_NS,
-                                             spin, DK_SHARED);
+                                             mode == 1 ? 16 : spin, DK_SHARED);
         } else if (rc == -ETIMEDOUT) {
             rc = dk_shm_mutex_lock(&R->mutex, dk_now() + WAIT_NS, spin,
                                    DK_SHARED);
