@@ -15,11 +15,20 @@
 
 /* The errors of starting I/O on an fd, beside dkpy_raise_errno's. */
 static const dkpy_errno_map io_errors[] = {
-    {EBADF, &PyExc_OSError, "fd is not open"},
+    {EBADF, &PyExc_OSError, "fd %s is not open"},
     {ESPIPE, &PyExc_OSError, "IO_RANDOM needs a seekable fd; this one "
                              "cannot seek"},
     {0, NULL, NULL},
 };
+
+/* io_errors' exception, the fd named in its message. */
+static PyObject *
+raise_fd_error(int rc, int fd)
+{
+    char detail[16];
+    snprintf(detail, sizeof detail, "%d", fd);
+    return dkpy_raise_errno_detail(io_errors, rc, detail);
+}
 
 /* ---- read_async / write_async ---------------------------------------- */
 
@@ -67,7 +76,7 @@ async_io(PyObject *args, PyObject *kwargs, bool write)
                        : dk_read_f(fd, (size_t)length, q, h, io_done);
             if (rc < 0) {
                 Py_DECREF(h);
-                dkpy_raise_errno_in(io_errors, rc);
+                raise_fd_error(rc, fd);
             }
         }
     }
@@ -438,7 +447,7 @@ Channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (rc < 0) {
         Py_XDECREF(ch);
         Py_DECREF(self);
-        return dkpy_raise_errno_in(io_errors, rc);
+        return raise_fd_error(rc, fd);
     }
     dk_io_set_allocator(self->io, bytes_alloc, bytes_free, self);
     return (PyObject *)self;

@@ -57,8 +57,8 @@ source_cancelled(void *ctx)
 
 /* The errors of dk_source_create beside dkpy_raise_errno's. */
 static const dkpy_errno_map source_errors[] = {
-    {EBADF, &PyExc_OSError, "fd is not open"},
-    {ESRCH, &PyExc_ProcessLookupError, "no such process"},
+    {EBADF, &PyExc_OSError, "fd %s is not open"},
+    {ESRCH, &PyExc_ProcessLookupError, "no process with pid %s"},
     {0, NULL, NULL},
 };
 
@@ -82,7 +82,9 @@ source_create(PyTypeObject *type, dk_source_type_t kind, uintptr_t handle,
     int rc = dk_source_create(kind, handle, mask, q, &self->s);
     if (rc < 0) {
         Py_DECREF(self);
-        return dkpy_raise_errno_in(source_errors, rc);
+        char detail[24];
+        snprintf(detail, sizeof detail, "%zu", (size_t)handle);
+        return dkpy_raise_errno_detail(source_errors, rc, detail);
     }
     self->handler = Py_NewRef(handler);
     dk_source_set_context(self->s, self);

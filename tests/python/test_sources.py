@@ -517,3 +517,21 @@ def test_read_handlers_on_a_serial_queue_with_items_never_overlap() -> None:
         src.cancel()
         os.close(r)
         os.close(w)
+
+
+def test_refusals_name_the_fd_or_pid_they_refused():
+    """A source, a channel or an async read on a closed fd, or a process
+    source for a reaped child, says which fd or pid it could not use."""
+    r = 4093  # not open: the runtime's own fds come from the low numbers
+    with pytest.raises(OSError):
+        os.fstat(r)
+    for make in (lambda: dk.ReadSource(r, lambda: None),
+                 lambda: dk.IOChannel(r),
+                 lambda: dk.read_async(r, 1, lambda data, err: None)):
+        with pytest.raises(OSError, match=rf"fd {r} is not open"):
+            make()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(ProcessLookupError,
+                       match=rf"no process with pid {child.pid}"):
+        dk.ProcessSource(child.pid, lambda: None, dk.PROC_EXIT)
