@@ -7,13 +7,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 import zlib
 
 import pytest
 
 from dispatchkit import asyncio as dkio
 from dispatchkit import zerobuffer as zb
+from zb_helpers import name  # noqa: F401 (a fixture: cleans up after)
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -24,11 +24,6 @@ def run(request):
           else uvloop.new_event_loop())
     yield lp.run_until_complete
     lp.close()
-
-
-@pytest.fixture
-def name():
-    return "dkzba" + uuid.uuid4().hex[:10]
 
 
 WRITER = """
