@@ -472,3 +472,62 @@ dkpy_none_or_raise(bool ok, PyObject *type, const char *message)
     }
     Py_RETURN_NONE;
 }
+
+void
+dkpy_carry(dkpy_carried *c, PyObject *func)
+{
+    if (c->abandoned) {
+        PyErr_WriteUnraisable(func);
+    } else if (c->type != NULL) {
+        PyErr_Clear();
+    } else {
+        PyErr_Fetch(&c->type, &c->value, &c->tb);
+    }
+}
+
+bool
+dkpy_call_carrying(PyObject *func, dkpy_carried *c)
+{
+    PyObject *r = PyObject_CallNoArgs(func);
+    if (r == NULL) {
+        dkpy_carry(c, func);
+        return false;
+    }
+    Py_DECREF(r);
+    return true;
+}
+
+bool
+dkpy_callback_carrying(PyObject *func, bool consume, dkpy_carried *c)
+{
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return false; /* finalizing: drop it */
+    }
+    dkpy_call_carrying(func, c);
+    if (consume) {
+        Py_DECREF(func);
+    }
+    dkpy_leave(&g);
+    return true;
+}
+
+PyObject *
+dkpy_carried_result(dkpy_carried *c)
+{
+    if (c->type == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyErr_Restore(c->type, c->value, c->tb);
+    c->type = c->value = c->tb = NULL;
+    return NULL;
+}
+
+void
+dkpy_carried_abandon(dkpy_carried *c)
+{
+    Py_CLEAR(c->type);
+    Py_CLEAR(c->value);
+    Py_CLEAR(c->tb);
+    c->abandoned = true;
+}

@@ -49,8 +49,8 @@
 struct apply_call {
     PyObject *func;
     vectorcallfunc call; /* func's own vectorcall (NULL: it has none) */
-    PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    PyThreadState *saved;                    /* the caller's, while it waits */
+    dkpy_carried exc;     /* the first error */
+    PyThreadState *saved; /* the caller's, while it waits */
     bool nap;         /* helpers nap (false: no caller loop) */
     uint32_t calls;   /* atomic: calls of f so far, a hint */
     uint32_t waiting; /* atomic: the caller waits for the helpers */
@@ -85,7 +85,7 @@ apply_calls(void *ctx, size_t begin, size_t end)
             /* Relaxed: the exception itself is read by the caller after
              * the loop, which the loop's completion orders. */
             dk_atomic_u32_store(&c->stop, 1, DK_MO_RELAXED);
-            PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
+            dkpy_carry(&c->exc, c->func);
             return false;
         }
         Py_DECREF(r);
@@ -199,14 +199,7 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         rc = dk_apply_range_while_f(n, q, &c, apply_range);
         Py_END_ALLOW_THREADS
     }
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
-    if (c.exc_type != NULL) {
-        PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return rc < 0 ? dkpy_raise_errno(rc) : dkpy_carried_result(&c.exc);
 }
 
 /* Finite seconds to nanoseconds, clamped to the int64 range. */

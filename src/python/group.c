@@ -406,22 +406,20 @@ typedef struct {
 
 struct once_call {
     PyObject *func;
-    PyObject *exc_type, *exc_value, *exc_tb;
+    dkpy_carried exc;
     OnceObject *self;
 };
 
+/* On the caller's own thread (dk_once_f runs it inline), which released
+ * the GIL to wait beside other callers: func runs as a direct call would,
+ * whatever the runtime's state, so not through dkpy_enter. */
 static void
 once_trampoline(void *ctx)
 {
     struct once_call *c = ctx;
     PyGILState_STATE g = PyGILState_Ensure();
     c->self->owner = PyThread_get_thread_ident();
-    PyObject *r = PyObject_CallNoArgs(c->func);
-    if (r == NULL) {
-        PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
-    } else {
-        Py_DECREF(r);
-    }
+    dkpy_call_carrying(c->func, &c->exc);
     c->self->owner = 0;
     PyGILState_Release(g);
 }
@@ -455,17 +453,13 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
                         "(it would deadlock)");
         return NULL;
     }
-    struct once_call c = {func, NULL, NULL, NULL, self};
+    struct once_call c = {.func = func, .self = self};
     Py_INCREF(self);
     Py_BEGIN_ALLOW_THREADS
     dk_once_f(&self->pred, &c, once_trampoline);
     Py_END_ALLOW_THREADS
     Py_DECREF(self);
-    if (c.exc_type != NULL) {
-        PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_carried_result(&c.exc);
 }
 
 static PyObject *

@@ -22,26 +22,22 @@
 
 /* ---- callbacks ------------------------------------------------------ */
 
-/* ctx: a new reference to a callable, called with no arguments. */
+/* The trampolines of dispatch.h. */
 void
 dkpy_call_async(void *ctx)
 {
     dkpy_callback(ctx, true, NULL);
 }
 
-/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
- * called with no arguments, and the value released after it. */
 void
 dkpy_call_finalizer_async(void *ctx)
 {
-    PyObject *pair = ctx;
     dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
+    if (dkpy_enter(&g)) {
+        dkpy_call_reporting(PyTuple_GET_ITEM(ctx, 0), NULL);
+        Py_DECREF(ctx);
+        dkpy_leave(&g);
     }
-    dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
-    Py_DECREF(pair);
-    dkpy_leave(&g);
 }
 
 /* ---- Queue ---------------------------------------------------------- */
@@ -271,16 +267,12 @@ Queue_submit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 /* A synchronous call that could not run inline: shared between the
- * waiting caller and the trampoline, freed by whichever finishes last.
- * `state` is only read and written with the GIL held. */
-enum { SYNC_PENDING, SYNC_DONE, SYNC_ABANDONED };
-
+ * waiting caller and the trampoline, freed by whichever finishes last. */
 struct sync_call {
     PyObject *func;
-    PyObject *exc_type, *exc_value, *exc_tb;
+    dkpy_carried exc;
     dk_semaphore_t *done;
     bool drain_main; /* the main thread waits for the main queue */
-    int state;
     uint32_t refs;
 };
 
@@ -299,24 +291,7 @@ static void
 call_sync(void *ctx)
 {
     struct sync_call *c = ctx;
-    dkpy_gil_t g;
-    if (dkpy_enter(&g)) {
-        PyObject *r = PyObject_CallNoArgs(c->func);
-        if (r == NULL) {
-            if (c->state == SYNC_ABANDONED) {
-                PyErr_WriteUnraisable(c->func);
-            } else {
-                PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
-            }
-        } else {
-            Py_DECREF(r);
-        }
-        if (c->state == SYNC_PENDING) {
-            c->state = SYNC_DONE;
-        }
-        Py_CLEAR(c->func);
-        dkpy_leave(&g);
-    }
+    dkpy_callback_carrying(c->func, true, &c->exc);
     dk_semaphore_signal(c->done);
     sync_call_unref(c);
 }
@@ -341,24 +316,14 @@ static PyObject *
 sync_wait(dk_queue_t *q, struct sync_call *c)
 {
     c->drain_main = q == dk_queue_main() && dk_is_main_thread();
+    PyObject *r = NULL;
     if (dkpy_wait_sliced(sync_wait_fn, c, DK_TIME_FOREVER) == DKPY_RAISED) {
-        if (c->state == SYNC_DONE) {
-            Py_XDECREF(c->exc_type);
-            Py_XDECREF(c->exc_value);
-            Py_XDECREF(c->exc_tb);
-        } else {
-            c->state = SYNC_ABANDONED;
-        }
-        sync_call_unref(c);
-        return NULL;
+        dkpy_carried_abandon(&c->exc);
+    } else {
+        r = dkpy_carried_result(&c->exc);
     }
-    PyObject *type = c->exc_type, *value = c->exc_value, *tb = c->exc_tb;
     sync_call_unref(c);
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return r;
 }
 
 /* qos >= 0: submit with that QoS class when the call cannot run inline. */
