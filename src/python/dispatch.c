@@ -471,7 +471,6 @@ dkpy_dispatch_exec(PyObject *m)
         Py_XDECREF(forever);
         return -1;
     }
-    dkpy_dispatch_handoff_init();
     dkpy_gil_init();
     return 0;
 }
