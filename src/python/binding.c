@@ -531,3 +531,20 @@ dkpy_carried_abandon(dkpy_carried *c)
     Py_CLEAR(c->tb);
     c->abandoned = true;
 }
+
+int
+dkpy_size_arg(PyObject *obj, const char *what, size_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = PyLong_AsSize_t(obj);
+    if (*out == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError, "%s must be >= 0 and fit in size_t",
+                     what);
+        return -1;
+    }
+    return 0;
+}

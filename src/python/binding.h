@@ -261,4 +261,8 @@ PyObject *dkpy_carried_result(dkpy_carried *c);
  * reported. */
 void dkpy_carried_abandon(dkpy_carried *c);
 
+/* An int argument as a size_t: 0, or -1 with TypeError (not an int) or
+ * OverflowError ("<what> must be >= 0 and fit in size_t"). */
+int dkpy_size_arg(PyObject *obj, const char *what, size_t *out);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */

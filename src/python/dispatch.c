@@ -48,13 +48,13 @@
 
 struct apply_call {
     PyObject *func;
-    vectorcallfunc call; /* func's own vectorcall (NULL: it has none) */
+    vectorcallfunc call;  /* func's own vectorcall (NULL: it has none) */
     dkpy_carried exc;     /* the first error */
     PyThreadState *saved; /* the caller's, while it waits */
-    bool nap;         /* helpers nap (false: no caller loop) */
-    uint32_t calls;   /* atomic: calls of f so far, a hint */
-    uint32_t waiting; /* atomic: the caller waits for the helpers */
-    uint32_t stop;    /* atomic: read without the GIL */
+    bool nap;             /* helpers nap (false: no caller loop) */
+    uint32_t calls;       /* atomic: calls of f so far, a hint */
+    uint32_t waiting;     /* atomic: the caller waits for the helpers */
+    uint32_t stop;        /* atomic: read without the GIL */
 };
 
 /* func(i) for i in [begin, end), GIL held (the caller's ranges); false
@@ -163,31 +163,20 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                                      &iterations, &func, &queue)) {
         return NULL;
     }
-    if (!PyLong_Check(iterations)) {
-        PyErr_Format(PyExc_TypeError, "iterations must be an int, not %.100s",
-                     Py_TYPE(iterations)->tp_name);
+    size_t n;
+    dk_queue_t *q;
+    /* A negative count is an OverflowError, as in cygcd. */
+    if (dkpy_size_arg(iterations, "iterations", &n) < 0 ||
+        dkpy_check_callable(func, "func") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
-    size_t n = PyLong_AsSize_t(iterations);
-    if (n == (size_t)-1 && PyErr_Occurred()) {
-        return NULL; /* negative: OverflowError, as cygcd */
-    }
-    if (dkpy_check_callable(func, "func") < 0) {
+    if (q != NULL && dk_queue_sync_would_deadlock(q, 0) &&
+        !dk_queue_is_concurrent(q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "apply() on the serial queue the caller is running "
+                        "on would deadlock");
         return NULL;
-    }
-    dk_queue_t *q = NULL;
-    if (queue != Py_None) {
-        QueueObject *qo = dkpy_as_queue(queue, "queue");
-        if (qo == NULL) {
-            return NULL;
-        }
-        q = qo->q;
-        if (dk_queue_sync_would_deadlock(q, 0) && !dk_queue_is_concurrent(q)) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "apply() on the serial queue the caller is "
-                            "running on would deadlock");
-            return NULL;
-        }
     }
     struct apply_call c = {.func = func, .call = PyVectorcall_Function(func)};
     int rc;

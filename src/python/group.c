@@ -18,7 +18,6 @@
 #include "python/futures.h"
 #include "python/gil.h"
 
-
 /* The core's waits as dkpy_wait_fn, run with the GIL released by
  * dkpy_wait_handoff (gil.h). */
 static int

@@ -232,30 +232,6 @@ Queue_main_queue(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused))
     return immortal_queue(&dkpy_dispatch.main_queue, dk_queue_main());
 }
 
-static PyObject *
-submit(QueueObject *self, PyObject *func, bool barrier)
-{
-    if (dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
-                     : dk_queue_async_f(self->q, func, dkpy_call_async);
-    return dkpy_submitted(rc, func);
-}
-
-static PyObject *
-Queue_run_async(QueueObject *self, PyObject *func)
-{
-    return submit(self, func, false);
-}
-
-static PyObject *
-Queue_barrier_async(QueueObject *self, PyObject *func)
-{
-    return submit(self, func, true);
-}
-
 /* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future (futures.c);
  * a workloop also takes qos=. */
 static PyObject *
@@ -326,14 +302,13 @@ sync_wait(dk_queue_t *q, struct sync_call *c)
     return r;
 }
 
-/* qos >= 0: submit with that QoS class when the call cannot run inline. */
+#define NO_QOS LONG_MIN
+
+/* qos: NO_QOS, or the QoS class to submit with when the call cannot run
+ * inline. */
 static PyObject *
-run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
+run_sync(dk_queue_t *q, PyObject *func, bool barrier, long qos)
 {
-    if (dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    dk_queue_t *q = self->q;
     bool cq_barrier =
         barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
     unsigned sync_flags = cq_barrier ? DK_SYNC_BARRIER : 0;
@@ -365,9 +340,9 @@ run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
     }
     c->func = Py_NewRef(func);
     c->refs = 2;
-    int rc = cq_barrier ? dk_queue_barrier_async_f(q, c, call_sync)
-             : qos >= 0 ? dk_queue_async_qos_f(q, qos, c, call_sync)
-                        : dk_queue_async_f(q, c, call_sync);
+    int rc = cq_barrier      ? dk_queue_barrier_async_f(q, c, call_sync)
+             : qos != NO_QOS ? dk_queue_async_qos_f(q, (int)qos, c, call_sync)
+                             : dk_queue_async_f(q, c, call_sync);
     if (rc < 0) {
         Py_DECREF(func);
         dk_release(c->done);
@@ -377,16 +352,51 @@ run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
     return sync_wait(q, c);
 }
 
+/* Every run_ and barrier_ method: submit func (as a barrier; with a qos
+ * other than NO_QOS, at that QoS class, checked after func), or with
+ * `sync` run it on the queue and wait. */
+static PyObject *
+queue_call(QueueObject *self, PyObject *func, bool sync, bool barrier,
+           long qos)
+{
+    if (dkpy_check_callable(func, "func") < 0 ||
+        (qos != NO_QOS && dkpy_qos_arg(qos) < 0)) {
+        return NULL;
+    }
+    if (sync) {
+        return run_sync(self->q, func, barrier, qos);
+    }
+    Py_INCREF(func);
+    int rc =
+        barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
+        : qos != NO_QOS
+            ? dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async)
+            : dk_queue_async_f(self->q, func, dkpy_call_async);
+    return dkpy_submitted(rc, func);
+}
+
+static PyObject *
+Queue_run_async(QueueObject *self, PyObject *func)
+{
+    return queue_call(self, func, false, false, NO_QOS);
+}
+
+static PyObject *
+Queue_barrier_async(QueueObject *self, PyObject *func)
+{
+    return queue_call(self, func, false, true, NO_QOS);
+}
+
 static PyObject *
 Queue_run_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, false, -1);
+    return queue_call(self, func, true, false, NO_QOS);
 }
 
 static PyObject *
 Queue_barrier_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, true, -1);
+    return queue_call(self, func, true, true, NO_QOS);
 }
 
 static PyObject *
@@ -488,20 +498,14 @@ Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
     PyObject *old_value = self->context, *old_finalizer = self->finalizer;
     self->context = value == Py_None ? NULL : Py_NewRef(value);
     self->finalizer = finalizer == Py_None ? NULL : Py_NewRef(finalizer);
-    PyObject *result = Py_None;
-    if (old_finalizer != NULL) {
-        /* Replacing a context finalizes the old one now, with no arguments
-         * (cygcd does both). */
-        PyObject *r = PyObject_CallNoArgs(old_finalizer);
-        if (r == NULL) {
-            result = NULL;
-        } else {
-            Py_DECREF(r);
-        }
-    }
+    /* Replacing a context finalizes the old one now, with no arguments
+     * (cygcd does both). */
+    PyObject *r = old_finalizer ? PyObject_CallNoArgs(old_finalizer) : NULL;
+    bool failed = old_finalizer != NULL && r == NULL;
+    Py_XDECREF(r);
     Py_XDECREF(old_value);
     Py_XDECREF(old_finalizer);
-    return Py_XNewRef(result);
+    return failed ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -517,20 +521,18 @@ Queue_set_specific(QueueObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:set_specific", &key, &value)) {
         return NULL;
     }
-    if (self->specifics == NULL) {
-        if (value == Py_None) {
-            Py_RETURN_NONE;
-        }
+    if (self->specifics == NULL && value != Py_None) {
         self->specifics = PyDict_New();
-        if (self->specifics == NULL) {
-            return NULL;
-        }
-        int rc = dk_queue_set_specific(self->q, &dkpy_specifics_key,
-                                       self->specifics, NULL);
+        int rc = self->specifics == NULL
+                     ? -ENOMEM
+                     : dk_queue_set_specific(self->q, &dkpy_specifics_key,
+                                             self->specifics, NULL);
         if (rc < 0) {
             Py_CLEAR(self->specifics);
             return dkpy_raise_errno(rc);
         }
+    } else if (self->specifics == NULL) {
+        Py_RETURN_NONE; /* nothing to remove */
     }
     int rc = value == Py_None
                  ? PyDict_Contains(self->specifics, key) /* 1: del */
@@ -720,16 +722,10 @@ workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs,
                                      sync ? "O|l:run_sync" : "O|l:run_async",
-                                     kwlist, &func, &qos) ||
-        dkpy_check_callable(func, "func") < 0 || dkpy_qos_arg(qos) < 0) {
+                                     kwlist, &func, &qos)) {
         return NULL;
     }
-    if (sync) {
-        return run_sync(self, func, false, (int)qos);
-    }
-    Py_INCREF(func);
-    int rc = dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async);
-    return dkpy_submitted(rc, func);
+    return queue_call(self, func, sync, false, qos);
 }
 
 static PyObject *
