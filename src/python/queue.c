@@ -44,9 +44,14 @@ dkpy_call_finalizer_async(void *ctx)
 
 const char dkpy_specifics_key;
 
+/* A new wrapper of `type` for q, made by a core call that returned rc
+ * (its only failure: -ENOMEM); immortal: q is a global or main queue. */
 static PyObject *
-queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
+queue_wrap(PyTypeObject *type, int rc, dk_queue_t *q, bool immortal)
 {
+    if (rc < 0) {
+        return PyErr_NoMemory();
+    }
     QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         if (!immortal) {
@@ -56,6 +61,7 @@ queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
     }
     self->q = q;
     self->immortal = immortal;
+    self->created_inactive = dk_queue_is_inactive(q);
     return (PyObject *)self;
 }
 
@@ -119,10 +125,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive ? DK_QUEUE_INACTIVE : 0);
     dk_queue_t *q;
-    if (dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q) < 0) {
-        return PyErr_NoMemory();
-    }
-    return queue_wrap(type, q, false);
+    int rc = dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q);
+    return queue_wrap(type, rc, q, false);
 }
 
 static int
@@ -194,7 +198,7 @@ static PyObject *
 immortal_queue(PyObject **slot, dk_queue_t *q)
 {
     if (*slot == NULL) {
-        *slot = queue_wrap(dkpy_dispatch.queue_type, q, true);
+        *slot = queue_wrap(dkpy_dispatch.queue_type, 0, q, true);
     }
     return Py_XNewRef(*slot);
 }
@@ -696,16 +700,10 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (dk_queue_create(clabel,
-                        DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0),
-                        0, 0, NULL, &q) < 0) {
-        return PyErr_NoMemory();
-    }
-    QueueObject *self = (QueueObject *)queue_wrap(type, q, false);
-    if (self != NULL) {
-        self->created_inactive = inactive != 0;
-    }
-    return (PyObject *)self;
+    int rc = dk_queue_create(
+        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
+        NULL, &q);
+    return queue_wrap(type, rc, q, false);
 }
 
 /* run_async(func, qos=0x15) and run_sync(func, qos=0x15). */
