@@ -1,5 +1,6 @@
 /*
- * GIL management for callbacks run by the dispatch runtime. See gil.h.
+ * GIL management for callbacks run by the dispatch runtime, and the GIL
+ * hand-off of the Group and Semaphore waits. See gil.h.
  */
 #include "python/gil.h"
 

@@ -14,6 +14,10 @@
  * Once the interpreter starts finalizing, no thread enters Python again:
  * dkpy_enter returns false and the callback is dropped (its references
  * are leaked on purpose; the process is exiting).
+ *
+ * The Group and Semaphore waits release the GIL here too, so that a woken
+ * Semaphore waiter can take it as the signaller lets go (gil.c, "GIL
+ * hand-off").
  */
 #ifndef DK_SRC_PYTHON_GIL_H
 #define DK_SRC_PYTHON_GIL_H
