@@ -157,13 +157,14 @@ static unsigned batch_holders;
 bool
 dkpy_finalizing(void)
 {
-    return __atomic_load_n(&finalizing, __ATOMIC_SEQ_CST) != 0;
+    /* (W2) where a thread is about to take the GIL: pairs with (S1). */
+    return dk__atomic_load_seq_cst(&finalizing) != 0;
 }
 
 void
 dkpy_gil_shutdown(void)
 {
-    __atomic_store_n(&finalizing, 1, __ATOMIC_SEQ_CST); /* (S1) */
+    dk__atomic_store_seq_cst(&finalizing, 1); /* (S1), pairs with (W2) */
     Py_BEGIN_ALLOW_THREADS
     uint64_t deadline = dk_now() + 2 * DK_NSEC_PER_SEC;
     while ((dk_worker_lock_waiters() > 0 ||
