@@ -510,3 +510,79 @@ dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
                  detail);
     return NULL;
 }
+
+void
+dkpy_carry(dkpy_carried *c, PyObject *func)
+{
+    if (c->abandoned) {
+        PyErr_WriteUnraisable(func);
+    } else if (c->type != NULL) {
+        PyErr_Clear();
+    } else {
+        PyErr_Fetch(&c->type, &c->value, &c->tb);
+    }
+}
+
+bool
+dkpy_call_carrying(PyObject *func, dkpy_carried *c)
+{
+    PyObject *r = PyObject_CallNoArgs(func);
+    if (r == NULL) {
+        dkpy_carry(c, func);
+        return false;
+    }
+    Py_DECREF(r);
+    return true;
+}
+
+bool
+dkpy_callback_carrying(PyObject *func, bool consume, dkpy_carried *c)
+{
+    dkpy_gil_t g;
+    if (!dkpy_enter(&g)) {
+        return false; /* finalizing: drop it */
+    }
+    dkpy_call_carrying(func, c);
+    if (consume) {
+        Py_DECREF(func);
+    }
+    dkpy_leave(&g);
+    return true;
+}
+
+PyObject *
+dkpy_carried_result(dkpy_carried *c)
+{
+    if (c->type == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyErr_Restore(c->type, c->value, c->tb);
+    c->type = c->value = c->tb = NULL;
+    return NULL;
+}
+
+void
+dkpy_carried_abandon(dkpy_carried *c)
+{
+    Py_CLEAR(c->type);
+    Py_CLEAR(c->value);
+    Py_CLEAR(c->tb);
+    c->abandoned = true;
+}
+
+int
+dkpy_size_arg(PyObject *obj, const char *what, size_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = PyLong_AsSize_t(obj);
+    if (*out == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError, "%s must be >= 0 and fit in size_t",
+                     what);
+        return -1;
+    }
+    return 0;
+}

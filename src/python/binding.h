@@ -249,4 +249,34 @@ PyObject *dkpy_raise_call(PyObject *type, PyObject *args, PyObject *kwargs);
 PyObject *dkpy_raise_errno_detail(const dkpy_errno_map *map, int neg_errno,
                                   const char *detail);
 
+/* A callback's exception carried to the thread that waits for it (run_sync,
+ * Once, apply) instead of reported: the carrier's fields are read and
+ * written with the GIL held. Zero it before use. */
+typedef struct {
+    PyObject *type, *value, *tb; /* the first exception; NULL: none */
+    bool abandoned; /* the waiter gave up: what comes later is reported */
+} dkpy_carried;
+/* GIL held, func's exception set: keep it in *c if it is the first one,
+ * report it as raised in func once the waiter has abandoned c, else drop
+ * it (a later call's, where the first already stops the work). */
+void dkpy_carry(dkpy_carried *c, PyObject *func);
+/* GIL held: func(), its exception carried to *c; false after one. */
+bool dkpy_call_carrying(PyObject *func, dkpy_carried *c);
+/* dkpy_callback for a carried exception: from a thread of the runtime,
+ * take the GIL, dkpy_call_carrying, drop the caller's reference to func
+ * if `consume`, give the GIL back. False during finalization: nothing ran
+ * and the references are left (gil.h). */
+bool dkpy_callback_carrying(PyObject *func, bool consume, dkpy_carried *c);
+/* The waiter, GIL held, once the call is over: NULL with the carried
+ * exception raised, or None. */
+PyObject *dkpy_carried_result(dkpy_carried *c);
+/* The waiter stops waiting before the call is over (a signal handler
+ * raised; GIL held): drop what was carried; a later exception is
+ * reported. */
+void dkpy_carried_abandon(dkpy_carried *c);
+
+/* An int argument as a size_t: 0, or -1 with TypeError (not an int) or
+ * OverflowError ("<what> must be >= 0 and fit in size_t"). */
+int dkpy_size_arg(PyObject *obj, const char *what, size_t *out);
+
 #endif /* DK_SRC_PYTHON_BINDING_H */

@@ -95,24 +95,6 @@ as_data(PyObject *obj, const char *what)
     return (DataObject *)obj;
 }
 
-static int
-to_size(PyObject *obj, const char *what, size_t *out)
-{
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    size_t v = PyLong_AsSize_t(obj);
-    if (v == (size_t)-1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_OverflowError, "%s must be >= 0 and fit in size_t",
-                     what);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static PyObject *
 Data_concat(DataObject *self, PyObject *other)
 {
@@ -133,7 +115,8 @@ Data_subrange(DataObject *self, PyObject *args, PyObject *kwargs)
     size_t o, n;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:subrange", kwlist, &off,
                                      &len) ||
-        to_size(off, "offset", &o) < 0 || to_size(len, "length", &n) < 0) {
+        dkpy_size_arg(off, "offset", &o) < 0 ||
+        dkpy_size_arg(len, "length", &n) < 0) {
         return NULL;
     }
     dk_data_t *d;
@@ -145,7 +128,7 @@ static PyObject *
 Data_copy_region(DataObject *self, PyObject *arg)
 {
     size_t loc, off;
-    if (to_size(arg, "location", &loc) < 0) {
+    if (dkpy_size_arg(arg, "location", &loc) < 0) {
         return NULL;
     }
     if (dk_data_get_size(self->d) == 0) {

@@ -48,13 +48,13 @@
 
 struct apply_call {
     PyObject *func;
-    vectorcallfunc call; /* func's own vectorcall (NULL: it has none) */
-    PyObject *exc_type, *exc_value, *exc_tb; /* first error, GIL held */
-    PyThreadState *saved;                    /* the caller's, while it waits */
-    bool nap;         /* helpers nap (false: no caller loop) */
-    uint32_t calls;   /* atomic: calls of f so far, a hint */
-    uint32_t waiting; /* atomic: the caller waits for the helpers */
-    uint32_t stop;    /* atomic: read without the GIL */
+    vectorcallfunc call;  /* func's own vectorcall (NULL: it has none) */
+    dkpy_carried exc;     /* the first error */
+    PyThreadState *saved; /* the caller's, while it waits */
+    bool nap;             /* helpers nap (false: no caller loop) */
+    uint32_t calls;       /* atomic: calls of f so far, a hint */
+    uint32_t waiting;     /* atomic: the caller waits for the helpers */
+    uint32_t stop;        /* atomic: read without the GIL */
 };
 
 /* func(i) for i in [begin, end), GIL held (the caller's ranges); false
@@ -85,7 +85,7 @@ apply_calls(void *ctx, size_t begin, size_t end)
             /* Relaxed: the exception itself is read by the caller after
              * the loop, which the loop's completion orders. */
             dk_atomic_u32_store(&c->stop, 1, DK_MO_RELAXED);
-            PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
+            dkpy_carry(&c->exc, c->func);
             return false;
         }
         Py_DECREF(r);
@@ -163,31 +163,20 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                                      &iterations, &func, &queue)) {
         return NULL;
     }
-    if (!PyLong_Check(iterations)) {
-        PyErr_Format(PyExc_TypeError, "iterations must be an int, not %.100s",
-                     Py_TYPE(iterations)->tp_name);
+    size_t n;
+    dk_queue_t *q;
+    /* A negative count is an OverflowError, as in cygcd. */
+    if (dkpy_size_arg(iterations, "iterations", &n) < 0 ||
+        dkpy_check_callable(func, "func") < 0 ||
+        dkpy_queue_arg(queue, "queue", &q) < 0) {
         return NULL;
     }
-    size_t n = PyLong_AsSize_t(iterations);
-    if (n == (size_t)-1 && PyErr_Occurred()) {
-        return NULL; /* negative: OverflowError, as cygcd */
-    }
-    if (dkpy_check_callable(func, "func") < 0) {
+    if (q != NULL && dk_queue_sync_would_deadlock(q, 0) &&
+        !dk_queue_is_concurrent(q)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "apply() on the serial queue the caller is running "
+                        "on would deadlock");
         return NULL;
-    }
-    dk_queue_t *q = NULL;
-    if (queue != Py_None) {
-        QueueObject *qo = dkpy_as_queue(queue, "queue");
-        if (qo == NULL) {
-            return NULL;
-        }
-        q = qo->q;
-        if (dk_queue_sync_would_deadlock(q, 0) && !dk_queue_is_concurrent(q)) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "apply() on the serial queue the caller is "
-                            "running on would deadlock");
-            return NULL;
-        }
     }
     struct apply_call c = {.func = func, .call = PyVectorcall_Function(func)};
     int rc;
@@ -199,14 +188,7 @@ dk_py_apply(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         rc = dk_apply_range_while_f(n, q, &c, apply_range);
         Py_END_ALLOW_THREADS
     }
-    if (rc < 0) {
-        return dkpy_raise_errno(rc);
-    }
-    if (c.exc_type != NULL) {
-        PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return rc < 0 ? dkpy_raise_errno(rc) : dkpy_carried_result(&c.exc);
 }
 
 /* Finite seconds to nanoseconds, clamped to the int64 range. */
@@ -478,7 +460,6 @@ dkpy_dispatch_exec(PyObject *m)
         Py_XDECREF(forever);
         return -1;
     }
-    dkpy_dispatch_handoff_init();
     dkpy_gil_init();
     return 0;
 }

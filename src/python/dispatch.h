@@ -57,7 +57,4 @@ void dkpy_call_finalizer_async(void *ctx);
 /* A Queue, or NULL with TypeError ("<what> must be a Queue"). Borrowed. */
 QueueObject *dkpy_as_queue(PyObject *obj, const char *what);
 
-/* Turn the GIL hand-off spin on when the process has several CPUs. */
-void dkpy_dispatch_handoff_init(void);
-
 #endif /* DK_SRC_PYTHON_DISPATCH_H */

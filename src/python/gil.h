@@ -14,6 +14,10 @@
  * Once the interpreter starts finalizing, no thread enters Python again:
  * dkpy_enter returns false and the callback is dropped (its references
  * are leaked on purpose; the process is exiting).
+ *
+ * The Group and Semaphore waits release the GIL here too, so that a woken
+ * Semaphore waiter can take it as the signaller lets go (gil.c, "GIL
+ * hand-off").
  */
 #ifndef DK_SRC_PYTHON_GIL_H
 #define DK_SRC_PYTHON_GIL_H
@@ -27,10 +31,17 @@ typedef struct {
     PyGILState_STATE gstate;
 } dkpy_gil_t;
 
-/* Count of GIL releases a waiter may watch for (see group.c, "GIL
- * hand-off"): bump it right after releasing the GIL; read it as a hint. */
-void dkpy_note_gil_released(void);
-uint32_t dkpy_gil_release_count(void);
+/* The Group and Semaphore waits, of acquire_timed's shape after the
+ * caller's non-blocking try (`taken`) with the GIL held: True, False for
+ * a poll that failed, else fn's sliced wait (dkpy_wait_bool), counted as a
+ * GIL release a woken waiter may watch for ("GIL hand-off", gil.c). With
+ * `seen` (a Semaphore's dkpy_handoff_mark), a wait that got its unit
+ * watches for the signaller's next release before it asks for the GIL. */
+PyObject *dkpy_wait_handoff(bool taken, dkpy_wait_fn fn, void *arg,
+                            uint64_t deadline, const uint32_t *seen);
+/* Semaphore.signal, GIL held, before it wakes a waiter: record the GIL
+ * release count in *seen for the waiter to watch. */
+void dkpy_handoff_mark(uint32_t *seen);
 
 /* Take the GIL for one callback; false if Python is finalizing. */
 bool dkpy_enter(dkpy_gil_t *g);

@@ -1,131 +1,35 @@
 /*
  * Binding of the dispatch synchronisation objects: Group, Semaphore and
- * Once, whose waits release the GIL through the binding's sliced wait, and
- * the GIL hand-off that spares a woken Semaphore waiter a second sleep.
+ * Once, whose waits release the GIL through the binding's sliced wait
+ * with gil.c's hand-off, which spares a woken Semaphore waiter a second
+ * sleep.
  */
 #include "python/binding.h"
 
 #include <errno.h>
 #include <stdint.h>
 
-#include "dk/atomic.h"
 #include "dk/group.h"
 #include "dk/once.h"
 #include "dk/queue.h"
 #include "dk/sem.h"
 #include "dk/time.h"
-#include "os/linux/os.h"
 #include "python/dispatch.h"
 #include "python/futures.h"
 #include "python/gil.h"
 
-#include "atomic.h"
-
-/*
- * GIL hand-off after a wake-up. A thread woken by Semaphore.signal from
- * another Python thread finds the GIL still held by that thread, sleeps on
- * the GIL's condition variable and is woken again by a futex when the
- * signaller lets go: a second sleep and wake-up on every hand-off, which
- * costs more than the semaphore's own (spinning) hand-off. So the binding
- * counts the times one of its blocking waits, or a runtime thread after a
- * callback (gil.c), releases the GIL (dkpy_note_gil_released),
- * Semaphore.signal records the count it saw while holding the GIL, and a
- * waiter that got its unit watches the count, with
- * the GIL still released, for at most GIL_SPIN_NS before it asks for the
- * GIL. In a ping-pong the signaller's next wait releases the GIL within a
- * microsecond or two, and the waiter then takes it without sleeping.
- *
- * It is a hint and needs no ordering: a signaller that keeps the GIL, or
- * lets it go some other way, costs the waiter at most GIL_SPIN_NS of CPU
- * before it asks for the GIL as usual; a unit that came from C, or from a
- * signal older than the waiter's own release, shows a count that has
- * already moved on and costs nothing. With one CPU the waiter never spins
- * (the GIL holder could not run meanwhile). As in the core's semaphore,
- * the budget adapts: a watch that fails halves it (to 0 below
- * GIL_SPIN_MIN_NS), one that succeeds restores it, and every
- * GIL_SPIN_PROBE_EVERY-th watch tries the full budget, so that when the
- * signaller shares our CPU (a loaded machine) we stop holding it off.
- */
-#define GIL_SPIN_NS 20000u
-#define GIL_SPIN_MIN_NS 1000u
-#define GIL_SPIN_PROBE_EVERY 64u
-
-static bool gil_spin_useful; /* set at exec: more than one CPU to run on */
-static uint32_t gil_spin_ns = GIL_SPIN_NS; /* current budget (a hint) */
-static uint32_t gil_spins;                 /* watches so far, for probes */
-
-/* With the GIL released: until the count moves on from `seen`, at most
- * the current budget. Reads the vDSO clock every 8 pauses (dk_now is the
- * vDSO's CLOCK_MONOTONIC), never a syscall. */
-static void
-await_gil_release(uint32_t seen)
-{
-    if (!gil_spin_useful || dkpy_gil_release_count() != seen) {
-        return;
-    }
-    uint32_t kept = dk__atomic_load_relaxed(&gil_spin_ns);
-    uint32_t budget = kept;
-    if (dk__atomic_add_relaxed(&gil_spins, 1) % GIL_SPIN_PROBE_EVERY == 0) {
-        budget = GIL_SPIN_NS;
-    }
-    if (budget == 0) {
-        return;
-    }
-    uint64_t until = dk_now() + budget;
-    for (unsigned i = 1;; i++) {
-        dk_cpu_relax();
-        if (dkpy_gil_release_count() != seen) {
-            dk__atomic_store_relaxed(&gil_spin_ns, GIL_SPIN_NS);
-            return;
-        }
-        if (i % 8 == 0 && dk_now() >= until) {
-            uint32_t half = kept / 2;
-            dk__atomic_store_relaxed(&gil_spin_ns,
-                                     half >= GIL_SPIN_MIN_NS ? half : 0);
-            return;
-        }
-    }
-}
-
-/* The adapters run with the GIL released (dkpy_note_gil_released). */
+/* The core's waits as dkpy_wait_fn, run with the GIL released by
+ * dkpy_wait_handoff (gil.h). */
 static int
-group_wait_adapter(void *g, uint64_t deadline)
+group_wait_fn(void *g, uint64_t deadline)
 {
-    dkpy_note_gil_released();
     return dk_group_wait_interruptible(g, deadline);
 }
 
-typedef struct {
-    PyObject_HEAD
-    dk_semaphore_t *s;
-    uint32_t signal_seen; /* GIL releases at the last Python signal */
-} SemaphoreObject;
-
-/* Runs with the GIL released; see "GIL hand-off" above. */
 static int
-semaphore_wait_adapter(void *obj, uint64_t deadline)
+semaphore_wait_fn(void *s, uint64_t deadline)
 {
-    SemaphoreObject *self = obj;
-    dkpy_note_gil_released();
-    int rc = dk_semaphore_wait_interruptible(self->s, deadline);
-    if (rc == 0) {
-        /* Written before the signal that gave us our unit (if it came
-         * from Python); a stale value only makes the spin end at once. */
-        await_gil_release(dk__atomic_load_relaxed(&self->signal_seen));
-    }
-    return rc;
-}
-
-/* A wait of acquire_timed's shape, after the caller's non-blocking try
- * (`taken`) with the GIL held: True, False for a poll that failed, else
- * fn's sliced wait (dkpy_wait_bool). */
-static PyObject *
-timed_wait(bool taken, dkpy_wait_fn fn, void *arg, uint64_t deadline)
-{
-    if (taken || deadline == 0) {
-        return PyBool_FromLong(taken);
-    }
-    return dkpy_wait_bool(fn, arg, deadline);
+    return dk_semaphore_wait_interruptible(s, deadline);
 }
 
 /* ---- Group ---------------------------------------------------------- */
@@ -211,8 +115,8 @@ Group_wait(GroupObject *self, PyObject *args, PyObject *kwargs)
     if (dkpy_parse_wait_timeout(args, kwargs, &deadline) < 0) {
         return NULL;
     }
-    return timed_wait(dk_group_wait(self->g, 0) == 0, group_wait_adapter,
-                      self->g, deadline);
+    return dkpy_wait_handoff(dk_group_wait(self->g, 0) == 0, group_wait_fn,
+                             self->g, deadline, NULL);
 }
 
 static PyObject *
@@ -289,6 +193,22 @@ DKPY_TYPE(, dkpy_group_spec, "dispatchkit.Group", GroupObject,
 
 /* ---- Semaphore ------------------------------------------------------ */
 
+typedef struct {
+    PyObject_HEAD
+    dk_semaphore_t *s;
+    uint32_t signal_seen; /* dkpy_handoff_mark at the last Python signal */
+} SemaphoreObject;
+
+/* wait(), after a try without releasing the GIL: no syscall when a unit
+ * is there. */
+static PyObject *
+semaphore_wait(SemaphoreObject *self, uint64_t deadline)
+{
+    return dkpy_wait_handoff(dk_semaphore_wait(self->s, 0) == 0,
+                             semaphore_wait_fn, self->s, deadline,
+                             &self->signal_seen);
+}
+
 static PyObject *
 Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -329,9 +249,7 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
     if (dkpy_parse_wait_timeout(args, kwargs, &deadline) < 0) {
         return NULL;
     }
-    /* Try without releasing the GIL first: no syscall when available. */
-    return timed_wait(dk_semaphore_wait(self->s, 0) == 0,
-                      semaphore_wait_adapter, self, deadline);
+    return semaphore_wait(self, deadline);
 }
 
 /* signal() (exc_info: NULL, METH_NOARGS) and __exit__(*exc_info), which
@@ -339,8 +257,7 @@ Semaphore_wait(SemaphoreObject *self, PyObject *args, PyObject *kwargs)
 static PyObject *
 Semaphore_signal(SemaphoreObject *self, PyObject *exc_info)
 {
-    /* We hold the GIL: a waiter we wake watches for its next release. */
-    dk__atomic_store_relaxed(&self->signal_seen, dkpy_gil_release_count());
+    dkpy_handoff_mark(&self->signal_seen); /* before the waiter wakes */
     bool woke = dk_semaphore_signal(self->s);
     return exc_info == NULL ? PyBool_FromLong(woke) : Py_NewRef(Py_None);
 }
@@ -356,8 +273,7 @@ Semaphore_get_value(SemaphoreObject *self, void *Py_UNUSED(closure))
 static PyObject *
 Semaphore_cm_enter(SemaphoreObject *self, PyObject *Py_UNUSED(unused))
 {
-    return timed_wait(dk_semaphore_wait(self->s, 0) == 0,
-                      semaphore_wait_adapter, self, DK_TIME_FOREVER);
+    return semaphore_wait(self, DK_TIME_FOREVER);
 }
 
 static PyObject *
@@ -406,22 +322,20 @@ typedef struct {
 
 struct once_call {
     PyObject *func;
-    PyObject *exc_type, *exc_value, *exc_tb;
+    dkpy_carried exc;
     OnceObject *self;
 };
 
+/* On the caller's own thread (dk_once_f runs it inline), which released
+ * the GIL to wait beside other callers: func runs as a direct call would,
+ * whatever the runtime's state, so not through dkpy_enter. */
 static void
 once_trampoline(void *ctx)
 {
     struct once_call *c = ctx;
     PyGILState_STATE g = PyGILState_Ensure();
     c->self->owner = PyThread_get_thread_ident();
-    PyObject *r = PyObject_CallNoArgs(c->func);
-    if (r == NULL) {
-        PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
-    } else {
-        Py_DECREF(r);
-    }
+    dkpy_call_carrying(c->func, &c->exc);
     c->self->owner = 0;
     PyGILState_Release(g);
 }
@@ -455,17 +369,13 @@ Once_call(OnceObject *self, PyObject *args, PyObject *kwargs)
                         "(it would deadlock)");
         return NULL;
     }
-    struct once_call c = {func, NULL, NULL, NULL, self};
+    struct once_call c = {.func = func, .self = self};
     Py_INCREF(self);
     Py_BEGIN_ALLOW_THREADS
     dk_once_f(&self->pred, &c, once_trampoline);
     Py_END_ALLOW_THREADS
     Py_DECREF(self);
-    if (c.exc_type != NULL) {
-        PyErr_Restore(c.exc_type, c.exc_value, c.exc_tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return dkpy_carried_result(&c.exc);
 }
 
 static PyObject *
@@ -522,10 +432,4 @@ dkpy_dispatch_target(PyObject *obj, int *kind, void **ptr)
         return 0;
     }
     return -1;
-}
-
-void
-dkpy_dispatch_handoff_init(void)
-{
-    gil_spin_useful = dk__os_ncpu_cached() > 1; /* else the holder waits */
 }

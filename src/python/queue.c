@@ -22,35 +22,36 @@
 
 /* ---- callbacks ------------------------------------------------------ */
 
-/* ctx: a new reference to a callable, called with no arguments. */
+/* The trampolines of dispatch.h. */
 void
 dkpy_call_async(void *ctx)
 {
     dkpy_callback(ctx, true, NULL);
 }
 
-/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
- * called with no arguments, and the value released after it. */
 void
 dkpy_call_finalizer_async(void *ctx)
 {
-    PyObject *pair = ctx;
     dkpy_gil_t g;
-    if (!dkpy_enter(&g)) {
-        return;
+    if (dkpy_enter(&g)) {
+        dkpy_call_reporting(PyTuple_GET_ITEM(ctx, 0), NULL);
+        Py_DECREF(ctx);
+        dkpy_leave(&g);
     }
-    dkpy_call_reporting(PyTuple_GET_ITEM(pair, 0), NULL);
-    Py_DECREF(pair);
-    dkpy_leave(&g);
 }
 
 /* ---- Queue ---------------------------------------------------------- */
 
 const char dkpy_specifics_key;
 
+/* A new wrapper of `type` for q, made by a core call that returned rc
+ * (its only failure: -ENOMEM); immortal: q is a global or main queue. */
 static PyObject *
-queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
+queue_wrap(PyTypeObject *type, int rc, dk_queue_t *q, bool immortal)
 {
+    if (rc < 0) {
+        return PyErr_NoMemory();
+    }
     QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         if (!immortal) {
@@ -60,6 +61,7 @@ queue_wrap(PyTypeObject *type, dk_queue_t *q, bool immortal)
     }
     self->q = q;
     self->immortal = immortal;
+    self->created_inactive = dk_queue_is_inactive(q);
     return (PyObject *)self;
 }
 
@@ -123,10 +125,8 @@ Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     unsigned attrs = (concurrent ? DK_QUEUE_CONCURRENT : 0) |
                      (inactive ? DK_QUEUE_INACTIVE : 0);
     dk_queue_t *q;
-    if (dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q) < 0) {
-        return PyErr_NoMemory();
-    }
-    return queue_wrap(type, q, false);
+    int rc = dk_queue_create(clabel, attrs, (int)qos, (int)relpri, t, &q);
+    return queue_wrap(type, rc, q, false);
 }
 
 static int
@@ -198,7 +198,7 @@ static PyObject *
 immortal_queue(PyObject **slot, dk_queue_t *q)
 {
     if (*slot == NULL) {
-        *slot = queue_wrap(dkpy_dispatch.queue_type, q, true);
+        *slot = queue_wrap(dkpy_dispatch.queue_type, 0, q, true);
     }
     return Py_XNewRef(*slot);
 }
@@ -236,30 +236,6 @@ Queue_main_queue(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused))
     return immortal_queue(&dkpy_dispatch.main_queue, dk_queue_main());
 }
 
-static PyObject *
-submit(QueueObject *self, PyObject *func, bool barrier)
-{
-    if (dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    Py_INCREF(func);
-    int rc = barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
-                     : dk_queue_async_f(self->q, func, dkpy_call_async);
-    return dkpy_submitted(rc, func);
-}
-
-static PyObject *
-Queue_run_async(QueueObject *self, PyObject *func)
-{
-    return submit(self, func, false);
-}
-
-static PyObject *
-Queue_barrier_async(QueueObject *self, PyObject *func)
-{
-    return submit(self, func, true);
-}
-
 /* submit(fn, /, *args, **kwargs) -> concurrent.futures.Future (futures.c);
  * a workloop also takes qos=. */
 static PyObject *
@@ -271,16 +247,12 @@ Queue_submit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 /* A synchronous call that could not run inline: shared between the
- * waiting caller and the trampoline, freed by whichever finishes last.
- * `state` is only read and written with the GIL held. */
-enum { SYNC_PENDING, SYNC_DONE, SYNC_ABANDONED };
-
+ * waiting caller and the trampoline, freed by whichever finishes last. */
 struct sync_call {
     PyObject *func;
-    PyObject *exc_type, *exc_value, *exc_tb;
+    dkpy_carried exc;
     dk_semaphore_t *done;
     bool drain_main; /* the main thread waits for the main queue */
-    int state;
     uint32_t refs;
 };
 
@@ -299,24 +271,7 @@ static void
 call_sync(void *ctx)
 {
     struct sync_call *c = ctx;
-    dkpy_gil_t g;
-    if (dkpy_enter(&g)) {
-        PyObject *r = PyObject_CallNoArgs(c->func);
-        if (r == NULL) {
-            if (c->state == SYNC_ABANDONED) {
-                PyErr_WriteUnraisable(c->func);
-            } else {
-                PyErr_Fetch(&c->exc_type, &c->exc_value, &c->exc_tb);
-            }
-        } else {
-            Py_DECREF(r);
-        }
-        if (c->state == SYNC_PENDING) {
-            c->state = SYNC_DONE;
-        }
-        Py_CLEAR(c->func);
-        dkpy_leave(&g);
-    }
+    dkpy_callback_carrying(c->func, true, &c->exc);
     dk_semaphore_signal(c->done);
     sync_call_unref(c);
 }
@@ -341,34 +296,23 @@ static PyObject *
 sync_wait(dk_queue_t *q, struct sync_call *c)
 {
     c->drain_main = q == dk_queue_main() && dk_is_main_thread();
+    PyObject *r = NULL;
     if (dkpy_wait_sliced(sync_wait_fn, c, DK_TIME_FOREVER) == DKPY_RAISED) {
-        if (c->state == SYNC_DONE) {
-            Py_XDECREF(c->exc_type);
-            Py_XDECREF(c->exc_value);
-            Py_XDECREF(c->exc_tb);
-        } else {
-            c->state = SYNC_ABANDONED;
-        }
-        sync_call_unref(c);
-        return NULL;
+        dkpy_carried_abandon(&c->exc);
+    } else {
+        r = dkpy_carried_result(&c->exc);
     }
-    PyObject *type = c->exc_type, *value = c->exc_value, *tb = c->exc_tb;
     sync_call_unref(c);
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return r;
 }
 
-/* qos >= 0: submit with that QoS class when the call cannot run inline. */
+#define NO_QOS LONG_MIN
+
+/* qos: NO_QOS, or the QoS class to submit with when the call cannot run
+ * inline. */
 static PyObject *
-run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
+run_sync(dk_queue_t *q, PyObject *func, bool barrier, long qos)
 {
-    if (dkpy_check_callable(func, "func") < 0) {
-        return NULL;
-    }
-    dk_queue_t *q = self->q;
     bool cq_barrier =
         barrier && dk_queue_is_concurrent(q) && !dk_queue_is_global(q);
     unsigned sync_flags = cq_barrier ? DK_SYNC_BARRIER : 0;
@@ -400,9 +344,9 @@ run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
     }
     c->func = Py_NewRef(func);
     c->refs = 2;
-    int rc = cq_barrier ? dk_queue_barrier_async_f(q, c, call_sync)
-             : qos >= 0 ? dk_queue_async_qos_f(q, qos, c, call_sync)
-                        : dk_queue_async_f(q, c, call_sync);
+    int rc = cq_barrier      ? dk_queue_barrier_async_f(q, c, call_sync)
+             : qos != NO_QOS ? dk_queue_async_qos_f(q, (int)qos, c, call_sync)
+                             : dk_queue_async_f(q, c, call_sync);
     if (rc < 0) {
         Py_DECREF(func);
         dk_release(c->done);
@@ -412,16 +356,51 @@ run_sync(QueueObject *self, PyObject *func, bool barrier, int qos)
     return sync_wait(q, c);
 }
 
+/* Every run_ and barrier_ method: submit func (as a barrier; with a qos
+ * other than NO_QOS, at that QoS class, checked after func), or with
+ * `sync` run it on the queue and wait. */
+static PyObject *
+queue_call(QueueObject *self, PyObject *func, bool sync, bool barrier,
+           long qos)
+{
+    if (dkpy_check_callable(func, "func") < 0 ||
+        (qos != NO_QOS && dkpy_qos_arg(qos) < 0)) {
+        return NULL;
+    }
+    if (sync) {
+        return run_sync(self->q, func, barrier, qos);
+    }
+    Py_INCREF(func);
+    int rc =
+        barrier ? dk_queue_barrier_async_f(self->q, func, dkpy_call_async)
+        : qos != NO_QOS
+            ? dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async)
+            : dk_queue_async_f(self->q, func, dkpy_call_async);
+    return dkpy_submitted(rc, func);
+}
+
+static PyObject *
+Queue_run_async(QueueObject *self, PyObject *func)
+{
+    return queue_call(self, func, false, false, NO_QOS);
+}
+
+static PyObject *
+Queue_barrier_async(QueueObject *self, PyObject *func)
+{
+    return queue_call(self, func, false, true, NO_QOS);
+}
+
 static PyObject *
 Queue_run_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, false, -1);
+    return queue_call(self, func, true, false, NO_QOS);
 }
 
 static PyObject *
 Queue_barrier_sync(QueueObject *self, PyObject *func)
 {
-    return run_sync(self, func, true, -1);
+    return queue_call(self, func, true, true, NO_QOS);
 }
 
 static PyObject *
@@ -523,20 +502,14 @@ Queue_set_context(QueueObject *self, PyObject *args, PyObject *kwargs)
     PyObject *old_value = self->context, *old_finalizer = self->finalizer;
     self->context = value == Py_None ? NULL : Py_NewRef(value);
     self->finalizer = finalizer == Py_None ? NULL : Py_NewRef(finalizer);
-    PyObject *result = Py_None;
-    if (old_finalizer != NULL) {
-        /* Replacing a context finalizes the old one now, with no arguments
-         * (cygcd does both). */
-        PyObject *r = PyObject_CallNoArgs(old_finalizer);
-        if (r == NULL) {
-            result = NULL;
-        } else {
-            Py_DECREF(r);
-        }
-    }
+    /* Replacing a context finalizes the old one now, with no arguments
+     * (cygcd does both). */
+    PyObject *r = old_finalizer ? PyObject_CallNoArgs(old_finalizer) : NULL;
+    bool failed = old_finalizer != NULL && r == NULL;
+    Py_XDECREF(r);
     Py_XDECREF(old_value);
     Py_XDECREF(old_finalizer);
-    return Py_XNewRef(result);
+    return failed ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -552,20 +525,18 @@ Queue_set_specific(QueueObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:set_specific", &key, &value)) {
         return NULL;
     }
-    if (self->specifics == NULL) {
-        if (value == Py_None) {
-            Py_RETURN_NONE;
-        }
+    if (self->specifics == NULL && value != Py_None) {
         self->specifics = PyDict_New();
-        if (self->specifics == NULL) {
-            return NULL;
-        }
-        int rc = dk_queue_set_specific(self->q, &dkpy_specifics_key,
-                                       self->specifics, NULL);
+        int rc = self->specifics == NULL
+                     ? -ENOMEM
+                     : dk_queue_set_specific(self->q, &dkpy_specifics_key,
+                                             self->specifics, NULL);
         if (rc < 0) {
             Py_CLEAR(self->specifics);
             return dkpy_raise_errno(rc);
         }
+    } else if (self->specifics == NULL) {
+        Py_RETURN_NONE; /* nothing to remove */
     }
     int rc = value == Py_None
                  ? PyDict_Contains(self->specifics, key) /* 1: del */
@@ -729,16 +700,10 @@ Workloop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     dk_queue_t *q;
-    if (dk_queue_create(clabel,
-                        DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0),
-                        0, 0, NULL, &q) < 0) {
-        return PyErr_NoMemory();
-    }
-    QueueObject *self = (QueueObject *)queue_wrap(type, q, false);
-    if (self != NULL) {
-        self->created_inactive = inactive != 0;
-    }
-    return (PyObject *)self;
+    int rc = dk_queue_create(
+        clabel, DK_QUEUE_WORKLOOP | (inactive ? DK_QUEUE_INACTIVE : 0), 0, 0,
+        NULL, &q);
+    return queue_wrap(type, rc, q, false);
 }
 
 /* run_async(func, qos=0x15) and run_sync(func, qos=0x15). */
@@ -755,16 +720,10 @@ workloop_run(QueueObject *self, PyObject *args, PyObject *kwargs, bool sync)
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs,
                                      sync ? "O|l:run_sync" : "O|l:run_async",
-                                     kwlist, &func, &qos) ||
-        dkpy_check_callable(func, "func") < 0 || dkpy_qos_arg(qos) < 0) {
+                                     kwlist, &func, &qos)) {
         return NULL;
     }
-    if (sync) {
-        return run_sync(self, func, false, (int)qos);
-    }
-    Py_INCREF(func);
-    int rc = dk_queue_async_qos_f(self->q, (int)qos, func, dkpy_call_async);
-    return dkpy_submitted(rc, func);
+    return queue_call(self, func, sync, false, qos);
 }
 
 static PyObject *

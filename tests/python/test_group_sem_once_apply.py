@@ -1,7 +1,9 @@
 """Group, Semaphore, Once, apply and the time functions."""
+import gc
 import os
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -364,6 +366,29 @@ def test_apply_side_by_side_iterations_still_reraise_the_first_error():
     with pytest.raises(KeyError):
         dk.apply(2, f)
     assert not barrier.broken
+
+
+@two_cpus
+def test_apply_frees_the_errors_after_the_first():
+    # Iterations that release the GIL fail on several threads at once: one
+    # error is raised, the others are freed (one used to overwrite, and
+    # leak, the one kept before it).
+    class Token:
+        pass
+
+    refs = []
+    barrier = threading.Barrier(2, timeout=30)
+
+    def f(i):
+        token = Token()
+        refs.append(weakref.ref(token))
+        barrier.wait()
+        raise ValueError(token)
+
+    with pytest.raises(ValueError):
+        dk.apply(2, f)
+    gc.collect()
+    assert len(refs) == 2 and all(r() is None for r in refs)
 
 
 def test_apply_waits_for_every_iteration_before_it_returns():

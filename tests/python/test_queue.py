@@ -1,4 +1,6 @@
 """Queue: every row of the seed's Queue table, ordering and exclusion."""
+import os
+import signal
 import threading
 import time
 
@@ -332,6 +334,36 @@ def test_async_exception_goes_to_unraisablehook(unraisable):
     q.run_sync(lambda: None)
     assert len(unraisable) == 1
     assert isinstance(unraisable[0].exc_value, ValueError)
+    assert unraisable[0].object is boom
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_run_sync_left_by_a_signal_reports_the_later_exception(unraisable):
+    # A signal handler that raises ends the wait (as Ctrl-C does); the
+    # call still runs once the queue gets to it, and its exception, with
+    # nobody left to re-raise it in, goes to sys.unraisablehook.
+    def handler(signum, frame):
+        raise Interrupted
+
+    def boom():
+        raise ValueError("late")
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        q = dk.Queue("abandoned")
+        gate = dk.Semaphore(0)
+        q.run_async(gate.wait)
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(Interrupted):
+            q.run_sync(boom)
+        gate.signal()
+        q.run_sync(lambda: None)  # after boom's trampoline has returned
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert [type(u.exc_value) for u in unraisable] == [ValueError]
     assert unraisable[0].object is boom
 
 
