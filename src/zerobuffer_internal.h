@@ -33,4 +33,11 @@ int dk__zb_writer_commit_ex(dk_zb_writer_t *w, bool publish);
 /* Publish the held frames (nothing once closed). */
 void dk__zb_writer_publish(dk_zb_writer_t *w);
 
+/* The watch budgets of src/zerobuffer.c's waits (its comment on
+ * watching), exposed for the tests: the next budget after a watch that
+ * saw its event (paid) or not, and after a wait that slept and ended
+ * waited_ns after it began. */
+uint32_t dk__zb_spin_after_watch(uint32_t budget_ns, bool paid);
+uint32_t dk__zb_spin_after_sleep(uint32_t budget_ns, uint64_t waited_ns);
+
 #endif /* DK_SRC_ZEROBUFFER_INTERNAL_H */

@@ -18,6 +18,7 @@
 
 #include "dk/time.h"
 #include "dk/zerobuffer.h"
+#include "zerobuffer_internal.h"
 
 #define MS 1000000ull
 
@@ -418,6 +419,29 @@ DK_TEST(zb_early_wrap_writes_marker)
     CHECK_EQ(dk_zb_reader_release(p.r, &f), 0);
     CHECK_EQ(p.o->payload_free_bytes, 1024);
     pair_close(&p);
+}
+
+/* The watch budget: a wait that slept but ended soon (a stream of large
+ * frames) earns a watch covering it, up to 100 us, which a watch that
+ * sees its event keeps; a watch that ends in a sleep halves it; a long
+ * wait teaches nothing. */
+DK_TEST(zb_watch_budget_learns_short_sleeps)
+{
+    /* 40 us waits (1 MiB frames): the next watch covers 60 us. */
+    CHECK_EQ(dk__zb_spin_after_sleep(0, 40000), 60000);
+    CHECK_EQ(dk__zb_spin_after_sleep(20000, 40000), 60000);
+    /* Never past 100 us, never below the 20 us a watch starts with. */
+    CHECK_EQ(dk__zb_spin_after_sleep(0, 90000), 100000);
+    CHECK_EQ(dk__zb_spin_after_sleep(0, 3000), 20000);
+    /* An idle peer (waits of a millisecond and more): unchanged. */
+    CHECK_EQ(dk__zb_spin_after_sleep(0, 1000000), 0);
+    CHECK_EQ(dk__zb_spin_after_sleep(5000, 2000000000ull), 5000);
+    /* A learned watch that pays is kept; a short one is topped up. */
+    CHECK_EQ(dk__zb_spin_after_watch(60000, true), 60000);
+    CHECK_EQ(dk__zb_spin_after_watch(2000, true), 20000);
+    /* One that ends in a sleep halves. */
+    CHECK_EQ(dk__zb_spin_after_watch(60000, false), 30000);
+    CHECK_EQ(dk__zb_spin_after_watch(1000, false), 500);
 }
 
 /* Writer and reader in two processes: 10000 frames of mixed sizes
