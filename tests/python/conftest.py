@@ -28,8 +28,9 @@ def shm_pid_dir():
     """A private $FASTIPC_PID_DIR-to-be (not yet created) on /dev/shm, a
     tmpfs like the default /dev/shm/fastipc, removed afterwards. pytest's
     tmp_path lies on the disk, where each named object's pid file costs a
-    journaled create and unlink: about 3 ms a create-close cycle there
-    against 0.2 ms here, which made the loop tests wait on the disk."""
+    journaled create and unlink: 1 to 3 ms a create-close cycle there
+    against about 0.2 ms here (3 to 7 times as long, loaded machine),
+    which made the loop tests wait on the disk."""
     import shutil
     import tempfile
     root = tempfile.mkdtemp(prefix="dk-test-pids-", dir="/dev/shm")
