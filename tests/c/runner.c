@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_TESTS 1024
@@ -14,6 +15,7 @@ struct test {
     const char *name;
     dk_test_fn fn;
     unsigned timeout_s;
+    double seconds; /* wall time of its forked run */
 };
 
 static struct test tests[MAX_TESTS];
@@ -26,7 +28,7 @@ dk_test_register(const char *name, dk_test_fn fn, unsigned timeout_s)
         fprintf(stderr, "too many tests\n");
         abort();
     }
-    tests[ntests++] = (struct test){name, fn, timeout_s};
+    tests[ntests++] = (struct test){name, fn, timeout_s, 0};
 }
 
 static int
@@ -36,11 +38,45 @@ cmp_test(const void *a, const void *b)
                   ((const struct test *)b)->name);
 }
 
+static double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static int
-run_forked(const struct test *t)
+cmp_seconds_desc(const void *a, const void *b)
+{
+    double x = (*(const struct test *const *)a)->seconds;
+    double y = (*(const struct test *const *)b)->seconds;
+    return (x < y) - (x > y);
+}
+
+/* The slowest tests, as TAP comments, so CI logs show where the time goes. */
+static void
+print_slowest(int n)
+{
+    static const struct test *by_time[MAX_TESTS];
+    double total = 0;
+    for (int i = 0; i < ntests; i++) {
+        by_time[i] = &tests[i];
+        total += tests[i].seconds;
+    }
+    qsort(by_time, (size_t)ntests, sizeof by_time[0], cmp_seconds_desc);
+    printf("# slowest tests (of %.2f s in all):\n", total);
+    for (int i = 0; i < n && i < ntests; i++) {
+        printf("#   %7.3f s  %s\n", by_time[i]->seconds, by_time[i]->name);
+    }
+}
+
+static int
+run_forked(struct test *t)
 {
     fflush(stdout);
     fflush(stderr);
+    double start = now_s();
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
@@ -55,6 +91,7 @@ run_forked(const struct test *t)
     int status;
     while (waitpid(pid, &status, 0) < 0) {
     }
+    t->seconds = now_s() - start;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         return 1;
     }
@@ -102,13 +139,16 @@ main(int argc, char **argv)
     for (int i = 0; i < ntests; i++) {
         if (run_forked(&tests[i])) {
             passed++;
-            printf("ok %d - %s\n", i + 1, tests[i].name);
+            printf("ok %d - %s # %.3f s\n", i + 1, tests[i].name,
+                   tests[i].seconds);
         } else {
             failed++;
-            printf("not ok %d - %s\n", i + 1, tests[i].name);
+            printf("not ok %d - %s # %.3f s\n", i + 1, tests[i].name,
+                   tests[i].seconds);
         }
         fflush(stdout);
     }
+    print_slowest(15);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

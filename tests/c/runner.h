@@ -2,7 +2,8 @@
  * The in-tree C test runner. Each test is a function registered with
  * DK_TEST(name); the runner forks a child per test with an alarm, so a
  * crash or a hang fails that test only. Output is TAP, ending with the
- * line "N passed, N failed". `dk-tests NAME...` runs the named tests
+ * line "N passed, N failed" after the slowest tests' times (each "ok" line
+ * carries its own as a comment). `dk-tests NAME...` runs the named tests
  * in-process (for gdb and valgrind); `dk-tests -l` lists them.
  */
 #ifndef DK_TESTS_RUNNER_H

@@ -49,10 +49,14 @@ def records(caplog, text):
 
 def test_seed_duplex_sample_shows_its_error(channel):
     # The seed's sample, only the import changed (and the channel name
-    # made unique, as other runs may share this machine).
+    # made unique, as other runs may share this machine; the client's wait
+    # for the response that never comes cut from 5 s to 1 s: the handler
+    # fails, and says so, as soon as the request arrives).
     code = (EXAMPLES / "zerobuffer_duplex_seed.py").read_text()
     assert code.count('"my-service"') == 2
     code = code.replace('"my-service"', repr(channel))
+    assert code.count("timeout_ms=5000") == 1
+    code = code.replace("timeout_ms=5000", "timeout_ms=1000")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr

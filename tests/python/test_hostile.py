@@ -848,9 +848,9 @@ LOOPS = {"zerobuffer": _loop_zb, "queue_group_sem": _loop_queue,
 
 @pytest.mark.parametrize("what", sorted(LOOPS))
 def test_ten_thousand_create_drop_loops_keep_rss_and_fds_flat(
-        what, tmp_path, monkeypatch):
+        what, shm_pid_dir, monkeypatch):
     import gc
-    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path))
+    monkeypatch.setenv("FASTIPC_PID_DIR", shm_pid_dir)
     fn = LOOPS[what]
     import dispatchkit as dk
     # The runtime's event thread (an epoll, a timerfd and two eventfds)

@@ -561,8 +561,8 @@ CASES.update({
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_no_leak(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTIPC_PID_DIR", str(tmp_path / "pids"))
+def test_no_leak(name, shm_pid_dir, monkeypatch):
+    monkeypatch.setenv("FASTIPC_PID_DIR", shm_pid_dir)
     fn, settle, *n = CASES[name]
     n = n[0] if n else N
     grew = growth(fn, settle, n)
