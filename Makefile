@@ -66,12 +66,12 @@ lint-python: install $(LINT_STAMP)
 # The Python suite on every CPython the package claims (3.9 to 3.13), each
 # from pyenv's interpreters (tools/pythons.sh finds them), in its own venv
 # and build directory (tools/test_pythons.sh). EXCEPT="3.11 ..." skips
-# versions already tested. One at a time, the next version's venv and
-# extension build while the current one's suite runs. JOBS=2 runs two
-# suites at a time, but some tests share fixed names in /dev/shm (the docs'
-# examples; test_hostile's buffers in a namespace that makes only /tmp
-# private) and test_docs counts /dev/shm's entries, so concurrent runs can
-# collide: one at a time by default.
+# versions already tested. JOBS=2 runs two suites at a time, but some
+# tests share fixed names in /dev/shm (the docs' examples; test_hostile's
+# buffers in a namespace that makes only /tmp private) and test_docs counts
+# /dev/shm's entries, so concurrent runs can collide: one at a time by
+# default. The next version is not built while a suite runs either: the
+# suite's timing-sensitive tests would share the two cores with a compiler.
 test-pythons:
 	EXCEPT="$(EXCEPT)" JOBS="$(or $(JOBS),1)" MAKE="$(MAKE)" BUILD="$(BUILD)" \
 	    tools/test_pythons.sh

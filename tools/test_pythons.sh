@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
 # `make test-pythons`: the Python suite on each CPython that tools/pythons.sh
 # finds, in its own venv (.venv-3.X) and build directory. One at a time, the
-# output streams as it comes, and the next version's venv and extension
-# (`make install`, about 30 s of building and downloading a version, most
-# of it CPU the suite leaves idle while its tests wait) are prepared while
-# the current version's suite runs, into build/test-pythons/3.X.install.log,
-# printed before that version's suite starts. With JOBS=2 (see the Makefile
-# for why that is not the default) two run at once, each into
-# build/test-pythons/3.X.log, printed whole in version order once all have
-# ended. EXCEPT="3.11 ..." skips versions tested already.
+# output streams as it comes; with JOBS=2 (see the Makefile for why that is
+# not the default) two run at once, each into build/test-pythons/3.X.log,
+# printed whole in version order once all have ended. EXCEPT="3.11 ..."
+# skips versions tested already.
 set -uo pipefail
 jobs=${JOBS:-1}
 except=" ${EXCEPT:-} "
@@ -26,17 +22,6 @@ for py in $(tools/pythons.sh); do
     interpreter[$v]=$py
 done
 
-# The venv and the installed extension of version $1, output to its
-# install log. A failure here shows again, in the log, when test-python
-# retries the install itself.
-prepare() {
-    local v=$1 start=$SECONDS
-    "$make" --no-print-directory install PYTHON="${interpreter[$v]}" \
-        VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.install.log" 2>&1
-    echo "== Python $v prepared (exit $?) in $((SECONDS - start)) s" \
-        >>"$logs/$v.install.log"
-}
-
 run_one() {
     local v=$1 start=$SECONDS rc
     if ((jobs == 1)); then
@@ -52,34 +37,18 @@ run_one() {
     echo "== Python $v ended (exit $rc) after $((SECONDS - start)) s"
 }
 
-if ((jobs == 1)); then
-    prepared=""
-    for i in "${!versions[@]}"; do
-        v=${versions[i]}
-        echo "== Python $v (${interpreter[$v]})"
-        if [[ -n $prepared ]]; then
-            wait "$prepared"
-        else
-            prepare "$v"
-        fi
-        cat "$logs/$v.install.log"
-        prepared=""
-        if ((i + 1 < ${#versions[@]})); then
-            prepare "${versions[i + 1]}" &
-            prepared=$!
-        fi
+for v in "${versions[@]}"; do
+    while (($(jobs -rp | wc -l) >= jobs)); do
+        wait -n
+    done
+    echo "== Python $v (${interpreter[$v]})"
+    if ((jobs == 1)); then
         run_one "$v"
-    done
-else
-    for v in "${versions[@]}"; do
-        while (($(jobs -rp | wc -l) >= jobs)); do
-            wait -n
-        done
-        echo "== Python $v (${interpreter[$v]})"
+    else
         run_one "$v" &
-    done
-    wait
-fi
+    fi
+done
+wait
 
 status=0
 for v in "${versions[@]}"; do
