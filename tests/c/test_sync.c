@@ -13,6 +13,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -246,15 +247,16 @@ DK_TEST(sync_spin_is_bounded_by_the_deadline)
 }
 
 /* The watch before sleeping adapts (src/mutex.c, watch_budget): a waiter
- * whose watches keep ending in a sleep (here the holder keeps the lock for
- * 20 ms, a thousand times the budget) stops watching after five of them,
+ * whose watches keep ending in a sleep (here the holder keeps the lock
+ * until the waiter has announced its sleep, so every watch ends in one
+ * however late either thread runs) stops watching after five of them,
  * so it burns no CPU for a holder that will not let go soon; and a probe
  * that finds a holder letting go quickly again brings the full budget
  * back. */
 struct holding {
     dk_shm_mutex_t m;
     int round, held, done; /* __atomic: the rounds' handshake */
-    uint64_t hold_ns;
+    uint64_t hold_ns; /* 0: until the waiter announces its sleep (2) */
 };
 
 static void *
@@ -273,10 +275,11 @@ hold_in_rounds(void *arg)
         CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, 0, 0), 0);
         __atomic_store_n(&h->held, r, __ATOMIC_RELEASE);
         uint64_t hold = __atomic_load_n(&h->hold_ns, __ATOMIC_RELAXED);
-        uint64_t until = dk__os_monotonic_ns() + hold;
-        if (hold >= MS) {
-            usleep((useconds_t)(hold / 1000));
+        while (hold == 0 &&
+               __atomic_load_n(&h->m.state, __ATOMIC_ACQUIRE) != 2) {
+            sched_yield();
         }
+        uint64_t until = dk__os_monotonic_ns() + hold;
         while (dk__os_monotonic_ns() < until) {
             dk_cpu_relax();
         }
@@ -304,7 +307,7 @@ DK_TEST(sync_mutex_watch_budget_adapts)
     if (dk__os_ncpu() < 2) {
         return; /* no watching at all on one CPU */
     }
-    h.hold_ns = 20 * MS;
+    h.hold_ns = 0;
     pthread_t t;
     pthread_create(&t, NULL, hold_in_rounds, &h);
     int r = 0;
