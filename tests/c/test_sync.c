@@ -343,8 +343,8 @@ DK_TEST(sync_mutex_watch_budget_adapts)
  * on command, so each wait is quick or slow by construction. */
 struct commanded {
     dk_shm_mutex_t m;
-    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock after 100 ms, 4 stop,
-              * 5 unlock after a 1 us spin */
+    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock once a waiter has
+              * announced its sleep, 4 stop, 5 unlock after a 1 us spin */
 };
 
 static void *
@@ -364,8 +364,9 @@ obey(void *arg)
                 dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, 0, 0), 0);
         } else {
             __atomic_store_n(&c->cmd, 0, __ATOMIC_RELEASE);
-            if (cmd == 3) {
-                sleep_ms(100);
+            while (cmd == 3 &&
+                   __atomic_load_n(&c->m.state, __ATOMIC_ACQUIRE) != 2) {
+                sched_yield();
             }
             if (cmd == 5) {
                 uint64_t until = dk__os_monotonic_ns() + 1000;
@@ -390,7 +391,8 @@ command(struct commanded *c, int cmd)
 }
 
 /* One failed try, then dk_shm_mutex_lock_after_try: quick when the helper
- * has let go by then, slow when it lets go 100 ms later. */
+ * has let go by then, slow when it lets go only once the waiter sleeps
+ * (slow by construction, however late this thread runs). */
 static void
 wait_after_try(struct commanded *c, bool quick)
 {
