@@ -364,6 +364,17 @@ dk__timer_disarm(struct dk__timer *t)
     timer_take_out(t, false);
 }
 
+/* Callbacks run, and their owner references are dropped, under fire_lock
+ * (fire_due): once t is out of the heap, taking that lock waits for a
+ * callback of t already popped to be over. */
+void
+dk__timer_disarm_wait(struct dk__timer *t)
+{
+    timer_take_out(t, false);
+    pthread_mutex_lock(&ev.fire_lock);
+    pthread_mutex_unlock(&ev.fire_lock);
+}
+
 /* Pop every due timer; repeating ones go back into the heap at their next
  * deadline (skipping missed intervals, which become extra fires). */
 static void

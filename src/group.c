@@ -103,9 +103,16 @@ group_became_empty(dk_group_t *g)
     if (dk__atomic_load_seq_cst(&g->waiters) > 0) { /* (L2) */
         dk__os_futex_wake(&g->gen, INT_MAX, false);
     }
+    /* Only while still empty: a notify added after an enter that followed
+     * our (L1) waits for that enter's leave, whose transition to zero
+     * takes it (dk_group_notify_f appends only under the lock, seeing a
+     * count above zero). Acquire pairs with the enter's and (L1)'s RMWs. */
     pthread_mutex_lock(&g->lock);
-    struct notify *n = g->notify_head;
-    g->notify_head = g->notify_tail = NULL;
+    struct notify *n = NULL;
+    if (dk__atomic_load_acquire(&g->count) == 0) {
+        n = g->notify_head;
+        g->notify_head = g->notify_tail = NULL;
+    }
     pthread_mutex_unlock(&g->lock);
     while (n != NULL) {
         struct notify *next = n->next;

@@ -279,6 +279,10 @@ void dk__timer_init(struct dk__timer *t, struct dk__object *owner,
 int dk__timer_set(struct dk__timer *t, uint64_t deadline, uint64_t interval,
                   uint64_t leeway);
 void dk__timer_disarm(struct dk__timer *t);
+/* dk__timer_disarm, then wait until no callback of t runs and event.c
+ * holds no reference to its owner for one. Not from a timer callback,
+ * nor holding a lock that one takes. */
+void dk__timer_disarm_wait(struct dk__timer *t);
 void dk__timer_kill(struct dk__timer *t);
 int dk__timer_after(dk_queue_t *q, uint64_t deadline, void *ctx,
                     dk_function_t fn);

@@ -68,11 +68,14 @@ struct dk_io_s {
     /* A handler running on the reading thread (see "Handlers on the
      * reading thread"): its state, the count of such calls, and the
      * watchdog timer that hands the reading on when one takes long. */
-    uint32_t inl;
+    uint32_t inl; /* the call's number << 2 | its INL_ state */
     uint32_t inl_seq;
     uint32_t watch_seen;  /* inl_seq at the watchdog's previous tick */
     uint32_t watch_stuck; /* ticks since that call was first seen */
     bool watch_armed;
+    bool watch_used; /* the timer was set once (lock) */
+    uint32_t relieved; /* relieved calls not yet returned (lock) */
+    bool cleanup_owed; /* the last of them starts the cleanup (lock) */
     struct dk__timer watch;
     void *(*alloc)(void *actx, size_t size);
     void (*free_fn)(void *actx, void *buf);
@@ -127,15 +130,24 @@ deliver_run(void *p)
  * nor the channel again.
  *
  *   CPU0 (reader, in a handler)           CPU1 (watchdog tick)
- *   inl_seq += 1; inl = RUNNING  (R1)
- *   handler(...) (long)                   CAS inl RUNNING -> RELIEVED (W1)
+ *   n = ++inl_seq; inl = n|RUNNING (R1)
+ *   handler(...) (long)                   CAS inl n|RUNNING -> n|RELIEVED
+ *                                         (W1); relieved += 1
  *                                         process_push: the running
  *                                         reference passes on
- *   CAS inl RUNNING -> IDLE fails (R2)
- *   leave the delivery queue; return
+ *   CAS inl n|RUNNING -> n|IDLE fails (R2)
+ *   leave the delivery queue; relieved -= 1 (lock); return
  *
  * (R2) and (W1) are one CAS pair on one word, so exactly one of the two
- * owns the reading afterwards. (R2) comes before the reader leaves the
+ * owns the reading afterwards. The word carries the call's number: once
+ * the final call of one operation is relieved, the relieving item may run
+ * a call of the next operation (another delivery queue) here before the
+ * stuck call returns, and that call's RUNNING must not let the stuck
+ * one's (R2) succeed. The stuck call keeps a reference to the channel
+ * until it returns; so that the cleanup handler still finds none of the
+ * channel's own (see cleanup_call), a process item that finds the
+ * channel done while relieved calls remain leaves the cleanup to the last
+ * of them (cleanup_owed). (R2) comes before the reader leaves the
  * delivery queue, so the relieving item (which can only run a handler
  * itself after entering that queue) never sets RUNNING before (R2). The
  * acquire of (W1) pairs with (R1)'s release: the new item sees the
@@ -146,7 +158,7 @@ deliver_run(void *p)
  */
 #define RELIEF_NS 5000000ull
 #define RELIEF_TICKS 4
-enum { INL_IDLE, INL_RUNNING, INL_RELIEVED };
+enum { INL_IDLE, INL_RUNNING, INL_RELIEVED, INL_STATE = 3 };
 
 static void process_push(dk_io_t *io);
 
@@ -163,11 +175,14 @@ watch_fire(struct dk__timer *t, uint64_t fires)
     dk__atomic_store_seq_cst(&io->watch_armed, false); /* (W2) */
     uint32_t seq = dk__atomic_load_seq_cst(&io->inl_seq); /* (W3) */
     uint32_t st = dk__atomic_load_seq_cst(&io->inl);
-    bool active = st == INL_RUNNING || seq != io->watch_seen;
-    bool same = st == INL_RUNNING && seq == io->watch_seen;
+    bool running = (st & INL_STATE) == INL_RUNNING;
+    bool active = running || seq != io->watch_seen;
+    bool same = running && seq == io->watch_seen;
     io->watch_stuck = same ? io->watch_stuck + 1 : 0;
     if (same && io->watch_stuck + 1 >= RELIEF_TICKS &&
-        dk__atomic_cas_acq_rel(&io->inl, &st, INL_RELIEVED)) { /* (W1) */
+        dk__atomic_cas_acq_rel(&io->inl, &st,
+                               (st & ~INL_STATE) | INL_RELIEVED)) { /* (W1) */
+        io->relieved++;
         process_push(io);
     }
     io->watch_seen = seq;
@@ -191,6 +206,7 @@ watch_arm(dk_io_t *io)
         dk__timer_set(&io->watch, dk__os_monotonic_ns() + RELIEF_NS,
                       RELIEF_NS, RELIEF_NS / 4) == 0) {
         dk__atomic_store_seq_cst(&io->watch_armed, true);
+        io->watch_used = true;
     }
     bool armed = io->watch_armed;
     pthread_mutex_unlock(&io->lock);
@@ -209,6 +225,26 @@ watch_stop_locked(dk_io_t *io)
     }
 }
 
+static void cleanup_start(dk_io_t *io);
+
+/* A relieved call has returned: drop its reference, or pass it to the
+ * cleanup a process item left to the last such call. */
+static void
+relieved_return(dk_io_t *io)
+{
+    pthread_mutex_lock(&io->lock);
+    bool last = --io->relieved == 0 && io->cleanup_owed;
+    if (last) {
+        io->cleanup_owed = false;
+    }
+    pthread_mutex_unlock(&io->lock);
+    if (last) {
+        cleanup_start(io);
+    } else {
+        dk_io_release(io);
+    }
+}
+
 /* Run d here, inside dq's drain lock (frame). True if the reading was
  * relieved meanwhile: the caller then returns at once. */
 static bool
@@ -216,22 +252,27 @@ run_here(dk_io_t *io, struct delivery *d, dk_queue_t *dq,
          dk_sync_frame_t *frame)
 {
     dk_io_retain(io); /* ours: a relief passes the running one on */
-    dk__atomic_add_seq_cst(&io->inl_seq, 1);
-    dk__atomic_store_seq_cst(&io->inl, INL_RUNNING); /* (R1) */
+    uint32_t call = (dk__atomic_add_seq_cst(&io->inl_seq, 1) + 1) << 2;
+    dk__atomic_store_seq_cst(&io->inl, call | INL_RUNNING); /* (R1) */
     if (!watch_arm(io)) {
         /* No watchdog, so a stuck handler would stop the reading: leave
          * d to the queue, which runs it once we leave. */
-        dk__atomic_store_seq_cst(&io->inl, INL_IDLE);
+        dk__atomic_store_seq_cst(&io->inl, call | INL_IDLE);
         dk__queue_push(dq, &d->item);
         dk_queue_sync_exit(dq, frame);
         dk_io_release(io);
         return false;
     }
     deliver_run(d);
-    uint32_t st = INL_RUNNING;
-    bool relieved = !dk__atomic_cas_acq_rel(&io->inl, &st, INL_IDLE); /* (R2) */
+    uint32_t st = call | INL_RUNNING;
+    bool relieved =
+        !dk__atomic_cas_acq_rel(&io->inl, &st, call | INL_IDLE); /* (R2) */
     dk_queue_sync_exit(dq, frame);
-    dk_io_release(io);
+    if (relieved) {
+        relieved_return(io);
+    } else {
+        dk_io_release(io);
+    }
     return relieved;
 }
 
@@ -891,6 +932,32 @@ cleanup_run(void *p)
     free(c);
 }
 
+/* Queue the cleanup call (io->cleanup set, the channel done and no
+ * relieved call left); the caller's reference passes to it. A watchdog
+ * tick may still be on its way out, with the reference event.c holds for
+ * its callback: wait for it to be gone first. */
+static void
+cleanup_start(dk_io_t *io)
+{
+    if (io->watch_used) {
+        dk__timer_disarm_wait(&io->watch);
+    }
+    struct cleanup_call call = {io, io->cleanup, io->cleanup_ctx,
+                                io->first_error};
+    struct cleanup_call *c = malloc(sizeof *c);
+    if (c != NULL) {
+        *c = call;
+        if (dk_queue_async_f(io->cleanup_q, c, cleanup_run) == 0) {
+            return;
+        }
+        free(c);
+    }
+    /* Out of memory: run the cleanup handler here rather than lose it
+     * (the channel's owner waits for it). */
+    dk_io_release(io);
+    call.fn(call.ctx, call.error);
+}
+
 static void
 process(void *p)
 {
@@ -899,31 +966,22 @@ process(void *p)
         pthread_mutex_lock(&io->lock);
         struct io_op *op = io->head;
         if (op == NULL) {
-            bool cleanup = io->closed && !io->cleaned;
-            if (cleanup) {
+            bool cleanup = io->closed && !io->cleaned && io->cleanup != NULL;
+            if (io->closed) {
                 io->cleaned = true;
+            }
+            if (cleanup && io->relieved > 0) {
+                io->cleanup_owed = true; /* the last relieved call's */
+                cleanup = false;
             }
             io->running = false;
             watch_stop_locked(io);
             pthread_mutex_unlock(&io->lock);
-            if (!cleanup || io->cleanup == NULL) {
+            if (!cleanup) {
                 dk_io_release(io); /* the running reference */
                 return;
             }
-            struct cleanup_call call = {io, io->cleanup, io->cleanup_ctx,
-                                        io->first_error};
-            struct cleanup_call *c = malloc(sizeof *c);
-            if (c != NULL) {
-                *c = call;
-                if (dk_queue_async_f(io->cleanup_q, c, cleanup_run) == 0) {
-                    return;
-                }
-                free(c);
-            }
-            /* Out of memory: run the cleanup handler here rather than
-             * lose it (the channel's owner waits for it). */
-            dk_io_release(io);
-            call.fn(call.ctx, call.error);
+            cleanup_start(io); /* the running reference passes on */
             return;
         }
         pthread_mutex_unlock(&io->lock);

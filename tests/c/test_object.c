@@ -189,6 +189,110 @@ DK_TEST(object_io_cleanup_handler_sees_only_the_owners_reference)
     close(fds[1]);
 }
 
+/* The same promise when a read's final call, run on the reading thread,
+ * is relieved by the watchdog (io.c, "Handlers on the reading thread"):
+ * the relieving item runs the barrier, finds the list empty and the
+ * channel closed while that call still waits. The call holds the channel
+ * until it returns, so the cleanup handler must wait for it; the call
+ * looks for the cleanup for a while first (so that a cleanup run beside
+ * it is seen, with the call's reference counted), then returns. */
+struct relieved_cleanup {
+    struct io_seen seen; /* first: io_cleanup_counts takes it */
+    int barrier_ran, cleaned, calls;
+    bool saw_barrier;
+};
+
+static void *
+relieved_alloc(void *actx, size_t size)
+{
+    (void)actx;
+    return malloc(size > 0 ? size : 1);
+}
+
+static void
+relieved_free(void *actx, void *buf)
+{
+    (void)actx;
+    free(buf);
+}
+
+static void
+relieved_barrier(void *p)
+{
+    struct relieved_cleanup *r = p;
+    __atomic_store_n(&r->barrier_ran, 1, __ATOMIC_RELEASE);
+}
+
+static void
+relieved_cleanup_counts(void *p, int error)
+{
+    struct relieved_cleanup *r = p;
+    r->seen.refcnt = refcount_of(r->seen.io);
+    __atomic_store_n(&r->cleaned, 1, __ATOMIC_RELEASE);
+    (void)error;
+    dk_semaphore_signal(r->seen.done);
+}
+
+static void
+relieved_final_call(void *p, bool done, const void *data, size_t len,
+                    int error)
+{
+    struct relieved_cleanup *r = p;
+    (void)len;
+    (void)error;
+    free((void *)data);
+    r->calls++;
+    if (!done) {
+        return;
+    }
+    /* Only a relieving thread runs the barrier while this call waits. */
+    for (int i = 0; i < 10000 && !__atomic_load_n(&r->barrier_ran,
+                                                  __ATOMIC_ACQUIRE);
+         i++) {
+        usleep(1000);
+    }
+    r->saw_barrier = __atomic_load_n(&r->barrier_ran, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < 200 && !__atomic_load_n(&r->cleaned,
+                                                __ATOMIC_ACQUIRE);
+         i++) {
+        usleep(1000);
+    }
+}
+
+DK_TEST(object_io_cleanup_waits_for_a_relieved_final_call)
+{
+    for (int round = 0; round < 3; round++) {
+        int fds[2];
+        CHECK_EQ(pipe(fds), 0);
+        char block[4096];
+        memset(block, 'x', sizeof block);
+        CHECK_EQ(write(fds[1], block, sizeof block), (ssize_t)sizeof block);
+        static struct relieved_cleanup r;
+        memset(&r, 0, sizeof r);
+        r.seen.done = t_semaphore(0);
+        r.seen.refcnt = -1;
+        CHECK_EQ(dk_io_create(DK_IO_STREAM, fds[0], NULL, &r,
+                              relieved_cleanup_counts, &r.seen.io),
+                 0);
+        dk_io_t *io = r.seen.io;
+        dk_io_set_allocator(io, relieved_alloc, relieved_free, NULL);
+        CHECK_EQ(dk_io_read(io, 0, sizeof block, NULL, &r,
+                            relieved_final_call),
+                 0);
+        CHECK_EQ(dk_io_barrier_f(io, &r, relieved_barrier), 0);
+        dk_io_close(io, 0);
+        CHECK_EQ(dk_semaphore_wait(r.seen.done, t_in_ms(30000)), 0);
+        CHECK_EQ(r.seen.refcnt, 1);
+        CHECK(r.saw_barrier); /* the call had returned */
+        CHECK_EQ(r.calls, 1);
+        CHECK_EQ(refcount_of(io), 1);
+        dk_io_release(io);
+        dk_release(r.seen.done);
+        close(fds[0]);
+        close(fds[1]);
+    }
+}
+
 DK_TEST(object_io_channel_joins_the_refcount_model)
 {
     struct fin f;

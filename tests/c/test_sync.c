@@ -13,6 +13,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -246,15 +247,16 @@ DK_TEST(sync_spin_is_bounded_by_the_deadline)
 }
 
 /* The watch before sleeping adapts (src/mutex.c, watch_budget): a waiter
- * whose watches keep ending in a sleep (here the holder keeps the lock for
- * 20 ms, a thousand times the budget) stops watching after five of them,
+ * whose watches keep ending in a sleep (here the holder keeps the lock
+ * until the waiter has announced its sleep, so every watch ends in one
+ * however late either thread runs) stops watching after five of them,
  * so it burns no CPU for a holder that will not let go soon; and a probe
  * that finds a holder letting go quickly again brings the full budget
  * back. */
 struct holding {
     dk_shm_mutex_t m;
     int round, held, done; /* __atomic: the rounds' handshake */
-    uint64_t hold_ns;
+    uint64_t hold_ns; /* 0: until the waiter announces its sleep (2) */
 };
 
 static void *
@@ -273,10 +275,11 @@ hold_in_rounds(void *arg)
         CHECK_EQ(dk_shm_mutex_lock(&h->m, DK_TIME_FOREVER, 0, 0), 0);
         __atomic_store_n(&h->held, r, __ATOMIC_RELEASE);
         uint64_t hold = __atomic_load_n(&h->hold_ns, __ATOMIC_RELAXED);
-        uint64_t until = dk__os_monotonic_ns() + hold;
-        if (hold >= MS) {
-            usleep((useconds_t)(hold / 1000));
+        while (hold == 0 &&
+               __atomic_load_n(&h->m.state, __ATOMIC_ACQUIRE) != 2) {
+            sched_yield();
         }
+        uint64_t until = dk__os_monotonic_ns() + hold;
         while (dk__os_monotonic_ns() < until) {
             dk_cpu_relax();
         }
@@ -304,7 +307,7 @@ DK_TEST(sync_mutex_watch_budget_adapts)
     if (dk__os_ncpu() < 2) {
         return; /* no watching at all on one CPU */
     }
-    h.hold_ns = 20 * MS;
+    h.hold_ns = 0;
     pthread_t t;
     pthread_create(&t, NULL, hold_in_rounds, &h);
     int r = 0;
@@ -340,8 +343,8 @@ DK_TEST(sync_mutex_watch_budget_adapts)
  * on command, so each wait is quick or slow by construction. */
 struct commanded {
     dk_shm_mutex_t m;
-    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock after 100 ms, 4 stop,
-              * 5 unlock after a 1 us spin */
+    int cmd; /* __atomic: 1 lock, 2 unlock, 3 unlock once a waiter has
+              * announced its sleep, 4 stop, 5 unlock after a 1 us spin */
 };
 
 static void *
@@ -361,8 +364,9 @@ obey(void *arg)
                 dk_shm_mutex_lock(&c->m, DK_TIME_FOREVER, 0, 0), 0);
         } else {
             __atomic_store_n(&c->cmd, 0, __ATOMIC_RELEASE);
-            if (cmd == 3) {
-                sleep_ms(100);
+            while (cmd == 3 &&
+                   __atomic_load_n(&c->m.state, __ATOMIC_ACQUIRE) != 2) {
+                sched_yield();
             }
             if (cmd == 5) {
                 uint64_t until = dk__os_monotonic_ns() + 1000;
@@ -387,7 +391,8 @@ command(struct commanded *c, int cmd)
 }
 
 /* One failed try, then dk_shm_mutex_lock_after_try: quick when the helper
- * has let go by then, slow when it lets go 100 ms later. */
+ * has let go by then, slow when it lets go only once the waiter sleeps
+ * (slow by construction, however late this thread runs). */
 static void
 wait_after_try(struct commanded *c, bool quick)
 {

@@ -189,8 +189,19 @@ DK_TEST(watch_futex_waitv_wrapper)
 DK_TEST(watch_fork_child_starts_fresh)
 {
     memset(words, 0, sizeof words);
+    memset(results, 0, sizeof results);
     dk__atomic_store_seq_cst(&fired, 0);
     watch_word(0, UINT64_MAX);
+    /* Fork only once the watcher thread has run a watch to the end: a
+     * thread still starting allocates (under ASan, in the sanitizer's
+     * thread set-up), and a sanitizer runtime without fork handlers
+     * leaves the lock it held taken in the child, where the new watcher
+     * thread then waits for it forever. */
+    dk__atomic_store_seq_cst(&words[2], 1);
+    watch_word(2, UINT64_MAX);
+    wait_fired(1);
+    CHECK_EQ(results[2], 1);
+    dk__atomic_store_seq_cst(&fired, 0);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
