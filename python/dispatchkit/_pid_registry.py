@@ -436,31 +436,26 @@ class GuardedSharedMemory:
             created = True
         try:
             st = os.fstat(fd)
-            if (not created and pruned and not others and not ours
-                    and not attach_only):
-                # Every process that used it was killed: start afresh.
+            in_use = created or others or ours or attach_only
+            all_died = pruned and not in_use
+            too_small = st.st_size < size
+            if too_small and not all_died and (
+                    in_use or time.time() - st.st_mtime < _SIZING_GRACE_S):
+                return False  # a creator has not sized it yet
+            if all_died or (too_small and not in_use):
+                # Every process that used it was killed, or it is too small
+                # and no live process uses it (its creator was killed before
+                # sizing it, or it was truncated: nobody can ever attach to
+                # it): start afresh.
                 stale, fd = fd, -1
                 fd = self._replace_stale(stale, size)
                 if fd < 0:
                     return False
                 created = True
                 self.reclaimed = True
-                _log.info("shared memory %r reclaimed: every process that "
-                          "used it had died", self._name)
-                st = os.fstat(fd)
-            if st.st_size < size:
-                if (created or others or ours or attach_only
-                        or time.time() - st.st_mtime < _SIZING_GRACE_S):
-                    return False  # a creator has not sized it yet
-                # Too small, and no live process uses it: its creator was
-                # killed before sizing it, or it was truncated. Nobody can
-                # ever attach to it, so reclaim it as a stale one.
-                stale, fd = fd, -1
-                fd = self._replace_stale(stale, size)
-                if fd < 0:
-                    return False
-                created = True
-                self.reclaimed = True
+                if all_died:
+                    _log.info("shared memory %r reclaimed: every process "
+                              "that used it had died", self._name)
                 st = os.fstat(fd)
             self._mmap = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_WRITE)
         except BaseException:
