@@ -390,6 +390,38 @@ on_owned(void *p, bool done, const void *data, size_t len, int error)
     }
 }
 
+/* A file of n random bytes read through a channel of `type` whose chunks
+ * come from o's allocator, at most `high` bytes each; o->copy receives
+ * them. owned_channel_end closes all of it. */
+struct owned_channel {
+    unsigned char *contents;
+    int fd;
+    dk_io_t *io;
+};
+
+static struct owned_channel
+owned_channel(struct owned *o, int type, size_t n, size_t high)
+{
+    struct owned_channel c;
+    c.fd = make_file(n, &c.contents);
+    c.io = t_io(type, c.fd, NULL, NULL, NULL);
+    CHECK(c.io != NULL);
+    o->copy = malloc(n);
+    dk_io_set_allocator(c.io, owned_alloc, owned_free, o);
+    dk_io_set_high_water(c.io, high);
+    return c;
+}
+
+static void
+owned_channel_end(struct owned_channel *c, struct owned *o)
+{
+    dk_io_close(c->io, 0);
+    dk_io_release(c->io);
+    free(o->copy);
+    free(c->contents);
+    close(c->fd);
+}
+
 /* Every chunk arrives in a buffer from the allocator, high-water sized
  * except the last, with the file's bytes exactly, for stream and
  * random-access channels alike (the last chunk short: end of file). */
@@ -397,33 +429,23 @@ DK_TEST(channel_reads_with_allocator_deliver_exact_owned_chunks)
 {
     size_t high = 4096, n = 40 * 4096 + 77;
     for (int type = DK_IO_STREAM; type <= DK_IO_RANDOM; type++) {
-        unsigned char *contents;
-        int fd = make_file(n, &contents);
-        dk_io_t *io = t_io(type, fd, NULL, NULL, NULL);
-        CHECK(io != NULL);
         struct owned o = {.done = t_semaphore(0)};
-        o.copy = malloc(n);
-        dk_io_set_allocator(io, owned_alloc, owned_free, &o);
-        dk_io_set_high_water(io, high);
-        CHECK_EQ(dk_io_read(io, 0, n + 1000, NULL, &o, on_owned), 0);
+        struct owned_channel c = owned_channel(&o, type, n, high);
+        CHECK_EQ(dk_io_read(c.io, 0, n + 1000, NULL, &o, on_owned), 0);
         CHECK_EQ(dk_semaphore_wait(o.done, in_ms(10000)), 0);
         CHECK_EQ(o.error, 0);
         CHECK_EQ(o.foreign, 0);
         CHECK_EQ(o.null_calls, 0);
         CHECK_EQ(o.total, n);
-        CHECK(memcmp(o.copy, contents, n) == 0);
+        CHECK(memcmp(o.copy, c.contents, n) == 0);
         CHECK(o.calls >= 41);
         for (int i = 0; i < 40; i++) {
             CHECK_EQ(o.chunk[i], high);
         }
         CHECK_EQ(o.chunk[40], 77);
-        dk_io_close(io, 0);
-        dk_io_release(io);
+        owned_channel_end(&c, &o);
         CHECK_EQ(__atomic_load_n(&o.allocs, __ATOMIC_RELAXED),
                  __atomic_load_n(&o.frees, __ATOMIC_RELAXED)); /* none lost */
-        free(o.copy);
-        free(contents);
-        close(fd);
     }
 }
 
@@ -431,26 +453,17 @@ DK_TEST(channel_reads_with_allocator_deliver_exact_owned_chunks)
  * a buffer the allocator did not make. */
 DK_TEST(channel_read_with_failing_allocator_reports_enomem)
 {
-    unsigned char *contents;
     size_t n = 10000;
-    int fd = make_file(n, &contents);
-    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    CHECK(io != NULL);
     struct owned o = {.done = t_semaphore(0), .fail = true};
-    o.copy = malloc(n);
-    dk_io_set_allocator(io, owned_alloc, owned_free, &o);
-    CHECK_EQ(dk_io_read(io, 0, n, NULL, &o, on_owned), 0);
+    struct owned_channel c = owned_channel(&o, DK_IO_STREAM, n, SIZE_MAX);
+    CHECK_EQ(dk_io_read(c.io, 0, n, NULL, &o, on_owned), 0);
     CHECK_EQ(dk_semaphore_wait(o.done, in_ms(10000)), 0);
     CHECK_EQ(o.foreign, 0);
     CHECK(o.null_calls >= 1);
     CHECK(__atomic_load_n(&o.fail_allocs, __ATOMIC_RELAXED) >= 1);
     CHECK_EQ(o.error, ENOMEM);
     CHECK_EQ(o.total, 0);
-    dk_io_close(io, 0);
-    dk_io_release(io);
-    free(o.copy);
-    free(contents);
-    close(fd);
+    owned_channel_end(&c, &o);
 }
 
 /* A handler the reader runs itself (allocator chunks of a file, the
@@ -482,26 +495,16 @@ on_blocking(void *p, bool done, const void *data, size_t len, int error)
 DK_TEST(channel_handler_blocked_on_reading_thread_is_relieved)
 {
     size_t high = 4096, n = 40 * 4096;
-    unsigned char *contents;
-    int fd = make_file(n, &contents);
-    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    CHECK(io != NULL);
-    struct blocking b = {.o = {.done = t_semaphore(0)}, .fd = fd,
-                         .end = (off_t)n};
-    b.o.copy = malloc(n);
-    dk_io_set_allocator(io, owned_alloc, owned_free, &b.o);
-    dk_io_set_high_water(io, high);
-    CHECK_EQ(dk_io_read(io, 0, n, NULL, &b, on_blocking), 0);
+    struct blocking b = {.o = {.done = t_semaphore(0)}, .end = (off_t)n};
+    struct owned_channel c = owned_channel(&b.o, DK_IO_STREAM, n, high);
+    b.fd = c.fd;
+    CHECK_EQ(dk_io_read(c.io, 0, n, NULL, &b, on_blocking), 0);
     CHECK_EQ(dk_semaphore_wait(b.o.done, in_ms(30000)), 0);
     CHECK(b.saw_end);
     CHECK_EQ(b.o.error, 0);
     CHECK_EQ(b.o.total, n);
-    CHECK(memcmp(b.o.copy, contents, n) == 0);
-    dk_io_close(io, 0);
-    dk_io_release(io);
-    free(b.o.copy);
-    free(contents);
-    close(fd);
+    CHECK(memcmp(b.o.copy, c.contents, n) == 0);
+    owned_channel_end(&c, &b.o);
 }
 
 /* The final call of a read, also run on the reading thread, may wait for
@@ -536,23 +539,13 @@ set_barrier_ran(void *p)
 DK_TEST(channel_final_call_waiting_for_next_operation_is_relieved)
 {
     size_t n = 3 * 4096;
-    unsigned char *contents;
-    int fd = make_file(n, &contents);
-    dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
-    CHECK(io != NULL);
     struct final_wait f = {.o = {.done = t_semaphore(0)}};
-    f.o.copy = malloc(n);
-    dk_io_set_allocator(io, owned_alloc, owned_free, &f.o);
-    dk_io_set_high_water(io, 4096);
-    CHECK_EQ(dk_io_read(io, 0, n, NULL, &f, on_final_waits), 0);
-    CHECK_EQ(dk_io_barrier_f(io, &f, set_barrier_ran), 0);
+    struct owned_channel c = owned_channel(&f.o, DK_IO_STREAM, n, 4096);
+    CHECK_EQ(dk_io_read(c.io, 0, n, NULL, &f, on_final_waits), 0);
+    CHECK_EQ(dk_io_barrier_f(c.io, &f, set_barrier_ran), 0);
     CHECK_EQ(dk_semaphore_wait(f.o.done, in_ms(30000)), 0);
     CHECK(f.saw_barrier);
     CHECK_EQ(f.o.total, n);
-    CHECK(memcmp(f.o.copy, contents, n) == 0);
-    dk_io_close(io, 0);
-    dk_io_release(io);
-    free(f.o.copy);
-    free(contents);
-    close(fd);
+    CHECK(memcmp(f.o.copy, c.contents, n) == 0);
+    owned_channel_end(&c, &f.o);
 }
