@@ -392,7 +392,7 @@ on_owned(void *p, bool done, const void *data, size_t len, int error)
 
 /* A file of n random bytes read through a channel of `type` whose chunks
  * come from o's allocator, at most `high` bytes each; o->copy receives
- * them. owned_channel_end closes all of it. */
+ * them. owned_channel_end closes all of it, o->done included. */
 struct owned_channel {
     unsigned char *contents;
     int fd;
@@ -417,6 +417,7 @@ owned_channel_end(struct owned_channel *c, struct owned *o)
 {
     dk_io_close(c->io, 0);
     dk_io_release(c->io);
+    dk_release(o->done);
     free(o->copy);
     free(c->contents);
     close(c->fd);
@@ -483,8 +484,7 @@ on_blocking(void *p, bool done, const void *data, size_t len, int error)
 {
     struct blocking *b = p;
     if (b->o.calls == 0) {
-        for (int i = 0; i < 20000 && lseek(b->fd, 0, SEEK_CUR) < b->end;
-             i++) {
+        for (int i = 0; i < 20000 && lseek(b->fd, 0, SEEK_CUR) < b->end; i++) {
             usleep(1000);
         }
         b->saw_end = lseek(b->fd, 0, SEEK_CUR) == b->end;
