@@ -156,8 +156,9 @@ struct ExecutorObject {
     Py_ssize_t active;      /* items on the queue (gated executors) */
     item_t *pend_head, *pend_tail;
     item_t outstanding; /* sentinel of a circular list */
+    Py_ssize_t pending; /* the items on that list */
     dk_group_t *group;  /* one enter per outstanding item */
-    int shutdown;
+    char shutdown;      /* a T_BOOL member */
     unsigned fork_gen; /* fork_gen when the items above were current */
 };
 
@@ -258,16 +259,23 @@ item_new(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
             *skipped_value = value;
             continue;
         }
-        if (it->kwargs == NULL && (it->kwargs = PyDict_New()) == NULL) {
-            item_free(it);
-            return NULL;
-        }
-        if (PyDict_SetItem(it->kwargs, name, value) < 0) {
+        if ((it->kwargs == NULL && (it->kwargs = PyDict_New()) == NULL) ||
+            PyDict_SetItem(it->kwargs, name, value) < 0) {
             item_free(it);
             return NULL;
         }
     }
     return it;
+}
+
+/* bool(obj.<name>()): 1, 0, or -1 with an error set. */
+static int
+call_truth(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    int truth = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    return truth;
 }
 
 /* The instance dict of a concurrent.futures future while the fast path
@@ -306,16 +314,7 @@ future_begin(PyObject *fut)
         Py_DECREF(d);
         return rc;
     }
-    if (PyErr_Occurred()) {
-        return -1;
-    }
-    PyObject *r = PyObject_CallMethodNoArgs(fut, s_set_running);
-    if (r == NULL) {
-        return -1;
-    }
-    int go = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return go;
+    return PyErr_Occurred() ? -1 : call_truth(fut, s_set_running);
 }
 
 /* Complete a RUNNING concurrent.futures future with `value` (a result, or
@@ -391,6 +390,7 @@ executor_link(ExecutorObject *ex, item_t *it)
     it->prev = ex->outstanding.prev;
     ex->outstanding.prev->next = it;
     ex->outstanding.prev = it;
+    ex->pending++;
     dk_group_enter(ex->group);
 }
 
@@ -400,6 +400,7 @@ executor_unlink(ExecutorObject *ex, item_t *it)
     it->prev->next = it->next;
     it->next->prev = it->prev;
     it->prev = it->next = NULL;
+    ex->pending--;
     int left = dk_group_leave(ex->group); /* balances the submit's enter */
     (void)left;
 }
@@ -494,22 +495,10 @@ loop_closed(PyObject *fut)
         PyErr_Clear();
         return false;
     }
-    PyObject *closed = PyObject_CallMethodNoArgs(loop, s_is_closed);
+    int yes = call_truth(loop, s_is_closed);
     Py_DECREF(loop);
-    int yes = closed == NULL ? -1 : PyObject_IsTrue(closed);
-    Py_XDECREF(closed);
     PyErr_Clear();
     return yes != 0;
-}
-
-/* fut.done() of an asyncio future: 1, 0, or -1 with an error set. */
-static int
-aio_done(PyObject *fut)
-{
-    PyObject *c = PyObject_CallMethodNoArgs(fut, s_done);
-    int done = c == NULL ? -1 : PyObject_IsTrue(c);
-    Py_XDECREF(c);
-    return done;
 }
 
 /* fut.<method>(value) on an asyncio future unless it is done (cancelled
@@ -517,7 +506,7 @@ aio_done(PyObject *fut)
 static void
 aio_resolve(PyObject *fut, PyObject *method, PyObject *value)
 {
-    if (aio_done(fut) == 0) {
+    if (call_truth(fut, s_done) == 0) {
         PyObject *r = PyObject_CallMethodOneArg(fut, method, value);
         Py_XDECREF(r);
     }
@@ -572,7 +561,7 @@ waker_post(item_t *it)
 static bool
 run_aio(item_t *it)
 {
-    if (aio_done(it->future) != 0) {
+    if (call_truth(it->future, s_done) != 0) {
         /* Cancelled before it started: never run it. */
         PyErr_Clear();
         it->skipped = 1;
@@ -692,7 +681,7 @@ executor_start(ExecutorObject *self)
     self->group = g;
     self->outstanding.next = self->outstanding.prev = &self->outstanding;
     self->pend_head = self->pend_tail = NULL;
-    self->active = 0;
+    self->active = self->pending = 0;
     self->fork_gen = fork_gen;
     return 0;
 }
@@ -912,23 +901,6 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-Executor_get_pending(ExecutorObject *self, void *Py_UNUSED(closure))
-{
-    Py_ssize_t n = 0;
-    for (item_t *it = self->outstanding.next; it != &self->outstanding;
-         it = it->next) {
-        n++;
-    }
-    return PyLong_FromSsize_t(n);
-}
-
-static PyObject *
-Executor_get_is_shutdown(ExecutorObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->shutdown);
-}
-
 static PyMethodDef Executor_methods[] = {
     {"submit", DKPY_METH_FAST(Executor_submit),
      "submit($self, fn, /, *args, **kwargs)\n--\n\n"
@@ -943,19 +915,19 @@ static PyMethodDef Executor_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef Executor_getset[] = {
-    {"pending", (getter)Executor_get_pending, NULL,
-     "Submitted items not yet finished.", NULL},
-    {"is_shutdown", (getter)Executor_get_is_shutdown, NULL,
-     "True after shutdown().", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+static PyMemberDef Executor_members[] = {
+    {"pending", T_PYSSIZET, offsetof(ExecutorObject, pending), READONLY,
+     "Submitted items not yet finished."},
+    {"is_shutdown", T_BOOL, offsetof(ExecutorObject, shutdown), READONLY,
+     "True after shutdown()."},
+    {NULL, 0, 0, 0, NULL},
 };
 
 DKPY_TYPE(static, Executor_spec, "dispatchkit._dk._ExecutorCore",
           ExecutorObject, Py_TPFLAGS_HAVE_GC, {Py_tp_new, Executor_new},
           {Py_tp_dealloc, Executor_dealloc},
           {Py_tp_traverse, Executor_traverse},
-          {Py_tp_methods, Executor_methods}, {Py_tp_getset, Executor_getset},
+          {Py_tp_methods, Executor_methods}, {Py_tp_members, Executor_members},
           {Py_tp_doc, "The C half of dispatchkit.Executor: submission, the "
                       "max_workers gate and shutdown."});
 

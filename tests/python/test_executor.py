@@ -224,6 +224,19 @@ def test_shutdown_cancel_futures():
     assert ran == []
 
 
+def test_repr_counts_pending_items_and_shutdown():
+    e = dk.Executor(max_workers=1)
+    assert repr(e).endswith("pending=0 shutdown=False>")
+    gate = threading.Event()
+    futs = [e.submit(gate.wait, 10) for _ in range(3)]  # one runs, two wait
+    assert "pending=3 " in repr(e)
+    gate.set()
+    e.shutdown(wait=True)
+    assert all(f.result(10) for f in futs)
+    assert repr(e).endswith("pending=0 shutdown=True>")
+    assert e._core.is_shutdown is True
+
+
 def test_shutdown_without_wait_returns_and_work_finishes():
     e = dk.Executor()
     gate = threading.Event()
