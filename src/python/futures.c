@@ -159,7 +159,7 @@ struct ExecutorObject {
     Py_ssize_t pending; /* the items on that list */
     dk_group_t *group;  /* one enter per outstanding item */
     char shutdown;      /* a T_BOOL member */
-    unsigned fork_gen; /* fork_gen when the items above were current */
+    unsigned fork_gen;  /* fork_gen when the items above were current */
 };
 
 /* Bumped in every forked child: the parent's items never run there, so

@@ -176,16 +176,17 @@ dkpy_gil_shutdown(void)
     Py_END_ALLOW_THREADS
 }
 
+/* Give back the GIL that own_enter took, keeping the thread state. */
 static void
-worker_release(void)
+own_leave(bool event)
 {
-    if (worker_holds_gil) {
-        worker_holds_gil = false;
-        worker_tstate = PyEval_SaveThread();
+    worker_holds_gil = false;
+    worker_tstate = PyEval_SaveThread();
+    if (!event) { /* a worker's batch ends */
         /* After the GIL is free: pairs with dkpy_workers_hold_gil. */
         dk__atomic_sub_release(&batch_holders, 1);
-        note_gil_released();
     }
+    note_gil_released();
 }
 
 /*
@@ -202,14 +203,6 @@ worker_release(void)
  * GIL now. The release is counted, so that waiter, watching the count,
  * takes the GIL without sleeping in its queue.
  */
-static void
-event_leave(void)
-{
-    worker_holds_gil = false;
-    worker_tstate = PyEval_SaveThread();
-    note_gil_released();
-}
-
 static bool
 own_enter(dkpy_gil_t *g, bool event)
 {
@@ -241,11 +234,7 @@ own_enter(dkpy_gil_t *g, bool event)
         worker_batch = 0;
     }
     if (dkpy_finalizing()) {
-        if (event) {
-            event_leave();
-        } else {
-            worker_release();
-        }
+        own_leave(event);
         return false;
     }
     return true;
@@ -254,7 +243,7 @@ own_enter(dkpy_gil_t *g, bool event)
 bool
 dkpy_workers_hold_gil(void)
 {
-    /* Pairs with the release in worker_release. */
+    /* Pairs with the release in own_leave. */
     return dk__atomic_load_acquire(&batch_holders) != 0;
 }
 
@@ -293,21 +282,20 @@ dkpy_leave(dkpy_gil_t *g)
         note_gil_released();
         return;
     }
-    if (g->kind == 2) {
-        event_leave();
-        return;
-    }
-    if ((++worker_batch & 15) == 0 &&
-        dk_now() - worker_since > DKPY_GIL_SLICE_NS) {
-        worker_release();
+    /* An event thread lets go after every callback, a worker once its
+     * batch has held the GIL for a switch interval. */
+    bool event = g->kind == 2;
+    if (event || ((++worker_batch & 15) == 0 &&
+                  dk_now() - worker_since > DKPY_GIL_SLICE_NS)) {
+        own_leave(event);
     }
 }
 
 void
 dkpy_release_batch(void)
 {
-    if (dk_is_worker_thread()) {
-        worker_release();
+    if (dk_is_worker_thread() && worker_holds_gil) {
+        own_leave(false);
     }
 }
 
@@ -325,7 +313,7 @@ hook_exit(void)
     worker_has_tstate = false;
     PyGILState_Release(worker_gstate); /* deletes the thread state */
     if (held) {
-        dk__atomic_sub_release(&batch_holders, 1); /* as worker_release */
+        dk__atomic_sub_release(&batch_holders, 1); /* as own_leave */
     }
 }
 
