@@ -47,12 +47,9 @@ extern const char dkpy_specifics_key;
 extern PyType_Spec dkpy_queue_spec, dkpy_workloop_spec, dkpy_group_spec,
     dkpy_semaphore_spec, dkpy_once_spec;
 
-/* Trampolines. ctx: a new reference to a callable, called with no
- * arguments. */
+/* The trampoline of a Python callable submitted to the core. ctx: a new
+ * reference to a callable, called with no arguments. */
 void dkpy_call_async(void *ctx);
-/* ctx: a new reference to a tuple (finalizer, value): the finalizer is
- * called with no arguments, and the value released after it. */
-void dkpy_call_finalizer_async(void *ctx);
 
 /* A Queue, or NULL with TypeError ("<what> must be a Queue"). Borrowed. */
 QueueObject *dkpy_as_queue(PyObject *obj, const char *what);

@@ -22,15 +22,17 @@
 
 /* ---- callbacks ------------------------------------------------------ */
 
-/* The trampolines of dispatch.h. */
 void
 dkpy_call_async(void *ctx)
 {
     dkpy_callback(ctx, true, NULL);
 }
 
-void
-dkpy_call_finalizer_async(void *ctx)
+/* A queue's finalizer, once the queue is gone. ctx: a new reference to a
+ * tuple (finalizer, value): the finalizer is called with no arguments,
+ * and the value released after it. */
+static void
+call_finalizer_async(void *ctx)
 {
     dkpy_gil_t g;
     if (dkpy_enter(&g)) {
@@ -177,9 +179,8 @@ Queue_dealloc(QueueObject *self)
             PyObject *pair =
                 PyTuple_Pack(2, self->finalizer,
                              self->context != NULL ? self->context : Py_None);
-            if (pair == NULL ||
-                dk_queue_async_f(dk_queue_global(0), pair,
-                                 dkpy_call_finalizer_async) < 0) {
+            if (pair == NULL || dk_queue_async_f(dk_queue_global(0), pair,
+                                                 call_finalizer_async) < 0) {
                 Py_XDECREF(pair);
                 PyErr_Clear();
             }
