@@ -228,13 +228,11 @@ dk_py_walltime(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                         "finite");
         return NULL;
     }
-    int64_t d = clamp_ns(delta);
-    double tns = ts * 1e9;
-    uint64_t base = tns >= 9.2e18 ? (uint64_t)INT64_MAX : (uint64_t)tns;
+    uint64_t base = (uint64_t)clamp_ns(ts); /* ts >= 0 */
     if (ts != 0 && base == 0) {
         base = 1;
     }
-    return PyLong_FromUnsignedLongLong(dk_walltime(base, d));
+    return PyLong_FromUnsignedLongLong(dk_walltime(base, clamp_ns(delta)));
 }
 
 static PyObject *
