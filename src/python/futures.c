@@ -521,6 +521,26 @@ dkpy_aio_set_result(PyObject *fut, PyObject *value)
     aio_resolve(fut, s_set_result, value);
 }
 
+/* Spin for at most `ns` until *word is nonzero (acquire: pairs with the
+ * store that set it, named by the caller), yielding the CPU every 64
+ * turns on an oversubscribed machine, so that the other side can run.
+ * True when it is nonzero. */
+static bool
+spin_for(const uint32_t *word, uint64_t ns)
+{
+    uint64_t end = dk_now() + ns;
+    for (unsigned i = 1; dk__atomic_load_acquire(word) == 0; i++) {
+        dk_cpu_relax();
+        if ((i & 15) == 0 && dk_now() > end) {
+            return false;
+        }
+        if ((i & 63) == 0) {
+            dk__os_yield();
+        }
+    }
+    return true;
+}
+
 /* Returns true when the result was handed to a spinning loop. */
 static bool
 waker_post(item_t *it)
@@ -582,18 +602,8 @@ run_item(void *ctx)
         /* Its loop usually spins for the result: give it the moment it
          * needs to let go of the GIL, rather than sleep in the GIL's
          * queue until it does. Bounded; a hint only. The item holds the
-         * waker. */
-        uint64_t end = dk_now() + DKPY_SPIN_GIL_NS;
-        for (unsigned i = 1;
-             dk__atomic_load_relaxed(&it->waker->spinning) == 0; i++) {
-            dk_cpu_relax();
-            if ((i & 15) == 0 && dk_now() > end) {
-                break;
-            }
-            if ((i & 63) == 0) {
-                dk__os_yield(); /* oversubscribed: let the other side run */
-            }
-        }
+         * waker. (spin_for's acquire orders nothing here.) */
+        (void)spin_for(&it->waker->spinning, DKPY_SPIN_GIL_NS);
     }
     if (!dkpy_enter(&g)) {
         return; /* finalizing: dropped, its references leak on purpose */
@@ -1090,27 +1100,14 @@ Waker_spin(WakerObject *self, PyObject *fut)
             return PyObject_CallMethodNoArgs(fut, s_done);
         }
         self->spin_skips = 0;
-        bool got = false;
+        bool got;
         dk__atomic_store_seq_cst(&self->spinning, 1); /* (H1): with (H2) */
         Py_BEGIN_ALLOW_THREADS
-        uint64_t end = dk_now() + DKPY_SPIN_NS;
-        for (unsigned i = 1;; i++) {
-            dk_cpu_relax();
-            if (dk__atomic_load_acquire(&self->handed) != 0) { /* (H3) */
-                got = true;
-                break;
-            }
-            if ((i & 15) == 0 && dk_now() > end) {
-                break;
-            }
-            if ((i & 63) == 0) {
-                dk__os_yield(); /* oversubscribed: let the other side run */
-            }
-        }
+        got = spin_for(&self->handed, DKPY_SPIN_NS); /* (H3) */
         if (got) {
             /* The worker lets go of the GIL right after handing over:
              * wait for that instead of sleeping in the GIL's queue. */
-            end = dk_now() + DKPY_SPIN_GIL_NS;
+            uint64_t end = dk_now() + DKPY_SPIN_GIL_NS;
             for (unsigned i = 1; dkpy_workers_hold_gil(); i++) {
                 dk_cpu_relax();
                 if ((i & 15) == 0 && dk_now() > end) {
