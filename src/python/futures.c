@@ -870,16 +870,14 @@ Executor_shutdown(ExecutorObject *self, PyObject *args, PyObject *kwargs)
     if (cancel) {
         /* Collect first: cancel() runs Python code (done callbacks) that
          * may finish other items and change the list. */
-        PyObject *futs = PyList_New(0);
+        PyObject *futs = PyList_New(self->pending);
         if (futs == NULL) {
             return NULL;
         }
+        Py_ssize_t n = 0;
         for (item_t *it = self->outstanding.next; it != &self->outstanding;
              it = it->next) {
-            if (PyList_Append(futs, it->future) < 0) {
-                Py_DECREF(futs);
-                return NULL;
-            }
+            PyList_SET_ITEM(futs, n++, Py_NewRef(it->future));
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(futs); i++) {
             PyObject *r =
