@@ -426,21 +426,31 @@ static const struct int_const int_consts[] = {
 
 dkpy_dispatch_state dkpy_dispatch;
 
+/* Add a type to the module, keeping it in *out when the binding needs it
+ * later (out NULL: the module's attribute is its only reference). */
 static int
 add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out)
 {
-    *out = dkpy_add_type(m, spec, NULL, "");
-    return *out == NULL ? -1 : 0;
+    PyTypeObject *t = dkpy_add_type(m, spec, NULL, "");
+    if (t == NULL) {
+        return -1;
+    }
+    if (out != NULL) {
+        *out = t;
+    } else {
+        Py_DECREF(t);
+    }
+    return 0;
 }
 
 int
 dkpy_dispatch_exec(PyObject *m)
 {
     if (add_type(m, &dkpy_queue_spec, &dkpy_dispatch.queue_type) < 0 ||
-        add_type(m, &dkpy_workloop_spec, &dkpy_dispatch.workloop_type) < 0 ||
+        add_type(m, &dkpy_workloop_spec, NULL) < 0 ||
         add_type(m, &dkpy_group_spec, &dkpy_dispatch.group_type) < 0 ||
         add_type(m, &dkpy_semaphore_spec, &dkpy_dispatch.semaphore_type) < 0 ||
-        add_type(m, &dkpy_once_spec, &dkpy_dispatch.once_type) < 0) {
+        add_type(m, &dkpy_once_spec, NULL) < 0) {
         return -1;
     }
     if (PyModule_AddFunctions(m, dispatch_functions) < 0) {

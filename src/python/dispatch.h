@@ -18,10 +18,8 @@
 /* The runtime is process-wide, and so is this state (binding.h). */
 typedef struct {
     PyTypeObject *queue_type;
-    PyTypeObject *workloop_type;
     PyTypeObject *group_type;
     PyTypeObject *semaphore_type;
-    PyTypeObject *once_type;
     PyObject *globals[5]; /* cached wrappers of the global queues */
     PyObject *main_queue;
 } dkpy_dispatch_state;

@@ -10,7 +10,6 @@
 #include "dk/time.h"
 #include "os/linux/os.h"
 
-#include <time.h>
 
 #define DKPY_GIL_SLICE_NS 5000000ull /* as sys.getswitchinterval() */
 
@@ -170,8 +169,7 @@ dkpy_gil_shutdown(void)
     while ((dk_worker_lock_waiters() > 0 ||
             dk__atomic_load_seq_cst(&event_waiters) > 0) &&
            dk_now() < deadline) { /* (S2) */
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
+        dk__os_sleep_ns(1000000);
     }
     Py_END_ALLOW_THREADS
 }

@@ -59,6 +59,16 @@ dk__os_yield(void)
     (void)sched_yield();
 }
 
+void
+dk__os_sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {
+        .tv_sec = (time_t)(ns / 1000000000u),
+        .tv_nsec = (long)(ns % 1000000000u),
+    };
+    (void)nanosleep(&ts, NULL);
+}
+
 uint64_t
 dk__os_realtime_ns(void)
 {

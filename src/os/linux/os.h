@@ -30,6 +30,8 @@ uint64_t dk__os_monotonic_ns(void);
 /* Let another runnable thread have this CPU (a spinning thread's courtesy
  * when the machine is oversubscribed); returns at once when none waits. */
 void dk__os_yield(void);
+/* Sleep for `ns` nanoseconds (a signal may end it early). */
+void dk__os_sleep_ns(uint64_t ns);
 uint64_t dk__os_realtime_ns(void);
 /* CLOCK_REALTIME_COARSE: the time at the last kernel tick (1-4 ms old at
  * most), read from the vDSO without touching the clock hardware. Inline:
