@@ -222,6 +222,18 @@ dkpy_waits_drain(dkpy_waits_t *k, bool drop)
  * the fd readable (and (E) wakes it if it already sleeps). Nothing is
  * written or read besides the ring: no eventfd to drain.
  *
+ * Why the ring runs its completions as ordinary task work: the kernel
+ * queues that work to the loop's thread and interrupts its epoll_wait
+ * (EINTR, which the loop retries, then finds the fd readable), a detour
+ * a pipe's direct wake does not take. IORING_SETUP_DEFER_TASKRUN would
+ * queue the work in the waker's context instead and signal a registered
+ * eventfd there, which the loop could watch; but on Linux 6.18 that
+ * eventfd was signalled 10 to 20 ms after the futex wake (a pipe read
+ * on the same ring likewise), so a loop sleeping on it would wake that
+ * late. The fd of a DEFER_TASKRUN ring turns readable while deferred
+ * work waits, but nothing wakes its pollers: a loop watching it slept
+ * on. Measure again before trying either on a newer kernel.
+ *
  * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
  * which takes it off the futex before io_uring_enter returns:
  *
