@@ -210,3 +210,9 @@ def test_bad_input_raises():
         src.merge("1")
     src.merge(2**64 - 1)  # the largest value is accepted
     src.cancel()
+
+
+def test_data_source_repr_shows_its_pending_data():
+    src = dk.DataSource(dk.DATA_ADD, lambda: None)
+    assert "data=0" in repr(src)
+    src.cancel()

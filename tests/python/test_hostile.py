@@ -909,3 +909,20 @@ def test_mutex_orphan_left_by_a_killed_unlock_is_recovered():
     m.release()
     assert m.try_acquire() and not m.owner_died
     m.release()
+
+
+def test_drain_main_queue_and_main_refuse_to_run_inside_a_main_queue_task():
+    import dispatchkit as dk
+    caught = []
+
+    def task():
+        for fn in (dk.drain_main_queue, dk.main):
+            try:
+                fn()
+            except RuntimeError as e:
+                caught.append(str(e))
+
+    dk.Queue.main_queue().run_async(task)
+    assert dk.drain_main_queue(5) == 1
+    assert caught == ["drain_main_queue() called from a main-queue task",
+                      "dispatchkit.main() called from a main-queue task"], caught

@@ -407,3 +407,12 @@ def test_many_queues_pending_work_is_not_lost_when_dropped():
         del q
     for _ in range(100):
         assert done.wait(5)
+
+
+def test_set_specific_none_on_a_queue_without_specifics_is_a_no_op():
+    q = dk.Queue("nospecifics")
+    q.set_specific("k", None)
+    assert q.get_specific("k") is None
+    q.set_specific("k", 1)
+    q.set_specific("k", None)
+    assert q.get_specific("k") is None
