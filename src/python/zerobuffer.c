@@ -61,9 +61,8 @@ static const char *const exc_names[EXC_COUNT] = {ZB_EXCEPTIONS(EXC_NAME_OF)};
 static PyObject *exc_types[EXC_COUNT];
 
 static PyObject *
-zb_set_exceptions(PyObject *mod, PyObject *src)
+zb_set_exceptions(PyObject *Py_UNUSED(mod), PyObject *src)
 {
-    (void)mod;
     for (int i = 0; i < EXC_COUNT; i++) {
         PyObject *t = PyObject_GetAttrString(src, exc_names[i]);
         if (t == NULL) {
@@ -421,10 +420,10 @@ end_wait(EndObject *self, dkpy_wait_fn fn, void *arg, uint64_t deadline)
 
 static void drop_pending_view(EndObject *self);
 
+/* close(), and __exit__(*exc_info). */
 static PyObject *
-End_close(EndObject *self, PyObject *unused)
+End_close(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused; /* also __exit__(*exc_info) */
     if (!self->closed) {
         self->closed = true;
         if (self->core != NULL && self->reader) {
@@ -439,17 +438,15 @@ End_close(EndObject *self, PyObject *unused)
 }
 
 static PyObject *
-zb_enter(PyObject *self, PyObject *unused)
+zb_enter(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Py_NewRef(self);
 }
 
 /* A counter of the core (0 once destroyed), by a getter of its own. */
 #define COUNTER_GETTER(FN)                                                    \
-    static PyObject *get_##FN(EndObject *self, void *c)                       \
+    static PyObject *get_##FN(EndObject *self, void *Py_UNUSED(c))            \
     {                                                                         \
-        (void)c;                                                              \
         return PyLong_FromUnsignedLongLong(self->core ? FN(self->core) : 0);  \
     }
 COUNTER_GETTER(dk_zb_reader_frames)
@@ -463,15 +460,15 @@ COUNTER_GETTER(dk_zb_writer_max_frame)
         NAME, (getter)get_##FN, NULL, DOC, NULL                               \
     }
 
-/* The methods and attributes both ends have. */
-#define END_METHODS                                                           \
+/* `with` for the ends and Frame: __exit__ calls EXIT, named NAME. */
+/* clang-format off */
+#define WITH_METHODS(EXIT, NAME)                                              \
     {"__enter__", (PyCFunction)zb_enter, METH_NOARGS,                         \
      "__enter__($self, /)\n--\n\nReturns self."},                             \
-        {"__exit__", (PyCFunction)End_close, METH_VARARGS,                    \
-         "__exit__($self, /, *exc_info)\n--\n\nclose()."},                    \
-    {                                                                         \
-        NULL, NULL, 0, NULL                                                   \
-    }
+    {"__exit__", (PyCFunction)EXIT, METH_VARARGS,                             \
+     "__exit__($self, /, *exc_info)\n--\n\n" NAME "()."},                     \
+    {NULL, NULL, 0, NULL}
+/* clang-format on */
 
 /* The members both ends have. */
 #define END_MEMBERS                                                           \
@@ -776,10 +773,10 @@ frame_release(FrameObject *self)
     self->released = true;
 }
 
+/* dispose(), and __exit__(*exc_info). */
 static PyObject *
-Frame_dispose(FrameObject *self, PyObject *unused)
+Frame_dispose(FrameObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused; /* also __exit__(*exc_info) */
     frame_release(self);
     Py_RETURN_NONE;
 }
@@ -872,9 +869,8 @@ static PyObject *make_region(EndObject *owner, void *buf, Py_ssize_t len,
                              bool writable, PyObject **region);
 
 static PyObject *
-Reader_get_metadata(EndObject *self, PyObject *unused)
+Reader_get_metadata(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (reader_check_open(self) < 0) {
         return NULL;
     }
@@ -889,12 +885,14 @@ Reader_get_metadata(EndObject *self, PyObject *unused)
                                 NULL);
 }
 
+/* A Reader's _writer_alive(), a Writer's is_reader_connected(). */
 static PyObject *
-Reader_writer_alive(EndObject *self, PyObject *unused)
+End_peer_alive(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(end_open(self) &&
-                           dk_zb_reader_writer_connected(self->core));
+                           (self->reader
+                                ? dk_zb_reader_writer_connected(self->core)
+                                : dk_zb_writer_reader_connected(self->core)));
 }
 
 static int
@@ -937,7 +935,7 @@ static PyMethodDef Reader_methods[] = {
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
-    {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS,
+    {"_writer_alive", (PyCFunction)End_peer_alive, METH_NOARGS,
      "_writer_alive($self, /)\n--\n\nWhether a live writer is attached."},
     {"_wait_writer", (PyCFunction)Reader_wait_writer, METH_O,
      "_wait_writer($self, timeout, /)\n--\n\n"
@@ -945,7 +943,7 @@ static PyMethodDef Reader_methods[] = {
     {"close", (PyCFunction)End_close, METH_NOARGS,
      "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
      "readable."},
-    END_METHODS,
+    WITH_METHODS(End_close, "close"),
 };
 
 static PyGetSetDef Reader_getset[] = {
@@ -998,24 +996,21 @@ Frame_getbuffer(FrameObject *self, Py_buffer *view, int flags)
 }
 
 static void
-Frame_releasebuffer(FrameObject *self, Py_buffer *view)
+Frame_releasebuffer(FrameObject *self, Py_buffer *Py_UNUSED(view))
 {
-    (void)view;
     self->reader->exports--;
     end_maybe_destroy(self->reader);
 }
 
 static PyObject *
-Frame_get_data(FrameObject *self, void *c)
+Frame_get_data(FrameObject *self, void *Py_UNUSED(c))
 {
-    (void)c;
     return PyMemoryView_FromObject((PyObject *)self);
 }
 
 static PyObject *
-Frame_get_valid(FrameObject *self, void *c)
+Frame_get_valid(FrameObject *self, void *Py_UNUSED(c))
 {
-    (void)c;
     return PyBool_FromLong(!self->released && !self->reader->closed &&
                            self->frame.size > 0);
 }
@@ -1027,9 +1022,8 @@ Frame_len(FrameObject *self)
 }
 
 static PyObject *
-Frame_bytes(FrameObject *self, PyObject *unused)
+Frame_bytes(FrameObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (frame_usable(self) < 0) {
         return NULL;
     }
@@ -1058,11 +1052,7 @@ static PyMethodDef Frame_methods[] = {
      "(idempotent)."},
     {"__bytes__", (PyCFunction)Frame_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA copy of the frame's data."},
-    {"__enter__", (PyCFunction)zb_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nReturns self."},
-    {"__exit__", (PyCFunction)Frame_dispose, METH_VARARGS,
-     "__exit__($self, /, *exc_info)\n--\n\ndispose()."},
-    {NULL, NULL, 0, NULL},
+    WITH_METHODS(Frame_dispose, "dispose"),
 };
 
 static PyGetSetDef Frame_getset[] = {
@@ -1465,9 +1455,8 @@ Writer_get_frame_buffer(EndObject *self, PyObject *const *args,
 }
 
 static PyObject *
-Writer_commit_frame(EndObject *self, PyObject *unused)
+Writer_commit_frame(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (writer_lock(self) < 0) {
         return NULL;
     }
@@ -1503,14 +1492,6 @@ Writer_set_metadata(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
     return res;
 }
 
-static PyObject *
-Writer_reader_connected(EndObject *self, PyObject *unused)
-{
-    (void)unused;
-    return PyBool_FromLong(end_open(self) &&
-                           dk_zb_writer_reader_connected(self->core));
-}
-
 static PyMethodDef Writer_methods[] = {
     {"write_frame", DKPY_METH_FAST(Writer_write_frame),
      "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
@@ -1532,12 +1513,12 @@ static PyMethodDef Writer_methods[] = {
      "view handed out is released."},
     {"set_metadata", DKPY_METH_FAST(Writer_set_metadata),
      "set_metadata($self, /, data)\n--\n\nStore the metadata (once)."},
-    {"is_reader_connected", (PyCFunction)Writer_reader_connected, METH_NOARGS,
+    {"is_reader_connected", (PyCFunction)End_peer_alive, METH_NOARGS,
      "is_reader_connected($self, /)\n--\n\nWhether the reader's process "
      "is alive and attached."},
     {"close", (PyCFunction)End_close, METH_NOARGS,
      "close($self, /)\n--\n\nDisconnect."},
-    END_METHODS,
+    WITH_METHODS(End_close, "close"),
 };
 
 static PyGetSetDef Writer_getset[] = {
@@ -1602,9 +1583,8 @@ Region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
 }
 
 static void
-Region_releasebuffer(RegionObject *self, Py_buffer *view)
+Region_releasebuffer(RegionObject *self, Py_buffer *Py_UNUSED(view))
 {
-    (void)view;
     self->exports--;
     self->owner->exports--;
     end_maybe_destroy(self->owner);
