@@ -219,26 +219,19 @@ one_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
-/* A read's timeout argument, checked now; its deadline is computed only
- * when a wait is needed (no clock read when a frame is there). */
-typedef struct {
-    PyObject *obj; /* NULL: the default 5 s; None: forever */
-    double secs;
-} zb_timeout;
-
+/* A read's timeout argument in seconds (NULL: the default 5 s; None:
+ * forever, as inf is), checked now; its deadline is computed only when a
+ * wait is needed (no clock read when a frame is there). */
 static int
-timeout_parse(PyObject *obj, zb_timeout *t)
+timeout_parse(PyObject *obj, double *secs)
 {
-    t->obj = obj;
-    t->secs = 5.0;
-    if (obj == NULL || obj == Py_None) {
-        return 0;
-    }
-    t->secs = PyFloat_AsDouble(obj);
-    if (t->secs == -1.0 && PyErr_Occurred()) {
+    *secs = obj == NULL      ? 5.0
+            : obj == Py_None ? INFINITY
+                             : PyFloat_AsDouble(obj);
+    if (*secs == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (isnan(t->secs)) {
+    if (isnan(*secs)) {
         PyErr_SetString(PyExc_ValueError, "timeout must be a number");
         return -1;
     }
@@ -247,12 +240,11 @@ timeout_parse(PyObject *obj, zb_timeout *t)
 
 /* dkpy_deadline_zerobuffer's rule, from the number already read. */
 static uint64_t
-timeout_deadline(const zb_timeout *t)
+timeout_deadline(double secs)
 {
-    if (t->obj == Py_None || t->secs > 1e9) {
-        return DK_TIME_FOREVER;
-    }
-    return t->secs <= 0 ? 0 : dk_now() + (uint64_t)(t->secs * 1e9);
+    return secs > 1e9  ? DK_TIME_FOREVER
+           : secs <= 0 ? 0
+                       : dk_now() + (uint64_t)(secs * 1e9);
 }
 
 /* ---- the two ends ----------------------------------------------------- */
@@ -667,13 +659,13 @@ read_sleep(void *arg, uint64_t deadline)
  * exception) or another error of the core. Tries, watches, then sleeps
  * (the file's opening comment). */
 static int
-reader_next(EndObject *self, const zb_timeout *t, dk_zb_frame_t *f)
+reader_next(EndObject *self, double timeout, dk_zb_frame_t *f)
 {
     int rc = dk__zb_reader_read_ex(self->core, 0, 0, f);
     if (rc != -EAGAIN) {
         return rc;
     }
-    uint64_t deadline = timeout_deadline(t);
+    uint64_t deadline = timeout_deadline(timeout);
     if (deadline == 0) {
         return dk_zb_reader_read(self->core, 0, f);
     }
@@ -694,14 +686,14 @@ reader_next(EndObject *self, const zb_timeout *t, dk_zb_frame_t *f)
 static PyObject *
 reader_read(EndObject *self, PyObject *timeout, Py_ssize_t max)
 {
-    zb_timeout t;
+    double secs;
     PyObject *list = NULL;
-    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0 ||
+    if (timeout_parse(timeout, &secs) < 0 || reader_check_open(self) < 0 ||
         (max > 0 && (list = PyList_New(0)) == NULL)) {
         return NULL;
     }
     dk_zb_frame_t f;
-    int rc = reader_next(self, &t, &f);
+    int rc = reader_next(self, secs, &f);
     if (rc == 0 && list == NULL) {
         return make_frame(self, &f);
     }
