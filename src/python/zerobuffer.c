@@ -445,7 +445,6 @@ COUNTER_GETTER(dk_zb_reader_frames)
 COUNTER_GETTER(dk_zb_reader_bytes)
 COUNTER_GETTER(dk_zb_writer_frames)
 COUNTER_GETTER(dk_zb_writer_bytes)
-COUNTER_GETTER(dk_zb_writer_next_sequence)
 COUNTER_GETTER(dk_zb_writer_max_frame)
 #define COUNTER(NAME, FN, DOC)                                                \
     {                                                                         \
@@ -1516,7 +1515,6 @@ static PyMethodDef Writer_methods[] = {
 static PyGetSetDef Writer_getset[] = {
     COUNTER("frames_written", dk_zb_writer_frames, "frames written"),
     COUNTER("bytes_written", dk_zb_writer_bytes, "payload bytes written"),
-    COUNTER("_next_sequence", dk_zb_writer_next_sequence, NULL),
     COUNTER("max_frame_size", dk_zb_writer_max_frame,
             "largest frame this buffer takes"),
     {NULL, NULL, NULL, NULL, NULL},
