@@ -477,7 +477,7 @@ COUNTER_GETTER(dk_zb_writer_max_frame)
 
 static PyMemberDef Reader_members[] = {END_MEMBERS};
 
-/* For futures.c (async for over a Reader, a Writer waiting for space):
+/* For aio_wait.c (async for over a Reader, a Writer waiting for space):
  * hold the core of an open end of type `type` for an asynchronous wait,
  * as a blocking call does (busy), so close() defers destroying it; NULL
  * if obj is not one, or closed (no exception set). The unhold functions
