@@ -1,11 +1,11 @@
 /*
- * Binding of dispatchkit.atomics: three C base types carrying every
- * operation as a direct C method (no Python wrapper on the hot path):
- * _AtomicAny (properties only), _AtomicBytes (byte operations, values as
- * bytes) and _AtomicIntegral (byte operations plus arithmetic, values as
- * int). The seed's class hierarchy is built here too (_atomic_class), on
- * the Python mixins. The exception classes and OpType live in Python and
- * are handed to us by dispatchkit.atomics at import (_atomics_setup).
+ * Binding of dispatchkit.atomics: the C base type _AtomicAny (properties
+ * only) and the seed's class hierarchy, built here (_atomic_class) on it
+ * and the Python mixins, every operation a direct C method (no Python
+ * wrapper on the hot path): the byte operations (values as bytes), or
+ * those plus arithmetic (values as int). The exception classes and OpType
+ * live in Python and are handed to us by dispatchkit.atomics at import
+ * (_atomics_setup).
  */
 #include "python/binding.h"
 
@@ -640,8 +640,8 @@ store(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
  * away. Integral add/sub of a negative operand on unsigned objects raises
  * OverflowError through to_value, as the package's (inputs never wrap). */
 HOT_INLINE PyObject *
-rmw_body(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-         PyObject *kwnames, int op, dk_atomic_op_t aop, bool fetch,
+rmw_body(bool fetch, AtomicObject *self, PyObject *const *args,
+         Py_ssize_t nargs, PyObject *kwnames, int op, dk_atomic_op_t aop,
          const char *name)
 {
     bool has_value = dk__atomic_op_needs_arg(aop);
@@ -666,20 +666,10 @@ rmw_body(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     return from_value(self, old);
 }
-
-HOT_INLINE PyObject *
-rmw(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-    PyObject *kwnames, int op, dk_atomic_op_t aop, const char *name)
-{
-    return rmw_body(self, args, nargs, kwnames, op, aop, false, name);
-}
-
-HOT_INLINE PyObject *
-rmw_fetch(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-          PyObject *kwnames, int op, dk_atomic_op_t aop, const char *name)
-{
-    return rmw_body(self, args, nargs, kwnames, op, aop, true, name);
-}
+/* The two bodies the operation tables name: without and with the
+ * previous value returned. */
+#define rmw(...) rmw_body(false, __VA_ARGS__)
+#define rmw_fetch(...) rmw_body(true, __VA_ARGS__)
 
 static PyObject *
 bit_op(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -934,13 +924,6 @@ DKPY_TYPE(static, Any_spec, "dispatchkit._dk._AtomicAny", AtomicObject,
           {Py_tp_methods, Any_methods}, {Py_tp_getset, Any_getset},
           {Py_tp_str, Atomic_str},
           {Py_tp_doc, "The base of every atomic class."});
-DKPY_TYPE(static, Bytes_spec, "dispatchkit._dk._AtomicBytes", AtomicObject,
-          ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
-          {Py_tp_methods, Bytes_methods}, {Py_tp_doc, "The byte operations."});
-DKPY_TYPE(static, Integral_spec, "dispatchkit._dk._AtomicIntegral",
-          AtomicObject, ATOMIC_FLAGS, {Py_tp_traverse, Atomic_traverse},
-          {Py_tp_methods, Integral_methods}, {Py_tp_getset, Integral_getset},
-          {Py_nb_int, Atomic_int}, {Py_tp_doc, "The integral operations."});
 
 /* ---- concrete classes ------------------------------------------------
  *
@@ -1200,14 +1183,8 @@ int
 dkpy_atomics_exec(PyObject *m)
 {
     any_type = dkpy_add_type(m, &Any_spec, NULL, "");
-    PyTypeObject *bytes_type =
-        any_type ? dkpy_add_type(m, &Bytes_spec, (PyObject *)any_type, "")
-                 : NULL;
-    if (bytes_type == NULL ||
-        dkpy_add_type(m, &Integral_spec, (PyObject *)bytes_type, "") == NULL) {
-        return -1;
-    }
-    cmpxchg_type = (PyObject *)dkpy_add_type(m, &Result_spec, NULL, "");
+    cmpxchg_type =
+        any_type ? (PyObject *)dkpy_add_type(m, &Result_spec, NULL, "") : NULL;
     /* Its bare name in messages, as for the package's class. */
     if (cmpxchg_type == NULL ||
         set_bare_name(cmpxchg_type, "CmpxchgResult") < 0 ||

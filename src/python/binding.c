@@ -55,19 +55,16 @@ dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno)
 PyObject *
 dkpy_raise_errno(int neg_errno)
 {
-    if (dkpy_raise_mapped(errno_table, neg_errno)) {
-        return NULL;
-    }
-    return dkpy_raise_oserror(neg_errno);
+    return dkpy_raise_mapped(errno_table, neg_errno)
+               ? NULL
+               : dkpy_raise_oserror(neg_errno);
 }
 
 PyObject *
 dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno)
 {
-    if (dkpy_raise_mapped(map, neg_errno)) {
-        return NULL;
-    }
-    return dkpy_raise_errno(neg_errno);
+    return dkpy_raise_mapped(map, neg_errno) ? NULL
+                                             : dkpy_raise_errno(neg_errno);
 }
 
 PyObject *

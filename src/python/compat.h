@@ -164,18 +164,18 @@ dkpy_call_signed(PyObject *obj, PyObject **name_slot, const char *name,
 static inline int
 dkpy_long_to_le16(PyObject *v, unsigned char out[16], bool is_signed)
 {
-    /* Most values fit in 64 bits: sign-extend those without an object. */
     int overflow;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow == 0 && x == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((overflow < 0 || (overflow == 0 && x < 0)) && !is_signed) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "can't convert negative int to unsigned");
+        return -1;
+    }
+    /* Most values fit in 64 bits: sign-extend those without an object. */
     if (overflow == 0) {
-        if (x == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (x < 0 && !is_signed) {
-            PyErr_SetString(PyExc_OverflowError,
-                            "can't convert negative int to unsigned");
-            return -1;
-        }
         unsigned long long lo = (unsigned long long)x;
         unsigned long long hi = x < 0 ? ~0ull : 0;
         for (int i = 0; i < 8; i++) {
@@ -183,11 +183,6 @@ dkpy_long_to_le16(PyObject *v, unsigned char out[16], bool is_signed)
             out[8 + i] = (unsigned char)(hi >> (8 * i));
         }
         return 0;
-    }
-    if (overflow < 0 && !is_signed) {
-        PyErr_SetString(PyExc_OverflowError,
-                        "can't convert negative int to unsigned");
-        return -1;
     }
 #if PY_VERSION_HEX >= 0x030D0000
     int flags = Py_ASNATIVEBYTES_LITTLE_ENDIAN;

@@ -16,24 +16,14 @@ module_exec(PyObject *m)
                         "subinterpreter: its runtime is process-wide");
         return -1;
     }
-    if (dkpy_binding_init() < 0) {
-        return -1;
-    }
-    if (dkpy_dispatch_exec(m) < 0 || dkpy_source_exec(m) < 0 ||
-        dkpy_io_exec(m) < 0 || dkpy_data_exec(m) < 0 ||
-        dkpy_atomics_exec(m) < 0 || dkpy_sync_exec(m) < 0) {
-        return -1;
-    }
-    if (dkpy_futures_exec(m) < 0) {
-        return -1;
-    }
-    if (dkpy_zerobuffer_exec(m) < 0) {
-        return -1;
-    }
-    if (dkpy_os_exec(m) < 0) {
-        return -1;
-    }
-    return 0;
+    /* In this order: each stops the chain with its exception set. */
+    return dkpy_binding_init() < 0 || dkpy_dispatch_exec(m) < 0 ||
+                   dkpy_source_exec(m) < 0 || dkpy_io_exec(m) < 0 ||
+                   dkpy_data_exec(m) < 0 || dkpy_atomics_exec(m) < 0 ||
+                   dkpy_sync_exec(m) < 0 || dkpy_futures_exec(m) < 0 ||
+                   dkpy_zerobuffer_exec(m) < 0 || dkpy_os_exec(m) < 0
+               ? -1
+               : 0;
 }
 
 /* _write_unraisable(exc, obj): hand exc to sys.unraisablehook as an error

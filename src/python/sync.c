@@ -783,7 +783,7 @@ static PyType_Spec *const sync_specs[K_COUNT] = {
     [K_U64] = &AtomicU64_spec,   [K_EVENT] = &Event_spec,
 };
 
-/* For futures.c (awaitable waits): the memory of a sync Mutex (kind 0),
+/* For aio_wait.c (awaitable waits): the memory of a sync Mutex (kind 0),
  * Semaphore (1) or Event (2) and its `shared` flag; *owner_died points at
  * a Mutex's flag (NULL for the others). 0, or -1 if obj is none of
  * them. */

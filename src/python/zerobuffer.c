@@ -61,9 +61,8 @@ static const char *const exc_names[EXC_COUNT] = {ZB_EXCEPTIONS(EXC_NAME_OF)};
 static PyObject *exc_types[EXC_COUNT];
 
 static PyObject *
-zb_set_exceptions(PyObject *mod, PyObject *src)
+zb_set_exceptions(PyObject *Py_UNUSED(mod), PyObject *src)
 {
-    (void)mod;
     for (int i = 0; i < EXC_COUNT; i++) {
         PyObject *t = PyObject_GetAttrString(src, exc_names[i]);
         if (t == NULL) {
@@ -220,26 +219,19 @@ one_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
-/* A read's timeout argument, checked now; its deadline is computed only
- * when a wait is needed (no clock read when a frame is there). */
-typedef struct {
-    PyObject *obj; /* NULL: the default 5 s; None: forever */
-    double secs;
-} zb_timeout;
-
+/* A read's timeout argument in seconds (NULL: the default 5 s; None:
+ * forever, as inf is), checked now; its deadline is computed only when a
+ * wait is needed (no clock read when a frame is there). */
 static int
-timeout_parse(PyObject *obj, zb_timeout *t)
+timeout_parse(PyObject *obj, double *secs)
 {
-    t->obj = obj;
-    t->secs = 5.0;
-    if (obj == NULL || obj == Py_None) {
-        return 0;
-    }
-    t->secs = PyFloat_AsDouble(obj);
-    if (t->secs == -1.0 && PyErr_Occurred()) {
+    *secs = obj == NULL      ? 5.0
+            : obj == Py_None ? INFINITY
+                             : PyFloat_AsDouble(obj);
+    if (*secs == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (isnan(t->secs)) {
+    if (isnan(*secs)) {
         PyErr_SetString(PyExc_ValueError, "timeout must be a number");
         return -1;
     }
@@ -248,12 +240,11 @@ timeout_parse(PyObject *obj, zb_timeout *t)
 
 /* dkpy_deadline_zerobuffer's rule, from the number already read. */
 static uint64_t
-timeout_deadline(const zb_timeout *t)
+timeout_deadline(double secs)
 {
-    if (t->obj == Py_None || t->secs > 1e9) {
-        return DK_TIME_FOREVER;
-    }
-    return t->secs <= 0 ? 0 : dk_now() + (uint64_t)(t->secs * 1e9);
+    return secs > 1e9  ? DK_TIME_FOREVER
+           : secs <= 0 ? 0
+                       : dk_now() + (uint64_t)(secs * 1e9);
 }
 
 /* ---- the two ends ----------------------------------------------------- */
@@ -421,10 +412,10 @@ end_wait(EndObject *self, dkpy_wait_fn fn, void *arg, uint64_t deadline)
 
 static void drop_pending_view(EndObject *self);
 
+/* close(), and __exit__(*exc_info). */
 static PyObject *
-End_close(EndObject *self, PyObject *unused)
+End_close(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused; /* also __exit__(*exc_info) */
     if (!self->closed) {
         self->closed = true;
         if (self->core != NULL && self->reader) {
@@ -439,39 +430,36 @@ End_close(EndObject *self, PyObject *unused)
 }
 
 static PyObject *
-zb_enter(PyObject *self, PyObject *unused)
+zb_enter(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return Py_NewRef(self);
 }
 
 /* A counter of the core (0 once destroyed), by a getter of its own. */
 #define COUNTER_GETTER(FN)                                                    \
-    static PyObject *get_##FN(EndObject *self, void *c)                       \
+    static PyObject *get_##FN(EndObject *self, void *Py_UNUSED(c))            \
     {                                                                         \
-        (void)c;                                                              \
         return PyLong_FromUnsignedLongLong(self->core ? FN(self->core) : 0);  \
     }
 COUNTER_GETTER(dk_zb_reader_frames)
 COUNTER_GETTER(dk_zb_reader_bytes)
 COUNTER_GETTER(dk_zb_writer_frames)
 COUNTER_GETTER(dk_zb_writer_bytes)
-COUNTER_GETTER(dk_zb_writer_next_sequence)
 COUNTER_GETTER(dk_zb_writer_max_frame)
 #define COUNTER(NAME, FN, DOC)                                                \
     {                                                                         \
         NAME, (getter)get_##FN, NULL, DOC, NULL                               \
     }
 
-/* The methods and attributes both ends have. */
-#define END_METHODS                                                           \
+/* `with` for the ends and Frame: __exit__ calls EXIT, named NAME. */
+/* clang-format off */
+#define WITH_METHODS(EXIT, NAME)                                              \
     {"__enter__", (PyCFunction)zb_enter, METH_NOARGS,                         \
      "__enter__($self, /)\n--\n\nReturns self."},                             \
-        {"__exit__", (PyCFunction)End_close, METH_VARARGS,                    \
-         "__exit__($self, /, *exc_info)\n--\n\nclose()."},                    \
-    {                                                                         \
-        NULL, NULL, 0, NULL                                                   \
-    }
+    {"__exit__", (PyCFunction)EXIT, METH_VARARGS,                             \
+     "__exit__($self, /, *exc_info)\n--\n\n" NAME "()."},                     \
+    {NULL, NULL, 0, NULL}
+/* clang-format on */
 
 /* The members both ends have. */
 #define END_MEMBERS                                                           \
@@ -489,7 +477,7 @@ COUNTER_GETTER(dk_zb_writer_max_frame)
 
 static PyMemberDef Reader_members[] = {END_MEMBERS};
 
-/* For futures.c (async for over a Reader, a Writer waiting for space):
+/* For aio_wait.c (async for over a Reader, a Writer waiting for space):
  * hold the core of an open end of type `type` for an asynchronous wait,
  * as a blocking call does (busy), so close() defers destroying it; NULL
  * if obj is not one, or closed (no exception set). The unhold functions
@@ -670,13 +658,13 @@ read_sleep(void *arg, uint64_t deadline)
  * exception) or another error of the core. Tries, watches, then sleeps
  * (the file's opening comment). */
 static int
-reader_next(EndObject *self, const zb_timeout *t, dk_zb_frame_t *f)
+reader_next(EndObject *self, double timeout, dk_zb_frame_t *f)
 {
     int rc = dk__zb_reader_read_ex(self->core, 0, 0, f);
     if (rc != -EAGAIN) {
         return rc;
     }
-    uint64_t deadline = timeout_deadline(t);
+    uint64_t deadline = timeout_deadline(timeout);
     if (deadline == 0) {
         return dk_zb_reader_read(self->core, 0, f);
     }
@@ -697,14 +685,14 @@ reader_next(EndObject *self, const zb_timeout *t, dk_zb_frame_t *f)
 static PyObject *
 reader_read(EndObject *self, PyObject *timeout, Py_ssize_t max)
 {
-    zb_timeout t;
+    double secs;
     PyObject *list = NULL;
-    if (timeout_parse(timeout, &t) < 0 || reader_check_open(self) < 0 ||
+    if (timeout_parse(timeout, &secs) < 0 || reader_check_open(self) < 0 ||
         (max > 0 && (list = PyList_New(0)) == NULL)) {
         return NULL;
     }
     dk_zb_frame_t f;
-    int rc = reader_next(self, &t, &f);
+    int rc = reader_next(self, secs, &f);
     if (rc == 0 && list == NULL) {
         return make_frame(self, &f);
     }
@@ -776,10 +764,10 @@ frame_release(FrameObject *self)
     self->released = true;
 }
 
+/* dispose(), and __exit__(*exc_info). */
 static PyObject *
-Frame_dispose(FrameObject *self, PyObject *unused)
+Frame_dispose(FrameObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused; /* also __exit__(*exc_info) */
     frame_release(self);
     Py_RETURN_NONE;
 }
@@ -872,9 +860,8 @@ static PyObject *make_region(EndObject *owner, void *buf, Py_ssize_t len,
                              bool writable, PyObject **region);
 
 static PyObject *
-Reader_get_metadata(EndObject *self, PyObject *unused)
+Reader_get_metadata(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (reader_check_open(self) < 0) {
         return NULL;
     }
@@ -889,12 +876,14 @@ Reader_get_metadata(EndObject *self, PyObject *unused)
                                 NULL);
 }
 
+/* A Reader's _writer_alive(), a Writer's is_reader_connected(). */
 static PyObject *
-Reader_writer_alive(EndObject *self, PyObject *unused)
+End_peer_alive(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     return PyBool_FromLong(end_open(self) &&
-                           dk_zb_reader_writer_connected(self->core));
+                           (self->reader
+                                ? dk_zb_reader_writer_connected(self->core)
+                                : dk_zb_writer_reader_connected(self->core)));
 }
 
 static int
@@ -937,7 +926,7 @@ static PyMethodDef Reader_methods[] = {
     {"get_metadata", (PyCFunction)Reader_get_metadata, METH_NOARGS,
      "get_metadata($self, /)\n--\n\nThe writer's metadata, "
      "zero-copy."},
-    {"_writer_alive", (PyCFunction)Reader_writer_alive, METH_NOARGS,
+    {"_writer_alive", (PyCFunction)End_peer_alive, METH_NOARGS,
      "_writer_alive($self, /)\n--\n\nWhether a live writer is attached."},
     {"_wait_writer", (PyCFunction)Reader_wait_writer, METH_O,
      "_wait_writer($self, timeout, /)\n--\n\n"
@@ -945,7 +934,7 @@ static PyMethodDef Reader_methods[] = {
     {"close", (PyCFunction)End_close, METH_NOARGS,
      "close($self, /)\n--\n\nRemove the buffer. Views still alive stay "
      "readable."},
-    END_METHODS,
+    WITH_METHODS(End_close, "close"),
 };
 
 static PyGetSetDef Reader_getset[] = {
@@ -998,24 +987,21 @@ Frame_getbuffer(FrameObject *self, Py_buffer *view, int flags)
 }
 
 static void
-Frame_releasebuffer(FrameObject *self, Py_buffer *view)
+Frame_releasebuffer(FrameObject *self, Py_buffer *Py_UNUSED(view))
 {
-    (void)view;
     self->reader->exports--;
     end_maybe_destroy(self->reader);
 }
 
 static PyObject *
-Frame_get_data(FrameObject *self, void *c)
+Frame_get_data(FrameObject *self, void *Py_UNUSED(c))
 {
-    (void)c;
     return PyMemoryView_FromObject((PyObject *)self);
 }
 
 static PyObject *
-Frame_get_valid(FrameObject *self, void *c)
+Frame_get_valid(FrameObject *self, void *Py_UNUSED(c))
 {
-    (void)c;
     return PyBool_FromLong(!self->released && !self->reader->closed &&
                            self->frame.size > 0);
 }
@@ -1027,9 +1013,8 @@ Frame_len(FrameObject *self)
 }
 
 static PyObject *
-Frame_bytes(FrameObject *self, PyObject *unused)
+Frame_bytes(FrameObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (frame_usable(self) < 0) {
         return NULL;
     }
@@ -1058,11 +1043,7 @@ static PyMethodDef Frame_methods[] = {
      "(idempotent)."},
     {"__bytes__", (PyCFunction)Frame_bytes, METH_NOARGS,
      "__bytes__($self, /)\n--\n\nA copy of the frame's data."},
-    {"__enter__", (PyCFunction)zb_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nReturns self."},
-    {"__exit__", (PyCFunction)Frame_dispose, METH_VARARGS,
-     "__exit__($self, /, *exc_info)\n--\n\ndispose()."},
-    {NULL, NULL, 0, NULL},
+    WITH_METHODS(Frame_dispose, "dispose"),
 };
 
 static PyGetSetDef Frame_getset[] = {
@@ -1465,9 +1446,8 @@ Writer_get_frame_buffer(EndObject *self, PyObject *const *args,
 }
 
 static PyObject *
-Writer_commit_frame(EndObject *self, PyObject *unused)
+Writer_commit_frame(EndObject *self, PyObject *Py_UNUSED(unused))
 {
-    (void)unused;
     if (writer_lock(self) < 0) {
         return NULL;
     }
@@ -1503,14 +1483,6 @@ Writer_set_metadata(EndObject *self, PyObject *const *args, Py_ssize_t nargs,
     return res;
 }
 
-static PyObject *
-Writer_reader_connected(EndObject *self, PyObject *unused)
-{
-    (void)unused;
-    return PyBool_FromLong(end_open(self) &&
-                           dk_zb_writer_reader_connected(self->core));
-}
-
 static PyMethodDef Writer_methods[] = {
     {"write_frame", DKPY_METH_FAST(Writer_write_frame),
      "write_frame($self, /, data)\n--\n\nCopy one frame into the buffer; "
@@ -1532,18 +1504,17 @@ static PyMethodDef Writer_methods[] = {
      "view handed out is released."},
     {"set_metadata", DKPY_METH_FAST(Writer_set_metadata),
      "set_metadata($self, /, data)\n--\n\nStore the metadata (once)."},
-    {"is_reader_connected", (PyCFunction)Writer_reader_connected, METH_NOARGS,
+    {"is_reader_connected", (PyCFunction)End_peer_alive, METH_NOARGS,
      "is_reader_connected($self, /)\n--\n\nWhether the reader's process "
      "is alive and attached."},
     {"close", (PyCFunction)End_close, METH_NOARGS,
      "close($self, /)\n--\n\nDisconnect."},
-    END_METHODS,
+    WITH_METHODS(End_close, "close"),
 };
 
 static PyGetSetDef Writer_getset[] = {
     COUNTER("frames_written", dk_zb_writer_frames, "frames written"),
     COUNTER("bytes_written", dk_zb_writer_bytes, "payload bytes written"),
-    COUNTER("_next_sequence", dk_zb_writer_next_sequence, NULL),
     COUNTER("max_frame_size", dk_zb_writer_max_frame,
             "largest frame this buffer takes"),
     {NULL, NULL, NULL, NULL, NULL},
@@ -1602,9 +1573,8 @@ Region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
 }
 
 static void
-Region_releasebuffer(RegionObject *self, Py_buffer *view)
+Region_releasebuffer(RegionObject *self, Py_buffer *Py_UNUSED(view))
 {
-    (void)view;
     self->exports--;
     self->owner->exports--;
     end_maybe_destroy(self->owner);
