@@ -166,11 +166,19 @@ def test_channel_low_water_batches_small_pipe_writes():
         handler, res = collect()
         ch.read(12, handler)
         os.write(w, b"abc")
-        threading.Timer(0.05, lambda: os.write(w, b"def")).start()
-        threading.Timer(0.10, lambda: os.write(w, b"ghijkl")).start()
+
+        def later():  # one thread: the writes keep their order under load
+            time.sleep(0.05)
+            os.write(w, b"def")
+            time.sleep(0.05)
+            os.write(w, b"ghijkl")
+
+        writer = threading.Thread(target=later)
+        writer.start()
         assert res["done"].wait(5)
         assert b"".join(res["chunks"]) == b"abcdefghijkl"
         assert all(len(c) >= 6 for c in res["chunks"])
+        writer.join()
         ch.close()
     finally:
         os.close(r)
