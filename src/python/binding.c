@@ -52,12 +52,20 @@ dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno)
     return false;
 }
 
+/* OSError for a negative errno whatever it is. Returns NULL. */
+static PyObject *
+raise_oserror(int neg_errno)
+{
+    errno = -neg_errno;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 PyObject *
 dkpy_raise_errno(int neg_errno)
 {
     return dkpy_raise_mapped(errno_table, neg_errno)
                ? NULL
-               : dkpy_raise_oserror(neg_errno);
+               : raise_oserror(neg_errno);
 }
 
 PyObject *
@@ -65,13 +73,6 @@ dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno)
 {
     return dkpy_raise_mapped(map, neg_errno) ? NULL
                                              : dkpy_raise_errno(neg_errno);
-}
-
-PyObject *
-dkpy_raise_oserror(int neg_errno)
-{
-    errno = -neg_errno;
-    return PyErr_SetFromErrno(PyExc_OSError);
 }
 
 /* ---- callbacks -------------------------------------------------------- */
@@ -305,11 +306,13 @@ dkpy_binding_init(void)
     return 0;
 }
 
-/* Other threads never run handlers, so they sleep to the deadline: a
- * slice there would only wake them (and, during finalization, have
- * CPython end them with pthread_exit when they take the GIL back). */
-uint64_t
-dkpy_slice_end(uint64_t deadline)
+/* The end of the next slice of a wait for `deadline` (DK_TIME_FOREVER:
+ * forever; 0: poll). Other threads never run handlers, so they sleep to
+ * the deadline: a slice there would only wake them (and, during
+ * finalization, have CPython end them with pthread_exit when they take
+ * the GIL back). */
+static uint64_t
+slice_end(uint64_t deadline)
 {
     if (PyThread_get_thread_ident() != handler_thread) {
         return deadline;
@@ -320,8 +323,10 @@ dkpy_slice_end(uint64_t deadline)
                : deadline;
 }
 
-bool
-dkpy_wait_goes_on(uint64_t deadline)
+/* After a slice returned -ETIMEDOUT: true if the wait goes on (the
+ * caller runs the signal handlers and sleeps another slice). */
+static bool
+wait_goes_on(uint64_t deadline)
 {
     return deadline == DK_TIME_FOREVER || dk_now() < deadline;
 }
@@ -437,12 +442,12 @@ dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline)
     for (;;) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = fn(arg, dkpy_slice_end(deadline));
+        rc = fn(arg, slice_end(deadline));
         Py_END_ALLOW_THREADS
         if (rc != -ETIMEDOUT && rc != -EINTR) {
             return rc;
         }
-        if (rc == -ETIMEDOUT && !dkpy_wait_goes_on(deadline)) {
+        if (rc == -ETIMEDOUT && !wait_goes_on(deadline)) {
             return -ETIMEDOUT;
         }
         /* EINTR or the end of a slice: run the signal handlers (Ctrl-C

@@ -40,9 +40,6 @@ typedef struct {
 bool dkpy_raise_mapped(const dkpy_errno_map *map, int neg_errno);
 /* map's exception for neg_errno, else dkpy_raise_errno's. Returns NULL. */
 PyObject *dkpy_raise_errno_in(const dkpy_errno_map *map, int neg_errno);
-/* OSError for a negative errno whatever it is (where the seed API raises
- * OSError even for EINVAL). Returns NULL. */
-PyObject *dkpy_raise_oserror(int neg_errno);
 
 /* Call func(*args) (args: a stolen tuple reference; NULL: no arguments,
  * or, with an exception set, arguments that could not be built) and hand
@@ -159,14 +156,6 @@ PyObject *dkpy_type_from_spec(PyObject *m, PyType_Spec *spec, PyObject *bases);
  * thread, would otherwise leave Ctrl-C waiting for the deadline. */
 #define DKPY_SIGNAL_SLICE_NS 100000000ull
 
-/* The end of the next slice of a wait for `deadline` (DK_TIME_FOREVER:
- * forever; 0: poll): `deadline` itself on threads other than the one that
- * runs signal handlers. */
-uint64_t dkpy_slice_end(uint64_t deadline);
-/* After a slice returned -ETIMEDOUT: true if the wait goes on (the
- * caller runs the signal handlers and sleeps another slice). */
-bool dkpy_wait_goes_on(uint64_t deadline);
-
 /* A blocking call of the core: fn(arg, deadline) returns 0 (or another
  * result the caller reads), -ETIMEDOUT or -EINTR. It runs without the
  * GIL. */
@@ -176,7 +165,8 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
 /* The wait of CPython's acquire_timed (Modules/_threadmodule.c), after the
  * caller's own non-blocking try with the GIL held (each primitive's try
  * takes other arguments): fn with the GIL released, in slices of
- * dkpy_slice_end, against the absolute `deadline` (DK_TIME_FOREVER: forever),
+ * DKPY_SIGNAL_SLICE_NS (on the thread that runs signal handlers; other
+ * threads sleep to the deadline in one go), against the absolute `deadline` (DK_TIME_FOREVER: forever),
  * running the signal handlers between slices and on EINTR. Returns what
  * fn returned when that was neither -ETIMEDOUT nor -EINTR, -ETIMEDOUT
  * once the deadline has passed, or DKPY_RAISED with the handler's
