@@ -978,14 +978,24 @@ dk_zb_reader_metadata(dk_zb_reader_t *r, const void **data, uint64_t *size)
     return 0;
 }
 
+/* Whether the peer whose pid the OIEB word `pid` holds is there: an end
+ * that is still open sees a live process in it. The acquire pairs with
+ * the release that stored the pid (the reader's store of reader_pid at
+ * create, the writer's CAS of writer_pid at open). */
+static bool
+peer_connected(bool closed, const uint64_t *pid)
+{
+    if (closed) {
+        return false;
+    }
+    uint64_t p = dk__atomic_load_acquire(pid);
+    return p != 0 && dk__os_pid_alive(p);
+}
+
 bool
 dk_zb_reader_writer_connected(dk_zb_reader_t *r)
 {
-    if (r->closed) {
-        return false;
-    }
-    uint64_t pid = dk__atomic_load_acquire(&r->oieb->writer_pid);
-    return pid != 0 && dk__os_pid_alive(pid);
+    return peer_connected(r->closed, &r->oieb->writer_pid);
 }
 
 uint64_t
@@ -1605,11 +1615,7 @@ dk_zb_writer_write(dk_zb_writer_t *w, const void *data, uint64_t size,
 bool
 dk_zb_writer_reader_connected(dk_zb_writer_t *w)
 {
-    if (w->closed) {
-        return false;
-    }
-    uint64_t pid = dk__atomic_load_acquire(&w->oieb->reader_pid);
-    return pid != 0 && dk__os_pid_alive(pid);
+    return peer_connected(w->closed, &w->oieb->reader_pid);
 }
 
 uint64_t
