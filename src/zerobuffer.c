@@ -67,7 +67,7 @@
 #include "zerobuffer_internal.h"
 
 #if defined(__x86_64__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 /* The low half of the OIEB's writer_pid (little-endian): the futex word a
@@ -1099,13 +1099,52 @@ dk__zb_writer_streams(const dk_zb_writer_t *w, uint64_t size)
 #endif
 }
 
+#if defined(__x86_64__)
+/* The streaming loops: 64 bytes an iteration, source loads unaligned,
+ * destination stores aligned (the head before it is copied plainly).
+ * With AVX-512, one store fills a whole line: 26.6-27.7 GB/s against
+ * 24.4-25.4 for SSE2's four (8 MiB frames, 32 MiB ring, measured as in
+ * the comment above). */
+__attribute__((target("avx512f"))) static void
+stream_avx512(uint8_t *d, const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        _mm512_stream_si512((void *)(d + i),
+                            _mm512_loadu_si512((const void *)(s + i)));
+    }
+}
+
+static void
+stream_sse2(uint8_t *d, const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        for (size_t j = 0; j < 64; j += 16) {
+            __m128i v =
+                _mm_loadu_si128((const __m128i *)(const void *)(s + i + j));
+            _mm_stream_si128((__m128i *)(void *)(d + i + j), v);
+        }
+    }
+}
+#endif
+
 void
 dk__zb_copy_streamed(void *dst, const void *src, size_t n)
 {
 #if defined(__x86_64__)
+    __builtin_cpu_init();
+    dk__zb_copy_streamed_as(dst, src, n, __builtin_cpu_supports("avx512f"));
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+void
+dk__zb_copy_streamed_as(void *dst, const void *src, size_t n, bool avx512)
+{
+#if defined(__x86_64__)
     uint8_t *d = dst;
     const uint8_t *s = src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    size_t head = (64 - ((uintptr_t)d & 63)) & 63;
     if (head > n) {
         head = n;
     }
@@ -1115,22 +1154,15 @@ dk__zb_copy_streamed(void *dst, const void *src, size_t n)
     n -= head;
     size_t tail = n & 63;
     n -= tail;
-    for (size_t i = 0; i < n; i += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-        __m128i b =
-            _mm_loadu_si128((const __m128i *)(const void *)(s + i + 16));
-        __m128i c =
-            _mm_loadu_si128((const __m128i *)(const void *)(s + i + 32));
-        __m128i e =
-            _mm_loadu_si128((const __m128i *)(const void *)(s + i + 48));
-        _mm_stream_si128((__m128i *)(void *)(d + i), a);
-        _mm_stream_si128((__m128i *)(void *)(d + i + 16), b);
-        _mm_stream_si128((__m128i *)(void *)(d + i + 32), c);
-        _mm_stream_si128((__m128i *)(void *)(d + i + 48), e);
+    if (avx512) {
+        stream_avx512(d, s, n);
+    } else {
+        stream_sse2(d, s, n);
     }
     memcpy(d + n, s + n, tail);
     _mm_sfence(); /* (C): before the stores that publish the frame */
 #else
+    (void)avx512;
     memcpy(dst, src, n);
 #endif
 }

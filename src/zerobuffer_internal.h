@@ -50,7 +50,10 @@ void dk__zb_writer_copy(const dk_zb_writer_t *w, void *dst, const void *src,
  * far larger than the caches keep: src/zerobuffer.c says why). */
 bool dk__zb_writer_streams(const dk_zb_writer_t *w, uint64_t size);
 /* memcpy with non-temporal stores (x86-64; elsewhere memcpy), then a
- * store fence: any alignment and length. */
+ * store fence: any alignment and length. _as: with AVX-512's stores
+ * (only where the CPU has them) or SSE2's, for the tests. */
 void dk__zb_copy_streamed(void *dst, const void *src, size_t n);
+void dk__zb_copy_streamed_as(void *dst, const void *src, size_t n,
+                             bool avx512);
 
 #endif /* DK_SRC_ZEROBUFFER_INTERNAL_H */

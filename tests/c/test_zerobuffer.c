@@ -402,21 +402,32 @@ DK_TEST(zb_streamed_copy_any_alignment)
     static uint8_t src[MAXLEN + 64];
     static uint8_t dst[GUARD + MAXLEN + 64 + GUARD];
     fill(src, sizeof src, 7);
-    for (size_t doff = 0; doff < 32; doff++) {
-        for (size_t soff = 0; soff < 32; soff += 5) {
-            for (size_t n = 0; n <= MAXLEN; n += n < 140 ? 1 : 23) {
-                memset(dst, 0xEE, sizeof dst);
-                dk__zb_copy_streamed(dst + GUARD + doff, src + soff, n);
-                CHECK(memcmp(dst + GUARD + doff, src + soff, n) == 0);
-                for (size_t i = 0; i < GUARD + doff; i++) {
-                    CHECK_EQ(dst[i], 0xEE);
-                }
-                for (size_t i = GUARD + doff + n; i < sizeof dst; i++) {
-                    CHECK_EQ(dst[i], 0xEE);
+    bool have_avx512 = false;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    have_avx512 = __builtin_cpu_supports("avx512f");
+#endif
+    for (int wide = 0; wide <= (int)have_avx512; wide++) {
+        for (size_t doff = 0; doff < 64; doff++) {
+            for (size_t soff = 0; soff < 32; soff += 5) {
+                for (size_t n = 0; n <= MAXLEN; n += n < 140 ? 1 : 23) {
+                    uint8_t *d = dst + GUARD + doff;
+                    memset(dst, 0xEE, sizeof dst);
+                    dk__zb_copy_streamed_as(d, src + soff, n, wide);
+                    CHECK(memcmp(d, src + soff, n) == 0);
+                    for (uint8_t *p = dst; p < d; p++) {
+                        CHECK_EQ(*p, 0xEE);
+                    }
+                    for (uint8_t *p = d + n; p < dst + sizeof dst; p++) {
+                        CHECK_EQ(*p, 0xEE);
+                    }
                 }
             }
         }
     }
+    /* The dispatching entry point, once. */
+    dk__zb_copy_streamed(dst + 3, src + 1, MAXLEN);
+    CHECK(memcmp(dst + 3, src + 1, MAXLEN) == 0);
 }
 
 /* Large frames into a ring far larger than the caches are streamed in
