@@ -440,14 +440,14 @@ DK_TEST(zb_large_frames_stream_and_read_back)
     zb_pair p;
     pair_open(&p, "stream", 0, 32 * MIB);
     zb_pair small;
-    pair_open(&small, "nostream", 0, 8 * MIB);
+    pair_open(&small, "nostream", 0, 32 * MIB - 64);
 #if defined(__x86_64__)
     CHECK(dk__zb_writer_streams(p.w, 8 * MIB));
     CHECK(dk__zb_writer_streams(p.w, 4 * MIB));
 #endif
     CHECK(!dk__zb_writer_streams(p.w, 4 * MIB - 1));
     CHECK(!dk__zb_writer_streams(p.w, 64 * 1024));
-    CHECK(!dk__zb_writer_streams(small.w, 8 * MIB - 16));
+    CHECK(!dk__zb_writer_streams(small.w, 8 * MIB));
     CHECK(!dk__zb_writer_streams(NULL, 8 * MIB));
     uint64_t size = 7 * MIB + 13;
     uint8_t *src = malloc(size);

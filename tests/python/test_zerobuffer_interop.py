@@ -154,11 +154,11 @@ print(crc)
 
 
 def test_our_writer_large_frames_to_peer_reader(name):
-    """Frames of 6 MiB into a 24 MiB ring: our writer copies them in with
+    """Frames of 6 MiB into a 32 MiB ring: our writer copies them in with
     non-temporal stores (docs/zerobuffer.md), and the peer's reader gets
     every byte, across wraps."""
     n = 9
-    r = peer.Reader(name, peer.BufferConfig(1024, 24 * 2**20))
+    r = peer.Reader(name, peer.BufferConfig(1024, 32 * 2**20))
     try:
         p = child(BIG_WRITER, name, n, prelude="import random\n")
         try:
