@@ -40,4 +40,20 @@ void dk__zb_writer_publish(dk_zb_writer_t *w);
 uint32_t dk__zb_spin_after_watch(uint32_t budget_ns, bool paid);
 uint32_t dk__zb_spin_after_sleep(uint32_t budget_ns, uint64_t waited_ns);
 
+/* Copy n bytes of a frame into w's ring at dst, as dk_zb_writer_write
+ * does: streamed past the caches (dk__zb_copy_streamed) when
+ * dk__zb_writer_streams(w, n), else memcpy. w NULL: memcpy. Either way
+ * the bytes are ordered before the commit that publishes them. */
+void dk__zb_writer_copy(const dk_zb_writer_t *w, void *dst, const void *src,
+                        size_t n);
+/* Whether w streams a copy of `size` bytes in (a large frame into a ring
+ * far larger than the caches keep: src/zerobuffer.c says why). */
+bool dk__zb_writer_streams(const dk_zb_writer_t *w, uint64_t size);
+/* memcpy with non-temporal stores (x86-64; elsewhere memcpy), then a
+ * store fence: any alignment and length. _as: with AVX-512's stores
+ * (only where the CPU has them) or SSE2's, for the tests. */
+void dk__zb_copy_streamed(void *dst, const void *src, size_t n);
+void dk__zb_copy_streamed_as(void *dst, const void *src, size_t n,
+                             bool avx512);
+
 #endif /* DK_SRC_ZEROBUFFER_INTERNAL_H */

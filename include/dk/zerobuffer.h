@@ -206,7 +206,10 @@ DK_EXPORT int dk_zb_writer_acquire(dk_zb_writer_t *w, uint64_t size,
 DK_EXPORT int dk_zb_writer_commit(dk_zb_writer_t *w) DK_WARN_UNUSED;
 /* Drop the reserved frame unpublished. 0 or -EINVAL. */
 DK_EXPORT int dk_zb_writer_cancel(dk_zb_writer_t *w) DK_WARN_UNUSED;
-/* acquire + copy + commit. Same returns as acquire. */
+/* acquire + copy + commit. Same returns as acquire. A frame of 4 MiB or
+ * more into a ring of 32 MiB or more is copied with non-temporal stores
+ * (x86-64), past the caches it would only evict (docs/zerobuffer.md);
+ * write_many copies the same way. */
 DK_EXPORT int dk_zb_writer_write(dk_zb_writer_t *w, const void *data,
                                  uint64_t size,
                                  uint64_t deadline) DK_WARN_UNUSED;

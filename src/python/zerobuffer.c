@@ -382,9 +382,11 @@ End_dealloc(EndObject *self)
     dkpy_free((PyObject *)self);
 }
 
-/* memcpy, with the GIL released when it is long. */
+/* memcpy, with the GIL released when it is long; into the ring of the
+ * writer `w` as it copies frames in (dk__zb_writer_copy), NULL: plain. */
 static void
-end_copy(EndObject *self, void *dst, const void *src, size_t n)
+end_copy(EndObject *self, void *dst, const void *src, size_t n,
+         const dk_zb_writer_t *w)
 {
     if (n < NOGIL_COPY) {
         memcpy(dst, src, n);
@@ -392,7 +394,7 @@ end_copy(EndObject *self, void *dst, const void *src, size_t n)
     }
     self->busy++;
     Py_BEGIN_ALLOW_THREADS
-    memcpy(dst, src, n);
+    dk__zb_writer_copy(w, dst, src, n);
     Py_END_ALLOW_THREADS
     self->busy--;
 }
@@ -1022,7 +1024,7 @@ Frame_bytes(FrameObject *self, PyObject *Py_UNUSED(unused))
     PyObject *b = PyBytes_FromStringAndSize(NULL, n);
     if (b != NULL) {
         end_copy(self->reader, PyBytes_AS_STRING(b), self->frame.data,
-                 (size_t)n);
+                 (size_t)n, NULL);
         end_maybe_destroy(self->reader);
     }
     return b;
@@ -1207,7 +1209,7 @@ writer_put(EndObject *self, int rc, void *buf, const Py_buffer *view,
     if (rc < 0) {
         return rc;
     }
-    end_copy(self, buf, view->buf, (size_t)view->len);
+    end_copy(self, buf, view->buf, (size_t)view->len, self->core);
     rc = dk__zb_writer_commit_ex(self->core, publish);
     return rc == -EINVAL ? -EBADF : rc; /* closed by another thread */
 }
