@@ -79,7 +79,11 @@ DK_TEST(read_f_waits_for_data_without_blocking_a_worker)
         CHECK_EQ(dk_semaphore_wait(rs[i]->sem, in_ms(5000)), 0);
         CHECK_EQ(rs[i]->len, 0);
         close(q[i][0]);
+        dk_release(rs[i]->sem);
+        free(rs[i]);
     }
+    dk_release(r->sem);
+    free(r);
     close(p[0]);
     close(p[1]);
 }
@@ -108,6 +112,10 @@ DK_TEST(write_f_continues_partial_writes)
     CHECK_EQ(w->error, 0);
     CHECK_EQ(w->len, 0);
     CHECK(memcmp(got, data, n) == 0);
+    dk_release(w->sem);
+    free(w);
+    free(got);
+    free(data);
     close(p[0]);
     close(p[1]);
 }
@@ -226,6 +234,12 @@ DK_TEST(channel_reads_file_in_high_water_chunks_in_order)
     CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
     CHECK_EQ(cl->calls, 1);
     dk_io_release(io);
+    dk_release(cq);
+    dk_release(c.done);
+    dk_release(cl->sem);
+    free(cl);
+    free(c.copy);
+    free(contents);
     close(fd);
 }
 
@@ -248,6 +262,10 @@ DK_TEST(random_channel_reads_and_writes_at_offsets)
     CHECK(memcmp(r.copy + 2, "ABCDEF", 6) == 0);
     dk_io_close(io, 0);
     dk_io_release(io);
+    dk_release(w.done);
+    dk_release(r.done);
+    free(r.copy);
+    free(contents);
     close(fd);
 }
 
@@ -281,6 +299,11 @@ DK_TEST(channel_close_stop_cancels_pending_reads_on_pipe)
     CHECK_EQ(bar.calls, 0); /* stopped barriers do not run */
     CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
     dk_io_release(io);
+    dk_release(a.done);
+    dk_release(b.done);
+    dk_release(bar.done);
+    dk_release(cl->sem);
+    free(cl);
     close(p[0]);
     close(p[1]);
 }
@@ -300,6 +323,8 @@ DK_TEST(channel_barrier_runs_after_earlier_writes)
     CHECK_EQ(dk_semaphore_wait(w.done, in_ms(5000)), 0);
     dk_io_close(io, 0);
     dk_io_release(io);
+    dk_release(w.done);
+    dk_release(bar.done);
     close(p[0]);
     close(p[1]);
 }
@@ -314,6 +339,9 @@ DK_TEST(read_f_reads_whole_small_file_in_one_delivery)
     CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(5000)), 0);
     CHECK_EQ(r->len, 3000);
     CHECK(memcmp(r->buf, contents, 3000) == 0);
+    dk_release(r->sem);
+    free(r);
+    free(contents);
     close(fd);
 }
 
