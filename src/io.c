@@ -767,7 +767,7 @@ read_at(const dk_io_t *io, const struct io_op *op, void *buf, size_t want)
  * page-cache pages, which start on a page boundary, into the buffer; how
  * fast that copy runs depends on d = (buffer address - file position) mod
  * 4096. Measured on the project's machine (AMD EPYC, 1 MiB reads from the
- * page cache, CPU time): d of 1 to 31 runs at a third to a sixth of the
+ * page cache, CPU time): d of 1 to 31 runs at a third to a seventh of the
  * speed (4K aliasing, presumably: each load waits on a store just made to
  * the same low 12 address bits), a multiple of 64 about a fifth slower and
  * 48 (where the data of a Python bytes object in a fresh mmap'd block
