@@ -781,12 +781,13 @@ read_at(const dk_io_t *io, const struct io_op *op, void *buf, size_t want)
  * reused chunk, or fresh ones from the same allocator). Once per
  * operation, and only where the short chunk is allowed (the low-water mark
  * at most its size) and cheap beside the read (chunks of PLACE_MIN_CHUNK
- * or more, PLACE_MIN_CHUNKS of them or more still to read).
+ * or more, PLACE_MIN_CHUNKS of them or more still to read, both in the
+ * operation and in the file).
  */
 #define PLACE_PAGE ((size_t)4096)
 #define PLACE_TARGET ((size_t)240)
 #define PLACE_MIN_CHUNK ((size_t)64 << 10)
-#define PLACE_MIN_CHUNKS 4
+#define PLACE_MIN_CHUNKS 8
 
 /* True if a copy at page distance d runs at full speed (see above). */
 static bool
@@ -805,10 +806,21 @@ place_read(dk_io_t *io, struct io_op *op, const void *buf, size_t want)
         return want;
     }
     op->placed = true;
-    int64_t pos = io->type == DK_IO_RANDOM ? op_at(io, op)
-                                           : dk__os_fd_tell(io->fd);
-    if (pos < 0) {
-        return want; /* no position: nothing to place by */
+    /* The file position, and how much of the file lies past it. A random
+     * channel's preads leave the fd's position alone: the file's size is
+     * that position plus what lies past it (unknown from the end on). */
+    int64_t pos, left;
+    if (io->type == DK_IO_RANDOM) {
+        int64_t at = dk__os_fd_tell(io->fd);
+        long past = dk__os_fd_readable(io->fd);
+        pos = op_at(io, op);
+        left = at >= 0 && past > 0 ? at + past - pos : -1;
+    } else {
+        pos = dk__os_fd_tell(io->fd);
+        left = dk__os_fd_readable(io->fd);
+    }
+    if (pos < 0 || left < 0 || (size_t)left < PLACE_MIN_CHUNKS * want) {
+        return want; /* no position, or too little of the file left */
     }
     size_t d = (size_t)(((uintptr_t)buf - (uint64_t)pos) % PLACE_PAGE);
     size_t first = (d + PLACE_PAGE - PLACE_TARGET) % PLACE_PAGE;

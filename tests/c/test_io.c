@@ -592,6 +592,7 @@ struct placed {
     size_t total;
     size_t first_len;
     int calls;
+    int chunks; /* calls with bytes */
     int slow; /* chunks after the first copied at a slow distance */
     int over_high;
     int error;
@@ -632,6 +633,7 @@ on_placed(void *p, bool done, const void *data, size_t len, int error)
             pl->slow++; /* the last chunk, short, may land anywhere */
         }
         pl->over_high += len > pl->high;
+        pl->chunks++;
         memcpy(pl->copy + pl->total, data, len);
         pl->total += len;
     }
@@ -647,7 +649,7 @@ on_placed(void *p, bool done, const void *data, size_t len, int error)
 
 /* Read a file of n bytes from `start` on through a channel of `type` whose
  * allocator's buffers start `off` bytes into a page, with the low-water
- * mark `low`; p gets what the handler saw. */
+ * mark `low`, to its end; p gets what the handler saw. */
 static void
 read_placed(struct placed *p, int type, size_t n, size_t start, size_t off,
             size_t low)
@@ -666,7 +668,7 @@ read_placed(struct placed *p, int type, size_t n, size_t start, size_t off,
     dk_io_set_allocator(io, placed_alloc, placed_free, p);
     dk_io_set_high_water(io, p->high);
     dk_io_set_low_water(io, low);
-    CHECK_EQ(dk_io_read(io, at, n + 1000, NULL, p, on_placed), 0);
+    CHECK_EQ(dk_io_read(io, at, SIZE_MAX, NULL, p, on_placed), 0);
     CHECK_EQ(dk_semaphore_wait(p->done, in_ms(10000)), 0);
     CHECK_EQ(p->error, 0);
     CHECK_EQ(p->total, n - start);
@@ -713,5 +715,19 @@ DK_TEST(channel_read_places_no_short_chunk_under_the_low_water_mark)
         read_placed(&p, type, n, start, start + 16, 4096);
         CHECK_EQ(p.first_len, p.high);
         CHECK(p.slow > 0); /* d stayed 16: nothing placed */
+    }
+}
+
+/* A file with fewer than eight big chunks left gets no short chunk, even
+ * at a slow distance, however long the read asked for (the example's
+ * 200,000 bytes in 64 KiB chunks stay four chunks). */
+DK_TEST(channel_read_places_no_short_chunk_in_a_short_file)
+{
+    size_t n = 200000, start = 100;
+    for (int type = DK_IO_STREAM; type <= DK_IO_RANDOM; type++) {
+        struct placed p;
+        read_placed(&p, type, n, start, start + 16, 0);
+        CHECK_EQ(p.first_len, p.high);
+        CHECK_EQ(p.chunks, 4);
     }
 }
