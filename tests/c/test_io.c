@@ -79,7 +79,11 @@ DK_TEST(read_f_waits_for_data_without_blocking_a_worker)
         CHECK_EQ(dk_semaphore_wait(rs[i]->sem, in_ms(5000)), 0);
         CHECK_EQ(rs[i]->len, 0);
         close(q[i][0]);
+        dk_release(rs[i]->sem);
+        free(rs[i]);
     }
+    dk_release(r->sem);
+    free(r);
     close(p[0]);
     close(p[1]);
 }
@@ -108,6 +112,10 @@ DK_TEST(write_f_continues_partial_writes)
     CHECK_EQ(w->error, 0);
     CHECK_EQ(w->len, 0);
     CHECK(memcmp(got, data, n) == 0);
+    dk_release(w->sem);
+    free(w);
+    free(got);
+    free(data);
     close(p[0]);
     close(p[1]);
 }
@@ -226,6 +234,12 @@ DK_TEST(channel_reads_file_in_high_water_chunks_in_order)
     CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
     CHECK_EQ(cl->calls, 1);
     dk_io_release(io);
+    dk_release(cq);
+    dk_release(c.done);
+    dk_release(cl->sem);
+    free(cl);
+    free(c.copy);
+    free(contents);
     close(fd);
 }
 
@@ -248,6 +262,10 @@ DK_TEST(random_channel_reads_and_writes_at_offsets)
     CHECK(memcmp(r.copy + 2, "ABCDEF", 6) == 0);
     dk_io_close(io, 0);
     dk_io_release(io);
+    dk_release(w.done);
+    dk_release(r.done);
+    free(r.copy);
+    free(contents);
     close(fd);
 }
 
@@ -281,6 +299,11 @@ DK_TEST(channel_close_stop_cancels_pending_reads_on_pipe)
     CHECK_EQ(bar.calls, 0); /* stopped barriers do not run */
     CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
     dk_io_release(io);
+    dk_release(a.done);
+    dk_release(b.done);
+    dk_release(bar.done);
+    dk_release(cl->sem);
+    free(cl);
     close(p[0]);
     close(p[1]);
 }
@@ -300,6 +323,8 @@ DK_TEST(channel_barrier_runs_after_earlier_writes)
     CHECK_EQ(dk_semaphore_wait(w.done, in_ms(5000)), 0);
     dk_io_close(io, 0);
     dk_io_release(io);
+    dk_release(w.done);
+    dk_release(bar.done);
     close(p[0]);
     close(p[1]);
 }
@@ -314,6 +339,9 @@ DK_TEST(read_f_reads_whole_small_file_in_one_delivery)
     CHECK_EQ(dk_semaphore_wait(r->sem, in_ms(5000)), 0);
     CHECK_EQ(r->len, 3000);
     CHECK(memcmp(r->buf, contents, 3000) == 0);
+    dk_release(r->sem);
+    free(r);
+    free(contents);
     close(fd);
 }
 
@@ -548,4 +576,158 @@ DK_TEST(channel_final_call_waiting_for_next_operation_is_relieved)
     CHECK_EQ(f.o.total, n);
     CHECK(memcmp(f.o.copy, c.contents, n) == 0);
     owned_channel_end(&c, &f.o);
+}
+
+/* ---- where a channel's reads land ----------------------------------- */
+
+/* An allocator whose every buffer starts `off` bytes past a page boundary;
+ * the handler notes, for each chunk, the distance d = (its address - its
+ * file position) mod 4096 (see "Where the kernel's copy lands" in io.c). */
+struct placed {
+    dk_semaphore_t *done;
+    size_t off;   /* page offset of every buffer */
+    size_t start; /* file position of the read's first byte */
+    size_t high;
+    unsigned char *copy;
+    size_t total;
+    size_t first_len;
+    int calls;
+    int chunks; /* calls with bytes */
+    int slow; /* chunks after the first copied at a slow distance */
+    int over_high;
+    int error;
+};
+
+static void *
+placed_alloc(void *actx, size_t size)
+{
+    struct placed *p = actx;
+    void *base;
+    if (posix_memalign(&base, 4096, size + 2 * 4096) != 0) {
+        return NULL;
+    }
+    char *buf = (char *)base + 4096 + p->off;
+    memcpy(buf - sizeof base, &base, sizeof base);
+    return buf;
+}
+
+static void
+placed_free(void *actx, void *buf)
+{
+    (void)actx;
+    void *base;
+    memcpy(&base, (char *)buf - sizeof base, sizeof base);
+    free(base);
+}
+
+static void
+on_placed(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct placed *pl = p;
+    if (data != NULL && len > 0) {
+        size_t d = ((uintptr_t)data - (pl->start + pl->total)) % 4096;
+        bool fast = d >= 64 && d < 2048 && d % 64 != 0;
+        if (pl->calls == 0) {
+            pl->first_len = len;
+        } else if (!fast && !done) {
+            pl->slow++; /* the last chunk, short, may land anywhere */
+        }
+        pl->over_high += len > pl->high;
+        pl->chunks++;
+        memcpy(pl->copy + pl->total, data, len);
+        pl->total += len;
+    }
+    if (data != NULL) {
+        placed_free(pl, (void *)data);
+    }
+    pl->calls++;
+    if (done) {
+        pl->error = error;
+        dk_semaphore_signal(pl->done);
+    }
+}
+
+/* Read a file of n bytes from `start` on through a channel of `type` whose
+ * allocator's buffers start `off` bytes into a page, with the low-water
+ * mark `low`, to its end; p gets what the handler saw. */
+static void
+read_placed(struct placed *p, int type, size_t n, size_t start, size_t off,
+            size_t low)
+{
+    unsigned char *contents;
+    int fd = make_file(n, &contents);
+    *p = (struct placed){.done = t_semaphore(0), .off = off, .start = start,
+                         .high = (size_t)64 << 10, .copy = malloc(n)};
+    off_t at = 0;
+    if (type == DK_IO_STREAM) {
+        CHECK_EQ(lseek(fd, (off_t)start, SEEK_SET), (off_t)start);
+    } else {
+        at = (off_t)start;
+    }
+    dk_io_t *io = t_io(type, fd, NULL, NULL, NULL);
+    dk_io_set_allocator(io, placed_alloc, placed_free, p);
+    dk_io_set_high_water(io, p->high);
+    dk_io_set_low_water(io, low);
+    CHECK_EQ(dk_io_read(io, at, SIZE_MAX, NULL, p, on_placed), 0);
+    CHECK_EQ(dk_semaphore_wait(p->done, in_ms(10000)), 0);
+    CHECK_EQ(p->error, 0);
+    CHECK_EQ(p->total, n - start);
+    CHECK(memcmp(p->copy, contents + start, n - start) == 0);
+    CHECK_EQ(p->over_high, 0);
+    dk_io_close(io, 0);
+    dk_io_release(io);
+    dk_release(p->done);
+    free(p->copy);
+    free(contents);
+    close(fd);
+}
+
+/* A long read of big chunks from a file lands every chunk after the first
+ * at a fast distance from the page cache: where the buffers and the
+ * position put the copy at a slow one (d of 16, 48, 4012 and 64), the
+ * first chunk is a short one, under a page, that moves the position;
+ * where they put it at a fast one (240), every chunk is high-water sized.
+ * Both kinds of channel alike. */
+DK_TEST(channel_reads_place_big_chunks_at_fast_copy_distances)
+{
+    size_t n = (size_t)1 << 20, start = 100;
+    size_t slow_offs[] = {start + 16, start + 48, 16, start + 64};
+    for (int type = DK_IO_STREAM; type <= DK_IO_RANDOM; type++) {
+        struct placed p;
+        for (size_t i = 0; i < sizeof slow_offs / sizeof slow_offs[0]; i++) {
+            read_placed(&p, type, n, start, slow_offs[i], 0);
+            CHECK_EQ(p.slow, 0);
+            CHECK(p.first_len < 4096);
+        }
+        read_placed(&p, type, n, start, start + 240, 0);
+        CHECK_EQ(p.slow, 0);
+        CHECK_EQ(p.first_len, p.high);
+    }
+}
+
+/* A low-water mark above the short first chunk's size rules it out: every
+ * chunk but the last is then high-water sized, however slow the copy. */
+DK_TEST(channel_read_places_no_short_chunk_under_the_low_water_mark)
+{
+    size_t n = (size_t)1 << 20, start = 100;
+    for (int type = DK_IO_STREAM; type <= DK_IO_RANDOM; type++) {
+        struct placed p;
+        read_placed(&p, type, n, start, start + 16, 4096);
+        CHECK_EQ(p.first_len, p.high);
+        CHECK(p.slow > 0); /* d stayed 16: nothing placed */
+    }
+}
+
+/* A file with fewer than eight big chunks left gets no short chunk, even
+ * at a slow distance, however long the read asked for (the example's
+ * 200,000 bytes in 64 KiB chunks stay four chunks). */
+DK_TEST(channel_read_places_no_short_chunk_in_a_short_file)
+{
+    size_t n = 200000, start = 100;
+    for (int type = DK_IO_STREAM; type <= DK_IO_RANDOM; type++) {
+        struct placed p;
+        read_placed(&p, type, n, start, start + 16, 0);
+        CHECK_EQ(p.first_len, p.high);
+        CHECK_EQ(p.chunks, 4);
+    }
 }

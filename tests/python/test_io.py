@@ -1,4 +1,5 @@
 """read_async, write_async and IOChannel with real pipes and files."""
+import ctypes
 import errno
 import os
 import threading
@@ -511,3 +512,57 @@ def test_channel_keeps_at_most_4_mib_of_spare_chunks_after_a_read(tmp_path):
         tracemalloc.stop()
         os.close(fd)
     assert mib <= kept <= 4 * mib + mib // 2
+
+
+# Where a channel's reads land (io.c, "Where the kernel's copy lands"): the
+# kernel's copy from the page cache runs at a third of its speed or less
+# when the chunk's address minus its file position is 1 to 31 mod 4096.
+
+def _page_distance(chunk: bytes, pos: int) -> int:
+    address = ctypes.cast(ctypes.c_char_p(chunk), ctypes.c_void_p).value
+    return (address - pos) % 4096
+
+
+def test_channel_read_places_big_chunks_at_fast_copy_distances(tmp_path):
+    high = 64 << 10
+    data, fd = _file(tmp_path, 1 << 20)
+    try:
+        # Where does a chunk of this size land? A read with the low-water
+        # mark at the high one is never placed, and its dropped chunks wait
+        # as spares for the next read.
+        offsets = []
+        learnt = threading.Event()
+
+        def learn(done, chunk, error):
+            if len(chunk) == high:
+                offsets.append(_page_distance(chunk, 0))
+            if done:
+                learnt.set()
+
+        ch = dk.IOChannel(fd, dk.IO_RANDOM)
+        ch.set_high_water(high)
+        ch.set_low_water(high)
+        ch.read(len(data), learn)
+        assert learnt.wait(10)
+        ch.close()
+        # Start where that chunk's copy would run at d = 16.
+        start = (offsets[-1] - 16) % 4096
+        os.lseek(fd, start, os.SEEK_SET)
+        got = bytearray()
+        chunks = []  # (length, d): the handler keeps no chunk
+
+        def handler(done, chunk, error):
+            assert error == 0
+            pos = start + len(got)
+            chunks.append((len(chunk), _page_distance(chunk, pos)))
+            got.extend(chunk)
+
+        _read_all(fd, len(data), handler, high=high)
+    finally:
+        os.close(fd)
+    assert got == data[start:]
+    assert chunks[0][0] < 4096  # the short chunk that places the rest
+    # Full chunks land at a fast distance (unplaced, all 15 would be at 16).
+    slow = [d for n, d in chunks[1:] if n == high
+            and not (64 <= d < 2048 and d % 64)]
+    assert slow == []
