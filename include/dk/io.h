@@ -14,8 +14,9 @@
  * and at least the low-water mark (except the last), each as one handler
  * call; the final call has done = true. Handler calls of one operation run
  * in order and never concurrently. A barrier runs after every earlier
- * operation has finished and before any later one starts. Closing with
- * DK_IO_STOP ends pending operations with ECANCELED; the cleanup handler
+ * operation has finished and before any later one starts, even once the
+ * channel is closed with DK_IO_STOP (as in libdispatch), which ends pending
+ * reads and writes with ECANCELED; the cleanup handler
  * runs once, after the last operation, with 0 or the first error. The fd
  * is never closed by the channel.
  */

@@ -248,6 +248,39 @@ def test_channel_close_stop_cancels_pending():
         os.close(w)
 
 
+def test_channel_barrier_behind_a_stop_still_runs_and_drops_its_handler():
+    # libdispatch runs a barrier even once the channel is stopped; before,
+    # a barrier skipped by close(stop=True) kept its handler forever.
+    import gc
+    import weakref
+    r, w = os.pipe()
+    try:
+        ch = dk.IOChannel(r)
+        h1, res1 = collect()
+        ch.read(100, h1)  # waits for data that never comes
+        ran = dk.Semaphore(0)
+
+        class Handler:
+            def __call__(self):
+                ran.signal()
+
+        handler = Handler()
+        gone = weakref.ref(handler)
+        ch.barrier(handler)
+        del handler
+        ch.close(stop=True)
+        assert res1["done"].wait(5) and res1["error"] == errno.ECANCELED
+        assert ran.wait(5)
+        deadline = time.monotonic() + 5
+        while gone() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        assert gone() is None
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_channel_misuse():
     r, w = os.pipe()
     try:
