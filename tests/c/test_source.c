@@ -500,6 +500,7 @@ DK_TEST(handlers_on_event_thread_keep_serial_queue_exclusive)
     CHECK(LOAD(x.inline_runs) > 0);
     dk_release(s);
     dk_release(q);
+    dk_release(x.sem);
 }
 
 static int after_ran;
@@ -577,6 +578,7 @@ DK_TEST(read_estimate_is_taken_when_first_asked_and_kept)
     dk_source_cancel(r);
     CHECK_EQ(dk_source_resume(r), 0);
     dk_release(r);
+    dk_release(x.sem);
     close(p[0]);
     close(p[1]);
 }
@@ -708,6 +710,7 @@ DK_TEST(child_forked_in_a_handler_can_return_from_it)
     CHECK_EQ(WEXITSTATUS(status), 0);
     dk_source_cancel(r);
     dk_release(r);
+    dk_release(x.sem);
     close(p[0]);
     close(p[1]);
 }
