@@ -28,7 +28,7 @@ enum op_kind { OP_READ, OP_WRITE, OP_BARRIER };
 struct io_op {
     struct io_op *next;
     enum op_kind kind;
-    bool once; /* read: finish after the first successful read */
+    bool once;   /* read: finish after the first successful read */
     bool placed; /* read: place_read has looked at the copy's alignment */
     off_t offset;
     size_t length; /* read: requested; write: total */

@@ -166,11 +166,11 @@ typedef int (*dkpy_wait_fn)(void *arg, uint64_t deadline);
  * caller's own non-blocking try with the GIL held (each primitive's try
  * takes other arguments): fn with the GIL released, in slices of
  * DKPY_SIGNAL_SLICE_NS (on the thread that runs signal handlers; other
- * threads sleep to the deadline in one go), against the absolute `deadline` (DK_TIME_FOREVER: forever),
- * running the signal handlers between slices and on EINTR. Returns what
- * fn returned when that was neither -ETIMEDOUT nor -EINTR, -ETIMEDOUT
- * once the deadline has passed, or DKPY_RAISED with the handler's
- * exception set. */
+ * threads sleep to the deadline in one go), against the absolute `deadline`
+ * (DK_TIME_FOREVER: forever), running the signal handlers between slices and
+ * on EINTR. Returns what fn returned when that was neither -ETIMEDOUT nor
+ * -EINTR, -ETIMEDOUT once the deadline has passed, or DKPY_RAISED with the
+ * handler's exception set. */
 int dkpy_wait_sliced(dkpy_wait_fn fn, void *arg, uint64_t deadline);
 
 /* dkpy_wait_sliced for the waits that answer a bool: True when fn

@@ -10,7 +10,6 @@
 #include "dk/time.h"
 #include "os/linux/os.h"
 
-
 #define DKPY_GIL_SLICE_NS 5000000ull /* as sys.getswitchinterval() */
 
 /*

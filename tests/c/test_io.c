@@ -596,7 +596,7 @@ struct placed {
     size_t first_len;
     int calls;
     int chunks; /* calls with bytes */
-    int slow; /* chunks after the first copied at a slow distance */
+    int slow;   /* chunks after the first copied at a slow distance */
     int over_high;
     int error;
 };
@@ -659,8 +659,11 @@ read_placed(struct placed *p, int type, size_t n, size_t start, size_t off,
 {
     unsigned char *contents;
     int fd = make_file(n, &contents);
-    *p = (struct placed){.done = t_semaphore(0), .off = off, .start = start,
-                         .high = (size_t)64 << 10, .copy = malloc(n)};
+    *p = (struct placed){.done = t_semaphore(0),
+                         .off = off,
+                         .start = start,
+                         .high = (size_t)64 << 10,
+                         .copy = malloc(n)};
     off_t at = 0;
     if (type == DK_IO_STREAM) {
         CHECK_EQ(lseek(fd, (off_t)start, SEEK_SET), (off_t)start);
