@@ -1053,17 +1053,17 @@ dkpy_sync_target(PyObject *obj, int *kind, void **addr, bool *shared,
 
 /* ---- the Named* classes' own method descriptors ----------------------- */
 
-/* Whether `type` is one of this file's types. */
+/* Whether `type` is one of this file's types or a subtype of one (the
+ * Named* classes, whose descriptors their subclasses get again). */
 static bool
 is_sync_type(PyTypeObject *type)
 {
     for (int i = 0; i < K_COUNT; i++) {
-        if (type == sync_types[i]) {
+        if (PyType_IsSubtype(type, sync_types[i])) {
             return true;
         }
     }
-    return type == named_types[0] || type == named_types[1] ||
-           type == named_types[2];
+    return false;
 }
 
 /* _sync_rebind_methods(cls): give cls (a Python subclass of these
