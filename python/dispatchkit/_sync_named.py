@@ -8,7 +8,7 @@ creates it, who removes it, what happens when a user dies) is the
 PID-directory protocol of ``_pid_registry``, drawn there.
 """
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol, cast
 
 from dispatchkit._dk import SyncAtomicU32 as _AtomicU32
 from dispatchkit._dk import _sync_rebind_methods as _rebind_methods
@@ -32,6 +32,15 @@ _MUTEX_MAGIC = 0x4D555458
 _log = logging.getLogger("dispatchkit.sync")
 
 
+class _Primitive(Protocol):
+    """What _Named uses of the C half of each class (SyncNamed*Base)."""
+
+    @property
+    def _closed(self) -> bool: ...
+
+    def _close(self) -> None: ...
+
+
 class _Named:
     """Common lifetime of the named objects, each a primitive of
     dispatchkit._dk (the class after this one in its bases, whose C
@@ -43,10 +52,10 @@ class _Named:
     _shm: GuardedSharedMemory
     _name: str
 
-    if TYPE_CHECKING:  # the C base's, which comes after this class
-        _closed: bool
-
-        def _close(self) -> None: ...
+    @property
+    def _prim(self) -> "_Primitive":
+        # Typing only: the C base after this class, seen as such.
+        return cast(_Primitive, self)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,14 +70,14 @@ class _Named:
     def close(self) -> None:
         """Detach from the named object (unlinked by the last user).
         Using the object afterwards raises ValueError."""
-        self._close()
+        self._prim._close()
         self._shm.close()
 
     def _state(self) -> str:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else self._state()
+        state = "closed" if self._prim._closed else self._state()
         return f"<{type(self).__name__} {self._name!r} {state}>"
 
 

@@ -161,8 +161,8 @@ _MUTEX_SLICE_NS = 50_000_000
 def _primitive(obj: Any) -> Any:
     """The object the C layer waits on: Named* are their primitive's
     subtypes (ValueError once closed)."""
-    if isinstance(obj, (_dk.SyncNamedEventBase, _dk.SyncNamedMutexBase,
-                        _dk.SyncNamedSemaphoreBase)) and obj._closed:
+    from dispatchkit import _sync_named
+    if isinstance(obj, _sync_named._Named) and obj._prim._closed:
         raise ValueError(f"{type(obj).__name__}({obj.name!r}) is closed")
     return obj
 
