@@ -775,8 +775,8 @@ NamedMutex_try_release(WordObject *self, PyObject *Py_UNUSED(unused))
 }
 
 static PyObject *
-NamedSemaphore_wait(WordObject *self, PyObject *const *args,
-                    Py_ssize_t nargs, PyObject *kwnames)
+NamedSemaphore_wait(WordObject *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
 {
     return sem_wait(self, args, nargs, kwnames, &named_wait_sig);
 }
@@ -970,8 +970,7 @@ WORD_TYPE(Event, Py_TPFLAGS_BASETYPE, Word_new, NULL,
  * beyond their primitive's methods (NAME##_methods), and _close()
  * (Named_getset: _closed). */
 static PyGetSetDef Named_getset[] = {
-    {"_closed", (getter)Named_get_closed, NULL, "Whether _close() ran.",
-     NULL},
+    {"_closed", (getter)Named_get_closed, NULL, "Whether _close() ran.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 #define NAMED_CLOSE                                                           \
@@ -981,8 +980,7 @@ static PyGetSetDef Named_getset[] = {
 #define NAMED_TYPE(NAME, NEW, DOC)                                            \
     DKPY_TYPE(static, NAME##_spec, "dispatchkit.sync." #NAME "Base",          \
               WordObject, Py_TPFLAGS_BASETYPE, {Py_tp_new, NEW},              \
-              {Py_tp_dealloc, Word_dealloc},                                  \
-              {Py_tp_methods, NAME##_methods},                                \
+              {Py_tp_dealloc, Word_dealloc}, {Py_tp_methods, NAME##_methods}, \
               {Py_tp_getset, Named_getset}, {Py_tp_doc, DOC})
 
 static PyMethodDef NamedMutex_methods[] = {
@@ -1015,8 +1013,7 @@ static PyMethodDef NamedEvent_methods[] = {
     NAMED_CLOSE,
     {NULL, NULL, 0, NULL},
 };
-NAMED_TYPE(NamedEvent, Word_new,
-           "The C half of dispatchkit.sync.NamedEvent.");
+NAMED_TYPE(NamedEvent, Word_new, "The C half of dispatchkit.sync.NamedEvent.");
 
 static PyType_Spec *const sync_specs[K_COUNT] = {
     [K_MUTEX] = &Mutex_spec,     [K_SEMAPHORE] = &Semaphore_spec,
