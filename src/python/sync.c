@@ -7,7 +7,10 @@
  * its memory for its whole life: shared memory through a second mapping
  * of its own (so the caller may close a SharedMemory or mmap under it, as
  * fastipc's documented examples do), anything else by keeping the buffer
- * exported (a bytearray cannot be resized under it).
+ * exported (a bytearray cannot be resized under it). Mutex, Semaphore and
+ * Event can be subclassed: NamedMutex, NamedSemaphore and NamedEvent
+ * (_sync_named.py) are Python subclasses of C subtypes of them defined
+ * here, so that their calls run these methods directly.
  */
 #include "python/binding.h"
 
