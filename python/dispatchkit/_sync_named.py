@@ -46,9 +46,14 @@ class _Named:
     dispatchkit._dk (the class after this one in its bases, whose C
     methods every call reaches directly) on its named segment: close()
     makes the primitive refuse every later call with ValueError, then
-    closes the segment; usable as a context manager for that only where
-    the class does not define its own (NamedMutex locks)."""
+    closes the segment."""
 
+    # No layout of its own (the C base has one). Each class below keeps
+    # its two attributes in slots, so that its __dict__ is not made until
+    # a user sets an attribute of their own: method lookups then take the
+    # interpreter's fast path (a made dict cost 8 ns a call on 3.9 and
+    # 15 ns on 3.13 here, none on 3.11).
+    __slots__ = ()
     _shm: GuardedSharedMemory
     _name: str
 
@@ -92,6 +97,8 @@ class NamedEvent(_Named, _EventBase):
     as the event.
     """
 
+    __slots__ = ("_name", "_shm", "__dict__", "__weakref__")
+
     def __new__(cls, name: str, *, mode: int = 0o600) -> "NamedEvent":
         check_name(name, EVENT_PREFIX)
         shm = GuardedSharedMemory(EVENT_PREFIX + name, size=4, mode=mode)
@@ -122,6 +129,8 @@ class NamedMutex(_Named, _MutexBase):
     ``owner_died`` then reports and the ``dispatchkit.sync`` logger logs
     as a warning (the C methods call ``_took_over`` after a takeover).
     """
+
+    __slots__ = ("_name", "_shm", "__dict__", "__weakref__")
 
     def __new__(cls, name: str, *, mode: int = 0o600) -> "NamedMutex":
         check_name(name, MUTEX_PREFIX)
@@ -170,6 +179,8 @@ class NamedSemaphore(_Named, _SemaphoreBase):
     timeout_ns=-1, spin=128)``; ``P`` and ``acquire`` are ``wait``, ``V``
     and ``release`` are ``post``.
     """
+
+    __slots__ = ("_name", "_shm", "__dict__", "__weakref__")
 
     def __new__(cls, name: str, initial: Optional[int] = None, *,
                 mode: int = 0o600,

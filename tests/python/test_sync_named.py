@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 import uuid
+import weakref
 
 import pytest
 
@@ -1012,3 +1013,18 @@ def test_takeover_hook_of_a_subclass(pid_root, name, caplog):
         m.close()
         del plain
         plain_shm.close()
+
+
+def test_named_objects_keep_weakrefs_and_user_attributes(pid_root, name):
+    # Their own attributes live in slots; a user's go to a __dict__, and
+    # weak references work, as with the Python wrappers before.
+    m = sync.NamedMutex(name)
+    ref = weakref.ref(m)
+    assert vars(m) == {}
+    m.label = "jobs"
+    assert m.label == "jobs" and vars(m) == {"label": "jobs"}
+    assert m.acquire() is True
+    m.release()
+    m.close()
+    del m
+    assert ref() is None
