@@ -92,6 +92,50 @@ def uncontended(shm):
     del m, s
 
 
+def uncontended_named():
+    """fastipc's top-level classes, which its users import: NamedMutex
+    acquire+release and `with`, NamedSemaphore post+wait, NamedEvent
+    set+clear and is_set, each against fastipc's class of the same name
+    and against our unnamed primitive (on fresh shared memory too) that
+    the Named* class is a subclass of."""
+    n = 200_000 // SCALE
+    shm = shared_memory.SharedMemory(create=True, size=256)
+    tag = f"dkbench{os.getpid()}"
+    try:
+        import fastipc
+    except ImportError:
+        fastipc = None
+    rows = (
+        ("named_mutex_pair_uncontended", "NamedMutex", "Mutex",
+         shm.buf[:64], "x.acquire(); x.release()"),
+        ("named_mutex_with_uncontended", "NamedMutex", "Mutex",
+         shm.buf[:64], "with x: pass"),
+        ("named_semaphore_post_wait", "NamedSemaphore", "Semaphore",
+         shm.buf[64:128], "x.post(); x.wait()"),
+        ("named_event_set_clear", "NamedEvent", "Event", shm.buf[128:132],
+         "x.set(); x.clear()"),
+        ("named_event_is_set", "NamedEvent", "Event", shm.buf[128:132],
+         "x.is_set()"),
+    )
+    for workload, named, unnamed, buf, stmt in rows:
+        ours = getattr(sync, named)(tag)
+        emit(workload, "dispatchkit", per_op(stmt, n, x=ours), "ns")
+        prim = getattr(sync, unnamed)(buf)
+        emit(workload, f"dispatchkit sync.{unnamed} (unnamed)",
+             per_op(stmt, n, x=prim), "ns")
+        if fastipc is not None:
+            # fastipc's named classes have no close(): its segments go
+            # at exit (GuardedSharedMemory's atexit hook).
+            theirs = getattr(fastipc, named)(tag + "f")
+            emit(workload, "fastipc", per_op(stmt, n // 10, x=theirs), "ns")
+            del theirs
+        ours.close()
+        del prim
+    del rows, buf
+    shm.close()
+    shm.unlink()
+
+
 def _ponger(kind, name, rounds, pipe_fds):
     if kind == "pipe":
         r, w = pipe_fds
@@ -391,5 +435,6 @@ if __name__ == "__main__":
     finally:
         m.close()
         m.unlink()
+    uncontended_named()
     ping_pong()
     contended()

@@ -159,14 +159,11 @@ _MUTEX_SLICE_NS = 50_000_000
 
 
 def _primitive(obj: Any) -> Any:
-    """The object the C layer waits on: Named* wrap a primitive."""
+    """The object the C layer waits on: Named* are their primitive's
+    subtypes (ValueError once closed)."""
     from dispatchkit import _sync_named
-    if isinstance(obj, (_sync_named.NamedEvent, _sync_named.NamedMutex,
-                        _sync_named.NamedSemaphore)):
-        prim = getattr(obj, "_prim", None)
-        if prim is None or isinstance(prim, _sync_named._ClosedPrimitive):
-            raise ValueError(f"{type(obj).__name__}({obj.name!r}) is closed")
-        return prim
+    if isinstance(obj, _sync_named._Named) and obj._prim._closed:
+        raise ValueError(f"{type(obj).__name__}({obj.name!r}) is closed")
     return obj
 
 

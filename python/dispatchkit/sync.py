@@ -11,7 +11,9 @@ fastipc on the same memory. ``Event`` is the 4-byte word under
 Named helpers (fastipc's top level): ``GuardedSharedMemory``,
 ``NoShmFoundError``, ``NamedEvent``, ``NamedMutex``, ``NamedSemaphore``,
 on fastipc's shared memory names and PID-tracking directory
-(``$FASTIPC_PID_DIR``, default ``/dev/shm/fastipc``).
+(``$FASTIPC_PID_DIR``, default ``/dev/shm/fastipc``). The named classes
+are subclasses of ``Event``, ``Mutex`` and ``Semaphore``: their calls
+cost what the primitives' do.
 
 Beyond fastipc: per-thread mutex ownership; ``Mutex.owner_died`` after
 taking over from a holder whose process died; ``post(n)`` wakes exactly

@@ -2,9 +2,15 @@
 NamedMutex, NamedSemaphore. Real processes (fork, spawn, and fastipc from
 the registry in a subprocess), SIGKILLed users, stale names, the PID
 directory's permissions and symlink checks, bad input."""
+import asyncio
+import copy
+import decimal
+import fractions
 import importlib
+import logging
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import stat
 import subprocess
@@ -13,10 +19,12 @@ import textwrap
 import threading
 import time
 import uuid
+import weakref
 
 import pytest
 
 import dispatchkit.sync as sync
+from dispatchkit import asyncio as dkio
 
 SHM = "/dev/shm"
 
@@ -697,3 +705,326 @@ def test_signal_handler_exception_interrupts_named_waits(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["interrupted", "interrupted"]
+
+
+# ---- the Named* classes are subclasses of their primitives -----------------
+# Their calls reach the C methods directly (docs/sync.md): what that makes
+# reachable, and what the Python wrappers did before that must not change.
+
+def test_named_classes_are_their_primitives(pid_root, name):
+    m = sync.NamedMutex(name)
+    s = sync.NamedSemaphore(name, initial=0)
+    e = sync.NamedEvent(name)
+    assert isinstance(m, sync.Mutex) and isinstance(s, sync.Semaphore)
+    assert isinstance(e, sync.Event)
+    # Each class has its own descriptor of each C method (the fast call).
+    for cls, meth in ((sync.NamedMutex, "acquire"), (sync.NamedMutex,
+                                                     "try_release"),
+                      (sync.NamedSemaphore, "post"),
+                      (sync.NamedSemaphore, "P"), (sync.NamedEvent, "set")):
+        assert vars(cls)[meth].__objclass__ is cls
+    # The aliases: P and acquire take a unit, V and release post.
+    s.V()
+    s.release(2)
+    assert s.value() == 3
+    assert s.P() is True and s.acquire(timeout=0.0) is True
+    assert s.wait_ns(False) is True and s.P(blocking=False) is False
+    assert m.try_release() is False and m.acquire() is True
+    assert m.try_release() is True and m.owner_pid() == 0
+    for x in (m, s, e):
+        x.close()
+
+
+class _CountingMutex(sync.NamedMutex):
+    def acquire(self):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().acquire()
+
+
+class _PlainSemaphore(sync.NamedSemaphore):
+    pass
+
+
+def test_user_subclasses_of_the_named_classes(pid_root, name):
+    m = _CountingMutex(name)
+    assert m.acquire() is True and m.calls == 1  # the override runs
+    assert m.owner_pid() == os.getpid()
+    m.release()  # inherited from C
+    with m:      # the C __enter__, not the override
+        pass
+    assert m.calls == 1
+    s = _PlainSemaphore(name, initial=1)
+    assert vars(_PlainSemaphore)["wait"].__objclass__ is _PlainSemaphore
+    assert s.wait(timeout=0.0) is True and s.wait(timeout=0.0) is False
+    assert repr(s) == f"<_PlainSemaphore {name!r} value=0>"
+    s.close()
+    with pytest.raises(ValueError,
+                       match=rf"^_PlainSemaphore\('{name}'\) is closed$"):
+        s.post()
+    m.close()
+
+
+def test_user_subclasses_of_the_primitives():
+    # Mutex, Semaphore and Event can be subclassed (fastipc's cannot);
+    # each subclass is its base's kind.
+    class M(sync.Mutex):
+        pass
+
+    class S(sync.Semaphore):
+        pass
+
+    class E(sync.Event):
+        pass
+
+    m, s, e = M(bytearray(64)), S(bytearray(64), initial=2), E(bytearray(4))
+    assert m.acquire() is True and m.owner_pid() == os.getpid()
+    assert m.owner_died is False
+    m.release()
+    assert s.value() == 2 and s.wait() is True and s.value() == 1
+    e.set()
+    assert e.is_set() and e.wait(0) is True
+    with pytest.raises(ValueError, match="need 4-byte aligned >=64 buffer "
+                                         "for S"):
+        S(bytearray(8))
+    for final in (sync.FutexWord, sync.AtomicU32, sync.AtomicU64):
+        with pytest.raises(TypeError):
+            type("Sub", (final,), {})
+
+
+def _closed_calls(obj):
+    """Every call a user can make on a named object but close()."""
+    if isinstance(obj, sync.NamedMutex):
+        def with_it():
+            with obj:
+                pass
+        return [obj.acquire, lambda: obj.acquire_ns(10), obj.try_acquire,
+                obj.release, obj.try_release, obj.force_release,
+                obj.owner_pid, obj.last_acquired_ns, obj.magic,
+                lambda: obj.owner_died, with_it,
+                lambda: asyncio.run(dkio.wait(obj)),
+                lambda: asyncio.run(obj.__aenter__())]
+    if isinstance(obj, sync.NamedSemaphore):
+        def with_it():
+            with obj:
+                pass
+        return [obj.post, lambda: obj.post(2), obj.post1, obj.wait,
+                lambda: obj.wait(timeout=float("nan")), obj.wait_ns, obj.P,
+                obj.V, obj.acquire, obj.release, obj.value, obj.last_pid,
+                obj.last_acquired_ns, obj.magic, with_it,
+                lambda: asyncio.run(dkio.wait(obj)),
+                lambda: asyncio.run(obj.__aenter__())]
+    return [obj.set, obj.clear, obj.is_set, obj.wait, lambda: obj.wait(0),
+            lambda: asyncio.run(dkio.wait(obj))]
+
+
+@pytest.mark.parametrize("cls", ["NamedMutex", "NamedSemaphore",
+                                 "NamedEvent"])
+def test_closed_named_objects_refuse_every_call(pid_root, name, cls):
+    obj = getattr(sync, cls)(name)
+    calls = _closed_calls(obj)
+    obj.close()
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"^{cls}\('{name}'\) is "
+                                             r"closed$"):
+            call()
+    assert repr(obj) == f"<{cls} {name!r} closed>"
+    assert obj.name == name
+    obj.close()  # idempotent
+    prefix = {"NamedMutex": "mutex", "NamedSemaphore": "sema",
+              "NamedEvent": "event"}[cls]
+    assert not shm_exists(f"__pyfastipc_{prefix}_{name}")
+
+
+def test_close_under_a_waiting_thread_is_safe(pid_root, name):
+    s1 = sync.NamedSemaphore(name, initial=0)
+    s2 = sync.NamedSemaphore(name)
+    got = []
+    t = threading.Thread(target=lambda: got.append(s1.wait(timeout=30.0)))
+    t.start()
+    time.sleep(0.1)  # asleep in the wait
+    s1.close()       # its memory stays mapped while the wait runs
+    s2.post()
+    t.join(30)
+    assert got == [True] and s2.value() == 0
+    with pytest.raises(ValueError, match="is closed"):
+        s1.wait(blocking=False)
+    s2.close()
+    assert not shm_exists("__pyfastipc_sema_" + name)
+
+
+def test_named_objects_cannot_be_pickled_or_copied(pid_root, name):
+    for obj in (sync.NamedMutex(name), sync.NamedSemaphore(name),
+                sync.NamedEvent(name)):
+        for how in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError, match="cannot pickle"):
+                how(obj)
+        obj.close()
+
+
+# The seconds of NamedSemaphore.wait(timeout=...) become
+# int(timeout * 1_000_000_000) ns, with the errors Python gives for it.
+@pytest.mark.parametrize("timeout, error, message", [
+    (float("nan"), ValueError, "cannot convert float NaN to integer"),
+    (float("inf"), OverflowError, "cannot convert float infinity to integer"),
+    (float("-inf"), OverflowError,
+     "cannot convert float infinity to integer"),
+    (None, TypeError, "unsupported operand type(s) for *: 'NoneType' and "
+                      "'int'"),
+    (1e30, OverflowError, None),
+    (10**20, OverflowError, None),
+    (object(), TypeError, "unsupported operand type(s) for *"),
+])
+def test_named_semaphore_wait_timeout_errors(pid_root, name, timeout, error,
+                                             message):
+    s = sync.NamedSemaphore(name, initial=0)
+    try:
+        with pytest.raises(error) as exc:
+            s.wait(timeout=timeout)
+        if message is not None:
+            assert str(exc.value).startswith(message)
+        with pytest.raises(error):
+            s.P(True, timeout)
+        assert s.value() == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, 1e-12, -0.0, 0.02,
+                                     decimal.Decimal("0.001"),
+                                     fractions.Fraction(1, 1000)])
+def test_named_semaphore_wait_timeouts_in_seconds(pid_root, name, timeout):
+    s = sync.NamedSemaphore(name, initial=0)
+    assert s.wait(timeout=timeout) is False
+    assert s.wait(True, timeout, 4) is False
+    s.post()
+    assert s.wait(timeout=timeout) is True
+    s.post()
+    assert s.wait(timeout=-1.0) is True  # negative: no limit
+    s.close()
+
+
+def test_named_semaphore_wait_arguments(pid_root, name):
+    s = sync.NamedSemaphore(name, initial=1)
+    with pytest.raises(TypeError):
+        s.wait(True, 1.0, 16, 4)
+    with pytest.raises(TypeError):
+        s.wait(timeout_ns=5)      # wait takes seconds
+    with pytest.raises(TypeError):
+        s.wait_ns(timeout=5)      # wait_ns takes nanoseconds
+    with pytest.raises(TypeError):
+        s.wait_ns(timeout_ns=1.5)
+    with pytest.raises(TypeError):
+        s.wait(True, 1.0, spin=1.5)
+    assert s.value() == 1
+    assert s.wait(blocking=True, timeout=1.0, spin=0) is True
+    s.close()
+
+
+def _hold_and_wait(name, q):
+    m = sync.NamedMutex(name)
+    m.acquire()
+    q.put(os.getpid())
+    time.sleep(60)
+
+
+def _take(m, way):
+    if way == "acquire":
+        assert m.acquire() is True
+    elif way == "acquire_ns":
+        assert m.acquire_ns(20_000_000_000, spin=0) is True
+    elif way == "with":
+        m.__enter__()
+    else:
+        async def main():
+            return await m.__aenter__()
+        assert asyncio.run(main()) is m
+
+
+@pytest.mark.parametrize("way", ["acquire", "acquire_ns", "with",
+                                 "async with"])
+def test_takeover_is_logged_once_whichever_way_it_is_taken(pid_root, name,
+                                                           caplog, way):
+    # The C methods report a takeover to NamedMutex._took_over, which logs
+    # it; the Python wrappers did it after each acquisition before.
+    caplog.set_level(logging.INFO, logger="dispatchkit")
+    m = sync.NamedMutex(name)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_hold_and_wait, args=(name, q))
+    p.start()
+    try:
+        holder = q.get(timeout=60)
+        os.kill(holder, signal.SIGKILL)
+        p.join(30)
+        _take(m, way)
+        assert m.owner_died is True
+        logged = [r for r in caplog.records if "taken over" in r.getMessage()]
+        assert len(logged) == 1
+        assert logged[0].name == "dispatchkit.sync"
+        assert logged[0].levelno == logging.WARNING
+        assert repr(name) in logged[0].getMessage()
+        m.release()
+        _take(m, way)  # an ordinary acquisition logs nothing
+        assert m.owner_died is False
+        m.release()
+        assert len([r for r in caplog.records
+                    if "taken over" in r.getMessage()]) == 1
+    finally:
+        p.kill()
+        p.join(30)
+        m.close()
+
+
+class _Reporting(sync.NamedMutex):
+    def _took_over(self):
+        self.reported = getattr(self, "reported", 0) + 1
+        raise KeyError("from _took_over")
+
+
+def test_takeover_hook_of_a_subclass(pid_root, name, caplog):
+    # A subclass's _took_over is the one called; what it raises reaches
+    # the caller, who then holds the mutex (as with the Python wrappers).
+    m = _Reporting(name)
+    plain_shm = sync.GuardedSharedMemory(name + "p", 64)
+    plain = sync.Mutex(plain_shm.buf[:64])
+    ctx = mp.get_context("fork")
+
+    def hold():
+        m.acquire()
+        plain.acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    p = ctx.Process(target=hold)
+    p.start()
+    p.join(30)
+    try:
+        with pytest.raises(KeyError, match="from _took_over"):
+            m.acquire_ns(20_000_000_000)
+        assert m.reported == 1 and m.owner_pid() == os.getpid()
+        m.release()
+        # A plain Mutex taken over only says so in owner_died.
+        caplog.set_level(logging.INFO, logger="dispatchkit")
+        assert plain.acquire_ns(20_000_000_000) is True
+        assert plain.owner_died is True
+        assert [r for r in caplog.records
+                if "taken over" in r.getMessage()] == []
+        plain.release()
+    finally:
+        m.close()
+        del plain
+        plain_shm.close()
+
+
+def test_named_objects_keep_weakrefs_and_user_attributes(pid_root, name):
+    # Their own attributes live in slots; a user's go to a __dict__, and
+    # weak references work, as with the Python wrappers before.
+    m = sync.NamedMutex(name)
+    ref = weakref.ref(m)
+    assert vars(m) == {}
+    m.label = "jobs"
+    assert m.label == "jobs" and vars(m) == {"label": "jobs"}
+    assert m.acquire() is True
+    m.release()
+    m.close()
+    del m
+    assert ref() is None
