@@ -515,8 +515,8 @@ DK_TEST(sync_mutex_try_spin_takes_a_lock_let_go_meanwhile)
 
 struct turns {
     dk_shm_mutex_t m;
-    uint32_t taken;   /* __atomic: acquisitions so far, under the lock */
-    uint32_t done;    /* __atomic: threads finished */
+    uint32_t taken; /* __atomic: acquisitions so far, under the lock */
+    uint32_t done;  /* __atomic: threads finished */
     uint32_t backoffs[2];
 };
 
