@@ -659,7 +659,7 @@ DK_TEST(sync_mutex_try_watch_comes_back_after_budget_0)
      * needed; a probe can miss when this machine preempts either side,
      * so allow many. */
     uint32_t wins = dk__shm_mutex_try_spin_wins();
-    for (int i = 0; i < 64 * 20 && dk__shm_mutex_watch_budget(&c.m) != full;
+    for (int i = 0; i < 64 * 100 && dk__shm_mutex_watch_budget(&c.m) != full;
          i++) {
         command(&c, 1);
         command(&c, 5);
