@@ -132,8 +132,12 @@ spin_while(const uint32_t *word, uint32_t busy, uint64_t deadline,
 static __thread struct {
     const dk_shm_mutex_t *m;
     uint32_t budget_ns, waits;
-    uint32_t quick;    /* waits in a row that found the lock free at once */
+    uint32_t lost;     /* races lost to a re-taking holder since giving way */
+    uint32_t quick;    /* unwatched waits in a row that found it free */
+    uint32_t skipped;  /* watches of the try skipped for a budget of 0 */
+    bool watching;     /* the last failed try was a watching one */
     uint32_t backoffs; /* times it gave way so far, for tests */
+    uint32_t races_lost; /* so far, for tests */
 } watch_memo;
 
 /* The calling thread's memo, reset when it waits on another mutex. */
@@ -144,7 +148,9 @@ memo_for(const dk_shm_mutex_t *m)
         watch_memo.m = m;
         watch_memo.budget_ns = SPIN_BUDGET_NS;
         watch_memo.waits = 0;
+        watch_memo.lost = 0;
         watch_memo.quick = 0;
+        watch_memo.skipped = 0;
     }
 }
 
@@ -389,36 +395,53 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
 }
 
 /*
- * Back-off after a failed try (dk_shm_mutex_lock_after_try). A caller
- * that tried, failed, and came back (the Python binding, which tries with
- * its interpreter lock held and blocks only after letting that go) learns
- * from its first attempt after coming back how long the holder keeps the
- * lock. Two processes looping around an empty critical section find it
- * free again at once, time after time; letting them take turns
- * acquisition by acquisition then costs far more than the lock itself
- * (the lock's cache line crosses between CPUs on every acquisition, about
- * 4x the CPU time of one process running alone). So after BACKOFF_AFTER
- * such quick waits in a row the caller gives way before it tries again:
- * it yields its CPU, and if nothing else wanted that CPU (the yield came
- * straight back) it sleeps BACKOFF_NS, unannounced. The holder runs alone
- * meanwhile, keeps the line in its cache and makes no wake-up syscall, and
- * the two take turns in runs of about that length. When other threads
- * were waiting for the CPU (more runnable threads than CPUs: the yield let
- * them run), sleeping on top of that would only make the sleeper preempt
- * somebody, perhaps the holder, when it wakes, so it does not sleep. A
- * wait that finds the lock still held (work inside the lock, where running
- * side by side pays) resets the count, so such loops keep handing the lock
- * over at once as before. The binding's try watches the word first
- * (dk_shm_mutex_lock_try_spin, below): a wait that ends there within
- * QUICK_SPINS pauses counts as quick, a longer one resets the count, and
- * once the count is due that try returns at once so that this function
- * gives way.
+ * Back-off after a failed try (dk_shm_mutex_lock_after_try). Two
+ * processes looping around a lock run side by side profitably only when
+ * each has work to do outside it: then one runs its outside work while
+ * the other holds the lock, and each hand-over (the lock's cache line
+ * crossing to the other CPU: a round trip of 60-330 ns on the development
+ * VM, depending on where the hypervisor placed its two CPUs) costs less
+ * than that work.
+ * When the holder comes back for the lock sooner than a hand-over
+ * completes (an empty critical section and nothing outside it, or CPUs
+ * far apart), handing it over buys no overlap: both CPUs pull the line
+ * back and forth for about 4x the CPU time of one process running alone.
+ * The binding's try watches the word (dk_shm_mutex_lock_try_spin, below),
+ * and that watch sees the difference directly: it sees the word free and
+ * loses the race for it to the holder, which took it straight back:
+ *
+ *   CPU0 (holder, nothing outside)      CPU1 (watching in try_spin)
+ *   xchg(state, 0) == 1: no wake (R2)   load(state) == 1, pause
+ *                                       load(state) == 0
+ *   CAS(state, 0 -> 1)           (A1)
+ *                                       CAS(state, 0 -> 1) fails, s == 1:
+ *                                       a race lost
+ *
+ * A holder with work outside the lock is busy with it at that moment, so
+ * the watcher's CAS wins (measured with bench_sync.py's loops, 100,000
+ * acquisitions per process: with sum(range(30)) outside the lock no race
+ * lost in most runs and a few dozen at most, with nothing there 2% of the
+ * waits). After BACKOFF_LOST races lost (since it last gave way) the
+ * watcher gives way: it yields its CPU, and if nothing else wanted that
+ * CPU (the yield came straight back) it sleeps BACKOFF_NS, unannounced.
+ * The holder runs alone meanwhile, keeps the line in its cache and makes
+ * no wake-up syscall. When other threads were waiting for the CPU (more
+ * runnable threads than CPUs: the yield let them run), sleeping on top of
+ * that would only make the sleeper preempt somebody, perhaps the holder,
+ * when it wakes, so it does not sleep. A waiter whose try does not watch
+ * (one CPU in its affinity mask, or a caller that tried with
+ * dk_shm_mutex_lock) sees no race; for it, BACKOFF_AFTER waits in a row
+ * that find the lock free at once after its try stand in for them, as
+ * they did for every waiter before races were counted. With a watching
+ * try such quick waits are what a good overlap looks like (the waiter
+ * arrives as the holder lets go), and giving way on them put each of two
+ * processes with work outside the lock to sleep for 40% of the time.
  *
  * The sleep changes nothing in the state word's protocol: the sleeper has
  * not announced itself (it did not set 2), so no release owes it a wake:
  *
  *   CPU0 (holder, looping)              CPU1 (backing off)
- *   CAS(state, 0 -> 1)                  8th quick wait in a row, yields
+ *   CAS(state, 0 -> 1)                  lost its BACKOFF_LOST-th race, yields
  *   xchg(state, 0) == 1: no wake        sleeps BACKOFF_NS on a private word
  *   CAS(state, 0 -> 1) ...              wakes by its own timeout
  *                                       CAS(state, 0 -> 1), else the usual
@@ -427,14 +450,30 @@ lock_contended(dk_shm_mutex_t *m, uint64_t deadline, bool shared, int spin,
  * and a holder that dies meanwhile is found by that usual path, 50 us
  * later than without the back-off.
  */
+#define BACKOFF_LOST 1u
 #define BACKOFF_AFTER 8u
 #define BACKOFF_NS (50ull * DK_NSEC_PER_USEC)
 #define YIELD_IDLE_NS (10ull * DK_NSEC_PER_USEC)
+
+/* Whether the calling thread should give way before its next attempt
+ * on its memo's mutex. */
+static bool
+due_to_give_way(void)
+{
+    return watch_memo.lost >= BACKOFF_LOST ||
+           watch_memo.quick >= BACKOFF_AFTER;
+}
 
 uint32_t
 dk__shm_mutex_backoffs(void)
 {
     return watch_memo.backoffs;
+}
+
+uint32_t
+dk__shm_mutex_races_lost(void)
+{
+    return watch_memo.races_lost;
 }
 
 int
@@ -447,8 +486,11 @@ dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, int spin,
     bool shared = (flags & DK_SHARED) != 0;
     bool interruptible = (flags & DK_SHM_INTERRUPTIBLE) != 0;
     memo_for(m);
-    bool slept = watch_memo.quick >= BACKOFF_AFTER;
+    bool watched = watch_memo.watching;
+    watch_memo.watching = false;
+    bool slept = due_to_give_way();
     if (slept) {
+        watch_memo.lost = 0;
         watch_memo.quick = 0;
         watch_memo.backoffs++;
         /* Give way first: if another thread was waiting for this CPU it
@@ -472,8 +514,9 @@ dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, int spin,
     uint32_t s = 0;
     if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
         took_lock(m);
-        /* Found free after a back-off: that says nothing of the holds. */
-        watch_memo.quick += slept ? 0 : 1;
+        /* Found free after a back-off, or after a watching try (which
+         * counts races lost itself): that says nothing of the holds. */
+        watch_memo.quick = slept || watched ? 0 : watch_memo.quick + 1;
         return 0;
     }
     watch_memo.quick = 0;
@@ -502,18 +545,21 @@ dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline, int spin,
  *                                       owner = CPU1's pid   (A2)
  *
  * It stops at once when sleepers are announced (2: the holder is a long
- * one, and they queue ahead of us), when the watch of this thread's
- * blocking waits has stopped paying (budget 0: holds are long), and when
- * this thread is due to give way to a busy holder (the back-off below):
- * then dk_shm_mutex_lock_after_try, without the interpreter lock, does
- * the rest. A wait that ends within QUICK_SPINS pauses counts as a quick
- * one for that back-off, as a wait that finds the lock free right after
- * the try does there: the holder was looping around an almost empty
- * critical section. With work in the critical section the wait lasts
- * several pauses (about 30 ns each here), and the count starts again.
+ * one, and they queue ahead of us), when this thread is due to give way
+ * (a race for the word lost to a holder that took it straight back: the
+ * back-off above), and it does not start when the watch of this thread's
+ * blocking waits has stopped paying (budget 0: holds are long, or the
+ * holder is often preempted); then dk_shm_mutex_lock_after_try, without
+ * the interpreter lock, does the rest. Budget 0 skips only
+ * SPIN_PROBE_EVERY - 1 watches in a row: every SPIN_PROBE_EVERY-th
+ * watches anyway, and one that takes the lock brings the blocking waits'
+ * budget back in full, as their own probe does. Without that, a budget
+ * lost at start-up (the two processes' first turns on one CPU, before the
+ * scheduler spreads them) kept this watch off for the whole run: its
+ * waits took the lock in dk_shm_mutex_lock_after_try, which rarely
+ * watches (the lock is free by then), so the budget never came back.
  */
 #define TRY_SPIN_NS 2000u
-#define QUICK_SPINS 3u
 
 static uint32_t try_spin_wins; /* per process, for tests */
 
@@ -527,19 +573,37 @@ try_spin_contended(dk_shm_mutex_t *m)
         return -EDEADLK;
     }
     memo_for(m);
-    if (watch_memo.quick >= BACKOFF_AFTER || watch_memo.budget_ns == 0 ||
-        dk__os_ncpu_cached() < 2) {
+    if (due_to_give_way() || dk__os_ncpu_cached() < 2) {
+        return -ETIMEDOUT;
+    }
+    /* A watching try from here on, even when it skips the watch for a
+     * budget of 0: its waits are the races' business, not the quick
+     * waits' (see the back-off above). */
+    watch_memo.watching = true;
+    bool probe = watch_memo.budget_ns == 0;
+    if (probe && ++watch_memo.skipped % SPIN_PROBE_EVERY != 0) {
         return -ETIMEDOUT;
     }
     uint64_t until = 0;
     for (uint32_t i = 1;; i++) {
         dk_cpu_relax();
         uint32_t s = dk__atomic_load_relaxed(&m->state);
-        if (s == 0 && dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
-            took_lock(m);
-            watch_memo.quick = i <= QUICK_SPINS ? watch_memo.quick + 1 : 0;
-            dk__atomic_add_relaxed(&try_spin_wins, 1);
-            return 0;
+        if (s == 0) {
+            if (dk__atomic_cas_acquire(&m->state, &s, 1)) { /* A1 */
+                took_lock(m);
+                watch_memo.watching = false;
+                watch_memo.quick = 0;
+                if (probe) {
+                    watch_paid(true);
+                }
+                dk__atomic_add_relaxed(&try_spin_wins, 1);
+                return 0;
+            }
+            /* Taken between our load and our CAS: a race lost. */
+            watch_memo.races_lost++;
+            if (++watch_memo.lost >= BACKOFF_LOST) {
+                break;
+            }
         }
         if (s == 2) {
             break;
@@ -553,7 +617,6 @@ try_spin_contended(dk_shm_mutex_t *m)
             }
         }
     }
-    watch_memo.quick = 0;
     return -ETIMEDOUT;
 }
 

@@ -84,6 +84,9 @@ uint32_t dk__shm_mutex_watch_budget(const struct dk_shm_mutex *m);
 /* Times the calling thread has given way (yielded, perhaps slept) in
  * dk_shm_mutex_lock_after_try so far. For tests. */
 uint32_t dk__shm_mutex_backoffs(void);
+/* Races for a free word that the calling thread's watch in
+ * dk_shm_mutex_lock_try_spin lost to another locker, so far. For tests. */
+uint32_t dk__shm_mutex_races_lost(void);
 /* Locks taken by dk_shm_mutex_lock_try_spin while it watched, in this
  * process so far. For tests. */
 uint32_t dk__shm_mutex_try_spin_wins(void);

@@ -102,13 +102,15 @@ DK_EXPORT int dk_shm_mutex_lock(dk_shm_mutex_t *m, uint64_t deadline, int spin,
  * dk_shm_mutex_lock for a caller whose own try (deadline 0) failed just
  * before, as the Python binding's does (it tries with its interpreter
  * lock held and blocks only once it has let that go): the same arguments
- * and results. When such waits keep finding the lock free again at once
- * (two processes looping around an empty critical section), the caller
- * gives way before its next try (yields its CPU, and sleeps 50 us without
- * announcing itself if nothing else wanted that CPU), so that the holder
- * runs alone for a while: handing the lock over on every acquisition
- * costs more CPU than the lock itself. A wait that finds it still held
- * (work inside the lock) stops that. See src/mutex.c.
+ * and results. When the holder takes the lock straight back (two
+ * processes looping around an empty critical section: the try of
+ * dk_shm_mutex_lock_try_spin saw the word free and lost it before its
+ * CAS; for a caller whose try does not watch, eight waits in a row that
+ * found the lock free at once), the caller gives way before its next try
+ * (yields its CPU, and sleeps 50 us without announcing itself if nothing
+ * else wanted that CPU), so that the holder runs alone for a while:
+ * handing the lock over on every acquisition then costs more CPU than the
+ * lock itself, for no overlap. See src/mutex.c.
  */
 DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
                                           int spin,
@@ -119,12 +121,12 @@ DK_EXPORT int dk_shm_mutex_lock_after_try(dk_shm_mutex_t *m, uint64_t deadline,
  * dk_shm_mutex_lock_after_try next, without it, when this fails): one
  * CAS and, while the holder keeps the word at 1 (no sleepers announced)
  * and another CPU can run it, a watch of at most 2 us that takes the lock
- * the moment it comes free. It skips the watch when this thread's
- * blocking waits have found holds too long to watch, and when it is due
- * to give way (see dk_shm_mutex_lock_after_try). No syscall, no sleep,
- * never announced as a waiter. flags: DK_SHARED. Returns 0, -ETIMEDOUT
- * (not taken), -EDEADLK (the calling thread holds it), -EINVAL (unknown
- * flags).
+ * the moment it comes free. It skips the watch when it is due to give way
+ * (see dk_shm_mutex_lock_after_try), and when this thread's blocking
+ * waits have found holds too long to watch, except on every 64th try. No
+ * syscall, no sleep, never announced as a waiter. flags: DK_SHARED.
+ * Returns 0, -ETIMEDOUT (not taken), -EDEADLK (the calling thread holds
+ * it), -EINVAL (unknown flags).
  */
 DK_EXPORT int dk_shm_mutex_lock_try_spin(dk_shm_mutex_t *m,
                                          unsigned flags) DK_WARN_UNUSED;

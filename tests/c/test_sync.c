@@ -499,6 +499,186 @@ DK_TEST(sync_mutex_try_spin_takes_a_lock_let_go_meanwhile)
     pthread_join(t, NULL);
 }
 
+/* Two threads taking turns, each with work inside the lock and as much
+ * outside it (the benchmark's loop with sum(range(30)) in both places):
+ * each hand-over is a waiter watching in dk_shm_mutex_lock_try_spin,
+ * arriving as the holder lets go, and must never make it give way (the
+ * back-off is for holders that take the lock straight back). Before the
+ * back-off counted races lost, eight such waits that ended within three
+ * pauses put the waiter to sleep for 50 us, and two Python processes
+ * with this loop were asleep 40% of the time. Each thread, after
+ * releasing, waits until the other has taken the lock (or has finished)
+ * before it goes on, so it never takes the lock back between the other's
+ * load and CAS: no race can be lost, by construction, whatever the
+ * machine's load. */
+#define TURNS 100000
+
+struct turns {
+    dk_shm_mutex_t m;
+    uint32_t taken; /* __atomic: acquisitions so far, under the lock */
+    uint32_t done;  /* __atomic: threads finished */
+    uint32_t backoffs[2];
+};
+
+static void
+busy_ns(uint64_t ns)
+{
+    uint64_t until = dk__os_monotonic_ns() + ns;
+    while (dk__os_monotonic_ns() < until) {
+        dk_cpu_relax();
+    }
+}
+
+static void
+take_turns(struct turns *t, int me)
+{
+    uint32_t before = dk__shm_mutex_backoffs();
+    for (int i = 0; i < TURNS; i++) {
+        int rc = dk_shm_mutex_lock_try_spin(&t->m, 0);
+        if (rc == -ETIMEDOUT) {
+            rc = dk_shm_mutex_lock_after_try(&t->m, in_ms(10000), 16, 0);
+        }
+        CHECK_EQ(rc, 0);
+        uint32_t mine = __atomic_add_fetch(&t->taken, 1, __ATOMIC_RELAXED);
+        busy_ns(300);
+        CHECK_EQ(dk_shm_mutex_unlock(&t->m, 0), 0);
+        for (int n = 0; __atomic_load_n(&t->taken, __ATOMIC_RELAXED) == mine &&
+                        __atomic_load_n(&t->done, __ATOMIC_ACQUIRE) == 0;
+             n++) {
+            if (n < 1000) {
+                dk_cpu_relax();
+            } else {
+                sched_yield(); /* the other thread may need this CPU */
+            }
+        }
+        busy_ns(200);
+    }
+    __atomic_add_fetch(&t->done, 1, __ATOMIC_RELEASE);
+    t->backoffs[me] = dk__shm_mutex_backoffs() - before;
+}
+
+static void *
+take_turns_thread(void *arg)
+{
+    take_turns(arg, 1);
+    return NULL;
+}
+
+DK_TEST(sync_mutex_hand_overs_with_work_outside_never_back_off)
+{
+    if (dk__os_ncpu_cached() < 2) {
+        return; /* no watch on one CPU */
+    }
+    static struct turns t;
+    CHECK_EQ(dk_shm_mutex_init(&t.m), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, take_turns_thread, &t);
+    take_turns(&t, 0);
+    pthread_join(th, NULL);
+    CHECK_EQ(t.taken, 2u * TURNS);
+    CHECK_EQ(t.backoffs[0], 0u);
+    CHECK_EQ(t.backoffs[1], 0u);
+}
+
+/* A holder that takes the lock straight back (a loop with nothing outside
+ * the lock) can make a watching waiter lose the race for a word it saw
+ * free; a waiter that loses one gives way before its next attempt. A race
+ * is a matter of nanoseconds and needs the two threads on two CPUs at
+ * once, which a loaded machine may not give for a while: the waiter tries
+ * for up to two seconds, and the check is that every race lost was
+ * followed by a back-off (on a quiet machine the first comes within
+ * milliseconds). */
+struct barging {
+    dk_shm_mutex_t m;
+    uint32_t stop; /* __atomic */
+};
+
+static void *
+barge(void *arg)
+{
+    struct barging *b = arg;
+    while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+        CHECK(dk_shm_mutex_lock(&b->m, DK_TIME_FOREVER, 16, 0) >= 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&b->m, 0), 0);
+    }
+    return NULL;
+}
+
+DK_TEST(sync_mutex_waiter_gives_way_to_a_holder_taking_it_straight_back)
+{
+    if (dk__os_ncpu_cached() < 2) {
+        return;
+    }
+    static struct barging b;
+    CHECK_EQ(dk_shm_mutex_init(&b.m), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, barge, &b);
+    uint32_t before = dk__shm_mutex_backoffs();
+    uint32_t lost = dk__shm_mutex_races_lost();
+    uint64_t until = in_ms(2000);
+    while (dk__shm_mutex_backoffs() == before &&
+           dk__os_monotonic_ns() < until) {
+        int rc = dk_shm_mutex_lock_try_spin(&b.m, 0);
+        if (rc == -ETIMEDOUT) {
+            rc = dk_shm_mutex_lock_after_try(&b.m, in_ms(10000), 16, 0);
+        }
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&b.m, 0), 0);
+    }
+    __atomic_store_n(&b.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    CHECK_EQ(dk__shm_mutex_backoffs() - before,
+             dk__shm_mutex_races_lost() - lost);
+}
+
+/* A watch budget of 0 (this thread's blocking waits found the holder
+ * gone for too long, five times in a row) turns the try's watch off, but
+ * not for good: every SPIN_PROBE_EVERY-th try watches anyway, and one
+ * that takes the lock brings the budget back. Here nothing else can: the
+ * waits after a failed try take the lock with a plain try once the helper
+ * has let go. Before, the budget stayed at 0 and the try never watched
+ * again (two processes whose first turns shared a CPU then handed the
+ * lock over through the binding's slow path for the whole run). */
+DK_TEST(sync_mutex_try_watch_comes_back_after_budget_0)
+{
+    if (dk__os_ncpu_cached() < 2) {
+        return;
+    }
+    static struct commanded c;
+    CHECK_EQ(dk_shm_mutex_init(&c.m), 0);
+    uint32_t full = dk__shm_mutex_watch_budget(&c.m);
+    pthread_t t;
+    pthread_create(&t, NULL, obey, &c);
+    /* Five blocking waits whose watch ends in a sleep: budget 0. */
+    for (int i = 0; i < 5; i++) {
+        wait_after_try(&c, false);
+    }
+    CHECK_EQ(dk__shm_mutex_watch_budget(&c.m), 0u);
+    /* Tries against a holder that lets go 1 us after being told: the
+     * probes (every 64th try) watch, and one that takes the lock is
+     * needed; a probe can miss when this machine preempts either side,
+     * so allow many. */
+    uint32_t wins = dk__shm_mutex_try_spin_wins();
+    for (int i = 0; i < 64 * 100 && dk__shm_mutex_watch_budget(&c.m) != full;
+         i++) {
+        command(&c, 1);
+        command(&c, 5);
+        int rc = dk_shm_mutex_lock_try_spin(&c.m, 0);
+        if (rc == -ETIMEDOUT) {
+            while (__atomic_load_n(&c.m.state, __ATOMIC_ACQUIRE) != 0) {
+                dk_cpu_relax();
+            }
+            rc = dk_shm_mutex_lock(&c.m, 0, 0, 0);
+        }
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(dk_shm_mutex_unlock(&c.m, 0), 0);
+    }
+    CHECK_EQ(dk__shm_mutex_watch_budget(&c.m), full);
+    CHECK(dk__shm_mutex_try_spin_wins() > wins);
+    __atomic_store_n(&c.cmd, 4, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+}
+
 /* ---- counting under the mutex --------------------------------------- */
 
 struct counted {

@@ -120,6 +120,55 @@ def test_holder_killed_is_detected(shm):
     del mtx
 
 
+def _hold_until_told(name, held, let_go, turn_over, rounds):
+    m = shared_memory.SharedMemory(name=name)
+    mtx = sync.Mutex(m.buf[:64])
+    for _ in range(rounds):
+        mtx.acquire()
+        held.put(os.getpid())
+        let_go.get(timeout=60)
+        mtx.release()
+        turn_over.get(timeout=60)  # the parent has had its turn
+    del mtx
+    m.close()
+
+
+def test_waiter_on_a_long_hold_sleeps_instead_of_spinning(shm):
+    # A waiter watches a held word for a bounded time (2 us with the GIL,
+    # then up to 20 us without it, less once such watches have failed)
+    # and then sleeps on the futex: while another process holds the mutex
+    # for 100 ms the waiting thread must use next to no CPU. Asserted on
+    # the waiting thread's own CPU time, with a wide margin (under 10% of
+    # the hold; a spinning waiter would use about all of it).
+    mtx = sync.Mutex(shm.buf[:64])
+    ctx = mp.get_context("fork")
+    held, let_go, turn_over = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    rounds, hold = 3, 0.1
+    p = ctx.Process(target=_hold_until_told,
+                    args=(shm.name, held, let_go, turn_over, rounds))
+    p.start()
+    try:
+        for _ in range(rounds):
+            holder = held.get(timeout=60)
+            assert mtx.owner_pid() == holder
+            timer = threading.Timer(hold, let_go.put, args=(None,))
+            timer.start()  # the holder lets go only after `hold`
+            cpu = time.thread_time()
+            assert mtx.acquire() is True
+            cpu = time.thread_time() - cpu
+            timer.join()
+            assert cpu < hold / 10, f"waiter used {cpu * 1e3:.1f} ms of CPU"
+            mtx.release()
+            turn_over.put(None)
+        p.join(60)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    del mtx
+
+
 def test_threads_of_one_process_share_the_mutex(shm):
     # fastipc raises RuntimeError here (ownership per process, defect F1).
     mtx = sync.Mutex(shm.buf[:64], shared=False)
