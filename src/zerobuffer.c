@@ -143,9 +143,6 @@ dk__zb_spin_after_sleep(uint32_t budget_ns, uint64_t waited_ns)
 static uint32_t
 spin_budget(struct spin_memo *m)
 {
-    if (dk__os_ncpu_cached() <= 1) {
-        return 0; /* one CPU: the peer cannot run while we watch */
-    }
     dk__atomic_store_relaxed(&m->since, dk__os_monotonic_ns());
     uint32_t b = dk__atomic_load_relaxed(&m->budget_ns);
     if (b >= SPIN_MIN_NS) {
@@ -183,12 +180,112 @@ spin_learn(struct spin_memo *m)
                              dk__zb_spin_after_sleep(b, now - since));
 }
 
-/* The end of a watch of budget_ns from `since`, not past the deadline. */
-static uint64_t
-spin_end(const struct spin_memo *m, uint32_t budget_ns, uint64_t deadline)
+/*
+ * A watch under way (watch_begin, then watch_more after every look that
+ * found nothing). Watching only helps while the peer runs; a peer that
+ * shares our CPU cannot run while we watch, and sleeping instead costs
+ * both sides a system call per frame: our sleep registers us as a waiter
+ * in the semaphore, and glibc's sem_post then makes a futex wake on
+ * every post until we have run again, which on a shared CPU can be
+ * hundreds of frames later. So the watch hands the CPU over with one
+ * sched_yield(): at once when the process may run on one CPU only, else
+ * after SPIN_YIELD_NS of fruitless watching (where a peer on another CPU
+ * would have answered: a 1 KiB frame takes it well under 1 us). The
+ * peer, if runnable, then runs until it waits itself (its ring full or
+ * empty) and yields back, so the two sides take turns a ring-full at a
+ * time, with no futex wake at all:
+ *
+ *   CPU0 (reader)                      (same CPU0, writer)
+ *   sem-w empty: watch, sched_yield -> runs: copies frames, posts sem-w
+ *                                      (no waiter: no futex wake) until
+ *                                      the ring is full; its watch:
+ *   <- sched_yield                     sched_yield
+ *   takes frame after frame, posts
+ *   sem-r (no waiter: no wake) until
+ *   sem-w is empty: watch, yield ...
+ *
+ * On its own CPU, sched_yield returns at once (about 1 us of system
+ * call). The yield is only a hint: the watch still ends at its budget,
+ * and a peer that neither posts nor runs leaves us to sleep as before.
+ * The watch only looks, so no post can be lost around the yield: the
+ * sleep after a fruitless watch is sem_wait's, which takes a token
+ * posted at any point before it:
+ *
+ *   CPU0 (reader, its watch)           CPU1 (writer)
+ *   trywait sem-w: empty
+ *   sched_yield                        copies a frame; post sem-w
+ *   trywait sem-w: empty (not yet      (count 1, no waiter: no wake)
+ *     seen), watch over
+ *   sem_wait(sem-w): count 1, taken
+ *
+ * An idle peer costs one yield per wait while the budget halves, then
+ * none (every SPIN_PROBE_EVERY-th wait tries again), as for spinning.
+ */
+#define SPIN_YIELD_NS 4000u
+
+struct watch {
+    struct spin_memo *memo;
+    uint32_t budget;
+    bool one_cpu;
+    bool yielded;
+    uint64_t until;
+    uint64_t yield_at;
+};
+
+/* false: no watch now (the budget is spent); else *w is under way. */
+static bool
+watch_begin(struct watch *w, struct spin_memo *m, uint64_t deadline)
 {
-    uint64_t until = dk__atomic_load_relaxed(&m->since) + budget_ns;
-    return until < deadline ? until : deadline;
+    uint32_t budget = spin_budget(m);
+    if (budget == 0) {
+        return false;
+    }
+    uint64_t since = dk__atomic_load_relaxed(&m->since);
+    w->memo = m;
+    w->budget = budget;
+    w->one_cpu = dk__os_ncpu_cached() <= 1;
+    w->yielded = false;
+    w->until = since + budget < deadline ? since + budget : deadline;
+    w->yield_at = since + SPIN_YIELD_NS;
+    return true;
+}
+
+/* The event was seen (paid) or the watch is given up. */
+static void
+watch_end(struct watch *w, bool paid)
+{
+    spin_paid(w->memo, paid, w->budget);
+}
+
+/* After look number i found nothing: true to look again, false when the
+ * watch is over (it has been ended as not paid). */
+static bool
+watch_more(struct watch *w, unsigned i)
+{
+    if (w->one_cpu) {
+        /* Looking again without the peer having run is pointless. */
+        if (w->yielded) {
+            watch_end(w, false);
+            return false;
+        }
+        w->yielded = true;
+        dk__os_yield();
+        return true;
+    }
+    dk_cpu_relax();
+    if (i % 64 != 0) {
+        return true;
+    }
+    uint64_t now = dk__os_monotonic_ns();
+    if (now >= w->until) {
+        watch_end(w, false);
+        return false;
+    }
+    if (!w->yielded && now >= w->yield_at) {
+        w->yielded = true;
+        dk__os_yield();
+    }
+    return true;
 }
 
 struct dk_zb_reader_s {
@@ -818,20 +915,17 @@ reader_consume(dk_zb_reader_t *r, dk_zb_frame_t *frame)
 static int
 reader_spin_take(dk_zb_reader_t *r, uint64_t deadline)
 {
-    uint32_t budget = spin_budget(&r->spin);
-    if (budget == 0) {
+    struct watch w;
+    if (!watch_begin(&w, &r->spin, deadline)) {
         return -EAGAIN;
     }
-    uint64_t until = spin_end(&r->spin, budget, deadline);
     for (unsigned i = 1;; i++) {
-        dk_cpu_relax();
         /* sem_trywait loads the count first: no write while it is 0. */
         if (dk__nsem_trywait(r->sem_w) == 0) {
-            spin_paid(&r->spin, true, budget);
+            watch_end(&w, true);
             return 0;
         }
-        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
-            spin_paid(&r->spin, false, budget);
+        if (!watch_more(&w, i)) {
             return -EAGAIN;
         }
     }
@@ -1425,20 +1519,17 @@ writer_publish(dk_zb_writer_t *w)
 static bool
 writer_spin(dk_zb_writer_t *w, uint64_t needed, uint64_t deadline)
 {
-    uint32_t budget = spin_budget(&w->spin);
-    if (budget == 0) {
+    struct watch wt;
+    if (!watch_begin(&wt, &w->spin, deadline)) {
         return false;
     }
-    uint64_t until = spin_end(&w->spin, budget, deadline);
     for (unsigned i = 1;; i++) {
-        dk_cpu_relax();
         if (dk__atomic_load_relaxed(&w->oieb->payload_free_bytes) >= needed ||
             dk__atomic_load_relaxed(&w->oieb->reader_pid) == 0) {
-            spin_paid(&w->spin, true, budget);
+            watch_end(&wt, true);
             return true; /* the caller loads both again */
         }
-        if (i % 64 == 0 && dk__os_monotonic_ns() >= until) {
-            spin_paid(&w->spin, false, budget);
+        if (!watch_more(&wt, i)) {
             return false;
         }
     }

@@ -9,7 +9,11 @@ out into its own buffer: two copies on two cores) and "zerocopy" (the
 writer fills 8 bytes of a frame in place with get_frame_buffer, the reader
 looks at it in place). For 64 B and 1 KiB, also dispatchkit's batch
 interface ("batch": write_frames / read_frames / release_frames, 64 frames
-a call; no peer has one). Then request/response round
+a call; no peer has one). For 1 KiB copied in, also a row with the
+writer and the reader on one CPU ("one_cpu": the bench and the processes
+it starts pinned to its first CPU, as a busy machine's scheduler may place
+them; the library was first used unpinned, so it takes them for two
+processes that happen to share a CPU). Then request/response round
 trips through a duplex channel (p50/p99), beside two ping-pongs between
 two processes through two semaphores in shared memory: one whose waits
 sleep on the futex at once, one whose waits spin first. Each one-way row
@@ -375,6 +379,41 @@ def memcpy_bw(size):
     return n * size / (time.perf_counter() - t0) / 1e9
 
 
+def on_one_cpu(fn, *args):
+    """fn(*args) with this process, and so every process it starts, on
+    the first CPU it may use; the CPUs it had are given back after."""
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        return fn(*args)
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+# Rough frames/s of 1 KiB frames on one CPU, to size each run: iceoryx2's
+# publisher, retrying until delivered, gets about a sample a millisecond
+# there (its subscriber polls, holding the CPU the publisher needs).
+ONE_CPU_RATES = {"dk": 1e6, "peer": 2e4, "pipe": 5e4, "ice": 1e3}
+
+
+def one_cpu_rows(impls):
+    """1 KiB frames copied in, writer and reader sharing one CPU: RUNS
+    rounds, the implementations in turn, medians."""
+    secs = {impl: [] for impl, _, _ in impls}
+    for _ in range(RUNS):
+        for impl, key, fn in impls:
+            n = count_for(KiB, ONE_CPU_RATES[key])
+            try:
+                secs[impl].append(on_one_cpu(fn, KiB, n, "copy"))
+            except RuntimeError as e:
+                print(f"# {impl} one CPU 1KiB: {e}", file=sys.stderr)
+    for impl, key, _ in impls:
+        if secs[impl]:
+            n = count_for(KiB, ONE_CPU_RATES[key])
+            emit("oneway_copy_1KiB_one_cpu_rate", impl,
+                 n / statistics.median(secs[impl]), "frames/s")
+
+
 # ---- duplex round trip -----------------------------------------------------
 
 def _echo_server(name, ready, stop, impl):
@@ -421,19 +460,21 @@ def duplex_rtt(impl, n):
         raise RuntimeError(f"{impl}: no duplex client could connect")
     payload = b"x" * 64
     lat = []
-    for i in range(n + n // 10):
-        t0 = time.perf_counter()
-        client.send_request(payload)
-        resp = client.receive_response(5000)
-        t1 = time.perf_counter()
-        client.release_response(resp)
-        if i >= n // 10:
-            lat.append((t1 - t0) * 1e6)
-    client.close()
-    stop.set()
-    p.join(10)
-    for suffix in ("_request", "_response"):
-        unlink_leftovers(name + suffix)
+    try:
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            client.send_request(payload)
+            resp = client.receive_response(5000)
+            t1 = time.perf_counter()
+            client.release_response(resp)
+            if i >= n // 10:
+                lat.append((t1 - t0) * 1e6)
+    finally:
+        client.close()
+        stop.set()
+        p.join(10)
+        for suffix in ("_request", "_response"):
+            unlink_leftovers(name + suffix)
     lat.sort()
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
 
@@ -528,6 +569,8 @@ def main():
                     n = count_for(size, rates[key][size][m])
                     report(mode, label, impl, n, size,
                            statistics.median(secs[impl]))
+        if size == KiB:
+            one_cpu_rows(impls)
         if size <= KiB:
             n = count_for(size, 3e6)
             report("batch", label, "dispatchkit", n, size,
@@ -545,8 +588,10 @@ def main():
             p50, p99 = duplex_rtt("zerobuffer-ipc", max(100, n // 5))
             emit("duplex_rtt_p50", "zerobuffer-ipc", p50, "us")
             emit("duplex_rtt_p99", "zerobuffer-ipc", p99, "us")
-        except RuntimeError as e:
-            print(f"# {e}", file=sys.stderr)
+        except Exception as e:
+            # Its client gave up too (one loaded run: ReaderDeadException
+            # from its own server's reader): the rows below still run.
+            print(f"# zerobuffer-ipc duplex: {e!r}", file=sys.stderr)
     p50, p99 = futex_pingpong(n * 2, spin=0)
     emit("duplex_rtt_p50", "futex ping-pong, sleeping", p50, "us")
     emit("duplex_rtt_p99", "futex ping-pong, sleeping", p99, "us")

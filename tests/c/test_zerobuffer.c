@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -569,6 +570,82 @@ DK_TEST(zb_cross_process_stream)
     CHECK(waitpid(pid, &status, 0) == pid);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     dk_zb_reader_destroy(r);
+}
+
+/* Writer and reader processes on one CPU (the reader's, which the forked
+ * writer inherits): each side's watch yields the CPU to the other rather
+ * than sleeping (src/zerobuffer.c, "A watch under way"). Every frame
+ * arrives whole and in order, through a ring that wraps every few frames
+ * (psize small) or every few thousand; then the reader, its writer idle,
+ * times out, and sees the writer leave. */
+static void
+stream_on_one_cpu(const char *tag, uint64_t psize, uint64_t frames,
+                  uint64_t max_size)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    int cpu = sched_getcpu();
+    CPU_SET(cpu >= 0 ? cpu : 0, &one);
+    CHECK_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+    const char *name = tname(tag);
+    dk_zb_reader_t *r;
+    CHECK_EQ(dk_zb_reader_create(name, 64, psize, 0600, &r), 0);
+    int gate[2];
+    CHECK_EQ(pipe(gate), 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dk_zb_writer_t *w;
+        if (dk_zb_writer_open(name, &w, NULL) != 0) {
+            _exit(2);
+        }
+        uint8_t *buf = malloc(max_size);
+        for (uint64_t seq = 1; seq <= frames; seq++) {
+            uint64_t size = 1 + (seq * 7919) % max_size;
+            fill(buf, size, seq);
+            if (dk_zb_writer_write(w, buf, size, after_ms(10000)) != 0) {
+                _exit(3);
+            }
+        }
+        char c;
+        /* Idle, still connected, until the reader has timed out. */
+        if (read(gate[0], &c, 1) != 1) {
+            _exit(4);
+        }
+        free(buf);
+        dk_zb_writer_destroy(w);
+        _exit(0);
+    }
+    for (uint64_t seq = 1; seq <= frames; seq++) {
+        dk_zb_frame_t f;
+        CHECK_EQ(dk_zb_reader_read(r, after_ms(10000), &f), 0);
+        CHECK_EQ(f.sequence, seq);
+        CHECK_EQ(f.size, 1 + (seq * 7919) % max_size);
+        CHECK(verify(f.data, f.size, seq));
+        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+    }
+    dk_zb_frame_t f;
+    for (int i = 0; i < 8; i++) {
+        CHECK_EQ(dk_zb_reader_read(r, after_ms(20), &f), -ETIMEDOUT);
+    }
+    CHECK_EQ(write(gate[1], "x", 1), 1);
+    CHECK_EQ(dk_zb_reader_read(r, after_ms(5000), &f), -EPIPE);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(gate[0]);
+    close(gate[1]);
+    dk_zb_reader_destroy(r);
+}
+
+DK_TEST(zb_stream_on_one_cpu_small_ring)
+{
+    stream_on_one_cpu("onecpu-s", 8192, 20000, 3000);
+}
+
+DK_TEST(zb_stream_on_one_cpu_large_ring)
+{
+    stream_on_one_cpu("onecpu-l", 1 << 20, 50000, 1024);
 }
 
 DK_TEST(zb_writer_killed_is_detected)
