@@ -53,17 +53,46 @@ def pytest_sessionstart(session):
 
 
 def _park_pool_before_fork():
-    """GCC 12's ASan allocator takes no lock around fork(): a pool worker
-    freeing memory at that instant leaves a size-class lock held in the
-    child, which then hangs in malloc. In the sanitizer run, fork once the
-    workers have parked (bounded: a worker blocked in a callback never
-    parks). glibc's malloc is fork-safe; the normal run forks at once."""
+    """GCC 12's ASan allocator takes no lock around fork(): a thread inside
+    it at that instant (allocating, or in ASan's thread set-up or teardown)
+    leaves one of its locks held in the child, whose next malloc or thread
+    start then waits on that lock for good. Seen: a child of
+    test_futexword_wakes_another_process[fork] that never said "ready";
+    reproduced with Python threads churning beside a fork loop, the child
+    stuck in SizeClassAllocator64::GetFromAllocator's region mutex under
+    AsanThread::Init. Not only pool workers allocate: the event, relief
+    and watcher threads, a worker retiring after its idle time, a Python
+    thread that released the GIL. In the sanitizer run, fork once every
+    other thread of the process is asleep (a thread waiting for a lock
+    another one holds sleeps while the holder runs, so all asleep means
+    none is inside the allocator); bounded, since a thread may spin for
+    good. A thread can still wake between this look and fork(): this
+    narrows the window, it cannot close it. glibc's malloc is fork-safe:
+    the normal run forks at once, and asserts the same things."""
+    import threading
     import time
-    import dispatchkit._dk as ext
+    me = str(threading.get_native_id())
+    def all_asleep():
+        return all(_asleep(tid) for tid in os.listdir("/proc/self/task")
+                   if tid != me)
+
     for _ in range(2000):
-        if ext._pool_quiescent():
+        # Twice over: the threads are read one after another, and one read
+        # asleep may have woken by the time the last is read.
+        if all_asleep() and all_asleep():
             return
         time.sleep(0.001)
+
+
+def _asleep(tid):
+    """True when thread tid of this process is in an interruptible sleep
+    (a futex, poll or epoll wait), or is gone."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "S"
 
 
 @pytest.hookimpl(trylast=True)
