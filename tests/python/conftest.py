@@ -72,6 +72,7 @@ def _park_pool_before_fork():
     import threading
     import time
     me = str(threading.get_native_id())
+
     def all_asleep():
         return all(_asleep(tid) for tid in os.listdir("/proc/self/task")
                    if tid != me)
