@@ -531,6 +531,38 @@ DK_TEST(zb_watch_budget_learns_short_sleeps)
     CHECK_EQ(dk__zb_spin_after_watch(1000, false), 500);
 }
 
+/* Write frames 1..frames, frame seq of 1 + (seq * 7919) % max_size bytes
+ * filled for seq: 0, or 3 when a write fails (a forked writer's exit
+ * code). */
+static int
+write_numbered(dk_zb_writer_t *w, uint64_t frames, uint64_t max_size, int ms)
+{
+    uint8_t *buf = malloc(max_size);
+    int rc = buf == NULL ? 3 : 0;
+    for (uint64_t seq = 1; seq <= frames && rc == 0; seq++) {
+        uint64_t size = 1 + (seq * 7919) % max_size;
+        fill(buf, size, seq);
+        rc = dk_zb_writer_write(w, buf, size, after_ms(ms)) == 0 ? 0 : 3;
+    }
+    free(buf);
+    return rc;
+}
+
+/* Read what write_numbered wrote, checking each frame's sequence, size
+ * and bytes. */
+static void
+read_numbered(dk_zb_reader_t *r, uint64_t frames, uint64_t max_size, int ms)
+{
+    for (uint64_t seq = 1; seq <= frames; seq++) {
+        dk_zb_frame_t f;
+        CHECK_EQ(dk_zb_reader_read(r, after_ms(ms), &f), 0);
+        CHECK_EQ(f.sequence, seq);
+        CHECK_EQ(f.size, 1 + (seq * 7919) % max_size);
+        CHECK(verify(f.data, f.size, seq));
+        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
+    }
+}
+
 /* Writer and reader in two processes: 10000 frames of mixed sizes
  * through a small ring, checked byte by byte. */
 DK_TEST(zb_cross_process_stream)
@@ -545,25 +577,11 @@ DK_TEST(zb_cross_process_stream)
         if (dk_zb_writer_open(name, &w, NULL) != 0) {
             _exit(2);
         }
-        uint8_t buf[3000];
-        for (uint64_t seq = 1; seq <= 10000; seq++) {
-            uint64_t size = 1 + (seq * 7919) % 3000;
-            fill(buf, size, seq);
-            if (dk_zb_writer_write(w, buf, size, after_ms(5000)) != 0) {
-                _exit(3);
-            }
-        }
+        int rc = write_numbered(w, 10000, 3000, 5000);
         dk_zb_writer_destroy(w);
-        _exit(0);
+        _exit(rc);
     }
-    for (uint64_t seq = 1; seq <= 10000; seq++) {
-        dk_zb_frame_t f;
-        CHECK_EQ(dk_zb_reader_read(r, after_ms(5000), &f), 0);
-        CHECK_EQ(f.sequence, seq);
-        CHECK_EQ(f.size, 1 + (seq * 7919) % 3000);
-        CHECK(verify(f.data, f.size, seq));
-        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    }
+    read_numbered(r, 10000, 3000, 5000);
     dk_zb_frame_t f;
     CHECK_EQ(dk_zb_reader_read(r, after_ms(3000), &f), -EPIPE);
     int status;
@@ -599,31 +617,18 @@ stream_on_one_cpu(const char *tag, uint64_t psize, uint64_t frames,
         if (dk_zb_writer_open(name, &w, NULL) != 0) {
             _exit(2);
         }
-        uint8_t *buf = malloc(max_size);
-        for (uint64_t seq = 1; seq <= frames; seq++) {
-            uint64_t size = 1 + (seq * 7919) % max_size;
-            fill(buf, size, seq);
-            if (dk_zb_writer_write(w, buf, size, after_ms(10000)) != 0) {
-                _exit(3);
-            }
+        if (write_numbered(w, frames, max_size, 10000) != 0) {
+            _exit(3);
         }
         char c;
         /* Idle, still connected, until the reader has timed out. */
         if (read(gate[0], &c, 1) != 1) {
             _exit(4);
         }
-        free(buf);
         dk_zb_writer_destroy(w);
         _exit(0);
     }
-    for (uint64_t seq = 1; seq <= frames; seq++) {
-        dk_zb_frame_t f;
-        CHECK_EQ(dk_zb_reader_read(r, after_ms(10000), &f), 0);
-        CHECK_EQ(f.sequence, seq);
-        CHECK_EQ(f.size, 1 + (seq * 7919) % max_size);
-        CHECK(verify(f.data, f.size, seq));
-        CHECK_EQ(dk_zb_reader_release(r, &f), 0);
-    }
+    read_numbered(r, frames, max_size, 10000);
     dk_zb_frame_t f;
     for (int i = 0; i < 8; i++) {
         CHECK_EQ(dk_zb_reader_read(r, after_ms(20), &f), -ETIMEDOUT);

@@ -920,13 +920,6 @@ def test_named_semaphore_wait_arguments(pid_root, name):
     s.close()
 
 
-def _hold_and_wait(name, q):
-    m = sync.NamedMutex(name)
-    m.acquire()
-    q.put(os.getpid())
-    time.sleep(60)
-
-
 def _take(m, way):
     if way == "acquire":
         assert m.acquire() is True
@@ -950,7 +943,7 @@ def test_takeover_is_logged_once_whichever_way_it_is_taken(pid_root, name,
     m = sync.NamedMutex(name)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    p = ctx.Process(target=_hold_and_wait, args=(name, q))
+    p = ctx.Process(target=_hold_named, args=(name, q))
     p.start()
     try:
         holder = q.get(timeout=60)
