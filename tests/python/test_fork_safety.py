@@ -1,7 +1,9 @@
 """fork() while the binding's own C-level locks and condition variables
 are in use: the child must not inherit a lock held by a thread it does
 not have, nor a condition variable that counts such a thread as a waiter
-(glibc's broadcast waits for every counted waiter to leave first)."""
+(glibc 2.36's broadcast, once it finds a new waiter, first waits for the
+waiters it signalled before to leave, and a waiter copied from the parent
+never does)."""
 import os
 import signal
 import tempfile
@@ -108,7 +110,10 @@ def test_fork_while_a_channel_reader_waits_for_a_spare_chunk():
     queue is serial and busy with a long block, so no handler runs and
     none can run inline on the reading thread; the file is long. Then
     fork, again and again, and have each child read through a channel of
-    its own, which broadcasts spare_back once per chunk."""
+    its own, which broadcasts spare_back once per chunk. (Without the
+    fork handlers, gdb on a stuck child shows the handler's worker in
+    pthread_cond_broadcast, waiting in __condvar_quiesce_and_switch_g1,
+    with the GIL; the parent's reader was in pthread_cond_timedwait.)"""
     busy, release = _held_queue("fork-safety-busy")
     calls = []
     finished = dk.Semaphore(0)
