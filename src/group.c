@@ -33,12 +33,62 @@ struct dk_group_s {
     uint32_t waiters;
     pthread_mutex_t lock;
     struct notify *notify_head, *notify_tail;
+    dk_group_t *reg_prev, *reg_next; /* in `groups` (groups_lock) */
 };
+
+/*
+ * fork(). A group's lock may be held by another thread when one forks (a
+ * leave that emptied the group, a notify being added), and the child,
+ * which does not have that thread, would wait for it for ever. So every
+ * group is on a list, and the forking thread holds the list's lock and
+ * every group's lock across fork(): no thread is between lock and unlock
+ * of one then, so each notify list is whole in the child, which makes the
+ * locks anew. Lock order: groups_lock, then a group's lock; nothing that
+ * holds a group's lock takes another lock.
+ */
+static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
+static dk_group_t *groups;
+
+static void
+groups_prefork(void)
+{
+    pthread_mutex_lock(&groups_lock);
+    for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
+        pthread_mutex_lock(&g->lock);
+    }
+}
+
+static void
+groups_postfork_parent(void)
+{
+    for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
+        pthread_mutex_unlock(&g->lock);
+    }
+    pthread_mutex_unlock(&groups_lock);
+}
+
+static void
+groups_postfork_child(void)
+{
+    for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
+        pthread_mutex_init(&g->lock, NULL);
+    }
+    pthread_mutex_init(&groups_lock, NULL);
+}
+
+static void
+groups_register_atfork(void)
+{
+    pthread_atfork(groups_prefork, groups_postfork_parent,
+                   groups_postfork_child);
+}
 
 int
 dk_group_create(dk_group_t **out)
 {
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
     dk__runtime_ensure();
+    pthread_once(&atfork_once, groups_register_atfork);
     dk_group_t *g = calloc(1, sizeof *g);
     *out = g;
     if (g == NULL) {
@@ -46,6 +96,13 @@ dk_group_create(dk_group_t **out)
     }
     dk__object_init(&g->obj, DK_KIND_GROUP);
     pthread_mutex_init(&g->lock, NULL);
+    pthread_mutex_lock(&groups_lock);
+    g->reg_next = groups;
+    if (groups != NULL) {
+        groups->reg_prev = g;
+    }
+    groups = g;
+    pthread_mutex_unlock(&groups_lock);
     return 0;
 }
 
@@ -64,6 +121,16 @@ static void
 group_dispose(struct dk__object *o)
 {
     dk_group_t *g = (dk_group_t *)o;
+    pthread_mutex_lock(&groups_lock);
+    if (g->reg_prev != NULL) {
+        g->reg_prev->reg_next = g->reg_next;
+    } else {
+        groups = g->reg_next;
+    }
+    if (g->reg_next != NULL) {
+        g->reg_next->reg_prev = g->reg_prev;
+    }
+    pthread_mutex_unlock(&groups_lock);
     for (struct notify *n = g->notify_head, *next; n != NULL; n = next) {
         next = n->next;
         dk_release(n->queue);

@@ -178,6 +178,57 @@ static int nspares;
 static Py_ssize_t spare_bytes;    /* spare_size summed */
 static pthread_cond_t spare_back; /* a chunk came back (spare_lock) */
 
+/* spare_back waits on the monotonic clock. */
+static void
+spare_back_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&spare_back, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/*
+ * fork() copies spare_lock and spare_back as they are: held by a thread
+ * the child does not have, or counting such a thread as a waiter (a
+ * reader in spare_take). glibc's broadcast closes the group of waiters
+ * it signals and, at the next broadcast that finds a new waiter, waits
+ * for every member of that group to leave, which the parent's waiter
+ * never does in the child: its handler call stops there, holding the
+ * GIL. So the forking thread holds spare_lock across fork(), and no
+ * other thread is between lock and unlock then (a waiter has released
+ * it): the spares are whole in the child, which makes the lock and the
+ * condition variable anew, with no waiter. Lock order: os.fork() holds
+ * the GIL, then spare_lock (the order above).
+ */
+static void
+spares_prefork(void)
+{
+    pthread_mutex_lock(&spare_lock);
+}
+
+static void
+spares_postfork_parent(void)
+{
+    pthread_mutex_unlock(&spare_lock);
+}
+
+static void
+spares_postfork_child(void)
+{
+    pthread_mutex_init(&spare_lock, NULL);
+    spare_back_init();
+}
+
+static void
+spares_init(void)
+{
+    spare_back_init();
+    pthread_atfork(spares_prefork, spares_postfork_parent,
+                   spares_postfork_child);
+}
+
 /* A chunk bytes_alloc handed out for ch is back: delivered and its
  * handler returned, or freed by the core. */
 static void
@@ -737,11 +788,8 @@ static PyMethodDef io_functions[] = {
 int
 dkpy_io_exec(PyObject *m)
 {
-    pthread_condattr_t a; /* spare_back waits on the monotonic clock */
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&spare_back, &a);
-    pthread_condattr_destroy(&a);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, spares_init);
     PyTypeObject *t = dkpy_add_type(m, &Channel_spec, NULL, "");
     if (t == NULL) {
         return -1;

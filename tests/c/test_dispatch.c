@@ -1115,6 +1115,56 @@ DK_TEST(forked_child_gets_a_working_runtime)
     dk_release(q);
 }
 
+/* Two threads enter and leave a group as fast as they can, so its lock
+ * (taken by every leave that empties it) is often held when another
+ * thread forks; each child then adds a notify to the group, which takes
+ * that lock. Without fork handlers for group locks, about a quarter of
+ * the children hung there, on a lock held by a thread they do not have. */
+struct group_churn {
+    dk_group_t *g;
+    uint32_t stop;
+};
+
+static void *
+group_churn(void *p)
+{
+    struct group_churn *c = p;
+    while (!dk__atomic_load_relaxed(&c->stop)) {
+        dk_group_enter(c->g);
+        CHECK_EQ(dk_group_leave(c->g), 0);
+    }
+    return NULL;
+}
+
+DK_TEST(fork_while_a_group_lock_is_taken)
+{
+    struct group_churn c = {.g = t_group()};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(pthread_create(&t[i], NULL, group_churn, &c), 0);
+    }
+    int hung = 0;
+    for (int i = 0; i < 40 && hung == 0; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(10); /* a hang ends with SIGALRM */
+            _exit(dk_group_notify_f(c.g, dk_queue_global(0), NULL, noop) == 0
+                      ? 0
+                      : 2);
+        }
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        hung += WIFSIGNALED(status);
+        CHECK(WIFSIGNALED(status) || WEXITSTATUS(status) == 0);
+    }
+    dk__atomic_store_relaxed(&c.stop, 1);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(pthread_join(t[i], NULL), 0);
+    }
+    CHECK_EQ(hung, 0);
+    dk_release(c.g);
+}
+
 /* ---- workloops ---- */
 
 struct order_log {
