@@ -234,6 +234,30 @@ dkpy_waits_drain(dkpy_waits_t *k, bool drop)
  * work waits, but nothing wakes its pollers: a loop watching it slept
  * on. Measure again before trying either on a newer kernel.
  *
+ * An fd side channel beside the ring was measured too (issue 14,
+ * Linux 6.18, 2 shared CPUs; a prototype, not kept): an awaiting loop
+ * put its ring wait under a futex mask bit of its own, then armed a
+ * slot {armed, pid, fd of its pipe}; our set()/post() that saw it armed
+ * took the arming (CAS 1 -> 0: one byte per arming, so the pipe never
+ * fills), wrote one byte to the pipe (opened once through
+ * /proc/<pid>/fd/<n>, no file left behind) and woke the futex with a
+ * mask sparing that bit, so that no io_uring task work reached the loop;
+ * fastipc's plain wake still completed the ring wait. The loop's C reader
+ * resolved the futures (taking the semaphore's unit in C) and read the
+ * pipe and cancelled the ring wait only on its next call, after the
+ * coroutine had resumed. p50 over the pipe peer's, bench_aio_wake with
+ * 50 interleaved turns, 6 runs (median, range): asyncio NamedEvent 1.12
+ * (1.06-1.31) against 1.13 for the ring alone, NamedSemaphore 1.09
+ * against 1.22; uvloop NamedEvent 1.00 (0.86-1.13, 3 runs of 6 won)
+ * against 1.09, NamedSemaphore 1.06 against 1.27. In the quietest runs
+ * (asyncio pipe 11.6-12.4 us, uvloop 8.3-8.6) the channel took 13.6-14.0
+ * and 9.7-9.8 us, the ring alone 14.5-20.4 and 10.6-11.9: half the gap
+ * closed, none won. Reading the pipe before resolving, as the pipe peer
+ * does, cost more (1.33 asyncio, 1.27 uvloop). Not kept: it never beat
+ * the pipe, and it costs every armed set a write and a syscall more and
+ * a registry per name. Most of what it gained on the semaphore came from
+ * taking the unit at the wake-up rather than in another step().
+ *
  * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
  * which takes it off the futex before io_uring_enter returns:
  *
