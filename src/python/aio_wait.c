@@ -301,7 +301,8 @@ dkpy_waits_drain(dkpy_waits_t *k, bool drop)
  * does, cost more (1.33 asyncio, 1.27 uvloop). Not kept: it never beat
  * the pipe, and it costs every armed set a write and a syscall more and
  * a registry per name. Most of what it gained on the semaphore came from
- * taking the unit at the wake-up rather than in another step().
+ * taking the unit at the wake-up rather than in another step(), which
+ * every wait now does (fired_result).
  *
  * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
  * which takes it off the futex before io_uring_enter returns:
