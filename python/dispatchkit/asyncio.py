@@ -211,7 +211,9 @@ async def wait(obj: Any, timeout: Optional[float] = None) -> bool:
             if waiter.step(fut, until, check_owner) >= 0:
                 return True
             fired = await fut
-            if fired == 2:  # an event, seen set as the wait fired
+            # 2: an event seen set, or a semaphore's unit taken, as the
+            # wake-up was handled (abandon() gives back a unit not seen)
+            if fired == 2:
                 return True
             if fired:
                 check_owner = False

@@ -27,7 +27,7 @@
 #define NAMES(N)                                                              \
     N(get_loop, "get_loop") N(add_reader, "add_reader")                       \
     N(drain_ring, "drain_ring") N(lock_enter, "_lock_enter")                  \
-    N(lock_exit, "_lock_exit")
+    N(lock_exit, "_lock_exit") N(done, "done") N(set_result, "set_result")
 #define DECLARE_NAME(var, text) static PyObject *s_##var;
 NAMES(DECLARE_NAME)
 
@@ -99,6 +99,7 @@ typedef struct WaitObject {
     bool registered;
     bool announced; /* K_SEM/K_GROUP counted in waiters; K_DSEM begun */
     bool watched;   /* registered at least once (wakes to pass on) */
+    bool took;      /* K_SEM: a wake-up took the unit (fired_result) */
     bool on_ring;   /* the registration is a futex wait on waits->ring */
     struct WaitObject *ring_prev, *ring_next; /* in waits->ring_waits */
     uint64_t size; /* K_ZBWRITE: the frame size to find room for */
@@ -137,28 +138,59 @@ take_fired(dkpy_waits_t *k)
 }
 
 /* What a fired wait's future resolves to: False when its deadline
- * passed, else True (look again), or 2 for an event seen set here, which
- * ends the wait without another step (nothing is taken: an event's wait
- * only looks). Borrowed. */
+ * passed, else True (look again), or 2, which ends the wait without
+ * another step: an event seen set here (nothing is taken: an event's
+ * wait only looks), or a semaphore's unit taken here, as the wake-up is
+ * handled, which spares the coroutine a step() and a future (`pending`:
+ * the future is not done; a done one was cancelled and gets nothing).
+ * Taking it sets `took`: abandon() gives the unit back if the coroutine
+ * is cancelled before it sees the 2. Borrowed. */
 static PyObject *
-fired_result(WaitObject *w, int rc)
+fired_result(WaitObject *w, int rc, bool pending)
 {
     static PyObject *two;
+    if (two == NULL) {
+        two = PyLong_FromLong(2); /* small int: cannot fail */
+    }
     if (rc != 0) {
         return Py_False;
     }
     if (w->kind == K_EVENT && dk_shm_event_is_set(w->addr)) {
-        if (two == NULL) {
-            two = PyLong_FromLong(2); /* small int: cannot fail */
-        }
         return two;
+    }
+    if (w->kind == K_SEM && pending) {
+        uint32_t *word, busy;
+        if (w->announced) {
+            w->announced = false;
+            dk__shm_semaphore_unannounce(w->addr);
+        }
+        if (dk__shm_semaphore_wait_step(w->addr, &word, &busy) == 0) {
+            w->took = true;
+            return two;
+        }
+        w->announced = true; /* counted again; the next step undoes it */
     }
     return Py_True;
 }
 
+/* Give back the unit a wake-up took (fired_result) for a coroutine that
+ * will not see it: a post of 1, which wakes a waiter (fastipc's too). */
+static void
+give_back(WaitObject *w)
+{
+    w->took = false;
+    if (dk_shm_semaphore_post(w->addr, 1,
+                              (w->shared ? DK_SHARED : 0) |
+                                  DK_SHM_FASTIPC_COMPAT) < 0) {
+        /* -EOVERFLOW: posts meanwhile filled the count to its limit,
+         * where one unit more or less no waiter can tell. */
+    }
+}
+
 /* A registration ended (GIL held): resolve its future, if it still has
  * one, with fired_result(w, rc) (unless `drop`), and drop the
- * registration's reference. */
+ * registration's reference. A unit taken for a future that refuses its
+ * result (its loop closed) is given back. */
 static void
 wait_finish(WaitObject *w, bool drop, int rc)
 {
@@ -166,7 +198,20 @@ wait_finish(WaitObject *w, bool drop, int rc)
     PyObject *fut = w->fut;
     w->fut = NULL;
     if (fut != NULL && !drop) {
-        dkpy_aio_set_result(fut, fired_result(w, rc));
+        PyObject *done = PyObject_CallMethodNoArgs(fut, s_done);
+        int pending = done == NULL ? -1 : !PyObject_IsTrue(done);
+        Py_XDECREF(done);
+        PyObject *value = fired_result(w, rc, pending == 1);
+        PyObject *r = pending != 1 ? NULL
+                                   : PyObject_CallMethodOneArg(
+                                         fut, s_set_result, value);
+        if (r == NULL && w->took) {
+            give_back(w);
+        }
+        Py_XDECREF(r);
+        if (PyErr_Occurred()) {
+            PyErr_WriteUnraisable(fut);
+        }
     }
     Py_XDECREF(fut);
     Py_DECREF((PyObject *)w);
@@ -233,6 +278,31 @@ dkpy_waits_drain(dkpy_waits_t *k, bool drop)
  * late. The fd of a DEFER_TASKRUN ring turns readable while deferred
  * work waits, but nothing wakes its pollers: a loop watching it slept
  * on. Measure again before trying either on a newer kernel.
+ *
+ * An fd side channel beside the ring was measured too (issue 14,
+ * Linux 6.18, 2 shared CPUs; a prototype, not kept): an awaiting loop
+ * put its ring wait under a futex mask bit of its own, then armed a
+ * slot {armed, pid, fd of its pipe}; our set()/post() that saw it armed
+ * took the arming (CAS 1 -> 0: one byte per arming, so the pipe never
+ * fills), wrote one byte to the pipe (opened once through
+ * /proc/<pid>/fd/<n>, no file left behind) and woke the futex with a
+ * mask sparing that bit, so that no io_uring task work reached the loop;
+ * fastipc's plain wake still completed the ring wait. The loop's C reader
+ * resolved the futures (taking the semaphore's unit in C) and read the
+ * pipe and cancelled the ring wait only on its next call, after the
+ * coroutine had resumed. p50 over the pipe peer's, bench_aio_wake with
+ * 50 interleaved turns, 6 runs (median, range): asyncio NamedEvent 1.12
+ * (1.06-1.31) against 1.13 for the ring alone, NamedSemaphore 1.09
+ * against 1.22; uvloop NamedEvent 1.00 (0.86-1.13, 3 runs of 6 won)
+ * against 1.09, NamedSemaphore 1.06 against 1.27. In the quietest runs
+ * (asyncio pipe 11.6-12.4 us, uvloop 8.3-8.6) the channel took 13.6-14.0
+ * and 9.7-9.8 us, the ring alone 14.5-20.4 and 10.6-11.9: half the gap
+ * closed, none won. Reading the pipe before resolving, as the pipe peer
+ * does, cost more (1.33 asyncio, 1.27 uvloop). Not kept: it never beat
+ * the pipe, and it costs every armed set a write and a syscall more and
+ * a registry per name. Most of what it gained on the semaphore came from
+ * taking the unit at the wake-up rather than in another step(), which
+ * every wait now does (fired_result).
  *
  * Giving up (abandon): the wait is cancelled with IORING_OP_ASYNC_CANCEL,
  * which takes it off the futex before io_uring_enter returns:
@@ -535,6 +605,7 @@ Wait_step(WaitObject *self, PyObject *args)
     uint32_t *word = NULL;
     uint32_t busy = 0;
     int rc;
+    self->took = false; /* a 2 seen, or none: nothing to give back */
     unannounce(self);
     switch (self->kind) {
     case K_MUTEX:
@@ -627,6 +698,9 @@ Wait_step(WaitObject *self, PyObject *args)
 static PyObject *
 Wait_abandon(WaitObject *self, PyObject *Py_UNUSED(unused))
 {
+    if (self->took) {
+        give_back(self); /* resolved with 2, never seen: cancelled */
+    }
     if (self->registered && self->on_ring) {
         /* Off the futex now (X); the completion, reaped later, drops
          * the request's reference. In a fork child the parent's ring is
