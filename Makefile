@@ -45,9 +45,10 @@ test-c: build-c
 	$(BUILD)/c/zerobuffer-demo
 
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist; 0: in this
-# one). A third of its wall time is tests waiting (timers, deadlines,
-# children, "waits forever" checks), which two workers overlap with the
-# other's work: on 2 cores the suite takes about 60% of its serial time.
+# one). Over a third of its serial wall time is tests waiting (timers,
+# deadlines, children, "waits forever" checks), which two workers overlap
+# with the other's work: on 2 cores it takes about two thirds of its
+# serial time (73-85 s against 115-140 s), four fifths at load 7.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS = -o addopts="-p no:cacheprovider" -n $(PYTEST_WORKERS)
 
