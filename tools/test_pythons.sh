@@ -5,6 +5,14 @@
 # not the default) two run at once, each into build/test-pythons/3.X.log,
 # printed whole in version order once all have ended. EXCEPT="3.11 ..."
 # skips versions tested already.
+#
+# Every version's venv and extension (`make install`: a venv, the test
+# dependencies, a build of the extension; about 20 s a version, half of it
+# pip and venv work that leaves a core idle) are prepared first, PREP_JOBS
+# (2) at a time, each into build/test-pythons/3.X.install.log, printed in
+# version order; only then does the first suite start, so no suite shares
+# the cores with a compiler or pip (the load under which timing flakes
+# appeared when the next version was built beside a running suite).
 set -uo pipefail
 jobs=${JOBS:-1}
 except=" ${EXCEPT:-} "
@@ -21,6 +29,31 @@ for py in $(tools/pythons.sh); do
     versions+=("$v")
     interpreter[$v]=$py
 done
+
+# The venv and the installed extension of version $1, output to its
+# install log. A failure here shows again, in the suite's log, when
+# test-python retries the install itself.
+prepare() {
+    local v=$1 start=$SECONDS rc
+    "$make" --no-print-directory install PYTHON="${interpreter[$v]}" \
+        VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.install.log" 2>&1
+    rc=$?
+    echo "== Python $v prepared (exit $rc) in $((SECONDS - start)) s" \
+        >>"$logs/$v.install.log"
+}
+
+start=$SECONDS
+for v in "${versions[@]}"; do
+    while (($(jobs -rp | wc -l) >= ${PREP_JOBS:-2})); do
+        wait -n
+    done
+    prepare "$v" &
+done
+wait
+for v in "${versions[@]}"; do
+    cat "$logs/$v.install.log"
+done
+echo "== all versions prepared in $((SECONDS - start)) s"
 
 run_one() {
     local v=$1 start=$SECONDS rc

@@ -84,7 +84,11 @@ def test_python_block_runs(path, start, code, tmp_path):
     assert p.returncode == 0, f"{where}:\n{err}"
     assert err == "", f"{where} wrote to stderr:\n{err}"
     # Blocks name what they create after their pid: none may stay behind.
-    left = [n for n in shm_entries() - before if str(p.pid) in n]
+    # The pid as a whole number, not a run of digits inside another one:
+    # with pytest-xdist, the other worker's tests create entries named
+    # after their own pids meanwhile (pids wrap at pid_max, 32768 here).
+    own = re.compile(rf"(?<![0-9]){p.pid}(?![0-9])")
+    left = [n for n in shm_entries() - before if own.search(n)]
     assert left == [], f"{where} left {left}"
 
 
