@@ -605,6 +605,8 @@ dk_io_close(dk_io_t *io, unsigned flags)
     pthread_mutex_lock(&io->lock);
     dk__atomic_store_release(&io->closed, true);
     if (flags & DK_IO_STOP) {
+        /* (C1): pairs with the steps' acquire loads (S1) and, through the
+         * lock, with wait_ready's check (S2). */
         dk__atomic_store_release(&io->stop, true);
         wait = io->wait_src; /* interrupt a wait for readiness */
         io->wait_src = NULL;
@@ -680,6 +682,53 @@ dk_io_set_interval(dk_io_t *io, uint64_t interval_ns, unsigned flags)
 
 /* ---- waiting for readiness ------------------------------------------ */
 
+/*
+ * Stopping a step that waits for readiness. A step of a pipe or socket
+ * (step_read, step_write) reads or writes only once the fd is ready: it
+ * parks the process role in a one-shot source (wait_ready) and returns,
+ * and the source's handler pushes the process item again. DK_IO_STOP must
+ * end the step's operation with ECANCELED wherever it lands: before the
+ * step's stop check (S1), between (S1) and wait_ready's check (S2), or
+ * after the wait is armed. In the second case the step must not go on to
+ * read(2) or write(2): the fd may never be ready (an empty pipe, a full
+ * one), the call would block for ever, and no later operation, barrier
+ * or cleanup would run.
+ *
+ *   CPU0 (step_read / step_write)          CPU1 (dk_io_close, DK_IO_STOP)
+ *   load stop: false (S1)
+ *                                          lock; stop = true (C1);
+ *                                          wait_src is NULL; unlock
+ *   wait_ready: lock; stop is true (S2);
+ *   unlock; WAIT_STOPPED
+ *   back to (S1): ECANCELED
+ *
+ * or, the other order of (S2) and (C1):
+ *
+ *   wait_ready: lock; stop is false (S2);
+ *   resume s; wait_src = s; unlock
+ *   WAIT_PARKED; return
+ *                                          lock; stop = true (C1);
+ *                                          take wait_src; push process;
+ *                                          unlock; cancel s
+ *                                          (the new process item)
+ *                                          (S1) sees stop: ECANCELED
+ *
+ * (S2) and (C1) both run under io->lock, so one of the two orders holds:
+ * either wait_ready sees the stop and the step goes back to (S1), or
+ * dk_io_close sees wait_src and takes the process role over. The step
+ * has left by then, or leaves touching neither the operation nor the
+ * channel: it resumes s before it sets wait_src, both under the lock, so
+ * nothing of the wait is left to do once another thread can take it (a
+ * resume that fails is undone before anyone sees s). The readiness
+ * handler takes wait_src under the same lock, so exactly one of it and
+ * dk_io_close pushes the process item. (S1) is an acquire load that
+ * pairs with (C1)'s release store: it is only the quick way out; (S2) is
+ * the check the race needs. When no wait can be armed at all (WAIT_NONE:
+ * no memory, or an fd epoll refuses) the step does the blocking call; a
+ * stop that comes after it cannot interrupt that call.
+ */
+enum wait { WAIT_PARKED, WAIT_STOPPED, WAIT_NONE };
+
 static void
 ready_handler(void *p)
 {
@@ -687,7 +736,11 @@ ready_handler(void *p)
     pthread_mutex_lock(&io->lock);
     dk_source_t *s = io->wait_src;
     io->wait_src = NULL;
-    io->ready = true;
+    if (s != NULL) {
+        /* Only for the step we resume: when dk_io_close took the wait,
+         * its process item runs the step and owns io->ready. */
+        io->ready = true;
+    }
     pthread_mutex_unlock(&io->lock);
     if (s != NULL) {
         dk_source_cancel(s);
@@ -696,48 +749,45 @@ ready_handler(void *p)
     }
 }
 
-/* Arm a one-shot readiness wait. Returns false if it could not (then the
- * caller proceeds as if ready: a blocking call beats a hang). */
-static bool
+/* Park the process role until io->fd is ready (see "Stopping a step that
+ * waits for readiness"). WAIT_PARKED: the readiness handler or
+ * dk_io_close pushes the process item again, and the caller returns at
+ * once. WAIT_STOPPED: the channel is stopped (S2), nothing was armed.
+ * WAIT_NONE: no wait could be armed; the caller proceeds as if ready (a
+ * blocking call beats a hang). */
+static enum wait
 wait_ready(dk_io_t *io, bool for_write)
 {
     dk_source_t *s;
     if (dk_source_create(for_write ? DK_SOURCE_WRITE : DK_SOURCE_READ,
                          (uintptr_t)io->fd, 0, dk__default_root(), &s) < 0) {
-        return false;
+        return WAIT_NONE;
     }
     dk_source_set_context(s, io);
     dk_source_set_event_handler_f(s, ready_handler);
     pthread_mutex_lock(&io->lock);
-    if (io->stop) {
+    if (io->stop) { /* (S2) */
         pthread_mutex_unlock(&io->lock);
         dk_source_cancel(s);
         dk_release(s);
-        return false;
+        return WAIT_STOPPED;
     }
-    io->ready = false;
-    /* io->wait_src gets its own reference: the source may fire, and its
-     * handler drop that reference, before dk_source_resume returns. */
-    dk_retain(s);
-    io->wait_src = s;
-    pthread_mutex_unlock(&io->lock);
+    /* Resumed under the lock, before wait_src is set: a failure is then
+     * ours alone to undo, and the source, should it fire at once, finds
+     * wait_src set (its handler waits for the lock). Once we unlock, the
+     * process role may be taken over and the channel gone: touch neither
+     * again. */
     int rc = dk_source_resume(s);
     if (rc < 0) {
-        pthread_mutex_lock(&io->lock);
-        bool still_ours = io->wait_src == s;
-        if (still_ours) {
-            io->wait_src = NULL;
-        }
         pthread_mutex_unlock(&io->lock);
         dk_source_cancel(s);
-        if (still_ours) {
-            dk_release(s);
-        }
         dk_release(s);
-        return false;
+        return WAIT_NONE;
     }
-    dk_release(s); /* ours; io->wait_src or the handler holds the other */
-    return true;
+    io->ready = false;
+    io->wait_src = s; /* our reference passes to it */
+    pthread_mutex_unlock(&io->lock);
+    return WAIT_PARKED;
 }
 
 /* ---- the operations ------------------------------------------------- */
@@ -857,8 +907,8 @@ static enum step
 step_read(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
-        bool stop = dk__atomic_load_acquire(&io->stop);
-        if (stop) {
+        /* (S1): pairs with dk_io_close's release store (C1). */
+        if (dk__atomic_load_acquire(&io->stop)) {
             flush_read(io, op, true, ECANCELED);
             return STEP_DONE;
         }
@@ -872,8 +922,12 @@ step_read(dk_io_t *io, struct io_op *op)
                 deliver(op, false, op->rbuf, op->rlen, 0);
                 op->rlen = 0;
             }
-            if (wait_ready(io, false)) {
+            enum wait w = wait_ready(io, false);
+            if (w == WAIT_PARKED) {
                 return STEP_WAIT;
+            }
+            if (w == WAIT_STOPPED) {
+                continue; /* (S1) ends the operation */
             }
         }
         size_t want = op->length - op->pos;
@@ -956,6 +1010,7 @@ static enum step
 step_write(dk_io_t *io, struct io_op *op)
 {
     for (;;) {
+        /* (S1): pairs with dk_io_close's release store (C1). */
         if (dk__atomic_load_acquire(&io->stop)) {
             deliver(op, true, op->wbuf + op->pos, op->length - op->pos,
                     ECANCELED);
@@ -965,8 +1020,14 @@ step_write(dk_io_t *io, struct io_op *op)
             deliver(op, true, NULL, 0, 0);
             return STEP_DONE;
         }
-        if (!io->regular && !io->ready && wait_ready(io, true)) {
-            return STEP_WAIT;
+        if (!io->regular && !io->ready) {
+            enum wait w = wait_ready(io, true);
+            if (w == WAIT_PARKED) {
+                return STEP_WAIT;
+            }
+            if (w == WAIT_STOPPED) {
+                continue; /* (S1) ends the operation */
+            }
         }
         size_t want = op->length - op->pos;
         long n = dk__os_fd_write(io->fd, op->wbuf + op->pos, want,

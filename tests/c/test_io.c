@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -736,4 +737,200 @@ DK_TEST(channel_read_places_no_short_chunk_in_a_short_file)
         CHECK_EQ(p.first_len, p.high);
         CHECK_EQ(p.chunks, 4);
     }
+}
+
+/*
+ * DK_IO_STOP landing while a step on a pipe is between its stop check and
+ * the one in its wait for readiness (wait_ready). The step must end its
+ * operation with ECANCELED there, not go on to a read(2) of an empty pipe
+ * or a write(2) to a full one, which would block for ever and keep every
+ * later operation, barriers included, and the cleanup from running.
+ *
+ * A read makes the race certain: a byte below the low-water mark waits in
+ * the operation's buffer, so with an interval set its delivery is due at
+ * the top of the next turn, after the stop check; with an allocator, that
+ * delivery calls the allocator right there, on the reading thread, and
+ * this allocator closes the channel with DK_IO_STOP from it.
+ */
+struct stopper {
+    dk_io_t *io;
+    int allocs; /* the reading thread's */
+    int stops;
+    dk_semaphore_t *done;
+    size_t total;
+    int calls;
+    int error;
+};
+
+static void *
+stopping_alloc(void *actx, size_t size)
+{
+    struct stopper *s = actx;
+    /* The first buffer is the read's; the second is the interval
+     * delivery's, between the two stop checks. */
+    if (++s->allocs == 2) {
+        s->stops++;
+        dk_io_close(s->io, DK_IO_STOP);
+    }
+    return malloc(size > 0 ? size : 1);
+}
+
+static void
+stopping_free(void *actx, void *buf)
+{
+    (void)actx;
+    free(buf);
+}
+
+static void
+on_stopped_read(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct stopper *s = p;
+    s->total += len;
+    s->calls++;
+    free((void *)data); /* the allocator's: the handler owns it */
+    if (done) {
+        s->error = error;
+        dk_semaphore_signal(s->done);
+    }
+}
+
+DK_TEST(channel_stop_between_a_reads_stop_checks_cancels_it)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    struct result *cl = calloc(1, sizeof *cl);
+    cl->sem = t_semaphore(0);
+    dk_io_t *io = t_io(DK_IO_STREAM, p[0], NULL, cl, cleanup_cb);
+    struct stopper s = {.io = io, .done = t_semaphore(0)};
+    struct chunks bar = {.done = t_semaphore(0)};
+    dk_io_set_allocator(io, stopping_alloc, stopping_free, &s);
+    dk_io_set_low_water(io, 10);
+    dk_io_set_interval(io, 1, 0);
+    CHECK_EQ(write(p[1], "x", 1), 1);
+    CHECK_EQ(dk_io_read(io, 0, 100, NULL, &s, on_stopped_read), 0);
+    CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
+    /* Without the stop path the reading thread sits in read(2) for ever
+     * and these waits time out. */
+    CHECK_EQ(dk_semaphore_wait(s.done, in_ms(5000)), 0);
+    CHECK_EQ(s.stops, 1);
+    CHECK_EQ(s.error, ECANCELED);
+    CHECK_EQ(s.total, 1); /* the buffered byte, delivered on the interval */
+    CHECK_EQ(dk_semaphore_wait(bar.done, in_ms(5000)), 0);
+    CHECK_EQ(bar.calls, 1000);
+    CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
+    CHECK_EQ(cl->calls, 1);
+    dk_io_release(io);
+    dk_release(s.done);
+    dk_release(bar.done);
+    dk_release(cl->sem);
+    free(cl);
+    close(p[0]);
+    close(p[1]);
+}
+
+/*
+ * The same race left to timing, for a read of an empty pipe and a write to
+ * a full one, where no callback runs between the two checks. A barrier
+ * holds the process item until the operation is queued behind it; then
+ * the test closes the channel with DK_IO_STOP 0 to 2 microseconds after
+ * the barrier returns, a different delay each turn, so over the turns the
+ * close lands all along the step's way to its wait, the window between
+ * the two checks included (on main, before the fix, the turns that hung
+ * closed 37 to 3548 ns after the barrier, most under 1 us). Every turn
+ * must end the operation with ECANCELED.
+ */
+#define RACE_TURNS 5000
+#define RACE_SPREAD_NS 2000
+
+struct race {
+    int go;   /* the operation is queued: the barrier may return */
+    int left; /* the barrier is returning */
+    dk_semaphore_t *done;
+    int error;
+};
+
+static void
+race_barrier(void *p)
+{
+    struct race *r = p;
+    while (!LOAD(r->go)) {
+        sched_yield();
+    }
+    __atomic_store_n(&r->left, 1, __ATOMIC_RELEASE);
+}
+
+static void
+on_race(void *p, bool done, const void *data, size_t len, int error)
+{
+    struct race *r = p;
+    (void)data;
+    (void)len;
+    if (done) {
+        r->error = error;
+        dk_semaphore_signal(r->done);
+    }
+}
+
+static void
+race_stop_against_a_step(bool write_op)
+{
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    if (write_op) {
+        /* Fill the pipe; the channel's fd stays blocking, as the race
+         * needs (a blocking write(2) to a full pipe never returns). */
+        int fl = fcntl(p[1], F_GETFL);
+        CHECK_EQ(fcntl(p[1], F_SETFL, fl | O_NONBLOCK), 0);
+        static char fill[4096];
+        while (write(p[1], fill, sizeof fill) > 0) {
+        }
+        CHECK_EQ(errno, EAGAIN);
+        CHECK_EQ(fcntl(p[1], F_SETFL, fl), 0);
+    }
+    int fd = write_op ? p[1] : p[0];
+    struct race r = {.done = t_semaphore(0)};
+    for (int i = 0; i < RACE_TURNS; i++) {
+        dk_io_t *io = t_io(DK_IO_STREAM, fd, NULL, NULL, NULL);
+        __atomic_store_n(&r.go, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&r.left, 0, __ATOMIC_RELAXED);
+        r.error = 0;
+        CHECK_EQ(dk_io_barrier_f(io, &r, race_barrier), 0);
+        if (write_op) {
+            CHECK_EQ(dk_io_write(io, 0, "x", 1, NULL, &r, on_race), 0);
+        } else {
+            CHECK_EQ(dk_io_read(io, 0, 100, NULL, &r, on_race), 0);
+        }
+        __atomic_store_n(&r.go, 1, __ATOMIC_RELEASE);
+        while (!LOAD(r.left)) {
+            sched_yield();
+        }
+        uint64_t delay = (uint64_t)(i * 37 % RACE_SPREAD_NS);
+        uint64_t at = dk_now() + delay;
+        while (dk_now() < at) {
+        }
+        dk_io_close(io, DK_IO_STOP);
+        if (dk_semaphore_wait(r.done, in_ms(5000)) != 0) {
+            fprintf(stderr,
+                    "turn %d (close %llu ns after the barrier): "
+                    "the %s never ended\n",
+                    i, (unsigned long long)delay, write_op ? "write" : "read");
+            abort();
+        }
+        CHECK_EQ(r.error, ECANCELED);
+        dk_io_release(io);
+    }
+    dk_release(r.done);
+    close(p[0]);
+    close(p[1]);
+}
+
+DK_TEST(channel_stop_racing_a_read_of_an_empty_pipe_cancels_it)
+{
+    race_stop_against_a_step(false);
+}
+
+DK_TEST(channel_stop_racing_a_write_to_a_full_pipe_cancels_it)
+{
+    race_stop_against_a_step(true);
 }

@@ -281,6 +281,34 @@ def test_channel_barrier_behind_a_stop_still_runs_and_drops_its_handler():
         os.close(w)
 
 
+def test_channel_stop_racing_a_write_to_a_full_pipe_cancels_it():
+    # close(stop=True) landing while the write's step is between its stop
+    # check and the one in its wait for readiness: the step used to go on
+    # to a blocking write(2) to the full pipe and never return. The close
+    # comes a different few microseconds after each write, so over the
+    # turns it lands all along the step's way to its wait.
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(w, bytes(4096))
+        os.set_blocking(w, True)  # the channel's fd blocks, as the race needs
+        for turn in range(5000):
+            ch = dk.IOChannel(w)
+            h, res = collect()
+            ch.write(b"x", h)
+            until = time.perf_counter_ns() + turn * 373 % 6000
+            while time.perf_counter_ns() < until:
+                pass
+            ch.close(stop=True)
+            assert res["done"].wait(5), f"turn {turn}: the write never ended"
+            assert res["error"] == errno.ECANCELED
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_channel_misuse():
     r, w = os.pipe()
     try:
