@@ -96,13 +96,13 @@ def test_cancelled_future_gets_no_unit(run, sem):
     run(main())
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "asyncio-watcher"],
+                         indirect=True)
 def test_task_cancelled_after_its_wake_up_loses_no_unit(loop_kind, sem):
     # dkio.wait's future resolves with 2 (the unit taken), then the task
     # is cancelled before it resumes: it raises CancelledError and the
     # unit goes back to the semaphore. Needs a loop whose create_future
     # can be wrapped (asyncio's; uvloop's Loop is a closed type).
-    if loop_kind.startswith("uvloop"):
-        pytest.skip("uvloop's loop methods cannot be wrapped")
     lp = asyncio.new_event_loop()
     made, tasks = [], []
     create = lp.create_future
