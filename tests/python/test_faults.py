@@ -23,6 +23,7 @@ import pytest
 import dispatchkit as dk
 import dispatchkit.sync as sync
 import dispatchkit.zerobuffer as zb
+from children import reap_or_kill
 from shm_names import unlink_all, zerobuffer_paths
 
 SEED = int(os.environ.get("DK_FAULT_SEED", str(time.time_ns() % 100_000)))
@@ -45,17 +46,11 @@ def fork(fn, *args):
 
 
 def reap(pid, timeout=30):
-    """Wait for pid to be gone (a zombie still counts as alive to
-    kill(pid, 0), so liveness checks need it reaped). Its wait status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} did not exit")
+    """Wait for pid to be gone; its wait status."""
+    status = reap_or_kill(pid, timeout)
+    if status is None:
+        raise AssertionError(f"child {pid} did not exit")
+    return status
 
 
 def kill(pid):

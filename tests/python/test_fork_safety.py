@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import dispatchkit as dk
+from children import reap_or_kill
 
 CHUNK = 4096        # the channel's high-water mark: one read per chunk
 SPARE_AHEAD = 4     # io.c: chunks handed out before the reader waits
@@ -79,20 +80,6 @@ def _held_queue(label):
     return q, release
 
 
-def _reap(pid):
-    """The child's wait status; a child still there after REAP_S is
-    killed and reported as such (None)."""
-    deadline = time.monotonic() + REAP_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
-
-
 def _describe(status):
     if status is None:
         return "hung (killed by the parent)"
@@ -149,7 +136,7 @@ def test_fork_while_a_channel_reader_waits_for_a_spare_chunk():
                 pid = os.fork()
                 if pid == 0:
                     _child_reads_a_channel()
-                outcomes.append(_reap(pid))
+                outcomes.append(reap_or_kill(pid, REAP_S))
                 if outcomes[-1] != 0:
                     break
             assert calls == [], "a handler ran: the reader was not held"
