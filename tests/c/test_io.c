@@ -750,10 +750,13 @@ DK_TEST(channel_read_places_no_short_chunk_in_a_short_file)
  * the operation's buffer, so with an interval set its delivery is due at
  * the top of the next turn, after the stop check; with an allocator, that
  * delivery calls the allocator right there, on the reading thread, and
- * this allocator closes the channel with DK_IO_STOP from it.
+ * this allocator closes the channel with DK_IO_STOP from it, once the
+ * test has queued its barrier behind the read (a barrier offered after
+ * the stop would be refused).
  */
 struct stopper {
     dk_io_t *io;
+    dk_semaphore_t *queued; /* the barrier is queued: the stop may come */
     int allocs; /* the reading thread's */
     int stops;
     dk_semaphore_t *done;
@@ -768,7 +771,8 @@ stopping_alloc(void *actx, size_t size)
     struct stopper *s = actx;
     /* The first buffer is the read's; the second is the interval
      * delivery's, between the two stop checks. */
-    if (++s->allocs == 2) {
+    if (++s->allocs == 2 &&
+        dk_semaphore_wait(s->queued, in_ms(5000)) == 0) {
         s->stops++;
         dk_io_close(s->io, DK_IO_STOP);
     }
@@ -802,7 +806,8 @@ DK_TEST(channel_stop_between_a_reads_stop_checks_cancels_it)
     struct result *cl = calloc(1, sizeof *cl);
     cl->sem = t_semaphore(0);
     dk_io_t *io = t_io(DK_IO_STREAM, p[0], NULL, cl, cleanup_cb);
-    struct stopper s = {.io = io, .done = t_semaphore(0)};
+    struct stopper s = {
+        .io = io, .queued = t_semaphore(0), .done = t_semaphore(0)};
     struct chunks bar = {.done = t_semaphore(0)};
     dk_io_set_allocator(io, stopping_alloc, stopping_free, &s);
     dk_io_set_low_water(io, 10);
@@ -810,6 +815,7 @@ DK_TEST(channel_stop_between_a_reads_stop_checks_cancels_it)
     CHECK_EQ(write(p[1], "x", 1), 1);
     CHECK_EQ(dk_io_read(io, 0, 100, NULL, &s, on_stopped_read), 0);
     CHECK_EQ(dk_io_barrier_f(io, &bar, barrier_fn), 0);
+    dk_semaphore_signal(s.queued);
     /* Without the stop path the reading thread sits in read(2) for ever
      * and these waits time out. */
     CHECK_EQ(dk_semaphore_wait(s.done, in_ms(5000)), 0);
@@ -821,6 +827,7 @@ DK_TEST(channel_stop_between_a_reads_stop_checks_cancels_it)
     CHECK_EQ(dk_semaphore_wait(cl->sem, in_ms(5000)), 0);
     CHECK_EQ(cl->calls, 1);
     dk_io_release(io);
+    dk_release(s.queued);
     dk_release(s.done);
     dk_release(bar.done);
     dk_release(cl->sem);
