@@ -30,13 +30,25 @@ for py in $(tools/pythons.sh); do
     interpreter[$v]=$py
 done
 
+# make target $1 for version $2, in that version's venv and build.
+make_for() {
+    "$make" --no-print-directory "$1" PYTHON="${interpreter[$2]}" \
+        VENV=".venv-$2" PYBUILD="$build/py-$2"
+}
+
+# Return once fewer than $1 background jobs run.
+wait_for_slot() {
+    while (($(jobs -rp | wc -l) >= $1)); do
+        wait -n
+    done
+}
+
 # The venv and the installed extension of version $1, output to its
 # install log. A failure here shows again, in the suite's log, when
 # test-python retries the install itself.
 prepare() {
     local v=$1 start=$SECONDS rc
-    "$make" --no-print-directory install PYTHON="${interpreter[$v]}" \
-        VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.install.log" 2>&1
+    make_for install "$v" >"$logs/$v.install.log" 2>&1
     rc=$?
     echo "== Python $v prepared (exit $rc) in $((SECONDS - start)) s" \
         >>"$logs/$v.install.log"
@@ -44,9 +56,7 @@ prepare() {
 
 start=$SECONDS
 for v in "${versions[@]}"; do
-    while (($(jobs -rp | wc -l) >= ${PREP_JOBS:-2})); do
-        wait -n
-    done
+    wait_for_slot "${PREP_JOBS:-2}"
     prepare "$v" &
 done
 wait
@@ -58,12 +68,10 @@ echo "== all versions prepared in $((SECONDS - start)) s"
 run_one() {
     local v=$1 start=$SECONDS rc
     if ((jobs == 1)); then
-        "$make" --no-print-directory test-python PYTHON="${interpreter[$v]}" \
-            VENV=".venv-$v" PYBUILD="$build/py-$v" 2>&1 | tee "$logs/$v.log"
+        make_for test-python "$v" 2>&1 | tee "$logs/$v.log"
         rc=${PIPESTATUS[0]}
     else
-        "$make" --no-print-directory test-python PYTHON="${interpreter[$v]}" \
-            VENV=".venv-$v" PYBUILD="$build/py-$v" >"$logs/$v.log" 2>&1
+        make_for test-python "$v" >"$logs/$v.log" 2>&1
         rc=$?
     fi
     echo "$rc" >"$logs/$v.rc"
@@ -71,9 +79,7 @@ run_one() {
 }
 
 for v in "${versions[@]}"; do
-    while (($(jobs -rp | wc -l) >= jobs)); do
-        wait -n
-    done
+    wait_for_slot "$jobs"
     echo "== Python $v (${interpreter[$v]})"
     if ((jobs == 1)); then
         run_one "$v"
