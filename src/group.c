@@ -43,14 +43,15 @@ struct dk_group_s {
  * group is on a list, and the forking thread holds the list's lock and
  * every group's lock across fork(): no thread is between lock and unlock
  * of one then, so each notify list is whole in the child, which makes the
- * locks anew. Lock order: groups_lock, then a group's lock; nothing that
- * holds a group's lock takes another lock.
+ * locks anew (the runtime's fork handlers in pool.c call these three).
+ * Lock order: groups_lock, then a group's lock; nothing that holds a
+ * group's lock takes another lock.
  */
 static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
 static dk_group_t *groups;
 
-static void
-groups_prefork(void)
+void
+dk__group_fork_prepare(void)
 {
     pthread_mutex_lock(&groups_lock);
     for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
@@ -58,8 +59,8 @@ groups_prefork(void)
     }
 }
 
-static void
-groups_postfork_parent(void)
+void
+dk__group_fork_parent(void)
 {
     for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
         pthread_mutex_unlock(&g->lock);
@@ -67,8 +68,8 @@ groups_postfork_parent(void)
     pthread_mutex_unlock(&groups_lock);
 }
 
-static void
-groups_postfork_child(void)
+void
+dk__group_fork_child(void)
 {
     for (dk_group_t *g = groups; g != NULL; g = g->reg_next) {
         pthread_mutex_init(&g->lock, NULL);
@@ -76,19 +77,10 @@ groups_postfork_child(void)
     pthread_mutex_init(&groups_lock, NULL);
 }
 
-static void
-groups_register_atfork(void)
-{
-    pthread_atfork(groups_prefork, groups_postfork_parent,
-                   groups_postfork_child);
-}
-
 int
 dk_group_create(dk_group_t **out)
 {
-    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
     dk__runtime_ensure();
-    pthread_once(&atfork_once, groups_register_atfork);
     dk_group_t *g = calloc(1, sizeof *g);
     *out = g;
     if (g == NULL) {

@@ -309,6 +309,10 @@ void dk__source_on_event(uint64_t key, uint32_t events);
 void dk__source_fork_child(void);
 
 /* group.c */
+/* fork(): hold every group's lock across it; the child makes them anew. */
+void dk__group_fork_prepare(void);
+void dk__group_fork_parent(void);
+void dk__group_fork_child(void);
 void dk__group_leave_item(dk_group_t *g);
 
 /* Internal waiting on a 32-bit word with the pool told we block. */

@@ -464,6 +464,7 @@ atfork_child(void)
     dk__queue_fork_child();
     dk__timer_fork_child();
     dk__source_fork_child();
+    dk__group_fork_child();
 }
 
 void
@@ -474,7 +475,8 @@ dk__runtime_init(void)
         dk__mpsc_init(&dk__roots[i].items);
     }
     dk__main_queue_init();
-    pthread_atfork(NULL, NULL, atfork_child);
+    pthread_atfork(dk__group_fork_prepare, dk__group_fork_parent,
+                   atfork_child);
 }
 
 void
