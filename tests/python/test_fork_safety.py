@@ -41,14 +41,7 @@ def _child_reads_a_channel():
         with tempfile.TemporaryFile() as f:
             f.truncate(size)
             q, release = _held_queue("fork-safety-child")
-            got = []
-            finished = dk.Semaphore(0)
-
-            def handler(done, data, error):
-                got.append(len(data))
-                if done:
-                    finished.signal()
-
+            handler, got, finished = _recording_handler()
             ch = dk.IOChannel(f.fileno())
             ch.set_high_water(CHUNK)
             ch.read(size, handler, queue=q)
@@ -61,6 +54,20 @@ def _child_reads_a_channel():
         code = 0 if ok and sum(got) == size else 2
     finally:
         os._exit(code)
+
+
+def _recording_handler():
+    """A channel read handler that records each chunk's length, the list
+    it records into, and the semaphore it signals when the read is done."""
+    lengths = []
+    finished = dk.Semaphore(0)
+
+    def handler(done, data, error):
+        lengths.append(len(data))
+        if done:
+            finished.signal()
+
+    return handler, lengths, finished
 
 
 def _held_queue(label):
@@ -102,14 +109,7 @@ def test_fork_while_a_channel_reader_waits_for_a_spare_chunk():
     pthread_cond_broadcast, waiting in __condvar_quiesce_and_switch_g1,
     with the GIL; the parent's reader was in pthread_cond_timedwait.)"""
     busy, release = _held_queue("fork-safety-busy")
-    calls = []
-    finished = dk.Semaphore(0)
-
-    def handler(done, data, error):
-        calls.append(len(data))
-        if done:
-            finished.signal()
-
+    handler, calls, finished = _recording_handler()
     with tempfile.TemporaryFile() as f:
         # Sparse: reads cost next to nothing, the reader's time goes to
         # waiting for spares. 4096 chunks take 8 s or more to read at
