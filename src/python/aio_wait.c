@@ -27,7 +27,7 @@
 #define NAMES(N)                                                              \
     N(get_loop, "get_loop") N(add_reader, "add_reader")                       \
     N(drain_ring, "drain_ring") N(lock_enter, "_lock_enter")                  \
-    N(lock_exit, "_lock_exit") N(done, "done") N(set_result, "set_result")
+    N(lock_exit, "_lock_exit")
 #define DECLARE_NAME(var, text) static PyObject *s_##var;
 NAMES(DECLARE_NAME)
 
@@ -198,19 +198,10 @@ wait_finish(WaitObject *w, bool drop, int rc)
     PyObject *fut = w->fut;
     w->fut = NULL;
     if (fut != NULL && !drop) {
-        PyObject *done = PyObject_CallMethodNoArgs(fut, s_done);
-        int pending = done == NULL ? -1 : !PyObject_IsTrue(done);
-        Py_XDECREF(done);
-        PyObject *value = fired_result(w, rc, pending == 1);
-        PyObject *r = pending != 1 ? NULL
-                                   : PyObject_CallMethodOneArg(
-                                         fut, s_set_result, value);
-        if (r == NULL && w->took) {
+        bool pending = dkpy_aio_pending(fut);
+        PyObject *value = fired_result(w, rc, pending);
+        if (pending && !dkpy_aio_set_result(fut, value) && w->took) {
             give_back(w);
-        }
-        Py_XDECREF(r);
-        if (PyErr_Occurred()) {
-            PyErr_WriteUnraisable(fut);
         }
     }
     Py_XDECREF(fut);

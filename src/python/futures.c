@@ -501,24 +501,43 @@ loop_closed(PyObject *fut)
     return yes != 0;
 }
 
+bool
+dkpy_aio_pending(PyObject *fut)
+{
+    int done = call_truth(fut, s_done);
+    if (done < 0) {
+        PyErr_WriteUnraisable(fut);
+    }
+    return done == 0;
+}
+
+/* fut.<method>(value); false if it raised (reported). */
+static bool
+aio_call(PyObject *fut, PyObject *method, PyObject *value)
+{
+    PyObject *r = PyObject_CallMethodOneArg(fut, method, value);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(fut);
+        return false;
+    }
+    Py_DECREF(r);
+    return true;
+}
+
+bool
+dkpy_aio_set_result(PyObject *fut, PyObject *value)
+{
+    return aio_call(fut, s_set_result, value);
+}
+
 /* fut.<method>(value) on an asyncio future unless it is done (cancelled
  * meanwhile); an error goes to sys.unraisablehook. */
 static void
 aio_resolve(PyObject *fut, PyObject *method, PyObject *value)
 {
-    if (call_truth(fut, s_done) == 0) {
-        PyObject *r = PyObject_CallMethodOneArg(fut, method, value);
-        Py_XDECREF(r);
+    if (dkpy_aio_pending(fut)) {
+        aio_call(fut, method, value);
     }
-    if (PyErr_Occurred()) {
-        PyErr_WriteUnraisable(fut);
-    }
-}
-
-void
-dkpy_aio_set_result(PyObject *fut, PyObject *value)
-{
-    aio_resolve(fut, s_set_result, value);
 }
 
 /* Spin for at most `ns` until *word is nonzero (acquire: pairs with the

@@ -74,11 +74,14 @@ bool dkpy_waits_use_ring(dkpy_waits_t *k);
 
 /* futures.c: the waits of a _LoopWaker, or NULL for another object; the
  * count of fork()s this process descends from (a ring opened under
- * another count is the parent's); fut.set_result(value) unless fut is
- * done, an error reported to sys.unraisablehook. */
+ * another count is the parent's). For an asyncio future: whether it is
+ * still pending (not done: not cancelled meanwhile); fut.set_result(value)
+ * on a pending one, false if that raised (its loop closed). Errors go to
+ * sys.unraisablehook. */
 dkpy_waits_t *dkpy_waker_waits(PyObject *obj);
 unsigned dkpy_fork_gen(void);
-void dkpy_aio_set_result(PyObject *fut, PyObject *value);
+bool dkpy_aio_pending(PyObject *fut);
+bool dkpy_aio_set_result(PyObject *fut, PyObject *value);
 /* Adds _AioWait and _uses_futex_waitv (called by dkpy_futures_exec). */
 int dkpy_aio_wait_exec(PyObject *m);
 
